@@ -1,0 +1,89 @@
+// Writing a resolved job as TOML, section by section in schema order. Values are formatted by
+// TOML++ so that strings are quoted and escaped exactly as TOML wants.
+#include "jobs/emit.h"
+
+#include <sstream>
+
+#include <toml++/toml.h>
+
+namespace tpx {
+namespace {
+
+template <typename T>
+std::string fmt(const T& v) {
+    std::ostringstream os;
+    if constexpr (std::is_same_v<T, std::string>) os << toml::value<std::string>(v);
+    else os << toml::value<T>(v);
+    return os.str();
+}
+
+std::string fmt_list(const std::vector<std::string>& items) {
+    toml::array a;
+    for (const auto& s : items) a.push_back(s);
+    std::ostringstream os;
+    os << a;
+    return os.str();
+}
+
+std::string fmt_ids(const std::vector<int64_t>& ids) {
+    toml::array a;
+    for (int64_t id : ids) a.push_back(id);
+    std::ostringstream os;
+    os << a;
+    return os.str();
+}
+
+std::string fmt_option(const OptionValue& o) {
+    return std::visit([](const auto& v) { return fmt(v); }, o.value);
+}
+
+}  // namespace
+
+std::string emit_job_toml(const Job& job) {
+    std::ostringstream os;
+    auto kv = [&](const char* key, const std::string& value) { os << key << " = " << value << "\n"; };
+    os << "[job]\n";
+    kv("name", fmt(job.name));
+    os << "\n[model]\n";
+    kv("path", fmt(job.model.path));
+    kv("dtype", fmt(job.model.dtype));
+    os << "\n[parallel]\n";
+    kv("tp", fmt<int64_t>(job.parallel.tp));
+    kv("ep", fmt<int64_t>(job.parallel.ep));
+    kv("nodes", fmt<int64_t>(job.parallel.nodes));
+    kv("ranks_per_node", fmt<int64_t>(job.parallel.ranks_per_node));
+    os << "\n[backend]\n";
+    kv("device", fmt(job.backend.device));
+    os << "\n[run]\n";
+    kv("prompts", fmt(job.run.prompts));
+    kv("max_new_tokens", fmt<int64_t>(job.run.max_new_tokens));
+    kv("eos", fmt_ids(job.run.eos));
+    kv("output", fmt(job.run.output));
+    kv("max_batch", fmt<int64_t>(job.run.max_batch));
+    kv("max_seq_len", fmt<int64_t>(job.run.max_seq_len));
+    os << "\n[run.sampling]\n";
+    kv("temperature", fmt(job.run.sampling.temperature));
+    kv("top_k", fmt<int64_t>(job.run.sampling.top_k));
+    kv("top_p", fmt(job.run.sampling.top_p));
+    kv("seed", fmt<int64_t>((int64_t)job.run.sampling.seed));
+    os << "\n[launch]\n";
+    kv("mpirun", fmt(job.launch.mpirun));
+    kv("extra_args", fmt_list(job.launch.extra_args));
+    kv("hosts", fmt_list(job.launch.hosts));
+    kv("hostfile", fmt(job.launch.hostfile));
+    os << "\n[slurm]\n";
+    kv("partition", fmt(job.slurm.partition));
+    kv("account", fmt(job.slurm.account));
+    kv("time", fmt(job.slurm.time));
+    kv("nodes", fmt<int64_t>(job.slurm.nodes));
+    kv("gpus_per_node", fmt<int64_t>(job.slurm.gpus_per_node));
+    kv("launcher", fmt(job.slurm.launcher));
+    kv("extra", fmt_list(job.slurm.extra));
+    for (const TransformSection& t : job.transforms) {
+        os << "\n[transforms." << t.name << "]\n";
+        for (const auto& [key, value] : t.options) kv(key.c_str(), fmt_option(value));
+    }
+    return os.str();
+}
+
+}  // namespace tpx

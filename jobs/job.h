@@ -1,0 +1,97 @@
+// The job a user asked for, as plain structs with defaults. Parsed once from TOML
+// (jobs/parse.cpp), printed back with every default filled in (jobs/emit.cpp).
+// Invariant after load_job(): every path is absolute and every cross-field rule holds
+// (ep | tp, nodes * ranks_per_node == tp, ...), so later layers need not re-check the job.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace tpx {
+
+struct ModelSection {
+    std::string path;            // HF folder (config.json + *.safetensors) or an .h5 file; required
+    std::string dtype = "auto";  // weights on the device: auto (the checkpoint's) | bfloat16 | float16 | float32
+};
+
+struct ParallelSection {
+    int tp = 1;              // ranks that split attention and dense layers; the world size
+    int ep = 1;              // expert-parallel groups for MoE layers; divides tp
+    int nodes = 1;           // hosts the ranks are spread over
+    int ranks_per_node = 0;  // 0 = tp / nodes; otherwise nodes * ranks_per_node == tp
+};
+
+struct BackendSection {
+    std::string device = "cpu";  // cpu | cuda
+};
+
+struct SamplingSection {
+    double temperature = 0.0;  // 0 = greedy
+    int top_k = 0;             // 0 = no top-k cut
+    double top_p = 1.0;        // 1 = no nucleus cut; in (0, 1]
+    uint64_t seed = 0;         // the same seed gives the same tokens
+};
+
+struct RunSection {
+    std::string prompts;             // JSONL, one {"id": ..., "input_ids": [...]} a line; "" = none
+    int max_new_tokens = 16;         // tokens generated per prompt at most
+    std::vector<int64_t> eos;        // stop ids; empty = generation_config.json's eos_token_id
+    std::string output;              // JSONL results; "" = <job dir>/<job name>.out.jsonl
+    int max_batch = 8;               // sequences decoded together (KV cache is sized for this)
+    int max_seq_len = 0;             // tokens per sequence (prompt + generated); 0 = model's maximum
+    SamplingSection sampling;
+};
+
+struct LaunchSection {
+    std::string mpirun = "mpirun";        // the mpirun to start ranks with (a name on PATH or a path)
+    std::vector<std::string> extra_args;  // appended to the mpirun command line as they are
+    std::vector<std::string> hosts;       // "host:slots" entries; empty = this host only
+    std::string hostfile;                 // an Open MPI hostfile; exclusive with hosts
+};
+
+struct SlurmSection {
+    std::string partition;             // "" = the cluster's default
+    std::string account;               // "" = the user's default
+    std::string time = "01:00:00";     // wall-clock limit in a form sbatch accepts (D-HH:MM:SS, MM, ...)
+    int nodes = 0;                     // 0 = parallel.nodes
+    int gpus_per_node = 0;             // 0 = ranks_per_node for device = "cuda", none for "cpu"
+    std::string launcher = "srun";     // srun (srun --mpi=pmix) | mpirun
+    std::vector<std::string> extra;    // extra "#SBATCH" lines, e.g. "--exclusive"
+};
+
+// One option of a transform as the user wrote it, with where it was written, so that the
+// transform registry (sharding/) can reject unknown names and options with a position.
+struct OptionValue {
+    std::variant<bool, int64_t, double, std::string> value;
+    long line = 0;
+    long col = 0;
+};
+
+// A [transforms.NAME] table: options by key. The common fields (enabled, skip_on_error, ...)
+// are type-checked while parsing; what each transform accepts is the registry's business.
+struct TransformSection {
+    std::string name;
+    long line = 0;
+    long col = 0;
+    std::map<std::string, OptionValue> options;
+};
+
+struct Job {
+    std::string file;  // the job file as given
+    std::string dir;   // absolute folder relative paths were resolved against
+    std::string name;  // [job] name; default: the job file's stem
+    ModelSection model;
+    ParallelSection parallel;
+    BackendSection backend;
+    RunSection run;
+    LaunchSection launch;
+    SlurmSection slurm;
+    std::vector<TransformSection> transforms;  // in file order
+
+    int world() const { return parallel.tp; }
+};
+
+}  // namespace tpx

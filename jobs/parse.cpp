@@ -1,0 +1,449 @@
+// Job file parsing and validation. Each section is read through a Section that remembers the
+// keys it was asked for: those are the valid keys, and anything else in the table is reported
+// as unknown together with that list (submitit's "Valid parameters are: ...").
+#include "jobs/parse.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "common/error.h"
+
+namespace fs = std::filesystem;
+
+namespace tpx {
+namespace {
+
+const char* type_name(toml::node_type t) {
+    switch (t) {
+        case toml::node_type::table: return "a table";
+        case toml::node_type::array: return "an array";
+        case toml::node_type::string: return "a string";
+        case toml::node_type::integer: return "an integer";
+        case toml::node_type::floating_point: return "a float";
+        case toml::node_type::boolean: return "a boolean";
+        case toml::node_type::date: return "a date";
+        case toml::node_type::time: return "a time";
+        case toml::node_type::date_time: return "a date-time";
+        default: return "nothing";
+    }
+}
+
+std::string join(const std::vector<std::string>& items, const char* sep = ", ") {
+    std::string s;
+    for (size_t i = 0; i < items.size(); ++i) s += (i ? sep : "") + items[i];
+    return s;
+}
+
+// A table of the job file and the keys the schema reads from it.
+class Section {
+public:
+    Section(const std::string& file, std::string name, const toml::table* table, long line, long col)
+        : file_(file), name_(std::move(name)), table_(table), line_(line), col_(col) {}
+
+    const std::string& file() const { return file_; }
+    bool present() const { return table_ != nullptr; }
+    long line() const { return line_; }
+    long col() const { return col_; }
+
+    // The node for `key`, or nullptr; registers `key` as valid either way.
+    const toml::node* node(const std::string& key) {
+        valid_.push_back(key);
+        if (!table_) return nullptr;
+        return table_->get(key);
+    }
+
+    [[noreturn]] void fail(const toml::node& n, const std::string& key, const std::string& what) const {
+        throw JobError(at(file_, n.source().begin.line, n.source().begin.column, qualified(key) + " " + what));
+    }
+    [[noreturn]] void fail_here(const std::string& what) const {
+        throw JobError(at(file_, line_, col_, what));
+    }
+
+    std::string qualified(const std::string& key) const { return name_.empty() ? key : name_ + "." + key; }
+
+    bool get_bool(const std::string& key, bool& out) {
+        const toml::node* n = node(key);
+        if (!n) return false;
+        if (!n->is_boolean()) fail(*n, key, std::string("must be true or false, not ") + type_name(n->type()));
+        out = n->as_boolean()->get();
+        return true;
+    }
+
+    bool get_int(const std::string& key, int64_t& out, int64_t lo, int64_t hi) {
+        const toml::node* n = node(key);
+        if (!n) return false;
+        if (!n->is_integer()) fail(*n, key, std::string("must be an integer, not ") + type_name(n->type()));
+        int64_t v = n->as_integer()->get();
+        if (v < lo || v > hi) {
+            std::ostringstream os;
+            os << "= " << v << " is out of range: must be ";
+            if (hi == INT64_MAX) os << "at least " << lo;
+            else os << "between " << lo << " and " << hi;
+            fail(*n, key, os.str());
+        }
+        out = v;
+        return true;
+    }
+
+    bool get_int(const std::string& key, int& out, int lo, int hi) {
+        int64_t v = out;
+        bool got = get_int(key, v, (int64_t)lo, (int64_t)hi);
+        out = (int)v;
+        return got;
+    }
+
+    bool get_double(const std::string& key, double& out, double lo, double hi, bool lo_open = false) {
+        const toml::node* n = node(key);
+        if (!n) return false;
+        double v;
+        if (n->is_floating_point()) v = n->as_floating_point()->get();
+        else if (n->is_integer()) v = (double)n->as_integer()->get();
+        else fail(*n, key, std::string("must be a number, not ") + type_name(n->type()));
+        if (!(lo_open ? v > lo : v >= lo) || !(v <= hi)) {
+            std::ostringstream os;
+            os << "= " << v << " is out of range: must be " << (lo_open ? "> " : ">= ") << lo;
+            if (hi < 1e300) os << " and <= " << hi;
+            fail(*n, key, os.str());
+        }
+        out = v;
+        return true;
+    }
+
+    bool get_string(const std::string& key, std::string& out, const std::vector<std::string>& allowed = {}) {
+        const toml::node* n = node(key);
+        if (!n) return false;
+        if (!n->is_string()) fail(*n, key, std::string("must be a string, not ") + type_name(n->type()));
+        std::string v = n->as_string()->get();
+        if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), v) == allowed.end())
+            fail(*n, key, "= \"" + v + "\" is not one of: " + join(allowed));
+        out = v;
+        return true;
+    }
+
+    bool get_string_list(const std::string& key, std::vector<std::string>& out) {
+        const toml::node* n = node(key);
+        if (!n) return false;
+        if (!n->is_array()) fail(*n, key, std::string("must be an array of strings, not ") + type_name(n->type()));
+        out.clear();
+        for (const toml::node& item : *n->as_array()) {
+            if (!item.is_string())
+                fail(item, key, std::string("must be an array of strings; this element is ") + type_name(item.type()));
+            out.push_back(item.as_string()->get());
+        }
+        return true;
+    }
+
+    // Every key in the table that the schema did not read is an error naming the valid keys.
+    void reject_unknown() const {
+        if (!table_) return;
+        for (auto&& [k, v] : *table_) {
+            std::string key(k.str());
+            if (std::find(valid_.begin(), valid_.end(), key) != valid_.end()) continue;
+            throw JobError(at(file_, k.source().begin.line, k.source().begin.column,
+                              "unknown key '" + key + "' in [" + name_ + "]; valid keys: " + join(valid_)));
+        }
+    }
+
+private:
+    std::string file_;
+    std::string name_;
+    const toml::table* table_;
+    long line_, col_;
+    std::vector<std::string> valid_;
+};
+
+const std::vector<std::string> kSections = {"job", "model", "parallel", "backend", "run", "launch", "slurm", "transforms"};
+
+// [name] as a Section (parse_job has checked that it is a table).
+Section section(const toml::table& root, const std::string& file, const std::string& name) {
+    const toml::node* n = root.get(name);
+    if (!n) return Section(file, name, nullptr, 0, 0);
+    return Section(file, name, n->as_table(), n->source().begin.line, n->source().begin.column);
+}
+
+std::string resolve(const std::string& base_dir, const std::string& p) {
+    if (p.empty()) return p;
+    fs::path path(p);
+    if (path.is_relative()) path = fs::path(base_dir) / path;
+    return path.lexically_normal().string();
+}
+
+// Sbatch's --time forms: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or UNLIMITED.
+bool is_slurm_time(const std::string& t) {
+    static const std::regex re(R"(^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}|\d+-\d{1,2}:\d{1,2}:\d{1,2}|UNLIMITED|unlimited|infinite)$)");
+    return std::regex_match(t, re);
+}
+
+// "host:slots" with a host name made of letters, digits, '.', '-', '_' and slots >= 1.
+bool is_host_entry(const std::string& h) {
+    static const std::regex re(R"(^[A-Za-z0-9_.\-]+(:[1-9][0-9]*)?$)");
+    return std::regex_match(h, re);
+}
+
+void parse_model(Section s, Job& job) {
+    if (!s.get_string("path", job.model.path)) {
+        if (!s.present()) throw JobError(at(s.file(), 0, 0, "missing section [model] (its key 'path' is required: an HF model folder or an .h5 file)"));
+        s.fail_here("missing required key model.path (an HF model folder or an .h5 file)");
+    }
+    s.get_string("dtype", job.model.dtype, {"auto", "bfloat16", "float16", "float32"});
+    s.reject_unknown();
+}
+
+void parse_parallel(Section s, Job& job) {
+    ParallelSection& p = job.parallel;
+    s.get_int("tp", p.tp, 1, 65536);
+    s.get_int("ep", p.ep, 1, 65536);
+    s.get_int("nodes", p.nodes, 1, 65536);
+    bool rpn_given = s.get_int("ranks_per_node", p.ranks_per_node, 0, 65536);
+    s.reject_unknown();
+    long line = s.line(), col = s.col();
+    if (p.tp % p.ep != 0)
+        throw JobError(at(s.file(), line, col, "parallel.ep = " + std::to_string(p.ep) +
+                                                   " must divide parallel.tp = " + std::to_string(p.tp)));
+    if (rpn_given && p.ranks_per_node > 0) {
+        if (p.nodes * p.ranks_per_node != p.tp)
+            throw JobError(at(s.file(), line, col, "parallel.nodes x parallel.ranks_per_node = " +
+                                                       std::to_string(p.nodes) + " x " + std::to_string(p.ranks_per_node) +
+                                                       " must equal parallel.tp = " + std::to_string(p.tp)));
+    } else {
+        if (p.tp % p.nodes != 0)
+            throw JobError(at(s.file(), line, col, "parallel.nodes = " + std::to_string(p.nodes) +
+                                                       " must divide parallel.tp = " + std::to_string(p.tp) +
+                                                       " (every node runs the same number of ranks)"));
+        p.ranks_per_node = p.tp / p.nodes;
+    }
+}
+
+void parse_run(Section s, Job& job) {
+    RunSection& r = job.run;
+    if (s.get_string("prompts", r.prompts)) r.prompts = resolve(job.dir, r.prompts);
+    s.get_int("max_new_tokens", r.max_new_tokens, 0, 1 << 30);
+    if (const toml::node* n = s.node("eos")) {
+        r.eos.clear();
+        if (n->is_integer()) {
+            r.eos.push_back(n->as_integer()->get());
+        } else if (n->is_array()) {
+            for (const toml::node& item : *n->as_array()) {
+                if (!item.is_integer()) s.fail(item, "eos", std::string("must be token ids (integers); this element is ") + type_name(item.type()));
+                r.eos.push_back(item.as_integer()->get());
+            }
+        } else {
+            s.fail(*n, "eos", std::string("must be a token id or an array of token ids, not ") + type_name(n->type()));
+        }
+        for (int64_t id : r.eos)
+            if (id < 0) s.fail(*n, "eos", "holds " + std::to_string(id) + ": token ids are >= 0");
+    }
+    s.get_string("output", r.output);
+    s.get_int("max_batch", r.max_batch, 1, 1 << 20);
+    s.get_int("max_seq_len", r.max_seq_len, 0, 1 << 30);
+
+    const toml::node* sn = s.node("sampling");
+    if (sn && !sn->is_table()) s.fail(*sn, "sampling", std::string("must be a table ([run.sampling]), not ") + type_name(sn->type()));
+    Section samp(s.file(), "run.sampling", sn ? sn->as_table() : nullptr, sn ? sn->source().begin.line : 0,
+                 sn ? sn->source().begin.column : 0);
+    SamplingSection& sp = r.sampling;
+    samp.get_double("temperature", sp.temperature, 0.0, 1e6);
+    samp.get_int("top_k", sp.top_k, 0, 1 << 30);
+    samp.get_double("top_p", sp.top_p, 0.0, 1.0, /*lo_open=*/true);
+    int64_t seed = 0;
+    if (samp.get_int("seed", seed, 0, INT64_MAX)) sp.seed = (uint64_t)seed;
+    samp.reject_unknown();
+    s.reject_unknown();
+
+    if (r.output.empty()) r.output = job.name + ".out.jsonl";
+    r.output = resolve(job.dir, r.output);
+}
+
+void parse_launch(Section s, Job& job) {
+    LaunchSection& l = job.launch;
+    s.get_string("mpirun", l.mpirun);
+    s.get_string_list("extra_args", l.extra_args);
+    if (const toml::node* n = s.node("hosts")) {
+        s.get_string_list("hosts", l.hosts);
+        for (const std::string& h : l.hosts)
+            if (!is_host_entry(h)) s.fail(*n, "hosts", "entry \"" + h + "\" is not of the form host or host:slots");
+    }
+    if (s.get_string("hostfile", l.hostfile)) l.hostfile = resolve(job.dir, l.hostfile);
+    s.reject_unknown();
+    if (!l.hosts.empty() && !l.hostfile.empty())
+        s.fail_here("launch.hosts and launch.hostfile exclude each other: give one");
+    if (l.mpirun.empty()) s.fail_here("launch.mpirun must not be empty");
+}
+
+void parse_slurm(Section s, Job& job) {
+    SlurmSection& sl = job.slurm;
+    s.get_string("partition", sl.partition);
+    s.get_string("account", sl.account);
+    if (const toml::node* n = s.node("time")) {
+        s.get_string("time", sl.time);
+        if (!is_slurm_time(sl.time))
+            s.fail(*n, "time", "= \"" + sl.time + "\" is not a time sbatch accepts (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)");
+    }
+    bool nodes_given = false;
+    if (const toml::node* n = s.node("nodes")) {
+        nodes_given = s.get_int("nodes", sl.nodes, 1, 65536);
+        if (nodes_given && sl.nodes != job.parallel.nodes)
+            s.fail(*n, "nodes", "= " + std::to_string(sl.nodes) + " disagrees with parallel.nodes = " +
+                                    std::to_string(job.parallel.nodes) + " (leave it out to follow parallel.nodes)");
+    }
+    s.get_int("gpus_per_node", sl.gpus_per_node, 0, 1024);
+    s.get_string("launcher", sl.launcher, {"srun", "mpirun"});
+    s.get_string_list("extra", sl.extra);
+    s.reject_unknown();
+    if (!nodes_given) sl.nodes = job.parallel.nodes;
+    if (sl.gpus_per_node == 0 && job.backend.device == "cuda") sl.gpus_per_node = job.parallel.ranks_per_node;
+}
+
+// The common options of every transform are type-checked here; unknown transform names and
+// their own options are the transform registry's to reject (it knows the list).
+const std::vector<std::pair<std::string, toml::node_type>> kCommonTransformOptions = {
+    {"enabled", toml::node_type::boolean},           {"skip_on_error", toml::node_type::boolean},
+    {"run_graph_cleanup", toml::node_type::boolean}, {"run_shape_prop", toml::node_type::boolean},
+    {"requires_clean_graph", toml::node_type::boolean}, {"requires_shape_prop", toml::node_type::boolean},
+    {"debug_visualize_dir", toml::node_type::string}, {"expect_mem_change", toml::node_type::boolean},
+};
+
+void parse_transforms(const toml::table& root, Job& job) {
+    const toml::node* n = root.get("transforms");
+    if (!n) return;
+    if (!n->is_table())
+        throw JobError(at(job.file, n->source().begin.line, n->source().begin.column,
+                          std::string("'transforms' must hold one table per transform ([transforms.NAME]), not ") + type_name(n->type())));
+    for (auto&& [k, v] : *n->as_table()) {
+        std::string name(k.str());
+        long line = k.source().begin.line, col = k.source().begin.column;
+        if (!v.is_table())
+            throw JobError(at(job.file, line, col, "transforms." + name + " must be a table ([transforms." + name + "]), not " + type_name(v.type())));
+        TransformSection t;
+        t.name = name;
+        t.line = line;
+        t.col = col;
+        for (auto&& [ok, ov] : *v.as_table()) {
+            std::string key(ok.str());
+            OptionValue o;
+            o.line = ov.source().begin.line;
+            o.col = ov.source().begin.column;
+            std::string qual = "transforms." + name + "." + key;
+            for (auto& [common, type] : kCommonTransformOptions)
+                if (common == key && ov.type() != type)
+                    throw JobError(at(job.file, o.line, o.col, qual + " must be " + type_name(type) + ", not " + type_name(ov.type())));
+            if (ov.is_boolean()) o.value = ov.as_boolean()->get();
+            else if (ov.is_integer()) o.value = ov.as_integer()->get();
+            else if (ov.is_floating_point()) o.value = ov.as_floating_point()->get();
+            else if (ov.is_string()) o.value = ov.as_string()->get();
+            else throw JobError(at(job.file, o.line, o.col, qual + " must be a boolean, number or string, not " + type_name(ov.type())));
+            if (key == "debug_visualize_dir") o.value = resolve(job.dir, std::get<std::string>(o.value));
+            t.options[key] = o;
+        }
+        job.transforms.push_back(std::move(t));
+    }
+}
+
+bool is_regular_file(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// Files the job names must exist before anything starts.
+void check_files(const toml::table& root, const Job& job) {
+    auto where = [&](const char* sec, const char* key) {
+        const toml::node* n = root.at_path(std::string(sec) + "." + key).node();
+        return n ? std::make_pair((long)n->source().begin.line, (long)n->source().begin.column) : std::make_pair(0L, 0L);
+    };
+    std::error_code ec;
+    fs::path model(job.model.path);
+    auto [ml, mc] = where("model", "path");
+    if (!fs::exists(model, ec))
+        throw JobError(at(job.file, ml, mc, "model.path: no such file or directory: " + job.model.path));
+    if (fs::is_directory(model, ec)) {
+        if (!fs::exists(model / "config.json", ec))
+            throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path + " has no config.json (an HF model folder is expected)"));
+    } else if (model.extension() != ".h5" && model.extension() != ".hdf5") {
+        throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path + " is neither an HF model folder nor an .h5 file"));
+    }
+    if (!job.run.prompts.empty() && !is_regular_file(job.run.prompts)) {
+        auto [l, c] = where("run", "prompts");
+        throw JobError(at(job.file, l, c, "run.prompts: no such file: " + job.run.prompts));
+    }
+    if (!job.launch.hostfile.empty() && !is_regular_file(job.launch.hostfile)) {
+        auto [l, c] = where("launch", "hostfile");
+        throw JobError(at(job.file, l, c, "launch.hostfile: no such file: " + job.launch.hostfile));
+    }
+    fs::path out_dir = fs::path(job.run.output).parent_path();
+    if (!out_dir.empty() && !fs::is_directory(out_dir, ec)) {
+        auto [l, c] = where("run", "output");
+        throw JobError(at(job.file, l, c, "run.output: folder does not exist: " + out_dir.string()));
+    }
+}
+
+}  // namespace
+
+Job parse_job(const std::string& text, const std::string& file, const std::string& base_dir) {
+    Job job;
+    job.file = file;
+    job.dir = fs::absolute(base_dir).lexically_normal().string();
+    if (text.find_first_not_of(" \t\r\n") == std::string::npos)
+        throw JobError(at(file, 0, 0, "the job file is empty; `tpx example` prints one with every key"));
+
+    toml::table root;
+    try {
+        root = toml::parse(text, file);
+    } catch (const toml::parse_error& e) {
+        throw JobError(at(file, e.source().begin.line, e.source().begin.column,
+                          "not valid TOML: " + std::string(e.description())));
+    }
+
+    for (auto&& [k, v] : root) {
+        std::string key(k.str());
+        if (std::find(kSections.begin(), kSections.end(), key) == kSections.end())
+            throw JobError(at(file, k.source().begin.line, k.source().begin.column,
+                              "unknown section '" + key + "'; valid sections: " + join(kSections)));
+        if (!v.is_table())
+            throw JobError(at(file, k.source().begin.line, k.source().begin.column,
+                              "'" + key + "' must be a table ([" + key + "]), not " + type_name(v.type())));
+    }
+
+    Section js = section(root, file, "job");
+    js.get_string("name", job.name);
+    js.reject_unknown();
+    if (job.name.empty()) {
+        std::string stem = fs::path(file).stem().string();
+        job.name = stem.empty() ? "job" : stem;
+    }
+
+    parse_model(section(root, file, "model"), job);
+    job.model.path = resolve(job.dir, job.model.path);
+
+    Section bs = section(root, file, "backend");
+    bs.get_string("device", job.backend.device, {"cpu", "cuda"});
+    bs.reject_unknown();
+
+    parse_parallel(section(root, file, "parallel"), job);
+    parse_run(section(root, file, "run"), job);
+    parse_launch(section(root, file, "launch"), job);
+    parse_slurm(section(root, file, "slurm"), job);
+    parse_transforms(root, job);
+    check_files(root, job);
+    return job;
+}
+
+Job load_job(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw JobError(path + ": cannot open the job file: " + std::strerror(errno));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::string base = is_regular_file(path) ? fs::absolute(path).parent_path().string() : fs::current_path().string();
+    return parse_job(ss.str(), path, base);
+}
+
+}  // namespace tpx

@@ -1,0 +1,21 @@
+// Reading a job file: TOML++ parse, then every key checked against the schema, defaults
+// filled, relative paths resolved and cross-field rules validated. Any problem throws
+// JobError whose message starts with "FILE:LINE:COL:" and names the key.
+#pragma once
+
+#include <string>
+
+#include "jobs/job.h"
+
+namespace tpx {
+
+// Reads and validates the job file at `path`. Relative paths in the job resolve against the
+// file's folder; for a file that is not a regular file (a pipe, /dev/stdin) they resolve
+// against the current directory.
+Job load_job(const std::string& path);
+
+// The same from text already in memory; `file` names it in messages, `base_dir` is where
+// relative paths resolve.
+Job parse_job(const std::string& text, const std::string& file, const std::string& base_dir);
+
+}  // namespace tpx

@@ -1,0 +1,36 @@
+// The table of subcommands and the option parsing they share.
+#include "launcher/command.h"
+
+#include <iostream>
+
+#include "common/error.h"
+
+namespace po = boost::program_options;
+
+namespace tpx {
+
+const std::vector<Command>& commands() {
+    static const std::vector<Command> table = {
+        {"validate", "check a job file and print it with every default filled in", cmd_validate},
+        {"example", "print a job file with every key, its default and its meaning", cmd_example},
+    };
+    return table;
+}
+
+bool parse_command_line(const Args& args, const char* usage, po::options_description& options,
+                        const po::positional_options_description& positional, po::variables_map& vm) {
+    options.add_options()("help,h", "print this help");
+    try {
+        po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
+        if (vm.count("help")) {
+            std::cout << "usage: " << usage << "\n\n" << options << "\n";
+            return true;
+        }
+        po::notify(vm);
+    } catch (const po::error& e) {
+        throw JobError(std::string(e.what()) + "\nusage: " + usage);
+    }
+    return false;
+}
+
+}  // namespace tpx

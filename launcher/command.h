@@ -1,0 +1,32 @@
+// The `tpx` subcommands: each has a name, a one-line summary and a function that takes the
+// arguments after its name and returns the exit code (0 ok, 1 runtime failure, 2 bad input).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+
+namespace tpx {
+
+using Args = std::vector<std::string>;
+
+struct Command {
+    const char* name;
+    const char* summary;
+    int (*run)(const Args& args);
+};
+
+// Every subcommand, in the order `tpx --help` lists them.
+const std::vector<Command>& commands();
+
+// Parses `args` against `options` and positional names; prints usage and returns true when
+// --help was asked for. Bad options throw JobError (exit 2) with Boost's message.
+bool parse_command_line(const Args& args, const char* usage, boost::program_options::options_description& options,
+                        const boost::program_options::positional_options_description& positional,
+                        boost::program_options::variables_map& vm);
+
+int cmd_validate(const Args& args);
+int cmd_example(const Args& args);
+
+}  // namespace tpx

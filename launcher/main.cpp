@@ -1,0 +1,49 @@
+// `tpx`: the command users type. Dispatches to a subcommand; every error ends here as one
+// message on stderr and an exit code (2 for a bad job or usage, 1 for a runtime failure).
+#include <cstdio>
+#include <iostream>
+
+#include "common/error.h"
+#include "launcher/command.h"
+
+namespace {
+
+void print_usage(std::ostream& os) {
+    os << "usage: tpx COMMAND [ARGS...]   (tpx COMMAND --help for its options)\n\ncommands:\n";
+    for (const tpx::Command& c : tpx::commands()) {
+        std::string name = c.name;
+        os << "  " << name << std::string(name.size() < 12 ? 12 - name.size() : 1, ' ') << c.summary << "\n";
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2) {
+        print_usage(std::cerr);
+        return tpx::kExitBadInput;
+    }
+    std::string name = argv[1];
+    if (name == "--help" || name == "-h" || name == "help") {
+        print_usage(std::cout);
+        return tpx::kExitOk;
+    }
+    if (name == "--version") {
+        std::cout << "tpx 0.1.0\n";
+        return tpx::kExitOk;
+    }
+    tpx::Args args(argv + 2, argv + argc);
+    try {
+        for (const tpx::Command& c : tpx::commands())
+            if (name == c.name) return c.run(args);
+        std::cerr << "tpx: unknown command '" << name << "'\n";
+        print_usage(std::cerr);
+        return tpx::kExitBadInput;
+    } catch (const tpx::Error& e) {
+        std::cerr << "tpx " << name << ": error: " << e.what() << "\n";
+        return e.exit_code();
+    } catch (const std::exception& e) {
+        std::cerr << "tpx " << name << ": internal error: " << e.what() << "\n";
+        return tpx::kExitRuntime;
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages tpx builds and tests with, only those missing (idempotent).
+# The CUDA toolkit is not a Debian package here: it is used from /usr/local/cuda when present.
+set -euo pipefail
+packages=(cmake g++ make pkg-config libopenmpi-dev openmpi-bin libhdf5-dev libtomlplusplus-dev
+          libboost-program-options-dev libgtest-dev nlohmann-json3-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install_deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+echo "install_deps: installing ${missing[*]}"
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

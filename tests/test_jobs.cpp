@@ -1,0 +1,116 @@
+// Job files: every example validates, the example round-trips, and each malformed job in
+// tests/data/jobs/bad is rejected by `tpx validate` with exit code 2 and the message (with
+// file:line:col) written on its first line as "# expect: ...".
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "common/error.h"
+#include "jobs/emit.h"
+#include "jobs/parse.h"
+#include "process.h"
+
+namespace fs = std::filesystem;
+using tpx_test::run_process;
+using tpx_test::tpx_bin;
+
+namespace {
+
+const std::string kData = TPX_TEST_DATA;
+const std::string kSource = TPX_SOURCE_DIR;
+
+std::string expectation(const fs::path& file) {
+    fs::path side = file.string() + ".expect";
+    std::string text = tpx_test::read_text(fs::exists(side) ? side.string() : file.string());
+    const std::string tag = "# expect: ";
+    if (text.rfind(tag, 0) == 0) text = text.substr(tag.size());
+    return text.substr(0, text.find('\n'));
+}
+
+}  // namespace
+
+TEST(Jobs, ExamplesValidate) {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(kSource + "/jobs/examples")) {
+        if (e.path().extension() != ".toml") continue;
+        ++n;
+        auto r = run_process(tpx_bin("tpx") + " validate " + e.path().string());
+        EXPECT_EQ(r.exit_code, 0) << e.path() << "\n" << r.err;
+        EXPECT_NE(r.out.find("[parallel]"), std::string::npos) << r.out;
+    }
+    EXPECT_GE(n, 3);
+}
+
+TEST(Jobs, ExampleRoundTripsThroughValidate) {
+    auto example = run_process(tpx_bin("tpx") + " example");
+    ASSERT_EQ(example.exit_code, 0) << example.err;
+    auto first = run_process(tpx_bin("tpx") + " validate /dev/stdin", example.out);
+    ASSERT_EQ(first.exit_code, 0) << first.err;
+    // The resolved job is itself a valid job, and resolving it again changes nothing.
+    auto second = run_process(tpx_bin("tpx") + " validate /dev/stdin", first.out);
+    ASSERT_EQ(second.exit_code, 0) << second.err;
+    EXPECT_EQ(first.out, second.out);
+    // The example documents every key that validate prints.
+    std::istringstream lines(first.out);
+    std::string line;
+    while (std::getline(lines, line)) {
+        if (line.empty() || line[0] == '[') continue;
+        std::string key = line.substr(0, line.find(' '));
+        EXPECT_NE(example.out.find("\n" + key + " = "), std::string::npos) << "example lacks key " << key;
+    }
+}
+
+TEST(Jobs, DefaultsAreFilledAndPathsResolved) {
+    std::string dir = kSource + "/jobs/examples";
+    tpx::Job job = tpx::parse_job("[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 4\nnodes = 2\n",
+                                  "inline.toml", dir);
+    EXPECT_EQ(job.name, "inline");
+    EXPECT_EQ(job.parallel.ranks_per_node, 2);
+    EXPECT_EQ(job.parallel.ep, 1);
+    EXPECT_EQ(job.model.path, fs::path(kSource + "/models/tiny").lexically_normal().string());
+    EXPECT_EQ(job.run.output, fs::path(dir + "/inline.out.jsonl").lexically_normal().string());
+    EXPECT_EQ(job.slurm.nodes, 2);
+    EXPECT_EQ(job.slurm.gpus_per_node, 0);  // cpu backend asks for no GPUs
+    EXPECT_EQ(job.run.sampling.temperature, 0.0);
+}
+
+TEST(Jobs, TransformOptionsKeepTheirPositions) {
+    tpx::Job job = tpx::parse_job(
+        "[model]\npath = \"models/tiny\"\n[transforms.fuse_qkv]\nenabled = false\n[transforms.load_weights]\n"
+        "checkpoint_device = \"cpu\"\n",
+        "t.toml", kSource);
+    ASSERT_EQ(job.transforms.size(), 2u);
+    EXPECT_EQ(job.transforms[0].name, "fuse_qkv");
+    EXPECT_EQ(std::get<bool>(job.transforms[0].options.at("enabled").value), false);
+    EXPECT_EQ(job.transforms[1].options.at("checkpoint_device").line, 6);
+}
+
+TEST(Jobs, MalformedJobsAreRejectedWithKeyAndLine) {
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(kData + "/jobs/bad"))
+        if (e.path().extension() == ".toml") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    ASSERT_GE(files.size(), 15u);
+    for (const fs::path& file : files) {
+        std::string expected = expectation(file);
+        ASSERT_FALSE(expected.empty()) << file << " has no '# expect:' line";
+        // Run from the file's folder so that the message's file name is as written.
+        auto r = run_process("cd " + file.parent_path().string() + " && " + tpx_bin("tpx") + " validate " +
+                             file.filename().string());
+        EXPECT_EQ(r.exit_code, 2) << file << "\n" << r.err;
+        EXPECT_NE(r.err.find(expected), std::string::npos) << file << "\nexpected: " << expected << "\ngot: " << r.err;
+        EXPECT_TRUE(r.out.empty()) << file << " printed a job although it is invalid";
+        // One message, not a stack of errors.
+        EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    }
+}
+
+TEST(Jobs, UsageErrorsExitTwo) {
+    EXPECT_EQ(run_process(tpx_bin("tpx") + " validate").exit_code, 2);
+    EXPECT_EQ(run_process(tpx_bin("tpx") + " validate a.toml b.toml").exit_code, 2);
+    EXPECT_EQ(run_process(tpx_bin("tpx") + " frobnicate").exit_code, 2);
+    EXPECT_EQ(run_process(tpx_bin("tpx") + " validate /no/such/job.toml").exit_code, 2);
+    auto help = run_process(tpx_bin("tpx") + " validate --help");
+    EXPECT_EQ(help.exit_code, 0);
+    EXPECT_NE(help.out.find("usage: tpx validate JOB"), std::string::npos);
+}
