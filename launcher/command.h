@@ -28,5 +28,7 @@ bool parse_command_line(const Args& args, const char* usage, boost::program_opti
 
 int cmd_validate(const Args& args);
 int cmd_example(const Args& args);
+int cmd_inspect(const Args& args);
+int cmd_convert(const Args& args);
 
 }  // namespace tpx

@@ -1,0 +1,302 @@
+// Checkpoint: the shared listing and accounting, and the safetensors implementation (HF
+// folders with one file or an index of shards). Reads are planned as spans (loader/slice.h)
+// and issued with pread from a pool of threads; mmap is not used, since a rank reads each byte
+// once and page-faulting a mapping costs more than one large pread into the final buffer.
+#include "loader/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "common/check.h"
+#include "loader/hdf5.h"
+#include "loader/read_pool.h"
+
+namespace fs = std::filesystem;
+
+namespace tpx {
+
+std::string read_text_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw CheckpointError(path + ": cannot open: " + std::strerror(errno));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+const TensorInfo* Checkpoint::find(const std::string& name) const {
+    auto it = index_.find(name);
+    return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+const TensorInfo& Checkpoint::tensor(const std::string& name) const {
+    const TensorInfo* t = find(name);
+    if (!t) throw CheckpointError(path_ + ": no tensor named '" + name + "' (" + std::to_string(tensors_.size()) + " tensors)");
+    return *t;
+}
+
+std::vector<std::string> Checkpoint::files() const {
+    std::vector<std::string> out;
+    for (const TensorInfo& t : tensors_)
+        if (std::find(out.begin(), out.end(), t.file) == out.end()) out.push_back(t.file);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+uint64_t Checkpoint::total_bytes() const {
+    uint64_t n = 0;
+    for (const TensorInfo& t : tensors_) n += t.nbytes;
+    return n;
+}
+
+void Checkpoint::set_tensors(std::vector<TensorInfo> tensors) {
+    std::sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
+    tensors_ = std::move(tensors);
+    index_.clear();
+    for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
+}
+
+void Checkpoint::read(const std::string& name, const Slice& slice, DType dst_type, void* dst) {
+    HostSink sink(dst);
+    read(name, slice, dst_type, sink);
+}
+
+void Checkpoint::count_data(const std::string& file, uint64_t bytes) {
+    data_bytes_ += bytes;
+    ++reads_;
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    per_file_[file] += bytes;
+}
+
+ReadStats Checkpoint::stats() const {
+    ReadStats s;
+    s.header_bytes = header_bytes_;
+    s.data_bytes = data_bytes_;
+    s.reads = reads_;
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    s.data_bytes_per_file = per_file_;
+    return s;
+}
+
+void Checkpoint::reset_stats() {
+    header_bytes_ = data_bytes_ = reads_ = 0;
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    per_file_.clear();
+}
+
+namespace {
+
+using json = nlohmann::json;
+
+class SafetensorsCheckpoint : public Checkpoint {
+public:
+    SafetensorsCheckpoint(const std::string& path, int threads) : Checkpoint(path), pool_(threads) {}
+    ~SafetensorsCheckpoint() override {
+        for (auto& [file, fd] : fds_) ::close(fd);
+    }
+    const char* format() const override { return "safetensors"; }
+
+    void open_folder();
+    void open_file(const std::string& file);
+    void read(const std::string& name, const Slice& slice, DType dst_type, ReadSink& sink) override;
+
+private:
+    int fd_of(const std::string& file);
+    void pread_fully(const std::string& file, void* dst, uint64_t bytes, uint64_t offset);
+
+    ReadPool pool_;
+    std::mutex fd_mutex_;
+    std::map<std::string, int> fds_;
+};
+
+void SafetensorsCheckpoint::open_file(const std::string& file) {
+    uint64_t header = 0;
+    SafetensorsHeader h = read_safetensors_header(file, &header);
+    count_header(header);
+    set_tensors(std::move(h.tensors));
+}
+
+void SafetensorsCheckpoint::open_folder() {
+    fs::path dir(path_);
+    auto text_if_present = [&](const char* name) {
+        fs::path p = dir / name;
+        if (!fs::exists(p)) return std::string();
+        std::string text = read_text_file(p.string());
+        count_header(text.size());
+        return text;
+    };
+    config_json_ = text_if_present("config.json");
+    generation_config_json_ = text_if_present("generation_config.json");
+
+    fs::path index_path = dir / "model.safetensors.index.json";
+    if (!fs::exists(index_path)) {
+        fs::path single = dir / "model.safetensors";
+        if (!fs::exists(single))
+            throw CheckpointError(path_ + ": neither model.safetensors nor model.safetensors.index.json is here");
+        open_file(single.string());
+        return;
+    }
+
+    std::string index_file = index_path.string();
+    std::string text = read_text_file(index_file);
+    count_header(text.size());
+    json index;
+    try {
+        index = json::parse(text);
+    } catch (const json::exception& e) {
+        throw CheckpointError(index_file + ": not valid JSON: " + e.what());
+    }
+    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+        throw CheckpointError(index_file + ": has no \"weight_map\" object");
+
+    // Every shard the index names, read once; each tensor must be where the index says, once.
+    std::map<std::string, std::vector<std::string>> names_by_shard;
+    for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
+        if (!it->is_string())
+            throw CheckpointError(index_file + ": weight_map entry for '" + it.key() + "' is " + it->dump() + ", not a file name");
+        names_by_shard[it->get<std::string>()].push_back(it.key());
+    }
+    std::map<std::string, TensorInfo> by_name;
+    std::map<std::string, std::string> shard_of;
+    for (const auto& [shard, names] : names_by_shard) {
+        fs::path shard_path = dir / shard;
+        if (!fs::exists(shard_path))
+            throw CheckpointError(index_file + ": weight_map places tensor '" + names.front() + "' in " + shard +
+                                  ", which does not exist (" + shard_path.string() + ")");
+        uint64_t header = 0;
+        SafetensorsHeader h = read_safetensors_header(shard_path.string(), &header);
+        count_header(header);
+        for (TensorInfo& t : h.tensors) {
+            auto [it, inserted] = shard_of.emplace(t.name, shard);
+            if (!inserted)
+                throw CheckpointError(path_ + ": tensor '" + t.name + "' is stored twice, in " + it->second + " and in " + shard);
+            by_name[t.name] = t;
+        }
+        for (const std::string& name : names)
+            if (!by_name.count(name) || shard_of[name] != shard)
+                throw CheckpointError(index_file + ": weight_map places tensor '" + name + "' in " + shard +
+                                      ", whose header lacks it");
+    }
+    std::vector<TensorInfo> tensors;
+    for (auto& [name, t] : by_name) {
+        if (!index["weight_map"].contains(name)) continue;  // in a shard but not indexed: HF ignores it too
+        tensors.push_back(std::move(t));
+    }
+    set_tensors(std::move(tensors));
+}
+
+int SafetensorsCheckpoint::fd_of(const std::string& file) {
+    std::lock_guard<std::mutex> lock(fd_mutex_);
+    auto it = fds_.find(file);
+    if (it != fds_.end()) return it->second;
+    int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw CheckpointError(file + ": cannot open: " + std::strerror(errno));
+    fds_[file] = fd;
+    return fd;
+}
+
+void SafetensorsCheckpoint::pread_fully(const std::string& file, void* dst, uint64_t bytes, uint64_t offset) {
+    int fd = fd_of(file);
+    char* p = static_cast<char*>(dst);
+    uint64_t done = 0;
+    while (done < bytes) {
+        ssize_t r = ::pread(fd, p + done, bytes - done, (off_t)(offset + done));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0)
+            throw CheckpointError(file + ": read of " + std::to_string(bytes) + " bytes at offset " + std::to_string(offset) +
+                                  " failed: " + (r == 0 ? "the file ended early (truncated?)" : std::strerror(errno)));
+        done += (uint64_t)r;
+    }
+    count_data(file, bytes);
+}
+
+void SafetensorsCheckpoint::read(const std::string& name, const Slice& slice, DType dst_type, ReadSink& sink) {
+    const TensorInfo& t = tensor(name);
+    if (!can_convert(t.dtype, dst_type))
+        throw CheckpointError(t.file + ": tensor '" + name + "' is " + dtype_name(t.dtype) + " and cannot be read as " +
+                              dtype_name(dst_type));
+    size_t src_size = dtype_size(t.dtype), dst_size = dtype_size(dst_type);
+    std::vector<Span> spans = plan_spans(t, slice);
+    std::vector<ReadOp> reads = plan_reads(spans, src_size);
+    uint64_t chunk = sink.chunk_bytes();
+    uint64_t max_op = kMaxReadBytes / src_size * dst_size + kPageBytes * dst_size;
+    TPX_CHECK(chunk >= max_op, "a read sink's chunk of " + std::to_string(chunk) + " bytes is below the " +
+                                   std::to_string(max_op) + " one read may produce");
+
+    // Reads are grouped into chunks of the result; each chunk's reads run on the pool.
+    size_t first = 0;
+    while (first < reads.size()) {
+        uint64_t chunk_begin = spans[reads[first].first_span].dst_elem;
+        size_t last = first;
+        uint64_t chunk_end = chunk_begin;
+        while (last < reads.size()) {
+            const Span& end_span = spans[reads[last].last_span - 1];
+            uint64_t end = end_span.dst_elem + end_span.elems;
+            if (last > first && (end - chunk_begin) * dst_size > chunk) break;
+            chunk_end = end;
+            ++last;
+        }
+        uint64_t offset = chunk_begin * dst_size, bytes = (chunk_end - chunk_begin) * dst_size;
+        char* memory = static_cast<char*>(sink.acquire(offset, bytes));
+        std::vector<std::function<void()>> tasks;
+        for (size_t r = first; r < last; ++r) {
+            tasks.push_back([&, r] {
+                const ReadOp& op = reads[r];
+                const Span& s0 = spans[op.first_span];
+                char* out = memory + (s0.dst_elem - chunk_begin) * dst_size;
+                if (dst_type == t.dtype && op.last_span == op.first_span + 1) {
+                    pread_fully(t.file, out, op.bytes, op.offset);  // straight into the result
+                    return;
+                }
+                std::vector<char> scratch(op.bytes);
+                pread_fully(t.file, scratch.data(), op.bytes, op.offset);
+                for (size_t i = op.first_span; i < op.last_span; ++i) {
+                    const Span& s = spans[i];
+                    convert(scratch.data() + (s.src_offset - op.offset), t.dtype,
+                            memory + (s.dst_elem - chunk_begin) * dst_size, dst_type, s.elems);
+                }
+            });
+        }
+        pool_.run(tasks);
+        sink.commit(memory, offset, bytes);
+        first = last;
+    }
+}
+
+int default_threads() {
+    unsigned n = std::thread::hardware_concurrency();
+    return (int)std::max(2u, std::min(n, 8u));
+}
+
+}  // namespace
+
+std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, int threads) {
+    if (threads <= 0) threads = default_threads();
+    std::error_code ec;
+    if (!fs::exists(path, ec)) throw CheckpointError(path + ": no such file or directory");
+    if (fs::is_directory(path, ec)) {
+        auto c = std::make_unique<SafetensorsCheckpoint>(path, threads);
+        c->open_folder();
+        return c;
+    }
+    std::string ext = fs::path(path).extension().string();
+    if (ext == ".h5" || ext == ".hdf5") return open_hdf5_checkpoint(path);
+    if (ext == ".safetensors") {
+        auto c = std::make_unique<SafetensorsCheckpoint>(path, threads);
+        c->open_file(path);
+        return c;
+    }
+    throw CheckpointError(path + ": not a model folder, a .safetensors file or an .h5 file");
+}
+
+}  // namespace tpx

@@ -1,0 +1,100 @@
+// A checkpoint as tpx reads it: an HF model folder (config.json + model.safetensors, or
+// model.safetensors.index.json + its shards), a single .safetensors file, or an .h5 file
+// written by `tpx convert`. Lists every tensor and reads slices of them, converted to the
+// dtype asked for, into host memory or through a caller's staging buffers (the GPU backend's
+// pinned buffers), counting every byte it reads.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "loader/dtype.h"
+#include "loader/safetensors.h"
+#include "loader/slice.h"
+
+namespace tpx {
+
+struct ReadStats {
+    uint64_t header_bytes = 0;  // headers, index and config files
+    uint64_t data_bytes = 0;    // tensor data read, gaps between coalesced spans included
+    uint64_t reads = 0;         // read calls issued
+    std::map<std::string, uint64_t> data_bytes_per_file;
+};
+
+// Where the converted elements of a read go. Results are delivered in order, in chunks of at
+// most chunk_bytes(); acquire() may block until a staging buffer is free again, which is how
+// the GPU backend overlaps the next file read with the previous chunk's host-to-device copy.
+class ReadSink {
+public:
+    virtual ~ReadSink() = default;
+    virtual uint64_t chunk_bytes() const = 0;
+    // Memory for result bytes [offset, offset + bytes).
+    virtual void* acquire(uint64_t offset, uint64_t bytes) = 0;
+    // Those bytes are filled and converted.
+    virtual void commit(void* memory, uint64_t offset, uint64_t bytes) = 0;
+};
+
+// The sink for a plain host buffer holding the whole result.
+class HostSink : public ReadSink {
+public:
+    explicit HostSink(void* dst) : dst_(static_cast<char*>(dst)) {}
+    uint64_t chunk_bytes() const override { return UINT64_MAX; }
+    void* acquire(uint64_t offset, uint64_t) override { return dst_ + offset; }
+    void commit(void*, uint64_t, uint64_t) override {}
+
+private:
+    char* dst_;
+};
+
+class Checkpoint {
+public:
+    virtual ~Checkpoint() = default;
+
+    // Opens PATH (a folder, a .safetensors file or an .h5 file) and validates every header.
+    // `threads` = read threads (0 = a default from the machine).
+    static std::unique_ptr<Checkpoint> open(const std::string& path, int threads = 0);
+
+    const std::string& path() const { return path_; }
+    virtual const char* format() const = 0;
+    const std::vector<TensorInfo>& tensors() const { return tensors_; }  // sorted by name
+    const TensorInfo* find(const std::string& name) const;
+    const TensorInfo& tensor(const std::string& name) const;  // throws CheckpointError naming it
+    std::vector<std::string> files() const;                  // the files holding tensor data
+    uint64_t total_bytes() const;
+    const std::string& config_json() const { return config_json_; }
+    const std::string& generation_config_json() const { return generation_config_json_; }
+
+    // Reads `slice` of tensor `name`, converted to `dst_type`, into `dst` (dense, row-major).
+    void read(const std::string& name, const Slice& slice, DType dst_type, void* dst);
+    virtual void read(const std::string& name, const Slice& slice, DType dst_type, ReadSink& sink) = 0;
+
+    ReadStats stats() const;
+    void reset_stats();
+
+protected:
+    explicit Checkpoint(std::string path) : path_(std::move(path)) {}
+    void set_tensors(std::vector<TensorInfo> tensors);
+    void count_header(uint64_t bytes) { header_bytes_ += bytes; }
+    void count_data(const std::string& file, uint64_t bytes);
+
+    std::string path_;
+    std::string config_json_;
+    std::string generation_config_json_;
+
+private:
+    std::vector<TensorInfo> tensors_;
+    std::map<std::string, size_t> index_;
+    std::atomic<uint64_t> header_bytes_{0}, data_bytes_{0}, reads_{0};
+    mutable std::mutex stats_mutex_;
+    std::map<std::string, uint64_t> per_file_;
+};
+
+// Reads a whole small text file (config.json); throws CheckpointError naming it.
+std::string read_text_file(const std::string& path);
+
+}  // namespace tpx
