@@ -15,6 +15,7 @@ const std::vector<Command>& commands() {
         {"example", "print a job file with every key, its default and its meaning", cmd_example},
         {"inspect", "list a checkpoint's tensors (name, dtype, shape, bytes, file) and totals", cmd_inspect},
         {"convert", "write an HF model folder as one HDF5 file", cmd_convert},
+        {"plan", "show the sharding plan: every rank's weights, memory, reads and collectives", cmd_plan},
     };
     return table;
 }

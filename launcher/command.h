@@ -30,5 +30,6 @@ int cmd_validate(const Args& args);
 int cmd_example(const Args& args);
 int cmd_inspect(const Args& args);
 int cmd_convert(const Args& args);
+int cmd_plan(const Args& args);
 
 }  // namespace tpx

@@ -4,6 +4,7 @@
 #include "jobs/emit.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
+#include "sharding/transform.h"
 
 namespace po = boost::program_options;
 
@@ -18,6 +19,7 @@ int cmd_validate(const Args& args) {
     if (parse_command_line(args, "tpx validate JOB", options, positional, vm)) return 0;
 
     Job job = load_job(vm["job"].as<std::string>());
+    resolve_transform_options(job);  // unknown transforms and options are job errors too
     std::cout << emit_job_toml(job);
     std::cerr << job.file << ": valid job '" << job.name << "' (" << job.world() << " ranks)\n";
     return 0;

@@ -1,0 +1,317 @@
+// Building, printing and serializing the plan.
+#include "sharding/plan.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "loader/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace tpx {
+namespace {
+
+using json = nlohmann::json;
+
+int64_t numel(const Shape& s) {
+    int64_t n = 1;
+    for (int64_t d : s) n *= d;
+    return n;
+}
+
+// Bytes the loader reads for one piece: its exact read plan when the headers are known.
+int64_t piece_read_bytes(const Piece& p, const Checkpoint* ckpt, int64_t checkpoint_elem_bytes) {
+    if (p.tensor.empty()) return 0;
+    if (!ckpt) return p.elements * checkpoint_elem_bytes;
+    const TensorInfo& t = ckpt->tensor(p.tensor);
+    std::vector<Span> spans = plan_spans(t, p.slice);
+    int64_t bytes = 0;
+    for (const ReadOp& op : plan_reads(spans, dtype_size(t.dtype))) bytes += (int64_t)op.bytes;
+    return bytes;
+}
+
+std::string human(double bytes) {
+    const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+    int u = 0;
+    while (bytes >= 1000 && u < 4) bytes /= 1000, ++u;
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), u ? "%.2f %s" : "%.0f %s", bytes, units[u]);
+    return buf;
+}
+
+json pieces_json(const std::vector<Piece>& pieces) {
+    json out = json::array();
+    for (const Piece& p : pieces) {
+        if (p.tensor.empty()) out.push_back({{"zeros", p.zeros}});
+        else out.push_back({{"tensor", p.tensor}, {"dim", p.slice.dim}, {"start", p.slice.start}, {"length", p.slice.length},
+                            {"elements", p.elements}});
+    }
+    return out;
+}
+
+}  // namespace
+
+std::string resolve_weight_dtype(const Job& job, const ModelConfig& config) {
+    if (job.model.dtype != "auto") return job.model.dtype;
+    return job.backend.device == "cuda" ? config.dtype : "float32";
+}
+
+ShardPlan make_plan(const Job& job, int world) {
+    ShardPlan plan;
+    plan.model_path = job.model.path;
+    plan.tp = world > 0 ? world : job.parallel.tp;
+    plan.ep = job.parallel.ep;
+    if (plan.tp % plan.ep != 0)
+        throw JobError(job.file + ": parallel.ep = " + std::to_string(plan.ep) + " must divide the world size " + std::to_string(plan.tp));
+    plan.backend = job.backend.device;
+
+    // config.json from the folder, or from the .h5 file's attribute.
+    std::unique_ptr<Checkpoint> ckpt;
+    std::string config_text, config_file;
+    fs::path model(job.model.path);
+    bool has_weights = fs::is_directory(model) ? (fs::exists(model / "model.safetensors") || fs::exists(model / "model.safetensors.index.json"))
+                                               : fs::exists(model);
+    if (has_weights) {
+        ckpt = Checkpoint::open(job.model.path);
+        config_text = ckpt->config_json();
+        config_file = fs::is_directory(model) ? (model / "config.json").string() : job.model.path + ":config.json";
+    } else {
+        config_file = (model / "config.json").string();
+        config_text = read_text_file(config_file);
+    }
+    if (config_text.empty()) throw CheckpointError(job.model.path + ": has no config.json");
+
+    TransformContext ctx;
+    ctx.job = &job;
+    ctx.config = parse_model_config(config_text, config_file);
+    ctx.checkpoint = ckpt.get();
+    ctx.tp = plan.tp;
+    ctx.ep = plan.ep;
+    ctx.weight_dtype = resolve_weight_dtype(job, ctx.config);
+    ctx.act_dtype = job.backend.device == "cuda" ? "bfloat16" : "float32";
+    if (ctx.config.is_moe() && ctx.config.num_experts % plan.ep != 0)
+        throw JobError(job.file + ": parallel.ep = " + std::to_string(plan.ep) + " does not divide the model's " +
+                       std::to_string(ctx.config.num_experts) + " experts");
+    if (!ctx.config.is_moe() && plan.ep != 1)
+        throw JobError(job.file + ": parallel.ep = " + std::to_string(plan.ep) + " needs a mixture-of-experts model; " +
+                       ctx.config.architecture + " has none");
+
+    plan.transforms = run_pipeline(ctx, resolve_transform_options(job), Stage::kFactory, Stage::kSharding);
+    bool sharded = false;
+    for (Node* n : ctx.graph.nodes()) sharded = sharded || (n->param && !n->param->by_rank.empty());
+    if (!sharded) throw JobError(job.file + ": detect_sharding is disabled, so there is no plan to make");
+
+    plan.config = ctx.config;
+    plan.weight_dtype = ctx.weight_dtype;
+    plan.act_dtype = ctx.act_dtype;
+    plan.headers_checked = ckpt != nullptr;
+    plan.preloaded = ctx.preloaded;
+    plan.costs = ctx.costs;
+    plan.max_batch = job.run.max_batch;
+    plan.max_seq_len = job.run.max_seq_len > 0 ? job.run.max_seq_len : ctx.config.max_position_embeddings;
+
+    // KV cache: K and V of every layer for the local KV heads, max_batch x max_seq_len tokens.
+    int64_t kv_heads_local = 0;
+    for (Node* n : ctx.graph.nodes())
+        if (n->op == "attention") kv_heads_local = n->attr_int("kv_heads");
+    int64_t kv_bytes = 2 * ctx.config.num_layers * kv_heads_local * ctx.config.head_dim * plan.max_batch * plan.max_seq_len *
+                       dtype_bytes(ctx.act_dtype);
+    int64_t ckpt_elem = dtype_bytes(ctx.config.dtype);
+    for (int r = 0; r < plan.tp; ++r) {
+        RankPlan rp;
+        rp.rank = r;
+        rp.kv_cache_bytes = kv_bytes;
+        for (Node* n : ctx.graph.nodes()) {
+            if (!n->param) continue;
+            WeightPlan w;
+            w.name = n->name;
+            w.shape = n->out()->shape;
+            w.dtype = n->out()->dtype;
+            w.bytes = numel(w.shape) * dtype_bytes(w.dtype);
+            w.pieces = n->param->by_rank.at(r);
+            for (const Piece& p : w.pieces) rp.read_bytes += piece_read_bytes(p, ckpt.get(), ckpt_elem);
+            rp.weight_bytes += w.bytes;
+            rp.weights.push_back(std::move(w));
+        }
+        plan.ranks.push_back(std::move(rp));
+    }
+    plan.graph = std::move(ctx.graph);
+    return plan;
+}
+
+json ShardPlan::to_json() const {
+    json ranks_json = json::array();
+    for (const RankPlan& r : ranks) {
+        json weights = json::array();
+        for (const WeightPlan& w : r.weights)
+            weights.push_back({{"name", w.name}, {"shape", w.shape}, {"dtype", w.dtype}, {"bytes", w.bytes}, {"pieces", pieces_json(w.pieces)}});
+        json coll = json::object();
+        for (const auto& [op, c] : costs.collectives) coll[op] = {{"count", c.count}, {"bytes_per_token", c.bytes_per_token}};
+        ranks_json.push_back({{"rank", r.rank}, {"weight_bytes", r.weight_bytes}, {"kv_cache_bytes", r.kv_cache_bytes},
+                              {"read_bytes", r.read_bytes}, {"collectives", coll}, {"weights", weights}});
+    }
+    json transforms_json = json::array();
+    for (const TransformRecord& t : transforms)
+        transforms_json.push_back({{"name", t.name}, {"stage", stage_name(t.stage)}, {"enabled", t.enabled}, {"skipped", t.skipped},
+                                   {"matches", t.matches}, {"ms", t.ms}, {"mem_change", t.mem_change}, {"error", t.error}, {"note", t.note}});
+    const ModelConfig& c = config;
+    json model = {{"path", model_path}, {"architecture", c.architecture}, {"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
+                  {"intermediate_size", c.intermediate_size}, {"num_layers", c.num_layers}, {"num_heads", c.num_heads},
+                  {"num_kv_heads", c.num_kv_heads}, {"head_dim", c.head_dim}, {"max_position_embeddings", c.max_position_embeddings},
+                  {"rms_norm_eps", c.rms_norm_eps}, {"rope_type", c.rope.type}, {"rope_theta", c.rope.theta},
+                  {"rope_factor", c.rope.factor}, {"rope_low_freq_factor", c.rope.low_freq_factor},
+                  {"rope_high_freq_factor", c.rope.high_freq_factor},
+                  {"rope_original_max_position_embeddings", c.rope.original_max_position_embeddings},
+                  {"tie_word_embeddings", c.tie_word_embeddings}, {"qkv_bias", c.qkv_bias}, {"sliding_window", c.sliding_window},
+                  {"num_experts", c.num_experts}, {"experts_per_token", c.experts_per_token}, {"dtype", c.dtype},
+                  {"eos_token_ids", c.eos_token_ids}};
+    return {{"model", model}, {"tp", tp}, {"ep", ep}, {"world", tp}, {"backend", backend}, {"weight_dtype", weight_dtype},
+            {"act_dtype", act_dtype}, {"max_batch", max_batch}, {"max_seq_len", max_seq_len}, {"headers_checked", headers_checked},
+            {"preloaded", preloaded},
+            {"costs", {{"weight_bytes", costs.weight_bytes}, {"flops_per_token", costs.flops_per_token},
+                       {"attention_flops_per_token_per_position", costs.attention_flops_per_token_per_position}}},
+            {"ranks", ranks_json}, {"transforms", transforms_json}, {"graph", graph.to_json()}};
+}
+
+ShardPlan ShardPlan::from_json(const json& j) {
+    ShardPlan p;
+    const json& m = j.at("model");
+    ModelConfig& c = p.config;
+    p.model_path = m.at("path");
+    c.architecture = m.at("architecture");
+    c.vocab_size = m.at("vocab_size");
+    c.hidden_size = m.at("hidden_size");
+    c.intermediate_size = m.at("intermediate_size");
+    c.num_layers = m.at("num_layers");
+    c.num_heads = m.at("num_heads");
+    c.num_kv_heads = m.at("num_kv_heads");
+    c.head_dim = m.at("head_dim");
+    c.max_position_embeddings = m.at("max_position_embeddings");
+    c.rms_norm_eps = m.at("rms_norm_eps");
+    c.rope.type = m.at("rope_type");
+    c.rope.theta = m.at("rope_theta");
+    c.rope.factor = m.at("rope_factor");
+    c.rope.low_freq_factor = m.at("rope_low_freq_factor");
+    c.rope.high_freq_factor = m.at("rope_high_freq_factor");
+    c.rope.original_max_position_embeddings = m.at("rope_original_max_position_embeddings");
+    c.tie_word_embeddings = m.at("tie_word_embeddings");
+    c.qkv_bias = m.at("qkv_bias");
+    c.sliding_window = m.at("sliding_window");
+    c.num_experts = m.at("num_experts");
+    c.experts_per_token = m.at("experts_per_token");
+    c.dtype = m.at("dtype");
+    c.eos_token_ids = m.at("eos_token_ids").get<std::vector<int64_t>>();
+    p.tp = j.at("tp");
+    p.ep = j.at("ep");
+    p.backend = j.at("backend");
+    p.weight_dtype = j.at("weight_dtype");
+    p.act_dtype = j.at("act_dtype");
+    p.max_batch = j.at("max_batch");
+    p.max_seq_len = j.at("max_seq_len");
+    p.headers_checked = j.at("headers_checked");
+    p.preloaded = j.at("preloaded");
+    p.costs.weight_bytes = j.at("costs").at("weight_bytes");
+    p.costs.flops_per_token = j.at("costs").at("flops_per_token");
+    p.costs.attention_flops_per_token_per_position = j.at("costs").at("attention_flops_per_token_per_position");
+    p.graph = Graph::from_json(j.at("graph"));
+    for (const json& jt : j.at("transforms")) {
+        TransformRecord t;
+        t.name = jt.at("name");
+        std::string stage = jt.at("stage");
+        for (Stage s : all_stages())
+            if (stage == stage_name(s)) t.stage = s;
+        t.enabled = jt.at("enabled");
+        t.skipped = jt.at("skipped");
+        t.matches = jt.at("matches");
+        t.ms = jt.at("ms");
+        t.mem_change = jt.at("mem_change");
+        t.error = jt.at("error");
+        t.note = jt.at("note");
+        p.transforms.push_back(std::move(t));
+    }
+    for (const json& jr : j.at("ranks")) {
+        RankPlan r;
+        r.rank = jr.at("rank");
+        r.weight_bytes = jr.at("weight_bytes");
+        r.kv_cache_bytes = jr.at("kv_cache_bytes");
+        r.read_bytes = jr.at("read_bytes");
+        for (auto it = jr.at("collectives").begin(); it != jr.at("collectives").end(); ++it)
+            p.costs.collectives[it.key()] = {it->at("count"), it->at("bytes_per_token")};
+        p.ranks.push_back(std::move(r));
+    }
+    // Weights per rank come back from the graph's parameter specs (one source of truth).
+    for (Node* n : p.graph.nodes()) {
+        if (!n->param) continue;
+        for (RankPlan& r : p.ranks) {
+            WeightPlan w{n->name, n->out()->shape, n->out()->dtype, numel(n->out()->shape) * dtype_bytes(n->out()->dtype),
+                         n->param->by_rank.at(r.rank)};
+            r.weights.push_back(std::move(w));
+        }
+    }
+    return p;
+}
+
+std::string format_plan(const ShardPlan& p, bool detail) {
+    std::ostringstream os;
+    const ModelConfig& c = p.config;
+    char line[512];
+    os << "plan: " << p.model_path << "\n";
+    std::snprintf(line, sizeof(line), "model: %s, %lld layers, hidden %lld, heads %lld (kv %lld, head_dim %lld), vocab %lld%s\n",
+                  c.architecture.c_str(), (long long)c.num_layers, (long long)c.hidden_size, (long long)c.num_heads,
+                  (long long)c.num_kv_heads, (long long)c.head_dim, (long long)c.vocab_size,
+                  c.is_moe() ? (", " + std::to_string(c.num_experts) + " experts, top-" + std::to_string(c.experts_per_token)).c_str() : "");
+    os << line;
+    os << "parallel: tp=" << p.tp << " ep=" << p.ep << " (world " << p.tp << "), backend " << p.backend << ", weights "
+       << p.weight_dtype << ", activations " << p.act_dtype << "\n";
+    os << "kv cache: max_batch " << p.max_batch << " x max_seq_len " << p.max_seq_len << "\n";
+    os << (p.headers_checked ? "checkpoint headers: read and matched\n" : "checkpoint headers: not present (planned from config.json alone)\n");
+    os << "\n";
+    std::snprintf(line, sizeof(line), "%-5s %14s %14s %14s %14s %9s\n", "rank", "weights", "kv cache", "total", "read", "tensors");
+    os << line;
+    int64_t tw = 0, tk = 0, tr = 0;
+    for (const RankPlan& r : p.ranks) {
+        std::snprintf(line, sizeof(line), "%-5d %14s %14s %14s %14s %9zu\n", r.rank, human((double)r.weight_bytes).c_str(),
+                      human((double)r.kv_cache_bytes).c_str(), human((double)(r.weight_bytes + r.kv_cache_bytes)).c_str(),
+                      human((double)r.read_bytes).c_str(), r.weights.size());
+        os << line;
+        tw += r.weight_bytes, tk += r.kv_cache_bytes, tr += r.read_bytes;
+    }
+    std::snprintf(line, sizeof(line), "%-5s %14s %14s %14s %14s\n", "all", human((double)tw).c_str(), human((double)tk).c_str(),
+                  human((double)(tw + tk)).c_str(), human((double)tr).c_str());
+    os << line << "\nper forward, per token, per rank:\n";
+    std::snprintf(line, sizeof(line), "  %.3f GFLOP in GEMMs (+ %.1f KFLOP of attention per cached position)\n",
+                  p.costs.flops_per_token / 1e9, p.costs.attention_flops_per_token_per_position / 1e3);
+    os << line;
+    if (p.costs.collectives.empty()) os << "  no collectives\n";
+    for (const auto& [op, cc] : p.costs.collectives)
+        os << "  " << op << ": " << cc.count << " calls, " << human((double)cc.bytes_per_token) << " per token\n";
+    os << "\ntransforms:\n";
+    for (const TransformRecord& t : p.transforms) {
+        std::snprintf(line, sizeof(line), "  %-16s %-30s %s %4d matches %8.2f ms  mem %+lld B%s\n", stage_name(t.stage), t.name.c_str(),
+                      !t.enabled ? "off " : (t.skipped ? "skip" : "ran "), t.matches, t.ms, (long long)t.mem_change,
+                      t.error.empty() ? "" : ("  error: " + t.error).c_str());
+        os << line;
+    }
+    if (detail) {
+        for (const RankPlan& r : p.ranks) {
+            os << "\nrank " << r.rank << " weights:\n";
+            for (const WeightPlan& w : r.weights) {
+                os << "  " << w.name << " " << shape_text(w.shape) << " " << w.dtype << " " << human((double)w.bytes) << " <-";
+                for (const Piece& piece : w.pieces) {
+                    if (piece.tensor.empty()) os << " zeros(" << piece.zeros << ")";
+                    else if (piece.slice.length < 0) os << " " << piece.tensor;
+                    else os << " " << piece.tensor << "[dim " << piece.slice.dim << ": " << piece.slice.start << ".."
+                            << piece.slice.start + piece.slice.length << "]";
+                }
+                os << "\n";
+            }
+        }
+    }
+    return os.str();
+}
+
+}  // namespace tpx

@@ -1,0 +1,66 @@
+// The sharding plan: what rank 0 computes and every rank trusts. For every rank, every weight
+// it holds (source tensors, slices, destination shape, dtype), its memory (weights, KV cache
+// for the job's max_batch x max_seq_len), the bytes it will read, and the collectives of one
+// forward; plus the sharded graph the ranks execute. Serializable to JSON for the broadcast
+// and for `tpx plan --json`.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "jobs/job.h"
+#include "sharding/transform.h"
+
+namespace tpx {
+
+struct WeightPlan {
+    std::string name;  // the graph parameter
+    Shape shape;       // local shape
+    std::string dtype;
+    int64_t bytes = 0;
+    std::vector<Piece> pieces;  // laid end to end (dim 0) into the local buffer
+};
+
+struct RankPlan {
+    int rank = 0;
+    int64_t weight_bytes = 0;
+    int64_t kv_cache_bytes = 0;
+    int64_t read_bytes = 0;  // what the loader will read (exact when checkpoint headers were at hand)
+    std::vector<WeightPlan> weights;
+};
+
+struct ShardPlan {
+    std::string model_path;
+    ModelConfig config;
+    int tp = 1, ep = 1;
+    std::string backend = "cpu";
+    std::string weight_dtype, act_dtype;
+    int64_t max_batch = 1, max_seq_len = 0;
+    bool headers_checked = false;  // checkpoint headers were read and matched
+    bool preloaded = false;
+    Graph graph;
+    GraphCosts costs;  // per rank, per token
+    std::vector<RankPlan> ranks;
+    std::vector<TransformRecord> transforms;
+
+    nlohmann::json to_json() const;
+    static ShardPlan from_json(const nlohmann::json& j);
+};
+
+// Plans `job` on the coordinator: reads config.json (and the checkpoint's headers when the
+// checkpoint is there), runs the pipeline through the sharding stage, and fills every rank's
+// entry. `world` overrides parallel.tp when > 0.
+ShardPlan make_plan(const Job& job, int world = 0);
+
+// The weight dtype the ranks hold: model.dtype, or for "auto" the checkpoint's on cuda and
+// float32 on cpu (the CPU backend computes in fp32).
+std::string resolve_weight_dtype(const Job& job, const ModelConfig& config);
+
+// A human-readable summary: one row per rank and the totals, then the transforms; `detail`
+// adds each rank's weights.
+std::string format_plan(const ShardPlan& plan, bool detail);
+
+}  // namespace tpx

@@ -1,0 +1,280 @@
+// The registry with tpx's transforms in pipeline order, option resolution from the job, and
+// the runner that records matches, time and memory change per transform.
+#include "sharding/transform.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "loader/checkpoint.h"
+#include "sharding/factory.h"
+#include "sharding/fusion.h"
+#include "sharding/tp_sharding.h"
+
+namespace fs = std::filesystem;
+
+namespace tpx {
+
+const std::vector<Stage>& all_stages() {
+    static const std::vector<Stage> s = {Stage::kFactory, Stage::kExport, Stage::kPostExport, Stage::kPatternMatcher,
+                                         Stage::kSharding, Stage::kWeightLoad, Stage::kPostLoadFusion, Stage::kCacheInit,
+                                         Stage::kVisualize, Stage::kCompile};
+    return s;
+}
+
+const char* stage_name(Stage s) {
+    static const char* names[] = {"factory", "export", "post_export", "pattern_matcher", "sharding",
+                                  "weight_load", "post_load_fusion", "cache_init", "visualize", "compile"};
+    return names[static_cast<int>(s)];
+}
+
+bool TransformOptions::flag(const std::string& key) const {
+    auto it = own.find(key);
+    if (it == own.end() || !std::holds_alternative<bool>(it->second.value)) throw Error("transform option '" + key + "' is not a flag");
+    return std::get<bool>(it->second.value);
+}
+
+std::string TransformOptions::text(const std::string& key) const {
+    auto it = own.find(key);
+    if (it == own.end() || !std::holds_alternative<std::string>(it->second.value)) throw Error("transform option '" + key + "' is not text");
+    return std::get<std::string>(it->second.value);
+}
+
+namespace {
+
+int64_t param_bytes(const TransformContext& ctx) {
+    int64_t n = 0;
+    for (Node* node : ctx.graph.nodes())
+        if (node->param) {
+            int64_t e = 1;
+            for (int64_t d : node->out()->shape) e *= d;
+            n += e * dtype_bytes(node->out()->dtype);
+        }
+    return n;
+}
+
+OptionValue opt(std::variant<bool, int64_t, double, std::string> v) { return OptionValue{std::move(v), 0, 0}; }
+
+TransformOptions defaults(bool enabled = true, std::map<std::string, OptionValue> own = {}) {
+    TransformOptions o;
+    o.enabled = enabled;
+    o.own = std::move(own);
+    return o;
+}
+
+void build(TransformContext& ctx) {
+    ctx.graph = build_model(ctx.config, ctx.weight_dtype);
+    if (ctx.checkpoint) check_against_checkpoint(ctx.graph, *ctx.checkpoint);
+}
+
+// Transforms whose work is done by the worker on each rank: the registry knows their names,
+// stages and options (so jobs are validated and `tpx plan` lists them); the worker binds them.
+TransformFn needs_worker(const char* name) {
+    return [name](TransformContext& ctx, const TransformOptions&) -> TransformResult {
+        if (ctx.rank < 0) throw Error(std::string("transform ") + name + " runs on the ranks, not while planning");
+        throw Error(std::string("transform ") + name + " has no implementation bound in this process");
+    };
+}
+
+TransformRegistry make_registry() {
+    TransformRegistry r;
+    r.add({"build_model", Stage::kFactory, "build the graph from config.json on meta (shapes only)",
+           defaults(true, {{"device", opt(std::string("meta"))}}), {{"device", "where the graph is built: meta (no data)"}},
+           [](TransformContext& ctx, const TransformOptions& o) {
+               if (o.text("device") != "meta") throw Error("build_model: device must be \"meta\" (tpx plans before it loads)", kExitBadInput);
+               build(ctx);
+               return TransformResult{(int)ctx.graph.size(), false, ""};
+           }});
+    r.add({"build_and_load_factory_model", Stage::kFactory, "build the graph and load whole weights in one step (tp = 1 only)",
+           defaults(false), {},
+           [](TransformContext& ctx, const TransformOptions&) {
+               if (ctx.tp != 1) throw Error("build_and_load_factory_model loads unsharded weights: it needs tp = 1", kExitBadInput);
+               build(ctx);
+               ctx.preloaded = true;
+               return TransformResult{(int)ctx.graph.size(), false, "weights load whole"};
+           }});
+    r.add({"fuse_qkv", Stage::kPatternMatcher, "one q/k/v GEMM (biases folded) instead of three", defaults(), {},
+           [](TransformContext& ctx, const TransformOptions&) {
+               int n = fuse_qkv(ctx.graph);
+               return TransformResult{n, n == 0, ""};
+           }});
+    r.add({"fuse_gate_up", Stage::kPatternMatcher, "one gate/up GEMM instead of two (dense and per expert)", defaults(), {},
+           [](TransformContext& ctx, const TransformOptions&) {
+               int n = fuse_gate_up(ctx.graph);
+               return TransformResult{n, n == 0, ""};
+           }});
+    r.add({"detect_sharding", Stage::kSharding, "tensor- and expert-parallel split of every parameter; collectives inserted",
+           defaults(), {},
+           [](TransformContext& ctx, const TransformOptions&) {
+               ShardingReport rep = shard_graph(ctx.graph, ctx.tp, ctx.ep);
+               return TransformResult{rep.params + rep.collectives, false,
+                                      std::to_string(rep.collectives) + " collectives inserted"};
+           }});
+    r.add({"strip_sharding_hints", Stage::kSharding, "drop the factory's sharding hints once sharding is done", defaults(), {},
+           [](TransformContext& ctx, const TransformOptions&) { return TransformResult{strip_sharding_hints(ctx.graph), false, ""}; }});
+    r.add({"count_costs", Stage::kSharding, "analyzers: FLOPs, weight bytes and collectives per forward", defaults(), {},
+           [](TransformContext& ctx, const TransformOptions&) {
+               ctx.costs = analyze_costs(ctx.graph, (int)dtype_bytes(ctx.act_dtype));
+               return TransformResult{ctx.costs.matches, false, ""};
+           }});
+    r.add({"load_weights", Stage::kWeightLoad, "each rank reads its pieces of the checkpoint onto its device",
+           defaults(true, {{"checkpoint_device", opt(std::string("cpu"))}, {"disable_preload", opt(false)}}),
+           {{"checkpoint_device", "where file reads land before the device: cpu (pinned staging buffers)"},
+            {"disable_preload", "read each tensor when it is uploaded instead of reading ahead on a thread"}},
+           needs_worker("load_weights")});
+    r.add({"move_inputs_to_device", Stage::kWeightLoad, "inputs (ids, positions) allocated on the rank's device", defaults(), {},
+           needs_worker("move_inputs_to_device")});
+    r.add({"fuse_allreduce_residual_rmsnorm", Stage::kPostLoadFusion,
+           "all_reduce + residual add + RMSNorm as one op (add + RMSNorm where tp = 1)", defaults(), {},
+           [](TransformContext& ctx, const TransformOptions&) {
+               int n = fuse_allreduce_residual_rmsnorm(ctx.graph);
+               return TransformResult{n, n == 0, ""};
+           }});
+    r.add({"init_kv_cache", Stage::kCacheInit, "allocate the KV cache for max_batch x max_seq_len", defaults(), {},
+           needs_worker("init_kv_cache")});
+    r.add({"visualize", Stage::kVisualize, "write the final graph as Graphviz DOT",
+           defaults(false, {{"dir", opt(std::string("."))}}), {{"dir", "folder for graph.dot"}},
+           [](TransformContext& ctx, const TransformOptions& o) {
+               fs::create_directories(o.text("dir"));
+               std::ofstream(fs::path(o.text("dir")) / "graph.dot") << ctx.graph.to_dot();
+               return TransformResult{1, false, ""};
+           }});
+    r.add({"compile_cuda_graph", Stage::kCompile, "capture the decode step as a CUDA graph (cuda backend)", defaults(), {},
+           needs_worker("compile_cuda_graph")});
+    return r;
+}
+
+const char* kind_name(const OptionValue& v) {
+    switch (v.value.index()) {
+        case 0: return "a boolean";
+        case 1: return "an integer";
+        case 2: return "a float";
+        default: return "a string";
+    }
+}
+
+}  // namespace
+
+TransformRegistry& TransformRegistry::global() {
+    static TransformRegistry r = make_registry();
+    return r;
+}
+
+void TransformRegistry::add(TransformDef def) {
+    if (find(def.name)) throw Error("transform '" + def.name + "' registered twice");
+    defs_.push_back(std::move(def));
+    std::stable_sort(defs_.begin(), defs_.end(), [](const TransformDef& a, const TransformDef& b) { return a.stage < b.stage; });
+}
+
+void TransformRegistry::bind(const std::string& name, TransformFn fn) {
+    for (TransformDef& d : defs_)
+        if (d.name == name) {
+            d.fn = std::move(fn);
+            return;
+        }
+    throw Error("cannot bind unknown transform '" + name + "'");
+}
+
+const TransformDef* TransformRegistry::find(const std::string& name) const {
+    for (const TransformDef& d : defs_)
+        if (d.name == name) return &d;
+    return nullptr;
+}
+
+std::map<std::string, TransformOptions> resolve_transform_options(const Job& job) {
+    const TransformRegistry& reg = TransformRegistry::global();
+    std::map<std::string, TransformOptions> out;
+    for (const TransformDef& d : reg.all()) out[d.name] = d.defaults;
+    for (const TransformSection& t : job.transforms) {
+        const TransformDef* def = reg.find(t.name);
+        if (!def) {
+            std::string names;
+            for (const TransformDef& d : reg.all()) names += (names.empty() ? "" : ", ") + d.name;
+            throw JobError(at(job.file, t.line, t.col, "unknown transform '" + t.name + "'; valid transforms: " + names));
+        }
+        TransformOptions& o = out[t.name];
+        for (const auto& [key, value] : t.options) {
+            auto set_bool = [&](bool& field) { field = std::get<bool>(value.value); };
+            if (key == "enabled") set_bool(o.enabled);
+            else if (key == "skip_on_error") set_bool(o.skip_on_error);
+            else if (key == "run_graph_cleanup") set_bool(o.run_graph_cleanup);
+            else if (key == "run_shape_prop") set_bool(o.run_shape_prop);
+            else if (key == "requires_clean_graph") set_bool(o.requires_clean_graph);
+            else if (key == "requires_shape_prop") set_bool(o.requires_shape_prop);
+            else if (key == "expect_mem_change") set_bool(o.expect_mem_change);
+            else if (key == "debug_visualize_dir") o.debug_visualize_dir = std::get<std::string>(value.value);
+            else if (o.own.count(key)) {
+                if (o.own[key].value.index() != value.value.index())
+                    throw JobError(at(job.file, value.line, value.col, "transforms." + t.name + "." + key + " must be " +
+                                                                         kind_name(o.own[key]) + ", not " + kind_name(value)));
+                o.own[key] = value;
+            } else {
+                std::string valid = "enabled, skip_on_error, run_graph_cleanup, run_shape_prop, requires_clean_graph, "
+                                    "requires_shape_prop, debug_visualize_dir, expect_mem_change";
+                for (const auto& [k, v] : def->defaults.own) valid += ", " + k;
+                throw JobError(at(job.file, value.line, value.col,
+                                  "unknown option '" + key + "' of transform " + t.name + "; valid options: " + valid));
+            }
+        }
+    }
+    return out;
+}
+
+std::vector<TransformRecord> run_pipeline(TransformContext& ctx, const std::map<std::string, TransformOptions>& options,
+                                          Stage from, Stage to) {
+    const TransformRegistry& reg = TransformRegistry::global();
+    auto memory = [&] { return ctx.memory_in_use ? ctx.memory_in_use(ctx) : param_bytes(ctx); };
+    std::vector<TransformRecord> records;
+    int index = 0;
+    for (const TransformDef& def : reg.all()) {
+        ++index;
+        if (def.stage < from || def.stage > to) continue;
+        const TransformOptions& o = options.count(def.name) ? options.at(def.name) : def.defaults;
+        TransformRecord rec;
+        rec.name = def.name;
+        rec.stage = def.stage;
+        rec.enabled = o.enabled;
+        if (!o.enabled) {
+            rec.skipped = true;
+            records.push_back(rec);
+            continue;
+        }
+        auto t0 = std::chrono::steady_clock::now();
+        int64_t before = memory();
+        try {
+            if (o.requires_clean_graph && !ctx.graph.is_clean()) ctx.graph.cleanup();
+            if (o.requires_shape_prop) ctx.graph.propagate_shapes();
+            TransformResult res = def.fn(ctx, o);
+            rec.matches = res.matches;
+            rec.skipped = res.skipped;
+            rec.note = res.note;
+            if (o.run_graph_cleanup) ctx.graph.cleanup();
+            if (o.run_shape_prop) ctx.graph.propagate_shapes();
+        } catch (const std::exception& e) {
+            if (!o.skip_on_error) {
+                int code = kExitRuntime;
+                if (auto* te = dynamic_cast<const Error*>(&e)) code = te->exit_code();
+                throw Error("transform " + def.name + " (" + stage_name(def.stage) + "): " + e.what(), code);
+            }
+            rec.error = e.what();
+            rec.skipped = true;
+            log_warn("transform ", def.name, " failed and is skipped (skip_on_error): ", e.what());
+        }
+        rec.mem_change = memory() - before;
+        rec.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        if (o.expect_mem_change && rec.mem_change == 0 && rec.error.empty())
+            log_warn("transform ", def.name, " was expected to change memory but did not");
+        if (!o.debug_visualize_dir.empty()) {
+            fs::create_directories(o.debug_visualize_dir);
+            char file[256];
+            std::snprintf(file, sizeof(file), "%02d_%s.dot", index, def.name.c_str());
+            std::ofstream(fs::path(o.debug_visualize_dir) / file) << ctx.graph.to_dot();
+        }
+        records.push_back(rec);
+    }
+    return records;
+}
+
+}  // namespace tpx
