@@ -47,6 +47,7 @@ std::string emit_job_toml(const Job& job) {
     os << "\n[model]\n";
     kv("path", fmt(job.model.path));
     kv("dtype", fmt(job.model.dtype));
+    kv("rope_precision", fmt(job.model.rope_precision));
     os << "\n[parallel]\n";
     kv("tp", fmt<int64_t>(job.parallel.tp));
     kv("ep", fmt<int64_t>(job.parallel.ep));

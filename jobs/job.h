@@ -15,6 +15,9 @@ namespace tpx {
 struct ModelSection {
     std::string path;            // HF folder (config.json + *.safetensors) or an .h5 file; required
     std::string dtype = "auto";  // weights on the device: auto (the checkpoint's) | bfloat16 | float16 | float32
+    // RoPE inverse frequencies: "checkpoint" rounds them to the checkpoint's dtype, as HF's
+    // model.to(dtype) does to its inv_freq buffer; "float32" keeps them exact.
+    std::string rope_precision = "checkpoint";
 };
 
 struct ParallelSection {

@@ -196,6 +196,7 @@ void parse_model(Section s, Job& job) {
         s.fail_here("missing required key model.path (an HF model folder or an .h5 file)");
     }
     s.get_string("dtype", job.model.dtype, {"auto", "bfloat16", "float16", "float32"});
+    s.get_string("rope_precision", job.model.rope_precision, {"checkpoint", "float32"});
     s.reject_unknown();
 }
 

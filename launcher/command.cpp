@@ -16,6 +16,7 @@ const std::vector<Command>& commands() {
         {"inspect", "list a checkpoint's tensors (name, dtype, shape, bytes, file) and totals", cmd_inspect},
         {"convert", "write an HF model folder as one HDF5 file", cmd_convert},
         {"plan", "show the sharding plan: every rank's weights, memory, reads and collectives", cmd_plan},
+        {"run", "run the job under mpirun, one tpx-worker per rank", cmd_run},
     };
     return table;
 }

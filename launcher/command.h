@@ -31,5 +31,6 @@ int cmd_example(const Args& args);
 int cmd_inspect(const Args& args);
 int cmd_convert(const Args& args);
 int cmd_plan(const Args& args);
+int cmd_run(const Args& args);
 
 }  // namespace tpx

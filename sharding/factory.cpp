@@ -62,7 +62,8 @@ struct Builder {
         auto rope_attrs = heads;
         rope_attrs.insert({{"theta", c.rope.theta}, {"rope_type", c.rope.type}, {"factor", c.rope.factor},
                            {"low_freq_factor", c.rope.low_freq_factor}, {"high_freq_factor", c.rope.high_freq_factor},
-                           {"original_max_position_embeddings", c.rope.original_max_position_embeddings}});
+                           {"original_max_position_embeddings", c.rope.original_max_position_embeddings},
+                           {"freq_dtype", c.rope.freq_dtype}});
         Node* rope = g.add("rope", n + "rope", {q, k, positions}, {q->shape, k->shape}, rope_attrs);
         auto attn_attrs = heads;
         attn_attrs.insert({{"layer", (int64_t)layer}, {"sliding_window", c.sliding_window}});

@@ -17,6 +17,9 @@ struct RopeConfig {
     double low_freq_factor = 1.0;
     double high_freq_factor = 4.0;
     int64_t original_max_position_embeddings = 8192;
+    // Precision of the inverse frequencies: "float32", or the checkpoint's dtype as HF has it
+    // after model.to(dtype) (the job's model.rope_precision chooses; see docs/NUMERICS.md).
+    std::string freq_dtype = "float32";
 };
 
 struct ModelConfig {

@@ -88,6 +88,7 @@ ShardPlan make_plan(const Job& job, int world) {
     TransformContext ctx;
     ctx.job = &job;
     ctx.config = parse_model_config(config_text, config_file);
+    ctx.config.rope.freq_dtype = job.model.rope_precision == "checkpoint" ? ctx.config.dtype : "float32";
     ctx.checkpoint = ckpt.get();
     ctx.tp = plan.tp;
     ctx.ep = plan.ep;
@@ -166,6 +167,7 @@ json ShardPlan::to_json() const {
                   {"rope_factor", c.rope.factor}, {"rope_low_freq_factor", c.rope.low_freq_factor},
                   {"rope_high_freq_factor", c.rope.high_freq_factor},
                   {"rope_original_max_position_embeddings", c.rope.original_max_position_embeddings},
+                  {"rope_freq_dtype", c.rope.freq_dtype},
                   {"tie_word_embeddings", c.tie_word_embeddings}, {"qkv_bias", c.qkv_bias}, {"sliding_window", c.sliding_window},
                   {"num_experts", c.num_experts}, {"experts_per_token", c.experts_per_token}, {"dtype", c.dtype},
                   {"eos_token_ids", c.eos_token_ids}};
@@ -198,6 +200,7 @@ ShardPlan ShardPlan::from_json(const json& j) {
     c.rope.low_freq_factor = m.at("rope_low_freq_factor");
     c.rope.high_freq_factor = m.at("rope_high_freq_factor");
     c.rope.original_max_position_embeddings = m.at("rope_original_max_position_embeddings");
+    c.rope.freq_dtype = m.at("rope_freq_dtype");
     c.tie_word_embeddings = m.at("tie_word_embeddings");
     c.qkv_bias = m.at("qkv_bias");
     c.sliding_window = m.at("sliding_window");

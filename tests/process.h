@@ -2,15 +2,18 @@
 // Multi-rank tests use it to launch real mpirun jobs, so it also reports the wall time.
 #pragma once
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace tpx_test {
 
@@ -52,5 +55,80 @@ inline ProcessResult run_process(const std::string& command, const std::string& 
 }
 
 inline std::string tpx_bin(const char* name) { return std::string(TPX_BIN_DIR) + "/" + name; }
+
+}  // namespace tpx_test
+
+namespace tpx_test {
+
+// A process started in the background (its own process group), output to files.
+struct Background {
+    pid_t pid = -1;
+    std::string out_path, err_path;
+    std::chrono::steady_clock::time_point started;
+};
+
+inline Background start_background(const std::string& command) {
+    Background b;
+    std::string dir = temp_dir();
+    b.out_path = dir + "/out";
+    b.err_path = dir + "/err";
+    b.started = std::chrono::steady_clock::now();
+    b.pid = fork();
+    if (b.pid == 0) {
+        setpgid(0, 0);
+        std::string full = "exec " + command + " >" + b.out_path + " 2>" + b.err_path + " </dev/null";
+        execl("/bin/sh", "sh", "-c", full.c_str(), (char*)nullptr);
+        _exit(127);
+    }
+    return b;
+}
+
+// Waits up to `timeout_s`; returns the exit code (128 + signal), or -1 on timeout (after
+// which the whole process group is killed).
+inline int wait_background(Background& b, double timeout_s) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    int status = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+        pid_t r = waitpid(b.pid, &status, WNOHANG);
+        if (r == b.pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        usleep(20000);
+    }
+    kill(-b.pid, SIGKILL);
+    waitpid(b.pid, &status, 0);
+    return -1;
+}
+
+// Pids of live processes whose command line contains `needle` (zombies excluded).
+inline std::vector<int> pids_matching(const std::string& needle) {
+    std::vector<int> pids;
+    for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+        std::string name = e.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        int pid = std::stoi(name);
+        if (pid == getpid()) continue;
+        std::string cmdline = read_text("/proc/" + name + "/cmdline");
+        for (char& c : cmdline)
+            if (c == '\0') c = ' ';
+        std::string stat = read_text("/proc/" + name + "/stat");
+        size_t paren = stat.rfind(')');
+        bool zombie = paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
+        if (!zombie && cmdline.find(needle) != std::string::npos) pids.push_back(pid);
+    }
+    return pids;
+}
+
+// The value of `key` in a process's environment ("" if absent or unreadable).
+inline std::string env_of(int pid, const std::string& key) {
+    std::string env = read_text("/proc/" + std::to_string(pid) + "/environ");
+    size_t at = 0;
+    while (at < env.size()) {
+        size_t end = env.find('\0', at);
+        if (end == std::string::npos) end = env.size();
+        std::string entry = env.substr(at, end - at);
+        if (entry.rfind(key + "=", 0) == 0) return entry.substr(key.size() + 1);
+        at = end + 1;
+    }
+    return "";
+}
 
 }  // namespace tpx_test

@@ -1,0 +1,50 @@
+// Token choice: greedy argmax, or sampling with temperature, top-k and top-p (in that order,
+// as HF's logits warpers) from a seeded generator.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+
+namespace tpx::cpu {
+
+int64_t argmax(const float* logits, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; ++i)
+        if (logits[i] > logits[best]) best = i;
+    return best;
+}
+
+int64_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt19937_64& rng) {
+    if (p.temperature <= 0) return argmax(logits, n);
+    std::vector<int64_t> idx(n);
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
+    int64_t keep = p.top_k > 0 ? std::min(p.top_k, n) : n;
+    std::vector<double> probs(keep);
+    double mx = logits[idx[0]] / p.temperature, sum = 0;
+    for (int64_t i = 0; i < keep; ++i) sum += (probs[i] = std::exp(logits[idx[i]] / p.temperature - mx));
+    if (p.top_p < 1) {
+        // Smallest prefix whose probability reaches top_p (at least one token).
+        double acc = 0;
+        int64_t cut = keep;
+        for (int64_t i = 0; i < keep; ++i) {
+            acc += probs[i] / sum;
+            if (acc >= p.top_p) {
+                cut = i + 1;
+                break;
+            }
+        }
+        keep = cut;
+        sum = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
+    }
+    double r = std::uniform_real_distribution<double>(0, sum)(rng);
+    for (int64_t i = 0; i < keep; ++i) {
+        r -= probs[i];
+        if (r < 0) return idx[i];
+    }
+    return idx[keep - 1];
+}
+
+}  // namespace tpx::cpu

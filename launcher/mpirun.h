@@ -1,0 +1,29 @@
+// The mpirun command line for a job, as a pure function of the job (tested without running
+// it): world size, --oversubscribe when the ranks exceed this host's cores (single host),
+// --allow-run-as-root only as root, hosts or hostfile, the job's extra args, the worker.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "jobs/job.h"
+
+namespace tpx {
+
+struct LaunchHost {
+    int cores = 1;      // cores of this host
+    bool root = false;  // running as root
+};
+LaunchHost this_host();
+
+std::vector<std::string> mpirun_command(const Job& job, const std::string& worker, const std::vector<std::string>& worker_args,
+                                        const LaunchHost& host = this_host());
+
+// The tpx-worker next to the running tpx binary.
+std::string worker_binary();
+
+// Words joined with POSIX shell quoting where needed.
+std::string shell_join(const std::vector<std::string>& words);
+std::string shell_quote(const std::string& word);
+
+}  // namespace tpx

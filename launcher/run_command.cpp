@@ -1,0 +1,93 @@
+// `tpx run`: validates the job, builds the mpirun command, starts it, streams its output and
+// ends with the job's exit status. Signals to tpx (Ctrl-C) are passed on to mpirun, which
+// ends the ranks.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "common/error.h"
+#include "jobs/emit.h"
+#include "jobs/parse.h"
+#include "launcher/command.h"
+#include "launcher/mpirun.h"
+#include "sharding/transform.h"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace tpx {
+namespace {
+
+pid_t g_child = -1;
+
+void forward_signal(int sig) {
+    if (g_child > 0) kill(g_child, sig);
+}
+
+}  // namespace
+
+int cmd_run(const Args& args) {
+    po::options_description options("tpx run options");
+    options.add_options()("job", po::value<std::string>()->required(), "the job file")(
+        "dry-run", "print the mpirun command instead of running it")(
+        "dump-logits", po::value<std::string>(), "write every step's logits to this HDF5 file")(
+        "step-delay-ms", po::value<int>(), "pause per decode step (for failure tests)");
+    po::positional_options_description positional;
+    positional.add("job", 1);
+    po::variables_map vm;
+    if (parse_command_line(args, "tpx run JOB [--dry-run] [--dump-logits FILE.h5]", options, positional, vm)) return 0;
+
+    std::string job_path = vm["job"].as<std::string>();
+    Job job = load_job(job_path);
+    resolve_transform_options(job);
+    if (job.run.prompts.empty()) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
+    // A job read from a pipe cannot be read again by the ranks: hand them the resolved job.
+    std::string worker_job = fs::absolute(job_path).lexically_normal().string();
+    if (!fs::is_regular_file(job_path)) {
+        worker_job = (fs::temp_directory_path() / ("tpx-job-" + std::to_string(getpid()) + ".toml")).string();
+        std::ofstream(worker_job) << emit_job_toml(job);
+    }
+    std::vector<std::string> worker_args = {"--job", worker_job};
+    if (vm.count("dump-logits")) worker_args.insert(worker_args.end(), {"--dump-logits", fs::absolute(vm["dump-logits"].as<std::string>()).string()});
+    if (vm.count("step-delay-ms")) worker_args.insert(worker_args.end(), {"--step-delay-ms", std::to_string(vm["step-delay-ms"].as<int>())});
+    std::vector<std::string> cmd = mpirun_command(job, worker_binary(), worker_args);
+
+    if (vm.count("dry-run")) {
+        std::cout << shell_join(cmd) << "\n";
+        return 0;
+    }
+    std::cerr << "tpx run: " << shell_join(cmd) << "\n";
+    std::vector<char*> argv;
+    for (std::string& s : cmd) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    auto t0 = std::chrono::steady_clock::now();
+    g_child = fork();
+    if (g_child < 0) throw Error(std::string("tpx run: fork failed: ") + std::strerror(errno));
+    if (g_child == 0) {
+        execvp(argv[0], argv.data());
+        std::fprintf(stderr, "tpx run: cannot start %s: %s\n", argv[0], std::strerror(errno));
+        _exit(127);
+    }
+    signal(SIGINT, forward_signal);
+    signal(SIGTERM, forward_signal);
+    int status = 0;
+    while (waitpid(g_child, &status, 0) < 0 && errno == EINTR) {
+    }
+    g_child = -1;
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (worker_job != fs::absolute(job_path).lexically_normal().string()) fs::remove(worker_job);
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (code == 127) throw Error("tpx run: could not start " + cmd[0] + " (is Open MPI installed? set [launch] mpirun)");
+    std::fprintf(stderr, "tpx run: job '%s' %s after %.1f s (exit status %d)\n", job.name.c_str(),
+                 code == 0 ? "finished" : "failed", seconds, code);
+    return code == 0 ? 0 : (code == kExitBadInput ? kExitBadInput : kExitRuntime);
+}
+
+}  // namespace tpx

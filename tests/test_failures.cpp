@@ -1,0 +1,104 @@
+// A failure on any rank ends every rank within 5 s with that rank's message, a non-zero exit
+// and no process left behind: a shard file missing, a token id beyond the vocabulary, a rank
+// that throws while loading, and a rank killed by a signal mid-run. Each job lives in its own
+// temp folder whose path is in every worker's command line, so leftovers can be found.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "process.h"
+
+namespace fs = std::filesystem;
+using tpx_test::Background;
+
+namespace {
+
+const std::string kGolden = std::string(TPX_TEST_DATA) + "/golden";
+
+std::string make_job(const std::string& dir, const std::string& model, int tp, const std::string& prompts, int max_new = 8) {
+    std::ofstream(dir + "/prompts.jsonl") << prompts;
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << model << "\"\n[parallel]\ntp = " << tp
+                                     << "\n[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = " << max_new << "\n";
+    return dir + "/job.toml";
+}
+
+const char* kPrompt = "{\"id\": \"a\", \"input_ids\": [1, 2, 3, 4]}\n";
+
+void expect_no_leftovers(const std::string& dir) {
+    // Give the kernel a moment to reap; nothing with the job's folder in its command line may live.
+    for (int i = 0; i < 50 && !tpx_test::pids_matching(dir).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_TRUE(tpx_test::pids_matching(dir).empty()) << "processes left behind for " << dir;
+}
+
+}  // namespace
+
+TEST(Failures, MissingShardFileEndsTheJobNamingIt) {
+    std::string dir = tpx_test::temp_dir();
+    fs::copy(kGolden + "/llama-sharded", dir + "/model", fs::copy_options::recursive);
+    fs::remove(dir + "/model/model-00009-of-00017.safetensors");
+    std::string job = make_job(dir, dir + "/model", 2, kPrompt);
+    auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + job);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_LT(r.seconds, 5.0);
+    EXPECT_NE(r.err.find("rank 0 ("), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("model-00009-of-00017.safetensors, which does not exist"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir + "/job.out.jsonl")) << "nothing half-written";
+    expect_no_leftovers(dir);
+    fs::remove_all(dir);
+}
+
+TEST(Failures, TokenIdBeyondTheVocabularyIsNamed) {
+    std::string dir = tpx_test::temp_dir();
+    std::string job = make_job(dir, kGolden + "/llama-gqa", 2, "{\"id\": \"ok\", \"input_ids\": [1, 2]}\n{\"id\": \"bad\", \"input_ids\": [5, 9999]}\n");
+    auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + job);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_LT(r.seconds, 5.0);
+    EXPECT_NE(r.err.find("prompts.jsonl:2: prompt bad: token id 9999 at position 1 is outside the vocabulary [0, 512)"),
+              std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("rank 0 ("), std::string::npos) << r.err;
+    expect_no_leftovers(dir);
+    fs::remove_all(dir);
+}
+
+TEST(Failures, ARankThatThrowsEndsEveryRank) {
+    std::string dir = tpx_test::temp_dir();
+    std::string job = make_job(dir, kGolden + "/llama-gqa", 4, kPrompt);
+    auto r = tpx_test::run_process("TPX_FAULT=2:load " + tpx_test::tpx_bin("tpx") + " run " + job);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_LT(r.seconds, 5.0);
+    EXPECT_NE(r.err.find("rank 2 ("), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("injected failure at load"), std::string::npos) << r.err;
+    expect_no_leftovers(dir);
+    fs::remove_all(dir);
+}
+
+TEST(Failures, ARankKilledBySignalEndsTheJobWithin5s) {
+    std::string dir = tpx_test::temp_dir();
+    std::string job = make_job(dir, kGolden + "/llama-gqa", 2, kPrompt, 200);
+    Background b = tpx_test::start_background(tpx_test::tpx_bin("tpx") + " run " + job + " --step-delay-ms 50");
+    // Find rank 1's worker once the job is decoding.
+    int victim = -1;
+    for (int i = 0; i < 200 && victim < 0; ++i) {
+        for (int pid : tpx_test::pids_matching(dir + "/job.toml"))
+            if (tpx_test::read_text("/proc/" + std::to_string(pid) + "/cmdline").find("tpx-worker") != std::string::npos &&
+                tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "1")
+                victim = pid;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_GT(victim, 0) << "rank 1 never started";
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // well into decoding
+    kill(victim, SIGKILL);
+    auto killed = std::chrono::steady_clock::now();
+    int code = tpx_test::wait_background(b, 20);
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+    EXPECT_NE(code, 0);
+    EXPECT_NE(code, -1) << "tpx run did not end";
+    EXPECT_LT(seconds, 5.0);
+    std::string err = tpx_test::read_text(b.err_path);
+    EXPECT_NE(err.find("rank 1"), std::string::npos) << err;
+    EXPECT_NE(err.find("signal 9"), std::string::npos) << err;
+    expect_no_leftovers(dir);
+    fs::remove_all(dir);
+}

@@ -1,0 +1,47 @@
+// The executor walks the rank's sharded graph in order and calls the backend's ops; this is
+// the CPU backend (kernels/cpu). A forward takes a batch of tokens, each with its sequence
+// slot and position, so prefill (whole prompts) and decode (one token per sequence) are the
+// same call; the KV cache lives across calls.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sharding/graph.h"
+#include "worker/comm.h"
+
+namespace tpx {
+
+struct TokenBatch {
+    std::vector<int32_t> ids;
+    std::vector<int32_t> positions;
+    std::vector<int32_t> slots;      // KV-cache slot (sequence) of each token
+    std::vector<int64_t> logit_rows; // tokens whose logits are wanted, in order
+};
+
+class CpuExecutor {
+public:
+    // `weights`: parameter name -> local fp32 values; the cache holds `slots` sequences of
+    // `max_seq` tokens.
+    CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights, int64_t slots,
+                int64_t max_seq);
+
+    // Logits [logit_rows.size(), vocab] (the full vocabulary, gathered across ranks).
+    std::vector<float> forward(const TokenBatch& batch);
+    int64_t vocab() const { return vocab_; }
+    int64_t kv_cache_bytes() const;
+
+private:
+    const Graph& graph_;
+    Communicator& comm_;
+    std::map<std::string, std::vector<float>> weights_;
+    std::map<int64_t, std::vector<float>> k_cache_, v_cache_;  // by layer
+    std::map<const Node*, std::vector<float>> fused_w13_;      // moe nodes left unfused
+    std::map<const Value*, size_t> last_use_;
+    int64_t slots_, max_seq_, vocab_ = 0;
+};
+
+}  // namespace tpx

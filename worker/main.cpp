@@ -1,0 +1,219 @@
+// tpx-worker: one rank of a tpx job. Reads like the job itself: start MPI, plan on rank 0 and
+// broadcast, load this rank's slices, finish the pipeline, generate, report. Any error on any
+// rank prints "rank R (host): message" and aborts the whole job, so no peer waits forever in
+// a collective.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <boost/program_options.hpp>
+#include <nlohmann/json.hpp>
+
+#include "common/log.h"
+#include "common/mpi_check.h"
+#include "jobs/emit.h"
+#include "jobs/parse.h"
+#include "loader/checkpoint.h"
+#include "sharding/plan.h"
+#include "worker/executor.h"
+#include "worker/generation.h"
+#include "worker/mpi_comm.h"
+#include "worker/report.h"
+#include "worker/weights.h"
+
+namespace po = boost::program_options;
+
+namespace tpx {
+namespace {
+
+struct Options {
+    std::string job;
+    std::string dump_logits;
+    int step_delay_ms = 0;
+};
+
+Options parse_options(int argc, char** argv) {
+    po::options_description desc("tpx-worker options (started by `tpx run` under mpirun, one per rank)");
+    Options o;
+    desc.add_options()("job", po::value(&o.job)->required(), "the job file")(
+        "dump-logits", po::value(&o.dump_logits), "write every prompt position's and every step's logits to this .h5 file")(
+        "step-delay-ms", po::value(&o.step_delay_ms), "pause per decode step (for failure tests)");
+    po::variables_map vm;
+    try {
+        po::store(po::parse_command_line(argc, argv, desc), vm);
+        po::notify(vm);
+    } catch (const po::error& e) {
+        throw JobError(std::string(e.what()) + "\n" + [&] { std::ostringstream os; os << desc; return os.str(); }());
+    }
+    return o;
+}
+
+// TPX_FAULT=RANK:STAGE makes RANK throw at STAGE (plan, load, decode): the failure tests' hook.
+void maybe_fail(const char* stage, int rank) {
+    const char* f = std::getenv("TPX_FAULT");
+    if (!f) return;
+    std::string spec = f;
+    size_t colon = spec.find(':');
+    if (colon == std::string::npos) return;
+    if (std::atoi(spec.substr(0, colon).c_str()) == rank && spec.substr(colon + 1) == stage)
+        throw Error(std::string("injected failure at ") + stage + " (TPX_FAULT=" + spec + ")");
+}
+
+std::vector<int64_t> eos_ids(const Job& job, const ShardPlan& plan, const Checkpoint& ckpt) {
+    if (!job.run.eos.empty()) return job.run.eos;
+    std::vector<int64_t> ids = parse_generation_eos(ckpt.generation_config_json(), job.model.path + "/generation_config.json");
+    return ids.empty() ? plan.config.eos_token_ids : ids;
+}
+
+int run(const Options& opt) {
+    MpiCommunicator comm;
+    const int rank = comm.rank();
+    Job job = load_job(opt.job);
+    if (comm.world() != job.world())
+        throw Error("mpirun started " + std::to_string(comm.world()) + " ranks but the job's parallel.tp is " +
+                        std::to_string(job.world()),
+                    kExitBadInput);
+
+    // Rank 0 plans; the others trust its plan.
+    std::string plan_text;
+    if (rank == 0) {
+        maybe_fail("plan", rank);
+        plan_text = make_plan(job).to_json().dump();
+    }
+    plan_text = comm.broadcast_string(plan_text);
+    ShardPlan plan = ShardPlan::from_json(nlohmann::json::parse(plan_text));
+    if (plan.backend != "cpu") throw Error("this build's worker runs the cpu backend; the job asks for " + plan.backend, kExitBadInput);
+    if (rank == 0) {
+        log_info("job '", job.name, "': ", plan.config.architecture, " from ", job.model.path, ", tp=", plan.tp, " ep=", plan.ep,
+                 ", backend ", plan.backend, ", weights ", plan.weight_dtype);
+    }
+
+    // Prompts: read and checked on rank 0, then every rank has the tokens.
+    std::vector<Prompt> prompts;
+    if (job.run.prompts.empty()) throw Error(job.file + ": run.prompts is not set: there is nothing to run", kExitBadInput);
+    std::vector<int32_t> packed;
+    uint64_t packed_size = 0;
+    if (rank == 0) {
+        prompts = read_prompts(job.run.prompts, plan.config.vocab_size, job.run.max_new_tokens, plan.max_seq_len);
+        packed = pack_prompts(prompts);
+        packed_size = packed.size();
+    }
+    comm.broadcast(&packed_size, sizeof(packed_size), 0);
+    packed.resize(packed_size);
+    comm.broadcast(packed.data(), packed_size * sizeof(int32_t), 0);
+    if (rank != 0) prompts = unpack_prompts(packed);
+
+    // The rest of the pipeline, on this rank: load, fuse, allocate.
+    auto load_start = std::chrono::steady_clock::now();
+    std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(job.model.path);
+    HostWeights weights;
+    std::unique_ptr<CpuExecutor> exec;
+    double load_seconds = 0;
+    TransformRegistry& reg = TransformRegistry::global();
+    reg.bind("load_weights", [&](TransformContext& ctx, const TransformOptions&) {
+        maybe_fail("load", rank);
+        weights = load_host_weights(ctx.graph, rank, *ckpt);
+        load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+        return TransformResult{(int)weights.buffers.size(), false, ""};
+    });
+    reg.bind("move_inputs_to_device", [](TransformContext&, const TransformOptions&) {
+        return TransformResult{0, true, "cpu backend: inputs stay in host memory"};
+    });
+    reg.bind("init_kv_cache", [&](TransformContext& ctx, const TransformOptions&) {
+        exec = std::make_unique<CpuExecutor>(ctx.graph, comm, std::move(weights.buffers), plan.max_batch, plan.max_seq_len);
+        return TransformResult{1, false, ""};
+    });
+    reg.bind("compile_cuda_graph", [](TransformContext&, const TransformOptions&) {
+        return TransformResult{0, true, "cpu backend: no CUDA graphs"};
+    });
+    TransformContext ctx;
+    ctx.job = &job;
+    ctx.config = plan.config;
+    ctx.graph = std::move(plan.graph);
+    ctx.tp = plan.tp;
+    ctx.ep = plan.ep;
+    ctx.rank = rank;
+    ctx.weight_dtype = plan.weight_dtype;
+    ctx.act_dtype = plan.act_dtype;
+    ctx.memory_in_use = [](const TransformContext&) { return (int64_t)peak_rss_bytes(); };
+    run_pipeline(ctx, resolve_transform_options(job), Stage::kWeightLoad, Stage::kCompile);
+    if (!exec) throw Error("init_kv_cache is disabled: the executor needs a KV cache", kExitBadInput);
+
+    GenerationSettings gs;
+    gs.max_batch = plan.max_batch;
+    gs.max_new_tokens = job.run.max_new_tokens;
+    gs.eos = eos_ids(job, plan, *ckpt);
+    gs.sampling = {job.run.sampling.temperature, job.run.sampling.top_k, job.run.sampling.top_p};
+    gs.seed = job.run.sampling.seed;
+    gs.keep_logits = !opt.dump_logits.empty();
+    gs.step_delay_ms = opt.step_delay_ms;
+    maybe_fail("decode", rank);
+    std::vector<SequenceResult> results = generate(*exec, comm, prompts, gs);
+
+    RankReport mine;
+    mine.rank = rank;
+    mine.host = identity().host;
+    ReadStats st = ckpt->stats();
+    mine.read_bytes = (double)st.data_bytes;
+    mine.header_bytes = (double)st.header_bytes;
+    mine.planned_read_bytes = (double)plan.ranks.at(rank).read_bytes;
+    mine.load_seconds = load_seconds;
+    mine.peak_rss_bytes = peak_rss_bytes();
+    mine.weight_bytes = (double)weights.bytes;
+    mine.kv_cache_bytes = (double)exec->kv_cache_bytes();
+    std::vector<RankReport> reports = gather_reports(mine, comm);
+
+    if (rank == 0) {
+        write_results_jsonl(job.run.output, results);
+        if (!opt.dump_logits.empty()) write_logits_h5(opt.dump_logits, results, exec->vocab());
+        std::ofstream(job.run.output + ".ranks.json") << reports_json(reports);
+        for (const SequenceResult& r : results) {
+            std::printf("%s:", r.prompt.id.c_str());
+            for (int32_t t : r.output) std::printf(" %d", t);
+            std::printf("  (%s, %zu tokens, first token %.1f ms)\n", r.finish_reason.c_str(), r.output.size(), r.time_to_first_token_ms);
+        }
+        std::printf("\n%s", format_reports(reports).c_str());
+        std::printf("output: %s\n", job.run.output.c_str());
+        std::fflush(stdout);
+    }
+    comm.barrier();
+    return 0;
+}
+
+}  // namespace
+}  // namespace tpx
+
+int main(int argc, char** argv) {
+    MPI_Init(&argc, &argv);
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    int rank = 0, world = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    tpx::set_identity(rank, world);
+    int code = 0;
+    try {
+        code = tpx::run(tpx::parse_options(argc, argv));
+    } catch (const tpx::Error& e) {
+        code = e.exit_code();
+        std::string what = e.what();
+        // Messages from check macros already start with "rank R (host)".
+        std::string prefix = tpx::where() + ": ";
+        std::fprintf(stderr, "%s%s\n", what.rfind(prefix, 0) == 0 ? "" : prefix.c_str(), what.c_str());
+    } catch (const std::exception& e) {
+        code = tpx::kExitRuntime;
+        std::fprintf(stderr, "%s: internal error: %s\n", tpx::where().c_str(), e.what());
+    }
+    if (code != 0) {
+        std::fflush(stderr);
+        // Ends every rank of the job, including those waiting in a collective.
+        MPI_Abort(MPI_COMM_WORLD, code);
+        return code;
+    }
+    MPI_Finalize();
+    return 0;
+}

@@ -1,0 +1,25 @@
+// Prompts from JSONL: one {"id": ..., "input_ids": [...]} per line. Read and checked on rank 0
+// (each error names the file, line and prompt), then broadcast to every rank.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tpx {
+
+struct Prompt {
+    std::string id;  // as written: a JSON string's text, or a number's digits
+    bool id_is_number = false;
+    std::vector<int32_t> tokens;
+};
+
+// Throws Error (exit 2) naming the file and line for a malformed line, a token id outside
+// [0, vocab), an empty prompt, or a prompt that with max_new_tokens exceeds max_seq_len.
+std::vector<Prompt> read_prompts(const std::string& path, int64_t vocab, int64_t max_new_tokens, int64_t max_seq_len);
+
+// The token ids of every prompt as one flat message, and back (for the broadcast).
+std::vector<int32_t> pack_prompts(const std::vector<Prompt>& prompts);
+std::vector<Prompt> unpack_prompts(const std::vector<int32_t>& packed);
+
+}  // namespace tpx
