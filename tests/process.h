@@ -15,6 +15,20 @@
 #include <string>
 #include <vector>
 
+// Where the tests find the fixtures, the binaries and the sources: the build's paths, unless
+// the environment names others (the GPU machine runs the tests from a copy elsewhere).
+namespace tpx_test {
+inline const char* env_or(const char* name, const char* fallback) {
+    const char* v = std::getenv(name);
+    return v && *v ? v : fallback;
+}
+}  // namespace tpx_test
+#ifdef TPX_TEST_DATA_DEFAULT
+#define TPX_TEST_DATA tpx_test::env_or("TPX_TEST_DATA", TPX_TEST_DATA_DEFAULT)
+#define TPX_BIN_DIR tpx_test::env_or("TPX_BIN_DIR", TPX_BIN_DIR_DEFAULT)
+#define TPX_SOURCE_DIR tpx_test::env_or("TPX_SOURCE_DIR", TPX_SOURCE_DIR_DEFAULT)
+#endif
+
 namespace tpx_test {
 
 struct ProcessResult {

@@ -22,17 +22,26 @@ struct TokenBatch {
     std::vector<int64_t> logit_rows; // tokens whose logits are wanted, in order
 };
 
-class CpuExecutor {
+// What generation needs from a backend.
+class Executor {
+public:
+    virtual ~Executor() = default;
+    // Logits [logit_rows.size(), vocab] in host memory (the full vocabulary, gathered).
+    virtual std::vector<float> forward(const TokenBatch& batch) = 0;
+    virtual int64_t vocab() const = 0;
+    virtual int64_t kv_cache_bytes() const = 0;
+};
+
+class CpuExecutor : public Executor {
 public:
     // `weights`: parameter name -> local fp32 values; the cache holds `slots` sequences of
     // `max_seq` tokens.
     CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights, int64_t slots,
                 int64_t max_seq);
 
-    // Logits [logit_rows.size(), vocab] (the full vocabulary, gathered across ranks).
-    std::vector<float> forward(const TokenBatch& batch);
-    int64_t vocab() const { return vocab_; }
-    int64_t kv_cache_bytes() const;
+    std::vector<float> forward(const TokenBatch& batch) override;
+    int64_t vocab() const override { return vocab_; }
+    int64_t kv_cache_bytes() const override;
 
 private:
     const Graph& graph_;

@@ -31,7 +31,7 @@ void rename_into_place(const std::string& tmp, const std::string& path) {
 
 }  // namespace
 
-std::vector<SequenceResult> generate(CpuExecutor& exec, Communicator& comm, const std::vector<Prompt>& prompts,
+std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const std::vector<Prompt>& prompts,
                                      const GenerationSettings& s) {
     const int64_t vocab = exec.vocab();
     std::mt19937_64 rng(s.seed);

@@ -35,7 +35,7 @@ struct SequenceResult {
 };
 
 // Collective: every rank calls it with the same prompts (ids only matter on rank 0).
-std::vector<SequenceResult> generate(CpuExecutor& exec, Communicator& comm, const std::vector<Prompt>& prompts,
+std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const std::vector<Prompt>& prompts,
                                      const GenerationSettings& settings);
 
 // Written atomically (a temp file, then renamed), so a failed run leaves nothing half-written.

@@ -25,6 +25,10 @@
 #include "worker/mpi_comm.h"
 #include "worker/report.h"
 #include "worker/weights.h"
+#ifdef TPX_HAVE_CUDA
+#include "worker/cuda_executor.h"
+#include "worker/gpu_context.h"
+#endif
 
 namespace po = boost::program_options;
 
@@ -87,7 +91,6 @@ int run(const Options& opt) {
     }
     plan_text = comm.broadcast_string(plan_text);
     ShardPlan plan = ShardPlan::from_json(nlohmann::json::parse(plan_text));
-    if (plan.backend != "cpu") throw Error("this build's worker runs the cpu backend; the job asks for " + plan.backend, kExitBadInput);
     if (rank == 0) {
         log_info("job '", job.name, "': ", plan.config.architecture, " from ", job.model.path, ", tp=", plan.tp, " ep=", plan.ep,
                  ", backend ", plan.backend, ", weights ", plan.weight_dtype);
@@ -108,29 +111,13 @@ int run(const Options& opt) {
     comm.broadcast(packed.data(), packed_size * sizeof(int32_t), 0);
     if (rank != 0) prompts = unpack_prompts(packed);
 
-    // The rest of the pipeline, on this rank: load, fuse, allocate.
+    // The rest of the pipeline, on this rank: load, fuse, allocate, capture.
     auto load_start = std::chrono::steady_clock::now();
     std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(job.model.path);
-    HostWeights weights;
-    std::unique_ptr<CpuExecutor> exec;
+    std::unique_ptr<Executor> exec;
+    int64_t weight_bytes = 0;
     double load_seconds = 0;
     TransformRegistry& reg = TransformRegistry::global();
-    reg.bind("load_weights", [&](TransformContext& ctx, const TransformOptions&) {
-        maybe_fail("load", rank);
-        weights = load_host_weights(ctx.graph, rank, *ckpt);
-        load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-        return TransformResult{(int)weights.buffers.size(), false, ""};
-    });
-    reg.bind("move_inputs_to_device", [](TransformContext&, const TransformOptions&) {
-        return TransformResult{0, true, "cpu backend: inputs stay in host memory"};
-    });
-    reg.bind("init_kv_cache", [&](TransformContext& ctx, const TransformOptions&) {
-        exec = std::make_unique<CpuExecutor>(ctx.graph, comm, std::move(weights.buffers), plan.max_batch, plan.max_seq_len);
-        return TransformResult{1, false, ""};
-    });
-    reg.bind("compile_cuda_graph", [](TransformContext&, const TransformOptions&) {
-        return TransformResult{0, true, "cpu backend: no CUDA graphs"};
-    });
     TransformContext ctx;
     ctx.job = &job;
     ctx.config = plan.config;
@@ -141,6 +128,58 @@ int run(const Options& opt) {
     ctx.weight_dtype = plan.weight_dtype;
     ctx.act_dtype = plan.act_dtype;
     ctx.memory_in_use = [](const TransformContext&) { return (int64_t)peak_rss_bytes(); };
+    auto loaded = [&](int64_t bytes) {
+        weight_bytes = bytes;
+        load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+    };
+    HostWeights host_weights;
+#ifdef TPX_HAVE_CUDA
+    std::unique_ptr<GpuContext> gpu;
+    DeviceWeights device_weights;
+#endif
+    if (plan.backend == "cpu") {
+        reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
+            maybe_fail("load", rank);
+            host_weights = load_host_weights(c.graph, rank, *ckpt);
+            loaded(host_weights.bytes);
+            return TransformResult{(int)host_weights.buffers.size(), false, ""};
+        });
+        reg.bind("move_inputs_to_device", [](TransformContext&, const TransformOptions&) {
+            return TransformResult{0, true, "cpu backend: inputs stay in host memory"};
+        });
+        reg.bind("init_kv_cache", [&](TransformContext& c, const TransformOptions&) {
+            exec = std::make_unique<CpuExecutor>(c.graph, comm, std::move(host_weights.buffers), plan.max_batch, plan.max_seq_len);
+            return TransformResult{1, false, ""};
+        });
+        reg.bind("compile_cuda_graph", [](TransformContext&, const TransformOptions&) {
+            return TransformResult{0, true, "cpu backend: no CUDA graphs"};
+        });
+    } else {
+#ifdef TPX_HAVE_CUDA
+        gpu = std::make_unique<GpuContext>(comm);
+        ctx.memory_in_use = [](const TransformContext&) { return device_memory_in_use(); };
+        reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
+            maybe_fail("load", rank);
+            device_weights = upload_weights(c.graph, rank, *ckpt, gpu->stream);
+            loaded(device_weights.bytes);
+            return TransformResult{(int)device_weights.params.size(), false, ""};
+        });
+        reg.bind("move_inputs_to_device", [](TransformContext&, const TransformOptions&) {
+            return TransformResult{0, false, "inputs are staged into fixed device buffers per forward"};
+        });
+        reg.bind("init_kv_cache", [&](TransformContext& c, const TransformOptions&) {
+            exec = std::make_unique<CudaExecutor>(c.graph, rank, gpu->nccl.get(), std::move(device_weights), plan.max_batch,
+                                                  plan.max_seq_len, gpu->stream, gpu->timeout_s);
+            return TransformResult{1, false, ""};
+        });
+        reg.bind("compile_cuda_graph", [&](TransformContext&, const TransformOptions&) {
+            static_cast<CudaExecutor&>(*exec).enable_graphs(true);
+            return TransformResult{1, false, "decode steps are captured on first use per batch size"};
+        });
+#else
+        throw Error("this tpx-worker was built without CUDA; the job asks for backend " + plan.backend, kExitBadInput);
+#endif
+    }
     run_pipeline(ctx, resolve_transform_options(job), Stage::kWeightLoad, Stage::kCompile);
     if (!exec) throw Error("init_kv_cache is disabled: the executor needs a KV cache", kExitBadInput);
 
@@ -164,7 +203,7 @@ int run(const Options& opt) {
     mine.planned_read_bytes = (double)plan.ranks.at(rank).read_bytes;
     mine.load_seconds = load_seconds;
     mine.peak_rss_bytes = peak_rss_bytes();
-    mine.weight_bytes = (double)weights.bytes;
+    mine.weight_bytes = (double)weight_bytes;
     mine.kv_cache_bytes = (double)exec->kv_cache_bytes();
     std::vector<RankReport> reports = gather_reports(mine, comm);
 

@@ -1,0 +1,57 @@
+// Shared by the .cu files: the launch check and block reductions.
+#pragma once
+
+#include "common/cuda_check.h"
+#include "kernels/cuda/ops.h"
+
+#define TPX_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+namespace tpx::cuda {
+
+inline unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+
+__device__ inline float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ inline float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ inline float block_sum(float v) {
+    __shared__ float part[32];
+    __shared__ float total;
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
+        w = warp_sum(w);
+        if (threadIdx.x == 0) total = w;
+    }
+    __syncthreads();
+    float r = total;
+    __syncthreads();
+    return r;
+}
+
+__device__ inline float block_max(float v) {
+    __shared__ float part[32];
+    __shared__ float total;
+    v = warp_max(v);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : -INFINITY;
+        w = warp_max(w);
+        if (threadIdx.x == 0) total = w;
+    }
+    __syncthreads();
+    float r = total;
+    __syncthreads();
+    return r;
+}
+
+}  // namespace tpx::cuda

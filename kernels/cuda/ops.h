@@ -1,0 +1,56 @@
+// The CUDA kernels' launchers: bf16 activations and weights, fp32 accumulation. Each launcher
+// checks its preconditions, computes its grid, launches on the given stream and checks the
+// launch; the parameter structs are the CPU twins' (kernels/cpu/ops.h), which are the
+// reference in tests. Pointers are device pointers.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cpu/ops.h"
+
+namespace tpx::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// y[T, N] = x[T, K] W[N, K]^T (+ bias[N]) through cuBLAS (bf16 in, fp32 compute, bf16 out).
+void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, const bf16* w, const bf16* bias, bf16* y,
+            cudaStream_t stream);
+
+void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, cudaStream_t stream);
+void rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream);
+// residual = residual + x (rounded to bf16), y = rmsnorm(residual); residual may not alias x.
+void add_rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, bf16* residual, const bf16* w, bf16* y,
+                 cudaStream_t stream);
+void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream);
+
+// inv_freq: the rope_inv_freq() values (computed on the host, identical to the CPU twin's).
+void rope(const cpu::RopeParams& p, int64_t tokens, const int32_t* positions, const float* inv_freq, bf16* q, bf16* k,
+          cudaStream_t stream);
+
+// Writes K and V of every token into the cache, then attends (causal, GQA, sliding window).
+// Caches are bf16 [slots, max_seq, kv_heads * head_dim].
+void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k,
+               const bf16* v, bf16* k_cache, bf16* v_cache, bf16* out, cudaStream_t stream);
+
+void silu_mul_fused(int64_t tokens, int64_t inter, const bf16* gate_up, bf16* out, cudaStream_t stream);
+void silu_mul(int64_t tokens, int64_t width, const bf16* gate, const bf16* up, bf16* out, cudaStream_t stream);
+
+// MoE routing: weights[t, e] for the local experts (0 where the token does not visit e), from
+// the router logits as the CPU twin computes them (softmax, top-k, renormalise).
+void moe_routing(const cpu::MoeShape& s, const bf16* router_logits, float* weights, cudaStream_t stream);
+// y[t, :] += weights[t, e] * part[t, :]
+void scale_add(int64_t tokens, int64_t width, const float* weights, int64_t weight_stride, const bf16* part, bf16* y,
+               cudaStream_t stream);
+
+// out[r, :] = x[rows[r], :]
+void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16* x, bf16* out, cudaStream_t stream);
+// Per-row argmax (the first index on ties).
+void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, cudaStream_t stream);
+void bf16_to_f32(int64_t n, const bf16* x, float* y, cudaStream_t stream);
+void f32_to_bf16(int64_t n, const float* x, bf16* y, cudaStream_t stream);
+
+}  // namespace tpx::cuda

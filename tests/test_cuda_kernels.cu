@@ -1,0 +1,257 @@
+// Each CUDA kernel against its CPU twin (kernels/cpu), on fresh random inputs rounded to bf16
+// (so both sides see the same values), outputs poisoned with NaN before the launch so that
+// unwritten elements show. Tolerance: the GPU stores its result in bf16 (relative rounding
+// 2^-8) after fp32 accumulation in another order than the CPU's, and intermediate results
+// (e.g. the residual, q/k after RoPE) are bf16 too, so |gpu - cpu| <= 2^-7 |cpu| + 1e-2 x the
+// largest |cpu| of the output. Skips on a machine without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "common/cuda_check.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/ops.h"
+#include "loader/dtype.h"
+
+using namespace tpx;
+using bf16 = __nv_bfloat16;
+
+namespace {
+
+bool have_gpu() {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+#define REQUIRE_GPU() \
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device on this machine: GPU kernel tests skipped"
+
+std::mt19937 rng(2024);
+
+// Random values already rounded to bf16, so that CPU and GPU start from the same numbers.
+std::vector<float> random_bf16(size_t n, float scale = 1.0f) {
+    std::normal_distribution<float> d(0.0f, scale);
+    std::vector<float> v(n);
+    for (float& x : v) x = bf16_to_f32(f32_to_bf16(d(rng)));
+    return v;
+}
+
+template <typename T>
+struct Device {
+    T* p = nullptr;
+    size_t n = 0;
+    explicit Device(size_t count) : n(count) { CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T))); }
+    ~Device() { cudaFree(p); }
+};
+
+Device<bf16>* upload(const std::vector<float>& v) {
+    auto* d = new Device<bf16>(v.size());
+    std::vector<uint16_t> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
+    CUDA_CHECK(cudaMemcpy(d->p, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+    return d;
+}
+
+Device<bf16>* poisoned(size_t n) {
+    auto* d = new Device<bf16>(n);
+    std::vector<uint16_t> nan(n, 0x7fc0);
+    CUDA_CHECK(cudaMemcpy(d->p, nan.data(), n * 2, cudaMemcpyHostToDevice));
+    return d;
+}
+
+std::vector<float> download(const Device<bf16>& d) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<uint16_t> h(d.n);
+    CUDA_CHECK(cudaMemcpy(h.data(), d.p, h.size() * 2, cudaMemcpyDeviceToHost));
+    std::vector<float> v(d.n);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = bf16_to_f32(h[i]);
+    return v;
+}
+
+template <typename T>
+Device<T>* upload_raw(const std::vector<T>& v) {
+    auto* d = new Device<T>(v.size());
+    CUDA_CHECK(cudaMemcpy(d->p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
+}
+
+void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu, const char* what) {
+    ASSERT_EQ(gpu.size(), cpu.size()) << what;
+    float scale = 0;
+    for (float x : cpu) scale = std::max(scale, std::fabs(x));
+    for (size_t i = 0; i < cpu.size(); ++i) {
+        ASSERT_FALSE(std::isnan(gpu[i])) << what << ": element " << i << " unwritten or NaN";
+        ASSERT_LE(std::fabs(gpu[i] - cpu[i]), std::ldexp(1.0f, -7) * std::fabs(cpu[i]) + 1e-2f * scale)
+            << what << ": element " << i << " gpu " << gpu[i] << " cpu " << cpu[i];
+    }
+}
+
+}  // namespace
+
+TEST(CudaKernels, LinearWithBiasMatchesTwin) {
+    REQUIRE_GPU();
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    for (auto [T, K, N] : {std::tuple<int64_t, int64_t, int64_t>{7, 96, 80}, {1, 4096, 64}, {33, 128, 512}}) {
+        auto x = random_bf16(T * K), w = random_bf16(N * K, 0.05f), b = random_bf16(N);
+        std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(w)), db(upload(b)), dy(poisoned(T * N));
+        cuda::linear(h, {T, K, N}, dx->p, dw->p, db->p, dy->p, nullptr);
+        std::vector<float> ref(T * N);
+        cpu::linear({T, K, N}, x.data(), w.data(), b.data(), ref.data());
+        expect_close(download(*dy), ref, "linear");
+    }
+    cublasDestroy(h);
+}
+
+TEST(CudaKernels, EmbeddingOfALocalVocabSlice) {
+    REQUIRE_GPU();
+    cpu::EmbeddingShape s{9, 50, 64, 25};
+    auto table = random_bf16(s.rows * s.width);
+    std::vector<int32_t> ids = {0, 24, 25, 30, 74, 75, 99, 40, 26};
+    std::unique_ptr<Device<bf16>> dt(upload(table)), dy(poisoned(s.tokens * s.width));
+    std::unique_ptr<Device<int32_t>> di(upload_raw(ids));
+    cuda::embedding(s, di->p, dt->p, dy->p, nullptr);
+    std::vector<float> ref(s.tokens * s.width);
+    cpu::embedding(s, ids.data(), table.data(), ref.data());
+    EXPECT_EQ(download(*dy), ref);  // a copy: exact
+}
+
+TEST(CudaKernels, RmsNormAndFusedResidualAdd) {
+    REQUIRE_GPU();
+    const int64_t T = 5, W = 4096;
+    auto x = random_bf16(T * W), res = random_bf16(T * W, 3.0f), w = random_bf16(W);
+    std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(w)), dy(poisoned(T * W)), dres(upload(res)), dy2(poisoned(T * W));
+    cuda::rmsnorm(T, W, 1e-5f, dx->p, dw->p, dy->p, nullptr);
+    std::vector<float> ref(T * W);
+    cpu::rmsnorm(T, W, 1e-5f, x.data(), w.data(), ref.data());
+    expect_close(download(*dy), ref, "rmsnorm");
+    cuda::add_rmsnorm(T, W, 1e-6f, dx->p, dres->p, dw->p, dy2->p, nullptr);
+    std::vector<float> res_ref = res, ref2(T * W);
+    cpu::add_rmsnorm(T, W, 1e-6f, x.data(), res_ref.data(), w.data(), ref2.data());
+    expect_close(download(*dres), res_ref, "add_rmsnorm residual");
+    expect_close(download(*dy2), ref2, "add_rmsnorm output");
+}
+
+TEST(CudaKernels, RopeDefaultAndLlama3) {
+    REQUIRE_GPU();
+    for (bool llama3 : {false, true}) {
+        cpu::RopeParams p{4, 2, 128, 500000.0};
+        p.llama3 = llama3;
+        p.factor = 8;
+        p.freq_dtype = llama3 ? cpu::RopeFreqDtype::kBF16 : cpu::RopeFreqDtype::kF32;
+        const int64_t T = 6;
+        std::vector<int32_t> pos = {0, 1, 2, 100, 4000, 8191};
+        auto q = random_bf16(T * p.heads * p.head_dim), k = random_bf16(T * p.kv_heads * p.head_dim);
+        std::vector<float> inv = cpu::rope_inv_freq(p);
+        std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k));
+        std::unique_ptr<Device<int32_t>> dp(upload_raw(pos));
+        std::unique_ptr<Device<float>> di(upload_raw(inv));
+        cuda::rope(p, T, dp->p, di->p, dq->p, dk->p, nullptr);
+        cpu::rope(p, T, pos.data(), q.data(), k.data());
+        expect_close(download(*dq), q, "rope q");
+        expect_close(download(*dk), k, "rope k");
+    }
+}
+
+TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
+    REQUIRE_GPU();
+    for (int64_t window : {0, 4}) {
+        const int64_t heads = 8, kv_heads = 2, hd = 64, max_seq = 32, slots = 2, kvw = kv_heads * hd;
+        // Prefill: slot 0 gets 9 tokens, slot 1 gets 5; then one decode token each.
+        std::vector<int32_t> slot, pos;
+        for (int i = 0; i < 9; ++i) slot.push_back(0), pos.push_back(i);
+        for (int i = 0; i < 5; ++i) slot.push_back(1), pos.push_back(i);
+        std::vector<float> k_cache(slots * max_seq * kvw, 0.0f), v_cache = k_cache;
+        std::unique_ptr<Device<bf16>> dkc(upload(k_cache)), dvc(upload(v_cache));
+        for (int step = 0; step < 2; ++step) {
+            int64_t T = (int64_t)slot.size();
+            auto q = random_bf16(T * heads * hd), k = random_bf16(T * kvw), v = random_bf16(T * kvw);
+            std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k)), dv(upload(v)), dout(poisoned(T * heads * hd));
+            std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
+            cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
+            cuda::attention(s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p, nullptr);
+            std::vector<float> ref(T * heads * hd);
+            cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), k_cache.data(), v_cache.data(), ref.data());
+            expect_close(download(*dout), ref, window ? "attention (window 4)" : "attention");
+            slot = {0, 1};
+            pos = {9, 5};
+        }
+    }
+}
+
+TEST(CudaKernels, SwiGluFusedAndSplit) {
+    REQUIRE_GPU();
+    const int64_t T = 3, I = 352;
+    auto gu = random_bf16(T * 2 * I, 2.0f);
+    std::unique_ptr<Device<bf16>> dgu(upload(gu)), dout(poisoned(T * I)), dout2(poisoned(T * I));
+    cuda::silu_mul_fused(T, I, dgu->p, dout->p, nullptr);
+    std::vector<float> ref(T * I);
+    cpu::silu_mul_fused(T, I, gu.data(), ref.data());
+    expect_close(download(*dout), ref, "silu_mul_fused");
+    auto g = random_bf16(T * I), u = random_bf16(T * I);
+    std::unique_ptr<Device<bf16>> dg(upload(g)), du(upload(u));
+    cuda::silu_mul(T, I, dg->p, du->p, dout2->p, nullptr);
+    cpu::silu_mul(T, I, g.data(), u.data(), ref.data());
+    expect_close(download(*dout2), ref, "silu_mul");
+}
+
+TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
+    REQUIRE_GPU();
+    // Experts 2..3 of 4 held here (an EP group), each split in half (inter_local = I / 2).
+    cpu::MoeShape s{6, 64, 4, 2, 2, 2, 48};
+    auto x = random_bf16(s.tokens * s.hidden), logits = random_bf16(s.tokens * s.experts, 2.0f);
+    auto w13 = random_bf16(s.local_experts * 2 * s.inter_local * s.hidden, 0.1f);
+    auto w2 = random_bf16(s.local_experts * s.hidden * s.inter_local, 0.1f);
+    std::vector<float> ref(s.tokens * s.hidden);
+    cpu::moe(s, x.data(), logits.data(), w13.data(), w2.data(), ref.data());
+    // The executor's dense MoE: routing weights, then every local expert weighted.
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    std::unique_ptr<Device<bf16>> dx(upload(x)), dl(upload(logits)), d13(upload(w13)), d2(upload(w2));
+    std::unique_ptr<Device<bf16>> dy(upload(std::vector<float>(s.tokens * s.hidden, 0.0f)));
+    std::unique_ptr<Device<bf16>> dgu(poisoned(s.tokens * 2 * s.inter_local)), dact(poisoned(s.tokens * s.inter_local)),
+        dpart(poisoned(s.tokens * s.hidden));
+    Device<float> weights(s.tokens * s.local_experts);
+    cuda::moe_routing(s, dl->p, weights.p, nullptr);
+    for (int64_t e = 0; e < s.local_experts; ++e) {
+        cuda::linear(h, {s.tokens, s.hidden, 2 * s.inter_local}, dx->p, d13->p + e * 2 * s.inter_local * s.hidden, nullptr, dgu->p, nullptr);
+        cuda::silu_mul_fused(s.tokens, s.inter_local, dgu->p, dact->p, nullptr);
+        cuda::linear(h, {s.tokens, s.inter_local, s.hidden}, dact->p, d2->p + e * s.hidden * s.inter_local, nullptr, dpart->p, nullptr);
+        cuda::scale_add(s.tokens, s.hidden, weights.p + e, s.local_experts, dpart->p, dy->p, nullptr);
+    }
+    expect_close(download(*dy), ref, "moe");
+    cublasDestroy(h);
+}
+
+TEST(CudaKernels, ArgmaxGatherAndConversions) {
+    REQUIRE_GPU();
+    const int64_t rows = 4, V = 128256;
+    std::vector<float> logits(rows * V);
+    std::normal_distribution<float> d;
+    for (float& x : logits) x = d(rng);
+    logits[1 * V + 77] = 100.0f;
+    logits[2 * V + 5] = logits[2 * V + 9] = 50.0f;  // a tie: the first index wins
+    std::unique_ptr<Device<float>> dl(upload_raw(logits));
+    Device<int32_t> out(rows);
+    cuda::argmax_rows(rows, V, dl->p, out.p, nullptr);
+    std::vector<int32_t> got(rows);
+    CUDA_CHECK(cudaMemcpy(got.data(), out.p, rows * 4, cudaMemcpyDeviceToHost));
+    for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(got[r], cpu::argmax(&logits[r * V], V)) << "row " << r;
+    EXPECT_EQ(got[2], 5);
+
+    auto x = random_bf16(5 * 16);
+    std::vector<int64_t> pick = {4, 0, 2};
+    std::unique_ptr<Device<bf16>> dx(upload(x)), dout(poisoned(3 * 16));
+    std::unique_ptr<Device<int64_t>> dp(upload_raw(pick));
+    cuda::gather_rows(3, 16, dp->p, dx->p, dout->p, nullptr);
+    std::vector<float> g = download(*dout);
+    for (int r = 0; r < 3; ++r)
+        for (int i = 0; i < 16; ++i) EXPECT_EQ(g[r * 16 + i], x[pick[r] * 16 + i]);
+    Device<float> f(x.size());
+    cuda::bf16_to_f32((int64_t)x.size(), dx->p, f.p, nullptr);
+    std::vector<float> back(x.size());
+    CUDA_CHECK(cudaMemcpy(back.data(), f.p, back.size() * 4, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(back, x);
+}

@@ -1,0 +1,163 @@
+// The CUDA backend end to end under mpirun, against HF transformers' outputs: every golden
+// model at tp = 1 and 2 (and 4 where four GPUs are visible), mixtral-moe also at tp=2 ep=2.
+// bf16 weights and activations: the prompt logits must agree to 2e-2 (max abs error over max
+// abs reference; the golden README expects about 1e-2 for a bf16 path), and teacher-forced over
+// greedy_ids, the argmax must equal HF's wherever HF's top-two gap exceeds 0.05. Also: a rank
+// given a device that does not exist, and a rank failing inside an NCCL all-reduce, end the job
+// within 10 s naming the rank. Everything skips, with a message, without enough GPUs.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "golden.h"
+#include "process.h"
+
+namespace fs = std::filesystem;
+using namespace tpx_test;
+
+namespace {
+
+int gpu_count() {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
+struct Case {
+    const char* model;
+    int tp, ep;
+};
+
+std::string name_of(const testing::TestParamInfo<Case>& info) {
+    std::string m = info.param.model;
+    std::replace(m.begin(), m.end(), '-', '_');
+    return m + "_tp" + std::to_string(info.param.tp) + "_ep" + std::to_string(info.param.ep);
+}
+
+// A job over greedy_ids (prompt + HF's continuation) with no new tokens: teacher forcing.
+std::string write_job(const std::string& dir, const Golden& g, const std::string& model, int tp, int ep, const std::string& extra = "") {
+    std::ofstream prompts(dir + "/prompts.jsonl");
+    for (int64_t b = 0; b < g.batch; ++b) {
+        nlohmann::json j = {{"id", b},
+                            {"input_ids", std::vector<int32_t>(g.greedy_ids.begin() + b * g.total_len, g.greedy_ids.begin() + (b + 1) * g.total_len)}};
+        prompts << j.dump() << "\n";
+    }
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/" << model << "\"\n[parallel]\ntp = " << tp << "\nep = " << ep
+                                     << "\n[backend]\ndevice = \"cuda\"\n[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 0\nmax_seq_len = 64\n"
+                                     << extra;
+    return dir + "/job.toml";
+}
+
+class GpuGolden : public testing::TestWithParam<Case> {};
+
+}  // namespace
+
+TEST_P(GpuGolden, Bf16LogitsAndTeacherForcedTokens) {
+    const Case& c = GetParam();
+    if (gpu_count() < c.tp) GTEST_SKIP() << "needs " << c.tp << " GPUs, " << gpu_count() << " visible";
+    Golden g = read_golden(c.model);
+    std::string dir = temp_dir();
+    std::string job = write_job(dir, g, c.model, c.tp, c.ep);
+    auto r = run_process(tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/logits.h5");
+    ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+    double max_err = 0, max_ref = 0;
+    int compared = 0, skipped = 0;
+    for (int64_t b = 0; b < g.batch; ++b) {
+        std::vector<float> got = read_h5(dir + "/logits.h5", "prompt_" + std::to_string(b) + "/prompt_logits");
+        ASSERT_EQ((int64_t)got.size(), g.total_len * g.vocab);
+        for (int64_t t = 0; t < g.total_len; ++t) {
+            const float* ref = &g.greedy_logits[(b * g.total_len + t) * g.vocab];
+            const float* mine = &got[t * g.vocab];
+            for (int64_t v = 0; v < g.vocab; ++v) {
+                max_err = std::max(max_err, (double)std::fabs(mine[v] - ref[v]));
+                max_ref = std::max(max_ref, (double)std::fabs(ref[v]));
+            }
+            // HF's top two at this position; only a clear winner must match.
+            std::vector<float> sorted(ref, ref + g.vocab);
+            std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+            int64_t want = std::max_element(ref, ref + g.vocab) - ref;
+            int64_t have = std::max_element(mine, mine + g.vocab) - mine;
+            if (sorted[0] - sorted[1] > 0.05f) {
+                EXPECT_EQ(have, want) << "prompt " << b << " position " << t;
+                ++compared;
+            } else {
+                ++skipped;
+            }
+        }
+    }
+    EXPECT_LE(max_err / max_ref, 2e-2) << "max abs error " << max_err << " over max abs logit " << max_ref;
+    EXPECT_GT(compared, skipped) << "most positions have a clear winner";
+    std::cout << "[ info ] " << c.model << " tp=" << c.tp << " ep=" << c.ep << ": relative logit error " << max_err / max_ref
+              << ", argmax checked at " << compared << " positions (" << skipped << " too close to call)\n";
+    fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, GpuGolden,
+                         testing::Values(Case{"llama-gqa", 1, 1}, Case{"llama-gqa", 2, 1}, Case{"llama-gqa", 4, 1},
+                                         Case{"llama-sharded", 1, 1}, Case{"llama-sharded", 2, 1}, Case{"llama-sharded", 4, 1},
+                                         Case{"qwen2-bias", 1, 1}, Case{"qwen2-bias", 2, 1}, Case{"qwen2-bias", 4, 1},
+                                         Case{"mixtral-moe", 1, 1}, Case{"mixtral-moe", 2, 1}, Case{"mixtral-moe", 4, 1},
+                                         Case{"mixtral-moe", 2, 2}),
+                         name_of);
+
+TEST(GpuRun, GreedyDecodeWithCudaGraphsMatchesHf) {
+    if (gpu_count() < 1) GTEST_SKIP() << "no CUDA device";
+    Golden g = read_golden("llama-gqa");
+    std::string dir = temp_dir();
+    std::ofstream prompts(dir + "/prompts.jsonl");
+    for (int64_t b = 0; b < g.batch; ++b)
+        prompts << nlohmann::json{{"id", b}, {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len,
+                                                                               g.input_ids.begin() + (b + 1) * g.prompt_len)}}.dump()
+                << "\n";
+    prompts.close();
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[backend]\ndevice = \"cuda\"\n"
+                                     << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 8\noutput = \"out.jsonl\"\n";
+    auto r = run_process(tpx_bin("tpx") + " run " + dir + "/job.toml");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::ifstream out(dir + "/out.jsonl");
+    std::string line;
+    int64_t b = 0, same = 0;
+    while (std::getline(out, line)) {
+        auto ids = nlohmann::json::parse(line)["output_ids"].get<std::vector<int32_t>>();
+        std::vector<int32_t> want(g.greedy_ids.begin() + b * g.total_len + g.prompt_len, g.greedy_ids.begin() + (b + 1) * g.total_len);
+        same += ids == want;
+        ++b;
+    }
+    // llama-gqa's smallest top-two gap is 0.0029, below bf16's error: report rather than require.
+    std::cout << "[ info ] greedy continuations equal to HF's: " << same << " of " << b << "\n";
+    EXPECT_EQ(b, g.batch);
+    fs::remove_all(dir);
+}
+
+TEST(GpuFailures, ADeviceThatDoesNotExistEndsTheJobNamingTheRank) {
+    if (gpu_count() < 1) GTEST_SKIP() << "no CUDA device";
+    Golden g = read_golden("llama-gqa");
+    std::string dir = temp_dir();
+    std::string job = write_job(dir, g, "llama-gqa", 2, 1);
+    // Two ranks on a host that shows them one GPU: local rank 1 has none.
+    auto r = run_process("CUDA_VISIBLE_DEVICES=0 " + tpx_bin("tpx") + " run " + job);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_LT(r.seconds, 10.0);
+    EXPECT_NE(r.err.find("rank 1 ("), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("local rank 1 needs CUDA device 1 but 1 device(s) are visible"), std::string::npos) << r.err;
+    fs::remove_all(dir);
+}
+
+TEST(GpuFailures, ARankFailingInsideAnNcclAllReduceEndsTheJob) {
+    if (gpu_count() < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpu_count() << " visible";
+    Golden g = read_golden("llama-gqa");
+    std::string dir = temp_dir();
+    std::string job = write_job(dir, g, "llama-gqa", 2, 1);
+    auto r = run_process("TPX_FAULT=1:allreduce " + tpx_bin("tpx") + " run " + job);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_LT(r.seconds, 10.0);
+    EXPECT_NE(r.err.find("rank 1 ("), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("injected failure inside an NCCL all-reduce"), std::string::npos) << r.err;
+    fs::remove_all(dir);
+}

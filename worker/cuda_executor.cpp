@@ -1,0 +1,376 @@
+// The CUDA executor. Activations are stream-ordered allocations (cudaMallocAsync) freed after
+// their last use; inside a graph capture they become the graph's own memory nodes, so a
+// captured decode step allocates nothing when replayed.
+#include "worker/cuda_executor.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "common/cuda_check.h"
+#include "kernels/cuda/ops.h"
+
+namespace tpx {
+
+using bf16 = __nv_bfloat16;
+
+DeviceWeights::~DeviceWeights() {
+    for (auto& [name, p] : params) cudaFree(p);
+}
+DeviceWeights::DeviceWeights(DeviceWeights&& o) noexcept : params(std::move(o.params)), bytes(o.bytes), seconds(o.seconds) { o.params.clear(); }
+DeviceWeights& DeviceWeights::operator=(DeviceWeights&& o) noexcept {
+    std::swap(params, o.params);
+    bytes = o.bytes;
+    seconds = o.seconds;
+    return *this;
+}
+
+namespace {
+
+// Two pinned buffers: the loader fills one while the other's copy to the device runs.
+class PinnedStagingSink : public ReadSink {
+public:
+    PinnedStagingSink(size_t chunk, cudaStream_t stream) : chunk_(chunk), stream_(stream) {
+        for (int i = 0; i < 2; ++i) {
+            CUDA_CHECK(cudaHostAlloc(&buf_[i], chunk, cudaHostAllocDefault));
+            CUDA_CHECK(cudaEventCreateWithFlags(&done_[i], cudaEventDisableTiming));
+            CUDA_CHECK(cudaEventRecord(done_[i], stream_));
+        }
+    }
+    ~PinnedStagingSink() override {
+        cudaStreamSynchronize(stream_);
+        for (int i = 0; i < 2; ++i) {
+            cudaFreeHost(buf_[i]);
+            cudaEventDestroy(done_[i]);
+        }
+    }
+    void set_target(char* dst) { dst_ = dst; }
+    uint64_t chunk_bytes() const override { return chunk_; }
+    void* acquire(uint64_t, uint64_t) override {
+        CUDA_CHECK(cudaEventSynchronize(done_[next_]));  // its previous copy has finished
+        return buf_[next_];
+    }
+    void commit(void* memory, uint64_t offset, uint64_t bytes) override {
+        CUDA_CHECK(cudaMemcpyAsync(dst_ + offset, memory, bytes, cudaMemcpyHostToDevice, stream_));
+        CUDA_CHECK(cudaEventRecord(done_[next_], stream_));
+        next_ ^= 1;
+    }
+
+private:
+    size_t chunk_;
+    cudaStream_t stream_;
+    void* buf_[2] = {nullptr, nullptr};
+    cudaEvent_t done_[2];
+    int next_ = 0;
+    char* dst_ = nullptr;
+};
+
+int64_t numel(const Shape& s) {
+    int64_t n = 1;
+    for (int64_t d : s) n *= d;
+    return n;
+}
+
+}  // namespace
+
+DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes) {
+    auto t0 = std::chrono::steady_clock::now();
+    DeviceWeights w;
+    PinnedStagingSink sink(staging_bytes, stream);
+    for (Node* n : graph.nodes()) {
+        if (!n->param) continue;
+        if (n->out()->dtype != "bfloat16")
+            throw Error("the CUDA backend holds bf16 weights, but " + n->name + " is planned as " + n->out()->dtype +
+                            " (set model.dtype = \"bfloat16\")",
+                        kExitBadInput);
+        int64_t elements = numel(n->out()->shape);
+        bf16* dst = nullptr;
+        CUDA_CHECK(cudaMalloc(&dst, std::max<int64_t>(1, elements) * sizeof(bf16)));
+        w.params[n->name] = dst;
+        w.bytes += elements * (int64_t)sizeof(bf16);
+        int64_t at = 0;
+        for (const Piece& p : n->param->by_rank.at(rank)) {
+            if (p.tensor.empty()) {
+                CUDA_CHECK(cudaMemsetAsync(dst + at, 0, p.elements * sizeof(bf16), stream));
+            } else {
+                sink.set_target(reinterpret_cast<char*>(dst + at));
+                ckpt.read(p.tensor, p.slice, DType::kBF16, sink);
+            }
+            at += p.elements;
+        }
+        if (at != elements) throw Error("plan for " + n->name + " fills " + std::to_string(at) + " of " + std::to_string(elements) + " elements");
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    w.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return w;
+}
+
+CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceWeights weights, int64_t slots, int64_t max_seq,
+                           cudaStream_t stream, double timeout_s)
+    : graph_(graph), rank_(rank), nccl_(nccl), weights_(std::move(weights)), slots_(slots), max_seq_(max_seq), stream_(stream),
+      timeout_s_(timeout_s) {
+    CUBLAS_CHECK(cublasCreate(&cublas_));
+    // A fixed workspace, so that cuBLAS allocates nothing while a graph is captured.
+    const size_t workspace = 32u << 20;
+    CUDA_CHECK(cudaMalloc(&cublas_workspace_, workspace));
+    CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, workspace));
+    CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    // Keep freed activations in the pool instead of returning them to the driver each step.
+    cudaMemPool_t pool;
+    int device = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+    uint64_t keep = UINT64_MAX;
+    CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+
+    std::vector<Node*> nodes = graph_.nodes();
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        Node* n = nodes[i];
+        for (Value* v : n->inputs) last_use_[v] = i;
+        if (n->op == "attention") {
+            int64_t width = n->attr_int("kv_heads") * n->attr_int("head_dim");
+            size_t bytes = (size_t)(slots * max_seq * width) * sizeof(bf16);
+            bf16 *k = nullptr, *v = nullptr;
+            CUDA_CHECK(cudaMalloc(&k, bytes));
+            CUDA_CHECK(cudaMalloc(&v, bytes));
+            CUDA_CHECK(cudaMemset(k, 0, bytes));
+            CUDA_CHECK(cudaMemset(v, 0, bytes));
+            kv_[n->attr_int("layer")] = {k, v};
+            kv_bytes_ += 2 * (int64_t)bytes;
+        } else if (n->op == "rope") {
+            cpu::RopeParams p{n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), n->attr_double("theta")};
+            p.llama3 = n->attr_str("rope_type") == "llama3";
+            p.factor = n->attr_double("factor");
+            p.low_freq_factor = n->attr_double("low_freq_factor");
+            p.high_freq_factor = n->attr_double("high_freq_factor");
+            p.original_max_position_embeddings = n->attr_int("original_max_position_embeddings");
+            const std::string& fd = n->attr_str("freq_dtype");
+            p.freq_dtype = fd == "bfloat16" ? cpu::RopeFreqDtype::kBF16 : fd == "float16" ? cpu::RopeFreqDtype::kF16 : cpu::RopeFreqDtype::kF32;
+            std::vector<float> inv = cpu::rope_inv_freq(p);
+            float* d = nullptr;
+            CUDA_CHECK(cudaMalloc(&d, inv.size() * sizeof(float)));
+            CUDA_CHECK(cudaMemcpy(d, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
+            inv_freq_[n] = d;
+        }
+    }
+    for (Value* out : graph_.outputs()) {
+        last_use_[out] = nodes.size();
+        vocab_ = out->shape.back();
+    }
+}
+
+CudaExecutor::~CudaExecutor() {
+    cudaStreamSynchronize(stream_);
+    for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
+    for (auto& [l, kv] : kv_) cudaFree(kv.first), cudaFree(kv.second);
+    for (auto& [n, p] : inv_freq_) cudaFree(p);
+    for (void* p : {(void*)ids_, (void*)positions_, (void*)slots_dev_, (void*)rows_, (void*)logits_, (void*)moe_weights_, cublas_workspace_})
+        cudaFree(p);
+    if (cublas_) cublasDestroy(cublas_);
+}
+
+void CudaExecutor::ensure_inputs(int64_t tokens, int64_t rows) {
+    if (tokens > input_capacity_) {
+        for (void* p : {(void*)ids_, (void*)positions_, (void*)slots_dev_, (void*)rows_}) cudaFree(p);
+        input_capacity_ = std::max<int64_t>(tokens, 64);
+        CUDA_CHECK(cudaMalloc(&ids_, input_capacity_ * sizeof(int32_t)));
+        CUDA_CHECK(cudaMalloc(&positions_, input_capacity_ * sizeof(int32_t)));
+        CUDA_CHECK(cudaMalloc(&slots_dev_, input_capacity_ * sizeof(int32_t)));
+        CUDA_CHECK(cudaMalloc(&rows_, input_capacity_ * sizeof(int64_t)));
+        for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);  // they point at the old buffers
+        graphs_.clear();
+    }
+    if (rows > output_capacity_) {
+        cudaFree(logits_);
+        output_capacity_ = std::max<int64_t>(rows, 64);
+        CUDA_CHECK(cudaMalloc(&logits_, output_capacity_ * vocab_ * sizeof(float)));
+        for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
+        graphs_.clear();
+    }
+    if (tokens * 256 > moe_capacity_) {  // routing weights: tokens x local experts (at most 256)
+        cudaFree(moe_weights_);
+        moe_capacity_ = std::max<int64_t>(tokens, 64) * 256;
+        CUDA_CHECK(cudaMalloc(&moe_weights_, moe_capacity_ * sizeof(float)));
+        for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
+        graphs_.clear();
+    }
+}
+
+std::vector<float> CudaExecutor::forward(const TokenBatch& batch) {
+    const int64_t T = (int64_t)batch.ids.size();
+    const int64_t R = batch.logit_rows.empty() ? T : (int64_t)batch.logit_rows.size();
+    for (int64_t i = 0; i < T; ++i)
+        if (batch.slots[i] < 0 || batch.slots[i] >= slots_ || batch.positions[i] < 0 || batch.positions[i] >= max_seq_)
+            throw Error("token " + std::to_string(i) + " is outside the KV cache (" + std::to_string(slots_) + " slots of " +
+                        std::to_string(max_seq_) + ")");
+    ensure_inputs(T, R);
+    CUDA_CHECK(cudaMemcpyAsync(ids_, batch.ids.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(positions_, batch.positions.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(slots_dev_, batch.slots.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    bool select = !batch.logit_rows.empty();
+    if (select) CUDA_CHECK(cudaMemcpyAsync(rows_, batch.logit_rows.data(), R * sizeof(int64_t), cudaMemcpyHostToDevice, stream_));
+    // A decode step: one token per sequence, every logit row wanted in order.
+    bool decode = select && R == T;
+    for (int64_t i = 0; decode && i < R; ++i) decode = batch.logit_rows[i] == i;
+    if (graphs_enabled_ && decode) {
+        auto it = graphs_.find(T);
+        if (it == graphs_.end()) {
+            cudaGraph_t g;
+            CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+            run_nodes(T, R, false);
+            CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+            cudaGraphExec_t exec;
+            CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+            CUDA_CHECK(cudaGraphDestroy(g));
+            it = graphs_.emplace(T, exec).first;
+        }
+        CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+        ++replays_;
+    } else {
+        run_nodes(T, R, select && !decode);
+    }
+    std::vector<float> host(R * vocab_);
+    CUDA_CHECK(cudaMemcpyAsync(host.data(), logits_, host.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    sync_with_watchdog(stream_, nccl_, timeout_s_);
+    return host;
+}
+
+void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
+    std::map<const Value*, bf16*> buf;
+    std::map<const Value*, int64_t> rows;
+    auto width = [](const Value* v) { return v->shape.back(); };
+    auto data = [&](const Value* v) -> bf16* {
+        if (v->producer && v->producer->op == "param") return weights_.params.at(v->producer->name);
+        return buf.at(v);
+    };
+    auto alloc = [&](int64_t n) {
+        bf16* p = nullptr;
+        CUDA_CHECK(cudaMallocAsync((void**)&p, std::max<int64_t>(1, n) * sizeof(bf16), stream_));
+        return p;
+    };
+    auto make = [&](const Value* v, int64_t r) {
+        rows[v] = r;
+        return buf[v] = alloc(r * width(v));
+    };
+    auto release = [&](bf16* p) { CUDA_CHECK(cudaFreeAsync(p, stream_)); };
+    std::vector<Node*> nodes = graph_.nodes();
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        const Node* n = nodes[i];
+        const std::string& op = n->op;
+        auto in = [&](size_t k) { return n->inputs[k]; };
+        int64_t r = n->inputs.empty() ? T : (rows.count(in(0)) ? rows[in(0)] : T);
+        if (op == "input" || op == "param") {
+            continue;
+        } else if (op == "embedding") {
+            int64_t per = n->attr_int("vocab_per_rank");
+            cuda::embedding({T, in(1)->shape[0], in(1)->shape[1], (int64_t)rank_ * per}, ids_, data(in(1)), make(n->out(), T), stream_);
+        } else if (op == "rmsnorm") {
+            cuda::rmsnorm(r, width(in(0)), (float)n->attr_double("eps"), data(in(0)), data(in(1)), make(n->out(), r), stream_);
+        } else if (op == "add") {
+            cuda::add(r * width(in(0)), data(in(0)), data(in(1)), make(n->out(), r), stream_);
+        } else if (op == "add_rmsnorm" || op == "allreduce_add_rmsnorm") {
+            int64_t w = width(in(0));
+            bf16* x = alloc(r * w);
+            CUDA_CHECK(cudaMemcpyAsync(x, data(in(0)), r * w * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+            if (op == "allreduce_add_rmsnorm" && nccl_) nccl_->all_reduce(x, r * w);
+            bf16* sum = make(n->out(1), r);
+            CUDA_CHECK(cudaMemcpyAsync(sum, data(in(1)), r * w * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+            cuda::add_rmsnorm(r, w, (float)n->attr_double("eps"), x, sum, data(in(2)), make(n->out(0), r), stream_);
+            release(x);
+        } else if (op == "linear") {
+            const bf16* x = data(in(0));
+            bf16* selected = nullptr;
+            if (n->name == "lm_head" && select_rows) {
+                selected = alloc(R * width(in(0)));
+                cuda::gather_rows(R, width(in(0)), rows_, x, selected, stream_);
+                x = selected;
+                r = R;
+            }
+            const bf16* bias = n->inputs.size() == 3 ? data(in(2)) : nullptr;
+            cuda::linear(cublas_, {r, in(1)->shape[1], in(1)->shape[0]}, x, data(in(1)), bias, make(n->out(), r), stream_);
+            if (selected) release(selected);
+        } else if (op == "split") {
+            const auto& sizes = std::get<std::vector<int64_t>>(n->attrs.at("sizes"));
+            int64_t total = width(in(0)), offset = 0;
+            for (size_t k = 0; k < sizes.size(); ++k) {
+                bf16* y = make(n->out(k), r);
+                CUDA_CHECK(cudaMemcpy2DAsync(y, sizes[k] * sizeof(bf16), data(in(0)) + offset, total * sizeof(bf16),
+                                             sizes[k] * sizeof(bf16), r, cudaMemcpyDeviceToDevice, stream_));
+                offset += sizes[k];
+            }
+        } else if (op == "rope") {
+            cpu::RopeParams p{n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), n->attr_double("theta")};
+            bf16* q = make(n->out(0), r);
+            bf16* k = make(n->out(1), r);
+            CUDA_CHECK(cudaMemcpyAsync(q, data(in(0)), r * width(in(0)) * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+            CUDA_CHECK(cudaMemcpyAsync(k, data(in(1)), r * width(in(1)) * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+            cuda::rope(p, r, positions_, inv_freq_.at(n), q, k, stream_);
+        } else if (op == "attention") {
+            auto& kv = kv_.at(n->attr_int("layer"));
+            cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
+                                  n->attr_int("sliding_window")};
+            cuda::attention(s, slots_dev_, positions_, data(in(0)), data(in(1)), data(in(2)), kv.first, kv.second, make(n->out(), r), stream_);
+        } else if (op == "silu_mul") {
+            if (n->inputs.size() == 1) cuda::silu_mul_fused(r, width(n->out()), data(in(0)), make(n->out(), r), stream_);
+            else cuda::silu_mul(r, width(n->out()), data(in(0)), data(in(1)), make(n->out(), r), stream_);
+        } else if (op == "moe") {
+            // Dense over the local experts: every token through every local expert, weighted by
+            // its routing weight (0 where not chosen). No host round trip, so it can be captured.
+            const Value* w2 = n->inputs.back();
+            int64_t local = w2->shape[0], hidden = w2->shape[1], inter = w2->shape[2];
+            int64_t first = ((int64_t)rank_ / n->attr_int("group_size")) * n->attr_int("experts_per_group");
+            cpu::MoeShape s{r, hidden, n->attr_int("experts"), n->attr_int("top_k"), first, local, inter};
+            cuda::moe_routing(s, data(in(1)), moe_weights_, stream_);
+            bf16* y = make(n->out(), r);
+            CUDA_CHECK(cudaMemsetAsync(y, 0, r * hidden * sizeof(bf16), stream_));
+            bf16* gu = alloc(r * 2 * inter);
+            bf16* act = alloc(r * inter);
+            bf16* part = alloc(r * hidden);
+            for (int64_t e = 0; e < local; ++e) {
+                if (n->inputs.size() == 4) {
+                    cuda::linear(cublas_, {r, hidden, 2 * inter}, data(in(0)), data(in(2)) + e * 2 * inter * hidden, nullptr, gu, stream_);
+                    cuda::silu_mul_fused(r, inter, gu, act, stream_);
+                } else {
+                    cuda::linear(cublas_, {r, hidden, inter}, data(in(0)), data(in(2)) + e * inter * hidden, nullptr, gu, stream_);
+                    cuda::linear(cublas_, {r, hidden, inter}, data(in(0)), data(in(3)) + e * inter * hidden, nullptr, gu + r * inter, stream_);
+                    cuda::silu_mul(r, inter, gu, gu + r * inter, act, stream_);
+                }
+                cuda::linear(cublas_, {r, inter, hidden}, act, data(w2) + e * hidden * inter, nullptr, part, stream_);
+                cuda::scale_add(r, hidden, moe_weights_ + e, local, part, y, stream_);
+            }
+            release(gu);
+            release(act);
+            release(part);
+        } else if (op == "all_reduce") {
+            bf16* y = make(n->out(), r);
+            CUDA_CHECK(cudaMemcpyAsync(y, data(in(0)), r * width(in(0)) * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+            if (nccl_) nccl_->all_reduce(y, r * width(in(0)));
+        } else if (op == "all_gather") {
+            int64_t local = width(in(0)), world = n->attr_int("world"), out_width = width(n->out());
+            bf16* gathered = alloc(world * r * local);
+            if (nccl_) nccl_->all_gather(data(in(0)), r * local, gathered);
+            else CUDA_CHECK(cudaMemcpyAsync(gathered, data(in(0)), r * local * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+            bf16* y = make(n->out(), r);
+            // [rank][row][local] -> [row][rank * local], trimmed to the valid vocabulary.
+            for (int64_t q = 0; q < world; ++q) {
+                int64_t n_copy = std::min(local, out_width - q * local);
+                if (n_copy > 0)
+                    CUDA_CHECK(cudaMemcpy2DAsync(y + q * local, out_width * sizeof(bf16), gathered + q * r * local, local * sizeof(bf16),
+                                                 n_copy * sizeof(bf16), r, cudaMemcpyDeviceToDevice, stream_));
+            }
+            release(gathered);
+        } else {
+            throw Error("the CUDA backend has no op '" + op + "' (node " + n->name + ")");
+        }
+        for (Value* v : n->inputs)
+            if (last_use_[v] == i && buf.count(v)) {
+                release(buf[v]);
+                buf.erase(v);
+            }
+    }
+    const Value* out = graph_.outputs().at(0);
+    cuda::bf16_to_f32(R * vocab_, buf.at(out), logits_, stream_);
+    release(buf.at(out));
+    buf.erase(out);
+}
+
+}  // namespace tpx

@@ -1,0 +1,81 @@
+// The GPU backend: bf16 weights and activations on the rank's device, fp32 accumulation,
+// cuBLAS GEMMs, the kernels of kernels/cuda, NCCL collectives on the compute stream, a bf16
+// KV cache, and the decode step captured as a CUDA graph (NCCL calls inside) and replayed.
+// Weights are uploaded from the checkpoint through pinned staging buffers: file reads overlap
+// the host-to-device copies, and host memory stays near the staging size.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "loader/checkpoint.h"
+#include "sharding/graph.h"
+#include "worker/executor.h"
+#include "worker/nccl_comm.h"
+
+namespace tpx {
+
+struct DeviceWeights {
+    std::map<std::string, __nv_bfloat16*> params;
+    int64_t bytes = 0;
+    double seconds = 0;
+    ~DeviceWeights();
+    DeviceWeights() = default;
+    DeviceWeights(DeviceWeights&&) noexcept;
+    DeviceWeights& operator=(DeviceWeights&&) noexcept;
+};
+
+// Reads each parameter's pieces straight into its device buffer through `staging_bytes` x 2
+// of pinned memory.
+DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes = 64u << 20);
+
+class CudaExecutor : public Executor {
+public:
+    CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceWeights weights, int64_t slots, int64_t max_seq,
+                 cudaStream_t stream, double timeout_s);
+    ~CudaExecutor() override;
+
+    std::vector<float> forward(const TokenBatch& batch) override;
+    int64_t vocab() const override { return vocab_; }
+    int64_t kv_cache_bytes() const override { return kv_bytes_; }
+
+    // Decode steps (one token per sequence, all logits wanted) replay a captured CUDA graph.
+    void enable_graphs(bool on) { graphs_enabled_ = on; }
+    int graphs_captured() const { return (int)graphs_.size(); }
+    int graph_replays() const { return replays_; }
+
+private:
+    void ensure_inputs(int64_t tokens, int64_t rows);
+    void run_nodes(int64_t tokens, int64_t rows, bool select_rows);
+
+    const Graph& graph_;
+    int rank_;
+    NcclComm* nccl_;
+    DeviceWeights weights_;
+    int64_t slots_, max_seq_, vocab_ = 0, kv_bytes_ = 0;
+    cudaStream_t stream_;
+    double timeout_s_;
+    cublasHandle_t cublas_ = nullptr;
+    void* cublas_workspace_ = nullptr;
+    std::map<int64_t, std::pair<__nv_bfloat16*, __nv_bfloat16*>> kv_;  // layer -> (k, v)
+    std::map<const Node*, float*> inv_freq_;                            // per rope node
+    std::map<const Value*, size_t> last_use_;
+    // Fixed-address inputs and output, so that captured graphs stay valid.
+    int64_t input_capacity_ = 0, output_capacity_ = 0;
+    int32_t *ids_ = nullptr, *positions_ = nullptr, *slots_dev_ = nullptr;
+    int64_t* rows_ = nullptr;
+    float* logits_ = nullptr;
+    float* moe_weights_ = nullptr;
+    int64_t moe_capacity_ = 0;
+    bool graphs_enabled_ = false;
+    std::map<int64_t, cudaGraphExec_t> graphs_;  // by decode batch size
+    int replays_ = 0;
+};
+
+}  // namespace tpx

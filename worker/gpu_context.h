@@ -1,0 +1,29 @@
+// A rank's GPU: the device chosen from its local rank, the compute stream, and NCCL over the
+// world (when there is more than one rank). The collective timeout comes from
+// TPX_COLLECTIVE_TIMEOUT_S (default 120 s).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "worker/nccl_comm.h"
+
+namespace tpx {
+
+class MpiCommunicator;
+
+struct GpuContext {
+    explicit GpuContext(MpiCommunicator& mpi);
+    ~GpuContext();
+    int device = 0;
+    cudaStream_t stream = nullptr;
+    double timeout_s = 120;
+    std::unique_ptr<NcclComm> nccl;
+};
+
+// Bytes of device memory in use (total minus free), for the transforms' memory change.
+int64_t device_memory_in_use();
+
+}  // namespace tpx
