@@ -64,7 +64,7 @@ TEST_P(GpuGolden, Bf16LogitsAndTeacherForcedTokens) {
     Golden g = read_golden(c.model);
     std::string dir = temp_dir();
     std::string job = write_job(dir, g, c.model, c.tp, c.ep);
-    auto r = run_process(tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/logits.h5");
+    auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/logits.h5");
     ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
     double max_err = 0, max_ref = 0;
     int compared = 0, skipped = 0;
@@ -118,8 +118,10 @@ TEST(GpuRun, GreedyDecodeWithCudaGraphsMatchesHf) {
     prompts.close();
     std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[backend]\ndevice = \"cuda\"\n"
                                      << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 8\noutput = \"out.jsonl\"\n";
-    auto r = run_process(tpx_bin("tpx") + " run " + dir + "/job.toml");
+    auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/job.toml");
     ASSERT_EQ(r.exit_code, 0) << r.err;
+    // 2 prompts x 8 tokens: 7 decode steps after the prefill, each a replay of one graph.
+    EXPECT_NE(r.err.find("decode: 7 CUDA graph replays of 1 captured graphs"), std::string::npos) << r.err;
     std::ifstream out(dir + "/out.jsonl");
     std::string line;
     int64_t b = 0, same = 0;
@@ -141,7 +143,7 @@ TEST(GpuFailures, ADeviceThatDoesNotExistEndsTheJobNamingTheRank) {
     std::string dir = temp_dir();
     std::string job = write_job(dir, g, "llama-gqa", 2, 1);
     // Two ranks on a host that shows them one GPU: local rank 1 has none.
-    auto r = run_process("CUDA_VISIBLE_DEVICES=0 " + tpx_bin("tpx") + " run " + job);
+    auto r = run_process("CUDA_VISIBLE_DEVICES=0 timeout 120 " + tpx_bin("tpx") + " run " + job);
     EXPECT_NE(r.exit_code, 0);
     EXPECT_LT(r.seconds, 10.0);
     EXPECT_NE(r.err.find("rank 1 ("), std::string::npos) << r.err;
@@ -154,7 +156,7 @@ TEST(GpuFailures, ARankFailingInsideAnNcclAllReduceEndsTheJob) {
     Golden g = read_golden("llama-gqa");
     std::string dir = temp_dir();
     std::string job = write_job(dir, g, "llama-gqa", 2, 1);
-    auto r = run_process("TPX_FAULT=1:allreduce " + tpx_bin("tpx") + " run " + job);
+    auto r = run_process("TPX_FAULT=1:allreduce timeout 120 " + tpx_bin("tpx") + " run " + job);
     EXPECT_NE(r.exit_code, 0);
     EXPECT_LT(r.seconds, 10.0);
     EXPECT_NE(r.err.find("rank 1 ("), std::string::npos) << r.err;

@@ -4,6 +4,7 @@
 #include "worker/cuda_executor.h"
 
 #include <chrono>
+#include <exception>
 #include <cstring>
 
 #include "common/cuda_check.h"
@@ -13,7 +14,10 @@ namespace tpx {
 
 using bf16 = __nv_bfloat16;
 
+// While an exception unwinds the job is about to be aborted: freeing (which synchronizes)
+// could wait forever on a kernel stuck in a collective with a dead peer, so nothing is freed.
 DeviceWeights::~DeviceWeights() {
+    if (std::uncaught_exceptions()) return;
     for (auto& [name, p] : params) cudaFree(p);
 }
 DeviceWeights::DeviceWeights(DeviceWeights&& o) noexcept : params(std::move(o.params)), bytes(o.bytes), seconds(o.seconds) { o.params.clear(); }
@@ -37,6 +41,7 @@ public:
         }
     }
     ~PinnedStagingSink() override {
+        if (std::uncaught_exceptions()) return;
         cudaStreamSynchronize(stream_);
         for (int i = 0; i < 2; ++i) {
             cudaFreeHost(buf_[i]);
@@ -159,6 +164,7 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
 }
 
 CudaExecutor::~CudaExecutor() {
+    if (std::uncaught_exceptions()) return;
     cudaStreamSynchronize(stream_);
     for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
     for (auto& [l, kv] : kv_) cudaFree(kv.first), cudaFree(kv.second);
@@ -219,7 +225,7 @@ std::vector<float> CudaExecutor::forward(const TokenBatch& batch) {
             run_nodes(T, R, false);
             CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
             cudaGraphExec_t exec;
-            CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+            CUDA_CHECK(cudaGraphInstantiateWithFlags(&exec, g, cudaGraphInstantiateFlagAutoFreeOnLaunch));
             CUDA_CHECK(cudaGraphDestroy(g));
             it = graphs_.emplace(T, exec).first;
         }
@@ -369,8 +375,9 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
     }
     const Value* out = graph_.outputs().at(0);
     cuda::bf16_to_f32(R * vocab_, buf.at(out), logits_, stream_);
-    release(buf.at(out));
-    buf.erase(out);
+    // Everything allocated here is freed here (outputs nobody reads included): a captured
+    // graph must not leave allocations live between replays.
+    for (auto& [v, p] : buf) release(p);
 }
 
 }  // namespace tpx

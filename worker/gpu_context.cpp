@@ -2,6 +2,7 @@
 #include "worker/gpu_context.h"
 
 #include <cstdlib>
+#include <exception>
 
 #include "common/cuda_check.h"
 #include "common/log.h"
@@ -21,6 +22,10 @@ GpuContext::GpuContext(MpiCommunicator& mpi) {
 }
 
 GpuContext::~GpuContext() {
+    if (std::uncaught_exceptions()) {
+        if (nccl) nccl->abort();  // never blocks, unlike destroying a communicator mid-collective
+        return;
+    }
     nccl.reset();
     if (stream) cudaStreamDestroy(stream);
 }

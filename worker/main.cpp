@@ -114,6 +114,12 @@ int run(const Options& opt) {
     // The rest of the pipeline, on this rank: load, fuse, allocate, capture.
     auto load_start = std::chrono::steady_clock::now();
     std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(job.model.path);
+#ifdef TPX_HAVE_CUDA
+    // Declared before the executor: destroyed after it (the executor uses the stream).
+    std::unique_ptr<GpuContext> gpu;
+    DeviceWeights device_weights;
+#endif
+    HostWeights host_weights;
     std::unique_ptr<Executor> exec;
     int64_t weight_bytes = 0;
     double load_seconds = 0;
@@ -132,11 +138,6 @@ int run(const Options& opt) {
         weight_bytes = bytes;
         load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
     };
-    HostWeights host_weights;
-#ifdef TPX_HAVE_CUDA
-    std::unique_ptr<GpuContext> gpu;
-    DeviceWeights device_weights;
-#endif
     if (plan.backend == "cpu") {
         reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
             maybe_fail("load", rank);
@@ -193,6 +194,10 @@ int run(const Options& opt) {
     gs.step_delay_ms = opt.step_delay_ms;
     maybe_fail("decode", rank);
     std::vector<SequenceResult> results = generate(*exec, comm, prompts, gs);
+#ifdef TPX_HAVE_CUDA
+    if (auto* cuda_exec = dynamic_cast<CudaExecutor*>(exec.get()); cuda_exec && rank == 0)
+        log_info("decode: ", cuda_exec->graph_replays(), " CUDA graph replays of ", cuda_exec->graphs_captured(), " captured graphs");
+#endif
 
     RankReport mine;
     mine.rank = rank;
