@@ -261,7 +261,7 @@ void parse_run(Section s, Job& job) {
     samp.reject_unknown();
     s.reject_unknown();
 
-    if (r.output.empty()) r.output = job.name + ".out.jsonl";
+    if (r.output.empty()) r.output = file_safe(job.name) + ".out.jsonl";
     r.output = resolve(job.dir, r.output);
 }
 
@@ -388,6 +388,12 @@ void check_files(const toml::table& root, const Job& job) {
 }
 
 }  // namespace
+
+std::string file_safe(const std::string& name) {
+    std::string out;
+    for (char c : name) out += (std::isalnum((unsigned char)c) || c == '-' || c == '_' || c == '.') ? c : '_';
+    return out.empty() ? "job" : out;
+}
 
 Job parse_job(const std::string& text, const std::string& file, const std::string& base_dir) {
     Job job;

@@ -14,6 +14,9 @@ namespace tpx {
 // against the current directory.
 Job load_job(const std::string& path);
 
+// A job name reduced to letters, digits, '-', '_' and '.', for the files named after it.
+std::string file_safe(const std::string& name);
+
 // The same from text already in memory; `file` names it in messages, `base_dir` is where
 // relative paths resolve.
 Job parse_job(const std::string& text, const std::string& file, const std::string& base_dir);

@@ -1,11 +1,9 @@
-// Which GPU a rank drives: its local rank on the host (MPI's shared-memory split), checked
-// against OMPI_COMM_WORLD_LOCAL_RANK and SLURM_LOCALID when present and against the devices
-// visible to the process. Every mismatch is an error naming the rank and both values.
+// Which GPU a rank drives: its local rank on the host (worker/topology.h), checked against the
+// devices visible to the process; a rank without a device is an error naming both counts.
 #pragma once
 
 namespace tpx {
 
-int local_rank();
 // Sets and returns the device for this rank.
 int select_device();
 

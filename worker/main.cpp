@@ -24,6 +24,7 @@
 #include "worker/generation.h"
 #include "worker/mpi_comm.h"
 #include "worker/report.h"
+#include "worker/topology.h"
 #include "worker/weights.h"
 #ifdef TPX_HAVE_CUDA
 #include "worker/cuda_executor.h"
@@ -38,6 +39,7 @@ namespace {
 struct Options {
     std::string job;
     std::string dump_logits;
+    std::string launched_by;
     int step_delay_ms = 0;
 };
 
@@ -46,11 +48,14 @@ Options parse_options(int argc, char** argv) {
     Options o;
     desc.add_options()("job", po::value(&o.job)->required(), "the job file")(
         "dump-logits", po::value(&o.dump_logits), "write every prompt position's and every step's logits to this .h5 file")(
-        "step-delay-ms", po::value(&o.step_delay_ms), "pause per decode step (for failure tests)");
+        "step-delay-ms", po::value(&o.step_delay_ms), "pause per decode step (for failure tests; also TPX_STEP_DELAY_MS)")(
+        "launched-by", po::value(&o.launched_by), "srun: cross-check SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS against MPI");
     po::variables_map vm;
     try {
         po::store(po::parse_command_line(argc, argv, desc), vm);
         po::notify(vm);
+        if (!vm.count("step-delay-ms"))
+            if (const char* d = std::getenv("TPX_STEP_DELAY_MS")) o.step_delay_ms = std::atoi(d);
     } catch (const po::error& e) {
         throw JobError(std::string(e.what()) + "\n" + [&] { std::ostringstream os; os << desc; return os.str(); }());
     }
@@ -77,6 +82,8 @@ std::vector<int64_t> eos_ids(const Job& job, const ShardPlan& plan, const Checkp
 int run(const Options& opt) {
     MpiCommunicator comm;
     const int rank = comm.rank();
+    if (opt.launched_by == "srun") check_srun_environment(rank, comm.world());
+    else if (!opt.launched_by.empty()) throw JobError("--launched-by takes only \"srun\"");
     Job job = load_job(opt.job);
     if (comm.world() != job.world())
         throw Error("mpirun started " + std::to_string(comm.world()) + " ranks but the job's parallel.tp is " +

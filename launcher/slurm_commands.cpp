@@ -1,0 +1,140 @@
+// `tpx submit`, `status`, `cancel`, `logs`: a job under Slurm, followed to its end.
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <thread>
+
+#include "common/error.h"
+#include "jobs/emit.h"
+#include "jobs/parse.h"
+#include "launcher/command.h"
+#include "launcher/mpirun.h"
+#include "sharding/transform.h"
+#include "slurm/commands.h"
+#include "slurm/sbatch.h"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace tpx {
+namespace {
+
+void write_atomically(const std::string& path, const std::string& text) {
+    std::string tmp = path + ".tmp-" + std::to_string(getpid());
+    {
+        std::ofstream out(tmp, std::ios::trunc);
+        out << text;
+        if (!out.flush()) throw Error(tmp + ": cannot write");
+    }
+    fs::rename(tmp, path);
+}
+
+std::string job_id_arg(const Args& args, const char* usage, po::variables_map& vm, po::options_description& options) {
+    options.add_options()("id", po::value<std::string>()->required(), "the Slurm job id");
+    po::positional_options_description positional;
+    positional.add("id", 1);
+    if (parse_command_line(args, usage, options, positional, vm)) return "";
+    std::string id = vm["id"].as<std::string>();
+    if (id.empty() || id.find_first_not_of("0123456789_") != std::string::npos) throw JobError("'" + id + "' is not a Slurm job id");
+    return id;
+}
+
+bool finished(const SlurmJobState& s) { return s.state != "pending" && s.state != "running"; }
+
+}  // namespace
+
+int cmd_submit(const Args& args) {
+    po::options_description options("tpx submit options");
+    options.add_options()("job", po::value<std::string>()->required(), "the job file")(
+        "dry-run", "print the sbatch script instead of submitting it");
+    po::positional_options_description positional;
+    positional.add("job", 1);
+    po::variables_map vm;
+    if (parse_command_line(args, "tpx submit JOB [--dry-run]", options, positional, vm)) return 0;
+    Job job = load_job(vm["job"].as<std::string>());
+    resolve_transform_options(job);
+    if (job.run.prompts.empty()) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
+
+    // The ranks read a snapshot of the resolved job, so editing the job file after submitting
+    // does not change a queued job.
+    fs::path dir = fs::path(job.run.output).parent_path();
+    std::string snapshot = (dir / (file_safe(job.name) + ".tpx.toml")).string();
+    SubmitPaths paths{worker_binary(), snapshot, dir.string()};
+    std::string script = sbatch_script(job, paths, geteuid() == 0);
+    if (vm.count("dry-run")) {
+        std::cout << script;
+        return 0;
+    }
+    write_atomically(snapshot, emit_job_toml(job));
+    std::string path = script_path(job);
+    write_atomically(path, script);
+    std::string id = submit_script(path);
+    std::cerr << "tpx submit: job '" << job.name << "' submitted as Slurm job " << id << " (script " << path << ")\n";
+    std::cout << id << "\n";
+    return 0;
+}
+
+int cmd_status(const Args& args) {
+    po::options_description options("tpx status options");
+    po::variables_map vm;
+    std::string id = job_id_arg(args, "tpx status ID", vm, options);
+    if (id.empty()) return 0;
+    SlurmJobState s = query_job(id);
+    std::cout << "job " << s.id << ": " << s.state << " (" << s.raw_state << "), exit code " << s.exit_code << ", elapsed "
+              << s.elapsed << ", nodes " << s.nodes << "\n";
+    return 0;
+}
+
+int cmd_cancel(const Args& args) {
+    po::options_description options("tpx cancel options");
+    po::variables_map vm;
+    std::string id = job_id_arg(args, "tpx cancel ID", vm, options);
+    if (id.empty()) return 0;
+    query_job(id);  // an unknown id is scontrol's error, before anything is sent
+    cancel_job(id);
+    SlurmJobState s;
+    for (int i = 0; i < 300; ++i) {  // up to 30 s for Slurm to end the steps
+        s = query_job(id);
+        if (finished(s)) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    std::cout << "job " << id << ": " << s.state << " (" << s.raw_state << ")\n";
+    return finished(s) ? 0 : kExitRuntime;
+}
+
+int cmd_logs(const Args& args) {
+    po::options_description options("tpx logs options");
+    options.add_options()("follow,f", "keep printing until the job ends");
+    po::variables_map vm;
+    std::string id = job_id_arg(args, "tpx logs ID [--follow]", vm, options);
+    if (id.empty()) return 0;
+    SlurmJobState s = query_job(id);
+    std::map<std::string, std::streamoff> printed;
+    auto print_new = [&](const std::string& path, std::ostream& os) {
+        if (path.empty()) return;
+        std::ifstream in(path);
+        if (!in) return;
+        in.seekg(printed[path]);
+        std::string chunk((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        printed[path] += (std::streamoff)chunk.size();
+        os << chunk << std::flush;
+    };
+    for (;;) {
+        print_new(s.stdout_path, std::cout);
+        if (s.stderr_path != s.stdout_path) print_new(s.stderr_path, std::cerr);
+        if (!vm.count("follow") || finished(s)) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        s = query_job(id);
+    }
+    if (vm.count("follow")) {  // what was written between the last read and the end
+        print_new(s.stdout_path, std::cout);
+        if (s.stderr_path != s.stdout_path) print_new(s.stderr_path, std::cerr);
+    }
+    return 0;
+}
+
+}  // namespace tpx

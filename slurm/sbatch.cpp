@@ -1,0 +1,64 @@
+// Writing the sbatch script.
+#include "slurm/sbatch.h"
+
+#include <filesystem>
+#include <sstream>
+
+#include "common/error.h"
+#include "jobs/parse.h"
+
+namespace fs = std::filesystem;
+
+namespace tpx {
+
+std::string slurm_quote(const std::string& value, const std::string& what) {
+    if (value.find('\n') != std::string::npos || value.find('\r') != std::string::npos)
+        throw JobError(what + " holds a line break, which an sbatch script cannot carry: \"" + value + "\"");
+    std::string out = "\"";
+    for (char c : value) {
+        if (c == '$' || c == '`' || c == '"' || c == '\\') out += '\\';
+        out += c;
+    }
+    return out + "\"";
+}
+
+std::string script_path(const Job& job) {
+    return (fs::path(job.run.output).parent_path() / (file_safe(job.name) + ".sbatch")).string();
+}
+
+std::string sbatch_script(const Job& job, const SubmitPaths& p, bool as_root) {
+    const SlurmSection& s = job.slurm;
+    std::ostringstream os;
+    os << "#!/bin/bash\n";
+    os << "# tpx job " << slurm_quote(job.name, "job.name") << ", written by `tpx submit` from "
+       << slurm_quote(job.file, "the job file") << ".\n";
+    os << "#SBATCH --job-name=" << slurm_quote(job.name, "job.name") << "\n";
+    os << "#SBATCH --nodes=" << s.nodes << "\n";
+    os << "#SBATCH --ntasks-per-node=" << job.parallel.ranks_per_node << "\n";
+    if (s.gpus_per_node > 0) os << "#SBATCH --gpus-per-node=" << s.gpus_per_node << "\n";
+    if (!s.partition.empty()) os << "#SBATCH --partition=" << slurm_quote(s.partition, "slurm.partition") << "\n";
+    if (!s.account.empty()) os << "#SBATCH --account=" << slurm_quote(s.account, "slurm.account") << "\n";
+    os << "#SBATCH --time=" << slurm_quote(s.time, "slurm.time") << "\n";
+    std::string logs = (fs::path(p.log_dir) / (file_safe(job.name) + "-%j")).string();
+    os << "#SBATCH --output=" << slurm_quote(logs + ".out", "the log path") << "\n";
+    os << "#SBATCH --error=" << slurm_quote(logs + ".err", "the log path") << "\n";
+    for (const std::string& line : s.extra) {
+        slurm_quote(line, "slurm.extra");  // rejects line breaks
+        os << "#SBATCH " << line << "\n";
+    }
+    os << "set -euo pipefail\n";
+    std::string worker = slurm_quote(p.worker, "the worker path") + " --job " + slurm_quote(p.job_file, "the job path");
+    if (s.launcher == "srun") {
+        // --kill-on-bad-exit: one rank's failure ends every rank of the step. The worker checks
+        // SLURM_PROCID, SLURM_LOCALID and SLURM_NTASKS against MPI's view of it.
+        os << "exec srun --mpi=pmix --kill-on-bad-exit=1 " << worker << " --launched-by srun\n";
+    } else {
+        os << "exec " << slurm_quote(job.launch.mpirun, "launch.mpirun") << " -np " << job.world();
+        if (as_root) os << " --allow-run-as-root";
+        for (const std::string& a : job.launch.extra_args) os << " " << slurm_quote(a, "launch.extra_args");
+        os << " " << worker << "\n";
+    }
+    return os.str();
+}
+
+}  // namespace tpx

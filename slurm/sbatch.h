@@ -1,0 +1,28 @@
+// The sbatch script of a job: a pure function of the job and a few paths (submitit's
+// _make_sbatch_string is the model), checked by golden files. Every value is written in double
+// quotes with \ before $ ` " and \, which sbatch's #SBATCH parser and bash both read back
+// literally, so a job name or path with spaces, quotes, $(...) or ; stays as it is.
+#pragma once
+
+#include <string>
+
+#include "jobs/job.h"
+
+namespace tpx {
+
+struct SubmitPaths {
+    std::string worker;    // tpx-worker, absolute
+    std::string job_file;  // the job the ranks read, absolute
+    std::string log_dir;   // where slurm writes the job's stdout and stderr
+};
+
+std::string sbatch_script(const Job& job, const SubmitPaths& paths, bool as_root);
+
+// "value" with \ before $ ` " and \; throws JobError for a value with a newline, which no
+// #SBATCH line can hold.
+std::string slurm_quote(const std::string& value, const std::string& what);
+
+// Where `tpx submit` writes the script: beside the job's output.
+std::string script_path(const Job& job);
+
+}  // namespace tpx

@@ -1,0 +1,207 @@
+// Slurm: the sbatch script against golden files (tests/data/sbatch, TPX_UPDATE_GOLDEN=1
+// rewrites them), then tpx submit / status / cancel / logs against a real slurmctld + slurmd
+// started for this suite (scripts/slurm_cluster.sh) and stopped by pid afterwards. The cluster
+// tests skip, with the reason, where Slurm cannot be started.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "golden.h"
+#include "jobs/parse.h"
+#include "process.h"
+#include "slurm/sbatch.h"
+
+namespace fs = std::filesystem;
+using namespace tpx_test;
+
+namespace {
+
+const SubmitPaths kPaths{"/opt/tpx/bin/tpx-worker", "/home/u/runs/job.tpx.toml", "/home/u/runs"};
+const SubmitPaths kHostilePaths{"/opt/my tpx/bin/tpx-worker", "/home/u/runs $(rm -rf ~); x/job's \"snap\".toml",
+                                "/home/u/runs $(rm -rf ~); x"};
+
+}  // namespace
+
+TEST(Sbatch, ScriptsMatchTheirGoldenFiles) {
+    std::string dir = std::string(TPX_TEST_DATA) + "/sbatch";
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(dir)) {
+        if (e.path().extension() != ".toml") continue;
+        std::string name = e.path().stem().string();
+        Job job = parse_job(read_text(e.path().string()), name + ".toml", TPX_SOURCE_DIR);
+        std::string script = sbatch_script(job, name == "hostile" ? kHostilePaths : kPaths, /*as_root=*/false);
+        std::string golden = dir + "/" + name + ".sbatch";
+        if (std::getenv("TPX_UPDATE_GOLDEN")) std::ofstream(golden) << script;
+        EXPECT_EQ(script, read_text(golden)) << name;
+        ++n;
+    }
+    EXPECT_GE(n, 4);
+}
+
+TEST(Sbatch, QuotingIsReadBackLiterallyByBash) {
+    // What bash makes of the quoted words is the original string, whatever it holds.
+    for (std::string s : {std::string("plain"), std::string("a b"), std::string("$(touch /tmp/tpx-pwned)"), std::string("`id`;x"),
+                          std::string("q\"uote'd \\ back")}) {
+        auto r = run_process("printf '%s' " + slurm_quote(s, "test"));
+        EXPECT_EQ(r.out, s);
+    }
+    EXPECT_FALSE(fs::exists("/tmp/tpx-pwned"));
+    EXPECT_THROW(slurm_quote("two\nlines", "job.name"), Error);
+}
+
+namespace {
+
+class SlurmCluster : public testing::Test {
+public:
+    static void SetUpTestSuite() {
+        dir_ = temp_dir();
+        auto r = run_process(std::string(TPX_SOURCE_DIR) + "/scripts/slurm_cluster.sh up " + dir_);
+        if (r.exit_code != 0) {
+            skip_ = "Slurm could not be started here: " + r.err;
+            return;
+        }
+        setenv("SLURM_CONF", (dir_ + "/slurm.conf").c_str(), 1);
+    }
+    static void TearDownTestSuite() {
+        if (skip_.empty()) run_process(std::string(TPX_SOURCE_DIR) + "/scripts/slurm_cluster.sh down " + dir_);
+    }
+
+protected:
+    void SetUp() override {
+        if (!skip_.empty()) GTEST_SKIP() << skip_;
+    }
+
+    // A job folder holding prompts and a job over `model` (golden name or a path).
+    std::string make_job(const std::string& dir, const std::string& model, const std::string& extra, int max_new = 8) {
+        fs::create_directories(dir);
+        Golden g = read_golden("llama-gqa");
+        std::ofstream prompts(dir + "/prompts.jsonl");
+        for (int64_t b = 0; b < g.batch; ++b)
+            prompts << nlohmann::json{{"id", b}, {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len,
+                                                                                   g.input_ids.begin() + (b + 1) * g.prompt_len)}}
+                           .dump()
+                    << "\n";
+        std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << model << "\"\n[parallel]\ntp = 2\n[run]\nprompts = \"prompts.jsonl\"\n"
+                                         << "max_new_tokens = " << max_new << "\noutput = \"out.jsonl\"\n" << extra;
+        return dir + "/job.toml";
+    }
+
+    std::string submit(const std::string& job, const std::string& env = "") {
+        auto r = run_process(env + " " + tpx_bin("tpx") + " submit " + shell(job));
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+        std::string id = r.out.substr(0, r.out.find('\n'));
+        EXPECT_FALSE(id.empty()) << r.err;
+        return id;
+    }
+
+    // Polls tpx status until the state is one of `states` (or the timeout); returns the line.
+    std::string wait_for(const std::string& id, std::vector<std::string> states, double timeout_s = 120) {
+        if (id.empty()) return "(no job id)";
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+        std::string line;
+        while (std::chrono::steady_clock::now() < deadline) {
+            line = run_process(tpx_bin("tpx") + " status " + id).out;
+            for (const std::string& s : states)
+                if (line.find(": " + s + " ") != std::string::npos) return line;
+            std::this_thread::sleep_for(std::chrono::milliseconds(250));
+        }
+        return line;
+    }
+
+    static std::string shell(const std::string& s) { return slurm_quote(s, "path"); }
+
+    void expect_golden_tokens(const std::string& out_path) {
+        Golden g = read_golden("llama-gqa");
+        std::ifstream out(out_path);
+        std::string line;
+        int64_t b = 0;
+        while (std::getline(out, line)) {
+            std::vector<int32_t> want(g.greedy_ids.begin() + b * g.total_len + g.prompt_len, g.greedy_ids.begin() + (b + 1) * g.total_len);
+            EXPECT_EQ(nlohmann::json::parse(line)["output_ids"].get<std::vector<int32_t>>(), want) << "prompt " << b;
+            ++b;
+        }
+        EXPECT_EQ(b, g.batch) << out_path;
+    }
+
+    static std::string dir_, skip_;
+};
+
+std::string SlurmCluster::dir_, SlurmCluster::skip_;
+
+}  // namespace
+
+TEST_F(SlurmCluster, TinyJobWithSrunAndWithMpirunGivesTheGoldenTokens) {
+    for (const char* launcher : {"srun", "mpirun"}) {
+        std::string dir = temp_dir() + "/" + launcher;
+        std::string job = make_job(dir, kGolden + "/llama-gqa", std::string("[slurm]\nlauncher = \"") + launcher + "\"\ntime = \"5\"\n");
+        std::string id = submit(job);
+        std::string status = wait_for(id, {"completed", "failed", "cancelled"});
+        ASSERT_NE(status.find(": completed (COMPLETED), exit code 0:0"), std::string::npos)
+            << launcher << ": " << status << run_process(tpx_bin("tpx") + " logs " + id).err;
+        expect_golden_tokens(dir + "/out.jsonl");
+        auto logs = run_process(tpx_bin("tpx") + " logs " + id);
+        EXPECT_NE(logs.out.find("rank  host"), std::string::npos) << "the per-rank table is in the job's output";
+        EXPECT_TRUE(fs::exists(dir + "/job.sbatch")) << "the script is written beside the output";
+    }
+}
+
+TEST_F(SlurmCluster, HostileNameAndPathsStayLiteral) {
+    std::string dir = temp_dir() + "/runs $(touch /tmp/tpx-pwned-slurm); x";
+    std::string name = "tiny \"q\" $(touch /tmp/tpx-pwned-slurm) `id`; & 'x' \\ end";
+    std::string job = make_job(dir, kGolden + "/llama-gqa", "[job]\nname = \'\'\'" + name + "\'\'\'\n");
+    std::string id = submit(job);
+    std::string status = wait_for(id, {"completed", "failed", "cancelled"});
+    EXPECT_NE(status.find(": completed"), std::string::npos) << status;
+    auto show = run_process("scontrol show job " + id);
+    EXPECT_NE(show.out.find("JobName=" + name + "\n"), std::string::npos) << show.out;
+    expect_golden_tokens(dir + "/out.jsonl");
+    EXPECT_FALSE(fs::exists("/tmp/tpx-pwned-slurm")) << "a $(...) in the name or a path was run";
+}
+
+TEST_F(SlurmCluster, CancelLeavesTheJobCancelledAndNoWorkerBehind) {
+    std::string dir = temp_dir() + "/cancel";
+    std::string job = make_job(dir, kGolden + "/llama-gqa", "", 200);
+    std::string id = submit(job, "TPX_STEP_DELAY_MS=300");
+    std::string running = wait_for(id, {"running"}, 60);
+    ASSERT_NE(running.find(": running"), std::string::npos) << running;
+    for (int i = 0; i < 100 && pids_matching(dir).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    auto r = run_process(tpx_bin("tpx") + " cancel " + id);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find(": cancelled (CANCELLED)"), std::string::npos) << r.out;
+    for (int i = 0; i < 100 && !pids_matching(dir).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_TRUE(pids_matching(dir).empty()) << "tpx-worker processes left after cancel";
+    EXPECT_FALSE(fs::exists(dir + "/out.jsonl"));
+}
+
+TEST_F(SlurmCluster, MissingCheckpointEndsFailedWithTheRanksMessage) {
+    std::string dir = temp_dir() + "/missing";
+    fs::create_directories(dir + "/model");
+    fs::copy(kGolden + "/llama-gqa/config.json", dir + "/model/config.json");  // config, but no weights
+    std::string job = make_job(dir, dir + "/model", "");
+    std::string id = submit(job);
+    std::string status = wait_for(id, {"completed", "failed", "cancelled"});
+    EXPECT_NE(status.find(": failed (FAILED)"), std::string::npos) << status;
+    auto logs = run_process(tpx_bin("tpx") + " logs " + id);
+    std::string all = logs.out + logs.err;
+    EXPECT_NE(all.find("rank "), std::string::npos) << all;
+    EXPECT_NE(all.find("neither model.safetensors nor model.safetensors.index.json is here"), std::string::npos) << all;
+}
+
+TEST_F(SlurmCluster, RefusalsCarrySlurmsOwnMessage) {
+    std::string dir = temp_dir() + "/refused";
+    std::string job = make_job(dir, kGolden + "/llama-gqa", "[slurm]\npartition = \"nosuch\"\n");
+    auto r = run_process(tpx_bin("tpx") + " submit " + shell(job));
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find("sbatch refused the job: sbatch: error: invalid partition specified: nosuch"), std::string::npos) << r.err;
+    auto status = run_process(tpx_bin("tpx") + " status 999999");
+    EXPECT_NE(status.exit_code, 0);
+    EXPECT_NE(status.err.find("Invalid job id specified"), std::string::npos) << status.err;
+    auto no_sbatch = run_process("PATH=/nonexistent " + tpx_bin("tpx") + " submit " + shell(make_job(temp_dir() + "/p", kGolden + "/llama-gqa", "")));
+    EXPECT_NE(no_sbatch.exit_code, 0);
+    EXPECT_NE(no_sbatch.err.find("sbatch: command not found"), std::string::npos) << no_sbatch.err;
+}
