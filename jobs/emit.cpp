@@ -72,6 +72,9 @@ std::string emit_job_toml(const Job& job) {
     kv("extra_args", fmt_list(job.launch.extra_args));
     kv("hosts", fmt_list(job.launch.hosts));
     kv("hostfile", fmt(job.launch.hostfile));
+    kv("interface", fmt(job.launch.interface));
+    kv("rsh_agent", fmt(job.launch.rsh_agent));
+    kv("env", fmt_list(job.launch.env));
     os << "\n[slurm]\n";
     kv("partition", fmt(job.slurm.partition));
     kv("account", fmt(job.slurm.account));

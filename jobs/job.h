@@ -53,6 +53,9 @@ struct LaunchSection {
     std::vector<std::string> extra_args;  // appended to the mpirun command line as they are
     std::vector<std::string> hosts;       // "host:slots" entries; empty = this host only
     std::string hostfile;                 // an Open MPI hostfile; exclusive with hosts
+    std::string interface;                // network for MPI (and NCCL): an interface name or a CIDR subnet; "" = any
+    std::string rsh_agent;                // how mpirun reaches other hosts (plm_rsh_agent); "" = ssh
+    std::vector<std::string> env;         // variables passed to every rank, besides NCCL_*, CUDA_* and TPX_*
 };
 
 struct SlurmSection {

@@ -275,9 +275,20 @@ void parse_launch(Section s, Job& job) {
             if (!is_host_entry(h)) s.fail(*n, "hosts", "entry \"" + h + "\" is not of the form host or host:slots");
     }
     if (s.get_string("hostfile", l.hostfile)) l.hostfile = resolve(job.dir, l.hostfile);
+    s.get_string("interface", l.interface);
+    if (s.get_string("rsh_agent", l.rsh_agent) && l.rsh_agent.find('/') != std::string::npos) l.rsh_agent = resolve(job.dir, l.rsh_agent);
+    if (const toml::node* n = s.node("env")) {
+        s.get_string_list("env", l.env);
+        static const std::regex name(R"(^[A-Za-z_][A-Za-z0-9_]*$)");
+        for (const std::string& v : l.env)
+            if (!std::regex_match(v, name)) s.fail(*n, "env", "entry \"" + v + "\" is not an environment variable name");
+    }
     s.reject_unknown();
     if (!l.hosts.empty() && !l.hostfile.empty())
         s.fail_here("launch.hosts and launch.hostfile exclude each other: give one");
+    if (!l.hosts.empty() && (int)l.hosts.size() != job.parallel.nodes)
+        s.fail_here("launch.hosts names " + std::to_string(l.hosts.size()) + " hosts but parallel.nodes = " +
+                    std::to_string(job.parallel.nodes));
     if (l.mpirun.empty()) s.fail_here("launch.mpirun must not be empty");
 }
 

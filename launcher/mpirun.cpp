@@ -3,7 +3,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 namespace fs = std::filesystem;
@@ -14,7 +17,45 @@ LaunchHost this_host() {
     LaunchHost h;
     h.cores = (int)std::max(1u, std::thread::hardware_concurrency());
     h.root = geteuid() == 0;
+    for (char** e = environ; *e; ++e) {
+        std::string entry = *e;
+        std::string name = entry.substr(0, entry.find('='));
+        for (const char* prefix : {"NCCL_", "CUDA_", "TPX_"})
+            if (name.rfind(prefix, 0) == 0) h.env.push_back(name);
+    }
+    std::sort(h.env.begin(), h.env.end());
     return h;
+}
+
+std::vector<RankPlace> rank_map(const Job& job) {
+    std::vector<std::string> hosts;
+    for (const std::string& h : job.launch.hosts) hosts.push_back(h.substr(0, h.find(':')));
+    if (hosts.empty() && !job.launch.hostfile.empty()) {
+        std::ifstream in(job.launch.hostfile);
+        std::string line;
+        while (std::getline(in, line)) {
+            std::istringstream words(line);
+            std::string host;
+            if (words >> host && host[0] != '#') hosts.push_back(host);
+        }
+    }
+    if (hosts.empty()) hosts.push_back("localhost");
+    std::vector<RankPlace> map;
+    int per = job.parallel.ranks_per_node;
+    for (int r = 0; r < job.world(); ++r)
+        map.push_back({r, hosts[std::min<size_t>((size_t)(r / per), hosts.size() - 1)], r % per});
+    return map;
+}
+
+std::string format_rank_map(const std::vector<RankPlace>& map) {
+    std::string s;
+    for (size_t i = 0; i < map.size();) {
+        size_t j = i;
+        while (j + 1 < map.size() && map[j + 1].host == map[i].host) ++j;
+        s += (s.empty() ? "" : " | ") + map[i].host + ": rank" + (i == j ? " " + std::to_string(i) : "s " + std::to_string(i) + "-" + std::to_string(j));
+        i = j + 1;
+    }
+    return s;
 }
 
 std::vector<std::string> mpirun_command(const Job& job, const std::string& worker, const std::vector<std::string>& worker_args,
@@ -29,6 +70,17 @@ std::vector<std::string> mpirun_command(const Job& job, const std::string& worke
         cmd.insert(cmd.end(), {"--host", list});
     }
     if (!job.launch.hostfile.empty()) cmd.insert(cmd.end(), {"--hostfile", job.launch.hostfile});
+    if (several_hosts) cmd.insert(cmd.end(), {"--map-by", "ppr:" + std::to_string(job.parallel.ranks_per_node) + ":node"});
+    if (!job.launch.rsh_agent.empty()) cmd.insert(cmd.end(), {"--mca", "plm_rsh_agent", job.launch.rsh_agent});
+    const std::string& net = job.launch.interface;
+    if (!net.empty()) {
+        cmd.insert(cmd.end(), {"--mca", "btl_tcp_if_include", net, "--mca", "oob_tcp_if_include", net});
+        // NCCL takes interface names, not subnets.
+        if (net.find('/') == std::string::npos) cmd.insert(cmd.end(), {"-x", "NCCL_SOCKET_IFNAME=" + net});
+    }
+    std::vector<std::string> env = host.env;
+    env.insert(env.end(), job.launch.env.begin(), job.launch.env.end());
+    for (const std::string& name : env) cmd.insert(cmd.end(), {"-x", name});
     cmd.insert(cmd.end(), job.launch.extra_args.begin(), job.launch.extra_args.end());
     cmd.push_back(worker);
     cmd.insert(cmd.end(), worker_args.begin(), worker_args.end());

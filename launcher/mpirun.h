@@ -13,11 +13,23 @@ namespace tpx {
 struct LaunchHost {
     int cores = 1;      // cores of this host
     bool root = false;  // running as root
+    std::vector<std::string> env;  // NCCL_*, CUDA_*, TPX_* variables set here (passed on with -x)
 };
 LaunchHost this_host();
 
 std::vector<std::string> mpirun_command(const Job& job, const std::string& worker, const std::vector<std::string>& worker_args,
                                         const LaunchHost& host = this_host());
+
+// Where each rank runs: ranks in blocks of ranks_per_node per host (one TP group on as few
+// hosts as possible), local ranks 0..n-1 on each.
+struct RankPlace {
+    int rank;
+    std::string host;
+    int local_rank;
+};
+std::vector<RankPlace> rank_map(const Job& job);
+// "h1: ranks 0-1 | h2: ranks 2-3"
+std::string format_rank_map(const std::vector<RankPlace>& map);
 
 // The tpx-worker next to the running tpx binary.
 std::string worker_binary();

@@ -63,6 +63,7 @@ int cmd_run(const Args& args) {
         std::cout << shell_join(cmd) << "\n";
         return 0;
     }
+    std::cerr << "tpx run: rank map: " << format_rank_map(rank_map(job)) << "\n";
     std::cerr << "tpx run: " << shell_join(cmd) << "\n";
     std::vector<char*> argv;
     for (std::string& s : cmd) argv.push_back(s.data());
