@@ -17,6 +17,7 @@ const std::vector<Command>& commands() {
         {"convert", "write an HF model folder as one HDF5 file", cmd_convert},
         {"plan", "show the sharding plan: every rank's weights, memory, reads and collectives", cmd_plan},
         {"run", "run the job under mpirun, one tpx-worker per rank", cmd_run},
+        {"bench", "time load, prefill and decode of the job's model against their rooflines", cmd_bench},
         {"submit", "submit the job to Slurm (sbatch); prints the job id", cmd_submit},
         {"status", "a Slurm job's state, exit code, elapsed time and nodes", cmd_status},
         {"cancel", "cancel a Slurm job and wait until it has ended", cmd_cancel},

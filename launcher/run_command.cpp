@@ -18,6 +18,7 @@
 #include "launcher/command.h"
 #include "launcher/mpirun.h"
 #include "sharding/transform.h"
+#include "slurm/commands.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -31,6 +32,27 @@ void forward_signal(int sig) {
     if (g_child > 0) kill(g_child, sig);
 }
 
+// After a failed job on several hosts, asks each host, through the same agent mpirun used,
+// to run `true` within 5 s, and names those that do not answer: mpirun's own message does not
+// always say which host went away.
+void report_unreachable_hosts(const Job& job) {
+    std::vector<RankPlace> map = rank_map(job);
+    if (job.launch.hosts.empty() && job.launch.hostfile.empty()) return;
+    std::vector<std::string> agent = {"ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"};
+    if (!job.launch.rsh_agent.empty()) agent = {job.launch.rsh_agent};
+    for (size_t i = 0; i < map.size();) {
+        size_t j = i;
+        while (j + 1 < map.size() && map[j + 1].host == map[i].host) ++j;
+        std::vector<std::string> probe = {"timeout", "5"};
+        probe.insert(probe.end(), agent.begin(), agent.end());
+        probe.insert(probe.end(), {map[i].host, "true"});
+        if (run_command(probe).exit_code != 0)
+            std::fprintf(stderr, "tpx run: host %s (rank%s) did not answer; it is down or cannot be reached\n", map[i].host.c_str(),
+                         i == j ? (" " + std::to_string(i)).c_str() : ("s " + std::to_string(i) + "-" + std::to_string(j)).c_str());
+        i = j + 1;
+    }
+}
+
 }  // namespace
 
 int cmd_run(const Args& args) {
@@ -38,7 +60,8 @@ int cmd_run(const Args& args) {
     options.add_options()("job", po::value<std::string>()->required(), "the job file")(
         "dry-run", "print the mpirun command instead of running it")(
         "dump-logits", po::value<std::string>(), "write every step's logits to this HDF5 file")(
-        "step-delay-ms", po::value<int>(), "pause per decode step (for failure tests)");
+        "step-delay-ms", po::value<int>(), "pause per decode step (for failure tests)")(
+        "bench", po::value<std::string>(), "run the benchmark instead of the prompts; JSON to this file (tpx bench)");
     po::positional_options_description positional;
     positional.add("job", 1);
     po::variables_map vm;
@@ -47,7 +70,7 @@ int cmd_run(const Args& args) {
     std::string job_path = vm["job"].as<std::string>();
     Job job = load_job(job_path);
     resolve_transform_options(job);
-    if (job.run.prompts.empty()) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
+    if (job.run.prompts.empty() && !vm.count("bench")) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
     // A job read from a pipe cannot be read again by the ranks: hand them the resolved job.
     std::string worker_job = fs::absolute(job_path).lexically_normal().string();
     if (!fs::is_regular_file(job_path)) {
@@ -56,6 +79,7 @@ int cmd_run(const Args& args) {
     }
     std::vector<std::string> worker_args = {"--job", worker_job};
     if (vm.count("dump-logits")) worker_args.insert(worker_args.end(), {"--dump-logits", fs::absolute(vm["dump-logits"].as<std::string>()).string()});
+    if (vm.count("bench")) worker_args.insert(worker_args.end(), {"--bench", vm["bench"].as<std::string>()});
     if (vm.count("step-delay-ms")) worker_args.insert(worker_args.end(), {"--step-delay-ms", std::to_string(vm["step-delay-ms"].as<int>())});
     std::vector<std::string> cmd = mpirun_command(job, worker_binary(), worker_args);
 
@@ -85,6 +109,7 @@ int cmd_run(const Args& args) {
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (worker_job != fs::absolute(job_path).lexically_normal().string()) fs::remove(worker_job);
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (code != 0) report_unreachable_hosts(job);
     if (code == 127) throw Error("tpx run: could not start " + cmd[0] + " (is Open MPI installed? set [launch] mpirun)");
     std::fprintf(stderr, "tpx run: job '%s' %s after %.1f s (exit status %d)\n", job.name.c_str(),
                  code == 0 ? "finished" : "failed", seconds, code);

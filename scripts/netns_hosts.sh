@@ -36,9 +36,10 @@ down)
   done
   ;;
 kill)
-  # A host dying: its processes end at once and its network goes away.
+  # A host dying: its processes end at once, its network and the host itself go away.
   for p in $(ip netns pids "$2" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
   ip link del "veth-$2" 2>/dev/null || true
+  ip netns del "$2" 2>/dev/null || true
   ;;
 *) echo "usage: $0 up|down|kill HOST" >&2; exit 2 ;;
 esac

@@ -169,7 +169,7 @@ CudaExecutor::~CudaExecutor() {
     for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
     for (auto& [l, kv] : kv_) cudaFree(kv.first), cudaFree(kv.second);
     for (auto& [n, p] : inv_freq_) cudaFree(p);
-    for (void* p : {(void*)ids_, (void*)positions_, (void*)slots_dev_, (void*)rows_, (void*)logits_, (void*)moe_weights_, cublas_workspace_})
+    for (void* p : {(void*)ids_, (void*)positions_, (void*)slots_dev_, (void*)rows_, (void*)logits_, (void*)argmax_, (void*)moe_weights_, cublas_workspace_})
         cudaFree(p);
     if (cublas_) cublasDestroy(cublas_);
 }
@@ -187,8 +187,10 @@ void CudaExecutor::ensure_inputs(int64_t tokens, int64_t rows) {
     }
     if (rows > output_capacity_) {
         cudaFree(logits_);
+        cudaFree(argmax_);
         output_capacity_ = std::max<int64_t>(rows, 64);
         CUDA_CHECK(cudaMalloc(&logits_, output_capacity_ * vocab_ * sizeof(float)));
+        CUDA_CHECK(cudaMalloc(&argmax_, output_capacity_ * sizeof(int32_t)));
         for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
         graphs_.clear();
     }
@@ -202,6 +204,23 @@ void CudaExecutor::ensure_inputs(int64_t tokens, int64_t rows) {
 }
 
 std::vector<float> CudaExecutor::forward(const TokenBatch& batch) {
+    int64_t R = enqueue(batch);
+    std::vector<float> host(R * vocab_);
+    CUDA_CHECK(cudaMemcpyAsync(host.data(), logits_, host.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    sync_with_watchdog(stream_, nccl_, timeout_s_);
+    return host;
+}
+
+std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) {
+    int64_t R = enqueue(batch);
+    cuda::argmax_rows(R, vocab_, logits_, argmax_, stream_);
+    std::vector<int32_t> ids(R);
+    CUDA_CHECK(cudaMemcpyAsync(ids.data(), argmax_, R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    sync_with_watchdog(stream_, nccl_, timeout_s_);
+    return ids;
+}
+
+int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
     const int64_t T = (int64_t)batch.ids.size();
     const int64_t R = batch.logit_rows.empty() ? T : (int64_t)batch.logit_rows.size();
     for (int64_t i = 0; i < T; ++i)
@@ -234,10 +253,7 @@ std::vector<float> CudaExecutor::forward(const TokenBatch& batch) {
     } else {
         run_nodes(T, R, select && !decode);
     }
-    std::vector<float> host(R * vocab_);
-    CUDA_CHECK(cudaMemcpyAsync(host.data(), logits_, host.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
-    sync_with_watchdog(stream_, nccl_, timeout_s_);
-    return host;
+    return R;
 }
 
 void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {

@@ -42,6 +42,7 @@ public:
     ~CudaExecutor() override;
 
     std::vector<float> forward(const TokenBatch& batch) override;
+    std::vector<int32_t> forward_argmax(const TokenBatch& batch) override;
     int64_t vocab() const override { return vocab_; }
     int64_t kv_cache_bytes() const override { return kv_bytes_; }
 
@@ -52,6 +53,8 @@ public:
 
 private:
     void ensure_inputs(int64_t tokens, int64_t rows);
+    // Stages the batch and enqueues the forward (a graph replay for decode steps); returns rows.
+    int64_t enqueue(const TokenBatch& batch);
     void run_nodes(int64_t tokens, int64_t rows, bool select_rows);
 
     const Graph& graph_;
@@ -71,6 +74,7 @@ private:
     int32_t *ids_ = nullptr, *positions_ = nullptr, *slots_dev_ = nullptr;
     int64_t* rows_ = nullptr;
     float* logits_ = nullptr;
+    int32_t* argmax_ = nullptr;
     float* moe_weights_ = nullptr;
     int64_t moe_capacity_ = 0;
     bool graphs_enabled_ = false;

@@ -10,6 +10,14 @@
 
 namespace tpx {
 
+std::vector<int32_t> Executor::forward_argmax(const TokenBatch& batch) {
+    std::vector<float> logits = forward(batch);
+    int64_t v = vocab();
+    std::vector<int32_t> ids(logits.size() / v);
+    for (size_t r = 0; r < ids.size(); ++r) ids[r] = (int32_t)cpu::argmax(&logits[r * v], v);
+    return ids;
+}
+
 CpuExecutor::CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights,
                          int64_t slots, int64_t max_seq)
     : graph_(graph), comm_(comm), weights_(std::move(weights)), slots_(slots), max_seq_(max_seq) {

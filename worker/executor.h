@@ -28,6 +28,9 @@ public:
     virtual ~Executor() = default;
     // Logits [logit_rows.size(), vocab] in host memory (the full vocabulary, gathered).
     virtual std::vector<float> forward(const TokenBatch& batch) = 0;
+    // The argmax of each wanted row (greedy decoding): the GPU backend finds it on the device
+    // and copies back one id per row instead of the whole vocabulary.
+    virtual std::vector<int32_t> forward_argmax(const TokenBatch& batch);
     virtual int64_t vocab() const = 0;
     virtual int64_t kv_cache_bytes() const = 0;
 };

@@ -35,6 +35,10 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                                      const GenerationSettings& s) {
     const int64_t vocab = exec.vocab();
     std::mt19937_64 rng(s.seed);
+    // Greedy without logits to keep: the backend picks the tokens itself (on the GPU, only the
+    // ids come back), and every rank has the same ids; rank 0's are still the ones broadcast.
+    const bool device_argmax = s.sampling.temperature <= 0 && !s.keep_logits;
+    std::vector<int32_t> argmax_ids;
     std::vector<SequenceResult> results(prompts.size());
     for (size_t first = 0; first < prompts.size(); first += (size_t)s.max_batch) {
         size_t count = std::min<size_t>((size_t)s.max_batch, prompts.size() - first);
@@ -54,12 +58,16 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
             if (!s.keep_logits) batch.logit_rows.push_back(last_row[b]);
         }
         auto t0 = Clock::now();
-        std::vector<float> logits = exec.forward(batch);
+        std::vector<float> logits;
+        if (device_argmax) argmax_ids = exec.forward_argmax(batch);
+        else logits = exec.forward(batch);
         double prefill_ms = ms_since(t0);
-        std::vector<const float*> next_logits(count);
+        std::vector<const float*> next_logits(count, nullptr);
+        std::vector<int32_t> next_ids(count, 0);
         for (size_t b = 0; b < count; ++b) {
             int64_t row = s.keep_logits ? last_row[b] : (int64_t)b;
-            next_logits[b] = &logits[row * vocab];
+            if (device_argmax) next_ids[b] = argmax_ids[row];
+            else next_logits[b] = &logits[row * vocab];
             SequenceResult& r = results[first + b];
             r.time_to_first_token_ms = prefill_ms;
             if (s.keep_logits) {
@@ -78,7 +86,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
             if (comm.rank() == 0)
                 for (size_t b = 0; b < count; ++b) {
                     if (!active[b]) continue;
-                    chosen[b] = (int32_t)cpu::sample(next_logits[b], vocab, s.sampling, rng);
+                    chosen[b] = device_argmax ? next_ids[b] : (int32_t)cpu::sample(next_logits[b], vocab, s.sampling, rng);
                 }
             comm.broadcast(chosen.data(), count * sizeof(int32_t), 0);
             TokenBatch next;
@@ -100,10 +108,14 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
             }
             if (next.ids.empty()) break;
             if (s.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(s.step_delay_ms));
-            logits = exec.forward(next);
+            if (device_argmax) argmax_ids = exec.forward_argmax(next);
+            else logits = exec.forward(next);
             size_t row = 0;
-            for (size_t b = 0; b < count; ++b)
-                if (active[b]) next_logits[b] = &logits[(row++) * vocab];
+            for (size_t b = 0; b < count; ++b) {
+                if (!active[b]) continue;
+                if (device_argmax) next_ids[b] = argmax_ids[row++];
+                else next_logits[b] = &logits[(row++) * vocab];
+            }
         }
         double decode_ms = ms_since(decode_start);
         for (size_t b = 0; b < count; ++b) results[first + b].decode_ms = decode_ms;

@@ -27,3 +27,10 @@ struct GpuContext {
 int64_t device_memory_in_use();
 
 }  // namespace tpx
+
+namespace tpx {
+struct DeviceRates;
+// Measured on the current device: a 1 GiB device-to-device copy (read + write bytes per
+// second) and a bf16 8192^3 GEMM (FLOP/s), for the benchmark's rooflines.
+DeviceRates measure_device_rates(cudaStream_t stream);
+}  // namespace tpx

@@ -20,6 +20,7 @@
 #include "jobs/parse.h"
 #include "loader/checkpoint.h"
 #include "sharding/plan.h"
+#include "worker/bench.h"
 #include "worker/executor.h"
 #include "worker/generation.h"
 #include "worker/mpi_comm.h"
@@ -40,6 +41,7 @@ struct Options {
     std::string job;
     std::string dump_logits;
     std::string launched_by;
+    std::string bench;  // JSON path: run the benchmark instead of the prompts
     int step_delay_ms = 0;
 };
 
@@ -49,6 +51,7 @@ Options parse_options(int argc, char** argv) {
     desc.add_options()("job", po::value(&o.job)->required(), "the job file")(
         "dump-logits", po::value(&o.dump_logits), "write every prompt position's and every step's logits to this .h5 file")(
         "step-delay-ms", po::value(&o.step_delay_ms), "pause per decode step (for failure tests; also TPX_STEP_DELAY_MS)")(
+        "bench", po::value(&o.bench), "run the benchmark (docs/PERF.md) and write its JSON here")(
         "launched-by", po::value(&o.launched_by), "srun: cross-check SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS against MPI");
     po::variables_map vm;
     try {
@@ -105,10 +108,10 @@ int run(const Options& opt) {
 
     // Prompts: read and checked on rank 0, then every rank has the tokens.
     std::vector<Prompt> prompts;
-    if (job.run.prompts.empty()) throw Error(job.file + ": run.prompts is not set: there is nothing to run", kExitBadInput);
+    if (job.run.prompts.empty() && opt.bench.empty()) throw Error(job.file + ": run.prompts is not set: there is nothing to run", kExitBadInput);
     std::vector<int32_t> packed;
     uint64_t packed_size = 0;
-    if (rank == 0) {
+    if (rank == 0 && opt.bench.empty()) {
         prompts = read_prompts(job.run.prompts, plan.config.vocab_size, job.run.max_new_tokens, plan.max_seq_len);
         packed = pack_prompts(prompts);
         packed_size = packed.size();
@@ -116,7 +119,7 @@ int run(const Options& opt) {
     comm.broadcast(&packed_size, sizeof(packed_size), 0);
     packed.resize(packed_size);
     comm.broadcast(packed.data(), packed_size * sizeof(int32_t), 0);
-    if (rank != 0) prompts = unpack_prompts(packed);
+    if (rank != 0 && opt.bench.empty()) prompts = unpack_prompts(packed);
 
     // The rest of the pipeline, on this rank: load, fuse, allocate, capture.
     auto load_start = std::chrono::steady_clock::now();
@@ -190,6 +193,21 @@ int run(const Options& opt) {
     }
     run_pipeline(ctx, resolve_transform_options(job), Stage::kWeightLoad, Stage::kCompile);
     if (!exec) throw Error("init_kv_cache is disabled: the executor needs a KV cache", kExitBadInput);
+
+    if (!opt.bench.empty()) {
+        DeviceRates rates;
+#ifdef TPX_HAVE_CUDA
+        if (gpu) rates = measure_device_rates(gpu->stream);
+#endif
+        if (rank == 0)
+            log_info("loaded ", weight_bytes / 1e9, " GB per rank in ", load_seconds, " s (", ckpt->stats().data_bytes / 1e9 / load_seconds,
+                     " GB/s read)");
+        BenchSettings bs;
+        bs.json_path = opt.bench;
+        run_bench(*exec, comm, plan, rates, bs);
+        comm.barrier();
+        return 0;
+    }
 
     GenerationSettings gs;
     gs.max_batch = plan.max_batch;

@@ -1,0 +1,50 @@
+#!/bin/bash
+# The performance run, in one call on the GPU machine (docs/PERF.md): makes the
+# Llama-3-8B-shaped checkpoint with HF (bench/hf_peer.py make), then times tpx (tpx bench at
+# tp=1, and tp=2 where two GPUs are visible) and HF transformers on it, and prints both.
+#   bench/run_8b.sh OUT_DIR         (after: source /tmp/runtime/env.sh from the device bundle)
+set -euo pipefail
+out=${1:?usage: bench/run_8b.sh OUT_DIR}
+here=$(cd "$(dirname "$0")" && pwd)
+ckpt=${TPX_BENCH_CKPT:-/tmp/l8b}
+mkdir -p "$out"
+[ -f "$ckpt/config.json" ] || python3 "$here/hf_peer.py" make "$ckpt" | tee "$out/make.txt"
+gpus=$(nvidia-smi -L | wc -l)
+for tp in 1 2; do
+  [ "$tp" -le "$gpus" ] || continue
+  cat > "$out/job_tp$tp.toml" <<JOB
+[job]
+name = "llama8b-tp$tp"
+[model]
+path = "$ckpt"
+dtype = "bfloat16"
+[parallel]
+tp = $tp
+[backend]
+device = "cuda"
+[run]
+max_batch = 64
+max_seq_len = 2304
+output = "$out/llama8b-tp$tp.out.jsonl"
+JOB
+  tpx bench "$out/job_tp$tp.toml" --json "$out/tpx_tp$tp.json" 2>&1 | grep -v "^tpx run: mpirun" | tee "$out/tpx_tp$tp.txt"
+done
+python3 "$here/hf_peer.py" tp1 "$ckpt" 2>&1 | grep RESULT | tee "$out/hf_tp1.txt"
+echo; echo "== side by side (ms/token, batch 1, 128-token prompt) =="
+python3 - "$out" <<'PY'
+import json, sys, os, re
+out = sys.argv[1]
+hf = dict(re.findall(r"RESULT (\S+)=(\S+)", open(os.path.join(out, "hf_tp1.txt")).read()))
+for tp in (1, 2):
+    p = os.path.join(out, f"tpx_tp{tp}.json")
+    if not os.path.exists(p): continue
+    j = json.load(open(p))
+    d1 = [d for d in j["decode"] if d["batch"] == 1][0]
+    print(f"tpx tp={tp}: {d1['ms_per_step']:.2f} ms/token ({100*d1['fraction_of_roofline']:.0f}% of roofline {d1['roofline_ms']:.2f} ms)")
+for k in ("hf_eager_tp1_ms_per_token", "hf_compile_tp1_ms_per_token", "hf_load_tp1_s", "hbm_copy_GBps"):
+    if k in hf: print(f"HF {k} = {hf[k]}")
+if "hf_compile_tp1_ms_per_token" in hf and os.path.exists(os.path.join(out, "tpx_tp1.json")):
+    j = json.load(open(os.path.join(out, "tpx_tp1.json")))
+    d1 = [d for d in j["decode"] if d["batch"] == 1][0]
+    print(f"tpx tp=1 is {float(hf['hf_compile_tp1_ms_per_token'])/d1['ms_per_step']:.2f}x faster than HF torch.compile")
+PY

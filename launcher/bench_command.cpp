@@ -1,0 +1,26 @@
+// `tpx bench`: the job's model timed on its ranks (docs/PERF.md has the method).
+#include <filesystem>
+#include <iostream>
+
+#include "common/error.h"
+#include "launcher/command.h"
+
+namespace po = boost::program_options;
+
+namespace tpx {
+
+int cmd_bench(const Args& args) {
+    po::options_description options("tpx bench options");
+    options.add_options()("job", po::value<std::string>()->required(), "the job file (max_batch >= 64, max_seq_len >= 2048)")(
+        "json", po::value<std::string>()->default_value("bench.json"), "where the figures go as JSON")(
+        "dry-run", "print the mpirun command instead of running it");
+    po::positional_options_description positional;
+    positional.add("job", 1);
+    po::variables_map vm;
+    if (parse_command_line(args, "tpx bench JOB [--json FILE]", options, positional, vm)) return 0;
+    Args run_args = {vm["job"].as<std::string>(), "--bench", std::filesystem::absolute(vm["json"].as<std::string>()).string()};
+    if (vm.count("dry-run")) run_args.push_back("--dry-run");
+    return cmd_run(run_args);
+}
+
+}  // namespace tpx

@@ -1,0 +1,118 @@
+// The benchmark loop and its report.
+#include "worker/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace tpx {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[v.size() / 2];
+}
+
+TokenBatch prompt_batch(int64_t batch, int64_t length, int64_t vocab, std::mt19937& rng) {
+    TokenBatch b;
+    std::uniform_int_distribution<int32_t> tok(0, (int32_t)vocab - 1);
+    for (int64_t s = 0; s < batch; ++s) {
+        for (int64_t t = 0; t < length; ++t) {
+            b.ids.push_back(tok(rng));
+            b.positions.push_back((int32_t)t);
+            b.slots.push_back((int32_t)s);
+        }
+        b.logit_rows.push_back((int64_t)b.ids.size() - 1);
+    }
+    return b;
+}
+
+// ms of one forward, to completion (forward_argmax synchronizes).
+double timed(Executor& exec, const TokenBatch& b) {
+    auto t0 = Clock::now();
+    exec.forward_argmax(b);
+    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+}  // namespace
+
+void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const DeviceRates& rates, const BenchSettings& s) {
+    const ModelConfig& c = plan.config;
+    std::mt19937 rng(1234);
+    const int rank = comm.rank();
+    const double weight_bytes = (double)plan.ranks.at(rank).weight_bytes;
+    // K and V of every layer for one cached position of one sequence, on this rank.
+    const double kv_bytes_per_position = (double)plan.ranks.at(rank).kv_cache_bytes / (double)(plan.max_batch * plan.max_seq_len);
+    nlohmann::json report = {{"model", c.architecture}, {"tp", plan.tp}, {"ep", plan.ep}, {"weight_bytes_per_rank", weight_bytes},
+                             {"copy_GBps", rates.copy_bytes_per_s / 1e9}, {"matmul_TFLOPs", rates.matmul_flops_per_s / 1e12}};
+    nlohmann::json prefill = nlohmann::json::array(), decode = nlohmann::json::array();
+
+    for (int64_t len : s.prompt_lengths) {
+        if (len > plan.max_seq_len) {
+            if (rank == 0) std::printf("bench: prefill of %lld tokens skipped: max_seq_len is %lld\n", (long long)len, (long long)plan.max_seq_len);
+            continue;
+        }
+        TokenBatch b = prompt_batch(1, len, c.vocab_size, rng);
+        timed(exec, b);  // warm-up
+        std::vector<double> t;
+        for (int i = 0; i < 5; ++i) t.push_back(timed(exec, b));
+        double ms = median(t);
+        // FLOPs of one rank: its GEMMs for every token, and causal attention (len^2 / 2 positions).
+        double flops = plan.costs.flops_per_token * len + plan.costs.attention_flops_per_token_per_position * len * (len + 1) / 2.0;
+        double floor_ms = rates.matmul_flops_per_s > 0 ? flops / rates.matmul_flops_per_s * 1e3 : 0;
+        prefill.push_back({{"prompt_tokens", len}, {"ms", ms}, {"flop_floor_ms", floor_ms}, {"ratio_to_floor", floor_ms > 0 ? ms / floor_ms : 0}});
+    }
+    for (int64_t batch : s.batches) {
+        if (batch > plan.max_batch) {
+            if (rank == 0) std::printf("bench: decode at batch %lld skipped: max_batch is %lld\n", (long long)batch, (long long)plan.max_batch);
+            continue;
+        }
+        if (s.decode_prompt + s.warmup + s.steps > plan.max_seq_len)
+            throw Error("bench: decode needs max_seq_len >= " + std::to_string(s.decode_prompt + s.warmup + s.steps), kExitBadInput);
+        TokenBatch b = prompt_batch(batch, s.decode_prompt, c.vocab_size, rng);
+        exec.forward_argmax(b);
+        std::vector<double> t;
+        double context = 0;
+        for (int step = 0; step < s.warmup + s.steps; ++step) {
+            TokenBatch d;
+            for (int64_t q = 0; q < batch; ++q) {
+                d.ids.push_back(1);
+                d.positions.push_back((int32_t)(s.decode_prompt + step));
+                d.slots.push_back((int32_t)q);
+                d.logit_rows.push_back(q);
+            }
+            double ms = timed(exec, d);
+            if (step >= s.warmup) t.push_back(ms), context += s.decode_prompt + step + 1;
+        }
+        double ms = median(t);
+        double kv_read = kv_bytes_per_position * batch * (context / s.steps);
+        double floor_ms = rates.copy_bytes_per_s > 0 ? (weight_bytes + kv_read) / rates.copy_bytes_per_s * 1e3 : 0;
+        decode.push_back({{"batch", batch}, {"ms_per_step", ms}, {"tokens_per_s", batch * 1e3 / ms}, {"roofline_ms", floor_ms},
+                          {"fraction_of_roofline", ms > 0 ? floor_ms / ms : 0}});
+    }
+    report["prefill"] = prefill;
+    report["decode"] = decode;
+    if (rank != 0) return;
+    std::printf("\nbench: %s, tp=%d ep=%d, %.2f GB of weights per rank; measured copy %.0f GB/s, bf16 GEMM %.0f TFLOP/s\n",
+                c.architecture.c_str(), plan.tp, plan.ep, weight_bytes / 1e9, rates.copy_bytes_per_s / 1e9, rates.matmul_flops_per_s / 1e12);
+    std::printf("%-28s %12s %14s %10s\n", "", "measured", "floor", "ratio");
+    for (const auto& p : prefill)
+        std::printf("prefill %5lld tokens (TTFT)  %9.2f ms %11.2f ms %9.2fx\n", (long long)p["prompt_tokens"].get<int64_t>(),
+                    p["ms"].get<double>(), p["flop_floor_ms"].get<double>(), p["ratio_to_floor"].get<double>());
+    for (const auto& d : decode)
+        std::printf("decode batch %3lld              %9.3f ms %11.3f ms %8.0f%% of roofline, %.0f tokens/s\n",
+                    (long long)d["batch"].get<int64_t>(), d["ms_per_step"].get<double>(), d["roofline_ms"].get<double>(),
+                    100 * d["fraction_of_roofline"].get<double>(), d["tokens_per_s"].get<double>());
+    std::fflush(stdout);
+    if (!s.json_path.empty()) std::ofstream(s.json_path) << report.dump(1) << "\n";
+}
+
+}  // namespace tpx

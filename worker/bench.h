@@ -1,0 +1,32 @@
+// `tpx bench`: what a job's model costs on its ranks. Time to first token for prompts of 128
+// and 2048 tokens, decode ms/token at batch 1, 8 and 64 (median over 100 steps after 10 of
+// warm-up, each step timed to its completion on the device), each as a fraction of its
+// roofline: decode = (weight bytes + KV bytes read) / measured copy bandwidth; prefill =
+// FLOPs / measured bf16 matrix rate. Collective; rank 0 prints a table and writes JSON.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "sharding/plan.h"
+#include "worker/comm.h"
+#include "worker/executor.h"
+
+namespace tpx {
+
+struct DeviceRates {
+    double copy_bytes_per_s = 0;   // read + write bytes per second of a device-to-device copy
+    double matmul_flops_per_s = 0; // bf16 GEMM 8192^3
+};
+
+struct BenchSettings {
+    std::vector<int64_t> prompt_lengths = {128, 2048};
+    std::vector<int64_t> batches = {1, 8, 64};
+    int64_t decode_prompt = 128;
+    int warmup = 10, steps = 100;
+    std::string json_path;
+};
+
+void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const DeviceRates& rates, const BenchSettings& s);
+
+}  // namespace tpx
