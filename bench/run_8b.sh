@@ -29,6 +29,7 @@ output = "$out/llama8b-tp$tp.out.jsonl"
 JOB
   tpx bench "$out/job_tp$tp.toml" --json "$out/tpx_tp$tp.json" 2>&1 | grep -v "^tpx run: mpirun" | tee "$out/tpx_tp$tp.txt"
 done
+[ -n "${TPX_BENCH_NO_HF:-}" ] && exit 0   # tpx alone (profiling runs)
 python3 "$here/hf_peer.py" tp1 "$ckpt" 2>&1 | grep RESULT | tee "$out/hf_tp1.txt"
 echo; echo "== side by side (ms/token, batch 1, 128-token prompt) =="
 python3 - "$out" <<'PY'

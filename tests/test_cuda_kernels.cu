@@ -127,7 +127,7 @@ TEST(CudaKernels, RmsNormAndFusedResidualAdd) {
     std::vector<float> ref(T * W);
     cpu::rmsnorm(T, W, 1e-5f, x.data(), w.data(), ref.data());
     expect_close(download(*dy), ref, "rmsnorm");
-    cuda::add_rmsnorm(T, W, 1e-6f, dx->p, dres->p, dw->p, dy2->p, nullptr);
+    cuda::add_rmsnorm(T, W, 1e-6f, dx->p, dres->p, dres->p, dw->p, dy2->p, nullptr);
     std::vector<float> res_ref = res, ref2(T * W);
     cpu::add_rmsnorm(T, W, 1e-6f, x.data(), res_ref.data(), w.data(), ref2.data());
     expect_close(download(*dres), res_ref, "add_rmsnorm residual");
@@ -148,7 +148,7 @@ TEST(CudaKernels, RopeDefaultAndLlama3) {
         std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k));
         std::unique_ptr<Device<int32_t>> dp(upload_raw(pos));
         std::unique_ptr<Device<float>> di(upload_raw(inv));
-        cuda::rope(p, T, dp->p, di->p, dq->p, dk->p, nullptr);
+        cuda::rope(p, T, dp->p, di->p, dq->p, dk->p, dq->p, dk->p, nullptr);
         cpu::rope(p, T, pos.data(), q.data(), k.data());
         expect_close(download(*dq), q, "rope q");
         expect_close(download(*dk), k, "rope k");

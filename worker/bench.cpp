@@ -79,6 +79,7 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
             throw Error("bench: decode needs max_seq_len >= " + std::to_string(s.decode_prompt + s.warmup + s.steps), kExitBadInput);
         TokenBatch b = prompt_batch(batch, s.decode_prompt, c.vocab_size, rng);
         exec.forward_argmax(b);
+        exec.reset_profile();
         std::vector<double> t;
         double context = 0;
         for (int step = 0; step < s.warmup + s.steps; ++step) {
@@ -95,6 +96,7 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
         double ms = median(t);
         double kv_read = kv_bytes_per_position * batch * (context / s.steps);
         double floor_ms = rates.copy_bytes_per_s > 0 ? (weight_bytes + kv_read) / rates.copy_bytes_per_s * 1e3 : 0;
+        if (rank == 0 && !exec.profile().empty()) std::printf("decode batch %lld, %s", (long long)batch, exec.profile().c_str());
         decode.push_back({{"batch", batch}, {"ms_per_step", ms}, {"tokens_per_s", batch * 1e3 / ms}, {"roofline_ms", floor_ms},
                           {"fraction_of_roofline", ms > 0 ? floor_ms / ms : 0}});
     }

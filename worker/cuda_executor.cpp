@@ -3,7 +3,9 @@
 // captured decode step allocates nothing when replayed.
 #include "worker/cuda_executor.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <exception>
 #include <cstring>
 
@@ -161,6 +163,23 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
         last_use_[out] = nodes.size();
         vocab_ = out->shape.back();
     }
+    const char* prof = std::getenv("TPX_PROFILE");
+    profiling_ = prof && std::string(prof) == "1";
+}
+
+std::string CudaExecutor::profile() const {
+    std::vector<std::pair<double, std::string>> rows;
+    double total = 0;
+    for (auto& [k, v] : profile_) rows.push_back({v.first, k}), total += v.first;
+    std::sort(rows.rbegin(), rows.rend());
+    std::string s = "profile (ms summed over the timed calls, by op):\n";
+    char line[160];
+    for (auto& [ms, k] : rows) {
+        std::snprintf(line, sizeof(line), "  %-28s %10.3f ms %6.1f%%  %d calls\n", k.c_str(), ms, 100 * ms / std::max(total, 1e-9),
+                      profile_.at(k).second);
+        s += line;
+    }
+    return s;
 }
 
 CudaExecutor::~CudaExecutor() {
@@ -217,6 +236,15 @@ std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) {
     std::vector<int32_t> ids(R);
     CUDA_CHECK(cudaMemcpyAsync(ids.data(), argmax_, R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     sync_with_watchdog(stream_, nccl_, timeout_s_);
+    for (auto& [key, ev] : pending_) {
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, ev.first, ev.second));
+        profile_[key].first += ms;
+        profile_[key].second += 1;
+        cudaEventDestroy(ev.first);
+        cudaEventDestroy(ev.second);
+    }
+    pending_.clear();
     return ids;
 }
 
@@ -236,7 +264,7 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
     // A decode step: one token per sequence, every logit row wanted in order.
     bool decode = select && R == T;
     for (int64_t i = 0; decode && i < R; ++i) decode = batch.logit_rows[i] == i;
-    if (graphs_enabled_ && decode) {
+    if (graphs_enabled_ && decode && !profiling_) {
         auto it = graphs_.find(T);
         if (it == graphs_.end()) {
             cudaGraph_t g;
@@ -280,9 +308,16 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
         const std::string& op = n->op;
         auto in = [&](size_t k) { return n->inputs[k]; };
         int64_t r = n->inputs.empty() ? T : (rows.count(in(0)) ? rows[in(0)] : T);
-        if (op == "input" || op == "param") {
-            continue;
-        } else if (op == "embedding") {
+        if (op == "input" || op == "param") continue;
+        if (profiling_) {
+            cudaEvent_t a, b;
+            CUDA_CHECK(cudaEventCreate(&a));
+            CUDA_CHECK(cudaEventCreate(&b));
+            std::string key = op == "linear" ? "linear " + n->name.substr(n->name.rfind('.') + 1) : op;
+            pending_.push_back({key, {a, b}});
+            CUDA_CHECK(cudaEventRecord(a, stream_));
+        }
+        if (op == "embedding") {
             int64_t per = n->attr_int("vocab_per_rank");
             cuda::embedding({T, in(1)->shape[0], in(1)->shape[1], (int64_t)rank_ * per}, ids_, data(in(1)), make(n->out(), T), stream_);
         } else if (op == "rmsnorm") {
@@ -291,13 +326,16 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             cuda::add(r * width(in(0)), data(in(0)), data(in(1)), make(n->out(), r), stream_);
         } else if (op == "add_rmsnorm" || op == "allreduce_add_rmsnorm") {
             int64_t w = width(in(0));
-            bf16* x = alloc(r * w);
-            CUDA_CHECK(cudaMemcpyAsync(x, data(in(0)), r * w * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
-            if (op == "allreduce_add_rmsnorm" && nccl_) nccl_->all_reduce(x, r * w);
+            const bf16* x = data(in(0));
+            bf16* reduced = nullptr;
+            if (op == "allreduce_add_rmsnorm" && nccl_) {
+                reduced = alloc(r * w);
+                nccl_->all_reduce(x, reduced, r * w);
+                x = reduced;
+            }
             bf16* sum = make(n->out(1), r);
-            CUDA_CHECK(cudaMemcpyAsync(sum, data(in(1)), r * w * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
-            cuda::add_rmsnorm(r, w, (float)n->attr_double("eps"), x, sum, data(in(2)), make(n->out(0), r), stream_);
-            release(x);
+            cuda::add_rmsnorm(r, w, (float)n->attr_double("eps"), x, data(in(1)), sum, data(in(2)), make(n->out(0), r), stream_);
+            if (reduced) release(reduced);
         } else if (op == "linear") {
             const bf16* x = data(in(0));
             bf16* selected = nullptr;
@@ -323,9 +361,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             cpu::RopeParams p{n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), n->attr_double("theta")};
             bf16* q = make(n->out(0), r);
             bf16* k = make(n->out(1), r);
-            CUDA_CHECK(cudaMemcpyAsync(q, data(in(0)), r * width(in(0)) * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
-            CUDA_CHECK(cudaMemcpyAsync(k, data(in(1)), r * width(in(1)) * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
-            cuda::rope(p, r, positions_, inv_freq_.at(n), q, k, stream_);
+            cuda::rope(p, r, positions_, inv_freq_.at(n), data(in(0)), data(in(1)), q, k, stream_);
         } else if (op == "attention") {
             auto& kv = kv_.at(n->attr_int("layer"));
             cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
@@ -364,8 +400,8 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             release(part);
         } else if (op == "all_reduce") {
             bf16* y = make(n->out(), r);
-            CUDA_CHECK(cudaMemcpyAsync(y, data(in(0)), r * width(in(0)) * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
-            if (nccl_) nccl_->all_reduce(y, r * width(in(0)));
+            if (nccl_) nccl_->all_reduce(data(in(0)), y, r * width(in(0)));
+            else CUDA_CHECK(cudaMemcpyAsync(y, data(in(0)), r * width(in(0)) * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
         } else if (op == "all_gather") {
             int64_t local = width(in(0)), world = n->attr_int("world"), out_width = width(n->out());
             bf16* gathered = alloc(world * r * local);
@@ -383,6 +419,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
         } else {
             throw Error("the CUDA backend has no op '" + op + "' (node " + n->name + ")");
         }
+        if (profiling_) CUDA_CHECK(cudaEventRecord(pending_.back().second.second, stream_));
         for (Value* v : n->inputs)
             if (last_use_[v] == i && buf.count(v)) {
                 release(buf[v]);

@@ -49,6 +49,8 @@ public:
     // Decode steps (one token per sequence, all logits wanted) replay a captured CUDA graph.
     void enable_graphs(bool on) { graphs_enabled_ = on; }
     int graphs_captured() const { return (int)graphs_.size(); }
+    std::string profile() const override;
+    void reset_profile() override { profile_.clear(); }
     int graph_replays() const { return replays_; }
 
 private:
@@ -78,6 +80,10 @@ private:
     float* moe_weights_ = nullptr;
     int64_t moe_capacity_ = 0;
     bool graphs_enabled_ = false;
+    // TPX_PROFILE=1: events around every node (no graphs then); ms and calls per op kind.
+    bool profiling_ = false;
+    std::vector<std::pair<std::string, std::pair<cudaEvent_t, cudaEvent_t>>> pending_;
+    std::map<std::string, std::pair<double, int>> profile_;
     std::map<int64_t, cudaGraphExec_t> graphs_;  // by decode batch size
     int replays_ = 0;
 };

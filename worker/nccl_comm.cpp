@@ -28,10 +28,12 @@ void NcclComm::abort() {
     comm_ = nullptr;
 }
 
-void NcclComm::all_reduce(__nv_bfloat16* data, size_t n) {
+void NcclComm::all_reduce(__nv_bfloat16* data, size_t n) { all_reduce(data, data, n); }
+
+void NcclComm::all_reduce(const __nv_bfloat16* in, __nv_bfloat16* out, size_t n) {
     if (const char* f = std::getenv("TPX_FAULT"))  // the failure tests' hook: this rank dies here
         if (std::string(f) == std::to_string(rank_) + ":allreduce") throw Error("injected failure inside an NCCL all-reduce (TPX_FAULT)");
-    NCCL_CHECK(ncclAllReduce(data, data, n, ncclBfloat16, ncclSum, comm_, stream_));
+    NCCL_CHECK(ncclAllReduce(in, out, n, ncclBfloat16, ncclSum, comm_, stream_));
 }
 
 void NcclComm::all_gather(const __nv_bfloat16* in, size_t n, __nv_bfloat16* out) {

@@ -22,6 +22,7 @@ public:
     NcclComm& operator=(const NcclComm&) = delete;
 
     void all_reduce(__nv_bfloat16* data, size_t n);
+    void all_reduce(const __nv_bfloat16* in, __nv_bfloat16* out, size_t n);
     // out = every rank's n elements, rank 0's first.
     void all_gather(const __nv_bfloat16* in, size_t n, __nv_bfloat16* out);
     void sync();

@@ -22,14 +22,16 @@ void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, con
 
 void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, cudaStream_t stream);
 void rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream);
-// residual = residual + x (rounded to bf16), y = rmsnorm(residual); residual may not alias x.
-void add_rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, bf16* residual, const bf16* w, bf16* y,
-                 cudaStream_t stream);
+// residual_out = residual_in + x (rounded to bf16), y = rmsnorm(residual_out); residual_in may
+// be residual_out (in place), neither may alias x.
+void add_rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* residual_in, bf16* residual_out,
+                 const bf16* w, bf16* y, cudaStream_t stream);
 void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream);
 
 // inv_freq: the rope_inv_freq() values (computed on the host, identical to the CPU twin's).
-void rope(const cpu::RopeParams& p, int64_t tokens, const int32_t* positions, const float* inv_freq, bf16* q, bf16* k,
-          cudaStream_t stream);
+// Reads q_in/k_in, writes q/k (the same buffers for in place).
+void rope(const cpu::RopeParams& p, int64_t tokens, const int32_t* positions, const float* inv_freq, const bf16* q_in,
+          const bf16* k_in, bf16* q, bf16* k, cudaStream_t stream);
 
 // Writes K and V of every token into the cache, then attends (causal, GQA, sliding window).
 // Caches are bf16 [slots, max_seq, kv_heads * head_dim].

@@ -8,15 +8,16 @@ namespace {
 constexpr int kThreads = 256;
 
 template <bool kAdd>
-__global__ void rmsnorm_kernel(int64_t width, float eps, const bf16* x, bf16* residual, const bf16* w, bf16* y) {
+__global__ void rmsnorm_kernel(int64_t width, float eps, const bf16* x, const bf16* res_in, bf16* residual, const bf16* w, bf16* y) {
     int64_t row = blockIdx.x;
     const bf16* xr = x + row * width;
+    const bf16* ri = kAdd ? res_in + row * width : nullptr;
     bf16* rr = kAdd ? residual + row * width : nullptr;
     float ss = 0;
     for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
         float v = __bfloat162float(xr[i]);
         if (kAdd) {
-            bf16 sum = __float2bfloat16(__bfloat162float(rr[i]) + v);  // the residual stream stays bf16
+            bf16 sum = __float2bfloat16(__bfloat162float(ri[i]) + v);  // the residual stream stays bf16
             rr[i] = sum;
             v = __bfloat162float(sum);
         }
@@ -32,15 +33,15 @@ __global__ void rmsnorm_kernel(int64_t width, float eps, const bf16* x, bf16* re
 
 void rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream) {
     if (tokens == 0) return;
-    rmsnorm_kernel<false><<<(unsigned)tokens, kThreads, 0, stream>>>(width, eps, x, nullptr, w, y);
+    rmsnorm_kernel<false><<<(unsigned)tokens, kThreads, 0, stream>>>(width, eps, x, nullptr, nullptr, w, y);
     TPX_LAUNCH_CHECK();
 }
 
-void add_rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, bf16* residual, const bf16* w, bf16* y,
-                 cudaStream_t stream) {
-    TPX_CHECK(x != residual, "add_rmsnorm: x and residual must not alias");
+void add_rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* residual_in, bf16* residual_out,
+                 const bf16* w, bf16* y, cudaStream_t stream) {
+    TPX_CHECK(x != residual_in && x != residual_out, "add_rmsnorm: x and the residual must not alias");
     if (tokens == 0) return;
-    rmsnorm_kernel<true><<<(unsigned)tokens, kThreads, 0, stream>>>(width, eps, x, residual, w, y);
+    rmsnorm_kernel<true><<<(unsigned)tokens, kThreads, 0, stream>>>(width, eps, x, residual_in, residual_out, w, y);
     TPX_LAUNCH_CHECK();
 }
 
