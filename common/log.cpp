@@ -37,6 +37,15 @@ const char* level_name(LogLevel level) {
 
 }  // namespace
 
+std::string human_bytes(double bytes) {
+    const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+    int u = 0;
+    while (bytes >= 1000 && u < 4) bytes /= 1000, ++u;
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), u ? "%.2f %s" : "%.0f %s", bytes, units[u]);
+    return buf;
+}
+
 void set_identity(int rank, int world) {
     mutable_identity().rank = rank;
     mutable_identity().world = world;

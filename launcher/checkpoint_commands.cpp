@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "common/log.h"
 #include "launcher/command.h"
 #include "loader/checkpoint.h"
 #include "loader/hdf5.h"
@@ -11,20 +12,6 @@ namespace po = boost::program_options;
 namespace fs = std::filesystem;
 
 namespace tpx {
-namespace {
-
-std::string human_bytes(uint64_t n) {
-    const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-    double v = (double)n;
-    int u = 0;
-    while (v >= 1000 && u < 4) v /= 1000, ++u;
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.2f %s", v, units[u]);
-    return buf;
-}
-
-}  // namespace
-
 int cmd_inspect(const Args& args) {
     po::options_description options("tpx inspect options");
     options.add_options()("path", po::value<std::string>()->required(), "an HF model folder, a .safetensors file or an .h5 file");
@@ -46,7 +33,7 @@ int cmd_inspect(const Args& args) {
                     shape_string(t.shape).c_str(), (unsigned long long)t.nbytes,
                     fs::path(t.file).lexically_relative(root).string().c_str());
     std::printf("total: %zu tensors, %llu bytes (%s) in %zu files, format %s\n", ckpt->tensors().size(),
-                (unsigned long long)ckpt->total_bytes(), human_bytes(ckpt->total_bytes()).c_str(), ckpt->files().size(),
+                (unsigned long long)ckpt->total_bytes(), human_bytes((double)ckpt->total_bytes()).c_str(), ckpt->files().size(),
                 ckpt->format());
     return 0;
 }
@@ -62,7 +49,7 @@ int cmd_convert(const Args& args) {
 
     auto ckpt = Checkpoint::open(vm["model"].as<std::string>());
     ConvertStats s = convert_to_hdf5(*ckpt, vm["out"].as<std::string>());
-    std::printf("wrote %s: %zu tensors, %s\n", vm["out"].as<std::string>().c_str(), s.tensors, human_bytes(s.bytes).c_str());
+    std::printf("wrote %s: %zu tensors, %s\n", vm["out"].as<std::string>().c_str(), s.tensors, human_bytes((double)s.bytes).c_str());
     return 0;
 }
 

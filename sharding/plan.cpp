@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "loader/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -32,15 +33,6 @@ int64_t piece_read_bytes(const Piece& p, const Checkpoint* ckpt, int64_t checkpo
     int64_t bytes = 0;
     for (const ReadOp& op : plan_reads(spans, dtype_size(t.dtype))) bytes += (int64_t)op.bytes;
     return bytes;
-}
-
-std::string human(double bytes) {
-    const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-    int u = 0;
-    while (bytes >= 1000 && u < 4) bytes /= 1000, ++u;
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), u ? "%.2f %s" : "%.0f %s", bytes, units[u]);
-    return buf;
 }
 
 json pieces_json(const std::vector<Piece>& pieces) {
@@ -277,21 +269,21 @@ std::string format_plan(const ShardPlan& p, bool detail) {
     os << line;
     int64_t tw = 0, tk = 0, tr = 0;
     for (const RankPlan& r : p.ranks) {
-        std::snprintf(line, sizeof(line), "%-5d %14s %14s %14s %14s %9zu\n", r.rank, human((double)r.weight_bytes).c_str(),
-                      human((double)r.kv_cache_bytes).c_str(), human((double)(r.weight_bytes + r.kv_cache_bytes)).c_str(),
-                      human((double)r.read_bytes).c_str(), r.weights.size());
+        std::snprintf(line, sizeof(line), "%-5d %14s %14s %14s %14s %9zu\n", r.rank, human_bytes((double)r.weight_bytes).c_str(),
+                      human_bytes((double)r.kv_cache_bytes).c_str(), human_bytes((double)(r.weight_bytes + r.kv_cache_bytes)).c_str(),
+                      human_bytes((double)r.read_bytes).c_str(), r.weights.size());
         os << line;
         tw += r.weight_bytes, tk += r.kv_cache_bytes, tr += r.read_bytes;
     }
-    std::snprintf(line, sizeof(line), "%-5s %14s %14s %14s %14s\n", "all", human((double)tw).c_str(), human((double)tk).c_str(),
-                  human((double)(tw + tk)).c_str(), human((double)tr).c_str());
+    std::snprintf(line, sizeof(line), "%-5s %14s %14s %14s %14s\n", "all", human_bytes((double)tw).c_str(), human_bytes((double)tk).c_str(),
+                  human_bytes((double)(tw + tk)).c_str(), human_bytes((double)tr).c_str());
     os << line << "\nper forward, per token, per rank:\n";
     std::snprintf(line, sizeof(line), "  %.3f GFLOP in GEMMs (+ %.1f KFLOP of attention per cached position)\n",
                   p.costs.flops_per_token / 1e9, p.costs.attention_flops_per_token_per_position / 1e3);
     os << line;
     if (p.costs.collectives.empty()) os << "  no collectives\n";
     for (const auto& [op, cc] : p.costs.collectives)
-        os << "  " << op << ": " << cc.count << " calls, " << human((double)cc.bytes_per_token) << " per token\n";
+        os << "  " << op << ": " << cc.count << " calls, " << human_bytes((double)cc.bytes_per_token) << " per token\n";
     os << "\ntransforms:\n";
     for (const TransformRecord& t : p.transforms) {
         std::snprintf(line, sizeof(line), "  %-16s %-30s %s %4d matches %8.2f ms  mem %+lld B%s\n", stage_name(t.stage), t.name.c_str(),
@@ -303,7 +295,7 @@ std::string format_plan(const ShardPlan& p, bool detail) {
         for (const RankPlan& r : p.ranks) {
             os << "\nrank " << r.rank << " weights:\n";
             for (const WeightPlan& w : r.weights) {
-                os << "  " << w.name << " " << shape_text(w.shape) << " " << w.dtype << " " << human((double)w.bytes) << " <-";
+                os << "  " << w.name << " " << shape_text(w.shape) << " " << w.dtype << " " << human_bytes((double)w.bytes) << " <-";
                 for (const Piece& piece : w.pieces) {
                     if (piece.tensor.empty()) os << " zeros(" << piece.zeros << ")";
                     else if (piece.slice.length < 0) os << " " << piece.tensor;

@@ -4,10 +4,12 @@
 
 #include <hdf5.h>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "loader/checkpoint.h"
 #include "process.h"
@@ -59,5 +61,30 @@ inline std::vector<float> read_h5(const std::string& path, const std::string& da
     return v;
 }
 
+
+// llama-gqa's golden prompts as a prompts.jsonl in `dir`.
+inline void write_golden_prompts(const std::string& dir) {
+    Golden g = read_golden("llama-gqa");
+    std::ofstream prompts(dir + "/prompts.jsonl");
+    for (int64_t b = 0; b < g.batch; ++b)
+        prompts << nlohmann::json{{"id", b}, {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len,
+                                                                               g.input_ids.begin() + (b + 1) * g.prompt_len)}}
+                       .dump()
+                << "\n";
+}
+
+// The output_ids of a run over those prompts are HF's greedy continuation.
+inline void expect_golden_tokens(const std::string& out_path) {
+    Golden g = read_golden("llama-gqa");
+    std::ifstream out(out_path);
+    std::string line;
+    int64_t b = 0;
+    while (std::getline(out, line)) {
+        std::vector<int32_t> want(g.greedy_ids.begin() + b * g.total_len + g.prompt_len, g.greedy_ids.begin() + (b + 1) * g.total_len);
+        EXPECT_EQ(nlohmann::json::parse(line)["output_ids"].get<std::vector<int32_t>>(), want) << "prompt " << b;
+        ++b;
+    }
+    EXPECT_EQ(b, g.batch) << out_path;
+}
 
 }  // namespace tpx_test

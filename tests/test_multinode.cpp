@@ -43,13 +43,7 @@ protected:
     // A job over llama-gqa's golden prompts; `launch` is the [launch] table's body ("" = none).
     std::string make_job(const std::string& dir, const std::string& launch, int max_new = 8) {
         fs::create_directories(dir);
-        Golden g = read_golden("llama-gqa");
-        std::ofstream prompts(dir + "/prompts.jsonl");
-        for (int64_t b = 0; b < g.batch; ++b)
-            prompts << nlohmann::json{{"id", b}, {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len,
-                                                                                   g.input_ids.begin() + (b + 1) * g.prompt_len)}}
-                           .dump()
-                    << "\n";
+        write_golden_prompts(dir);
         std::ofstream job(dir + "/job.toml");
         job << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[parallel]\ntp = 2\nnodes = 2\n[run]\nprompts = \"prompts.jsonl\"\n"
             << "max_new_tokens = " << max_new << "\noutput = \"out.jsonl\"\n";
@@ -59,19 +53,6 @@ protected:
 
     std::string two_hosts(const std::string& second = "10.200.0.2") {
         return "hosts = [\"10.200.0.1:1\", \"" + second + ":1\"]\ninterface = \"10.200.0.0/24\"\nrsh_agent = \"" + script("netns_rsh") + "\"\n";
-    }
-
-    void expect_golden_tokens(const std::string& out_path) {
-        Golden g = read_golden("llama-gqa");
-        std::ifstream out(out_path);
-        std::string line;
-        int64_t b = 0;
-        while (std::getline(out, line)) {
-            std::vector<int32_t> want(g.greedy_ids.begin() + b * g.total_len + g.prompt_len, g.greedy_ids.begin() + (b + 1) * g.total_len);
-            EXPECT_EQ(nlohmann::json::parse(line)["output_ids"].get<std::vector<int32_t>>(), want) << "prompt " << b;
-            ++b;
-        }
-        EXPECT_EQ(b, g.batch) << out_path;
     }
 
     void expect_no_leftovers(const std::string& dir) {

@@ -78,13 +78,7 @@ protected:
     // A job folder holding prompts and a job over `model` (golden name or a path).
     std::string make_job(const std::string& dir, const std::string& model, const std::string& extra, int max_new = 8) {
         fs::create_directories(dir);
-        Golden g = read_golden("llama-gqa");
-        std::ofstream prompts(dir + "/prompts.jsonl");
-        for (int64_t b = 0; b < g.batch; ++b)
-            prompts << nlohmann::json{{"id", b}, {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len,
-                                                                                   g.input_ids.begin() + (b + 1) * g.prompt_len)}}
-                           .dump()
-                    << "\n";
+        write_golden_prompts(dir);
         std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << model << "\"\n[parallel]\ntp = 2\n[run]\nprompts = \"prompts.jsonl\"\n"
                                          << "max_new_tokens = " << max_new << "\noutput = \"out.jsonl\"\n" << extra;
         return dir + "/job.toml";
@@ -113,19 +107,6 @@ protected:
     }
 
     static std::string shell(const std::string& s) { return slurm_quote(s, "path"); }
-
-    void expect_golden_tokens(const std::string& out_path) {
-        Golden g = read_golden("llama-gqa");
-        std::ifstream out(out_path);
-        std::string line;
-        int64_t b = 0;
-        while (std::getline(out, line)) {
-            std::vector<int32_t> want(g.greedy_ids.begin() + b * g.total_len + g.prompt_len, g.greedy_ids.begin() + (b + 1) * g.total_len);
-            EXPECT_EQ(nlohmann::json::parse(line)["output_ids"].get<std::vector<int32_t>>(), want) << "prompt " << b;
-            ++b;
-        }
-        EXPECT_EQ(b, g.batch) << out_path;
-    }
 
     static std::string dir_, skip_;
 };

@@ -144,15 +144,7 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
             kv_[n->attr_int("layer")] = {k, v};
             kv_bytes_ += 2 * (int64_t)bytes;
         } else if (n->op == "rope") {
-            cpu::RopeParams p{n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), n->attr_double("theta")};
-            p.llama3 = n->attr_str("rope_type") == "llama3";
-            p.factor = n->attr_double("factor");
-            p.low_freq_factor = n->attr_double("low_freq_factor");
-            p.high_freq_factor = n->attr_double("high_freq_factor");
-            p.original_max_position_embeddings = n->attr_int("original_max_position_embeddings");
-            const std::string& fd = n->attr_str("freq_dtype");
-            p.freq_dtype = fd == "bfloat16" ? cpu::RopeFreqDtype::kBF16 : fd == "float16" ? cpu::RopeFreqDtype::kF16 : cpu::RopeFreqDtype::kF32;
-            std::vector<float> inv = cpu::rope_inv_freq(p);
+            std::vector<float> inv = cpu::rope_inv_freq(rope_params(*n));
             float* d = nullptr;
             CUDA_CHECK(cudaMalloc(&d, inv.size() * sizeof(float)));
             CUDA_CHECK(cudaMemcpy(d, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
@@ -358,7 +350,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
                 offset += sizes[k];
             }
         } else if (op == "rope") {
-            cpu::RopeParams p{n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), n->attr_double("theta")};
+            cpu::RopeParams p = rope_params(*n);
             bf16* q = make(n->out(0), r);
             bf16* k = make(n->out(1), r);
             cuda::rope(p, r, positions_, inv_freq_.at(n), data(in(0)), data(in(1)), q, k, stream_);

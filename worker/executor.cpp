@@ -10,6 +10,18 @@
 
 namespace tpx {
 
+cpu::RopeParams rope_params(const Node& n) {
+    cpu::RopeParams p{n.attr_int("heads"), n.attr_int("kv_heads"), n.attr_int("head_dim"), n.attr_double("theta")};
+    p.llama3 = n.attr_str("rope_type") == "llama3";
+    p.factor = n.attr_double("factor");
+    p.low_freq_factor = n.attr_double("low_freq_factor");
+    p.high_freq_factor = n.attr_double("high_freq_factor");
+    p.original_max_position_embeddings = n.attr_int("original_max_position_embeddings");
+    const std::string& fd = n.attr_str("freq_dtype");
+    p.freq_dtype = fd == "bfloat16" ? cpu::RopeFreqDtype::kBF16 : fd == "float16" ? cpu::RopeFreqDtype::kF16 : cpu::RopeFreqDtype::kF32;
+    return p;
+}
+
 std::vector<int32_t> Executor::forward_argmax(const TokenBatch& batch) {
     std::vector<float> logits = forward(batch);
     int64_t v = vocab();
@@ -112,14 +124,7 @@ std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
                 offset += sizes[k];
             }
         } else if (op == "rope") {
-            cpu::RopeParams p{n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), n->attr_double("theta")};
-            p.llama3 = n->attr_str("rope_type") == "llama3";
-            p.factor = n->attr_double("factor");
-            p.low_freq_factor = n->attr_double("low_freq_factor");
-            p.high_freq_factor = n->attr_double("high_freq_factor");
-            p.original_max_position_embeddings = n->attr_int("original_max_position_embeddings");
-            const std::string& fd = n->attr_str("freq_dtype");
-            p.freq_dtype = fd == "bfloat16" ? cpu::RopeFreqDtype::kBF16 : fd == "float16" ? cpu::RopeFreqDtype::kF16 : cpu::RopeFreqDtype::kF32;
+            cpu::RopeParams p = rope_params(*n);
             float* q = make(n->out(0), r);
             float* k = make(n->out(1), r);
             std::memcpy(q, data(in(0)), r * width(in(0)) * sizeof(float));

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/ops.h"
 #include "sharding/graph.h"
 #include "worker/comm.h"
 
@@ -21,6 +22,9 @@ struct TokenBatch {
     std::vector<int32_t> slots;      // KV-cache slot (sequence) of each token
     std::vector<int64_t> logit_rows; // tokens whose logits are wanted, in order
 };
+
+// The rope node's attributes as the kernels' parameters (the GPU backend uses it too).
+cpu::RopeParams rope_params(const Node& rope);
 
 // What generation needs from a backend.
 class Executor {

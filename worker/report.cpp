@@ -8,20 +8,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/log.h"
+
 namespace tpx {
 namespace {
 
 constexpr int kNumbers = 7;
 constexpr int kHost = 64;
-
-std::string human(double b) {
-    const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-    int u = 0;
-    while (b >= 1000 && u < 4) b /= 1000, ++u;
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), u ? "%.2f %s" : "%.0f %s", b, units[u]);
-    return buf;
-}
 
 }  // namespace
 
@@ -65,8 +58,8 @@ std::string format_reports(const std::vector<RankReport>& reports) {
     s += line;
     for (const RankReport& r : reports) {
         std::snprintf(line, sizeof(line), "%-5d %-16s %12s %12s %9.3f %12s %12s %12s\n", r.rank, r.host.c_str(),
-                      human(r.read_bytes).c_str(), human(r.planned_read_bytes).c_str(), r.load_seconds,
-                      human(r.peak_rss_bytes).c_str(), human(r.weight_bytes).c_str(), human(r.kv_cache_bytes).c_str());
+                      human_bytes(r.read_bytes).c_str(), human_bytes(r.planned_read_bytes).c_str(), r.load_seconds,
+                      human_bytes(r.peak_rss_bytes).c_str(), human_bytes(r.weight_bytes).c_str(), human_bytes(r.kv_cache_bytes).c_str());
         s += line;
     }
     return s;
