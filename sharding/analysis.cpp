@@ -15,18 +15,12 @@ int64_t dtype_bytes(const std::string& dtype) {
 
 namespace {
 
-int64_t numel(const Shape& s) {
-    int64_t n = 1;
-    for (int64_t d : s) n *= d;
-    return n;
-}
-
 class WeightBytes : public PatternAnalyzer {
 public:
     explicit WeightBytes(GraphCosts& c) : c_(c) {}
     std::vector<std::string> root_ops() const override { return {"param"}; }
     bool match(const Graph&, const Node* n) override { return n->param != nullptr; }
-    void analyze(const Graph&, const Node* n) override { c_.weight_bytes += numel(n->out()->shape) * dtype_bytes(n->out()->dtype); }
+    void analyze(const Graph&, const Node* n) override { c_.weight_bytes += shape_numel(n->out()->shape) * dtype_bytes(n->out()->dtype); }
 
 private:
     GraphCosts& c_;
@@ -39,11 +33,11 @@ public:
     bool match(const Graph&, const Node*) override { return true; }
     void analyze(const Graph&, const Node* n) override {
         if (n->op == "linear") {
-            c_.flops_per_token += 2.0 * numel(n->inputs[1]->shape);
+            c_.flops_per_token += 2.0 * shape_numel(n->inputs[1]->shape);
         } else if (n->op == "moe") {
             // Each token visits top_k experts; this rank holds experts/ep of them, each a part.
             double expert_weights = 0;
-            for (size_t i = 2; i < n->inputs.size(); ++i) expert_weights += (double)numel(n->inputs[i]->shape);
+            for (size_t i = 2; i < n->inputs.size(); ++i) expert_weights += (double)shape_numel(n->inputs[i]->shape);
             double local_experts = (double)n->inputs[2]->shape[0];
             c_.flops_per_token += 2.0 * expert_weights / local_experts * (double)n->attr_int("top_k") * local_experts /
                                   (double)n->attr_int("experts");

@@ -18,6 +18,12 @@ std::string shape_text(const Shape& s) {
     return out + "]";
 }
 
+int64_t shape_numel(const Shape& s) {
+    int64_t n = 1;
+    for (int64_t d : s) n *= d;
+    return n;
+}
+
 const char* split_rule_name(SplitRule r) {
     switch (r) {
         case SplitRule::kReplicate: return "replicate";

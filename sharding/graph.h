@@ -21,6 +21,8 @@ namespace tpx {
 using Shape = std::vector<int64_t>;
 constexpr int64_t kTokens = -1;
 std::string shape_text(const Shape& s);
+// Elements of a (concrete) shape.
+int64_t shape_numel(const Shape& s);
 
 using Attr = std::variant<int64_t, double, std::string, std::vector<int64_t>>;
 

@@ -18,12 +18,6 @@ namespace {
 
 using json = nlohmann::json;
 
-int64_t numel(const Shape& s) {
-    int64_t n = 1;
-    for (int64_t d : s) n *= d;
-    return n;
-}
-
 // Bytes the loader reads for one piece: its exact read plan when the headers are known.
 int64_t piece_read_bytes(const Piece& p, const Checkpoint* ckpt, int64_t checkpoint_elem_bytes) {
     if (p.tensor.empty()) return 0;
@@ -124,7 +118,7 @@ ShardPlan make_plan(const Job& job, int world) {
             w.name = n->name;
             w.shape = n->out()->shape;
             w.dtype = n->out()->dtype;
-            w.bytes = numel(w.shape) * dtype_bytes(w.dtype);
+            w.bytes = shape_numel(w.shape) * dtype_bytes(w.dtype);
             w.pieces = n->param->by_rank.at(r);
             for (const Piece& p : w.pieces) rp.read_bytes += piece_read_bytes(p, ckpt.get(), ckpt_elem);
             rp.weight_bytes += w.bytes;
@@ -242,7 +236,7 @@ ShardPlan ShardPlan::from_json(const json& j) {
     for (Node* n : p.graph.nodes()) {
         if (!n->param) continue;
         for (RankPlan& r : p.ranks) {
-            WeightPlan w{n->name, n->out()->shape, n->out()->dtype, numel(n->out()->shape) * dtype_bytes(n->out()->dtype),
+            WeightPlan w{n->name, n->out()->shape, n->out()->dtype, shape_numel(n->out()->shape) * dtype_bytes(n->out()->dtype),
                          n->param->by_rank.at(r.rank)};
             r.weights.push_back(std::move(w));
         }

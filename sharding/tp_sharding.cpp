@@ -13,16 +13,10 @@ namespace {
     throw Error("cannot shard " + param + " (tensor '" + s.tensor + "' " + shape_text(s.shape) + "): " + what, kExitBadInput);
 }
 
-int64_t numel(const Shape& s) {
-    int64_t n = 1;
-    for (int64_t d : s) n *= d;
-    return n;
-}
-
 Piece slice_piece(const Segment& s, int dim, int64_t start, int64_t length) {
     Shape shape = s.shape;
     shape[dim] = length;
-    return Piece{s.tensor, Slice::range(dim, start, length), 0, numel(shape)};
+    return Piece{s.tensor, Slice::range(dim, start, length), 0, shape_numel(shape)};
 }
 
 // An even split of dim `dim` into `parts`, part `index`, in multiples of s.granule.
@@ -52,7 +46,7 @@ int64_t local_kv_heads(int64_t kv, int tp) { return kv % tp == 0 ? kv / tp : 1; 
 std::vector<Piece> pieces_for_rank(const Segment& s, int rank, int tp, int ep, const std::string& param) {
     switch (s.rule) {
         case SplitRule::kReplicate:
-            return {Piece{s.tensor, Slice::whole(), 0, numel(s.shape)}};
+            return {Piece{s.tensor, Slice::whole(), 0, shape_numel(s.shape)}};
         case SplitRule::kColwise:
             return {even_part(s, param, 0, tp, rank, "column-wise")};
         case SplitRule::kRowwise:
@@ -67,7 +61,7 @@ std::vector<Piece> pieces_for_rank(const Segment& s, int rank, int tp, int ep, c
         case SplitRule::kVocab: {
             int64_t vocab = s.shape[0], padded = (vocab + tp - 1) / tp * tp, per = padded / tp;
             int64_t start = rank * per, have = std::max<int64_t>(0, std::min(per, vocab - start));
-            int64_t row = numel(s.shape) / vocab;
+            int64_t row = shape_numel(s.shape) / vocab;
             std::vector<Piece> out;
             if (have > 0) out.push_back(slice_piece(s, 0, start, have));
             if (have < per) out.push_back(Piece{"", Slice::whole(), (per - have) * row, (per - have) * row});

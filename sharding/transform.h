@@ -55,7 +55,6 @@ struct TransformContext {
     // Bytes in use, for each transform's memory change: local parameter bytes by default; the
     // worker points this at device (or host) memory in use.
     std::function<int64_t(const TransformContext&)> memory_in_use;
-    void* worker = nullptr;          // the worker's state, for the stages it runs
 };
 
 struct TransformResult {

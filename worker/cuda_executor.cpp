@@ -71,12 +71,6 @@ private:
     char* dst_ = nullptr;
 };
 
-int64_t numel(const Shape& s) {
-    int64_t n = 1;
-    for (int64_t d : s) n *= d;
-    return n;
-}
-
 }  // namespace
 
 DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes) {
@@ -89,7 +83,7 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
             throw Error("the CUDA backend holds bf16 weights, but " + n->name + " is planned as " + n->out()->dtype +
                             " (set model.dtype = \"bfloat16\")",
                         kExitBadInput);
-        int64_t elements = numel(n->out()->shape);
+        int64_t elements = shape_numel(n->out()->shape);
         bf16* dst = nullptr;
         CUDA_CHECK(cudaMalloc(&dst, std::max<int64_t>(1, elements) * sizeof(bf16)));
         w.params[n->name] = dst;
@@ -243,10 +237,7 @@ std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) {
 int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
     const int64_t T = (int64_t)batch.ids.size();
     const int64_t R = batch.logit_rows.empty() ? T : (int64_t)batch.logit_rows.size();
-    for (int64_t i = 0; i < T; ++i)
-        if (batch.slots[i] < 0 || batch.slots[i] >= slots_ || batch.positions[i] < 0 || batch.positions[i] >= max_seq_)
-            throw Error("token " + std::to_string(i) + " is outside the KV cache (" + std::to_string(slots_) + " slots of " +
-                        std::to_string(max_seq_) + ")");
+    check_batch(batch, slots_, max_seq_);
     ensure_inputs(T, R);
     CUDA_CHECK(cudaMemcpyAsync(ids_, batch.ids.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
     CUDA_CHECK(cudaMemcpyAsync(positions_, batch.positions.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));

@@ -10,6 +10,14 @@
 
 namespace tpx {
 
+void check_batch(const TokenBatch& batch, int64_t slots, int64_t max_seq) {
+    for (size_t i = 0; i < batch.ids.size(); ++i)
+        if (batch.slots[i] < 0 || batch.slots[i] >= slots || batch.positions[i] < 0 || batch.positions[i] >= max_seq)
+            throw Error("token " + std::to_string(i) + " at slot " + std::to_string(batch.slots[i]) + ", position " +
+                        std::to_string(batch.positions[i]) + " is outside the KV cache (" + std::to_string(slots) + " slots of " +
+                        std::to_string(max_seq) + ")");
+}
+
 cpu::RopeParams rope_params(const Node& n) {
     cpu::RopeParams p{n.attr_int("heads"), n.attr_int("kv_heads"), n.attr_int("head_dim"), n.attr_double("theta")};
     p.llama3 = n.attr_str("rope_type") == "llama3";
@@ -57,12 +65,7 @@ int64_t CpuExecutor::kv_cache_bytes() const {
 
 std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
     const int64_t T = (int64_t)batch.ids.size();
-    for (size_t i = 0; i < batch.ids.size(); ++i) {
-        if (batch.slots[i] < 0 || batch.slots[i] >= slots_ || batch.positions[i] < 0 || batch.positions[i] >= max_seq_)
-            throw Error("token " + std::to_string(i) + " at slot " + std::to_string(batch.slots[i]) + ", position " +
-                        std::to_string(batch.positions[i]) + " is outside the KV cache (" + std::to_string(slots_) + " slots of " +
-                        std::to_string(max_seq_) + ")");
-    }
+    check_batch(batch, slots_, max_seq_);
     std::map<const Value*, std::vector<float>> buf;
     std::map<const Value*, int64_t> rows;  // tokens per activation (fewer after the logit-row selection)
     auto width = [](const Value* v) { return v->shape.back(); };

@@ -26,6 +26,9 @@ struct TokenBatch {
 // The rope node's attributes as the kernels' parameters (the GPU backend uses it too).
 cpu::RopeParams rope_params(const Node& rope);
 
+// Throws Error unless every token's slot and position fit a cache of `slots` x `max_seq`.
+void check_batch(const TokenBatch& batch, int64_t slots, int64_t max_seq);
+
 // What generation needs from a backend.
 class Executor {
 public:

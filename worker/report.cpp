@@ -25,7 +25,7 @@ double peak_rss_bytes() {
 }
 
 std::vector<RankReport> gather_reports(const RankReport& mine, Communicator& comm) {
-    // Packed as floats of 16-bit pieces would lose precision; send doubles as raw bytes.
+    // The doubles and the host name travel as raw bytes inside a float all_gather.
     std::vector<char> record(kNumbers * sizeof(double) + kHost, 0);
     double numbers[kNumbers] = {mine.read_bytes, mine.header_bytes, mine.planned_read_bytes, mine.load_seconds,
                                 mine.peak_rss_bytes, mine.weight_bytes, mine.kv_cache_bytes};
