@@ -275,7 +275,7 @@ void SafetensorsCheckpoint::read(const std::string& name, const Slice& slice, DT
 
 int default_threads() {
     unsigned n = std::thread::hardware_concurrency();
-    return (int)std::max(2u, std::min(n, 8u));
+    return (int)std::max(2u, std::min(n, 16u));
 }
 
 }  // namespace

@@ -43,7 +43,7 @@ struct ReadOp {
 };
 
 constexpr uint64_t kPageBytes = 4096;
-constexpr uint64_t kMaxReadBytes = 8u << 20;  // a read never exceeds this, so threads share big tensors
+constexpr uint64_t kMaxReadBytes = 2u << 20;  // a read never exceeds this, so threads share big tensors (8 MB K/V shards too)
 
 // Splits spans longer than kMaxReadBytes (keeping whole elements) and merges neighbours whose
 // gap is at most kPageBytes, up to kMaxReadBytes per read.

@@ -105,6 +105,35 @@ TEST(CudaKernels, LinearWithBiasMatchesTwin) {
     cublasDestroy(h);
 }
 
+// Batch-1 products go through the GEMV kernel: K with a remainder after its unrolled loop, N
+// not a multiple of its warps per block, with and without bias; the same products through
+// cuBLAS must agree with it and with the twin.
+TEST(CudaKernels, GemvMatchesTwinAndCublas) {
+    REQUIRE_GPU();
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    const int64_t T = 1;
+    for (auto [K, N] : {std::pair<int64_t, int64_t>{4104, 37}, {256, 300}, {8, 9}}) {
+        auto x = random_bf16(T * K), w = random_bf16(N * K, 0.05f), b = random_bf16(N);
+        std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(w)), db(upload(b)), dy(poisoned(T * N)), dy2(poisoned(T * N));
+        ASSERT_TRUE(cuda::gemv_applies({T, K, N}, dx->p, dw->p));
+        const bool with_bias = N % 2 == 1;
+        cuda::linear(h, {T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dy->p, nullptr);
+        cuda::linear(h, {T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dy2->p, nullptr, /*allow_gemv=*/false);
+        std::vector<float> ref(T * N);
+        cpu::linear({T, K, N}, x.data(), w.data(), with_bias ? b.data() : nullptr, ref.data());
+        expect_close(download(*dy), ref, "gemv");
+        expect_close(download(*dy), download(*dy2), "gemv against cuBLAS");
+    }
+    // K not a multiple of 8, or more than one row: cuBLAS.
+    auto x = random_bf16(2 * 100);
+    std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(random_bf16(100 * 4)));
+    EXPECT_FALSE(cuda::gemv_applies({2, 100, 4}, dx->p, dw->p));
+    EXPECT_FALSE(cuda::gemv_applies({2, 96, 4}, dx->p, dw->p));
+    EXPECT_FALSE(cuda::gemv_applies({1, 96, 4}, dx->p + 1, dw->p));  // misaligned input
+    cublasDestroy(h);
+}
+
 TEST(CudaKernels, EmbeddingOfALocalVocabSlice) {
     REQUIRE_GPU();
     cpu::EmbeddingShape s{9, 50, 64, 25};
@@ -148,10 +177,21 @@ TEST(CudaKernels, RopeDefaultAndLlama3) {
         std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k));
         std::unique_ptr<Device<int32_t>> dp(upload_raw(pos));
         std::unique_ptr<Device<float>> di(upload_raw(inv));
+        // Also from column slices of one fused [q | k | pad] buffer, as the executor's split views.
+        const int64_t qw = p.heads * p.head_dim, kw = p.kv_heads * p.head_dim, stride = qw + kw + 8;
+        std::vector<float> fused(T * stride, 0.0f);
+        for (int64_t t = 0; t < T; ++t) {
+            std::copy(q.begin() + t * qw, q.begin() + (t + 1) * qw, fused.begin() + t * stride);
+            std::copy(k.begin() + t * kw, k.begin() + (t + 1) * kw, fused.begin() + t * stride + qw);
+        }
+        std::unique_ptr<Device<bf16>> dfused(upload(fused)), dq2(poisoned(T * qw)), dk2(poisoned(T * kw));
         cuda::rope(p, T, dp->p, di->p, dq->p, dk->p, dq->p, dk->p, nullptr);
+        cuda::rope(p, T, dp->p, di->p, dfused->p, dfused->p + qw, dq2->p, dk2->p, nullptr, stride);
         cpu::rope(p, T, pos.data(), q.data(), k.data());
         expect_close(download(*dq), q, "rope q");
         expect_close(download(*dk), k, "rope k");
+        EXPECT_EQ(download(*dq2), download(*dq)) << "strided rope q";
+        EXPECT_EQ(download(*dk2), download(*dk)) << "strided rope k";
     }
 }
 
@@ -179,6 +219,49 @@ TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
             pos = {9, 5};
         }
     }
+}
+
+// Long segments take the cuBLAS path (S = QK^T, masked softmax, PV) in blocks of query rows,
+// short ones and decode tokens the kernel, in one batch: a 600-token prompt (two row blocks,
+// the second reaching back past a window), a 3-token chunk, a 70-token prompt continuing a
+// cached prefix of 5; then decode. K and V come from a strided fused buffer, as from the
+// executor's split views. Head sizes 128 (vector kernel) and 80 (scalar kernel).
+TEST(CudaKernels, AttentionGemmPathAndMixedSegments) {
+    REQUIRE_GPU();
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    for (int64_t hd : {128, 80})
+        for (int64_t window : {0, 300}) {
+            const int64_t heads = 4, kv_heads = 2, max_seq = 700, slots = 3, kvw = kv_heads * hd;
+            std::vector<float> k_cache(slots * max_seq * kvw, 0.0f), v_cache = k_cache;
+            std::unique_ptr<Device<bf16>> dkc(upload(k_cache)), dvc(upload(v_cache));
+            auto step = [&](std::vector<int32_t> slot, std::vector<int32_t> pos, std::vector<cuda::AttentionSegment> segs, const char* what) {
+                int64_t T = (int64_t)slot.size(), stride = 2 * kvw + 16;
+                auto q = random_bf16(T * heads * hd), k = random_bf16(T * kvw), v = random_bf16(T * kvw);
+                std::vector<float> kv(T * stride, 0.0f);
+                for (int64_t t = 0; t < T; ++t) {
+                    std::copy(k.begin() + t * kvw, k.begin() + (t + 1) * kvw, kv.begin() + t * stride);
+                    std::copy(v.begin() + t * kvw, v.begin() + (t + 1) * kvw, kv.begin() + t * stride + kvw);
+                }
+                std::unique_ptr<Device<bf16>> dq(upload(q)), dkv(upload(kv)), dout(poisoned(T * heads * hd));
+                std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
+                cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
+                cuda::attention(s, ds->p, dp->p, dq->p, dkv->p, dkv->p + kvw, dkc->p, dvc->p, dout->p, nullptr, stride, stride, h, &segs);
+                std::vector<float> ref(T * heads * hd);
+                cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), k_cache.data(), v_cache.data(), ref.data());
+                expect_close(download(*dout), ref, what);
+            };
+            std::vector<int32_t> slot, pos;
+            for (int i = 0; i < 5; ++i) slot.push_back(2), pos.push_back(i);  // slot 2's prefix, through the kernel
+            step(slot, pos, {{0, 5, 2, 0}}, "attention, a short prefix");
+            slot.clear(), pos.clear();
+            for (int i = 0; i < 600; ++i) slot.push_back(0), pos.push_back(i);
+            for (int i = 0; i < 3; ++i) slot.push_back(1), pos.push_back(i);
+            for (int i = 0; i < 70; ++i) slot.push_back(2), pos.push_back(5 + i);
+            step(slot, pos, {{0, 600, 0, 0}, {600, 3, 1, 0}, {603, 70, 2, 5}}, window ? "attention gemm (window)" : "attention gemm");
+            step({0, 1, 2}, {600, 3, 75}, {{0, 1, 0, 600}, {1, 1, 1, 3}, {2, 1, 2, 75}}, "attention decode after gemm prefill");
+        }
+    cublasDestroy(h);
 }
 
 TEST(CudaKernels, SwiGluFusedAndSplit) {
@@ -233,13 +316,19 @@ TEST(CudaKernels, ArgmaxGatherAndConversions) {
     for (float& x : logits) x = d(rng);
     logits[1 * V + 77] = 100.0f;
     logits[2 * V + 5] = logits[2 * V + 9] = 50.0f;  // a tie: the first index wins
-    std::unique_ptr<Device<float>> dl(upload_raw(logits));
+    logits[3 * V + 120000] = logits[3 * V + 4000] = 60.0f;  // a tie across the kernel's chunks
     Device<int32_t> out(rows);
-    cuda::argmax_rows(rows, V, dl->p, out.p, nullptr);
-    std::vector<int32_t> got(rows);
-    CUDA_CHECK(cudaMemcpy(got.data(), out.p, rows * 4, cudaMemcpyDeviceToHost));
-    for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(got[r], cpu::argmax(&logits[r * V], V)) << "row " << r;
-    EXPECT_EQ(got[2], 5);
+    for (int64_t width : {V, (int64_t)1000}) {  // the chunked kernel, and one block per row
+        std::vector<float> narrow;
+        for (int64_t r = 0; r < rows; ++r) narrow.insert(narrow.end(), logits.begin() + r * V, logits.begin() + r * V + width);
+        std::unique_ptr<Device<float>> dn(upload_raw(narrow));
+        cuda::argmax_rows(rows, width, dn->p, out.p, nullptr);
+        std::vector<int32_t> got(rows);
+        CUDA_CHECK(cudaMemcpy(got.data(), out.p, rows * 4, cudaMemcpyDeviceToHost));
+        for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(got[r], cpu::argmax(&narrow[r * width], width)) << "row " << r << " width " << width;
+        EXPECT_EQ(got[2], 5);
+        if (width == V) EXPECT_EQ(got[3], 4000);
+    }
 
     auto x = random_bf16(5 * 16);
     std::vector<int64_t> pick = {4, 0, 2};

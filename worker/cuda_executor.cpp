@@ -127,6 +127,15 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
     for (size_t i = 0; i < nodes.size(); ++i) {
         Node* n = nodes[i];
         for (Value* v : n->inputs) last_use_[v] = i;
+        if (n->op == "split") {
+            bool views = true;
+            for (size_t k = 0; k < n->outputs.size(); ++k)
+                for (const Node* u : n->outputs[k]->users)
+                    for (size_t j = 0; j < u->inputs.size(); ++j)
+                        if (u->inputs[j] == n->outputs[k])
+                            views = views && ((u->op == "rope" && j < 2) || (u->op == "attention" && (j == 1 || j == 2)));
+            if (views) split_views_.insert(n);
+        }
         if (n->op == "attention") {
             int64_t width = n->attr_int("kv_heads") * n->attr_int("head_dim");
             size_t bytes = (size_t)(slots * max_seq * width) * sizeof(bf16);
@@ -149,6 +158,9 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
         last_use_[out] = nodes.size();
         vocab_ = out->shape.back();
     }
+    // A split's input lives as long as its views.
+    for (const Node* n : split_views_)
+        for (const Value* o : n->outputs) last_use_[n->inputs[0]] = std::max(last_use_[n->inputs[0]], last_use_[o]);
     const char* prof = std::getenv("TPX_PROFILE");
     profiling_ = prof && std::string(prof) == "1";
 }
@@ -174,28 +186,35 @@ CudaExecutor::~CudaExecutor() {
     for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
     for (auto& [l, kv] : kv_) cudaFree(kv.first), cudaFree(kv.second);
     for (auto& [n, p] : inv_freq_) cudaFree(p);
-    for (void* p : {(void*)ids_, (void*)positions_, (void*)slots_dev_, (void*)rows_, (void*)logits_, (void*)argmax_, (void*)moe_weights_, cublas_workspace_})
-        cudaFree(p);
+    for (void* p : {(void*)inputs_dev_, (void*)logits_, (void*)argmax_, (void*)moe_weights_, cublas_workspace_}) cudaFree(p);
+    cudaFreeHost(inputs_host_);
+    cudaFreeHost(argmax_host_);
     if (cublas_) cublasDestroy(cublas_);
 }
 
 void CudaExecutor::ensure_inputs(int64_t tokens, int64_t rows) {
-    if (tokens > input_capacity_) {
-        for (void* p : {(void*)ids_, (void*)positions_, (void*)slots_dev_, (void*)rows_}) cudaFree(p);
-        input_capacity_ = std::max<int64_t>(tokens, 64);
-        CUDA_CHECK(cudaMalloc(&ids_, input_capacity_ * sizeof(int32_t)));
-        CUDA_CHECK(cudaMalloc(&positions_, input_capacity_ * sizeof(int32_t)));
-        CUDA_CHECK(cudaMalloc(&slots_dev_, input_capacity_ * sizeof(int32_t)));
-        CUDA_CHECK(cudaMalloc(&rows_, input_capacity_ * sizeof(int64_t)));
+    if (std::max(tokens, rows) > input_capacity_) {
+        cudaFree(inputs_dev_);
+        cudaFreeHost(inputs_host_);
+        input_capacity_ = (std::max<int64_t>(std::max(tokens, rows), 64) + 7) / 8 * 8;
+        size_t bytes = input_capacity_ * (3 * sizeof(int32_t) + sizeof(int64_t));
+        CUDA_CHECK(cudaMalloc(&inputs_dev_, bytes));
+        CUDA_CHECK(cudaHostAlloc(&inputs_host_, bytes, cudaHostAllocDefault));
+        ids_ = reinterpret_cast<int32_t*>(inputs_dev_);
+        positions_ = ids_ + input_capacity_;
+        slots_dev_ = positions_ + input_capacity_;
+        rows_ = reinterpret_cast<int64_t*>(slots_dev_ + input_capacity_);
         for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);  // they point at the old buffers
         graphs_.clear();
     }
     if (rows > output_capacity_) {
         cudaFree(logits_);
         cudaFree(argmax_);
+        cudaFreeHost(argmax_host_);
         output_capacity_ = std::max<int64_t>(rows, 64);
         CUDA_CHECK(cudaMalloc(&logits_, output_capacity_ * vocab_ * sizeof(float)));
         CUDA_CHECK(cudaMalloc(&argmax_, output_capacity_ * sizeof(int32_t)));
+        CUDA_CHECK(cudaHostAlloc(&argmax_host_, output_capacity_ * sizeof(int32_t), cudaHostAllocDefault));
         for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
         graphs_.clear();
     }
@@ -219,9 +238,9 @@ std::vector<float> CudaExecutor::forward(const TokenBatch& batch) {
 std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) {
     int64_t R = enqueue(batch);
     cuda::argmax_rows(R, vocab_, logits_, argmax_, stream_);
-    std::vector<int32_t> ids(R);
-    CUDA_CHECK(cudaMemcpyAsync(ids.data(), argmax_, R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(argmax_host_, argmax_, R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     sync_with_watchdog(stream_, nccl_, timeout_s_);
+    std::vector<int32_t> ids(argmax_host_, argmax_host_ + R);
     for (auto& [key, ev] : pending_) {
         float ms = 0;
         CUDA_CHECK(cudaEventElapsedTime(&ms, ev.first, ev.second));
@@ -239,11 +258,24 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
     const int64_t R = batch.logit_rows.empty() ? T : (int64_t)batch.logit_rows.size();
     check_batch(batch, slots_, max_seq_);
     ensure_inputs(T, R);
-    CUDA_CHECK(cudaMemcpyAsync(ids_, batch.ids.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-    CUDA_CHECK(cudaMemcpyAsync(positions_, batch.positions.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-    CUDA_CHECK(cudaMemcpyAsync(slots_dev_, batch.slots.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    // The previous step has been waited for (forward and forward_argmax end in a sync), so the
+    // pinned block is free to refill.
+    int32_t* host = reinterpret_cast<int32_t*>(inputs_host_);
+    std::copy(batch.ids.begin(), batch.ids.end(), host);
+    std::copy(batch.positions.begin(), batch.positions.end(), host + input_capacity_);
+    std::copy(batch.slots.begin(), batch.slots.end(), host + 2 * input_capacity_);
+    std::copy(batch.logit_rows.begin(), batch.logit_rows.end(), reinterpret_cast<int64_t*>(host + 3 * input_capacity_));
+    segments_.clear();
+    for (int64_t t = 0; t < T; ++t) {
+        if (t > 0 && batch.slots[t] == batch.slots[t - 1] && batch.positions[t] == batch.positions[t - 1] + 1) {
+            ++segments_.back().count;
+        } else {
+            segments_.push_back({t, 1, batch.slots[t], batch.positions[t]});
+        }
+    }
     bool select = !batch.logit_rows.empty();
-    if (select) CUDA_CHECK(cudaMemcpyAsync(rows_, batch.logit_rows.data(), R * sizeof(int64_t), cudaMemcpyHostToDevice, stream_));
+    size_t used = select ? 3 * input_capacity_ * sizeof(int32_t) + R * sizeof(int64_t) : (2 * input_capacity_ + T) * sizeof(int32_t);
+    CUDA_CHECK(cudaMemcpyAsync(inputs_dev_, inputs_host_, used, cudaMemcpyHostToDevice, stream_));
     // A decode step: one token per sequence, every logit row wanted in order.
     bool decode = select && R == T;
     for (int64_t i = 0; decode && i < R; ++i) decode = batch.logit_rows[i] == i;
@@ -270,6 +302,8 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
 void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
     std::map<const Value*, bf16*> buf;
     std::map<const Value*, int64_t> rows;
+    std::map<const Value*, int64_t> stride;         // row stride of column views (split outputs); others are packed
+    std::map<const Value*, const Value*> view_of;   // a view's base value
     auto width = [](const Value* v) { return v->shape.back(); };
     auto data = [&](const Value* v) -> bf16* {
         if (v->producer && v->producer->op == "param") return weights_.params.at(v->producer->name);
@@ -335,6 +369,14 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             const auto& sizes = std::get<std::vector<int64_t>>(n->attrs.at("sizes"));
             int64_t total = width(in(0)), offset = 0;
             for (size_t k = 0; k < sizes.size(); ++k) {
+                if (split_views_.count(n)) {
+                    rows[n->out(k)] = r;
+                    buf[n->out(k)] = data(in(0)) + offset;
+                    stride[n->out(k)] = total;
+                    view_of[n->out(k)] = in(0);
+                    offset += sizes[k];
+                    continue;
+                }
                 bf16* y = make(n->out(k), r);
                 CUDA_CHECK(cudaMemcpy2DAsync(y, sizes[k] * sizeof(bf16), data(in(0)) + offset, total * sizeof(bf16),
                                              sizes[k] * sizeof(bf16), r, cudaMemcpyDeviceToDevice, stream_));
@@ -344,12 +386,15 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             cpu::RopeParams p = rope_params(*n);
             bf16* q = make(n->out(0), r);
             bf16* k = make(n->out(1), r);
-            cuda::rope(p, r, positions_, inv_freq_.at(n), data(in(0)), data(in(1)), q, k, stream_);
+            int64_t in_stride = stride.count(in(0)) ? stride[in(0)] : 0;
+            TPX_CHECK(in_stride == (stride.count(in(1)) ? stride[in(1)] : 0), "rope: q and k views of different strides");
+            cuda::rope(p, r, positions_, inv_freq_.at(n), data(in(0)), data(in(1)), q, k, stream_, in_stride);
         } else if (op == "attention") {
             auto& kv = kv_.at(n->attr_int("layer"));
             cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
                                   n->attr_int("sliding_window")};
-            cuda::attention(s, slots_dev_, positions_, data(in(0)), data(in(1)), data(in(2)), kv.first, kv.second, make(n->out(), r), stream_);
+            cuda::attention(s, slots_dev_, positions_, data(in(0)), data(in(1)), data(in(2)), kv.first, kv.second, make(n->out(), r), stream_,
+                            stride.count(in(1)) ? stride[in(1)] : 0, stride.count(in(2)) ? stride[in(2)] : 0, cublas_, &segments_);
         } else if (op == "silu_mul") {
             if (n->inputs.size() == 1) cuda::silu_mul_fused(r, width(n->out()), data(in(0)), make(n->out(), r), stream_);
             else cuda::silu_mul(r, width(n->out()), data(in(0)), data(in(1)), make(n->out(), r), stream_);
@@ -403,17 +448,26 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             throw Error("the CUDA backend has no op '" + op + "' (node " + n->name + ")");
         }
         if (profiling_) CUDA_CHECK(cudaEventRecord(pending_.back().second.second, stream_));
-        for (Value* v : n->inputs)
+        for (Value* v : n->inputs) {
+            if (view_of.count(v)) {  // the view's base may end here too
+                const Value* base = view_of[v];
+                if (last_use_[base] == i && buf.count(base)) {
+                    release(buf[base]);
+                    buf.erase(base);
+                }
+            }
             if (last_use_[v] == i && buf.count(v)) {
-                release(buf[v]);
+                if (!stride.count(v)) release(buf[v]);
                 buf.erase(v);
             }
+        }
     }
     const Value* out = graph_.outputs().at(0);
     cuda::bf16_to_f32(R * vocab_, buf.at(out), logits_, stream_);
     // Everything allocated here is freed here (outputs nobody reads included): a captured
     // graph must not leave allocations live between replays.
-    for (auto& [v, p] : buf) release(p);
+    for (auto& [v, p] : buf)
+        if (!stride.count(v)) release(p);
 }
 
 }  // namespace tpx

@@ -11,9 +11,11 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/ops.h"
 #include "loader/checkpoint.h"
 #include "sharding/graph.h"
 #include "worker/executor.h"
@@ -71,10 +73,20 @@ private:
     std::map<int64_t, std::pair<__nv_bfloat16*, __nv_bfloat16*>> kv_;  // layer -> (k, v)
     std::map<const Node*, float*> inv_freq_;                            // per rope node
     std::map<const Value*, size_t> last_use_;
+    // Splits whose outputs only rope and attention read: their outputs are column views of the
+    // input (row stride = the input's width), no copies.
+    std::set<const Node*> split_views_;
+    // The current batch's prompt segments (host), for attention's choice of kernel or GEMMs.
+    std::vector<cuda::AttentionSegment> segments_;
     // Fixed-address inputs and output, so that captured graphs stay valid.
     int64_t input_capacity_ = 0, output_capacity_ = 0;
+    // One device block (and its pinned host twin, so that a step's inputs go over in one
+    // asynchronous copy): ids | positions | slots (int32, capacity each) | logit rows (int64).
+    char* inputs_dev_ = nullptr;
+    char* inputs_host_ = nullptr;
     int32_t *ids_ = nullptr, *positions_ = nullptr, *slots_dev_ = nullptr;
     int64_t* rows_ = nullptr;
+    int32_t* argmax_host_ = nullptr;
     float* logits_ = nullptr;
     int32_t* argmax_ = nullptr;
     float* moe_weights_ = nullptr;

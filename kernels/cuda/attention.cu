@@ -1,7 +1,14 @@
-// Attention over the bf16 KV cache. A first kernel writes every token's K and V into its slot;
-// the second runs one block per (token, query head): scores for the visible positions into
-// shared memory (fp32), a block-wide softmax, then the weighted sum of V, both spread over the
-// block's warps. Prefill and decode alike; not yet a flash (tiled, tensor-core) kernel.
+// Attention over the bf16 KV cache. A first kernel writes every token's K and V into its slot.
+// Long prompt segments then attend through cuBLAS (S = Q K^T, masked softmax, O = P V, query
+// rows in blocks so that only visible keys are multiplied); every other token (decode steps,
+// short chunks) through a kernel with one block per (token, query head): scores for the visible
+// positions into shared memory (fp32), a block-wide softmax, the weighted sum of V. Its vector
+// form (head_dim 64, 128 or 256) reads K and V rows in 16-byte pieces, several keys in flight
+// per warp; other head sizes take the scalar form.
+#include <algorithm>
+#include <cmath>
+#include <map>
+
 #include "kernels/cuda/common.cuh"
 
 namespace tpx::cuda {
@@ -9,13 +16,13 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void kv_write_kernel(int64_t kv_width, int64_t max_seq, const int32_t* slot, const int32_t* pos, const bf16* k,
-                                const bf16* v, bf16* k_cache, bf16* v_cache) {
+__global__ void kv_write_kernel(int64_t kv_width, int64_t k_stride, int64_t v_stride, int64_t max_seq, const int32_t* slot, const int32_t* pos,
+                                const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache) {
     int64_t t = blockIdx.x;
     int64_t at = ((int64_t)slot[t] * max_seq + pos[t]) * kv_width;
     for (int64_t i = threadIdx.x; i < kv_width; i += blockDim.x) {
-        k_cache[at + i] = k[t * kv_width + i];
-        v_cache[at + i] = v[t * kv_width + i];
+        k_cache[at + i] = k[t * k_stride + i];
+        v_cache[at + i] = v[t * v_stride + i];
     }
 }
 
@@ -25,10 +32,10 @@ constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
 // Warps split the visible keys: each warp scores its keys (lanes split head_dim, a warp sum per
 // key), and after the block-wide softmax each warp accumulates p_j * v_j over its keys in
 // registers (lane l holds dims l, l + 32, ...); the warps' partial sums meet in shared memory.
-__global__ void attention_kernel(cpu::AttentionShape s, const int32_t* slot, const int32_t* pos, const bf16* q,
+__global__ void attention_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q,
                                  const bf16* k_cache, const bf16* v_cache, bf16* out) {
     extern __shared__ float smem[];  // q (head_dim) | partial sums (kWarps x head_dim) | scores
-    int64_t t = blockIdx.x, h = blockIdx.y;
+    int64_t t = t0 + blockIdx.x, h = blockIdx.y;
     int64_t kv_width = s.kv_heads * s.head_dim, kvh = h / (s.heads / s.kv_heads);
     int64_t p = pos[t];
     int64_t first = s.sliding_window > 0 && p - s.sliding_window + 1 > 0 ? p - s.sliding_window + 1 : 0;
@@ -86,25 +93,229 @@ __global__ void attention_kernel(cpu::AttentionShape s, const int32_t* slot, con
     }
 }
 
+
+__device__ inline void unpack8(const uint4& v, float* f) {
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        float2 p = __bfloat1622float2(h[i]);
+        f[2 * i] = p.x;
+        f[2 * i + 1] = p.y;
+    }
+}
+
+constexpr int kUnroll = 4;
+
+// The vector form: lane `part` of a key's kLanes lanes holds dims [8 part, 8 part + 8); a warp
+// takes kKeys keys per step, kUnroll steps of loads in flight before their sums.
+template <int HD>
+__global__ void __launch_bounds__(kThreads) attention_vec_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
+                                                                 const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out) {
+    constexpr int kLanes = HD / 8, kKeys = 32 / kLanes;
+    extern __shared__ float smem[];  // partial sums (kWarps x HD) | scores
+    float* partial = smem;
+    float* scores = smem + kWarps * HD;
+    int64_t t = t0 + blockIdx.x, h = blockIdx.y;
+    int64_t kv_width = s.kv_heads * HD, kvh = h / (s.heads / s.kv_heads);
+    int64_t p = pos[t];
+    int64_t first = s.sliding_window > 0 && p - s.sliding_window + 1 > 0 ? p - s.sliding_window + 1 : 0;
+    int64_t n = p - first + 1;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, sub = lane / kLanes, part = lane % kLanes;
+    const bf16* kbase = k_cache + ((int64_t)slot[t] * s.max_seq + first) * kv_width + kvh * HD + part * 8;
+    const bf16* vbase = v_cache + ((int64_t)slot[t] * s.max_seq + first) * kv_width + kvh * HD + part * 8;
+    float qf[8];
+    unpack8(*reinterpret_cast<const uint4*>(q + (t * s.heads + h) * HD + part * 8), qf);
+    const float scale = rsqrtf((float)HD);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) qf[i] *= scale;
+    const int64_t step = kWarps * kKeys;
+    // The loop bounds are the same for the whole warp, so that every lane takes every shuffle.
+    for (int64_t base = warp * kKeys; base < n; base += step * kUnroll) {
+        uint4 kv[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            int64_t j = base + sub + u * step;
+            kv[u] = j < n ? *reinterpret_cast<const uint4*>(kbase + j * kv_width) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            float kf[8], d = 0;
+            unpack8(kv[u], kf);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) d += qf[i] * kf[i];
+#pragma unroll
+            for (int o = kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            int64_t j = base + sub + u * step;
+            if (part == 0 && j < n) scores[j] = d;
+        }
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, scores[j]);
+    mx = block_max(mx);
+    float sum = 0;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        float e = expf(scores[j] - mx);
+        scores[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum);  // its barriers also make every score visible to every warp
+    float acc[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+    for (int64_t base = warp * kKeys; base < n; base += step * kUnroll) {
+        uint4 vv[kUnroll];
+        float pj[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            int64_t j = base + sub + u * step;
+            bool in = j < n;
+            vv[u] = in ? *reinterpret_cast<const uint4*>(vbase + j * kv_width) : make_uint4(0, 0, 0, 0);
+            pj[u] = in ? scores[j] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            float vf[8];
+            unpack8(vv[u], vf);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[i] += pj[u] * vf[i];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int o = 16; o >= kLanes; o >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+    if (sub == 0)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) partial[warp * HD + part * 8 + i] = acc[i];
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) {
+        float o = 0;
+        for (int w = 0; w < kWarps; ++w) o += partial[w * HD + i];
+        out[(t * s.heads + h) * HD + i] = __float2bfloat16(o / sum);
+    }
+}
+
+// Row i of head h of a block of query rows at positions p_first + i, over keys k_lo + j:
+// P = softmax(S) where visible (causal, window), 0 elsewhere.
+__global__ void masked_softmax_kernel(int64_t rows, int64_t n, int64_t p_first, int64_t k_lo, int64_t window, const float* S, bf16* P) {
+    int64_t i = blockIdx.x, h = blockIdx.y;
+    const float* srow = S + (h * rows + i) * n;
+    bf16* prow = P + (h * rows + i) * n;
+    int64_t p = p_first + i;
+    int64_t lo = (window > 0 && p - window + 1 > k_lo ? p - window + 1 : k_lo) - k_lo, hi = p - k_lo;  // visible j: [lo, hi]
+    float mx = -INFINITY;
+    for (int64_t j = lo + threadIdx.x; j <= hi; j += blockDim.x) mx = fmaxf(mx, srow[j]);
+    mx = block_max(mx);
+    float sum = 0;
+    for (int64_t j = lo + threadIdx.x; j <= hi; j += blockDim.x) sum += expf(srow[j] - mx);
+    float inv = 1.0f / block_sum(sum);
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+        prow[j] = __float2bfloat16(j >= lo && j <= hi ? expf(srow[j] - mx) * inv : 0.0f);
+}
+
+constexpr int64_t kGemmRowBlock = 512;
+
+// The per-head operands of the batched GEMMs, computed on the device (asynchronous, capturable):
+// [K_g | Q_h | S_h | V_g | P_h | O_h] for every query head h of kv head g = h / G.
+__global__ void attention_ptrs_kernel(int64_t heads, int64_t G, int64_t d, int64_t block, const bf16* K, const bf16* Q, float* S,
+                                      const bf16* V, bf16* P, bf16* O, const void** ptrs) {
+    for (int64_t h = threadIdx.x; h < heads; h += blockDim.x) {
+        int64_t g = h / G;
+        ptrs[h] = K + g * d;
+        ptrs[heads + h] = Q + h * d;
+        ptrs[2 * heads + h] = S + h * block;
+        ptrs[3 * heads + h] = V + g * d;
+        ptrs[4 * heads + h] = P + h * block;
+        ptrs[5 * heads + h] = O + h * d;
+    }
+}
+
+void attention_gemm(cublasHandle_t h, const cpu::AttentionShape& s, const AttentionSegment& seg, const bf16* q, const bf16* k_cache,
+                    const bf16* v_cache, bf16* out, cudaStream_t stream) {
+    const int64_t d = s.head_dim, G = s.heads / s.kv_heads, kvw = s.kv_heads * d, qw = s.heads * d, H = s.heads;
+    const float scale = 1.0f / std::sqrt((float)d), one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasSetStream(h, stream));
+    const void** ptrs = nullptr;
+    CUDA_CHECK(cudaMallocAsync((void**)&ptrs, 6 * H * sizeof(void*), stream));
+    for (int64_t r0 = 0; r0 < seg.count; r0 += kGemmRowBlock) {
+        int64_t rows = std::min(kGemmRowBlock, seg.count - r0);
+        int64_t p_first = seg.start + r0, k_hi = p_first + rows;
+        int64_t k_lo = s.sliding_window > 0 ? std::max<int64_t>(0, p_first - s.sliding_window + 1) : 0, n = k_hi - k_lo;
+        float* S = nullptr;
+        bf16* P = nullptr;
+        CUDA_CHECK(cudaMallocAsync((void**)&S, (size_t)(H * rows * n) * sizeof(float), stream));
+        CUDA_CHECK(cudaMallocAsync((void**)&P, (size_t)(H * rows * n) * sizeof(bf16), stream));
+        attention_ptrs_kernel<<<1, 128, 0, stream>>>(H, G, d, rows * n, k_cache + (seg.slot * s.max_seq + k_lo) * kvw,
+                                                      q + (seg.first + r0) * qw, S, v_cache + (seg.slot * s.max_seq + k_lo) * kvw, P,
+                                                      out + (seg.first + r0) * qw, ptrs);
+        TPX_LAUNCH_CHECK();
+        // Column-major views, all heads in one batched call: S_h^T [n, rows] = (K_g [d, n])^T . Q_h^T [d, rows].
+        CUBLAS_CHECK(cublasGemmBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)rows, (int)d, &scale, ptrs, CUDA_R_16BF, (int)kvw,
+                                         ptrs + H, CUDA_R_16BF, (int)qw, &zero, (void* const*)(ptrs + 2 * H), CUDA_R_32F, (int)n, (int)H,
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        masked_softmax_kernel<<<dim3((unsigned)rows, (unsigned)H), 256, 0, stream>>>(rows, n, p_first, k_lo, s.sliding_window, S, P);
+        TPX_LAUNCH_CHECK();
+        // O_h^T [d, rows] = V_g [d, n] . P_h^T [n, rows].
+        CUBLAS_CHECK(cublasGemmBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)d, (int)rows, (int)n, &one, ptrs + 3 * H, CUDA_R_16BF, (int)kvw,
+                                         ptrs + 4 * H, CUDA_R_16BF, (int)n, &zero, (void* const*)(ptrs + 5 * H), CUDA_R_16BF, (int)qw,
+                                         (int)H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        CUDA_CHECK(cudaFreeAsync(S, stream));
+        CUDA_CHECK(cudaFreeAsync(P, stream));
+    }
+    CUDA_CHECK(cudaFreeAsync(ptrs, stream));
+}
+
+// Tokens [t0, t1) through the per-(token, head) kernel.
+void attention_tokens(const cpu::AttentionShape& s, int64_t t0, int64_t t1, const int32_t* slot, const int32_t* pos, const bf16* q,
+                      const bf16* k_cache, const bf16* v_cache, bf16* out, cudaStream_t stream) {
+    if (t1 <= t0) return;
+    dim3 grid((unsigned)(t1 - t0), (unsigned)s.heads);
+    auto launch = [&](auto kernel, size_t smem) {
+        static std::map<const void*, size_t> raised;  // the shared memory each kernel was allowed so far
+        size_t& allowed = raised.emplace((const void*)kernel, 48 * 1024).first->second;
+        TPX_CHECK(smem <= 227 * 1024, "attention: max_seq_len " + std::to_string(s.max_seq) + " needs " + std::to_string(smem) +
+                                          " bytes of shared memory for the scores, above the 227 KiB a block may have");
+        if (smem > allowed) {
+            CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            allowed = smem;
+        }
+        kernel<<<grid, kThreads, smem, stream>>>(s, t0, slot, pos, q, k_cache, v_cache, out);
+        TPX_LAUNCH_CHECK();
+    };
+    size_t vec_smem = (size_t)(kWarps * s.head_dim + s.max_seq) * sizeof(float);
+    if (s.head_dim == 64) launch(attention_vec_kernel<64>, vec_smem);
+    else if (s.head_dim == 128) launch(attention_vec_kernel<128>, vec_smem);
+    else if (s.head_dim == 256) launch(attention_vec_kernel<256>, vec_smem);
+    else launch(attention_kernel, (size_t)((1 + kWarps) * s.head_dim + s.max_seq) * sizeof(float));
+}
+
 }  // namespace
 
-void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k,
-               const bf16* v, bf16* k_cache, bf16* v_cache, bf16* out, cudaStream_t stream) {
+void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k, const bf16* v,
+               bf16* k_cache, bf16* v_cache, bf16* out, cudaStream_t stream, int64_t k_stride, int64_t v_stride, cublasHandle_t cublas,
+               const std::vector<AttentionSegment>* segments) {
     TPX_CHECK(s.heads % s.kv_heads == 0, "attention: heads must be a multiple of kv_heads");
     TPX_CHECK(s.head_dim <= 32 * kMaxDimsPerLane, "attention: head_dim above " + std::to_string(32 * kMaxDimsPerLane));
     if (s.tokens == 0) return;
     int64_t kv_width = s.kv_heads * s.head_dim;
-    kv_write_kernel<<<(unsigned)s.tokens, 256, 0, stream>>>(kv_width, s.max_seq, slot, pos, k, v, k_cache, v_cache);
+    kv_write_kernel<<<(unsigned)s.tokens, 256, 0, stream>>>(kv_width, k_stride ? k_stride : kv_width, v_stride ? v_stride : kv_width,
+                                                            s.max_seq, slot, pos, k, v, k_cache, v_cache);
     TPX_LAUNCH_CHECK();
-    size_t smem = (size_t)((1 + kWarps) * s.head_dim + s.max_seq) * sizeof(float);
-    static size_t raised = 48 * 1024;
-    if (smem > raised) {
-        CUDA_CHECK(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        raised = smem;
+    if (!segments || !cublas) {
+        attention_tokens(s, 0, s.tokens, slot, pos, q, k_cache, v_cache, out, stream);
+        return;
     }
-    dim3 grid((unsigned)s.tokens, (unsigned)s.heads);
-    attention_kernel<<<grid, kThreads, smem, stream>>>(s, slot, pos, q, k_cache, v_cache, out);
-    TPX_LAUNCH_CHECK();
+    // Runs of short segments through the kernel, long segments through cuBLAS.
+    int64_t run_start = 0;
+    for (const AttentionSegment& seg : *segments) {
+        TPX_CHECK(seg.first >= run_start && seg.first + seg.count <= s.tokens, "attention: segments out of order or beyond the batch");
+        if (seg.count < kAttentionGemmMinTokens) continue;
+        attention_tokens(s, run_start, seg.first, slot, pos, q, k_cache, v_cache, out, stream);
+        attention_gemm(cublas, s, seg, q, k_cache, v_cache, out, stream);
+        run_start = seg.first + seg.count;
+    }
+    attention_tokens(s, run_start, s.tokens, slot, pos, q, k_cache, v_cache, out, stream);
 }
 
 }  // namespace tpx::cuda

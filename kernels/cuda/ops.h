@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cpu/ops.h"
 
@@ -16,9 +17,12 @@ namespace tpx::cuda {
 
 using bf16 = __nv_bfloat16;
 
-// y[T, N] = x[T, K] W[N, K]^T (+ bias[N]) through cuBLAS (bf16 in, fp32 compute, bf16 out).
+// y[T, N] = x[T, K] W[N, K]^T (+ bias[N]), bf16 in, fp32 sums, bf16 out: the GEMV kernel where
+// gemv_applies() (one row, K % 8 == 0, 16-byte aligned x and W) unless allow_gemv is false,
+// cuBLAS otherwise.
+bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w);
 void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, const bf16* w, const bf16* bias, bf16* y,
-            cudaStream_t stream);
+            cudaStream_t stream, bool allow_gemv = true);
 
 void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, cudaStream_t stream);
 void rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream);
@@ -29,14 +33,29 @@ void add_rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const 
 void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream);
 
 // inv_freq: the rope_inv_freq() values (computed on the host, identical to the CPU twin's).
-// Reads q_in/k_in, writes q/k (the same buffers for in place).
+// Reads q_in/k_in, whose rows are in_stride elements apart (0: packed), so that they may be
+// column slices of the fused QKV output; writes packed q/k (the same buffers for in place).
 void rope(const cpu::RopeParams& p, int64_t tokens, const int32_t* positions, const float* inv_freq, const bf16* q_in,
-          const bf16* k_in, bf16* q, bf16* k, cudaStream_t stream);
+          const bf16* k_in, bf16* q, bf16* k, cudaStream_t stream, int64_t in_stride = 0);
 
-// Writes K and V of every token into the cache, then attends (causal, GQA, sliding window).
-// Caches are bf16 [slots, max_seq, kv_heads * head_dim].
+// One prompt (or chunk of one) in a batch: tokens [first, first + count) of slot `slot`, at
+// positions start, start + 1, ...
+struct AttentionSegment {
+    int64_t first, count, slot, start;
+};
+// Segments at least this long attend through cuBLAS (see attention()).
+constexpr int64_t kAttentionGemmMinTokens = 64;
+
+// Writes K and V of every token into the cache (k and v rows k_stride and v_stride elements
+// apart, 0: packed), then attends (causal, GQA, sliding window). Caches are bf16
+// [slots, max_seq, kv_heads * head_dim]. Tokens of segments of at least
+// kAttentionGemmMinTokens (when `segments` and `cublas` are given) attend by tensor-core GEMMs:
+// S = Q K^T in fp32, a masked softmax to bf16 P, O = P V, query rows in blocks so that each
+// block only multiplies the keys it can see. The other tokens go through a kernel with one
+// block per (token, head), 16-byte loads of K and V, several keys in flight per warp.
 void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k,
-               const bf16* v, bf16* k_cache, bf16* v_cache, bf16* out, cudaStream_t stream);
+               const bf16* v, bf16* k_cache, bf16* v_cache, bf16* out, cudaStream_t stream, int64_t k_stride = 0,
+               int64_t v_stride = 0, cublasHandle_t cublas = nullptr, const std::vector<AttentionSegment>* segments = nullptr);
 
 void silu_mul_fused(int64_t tokens, int64_t inter, const bf16* gate_up, bf16* out, cudaStream_t stream);
 void silu_mul(int64_t tokens, int64_t width, const bf16* gate, const bf16* up, bf16* out, cudaStream_t stream);

@@ -61,6 +61,50 @@ __global__ void argmax_kernel(int64_t width, const float* logits, int32_t* out) 
     if (threadIdx.x == 0) out[blockIdx.x] = (int32_t)bi[0];
 }
 
+// Greedy decoding's argmax over a large vocabulary: kArgmaxChunks blocks per row each find
+// their chunk's best (float4 loads, all in flight), then one warp per row picks among them.
+constexpr int kArgmaxChunks = 32, kArgmaxThreads = 256;
+
+__device__ inline void better(float v, int64_t i, float& bv, int64_t& bi) {
+    if (v > bv || (v == bv && i < bi)) bv = v, bi = i;
+}
+
+__global__ void argmax_partial_kernel(int64_t width, const float* logits, float* part_v, int64_t* part_i) {
+    int64_t row = blockIdx.y, chunk = (width + kArgmaxChunks - 1) / kArgmaxChunks;
+    int64_t lo = blockIdx.x * chunk, hi = min(width, lo + chunk);
+    const float* r = logits + row * width;
+    float bv = -INFINITY;
+    int64_t bi = width;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) better(r[i], i, bv, bi);
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        better(ov, oi, bv, bi);
+    }
+    __shared__ float wv[kArgmaxThreads / 32];
+    __shared__ int64_t wi[kArgmaxThreads / 32];
+    if ((threadIdx.x & 31) == 0) wv[threadIdx.x >> 5] = bv, wi[threadIdx.x >> 5] = bi;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < kArgmaxThreads / 32; ++w) better(wv[w], wi[w], bv, bi);
+        part_v[row * kArgmaxChunks + blockIdx.x] = bv;
+        part_i[row * kArgmaxChunks + blockIdx.x] = bi;
+    }
+}
+
+__global__ void argmax_final_kernel(int64_t width, const float* part_v, const int64_t* part_i, int32_t* out) {
+    int64_t row = blockIdx.x;
+    float bv = -INFINITY;
+    int64_t bi = width;
+    for (int c = threadIdx.x; c < kArgmaxChunks; c += 32) better(part_v[row * kArgmaxChunks + c], part_i[row * kArgmaxChunks + c], bv, bi);
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        better(ov, oi, bv, bi);
+    }
+    if (threadIdx.x == 0) out[row] = (int32_t)bi;
+}
+
 }  // namespace
 
 void moe_routing(const cpu::MoeShape& s, const bf16* router_logits, float* weights, cudaStream_t stream) {
@@ -72,8 +116,21 @@ void moe_routing(const cpu::MoeShape& s, const bf16* router_logits, float* weigh
 
 void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, cudaStream_t stream) {
     if (rows == 0) return;
-    argmax_kernel<<<(unsigned)rows, 1024, 0, stream>>>(width, logits, out);
+    if (width < 16384) {
+        argmax_kernel<<<(unsigned)rows, 1024, 0, stream>>>(width, logits, out);
+        TPX_LAUNCH_CHECK();
+        return;
+    }
+    float* part_v = nullptr;
+    int64_t* part_i = nullptr;
+    CUDA_CHECK(cudaMallocAsync((void**)&part_v, rows * kArgmaxChunks * sizeof(float), stream));
+    CUDA_CHECK(cudaMallocAsync((void**)&part_i, rows * kArgmaxChunks * sizeof(int64_t), stream));
+    argmax_partial_kernel<<<dim3(kArgmaxChunks, (unsigned)rows), kArgmaxThreads, 0, stream>>>(width, logits, part_v, part_i);
     TPX_LAUNCH_CHECK();
+    argmax_final_kernel<<<(unsigned)rows, 32, 0, stream>>>(width, part_v, part_i, out);
+    TPX_LAUNCH_CHECK();
+    CUDA_CHECK(cudaFreeAsync(part_v, stream));
+    CUDA_CHECK(cudaFreeAsync(part_i, stream));
 }
 
 }  // namespace tpx::cuda

@@ -1,0 +1,229 @@
+// tpx-kbench: each kernel of a Llama-3-8B-shaped decode step (and the prefill attention) timed
+// alone on the GPU machine, so that a change to one kernel can be predicted and checked apart
+// from the whole step (docs/PERF.md). Each decode-sized op is captured `kReps` times into a
+// CUDA graph and the graph replayed, as the executor replays a decode step: the figure is the
+// time per op inside a graph, launch gaps included. Weights are distinct per replay slot where
+// the op streams weights, so that L2 does not serve them.
+//   tpx-kbench [--quick]
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/cuda_check.h"
+#include "kernels/cuda/ops.h"
+
+using namespace tpx;
+using bf16 = __nv_bfloat16;
+
+namespace {
+
+constexpr int kReps = 20;
+
+template <typename T>
+T* device_alloc(size_t n, bool random = true) {
+    T* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T)));
+    if (random) {
+        std::vector<uint16_t> h(std::min<size_t>(n * sizeof(T) / 2, 1 << 20));
+        uint32_t s = 12345;
+        for (auto& x : h) s = s * 1664525u + 1013904223u, x = (uint16_t)(0x3c00 + ((s >> 16) & 0x3ff) - 0x200);  // bf16 about +-0.01..1
+        size_t bytes = n * sizeof(T);
+        for (size_t at = 0; at < bytes; at += h.size() * 2)
+            CUDA_CHECK(cudaMemcpy((char*)p + at, h.data(), std::min(bytes - at, h.size() * 2), cudaMemcpyHostToDevice));
+    } else {
+        CUDA_CHECK(cudaMemset(p, 0, n * sizeof(T)));
+    }
+    return p;
+}
+
+// Microseconds per call of op(i) (i = 0 .. kReps - 1), captured into one graph: median of 7 replays.
+double time_graph(cudaStream_t st, const std::function<void(int)>& op) {
+    cudaGraph_t g;
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < kReps; ++i) op(i);
+    CUDA_CHECK(cudaStreamEndCapture(st, &g));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+    CUDA_CHECK(cudaGraphLaunch(exec, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    cudaEvent_t a, b;
+    CUDA_CHECK(cudaEventCreate(&a));
+    CUDA_CHECK(cudaEventCreate(&b));
+    std::vector<double> us;
+    for (int r = 0; r < 7; ++r) {
+        CUDA_CHECK(cudaEventRecord(a, st));
+        CUDA_CHECK(cudaGraphLaunch(exec, st));
+        CUDA_CHECK(cudaEventRecord(b, st));
+        CUDA_CHECK(cudaEventSynchronize(b));
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+        us.push_back(1e3 * ms / kReps);
+    }
+    cudaEventDestroy(a), cudaEventDestroy(b);
+    cudaGraphExecDestroy(exec), cudaGraphDestroy(g);
+    std::sort(us.begin(), us.end());
+    return us[us.size() / 2];
+}
+
+// Microseconds of one call (not captured): median of 5 after a warm-up.
+double time_direct(cudaStream_t st, const std::function<void()>& op) {
+    op();
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    cudaEvent_t a, b;
+    CUDA_CHECK(cudaEventCreate(&a));
+    CUDA_CHECK(cudaEventCreate(&b));
+    std::vector<double> us;
+    for (int r = 0; r < 5; ++r) {
+        CUDA_CHECK(cudaEventRecord(a, st));
+        op();
+        CUDA_CHECK(cudaEventRecord(b, st));
+        CUDA_CHECK(cudaEventSynchronize(b));
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+        us.push_back(1e3 * ms);
+    }
+    cudaEventDestroy(a), cudaEventDestroy(b);
+    std::sort(us.begin(), us.end());
+    return us[us.size() / 2];
+}
+
+void row(const std::string& op, const std::string& shape, double us, const std::string& rate) {
+    std::printf("%-34s %-28s %10.2f us  %s\n", op.c_str(), shape.c_str(), us, rate.c_str());
+}
+
+std::string rate(double bytes, double us, double flops = 0) {
+    char s[96];
+    if (flops > 0) std::snprintf(s, sizeof(s), "%.0f TFLOP/s", flops / us * 1e-6);
+    else std::snprintf(s, sizeof(s), "%.0f GB/s", bytes / us * 1e-3);
+    return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);
+    cudaStream_t st;
+    CUDA_CHECK(cudaStreamCreate(&st));
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    void* ws = nullptr;
+    CUDA_CHECK(cudaMalloc(&ws, 32u << 20));
+    CUBLAS_CHECK(cublasSetWorkspace(h, ws, 32u << 20));
+    CUBLAS_CHECK(cublasSetStream(h, st));
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("tpx-kbench on %s; per op inside a CUDA graph of %d, median of 7 replays\n", prop.name, kReps);
+
+    // Linear layers of one Llama-3-8B layer and the lm_head; W streamed from HBM (distinct per rep
+    // up to 4 GB in all).
+    struct Shape { const char* name; int64_t K, N; };
+    const Shape shapes[] = {{"qkv", 4096, 6144}, {"o", 4096, 4096}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}, {"lm_head", 4096, 128256}};
+    for (const Shape& sh : shapes) {
+        int64_t wbytes = sh.K * sh.N * 2;
+        int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / wbytes));
+        bf16* w = device_alloc<bf16>((size_t)copies * sh.K * sh.N);
+        bf16* x = device_alloc<bf16>(64 * sh.K);
+        bf16* y = device_alloc<bf16>(64 * sh.N, false);
+        for (int64_t T : {1, 8, 64}) {
+            for (bool gemv : {true, false}) {
+                if (gemv && T > 1) continue;
+                double us = time_graph(st, [&](int i) {
+                    cuda::linear(h, {T, sh.K, sh.N}, x, w + (size_t)(i % copies) * sh.K * sh.N, nullptr, y, st, gemv);
+                });
+                row(std::string("linear ") + sh.name + (gemv ? " gemv" : " cublas"), "T=" + std::to_string(T) + " K=" + std::to_string(sh.K) + " N=" + std::to_string(sh.N), us,
+                    rate((double)wbytes, us) + (copies < kReps ? " (L2 may help)" : ""));
+            }
+        }
+        cudaFree(w), cudaFree(x), cudaFree(y);
+        if (quick) break;
+    }
+
+    // Decode attention over a cache of `ctx` positions.
+    {
+        const int64_t heads = 32, kvh = 8, hd = 128, max_seq = 4096, slots = 8, kvw = kvh * hd;
+        bf16* kc = device_alloc<bf16>(slots * max_seq * kvw);
+        bf16* vc = device_alloc<bf16>(slots * max_seq * kvw);
+        bf16* q = device_alloc<bf16>(8 * heads * hd);
+        bf16* kv = device_alloc<bf16>(8 * 2 * kvw);
+        bf16* o = device_alloc<bf16>(8 * heads * hd, false);
+        int32_t *slot = nullptr, *pos = nullptr;
+        CUDA_CHECK(cudaMalloc(&slot, 8 * sizeof(int32_t)));
+        CUDA_CHECK(cudaMalloc(&pos, 8 * sizeof(int32_t)));
+        for (int64_t T : {1, 8})
+            for (int64_t ctx : {128, 512, 2048}) {
+                std::vector<int32_t> hs(T), hp(T, (int32_t)ctx - 1);
+                for (int64_t t = 0; t < T; ++t) hs[t] = (int32_t)t;
+                CUDA_CHECK(cudaMemcpy(slot, hs.data(), T * 4, cudaMemcpyHostToDevice));
+                CUDA_CHECK(cudaMemcpy(pos, hp.data(), T * 4, cudaMemcpyHostToDevice));
+                cpu::AttentionShape s{T, heads, kvh, hd, max_seq, 0};
+                double us = time_graph(st, [&](int) { cuda::attention(s, slot, pos, q, kv, kv + kvw, kc, vc, o, st, 2 * kvw, 2 * kvw); });
+                row("attention decode (+kv write)", "T=" + std::to_string(T) + " ctx=" + std::to_string(ctx), us,
+                    rate((double)T * ctx * kvw * 2 * 2, us));
+            }
+        // Prefill: one 2048-token prompt, GEMM path against the kernel.
+        const int64_t P = 2048;
+        bf16* qp = device_alloc<bf16>(P * heads * hd);
+        bf16* kvp = device_alloc<bf16>(P * 2 * kvw);
+        bf16* op = device_alloc<bf16>(P * heads * hd, false);
+        int32_t *ps = nullptr, *pp = nullptr;
+        CUDA_CHECK(cudaMalloc(&ps, P * sizeof(int32_t)));
+        CUDA_CHECK(cudaMalloc(&pp, P * sizeof(int32_t)));
+        std::vector<int32_t> hs(P, 0), hp(P);
+        for (int64_t t = 0; t < P; ++t) hp[t] = (int32_t)t;
+        CUDA_CHECK(cudaMemcpy(ps, hs.data(), P * 4, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(pp, hp.data(), P * 4, cudaMemcpyHostToDevice));
+        cpu::AttentionShape s{P, heads, kvh, hd, max_seq, 0};
+        std::vector<cuda::AttentionSegment> segs{{0, P, 0, 0}};
+        double causal_flops = 4.0 * heads * hd * P * (P + 1) / 2;
+        for (bool gemm : {true, false}) {
+            double us = time_direct(st, [&] { cuda::attention(s, ps, pp, qp, kvp, kvp + kvw, kc, vc, op, st, 2 * kvw, 2 * kvw, h, gemm ? &segs : nullptr); });
+            row(gemm ? "attention prefill cublas" : "attention prefill kernel", "T=2048 one layer", us, rate(0, us, causal_flops) + " (causal FLOPs)");
+        }
+        for (int64_t K : {4096}) {
+            for (auto shape : {std::pair<const char*, int64_t>{"qkv", 6144}, {"gate_up", 28672}}) {
+                const char* name = shape.first;
+                const int64_t N = shape.second;
+                bf16* w = device_alloc<bf16>(K * N);
+                bf16* y = device_alloc<bf16>(P * N, false);
+                double us = time_direct(st, [&] { cuda::linear(h, {P, K, N}, qp, w, nullptr, y, st); });
+                row(std::string("linear prefill ") + name, "T=2048 K=4096 N=" + std::to_string(N), us, rate(0, us, 2.0 * P * K * N));
+                cudaFree(w), cudaFree(y);
+            }
+        }
+        bf16* wd = device_alloc<bf16>(14336 * 4096);
+        bf16* xd = device_alloc<bf16>(P * 14336);
+        double us = time_direct(st, [&] { cuda::linear(h, {P, 14336, 4096}, xd, wd, nullptr, op, st); });
+        row("linear prefill down", "T=2048 K=14336 N=4096", us, rate(0, us, 2.0 * P * 14336 * 4096));
+        cudaFree(wd), cudaFree(xd);
+    }
+
+    // The small ops of a decode step.
+    {
+        bf16* a = device_alloc<bf16>(64 * 128256);
+        bf16* b = device_alloc<bf16>(64 * 28672);
+        bf16* c = device_alloc<bf16>(64 * 28672, false);
+        bf16* d = device_alloc<bf16>(64 * 28672, false);
+        float* f = device_alloc<float>(64 * 128256, false);
+        int32_t* ids = device_alloc<int32_t>(64, false);
+        float* inv = device_alloc<float>(64, false);
+        for (int64_t T : {1, 64}) {
+            std::string t = "T=" + std::to_string(T);
+            row("add_rmsnorm", t + " W=4096", time_graph(st, [&](int) { cuda::add_rmsnorm(T, 4096, 1e-5f, a, b, c, b, d, st); }), "");
+            row("silu_mul_fused", t + " I=14336", time_graph(st, [&](int) { cuda::silu_mul_fused(T, 14336, a, c, st); }), "");
+            cpu::RopeParams p{32, 8, 128, 500000.0};
+            row("rope (strided in)", t, time_graph(st, [&](int) { cuda::rope(p, T, ids, inv, a, a + 4096, c, d, st, 6144); }), "");
+            row("bf16_to_f32 logits", t + " V=128256", time_graph(st, [&](int) { cuda::bf16_to_f32(T * 128256, a, f, st); }), "");
+            row("argmax_rows", t + " V=128256", time_graph(st, [&](int) { cuda::argmax_rows(T, 128256, f, ids, st); }), "");
+        }
+        row("empty graph node (memset 4 B)", "", time_graph(st, [&](int) { CUDA_CHECK(cudaMemsetAsync(ids, 0, 4, st)); }), "");
+    }
+    std::printf("kbench done\n");
+    return 0;
+}
