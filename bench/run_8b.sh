@@ -31,18 +31,27 @@ JOB
 done
 [ -n "${TPX_BENCH_NO_HF:-}" ] && exit 0   # tpx alone (profiling runs)
 python3 "$here/hf_peer.py" tp1 "$ckpt" 2>&1 | grep RESULT | tee "$out/hf_tp1.txt"
+if [ "$gpus" -ge 2 ] && command -v torchrun >/dev/null; then   # HF's own tensor parallelism: load and eager decode at tp=2
+  torchrun --nproc-per-node 2 "$here/hf_peer.py" tp "$ckpt" 2>&1 | grep RESULT | tee "$out/hf_tp2.txt" || true
+fi
 echo; echo "== side by side (ms/token, batch 1, 128-token prompt) =="
 python3 - "$out" <<'PY'
 import json, sys, os, re
 out = sys.argv[1]
-hf = dict(re.findall(r"RESULT (\S+)=(\S+)", open(os.path.join(out, "hf_tp1.txt")).read()))
+hf = {}
+for f in ("hf_tp1.txt", "hf_tp2.txt"):
+    if os.path.exists(os.path.join(out, f)):
+        hf.update(re.findall(r"RESULT (\S+)=(\S+)", open(os.path.join(out, f)).read()))
 for tp in (1, 2):
     p = os.path.join(out, f"tpx_tp{tp}.json")
     if not os.path.exists(p): continue
     j = json.load(open(p))
     d1 = [d for d in j["decode"] if d["batch"] == 1][0]
     print(f"tpx tp={tp}: {d1['ms_per_step']:.2f} ms/token ({100*d1['fraction_of_roofline']:.0f}% of roofline {d1['roofline_ms']:.2f} ms)")
-for k in ("hf_eager_tp1_ms_per_token", "hf_compile_tp1_ms_per_token", "hf_load_tp1_s", "hbm_copy_GBps"):
+    hf_load = hf.get(f"hf_load_tp{tp}_s")
+    if hf_load and "load_s" in j:
+        print(f"tpx tp={tp} load {j['load_s']:.2f} s = {j['load_s']/float(hf_load):.2f}x HF from_pretrained ({hf_load} s)")
+for k in ("hf_eager_tp1_ms_per_token", "hf_compile_tp1_ms_per_token", "hf_load_tp1_s", "hf_eager_tp2_ms_per_token", "hf_load_tp2_s", "hbm_copy_GBps"):
     if k in hf: print(f"HF {k} = {hf[k]}")
 if "hf_compile_tp1_ms_per_token" in hf and os.path.exists(os.path.join(out, "tpx_tp1.json")):
     j = json.load(open(os.path.join(out, "tpx_tp1.json")))

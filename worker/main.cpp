@@ -204,6 +204,9 @@ int run(const Options& opt) {
                      " GB/s read)");
         BenchSettings bs;
         bs.json_path = opt.bench;
+        bs.load_seconds = load_seconds;
+        bs.read_bytes = (double)ckpt->stats().data_bytes;
+        bs.planned_read_bytes = (double)plan.ranks.at(rank).read_bytes;
         run_bench(*exec, comm, plan, rates, bs);
         comm.barrier();
         return 0;
