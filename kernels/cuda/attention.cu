@@ -27,6 +27,21 @@ __global__ void kv_write_kernel(int64_t kv_width, int64_t k_stride, int64_t v_st
 }
 
 constexpr int kWarps = kThreads / 32;
+
+// scores[j] = exp(scores[j] - max) for j < n, over the whole block; returns their sum. Its
+// barriers also make every score visible to every warp.
+__device__ float exp_scores(float* scores, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, scores[j]);
+    mx = block_max(mx);
+    float sum = 0;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        float e = expf(scores[j] - mx);
+        scores[j] = e;
+        sum += e;
+    }
+    return block_sum(sum);
+}
 constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
 
 // Warps split the visible keys: each warp scores its keys (lanes split head_dim, a warp sum per
@@ -58,16 +73,7 @@ __global__ void attention_kernel(cpu::AttentionShape s, int64_t t0, const int32_
         if (lane == 0) scores[j] = d * scale;
     }
     __syncthreads();
-    float mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, scores[j]);
-    mx = block_max(mx);
-    float sum = 0;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-        float e = expf(scores[j] - mx);
-        scores[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum);  // its barriers also make every score visible to every warp
+    float sum = exp_scores(scores, n);
     float acc[kMaxDimsPerLane];
 #pragma unroll
     for (int d = 0; d < kMaxDimsPerLane; ++d) acc[d] = 0.0f;
@@ -93,16 +99,6 @@ __global__ void attention_kernel(cpu::AttentionShape s, int64_t t0, const int32_
     }
 }
 
-
-__device__ inline void unpack8(const uint4& v, float* f) {
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        float2 p = __bfloat1622float2(h[i]);
-        f[2 * i] = p.x;
-        f[2 * i + 1] = p.y;
-    }
-}
 
 constexpr int kUnroll = 4;
 
@@ -150,16 +146,7 @@ __global__ void __launch_bounds__(kThreads) attention_vec_kernel(cpu::AttentionS
         }
     }
     __syncthreads();
-    float mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, scores[j]);
-    mx = block_max(mx);
-    float sum = 0;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-        float e = expf(scores[j] - mx);
-        scores[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum);  // its barriers also make every score visible to every warp
+    float sum = exp_scores(scores, n);
     float acc[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc[i] = 0.0f;

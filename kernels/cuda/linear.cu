@@ -19,16 +19,6 @@ __global__ void add_bias_kernel(int64_t tokens, int64_t n, const bf16* bias, bf1
     y[i] = __float2bfloat16(__bfloat162float(y[i]) + __bfloat162float(bias[i % n]));
 }
 
-__device__ inline void unpack8(const uint4& v, float* f) {
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        float2 p = __bfloat1622float2(h[i]);
-        f[2 * i] = p.x;
-        f[2 * i + 1] = p.y;
-    }
-}
-
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t N, const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                             const bf16* __restrict__ bias, bf16* __restrict__ y) {
     int lane = threadIdx.x & 31;

@@ -32,23 +32,6 @@ __global__ void rmsnorm_kernel(int64_t width, float eps, const bf16* x, const bf
         y[row * width + i] = __float2bfloat16(__bfloat162float(w[i]) * (__bfloat162float(src[i]) * inv));
 }
 
-__device__ inline void unpack8(const uint4& v, float* f) {
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        float2 p = __bfloat1622float2(h[i]);
-        f[2 * i] = p.x, f[2 * i + 1] = p.y;
-    }
-}
-
-__device__ inline uint4 pack8(const float* f) {
-    uint4 v;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&v);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
-    return v;
-}
-
 constexpr int kVecPerThread = 4;  // rows up to kThreads * 8 * 4 = 8192 wide stay in registers
 
 // The same arithmetic, for rows of a multiple of 8 up to 8192 elements: 16-byte loads and
