@@ -27,25 +27,31 @@ __device__ inline uint4 pack8(const float* f) {
     return v;
 }
 
-__device__ inline float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ inline float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+struct SumOp {
+    __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct MaxOp {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-__device__ inline float block_sum(float v) {
+template <typename Op>
+__device__ inline float warp_reduce(float v, Op op) {
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ inline float warp_sum(float v) { return warp_reduce(v, SumOp{}); }
+
+// Reduction over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+template <typename Op>
+__device__ inline float block_reduce(float v, Op op, float identity) {
     __shared__ float part[32];
     __shared__ float total;
-    v = warp_sum(v);
+    v = warp_reduce(v, op);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
     __syncthreads();
     if (threadIdx.x < 32) {
-        float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
-        w = warp_sum(w);
+        float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : identity;
+        w = warp_reduce(w, op);
         if (threadIdx.x == 0) total = w;
     }
     __syncthreads();
@@ -53,22 +59,7 @@ __device__ inline float block_sum(float v) {
     __syncthreads();
     return r;
 }
-
-__device__ inline float block_max(float v) {
-    __shared__ float part[32];
-    __shared__ float total;
-    v = warp_max(v);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : -INFINITY;
-        w = warp_max(w);
-        if (threadIdx.x == 0) total = w;
-    }
-    __syncthreads();
-    float r = total;
-    __syncthreads();
-    return r;
-}
+__device__ inline float block_sum(float v) { return block_reduce(v, SumOp{}, 0.0f); }
+__device__ inline float block_max(float v) { return block_reduce(v, MaxOp{}, -INFINITY); }
 
 }  // namespace tpx::cuda

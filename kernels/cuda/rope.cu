@@ -13,8 +13,7 @@ namespace {
 __global__ void rope_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const int32_t* positions, const float* inv_freq,
                             const bf16* q_in, const bf16* k_in, int64_t q_stride, int64_t k_stride, bf16* q, bf16* k) {
     int64_t t = blockIdx.x, half = hd / 2, groups = blockDim.x / half;
-    int64_t i = threadIdx.x % half, g = threadIdx.x / half;
-    if (g >= groups) return;
+    int64_t i = threadIdx.x % half, g = threadIdx.x / half;  // the block is exactly groups x half threads
     float s, c;
     sincosf((float)positions[t] * inv_freq[i], &s, &c);
     for (int64_t h = g; h < heads + kv_heads; h += groups) {

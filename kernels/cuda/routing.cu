@@ -39,34 +39,22 @@ __global__ void routing_kernel(cpu::MoeShape s, const bf16* logits, float* weigh
     }
 }
 
-__global__ void argmax_kernel(int64_t width, const float* logits, int32_t* out) {
-    const float* row = logits + (int64_t)blockIdx.x * width;
-    float best = -INFINITY;
-    int64_t idx = width;
-    for (int64_t i = threadIdx.x; i < width; i += blockDim.x)
-        if (row[i] > best) best = row[i], idx = i;
-    __shared__ float bv[1024];
-    __shared__ int64_t bi[1024];
-    bv[threadIdx.x] = best;
-    bi[threadIdx.x] = idx;
-    __syncthreads();
-    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) {
-            float ov = bv[threadIdx.x + stride];
-            int64_t oi = bi[threadIdx.x + stride];
-            if (ov > bv[threadIdx.x] || (ov == bv[threadIdx.x] && oi < bi[threadIdx.x])) bv[threadIdx.x] = ov, bi[threadIdx.x] = oi;
-        }
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[blockIdx.x] = (int32_t)bi[0];
-}
-
-// Greedy decoding's argmax over a large vocabulary: kArgmaxChunks blocks per row each find
-// their chunk's best (float4 loads, all in flight), then one warp per row picks among them.
+// Greedy decoding's argmax: kArgmaxChunks blocks per row each find their chunk's best (so
+// that a 128k vocabulary is read by many SMs, not one), then one warp per row picks among them.
+// Ties go to the first index.
 constexpr int kArgmaxChunks = 32, kArgmaxThreads = 256;
 
 __device__ inline void better(float v, int64_t i, float& bv, int64_t& bi) {
     if (v > bv || (v == bv && i < bi)) bv = v, bi = i;
+}
+
+// Every lane ends with the warp's best (value, index).
+__device__ inline void warp_argmax(float& bv, int64_t& bi) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        better(ov, oi, bv, bi);
+    }
 }
 
 __global__ void argmax_partial_kernel(int64_t width, const float* logits, float* part_v, int64_t* part_i) {
@@ -76,11 +64,7 @@ __global__ void argmax_partial_kernel(int64_t width, const float* logits, float*
     float bv = -INFINITY;
     int64_t bi = width;
     for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) better(r[i], i, bv, bi);
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        better(ov, oi, bv, bi);
-    }
+    warp_argmax(bv, bi);
     __shared__ float wv[kArgmaxThreads / 32];
     __shared__ int64_t wi[kArgmaxThreads / 32];
     if ((threadIdx.x & 31) == 0) wv[threadIdx.x >> 5] = bv, wi[threadIdx.x >> 5] = bi;
@@ -97,11 +81,7 @@ __global__ void argmax_final_kernel(int64_t width, const float* part_v, const in
     float bv = -INFINITY;
     int64_t bi = width;
     for (int c = threadIdx.x; c < kArgmaxChunks; c += 32) better(part_v[row * kArgmaxChunks + c], part_i[row * kArgmaxChunks + c], bv, bi);
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        better(ov, oi, bv, bi);
-    }
+    warp_argmax(bv, bi);
     if (threadIdx.x == 0) out[row] = (int32_t)bi;
 }
 
@@ -116,11 +96,6 @@ void moe_routing(const cpu::MoeShape& s, const bf16* router_logits, float* weigh
 
 void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, cudaStream_t stream) {
     if (rows == 0) return;
-    if (width < 16384) {
-        argmax_kernel<<<(unsigned)rows, 1024, 0, stream>>>(width, logits, out);
-        TPX_LAUNCH_CHECK();
-        return;
-    }
     float* part_v = nullptr;
     int64_t* part_i = nullptr;
     CUDA_CHECK(cudaMallocAsync((void**)&part_v, rows * kArgmaxChunks * sizeof(float), stream));
