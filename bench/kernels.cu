@@ -9,7 +9,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -141,8 +143,91 @@ int main(int argc, char** argv) {
                     rate((double)wbytes, us) + (copies < kReps ? " (L2 may help)" : ""));
             }
         }
+        {  // with the norm before it (the final add_rmsnorm before lm_head, the one before qkv and gate_up)
+            bf16* r = device_alloc<bf16>(3 * sh.K);
+            cuda::GemvNorm probe{x, r, r + sh.K, r + 2 * sh.K, 1e-5f};
+            if (cuda::gemv_fused_applies(sh.K, &probe, w)) {
+            double us = time_graph(st, [&](int i) {
+                cuda::GemvNorm nm{x, r, r + sh.K, r + 2 * sh.K, 1e-5f};
+                cuda::gemv_fused(sh.K, sh.N, nullptr, w + (size_t)(i % copies) * sh.K * sh.N, nullptr, y, &nm, cuda::GemvEpilogue::kNone, nullptr, st);
+            });
+            row(std::string("linear ") + sh.name + " gemv + norm", "T=1", us, rate((double)wbytes, us));
+            }
+            cudaFree(r);
+        }
         cudaFree(w), cudaFree(x), cudaFree(y);
         if (quick) break;
+    }
+
+    // One whole Llama-3-8B decoder layer at batch 1 (ctx 128), as the executor runs it: unfused
+    // (add_rmsnorm, qkv, rope, kv write + attention, o, add_rmsnorm, gate_up, silu_mul, down: 10
+    // kernels) and fused (qkv with the norm before and RoPE + cache write after, attention, o,
+    // gate_up with the norm before and SwiGLU after, down: 5 kernels). Weights distinct per rep
+    // where 4 GB allows.
+    {
+        const int64_t H = 4096, I = 14336, heads = 32, kvh = 8, hd = 128, kvw = kvh * hd, qkv_n = (heads + 2 * kvh) * hd, max_seq = 4096;
+        const int64_t layer = (qkv_n * H + H * heads * hd + 2 * I * H + H * I);
+        int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / (layer * 2)));
+        bf16* w = device_alloc<bf16>((size_t)copies * layer);
+        bf16* norm_w = device_alloc<bf16>(H);
+        bf16* kc = device_alloc<bf16>(max_seq * kvw);
+        bf16* vc = device_alloc<bf16>(max_seq * kvw);
+        bf16* act = device_alloc<bf16>(8 * I);  // residual, delta, normed, qkv, q, attn, gu, silu
+        bf16 *res = act, *delta = act + H, *normed = act + 2 * H, *res2 = act + 3 * H, *qkv = act + 4 * H, *q = qkv + qkv_n, *att = q + H + kvw,
+             *gu = att + H, *sl = gu + 2 * I;
+        int32_t *slot = nullptr, *pos = nullptr;
+        CUDA_CHECK(cudaMalloc(&slot, 4));
+        CUDA_CHECK(cudaMalloc(&pos, 4));
+        int32_t zero = 0, p127 = 127;
+        CUDA_CHECK(cudaMemcpy(slot, &zero, 4, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(pos, &p127, 4, cudaMemcpyHostToDevice));
+        float* inv = device_alloc<float>(hd / 2, false);
+        cpu::RopeParams rp{heads, kvh, hd, 500000.0};
+        cpu::AttentionShape as{1, heads, kvh, hd, max_seq, 0};
+        auto weights = [&](int i) {
+            bf16* base = w + (size_t)(i % copies) * layer;
+            return std::array<bf16*, 4>{base, base + qkv_n * H, base + qkv_n * H + H * H, base + qkv_n * H + H * H + 2 * I * H};
+        };
+        double unfused = time_graph(st, [&](int i) {
+            auto wt = weights(i);
+            cuda::add_rmsnorm(1, H, 1e-5f, delta, res, res2, norm_w, normed, st);
+            cuda::linear(h, {1, H, qkv_n}, normed, wt[0], nullptr, qkv, st);
+            cuda::rope(rp, 1, pos, inv, qkv, qkv + heads * hd, q, q + heads * hd, st, qkv_n);
+            cuda::attention(as, slot, pos, q, q + heads * hd, qkv + (heads + kvh) * hd, kc, vc, att, st, 0, qkv_n);
+            cuda::linear(h, {1, H, H}, att, wt[1], nullptr, delta, st);
+            cuda::add_rmsnorm(1, H, 1e-5f, delta, res2, res, norm_w, normed, st);
+            cuda::linear(h, {1, H, 2 * I}, normed, wt[2], nullptr, gu, st);
+            cuda::silu_mul_fused(1, I, gu, sl, st);
+            cuda::linear(h, {1, I, H}, sl, wt[3], nullptr, delta, st);
+        });
+        double fused = time_graph(st, [&](int i) {
+            auto wt = weights(i);
+            cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
+            cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
+            cuda::gemv_fused(H, qkv_n, nullptr, wt[0], nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
+            cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
+            cuda::linear(h, {1, H, H}, att, wt[1], nullptr, delta, st);
+            cuda::GemvNorm nm2{delta, res2, res, norm_w, 1e-5f};
+            cuda::gemv_fused(H, 2 * I, nullptr, wt[2], nullptr, sl, &nm2, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+            cuda::linear(h, {1, I, H}, sl, wt[3], nullptr, delta, st);
+        });
+        const double bytes = 2.0 * layer;
+        row("decoder layer unfused (10 kernels)", "T=1 ctx=128" + std::string(copies < kReps ? " (L2 may help)" : ""), unfused, rate(bytes, unfused));
+        row("decoder layer fused (5 kernels)", "T=1 ctx=128", fused, rate(bytes, fused));
+        double us = time_graph(st, [&](int i) {
+            cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
+            cuda::gemv_fused(H, qkv_n, normed, weights(i)[0], nullptr, q, nullptr, cuda::GemvEpilogue::kRopeKv, &rk, st);
+        });
+        row("qkv gemv + rope + kv write", "no norm", us, rate(2.0 * qkv_n * H, us));
+        us = time_graph(st, [&](int i) {
+            cuda::gemv_fused(H, 2 * I, normed, weights(i)[2], nullptr, sl, nullptr, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+        });
+        row("gate_up gemv + swiglu", "no norm", us, rate(4.0 * I * H, us));
+        us = time_graph(st, [&](int i) { cuda::linear(h, {1, H, qkv_n}, normed, weights(i)[0], nullptr, qkv, st); });
+        row("qkv gemv (same weights)", "", us, rate(2.0 * qkv_n * H, us));
+        us = time_graph(st, [&](int i) { cuda::linear(h, {1, H, 2 * I}, normed, weights(i)[2], nullptr, gu, st); });
+        row("gate_up gemv (same weights)", "", us, rate(4.0 * I * H, us));
+        cudaFree(w), cudaFree(norm_w), cudaFree(kc), cudaFree(vc), cudaFree(act), cudaFree(slot), cudaFree(pos), cudaFree(inv);
     }
 
     // Decode attention over a cache of `ctx` positions.
@@ -184,7 +269,7 @@ int main(int argc, char** argv) {
         double causal_flops = 4.0 * heads * hd * P * (P + 1) / 2;
         for (bool gemm : {true, false}) {
             double us = time_direct(st, [&] { cuda::attention(s, ps, pp, qp, kvp, kvp + kvw, kc, vc, op, st, 2 * kvw, 2 * kvw, h, gemm ? &segs : nullptr); });
-            row(gemm ? "attention prefill cublas" : "attention prefill kernel", "T=2048 one layer", us, rate(0, us, causal_flops) + " (causal FLOPs)");
+            row(gemm ? "attention prefill flash" : "attention prefill kernel", "T=2048 one layer", us, rate(0, us, causal_flops) + " (causal FLOPs)");
         }
         for (int64_t K : {4096}) {
             for (auto shape : {std::pair<const char*, int64_t>{"qkv", 6144}, {"gate_up", 28672}}) {

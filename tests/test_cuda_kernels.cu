@@ -134,6 +134,94 @@ TEST(CudaKernels, GemvMatchesTwinAndCublas) {
     cublasDestroy(h);
 }
 
+// The batch-1 GEMV with its neighbours fused in must give, bit for bit, what the unfused kernels
+// give: residual add + RMSNorm (or RMSNorm alone) before it; nothing, SwiGLU, or RoPE with the
+// KV-cache write after it. Shapes: K below the block's thread count in chunks, K = 4096, N not
+// a multiple of the warps per block, more work items than the grid has warps (the grid strides).
+TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
+    REQUIRE_GPU();
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    const float eps = 1e-5f;
+    struct Case {
+        int64_t K, N;
+        bool residual, bias;
+        cuda::GemvEpilogue epi;
+    };
+    const int64_t heads = 4, kvh = 2, hd = 64, max_seq = 8, slots = 2;
+    for (Case c : {Case{1000, 37, true, true, cuda::GemvEpilogue::kNone}, Case{4096, 300, false, false, cuda::GemvEpilogue::kNone},
+                   Case{1000, 20000, true, false, cuda::GemvEpilogue::kNone}, Case{4096, 600, true, true, cuda::GemvEpilogue::kSwiglu},
+                   Case{512, 600, false, false, cuda::GemvEpilogue::kSwiglu},
+                   Case{512, (heads + 2 * kvh) * hd, true, true, cuda::GemvEpilogue::kRopeKv}}) {
+        for (bool with_norm : {true, false}) {
+            SCOPED_TRACE("K " + std::to_string(c.K) + " N " + std::to_string(c.N) + " epilogue " + std::to_string((int)c.epi) +
+                         (with_norm ? " norm" : "") + (c.residual ? " residual" : ""));
+            auto x = random_bf16(c.K), res = random_bf16(c.K), nw = random_bf16(c.K), w = random_bf16(c.N * c.K, 0.05f), b = random_bf16(c.N);
+            std::unique_ptr<Device<bf16>> dx(upload(x)), dres(upload(res)), dnw(upload(nw)), dw(upload(w)), db(upload(b));
+            const bf16* bias = c.bias ? db->p : nullptr;
+            // Unfused: the norm, the GEMV, then the next op.
+            std::unique_ptr<Device<bf16>> normed(poisoned(c.K)), res_ref(poisoned(c.K)), z(poisoned(c.N));
+            const bf16* lin_in = dx->p;
+            if (with_norm) {
+                if (c.residual) cuda::add_rmsnorm(1, c.K, eps, dx->p, dres->p, res_ref->p, dnw->p, normed->p, nullptr);
+                else cuda::rmsnorm(1, c.K, eps, dx->p, dnw->p, normed->p, nullptr);
+                lin_in = normed->p;
+            }
+            cuda::linear(h, {1, c.K, c.N}, lin_in, dw->p, bias, z->p, nullptr);
+            // Fused.
+            cuda::GemvNorm nm;
+            nm.x = dx->p;
+            nm.residual = c.residual ? dres->p : nullptr;
+            nm.weight = dnw->p;
+            nm.eps = eps;
+            std::unique_ptr<Device<bf16>> res_out(poisoned(c.K));
+            nm.residual_out = c.residual ? res_out->p : nullptr;
+            ASSERT_TRUE(cuda::gemv_fused_applies(c.K, &nm, dw->p));
+            const int64_t out_n = c.epi == cuda::GemvEpilogue::kSwiglu ? c.N / 2 : c.epi == cuda::GemvEpilogue::kRopeKv ? heads * hd : c.N;
+            std::unique_ptr<Device<bf16>> y(poisoned(out_n)), y_ref(poisoned(out_n));
+            if (c.epi != cuda::GemvEpilogue::kRopeKv) {
+                cuda::gemv_fused(c.K, c.N, dx->p, dw->p, bias, y->p, with_norm ? &nm : nullptr, c.epi, nullptr, nullptr);
+                if (c.epi == cuda::GemvEpilogue::kSwiglu) cuda::silu_mul_fused(1, c.N / 2, z->p, y_ref->p, nullptr);
+                else CUDA_CHECK(cudaMemcpy(y_ref->p, z->p, c.N * 2, cudaMemcpyDeviceToDevice));
+                EXPECT_EQ(download(*y), download(*y_ref));
+            } else {
+                // RoPE on the q and k columns of z, K and V into the cache at (slot 1, position 5),
+                // then attention reads them: caches and attention outputs must match.
+                cpu::RopeParams p{heads, kvh, hd, 10000.0};
+                std::unique_ptr<Device<float>> inv(upload_raw(cpu::rope_inv_freq(p)));
+                std::unique_ptr<Device<int32_t>> slot(upload_raw(std::vector<int32_t>{1})), pos(upload_raw(std::vector<int32_t>{5}));
+                const int64_t cache_n = slots * max_seq * kvh * hd;
+                auto cache_init = random_bf16(cache_n);  // earlier positions: whatever is there
+                std::unique_ptr<Device<bf16>> kc(upload(cache_init)), vc(upload(cache_init)), kc_ref(upload(cache_init)),
+                    vc_ref(upload(cache_init)), kr(poisoned(kvh * hd)), o(poisoned(heads * hd)), o_ref(poisoned(heads * hd));
+                cuda::rope(p, 1, pos->p, inv->p, z->p, z->p + heads * hd, y_ref->p, kr->p, nullptr, c.N);
+                cpu::AttentionShape s{1, heads, kvh, hd, max_seq, 0};
+                cuda::attention(s, slot->p, pos->p, y_ref->p, kr->p, z->p + (heads + kvh) * hd, kc_ref->p, vc_ref->p, o_ref->p, nullptr, 0, c.N);
+                cuda::GemvRopeKv rk;
+                rk.heads = heads, rk.kv_heads = kvh, rk.head_dim = hd, rk.max_seq = max_seq;
+                rk.slot = slot->p, rk.pos = pos->p, rk.inv_freq = inv->p, rk.k_cache = kc->p, rk.v_cache = vc->p;
+                cuda::gemv_fused(c.K, c.N, dx->p, dw->p, bias, y->p, with_norm ? &nm : nullptr, c.epi, &rk, nullptr);
+                cuda::attention(s, slot->p, pos->p, y->p, nullptr, nullptr, kc->p, vc->p, o->p, nullptr);
+                EXPECT_EQ(download(*y), download(*y_ref)) << "q";
+                EXPECT_EQ(download(*kc), download(*kc_ref)) << "k cache";
+                EXPECT_EQ(download(*vc), download(*vc_ref)) << "v cache";
+                EXPECT_EQ(download(*o), download(*o_ref)) << "attention";
+            }
+            if (with_norm && c.residual) EXPECT_EQ(download(*res_out), download(*res_ref)) << "residual";
+        }
+    }
+    // K above what the norm stages in shared memory, or misaligned: not fusable.
+    std::unique_ptr<Device<bf16>> d(poisoned(40000));
+    cuda::GemvNorm nm;
+    nm.x = nm.weight = d->p;
+    EXPECT_FALSE(cuda::gemv_fused_applies(12296, &nm, d->p));
+    EXPECT_TRUE(cuda::gemv_fused_applies(12288, &nm, d->p));
+    EXPECT_FALSE(cuda::gemv_fused_applies(4096, &nm, d->p + 4));
+    nm.x = d->p + 1;
+    EXPECT_FALSE(cuda::gemv_fused_applies(4096, &nm, d->p));
+    cublasDestroy(h);
+}
+
 TEST(CudaKernels, EmbeddingOfALocalVocabSlice) {
     REQUIRE_GPU();
     cpu::EmbeddingShape s{9, 50, 64, 25};
@@ -230,7 +318,7 @@ TEST(CudaKernels, AttentionGemmPathAndMixedSegments) {
     REQUIRE_GPU();
     cublasHandle_t h;
     CUBLAS_CHECK(cublasCreate(&h));
-    for (int64_t hd : {128, 80})
+    for (int64_t hd : {128, 64, 80})
         for (int64_t window : {0, 300}) {
             const int64_t heads = 4, kv_heads = 2, max_seq = 700, slots = 3, kvw = kv_heads * hd;
             std::vector<float> k_cache(slots * max_seq * kvw, 0.0f), v_cache = k_cache;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <exception>
+#include <initializer_list>
 #include <cstring>
 
 #include "common/cuda_check.h"
@@ -158,11 +159,59 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
         last_use_[out] = nodes.size();
         vocab_ = out->shape.back();
     }
+    find_decode_fusions(nodes);
     // A split's input lives as long as its views.
     for (const Node* n : split_views_)
         for (const Value* o : n->outputs) last_use_[n->inputs[0]] = std::max(last_use_[n->inputs[0]], last_use_[o]);
     const char* prof = std::getenv("TPX_PROFILE");
     profiling_ = prof && std::string(prof) == "1";
+}
+
+void CudaExecutor::find_decode_fusions(const std::vector<Node*>& nodes) {
+    std::map<const Node*, size_t> index;
+    for (size_t i = 0; i < nodes.size(); ++i) index[nodes[i]] = i;
+    std::set<const Value*> outputs(graph_.outputs().begin(), graph_.outputs().end());
+    // The one node that reads v, and only as its input k; nullptr otherwise.
+    auto sole_reader = [&](const Value* v, std::initializer_list<size_t> slots) -> const Node* {
+        if (outputs.count(v) || v->users.size() != 1) return nullptr;
+        const Node* u = v->users[0];
+        for (size_t j = 0; j < u->inputs.size(); ++j)
+            if (u->inputs[j] == v && std::find(slots.begin(), slots.end(), j) == slots.end()) return nullptr;
+        return u;
+    };
+    for (const Node* n : nodes) {
+        if (n->op != "linear" || n->inputs.size() < 2) continue;
+        DecodeFusion f;
+        const Node* p = n->inputs[0]->producer;
+        if (p && (p->op == "rmsnorm" || p->op == "add_rmsnorm" || p->op == "allreduce_add_rmsnorm") && p->outputs[0] == n->inputs[0] &&
+            sole_reader(p->outputs[0], {0}) == n && p->inputs[0]->shape.back() == n->inputs[1]->shape[1])
+            f.norm = p;
+        const Node* u = sole_reader(n->out(), {0});
+        if (u && u->op == "silu_mul" && u->inputs.size() == 1) f.swiglu = u;
+        if (u && u->op == "split" && u->outputs.size() == 3) {
+            const Node* rope = sole_reader(u->outputs[0], {0});
+            const Node* attn = sole_reader(u->outputs[2], {2});
+            if (rope && rope->op == "rope" && sole_reader(u->outputs[1], {1}) == rope && attn && attn->op == "attention" &&
+                sole_reader(rope->outputs[0], {0}) == attn && sole_reader(rope->outputs[1], {1}) == attn &&
+                rope->attr_int("heads") == attn->attr_int("heads") && rope->attr_int("kv_heads") == attn->attr_int("kv_heads") &&
+                rope->attr_int("head_dim") == attn->attr_int("head_dim") &&
+                u->outputs[0]->shape.back() == attn->attr_int("heads") * attn->attr_int("head_dim") &&
+                u->outputs[1]->shape.back() == attn->attr_int("kv_heads") * attn->attr_int("head_dim") &&
+                u->outputs[2]->shape.back() == attn->attr_int("kv_heads") * attn->attr_int("head_dim"))
+                f.split = u, f.rope = rope, f.attention = attn;
+        }
+        // The norm only goes in with an epilogue: tpx-kbench (docs/PERF.md) has qkv + norm + RoPE +
+        // cache write 15.6 us against 22.3 unfused and gate_up + norm + SwiGLU 59.4 against 61.4,
+        // but lm_head + norm 239.6 against 237.5 (the grid capped for the prologue is slower for
+        // 128256 rows).
+        if (!f.swiglu && !f.split) continue;
+        fusions_[n] = f;
+        if (f.norm) {
+            norm_of_[f.norm] = n;
+            // The norm's inputs are read by the fused GEMV, later: they live until it.
+            for (const Value* v : f.norm->inputs) last_use_[v] = std::max(last_use_[v], index[n]);
+        }
+    }
 }
 
 std::string CudaExecutor::profile() const {
@@ -319,13 +368,62 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
         return buf[v] = alloc(r * width(v));
     };
     auto release = [&](bf16* p) { CUDA_CHECK(cudaFreeAsync(p, stream_)); };
+    // Batch-1 decode: the GEMVs take in their neighbours (find_decode_fusions).
+    const bool fuse = T == 1 && !select_rows;
+    std::map<const Node*, cuda::GemvNorm> pending_norm;  // linear -> the norm its GEMV computes first
+    std::map<const Node*, bf16*> pending_release;        // linear -> the all-reduced input that norm reads
+    std::set<const Node*> skip, kv_written;
     std::vector<Node*> nodes = graph_.nodes();
+    auto release_inputs = [&](size_t i, const Node* n) {
+        for (Value* v : n->inputs) {
+            if (view_of.count(v)) {  // the view's base may end here too
+                const Value* base = view_of[v];
+                if (last_use_[base] == i && buf.count(base)) {
+                    release(buf[base]);
+                    buf.erase(base);
+                }
+            }
+            if (last_use_[v] == i && buf.count(v)) {
+                if (!stride.count(v)) release(buf[v]);
+                buf.erase(v);
+            }
+        }
+    };
     for (size_t i = 0; i < nodes.size(); ++i) {
         const Node* n = nodes[i];
         const std::string& op = n->op;
         auto in = [&](size_t k) { return n->inputs[k]; };
         int64_t r = n->inputs.empty() ? T : (rows.count(in(0)) ? rows[in(0)] : T);
         if (op == "input" || op == "param") continue;
+        if (skip.count(n)) {  // done by a fused GEMV
+            release_inputs(i, n);
+            continue;
+        }
+        // A norm whose linear's GEMV will compute it: only the new residual is allocated here.
+        if (fuse && norm_of_.count(n)) {
+            const Node* lin = norm_of_.at(n);
+            const bool plain = op == "rmsnorm";
+            cuda::GemvNorm nm;
+            nm.x = data(in(0));
+            nm.residual = plain ? nullptr : data(in(1));
+            nm.weight = data(in(plain ? 1 : 2));
+            nm.eps = (float)n->attr_double("eps");
+            nm.residual_out = plain ? nullptr : make(n->out(1), r);
+            if (cuda::gemv_fused_applies(width(in(0)), &nm, data(lin->inputs[1]))) {
+                if (op == "allreduce_add_rmsnorm" && nccl_) {
+                    bf16* reduced = alloc(width(in(0)));
+                    nccl_->all_reduce(nm.x, reduced, width(in(0)));
+                    nm.x = pending_release[lin] = reduced;
+                }
+                pending_norm[lin] = nm;
+                release_inputs(i, n);
+                continue;
+            }
+            if (!plain) {  // not fusable after all (alignment): the plain path below makes it again
+                release(buf.at(n->out(1)));
+                buf.erase(n->out(1));
+            }
+        }
         if (profiling_) {
             cudaEvent_t a, b;
             CUDA_CHECK(cudaEventCreate(&a));
@@ -353,6 +451,41 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             bf16* sum = make(n->out(1), r);
             cuda::add_rmsnorm(r, w, (float)n->attr_double("eps"), x, data(in(1)), sum, data(in(2)), make(n->out(0), r), stream_);
             if (reduced) release(reduced);
+        } else if (op == "linear" && fuse && fusions_.count(n) &&
+                   (pending_norm.count(n) || cuda::gemv_fused_applies(width(in(0)), nullptr, data(in(1))))) {
+            const DecodeFusion& f = fusions_.at(n);
+            const cuda::GemvNorm* nm = pending_norm.count(n) ? &pending_norm.at(n) : nullptr;
+            const bf16* x = nm ? nullptr : data(in(0));
+            const bf16* bias = n->inputs.size() == 3 ? data(in(2)) : nullptr;
+            cuda::GemvEpilogue epi = cuda::GemvEpilogue::kNone;
+            cuda::GemvRopeKv rk;
+            bf16* y = nullptr;
+            if (f.swiglu) {
+                epi = cuda::GemvEpilogue::kSwiglu;
+                y = make(f.swiglu->out(), 1);
+                skip.insert(f.swiglu);
+            } else if (f.split) {
+                epi = cuda::GemvEpilogue::kRopeKv;
+                auto& kv = kv_.at(f.attention->attr_int("layer"));
+                rk.heads = f.attention->attr_int("heads");
+                rk.kv_heads = f.attention->attr_int("kv_heads");
+                rk.head_dim = f.attention->attr_int("head_dim");
+                rk.max_seq = max_seq_;
+                rk.slot = slots_dev_;
+                rk.pos = positions_;
+                rk.inv_freq = inv_freq_.at(f.rope);
+                rk.k_cache = kv.first;
+                rk.v_cache = kv.second;
+                y = make(f.rope->out(0), 1);
+                skip.insert(f.split);
+                skip.insert(f.rope);
+                kv_written.insert(f.attention);
+            } else {
+                y = make(n->out(), 1);
+            }
+            if (!nm && !x) throw Error("linear " + n->name + ": no input");
+            cuda::gemv_fused(in(1)->shape[1], in(1)->shape[0], x, data(in(1)), bias, y, nm, epi, f.split ? &rk : nullptr, stream_);
+            if (pending_release.count(n)) release(pending_release.at(n));
         } else if (op == "linear") {
             const bf16* x = data(in(0));
             bf16* selected = nullptr;
@@ -393,8 +526,10 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             auto& kv = kv_.at(n->attr_int("layer"));
             cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
                                   n->attr_int("sliding_window")};
-            cuda::attention(s, slots_dev_, positions_, data(in(0)), data(in(1)), data(in(2)), kv.first, kv.second, make(n->out(), r), stream_,
-                            stride.count(in(1)) ? stride[in(1)] : 0, stride.count(in(2)) ? stride[in(2)] : 0, cublas_, &segments_);
+            const bool written = kv_written.count(n) > 0;  // by the QKV GEMV
+            cuda::attention(s, slots_dev_, positions_, data(in(0)), written ? nullptr : data(in(1)), written ? nullptr : data(in(2)),
+                            kv.first, kv.second, make(n->out(), r), stream_, stride.count(in(1)) ? stride[in(1)] : 0,
+                            stride.count(in(2)) ? stride[in(2)] : 0, cublas_, &segments_);
         } else if (op == "silu_mul") {
             if (n->inputs.size() == 1) cuda::silu_mul_fused(r, width(n->out()), data(in(0)), make(n->out(), r), stream_);
             else cuda::silu_mul(r, width(n->out()), data(in(0)), data(in(1)), make(n->out(), r), stream_);
@@ -448,19 +583,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             throw Error("the CUDA backend has no op '" + op + "' (node " + n->name + ")");
         }
         if (profiling_) CUDA_CHECK(cudaEventRecord(pending_.back().second.second, stream_));
-        for (Value* v : n->inputs) {
-            if (view_of.count(v)) {  // the view's base may end here too
-                const Value* base = view_of[v];
-                if (last_use_[base] == i && buf.count(base)) {
-                    release(buf[base]);
-                    buf.erase(base);
-                }
-            }
-            if (last_use_[v] == i && buf.count(v)) {
-                if (!stride.count(v)) release(buf[v]);
-                buf.erase(v);
-            }
-        }
+        release_inputs(i, n);
     }
     const Value* out = graph_.outputs().at(0);
     cuda::bf16_to_f32(R * vocab_, buf.at(out), logits_, stream_);

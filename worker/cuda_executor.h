@@ -76,6 +76,19 @@ private:
     // Splits whose outputs only rope and attention read: their outputs are column views of the
     // input (row stride = the input's width), no copies.
     std::set<const Node*> split_views_;
+    // Batch-1 decode fusions around a linear layer (run when its GEMV applies, see
+    // cuda::gemv_fused): the norm before it, and SwiGLU or split -> rope -> the attention's
+    // cache write after it. Nodes whose work is fused are skipped at batch 1.
+    struct DecodeFusion {
+        const Node* norm = nullptr;    // rmsnorm / add_rmsnorm / allreduce_add_rmsnorm: only this linear reads its out(0)
+        const Node* swiglu = nullptr;  // silu_mul (one input): the only reader of the linear's output
+        const Node* split = nullptr;   // the QKV split, whose q and k only `rope` reads and whose v only `attention`
+        const Node* rope = nullptr;
+        const Node* attention = nullptr;
+    };
+    void find_decode_fusions(const std::vector<Node*>& nodes);
+    std::map<const Node*, DecodeFusion> fusions_;  // by linear node
+    std::map<const Node*, const Node*> norm_of_;   // norm node -> the linear it fuses into
     // The current batch's prompt segments (host), for attention's choice of kernel or GEMMs.
     std::vector<cuda::AttentionSegment> segments_;
     // Fixed-address inputs and output, so that captured graphs stay valid.

@@ -8,6 +8,9 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <vector>
+
+#include <mma.h>
 
 #include "kernels/cuda/common.cuh"
 
@@ -201,6 +204,215 @@ __global__ void masked_softmax_kernel(int64_t rows, int64_t n, int64_t p_first, 
         prow[j] = __float2bfloat16(j >= lo && j <= hi ? expf(srow[j] - mx) * inv : 0.0f);
 }
 
+// Flash attention for long prompt segments (head_dim 64 or 128): one block of kFlashWarps warps
+// per (64 query rows, query head); each warp owns 16 rows. Per tile of 64 keys the block stages
+// K and V in shared memory; each warp computes S = Q K^T in bf16 tensor-core fragments (fp32
+// sums) and does the online softmax on them in registers: with the accumulator layout of
+// mma.m16n8k16 (checked once at run time by flash_layout_ok(), else the cuBLAS path), lane l
+// holds rows l / 4 and l / 4 + 8, so a row's max and sum take two shuffles within its quad. P goes
+// to shared memory in bf16, and P V into O fragments kept in registers, rescaled per row by the
+// change of max. Row strides are padded against bank conflicts. S and P never leave the SM.
+constexpr int kFlashWarps = 4;
+constexpr int kFlashRows = 16 * kFlashWarps;
+constexpr int kFlashKeys = 64;
+constexpr int kPPad = kFlashKeys + 8;
+
+template <int D>
+struct FlashSmem {
+    static constexpr int kPad = D + 8;
+    bf16 q[kFlashRows * kPad];
+    bf16 k[kFlashKeys * kPad];
+    bf16 v[kFlashKeys * kPad];
+    bf16 p[kFlashWarps][16 * kPPad];
+};
+
+using AccFrag = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+// Element i of lane l's accumulator fragment (16 x 16 fp32) sits at this row and column.
+__device__ __host__ inline int acc_row(int l, int i) { return l / 4 + 8 * ((i / 2) % 2); }
+__device__ __host__ inline int acc_col(int l, int i) { return (l % 4) * 2 + i % 2 + 8 * (i / 4); }
+
+__global__ void acc_layout_probe_kernel(int* out) {
+    __shared__ float m[256];
+    for (int i = threadIdx.x; i < 256; i += 32) m[i] = (float)i;
+    __syncwarp();
+    AccFrag f;
+    nvcuda::wmma::load_matrix_sync(f, m, 16, nvcuda::wmma::mem_row_major);
+    for (int i = 0; i < f.num_elements; ++i) out[threadIdx.x * f.num_elements + i] = (int)f.x[i];
+}
+
+template <int D>
+__global__ void __launch_bounds__(32 * kFlashWarps, 3) flash_attention_kernel(int max_seq, int heads, int kv_heads, int window,
+                                                                         AttentionSegment seg, const bf16* __restrict__ q,
+                                                                         const bf16* __restrict__ k_cache, const bf16* __restrict__ v_cache,
+                                                                         bf16* __restrict__ out) {
+    namespace wmma = nvcuda::wmma;
+    constexpr int kPad = FlashSmem<D>::kPad, kVec = D / 8, kPer = kFlashKeys * kVec / (32 * kFlashWarps);
+    extern __shared__ __align__(128) unsigned char flash_raw[];
+    FlashSmem<D>& sm = *reinterpret_cast<FlashSmem<D>*>(flash_raw);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int h = blockIdx.y, g = h / (heads / kv_heads);
+    const int64_t qw = (int64_t)heads * D, kvw = (int64_t)kv_heads * D;
+    const int r0 = blockIdx.x * kFlashRows, rows = min(kFlashRows, (int)seg.count - r0);
+    const int p_first = (int)seg.start + r0, p_last = p_first + rows - 1;
+    const int k_lo = window > 0 ? max(0, p_first - window + 1) : 0;
+    const bf16* kg = k_cache + (seg.slot * max_seq) * kvw + g * D;
+    const bf16* vg = v_cache + (seg.slot * max_seq) * kvw + g * D;
+    for (int i = threadIdx.x; i < kFlashRows * kVec; i += blockDim.x) {  // Q rows, zero beyond the segment
+        int r = i / kVec, c = i % kVec;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (r < rows) val = reinterpret_cast<const uint4*>(q + (seg.first + r0 + r) * qw + (int64_t)h * D)[c];
+        *reinterpret_cast<uint4*>(sm.q + r * kPad + c * 8) = val;
+    }
+    // This lane's two rows (j = 0, 1: quad row l / 4 and l / 4 + 8 of the warp's 16).
+    int prow[2];
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < 2; ++j) prow[j] = warp * 16 + lane / 4 + 8 * j;
+    AccFrag o[D / 16];
+#pragma unroll
+    for (int dt = 0; dt < D / 16; ++dt) wmma::fill_fragment(o[dt], 0.0f);
+    const float scale = rsqrtf((float)D) * 1.4426950408889634f;  // exp2 domain
+    bf16* pw = sm.p[warp];
+    for (int kb = k_lo / kFlashKeys * kFlashKeys; kb <= p_last; kb += kFlashKeys) {
+        __syncthreads();  // the previous tile's K and V are no longer read
+        {  // K and V: all loads in flight, then the stores; zeros outside [k_lo, p_last] keep 0 x V finite
+            uint4 nk[kPer], nv[kPer];
+#pragma unroll
+            for (int u = 0; u < kPer; ++u) {
+                int i = threadIdx.x + u * 32 * kFlashWarps, r = i / kVec, c = i % kVec, key = kb + r;
+                bool in = key >= k_lo && key <= p_last;
+                nk[u] = in ? reinterpret_cast<const uint4*>(kg + key * kvw)[c] : make_uint4(0, 0, 0, 0);
+                nv[u] = in ? reinterpret_cast<const uint4*>(vg + key * kvw)[c] : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < kPer; ++u) {
+                int i = threadIdx.x + u * 32 * kFlashWarps, r = i / kVec, c = i % kVec;
+                *reinterpret_cast<uint4*>(sm.k + r * kPad + c * 8) = nk[u];
+                *reinterpret_cast<uint4*>(sm.v + r * kPad + c * 8) = nv[u];
+            }
+        }
+        __syncthreads();
+        if (warp * 16 >= rows) continue;  // this warp's rows are all beyond the segment
+        // S = Q K^T for the warp's 16 rows and the tile's 64 keys, in registers.
+        AccFrag sf[kFlashKeys / 16];
+#pragma unroll
+        for (int nt = 0; nt < kFlashKeys / 16; ++nt) wmma::fill_fragment(sf[nt], 0.0f);
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+            wmma::load_matrix_sync(a, sm.q + warp * 16 * kPad + ks * 16, kPad);
+#pragma unroll
+            for (int nt = 0; nt < kFlashKeys / 16; ++nt) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
+                wmma::load_matrix_sync(b, sm.k + nt * 16 * kPad + ks * 16, kPad);
+                wmma::mma_sync(sf[nt], a, b, sf[nt]);
+            }
+        }
+        // Online softmax: a key is visible to a row at or after its position, inside the window.
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < kFlashKeys / 16; ++nt)
+#pragma unroll
+            for (int i = 0; i < sf[nt].num_elements; ++i) {
+                const int j = (i / 2) % 2, key = kb + nt * 16 + acc_col(lane, i), pq = p_first + prow[j];
+                const bool vis = prow[j] < rows && key <= pq && key >= k_lo && (window <= 0 || key > pq - window);
+                sf[nt].x[i] = vis ? sf[nt].x[i] * scale : -INFINITY;
+                mx[j] = fmaxf(mx[j], sf[nt].x[i]);
+            }
+        float alpha[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 1));
+            mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 2));
+            const float m_new = fmaxf(m[j], mx[j]);
+            alpha[j] = m_new == -INFINITY ? 1.0f : exp2f(m[j] - m_new);
+            m[j] = m_new;
+        }
+#pragma unroll
+        for (int nt = 0; nt < kFlashKeys / 16; ++nt)
+#pragma unroll
+            for (int i = 0; i < sf[nt].num_elements; i += 2) {  // elements i, i + 1: adjacent columns of one row
+                const int j = (i / 2) % 2;
+                float e0 = sf[nt].x[i] == -INFINITY ? 0.0f : exp2f(sf[nt].x[i] - m[j]);
+                float e1 = sf[nt].x[i + 1] == -INFINITY ? 0.0f : exp2f(sf[nt].x[i + 1] - m[j]);
+                sum[j] += e0 + e1;
+                *reinterpret_cast<__nv_bfloat162*>(pw + acc_row(lane, i) * kPPad + nt * 16 + acc_col(lane, i)) = __floats2bfloat162_rn(e0, e1);
+            }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 1);
+            sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 2);
+            l[j] = l[j] * alpha[j] + sum[j];
+        }
+        __syncwarp();
+        // O = alpha O + P V.
+#pragma unroll
+        for (int dt = 0; dt < D / 16; ++dt)
+#pragma unroll
+            for (int i = 0; i < o[dt].num_elements; ++i) o[dt].x[i] *= alpha[(i / 2) % 2];
+#pragma unroll
+        for (int ks = 0; ks < kFlashKeys / 16; ++ks) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+            wmma::load_matrix_sync(a, pw + ks * 16, kPPad);
+#pragma unroll
+            for (int dt = 0; dt < D / 16; ++dt) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b;
+                wmma::load_matrix_sync(b, sm.v + ks * 16 * kPad + dt * 16, kPad);
+                wmma::mma_sync(o[dt], a, b, o[dt]);
+            }
+        }
+        __syncwarp();  // P is read before the next tile's softmax writes it
+    }
+    if (warp * 16 >= rows) return;
+#pragma unroll
+    for (int dt = 0; dt < D / 16; ++dt)
+#pragma unroll
+        for (int i = 0; i < o[dt].num_elements; i += 2) {
+            const int j = (i / 2) % 2;
+            if (prow[j] >= rows) continue;
+            const float inv = 1.0f / l[j];
+            *reinterpret_cast<__nv_bfloat162*>(out + (seg.first + r0 + prow[j]) * qw + (int64_t)h * D + dt * 16 + acc_col(lane, i)) =
+                __floats2bfloat162_rn(o[dt].x[i] * inv, o[dt].x[i + 1] * inv);
+        }
+}
+
+// Whether wmma's accumulator fragments have the layout flash_attention_kernel assumes (checked
+// once, outside graph capture; false while unknown).
+bool flash_layout_ok(cudaStream_t stream) {
+    static int state = -1;
+    if (state >= 0) return state == 1;
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+    if (capturing != cudaStreamCaptureStatusNone) return false;
+    int* d = nullptr;
+    CUDA_CHECK(cudaMalloc(&d, 32 * 8 * sizeof(int)));
+    acc_layout_probe_kernel<<<1, 32>>>(d);
+    TPX_LAUNCH_CHECK();
+    std::vector<int> h(32 * 8);
+    CUDA_CHECK(cudaMemcpy(h.data(), d, h.size() * sizeof(int), cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaFree(d));
+    state = 1;
+    for (int l = 0; l < 32; ++l)
+        for (int i = 0; i < 8; ++i)
+            if (h[l * 8 + i] != acc_row(l, i) * 16 + acc_col(l, i)) state = 0;
+    return state == 1;
+}
+
+template <int D>
+void flash_attention(const cpu::AttentionShape& s, const AttentionSegment& seg, const bf16* q, const bf16* k_cache, const bf16* v_cache,
+                     bf16* out, cudaStream_t stream) {
+    static bool raised = false;
+    const size_t smem = sizeof(FlashSmem<D>);
+    if (!raised) {
+        CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        raised = true;
+    }
+    dim3 grid((unsigned)((seg.count + kFlashRows - 1) / kFlashRows), (unsigned)s.heads);
+    flash_attention_kernel<D><<<grid, 32 * kFlashWarps, smem, stream>>>((int)s.max_seq, (int)s.heads, (int)s.kv_heads, (int)s.sliding_window,
+                                                                        seg, q, k_cache, v_cache, out);
+    TPX_LAUNCH_CHECK();
+}
+
 constexpr int64_t kGemmRowBlock = 512;
 
 // The per-head operands of the batched GEMMs, computed on the device (asynchronous, capturable):
@@ -286,9 +498,12 @@ void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t*
     TPX_CHECK(s.head_dim <= 32 * kMaxDimsPerLane, "attention: head_dim above " + std::to_string(32 * kMaxDimsPerLane));
     if (s.tokens == 0) return;
     int64_t kv_width = s.kv_heads * s.head_dim;
-    kv_write_kernel<<<(unsigned)s.tokens, 256, 0, stream>>>(kv_width, k_stride ? k_stride : kv_width, v_stride ? v_stride : kv_width,
-                                                            s.max_seq, slot, pos, k, v, k_cache, v_cache);
-    TPX_LAUNCH_CHECK();
+    TPX_CHECK((k == nullptr) == (v == nullptr), "attention: k and v must both be given or both be in the cache already");
+    if (k) {
+        kv_write_kernel<<<(unsigned)s.tokens, 256, 0, stream>>>(kv_width, k_stride ? k_stride : kv_width, v_stride ? v_stride : kv_width,
+                                                                s.max_seq, slot, pos, k, v, k_cache, v_cache);
+        TPX_LAUNCH_CHECK();
+    }
     if (!segments || !cublas) {
         attention_tokens(s, 0, s.tokens, slot, pos, q, k_cache, v_cache, out, stream);
         return;
@@ -299,7 +514,10 @@ void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t*
         TPX_CHECK(seg.first >= run_start && seg.first + seg.count <= s.tokens, "attention: segments out of order or beyond the batch");
         if (seg.count < kAttentionGemmMinTokens) continue;
         attention_tokens(s, run_start, seg.first, slot, pos, q, k_cache, v_cache, out, stream);
-        attention_gemm(cublas, s, seg, q, k_cache, v_cache, out, stream);
+        const bool flash = (s.head_dim == 128 || s.head_dim == 64) && s.max_seq < (1ll << 30) && flash_layout_ok(stream);
+        if (flash && s.head_dim == 128) flash_attention<128>(s, seg, q, k_cache, v_cache, out, stream);
+        else if (flash) flash_attention<64>(s, seg, q, k_cache, v_cache, out, stream);
+        else attention_gemm(cublas, s, seg, q, k_cache, v_cache, out, stream);
         run_start = seg.first + seg.count;
     }
     attention_tokens(s, run_start, s.tokens, slot, pos, q, k_cache, v_cache, out, stream);

@@ -1,17 +1,27 @@
 // GEMMs. For one row (batch-1 decode) a GEMV kernel streams the weights: one warp per output
-// feature, 16-byte loads, kGemvUnroll of them in flight per lane, the input read through the
-// read-only cache, fp32 sums reduced across the warp (tpx-kbench on an H200: 10 to 14% faster
-// than cuBLAS on the 8B's qkv and o, equal on the larger ones). From two rows on, cuBLAS
-// (a variant with 2 to 8 rows was half cuBLAS's speed at 8 rows: every row re-reads x): the
-// checkpoint layout W[N, K] row-major is W^T column-major, so Y^T[N, T] = W[N, K] . X^T[K, T]
-// is one cublasGemmEx with op(W) = T, and the bias is a separate row-broadcast kernel.
+// feature (or pair of features), 16-byte loads, kGemvUnroll of them in flight per row per lane,
+// fp32 sums reduced across the warp (tpx-kbench on an H200: 10 to 14% faster than cuBLAS on the
+// 8B's qkv and o, equal on the larger ones). The decode step fuses its neighbours into it
+// (gemv_fused): the residual add + RMSNorm before it (each block normalises x into shared
+// memory, block 0 writes the new residual), and after it SwiGLU (a warp takes gate row j and up
+// row j + I) or RoPE with the KV-cache write (a warp takes rows i and i + head_dim / 2 of a head).
+// Every fused result is bit-identical to the unfused kernels' (same sums in the same order, the
+// same bf16 roundings between the stages). From two rows on, cuBLAS (a variant with 2 to 8 rows
+// was half cuBLAS's speed at 8 rows: every row re-reads x): the checkpoint layout W[N, K]
+// row-major is W^T column-major, so Y^T[N, T] = W[N, K] . X^T[K, T] is one cublasGemmEx with
+// op(W) = T, and the bias is a separate row-broadcast kernel.
+#include <algorithm>
+#include <type_traits>
+
 #include "kernels/cuda/common.cuh"
 
 namespace tpx::cuda {
 namespace {
 
 constexpr int kGemvThreads = 256;
+constexpr int kGemvWarps = kGemvThreads / 32;
 constexpr int kGemvUnroll = 4;
+constexpr int64_t kGemvNormMaxK = 12288;  // x and the norm weight in shared memory: 48 KiB
 
 __global__ void add_bias_kernel(int64_t tokens, int64_t n, const bf16* bias, bf16* y) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -19,36 +29,174 @@ __global__ void add_bias_kernel(int64_t tokens, int64_t n, const bf16* bias, bf1
     y[i] = __float2bfloat16(__bfloat162float(y[i]) + __bfloat162float(bias[i % n]));
 }
 
-__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t N, const bf16* __restrict__ x, const bf16* __restrict__ w,
-                                                            const bf16* __restrict__ bias, bf16* __restrict__ y) {
-    int lane = threadIdx.x & 31;
-    int64_t n = (int64_t)blockIdx.x * (kGemvThreads / 32) + (threadIdx.x >> 5);
-    if (n >= N) return;
-    const uint4* wr = reinterpret_cast<const uint4*>(w + n * K);
-    const uint4* xr = reinterpret_cast<const uint4*>(x);
+__device__ inline float round_bf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
+__device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }  // as silu_mul's
+
+// The warp's dot products of x with weight rows rows[0 .. R): lane l takes 16-byte chunks
+// l, l + 32, ...; the R rows' loads are issued together.
+template <int R>
+__device__ inline void dot_rows(int64_t K, const uint4* xr, const bf16* __restrict__ w, const int64_t* rows, float* acc) {
+    const int lane = threadIdx.x & 31;
     const int64_t chunks = K / 8;
-    float acc = 0.0f;
-    auto fma8 = [&](const uint4& wv, int64_t c) {
-        float wf[8], xf[8];
-        unpack8(wv, wf);
-        unpack8(__ldg(xr + c), xf);  // x: every warp of the grid reads it, from the read-only cache
+    const uint4* wr[R];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) acc += wf[i] * xf[i];
+    for (int r = 0; r < R; ++r) wr[r] = reinterpret_cast<const uint4*>(w + rows[r] * K), acc[r] = 0.0f;
+    auto fma8 = [&](const uint4& wv, const float* xf, float& a) {
+        float wf[8];
+        unpack8(wv, wf);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) a += wf[i] * xf[i];
     };
     int64_t c = lane;
     for (; c + 32 * (kGemvUnroll - 1) < chunks; c += 32 * kGemvUnroll) {
-        uint4 wv[kGemvUnroll];
+        uint4 wv[R][kGemvUnroll];
 #pragma unroll
-        for (int u = 0; u < kGemvUnroll; ++u) wv[u] = __ldcs(wr + c + 32 * u);  // streamed: read once per step
+        for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int u = 0; u < kGemvUnroll; ++u) fma8(wv[u], c + 32 * u);
+            for (int u = 0; u < kGemvUnroll; ++u) wv[r][u] = __ldcs(wr[r] + c + 32 * u);  // streamed: read once per step
+#pragma unroll
+        for (int u = 0; u < kGemvUnroll; ++u) {
+            float xf[8];
+            unpack8(xr[c + 32 * u], xf);
+#pragma unroll
+            for (int r = 0; r < R; ++r) fma8(wv[r][u], xf, acc[r]);
+        }
     }
-    for (; c < chunks; c += 32) fma8(__ldcs(wr + c), c);
-    float s = warp_sum(acc);
-    if (lane == 0) y[n] = __float2bfloat16(s + (bias ? __bfloat162float(bias[n]) : 0.0f));
+    for (; c < chunks; c += 32) {
+        float xf[8];
+        unpack8(xr[c], xf);
+#pragma unroll
+        for (int r = 0; r < R; ++r) fma8(__ldcs(wr[r] + c), xf, acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
+}
+
+// Work item -> the weight rows it reads.
+template <GemvEpilogue E>
+__device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64_t* rows) {
+    if (E == GemvEpilogue::kNone) rows[0] = item;
+    else if (E == GemvEpilogue::kSwiglu) rows[0] = item, rows[1] = item + pair;
+    else rows[0] = (item / half) * 2 * half + item % half, rows[1] = rows[0] + half;
+}
+
+// x = rmsnorm(residual + x) (or rmsnorm(x)) into shared memory, with rmsnorm_vec_kernel's
+// arithmetic and summation order (same thread count, same chunks per thread), so that the
+// result is bit-identical; block 0 writes residual + x to residual_out. The norm weight is
+// loaded with x in the first pass (into ws), so that the second pass reads shared memory only.
+__device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* ws) {
+    const int64_t chunks = K / 8;
+    float ss = 0;
+    for (int64_t i = threadIdx.x; i < chunks; i += kGemvThreads) {
+        float v[8];
+        uint4 xv = reinterpret_cast<const uint4*>(nm.x)[i];
+        uint4 rv = nm.residual ? reinterpret_cast<const uint4*>(nm.residual)[i] : make_uint4(0, 0, 0, 0);
+        ws[i] = reinterpret_cast<const uint4*>(nm.weight)[i];
+        unpack8(xv, v);
+        if (nm.residual) {
+            float r[8];
+            unpack8(rv, r);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = round_bf16(r[j] + v[j]);  // the residual stream stays bf16
+            if (blockIdx.x == 0) reinterpret_cast<uint4*>(nm.residual_out)[i] = pack8(v);
+        }
+        xs[i] = pack8(v);  // exact: v holds bf16 values
+#pragma unroll
+        for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
+    }
+    const float inv = rsqrtf(block_sum(ss) / (float)K + nm.eps);  // its barriers make ws visible
+    for (int64_t i = threadIdx.x; i < chunks; i += kGemvThreads) {
+        float v[8], wf[8], o[8];
+        unpack8(xs[i], v);
+        unpack8(ws[i], wf);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = wf[j] * (v[j] * inv);
+        xs[i] = pack8(o);
+    }
+    __syncthreads();
+}
+
+// y over `items` work items (see item_rows); with kNorm, x is normalised per block first and the
+// grid strides over the items, so that the prologue is paid once per block.
+template <GemvEpilogue E, bool kNorm>
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t items, int64_t pair, const bf16* __restrict__ x,
+                                                            const bf16* __restrict__ w, const bf16* __restrict__ bias,
+                                                            bf16* __restrict__ y, GemvNorm nm, GemvRopeKv rk) {
+    constexpr int R = E == GemvEpilogue::kNone ? 1 : 2;
+    extern __shared__ uint4 xs[];
+    const int lane = threadIdx.x & 31;
+    const int64_t half = rk.head_dim / 2, stride = (int64_t)gridDim.x * kGemvWarps;
+    int64_t item = (int64_t)blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
+    const uint4* xr = reinterpret_cast<const uint4*>(x);
+    if (kNorm) {
+        norm_prologue(K, nm, xs, xs + K / 8);
+        xr = xs;
+    }
+    for (; item < items; item += stride) {
+        int64_t rows[2];
+        float acc[2];
+        item_rows<E>(item, pair, half, rows);
+        dot_rows<R>(K, xr, w, rows, acc);
+        if (lane != 0) continue;
+        if (E == GemvEpilogue::kNone) {
+            y[rows[0]] = __float2bfloat16(acc[0] + (bias ? __bfloat162float(bias[rows[0]]) : 0.0f));
+            continue;
+        }
+        // The linear's outputs as the unfused path stores them (bf16), then the next op.
+        const float a = round_bf16(acc[0] + (bias ? __bfloat162float(bias[rows[0]]) : 0.0f));
+        const float b = round_bf16(acc[1] + (bias ? __bfloat162float(bias[rows[1]]) : 0.0f));
+        if (E == GemvEpilogue::kSwiglu) {
+            y[item] = __float2bfloat16(silu(a) * b);
+            continue;
+        }
+        const int64_t head = item / half, i = item % half, d = rk.head_dim, kvw = rk.kv_heads * d;
+        const int64_t at = ((int64_t)rk.slot[0] * rk.max_seq + rk.pos[0]) * kvw;
+        if (head >= rk.heads + rk.kv_heads) {  // V: into the cache as it is
+            bf16* vr = rk.v_cache + at + (head - rk.heads - rk.kv_heads) * d;
+            vr[i] = __float2bfloat16(a), vr[i + half] = __float2bfloat16(b);
+            continue;
+        }
+        float s, c;
+        sincosf((float)rk.pos[0] * rk.inv_freq[i], &s, &c);  // as rope_kernel
+        bf16* out = head < rk.heads ? y + head * d : rk.k_cache + at + (head - rk.heads) * d;
+        out[i] = __float2bfloat16(a * c - b * s);
+        out[i + half] = __float2bfloat16(b * c + a * s);
+    }
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// Blocks of `kernel` resident on the whole GPU at once (its registers and shared memory allowing).
+int resident_blocks(const void* kernel, size_t smem) {
+    static int sms = [] {
+        int device = 0, n = 0;
+        CUDA_CHECK(cudaGetDevice(&device));
+        CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+        return n;
+    }();
+    int per_sm = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGemvThreads, smem));
+    return sms * std::max(1, per_sm);
+}
+
+// With the norm, the grid is at most what fits on the GPU at once, every warp taking the same
+// number of items, so that the prologue is paid once per resident block (tpx-kbench: one item per
+// warp and a prologue in every block is 1 to 4 us slower; prefetching the first rows into L2
+// during the prologue, 1 to 3 us slower; 8 loads in flight per row per lane instead of 4, no
+// faster).
+template <GemvEpilogue E, bool kNorm>
+void launch_gemv(int64_t K, int64_t items, int64_t pair, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const GemvNorm& nm,
+                 const GemvRopeKv& rk, cudaStream_t stream) {
+    unsigned blocks = blocks_for(items, kGemvWarps);
+    size_t smem = 0;
+    if (kNorm) {
+        smem = 2 * (size_t)K * sizeof(bf16);
+        const int64_t warps = (int64_t)resident_blocks((const void*)gemv_kernel<E, kNorm>, smem) * kGemvWarps;
+        blocks = blocks_for(items, (int)(kGemvWarps * ((items + warps - 1) / warps)));
+    }
+    gemv_kernel<E, kNorm><<<blocks, kGemvThreads, smem, stream>>>(K, items, pair, x, w, bias, y, nm, rk);
+    TPX_LAUNCH_CHECK();
+}
 
 }  // namespace
 
@@ -56,13 +204,47 @@ bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w) {
     return s.tokens == 1 && s.in % 8 == 0 && aligned16(x) && aligned16(w);
 }
 
+bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w) {
+    if (K % 8 != 0 || !aligned16(w)) return false;
+    if (!norm) return true;
+    return K <= kGemvNormMaxK && aligned16(norm->x) && aligned16(norm->weight) && (!norm->residual || (aligned16(norm->residual) && aligned16(norm->residual_out)));
+}
+
+void gemv_fused(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const GemvNorm* norm, GemvEpilogue epi,
+                const GemvRopeKv* rope, cudaStream_t stream) {
+    TPX_CHECK(gemv_fused_applies(K, norm, w) && (norm || aligned16(x)), "gemv_fused: K must be a multiple of 8 (at most " +
+                                                                            std::to_string(kGemvNormMaxK) + " with the norm), operands 16-byte aligned");
+    const GemvNorm nm = norm ? *norm : GemvNorm{};
+    GemvRopeKv rk{};
+    rk.head_dim = 2;
+    int64_t items = N, pair = 0;
+    if (epi == GemvEpilogue::kSwiglu) {
+        TPX_CHECK(N % 2 == 0, "gemv_fused: SwiGLU needs an even output width");
+        items = pair = N / 2;
+    } else if (epi == GemvEpilogue::kRopeKv) {
+        TPX_CHECK(rope != nullptr, "gemv_fused: RoPE epilogue without its parameters");
+        rk = *rope;
+        TPX_CHECK(rk.head_dim % 2 == 0 && N == (rk.heads + 2 * rk.kv_heads) * rk.head_dim,
+                  "gemv_fused: RoPE epilogue: output width is not (heads + 2 kv_heads) x head_dim");
+        items = N / 2;
+    }
+    if (N == 0) return;
+    auto go = [&](auto e) {
+        constexpr GemvEpilogue E = decltype(e)::value;
+        if (norm) launch_gemv<E, true>(K, items, pair, x, w, bias, y, nm, rk, stream);
+        else launch_gemv<E, false>(K, items, pair, x, w, bias, y, nm, rk, stream);
+    };
+    if (epi == GemvEpilogue::kNone) go(std::integral_constant<GemvEpilogue, GemvEpilogue::kNone>{});
+    else if (epi == GemvEpilogue::kSwiglu) go(std::integral_constant<GemvEpilogue, GemvEpilogue::kSwiglu>{});
+    else go(std::integral_constant<GemvEpilogue, GemvEpilogue::kRopeKv>{});
+}
+
 void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, const bf16* w, const bf16* bias, bf16* y,
             cudaStream_t stream, bool allow_gemv) {
     TPX_CHECK(s.tokens >= 0 && s.in > 0 && s.out > 0, "linear: bad shape");
     if (s.tokens == 0) return;
     if (allow_gemv && gemv_applies(s, x, w)) {
-        gemv_kernel<<<blocks_for(s.out, kGemvThreads / 32), kGemvThreads, 0, stream>>>(s.in, s.out, x, w, bias, y);
-        TPX_LAUNCH_CHECK();
+        gemv_fused(s.in, s.out, x, w, bias, y, nullptr, GemvEpilogue::kNone, nullptr, stream);
         return;
     }
     const float alpha = 1.0f, beta = 0.0f;

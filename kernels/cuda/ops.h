@@ -24,6 +24,33 @@ bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w);
 void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, const bf16* w, const bf16* bias, bf16* y,
             cudaStream_t stream, bool allow_gemv = true);
 
+// The batch-1 decode GEMV with its neighbours fused in (linear.cu), y = x W^T (+ bias) where:
+// - norm (optional): x is rmsnorm(residual + x) (or rmsnorm(x) without a residual) computed per
+//   block, as add_rmsnorm/rmsnorm would; residual + x goes to residual_out;
+// - kSwiglu: y[j] = silu(z[j]) * z[j + N/2] for the linear's output z (the gate_up layout), N/2 wide;
+// - kRopeKv: z = [q | k | v] (the fused QKV layout); y = q rotated (as rope()), and k rotated and v
+//   written into the caches at (slot[0], pos[0]) (as attention()'s cache write).
+// Every result equals the unfused kernels' bit for bit.
+struct GemvNorm {
+    const bf16* x = nullptr;         // the input (the delta to the residual when there is one)
+    const bf16* residual = nullptr;  // nullptr: plain rmsnorm of x
+    bf16* residual_out = nullptr;    // must not alias x or residual
+    const bf16* weight = nullptr;
+    float eps = 0;
+};
+struct GemvRopeKv {
+    int64_t heads = 0, kv_heads = 0, head_dim = 0, max_seq = 0;
+    const int32_t* slot = nullptr;
+    const int32_t* pos = nullptr;
+    const float* inv_freq = nullptr;  // rope_inv_freq()
+    bf16* k_cache = nullptr;
+    bf16* v_cache = nullptr;
+};
+enum class GemvEpilogue { kNone, kSwiglu, kRopeKv };
+bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w);
+void gemv_fused(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const GemvNorm* norm, GemvEpilogue epi,
+                const GemvRopeKv* rope, cudaStream_t stream);
+
 void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, cudaStream_t stream);
 void rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream);
 // residual_out = residual_in + x (rounded to bf16), y = rmsnorm(residual_out); residual_in may
@@ -53,6 +80,7 @@ constexpr int64_t kAttentionGemmMinTokens = 64;
 // S = Q K^T in fp32, a masked softmax to bf16 P, O = P V, query rows in blocks so that each
 // block only multiplies the keys it can see. The other tokens go through a kernel with one
 // block per (token, head), 16-byte loads of K and V, several keys in flight per warp.
+// k and v both nullptr: they are in the caches already (gemv_fused's kRopeKv).
 void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k,
                const bf16* v, bf16* k_cache, bf16* v_cache, bf16* out, cudaStream_t stream, int64_t k_stride = 0,
                int64_t v_stride = 0, cublasHandle_t cublas = nullptr, const std::vector<AttentionSegment>* segments = nullptr);
