@@ -214,6 +214,16 @@ int main(int argc, char** argv) {
         const double bytes = 2.0 * layer;
         row("decoder layer unfused (10 kernels)", "T=1 ctx=128" + std::string(copies < kReps ? " (L2 may help)" : ""), unfused, rate(bytes, unfused));
         row("decoder layer fused (5 kernels)", "T=1 ctx=128", fused, rate(bytes, fused));
+        for (const char* ks : {"1", "2", "4"}) {  // warps per row of the plain GEMV
+            setenv("TPX_GEMV_SPLITK", ks, 1);
+            double us = time_graph(st, [&](int i) { cuda::linear(h, {1, H, H}, att, weights(i)[1], nullptr, delta, st); });
+            row(std::string("o gemv, warps per row ") + ks, "T=1", us, rate(2.0 * H * H, us));
+            us = time_graph(st, [&](int i) { cuda::linear(h, {1, I, H}, sl, weights(i)[3], nullptr, delta, st); });
+            row(std::string("down gemv, warps per row ") + ks, "T=1", us, rate(2.0 * H * I, us));
+            us = time_graph(st, [&](int i) { cuda::linear(h, {1, H, 2 * I}, normed, weights(i)[2], nullptr, gu, st); });
+            row(std::string("gate_up gemv, warps per row ") + ks, "T=1", us, rate(4.0 * I * H, us));
+        }
+        unsetenv("TPX_GEMV_SPLITK");
         double us = time_graph(st, [&](int i) {
             cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
             cuda::gemv_fused(H, qkv_n, normed, weights(i)[0], nullptr, q, nullptr, cuda::GemvEpilogue::kRopeKv, &rk, st);

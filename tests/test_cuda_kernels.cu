@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -118,6 +119,15 @@ TEST(CudaKernels, GemvMatchesTwinAndCublas) {
         std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(w)), db(upload(b)), dy(poisoned(T * N)), dy2(poisoned(T * N));
         ASSERT_TRUE(cuda::gemv_applies({T, K, N}, dx->p, dw->p));
         const bool with_bias = N % 2 == 1;
+        for (const char* ks : {"1", "2"}) {  // the default (4) below
+            setenv("TPX_GEMV_SPLITK", ks, 1);
+            std::unique_ptr<Device<bf16>> dk(poisoned(T * N));
+            cuda::linear(h, {T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dk->p, nullptr);
+            std::vector<float> ref(T * N);
+            cpu::linear({T, K, N}, x.data(), w.data(), with_bias ? b.data() : nullptr, ref.data());
+            expect_close(download(*dk), ref, ks[0] == '1' ? "gemv, one warp per row" : "gemv, two warps per row");
+        }
+        unsetenv("TPX_GEMV_SPLITK");
         cuda::linear(h, {T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dy->p, nullptr);
         cuda::linear(h, {T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dy2->p, nullptr, /*allow_gemv=*/false);
         std::vector<float> ref(T * N);
@@ -140,6 +150,7 @@ TEST(CudaKernels, GemvMatchesTwinAndCublas) {
 // a multiple of the warps per block, more work items than the grid has warps (the grid strides).
 TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
     REQUIRE_GPU();
+    setenv("TPX_GEMV_SPLITK", "1", 1);  // the unfused GEMV with one warp per row: the fused kernels' summation order
     cublasHandle_t h;
     CUBLAS_CHECK(cublasCreate(&h));
     const float eps = 1e-5f;
@@ -219,6 +230,7 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
     EXPECT_FALSE(cuda::gemv_fused_applies(4096, &nm, d->p + 4));
     nm.x = d->p + 1;
     EXPECT_FALSE(cuda::gemv_fused_applies(4096, &nm, d->p));
+    unsetenv("TPX_GEMV_SPLITK");
     cublasDestroy(h);
 }
 

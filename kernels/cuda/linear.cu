@@ -1,16 +1,17 @@
-// GEMMs. For one row (batch-1 decode) a GEMV kernel streams the weights: one warp per output
-// feature (or pair of features), 16-byte loads, kGemvUnroll of them in flight per row per lane,
-// fp32 sums reduced across the warp (tpx-kbench on an H200: 10 to 14% faster than cuBLAS on the
+// GEMMs. For one row (batch-1 decode) a GEMV kernel streams the weights: kGemvSplit warps per
+// output feature (gemv_fused: one warp per feature or pair of features), 16-byte loads,
+// kGemvUnroll of them in flight per row per lane, fp32 sums reduced across the warp(s) (tpx-kbench on an H200: 10 to 14% faster than cuBLAS on the
 // 8B's qkv and o, equal on the larger ones). The decode step fuses its neighbours into it
 // (gemv_fused): the residual add + RMSNorm before it (each block normalises x into shared
 // memory, block 0 writes the new residual), and after it SwiGLU (a warp takes gate row j and up
 // row j + I) or RoPE with the KV-cache write (a warp takes rows i and i + head_dim / 2 of a head).
-// Every fused result is bit-identical to the unfused kernels' (same sums in the same order, the
-// same bf16 roundings between the stages). From two rows on, cuBLAS (a variant with 2 to 8 rows
+// Every fused result is bit-identical to the unfused kernels' with one warp per row
+// (TPX_GEMV_SPLITK=1: same sums in the same order, the same bf16 roundings between the stages). From two rows on, cuBLAS (a variant with 2 to 8 rows
 // was half cuBLAS's speed at 8 rows: every row re-reads x): the checkpoint layout W[N, K]
 // row-major is W^T column-major, so Y^T[N, T] = W[N, K] . X^T[K, T] is one cublasGemmEx with
 // op(W) = T, and the bias is a separate row-broadcast kernel.
 #include <algorithm>
+#include <cstdlib>
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
@@ -21,6 +22,9 @@ namespace {
 constexpr int kGemvThreads = 256;
 constexpr int kGemvWarps = kGemvThreads / 32;
 constexpr int kGemvUnroll = 4;
+// Warps per output row of the plain GEMV. tpx-kbench on an H200: o 11.8 -> 10.3 us, down 33.8 ->
+// 29.1 us, gate_up 58.5 -> 56.4 us with 4 instead of 1; the 8B decode step 4.52 -> 4.32 ms.
+constexpr int kGemvSplit = 4;
 constexpr int64_t kGemvNormMaxK = 12288;  // x and the norm weight in shared memory: 48 KiB
 
 __global__ void add_bias_kernel(int64_t tokens, int64_t n, const bf16* bias, bf16* y) {
@@ -34,10 +38,11 @@ __device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }  // as s
 
 // The warp's dot products of x with weight rows rows[0 .. R): lane l takes 16-byte chunks
 // l, l + 32, ...; the R rows' loads are issued together.
-template <int R>
-__device__ inline void dot_rows(int64_t K, const uint4* xr, const bf16* __restrict__ w, const int64_t* rows, float* acc) {
+template <int R, int KS = 1>
+__device__ inline void dot_rows(int64_t K, const uint4* xr, const bf16* __restrict__ w, const int64_t* rows, float* acc, int part = 0) {
     const int lane = threadIdx.x & 31;
     const int64_t chunks = K / 8;
+    constexpr int S = 32 * KS;  // the KS warps of a row take 16-byte chunks part * 32 + lane + S * u
     const uint4* wr[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) wr[r] = reinterpret_cast<const uint4*>(w + rows[r] * K), acc[r] = 0.0f;
@@ -47,22 +52,22 @@ __device__ inline void dot_rows(int64_t K, const uint4* xr, const bf16* __restri
 #pragma unroll
         for (int i = 0; i < 8; ++i) a += wf[i] * xf[i];
     };
-    int64_t c = lane;
-    for (; c + 32 * (kGemvUnroll - 1) < chunks; c += 32 * kGemvUnroll) {
+    int64_t c = part * 32 + lane;
+    for (; c + S * (kGemvUnroll - 1) < chunks; c += S * kGemvUnroll) {
         uint4 wv[R][kGemvUnroll];
 #pragma unroll
         for (int r = 0; r < R; ++r)
 #pragma unroll
-            for (int u = 0; u < kGemvUnroll; ++u) wv[r][u] = __ldcs(wr[r] + c + 32 * u);  // streamed: read once per step
+            for (int u = 0; u < kGemvUnroll; ++u) wv[r][u] = __ldcs(wr[r] + c + S * u);  // streamed: read once per step
 #pragma unroll
         for (int u = 0; u < kGemvUnroll; ++u) {
             float xf[8];
-            unpack8(xr[c + 32 * u], xf);
+            unpack8(xr[c + S * u], xf);
 #pragma unroll
             for (int r = 0; r < R; ++r) fma8(wv[r][u], xf, acc[r]);
         }
     }
-    for (; c < chunks; c += 32) {
+    for (; c < chunks; c += S) {
         float xf[8];
         unpack8(xr[c], xf);
 #pragma unroll
@@ -164,6 +169,29 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t i
     }
 }
 
+// The plain GEMV with KS warps per row (each a KS-th of the chunks, interleaved), their sums
+// meeting in shared memory: more loads in flight for short wide products (o, down).
+template <int KS>
+__global__ void __launch_bounds__(kGemvThreads) gemv_split_kernel(int64_t K, int64_t N, const bf16* __restrict__ x,
+                                                                  const bf16* __restrict__ w, const bf16* __restrict__ bias,
+                                                                  bf16* __restrict__ y) {
+    __shared__ float part_sum[kGemvWarps];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t row = (int64_t)blockIdx.x * (kGemvWarps / KS) + warp / KS;
+    float acc[1] = {0.0f};
+    if (row < N) {
+        int64_t rows[1] = {row};
+        dot_rows<1, KS>(K, reinterpret_cast<const uint4*>(x), w, rows, acc, warp % KS);
+    }
+    if (lane == 0) part_sum[warp] = acc[0];
+    __syncthreads();
+    if (lane == 0 && warp % KS == 0 && row < N) {
+        float s = 0.0f;
+        for (int k = 0; k < KS; ++k) s += part_sum[warp + k];
+        y[row] = __float2bfloat16(s + (bias ? __bfloat162float(bias[row]) : 0.0f));
+    }
+}
+
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Blocks of `kernel` resident on the whole GPU at once (its registers and shared memory allowing).
@@ -244,6 +272,14 @@ void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, con
     TPX_CHECK(s.tokens >= 0 && s.in > 0 && s.out > 0, "linear: bad shape");
     if (s.tokens == 0) return;
     if (allow_gemv && gemv_applies(s, x, w)) {
+        const char* env = std::getenv("TPX_GEMV_SPLITK");  // warps per row: 1, 2 or 4 (tpx-kbench compares them)
+        const int ks = env ? std::atoi(env) : kGemvSplit;
+        if (ks == 2 || ks == 4) {
+            if (ks == 2) gemv_split_kernel<2><<<blocks_for(s.out, kGemvWarps / 2), kGemvThreads, 0, stream>>>(s.in, s.out, x, w, bias, y);
+            else gemv_split_kernel<4><<<blocks_for(s.out, kGemvWarps / 4), kGemvThreads, 0, stream>>>(s.in, s.out, x, w, bias, y);
+            TPX_LAUNCH_CHECK();
+            return;
+        }
         gemv_fused(s.in, s.out, x, w, bias, y, nullptr, GemvEpilogue::kNone, nullptr, stream);
         return;
     }
