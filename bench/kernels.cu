@@ -44,6 +44,26 @@ T* device_alloc(size_t n, bool random = true) {
     return p;
 }
 
+// Median over `runs` of the microseconds `launch` takes on the stream (CUDA events), divided by `per`.
+double median_us(cudaStream_t st, int runs, int per, const std::function<void()>& launch) {
+    cudaEvent_t a, b;
+    CUDA_CHECK(cudaEventCreate(&a));
+    CUDA_CHECK(cudaEventCreate(&b));
+    std::vector<double> us;
+    for (int r = 0; r < runs; ++r) {
+        CUDA_CHECK(cudaEventRecord(a, st));
+        launch();
+        CUDA_CHECK(cudaEventRecord(b, st));
+        CUDA_CHECK(cudaEventSynchronize(b));
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+        us.push_back(1e3 * ms / per);
+    }
+    cudaEventDestroy(a), cudaEventDestroy(b);
+    std::sort(us.begin(), us.end());
+    return us[us.size() / 2];
+}
+
 // Microseconds per call of op(i) (i = 0 .. kReps - 1), captured into one graph: median of 7 replays.
 double time_graph(cudaStream_t st, const std::function<void(int)>& op) {
     cudaGraph_t g;
@@ -54,45 +74,16 @@ double time_graph(cudaStream_t st, const std::function<void(int)>& op) {
     CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
     CUDA_CHECK(cudaGraphLaunch(exec, st));
     CUDA_CHECK(cudaStreamSynchronize(st));
-    cudaEvent_t a, b;
-    CUDA_CHECK(cudaEventCreate(&a));
-    CUDA_CHECK(cudaEventCreate(&b));
-    std::vector<double> us;
-    for (int r = 0; r < 7; ++r) {
-        CUDA_CHECK(cudaEventRecord(a, st));
-        CUDA_CHECK(cudaGraphLaunch(exec, st));
-        CUDA_CHECK(cudaEventRecord(b, st));
-        CUDA_CHECK(cudaEventSynchronize(b));
-        float ms = 0;
-        CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-        us.push_back(1e3 * ms / kReps);
-    }
-    cudaEventDestroy(a), cudaEventDestroy(b);
+    double us = median_us(st, 7, kReps, [&] { CUDA_CHECK(cudaGraphLaunch(exec, st)); });
     cudaGraphExecDestroy(exec), cudaGraphDestroy(g);
-    std::sort(us.begin(), us.end());
-    return us[us.size() / 2];
+    return us;
 }
 
 // Microseconds of one call (not captured): median of 5 after a warm-up.
 double time_direct(cudaStream_t st, const std::function<void()>& op) {
     op();
     CUDA_CHECK(cudaStreamSynchronize(st));
-    cudaEvent_t a, b;
-    CUDA_CHECK(cudaEventCreate(&a));
-    CUDA_CHECK(cudaEventCreate(&b));
-    std::vector<double> us;
-    for (int r = 0; r < 5; ++r) {
-        CUDA_CHECK(cudaEventRecord(a, st));
-        op();
-        CUDA_CHECK(cudaEventRecord(b, st));
-        CUDA_CHECK(cudaEventSynchronize(b));
-        float ms = 0;
-        CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-        us.push_back(1e3 * ms);
-    }
-    cudaEventDestroy(a), cudaEventDestroy(b);
-    std::sort(us.begin(), us.end());
-    return us[us.size() / 2];
+    return median_us(st, 5, 1, op);
 }
 
 void row(const std::string& op, const std::string& shape, double us, const std::string& rate) {

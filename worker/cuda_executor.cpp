@@ -408,8 +408,9 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             nm.residual = plain ? nullptr : data(in(1));
             nm.weight = data(in(plain ? 1 : 2));
             nm.eps = (float)n->attr_double("eps");
-            nm.residual_out = plain ? nullptr : make(n->out(1), r);
+            // (residual_out, not yet allocated, is a stream-ordered allocation: aligned)
             if (cuda::gemv_fused_applies(width(in(0)), &nm, data(lin->inputs[1]))) {
+                if (!plain) nm.residual_out = make(n->out(1), r);
                 if (op == "allreduce_add_rmsnorm" && nccl_) {
                     bf16* reduced = alloc(width(in(0)));
                     nccl_->all_reduce(nm.x, reduced, width(in(0)));
@@ -418,10 +419,6 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
                 pending_norm[lin] = nm;
                 release_inputs(i, n);
                 continue;
-            }
-            if (!plain) {  // not fusable after all (alignment): the plain path below makes it again
-                release(buf.at(n->out(1)));
-                buf.erase(n->out(1));
             }
         }
         if (profiling_) {
@@ -483,7 +480,6 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             } else {
                 y = make(n->out(), 1);
             }
-            if (!nm && !x) throw Error("linear " + n->name + ": no input");
             cuda::gemv_fused(in(1)->shape[1], in(1)->shape[0], x, data(in(1)), bias, y, nm, epi, f.split ? &rk : nullptr, stream_);
             if (pending_release.count(n)) release(pending_release.at(n));
         } else if (op == "linear") {
