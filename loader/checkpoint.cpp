@@ -67,8 +67,12 @@ void Checkpoint::set_tensors(std::vector<TensorInfo> tensors) {
 }
 
 void Checkpoint::read(const std::string& name, const Slice& slice, DType dst_type, void* dst) {
-    HostSink sink(dst);
+    HostSink sink({dst});
     read(name, slice, dst_type, sink);
+}
+
+void Checkpoint::read(const std::string& name, const Slice& slice, DType dst_type, ReadSink& sink) {
+    read(std::vector<ReadRequest>{{name, slice, dst_type, 0}}, sink);
 }
 
 void Checkpoint::count_data(const std::string& file, uint64_t bytes) {
@@ -98,6 +102,9 @@ namespace {
 
 using json = nlohmann::json;
 
+// The most result bytes one task of a batched read produces, unless the sink's chunk is smaller.
+constexpr uint64_t kTaskBytes = 8u << 20;
+
 class SafetensorsCheckpoint : public Checkpoint {
 public:
     SafetensorsCheckpoint(const std::string& path, int threads) : Checkpoint(path), pool_(threads) {}
@@ -105,10 +112,12 @@ public:
         for (auto& [file, fd] : fds_) ::close(fd);
     }
     const char* format() const override { return "safetensors"; }
+    int read_threads() const override { return pool_.threads(); }
 
     void open_folder();
     void open_file(const std::string& file);
-    void read(const std::string& name, const Slice& slice, DType dst_type, ReadSink& sink) override;
+    using Checkpoint::read;
+    void read(const std::vector<ReadRequest>& requests, ReadSink& sink) override;
 
 private:
     int fd_of(const std::string& file);
@@ -220,57 +229,86 @@ void SafetensorsCheckpoint::pread_fully(const std::string& file, void* dst, uint
     count_data(file, bytes);
 }
 
-void SafetensorsCheckpoint::read(const std::string& name, const Slice& slice, DType dst_type, ReadSink& sink) {
-    const TensorInfo& t = tensor(name);
-    if (!can_convert(t.dtype, dst_type))
-        throw CheckpointError(t.file + ": tensor '" + name + "' is " + dtype_name(t.dtype) + " and cannot be read as " +
-                              dtype_name(dst_type));
-    size_t src_size = dtype_size(t.dtype), dst_size = dtype_size(dst_type);
-    std::vector<Span> spans = plan_spans(t, slice);
-    std::vector<ReadOp> reads = plan_reads(spans, src_size);
-    uint64_t chunk = sink.chunk_bytes();
-    uint64_t max_op = kMaxReadBytes / src_size * dst_size + kPageBytes * dst_size;
-    TPX_CHECK(chunk >= max_op, "a read sink's chunk of " + std::to_string(chunk) + " bytes is below the " +
-                                   std::to_string(max_op) + " one read may produce");
+void SafetensorsCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& sink) {
+    // Plan everything first: a bad request fails before any byte is read.
+    struct Planned {
+        const TensorInfo* t;
+        std::vector<Span> spans;
+        std::vector<ReadOp> reads;
+    };
+    std::vector<Planned> plans;
+    plans.reserve(requests.size());
+    for (const ReadRequest& r : requests) {
+        const TensorInfo& t = tensor(r.tensor);
+        if (!can_convert(t.dtype, r.dst_type))
+            throw CheckpointError(t.file + ": tensor '" + r.tensor + "' is " + dtype_name(t.dtype) + " and cannot be read as " +
+                                  dtype_name(r.dst_type));
+        Planned p{&t, plan_spans(t, r.slice), {}};
+        p.reads = plan_reads(p.spans, dtype_size(t.dtype));
+        plans.push_back(std::move(p));
+    }
 
-    // Reads are grouped into chunks of the result; each chunk's reads run on the pool.
-    size_t first = 0;
-    while (first < reads.size()) {
-        uint64_t chunk_begin = spans[reads[first].first_span].dst_elem;
-        size_t last = first;
-        uint64_t chunk_end = chunk_begin;
-        while (last < reads.size()) {
-            const Span& end_span = spans[reads[last].last_span - 1];
-            uint64_t end = end_span.dst_elem + end_span.elems;
-            if (last > first && (end - chunk_begin) * dst_size > chunk) break;
-            chunk_end = end;
-            ++last;
+    // Each request's reads are grouped into chunks of its result (at most the sink's chunk and
+    // kTaskBytes, so that threads share big tensors); a chunk is one task of one batch on the
+    // pool, from acquire to commit.
+    struct Chunk {
+        size_t request, first_read, last_read;
+        uint64_t first_elem, end_elem;
+    };
+    std::vector<Chunk> chunks;
+    for (size_t q = 0; q < requests.size(); ++q) {
+        const Planned& p = plans[q];
+        size_t src_size = dtype_size(p.t->dtype), dst_size = dtype_size(requests[q].dst_type);
+        uint64_t max_op = kMaxReadBytes / src_size * dst_size + kPageBytes * dst_size;
+        TPX_CHECK(sink.chunk_bytes() >= max_op, "a read sink's chunk of " + std::to_string(sink.chunk_bytes()) +
+                                                    " bytes is below the " + std::to_string(max_op) + " one read may produce");
+        uint64_t limit = std::min(sink.chunk_bytes(), std::max(kTaskBytes, max_op));
+        size_t first = 0;
+        while (first < p.reads.size()) {
+            uint64_t begin = p.spans[p.reads[first].first_span].dst_elem, end = begin;
+            size_t last = first;
+            while (last < p.reads.size()) {
+                const Span& s = p.spans[p.reads[last].last_span - 1];
+                uint64_t e = s.dst_elem + s.elems;
+                if (last > first && (e - begin) * dst_size > limit) break;
+                end = e;
+                ++last;
+            }
+            chunks.push_back({q, first, last, begin, end});
+            first = last;
         }
-        uint64_t offset = chunk_begin * dst_size, bytes = (chunk_end - chunk_begin) * dst_size;
-        char* memory = static_cast<char*>(sink.acquire(offset, bytes));
-        std::vector<std::function<void()>> tasks;
-        for (size_t r = first; r < last; ++r) {
-            tasks.push_back([&, r] {
-                const ReadOp& op = reads[r];
-                const Span& s0 = spans[op.first_span];
-                char* out = memory + (s0.dst_elem - chunk_begin) * dst_size;
-                if (dst_type == t.dtype && op.last_span == op.first_span + 1) {
+    }
+
+    std::vector<std::function<void()>> tasks;
+    tasks.reserve(chunks.size());
+    for (const Chunk& c : chunks) {
+        tasks.push_back([&, c] {
+            const ReadRequest& r = requests[c.request];
+            const Planned& p = plans[c.request];
+            const TensorInfo& t = *p.t;
+            size_t dst_size = dtype_size(r.dst_type);
+            uint64_t offset = c.first_elem * dst_size, bytes = (c.end_elem - c.first_elem) * dst_size;
+            char* memory = static_cast<char*>(sink.acquire(r, offset, bytes));
+            std::vector<char> scratch;
+            for (size_t k = c.first_read; k < c.last_read; ++k) {
+                const ReadOp& op = p.reads[k];
+                char* out = memory + (p.spans[op.first_span].dst_elem - c.first_elem) * dst_size;
+                if (r.dst_type == t.dtype && op.last_span == op.first_span + 1) {
                     pread_fully(t.file, out, op.bytes, op.offset);  // straight into the result
-                    return;
+                    continue;
                 }
-                std::vector<char> scratch(op.bytes);
+                scratch.resize(op.bytes);
                 pread_fully(t.file, scratch.data(), op.bytes, op.offset);
                 for (size_t i = op.first_span; i < op.last_span; ++i) {
-                    const Span& s = spans[i];
-                    convert(scratch.data() + (s.src_offset - op.offset), t.dtype,
-                            memory + (s.dst_elem - chunk_begin) * dst_size, dst_type, s.elems);
+                    const Span& s = p.spans[i];
+                    convert(scratch.data() + (s.src_offset - op.offset), t.dtype, memory + (s.dst_elem - c.first_elem) * dst_size,
+                            r.dst_type, s.elems);
                 }
-            });
-        }
-        pool_.run(tasks);
-        sink.commit(memory, offset, bytes);
-        first = last;
+            }
+            sink.commit(r, memory, offset, bytes);
+        });
     }
+    pool_.run(tasks);
 }
 
 int default_threads() {

@@ -26,29 +26,40 @@ struct ReadStats {
     std::map<std::string, uint64_t> data_bytes_per_file;
 };
 
-// Where the converted elements of a read go. Results are delivered in order, in chunks of at
-// most chunk_bytes(); acquire() may block until a staging buffer is free again, which is how
-// the GPU backend overlaps the next file read with the previous chunk's host-to-device copy.
+// One slice of one tensor to read, converted to `dst_type`; `tag` is the caller's (which of its
+// buffers the result goes to).
+struct ReadRequest {
+    std::string tensor;
+    Slice slice;
+    DType dst_type;
+    size_t tag = 0;
+};
+
+// Where the converted elements of reads go, in chunks of at most chunk_bytes() of one
+// request's result. A batch of requests is read by a pool of threads: acquire() and commit()
+// are called from several threads at once, chunks of every request in any order. acquire()
+// may block until a staging buffer is free again, which is how the GPU backend overlaps file
+// reads with host-to-device copies.
 class ReadSink {
 public:
     virtual ~ReadSink() = default;
     virtual uint64_t chunk_bytes() const = 0;
-    // Memory for result bytes [offset, offset + bytes).
-    virtual void* acquire(uint64_t offset, uint64_t bytes) = 0;
+    // Memory for bytes [offset, offset + bytes) of request r's result.
+    virtual void* acquire(const ReadRequest& r, uint64_t offset, uint64_t bytes) = 0;
     // Those bytes are filled and converted.
-    virtual void commit(void* memory, uint64_t offset, uint64_t bytes) = 0;
+    virtual void commit(const ReadRequest& r, void* memory, uint64_t offset, uint64_t bytes) = 0;
 };
 
-// The sink for a plain host buffer holding the whole result.
+// The sink for plain host buffers holding whole results: request r lands in dsts[r.tag].
 class HostSink : public ReadSink {
 public:
-    explicit HostSink(void* dst) : dst_(static_cast<char*>(dst)) {}
+    explicit HostSink(std::vector<void*> dsts) : dsts_(std::move(dsts)) {}
     uint64_t chunk_bytes() const override { return UINT64_MAX; }
-    void* acquire(uint64_t offset, uint64_t) override { return dst_ + offset; }
-    void commit(void*, uint64_t, uint64_t) override {}
+    void* acquire(const ReadRequest& r, uint64_t offset, uint64_t) override { return static_cast<char*>(dsts_.at(r.tag)) + offset; }
+    void commit(const ReadRequest&, void*, uint64_t, uint64_t) override {}
 
 private:
-    char* dst_;
+    std::vector<void*> dsts_;
 };
 
 class Checkpoint {
@@ -61,6 +72,7 @@ public:
 
     const std::string& path() const { return path_; }
     virtual const char* format() const = 0;
+    virtual int read_threads() const { return 1; }  // how many reads a batch runs at once
     const std::vector<TensorInfo>& tensors() const { return tensors_; }  // sorted by name
     const TensorInfo* find(const std::string& name) const;
     const TensorInfo& tensor(const std::string& name) const;  // throws CheckpointError naming it
@@ -71,7 +83,11 @@ public:
 
     // Reads `slice` of tensor `name`, converted to `dst_type`, into `dst` (dense, row-major).
     void read(const std::string& name, const Slice& slice, DType dst_type, void* dst);
-    virtual void read(const std::string& name, const Slice& slice, DType dst_type, ReadSink& sink) = 0;
+    void read(const std::string& name, const Slice& slice, DType dst_type, ReadSink& sink);
+    // Reads every request into `sink`, in parallel where the format allows, with no barrier
+    // between requests. Every request is checked (tensor, slice, conversion) before any byte
+    // is read; after a failed read the remaining chunks are skipped and the error is thrown.
+    virtual void read(const std::vector<ReadRequest>& requests, ReadSink& sink) = 0;
 
     ReadStats stats() const;
     void reset_stats();

@@ -78,9 +78,11 @@ public:
     explicit Hdf5Checkpoint(const std::string& path) : Checkpoint(path) {}
     const char* format() const override { return "hdf5"; }
     void open();
-    void read(const std::string& name, const Slice& slice, DType dst_type, ReadSink& sink) override;
+    using Checkpoint::read;
+    void read(const std::vector<ReadRequest>& requests, ReadSink& sink) override;
 
 private:
+    void read_one(const ReadRequest& r, ReadSink& sink);
     std::unique_ptr<H5Id> file_holder_;
 };
 
@@ -125,10 +127,23 @@ void Hdf5Checkpoint::open() {
     set_tensors(std::move(tensors));
 }
 
-void Hdf5Checkpoint::read(const std::string& name, const Slice& slice, DType dst_type, ReadSink& sink) {
+// One request after another: the library is serial.
+void Hdf5Checkpoint::read(const std::vector<ReadRequest>& requests, ReadSink& sink) {
+    for (const ReadRequest& r : requests) {
+        const TensorInfo& t = tensor(r.tensor);
+        if (!can_convert(t.dtype, r.dst_type))
+            throw CheckpointError(path_ + ": tensor '" + r.tensor + "' is " + dtype_name(t.dtype) + " and cannot be read as " +
+                                  dtype_name(r.dst_type));
+        slice_shape(t, r.slice);  // throws if the slice does not fit
+    }
+    for (const ReadRequest& r : requests) read_one(r, sink);
+}
+
+void Hdf5Checkpoint::read_one(const ReadRequest& r, ReadSink& sink) {
+    const std::string& name = r.tensor;
+    const Slice& slice = r.slice;
+    DType dst_type = r.dst_type;
     const TensorInfo& t = tensor(name);
-    if (!can_convert(t.dtype, dst_type))
-        throw CheckpointError(path_ + ": tensor '" + name + "' is " + dtype_name(t.dtype) + " and cannot be read as " + dtype_name(dst_type));
     std::vector<int64_t> out_shape = slice_shape(t, slice);
     size_t src_size = dtype_size(t.dtype), dst_size = dtype_size(dst_type);
     int64_t numel = 1;
@@ -162,7 +177,7 @@ void Hdf5Checkpoint::read(const std::string& name, const Slice& slice, DType dst
         H5Id mem_space(rank == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, (const hsize_t*)&elems, nullptr), H5Sclose);
         if (rank > 0) H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
         uint64_t offset = (uint64_t)r0 * row_elems * dst_size, bytes = elems * dst_size;
-        char* memory = static_cast<char*>(sink.acquire(offset, bytes));
+        char* memory = static_cast<char*>(sink.acquire(r, offset, bytes));
         void* target = memory;
         if (dst_type != t.dtype) {
             scratch.resize(elems * src_size);
@@ -172,7 +187,7 @@ void Hdf5Checkpoint::read(const std::string& name, const Slice& slice, DType dst
             throw CheckpointError(path_ + ": reading dataset /tensors/" + name + " failed");
         if (dst_type != t.dtype) convert(scratch.data(), t.dtype, memory, dst_type, elems);
         count_data(path_, elems * src_size);
-        sink.commit(memory, offset, bytes);
+        sink.commit(r, memory, offset, bytes);
     }
 }
 

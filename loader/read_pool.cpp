@@ -21,6 +21,10 @@ void ReadPool::drain() {
     std::unique_lock<std::mutex> lock(mutex_);
     while (tasks_ && next_ < tasks_->size()) {
         const std::function<void()>& task = (*tasks_)[next_++];
+        if (error_) {  // a task failed: the rest of the batch is skipped
+            if (++finished_ == tasks_->size()) done_.notify_all();
+            continue;
+        }
         lock.unlock();
         std::exception_ptr error;
         try {

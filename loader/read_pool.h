@@ -1,6 +1,7 @@
 // A fixed pool of threads for file reads: run() hands out a batch of tasks and returns when
-// all are done, rethrowing the first exception a task threw (the others still finish, so no
-// task is left writing into a buffer the caller frees).
+// all are done, rethrowing the first exception a task threw. Tasks already running when one
+// fails still finish (none is left writing into a buffer the caller frees); tasks not yet
+// started are skipped.
 #pragma once
 
 #include <condition_variable>

@@ -4,9 +4,11 @@
 // bit-identical; staged reads deliver the same bytes in bounded chunks; bad indexes are named.
 #include <gtest/gtest.h>
 
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 
 #include "loader/checkpoint.h"
@@ -180,27 +182,43 @@ TEST(Loader, ColumnSliceOfWideRowsReadsOnlyItsSpans) {
 
 namespace {
 
-// A sink with two small staging buffers, as the GPU backend uses pinned ones.
+// A ring of small staging buffers shared by the reading threads, as the GPU backend uses pinned
+// ones: a buffer is handed out again only after its chunk was copied to its destination.
 class StagingSink : public ReadSink {
 public:
-    StagingSink(std::vector<char>& dst, uint64_t chunk) : dst_(dst), chunk_(chunk), buffers_(2, std::vector<char>(chunk)) {}
-    uint64_t chunk_bytes() const override { return chunk_; }
-    void* acquire(uint64_t offset, uint64_t bytes) override {
-        EXPECT_EQ(offset, next_) << "chunks arrive in order";
-        EXPECT_LE(bytes, chunk_);
-        return buffers_[calls_++ % 2].data();
+    StagingSink(std::vector<std::vector<char>*> dsts, uint64_t chunk, int buffers)
+        : dsts_(std::move(dsts)), chunk_(chunk), buffers_(buffers, std::vector<char>(chunk)) {
+        for (int i = 0; i < buffers; ++i) free_.push_back(i);
     }
-    void commit(void* memory, uint64_t offset, uint64_t bytes) override {
-        std::memcpy(dst_.data() + offset, memory, bytes);
-        next_ = offset + bytes;
+    uint64_t chunk_bytes() const override { return chunk_; }
+    void* acquire(const ReadRequest& r, uint64_t offset, uint64_t bytes) override {
+        std::unique_lock<std::mutex> lock(mutex_);
+        EXPECT_LE(bytes, chunk_);
+        EXPECT_LE(offset + bytes, dsts_.at(r.tag)->size());
+        available_.wait(lock, [&] { return !free_.empty(); });
+        int i = free_.back();
+        free_.pop_back();
+        ++calls_;
+        return buffers_[i].data();
+    }
+    void commit(const ReadRequest& r, void* memory, uint64_t offset, uint64_t bytes) override {
+        std::memcpy(dsts_.at(r.tag)->data() + offset, memory, bytes);
+        std::lock_guard<std::mutex> lock(mutex_);
+        delivered_ += bytes;
+        for (size_t i = 0; i < buffers_.size(); ++i)
+            if (buffers_[i].data() == memory) free_.push_back((int)i);
+        available_.notify_one();
     }
     int calls_ = 0;
-    uint64_t next_ = 0;
+    uint64_t delivered_ = 0;
 
 private:
-    std::vector<char>& dst_;
+    std::vector<std::vector<char>*> dsts_;
     uint64_t chunk_;
     std::vector<std::vector<char>> buffers_;
+    std::mutex mutex_;
+    std::condition_variable available_;
+    std::vector<int> free_;
 };
 
 }  // namespace
@@ -212,17 +230,93 @@ TEST(Loader, StagedReadsDeliverTheSameBytesInBoundedChunks) {
     for (uint16_t& x : data) x = f32_to_bf16(std::uniform_real_distribution<float>(-2, 2)(rng));
     std::string dir = temp_dir();
     write_safetensors(dir + "/big.safetensors", {{"w", DType::kBF16, {rows, cols}, data.data()}});
-    auto c = Checkpoint::open(dir + "/big.safetensors");
+    auto c = Checkpoint::open(dir + "/big.safetensors", 4);
     for (Slice s : {Slice::whole(), Slice::range(0, 256, 512), Slice::range(1, 4096, 4096)}) {
         std::vector<float> want = read_f32(*c, "w", s);
         std::vector<char> got(want.size() * 4);
-        StagingSink sink(got, 20u << 20);
+        StagingSink sink({&got}, 5u << 20, 3);
         c->read("w", s, DType::kF32, sink);
         EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size()));
-        EXPECT_EQ(sink.next_, got.size());
+        EXPECT_EQ(sink.delivered_, got.size());
         if (s.length < 0) {
-            EXPECT_GE(sink.calls_, 2) << "32 MiB through 20 MiB buffers takes several chunks";
+            EXPECT_GE(sink.calls_, 7) << "32 MiB through 5 MiB buffers takes several chunks";
         }
+    }
+    fs::remove_all(dir);
+}
+
+// The loaders' path: every piece of every parameter in one batch, on several threads, through
+// a few shared buffers; each result equals the same slice read alone, and the bytes read are
+// the sum of the single reads'.
+TEST(Loader, ABatchOfRequestsEqualsTheSameReadsOneByOne) {
+    for (const std::string& m : kModels) {
+        auto c = Checkpoint::open(kGolden + "/" + m, 4);
+        std::vector<ReadRequest> requests;
+        for (const TensorInfo& t : c->tensors())
+            for (int parts : {1, 2, 3}) {
+                int dim = (int)t.shape.size() - 1 - (parts == 3);  // rows and columns
+                if (dim < 0) continue;
+                for (int p = 0; p < parts; ++p) {
+                    int64_t start = t.shape[dim] * p / parts, end = t.shape[dim] * (p + 1) / parts;
+                    DType type = parts == 2 ? t.dtype : DType::kF32;
+                    requests.push_back({t.name, Slice::range(dim, start, end - start), type, requests.size()});
+                }
+            }
+        std::vector<std::vector<char>> want(requests.size()), got(requests.size());
+        uint64_t single_bytes = 0;
+        for (const ReadRequest& r : requests) {
+            const TensorInfo& t = c->tensor(r.tensor);
+            int64_t n = 1;
+            for (int64_t d : slice_shape(t, r.slice)) n *= d;
+            want[r.tag].assign(n * dtype_size(r.dst_type), 0);
+            got[r.tag].assign(want[r.tag].size(), 0x55);
+            c->reset_stats();
+            c->read(r.tensor, r.slice, r.dst_type, want[r.tag].data());
+            single_bytes += c->stats().data_bytes;
+        }
+        std::vector<std::vector<char>*> dsts;
+        for (auto& g : got) dsts.push_back(&g);
+        StagingSink sink(dsts, 5u << 20, 3);  // fewer buffers than threads: acquire() waits
+        c->reset_stats();
+        c->read(requests, sink);
+        EXPECT_EQ(c->stats().data_bytes, single_bytes) << m;
+        for (const ReadRequest& r : requests) EXPECT_EQ(got[r.tag], want[r.tag]) << m << " " << r.tensor;
+        EXPECT_GT(requests.size(), 20u) << m;
+    }
+}
+
+// A bad request anywhere in a batch fails it before a byte is read; a failed read (a file cut
+// short under the loader) is an error naming the file, after which nothing more is read.
+TEST(Loader, ABatchFailsWholeAndNamesTheCause) {
+    std::string dir = temp_dir();
+    std::vector<uint16_t> data(256 * 4096, 0x3f80);
+    write_safetensors(dir + "/w.safetensors", {{"a", DType::kBF16, {256, 4096}, data.data()},
+                                               {"b", DType::kBF16, {256, 4096}, data.data()}});
+    auto c = Checkpoint::open(dir + "/w.safetensors", 4);
+    std::vector<char> out(256 * 4096 * 4);
+    HostSink sink({out.data(), out.data()});
+    try {
+        c->read({{"a", Slice::whole(), DType::kBF16, 0}, {"nope", Slice::whole(), DType::kBF16, 1}}, sink);
+        ADD_FAILURE() << "no error";
+    } catch (const CheckpointError& e) {
+        EXPECT_NE(std::string(e.what()).find("'nope'"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(c->stats().data_bytes, 0u);
+    try {
+        c->read({{"a", Slice::range(0, 0, 300), DType::kBF16, 0}}, sink);
+        ADD_FAILURE() << "no error";
+    } catch (const CheckpointError& e) {
+        EXPECT_NE(std::string(e.what()).find("a"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(c->stats().data_bytes, 0u);
+
+    fs::resize_file(dir + "/w.safetensors", fs::file_size(dir + "/w.safetensors") - 256 * 4096 * 2 + 1000);  // "b" cut short
+    try {
+        c->read({{"a", Slice::whole(), DType::kF32, 0}, {"b", Slice::whole(), DType::kF32, 1}}, sink);
+        ADD_FAILURE() << "no error";
+    } catch (const CheckpointError& e) {
+        EXPECT_NE(std::string(e.what()).find("w.safetensors"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("ended early"), std::string::npos) << e.what();
     }
     fs::remove_all(dir);
 }

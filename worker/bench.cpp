@@ -110,12 +110,13 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
     for (int r = 0; r < comm.world(); ++r) load_s = std::max(load_s, (double)all[2 * r]), read_ratio = std::max(read_ratio, (double)all[2 * r + 1]);
     report["load_s"] = load_s;
     report["read_over_planned"] = read_ratio;
-    report["load_GBps_per_rank"] = s.load_seconds > 0 ? s.read_bytes / s.load_seconds / 1e9 : 0.0;
+    report["load_weights_s"] = s.weights_seconds;  // rank 0's
+    report["load_GBps_per_rank"] = s.weights_seconds > 0 ? s.read_bytes / s.weights_seconds / 1e9 : 0.0;
     if (rank != 0) return;
     std::printf("\nbench: %s, tp=%d ep=%d, %.2f GB of weights per rank; measured copy %.0f GB/s, bf16 GEMM %.0f TFLOP/s\n",
                 c.architecture.c_str(), plan.tp, plan.ep, weight_bytes / 1e9, rates.copy_bytes_per_s / 1e9, rates.matmul_flops_per_s / 1e12);
-    std::printf("load: %.2f s (slowest rank), %.1f GB/s on rank 0, bytes read / planned %.4f (largest)\n", load_s,
-                report["load_GBps_per_rank"].get<double>(), read_ratio);
+    std::printf("load: %.2f s (slowest rank); on rank 0 the weights' read and upload %.2f s, %.1f GB/s; bytes read / planned %.4f (largest)\n",
+                load_s, s.weights_seconds, report["load_GBps_per_rank"].get<double>(), read_ratio);
     std::printf("%-28s %12s %14s %10s\n", "", "measured", "floor", "ratio");
     for (const auto& p : prefill)
         std::printf("prefill %5lld tokens (TTFT)  %9.2f ms %11.2f ms %9.2fx\n", (long long)p["prompt_tokens"].get<int64_t>(),

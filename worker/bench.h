@@ -25,8 +25,9 @@ struct BenchSettings {
     int64_t decode_prompt = 128;
     int warmup = 10, steps = 100;
     std::string json_path;
-    // This rank's load, reported beside the timings: seconds, bytes read and bytes planned.
-    double load_seconds = 0, read_bytes = 0, planned_read_bytes = 0;
+    // This rank's load, reported beside the timings: seconds (all of it, and the weights' read
+    // and upload alone), bytes read and bytes planned.
+    double load_seconds = 0, weights_seconds = 0, read_bytes = 0, planned_read_bytes = 0;
 };
 
 void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const DeviceRates& rates, const BenchSettings& s);

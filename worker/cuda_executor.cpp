@@ -7,8 +7,11 @@
 #include <chrono>
 #include <cstdlib>
 #include <exception>
-#include <initializer_list>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <initializer_list>
+#include <mutex>
 
 #include "common/cuda_check.h"
 #include "kernels/cuda/ops.h"
@@ -33,43 +36,58 @@ DeviceWeights& DeviceWeights::operator=(DeviceWeights&& o) noexcept {
 
 namespace {
 
-// Two pinned buffers: the loader fills one while the other's copy to the device runs.
-class PinnedStagingSink : public ReadSink {
+// A ring of pinned staging buffers shared by the loader's threads: each thread fills one with
+// a chunk of a request (file reads straight into pinned memory), then queues its copy to the
+// device; the buffer is handed out again once that copy has finished. One stream carries
+// every copy, so the PCIe link is always busy while any thread has a chunk ready.
+class PinnedRingSink : public ReadSink {
 public:
-    PinnedStagingSink(size_t chunk, cudaStream_t stream) : chunk_(chunk), stream_(stream) {
-        for (int i = 0; i < 2; ++i) {
-            CUDA_CHECK(cudaHostAlloc(&buf_[i], chunk, cudaHostAllocDefault));
+    PinnedRingSink(int buffers, size_t chunk, cudaStream_t stream, std::vector<char*> targets)
+        : chunk_(chunk), stream_(stream), targets_(std::move(targets)), done_(buffers) {
+        CUDA_CHECK(cudaHostAlloc(&base_, chunk * buffers, cudaHostAllocDefault));
+        for (int i = 0; i < buffers; ++i) {
             CUDA_CHECK(cudaEventCreateWithFlags(&done_[i], cudaEventDisableTiming));
-            CUDA_CHECK(cudaEventRecord(done_[i], stream_));
+            free_.push_back(i);
         }
     }
-    ~PinnedStagingSink() override {
-        if (std::uncaught_exceptions()) return;
+    ~PinnedRingSink() override {
+        if (std::uncaught_exceptions()) return;  // a copy may still read the buffers: leak them
         cudaStreamSynchronize(stream_);
-        for (int i = 0; i < 2; ++i) {
-            cudaFreeHost(buf_[i]);
-            cudaEventDestroy(done_[i]);
-        }
+        cudaFreeHost(base_);
+        for (cudaEvent_t e : done_) cudaEventDestroy(e);
     }
-    void set_target(char* dst) { dst_ = dst; }
     uint64_t chunk_bytes() const override { return chunk_; }
-    void* acquire(uint64_t, uint64_t) override {
-        CUDA_CHECK(cudaEventSynchronize(done_[next_]));  // its previous copy has finished
-        return buf_[next_];
+    void* acquire(const ReadRequest&, uint64_t, uint64_t) override {
+        int i;
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            available_.wait(lock, [&] { return !free_.empty(); });
+            i = free_.front();
+            free_.pop_front();
+        }
+        CUDA_CHECK(cudaEventSynchronize(done_[i]));  // its previous copy has finished
+        return base_ + (size_t)i * chunk_;
     }
-    void commit(void* memory, uint64_t offset, uint64_t bytes) override {
-        CUDA_CHECK(cudaMemcpyAsync(dst_ + offset, memory, bytes, cudaMemcpyHostToDevice, stream_));
-        CUDA_CHECK(cudaEventRecord(done_[next_], stream_));
-        next_ ^= 1;
+    void commit(const ReadRequest& r, void* memory, uint64_t offset, uint64_t bytes) override {
+        int i = (int)((static_cast<char*>(memory) - base_) / chunk_);
+        CUDA_CHECK(cudaMemcpyAsync(targets_.at(r.tag) + offset, memory, bytes, cudaMemcpyHostToDevice, stream_));
+        CUDA_CHECK(cudaEventRecord(done_[i], stream_));
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            free_.push_back(i);
+        }
+        available_.notify_one();
     }
 
 private:
     size_t chunk_;
     cudaStream_t stream_;
-    void* buf_[2] = {nullptr, nullptr};
-    cudaEvent_t done_[2];
-    int next_ = 0;
-    char* dst_ = nullptr;
+    std::vector<char*> targets_;
+    char* base_ = nullptr;
+    std::vector<cudaEvent_t> done_;
+    std::mutex mutex_;
+    std::condition_variable available_;
+    std::deque<int> free_;
 };
 
 }  // namespace
@@ -77,7 +95,9 @@ private:
 DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes) {
     auto t0 = std::chrono::steady_clock::now();
     DeviceWeights w;
-    PinnedStagingSink sink(staging_bytes, stream);
+    // Every parameter's memory first, then all pieces in one batched read.
+    std::vector<ReadRequest> requests;
+    std::vector<char*> targets;
     for (Node* n : graph.nodes()) {
         if (!n->param) continue;
         if (n->out()->dtype != "bfloat16")
@@ -94,12 +114,19 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
             if (p.tensor.empty()) {
                 CUDA_CHECK(cudaMemsetAsync(dst + at, 0, p.elements * sizeof(bf16), stream));
             } else {
-                sink.set_target(reinterpret_cast<char*>(dst + at));
-                ckpt.read(p.tensor, p.slice, DType::kBF16, sink);
+                requests.push_back({p.tensor, p.slice, DType::kBF16, targets.size()});
+                targets.push_back(reinterpret_cast<char*>(dst + at));
             }
             at += p.elements;
         }
         if (at != elements) throw Error("plan for " + n->name + " fills " + std::to_string(at) + " of " + std::to_string(elements) + " elements");
+    }
+    {
+        // Two buffers per read thread: one being filled, one whose copy is queued.
+        const size_t chunk = 8u << 20;
+        int buffers = (int)std::max<size_t>(4, std::min<size_t>(2 * (size_t)ckpt.read_threads(), staging_bytes / chunk));
+        PinnedRingSink sink(buffers, chunk, stream, std::move(targets));
+        ckpt.read(requests, sink);
     }
     CUDA_CHECK(cudaStreamSynchronize(stream));
     w.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -33,9 +33,10 @@ struct DeviceWeights {
     DeviceWeights& operator=(DeviceWeights&&) noexcept;
 };
 
-// Reads each parameter's pieces straight into its device buffer through `staging_bytes` x 2
-// of pinned memory.
-DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes = 64u << 20);
+// Reads each parameter's pieces straight into its device buffer: one batched read on the
+// checkpoint's threads through a ring of pinned 8 MiB buffers (at most `staging_bytes` in all,
+// two per read thread), copies to the device overlapped with the reads.
+DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes = 256u << 20);
 
 class CudaExecutor : public Executor {
 public:
