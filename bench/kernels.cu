@@ -114,6 +114,29 @@ int main(int argc, char** argv) {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("tpx-kbench on %s; per op inside a CUDA graph of %d, median of 7 replays\n", prop.name, kReps);
 
+    // Host to device: 1 GiB from pinned memory (cudaHostAlloc, default and write-combined) in
+    // copies of 2 MiB to 1 GiB, one stream; the loader's ceiling besides the file reads.
+    {
+        const size_t total = 1u << 30;
+        bf16* d = device_alloc<bf16>(total / 2, false);
+        for (unsigned flags : {cudaHostAllocDefault, cudaHostAllocWriteCombined}) {
+            void* hbuf = nullptr;
+            CUDA_CHECK(cudaHostAlloc(&hbuf, total, flags));
+            std::memset(hbuf, 1, total);
+            for (size_t piece : {2ul << 20, 8ul << 20, 64ul << 20, 1ul << 30}) {
+                double us = time_direct(st, [&] {
+                    for (size_t at = 0; at < total; at += piece)
+                        CUDA_CHECK(cudaMemcpyAsync((char*)d + at, (char*)hbuf + at, piece, cudaMemcpyHostToDevice, st));
+                });
+                row(std::string("H2D pinned") + (flags ? " write-combined" : ""), std::to_string(piece >> 20) + " MiB copies", us,
+                    rate((double)total, us));
+            }
+            CUDA_CHECK(cudaFreeHost(hbuf));
+        }
+        CUDA_CHECK(cudaFree(d));
+        if (argc > 1 && std::strcmp(argv[1], "--h2d") == 0) return 0;
+    }
+
     // Linear layers of one Llama-3-8B layer and the lm_head; W streamed from HBM (distinct per rep
     // up to 4 GB in all).
     struct Shape { const char* name; int64_t K, N; };

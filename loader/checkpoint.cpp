@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -311,7 +312,9 @@ void SafetensorsCheckpoint::read(const std::vector<ReadRequest>& requests, ReadS
     pool_.run(tasks);
 }
 
+// TPX_READ_THREADS overrides (for measuring how reads scale).
 int default_threads() {
+    if (const char* e = std::getenv("TPX_READ_THREADS"); e && std::atoi(e) > 0) return std::min(std::atoi(e), 256);
     unsigned n = std::thread::hardware_concurrency();
     return (int)std::max(2u, std::min(n, 16u));
 }

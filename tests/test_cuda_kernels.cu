@@ -444,3 +444,93 @@ TEST(CudaKernels, ArgmaxGatherAndConversions) {
     CUDA_CHECK(cudaMemcpy(back.data(), f.p, back.size() * 4, cudaMemcpyDeviceToHost));
     EXPECT_EQ(back, x);
 }
+
+// The one-shot all-reduce between two GPUs of this process (peer pointers stand in for the
+// worker's IPC mappings): every rank gets bf16(float(a0) + float(a1)) bit for bit, for sizes
+// from one vector to the buffer's capacity, in place and out of place, over calls that
+// alternate the two buffers; a rank whose peer never comes gives up after its timeout and
+// names the peer.
+TEST(CudaKernels, OneShotAllReduceBetweenTwoGpus) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) GTEST_SKIP() << "needs 2 GPUs, " << count << " visible";
+    int can01 = 0, can10 = 0;
+    CUDA_CHECK(cudaDeviceCanAccessPeer(&can01, 0, 1));
+    CUDA_CHECK(cudaDeviceCanAccessPeer(&can10, 1, 0));
+    if (!can01 || !can10) GTEST_SKIP() << "GPUs 0 and 1 have no peer access";
+    const size_t capacity = 4096 * 64;
+    const size_t flag_bytes = 4 * cuda::kOneShotBlocks * cuda::kOneShotMaxRanks;
+    cuda::OneShotPeers peers[2];
+    cudaStream_t streams[2];
+    int* error = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&error, 2 * sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable));
+    error[0] = error[1] = 0;
+    char* bases[2];
+    for (int d = 0; d < 2; ++d) {
+        CUDA_CHECK(cudaSetDevice(d));
+        cudaError_t e = cudaDeviceEnablePeerAccess(1 - d, 0);
+        if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();
+        else CUDA_CHECK(e);
+        CUDA_CHECK(cudaStreamCreate(&streams[d]));
+        CUDA_CHECK(cudaMalloc(&bases[d], 1024 + 2 * 2 * capacity * 2));
+        CUDA_CHECK(cudaMemset(bases[d], 0, 1024 + 2 * 2 * capacity * 2));
+    }
+    ASSERT_LE(flag_bytes, 1024u);
+    for (int d = 0; d < 2; ++d) {
+        CUDA_CHECK(cudaSetDevice(d));
+        peers[d].rank = d;
+        peers[d].world = 2;
+        peers[d].capacity = capacity;
+        for (int r = 0; r < 2; ++r) {
+            peers[d].flags[r] = reinterpret_cast<uint32_t*>(bases[r]);
+            peers[d].data[r] = reinterpret_cast<bf16*>(bases[r] + 1024);
+        }
+        CUDA_CHECK(cudaMalloc(&peers[d].counters, 4 * (cuda::kOneShotBlocks + 1)));
+        CUDA_CHECK(cudaMemset(peers[d].counters, 0, 4 * (cuda::kOneShotBlocks + 1)));
+        CUDA_CHECK(cudaHostGetDevicePointer(&peers[d].error, error + d, 0));
+        peers[d].timeout_ns = 20'000'000'000ull;
+    }
+    for (size_t n : {8ul, 4096ul, 4096ul * 3 + 8, capacity, 4096ul}) {
+        for (int call = 0; call < 3; ++call) {
+            bool in_place = call == 1;
+            std::vector<float> a[2] = {random_bf16(n), random_bf16(n, 3.0f)};
+            Device<bf16>*in[2], *out[2];
+            for (int d = 0; d < 2; ++d) {
+                CUDA_CHECK(cudaSetDevice(d));
+                in[d] = upload(a[d]);
+                out[d] = in_place ? in[d] : poisoned(n);
+            }
+            for (int d = 0; d < 2; ++d) {
+                CUDA_CHECK(cudaSetDevice(d));
+                cuda::oneshot_all_reduce(in[d]->p, out[d]->p, n, peers[d], streams[d]);
+            }
+            for (int d = 0; d < 2; ++d) {
+                CUDA_CHECK(cudaSetDevice(d));
+                CUDA_CHECK(cudaStreamSynchronize(streams[d]));
+                std::vector<uint16_t> got(n);
+                CUDA_CHECK(cudaMemcpy(got.data(), out[d]->p, n * 2, cudaMemcpyDeviceToHost));
+                size_t wrong = 0;
+                for (size_t i = 0; i < n; ++i) wrong += got[i] != f32_to_bf16(a[0][i] + a[1][i]);
+                EXPECT_EQ(wrong, 0u) << "device " << d << ", n " << n << ", call " << call;
+                EXPECT_EQ(error[d], 0);
+                if (!in_place) delete out[d];
+                delete in[d];
+            }
+        }
+    }
+    // Device 1 never comes: device 0 waits 50 ms, then names rank 1 through the error flag.
+    CUDA_CHECK(cudaSetDevice(0));
+    peers[0].timeout_ns = 50'000'000;
+    Device<bf16> x(4096);
+    CUDA_CHECK(cudaMemset(x.p, 0, 4096 * 2));
+    cuda::oneshot_all_reduce(x.p, x.p, 4096, peers[0], streams[0]);
+    CUDA_CHECK(cudaStreamSynchronize(streams[0]));
+    EXPECT_EQ(error[0], 2) << "rank 1 + 1";
+    for (int d = 0; d < 2; ++d) {
+        CUDA_CHECK(cudaSetDevice(d));
+        cudaFree(bases[d]);
+        cudaFree(peers[d].counters);
+        cudaStreamDestroy(streams[d]);
+    }
+    cudaFreeHost(error);
+    CUDA_CHECK(cudaSetDevice(0));
+}

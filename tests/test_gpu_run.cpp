@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -161,5 +162,28 @@ TEST(GpuFailures, ARankFailingInsideAnNcclAllReduceEndsTheJob) {
     EXPECT_LT(r.seconds, 10.0);
     EXPECT_NE(r.err.find("rank 1 ("), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("injected failure inside an NCCL all-reduce"), std::string::npos) << r.err;
+    fs::remove_all(dir);
+}
+
+// tp=2: the one-shot all-reduce and NCCL's give the same logits, bit for bit (both round
+// bf16(a + b) once), and the log says which path ran.
+TEST(GpuRun, OneShotAllReduceEqualsNcclBitForBit) {
+    if (gpu_count() < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpu_count() << " visible";
+    Golden g = read_golden("llama-gqa");
+    std::string dir = temp_dir();
+    std::string job = write_job(dir, g, "llama-gqa", 2, 1);
+    auto nccl = run_process("TPX_ONESHOT=0 timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/nccl.h5");
+    ASSERT_EQ(nccl.exit_code, 0) << nccl.err;
+    EXPECT_NE(nccl.err.find("one-shot all-reduce off (TPX_ONESHOT=0)"), std::string::npos) << nccl.err;
+    auto one = run_process("timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/oneshot.h5");
+    ASSERT_EQ(one.exit_code, 0) << one.err;
+    if (one.err.find("one-shot all-reduce over CUDA IPC") == std::string::npos)
+        GTEST_SKIP() << "the one-shot path is off on this machine: " << one.err;
+    for (int64_t b = 0; b < g.batch; ++b) {
+        std::string name = "prompt_" + std::to_string(b) + "/prompt_logits";
+        std::vector<float> a = read_h5(dir + "/nccl.h5", name), c = read_h5(dir + "/oneshot.h5", name);
+        ASSERT_EQ(a.size(), c.size());
+        EXPECT_EQ(0, std::memcmp(a.data(), c.data(), a.size() * 4)) << "prompt " << b;
+    }
     fs::remove_all(dir);
 }

@@ -202,6 +202,9 @@ int run(const Options& opt) {
 #endif
     }
     run_pipeline(ctx, resolve_transform_options(job), Stage::kWeightLoad, Stage::kCompile);
+    if (rank == 0 && weights_seconds > 0)
+        log_info("loaded ", weight_bytes / 1e9, " GB per rank in ", load_seconds, " s; the weights' read and upload ", weights_seconds,
+                 " s (", ckpt->stats().data_bytes / 1e9 / weights_seconds, " GB/s)");
     if (!exec) throw Error("init_kv_cache is disabled: the executor needs a KV cache", kExitBadInput);
 
     if (!opt.bench.empty()) {
@@ -209,9 +212,6 @@ int run(const Options& opt) {
 #ifdef TPX_HAVE_CUDA
         if (gpu) rates = measure_device_rates(gpu->stream);
 #endif
-        if (rank == 0)
-            log_info("loaded ", weight_bytes / 1e9, " GB per rank in ", load_seconds, " s; the weights' read and upload ", weights_seconds,
-                     " s (", ckpt->stats().data_bytes / 1e9 / weights_seconds, " GB/s)");
         BenchSettings bs;
         bs.json_path = opt.bench;
         bs.load_seconds = load_seconds;

@@ -28,6 +28,11 @@ void MpiCommunicator::all_gather(const float* in, size_t n, float* out) {
     MPI_CHECK(MPI_Allgather(in, (int)n, MPI_FLOAT, out, (int)n, MPI_FLOAT, MPI_COMM_WORLD));
 }
 
+void MpiCommunicator::all_gather_bytes(const void* in, size_t bytes, void* out) {
+    TPX_CHECK(bytes * (size_t)world_ < (size_t)INT_MAX, "all_gather of " + std::to_string(bytes) + " bytes per rank is too large for MPI");
+    MPI_CHECK(MPI_Allgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, MPI_COMM_WORLD));
+}
+
 void MpiCommunicator::broadcast(void* data, size_t bytes, int root) {
     char* p = static_cast<char*>(data);
     for (size_t done = 0; done < bytes;) {

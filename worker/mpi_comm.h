@@ -18,6 +18,8 @@ public:
     void broadcast(void* data, size_t bytes, int root) override;
     void barrier() override;
 
+    // out = every rank's `bytes` bytes, rank 0's first.
+    void all_gather_bytes(const void* in, size_t bytes, void* out);
     // Rank 0's string on every rank.
     std::string broadcast_string(const std::string& s);
 

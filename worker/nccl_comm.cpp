@@ -1,12 +1,15 @@
-// NCCL communicator and the watchdog sync.
+// NCCL communicator, the one-shot all-reduce's IPC setup, and the watchdog sync.
 #include "worker/nccl_comm.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
 
 #include "common/cuda_check.h"
+#include "common/log.h"
 #include "worker/mpi_comm.h"
 
 namespace tpx {
@@ -17,10 +20,135 @@ NcclComm::NcclComm(MpiCommunicator& mpi, cudaStream_t stream, double timeout_s)
     if (rank_ == 0) NCCL_CHECK(ncclGetUniqueId(&id));
     mpi.broadcast(&id, sizeof(id), 0);
     NCCL_CHECK(ncclCommInitRank(&comm_, world_, id, rank_));
+    setup_oneshot(mpi);
 }
 
 NcclComm::~NcclComm() {
     if (comm_) ncclCommDestroy(comm_);
+    release_oneshot();
+}
+
+// Collective: every rank says whether it can take part; the one-shot path is on only if all
+// can. Each rank's flags and buffers are one cudaMalloc block, zeroed before the handles are
+// exchanged (the exchange is the barrier that keeps a fast peer's first flag from being wiped).
+void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
+    std::string why;
+    const char* env = std::getenv("TPX_ONESHOT");
+    if (env && std::string(env) == "0") why = "TPX_ONESHOT=0";
+    if (world_ > cuda::kOneShotMaxRanks) why = "more than " + std::to_string(cuda::kOneShotMaxRanks) + " ranks";
+
+    // Where each rank's GPU is: host name and PCI bus id.
+    struct Where {
+        char host[64];
+        char bus[32];
+    };
+    Where mine{};
+    std::vector<Where> all(world_);
+    std::strncpy(mine.host, identity().host.c_str(), sizeof(mine.host) - 1);
+    int device = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetPCIBusId(mine.bus, sizeof(mine.bus), device));
+    mpi.all_gather_bytes(&mine, sizeof(mine), all.data());
+    for (int r = 0; r < world_ && why.empty(); ++r) {
+        if (std::strncmp(all[r].host, mine.host, sizeof(mine.host)) != 0) {
+            why = "ranks on more than one host";
+            break;
+        }
+        int peer = 0, can = 0;
+        if (cudaDeviceGetByPCIBusId(&peer, all[r].bus) != cudaSuccess) {
+            cudaGetLastError();
+            why = "rank " + std::to_string(r) + "'s GPU " + all[r].bus + " is not visible to rank " + std::to_string(rank_);
+        } else if (peer != device && (cudaDeviceCanAccessPeer(&can, device, peer) != cudaSuccess || !can)) {
+            cudaGetLastError();
+            why = "GPU " + std::string(all[r].bus) + " (rank " + std::to_string(r) + ") and GPU " + mine.bus + " (rank " +
+                  std::to_string(rank_) + ") have no peer access";
+        }
+    }
+
+    const size_t capacity = kOneShotBytes / sizeof(__nv_bfloat16);
+    const size_t flag_bytes = sizeof(uint32_t) * cuda::kOneShotBlocks * cuda::kOneShotMaxRanks;
+    const size_t data_offset = (flag_bytes + 255) / 256 * 256;
+    const size_t bytes = data_offset + 2 * (size_t)world_ * capacity * sizeof(__nv_bfloat16);
+    cudaIpcMemHandle_t handle{};
+    if (why.empty()) {
+        CUDA_CHECK(cudaMalloc(&oneshot_base_, bytes));
+        CUDA_CHECK(cudaMemset(oneshot_base_, 0, bytes));
+        CUDA_CHECK(cudaDeviceSynchronize());
+        if (cudaIpcGetMemHandle(&handle, oneshot_base_) != cudaSuccess) {
+            why = std::string("cudaIpcGetMemHandle failed: ") + cudaGetErrorString(cudaGetLastError());
+        }
+    }
+    // Every rank takes part in the exchange, ready or not, so that none waits alone.
+    float ready = why.empty() ? 1.0f : 0.0f;
+    std::vector<float> readiness(world_);
+    mpi.all_gather(&ready, 1, readiness.data());
+    std::vector<cudaIpcMemHandle_t> handles(world_);
+    mpi.all_gather_bytes(&handle, sizeof(handle), handles.data());
+    for (int r = 0; r < world_; ++r)
+        if (readiness[r] == 0 && why.empty()) why = "rank " + std::to_string(r) + " cannot take part";
+
+    if (why.empty()) {
+        oneshot_.rank = rank_;
+        oneshot_.world = world_;
+        oneshot_.capacity = capacity;
+        for (int r = 0; r < world_ && why.empty(); ++r) {
+            char* base = nullptr;
+            if (r == rank_) {
+                base = static_cast<char*>(oneshot_base_);
+            } else {
+                void* p = nullptr;
+                cudaError_t e = cudaIpcOpenMemHandle(&p, handles[r], cudaIpcMemLazyEnablePeerAccess);
+                if (e != cudaSuccess) {
+                    cudaGetLastError();
+                    why = "cudaIpcOpenMemHandle of rank " + std::to_string(r) + "'s buffer failed: " + cudaGetErrorString(e);
+                    break;
+                }
+                oneshot_mapped_.push_back(p);
+                base = static_cast<char*>(p);
+            }
+            oneshot_.flags[r] = reinterpret_cast<uint32_t*>(base);
+            oneshot_.data[r] = reinterpret_cast<__nv_bfloat16*>(base + data_offset);
+        }
+    }
+    // The second agreement: every rank mapped every peer.
+    ready = why.empty() ? 1.0f : 0.0f;
+    mpi.all_gather(&ready, 1, readiness.data());
+    for (int r = 0; r < world_; ++r)
+        if (readiness[r] == 0 && why.empty()) why = "rank " + std::to_string(r) + " could not map its peers' buffers";
+    if (!why.empty()) {
+        release_oneshot();
+        oneshot_status_ = "one-shot all-reduce off (" + why + "): NCCL for every all-reduce";
+    } else {
+        CUDA_CHECK(cudaMalloc(&oneshot_.counters, sizeof(uint32_t) * (cuda::kOneShotBlocks + 1)));
+        CUDA_CHECK(cudaMemset(oneshot_.counters, 0, sizeof(uint32_t) * (cuda::kOneShotBlocks + 1)));
+        CUDA_CHECK(cudaHostAlloc(&oneshot_error_host_, sizeof(int), cudaHostAllocMapped));
+        *oneshot_error_host_ = 0;
+        CUDA_CHECK(cudaHostGetDevicePointer(&oneshot_.error, oneshot_error_host_, 0));
+        // Half the host's timeout: the kernel gives up first, so that the host can name the rank.
+        oneshot_.timeout_ns = (uint64_t)(timeout_s_ * 0.5e9);
+        oneshot_status_ = "one-shot all-reduce over CUDA IPC for messages up to " + std::to_string(kOneShotBytes >> 10) +
+                          " KiB, NCCL above";
+    }
+    if (rank_ == 0) log_info(oneshot_status_);
+}
+
+// Nothing is freed while an exception unwinds: a kernel may still be using the buffers.
+void NcclComm::release_oneshot() {
+    if (std::uncaught_exceptions()) return;
+    for (void* p : oneshot_mapped_) cudaIpcCloseMemHandle(p);
+    oneshot_mapped_.clear();
+    if (oneshot_base_) cudaFree(oneshot_base_);
+    if (oneshot_.counters) cudaFree(oneshot_.counters);
+    if (oneshot_error_host_) cudaFreeHost(oneshot_error_host_);
+    oneshot_base_ = nullptr;
+    oneshot_error_host_ = nullptr;
+    oneshot_ = cuda::OneShotPeers{};
+}
+
+int NcclComm::oneshot_missing_rank() const {
+    if (!oneshot_error_host_) return -1;
+    int e = *const_cast<volatile int*>(oneshot_error_host_);
+    return e > 0 ? e - 1 : -1;
 }
 
 void NcclComm::abort() {
@@ -33,6 +161,10 @@ void NcclComm::all_reduce(__nv_bfloat16* data, size_t n) { all_reduce(data, data
 void NcclComm::all_reduce(const __nv_bfloat16* in, __nv_bfloat16* out, size_t n) {
     if (const char* f = std::getenv("TPX_FAULT"))  // the failure tests' hook: this rank dies here
         if (std::string(f) == std::to_string(rank_) + ":allreduce") throw Error("injected failure inside an NCCL all-reduce (TPX_FAULT)");
+    if (oneshot() && cuda::oneshot_all_reduce_applies(in, out, n, oneshot_)) {
+        cuda::oneshot_all_reduce(in, out, n, oneshot_, stream_);
+        return;
+    }
     NCCL_CHECK(ncclAllReduce(in, out, n, ncclBfloat16, ncclSum, comm_, stream_));
 }
 
@@ -46,8 +178,14 @@ void sync_with_watchdog(cudaStream_t stream, NcclComm* comm, double timeout_s) {
     auto start = std::chrono::steady_clock::now();
     for (;;) {
         cudaError_t e = cudaStreamQuery(stream);
+        if (e != cudaSuccess && e != cudaErrorNotReady) CUDA_CHECK(e);
+        if (comm && comm->oneshot_missing_rank() >= 0) {
+            int r = comm->oneshot_missing_rank();
+            comm->abort();
+            throw Error("rank " + std::to_string(r) + " did not reach a one-shot all-reduce within " + std::to_string((int)timeout_s) +
+                        " s (stopped or stuck?); NCCL communicator aborted");
+        }
         if (e == cudaSuccess) return;
-        if (e != cudaErrorNotReady) CUDA_CHECK(e);
         if (comm && comm->comm_handle()) {
             ncclResult_t async = ncclSuccess;
             NCCL_CHECK(ncclCommGetAsyncError(comm->comm_handle(), &async));

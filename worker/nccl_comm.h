@@ -1,7 +1,10 @@
-// NCCL over the world, for the GPU backend: the ncclUniqueId comes from rank 0 over MPI;
-// collectives run on the compute stream. sync() waits for the stream while polling
-// ncclCommGetAsyncError; on an error or after `timeout_s` it aborts the communicator and
-// throws, so the worker's top level ends the job instead of hanging in a collective.
+// The GPU backend's collectives: NCCL over the world (the ncclUniqueId comes from rank 0 over
+// MPI) and, when every rank is on one host and the GPUs reach each other (NVLink or PCIe
+// peer access), the one-shot all-reduce over CUDA IPC for messages up to kOneShotBytes
+// (kernels/cuda/ops.h; TPX_ONESHOT=0 turns it off). Collectives run on the compute stream.
+// sync() waits for the stream while polling ncclCommGetAsyncError and the one-shot kernel's
+// error flag; on an error or after `timeout_s` it aborts the communicator and throws, so the
+// worker's top level ends the job instead of hanging in a collective.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,6 +12,10 @@
 #include <nccl.h>
 
 #include <cstddef>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/ops.h"
 
 namespace tpx {
 
@@ -29,9 +36,23 @@ public:
     void abort();
     int world() const { return world_; }
     ncclComm_t comm_handle() const { return comm_; }
+    bool oneshot() const { return oneshot_.world > 1; }
+    const std::string& oneshot_status() const { return oneshot_status_; }  // why it is on or off
+    // The rank a one-shot all-reduce gave up waiting for, or -1.
+    int oneshot_missing_rank() const;
+
+    static constexpr size_t kOneShotBytes = 512u << 10;  // batch 64 of an 8B model's hidden size
 
 private:
+    void setup_oneshot(MpiCommunicator& mpi);
+    void release_oneshot();
+
     ncclComm_t comm_ = nullptr;
+    cuda::OneShotPeers oneshot_;
+    std::string oneshot_status_;
+    void* oneshot_base_ = nullptr;           // this rank's flags + buffers
+    std::vector<void*> oneshot_mapped_;      // the peers', opened over IPC
+    int* oneshot_error_host_ = nullptr;
     cudaStream_t stream_;
     double timeout_s_;
     int world_ = 1;

@@ -102,4 +102,28 @@ void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out,
 void bf16_to_f32(int64_t n, const bf16* x, float* y, cudaStream_t stream);
 void f32_to_bf16(int64_t n, const float* x, bf16* y, cudaStream_t stream);
 
+// The one-shot all-reduce (sum) between the GPUs of one host, for small messages: the ranks'
+// buffers and flags are mapped into each other over CUDA IPC (worker/nccl_comm.cpp sets them
+// up). Each of kOneShotBlocks blocks owns a contiguous part of the message: it pushes that
+// part of `in` into every peer's buffer (this rank's slot), raises its flag at every peer
+// (release, system scope), waits for every peer's flag (acquire), then sums the world's parts
+// in rank order in fp32, so every rank gets the same bits. Two buffers alternate between
+// calls: a rank may run one call ahead of a peer, never two (a call needs every peer to have
+// begun the previous one). A wait longer than timeout_ns gives up and sets *error to the
+// missing rank + 1 (the result is then garbage; the host's sync reports the rank). In place
+// (in == out) is allowed.
+constexpr int kOneShotMaxRanks = 8, kOneShotBlocks = 16, kOneShotThreads = 256;
+struct OneShotPeers {
+    int rank = 0, world = 1;
+    size_t capacity = 0;                       // elements per (parity, source rank) slot; a multiple of 8
+    bf16* data[kOneShotMaxRanks] = {};         // rank r's buffer, [2][world][capacity] (mapped)
+    uint32_t* flags[kOneShotMaxRanks] = {};    // rank r's flags, [kOneShotBlocks][kOneShotMaxRanks] (mapped)
+    uint32_t* counters = nullptr;              // this rank's calls so far, per block, then a "gave up" word (kOneShotBlocks + 1)
+    int* error = nullptr;                      // host-mapped, 0 while all is well (written, never read, by kernels: a read crosses PCIe)
+    uint64_t timeout_ns = 0;
+};
+// world > 1, n <= capacity, n % 8 == 0, 16-byte aligned in and out.
+bool oneshot_all_reduce_applies(const bf16* in, const bf16* out, size_t n, const OneShotPeers& p);
+void oneshot_all_reduce(const bf16* in, bf16* out, size_t n, const OneShotPeers& p, cudaStream_t stream);
+
 }  // namespace tpx::cuda
