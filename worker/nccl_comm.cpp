@@ -161,6 +161,9 @@ void NcclComm::all_reduce(__nv_bfloat16* data, size_t n) { all_reduce(data, data
 void NcclComm::all_reduce(const __nv_bfloat16* in, __nv_bfloat16* out, size_t n) {
     if (const char* f = std::getenv("TPX_FAULT"))  // the failure tests' hook: this rank dies here
         if (std::string(f) == std::to_string(rank_) + ":allreduce") throw Error("injected failure inside an NCCL all-reduce (TPX_FAULT)");
+    // Every rank must take the same path: n is the same on all ranks, and so is the alignment
+    // (activations are stream-ordered allocations, 256-byte aligned, at offsets fixed by shapes
+    // that tensor parallelism makes equal).
     if (oneshot() && cuda::oneshot_all_reduce_applies(in, out, n, oneshot_)) {
         cuda::oneshot_all_reduce(in, out, n, oneshot_, stream_);
         return;
