@@ -76,6 +76,15 @@ void Checkpoint::read(const std::string& name, const Slice& slice, DType dst_typ
     read(std::vector<ReadRequest>{{name, slice, dst_type, 0}}, sink);
 }
 
+const TensorInfo& Checkpoint::checked(const ReadRequest& r) const {
+    const TensorInfo& t = tensor(r.tensor);
+    if (!can_convert(t.dtype, r.dst_type))
+        throw CheckpointError(t.file + ": tensor '" + r.tensor + "' is " + dtype_name(t.dtype) + " and cannot be read as " +
+                              dtype_name(r.dst_type));
+    slice_shape(t, r.slice);
+    return t;
+}
+
 void Checkpoint::count_data(const std::string& file, uint64_t bytes) {
     data_bytes_ += bytes;
     ++reads_;
@@ -240,10 +249,7 @@ void SafetensorsCheckpoint::read(const std::vector<ReadRequest>& requests, ReadS
     std::vector<Planned> plans;
     plans.reserve(requests.size());
     for (const ReadRequest& r : requests) {
-        const TensorInfo& t = tensor(r.tensor);
-        if (!can_convert(t.dtype, r.dst_type))
-            throw CheckpointError(t.file + ": tensor '" + r.tensor + "' is " + dtype_name(t.dtype) + " and cannot be read as " +
-                                  dtype_name(r.dst_type));
+        const TensorInfo& t = checked(r);
         Planned p{&t, plan_spans(t, r.slice), {}};
         p.reads = plan_reads(p.spans, dtype_size(t.dtype));
         plans.push_back(std::move(p));

@@ -94,6 +94,9 @@ public:
 
 protected:
     explicit Checkpoint(std::string path) : path_(std::move(path)) {}
+    // The request's tensor, after checking that it exists, converts to r.dst_type and fits
+    // r.slice; throws CheckpointError naming the file and tensor otherwise.
+    const TensorInfo& checked(const ReadRequest& r) const;
     void set_tensors(std::vector<TensorInfo> tensors);
     void count_header(uint64_t bytes) { header_bytes_ += bytes; }
     void count_data(const std::string& file, uint64_t bytes);

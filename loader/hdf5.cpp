@@ -129,13 +129,7 @@ void Hdf5Checkpoint::open() {
 
 // One request after another: the library is serial.
 void Hdf5Checkpoint::read(const std::vector<ReadRequest>& requests, ReadSink& sink) {
-    for (const ReadRequest& r : requests) {
-        const TensorInfo& t = tensor(r.tensor);
-        if (!can_convert(t.dtype, r.dst_type))
-            throw CheckpointError(path_ + ": tensor '" + r.tensor + "' is " + dtype_name(t.dtype) + " and cannot be read as " +
-                                  dtype_name(r.dst_type));
-        slice_shape(t, r.slice);  // throws if the slice does not fit
-    }
+    for (const ReadRequest& r : requests) checked(r);
     for (const ReadRequest& r : requests) read_one(r, sink);
 }
 

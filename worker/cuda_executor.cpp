@@ -28,11 +28,10 @@ DeviceWeights::~DeviceWeights() {
     if (std::uncaught_exceptions()) return;
     for (auto& [name, p] : params) cudaFree(p);
 }
-DeviceWeights::DeviceWeights(DeviceWeights&& o) noexcept : params(std::move(o.params)), bytes(o.bytes), seconds(o.seconds) { o.params.clear(); }
+DeviceWeights::DeviceWeights(DeviceWeights&& o) noexcept : params(std::move(o.params)), bytes(o.bytes) { o.params.clear(); }
 DeviceWeights& DeviceWeights::operator=(DeviceWeights&& o) noexcept {
     std::swap(params, o.params);
     bytes = o.bytes;
-    seconds = o.seconds;
     return *this;
 }
 
@@ -45,28 +44,8 @@ namespace {
 class PinnedRingSink : public ReadSink {
 public:
     PinnedRingSink(int buffers, size_t chunk, cudaStream_t stream, std::vector<char*> targets)
-        : chunk_(chunk), targets_(std::move(targets)), done_(buffers) {
-        // TPX_UPLOAD_STREAMS > 1 spreads the copies over that many streams (measured: no gain).
-        int streams = 1;
-        if (const char* e = std::getenv("TPX_UPLOAD_STREAMS")) streams = std::max(1, std::min(16, std::atoi(e)));
-        streams_.push_back(stream);
-        for (int i = 1; i < streams; ++i) {
-            cudaStream_t s = nullptr;
-            CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-            streams_.push_back(s);
-            own_.push_back(s);
-        }
-        // TPX_STAGING=register: page-aligned host memory pinned with cudaHostRegister instead of
-        // cudaHostAlloc (measured equal within noise, docs/PERF.md).
-        const char* staging = std::getenv("TPX_STAGING");
-        registered_ = staging && std::string(staging) == "register";
-        if (registered_) {
-            base_ = static_cast<char*>(std::aligned_alloc(4096, chunk * buffers));
-            if (!base_) throw Error("cannot allocate " + std::to_string(chunk * buffers) + " bytes of staging memory");
-            CUDA_CHECK(cudaHostRegister(base_, chunk * buffers, cudaHostRegisterDefault));
-        } else {
-            CUDA_CHECK(cudaHostAlloc(&base_, chunk * buffers, cudaHostAllocDefault));
-        }
+        : chunk_(chunk), stream_(stream), targets_(std::move(targets)), done_(buffers) {
+        CUDA_CHECK(cudaHostAlloc(&base_, chunk * buffers, cudaHostAllocDefault));
         for (int i = 0; i < buffers; ++i) {
             CUDA_CHECK(cudaEventCreateWithFlags(&done_[i], cudaEventDisableTiming));
             free_.push_back(i);
@@ -74,14 +53,8 @@ public:
     }
     ~PinnedRingSink() override {
         if (std::uncaught_exceptions()) return;  // a copy may still read the buffers: leak them
-        for (cudaStream_t s : streams_) cudaStreamSynchronize(s);
-        for (cudaStream_t s : own_) cudaStreamDestroy(s);
-        if (registered_) {
-            cudaHostUnregister(base_);
-            std::free(base_);
-        } else {
-            cudaFreeHost(base_);
-        }
+        cudaStreamSynchronize(stream_);
+        cudaFreeHost(base_);
         for (cudaEvent_t e : done_) cudaEventDestroy(e);
     }
     uint64_t chunk_bytes() const override { return chunk_; }
@@ -104,13 +77,11 @@ public:
     // Seconds the threads spent, in all, inside the calls that queue the copies (where a
     // driver that stages or encrypts host memory does its work).
     double queue_s() const { return queue_ns_ * 1e-9; }
-    int streams() const { return (int)streams_.size(); }
     void commit(const ReadRequest& r, void* memory, uint64_t offset, uint64_t bytes) override {
         auto t0 = std::chrono::steady_clock::now();
         int i = (int)((static_cast<char*>(memory) - base_) / chunk_);
-        cudaStream_t s = streams_[i % streams_.size()];
-        CUDA_CHECK(cudaMemcpyAsync(targets_.at(r.tag) + offset, memory, bytes, cudaMemcpyHostToDevice, s));
-        CUDA_CHECK(cudaEventRecord(done_[i], s));
+        CUDA_CHECK(cudaMemcpyAsync(targets_.at(r.tag) + offset, memory, bytes, cudaMemcpyHostToDevice, stream_));
+        CUDA_CHECK(cudaEventRecord(done_[i], stream_));
         queue_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -121,7 +92,7 @@ public:
 
 private:
     size_t chunk_;
-    std::vector<cudaStream_t> streams_, own_;
+    cudaStream_t stream_;
     std::vector<char*> targets_;
     char* base_ = nullptr;
     std::vector<cudaEvent_t> done_;
@@ -129,13 +100,11 @@ private:
     std::condition_variable available_;
     std::deque<int> free_;
     std::atomic<int64_t> waited_ns_{0}, queue_ns_{0};
-    bool registered_ = false;
 };
 
 }  // namespace
 
 DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes) {
-    auto t0 = std::chrono::steady_clock::now();
     DeviceWeights w;
     // Every parameter's memory first, then all pieces in one batched read.
     std::vector<ReadRequest> requests;
@@ -170,13 +139,11 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
         PinnedRingSink sink(buffers, chunk, stream, std::move(targets));
         auto r0 = std::chrono::steady_clock::now();
         ckpt.read(requests, sink);
-        log_info("weights: ", requests.size(), " reads on ", ckpt.read_threads(), " threads through ", buffers, " pinned buffers",
-                 std::getenv("TPX_STAGING") ? std::string(" (") + std::getenv("TPX_STAGING") + ")" : std::string(), " in ",
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count(), " s; the threads waited ", sink.waited_s(),
-                 " s in all for a free buffer and spent ", sink.queue_s(), " s queueing copies on ", sink.streams(), " streams");
+        log_info("weights: ", requests.size(), " reads on ", ckpt.read_threads(), " threads through ", buffers, " pinned buffers in ",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count(), " s; the threads waited ", sink.waited_s(),
+                 " s in all for a free buffer and spent ", sink.queue_s(), " s queueing copies");
     }
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    w.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return w;
 }
 

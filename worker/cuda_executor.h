@@ -26,7 +26,6 @@ namespace tpx {
 struct DeviceWeights {
     std::map<std::string, __nv_bfloat16*> params;
     int64_t bytes = 0;
-    double seconds = 0;
     ~DeviceWeights();
     DeviceWeights() = default;
     DeviceWeights(DeviceWeights&&) noexcept;

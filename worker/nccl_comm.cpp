@@ -78,14 +78,18 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
             why = std::string("cudaIpcGetMemHandle failed: ") + cudaGetErrorString(cudaGetLastError());
         }
     }
-    // Every rank takes part in the exchange, ready or not, so that none waits alone.
-    float ready = why.empty() ? 1.0f : 0.0f;
-    std::vector<float> readiness(world_);
-    mpi.all_gather(&ready, 1, readiness.data());
+    // Every rank takes part in each agreement, ready or not, so that none waits alone; the first
+    // rank that is not ready is named.
+    auto agree = [&](const std::string& failure) {
+        char ready = why.empty();
+        std::vector<char> all_ready(world_);
+        mpi.all_gather_bytes(&ready, 1, all_ready.data());
+        for (int r = 0; r < world_ && why.empty(); ++r)
+            if (!all_ready[r]) why = "rank " + std::to_string(r) + " " + failure;
+    };
     std::vector<cudaIpcMemHandle_t> handles(world_);
     mpi.all_gather_bytes(&handle, sizeof(handle), handles.data());
-    for (int r = 0; r < world_; ++r)
-        if (readiness[r] == 0 && why.empty()) why = "rank " + std::to_string(r) + " cannot take part";
+    agree("cannot take part");
 
     if (why.empty()) {
         oneshot_.rank = rank_;
@@ -110,11 +114,7 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
             oneshot_.data[r] = reinterpret_cast<__nv_bfloat16*>(base + data_offset);
         }
     }
-    // The second agreement: every rank mapped every peer.
-    ready = why.empty() ? 1.0f : 0.0f;
-    mpi.all_gather(&ready, 1, readiness.data());
-    for (int r = 0; r < world_; ++r)
-        if (readiness[r] == 0 && why.empty()) why = "rank " + std::to_string(r) + " could not map its peers' buffers";
+    agree("could not map its peers' buffers");
     if (!why.empty()) {
         release_oneshot();
         oneshot_status_ = "one-shot all-reduce off (" + why + "): NCCL for every all-reduce";
