@@ -5,16 +5,26 @@
 // time per op inside a graph, launch gaps included. Weights are distinct per replay slot where
 // the op streams weights, so that L2 does not serve them.
 //   tpx-kbench [--quick]
+//   tpx-kbench --gemm    the prefill GEMMs: cublasGemmEx against every cuBLASLt heuristic's algorithm
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/cuda_check.h"
@@ -97,6 +107,107 @@ std::string rate(double bytes, double us, double flops = 0) {
     return s;
 }
 
+// The prefill GEMMs (2048 tokens, the 8B's shapes) as the executor calls them (cublasGemmEx,
+// Y^T[N, T] = W^T . X^T), against each algorithm cuBLASLt's heuristic offers for the same
+// product, 32 MiB workspace.
+void gemm_sweep(cublasHandle_t h, cudaStream_t st, void* ws) {
+    cublasLtHandle_t lt;
+    CUBLAS_CHECK(cublasLtCreate(&lt));
+    const int64_t T = 2048;
+    for (const auto& shape : std::vector<std::tuple<const char*, int64_t, int64_t>>{
+             {"qkv", 4096, 6144}, {"o", 4096, 4096}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}}) {
+        const char* name = std::get<0>(shape);
+        const int64_t K = std::get<1>(shape), N = std::get<2>(shape);
+        bf16* w = device_alloc<bf16>(K * N);
+        bf16* x = device_alloc<bf16>(T * K);
+        bf16* y = device_alloc<bf16>(T * N, false);
+        const double flops = 2.0 * T * K * N;
+        const std::string dims = "T=2048 K=" + std::to_string(K) + " N=" + std::to_string(N);
+        double us = time_direct(st, [&] { cuda::linear(h, {T, K, N}, x, w, nullptr, y, st); });
+        row(std::string("gemm ") + name + " cublasGemmEx", dims, us, rate(0, us, flops));
+        cublasLtMatmulDesc_t op;
+        CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+        cublasLtMatrixLayout_t la, lb, lc;
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K));
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, T, K));
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, N, T, N));
+        cublasLtMatmulPreference_t pref;
+        CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+        size_t wsb = 32u << 20;
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof(wsb)));
+        cublasLtMatmulHeuristicResult_t res[16];
+        int found = 0;
+        CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 16, res, &found));
+        const float alpha = 1.0f, beta = 0.0f;
+        for (int i = 0; i < found; ++i) {
+            double t = time_direct(st, [&] {
+                CUBLAS_CHECK(cublasLtMatmul(lt, op, &alpha, w, la, x, lb, &beta, y, lc, y, lc, &res[i].algo, ws, wsb, st));
+            });
+            row(std::string("gemm ") + name + " lt #" + std::to_string(i), dims, t, rate(0, t, flops));
+        }
+        cublasLtMatmulPreferenceDestroy(pref);
+        cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(lc);
+        cublasLtMatmulDescDestroy(op);
+        cudaFree(w), cudaFree(x), cudaFree(y);
+    }
+    cublasLtDestroy(lt);
+}
+
+// A file in the page cache straight to the device, no CPU copy: the file mmap'd read-only,
+// each piece registered (cudaHostRegisterReadOnly), copied and unregistered, on 1 to 8 threads
+// with a stream each; against cudaMemcpy from the unregistered mapping (the driver stages it).
+void h2d_from_file(const char* path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) std::perror(path), std::exit(1);
+    struct stat stt;
+    fstat(fd, &stt);
+    const size_t total = std::min<size_t>((size_t)stt.st_size & ~((64ul << 20) - 1), 8ul << 30);
+    char* map = (char*)mmap(nullptr, total, PROT_READ, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) std::perror("mmap"), std::exit(1);
+    volatile char sink = 0;
+    for (size_t at = 0; at < total; at += 4096) sink += map[at];  // in the page cache and mapped
+    const size_t ring = 1ul << 30;
+    char* d = nullptr;
+    CUDA_CHECK(cudaMalloc(&d, ring));
+    for (size_t piece : {8ul << 20, 64ul << 20}) {
+        for (int threads : {1, 4, 8}) {
+            double reg_s = 0;
+            auto t0 = std::chrono::steady_clock::now();
+            std::vector<std::thread> pool;
+            std::vector<double> reg(threads, 0);
+            for (int t = 0; t < threads; ++t)
+                pool.emplace_back([&, t] {
+                    cudaStream_t s;
+                    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+                    for (size_t at = t * piece; at < total; at += threads * piece) {
+                        auto r0 = std::chrono::steady_clock::now();
+                        CUDA_CHECK(cudaHostRegister(map + at, piece, cudaHostRegisterReadOnly));
+                        reg[t] += std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
+                        CUDA_CHECK(cudaMemcpyAsync(d + at % ring, map + at, piece, cudaMemcpyHostToDevice, s));
+                        CUDA_CHECK(cudaStreamSynchronize(s));
+                        CUDA_CHECK(cudaHostUnregister(map + at));
+                    }
+                    cudaStreamDestroy(s);
+                });
+            for (auto& th : pool) th.join();
+            double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            for (double r : reg) reg_s += r;
+            std::printf("mmap+register+copy  %2d threads, %3zu MiB pieces: %.2f GB in %.3f s = %.1f GB/s (registering %.3f thread-s)\n", threads,
+                        piece >> 20, total / 1e9, sec, total / 1e9 / sec, reg_s);
+        }
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    for (size_t at = 0; at < total; at += 64ul << 20) CUDA_CHECK(cudaMemcpy(d + at % ring, map + at, 64ul << 20, cudaMemcpyHostToDevice));
+    double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("mmap pageable cudaMemcpy, 64 MiB pieces: %.1f GB/s\n", total / 1e9 / sec);
+    cudaFree(d);
+    munmap(map, total);
+    close(fd);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -113,6 +224,14 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("tpx-kbench on %s; per op inside a CUDA graph of %d, median of 7 replays\n", prop.name, kReps);
+    if (argc > 2 && std::strcmp(argv[1], "--h2d-file") == 0) {
+        h2d_from_file(argv[2]);
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {
+        gemm_sweep(h, st, ws);
+        return 0;
+    }
 
     // Host to device: 1 GiB from pinned memory (cudaHostAlloc, default and write-combined) in
     // copies of 2 MiB to 1 GiB, one stream; the loader's ceiling besides the file reads.
@@ -305,6 +424,18 @@ int main(int argc, char** argv) {
                 row(std::string("linear prefill ") + name, "T=2048 K=4096 N=" + std::to_string(N), us, rate(0, us, 2.0 * P * K * N));
                 cudaFree(w), cudaFree(y);
             }
+        }
+        {  // the small ops of a 2048-token prefill layer
+            bf16* gu = device_alloc<bf16>(P * 28672);
+            bf16* act = device_alloc<bf16>(P * 14336, false);
+            double us = time_direct(st, [&] { cuda::silu_mul_fused(P, 14336, gu, act, st); });
+            row("silu_mul prefill", "T=2048 I=14336", us, rate(P * (28672 + 14336) * 2.0, us, 0));
+            bf16* x = device_alloc<bf16>(P * 4096);
+            bf16* res = device_alloc<bf16>(P * 4096);
+            bf16* nw = device_alloc<bf16>(4096);
+            us = time_direct(st, [&] { cuda::add_rmsnorm(P, 4096, 1e-5f, x, res, act, nw, act + P * 4096, st); });
+            row("add_rmsnorm prefill", "T=2048 H=4096", us, rate(P * 4096 * 8.0, us, 0));
+            cudaFree(gu), cudaFree(act), cudaFree(x), cudaFree(res), cudaFree(nw);
         }
         bf16* wd = device_alloc<bf16>(14336 * 4096);
         bf16* xd = device_alloc<bf16>(P * 14336);

@@ -33,7 +33,9 @@ public:
     bool match(const Graph&, const Node*) override { return true; }
     void analyze(const Graph&, const Node* n) override {
         if (n->op == "linear") {
-            c_.flops_per_token += 2.0 * shape_numel(n->inputs[1]->shape);
+            double flops = 2.0 * shape_numel(n->inputs[1]->shape);
+            c_.flops_per_token += flops;
+            if (n->name == "lm_head") c_.head_flops_per_token += flops;
         } else if (n->op == "moe") {
             // Each token visits top_k experts; this rank holds experts/ep of them, each a part.
             double expert_weights = 0;

@@ -18,6 +18,9 @@ struct CollectiveCost {
 struct GraphCosts {
     int64_t weight_bytes = 0;              // local parameters
     double flops_per_token = 0;            // GEMMs and MoE experts (MoE: uniform routing assumed)
+    // The part of flops_per_token that runs only for the rows whose logits are asked for (the
+    // LM head: a prefill computes it for the prompt's last token, not for every token).
+    double head_flops_per_token = 0;
     double attention_flops_per_token_per_position = 0;  // QK^T and PV, per cached position
     std::map<std::string, CollectiveCost> collectives;  // by op: all_reduce, all_gather, ...
     int matches = 0;

@@ -161,6 +161,7 @@ json ShardPlan::to_json() const {
             {"act_dtype", act_dtype}, {"max_batch", max_batch}, {"max_seq_len", max_seq_len}, {"headers_checked", headers_checked},
             {"preloaded", preloaded},
             {"costs", {{"weight_bytes", costs.weight_bytes}, {"flops_per_token", costs.flops_per_token},
+                       {"head_flops_per_token", costs.head_flops_per_token},
                        {"attention_flops_per_token_per_position", costs.attention_flops_per_token_per_position}}},
             {"ranks", ranks_json}, {"transforms", transforms_json}, {"graph", graph.to_json()}};
 }
@@ -205,6 +206,7 @@ ShardPlan ShardPlan::from_json(const json& j) {
     p.preloaded = j.at("preloaded");
     p.costs.weight_bytes = j.at("costs").at("weight_bytes");
     p.costs.flops_per_token = j.at("costs").at("flops_per_token");
+    p.costs.head_flops_per_token = j.at("costs").at("head_flops_per_token");
     p.costs.attention_flops_per_token_per_position = j.at("costs").at("attention_flops_per_token_per_position");
     p.graph = Graph::from_json(j.at("graph"));
     for (const json& jt : j.at("transforms")) {
@@ -272,8 +274,8 @@ std::string format_plan(const ShardPlan& p, bool detail) {
     std::snprintf(line, sizeof(line), "%-5s %14s %14s %14s %14s\n", "all", human_bytes((double)tw).c_str(), human_bytes((double)tk).c_str(),
                   human_bytes((double)(tw + tk)).c_str(), human_bytes((double)tr).c_str());
     os << line << "\nper forward, per token, per rank:\n";
-    std::snprintf(line, sizeof(line), "  %.3f GFLOP in GEMMs (+ %.1f KFLOP of attention per cached position)\n",
-                  p.costs.flops_per_token / 1e9, p.costs.attention_flops_per_token_per_position / 1e3);
+    std::snprintf(line, sizeof(line), "  %.3f GFLOP in GEMMs, %.3f of them in the LM head (+ %.1f KFLOP of attention per cached position)\n",
+                  p.costs.flops_per_token / 1e9, p.costs.head_flops_per_token / 1e9, p.costs.attention_flops_per_token_per_position / 1e3);
     os << line;
     if (p.costs.collectives.empty()) os << "  no collectives\n";
     for (const auto& [op, cc] : p.costs.collectives)

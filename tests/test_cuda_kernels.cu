@@ -78,7 +78,7 @@ Device<T>* upload_raw(const std::vector<T>& v) {
     return d;
 }
 
-void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu, const char* what) {
+void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu, const std::string& what) {
     ASSERT_EQ(gpu.size(), cpu.size()) << what;
     float scale = 0;
     for (float x : cpu) scale = std::max(scale, std::fabs(x));
@@ -364,20 +364,27 @@ TEST(CudaKernels, AttentionGemmPathAndMixedSegments) {
     cublasDestroy(h);
 }
 
-TEST(CudaKernels, SwiGluFusedAndSplit) {
+TEST(CudaKernels, SwiGluFusedAndSplitAndAdd) {
     REQUIRE_GPU();
-    const int64_t T = 3, I = 352;
-    auto gu = random_bf16(T * 2 * I, 2.0f);
-    std::unique_ptr<Device<bf16>> dgu(upload(gu)), dout(poisoned(T * I)), dout2(poisoned(T * I));
-    cuda::silu_mul_fused(T, I, dgu->p, dout->p, nullptr);
-    std::vector<float> ref(T * I);
-    cpu::silu_mul_fused(T, I, gu.data(), ref.data());
-    expect_close(download(*dout), ref, "silu_mul_fused");
-    auto g = random_bf16(T * I), u = random_bf16(T * I);
-    std::unique_ptr<Device<bf16>> dg(upload(g)), du(upload(u));
-    cuda::silu_mul(T, I, dg->p, du->p, dout2->p, nullptr);
-    cpu::silu_mul(T, I, g.data(), u.data(), ref.data());
-    expect_close(download(*dout2), ref, "silu_mul");
+    // 352: eight elements a thread in 16-byte loads; 350: one a thread (width not a multiple of 8).
+    for (int64_t I : {352, 350}) {
+        const int64_t T = 3;
+        std::string w = " (width " + std::to_string(I) + ")";
+        auto gu = random_bf16(T * 2 * I, 2.0f);
+        std::unique_ptr<Device<bf16>> dgu(upload(gu)), dout(poisoned(T * I)), dout2(poisoned(T * I)), dsum(poisoned(T * I));
+        cuda::silu_mul_fused(T, I, dgu->p, dout->p, nullptr);
+        std::vector<float> ref(T * I);
+        cpu::silu_mul_fused(T, I, gu.data(), ref.data());
+        expect_close(download(*dout), ref, "silu_mul_fused" + w);
+        auto g = random_bf16(T * I), u = random_bf16(T * I);
+        std::unique_ptr<Device<bf16>> dg(upload(g)), du(upload(u));
+        cuda::silu_mul(T, I, dg->p, du->p, dout2->p, nullptr);
+        cpu::silu_mul(T, I, g.data(), u.data(), ref.data());
+        expect_close(download(*dout2), ref, "silu_mul" + w);
+        cuda::add(T * I, dg->p, du->p, dsum->p, nullptr);
+        for (int64_t i = 0; i < T * I; ++i) ref[i] = g[i] + u[i];
+        expect_close(download(*dsum), ref, "add" + w);
+    }
 }
 
 TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {

@@ -391,6 +391,12 @@ TEST(Plan, Llama70bAtTp8MatchesTheParameterCount) {
         EXPECT_EQ(rank["read_bytes"].get<int64_t>(), rank["weight_bytes"].get<int64_t>());
         EXPECT_EQ(rank["collectives"]["all_reduce"]["count"].get<int>(), 2 * 80 + 1);
     }
+    // FLOPs per token per rank: 2 per weight of every linear (all but the embedding and the
+    // norms), split 8 ways; the LM head's part (vocab 128256 split over 8) is counted apart, since
+    // a prefill runs it for one row.
+    double embedding = 128256.0 * 8192;
+    EXPECT_NEAR(j["costs"]["flops_per_token"].get<double>(), 2 * (70.55e9 - embedding) / 8, 0.01 * 2 * (70.55e9 - embedding) / 8);
+    EXPECT_EQ(j["costs"]["head_flops_per_token"].get<double>(), 2.0 * 8192 * 128256 / 8);
 }
 
 TEST(Plan, Mixtral8x7bWithEp8HoldsOneWholeExpertPerLayerPerRank) {

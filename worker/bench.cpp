@@ -62,11 +62,15 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
         }
         TokenBatch b = prompt_batch(1, len, c.vocab_size, rng);
         timed(exec, b);  // warm-up
+        exec.reset_profile();
         std::vector<double> t;
         for (int i = 0; i < 5; ++i) t.push_back(timed(exec, b));
         double ms = median(t);
-        // FLOPs of one rank: its GEMMs for every token, and causal attention (len^2 / 2 positions).
-        double flops = plan.costs.flops_per_token * len + plan.costs.attention_flops_per_token_per_position * len * (len + 1) / 2.0;
+        if (rank == 0 && !exec.profile().empty()) std::printf("prefill %lld tokens, %s", (long long)len, exec.profile().c_str());
+        // FLOPs of one rank: its GEMMs for every token but the LM head for the last token only (the
+        // logits asked for), and causal attention (len^2 / 2 positions).
+        double flops = (plan.costs.flops_per_token - plan.costs.head_flops_per_token) * len + plan.costs.head_flops_per_token +
+                       plan.costs.attention_flops_per_token_per_position * len * (len + 1) / 2.0;
         double floor_ms = rates.matmul_flops_per_s > 0 ? flops / rates.matmul_flops_per_s * 1e3 : 0;
         prefill.push_back({{"prompt_tokens", len}, {"ms", ms}, {"flop_floor_ms", floor_ms}, {"ratio_to_floor", floor_ms > 0 ? ms / floor_ms : 0}});
     }

@@ -1,6 +1,7 @@
 // Attention over the bf16 KV cache. A first kernel writes every token's K and V into its slot.
-// Long prompt segments then attend through cuBLAS (S = Q K^T, masked softmax, O = P V, query
-// rows in blocks so that only visible keys are multiplied); every other token (decode steps,
+// Long prompt segments then attend through a flash kernel (head_dim 64 or 128) or cuBLAS (other
+// head sizes: S = Q K^T, masked softmax, O = P V, query rows in blocks so that only visible keys
+// are multiplied); every other token (decode steps,
 // short chunks) through a kernel with one block per (token, query head): scores for the visible
 // positions into shared memory (fp32), a block-wide softmax, the weighted sum of V. Its vector
 // form (head_dim 64, 128 or 256) reads K and V rows in 16-byte pieces, several keys in flight
@@ -9,8 +10,6 @@
 #include <cmath>
 #include <map>
 #include <vector>
-
-#include <mma.h>
 
 #include "kernels/cuda/common.cuh"
 
@@ -26,6 +25,17 @@ __global__ void kv_write_kernel(int64_t kv_width, int64_t k_stride, int64_t v_st
     for (int64_t i = threadIdx.x; i < kv_width; i += blockDim.x) {
         k_cache[at + i] = k[t * k_stride + i];
         v_cache[at + i] = v[t * v_stride + i];
+    }
+}
+
+// The same in 16-byte pieces (widths, strides and pointers multiples of 8 elements).
+__global__ void kv_write_vec_kernel(int64_t kv8, int64_t k_stride8, int64_t v_stride8, int64_t max_seq, const int32_t* slot,
+                                    const int32_t* pos, const uint4* k, const uint4* v, uint4* k_cache, uint4* v_cache) {
+    int64_t t = blockIdx.x;
+    int64_t at = ((int64_t)slot[t] * max_seq + pos[t]) * kv8;
+    for (int64_t i = threadIdx.x; i < kv8; i += blockDim.x) {
+        k_cache[at + i] = k[t * k_stride8 + i];
+        v_cache[at + i] = v[t * v_stride8 + i];
     }
 }
 
@@ -204,212 +214,212 @@ __global__ void masked_softmax_kernel(int64_t rows, int64_t n, int64_t p_first, 
         prow[j] = __float2bfloat16(j >= lo && j <= hi ? expf(srow[j] - mx) * inv : 0.0f);
 }
 
-// Flash attention for long prompt segments (head_dim 64 or 128): one block of kFlashWarps warps
-// per (64 query rows, query head); each warp owns 16 rows. Per tile of 64 keys the block stages
-// K and V in shared memory; each warp computes S = Q K^T in bf16 tensor-core fragments (fp32
-// sums) and does the online softmax on them in registers: with the accumulator layout of
-// mma.m16n8k16 (checked once at run time by flash_layout_ok(), else the cuBLAS path), lane l
-// holds rows l / 4 and l / 4 + 8, so a row's max and sum take two shuffles within its quad. P goes
-// to shared memory in bf16, and P V into O fragments kept in registers, rescaled per row by the
-// change of max. Row strides are padded against bank conflicts. S and P never leave the SM.
-constexpr int kFlashWarps = 4;
-constexpr int kFlashRows = 16 * kFlashWarps;
-constexpr int kFlashKeys = 64;
-constexpr int kPPad = kFlashKeys + 8;
-
-template <int D>
+// Flash attention for long prompt segments (head_dim 64 or 128), after FlashAttention-2, on
+// mma.sync.m16n8k16 (bf16 in, fp32 sums): one block of W warps per (16 W query rows, query
+// head), each warp 16 rows, tiles of kFlashKeys keys. Q stays in registers as A fragments for
+// the whole kernel. K and V of a tile come into shared memory by cp.async, two buffers: the
+// next tile's copies run while this one is computed, one barrier a tile. S, the online softmax
+// and P never leave the registers: the accumulator of S for keys 16k .. 16k + 15 is, pair by
+// pair, the A fragment of P for that k-step. Rows padded to D + 8 elements make every ldmatrix
+// conflict free. Only tiles that cross the diagonal or the window's edge are masked. The row
+// blocks run latest first, so that the longest ones do not start last.
+template <int D, int W, int N>
 struct FlashSmem {
     static constexpr int kPad = D + 8;
-    bf16 q[kFlashRows * kPad];
-    bf16 k[kFlashKeys * kPad];
-    bf16 v[kFlashKeys * kPad];
-    bf16 p[kFlashWarps][16 * kPPad];
+    bf16 q[16 * W * kPad];
+    bf16 k[2][N * kPad];  // tile j in buffer j % 2
+    bf16 v[2][N * kPad];
 };
 
-using AccFrag = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
-// Element i of lane l's accumulator fragment (16 x 16 fp32) sits at this row and column.
-__device__ __host__ inline int acc_row(int l, int i) { return l / 4 + 8 * ((i / 2) % 2); }
-__device__ __host__ inline int acc_col(int l, int i) { return (l % 4) * 2 + i % 2 + 8 * (i / 4); }
+__device__ inline uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
-__global__ void acc_layout_probe_kernel(int* out) {
-    __shared__ float m[256];
-    for (int i = threadIdx.x; i < 256; i += 32) m[i] = (float)i;
-    __syncwarp();
-    AccFrag f;
-    nvcuda::wmma::load_matrix_sync(f, m, 16, nvcuda::wmma::mem_row_major);
-    for (int i = 0; i < f.num_elements; ++i) out[threadIdx.x * f.num_elements + i] = (int)f.x[i];
+// 16 bytes global -> shared, asynchronous; zeros when !valid (src is then not read).
+__device__ inline void cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Four 8x8 b16 matrices; lanes 8i .. 8i + 7 give the row addresses of matrix i.
+__device__ inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+__device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
 }
 
-template <int D>
-__global__ void __launch_bounds__(32 * kFlashWarps, 3) flash_attention_kernel(int max_seq, int heads, int kv_heads, int window,
-                                                                         AttentionSegment seg, const bf16* __restrict__ q,
-                                                                         const bf16* __restrict__ k_cache, const bf16* __restrict__ v_cache,
-                                                                         bf16* __restrict__ out) {
-    namespace wmma = nvcuda::wmma;
-    constexpr int kPad = FlashSmem<D>::kPad, kVec = D / 8, kPer = kFlashKeys * kVec / (32 * kFlashWarps);
+// d += a b: a 16x16 (row), b 16x8 (col), d 16x8 fp32. Lane l holds d rows l / 4 (d[0], d[1]) and
+// l / 4 + 8 (d[2], d[3]), columns 2 (l % 4) and 2 (l % 4) + 1.
+__device__ inline void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ inline uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <int D, int W, int kFlashKeys>
+__global__ void __launch_bounds__(32 * W, (kFlashKeys <= 32 ? 12 : 8) / W) flash_attention_kernel(int max_seq, int heads, int kv_heads, int window, AttentionSegment seg,
+                                                                     const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
+                                                                     const bf16* __restrict__ v_cache, bf16* __restrict__ out) {
+    constexpr int kRows = 16 * W, kPad = FlashSmem<D, W, kFlashKeys>::kPad, kVec = D / 8;  // 16-byte pieces per row
     extern __shared__ __align__(128) unsigned char flash_raw[];
-    FlashSmem<D>& sm = *reinterpret_cast<FlashSmem<D>*>(flash_raw);
+    FlashSmem<D, W, kFlashKeys>& sm = *reinterpret_cast<FlashSmem<D, W, kFlashKeys>*>(flash_raw);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = blockIdx.y, g = h / (heads / kv_heads);
     const int64_t qw = (int64_t)heads * D, kvw = (int64_t)kv_heads * D;
-    const int r0 = blockIdx.x * kFlashRows, rows = min(kFlashRows, (int)seg.count - r0);
+    const int r0 = (gridDim.x - 1 - blockIdx.x) * kRows, rows = min(kRows, (int)seg.count - r0);
     const int p_first = (int)seg.start + r0, p_last = p_first + rows - 1;
     const int k_lo = window > 0 ? max(0, p_first - window + 1) : 0;
     const bf16* kg = k_cache + (seg.slot * max_seq) * kvw + g * D;
     const bf16* vg = v_cache + (seg.slot * max_seq) * kvw + g * D;
-    for (int i = threadIdx.x; i < kFlashRows * kVec; i += blockDim.x) {  // Q rows, zero beyond the segment
-        int r = i / kVec, c = i % kVec;
-        uint4 val = make_uint4(0, 0, 0, 0);
-        if (r < rows) val = reinterpret_cast<const uint4*>(q + (seg.first + r0 + r) * qw + (int64_t)h * D)[c];
-        *reinterpret_cast<uint4*>(sm.q + r * kPad + c * 8) = val;
+    const bf16* qg = q + (seg.first + r0) * qw + (int64_t)h * D;
+    // Q rows (zeros beyond the segment), then K and V of a tile of keys (zeros outside
+    // [k_lo, p_last], so that 0 x V stays finite whatever the cache holds there): one
+    // cp.async group per tile, in flight while the tile before it is computed.
+    for (int i = threadIdx.x; i < kRows * kVec; i += blockDim.x) {
+        const int r = i / kVec, c = i % kVec;
+        cp_async16(sm.q + r * kPad + c * 8, r < rows ? qg + r * qw + c * 8 : qg, r < rows);
     }
-    // This lane's two rows (j = 0, 1: quad row l / 4 and l / 4 + 8 of the warp's 16).
-    int prow[2];
+    auto load_tile = [&](int buf, int kb) {
+        if (kb <= p_last)
+            for (int i = threadIdx.x; i < kFlashKeys * kVec; i += blockDim.x) {
+                const int r = i / kVec, c = i % kVec, key = kb + r;
+                const bool in = key >= k_lo && key <= p_last;
+                cp_async16(sm.k[buf] + r * kPad + c * 8, in ? kg + key * kvw + c * 8 : kg, in);
+                cp_async16(sm.v[buf] + r * kPad + c * 8, in ? vg + key * kvw + c * 8 : vg, in);
+            }
+        cp_async_commit();
+    };
+    const int kb0 = k_lo / kFlashKeys * kFlashKeys;
+    load_tile(0, kb0);
+
+    const bool active = warp * 16 < rows;  // else this warp's rows are all beyond the segment
+    int prow[2];                           // this lane's two rows in the block
+    prow[0] = warp * 16 + lane / 4, prow[1] = prow[0] + 8;
+    uint32_t qf[D / 16][4];
+    float o[D / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < 2; ++j) prow[j] = warp * 16 + lane / 4 + 8 * j;
-    AccFrag o[D / 16];
-#pragma unroll
-    for (int dt = 0; dt < D / 16; ++dt) wmma::fill_fragment(o[dt], 0.0f);
     const float scale = rsqrtf((float)D) * 1.4426950408889634f;  // exp2 domain
-    bf16* pw = sm.p[warp];
-    for (int kb = k_lo / kFlashKeys * kFlashKeys; kb <= p_last; kb += kFlashKeys) {
-        __syncthreads();  // the previous tile's K and V are no longer read
-        {  // K and V: all loads in flight, then the stores; zeros outside [k_lo, p_last] keep 0 x V finite
-            uint4 nk[kPer], nv[kPer];
-#pragma unroll
-            for (int u = 0; u < kPer; ++u) {
-                int i = threadIdx.x + u * 32 * kFlashWarps, r = i / kVec, c = i % kVec, key = kb + r;
-                bool in = key >= k_lo && key <= p_last;
-                nk[u] = in ? reinterpret_cast<const uint4*>(kg + key * kvw)[c] : make_uint4(0, 0, 0, 0);
-                nv[u] = in ? reinterpret_cast<const uint4*>(vg + key * kvw)[c] : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-            for (int u = 0; u < kPer; ++u) {
-                int i = threadIdx.x + u * 32 * kFlashWarps, r = i / kVec, c = i % kVec;
-                *reinterpret_cast<uint4*>(sm.k + r * kPad + c * 8) = nk[u];
-                *reinterpret_cast<uint4*>(sm.v + r * kPad + c * 8) = nv[u];
-            }
-        }
+    // Row and column of this lane's ldmatrix address within a 16 x 16 piece: A (row-major) and
+    // V (transposed) walk rows 0..15 then the column half; K walks the column half first.
+    const int a_row = (lane % 8) + ((lane / 8) % 2) * 8, a_col = (lane / 16) * 8;
+    const int k_row = (lane % 8) + (lane / 16) * 8, k_col = ((lane / 8) % 2) * 8;
+
+    for (int kb = kb0, buf = 0; kb <= p_last; kb += kFlashKeys, buf ^= 1) {
+        cp_async_wait_all();
+        // This tile (and Q) arrived for every thread, and every warp is done with the previous
+        // tile, whose buffer the next tile's copies now fill while this one is computed.
         __syncthreads();
-        if (warp * 16 >= rows) continue;  // this warp's rows are all beyond the segment
-        // S = Q K^T for the warp's 16 rows and the tile's 64 keys, in registers.
-        AccFrag sf[kFlashKeys / 16];
+        load_tile(buf ^ 1, kb + kFlashKeys);
+        if (kb == kb0 && active)
 #pragma unroll
-        for (int nt = 0; nt < kFlashKeys / 16; ++nt) wmma::fill_fragment(sf[nt], 0.0f);
+            for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(qf[ks], sm.q + (warp * 16 + a_row) * kPad + ks * 16 + a_col);
+        if (active) {
+            const bf16* sk = sm.k[buf];
+            const bf16* sv = sm.v[buf];
+            float s[kFlashKeys / 8][4];
 #pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
-            wmma::load_matrix_sync(a, sm.q + warp * 16 * kPad + ks * 16, kPad);
+            for (int nt = 0; nt < kFlashKeys / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-            for (int nt = 0; nt < kFlashKeys / 16; ++nt) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
-                wmma::load_matrix_sync(b, sm.k + nt * 16 * kPad + ks * 16, kPad);
-                wmma::mma_sync(sf[nt], a, b, sf[nt]);
+            for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+                for (int np = 0; np < kFlashKeys / 16; ++np) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, sk + (np * 16 + k_row) * kPad + ks * 16 + k_col);
+                    mma_bf16_16816(s[2 * np], qf[ks], b[0], b[1]);
+                    mma_bf16_16816(s[2 * np + 1], qf[ks], b[2], b[3]);
+                }
+            // A key is visible to a row at or after its position, inside the window.
+            if (kb + kFlashKeys - 1 > p_first || (window > 0 && kb <= p_last - window)) {
+#pragma unroll
+                for (int nt = 0; nt < kFlashKeys / 8; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int j = e / 2, key = kb + nt * 8 + (lane % 4) * 2 + (e % 2), pq = p_first + prow[j];
+                        const bool vis = prow[j] < rows && key <= pq && key >= k_lo && (window <= 0 || key > pq - window);
+                        if (!vis) s[nt][e] = -INFINITY;
+                    }
             }
-        }
-        // Online softmax: a key is visible to a row at or after its position, inside the window.
-        float mx[2] = {-INFINITY, -INFINITY};
+            float mx[2] = {-INFINITY, -INFINITY}, alpha[2], sum[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int nt = 0; nt < kFlashKeys / 16; ++nt)
+            for (int nt = 0; nt < kFlashKeys / 8; ++nt)
 #pragma unroll
-            for (int i = 0; i < sf[nt].num_elements; ++i) {
-                const int j = (i / 2) % 2, key = kb + nt * 16 + acc_col(lane, i), pq = p_first + prow[j];
-                const bool vis = prow[j] < rows && key <= pq && key >= k_lo && (window <= 0 || key > pq - window);
-                sf[nt].x[i] = vis ? sf[nt].x[i] * scale : -INFINITY;
-                mx[j] = fmaxf(mx[j], sf[nt].x[i]);
+                for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 1));
+                mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 2));
+                const float m_new = fmaxf(m[j], mx[j] * scale);
+                alpha[j] = m_new == -INFINITY ? 1.0f : exp2f(m[j] - m_new);
+                m[j] = m_new;
             }
-        float alpha[2], sum[2] = {0.0f, 0.0f};
+            uint32_t pf[kFlashKeys / 16][4];
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 1));
-            mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 2));
-            const float m_new = fmaxf(m[j], mx[j]);
-            alpha[j] = m_new == -INFINITY ? 1.0f : exp2f(m[j] - m_new);
-            m[j] = m_new;
-        }
+            for (int nt = 0; nt < kFlashKeys / 8; ++nt)
 #pragma unroll
-        for (int nt = 0; nt < kFlashKeys / 16; ++nt)
+                for (int j = 0; j < 2; ++j) {
+                    // (s = -inf gives 0 once m is finite; m = -inf means every key so far is masked)
+                    const float e0 = m[j] == -INFINITY ? 0.0f : exp2f(fmaf(s[nt][2 * j], scale, -m[j]));
+                    const float e1 = m[j] == -INFINITY ? 0.0f : exp2f(fmaf(s[nt][2 * j + 1], scale, -m[j]));
+                    sum[j] += e0 + e1;
+                    pf[nt / 2][(nt % 2) * 2 + j] = pack_bf16x2(e0, e1);
+                }
 #pragma unroll
-            for (int i = 0; i < sf[nt].num_elements; i += 2) {  // elements i, i + 1: adjacent columns of one row
-                const int j = (i / 2) % 2;
-                float e0 = sf[nt].x[i] == -INFINITY ? 0.0f : exp2f(sf[nt].x[i] - m[j]);
-                float e1 = sf[nt].x[i + 1] == -INFINITY ? 0.0f : exp2f(sf[nt].x[i + 1] - m[j]);
-                sum[j] += e0 + e1;
-                *reinterpret_cast<__nv_bfloat162*>(pw + acc_row(lane, i) * kPPad + nt * 16 + acc_col(lane, i)) = __floats2bfloat162_rn(e0, e1);
+            for (int j = 0; j < 2; ++j) {
+                sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 1);
+                sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 2);
+                l[j] = l[j] * alpha[j] + sum[j];
             }
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 1);
-            sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 2);
-            l[j] = l[j] * alpha[j] + sum[j];
-        }
-        __syncwarp();
-        // O = alpha O + P V.
-#pragma unroll
-        for (int dt = 0; dt < D / 16; ++dt)
-#pragma unroll
-            for (int i = 0; i < o[dt].num_elements; ++i) o[dt].x[i] *= alpha[(i / 2) % 2];
-#pragma unroll
-        for (int ks = 0; ks < kFlashKeys / 16; ++ks) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
-            wmma::load_matrix_sync(a, pw + ks * 16, kPPad);
-#pragma unroll
-            for (int dt = 0; dt < D / 16; ++dt) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b;
-                wmma::load_matrix_sync(b, sm.v + ks * 16 * kPad + dt * 16, kPad);
-                wmma::mma_sync(o[dt], a, b, o[dt]);
+            for (int dt = 0; dt < D / 8; ++dt) {
+                o[dt][0] *= alpha[0], o[dt][1] *= alpha[0];
+                o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
             }
+#pragma unroll
+            for (int kk = 0; kk < kFlashKeys / 16; ++kk)
+#pragma unroll
+                for (int dp = 0; dp < D / 16; ++dp) {
+                    uint32_t b[4];
+                    ldmatrix_x4_trans(b, sv + (kk * 16 + a_row) * kPad + dp * 16 + a_col);
+                    mma_bf16_16816(o[2 * dp], pf[kk], b[0], b[1]);
+                    mma_bf16_16816(o[2 * dp + 1], pf[kk], b[2], b[3]);
+                }
         }
-        __syncwarp();  // P is read before the next tile's softmax writes it
     }
-    if (warp * 16 >= rows) return;
+    if (!active) return;
 #pragma unroll
-    for (int dt = 0; dt < D / 16; ++dt)
+    for (int j = 0; j < 2; ++j) {
+        if (prow[j] >= rows) continue;
+        const float inv = 1.0f / l[j];
+        bf16* orow = out + (seg.first + r0 + prow[j]) * qw + (int64_t)h * D + (lane % 4) * 2;
 #pragma unroll
-        for (int i = 0; i < o[dt].num_elements; i += 2) {
-            const int j = (i / 2) % 2;
-            if (prow[j] >= rows) continue;
-            const float inv = 1.0f / l[j];
-            *reinterpret_cast<__nv_bfloat162*>(out + (seg.first + r0 + prow[j]) * qw + (int64_t)h * D + dt * 16 + acc_col(lane, i)) =
-                __floats2bfloat162_rn(o[dt].x[i] * inv, o[dt].x[i + 1] * inv);
-        }
+        for (int dt = 0; dt < D / 8; ++dt)
+            *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack_bf16x2(o[dt][2 * j] * inv, o[dt][2 * j + 1] * inv);
+    }
 }
 
-// Whether wmma's accumulator fragments have the layout flash_attention_kernel assumes (checked
-// once, outside graph capture; false while unknown).
-bool flash_layout_ok(cudaStream_t stream) {
-    static int state = -1;
-    if (state >= 0) return state == 1;
-    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-    CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
-    if (capturing != cudaStreamCaptureStatusNone) return false;
-    int* d = nullptr;
-    CUDA_CHECK(cudaMalloc(&d, 32 * 8 * sizeof(int)));
-    acc_layout_probe_kernel<<<1, 32>>>(d);
-    TPX_LAUNCH_CHECK();
-    std::vector<int> h(32 * 8);
-    CUDA_CHECK(cudaMemcpy(h.data(), d, h.size() * sizeof(int), cudaMemcpyDeviceToHost));
-    CUDA_CHECK(cudaFree(d));
-    state = 1;
-    for (int l = 0; l < 32; ++l)
-        for (int i = 0; i < 8; ++i)
-            if (h[l * 8 + i] != acc_row(l, i) * 16 + acc_col(l, i)) state = 0;
-    return state == 1;
-}
-
-template <int D>
+template <int D, int W, int N>
 void flash_attention(const cpu::AttentionShape& s, const AttentionSegment& seg, const bf16* q, const bf16* k_cache, const bf16* v_cache,
                      bf16* out, cudaStream_t stream) {
     static bool raised = false;
-    const size_t smem = sizeof(FlashSmem<D>);
+    const size_t smem = sizeof(FlashSmem<D, W, N>);
     if (!raised) {
-        CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<D, W, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         raised = true;
     }
-    dim3 grid((unsigned)((seg.count + kFlashRows - 1) / kFlashRows), (unsigned)s.heads);
-    flash_attention_kernel<D><<<grid, 32 * kFlashWarps, smem, stream>>>((int)s.max_seq, (int)s.heads, (int)s.kv_heads, (int)s.sliding_window,
-                                                                        seg, q, k_cache, v_cache, out);
+    dim3 grid((unsigned)((seg.count + 16 * W - 1) / (16 * W)), (unsigned)s.heads);
+    flash_attention_kernel<D, W, N><<<grid, 32 * W, smem, stream>>>((int)s.max_seq, (int)s.heads, (int)s.kv_heads, (int)s.sliding_window, seg,
+                                                                 q, k_cache, v_cache, out);
     TPX_LAUNCH_CHECK();
 }
 
@@ -500,8 +510,16 @@ void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t*
     int64_t kv_width = s.kv_heads * s.head_dim;
     TPX_CHECK((k == nullptr) == (v == nullptr), "attention: k and v must both be given or both be in the cache already");
     if (k) {
-        kv_write_kernel<<<(unsigned)s.tokens, 256, 0, stream>>>(kv_width, k_stride ? k_stride : kv_width, v_stride ? v_stride : kv_width,
-                                                                s.max_seq, slot, pos, k, v, k_cache, v_cache);
+        const int64_t ks = k_stride ? k_stride : kv_width, vs = v_stride ? v_stride : kv_width;
+        bool vec = kv_width % 8 == 0 && ks % 8 == 0 && vs % 8 == 0;
+        for (const void* p : {(const void*)k, (const void*)v, (const void*)k_cache, (const void*)v_cache})
+            vec = vec && (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+        if (vec)
+            kv_write_vec_kernel<<<(unsigned)s.tokens, 128, 0, stream>>>(kv_width / 8, ks / 8, vs / 8, s.max_seq, slot, pos,
+                                                                        reinterpret_cast<const uint4*>(k), reinterpret_cast<const uint4*>(v),
+                                                                        reinterpret_cast<uint4*>(k_cache), reinterpret_cast<uint4*>(v_cache));
+        else
+            kv_write_kernel<<<(unsigned)s.tokens, 256, 0, stream>>>(kv_width, ks, vs, s.max_seq, slot, pos, k, v, k_cache, v_cache);
         TPX_LAUNCH_CHECK();
     }
     if (!segments || !cublas) {
@@ -514,9 +532,10 @@ void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t*
         TPX_CHECK(seg.first >= run_start && seg.first + seg.count <= s.tokens, "attention: segments out of order or beyond the batch");
         if (seg.count < kAttentionGemmMinTokens) continue;
         attention_tokens(s, run_start, seg.first, slot, pos, q, k_cache, v_cache, out, stream);
-        const bool flash = (s.head_dim == 128 || s.head_dim == 64) && s.max_seq < (1ll << 30) && flash_layout_ok(stream);
-        if (flash && s.head_dim == 128) flash_attention<128>(s, seg, q, k_cache, v_cache, out, stream);
-        else if (flash) flash_attention<64>(s, seg, q, k_cache, v_cache, out, stream);
+        const bool flash = (s.head_dim == 128 || s.head_dim == 64) && s.max_seq < (1ll << 30);
+        // (tpx-kbench, 2048 tokens: 64 keys a tile 241 us, 32 keys 235 but slower in the whole prefill; 8 warps 262 us)
+        if (flash && s.head_dim == 128) flash_attention<128, 4, 64>(s, seg, q, k_cache, v_cache, out, stream);
+        else if (flash) flash_attention<64, 4, 64>(s, seg, q, k_cache, v_cache, out, stream);
         else attention_gemm(cublas, s, seg, q, k_cache, v_cache, out, stream);
         run_start = seg.first + seg.count;
     }

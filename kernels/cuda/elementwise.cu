@@ -1,5 +1,9 @@
 // Embedding lookup, residual add, SwiGLU, row gather, dtype conversion: one thread per element
-// (or per row for the lookup), bf16 storage, fp32 arithmetic.
+// (or per row for the lookup), bf16 storage, fp32 arithmetic. The add and SwiGLU take eight
+// elements a thread in 16-byte loads where widths and pointers allow (SwiGLU over a 2048-token
+// prefill: 123 us a layer one element a thread, a third of the HBM rate).
+#include <initializer_list>
+
 #include "kernels/cuda/common.cuh"
 
 namespace tpx::cuda {
@@ -26,6 +30,37 @@ __global__ void silu_mul_fused_kernel(int64_t tokens, int64_t inter, const bf16*
     int64_t t = i / inter, j = i % inter;
     float g = __bfloat162float(gu[t * 2 * inter + j]), u = __bfloat162float(gu[t * 2 * inter + inter + j]);
     out[i] = __float2bfloat16(silu(g) * u);
+}
+
+// Eight elements a thread: `inter8` = inter / 8 vectors per token; the gate and up halves of a
+// token's row are `gu_stride8` vectors apart (inter8 for the fused layout).
+__global__ void silu_mul_vec_kernel(int64_t tokens, int64_t inter8, const uint4* g, const uint4* u, int64_t row8, uint4* out) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= tokens * inter8) return;
+    int64_t t = i / inter8, j = i % inter8;
+    float gf[8], uf[8];
+    unpack8(g[t * row8 + j], gf);
+    unpack8(u[t * row8 + j], uf);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) gf[k] = silu(gf[k]) * uf[k];
+    out[i] = pack8(gf);
+}
+
+__global__ void add_vec_kernel(int64_t n8, const uint4* a, const uint4* b, uint4* y) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
+    float af[8], bf[8];
+    unpack8(a[i], af);
+    unpack8(b[i], bf);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) af[k] += bf[k];
+    y[i] = pack8(af);
+}
+
+bool aligned16(std::initializer_list<const void*> ptrs) {
+    for (const void* p : ptrs)
+        if (reinterpret_cast<uintptr_t>(p) & 15) return false;
+    return true;
 }
 
 __global__ void silu_mul_kernel(int64_t n, const bf16* g, const bf16* u, bf16* out) {
@@ -65,19 +100,32 @@ void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* tab
 
 void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) {
     if (n == 0) return;
-    add_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(n, a, b, y);
+    if (n % 8 == 0 && aligned16({a, b, y}))
+        add_vec_kernel<<<blocks_for(n / 8, 256), 256, 0, stream>>>(n / 8, reinterpret_cast<const uint4*>(a), reinterpret_cast<const uint4*>(b),
+                                                                   reinterpret_cast<uint4*>(y));
+    else add_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(n, a, b, y);
     TPX_LAUNCH_CHECK();
 }
 
 void silu_mul_fused(int64_t tokens, int64_t inter, const bf16* gate_up, bf16* out, cudaStream_t stream) {
     if (tokens * inter == 0) return;
-    silu_mul_fused_kernel<<<blocks_for(tokens * inter, 256), 256, 0, stream>>>(tokens, inter, gate_up, out);
+    if (inter % 8 == 0 && aligned16({gate_up, out})) {
+        const uint4* g = reinterpret_cast<const uint4*>(gate_up);
+        silu_mul_vec_kernel<<<blocks_for(tokens * inter / 8, 256), 256, 0, stream>>>(tokens, inter / 8, g, g + inter / 8, 2 * inter / 8,
+                                                                                     reinterpret_cast<uint4*>(out));
+    } else {
+        silu_mul_fused_kernel<<<blocks_for(tokens * inter, 256), 256, 0, stream>>>(tokens, inter, gate_up, out);
+    }
     TPX_LAUNCH_CHECK();
 }
 
 void silu_mul(int64_t tokens, int64_t width, const bf16* gate, const bf16* up, bf16* out, cudaStream_t stream) {
     if (tokens * width == 0) return;
-    silu_mul_kernel<<<blocks_for(tokens * width, 256), 256, 0, stream>>>(tokens * width, gate, up, out);
+    if (width % 8 == 0 && aligned16({gate, up, out}))
+        silu_mul_vec_kernel<<<blocks_for(tokens * width / 8, 256), 256, 0, stream>>>(tokens, width / 8, reinterpret_cast<const uint4*>(gate),
+                                                                                     reinterpret_cast<const uint4*>(up), width / 8,
+                                                                                     reinterpret_cast<uint4*>(out));
+    else silu_mul_kernel<<<blocks_for(tokens * width, 256), 256, 0, stream>>>(tokens * width, gate, up, out);
     TPX_LAUNCH_CHECK();
 }
 
