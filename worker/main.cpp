@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -82,9 +84,23 @@ std::vector<int64_t> eos_ids(const Job& job, const ShardPlan& plan, const Checkp
     return ids.empty() ? plan.config.eos_token_ids : ids;
 }
 
+// The checkpoint's files are mapped while the GPU backend loads (loader/checkpoint.h): a file
+// cut short under the loader then faults (SIGBUS) instead of failing a read. Say so, naming the
+// rank, before the default action ends the process (and mpirun the job).
+char bus_message[160];
+void on_bus_error(int sig) {
+    ssize_t ignored = ::write(STDERR_FILENO, bus_message, std::strlen(bus_message));
+    (void)ignored;
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+}
+
 int run(const Options& opt) {
     MpiCommunicator comm;
     const int rank = comm.rank();
+    std::snprintf(bus_message, sizeof(bus_message),
+                  "rank %d: bus error: a mapped checkpoint file was cut short or changed while it was being read\n", rank);
+    std::signal(SIGBUS, on_bus_error);
     if (opt.launched_by == "srun") check_srun_environment(rank, comm.world());
     else if (!opt.launched_by.empty()) throw JobError("--launched-by takes only \"srun\"");
     Job job = load_job(opt.job);
