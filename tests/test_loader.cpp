@@ -259,6 +259,25 @@ TEST(Loader, StagedReadsDeliverTheSameBytesInBoundedChunks) {
 // The loaders' path: every piece of every parameter in one batch, on several threads, through
 // a few shared buffers; each result equals the same slice read alone, and the bytes read are
 // the sum of the single reads'.
+// Each request read alone into want[r.tag] (and got[r.tag] sized alike, poisoned, for the
+// batched read); returns the data bytes those reads counted.
+uint64_t read_one_by_one(Checkpoint& c, const std::vector<ReadRequest>& requests, std::vector<std::vector<char>>& want,
+                         std::vector<std::vector<char>>& got) {
+    want.assign(requests.size(), {});
+    got.assign(requests.size(), {});
+    uint64_t bytes = 0;
+    for (const ReadRequest& r : requests) {
+        int64_t n = 1;
+        for (int64_t d : slice_shape(c.tensor(r.tensor), r.slice)) n *= d;
+        want[r.tag].assign(n * dtype_size(r.dst_type), 0);
+        got[r.tag].assign(want[r.tag].size(), 0x55);
+        c.reset_stats();
+        c.read(r.tensor, r.slice, r.dst_type, want[r.tag].data());
+        bytes += c.stats().data_bytes;
+    }
+    return bytes;
+}
+
 TEST(Loader, ABatchOfRequestsEqualsTheSameReadsOneByOne) {
     for (const std::string& m : kModels) {
         auto c = Checkpoint::open(kGolden + "/" + m, 4);
@@ -273,18 +292,8 @@ TEST(Loader, ABatchOfRequestsEqualsTheSameReadsOneByOne) {
                     requests.push_back({t.name, Slice::range(dim, start, end - start), type, requests.size()});
                 }
             }
-        std::vector<std::vector<char>> want(requests.size()), got(requests.size());
-        uint64_t single_bytes = 0;
-        for (const ReadRequest& r : requests) {
-            const TensorInfo& t = c->tensor(r.tensor);
-            int64_t n = 1;
-            for (int64_t d : slice_shape(t, r.slice)) n *= d;
-            want[r.tag].assign(n * dtype_size(r.dst_type), 0);
-            got[r.tag].assign(want[r.tag].size(), 0x55);
-            c->reset_stats();
-            c->read(r.tensor, r.slice, r.dst_type, want[r.tag].data());
-            single_bytes += c->stats().data_bytes;
-        }
+        std::vector<std::vector<char>> want, got;
+        uint64_t single_bytes = read_one_by_one(*c, requests, want, got);
         std::vector<std::vector<char>*> dsts;
         for (auto& g : got) dsts.push_back(&g);
         StagingSink sink(dsts, 5u << 20, 3);  // fewer buffers than threads: acquire() waits
@@ -311,17 +320,8 @@ TEST(Loader, MappedRequestsAreTheContiguousUnconvertedOnes) {
                                          {"a", Slice::range(1, 0, 2048), DType::kBF16, 2}, // columns: read
                                          {"a", Slice::whole(), DType::kF32, 3},            // converted: read
                                          {"b", Slice::range(0, 100, 900), DType::kBF16, 4}};  // mapped
-    std::vector<std::vector<char>> want(requests.size()), got(requests.size());
-    uint64_t single_bytes = 0;
-    for (const ReadRequest& r : requests) {
-        int64_t n = 1;
-        for (int64_t d : slice_shape(c->tensor(r.tensor), r.slice)) n *= d;
-        want[r.tag].assign(n * dtype_size(r.dst_type), 0);
-        got[r.tag].assign(want[r.tag].size(), 0x55);
-        c->reset_stats();
-        c->read(r.tensor, r.slice, r.dst_type, want[r.tag].data());
-        single_bytes += c->stats().data_bytes;
-    }
+    std::vector<std::vector<char>> want, got;
+    uint64_t single_bytes = read_one_by_one(*c, requests, want, got);
     std::vector<std::vector<char>*> dsts;
     for (auto& g : got) dsts.push_back(&g);
     StagingSink sink(dsts, 5u << 20, 3);
