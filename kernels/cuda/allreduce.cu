@@ -87,8 +87,7 @@ __global__ void __launch_bounds__(kOneShotThreads) oneshot_all_reduce_kernel(con
 }  // namespace
 
 bool oneshot_all_reduce_applies(const bf16* in, const bf16* out, size_t n, const OneShotPeers& p) {
-    return p.world > 1 && n <= p.capacity && n % 8 == 0 && reinterpret_cast<uintptr_t>(in) % 16 == 0 &&
-           reinterpret_cast<uintptr_t>(out) % 16 == 0;
+    return p.world > 1 && n <= p.capacity && n % 8 == 0 && aligned16({in, out});
 }
 
 void oneshot_all_reduce(const bf16* in, bf16* out, size_t n, const OneShotPeers& p, cudaStream_t stream) {

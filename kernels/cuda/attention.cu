@@ -511,10 +511,7 @@ void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t*
     TPX_CHECK((k == nullptr) == (v == nullptr), "attention: k and v must both be given or both be in the cache already");
     if (k) {
         const int64_t ks = k_stride ? k_stride : kv_width, vs = v_stride ? v_stride : kv_width;
-        bool vec = kv_width % 8 == 0 && ks % 8 == 0 && vs % 8 == 0;
-        for (const void* p : {(const void*)k, (const void*)v, (const void*)k_cache, (const void*)v_cache})
-            vec = vec && (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-        if (vec)
+        if (kv_width % 8 == 0 && ks % 8 == 0 && vs % 8 == 0 && aligned16({k, v, k_cache, v_cache}))
             kv_write_vec_kernel<<<(unsigned)s.tokens, 128, 0, stream>>>(kv_width / 8, ks / 8, vs / 8, s.max_seq, slot, pos,
                                                                         reinterpret_cast<const uint4*>(k), reinterpret_cast<const uint4*>(v),
                                                                         reinterpret_cast<uint4*>(k_cache), reinterpret_cast<uint4*>(v_cache));

@@ -1,6 +1,9 @@
 // Shared by the .cu files: the launch check and block reductions.
 #pragma once
 
+#include <cstdint>
+#include <initializer_list>
+
 #include "common/cuda_check.h"
 #include "kernels/cuda/ops.h"
 
@@ -9,6 +12,13 @@
 namespace tpx::cuda {
 
 inline unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+
+// Every pointer on a 16-byte boundary (the vector kernels' uint4 loads and stores).
+inline bool aligned16(std::initializer_list<const void*> ptrs) {
+    for (const void* p : ptrs)
+        if (reinterpret_cast<uintptr_t>(p) & 15) return false;
+    return true;
+}
 
 // Eight bf16 in 16 bytes, to and from fp32.
 __device__ inline void unpack8(const uint4& v, float* f) {

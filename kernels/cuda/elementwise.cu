@@ -2,8 +2,6 @@
 // (or per row for the lookup), bf16 storage, fp32 arithmetic. The add and SwiGLU take eight
 // elements a thread in 16-byte loads where widths and pointers allow (SwiGLU over a 2048-token
 // prefill: 123 us a layer one element a thread, a third of the HBM rate).
-#include <initializer_list>
-
 #include "kernels/cuda/common.cuh"
 
 namespace tpx::cuda {
@@ -55,12 +53,6 @@ __global__ void add_vec_kernel(int64_t n8, const uint4* a, const uint4* b, uint4
 #pragma unroll
     for (int k = 0; k < 8; ++k) af[k] += bf[k];
     y[i] = pack8(af);
-}
-
-bool aligned16(std::initializer_list<const void*> ptrs) {
-    for (const void* p : ptrs)
-        if (reinterpret_cast<uintptr_t>(p) & 15) return false;
-    return true;
 }
 
 __global__ void silu_mul_kernel(int64_t n, const bf16* g, const bf16* u, bf16* out) {

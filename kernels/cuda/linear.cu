@@ -192,7 +192,6 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_split_kernel(int64_t K, int
     }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Blocks of `kernel` resident on the whole GPU at once (its registers and shared memory allowing).
 int resident_blocks(const void* kernel, size_t smem) {
@@ -229,18 +228,18 @@ void launch_gemv(int64_t K, int64_t items, int64_t pair, const bf16* x, const bf
 }  // namespace
 
 bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w) {
-    return s.tokens == 1 && s.in % 8 == 0 && aligned16(x) && aligned16(w);
+    return s.tokens == 1 && s.in % 8 == 0 && aligned16({x, w});
 }
 
 bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w) {
-    if (K % 8 != 0 || !aligned16(w)) return false;
+    if (K % 8 != 0 || !aligned16({w})) return false;
     if (!norm) return true;
-    return K <= kGemvNormMaxK && aligned16(norm->x) && aligned16(norm->weight) && (!norm->residual || (aligned16(norm->residual) && aligned16(norm->residual_out)));
+    return K <= kGemvNormMaxK && aligned16({norm->x, norm->weight}) && (!norm->residual || aligned16({norm->residual, norm->residual_out}));
 }
 
 void gemv_fused(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const GemvNorm* norm, GemvEpilogue epi,
                 const GemvRopeKv* rope, cudaStream_t stream) {
-    TPX_CHECK(gemv_fused_applies(K, norm, w) && (norm || aligned16(x)), "gemv_fused: K must be a multiple of 8 (at most " +
+    TPX_CHECK(gemv_fused_applies(K, norm, w) && (norm || aligned16({x})), "gemv_fused: K must be a multiple of 8 (at most " +
                                                                             std::to_string(kGemvNormMaxK) + " with the norm), operands 16-byte aligned");
     const GemvNorm nm = norm ? *norm : GemvNorm{};
     GemvRopeKv rk{};

@@ -71,10 +71,7 @@ __global__ void rmsnorm_vec_kernel(int64_t width, float eps, const bf16* x, cons
 }
 
 bool vec_ok(int64_t width, std::initializer_list<const void*> ptrs) {
-    if (width % 8 != 0 || width > (int64_t)kThreads * 8 * kVecPerThread) return false;
-    for (const void* p : ptrs)
-        if (reinterpret_cast<uintptr_t>(p) & 15) return false;
-    return true;
+    return width % 8 == 0 && width <= (int64_t)kThreads * 8 * kVecPerThread && aligned16(ptrs);
 }
 
 }  // namespace
