@@ -106,6 +106,55 @@ TEST(CudaKernels, LinearWithBiasMatchesTwin) {
     cublasDestroy(h);
 }
 
+// Prefill-sized products through the GEMM tuner: the first of a bucket is timed over cuBLASLt's
+// algorithms, then run with the fastest; a second row count of the bucket reuses it; a view
+// offset by 2 bytes changes the alignment (a bucket of its own, algorithms that take it); fewer
+// than kGemmTuneMinTokens rows and an untuned bucket under stream capture are declined
+// (nothing written). Each result against the twin, with the bias added after.
+TEST(CudaKernels, GemmTunerMatchesTwinAndDeclinesWhatItMust) {
+    REQUIRE_GPU();
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    cuda::GemmTuner tuner;
+    const int64_t K = 256, N = 384, maxT = 1024;
+    auto x = random_bf16(maxT * K + 8), w = random_bf16(N * K, 0.05f), b = random_bf16(N);
+    std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(w)), db(upload(b));
+    for (auto [T, offset] : {std::pair<int64_t, int64_t>{256, 0}, {200, 0}, {300, 0}, {256, 1}}) {
+        std::unique_ptr<Device<bf16>> dy(poisoned(T * N));
+        cuda::linear(h, {T, K, N}, dx->p + offset, dw->p, db->p, dy->p, nullptr, true, &tuner);
+        std::vector<float> ref(T * N);
+        cpu::linear({T, K, N}, x.data() + offset, w.data(), b.data(), ref.data());
+        expect_close(download(*dy), ref, "tuned gemm T=" + std::to_string(T) + " offset " + std::to_string(offset));
+    }
+    const std::string summary = tuner.summary();
+    EXPECT_NE(summary.find("gemm 256 rows (bucket 256) K=256 N=384: fastest of"), std::string::npos) << summary;
+    EXPECT_NE(summary.find("gemm 300 rows (bucket 512)"), std::string::npos) << summary;
+    EXPECT_EQ(summary.find("gemm 200 rows"), std::string::npos) << "T=200 is bucket 256's: not tuned again\n" << summary;
+
+    std::unique_ptr<Device<bf16>> dy(poisoned(maxT * N));
+    EXPECT_FALSE(tuner.matmul({64, K, N}, dx->p, dw->p, dy->p, nullptr));
+    cudaStream_t st;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaGraph_t g;
+    CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    const bool untuned = tuner.matmul({1024, K, N}, dx->p, dw->p, dy->p, st);  // bucket 1024: never timed
+    const bool tuned = tuner.matmul({256, K, N}, dx->p, dw->p, dy->p, st);     // bucket 256: captured as is
+    CUDA_CHECK(cudaStreamEndCapture(st, &g));
+    EXPECT_FALSE(untuned);
+    EXPECT_TRUE(tuned);
+    cudaGraphExec_t ge;
+    CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+    CUDA_CHECK(cudaGraphLaunch(ge, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    std::vector<float> ref(256 * N);
+    cpu::linear({256, K, N}, x.data(), w.data(), nullptr, ref.data());
+    std::vector<float> got = download(*dy);
+    got.resize(256 * N);
+    expect_close(got, ref, "tuned gemm replayed from a graph");
+    cudaGraphExecDestroy(ge), cudaGraphDestroy(g), cudaStreamDestroy(st);
+    cublasDestroy(h);
+}
+
 // Batch-1 products go through the GEMV kernel: K with a remainder after its unrolled loop, N
 // not a multiple of its warps per block, with and without bias; the same products through
 // cuBLAS must agree with it and with the twin.

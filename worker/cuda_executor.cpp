@@ -211,6 +211,7 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
     CUDA_CHECK(cudaMalloc(&cublas_workspace_, workspace));
     CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, workspace));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    if (const char* tune = std::getenv("TPX_GEMM_TUNE"); !tune || std::string(tune) != "0") tuner_ = std::make_unique<cuda::GemmTuner>();
     // Keep freed activations in the pool instead of returning them to the driver each step.
     cudaMemPool_t pool;
     int device = 0;
@@ -310,6 +311,7 @@ void CudaExecutor::find_decode_fusions(const std::vector<Node*>& nodes) {
 }
 
 std::string CudaExecutor::profile() const {
+    if (!profiling_) return {};
     std::vector<std::pair<double, std::string>> rows;
     double total = 0;
     for (auto& [k, v] : profile_) rows.push_back({v.first, k}), total += v.first;
@@ -321,11 +323,15 @@ std::string CudaExecutor::profile() const {
                       profile_.at(k).second);
         s += line;
     }
+    if (tuner_) s += tuner_->summary();
     return s;
 }
 
 CudaExecutor::~CudaExecutor() {
-    if (std::uncaught_exceptions()) return;
+    if (std::uncaught_exceptions()) {  // the device may be stuck: free nothing (the tuner's cudaFree would wait)
+        (void)tuner_.release();
+        return;
+    }
     cudaStreamSynchronize(stream_);
     for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
     for (auto& [l, kv] : kv_) cudaFree(kv.first), cudaFree(kv.second);
@@ -589,7 +595,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
                 r = R;
             }
             const bf16* bias = n->inputs.size() == 3 ? data(in(2)) : nullptr;
-            cuda::linear(cublas_, {r, in(1)->shape[1], in(1)->shape[0]}, x, data(in(1)), bias, make(n->out(), r), stream_);
+            cuda::linear(cublas_, {r, in(1)->shape[1], in(1)->shape[0]}, x, data(in(1)), bias, make(n->out(), r), stream_, true, tuner_.get());
             if (selected) release(selected);
         } else if (op == "split") {
             const auto& sizes = std::get<std::vector<int64_t>>(n->attrs.at("sizes"));

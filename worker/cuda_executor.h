@@ -70,6 +70,7 @@ private:
     double timeout_s_;
     cublasHandle_t cublas_ = nullptr;
     void* cublas_workspace_ = nullptr;
+    std::unique_ptr<cuda::GemmTuner> tuner_;  // prefill GEMMs' algorithms; none with TPX_GEMM_TUNE=0
     std::map<int64_t, std::pair<__nv_bfloat16*, __nv_bfloat16*>> kv_;  // layer -> (k, v)
     std::map<const Node*, float*> inv_freq_;                            // per rope node
     std::map<const Value*, size_t> last_use_;

@@ -267,7 +267,7 @@ void gemv_fused(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* 
 }
 
 void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, const bf16* w, const bf16* bias, bf16* y,
-            cudaStream_t stream, bool allow_gemv) {
+            cudaStream_t stream, bool allow_gemv, GemmTuner* tuner) {
     TPX_CHECK(s.tokens >= 0 && s.in > 0 && s.out > 0, "linear: bad shape");
     if (s.tokens == 0) return;
     if (allow_gemv && gemv_applies(s, x, w)) {
@@ -282,11 +282,17 @@ void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, con
         gemv_fused(s.in, s.out, x, w, bias, y, nullptr, GemvEpilogue::kNone, nullptr, stream);
         return;
     }
-    const float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasSetStream(handle, stream));
-    CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)s.out, (int)s.tokens, (int)s.in, &alpha, w, CUDA_R_16BF,
-                              (int)s.in, x, CUDA_R_16BF, (int)s.in, &beta, y, CUDA_R_16BF, (int)s.out, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+    if (!tuner || !tuner->matmul(s, x, w, y, stream)) {
+        const float alpha = 1.0f, beta = 0.0f;
+        // cublasSetStream also puts the handle back on cuBLAS's own workspace pool (dropping one
+        // given by cublasSetWorkspace): only when the stream changes.
+        cudaStream_t current = nullptr;
+        CUBLAS_CHECK(cublasGetStream(handle, &current));
+        if (current != stream) CUBLAS_CHECK(cublasSetStream(handle, stream));
+        CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)s.out, (int)s.tokens, (int)s.in, &alpha, w, CUDA_R_16BF,
+                                  (int)s.in, x, CUDA_R_16BF, (int)s.in, &beta, y, CUDA_R_16BF, (int)s.out, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+    }
     if (bias) {
         add_bias_kernel<<<blocks_for(s.tokens * s.out, 256), 256, 0, stream>>>(s.tokens, s.out, bias, y);
         TPX_LAUNCH_CHECK();

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -21,8 +22,38 @@ using bf16 = __nv_bfloat16;
 // gemv_applies() (one row, K % 8 == 0, 16-byte aligned x and W) unless allow_gemv is false,
 // cuBLAS otherwise.
 bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w);
+class GemmTuner;
 void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, const bf16* w, const bf16* bias, bf16* y,
-            cudaStream_t stream, bool allow_gemv = true);
+            cudaStream_t stream, bool allow_gemv = true, GemmTuner* tuner = nullptr);
+
+// The prefill GEMMs' algorithm, chosen by timing (gemm_tuner.cu), as TensorRT-LLM's autotuner
+// and PyTorch's TunableOp do: the first product of at least kGemmTuneMinTokens rows of a
+// (rows rounded up to a power of two, K, N, pointer alignment) bucket times every algorithm
+// cuBLASLt's heuristic offers for it (at most kGemmTuneCandidates) on the caller's own
+// operands, keeps the fastest and runs it; later products of the bucket run the kept one.
+// matmul() declines (false: the caller runs cublasGemmEx) below kGemmTuneMinTokens, while the
+// stream is being captured and the bucket is not tuned yet (timing needs synchronisation),
+// and where no algorithm takes the shape. One thread, one device (the one current at
+// construction); the workspace is its own, so products on two streams at once must not share
+// a tuner. Results differ from cublasGemmEx's only by the summation order of the algorithm.
+constexpr int64_t kGemmTuneMinTokens = 128;
+constexpr int kGemmTuneCandidates = 8;
+class GemmTuner {
+public:
+    GemmTuner();
+    ~GemmTuner();
+    GemmTuner(const GemmTuner&) = delete;
+    GemmTuner& operator=(const GemmTuner&) = delete;
+
+    // y[T, N] = x[T, K] W[N, K]^T, bf16, fp32 sums; false where declined (nothing enqueued).
+    bool matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream);
+    // One line per tuned bucket: the candidates' count, the kept one's time and heuristic #0's.
+    std::string summary() const;
+
+private:
+    struct Impl;
+    Impl* impl_;
+};
 
 // The batch-1 decode GEMV with its neighbours fused in (linear.cu), y = x W^T (+ bias) where:
 // - norm (optional): x is rmsnorm(residual + x) (or rmsnorm(x) without a residual) computed per
