@@ -8,7 +8,9 @@
 // per warp; other head sizes take the scalar form.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
@@ -215,18 +217,22 @@ __global__ void masked_softmax_kernel(int64_t rows, int64_t n, int64_t p_first, 
 }
 
 // Flash attention for long prompt segments (head_dim 64 or 128), after FlashAttention-2, on
-// mma.sync.m16n8k16 (bf16 in, fp32 sums): one block of W warps per (16 W query rows, query
-// head), each warp 16 rows, tiles of kFlashKeys keys. Q stays in registers as A fragments for
-// the whole kernel. K and V of a tile come into shared memory by cp.async, two buffers: the
-// next tile's copies run while this one is computed, one barrier a tile. S, the online softmax
-// and P never leave the registers: the accumulator of S for keys 16k .. 16k + 15 is, pair by
-// pair, the A fragment of P for that k-step. Rows padded to D + 8 elements make every ldmatrix
-// conflict free. Only tiles that cross the diagonal or the window's edge are masked. The row
-// blocks run latest first, so that the longest ones do not start last.
-template <int D, int W, int N>
+// mma.sync.m16n8k16 (bf16 in, fp32 sums): one block of W warps per (16 W RT query rows, query
+// head), each warp RT tiles of 16 rows, tiles of kFlashKeys keys. With one row tile a warp, Q
+// stays in registers as A fragments for the whole kernel; with two, Q's fragments come from
+// shared memory at each k-step (the registers hold two tiles' O and S instead), and every K and
+// V fragment loaded feeds two MMAs. K and V of a tile come into shared memory by cp.async, two
+// buffers: the next tile's copies run while this one is computed, one barrier a tile. S, the
+// online softmax and P never leave the registers: the accumulator of S for keys 16k .. 16k + 15
+// is, pair by pair, the A fragment of P for that k-step. Rows padded to D + 8 elements make
+// every ldmatrix conflict free. Only tiles that cross the diagonal or the window's edge are
+// masked. The row blocks run latest first across all heads (the longest blocks first: with
+// the heads' row blocks in turn, each head's longest block started after the others' short
+// ones, and a 2048-token prompt's last blocks ran on an almost idle GPU).
+template <int D, int W, int N, int RT>
 struct FlashSmem {
     static constexpr int kPad = D + 8;
-    bf16 q[16 * W * kPad];
+    bf16 q[16 * W * RT * kPad];
     bf16 k[2][N * kPad];  // tile j in buffer j % 2
     bf16 v[2][N * kPad];
 };
@@ -265,17 +271,18 @@ __device__ inline uint32_t pack_bf16x2(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&v);
 }
 
-template <int D, int W, int kFlashKeys>
-__global__ void __launch_bounds__(32 * W, (kFlashKeys <= 32 ? 12 : 8) / W) flash_attention_kernel(int max_seq, int heads, int kv_heads, int window, AttentionSegment seg,
-                                                                     const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
-                                                                     const bf16* __restrict__ v_cache, bf16* __restrict__ out) {
-    constexpr int kRows = 16 * W, kPad = FlashSmem<D, W, kFlashKeys>::kPad, kVec = D / 8;  // 16-byte pieces per row
+template <int D, int W, int kFlashKeys, int RT>
+__global__ void __launch_bounds__(32 * W, RT == 1 ? (kFlashKeys <= 32 ? 12 : 8) / W : 8 / W / RT * 2)
+    flash_attention_kernel(int max_seq, int heads, int kv_heads, int window, AttentionSegment seg, const bf16* __restrict__ q,
+                           const bf16* __restrict__ k_cache, const bf16* __restrict__ v_cache, bf16* __restrict__ out) {
+    using Smem = FlashSmem<D, W, kFlashKeys, RT>;
+    constexpr int kRows = 16 * W * RT, kPad = Smem::kPad, kVec = D / 8;  // 16-byte pieces per row
     extern __shared__ __align__(128) unsigned char flash_raw[];
-    FlashSmem<D, W, kFlashKeys>& sm = *reinterpret_cast<FlashSmem<D, W, kFlashKeys>*>(flash_raw);
+    Smem& sm = *reinterpret_cast<Smem*>(flash_raw);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int h = blockIdx.y, g = h / (heads / kv_heads);
+    const int h = blockIdx.x, g = h / (heads / kv_heads);
     const int64_t qw = (int64_t)heads * D, kvw = (int64_t)kv_heads * D;
-    const int r0 = (gridDim.x - 1 - blockIdx.x) * kRows, rows = min(kRows, (int)seg.count - r0);
+    const int r0 = (gridDim.y - 1 - blockIdx.y) * kRows, rows = min(kRows, (int)seg.count - r0);
     const int p_first = (int)seg.start + r0, p_last = p_first + rows - 1;
     const int k_lo = window > 0 ? max(0, p_first - window + 1) : 0;
     const bf16* kg = k_cache + (seg.slot * max_seq) * kvw + g * D;
@@ -301,14 +308,20 @@ __global__ void __launch_bounds__(32 * W, (kFlashKeys <= 32 ? 12 : 8) / W) flash
     const int kb0 = k_lo / kFlashKeys * kFlashKeys;
     load_tile(0, kb0);
 
-    const bool active = warp * 16 < rows;  // else this warp's rows are all beyond the segment
-    int prow[2];                           // this lane's two rows in the block
-    prow[0] = warp * 16 + lane / 4, prow[1] = prow[0] + 8;
-    uint32_t qf[D / 16][4];
-    float o[D / 8][4];
+    const int wrow = warp * 16 * RT;  // this warp's first row in the block
+    const bool active = wrow < rows;  // else this warp's rows are all beyond the segment
+    int prow[RT][2];                  // this lane's two rows of each row tile, in the block
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    for (int rt = 0; rt < RT; ++rt) prow[rt][0] = wrow + rt * 16 + lane / 4, prow[rt][1] = prow[rt][0] + 8;
+    uint32_t qf[RT == 1 ? D / 16 : 1][4];  // Q's A fragments, with one row tile a warp
+    float o[RT][D / 8][4];
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) o[rt][dt][0] = o[rt][dt][1] = o[rt][dt][2] = o[rt][dt][3] = 0.0f;
+    float m[RT][2], l[RT][2];
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt) m[rt][0] = m[rt][1] = -INFINITY, l[rt][0] = l[rt][1] = 0.0f;
     const float scale = rsqrtf((float)D) * 1.4426950408889634f;  // exp2 domain
     // Row and column of this lane's ldmatrix address within a 16 x 16 piece: A (row-major) and
     // V (transposed) walk rows 0..15 then the column half; K walks the column half first.
@@ -321,105 +334,130 @@ __global__ void __launch_bounds__(32 * W, (kFlashKeys <= 32 ? 12 : 8) / W) flash
         // tile, whose buffer the next tile's copies now fill while this one is computed.
         __syncthreads();
         load_tile(buf ^ 1, kb + kFlashKeys);
-        if (kb == kb0 && active)
+        if constexpr (RT == 1) {
+            if (kb == kb0 && active)
 #pragma unroll
-            for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(qf[ks], sm.q + (warp * 16 + a_row) * kPad + ks * 16 + a_col);
-        if (active) {
-            const bf16* sk = sm.k[buf];
-            const bf16* sv = sm.v[buf];
-            float s[kFlashKeys / 8][4];
+                for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(qf[ks], sm.q + (wrow + a_row) * kPad + ks * 16 + a_col);
+        }
+        if (!active) continue;
+        const bf16* sk = sm.k[buf];
+        const bf16* sv = sm.v[buf];
+        float s[RT][kFlashKeys / 8][4];
 #pragma unroll
-            for (int nt = 0; nt < kFlashKeys / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        for (int rt = 0; rt < RT; ++rt)
 #pragma unroll
-            for (int ks = 0; ks < D / 16; ++ks)
+            for (int nt = 0; nt < kFlashKeys / 8; ++nt) s[rt][nt][0] = s[rt][nt][1] = s[rt][nt][2] = s[rt][nt][3] = 0.0f;
 #pragma unroll
-                for (int np = 0; np < kFlashKeys / 16; ++np) {
-                    uint32_t b[4];
-                    ldmatrix_x4(b, sk + (np * 16 + k_row) * kPad + ks * 16 + k_col);
-                    mma_bf16_16816(s[2 * np], qf[ks], b[0], b[1]);
-                    mma_bf16_16816(s[2 * np + 1], qf[ks], b[2], b[3]);
+        for (int ks = 0; ks < D / 16; ++ks) {
+            uint32_t qa[RT][4];
+#pragma unroll
+            for (int rt = 0; rt < RT; ++rt) {
+                if constexpr (RT == 1) qa[rt][0] = qf[ks][0], qa[rt][1] = qf[ks][1], qa[rt][2] = qf[ks][2], qa[rt][3] = qf[ks][3];
+                else ldmatrix_x4(qa[rt], sm.q + (wrow + rt * 16 + a_row) * kPad + ks * 16 + a_col);
+            }
+#pragma unroll
+            for (int np = 0; np < kFlashKeys / 16; ++np) {
+                uint32_t b[4];
+                ldmatrix_x4(b, sk + (np * 16 + k_row) * kPad + ks * 16 + k_col);
+#pragma unroll
+                for (int rt = 0; rt < RT; ++rt) {
+                    mma_bf16_16816(s[rt][2 * np], qa[rt], b[0], b[1]);
+                    mma_bf16_16816(s[rt][2 * np + 1], qa[rt], b[2], b[3]);
                 }
-            // A key is visible to a row at or after its position, inside the window.
-            if (kb + kFlashKeys - 1 > p_first || (window > 0 && kb <= p_last - window)) {
+            }
+        }
+        // A key is visible to a row at or after its position, inside the window.
+        if (kb + kFlashKeys - 1 > p_first + wrow || (window > 0 && kb <= p_last - window)) {
+#pragma unroll
+            for (int rt = 0; rt < RT; ++rt)
 #pragma unroll
                 for (int nt = 0; nt < kFlashKeys / 8; ++nt)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        const int j = e / 2, key = kb + nt * 8 + (lane % 4) * 2 + (e % 2), pq = p_first + prow[j];
-                        const bool vis = prow[j] < rows && key <= pq && key >= k_lo && (window <= 0 || key > pq - window);
-                        if (!vis) s[nt][e] = -INFINITY;
+                        const int j = e / 2, key = kb + nt * 8 + (lane % 4) * 2 + (e % 2), pq = p_first + prow[rt][j];
+                        const bool vis = prow[rt][j] < rows && key <= pq && key >= k_lo && (window <= 0 || key > pq - window);
+                        if (!vis) s[rt][nt][e] = -INFINITY;
                     }
-            }
+        }
+        uint32_t pf[RT][kFlashKeys / 16][4];
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt) {
             float mx[2] = {-INFINITY, -INFINITY}, alpha[2], sum[2] = {0.0f, 0.0f};
 #pragma unroll
             for (int nt = 0; nt < kFlashKeys / 8; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
+                for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[rt][nt][e]);
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
                 mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 1));
                 mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 2));
-                const float m_new = fmaxf(m[j], mx[j] * scale);
-                alpha[j] = m_new == -INFINITY ? 1.0f : exp2f(m[j] - m_new);
-                m[j] = m_new;
+                const float m_new = fmaxf(m[rt][j], mx[j] * scale);
+                alpha[j] = m_new == -INFINITY ? 1.0f : exp2f(m[rt][j] - m_new);
+                m[rt][j] = m_new;
             }
-            uint32_t pf[kFlashKeys / 16][4];
 #pragma unroll
             for (int nt = 0; nt < kFlashKeys / 8; ++nt)
 #pragma unroll
                 for (int j = 0; j < 2; ++j) {
                     // (s = -inf gives 0 once m is finite; m = -inf means every key so far is masked)
-                    const float e0 = m[j] == -INFINITY ? 0.0f : exp2f(fmaf(s[nt][2 * j], scale, -m[j]));
-                    const float e1 = m[j] == -INFINITY ? 0.0f : exp2f(fmaf(s[nt][2 * j + 1], scale, -m[j]));
+                    const float e0 = m[rt][j] == -INFINITY ? 0.0f : exp2f(fmaf(s[rt][nt][2 * j], scale, -m[rt][j]));
+                    const float e1 = m[rt][j] == -INFINITY ? 0.0f : exp2f(fmaf(s[rt][nt][2 * j + 1], scale, -m[rt][j]));
                     sum[j] += e0 + e1;
-                    pf[nt / 2][(nt % 2) * 2 + j] = pack_bf16x2(e0, e1);
+                    pf[rt][nt / 2][(nt % 2) * 2 + j] = pack_bf16x2(e0, e1);
                 }
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
                 sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 1);
                 sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 2);
-                l[j] = l[j] * alpha[j] + sum[j];
+                l[rt][j] = l[rt][j] * alpha[j] + sum[j];
             }
 #pragma unroll
             for (int dt = 0; dt < D / 8; ++dt) {
-                o[dt][0] *= alpha[0], o[dt][1] *= alpha[0];
-                o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
+                o[rt][dt][0] *= alpha[0], o[rt][dt][1] *= alpha[0];
+                o[rt][dt][2] *= alpha[1], o[rt][dt][3] *= alpha[1];
             }
-#pragma unroll
-            for (int kk = 0; kk < kFlashKeys / 16; ++kk)
-#pragma unroll
-                for (int dp = 0; dp < D / 16; ++dp) {
-                    uint32_t b[4];
-                    ldmatrix_x4_trans(b, sv + (kk * 16 + a_row) * kPad + dp * 16 + a_col);
-                    mma_bf16_16816(o[2 * dp], pf[kk], b[0], b[1]);
-                    mma_bf16_16816(o[2 * dp + 1], pf[kk], b[2], b[3]);
-                }
         }
+#pragma unroll
+        for (int kk = 0; kk < kFlashKeys / 16; ++kk)
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, sv + (kk * 16 + a_row) * kPad + dp * 16 + a_col);
+#pragma unroll
+                for (int rt = 0; rt < RT; ++rt) {
+                    mma_bf16_16816(o[rt][2 * dp], pf[rt][kk], b[0], b[1]);
+                    mma_bf16_16816(o[rt][2 * dp + 1], pf[rt][kk], b[2], b[3]);
+                }
+            }
     }
     if (!active) return;
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-        if (prow[j] >= rows) continue;
-        const float inv = 1.0f / l[j];
-        bf16* orow = out + (seg.first + r0 + prow[j]) * qw + (int64_t)h * D + (lane % 4) * 2;
+    for (int rt = 0; rt < RT; ++rt)
 #pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt)
-            *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack_bf16x2(o[dt][2 * j] * inv, o[dt][2 * j + 1] * inv);
-    }
+        for (int j = 0; j < 2; ++j) {
+            if (prow[rt][j] >= rows) continue;
+            const float inv = 1.0f / l[rt][j];
+            bf16* orow = out + (seg.first + r0 + prow[rt][j]) * qw + (int64_t)h * D + (lane % 4) * 2;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt)
+                *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack_bf16x2(o[rt][dt][2 * j] * inv, o[rt][dt][2 * j + 1] * inv);
+        }
 }
 
-template <int D, int W, int N>
+template <int D, int W, int N, int RT>
 void flash_attention(const cpu::AttentionShape& s, const AttentionSegment& seg, const bf16* q, const bf16* k_cache, const bf16* v_cache,
                      bf16* out, cudaStream_t stream) {
     static bool raised = false;
-    const size_t smem = sizeof(FlashSmem<D, W, N>);
+    const size_t smem = sizeof(FlashSmem<D, W, N, RT>);
     if (!raised) {
-        CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<D, W, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<D, W, N, RT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         raised = true;
     }
-    dim3 grid((unsigned)((seg.count + 16 * W - 1) / (16 * W)), (unsigned)s.heads);
-    flash_attention_kernel<D, W, N><<<grid, 32 * W, smem, stream>>>((int)s.max_seq, (int)s.heads, (int)s.kv_heads, (int)s.sliding_window, seg,
-                                                                 q, k_cache, v_cache, out);
+    // Blocks start in index order, x fastest: every head's latest (longest) row block first,
+    // then the next latest, so that the longest blocks do not start last.
+    dim3 grid((unsigned)s.heads, (unsigned)((seg.count + 16 * W * RT - 1) / (16 * W * RT)));
+    flash_attention_kernel<D, W, N, RT><<<grid, 32 * W, smem, stream>>>((int)s.max_seq, (int)s.heads, (int)s.kv_heads,
+                                                                        (int)s.sliding_window, seg, q, k_cache, v_cache, out);
     TPX_LAUNCH_CHECK();
 }
 
@@ -530,9 +568,13 @@ void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t*
         if (seg.count < kAttentionGemmMinTokens) continue;
         attention_tokens(s, run_start, seg.first, slot, pos, q, k_cache, v_cache, out, stream);
         const bool flash = (s.head_dim == 128 || s.head_dim == 64) && s.max_seq < (1ll << 30);
-        // (tpx-kbench, 2048 tokens: 64 keys a tile 241 us, 32 keys 235 but slower in the whole prefill; 8 warps 262 us)
-        if (flash && s.head_dim == 128) flash_attention<128, 4, 64>(s, seg, q, k_cache, v_cache, out, stream);
-        else if (flash) flash_attention<64, 4, 64>(s, seg, q, k_cache, v_cache, out, stream);
+        // Row tiles a warp: 2 (default) or 1 (TPX_FLASH=1x64; tpx-kbench --flash compares them). tpx-kbench,
+        // 2048 tokens, one layer, H200: 1 row tile 197 us, 2 row tiles 176 us (2 x 32 keys: 187 us).
+        static const bool one_row_tile = std::getenv("TPX_FLASH") && std::string(std::getenv("TPX_FLASH")) == "1x64";
+        if (flash && s.head_dim == 128 && one_row_tile) flash_attention<128, 4, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
+        else if (flash && s.head_dim == 128) flash_attention<128, 4, 64, 2>(s, seg, q, k_cache, v_cache, out, stream);
+        else if (flash && one_row_tile) flash_attention<64, 4, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
+        else if (flash) flash_attention<64, 4, 64, 2>(s, seg, q, k_cache, v_cache, out, stream);
         else attention_gemm(cublas, s, seg, q, k_cache, v_cache, out, stream);
         run_start = seg.first + seg.count;
     }
