@@ -6,6 +6,8 @@
 // the op streams weights, so that L2 does not serve them.
 //   tpx-kbench [--quick]
 //   tpx-kbench --gemm    the prefill GEMMs: cublasGemmEx against every cuBLASLt heuristic's algorithm
+//   tpx-kbench --layer TP one decoder layer with one rank's shapes at tensor parallelism TP
+//   tpx-kbench --flash   prefill attention alone, 512 to 8192 tokens (TPX_FLASH picks the variant)
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -156,6 +158,101 @@ void gemm_sweep(cublasHandle_t h, cudaStream_t st, void* ws) {
     cublasLtDestroy(lt);
 }
 
+// One decoder layer at batch 1 (ctx 128) with the shapes of one rank at tensor parallelism tp
+// (heads, KV heads and the MLP's width divided by tp), fused as the executor runs it: qkv with
+// the norm before and RoPE + cache write after, attention, o, gate_up with the norm and SwiGLU,
+// down (the all-reduces are not here), then each of those kernels alone.
+void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
+    const int64_t H = 4096, I = 14336 / tp, heads = 32 / tp, kvh = std::max<int64_t>(1, 8 / tp), hd = 128, kvw = kvh * hd,
+                  qw = heads * hd, qkv_n = (heads + 2 * kvh) * hd, max_seq = 4096;
+    const int64_t sizes[4] = {qkv_n * H, H * qw, 2 * I * H, H * I};
+    const int64_t layer = sizes[0] + sizes[1] + sizes[2] + sizes[3];
+    const int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / (layer * 2)));
+    bf16* w = device_alloc<bf16>((size_t)copies * layer);
+    bf16* norm_w = device_alloc<bf16>(H);
+    bf16* kc = device_alloc<bf16>(max_seq * kvw);
+    bf16* vc = device_alloc<bf16>(max_seq * kvw);
+    bf16* act = device_alloc<bf16>(8 * 14336);
+    bf16 *res = act, *delta = act + H, *res2 = act + 2 * H, *q = act + 3 * H, *att = q + qkv_n, *sl = att + qw;
+    int32_t *slot = nullptr, *pos = nullptr;
+    CUDA_CHECK(cudaMalloc(&slot, 4));
+    CUDA_CHECK(cudaMalloc(&pos, 4));
+    int32_t zero = 0, p127 = 127;
+    CUDA_CHECK(cudaMemcpy(slot, &zero, 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(pos, &p127, 4, cudaMemcpyHostToDevice));
+    float* inv = device_alloc<float>(hd / 2, false);
+    cpu::AttentionShape as{1, heads, kvh, hd, max_seq, 0};
+    auto weight = [&](int i, int k) {  // GEMV k (0 qkv, 1 o, 2 gate_up, 3 down) of rep i
+        bf16* base = w + (size_t)(i % copies) * layer;
+        for (int j = 0; j < k; ++j) base += sizes[j];
+        return base;
+    };
+    auto run = [&] {
+        return time_graph(st, [&](int i) {
+            cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
+            cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
+            cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
+            cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
+            cuda::linear(h, {1, qw, H}, att, weight(i, 1), nullptr, delta, st);
+            cuda::GemvNorm nm2{delta, res2, res, norm_w, 1e-5f};
+            cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm2, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+            cuda::linear(h, {1, I, H}, sl, weight(i, 3), nullptr, delta, st);
+        });
+    };
+    const std::string shape = "tp=" + std::to_string(tp) + " T=1 ctx=128";
+    const double bytes = 2.0 * layer;
+    const double base = run();
+    row("layer fused", shape, base, rate(bytes, base));
+    // Each kernel of it alone.
+    double us = time_graph(st, [&](int i) {
+        cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
+        cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
+        cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
+    });
+    row("  qkv + norm + rope + kv", shape, us, rate(2.0 * sizes[0], us));
+    us = time_graph(st, [&](int) { cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st); });
+    row("  attention", shape, us, "");
+    us = time_graph(st, [&](int i) { cuda::linear(h, {1, qw, H}, att, weight(i, 1), nullptr, delta, st); });
+    row("  o", shape, us, rate(2.0 * sizes[1], us));
+    us = time_graph(st, [&](int i) {
+        cuda::GemvNorm nm{delta, res2, res, norm_w, 1e-5f};
+        cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+    });
+    row("  gate_up + norm + swiglu", shape, us, rate(2.0 * sizes[2], us));
+    us = time_graph(st, [&](int i) { cuda::linear(h, {1, I, H}, sl, weight(i, 3), nullptr, delta, st); });
+    row("  down", shape, us, rate(2.0 * sizes[3], us));
+    cudaFree(w), cudaFree(norm_w), cudaFree(kc), cudaFree(vc), cudaFree(act), cudaFree(slot), cudaFree(pos), cudaFree(inv);
+}
+
+// Prefill attention alone (the flash kernel, KV-cache write included) for one prompt of P
+// tokens, the 8B's heads, as the executor calls it: causal TFLOP/s.
+void flash_sweep(cublasHandle_t h, cudaStream_t st) {
+    const int64_t heads = 32, kvh = 8, hd = 128, kvw = kvh * hd, max_seq = 8192;
+    bf16* kc = device_alloc<bf16>(max_seq * kvw);
+    bf16* vc = device_alloc<bf16>(max_seq * kvw);
+    for (int64_t P : {512, 2048, 8192}) {
+        bf16* qp = device_alloc<bf16>(P * heads * hd);
+        bf16* kvp = device_alloc<bf16>(P * 2 * kvw);
+        bf16* op = device_alloc<bf16>(P * heads * hd, false);
+        int32_t *ps = nullptr, *pp = nullptr;
+        CUDA_CHECK(cudaMalloc(&ps, P * sizeof(int32_t)));
+        CUDA_CHECK(cudaMalloc(&pp, P * sizeof(int32_t)));
+        std::vector<int32_t> hs(P, 0), hp(P);
+        for (int64_t t = 0; t < P; ++t) hp[t] = (int32_t)t;
+        CUDA_CHECK(cudaMemcpy(ps, hs.data(), P * 4, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(pp, hp.data(), P * 4, cudaMemcpyHostToDevice));
+        cpu::AttentionShape s{P, heads, kvh, hd, max_seq, 0};
+        std::vector<cuda::AttentionSegment> segs{{0, P, 0, 0}};
+        const double causal_flops = 4.0 * heads * hd * P * (P + 1) / 2;
+        double us = time_direct(st, [&] { cuda::attention(s, ps, pp, qp, kvp, kvp + kvw, kc, vc, op, st, 2 * kvw, 2 * kvw, h, &segs); });
+        const char* v = std::getenv("TPX_FLASH");
+        row(std::string("attention prefill flash ") + (v ? v : "default"), "T=" + std::to_string(P) + " one layer", us,
+            rate(0, us, causal_flops) + " (causal FLOPs)");
+        cudaFree(qp), cudaFree(kvp), cudaFree(op), cudaFree(ps), cudaFree(pp);
+    }
+    cudaFree(kc), cudaFree(vc);
+}
+
 // A file in the page cache straight to the device, no CPU copy: the file mmap'd read-only,
 // each piece registered (cudaHostRegisterReadOnly), copied and unregistered, on 1 to 8 threads
 // with a stream each; against cudaMemcpy from the unregistered mapping (the driver stages it).
@@ -226,6 +323,14 @@ int main(int argc, char** argv) {
     std::printf("tpx-kbench on %s; per op inside a CUDA graph of %d, median of 7 replays\n", prop.name, kReps);
     if (argc > 2 && std::strcmp(argv[1], "--h2d-file") == 0) {
         h2d_from_file(argv[2]);
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--flash") == 0) {
+        flash_sweep(h, st);
+        return 0;
+    }
+    if (argc > 2 && std::strcmp(argv[1], "--layer") == 0) {
+        layer_sweep(h, st, std::atoi(argv[2]));
         return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {
