@@ -110,7 +110,8 @@ TEST(CudaKernels, LinearWithBiasMatchesTwin) {
 // algorithms, then run with the fastest; a second row count of the bucket reuses it; a view
 // offset by 2 bytes changes the alignment (a bucket of its own, algorithms that take it); fewer
 // than kGemmTuneMinTokens rows and an untuned bucket under stream capture are declined
-// (nothing written). Each result against the twin, with the bias added after.
+// (nothing written); an added matrix (the residual add) is summed in, not in place. Each result
+// against the twin, with the bias added after.
 TEST(CudaKernels, GemmTunerMatchesTwinAndDeclinesWhatItMust) {
     REQUIRE_GPU();
     cublasHandle_t h;
@@ -126,9 +127,21 @@ TEST(CudaKernels, GemmTunerMatchesTwinAndDeclinesWhatItMust) {
         cpu::linear({T, K, N}, x.data() + offset, w.data(), b.data(), ref.data());
         expect_close(download(*dy), ref, "tuned gemm T=" + std::to_string(T) + " offset " + std::to_string(offset));
     }
+    {  // with an added matrix (the residual add in the epilogue): a bucket of its own
+        const int64_t T = 256;
+        auto a = random_bf16(T * N);
+        std::unique_ptr<Device<bf16>> da(upload(a)), dy(poisoned(T * N));
+        ASSERT_TRUE(tuner.matmul({T, K, N}, dx->p, dw->p, dy->p, nullptr, da->p));
+        EXPECT_FALSE(tuner.matmul({T, K, N}, dx->p, dw->p, da->p, nullptr, da->p)) << "in place is declined";
+        std::vector<float> ref(T * N);
+        cpu::linear({T, K, N}, x.data(), w.data(), nullptr, ref.data());
+        for (int64_t i = 0; i < T * N; ++i) ref[i] += a[i];
+        expect_close(download(*dy), ref, "tuned gemm + added matrix");
+    }
     const std::string summary = tuner.summary();
     EXPECT_NE(summary.find("gemm 256 rows (bucket 256) K=256 N=384: fastest of"), std::string::npos) << summary;
     EXPECT_NE(summary.find("gemm 300 rows (bucket 512)"), std::string::npos) << summary;
+    EXPECT_NE(summary.find("K=256 N=384 + add: fastest of"), std::string::npos) << summary;
     EXPECT_EQ(summary.find("gemm 200 rows"), std::string::npos) << "T=200 is bucket 256's: not tuned again\n" << summary;
 
     std::unique_ptr<Device<bf16>> dy(poisoned(maxT * N));

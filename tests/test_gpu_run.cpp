@@ -2,7 +2,8 @@
 // model at tp = 1 and 2 (and 4 where four GPUs are visible), mixtral-moe also at tp=2 ep=2.
 // bf16 weights and activations: the prompt logits must agree to 2e-2 (max abs error over max
 // abs reference; the golden README expects about 1e-2 for a bf16 path), and teacher-forced over
-// greedy_ids, the argmax must equal HF's wherever HF's top-two gap exceeds 0.05. Also: a rank
+// greedy_ids, the argmax must equal HF's wherever HF's top-two gap exceeds 0.05. A 200-token
+// prompt (tuned prefill GEMMs, the residual add in their epilogue) against the CPU backend. Also: a rank
 // given a device that does not exist, and a rank failing inside an NCCL all-reduce, end the job
 // within 10 s naming the rank. Everything skips, with a message, without enough GPUs.
 #include <gtest/gtest.h>
@@ -135,6 +136,45 @@ TEST(GpuRun, GreedyDecodeWithCudaGraphsMatchesHf) {
     // llama-gqa's smallest top-two gap is 0.0029, below bf16's error: report rather than require.
     std::cout << "[ info ] greedy continuations equal to HF's: " << same << " of " << b << "\n";
     EXPECT_EQ(b, g.batch);
+    fs::remove_all(dir);
+}
+
+// A prompt of 200 tokens (golden prompts are 12 to 20): the prefill's GEMMs go through the tuner
+// and o_proj / down_proj add the residual in their epilogue. Every position's logits against the
+// CPU backend (fp32, an implementation that does not share this code) within the bf16
+// tolerance, with and without the residual epilogue; the two GPU runs must differ (else the
+// epilogue did not run).
+TEST(GpuRun, LongPromptTunedGemmsAndResidualEpilogueMatchTheCpuBackend) {
+    if (gpu_count() < 1) GTEST_SKIP() << "no CUDA device";
+    std::string dir = temp_dir();
+    std::vector<int32_t> ids;
+    uint32_t x = 7;
+    for (int i = 0; i < 200; ++i) x = x * 1664525u + 1013904223u, ids.push_back((int32_t)((x >> 8) % 512));
+    std::ofstream(dir + "/prompts.jsonl") << nlohmann::json{{"id", 0}, {"input_ids", ids}}.dump() << "\n";
+    for (const char* device : {"cuda", "cpu"})
+        std::ofstream(dir + "/" + device + ".toml") << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[backend]\ndevice = \"" << device
+                                                    << "\"\n[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 0\nmax_seq_len = 256\n";
+    auto cpu = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/cpu.toml --dump-logits " + dir + "/cpu.h5");
+    ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+    auto fused = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/cuda.toml --dump-logits " + dir + "/fused.h5");
+    ASSERT_EQ(fused.exit_code, 0) << fused.err;
+    auto plain = run_process("TPX_RESIDUAL_EPILOGUE=0 timeout 120 " + tpx_bin("tpx") + " run " + dir + "/cuda.toml --dump-logits " + dir + "/plain.h5");
+    ASSERT_EQ(plain.exit_code, 0) << plain.err;
+    const std::string name = "prompt_0/prompt_logits";
+    std::vector<float> ref = read_h5(dir + "/cpu.h5", name), a = read_h5(dir + "/fused.h5", name), b = read_h5(dir + "/plain.h5", name);
+    ASSERT_EQ(ref.size(), (size_t)200 * 512);
+    ASSERT_EQ(a.size(), ref.size());
+    ASSERT_EQ(b.size(), ref.size());
+    float scale = 0, err_a = 0, err_b = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        scale = std::max(scale, std::fabs(ref[i]));
+        err_a = std::max(err_a, std::fabs(a[i] - ref[i]));
+        err_b = std::max(err_b, std::fabs(b[i] - ref[i]));
+    }
+    EXPECT_LE(err_a / scale, 2e-2) << "with the residual epilogue";
+    EXPECT_LE(err_b / scale, 2e-2) << "without it";
+    EXPECT_NE(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << "the residual epilogue changed no bit: did it run?";
+    std::cout << "[ info ] max error over max |logit|: " << err_a / scale << " with the residual epilogue, " << err_b / scale << " without\n";
     fs::remove_all(dir);
 }
 

@@ -259,6 +259,15 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
     // A split's input lives as long as its views.
     for (const Node* n : split_views_)
         for (const Value* o : n->outputs) last_use_[n->inputs[0]] = std::max(last_use_[n->inputs[0]], last_use_[o]);
+    if (const char* e = std::getenv("TPX_RESIDUAL_EPILOGUE"); !e || std::string(e) != "0")
+        for (const Node* n : nodes) {
+            if (n->op != "linear" || n->inputs.size() != 2 || n->out()->users.size() != 1) continue;
+            const Node* u = n->out()->users[0];
+            if (u->op == "add_rmsnorm" && u->inputs[0] == n->out() && u->inputs[1] != n->out() &&
+                u->inputs[1]->shape.back() == n->out()->shape.back() &&
+                std::find(graph_.outputs().begin(), graph_.outputs().end(), n->out()) == graph_.outputs().end())
+                residual_epilogue_[n] = u;
+        }
     const char* prof = std::getenv("TPX_PROFILE");
     profiling_ = prof && std::string(prof) == "1";
 }
@@ -428,8 +437,9 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
     bool select = !batch.logit_rows.empty();
     size_t used = select ? 3 * input_capacity_ * sizeof(int32_t) + R * sizeof(int64_t) : (2 * input_capacity_ + T) * sizeof(int32_t);
     CUDA_CHECK(cudaMemcpyAsync(inputs_dev_, inputs_host_, used, cudaMemcpyHostToDevice, stream_));
-    // A decode step: one token per sequence, every logit row wanted in order.
-    bool decode = select && R == T;
+    // A decode step: one token per sequence, every logit row wanted in order. (A prompt whose
+    // every row's logits are wanted, as --dump-logits asks, is a prefill: not captured.)
+    bool decode = select && R == T && segments_.size() == (size_t)T;
     for (int64_t i = 0; decode && i < R; ++i) decode = batch.logit_rows[i] == i;
     if (graphs_enabled_ && decode && !profiling_) {
         auto it = graphs_.find(T);
@@ -476,6 +486,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
     std::map<const Node*, cuda::GemvNorm> pending_norm;  // linear -> the norm its GEMV computes first
     std::map<const Node*, bf16*> pending_release;        // linear -> the all-reduced input that norm reads
     std::set<const Node*> skip, kv_written;
+    std::set<const Node*> residual_added;  // add_rmsnorm nodes whose add the GEMM before did
     std::vector<Node*> nodes = graph_.nodes();
     auto release_inputs = [&](size_t i, const Node* n) {
         for (Value* v : n->inputs) {
@@ -539,6 +550,9 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
             cuda::rmsnorm(r, width(in(0)), (float)n->attr_double("eps"), data(in(0)), data(in(1)), make(n->out(), r), stream_);
         } else if (op == "add") {
             cuda::add(r * width(in(0)), data(in(0)), data(in(1)), make(n->out(), r), stream_);
+        } else if (op == "add_rmsnorm" && residual_added.count(n)) {  // the GEMM before it added the residual
+            const int64_t rr = rows.at(n->out(1));
+            cuda::rmsnorm(rr, width(in(0)), (float)n->attr_double("eps"), data(n->out(1)), data(in(2)), make(n->out(0), rr), stream_);
         } else if (op == "add_rmsnorm" || op == "allreduce_add_rmsnorm") {
             int64_t w = width(in(0));
             const bf16* x = data(in(0));
@@ -595,7 +609,17 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
                 r = R;
             }
             const bf16* bias = n->inputs.size() == 3 ? data(in(2)) : nullptr;
-            cuda::linear(cublas_, {r, in(1)->shape[1], in(1)->shape[0]}, x, data(in(1)), bias, make(n->out(), r), stream_, true, tuner_.get());
+            const cpu::LinearShape ls{r, in(1)->shape[1], in(1)->shape[0]};
+            bool added = false;
+            if (tuner_ && !selected && residual_epilogue_.count(n) && r >= cuda::kGemmTuneMinTokens) {
+                // y + residual straight into the norm's new residual; the norm then reads only that.
+                const Node* nm = residual_epilogue_.at(n);
+                bf16* sum = make(nm->out(1), r);
+                added = tuner_->matmul(ls, x, data(in(1)), sum, stream_, data(nm->inputs[1]));
+                if (added) residual_added.insert(nm);
+                else release(sum), buf.erase(nm->out(1));
+            }
+            if (!added) cuda::linear(cublas_, ls, x, data(in(1)), bias, make(n->out(), r), stream_, true, tuner_.get());
             if (selected) release(selected);
         } else if (op == "split") {
             const auto& sizes = std::get<std::vector<int64_t>>(n->attrs.at("sizes"));

@@ -71,6 +71,10 @@ private:
     cublasHandle_t cublas_ = nullptr;
     void* cublas_workspace_ = nullptr;
     std::unique_ptr<cuda::GemmTuner> tuner_;  // prefill GEMMs' algorithms; none with TPX_GEMM_TUNE=0
+    // linear -> the add_rmsnorm that alone reads its output as x: in a prefill the tuner's GEMM
+    // adds the residual in its epilogue (writing the new residual) and the norm reads that
+    // alone (TPX_RESIDUAL_EPILOGUE=0: never).
+    std::map<const Node*, const Node*> residual_epilogue_;
     std::map<int64_t, std::pair<__nv_bfloat16*, __nv_bfloat16*>> kv_;  // layer -> (k, v)
     std::map<const Node*, float*> inv_freq_;                            // per rope node
     std::map<const Value*, size_t> last_use_;

@@ -64,18 +64,21 @@ struct GemmTuner::Impl {
         double best_us = 0, first_us = 0;  // the kept algorithm's time and heuristic #0's
         int64_t tuned_at = 0;              // the row count it was timed with
     };
-    using Key = std::tuple<int64_t, int64_t, int64_t, uint32_t>;  // rows' bucket, K, N, alignment
+    using Key = std::tuple<int64_t, int64_t, int64_t, uint32_t, bool>;  // rows' bucket, K, N, alignment, an added C
     cublasLtHandle_t lt = nullptr;
     void* workspace = nullptr;
     cudaEvent_t start = nullptr, stop = nullptr;
     std::map<Key, Entry> entries;
 
-    cublasStatus_t run(const Descriptors& d, const cublasLtMatmulAlgo_t& algo, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream) {
-        const float alpha = 1.0f, beta = 0.0f;
-        return cublasLtMatmul(lt, d.op, &alpha, w, d.a, x, d.b, &beta, y, d.c, y, d.c, &algo, workspace, kTunerWorkspaceBytes, stream);
+    // D = W^T-product (+ C): beta 1 with C = add, else beta 0 (C not read).
+    cublasStatus_t run(const Descriptors& d, const cublasLtMatmulAlgo_t& algo, const bf16* x, const bf16* w, bf16* y, const bf16* add,
+                       cudaStream_t stream) {
+        const float alpha = 1.0f, beta = add ? 1.0f : 0.0f;
+        return cublasLtMatmul(lt, d.op, &alpha, w, d.a, x, d.b, &beta, add ? add : y, d.c, y, d.c, &algo, workspace, kTunerWorkspaceBytes,
+                              stream);
     }
 
-    Entry tune(const cpu::LinearShape& s, uint32_t align, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream) {
+    Entry tune(const cpu::LinearShape& s, uint32_t align, const bf16* x, const bf16* w, bf16* y, const bf16* add, cudaStream_t stream) {
         Entry e;
         e.tuned_at = s.tokens;
         Descriptors d(s.tokens, s.in, s.out);
@@ -93,11 +96,11 @@ struct GemmTuner::Impl {
         if (st != CUBLAS_STATUS_SUCCESS) found = 0;
         for (int i = 0; i < found; ++i) {
             if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > ws) continue;
-            if (run(d, res[i].algo, x, w, y, stream) != CUBLAS_STATUS_SUCCESS) continue;  // warm-up
+            if (run(d, res[i].algo, x, w, y, add, stream) != CUBLAS_STATUS_SUCCESS) continue;  // warm-up
             double best = 1e30;
             for (int r = 0; r < kTimedRuns; ++r) {
                 CUDA_CHECK(cudaEventRecord(start, stream));
-                run(d, res[i].algo, x, w, y, stream);
+                run(d, res[i].algo, x, w, y, add, stream);
                 CUDA_CHECK(cudaEventRecord(stop, stream));
                 CUDA_CHECK(cudaEventSynchronize(stop));
                 float ms = 0;
@@ -126,16 +129,16 @@ GemmTuner::~GemmTuner() {
     delete impl_;
 }
 
-bool GemmTuner::matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream) {
-    if (s.tokens < kGemmTuneMinTokens) return false;
-    const uint32_t align = common_alignment({x, w, y});
-    const Impl::Key key{bucket_of(s.tokens), s.in, s.out, align};
+bool GemmTuner::matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add) {
+    if (s.tokens < kGemmTuneMinTokens || (add && add == y)) return false;
+    const uint32_t align = add ? common_alignment({x, w, y, add}) : common_alignment({x, w, y});
+    const Impl::Key key{bucket_of(s.tokens), s.in, s.out, align, add != nullptr};
     auto it = impl_->entries.find(key);
     if (it == impl_->entries.end()) {
         cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
         CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
         if (capturing != cudaStreamCaptureStatusNone) return false;
-        it = impl_->entries.emplace(key, impl_->tune(s, align, x, w, y, stream)).first;
+        it = impl_->entries.emplace(key, impl_->tune(s, align, x, w, y, add, stream)).first;
     }
     const Impl::Entry& e = it->second;
     if (!e.usable) return false;
@@ -146,7 +149,7 @@ bool GemmTuner::matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, 
             check.workspaceSize > kTunerWorkspaceBytes)
             return false;
     }
-    CUBLAS_CHECK(impl_->run(d, e.algo, x, w, y, stream));
+    CUBLAS_CHECK(impl_->run(d, e.algo, x, w, y, add, stream));
     return true;
 }
 
@@ -154,8 +157,9 @@ std::string GemmTuner::summary() const {
     std::string out;
     for (const auto& [key, e] : impl_->entries) {
         char line[200];
-        std::snprintf(line, sizeof line, "gemm %lld rows (bucket %lld) K=%lld N=%lld: %s of %d algorithms, %.1f us (heuristic's first %.1f us)\n",
+        std::snprintf(line, sizeof line, "gemm %lld rows (bucket %lld) K=%lld N=%lld%s: %s of %d algorithms, %.1f us (heuristic's first %.1f us)\n",
                       (long long)e.tuned_at, (long long)std::get<0>(key), (long long)std::get<1>(key), (long long)std::get<2>(key),
+                      std::get<4>(key) ? " + add" : "",
                       e.usable ? "fastest" : "none usable", e.candidates, e.best_us, e.first_us);
         out += line;
     }

@@ -28,7 +28,7 @@ void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, con
 
 // The prefill GEMMs' algorithm, chosen by timing (gemm_tuner.cu), as TensorRT-LLM's autotuner
 // and PyTorch's TunableOp do: the first product of at least kGemmTuneMinTokens rows of a
-// (rows rounded up to a power of two, K, N, pointer alignment) bucket times every algorithm
+// (rows rounded up to a power of two, K, N, pointer alignment, with or without an added matrix) bucket times every algorithm
 // cuBLASLt's heuristic offers for it (at most kGemmTuneCandidates) on the caller's own
 // operands, keeps the fastest and runs it; later products of the bucket run the kept one.
 // matmul() declines (false: the caller runs cublasGemmEx) below kGemmTuneMinTokens, while the
@@ -45,8 +45,10 @@ public:
     GemmTuner(const GemmTuner&) = delete;
     GemmTuner& operator=(const GemmTuner&) = delete;
 
-    // y[T, N] = x[T, K] W[N, K]^T, bf16, fp32 sums; false where declined (nothing enqueued).
-    bool matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream);
+    // y[T, N] = x[T, K] W[N, K]^T (+ add[T, N], summed in fp32 before the one rounding to bf16:
+    // the residual add in the epilogue), bf16, fp32 sums; false where declined (nothing
+    // enqueued). add must not be y.
+    bool matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add = nullptr);
     // One line per tuned bucket: the candidates' count, the kept one's time and heuristic #0's.
     std::string summary() const;
 
