@@ -347,13 +347,21 @@ TEST(CudaKernels, RopeDefaultAndLlama3) {
             std::copy(k.begin() + t * kw, k.begin() + (t + 1) * kw, fused.begin() + t * stride + qw);
         }
         std::unique_ptr<Device<bf16>> dfused(upload(fused)), dq2(poisoned(T * qw)), dk2(poisoned(T * kw));
+        // And with a stride of 4 elements more than a multiple of 8: the one-element-a-thread kernel.
+        const int64_t odd = qw + kw + 4;
+        std::vector<float> fused_odd(T * odd, 0.0f);
+        for (int64_t t = 0; t < T; ++t) std::copy(fused.begin() + t * stride, fused.begin() + t * stride + qw + kw, fused_odd.begin() + t * odd);
+        std::unique_ptr<Device<bf16>> dodd(upload(fused_odd)), dq3(poisoned(T * qw)), dk3(poisoned(T * kw));
         cuda::rope(p, T, dp->p, di->p, dq->p, dk->p, dq->p, dk->p, nullptr);
         cuda::rope(p, T, dp->p, di->p, dfused->p, dfused->p + qw, dq2->p, dk2->p, nullptr, stride);
+        cuda::rope(p, T, dp->p, di->p, dodd->p, dodd->p + qw, dq3->p, dk3->p, nullptr, odd);
         cpu::rope(p, T, pos.data(), q.data(), k.data());
         expect_close(download(*dq), q, "rope q");
         expect_close(download(*dk), k, "rope k");
         EXPECT_EQ(download(*dq2), download(*dq)) << "strided rope q";
         EXPECT_EQ(download(*dk2), download(*dk)) << "strided rope k";
+        EXPECT_EQ(download(*dq3), download(*dq)) << "rope q, one element a thread";
+        EXPECT_EQ(download(*dk3), download(*dk)) << "rope k, one element a thread";
     }
 }
 

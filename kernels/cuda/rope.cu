@@ -25,6 +25,33 @@ __global__ void rope_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const i
     }
 }
 
+// The same in 16-byte pieces (head_dim a multiple of 16, strides of 8 elements, aligned
+// pointers): thread (g, c) takes frequencies 8c .. 8c + 7, their angles computed once, in heads
+// g, g + groups, ... (a 2048-token prefill of the 8B: 23 us a layer one element a thread).
+// Same arithmetic per element as rope_kernel, so the same bits.
+__global__ void rope_vec_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const int32_t* positions, const float* inv_freq,
+                                const bf16* q_in, const bf16* k_in, int64_t q_stride, int64_t k_stride, bf16* q, bf16* k) {
+    const int64_t t = blockIdx.x, half = hd / 2, chunks = half / 8, groups = blockDim.x / chunks;
+    const int64_t c = threadIdx.x % chunks, g = threadIdx.x / chunks;
+    float s[8], co[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) sincosf((float)positions[t] * inv_freq[c * 8 + j], &s[j], &co[j]);
+    for (int64_t h = g; h < heads + kv_heads; h += groups) {
+        const bf16* src = h < heads ? q_in + t * q_stride + h * hd : k_in + t * k_stride + (h - heads) * hd;
+        bf16* base = h < heads ? q + (t * heads + h) * hd : k + (t * kv_heads + (h - heads)) * hd;
+        float a[8], b[8], x[8], y[8];
+        unpack8(*reinterpret_cast<const uint4*>(src + c * 8), a);
+        unpack8(*reinterpret_cast<const uint4*>(src + half + c * 8), b);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            x[j] = a[j] * co[j] - b[j] * s[j];
+            y[j] = b[j] * co[j] + a[j] * s[j];
+        }
+        *reinterpret_cast<uint4*>(base + c * 8) = pack8(x);
+        *reinterpret_cast<uint4*>(base + half + c * 8) = pack8(y);
+    }
+}
+
 }  // namespace
 
 void rope(const cpu::RopeParams& p, int64_t tokens, const int32_t* positions, const float* inv_freq, const bf16* q_in,
@@ -34,6 +61,13 @@ void rope(const cpu::RopeParams& p, int64_t tokens, const int32_t* positions, co
     int64_t q_stride = in_stride ? in_stride : p.heads * p.head_dim, k_stride = in_stride ? in_stride : p.kv_heads * p.head_dim;
     const int64_t half = p.head_dim / 2;
     TPX_CHECK(half <= 1024, "rope: head_dim above 2048");
+    if (p.head_dim % 16 == 0 && q_stride % 8 == 0 && k_stride % 8 == 0 && aligned16({q_in, k_in, q, k})) {
+        const int64_t chunks = half / 8, groups = std::max<int64_t>(1, std::min<int64_t>(p.heads + p.kv_heads, 128 / chunks));
+        rope_vec_kernel<<<(unsigned)tokens, (unsigned)(chunks * groups), 0, stream>>>(p.heads, p.kv_heads, p.head_dim, positions, inv_freq,
+                                                                                     q_in, k_in, q_stride, k_stride, q, k);
+        TPX_LAUNCH_CHECK();
+        return;
+    }
     int threads = (int)(half * std::max<int64_t>(1, 256 / half));
     rope_kernel<<<(unsigned)tokens, threads, 0, stream>>>(p.heads, p.kv_heads, p.head_dim, positions, inv_freq, q_in, k_in, q_stride,
                                                       k_stride, q, k);
