@@ -56,6 +56,13 @@ T* device_alloc(size_t n, bool random = true) {
     return p;
 }
 
+int32_t* device_int(int32_t v) {
+    int32_t* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, sizeof(int32_t)));
+    CUDA_CHECK(cudaMemcpy(p, &v, sizeof(int32_t), cudaMemcpyHostToDevice));
+    return p;
+}
+
 // Median over `runs` of the microseconds `launch` takes on the stream (CUDA events), divided by `per`.
 double median_us(cudaStream_t st, int runs, int per, const std::function<void()>& launch) {
     cudaEvent_t a, b;
@@ -174,12 +181,7 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
     bf16* vc = device_alloc<bf16>(max_seq * kvw);
     bf16* act = device_alloc<bf16>(8 * 14336);
     bf16 *res = act, *delta = act + H, *res2 = act + 2 * H, *q = act + 3 * H, *att = q + qkv_n, *sl = att + qw;
-    int32_t *slot = nullptr, *pos = nullptr;
-    CUDA_CHECK(cudaMalloc(&slot, 4));
-    CUDA_CHECK(cudaMalloc(&pos, 4));
-    int32_t zero = 0, p127 = 127;
-    CUDA_CHECK(cudaMemcpy(slot, &zero, 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(pos, &p127, 4, cudaMemcpyHostToDevice));
+    int32_t *slot = device_int(0), *pos = device_int(127);  // one token of slot 0 at position 127 (ctx 128)
     float* inv = device_alloc<float>(hd / 2, false);
     cpu::AttentionShape as{1, heads, kvh, hd, max_seq, 0};
     auto weight = [&](int i, int k) {  // GEMV k (0 qkv, 1 o, 2 gate_up, 3 down) of rep i
@@ -224,6 +226,27 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
     cudaFree(w), cudaFree(norm_w), cudaFree(kc), cudaFree(vc), cudaFree(act), cudaFree(slot), cudaFree(pos), cudaFree(inv);
 }
 
+// One P-token prompt at positions 0 .. P - 1 of slot 0: Q [P, q_width] and K|V [P, 2 kv_width]
+// (random), the output, and the slot and position arrays, on the device.
+struct PrefillInputs {
+    bf16 *q = nullptr, *kv = nullptr, *out = nullptr;
+    int32_t *slots = nullptr, *positions = nullptr;
+    PrefillInputs(int64_t P, int64_t q_width, int64_t kv_width) {
+        q = device_alloc<bf16>(P * q_width);
+        kv = device_alloc<bf16>(P * 2 * kv_width);
+        out = device_alloc<bf16>(P * q_width, false);
+        CUDA_CHECK(cudaMalloc(&slots, P * sizeof(int32_t)));
+        CUDA_CHECK(cudaMalloc(&positions, P * sizeof(int32_t)));
+        std::vector<int32_t> hs(P, 0), hp(P);
+        for (int64_t t = 0; t < P; ++t) hp[t] = (int32_t)t;
+        CUDA_CHECK(cudaMemcpy(slots, hs.data(), P * 4, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(positions, hp.data(), P * 4, cudaMemcpyHostToDevice));
+    }
+    ~PrefillInputs() { cudaFree(q), cudaFree(kv), cudaFree(out), cudaFree(slots), cudaFree(positions); }
+    PrefillInputs(const PrefillInputs&) = delete;
+    PrefillInputs& operator=(const PrefillInputs&) = delete;
+};
+
 // Prefill attention alone (the flash kernel, KV-cache write included) for one prompt of P
 // tokens, the 8B's heads, as the executor calls it: causal TFLOP/s.
 void flash_sweep(cublasHandle_t h, cudaStream_t st) {
@@ -231,24 +254,16 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
     bf16* kc = device_alloc<bf16>(max_seq * kvw);
     bf16* vc = device_alloc<bf16>(max_seq * kvw);
     for (int64_t P : {512, 2048, 8192}) {
-        bf16* qp = device_alloc<bf16>(P * heads * hd);
-        bf16* kvp = device_alloc<bf16>(P * 2 * kvw);
-        bf16* op = device_alloc<bf16>(P * heads * hd, false);
-        int32_t *ps = nullptr, *pp = nullptr;
-        CUDA_CHECK(cudaMalloc(&ps, P * sizeof(int32_t)));
-        CUDA_CHECK(cudaMalloc(&pp, P * sizeof(int32_t)));
-        std::vector<int32_t> hs(P, 0), hp(P);
-        for (int64_t t = 0; t < P; ++t) hp[t] = (int32_t)t;
-        CUDA_CHECK(cudaMemcpy(ps, hs.data(), P * 4, cudaMemcpyHostToDevice));
-        CUDA_CHECK(cudaMemcpy(pp, hp.data(), P * 4, cudaMemcpyHostToDevice));
+        PrefillInputs in(P, heads * hd, kvw);
         cpu::AttentionShape s{P, heads, kvh, hd, max_seq, 0};
         std::vector<cuda::AttentionSegment> segs{{0, P, 0, 0}};
         const double causal_flops = 4.0 * heads * hd * P * (P + 1) / 2;
-        double us = time_direct(st, [&] { cuda::attention(s, ps, pp, qp, kvp, kvp + kvw, kc, vc, op, st, 2 * kvw, 2 * kvw, h, &segs); });
+        double us = time_direct(st, [&] {
+            cuda::attention(s, in.slots, in.positions, in.q, in.kv, in.kv + kvw, kc, vc, in.out, st, 2 * kvw, 2 * kvw, h, &segs);
+        });
         const char* v = std::getenv("TPX_FLASH");
         row(std::string("attention prefill flash ") + (v ? v : "default"), "T=" + std::to_string(P) + " one layer", us,
             rate(0, us, causal_flops) + " (causal FLOPs)");
-        cudaFree(qp), cudaFree(kvp), cudaFree(op), cudaFree(ps), cudaFree(pp);
     }
     cudaFree(kc), cudaFree(vc);
 }
@@ -413,12 +428,7 @@ int main(int argc, char** argv) {
         bf16* act = device_alloc<bf16>(8 * I);  // residual, delta, normed, qkv, q, attn, gu, silu
         bf16 *res = act, *delta = act + H, *normed = act + 2 * H, *res2 = act + 3 * H, *qkv = act + 4 * H, *q = qkv + qkv_n, *att = q + H + kvw,
              *gu = att + H, *sl = gu + 2 * I;
-        int32_t *slot = nullptr, *pos = nullptr;
-        CUDA_CHECK(cudaMalloc(&slot, 4));
-        CUDA_CHECK(cudaMalloc(&pos, 4));
-        int32_t zero = 0, p127 = 127;
-        CUDA_CHECK(cudaMemcpy(slot, &zero, 4, cudaMemcpyHostToDevice));
-        CUDA_CHECK(cudaMemcpy(pos, &p127, 4, cudaMemcpyHostToDevice));
+        int32_t *slot = device_int(0), *pos = device_int(127);  // one token of slot 0 at position 127 (ctx 128)
         float* inv = device_alloc<float>(hd / 2, false);
         cpu::RopeParams rp{heads, kvh, hd, 500000.0};
         cpu::AttentionShape as{1, heads, kvh, hd, max_seq, 0};
@@ -502,16 +512,9 @@ int main(int argc, char** argv) {
             }
         // Prefill: one 2048-token prompt, GEMM path against the kernel.
         const int64_t P = 2048;
-        bf16* qp = device_alloc<bf16>(P * heads * hd);
-        bf16* kvp = device_alloc<bf16>(P * 2 * kvw);
-        bf16* op = device_alloc<bf16>(P * heads * hd, false);
-        int32_t *ps = nullptr, *pp = nullptr;
-        CUDA_CHECK(cudaMalloc(&ps, P * sizeof(int32_t)));
-        CUDA_CHECK(cudaMalloc(&pp, P * sizeof(int32_t)));
-        std::vector<int32_t> hs(P, 0), hp(P);
-        for (int64_t t = 0; t < P; ++t) hp[t] = (int32_t)t;
-        CUDA_CHECK(cudaMemcpy(ps, hs.data(), P * 4, cudaMemcpyHostToDevice));
-        CUDA_CHECK(cudaMemcpy(pp, hp.data(), P * 4, cudaMemcpyHostToDevice));
+        PrefillInputs in(P, heads * hd, kvw);
+        bf16 *qp = in.q, *kvp = in.kv, *op = in.out;
+        int32_t *ps = in.slots, *pp = in.positions;
         cpu::AttentionShape s{P, heads, kvh, hd, max_seq, 0};
         std::vector<cuda::AttentionSegment> segs{{0, P, 0, 0}};
         double causal_flops = 4.0 * heads * hd * P * (P + 1) / 2;
