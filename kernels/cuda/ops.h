@@ -20,7 +20,8 @@ using bf16 = __nv_bfloat16;
 
 // y[T, N] = x[T, K] W[N, K]^T (+ bias[N]), bf16 in, fp32 sums, bf16 out: the GEMV kernel where
 // gemv_applies() (one row, K % 8 == 0, 16-byte aligned x and W) unless allow_gemv is false,
-// cuBLAS otherwise.
+// cuBLAS otherwise: the tuner's algorithm where a tuner is given and takes the product,
+// cublasGemmEx else.
 bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w);
 class GemmTuner;
 void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, const bf16* w, const bf16* bias, bf16* y,
