@@ -1,6 +1,7 @@
 // `tpx bench`: what a job's model costs on its ranks. Time to first token for prompts of 128
 // and 2048 tokens, decode ms/token at batch 1, 8 and 64 (median over 100 steps after 10 of
-// warm-up, each step timed to its completion on the device), each as a fraction of its
+// warm-up, each step timed on the host to its ids' arrival, and with CUDA events from the
+// step's first node on the GPU to the same point: the difference is the host's turn), each as a fraction of its
 // roofline: decode = (weight bytes + KV bytes read) / measured copy bandwidth; prefill =
 // FLOPs / measured bf16 matrix rate. Collective; rank 0 prints a table and writes JSON.
 #pragma once

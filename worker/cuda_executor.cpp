@@ -17,6 +17,7 @@
 #include "common/cuda_check.h"
 #include "common/log.h"
 #include "kernels/cuda/ops.h"
+#include "worker/step_arena.h"
 
 namespace tpx {
 
@@ -343,6 +344,9 @@ CudaExecutor::~CudaExecutor() {
     }
     cudaStreamSynchronize(stream_);
     for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
+    for (auto& [n, p] : arenas_) cudaFree(p);
+    for (cudaEvent_t e : {step_begin_, step_end_})
+        if (e) cudaEventDestroy(e);
     for (auto& [l, kv] : kv_) cudaFree(kv.first), cudaFree(kv.second);
     for (auto& [n, p] : inv_freq_) cudaFree(p);
     for (void* p : {(void*)inputs_dev_, (void*)logits_, (void*)argmax_, (void*)moe_weights_, cublas_workspace_}) cudaFree(p);
@@ -396,11 +400,29 @@ std::vector<float> CudaExecutor::forward(const TokenBatch& batch) {
     return host;
 }
 
+namespace {
+
+// Edges of `g` along which the second kernel may start before the first ends.
+int count_programmatic_edges(cudaGraph_t g) {
+    size_t n = 0;
+    CUDA_CHECK(cudaGraphGetEdges(g, nullptr, nullptr, nullptr, &n));
+    std::vector<cudaGraphNode_t> from(n), to(n);
+    std::vector<cudaGraphEdgeData> data(n);
+    CUDA_CHECK(cudaGraphGetEdges(g, from.data(), to.data(), data.data(), &n));
+    return (int)std::count_if(data.begin(), data.end(), [](const cudaGraphEdgeData& e) { return e.type == cudaGraphDependencyTypeProgrammatic; });
+}
+
+}  // namespace
+
 std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) {
     int64_t R = enqueue(batch);
     cuda::argmax_rows(R, vocab_, logits_, argmax_, stream_);
     CUDA_CHECK(cudaMemcpyAsync(argmax_host_, argmax_, R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaEventRecord(step_end_, stream_));
     sync_with_watchdog(stream_, nccl_, timeout_s_);
+    float device_ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&device_ms, step_begin_, step_end_));
+    last_device_ms_ = device_ms;
     std::vector<int32_t> ids(argmax_host_, argmax_host_ + R);
     for (auto& [key, ev] : pending_) {
         float ms = 0;
@@ -419,6 +441,10 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
     const int64_t R = batch.logit_rows.empty() ? T : (int64_t)batch.logit_rows.size();
     check_batch(batch, slots_, max_seq_);
     ensure_inputs(T, R);
+    if (!step_begin_) {  // before any capture: every decode graph records the step's start
+        CUDA_CHECK(cudaEventCreate(&step_begin_));
+        CUDA_CHECK(cudaEventCreate(&step_end_));
+    }
     // The previous step has been waited for (forward and forward_argmax end in a sync), so the
     // pinned block is free to refill.
     int32_t* host = reinterpret_cast<int32_t*>(inputs_host_);
@@ -443,11 +469,24 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
     for (int64_t i = 0; decode && i < R; ++i) decode = batch.logit_rows[i] == i;
     if (graphs_enabled_ && decode && !profiling_) {
         auto it = graphs_.find(T);
+        if (it == graphs_.end() && !arena_bytes_.count(T)) {
+            // The first step of this batch size runs eagerly and measures the block that its
+            // activations need; the next one is captured with them in that block.
+            size_t peak = 0;
+            CUDA_CHECK(cudaEventRecord(step_begin_, stream_));
+            run_nodes(T, R, false, nullptr, &peak);
+            arena_bytes_[T] = peak;
+            return R;
+        }
         if (it == graphs_.end()) {
+            char*& arena = arenas_[T];
+            if (!arena) CUDA_CHECK(cudaMalloc((void**)&arena, arena_bytes_.at(T)));
             cudaGraph_t g;
             CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-            run_nodes(T, R, false);
+            CUDA_CHECK(cudaEventRecordWithFlags(step_begin_, stream_, cudaEventRecordExternal));  // each replay: the step's start
+            run_nodes(T, R, false, arena);
             CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+            programmatic_edges_ = count_programmatic_edges(g);
             cudaGraphExec_t exec;
             CUDA_CHECK(cudaGraphInstantiateWithFlags(&exec, g, cudaGraphInstantiateFlagAutoFreeOnLaunch));
             CUDA_CHECK(cudaGraphDestroy(g));
@@ -456,12 +495,13 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
         CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
         ++replays_;
     } else {
+        CUDA_CHECK(cudaEventRecord(step_begin_, stream_));
         run_nodes(T, R, select && !decode);
     }
     return R;
 }
 
-void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
+void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena, size_t* arena_peak) {
     std::map<const Value*, bf16*> buf;
     std::map<const Value*, int64_t> rows;
     std::map<const Value*, int64_t> stride;         // row stride of column views (split outputs); others are packed
@@ -471,16 +511,32 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
         if (v->producer && v->producer->op == "param") return weights_.params.at(v->producer->name);
         return buf.at(v);
     };
+    // Activations: stream-ordered allocations, or with `arena` offsets in that block (a captured
+    // step: kernel nodes only). `arena_peak` (an eager step) records the block the same
+    // sequence of allocations needs.
+    StepArena plan;
+    std::map<const void*, size_t> offset_of;
     auto alloc = [&](int64_t n) {
+        const size_t bytes = std::max<int64_t>(1, n) * sizeof(bf16);
         bf16* p = nullptr;
-        CUDA_CHECK(cudaMallocAsync((void**)&p, std::max<int64_t>(1, n) * sizeof(bf16), stream_));
+        if (arena) {
+            p = reinterpret_cast<bf16*>(arena + plan.take(bytes));
+            offset_of[p] = (size_t)(reinterpret_cast<char*>(p) - arena);
+        } else {
+            CUDA_CHECK(cudaMallocAsync((void**)&p, bytes, stream_));
+            if (arena_peak) offset_of[p] = plan.take(bytes);
+        }
         return p;
     };
     auto make = [&](const Value* v, int64_t r) {
         rows[v] = r;
         return buf[v] = alloc(r * width(v));
     };
-    auto release = [&](bf16* p) { CUDA_CHECK(cudaFreeAsync(p, stream_)); };
+    auto release = [&](bf16* p) {
+        auto it = offset_of.find(p);
+        if (it != offset_of.end()) plan.give(it->second), offset_of.erase(it);
+        if (!arena) CUDA_CHECK(cudaFreeAsync(p, stream_));
+    };
     // Batch-1 decode: the GEMVs take in their neighbours (find_decode_fusions).
     const bool fuse = T == 1 && !select_rows;
     std::map<const Node*, cuda::GemvNorm> pending_norm;  // linear -> the norm its GEMV computes first
@@ -714,6 +770,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows) {
     // graph must not leave allocations live between replays.
     for (auto& [v, p] : buf)
         if (!stride.count(v)) release(p);
+    if (arena_peak) *arena_peak = plan.peak();
 }
 
 }  // namespace tpx

@@ -52,14 +52,18 @@ public:
     void enable_graphs(bool on) { graphs_enabled_ = on; }
     int graphs_captured() const { return (int)graphs_.size(); }
     std::string profile() const override;
+    double last_device_ms() const override { return last_device_ms_; }
     void reset_profile() override { profile_.clear(); }
     int graph_replays() const { return replays_; }
+    // Kernel-to-kernel edges of the last captured graph that let the second kernel start while
+    // the first drains (programmatic dependent launch).
+    int programmatic_edges() const { return programmatic_edges_; }
 
 private:
     void ensure_inputs(int64_t tokens, int64_t rows);
     // Stages the batch and enqueues the forward (a graph replay for decode steps); returns rows.
     int64_t enqueue(const TokenBatch& batch);
-    void run_nodes(int64_t tokens, int64_t rows, bool select_rows);
+    void run_nodes(int64_t tokens, int64_t rows, bool select_rows, char* arena = nullptr, size_t* arena_peak = nullptr);
 
     const Graph& graph_;
     int rank_;
@@ -115,7 +119,12 @@ private:
     std::vector<std::pair<std::string, std::pair<cudaEvent_t, cudaEvent_t>>> pending_;
     std::map<std::string, std::pair<double, int>> profile_;
     std::map<int64_t, cudaGraphExec_t> graphs_;  // by decode batch size
+    std::map<int64_t, size_t> arena_bytes_;      // by decode batch size: measured by its first (eager) step
+    std::map<int64_t, char*> arenas_;            // by decode batch size: the captured graph's activations
     int replays_ = 0;
+    int programmatic_edges_ = 0;                 // in the last captured graph
+    cudaEvent_t step_begin_ = nullptr, step_end_ = nullptr;  // around forward_argmax's device work
+    double last_device_ms_ = -1;
 };
 
 }  // namespace tpx

@@ -43,6 +43,9 @@ public:
     // With TPX_PROFILE=1, time per op kind since the last reset (GPU backend; "" elsewhere).
     virtual std::string profile() const { return ""; }
     virtual void reset_profile() {}
+    // The last forward_argmax on the device, CUDA events from its inputs' upload to its ids'
+    // download (GPU backend; negative elsewhere): the step without the host's turn between steps.
+    virtual double last_device_ms() const { return -1; }
 };
 
 class CpuExecutor : public Executor {

@@ -251,7 +251,8 @@ int run(const Options& opt) {
     std::vector<SequenceResult> results = generate(*exec, comm, prompts, gs);
 #ifdef TPX_HAVE_CUDA
     if (auto* cuda_exec = dynamic_cast<CudaExecutor*>(exec.get()); cuda_exec && rank == 0)
-        log_info("decode: ", cuda_exec->graph_replays(), " CUDA graph replays of ", cuda_exec->graphs_captured(), " captured graphs");
+        log_info("decode: ", cuda_exec->graph_replays(), " CUDA graph replays of ", cuda_exec->graphs_captured(), " captured graphs (",
+                 cuda_exec->programmatic_edges(), " programmatic edges in the last)");
 #endif
 
     RankReport mine;

@@ -31,6 +31,7 @@ __device__ __forceinline__ uint64_t global_ns() {
 // call (even with no vectors), so all blocks' counters, and the buffer parity, agree.
 __global__ void __launch_bounds__(kOneShotThreads) oneshot_all_reduce_kernel(const uint4* in, uint4* out,
                                                                             int64_t vecs, OneShotPeers p) {
+    pdl_entry();  // see common.cuh
     __shared__ uint32_t call;
     const int b = blockIdx.x;
     if (threadIdx.x == 0) call = p.counters[b] + 1;
@@ -92,7 +93,7 @@ bool oneshot_all_reduce_applies(const bf16* in, const bf16* out, size_t n, const
 
 void oneshot_all_reduce(const bf16* in, bf16* out, size_t n, const OneShotPeers& p, cudaStream_t stream) {
     TPX_CHECK(oneshot_all_reduce_applies(in, out, n, p), "one-shot all-reduce of " + std::to_string(n) + " elements does not apply");
-    oneshot_all_reduce_kernel<<<kOneShotBlocks, kOneShotThreads, 0, stream>>>(reinterpret_cast<const uint4*>(in), reinterpret_cast<uint4*>(out),
+    launch(oneshot_all_reduce_kernel, kOneShotBlocks, kOneShotThreads, 0, stream, reinterpret_cast<const uint4*>(in), reinterpret_cast<uint4*>(out),
                                                                              (int64_t)(n / 8), p);
     CUDA_CHECK(cudaGetLastError());
 }

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <utility>
 
 #include "common/cuda_check.h"
 #include "kernels/cuda/ops.h"
@@ -12,6 +13,49 @@
 namespace tpx::cuda {
 
 inline unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+
+// Programmatic dependent launch (sm_90): every kernel here is started by launch(), which lets the
+// GPU launch it, and its blocks take free SMs, while the kernel before it on the stream is still
+// draining; in a captured graph the two become one programmatic edge. So every kernel here
+// begins with pdl_entry(): it waits for the grids before it to finish, their writes visible,
+// before it reads or writes anything, then lets the next kernel launch (after the wait, so that
+// at most one grid waits beside the one running). Off (ordinary launches) with TPX_PDL=0.
+__device__ __forceinline__ void pdl_entry() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+bool pdl_enabled();  // TPX_PDL is not "0" and the device is sm_90 or newer
+
+// `cluster` > 0: thread-block clusters of that many blocks along x (sm_90).
+template <typename... Params, typename... Args>
+void launch_cluster(void (*kernel)(Params...), dim3 grid, int cluster, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+    cudaLaunchAttribute attrs[2] = {};
+    unsigned n = 0;
+    if (pdl_enabled()) {
+        attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attrs[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster > 0) {
+        attrs[n].id = cudaLaunchAttributeClusterDimension;
+        attrs[n++].val.clusterDim = {(unsigned)cluster, 1, 1};
+    }
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = attrs;
+    config.numAttrs = n;
+    CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+    launch_cluster(kernel, grid, 0, block, smem, stream, std::forward<Args>(args)...);
+}
 
 // Every pointer on a 16-byte boundary (the vector kernels' uint4 loads and stores).
 inline bool aligned16(std::initializer_list<const void*> ptrs) {

@@ -8,6 +8,7 @@ namespace tpx::cuda {
 namespace {
 
 __global__ void embedding_kernel(cpu::EmbeddingShape s, const int32_t* ids, const bf16* table, bf16* y) {
+    pdl_entry();  // see common.cuh
     int64_t t = blockIdx.x;
     int64_t row = (int64_t)ids[t] - s.start;
     bool inside = row >= 0 && row < s.rows;
@@ -16,6 +17,7 @@ __global__ void embedding_kernel(cpu::EmbeddingShape s, const int32_t* ids, cons
 }
 
 __global__ void add_kernel(int64_t n, const bf16* a, const bf16* b, bf16* y) {
+    pdl_entry();  // see common.cuh
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = __float2bfloat16(__bfloat162float(a[i]) + __bfloat162float(b[i]));
 }
@@ -23,6 +25,7 @@ __global__ void add_kernel(int64_t n, const bf16* a, const bf16* b, bf16* y) {
 __device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
 __global__ void silu_mul_fused_kernel(int64_t tokens, int64_t inter, const bf16* gu, bf16* out) {
+    pdl_entry();  // see common.cuh
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= tokens * inter) return;
     int64_t t = i / inter, j = i % inter;
@@ -33,6 +36,7 @@ __global__ void silu_mul_fused_kernel(int64_t tokens, int64_t inter, const bf16*
 // Eight elements a thread: `inter8` = inter / 8 vectors per token; the gate and up halves of a
 // token's row are `gu_stride8` vectors apart (inter8 for the fused layout).
 __global__ void silu_mul_vec_kernel(int64_t tokens, int64_t inter8, const uint4* g, const uint4* u, int64_t row8, uint4* out) {
+    pdl_entry();  // see common.cuh
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= tokens * inter8) return;
     int64_t t = i / inter8, j = i % inter8;
@@ -45,6 +49,7 @@ __global__ void silu_mul_vec_kernel(int64_t tokens, int64_t inter8, const uint4*
 }
 
 __global__ void add_vec_kernel(int64_t n8, const uint4* a, const uint4* b, uint4* y) {
+    pdl_entry();  // see common.cuh
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n8) return;
     float af[8], bf[8];
@@ -56,11 +61,13 @@ __global__ void add_vec_kernel(int64_t n8, const uint4* a, const uint4* b, uint4
 }
 
 __global__ void silu_mul_kernel(int64_t n, const bf16* g, const bf16* u, bf16* out) {
+    pdl_entry();  // see common.cuh
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = __float2bfloat16(silu(__bfloat162float(g[i])) * __bfloat162float(u[i]));
 }
 
 __global__ void scale_add_kernel(int64_t tokens, int64_t width, const float* w, int64_t stride, const bf16* part, bf16* y) {
+    pdl_entry();  // see common.cuh
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= tokens * width) return;
     float s = w[(i / width) * stride];
@@ -68,16 +75,19 @@ __global__ void scale_add_kernel(int64_t tokens, int64_t width, const float* w, 
 }
 
 __global__ void gather_rows_kernel(int64_t width, const int64_t* rows, const bf16* x, bf16* out) {
+    pdl_entry();  // see common.cuh
     int64_t r = blockIdx.x;
     for (int64_t i = threadIdx.x; i < width; i += blockDim.x) out[r * width + i] = x[rows[r] * width + i];
 }
 
 __global__ void to_f32_kernel(int64_t n, const bf16* x, float* y) {
+    pdl_entry();  // see common.cuh
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = __bfloat162float(x[i]);
 }
 
 __global__ void to_bf16_kernel(int64_t n, const float* x, bf16* y) {
+    pdl_entry();  // see common.cuh
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = __float2bfloat16(x[i]);
 }
@@ -86,16 +96,16 @@ __global__ void to_bf16_kernel(int64_t n, const float* x, bf16* y) {
 
 void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, cudaStream_t stream) {
     if (s.tokens == 0) return;
-    embedding_kernel<<<(unsigned)s.tokens, 256, 0, stream>>>(s, ids, table, y);
+    launch(embedding_kernel, (unsigned)s.tokens, 256, 0, stream, s, ids, table, y);
     TPX_LAUNCH_CHECK();
 }
 
 void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) {
     if (n == 0) return;
     if (n % 8 == 0 && aligned16({a, b, y}))
-        add_vec_kernel<<<blocks_for(n / 8, 256), 256, 0, stream>>>(n / 8, reinterpret_cast<const uint4*>(a), reinterpret_cast<const uint4*>(b),
+        launch(add_vec_kernel, blocks_for(n / 8, 256), 256, 0, stream, n / 8, reinterpret_cast<const uint4*>(a), reinterpret_cast<const uint4*>(b),
                                                                    reinterpret_cast<uint4*>(y));
-    else add_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(n, a, b, y);
+    else launch(add_kernel, blocks_for(n, 256), 256, 0, stream, n, a, b, y);
     TPX_LAUNCH_CHECK();
 }
 
@@ -103,10 +113,10 @@ void silu_mul_fused(int64_t tokens, int64_t inter, const bf16* gate_up, bf16* ou
     if (tokens * inter == 0) return;
     if (inter % 8 == 0 && aligned16({gate_up, out})) {
         const uint4* g = reinterpret_cast<const uint4*>(gate_up);
-        silu_mul_vec_kernel<<<blocks_for(tokens * inter / 8, 256), 256, 0, stream>>>(tokens, inter / 8, g, g + inter / 8, 2 * inter / 8,
+        launch(silu_mul_vec_kernel, blocks_for(tokens * inter / 8, 256), 256, 0, stream, tokens, inter / 8, g, g + inter / 8, 2 * inter / 8,
                                                                                      reinterpret_cast<uint4*>(out));
     } else {
-        silu_mul_fused_kernel<<<blocks_for(tokens * inter, 256), 256, 0, stream>>>(tokens, inter, gate_up, out);
+        launch(silu_mul_fused_kernel, blocks_for(tokens * inter, 256), 256, 0, stream, tokens, inter, gate_up, out);
     }
     TPX_LAUNCH_CHECK();
 }
@@ -114,34 +124,34 @@ void silu_mul_fused(int64_t tokens, int64_t inter, const bf16* gate_up, bf16* ou
 void silu_mul(int64_t tokens, int64_t width, const bf16* gate, const bf16* up, bf16* out, cudaStream_t stream) {
     if (tokens * width == 0) return;
     if (width % 8 == 0 && aligned16({gate, up, out}))
-        silu_mul_vec_kernel<<<blocks_for(tokens * width / 8, 256), 256, 0, stream>>>(tokens, width / 8, reinterpret_cast<const uint4*>(gate),
+        launch(silu_mul_vec_kernel, blocks_for(tokens * width / 8, 256), 256, 0, stream, tokens, width / 8, reinterpret_cast<const uint4*>(gate),
                                                                                      reinterpret_cast<const uint4*>(up), width / 8,
                                                                                      reinterpret_cast<uint4*>(out));
-    else silu_mul_kernel<<<blocks_for(tokens * width, 256), 256, 0, stream>>>(tokens * width, gate, up, out);
+    else launch(silu_mul_kernel, blocks_for(tokens * width, 256), 256, 0, stream, tokens * width, gate, up, out);
     TPX_LAUNCH_CHECK();
 }
 
 void scale_add(int64_t tokens, int64_t width, const float* weights, int64_t stride, const bf16* part, bf16* y, cudaStream_t stream) {
     if (tokens * width == 0) return;
-    scale_add_kernel<<<blocks_for(tokens * width, 256), 256, 0, stream>>>(tokens, width, weights, stride, part, y);
+    launch(scale_add_kernel, blocks_for(tokens * width, 256), 256, 0, stream, tokens, width, weights, stride, part, y);
     TPX_LAUNCH_CHECK();
 }
 
 void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16* x, bf16* out, cudaStream_t stream) {
     if (n_rows == 0) return;
-    gather_rows_kernel<<<(unsigned)n_rows, 256, 0, stream>>>(width, rows, x, out);
+    launch(gather_rows_kernel, (unsigned)n_rows, 256, 0, stream, width, rows, x, out);
     TPX_LAUNCH_CHECK();
 }
 
 void bf16_to_f32(int64_t n, const bf16* x, float* y, cudaStream_t stream) {
     if (n == 0) return;
-    to_f32_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(n, x, y);
+    launch(to_f32_kernel, blocks_for(n, 256), 256, 0, stream, n, x, y);
     TPX_LAUNCH_CHECK();
 }
 
 void f32_to_bf16(int64_t n, const float* x, bf16* y, cudaStream_t stream) {
     if (n == 0) return;
-    to_bf16_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(n, x, y);
+    launch(to_bf16_kernel, blocks_for(n, 256), 256, 0, stream, n, x, y);
     TPX_LAUNCH_CHECK();
 }
 

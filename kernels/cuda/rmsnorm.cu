@@ -12,6 +12,7 @@ constexpr int kThreads = 256;
 
 template <bool kAdd>
 __global__ void rmsnorm_kernel(int64_t width, float eps, const bf16* x, const bf16* res_in, bf16* residual, const bf16* w, bf16* y) {
+    pdl_entry();  // see common.cuh
     int64_t row = blockIdx.x;
     const bf16* xr = x + row * width;
     const bf16* ri = kAdd ? res_in + row * width : nullptr;
@@ -38,6 +39,7 @@ constexpr int kVecPerThread = 4;  // rows up to kThreads * 8 * 4 = 8192 wide sta
 // stores, the row held in registers between the sum of squares and the scaling.
 template <bool kAdd>
 __global__ void rmsnorm_vec_kernel(int64_t width, float eps, const bf16* x, const bf16* res_in, bf16* residual, const bf16* w, bf16* y) {
+    pdl_entry();  // see common.cuh
     int64_t row = blockIdx.x, nvec = width / 8;
     const uint4* xr = reinterpret_cast<const uint4*>(x + row * width);
     float v[kVecPerThread][8];
@@ -78,8 +80,8 @@ bool vec_ok(int64_t width, std::initializer_list<const void*> ptrs) {
 
 void rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream) {
     if (tokens == 0) return;
-    if (vec_ok(width, {x, w, y})) rmsnorm_vec_kernel<false><<<(unsigned)tokens, kThreads, 0, stream>>>(width, eps, x, nullptr, nullptr, w, y);
-    else rmsnorm_kernel<false><<<(unsigned)tokens, kThreads, 0, stream>>>(width, eps, x, nullptr, nullptr, w, y);
+    if (vec_ok(width, {x, w, y})) launch(rmsnorm_vec_kernel<false>, (unsigned)tokens, kThreads, 0, stream, width, eps, x, nullptr, nullptr, w, y);
+    else launch(rmsnorm_kernel<false>, (unsigned)tokens, kThreads, 0, stream, width, eps, x, nullptr, nullptr, w, y);
     TPX_LAUNCH_CHECK();
 }
 
@@ -88,8 +90,8 @@ void add_rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const 
     TPX_CHECK(x != residual_in && x != residual_out, "add_rmsnorm: x and the residual must not alias");
     if (tokens == 0) return;
     if (vec_ok(width, {x, residual_in, residual_out, w, y}))
-        rmsnorm_vec_kernel<true><<<(unsigned)tokens, kThreads, 0, stream>>>(width, eps, x, residual_in, residual_out, w, y);
-    else rmsnorm_kernel<true><<<(unsigned)tokens, kThreads, 0, stream>>>(width, eps, x, residual_in, residual_out, w, y);
+        launch(rmsnorm_vec_kernel<true>, (unsigned)tokens, kThreads, 0, stream, width, eps, x, residual_in, residual_out, w, y);
+    else launch(rmsnorm_kernel<true>, (unsigned)tokens, kThreads, 0, stream, width, eps, x, residual_in, residual_out, w, y);
     TPX_LAUNCH_CHECK();
 }
 

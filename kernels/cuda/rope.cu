@@ -12,6 +12,7 @@ namespace {
 // heads g, g + groups, ...
 __global__ void rope_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const int32_t* positions, const float* inv_freq,
                             const bf16* q_in, const bf16* k_in, int64_t q_stride, int64_t k_stride, bf16* q, bf16* k) {
+    pdl_entry();  // see common.cuh
     int64_t t = blockIdx.x, half = hd / 2, groups = blockDim.x / half;
     int64_t i = threadIdx.x % half, g = threadIdx.x / half;  // the block is exactly groups x half threads
     float s, c;
@@ -31,6 +32,7 @@ __global__ void rope_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const i
 // Same arithmetic per element as rope_kernel, so the same bits.
 __global__ void rope_vec_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const int32_t* positions, const float* inv_freq,
                                 const bf16* q_in, const bf16* k_in, int64_t q_stride, int64_t k_stride, bf16* q, bf16* k) {
+    pdl_entry();  // see common.cuh
     const int64_t t = blockIdx.x, half = hd / 2, chunks = half / 8, groups = blockDim.x / chunks;
     const int64_t c = threadIdx.x % chunks, g = threadIdx.x / chunks;
     float s[8], co[8];
@@ -63,13 +65,13 @@ void rope(const cpu::RopeParams& p, int64_t tokens, const int32_t* positions, co
     TPX_CHECK(half <= 1024, "rope: head_dim above 2048");
     if (p.head_dim % 16 == 0 && q_stride % 8 == 0 && k_stride % 8 == 0 && aligned16({q_in, k_in, q, k})) {
         const int64_t chunks = half / 8, groups = std::max<int64_t>(1, std::min<int64_t>(p.heads + p.kv_heads, 128 / chunks));
-        rope_vec_kernel<<<(unsigned)tokens, (unsigned)(chunks * groups), 0, stream>>>(p.heads, p.kv_heads, p.head_dim, positions, inv_freq,
+        launch(rope_vec_kernel, (unsigned)tokens, (unsigned)(chunks * groups), 0, stream, p.heads, p.kv_heads, p.head_dim, positions, inv_freq,
                                                                                      q_in, k_in, q_stride, k_stride, q, k);
         TPX_LAUNCH_CHECK();
         return;
     }
     int threads = (int)(half * std::max<int64_t>(1, 256 / half));
-    rope_kernel<<<(unsigned)tokens, threads, 0, stream>>>(p.heads, p.kv_heads, p.head_dim, positions, inv_freq, q_in, k_in, q_stride,
+    launch(rope_kernel, (unsigned)tokens, threads, 0, stream, p.heads, p.kv_heads, p.head_dim, positions, inv_freq, q_in, k_in, q_stride,
                                                       k_stride, q, k);
     TPX_LAUNCH_CHECK();
 }

@@ -8,6 +8,7 @@ namespace {
 constexpr int kMaxExperts = 256;
 
 __global__ void routing_kernel(cpu::MoeShape s, const bf16* logits, float* weights) {
+    pdl_entry();  // see common.cuh
     int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= s.tokens) return;
     float p[kMaxExperts];
@@ -58,6 +59,7 @@ __device__ inline void warp_argmax(float& bv, int64_t& bi) {
 }
 
 __global__ void argmax_partial_kernel(int64_t width, const float* logits, float* part_v, int64_t* part_i) {
+    pdl_entry();  // see common.cuh
     int64_t row = blockIdx.y, chunk = (width + kArgmaxChunks - 1) / kArgmaxChunks;
     int64_t lo = blockIdx.x * chunk, hi = min(width, lo + chunk);
     const float* r = logits + row * width;
@@ -77,6 +79,7 @@ __global__ void argmax_partial_kernel(int64_t width, const float* logits, float*
 }
 
 __global__ void argmax_final_kernel(int64_t width, const float* part_v, const int64_t* part_i, int32_t* out) {
+    pdl_entry();  // see common.cuh
     int64_t row = blockIdx.x;
     float bv = -INFINITY;
     int64_t bi = width;
@@ -90,7 +93,7 @@ __global__ void argmax_final_kernel(int64_t width, const float* part_v, const in
 void moe_routing(const cpu::MoeShape& s, const bf16* router_logits, float* weights, cudaStream_t stream) {
     TPX_CHECK(s.experts <= kMaxExperts, "moe_routing: at most " + std::to_string(kMaxExperts) + " experts");
     if (s.tokens == 0) return;
-    routing_kernel<<<blocks_for(s.tokens, 128), 128, 0, stream>>>(s, router_logits, weights);
+    launch(routing_kernel, blocks_for(s.tokens, 128), 128, 0, stream, s, router_logits, weights);
     TPX_LAUNCH_CHECK();
 }
 
@@ -100,9 +103,9 @@ void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out,
     int64_t* part_i = nullptr;
     CUDA_CHECK(cudaMallocAsync((void**)&part_v, rows * kArgmaxChunks * sizeof(float), stream));
     CUDA_CHECK(cudaMallocAsync((void**)&part_i, rows * kArgmaxChunks * sizeof(int64_t), stream));
-    argmax_partial_kernel<<<dim3(kArgmaxChunks, (unsigned)rows), kArgmaxThreads, 0, stream>>>(width, logits, part_v, part_i);
+    launch(argmax_partial_kernel, dim3(kArgmaxChunks, (unsigned)rows), kArgmaxThreads, 0, stream, width, logits, part_v, part_i);
     TPX_LAUNCH_CHECK();
-    argmax_final_kernel<<<(unsigned)rows, 32, 0, stream>>>(width, part_v, part_i, out);
+    launch(argmax_final_kernel, (unsigned)rows, 32, 0, stream, width, part_v, part_i, out);
     TPX_LAUNCH_CHECK();
     CUDA_CHECK(cudaFreeAsync(part_v, stream));
     CUDA_CHECK(cudaFreeAsync(part_i, stream));
