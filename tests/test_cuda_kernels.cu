@@ -391,6 +391,36 @@ TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
     }
 }
 
+// Decode tokens over long cached contexts: few (token, head) pairs take the split kernel (the
+// keys over the blocks of a cluster, combined through distributed shared memory), many the
+// one-block-per-pair kernel. Position 0 leaves all but one block of its cluster without keys;
+// the window cuts the visible keys below what the splits cover. Reference: the CPU twin, with
+// the tolerance of the other attention tests (the split changes only the summation order).
+TEST(CudaKernels, DecodeAttentionSplitAcrossAClusterMatchesTwin) {
+    REQUIRE_GPU();
+    for (int64_t hd : {64, 128, 256})
+        for (int64_t window : {0, 300})
+            for (int64_t T : {3, 40}) {
+                const int64_t heads = 8, kv_heads = 2, max_seq = 1100, kvw = kv_heads * hd;
+                std::vector<int32_t> slot, pos;
+                for (int64_t t = 0; t < T; ++t) {
+                    slot.push_back((int32_t)t);
+                    pos.push_back((int32_t)(t == 0 ? 0 : t == 1 ? 37 : max_seq - 1 - 13 * (t - 2)));
+                }
+                auto k_cache = random_bf16(T * max_seq * kvw), v_cache = random_bf16(T * max_seq * kvw);
+                auto q = random_bf16(T * heads * hd), k = random_bf16(T * kvw), v = random_bf16(T * kvw);
+                std::unique_ptr<Device<bf16>> dkc(upload(k_cache)), dvc(upload(v_cache)), dq(upload(q)), dk(upload(k)), dv(upload(v)),
+                    dout(poisoned(T * heads * hd));
+                std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
+                cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
+                cuda::attention(s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p, nullptr);
+                std::vector<float> ref(T * heads * hd);
+                cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), k_cache.data(), v_cache.data(), ref.data());
+                expect_close(download(*dout), ref, "decode attention, head_dim " + std::to_string(hd) + ", window " + std::to_string(window) +
+                                                       ", " + std::to_string(T) + " tokens");
+            }
+}
+
 // Long segments take the cuBLAS path (S = QK^T, masked softmax, PV) in blocks of query rows,
 // short ones and decode tokens the kernel, in one batch: a 600-token prompt (two row blocks,
 // the second reaching back past a window), a 3-token chunk, a 70-token prompt continuing a

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include <cooperative_groups.h>
+
 #include "kernels/cuda/common.cuh"
 
 namespace tpx::cuda {
@@ -22,6 +24,7 @@ constexpr int kThreads = 256;
 
 __global__ void kv_write_kernel(int64_t kv_width, int64_t k_stride, int64_t v_stride, int64_t max_seq, const int32_t* slot, const int32_t* pos,
                                 const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache) {
+    pdl_entry();  // see common.cuh
     int64_t t = blockIdx.x;
     int64_t at = ((int64_t)slot[t] * max_seq + pos[t]) * kv_width;
     for (int64_t i = threadIdx.x; i < kv_width; i += blockDim.x) {
@@ -33,6 +36,7 @@ __global__ void kv_write_kernel(int64_t kv_width, int64_t k_stride, int64_t v_st
 // The same in 16-byte pieces (widths, strides and pointers multiples of 8 elements).
 __global__ void kv_write_vec_kernel(int64_t kv8, int64_t k_stride8, int64_t v_stride8, int64_t max_seq, const int32_t* slot,
                                     const int32_t* pos, const uint4* k, const uint4* v, uint4* k_cache, uint4* v_cache) {
+    pdl_entry();  // see common.cuh
     int64_t t = blockIdx.x;
     int64_t at = ((int64_t)slot[t] * max_seq + pos[t]) * kv8;
     for (int64_t i = threadIdx.x; i < kv8; i += blockDim.x) {
@@ -43,12 +47,14 @@ __global__ void kv_write_vec_kernel(int64_t kv8, int64_t k_stride8, int64_t v_st
 
 constexpr int kWarps = kThreads / 32;
 
-// scores[j] = exp(scores[j] - max) for j < n, over the whole block; returns their sum. Its
-// barriers also make every score visible to every warp.
-__device__ float exp_scores(float* scores, int64_t n) {
+// scores[j] = exp(scores[j] - max) for j < n, over the whole block; returns their sum (0 for
+// n = 0) and puts the max in *max_out if given. Its barriers also make every score visible to
+// every warp.
+__device__ float exp_scores(float* scores, int64_t n, float* max_out = nullptr) {
     float mx = -INFINITY;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, scores[j]);
     mx = block_max(mx);
+    if (max_out) *max_out = mx;
     float sum = 0;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
         float e = expf(scores[j] - mx);
@@ -64,6 +70,7 @@ constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
 // registers (lane l holds dims l, l + 32, ...); the warps' partial sums meet in shared memory.
 __global__ void attention_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q,
                                  const bf16* k_cache, const bf16* v_cache, bf16* out) {
+    pdl_entry();  // see common.cuh
     extern __shared__ float smem[];  // q (head_dim) | partial sums (kWarps x head_dim) | scores
     int64_t t = t0 + blockIdx.x, h = blockIdx.y;
     int64_t kv_width = s.kv_heads * s.head_dim, kvh = h / (s.heads / s.kv_heads);
@@ -118,34 +125,30 @@ __global__ void attention_kernel(cpu::AttentionShape s, int64_t t0, const int32_
 constexpr int kUnroll = 4;
 
 // The vector form: lane `part` of a key's kLanes lanes holds dims [8 part, 8 part + 8); a warp
-// takes kKeys keys per step, kUnroll steps of loads in flight before their sums.
+// takes kKeys keys per step, kUnroll steps of loads in flight before their sums. `kbase` and
+// `vbase` point at key 0's dims of this lane, rows kv_width apart.
 template <int HD>
-__global__ void __launch_bounds__(kThreads) attention_vec_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
-                                                                 const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out) {
-    constexpr int kLanes = HD / 8, kKeys = 32 / kLanes;
-    extern __shared__ float smem[];  // partial sums (kWarps x HD) | scores
-    float* partial = smem;
-    float* scores = smem + kWarps * HD;
-    int64_t t = t0 + blockIdx.x, h = blockIdx.y;
-    int64_t kv_width = s.kv_heads * HD, kvh = h / (s.heads / s.kv_heads);
-    int64_t p = pos[t];
-    int64_t first = s.sliding_window > 0 && p - s.sliding_window + 1 > 0 ? p - s.sliding_window + 1 : 0;
-    int64_t n = p - first + 1;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, sub = lane / kLanes, part = lane % kLanes;
-    const bf16* kbase = k_cache + ((int64_t)slot[t] * s.max_seq + first) * kv_width + kvh * HD + part * 8;
-    const bf16* vbase = v_cache + ((int64_t)slot[t] * s.max_seq + first) * kv_width + kvh * HD + part * 8;
+struct VecLanes {
+    static constexpr int kLanes = HD / 8, kKeys = 32 / kLanes;
+    int warp = threadIdx.x >> 5, sub = (threadIdx.x & 31) / kLanes, part = (threadIdx.x & 31) % kLanes;
+};
+
+// scores[j] = q . k_j / sqrt(HD) for j < n (q: this lane's 8 dims).
+template <int HD>
+__device__ void score_keys(const bf16* q, const bf16* kbase, int64_t kv_width, int64_t n, float* scores) {
+    const VecLanes<HD> L;
     float qf[8];
-    unpack8(*reinterpret_cast<const uint4*>(q + (t * s.heads + h) * HD + part * 8), qf);
+    unpack8(*reinterpret_cast<const uint4*>(q + L.part * 8), qf);
     const float scale = rsqrtf((float)HD);
 #pragma unroll
     for (int i = 0; i < 8; ++i) qf[i] *= scale;
-    const int64_t step = kWarps * kKeys;
+    const int64_t step = kWarps * L.kKeys;
     // The loop bounds are the same for the whole warp, so that every lane takes every shuffle.
-    for (int64_t base = warp * kKeys; base < n; base += step * kUnroll) {
+    for (int64_t base = L.warp * L.kKeys; base < n; base += step * kUnroll) {
         uint4 kv[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            int64_t j = base + sub + u * step;
+            int64_t j = base + L.sub + u * step;
             kv[u] = j < n ? *reinterpret_cast<const uint4*>(kbase + j * kv_width) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
@@ -155,25 +158,30 @@ __global__ void __launch_bounds__(kThreads) attention_vec_kernel(cpu::AttentionS
 #pragma unroll
             for (int i = 0; i < 8; ++i) d += qf[i] * kf[i];
 #pragma unroll
-            for (int o = kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-            int64_t j = base + sub + u * step;
-            if (part == 0 && j < n) scores[j] = d;
+            for (int o = L.kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            int64_t j = base + L.sub + u * step;
+            if (L.part == 0 && j < n) scores[j] = d;
         }
     }
-    __syncthreads();
-    float sum = exp_scores(scores, n);
+}
+
+// Each warp's sum of weights[j] * v_j over its keys j < n into partial[warp * HD, + HD).
+template <int HD>
+__device__ void weigh_values(const bf16* vbase, int64_t kv_width, int64_t n, const float* weights, float* partial) {
+    const VecLanes<HD> L;
+    const int64_t step = kWarps * L.kKeys;
     float acc[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
-    for (int64_t base = warp * kKeys; base < n; base += step * kUnroll) {
+    for (int64_t base = L.warp * L.kKeys; base < n; base += step * kUnroll) {
         uint4 vv[kUnroll];
         float pj[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            int64_t j = base + sub + u * step;
+            int64_t j = base + L.sub + u * step;
             bool in = j < n;
             vv[u] = in ? *reinterpret_cast<const uint4*>(vbase + j * kv_width) : make_uint4(0, 0, 0, 0);
-            pj[u] = in ? scores[j] : 0.0f;
+            pj[u] = in ? weights[j] : 0.0f;
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
@@ -186,10 +194,36 @@ __global__ void __launch_bounds__(kThreads) attention_vec_kernel(cpu::AttentionS
 #pragma unroll
     for (int i = 0; i < 8; ++i)
 #pragma unroll
-        for (int o = 16; o >= kLanes; o >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
-    if (sub == 0)
+        for (int o = 16; o >= L.kLanes; o >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+    if (L.sub == 0)
 #pragma unroll
-        for (int i = 0; i < 8; ++i) partial[warp * HD + part * 8 + i] = acc[i];
+        for (int i = 0; i < 8; ++i) partial[L.warp * HD + L.part * 8 + i] = acc[i];
+}
+
+// The key rows of (token t, head h): where its visible keys start in the cache, and how many.
+struct VisibleKeys {
+    int64_t first, n;
+};
+__device__ inline VisibleKeys visible_keys(const cpu::AttentionShape& s, int64_t p) {
+    const int64_t first = s.sliding_window > 0 && p - s.sliding_window + 1 > 0 ? p - s.sliding_window + 1 : 0;
+    return {first, p - first + 1};
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads) attention_vec_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
+                                                                 const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out) {
+    pdl_entry();  // see common.cuh
+    extern __shared__ float smem[];  // partial sums (kWarps x HD) | scores
+    float* partial = smem;
+    float* scores = smem + kWarps * HD;
+    const int64_t t = t0 + blockIdx.x, h = blockIdx.y;
+    const int64_t kv_width = s.kv_heads * HD, kvh = h / (s.heads / s.kv_heads);
+    const VisibleKeys vk = visible_keys(s, pos[t]);
+    const int64_t row0 = ((int64_t)slot[t] * s.max_seq + vk.first) * kv_width + kvh * HD + VecLanes<HD>().part * 8;
+    score_keys<HD>(q + (t * s.heads + h) * HD, k_cache + row0, kv_width, vk.n, scores);
+    __syncthreads();
+    const float sum = exp_scores(scores, vk.n);
+    weigh_values<HD>(v_cache + row0, kv_width, vk.n, scores, partial);
     __syncthreads();
     for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) {
         float o = 0;
@@ -198,9 +232,66 @@ __global__ void __launch_bounds__(kThreads) attention_vec_kernel(cpu::AttentionS
     }
 }
 
+// Flash-decoding for a few (token, head) pairs (batch-1 decode: 16 or 32 of them on 132 SMs):
+// the visible keys of one pair split over the blocks of a thread-block cluster. Each block
+// scores its share of the keys as attention_vec_kernel does, keeps their max and exp-sum and its
+// weighted sum of V; block 0 of the cluster reads the others' through distributed shared memory
+// and combines them. One kernel and no workspace; a block whose share is empty adds nothing.
+template <int HD>
+__global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
+                                                                   const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out) {
+    pdl_entry();  // see common.cuh
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    extern __shared__ float smem[];  // weighted V sum (HD) | max, exp-sum | partial sums (kWarps x HD) | scores
+    float* wsum = smem;
+    float* stat = smem + HD;
+    float* partial = stat + 2;
+    float* scores = partial + kWarps * HD;
+    const int split = (int)cluster.block_rank(), splits = (int)cluster.num_blocks();
+    const int64_t t = t0 + blockIdx.z, h = blockIdx.y;
+    const int64_t kv_width = s.kv_heads * HD, kvh = h / (s.heads / s.kv_heads);
+    const VisibleKeys vk = visible_keys(s, pos[t]);
+    const int64_t chunk = (vk.n + splits - 1) / splits, lo = min(vk.n, split * chunk), n = min(vk.n, lo + chunk) - lo;
+    const int64_t row0 = ((int64_t)slot[t] * s.max_seq + vk.first + lo) * kv_width + kvh * HD + VecLanes<HD>().part * 8;
+    score_keys<HD>(q + (t * s.heads + h) * HD, k_cache + row0, kv_width, n, scores);
+    __syncthreads();
+    float mx;
+    const float sum = exp_scores(scores, n, &mx);  // an empty share: max -inf, sum 0
+    weigh_values<HD>(v_cache + row0, kv_width, n, scores, partial);
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) {
+        float o = 0;
+        for (int w = 0; w < kWarps; ++w) o += partial[w * HD + i];
+        wsum[i] = o;
+    }
+    if (threadIdx.x == 0) stat[0] = mx, stat[1] = sum;
+    cluster.sync();  // every block's wsum and stat written, visible to the cluster
+    if (split == 0) {
+        float m_all = -INFINITY;
+        for (int r = 0; r < splits; ++r) m_all = fmaxf(m_all, cluster.map_shared_rank(stat, r)[0]);
+        float l_all = 0;
+        for (int r = 0; r < splits; ++r) {
+            const float* st = cluster.map_shared_rank(stat, r);
+            if (st[1] > 0) l_all += st[1] * expf(st[0] - m_all);
+        }
+        for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) {
+            float o = 0;
+            for (int r = 0; r < splits; ++r) {
+                const float* st = cluster.map_shared_rank(stat, r);
+                if (st[1] > 0) o += cluster.map_shared_rank(wsum, r)[i] * expf(st[0] - m_all);
+            }
+            out[(t * s.heads + h) * HD + i] = __float2bfloat16(o / l_all);
+        }
+    }
+    cluster.sync();  // the other blocks' shared memory stays until block 0 has read it
+}
+
+
 // Row i of head h of a block of query rows at positions p_first + i, over keys k_lo + j:
 // P = softmax(S) where visible (causal, window), 0 elsewhere.
 __global__ void masked_softmax_kernel(int64_t rows, int64_t n, int64_t p_first, int64_t k_lo, int64_t window, const float* S, bf16* P) {
+    pdl_entry();  // see common.cuh
     int64_t i = blockIdx.x, h = blockIdx.y;
     const float* srow = S + (h * rows + i) * n;
     bf16* prow = P + (h * rows + i) * n;
@@ -275,6 +366,7 @@ template <int D, int W, int kFlashKeys, int RT>
 __global__ void __launch_bounds__(32 * W, RT == 1 ? (kFlashKeys <= 32 ? 12 : 8) / W : 8 / W / RT * 2)
     flash_attention_kernel(int max_seq, int heads, int kv_heads, int window, AttentionSegment seg, const bf16* __restrict__ q,
                            const bf16* __restrict__ k_cache, const bf16* __restrict__ v_cache, bf16* __restrict__ out) {
+    pdl_entry();  // see common.cuh
     using Smem = FlashSmem<D, W, kFlashKeys, RT>;
     constexpr int kRows = 16 * W * RT, kPad = Smem::kPad, kVec = D / 8;  // 16-byte pieces per row
     extern __shared__ __align__(128) unsigned char flash_raw[];
@@ -456,7 +548,7 @@ void flash_attention(const cpu::AttentionShape& s, const AttentionSegment& seg, 
     // Blocks start in index order, x fastest: every head's latest (longest) row block first,
     // then the next latest, so that the longest blocks do not start last.
     dim3 grid((unsigned)s.heads, (unsigned)((seg.count + 16 * W * RT - 1) / (16 * W * RT)));
-    flash_attention_kernel<D, W, N, RT><<<grid, 32 * W, smem, stream>>>((int)s.max_seq, (int)s.heads, (int)s.kv_heads,
+    launch(flash_attention_kernel<D, W, N, RT>, grid, 32 * W, smem, stream, (int)s.max_seq, (int)s.heads, (int)s.kv_heads,
                                                                         (int)s.sliding_window, seg, q, k_cache, v_cache, out);
     TPX_LAUNCH_CHECK();
 }
@@ -467,6 +559,7 @@ constexpr int64_t kGemmRowBlock = 512;
 // [K_g | Q_h | S_h | V_g | P_h | O_h] for every query head h of kv head g = h / G.
 __global__ void attention_ptrs_kernel(int64_t heads, int64_t G, int64_t d, int64_t block, const bf16* K, const bf16* Q, float* S,
                                       const bf16* V, bf16* P, bf16* O, const void** ptrs) {
+    pdl_entry();  // see common.cuh
     for (int64_t h = threadIdx.x; h < heads; h += blockDim.x) {
         int64_t g = h / G;
         ptrs[h] = K + g * d;
@@ -493,7 +586,7 @@ void attention_gemm(cublasHandle_t h, const cpu::AttentionShape& s, const Attent
         bf16* P = nullptr;
         CUDA_CHECK(cudaMallocAsync((void**)&S, (size_t)(H * rows * n) * sizeof(float), stream));
         CUDA_CHECK(cudaMallocAsync((void**)&P, (size_t)(H * rows * n) * sizeof(bf16), stream));
-        attention_ptrs_kernel<<<1, 128, 0, stream>>>(H, G, d, rows * n, k_cache + (seg.slot * s.max_seq + k_lo) * kvw,
+        launch(attention_ptrs_kernel, 1, 128, 0, stream, H, G, d, rows * n, k_cache + (seg.slot * s.max_seq + k_lo) * kvw,
                                                       q + (seg.first + r0) * qw, S, v_cache + (seg.slot * s.max_seq + k_lo) * kvw, P,
                                                       out + (seg.first + r0) * qw, ptrs);
         TPX_LAUNCH_CHECK();
@@ -501,7 +594,7 @@ void attention_gemm(cublasHandle_t h, const cpu::AttentionShape& s, const Attent
         CUBLAS_CHECK(cublasGemmBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)rows, (int)d, &scale, ptrs, CUDA_R_16BF, (int)kvw,
                                          ptrs + H, CUDA_R_16BF, (int)qw, &zero, (void* const*)(ptrs + 2 * H), CUDA_R_32F, (int)n, (int)H,
                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        masked_softmax_kernel<<<dim3((unsigned)rows, (unsigned)H), 256, 0, stream>>>(rows, n, p_first, k_lo, s.sliding_window, S, P);
+        launch(masked_softmax_kernel, dim3((unsigned)rows, (unsigned)H), 256, 0, stream, rows, n, p_first, k_lo, s.sliding_window, S, P);
         TPX_LAUNCH_CHECK();
         // O_h^T [d, rows] = V_g [d, n] . P_h^T [n, rows].
         CUBLAS_CHECK(cublasGemmBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)d, (int)rows, (int)n, &one, ptrs + 3 * H, CUDA_R_16BF, (int)kvw,
@@ -513,28 +606,61 @@ void attention_gemm(cublasHandle_t h, const cpu::AttentionShape& s, const Attent
     CUDA_CHECK(cudaFreeAsync(ptrs, stream));
 }
 
-// Tokens [t0, t1) through the per-(token, head) kernel.
+// Blocks a (token, head) pair's keys are split over: enough pairs x splits to give every SM a
+// block or two, at most 8 (a portable cluster); 1 (no split) from about as many pairs as SMs.
+int decode_splits(int64_t tokens, int64_t heads) {
+    static const int sms = [] {
+        int device = 0, n = 0;
+        CUDA_CHECK(cudaGetDevice(&device));
+        CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+        return n;
+    }();
+    static const int max_splits = std::getenv("TPX_DECODE_SPLITS") ? std::atoi(std::getenv("TPX_DECODE_SPLITS")) : 8;
+    int splits = 1;
+    while (splits * 2 <= max_splits && tokens * heads * splits * 2 <= 2 * sms) splits *= 2;
+    return splits;
+}
+
+// Tokens [t0, t1) through the per-(token, head) kernel, or its split form for few pairs.
 void attention_tokens(const cpu::AttentionShape& s, int64_t t0, int64_t t1, const int32_t* slot, const int32_t* pos, const bf16* q,
                       const bf16* k_cache, const bf16* v_cache, bf16* out, cudaStream_t stream) {
     if (t1 <= t0) return;
     dim3 grid((unsigned)(t1 - t0), (unsigned)s.heads);
-    auto launch = [&](auto kernel, size_t smem) {
+    auto allow_smem = [&](const void* kernel, size_t smem) {
         static std::map<const void*, size_t> raised;  // the shared memory each kernel was allowed so far
-        size_t& allowed = raised.emplace((const void*)kernel, 48 * 1024).first->second;
+        size_t& allowed = raised.emplace(kernel, 48 * 1024).first->second;
         TPX_CHECK(smem <= 227 * 1024, "attention: max_seq_len " + std::to_string(s.max_seq) + " needs " + std::to_string(smem) +
                                           " bytes of shared memory for the scores, above the 227 KiB a block may have");
         if (smem > allowed) {
             CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
             allowed = smem;
         }
-        kernel<<<grid, kThreads, smem, stream>>>(s, t0, slot, pos, q, k_cache, v_cache, out);
+    };
+    auto launch_with_smem = [&](auto kernel, size_t smem) {
+        allow_smem((const void*)kernel, smem);
+        launch(kernel, grid, kThreads, smem, stream, s, t0, slot, pos, q, k_cache, v_cache, out);
         TPX_LAUNCH_CHECK();
     };
+    const int splits = decode_splits(t1 - t0, s.heads);
+    if (splits > 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256)) {
+        // The keys a block may get: ceil(visible / splits), visible at most max_seq (or the window).
+        const int64_t visible = s.sliding_window > 0 ? std::min(s.max_seq, s.sliding_window) : s.max_seq;
+        const size_t smem = (size_t)(s.head_dim + 2 + kWarps * s.head_dim + (visible + splits - 1) / splits) * sizeof(float);
+        auto go = [&](auto kernel) {
+            allow_smem((const void*)kernel, smem);
+            launch_cluster(kernel, dim3((unsigned)splits, (unsigned)s.heads, (unsigned)(t1 - t0)), splits, kThreads, smem, stream, s, t0,
+                           slot, pos, q, k_cache, v_cache, out);
+        };
+        if (s.head_dim == 64) go(attention_split_kernel<64>);
+        else if (s.head_dim == 128) go(attention_split_kernel<128>);
+        else go(attention_split_kernel<256>);
+        return;
+    }
     size_t vec_smem = (size_t)(kWarps * s.head_dim + s.max_seq) * sizeof(float);
-    if (s.head_dim == 64) launch(attention_vec_kernel<64>, vec_smem);
-    else if (s.head_dim == 128) launch(attention_vec_kernel<128>, vec_smem);
-    else if (s.head_dim == 256) launch(attention_vec_kernel<256>, vec_smem);
-    else launch(attention_kernel, (size_t)((1 + kWarps) * s.head_dim + s.max_seq) * sizeof(float));
+    if (s.head_dim == 64) launch_with_smem(attention_vec_kernel<64>, vec_smem);
+    else if (s.head_dim == 128) launch_with_smem(attention_vec_kernel<128>, vec_smem);
+    else if (s.head_dim == 256) launch_with_smem(attention_vec_kernel<256>, vec_smem);
+    else launch_with_smem(attention_kernel, (size_t)((1 + kWarps) * s.head_dim + s.max_seq) * sizeof(float));
 }
 
 }  // namespace
@@ -550,11 +676,11 @@ void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t*
     if (k) {
         const int64_t ks = k_stride ? k_stride : kv_width, vs = v_stride ? v_stride : kv_width;
         if (kv_width % 8 == 0 && ks % 8 == 0 && vs % 8 == 0 && aligned16({k, v, k_cache, v_cache}))
-            kv_write_vec_kernel<<<(unsigned)s.tokens, 128, 0, stream>>>(kv_width / 8, ks / 8, vs / 8, s.max_seq, slot, pos,
+            launch(kv_write_vec_kernel, (unsigned)s.tokens, 128, 0, stream, kv_width / 8, ks / 8, vs / 8, s.max_seq, slot, pos,
                                                                         reinterpret_cast<const uint4*>(k), reinterpret_cast<const uint4*>(v),
                                                                         reinterpret_cast<uint4*>(k_cache), reinterpret_cast<uint4*>(v_cache));
         else
-            kv_write_kernel<<<(unsigned)s.tokens, 256, 0, stream>>>(kv_width, ks, vs, s.max_seq, slot, pos, k, v, k_cache, v_cache);
+            launch(kv_write_kernel, (unsigned)s.tokens, 256, 0, stream, kv_width, ks, vs, s.max_seq, slot, pos, k, v, k_cache, v_cache);
         TPX_LAUNCH_CHECK();
     }
     if (!segments || !cublas) {
