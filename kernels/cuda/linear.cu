@@ -12,6 +12,7 @@
 // op(W) = T, and the bias is a separate row-broadcast kernel.
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
@@ -28,6 +29,7 @@ constexpr int kGemvSplit = 4;
 constexpr int64_t kGemvNormMaxK = 12288;  // x and the norm weight in shared memory: 48 KiB
 
 __global__ void add_bias_kernel(int64_t tokens, int64_t n, const bf16* bias, bf16* y) {
+    pdl_entry();  // see common.cuh
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= tokens * n) return;
     y[i] = __float2bfloat16(__bfloat162float(y[i]) + __bfloat162float(bias[i % n]));
@@ -36,10 +38,32 @@ __global__ void add_bias_kernel(int64_t tokens, int64_t n, const bf16* bias, bf1
 __device__ inline float round_bf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
 __device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }  // as silu_mul's
 
-// The warp's dot products of x with weight rows rows[0 .. R): lane l takes 16-byte chunks
-// l, l + 32, ...; the R rows' loads are issued together.
+// The first batch of dot_rows's weight loads for rows[0 .. R), issued early: before the kernel
+// waits for the one before it (pdl_entry; no kernel writes weights), so that the weight stream
+// starts while that kernel drains, and before the norm prologue. Lanes whose first batch the
+// loop would not load (short rows) leave it to the loop.
 template <int R, int KS = 1>
-__device__ inline void dot_rows(int64_t K, const uint4* xr, const bf16* __restrict__ w, const int64_t* rows, float* acc, int part = 0) {
+struct FirstLoads {
+    uint4 v[R][kGemvUnroll];
+    bool valid = false;
+    __device__ void issue(int64_t K, const bf16* __restrict__ w, const int64_t* rows, int part) {
+        constexpr int S = 32 * KS;
+        const int64_t c = part * 32 + (threadIdx.x & 31);
+        valid = c + S * (kGemvUnroll - 1) < K / 8;
+        if (!valid) return;
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int u = 0; u < kGemvUnroll; ++u) v[r][u] = __ldcs(reinterpret_cast<const uint4*>(w + rows[r] * K) + c + S * u);
+    }
+};
+
+// The warp's dot products of x with weight rows rows[0 .. R): lane l takes 16-byte chunks
+// l, l + 32, ...; the R rows' loads are issued together (the first batch from `first` if it
+// holds them; it is used up).
+template <int R, int KS = 1>
+__device__ inline void dot_rows(int64_t K, const uint4* xr, const bf16* __restrict__ w, const int64_t* rows, float* acc, int part = 0,
+                                FirstLoads<R, KS>* first = nullptr) {
     const int lane = threadIdx.x & 31;
     const int64_t chunks = K / 8;
     constexpr int S = 32 * KS;  // the KS warps of a row take 16-byte chunks part * 32 + lane + S * u
@@ -55,10 +79,18 @@ __device__ inline void dot_rows(int64_t K, const uint4* xr, const bf16* __restri
     int64_t c = part * 32 + lane;
     for (; c + S * (kGemvUnroll - 1) < chunks; c += S * kGemvUnroll) {
         uint4 wv[R][kGemvUnroll];
+        if (first && first->valid) {
 #pragma unroll
-        for (int r = 0; r < R; ++r)
+            for (int r = 0; r < R; ++r)
 #pragma unroll
-            for (int u = 0; u < kGemvUnroll; ++u) wv[r][u] = __ldcs(wr[r] + c + S * u);  // streamed: read once per step
+                for (int u = 0; u < kGemvUnroll; ++u) wv[r][u] = first->v[r][u];
+            first->valid = false;
+        } else {
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int u = 0; u < kGemvUnroll; ++u) wv[r][u] = __ldcs(wr[r] + c + S * u);  // streamed: read once per step
+        }
 #pragma unroll
         for (int u = 0; u < kGemvUnroll; ++u) {
             float xf[8];
@@ -126,12 +158,19 @@ __device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* w
 template <GemvEpilogue E, bool kNorm>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t items, int64_t pair, const bf16* __restrict__ x,
                                                             const bf16* __restrict__ w, const bf16* __restrict__ bias,
-                                                            bf16* __restrict__ y, GemvNorm nm, GemvRopeKv rk) {
+                                                            bf16* __restrict__ y, GemvNorm nm, GemvRopeKv rk, bool early) {
     constexpr int R = E == GemvEpilogue::kNone ? 1 : 2;
     extern __shared__ uint4 xs[];
     const int lane = threadIdx.x & 31;
     const int64_t half = rk.head_dim / 2, stride = (int64_t)gridDim.x * kGemvWarps;
     int64_t item = (int64_t)blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
+    FirstLoads<R> first;
+    if (early && item < items) {
+        int64_t rows[2];
+        item_rows<E>(item, pair, half, rows);
+        first.issue(K, w, rows, 0);
+    }
+    pdl_entry();  // see common.cuh
     const uint4* xr = reinterpret_cast<const uint4*>(x);
     if (kNorm) {
         norm_prologue(K, nm, xs, xs + K / 8);
@@ -141,7 +180,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t i
         int64_t rows[2];
         float acc[2];
         item_rows<E>(item, pair, half, rows);
-        dot_rows<R>(K, xr, w, rows, acc);
+        dot_rows<R>(K, xr, w, rows, acc, 0, &first);
         if (lane != 0) continue;
         if (E == GemvEpilogue::kNone) {
             y[rows[0]] = __float2bfloat16(acc[0] + (bias ? __bfloat162float(bias[rows[0]]) : 0.0f));
@@ -174,15 +213,16 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t i
 template <int KS>
 __global__ void __launch_bounds__(kGemvThreads) gemv_split_kernel(int64_t K, int64_t N, const bf16* __restrict__ x,
                                                                   const bf16* __restrict__ w, const bf16* __restrict__ bias,
-                                                                  bf16* __restrict__ y) {
+                                                                  bf16* __restrict__ y, bool early) {
     __shared__ float part_sum[kGemvWarps];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * (kGemvWarps / KS) + warp / KS;
+    int64_t rows[1] = {row};
+    FirstLoads<1, KS> first;
+    if (early && row < N) first.issue(K, w, rows, warp % KS);
+    pdl_entry();  // see common.cuh
     float acc[1] = {0.0f};
-    if (row < N) {
-        int64_t rows[1] = {row};
-        dot_rows<1, KS>(K, reinterpret_cast<const uint4*>(x), w, rows, acc, warp % KS);
-    }
+    if (row < N) dot_rows<1, KS>(K, reinterpret_cast<const uint4*>(x), w, rows, acc, warp % KS, &first);
     if (lane == 0) part_sum[warp] = acc[0];
     __syncthreads();
     if (lane == 0 && warp % KS == 0 && row < N) {
@@ -192,6 +232,12 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_split_kernel(int64_t K, int
     }
 }
 
+
+// The GEMVs' first weight loads before pdl_entry (FirstLoads); TPX_GEMV_EARLY=0: after it.
+bool gemv_early() {
+    static const bool on = !(std::getenv("TPX_GEMV_EARLY") && std::string(std::getenv("TPX_GEMV_EARLY")) == "0");
+    return on;
+}
 
 // Blocks of `kernel` resident on the whole GPU at once (its registers and shared memory allowing).
 int resident_blocks(const void* kernel, size_t smem) {
@@ -221,7 +267,7 @@ void launch_gemv(int64_t K, int64_t items, int64_t pair, const bf16* x, const bf
         const int64_t warps = (int64_t)resident_blocks((const void*)gemv_kernel<E, kNorm>, smem) * kGemvWarps;
         blocks = blocks_for(items, (int)(kGemvWarps * ((items + warps - 1) / warps)));
     }
-    gemv_kernel<E, kNorm><<<blocks, kGemvThreads, smem, stream>>>(K, items, pair, x, w, bias, y, nm, rk);
+    launch(gemv_kernel<E, kNorm>, blocks, kGemvThreads, smem, stream, K, items, pair, x, w, bias, y, nm, rk, gemv_early());
     TPX_LAUNCH_CHECK();
 }
 
@@ -272,10 +318,14 @@ void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, con
     if (s.tokens == 0) return;
     if (allow_gemv && gemv_applies(s, x, w)) {
         const char* env = std::getenv("TPX_GEMV_SPLITK");  // warps per row: 1, 2 or 4 (tpx-kbench compares them)
-        const int ks = env ? std::atoi(env) : kGemvSplit;
+        // Up to kGemvSplit warps a row, but each lane at least one full batch of loads (so that
+        // FirstLoads holds it): tp=2's o (K = 2048) takes 2 warps a row.
+        int ks = kGemvSplit;
+        while (ks > 1 && s.in / 8 < 32 * ks * kGemvUnroll) ks /= 2;
+        if (env) ks = std::atoi(env);
         if (ks == 2 || ks == 4) {
-            if (ks == 2) gemv_split_kernel<2><<<blocks_for(s.out, kGemvWarps / 2), kGemvThreads, 0, stream>>>(s.in, s.out, x, w, bias, y);
-            else gemv_split_kernel<4><<<blocks_for(s.out, kGemvWarps / 4), kGemvThreads, 0, stream>>>(s.in, s.out, x, w, bias, y);
+            if (ks == 2) launch(gemv_split_kernel<2>, blocks_for(s.out, kGemvWarps / 2), kGemvThreads, 0, stream, s.in, s.out, x, w, bias, y, gemv_early());
+            else launch(gemv_split_kernel<4>, blocks_for(s.out, kGemvWarps / 4), kGemvThreads, 0, stream, s.in, s.out, x, w, bias, y, gemv_early());
             TPX_LAUNCH_CHECK();
             return;
         }
@@ -294,7 +344,7 @@ void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, con
                                   CUBLAS_GEMM_DEFAULT));
     }
     if (bias) {
-        add_bias_kernel<<<blocks_for(s.tokens * s.out, 256), 256, 0, stream>>>(s.tokens, s.out, bias, y);
+        launch(add_bias_kernel, blocks_for(s.tokens * s.out, 256), 256, 0, stream, s.tokens, s.out, bias, y);
         TPX_LAUNCH_CHECK();
     }
 }
