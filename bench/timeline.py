@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""One decode step from a libtpx_trace.so timeline (bench/trace.cpp): where its time goes.
+
+    bench/timeline.py TRACE.csv [--batch1]
+
+Steps end at the argmax kernel (one a step, after the graph). For the middle half of the
+batch-1 steps (those with our fused GEMV) it prints the median step on the GPU (first kernel's
+start to the argmax's end), the GPU's idle time between steps (the host's turn), and per kernel
+kind: calls a step, microseconds each, the gap before each (negative: it started before the
+previous kernel ended, programmatic dependent launch) and milliseconds a step."""
+import collections
+import csv
+import statistics
+import sys
+
+KINDS = [("gemv_kernelILNS0_12GemvEpilogueE0ELb1", "gemv+norm"), ("gemv_kernelILNS0_12GemvEpilogueE1ELb1", "gemv+norm+swiglu"),
+         ("gemv_kernelILNS0_12GemvEpilogueE2ELb1", "gemv+norm+rope"), ("gemv_kernel", "gemv fused (other)"),
+         ("gemv_split", "gemv split-k"), ("oneshot", "one-shot all-reduce"), ("attention_vec", "decode attention"),
+         ("argmax_partial", "argmax partial"), ("argmax_final", "argmax final"), ("rmsnorm", "rmsnorm"),
+         ("embedding", "embedding"), ("to_f32", "to_f32"), ("nccl", "nccl"), ("memcpy", "copy")]
+
+
+def kind(name):
+    for key, label in KINDS:
+        if key in name:
+            return label
+    return name[:48]
+
+
+def main():
+    ev = []
+    with open(sys.argv[1]) as f:
+        for r in csv.DictReader(f):
+            ev.append((int(r["start_ns"]), int(r["end_ns"]), r["name"], r["grid_x"]))
+    ev.sort()
+    ends = [i for i, e in enumerate(ev) if "argmax_final" in e[2]]
+    steps = [ev[a + 1:b + 1] for a, b in zip(ends, ends[1:])]
+    gaps_between = [steps[i][0][0] - steps[i - 1][-1][1] for i in range(1, len(steps))]
+    b1 = [i for i, s in enumerate(steps) if any("gemv_kernelILNS0_12GemvEpilogueE1" in e[2] for e in s)]
+    mid = b1[len(b1) // 4:3 * len(b1) // 4]
+    if not mid:
+        sys.exit("no batch-1 decode steps in the trace")
+    group = [steps[i] for i in mid]
+    print("batch-1 decode steps: %d (the middle %d summarised)" % (len(b1), len(mid)))
+    print("kernels and copies a step: %d" % statistics.median(len(s) for s in group))
+    print("step on the GPU (first start to argmax end): %.4f ms" % (statistics.median(s[-1][1] - s[0][0] for s in group) / 1e6))
+    print("GPU idle between steps (host turn): %.1f us" % (statistics.median(gaps_between[i - 1] for i in mid if i > 0) / 1e3))
+    per = collections.OrderedDict()
+    for s in group:
+        prev_end = None
+        for e in s:
+            k = kind(e[2]) + " (grid %s)" % e[3]
+            c = per.setdefault(k, [0, 0, 0])
+            c[0] += 1
+            c[1] += e[1] - e[0]
+            if prev_end is not None:
+                c[2] += e[0] - prev_end
+            prev_end = max(e[1], prev_end or 0)
+    n = len(group)
+    print("%-44s %6s %9s %9s %9s" % ("kernel (grid)", "calls", "us each", "gap us", "ms/step"))
+    for k, (c, d, g) in sorted(per.items(), key=lambda x: -x[1][1]):
+        print("%-44s %6.1f %9.2f %9.2f %9.4f" % (k[:44], c / n, d / c / 1e3, g / c / 1e3, d / n / 1e6))
+    print("sum of kernel times %.4f ms, sum of gaps %.4f ms" % (sum(v[1] for v in per.values()) / n / 1e6,
+                                                                sum(v[2] for v in per.values()) / n / 1e6))
+
+
+if __name__ == "__main__":
+    main()
