@@ -22,26 +22,17 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Each token's K and V rows into its cache slot. T = bf16, or uint4 (eight elements at a time:
+// widths, strides and pointers multiples of 8 elements, counted in uint4).
+template <typename T>
 __global__ void kv_write_kernel(int64_t kv_width, int64_t k_stride, int64_t v_stride, int64_t max_seq, const int32_t* slot, const int32_t* pos,
-                                const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache) {
+                                const T* k, const T* v, T* k_cache, T* v_cache) {
     pdl_entry();  // see common.cuh
     int64_t t = blockIdx.x;
     int64_t at = ((int64_t)slot[t] * max_seq + pos[t]) * kv_width;
     for (int64_t i = threadIdx.x; i < kv_width; i += blockDim.x) {
         k_cache[at + i] = k[t * k_stride + i];
         v_cache[at + i] = v[t * v_stride + i];
-    }
-}
-
-// The same in 16-byte pieces (widths, strides and pointers multiples of 8 elements).
-__global__ void kv_write_vec_kernel(int64_t kv8, int64_t k_stride8, int64_t v_stride8, int64_t max_seq, const int32_t* slot,
-                                    const int32_t* pos, const uint4* k, const uint4* v, uint4* k_cache, uint4* v_cache) {
-    pdl_entry();  // see common.cuh
-    int64_t t = blockIdx.x;
-    int64_t at = ((int64_t)slot[t] * max_seq + pos[t]) * kv8;
-    for (int64_t i = threadIdx.x; i < kv8; i += blockDim.x) {
-        k_cache[at + i] = k[t * k_stride8 + i];
-        v_cache[at + i] = v[t * v_stride8 + i];
     }
 }
 
@@ -676,11 +667,11 @@ void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t*
     if (k) {
         const int64_t ks = k_stride ? k_stride : kv_width, vs = v_stride ? v_stride : kv_width;
         if (kv_width % 8 == 0 && ks % 8 == 0 && vs % 8 == 0 && aligned16({k, v, k_cache, v_cache}))
-            launch(kv_write_vec_kernel, (unsigned)s.tokens, 128, 0, stream, kv_width / 8, ks / 8, vs / 8, s.max_seq, slot, pos,
-                                                                        reinterpret_cast<const uint4*>(k), reinterpret_cast<const uint4*>(v),
-                                                                        reinterpret_cast<uint4*>(k_cache), reinterpret_cast<uint4*>(v_cache));
+            launch(kv_write_kernel<uint4>, (unsigned)s.tokens, 128, 0, stream, kv_width / 8, ks / 8, vs / 8, s.max_seq, slot, pos,
+                   reinterpret_cast<const uint4*>(k), reinterpret_cast<const uint4*>(v), reinterpret_cast<uint4*>(k_cache),
+                   reinterpret_cast<uint4*>(v_cache));
         else
-            launch(kv_write_kernel, (unsigned)s.tokens, 256, 0, stream, kv_width, ks, vs, s.max_seq, slot, pos, k, v, k_cache, v_cache);
+            launch(kv_write_kernel<bf16>, (unsigned)s.tokens, 256, 0, stream, kv_width, ks, vs, s.max_seq, slot, pos, k, v, k_cache, v_cache);
         TPX_LAUNCH_CHECK();
     }
     if (!segments || !cublas) {
