@@ -223,6 +223,59 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
     row("  gate_up + norm + swiglu", shape, us, rate(2.0 * sizes[2], us));
     us = time_graph(st, [&](int i) { cuda::linear(h, {1, I, H}, sl, weight(i, 3), nullptr, delta, st); });
     row("  down", shape, us, rate(2.0 * sizes[3], us));
+    if (tp > 1) {
+        // The all-reduce fused into the GEMVs (cuda::ExchangeIn), as rank 0 of two with both
+        // ranks' buffers on this GPU: rank 1's parts are pushed once, before, so that the sums
+        // never wait (the cross-GPU latency is not here), and rank 0 pushes its own each time.
+        const int64_t units = 8192;
+        cuda::OneShotPeers p[2];
+        uint2* ll[2] = {device_alloc<uint2>(2 * 2 * units, false), device_alloc<uint2>(2 * 2 * units, false)};
+        uint32_t* counters = device_alloc<uint32_t>(cuda::kOneShotBlocks + 2, false);
+        int* error = nullptr;
+        CUDA_CHECK(cudaHostAlloc(&error, sizeof(int), cudaHostAllocMapped));
+        *error = 0;
+        for (int r = 0; r < 2; ++r) {
+            CUDA_CHECK(cudaMemset(ll[r], 0, 2 * 2 * units * sizeof(uint2)));
+            p[r].rank = r, p[r].world = 2, p[r].ll_units = units, p[r].ll[0] = ll[0], p[r].ll[1] = ll[1];
+            p[r].counters = counters;
+            CUDA_CHECK(cudaHostGetDevicePointer(&p[r].error, error, 0));
+            p[r].timeout_ns = 1'000'000'000ull;
+        }
+        CUDA_CHECK(cudaMemset(counters, 0, (cuda::kOneShotBlocks + 2) * sizeof(uint32_t)));
+        for (int r = 0; r < 2; ++r) {
+            cuda::gemv_push(qw, H, att, weight(0, 1), nullptr, p[r], 0, st);
+            cuda::gemv_push(I, H, sl, weight(0, 3), nullptr, p[r], 1, st);
+        }
+        CUDA_CHECK(cudaStreamSynchronize(st));
+        auto qkv_sum = [&](int i) {
+            cuda::GemvNorm nm{nullptr, res, res2, norm_w, 1e-5f, cuda::exchange_in(p[0], 1)};
+            cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
+            cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
+        };
+        auto gate_up_sum = [&](int i) {
+            cuda::GemvNorm nm{nullptr, res2, res, norm_w, 1e-5f, cuda::exchange_in(p[0], 0)};
+            cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+        };
+        us = time_graph(st, [&](int i) {
+            qkv_sum(i);
+            cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
+            cuda::gemv_push(qw, H, att, weight(i, 1), nullptr, p[0], 0, st);
+            gate_up_sum(i);
+            cuda::gemv_push(I, H, sl, weight(i, 3), nullptr, p[0], 1, st);
+        });
+        row("layer fused, all-reduces in the GEMVs", shape + " (rank 1 emulated)", us, rate(bytes, us));
+        us = time_graph(st, qkv_sum);
+        row("  qkv + sum + norm + rope + kv", shape, us, rate(2.0 * sizes[0], us));
+        us = time_graph(st, [&](int i) { cuda::gemv_push(qw, H, att, weight(i, 1), nullptr, p[0], 0, st); });
+        row("  o + push", shape, us, rate(2.0 * sizes[1], us));
+        us = time_graph(st, gate_up_sum);
+        row("  gate_up + sum + norm + swiglu", shape, us, rate(2.0 * sizes[2], us));
+        us = time_graph(st, [&](int i) { cuda::gemv_push(I, H, sl, weight(i, 3), nullptr, p[0], 1, st); });
+        row("  down + push", shape, us, rate(2.0 * sizes[3], us));
+        CUDA_CHECK(cudaStreamSynchronize(st));
+        if (*error) std::printf("exchange: a sum gave up waiting (rank %d)\n", *error - 1);
+        cudaFree(ll[0]), cudaFree(ll[1]), cudaFree(counters), cudaFreeHost(error);
+    }
     cudaFree(w), cudaFree(norm_w), cudaFree(kc), cudaFree(vc), cudaFree(act), cudaFree(slot), cudaFree(pos), cudaFree(inv);
 }
 

@@ -13,7 +13,10 @@ import csv
 import statistics
 import sys
 
-KINDS = [("gemv_kernelILNS0_12GemvEpilogueE0ELb1", "gemv+norm"), ("gemv_kernelILNS0_12GemvEpilogueE1ELb1", "gemv+norm+swiglu"),
+KINDS = [("gemv_kernelILNS0_12GemvEpilogueE1ELb1ELb1", "gemv+sum+norm+swiglu"), ("gemv_kernelILNS0_12GemvEpilogueE2ELb1ELb1", "gemv+sum+norm+rope"),
+         ("gemv_split_kernelILi4ELb1", "gemv split-k + push"), ("gemv_split_kernelILi2ELb1", "gemv split-k + push"),
+         ("gemv_split_kernelILi1ELb1", "gemv split-k + push"), ("exchange_advance", "exchange epoch"),
+         ("gemv_kernelILNS0_12GemvEpilogueE0ELb1", "gemv+norm"), ("gemv_kernelILNS0_12GemvEpilogueE1ELb1", "gemv+norm+swiglu"),
          ("gemv_kernelILNS0_12GemvEpilogueE2ELb1", "gemv+norm+rope"), ("gemv_kernel", "gemv fused (other)"),
          ("gemv_split", "gemv split-k"), ("oneshot", "one-shot all-reduce"), ("attention_vec", "decode attention"),
          ("argmax_partial", "argmax partial"), ("argmax_final", "argmax final"), ("rmsnorm", "rmsnorm"),

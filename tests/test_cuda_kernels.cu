@@ -296,6 +296,107 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
     cublasDestroy(h);
 }
 
+// The all-reduce fused into the GEMVs (cuda::ExchangeIn), two ranks emulated on one GPU (each
+// rank's exchange buffer is device memory either way; the two-GPU path is GpuRun's tp=2
+// decode test): each rank's gemv_push, then each rank's norm GEMV summing the exchange, must
+// equal bit for bit the unfused path: linear(), the sum rounded once (as the one-shot
+// all-reduce), then the fused norm GEMV on that sum. Three widths take the three warps-per-row
+// forms (K 512: 1, 2048: 2, 7168: 4), N = 1000 and 4096 (the consumer needs N % 8 == 0).
+// Two forwards, the epoch advanced between them, so both buffers and the epoch are used. Then
+// a sum whose second rank never pushes gives up after the timeout, naming rank 1.
+TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
+    REQUIRE_GPU();
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    const int world = 2;
+    const int64_t units = 4096;
+    std::unique_ptr<Device<uint2>> ll[2] = {std::make_unique<Device<uint2>>(2 * world * units),
+                                            std::make_unique<Device<uint2>>(2 * world * units)};
+    std::unique_ptr<Device<uint32_t>> counters[2] = {std::make_unique<Device<uint32_t>>(cuda::kOneShotBlocks + 2),
+                                                     std::make_unique<Device<uint32_t>>(cuda::kOneShotBlocks + 2)};
+    int* error = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&error, 2 * sizeof(int), cudaHostAllocMapped));
+    error[0] = error[1] = 0;
+    cuda::OneShotPeers peers[2];
+    for (int d = 0; d < world; ++d) {
+        CUDA_CHECK(cudaMemset(ll[d]->p, 0, ll[d]->n * sizeof(uint2)));
+        CUDA_CHECK(cudaMemset(counters[d]->p, 0, counters[d]->n * 4));
+        peers[d].rank = d, peers[d].world = world, peers[d].ll_units = units;
+        for (int r = 0; r < world; ++r) peers[d].ll[r] = ll[r]->p;
+        peers[d].counters = counters[d]->p;
+        CUDA_CHECK(cudaHostGetDevicePointer(&peers[d].error, error + d, 0));
+        peers[d].timeout_ns = 20'000'000'000ull;
+    }
+    const float eps = 1e-5f;
+    struct Case {
+        int64_t K, N;
+        bool bias;
+        cuda::GemvEpilogue next;
+    };
+    const Case cases[] = {{512, 1000, true, cuda::GemvEpilogue::kNone}, {7168, 1000, true, cuda::GemvEpilogue::kNone}, {2048, 4096, false, cuda::GemvEpilogue::kSwiglu},
+                          {7168, 4096, false, cuda::GemvEpilogue::kNone}};
+    for (int forward = 0; forward < 2; ++forward) {
+        uint32_t seq = 0;
+        for (const Case& c : cases) {
+            SCOPED_TRACE("forward " + std::to_string(forward) + " K " + std::to_string(c.K) + " N " + std::to_string(c.N));
+            const int64_t next_n = 600;  // the next GEMV's outputs (SwiGLU: half of them)
+            auto res = random_bf16(c.N), nw = random_bf16(c.N), w2 = random_bf16(next_n * c.N, 0.05f), b = random_bf16(c.N);
+            std::unique_ptr<Device<bf16>> dres(upload(res)), dnw(upload(nw)), dw2(upload(w2)), db(upload(b));
+            std::unique_ptr<Device<bf16>> dx[2], dw[2];
+            std::vector<float> y[2];
+            for (int d = 0; d < world; ++d) {
+                dx[d].reset(upload(random_bf16(c.K)));
+                dw[d].reset(upload(random_bf16(c.N * c.K, 0.05f)));
+                ASSERT_TRUE(cuda::gemv_push_applies(c.K, c.N, dx[d]->p, dw[d]->p, peers[d]));
+                std::unique_ptr<Device<bf16>> yd(poisoned(c.N));
+                cuda::linear(h, {1, c.K, c.N}, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, yd->p, nullptr);
+                y[d] = download(*yd);
+            }
+            std::vector<float> reduced(c.N);
+            for (int64_t i = 0; i < c.N; ++i) reduced[i] = bf16_to_f32(f32_to_bf16(y[0][i] + y[1][i]));
+            std::unique_ptr<Device<bf16>> dred(upload(reduced));
+            const int64_t out_n = c.next == cuda::GemvEpilogue::kSwiglu ? next_n / 2 : next_n;
+            // The unfused reference: the fused norm GEMV on the reduced sum.
+            cuda::GemvNorm nm;
+            nm.x = dred->p, nm.residual = dres->p, nm.weight = dnw->p, nm.eps = eps;
+            std::unique_ptr<Device<bf16>> ref(poisoned(out_n)), res_ref(poisoned(c.N));
+            nm.residual_out = res_ref->p;
+            cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, ref->p, &nm, c.next, nullptr, nullptr);
+            // Fused: both ranks push, then both sum.
+            for (int d = 0; d < world; ++d) cuda::gemv_push(c.K, c.N, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, peers[d], seq, nullptr);
+            for (int d = 0; d < world; ++d) {
+                cuda::GemvNorm fused = nm;
+                fused.x = nullptr;
+                fused.sum = cuda::exchange_in(peers[d], seq);
+                std::unique_ptr<Device<bf16>> out(poisoned(out_n)), res_out(poisoned(c.N));
+                fused.residual_out = res_out->p;
+                ASSERT_TRUE(cuda::gemv_fused_applies(c.N, &fused, dw2->p));
+                cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, out->p, &fused, c.next, nullptr, nullptr);
+                EXPECT_EQ(download(*out), download(*ref)) << "rank " << d;
+                EXPECT_EQ(download(*res_out), download(*res_ref)) << "rank " << d << ": residual";
+                EXPECT_EQ(error[d], 0);
+            }
+            ++seq;
+        }
+        for (int d = 0; d < world; ++d) cuda::exchange_advance(peers[d], seq, nullptr);
+    }
+    // Wider than the buffers, or odd: not pushed.
+    std::unique_ptr<Device<bf16>> big(poisoned(2 * units * 512 + 8));
+    EXPECT_FALSE(cuda::gemv_push_applies(512, 2 * units + 2, big->p, big->p, peers[0]));
+    EXPECT_FALSE(cuda::gemv_push_applies(512, 1001, big->p, big->p, peers[0]));
+    // Rank 1 never pushes: rank 0's sum waits 50 ms, then names rank 1 (its own part is there).
+    peers[0].timeout_ns = 50'000'000;
+    std::unique_ptr<Device<bf16>> x(upload(random_bf16(512))), w(upload(random_bf16(512 * 512, 0.05f))), out(poisoned(512));
+    cuda::gemv_push(512, 512, x->p, w->p, nullptr, peers[0], 0, nullptr);
+    cuda::GemvNorm nm;
+    nm.weight = x->p, nm.eps = eps, nm.sum = cuda::exchange_in(peers[0], 0);
+    cuda::gemv_fused(512, 512, nullptr, w->p, nullptr, out->p, &nm, cuda::GemvEpilogue::kNone, nullptr, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(error[0], 2) << "rank 1 + 1";
+    cudaFreeHost(error);
+    cublasDestroy(h);
+}
+
 TEST(CudaKernels, EmbeddingOfALocalVocabSlice) {
     REQUIRE_GPU();
     cpu::EmbeddingShape s{9, 50, 64, 25};

@@ -238,3 +238,33 @@ TEST(GpuRun, OneShotAllReduceEqualsNcclBitForBit) {
     }
     fs::remove_all(dir);
 }
+
+// tp=2, one prompt (batch-1 decode steps, the first eager, the rest graph replays): the
+// all-reduces summed in the GEMVs (cuda::ExchangeIn) give the same step logits, bit for bit,
+// as the one-shot all-reduce kernel (TPX_AR_FUSE=0), and the log says how many were fused:
+// llama-gqa's 2 layers make 3 (o_proj and down_proj of layer 0, o_proj of layer 1; the last
+// down_proj's sum feeds the final norm, which the lm_head GEMV does not take in).
+TEST(GpuRun, AllReduceFusedIntoTheGemvsEqualsTheOneShotKernel) {
+    if (gpu_count() < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpu_count() << " visible";
+    Golden g = read_golden("llama-gqa");
+    std::string dir = temp_dir();
+    std::ofstream(dir + "/prompts.jsonl")
+        << nlohmann::json{{"id", 0}, {"input_ids", std::vector<int32_t>(g.input_ids.begin(), g.input_ids.begin() + g.prompt_len)}}.dump()
+        << "\n";
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[parallel]\ntp = 2\n[backend]\ndevice = \"cuda\"\n"
+                                     << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 8\noutput = \"out.jsonl\"\n";
+    auto plain = run_process("TPX_AR_FUSE=0 timeout 120 " + tpx_bin("tpx") + " run " + dir + "/job.toml --dump-logits " + dir + "/plain.h5");
+    ASSERT_EQ(plain.exit_code, 0) << plain.err;
+    if (plain.err.find("one-shot all-reduce over CUDA IPC") == std::string::npos)
+        GTEST_SKIP() << "the one-shot path is off on this machine: " << plain.err;
+    EXPECT_NE(plain.err.find("0 all-reduces of a batch-1 step summed in the GEMVs"), std::string::npos) << plain.err;
+    auto fused = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/job.toml --dump-logits " + dir + "/fused.h5");
+    ASSERT_EQ(fused.exit_code, 0) << fused.err;
+    EXPECT_NE(fused.err.find("3 all-reduces of a batch-1 step summed in the GEMVs"), std::string::npos) << fused.err;
+    EXPECT_NE(fused.err.find("decode: 6 CUDA graph replays"), std::string::npos) << fused.err;
+    std::vector<float> a = read_h5(dir + "/plain.h5", "prompt_0/step_logits"), b = read_h5(dir + "/fused.h5", "prompt_0/step_logits");
+    ASSERT_EQ(a.size(), b.size());
+    ASSERT_GT(a.size(), 0u);
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
+    fs::remove_all(dir);
+}

@@ -318,6 +318,15 @@ void CudaExecutor::find_decode_fusions(const std::vector<Node*>& nodes) {
             for (const Value* v : f.norm->inputs) last_use_[v] = std::max(last_use_[v], index[n]);
         }
     }
+    // The linear (no epilogue of its own) whose output only a fused all-reduce + norm reads: its
+    // GEMV can push its part straight to the ranks (cuda::ExchangeIn), the norm's GEMV sums it.
+    if (!nccl_ || !nccl_->oneshot()) return;
+    for (const auto& [norm, lin] : norm_of_) {
+        if (norm->op != "allreduce_add_rmsnorm") continue;
+        const Node* p = norm->inputs[0]->producer;
+        if (p && p->op == "linear" && p->inputs.size() >= 2 && !fusions_.count(p) && sole_reader(p->out(), {0}) == norm)
+            exchange_of_[p] = norm;
+    }
 }
 
 std::string CudaExecutor::profile() const {
@@ -543,6 +552,20 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
     std::map<const Node*, bf16*> pending_release;        // linear -> the all-reduced input that norm reads
     std::set<const Node*> skip, kv_written;
     std::set<const Node*> residual_added;  // add_rmsnorm nodes whose add the GEMM before did
+    // Fused all-reduces (exchange_of_): norm -> its exchange's place in this forward. One open
+    // at a time (pushed, its sum not yet launched), as cuda::ExchangeIn's parity needs.
+    std::map<const Node*, uint32_t> pushed;
+    uint32_t exchanges = 0;
+    bool exchange_open = false;
+    // The GemvNorm that the GEMV of norm_of_.at(n) computes, but for x and residual_out.
+    auto norm_params = [&](const Node* n) {
+        const bool plain = n->op == "rmsnorm";
+        cuda::GemvNorm nm;
+        nm.residual = plain ? nullptr : data(n->inputs[1]);
+        nm.weight = data(n->inputs[plain ? 1 : 2]);
+        nm.eps = (float)n->attr_double("eps");
+        return nm;
+    };
     std::vector<Node*> nodes = graph_.nodes();
     auto release_inputs = [&](size_t i, const Node* n) {
         for (Value* v : n->inputs) {
@@ -573,15 +596,13 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
         if (fuse && norm_of_.count(n)) {
             const Node* lin = norm_of_.at(n);
             const bool plain = op == "rmsnorm";
-            cuda::GemvNorm nm;
-            nm.x = data(in(0));
-            nm.residual = plain ? nullptr : data(in(1));
-            nm.weight = data(in(plain ? 1 : 2));
-            nm.eps = (float)n->attr_double("eps");
+            cuda::GemvNorm nm = norm_params(n);
+            if (pushed.count(n)) nm.sum = nccl_->exchange_in(pushed.at(n));
+            else nm.x = data(in(0));
             // (residual_out, not yet allocated, is a stream-ordered allocation: aligned)
             if (cuda::gemv_fused_applies(width(in(0)), &nm, data(lin->inputs[1]))) {
                 if (!plain) nm.residual_out = make(n->out(1), r);
-                if (op == "allreduce_add_rmsnorm" && nccl_) {
+                if (op == "allreduce_add_rmsnorm" && nccl_ && !nm.sum.ll) {
                     bf16* reduced = alloc(width(in(0)));
                     nccl_->all_reduce(nm.x, reduced, width(in(0)));
                     nm.x = pending_release[lin] = reduced;
@@ -590,6 +611,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
                 release_inputs(i, n);
                 continue;
             }
+            TPX_CHECK(!pushed.count(n), "node " + n->name + ": its input was pushed for a fused all-reduce that its GEMV cannot sum");
         }
         if (profiling_) {
             cudaEvent_t a, b;
@@ -621,6 +643,18 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
             bf16* sum = make(n->out(1), r);
             cuda::add_rmsnorm(r, w, (float)n->attr_double("eps"), x, data(in(1)), sum, data(in(2)), make(n->out(0), r), stream_);
             if (reduced) release(reduced);
+        } else if (op == "linear" && fuse && exchange_of_.count(n) && !exchange_open &&
+                   nccl_->push_applies(in(1)->shape[1], in(1)->shape[0], data(in(0)), data(in(1))) && [&] {
+                       const Node* norm = exchange_of_.at(n);  // the sum will be fused too
+                       cuda::GemvNorm nm = norm_params(norm);
+                       nm.sum = nccl_->exchange_in(0);
+                       return cuda::gemv_fused_applies(width(n->out()), &nm, data(norm_of_.at(norm)->inputs[1]));
+                   }()) {
+            // Its all-reduce is summed by the next GEMV's norm (cuda::ExchangeIn): no output here.
+            nccl_->gemv_push(in(1)->shape[1], in(1)->shape[0], data(in(0)), data(in(1)), n->inputs.size() == 3 ? data(in(2)) : nullptr,
+                             exchanges);
+            pushed[exchange_of_.at(n)] = exchanges++;
+            exchange_open = true;
         } else if (op == "linear" && fuse && fusions_.count(n) &&
                    (pending_norm.count(n) || cuda::gemv_fused_applies(width(in(0)), nullptr, data(in(1))))) {
             const DecodeFusion& f = fusions_.at(n);
@@ -654,6 +688,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
                 y = make(n->out(), 1);
             }
             cuda::gemv_fused(in(1)->shape[1], in(1)->shape[0], x, data(in(1)), bias, y, nm, epi, f.split ? &rk : nullptr, stream_);
+            if (nm && nm->sum.ll) exchange_open = false;
             if (pending_release.count(n)) release(pending_release.at(n));
         } else if (op == "linear") {
             const bf16* x = data(in(0));
@@ -764,6 +799,9 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
         if (profiling_) CUDA_CHECK(cudaEventRecord(pending_.back().second.second, stream_));
         release_inputs(i, n);
     }
+    TPX_CHECK(!exchange_open, "a fused all-reduce was pushed and never summed");
+    if (exchanges) nccl_->exchange_advance(exchanges);
+    if (exchanges) fused_all_reduces_ = (int)exchanges;
     const Value* out = graph_.outputs().at(0);
     cuda::bf16_to_f32(R * vocab_, buf.at(out), logits_, stream_);
     // Everything allocated here is freed here (outputs nobody reads included): a captured

@@ -58,6 +58,8 @@ public:
     // Kernel-to-kernel edges of the last captured graph that let the second kernel start while
     // the first drains (programmatic dependent launch).
     int programmatic_edges() const { return programmatic_edges_; }
+    // All-reduces of a batch-1 decode step that the GEMVs around them do (cuda::ExchangeIn).
+    int fused_all_reduces() const { return fused_all_reduces_; }
 
 private:
     void ensure_inputs(int64_t tokens, int64_t rows);
@@ -98,6 +100,9 @@ private:
     void find_decode_fusions(const std::vector<Node*>& nodes);
     std::map<const Node*, DecodeFusion> fusions_;  // by linear node
     std::map<const Node*, const Node*> norm_of_;   // norm node -> the linear it fuses into
+    // A linear -> the allreduce_add_rmsnorm in norm_of_ that alone reads its output: at batch 1
+    // its GEMV pushes its part (NcclComm::gemv_push) and the norm's GEMV sums it.
+    std::map<const Node*, const Node*> exchange_of_;
     // The current batch's prompt segments (host), for attention's choice of kernel or GEMMs.
     std::vector<cuda::AttentionSegment> segments_;
     // Fixed-address inputs and output, so that captured graphs stay valid.
@@ -123,6 +128,7 @@ private:
     std::map<int64_t, char*> arenas_;            // by decode batch size: the captured graph's activations
     int replays_ = 0;
     int programmatic_edges_ = 0;                 // in the last captured graph
+    int fused_all_reduces_ = 0;
     cudaEvent_t step_begin_ = nullptr, step_end_ = nullptr;  // around forward_argmax's device work
     double last_device_ms_ = -1;
 };

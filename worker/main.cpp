@@ -252,7 +252,8 @@ int run(const Options& opt) {
 #ifdef TPX_HAVE_CUDA
     if (auto* cuda_exec = dynamic_cast<CudaExecutor*>(exec.get()); cuda_exec && rank == 0)
         log_info("decode: ", cuda_exec->graph_replays(), " CUDA graph replays of ", cuda_exec->graphs_captured(), " captured graphs (",
-                 cuda_exec->programmatic_edges(), " programmatic edges in the last)");
+                 cuda_exec->programmatic_edges(), " programmatic edges in the last; ", cuda_exec->fused_all_reduces(),
+                 " all-reduces of a batch-1 step summed in the GEMVs)");
 #endif
 
     RankReport mine;

@@ -68,7 +68,8 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
     const size_t capacity = kOneShotBytes / sizeof(__nv_bfloat16);
     const size_t flag_bytes = sizeof(uint32_t) * cuda::kOneShotBlocks * cuda::kOneShotMaxRanks;
     const size_t data_offset = (flag_bytes + 255) / 256 * 256;
-    const size_t bytes = data_offset + 2 * (size_t)world_ * capacity * sizeof(__nv_bfloat16);
+    const size_t ll_offset = data_offset + 2 * (size_t)world_ * capacity * sizeof(__nv_bfloat16);
+    const size_t bytes = ll_offset + 2 * (size_t)world_ * kExchangeUnits * sizeof(uint2);
     cudaIpcMemHandle_t handle{};
     if (why.empty()) {
         CUDA_CHECK(cudaMalloc(&oneshot_base_, bytes));
@@ -95,6 +96,7 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
         oneshot_.rank = rank_;
         oneshot_.world = world_;
         oneshot_.capacity = capacity;
+        oneshot_.ll_units = kExchangeUnits;
         for (int r = 0; r < world_ && why.empty(); ++r) {
             char* base = nullptr;
             if (r == rank_) {
@@ -112,6 +114,7 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
             }
             oneshot_.flags[r] = reinterpret_cast<uint32_t*>(base);
             oneshot_.data[r] = reinterpret_cast<__nv_bfloat16*>(base + data_offset);
+            oneshot_.ll[r] = reinterpret_cast<uint2*>(base + ll_offset);
         }
     }
     agree("could not map its peers' buffers");
@@ -119,8 +122,8 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
         release_oneshot();
         oneshot_status_ = "one-shot all-reduce off (" + why + "): NCCL for every all-reduce";
     } else {
-        CUDA_CHECK(cudaMalloc(&oneshot_.counters, sizeof(uint32_t) * (cuda::kOneShotBlocks + 1)));
-        CUDA_CHECK(cudaMemset(oneshot_.counters, 0, sizeof(uint32_t) * (cuda::kOneShotBlocks + 1)));
+        CUDA_CHECK(cudaMalloc(&oneshot_.counters, sizeof(uint32_t) * (cuda::kOneShotBlocks + 2)));
+        CUDA_CHECK(cudaMemset(oneshot_.counters, 0, sizeof(uint32_t) * (cuda::kOneShotBlocks + 2)));
         CUDA_CHECK(cudaHostAlloc(&oneshot_error_host_, sizeof(int), cudaHostAllocMapped));
         *oneshot_error_host_ = 0;
         CUDA_CHECK(cudaHostGetDevicePointer(&oneshot_.error, oneshot_error_host_, 0));
@@ -128,6 +131,9 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
         oneshot_.timeout_ns = (uint64_t)(timeout_s_ * 0.5e9);
         oneshot_status_ = "one-shot all-reduce over CUDA IPC for messages up to " + std::to_string(kOneShotBytes >> 10) +
                           " KiB, NCCL above";
+        const char* fuse = std::getenv("TPX_AR_FUSE");
+        fused_ = !(fuse && std::string(fuse) == "0");
+        oneshot_status_ += fused_ ? "; batch-1 decode sums it in the GEMVs (TPX_AR_FUSE=0: off)" : "; not fused into the GEMVs (TPX_AR_FUSE=0)";
     }
     if (rank_ == 0) log_info(oneshot_status_);
 }
@@ -170,6 +176,20 @@ void NcclComm::all_reduce(const __nv_bfloat16* in, __nv_bfloat16* out, size_t n)
     }
     NCCL_CHECK(ncclAllReduce(in, out, n, ncclBfloat16, ncclSum, comm_, stream_));
 }
+
+bool NcclComm::push_applies(int64_t K, int64_t N, const __nv_bfloat16* x, const __nv_bfloat16* w) const {
+    return fused_ && oneshot() && cuda::gemv_push_applies(K, N, x, w, oneshot_);
+}
+
+void NcclComm::gemv_push(int64_t K, int64_t N, const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, uint32_t seq) {
+    if (const char* f = std::getenv("TPX_FAULT"))  // as all_reduce's: the fused all-reduce is one too
+        if (std::string(f) == std::to_string(rank_) + ":allreduce") throw Error("injected failure inside an NCCL all-reduce (TPX_FAULT)");
+    cuda::gemv_push(K, N, x, w, bias, oneshot_, seq, stream_);
+}
+
+cuda::ExchangeIn NcclComm::exchange_in(uint32_t seq) const { return cuda::exchange_in(oneshot_, seq); }
+
+void NcclComm::exchange_advance(uint32_t calls) { cuda::exchange_advance(oneshot_, calls, stream_); }
 
 void NcclComm::all_gather(const __nv_bfloat16* in, size_t n, __nv_bfloat16* out) {
     NCCL_CHECK(ncclAllGather(in, out, n, ncclBfloat16, comm_, stream_));

@@ -43,12 +43,24 @@ public:
 
     static constexpr size_t kOneShotBytes = 512u << 10;  // batch 64 of an 8B model's hidden size
 
+    // The all-reduce fused into batch-1 GEMVs (cuda::ExchangeIn; on with the one-shot path unless
+    // TPX_AR_FUSE=0): push_applies says whether `N` outputs of a K-wide GEMV can be pushed;
+    // gemv_push computes them and pushes them as this rank's part of the forward's exchange
+    // `seq`; exchange_in(seq) is what the next GEMV's norm reads; exchange_advance(calls) ends
+    // a forward that made `calls` exchanges. Every rank must make the same calls.
+    bool push_applies(int64_t K, int64_t N, const __nv_bfloat16* x, const __nv_bfloat16* w) const;
+    void gemv_push(int64_t K, int64_t N, const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, uint32_t seq);
+    cuda::ExchangeIn exchange_in(uint32_t seq) const;
+    void exchange_advance(uint32_t calls);
+    static constexpr int64_t kExchangeUnits = 8192;  // two elements each: hidden sizes up to 16384
+
 private:
     void setup_oneshot(MpiCommunicator& mpi);
     void release_oneshot();
 
     ncclComm_t comm_ = nullptr;
     cuda::OneShotPeers oneshot_;
+    bool fused_ = false;
     std::string oneshot_status_;
     void* oneshot_base_ = nullptr;           // this rank's flags + buffers
     std::vector<void*> oneshot_mapped_;      // the peers', opened over IPC

@@ -1,5 +1,6 @@
 // The one-shot all-reduce over CUDA IPC for small messages (decode activations): one kernel,
-// no NCCL proxy, one flag exchange per block. See ops.h for the protocol.
+// no NCCL proxy, one flag exchange per block; and the fused all-reduce's epoch (its GEMV halves
+// are in linear.cu). See ops.h for the protocols.
 #include <cstdint>
 
 #include "common/cuda_check.h"
@@ -18,12 +19,6 @@ __device__ __forceinline__ uint32_t load_acquire_sys(const uint32_t* p) {
     uint32_t v;
     asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
-}
-
-__device__ __forceinline__ uint64_t global_ns() {
-    uint64_t t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
 }
 
 // Block b owns vectors [b * per, (b + 1) * per) of the message on every rank, so it needs only
@@ -85,7 +80,31 @@ __global__ void __launch_bounds__(kOneShotThreads) oneshot_all_reduce_kernel(con
     }
 }
 
+__global__ void exchange_advance_kernel(uint32_t* epoch, uint32_t calls) {
+    pdl_entry();  // see common.cuh: every kernel before it, and so every reader of the epoch, has finished
+    if (threadIdx.x == 0) *epoch += calls;
+}
+
 }  // namespace
+
+ExchangeIn exchange_in(const OneShotPeers& p, uint32_t seq) {
+    ExchangeIn e;
+    e.ll = p.ll[p.rank];
+    e.world = p.world;
+    e.units = p.ll_units;
+    e.epoch = p.counters + kOneShotBlocks + 1;
+    e.seq = seq;
+    e.gave_up = p.counters + kOneShotBlocks;
+    e.error = p.error;
+    e.timeout_ns = p.timeout_ns;
+    return e;
+}
+
+void exchange_advance(const OneShotPeers& p, uint32_t calls, cudaStream_t stream) {
+    TPX_CHECK(p.world > 1 && p.counters, "exchange_advance: no exchange buffers");
+    launch(exchange_advance_kernel, 1, 32, 0, stream, p.counters + kOneShotBlocks + 1, calls);
+    CUDA_CHECK(cudaGetLastError());
+}
 
 bool oneshot_all_reduce_applies(const bf16* in, const bf16* out, size_t n, const OneShotPeers& p) {
     return p.world > 1 && n <= p.capacity && n % 8 == 0 && aligned16({in, out});

@@ -29,6 +29,24 @@ __device__ __forceinline__ void pdl_entry() {
 
 bool pdl_enabled();  // TPX_PDL is not "0" and the device is sm_90 or newer
 
+__device__ __forceinline__ uint64_t global_ns() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+// The fused all-reduce's LL units (ExchangeIn in ops.h): an 8-byte store arrives whole, so a
+// reader that sees the flag sees the data stored with it; volatile: past L1, to whichever GPU
+// owns the memory.
+__device__ __forceinline__ void ll_store(uint2* p, uint32_t data, uint32_t flag) {
+    asm volatile("st.volatile.global.v2.u32 [%0], {%1, %2};" ::"l"(p), "r"(data), "r"(flag) : "memory");
+}
+__device__ __forceinline__ uint4 ll_load(const uint4* p) {  // two units
+    uint4 v;
+    asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
+    return v;
+}
+
 // `cluster` > 0: thread-block clusters of that many blocks along x (sm_90).
 template <typename... Params, typename... Args>
 void launch_cluster(void (*kernel)(Params...), dim3 grid, int cluster, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {

@@ -117,16 +117,77 @@ __device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64
     else rows[0] = (item / half) * 2 * half + item % half, rows[1] = rows[0] + half;
 }
 
+// Exchange e's sum into xs (bf16, chunks of 8 elements): each thread takes the chunks that
+// norm_prologue gives it, two at a time and their ranks two at a time, so that up to eight
+// 16-byte loads are in flight before the first flag is checked. (tpx-kbench, tp=2's qkv: 16.7 us
+// with a load and a check at a time, 11.6 us so, 9.4 us for the plain prologue. Slower, and so
+// not kept: the residual's and norm weight's loads issued here too, 13.9 us at 128 registers, or
+// fetched by cp.async before the LL loads, 13.8 us, the decode step +0.11 ms.) A line
+// whose flags are not yet g + 1 is read again until they are. Each chunk is summed in fp32 in
+// rank order (as the one-shot all-reduce) and rounded once. A wait longer than the timeout
+// names the rank and gives up.
+__device__ void exchange_sum(const ExchangeIn& e, int64_t chunks, uint4* xs) {
+    const uint32_t g = __ldcg(e.epoch) + e.seq, flag = g + 1;  // after pdl_entry: the epoch is settled
+    bool wait = *reinterpret_cast<volatile const uint32_t*>(e.gave_up) == 0;
+    auto ready = [&](const uint4& l) { return l.y == flag && l.w == flag; };
+    for (int64_t i0 = threadIdx.x; i0 < chunks; i0 += 2 * kGemvThreads) {
+        const int64_t ids[2] = {i0, i0 + kGemvThreads};
+        const int n = ids[1] < chunks ? 2 : 1;
+        float acc[2][8] = {};
+        for (int r0 = 0; r0 < e.world; r0 += 2) {
+            const int m = r0 + 1 < e.world ? 2 : 1;
+            uint4 l[2][2][2];  // [chunk][rank][line]
+            const uint4* at[2][2];
+#pragma unroll
+            for (int c = 0; c < 2; ++c)
+#pragma unroll
+                for (int q = 0; q < 2; ++q) {
+                    at[c][q] = reinterpret_cast<const uint4*>(e.ll + ((g & 1) * e.world + r0 + q) * e.units) + 2 * ids[c];
+                    if (c < n && q < m) l[c][q][0] = ll_load(at[c][q]), l[c][q][1] = ll_load(at[c][q] + 1);
+                }
+#pragma unroll
+            for (int c = 0; c < 2; ++c)
+#pragma unroll
+                for (int q = 0; q < 2; ++q) {
+                    if (c >= n || q >= m) continue;
+                    if (wait && !(ready(l[c][q][0]) && ready(l[c][q][1]))) {
+                        const uint64_t start = global_ns();
+                        do {
+                            l[c][q][0] = ll_load(at[c][q]), l[c][q][1] = ll_load(at[c][q] + 1);
+                            if (global_ns() - start > e.timeout_ns) {
+                                atomicCAS(e.error, 0, r0 + q + 1);  // the host's sync reports the rank
+                                atomicExch(e.gave_up, 1u);
+                                wait = false;
+                            }
+                        } while (wait && !(ready(l[c][q][0]) && ready(l[c][q][1])));
+                    }
+                    const uint32_t pairs[4] = {l[c][q][0].x, l[c][q][0].z, l[c][q][1].x, l[c][q][1].z};
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pairs[j]));
+                        acc[c][2 * j] += f.x, acc[c][2 * j + 1] += f.y;
+                    }
+                }
+        }
+        for (int c = 0; c < n; ++c) xs[ids[c]] = pack8(acc[c]);
+    }
+}
+
 // x = rmsnorm(residual + x) (or rmsnorm(x)) into shared memory, with rmsnorm_vec_kernel's
 // arithmetic and summation order (same thread count, same chunks per thread), so that the
 // result is bit-identical; block 0 writes residual + x to residual_out. The norm weight is
 // loaded with x in the first pass (into ws), so that the second pass reads shared memory only.
+// kSum: x is exchange nm.sum's sum, read as the ranks' parts arrive (a template parameter, so
+// that the plain prologue compiles as before: with a run-time branch, ptxas gave the kernels
+// other register counts, qkv's 76 instead of 108).
+template <bool kSum>
 __device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* ws) {
     const int64_t chunks = K / 8;
     float ss = 0;
+    if (kSum) exchange_sum(nm.sum, chunks, xs);  // each thread's own chunks: no barrier needed
     for (int64_t i = threadIdx.x; i < chunks; i += kGemvThreads) {
         float v[8];
-        uint4 xv = reinterpret_cast<const uint4*>(nm.x)[i];
+        uint4 xv = kSum ? xs[i] : reinterpret_cast<const uint4*>(nm.x)[i];
         uint4 rv = nm.residual ? reinterpret_cast<const uint4*>(nm.residual)[i] : make_uint4(0, 0, 0, 0);
         ws[i] = reinterpret_cast<const uint4*>(nm.weight)[i];
         unpack8(xv, v);
@@ -155,7 +216,7 @@ __device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* w
 
 // y over `items` work items (see item_rows); with kNorm, x is normalised per block first and the
 // grid strides over the items, so that the prologue is paid once per block.
-template <GemvEpilogue E, bool kNorm>
+template <GemvEpilogue E, bool kNorm, bool kSum>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t items, int64_t pair, const bf16* __restrict__ x,
                                                             const bf16* __restrict__ w, const bf16* __restrict__ bias,
                                                             bf16* __restrict__ y, GemvNorm nm, GemvRopeKv rk, bool early) {
@@ -173,7 +234,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t i
     pdl_entry();  // see common.cuh
     const uint4* xr = reinterpret_cast<const uint4*>(x);
     if (kNorm) {
-        norm_prologue(K, nm, xs, xs + K / 8);
+        norm_prologue<kSum>(K, nm, xs, xs + K / 8);
         xr = xs;
     }
     for (; item < items; item += stride) {
@@ -209,11 +270,15 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t i
 }
 
 // The plain GEMV with KS warps per row (each a KS-th of the chunks, interleaved), their sums
-// meeting in shared memory: more loads in flight for short wide products (o, down).
-template <int KS>
+// meeting in shared memory: more loads in flight for short wide products (o, down). kPush:
+// y goes, as this rank's part of exchange `seq`, to every rank's exchange buffer (ExchangeIn
+// in ops.h), two rows a unit (a block's rows are an even number, N is even).
+template <int KS, bool kPush>
 __global__ void __launch_bounds__(kGemvThreads) gemv_split_kernel(int64_t K, int64_t N, const bf16* __restrict__ x,
                                                                   const bf16* __restrict__ w, const bf16* __restrict__ bias,
-                                                                  bf16* __restrict__ y, bool early) {
+                                                                  bf16* __restrict__ y, bool early, OneShotPeers push, uint32_t seq) {
+    constexpr int kRows = kGemvWarps / KS;  // per block
+    static_assert(!kPush || kRows % 2 == 0, "a unit holds two rows");
     __shared__ float part_sum[kGemvWarps];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * (kGemvWarps / KS) + warp / KS;
@@ -225,11 +290,32 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_split_kernel(int64_t K, int
     if (row < N) dot_rows<1, KS>(K, reinterpret_cast<const uint4*>(x), w, rows, acc, warp % KS, &first);
     if (lane == 0) part_sum[warp] = acc[0];
     __syncthreads();
-    if (lane == 0 && warp % KS == 0 && row < N) {
+    auto sum = [&](int local, int64_t r) {  // row `local` of the block, row r of y
         float s = 0.0f;
-        for (int k = 0; k < KS; ++k) s += part_sum[warp + k];
-        y[row] = __float2bfloat16(s + (bias ? __bfloat162float(bias[row]) : 0.0f));
+        for (int k = 0; k < KS; ++k) s += part_sum[local * KS + k];
+        return s + (bias ? __bfloat162float(bias[r]) : 0.0f);
+    };
+    if (!kPush) {
+        if (lane == 0 && warp % KS == 0 && row < N) y[row] = __float2bfloat16(sum(warp / KS, row));
+        return;
     }
+    const int t = threadIdx.x;
+    const int64_t r0 = (int64_t)blockIdx.x * kRows + 2 * t;
+    if (t >= kRows / 2 || r0 >= N) return;
+    const __nv_bfloat162 v = __floats2bfloat162_rn(sum(2 * t, r0), sum(2 * t + 1, r0 + 1));  // y's two roundings
+    const uint32_t g = __ldcg(push.counters + kOneShotBlocks + 1) + seq;  // after pdl_entry: the epoch is settled
+    const int64_t at = ((g & 1) * push.world + push.rank) * push.ll_units + r0 / 2;
+    for (int r = 0; r < push.world; ++r) ll_store(push.ll[r] + at, *reinterpret_cast<const uint32_t*>(&v), g + 1);
+}
+
+// Warps per row for the plain GEMV: up to kGemvSplit, but each lane at least one full batch of
+// loads (so that FirstLoads holds it): tp=2's o (K = 2048) takes 2 warps a row. TPX_GEMV_SPLITK
+// (1, 2 or 4) overrides it (tpx-kbench compares them).
+int gemv_split_for(int64_t K) {
+    if (const char* env = std::getenv("TPX_GEMV_SPLITK")) return std::atoi(env);
+    int ks = kGemvSplit;
+    while (ks > 1 && K / 8 < 32 * ks * kGemvUnroll) ks /= 2;
+    return ks;
 }
 
 
@@ -257,17 +343,17 @@ int resident_blocks(const void* kernel, size_t smem) {
 // warp and a prologue in every block is 1 to 4 us slower; prefetching the first rows into L2
 // during the prologue, 1 to 3 us slower; 8 loads in flight per row per lane instead of 4, no
 // faster).
-template <GemvEpilogue E, bool kNorm>
+template <GemvEpilogue E, bool kNorm, bool kSum = false>
 void launch_gemv(int64_t K, int64_t items, int64_t pair, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const GemvNorm& nm,
                  const GemvRopeKv& rk, cudaStream_t stream) {
     unsigned blocks = blocks_for(items, kGemvWarps);
     size_t smem = 0;
     if (kNorm) {
         smem = 2 * (size_t)K * sizeof(bf16);
-        const int64_t warps = (int64_t)resident_blocks((const void*)gemv_kernel<E, kNorm>, smem) * kGemvWarps;
+        const int64_t warps = (int64_t)resident_blocks((const void*)gemv_kernel<E, kNorm, kSum>, smem) * kGemvWarps;
         blocks = blocks_for(items, (int)(kGemvWarps * ((items + warps - 1) / warps)));
     }
-    launch(gemv_kernel<E, kNorm>, blocks, kGemvThreads, smem, stream, K, items, pair, x, w, bias, y, nm, rk, gemv_early());
+    launch(gemv_kernel<E, kNorm, kSum>, blocks, kGemvThreads, smem, stream, K, items, pair, x, w, bias, y, nm, rk, gemv_early());
     TPX_LAUNCH_CHECK();
 }
 
@@ -280,7 +366,24 @@ bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w) {
 bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w) {
     if (K % 8 != 0 || !aligned16({w})) return false;
     if (!norm) return true;
-    return K <= kGemvNormMaxK && aligned16({norm->x, norm->weight}) && (!norm->residual || aligned16({norm->residual, norm->residual_out}));
+    if (norm->sum.ll && K > 2 * norm->sum.units) return false;
+    return K <= kGemvNormMaxK && aligned16({norm->sum.ll ? nullptr : norm->x, norm->weight}) &&
+           (!norm->residual || aligned16({norm->residual, norm->residual_out}));
+}
+
+bool gemv_push_applies(int64_t K, int64_t N, const bf16* x, const bf16* w, const OneShotPeers& p) {
+    return p.world > 1 && p.ll[p.rank] && N % 2 == 0 && N <= 2 * p.ll_units && gemv_applies({1, K, N}, x, w);
+}
+
+void gemv_push(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* bias, const OneShotPeers& p, uint32_t seq,
+               cudaStream_t stream) {
+    TPX_CHECK(gemv_push_applies(K, N, x, w, p), "gemv_push: needs exchange buffers of at least N = " + std::to_string(N) +
+                                                    " elements, N even, K a multiple of 8, x and W 16-byte aligned");
+    const int ks = gemv_split_for(K);
+    if (ks == 4) launch(gemv_split_kernel<4, true>, blocks_for(N, kGemvWarps / 4), kGemvThreads, 0, stream, K, N, x, w, bias, nullptr, gemv_early(), p, seq);
+    else if (ks == 2) launch(gemv_split_kernel<2, true>, blocks_for(N, kGemvWarps / 2), kGemvThreads, 0, stream, K, N, x, w, bias, nullptr, gemv_early(), p, seq);
+    else launch(gemv_split_kernel<1, true>, blocks_for(N, kGemvWarps), kGemvThreads, 0, stream, K, N, x, w, bias, nullptr, gemv_early(), p, seq);
+    TPX_LAUNCH_CHECK();
 }
 
 void gemv_fused(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const GemvNorm* norm, GemvEpilogue epi,
@@ -304,7 +407,8 @@ void gemv_fused(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* 
     if (N == 0) return;
     auto go = [&](auto e) {
         constexpr GemvEpilogue E = decltype(e)::value;
-        if (norm) launch_gemv<E, true>(K, items, pair, x, w, bias, y, nm, rk, stream);
+        if (norm && norm->sum.ll) launch_gemv<E, true, true>(K, items, pair, x, w, bias, y, nm, rk, stream);
+        else if (norm) launch_gemv<E, true>(K, items, pair, x, w, bias, y, nm, rk, stream);
         else launch_gemv<E, false>(K, items, pair, x, w, bias, y, nm, rk, stream);
     };
     if (epi == GemvEpilogue::kNone) go(std::integral_constant<GemvEpilogue, GemvEpilogue::kNone>{});
@@ -317,15 +421,11 @@ void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, con
     TPX_CHECK(s.tokens >= 0 && s.in > 0 && s.out > 0, "linear: bad shape");
     if (s.tokens == 0) return;
     if (allow_gemv && gemv_applies(s, x, w)) {
-        const char* env = std::getenv("TPX_GEMV_SPLITK");  // warps per row: 1, 2 or 4 (tpx-kbench compares them)
-        // Up to kGemvSplit warps a row, but each lane at least one full batch of loads (so that
-        // FirstLoads holds it): tp=2's o (K = 2048) takes 2 warps a row.
-        int ks = kGemvSplit;
-        while (ks > 1 && s.in / 8 < 32 * ks * kGemvUnroll) ks /= 2;
-        if (env) ks = std::atoi(env);
+        const int ks = gemv_split_for(s.in);
         if (ks == 2 || ks == 4) {
-            if (ks == 2) launch(gemv_split_kernel<2>, blocks_for(s.out, kGemvWarps / 2), kGemvThreads, 0, stream, s.in, s.out, x, w, bias, y, gemv_early());
-            else launch(gemv_split_kernel<4>, blocks_for(s.out, kGemvWarps / 4), kGemvThreads, 0, stream, s.in, s.out, x, w, bias, y, gemv_early());
+            const OneShotPeers none;
+            if (ks == 2) launch(gemv_split_kernel<2, false>, blocks_for(s.out, kGemvWarps / 2), kGemvThreads, 0, stream, s.in, s.out, x, w, bias, y, gemv_early(), none, 0u);
+            else launch(gemv_split_kernel<4, false>, blocks_for(s.out, kGemvWarps / 4), kGemvThreads, 0, stream, s.in, s.out, x, w, bias, y, gemv_early(), none, 0u);
             TPX_LAUNCH_CHECK();
             return;
         }

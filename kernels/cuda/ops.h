@@ -65,12 +65,34 @@ private:
 // - kRopeKv: z = [q | k | v] (the fused QKV layout); y = q rotated (as rope()), and k rotated and v
 //   written into the caches at (slot[0], pos[0]) (as attention()'s cache write).
 // Every result equals the unfused kernels' bit for bit.
+// The all-reduce of a batch-1 decode step fused into the GEMVs on either side of it: the GEMV
+// that makes each rank's part (o_proj, down_proj) pushes it into every rank's exchange buffer
+// (gemv_push, below) in the form of NCCL's LL protocol, 8-byte units of two bf16 and a flag
+// stored at once, so that data and flag arrive together (no fence, no flag exchange); the next
+// GEMV's norm prologue sums the world's parts in rank order as their flags arrive, so no
+// all-reduce kernel runs. Exchange g (the device epoch, advanced by exchange_advance at the
+// end of each forward, plus the exchange's place in the forward) uses buffer g & 1 and flag
+// g + 1. A rank can be one exchange ahead of a peer, never two: it pushes g + 2 only after it
+// summed g + 1, which needed the peer's push of g + 1, which the peer made after summing g.
+// The sum is the one-shot all-reduce's (fp32 in rank order, one bf16 rounding): bit-identical.
+struct ExchangeIn {
+    const uint2* ll = nullptr;  // this rank's exchange buffer, [2][world][units]; nullptr: no exchange
+    int world = 0;
+    int64_t units = 0;                 // per (buffer, source rank) slot; even
+    const uint32_t* epoch = nullptr;   // this rank's
+    uint32_t seq = 0;                  // the exchange's place in the forward
+    uint32_t* gave_up = nullptr;       // set after a timeout: later waits are skipped
+    int* error = nullptr;              // host-mapped: the missing rank + 1
+    uint64_t timeout_ns = 0;
+};
+
 struct GemvNorm {
     const bf16* x = nullptr;         // the input (the delta to the residual when there is one)
     const bf16* residual = nullptr;  // nullptr: plain rmsnorm of x
     bf16* residual_out = nullptr;    // must not alias x or residual
     const bf16* weight = nullptr;
     float eps = 0;
+    ExchangeIn sum;                  // sum.ll set: the input is exchange sum.seq's sum (x unused)
 };
 struct GemvRopeKv {
     int64_t heads = 0, kv_heads = 0, head_dim = 0, max_seq = 0;
@@ -152,12 +174,25 @@ struct OneShotPeers {
     size_t capacity = 0;                       // elements per (parity, source rank) slot; a multiple of 8
     bf16* data[kOneShotMaxRanks] = {};         // rank r's buffer, [2][world][capacity] (mapped)
     uint32_t* flags[kOneShotMaxRanks] = {};    // rank r's flags, [kOneShotBlocks][kOneShotMaxRanks] (mapped)
-    uint32_t* counters = nullptr;              // this rank's calls so far, per block, then a "gave up" word (kOneShotBlocks + 1)
+    // This rank's calls so far per block, then a "gave up" word, then the exchange epoch (kOneShotBlocks + 2).
+    uint32_t* counters = nullptr;
     int* error = nullptr;                      // host-mapped, 0 while all is well (written, never read, by kernels: a read crosses PCIe)
     uint64_t timeout_ns = 0;
+    uint2* ll[kOneShotMaxRanks] = {};          // rank r's exchange buffer (see ExchangeIn), [2][world][ll_units] (mapped)
+    int64_t ll_units = 0;                      // a multiple of 4
 };
 // world > 1, n <= capacity, n % 8 == 0, 16-byte aligned in and out.
 bool oneshot_all_reduce_applies(const bf16* in, const bf16* out, size_t n, const OneShotPeers& p);
 void oneshot_all_reduce(const bf16* in, bf16* out, size_t n, const OneShotPeers& p, cudaStream_t stream);
+
+// The fused all-reduce (see ExchangeIn): gemv_push computes y = x W^T (+ bias) as linear()'s GEMV
+// does and pushes it, as this rank's part of exchange `seq`, into every rank's buffer; a
+// GemvNorm with sum = exchange_in(p, seq) then reads the world's sum. exchange_advance moves
+// the epoch past the `calls` exchanges of a forward.
+bool gemv_push_applies(int64_t K, int64_t N, const bf16* x, const bf16* w, const OneShotPeers& p);
+void gemv_push(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* bias, const OneShotPeers& p, uint32_t seq,
+               cudaStream_t stream);
+ExchangeIn exchange_in(const OneShotPeers& p, uint32_t seq);
+void exchange_advance(const OneShotPeers& p, uint32_t calls, cudaStream_t stream);
 
 }  // namespace tpx::cuda
