@@ -164,9 +164,14 @@ void NcclComm::abort() {
 
 void NcclComm::all_reduce(__nv_bfloat16* data, size_t n) { all_reduce(data, data, n); }
 
-void NcclComm::all_reduce(const __nv_bfloat16* in, __nv_bfloat16* out, size_t n) {
-    if (const char* f = std::getenv("TPX_FAULT"))  // the failure tests' hook: this rank dies here
+// The failure tests' hook (TPX_FAULT=R:allreduce): rank R dies in its next all-reduce, fused or not.
+void NcclComm::maybe_fail() const {
+    if (const char* f = std::getenv("TPX_FAULT"))
         if (std::string(f) == std::to_string(rank_) + ":allreduce") throw Error("injected failure inside an NCCL all-reduce (TPX_FAULT)");
+}
+
+void NcclComm::all_reduce(const __nv_bfloat16* in, __nv_bfloat16* out, size_t n) {
+    maybe_fail();
     // Every rank must take the same path: n is the same on all ranks, and so is the alignment
     // (activations are stream-ordered allocations, 256-byte aligned, at offsets fixed by shapes
     // that tensor parallelism makes equal).
@@ -182,8 +187,7 @@ bool NcclComm::push_applies(int64_t K, int64_t N, const __nv_bfloat16* x, const 
 }
 
 void NcclComm::gemv_push(int64_t K, int64_t N, const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, uint32_t seq) {
-    if (const char* f = std::getenv("TPX_FAULT"))  // as all_reduce's: the fused all-reduce is one too
-        if (std::string(f) == std::to_string(rank_) + ":allreduce") throw Error("injected failure inside an NCCL all-reduce (TPX_FAULT)");
+    maybe_fail();
     cuda::gemv_push(K, N, x, w, bias, oneshot_, seq, stream_);
 }
 

@@ -57,6 +57,7 @@ public:
 private:
     void setup_oneshot(MpiCommunicator& mpi);
     void release_oneshot();
+    void maybe_fail() const;
 
     ncclComm_t comm_ = nullptr;
     cuda::OneShotPeers oneshot_;

@@ -49,16 +49,14 @@ __global__ void __launch_bounds__(kOneShotThreads) oneshot_all_reduce_kernel(con
         for (int r = 0; r < p.world; ++r)
             if (r != p.rank) store_release_sys(p.flags[r] + b * kOneShotMaxRanks + p.rank, call);
         const uint64_t start = global_ns();
-        // After one give-up the job is ending: later calls do not wait again (a forward's
-        // dozens of all-reduces would otherwise hold the stream for dozens of timeouts).
+        // After one give-up (give_up_on) later calls do not wait again.
         const bool failed = *reinterpret_cast<volatile uint32_t*>(p.counters + kOneShotBlocks) != 0;  // device memory: cheap
         for (int r = 0; r < p.world && !failed; ++r) {
             if (r == p.rank) continue;
             const uint32_t* flag = p.flags[p.rank] + b * kOneShotMaxRanks + r;
             while ((int32_t)(load_acquire_sys(flag) - call) < 0) {
                 if (global_ns() - start > p.timeout_ns) {
-                    atomicCAS(p.error, 0, r + 1);  // the host's sync reports rank r
-                    atomicExch(p.counters + kOneShotBlocks, 1u);
+                    give_up_on(r, p.error, p.counters + kOneShotBlocks);
                     break;
                 }
             }

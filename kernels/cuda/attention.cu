@@ -600,15 +600,9 @@ void attention_gemm(cublasHandle_t h, const cpu::AttentionShape& s, const Attent
 // Blocks a (token, head) pair's keys are split over: enough pairs x splits to give every SM a
 // block or two, at most 8 (a portable cluster); 1 (no split) from about as many pairs as SMs.
 int decode_splits(int64_t tokens, int64_t heads) {
-    static const int sms = [] {
-        int device = 0, n = 0;
-        CUDA_CHECK(cudaGetDevice(&device));
-        CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-        return n;
-    }();
     static const int max_splits = std::getenv("TPX_DECODE_SPLITS") ? std::atoi(std::getenv("TPX_DECODE_SPLITS")) : 8;
     int splits = 1;
-    while (splits * 2 <= max_splits && tokens * heads * splits * 2 <= 2 * sms) splits *= 2;
+    while (splits * 2 <= max_splits && tokens * heads * splits * 2 <= 2 * sm_count()) splits *= 2;
     return splits;
 }
 

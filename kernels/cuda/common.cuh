@@ -28,11 +28,20 @@ __device__ __forceinline__ void pdl_entry() {
 }
 
 bool pdl_enabled();  // TPX_PDL is not "0" and the device is sm_90 or newer
+int sm_count();      // the current device's multiprocessors (read once)
 
 __device__ __forceinline__ uint64_t global_ns() {
     uint64_t t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
+}
+
+// A wait for rank `rank` past its timeout (the one-shot all-reduce, the fused one's sum): the
+// host-mapped *error names the first rank missed (the host's sync reports it), and *gave_up
+// makes later calls stop waiting (the job is ending; dozens of timeouts would hold the stream).
+__device__ __forceinline__ void give_up_on(int rank, int* error, uint32_t* gave_up) {
+    atomicCAS(error, 0, rank + 1);
+    atomicExch(gave_up, 1u);
 }
 
 // The fused all-reduce's LL units (ExchangeIn in ops.h): an 8-byte store arrives whole, so a

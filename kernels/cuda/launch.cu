@@ -1,5 +1,6 @@
-// Whether launch() asks for programmatic dependent launch: read once per process (the device's
-// compute capability, TPX_PDL). See common.cuh.
+// What the launchers read of the device once per process: whether launch() asks for
+// programmatic dependent launch (the compute capability, TPX_PDL), and the SM count. See
+// common.cuh.
 #include <cstdlib>
 #include <cstring>
 
@@ -17,6 +18,16 @@ bool pdl_enabled() {
         return major >= 9;
     }();
     return on;
+}
+
+int sm_count() {
+    static const int n = [] {
+        int device = 0, sms = 0;
+        CUDA_CHECK(cudaGetDevice(&device));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        return sms;
+    }();
+    return n;
 }
 
 }  // namespace tpx::cuda

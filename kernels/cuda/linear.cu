@@ -154,19 +154,13 @@ __device__ void exchange_sum(const ExchangeIn& e, int64_t chunks, uint4* xs) {
                         const uint64_t start = global_ns();
                         do {
                             l[c][q][0] = ll_load(at[c][q]), l[c][q][1] = ll_load(at[c][q] + 1);
-                            if (global_ns() - start > e.timeout_ns) {
-                                atomicCAS(e.error, 0, r0 + q + 1);  // the host's sync reports the rank
-                                atomicExch(e.gave_up, 1u);
-                                wait = false;
-                            }
+                            if (global_ns() - start > e.timeout_ns) give_up_on(r0 + q, e.error, e.gave_up), wait = false;
                         } while (wait && !(ready(l[c][q][0]) && ready(l[c][q][1])));
                     }
-                    const uint32_t pairs[4] = {l[c][q][0].x, l[c][q][0].z, l[c][q][1].x, l[c][q][1].z};
+                    float f[8];
+                    unpack8(make_uint4(l[c][q][0].x, l[c][q][0].z, l[c][q][1].x, l[c][q][1].z), f);  // the units' data
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pairs[j]));
-                        acc[c][2 * j] += f.x, acc[c][2 * j + 1] += f.y;
-                    }
+                    for (int j = 0; j < 8; ++j) acc[c][j] += f[j];
                 }
         }
         for (int c = 0; c < n; ++c) xs[ids[c]] = pack8(acc[c]);
@@ -327,15 +321,9 @@ bool gemv_early() {
 
 // Blocks of `kernel` resident on the whole GPU at once (its registers and shared memory allowing).
 int resident_blocks(const void* kernel, size_t smem) {
-    static int sms = [] {
-        int device = 0, n = 0;
-        CUDA_CHECK(cudaGetDevice(&device));
-        CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-        return n;
-    }();
     int per_sm = 0;
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGemvThreads, smem));
-    return sms * std::max(1, per_sm);
+    return sm_count() * std::max(1, per_sm);
 }
 
 // With the norm, the grid is at most what fits on the GPU at once, every warp taking the same
