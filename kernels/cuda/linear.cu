@@ -5,8 +5,9 @@
 // (gemv_fused): the residual add + RMSNorm before it (each block normalises x into shared
 // memory, block 0 writes the new residual), and after it SwiGLU (a warp takes gate row j and up
 // row j + I) or RoPE with the KV-cache write (a warp takes rows i and i + head_dim / 2 of a head).
-// Every fused result is bit-identical to the unfused kernels' with one warp per row
-// (TPX_GEMV_SPLITK=1: same sums in the same order, the same bf16 roundings between the stages). From two rows on, cuBLAS (a variant with 2 to 8 rows
+// Every fused result is bit-identical to the unfused kernels' when those take one warp per row
+// (the default, see kGemvSplit): same sums in the same order, the same bf16 roundings between
+// the stages. From two rows on, cuBLAS (a variant with 2 to 8 rows
 // was half cuBLAS's speed at 8 rows: every row re-reads x): the checkpoint layout W[N, K]
 // row-major is W^T column-major, so Y^T[N, T] = W[N, K] . X^T[K, T] is one cublasGemmEx with
 // op(W) = T, and the bias is a separate row-broadcast kernel.
@@ -23,9 +24,11 @@ namespace {
 constexpr int kGemvThreads = 256;
 constexpr int kGemvWarps = kGemvThreads / 32;
 constexpr int kGemvUnroll = 4;
-// Warps per output row of the plain GEMV. tpx-kbench on an H200: o 11.8 -> 10.3 us, down 33.8 ->
-// 29.1 us, gate_up 58.5 -> 56.4 us with 4 instead of 1; the 8B decode step 4.52 -> 4.32 ms.
-constexpr int kGemvSplit = 4;
+// Warps per output row of the plain GEMV. 4 (tpx-kbench on an H200: o 11.8 -> 10.3 us, down 33.8
+// -> 29.1 us with 4 instead of 1; the 8B decode step 4.52 -> 4.32 ms) while x came from global
+// memory as four 4-byte loads per 16-byte chunk (see unpack_x); with one 16-byte load, 1 is
+// faster again: tp=1's down 32.8 -> 28.7 us, o 9.7 -> 9.1 us, the tp=1 step 4.21 -> 4.08 ms (same call).
+constexpr int kGemvSplit = 1;
 constexpr int64_t kGemvNormMaxK = 12288;  // x and the norm weight in shared memory: 48 KiB
 
 __global__ void add_bias_kernel(int64_t tokens, int64_t n, const bf16* bias, bf16* y) {
@@ -58,10 +61,20 @@ struct FirstLoads {
     }
 };
 
+// A 16-byte chunk of x into floats: from shared memory (kSharedX: the norm prologue's), or from
+// global memory as one 16-byte load. (Read through a reference, as unpack8(xr[i], ...) does, the
+// compiler loaded global x as four 4-byte loads: four times the load instructions of the
+// weights', on the L1 that the weight stream also goes through.)
+template <bool kSharedX>
+__device__ __forceinline__ void unpack_x(const uint4* xr, int64_t i, float* f) {
+    if constexpr (kSharedX) unpack8(xr[i], f);
+    else unpack8(__ldg(xr + i), f);
+}
+
 // The warp's dot products of x with weight rows rows[0 .. R): lane l takes 16-byte chunks
 // l, l + 32, ...; the R rows' loads are issued together (the first batch from `first` if it
 // holds them; it is used up).
-template <int R, int KS = 1>
+template <int R, int KS = 1, bool kSharedX = false>
 __device__ inline void dot_rows(int64_t K, const uint4* xr, const bf16* __restrict__ w, const int64_t* rows, float* acc, int part = 0,
                                 FirstLoads<R, KS>* first = nullptr) {
     const int lane = threadIdx.x & 31;
@@ -94,14 +107,14 @@ __device__ inline void dot_rows(int64_t K, const uint4* xr, const bf16* __restri
 #pragma unroll
         for (int u = 0; u < kGemvUnroll; ++u) {
             float xf[8];
-            unpack8(xr[c + S * u], xf);
+            unpack_x<kSharedX>(xr, c + S * u, xf);
 #pragma unroll
             for (int r = 0; r < R; ++r) fma8(wv[r][u], xf, acc[r]);
         }
     }
     for (; c < chunks; c += S) {
         float xf[8];
-        unpack8(xr[c], xf);
+        unpack_x<kSharedX>(xr, c, xf);
 #pragma unroll
         for (int r = 0; r < R; ++r) fma8(__ldcs(wr[r] + c), xf, acc[r]);
     }
@@ -213,12 +226,16 @@ __device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* w
 template <GemvEpilogue E, bool kNorm, bool kSum>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t items, int64_t pair, const bf16* __restrict__ x,
                                                             const bf16* __restrict__ w, const bf16* __restrict__ bias,
-                                                            bf16* __restrict__ y, GemvNorm nm, GemvRopeKv rk, bool early) {
+                                                            bf16* __restrict__ y, GemvNorm nm, GemvRopeKv rk, bool early, bool balanced) {
     constexpr int R = E == GemvEpilogue::kNone ? 1 : 2;
     extern __shared__ uint4 xs[];
     const int lane = threadIdx.x & 31;
-    const int64_t half = rk.head_dim / 2, stride = (int64_t)gridDim.x * kGemvWarps;
-    int64_t item = (int64_t)blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
+    const int64_t half = rk.head_dim / 2;
+    int64_t item = (int64_t)blockIdx.x * kGemvWarps + (threadIdx.x >> 5), stride = (int64_t)gridDim.x * kGemvWarps;
+    if (balanced) {  // block b: items [b items / B, (b + 1) items / B), its warps taking every 8th
+        const int64_t end = ((int64_t)blockIdx.x + 1) * items / gridDim.x;
+        item = (int64_t)blockIdx.x * items / gridDim.x + (threadIdx.x >> 5), stride = kGemvWarps, items = end;
+    }
     FirstLoads<R> first;
     if (early && item < items) {
         int64_t rows[2];
@@ -235,7 +252,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t i
         int64_t rows[2];
         float acc[2];
         item_rows<E>(item, pair, half, rows);
-        dot_rows<R>(K, xr, w, rows, acc, 0, &first);
+        dot_rows<R, 1, kNorm>(K, xr, w, rows, acc, 0, &first);
         if (lane != 0) continue;
         if (E == GemvEpilogue::kNone) {
             y[rows[0]] = __float2bfloat16(acc[0] + (bias ? __bfloat162float(bias[rows[0]]) : 0.0f));
@@ -264,7 +281,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t i
 }
 
 // The plain GEMV with KS warps per row (each a KS-th of the chunks, interleaved), their sums
-// meeting in shared memory: more loads in flight for short wide products (o, down). kPush:
+// meeting in shared memory (KS > 1 only where TPX_GEMV_SPLITK asks, see kGemvSplit). kPush:
 // y goes, as this rank's part of exchange `seq`, to every rank's exchange buffer (ExchangeIn
 // in ops.h), two rows a unit (a block's rows are an even number, N is even).
 template <int KS, bool kPush>
@@ -302,9 +319,23 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_split_kernel(int64_t K, int
     for (int r = 0; r < push.world; ++r) ll_store(push.ll[r] + at, *reinterpret_cast<const uint32_t*>(&v), g + 1);
 }
 
+// The GEMVs' first weight loads before pdl_entry (FirstLoads); TPX_GEMV_EARLY=0: after it.
+bool gemv_early() {
+    static const bool on = !(std::getenv("TPX_GEMV_EARLY") && std::string(std::getenv("TPX_GEMV_EARLY")) == "0");
+    return on;
+}
+
+// The split GEMV (plain, or pushing into the exchange) with KS warps a row.
+template <int KS, bool kPush>
+void launch_split(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const OneShotPeers& p, uint32_t seq,
+                  cudaStream_t stream) {
+    launch(gemv_split_kernel<KS, kPush>, blocks_for(N, kGemvWarps / KS), kGemvThreads, 0, stream, K, N, x, w, bias, y, gemv_early(), p, seq);
+    TPX_LAUNCH_CHECK();
+}
+
 // Warps per row for the plain GEMV: up to kGemvSplit, but each lane at least one full batch of
-// loads (so that FirstLoads holds it): tp=2's o (K = 2048) takes 2 warps a row. TPX_GEMV_SPLITK
-// (1, 2 or 4) overrides it (tpx-kbench compares them).
+// loads (so that FirstLoads holds it). TPX_GEMV_SPLITK (1, 2 or 4) overrides it (tpx-kbench
+// compares them).
 int gemv_split_for(int64_t K) {
     if (const char* env = std::getenv("TPX_GEMV_SPLITK")) return std::atoi(env);
     int ks = kGemvSplit;
@@ -312,10 +343,10 @@ int gemv_split_for(int64_t K) {
     return ks;
 }
 
-
-// The GEMVs' first weight loads before pdl_entry (FirstLoads); TPX_GEMV_EARLY=0: after it.
-bool gemv_early() {
-    static const bool on = !(std::getenv("TPX_GEMV_EARLY") && std::string(std::getenv("TPX_GEMV_EARLY")) == "0");
+// TPX_GEMV_BALANCE=0: the grid of the fused GEMV with the norm as before (every warp the same
+// number of items, see launch_gemv).
+bool gemv_balanced() {
+    static const bool on = !(std::getenv("TPX_GEMV_BALANCE") && std::string(std::getenv("TPX_GEMV_BALANCE")) == "0");
     return on;
 }
 
@@ -326,22 +357,26 @@ int resident_blocks(const void* kernel, size_t smem) {
     return sm_count() * std::max(1, per_sm);
 }
 
-// With the norm, the grid is at most what fits on the GPU at once, every warp taking the same
-// number of items, so that the prologue is paid once per resident block (tpx-kbench: one item per
-// warp and a prologue in every block is 1 to 4 us slower; prefetching the first rows into L2
-// during the prologue, 1 to 3 us slower; 8 loads in flight per row per lane instead of 4, no
-// faster).
+// With the norm, the grid is at most what fits on the GPU at once, so that the prologue is paid
+// once per resident block (tpx-kbench: one item per warp and a prologue in every block is 1 to 4
+// us slower; prefetching the first rows into L2 during the prologue, 1 to 3 us slower; 8 loads
+// in flight per row per lane instead of 4, no faster), each block an equal range of the items.
+// Before, every warp took the same number of items: tp=1's qkv, 3072 items of two rows, ran on
+// 192 blocks of 8 warps at 2 blocks an SM, so 60 SMs had twice the others' rows (ncu: 17%
+// occupancy); with 264 blocks each taking 11 or 12 items, qkv 16.6 -> 15.2 us in tpx-kbench.
 template <GemvEpilogue E, bool kNorm, bool kSum = false>
 void launch_gemv(int64_t K, int64_t items, int64_t pair, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const GemvNorm& nm,
                  const GemvRopeKv& rk, cudaStream_t stream) {
     unsigned blocks = blocks_for(items, kGemvWarps);
     size_t smem = 0;
+    const bool balanced = kNorm && gemv_balanced();
     if (kNorm) {
         smem = 2 * (size_t)K * sizeof(bf16);
-        const int64_t warps = (int64_t)resident_blocks((const void*)gemv_kernel<E, kNorm, kSum>, smem) * kGemvWarps;
-        blocks = blocks_for(items, (int)(kGemvWarps * ((items + warps - 1) / warps)));
+        const int resident = resident_blocks((const void*)gemv_kernel<E, kNorm, kSum>, smem);
+        const int64_t warps = (int64_t)resident * kGemvWarps;
+        blocks = balanced ? std::min<unsigned>(blocks, resident) : blocks_for(items, (int)(kGemvWarps * ((items + warps - 1) / warps)));
     }
-    launch(gemv_kernel<E, kNorm, kSum>, blocks, kGemvThreads, smem, stream, K, items, pair, x, w, bias, y, nm, rk, gemv_early());
+    launch(gemv_kernel<E, kNorm, kSum>, blocks, kGemvThreads, smem, stream, K, items, pair, x, w, bias, y, nm, rk, gemv_early(), balanced);
     TPX_LAUNCH_CHECK();
 }
 
@@ -368,10 +403,9 @@ void gemv_push(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* b
     TPX_CHECK(gemv_push_applies(K, N, x, w, p), "gemv_push: needs exchange buffers of at least N = " + std::to_string(N) +
                                                     " elements, N even, K a multiple of 8, x and W 16-byte aligned");
     const int ks = gemv_split_for(K);
-    if (ks == 4) launch(gemv_split_kernel<4, true>, blocks_for(N, kGemvWarps / 4), kGemvThreads, 0, stream, K, N, x, w, bias, nullptr, gemv_early(), p, seq);
-    else if (ks == 2) launch(gemv_split_kernel<2, true>, blocks_for(N, kGemvWarps / 2), kGemvThreads, 0, stream, K, N, x, w, bias, nullptr, gemv_early(), p, seq);
-    else launch(gemv_split_kernel<1, true>, blocks_for(N, kGemvWarps), kGemvThreads, 0, stream, K, N, x, w, bias, nullptr, gemv_early(), p, seq);
-    TPX_LAUNCH_CHECK();
+    if (ks == 4) launch_split<4, true>(K, N, x, w, bias, nullptr, p, seq, stream);
+    else if (ks == 2) launch_split<2, true>(K, N, x, w, bias, nullptr, p, seq, stream);
+    else launch_split<1, true>(K, N, x, w, bias, nullptr, p, seq, stream);
 }
 
 void gemv_fused(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const GemvNorm* norm, GemvEpilogue epi,
@@ -412,9 +446,8 @@ void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, con
         const int ks = gemv_split_for(s.in);
         if (ks == 2 || ks == 4) {
             const OneShotPeers none;
-            if (ks == 2) launch(gemv_split_kernel<2, false>, blocks_for(s.out, kGemvWarps / 2), kGemvThreads, 0, stream, s.in, s.out, x, w, bias, y, gemv_early(), none, 0u);
-            else launch(gemv_split_kernel<4, false>, blocks_for(s.out, kGemvWarps / 4), kGemvThreads, 0, stream, s.in, s.out, x, w, bias, y, gemv_early(), none, 0u);
-            TPX_LAUNCH_CHECK();
+            if (ks == 2) launch_split<2, false>(s.in, s.out, x, w, bias, y, none, 0u, stream);
+            else launch_split<4, false>(s.in, s.out, x, w, bias, y, none, 0u, stream);
             return;
         }
         gemv_fused(s.in, s.out, x, w, bias, y, nullptr, GemvEpilogue::kNone, nullptr, stream);
