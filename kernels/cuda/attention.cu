@@ -124,9 +124,11 @@ struct VecLanes {
     int warp = threadIdx.x >> 5, sub = (threadIdx.x & 31) / kLanes, part = (threadIdx.x & 31) % kLanes;
 };
 
-// scores[j] = q . k_j / sqrt(HD) for j < n (q: this lane's 8 dims).
+// scores[j] = q . k_j / sqrt(HD) for j < n (q: this lane's 8 dims). `pre` holds the first
+// step's loads u whose bit is set in `have` (attention_split_kernel's early loads).
 template <int HD>
-__device__ void score_keys(const bf16* q, const bf16* kbase, int64_t kv_width, int64_t n, float* scores) {
+__device__ void score_keys(const bf16* q, const bf16* kbase, int64_t kv_width, int64_t n, float* scores, const uint4* pre = nullptr,
+                           unsigned have = 0) {
     const VecLanes<HD> L;
     float qf[8];
     unpack8(*reinterpret_cast<const uint4*>(q + L.part * 8), qf);
@@ -140,8 +142,9 @@ __device__ void score_keys(const bf16* q, const bf16* kbase, int64_t kv_width, i
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             int64_t j = base + L.sub + u * step;
-            kv[u] = j < n ? *reinterpret_cast<const uint4*>(kbase + j * kv_width) : make_uint4(0, 0, 0, 0);
+            kv[u] = (have >> u) & 1 ? pre[u] : j < n ? *reinterpret_cast<const uint4*>(kbase + j * kv_width) : make_uint4(0, 0, 0, 0);
         }
+        have = 0;
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             float kf[8], d = 0;
@@ -158,7 +161,8 @@ __device__ void score_keys(const bf16* q, const bf16* kbase, int64_t kv_width, i
 
 // Each warp's sum of weights[j] * v_j over its keys j < n into partial[warp * HD, + HD).
 template <int HD>
-__device__ void weigh_values(const bf16* vbase, int64_t kv_width, int64_t n, const float* weights, float* partial) {
+__device__ void weigh_values(const bf16* vbase, int64_t kv_width, int64_t n, const float* weights, float* partial, const uint4* pre = nullptr,
+                             unsigned have = 0) {
     const VecLanes<HD> L;
     const int64_t step = kWarps * L.kKeys;
     float acc[8];
@@ -171,9 +175,10 @@ __device__ void weigh_values(const bf16* vbase, int64_t kv_width, int64_t n, con
         for (int u = 0; u < kUnroll; ++u) {
             int64_t j = base + L.sub + u * step;
             bool in = j < n;
-            vv[u] = in ? *reinterpret_cast<const uint4*>(vbase + j * kv_width) : make_uint4(0, 0, 0, 0);
+            vv[u] = (have >> u) & 1 ? pre[u] : in ? *reinterpret_cast<const uint4*>(vbase + j * kv_width) : make_uint4(0, 0, 0, 0);
             pj[u] = in ? weights[j] : 0.0f;
         }
+        have = 0;
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             float vf[8];
@@ -228,10 +233,16 @@ __global__ void __launch_bounds__(kThreads) attention_vec_kernel(cpu::AttentionS
 // scores its share of the keys as attention_vec_kernel does, keeps their max and exp-sum and its
 // weighted sum of V; block 0 of the cluster reads the others' through distributed shared memory
 // and combines them. One kernel and no workspace; a block whose share is empty adds nothing.
+//
+// `early` (a forward of one token, whose earlier positions earlier forwards wrote): the first
+// step's K and V rows of every key but the token's own are loaded before the kernel waits for
+// the one before it (pdl_entry), so that they arrive while the qkv GEMV drains; the token's
+// position and slot are then read before the wait too (step inputs, copied before the
+// forward's first kernel). The one-token step at tp=1: 4.25 -> 4.21 ms (docs/PERF.md).
 template <int HD>
 __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
-                                                                   const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out) {
-    pdl_entry();  // see common.cuh
+                                                                   const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out,
+                                                                   bool early) {
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
     extern __shared__ float smem[];  // weighted V sum (HD) | max, exp-sum | partial sums (kWarps x HD) | scores
@@ -242,14 +253,31 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::Attentio
     const int split = (int)cluster.block_rank(), splits = (int)cluster.num_blocks();
     const int64_t t = t0 + blockIdx.z, h = blockIdx.y;
     const int64_t kv_width = s.kv_heads * HD, kvh = h / (s.heads / s.kv_heads);
-    const VisibleKeys vk = visible_keys(s, pos[t]);
+    if (!early) pdl_entry();  // see common.cuh
+    const int64_t p = pos[t];
+    const VisibleKeys vk = visible_keys(s, p);
     const int64_t chunk = (vk.n + splits - 1) / splits, lo = min(vk.n, split * chunk), n = min(vk.n, lo + chunk) - lo;
     const int64_t row0 = ((int64_t)slot[t] * s.max_seq + vk.first + lo) * kv_width + kvh * HD + VecLanes<HD>().part * 8;
-    score_keys<HD>(q + (t * s.heads + h) * HD, k_cache + row0, kv_width, n, scores);
+    uint4 kpre[kUnroll], vpre[kUnroll];
+    unsigned have = 0;
+    if (early) {
+        const VecLanes<HD> L;
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int64_t j = L.warp * L.kKeys + L.sub + u * kWarps * L.kKeys;  // score_keys's first step
+            if (j < n && vk.first + lo + j < p) {
+                kpre[u] = *reinterpret_cast<const uint4*>(k_cache + row0 + j * kv_width);
+                vpre[u] = *reinterpret_cast<const uint4*>(v_cache + row0 + j * kv_width);
+                have |= 1u << u;
+            }
+        }
+        pdl_entry();
+    }
+    score_keys<HD>(q + (t * s.heads + h) * HD, k_cache + row0, kv_width, n, scores, kpre, have);
     __syncthreads();
     float mx;
     const float sum = exp_scores(scores, n, &mx);  // an empty share: max -inf, sum 0
-    weigh_values<HD>(v_cache + row0, kv_width, n, scores, partial);
+    weigh_values<HD>(v_cache + row0, kv_width, n, scores, partial, vpre, have);
     __syncthreads();
     for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) {
         float o = 0;
@@ -597,6 +625,12 @@ void attention_gemm(cublasHandle_t h, const cpu::AttentionShape& s, const Attent
     CUDA_CHECK(cudaFreeAsync(ptrs, stream));
 }
 
+// The split decode kernel's early K and V loads; TPX_ATTN_EARLY=0: off.
+bool attention_early() {
+    static const bool on = !(std::getenv("TPX_ATTN_EARLY") && std::string(std::getenv("TPX_ATTN_EARLY")) == "0");
+    return on;
+}
+
 // Blocks a (token, head) pair's keys are split over: enough pairs x splits to give every SM a
 // block or two, at most 8 (a portable cluster); 1 (no split) from about as many pairs as SMs.
 int decode_splits(int64_t tokens, int64_t heads) {
@@ -634,7 +668,7 @@ void attention_tokens(const cpu::AttentionShape& s, int64_t t0, int64_t t1, cons
         auto go = [&](auto kernel) {
             allow_smem((const void*)kernel, smem);
             launch_cluster(kernel, dim3((unsigned)splits, (unsigned)s.heads, (unsigned)(t1 - t0)), splits, kThreads, smem, stream, s, t0,
-                           slot, pos, q, k_cache, v_cache, out);
+                           slot, pos, q, k_cache, v_cache, out, s.tokens == 1 && attention_early());
         };
         if (s.head_dim == 64) go(attention_split_kernel<64>);
         else if (s.head_dim == 128) go(attention_split_kernel<128>);
