@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(kThreads) attention_vec_kernel(cpu::AttentionS
 // step's K and V rows of every key but the token's own are loaded before the kernel waits for
 // the one before it (pdl_entry), so that they arrive while the qkv GEMV drains; the token's
 // position and slot are then read before the wait too (step inputs, copied before the
-// forward's first kernel). The one-token step at tp=1: 4.25 -> 4.21 ms (docs/PERF.md).
+// forward's first kernel). The one-token step at tp=1: -0.03 to -0.04 ms (docs/PERF.md).
 template <int HD>
 __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
                                                                    const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out,
