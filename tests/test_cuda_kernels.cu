@@ -300,10 +300,11 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
 // rank's exchange buffer is device memory either way; the two-GPU path is GpuRun's tp=2
 // decode test): each rank's gemv_push, then each rank's norm GEMV summing the exchange, must
 // equal bit for bit the unfused path: linear(), the sum rounded once (as the one-shot
-// all-reduce), then the fused norm GEMV on that sum. Three widths take the three warps-per-row
-// forms (K 512: 1, 2048: 2, 7168: 4), N = 1000 and 4096 (the consumer needs N % 8 == 0).
-// Two forwards, the epoch advanced between them, so both buffers and the epoch are used. Then
-// a sum whose second rank never pushes gives up after the timeout, naming rank 1.
+// all-reduce), then the fused norm GEMV on that sum. Every form of the pushing GEMV: a warp a
+// row (the default), 2 and 4 warps a row (TPX_GEMV_SPLITK, which linear() follows too); K 512
+// to 7168, N = 1000 and 4096 (the consumer needs N % 8 == 0). Two forwards each, the epoch
+// advanced between them, so both buffers and the epoch are used. Then a sum whose second rank
+// never pushes gives up after the timeout, naming rank 1.
 TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
     REQUIRE_GPU();
     cublasHandle_t h;
@@ -335,51 +336,56 @@ TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
     };
     const Case cases[] = {{512, 1000, true, cuda::GemvEpilogue::kNone}, {7168, 1000, true, cuda::GemvEpilogue::kNone}, {2048, 4096, false, cuda::GemvEpilogue::kSwiglu},
                           {7168, 4096, false, cuda::GemvEpilogue::kNone}};
-    for (int forward = 0; forward < 2; ++forward) {
-        uint32_t seq = 0;
-        for (const Case& c : cases) {
-            SCOPED_TRACE("forward " + std::to_string(forward) + " K " + std::to_string(c.K) + " N " + std::to_string(c.N));
-            const int64_t next_n = 600;  // the next GEMV's outputs (SwiGLU: half of them)
-            auto res = random_bf16(c.N), nw = random_bf16(c.N), w2 = random_bf16(next_n * c.N, 0.05f), b = random_bf16(c.N);
-            std::unique_ptr<Device<bf16>> dres(upload(res)), dnw(upload(nw)), dw2(upload(w2)), db(upload(b));
-            std::unique_ptr<Device<bf16>> dx[2], dw[2];
-            std::vector<float> y[2];
-            for (int d = 0; d < world; ++d) {
-                dx[d].reset(upload(random_bf16(c.K)));
-                dw[d].reset(upload(random_bf16(c.N * c.K, 0.05f)));
-                ASSERT_TRUE(cuda::gemv_push_applies(c.K, c.N, dx[d]->p, dw[d]->p, peers[d]));
-                std::unique_ptr<Device<bf16>> yd(poisoned(c.N));
-                cuda::linear(h, {1, c.K, c.N}, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, yd->p, nullptr);
-                y[d] = download(*yd);
+    for (const char* splitk : {"1", "2", "4"}) {
+        setenv("TPX_GEMV_SPLITK", splitk, 1);
+        for (int forward = 0; forward < 2; ++forward) {
+            uint32_t seq = 0;
+            for (const Case& c : cases) {
+                SCOPED_TRACE(std::string("warps a row ") + splitk + ", forward " + std::to_string(forward) + " K " +
+                             std::to_string(c.K) + " N " + std::to_string(c.N));
+                const int64_t next_n = 600;  // the next GEMV's outputs (SwiGLU: half of them)
+                auto res = random_bf16(c.N), nw = random_bf16(c.N), w2 = random_bf16(next_n * c.N, 0.05f), b = random_bf16(c.N);
+                std::unique_ptr<Device<bf16>> dres(upload(res)), dnw(upload(nw)), dw2(upload(w2)), db(upload(b));
+                std::unique_ptr<Device<bf16>> dx[2], dw[2];
+                std::vector<float> y[2];
+                for (int d = 0; d < world; ++d) {
+                    dx[d].reset(upload(random_bf16(c.K)));
+                    dw[d].reset(upload(random_bf16(c.N * c.K, 0.05f)));
+                    ASSERT_TRUE(cuda::gemv_push_applies(c.K, c.N, dx[d]->p, dw[d]->p, peers[d]));
+                    std::unique_ptr<Device<bf16>> yd(poisoned(c.N));
+                    cuda::linear(h, {1, c.K, c.N}, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, yd->p, nullptr);
+                    y[d] = download(*yd);
+                }
+                std::vector<float> reduced(c.N);
+                for (int64_t i = 0; i < c.N; ++i) reduced[i] = bf16_to_f32(f32_to_bf16(y[0][i] + y[1][i]));
+                std::unique_ptr<Device<bf16>> dred(upload(reduced));
+                const int64_t out_n = c.next == cuda::GemvEpilogue::kSwiglu ? next_n / 2 : next_n;
+                // The unfused reference: the fused norm GEMV on the reduced sum.
+                cuda::GemvNorm nm;
+                nm.x = dred->p, nm.residual = dres->p, nm.weight = dnw->p, nm.eps = eps;
+                std::unique_ptr<Device<bf16>> ref(poisoned(out_n)), res_ref(poisoned(c.N));
+                nm.residual_out = res_ref->p;
+                cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, ref->p, &nm, c.next, nullptr, nullptr);
+                // Fused: both ranks push, then both sum.
+                for (int d = 0; d < world; ++d) cuda::gemv_push(c.K, c.N, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, peers[d], seq, nullptr);
+                for (int d = 0; d < world; ++d) {
+                    cuda::GemvNorm fused = nm;
+                    fused.x = nullptr;
+                    fused.sum = cuda::exchange_in(peers[d], seq);
+                    std::unique_ptr<Device<bf16>> out(poisoned(out_n)), res_out(poisoned(c.N));
+                    fused.residual_out = res_out->p;
+                    ASSERT_TRUE(cuda::gemv_fused_applies(c.N, &fused, dw2->p));
+                    cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, out->p, &fused, c.next, nullptr, nullptr);
+                    EXPECT_EQ(download(*out), download(*ref)) << "rank " << d;
+                    EXPECT_EQ(download(*res_out), download(*res_ref)) << "rank " << d << ": residual";
+                    EXPECT_EQ(error[d], 0);
+                }
+                ++seq;
             }
-            std::vector<float> reduced(c.N);
-            for (int64_t i = 0; i < c.N; ++i) reduced[i] = bf16_to_f32(f32_to_bf16(y[0][i] + y[1][i]));
-            std::unique_ptr<Device<bf16>> dred(upload(reduced));
-            const int64_t out_n = c.next == cuda::GemvEpilogue::kSwiglu ? next_n / 2 : next_n;
-            // The unfused reference: the fused norm GEMV on the reduced sum.
-            cuda::GemvNorm nm;
-            nm.x = dred->p, nm.residual = dres->p, nm.weight = dnw->p, nm.eps = eps;
-            std::unique_ptr<Device<bf16>> ref(poisoned(out_n)), res_ref(poisoned(c.N));
-            nm.residual_out = res_ref->p;
-            cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, ref->p, &nm, c.next, nullptr, nullptr);
-            // Fused: both ranks push, then both sum.
-            for (int d = 0; d < world; ++d) cuda::gemv_push(c.K, c.N, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, peers[d], seq, nullptr);
-            for (int d = 0; d < world; ++d) {
-                cuda::GemvNorm fused = nm;
-                fused.x = nullptr;
-                fused.sum = cuda::exchange_in(peers[d], seq);
-                std::unique_ptr<Device<bf16>> out(poisoned(out_n)), res_out(poisoned(c.N));
-                fused.residual_out = res_out->p;
-                ASSERT_TRUE(cuda::gemv_fused_applies(c.N, &fused, dw2->p));
-                cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, out->p, &fused, c.next, nullptr, nullptr);
-                EXPECT_EQ(download(*out), download(*ref)) << "rank " << d;
-                EXPECT_EQ(download(*res_out), download(*res_ref)) << "rank " << d << ": residual";
-                EXPECT_EQ(error[d], 0);
-            }
-            ++seq;
+            for (int d = 0; d < world; ++d) cuda::exchange_advance(peers[d], seq, nullptr);
         }
-        for (int d = 0; d < world; ++d) cuda::exchange_advance(peers[d], seq, nullptr);
     }
+    unsetenv("TPX_GEMV_SPLITK");
     // Wider than the buffers, or odd: not pushed.
     std::unique_ptr<Device<bf16>> big(poisoned(2 * units * 512 + 8));
     EXPECT_FALSE(cuda::gemv_push_applies(512, 2 * units + 2, big->p, big->p, peers[0]));
