@@ -17,7 +17,8 @@ namespace tpx {
 
 struct DeviceRates {
     double copy_bytes_per_s = 0;   // read + write bytes per second of a device-to-device copy
-    double matmul_flops_per_s = 0; // bf16 GEMM 8192^3
+    double matmul_flops_per_s = 0; // bf16 GEMM 8192^3 on random matrices, clocks settled: the prefill floor's rate
+    double matmul_constant_flops_per_s = 0; // the same on constant matrices (less power, less throttling), for comparison
 };
 
 struct BenchSettings {

@@ -40,7 +40,10 @@ int64_t device_memory_in_use() {
 
 #include <cublas_v2.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <vector>
 
 #include "worker/bench.h"
 
@@ -66,28 +69,53 @@ DeviceRates measure_device_rates(cudaStream_t stream) {
     CUDA_CHECK(cudaFree(x));
     CUDA_CHECK(cudaFree(y));
 
+    // The bf16 matrix rate: cuBLAS 8192^3, on random matrices, after enough products for the
+    // clocks to settle under the power limit. A product of constant matrices (as measured until
+    // the tenth run of docs/PERF.md: every element 0x3c3c) flips fewer transistors, draws less
+    // power and is throttled less: it ran at 900 TFLOP/s on an H200 where ../shared/device
+    // measured 790, and where the prefill's GEMMs, on real weights, ran 10 to 19% slower than
+    // that. Both are measured; the random one is the floor's.
     const int n = 8192;
+    const size_t elems = (size_t)n * n;
     void *ma = nullptr, *mb = nullptr, *mc = nullptr;
-    CUDA_CHECK(cudaMalloc(&ma, (size_t)n * n * 2));
-    CUDA_CHECK(cudaMalloc(&mb, (size_t)n * n * 2));
-    CUDA_CHECK(cudaMalloc(&mc, (size_t)n * n * 2));
-    CUDA_CHECK(cudaMemsetAsync(ma, 0x3c, (size_t)n * n * 2, stream));  // ~1.0-ish bf16 values, not zeros
-    CUDA_CHECK(cudaMemsetAsync(mb, 0x3c, (size_t)n * n * 2, stream));
+    CUDA_CHECK(cudaMalloc(&ma, elems * 2));
+    CUDA_CHECK(cudaMalloc(&mb, elems * 2));
+    CUDA_CHECK(cudaMalloc(&mc, elems * 2));
     cublasHandle_t h;
     CUBLAS_CHECK(cublasCreate(&h));
     CUBLAS_CHECK(cublasSetStream(h, stream));
     const float alpha = 1, beta = 0;
-    auto gemm = [&] {
-        CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, ma, CUDA_R_16BF, n, mb, CUDA_R_16BF, n, &beta, mc,
-                                  CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    auto rate = [&](int warmup, int timed) {
+        for (int i = 0; i < warmup + timed; ++i) {
+            if (i == warmup) CUDA_CHECK(cudaEventRecord(a, stream));
+            CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, ma, CUDA_R_16BF, n, mb, CUDA_R_16BF, n, &beta, mc,
+                                      CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        }
+        CUDA_CHECK(cudaEventRecord(b, stream));
+        CUDA_CHECK(cudaEventSynchronize(b));
+        CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+        return timed * 2.0 * n * n * (double)n / (ms / 1e3);
     };
-    gemm();
-    CUDA_CHECK(cudaEventRecord(a, stream));
-    for (int i = 0; i < 5; ++i) gemm();
-    CUDA_CHECK(cudaEventRecord(b, stream));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    r.matmul_flops_per_s = 5 * 2.0 * n * n * (double)n / (ms / 1e3);
+    CUDA_CHECK(cudaMemsetAsync(ma, 0x3c, elems * 2, stream));  // ~0.0115 everywhere: not zeros, but constant
+    CUDA_CHECK(cudaMemsetAsync(mb, 0x3c, elems * 2, stream));
+    r.matmul_constant_flops_per_s = rate(1, 5);
+    {
+        // bf16 with random sign and mantissa, exponents for magnitudes in [0.25, 4): no
+        // infinities or NaNs in the fp32 sums. xorshift64: 128 MiB in about 0.1 s.
+        std::vector<uint16_t> host(elems);
+        uint64_t state = 0x9e3779b97f4a7c15ull;
+        for (size_t i = 0; i < elems; ++i) {
+            state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+            const uint16_t sign = (uint16_t)((state >> 63) << 15), exponent = (uint16_t)((125 + (state >> 40) % 4) << 7);
+            host[i] = sign | exponent | (uint16_t)(state & 0x7f);
+        }
+        CUDA_CHECK(cudaMemcpyAsync(ma, host.data(), elems * 2, cudaMemcpyHostToDevice, stream));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        std::reverse(host.begin(), host.end());  // B other than A
+        CUDA_CHECK(cudaMemcpyAsync(mb, host.data(), elems * 2, cudaMemcpyHostToDevice, stream));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    r.matmul_flops_per_s = rate(100, 50);  // about 0.14 + 0.07 s at 800 TFLOP/s: as long as the prefills
     cublasDestroy(h);
     CUDA_CHECK(cudaFree(ma));
     CUDA_CHECK(cudaFree(mb));
