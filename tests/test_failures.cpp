@@ -1,6 +1,7 @@
 // A failure on any rank ends every rank within 5 s with that rank's message, a non-zero exit
 // and no process left behind: a shard file missing, a token id beyond the vocabulary, a rank
-// that throws while loading, and a rank killed by a signal mid-run. Each job lives in its own
+// that throws while loading, a rank killed by a signal mid-run, and (after the collective
+// timeout) a rank that stops mid-run. Each job lives in its own
 // temp folder whose path is in every worker's command line, so leftovers can be found.
 #include <gtest/gtest.h>
 
@@ -100,5 +101,70 @@ TEST(Failures, ARankKilledBySignalEndsTheJobWithin5s) {
     EXPECT_NE(err.find("rank 1"), std::string::npos) << err;
     EXPECT_NE(err.find("signal 9"), std::string::npos) << err;
     expect_no_leftovers(dir);
+    fs::remove_all(dir);
+}
+
+// A rank that stops (SIGSTOP: alive, never joining the next all-reduce) is not seen by mpirun;
+// the others' collective times out (TPX_COLLECTIVE_TIMEOUT_S), they name it, and the job ends.
+TEST(Failures, ARankThatStopsIsNamedAndTheJobEndsAfterTheTimeout) {
+    std::string dir = tpx_test::temp_dir();
+    std::string job = make_job(dir, kGolden + "/llama-gqa", 2, kPrompt, 200);
+    Background b = tpx_test::start_background("env TPX_COLLECTIVE_TIMEOUT_S=2 " + tpx_test::tpx_bin("tpx") + " run " + job + " --step-delay-ms 50");
+    int victim = -1;
+    for (int i = 0; i < 200 && victim < 0; ++i) {
+        for (int pid : tpx_test::pids_matching(dir + "/job.toml"))
+            if (tpx_test::read_text("/proc/" + std::to_string(pid) + "/cmdline").find("tpx-worker") != std::string::npos &&
+                tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "1")
+                victim = pid;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_GT(victim, 0) << "rank 1 never started";
+    for (int i = 0; i < 200 && tpx_test::read_text(b.err_path).find("info: loaded") == std::string::npos; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // into decoding
+    kill(victim, SIGSTOP);
+    auto stopped = std::chrono::steady_clock::now();
+    int code = tpx_test::wait_background(b, 30);
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+    EXPECT_NE(code, 0);
+    EXPECT_NE(code, -1) << "tpx run did not end";
+    EXPECT_GT(seconds, 2.0) << "ended before the timeout";
+    EXPECT_LT(seconds, 10.0);
+    std::string err = tpx_test::read_text(b.err_path);
+    EXPECT_NE(err.find("rank 0 ("), std::string::npos) << err;
+    EXPECT_NE(err.find("rank 1 did not join"), std::string::npos) << err;
+    EXPECT_NE(err.find("TPX_COLLECTIVE_TIMEOUT_S"), std::string::npos) << err;
+    expect_no_leftovers(dir);
+    kill(victim, SIGKILL);  // gone already unless the expectation above failed: never left behind stopped
+    fs::remove_all(dir);
+}
+
+// Stopped as soon as it exists: in MPI_Init (which waits for every rank: the others' init
+// watchdog ends them) or in a setup collective; either way the job ends after the timeout.
+TEST(Failures, ARankStoppedWhileStartingEndsTheJobAfterTheTimeout) {
+    std::string dir = tpx_test::temp_dir();
+    std::string job = make_job(dir, kGolden + "/llama-gqa", 2, kPrompt, 200);
+    Background b = tpx_test::start_background("env TPX_COLLECTIVE_TIMEOUT_S=2 " + tpx_test::tpx_bin("tpx") + " run " + job);
+    int victim = -1;
+    for (int i = 0; i < 1000 && victim < 0; ++i) {
+        for (int pid : tpx_test::pids_matching(dir + "/job.toml"))
+            if (tpx_test::read_text("/proc/" + std::to_string(pid) + "/cmdline").find("tpx-worker") != std::string::npos &&
+                tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "1")
+                victim = pid;
+        if (victim < 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ASSERT_GT(victim, 0) << "rank 1 never started";
+    kill(victim, SIGSTOP);
+    auto stopped = std::chrono::steady_clock::now();
+    int code = tpx_test::wait_background(b, 30);
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+    EXPECT_NE(code, 0);
+    EXPECT_NE(code, -1) << "tpx run did not end";
+    EXPECT_LT(seconds, 10.0);
+    std::string err = tpx_test::read_text(b.err_path);
+    EXPECT_NE(err.find("rank 0 ("), std::string::npos) << err;
+    EXPECT_NE(err.find("TPX_COLLECTIVE_TIMEOUT_S"), std::string::npos) << err;
+    expect_no_leftovers(dir);
+    kill(victim, SIGKILL);
     fs::remove_all(dir);
 }

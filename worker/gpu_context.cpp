@@ -13,7 +13,7 @@ namespace tpx {
 
 GpuContext::GpuContext(MpiCommunicator& mpi) {
     device = select_device();
-    if (const char* t = std::getenv("TPX_COLLECTIVE_TIMEOUT_S")) timeout_s = std::atof(t);
+    timeout_s = collective_timeout_from_env();
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     if (mpi.world() > 1) nccl = std::make_unique<NcclComm>(mpi, stream, timeout_s);
     cudaDeviceProp prop;

@@ -5,13 +5,16 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <sstream>
+#include <thread>
 
 #include <boost/program_options.hpp>
 #include <nlohmann/json.hpp>
@@ -290,7 +293,32 @@ int run(const Options& opt) {
 }  // namespace tpx
 
 int main(int argc, char** argv) {
+    // MPI_Init waits for every rank to start: one that stops (or never starts) would hold the
+    // others there, before any collective with a timeout. This rank ends itself after
+    // TPX_COLLECTIVE_TIMEOUT_S, and mpirun then ends the job.
+    std::mutex init_mutex;
+    std::condition_variable init_cv;
+    bool init_done = false;
+    std::thread init_watchdog([&] {
+        std::unique_lock<std::mutex> lock(init_mutex);
+        const double timeout_s = tpx::collective_timeout_from_env();
+        if (timeout_s <= 0 || init_cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return init_done; })) return;
+        const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
+        if (!r) r = std::getenv("SLURM_PROCID");
+        char host[256] = "?";
+        gethostname(host, sizeof(host) - 1);
+        std::fprintf(stderr, "rank %s (%s): MPI_Init waited more than %g s (TPX_COLLECTIVE_TIMEOUT_S): a rank did not start, or stopped while starting\n",
+                     r ? r : "?", host, timeout_s);
+        std::fflush(stderr);
+        _exit(tpx::kExitRuntime);
+    });
     MPI_Init(&argc, &argv);
+    {
+        std::lock_guard<std::mutex> lock(init_mutex);
+        init_done = true;
+    }
+    init_cv.notify_one();
+    init_watchdog.join();
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     int rank = 0, world = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);

@@ -1,12 +1,24 @@
-// Communicator over MPI_COMM_WORLD (the CPU backend's collectives). Errors come back as
-// CheckError through MPI_CHECK (the world's error handler is MPI_ERRORS_RETURN).
+// Communicator over MPI_COMM_WORLD (the CPU backend's collectives, and every backend's own
+// between ranks: the plan, the reports). Errors come back as CheckError through MPI_CHECK (the
+// world's error handler is MPI_ERRORS_RETURN). A collective that waits longer than
+// TPX_COLLECTIVE_TIMEOUT_S (default 120 s; also the longest a rank waits for a peer still
+// loading its weights) asks the other ranks which of them are waiting too, and throws naming
+// the ranks that did not join: a rank that hangs (stopped, deadlocked) ends the job instead of
+// holding every other rank forever.
 #pragma once
 
+#include <mpi.h>
+
+#include <cstdint>
 #include <string>
 
 #include "worker/comm.h"
 
 namespace tpx {
+
+// TPX_COLLECTIVE_TIMEOUT_S, default 120 s: how long a rank waits in a collective (MPI, or its
+// GPU stream with NCCL) before it ends the job.
+double collective_timeout_from_env();
 
 class MpiCommunicator : public Communicator {
 public:
@@ -24,7 +36,13 @@ public:
     std::string broadcast_string(const std::string& s);
 
 private:
+    // Waits for `request`, started by collective `what`, within the timeout.
+    void finish(MPI_Request request, const char* what);
+    [[noreturn]] void stalled(const char* what);
+
     int rank_ = 0, world_ = 1;
+    double timeout_s_ = 0;  // 0: wait forever
+    uint64_t calls_ = 0;  // collectives started, for the message
 };
 
 }  // namespace tpx
