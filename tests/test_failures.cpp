@@ -33,6 +33,32 @@ void expect_no_leftovers(const std::string& dir) {
     EXPECT_TRUE(tpx_test::pids_matching(dir).empty()) << "processes left behind for " << dir;
 }
 
+// The pid of the job's tpx-worker of `rank` (its folder is in the command line; mpirun's too,
+// so the rank in the environment tells them apart), polled every `every_ms`; -1 if none came.
+int find_worker(const std::string& dir, const std::string& rank, int tries, int every_ms) {
+    for (int i = 0; i < tries; ++i) {
+        for (int pid : tpx_test::pids_matching(dir + "/job.toml"))
+            if (tpx_test::read_text("/proc/" + std::to_string(pid) + "/cmdline").find("tpx-worker") != std::string::npos &&
+                tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == rank)
+                return pid;
+        std::this_thread::sleep_for(std::chrono::milliseconds(every_ms));
+    }
+    return -1;
+}
+
+// Sends `sig` to `pid`, then waits up to `timeout_s` for the job: its exit code (-1: still
+// running) and the seconds since the signal.
+struct Ended {
+    int code;
+    double seconds;
+};
+Ended signal_and_wait(Background& b, int pid, int sig, double timeout_s) {
+    kill(pid, sig);
+    auto sent = std::chrono::steady_clock::now();
+    int code = tpx_test::wait_background(b, timeout_s);
+    return {code, std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count()};
+}
+
 }  // namespace
 
 TEST(Failures, MissingShardFileEndsTheJobNamingIt) {
@@ -80,20 +106,10 @@ TEST(Failures, ARankKilledBySignalEndsTheJobWithin5s) {
     std::string job = make_job(dir, kGolden + "/llama-gqa", 2, kPrompt, 200);
     Background b = tpx_test::start_background(tpx_test::tpx_bin("tpx") + " run " + job + " --step-delay-ms 50");
     // Find rank 1's worker once the job is decoding.
-    int victim = -1;
-    for (int i = 0; i < 200 && victim < 0; ++i) {
-        for (int pid : tpx_test::pids_matching(dir + "/job.toml"))
-            if (tpx_test::read_text("/proc/" + std::to_string(pid) + "/cmdline").find("tpx-worker") != std::string::npos &&
-                tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "1")
-                victim = pid;
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    const int victim = find_worker(dir, "1", 200, 50);
     ASSERT_GT(victim, 0) << "rank 1 never started";
     std::this_thread::sleep_for(std::chrono::milliseconds(500));  // well into decoding
-    kill(victim, SIGKILL);
-    auto killed = std::chrono::steady_clock::now();
-    int code = tpx_test::wait_background(b, 20);
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+    const auto [code, seconds] = signal_and_wait(b, victim, SIGKILL, 20);
     EXPECT_NE(code, 0);
     EXPECT_NE(code, -1) << "tpx run did not end";
     EXPECT_LT(seconds, 5.0);
@@ -110,22 +126,12 @@ TEST(Failures, ARankThatStopsIsNamedAndTheJobEndsAfterTheTimeout) {
     std::string dir = tpx_test::temp_dir();
     std::string job = make_job(dir, kGolden + "/llama-gqa", 2, kPrompt, 200);
     Background b = tpx_test::start_background("env TPX_COLLECTIVE_TIMEOUT_S=2 " + tpx_test::tpx_bin("tpx") + " run " + job + " --step-delay-ms 50");
-    int victim = -1;
-    for (int i = 0; i < 200 && victim < 0; ++i) {
-        for (int pid : tpx_test::pids_matching(dir + "/job.toml"))
-            if (tpx_test::read_text("/proc/" + std::to_string(pid) + "/cmdline").find("tpx-worker") != std::string::npos &&
-                tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "1")
-                victim = pid;
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    const int victim = find_worker(dir, "1", 200, 50);
     ASSERT_GT(victim, 0) << "rank 1 never started";
     for (int i = 0; i < 200 && tpx_test::read_text(b.err_path).find("info: loaded") == std::string::npos; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // into decoding
-    kill(victim, SIGSTOP);
-    auto stopped = std::chrono::steady_clock::now();
-    int code = tpx_test::wait_background(b, 30);
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+    const auto [code, seconds] = signal_and_wait(b, victim, SIGSTOP, 30);
     EXPECT_NE(code, 0);
     EXPECT_NE(code, -1) << "tpx run did not end";
     EXPECT_GT(seconds, 2.0) << "ended before the timeout";
@@ -145,19 +151,9 @@ TEST(Failures, ARankStoppedWhileStartingEndsTheJobAfterTheTimeout) {
     std::string dir = tpx_test::temp_dir();
     std::string job = make_job(dir, kGolden + "/llama-gqa", 2, kPrompt, 200);
     Background b = tpx_test::start_background("env TPX_COLLECTIVE_TIMEOUT_S=2 " + tpx_test::tpx_bin("tpx") + " run " + job);
-    int victim = -1;
-    for (int i = 0; i < 1000 && victim < 0; ++i) {
-        for (int pid : tpx_test::pids_matching(dir + "/job.toml"))
-            if (tpx_test::read_text("/proc/" + std::to_string(pid) + "/cmdline").find("tpx-worker") != std::string::npos &&
-                tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "1")
-                victim = pid;
-        if (victim < 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
+    const int victim = find_worker(dir, "1", 1000, 5);
     ASSERT_GT(victim, 0) << "rank 1 never started";
-    kill(victim, SIGSTOP);
-    auto stopped = std::chrono::steady_clock::now();
-    int code = tpx_test::wait_background(b, 30);
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+    const auto [code, seconds] = signal_and_wait(b, victim, SIGSTOP, 30);
     EXPECT_NE(code, 0);
     EXPECT_NE(code, -1) << "tpx run did not end";
     EXPECT_LT(seconds, 10.0);
