@@ -1,5 +1,5 @@
 // MPI collectives in chunks below INT_MAX elements (MPI counts are int), each started as a
-// non-blocking call and finished within the timeout once one is set.
+// non-blocking call and finished within TPX_COLLECTIVE_TIMEOUT_S (see mpi_comm.h).
 #include "worker/mpi_comm.h"
 
 #include <sched.h>
@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <set>
 #include <vector>
