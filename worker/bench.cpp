@@ -53,7 +53,7 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
     const double kv_bytes_per_position = (double)plan.ranks.at(rank).kv_cache_bytes / (double)(plan.max_batch * plan.max_seq_len);
     nlohmann::json report = {{"model", c.architecture}, {"tp", plan.tp}, {"ep", plan.ep}, {"weight_bytes_per_rank", weight_bytes},
                              {"copy_GBps", rates.copy_bytes_per_s / 1e9}, {"matmul_TFLOPs", rates.matmul_flops_per_s / 1e12},
-                          {"matmul_TFLOPs_constant_data", rates.matmul_constant_flops_per_s / 1e12}};
+                             {"matmul_TFLOPs_constant_data", rates.matmul_constant_flops_per_s / 1e12}};
     nlohmann::json prefill = nlohmann::json::array(), decode = nlohmann::json::array();
 
     for (int64_t len : s.prompt_lengths) {

@@ -296,6 +296,10 @@ int main(int argc, char** argv) {
     // MPI_Init waits for every rank to start: one that stops (or never starts) would hold the
     // others there, before any collective with a timeout. This rank ends itself after
     // TPX_COLLECTIVE_TIMEOUT_S, and mpirun then ends the job.
+    // Until MPI can say, the rank is the launcher's (mpirun's or srun's) for the message.
+    const char* launcher_rank = std::getenv("OMPI_COMM_WORLD_RANK");
+    if (!launcher_rank) launcher_rank = std::getenv("SLURM_PROCID");
+    tpx::set_identity(launcher_rank ? std::atoi(launcher_rank) : -1, 0);
     std::mutex init_mutex;
     std::condition_variable init_cv;
     bool init_done = false;
@@ -303,12 +307,8 @@ int main(int argc, char** argv) {
         std::unique_lock<std::mutex> lock(init_mutex);
         const double timeout_s = tpx::collective_timeout_from_env();
         if (timeout_s <= 0 || init_cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return init_done; })) return;
-        const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
-        if (!r) r = std::getenv("SLURM_PROCID");
-        char host[256] = "?";
-        gethostname(host, sizeof(host) - 1);
-        std::fprintf(stderr, "rank %s (%s): MPI_Init waited more than %g s (TPX_COLLECTIVE_TIMEOUT_S): a rank did not start, or stopped while starting\n",
-                     r ? r : "?", host, timeout_s);
+        std::fprintf(stderr, "%s: MPI_Init waited more than %g s (TPX_COLLECTIVE_TIMEOUT_S): a rank did not start, or stopped while starting\n",
+                     tpx::where().c_str(), timeout_s);
         std::fflush(stderr);
         _exit(tpx::kExitRuntime);
     });
