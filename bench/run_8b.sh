@@ -31,6 +31,7 @@ JOB
 done
 [ -n "${TPX_BENCH_NO_HF:-}" ] && exit 0   # tpx alone (profiling runs)
 python3 "$here/hf_peer.py" tp1 "$ckpt" 2>&1 | grep RESULT | tee "$out/hf_tp1.txt"
+python3 "$here/matmul_rate.py" 2>&1 | grep RESULT | tee "$out/matmul_rate.txt"   # the floor's rate, by PyTorch
 if [ "$gpus" -ge 2 ] && command -v torchrun >/dev/null; then   # HF's own tensor parallelism: load and eager decode at tp=2
   torchrun --nproc-per-node 2 "$here/hf_peer.py" tp "$ckpt" 2>&1 | grep RESULT | tee "$out/hf_tp2.txt" || true
 fi
@@ -39,7 +40,7 @@ python3 - "$out" <<'PY'
 import json, sys, os, re
 out = sys.argv[1]
 hf = {}
-for f in ("hf_tp1.txt", "hf_tp2.txt"):
+for f in ("hf_tp1.txt", "hf_tp2.txt", "matmul_rate.txt"):
     if os.path.exists(os.path.join(out, f)):
         hf.update(re.findall(r"RESULT (\S+)=(\S+)", open(os.path.join(out, f)).read()))
 for tp in (1, 2):
@@ -53,6 +54,16 @@ for tp in (1, 2):
         print(f"tpx tp={tp} load {j['load_s']:.2f} s = {j['load_s']/float(hf_load):.2f}x HF from_pretrained ({hf_load} s)")
 for k in ("hf_eager_tp1_ms_per_token", "hf_compile_tp1_ms_per_token", "hf_load_tp1_s", "hf_eager_tp2_ms_per_token", "hf_load_tp2_s", "hbm_copy_GBps"):
     if k in hf: print(f"HF {k} = {hf[k]}")
+if os.path.exists(os.path.join(out, "tpx_tp1.json")):   # the 2048-token prefill against each measured matrix rate
+    j = json.load(open(os.path.join(out, "tpx_tp1.json")))
+    p = [p for p in j["prefill"] if p["prompt_tokens"] == 2048]
+    if p:
+        flops = p[0]["flop_floor_ms"] / 1e3 * j["matmul_TFLOPs"] * 1e12
+        rates = {k: j[k] for k in ("matmul_TFLOPs", "matmul_TFLOPs_random_burst", "matmul_TFLOPs_random_settled",
+                                   "matmul_TFLOPs_constant_data") if k in j}
+        rates.update({k: float(v) for k, v in hf.items() if k.startswith("torch_") and "prefill" not in k})
+        for k, r in rates.items():
+            print(f"prefill 2048 {p[0]['ms']:.2f} ms at {k} = {r:.0f}: floor {flops / (r * 1e12) * 1e3:.2f} ms, {p[0]['ms'] * r * 1e12 / flops / 1e3:.2f}x")
 if "hf_compile_tp1_ms_per_token" in hf and os.path.exists(os.path.join(out, "tpx_tp1.json")):
     j = json.load(open(os.path.join(out, "tpx_tp1.json")))
     d1 = [d for d in j["decode"] if d["batch"] == 1][0]

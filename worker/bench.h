@@ -17,8 +17,12 @@ namespace tpx {
 
 struct DeviceRates {
     double copy_bytes_per_s = 0;   // read + write bytes per second of a device-to-device copy
-    double matmul_flops_per_s = 0; // bf16 GEMM 8192^3 on random matrices, clocks settled: the prefill floor's rate
-    double matmul_constant_flops_per_s = 0; // the same on constant matrices (less power, less throttling), for comparison
+    // bf16 GEMM 8192^3 (FLOP/s). On random matrices: 5 products after 1 (a burst, before the
+    // power limit bites) and 50 after 100 (clocks settled). The prefill floor's rate is the
+    // higher of the two, so that the floor is never below what the GPU showed it can do.
+    double matmul_flops_per_s = 0;
+    double matmul_random_burst_flops_per_s = 0, matmul_random_settled_flops_per_s = 0;
+    double matmul_constant_flops_per_s = 0; // on constant matrices (less power, less throttling), for comparison
 };
 
 struct BenchSettings {
