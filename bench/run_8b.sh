@@ -1,7 +1,7 @@
 #!/bin/bash
 # The performance run, in one call on the GPU machine (docs/PERF.md): makes the
 # Llama-3-8B-shaped checkpoint with HF (bench/hf_peer.py make), then times tpx (tpx bench at
-# tp=1, and tp=2 where two GPUs are visible) and HF transformers on it, and prints both.
+# tp=1, and tp=2 and tp=4 where that many GPUs are visible) and HF transformers on it, and prints both.
 #   bench/run_8b.sh OUT_DIR         (after: source /tmp/runtime/env.sh from the device bundle)
 set -euo pipefail
 out=${1:?usage: bench/run_8b.sh OUT_DIR}
@@ -10,7 +10,7 @@ ckpt=${TPX_BENCH_CKPT:-/tmp/l8b}
 mkdir -p "$out"
 [ -f "$ckpt/config.json" ] || python3 "$here/hf_peer.py" make "$ckpt" | tee "$out/make.txt"
 gpus=$(nvidia-smi -L | wc -l)
-for tp in 1 2; do
+for tp in 1 2 4; do
   [ "$tp" -le "$gpus" ] || continue
   cat > "$out/job_tp$tp.toml" <<JOB
 [job]
@@ -32,18 +32,20 @@ done
 [ -n "${TPX_BENCH_NO_HF:-}" ] && exit 0   # tpx alone (profiling runs)
 python3 "$here/hf_peer.py" tp1 "$ckpt" 2>&1 | grep RESULT | tee "$out/hf_tp1.txt"
 python3 "$here/matmul_rate.py" 2>&1 | grep RESULT | tee "$out/matmul_rate.txt"   # the floor's rate, by PyTorch
-if [ "$gpus" -ge 2 ] && command -v torchrun >/dev/null; then   # HF's own tensor parallelism: load and eager decode at tp=2
-  torchrun --nproc-per-node 2 "$here/hf_peer.py" tp "$ckpt" 2>&1 | grep RESULT | tee "$out/hf_tp2.txt" || true
-fi
+for tp in 2 4; do   # HF's own tensor parallelism: load and eager decode at tp=2 and 4
+  if [ "$tp" -le "$gpus" ] && command -v torchrun >/dev/null; then
+    torchrun --nproc-per-node $tp "$here/hf_peer.py" tp "$ckpt" 2>&1 | grep RESULT | tee "$out/hf_tp$tp.txt" || true
+  fi
+done
 echo; echo "== side by side (ms/token, batch 1, 128-token prompt) =="
 python3 - "$out" <<'PY'
 import json, sys, os, re
 out = sys.argv[1]
 hf = {}
-for f in ("hf_tp1.txt", "hf_tp2.txt", "matmul_rate.txt"):
+for f in ("hf_tp1.txt", "hf_tp2.txt", "hf_tp4.txt", "matmul_rate.txt"):
     if os.path.exists(os.path.join(out, f)):
         hf.update(re.findall(r"RESULT (\S+)=(\S+)", open(os.path.join(out, f)).read()))
-for tp in (1, 2):
+for tp in (1, 2, 4):
     p = os.path.join(out, f"tpx_tp{tp}.json")
     if not os.path.exists(p): continue
     j = json.load(open(p))
@@ -52,7 +54,7 @@ for tp in (1, 2):
     hf_load = hf.get(f"hf_load_tp{tp}_s")
     if hf_load and "load_s" in j:
         print(f"tpx tp={tp} load {j['load_s']:.2f} s = {j['load_s']/float(hf_load):.2f}x HF from_pretrained ({hf_load} s)")
-for k in ("hf_eager_tp1_ms_per_token", "hf_compile_tp1_ms_per_token", "hf_load_tp1_s", "hf_eager_tp2_ms_per_token", "hf_load_tp2_s", "hbm_copy_GBps"):
+for k in ("hf_eager_tp1_ms_per_token", "hf_compile_tp1_ms_per_token", "hf_load_tp1_s", "hf_eager_tp2_ms_per_token", "hf_load_tp2_s", "hf_eager_tp4_ms_per_token", "hf_load_tp4_s", "hbm_copy_GBps"):
     if k in hf: print(f"HF {k} = {hf[k]}")
 if os.path.exists(os.path.join(out, "tpx_tp1.json")):   # the 2048-token prefill against each measured matrix rate
     j = json.load(open(os.path.join(out, "tpx_tp1.json")))
