@@ -1,5 +1,4 @@
 // `tpx bench`: the job's model timed on its ranks (docs/PERF.md has the method).
-#include <filesystem>
 #include <iostream>
 
 #include "common/error.h"
@@ -18,7 +17,7 @@ int cmd_bench(const Args& args) {
     positional.add("job", 1);
     po::variables_map vm;
     if (parse_command_line(args, "tpx bench JOB [--json FILE]", options, positional, vm)) return 0;
-    Args run_args = {vm["job"].as<std::string>(), "--bench", std::filesystem::absolute(vm["json"].as<std::string>()).string()};
+    Args run_args = {vm["job"].as<std::string>(), "--bench", output_file_arg("json", vm["json"].as<std::string>())};
     if (vm.count("dry-run")) run_args.push_back("--dry-run");
     return cmd_run(run_args);
 }

@@ -1,6 +1,7 @@
 // The table of subcommands and the option parsing they share.
 #include "launcher/command.h"
 
+#include <filesystem>
 #include <iostream>
 
 #include "common/error.h"
@@ -40,6 +41,15 @@ bool parse_command_line(const Args& args, const char* usage, po::options_descrip
         throw JobError(std::string(e.what()) + "\nusage: " + usage);
     }
     return false;
+}
+
+std::string output_file_arg(const std::string& option, const std::string& value) {
+    namespace fs = std::filesystem;
+    fs::path path = fs::absolute(value).lexically_normal();
+    if (!path.has_filename() || fs::is_directory(path)) throw JobError("--" + option + ": '" + value + "' is a folder, not a file");
+    if (!fs::is_directory(path.parent_path()))
+        throw JobError("--" + option + ": folder does not exist: " + path.parent_path().string());
+    return path.string();
 }
 
 }  // namespace tpx

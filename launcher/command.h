@@ -26,6 +26,11 @@ bool parse_command_line(const Args& args, const char* usage, boost::program_opti
                         const boost::program_options::positional_options_description& positional,
                         boost::program_options::variables_map& vm);
 
+// The absolute path of an output file named by `option`, checked before any work starts: its
+// folder must exist (JobError naming the option and the folder otherwise), so that a run does
+// not spend its GPUs and then fail to write.
+std::string output_file_arg(const std::string& option, const std::string& value);
+
 int cmd_validate(const Args& args);
 int cmd_example(const Args& args);
 int cmd_inspect(const Args& args);

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "common/file.h"
 #include "jobs/emit.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
@@ -71,15 +72,17 @@ int cmd_run(const Args& args) {
     Job job = load_job(job_path);
     resolve_transform_options(job);
     if (job.run.prompts.empty() && !vm.count("bench")) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
+    std::vector<std::string> output_args;  // checked before anything is written or started
+    for (const char* option : {"dump-logits", "bench"})
+        if (vm.count(option)) output_args.insert(output_args.end(), {std::string("--") + option, output_file_arg(option, vm[option].as<std::string>())});
     // A job read from a pipe cannot be read again by the ranks: hand them the resolved job.
     std::string worker_job = fs::absolute(job_path).lexically_normal().string();
     if (!fs::is_regular_file(job_path)) {
         worker_job = (fs::temp_directory_path() / ("tpx-job-" + std::to_string(getpid()) + ".toml")).string();
-        std::ofstream(worker_job) << emit_job_toml(job);
+        write_file_atomically(worker_job, emit_job_toml(job));
     }
     std::vector<std::string> worker_args = {"--job", worker_job};
-    if (vm.count("dump-logits")) worker_args.insert(worker_args.end(), {"--dump-logits", fs::absolute(vm["dump-logits"].as<std::string>()).string()});
-    if (vm.count("bench")) worker_args.insert(worker_args.end(), {"--bench", vm["bench"].as<std::string>()});
+    worker_args.insert(worker_args.end(), output_args.begin(), output_args.end());
     if (vm.count("step-delay-ms")) worker_args.insert(worker_args.end(), {"--step-delay-ms", std::to_string(vm["step-delay-ms"].as<int>())});
     std::vector<std::string> cmd = mpirun_command(job, worker_binary(), worker_args);
 

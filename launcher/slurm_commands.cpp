@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "common/file.h"
 #include "jobs/emit.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
@@ -22,16 +23,6 @@ namespace fs = std::filesystem;
 
 namespace tpx {
 namespace {
-
-void write_atomically(const std::string& path, const std::string& text) {
-    std::string tmp = path + ".tmp-" + std::to_string(getpid());
-    {
-        std::ofstream out(tmp, std::ios::trunc);
-        out << text;
-        if (!out.flush()) throw Error(tmp + ": cannot write");
-    }
-    fs::rename(tmp, path);
-}
 
 std::string job_id_arg(const Args& args, const char* usage, po::variables_map& vm, po::options_description& options) {
     options.add_options()("id", po::value<std::string>()->required(), "the Slurm job id");
@@ -69,9 +60,9 @@ int cmd_submit(const Args& args) {
         std::cout << script;
         return 0;
     }
-    write_atomically(snapshot, emit_job_toml(job));
+    write_file_atomically(snapshot, emit_job_toml(job));
     std::string path = script_path(job);
-    write_atomically(path, script);
+    write_file_atomically(path, script);
     std::string id = submit_script(path);
     std::cerr << "tpx submit: job '" << job.name << "' submitted as Slurm job " << id << " (script " << path << ")\n";
     std::cout << id << "\n";

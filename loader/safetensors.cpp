@@ -11,10 +11,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <set>
 
 #include <nlohmann/json.hpp>
+
+#include "common/file.h"
 
 namespace tpx {
 namespace {
@@ -223,27 +224,17 @@ void write_safetensors(const std::string& path, const std::vector<TensorData>& t
     }
     std::string text = header.dump();
     text.append((8 - text.size() % 8) % 8, ' ');
-    std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) throw Error(tmp + ": cannot create: " + std::strerror(errno));
-        uint64_t n = text.size();
-        unsigned char prefix[8];
-        for (int i = 0; i < 8; ++i) prefix[i] = (unsigned char)(n >> (8 * i));
-        out.write(reinterpret_cast<const char*>(prefix), 8);
-        out.write(text.data(), (std::streamsize)text.size());
-        for (size_t i = 0; i < tensors.size(); ++i)
-            out.write(static_cast<const char*>(tensors[i].data), (std::streamsize)sizes[i]);
-        out.flush();
-        if (!out) {
-            std::remove(tmp.c_str());
-            throw Error(tmp + ": write failed: " + std::strerror(errno));
-        }
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        std::remove(tmp.c_str());
-        throw Error(path + ": cannot rename the finished file into place: " + std::strerror(errno));
-    }
+    write_file_atomically(
+        path,
+        [&](std::ostream& out) {
+            uint64_t n = text.size();
+            unsigned char prefix[8];
+            for (int i = 0; i < 8; ++i) prefix[i] = (unsigned char)(n >> (8 * i));
+            out.write(reinterpret_cast<const char*>(prefix), 8);
+            out.write(text.data(), (std::streamsize)text.size());
+            for (size_t i = 0; i < tensors.size(); ++i) out.write(static_cast<const char*>(tensors[i].data), (std::streamsize)sizes[i]);
+        },
+        /*binary=*/true);
 }
 
 }  // namespace tpx

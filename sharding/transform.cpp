@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "common/error.h"
+#include "common/file.h"
 #include "common/log.h"
 #include "loader/checkpoint.h"
 #include "sharding/factory.h"
@@ -138,7 +139,7 @@ TransformRegistry make_registry() {
            defaults(false, {{"dir", opt(std::string("."))}}), {{"dir", "folder for graph.dot"}},
            [](TransformContext& ctx, const TransformOptions& o) {
                fs::create_directories(o.text("dir"));
-               std::ofstream(fs::path(o.text("dir")) / "graph.dot") << ctx.graph.to_dot();
+               write_file_atomically((fs::path(o.text("dir")) / "graph.dot").string(), ctx.graph.to_dot());
                return TransformResult{1, false, ""};
            }});
     r.add({"compile_cuda_graph", Stage::kCompile, "capture the decode step as a CUDA graph (cuda backend)", defaults(), {},
@@ -270,7 +271,7 @@ std::vector<TransformRecord> run_pipeline(TransformContext& ctx, const std::map<
             fs::create_directories(o.debug_visualize_dir);
             char file[256];
             std::snprintf(file, sizeof(file), "%02d_%s.dot", index, def.name.c_str());
-            std::ofstream(fs::path(o.debug_visualize_dir) / file) << ctx.graph.to_dot();
+            write_file_atomically((fs::path(o.debug_visualize_dir) / file).string(), ctx.graph.to_dot());
         }
         records.push_back(rec);
     }

@@ -8,12 +8,12 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/file.h"
 
 namespace tpx {
 namespace {
@@ -21,13 +21,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
-
-void rename_into_place(const std::string& tmp, const std::string& path) {
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        std::remove(tmp.c_str());
-        throw Error(path + ": cannot move the finished file into place: " + std::strerror(errno));
-    }
-}
 
 }  // namespace
 
@@ -124,10 +117,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
 }
 
 void write_results_jsonl(const std::string& path, const std::vector<SequenceResult>& results) {
-    std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-    {
-        std::ofstream out(tmp, std::ios::trunc);
-        if (!out) throw Error(tmp + ": cannot create the output file: " + std::strerror(errno));
+    write_file_atomically(path, [&](std::ostream& out) {
         for (const SequenceResult& r : results) {
             nlohmann::json j;
             if (r.prompt.id_is_number) j["id"] = std::stoll(r.prompt.id);
@@ -140,16 +130,14 @@ void write_results_jsonl(const std::string& path, const std::vector<SequenceResu
             j["decode_ms"] = r.decode_ms;
             out << j.dump() << "\n";
         }
-        if (!out.flush()) throw Error(tmp + ": write failed");
-    }
-    rename_into_place(tmp, path);
+    });
 }
 
 void write_logits_h5(const std::string& path, const std::vector<SequenceResult>& results, int64_t vocab) {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     std::string tmp = path + ".tmp-" + std::to_string(::getpid());
     hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (file < 0) throw Error(tmp + ": cannot create the logits file");
+    if (file < 0) throw Error(path + ": cannot create the logits file (" + tmp + ")");
     auto write = [&](hid_t group, const char* name, const std::vector<float>& v) {
         hsize_t dims[2] = {(hsize_t)(v.size() / vocab), (hsize_t)vocab};
         hid_t space = H5Screate_simple(2, dims, nullptr);

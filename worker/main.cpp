@@ -19,6 +19,7 @@
 #include <boost/program_options.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/file.h"
 #include "common/log.h"
 #include "common/mpi_check.h"
 #include "jobs/emit.h"
@@ -275,7 +276,7 @@ int run(const Options& opt) {
     if (rank == 0) {
         write_results_jsonl(job.run.output, results);
         if (!opt.dump_logits.empty()) write_logits_h5(opt.dump_logits, results, exec->vocab());
-        std::ofstream(job.run.output + ".ranks.json") << reports_json(reports);
+        write_file_atomically(job.run.output + ".ranks.json", reports_json(reports));
         for (const SequenceResult& r : results) {
             std::printf("%s:", r.prompt.id.c_str());
             for (int32_t t : r.output) std::printf(" %d", t);

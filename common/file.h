@@ -1,0 +1,21 @@
+// Output files written whole or not at all.
+#pragma once
+
+#include <functional>
+#include <ostream>
+#include <string>
+
+namespace tpx {
+
+// Writes `path` through `write` into a temporary file beside it (path.tmp-PID), then renames it
+// over `path`: a reader sees the old file or the whole new one, and a failure (a folder that
+// does not exist, a full disk, an exception from `write`) leaves no temporary file behind and
+// throws an Error that names the path and the system's reason.
+void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false);
+void write_file_atomically(const std::string& path, const std::string& text);
+
+// The last step of the same, for files written by other means (HDF5): renames tmp over path,
+// or removes tmp and throws an Error naming path.
+void rename_into_place(const std::string& tmp, const std::string& path);
+
+}  // namespace tpx
