@@ -139,3 +139,48 @@ TEST(Run, DryRunPrintsTheCommand) {
     EXPECT_NE(r.out.find("tpx-worker --job "), std::string::npos) << r.out;
     EXPECT_EQ(r.out.find("--allow-run-as-root") != std::string::npos, geteuid() == 0) << r.out;
 }
+
+TEST(Run, OutputFilesInFoldersThatDoNotExistAreRefusedBeforeStarting) {
+    const std::string job = std::string(TPX_SOURCE_DIR) + "/jobs/examples/tiny.toml", tpx = tpx_test::tpx_bin("tpx");
+    std::string dir = tpx_test::temp_dir();
+    struct {
+        std::string command, option;
+    } cases[] = {{tpx + " bench " + job + " --json " + dir + "/nope/bench.json", "--json"},
+                 {tpx + " run " + job + " --dump-logits " + dir + "/nope/logits.h5", "--dump-logits"},
+                 {tpx + " run " + job + " --bench " + dir + "/nope/bench.json", "--bench"},
+                 {tpx + " bench " + job + " --json " + dir, "--json"}};
+    for (const auto& c : cases) {
+        auto r = tpx_test::run_process(c.command);
+        EXPECT_EQ(r.exit_code, 2) << c.command << "\n" << r.err << r.out;
+        EXPECT_NE(r.err.find(c.option + ": "), std::string::npos) << r.err;
+        EXPECT_TRUE(r.err.find(dir + "/nope") != std::string::npos || r.err.find("is a folder") != std::string::npos) << r.err;
+        EXPECT_EQ(r.out.find("rank map"), std::string::npos) << "mpirun was started: " << r.out;
+    }
+    fs::remove_all(dir);
+}
+
+// The CPU backend measures no device rates: the figures come without floors, and the JSON is
+// written whole.
+TEST(Bench, TheCpuBackendWritesItsFiguresAsJson) {
+    std::string dir = tpx_test::temp_dir();
+    auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " bench " + TPX_SOURCE_DIR + "/jobs/examples/tiny.toml --json " + dir +
+                                   "/bench.json");
+    ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+    EXPECT_NE(r.out.find("no device rates on this backend"), std::string::npos) << r.out;
+    nlohmann::json j = nlohmann::json::parse(tpx_test::read_text(dir + "/bench.json"));
+    EXPECT_EQ(j["tp"], 2);
+    EXPECT_EQ(j["read_over_planned"], 1.0);
+    ASSERT_EQ(j["prefill"].size(), 1u) << "the 2048-token prompt is beyond the tiny job's max_seq_len";
+    EXPECT_EQ(j["prefill"][0]["prompt_tokens"], 128);
+    EXPECT_GT(j["prefill"][0]["ms"].get<double>(), 0);
+    EXPECT_FALSE(j["prefill"][0].contains("flop_floor_ms"));
+    ASSERT_EQ(j["decode"].size(), 2u) << "batch 64 is beyond the tiny job's max_batch";
+    for (const auto& d : j["decode"]) {
+        EXPECT_GT(d["ms_per_step"].get<double>(), 0);
+        EXPECT_FALSE(d.contains("roofline_ms"));
+    }
+    size_t files = 0;
+    for (const auto& e : fs::directory_iterator(dir)) (void)e, ++files;
+    EXPECT_EQ(files, 1u) << "only bench.json";
+    fs::remove_all(dir);
+}

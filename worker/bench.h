@@ -3,7 +3,10 @@
 // warm-up, each step timed on the host to its ids' arrival, and with CUDA events from the
 // step's first node on the GPU to the same point: the difference is the host's turn), each as a fraction of its
 // roofline: decode = (weight bytes + KV bytes read) / measured copy bandwidth; prefill =
-// FLOPs / measured bf16 matrix rate. Collective; rank 0 prints a table and writes JSON.
+// FLOPs / measured bf16 matrix rate, and beside it (weight bytes + the prompt's KV bytes) /
+// copy bandwidth, the bound of short prompts. Without device rates (the CPU backend) there
+// are no floors, and the JSON has no floor keys. Collective; rank 0 prints a table and writes
+// JSON (whole or not at all).
 #pragma once
 
 #include <string>
