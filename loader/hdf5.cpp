@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/file.h"
 #include "loader/checkpoint.h"
 
 namespace tpx {
@@ -236,10 +237,7 @@ ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path) {
         std::remove(tmp.c_str());
         throw;
     }
-    if (std::rename(tmp.c_str(), out_path.c_str()) != 0) {
-        std::remove(tmp.c_str());
-        throw Error(out_path + ": cannot move the finished file into place: " + std::strerror(errno));
-    }
+    rename_into_place(tmp, out_path);
     return stats;
 }
 
