@@ -3,6 +3,8 @@
 #include "sharding/model_config.h"
 
 #include <algorithm>
+#include <cmath>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -61,6 +63,16 @@ std::vector<int64_t> get_ids(const json* v, const std::string& file, const char*
     return ids;
 }
 
+// A value that the model's arithmetic divides by or sizes with: > 0 (>= 0 where zero is
+// allowed) and finite, or an error naming the key.
+void require_positive(const std::string& file, const char* key, double v, bool zero_allowed = false) {
+    if (!std::isfinite(v) || v < 0 || (v == 0 && !zero_allowed)) {
+        std::ostringstream text;
+        text << "\"" << key << "\" = " << v << (zero_allowed ? " must be zero or positive" : " must be positive");
+        fail(file, text.str());
+    }
+}
+
 // rope_parameters (transformers 5) or rope_theta + rope_scaling (transformers 4).
 RopeConfig parse_rope(const json& j, const std::string& file) {
     RopeConfig r;
@@ -74,6 +86,7 @@ RopeConfig parse_rope(const json& j, const std::string& file) {
         params = scaling;
         if (params && !params->is_object()) fail(file, "\"rope_scaling\" is " + params->dump() + ", not an object");
     }
+    require_positive(file, "rope_theta", r.theta);
     if (!params) return r;
     const json* type = find(*params, "rope_type");
     if (!type) type = find(*params, "type");
@@ -88,6 +101,15 @@ RopeConfig parse_rope(const json& j, const std::string& file) {
         r.low_freq_factor = get_double(*params, file, "low_freq_factor", 1.0);
         r.high_freq_factor = get_double(*params, file, "high_freq_factor", 4.0);
         r.original_max_position_embeddings = get_int(*params, file, "original_max_position_embeddings", false, 8192);
+        require_positive(file, "factor", r.factor);
+        require_positive(file, "low_freq_factor", r.low_freq_factor);
+        require_positive(file, "original_max_position_embeddings", (double)r.original_max_position_embeddings);
+        // HF's llama3 rule divides by high_freq_factor - low_freq_factor.
+        if (!(r.high_freq_factor > r.low_freq_factor)) {
+            std::ostringstream text;
+            text << "\"high_freq_factor\" = " << r.high_freq_factor << " must be greater than \"low_freq_factor\" = " << r.low_freq_factor;
+            fail(file, text.str());
+        }
     }
     return r;
 }
@@ -133,11 +155,14 @@ ModelConfig parse_model_config(const std::string& text, const std::string& file)
         fail(file, "hidden_size " + std::to_string(c.hidden_size) + " is not a multiple of num_attention_heads " +
                        std::to_string(c.num_heads) + " and head_dim is not given");
     c.head_dim = get_int(j, file, "head_dim", false, c.hidden_size / c.num_heads);
+    require_positive(file, "head_dim", (double)c.head_dim);
     if (c.num_heads % c.num_kv_heads != 0)
         fail(file, "num_attention_heads " + std::to_string(c.num_heads) + " is not a multiple of num_key_value_heads " +
                        std::to_string(c.num_kv_heads));
     c.max_position_embeddings = get_int(j, file, "max_position_embeddings", false, 4096);
+    require_positive(file, "max_position_embeddings", (double)c.max_position_embeddings);
     c.rms_norm_eps = get_double(j, file, "rms_norm_eps", 1e-6);
+    require_positive(file, "rms_norm_eps", c.rms_norm_eps, /*zero_allowed=*/true);
     c.rope = parse_rope(j, file);
     c.tie_word_embeddings = get_bool(j, file, "tie_word_embeddings", false);
     bool attention_bias = get_bool(j, file, "attention_bias", false);
@@ -150,6 +175,7 @@ ModelConfig parse_model_config(const std::string& text, const std::string& file)
     // Qwen2 declares a window but uses it only with use_sliding_window.
     bool window_used = c.architecture != "Qwen2ForCausalLM" || get_bool(j, file, "use_sliding_window", false);
     if (window_used) c.sliding_window = get_int(j, file, "sliding_window", false, 0);
+    require_positive(file, "sliding_window", (double)c.sliding_window, /*zero_allowed=*/true);
     if (c.architecture == "MixtralForCausalLM") {
         c.num_experts = get_int(j, file, "num_local_experts", true);
         c.experts_per_token = get_int(j, file, "num_experts_per_tok", true);

@@ -243,6 +243,43 @@ TEST(ModelConfig, BothDialectsAndLlama3Rope) {
     }
 }
 
+// Values the model divides by or sizes with are refused by name, before any shape is built
+// from them (a negative head_dim used to surface as a tensor shape [-128, 128]).
+TEST(ModelConfig, NonPositiveSizesAndFactorsAreNamed) {
+    const std::string base = R"("architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+        "num_hidden_layers": 1, "num_attention_heads": 2)";
+    const std::string llama3 = R"("rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0})";
+    struct {
+        std::string extra, message;
+    } cases[] = {
+        {R"("head_dim": -4)", "\"head_dim\" = -4 must be positive"},
+        {R"("head_dim": 0)", "\"head_dim\" = 0 must be positive"},
+        {R"("max_position_embeddings": 0)", "\"max_position_embeddings\" = 0 must be positive"},
+        {R"("rms_norm_eps": -1e-5)", "\"rms_norm_eps\" = -1e-05 must be zero or positive"},
+        {R"("sliding_window": -1)", "\"sliding_window\" = -1 must be zero or positive"},
+        {R"("rope_theta": 0)", "\"rope_theta\" = 0 must be positive"},
+        {R"("rope_parameters": {"rope_type": "default", "rope_theta": -10000.0})", "\"rope_theta\" = -10000 must be positive"},
+        {R"("rope_scaling": {"rope_type": "llama3", "factor": 0.0})", "\"factor\" = 0 must be positive"},
+        {R"("rope_scaling": {"rope_type": "llama3", "low_freq_factor": 4.0, "high_freq_factor": 4.0})",
+         "\"high_freq_factor\" = 4 must be greater than \"low_freq_factor\" = 4"},
+        {R"("rope_scaling": {"rope_type": "llama3", "original_max_position_embeddings": -1})",
+         "\"original_max_position_embeddings\" = -1 must be positive"},
+    };
+    for (const auto& c : cases) {
+        try {
+            parse_model_config("{" + base + ", " + c.extra + "}", "bad.json");
+            ADD_FAILURE() << "accepted: " << c.extra;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("bad.json: " + c.message), std::string::npos) << e.what();
+            EXPECT_EQ(e.exit_code(), kExitBadInput);
+        }
+    }
+    // The same keys at sane values, and zero where zero means "none" or "no epsilon", pass.
+    ModelConfig ok = parse_model_config("{" + base + R"(, "sliding_window": 0, "rms_norm_eps": 0, )" + llama3 + "}", "ok.json");
+    EXPECT_EQ(ok.sliding_window, 0);
+    EXPECT_EQ(ok.rope.type, "llama3");
+}
+
 namespace {
 
 // Reads one rank's local parameter: its pieces end to end, as the worker will.
