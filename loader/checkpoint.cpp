@@ -195,7 +195,13 @@ void SafetensorsCheckpoint::open_folder() {
     for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
         if (!it->is_string())
             throw CheckpointError(index_file + ": weight_map entry for '" + it.key() + "' is " + it->dump() + ", not a file name");
-        names_by_shard[it->get<std::string>()].push_back(it.key());
+        // A shard is a file of the checkpoint's folder: a name that is absolute or climbs out of
+        // the folder would have tpx read files the checkpoint does not own.
+        const fs::path shard(it->get<std::string>());
+        if (shard.empty() || shard.is_absolute() || std::find(shard.begin(), shard.end(), "..") != shard.end())
+            throw CheckpointError(index_file + ": weight_map places tensor '" + it.key() + "' in " + it->dump() +
+                                  ", which is not a file inside the checkpoint's folder");
+        names_by_shard[shard.string()].push_back(it.key());
     }
     std::map<std::string, TensorInfo> by_name;
     std::map<std::string, std::string> shard_of;

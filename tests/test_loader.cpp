@@ -11,6 +11,8 @@
 #include <mutex>
 #include <random>
 
+#include <nlohmann/json.hpp>
+
 #include "loader/checkpoint.h"
 #include "loader/hdf5.h"
 #include "loader/safetensors.h"
@@ -495,6 +497,17 @@ TEST(Loader, IndexErrorsNameTheFileAndTensor) {
         std::ofstream(dir + "/model.safetensors.index.json", std::ios::trunc) << "{\"weight_map\": [1, 2]}";
         std::string e = open_error(dir);
         EXPECT_NE(e.find("has no \"weight_map\" object"), std::string::npos) << e;
+    }
+    for (const char* outside : {"/etc/passwd", "../llama-gqa/model.safetensors", "sub/../../x.safetensors", ""}) {
+        // A shard named outside the checkpoint's folder is refused before it is opened.
+        std::string dir = copy_sharded();
+        nlohmann::json index = nlohmann::json::parse(tpx_test::read_text(dir + "/model.safetensors.index.json"));
+        index["weight_map"]["lm_head.weight"] = outside;
+        std::ofstream(dir + "/model.safetensors.index.json", std::ios::trunc) << index.dump();
+        std::string e = open_error(dir);
+        EXPECT_NE(e.find("places tensor 'lm_head.weight' in \"" + std::string(outside) + "\", which is not a file inside the checkpoint's folder"),
+                  std::string::npos)
+            << e;
     }
 }
 
