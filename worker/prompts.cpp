@@ -2,6 +2,7 @@
 #include "worker/prompts.h"
 
 #include <fstream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -13,6 +14,7 @@ std::vector<Prompt> read_prompts(const std::string& path, int64_t vocab, int64_t
     std::ifstream in(path);
     if (!in) throw Error(path + ": cannot open the prompts file", kExitBadInput);
     std::vector<Prompt> prompts;
+    std::map<std::string, int> line_of_id;  // the outputs are keyed by id: each once
     std::string line;
     for (int line_no = 1; std::getline(in, line); ++line_no) {
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
@@ -25,10 +27,17 @@ std::vector<Prompt> read_prompts(const std::string& path, int64_t vocab, int64_t
         }
         if (!j.is_object() || !j.contains("input_ids") || !j["input_ids"].is_array())
             throw Error(where + "expected {\"id\": ..., \"input_ids\": [...]}", kExitBadInput);
+        for (const auto& item : j.items())
+            if (item.key() != "id" && item.key() != "input_ids")
+                throw Error(where + "unknown key '" + item.key() + "'; valid keys: id, input_ids (token ids: tpx has no tokenizer)",
+                            kExitBadInput);
         Prompt p;
-        if (j.contains("id") && j["id"].is_string()) p.id = j["id"].get<std::string>();
-        else if (j.contains("id") && j["id"].is_number_integer()) p.id = std::to_string(j["id"].get<int64_t>()), p.id_is_number = true;
-        else p.id = std::to_string(prompts.size()), p.id_is_number = true;
+        if (!j.contains("id")) p.id = std::to_string(prompts.size()), p.id_is_number = true;  // its place in the file
+        else if (j["id"].is_string()) p.id = j["id"].get<std::string>();
+        else if (j["id"].is_number_integer()) p.id = std::to_string(j["id"].get<int64_t>()), p.id_is_number = true;
+        else throw Error(where + "id " + j["id"].dump() + " is not a string or an integer", kExitBadInput);
+        auto [seen, fresh] = line_of_id.emplace(p.id, line_no);
+        if (!fresh) throw Error(where + "prompt id " + p.id + " is also the id on line " + std::to_string(seen->second), kExitBadInput);
         for (size_t k = 0; k < j["input_ids"].size(); ++k) {
             const auto& v = j["input_ids"][k];
             if (!v.is_number_integer())

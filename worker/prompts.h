@@ -14,8 +14,10 @@ struct Prompt {
     std::vector<int32_t> tokens;
 };
 
-// Throws Error (exit 2) naming the file and line for a malformed line, a token id outside
-// [0, vocab), an empty prompt, or a prompt that with max_new_tokens exceeds max_seq_len.
+// Throws Error (exit 2) naming the file and line for a malformed line, a key other than id
+// and input_ids, an id that is not a string or an integer or that an earlier line already
+// has, a token id outside [0, vocab), an empty prompt, or a prompt that with max_new_tokens
+// exceeds max_seq_len. A line without an id gets its place among the prompts (0, 1, ...).
 std::vector<Prompt> read_prompts(const std::string& path, int64_t vocab, int64_t max_new_tokens, int64_t max_seq_len);
 
 // The token ids of every prompt as one flat message, and back (for the broadcast).
