@@ -7,6 +7,8 @@
 
 #include <boost/program_options.hpp>
 
+#include "jobs/job.h"
+
 namespace tpx {
 
 using Args = std::vector<std::string>;
@@ -30,6 +32,11 @@ bool parse_command_line(const Args& args, const char* usage, boost::program_opti
 // folder must exist (JobError naming the option and the folder otherwise), so that a run does
 // not spend its GPUs and then fail to write.
 std::string output_file_arg(const std::string& option, const std::string& value);
+
+// Plans the job as rank 0 will (checkpoint headers and config.json only, no weights), so that
+// `tpx run` and `tpx submit` refuse a job that cannot be sharded before any rank or Slurm
+// allocation is spent; the error is the planner's, naming the transform and the tensor.
+void check_plannable(const Job& job);
 
 int cmd_validate(const Args& args);
 int cmd_example(const Args& args);

@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
 #include "sharding/plan.h"
@@ -34,6 +35,14 @@ int cmd_plan(const Args& args) {
     std::cout << format_plan(plan, vm.count("detail") != 0);
     if (vm.count("graph")) std::cout << "\ngraph (rank-local shapes):\n" << plan.graph.dump();
     return 0;
+}
+
+void check_plannable(const Job& job) {
+    try {
+        make_plan(job);
+    } catch (const Error& e) {
+        throw Error(job.file + ": the job cannot be planned: " + e.what(), e.exit_code());
+    }
 }
 
 }  // namespace tpx

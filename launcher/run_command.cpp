@@ -72,6 +72,7 @@ int cmd_run(const Args& args) {
     Job job = load_job(job_path);
     resolve_transform_options(job);
     if (job.run.prompts.empty() && !vm.count("bench")) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
+    check_plannable(job);
     std::vector<std::string> output_args;  // checked before anything is written or started
     for (const char* option : {"dump-logits", "bench"})
         if (vm.count(option)) output_args.insert(output_args.end(), {std::string("--") + option, output_file_arg(option, vm[option].as<std::string>())});

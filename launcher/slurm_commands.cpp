@@ -49,6 +49,7 @@ int cmd_submit(const Args& args) {
     Job job = load_job(vm["job"].as<std::string>());
     resolve_transform_options(job);
     if (job.run.prompts.empty()) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
+    check_plannable(job);
 
     // The ranks read a snapshot of the resolved job, so editing the job file after submitting
     // does not change a queued job.

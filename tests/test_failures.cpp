@@ -64,13 +64,27 @@ Ended signal_and_wait(Background& b, int pid, int sig, double timeout_s) {
 TEST(Failures, MissingShardFileEndsTheJobNamingIt) {
     std::string dir = tpx_test::temp_dir();
     fs::copy(kGolden + "/llama-sharded", dir + "/model", fs::copy_options::recursive);
-    fs::remove(dir + "/model/model-00009-of-00017.safetensors");
     std::string job = make_job(dir, dir + "/model", 2, kPrompt);
+    // The ranks' own command, taken while the checkpoint is whole.
+    auto dry = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + job + " --dry-run");
+    ASSERT_EQ(dry.exit_code, 0) << dry.err;
+    fs::remove(dir + "/model/model-00009-of-00017.safetensors");
+
+    // The launcher plans the job first and refuses it before any rank starts.
     auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + job);
-    EXPECT_NE(r.exit_code, 0);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
     EXPECT_LT(r.seconds, 5.0);
-    EXPECT_NE(r.err.find("rank 0 ("), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("the job cannot be planned: "), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("model-00009-of-00017.safetensors, which does not exist"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("rank map"), std::string::npos) << "mpirun was started: " << r.err;
+
+    // A shard gone by the time the ranks start (a node that sees another file system): rank 0
+    // names it and every rank ends.
+    auto ranks = tpx_test::run_process(dry.out);
+    EXPECT_NE(ranks.exit_code, 0);
+    EXPECT_LT(ranks.seconds, 5.0);
+    EXPECT_NE(ranks.err.find("rank 0 ("), std::string::npos) << ranks.err;
+    EXPECT_NE(ranks.err.find("model-00009-of-00017.safetensors, which does not exist"), std::string::npos) << ranks.err;
     EXPECT_FALSE(fs::exists(dir + "/job.out.jsonl")) << "nothing half-written";
     expect_no_leftovers(dir);
     fs::remove_all(dir);

@@ -184,3 +184,24 @@ TEST(Bench, TheCpuBackendWritesItsFiguresAsJson) {
     EXPECT_EQ(files, 1u) << "only bench.json";
     fs::remove_all(dir);
 }
+
+// A job that cannot be sharded is refused by the launcher with the planner's message, before
+// mpirun or sbatch is started.
+TEST(Run, AJobThatCannotBePlannedIsRefusedBeforeAnyRankStarts) {
+    std::string dir = tpx_test::temp_dir();
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << TPX_SOURCE_DIR << "/models/tiny\"\n[parallel]\ntp = 3\n[run]\nprompts = \""
+                                     << TPX_SOURCE_DIR << "/jobs/examples/prompts.jsonl\"\n";
+    for (const char* command : {" run ", " submit ", " submit --dry-run "}) {
+        auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + command + dir + "/job.toml");
+        EXPECT_EQ(r.exit_code, 2) << command << r.err << r.out;
+        EXPECT_NE(r.err.find(dir + "/job.toml: the job cannot be planned: transform detect_sharding (sharding): cannot shard "
+                                   "layers.0.attn.o_proj.weight"),
+                  std::string::npos)
+            << r.err;
+        EXPECT_NE(r.err.find("cannot be split row-wise into 3 parts"), std::string::npos) << r.err;
+        EXPECT_EQ(r.err.find("rank map"), std::string::npos) << "mpirun was started";
+        EXPECT_LT(r.seconds, 5);
+    }
+    EXPECT_FALSE(fs::exists(dir + "/job.tpx.toml")) << "submit wrote its snapshot";
+    fs::remove_all(dir);
+}
