@@ -60,7 +60,7 @@ if os.path.exists(os.path.join(out, "tpx_tp1.json")):   # the 2048-token prefill
     j = json.load(open(os.path.join(out, "tpx_tp1.json")))
     p = [p for p in j["prefill"] if p["prompt_tokens"] == 2048]
     if p:
-        flops = p[0]["flop_floor_ms"] / 1e3 * j["matmul_TFLOPs"] * 1e12
+        flops = p[0]["flops"]
         rates = {k: j[k] for k in ("matmul_TFLOPs", "matmul_TFLOPs_random_burst", "matmul_TFLOPs_random_settled",
                                    "matmul_TFLOPs_constant_data") if k in j}
         rates.update({k: float(v) for k, v in hf.items() if k.startswith("torch_") and "prefill" not in k})

@@ -17,10 +17,8 @@ void write_file_atomically(const std::string& path, const std::function<void(std
         std::ofstream out(tmp, binary ? std::ios::binary | std::ios::trunc : std::ios::trunc);
         if (!out) throw Error(path + ": cannot create the file: " + std::strerror(errno));
         write(out);
-        out.flush();
+        out.close();  // flushes: a full disk shows here
         if (!out) throw Error(path + ": write failed: " + std::strerror(errno));
-        out.close();
-        if (!out) throw Error(path + ": write failed on close: " + std::strerror(errno));
     } catch (...) {
         std::remove(tmp.c_str());
         throw;

@@ -76,7 +76,7 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
                        plan.costs.attention_flops_per_token_per_position * len * (len + 1) / 2.0;
         // The floor is the (FLOPs over the matrix rate); beside it, reading the weights
         // once and writing the prompt's K and V, which bounds the short prompts instead.
-        nlohmann::json row = {{"prompt_tokens", len}, {"ms", ms}};
+        nlohmann::json row = {{"prompt_tokens", len}, {"ms", ms}, {"flops", flops}};
         if (rates.matmul_flops_per_s > 0 && rates.copy_bytes_per_s > 0) {
             const double floor_ms = flops / rates.matmul_flops_per_s * 1e3;
             const double read_ms = (weight_bytes + kv_bytes_per_position * (double)len) / rates.copy_bytes_per_s * 1e3;
