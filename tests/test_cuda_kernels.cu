@@ -600,29 +600,68 @@ TEST(CudaKernels, SwiGluFusedAndSplitAndAdd) {
 TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
     REQUIRE_GPU();
     // Experts 2..3 of 4 held here (an EP group), each split in half (inter_local = I / 2).
-    cpu::MoeShape s{6, 64, 4, 2, 2, 2, 48};
-    auto x = random_bf16(s.tokens * s.hidden), logits = random_bf16(s.tokens * s.experts, 2.0f);
-    auto w13 = random_bf16(s.local_experts * 2 * s.inter_local * s.hidden, 0.1f);
-    auto w2 = random_bf16(s.local_experts * s.hidden * s.inter_local, 0.1f);
-    std::vector<float> ref(s.tokens * s.hidden);
-    cpu::moe(s, x.data(), logits.data(), w13.data(), w2.data(), ref.data());
-    // The executor's dense MoE: routing weights, then every local expert weighted.
-    cublasHandle_t h;
-    CUBLAS_CHECK(cublasCreate(&h));
-    std::unique_ptr<Device<bf16>> dx(upload(x)), dl(upload(logits)), d13(upload(w13)), d2(upload(w2));
-    std::unique_ptr<Device<bf16>> dy(upload(std::vector<float>(s.tokens * s.hidden, 0.0f)));
-    std::unique_ptr<Device<bf16>> dgu(poisoned(s.tokens * 2 * s.inter_local)), dact(poisoned(s.tokens * s.inter_local)),
-        dpart(poisoned(s.tokens * s.hidden));
-    Device<float> weights(s.tokens * s.local_experts);
-    cuda::moe_routing(s, dl->p, weights.p, nullptr);
-    for (int64_t e = 0; e < s.local_experts; ++e) {
-        cuda::linear(h, {s.tokens, s.hidden, 2 * s.inter_local}, dx->p, d13->p + e * 2 * s.inter_local * s.hidden, nullptr, dgu->p, nullptr);
-        cuda::silu_mul_fused(s.tokens, s.inter_local, dgu->p, dact->p, nullptr);
-        cuda::linear(h, {s.tokens, s.inter_local, s.hidden}, dact->p, d2->p + e * s.hidden * s.inter_local, nullptr, dpart->p, nullptr);
-        cuda::scale_add(s.tokens, s.hidden, weights.p + e, s.local_experts, dpart->p, dy->p, nullptr);
+    // Token counts: a few; enough for several passes of 8 tokens over one expert's rows; more
+    // than the sparse kernels list at once (1024).
+    for (int64_t tokens : {6, 21, 1100}) {
+        cpu::MoeShape s{tokens, 64, 4, 2, 2, 2, 48};
+        const std::string at = " at " + std::to_string(tokens) + " tokens";
+        auto x = random_bf16(s.tokens * s.hidden), logits = random_bf16(s.tokens * s.experts, 2.0f);
+        logits[0] = logits[1] = 8.0f;  // token 0 chooses experts 0 and 1, both held elsewhere
+        auto w13 = random_bf16(s.local_experts * 2 * s.inter_local * s.hidden, 0.1f);
+        auto w2 = random_bf16(s.local_experts * s.hidden * s.inter_local, 0.1f);
+        std::vector<float> ref(s.tokens * s.hidden);
+        cpu::moe(s, x.data(), logits.data(), w13.data(), w2.data(), ref.data());
+        // The executor's dense MoE: routing weights, then every local expert weighted.
+        cublasHandle_t h;
+        CUBLAS_CHECK(cublasCreate(&h));
+        std::unique_ptr<Device<bf16>> dx(upload(x)), dl(upload(logits)), d13(upload(w13)), d2(upload(w2));
+        std::unique_ptr<Device<bf16>> dy(upload(std::vector<float>(s.tokens * s.hidden, 0.0f)));
+        std::unique_ptr<Device<bf16>> dgu(poisoned(s.tokens * 2 * s.inter_local)), dact(poisoned(s.tokens * s.inter_local)),
+            dpart(poisoned(s.tokens * s.hidden));
+        Device<float> weights(s.tokens * s.local_experts);
+        cuda::moe_routing(s, dl->p, weights.p, nullptr);
+        for (int64_t e = 0; e < s.local_experts; ++e) {
+            cuda::linear(h, {s.tokens, s.hidden, 2 * s.inter_local}, dx->p, d13->p + e * 2 * s.inter_local * s.hidden, nullptr, dgu->p, nullptr);
+            cuda::silu_mul_fused(s.tokens, s.inter_local, dgu->p, dact->p, nullptr);
+            cuda::linear(h, {s.tokens, s.inter_local, s.hidden}, dact->p, d2->p + e * s.hidden * s.inter_local, nullptr, dpart->p, nullptr);
+            cuda::scale_add(s.tokens, s.hidden, weights.p + e, s.local_experts, dpart->p, dy->p, nullptr);
+        }
+        std::vector<float> dense = download(*dy);
+        expect_close(dense, ref, "moe, dense" + at);
+        cublasDestroy(h);
+
+        // Sparse, fused w13: against the twin, and against the dense form (the same rounding
+        // steps, so only the GEMMs' order of accumulation differs). Every output is written
+        // (y poisoned), tokens routed to no local expert included (zero).
+        std::unique_ptr<Device<bf16>> sact(poisoned(s.local_experts * s.tokens * s.inter_local)),
+            spart(poisoned(s.local_experts * s.tokens * s.hidden)), sy(poisoned(s.tokens * s.hidden));
+        ASSERT_TRUE(cuda::moe_sparse_supported(s, {dx->p, d13->p, d2->p}));
+        cuda::moe_sparse(s, weights.p, dx->p, d13->p, d13->p + s.inter_local * s.hidden, 2 * s.inter_local * s.hidden, d2->p, sact->p,
+                         spart->p, sy->p, nullptr);
+        std::vector<float> sparse = download(*sy);
+        expect_close(sparse, ref, "moe, sparse" + at);
+        expect_close(sparse, dense, "moe, sparse against dense" + at);
+        int64_t unrouted = 0;
+        std::vector<float> w(s.tokens * s.local_experts);
+        CUDA_CHECK(cudaMemcpy(w.data(), weights.p, w.size() * 4, cudaMemcpyDeviceToHost));
+        for (int64_t t = 0; t < s.tokens; ++t)
+            if (w[t * 2] == 0.0f && w[t * 2 + 1] == 0.0f) {
+                ++unrouted;
+                for (int64_t i = 0; i < s.hidden; ++i) ASSERT_EQ(sparse[t * s.hidden + i], 0.0f) << "token " << t << " visits no local expert";
+            }
+        EXPECT_GT(unrouted, 0) << "token 0 chooses only experts held elsewhere" << at;
+
+        // Sparse with gate and up as separate tensors (w1, w3 [local, inter, hidden]): the same bits.
+        std::vector<float> w1, w3;
+        for (int64_t e = 0; e < s.local_experts; ++e) {
+            auto base = w13.begin() + e * 2 * s.inter_local * s.hidden;
+            w1.insert(w1.end(), base, base + s.inter_local * s.hidden);
+            w3.insert(w3.end(), base + s.inter_local * s.hidden, base + 2 * s.inter_local * s.hidden);
+        }
+        std::unique_ptr<Device<bf16>> d1(upload(w1)), d3(upload(w3)), sy2(poisoned(s.tokens * s.hidden));
+        cuda::moe_sparse(s, weights.p, dx->p, d1->p, d3->p, s.inter_local * s.hidden, d2->p, sact->p, spart->p, sy2->p, nullptr);
+        EXPECT_EQ(download(*sy2), sparse) << "separate gate and up" << at;
     }
-    expect_close(download(*dy), ref, "moe");
-    cublasDestroy(h);
 }
 
 TEST(CudaKernels, ArgmaxGatherAndConversions) {

@@ -39,12 +39,14 @@ int gpu_major() {
 struct Case {
     const char* model;
     int tp, ep;
+    const char* moe = "";  // TPX_MOE for the run ("sparse": every MoE layer through moe.cu's kernels)
 };
 
 std::string name_of(const testing::TestParamInfo<Case>& info) {
     std::string m = info.param.model;
     std::replace(m.begin(), m.end(), '-', '_');
-    return m + "_tp" + std::to_string(info.param.tp) + "_ep" + std::to_string(info.param.ep);
+    return m + "_tp" + std::to_string(info.param.tp) + "_ep" + std::to_string(info.param.ep) +
+           (*info.param.moe ? std::string("_moe_") + info.param.moe : "");
 }
 
 // A job over greedy_ids (prompt + HF's continuation) with no new tokens: teacher forcing.
@@ -71,7 +73,8 @@ TEST_P(GpuGolden, Bf16LogitsAndTeacherForcedTokens) {
     Golden g = read_golden(c.model);
     std::string dir = temp_dir();
     std::string job = write_job(dir, g, c.model, c.tp, c.ep);
-    auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/logits.h5");
+    const std::string env = *c.moe ? std::string("TPX_MOE=") + c.moe + " " : "";
+    auto r = run_process(env + "timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/logits.h5");
     ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
     double max_err = 0, max_ref = 0;
     int compared = 0, skipped = 0;
@@ -100,7 +103,7 @@ TEST_P(GpuGolden, Bf16LogitsAndTeacherForcedTokens) {
     }
     EXPECT_LE(max_err / max_ref, 2e-2) << "max abs error " << max_err << " over max abs logit " << max_ref;
     EXPECT_GT(compared, skipped) << "most positions have a clear winner";
-    std::cout << "[ info ] " << c.model << " tp=" << c.tp << " ep=" << c.ep << ": relative logit error " << max_err / max_ref
+    std::cout << "[ info ] " << c.model << " tp=" << c.tp << " ep=" << c.ep << (*c.moe ? std::string(" TPX_MOE=") + c.moe : "") << ": relative logit error " << max_err / max_ref
               << ", argmax checked at " << compared << " positions (" << skipped << " too close to call)\n";
     fs::remove_all(dir);
 }
@@ -110,44 +113,51 @@ INSTANTIATE_TEST_SUITE_P(Golden, GpuGolden,
                                          Case{"llama-sharded", 1, 1}, Case{"llama-sharded", 2, 1}, Case{"llama-sharded", 4, 1},
                                          Case{"qwen2-bias", 1, 1}, Case{"qwen2-bias", 2, 1}, Case{"qwen2-bias", 4, 1},
                                          Case{"mixtral-moe", 1, 1}, Case{"mixtral-moe", 2, 1}, Case{"mixtral-moe", 4, 1},
-                                         Case{"mixtral-moe", 2, 2}),
+                                         Case{"mixtral-moe", 2, 2}, Case{"mixtral-moe", 1, 1, "sparse"},
+                                         Case{"mixtral-moe", 2, 2, "sparse"}),
                          name_of);
 
+// Greedy decode through CUDA graphs; for mixtral-moe the decode steps' MoE layers run sparse
+// (2 tokens a step, under kMoeSparseMaxTokens) inside the graph.
 TEST(GpuRun, GreedyDecodeWithCudaGraphsMatchesHf) {
     if (gpu_count() < 1) GTEST_SKIP() << "no CUDA device";
-    Golden g = read_golden("llama-gqa");
-    std::string dir = temp_dir();
-    std::ofstream prompts(dir + "/prompts.jsonl");
-    for (int64_t b = 0; b < g.batch; ++b)
-        prompts << nlohmann::json{{"id", b}, {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len,
-                                                                               g.input_ids.begin() + (b + 1) * g.prompt_len)}}.dump()
-                << "\n";
-    prompts.close();
-    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[backend]\ndevice = \"cuda\"\n"
-                                     << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 8\noutput = \"out.jsonl\"\n";
-    auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/job.toml");
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-    // 2 prompts x 8 tokens: 7 decode steps after the prefill; the first runs eagerly (it sizes the
-    // activations' block), the other 6 replay one graph, whose kernels are linked by
-    // programmatic edges on sm_90 (unless TPX_PDL=0).
-    EXPECT_NE(r.err.find("decode: 6 CUDA graph replays of 1 captured graphs"), std::string::npos) << r.err;
-    const char* pdl = std::getenv("TPX_PDL");
-    if (gpu_major() >= 9 && !(pdl && std::string(pdl) == "0")) {
-        EXPECT_EQ(r.err.find("(0 programmatic edges"), std::string::npos) << "no kernel of the decode graph may start early:\n" << r.err;
+    for (const char* model : {"llama-gqa", "mixtral-moe"}) {
+        SCOPED_TRACE(model);
+        Golden g = read_golden(model);
+        std::string dir = temp_dir();
+        std::ofstream prompts(dir + "/prompts.jsonl");
+        for (int64_t b = 0; b < g.batch; ++b)
+            prompts << nlohmann::json{{"id", b}, {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len,
+                                                                                   g.input_ids.begin() + (b + 1) * g.prompt_len)}}.dump()
+                    << "\n";
+        prompts.close();
+        std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/" << model << "\"\n[backend]\ndevice = \"cuda\"\n"
+                                         << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 8\noutput = \"out.jsonl\"\n";
+        auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/job.toml");
+        ASSERT_EQ(r.exit_code, 0) << r.err;
+        // 2 prompts x 8 tokens: 7 decode steps after the prefill; the first runs eagerly (it sizes the
+        // activations' block), the other 6 replay one graph, whose kernels are linked by
+        // programmatic edges on sm_90 (unless TPX_PDL=0).
+        EXPECT_NE(r.err.find("decode: 6 CUDA graph replays of 1 captured graphs"), std::string::npos) << r.err;
+        const char* pdl = std::getenv("TPX_PDL");
+        if (gpu_major() >= 9 && !(pdl && std::string(pdl) == "0")) {
+            EXPECT_EQ(r.err.find("(0 programmatic edges"), std::string::npos) << "no kernel of the decode graph may start early:\n" << r.err;
+        }
+        std::ifstream out(dir + "/out.jsonl");
+        std::string line;
+        int64_t b = 0, same = 0;
+        while (std::getline(out, line)) {
+            auto ids = nlohmann::json::parse(line)["output_ids"].get<std::vector<int32_t>>();
+            std::vector<int32_t> want(g.greedy_ids.begin() + b * g.total_len + g.prompt_len, g.greedy_ids.begin() + (b + 1) * g.total_len);
+            EXPECT_EQ(ids.size(), want.size()) << "prompt " << b;
+            same += ids == want;
+            ++b;
+        }
+        // llama-gqa's smallest top-two gap is 0.0029, below bf16's error: report rather than require.
+        std::cout << "[ info ] " << model << ": greedy continuations equal to HF's: " << same << " of " << b << "\n";
+        EXPECT_EQ(b, g.batch);
+        fs::remove_all(dir);
     }
-    std::ifstream out(dir + "/out.jsonl");
-    std::string line;
-    int64_t b = 0, same = 0;
-    while (std::getline(out, line)) {
-        auto ids = nlohmann::json::parse(line)["output_ids"].get<std::vector<int32_t>>();
-        std::vector<int32_t> want(g.greedy_ids.begin() + b * g.total_len + g.prompt_len, g.greedy_ids.begin() + (b + 1) * g.total_len);
-        same += ids == want;
-        ++b;
-    }
-    // llama-gqa's smallest top-two gap is 0.0029, below bf16's error: report rather than require.
-    std::cout << "[ info ] greedy continuations equal to HF's: " << same << " of " << b << "\n";
-    EXPECT_EQ(b, g.batch);
-    fs::remove_all(dir);
 }
 
 // A prompt of 200 tokens (golden prompts are 12 to 20): the prefill's GEMMs go through the tuner

@@ -269,6 +269,12 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
                 std::find(graph_.outputs().begin(), graph_.outputs().end(), n->out()) == graph_.outputs().end())
                 residual_epilogue_[n] = u;
         }
+    // TPX_MOE: "sparse" or "dense" for every batch; unset or "auto", sparse up to kMoeSparseMaxTokens.
+    if (const char* m = std::getenv("TPX_MOE"); m && std::string(m) != "auto") {
+        if (std::string(m) == "sparse") moe_sparse_max_tokens_ = INT64_MAX;
+        else if (std::string(m) == "dense") moe_sparse_max_tokens_ = -1;
+        else throw Error("TPX_MOE='" + std::string(m) + "': expected auto, sparse or dense", kExitBadInput);
+    }
     const char* prof = std::getenv("TPX_PROFILE");
     profiling_ = prof && std::string(prof) == "1";
 }
@@ -748,33 +754,47 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
             if (n->inputs.size() == 1) cuda::silu_mul_fused(r, width(n->out()), data(in(0)), make(n->out(), r), stream_);
             else cuda::silu_mul(r, width(n->out()), data(in(0)), data(in(1)), make(n->out(), r), stream_);
         } else if (op == "moe") {
-            // Dense over the local experts: every token through every local expert, weighted by
-            // its routing weight (0 where not chosen). No host round trip, so it can be captured.
+            // Up to moe_sparse_max_tokens_ tokens, sparse (kernels/cuda/moe.cu); more, dense over
+            // the local experts: every token through every local expert by cuBLAS, weighted by its
+            // routing weight (0 where not chosen). No host round trip either way, so it can be captured.
             const Value* w2 = n->inputs.back();
             int64_t local = w2->shape[0], hidden = w2->shape[1], inter = w2->shape[2];
             int64_t first = ((int64_t)rank_ / n->attr_int("group_size")) * n->attr_int("experts_per_group");
             cpu::MoeShape s{r, hidden, n->attr_int("experts"), n->attr_int("top_k"), first, local, inter};
             cuda::moe_routing(s, data(in(1)), moe_weights_, stream_);
             bf16* y = make(n->out(), r);
-            CUDA_CHECK(cudaMemsetAsync(y, 0, r * hidden * sizeof(bf16), stream_));
-            bf16* gu = alloc(r * 2 * inter);
-            bf16* act = alloc(r * inter);
-            bf16* part = alloc(r * hidden);
-            for (int64_t e = 0; e < local; ++e) {
-                if (n->inputs.size() == 4) {
-                    cuda::linear(cublas_, {r, hidden, 2 * inter}, data(in(0)), data(in(2)) + e * 2 * inter * hidden, nullptr, gu, stream_);
-                    cuda::silu_mul_fused(r, inter, gu, act, stream_);
-                } else {
-                    cuda::linear(cublas_, {r, hidden, inter}, data(in(0)), data(in(2)) + e * inter * hidden, nullptr, gu, stream_);
-                    cuda::linear(cublas_, {r, hidden, inter}, data(in(0)), data(in(3)) + e * inter * hidden, nullptr, gu + r * inter, stream_);
-                    cuda::silu_mul(r, inter, gu, gu + r * inter, act, stream_);
+            const bool fused = n->inputs.size() == 4;
+            const bf16* w_gate = data(in(2));
+            const bf16* w_up = fused ? w_gate + inter * hidden : data(in(3));
+            if (r <= moe_sparse_max_tokens_ && cuda::moe_sparse_supported(s, {data(in(0)), w_gate, w_up, data(w2)})) {
+                // Few tokens: each chosen expert's weights read once, the others not at all.
+                bf16* act = alloc(local * r * inter);
+                bf16* part = alloc(local * r * hidden);
+                cuda::moe_sparse(s, moe_weights_, data(in(0)), w_gate, w_up, (fused ? 2 : 1) * inter * hidden, data(w2), act, part, y,
+                                 stream_);
+                release(act);
+                release(part);
+            } else {
+                CUDA_CHECK(cudaMemsetAsync(y, 0, r * hidden * sizeof(bf16), stream_));
+                bf16* gu = alloc(r * 2 * inter);
+                bf16* act = alloc(r * inter);
+                bf16* part = alloc(r * hidden);
+                for (int64_t e = 0; e < local; ++e) {
+                    if (fused) {
+                        cuda::linear(cublas_, {r, hidden, 2 * inter}, data(in(0)), w_gate + e * 2 * inter * hidden, nullptr, gu, stream_);
+                        cuda::silu_mul_fused(r, inter, gu, act, stream_);
+                    } else {
+                        cuda::linear(cublas_, {r, hidden, inter}, data(in(0)), w_gate + e * inter * hidden, nullptr, gu, stream_);
+                        cuda::linear(cublas_, {r, hidden, inter}, data(in(0)), w_up + e * inter * hidden, nullptr, gu + r * inter, stream_);
+                        cuda::silu_mul(r, inter, gu, gu + r * inter, act, stream_);
+                    }
+                    cuda::linear(cublas_, {r, inter, hidden}, act, data(w2) + e * hidden * inter, nullptr, part, stream_);
+                    cuda::scale_add(r, hidden, moe_weights_ + e, local, part, y, stream_);
                 }
-                cuda::linear(cublas_, {r, inter, hidden}, act, data(w2) + e * hidden * inter, nullptr, part, stream_);
-                cuda::scale_add(r, hidden, moe_weights_ + e, local, part, y, stream_);
+                release(gu);
+                release(act);
+                release(part);
             }
-            release(gu);
-            release(act);
-            release(part);
         } else if (op == "all_reduce") {
             bf16* y = make(n->out(), r);
             if (nccl_) nccl_->all_reduce(data(in(0)), y, r * width(in(0)));

@@ -118,6 +118,8 @@ private:
     int32_t* argmax_ = nullptr;
     float* moe_weights_ = nullptr;
     int64_t moe_capacity_ = 0;
+    // MoE layers with at most this many tokens run sparse (TPX_MOE; docs/GPU.md).
+    int64_t moe_sparse_max_tokens_ = cuda::kMoeSparseMaxTokens;
     bool graphs_enabled_ = false;
     // TPX_PROFILE=1: events around every node (no graphs then); ms and calls per op kind.
     bool profiling_ = false;

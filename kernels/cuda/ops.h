@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -150,6 +151,20 @@ void moe_routing(const cpu::MoeShape& s, const bf16* router_logits, float* weigh
 // y[t, :] += weights[t, e] * part[t, :]
 void scale_add(int64_t tokens, int64_t width, const float* weights, int64_t weight_stride, const bf16* part, bf16* y,
                cudaStream_t stream);
+
+// Sparse MoE experts (moe.cu) for few tokens: each local expert's weights read once, by the
+// tokens routed to it (weights[t, e] != 0, from moe_routing), none for an expert no token
+// visits. Gate rows of expert e at w_gate + e * expert_stride, up rows at w_up + the same
+// ([inter_local, hidden] each: the fused w13 gives w_up = w13 + inter_local * hidden and
+// expert_stride = 2 * inter_local * hidden); w2 [local, hidden, inter_local]. act
+// [local, tokens, inter_local] and part [local, tokens, hidden] are scratch. y[t, :] = the
+// weighted parts, summed in expert order as the dense form's scale_add calls do.
+// The executor's default: MoE layers of at most this many tokens go sparse, more go dense
+// (tpx-kbench --moe measures both; docs/PERF.md).
+constexpr int64_t kMoeSparseMaxTokens = 4;
+bool moe_sparse_supported(const cpu::MoeShape& s, std::initializer_list<const void*> ptrs);
+void moe_sparse(const cpu::MoeShape& s, const float* weights, const bf16* x, const bf16* w_gate, const bf16* w_up, int64_t expert_stride,
+                const bf16* w2, bf16* act, bf16* part, bf16* y, cudaStream_t stream);
 
 // out[r, :] = x[rows[r], :]
 void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16* x, bf16* out, cudaStream_t stream);
