@@ -8,6 +8,7 @@
 //   tpx-kbench --gemm    the prefill GEMMs: cublasGemmEx against every cuBLASLt heuristic's algorithm
 //   tpx-kbench --layer TP one decoder layer with one rank's shapes at tensor parallelism TP
 //   tpx-kbench --flash   prefill attention alone, 512 to 8192 tokens (TPX_FLASH picks the variant)
+//   tpx-kbench --moe     a Mixtral-shaped MoE layer at 1 to 64 tokens, dense against sparse
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -321,6 +322,64 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
     cudaFree(kc), cudaFree(vc);
 }
 
+// One Mixtral-8x7B-shaped MoE layer (hidden 4096, 8 experts of 14336, top 2, bf16) at 1 to 64
+// tokens: the executor's dense form (every expert by cuBLAS over every token) against the
+// sparse kernels (moe.cu), each with its routing, inside a CUDA graph. Bytes: the experts the
+// form reads (sparse: those some token chose) over the time.
+void moe_sweep(cublasHandle_t h, cudaStream_t st) {
+    const int64_t hidden = 4096, inter = 14336, experts = 8, top_k = 2, max_tokens = 64;
+    const double expert_bytes = 3.0 * hidden * inter * 2;
+    bf16* w13 = device_alloc<bf16>(experts * 2 * inter * hidden);
+    bf16* w2 = device_alloc<bf16>(experts * hidden * inter);
+    bf16* x = device_alloc<bf16>(max_tokens * hidden);
+    bf16* y = device_alloc<bf16>(max_tokens * hidden, false);
+    bf16* gu = device_alloc<bf16>(max_tokens * 2 * inter, false);
+    bf16* act = device_alloc<bf16>(experts * max_tokens * inter, false);
+    bf16* part = device_alloc<bf16>(experts * max_tokens * hidden, false);
+    float* weights = device_alloc<float>(max_tokens * experts, false);
+    // Router logits: each token prefers two experts drawn at random, so that a batch's tokens
+    // spread over the experts as trained routers' do.
+    std::vector<uint16_t> lh(max_tokens * experts);
+    uint32_t r = 99;
+    for (int64_t t = 0; t < max_tokens; ++t) {
+        for (int64_t e = 0; e < experts; ++e) lh[t * experts + e] = 0x3f80;  // 1.0
+        for (int k = 0; k < 2; ++k) r = r * 1664525u + 1013904223u, lh[t * experts + (r >> 16) % experts] = 0x4040;  // 3.0
+    }
+    bf16* logits = device_alloc<bf16>(max_tokens * experts, false);
+    CUDA_CHECK(cudaMemcpy(logits, lh.data(), lh.size() * 2, cudaMemcpyHostToDevice));
+    for (int64_t T : {1, 2, 4, 8, 16, 32, 64}) {
+        cpu::MoeShape s{T, hidden, experts, top_k, 0, experts, inter};
+        cuda::moe_routing(s, logits, weights, st);
+        std::vector<float> w(T * experts);
+        CUDA_CHECK(cudaMemcpyAsync(w.data(), weights, w.size() * 4, cudaMemcpyDeviceToHost, st));
+        CUDA_CHECK(cudaStreamSynchronize(st));
+        int chosen = 0;
+        for (int64_t e = 0; e < experts; ++e) {
+            bool any = false;
+            for (int64_t t = 0; t < T; ++t) any = any || w[t * experts + e] != 0.0f;
+            chosen += any;
+        }
+        double dense = time_graph(st, [&](int) {
+            cuda::moe_routing(s, logits, weights, st);
+            CUDA_CHECK(cudaMemsetAsync(y, 0, T * hidden * 2, st));
+            for (int64_t e = 0; e < experts; ++e) {
+                cuda::linear(h, {T, hidden, 2 * inter}, x, w13 + e * 2 * inter * hidden, nullptr, gu, st);
+                cuda::silu_mul_fused(T, inter, gu, act, st);
+                cuda::linear(h, {T, inter, hidden}, act, w2 + e * hidden * inter, nullptr, part, st);
+                cuda::scale_add(T, hidden, weights + e, experts, part, y, st);
+            }
+        });
+        double sparse = time_graph(st, [&](int) {
+            cuda::moe_routing(s, logits, weights, st);
+            cuda::moe_sparse(s, weights, x, w13, w13 + inter * hidden, 2 * inter * hidden, w2, act, part, y, st);
+        });
+        const std::string shape = "T=" + std::to_string(T) + ", " + std::to_string(chosen) + " of 8 experts chosen";
+        row("moe layer dense (cuBLAS)", shape, dense, rate(experts * expert_bytes, dense));
+        row("moe layer sparse (moe.cu)", shape, sparse, rate(chosen * expert_bytes, sparse));
+    }
+    for (void* p : {(void*)w13, (void*)w2, (void*)x, (void*)y, (void*)gu, (void*)act, (void*)part, (void*)weights, (void*)logits}) cudaFree(p);
+}
+
 // A file in the page cache straight to the device, no CPU copy: the file mmap'd read-only,
 // each piece registered (cudaHostRegisterReadOnly), copied and unregistered, on 1 to 8 threads
 // with a stream each; against cudaMemcpy from the unregistered mapping (the driver stages it).
@@ -391,6 +450,10 @@ int main(int argc, char** argv) {
     std::printf("tpx-kbench on %s; per op inside a CUDA graph of %d, median of 7 replays\n", prop.name, kReps);
     if (argc > 2 && std::strcmp(argv[1], "--h2d-file") == 0) {
         h2d_from_file(argv[2]);
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--moe") == 0) {
+        moe_sweep(h, st);
         return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--flash") == 0) {
