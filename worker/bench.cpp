@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <random>
 
@@ -10,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/file.h"
+#include "sharding/analysis.h"
 
 namespace tpx {
 namespace {
@@ -42,6 +44,28 @@ double timed(Executor& exec, const TokenBatch& b) {
     return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
+// A MoE model's expert weights on one rank, and the share of them that a decode step of `batch`
+// tokens must read: the experts some token chose. Each token choosing top_k of the experts
+// uniformly, an expert is left out by all of them with probability (1 - top_k / experts)^batch;
+// at batch 1 exactly top_k / experts. (Trained routers are not uniform: real batches may read fewer.)
+struct ExpertWeights {
+    double bytes = 0;
+    double top_k = 0, experts = 0;
+    double read_share(int64_t batch) const {
+        return bytes > 0 ? 1.0 - std::pow(1.0 - top_k / experts, (double)batch) : 0.0;
+    }
+};
+
+ExpertWeights expert_weights(const Graph& g) {
+    ExpertWeights w;
+    for (const Node* n : g.nodes()) {
+        if (n->op != "moe") continue;
+        for (size_t k = 2; k < n->inputs.size(); ++k) w.bytes += (double)(shape_numel(n->inputs[k]->shape) * dtype_bytes(n->inputs[k]->dtype));
+        w.top_k = (double)n->attr_int("top_k"), w.experts = (double)n->attr_int("experts");
+    }
+    return w;
+}
+
 }  // namespace
 
 void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const DeviceRates& rates, const BenchSettings& s) {
@@ -49,6 +73,7 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
     std::mt19937 rng(1234);
     const int rank = comm.rank();
     const double weight_bytes = (double)plan.ranks.at(rank).weight_bytes;
+    const ExpertWeights experts = expert_weights(s.graph ? *s.graph : plan.graph);
     // K and V of every layer for one cached position of one sequence, on this rank.
     const double kv_bytes_per_position = (double)plan.ranks.at(rank).kv_cache_bytes / (double)(plan.max_batch * plan.max_seq_len);
     nlohmann::json report = {{"model", c.architecture}, {"tp", plan.tp}, {"ep", plan.ep}, {"weight_bytes_per_rank", weight_bytes},
@@ -109,11 +134,13 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
         }
         double ms = median(t), device_ms = median(on_device);
         double kv_read = kv_bytes_per_position * batch * (context / s.steps);
+        // The weights a step must read: all but the experts no token chose.
+        const double weights_read = weight_bytes - experts.bytes * (1.0 - experts.read_share(batch));
         if (rank == 0 && !exec.profile().empty()) std::printf("decode batch %lld, %s", (long long)batch, exec.profile().c_str());
         nlohmann::json row = {{"batch", batch}, {"ms_per_step", ms}, {"tokens_per_s", batch * 1e3 / ms}, {"device_ms_per_step", device_ms}};
         if (rates.copy_bytes_per_s > 0) {
-            const double floor_ms = (weight_bytes + kv_read) / rates.copy_bytes_per_s * 1e3;
-            row.update({{"roofline_ms", floor_ms}, {"fraction_of_roofline", floor_ms / ms}});
+            const double floor_ms = (weights_read + kv_read) / rates.copy_bytes_per_s * 1e3;
+            row.update({{"roofline_ms", floor_ms}, {"fraction_of_roofline", floor_ms / ms}, {"roofline_weight_bytes", weights_read}});
         }
         decode.push_back(row);
     }
@@ -131,6 +158,10 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
     report["load_GBps_per_rank"] = s.weights_seconds > 0 ? s.read_bytes / s.weights_seconds / 1e9 : 0.0;
     if (rank != 0) return;
     std::printf("\nbench: %s, tp=%d ep=%d, %.2f GB of weights per rank; ", c.architecture.c_str(), plan.tp, plan.ep, weight_bytes / 1e9);
+    if (experts.bytes > 0)
+        std::printf("%.2f GB of them experts, of which a decode step's roofline counts those its tokens choose (top %.0f of %.0f, "
+                    "uniformly: %.0f%% at batch 1); ",
+                    experts.bytes / 1e9, experts.top_k, experts.experts, 100 * experts.read_share(1));
     if (rates.copy_bytes_per_s > 0)
         std::printf("measured copy %.0f GB/s, bf16 GEMM on random matrices %.0f TFLOP/s in a burst, %.0f settled (the floor's: %.0f); "
                     "%.0f on constant ones\n",

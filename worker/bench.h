@@ -37,6 +37,9 @@ struct BenchSettings {
     // This rank's load, reported beside the timings: seconds (all of it, and the weights' read
     // and upload alone), bytes read and bytes planned.
     double load_seconds = 0, weights_seconds = 0, read_bytes = 0, planned_read_bytes = 0;
+    // The rank's graph, as the executor runs it (the plan's own was moved out to build it): its
+    // MoE layers' expert weights set the decode roofline.
+    const Graph* graph = nullptr;
 };
 
 void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const DeviceRates& rates, const BenchSettings& s);

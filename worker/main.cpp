@@ -238,6 +238,7 @@ int run(const Options& opt) {
         bs.weights_seconds = weights_seconds;
         bs.read_bytes = (double)ckpt->stats().data_bytes;
         bs.planned_read_bytes = (double)plan.ranks.at(rank).read_bytes;
+        bs.graph = &ctx.graph;
         run_bench(*exec, comm, plan, rates, bs);
         comm.barrier();
         return 0;
