@@ -7,7 +7,7 @@
 //   tpx-kbench [--quick]
 //   tpx-kbench --gemm    the prefill GEMMs: cublasGemmEx against every cuBLASLt heuristic's algorithm
 //   tpx-kbench --layer TP one decoder layer with one rank's shapes at tensor parallelism TP
-//   tpx-kbench --flash   prefill attention alone, 512 to 8192 tokens (TPX_FLASH picks the variant)
+//   tpx-kbench --flash   prefill attention alone, 128 to 8192 tokens (TPX_FLASH, TPX_FLASH_SHORT_MAX pick the variant)
 //   tpx-kbench --moe     a Mixtral-shaped MoE layer at 1 to 64 tokens, dense against sparse
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -307,7 +307,7 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
     const int64_t heads = 32, kvh = 8, hd = 128, kvw = kvh * hd, max_seq = 8192;
     bf16* kc = device_alloc<bf16>(max_seq * kvw);
     bf16* vc = device_alloc<bf16>(max_seq * kvw);
-    for (int64_t P : {512, 2048, 8192}) {
+    for (int64_t P : {128, 256, 512, 2048, 8192}) {
         PrefillInputs in(P, heads * hd, kvw);
         cpu::AttentionShape s{P, heads, kvh, hd, max_seq, 0};
         std::vector<cuda::AttentionSegment> segs{{0, P, 0, 0}};
@@ -316,7 +316,8 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
             cuda::attention(s, in.slots, in.positions, in.q, in.kv, in.kv + kvw, kc, vc, in.out, st, 2 * kvw, 2 * kvw, h, &segs);
         });
         const char* v = std::getenv("TPX_FLASH");
-        row(std::string("attention prefill flash ") + (v ? v : "default"), "T=" + std::to_string(P) + " one layer", us,
+        const char* short_max = std::getenv("TPX_FLASH_SHORT_MAX");
+        row(std::string("attention prefill flash ") + (v ? v : "default") + (short_max ? std::string(" short<=") + short_max : ""), "T=" + std::to_string(P) + " one layer", us,
             rate(0, us, causal_flops) + " (causal FLOPs)");
     }
     cudaFree(kc), cudaFree(vc);

@@ -568,6 +568,8 @@ TEST(CudaKernels, AttentionGemmPathAndMixedSegments) {
             for (int i = 0; i < 600; ++i) slot.push_back(0), pos.push_back(i);
             for (int i = 0; i < 3; ++i) slot.push_back(1), pos.push_back(i);
             for (int i = 0; i < 70; ++i) slot.push_back(2), pos.push_back(5 + i);
+            // The 600-token segment takes the flash kernel's 128-row blocks (head_dim 64 and 128;
+            // cuBLAS for 80), the 70-token one its 32-row blocks for short segments.
             step(slot, pos, {{0, 600, 0, 0}, {600, 3, 1, 0}, {603, 70, 2, 5}}, window ? "attention gemm (window)" : "attention gemm");
             step({0, 1, 2}, {600, 3, 75}, {{0, 1, 0, 600}, {1, 1, 1, 3}, {2, 1, 2, 75}}, "attention decode after gemm prefill");
         }

@@ -573,6 +573,7 @@ void flash_attention(const cpu::AttentionShape& s, const AttentionSegment& seg, 
 }
 
 constexpr int64_t kGemmRowBlock = 512;
+constexpr int64_t kFlashShortMax = 256;
 
 // The per-head operands of the batched GEMMs, computed on the device (asynchronous, capturable):
 // [K_g | Q_h | S_h | V_g | P_h | O_h] for every query head h of kv head g = h / G.
@@ -716,7 +717,14 @@ void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t*
         // Row tiles a warp: 2 (default) or 1 (TPX_FLASH=1x64; tpx-kbench --flash compares them). tpx-kbench,
         // 2048 tokens, one layer, H200: 1 row tile 197 us, 2 row tiles 176 us (2 x 32 keys: 187 us).
         static const bool one_row_tile = std::getenv("TPX_FLASH") && std::string(std::getenv("TPX_FLASH")) == "1x64";
-        if (flash && s.head_dim == 128 && one_row_tile) flash_attention<128, 4, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
+        // Short segments (a 128-token prompt): 32 query rows a block (2 warps, one row tile), so
+        // that the grid has heads x count / 32 blocks rather than one a head (TPX_FLASH_SHORT_MAX
+        // sets the length, 0 turns it off; tpx-kbench --flash compares).
+        static const int64_t short_max = std::getenv("TPX_FLASH_SHORT_MAX") ? std::atoll(std::getenv("TPX_FLASH_SHORT_MAX")) : kFlashShortMax;
+        const bool short_seg = seg.count <= short_max;
+        if (flash && short_seg && s.head_dim == 128) flash_attention<128, 2, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
+        else if (flash && short_seg) flash_attention<64, 2, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
+        else if (flash && s.head_dim == 128 && one_row_tile) flash_attention<128, 4, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
         else if (flash && s.head_dim == 128) flash_attention<128, 4, 64, 2>(s, seg, q, k_cache, v_cache, out, stream);
         else if (flash && one_row_tile) flash_attention<64, 4, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
         else if (flash) flash_attention<64, 4, 64, 2>(s, seg, q, k_cache, v_cache, out, stream);
