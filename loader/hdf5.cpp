@@ -148,7 +148,8 @@ void Hdf5Checkpoint::read_one(const ReadRequest& r, ReadSink& sink) {
     H5Id ds(H5Dopen2(*file_holder_, ("tensors/" + name).c_str(), H5P_DEFAULT), H5Dclose);
     if (!ds.ok()) throw CheckpointError(path_ + ": cannot open dataset /tensors/" + name);
     H5Id file_space(H5Dget_space(ds), H5Sclose);
-    int rank = (int)t.shape.size();
+    int rank = (int)out_shape.size();          // of the slice's source (one entry of dim 0 when slice.index >= 0)
+    const int lead = slice.index >= 0 ? 1 : 0;  // the file's dims before the source's
 
     // The result is delivered in runs of whole leading-dimension rows that fit the sink's chunk.
     int64_t rows = rank == 0 ? 1 : out_shape[0];
@@ -159,18 +160,19 @@ void Hdf5Checkpoint::read_one(const ReadRequest& r, ReadSink& sink) {
     std::vector<char> scratch;
     for (int64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
         int64_t n = std::min(rows_per_chunk, rows - r0);
-        std::vector<hsize_t> start(rank), count(rank);
+        std::vector<hsize_t> start(rank + lead), count(rank + lead);
+        if (lead) start[0] = (hsize_t)slice.index, count[0] = 1;
         for (int d = 0; d < rank; ++d) {
-            start[d] = d == slice.dim ? (hsize_t)slice.start : 0;
-            count[d] = (hsize_t)out_shape[d];
+            start[lead + d] = d == slice.dim ? (hsize_t)slice.start : 0;
+            count[lead + d] = (hsize_t)out_shape[d];
         }
         if (rank > 0) {
-            start[0] += (hsize_t)r0;
-            count[0] = (hsize_t)n;
+            start[lead] += (hsize_t)r0;
+            count[lead] = (hsize_t)n;
         }
         uint64_t elems = (uint64_t)n * row_elems;
-        H5Id mem_space(rank == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, (const hsize_t*)&elems, nullptr), H5Sclose);
-        if (rank > 0) H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+        H5Id mem_space(rank + lead == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, (const hsize_t*)&elems, nullptr), H5Sclose);
+        if (rank + lead > 0) H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
         uint64_t offset = (uint64_t)r0 * row_elems * dst_size, bytes = elems * dst_size;
         char* memory = static_cast<char*>(sink.acquire(r, offset, bytes));
         void* target = memory;
@@ -178,7 +180,7 @@ void Hdf5Checkpoint::read_one(const ReadRequest& r, ReadSink& sink) {
             scratch.resize(elems * src_size);
             target = scratch.data();
         }
-        if (H5Dread(ds, h5_type(t.dtype), mem_space, rank == 0 ? H5S_ALL : (hid_t)file_space, H5P_DEFAULT, target) < 0)
+        if (H5Dread(ds, h5_type(t.dtype), mem_space, rank + lead == 0 ? H5S_ALL : (hid_t)file_space, H5P_DEFAULT, target) < 0)
             throw CheckpointError(path_ + ": reading dataset /tensors/" + name + " failed");
         if (dst_type != t.dtype) convert(scratch.data(), t.dtype, memory, dst_type, elems);
         count_data(path_, elems * src_size);

@@ -3,7 +3,23 @@
 
 namespace tpx {
 
-std::vector<int64_t> slice_shape(const TensorInfo& t, const Slice& s) {
+TensorInfo slice_source(const TensorInfo& t, const Slice& s) {
+    if (s.index < 0) return t;
+    if (t.shape.empty() || s.index >= t.shape[0])
+        throw CheckpointError("tensor '" + t.name + "' " + shape_string(t.shape) + ": entry " + std::to_string(s.index) +
+                              " of dim 0 does not exist");
+    TensorInfo e = t;
+    e.name = t.name + "[" + std::to_string(s.index) + "]";
+    e.shape.erase(e.shape.begin());
+    uint64_t entry = 1;
+    for (int64_t d : e.shape) entry *= (uint64_t)d;
+    e.offset = t.offset + (uint64_t)s.index * entry * dtype_size(t.dtype);
+    e.nbytes = entry * dtype_size(t.dtype);
+    return e;
+}
+
+std::vector<int64_t> slice_shape(const TensorInfo& whole, const Slice& s) {
+    const TensorInfo t = slice_source(whole, s);
     std::vector<int64_t> shape = t.shape;
     if (s.dim == 0 && s.start == 0 && s.length < 0) return shape;
     if (s.dim < 0 || s.dim >= (int)shape.size())
@@ -19,8 +35,9 @@ std::vector<int64_t> slice_shape(const TensorInfo& t, const Slice& s) {
     return shape;
 }
 
-std::vector<Span> plan_spans(const TensorInfo& t, const Slice& s) {
-    std::vector<int64_t> out = slice_shape(t, s);
+std::vector<Span> plan_spans(const TensorInfo& whole, const Slice& s) {
+    std::vector<int64_t> out = slice_shape(whole, s);
+    const TensorInfo t = slice_source(whole, s);
     size_t elem = dtype_size(t.dtype);
     if (t.shape.empty() || (s.dim == 0 && s.start == 0 && s.length < 0))
         return {Span{t.offset, (uint64_t)t.numel(), 0}};

@@ -1,5 +1,6 @@
 // Which bytes of a tensor a slice needs. A slice is a contiguous range along one dimension
-// (rows of [out, in], columns, experts of a stacked [E, out, in]); its elements in the source
+// (rows of [out, in], columns, experts of a stacked [E, out, in]), optionally within one entry
+// of a stacked tensor's dim 0 (rows of expert e of [E, out, in]); its elements in the source
 // file are `outer` runs ("spans") of `length * inner` elements, one per index of the leading
 // dimensions. Spans are coalesced into reads when the gap between them is at most a page, so
 // a read costs at most the slice's bytes plus one page per span.
@@ -17,10 +18,18 @@ struct Slice {
     int dim = 0;             // the dimension cut
     int64_t start = 0;       // first index along `dim`
     int64_t length = -1;     // indices along `dim`; -1 = to the end (a whole tensor is Slice{})
+    // >= 0: entry `index` of the tensor's dim 0 first (one expert of a stacked [E, rows, cols]
+    // tensor, as transformers 5 writes experts); dim, start and length then count within it.
+    int64_t index = -1;
 
     static Slice whole() { return Slice{}; }
-    static Slice range(int dim, int64_t start, int64_t length) { return Slice{dim, start, length}; }
+    static Slice range(int dim, int64_t start, int64_t length, int64_t index = -1) { return Slice{dim, start, length, index}; }
 };
+
+// The tensor that a slice cuts: `t` itself, or its entry `s.index` along dim 0 (the shape
+// without dim 0, the offset of that entry, the name "name[index]"); throws CheckpointError
+// naming the tensor if there is no such entry.
+TensorInfo slice_source(const TensorInfo& t, const Slice& s);
 
 // The slice's shape; throws CheckpointError naming the tensor if the slice does not fit it.
 std::vector<int64_t> slice_shape(const TensorInfo& t, const Slice& s);

@@ -16,7 +16,7 @@ struct Builder {
     // A parameter made of one checkpoint tensor.
     Value* param(const std::string& name, const std::string& tensor, const Shape& shape, SplitRule rule, int64_t granule = 1) {
         auto spec = std::make_shared<ParamSpec>();
-        spec->segments.push_back(Segment{tensor, shape, rule, granule, -1});
+        spec->segments.push_back(Segment{tensor, shape, rule, granule, -1, -1, 0, {}});
         return g.add_param(name, shape, spec, dtype)->out();
     }
 
@@ -24,7 +24,7 @@ struct Builder {
     Value* experts(const std::string& name, const std::string& prefix, const std::string& suffix, const Shape& per_expert, SplitRule rule) {
         auto spec = std::make_shared<ParamSpec>();
         for (int64_t e = 0; e < c.num_experts; ++e)
-            spec->segments.push_back(Segment{prefix + std::to_string(e) + suffix, per_expert, rule, 1, e});
+            spec->segments.push_back(Segment{prefix + std::to_string(e) + suffix, per_expert, rule, 1, e, -1, 0, {}});
         spec->stack = {c.num_experts};
         Shape shape = {c.num_experts, per_expert[0], per_expert[1]};
         return g.add_param(name, shape, spec, dtype)->out();
@@ -83,15 +83,33 @@ struct Builder {
         return linear(n + "down_proj", act, param(n + "down_proj.weight", p + "down_proj.weight", {H, I}, SplitRule::kRowwise), nullptr, "rowwise", "mlp")->out();
     }
 
+    // A stacked [E, rows, cols] parameter made of rows [offset, offset + rows) of every entry of
+    // one stacked checkpoint tensor of shape `whole` (transformers 5's experts.gate_up_proj).
+    Value* stacked(const std::string& name, const std::string& tensor, const Shape& whole, int64_t offset, const Shape& per_expert,
+                   SplitRule rule) {
+        auto spec = std::make_shared<ParamSpec>();
+        for (int64_t e = 0; e < c.num_experts; ++e) spec->segments.push_back(Segment{tensor, per_expert, rule, 1, e, e, offset, whole});
+        spec->stack = {c.num_experts};
+        return g.add_param(name, {c.num_experts, per_expert[0], per_expert[1]}, spec, dtype)->out();
+    }
+
     Value* moe(int layer, Value* x) {
-        std::string p = "model.layers." + std::to_string(layer) + ".block_sparse_moe.";
+        const std::string L = "model.layers." + std::to_string(layer);
+        std::string p = L + (c.stacked_experts ? ".mlp." : ".block_sparse_moe.");
         std::string n = "layers." + std::to_string(layer) + ".moe.";
-        int64_t H = c.hidden_size, I = c.intermediate_size;
+        int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts;
         Node* router = linear(n + "router", x, param(n + "gate.weight", p + "gate.weight", {c.num_experts, H}, SplitRule::kReplicate), nullptr,
                               "replicate", "moe");
-        Value* w1 = experts(n + "w1", p + "experts.", ".w1.weight", {I, H}, SplitRule::kExpertColwise);
-        Value* w3 = experts(n + "w3", p + "experts.", ".w3.weight", {I, H}, SplitRule::kExpertColwise);
-        Value* w2 = experts(n + "w2", p + "experts.", ".w2.weight", {H, I}, SplitRule::kExpertRowwise);
+        Value *w1, *w3, *w2;
+        if (c.stacked_experts) {  // gate rows first in gate_up_proj, as transformers 5 splits it
+            w1 = stacked(n + "w1", p + "experts.gate_up_proj", {E, 2 * I, H}, 0, {I, H}, SplitRule::kExpertColwise);
+            w3 = stacked(n + "w3", p + "experts.gate_up_proj", {E, 2 * I, H}, I, {I, H}, SplitRule::kExpertColwise);
+            w2 = stacked(n + "w2", p + "experts.down_proj", {E, H, I}, 0, {H, I}, SplitRule::kExpertRowwise);
+        } else {
+            w1 = experts(n + "w1", p + "experts.", ".w1.weight", {I, H}, SplitRule::kExpertColwise);
+            w3 = experts(n + "w3", p + "experts.", ".w3.weight", {I, H}, SplitRule::kExpertColwise);
+            w2 = experts(n + "w2", p + "experts.", ".w2.weight", {H, I}, SplitRule::kExpertRowwise);
+        }
         Node* m = g.add("moe", n + "experts", {x, router->out(), w1, w3, w2}, {x->shape},
                         {{"experts", c.num_experts}, {"top_k", c.experts_per_token}, {"layer", (int64_t)layer}});
         m->hints = {{"tp_mode", "moe"}, {"layer_type", "moe"}};
@@ -137,9 +155,10 @@ void check_against_checkpoint(const Graph& graph, const Checkpoint& ckpt) {
             if (!t)
                 throw CheckpointError(ckpt.path() + ": tensor '" + s.tensor + "', which config.json implies (" + n->name +
                                       "), is not in the checkpoint");
-            if (t->shape != s.shape)
+            const Shape& want = s.index >= 0 ? s.tensor_shape : s.shape;
+            if (t->shape != want)
                 throw CheckpointError(ckpt.path() + ": tensor '" + s.tensor + "' has shape " + shape_string(t->shape) +
-                                      " but config.json implies " + shape_string(s.shape));
+                                      " but config.json implies " + shape_string(want));
         }
     }
 }

@@ -381,13 +381,13 @@ nlohmann::json Graph::to_json() const {
         if (n->param) {
             json segs = json::array(), ranks = json::array();
             for (const Segment& s : n->param->segments)
-                segs.push_back({{"tensor", s.tensor}, {"shape", s.shape}, {"rule", split_rule_name(s.rule)},
-                                {"granule", s.granule}, {"expert", s.expert}});
+                segs.push_back({{"tensor", s.tensor}, {"shape", s.shape}, {"rule", split_rule_name(s.rule)}, {"granule", s.granule},
+                                {"expert", s.expert}, {"index", s.index}, {"offset", s.offset}, {"tensor_shape", s.tensor_shape}});
             for (const auto& pieces : n->param->by_rank) {
                 json jp = json::array();
                 for (const Piece& p : pieces)
-                    jp.push_back({{"tensor", p.tensor}, {"dim", p.slice.dim}, {"start", p.slice.start},
-                                  {"length", p.slice.length}, {"zeros", p.zeros}, {"elements", p.elements}});
+                    jp.push_back({{"tensor", p.tensor}, {"dim", p.slice.dim}, {"start", p.slice.start}, {"length", p.slice.length},
+                                  {"index", p.slice.index}, {"zeros", p.zeros}, {"elements", p.elements}});
                 ranks.push_back(jp);
             }
             jn["param"] = {{"segments", segs}, {"stack", n->param->stack}, {"by_rank", ranks}};
@@ -424,14 +424,16 @@ Graph Graph::from_json(const nlohmann::json& j) {
             const auto& jp = jn.at("param");
             for (const auto& js : jp.at("segments"))
                 spec->segments.push_back(Segment{js.at("tensor").get<std::string>(), js.at("shape").get<Shape>(),
-                                                 split_rule_from(js.at("rule").get<std::string>()),
-                                                 js.at("granule").get<int64_t>(), js.at("expert").get<int64_t>()});
+                                                 split_rule_from(js.at("rule").get<std::string>()), js.at("granule").get<int64_t>(),
+                                                 js.at("expert").get<int64_t>(), js.at("index").get<int64_t>(),
+                                                 js.at("offset").get<int64_t>(), js.at("tensor_shape").get<Shape>()});
             spec->stack = jp.at("stack").get<Shape>();
             for (const auto& jr : jp.at("by_rank")) {
                 std::vector<Piece> pieces;
                 for (const auto& p : jr)
                     pieces.push_back(Piece{p.at("tensor").get<std::string>(),
-                                           Slice{p.at("dim").get<int>(), p.at("start").get<int64_t>(), p.at("length").get<int64_t>()},
+                                           Slice{p.at("dim").get<int>(), p.at("start").get<int64_t>(), p.at("length").get<int64_t>(),
+                                                 p.at("index").get<int64_t>()},
                                            p.at("zeros").get<int64_t>(), p.at("elements").get<int64_t>()});
                 spec->by_rank.push_back(std::move(pieces));
             }

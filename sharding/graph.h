@@ -51,10 +51,16 @@ const char* split_rule_name(SplitRule r);
 // A source tensor that is part of a parameter before sharding, with its split rule.
 struct Segment {
     std::string tensor;
-    Shape shape;              // the checkpoint tensor's full shape
+    Shape shape;              // the checkpoint tensor's full shape (with index: the part of the entry)
     SplitRule rule = SplitRule::kReplicate;
     int64_t granule = 1;      // splits must keep multiples of this along the split dim (head_dim)
     int64_t expert = -1;      // for the expert rules
+    // A part of a stacked tensor (transformers 5's experts.gate_up_proj [E, 2I, H]): entry
+    // `index` of its dim 0, rows [offset, offset + shape[0]) of that entry; tensor_shape is the
+    // whole tensor's, for the header check. index -1: the segment is the whole tensor.
+    int64_t index = -1;
+    int64_t offset = 0;
+    Shape tensor_shape;
 };
 
 // What a "param" node loads: its segments before sharding, and after sharding, per rank, the

@@ -41,6 +41,10 @@ struct ModelConfig {
     int64_t sliding_window = 0;           // 0 = full attention
     int64_t num_experts = 0;              // Mixtral's num_local_experts; 0 = dense MLP
     int64_t experts_per_token = 0;        // num_experts_per_tok
+    // The checkpoint holds each layer's experts as transformers 5's stacked tensors
+    // (mlp.experts.gate_up_proj [E, 2I, H], mlp.experts.down_proj [E, H, I], mlp.gate) rather
+    // than one tensor per expert (block_sparse_moe.experts.N.w1/w2/w3): set from its headers.
+    bool stacked_experts = false;
     std::string dtype = "bfloat16";       // dtype / torch_dtype
     std::vector<int64_t> eos_token_ids;   // from config.json; generation_config.json may override
 

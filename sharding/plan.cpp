@@ -33,7 +33,7 @@ json pieces_json(const std::vector<Piece>& pieces) {
     json out = json::array();
     for (const Piece& p : pieces) {
         if (p.tensor.empty()) out.push_back({{"zeros", p.zeros}});
-        else out.push_back({{"tensor", p.tensor}, {"dim", p.slice.dim}, {"start", p.slice.start}, {"length", p.slice.length},
+        else out.push_back({{"tensor", p.tensor}, {"index", p.slice.index}, {"dim", p.slice.dim}, {"start", p.slice.start}, {"length", p.slice.length},
                             {"elements", p.elements}});
     }
     return out;
@@ -75,6 +75,8 @@ ShardPlan make_plan(const Job& job, int world) {
     ctx.job = &job;
     ctx.config = parse_model_config(config_text, config_file);
     ctx.config.rope.freq_dtype = job.model.rope_precision == "checkpoint" ? ctx.config.dtype : "float32";
+    // Experts as one tensor each (HF's original names) or stacked (transformers 5's own layout).
+    if (ckpt && ctx.config.is_moe()) ctx.config.stacked_experts = ckpt->find("model.layers.0.mlp.experts.gate_up_proj") != nullptr;
     ctx.checkpoint = ckpt.get();
     ctx.tp = plan.tp;
     ctx.ep = plan.ep;
@@ -155,7 +157,8 @@ json ShardPlan::to_json() const {
                   {"rope_original_max_position_embeddings", c.rope.original_max_position_embeddings},
                   {"rope_freq_dtype", c.rope.freq_dtype},
                   {"tie_word_embeddings", c.tie_word_embeddings}, {"qkv_bias", c.qkv_bias}, {"sliding_window", c.sliding_window},
-                  {"num_experts", c.num_experts}, {"experts_per_token", c.experts_per_token}, {"dtype", c.dtype},
+                  {"num_experts", c.num_experts}, {"experts_per_token", c.experts_per_token}, {"stacked_experts", c.stacked_experts},
+                  {"dtype", c.dtype},
                   {"eos_token_ids", c.eos_token_ids}};
     return {{"model", model}, {"tp", tp}, {"ep", ep}, {"world", tp}, {"backend", backend}, {"weight_dtype", weight_dtype},
             {"act_dtype", act_dtype}, {"max_batch", max_batch}, {"max_seq_len", max_seq_len}, {"headers_checked", headers_checked},
@@ -193,6 +196,7 @@ ShardPlan ShardPlan::from_json(const json& j) {
     c.sliding_window = m.at("sliding_window");
     c.num_experts = m.at("num_experts");
     c.experts_per_token = m.at("experts_per_token");
+    c.stacked_experts = m.at("stacked_experts");
     c.dtype = m.at("dtype");
     c.eos_token_ids = m.at("eos_token_ids").get<std::vector<int64_t>>();
     p.tp = j.at("tp");
@@ -294,9 +298,12 @@ std::string format_plan(const ShardPlan& p, bool detail) {
                 os << "  " << w.name << " " << shape_text(w.shape) << " " << w.dtype << " " << human_bytes((double)w.bytes) << " <-";
                 for (const Piece& piece : w.pieces) {
                     if (piece.tensor.empty()) os << " zeros(" << piece.zeros << ")";
-                    else if (piece.slice.length < 0) os << " " << piece.tensor;
-                    else os << " " << piece.tensor << "[dim " << piece.slice.dim << ": " << piece.slice.start << ".."
-                            << piece.slice.start + piece.slice.length << "]";
+                    else {
+                        os << " " << piece.tensor;
+                        if (piece.slice.index >= 0) os << "[" << piece.slice.index << "]";
+                        if (piece.slice.length >= 0)
+                            os << "[dim " << piece.slice.dim << ": " << piece.slice.start << ".." << piece.slice.start + piece.slice.length << "]";
+                    }
                 }
                 os << "\n";
             }

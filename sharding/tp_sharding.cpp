@@ -13,10 +13,19 @@ namespace {
     throw Error("cannot shard " + param + " (tensor '" + s.tensor + "' " + shape_text(s.shape) + "): " + what, kExitBadInput);
 }
 
+// Rows or columns [start, start + length) of the segment: of its tensor, or of its rows of a
+// stacked tensor's entry (dim 0 counts from the segment's offset there).
 Piece slice_piece(const Segment& s, int dim, int64_t start, int64_t length) {
     Shape shape = s.shape;
     shape[dim] = length;
-    return Piece{s.tensor, Slice::range(dim, start, length), 0, shape_numel(shape)};
+    if (s.index >= 0 && dim == 0) start += s.offset;
+    return Piece{s.tensor, Slice::range(dim, start, length, s.index), 0, shape_numel(shape)};
+}
+
+// The whole segment: the tensor, or its rows of the entry.
+Piece whole_piece(const Segment& s) {
+    if (s.index < 0) return Piece{s.tensor, Slice::whole(), 0, shape_numel(s.shape)};
+    return slice_piece(s, 0, 0, s.shape.at(0));
 }
 
 // An even split of dim `dim` into `parts`, part `index`, in multiples of s.granule.
@@ -46,7 +55,7 @@ int64_t local_kv_heads(int64_t kv, int tp) { return kv % tp == 0 ? kv / tp : 1; 
 std::vector<Piece> pieces_for_rank(const Segment& s, int rank, int tp, int ep, const std::string& param) {
     switch (s.rule) {
         case SplitRule::kReplicate:
-            return {Piece{s.tensor, Slice::whole(), 0, shape_numel(s.shape)}};
+            return {whole_piece(s)};
         case SplitRule::kColwise:
             return {even_part(s, param, 0, tp, rank, "column-wise")};
         case SplitRule::kRowwise:
