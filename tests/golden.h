@@ -62,6 +62,56 @@ inline std::vector<float> read_h5(const std::string& path, const std::string& da
 }
 
 
+// mixtral-moe's golden checkpoint rewritten in `dir` in transformers 5's own layout (what
+// save_pretrained writes with save_original_format=False, and how newer MoE checkpoints ship):
+// each layer's experts as model.layers.L.mlp.experts.gate_up_proj [E, 2I, H] (expert e's w1
+// rows, then its w3 rows) and mlp.experts.down_proj [E, H, I], the router as mlp.gate.weight;
+// every other tensor, config.json and generation_config.json as they are.
+inline void write_stacked_mixtral(const std::string& dir) {
+    const std::string src = kGolden + "/mixtral-moe";
+    auto c = Checkpoint::open(src);
+    nlohmann::json config = nlohmann::json::parse(c->config_json());
+    const int64_t E = config["num_local_experts"], layers = config["num_hidden_layers"];
+    std::vector<std::vector<uint16_t>> keep;  // the bytes behind every TensorData below
+    std::vector<TensorData> out;
+    auto raw = [&](const std::string& name) {
+        const TensorInfo& t = c->tensor(name);
+        std::vector<uint16_t> v(t.numel());
+        c->read(name, Slice::whole(), DType::kBF16, v.data());
+        return v;
+    };
+    auto block = [](const std::string& name) { return name.find(".block_sparse_moe.") != std::string::npos; };
+    for (const TensorInfo& t : c->tensors())
+        if (!block(t.name)) {
+            keep.push_back(raw(t.name));
+            out.push_back({t.name, DType::kBF16, t.shape, nullptr});
+        }
+    for (int64_t l = 0; l < layers; ++l) {
+        const std::string old = "model.layers." + std::to_string(l) + ".block_sparse_moe.", now = "model.layers." + std::to_string(l) + ".mlp.";
+        std::vector<uint16_t> gate_up, down;
+        std::vector<int64_t> w1_shape, w2_shape;
+        for (int64_t e = 0; e < E; ++e) {
+            const std::string x = old + "experts." + std::to_string(e);
+            for (const char* w : {".w1.weight", ".w3.weight"}) {
+                auto v = raw(x + w);
+                gate_up.insert(gate_up.end(), v.begin(), v.end());
+            }
+            auto v = raw(x + ".w2.weight");
+            down.insert(down.end(), v.begin(), v.end());
+            w1_shape = c->tensor(x + ".w1.weight").shape, w2_shape = c->tensor(x + ".w2.weight").shape;
+        }
+        keep.push_back(raw(old + "gate.weight"));
+        out.push_back({now + "gate.weight", DType::kBF16, c->tensor(old + "gate.weight").shape, nullptr});
+        keep.push_back(std::move(gate_up));
+        out.push_back({now + "experts.gate_up_proj", DType::kBF16, {E, 2 * w1_shape[0], w1_shape[1]}, nullptr});
+        keep.push_back(std::move(down));
+        out.push_back({now + "experts.down_proj", DType::kBF16, {E, w2_shape[0], w2_shape[1]}, nullptr});
+    }
+    for (size_t i = 0; i < out.size(); ++i) out[i].data = keep[i].data();
+    write_safetensors(dir + "/model.safetensors", out);
+    for (const char* f : {"/config.json", "/generation_config.json"}) std::ofstream(dir + f) << read_text(src + f);
+}
+
 // llama-gqa's golden prompts as a prompts.jsonl in `dir`.
 inline void write_golden_prompts(const std::string& dir) {
     Golden g = read_golden("llama-gqa");

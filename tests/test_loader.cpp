@@ -139,6 +139,55 @@ TEST(Loader, ExpertRangesOfAStackedTensor) {
     fs::remove_all(dir);
 }
 
+// Entries of a stacked tensor's dim 0, then a range within the entry (Slice::index): the
+// pieces of transformers 5's experts.gate_up_proj [E, 2I, H]. Every entry, every dim, parts of
+// 1 to 4, from the safetensors file and from its HDF5 conversion, against the per-expert tensor
+// cut the same way; reads of an entry's rows cost their bytes alone; a missing entry is named.
+TEST(Loader, RangesWithinOneEntryOfAStackedTensor) {
+    auto c = Checkpoint::open(kGolden + "/mixtral-moe");
+    const int experts = 4;
+    std::vector<std::vector<float>> w(experts);
+    std::vector<uint16_t> stacked;
+    std::vector<int64_t> shape;
+    for (int e = 0; e < experts; ++e) {
+        const TensorInfo& t = c->tensor("model.layers.1.block_sparse_moe.experts." + std::to_string(e) + ".w2.weight");
+        shape = t.shape;
+        w[e] = read_f32(*c, t.name, Slice::whole());
+        std::vector<uint16_t> raw(t.numel());
+        c->read(t.name, Slice::whole(), DType::kBF16, raw.data());
+        stacked.insert(stacked.end(), raw.begin(), raw.end());
+    }
+    std::string dir = temp_dir();
+    write_safetensors(dir + "/stacked.safetensors", {{"experts.down_proj", DType::kBF16, {experts, shape[0], shape[1]}, stacked.data()}});
+    convert_to_hdf5(*Checkpoint::open(dir + "/stacked.safetensors"), dir + "/stacked.h5");
+    for (const char* file : {"/stacked.safetensors", "/stacked.h5"}) {
+        auto s = Checkpoint::open(dir + file);
+        for (int e = 0; e < experts; ++e)
+            for (int dim = 0; dim < 2; ++dim)
+                for (int parts : {1, 2, 3, 4})
+                    for (int p = 0; p < parts; ++p) {
+                        int64_t start = shape[dim] * p / parts, end = shape[dim] * (p + 1) / parts;
+                        Slice slice = Slice::range(dim, start, end - start, e);
+                        s->reset_stats();
+                        std::vector<float> got = read_f32(*s, "experts.down_proj", slice);
+                        std::vector<float> want = cut(w[e], shape, Slice::range(dim, start, end - start));
+                        ASSERT_EQ(got, want) << file << " expert " << e << " dim " << dim << " [" << start << ", " << end << ")";
+                        if (dim == 0 && std::string(file) == "/stacked.safetensors") {
+                            EXPECT_EQ(s->stats().data_bytes, want.size() * 2) << "rows of one entry: one contiguous read";
+                        }
+                    }
+        std::vector<float> out(shape[0] * shape[1]);
+        try {
+            s->read("experts.down_proj", Slice::range(0, 0, -1, experts), DType::kF32, out.data());
+            FAIL() << file;
+        } catch (const CheckpointError& e) {
+            EXPECT_NE(std::string(e.what()).find("'experts.down_proj' [4, 128, 192]: entry 4 of dim 0 does not exist"), std::string::npos)
+                << e.what();
+        }
+    }
+    fs::remove_all(dir);
+}
+
 TEST(Loader, ReadCostIsTheSliceBytesPlusAtMostAPagePerRowSpan) {
     for (const std::string& m : kModels) {
         auto c = Checkpoint::open(kGolden + "/" + m);
