@@ -663,6 +663,19 @@ TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
         std::unique_ptr<Device<bf16>> d1(upload(w1)), d3(upload(w3)), sy2(poisoned(s.tokens * s.hidden));
         cuda::moe_sparse(s, weights.p, dx->p, d1->p, d3->p, s.inter_local * s.hidden, d2->p, sact->p, spart->p, sy2->p, nullptr);
         EXPECT_EQ(download(*sy2), sparse) << "separate gate and up" << at;
+
+        // By expert (prefill's form): against the twin and the dense form, gate and up fused
+        // (one GEMM an expert) and separate (two), every output written.
+        cublasHandle_t h2;
+        CUBLAS_CHECK(cublasCreate(&h2));
+        std::unique_ptr<Device<bf16>> gy(poisoned(s.tokens * s.hidden)), gy2(poisoned(s.tokens * s.hidden));
+        cuda::moe_grouped(h2, s, weights.p, dx->p, d13->p, d13->p + s.inter_local * s.hidden, 2 * s.inter_local * s.hidden, d2->p, gy->p, nullptr);
+        std::vector<float> grouped = download(*gy);
+        expect_close(grouped, ref, "moe, by expert" + at);
+        expect_close(grouped, dense, "moe, by expert against dense" + at);
+        cuda::moe_grouped(h2, s, weights.p, dx->p, d1->p, d3->p, s.inter_local * s.hidden, d2->p, gy2->p, nullptr);
+        expect_close(download(*gy2), ref, "moe, by expert, separate gate and up" + at);
+        cublasDestroy(h2);
     }
 }
 

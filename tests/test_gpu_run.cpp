@@ -39,7 +39,9 @@ int gpu_major() {
 struct Case {
     const char* model;
     int tp, ep;
-    const char* moe = "";  // TPX_MOE for the run ("sparse": every MoE layer through moe.cu's kernels)
+    // TPX_MOE for the run: "" (auto: the golden prompts' forward, 40 tokens, dense), "sparse"
+    // (every MoE layer through moe.cu's decode kernels), "grouped" (by expert, moe_grouped)
+    const char* moe = "";
 };
 
 std::string name_of(const testing::TestParamInfo<Case>& info) {
@@ -114,7 +116,8 @@ INSTANTIATE_TEST_SUITE_P(Golden, GpuGolden,
                                          Case{"qwen2-bias", 1, 1}, Case{"qwen2-bias", 2, 1}, Case{"qwen2-bias", 4, 1},
                                          Case{"mixtral-moe", 1, 1}, Case{"mixtral-moe", 2, 1}, Case{"mixtral-moe", 4, 1},
                                          Case{"mixtral-moe", 2, 2}, Case{"mixtral-moe", 1, 1, "sparse"},
-                                         Case{"mixtral-moe", 2, 2, "sparse"}),
+                                         Case{"mixtral-moe", 2, 2, "sparse"}, Case{"mixtral-moe", 1, 1, "grouped"},
+                                         Case{"mixtral-moe", 2, 2, "grouped"}),
                          name_of);
 
 // Greedy decode through CUDA graphs; for mixtral-moe the decode steps' MoE layers run sparse

@@ -269,11 +269,14 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
                 std::find(graph_.outputs().begin(), graph_.outputs().end(), n->out()) == graph_.outputs().end())
                 residual_epilogue_[n] = u;
         }
-    // TPX_MOE: "sparse" or "dense" for every batch; unset or "auto", sparse up to kMoeSparseMaxTokens.
+    // TPX_MOE: unset or "auto": sparse up to kMoeSparseMaxTokens tokens, by expert from
+    // kMoeGroupedMinTokens outside a graph, dense otherwise; "sparse" or "dense" for every batch;
+    // "grouped": by expert for every batch outside a graph, dense inside one.
     if (const char* m = std::getenv("TPX_MOE"); m && std::string(m) != "auto") {
         if (std::string(m) == "sparse") moe_sparse_max_tokens_ = INT64_MAX;
-        else if (std::string(m) == "dense") moe_sparse_max_tokens_ = -1;
-        else throw Error("TPX_MOE='" + std::string(m) + "': expected auto, sparse or dense", kExitBadInput);
+        else if (std::string(m) == "dense") moe_sparse_max_tokens_ = -1, moe_grouped_min_tokens_ = INT64_MAX;
+        else if (std::string(m) == "grouped") moe_sparse_max_tokens_ = -1, moe_grouped_min_tokens_ = 0;
+        else throw Error("TPX_MOE='" + std::string(m) + "': expected auto, sparse, grouped or dense", kExitBadInput);
     }
     const char* prof = std::getenv("TPX_PROFILE");
     profiling_ = prof && std::string(prof) == "1";
@@ -754,9 +757,10 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
             if (n->inputs.size() == 1) cuda::silu_mul_fused(r, width(n->out()), data(in(0)), make(n->out(), r), stream_);
             else cuda::silu_mul(r, width(n->out()), data(in(0)), data(in(1)), make(n->out(), r), stream_);
         } else if (op == "moe") {
-            // Up to moe_sparse_max_tokens_ tokens, sparse (kernels/cuda/moe.cu); more, dense over
-            // the local experts: every token through every local expert by cuBLAS, weighted by its
-            // routing weight (0 where not chosen). No host round trip either way, so it can be captured.
+            // Up to moe_sparse_max_tokens_ tokens, sparse (kernels/cuda/moe.cu); from
+            // moe_grouped_min_tokens_ outside a graph, by expert over each one's tokens
+            // (moe_grouped, a host round trip); else dense over the local experts: every token
+            // through every local expert by cuBLAS, weighted by its routing weight (0 where not chosen).
             const Value* w2 = n->inputs.back();
             int64_t local = w2->shape[0], hidden = w2->shape[1], inter = w2->shape[2];
             int64_t first = ((int64_t)rank_ / n->attr_int("group_size")) * n->attr_int("experts_per_group");
@@ -774,6 +778,11 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
                                  stream_);
                 release(act);
                 release(part);
+            } else if (r >= moe_grouped_min_tokens_ && !arena && !arena_peak) {
+                // A step that no graph replays (prefill; decode without graphs): expert by expert,
+                // each over its own tokens. (A graph's steps, and the eager step that sizes their
+                // block, keep the dense form: the same allocations, no host round trip.)
+                cuda::moe_grouped(cublas_, s, moe_weights_, data(in(0)), w_gate, w_up, (fused ? 2 : 1) * inter * hidden, data(w2), y, stream_);
             } else {
                 CUDA_CHECK(cudaMemsetAsync(y, 0, r * hidden * sizeof(bf16), stream_));
                 bf16* gu = alloc(r * 2 * inter);

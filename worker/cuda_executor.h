@@ -120,6 +120,7 @@ private:
     int64_t moe_capacity_ = 0;
     // MoE layers with at most this many tokens run sparse (TPX_MOE; docs/GPU.md).
     int64_t moe_sparse_max_tokens_ = cuda::kMoeSparseMaxTokens;
+    int64_t moe_grouped_min_tokens_ = cuda::kMoeGroupedMinTokens;  // outside a graph, from this many: by expert
     bool graphs_enabled_ = false;
     // TPX_PROFILE=1: events around every node (no graphs then); ms and calls per op kind.
     bool profiling_ = false;

@@ -151,7 +151,71 @@ __global__ void moe_combine_kernel(cpu::MoeShape s, const float* weights, const 
     y[i] = __float2bfloat16(acc);
 }
 
+// y[rows[i], :] += w[rows[i] * stride] * part[i, :], y rounded to bf16 (scale_add's step, for
+// the tokens of one expert: each appears once, so no two threads write one element).
+__global__ void scale_add_rows_kernel(int64_t n, int64_t width, const int64_t* rows, const float* w, int64_t stride, const bf16* part,
+                                      bf16* y) {
+    pdl_entry();  // see common.cuh
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * width) return;
+    const int64_t t = rows[i / width], h = i % width;
+    const float s = w[t * stride];
+    y[t * width + h] = __float2bfloat16(__bfloat162float(y[t * width + h]) + s * __bfloat162float(part[i]));
+}
+
 }  // namespace
+
+void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* weights, const bf16* x, const bf16* w_gate, const bf16* w_up,
+                 int64_t expert_stride, const bf16* w2, bf16* y, cudaStream_t stream) {
+    if (s.tokens == 0) return;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    TPX_CHECK(capture == cudaStreamCaptureStatusNone, "moe_grouped: waits for the routing on the host, so it cannot be captured");
+    const int64_t T = s.tokens, E = s.local_experts, H = s.hidden, I = s.inter_local;
+    // Each local expert's tokens, in token order, from the routing weights.
+    std::vector<float> w(T * E);
+    CUDA_CHECK(cudaMemcpyAsync(w.data(), weights, w.size() * sizeof(float), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    std::vector<int64_t> rows, first(E + 1, 0);
+    int64_t most = 0;
+    for (int64_t e = 0; e < E; ++e) {
+        first[e] = (int64_t)rows.size();
+        for (int64_t t = 0; t < T; ++t)
+            if (w[t * E + e] != 0.0f) rows.push_back(t);
+        most = std::max(most, (int64_t)rows.size() - first[e]);
+    }
+    first[E] = (int64_t)rows.size();
+    CUDA_CHECK(cudaMemsetAsync(y, 0, T * H * sizeof(bf16), stream));
+    if (rows.empty()) return;
+    const bool fused = w_up == w_gate + I * H;  // gate and up rows of an expert adjacent: one GEMM
+    int64_t* d_rows = nullptr;
+    bf16 *xe = nullptr, *gu = nullptr, *act = nullptr, *part = nullptr;
+    CUDA_CHECK(cudaMallocAsync(&d_rows, rows.size() * sizeof(int64_t), stream));
+    CUDA_CHECK(cudaMallocAsync(&xe, most * H * sizeof(bf16), stream));
+    CUDA_CHECK(cudaMallocAsync(&gu, most * 2 * I * sizeof(bf16), stream));
+    CUDA_CHECK(cudaMallocAsync(&act, most * I * sizeof(bf16), stream));
+    CUDA_CHECK(cudaMallocAsync(&part, most * H * sizeof(bf16), stream));
+    // (from pageable memory: staged before the call returns, so `rows` may go after it)
+    CUDA_CHECK(cudaMemcpyAsync(d_rows, rows.data(), rows.size() * sizeof(int64_t), cudaMemcpyHostToDevice, stream));
+    for (int64_t e = 0; e < E; ++e) {
+        const int64_t n = first[e + 1] - first[e];
+        if (n == 0) continue;  // an expert no token chose: not read
+        gather_rows(n, H, d_rows + first[e], x, xe, stream);
+        if (fused) {
+            linear(cublas, {n, H, 2 * I}, xe, w_gate + e * expert_stride, nullptr, gu, stream);
+            silu_mul_fused(n, I, gu, act, stream);
+        } else {
+            linear(cublas, {n, H, I}, xe, w_gate + e * expert_stride, nullptr, gu, stream);
+            linear(cublas, {n, H, I}, xe, w_up + e * expert_stride, nullptr, gu + n * I, stream);
+            silu_mul(n, I, gu, gu + n * I, act, stream);
+        }
+        linear(cublas, {n, I, H}, act, w2 + e * H * I, nullptr, part, stream);
+        launch(scale_add_rows_kernel, blocks_for(n * H, 256), 256, 0, stream, n, H, (const int64_t*)(d_rows + first[e]), weights + e, E,
+               (const bf16*)part, y);
+        TPX_LAUNCH_CHECK();
+    }
+    for (void* p : {(void*)d_rows, (void*)xe, (void*)gu, (void*)act, (void*)part}) CUDA_CHECK(cudaFreeAsync(p, stream));
+}
 
 bool moe_sparse_supported(const cpu::MoeShape& s, std::initializer_list<const void*> ptrs) {
     return s.hidden % 8 == 0 && s.inter_local % 8 == 0 && aligned16(ptrs);
