@@ -338,6 +338,17 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
     bf16* act = device_alloc<bf16>(experts * max_tokens * inter, false);
     bf16* part = device_alloc<bf16>(experts * max_tokens * hidden, false);
     float* weights = device_alloc<float>(max_tokens * experts, false);
+    // The executor's dense form: routing, then every expert over every token, weighted.
+    auto dense_moe = [&](const cpu::MoeShape& s, const bf16* logits, float* wt, const bf16* xt, bf16* gut, bf16* actt, bf16* partt, bf16* yt) {
+        cuda::moe_routing(s, logits, wt, st);
+        CUDA_CHECK(cudaMemsetAsync(yt, 0, s.tokens * hidden * 2, st));
+        for (int64_t e = 0; e < experts; ++e) {
+            cuda::linear(h, {s.tokens, hidden, 2 * inter}, xt, w13 + e * 2 * inter * hidden, nullptr, gut, st);
+            cuda::silu_mul_fused(s.tokens, inter, gut, actt, st);
+            cuda::linear(h, {s.tokens, inter, hidden}, actt, w2 + e * hidden * inter, nullptr, partt, st);
+            cuda::scale_add(s.tokens, hidden, wt + e, experts, partt, yt, st);
+        }
+    };
     // Router logits: each token prefers two experts drawn at random, so that a batch's tokens
     // spread over the experts as trained routers' do.
     std::vector<uint16_t> lh(max_tokens * experts);
@@ -360,23 +371,46 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
             for (int64_t t = 0; t < T; ++t) any = any || w[t * experts + e] != 0.0f;
             chosen += any;
         }
-        double dense = time_graph(st, [&](int) {
-            cuda::moe_routing(s, logits, weights, st);
-            CUDA_CHECK(cudaMemsetAsync(y, 0, T * hidden * 2, st));
-            for (int64_t e = 0; e < experts; ++e) {
-                cuda::linear(h, {T, hidden, 2 * inter}, x, w13 + e * 2 * inter * hidden, nullptr, gu, st);
-                cuda::silu_mul_fused(T, inter, gu, act, st);
-                cuda::linear(h, {T, inter, hidden}, act, w2 + e * hidden * inter, nullptr, part, st);
-                cuda::scale_add(T, hidden, weights + e, experts, part, y, st);
-            }
-        });
+        double dense = time_graph(st, [&](int) { dense_moe(s, logits, weights, x, gu, act, part, y); });
         double sparse = time_graph(st, [&](int) {
             cuda::moe_routing(s, logits, weights, st);
             cuda::moe_sparse(s, weights, x, w13, w13 + inter * hidden, 2 * inter * hidden, w2, act, part, y, st);
         });
+        double grouped = time_direct(st, [&] {
+            cuda::moe_routing(s, logits, weights, st);
+            cuda::moe_grouped(h, s, weights, x, w13, w13 + inter * hidden, 2 * inter * hidden, w2, y, st);
+        });
         const std::string shape = "T=" + std::to_string(T) + ", " + std::to_string(chosen) + " of 8 experts chosen";
         row("moe layer dense (cuBLAS)", shape, dense, rate(experts * expert_bytes, dense));
         row("moe layer sparse (moe.cu)", shape, sparse, rate(chosen * expert_bytes, sparse));
+        row("moe layer by expert (not in a graph)", shape, grouped, rate(chosen * expert_bytes, grouped));
+    }
+    // Prompt-sized: dense against by expert, each called directly (prefill runs no graph).
+    for (int64_t T : {512, 2048}) {
+        cpu::MoeShape s{T, hidden, experts, top_k, 0, experts, inter};
+        bf16* xt = device_alloc<bf16>(T * hidden);
+        bf16* yt = device_alloc<bf16>(T * hidden, false);
+        bf16* gut = device_alloc<bf16>(T * 2 * inter, false);
+        bf16* actt = device_alloc<bf16>(T * inter, false);
+        bf16* partt = device_alloc<bf16>(T * hidden, false);
+        float* wt = device_alloc<float>(T * experts, false);
+        bf16* lt = device_alloc<bf16>(T * experts, false);
+        std::vector<uint16_t> l(T * experts);
+        for (int64_t t = 0; t < T; ++t) {
+            for (int64_t e = 0; e < experts; ++e) l[t * experts + e] = 0x3f80;
+            for (int k = 0; k < 2; ++k) r = r * 1664525u + 1013904223u, l[t * experts + (r >> 16) % experts] = 0x4040;
+        }
+        CUDA_CHECK(cudaMemcpy(lt, l.data(), l.size() * 2, cudaMemcpyHostToDevice));
+        const double flops_top_k = 2.0 * T * top_k * 3.0 * hidden * inter;
+        double dense = time_direct(st, [&] { dense_moe(s, lt, wt, xt, gut, actt, partt, yt); });
+        double grouped = time_direct(st, [&] {
+            cuda::moe_routing(s, lt, wt, st);
+            cuda::moe_grouped(h, s, wt, xt, w13, w13 + inter * hidden, 2 * inter * hidden, w2, yt, st);
+        });
+        const std::string shape = "T=" + std::to_string(T) + " (top-2 FLOPs)";
+        row("moe layer dense (cuBLAS)", shape, dense, rate(0, dense, flops_top_k));
+        row("moe layer by expert (not in a graph)", shape, grouped, rate(0, grouped, flops_top_k));
+        for (void* p : {(void*)xt, (void*)yt, (void*)gut, (void*)actt, (void*)partt, (void*)wt, (void*)lt}) cudaFree(p);
     }
     for (void* p : {(void*)w13, (void*)w2, (void*)x, (void*)y, (void*)gu, (void*)act, (void*)part, (void*)weights, (void*)logits}) cudaFree(p);
 }
