@@ -782,7 +782,8 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
                 // A step that no graph replays (prefill; decode without graphs): expert by expert,
                 // each over its own tokens. (A graph's steps, and the eager step that sizes their
                 // block, keep the dense form: the same allocations, no host round trip.)
-                cuda::moe_grouped(cublas_, s, moe_weights_, data(in(0)), w_gate, w_up, (fused ? 2 : 1) * inter * hidden, data(w2), y, stream_);
+                cuda::moe_grouped(cublas_, s, moe_weights_, data(in(0)), w_gate, w_up, (fused ? 2 : 1) * inter * hidden, data(w2), y, stream_,
+                                  [&] { sync_with_watchdog(stream_, nccl_, timeout_s_); });
             } else {
                 CUDA_CHECK(cudaMemsetAsync(y, 0, r * hidden * sizeof(bf16), stream_));
                 bf16* gu = alloc(r * 2 * inter);

@@ -15,6 +15,7 @@
 //            to bf16 after each add: the dense form's scale_add sequence, so the two differ only
 //            by the GEMMs' accumulation order.
 #include <algorithm>
+#include <functional>
 #include <string>
 
 #include "kernels/cuda/common.cuh"
@@ -166,7 +167,7 @@ __global__ void scale_add_rows_kernel(int64_t n, int64_t width, const int64_t* r
 }  // namespace
 
 void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* weights, const bf16* x, const bf16* w_gate, const bf16* w_up,
-                 int64_t expert_stride, const bf16* w2, bf16* y, cudaStream_t stream) {
+                 int64_t expert_stride, const bf16* w2, bf16* y, cudaStream_t stream, const std::function<void()>& wait) {
     if (s.tokens == 0) return;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
@@ -175,7 +176,8 @@ void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* wei
     // Each local expert's tokens, in token order, from the routing weights.
     std::vector<float> w(T * E);
     CUDA_CHECK(cudaMemcpyAsync(w.data(), weights, w.size() * sizeof(float), cudaMemcpyDeviceToHost, stream));
-    CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (wait) wait();
+    else CUDA_CHECK(cudaStreamSynchronize(stream));
     std::vector<int64_t> rows, first(E + 1, 0);
     int64_t most = 0;
     for (int64_t e = 0; e < E; ++e) {

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -176,9 +177,10 @@ void moe_sparse(const cpu::MoeShape& s, const float* weights, const bf16* x, con
 // are gathered, run through its gate/up and down GEMMs (cuBLAS) and added into y, weighted,
 // expert by expert in index order as the dense form adds them. An expert no token chose is not
 // read, and each token costs top_k experts' FLOPs, not all of them. Not capturable (throws).
-// Weights as moe_sparse's.
+// Weights as moe_sparse's. `wait` waits for the stream (the executor's watchdog, which ends the
+// wait when a peer rank has failed); empty: cudaStreamSynchronize.
 void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* weights, const bf16* x, const bf16* w_gate, const bf16* w_up,
-                 int64_t expert_stride, const bf16* w2, bf16* y, cudaStream_t stream);
+                 int64_t expert_stride, const bf16* w2, bf16* y, cudaStream_t stream, const std::function<void()>& wait = {});
 
 // out[r, :] = x[rows[r], :]
 void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16* x, bf16* out, cudaStream_t stream);
