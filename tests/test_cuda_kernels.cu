@@ -498,6 +498,45 @@ TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
     }
 }
 
+// Many decode tokens (tokens x KV heads >= the SMs: a batch-64 step) take the GQA kernel, one
+// block for the G query heads of a KV head: against the CPU twin, and bit for bit against the
+// per-(token, head) kernel, which two calls of half the tokens each take (too few blocks).
+TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernel) {
+    REQUIRE_GPU();
+    int sms = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    const int64_t kv_heads = 2, max_seq = 300, T = (sms + 1) / 2 + 8, half = T / 2;
+    ASSERT_LT(half * kv_heads, sms);
+    for (int64_t hd : {64, 128})
+        for (int64_t G : {2, 4, 8})
+            for (int64_t window : {0, 50}) {
+                const int64_t heads = kv_heads * G, kvw = kv_heads * hd;
+                const std::string what = "hd " + std::to_string(hd) + " G " + std::to_string(G) + " window " + std::to_string(window);
+                std::vector<int32_t> slot, pos;
+                for (int64_t t = 0; t < T; ++t) slot.push_back((int32_t)t), pos.push_back((int32_t)((t * 37) % max_seq));
+                const std::vector<float> k_cache0 = random_bf16(T * max_seq * kvw), v_cache0 = random_bf16(T * max_seq * kvw);
+                auto q = random_bf16(T * heads * hd), k = random_bf16(T * kvw), v = random_bf16(T * kvw);
+                std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k)), dv(upload(v));
+                std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
+                std::vector<std::vector<float>> outs;
+                for (int64_t calls : {1, 2}) {
+                    std::unique_ptr<Device<bf16>> dkc(upload(k_cache0)), dvc(upload(v_cache0)), dout(poisoned(T * heads * hd));
+                    for (int64_t c = 0; c < calls; ++c) {
+                        const int64_t first = c * half, n = calls == 1 ? T : (c == 0 ? half : T - half);
+                        cpu::AttentionShape s{n, heads, kv_heads, hd, max_seq, window};
+                        cuda::attention(s, ds->p + first, dp->p + first, dq->p + first * heads * hd, dk->p + first * kvw, dv->p + first * kvw,
+                                        dkc->p, dvc->p, dout->p + first * heads * hd, nullptr);
+                    }
+                    outs.push_back(download(*dout));
+                }
+                std::vector<float> kc = k_cache0, vc = v_cache0, ref(T * heads * hd);
+                cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
+                cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), kc.data(), vc.data(), ref.data());
+                expect_close(outs[0], ref, "GQA decode attention, " + what);
+                EXPECT_EQ(outs[0], outs[1]) << "GQA kernel against the per-head kernel, " << what;
+            }
+}
+
 // Decode tokens over long cached contexts: few (token, head) pairs take the split kernel (the
 // keys over the blocks of a cluster, combined through distributed shared memory), many the
 // one-block-per-pair kernel. Position 0 leaves all but one block of its cluster without keys;

@@ -228,6 +228,110 @@ __global__ void __launch_bounds__(kThreads) attention_vec_kernel(cpu::AttentionS
     }
 }
 
+// attention_vec_kernel for the G query heads that share a KV head (GQA), one block for them
+// all: each key's K and V rows are loaded once for the G heads instead of once per head (a
+// batch-64 decode step read them 4 times over, at Llama-3-8B's 32 query and 8 KV heads). The
+// same steps per head as attention_vec_kernel, in the same order, so the same bits.
+template <int HD, int G>
+__global__ void __launch_bounds__(kThreads) attention_gqa_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
+                                                                 const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out) {
+    pdl_entry();  // see common.cuh
+    extern __shared__ float smem[];  // partial sums (kWarps x G x HD) | scores (G x visible keys)
+    float* partial = smem;
+    float* scores = smem + kWarps * G * HD;
+    __shared__ float sums[G];
+    const VecLanes<HD> L;
+    const int64_t t = t0 + blockIdx.x, kvh = blockIdx.y, h0 = kvh * G;
+    const int64_t kv_width = s.kv_heads * HD;
+    const VisibleKeys vk = visible_keys(s, pos[t]);
+    const int64_t n = vk.n, row0 = ((int64_t)slot[t] * s.max_seq + vk.first) * kv_width + kvh * HD + L.part * 8;
+    const bf16* kbase = k_cache + row0;
+    const bf16* vbase = v_cache + row0;
+    // Scores: as score_keys, G dot products a key.
+    float qf[G][8];
+    const float scale = rsqrtf((float)HD);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        unpack8(*reinterpret_cast<const uint4*>(q + (t * s.heads + h0 + g) * HD + L.part * 8), qf[g]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qf[g][i] *= scale;
+    }
+    const int64_t step = kWarps * L.kKeys;
+    for (int64_t base = L.warp * L.kKeys; base < n; base += step * kUnroll) {
+        uint4 kv[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int64_t j = base + L.sub + u * step;
+            kv[u] = j < n ? *reinterpret_cast<const uint4*>(kbase + j * kv_width) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            float kf[8];
+            unpack8(kv[u], kf);
+            const int64_t j = base + L.sub + u * step;
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                float d = 0;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) d += qf[g][i] * kf[i];
+#pragma unroll
+                for (int o = L.kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                if (L.part == 0 && j < n) scores[g * n + j] = d;
+            }
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        const float sum = exp_scores(scores + g * n, n);
+        if (threadIdx.x == 0) sums[g] = sum;
+    }
+    // Values: as weigh_values, G weighted sums a key.
+    float acc[G][8];
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+    for (int64_t base = L.warp * L.kKeys; base < n; base += step * kUnroll) {
+        uint4 vv[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int64_t j = base + L.sub + u * step;
+            vv[u] = j < n ? *reinterpret_cast<const uint4*>(vbase + j * kv_width) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int64_t j = base + L.sub + u * step;
+            float vf[8];
+            unpack8(vv[u], vf);
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                const float pj = j < n ? scores[g * n + j] : 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[g][i] += pj * vf[i];
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int o = 16; o >= L.kLanes; o >>= 1) acc[g][i] += __shfl_xor_sync(0xffffffffu, acc[g][i], o);
+    if (L.sub == 0)
+#pragma unroll
+        for (int g = 0; g < G; ++g)
+#pragma unroll
+            for (int i = 0; i < 8; ++i) partial[(L.warp * G + g) * HD + L.part * 8 + i] = acc[g][i];
+    __syncthreads();
+    for (int64_t idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
+        const int64_t g = idx / HD, i = idx % HD;
+        float o = 0;
+        for (int w = 0; w < kWarps; ++w) o += partial[(w * G + g) * HD + i];
+        out[(t * s.heads + h0 + g) * HD + i] = __float2bfloat16(o / sums[g]);
+    }
+}
+
 // Flash-decoding for a few (token, head) pairs (batch-1 decode: 16 or 32 of them on 132 SMs):
 // the visible keys of one pair split over the blocks of a thread-block cluster. Each block
 // scores its share of the keys as attention_vec_kernel does, keeps their max and exp-sum and its
@@ -674,6 +778,27 @@ void attention_tokens(const cpu::AttentionShape& s, int64_t t0, int64_t t1, cons
         if (s.head_dim == 64) go(attention_split_kernel<64>);
         else if (s.head_dim == 128) go(attention_split_kernel<128>);
         else go(attention_split_kernel<256>);
+        return;
+    }
+    // GQA: one block for a KV head's G query heads where that still gives every SM a block
+    // (tokens x kv_heads >= SMs; a batch-64 decode step) and their scores fit in shared memory.
+    const int64_t G = s.heads / s.kv_heads;
+    static const bool gqa_on = !(std::getenv("TPX_ATTN_GQA") && std::string(std::getenv("TPX_ATTN_GQA")) == "0");
+    const size_t gqa_smem = (size_t)(kWarps * G * s.head_dim + G * s.max_seq) * sizeof(float);
+    if (gqa_on && (G == 2 || G == 4 || G == 8) && (s.head_dim == 64 || s.head_dim == 128) && (t1 - t0) * s.kv_heads >= sm_count() &&
+        gqa_smem <= 227 * 1024) {
+        dim3 gqa_grid((unsigned)(t1 - t0), (unsigned)s.kv_heads);
+        auto go = [&](auto kernel) {
+            allow_smem((const void*)kernel, gqa_smem);
+            launch(kernel, gqa_grid, kThreads, gqa_smem, stream, s, t0, slot, pos, q, k_cache, v_cache, out);
+            TPX_LAUNCH_CHECK();
+        };
+        if (s.head_dim == 128 && G == 4) go(attention_gqa_kernel<128, 4>);
+        else if (s.head_dim == 128 && G == 2) go(attention_gqa_kernel<128, 2>);
+        else if (s.head_dim == 128) go(attention_gqa_kernel<128, 8>);
+        else if (G == 4) go(attention_gqa_kernel<64, 4>);
+        else if (G == 2) go(attention_gqa_kernel<64, 2>);
+        else go(attention_gqa_kernel<64, 8>);
         return;
     }
     size_t vec_smem = (size_t)(kWarps * s.head_dim + s.max_seq) * sizeof(float);
