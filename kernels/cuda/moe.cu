@@ -14,6 +14,11 @@
 //   combine: y[t, h] = the parts weighted, added expert by expert in index order with y rounded
 //            to bf16 after each add: the dense form's scale_add sequence, so the two differ only
 //            by the GEMMs' accumulation order.
+// The token lists are built with atomics, so their order varies, but each token's sums are its
+// own: the results do not.
+//
+// moe_grouped (prompts, outside a graph) is the other form that skips unchosen experts: each
+// chosen expert's tokens gathered and run through cuBLAS, at top_k experts' FLOPs a token.
 #include <algorithm>
 #include <functional>
 #include <string>
