@@ -258,7 +258,10 @@ std::string format_plan(const ShardPlan& p, bool detail) {
     std::snprintf(line, sizeof(line), "model: %s, %lld layers, hidden %lld, heads %lld (kv %lld, head_dim %lld), vocab %lld%s\n",
                   c.architecture.c_str(), (long long)c.num_layers, (long long)c.hidden_size, (long long)c.num_heads,
                   (long long)c.num_kv_heads, (long long)c.head_dim, (long long)c.vocab_size,
-                  c.is_moe() ? (", " + std::to_string(c.num_experts) + " experts, top-" + std::to_string(c.experts_per_token)).c_str() : "");
+                  c.is_moe() ? (", " + std::to_string(c.num_experts) + " experts, top-" + std::to_string(c.experts_per_token) +
+                                (c.stacked_experts ? " (stacked tensors: mlp.experts.gate_up_proj, down_proj)" : ""))
+                                   .c_str()
+                             : "");
     os << line;
     os << "parallel: tp=" << p.tp << " ep=" << p.ep << " (world " << p.tp << "), backend " << p.backend << ", weights "
        << p.weight_dtype << ", activations " << p.act_dtype << "\n";

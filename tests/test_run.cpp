@@ -124,6 +124,7 @@ TEST_P(StackedExpertsRun, LogitsTokensAndReadBytesMatch) {
     auto plan = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " plan " + dir + "/job.toml --detail");
     ASSERT_EQ(plan.exit_code, 0) << plan.err;
     EXPECT_NE(plan.out.find("checkpoint headers: read and matched"), std::string::npos) << plan.out;
+    EXPECT_NE(plan.out.find("top-2 (stacked tensors: mlp.experts.gate_up_proj, down_proj)"), std::string::npos) << plan.out;
     if (c.tp == 4 && c.ep == 2) {
         const std::string rank1 = plan.out.substr(plan.out.find("rank 1 weights:"));
         EXPECT_NE(rank1.find("model.layers.0.mlp.experts.gate_up_proj[1][dim 0: 96..192] model.layers.0.mlp.experts.gate_up_proj[1][dim 0: 288..384]"),
@@ -138,6 +139,58 @@ INSTANTIATE_TEST_SUITE_P(Stacked, StackedExpertsRun,
                          testing::Values(Case{"mixtral-moe", 1, 1}, Case{"mixtral-moe", 2, 2}, Case{"mixtral-moe", 4, 2},
                                          Case{"mixtral-moe", 2, 1}),
                          name_of);
+
+// A stacked expert tensor whose shape config.json does not imply (one expert too few) is refused
+// before any rank starts, naming the tensor and both shapes; so is a checkpoint that has the
+// stacked tensors for layer 0 only (the other layers' are looked for, and named, in the same layout).
+TEST(StackedExperts, WrongShapesAndMixedLayoutsAreNamed) {
+    std::string dir = tpx_test::temp_dir();
+    write_stacked_mixtral(dir);
+    auto c = Checkpoint::open(dir);
+    std::vector<std::vector<uint16_t>> keep;
+    std::vector<TensorData> out;
+    for (const TensorInfo& t : c->tensors()) {
+        std::vector<int64_t> shape = t.shape;
+        keep.emplace_back(t.numel());
+        c->read(t.name, Slice::whole(), DType::kBF16, keep.back().data());
+        if (t.name == "model.layers.1.mlp.experts.gate_up_proj") {  // drop the last expert
+            shape[0] -= 1;
+            keep.back().resize(keep.back().size() / t.shape[0] * shape[0]);
+        }
+        out.push_back({t.name, DType::kBF16, shape, nullptr});
+    }
+    for (size_t i = 0; i < out.size(); ++i) out[i].data = keep[i].data();
+    c.reset();
+    write_safetensors(dir + "/model.safetensors", out);
+    write_golden_prompts(dir);
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << dir << "\"\n[run]\nprompts = \"prompts.jsonl\"\n";
+    auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + dir + "/job.toml");
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("tensor 'model.layers.1.mlp.experts.gate_up_proj' has shape [3, 384, 128] but config.json implies [4, 384, 128]"),
+              std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("mpirun"), std::string::npos) << "refused before any rank starts:\n" << r.err;
+
+    // Layer 1 in the per-expert layout, layer 0 stacked.
+    keep.clear(), out.clear();
+    auto orig = Checkpoint::open(kGolden + "/mixtral-moe");
+    auto stacked = Checkpoint::open(dir);  // (layer 1's gate_up is short, but it is not written below)
+    for (auto* ck : {stacked.get(), orig.get()})
+        for (const TensorInfo& t : ck->tensors()) {
+            const bool layer1 = t.name.find("model.layers.1.") == 0, moe = t.name.find("experts") != std::string::npos ||
+                                                                       t.name.find(".gate.weight") != std::string::npos;
+            if (ck == stacked.get() ? (layer1 && moe) : !(layer1 && moe)) continue;
+            keep.emplace_back(t.numel());
+            ck->read(t.name, Slice::whole(), DType::kBF16, keep.back().data());
+            out.push_back({t.name, DType::kBF16, t.shape, nullptr});
+        }
+    for (size_t i = 0; i < out.size(); ++i) out[i].data = keep[i].data();
+    stacked.reset();
+    write_safetensors(dir + "/model.safetensors", out);
+    r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + dir + "/job.toml");
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("tensor 'model.layers.1.mlp.gate.weight', which config.json implies"), std::string::npos) << r.err;
+    fs::remove_all(dir);
+}
 
 INSTANTIATE_TEST_SUITE_P(Golden, GoldenRun,
                          testing::Values(Case{"llama-gqa", 1, 1}, Case{"llama-gqa", 2, 1}, Case{"llama-gqa", 4, 1},
