@@ -5,11 +5,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <thread>
 
 #include "common/error.h"
@@ -54,6 +58,20 @@ void report_unreachable_hosts(const Job& job) {
     }
 }
 
+// A line of mpirun's stderr that says the job is failing: Open MPI's runtime reporting a lost
+// or failed daemon or process, or an MPI_Abort (a rank's error ends in one).
+bool says_job_failed(const std::string& line) {
+    for (const char* mark : {"ORTE was unable", "ORTE has lost", "ORTE daemon has unexpectedly", "PRTE has lost", "mpirun noticed that",
+                             "MPI_ABORT was invoked"})
+        if (line.find(mark) != std::string::npos) return true;
+    return false;
+}
+
+// How long mpirun may take to end once the job is failing before tpx ends it: Open MPI 4.1's
+// mpirun can sit for a minute or more after a host dies (its runtime waits on the lost daemon;
+// tests/test_multinode.cpp), while a failure it handles ends every rank within a second or two.
+constexpr double kMpirunGraceSeconds = 10;
+
 }  // namespace
 
 int cmd_run(const Args& args) {
@@ -97,19 +115,72 @@ int cmd_run(const Args& args) {
     for (std::string& s : cmd) argv.push_back(s.data());
     argv.push_back(nullptr);
     auto t0 = std::chrono::steady_clock::now();
+    // mpirun's stderr comes through a pipe, passed on line by line, so that tpx sees when the
+    // job is failing (says_job_failed) and can end an mpirun that does not end on its own.
+    int err_pipe[2];
+    if (pipe(err_pipe) != 0) throw Error(std::string("tpx run: pipe failed: ") + std::strerror(errno));
     g_child = fork();
     if (g_child < 0) throw Error(std::string("tpx run: fork failed: ") + std::strerror(errno));
     if (g_child == 0) {
+        dup2(err_pipe[1], STDERR_FILENO);
+        close(err_pipe[0]);
+        close(err_pipe[1]);
         execvp(argv[0], argv.data());
         std::fprintf(stderr, "tpx run: cannot start %s: %s\n", argv[0], std::strerror(errno));
         _exit(127);
     }
+    close(err_pipe[1]);
     signal(SIGINT, forward_signal);
     signal(SIGTERM, forward_signal);
+    using Clock = std::chrono::steady_clock;
+    // Shared with the relay thread, which may outlive this function (below).
+    struct Relay {
+        std::atomic<bool> failing{false}, drained{false};
+        std::atomic<int64_t> failing_since{0};
+    };
+    auto state = std::make_shared<Relay>();
+    std::thread relay([state, fd = err_pipe[0]] {
+        FILE* in = fdopen(fd, "r");
+        char* line = nullptr;
+        size_t cap = 0;
+        ssize_t n;
+        while ((n = getline(&line, &cap, in)) > 0) {
+            std::fwrite(line, 1, (size_t)n, stderr);
+            std::fflush(stderr);
+            if (!state->failing && says_job_failed(std::string(line, (size_t)n))) {
+                state->failing_since = Clock::now().time_since_epoch().count();
+                state->failing = true;
+            }
+        }
+        std::free(line);
+        std::fclose(in);
+        state->drained = true;
+    });
     int status = 0;
-    while (waitpid(g_child, &status, 0) < 0 && errno == EINTR) {
+    for (;;) {
+        pid_t done = waitpid(g_child, &status, WNOHANG);
+        if (done == g_child || (done < 0 && errno != EINTR)) break;
+        if (state->failing &&
+            std::chrono::duration<double>(Clock::now() - Clock::time_point(Clock::duration(state->failing_since.load()))).count() >
+                kMpirunGraceSeconds) {
+            std::fprintf(stderr, "tpx run: the job failed, and mpirun had not ended %g s later; ending it\n", kMpirunGraceSeconds);
+            kill(g_child, SIGTERM);
+            for (int i = 0; i < 30 && waitpid(g_child, &status, WNOHANG) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            if (kill(g_child, 0) == 0) {
+                kill(g_child, SIGKILL);
+                while (waitpid(g_child, &status, 0) < 0 && errno == EINTR) {
+                }
+            }
+            break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     g_child = -1;
+    // The pipe ends when mpirun's children (rsh or ssh clients to other hosts) let go of it too;
+    // one stuck on a dead host may hold it for minutes, so the rest of its output is not waited for.
+    for (int i = 0; i < 20 && !state->drained; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (state->drained) relay.join();
+    else relay.detach();
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (worker_job != fs::absolute(job_path).lexically_normal().string()) fs::remove(worker_job);
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
