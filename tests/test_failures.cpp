@@ -1,7 +1,7 @@
 // A failure on any rank ends every rank within 5 s with that rank's message, a non-zero exit
 // and no process left behind: a shard file missing, a token id beyond the vocabulary, a rank
-// that throws while loading, a rank killed by a signal mid-run, and (after the collective
-// timeout) a rank that stops mid-run. Each job lives in its own
+// that throws while loading, a rank killed by a signal mid-run, (after the collective timeout)
+// a rank that stops mid-run, and an mpirun that lingers after the job failed. Each job lives in its own
 // temp folder whose path is in every worker's command line, so leftovers can be found.
 #include <gtest/gtest.h>
 
@@ -112,6 +112,37 @@ TEST(Failures, ARankThatThrowsEndsEveryRank) {
     EXPECT_NE(r.err.find("rank 2 ("), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("injected failure at load"), std::string::npos) << r.err;
     expect_no_leftovers(dir);
+    fs::remove_all(dir);
+}
+
+// An mpirun that says the job failed and then does not end (Open MPI 4.1's, after a host dies
+// on a loaded machine: docs/MULTINODE.md) is ended by tpx run 10 s later, saying so: here a
+// stand-in mpirun ([launch] mpirun) that prints Open MPI's abort banner and sleeps. One that
+// prints no such line is left alone: a job may run as long as it runs.
+TEST(Failures, AnMpirunThatLingersAfterTheJobFailedIsEnded) {
+    std::string dir = tpx_test::temp_dir();
+    std::string job = make_job(dir, kGolden + "/llama-gqa", 2, kPrompt);
+    std::ofstream(dir + "/lingering-mpirun") << "#!/bin/sh\necho 'MPI_ABORT was invoked on rank 1 in communicator MPI_COMM_WORLD' >&2\n"
+                                             << "exec sleep 120\n";
+    std::ofstream(dir + "/quiet-mpirun") << "#!/bin/sh\necho 'a rank says hello' >&2\nexec sleep 14\n";
+    for (const char* name : {"lingering-mpirun", "quiet-mpirun"}) fs::permissions(dir + "/" + name, fs::perms::owner_all);
+    std::ofstream(job, std::ios::app) << "[launch]\nmpirun = \"" << dir << "/lingering-mpirun\"\n";
+    auto r = tpx_test::run_process("timeout 60 " + tpx_test::tpx_bin("tpx") + " run " + job);
+    EXPECT_NE(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.exit_code, 124) << "tpx run did not end the lingering mpirun";
+    EXPECT_GT(r.seconds, 9.0);
+    EXPECT_LT(r.seconds, 20.0);
+    EXPECT_NE(r.err.find("MPI_ABORT was invoked on rank 1"), std::string::npos) << "mpirun's stderr is passed on:\n" << r.err;
+    EXPECT_NE(r.err.find("tpx run: the job failed, and mpirun had not ended 10 s later; ending it"), std::string::npos) << r.err;
+    expect_no_leftovers(dir);
+
+    std::string text = tpx_test::read_text(job);
+    text.replace(text.find("lingering-mpirun"), std::string("lingering-mpirun").size(), "quiet-mpirun");
+    std::ofstream(job) << text;
+    auto quiet = tpx_test::run_process("timeout 60 " + tpx_test::tpx_bin("tpx") + " run " + job);
+    EXPECT_EQ(quiet.exit_code, 0) << quiet.err;
+    EXPECT_GT(quiet.seconds, 13.0) << "an mpirun that reports no failure runs to its end";
+    EXPECT_EQ(quiet.err.find("ending it"), std::string::npos) << quiet.err;
     fs::remove_all(dir);
 }
 
