@@ -78,6 +78,14 @@ void Checkpoint::read(const std::string& name, const Slice& slice, DType dst_typ
     read(std::vector<ReadRequest>{{name, slice, dst_type, 0}}, sink);
 }
 
+uint64_t Checkpoint::read_bytes(const std::string& name, const Slice& slice) const {
+    const TensorInfo& t = tensor(name);
+    std::vector<Span> spans = plan_spans(t, slice);
+    uint64_t bytes = 0;
+    for (const ReadOp& op : plan_reads(spans, dtype_size(t.dtype))) bytes += op.bytes;
+    return bytes;
+}
+
 const TensorInfo& Checkpoint::checked(const ReadRequest& r) const {
     const TensorInfo& t = tensor(r.tensor);
     if (!can_convert(t.dtype, r.dst_type))

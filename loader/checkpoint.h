@@ -100,6 +100,10 @@ public:
     // between requests. Every request is checked (tensor, slice, conversion) before any byte
     // is read; after a failed read the remaining chunks are skipped and the error is thrown.
     virtual void read(const std::vector<ReadRequest>& requests, ReadSink& sink) = 0;
+    // The file bytes that reading `slice` of tensor `name` costs (the planner's read_bytes):
+    // the coalesced reads of its spans (loader/slice.h); formats that read exactly the slice
+    // override it.
+    virtual uint64_t read_bytes(const std::string& name, const Slice& slice) const;
 
     ReadStats stats() const;
     void reset_stats();

@@ -78,6 +78,13 @@ class Hdf5Checkpoint : public Checkpoint {
 public:
     explicit Hdf5Checkpoint(const std::string& path) : Checkpoint(path) {}
     const char* format() const override { return "hdf5"; }
+    // A hyperslab read takes the slice's bytes exactly.
+    uint64_t read_bytes(const std::string& name, const Slice& slice) const override {
+        const TensorInfo& t = tensor(name);
+        uint64_t n = 1;
+        for (int64_t d : slice_shape(t, slice)) n *= (uint64_t)d;
+        return n * dtype_size(t.dtype);
+    }
     void open();
     using Checkpoint::read;
     void read(const std::vector<ReadRequest>& requests, ReadSink& sink) override;

@@ -18,21 +18,12 @@ namespace {
 
 using json = nlohmann::json;
 
-// Bytes the loader reads for one piece, exactly when the headers are known: the coalesced reads
-// of its spans from a safetensors file, the hyperslab from an HDF5 file.
+// Bytes the loader reads for one piece: what the checkpoint's reader takes for its slice when
+// the headers are known, the piece's elements otherwise.
 int64_t piece_read_bytes(const Piece& p, const Checkpoint* ckpt, int64_t checkpoint_elem_bytes) {
     if (p.tensor.empty()) return 0;
     if (!ckpt) return p.elements * checkpoint_elem_bytes;
-    const TensorInfo& t = ckpt->tensor(p.tensor);
-    if (std::string(ckpt->format()) == "hdf5") {  // a hyperslab read: the slice's bytes exactly
-        int64_t n = 1;
-        for (int64_t d : slice_shape(t, p.slice)) n *= d;
-        return n * (int64_t)dtype_size(t.dtype);
-    }
-    std::vector<Span> spans = plan_spans(t, p.slice);
-    int64_t bytes = 0;
-    for (const ReadOp& op : plan_reads(spans, dtype_size(t.dtype))) bytes += (int64_t)op.bytes;
-    return bytes;
+    return (int64_t)ckpt->read_bytes(p.tensor, p.slice);
 }
 
 json pieces_json(const std::vector<Piece>& pieces) {
