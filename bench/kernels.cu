@@ -338,6 +338,7 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
     bf16* act = device_alloc<bf16>(experts * max_tokens * inter, false);
     bf16* part = device_alloc<bf16>(experts * max_tokens * hidden, false);
     float* weights = device_alloc<float>(max_tokens * experts, false);
+    const cuda::MoeExperts mixtral{w13, w13 + inter * hidden, 2 * inter * hidden, w2};
     // The executor's dense form: routing, then every expert over every token, weighted.
     auto dense_moe = [&](const cpu::MoeShape& s, const bf16* logits, float* wt, const bf16* xt, bf16* gut, bf16* actt, bf16* partt, bf16* yt) {
         cuda::moe_routing(s, logits, wt, st);
@@ -374,11 +375,11 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
         double dense = time_graph(st, [&](int) { dense_moe(s, logits, weights, x, gu, act, part, y); });
         double sparse = time_graph(st, [&](int) {
             cuda::moe_routing(s, logits, weights, st);
-            cuda::moe_sparse(s, weights, x, w13, w13 + inter * hidden, 2 * inter * hidden, w2, act, part, y, st);
+            cuda::moe_sparse(s, weights, x, mixtral, act, part, y, st);
         });
         double grouped = time_direct(st, [&] {
             cuda::moe_routing(s, logits, weights, st);
-            cuda::moe_grouped(h, s, weights, x, w13, w13 + inter * hidden, 2 * inter * hidden, w2, y, st);
+            cuda::moe_grouped(h, s, weights, x, mixtral, y, st);
         });
         const std::string shape = "T=" + std::to_string(T) + ", " + std::to_string(chosen) + " of 8 experts chosen";
         row("moe layer dense (cuBLAS)", shape, dense, rate(experts * expert_bytes, dense));
@@ -405,7 +406,7 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
         double dense = time_direct(st, [&] { dense_moe(s, lt, wt, xt, gut, actt, partt, yt); });
         double grouped = time_direct(st, [&] {
             cuda::moe_routing(s, lt, wt, st);
-            cuda::moe_grouped(h, s, wt, xt, w13, w13 + inter * hidden, 2 * inter * hidden, w2, yt, st);
+            cuda::moe_grouped(h, s, wt, xt, mixtral, yt, st);
         });
         const std::string shape = "T=" + std::to_string(T) + " (top-2 FLOPs)";
         row("moe layer dense (cuBLAS)", shape, dense, rate(0, dense, flops_top_k));

@@ -676,9 +676,9 @@ TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
         // (y poisoned), tokens routed to no local expert included (zero).
         std::unique_ptr<Device<bf16>> sact(poisoned(s.local_experts * s.tokens * s.inter_local)),
             spart(poisoned(s.local_experts * s.tokens * s.hidden)), sy(poisoned(s.tokens * s.hidden));
-        ASSERT_TRUE(cuda::moe_sparse_supported(s, {dx->p, d13->p, d2->p}));
-        cuda::moe_sparse(s, weights.p, dx->p, d13->p, d13->p + s.inter_local * s.hidden, 2 * s.inter_local * s.hidden, d2->p, sact->p,
-                         spart->p, sy->p, nullptr);
+        const cuda::MoeExperts fused{d13->p, d13->p + s.inter_local * s.hidden, 2 * s.inter_local * s.hidden, d2->p};
+        ASSERT_TRUE(cuda::moe_sparse_supported(s, dx->p, fused));
+        cuda::moe_sparse(s, weights.p, dx->p, fused, sact->p, spart->p, sy->p, nullptr);
         std::vector<float> sparse = download(*sy);
         expect_close(sparse, ref, "moe, sparse" + at);
         expect_close(sparse, dense, "moe, sparse against dense" + at);
@@ -700,7 +700,8 @@ TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
             w3.insert(w3.end(), base + s.inter_local * s.hidden, base + 2 * s.inter_local * s.hidden);
         }
         std::unique_ptr<Device<bf16>> d1(upload(w1)), d3(upload(w3)), sy2(poisoned(s.tokens * s.hidden));
-        cuda::moe_sparse(s, weights.p, dx->p, d1->p, d3->p, s.inter_local * s.hidden, d2->p, sact->p, spart->p, sy2->p, nullptr);
+        const cuda::MoeExperts separate{d1->p, d3->p, s.inter_local * s.hidden, d2->p};
+        cuda::moe_sparse(s, weights.p, dx->p, separate, sact->p, spart->p, sy2->p, nullptr);
         EXPECT_EQ(download(*sy2), sparse) << "separate gate and up" << at;
 
         // By expert (prefill's form): against the twin and the dense form, gate and up fused
@@ -708,11 +709,11 @@ TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
         cublasHandle_t h2;
         CUBLAS_CHECK(cublasCreate(&h2));
         std::unique_ptr<Device<bf16>> gy(poisoned(s.tokens * s.hidden)), gy2(poisoned(s.tokens * s.hidden));
-        cuda::moe_grouped(h2, s, weights.p, dx->p, d13->p, d13->p + s.inter_local * s.hidden, 2 * s.inter_local * s.hidden, d2->p, gy->p, nullptr);
+        cuda::moe_grouped(h2, s, weights.p, dx->p, fused, gy->p, nullptr);
         std::vector<float> grouped = download(*gy);
         expect_close(grouped, ref, "moe, by expert" + at);
         expect_close(grouped, dense, "moe, by expert against dense" + at);
-        cuda::moe_grouped(h2, s, weights.p, dx->p, d1->p, d3->p, s.inter_local * s.hidden, d2->p, gy2->p, nullptr);
+        cuda::moe_grouped(h2, s, weights.p, dx->p, separate, gy2->p, nullptr);
         expect_close(download(*gy2), ref, "moe, by expert, separate gate and up" + at);
         cublasDestroy(h2);
     }

@@ -770,19 +770,19 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
             const bool fused = n->inputs.size() == 4;
             const bf16* w_gate = data(in(2));
             const bf16* w_up = fused ? w_gate + inter * hidden : data(in(3));
-            if (r <= moe_sparse_max_tokens_ && cuda::moe_sparse_supported(s, {data(in(0)), w_gate, w_up, data(w2)})) {
+            const cuda::MoeExperts experts{w_gate, w_up, (fused ? 2 : 1) * inter * hidden, data(w2)};
+            if (r <= moe_sparse_max_tokens_ && cuda::moe_sparse_supported(s, data(in(0)), experts)) {
                 // Few tokens: each chosen expert's weights read once, the others not at all.
                 bf16* act = alloc(local * r * inter);
                 bf16* part = alloc(local * r * hidden);
-                cuda::moe_sparse(s, moe_weights_, data(in(0)), w_gate, w_up, (fused ? 2 : 1) * inter * hidden, data(w2), act, part, y,
-                                 stream_);
+                cuda::moe_sparse(s, moe_weights_, data(in(0)), experts, act, part, y, stream_);
                 release(act);
                 release(part);
             } else if (r >= moe_grouped_min_tokens_ && !arena && !arena_peak) {
                 // A step that no graph replays (prefill; decode without graphs): expert by expert,
                 // each over its own tokens. (A graph's steps, and the eager step that sizes their
                 // block, keep the dense form: the same allocations, no host round trip.)
-                cuda::moe_grouped(cublas_, s, moe_weights_, data(in(0)), w_gate, w_up, (fused ? 2 : 1) * inter * hidden, data(w2), y, stream_,
+                cuda::moe_grouped(cublas_, s, moe_weights_, data(in(0)), experts, y, stream_,
                                   [&] { sync_with_watchdog(stream_, nccl_, timeout_s_); });
             } else {
                 CUDA_CHECK(cudaMemsetAsync(y, 0, r * hidden * sizeof(bf16), stream_));

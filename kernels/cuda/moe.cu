@@ -171,16 +171,16 @@ __global__ void scale_add_rows_kernel(int64_t n, int64_t width, const int64_t* r
 
 }  // namespace
 
-void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* weights, const bf16* x, const bf16* w_gate, const bf16* w_up,
-                 int64_t expert_stride, const bf16* w2, bf16* y, cudaStream_t stream, const std::function<void()>& wait) {
+void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* weights, const bf16* x, const MoeExperts& w, bf16* y,
+                 cudaStream_t stream, const std::function<void()>& wait) {
     if (s.tokens == 0) return;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
     TPX_CHECK(capture == cudaStreamCaptureStatusNone, "moe_grouped: waits for the routing on the host, so it cannot be captured");
     const int64_t T = s.tokens, E = s.local_experts, H = s.hidden, I = s.inter_local;
     // Each local expert's tokens, in token order, from the routing weights.
-    std::vector<float> w(T * E);
-    CUDA_CHECK(cudaMemcpyAsync(w.data(), weights, w.size() * sizeof(float), cudaMemcpyDeviceToHost, stream));
+    std::vector<float> routed(T * E);
+    CUDA_CHECK(cudaMemcpyAsync(routed.data(), weights, routed.size() * sizeof(float), cudaMemcpyDeviceToHost, stream));
     if (wait) wait();
     else CUDA_CHECK(cudaStreamSynchronize(stream));
     std::vector<int64_t> rows, first(E + 1, 0);
@@ -188,13 +188,13 @@ void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* wei
     for (int64_t e = 0; e < E; ++e) {
         first[e] = (int64_t)rows.size();
         for (int64_t t = 0; t < T; ++t)
-            if (w[t * E + e] != 0.0f) rows.push_back(t);
+            if (routed[t * E + e] != 0.0f) rows.push_back(t);
         most = std::max(most, (int64_t)rows.size() - first[e]);
     }
     first[E] = (int64_t)rows.size();
     CUDA_CHECK(cudaMemsetAsync(y, 0, T * H * sizeof(bf16), stream));
     if (rows.empty()) return;
-    const bool fused = w_up == w_gate + I * H;  // gate and up rows of an expert adjacent: one GEMM
+    const bool fused = w.up == w.gate + I * H;  // gate and up rows of an expert adjacent: one GEMM
     int64_t* d_rows = nullptr;
     bf16 *xe = nullptr, *gu = nullptr, *act = nullptr, *part = nullptr;
     CUDA_CHECK(cudaMallocAsync(&d_rows, rows.size() * sizeof(int64_t), stream));
@@ -209,14 +209,14 @@ void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* wei
         if (n == 0) continue;  // an expert no token chose: not read
         gather_rows(n, H, d_rows + first[e], x, xe, stream);
         if (fused) {
-            linear(cublas, {n, H, 2 * I}, xe, w_gate + e * expert_stride, nullptr, gu, stream);
+            linear(cublas, {n, H, 2 * I}, xe, w.gate + e * w.stride, nullptr, gu, stream);
             silu_mul_fused(n, I, gu, act, stream);
         } else {
-            linear(cublas, {n, H, I}, xe, w_gate + e * expert_stride, nullptr, gu, stream);
-            linear(cublas, {n, H, I}, xe, w_up + e * expert_stride, nullptr, gu + n * I, stream);
+            linear(cublas, {n, H, I}, xe, w.gate + e * w.stride, nullptr, gu, stream);
+            linear(cublas, {n, H, I}, xe, w.up + e * w.stride, nullptr, gu + n * I, stream);
             silu_mul(n, I, gu, gu + n * I, act, stream);
         }
-        linear(cublas, {n, I, H}, act, w2 + e * H * I, nullptr, part, stream);
+        linear(cublas, {n, I, H}, act, w.down + e * H * I, nullptr, part, stream);
         launch(scale_add_rows_kernel, blocks_for(n * H, 256), 256, 0, stream, n, H, (const int64_t*)(d_rows + first[e]), weights + e, E,
                (const bf16*)part, y);
         TPX_LAUNCH_CHECK();
@@ -224,23 +224,23 @@ void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* wei
     for (void* p : {(void*)d_rows, (void*)xe, (void*)gu, (void*)act, (void*)part}) CUDA_CHECK(cudaFreeAsync(p, stream));
 }
 
-bool moe_sparse_supported(const cpu::MoeShape& s, std::initializer_list<const void*> ptrs) {
-    return s.hidden % 8 == 0 && s.inter_local % 8 == 0 && aligned16(ptrs);
+bool moe_sparse_supported(const cpu::MoeShape& s, const bf16* x, const MoeExperts& w) {
+    return s.hidden % 8 == 0 && s.inter_local % 8 == 0 && w.stride % 8 == 0 && aligned16({x, w.gate, w.up, w.down});
 }
 
-void moe_sparse(const cpu::MoeShape& s, const float* weights, const bf16* x, const bf16* w_gate, const bf16* w_up, int64_t expert_stride,
-                const bf16* w2, bf16* act, bf16* part, bf16* y, cudaStream_t stream) {
+void moe_sparse(const cpu::MoeShape& s, const float* weights, const bf16* x, const MoeExperts& w, bf16* act, bf16* part, bf16* y,
+                cudaStream_t stream) {
     if (s.tokens == 0) return;
-    TPX_CHECK(moe_sparse_supported(s, {x, w_gate, w_up, w2, act, part}) && expert_stride % 8 == 0,
+    TPX_CHECK(moe_sparse_supported(s, x, w) && aligned16({act, part}),
               "moe_sparse: hidden and inter must be multiples of 8 and every pointer 16-byte aligned");
     TPX_CHECK(s.local_experts <= kMaxLocalExperts, "moe_sparse: at most " + std::to_string(kMaxLocalExperts) + " local experts");
     auto v = [](const bf16* p) { return reinterpret_cast<const uint4*>(p); };
     // A row of blocks for each expert that may be chosen: no more than the tokens' choices.
     const unsigned experts = (unsigned)std::min(s.local_experts, s.tokens * s.top_k);
-    launch(moe_gate_up_kernel, dim3(blocks_for(s.inter_local, kWarps), experts), 32 * kWarps, 0, stream, s, weights, v(x), v(w_gate),
-           v(w_up), expert_stride / 8, act);
+    launch(moe_gate_up_kernel, dim3(blocks_for(s.inter_local, kWarps), experts), 32 * kWarps, 0, stream, s, weights, v(x), v(w.gate),
+           v(w.up), w.stride / 8, act);
     TPX_LAUNCH_CHECK();
-    launch(moe_down_kernel, dim3(blocks_for(s.hidden, kWarps), experts), 32 * kWarps, 0, stream, s, weights, v(act), v(w2), part);
+    launch(moe_down_kernel, dim3(blocks_for(s.hidden, kWarps), experts), 32 * kWarps, 0, stream, s, weights, v(act), v(w.down), part);
     TPX_LAUNCH_CHECK();
     launch(moe_combine_kernel, blocks_for(s.tokens * s.hidden, 256), 256, 0, stream, s, weights, part, y);
     TPX_LAUNCH_CHECK();

@@ -143,6 +143,12 @@ void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t*
                const bf16* v, bf16* k_cache, bf16* v_cache, bf16* out, cudaStream_t stream, int64_t k_stride = 0,
                int64_t v_stride = 0, cublasHandle_t cublas = nullptr, const std::vector<AttentionSegment>* segments = nullptr);
 
+// One prompt segment of at least kAttentionGemmMinTokens tokens whose K and V are in the caches
+// (prefill_attention.cu; attention() calls it): the flash kernel for head_dim 64 and 128, short
+// segments (up to 256 tokens) in 32-row blocks, else batched cuBLAS GEMMs.
+void attention_prefill_segment(cublasHandle_t cublas, const cpu::AttentionShape& s, const AttentionSegment& seg, const bf16* q,
+                               const bf16* k_cache, const bf16* v_cache, bf16* out, cudaStream_t stream);
+
 void silu_mul_fused(int64_t tokens, int64_t inter, const bf16* gate_up, bf16* out, cudaStream_t stream);
 void silu_mul(int64_t tokens, int64_t width, const bf16* gate, const bf16* up, bf16* out, cudaStream_t stream);
 
@@ -153,34 +159,42 @@ void moe_routing(const cpu::MoeShape& s, const bf16* router_logits, float* weigh
 void scale_add(int64_t tokens, int64_t width, const float* weights, int64_t weight_stride, const bf16* part, bf16* y,
                cudaStream_t stream);
 
-// Sparse MoE experts (moe.cu) for few tokens: each local expert's weights read once, by the
-// tokens routed to it (weights[t, e] != 0, from moe_routing), none for an expert no token
-// visits. Gate rows of expert e at w_gate + e * expert_stride, up rows at w_up + the same
-// ([inter_local, hidden] each: the fused w13 gives w_up = w13 + inter_local * hidden and
-// expert_stride = 2 * inter_local * hidden); w2 [local, hidden, inter_local]. act
-// [local, tokens, inter_local] and part [local, tokens, hidden] are scratch. y[t, :] = the
-// weighted parts, summed in expert order as the dense form's scale_add calls do.
-// The executor's default: MoE layers of at most this many tokens go sparse, more go dense
-// (tpx-kbench --moe measures both; docs/PERF.md).
-constexpr int64_t kMoeSparseMaxTokens = 4;
-// ... and outside a CUDA graph, MoE layers of at least this many tokens go by expert
-// (moe_grouped): below it every expert is chosen anyway and the dense form's GEMMs, with no host
-// round trip, are faster (tpx-kbench --moe: 64 tokens 836 us dense, 921 by expert; a 128-token
-// prefill of the 8-layer Mixtral shape 8.12 ms dense, 7.89 by expert; 2048 tokens 77.6 -> 25.3 ms).
-constexpr int64_t kMoeGroupedMinTokens = 128;
-bool moe_sparse_supported(const cpu::MoeShape& s, std::initializer_list<const void*> ptrs);
-void moe_sparse(const cpu::MoeShape& s, const float* weights, const bf16* x, const bf16* w_gate, const bf16* w_up, int64_t expert_stride,
-                const bf16* w2, bf16* act, bf16* part, bf16* y, cudaStream_t stream);
+// One MoE layer's local experts on the device: expert e's gate rows at gate + e * stride, its up
+// rows at up + e * stride ([inter_local, hidden] each; the fused w13 gives up = gate +
+// inter_local * hidden and stride = 2 * inter_local * hidden), down [local, hidden, inter_local].
+struct MoeExperts {
+    const bf16* gate;
+    const bf16* up;
+    int64_t stride;
+    const bf16* down;
+};
 
-// MoE experts by expert (prefill, any batch run outside a CUDA graph): the routing weights go to
-// the host (the stream waits), then for each local expert some token chose, its tokens' rows
-// are gathered, run through its gate/up and down GEMMs (cuBLAS) and added into y, weighted,
-// expert by expert in index order as the dense form adds them. An expert no token chose is not
-// read, and each token costs top_k experts' FLOPs, not all of them. Not capturable (throws).
-// Weights as moe_sparse's. `wait` waits for the stream (the executor's watchdog, which ends the
-// wait when a peer rank has failed); empty: cudaStreamSynchronize.
-void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* weights, const bf16* x, const bf16* w_gate, const bf16* w_up,
-                 int64_t expert_stride, const bf16* w2, bf16* y, cudaStream_t stream, const std::function<void()>& wait = {});
+// The executor's choice of form (docs/PERF.md, tpx-kbench --moe): MoE layers of at most
+// kMoeSparseMaxTokens tokens sparse; outside a CUDA graph, of at least kMoeGroupedMinTokens by
+// expert (below it every expert is chosen anyway and the dense form's GEMMs, with no host round
+// trip, are faster: 64 tokens 836 us dense, 921 by expert; a 128-token prefill of the 8-layer
+// Mixtral shape 8.12 ms dense, 7.89 by expert); dense otherwise.
+constexpr int64_t kMoeSparseMaxTokens = 4;
+constexpr int64_t kMoeGroupedMinTokens = 128;
+
+// Sparse MoE experts (moe.cu) for few tokens, capturable: each local expert's weights read
+// once, by the tokens routed to it (weights[t, e] != 0, from moe_routing), none for an expert no
+// token visits. act [local, tokens, inter_local] and part [local, tokens, hidden] are scratch.
+// y[t, :] = the weighted parts, summed in expert order as the dense form's scale_add calls do.
+// Needs hidden and inter_local multiples of 8 and 16-byte aligned pointers (moe_sparse_supported).
+bool moe_sparse_supported(const cpu::MoeShape& s, const bf16* x, const MoeExperts& w);
+void moe_sparse(const cpu::MoeShape& s, const float* weights, const bf16* x, const MoeExperts& w, bf16* act, bf16* part, bf16* y,
+                cudaStream_t stream);
+
+// MoE experts by expert (moe.cu; prefill, any batch run outside a CUDA graph): the routing
+// weights go to the host (the stream waits), then each local expert some token chose runs its
+// gate/up and down GEMMs (cuBLAS) over its tokens' gathered rows, added into y, weighted, expert
+// by expert in index order as the dense form adds them. An expert no token chose is not read,
+// and each token costs top_k experts' FLOPs, not all of them. Not capturable (throws). `wait`
+// waits for the stream (the executor's watchdog, which ends the wait when a peer rank has
+// failed); empty: cudaStreamSynchronize.
+void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* weights, const bf16* x, const MoeExperts& w, bf16* y,
+                 cudaStream_t stream, const std::function<void()>& wait = {});
 
 // out[r, :] = x[rows[r], :]
 void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16* x, bf16* out, cudaStream_t stream);
