@@ -30,6 +30,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/check.h"
 #include "common/cuda_check.h"
 #include "kernels/cuda/ops.h"
 
@@ -206,6 +207,7 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
     const double bytes = 2.0 * layer;
     const double base = run();
     row("layer fused", shape, base, rate(bytes, base));
+    double layer_us = base;  // the layer as the step runs it (with the all-reduces at tp > 1)
     // Each kernel of it alone.
     double us = time_graph(st, [&](int i) {
         cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
@@ -225,25 +227,28 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
     us = time_graph(st, [&](int i) { cuda::linear(h, {1, I, H}, sl, weight(i, 3), nullptr, delta, st); });
     row("  down", shape, us, rate(2.0 * sizes[3], us));
     if (tp > 1) {
-        // The all-reduce fused into the GEMVs (cuda::ExchangeIn), as rank 0 of two with both
-        // ranks' buffers on this GPU: rank 1's parts are pushed once, before, so that the sums
-        // never wait (the cross-GPU latency is not here), and rank 0 pushes its own each time.
+        // The all-reduce fused into the GEMVs (cuda::ExchangeIn), as rank 0 of tp with every
+        // rank's buffers on this GPU: the other ranks' parts are pushed once, before, so that
+        // the sums never wait (the cross-GPU latency is not here), and rank 0 pushes its own
+        // each time. Each sum still reads all tp parts, as on tp GPUs.
         const int64_t units = 8192;
-        cuda::OneShotPeers p[2];
-        uint2* ll[2] = {device_alloc<uint2>(2 * 2 * units, false), device_alloc<uint2>(2 * 2 * units, false)};
+        TPX_CHECK(tp <= cuda::kOneShotMaxRanks, "tpx-kbench --layer: at most " + std::to_string(cuda::kOneShotMaxRanks) + " ranks");
+        std::vector<cuda::OneShotPeers> p(tp);
+        std::vector<uint2*> ll(tp);
+        for (auto& b : ll) b = device_alloc<uint2>(2 * tp * units, false);
         uint32_t* counters = device_alloc<uint32_t>(cuda::kOneShotBlocks + 2, false);
         int* error = nullptr;
         CUDA_CHECK(cudaHostAlloc(&error, sizeof(int), cudaHostAllocMapped));
         *error = 0;
-        for (int r = 0; r < 2; ++r) {
-            CUDA_CHECK(cudaMemset(ll[r], 0, 2 * 2 * units * sizeof(uint2)));
-            p[r].rank = r, p[r].world = 2, p[r].ll_units = units, p[r].ll[0] = ll[0], p[r].ll[1] = ll[1];
+        for (int r = 0; r < tp; ++r) {
+            p[r].rank = r, p[r].world = tp, p[r].ll_units = units;
+            for (int q = 0; q < tp; ++q) p[r].ll[q] = ll[q];
             p[r].counters = counters;
             CUDA_CHECK(cudaHostGetDevicePointer(&p[r].error, error, 0));
             p[r].timeout_ns = 1'000'000'000ull;
         }
         CUDA_CHECK(cudaMemset(counters, 0, (cuda::kOneShotBlocks + 2) * sizeof(uint32_t)));
-        for (int r = 0; r < 2; ++r) {
+        for (int r = 0; r < tp; ++r) {
             cuda::gemv_push(qw, H, att, weight(0, 1), nullptr, p[r], 0, st);
             cuda::gemv_push(I, H, sl, weight(0, 3), nullptr, p[r], 1, st);
         }
@@ -264,7 +269,8 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
             gate_up_sum(i);
             cuda::gemv_push(I, H, sl, weight(i, 3), nullptr, p[0], 1, st);
         });
-        row("layer fused, all-reduces in the GEMVs", shape + " (rank 1 emulated)", us, rate(bytes, us));
+        row("layer fused, all-reduces in the GEMVs", shape + " (ranks 1.." + std::to_string(tp - 1) + " emulated)", us, rate(bytes, us));
+        layer_us = us;
         us = time_graph(st, qkv_sum);
         row("  qkv + sum + norm + rope + kv", shape, us, rate(2.0 * sizes[0], us));
         us = time_graph(st, [&](int i) { cuda::gemv_push(qw, H, att, weight(i, 1), nullptr, p[0], 0, st); });
@@ -275,7 +281,25 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
         row("  down + push", shape, us, rate(2.0 * sizes[3], us));
         CUDA_CHECK(cudaStreamSynchronize(st));
         if (*error) std::printf("exchange: a sum gave up waiting (rank %d)\n", *error - 1);
-        cudaFree(ll[0]), cudaFree(ll[1]), cudaFree(counters), cudaFreeHost(error);
+        for (uint2* b : ll) cudaFree(b);
+        cudaFree(counters), cudaFreeHost(error);
+    }
+    // The LM head's GEMV at this tp (vocab 128256 split over the ranks), and the step that 32
+    // such layers and it predict. Not in the estimate: the embedding, the last all-reduce and
+    // final norm, the logits' all-gather (NCCL, tp > 1), the argmax and the host's turn.
+    {
+        const int64_t V = (128256 + tp - 1) / tp, head = V * H;
+        const int hc = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / (head * 2)));
+        bf16* wh = device_alloc<bf16>((size_t)hc * head);
+        bf16* logits = device_alloc<bf16>(V, false);
+        const double head_us =
+            time_graph(st, [&](int i) { cuda::linear(h, {1, H, V}, res, wh + (size_t)(i % hc) * head, nullptr, logits, st); });
+        row("  lm_head", "tp=" + std::to_string(tp) + " N=" + std::to_string(V), head_us, rate(2.0 * head, head_us));
+        const double step_us = 32 * layer_us + head_us;
+        const double roof_us = (32 * bytes + 2.0 * head) / 4.24e6;  // at the copy rate measured on an H200 (docs/PERF.md)
+        std::printf("step estimate, 32 layers + lm_head: %.3f ms (weights alone at 4.24 TB/s: %.3f ms)\n", step_us * 1e-3,
+                    roof_us * 1e-3);
+        cudaFree(wh), cudaFree(logits);
     }
     cudaFree(w), cudaFree(norm_w), cudaFree(kc), cudaFree(vc), cudaFree(act), cudaFree(slot), cudaFree(pos), cudaFree(inv);
 }
