@@ -224,8 +224,9 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
     const int64_t heads = 4, kvh = 2, hd = 64, max_seq = 8, slots = 2;
     for (Case c : {Case{1000, 37, true, true, cuda::GemvEpilogue::kNone}, Case{4096, 300, false, false, cuda::GemvEpilogue::kNone},
                    Case{1000, 20000, true, false, cuda::GemvEpilogue::kNone}, Case{4096, 600, true, true, cuda::GemvEpilogue::kSwiglu},
-                   Case{512, 600, false, false, cuda::GemvEpilogue::kSwiglu},
-                   Case{512, (heads + 2 * kvh) * hd, true, true, cuda::GemvEpilogue::kRopeKv}}) {
+                   Case{4096, 9000, true, false, cuda::GemvEpilogue::kSwiglu}, Case{512, 600, false, false, cuda::GemvEpilogue::kSwiglu},
+                   Case{512, (heads + 2 * kvh) * hd, true, true, cuda::GemvEpilogue::kRopeKv},
+                   Case{4096, (heads + 2 * kvh) * hd, true, false, cuda::GemvEpilogue::kRopeKv}}) {
         for (bool with_norm : {true, false}) {
             SCOPED_TRACE("K " + std::to_string(c.K) + " N " + std::to_string(c.N) + " epilogue " + std::to_string((int)c.epi) +
                          (with_norm ? " norm" : "") + (c.residual ? " residual" : ""));
@@ -296,38 +297,20 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
     cublasDestroy(h);
 }
 
-// The all-reduce fused into the GEMVs (cuda::ExchangeIn), two ranks emulated on one GPU (each
-// rank's exchange buffer is device memory either way; the two-GPU path is GpuRun's tp=2
+// The all-reduce fused into the GEMVs (cuda::ExchangeIn), two and four ranks emulated on one GPU
+// (each rank's exchange buffer is device memory either way; the two-GPU path is GpuRun's tp=2
 // decode test): each rank's gemv_push, then each rank's norm GEMV summing the exchange, must
-// equal bit for bit the unfused path: linear(), the sum rounded once (as the one-shot
-// all-reduce), then the fused norm GEMV on that sum. Every form of the pushing GEMV: a warp a
-// row (the default), 2 and 4 warps a row (TPX_GEMV_SPLITK, which linear() follows too); K 512
-// to 7168, N = 1000 and 4096 (the consumer needs N % 8 == 0). Two forwards each, the epoch
-// advanced between them, so both buffers and the epoch are used. Then a sum whose second rank
-// never pushes gives up after the timeout, naming rank 1.
+// equal bit for bit the unfused path: linear(), the sum in rank order rounded once (as the
+// one-shot all-reduce), then the fused norm GEMV on that sum. Every form of the pushing GEMV: a
+// warp a row (the default), 2 and 4 warps a row (TPX_GEMV_SPLITK, which linear() follows too);
+// K 512 to 7168, N = 1000 to 12288 (the consumer needs N % 8 == 0). Two forwards each, the
+// epoch advanced between them, so both buffers and the epoch are used. Then a sum whose second
+// rank never pushes gives up after the timeout, naming rank 1.
 TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
     REQUIRE_GPU();
     cublasHandle_t h;
     CUBLAS_CHECK(cublasCreate(&h));
-    const int world = 2;
-    const int64_t units = 4096;
-    std::unique_ptr<Device<uint2>> ll[2] = {std::make_unique<Device<uint2>>(2 * world * units),
-                                            std::make_unique<Device<uint2>>(2 * world * units)};
-    std::unique_ptr<Device<uint32_t>> counters[2] = {std::make_unique<Device<uint32_t>>(cuda::kOneShotBlocks + 2),
-                                                     std::make_unique<Device<uint32_t>>(cuda::kOneShotBlocks + 2)};
-    int* error = nullptr;
-    CUDA_CHECK(cudaHostAlloc(&error, 2 * sizeof(int), cudaHostAllocMapped));
-    error[0] = error[1] = 0;
-    cuda::OneShotPeers peers[2];
-    for (int d = 0; d < world; ++d) {
-        CUDA_CHECK(cudaMemset(ll[d]->p, 0, ll[d]->n * sizeof(uint2)));
-        CUDA_CHECK(cudaMemset(counters[d]->p, 0, counters[d]->n * 4));
-        peers[d].rank = d, peers[d].world = world, peers[d].ll_units = units;
-        for (int r = 0; r < world; ++r) peers[d].ll[r] = ll[r]->p;
-        peers[d].counters = counters[d]->p;
-        CUDA_CHECK(cudaHostGetDevicePointer(&peers[d].error, error + d, 0));
-        peers[d].timeout_ns = 20'000'000'000ull;
-    }
+    const int64_t units = 8192;
     const float eps = 1e-5f;
     struct Case {
         int64_t K, N;
@@ -335,70 +318,186 @@ TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
         cuda::GemvEpilogue next;
     };
     const Case cases[] = {{512, 1000, true, cuda::GemvEpilogue::kNone}, {7168, 1000, true, cuda::GemvEpilogue::kNone}, {2048, 4096, false, cuda::GemvEpilogue::kSwiglu},
-                          {7168, 4096, false, cuda::GemvEpilogue::kNone}};
-    for (const char* splitk : {"1", "2", "4"}) {
-        setenv("TPX_GEMV_SPLITK", splitk, 1);
-        for (int forward = 0; forward < 2; ++forward) {
-            uint32_t seq = 0;
-            for (const Case& c : cases) {
-                SCOPED_TRACE(std::string("warps a row ") + splitk + ", forward " + std::to_string(forward) + " K " +
-                             std::to_string(c.K) + " N " + std::to_string(c.N));
-                const int64_t next_n = 600;  // the next GEMV's outputs (SwiGLU: half of them)
-                auto res = random_bf16(c.N), nw = random_bf16(c.N), w2 = random_bf16(next_n * c.N, 0.05f), b = random_bf16(c.N);
-                std::unique_ptr<Device<bf16>> dres(upload(res)), dnw(upload(nw)), dw2(upload(w2)), db(upload(b));
-                std::unique_ptr<Device<bf16>> dx[2], dw[2];
-                std::vector<float> y[2];
-                for (int d = 0; d < world; ++d) {
-                    dx[d].reset(upload(random_bf16(c.K)));
-                    dw[d].reset(upload(random_bf16(c.N * c.K, 0.05f)));
-                    ASSERT_TRUE(cuda::gemv_push_applies(c.K, c.N, dx[d]->p, dw[d]->p, peers[d]));
-                    std::unique_ptr<Device<bf16>> yd(poisoned(c.N));
-                    cuda::linear(h, {1, c.K, c.N}, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, yd->p, nullptr);
-                    y[d] = download(*yd);
-                }
-                std::vector<float> reduced(c.N);
-                for (int64_t i = 0; i < c.N; ++i) reduced[i] = bf16_to_f32(f32_to_bf16(y[0][i] + y[1][i]));
-                std::unique_ptr<Device<bf16>> dred(upload(reduced));
-                const int64_t out_n = c.next == cuda::GemvEpilogue::kSwiglu ? next_n / 2 : next_n;
-                // The unfused reference: the fused norm GEMV on the reduced sum.
-                cuda::GemvNorm nm;
-                nm.x = dred->p, nm.residual = dres->p, nm.weight = dnw->p, nm.eps = eps;
-                std::unique_ptr<Device<bf16>> ref(poisoned(out_n)), res_ref(poisoned(c.N));
-                nm.residual_out = res_ref->p;
-                cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, ref->p, &nm, c.next, nullptr, nullptr);
-                // Fused: both ranks push, then both sum.
-                for (int d = 0; d < world; ++d) cuda::gemv_push(c.K, c.N, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, peers[d], seq, nullptr);
-                for (int d = 0; d < world; ++d) {
-                    cuda::GemvNorm fused = nm;
-                    fused.x = nullptr;
-                    fused.sum = cuda::exchange_in(peers[d], seq);
-                    std::unique_ptr<Device<bf16>> out(poisoned(out_n)), res_out(poisoned(c.N));
-                    fused.residual_out = res_out->p;
-                    ASSERT_TRUE(cuda::gemv_fused_applies(c.N, &fused, dw2->p));
-                    cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, out->p, &fused, c.next, nullptr, nullptr);
-                    EXPECT_EQ(download(*out), download(*ref)) << "rank " << d;
-                    EXPECT_EQ(download(*res_out), download(*res_ref)) << "rank " << d << ": residual";
-                    EXPECT_EQ(error[d], 0);
-                }
-                ++seq;
-            }
-            for (int d = 0; d < world; ++d) cuda::exchange_advance(peers[d], seq, nullptr);
+                          {7168, 4096, false, cuda::GemvEpilogue::kNone}, {512, 12288, false, cuda::GemvEpilogue::kNone}};  // (the widest sum: 72 KiB of shared memory)
+    int* error = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&error, 4 * sizeof(int), cudaHostAllocMapped));
+    for (const int world : {2, 4}) {
+        std::vector<std::unique_ptr<Device<uint2>>> ll;
+        std::vector<std::unique_ptr<Device<uint32_t>>> counters;
+        std::vector<cuda::OneShotPeers> peers(world);
+        for (int d = 0; d < world; ++d) {
+            ll.push_back(std::make_unique<Device<uint2>>(2 * world * units));
+            counters.push_back(std::make_unique<Device<uint32_t>>(cuda::kOneShotBlocks + 2));
+            CUDA_CHECK(cudaMemset(ll[d]->p, 0, ll[d]->n * sizeof(uint2)));
+            CUDA_CHECK(cudaMemset(counters[d]->p, 0, counters[d]->n * 4));
+            error[d] = 0;
         }
+        for (int d = 0; d < world; ++d) {
+            peers[d].rank = d, peers[d].world = world, peers[d].ll_units = units;
+            for (int r = 0; r < world; ++r) peers[d].ll[r] = ll[r]->p;
+            peers[d].counters = counters[d]->p;
+            CUDA_CHECK(cudaHostGetDevicePointer(&peers[d].error, error + d, 0));
+            peers[d].timeout_ns = 20'000'000'000ull;
+        }
+        for (const char* splitk : {"1", "2", "4"}) {
+            if (world == 4 && std::string(splitk) != "1") continue;  // the pushing forms are world 2's
+            setenv("TPX_GEMV_SPLITK", splitk, 1);
+            for (int forward = 0; forward < 2; ++forward) {
+                uint32_t seq = 0;
+                for (const Case& c : cases) {
+                    SCOPED_TRACE("world " + std::to_string(world) + ", warps a row " + splitk + ", forward " + std::to_string(forward) + " K " + std::to_string(c.K) + " N " + std::to_string(c.N));
+                    const int64_t next_n = 600;  // the next GEMV's outputs (SwiGLU: half of them)
+                    auto res = random_bf16(c.N), nw = random_bf16(c.N), w2 = random_bf16(next_n * c.N, 0.05f), b = random_bf16(c.N);
+                    std::unique_ptr<Device<bf16>> dres(upload(res)), dnw(upload(nw)), dw2(upload(w2)), db(upload(b));
+                    std::vector<std::unique_ptr<Device<bf16>>> dx(world), dw(world);
+                    std::vector<std::vector<float>> y(world);
+                    for (int d = 0; d < world; ++d) {
+                        dx[d].reset(upload(random_bf16(c.K)));
+                        dw[d].reset(upload(random_bf16(c.N * c.K, 0.05f)));
+                        ASSERT_TRUE(cuda::gemv_push_applies(c.K, c.N, dx[d]->p, dw[d]->p, peers[d]));
+                        std::unique_ptr<Device<bf16>> yd(poisoned(c.N));
+                        cuda::linear(h, {1, c.K, c.N}, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, yd->p, nullptr);
+                        y[d] = download(*yd);
+                    }
+                    std::vector<float> reduced(c.N);
+                    for (int64_t i = 0; i < c.N; ++i) {
+                        float sum = 0;
+                        for (int d = 0; d < world; ++d) sum += y[d][i];
+                        reduced[i] = bf16_to_f32(f32_to_bf16(sum));
+                    }
+                    std::unique_ptr<Device<bf16>> dred(upload(reduced));
+                    const int64_t out_n = c.next == cuda::GemvEpilogue::kSwiglu ? next_n / 2 : next_n;
+                    // The unfused reference: the fused norm GEMV on the reduced sum.
+                    cuda::GemvNorm nm;
+                    nm.x = dred->p, nm.residual = dres->p, nm.weight = dnw->p, nm.eps = eps;
+                    std::unique_ptr<Device<bf16>> ref(poisoned(out_n)), res_ref(poisoned(c.N));
+                    nm.residual_out = res_ref->p;
+                    cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, ref->p, &nm, c.next, nullptr, nullptr);
+                    // Fused: every rank pushes, then every rank sums.
+                    for (int d = 0; d < world; ++d)
+                        cuda::gemv_push(c.K, c.N, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, peers[d], seq, nullptr);
+                    for (int d = 0; d < world; ++d) {
+                        cuda::GemvNorm fused = nm;
+                        fused.x = nullptr;
+                        fused.sum = cuda::exchange_in(peers[d], seq);
+                        std::unique_ptr<Device<bf16>> out(poisoned(out_n)), res_out(poisoned(c.N));
+                        fused.residual_out = res_out->p;
+                        ASSERT_TRUE(cuda::gemv_fused_applies(c.N, &fused, dw2->p));
+                        cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, out->p, &fused, c.next, nullptr, nullptr);
+                        EXPECT_EQ(download(*out), download(*ref)) << "rank " << d;
+                        EXPECT_EQ(download(*res_out), download(*res_ref)) << "rank " << d << ": residual";
+                        EXPECT_EQ(error[d], 0);
+                    }
+                    ++seq;
+                }
+                for (int d = 0; d < world; ++d) cuda::exchange_advance(peers[d], seq, nullptr);
+            }
+        }
+        unsetenv("TPX_GEMV_SPLITK");
+        if (world != 2) continue;
+        // Wider than the buffers, or odd: not pushed.
+        std::unique_ptr<Device<bf16>> big(poisoned(2 * units * 512 + 8));
+        EXPECT_FALSE(cuda::gemv_push_applies(512, 2 * units + 2, big->p, big->p, peers[0]));
+        EXPECT_FALSE(cuda::gemv_push_applies(512, 1001, big->p, big->p, peers[0]));
+        // Rank 1 never pushes: rank 0's sum waits 50 ms, then names rank 1 (its own part is there).
+        peers[0].timeout_ns = 50'000'000;
+        std::unique_ptr<Device<bf16>> x(upload(random_bf16(512))), w(upload(random_bf16(512 * 512, 0.05f))), out(poisoned(512));
+        cuda::gemv_push(512, 512, x->p, w->p, nullptr, peers[0], 0, nullptr);
+        cuda::GemvNorm nm;
+        nm.weight = x->p, nm.eps = eps, nm.sum = cuda::exchange_in(peers[0], 0);
+        cuda::gemv_fused(512, 512, nullptr, w->p, nullptr, out->p, &nm, cuda::GemvEpilogue::kNone, nullptr, nullptr);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        EXPECT_EQ(error[0], 2) << "rank 1 + 1";
     }
-    unsetenv("TPX_GEMV_SPLITK");
-    // Wider than the buffers, or odd: not pushed.
-    std::unique_ptr<Device<bf16>> big(poisoned(2 * units * 512 + 8));
-    EXPECT_FALSE(cuda::gemv_push_applies(512, 2 * units + 2, big->p, big->p, peers[0]));
-    EXPECT_FALSE(cuda::gemv_push_applies(512, 1001, big->p, big->p, peers[0]));
-    // Rank 1 never pushes: rank 0's sum waits 50 ms, then names rank 1 (its own part is there).
-    peers[0].timeout_ns = 50'000'000;
-    std::unique_ptr<Device<bf16>> x(upload(random_bf16(512))), w(upload(random_bf16(512 * 512, 0.05f))), out(poisoned(512));
-    cuda::gemv_push(512, 512, x->p, w->p, nullptr, peers[0], 0, nullptr);
-    cuda::GemvNorm nm;
-    nm.weight = x->p, nm.eps = eps, nm.sum = cuda::exchange_in(peers[0], 0);
-    cuda::gemv_fused(512, 512, nullptr, w->p, nullptr, out->p, &nm, cuda::GemvEpilogue::kNone, nullptr, nullptr);
-    CUDA_CHECK(cudaDeviceSynchronize());
-    EXPECT_EQ(error[0], 2) << "rank 1 + 1";
+    cudaFreeHost(error);
+    cublasDestroy(h);
+}
+
+// The decode step's order on one rank, no host sync between: a summing GEMV A (norm, SwiGLU)
+// writes the new residual, the pushing GEMV of the next exchange follows, then the summing GEMV
+// B reads A's residual. B starts copying that residual before its wait for the push (see
+// ExchangeIn): the residual must be A's, two kernels back, never what the buffer held before
+// (poison). Rank 1 of two is emulated: its parts are pushed first. Two forwards, the epoch
+// advanced between them; the result equals the unfused path's bit for bit.
+TEST(CudaKernels, SummingGemvReadsTheResidualWrittenTwoKernelsBack) {
+    REQUIRE_GPU();
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    const int64_t H = 2048, I = 2048, units = 4096;  // hidden, SwiGLU width
+    const float eps = 1e-5f;
+    std::vector<std::unique_ptr<Device<uint2>>> ll;
+    std::vector<std::unique_ptr<Device<uint32_t>>> counters;
+    int* error = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&error, 2 * sizeof(int), cudaHostAllocMapped));
+    cuda::OneShotPeers peers[2];
+    for (int d = 0; d < 2; ++d) {
+        ll.push_back(std::make_unique<Device<uint2>>(2 * 2 * units));
+        counters.push_back(std::make_unique<Device<uint32_t>>(cuda::kOneShotBlocks + 2));
+        CUDA_CHECK(cudaMemset(ll[d]->p, 0, ll[d]->n * sizeof(uint2)));
+        CUDA_CHECK(cudaMemset(counters[d]->p, 0, counters[d]->n * 4));
+        error[d] = 0;
+    }
+    for (int d = 0; d < 2; ++d) {
+        peers[d].rank = d, peers[d].world = 2, peers[d].ll_units = units;
+        for (int r = 0; r < 2; ++r) peers[d].ll[r] = ll[r]->p;
+        peers[d].counters = counters[d]->p;
+        CUDA_CHECK(cudaHostGetDevicePointer(&peers[d].error, error + d, 0));
+        peers[d].timeout_ns = 20'000'000'000ull;
+    }
+    // Exchange 0: each rank's o-like part [H]; exchange 1: each rank's down-like part [H] from
+    // the SwiGLU output. Rank 0's down input is A's output, so its push follows A.
+    std::unique_ptr<Device<bf16>> w_o[2], x_o[2], w_down[2], x_down1;
+    for (int d = 0; d < 2; ++d) w_o[d].reset(upload(random_bf16(H * 256, 0.05f))), x_o[d].reset(upload(random_bf16(256)));
+    for (int d = 0; d < 2; ++d) w_down[d].reset(upload(random_bf16(H * I, 0.05f)));
+    x_down1.reset(upload(random_bf16(I)));
+    std::unique_ptr<Device<bf16>> w_gu(upload(random_bf16(2 * I * H, 0.05f))), w_next(upload(random_bf16(512 * H, 0.05f)));
+    std::unique_ptr<Device<bf16>> nw1(upload(random_bf16(H))), nw2(upload(random_bf16(H))), res0(upload(random_bf16(H)));
+    auto part = [&](const Device<bf16>& x, const Device<bf16>& w, int64_t K) {
+        std::unique_ptr<Device<bf16>> y(poisoned(H));
+        cuda::linear(h, {1, K, H}, x.p, w.p, nullptr, y->p, nullptr);
+        return download(*y);
+    };
+    auto reduced = [&](const std::vector<float>& a, const std::vector<float>& b) {
+        std::vector<float> r(H);
+        for (int64_t i = 0; i < H; ++i) r[i] = bf16_to_f32(f32_to_bf16(a[i] + b[i]));
+        return std::unique_ptr<Device<bf16>>(upload(r));
+    };
+    for (int forward = 0; forward < 2; ++forward) {
+        SCOPED_TRACE("forward " + std::to_string(forward));
+        // The unfused path: A on the reduced exchange 0, then B on the reduced exchange 1.
+        auto sum0 = reduced(part(*x_o[0], *w_o[0], 256), part(*x_o[1], *w_o[1], 256));
+        cuda::GemvNorm na;
+        na.x = sum0->p, na.residual = res0->p, na.weight = nw1->p, na.eps = eps;
+        std::unique_ptr<Device<bf16>> act_ref(poisoned(I)), res1_ref(poisoned(H)), out_ref(poisoned(512));
+        na.residual_out = res1_ref->p;
+        cuda::gemv_fused(H, 2 * I, nullptr, w_gu->p, nullptr, act_ref->p, &na, cuda::GemvEpilogue::kSwiglu, nullptr, nullptr);
+        auto sum1 = reduced(part(*act_ref, *w_down[0], I), part(*x_down1, *w_down[1], I));
+        cuda::GemvNorm nb;
+        nb.x = sum1->p, nb.residual = res1_ref->p, nb.weight = nw2->p, nb.eps = eps;
+        std::unique_ptr<Device<bf16>> res2_ref(poisoned(H));
+        nb.residual_out = res2_ref->p;
+        cuda::gemv_fused(H, 512, nullptr, w_next->p, nullptr, out_ref->p, &nb, cuda::GemvEpilogue::kNone, nullptr, nullptr);
+        // Fused: rank 1's parts first, then rank 0's chain with no sync: push 0, A, push 1, B.
+        std::unique_ptr<Device<bf16>> act(poisoned(I)), res1(poisoned(H)), res2(poisoned(H)), out(poisoned(512));
+        cuda::gemv_push(256, H, x_o[1]->p, w_o[1]->p, nullptr, peers[1], 0, nullptr);
+        cuda::gemv_push(I, H, x_down1->p, w_down[1]->p, nullptr, peers[1], 1, nullptr);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        cuda::gemv_push(256, H, x_o[0]->p, w_o[0]->p, nullptr, peers[0], 0, nullptr);
+        cuda::GemvNorm fa = na;
+        fa.x = nullptr, fa.sum = cuda::exchange_in(peers[0], 0), fa.residual_out = res1->p;
+        cuda::gemv_fused(H, 2 * I, nullptr, w_gu->p, nullptr, act->p, &fa, cuda::GemvEpilogue::kSwiglu, nullptr, nullptr);
+        cuda::gemv_push(I, H, act->p, w_down[0]->p, nullptr, peers[0], 1, nullptr);
+        cuda::GemvNorm fb = nb;
+        fb.x = nullptr, fb.sum = cuda::exchange_in(peers[0], 1), fb.residual = res1->p, fb.residual_out = res2->p;
+        cuda::gemv_fused(H, 512, nullptr, w_next->p, nullptr, out->p, &fb, cuda::GemvEpilogue::kNone, nullptr, nullptr);
+        EXPECT_EQ(download(*res1), download(*res1_ref));
+        EXPECT_EQ(download(*res2), download(*res2_ref));
+        EXPECT_EQ(download(*out), download(*out_ref));
+        EXPECT_EQ(error[0], 0);
+        for (int d = 0; d < 2; ++d) cuda::exchange_advance(peers[d], 2, nullptr);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        x_o[0].reset(upload(random_bf16(256))), x_o[1].reset(upload(random_bf16(256)));  // the next forward's parts
+    }
     cudaFreeHost(error);
     cublasDestroy(h);
 }

@@ -29,7 +29,7 @@ constexpr int kGemvUnroll = 4;
 // memory as four 4-byte loads per 16-byte chunk (see unpack_x); with one 16-byte load, 1 is
 // faster again: tp=1's down 32.8 -> 28.7 us, o 9.7 -> 9.1 us, the tp=1 step 4.21 -> 4.08 ms (same call).
 constexpr int kGemvSplit = 1;
-constexpr int64_t kGemvNormMaxK = 12288;  // x and the norm weight in shared memory: 48 KiB
+constexpr int64_t kGemvNormMaxK = 12288;  // x and the norm weight (and the residual, summing) in shared memory: 48 (72) KiB
 
 __global__ void add_bias_kernel(int64_t tokens, int64_t n, const bf16* bias, bf16* y) {
     pdl_entry();  // see common.cuh
@@ -138,10 +138,9 @@ __device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64
 // fetched by cp.async before the LL loads, 13.8 us, the decode step +0.11 ms.) A line
 // whose flags are not yet g + 1 is read again until they are. Each chunk is summed in fp32 in
 // rank order (as the one-shot all-reduce) and rounded once. A wait longer than the timeout
-// names the rank and gives up.
-__device__ void exchange_sum(const ExchangeIn& e, int64_t chunks, uint4* xs) {
-    const uint32_t g = __ldcg(e.epoch) + e.seq, flag = g + 1;  // after pdl_entry: the epoch is settled
-    bool wait = *reinterpret_cast<volatile const uint32_t*>(e.gave_up) == 0;
+// names the rank and gives up. g: the exchange (the epoch + e.seq); wait: not given up before.
+__device__ void exchange_sum(const ExchangeIn& e, uint32_t g, bool wait, int64_t chunks, uint4* xs) {
+    const uint32_t flag = g + 1;
     auto ready = [&](const uint4& l) { return l.y == flag && l.w == flag; };
     for (int64_t i0 = threadIdx.x; i0 < chunks; i0 += 2 * kGemvThreads) {
         const int64_t ids[2] = {i0, i0 + kGemvThreads};
@@ -186,17 +185,22 @@ __device__ void exchange_sum(const ExchangeIn& e, int64_t chunks, uint4* xs) {
 // loaded with x in the first pass (into ws), so that the second pass reads shared memory only.
 // kSum: x is exchange nm.sum's sum, read as the ranks' parts arrive (a template parameter, so
 // that the plain prologue compiles as before: with a run-time branch, ptxas gave the kernels
-// other register counts, qkv's 76 instead of 108).
+// other register counts, qkv's 76 instead of 108); the norm weight and the residual are then
+// already on their way into ws and rs (sum_prefetch, before the kernel's wait), so that after
+// the wait only the exchange's lines are a round trip to memory.
 template <bool kSum>
-__device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* ws) {
+__device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* ws, const uint4* rs, uint32_t g, bool wait) {
     const int64_t chunks = K / 8;
     float ss = 0;
-    if (kSum) exchange_sum(nm.sum, chunks, xs);  // each thread's own chunks: no barrier needed
+    if (kSum) {
+        exchange_sum(nm.sum, g, wait, chunks, xs);  // each thread's own chunks: no barrier needed
+        cp_async_wait_all();                        // this thread's chunks of ws and rs
+    }
     for (int64_t i = threadIdx.x; i < chunks; i += kGemvThreads) {
         float v[8];
         uint4 xv = kSum ? xs[i] : reinterpret_cast<const uint4*>(nm.x)[i];
-        uint4 rv = nm.residual ? reinterpret_cast<const uint4*>(nm.residual)[i] : make_uint4(0, 0, 0, 0);
-        ws[i] = reinterpret_cast<const uint4*>(nm.weight)[i];
+        uint4 rv = !nm.residual ? make_uint4(0, 0, 0, 0) : kSum ? rs[i] : reinterpret_cast<const uint4*>(nm.residual)[i];
+        if (!kSum) ws[i] = reinterpret_cast<const uint4*>(nm.weight)[i];
         unpack8(xv, v);
         if (nm.residual) {
             float r[8];
@@ -221,6 +225,21 @@ __device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* w
     __syncthreads();
 }
 
+// Before the kernel's wait, a summing GEMV (kSum) reads the exchange's epoch and give-up word and
+// starts the copies of the norm weight and the residual into shared memory (each thread the
+// chunks norm_prologue gives it): none of them is written by the kernel just before, the
+// pushing GEMV of the exchange (ExchangeIn's contract in ops.h). Returns the exchange g.
+__device__ inline uint32_t sum_prefetch(int64_t K, const GemvNorm& nm, uint4* ws, uint4* rs, bool& wait) {
+    const uint32_t g = __ldcg(nm.sum.epoch) + nm.sum.seq;
+    wait = *reinterpret_cast<volatile const uint32_t*>(nm.sum.gave_up) == 0;
+    for (int64_t i = threadIdx.x; i < K / 8; i += kGemvThreads) {
+        cp_async16(ws + i, reinterpret_cast<const uint4*>(nm.weight) + i, true);
+        if (nm.residual) cp_async16(rs + i, reinterpret_cast<const uint4*>(nm.residual) + i, true);
+    }
+    cp_async_commit();
+    return g;
+}
+
 // y over `items` work items (see item_rows); with kNorm, x is normalised per block first and the
 // grid strides over the items, so that the prologue is paid once per block.
 template <GemvEpilogue E, bool kNorm, bool kSum>
@@ -236,6 +255,9 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t i
         const int64_t end = ((int64_t)blockIdx.x + 1) * items / gridDim.x;
         item = (int64_t)blockIdx.x * items / gridDim.x + (threadIdx.x >> 5), stride = kGemvWarps, items = end;
     }
+    uint32_t g = 0;
+    bool wait = false;
+    if (kSum) g = sum_prefetch(K, nm, xs + K / 8, xs + K / 4, wait);
     FirstLoads<R> first;
     if (early && item < items) {
         int64_t rows[2];
@@ -245,7 +267,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t i
     pdl_entry();  // see common.cuh
     const uint4* xr = reinterpret_cast<const uint4*>(x);
     if (kNorm) {
-        norm_prologue<kSum>(K, nm, xs, xs + K / 8);
+        norm_prologue<kSum>(K, nm, xs, xs + K / 8, xs + K / 4, g, wait);
         xr = xs;
     }
     for (; item < items; item += stride) {
@@ -297,6 +319,9 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_split_kernel(int64_t K, int
     FirstLoads<1, KS> first;
     if (early && row < N) first.issue(K, w, rows, warp % KS);
     pdl_entry();  // see common.cuh
+    // The exchange (the epoch is settled after the wait), read now so that the load is not a
+    // round trip at the block's end.
+    const uint32_t g = kPush ? __ldcg(push.counters + kOneShotBlocks + 1) + seq : 0;
     float acc[1] = {0.0f};
     if (row < N) dot_rows<1, KS>(K, reinterpret_cast<const uint4*>(x), w, rows, acc, warp % KS, &first);
     if (lane == 0) part_sum[warp] = acc[0];
@@ -314,7 +339,6 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_split_kernel(int64_t K, int
     const int64_t r0 = (int64_t)blockIdx.x * kRows + 2 * t;
     if (t >= kRows / 2 || r0 >= N) return;
     const __nv_bfloat162 v = __floats2bfloat162_rn(sum(2 * t, r0), sum(2 * t + 1, r0 + 1));  // y's two roundings
-    const uint32_t g = __ldcg(push.counters + kOneShotBlocks + 1) + seq;  // after pdl_entry: the epoch is settled
     const int64_t at = ((g & 1) * push.world + push.rank) * push.ll_units + r0 / 2;
     for (int r = 0; r < push.world; ++r) ll_store(push.ll[r] + at, *reinterpret_cast<const uint32_t*>(&v), g + 1);
 }
@@ -371,7 +395,15 @@ void launch_gemv(int64_t K, int64_t items, int64_t pair, const bf16* x, const bf
     size_t smem = 0;
     const bool balanced = kNorm && gemv_balanced();
     if (kNorm) {
-        smem = 2 * (size_t)K * sizeof(bf16);
+        smem = (kSum ? 3 : 2) * (size_t)K * sizeof(bf16);  // x, the norm weight (and the residual)
+        // Up to kGemvNormMaxK: past the 48 KiB a kernel gets without asking (with its static
+        // shared memory, K = 12288 is past it even without the residual). Once a process: one device each.
+        static const bool once = [] {
+            CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<E, kNorm, kSum>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)((kSum ? 3 : 2) * kGemvNormMaxK * sizeof(bf16))));
+            return true;
+        }();
+        (void)once;
         const int resident = resident_blocks((const void*)gemv_kernel<E, kNorm, kSum>, smem);
         const int64_t warps = (int64_t)resident * kGemvWarps;
         blocks = balanced ? std::min<unsigned>(blocks, resident) : blocks_for(items, (int)(kGemvWarps * ((items + warps - 1) / warps)));

@@ -77,6 +77,10 @@ private:
 // g + 1. A rank can be one exchange ahead of a peer, never two: it pushes g + 2 only after it
 // summed g + 1, which needed the peer's push of g + 1, which the peer made after summing g.
 // The sum is the one-shot all-reduce's (fp32 in rank order, one bf16 rounding): bit-identical.
+// The summing GEMV reads the epoch, the norm weight and the residual before its wait for the
+// kernel before it (programmatic dependent launch), which the kernels two back have finished:
+// so none of them may be written by the kernel just before the sum. In the decode step that
+// kernel is the exchange's pushing GEMV, which writes only the exchange buffers.
 struct ExchangeIn {
     const uint2* ll = nullptr;  // this rank's exchange buffer, [2][world][units]; nullptr: no exchange
     int world = 0;
