@@ -279,6 +279,32 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
         row("  gate_up + sum + norm + swiglu", shape, us, rate(2.0 * sizes[2], us));
         us = time_graph(st, [&](int i) { cuda::gemv_push(I, H, sl, weight(i, 3), nullptr, p[0], 1, st); });
         row("  down + push", shape, us, rate(2.0 * sizes[3], us));
+        // The sums' own cost with the other ranks' lines just written, as on tp GPUs, where they
+        // arrive just before the sum (above, they were pushed once, long before, and may have
+        // left L2): the ranks' pushes then the summing GEMV, against the same pushes then the
+        // GEMV with x in memory.
+        auto pushes = [&](uint32_t seq) {
+            for (int r = 1; r < tp; ++r) {
+                if (seq == 0) cuda::gemv_push(qw, H, att, weight(0, 1), nullptr, p[r], 0, st);
+                else cuda::gemv_push(I, H, sl, weight(0, 3), nullptr, p[r], 1, st);
+            }
+        };
+        auto fresh = [&](const char* name, uint32_t seq, const std::function<void(int)>& sum, const std::function<void(int)>& plain) {
+            const double with_sum = time_graph(st, [&](int i) { pushes(seq), sum(i); });
+            const double without = time_graph(st, [&](int i) { pushes(seq), plain(i); });
+            char s[96];
+            std::snprintf(s, sizeof(s), "the sum: %+.2f us", with_sum - without);
+            row(std::string("  ") + name + ", lines fresh", shape, with_sum, s);
+        };
+        fresh("qkv + sum", 1, qkv_sum, [&](int i) {
+            cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
+            cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
+            cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
+        });
+        fresh("gate_up + sum", 0, gate_up_sum, [&](int i) {
+            cuda::GemvNorm nm{delta, res2, res, norm_w, 1e-5f};
+            cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+        });
         CUDA_CHECK(cudaStreamSynchronize(st));
         if (*error) std::printf("exchange: a sum gave up waiting (rank %d)\n", *error - 1);
         for (uint2* b : ll) cudaFree(b);
