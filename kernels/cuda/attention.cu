@@ -123,6 +123,18 @@ struct VecLanes {
     int warp = threadIdx.x >> 5, sub = (threadIdx.x & 31) / kLanes, part = (threadIdx.x & 31) % kLanes;
 };
 
+// A warp's next kUnroll rows of K or V from `rows` (keys base + L.sub + u * step; zeros from n
+// on), but the loads u whose bit is set in `have`, which `pre` already holds.
+template <int HD>
+__device__ __forceinline__ void load_key_rows(const VecLanes<HD>& L, int64_t base, int64_t step, int64_t n, const bf16* rows, int64_t kv_width,
+                                              uint4* out, const uint4* pre = nullptr, unsigned have = 0) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = base + L.sub + u * step;
+        out[u] = (have >> u) & 1 ? pre[u] : j < n ? *reinterpret_cast<const uint4*>(rows + j * kv_width) : make_uint4(0, 0, 0, 0);
+    }
+}
+
 // scores[j] = q . k_j / sqrt(HD) for j < n (q: this lane's 8 dims). `pre` holds the first
 // step's loads u whose bit is set in `have` (attention_split_kernel's early loads).
 template <int HD>
@@ -138,11 +150,7 @@ __device__ void score_keys(const bf16* q, const bf16* kbase, int64_t kv_width, i
     // The loop bounds are the same for the whole warp, so that every lane takes every shuffle.
     for (int64_t base = L.warp * L.kKeys; base < n; base += step * kUnroll) {
         uint4 kv[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            int64_t j = base + L.sub + u * step;
-            kv[u] = (have >> u) & 1 ? pre[u] : j < n ? *reinterpret_cast<const uint4*>(kbase + j * kv_width) : make_uint4(0, 0, 0, 0);
-        }
+        load_key_rows(L, base, step, n, kbase, kv_width, kv, pre, have);
         have = 0;
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
@@ -170,12 +178,11 @@ __device__ void weigh_values(const bf16* vbase, int64_t kv_width, int64_t n, con
     for (int64_t base = L.warp * L.kKeys; base < n; base += step * kUnroll) {
         uint4 vv[kUnroll];
         float pj[kUnroll];
+        load_key_rows(L, base, step, n, vbase, kv_width, vv, pre, have);
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            int64_t j = base + L.sub + u * step;
-            bool in = j < n;
-            vv[u] = (have >> u) & 1 ? pre[u] : in ? *reinterpret_cast<const uint4*>(vbase + j * kv_width) : make_uint4(0, 0, 0, 0);
-            pj[u] = in ? weights[j] : 0.0f;
+            const int64_t j = base + L.sub + u * step;
+            pj[u] = j < n ? weights[j] : 0.0f;
         }
         have = 0;
 #pragma unroll
@@ -258,11 +265,7 @@ __global__ void __launch_bounds__(kThreads) attention_gqa_kernel(cpu::AttentionS
     const int64_t step = kWarps * L.kKeys;
     for (int64_t base = L.warp * L.kKeys; base < n; base += step * kUnroll) {
         uint4 kv[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            const int64_t j = base + L.sub + u * step;
-            kv[u] = j < n ? *reinterpret_cast<const uint4*>(kbase + j * kv_width) : make_uint4(0, 0, 0, 0);
-        }
+        load_key_rows(L, base, step, n, kbase, kv_width, kv);
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             float kf[8];
@@ -293,11 +296,7 @@ __global__ void __launch_bounds__(kThreads) attention_gqa_kernel(cpu::AttentionS
         for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
     for (int64_t base = L.warp * L.kKeys; base < n; base += step * kUnroll) {
         uint4 vv[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            const int64_t j = base + L.sub + u * step;
-            vv[u] = j < n ? *reinterpret_cast<const uint4*>(vbase + j * kv_width) : make_uint4(0, 0, 0, 0);
-        }
+        load_key_rows(L, base, step, n, vbase, kv_width, vv);
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             const int64_t j = base + L.sub + u * step;
