@@ -97,24 +97,16 @@ __device__ inline void dot_rows(const uint4* __restrict__ w, const uint4* __rest
     }
 }
 
-// f(e, list, n) for this block's expert e (chosen_expert) and each kMaxListed of the tokens
-// that chose it (list_tokens, whose barriers every thread of the block takes part in); nothing
-// for a block without an expert.
-template <typename F>
-__device__ void for_expert_tokens(const cpu::MoeShape& s, const float* weights, F f) {
-    __shared__ int32_t list[kMaxListed];
-    const int64_t e = chosen_expert(s, weights);
-    if (e < 0) return;
-    for (int64_t t0 = 0; t0 < s.tokens; t0 += kMaxListed) f(e, list, list_tokens(s.tokens, s.local_experts, e, weights, t0, list));
-}
-
 __global__ void __launch_bounds__(32 * kWarps) moe_gate_up_kernel(cpu::MoeShape s, const float* weights, const uint4* x, const uint4* w_gate,
                                                                   const uint4* w_up, int64_t expert_stride8, bf16* act) {
     pdl_entry();  // see common.cuh
-    const int64_t j = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32, k8 = s.hidden / 8;
+    __shared__ int32_t list[kMaxListed];
+    const int64_t e = chosen_expert(s, weights), j = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32, k8 = s.hidden / 8;
     const int lane = threadIdx.x % 32;
-    for_expert_tokens(s, weights, [&](int64_t e, const int32_t* list, int n) {
-        if (j >= s.inter_local) return;
+    if (e < 0) return;
+    for (int64_t t0 = 0; t0 < s.tokens; t0 += kMaxListed) {
+        const int n = list_tokens(s.tokens, s.local_experts, e, weights, t0, list);
+        if (j >= s.inter_local) continue;
         const uint4* g = w_gate + e * expert_stride8 + j * k8;
         const uint4* u = w_up + e * expert_stride8 + j * k8;
         for (int p = 0; p < n; p += kTokensAPass) {
@@ -126,15 +118,18 @@ __global__ void __launch_bounds__(32 * kWarps) moe_gate_up_kernel(cpu::MoeShape 
                 if (lane == 0) act[(e * s.tokens + list[p + i]) * s.inter_local + j] = __float2bfloat16(silu(round_bf16(gs)) * round_bf16(us));
             }
         }
-    });
+    }
 }
 
 __global__ void __launch_bounds__(32 * kWarps) moe_down_kernel(cpu::MoeShape s, const float* weights, const uint4* act, const uint4* w2, bf16* part) {
     pdl_entry();  // see common.cuh
-    const int64_t h = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32, k8 = s.inter_local / 8;
+    __shared__ int32_t list[kMaxListed];
+    const int64_t e = chosen_expert(s, weights), h = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32, k8 = s.inter_local / 8;
     const int lane = threadIdx.x % 32;
-    for_expert_tokens(s, weights, [&](int64_t e, const int32_t* list, int n) {
-        if (h >= s.hidden) return;
+    if (e < 0) return;
+    for (int64_t t0 = 0; t0 < s.tokens; t0 += kMaxListed) {
+        const int n = list_tokens(s.tokens, s.local_experts, e, weights, t0, list);
+        if (h >= s.hidden) continue;
         const uint4* w = w2 + (e * s.hidden + h) * k8;
         const uint4* a = act + e * s.tokens * k8;  // this expert's rows of act
         for (int p = 0; p < n; p += kTokensAPass) {
@@ -146,7 +141,7 @@ __global__ void __launch_bounds__(32 * kWarps) moe_down_kernel(cpu::MoeShape s, 
                 if (lane == 0) part[(e * s.tokens + list[p + i]) * s.hidden + h] = __float2bfloat16(sum);
             }
         }
-    });
+    }
 }
 
 __global__ void moe_combine_kernel(cpu::MoeShape s, const float* weights, const bf16* part, bf16* y) {
