@@ -130,52 +130,60 @@ __device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64
     else rows[0] = (item / half) * 2 * half + item % half, rows[1] = rows[0] + half;
 }
 
-// Exchange e's sum into xs (bf16, chunks of 8 elements): each thread takes the chunks that
-// norm_prologue gives it, two at a time and their ranks two at a time, so that up to eight
-// 16-byte loads are in flight before the first flag is checked. (tpx-kbench, tp=2's qkv: 16.7 us
-// with a load and a check at a time, 11.6 us so, 9.4 us for the plain prologue. Slower, and so
-// not kept: the residual's and norm weight's loads issued here too, 13.9 us at 128 registers, or
-// fetched by cp.async before the LL loads, 13.8 us, the decode step +0.11 ms.) A line
-// whose flags are not yet g + 1 is read again until they are. Each chunk is summed in fp32 in
-// rank order (as the one-shot all-reduce) and rounded once. A wait longer than the timeout
-// names the rank and gives up. g: the exchange (the epoch + e.seq); wait: not given up before.
+// Exchange e's sum into xs (bf16): each thread takes 16-byte lines of the exchange (two LL
+// units, four elements) four at a time, lines t, t + 256, ... so that a warp's loads are 512
+// contiguous bytes, and their ranks two at a time, so that eight 16-byte loads are in flight
+// before the first flag is checked. (Until the fifteenth run a thread took the two lines of
+// an 8-element chunk: ncu counted 28% of the kernel's L2 sectors as excess. tpx-kbench, tp=2's
+// qkv: 16.7 us with a load and a check at a time, 11.6 us with eight in flight, 9.4 us for the
+// plain prologue. Slower, and so not kept: the residual's and norm weight's loads issued here
+// too, 13.9 us at 128 registers.) A line whose flags are not yet g + 1 is read again until
+// they are. Each element is summed in fp32 in rank order (as the one-shot all-reduce) and
+// rounded once. A wait longer than the timeout names the rank and gives up. g: the exchange
+// (the epoch + e.seq); wait: not given up before. The caller syncs the block before reading xs.
 __device__ void exchange_sum(const ExchangeIn& e, uint32_t g, bool wait, int64_t chunks, uint4* xs) {
+    constexpr int kLines = 4;  // a thread's lines a pass
     const uint32_t flag = g + 1;
+    const int64_t lines = 2 * chunks;
     auto ready = [&](const uint4& l) { return l.y == flag && l.w == flag; };
-    for (int64_t i0 = threadIdx.x; i0 < chunks; i0 += 2 * kGemvThreads) {
-        const int64_t ids[2] = {i0, i0 + kGemvThreads};
-        const int n = ids[1] < chunks ? 2 : 1;
-        float acc[2][8] = {};
+    for (int64_t i0 = threadIdx.x; i0 < lines; i0 += kLines * kGemvThreads) {
+        float acc[kLines][4] = {};
         for (int r0 = 0; r0 < e.world; r0 += 2) {
             const int m = r0 + 1 < e.world ? 2 : 1;
-            uint4 l[2][2][2];  // [chunk][rank][line]
-            const uint4* at[2][2];
+            uint4 l[kLines][2];  // [line][rank]
+            const uint4* at[2];
 #pragma unroll
-            for (int c = 0; c < 2; ++c)
+            for (int q = 0; q < 2; ++q) at[q] = reinterpret_cast<const uint4*>(e.ll + ((g & 1) * e.world + r0 + q) * e.units) + i0;
+#pragma unroll
+            for (int k = 0; k < kLines; ++k)
+#pragma unroll
+                for (int q = 0; q < 2; ++q)
+                    if (i0 + k * kGemvThreads < lines && q < m) l[k][q] = ll_load(at[q] + k * kGemvThreads);
+#pragma unroll
+            for (int k = 0; k < kLines; ++k)
 #pragma unroll
                 for (int q = 0; q < 2; ++q) {
-                    at[c][q] = reinterpret_cast<const uint4*>(e.ll + ((g & 1) * e.world + r0 + q) * e.units) + 2 * ids[c];
-                    if (c < n && q < m) l[c][q][0] = ll_load(at[c][q]), l[c][q][1] = ll_load(at[c][q] + 1);
-                }
-#pragma unroll
-            for (int c = 0; c < 2; ++c)
-#pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                    if (c >= n || q >= m) continue;
-                    if (wait && !(ready(l[c][q][0]) && ready(l[c][q][1]))) {
+                    if (i0 + k * kGemvThreads >= lines || q >= m) continue;
+                    if (wait && !ready(l[k][q])) {
                         const uint64_t start = global_ns();
                         do {
-                            l[c][q][0] = ll_load(at[c][q]), l[c][q][1] = ll_load(at[c][q] + 1);
+                            l[k][q] = ll_load(at[q] + k * kGemvThreads);
                             if (global_ns() - start > e.timeout_ns) give_up_on(r0 + q, e.error, e.gave_up), wait = false;
-                        } while (wait && !(ready(l[c][q][0]) && ready(l[c][q][1])));
+                        } while (wait && !ready(l[k][q]));
                     }
-                    float f[8];
-                    unpack8(make_uint4(l[c][q][0].x, l[c][q][0].z, l[c][q][1].x, l[c][q][1].z), f);  // the units' data
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) acc[c][j] += f[j];
+                    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&l[k][q].x));  // the units' data
+                    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&l[k][q].z));
+                    acc[k][0] += a.x, acc[k][1] += a.y, acc[k][2] += b.x, acc[k][3] += b.y;
                 }
         }
-        for (int c = 0; c < n; ++c) xs[ids[c]] = pack8(acc[c]);
+#pragma unroll
+        for (int k = 0; k < kLines; ++k) {
+            if (i0 + k * kGemvThreads >= lines) continue;
+            uint2 v;
+            *reinterpret_cast<__nv_bfloat162*>(&v.x) = __floats2bfloat162_rn(acc[k][0], acc[k][1]);
+            *reinterpret_cast<__nv_bfloat162*>(&v.y) = __floats2bfloat162_rn(acc[k][2], acc[k][3]);
+            reinterpret_cast<uint2*>(xs)[i0 + k * kGemvThreads] = v;
+        }
     }
 }
 
@@ -193,8 +201,9 @@ __device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* w
     const int64_t chunks = K / 8;
     float ss = 0;
     if (kSum) {
-        exchange_sum(nm.sum, g, wait, chunks, xs);  // each thread's own chunks: no barrier needed
-        cp_async_wait_all();                        // this thread's chunks of ws and rs
+        exchange_sum(nm.sum, g, wait, chunks, xs);
+        cp_async_wait_all();  // this thread's chunks of ws and rs
+        __syncthreads();      // xs's lines, summed by other threads
     }
     for (int64_t i = threadIdx.x; i < chunks; i += kGemvThreads) {
         float v[8];
