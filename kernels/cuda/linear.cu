@@ -133,8 +133,8 @@ __device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64
 // Exchange e's sum into xs (bf16): each thread takes 16-byte lines of the exchange (two LL
 // units, four elements) four at a time, lines t, t + 256, ... so that a warp's loads are 512
 // contiguous bytes, and their ranks two at a time, so that eight 16-byte loads are in flight
-// before the first flag is checked. (Until the fifteenth run a thread took the two lines of
-// an 8-element chunk: ncu counted 28% of the kernel's L2 sectors as excess. tpx-kbench, tp=2's
+// before the first flag is checked. (Before, a thread took the two lines of an 8-element
+// chunk: ncu counted 28% of the kernel's L2 sectors as excess; tp=4's layer -1.1 us. tpx-kbench, tp=2's
 // qkv: 16.7 us with a load and a check at a time, 11.6 us with eight in flight, 9.4 us for the
 // plain prologue. Slower, and so not kept: the residual's and norm weight's loads issued here
 // too, 13.9 us at 128 registers.) A line whose flags are not yet g + 1 is read again until
