@@ -118,6 +118,83 @@ std::string rate(double bytes, double us, double flops = 0) {
     return s;
 }
 
+#ifdef TPX_PROBE
+// Probe builds (-DTPX_PROBE): kReps calls of op(i) in one graph, replayed once to warm and once
+// stamped; each kernel launch of calls 8 and 9 (its blocks' ProbeRec, grouped by kernel and K,
+// split where their waits end more than 10 us apart) printed as when its blocks started, got
+// past their wait, past the sum, past their prologue (or dot products) and ended, in us from
+// call 8's first wait's end: min / median / max over the blocks.
+void probe_layer(cudaStream_t st, const char* name, const std::function<void(int)>& op) {
+    constexpr unsigned kMax = 1u << 20;
+    cuda::ProbeSink sink;
+    CUDA_CHECK(cudaMalloc(&sink.rec, kMax * sizeof(cuda::ProbeRec)));
+    CUDA_CHECK(cudaMalloc(&sink.n, sizeof(unsigned)));
+    cudaGraph_t g;
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < kReps; ++i) op(i);
+    CUDA_CHECK(cudaStreamEndCapture(st, &g));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+    CUDA_CHECK(cudaGraphLaunch(exec, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    cuda::probe_set(sink);
+    CUDA_CHECK(cudaMemset(sink.n, 0, sizeof(unsigned)));
+    CUDA_CHECK(cudaGraphLaunch(exec, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    cuda::probe_set(cuda::ProbeSink{});
+    unsigned n = 0;
+    CUDA_CHECK(cudaMemcpy(&n, sink.n, sizeof n, cudaMemcpyDeviceToHost));
+    TPX_CHECK(n <= kMax, "probe: too many records");
+    std::vector<cuda::ProbeRec> rec(n);
+    CUDA_CHECK(cudaMemcpy(rec.data(), sink.rec, n * sizeof(cuda::ProbeRec), cudaMemcpyDeviceToHost));
+    cudaFree(sink.rec), cudaFree(sink.n);
+    cudaGraphExecDestroy(exec), cudaGraphDestroy(g);
+    std::sort(rec.begin(), rec.end(), [](const cuda::ProbeRec& a, const cuda::ProbeRec& b) {
+        return std::tie(a.tag, a.k, a.t[1]) < std::tie(b.tag, b.k, b.t[1]);
+    });
+    struct Launch {
+        unsigned tag, k;
+        std::vector<const cuda::ProbeRec*> r;
+        unsigned long long first_wait() const { return r.front()->t[1]; }
+    };
+    std::vector<Launch> launches;
+    for (const auto& x : rec) {
+        if (launches.empty() || launches.back().tag != x.tag || launches.back().k != x.k ||
+            x.t[1] > launches.back().r.back()->t[1] + 10000)
+            launches.push_back({x.tag, x.k, {}});
+        launches.back().r.push_back(&x);
+    }
+    std::sort(launches.begin(), launches.end(), [](const Launch& a, const Launch& b) { return a.first_wait() < b.first_wait(); });
+    const size_t per_call = launches.size() / kReps;
+    if (per_call * kReps != launches.size() || per_call == 0) {  // blocks of one launch more than 10 us apart
+        std::printf("probe %s: %zu launches for %d calls, not grouped\n", name, launches.size(), kReps);
+        return;
+    }
+    std::printf("probe %s: %zu kernels a call; us from call 8's first wait; each stamp min / median / max over the blocks\n", name, per_call);
+    std::printf("%-14s %6s %5s | %-20s | %-20s | %-20s | %-20s | %-20s\n", "kernel", "K", "blks", "start", "past wait", "past sum",
+                "past prologue/dot", "end");
+    const unsigned long long zero = launches[8 * per_call].first_wait();
+    auto stat = [&](const Launch& l, int j) {
+        std::vector<double> v;
+        for (auto* r : l.r)
+            if (r->t[j]) v.push_back(((double)r->t[j] - (double)zero) * 1e-3);
+        char s[64];
+        if (v.empty()) return std::string("-");
+        std::sort(v.begin(), v.end());
+        std::snprintf(s, sizeof s, "%6.2f %6.2f %6.2f", v.front(), v[v.size() / 2], v.back());
+        return std::string(s);
+    };
+    for (size_t i = 8 * per_call; i < 10 * per_call; ++i) {
+        const Launch& l = launches[i];
+        const char* kind = l.tag >= 200 ? "attention" : l.tag >= 100 ? (l.tag & 1 ? "gemv push" : "gemv split") : "gemv";
+        char nm[32];
+        std::snprintf(nm, sizeof nm, "%s/%u", kind, l.tag);
+        std::printf("%-14s %6u %5zu | %-20s | %-20s | %-20s | %-20s | %-20s\n", nm, l.k, l.r.size(), stat(l, 0).c_str(), stat(l, 1).c_str(),
+                    stat(l, 2).c_str(), stat(l, 3).c_str(), stat(l, 4).c_str());
+    }
+}
+#endif
+
 // The prefill GEMMs (2048 tokens, the 8B's shapes) as the executor calls them (cublasGemmEx,
 // Y^T[N, T] = W^T . X^T), against each algorithm cuBLASLt's heuristic offers for the same
 // product, 32 MiB workspace.
@@ -207,6 +284,19 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
     const double bytes = 2.0 * layer;
     const double base = run();
     row("layer fused", shape, base, rate(bytes, base));
+#ifdef TPX_PROBE
+    if (tp == 1)
+        probe_layer(st, "layer fused", [&](int i) {
+            cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
+            cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
+            cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
+            cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
+            cuda::linear(h, {1, qw, H}, att, weight(i, 1), nullptr, delta, st);
+            cuda::GemvNorm nm2{delta, res2, res, norm_w, 1e-5f};
+            cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm2, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+            cuda::linear(h, {1, I, H}, sl, weight(i, 3), nullptr, delta, st);
+        });
+#endif
     double layer_us = base;  // the layer as the step runs it (with the all-reduces at tp > 1)
     // Each kernel of it alone.
     double us = time_graph(st, [&](int i) {
@@ -271,6 +361,15 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
         });
         row("layer fused, all-reduces in the GEMVs", shape + " (ranks 1.." + std::to_string(tp - 1) + " emulated)", us, rate(bytes, us));
         layer_us = us;
+#ifdef TPX_PROBE
+        probe_layer(st, "layer, all-reduces in the GEMVs", [&](int i) {
+            qkv_sum(i);
+            cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
+            cuda::gemv_push(qw, H, att, weight(i, 1), nullptr, p[0], 0, st);
+            gate_up_sum(i);
+            cuda::gemv_push(I, H, sl, weight(i, 3), nullptr, p[0], 1, st);
+        });
+#endif
         us = time_graph(st, qkv_sum);
         row("  qkv + sum + norm + rope + kv", shape, us, rate(2.0 * sizes[0], us));
         us = time_graph(st, [&](int i) { cuda::gemv_push(qw, H, att, weight(i, 1), nullptr, p[0], 0, st); });

@@ -355,6 +355,9 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::Attentio
     const int split = (int)cluster.block_rank(), splits = (int)cluster.num_blocks();
     const int64_t t = t0 + blockIdx.z, h = blockIdx.y;
     const int64_t kv_width = s.kv_heads * HD, kvh = h / (s.heads / s.kv_heads);
+    TPX_PROBE_DECL;
+    TPX_PROBE_MARK(0);
+    TPX_PROBE_END(200 + HD, s.heads);
     if (!early) pdl_entry();  // see common.cuh
     const int64_t p = pos[t];
     const VisibleKeys vk = visible_keys(s, p);
@@ -375,6 +378,7 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::Attentio
         }
         pdl_entry();
     }
+    TPX_PROBE_MARK(1);
     score_keys<HD>(q + (t * s.heads + h) * HD, k_cache + row0, kv_width, n, scores, kpre, have);
     __syncthreads();
     float mx;
@@ -387,6 +391,7 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::Attentio
         wsum[i] = o;
     }
     if (threadIdx.x == 0) stat[0] = mx, stat[1] = sum;
+    TPX_PROBE_MARK(3);
     cluster.sync();  // every block's wsum and stat written, visible to the cluster
     if (split == 0) {
         float m_all = -INFINITY;
@@ -489,6 +494,10 @@ void attention_tokens(const cpu::AttentionShape& s, int64_t t0, int64_t t1, cons
 }
 
 }  // namespace
+
+#ifdef TPX_PROBE
+void probe_set_attention(const ProbeSink& s) { probe_set_here(s); }
+#endif
 
 void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k, const bf16* v,
                bf16* k_cache, bf16* v_cache, bf16* out, cudaStream_t stream, int64_t k_stride, int64_t v_stride, cublasHandle_t cublas,

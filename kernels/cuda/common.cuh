@@ -36,6 +36,42 @@ __device__ __forceinline__ uint64_t global_ns() {
     return t;
 }
 
+#ifdef TPX_PROBE
+// ProbeRec stamps (ops.h): each translation unit has its own sink, set by probe_set.
+static __device__ ProbeSink probe_sink;
+inline void probe_set_here(const ProbeSink& s) { CUDA_CHECK(cudaMemcpyToSymbol(probe_sink, &s, sizeof s)); }
+void probe_set_linear(const ProbeSink& s);
+void probe_set_attention(const ProbeSink& s);
+__device__ inline void probe_put(unsigned tag, unsigned k, const unsigned long long* t) {
+    if (threadIdx.x != 0 || !probe_sink.rec) return;
+    unsigned smid;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+    const unsigned i = atomicAdd(probe_sink.n, 1u);
+    ProbeRec& r = probe_sink.rec[i];
+    for (int j = 0; j < 5; ++j) r.t[j] = t[j];
+    r.tag = tag, r.block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), r.smid = smid, r.k = k;
+}
+struct ProbeEnd {  // stamps t[4] and writes the record on every path out of the kernel
+    unsigned long long* t;
+    unsigned tag, k;
+    __device__ ~ProbeEnd() {
+        t[4] = global_ns();
+        probe_put(tag, k, t);
+    }
+};
+#define TPX_PROBE_DECL unsigned long long probe_t[5] = {0, 0, 0, 0, 0}
+#define TPX_PROBE_MARK(i) (probe_t[i] = global_ns())
+#define TPX_PROBE_END(tag, k) ProbeEnd probe_end{probe_t, (unsigned)(tag), (unsigned)(k)}
+#define TPX_PROBE_PARAM , unsigned long long* probe_t
+#define TPX_PROBE_ARG , probe_t
+#else
+#define TPX_PROBE_DECL
+#define TPX_PROBE_MARK(i)
+#define TPX_PROBE_END(tag, k)
+#define TPX_PROBE_PARAM
+#define TPX_PROBE_ARG
+#endif
+
 // A wait for rank `rank` past its timeout (the one-shot all-reduce, the fused one's sum): the
 // host-mapped *error names the first rank missed (the host's sync reports it), and *gave_up
 // makes later calls stop waiting (the job is ending; dozens of timeouts would hold the stream).

@@ -30,4 +30,11 @@ int sm_count() {
     return n;
 }
 
+#ifdef TPX_PROBE
+void probe_set(const ProbeSink& sink) {
+    probe_set_linear(sink);
+    probe_set_attention(sink);
+}
+#endif
+
 }  // namespace tpx::cuda

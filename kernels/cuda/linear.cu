@@ -130,9 +130,9 @@ __device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64
     else rows[0] = (item / half) * 2 * half + item % half, rows[1] = rows[0] + half;
 }
 
-// Exchange e's sum into xs (bf16): each thread takes 16-byte lines of the exchange (two LL
-// units, four elements) four at a time, lines t, t + 256, ... so that a warp's loads are 512
-// contiguous bytes, and their ranks two at a time, so that eight 16-byte loads are in flight
+// Exchange e's sum into xs (bf16) by the block's T threads: each takes 16-byte lines of the
+// exchange (two LL units, four elements) four at a time, lines t, t + T, ... so that a warp's
+// loads are 512 contiguous bytes, and their ranks two at a time, so that eight 16-byte loads are in flight
 // before the first flag is checked. (Before, a thread took the two lines of an 8-element
 // chunk: ncu counted 28% of the kernel's L2 sectors as excess; tp=4's layer -1.1 us. tpx-kbench, tp=2's
 // qkv: 16.7 us with a load and a check at a time, 11.6 us with eight in flight, 9.4 us for the
@@ -141,12 +141,13 @@ __device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64
 // they are. Each element is summed in fp32 in rank order (as the one-shot all-reduce) and
 // rounded once. A wait longer than the timeout names the rank and gives up. g: the exchange
 // (the epoch + e.seq); wait: not given up before. The caller syncs the block before reading xs.
+template <int T>
 __device__ void exchange_sum(const ExchangeIn& e, uint32_t g, bool wait, int64_t chunks, uint4* xs) {
     constexpr int kLines = 4;  // a thread's lines a pass
     const uint32_t flag = g + 1;
     const int64_t lines = 2 * chunks;
     auto ready = [&](const uint4& l) { return l.y == flag && l.w == flag; };
-    for (int64_t i0 = threadIdx.x; i0 < lines; i0 += kLines * kGemvThreads) {
+    for (int64_t i0 = threadIdx.x; i0 < lines; i0 += kLines * T) {
         float acc[kLines][4] = {};
         for (int r0 = 0; r0 < e.world; r0 += 2) {
             const int m = r0 + 1 < e.world ? 2 : 1;
@@ -158,16 +159,16 @@ __device__ void exchange_sum(const ExchangeIn& e, uint32_t g, bool wait, int64_t
             for (int k = 0; k < kLines; ++k)
 #pragma unroll
                 for (int q = 0; q < 2; ++q)
-                    if (i0 + k * kGemvThreads < lines && q < m) l[k][q] = ll_load(at[q] + k * kGemvThreads);
+                    if (i0 + k * T < lines && q < m) l[k][q] = ll_load(at[q] + k * T);
 #pragma unroll
             for (int k = 0; k < kLines; ++k)
 #pragma unroll
                 for (int q = 0; q < 2; ++q) {
-                    if (i0 + k * kGemvThreads >= lines || q >= m) continue;
+                    if (i0 + k * T >= lines || q >= m) continue;
                     if (wait && !ready(l[k][q])) {
                         const uint64_t start = global_ns();
                         do {
-                            l[k][q] = ll_load(at[q] + k * kGemvThreads);
+                            l[k][q] = ll_load(at[q] + k * T);
                             if (global_ns() - start > e.timeout_ns) give_up_on(r0 + q, e.error, e.gave_up), wait = false;
                         } while (wait && !ready(l[k][q]));
                     }
@@ -178,11 +179,11 @@ __device__ void exchange_sum(const ExchangeIn& e, uint32_t g, bool wait, int64_t
         }
 #pragma unroll
         for (int k = 0; k < kLines; ++k) {
-            if (i0 + k * kGemvThreads >= lines) continue;
+            if (i0 + k * T >= lines) continue;
             uint2 v;
             *reinterpret_cast<__nv_bfloat162*>(&v.x) = __floats2bfloat162_rn(acc[k][0], acc[k][1]);
             *reinterpret_cast<__nv_bfloat162*>(&v.y) = __floats2bfloat162_rn(acc[k][2], acc[k][3]);
-            reinterpret_cast<uint2*>(xs)[i0 + k * kGemvThreads] = v;
+            reinterpret_cast<uint2*>(xs)[i0 + k * T] = v;
         }
     }
 }
@@ -195,17 +196,22 @@ __device__ void exchange_sum(const ExchangeIn& e, uint32_t g, bool wait, int64_t
 // that the plain prologue compiles as before: with a run-time branch, ptxas gave the kernels
 // other register counts, qkv's 76 instead of 108); the norm weight and the residual are then
 // already on their way into ws and rs (sum_prefetch, before the kernel's wait), so that after
-// the wait only the exchange's lines are a round trip to memory.
-template <bool kSum>
-__device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* ws, const uint4* rs, uint32_t g, bool wait) {
+// the wait only the exchange's lines are a round trip to memory. T: the block's threads (the
+// sum takes them all, the norm the first kGemvThreads).
+template <bool kSum, int T>
+__device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* ws, const uint4* rs, uint32_t g,
+                              bool wait TPX_PROBE_PARAM) {
     const int64_t chunks = K / 8;
     float ss = 0;
     if (kSum) {
-        exchange_sum(nm.sum, g, wait, chunks, xs);
-        cp_async_wait_all();  // this thread's chunks of ws and rs
-        __syncthreads();      // xs's lines, summed by other threads
+        exchange_sum<T>(nm.sum, g, wait, chunks, xs);
+        cp_async_wait_all();  // this thread's copies into ws and rs
+        __syncthreads();      // xs's lines and the other threads' copies
+        TPX_PROBE_MARK(2);
     }
-    for (int64_t i = threadIdx.x; i < chunks; i += kGemvThreads) {
+    // The norm by the first kGemvThreads threads (its order of sums is rmsnorm_vec_kernel's); the
+    // others (T = 512) add nothing to ss, so block_sum's partials are those of 256 threads and zeros.
+    for (int64_t i = threadIdx.x; i < (threadIdx.x < kGemvThreads ? chunks : 0); i += kGemvThreads) {
         float v[8];
         uint4 xv = kSum ? xs[i] : reinterpret_cast<const uint4*>(nm.x)[i];
         uint4 rv = !nm.residual ? make_uint4(0, 0, 0, 0) : kSum ? rs[i] : reinterpret_cast<const uint4*>(nm.residual)[i];
@@ -223,7 +229,7 @@ __device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* w
         for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
     }
     const float inv = rsqrtf(block_sum(ss) / (float)K + nm.eps);  // its barriers make ws visible
-    for (int64_t i = threadIdx.x; i < chunks; i += kGemvThreads) {
+    for (int64_t i = threadIdx.x; i < (threadIdx.x < kGemvThreads ? chunks : 0); i += kGemvThreads) {
         float v[8], wf[8], o[8];
         unpack8(xs[i], v);
         unpack8(ws[i], wf);
@@ -235,13 +241,14 @@ __device__ void norm_prologue(int64_t K, const GemvNorm& nm, uint4* xs, uint4* w
 }
 
 // Before the kernel's wait, a summing GEMV (kSum) reads the exchange's epoch and give-up word and
-// starts the copies of the norm weight and the residual into shared memory (each thread the
-// chunks norm_prologue gives it): none of them is written by the kernel just before, the
+// starts the copies of the norm weight and the residual into shared memory (read by
+// norm_prologue after its barrier): none of them is written by the kernel just before, the
 // pushing GEMV of the exchange (ExchangeIn's contract in ops.h). Returns the exchange g.
+template <int T>
 __device__ inline uint32_t sum_prefetch(int64_t K, const GemvNorm& nm, uint4* ws, uint4* rs, bool& wait) {
     const uint32_t g = __ldcg(nm.sum.epoch) + nm.sum.seq;
     wait = *reinterpret_cast<volatile const uint32_t*>(nm.sum.gave_up) == 0;
-    for (int64_t i = threadIdx.x; i < K / 8; i += kGemvThreads) {
+    for (int64_t i = threadIdx.x; i < K / 8; i += T) {
         cp_async16(ws + i, reinterpret_cast<const uint4*>(nm.weight) + i, true);
         if (nm.residual) cp_async16(rs + i, reinterpret_cast<const uint4*>(nm.residual) + i, true);
     }
@@ -251,22 +258,25 @@ __device__ inline uint32_t sum_prefetch(int64_t K, const GemvNorm& nm, uint4* ws
 
 // y over `items` work items (see item_rows); with kNorm, x is normalised per block first and the
 // grid strides over the items, so that the prologue is paid once per block.
-template <GemvEpilogue E, bool kNorm, bool kSum>
-__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t items, int64_t pair, const bf16* __restrict__ x,
+template <GemvEpilogue E, bool kNorm, bool kSum, int T>
+__global__ void __launch_bounds__(T) gemv_kernel(int64_t K, int64_t items, int64_t pair, const bf16* __restrict__ x,
                                                             const bf16* __restrict__ w, const bf16* __restrict__ bias,
                                                             bf16* __restrict__ y, GemvNorm nm, GemvRopeKv rk, bool early, bool balanced) {
-    constexpr int R = E == GemvEpilogue::kNone ? 1 : 2;
+    constexpr int R = E == GemvEpilogue::kNone ? 1 : 2, kWarps = T / 32;
+    static_assert(T >= kGemvThreads && T % kGemvThreads == 0, "the norm takes the first kGemvThreads threads");
     extern __shared__ uint4 xs[];
     const int lane = threadIdx.x & 31;
     const int64_t half = rk.head_dim / 2;
-    int64_t item = (int64_t)blockIdx.x * kGemvWarps + (threadIdx.x >> 5), stride = (int64_t)gridDim.x * kGemvWarps;
-    if (balanced) {  // block b: items [b items / B, (b + 1) items / B), its warps taking every 8th
+    int64_t item = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5), stride = (int64_t)gridDim.x * kWarps;
+    if (balanced) {  // block b: items [b items / B, (b + 1) items / B), its warps taking every kWarps-th
         const int64_t end = ((int64_t)blockIdx.x + 1) * items / gridDim.x;
-        item = (int64_t)blockIdx.x * items / gridDim.x + (threadIdx.x >> 5), stride = kGemvWarps, items = end;
+        item = (int64_t)blockIdx.x * items / gridDim.x + (threadIdx.x >> 5), stride = kWarps, items = end;
     }
+    TPX_PROBE_DECL;
+    TPX_PROBE_MARK(0);
     uint32_t g = 0;
     bool wait = false;
-    if (kSum) g = sum_prefetch(K, nm, xs + K / 8, xs + K / 4, wait);
+    if (kSum) g = sum_prefetch<T>(K, nm, xs + K / 8, xs + K / 4, wait);
     FirstLoads<R> first;
     if (early && item < items) {
         int64_t rows[2];
@@ -274,11 +284,14 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(int64_t K, int64_t i
         first.issue(K, w, rows, 0);
     }
     pdl_entry();  // see common.cuh
+    TPX_PROBE_MARK(1);
     const uint4* xr = reinterpret_cast<const uint4*>(x);
     if (kNorm) {
-        norm_prologue<kSum>(K, nm, xs, xs + K / 8, xs + K / 4, g, wait);
+        norm_prologue<kSum, T>(K, nm, xs, xs + K / 8, xs + K / 4, g, wait TPX_PROBE_ARG);
         xr = xs;
     }
+    TPX_PROBE_MARK(3);
+    TPX_PROBE_END(1 + (unsigned)E * 4 + (kNorm ? 2 : 0) + (kSum ? 1 : 0), K);
     for (; item < items; item += stride) {
         int64_t rows[2];
         float acc[2];
@@ -325,14 +338,19 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_split_kernel(int64_t K, int
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * (kGemvWarps / KS) + warp / KS;
     int64_t rows[1] = {row};
+    TPX_PROBE_DECL;
+    TPX_PROBE_MARK(0);
     FirstLoads<1, KS> first;
     if (early && row < N) first.issue(K, w, rows, warp % KS);
     pdl_entry();  // see common.cuh
+    TPX_PROBE_MARK(1);
+    TPX_PROBE_END(100 + KS * 2 + (kPush ? 1 : 0), K);
     // The exchange (the epoch is settled after the wait), read now so that the load is not a
     // round trip at the block's end.
     const uint32_t g = kPush ? __ldcg(push.counters + kOneShotBlocks + 1) + seq : 0;
     float acc[1] = {0.0f};
     if (row < N) dot_rows<1, KS>(K, reinterpret_cast<const uint4*>(x), w, rows, acc, warp % KS, &first);
+    TPX_PROBE_MARK(3);
     if (lane == 0) part_sum[warp] = acc[0];
     __syncthreads();
     auto sum = [&](int local, int64_t r) {  // row `local` of the block, row r of y
@@ -376,6 +394,17 @@ int gemv_split_for(int64_t K) {
     return ks;
 }
 
+// The summing GEMV in blocks of 512 threads (one an SM, 16 warps, as two blocks of 256 were): each
+// block reads the whole exchange, the world's LL lines, twice x's bytes a rank, and half the
+// blocks read half the bytes. The probe (tpx-kbench --layer in a -DTPX_PROBE build) had shown
+// the sum phase taking time in proportion to all blocks' bytes, at about 3 TB/s: tp=4's qkv sum
+// (96 blocks, 6.3 MB) 2 us after its wait, gate_up's (264 blocks, 17 MB) 5.9 us. TPX_SUM_WIDE=0:
+// blocks of 256. (Blocks of 512 for the plain norm GEMV of tp=1 were slower: qkv 15.1 -> 21.3 us.)
+bool sum_wide() {
+    static const bool on = !(std::getenv("TPX_SUM_WIDE") && std::string(std::getenv("TPX_SUM_WIDE")) == "0");
+    return on;
+}
+
 // TPX_GEMV_BALANCE=0: the grid of the fused GEMV with the norm as before (every warp the same
 // number of items, see launch_gemv).
 bool gemv_balanced() {
@@ -384,9 +413,9 @@ bool gemv_balanced() {
 }
 
 // Blocks of `kernel` resident on the whole GPU at once (its registers and shared memory allowing).
-int resident_blocks(const void* kernel, size_t smem) {
+int resident_blocks(const void* kernel, int threads, size_t smem) {
     int per_sm = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGemvThreads, smem));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
     return sm_count() * std::max(1, per_sm);
 }
 
@@ -397,10 +426,11 @@ int resident_blocks(const void* kernel, size_t smem) {
 // Before, every warp took the same number of items: tp=1's qkv, 3072 items of two rows, ran on
 // 192 blocks of 8 warps at 2 blocks an SM, so 60 SMs had twice the others' rows (ncu: 17%
 // occupancy); with 264 blocks each taking 11 or 12 items, qkv 16.6 -> 15.2 us in tpx-kbench.
-template <GemvEpilogue E, bool kNorm, bool kSum = false>
+template <GemvEpilogue E, bool kNorm, bool kSum = false, int T = kGemvThreads>
 void launch_gemv(int64_t K, int64_t items, int64_t pair, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const GemvNorm& nm,
                  const GemvRopeKv& rk, cudaStream_t stream) {
-    unsigned blocks = blocks_for(items, kGemvWarps);
+    constexpr int kWarps = T / 32;
+    unsigned blocks = blocks_for(items, kWarps);
     size_t smem = 0;
     const bool balanced = kNorm && gemv_balanced();
     if (kNorm) {
@@ -408,20 +438,24 @@ void launch_gemv(int64_t K, int64_t items, int64_t pair, const bf16* x, const bf
         // Up to kGemvNormMaxK: past the 48 KiB a kernel gets without asking (with its static
         // shared memory, K = 12288 is past it even without the residual). Once a process: one device each.
         static const bool once = [] {
-            CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<E, kNorm, kSum>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+            CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<E, kNorm, kSum, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             (int)((kSum ? 3 : 2) * kGemvNormMaxK * sizeof(bf16))));
             return true;
         }();
         (void)once;
-        const int resident = resident_blocks((const void*)gemv_kernel<E, kNorm, kSum>, smem);
-        const int64_t warps = (int64_t)resident * kGemvWarps;
-        blocks = balanced ? std::min<unsigned>(blocks, resident) : blocks_for(items, (int)(kGemvWarps * ((items + warps - 1) / warps)));
+        const int resident = resident_blocks((const void*)gemv_kernel<E, kNorm, kSum, T>, T, smem);
+        const int64_t warps = (int64_t)resident * kWarps;
+        blocks = balanced ? std::min<unsigned>(blocks, resident) : blocks_for(items, (int)(kWarps * ((items + warps - 1) / warps)));
     }
-    launch(gemv_kernel<E, kNorm, kSum>, blocks, kGemvThreads, smem, stream, K, items, pair, x, w, bias, y, nm, rk, gemv_early(), balanced);
+    launch(gemv_kernel<E, kNorm, kSum, T>, blocks, T, smem, stream, K, items, pair, x, w, bias, y, nm, rk, gemv_early(), balanced);
     TPX_LAUNCH_CHECK();
 }
 
 }  // namespace
+
+#ifdef TPX_PROBE
+void probe_set_linear(const ProbeSink& s) { probe_set_here(s); }
+#endif
 
 bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w) {
     return s.tokens == 1 && s.in % 8 == 0 && aligned16({x, w});
@@ -470,7 +504,8 @@ void gemv_fused(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* 
     if (N == 0) return;
     auto go = [&](auto e) {
         constexpr GemvEpilogue E = decltype(e)::value;
-        if (norm && norm->sum.ll) launch_gemv<E, true, true>(K, items, pair, x, w, bias, y, nm, rk, stream);
+        if (norm && norm->sum.ll && sum_wide()) launch_gemv<E, true, true, 512>(K, items, pair, x, w, bias, y, nm, rk, stream);
+        else if (norm && norm->sum.ll) launch_gemv<E, true, true>(K, items, pair, x, w, bias, y, nm, rk, stream);
         else if (norm) launch_gemv<E, true>(K, items, pair, x, w, bias, y, nm, rk, stream);
         else launch_gemv<E, false>(K, items, pair, x, w, bias, y, nm, rk, stream);
     };

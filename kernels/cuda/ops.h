@@ -18,6 +18,22 @@
 
 namespace tpx::cuda {
 
+#ifdef TPX_PROBE
+// Probe builds only (-DTPX_PROBE, tpx-kbench --layer): the decode GEMVs and attention write, per
+// block, global-timer stamps of their phases (thread 0's: t[0] entry, t[1] past the wait, t[2]
+// past the exchange's sum, t[3] past the norm prologue or the dot products, t[4] the end; 0
+// where the kernel has no such phase) into `rec`, a record a block.
+struct ProbeRec {
+    unsigned long long t[5];
+    unsigned tag, block, smid, k;
+};
+struct ProbeSink {
+    ProbeRec* rec = nullptr;
+    unsigned* n = nullptr;
+};
+void probe_set(const ProbeSink& sink);
+#endif
+
 using bf16 = __nv_bfloat16;
 
 // y[T, N] = x[T, K] W[N, K]^T (+ bias[N]), bf16 in, fp32 sums, bf16 out: the GEMV kernel where
