@@ -113,6 +113,7 @@ __global__ void attention_kernel(cpu::AttentionShape s, int64_t t0, const int32_
 
 
 constexpr int kUnroll = 4;
+constexpr int kMaxSplits = 8;  // blocks a decode pair's keys are split over: a portable cluster
 
 // The vector form: lane `part` of a key's kLanes lanes holds dims [8 part, 8 part + 8); a warp
 // takes kKeys keys per step, kUnroll steps of loads in flight before their sums. `kbase` and
@@ -332,9 +333,11 @@ __global__ void __launch_bounds__(kThreads) attention_gqa_kernel(cpu::AttentionS
 
 // Flash-decoding for a few (token, head) pairs (batch-1 decode: 16 or 32 of them on 132 SMs):
 // the visible keys of one pair split over the blocks of a thread-block cluster. Each block
-// scores its share of the keys as attention_vec_kernel does, keeps their max and exp-sum and its
-// weighted sum of V; block 0 of the cluster reads the others' through distributed shared memory
-// and combines them. One kernel and no workspace; a block whose share is empty adds nothing.
+// scores its share of the keys as attention_vec_kernel does, and stores its weighted sum of V,
+// their max and exp-sum into block 0's shared memory (distributed shared memory), then arrives
+// at the cluster's barrier and ends; block 0 waits there and combines them from its own shared
+// memory. (Before, block 0 read the others' shared memory after a cluster sync, and a second
+// sync kept them until it had.) One kernel and no workspace; a block whose share is empty adds nothing.
 //
 // `early` (a forward of one token, whose earlier positions earlier forwards wrote): the first
 // step's K and V rows of every key but the token's own are loaded before the kernel waits for
@@ -347,11 +350,13 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::Attentio
                                                                    bool early) {
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
-    extern __shared__ float smem[];  // weighted V sum (HD) | max, exp-sum | partial sums (kWarps x HD) | scores
-    float* wsum = smem;
-    float* stat = smem + HD;
-    float* partial = stat + 2;
+    extern __shared__ float smem[];  // partial sums (kWarps x HD) | scores
+    __shared__ float gather[kMaxSplits][HD + 2];  // block 0's: each block's weighted V sum, max and exp-sum
+    float* partial = smem;
     float* scores = partial + kWarps * HD;
+    // The barrier's first phase: every block of the cluster has started (a block's shared memory
+    // may be written only while it runs); waited for before the first remote store.
+    asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory");
     const int split = (int)cluster.block_rank(), splits = (int)cluster.num_blocks();
     const int64_t t = t0 + blockIdx.z, h = blockIdx.y;
     const int64_t kv_width = s.kv_heads * HD, kvh = h / (s.heads / s.kv_heads);
@@ -385,32 +390,29 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::Attentio
     const float sum = exp_scores(scores, n, &mx);  // an empty share: max -inf, sum 0
     weigh_values<HD>(v_cache + row0, kv_width, n, scores, partial, vpre, have);
     __syncthreads();
+    TPX_PROBE_MARK(3);
+    asm volatile("barrier.cluster.wait;" ::: "memory");
+    float* into = cluster.map_shared_rank(&gather[split][0], 0);
     for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) {
         float o = 0;
         for (int w = 0; w < kWarps; ++w) o += partial[w * HD + i];
-        wsum[i] = o;
+        into[i] = o;
     }
-    if (threadIdx.x == 0) stat[0] = mx, stat[1] = sum;
-    TPX_PROBE_MARK(3);
-    cluster.sync();  // every block's wsum and stat written, visible to the cluster
-    if (split == 0) {
-        float m_all = -INFINITY;
-        for (int r = 0; r < splits; ++r) m_all = fmaxf(m_all, cluster.map_shared_rank(stat, r)[0]);
-        float l_all = 0;
-        for (int r = 0; r < splits; ++r) {
-            const float* st = cluster.map_shared_rank(stat, r);
-            if (st[1] > 0) l_all += st[1] * expf(st[0] - m_all);
-        }
-        for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) {
-            float o = 0;
-            for (int r = 0; r < splits; ++r) {
-                const float* st = cluster.map_shared_rank(stat, r);
-                if (st[1] > 0) o += cluster.map_shared_rank(wsum, r)[i] * expf(st[0] - m_all);
-            }
-            out[(t * s.heads + h) * HD + i] = __float2bfloat16(o / l_all);
-        }
+    if (threadIdx.x == 0) into[HD] = mx, into[HD + 1] = sum;
+    asm volatile("barrier.cluster.arrive.release;" ::: "memory");  // the second phase: every block's stores made
+    if (split != 0) return;  // nothing reads this block's shared memory
+    asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
+    float m_all = -INFINITY;
+    for (int r = 0; r < splits; ++r) m_all = fmaxf(m_all, gather[r][HD]);
+    float l_all = 0;
+    for (int r = 0; r < splits; ++r)
+        if (gather[r][HD + 1] > 0) l_all += gather[r][HD + 1] * expf(gather[r][HD] - m_all);
+    for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) {
+        float o = 0;
+        for (int r = 0; r < splits; ++r)
+            if (gather[r][HD + 1] > 0) o += gather[r][i] * expf(gather[r][HD] - m_all);
+        out[(t * s.heads + h) * HD + i] = __float2bfloat16(o / l_all);
     }
-    cluster.sync();  // the other blocks' shared memory stays until block 0 has read it
 }
 
 // The split decode kernel's early K and V loads; TPX_ATTN_EARLY=0: off.
@@ -424,7 +426,8 @@ bool attention_early() {
 // about as many pairs as SMs. 4, not 8 (tpx-kbench on an H200, one token, 32 heads: 4.4 against
 // 9.7 us at 128 cached positions, 14.1 against 17.8 us at 2048; 2 splits 18.4 us at 2048).
 int decode_splits(int64_t tokens, int64_t heads) {
-    static const int max_splits = std::getenv("TPX_DECODE_SPLITS") ? std::atoi(std::getenv("TPX_DECODE_SPLITS")) : 4;
+    static const int max_splits =
+        std::min(kMaxSplits, std::getenv("TPX_DECODE_SPLITS") ? std::atoi(std::getenv("TPX_DECODE_SPLITS")) : 4);
     int splits = 1;
     while (splits * 2 <= max_splits && tokens * heads * splits * 2 <= 2 * sm_count()) splits *= 2;
     return splits;
@@ -454,7 +457,7 @@ void attention_tokens(const cpu::AttentionShape& s, int64_t t0, int64_t t1, cons
     if (splits > 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256)) {
         // The keys a block may get: ceil(visible / splits), visible at most max_seq (or the window).
         const int64_t visible = s.sliding_window > 0 ? std::min(s.max_seq, s.sliding_window) : s.max_seq;
-        const size_t smem = (size_t)(s.head_dim + 2 + kWarps * s.head_dim + (visible + splits - 1) / splits) * sizeof(float);
+        const size_t smem = (size_t)(kWarps * s.head_dim + (visible + splits - 1) / splits) * sizeof(float);
         auto go = [&](auto kernel) {
             allow_smem((const void*)kernel, smem);
             launch_cluster(kernel, dim3((unsigned)splits, (unsigned)s.heads, (unsigned)(t1 - t0)), splits, kThreads, smem, stream, s, t0,
