@@ -85,19 +85,32 @@ double median_us(cudaStream_t st, int runs, int per, const std::function<void()>
     return us[us.size() / 2];
 }
 
+// op(0) .. op(kReps - 1) captured into one graph, replayed once to warm up.
+class RepGraph {
+public:
+    RepGraph(cudaStream_t st, const std::function<void(int)>& op) : st_(st) {
+        CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < kReps; ++i) op(i);
+        CUDA_CHECK(cudaStreamEndCapture(st, &graph_));
+        CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+        replay();
+        CUDA_CHECK(cudaStreamSynchronize(st));
+    }
+    ~RepGraph() { cudaGraphExecDestroy(exec_), cudaGraphDestroy(graph_); }
+    RepGraph(const RepGraph&) = delete;
+    RepGraph& operator=(const RepGraph&) = delete;
+    void replay() { CUDA_CHECK(cudaGraphLaunch(exec_, st_)); }
+
+private:
+    cudaStream_t st_;
+    cudaGraph_t graph_ = nullptr;
+    cudaGraphExec_t exec_ = nullptr;
+};
+
 // Microseconds per call of op(i) (i = 0 .. kReps - 1), captured into one graph: median of 7 replays.
 double time_graph(cudaStream_t st, const std::function<void(int)>& op) {
-    cudaGraph_t g;
-    cudaGraphExec_t exec;
-    CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < kReps; ++i) op(i);
-    CUDA_CHECK(cudaStreamEndCapture(st, &g));
-    CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
-    CUDA_CHECK(cudaGraphLaunch(exec, st));
-    CUDA_CHECK(cudaStreamSynchronize(st));
-    double us = median_us(st, 7, kReps, [&] { CUDA_CHECK(cudaGraphLaunch(exec, st)); });
-    cudaGraphExecDestroy(exec), cudaGraphDestroy(g);
-    return us;
+    RepGraph graph(st, op);
+    return median_us(st, 7, kReps, [&] { graph.replay(); });
 }
 
 // Microseconds of one call (not captured): median of 5 after a warm-up.
@@ -129,26 +142,19 @@ void probe_layer(cudaStream_t st, const char* name, const std::function<void(int
     cuda::ProbeSink sink;
     CUDA_CHECK(cudaMalloc(&sink.rec, kMax * sizeof(cuda::ProbeRec)));
     CUDA_CHECK(cudaMalloc(&sink.n, sizeof(unsigned)));
-    cudaGraph_t g;
-    cudaGraphExec_t exec;
-    CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < kReps; ++i) op(i);
-    CUDA_CHECK(cudaStreamEndCapture(st, &g));
-    CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
-    CUDA_CHECK(cudaGraphLaunch(exec, st));
-    CUDA_CHECK(cudaStreamSynchronize(st));
+    sink.cap = kMax;
+    RepGraph graph(st, op);
     cuda::probe_set(sink);
     CUDA_CHECK(cudaMemset(sink.n, 0, sizeof(unsigned)));
-    CUDA_CHECK(cudaGraphLaunch(exec, st));
+    graph.replay();
     CUDA_CHECK(cudaStreamSynchronize(st));
     cuda::probe_set(cuda::ProbeSink{});
     unsigned n = 0;
     CUDA_CHECK(cudaMemcpy(&n, sink.n, sizeof n, cudaMemcpyDeviceToHost));
-    TPX_CHECK(n <= kMax, "probe: too many records");
+    TPX_CHECK(n <= kMax, "probe: " + std::to_string(n) + " records for room for " + std::to_string(kMax));
     std::vector<cuda::ProbeRec> rec(n);
     CUDA_CHECK(cudaMemcpy(rec.data(), sink.rec, n * sizeof(cuda::ProbeRec), cudaMemcpyDeviceToHost));
     cudaFree(sink.rec), cudaFree(sink.n);
-    cudaGraphExecDestroy(exec), cudaGraphDestroy(g);
     std::sort(rec.begin(), rec.end(), [](const cuda::ProbeRec& a, const cuda::ProbeRec& b) {
         return std::tie(a.tag, a.k, a.t[1]) < std::tie(b.tag, b.k, b.t[1]);
     });
@@ -268,34 +274,22 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
         for (int j = 0; j < k; ++j) base += sizes[j];
         return base;
     };
-    auto run = [&] {
-        return time_graph(st, [&](int i) {
-            cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
-            cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
-            cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
-            cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
-            cuda::linear(h, {1, qw, H}, att, weight(i, 1), nullptr, delta, st);
-            cuda::GemvNorm nm2{delta, res2, res, norm_w, 1e-5f};
-            cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm2, cuda::GemvEpilogue::kSwiglu, nullptr, st);
-            cuda::linear(h, {1, I, H}, sl, weight(i, 3), nullptr, delta, st);
-        });
+    auto fused_layer = [&](int i) {
+        cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
+        cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
+        cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
+        cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
+        cuda::linear(h, {1, qw, H}, att, weight(i, 1), nullptr, delta, st);
+        cuda::GemvNorm nm2{delta, res2, res, norm_w, 1e-5f};
+        cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm2, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+        cuda::linear(h, {1, I, H}, sl, weight(i, 3), nullptr, delta, st);
     };
     const std::string shape = "tp=" + std::to_string(tp) + " T=1 ctx=128";
     const double bytes = 2.0 * layer;
-    const double base = run();
+    const double base = time_graph(st, fused_layer);
     row("layer fused", shape, base, rate(bytes, base));
 #ifdef TPX_PROBE
-    if (tp == 1)
-        probe_layer(st, "layer fused", [&](int i) {
-            cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
-            cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
-            cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
-            cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
-            cuda::linear(h, {1, qw, H}, att, weight(i, 1), nullptr, delta, st);
-            cuda::GemvNorm nm2{delta, res2, res, norm_w, 1e-5f};
-            cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm2, cuda::GemvEpilogue::kSwiglu, nullptr, st);
-            cuda::linear(h, {1, I, H}, sl, weight(i, 3), nullptr, delta, st);
-        });
+    if (tp == 1) probe_layer(st, "layer fused", fused_layer);
 #endif
     double layer_us = base;  // the layer as the step runs it (with the all-reduces at tp > 1)
     // Each kernel of it alone.
@@ -352,23 +346,18 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
             cuda::GemvNorm nm{nullptr, res2, res, norm_w, 1e-5f, cuda::exchange_in(p[0], 0)};
             cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm, cuda::GemvEpilogue::kSwiglu, nullptr, st);
         };
-        us = time_graph(st, [&](int i) {
+        auto summing_layer = [&](int i) {
             qkv_sum(i);
             cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
             cuda::gemv_push(qw, H, att, weight(i, 1), nullptr, p[0], 0, st);
             gate_up_sum(i);
             cuda::gemv_push(I, H, sl, weight(i, 3), nullptr, p[0], 1, st);
-        });
+        };
+        us = time_graph(st, summing_layer);
         row("layer fused, all-reduces in the GEMVs", shape + " (ranks 1.." + std::to_string(tp - 1) + " emulated)", us, rate(bytes, us));
         layer_us = us;
 #ifdef TPX_PROBE
-        probe_layer(st, "layer, all-reduces in the GEMVs", [&](int i) {
-            qkv_sum(i);
-            cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
-            cuda::gemv_push(qw, H, att, weight(i, 1), nullptr, p[0], 0, st);
-            gate_up_sum(i);
-            cuda::gemv_push(I, H, sl, weight(i, 3), nullptr, p[0], 1, st);
-        });
+        probe_layer(st, "layer, all-reduces in the GEMVs", summing_layer);
 #endif
         us = time_graph(st, qkv_sum);
         row("  qkv + sum + norm + rope + kv", shape, us, rate(2.0 * sizes[0], us));

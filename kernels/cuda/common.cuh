@@ -47,6 +47,7 @@ __device__ inline void probe_put(unsigned tag, unsigned k, const unsigned long l
     unsigned smid;
     asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
     const unsigned i = atomicAdd(probe_sink.n, 1u);
+    if (i >= probe_sink.cap) return;
     ProbeRec& r = probe_sink.rec[i];
     for (int j = 0; j < 5; ++j) r.t[j] = t[j];
     r.tag = tag, r.block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), r.smid = smid, r.k = k;

@@ -29,7 +29,8 @@ struct ProbeRec {
 };
 struct ProbeSink {
     ProbeRec* rec = nullptr;
-    unsigned* n = nullptr;
+    unsigned* n = nullptr;  // records claimed (those past cap are not written)
+    unsigned cap = 0;
 };
 void probe_set(const ProbeSink& sink);
 #endif
