@@ -132,8 +132,8 @@ __device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64
 
 // Exchange e's sum into xs (bf16) by the block's T threads: each takes 16-byte lines of the
 // exchange (two LL units, four elements) four at a time, lines t, t + T, ... so that a warp's
-// loads are 512 contiguous bytes, and their ranks two at a time, so that eight 16-byte loads are in flight
-// before the first flag is checked. (Before, a thread took the two lines of an 8-element
+// loads are 512 contiguous bytes, and their ranks two at a time, so that eight 16-byte loads
+// are in flight before the first flag is checked. (Before, a thread took the two lines of an 8-element
 // chunk: ncu counted 28% of the kernel's L2 sectors as excess; tp=4's layer -1.1 us. tpx-kbench, tp=2's
 // qkv: 16.7 us with a load and a check at a time, 11.6 us with eight in flight, 9.4 us for the
 // plain prologue. Slower, and so not kept: the residual's and norm weight's loads issued here
@@ -260,8 +260,8 @@ __device__ inline uint32_t sum_prefetch(int64_t K, const GemvNorm& nm, uint4* ws
 // grid strides over the items, so that the prologue is paid once per block.
 template <GemvEpilogue E, bool kNorm, bool kSum, int T>
 __global__ void __launch_bounds__(T) gemv_kernel(int64_t K, int64_t items, int64_t pair, const bf16* __restrict__ x,
-                                                            const bf16* __restrict__ w, const bf16* __restrict__ bias,
-                                                            bf16* __restrict__ y, GemvNorm nm, GemvRopeKv rk, bool early, bool balanced) {
+                                                 const bf16* __restrict__ w, const bf16* __restrict__ bias, bf16* __restrict__ y,
+                                                 GemvNorm nm, GemvRopeKv rk, bool early, bool balanced) {
     constexpr int R = E == GemvEpilogue::kNone ? 1 : 2, kWarps = T / 32;
     static_assert(T >= kGemvThreads && T % kGemvThreads == 0, "the norm takes the first kGemvThreads threads");
     extern __shared__ uint4 xs[];
