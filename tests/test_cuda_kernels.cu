@@ -78,6 +78,37 @@ Device<T>* upload_raw(const std::vector<T>& v) {
     return d;
 }
 
+// The fused all-reduce's buffers for `world` ranks, all on this GPU: each rank's exchange buffer
+// and counters (zeroed), host-mapped error words, and each rank's OneShotPeers over them (a
+// 20 s timeout).
+struct EmulatedExchange {
+    std::vector<std::unique_ptr<Device<uint2>>> ll;
+    std::vector<std::unique_ptr<Device<uint32_t>>> counters;
+    std::vector<cuda::OneShotPeers> peers;
+    int* error = nullptr;
+
+    EmulatedExchange(int world, int64_t units) : peers(world) {
+        CUDA_CHECK(cudaHostAlloc(&error, world * sizeof(int), cudaHostAllocMapped));
+        for (int d = 0; d < world; ++d) {
+            ll.push_back(std::make_unique<Device<uint2>>(2 * world * units));
+            counters.push_back(std::make_unique<Device<uint32_t>>(cuda::kOneShotBlocks + 2));
+            CUDA_CHECK(cudaMemset(ll[d]->p, 0, ll[d]->n * sizeof(uint2)));
+            CUDA_CHECK(cudaMemset(counters[d]->p, 0, counters[d]->n * 4));
+            error[d] = 0;
+        }
+        for (int d = 0; d < world; ++d) {
+            peers[d].rank = d, peers[d].world = world, peers[d].ll_units = units;
+            for (int r = 0; r < world; ++r) peers[d].ll[r] = ll[r]->p;
+            peers[d].counters = counters[d]->p;
+            CUDA_CHECK(cudaHostGetDevicePointer(&peers[d].error, error + d, 0));
+            peers[d].timeout_ns = 20'000'000'000ull;
+        }
+    }
+    ~EmulatedExchange() { cudaFreeHost(error); }
+    EmulatedExchange(const EmulatedExchange&) = delete;
+    EmulatedExchange& operator=(const EmulatedExchange&) = delete;
+};
+
 void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu, const std::string& what) {
     ASSERT_EQ(gpu.size(), cpu.size()) << what;
     float scale = 0;
@@ -319,26 +350,10 @@ TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
     };
     const Case cases[] = {{512, 1000, true, cuda::GemvEpilogue::kNone}, {7168, 1000, true, cuda::GemvEpilogue::kNone}, {2048, 4096, false, cuda::GemvEpilogue::kSwiglu},
                           {7168, 4096, false, cuda::GemvEpilogue::kNone}, {512, 12288, false, cuda::GemvEpilogue::kNone}};  // (the widest sum: 72 KiB of shared memory)
-    int* error = nullptr;
-    CUDA_CHECK(cudaHostAlloc(&error, 4 * sizeof(int), cudaHostAllocMapped));
     for (const int world : {2, 4}) {
-        std::vector<std::unique_ptr<Device<uint2>>> ll;
-        std::vector<std::unique_ptr<Device<uint32_t>>> counters;
-        std::vector<cuda::OneShotPeers> peers(world);
-        for (int d = 0; d < world; ++d) {
-            ll.push_back(std::make_unique<Device<uint2>>(2 * world * units));
-            counters.push_back(std::make_unique<Device<uint32_t>>(cuda::kOneShotBlocks + 2));
-            CUDA_CHECK(cudaMemset(ll[d]->p, 0, ll[d]->n * sizeof(uint2)));
-            CUDA_CHECK(cudaMemset(counters[d]->p, 0, counters[d]->n * 4));
-            error[d] = 0;
-        }
-        for (int d = 0; d < world; ++d) {
-            peers[d].rank = d, peers[d].world = world, peers[d].ll_units = units;
-            for (int r = 0; r < world; ++r) peers[d].ll[r] = ll[r]->p;
-            peers[d].counters = counters[d]->p;
-            CUDA_CHECK(cudaHostGetDevicePointer(&peers[d].error, error + d, 0));
-            peers[d].timeout_ns = 20'000'000'000ull;
-        }
+        EmulatedExchange ex(world, units);
+        std::vector<cuda::OneShotPeers>& peers = ex.peers;
+        int* error = ex.error;
         for (const char* splitk : {"1", "2", "4"}) {
             if (world == 4 && std::string(splitk) != "1") continue;  // the pushing forms are world 2's
             setenv("TPX_GEMV_SPLITK", splitk, 1);
@@ -409,7 +424,6 @@ TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
         CUDA_CHECK(cudaDeviceSynchronize());
         EXPECT_EQ(error[0], 2) << "rank 1 + 1";
     }
-    cudaFreeHost(error);
     cublasDestroy(h);
 }
 
@@ -425,25 +439,9 @@ TEST(CudaKernels, SummingGemvReadsTheResidualWrittenTwoKernelsBack) {
     CUBLAS_CHECK(cublasCreate(&h));
     const int64_t H = 2048, I = 2048, units = 4096;  // hidden, SwiGLU width
     const float eps = 1e-5f;
-    std::vector<std::unique_ptr<Device<uint2>>> ll;
-    std::vector<std::unique_ptr<Device<uint32_t>>> counters;
-    int* error = nullptr;
-    CUDA_CHECK(cudaHostAlloc(&error, 2 * sizeof(int), cudaHostAllocMapped));
-    cuda::OneShotPeers peers[2];
-    for (int d = 0; d < 2; ++d) {
-        ll.push_back(std::make_unique<Device<uint2>>(2 * 2 * units));
-        counters.push_back(std::make_unique<Device<uint32_t>>(cuda::kOneShotBlocks + 2));
-        CUDA_CHECK(cudaMemset(ll[d]->p, 0, ll[d]->n * sizeof(uint2)));
-        CUDA_CHECK(cudaMemset(counters[d]->p, 0, counters[d]->n * 4));
-        error[d] = 0;
-    }
-    for (int d = 0; d < 2; ++d) {
-        peers[d].rank = d, peers[d].world = 2, peers[d].ll_units = units;
-        for (int r = 0; r < 2; ++r) peers[d].ll[r] = ll[r]->p;
-        peers[d].counters = counters[d]->p;
-        CUDA_CHECK(cudaHostGetDevicePointer(&peers[d].error, error + d, 0));
-        peers[d].timeout_ns = 20'000'000'000ull;
-    }
+    EmulatedExchange ex(2, units);
+    std::vector<cuda::OneShotPeers>& peers = ex.peers;
+    const int* error = ex.error;
     // Exchange 0: each rank's o-like part [H]; exchange 1: each rank's down-like part [H] from
     // the SwiGLU output. Rank 0's down input is A's output, so its push follows A.
     std::unique_ptr<Device<bf16>> w_o[2], x_o[2], w_down[2], x_down1;
@@ -498,7 +496,6 @@ TEST(CudaKernels, SummingGemvReadsTheResidualWrittenTwoKernelsBack) {
         CUDA_CHECK(cudaDeviceSynchronize());
         x_o[0].reset(upload(random_bf16(256))), x_o[1].reset(upload(random_bf16(256)));  // the next forward's parts
     }
-    cudaFreeHost(error);
     cublasDestroy(h);
 }
 
