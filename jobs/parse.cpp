@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -401,9 +402,31 @@ void check_files(const toml::table& root, const Job& job) {
 }  // namespace
 
 std::string file_safe(const std::string& name) {
+    // Letters and digits of any script stay (bytes of multi-byte UTF-8 characters are kept
+    // whole); anything else becomes '_'. Two names that reduce alike must not share files, so a
+    // name that lost a character, or is too long for a file name, ends in a hash of the original.
+    constexpr size_t kMaxBytes = 96;  // leaves room for ".out.jsonl.ranks.json.tmp-PID" under 255
     std::string out;
-    for (char c : name) out += (std::isalnum((unsigned char)c) || c == '-' || c == '_' || c == '.') ? c : '_';
-    return out.empty() ? "job" : out;
+    bool changed = false;
+    for (char c : name) {
+        unsigned char u = (unsigned char)c;
+        bool keep = u >= 0x80 || std::isalnum(u) || c == '-' || c == '_' || (c == '.' && !out.empty());
+        out += keep ? c : '_';
+        changed = changed || !keep;
+    }
+    if (out.size() > kMaxBytes) {
+        size_t cut = kMaxBytes;
+        while (cut > 0 && ((unsigned char)out[cut] & 0xC0) == 0x80) --cut;  // not inside a UTF-8 character
+        out.resize(cut);
+        changed = true;
+    }
+    if (out.empty()) return "job";
+    if (!changed) return out;
+    uint32_t h = 2166136261u;  // FNV-1a over the original name
+    for (char c : name) h = (h ^ (unsigned char)c) * 16777619u;
+    char tag[16];
+    std::snprintf(tag, sizeof(tag), "-%08x", h);
+    return out + tag;
 }
 
 Job parse_job(const std::string& text, const std::string& file, const std::string& base_dir) {
@@ -456,6 +479,8 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
 }
 
 Job load_job(const std::string& path) {
+    std::error_code ec;
+    if (fs::is_directory(path, ec)) throw JobError(path + ": is a folder, not a job file; `tpx example` prints one with every key");
     std::ifstream in(path, std::ios::binary);
     if (!in) throw JobError(path + ": cannot open the job file: " + std::strerror(errno));
     std::stringstream ss;

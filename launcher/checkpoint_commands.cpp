@@ -3,7 +3,9 @@
 #include <filesystem>
 #include <iostream>
 
+#include "common/error.h"
 #include "common/log.h"
+#include "common/output_path.h"
 #include "launcher/command.h"
 #include "loader/checkpoint.h"
 #include "loader/hdf5.h"
@@ -41,12 +43,18 @@ int cmd_inspect(const Args& args) {
 int cmd_convert(const Args& args) {
     po::options_description options("tpx convert options");
     options.add_options()("model", po::value<std::string>()->required(), "an HF model folder")(
-        "out", po::value<std::string>()->required(), "the .h5 file to write (written whole or not at all)");
+        "out", po::value<std::string>()->required(), "the .h5 file to write (written whole or not at all)")(
+        "force", "replace OUT if it exists (never a file of MODEL_DIR)");
     po::positional_options_description positional;
     positional.add("model", 1).add("out", 1);
     po::variables_map vm;
-    if (parse_command_line(args, "tpx convert MODEL_DIR OUT.h5", options, positional, vm)) return 0;
+    if (parse_command_line(args, "tpx convert MODEL_DIR OUT.h5 [--force]", options, positional, vm)) return 0;
 
+    std::string out = vm["out"].as<std::string>();
+    check_outputs({{"OUT", out}}, checkpoint_inputs(vm["model"].as<std::string>()));
+    std::error_code ec;
+    if (fs::exists(out, ec) && !is_stream_target(out) && !vm.count("force"))
+        throw JobError("OUT (" + out + ") already exists; give --force to replace it");
     auto ckpt = Checkpoint::open(vm["model"].as<std::string>());
     ConvertStats s = convert_to_hdf5(*ckpt, vm["out"].as<std::string>());
     std::printf("wrote %s: %zu tensors, %s\n", vm["out"].as<std::string>().c_str(), s.tensors, human_bytes((double)s.bytes).c_str());

@@ -4,12 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
 #include "worker/comm.h"
 #include "worker/executor.h"
+#include "worker/progress.h"
 #include "worker/prompts.h"
 
 namespace tpx {
@@ -22,6 +24,7 @@ struct GenerationSettings {
     uint64_t seed = 0;
     bool keep_logits = false;   // every prompt position's logits and every step's (--dump-logits)
     int step_delay_ms = 0;      // a pause per decode step (a test aid for failures mid-run)
+    Progress* progress = nullptr;  // rank 0's progress line (prompts done, tokens/s, ETA); null = none
 };
 
 struct SequenceResult {
@@ -37,6 +40,9 @@ struct SequenceResult {
 // Collective: every rank calls it with the same prompts (ids only matter on rank 0).
 std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const std::vector<Prompt>& prompts,
                                      const GenerationSettings& settings);
+
+// The random stream prompt `prompt_id` samples from: a function of the seed and the id alone.
+std::mt19937_64 prompt_rng(uint64_t seed, const std::string& prompt_id);
 
 // Written atomically (a temp file, then renamed), so a failed run leaves nothing half-written.
 void write_results_jsonl(const std::string& path, const std::vector<SequenceResult>& results);

@@ -3,6 +3,7 @@
 
 #include <fstream>
 #include <map>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -20,11 +21,22 @@ std::vector<Prompt> read_prompts(const std::string& path, int64_t vocab, int64_t
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         std::string where = path + ":" + std::to_string(line_no) + ": ";
         nlohmann::json j;
+        std::string duplicate;  // nlohmann keeps the last of a repeated key: a line must not say two things
+        std::vector<std::set<std::string>> keys;
+        auto note_keys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+            using E = nlohmann::json::parse_event_t;
+            if (event == E::object_start) keys.emplace_back();
+            else if (event == E::object_end && !keys.empty()) keys.pop_back();
+            else if (event == E::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty())
+                duplicate = parsed.get<std::string>();
+            return true;
+        };
         try {
-            j = nlohmann::json::parse(line);
+            j = nlohmann::json::parse(line, note_keys);
         } catch (const nlohmann::json::exception& e) {
             throw Error(where + "not a JSON object: " + e.what(), kExitBadInput);
         }
+        if (!duplicate.empty()) throw Error(where + "key '" + duplicate + "' is given twice", kExitBadInput);
         if (!j.is_object() || !j.contains("input_ids") || !j["input_ids"].is_array())
             throw Error(where + "expected {\"id\": ..., \"input_ids\": [...]}", kExitBadInput);
         for (const auto& item : j.items())
