@@ -9,7 +9,7 @@ import path from 'path';
 
 const [modules, outDir, nArg] = process.argv.slice(2);
 const N = Number(nArg || 10000);
-const require = createRequire(path.join(modules, 'x.js'));
+const require = createRequire(path.join(path.resolve(modules), 'x.js'));
 const { Tokenizer } = require('tokenizers');
 
 // mulberry32: a small seeded generator, so every run writes the same strings.
