@@ -54,9 +54,9 @@ bool is_word_char(char32_t c) {
 
 }  // namespace
 
-void AddedVocab::load(const nlohmann::json& list, const std::string& file) {
-    if (list.is_null()) return;
+std::vector<AddedToken> AddedVocab::parse(const nlohmann::json& list, const std::string& file) {
     if (!list.is_array()) throw Error(file + ": \"added_tokens\" must be a list", kExitBadInput);
+    std::vector<AddedToken> out;
     for (size_t k = 0; k < list.size(); ++k) {
         const auto& j = list[k];
         if (!j.is_object() || !j.contains("id") || !j["id"].is_number_integer() || !j.contains("content") ||
@@ -71,12 +71,22 @@ void AddedVocab::load(const nlohmann::json& list, const std::string& file) {
         t.rstrip = j.value("rstrip", false);
         t.single_word = j.value("single_word", false);
         t.normalized = j.value("normalized", !t.special);
-        if (t.id < 0) throw Error(file + ": added token \"" + t.content + "\" has a negative id", kExitBadInput);
-        by_id_[t.id] = tokens_.size();
-        by_content_.emplace(t.content, t.id);
-        max_id_ = std::max(max_id_, t.id);
-        tokens_.push_back(std::move(t));
+        out.push_back(std::move(t));
     }
+    return out;
+}
+
+void AddedVocab::add(AddedToken t) {
+    auto known = by_content_.find(t.content);
+    if (known != by_content_.end()) {
+        // HF updates the options of a token added twice; the id stays.
+        tokens_[by_id_[known->second]] = t;
+        return;
+    }
+    by_id_[t.id] = tokens_.size();
+    by_content_.emplace(t.content, t.id);
+    max_id_ = std::max(max_id_, t.id);
+    tokens_.push_back(std::move(t));
 }
 
 const AddedToken* AddedVocab::by_id(int32_t id) const {
@@ -96,7 +106,9 @@ std::vector<Span> AddedVocab::split(const std::string& text, bool normalized) co
         spans.push_back({0, text.size(), -1});
         return spans;
     }
-    size_t done = 0;  // text before this is in spans already
+    // As HF's find_matches: the scan resumes after each raw match whatever lstrip/rstrip took, so
+    // a stripped region may hold further matches, which are emitted as HF emits them.
+    size_t done = 0;  // HF's start_offset: text before it is in spans already
     size_t pos = 0;
     while (pos < text.size()) {
         if (!m.may_start(static_cast<unsigned char>(text[pos]))) { ++pos; continue; }
@@ -105,22 +117,22 @@ std::vector<Span> AddedVocab::split(const std::string& text, bool normalized) co
         if (index < 0) { ++pos; continue; }
         const AddedToken& t = tokens_[index];
         size_t start = pos, stop = pos + len;
+        pos = stop;
         if (t.single_word) {
             size_t before_start;
             bool word_before = start > 0 && is_word_char(previous_code_point(text, start, &before_start));
             size_t after = stop;
             bool word_after = stop < text.size() && is_word_char(next_code_point(text, after));
-            // HF's match iterator has consumed the rejected match: the scan resumes after it.
-            if (word_before || word_after) { pos = stop; continue; }
+            if (word_before || word_after) continue;
         }
         if (t.lstrip) {
             size_t s = start;
-            while (s > done) {
+            while (s > 0) {
                 size_t prev;
                 if (!is_whitespace(previous_code_point(text, s, &prev))) break;
                 s = prev;
             }
-            start = s;
+            start = std::max(s, done);
         }
         if (t.rstrip) {
             while (stop < text.size()) {
@@ -131,7 +143,7 @@ std::vector<Span> AddedVocab::split(const std::string& text, bool normalized) co
         }
         if (done < start) spans.push_back({done, start, -1});
         spans.push_back({start, stop, t.id});
-        done = pos = stop;
+        done = stop;
     }
     if (done < text.size()) spans.push_back({done, text.size(), -1});
     return spans;

@@ -47,15 +47,35 @@ private:
 class AddedVocab {
 public:
     // Reads the "added_tokens" list; a missing id or content throws tpx::Error naming `file`.
-    void load(const nlohmann::json& list, const std::string& file);
+    // Ids are given as HF's AddedVocabulary gives them, whatever the file says: the model's id
+    // when the content is in its vocab, else the next free id after the vocab (`model_id` looks
+    // a content up in the model, -1 when absent; `model_size` counts its vocab entries).
+    template <class ModelId>
+    void load(const nlohmann::json& list, const std::string& file, ModelId model_id, size_t model_size) {
+        if (list.is_null()) return;
+        for (AddedToken t : parse(list, file)) {
+            int32_t id = id_of(t.content);
+            if (id < 0) id = model_id(t.content);
+            if (id < 0) id = max_id_ >= static_cast<int32_t>(model_size) ? max_id_ + 1 : static_cast<int32_t>(model_size);
+            t.id = id;
+            add(std::move(t));
+        }
+    }
     // Builds the matchers; `normalize` gives the normalized form of a normalized token.
     template <class Normalize>
     void build(Normalize normalize) {
         for (size_t i = 0; i < tokens_.size(); ++i) {
-            const AddedToken& t = tokens_[i];
+            AddedToken& t = tokens_[i];
             if (t.content.empty()) continue;
-            if (t.normalized) normalized_.add(normalize(t.content), static_cast<int32_t>(i));
-            else raw_.add(t.content, static_cast<int32_t>(i));
+            if (!t.normalized) {
+                raw_.add(t.content, static_cast<int32_t>(i));
+                continue;
+            }
+            // HF keeps a normalized token in its normalized form: it is matched so, and
+            // id_to_token (hence decode) gives that form.
+            t.content = normalize(t.content);
+            by_content_.emplace(t.content, t.id);
+            normalized_.add(t.content, static_cast<int32_t>(i));
         }
     }
     // Splits `text` at the added tokens of one matcher (raw or normalized).
@@ -68,6 +88,9 @@ public:
     const std::vector<AddedToken>& tokens() const { return tokens_; }
 
 private:
+    static std::vector<AddedToken> parse(const nlohmann::json& list, const std::string& file);
+    void add(AddedToken t);
+
     std::vector<AddedToken> tokens_;
     std::unordered_map<int32_t, size_t> by_id_;
     std::unordered_map<std::string, int32_t> by_content_;

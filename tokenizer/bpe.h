@@ -27,7 +27,8 @@ public:
 
     int32_t token_to_id(std::string_view token) const;  // -1 when absent
     const std::string* id_to_token(int32_t id) const;   // nullptr when absent
-    size_t vocab_size() const { return id_to_token_.size(); }
+    size_t vocab_size() const { return id_to_token_.size(); }  // largest id + 1
+    size_t vocab_entries() const { return vocab_.size(); }
     int32_t unk_id() const { return unk_id_; }
 
 private:

