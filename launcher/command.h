@@ -45,6 +45,7 @@ int cmd_convert(const Args& args);
 int cmd_plan(const Args& args);
 int cmd_run(const Args& args);
 int cmd_bench(const Args& args);
+int cmd_tokenize(const Args& args);
 int cmd_submit(const Args& args);
 int cmd_status(const Args& args);
 int cmd_cancel(const Args& args);

@@ -1,0 +1,96 @@
+// `tpx tokenize PATH [--file IN.jsonl]`: text to ids and ids to text, one JSON line in, one out.
+// Every bad line is refused with its file and line number (exit 2) before anything after it runs.
+#include <fstream>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "launcher/command.h"
+#include "tokenizer/tokenizer.h"
+
+namespace po = boost::program_options;
+
+namespace tpx {
+
+namespace {
+
+std::vector<int32_t> read_ids(const nlohmann::json& ids, const std::string& where) {
+    if (!ids.is_array()) throw JobError(where + ": \"ids\" must be a list of integers");
+    std::vector<int32_t> out;
+    out.reserve(ids.size());
+    for (const auto& id : ids) {
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
+            throw JobError(where + ": \"ids\" holds " + id.dump() + ", not a token id");
+        out.push_back(id.get<int32_t>());
+    }
+    return out;
+}
+
+bool read_flag(const nlohmann::json& line, const char* key, bool fallback, const std::string& where) {
+    if (!line.contains(key)) return fallback;
+    if (!line[key].is_boolean()) throw JobError(where + ": \"" + std::string(key) + "\" must be true or false");
+    return line[key].get<bool>();
+}
+
+// One request line to one answer line.
+nlohmann::json answer(const Tokenizer& tokenizer, const nlohmann::json& line, const std::string& where) {
+    if (!line.is_object()) throw JobError(where + ": each line must be a JSON object");
+    if (line.contains("messages")) {
+        // Hook for the chat engine (chat/): render the template, then encode the result here.
+        throw JobError(where + ": \"messages\" (chat templates) are not supported yet; send {\"text\": ...}");
+    }
+    if (line.contains("text")) {
+        if (!line["text"].is_string()) throw JobError(where + ": \"text\" must be a string");
+        bool add = read_flag(line, "add_special_tokens", true, where);
+        try {
+            return {{"ids", tokenizer.encode(line["text"].get<std::string>(), add)}};
+        } catch (const Error& e) {
+            throw JobError(where + ": " + e.what());
+        }
+    }
+    if (line.contains("ids")) {
+        bool skip = read_flag(line, "skip_special_tokens", false, where);
+        return {{"text", tokenizer.decode(read_ids(line["ids"], where), skip)}};
+    }
+    throw JobError(where + ": expected {\"text\": ...}, {\"ids\": [...]} or {\"messages\": [...]}");
+}
+
+}  // namespace
+
+int cmd_tokenize(const Args& args) {
+    po::options_description options("tpx tokenize options");
+    options.add_options()("path", po::value<std::string>()->required(), "a tokenizer folder or a tokenizer.json")(
+        "file", po::value<std::string>(), "JSONL input (default: stdin)");
+    po::positional_options_description positional;
+    positional.add("path", 1);
+    po::variables_map vm;
+    if (parse_command_line(args, "tpx tokenize PATH [--file IN.jsonl]", options, positional, vm)) return 0;
+    Tokenizer tokenizer = Tokenizer::load(vm["path"].as<std::string>());
+
+    std::ifstream file_in;
+    std::string name = "<stdin>";
+    if (vm.count("file")) {
+        name = vm["file"].as<std::string>();
+        file_in.open(name, std::ios::binary);
+        if (!file_in) throw JobError(name + ": cannot open");
+    }
+    std::istream& in = vm.count("file") ? static_cast<std::istream&>(file_in) : std::cin;
+    std::string text;
+    for (long n = 1; std::getline(in, text); ++n) {
+        if (text.empty() || text == "\r") continue;
+        std::string where = name + ":" + std::to_string(n);
+        nlohmann::json line;
+        try {
+            line = nlohmann::json::parse(text);
+        } catch (const nlohmann::json::exception& e) {
+            throw JobError(where + ": bad JSON: " + e.what());
+        }
+        // Invalid UTF-8 from a decode is already U+FFFD; replace guards the dump all the same.
+        std::cout << answer(tokenizer, line, where).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    }
+    std::cout.flush();
+    return 0;
+}
+
+}  // namespace tpx
