@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 
 #include "chat/text.h"
@@ -338,7 +339,7 @@ Value apply_filter(Filter f, const Value& subject, const Args& args) {
     case Filter::Title: return Value::owned(text::title_filter(str_of()));
     case Filter::String: return Value::owned(str_of());
     case Filter::Escape: return Value::owned(html_escape(str_of()));
-    case Filter::Wordcount: return Value::owned(text::split(str_of(), nullptr, -1, false).size());
+    case Filter::Wordcount: return Value::owned(text::word_count(str_of()));
     case Filter::Int: return Value::owned(to_number(subject, false, args.get(0, "default")));
     case Filter::Float: return Value::owned(to_number(subject, true, args.get(0, "default")));
     case Filter::Abs: {
@@ -353,9 +354,12 @@ Value apply_filter(Filter f, const Value& subject, const Args& args) {
         const Value& m = args.get(1, "method");
         std::string method = m.is_undefined() ? "common" : need_str(m, "round");
         double scale = std::pow(10.0, prec);
-        double r = method == "ceil" ? std::ceil(d * scale) : method == "floor" ? std::floor(d * scale)
-                                                                              : std::round(d * scale);
-        return Value::owned(r / scale);
+        if (method == "ceil") return Value::owned(std::ceil(d * scale) / scale);
+        if (method == "floor") return Value::owned(std::floor(d * scale) / scale);
+        // Python's round(): decimal rounding of the exact binary value, ties to even, as printf does.
+        char buf[512];
+        std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(std::max(0L, prec)), d);
+        return Value::owned(std::strtod(buf, nullptr));
     }
     case Filter::First:
     case Filter::Last: {

