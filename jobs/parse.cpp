@@ -198,6 +198,7 @@ void parse_model(Section s, Job& job) {
     }
     s.get_string("dtype", job.model.dtype, {"auto", "bfloat16", "float16", "float32"});
     s.get_string("rope_precision", job.model.rope_precision, {"checkpoint", "float32"});
+    s.get_string("tokenizer", job.model.tokenizer);
     s.reject_unknown();
 }
 
@@ -248,6 +249,12 @@ void parse_run(Section s, Job& job) {
     s.get_string("output", r.output);
     s.get_int("max_batch", r.max_batch, 1, 1 << 20);
     s.get_int("max_seq_len", r.max_seq_len, 0, 1 << 30);
+    if (s.get_string("chat_template", r.chat_template)) r.chat_template = resolve(job.dir, r.chat_template);
+    if (const toml::node* n = s.node("stop")) {
+        s.get_string_list("stop", r.stop);
+        for (const std::string& stop : r.stop)
+            if (stop.empty()) s.fail(*n, "stop", "holds an empty string, which would end every sequence at once");
+    }
 
     const toml::node* sn = s.node("sampling");
     if (sn && !sn->is_table()) s.fail(*sn, "sampling", std::string("must be a table ([run.sampling]), not ") + type_name(sn->type()));
@@ -388,6 +395,14 @@ void check_files(const toml::table& root, const Job& job) {
         auto [l, c] = where("run", "prompts");
         throw JobError(at(job.file, l, c, "run.prompts: no such file: " + job.run.prompts));
     }
+    if (!job.run.chat_template.empty() && !is_regular_file(job.run.chat_template)) {
+        auto [l, c] = where("run", "chat_template");
+        throw JobError(at(job.file, l, c, "run.chat_template: no such file: " + job.run.chat_template));
+    }
+    if (!job.model.tokenizer.empty() && !fs::exists(job.model.tokenizer, ec)) {
+        auto [l, c] = where("model", "tokenizer");
+        throw JobError(at(job.file, l, c, "model.tokenizer: no such file or folder: " + job.model.tokenizer));
+    }
     if (!job.launch.hostfile.empty() && !is_regular_file(job.launch.hostfile)) {
         auto [l, c] = where("launch", "hostfile");
         throw JobError(at(job.file, l, c, "launch.hostfile: no such file: " + job.launch.hostfile));
@@ -464,6 +479,7 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
 
     parse_model(section(root, file, "model"), job);
     job.model.path = resolve(job.dir, job.model.path);
+    job.model.tokenizer = resolve(job.dir, job.model.tokenizer);
 
     Section bs = section(root, file, "backend");
     bs.get_string("device", job.backend.device, {"cpu", "cuda"});

@@ -22,6 +22,7 @@
 #include "common/file.h"
 #include "common/host_memory.h"
 #include "jobs/outputs.h"
+#include "text/text_tools.h"
 #include "jobs/emit.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
@@ -120,6 +121,7 @@ int cmd_run(const Args& args) {
     resolve_transform_options(job);
     if (job.run.prompts.empty() && !vm.count("bench")) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
     ShardPlan plan = check_plannable(job);
+    load_text_tools(job);  // a bad tokenizer or chat template is refused before any rank starts
     // Outputs are resolved and proven writable before anything is started.
     std::vector<std::string> output_args;
     std::vector<NamedPath> extra_outputs;

@@ -7,7 +7,7 @@
 
 #include "common/error.h"
 #include "launcher/command.h"
-#include "tokenizer/tokenizer.h"
+#include "text/text_tools.h"
 
 namespace po = boost::program_options;
 
@@ -15,7 +15,9 @@ namespace tpx {
 
 namespace {
 
-std::vector<int32_t> read_ids(const nlohmann::json& ids, const std::string& where) {
+using Json = nlohmann::ordered_json;  // messages keep their keys' order, as Python dicts do
+
+std::vector<int32_t> read_ids(const Json& ids, const std::string& where) {
     if (!ids.is_array()) throw JobError(where + ": \"ids\" must be a list of integers");
     std::vector<int32_t> out;
     out.reserve(ids.size());
@@ -27,18 +29,26 @@ std::vector<int32_t> read_ids(const nlohmann::json& ids, const std::string& wher
     return out;
 }
 
-bool read_flag(const nlohmann::json& line, const char* key, bool fallback, const std::string& where) {
+bool read_flag(const Json& line, const char* key, bool fallback, const std::string& where) {
     if (!line.contains(key)) return fallback;
     if (!line[key].is_boolean()) throw JobError(where + ": \"" + std::string(key) + "\" must be true or false");
     return line[key].get<bool>();
 }
 
 // One request line to one answer line.
-nlohmann::json answer(const Tokenizer& tokenizer, const nlohmann::json& line, const std::string& where) {
+Json answer(const TextTools& tools, const Json& line, const std::string& where) {
     if (!line.is_object()) throw JobError(where + ": each line must be a JSON object");
+    const Tokenizer& tokenizer = *tools.tokenizer;
     if (line.contains("messages")) {
-        // Hook for the chat engine (chat/): render the template, then encode the result here.
-        throw JobError(where + ": \"messages\" (chat templates) are not supported yet; send {\"text\": ...}");
+        if (!tools.chat) throw JobError(where + ": \"messages\" need a chat template: the tokenizer has none; give --chat-template");
+        if (!line["messages"].is_array()) throw JobError(where + ": \"messages\" must be a list of {\"role\", \"content\"}");
+        bool generation = read_flag(line, "add_generation_prompt", true, where);
+        try {
+            std::string prompt = tools.render_chat(line["messages"], generation);
+            return {{"prompt", prompt}, {"ids", tokenizer.encode(prompt, /*add_special_tokens=*/false)}};
+        } catch (const Error& e) {
+            throw JobError(where + ": " + e.what());
+        }
     }
     if (line.contains("text")) {
         if (!line["text"].is_string()) throw JobError(where + ": \"text\" must be a string");
@@ -61,12 +71,13 @@ nlohmann::json answer(const Tokenizer& tokenizer, const nlohmann::json& line, co
 int cmd_tokenize(const Args& args) {
     po::options_description options("tpx tokenize options");
     options.add_options()("path", po::value<std::string>()->required(), "a tokenizer folder or a tokenizer.json")(
-        "file", po::value<std::string>(), "JSONL input (default: stdin)");
+        "file", po::value<std::string>(), "JSONL input (default: stdin)")(
+        "chat-template", po::value<std::string>()->default_value(""), "a .jinja file (or JSON with chat_template) for \"messages\" lines; default: the tokenizer's");
     po::positional_options_description positional;
     positional.add("path", 1);
     po::variables_map vm;
-    if (parse_command_line(args, "tpx tokenize PATH [--file IN.jsonl]", options, positional, vm)) return 0;
-    Tokenizer tokenizer = Tokenizer::load(vm["path"].as<std::string>());
+    if (parse_command_line(args, "tpx tokenize PATH [--file IN.jsonl] [--chat-template FILE]", options, positional, vm)) return 0;
+    TextTools tools = load_text_tools(vm["path"].as<std::string>(), vm["chat-template"].as<std::string>());
 
     std::ifstream file_in;
     std::string name = "<stdin>";
@@ -80,14 +91,14 @@ int cmd_tokenize(const Args& args) {
     for (long n = 1; std::getline(in, text); ++n) {
         if (text.empty() || text == "\r") continue;
         std::string where = name + ":" + std::to_string(n);
-        nlohmann::json line;
+        Json line;
         try {
-            line = nlohmann::json::parse(text);
-        } catch (const nlohmann::json::exception& e) {
+            line = Json::parse(text);
+        } catch (const Json::exception& e) {
             throw JobError(where + ": bad JSON: " + e.what());
         }
         // Invalid UTF-8 from a decode is already U+FFFD; replace guards the dump all the same.
-        std::cout << answer(tokenizer, line, where).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+        std::cout << answer(tools, line, where).dump(-1, ' ', false, Json::error_handler_t::replace) << "\n";
     }
     std::cout.flush();
     return 0;

@@ -37,6 +37,22 @@ void show_progress(Progress& progress, const std::vector<SequenceResult>& result
     progress.update(line);
 }
 
+// A sequence is done: its reason, and on rank 0 its text (HF's decode with
+// skip_special_tokens=True, cut before a stop string) and the caller's hook.
+void finish(SequenceResult& r, const char* reason, bool coordinator, const GenerationSettings& s) {
+    r.finish_reason = reason;
+    if (!coordinator) return;
+    if (s.tokenizer) {
+        r.text = s.tokenizer->decode(r.output, /*skip_special_tokens=*/true);
+        if (size_t at = s.stop.find_in(r.text); r.finish_reason == "stop" && at != std::string::npos) r.text.resize(at);
+        r.has_text = true;
+    }
+    if (s.on_finished) {
+        if (s.progress) s.progress->finish();
+        s.on_finished(r);
+    }
+}
+
 }  // namespace
 
 std::mt19937_64 prompt_rng(uint64_t seed, const std::string& prompt_id) {
@@ -104,7 +120,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
         // Decode: one token per unfinished sequence per step.
         std::vector<int32_t> active(count, s.max_new_tokens > 0 ? 1 : 0);
         for (size_t b = 0; b < count; ++b)
-            if (!active[b]) results[first + b].finish_reason = "length";
+            if (!active[b]) finish(results[first + b], "length", comm.rank() == 0, s);
         auto decode_start = Clock::now();
         for (int64_t step = 0; step < s.max_new_tokens; ++step) {
             // Rank 0 chooses; every rank gets the same tokens and the same finished flags.
@@ -113,8 +129,16 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                 for (size_t b = 0; b < count; ++b) {
                     if (!active[b]) continue;
                     chosen[b] = device_argmax ? next_ids[b] : (int32_t)cpu::sample(next_logits[b], vocab, s.sampling, rngs[first + b]);
+                    // Stop strings are read off the text, which only rank 0 decodes: its verdict
+                    // travels with the token.
+                    if (s.tokenizer && !s.stop.empty()) {
+                        std::vector<int32_t>& out = results[first + b].output;
+                        out.push_back(chosen[b]);
+                        chosen[count + b] = s.stop.reached(*s.tokenizer, out) ? 1 : 0;
+                        out.pop_back();
+                    }
                 }
-            comm.broadcast(chosen.data(), count * sizeof(int32_t), 0);
+            comm.broadcast(chosen.data(), 2 * count * sizeof(int32_t), 0);
             TokenBatch next;
             for (size_t b = 0; b < count; ++b) {
                 if (!active[b]) continue;
@@ -122,8 +146,9 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                 if (s.keep_logits) r.step_logits.insert(r.step_logits.end(), next_logits[b], next_logits[b] + vocab);
                 r.output.push_back(chosen[b]);
                 bool eos = std::find(s.eos.begin(), s.eos.end(), (int64_t)chosen[b]) != s.eos.end();
-                if (eos || (int64_t)r.output.size() >= s.max_new_tokens) {
-                    r.finish_reason = eos ? "stop" : "length";
+                bool stopped = chosen[count + b] != 0;
+                if (eos || stopped || (int64_t)r.output.size() >= s.max_new_tokens) {
+                    finish(r, stopped ? "stop" : eos ? "eos" : "length", comm.rank() == 0, s);
                     active[b] = 0;
                     continue;
                 }
@@ -157,6 +182,7 @@ void write_results_jsonl(const std::string& path, const std::vector<SequenceResu
             if (r.prompt.id_is_number) j["id"] = std::stoll(r.prompt.id);
             else j["id"] = r.prompt.id;
             j["output_ids"] = r.output;
+            if (r.has_text) j["text"] = r.text;
             j["finish_reason"] = r.finish_reason;
             j["prompt_tokens"] = r.prompt.tokens.size();
             j["generated_tokens"] = r.output.size();

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -12,9 +13,12 @@
 #include "worker/comm.h"
 #include "worker/executor.h"
 #include "worker/progress.h"
-#include "worker/prompts.h"
+#include "text/prompts.h"
+#include "text/stop_strings.h"
 
 namespace tpx {
+
+struct SequenceResult;
 
 struct GenerationSettings {
     int64_t max_batch = 8;
@@ -25,12 +29,17 @@ struct GenerationSettings {
     bool keep_logits = false;   // every prompt position's logits and every step's (--dump-logits)
     int step_delay_ms = 0;      // a pause per decode step (a test aid for failures mid-run)
     Progress* progress = nullptr;  // rank 0's progress line (prompts done, tokens/s, ETA); null = none
+    const Tokenizer* tokenizer = nullptr;  // rank 0: outputs as text, and stop strings; null = ids only
+    StopStrings stop;                      // [run] stop (needs the tokenizer)
+    std::function<void(const SequenceResult&)> on_finished;  // rank 0, as each sequence ends
 };
 
 struct SequenceResult {
     Prompt prompt;
     std::vector<int32_t> output;
-    std::string finish_reason;  // "stop" (an eos id) or "length"
+    std::string finish_reason;  // "eos" (an eos id), "stop" (a stop string) or "length"
+    std::string text;           // rank 0, with a tokenizer: the output decoded, cut before a stop string
+    bool has_text = false;
     double time_to_first_token_ms = 0;
     double decode_ms = 0;
     std::vector<float> prompt_logits;  // [prompt length, vocab] when keep_logits

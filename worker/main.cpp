@@ -34,6 +34,7 @@
 #include "worker/generation.h"
 #include "worker/mpi_comm.h"
 #include "worker/progress.h"
+#include "text/text_tools.h"
 #include "worker/report.h"
 #include "worker/topology.h"
 #include "worker/weights.h"
@@ -111,6 +112,20 @@ void on_bus_error(int sig) {
     (void)ignored;
     std::signal(sig, SIG_DFL);
     std::raise(sig);
+}
+
+// One finished prompt on the terminal: its text (JSON-quoted, so that newlines stay on the
+// line) when the job has a tokenizer, else its ids.
+void print_result(const SequenceResult& r) {
+    std::string shown;
+    if (r.has_text) {
+        shown = " " + nlohmann::json(r.text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    } else {
+        for (int32_t t : r.output) shown += " " + std::to_string(t);
+    }
+    std::printf("%s:%s  (%s, %zu tokens, first token %.1f ms)\n", r.prompt.id.c_str(), shown.c_str(), r.finish_reason.c_str(), r.output.size(),
+                r.time_to_first_token_ms);
+    std::fflush(stdout);
 }
 
 // The largest prefill of the run: prompts go in batches of max_batch, in file order.
@@ -211,8 +226,10 @@ int run(const Options& opt) {
     if (job.run.prompts.empty() && opt.bench.empty()) throw Error(job.file + ": run.prompts is not set: there is nothing to run", kExitBadInput);
     std::vector<int32_t> packed;
     uint64_t packed_size = 0;
+    TextTools text;  // rank 0's tokenizer and chat template, when the job has them
     if (rank == 0 && opt.bench.empty()) {
-        prompts = read_prompts(job.run.prompts, plan.config.vocab_size, job.run.max_new_tokens, plan.max_seq_len);
+        text = load_text_tools(job);
+        prompts = read_prompts(job.run.prompts, plan.config.vocab_size, job.run.max_new_tokens, plan.max_seq_len, text);
         packed = pack_prompts(prompts);
         packed_size = packed.size();
     }
@@ -347,6 +364,9 @@ int run(const Options& opt) {
     gs.keep_logits = !opt.dump_logits.empty();
     gs.step_delay_ms = opt.step_delay_ms;
     gs.progress = rank == 0 ? &progress : nullptr;
+    gs.tokenizer = text.tokenizer ? &*text.tokenizer : nullptr;
+    gs.stop = StopStrings(job.run.stop);
+    gs.on_finished = print_result;
     maybe_fail("decode", rank);
     std::vector<SequenceResult> results = generate(*exec, comm, prompts, gs);
     progress.finish();
@@ -374,11 +394,6 @@ int run(const Options& opt) {
         write_results_jsonl(job.run.output, results);
         if (!opt.dump_logits.empty()) write_logits_h5(opt.dump_logits, results, exec->vocab());
         if (std::string ranks = ranks_table_path(job); !ranks.empty()) write_file_atomically(ranks, reports_json(reports));
-        for (const SequenceResult& r : results) {
-            std::printf("%s:", r.prompt.id.c_str());
-            for (int32_t t : r.output) std::printf(" %d", t);
-            std::printf("  (%s, %zu tokens, first token %.1f ms)\n", r.finish_reason.c_str(), r.output.size(), r.time_to_first_token_ms);
-        }
         std::printf("\n%s", format_reports(reports).c_str());
         std::printf("output: %s\n", job.run.output.c_str());
         std::fflush(stdout);
