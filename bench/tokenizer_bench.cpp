@@ -1,7 +1,8 @@
 // tpx-tokbench: times tpx's tokenizer, single-threaded, on a deterministic ~10 MB mixed-script
 // text, and writes that text so that bench/tokenizer_bench.mjs times HF's tokenizers on the same.
-// usage: tpx-tokbench TOKENIZER_PATH TEXT_OUT [MB]
-// The text is cut into 64 KiB chunks at line ends; both sides encode and decode chunk by chunk.
+// usage: tpx-tokbench TOKENIZER_PATH TEXT_OUT [MB] [CHUNK_KIB]
+// The text is cut into chunks (64 KiB by default) at line ends; both sides encode and decode
+// chunk by chunk.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -69,14 +70,15 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 int main(int argc, char** argv) {
     if (argc < 3) {
-        std::fprintf(stderr, "usage: tpx-tokbench TOKENIZER_PATH TEXT_OUT [MB]\n");
+        std::fprintf(stderr, "usage: tpx-tokbench TOKENIZER_PATH TEXT_OUT [MB] [CHUNK_KIB]\n");
         return 2;
     }
     try {
         double mb = argc > 3 ? std::atof(argv[3]) : 10.0;
         std::string text = make_text(static_cast<size_t>(mb * 1e6));
         std::ofstream(argv[2], std::ios::binary) << text;
-        std::vector<std::string> chunks = chunks_of(text, 64 * 1024);
+        size_t chunk_kib = argc > 4 ? std::strtoul(argv[4], nullptr, 10) : 64;
+        std::vector<std::string> chunks = chunks_of(text, chunk_kib * 1024);
         auto t0 = std::chrono::steady_clock::now();
         tpx::Tokenizer tok = tpx::Tokenizer::load(argv[1]);
         double load = seconds_since(t0);

@@ -1,19 +1,20 @@
 // HF's tokenizers (npm, Rust) on the text tpx-tokbench wrote: the same 64 KiB chunks, encoded
 // then decoded one at a time, single-threaded (RAYON_NUM_THREADS=1 is set by the caller).
-// usage: node tokenizer_bench.mjs NODE_MODULES TOKENIZER_JSON TEXT
+// usage: node tokenizer_bench.mjs NODE_MODULES TOKENIZER_JSON TEXT [CHUNK_KIB]
 import { createRequire } from 'module';
 import fs from 'fs';
 import path from 'path';
 
-const [modules, tokenizerJson, textFile] = process.argv.slice(2);
+const [modules, tokenizerJson, textFile, chunkArg] = process.argv.slice(2);
+const chunkBytes = Number(chunkArg || 64) * 1024;
 const require = createRequire(path.join(path.resolve(modules), 'x.js'));
 const { Tokenizer } = require('tokenizers');
 
-// Chunks cut at the same byte offsets as tpx-tokbench's (64 KiB, then to the next line end).
+// Chunks cut at the same byte offsets as tpx-tokbench's (CHUNK_KIB, then to the next line end).
 const bytes = fs.readFileSync(textFile);
 const chunks = [];
 for (let pos = 0; pos < bytes.length;) {
-  let end = Math.min(bytes.length, pos + 64 * 1024);
+  let end = Math.min(bytes.length, pos + chunkBytes);
   const nl = bytes.indexOf(10, end);
   end = nl < 0 ? bytes.length : nl + 1;
   chunks.push(bytes.subarray(pos, end).toString('utf8'));

@@ -3,6 +3,8 @@
 // are skipped by re-checking the pair they were made for.
 #include "tokenizer/bpe.h"
 
+#include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <queue>
 

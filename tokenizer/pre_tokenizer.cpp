@@ -2,6 +2,9 @@
 // Every step keeps the pieces' order and drops empty pieces, as PreTokenizedString::split does.
 #include "tokenizer/pre_tokenizer.h"
 
+#include <algorithm>
+#include <cctype>
+
 #include <utf8proc.h>
 
 #include "common/error.h"

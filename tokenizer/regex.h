@@ -1,6 +1,6 @@
 // A compiled PCRE2 pattern (UTF + UCP, JIT where available) that reports every non-overlapping
-// match, as the Oniguruma regexes of HF's tokenizers do. Patterns are translated so that \s and
-// \S mean Unicode White_Space as in Oniguruma (PCRE2's \s also takes U+180E).
+// match, as the Oniguruma regexes of HF's tokenizers do. Patterns are translated so that \s, and
+// \S outside a [class], mean Unicode White_Space as in Oniguruma (PCRE2's \s also takes U+180E).
 #pragma once
 
 #include <memory>

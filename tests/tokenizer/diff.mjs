@@ -46,7 +46,9 @@ const RANGES = [[0x20, 0x7e], [0xa0, 0x24f], [0x370, 0x3ff], [0x400, 0x4ff], [0x
 
 function randomString(r) {
   const parts = [];
-  const n = 1 + Math.floor(r() * 12);
+  // Mostly short strings, some long ones (up to 48 fragments) where pieces interact.
+  const k0 = r();
+  const n = 1 + Math.floor(k0 * k0 * 48);
   for (let i = 0; i < n; i++) {
     const k = r();
     if (k < 0.75) {

