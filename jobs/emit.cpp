@@ -48,6 +48,7 @@ std::string emit_job_toml(const Job& job) {
     kv("path", fmt(job.model.path));
     kv("dtype", fmt(job.model.dtype));
     kv("rope_precision", fmt(job.model.rope_precision));
+    kv("allow_unused_weights", fmt(job.model.allow_unused_weights));
     os << "\n[parallel]\n";
     kv("tp", fmt<int64_t>(job.parallel.tp));
     kv("ep", fmt<int64_t>(job.parallel.ep));

@@ -18,6 +18,10 @@ struct ModelSection {
     // RoPE inverse frequencies: "checkpoint" rounds them to the checkpoint's dtype, as HF's
     // model.to(dtype) does to its inv_freq buffer; "float32" keeps them exact.
     std::string rope_precision = "checkpoint";
+    // Checkpoint tensors the model does not read (a config.json that says fewer layers or
+    // experts than the checkpoint holds) are refused before any rank starts; true runs anyway,
+    // with a warning naming them.
+    bool allow_unused_weights = false;
 };
 
 struct ParallelSection {
