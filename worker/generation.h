@@ -22,6 +22,7 @@ struct GenerationSettings {
     uint64_t seed = 0;
     bool keep_logits = false;   // every prompt position's logits and every step's (--dump-logits)
     int step_delay_ms = 0;      // a pause per decode step (a test aid for failures mid-run)
+    std::string model_path;     // named in the error that non-finite logits end the run with
 };
 
 struct SequenceResult {
