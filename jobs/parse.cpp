@@ -464,7 +464,9 @@ Job load_job(const std::string& path) {
     if (!in) throw JobError(path + ": cannot open the job file: " + std::strerror(errno));
     std::stringstream ss;
     ss << in.rdbuf();
-    std::string base = is_regular_file(path) ? fs::absolute(path).parent_path().string() : fs::current_path().string();
+    std::error_code ec;  // (a current folder that was removed: the throwing calls end in "internal error")
+    std::string base = is_regular_file(path) ? fs::absolute(path, ec).parent_path().string() : fs::current_path(ec).string();
+    if (ec) throw JobError(path + ": cannot tell the job file's folder: " + ec.message());
     return parse_job(ss.str(), path, base);
 }
 
