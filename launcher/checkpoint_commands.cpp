@@ -1,4 +1,5 @@
-// `tpx inspect` (what a checkpoint holds) and `tpx convert` (HF folder to HDF5).
+// `tpx inspect` (what a checkpoint holds; --check: which tensors hold NaN or Inf) and
+// `tpx convert` (HF folder to HDF5).
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -9,21 +10,46 @@
 #include "launcher/command.h"
 #include "loader/checkpoint.h"
 #include "loader/hdf5.h"
+#include "loader/nan_scan.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
 
 namespace tpx {
+namespace {
+
+// Every tensor holding NaN or Inf, one line each; exit 2 when there is any (a CheckpointError
+// after the list), so that scripts can gate a checkpoint on it.
+int check_finite(Checkpoint& ckpt) {
+    NanScan scan = scan_non_finite(ckpt);
+    for (const NonFiniteTensor& t : scan.bad)
+        std::printf("%s: %lld NaN, %lld Inf of %lld elements, the first at flat index %lld\n", t.name.c_str(), (long long)t.nan,
+                    (long long)t.inf, (long long)t.numel, (long long)t.first_index);
+    if (!scan.skipped.empty())
+        std::printf("skipped %zu tensors that are not floating point (%s%s)\n", scan.skipped.size(), scan.skipped.front().c_str(),
+                    scan.skipped.size() > 1 ? ", ..." : "");
+    if (!scan.bad.empty())
+        throw CheckpointError(ckpt.path() + ": " + std::to_string(scan.bad.size()) + " of " + std::to_string(scan.tensors) +
+                              " tensors hold NaN or Inf (listed above)");
+    std::printf("no NaN or Inf in %lld tensors (%s)\n", (long long)scan.tensors, human_bytes((double)scan.bytes).c_str());
+    return 0;
+}
+
+}  // namespace
+
 int cmd_inspect(const Args& args) {
     po::options_description options("tpx inspect options");
-    options.add_options()("path", po::value<std::string>()->required(), "an HF model folder, a .safetensors file or an .h5 file");
+    options.add_options()("path", po::value<std::string>()->required(), "an HF model folder, a .safetensors file or an .h5 file")(
+        "check", "read every tensor and list those holding NaN or Inf (exit 2 if any) instead of the listing");
     po::positional_options_description positional;
     positional.add("path", 1);
     po::variables_map vm;
-    if (parse_command_line(args, "tpx inspect PATH", options, positional, vm)) return 0;
+    if (parse_command_line(args, "tpx inspect PATH [--check]", options, positional, vm)) return 0;
 
     auto ckpt = Checkpoint::open(vm["path"].as<std::string>());
-    fs::path root = fs::is_directory(ckpt->path()) ? fs::path(ckpt->path()) : fs::path(ckpt->path()).parent_path();
+    if (vm.count("check")) return check_finite(*ckpt);
+    std::error_code ec;
+    fs::path root = fs::is_directory(ckpt->path(), ec) ? fs::path(ckpt->path()) : fs::path(ckpt->path()).parent_path();
     size_t name_w = 4, shape_w = 5;
     for (const TensorInfo& t : ckpt->tensors()) {
         name_w = std::max(name_w, t.name.size());
