@@ -67,6 +67,7 @@ struct Stmt {
     std::vector<Body> branches;        // If branches; For body; Macro body; SetBlock body
     Body else_body;                    // If else, For else
     std::vector<ExprPtr> defaults;     // Macro parameter defaults (null when none)
+    bool loop_neighbours = false;      // For: the body reads loop.previtem or loop.nextitem
 };
 
 // A macro keeps its statements alive as long as any value refers to it.

@@ -479,6 +479,7 @@ Value apply_filter(Filter f, const Value& subject, const Args& args) {
         return Value::owned(indent_text(str_of(), args.get(0, "width"), truthy(args.get(1, "first")),
                                         truthy(args.get(2, "blank"))));
     case Filter::Tojson: {
+        if (truthy(args.get(0, "ensure_ascii"))) throw EvalError("tojson(ensure_ascii=True) is not supported");
         const Value& ind = args.get(1, "indent");
         int indent = ind.is_undefined() || need_json(ind).is_null() ? -1 : static_cast<int>(need_int(ind, "tojson"));
         std::string item_sep = indent >= 0 ? "," : ", ", key_sep = ": ";

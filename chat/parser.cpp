@@ -33,6 +33,7 @@ private:
     const std::vector<Token>& t_;
     const std::string& name_;
     size_t p_ = 0;
+    std::vector<Stmt*> open_loops_;  // for-loops being parsed, to mark those reading loop neighbours
 
     const Token& cur() const { return t_[p_]; }
     const Token& peek(size_t k = 1) const { return t_[std::min(p_ + k, t_.size() - 1)]; }
@@ -192,7 +193,9 @@ std::unique_ptr<Stmt> Parser::parse_for(int line) {
     if (is_name("recursive")) fail(cur().line, "unsupported 'recursive' loop in '{% for %}'");
     expect_block_end("for");
     std::string end;
+    open_loops_.push_back(s.get());
     s->branches.push_back(parse_body({"else", "endfor"}, end));
+    open_loops_.pop_back();
     if (end == "else") {
         expect_block_end("else");
         s->else_body = parse_body({"endfor"}, end);
@@ -521,6 +524,8 @@ ExprPtr Parser::parse_postfix(ExprPtr e) {
             } else {
                 auto a = make(Expr::Kind::Attr, line);
                 a->name = attr;
+                if (attr == "previtem" || attr == "nextitem")  // copied per iteration only when read
+                    for (Stmt* loop : open_loops_) loop->loop_neighbours = true;
                 a->a = std::move(e);
                 e = std::move(a);
             }
