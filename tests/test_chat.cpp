@@ -166,8 +166,10 @@ TEST(ChatJinja, FiltersAndMethods) {
     // transformers' tojson: json.dumps, ensure_ascii=False, keys in order, ", " and ": ".
     EXPECT_EQ(render("{{ {'b': [1, 2.5, none], 'a': '\xc3\xa9\"<'}|tojson }}|{{ [1, {'k': 'v'}]|tojson(indent=2) }}"),
               "{\"b\": [1, 2.5, null], \"a\": \"\xc3\xa9\\\"<\"}|[\n  1,\n  {\n    \"k\": \"v\"\n  }\n]");
-    EXPECT_EQ(render("{{ d|dictsort }}{{ d|items|list }}{{ ['b', 'A', 'c']|sort }}", vars),
-              "[['A', 2], ['b', 1]][['b', 1], ['A', 2]]['A', 'b', 'c']");
+    // (Pairs are printed through their parts: Python prints them as tuples, tpx as lists.)
+    EXPECT_EQ(render("{% for k, v in d|dictsort %}{{ k }}{{ v }}{% endfor %}|{% for k, v in d|items %}{{ k }}{{ v }}"
+                     "{% endfor %}|{{ ['b', 'A', 'c']|sort }}{{ ['b', 'A', 'c']|sort(reverse=true) }}", vars),
+              "A2b1|b1A2|['A', 'b', 'c']['c', 'b', 'A']");
     EXPECT_EQ(render("{{ ' x '|trim }}|{{ 'ab'|upper }}{{ 'AB'|lower }}{{ 'hello world'|capitalize }}|{{ 'a-b c'|title }}"
                      "|{{ 'a\nb\n\nc'|indent(2) }}|{{ 'x'|indent(2, true) }}|{{ '42'|int + 1 }}{{ 'x'|int }}{{ 3|string }}"),
               "x|ABabHello world|A-B C|a\n  b\n\n  c|  x|430" "3");
@@ -187,6 +189,26 @@ TEST(ChatJinja, TestsOnValues) {
                      "{{ l is sequence }}{{ l is iterable }}{{ m is mapping }}{{ z is none }}{{ s is not none }}"
                      "{{ n is odd }}{{ 4 is divisibleby 2 }}{{ l is mapping }}{{ s is iterable }}", vars),
               "TrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueFalseTrue");
+}
+
+TEST(ChatJinja, VariablesAsTransformersPassesThem) {
+    // transformers passes tools=None and documents=None when the caller gives none, and only the
+    // special tokens the tokenizer has: a missing one is undefined.
+    RenderOptions o;
+    o.eos_token = "</s>";
+    o.add_generation_prompt = true;
+    EXPECT_EQ(ChatTemplate::parse("{{ tools is none }}{{ documents is none }}{{ bos_token is defined }}{{ bos_token }}"
+                                  "{{ eos_token }}{{ add_generation_prompt }}{{ messages|length }}", "t")
+                  .render(json::array({{{"role", "user"}, {"content", "x"}}}), o),
+              "TrueTrueFalse</s>True1");
+    o.variables["tools"] = json::array({{{"name", "f"}}});
+    EXPECT_EQ(ChatTemplate::parse("{% if tools %}{{ tools[0].name }}{% endif %}", "t").render(json::array(), o), "f");
+    // HF's {% generation %} tag (assistant masks) renders its body unchanged.
+    EXPECT_EQ(render("a{% generation %}b{% endgeneration %}c"), "abc");
+    // Keys keep the order they were given in, as Python dicts do.
+    EXPECT_EQ(render("{{ x|tojson }}{{ x|tojson(separators=(',', ':')) }}{{ x|tojson(sort_keys=true) }}",
+                     {{"x", json::parse(R"({"z": 1, "a": [true, null]})")}}),
+              "{\"z\": 1, \"a\": [true, null]}{\"z\":1,\"a\":[true,null]}{\"a\": [true, null], \"z\": 1}");
 }
 
 TEST(ChatJinja, RaiseExceptionCarriesTheTemplatesMessage) {
@@ -223,6 +245,10 @@ TEST(ChatJinja, BadTemplatesAreRefusedWithLineAndConstruct) {
         {"{% for x in y recursive %}{% endfor %}", "t.jinja:1: unsupported 'recursive' loop"},
         {"{% set x = 1 %}{% set x.a = 2 %}", "t.jinja:1: cannot assign attribute 'a' on 'x'"},
         {"{{ 'a' + 1 }}", "t.jinja:1: can only concatenate str (not \"int\") to str"},
+        {"{% macro f(a) %}{% endmacro %}\n{{ f(1, 2) }}", "t.jinja:2: macro 'f' takes 1 arguments, 2 given"},
+        {"{{ nothing(1) }}", "t.jinja:1: 'nothing' is undefined (not a macro or one of the global functions"},
+        {"{% raw %}{{ x }}{% endraw %}", "t.jinja:1: unsupported tag '{% raw %}'"},
+        {"{{ f(*xs) }}", "t.jinja:1: unsupported '*args' or '**kwargs' in a call"},
     };
     for (const Bad& b : cases) {
         std::string what = error_of(b.source);
