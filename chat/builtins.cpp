@@ -279,7 +279,7 @@ void fail_undefined(const Value& v) {
 
 const json& need_json(const Value& v) {
     if (v.is_undefined()) fail_undefined(v);
-    if (v.kind() == Value::Kind::Macro) throw EvalError("a macro is not a value here");
+    if (v.kind() == Value::Kind::Macro || v.kind() == Value::Kind::Builtin) throw EvalError("a function is not a value here");
     return v.j();
 }
 

@@ -82,7 +82,7 @@ bool apply_test(Test t, const Value& subject, const Args& args) {
     // Jinja2's Undefined can be iterated and has a length, so it passes both.
     case Test::Iterable: return !defined || (js && (j.is_string() || j.is_array() || j.is_object()));
     case Test::Sequence: return !defined || (js && (j.is_string() || j.is_array() || j.is_object()));
-    case Test::Callable: return subject.kind() == Value::Kind::Macro;
+    case Test::Callable: return subject.kind() == Value::Kind::Macro || subject.kind() == Value::Kind::Builtin;
     case Test::Lower: return js && j.is_string() && text::is_lower(j.get<std::string>());
     case Test::Upper: return js && j.is_string() && text::is_upper(j.get<std::string>());
     case Test::Even:
@@ -98,6 +98,11 @@ bool apply_test(Test t, const Value& subject, const Args& args) {
     case Test::In: return contains(need_json(args.get(0, "seq")), need_json(subject));
     case Test::Eq:
     case Test::Ne:
+        if (!defined || args.get(0, "other").is_undefined()) {  // Undefined equals only Undefined
+            bool eq = !defined && args.get(0, "other").is_undefined();
+            return eq == (t == Test::Eq);
+        }
+        return compare_test(t, need_json(subject), need_json(args.get(0, "other")));
     case Test::Lt:
     case Test::Le:
     case Test::Gt:

