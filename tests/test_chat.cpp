@@ -159,6 +159,9 @@ TEST(ChatJinja, ScopesAndNamespaces) {
                      "{% set ns.s = ns.s ~ m %}{% endfor %}{{ ns.n }} {{ ns.s }}"), "6 123");
     EXPECT_EQ(render("{% set a, b = 1, 'two' %}{{ b }}{{ a }}"), "two1");
     EXPECT_EQ(render("{% set block %}in {{ 'side' }}{% endset %}[{{ block }}]"), "[in side]");
+    // A filter block (Firefunction's template trims its system text so) filters its body's text.
+    EXPECT_EQ(render("[{% filter trim %}\n  body {{ 1 }}  \n{% endfilter %}][{% filter upper|replace('A', 'a') %}abc{% endfilter %}]"),
+              "[body 1][aBC]");
     // A macro sees the top level at call time, its own parameters and defaults, not loop variables.
     EXPECT_EQ(render("{% macro f(a, b='q') %}{{ a }}{{ b }}{{ y }}{% endmacro %}{% set y = 7 %}{{ f(1) }}{{ f(1, b=2) }}"),
               "1q7127");
