@@ -188,6 +188,13 @@ Value Renderer::call_global(const Expr& e, const std::string& fn, const Args& ar
 
 Value Renderer::call_macro(const Expr& e, const Macro& m, const Args& args) {
     const Stmt& def = *m.def;
+    // A macro may call itself; Python stops such recursion (RecursionError), and so do we.
+    if (macro_depth_ >= kMaxMacroDepth)
+        throw EvalError("macro '" + m.name + "' nested deeper than " + std::to_string(kMaxMacroDepth) + " calls");
+    struct Depth {
+        size_t& d;
+        ~Depth() { --d; }
+    } depth{++macro_depth_};
     if (args.positional.size() > def.names.size())
         throw EvalError("macro '" + m.name + "' takes " + std::to_string(def.names.size()) + " arguments, " +
                         std::to_string(args.positional.size()) + " given");

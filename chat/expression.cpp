@@ -154,6 +154,8 @@ ExprPtr Parser::parse_pow() {
 }
 
 ExprPtr Parser::parse_unary(bool with_filter) {
+    // Every nested expression passes here: a bound keeps a hostile template off the stack's end.
+    DepthGuard guard(*this, cur().line);
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
         e = make(is_op("-") ? Expr::Kind::Neg : Expr::Kind::Pos, cur().line);

@@ -66,7 +66,19 @@ private:
 
     // Parses statements until a block tag whose name is in `ends`; leaves that name in `end`
     // and the position after it (its arguments follow).
+    // Nesting of expressions and blocks; real templates stay under 20.
+    static constexpr int kMaxDepth = 200;
+    int depth_ = 0;
+    struct DepthGuard {
+        Parser& p;
+        DepthGuard(Parser& parser, int line) : p(parser) {
+            if (++p.depth_ > kMaxDepth) p.fail(line, "template nested deeper than " + std::to_string(kMaxDepth) + " levels");
+        }
+        ~DepthGuard() { --p.depth_; }
+    };
+
     Body parse_body(const std::vector<std::string>& ends, std::string& end) {
+        DepthGuard guard(*this, cur().line);
         Body body;
         while (true) {
             const Token& tok = cur();

@@ -39,6 +39,9 @@ private:
     void assign(const std::string& name, Value v);
     [[noreturn]] void fail(int line, const std::string& what) const;
 
+    static constexpr size_t kMaxMacroDepth = 100;  // macro calls in progress
+    size_t macro_depth_ = 0;
+
     const std::string& name_;
     const RenderOptions& options_;
     std::vector<Frame> frames_;  // [0] the caller's variables, [1] the template's top level

@@ -285,7 +285,10 @@ TEST(ChatJinja, BadTemplatesAreRefusedWithLineAndConstruct) {
         {"{{ nothing(1) }}", "t.jinja:1: 'nothing' is undefined (not a macro or one of the global functions"},
         {"{% raw %}{{ x }}{% endraw %}", "t.jinja:1: unsupported tag '{% raw %}'"},
         {"{{ f(*xs) }}", "t.jinja:1: unsupported '*args' or '**kwargs' in a call"},
+        {"{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "t.jinja:1: macro 'f' nested deeper than 100 calls"},
     };
+    std::string deep = std::string(1000, '(') + "1" + std::string(1000, ')');
+    EXPECT_NE(error_of("{{ " + deep + " }}").find("t.jinja:1: template nested deeper than 200 levels"), std::string::npos);
     for (const Bad& b : cases) {
         std::string what = error_of(b.source);
         EXPECT_NE(what.find(b.message), std::string::npos) << b.source << "\n  gave: " << what;
