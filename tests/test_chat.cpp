@@ -317,6 +317,16 @@ TEST(ChatTemplateSource, PicksFromTokenizerConfig) {
     EXPECT_EQ(tpx::chat::load_template_file(dir + "/t.jinja").render(json::array({{{"role", "user"}}}), {}), "user");
 }
 
+TEST(ChatTemplateSource, SpecialTokensAsTransformersPassesThem) {
+    // DeepSeek V3's tokenizer_config.json writes tokens as AddedToken objects; null ones are left out.
+    json config = json::parse(R"({"bos_token": {"__type": "AddedToken", "content": "<B>"}, "eos_token": "<E>",
+                                 "unk_token": null, "additional_special_tokens": ["<x>", {"content": "<y>"}]})");
+    RenderOptions o = tpx::chat::special_tokens_of(config);
+    EXPECT_EQ(ChatTemplate::parse("{{ bos_token }}{{ eos_token }}{{ unk_token is defined }}{{ pad_token is defined }}"
+                                  "{{ additional_special_tokens|join(',') }}", "t").render(json::array(), o),
+              "<B><E>FalseFalse<x>,<y>");
+}
+
 // HF transformers' prompt ids for llama-text's chat cases, decoded with the checkpoint's
 // byte-level vocabulary (lossless), are apply_chat_template(..., add_generation_prompt=True).
 TEST(ChatTemplateGolden, LlamaTextMatchesTransformersPromptIds) {
