@@ -70,7 +70,7 @@ struct Stmt {
     bool loop_neighbours = false;      // For: the body reads loop.previtem or loop.nextitem
 };
 
-// A macro keeps its statements alive as long as any value refers to it.
+// A macro defined by a render: its statements belong to the parsed template, which outlives it.
 struct Macro {
     std::string name;
     const Stmt* def = nullptr;

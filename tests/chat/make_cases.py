@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-# Writes tests/data/chat/cases.jsonl: generated conversations for each real chat template in
-# tests/data/chat/templates, with the render of Python jinja2 configured as HF transformers'
-# apply_chat_template configures it (the reference). Fixed seed: rerunning gives the same file.
-# Usage: python3 tests/chat/make_cases.py   (needs jinja2; transformers itself is not needed)
+# Writes tests/data/chat/cases.jsonl: generated conversations for each chat template in
+# tests/data/chat/templates (models' templates from npm packages, and the tests' own) and
+# tests/data/chat/automap-templates.json (97 models' templates from @huggingface/ollama-utils),
+# with the render of Python jinja2 configured as HF transformers configures it (the reference).
+# Fixed seed: rerunning gives the same file.
+# Usage: TZ=UTC python3 tests/chat/make_cases.py   (needs jinja2; transformers is not needed)
 import json, os, random, sys
 from datetime import datetime
 from jinja2.sandbox import ImmutableSandboxedEnvironment
