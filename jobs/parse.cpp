@@ -378,8 +378,10 @@ void check_files(const toml::table& root, const Job& job) {
     if (!fs::exists(model, ec))
         throw JobError(at(job.file, ml, mc, "model.path: no such file or directory: " + job.model.path));
     if (fs::is_directory(model, ec)) {
-        if (!fs::exists(model / "config.json", ec))
-            throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path + " has no config.json (an HF model folder is expected)"));
+        // An HF folder, or Meta's own (params.json + consolidated.NN.pth, loader/meta.h).
+        if (!fs::exists(model / "config.json", ec) && !fs::exists(model / "params.json", ec))
+            throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path +
+                                                    " has neither config.json nor params.json (an HF or a Meta model folder is expected)"));
     } else if (model.extension() != ".h5" && model.extension() != ".hdf5") {
         throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path + " is neither an HF model folder nor an .h5 file"));
     }

@@ -23,6 +23,7 @@
 
 #include "common/check.h"
 #include "loader/hdf5.h"
+#include "loader/meta.h"
 #include "loader/read_pool.h"
 
 namespace fs = std::filesystem;
@@ -403,6 +404,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, int thread
     std::error_code ec;
     if (!fs::exists(path, ec)) throw CheckpointError(path + ": no such file or directory");
     if (fs::is_directory(path, ec)) {
+        if (is_meta_folder(path)) return open_meta_checkpoint(path, threads);
         auto c = std::make_unique<SafetensorsCheckpoint>(path, threads);
         c->open_folder();
         return c;

@@ -1,6 +1,6 @@
 // A checkpoint as tpx reads it: an HF model folder (config.json + model.safetensors, or
-// model.safetensors.index.json + its shards), a single .safetensors file, or an .h5 file
-// written by `tpx convert`. Lists every tensor and reads slices of them, converted to the
+// model.safetensors.index.json + its shards), a single .safetensors file, an .h5 file
+// written by `tpx convert`, or a Meta folder (params.json + consolidated.NN.pth, loader/meta.h). Lists every tensor and reads slices of them, converted to the
 // dtype asked for, into host memory or through a caller's staging buffers (the GPU backend's
 // pinned buffers), counting every byte it reads.
 #pragma once

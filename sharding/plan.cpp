@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "loader/checkpoint.h"
+#include "loader/meta.h"
 
 namespace fs = std::filesystem;
 
@@ -56,12 +57,15 @@ ShardPlan make_plan(const Job& job, int world) {
     std::unique_ptr<Checkpoint> ckpt;
     std::string config_text, config_file;
     fs::path model(job.model.path);
-    bool has_weights = fs::is_directory(model) ? (fs::exists(model / "model.safetensors") || fs::exists(model / "model.safetensors.index.json"))
+    bool has_weights = fs::is_directory(model) ? (fs::exists(model / "model.safetensors") || fs::exists(model / "model.safetensors.index.json") ||
+                                                  is_meta_folder(job.model.path))
                                                : fs::exists(model);
     if (has_weights) {
         ckpt = Checkpoint::open(job.model.path);
         config_text = ckpt->config_json();
-        config_file = fs::is_directory(model) ? (model / "config.json").string() : job.model.path + ":config.json";
+        config_file = is_meta_folder(job.model.path) ? (model / "params.json").string() + " (as config.json)"
+                      : fs::is_directory(model)       ? (model / "config.json").string()
+                                                      : job.model.path + ":config.json";
     } else {
         config_file = (model / "config.json").string();
         config_text = read_text_file(config_file);
