@@ -1,4 +1,5 @@
-// `tpx inspect` (what a checkpoint holds) and `tpx convert` (HF folder to HDF5).
+// `tpx inspect` (what a checkpoint holds) and `tpx convert` (any checkpoint tpx reads to HDF5,
+// or to an HF safetensors folder: how a Meta folder becomes an HF one).
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -7,6 +8,7 @@
 #include "launcher/command.h"
 #include "loader/checkpoint.h"
 #include "loader/hdf5.h"
+#include "loader/hf_folder.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -14,7 +16,7 @@ namespace fs = std::filesystem;
 namespace tpx {
 int cmd_inspect(const Args& args) {
     po::options_description options("tpx inspect options");
-    options.add_options()("path", po::value<std::string>()->required(), "an HF model folder, a .safetensors file or an .h5 file");
+    options.add_options()("path", po::value<std::string>()->required(), "an HF model folder, a Meta folder (params.json + consolidated.NN.pth), a .safetensors file or an .h5 file");
     po::positional_options_description positional;
     positional.add("path", 1);
     po::variables_map vm;
@@ -28,10 +30,12 @@ int cmd_inspect(const Args& args) {
         shape_w = std::max(shape_w, shape_string(t.shape).size());
     }
     std::printf("%-*s  %-7s  %-*s  %12s  %s\n", (int)name_w, "name", "dtype", (int)shape_w, "shape", "bytes", "file");
-    for (const TensorInfo& t : ckpt->tensors())
+    for (const TensorInfo& t : ckpt->tensors()) {
+        std::string source = ckpt->source_of(t.name);
+        if (source.empty()) source = fs::path(t.file).lexically_relative(root).string();
         std::printf("%-*s  %-7s  %-*s  %12llu  %s\n", (int)name_w, t.name.c_str(), dtype_name(t.dtype), (int)shape_w,
-                    shape_string(t.shape).c_str(), (unsigned long long)t.nbytes,
-                    fs::path(t.file).lexically_relative(root).string().c_str());
+                    shape_string(t.shape).c_str(), (unsigned long long)t.nbytes, source.c_str());
+    }
     std::printf("total: %zu tensors, %llu bytes (%s) in %zu files, format %s\n", ckpt->tensors().size(),
                 (unsigned long long)ckpt->total_bytes(), human_bytes((double)ckpt->total_bytes()).c_str(), ckpt->files().size(),
                 ckpt->format());
@@ -40,15 +44,17 @@ int cmd_inspect(const Args& args) {
 
 int cmd_convert(const Args& args) {
     po::options_description options("tpx convert options");
-    options.add_options()("model", po::value<std::string>()->required(), "an HF model folder")(
-        "out", po::value<std::string>()->required(), "the .h5 file to write (written whole or not at all)");
+    options.add_options()("model", po::value<std::string>()->required(), "an HF or a Meta model folder, a .safetensors or an .h5 file")(
+        "out", po::value<std::string>()->required(),
+        "the .h5 file, or else the new HF model folder, to write (written whole or not at all)");
     po::positional_options_description positional;
     positional.add("model", 1).add("out", 1);
     po::variables_map vm;
-    if (parse_command_line(args, "tpx convert MODEL_DIR OUT.h5", options, positional, vm)) return 0;
+    if (parse_command_line(args, "tpx convert MODEL OUT.h5|OUT_DIR", options, positional, vm)) return 0;
 
     auto ckpt = Checkpoint::open(vm["model"].as<std::string>());
-    ConvertStats s = convert_to_hdf5(*ckpt, vm["out"].as<std::string>());
+    const std::string out = vm["out"].as<std::string>(), ext = fs::path(out).extension().string();
+    ConvertStats s = ext == ".h5" || ext == ".hdf5" ? convert_to_hdf5(*ckpt, out) : convert_to_hf_folder(*ckpt, out);
     std::printf("wrote %s: %zu tensors, %s\n", vm["out"].as<std::string>().c_str(), s.tensors, human_bytes((double)s.bytes).c_str());
     return 0;
 }

@@ -88,7 +88,10 @@ public:
     const std::vector<TensorInfo>& tensors() const { return tensors_; }  // sorted by name
     const TensorInfo* find(const std::string& name) const;
     const TensorInfo& tensor(const std::string& name) const;  // throws CheckpointError naming it
-    std::vector<std::string> files() const;                  // the files holding tensor data
+    virtual std::vector<std::string> files() const;          // the files holding tensor data
+    // Where a tensor comes from, for `tpx inspect`, when it is more than one file's bytes (a
+    // Meta tensor assembled from several files); "" otherwise.
+    virtual std::string source_of(const std::string&) const { return ""; }
     uint64_t total_bytes() const;
     const std::string& config_json() const { return config_json_; }
     const std::string& generation_config_json() const { return generation_config_json_; }

@@ -139,6 +139,18 @@ public:
     int read_threads() const override { return pool_.threads(); }
     void open();
     uint64_t read_bytes(const std::string& name, const Slice& slice) const override;
+    std::vector<std::string> files() const override {
+        std::vector<std::string> out;
+        for (const auto& [file, fd] : fds_) out.push_back(file);
+        return out;
+    }
+    std::string source_of(const std::string& name) const override {
+        const Layout& L = layouts_.at(tensor(name).name);
+        std::string s = L.meta_name + (L.split < 0 ? " (replicated; read from " + file_name(L.parts.front().file) + ")"
+                                                   : " in " + std::to_string(L.parts.size()) + " file(s), split on dim " + std::to_string(L.split));
+        if (L.group) s += ", rows permuted";
+        return s;
+    }
     using Checkpoint::read;
     void read(const std::vector<ReadRequest>& requests, ReadSink& sink) override;
 
