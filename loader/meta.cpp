@@ -268,15 +268,13 @@ void MetaCheckpoint::assemble(const MetaParams& p, const std::map<std::string, s
         int64_t at = 0;
         for (const auto& [f, t] : parts) {
             // Same dtype, and the same extent on every dim Meta does not split.
-            for (size_t d = 0; d < t.shape.size() && t.dtype == t0.dtype && t.shape.size() == t0.shape.size(); ++d)
-                if ((int)d != L.split && t.shape[d] != t0.shape[d]) goto disagree;
-            if (t.dtype != t0.dtype || t.shape.size() != t0.shape.size() || (L.split < 0 && t.shape != t0.shape)) {
-            disagree:
+            bool agree = t.dtype == t0.dtype && t.shape.size() == t0.shape.size();
+            for (size_t d = 0; agree && d < t.shape.size(); ++d) agree = (int)d == L.split || t.shape[d] == t0.shape[d];
+            if (!agree)
                 throw CheckpointError(path_ + ": tensor '" + meta + "' is " + dtype_name(t0.dtype) + " " + shape_string(t0.shape) + " in " +
                                       file_name(first) + " but " + dtype_name(t.dtype) + " " + shape_string(t.shape) + " in " + file_name(f) +
                                       (L.split < 0 ? " (a replicated tensor: every file holds it whole)"
                                                    : " (Meta splits it on dim " + std::to_string(L.split) + "; the other dim must agree)"));
-            }
             // A row-major view, wherever it starts in its storage.
             int64_t want = 1;
             for (size_t d = t.shape.size(); d-- > 0;) {

@@ -310,6 +310,8 @@ std::vector<PickledTensor> parse_torch_pickle(const std::string& file, const std
         if (key->kind != Value::kStr) throw CheckpointError(file + ": data.pkl has a dict key that is not a string");
         if (value->kind != Value::kTensor)
             throw CheckpointError(file + ": data.pkl entry '" + key->s + "' is not a tensor (a dict of tensors is expected)");
+        for (const PickledTensor& seen : out)
+            if (seen.name == key->s) throw CheckpointError(file + ": data.pkl holds tensor '" + key->s + "' twice");
         out.push_back(value->tensor);
         out.back().name = key->s;
     }

@@ -193,19 +193,19 @@ TorchArchive open_torch_archive(const std::string& path) {
     // Each tensor's elements lie inside its storage, and the storage inside its entry.
     for (const PickledTensor& t : a.tensors) {
         const TorchArchive::Entry& e = a.storages[t.storage_key];
-        if ((uint64_t)t.storage_numel * dtype_size(t.dtype) > e.bytes)
+        if ((unsigned __int128)t.storage_numel * dtype_size(t.dtype) > e.bytes)
             throw CheckpointError(path + ": tensor '" + t.name + "': its storage data/" + t.storage_key + " of " +
                                   std::to_string(t.storage_numel) + " x " + dtype_name(t.dtype) + " is larger than its " +
                                   std::to_string(e.bytes) + "-byte entry");
-        int64_t last = t.storage_offset;
+        __int128 last = t.storage_offset;  // (wide: a hostile stride must not wrap around)
         bool empty = false;
         for (size_t d = 0; d < t.shape.size(); ++d) {
             if (t.shape[d] == 0) empty = true;
-            else last += (t.shape[d] - 1) * t.stride[d];
+            else last += (__int128)(t.shape[d] - 1) * t.stride[d];
         }
         if (!empty && last >= t.storage_numel)
             throw CheckpointError(path + ": tensor '" + t.name + "' " + shape_string(t.shape) + " at storage offset " +
-                                  std::to_string(t.storage_offset) + " reaches element " + std::to_string(last) + " of its " +
+                                  std::to_string(t.storage_offset) + " reaches past the end of its " +
                                   std::to_string(t.storage_numel) + "-element storage");
     }
     return a;
