@@ -13,6 +13,8 @@ consolidated.00.pth).
   bad-*/            one defect each, for the refusals (see make_bad below).
 
 Usage: python3 tests/data/meta/make_meta_fixtures.py   (rewrites the folders next to it)
+       python3 tests/data/meta/make_meta_fixtures.py --large DIR   (test_meta, at test time: DIR/hf
+       and DIR/meta, random weights too large to commit, whose q/k span several read chunks)
 """
 import json, os, shutil, struct, zipfile
 
@@ -259,6 +261,61 @@ def make_bad():
                                    lambda f: save(f, [("layers.0.attention.wq.weight", t(4, 6))])])
 
 
+def write_safetensors(path, tensors):
+    header, offset = {}, 0
+    for name, (dtype, shape, raw) in tensors:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for _, (_, _, raw) in tensors:
+            f.write(raw)
+
+
+def make_large(out):
+    """One layer of dim 2048 (16 heads of 128, 4 KV heads): q is 4 Mi elements, so its reads span
+    4 chunks of whole heads; the vocabulary of 600 rows makes the embedding 1.2 Mi elements (2
+    chunks). HF's tensors are random bf16; Meta's are them unpermuted and split over 2 files."""
+    import random
+    rng = random.Random(7)
+    D, nh, nkv, F, V = 2048, 16, 4, 256, 600
+    hd = D // nh
+    values = [bf16(rng.uniform(-1, 1)) for _ in range(4096)]
+    rand = lambda *shape: ("BF16", list(shape), b"".join(rng.choice(values) for _ in range(shape[0] * (shape[1] if len(shape) > 1 else 1))))
+    hf = {"model.embed_tokens.weight": rand(V, D), "model.norm.weight": rand(D), "lm_head.weight": rand(V, D),
+          "model.layers.0.self_attn.q_proj.weight": rand(nh * hd, D), "model.layers.0.self_attn.k_proj.weight": rand(nkv * hd, D),
+          "model.layers.0.self_attn.v_proj.weight": rand(nkv * hd, D), "model.layers.0.self_attn.o_proj.weight": rand(D, nh * hd),
+          "model.layers.0.mlp.gate_proj.weight": rand(F, D), "model.layers.0.mlp.down_proj.weight": rand(D, F),
+          "model.layers.0.mlp.up_proj.weight": rand(F, D), "model.layers.0.input_layernorm.weight": rand(D),
+          "model.layers.0.post_attention_layernorm.weight": rand(D)}
+    os.makedirs(os.path.join(out, "hf"))
+    write_safetensors(os.path.join(out, "hf", "model.safetensors"), sorted(hf.items()))
+    p = "model.layers.0."
+    meta = [("tok_embeddings.weight", hf["model.embed_tokens.weight"], 0), ("norm.weight", hf["model.norm.weight"], None),
+            ("output.weight", hf["lm_head.weight"], 0),
+            ("layers.0.attention.wq.weight", unpermute(hf[p + "self_attn.q_proj.weight"], nh), 0),
+            ("layers.0.attention.wk.weight", unpermute(hf[p + "self_attn.k_proj.weight"], nkv), 0),
+            ("layers.0.attention.wv.weight", hf[p + "self_attn.v_proj.weight"], 0),
+            ("layers.0.attention.wo.weight", hf[p + "self_attn.o_proj.weight"], 1),
+            ("layers.0.feed_forward.w1.weight", hf[p + "mlp.gate_proj.weight"], 0),
+            ("layers.0.feed_forward.w2.weight", hf[p + "mlp.down_proj.weight"], 1),
+            ("layers.0.feed_forward.w3.weight", hf[p + "mlp.up_proj.weight"], 0),
+            ("layers.0.attention_norm.weight", hf[p + "input_layernorm.weight"], None),
+            ("layers.0.ffn_norm.weight", hf[p + "post_attention_layernorm.weight"], None)]
+    os.makedirs(os.path.join(out, "meta"))
+    for r in range(2):
+        save(os.path.join(out, "meta", "consolidated.%02d.pth" % r),
+             [(name, t if dim is None else chunk(t, 2, dim)[r]) for name, t, dim in meta])
+    json.dump({"dim": D, "n_layers": 1, "n_heads": nh, "n_kv_heads": nkv, "vocab_size": V, "norm_eps": 1e-5, "rope_theta": 500000.0},
+              open(os.path.join(out, "meta", "params.json"), "w"))
+
+
 if __name__ == "__main__":
-    make_llama2_mp4()
-    make_bad()
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "--large":
+        make_large(sys.argv[2])
+    else:
+        make_llama2_mp4()
+        make_bad()
