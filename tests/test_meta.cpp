@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -265,6 +266,38 @@ TEST(Meta, APickleNamingAnyOtherGlobalIsRefusedAndRunsNothing) {
     EXPECT_NE(error_of(std::string("\x80\x04}.", 4)).find("pickle protocol 4"), std::string::npos);
     EXPECT_NE(error_of(std::string("\x80\x02h\x07.", 5)).find("memo entry 7"), std::string::npos);
     EXPECT_NE(error_of(std::string("\x80\x02]N\x61.", 6)).find("something other than a dict of tensors"), std::string::npos);
+}
+
+// The unpickler on every prefix of a real torch.save pickle (mp2's second file) and on 3000
+// copies with one byte changed: a CheckpointError or the dict, never another failure or a crash.
+TEST(Meta, CutOrCorruptedPicklesAreErrorsNeverCrashes) {
+    const std::string file = tpx_test::read_text(kMeta + "/meta-llama-gqa-mp2/consolidated.01.pth");
+    ASSERT_GT(file.size(), 30u);
+    auto u16 = [&](size_t at) { return (size_t)(unsigned char)file[at] | (size_t)(unsigned char)file[at + 1] << 8; };
+    const std::string data = file.substr(30 + u16(26) + u16(28));  // data.pkl is the first entry, stored
+    size_t length = 0;
+    for (size_t n = 0; n <= data.size() && length == 0; ++n) {
+        try {
+            EXPECT_EQ(parse_torch_pickle("x.pth", data.substr(0, n)).size(), 21u);
+            length = n;
+        } catch (const CheckpointError&) {
+        }
+    }
+    ASSERT_GT(length, 1000u) << "the whole pickle parses, and no prefix of it does";
+    std::mt19937 rng(std::random_device{}());
+    int parsed = 0, refused = 0;
+    for (int i = 0; i < 3000; ++i) {
+        std::string bad = data.substr(0, length);
+        bad[rng() % length] = (char)(rng() % 256);
+        try {
+            parse_torch_pickle("x.pth", bad);
+            ++parsed;
+        } catch (const CheckpointError&) {
+            ++refused;
+        }
+    }
+    EXPECT_EQ(parsed + refused, 3000);
+    EXPECT_GT(refused, 0);
 }
 
 // Each defect is a CheckpointError (exit 2) that names the file, the entry or tensor, the key.
