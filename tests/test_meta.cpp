@@ -42,6 +42,7 @@ std::string open_error(const std::string& path) {
     try {
         Checkpoint::open(path);
     } catch (const CheckpointError& e) {
+        EXPECT_EQ(e.exit_code(), 2) << e.what();
         return e.what();
     }
     return "(opened without an error)";
@@ -164,6 +165,26 @@ TEST(Meta, TensorsAndSlicesEqualHfsCheckpointBitForBit) {
         }
         EXPECT_GT(slices, 150) << folder;
     }
+}
+
+// Past 4 GiB torch's writer gives an entry's local-header offset in a zip64 extra field of the
+// central directory (8B's files are 16 GB); mp2's files rewritten so (make_meta_fixtures.py
+// --zip64, at test time) read the same tensors.
+TEST(Meta, Zip64OffsetsOfTheCentralDirectoryAreFollowed) {
+    if (tpx_test::run_process("python3 -c 'import json'").exit_code != 0) GTEST_SKIP() << "python3 rewrites this test's files";
+    const std::string dir = tpx_test::temp_dir();
+    fs::copy(kMeta + "/meta-llama-gqa-mp2/params.json", dir + "/params.json");
+    for (const char* f : {"consolidated.00.pth", "consolidated.01.pth"}) {
+        auto r = tpx_test::run_process("python3 " + kMeta + "/make_meta_fixtures.py --zip64 " + kMeta + "/meta-llama-gqa-mp2/" + f + " " + dir +
+                                       "/" + f);
+        ASSERT_EQ(r.exit_code, 0) << r.err;
+        const std::string bytes = tpx_test::read_text(dir + "/" + f);
+        ASSERT_NE(bytes.find(std::string("PK\x06\x06")), std::string::npos) << "a zip64 end record";
+    }
+    auto hf = Checkpoint::open(kHf), meta = Checkpoint::open(dir);
+    for (const TensorInfo& t : hf->tensors())
+        EXPECT_EQ(read_bf16(*meta, t.name, Slice::whole()), read_bf16(*hf, t.name, Slice::whole())) << t.name;
+    fs::remove_all(dir);
 }
 
 // With as many files as ranks, a rank's rows of a dim-0 split tensor (and its columns of a dim-1

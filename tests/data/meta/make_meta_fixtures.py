@@ -15,6 +15,9 @@ consolidated.00.pth).
 Usage: python3 tests/data/meta/make_meta_fixtures.py   (rewrites the folders next to it)
        python3 tests/data/meta/make_meta_fixtures.py --large DIR   (test_meta, at test time: DIR/hf
        and DIR/meta, random weights too large to commit, whose q/k span several read chunks)
+       python3 tests/data/meta/make_meta_fixtures.py --zip64 IN.pth OUT.pth   (test_meta: IN with a
+       central directory that gives every local header's offset in a zip64 extra field, as
+       torch's writer does for entries past 4 GiB)
 """
 import json, os, shutil, struct, zipfile
 
@@ -312,10 +315,40 @@ def make_large(out):
               open(os.path.join(out, "meta", "params.json"), "w"))
 
 
+def rewrite_zip64(src, dst):
+    """The same local headers and data, and the central directory's records with every local
+    header offset moved into a zip64 extra field (id 1), then zip64 end records: what torch's
+    writer does for entries past 4 GiB."""
+    raw = open(src, "rb").read()
+    eocd = raw.rindex(b"PK\x05\x06")
+    if raw[eocd - 20:eocd - 16] == b"PK\x06\x07":  # already zip64: the real values are in the zip64 record
+        z = struct.unpack("<Q", raw[eocd - 12:eocd - 4])[0]
+        count, cd_size, cd_at = struct.unpack("<QQQ", raw[z + 32:z + 56])
+    else:
+        count, cd_size, cd_at = struct.unpack("<HII", raw[eocd + 10:eocd + 20])
+    cd, at = b"", cd_at
+    for _ in range(count):
+        fixed = bytearray(raw[at:at + 46])
+        n, e, c = struct.unpack("<HHH", fixed[28:34])
+        offset = struct.unpack("<I", fixed[42:46])[0]
+        rest = raw[at + 46:at + 46 + n + e + c]
+        at += 46 + n + e + c
+        extra = struct.pack("<HHQ", 1, 8, offset) + rest[n:n + e]
+        fixed[30:32] = struct.pack("<H", len(extra))
+        fixed[42:46] = b"\xff\xff\xff\xff"
+        cd += bytes(fixed) + rest[:n] + extra + rest[n + e:]
+    eocd64 = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, len(cd), cd_at)
+    locator = struct.pack("<IIQI", 0x07064B50, 0, cd_at + len(cd), 1)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    open(dst, "wb").write(raw[:cd_at] + cd + eocd64 + locator + end)
+
+
 if __name__ == "__main__":
     import sys
     if len(sys.argv) == 3 and sys.argv[1] == "--large":
         make_large(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "--zip64":
+        rewrite_zip64(sys.argv[2], sys.argv[3])
     else:
         make_llama2_mp4()
         make_bad()
