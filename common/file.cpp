@@ -1,3 +1,4 @@
+// Whole-or-nothing output files; FIFOs and devices written in place (common/output_path.h).
 #include "common/file.h"
 
 #include <unistd.h>
@@ -5,14 +6,31 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "common/error.h"
+#include "common/output_path.h"
 
 namespace tpx {
 
+std::string temp_path_for(const std::string& path) {
+    std::string suffix = ".tmp-" + std::to_string(::getpid());
+    if (!is_stream_target(path)) return path + suffix;
+    std::string name = std::filesystem::path(path).filename().string();
+    return (std::filesystem::temp_directory_path() / ("tpx-" + name + suffix)).string();
+}
+
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary) {
-    const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+    if (is_stream_target(path)) {
+        std::ofstream out(path, binary ? std::ios::binary | std::ios::out : std::ios::out);
+        if (!out) throw Error(path + ": cannot open for writing: " + std::strerror(errno));
+        write(out);
+        out.flush();
+        if (!out) throw Error(path + ": write failed: " + std::strerror(errno));
+        return;
+    }
+    const std::string tmp = temp_path_for(path);
     try {
         std::ofstream out(tmp, binary ? std::ios::binary | std::ios::trunc : std::ios::trunc);
         if (!out) throw Error(path + ": cannot create the file: " + std::strerror(errno));
@@ -27,6 +45,17 @@ void write_file_atomically(const std::string& path, const std::function<void(std
 }
 
 void rename_into_place(const std::string& tmp, const std::string& path) {
+    if (is_stream_target(path)) {
+        std::ifstream in(tmp, std::ios::binary);
+        std::ofstream out(path, std::ios::binary | std::ios::out);
+        if (in && out && in.peek() != std::char_traits<char>::eof()) out << in.rdbuf();
+        bool ok = in.good() || in.eof();
+        ok = ok && out.flush().good();
+        const int err = errno;
+        std::remove(tmp.c_str());
+        if (!ok) throw Error(path + ": cannot write: " + std::strerror(err));
+        return;
+    }
     if (std::rename(tmp.c_str(), path.c_str()) != 0) {
         const int err = errno;
         std::remove(tmp.c_str());

@@ -7,15 +7,20 @@
 
 namespace tpx {
 
-// Writes `path` through `write` into a temporary file beside it (path.tmp-PID), then renames it
+// Writes `path` through `write` into a temporary file beside it (temp_path_for), then renames it
 // over `path`: a reader sees the old file or the whole new one, and a failure (a folder that
 // does not exist, a full disk, an exception from `write`) leaves no temporary file behind and
-// throws an Error that names the path and the system's reason.
+// throws an Error that names the path and the system's reason. An existing FIFO or character
+// device (/dev/stdout, /dev/null) is written in place instead: it is never replaced by a file.
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false);
 void write_file_atomically(const std::string& path, const std::string& text);
 
-// The last step of the same, for files written by other means (HDF5): renames tmp over path,
-// or removes tmp and throws an Error naming path.
+// The temporary file `path` is written through: PATH.tmp-PID beside it, or in the system's
+// temporary folder when `path` is a FIFO or device (nothing is created beside /dev/null).
+std::string temp_path_for(const std::string& path);
+
+// The last step of the same, for files written by other means (HDF5): renames tmp over path
+// (for a FIFO or device, copies tmp's bytes into it), or removes tmp and throws an Error naming path.
 void rename_into_place(const std::string& tmp, const std::string& path);
 
 }  // namespace tpx

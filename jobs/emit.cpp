@@ -48,6 +48,7 @@ std::string emit_job_toml(const Job& job) {
     kv("path", fmt(job.model.path));
     kv("dtype", fmt(job.model.dtype));
     kv("rope_precision", fmt(job.model.rope_precision));
+    kv("tokenizer", fmt(job.model.tokenizer));
     os << "\n[parallel]\n";
     kv("tp", fmt<int64_t>(job.parallel.tp));
     kv("ep", fmt<int64_t>(job.parallel.ep));
@@ -62,6 +63,8 @@ std::string emit_job_toml(const Job& job) {
     kv("output", fmt(job.run.output));
     kv("max_batch", fmt<int64_t>(job.run.max_batch));
     kv("max_seq_len", fmt<int64_t>(job.run.max_seq_len));
+    kv("chat_template", fmt(job.run.chat_template));
+    kv("stop", fmt_list(job.run.stop));
     os << "\n[run.sampling]\n";
     kv("temperature", fmt(job.run.sampling.temperature));
     kv("top_k", fmt<int64_t>(job.run.sampling.top_k));

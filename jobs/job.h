@@ -18,6 +18,9 @@ struct ModelSection {
     // RoPE inverse frequencies: "checkpoint" rounds them to the checkpoint's dtype, as HF's
     // model.to(dtype) does to its inv_freq buffer; "float32" keeps them exact.
     std::string rope_precision = "checkpoint";
+    // The tokenizer for text and chat prompts and text outputs: a folder holding tokenizer.json
+    // (and tokenizer_config.json) or a tokenizer.json; "" = the checkpoint folder's, if it has one.
+    std::string tokenizer;
 };
 
 struct ParallelSection {
@@ -45,6 +48,8 @@ struct RunSection {
     std::string output;              // JSONL results; "" = <job dir>/<job name>.out.jsonl
     int max_batch = 8;               // sequences decoded together (KV cache is sized for this)
     int max_seq_len = 0;             // tokens per sequence (prompt + generated); 0 = model's maximum
+    std::string chat_template;       // a .jinja file (or JSON with "chat_template") replacing the tokenizer's; "" = the tokenizer's
+    std::vector<std::string> stop;   // strings that end a sequence; its text is cut before them (needs a tokenizer)
     SamplingSection sampling;
 };
 

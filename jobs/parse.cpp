@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -197,6 +198,7 @@ void parse_model(Section s, Job& job) {
     }
     s.get_string("dtype", job.model.dtype, {"auto", "bfloat16", "float16", "float32"});
     s.get_string("rope_precision", job.model.rope_precision, {"checkpoint", "float32"});
+    s.get_string("tokenizer", job.model.tokenizer);
     s.reject_unknown();
 }
 
@@ -247,6 +249,12 @@ void parse_run(Section s, Job& job) {
     s.get_string("output", r.output);
     s.get_int("max_batch", r.max_batch, 1, 1 << 20);
     s.get_int("max_seq_len", r.max_seq_len, 0, 1 << 30);
+    if (s.get_string("chat_template", r.chat_template)) r.chat_template = resolve(job.dir, r.chat_template);
+    if (const toml::node* n = s.node("stop")) {
+        s.get_string_list("stop", r.stop);
+        for (const std::string& stop : r.stop)
+            if (stop.empty()) s.fail(*n, "stop", "holds an empty string, which would end every sequence at once");
+    }
 
     const toml::node* sn = s.node("sampling");
     if (sn && !sn->is_table()) s.fail(*sn, "sampling", std::string("must be a table ([run.sampling]), not ") + type_name(sn->type()));
@@ -389,6 +397,14 @@ void check_files(const toml::table& root, const Job& job) {
         auto [l, c] = where("run", "prompts");
         throw JobError(at(job.file, l, c, "run.prompts: no such file: " + job.run.prompts));
     }
+    if (!job.run.chat_template.empty() && !is_regular_file(job.run.chat_template)) {
+        auto [l, c] = where("run", "chat_template");
+        throw JobError(at(job.file, l, c, "run.chat_template: no such file: " + job.run.chat_template));
+    }
+    if (!job.model.tokenizer.empty() && !fs::exists(job.model.tokenizer, ec)) {
+        auto [l, c] = where("model", "tokenizer");
+        throw JobError(at(job.file, l, c, "model.tokenizer: no such file or folder: " + job.model.tokenizer));
+    }
     if (!job.launch.hostfile.empty() && !is_regular_file(job.launch.hostfile)) {
         auto [l, c] = where("launch", "hostfile");
         throw JobError(at(job.file, l, c, "launch.hostfile: no such file: " + job.launch.hostfile));
@@ -403,9 +419,31 @@ void check_files(const toml::table& root, const Job& job) {
 }  // namespace
 
 std::string file_safe(const std::string& name) {
+    // Letters and digits of any script stay (bytes of multi-byte UTF-8 characters are kept
+    // whole); anything else becomes '_'. Two names that reduce alike must not share files, so a
+    // name that lost a character, or is too long for a file name, ends in a hash of the original.
+    constexpr size_t kMaxBytes = 96;  // leaves room for ".out.jsonl.ranks.json.tmp-PID" under 255
     std::string out;
-    for (char c : name) out += (std::isalnum((unsigned char)c) || c == '-' || c == '_' || c == '.') ? c : '_';
-    return out.empty() ? "job" : out;
+    bool changed = false;
+    for (char c : name) {
+        unsigned char u = (unsigned char)c;
+        bool keep = u >= 0x80 || std::isalnum(u) || c == '-' || c == '_' || (c == '.' && !out.empty());
+        out += keep ? c : '_';
+        changed = changed || !keep;
+    }
+    if (out.size() > kMaxBytes) {
+        size_t cut = kMaxBytes;
+        while (cut > 0 && ((unsigned char)out[cut] & 0xC0) == 0x80) --cut;  // not inside a UTF-8 character
+        out.resize(cut);
+        changed = true;
+    }
+    if (out.empty()) return "job";
+    if (!changed) return out;
+    uint32_t h = 2166136261u;  // FNV-1a over the original name
+    for (char c : name) h = (h ^ (unsigned char)c) * 16777619u;
+    char tag[16];
+    std::snprintf(tag, sizeof(tag), "-%08x", h);
+    return out + tag;
 }
 
 Job parse_job(const std::string& text, const std::string& file, const std::string& base_dir) {
@@ -443,6 +481,7 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
 
     parse_model(section(root, file, "model"), job);
     job.model.path = resolve(job.dir, job.model.path);
+    job.model.tokenizer = resolve(job.dir, job.model.tokenizer);
 
     Section bs = section(root, file, "backend");
     bs.get_string("device", job.backend.device, {"cpu", "cuda"});
@@ -458,6 +497,8 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
 }
 
 Job load_job(const std::string& path) {
+    std::error_code ec;
+    if (fs::is_directory(path, ec)) throw JobError(path + ": is a folder, not a job file; `tpx example` prints one with every key");
     std::ifstream in(path, std::ios::binary);
     if (!in) throw JobError(path + ": cannot open the job file: " + std::strerror(errno));
     std::stringstream ss;

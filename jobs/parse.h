@@ -14,7 +14,8 @@ namespace tpx {
 // against the current directory.
 Job load_job(const std::string& path);
 
-// A job name reduced to letters, digits, '-', '_' and '.', for the files named after it.
+// A job name reduced to letters (any script), digits, '-', '_' and '.', for the files named
+// after it; a name that had to change ends in a hash of it, so that distinct names never share files.
 std::string file_safe(const std::string& name);
 
 // The same from text already in memory; `file` names it in messages, `base_dir` is where

@@ -4,7 +4,9 @@
 #include <filesystem>
 #include <iostream>
 
+#include "common/error.h"
 #include "common/log.h"
+#include "common/output_path.h"
 #include "launcher/command.h"
 #include "loader/checkpoint.h"
 #include "loader/hdf5.h"
@@ -45,17 +47,28 @@ int cmd_inspect(const Args& args) {
 int cmd_convert(const Args& args) {
     po::options_description options("tpx convert options");
     options.add_options()("model", po::value<std::string>()->required(), "an HF or a Meta model folder, a .safetensors or an .h5 file")(
-        "out", po::value<std::string>()->required(),
-        "the .h5 file, or else the new HF model folder, to write (written whole or not at all)");
+        "out", po::value<std::string>()->required(), "the .h5 file (or with --hf the new folder) to write, whole or not at all")(
+        "hf", "write OUT as a new HF model folder (config.json, safetensors shards) instead of an .h5 file")(
+        "force", "replace OUT.h5 if it exists (never a file of MODEL; a folder is never replaced)");
     po::positional_options_description positional;
     positional.add("model", 1).add("out", 1);
     po::variables_map vm;
-    if (parse_command_line(args, "tpx convert MODEL OUT.h5|OUT_DIR", options, positional, vm)) return 0;
+    if (parse_command_line(args, "tpx convert MODEL OUT.h5 [--force] | tpx convert MODEL OUT_DIR --hf", options, positional, vm)) return 0;
 
-    auto ckpt = Checkpoint::open(vm["model"].as<std::string>());
-    const std::string out = vm["out"].as<std::string>(), ext = fs::path(out).extension().string();
-    ConvertStats s = ext == ".h5" || ext == ".hdf5" ? convert_to_hdf5(*ckpt, out) : convert_to_hf_folder(*ckpt, out);
-    std::printf("wrote %s: %zu tensors, %s\n", vm["out"].as<std::string>().c_str(), s.tensors, human_bytes((double)s.bytes).c_str());
+    const std::string model = vm["model"].as<std::string>(), out = vm["out"].as<std::string>();
+    const bool hf = vm.count("hf") > 0;
+    std::error_code ec;
+    if (hf) {
+        if (vm.count("force")) throw JobError("--force replaces an .h5 file; with --hf, OUT must be a new folder");
+        if (fs::exists(out, ec)) throw JobError("OUT (" + out + ") already exists; tpx convert --hf writes a new folder and replaces nothing");
+    } else {
+        check_outputs({{"OUT", out}}, checkpoint_inputs(model));
+        if (fs::exists(out, ec) && !is_stream_target(out) && !vm.count("force"))
+            throw JobError("OUT (" + out + ") already exists; give --force to replace it");
+    }
+    auto ckpt = Checkpoint::open(model);
+    ConvertStats s = hf ? convert_to_hf_folder(*ckpt, out) : convert_to_hdf5(*ckpt, out);
+    std::printf("wrote %s: %zu tensors, %s\n", out.c_str(), s.tensors, human_bytes((double)s.bytes).c_str());
     return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <boost/program_options.hpp>
 
 #include "jobs/job.h"
+#include "sharding/plan.h"
 
 namespace tpx {
 
@@ -28,15 +29,14 @@ bool parse_command_line(const Args& args, const char* usage, boost::program_opti
                         const boost::program_options::positional_options_description& positional,
                         boost::program_options::variables_map& vm);
 
-// The absolute path of an output file named by `option`, checked before any work starts: its
-// folder must exist (JobError naming the option and the folder otherwise), so that a run does
-// not spend its GPUs and then fail to write.
+// The absolute path of an output file named by `option` (checked with the job's other outputs
+// by check_job_outputs).
 std::string output_file_arg(const std::string& option, const std::string& value);
 
 // Plans the job as rank 0 will (checkpoint headers and config.json only, no weights), so that
 // `tpx run` and `tpx submit` refuse a job that cannot be sharded before any rank or Slurm
 // allocation is spent; the error is the planner's, naming the transform and the tensor.
-void check_plannable(const Job& job);
+ShardPlan check_plannable(const Job& job);
 
 int cmd_validate(const Args& args);
 int cmd_example(const Args& args);
@@ -45,6 +45,7 @@ int cmd_convert(const Args& args);
 int cmd_plan(const Args& args);
 int cmd_run(const Args& args);
 int cmd_bench(const Args& args);
+int cmd_tokenize(const Args& args);
 int cmd_submit(const Args& args);
 int cmd_status(const Args& args);
 int cmd_cancel(const Args& args);

@@ -37,9 +37,9 @@ int cmd_plan(const Args& args) {
     return 0;
 }
 
-void check_plannable(const Job& job) {
+ShardPlan check_plannable(const Job& job) {
     try {
-        make_plan(job);
+        return make_plan(job);
     } catch (const Error& e) {
         throw Error(job.file + ": the job cannot be planned: " + e.what(), e.exit_code());
     }

@@ -1,7 +1,9 @@
-// `tpx run`: validates the job, builds the mpirun command, starts it, streams its output and
-// ends with the job's exit status. Signals to tpx (Ctrl-C) are passed on to mpirun, which
-// ends the ranks.
+// `tpx run`: validates the job, checks its outputs and memory, builds the mpirun command,
+// starts it, streams its output and ends with the job's exit status. Signals to tpx (Ctrl-C,
+// SIGTERM, SIGHUP) are passed on to mpirun, which ends the ranks; should tpx itself die
+// (SIGKILL), mpirun gets SIGTERM from the kernel (PR_SET_PDEATHSIG), so no rank outlives it.
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +20,9 @@
 
 #include "common/error.h"
 #include "common/file.h"
+#include "common/host_memory.h"
+#include "jobs/outputs.h"
+#include "text/text_tools.h"
 #include "jobs/emit.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
@@ -32,9 +37,12 @@ namespace tpx {
 namespace {
 
 pid_t g_child = -1;
+volatile sig_atomic_t g_signal = 0;  // the signal that interrupted the run, if any
 
 void forward_signal(int sig) {
-    if (g_child > 0) kill(g_child, sig);
+    g_signal = sig;
+    // mpirun ends the job on SIGTERM; a hang-up of tpx's terminal means the same.
+    if (g_child > 0) kill(g_child, sig == SIGHUP ? SIGTERM : sig);
 }
 
 // After a failed job on several hosts, asks each host, through the same agent mpirun used,
@@ -60,11 +68,32 @@ void report_unreachable_hosts(const Job& job) {
 
 // A line of mpirun's stderr that says the job is failing: Open MPI's runtime reporting a lost
 // or failed daemon or process, or an MPI_Abort (a rank's error ends in one).
+// Open MPI's own noise after a rank's MPI_Abort (the rank's message came before it), which
+// reads like a second, unrelated failure.
+bool is_mpi_noise(const std::string& line) { return line.find("ORTE_ERROR_LOG") != std::string::npos; }
+
 bool says_job_failed(const std::string& line) {
     for (const char* mark : {"ORTE was unable", "ORTE has lost", "ORTE daemon has unexpectedly", "PRTE has lost", "mpirun noticed that",
                              "MPI_ABORT was invoked"})
         if (line.find(mark) != std::string::npos) return true;
     return false;
+}
+
+// The host memory the ranks on this host need for a decode step (weights, KV cache, staging,
+// a step's activations), against what the host has available: a job too large is refused here,
+// with the numbers and the keys to change, instead of being killed by the kernel. Ranks on
+// other hosts and GPU memory are checked by the ranks themselves before they allocate.
+void check_launch_memory(const Job& job, const ShardPlan& plan) {
+    if (job.backend.device != "cpu" || !job.launch.hosts.empty() || !job.launch.hostfile.empty()) return;
+    int64_t available = available_host_memory();
+    if (available < 0) return;
+    std::vector<int> ranks;
+    for (int r = 0; r < plan.tp; ++r) ranks.push_back(r);
+    try {
+        check_memory(plan, ranks, plan.max_batch, plan.max_batch, available, "this host", false);
+    } catch (const JobError& e) {
+        throw JobError(job.file + ": " + e.what());
+    }
 }
 
 // How long mpirun may take to end once the job is failing before tpx ends it: Open MPI 4.1's
@@ -80,20 +109,32 @@ int cmd_run(const Args& args) {
         "dry-run", "print the mpirun command instead of running it")(
         "dump-logits", po::value<std::string>(), "write every step's logits to this HDF5 file")(
         "step-delay-ms", po::value<int>(), "pause per decode step (for failure tests)")(
-        "bench", po::value<std::string>(), "run the benchmark instead of the prompts; JSON to this file (tpx bench)");
+        "bench", po::value<std::string>(), "run the benchmark instead of the prompts; JSON to this file (tpx bench)")(
+        "quiet,q", "no progress lines (loading, prefill, decode)");
     po::positional_options_description positional;
     positional.add("job", 1);
     po::variables_map vm;
-    if (parse_command_line(args, "tpx run JOB [--dry-run] [--dump-logits FILE.h5]", options, positional, vm)) return 0;
+    if (parse_command_line(args, "tpx run JOB [--dry-run] [--dump-logits FILE.h5] [--quiet]", options, positional, vm)) return 0;
 
     std::string job_path = vm["job"].as<std::string>();
     Job job = load_job(job_path);
     resolve_transform_options(job);
     if (job.run.prompts.empty() && !vm.count("bench")) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
-    check_plannable(job);
-    std::vector<std::string> output_args;  // checked before anything is written or started
+    ShardPlan plan = check_plannable(job);
+    load_text_tools(job);  // a bad tokenizer or chat template is refused before any rank starts
+    // Outputs are resolved and proven writable before anything is started.
+    std::vector<std::string> output_args;
+    std::vector<NamedPath> extra_outputs;
     for (const char* option : {"dump-logits", "bench"})
-        if (vm.count(option)) output_args.insert(output_args.end(), {std::string("--") + option, output_file_arg(option, vm[option].as<std::string>())});
+        if (vm.count(option)) {
+            std::string path = output_file_arg(option, vm[option].as<std::string>());
+            output_args.insert(output_args.end(), {std::string("--") + option, path});
+            extra_outputs.push_back({std::string("--") + option, path});
+        }
+    check_job_outputs(job, extra_outputs);
+    check_launch_memory(job, plan);
+    const char* progress = vm.count("quiet") ? "quiet" : (isatty(STDERR_FILENO) ? "live" : "lines");
+    output_args.insert(output_args.end(), {"--progress", progress});
     // A job read from a pipe cannot be read again by the ranks: hand them the resolved job.
     std::string worker_job = fs::absolute(job_path).lexically_normal().string();
     if (!fs::is_regular_file(job_path)) {
@@ -118,10 +159,21 @@ int cmd_run(const Args& args) {
     // mpirun's stderr comes through a pipe, passed on line by line, so that tpx sees when the
     // job is failing (says_job_failed) and can end an mpirun that does not end on its own.
     int err_pipe[2];
-    if (pipe(err_pipe) != 0) throw Error(std::string("tpx run: pipe failed: ") + std::strerror(errno));
+    if (pipe(err_pipe) != 0) throw Error(std::string("pipe failed: ") + std::strerror(errno));
+    // Signals that arrive between fork and the handlers being set are held, then forwarded.
+    sigset_t block, old_mask;
+    sigemptyset(&block);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&block, sig);
+    sigprocmask(SIG_BLOCK, &block, &old_mask);
+    const pid_t parent = getpid();
     g_child = fork();
-    if (g_child < 0) throw Error(std::string("tpx run: fork failed: ") + std::strerror(errno));
+    if (g_child < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
     if (g_child == 0) {
+        sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+        // Should tpx die without a word (SIGKILL), the kernel sends mpirun SIGTERM, and mpirun
+        // ends the ranks; tpx may already be gone before this line, hence the check after it.
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) _exit(128 + SIGTERM);
         dup2(err_pipe[1], STDERR_FILENO);
         close(err_pipe[0]);
         close(err_pipe[1]);
@@ -130,8 +182,8 @@ int cmd_run(const Args& args) {
         _exit(127);
     }
     close(err_pipe[1]);
-    signal(SIGINT, forward_signal);
-    signal(SIGTERM, forward_signal);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) signal(sig, forward_signal);
+    sigprocmask(SIG_SETMASK, &old_mask, nullptr);
     using Clock = std::chrono::steady_clock;
     // Shared with the relay thread, which may outlive this function (below).
     struct Relay {
@@ -140,20 +192,33 @@ int cmd_run(const Args& args) {
     };
     auto state = std::make_shared<Relay>();
     std::thread relay([state, fd = err_pipe[0]] {
-        FILE* in = fdopen(fd, "r");
-        char* line = nullptr;
-        size_t cap = 0;
+        // Bytes are passed on as they come (a live progress line ends in '\r', not '\n');
+        // whole lines are looked at for failure marks and Open MPI's noise.
+        std::string pending;
+        char buf[4096];
         ssize_t n;
-        while ((n = getline(&line, &cap, in)) > 0) {
-            std::fwrite(line, 1, (size_t)n, stderr);
-            std::fflush(stderr);
-            if (!state->failing && says_job_failed(std::string(line, (size_t)n))) {
-                state->failing_since = Clock::now().time_since_epoch().count();
-                state->failing = true;
+        while ((n = read(fd, buf, sizeof(buf))) != 0) {
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                break;
             }
+            pending.append(buf, (size_t)n);
+            size_t start = 0;
+            for (size_t end; (end = pending.find_first_of("\r\n", start)) != std::string::npos; start = end + 1) {
+                std::string line = pending.substr(start, end + 1 - start);
+                if (is_mpi_noise(line)) continue;
+                std::fwrite(line.data(), 1, line.size(), stderr);
+                if (!state->failing && says_job_failed(line)) {
+                    state->failing_since = Clock::now().time_since_epoch().count();
+                    state->failing = true;
+                }
+            }
+            pending.erase(0, start);
+            std::fflush(stderr);
         }
-        std::free(line);
-        std::fclose(in);
+        if (!pending.empty() && !is_mpi_noise(pending)) std::fwrite(pending.data(), 1, pending.size(), stderr);
+        std::fflush(stderr);
+        close(fd);
         state->drained = true;
     });
     int status = 0;
@@ -185,7 +250,11 @@ int cmd_run(const Args& args) {
     if (worker_job != fs::absolute(job_path).lexically_normal().string()) fs::remove(worker_job);
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     if (code != 0) report_unreachable_hosts(job);
-    if (code == 127) throw Error("tpx run: could not start " + cmd[0] + " (is Open MPI installed? set [launch] mpirun)");
+    if (code == 127) throw Error("could not start " + cmd[0] + " (is Open MPI installed? set [launch] mpirun)");
+    if (g_signal != 0) {
+        std::fprintf(stderr, "tpx run: job '%s' interrupted by %s after %.1f s\n", job.name.c_str(), strsignal(g_signal), seconds);
+        return 128 + g_signal;
+    }
     std::fprintf(stderr, "tpx run: job '%s' %s after %.1f s (exit status %d)\n", job.name.c_str(),
                  code == 0 ? "finished" : "failed", seconds, code);
     return code == 0 ? 0 : (code == kExitBadInput ? kExitBadInput : kExitRuntime);

@@ -212,11 +212,11 @@ std::unique_ptr<Checkpoint> open_hdf5_checkpoint(const std::string& path) {
 
 ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path) {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    std::string tmp = out_path + ".tmp-" + std::to_string(::getpid());
+    std::string tmp = temp_path_for(out_path);
     ConvertStats stats;
     try {
         H5Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
-        if (!file.ok()) throw Error(tmp + ": cannot create an HDF5 file here");
+        if (!file.ok()) throw Error(out_path + ": cannot create the HDF5 file (written through " + tmp + ")");
         write_string_attribute(file, "config.json", source.config_json());
         write_string_attribute(file, "generation_config.json", source.generation_config_json());
         write_string_attribute(file, "tpx_format", "tpx-checkpoint-1");
@@ -233,12 +233,12 @@ ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path) {
                 H5Pset_chunk(props, (int)chunk.size(), chunk.data());
             }
             H5Id ds(H5Dcreate2(group, t.name.c_str(), h5_type(t.dtype), space, H5P_DEFAULT, props, H5P_DEFAULT), H5Dclose);
-            if (!ds.ok()) throw Error(tmp + ": cannot create dataset for tensor '" + t.name + "'");
+            if (!ds.ok()) throw Error(out_path + ": cannot create the dataset for tensor '" + t.name + "'");
             write_string_attribute(ds, "dtype", dtype_name(t.dtype));
             buffer.resize(t.nbytes);
             source.read(t.name, Slice::whole(), t.dtype, buffer.data());
             if (t.nbytes > 0 && H5Dwrite(ds, h5_type(t.dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, buffer.data()) < 0)
-                throw Error(tmp + ": writing tensor '" + t.name + "' failed");
+                throw Error(out_path + ": writing tensor '" + t.name + "' failed");
             ++stats.tensors;
             stats.bytes += t.nbytes;
         }

@@ -1,6 +1,7 @@
 // Building, printing and serializing the plan.
 #include "sharding/plan.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -35,6 +36,24 @@ json pieces_json(const std::vector<Piece>& pieces) {
                             {"elements", p.elements}});
     }
     return out;
+}
+
+// run.eos and run.max_seq_len against the model: an eos id outside the vocabulary can never be
+// generated, and positions past max_position_embeddings are outside what the model was trained
+// for unless its RoPE scaling stretches them.
+void check_run_limits(const Job& job, const ModelConfig& c) {
+    for (int64_t id : job.run.eos)
+        if (id >= c.vocab_size)
+            throw JobError(job.file + ": run.eos holds " + std::to_string(id) + ", outside the model's vocabulary of " +
+                           std::to_string(c.vocab_size) + " ids (" + c.file + ")");
+    int64_t limit = c.max_position_embeddings;
+    if (c.rope.type != "default" && c.rope.factor > 1)
+        limit = std::max(limit, (int64_t)((double)c.rope.original_max_position_embeddings * c.rope.factor));
+    if (limit > 0 && job.run.max_seq_len > limit)
+        throw JobError(job.file + ": run.max_seq_len = " + std::to_string(job.run.max_seq_len) + " is beyond the model's " +
+                       std::to_string(limit) + " positions (max_position_embeddings in " + c.file +
+                       (c.rope.type != "default" ? ", with its RoPE scaling" : "") + "); leave it out or set at most " +
+                       std::to_string(limit));
 }
 
 }  // namespace
@@ -103,6 +122,7 @@ ShardPlan make_plan(const Job& job, int world) {
     plan.costs = ctx.costs;
     plan.max_batch = job.run.max_batch;
     plan.max_seq_len = job.run.max_seq_len > 0 ? job.run.max_seq_len : ctx.config.max_position_embeddings;
+    check_run_limits(job, ctx.config);
 
     // KV cache: K and V of every layer for the local KV heads, max_batch x max_seq_len tokens.
     int64_t kv_heads_local = 0;
@@ -111,10 +131,17 @@ ShardPlan make_plan(const Job& job, int world) {
     int64_t kv_bytes = 2 * ctx.config.num_layers * kv_heads_local * ctx.config.head_dim * plan.max_batch * plan.max_seq_len *
                        dtype_bytes(ctx.act_dtype);
     int64_t ckpt_elem = dtype_bytes(ctx.config.dtype);
+    const ModelConfig& c = ctx.config;
+    const int64_t act = dtype_bytes(ctx.act_dtype);
+    const int64_t mlp_local = (c.is_moe() ? c.intermediate_size * c.experts_per_token : c.intermediate_size) / plan.tp;
+    const int64_t per_token = act * (4 * c.hidden_size + (c.num_heads / plan.tp + 2 * kv_heads_local) * c.head_dim + 3 * mlp_local);
     for (int r = 0; r < plan.tp; ++r) {
         RankPlan rp;
         rp.rank = r;
         rp.kv_cache_bytes = kv_bytes;
+        rp.activation_bytes_per_token = per_token;
+        rp.logits_bytes_per_row = c.vocab_size * (int64_t)sizeof(float);
+        rp.staging_bytes = job.backend.device == "cuda" ? (256ll << 20) : 0;  // upload_weights' pinned ring
         for (Node* n : ctx.graph.nodes()) {
             if (!n->param) continue;
             WeightPlan w;
@@ -142,7 +169,8 @@ json ShardPlan::to_json() const {
         json coll = json::object();
         for (const auto& [op, c] : costs.collectives) coll[op] = {{"count", c.count}, {"bytes_per_token", c.bytes_per_token}};
         ranks_json.push_back({{"rank", r.rank}, {"weight_bytes", r.weight_bytes}, {"kv_cache_bytes", r.kv_cache_bytes},
-                              {"read_bytes", r.read_bytes}, {"collectives", coll}, {"weights", weights}});
+                              {"activation_bytes_per_token", r.activation_bytes_per_token}, {"logits_bytes_per_row", r.logits_bytes_per_row},
+                              {"staging_bytes", r.staging_bytes}, {"read_bytes", r.read_bytes}, {"collectives", coll}, {"weights", weights}});
     }
     json transforms_json = json::array();
     for (const TransformRecord& t : transforms)
@@ -234,6 +262,9 @@ ShardPlan ShardPlan::from_json(const json& j) {
         r.rank = jr.at("rank");
         r.weight_bytes = jr.at("weight_bytes");
         r.kv_cache_bytes = jr.at("kv_cache_bytes");
+        r.activation_bytes_per_token = jr.at("activation_bytes_per_token");
+        r.logits_bytes_per_row = jr.at("logits_bytes_per_row");
+        r.staging_bytes = jr.at("staging_bytes");
         r.read_bytes = jr.at("read_bytes");
         for (auto it = jr.at("collectives").begin(); it != jr.at("collectives").end(); ++it)
             p.costs.collectives[it.key()] = {it->at("count"), it->at("bytes_per_token")};
@@ -249,6 +280,25 @@ ShardPlan ShardPlan::from_json(const json& j) {
         }
     }
     return p;
+}
+
+void check_memory(const ShardPlan& plan, const std::vector<int>& ranks, int64_t tokens, int64_t rows, int64_t available,
+                  const std::string& where, bool on_device) {
+    int64_t need = 0, weights = 0, kv = 0;
+    for (int r : ranks) {
+        const RankPlan& rp = plan.ranks.at(r);
+        need += rp.memory_bytes(tokens, rows, on_device);
+        weights += rp.weight_bytes;
+        kv += rp.kv_cache_bytes;
+    }
+    if (need <= available) return;
+    std::ostringstream os;
+    os << where << ": not enough memory for " << ranks.size() << (ranks.size() == 1 ? " rank" : " ranks") << ": they need "
+       << human_bytes((double)need) << " (weights " << human_bytes((double)weights) << ", KV cache " << human_bytes((double)kv)
+       << " for max_batch " << plan.max_batch << " x max_seq_len " << plan.max_seq_len << ", activations and staging "
+       << human_bytes((double)(need - weights - kv)) << ") but " << human_bytes((double)available)
+       << " is available; lower run.max_seq_len or run.max_batch, or spread the job over more ranks or hosts (parallel.tp, parallel.nodes)";
+    throw JobError(os.str());
 }
 
 std::string format_plan(const ShardPlan& p, bool detail) {

@@ -29,7 +29,19 @@ struct RankPlan {
     int64_t weight_bytes = 0;
     int64_t kv_cache_bytes = 0;
     int64_t read_bytes = 0;  // what the loader will read (exact when checkpoint headers were at hand)
+    // Memory besides weights and KV cache, an estimate: activations per token of a forward
+    // (residual, norms, q/k/v, attention output, gate/up of the local heads and MLP slice, in
+    // the activation dtype) and a logits row per sequence; staging for the GPU's uploads.
+    int64_t activation_bytes_per_token = 0;
+    int64_t logits_bytes_per_row = 0;
+    int64_t staging_bytes = 0;
     std::vector<WeightPlan> weights;
+
+    // What this rank holds at most when a forward runs `tokens` tokens for `rows` sequences.
+    int64_t memory_bytes(int64_t tokens, int64_t rows, bool on_device) const {
+        return weight_bytes + kv_cache_bytes + (on_device ? 0 : staging_bytes) + tokens * activation_bytes_per_token +
+               rows * logits_bytes_per_row;
+    }
 };
 
 struct ShardPlan {
@@ -58,6 +70,12 @@ ShardPlan make_plan(const Job& job, int world = 0);
 // The weight dtype the ranks hold: model.dtype, or for "auto" the checkpoint's on cuda and
 // float32 on cpu (the CPU backend computes in fp32).
 std::string resolve_weight_dtype(const Job& job, const ModelConfig& config);
+
+// Refuses (JobError, exit 2) a plan whose `ranks` need more than `available` bytes of one
+// memory (a host's, or one device's when `on_device`: no staging there) for a forward of
+// `tokens` tokens over `rows` sequences, naming `where`, the numbers and the keys to change.
+void check_memory(const ShardPlan& plan, const std::vector<int>& ranks, int64_t tokens, int64_t rows, int64_t available,
+                  const std::string& where, bool on_device);
 
 // A human-readable summary: one row per rank and the totals, then the transforms; `detail`
 // adds each rank's weights.

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <set>
 
 #include "common/error.h"
 #include "jobs/emit.h"
@@ -113,4 +114,21 @@ TEST(Jobs, UsageErrorsExitTwo) {
     auto help = run_process(tpx_bin("tpx") + " validate --help");
     EXPECT_EQ(help.exit_code, 0);
     EXPECT_NE(help.out.find("usage: tpx validate JOB"), std::string::npos);
+}
+
+// Default output names: readable characters of any script stay; distinct job names never share
+// a file (a name that lost or changed a character ends in a hash of the whole name).
+TEST(Jobs, DefaultOutputNamesAreReadableAndDistinct) {
+    EXPECT_EQ(tpx::file_safe("tiny"), "tiny");
+    EXPECT_EQ(tpx::file_safe("ジョブ"), "ジョブ");
+    EXPECT_NE(tpx::file_safe("ジョブ"), tpx::file_safe("テスト"));
+    std::set<std::string> names = {tpx::file_safe("a b"), tpx::file_safe("a/b"), tpx::file_safe("a_b"), tpx::file_safe("a\\b")};
+    EXPECT_EQ(names.size(), 4u);
+    EXPECT_EQ(tpx::file_safe("a_b"), "a_b");
+    EXPECT_EQ(tpx::file_safe("a b").rfind("a_b-", 0), 0u) << tpx::file_safe("a b");
+    EXPECT_EQ(tpx::file_safe("..").find('/'), std::string::npos);
+    EXPECT_NE(tpx::file_safe(".."), "..");
+    std::string long_name = tpx::file_safe(std::string(300, 'x'));
+    EXPECT_LE(long_name.size(), 120u);
+    EXPECT_NE(long_name, tpx::file_safe(std::string(301, 'x')));
 }

@@ -241,14 +241,14 @@ TEST(Meta, ParamsBecomeAnHfConfig) {
 // q/k order, every byte (the reference is save_pretrained's own file).
 TEST(Meta, ConvertWritesHfsFolder) {
     std::string dir = tpx_test::temp_dir();
-    auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " convert " + kMeta + "/meta-llama2-mp4 " + dir + "/hf");
+    auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " convert " + kMeta + "/meta-llama2-mp4 " + dir + "/hf --hf");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto hf = Checkpoint::open(kHf), out = Checkpoint::open(dir + "/hf");
     EXPECT_STREQ(out->format(), "safetensors");
     ASSERT_EQ(out->tensors().size(), hf->tensors().size());
     for (const TensorInfo& t : hf->tensors())
         EXPECT_EQ(read_bf16(*out, t.name, Slice::whole()), read_bf16(*hf, t.name, Slice::whole())) << t.name;
-    r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " convert " + kMeta + "/meta-llama2-mp4 " + dir + "/hf");
+    r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " convert " + kMeta + "/meta-llama2-mp4 " + dir + "/hf --hf");
     EXPECT_EQ(r.exit_code, 2) << "an existing folder is not written over";
     EXPECT_NE(r.err.find("already exists"), std::string::npos) << r.err;
     fs::remove_all(dir);

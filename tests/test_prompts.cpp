@@ -7,7 +7,7 @@
 
 #include "common/error.h"
 #include "process.h"
-#include "worker/prompts.h"
+#include "text/prompts.h"
 
 namespace {
 
@@ -41,15 +41,18 @@ TEST(Prompts, EachMalformedLineIsNamed) {
         std::string text, message;
     } cases[] = {
         {"not json\n", ":1: not a JSON object"},
-        {"[1, 2]\n", ":1: expected {\"id\": ..., \"input_ids\": [...]}"},
-        {"{\"id\": 1}\n", ":1: expected {\"id\": ..., \"input_ids\": [...]}"},
-        {ok + "{\"id\": \"q\", \"input_ids\": [1], \"text\": \"hello\"}\n", ":2: unknown key 'text'; valid keys: id, input_ids"},
+        {"[1, 2]\n", ":1: expected a JSON object"},
+        {"{\"id\": 1}\n", ":1: no prompt: give one of input_ids, text, messages"},
+        {ok + "{\"id\": \"q\", \"input_ids\": [1], \"text\": \"hello\"}\n", ":2: give only one of input_ids, text, messages"},
+        {ok + "{\"id\": \"q\", \"prompt\": \"hello\"}\n", ":2: unknown key 'prompt'; valid keys: id, and one of input_ids, text, messages"},
+        {"{\"id\": \"t\", \"text\": \"hello\"}\n", ":1: prompt t: a \"text\" prompt needs a tokenizer"},
+        {"{\"id\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n", ":1: prompt m: a \"messages\" prompt needs a tokenizer"},
         {"{\"id\": {\"a\": 1}, \"input_ids\": [1]}\n", ":1: id {\"a\":1} is not a string or an integer"},
         {"{\"id\": 1.5, \"input_ids\": [1]}\n", ":1: id 1.5 is not a string or an integer"},
         {ok + "\n" + ok, ":3: prompt id p is also the id on line 1"},
         {"{\"id\": 3, \"input_ids\": [1]}\n{\"id\": \"3\", \"input_ids\": [1]}\n", ":2: prompt id 3 is also the id on line 1"},
         {"{\"id\": \"p\", \"input_ids\": [1, 2.5]}\n", ":1: prompt p: input_ids[1] = 2.5 is not a token id"},
-        {"{\"id\": \"p\", \"input_ids\": [1, -2]}\n", ":1: prompt p: token id -2 at position 1 is outside the vocabulary [0, 10)"},
+        {"{\"id\": \"p\", \"input_ids\": [1, -2]}\n", ":1: prompt p: token id -2 at position 1 is outside the model's vocabulary [0, 10)"},
         {"{\"id\": \"p\", \"input_ids\": []}\n", ":1: prompt p has no tokens"},
         {"{\"id\": \"p\", \"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3, 4]}\n",
          ":1: prompt p: 13 tokens + max_new_tokens 4 exceed max_seq_len 16"},

@@ -22,17 +22,62 @@ using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
+// "decode: 12/40 prompts done, 310 tokens, 95.2 tokens/s, ETA 41s": the batch at `first` of
+// `count` prompts is at decode `step` of at most `max_new`.
+void show_progress(Progress& progress, const std::vector<SequenceResult>& results, size_t first, size_t count, int64_t step,
+                   int64_t max_new, Clock::time_point start) {
+    size_t tokens = 0;
+    for (size_t i = 0; i < first + count; ++i) tokens += results[i].output.size();
+    double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    double done = (double)first + (double)count * (double)step / (double)std::max<int64_t>(1, max_new);
+    double eta = done > 0 ? seconds * ((double)results.size() - done) / done : -1;
+    char line[160];
+    std::snprintf(line, sizeof(line), "decode: %zu/%zu prompts done, %zu tokens, %.1f tokens/s, ETA %s", first, results.size(), tokens,
+                  seconds > 0 ? (double)tokens / seconds : 0.0, format_eta(eta).c_str());
+    progress.update(line);
+}
+
+// A sequence is done: its reason, and on rank 0 its text (HF's decode with
+// skip_special_tokens=True, cut before a stop string) and the caller's hook.
+void finish(SequenceResult& r, const char* reason, bool coordinator, const GenerationSettings& s) {
+    r.finish_reason = reason;
+    if (!coordinator) return;
+    if (s.tokenizer) {
+        r.text = s.tokenizer->decode(r.output, /*skip_special_tokens=*/true);
+        if (size_t at = s.stop.find_in(r.text); r.finish_reason == "stop" && at != std::string::npos) r.text.resize(at);
+        r.has_text = true;
+    }
+    if (s.on_finished) {
+        if (s.progress) s.progress->finish();
+        s.on_finished(r);
+    }
+}
+
 }  // namespace
+
+std::mt19937_64 prompt_rng(uint64_t seed, const std::string& prompt_id) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a of the id, then splitmix64 with the seed
+    for (char c : prompt_id) h = (h ^ (unsigned char)c) * 1099511628211ull;
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (h | 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return std::mt19937_64(z ^ (z >> 31));
+}
 
 std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const std::vector<Prompt>& prompts,
                                      const GenerationSettings& s) {
     const int64_t vocab = exec.vocab();
-    std::mt19937_64 rng(s.seed);
+    // Each prompt samples from its own stream (rank 0 only draws), so its tokens do not depend
+    // on the other prompts, on max_batch or on the world size.
+    std::vector<std::mt19937_64> rngs;
+    if (comm.rank() == 0)
+        for (const Prompt& p : prompts) rngs.push_back(prompt_rng(s.seed, p.id));
     // Greedy without logits to keep: the backend picks the tokens itself (on the GPU, only the
     // ids come back), and every rank has the same ids; rank 0's are still the ones broadcast.
     const bool device_argmax = s.sampling.temperature <= 0 && !s.keep_logits;
     std::vector<int32_t> argmax_ids;
     std::vector<SequenceResult> results(prompts.size());
+    const Clock::time_point run_start = Clock::now();
     for (size_t first = 0; first < prompts.size(); first += (size_t)s.max_batch) {
         size_t count = std::min<size_t>((size_t)s.max_batch, prompts.size() - first);
         // Prefill: every prompt token of the batch in one forward.
@@ -50,6 +95,10 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
             last_row[b] = (int64_t)batch.ids.size() - 1;
             if (!s.keep_logits) batch.logit_rows.push_back(last_row[b]);
         }
+        if (s.progress)
+            s.progress->update("prefill: prompts " + std::to_string(first + 1) + "-" + std::to_string(first + count) + " of " +
+                                   std::to_string(prompts.size()) + ", " + std::to_string(batch.ids.size()) + " tokens",
+                               batch.ids.size() >= 4096);
         auto t0 = Clock::now();
         std::vector<float> logits;
         if (device_argmax) argmax_ids = exec.forward_argmax(batch);
@@ -71,7 +120,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
         // Decode: one token per unfinished sequence per step.
         std::vector<int32_t> active(count, s.max_new_tokens > 0 ? 1 : 0);
         for (size_t b = 0; b < count; ++b)
-            if (!active[b]) results[first + b].finish_reason = "length";
+            if (!active[b]) finish(results[first + b], "length", comm.rank() == 0, s);
         auto decode_start = Clock::now();
         for (int64_t step = 0; step < s.max_new_tokens; ++step) {
             // Rank 0 chooses; every rank gets the same tokens and the same finished flags.
@@ -79,9 +128,17 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
             if (comm.rank() == 0)
                 for (size_t b = 0; b < count; ++b) {
                     if (!active[b]) continue;
-                    chosen[b] = device_argmax ? next_ids[b] : (int32_t)cpu::sample(next_logits[b], vocab, s.sampling, rng);
+                    chosen[b] = device_argmax ? next_ids[b] : (int32_t)cpu::sample(next_logits[b], vocab, s.sampling, rngs[first + b]);
+                    // Stop strings are read off the text, which only rank 0 decodes: its verdict
+                    // travels with the token.
+                    if (s.tokenizer && !s.stop.empty()) {
+                        std::vector<int32_t>& out = results[first + b].output;
+                        out.push_back(chosen[b]);
+                        chosen[count + b] = s.stop.reached(*s.tokenizer, out) ? 1 : 0;
+                        out.pop_back();
+                    }
                 }
-            comm.broadcast(chosen.data(), count * sizeof(int32_t), 0);
+            comm.broadcast(chosen.data(), 2 * count * sizeof(int32_t), 0);
             TokenBatch next;
             for (size_t b = 0; b < count; ++b) {
                 if (!active[b]) continue;
@@ -89,8 +146,9 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                 if (s.keep_logits) r.step_logits.insert(r.step_logits.end(), next_logits[b], next_logits[b] + vocab);
                 r.output.push_back(chosen[b]);
                 bool eos = std::find(s.eos.begin(), s.eos.end(), (int64_t)chosen[b]) != s.eos.end();
-                if (eos || (int64_t)r.output.size() >= s.max_new_tokens) {
-                    r.finish_reason = eos ? "stop" : "length";
+                bool stopped = chosen[count + b] != 0;
+                if (eos || stopped || (int64_t)r.output.size() >= s.max_new_tokens) {
+                    finish(r, stopped ? "stop" : eos ? "eos" : "length", comm.rank() == 0, s);
                     active[b] = 0;
                     continue;
                 }
@@ -99,6 +157,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                 next.slots.push_back((int32_t)b);
                 next.logit_rows.push_back((int64_t)next.ids.size() - 1);
             }
+            if (s.progress) show_progress(*s.progress, results, first, count, step + 1, s.max_new_tokens, run_start);
             if (next.ids.empty()) break;
             if (s.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(s.step_delay_ms));
             if (device_argmax) argmax_ids = exec.forward_argmax(next);
@@ -123,6 +182,7 @@ void write_results_jsonl(const std::string& path, const std::vector<SequenceResu
             if (r.prompt.id_is_number) j["id"] = std::stoll(r.prompt.id);
             else j["id"] = r.prompt.id;
             j["output_ids"] = r.output;
+            if (r.has_text) j["text"] = r.text;
             j["finish_reason"] = r.finish_reason;
             j["prompt_tokens"] = r.prompt.tokens.size();
             j["generated_tokens"] = r.output.size();
@@ -135,7 +195,7 @@ void write_results_jsonl(const std::string& path, const std::vector<SequenceResu
 
 void write_logits_h5(const std::string& path, const std::vector<SequenceResult>& results, int64_t vocab) {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+    std::string tmp = temp_path_for(path);
     hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (file < 0) throw Error(path + ": cannot create the logits file (" + tmp + ")");
     auto write = [&](hid_t group, const char* name, const std::vector<float>& v) {

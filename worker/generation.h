@@ -4,15 +4,21 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
 #include "worker/comm.h"
 #include "worker/executor.h"
-#include "worker/prompts.h"
+#include "worker/progress.h"
+#include "text/prompts.h"
+#include "text/stop_strings.h"
 
 namespace tpx {
+
+struct SequenceResult;
 
 struct GenerationSettings {
     int64_t max_batch = 8;
@@ -22,12 +28,18 @@ struct GenerationSettings {
     uint64_t seed = 0;
     bool keep_logits = false;   // every prompt position's logits and every step's (--dump-logits)
     int step_delay_ms = 0;      // a pause per decode step (a test aid for failures mid-run)
+    Progress* progress = nullptr;  // rank 0's progress line (prompts done, tokens/s, ETA); null = none
+    const Tokenizer* tokenizer = nullptr;  // rank 0: outputs as text, and stop strings; null = ids only
+    StopStrings stop;                      // [run] stop (needs the tokenizer)
+    std::function<void(const SequenceResult&)> on_finished;  // rank 0, as each sequence ends
 };
 
 struct SequenceResult {
     Prompt prompt;
     std::vector<int32_t> output;
-    std::string finish_reason;  // "stop" (an eos id) or "length"
+    std::string finish_reason;  // "eos" (an eos id), "stop" (a stop string) or "length"
+    std::string text;           // rank 0, with a tokenizer: the output decoded, cut before a stop string
+    bool has_text = false;
     double time_to_first_token_ms = 0;
     double decode_ms = 0;
     std::vector<float> prompt_logits;  // [prompt length, vocab] when keep_logits
@@ -37,6 +49,9 @@ struct SequenceResult {
 // Collective: every rank calls it with the same prompts (ids only matter on rank 0).
 std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const std::vector<Prompt>& prompts,
                                      const GenerationSettings& settings);
+
+// The random stream prompt `prompt_id` samples from: a function of the seed and the id alone.
+std::mt19937_64 prompt_rng(uint64_t seed, const std::string& prompt_id);
 
 // Written atomically (a temp file, then renamed), so a failed run leaves nothing half-written.
 void write_results_jsonl(const std::string& path, const std::vector<SequenceResult>& results);

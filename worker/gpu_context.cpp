@@ -30,6 +30,12 @@ GpuContext::~GpuContext() {
     if (stream) cudaStreamDestroy(stream);
 }
 
+int64_t device_free_memory() {
+    size_t free_b = 0, total = 0;
+    if (cudaMemGetInfo(&free_b, &total) != cudaSuccess) return -1;
+    return (int64_t)free_b;
+}
+
 int64_t device_memory_in_use() {
     size_t free_b = 0, total = 0;
     if (cudaMemGetInfo(&free_b, &total) != cudaSuccess) return 0;

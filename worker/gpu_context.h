@@ -25,6 +25,8 @@ struct GpuContext {
 
 // Bytes of device memory in use (total minus free), for the transforms' memory change.
 int64_t device_memory_in_use();
+// Free bytes on this rank's device, or -1 when CUDA cannot say.
+int64_t device_free_memory();
 
 }  // namespace tpx
 

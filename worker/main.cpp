@@ -2,6 +2,7 @@
 // broadcast, load this rank's slices, finish the pipeline, generate, report. Any error on any
 // rank prints "rank R (host): message" and aborts the whole job, so no peer waits forever in
 // a collective.
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -20,9 +21,11 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file.h"
+#include "common/host_memory.h"
 #include "common/log.h"
 #include "common/mpi_check.h"
 #include "jobs/emit.h"
+#include "jobs/outputs.h"
 #include "jobs/parse.h"
 #include "loader/checkpoint.h"
 #include "sharding/plan.h"
@@ -30,6 +33,8 @@
 #include "worker/executor.h"
 #include "worker/generation.h"
 #include "worker/mpi_comm.h"
+#include "worker/progress.h"
+#include "text/text_tools.h"
 #include "worker/report.h"
 #include "worker/topology.h"
 #include "worker/weights.h"
@@ -48,7 +53,9 @@ struct Options {
     std::string dump_logits;
     std::string launched_by;
     std::string bench;  // JSON path: run the benchmark instead of the prompts
+    std::string progress = "lines";  // quiet | lines | live (tpx run chooses by its terminal)
     int step_delay_ms = 0;
+    bool help = false;
 };
 
 Options parse_options(int argc, char** argv) {
@@ -58,11 +65,19 @@ Options parse_options(int argc, char** argv) {
         "dump-logits", po::value(&o.dump_logits), "write every prompt position's and every step's logits to this .h5 file")(
         "step-delay-ms", po::value(&o.step_delay_ms), "pause per decode step (for failure tests; also TPX_STEP_DELAY_MS)")(
         "bench", po::value(&o.bench), "run the benchmark (docs/PERF.md) and write its JSON here")(
-        "launched-by", po::value(&o.launched_by), "srun: cross-check SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS against MPI");
+        "launched-by", po::value(&o.launched_by), "srun: cross-check SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS against MPI")(
+        "progress", po::value(&o.progress), "rank 0's progress on stderr: quiet, lines (every few seconds) or live (one line, rewritten)")(
+        "help,h", "print this help");
     po::variables_map vm;
     try {
         po::store(po::parse_command_line(argc, argv, desc), vm);
+        if (vm.count("help")) {
+            std::cout << "usage: tpx-worker --job JOB [options]   (normally started by `tpx run` or `tpx submit`)\n\n" << desc << "\n";
+            o.help = true;
+            return o;
+        }
         po::notify(vm);
+        parse_progress_mode(o.progress);
         if (!vm.count("step-delay-ms"))
             if (const char* d = std::getenv("TPX_STEP_DELAY_MS")) o.step_delay_ms = std::atoi(d);
     } catch (const po::error& e) {
@@ -99,6 +114,86 @@ void on_bus_error(int sig) {
     std::raise(sig);
 }
 
+// One finished prompt on the terminal: its text (JSON-quoted, so that newlines stay on the
+// line) when the job has a tokenizer, else its ids.
+void print_result(const SequenceResult& r) {
+    std::string shown;
+    if (r.has_text) {
+        shown = " " + nlohmann::json(r.text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    } else {
+        for (int32_t t : r.output) shown += " " + std::to_string(t);
+    }
+    std::printf("%s:%s  (%s, %zu tokens, first token %.1f ms)\n", r.prompt.id.c_str(), shown.c_str(), r.finish_reason.c_str(), r.output.size(),
+                r.time_to_first_token_ms);
+    std::fflush(stdout);
+}
+
+// The largest prefill of the run: prompts go in batches of max_batch, in file order.
+int64_t max_prefill_tokens(const std::vector<Prompt>& prompts, int64_t max_batch) {
+    int64_t most = 0;
+    for (size_t first = 0; first < prompts.size(); first += (size_t)max_batch) {
+        int64_t tokens = 0;
+        for (size_t i = first; i < std::min(prompts.size(), first + (size_t)max_batch); ++i) tokens += (int64_t)prompts[i].tokens.size();
+        most = std::max(most, tokens);
+    }
+    return most;
+}
+
+// Before any weight is allocated: on the CPU backend the first rank of each host checks what
+// that host's ranks need against its available memory; on GPUs each rank checks its device's
+// free memory. A job that does not fit is refused with the numbers (JobError, exit 2) instead
+// of dying in the kernel's OOM killer or a bare bad_alloc.
+void check_memory_before_load(const ShardPlan& plan, const std::vector<Prompt>& prompts, int rank) {
+    int64_t tokens = std::max<int64_t>(plan.max_batch, max_prefill_tokens(prompts, plan.max_batch));
+    int64_t rows = std::min<int64_t>(plan.max_batch, std::max<size_t>(1, prompts.size()));
+    if (plan.backend == "cpu") {
+        std::vector<int> ranks = ranks_on_this_host();
+        int64_t available = available_host_memory();
+        if (ranks.front() == rank && available >= 0)
+            check_memory(plan, ranks, tokens, rows, available, "host " + identity().host, false);
+    } else {
+#ifdef TPX_HAVE_CUDA
+        int64_t free_bytes = device_free_memory();  // this rank's device, selected by GpuContext
+        if (free_bytes >= 0) check_memory(plan, {rank}, tokens, rows, free_bytes, where() + ", its GPU", true);
+#endif
+    }
+}
+
+// Rank 0's loading line: bytes read of the plan's, and the rate, while the load runs.
+class LoadProgress {
+public:
+    LoadProgress(Progress& progress, const Checkpoint& ckpt, int64_t planned) : progress_(progress) {
+        if (progress.quiet()) return;
+        thread_ = std::thread([this, &ckpt, planned] {
+            auto start = std::chrono::steady_clock::now();
+            std::unique_lock<std::mutex> lock(mutex_);
+            while (!cv_.wait_for(lock, std::chrono::milliseconds(250), [this] { return done_; })) {
+                double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+                double gb = (double)ckpt.stats().data_bytes / 1e9;
+                char line[128];
+                std::snprintf(line, sizeof(line), "loading: %.2f of %.2f GB read, %.2f GB/s", gb, (double)planned / 1e9, s > 0 ? gb / s : 0.0);
+                progress_.update(line);
+            }
+        });
+    }
+    ~LoadProgress() {
+        if (!thread_.joinable()) return;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            done_ = true;
+        }
+        cv_.notify_one();
+        thread_.join();
+    }
+
+private:
+    Progress& progress_;
+    std::thread thread_;
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    bool done_ = false;
+};
+
 int run(const Options& opt) {
     MpiCommunicator comm;
     const int rank = comm.rank();
@@ -131,8 +226,10 @@ int run(const Options& opt) {
     if (job.run.prompts.empty() && opt.bench.empty()) throw Error(job.file + ": run.prompts is not set: there is nothing to run", kExitBadInput);
     std::vector<int32_t> packed;
     uint64_t packed_size = 0;
+    TextTools text;  // rank 0's tokenizer and chat template, when the job has them
     if (rank == 0 && opt.bench.empty()) {
-        prompts = read_prompts(job.run.prompts, plan.config.vocab_size, job.run.max_new_tokens, plan.max_seq_len);
+        text = load_text_tools(job);
+        prompts = read_prompts(job.run.prompts, plan.config.vocab_size, job.run.max_new_tokens, plan.max_seq_len, text);
         packed = pack_prompts(prompts);
         packed_size = packed.size();
     }
@@ -140,6 +237,16 @@ int run(const Options& opt) {
     packed.resize(packed_size);
     comm.broadcast(packed.data(), packed_size * sizeof(int32_t), 0);
     if (rank != 0 && opt.bench.empty()) prompts = unpack_prompts(packed);
+
+    // Outputs are proven writable before any weight is read (a Slurm node may not see the
+    // folders the launcher saw).
+    if (rank == 0 && opt.bench.empty()) {
+        std::vector<NamedPath> extra;
+        if (!opt.dump_logits.empty()) extra.push_back({"--dump-logits", opt.dump_logits});
+        check_job_outputs(job, extra);
+    }
+    if (plan.backend == "cpu") check_memory_before_load(plan, prompts, rank);
+    Progress progress(rank == 0 ? parse_progress_mode(opt.progress) : ProgressMode::kQuiet);
 
     // The rest of the pipeline, on this rank: load, fuse, allocate, capture.
     auto load_start = std::chrono::steady_clock::now();
@@ -197,6 +304,7 @@ int run(const Options& opt) {
     } else {
 #ifdef TPX_HAVE_CUDA
         gpu = std::make_unique<GpuContext>(comm);
+        check_memory_before_load(plan, prompts, rank);
         ctx.memory_in_use = [](const TransformContext&) { return device_memory_in_use(); };
         reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
             maybe_fail("load", rank);
@@ -221,7 +329,10 @@ int run(const Options& opt) {
         throw Error("this tpx-worker was built without CUDA; the job asks for backend " + plan.backend, kExitBadInput);
 #endif
     }
-    run_pipeline(ctx, resolve_transform_options(job), Stage::kWeightLoad, Stage::kCompile);
+    {
+        LoadProgress shown(progress, *ckpt, plan.ranks.at(rank).read_bytes);
+        run_pipeline(ctx, resolve_transform_options(job), Stage::kWeightLoad, Stage::kCompile);
+    }
     if (rank == 0 && weights_seconds > 0)
         log_info("loaded ", weight_bytes / 1e9, " GB per rank in ", load_seconds, " s; the weights' read and upload ", weights_seconds,
                  " s (", ckpt->stats().data_bytes / 1e9 / weights_seconds, " GB/s)");
@@ -252,8 +363,13 @@ int run(const Options& opt) {
     gs.seed = job.run.sampling.seed;
     gs.keep_logits = !opt.dump_logits.empty();
     gs.step_delay_ms = opt.step_delay_ms;
+    gs.progress = rank == 0 ? &progress : nullptr;
+    gs.tokenizer = text.tokenizer ? &*text.tokenizer : nullptr;
+    gs.stop = StopStrings(job.run.stop);
+    gs.on_finished = print_result;
     maybe_fail("decode", rank);
     std::vector<SequenceResult> results = generate(*exec, comm, prompts, gs);
+    progress.finish();
 #ifdef TPX_HAVE_CUDA
     if (auto* cuda_exec = dynamic_cast<CudaExecutor*>(exec.get()); cuda_exec && rank == 0)
         log_info("decode: ", cuda_exec->graph_replays(), " CUDA graph replays of ", cuda_exec->graphs_captured(), " captured graphs (",
@@ -277,12 +393,7 @@ int run(const Options& opt) {
     if (rank == 0) {
         write_results_jsonl(job.run.output, results);
         if (!opt.dump_logits.empty()) write_logits_h5(opt.dump_logits, results, exec->vocab());
-        write_file_atomically(job.run.output + ".ranks.json", reports_json(reports));
-        for (const SequenceResult& r : results) {
-            std::printf("%s:", r.prompt.id.c_str());
-            for (int32_t t : r.output) std::printf(" %d", t);
-            std::printf("  (%s, %zu tokens, first token %.1f ms)\n", r.finish_reason.c_str(), r.output.size(), r.time_to_first_token_ms);
-        }
+        if (std::string ranks = ranks_table_path(job); !ranks.empty()) write_file_atomically(ranks, reports_json(reports));
         std::printf("\n%s", format_reports(reports).c_str());
         std::printf("output: %s\n", job.run.output.c_str());
         std::fflush(stdout);
@@ -295,6 +406,16 @@ int run(const Options& opt) {
 }  // namespace tpx
 
 int main(int argc, char** argv) {
+    // A rank never outlives the process that started it (mpirun's daemon, or srun's step): if
+    // that dies without ending its ranks, the kernel ends this one.
+    const pid_t parent = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) return tpx::kExitRuntime;
+    for (int i = 1; i < argc; ++i)
+        if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+            tpx::parse_options(argc, argv);  // prints the help, no MPI needed
+            return 0;
+        }
     // MPI_Init waits for every rank to start: one that stops (or never starts) would hold the
     // others there, before any collective with a timeout. This rank ends itself after
     // TPX_COLLECTIVE_TIMEOUT_S, and mpirun then ends the job.
@@ -328,13 +449,18 @@ int main(int argc, char** argv) {
     tpx::set_identity(rank, world);
     int code = 0;
     try {
-        code = tpx::run(tpx::parse_options(argc, argv));
+        tpx::Options options = tpx::parse_options(argc, argv);
+        code = options.help ? 0 : tpx::run(options);
     } catch (const tpx::Error& e) {
         code = e.exit_code();
         std::string what = e.what();
         // Messages from check macros already start with "rank R (host)".
         std::string prefix = tpx::where() + ": ";
         std::fprintf(stderr, "%s%s\n", what.rfind(prefix, 0) == 0 ? "" : prefix.c_str(), what.c_str());
+    } catch (const std::bad_alloc&) {
+        code = tpx::kExitRuntime;
+        std::fprintf(stderr, "%s: out of host memory (an allocation failed); `tpx plan` shows what each rank holds: lower run.max_seq_len "
+                             "or run.max_batch, or use more ranks\n", tpx::where().c_str());
     } catch (const std::exception& e) {
         code = tpx::kExitRuntime;
         std::fprintf(stderr, "%s: internal error: %s\n", tpx::where().c_str(), e.what());

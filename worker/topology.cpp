@@ -21,6 +21,18 @@ int local_rank() {
     return lr;
 }
 
+std::vector<int> ranks_on_this_host() {
+    MPI_Comm local;
+    int rank = 0, size = 0;
+    MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local));
+    MPI_CHECK(MPI_Comm_size(local, &size));
+    std::vector<int> ranks((size_t)size);
+    MPI_CHECK(MPI_Allgather(&rank, 1, MPI_INT, ranks.data(), 1, MPI_INT, local));
+    MPI_CHECK(MPI_Comm_free(&local));
+    return ranks;
+}
+
 void check_srun_environment(int rank, int world) {
     int lr = local_rank();
     struct {

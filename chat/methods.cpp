@@ -1,0 +1,209 @@
+// Jinja2's tests ("x is string") and the Python str/dict methods templates call
+// ("s.startswith(p)", "d.get(k)"). Mutating methods (append, update, pop) are not here: HF's
+// ImmutableSandboxedEnvironment refuses them too.
+#include <cmath>
+
+#include "chat/builtins.h"
+#include "chat/text.h"
+
+namespace tpx::chat {
+namespace {
+
+bool compare_test(Test t, const json& a, const json& b) {
+    try {
+        switch (t) {
+        case Test::Eq: return equal(a, b);
+        case Test::Ne: return !equal(a, b);
+        case Test::Lt: return less(a, b);
+        case Test::Le: return !less(b, a);
+        case Test::Gt: return less(b, a);
+        case Test::Ge: return !less(a, b);
+        default: return false;
+        }
+    } catch (const std::invalid_argument& e) {
+        throw EvalError(e.what());
+    }
+}
+
+// Python's "x in container".
+bool contains(const json& container, const json& x) {
+    if (container.is_string()) {
+        if (!x.is_string()) throw EvalError("'in <string>' requires string as left operand, not " + type_name(x));
+        return container.get_ref<const std::string&>().find(x.get_ref<const std::string&>()) != std::string::npos;
+    }
+    if (container.is_array()) {
+        for (const json& item : container)
+            if (equal(item, x)) return true;
+        return false;
+    }
+    if (container.is_object()) return x.is_string() && container.contains(x.get_ref<const std::string&>());
+    throw EvalError("argument of type '" + type_name(container) + "' is not iterable");
+}
+
+std::string format_positional(const std::string& fmt, const Args& args) {
+    std::string out;
+    size_t next = 0;
+    for (size_t i = 0; i < fmt.size(); ++i) {
+        if (fmt[i] == '{' && i + 1 < fmt.size() && fmt[i + 1] == '{') { out += '{'; ++i; continue; }
+        if (fmt[i] == '}' && i + 1 < fmt.size() && fmt[i + 1] == '}') { out += '}'; ++i; continue; }
+        if (fmt[i] != '{') { out += fmt[i]; continue; }
+        size_t close = fmt.find('}', i);
+        if (close == std::string::npos) throw EvalError("single '{' encountered in format string");
+        std::string field = fmt.substr(i + 1, close - i - 1);
+        const Value* v = nullptr;
+        if (field.empty()) v = &args.get(next++, "");
+        else if (std::isdigit(static_cast<unsigned char>(field[0]))) v = &args.get(std::stoul(field), "");
+        else v = &args.get(1000, field.c_str());
+        if (v->is_undefined()) throw EvalError("str.format: no argument for '{" + field + "}'");
+        out += to_str(*v);
+        i = close;
+    }
+    return out;
+}
+
+}  // namespace
+
+bool apply_test(Test t, const Value& subject, const Args& args) {
+    bool defined = !subject.is_undefined();
+    const json& j = subject.is_json() ? subject.j() : json();
+    bool js = subject.is_json();
+    switch (t) {
+    case Test::Defined: return defined;
+    case Test::Undefined: return !defined;
+    case Test::None: return js && j.is_null();
+    case Test::String: return js && j.is_string();
+    case Test::Number: return js && (j.is_number() || j.is_boolean());  // Python: bool is a Number
+    case Test::Integer: return js && j.is_number_integer();
+    case Test::Float: return js && j.is_number_float();
+    case Test::Boolean: return js && j.is_boolean();
+    case Test::True: return js && j.is_boolean() && j.get<bool>();
+    case Test::False: return js && j.is_boolean() && !j.get<bool>();
+    case Test::Mapping: return (js && j.is_object()) ;
+    // Jinja2's Undefined can be iterated and has a length, so it passes both.
+    case Test::Iterable: return !defined || (js && (j.is_string() || j.is_array() || j.is_object()));
+    case Test::Sequence: return !defined || (js && (j.is_string() || j.is_array() || j.is_object()));
+    case Test::Callable: return subject.kind() == Value::Kind::Macro;
+    case Test::Lower: return js && j.is_string() && text::is_lower(j.get<std::string>());
+    case Test::Upper: return js && j.is_string() && text::is_upper(j.get<std::string>());
+    case Test::Even:
+    case Test::Odd: {
+        long n = need_int(subject, "is even/odd");
+        return (((n % 2) + 2) % 2 == 0) == (t == Test::Even);
+    }
+    case Test::Divisibleby: {
+        long d = need_int(args.get(0, "num"), "divisibleby");
+        if (d == 0) throw EvalError("integer modulo by zero in 'divisibleby'");
+        return need_int(subject, "divisibleby") % d == 0;
+    }
+    case Test::In: return contains(need_json(args.get(0, "seq")), need_json(subject));
+    case Test::Eq:
+    case Test::Ne:
+    case Test::Lt:
+    case Test::Le:
+    case Test::Gt:
+    case Test::Ge: return compare_test(t, need_json(subject), need_json(args.get(0, "other")));
+    }
+    return false;
+}
+
+Value call_method(Method m, const std::string& name, const Value& subject, const Args& args) {
+    const json& j = need_json(subject);
+    auto opt_str = [&](size_t i, const char* key, std::string& store) -> const std::string* {
+        const Value& v = args.get(i, key);
+        if (v.is_undefined() || need_json(v).is_null()) return nullptr;
+        store = need_str(v, name.c_str());
+        return &store;
+    };
+    if (j.is_object() || subject.kind() == Value::Kind::Namespace) {
+        switch (m) {
+        case Method::Get: {
+            const Value& key = args.get(0, "key");
+            const json& k = need_json(key);
+            if (k.is_string() && j.contains(k.get_ref<const std::string&>()))
+                return Value::borrowed(j[k.get_ref<const std::string&>()]);
+            const Value& d = args.get(1, "default");
+            return d.is_undefined() ? Value::owned(nullptr) : d;
+        }
+        case Method::Items: {
+            json out = json::array();
+            for (auto it = j.begin(); it != j.end(); ++it) out.push_back(json::array({it.key(), it.value()}));
+            return Value::owned(out);
+        }
+        case Method::Keys: {
+            json out = json::array();
+            for (auto it = j.begin(); it != j.end(); ++it) out.push_back(it.key());
+            return Value::owned(out);
+        }
+        case Method::Values: {
+            json out = json::array();
+            for (auto it = j.begin(); it != j.end(); ++it) out.push_back(it.value());
+            return Value::owned(out);
+        }
+        default: break;
+        }
+    } else if (j.is_string()) {
+        const std::string& s = j.get_ref<const std::string&>();
+        std::string tmp;
+        switch (m) {
+        case Method::Strip: return Value::owned(text::strip(s, opt_str(0, "chars", tmp), true, true));
+        case Method::Lstrip: return Value::owned(text::strip(s, opt_str(0, "chars", tmp), true, false));
+        case Method::Rstrip: return Value::owned(text::strip(s, opt_str(0, "chars", tmp), false, true));
+        case Method::Upper: return Value::owned(text::upper(s));
+        case Method::Lower: return Value::owned(text::lower(s));
+        case Method::Title: return Value::owned(text::title_method(s));
+        case Method::Capitalize: return Value::owned(text::capitalize(s));
+        case Method::Split:
+        case Method::Rsplit: {
+            const Value& n = args.get(1, "maxsplit");
+            try {
+                return Value::owned(text::split(s, opt_str(0, "sep", tmp), n.is_undefined() ? -1 : need_int(n, "split"),
+                                                m == Method::Rsplit));
+            } catch (const std::invalid_argument& e) {
+                throw EvalError(e.what());
+            }
+        }
+        case Method::Startswith:
+        case Method::Endswith: {
+            const json& p = need_json(args.get(0, "prefix"));
+            json options = p.is_array() ? p : json::array({p});
+            for (const json& o : options) {
+                if (!o.is_string()) throw EvalError(name + " needs a string or a tuple of strings");
+                const std::string& x = o.get_ref<const std::string&>();
+                bool hit = x.size() <= s.size() &&
+                           (m == Method::Startswith ? s.compare(0, x.size(), x) == 0
+                                                    : s.compare(s.size() - x.size(), x.size(), x) == 0);
+                if (hit) return Value::owned(true);
+            }
+            return Value::owned(false);
+        }
+        case Method::Replace: {
+            const Value& n = args.get(2, "count");
+            return Value::owned(text::replace(s, need_str(args.get(0, "old"), "replace"),
+                                              need_str(args.get(1, "new"), "replace"),
+                                              n.is_undefined() ? -1 : need_int(n, "replace")));
+        }
+        case Method::Find:
+        case Method::Rfind: {
+            const std::string& sub = need_str(args.get(0, "sub"), name.c_str());
+            size_t pos = m == Method::Find ? s.find(sub) : s.rfind(sub);
+            return Value::owned(pos == std::string::npos ? -1 : static_cast<int64_t>(text::length(s.substr(0, pos))));
+        }
+        case Method::Count: return Value::owned(text::count(s, need_str(args.get(0, "sub"), "count")));
+        case Method::Join: {
+            std::string out;
+            bool first = true;
+            for (const json& item : to_list(args.get(0, "iterable"))) {
+                if (!item.is_string()) throw EvalError("str.join: expected str instance, " + type_name(item) + " found");
+                out += (first ? "" : s) + item.get<std::string>();
+                first = false;
+            }
+            return Value::owned(out);
+        }
+        case Method::Format: return Value::owned(format_positional(s, args));
+        default: break;
+        }
+    }
+    throw EvalError("'" + type_name(subject) + "' object has no method '" + name + "'");
+}
+
+}  // namespace tpx::chat

@@ -1,0 +1,162 @@
+// Statement execution and expression evaluation. Values read from scopes are borrowed, not
+// copied; a value is copied (detached) only when stored, so a conversation is never copied per
+// lookup. Errors carry the template's name and the line of the failing expression.
+#include "chat/renderer.h"
+
+#include <memory>
+
+namespace tpx::chat {
+
+void Renderer::fail(int line, const std::string& what) const { throw JobError(at(name_, line, 0, what)); }
+
+std::string Renderer::run(const Body& body, const json& messages) {
+    frames_.assign(2, Frame{});
+    Frame& ctx = frames_[0];
+    for (auto it = options_.variables.begin(); it != options_.variables.end(); ++it)
+        ctx.emplace_back(it.key(), Value::borrowed(it.value()));
+    auto put = [&](const char* key, Value v) {
+        for (auto& kv : ctx)
+            if (kv.first == key) { kv.second = std::move(v); return; }
+        ctx.emplace_back(key, std::move(v));
+    };
+    put("messages", Value::borrowed(messages));
+    put("add_generation_prompt", Value::owned(options_.add_generation_prompt));
+    const std::pair<const char*, const std::optional<std::string>*> tokens[] = {
+        {"bos_token", &options_.bos_token}, {"eos_token", &options_.eos_token},
+        {"pad_token", &options_.pad_token}, {"unk_token", &options_.unk_token}};
+    for (const auto& t : tokens)
+        if (*t.second) put(t.first, Value::owned(**t.second));
+    for (const char* key : {"tools", "documents"}) {
+        bool given = false;
+        for (auto& kv : ctx) given = given || kv.first == key;
+        if (!given) put(key, Value::owned(nullptr));
+    }
+    std::string out;
+    if (exec(body, out) != Flow::Normal) fail(0, "'break' or 'continue' outside a loop");
+    return out;
+}
+
+Value Renderer::lookup(const std::string& name) const {
+    for (size_t f = frames_.size(); f-- > 0;)
+        for (const auto& kv : frames_[f])
+            if (kv.first == name) return kv.second.kind() == Value::Kind::Json ? Value::borrowed(kv.second.j()) : kv.second;
+    return Value::undefined(name);
+}
+
+void Renderer::assign(const std::string& name, Value v) {
+    Frame& f = frames_.back();
+    for (auto& kv : f)
+        if (kv.first == name) { kv.second = v.detach(); return; }
+    f.emplace_back(name, v.detach());
+}
+
+Renderer::Flow Renderer::exec(const Body& body, std::string& out) {
+    for (const auto& s : body) {
+        Flow flow = exec(*s, out);
+        if (flow != Flow::Normal) return flow;
+    }
+    return Flow::Normal;
+}
+
+Renderer::Flow Renderer::exec(const Stmt& s, std::string& out) {
+    switch (s.kind) {
+    case Stmt::Kind::Text: out += s.text; return Flow::Normal;
+    case Stmt::Kind::Output: out += to_str(eval(*s.expr)); return Flow::Normal;
+    case Stmt::Kind::If:
+        for (size_t i = 0; i < s.conditions.size(); ++i)
+            if (truthy(eval(*s.conditions[i]))) return exec(s.branches[i], out);
+        return exec(s.else_body, out);
+    case Stmt::Kind::For: return exec_for(s, out);
+    case Stmt::Kind::Set:
+    case Stmt::Kind::SetAttr: exec_set(s); return Flow::Normal;
+    case Stmt::Kind::SetBlock: {
+        std::string captured;
+        exec(s.branches[0], captured);
+        assign(s.names[0], Value::owned(captured));
+        return Flow::Normal;
+    }
+    case Stmt::Kind::Macro: {
+        auto m = std::make_shared<Macro>();
+        m->name = s.text;
+        m->def = &s;
+        assign(s.text, Value::macro(std::move(m)));
+        return Flow::Normal;
+    }
+    case Stmt::Kind::Break: return Flow::Break;
+    case Stmt::Kind::Continue: return Flow::Continue;
+    }
+    return Flow::Normal;
+}
+
+void Renderer::exec_set(const Stmt& s) {
+    Value v = eval(*s.expr);
+    if (s.kind == Stmt::Kind::SetAttr) {
+        Value target = lookup(s.names[0]);
+        if (target.kind() != Value::Kind::Namespace)
+            fail(s.line, "cannot assign attribute '" + s.text + "' on '" + s.names[0] + "' (" + type_name(target) +
+                             "): only a namespace() takes '{% set " + s.names[0] + "." + s.text + " = ... %}'");
+        if (!v.is_json()) fail(s.line, "only data can be stored in a namespace");
+        json copy = v.j();  // before the insert, which may move the namespace's other values
+        target.ns_object()[s.text] = std::move(copy);
+        return;
+    }
+    if (s.names.size() == 1) {
+        assign(s.names[0], std::move(v));
+        return;
+    }
+    json items;
+    try {
+        items = to_list(v);
+    } catch (const EvalError& e) {
+        fail(s.line, e.what());
+    }
+    if (items.size() != s.names.size())
+        fail(s.line, "cannot unpack " + std::to_string(items.size()) + " values into " + std::to_string(s.names.size()) + " names");
+    for (size_t i = 0; i < s.names.size(); ++i) assign(s.names[i], Value::owned(items[i]));
+}
+
+Renderer::Flow Renderer::exec_for(const Stmt& s, std::string& out) {
+    // A copy of the sequence: the body may replace the variable or namespace it came from.
+    json items;
+    Value seq = eval(*s.expr);
+    try {
+        items = seq.is_json() && seq.j().is_array() ? seq.j() : to_list(seq);
+    } catch (const EvalError& e) {
+        fail(s.line, e.what());
+    }
+    frames_.emplace_back();
+    auto bind = [&](const json& item) {
+        frames_.back().clear();
+        if (s.names.size() == 1) {
+            frames_.back().emplace_back(s.names[0], Value::borrowed(item));
+            return;
+        }
+        json parts = item.is_array() ? item : json::array();
+        if (item.is_string() || parts.size() != s.names.size())
+            fail(s.line, "cannot unpack a " + type_name(item) + " into " + std::to_string(s.names.size()) + " loop names");
+        for (size_t k = 0; k < s.names.size(); ++k) frames_.back().emplace_back(s.names[k], Value::owned(parts[k]));
+    };
+    std::vector<size_t> kept;  // Jinja2 filters first, so loop.length counts only kept items
+    for (size_t i = 0; i < items.size(); ++i) {
+        if (s.target) {
+            bind(items[i]);
+            if (!truthy(eval(*s.target))) continue;
+        }
+        kept.push_back(i);
+    }
+    size_t n = kept.size();
+    for (size_t k = 0; k < n; ++k) {
+        bind(items[kept[k]]);
+        json loop = {{"index", k + 1}, {"index0", k}, {"revindex", n - k}, {"revindex0", n - k - 1},
+                     {"first", k == 0}, {"last", k + 1 == n}, {"length", n}, {"depth", 1}, {"depth0", 0}};
+        if (k > 0) loop["previtem"] = items[kept[k - 1]];
+        if (k + 1 < n) loop["nextitem"] = items[kept[k + 1]];
+        frames_.back().emplace_back("loop", Value::owned(std::move(loop)));
+        if (exec(s.branches[0], out) == Flow::Break) break;
+    }
+    frames_.pop_back();
+    if (n == 0) return exec(s.else_body, out);
+    return Flow::Normal;
+}
+
+}  // namespace tpx::chat

@@ -1,0 +1,47 @@
+// Runs a parsed template over its variables: statements write to a string, expressions evaluate
+// to Values. Scopes follow Jinja2: a for loop's body starts each iteration with a fresh scope,
+// macros see only the top-level scope, and namespace objects are shared by reference.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "chat/ast.h"
+#include "chat/builtins.h"
+#include "chat/template.h"
+
+namespace tpx::chat {
+
+class Renderer {
+public:
+    Renderer(const std::string& name, const RenderOptions& options) : name_(name), options_(options) {}
+    std::string run(const Body& body, const json& messages);
+
+private:
+    enum class Flow { Normal, Break, Continue };
+    using Frame = std::vector<std::pair<std::string, Value>>;
+
+    Flow exec(const Body& body, std::string& out);
+    Flow exec(const Stmt& s, std::string& out);
+    Flow exec_for(const Stmt& s, std::string& out);
+    void exec_set(const Stmt& s);
+    Value eval(const Expr& e);
+    Value eval_inner(const Expr& e);
+    Value eval_attr(const Value& subject, const std::string& key);
+    Value eval_item(const Value& subject, const Value& key);
+    Value eval_call(const Expr& e);
+    Value call_global(const Expr& e, const std::string& fn, const Args& args);
+    Value call_macro(const Expr& e, const Macro& m, const Args& args);
+    Args eval_args(const Expr& e);
+
+    Value lookup(const std::string& name) const;
+    void assign(const std::string& name, Value v);
+    [[noreturn]] void fail(int line, const std::string& what) const;
+
+    const std::string& name_;
+    const RenderOptions& options_;
+    std::vector<Frame> frames_;  // [0] the caller's variables, [1] the template's top level
+};
+
+}  // namespace tpx::chat

@@ -1,0 +1,96 @@
+// The public face of chat/: parse once, render per prompt, and find a checkpoint's template
+// (tokenizer_config.json's chat_template, a string or a list of named templates).
+#include "chat/template.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "chat/lexer.h"
+#include "chat/parser.h"
+#include "chat/renderer.h"
+
+namespace tpx::chat {
+namespace {
+
+bool read_text(const std::string& path, std::string& out) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return false;
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    out = ss.str();
+    return true;
+}
+
+nlohmann::ordered_json read_json(const std::string& path) {
+    std::string text;
+    if (!read_text(path, text)) throw JobError(at(path, 0, 0, "cannot read the file"));
+    try {
+        return nlohmann::ordered_json::parse(text);
+    } catch (const nlohmann::ordered_json::parse_error& e) {
+        throw JobError(at(path, 0, 0, std::string("not valid JSON: ") + e.what()));
+    }
+}
+
+// A template from a JSON file with "chat_template" (tokenizer_config.json or chat_template.json).
+ChatTemplate from_json_file(const std::string& path, const std::string& which) {
+    nlohmann::ordered_json config = read_json(path);
+    if (!config.is_object() || !config.contains("chat_template"))
+        throw JobError(at(path, 0, 0, "no \"chat_template\" key: this tokenizer has no chat template; set "
+                                      "[run] chat_template = \"PATH\" to a .jinja file"));
+    std::string source = select_chat_template(config["chat_template"], which, path);
+    std::string name = path + " chat_template" + (which.empty() ? "" : "[" + which + "]");
+    return ChatTemplate::parse(source, name);
+}
+
+}  // namespace
+
+ChatTemplate ChatTemplate::parse(const std::string& source, const std::string& name) {
+    ChatTemplate t;
+    t.name_ = name;
+    t.body_ = std::make_shared<const Body>(parse_template(tokenize(source, name), name));
+    return t;
+}
+
+std::string ChatTemplate::render(const nlohmann::ordered_json& messages, const RenderOptions& options) const {
+    if (!messages.is_array()) throw JobError(at(name_, 0, 0, "messages must be a JSON array, got " + type_name(messages)));
+    Renderer r(name_, options);
+    return r.run(*body_, messages);
+}
+
+std::string select_chat_template(const nlohmann::ordered_json& value, const std::string& which, const std::string& origin) {
+    if (value.is_string()) {
+        if (!which.empty() && which != "default")
+            throw JobError(at(origin, 0, 0, "chat_template is a single template; there is no template named '" + which + "'"));
+        return value.get<std::string>();
+    }
+    if (!value.is_array())
+        throw JobError(at(origin, 0, 0, "chat_template must be a string or a list of {\"name\", \"template\"}, got " +
+                                        type_name(value)));
+    std::string want = which.empty() ? "default" : which;
+    std::string names;
+    for (const auto& entry : value) {
+        if (!entry.is_object() || !entry.contains("name") || !entry.contains("template") ||
+            !entry["name"].is_string() || !entry["template"].is_string())
+            throw JobError(at(origin, 0, 0, "each chat_template entry must be {\"name\": str, \"template\": str}"));
+        if (entry["name"] == want) return entry["template"].get<std::string>();
+        names += (names.empty() ? "" : ", ") + entry["name"].get<std::string>();
+    }
+    throw JobError(at(origin, 0, 0, "no chat template named '" + want + "' (the file has: " + names + ")"));
+}
+
+ChatTemplate load_checkpoint_template(const std::string& checkpoint_dir, const std::string& which) {
+    std::string jinja = checkpoint_dir + "/chat_template.jinja";
+    std::string source;
+    if (which.empty() && read_text(jinja, source)) return ChatTemplate::parse(source, jinja);
+    return from_json_file(checkpoint_dir + "/tokenizer_config.json", which);
+}
+
+ChatTemplate load_template_file(const std::string& path, const std::string& which) {
+    bool is_json = path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
+    if (is_json) return from_json_file(path, which);
+    std::string source;
+    if (!read_text(path, source)) throw JobError(at(path, 0, 0, "cannot read the chat template file"));
+    return ChatTemplate::parse(source, path);
+}
+
+}  // namespace tpx::chat

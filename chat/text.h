@@ -1,0 +1,31 @@
+// Python's str methods over UTF-8 text, as chat templates call them: strip/split/case/length
+// count and cut by code point, and "whitespace" is Python's (Unicode) whitespace.
+// Letter classes and case mapping are Unicode's, from utf8proc.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace tpx::chat::text {
+
+std::vector<char32_t> decode(const std::string& s);
+std::string encode(const std::vector<char32_t>& cps, size_t from = 0, size_t to = std::string::npos);
+size_t length(const std::string& s);  // in code points, as Python's len()
+
+// str.strip/lstrip/rstrip; `chars` null strips whitespace.
+std::string strip(const std::string& s, const std::string* chars, bool left, bool right);
+// str.split(sep, maxsplit) and rsplit; `sep` null splits on runs of whitespace.
+std::vector<std::string> split(const std::string& s, const std::string* sep, long maxsplit, bool from_right);
+std::string replace(const std::string& s, const std::string& from, const std::string& to, long count);
+size_t count(const std::string& s, const std::string& sub);
+
+std::string upper(const std::string& s);
+std::string lower(const std::string& s);
+std::string capitalize(const std::string& s);   // str.capitalize and Jinja's capitalize
+std::string title_method(const std::string& s); // str.title: a letter after a non-letter is upper
+std::string title_filter(const std::string& s); // Jinja's |title: words split at spaces - ( { [ <
+size_t word_count(const std::string& s);      // Jinja's |wordcount: runs of \w
+bool is_lower(const std::string& s);
+bool is_upper(const std::string& s);
+
+}  // namespace tpx::chat::text

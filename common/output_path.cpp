@@ -1,0 +1,113 @@
+// Output paths checked against inputs and each other before any work starts.
+#include "common/output_path.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "common/error.h"
+#include "common/file.h"
+
+namespace fs = std::filesystem;
+
+namespace tpx {
+namespace {
+
+// The file a path names, for comparison: its device and inode when it exists, else its
+// resolved path (the parent's links followed).
+struct FileId {
+    bool exists = false;
+    dev_t dev = 0;
+    ino_t ino = 0;
+    std::string resolved;
+    bool operator==(const FileId& o) const {
+        return exists == o.exists && (exists ? dev == o.dev && ino == o.ino : resolved == o.resolved);
+    }
+};
+
+FileId identify(const std::string& path) {
+    FileId id;
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0) {
+        id.exists = true;
+        id.dev = st.st_dev;
+        id.ino = st.st_ino;
+    }
+    std::error_code ec;
+    fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
+    id.resolved = ec ? fs::absolute(path).lexically_normal().string() : p.string();
+    return id;
+}
+
+std::string describe(const NamedPath& p) { return p.role + " (" + p.path + ")"; }
+
+// Creates and removes the temporary file `path` will be written through: the folder exists and
+// is writable, and the longest name tpx will use fits the file system.
+void prove_writable(const NamedPath& out) {
+    if (is_stream_target(out.path)) {
+        // Not opened to find out: a FIFO's reader would see the probe's close as its end.
+        if (::access(out.path.c_str(), W_OK) != 0) throw JobError(describe(out) + ": cannot be written: " + std::strerror(errno));
+        return;
+    }
+    fs::path parent = fs::path(out.path).parent_path();
+    std::error_code ec;
+    if (!parent.empty() && !fs::is_directory(parent, ec))
+        throw JobError(describe(out) + ": folder does not exist: " + parent.string());
+    std::string tmp = temp_path_for(out.path);
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd < 0) {
+        int err = errno;
+        if (err == ENAMETOOLONG)
+            throw JobError(describe(out) + ": the file name is too long for its file system (" +
+                           std::to_string(fs::path(out.path).filename().string().size()) + " bytes)");
+        throw JobError(describe(out) + ": cannot write in " + (parent.empty() ? std::string(".") : parent.string()) + ": " +
+                       std::strerror(err));
+    }
+    ::close(fd);
+    ::unlink(tmp.c_str());
+}
+
+}  // namespace
+
+bool is_stream_target(const std::string& path) {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) || S_ISSOCK(st.st_mode));
+}
+
+void check_outputs(const std::vector<NamedPath>& outputs, const std::vector<NamedPath>& inputs) {
+    std::vector<FileId> input_ids, output_ids;
+    for (const NamedPath& in : inputs) input_ids.push_back(identify(in.path));
+    for (size_t i = 0; i < outputs.size(); ++i) {
+        const NamedPath& out = outputs[i];
+        std::error_code ec;
+        if (out.path.empty() || fs::is_directory(out.path, ec) || out.path.back() == '/')
+            throw JobError(describe(out) + " is a folder; name a file");
+        FileId id = identify(out.path);
+        for (size_t k = 0; k < inputs.size(); ++k)
+            if (id == input_ids[k])
+                throw JobError(describe(out) + " is the same file as " + describe(inputs[k]) + ": an output never replaces an input");
+        for (size_t k = 0; k < i; ++k)
+            if (id == output_ids[k] && !is_stream_target(out.path))
+                throw JobError(describe(out) + " is the same file as " + describe(outputs[k]) + ": each output needs its own file");
+        output_ids.push_back(id);
+        prove_writable(out);
+    }
+}
+
+std::vector<NamedPath> checkpoint_inputs(const std::string& model_path) {
+    std::vector<NamedPath> files;
+    std::error_code ec;
+    if (fs::is_directory(model_path, ec)) {
+        for (fs::directory_iterator it(model_path, ec), end; !ec && it != end; it.increment(ec))
+            if (it->is_regular_file(ec)) files.push_back({"checkpoint file", it->path().string()});
+    } else {
+        files.push_back({"the checkpoint", model_path});
+    }
+    return files;
+}
+
+}  // namespace tpx

@@ -1,0 +1,280 @@
+// Issue 24's rules, each checked by running the real commands: no output ever replaces an
+// input or another output (refused before any rank starts, exit 2, naming both paths); FIFOs
+// and devices written in place; outputs proven writable before launch; no process outlives
+// `tpx run` (SIGKILL, SIGHUP); a job larger than memory refused with the numbers; seeded
+// sampling independent of the batch, max_batch and tp; the job's numbers checked against the
+// model (eos, max_seq_len); messages and exit codes a user can act on.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "process.h"
+
+namespace fs = std::filesystem;
+using tpx_test::run_process;
+using tpx_test::tpx_bin;
+
+namespace {
+
+const std::string kTiny = std::string(TPX_SOURCE_DIR) + "/models/tiny";
+const char* kPrompts = "{\"id\": \"a\", \"input_ids\": [1, 2, 3, 4]}\n{\"id\": \"b\", \"input_ids\": [5, 6, 7]}\n";
+
+// A job in a fresh folder: the tiny model, `tp` ranks, prompts.jsonl, `run_extra` lines in
+// [run] (max_new_tokens = 4 and output = "out.jsonl" unless given there), `head` before
+// [model] and `tail` after [run] (e.g. [run.sampling]).
+struct TestJob {
+    std::string dir, file;
+};
+TestJob make_job(const std::string& run_extra = "", int tp = 2, const std::string& prompts = kPrompts, const std::string& head = "",
+                 const std::string& tail = "") {
+    TestJob j;
+    j.dir = tpx_test::temp_dir();
+    j.file = j.dir + "/job.toml";
+    std::ofstream(j.dir + "/prompts.jsonl") << prompts;
+    std::string run = run_extra;
+    if (run.find("output") == std::string::npos) run += "\noutput = \"out.jsonl\"";
+    if (run.find("max_new_tokens") == std::string::npos) run += "\nmax_new_tokens = 4";
+    std::ofstream(j.file) << head << "[model]\npath = \"" << kTiny << "\"\n[parallel]\ntp = " << tp << "\n[run]\nprompts = \"prompts.jsonl\"\n"
+                          << run << "\n" << tail;
+    return j;
+}
+
+tpx_test::ProcessResult tpx(const std::string& args) { return run_process(tpx_bin("tpx") + " " + args); }
+
+// Refused before any rank started: exit 2, the message holds each of `needles`, no rank map.
+void expect_refused(const tpx_test::ProcessResult& r, const std::vector<std::string>& needles) {
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    for (const std::string& n : needles) EXPECT_NE(r.err.find(n), std::string::npos) << "missing '" << n << "' in: " << r.err;
+    EXPECT_EQ(r.err.find("rank map"), std::string::npos) << "ranks were started: " << r.err;
+}
+
+std::string file_bytes(const std::string& path) { return tpx_test::read_text(path); }
+
+}  // namespace
+
+TEST(Outputs, AnOutputThatIsAnInputIsRefusedAndTheInputKept) {
+    // run.output naming the job file, the prompts file or a checkpoint file.
+    std::string tiny_copy = tpx_test::temp_dir() + "/tiny";
+    fs::copy(kTiny, tiny_copy, fs::copy_options::recursive);
+    struct Case {
+        std::string output, role;
+    } cases[] = {{"job.toml", "the job file"}, {"prompts.jsonl", "run.prompts"}, {tiny_copy + "/model.safetensors", "checkpoint file"}};
+    for (const Case& c : cases) {
+        TestJob j = make_job("output = \"" + c.output + "\"", 2, kPrompts, "");
+        // The checkpoint case needs the job to read the copy.
+        std::string text = file_bytes(j.file);
+        size_t at = text.find(kTiny);
+        text.replace(at, kTiny.size(), tiny_copy);
+        std::ofstream(j.file) << text;
+        std::string target = c.output[0] == '/' ? c.output : j.dir + "/" + c.output;
+        std::string before = file_bytes(target);
+        auto r = tpx("run " + j.file);
+        expect_refused(r, {"run.output", c.role, "an output never replaces an input"});
+        EXPECT_EQ(file_bytes(target), before) << c.output << " was changed";
+        // validate says the same, before anything runs.
+        expect_refused(tpx("validate " + j.file), {"run.output", c.role});
+    }
+}
+
+TEST(Outputs, TwoOutputsOfOneRunMayNotShareAFile) {
+    TestJob j = make_job();
+    expect_refused(tpx("run " + j.file + " --dump-logits " + j.dir + "/out.jsonl"), {"--dump-logits", "run.output", "its own file"});
+    expect_refused(tpx("run " + j.file + " --dump-logits " + j.dir + "/./out.jsonl.ranks.json"), {"--dump-logits", "ranks table"});
+    EXPECT_FALSE(fs::exists(j.dir + "/out.jsonl"));
+}
+
+TEST(Outputs, FoldersUnwritablePlacesAndLongNamesAreRefusedBeforeLaunch) {
+    TestJob j = make_job();
+    fs::create_directory(j.dir + "/sub");
+    expect_refused(tpx("run " + j.file + " --dump-logits " + j.dir + "/sub"), {"--dump-logits", "is a folder"});
+    TestJob d = make_job("output = \"sub\"");
+    fs::create_directory(d.dir + "/sub");
+    expect_refused(tpx("run " + d.file), {"run.output", "is a folder"});
+    // /proc takes no new files, even from root.
+    TestJob u = make_job("output = \"/proc/tpx-test.out.jsonl\"");
+    expect_refused(tpx("run " + u.file), {"run.output", "cannot write in /proc"});
+    // A 300-character job name: the default output name is cut and hashed, so the run works.
+    TestJob n = make_job("output = \"\"", 1, kPrompts, "[job]\nname = \"" + std::string(300, 'x') + "\"\n");
+    auto ok = tpx("run " + n.file);
+    EXPECT_EQ(ok.exit_code, 0) << ok.err;
+    // ... and an output named that long is refused before launch.
+    TestJob l = make_job("output = \"" + std::string(300, 'y') + ".jsonl\"");
+    expect_refused(tpx("run " + l.file), {"run.output", "too long"});
+}
+
+TEST(Outputs, DevicesAndFifosAreWrittenInPlace) {
+    TestJob j = make_job("output = \"/dev/null\"");
+    auto r = tpx("run " + j.file + " --dump-logits /dev/null");
+    // Two outputs on one device are fine: nothing is replaced.
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    struct stat st;
+    ASSERT_EQ(stat("/dev/null", &st), 0);
+    EXPECT_TRUE(S_ISCHR(st.st_mode)) << "/dev/null was replaced";
+    EXPECT_FALSE(fs::exists("/dev/null.ranks.json"));
+
+    TestJob f = make_job("output = \"results.fifo\"");
+    std::string fifo = f.dir + "/results.fifo";
+    ASSERT_EQ(mkfifo(fifo.c_str(), 0644), 0);
+    auto reader = tpx_test::start_background("cat " + fifo);
+    auto w = tpx("run " + f.file);
+    EXPECT_EQ(w.exit_code, 0) << w.err;
+    EXPECT_EQ(tpx_test::wait_background(reader, 10), 0);
+    std::string got = file_bytes(reader.out_path);
+    EXPECT_NE(got.find("\"output_ids\""), std::string::npos) << got;
+    ASSERT_EQ(stat(fifo.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "the FIFO was replaced";
+}
+
+TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
+    std::string dir = tpx_test::temp_dir();
+    fs::copy(kTiny, dir + "/tiny", fs::copy_options::recursive);
+    std::string src = dir + "/tiny/model.safetensors";
+    std::string before = file_bytes(src);
+    expect_refused(tpx("convert " + dir + "/tiny " + src + " --force"), {"same file", "model.safetensors"});
+    EXPECT_EQ(file_bytes(src), before);
+    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/nodir/t.h5"), {"folder does not exist: " + dir + "/nodir"});
+    std::ofstream(dir + "/t.h5") << "keep me";
+    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/t.h5"), {"already exists", "--force"});
+    EXPECT_EQ(file_bytes(dir + "/t.h5"), "keep me");
+    auto forced = tpx("convert " + dir + "/tiny " + dir + "/t.h5 --force");
+    EXPECT_EQ(forced.exit_code, 0) << forced.err;
+    EXPECT_NE(file_bytes(dir + "/t.h5"), "keep me");
+    auto dev = tpx("convert " + dir + "/tiny /dev/null");
+    EXPECT_EQ(dev.exit_code, 0) << dev.err;
+    struct stat st;
+    ASSERT_EQ(stat("/dev/null", &st), 0);
+    EXPECT_TRUE(S_ISCHR(st.st_mode));
+}
+
+// tpx run killed by SIGKILL (no handler can run) or SIGHUP (its terminal closed): mpirun and
+// every worker end within 5 s, and no output appears later.
+class KillLauncher : public testing::TestWithParam<int> {};
+
+TEST_P(KillLauncher, NoProcessOutlivesTpxRunAndNoOutputAppears) {
+    TestJob j = make_job("max_new_tokens = 40");
+    auto b = tpx_test::start_background(tpx_bin("tpx") + " run " + j.file + " --step-delay-ms 200");
+    // Wait until both ranks decode (a worker with the job in its command line per rank).
+    int workers = 0;
+    for (int i = 0; i < 200 && workers < 2; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        workers = 0;
+        for (int pid : tpx_test::pids_matching(j.dir + "/job.toml")) {
+            std::string cmdline = tpx_test::read_text("/proc/" + std::to_string(pid) + "/cmdline");
+            std::string argv0 = cmdline.substr(0, cmdline.find('\0'));
+            if (argv0.size() >= 10 && argv0.compare(argv0.size() - 10, 10, "tpx-worker") == 0) ++workers;  // not mpirun's line
+        }
+    }
+    ASSERT_EQ(workers, 2) << tpx_test::read_text(b.err_path);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    kill(b.pid, GetParam());
+    auto sent = std::chrono::steady_clock::now();
+    tpx_test::wait_background(b, 10);
+    while (!tpx_test::pids_matching(j.dir).empty() && std::chrono::steady_clock::now() - sent < std::chrono::seconds(10))
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count();
+    EXPECT_TRUE(tpx_test::pids_matching(j.dir).empty()) << "processes outlived tpx run";
+    EXPECT_LT(seconds, 5.0);
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    EXPECT_FALSE(fs::exists(j.dir + "/out.jsonl")) << "an output appeared from a run the user saw end";
+    if (GetParam() == SIGHUP) EXPECT_NE(tpx_test::read_text(b.err_path).find("interrupted by Hangup"), std::string::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(Signals, KillLauncher, testing::Values(SIGKILL, SIGHUP),
+                         [](const testing::TestParamInfo<int>& i) { return i.param == SIGKILL ? std::string("SIGKILL") : std::string("SIGHUP"); });
+
+TEST(Memory, AJobLargerThanTheHostIsRefusedWithTheNumbers) {
+    TestJob j = make_job("max_batch = 1000000");
+    auto r = tpx("run " + j.file);
+    expect_refused(r, {"not enough memory", "KV cache", "max_batch 1000000", "run.max_seq_len or run.max_batch"});
+    EXPECT_LT(r.seconds, 10.0);
+}
+
+// Each prompt's tokens depend on (seed, prompt id) alone: alone or beside others, max_batch 1
+// or 8, tp 1 or 2. The reference is the prompt run alone at tp 1.
+TEST(Sampling, SeededTokensDoNotDependOnTheBatchOrTheWorld) {
+    const std::string sampling = "[run.sampling]\ntemperature = 0.8\nseed = 42\n";
+    auto tokens_of = [&](const std::string& prompts, int tp, int max_batch) {
+        TestJob j = make_job("max_new_tokens = 12\nmax_batch = " + std::to_string(max_batch), tp, prompts, "", sampling);
+        auto r = tpx("run " + j.file);
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+        std::ifstream in(j.dir + "/out.jsonl");
+        for (std::string line; std::getline(in, line);) {
+            auto o = nlohmann::json::parse(line);
+            if (o["id"] == "a") return o["output_ids"].get<std::vector<int>>();
+        }
+        return std::vector<int>{};
+    };
+    const std::string alone = "{\"id\": \"a\", \"input_ids\": [1, 2, 3, 4]}\n";
+    const std::string crowd = std::string("{\"id\": \"z\", \"input_ids\": [9, 8]}\n") + kPrompts + "{\"id\": \"c\", \"input_ids\": [11]}\n";
+    std::vector<int> ref = tokens_of(alone, 1, 8);
+    ASSERT_EQ(ref.size(), 12u);
+    EXPECT_EQ(tokens_of(crowd, 1, 8), ref);
+    EXPECT_EQ(tokens_of(crowd, 1, 1), ref);
+    EXPECT_EQ(tokens_of(crowd, 2, 3), ref);
+}
+
+TEST(Checks, EosOutsideTheVocabularyAndPositionsBeyondTheModelAreRefused) {
+    expect_refused(tpx("run " + make_job("eos = 99999").file), {"run.eos holds 99999", "vocabulary of 512"});
+    expect_refused(tpx("run " + make_job("max_seq_len = 100000").file), {"run.max_seq_len = 100000", "max_position_embeddings"});
+}
+
+TEST(Checks, APromptLineGivingAKeyTwiceIsRefusedWithItsLine) {
+    TestJob j = make_job("", 2, std::string(kPrompts) + "{\"id\": \"c\", \"input_ids\": [1], \"input_ids\": [2]}\n");
+    auto r = tpx("run " + j.file);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("prompts.jsonl:3: key 'input_ids' is given twice"), std::string::npos) << r.err;
+}
+
+TEST(Messages, WhatAUserTypesWrongIsNamed) {
+    auto folder = tpx("validate .");
+    EXPECT_EQ(folder.exit_code, 2);
+    EXPECT_NE(folder.err.find("is a folder, not a job file"), std::string::npos) << folder.err;
+    auto no_job = tpx("run");
+    EXPECT_EQ(no_job.exit_code, 2);
+    EXPECT_NE(no_job.err.find("missing JOB"), std::string::npos) << no_job.err;
+    EXPECT_EQ(no_job.err.find("--job"), std::string::npos) << no_job.err;
+    TestJob j = make_job("", 2, kPrompts, "");
+    std::ofstream(j.file, std::ios::app) << "[launch]\nmpirun = \"/nonexistent/mpirun\"\n";
+    auto no_mpirun = tpx("run " + j.file);
+    EXPECT_NE(no_mpirun.err.find("could not start /nonexistent/mpirun"), std::string::npos) << no_mpirun.err;
+    EXPECT_EQ(no_mpirun.err.find("tpx run: error: tpx run:"), std::string::npos) << no_mpirun.err;
+    auto help = run_process(tpx_bin("tpx-worker") + " --help");
+    EXPECT_EQ(help.exit_code, 0) << help.err;
+    EXPECT_NE(help.out.find("--job"), std::string::npos);
+}
+
+TEST(Messages, ARankFailureIsNotFollowedByOpenMpiNoise) {
+    TestJob j = make_job();
+    auto r = run_process("TPX_FAULT=1:load " + tpx_bin("tpx") + " run " + j.file);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find("injected failure at load"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("ORTE_ERROR_LOG"), std::string::npos) << r.err;
+}
+
+TEST(Messages, CtrlCSaysInterrupted) {
+    TestJob j = make_job("max_new_tokens = 30");
+    auto b = tpx_test::start_background(tpx_bin("tpx") + " run " + j.file + " --step-delay-ms 200");
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    kill(b.pid, SIGINT);
+    int code = tpx_test::wait_background(b, 10);
+    std::string err = tpx_test::read_text(b.err_path);
+    EXPECT_EQ(code, 128 + SIGINT) << err;
+    EXPECT_NE(err.find("interrupted by Interrupt"), std::string::npos) << err;
+    EXPECT_EQ(err.find("failed (exit status"), std::string::npos) << err;
+}
+
+TEST(Progress, LongDecodingShowsProgressLinesUnlessQuiet) {
+    TestJob j = make_job("max_new_tokens = 14");
+    auto r = tpx("run " + j.file + " --step-delay-ms 450");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("decode: 0/2 prompts done"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("tokens/s, ETA"), std::string::npos) << r.err;
+    auto q = tpx("run " + j.file + " --step-delay-ms 450 --quiet");
+    EXPECT_EQ(q.exit_code, 0) << q.err;
+    EXPECT_EQ(q.err.find("decode:"), std::string::npos) << q.err;
+}

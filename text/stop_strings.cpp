@@ -1,0 +1,31 @@
+// Stop strings over decoded text.
+#include "text/stop_strings.h"
+
+#include <algorithm>
+
+namespace tpx {
+
+size_t StopStrings::find_in(const std::string& text) const {
+    size_t first = std::string::npos;
+    for (const std::string& s : stops_)
+        if (size_t at = text.find(s); at != std::string::npos) first = std::min(first, at);
+    return first;
+}
+
+bool StopStrings::reached(const Tokenizer& tokenizer, const std::vector<int32_t>& output) const {
+    if (stops_.empty() || output.empty()) return false;
+    // A new match must end in the last token's text and start at most longest-1 bytes before
+    // it. Each token that is not special yields at least one byte, so the last longest + 4 of
+    // them (a UTF-8 character may be split over up to four byte tokens) reach back far enough.
+    // A tail decodes differently from the whole text only at its first characters (a space a
+    // decoder strips, a split character), which lie before any match ending in the last token.
+    size_t longest = 0;
+    for (const std::string& s : stops_) longest = std::max(longest, s.size());
+    size_t start = output.size(), counted = 0;
+    while (start > 0 && counted < longest + 4)
+        if (!tokenizer.is_special(output[--start])) ++counted;
+    std::vector<int32_t> tail(output.begin() + (ptrdiff_t)start, output.end());
+    return find_in(tokenizer.decode(tail, /*skip_special_tokens=*/true)) != std::string::npos;
+}
+
+}  // namespace tpx

@@ -1,0 +1,31 @@
+// [run] stop strings: a sequence ends at the first place its decoded output holds any of them,
+// and its text is cut before it (as OpenAI's and vLLM's `stop`). Checked on rank 0 after each
+// token, over the output's tail only, so that a long output does not cost a full decode a step.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tokenizer/tokenizer.h"
+
+namespace tpx {
+
+class StopStrings {
+public:
+    explicit StopStrings(std::vector<std::string> stops = {}) : stops_(std::move(stops)) {}
+    bool empty() const { return stops_.empty(); }
+
+    // Where the first stop string begins in `text`, or std::string::npos.
+    size_t find_in(const std::string& text) const;
+
+    // Whether `output` (all ids generated so far, the last one just added) now holds a stop
+    // string in its decoded text; only the text of the last tokens that could reach into a new
+    // match is decoded.
+    bool reached(const Tokenizer& tokenizer, const std::vector<int32_t>& output) const;
+
+private:
+    std::vector<std::string> stops_;
+};
+
+}  // namespace tpx
