@@ -390,8 +390,10 @@ void check_files(const toml::table& root, const Job& job) {
     if (model_type == fs::file_type::not_found)
         throw JobError(at(job.file, ml, mc, "model.path: no such file or directory: " + job.model.path));
     if (model_type == fs::file_type::directory) {
-        if (!path_exists<JobError>(model / "config.json", model_at))
-            throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path + " has no config.json (an HF model folder is expected)"));
+        // An HF folder, or Meta's own (params.json + consolidated.NN.pth, loader/meta.h).
+        if (!path_exists<JobError>(model / "config.json", model_at) && !path_exists<JobError>(model / "params.json", model_at))
+            throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path +
+                                                    " has neither config.json nor params.json (an HF or a Meta model folder is expected)"));
     } else if (model.extension() != ".h5" && model.extension() != ".hdf5") {
         throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path + " is neither an HF model folder nor an .h5 file"));
     }

@@ -24,6 +24,7 @@
 #include "common/check.h"
 #include "common/path.h"
 #include "loader/hdf5.h"
+#include "loader/meta.h"
 #include "loader/read_pool.h"
 
 namespace fs = std::filesystem;
@@ -404,6 +405,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, int thread
     const fs::file_type type = path_type<CheckpointError>(path);
     if (type == fs::file_type::not_found) throw CheckpointError(path + ": no such file or directory");
     if (type == fs::file_type::directory) {
+        if (is_meta_folder(path)) return open_meta_checkpoint(path, threads);
         auto c = std::make_unique<SafetensorsCheckpoint>(path, threads);
         c->open_folder();
         return c;

@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/path.h"
 #include "loader/checkpoint.h"
+#include "loader/meta.h"
 #include "sharding/factory.h"
 
 namespace fs = std::filesystem;
@@ -96,13 +97,16 @@ ShardPlan make_plan(const Job& job, int world) {
     std::string config_text, config_file;
     fs::path model(job.model.path);
     const bool folder = is_folder<CheckpointError>(model);
+    const bool meta = folder && is_meta_folder(job.model.path);
     bool has_weights = folder ? (path_exists<CheckpointError>(model / "model.safetensors") ||
-                                 path_exists<CheckpointError>(model / "model.safetensors.index.json"))
+                                 path_exists<CheckpointError>(model / "model.safetensors.index.json") || meta)
                               : path_exists<CheckpointError>(model);
     if (has_weights) {
         ckpt = Checkpoint::open(job.model.path);
         config_text = ckpt->config_json();
-        config_file = folder ? (model / "config.json").string() : job.model.path + ":config.json";
+        config_file = meta     ? (model / "params.json").string() + " (as config.json)"
+                      : folder ? (model / "config.json").string()
+                               : job.model.path + ":config.json";
     } else {
         config_file = (model / "config.json").string();
         config_text = read_text_file(config_file);
