@@ -69,7 +69,9 @@ ShardPlan check_plannable(const Job& job) {
     try {
         return make_plan(job);
     } catch (const Error& e) {
-        throw Error(job.file + ": the job cannot be planned: " + e.what(), e.exit_code());
+        std::string why = e.what();
+        if (why.rfind(job.file + ": ", 0) == 0) why.erase(0, job.file.size() + 2);  // named once
+        throw Error(job.file + ": the job cannot be planned: " + why, e.exit_code());
     }
 }
 
