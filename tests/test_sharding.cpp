@@ -107,6 +107,26 @@ TEST(Graph, ReplaceAllUsesWithMovesUsersAndOutputs) {
     EXPECT_TRUE(ch.g.is_clean());
 }
 
+// Op names are parsed into the enum once, when a node is made or read back; a name tpx has no
+// op for is kUnknown (an executor refuses it).
+TEST(Graph, OpKindsAreParsedOnceFromTheirNames) {
+    Graph g;
+    Value* x = g.add("input", "x", {}, {{kTokens, 4}})->out();
+    Node* n = g.add("allreduce_add_rmsnorm", "n", {x}, {{kTokens, 4}, {kTokens, 4}});
+    Node* odd = g.add("neg", "odd", {x}, {{kTokens, 4}});
+    g.mark_output(n->out());
+    g.mark_output(odd->out());
+    EXPECT_EQ(n->kind, Op::kAllreduceAddRmsnorm);
+    EXPECT_EQ(odd->kind, Op::kUnknown);
+    EXPECT_STREQ(op_name(Op::kAllGather), "all_gather");
+    for (Op op : {Op::kInput, Op::kParam, Op::kEmbedding, Op::kRmsnorm, Op::kAdd, Op::kAddRmsnorm, Op::kAllreduceAddRmsnorm,
+                  Op::kLinear, Op::kSplit, Op::kRope, Op::kAttention, Op::kSiluMul, Op::kMoe, Op::kAllReduce, Op::kAllGather})
+        EXPECT_EQ(parse_op(op_name(op)), op) << op_name(op);
+    Graph back = Graph::from_json(g.to_json());
+    EXPECT_EQ(back.find("n")->kind, Op::kAllreduceAddRmsnorm);
+    EXPECT_EQ(back.find("odd")->kind, Op::kUnknown);
+}
+
 TEST(Graph, CleanupRestoresTopologicalOrder) {
     Graph g;
     Value* x = g.add("input", "x", {}, {{kTokens, 4}})->out();

@@ -44,7 +44,7 @@ CpuExecutor::CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::s
     std::vector<Node*> nodes = graph_.nodes();
     for (size_t i = 0; i < nodes.size(); ++i) {
         for (Value* v : nodes[i]->inputs) last_use_[v] = i;
-        if (nodes[i]->op == "attention") {
+        if (nodes[i]->kind == Op::kAttention) {
             int64_t width = nodes[i]->attr_int("kv_heads") * nodes[i]->attr_int("head_dim");
             int64_t layer = nodes[i]->attr_int("layer");
             k_cache_[layer].assign(slots * max_seq * width, 0.0f);
@@ -70,7 +70,7 @@ std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
     std::map<const Value*, int64_t> rows;  // tokens per activation (fewer after the logit-row selection)
     auto width = [](const Value* v) { return v->shape.back(); };
     auto data = [&](const Value* v) -> float* {
-        if (v->producer && v->producer->op == "param") return weights_.at(v->producer->name).data();
+        if (v->producer && v->producer->kind == Op::kParam) return weights_.at(v->producer->name).data();
         return buf.at(v).data();
     };
     auto make = [&](const Value* v, int64_t r) -> float* {
@@ -81,29 +81,38 @@ std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
     std::vector<Node*> nodes = graph_.nodes();
     for (size_t i = 0; i < nodes.size(); ++i) {
         const Node* n = nodes[i];
-        const std::string& op = n->op;
         auto in = [&](size_t k) { return n->inputs[k]; };
         int64_t r = n->inputs.empty() ? T : (rows.count(in(0)) ? rows[in(0)] : T);
-        if (op == "input" || op == "param") {
+        switch (n->kind) {
+        case Op::kInput:
+        case Op::kParam:
             continue;
-        } else if (op == "embedding") {
+        case Op::kEmbedding: {
             int64_t per = n->attr_int("vocab_per_rank");
             cpu::embedding({T, in(1)->shape[0], in(1)->shape[1], (int64_t)comm_.rank() * per}, batch.ids.data(), data(in(1)),
                            make(n->out(), T));
-        } else if (op == "rmsnorm") {
+            break;
+        }
+        case Op::kRmsnorm:
             cpu::rmsnorm(r, width(in(0)), (float)n->attr_double("eps"), data(in(0)), data(in(1)), make(n->out(), r));
-        } else if (op == "add") {
+            break;
+        case Op::kAdd: {
             float* y = make(n->out(), r);
             const float *a = data(in(0)), *b = data(in(1));
             for (int64_t k = 0; k < r * width(n->out()); ++k) y[k] = a[k] + b[k];
-        } else if (op == "add_rmsnorm" || op == "allreduce_add_rmsnorm") {
+            break;
+        }
+        case Op::kAddRmsnorm:
+        case Op::kAllreduceAddRmsnorm: {
             int64_t w = width(in(0));
             std::vector<float> x(data(in(0)), data(in(0)) + r * w);
-            if (op == "allreduce_add_rmsnorm") comm_.all_reduce_sum(x.data(), x.size());
+            if (n->kind == Op::kAllreduceAddRmsnorm) comm_.all_reduce_sum(x.data(), x.size());
             float* sum = make(n->out(1), r);
             std::memcpy(sum, data(in(1)), r * w * sizeof(float));
             cpu::add_rmsnorm(r, w, (float)n->attr_double("eps"), x.data(), sum, data(in(2)), make(n->out(0), r));
-        } else if (op == "linear") {
+            break;
+        }
+        case Op::kLinear: {
             const float* x = data(in(0));
             std::vector<float> selected;
             if (n->name == "lm_head" && !batch.logit_rows.empty()) {
@@ -117,7 +126,9 @@ std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
             }
             const float* bias = n->inputs.size() == 3 ? data(in(2)) : nullptr;
             cpu::linear({r, in(1)->shape[1], in(1)->shape[0]}, x, data(in(1)), bias, make(n->out(), r));
-        } else if (op == "split") {
+            break;
+        }
+        case Op::kSplit: {
             const auto& sizes = std::get<std::vector<int64_t>>(n->attrs.at("sizes"));
             int64_t total = width(in(0)), offset = 0;
             const float* x = data(in(0));
@@ -126,23 +137,30 @@ std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
                 for (int64_t t = 0; t < r; ++t) std::memcpy(y + t * sizes[k], x + t * total + offset, sizes[k] * sizeof(float));
                 offset += sizes[k];
             }
-        } else if (op == "rope") {
+            break;
+        }
+        case Op::kRope: {
             cpu::RopeParams p = rope_params(*n);
             float* q = make(n->out(0), r);
             float* k = make(n->out(1), r);
             std::memcpy(q, data(in(0)), r * width(in(0)) * sizeof(float));
             std::memcpy(k, data(in(1)), r * width(in(1)) * sizeof(float));
             cpu::rope(p, r, batch.positions.data(), q, k);
-        } else if (op == "attention") {
+            break;
+        }
+        case Op::kAttention: {
             int64_t layer = n->attr_int("layer");
             cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
                                   n->attr_int("sliding_window")};
             cpu::attention(s, batch.slots.data(), batch.positions.data(), data(in(0)), data(in(1)), data(in(2)),
                            k_cache_.at(layer).data(), v_cache_.at(layer).data(), make(n->out(), r));
-        } else if (op == "silu_mul") {
+            break;
+        }
+        case Op::kSiluMul:
             if (n->inputs.size() == 1) cpu::silu_mul_fused(r, width(n->out()), data(in(0)), make(n->out(), r));
             else cpu::silu_mul(r, width(n->out()), data(in(0)), data(in(1)), make(n->out(), r));
-        } else if (op == "moe") {
+            break;
+        case Op::kMoe: {
             const Value* w2 = n->inputs.back();
             int64_t local = w2->shape[0], hidden = w2->shape[1], inter = w2->shape[2];
             const float* w13 = nullptr;
@@ -162,11 +180,15 @@ std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
             int64_t first = (comm_.rank() / n->attr_int("group_size")) * n->attr_int("experts_per_group");
             cpu::MoeShape s{r, hidden, n->attr_int("experts"), n->attr_int("top_k"), first, local, inter};
             cpu::moe(s, data(in(0)), data(in(1)), w13, data(w2), make(n->out(), r));
-        } else if (op == "all_reduce") {
+            break;
+        }
+        case Op::kAllReduce: {
             float* y = make(n->out(), r);
             std::memcpy(y, data(in(0)), r * width(in(0)) * sizeof(float));
             comm_.all_reduce_sum(y, r * width(in(0)));
-        } else if (op == "all_gather") {
+            break;
+        }
+        case Op::kAllGather: {
             int64_t local = width(in(0)), world = n->attr_int("world"), out_width = width(n->out());
             std::vector<float> gathered(world * r * local);
             comm_.all_gather(data(in(0)), r * local, gathered.data());
@@ -177,8 +199,10 @@ std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
                     int64_t start = q * local, n_copy = std::min(local, out_width - start);
                     if (n_copy > 0) std::memcpy(y + t * out_width + start, &gathered[(q * r + t) * local], n_copy * sizeof(float));
                 }
-        } else {
-            throw Error("the CPU backend has no op '" + op + "' (node " + n->name + ")");
+            break;
+        }
+        case Op::kUnknown:
+            throw Error("the CPU backend has no op '" + n->op + "' (node " + n->name + ")");
         }
         for (Value* v : n->inputs)
             if (last_use_[v] == i && buf.count(v)) buf.erase(v);
