@@ -203,7 +203,7 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
 }
 
 CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceWeights weights, int64_t slots, int64_t max_seq,
-                           cudaStream_t stream, double timeout_s)
+                           cudaStream_t stream, double timeout_s, const KernelConfig& tuning)
     : graph_(graph), rank_(rank), nccl_(nccl), weights_(std::move(weights)), slots_(slots), max_seq_(max_seq), stream_(stream),
       timeout_s_(timeout_s) {
     CUBLAS_CHECK(cublasCreate(&cublas_));
@@ -212,7 +212,8 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
     CUDA_CHECK(cudaMalloc(&cublas_workspace_, workspace));
     CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, workspace));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
-    if (const char* tune = std::getenv("TPX_GEMM_TUNE"); !tune || std::string(tune) != "0") tuner_ = std::make_unique<cuda::GemmTuner>();
+    cuda::set_kernel_config(tuning);
+    if (tuning.gemm_tune) tuner_ = std::make_unique<cuda::GemmTuner>();
     // Keep freed activations in the pool instead of returning them to the driver each step.
     cudaMemPool_t pool;
     int device = 0;
@@ -225,16 +226,16 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
     for (size_t i = 0; i < nodes.size(); ++i) {
         Node* n = nodes[i];
         for (Value* v : n->inputs) last_use_[v] = i;
-        if (n->op == "split") {
+        if (n->kind == Op::kSplit) {
             bool views = true;
             for (size_t k = 0; k < n->outputs.size(); ++k)
                 for (const Node* u : n->outputs[k]->users)
                     for (size_t j = 0; j < u->inputs.size(); ++j)
                         if (u->inputs[j] == n->outputs[k])
-                            views = views && ((u->op == "rope" && j < 2) || (u->op == "attention" && (j == 1 || j == 2)));
+                            views = views && ((u->kind == Op::kRope && j < 2) || (u->kind == Op::kAttention && (j == 1 || j == 2)));
             if (views) split_views_.insert(n);
         }
-        if (n->op == "attention") {
+        if (n->kind == Op::kAttention) {
             int64_t width = n->attr_int("kv_heads") * n->attr_int("head_dim");
             size_t bytes = (size_t)(slots * max_seq * width) * sizeof(bf16);
             bf16 *k = nullptr, *v = nullptr;
@@ -244,7 +245,7 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
             CUDA_CHECK(cudaMemset(v, 0, bytes));
             kv_[n->attr_int("layer")] = {k, v};
             kv_bytes_ += 2 * (int64_t)bytes;
-        } else if (n->op == "rope") {
+        } else if (n->kind == Op::kRope) {
             std::vector<float> inv = cpu::rope_inv_freq(rope_params(*n));
             float* d = nullptr;
             CUDA_CHECK(cudaMalloc(&d, inv.size() * sizeof(float)));
@@ -260,26 +261,23 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
     // A split's input lives as long as its views.
     for (const Node* n : split_views_)
         for (const Value* o : n->outputs) last_use_[n->inputs[0]] = std::max(last_use_[n->inputs[0]], last_use_[o]);
-    if (const char* e = std::getenv("TPX_RESIDUAL_EPILOGUE"); !e || std::string(e) != "0")
+    if (tuning.residual_epilogue)
         for (const Node* n : nodes) {
-            if (n->op != "linear" || n->inputs.size() != 2 || n->out()->users.size() != 1) continue;
+            if (n->kind != Op::kLinear || n->inputs.size() != 2 || n->out()->users.size() != 1) continue;
             const Node* u = n->out()->users[0];
-            if (u->op == "add_rmsnorm" && u->inputs[0] == n->out() && u->inputs[1] != n->out() &&
+            if (u->kind == Op::kAddRmsnorm && u->inputs[0] == n->out() && u->inputs[1] != n->out() &&
                 u->inputs[1]->shape.back() == n->out()->shape.back() &&
                 std::find(graph_.outputs().begin(), graph_.outputs().end(), n->out()) == graph_.outputs().end())
                 residual_epilogue_[n] = u;
         }
-    // TPX_MOE: unset or "auto": sparse up to kMoeSparseMaxTokens tokens, by expert from
-    // kMoeGroupedMinTokens outside a graph, dense otherwise; "sparse" or "dense" for every batch;
-    // "grouped": by expert for every batch outside a graph, dense inside one.
-    if (const char* m = std::getenv("TPX_MOE"); m && std::string(m) != "auto") {
-        if (std::string(m) == "sparse") moe_sparse_max_tokens_ = INT64_MAX;
-        else if (std::string(m) == "dense") moe_sparse_max_tokens_ = -1, moe_grouped_min_tokens_ = INT64_MAX;
-        else if (std::string(m) == "grouped") moe_sparse_max_tokens_ = -1, moe_grouped_min_tokens_ = 0;
-        else throw Error("TPX_MOE='" + std::string(m) + "': expected auto, sparse, grouped or dense", kExitBadInput);
-    }
-    const char* prof = std::getenv("TPX_PROFILE");
-    profiling_ = prof && std::string(prof) == "1";
+    // moe: "auto": sparse up to kMoeSparseMaxTokens tokens, by expert from kMoeGroupedMinTokens
+    // outside a graph, dense otherwise; "sparse" or "dense" for every batch; "grouped": by expert
+    // for every batch outside a graph, dense inside one.
+    if (tuning.moe == "sparse") moe_sparse_max_tokens_ = INT64_MAX;
+    else if (tuning.moe == "dense") moe_sparse_max_tokens_ = -1, moe_grouped_min_tokens_ = INT64_MAX;
+    else if (tuning.moe == "grouped") moe_sparse_max_tokens_ = -1, moe_grouped_min_tokens_ = 0;
+    else if (tuning.moe != "auto") throw Error("backend.tuning.moe = '" + tuning.moe + "': expected auto, sparse, grouped or dense", kExitBadInput);
+    profiling_ = tuning.profile;
 }
 
 void CudaExecutor::find_decode_fusions(const std::vector<Node*>& nodes) {
@@ -295,18 +293,18 @@ void CudaExecutor::find_decode_fusions(const std::vector<Node*>& nodes) {
         return u;
     };
     for (const Node* n : nodes) {
-        if (n->op != "linear" || n->inputs.size() < 2) continue;
+        if (n->kind != Op::kLinear || n->inputs.size() < 2) continue;
         DecodeFusion f;
         const Node* p = n->inputs[0]->producer;
-        if (p && (p->op == "rmsnorm" || p->op == "add_rmsnorm" || p->op == "allreduce_add_rmsnorm") && p->outputs[0] == n->inputs[0] &&
+        if (p && (p->kind == Op::kRmsnorm || p->kind == Op::kAddRmsnorm || p->kind == Op::kAllreduceAddRmsnorm) && p->outputs[0] == n->inputs[0] &&
             sole_reader(p->outputs[0], {0}) == n && p->inputs[0]->shape.back() == n->inputs[1]->shape[1])
             f.norm = p;
         const Node* u = sole_reader(n->out(), {0});
-        if (u && u->op == "silu_mul" && u->inputs.size() == 1) f.swiglu = u;
-        if (u && u->op == "split" && u->outputs.size() == 3) {
+        if (u && u->kind == Op::kSiluMul && u->inputs.size() == 1) f.swiglu = u;
+        if (u && u->kind == Op::kSplit && u->outputs.size() == 3) {
             const Node* rope = sole_reader(u->outputs[0], {0});
             const Node* attn = sole_reader(u->outputs[2], {2});
-            if (rope && rope->op == "rope" && sole_reader(u->outputs[1], {1}) == rope && attn && attn->op == "attention" &&
+            if (rope && rope->kind == Op::kRope && sole_reader(u->outputs[1], {1}) == rope && attn && attn->kind == Op::kAttention &&
                 sole_reader(rope->outputs[0], {0}) == attn && sole_reader(rope->outputs[1], {1}) == attn &&
                 rope->attr_int("heads") == attn->attr_int("heads") && rope->attr_int("kv_heads") == attn->attr_int("kv_heads") &&
                 rope->attr_int("head_dim") == attn->attr_int("head_dim") &&
@@ -331,9 +329,9 @@ void CudaExecutor::find_decode_fusions(const std::vector<Node*>& nodes) {
     // GEMV can push its part straight to the ranks (cuda::ExchangeIn), the norm's GEMV sums it.
     if (!nccl_ || !nccl_->oneshot()) return;
     for (const auto& [norm, lin] : norm_of_) {
-        if (norm->op != "allreduce_add_rmsnorm") continue;
+        if (norm->kind != Op::kAllreduceAddRmsnorm) continue;
         const Node* p = norm->inputs[0]->producer;
-        if (p && p->op == "linear" && p->inputs.size() >= 2 && !fusions_.count(p) && sole_reader(p->out(), {0}) == norm)
+        if (p && p->kind == Op::kLinear && p->inputs.size() >= 2 && !fusions_.count(p) && sole_reader(p->out(), {0}) == norm)
             exchange_of_[p] = norm;
     }
 }
@@ -526,7 +524,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
     std::map<const Value*, const Value*> view_of;   // a view's base value
     auto width = [](const Value* v) { return v->shape.back(); };
     auto data = [&](const Value* v) -> bf16* {
-        if (v->producer && v->producer->op == "param") return weights_.params.at(v->producer->name);
+        if (v->producer && v->producer->kind == Op::kParam) return weights_.params.at(v->producer->name);
         return buf.at(v);
     };
     // Activations: stream-ordered allocations, or with `arena` offsets in that block (a captured
@@ -568,7 +566,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
     bool exchange_open = false;
     // The GemvNorm that the GEMV of norm_of_.at(n) computes, but for x and residual_out.
     auto norm_params = [&](const Node* n) {
-        const bool plain = n->op == "rmsnorm";
+        const bool plain = n->kind == Op::kRmsnorm;
         cuda::GemvNorm nm;
         nm.residual = plain ? nullptr : data(n->inputs[1]);
         nm.weight = data(n->inputs[plain ? 1 : 2]);
@@ -593,10 +591,9 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
     };
     for (size_t i = 0; i < nodes.size(); ++i) {
         const Node* n = nodes[i];
-        const std::string& op = n->op;
         auto in = [&](size_t k) { return n->inputs[k]; };
         int64_t r = n->inputs.empty() ? T : (rows.count(in(0)) ? rows[in(0)] : T);
-        if (op == "input" || op == "param") continue;
+        if (n->kind == Op::kInput || n->kind == Op::kParam) continue;
         if (skip.count(n)) {  // done by a fused GEMV
             release_inputs(i, n);
             continue;
@@ -604,14 +601,14 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
         // A norm whose linear's GEMV will compute it: only the new residual is allocated here.
         if (fuse && norm_of_.count(n)) {
             const Node* lin = norm_of_.at(n);
-            const bool plain = op == "rmsnorm";
+            const bool plain = n->kind == Op::kRmsnorm;
             cuda::GemvNorm nm = norm_params(n);
             if (pushed.count(n)) nm.sum = nccl_->exchange_in(pushed.at(n));
             else nm.x = data(in(0));
             // (residual_out, not yet allocated, is a stream-ordered allocation: aligned)
             if (cuda::gemv_fused_applies(width(in(0)), &nm, data(lin->inputs[1]))) {
                 if (!plain) nm.residual_out = make(n->out(1), r);
-                if (op == "allreduce_add_rmsnorm" && nccl_ && !nm.sum.ll) {
+                if (n->kind == Op::kAllreduceAddRmsnorm && nccl_ && !nm.sum.ll) {
                     bf16* reduced = alloc(width(in(0)));
                     nccl_->all_reduce(nm.x, reduced, width(in(0)));
                     nm.x = pending_release[lin] = reduced;
@@ -626,25 +623,33 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
             cudaEvent_t a, b;
             CUDA_CHECK(cudaEventCreate(&a));
             CUDA_CHECK(cudaEventCreate(&b));
-            std::string key = op == "linear" ? "linear " + n->name.substr(n->name.rfind('.') + 1) : op;
+            std::string key = n->kind == Op::kLinear ? "linear " + n->name.substr(n->name.rfind('.') + 1) : n->op;
             pending_.push_back({key, {a, b}});
             CUDA_CHECK(cudaEventRecord(a, stream_));
         }
-        if (op == "embedding") {
+        switch (n->kind) {
+        case Op::kEmbedding: {
             int64_t per = n->attr_int("vocab_per_rank");
             cuda::embedding({T, in(1)->shape[0], in(1)->shape[1], (int64_t)rank_ * per}, ids_, data(in(1)), make(n->out(), T), stream_);
-        } else if (op == "rmsnorm") {
+            break;
+        }
+        case Op::kRmsnorm:
             cuda::rmsnorm(r, width(in(0)), (float)n->attr_double("eps"), data(in(0)), data(in(1)), make(n->out(), r), stream_);
-        } else if (op == "add") {
+            break;
+        case Op::kAdd:
             cuda::add(r * width(in(0)), data(in(0)), data(in(1)), make(n->out(), r), stream_);
-        } else if (op == "add_rmsnorm" && residual_added.count(n)) {  // the GEMM before it added the residual
-            const int64_t rr = rows.at(n->out(1));
-            cuda::rmsnorm(rr, width(in(0)), (float)n->attr_double("eps"), data(n->out(1)), data(in(2)), make(n->out(0), rr), stream_);
-        } else if (op == "add_rmsnorm" || op == "allreduce_add_rmsnorm") {
+            break;
+        case Op::kAddRmsnorm:
+        case Op::kAllreduceAddRmsnorm: {
+            if (residual_added.count(n)) {  // the GEMM before it added the residual
+                const int64_t rr = rows.at(n->out(1));
+                cuda::rmsnorm(rr, width(in(0)), (float)n->attr_double("eps"), data(n->out(1)), data(in(2)), make(n->out(0), rr), stream_);
+                break;
+            }
             int64_t w = width(in(0));
             const bf16* x = data(in(0));
             bf16* reduced = nullptr;
-            if (op == "allreduce_add_rmsnorm" && nccl_) {
+            if (n->kind == Op::kAllreduceAddRmsnorm && nccl_) {
                 reduced = alloc(r * w);
                 nccl_->all_reduce(x, reduced, r * w);
                 x = reduced;
@@ -652,76 +657,81 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
             bf16* sum = make(n->out(1), r);
             cuda::add_rmsnorm(r, w, (float)n->attr_double("eps"), x, data(in(1)), sum, data(in(2)), make(n->out(0), r), stream_);
             if (reduced) release(reduced);
-        } else if (op == "linear" && fuse && exchange_of_.count(n) && !exchange_open &&
-                   nccl_->push_applies(in(1)->shape[1], in(1)->shape[0], data(in(0)), data(in(1))) && [&] {
-                       const Node* norm = exchange_of_.at(n);  // the sum will be fused too
-                       cuda::GemvNorm nm = norm_params(norm);
-                       nm.sum = nccl_->exchange_in(0);
-                       return cuda::gemv_fused_applies(width(n->out()), &nm, data(norm_of_.at(norm)->inputs[1]));
-                   }()) {
-            // Its all-reduce is summed by the next GEMV's norm (cuda::ExchangeIn): no output here.
-            nccl_->gemv_push(in(1)->shape[1], in(1)->shape[0], data(in(0)), data(in(1)), n->inputs.size() == 3 ? data(in(2)) : nullptr,
-                             exchanges);
-            pushed[exchange_of_.at(n)] = exchanges++;
-            exchange_open = true;
-        } else if (op == "linear" && fuse && fusions_.count(n) &&
-                   (pending_norm.count(n) || cuda::gemv_fused_applies(width(in(0)), nullptr, data(in(1))))) {
-            const DecodeFusion& f = fusions_.at(n);
-            const cuda::GemvNorm* nm = pending_norm.count(n) ? &pending_norm.at(n) : nullptr;
-            const bf16* x = nm ? nullptr : data(in(0));
-            const bf16* bias = n->inputs.size() == 3 ? data(in(2)) : nullptr;
-            cuda::GemvEpilogue epi = cuda::GemvEpilogue::kNone;
-            cuda::GemvRopeKv rk;
-            bf16* y = nullptr;
-            if (f.swiglu) {
-                epi = cuda::GemvEpilogue::kSwiglu;
-                y = make(f.swiglu->out(), 1);
-                skip.insert(f.swiglu);
-            } else if (f.split) {
-                epi = cuda::GemvEpilogue::kRopeKv;
-                auto& kv = kv_.at(f.attention->attr_int("layer"));
-                rk.heads = f.attention->attr_int("heads");
-                rk.kv_heads = f.attention->attr_int("kv_heads");
-                rk.head_dim = f.attention->attr_int("head_dim");
-                rk.max_seq = max_seq_;
-                rk.slot = slots_dev_;
-                rk.pos = positions_;
-                rk.inv_freq = inv_freq_.at(f.rope);
-                rk.k_cache = kv.first;
-                rk.v_cache = kv.second;
-                y = make(f.rope->out(0), 1);
-                skip.insert(f.split);
-                skip.insert(f.rope);
-                kv_written.insert(f.attention);
+            break;
+        }
+        case Op::kLinear:
+            if (fuse && exchange_of_.count(n) && !exchange_open &&
+                nccl_->push_applies(in(1)->shape[1], in(1)->shape[0], data(in(0)), data(in(1))) && [&] {
+                    const Node* norm = exchange_of_.at(n);  // the sum will be fused too
+                    cuda::GemvNorm nm = norm_params(norm);
+                    nm.sum = nccl_->exchange_in(0);
+                    return cuda::gemv_fused_applies(width(n->out()), &nm, data(norm_of_.at(norm)->inputs[1]));
+                }()) {
+                // Its all-reduce is summed by the next GEMV's norm (cuda::ExchangeIn): no output here.
+                nccl_->gemv_push(in(1)->shape[1], in(1)->shape[0], data(in(0)), data(in(1)), n->inputs.size() == 3 ? data(in(2)) : nullptr,
+                                 exchanges);
+                pushed[exchange_of_.at(n)] = exchanges++;
+                exchange_open = true;
+            } else if (fuse && fusions_.count(n) &&
+                       (pending_norm.count(n) || cuda::gemv_fused_applies(width(in(0)), nullptr, data(in(1))))) {
+                const DecodeFusion& f = fusions_.at(n);
+                const cuda::GemvNorm* nm = pending_norm.count(n) ? &pending_norm.at(n) : nullptr;
+                const bf16* x = nm ? nullptr : data(in(0));
+                const bf16* bias = n->inputs.size() == 3 ? data(in(2)) : nullptr;
+                cuda::GemvEpilogue epi = cuda::GemvEpilogue::kNone;
+                cuda::GemvRopeKv rk;
+                bf16* y = nullptr;
+                if (f.swiglu) {
+                    epi = cuda::GemvEpilogue::kSwiglu;
+                    y = make(f.swiglu->out(), 1);
+                    skip.insert(f.swiglu);
+                } else if (f.split) {
+                    epi = cuda::GemvEpilogue::kRopeKv;
+                    auto& kv = kv_.at(f.attention->attr_int("layer"));
+                    rk.heads = f.attention->attr_int("heads");
+                    rk.kv_heads = f.attention->attr_int("kv_heads");
+                    rk.head_dim = f.attention->attr_int("head_dim");
+                    rk.max_seq = max_seq_;
+                    rk.slot = slots_dev_;
+                    rk.pos = positions_;
+                    rk.inv_freq = inv_freq_.at(f.rope);
+                    rk.k_cache = kv.first;
+                    rk.v_cache = kv.second;
+                    y = make(f.rope->out(0), 1);
+                    skip.insert(f.split);
+                    skip.insert(f.rope);
+                    kv_written.insert(f.attention);
+                } else {
+                    y = make(n->out(), 1);
+                }
+                cuda::gemv_fused(in(1)->shape[1], in(1)->shape[0], x, data(in(1)), bias, y, nm, epi, f.split ? &rk : nullptr, stream_);
+                if (nm && nm->sum.ll) exchange_open = false;
+                if (pending_release.count(n)) release(pending_release.at(n));
             } else {
-                y = make(n->out(), 1);
+                const bf16* x = data(in(0));
+                bf16* selected = nullptr;
+                if (n->name == "lm_head" && select_rows) {
+                    selected = alloc(R * width(in(0)));
+                    cuda::gather_rows(R, width(in(0)), rows_, x, selected, stream_);
+                    x = selected;
+                    r = R;
+                }
+                const bf16* bias = n->inputs.size() == 3 ? data(in(2)) : nullptr;
+                const cpu::LinearShape ls{r, in(1)->shape[1], in(1)->shape[0]};
+                bool added = false;
+                if (tuner_ && !selected && residual_epilogue_.count(n) && r >= cuda::kGemmTuneMinTokens) {
+                    // y + residual straight into the norm's new residual; the norm then reads only that.
+                    const Node* nm = residual_epilogue_.at(n);
+                    bf16* sum = make(nm->out(1), r);
+                    added = tuner_->matmul(ls, x, data(in(1)), sum, stream_, data(nm->inputs[1]));
+                    if (added) residual_added.insert(nm);
+                    else release(sum), buf.erase(nm->out(1));
+                }
+                if (!added) cuda::linear(cublas_, ls, x, data(in(1)), bias, make(n->out(), r), stream_, true, tuner_.get());
+                if (selected) release(selected);
             }
-            cuda::gemv_fused(in(1)->shape[1], in(1)->shape[0], x, data(in(1)), bias, y, nm, epi, f.split ? &rk : nullptr, stream_);
-            if (nm && nm->sum.ll) exchange_open = false;
-            if (pending_release.count(n)) release(pending_release.at(n));
-        } else if (op == "linear") {
-            const bf16* x = data(in(0));
-            bf16* selected = nullptr;
-            if (n->name == "lm_head" && select_rows) {
-                selected = alloc(R * width(in(0)));
-                cuda::gather_rows(R, width(in(0)), rows_, x, selected, stream_);
-                x = selected;
-                r = R;
-            }
-            const bf16* bias = n->inputs.size() == 3 ? data(in(2)) : nullptr;
-            const cpu::LinearShape ls{r, in(1)->shape[1], in(1)->shape[0]};
-            bool added = false;
-            if (tuner_ && !selected && residual_epilogue_.count(n) && r >= cuda::kGemmTuneMinTokens) {
-                // y + residual straight into the norm's new residual; the norm then reads only that.
-                const Node* nm = residual_epilogue_.at(n);
-                bf16* sum = make(nm->out(1), r);
-                added = tuner_->matmul(ls, x, data(in(1)), sum, stream_, data(nm->inputs[1]));
-                if (added) residual_added.insert(nm);
-                else release(sum), buf.erase(nm->out(1));
-            }
-            if (!added) cuda::linear(cublas_, ls, x, data(in(1)), bias, make(n->out(), r), stream_, true, tuner_.get());
-            if (selected) release(selected);
-        } else if (op == "split") {
+            break;
+        case Op::kSplit: {
             const auto& sizes = std::get<std::vector<int64_t>>(n->attrs.at("sizes"));
             int64_t total = width(in(0)), offset = 0;
             for (size_t k = 0; k < sizes.size(); ++k) {
@@ -738,14 +748,18 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
                                              sizes[k] * sizeof(bf16), r, cudaMemcpyDeviceToDevice, stream_));
                 offset += sizes[k];
             }
-        } else if (op == "rope") {
+            break;
+        }
+        case Op::kRope: {
             cpu::RopeParams p = rope_params(*n);
             bf16* q = make(n->out(0), r);
             bf16* k = make(n->out(1), r);
             int64_t in_stride = stride.count(in(0)) ? stride[in(0)] : 0;
             TPX_CHECK(in_stride == (stride.count(in(1)) ? stride[in(1)] : 0), "rope: q and k views of different strides");
             cuda::rope(p, r, positions_, inv_freq_.at(n), data(in(0)), data(in(1)), q, k, stream_, in_stride);
-        } else if (op == "attention") {
+            break;
+        }
+        case Op::kAttention: {
             auto& kv = kv_.at(n->attr_int("layer"));
             cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
                                   n->attr_int("sliding_window")};
@@ -753,10 +767,13 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
             cuda::attention(s, slots_dev_, positions_, data(in(0)), written ? nullptr : data(in(1)), written ? nullptr : data(in(2)),
                             kv.first, kv.second, make(n->out(), r), stream_, stride.count(in(1)) ? stride[in(1)] : 0,
                             stride.count(in(2)) ? stride[in(2)] : 0, cublas_, &segments_);
-        } else if (op == "silu_mul") {
+            break;
+        }
+        case Op::kSiluMul:
             if (n->inputs.size() == 1) cuda::silu_mul_fused(r, width(n->out()), data(in(0)), make(n->out(), r), stream_);
             else cuda::silu_mul(r, width(n->out()), data(in(0)), data(in(1)), make(n->out(), r), stream_);
-        } else if (op == "moe") {
+            break;
+        case Op::kMoe: {
             // Up to moe_sparse_max_tokens_ tokens, sparse (kernels/cuda/moe.cu); from
             // moe_grouped_min_tokens_ outside a graph, by expert over each one's tokens
             // (moe_grouped, a host round trip); else dense over the local experts: every token
@@ -805,11 +822,15 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
                 release(act);
                 release(part);
             }
-        } else if (op == "all_reduce") {
+            break;
+        }
+        case Op::kAllReduce: {
             bf16* y = make(n->out(), r);
             if (nccl_) nccl_->all_reduce(data(in(0)), y, r * width(in(0)));
             else CUDA_CHECK(cudaMemcpyAsync(y, data(in(0)), r * width(in(0)) * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
-        } else if (op == "all_gather") {
+            break;
+        }
+        case Op::kAllGather: {
             int64_t local = width(in(0)), world = n->attr_int("world"), out_width = width(n->out());
             bf16* gathered = alloc(world * r * local);
             if (nccl_) nccl_->all_gather(data(in(0)), r * local, gathered);
@@ -823,8 +844,13 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
                                                  n_copy * sizeof(bf16), r, cudaMemcpyDeviceToDevice, stream_));
             }
             release(gathered);
-        } else {
-            throw Error("the CUDA backend has no op '" + op + "' (node " + n->name + ")");
+            break;
+        }
+        case Op::kInput:
+        case Op::kParam:
+            break;
+        case Op::kUnknown:
+            throw Error("the CUDA backend has no op '" + n->op + "' (node " + n->name + ")");
         }
         if (profiling_) CUDA_CHECK(cudaEventRecord(pending_.back().second.second, stream_));
         release_inputs(i, n);

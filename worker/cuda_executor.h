@@ -39,8 +39,10 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
 
 class CudaExecutor : public Executor {
 public:
+    // `tuning` becomes the process's kernel settings (cuda::set_kernel_config) and chooses the
+    // executor's own: the GEMM tuner, the residual epilogue, the MoE form, profiling.
     CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceWeights weights, int64_t slots, int64_t max_seq,
-                 cudaStream_t stream, double timeout_s);
+                 cudaStream_t stream, double timeout_s, const KernelConfig& tuning);
     ~CudaExecutor() override;
 
     std::vector<float> forward(const TokenBatch& batch) override;
@@ -76,10 +78,10 @@ private:
     double timeout_s_;
     cublasHandle_t cublas_ = nullptr;
     void* cublas_workspace_ = nullptr;
-    std::unique_ptr<cuda::GemmTuner> tuner_;  // prefill GEMMs' algorithms; none with TPX_GEMM_TUNE=0
+    std::unique_ptr<cuda::GemmTuner> tuner_;  // prefill GEMMs' algorithms; none with gemm_tune = false
     // linear -> the add_rmsnorm that alone reads its output as x: in a prefill the tuner's GEMM
     // adds the residual in its epilogue (writing the new residual) and the norm reads that
-    // alone (TPX_RESIDUAL_EPILOGUE=0: never).
+    // alone (residual_epilogue = false: never).
     std::map<const Node*, const Node*> residual_epilogue_;
     std::map<int64_t, std::pair<__nv_bfloat16*, __nv_bfloat16*>> kv_;  // layer -> (k, v)
     std::map<const Node*, float*> inv_freq_;                            // per rope node
@@ -118,11 +120,11 @@ private:
     int32_t* argmax_ = nullptr;
     float* moe_weights_ = nullptr;
     int64_t moe_capacity_ = 0;
-    // MoE layers with at most this many tokens run sparse (TPX_MOE; docs/GPU.md).
+    // MoE layers with at most this many tokens run sparse (backend.tuning.moe; docs/GPU.md).
     int64_t moe_sparse_max_tokens_ = cuda::kMoeSparseMaxTokens;
     int64_t moe_grouped_min_tokens_ = cuda::kMoeGroupedMinTokens;  // outside a graph, from this many: by expert
     bool graphs_enabled_ = false;
-    // TPX_PROFILE=1: events around every node (no graphs then); ms and calls per op kind.
+    // backend.tuning.profile: events around every node (no graphs then); ms and calls per op kind.
     bool profiling_ = false;
     std::vector<std::pair<std::string, std::pair<cudaEvent_t, cudaEvent_t>>> pending_;
     std::map<std::string, std::pair<double, int>> profile_;

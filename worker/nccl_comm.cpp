@@ -14,13 +14,13 @@
 
 namespace tpx {
 
-NcclComm::NcclComm(MpiCommunicator& mpi, cudaStream_t stream, double timeout_s)
+NcclComm::NcclComm(MpiCommunicator& mpi, cudaStream_t stream, double timeout_s, const KernelConfig& tuning)
     : stream_(stream), timeout_s_(timeout_s), world_(mpi.world()), rank_(mpi.rank()) {
     ncclUniqueId id;
     if (rank_ == 0) NCCL_CHECK(ncclGetUniqueId(&id));
     mpi.broadcast(&id, sizeof(id), 0);
     NCCL_CHECK(ncclCommInitRank(&comm_, world_, id, rank_));
-    setup_oneshot(mpi);
+    setup_oneshot(mpi, tuning);
 }
 
 NcclComm::~NcclComm() {
@@ -31,10 +31,9 @@ NcclComm::~NcclComm() {
 // Collective: every rank says whether it can take part; the one-shot path is on only if all
 // can. Each rank's flags and buffers are one cudaMalloc block, zeroed before the handles are
 // exchanged (the exchange is the barrier that keeps a fast peer's first flag from being wiped).
-void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
+void NcclComm::setup_oneshot(MpiCommunicator& mpi, const KernelConfig& tuning) {
     std::string why;
-    const char* env = std::getenv("TPX_ONESHOT");
-    if (env && std::string(env) == "0") why = "TPX_ONESHOT=0";
+    if (!tuning.oneshot) why = "backend.tuning.oneshot = false";
     if (world_ > cuda::kOneShotMaxRanks) why = "more than " + std::to_string(cuda::kOneShotMaxRanks) + " ranks";
 
     // Where each rank's GPU is: host name and PCI bus id.
@@ -131,9 +130,9 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
         oneshot_.timeout_ns = (uint64_t)(timeout_s_ * 0.5e9);
         oneshot_status_ = "one-shot all-reduce over CUDA IPC for messages up to " + std::to_string(kOneShotBytes >> 10) +
                           " KiB, NCCL above";
-        const char* fuse = std::getenv("TPX_AR_FUSE");
-        fused_ = !(fuse && std::string(fuse) == "0");
-        oneshot_status_ += fused_ ? "; batch-1 decode sums it in the GEMVs (TPX_AR_FUSE=0: off)" : "; not fused into the GEMVs (TPX_AR_FUSE=0)";
+        fused_ = tuning.fused_all_reduce;
+        oneshot_status_ += fused_ ? "; batch-1 decode sums it in the GEMVs (backend.tuning.fused_all_reduce = false: off)"
+                                  : "; not fused into the GEMVs (backend.tuning.fused_all_reduce = false)";
     }
     if (rank_ == 0) log_info(oneshot_status_);
 }
