@@ -1,8 +1,7 @@
 // The GPU backend: bf16 weights and activations on the rank's device, fp32 accumulation,
 // cuBLAS GEMMs, the kernels of kernels/cuda, NCCL collectives on the compute stream, a bf16
 // KV cache, and the decode step captured as a CUDA graph (NCCL calls inside) and replayed.
-// Weights are uploaded from the checkpoint through pinned staging buffers: file reads overlap
-// the host-to-device copies, and host memory stays near the staging size.
+// The weights come from worker/device_weights.h.
 #pragma once
 
 #include <cublas_v2.h>
@@ -16,26 +15,12 @@
 #include <vector>
 
 #include "kernels/cuda/ops.h"
-#include "loader/checkpoint.h"
 #include "sharding/graph.h"
+#include "worker/device_weights.h"
 #include "worker/executor.h"
 #include "worker/nccl_comm.h"
 
 namespace tpx {
-
-struct DeviceWeights {
-    std::map<std::string, __nv_bfloat16*> params;
-    int64_t bytes = 0;
-    ~DeviceWeights();
-    DeviceWeights() = default;
-    DeviceWeights(DeviceWeights&&) noexcept;
-    DeviceWeights& operator=(DeviceWeights&&) noexcept;
-};
-
-// Reads each parameter's pieces straight into its device buffer: one batched read on the
-// checkpoint's threads through a ring of pinned 8 MiB buffers (at most `staging_bytes` in all,
-// two per read thread), copies to the device overlapped with the reads.
-DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes = 256u << 20);
 
 class CudaExecutor : public Executor {
 public:
