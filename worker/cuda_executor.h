@@ -16,6 +16,7 @@
 
 #include "kernels/cuda/ops.h"
 #include "sharding/graph.h"
+#include "sharding/steps.h"
 #include "worker/device_weights.h"
 #include "worker/executor.h"
 #include "worker/nccl_comm.h"
@@ -52,7 +53,23 @@ private:
     void ensure_inputs(int64_t tokens, int64_t rows);
     // Stages the batch and enqueues the forward (a graph replay for decode steps); returns rows.
     int64_t enqueue(const TokenBatch& batch);
+    // The step program over one forward's activations: a captured step takes them from `arena`,
+    // the eager step before it records the block they need in `arena_peak`.
     void run_nodes(int64_t tokens, int64_t rows, bool select_rows, char* arena = nullptr, size_t* arena_peak = nullptr);
+    struct Forward;
+    void run_node(Forward& f, const Node* n, int64_t rows);
+    cuda::GemvNorm norm_params(Forward& f, const Node* norm);
+    bool defer_norm(Forward& f, const Node* norm, int64_t rows);
+    void run_add_rmsnorm(Forward& f, const Node* n, int64_t rows);
+    bool can_push(Forward& f, const Node* linear);
+    void run_linear(Forward& f, const Node* n, int64_t rows);
+    void run_fused_gemv(Forward& f, const Node* n);
+    void run_gemm(Forward& f, const Node* n, int64_t rows);
+    void run_split(Forward& f, const Node* n, int64_t rows);
+    void run_moe(Forward& f, const Node* n, int64_t rows);
+    void run_moe_dense(Forward& f, const cpu::MoeShape& s, const __nv_bfloat16* x, const cuda::MoeExperts& w, bool fused,
+                       __nv_bfloat16* y);
+    void run_all_gather(Forward& f, const Node* n, int64_t rows);
 
     const Graph& graph_;
     int rank_;
@@ -64,32 +81,9 @@ private:
     cublasHandle_t cublas_ = nullptr;
     void* cublas_workspace_ = nullptr;
     std::unique_ptr<cuda::GemmTuner> tuner_;  // prefill GEMMs' algorithms; none with gemm_tune = false
-    // linear -> the add_rmsnorm that alone reads its output as x: in a prefill the tuner's GEMM
-    // adds the residual in its epilogue (writing the new residual) and the norm reads that
-    // alone (residual_epilogue = false: never).
-    std::map<const Node*, const Node*> residual_epilogue_;
+    StepProgram program_;  // liveness, split views and fusions, decided once (sharding/steps.h)
     std::map<int64_t, std::pair<__nv_bfloat16*, __nv_bfloat16*>> kv_;  // layer -> (k, v)
     std::map<const Node*, float*> inv_freq_;                            // per rope node
-    std::map<const Value*, size_t> last_use_;
-    // Splits whose outputs only rope and attention read: their outputs are column views of the
-    // input (row stride = the input's width), no copies.
-    std::set<const Node*> split_views_;
-    // Batch-1 decode fusions around a linear layer (run when its GEMV applies, see
-    // cuda::gemv_fused): the norm before it, and SwiGLU or split -> rope -> the attention's
-    // cache write after it. Nodes whose work is fused are skipped at batch 1.
-    struct DecodeFusion {
-        const Node* norm = nullptr;    // rmsnorm / add_rmsnorm / allreduce_add_rmsnorm: only this linear reads its out(0)
-        const Node* swiglu = nullptr;  // silu_mul (one input): the only reader of the linear's output
-        const Node* split = nullptr;   // the QKV split, whose q and k only `rope` reads and whose v only `attention`
-        const Node* rope = nullptr;
-        const Node* attention = nullptr;
-    };
-    void find_decode_fusions(const std::vector<Node*>& nodes);
-    std::map<const Node*, DecodeFusion> fusions_;  // by linear node
-    std::map<const Node*, const Node*> norm_of_;   // norm node -> the linear it fuses into
-    // A linear -> the allreduce_add_rmsnorm in norm_of_ that alone reads its output: at batch 1
-    // its GEMV pushes its part (NcclComm::gemv_push) and the norm's GEMV sums it.
-    std::map<const Node*, const Node*> exchange_of_;
     // The current batch's prompt segments (host), for attention's choice of kernel or GEMMs.
     std::vector<cuda::AttentionSegment> segments_;
     // Fixed-address inputs and output, so that captured graphs stay valid.

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "kernels/cpu/ops.h"
+#include "sharding/steps.h"
 
 namespace tpx {
 
@@ -42,8 +43,8 @@ CpuExecutor::CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::s
                          int64_t slots, int64_t max_seq)
     : graph_(graph), comm_(comm), weights_(std::move(weights)), slots_(slots), max_seq_(max_seq) {
     std::vector<Node*> nodes = graph_.nodes();
+    last_use_ = last_uses(graph_, nodes);
     for (size_t i = 0; i < nodes.size(); ++i) {
-        for (Value* v : nodes[i]->inputs) last_use_[v] = i;
         if (nodes[i]->kind == Op::kAttention) {
             int64_t width = nodes[i]->attr_int("kv_heads") * nodes[i]->attr_int("head_dim");
             int64_t layer = nodes[i]->attr_int("layer");
@@ -51,10 +52,7 @@ CpuExecutor::CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::s
             v_cache_[layer].assign(slots * max_seq * width, 0.0f);
         }
     }
-    for (Value* out : graph_.outputs()) {
-        last_use_[out] = nodes.size();
-        vocab_ = out->shape.back();
-    }
+    for (Value* out : graph_.outputs()) vocab_ = out->shape.back();
 }
 
 int64_t CpuExecutor::kv_cache_bytes() const {
@@ -63,21 +61,93 @@ int64_t CpuExecutor::kv_cache_bytes() const {
     return n;
 }
 
+namespace {
+
+// One forward's activations (fp32, host), with their rows (fewer after the logit-row selection).
+struct HostBuffers {
+    const std::map<std::string, std::vector<float>>& weights;
+    std::map<const Value*, std::vector<float>> buf;
+    std::map<const Value*, int64_t> rows;
+
+    float* data(const Value* v) {
+        if (v->producer && v->producer->kind == Op::kParam) return const_cast<float*>(weights.at(v->producer->name).data());
+        return buf.at(v).data();
+    }
+    float* make(const Value* v, int64_t r) {
+        rows[v] = r;
+        buf[v].assign(r * v->shape.back(), 0.0f);
+        return buf[v].data();
+    }
+};
+
+// [rank][row][local] -> [row][rank * local], trimmed to the valid vocabulary (out_width).
+void rank_major_to_rows(const float* gathered, int64_t r, int64_t local, int64_t world, int64_t out_width, float* y) {
+    for (int64_t t = 0; t < r; ++t)
+        for (int64_t q = 0; q < world; ++q) {
+            int64_t start = q * local, n_copy = std::min(local, out_width - start);
+            if (n_copy > 0) std::memcpy(y + t * out_width + start, &gathered[(q * r + t) * local], n_copy * sizeof(float));
+        }
+}
+
+// linear; lm_head takes only the rows whose logits are wanted through the vocabulary GEMM.
+void run_linear(HostBuffers& hb, const Node* n, int64_t r, const std::vector<int64_t>& logit_rows) {
+    const float* x = hb.data(n->inputs[0]);
+    std::vector<float> selected;
+    if (n->name == "lm_head" && !logit_rows.empty()) {
+        int64_t k = n->inputs[0]->shape.back();
+        selected.resize(logit_rows.size() * k);
+        for (size_t j = 0; j < logit_rows.size(); ++j) std::memcpy(&selected[j * k], x + logit_rows[j] * k, k * sizeof(float));
+        x = selected.data();
+        r = (int64_t)logit_rows.size();
+    }
+    const float* bias = n->inputs.size() == 3 ? hb.data(n->inputs[2]) : nullptr;
+    const Value* w = n->inputs[1];
+    cpu::linear({r, w->shape[1], w->shape[0]}, x, hb.data(w), bias, hb.make(n->out(), r));
+}
+
+void split_columns(HostBuffers& hb, const Node* n, int64_t r) {
+    const auto& sizes = std::get<std::vector<int64_t>>(n->attrs.at("sizes"));
+    int64_t total = n->inputs[0]->shape.back(), offset = 0;
+    const float* x = hb.data(n->inputs[0]);
+    for (size_t k = 0; k < sizes.size(); ++k) {
+        float* y = hb.make(n->out(k), r);
+        for (int64_t t = 0; t < r; ++t) std::memcpy(y + t * sizes[k], x + t * total + offset, sizes[k] * sizeof(float));
+        offset += sizes[k];
+    }
+}
+
+void all_gather_rows(HostBuffers& hb, Communicator& comm, const Node* n, int64_t r) {
+    int64_t local = n->inputs[0]->shape.back(), world = n->attr_int("world"), out_width = n->out()->shape.back();
+    std::vector<float> gathered(world * r * local);
+    comm.all_gather(hb.data(n->inputs[0]), r * local, gathered.data());
+    rank_major_to_rows(gathered.data(), r, local, world, out_width, hb.make(n->out(), r));
+}
+
+}  // namespace
+
+// w1 and w3 separate (fuse_gate_up disabled): interleaved once per expert, as the fused w13.
+const float* CpuExecutor::interleaved_w13(const Node* n, const float* w1, const float* w3) {
+    auto& fused = fused_w13_[n];
+    if (fused.empty()) {
+        const Value* w2 = n->inputs.back();
+        int64_t local = w2->shape[0], block = w2->shape[1] * w2->shape[2];
+        for (int64_t e = 0; e < local; ++e) {
+            fused.insert(fused.end(), w1 + e * block, w1 + (e + 1) * block);
+            fused.insert(fused.end(), w3 + e * block, w3 + (e + 1) * block);
+        }
+    }
+    return fused.data();
+}
+
 std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
     const int64_t T = (int64_t)batch.ids.size();
     check_batch(batch, slots_, max_seq_);
-    std::map<const Value*, std::vector<float>> buf;
-    std::map<const Value*, int64_t> rows;  // tokens per activation (fewer after the logit-row selection)
+    HostBuffers hb{weights_, {}, {}};
+    std::map<const Value*, std::vector<float>>& buf = hb.buf;
+    std::map<const Value*, int64_t>& rows = hb.rows;
     auto width = [](const Value* v) { return v->shape.back(); };
-    auto data = [&](const Value* v) -> float* {
-        if (v->producer && v->producer->kind == Op::kParam) return weights_.at(v->producer->name).data();
-        return buf.at(v).data();
-    };
-    auto make = [&](const Value* v, int64_t r) -> float* {
-        rows[v] = r;
-        buf[v].assign(r * width(v), 0.0f);
-        return buf[v].data();
-    };
+    auto data = [&](const Value* v) { return hb.data(v); };
+    auto make = [&](const Value* v, int64_t r) { return hb.make(v, r); };
     std::vector<Node*> nodes = graph_.nodes();
     for (size_t i = 0; i < nodes.size(); ++i) {
         const Node* n = nodes[i];
@@ -112,33 +182,12 @@ std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
             cpu::add_rmsnorm(r, w, (float)n->attr_double("eps"), x.data(), sum, data(in(2)), make(n->out(0), r));
             break;
         }
-        case Op::kLinear: {
-            const float* x = data(in(0));
-            std::vector<float> selected;
-            if (n->name == "lm_head" && !batch.logit_rows.empty()) {
-                // Only the rows whose logits are wanted go through the vocabulary GEMM.
-                int64_t k = width(in(0));
-                selected.resize(batch.logit_rows.size() * k);
-                for (size_t j = 0; j < batch.logit_rows.size(); ++j)
-                    std::memcpy(&selected[j * k], x + batch.logit_rows[j] * k, k * sizeof(float));
-                x = selected.data();
-                r = (int64_t)batch.logit_rows.size();
-            }
-            const float* bias = n->inputs.size() == 3 ? data(in(2)) : nullptr;
-            cpu::linear({r, in(1)->shape[1], in(1)->shape[0]}, x, data(in(1)), bias, make(n->out(), r));
+        case Op::kLinear:
+            run_linear(hb, n, r, batch.logit_rows);
             break;
-        }
-        case Op::kSplit: {
-            const auto& sizes = std::get<std::vector<int64_t>>(n->attrs.at("sizes"));
-            int64_t total = width(in(0)), offset = 0;
-            const float* x = data(in(0));
-            for (size_t k = 0; k < sizes.size(); ++k) {
-                float* y = make(n->out(k), r);
-                for (int64_t t = 0; t < r; ++t) std::memcpy(y + t * sizes[k], x + t * total + offset, sizes[k] * sizeof(float));
-                offset += sizes[k];
-            }
+        case Op::kSplit:
+            split_columns(hb, n, r);
             break;
-        }
         case Op::kRope: {
             cpu::RopeParams p = rope_params(*n);
             float* q = make(n->out(0), r);
@@ -163,20 +212,7 @@ std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
         case Op::kMoe: {
             const Value* w2 = n->inputs.back();
             int64_t local = w2->shape[0], hidden = w2->shape[1], inter = w2->shape[2];
-            const float* w13 = nullptr;
-            if (n->inputs.size() == 4) {
-                w13 = data(in(2));
-            } else {  // w1 and w3 separate (fuse_gate_up disabled): interleave once per expert
-                auto& fused = fused_w13_[n];
-                if (fused.empty()) {
-                    int64_t block = inter * hidden;
-                    for (int64_t e = 0; e < local; ++e) {
-                        fused.insert(fused.end(), data(in(2)) + e * block, data(in(2)) + (e + 1) * block);
-                        fused.insert(fused.end(), data(in(3)) + e * block, data(in(3)) + (e + 1) * block);
-                    }
-                }
-                w13 = fused.data();
-            }
+            const float* w13 = n->inputs.size() == 4 ? data(in(2)) : interleaved_w13(n, data(in(2)), data(in(3)));
             int64_t first = (comm_.rank() / n->attr_int("group_size")) * n->attr_int("experts_per_group");
             cpu::MoeShape s{r, hidden, n->attr_int("experts"), n->attr_int("top_k"), first, local, inter};
             cpu::moe(s, data(in(0)), data(in(1)), w13, data(w2), make(n->out(), r));
@@ -188,19 +224,9 @@ std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
             comm_.all_reduce_sum(y, r * width(in(0)));
             break;
         }
-        case Op::kAllGather: {
-            int64_t local = width(in(0)), world = n->attr_int("world"), out_width = width(n->out());
-            std::vector<float> gathered(world * r * local);
-            comm_.all_gather(data(in(0)), r * local, gathered.data());
-            float* y = make(n->out(), r);
-            // [rank][row][local] -> [row][rank * local], trimmed to the valid vocabulary.
-            for (int64_t t = 0; t < r; ++t)
-                for (int64_t q = 0; q < world; ++q) {
-                    int64_t start = q * local, n_copy = std::min(local, out_width - start);
-                    if (n_copy > 0) std::memcpy(y + t * out_width + start, &gathered[(q * r + t) * local], n_copy * sizeof(float));
-                }
+        case Op::kAllGather:
+            all_gather_rows(hb, comm_, n, r);
             break;
-        }
         case Op::kUnknown:
             throw Error("the CPU backend has no op '" + n->op + "' (node " + n->name + ")");
         }

@@ -60,6 +60,8 @@ public:
     int64_t kv_cache_bytes() const override;
 
 private:
+    const float* interleaved_w13(const Node* moe, const float* w1, const float* w3);
+
     const Graph& graph_;
     Communicator& comm_;
     std::map<std::string, std::vector<float>> weights_;
