@@ -38,7 +38,6 @@ public:
     int world() const { return world_; }
     ncclComm_t comm_handle() const { return comm_; }
     bool oneshot() const { return oneshot_.world > 1; }
-    const std::string& oneshot_status() const { return oneshot_status_; }  // why it is on or off
     // The rank a one-shot all-reduce gave up waiting for, or -1.
     int oneshot_missing_rank() const;
 
