@@ -28,6 +28,44 @@ NcclComm::~NcclComm() {
     release_oneshot();
 }
 
+namespace {
+
+// Collective. Why the ranks' GPUs cannot map each other's memory (not all on one host, a GPU
+// not visible, no peer access), "" if they can; with `check` false only the gather is done.
+std::string peer_problem(MpiCommunicator& mpi, int world, int rank, bool check) {
+    std::string why;
+    // Where each rank's GPU is: host name and PCI bus id.
+    struct Where {
+        char host[64];
+        char bus[32];
+    };
+    Where mine{};
+    std::vector<Where> all(world);
+    std::strncpy(mine.host, identity().host.c_str(), sizeof(mine.host) - 1);
+    int device = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetPCIBusId(mine.bus, sizeof(mine.bus), device));
+    mpi.all_gather_bytes(&mine, sizeof(mine), all.data());
+    for (int r = 0; r < world && check && why.empty(); ++r) {
+        if (std::strncmp(all[r].host, mine.host, sizeof(mine.host)) != 0) {
+            why = "ranks on more than one host";
+            break;
+        }
+        int peer = 0, can = 0;
+        if (cudaDeviceGetByPCIBusId(&peer, all[r].bus) != cudaSuccess) {
+            cudaGetLastError();
+            why = "rank " + std::to_string(r) + "'s GPU " + all[r].bus + " is not visible to rank " + std::to_string(rank);
+        } else if (peer != device && (cudaDeviceCanAccessPeer(&can, device, peer) != cudaSuccess || !can)) {
+            cudaGetLastError();
+            why = "GPU " + std::string(all[r].bus) + " (rank " + std::to_string(r) + ") and GPU " + mine.bus + " (rank " +
+                  std::to_string(rank) + ") have no peer access";
+        }
+    }
+    return why;
+}
+
+}  // namespace
+
 // Collective: every rank says whether it can take part; the one-shot path is on only if all
 // can. Each rank's flags and buffers are one cudaMalloc block, zeroed before the handles are
 // exchanged (the exchange is the barrier that keeps a fast peer's first flag from being wiped).
@@ -36,33 +74,8 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi, const KernelConfig& tuning) {
     if (!tuning.oneshot) why = "backend.tuning.oneshot = false";
     if (world_ > cuda::kOneShotMaxRanks) why = "more than " + std::to_string(cuda::kOneShotMaxRanks) + " ranks";
 
-    // Where each rank's GPU is: host name and PCI bus id.
-    struct Where {
-        char host[64];
-        char bus[32];
-    };
-    Where mine{};
-    std::vector<Where> all(world_);
-    std::strncpy(mine.host, identity().host.c_str(), sizeof(mine.host) - 1);
-    int device = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetPCIBusId(mine.bus, sizeof(mine.bus), device));
-    mpi.all_gather_bytes(&mine, sizeof(mine), all.data());
-    for (int r = 0; r < world_ && why.empty(); ++r) {
-        if (std::strncmp(all[r].host, mine.host, sizeof(mine.host)) != 0) {
-            why = "ranks on more than one host";
-            break;
-        }
-        int peer = 0, can = 0;
-        if (cudaDeviceGetByPCIBusId(&peer, all[r].bus) != cudaSuccess) {
-            cudaGetLastError();
-            why = "rank " + std::to_string(r) + "'s GPU " + all[r].bus + " is not visible to rank " + std::to_string(rank_);
-        } else if (peer != device && (cudaDeviceCanAccessPeer(&can, device, peer) != cudaSuccess || !can)) {
-            cudaGetLastError();
-            why = "GPU " + std::string(all[r].bus) + " (rank " + std::to_string(r) + ") and GPU " + mine.bus + " (rank " +
-                  std::to_string(rank_) + ") have no peer access";
-        }
-    }
+    const std::string peers = peer_problem(mpi, world_, rank_, why.empty());
+    if (why.empty()) why = peers;
 
     const size_t capacity = kOneShotBytes / sizeof(__nv_bfloat16);
     const size_t flag_bytes = sizeof(uint32_t) * cuda::kOneShotBlocks * cuda::kOneShotMaxRanks;
