@@ -23,6 +23,7 @@
 
 #include "common/check.h"
 #include "loader/hdf5.h"
+#include "loader/quantized.h"
 #include "loader/read_pool.h"
 
 namespace fs = std::filesystem;
@@ -405,7 +406,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, int thread
     if (fs::is_directory(path, ec)) {
         auto c = std::make_unique<SafetensorsCheckpoint>(path, threads);
         c->open_folder();
-        return c;
+        return open_quantized(std::move(c));  // config.json's quantization_config, if any
     }
     std::string ext = fs::path(path).extension().string();
     if (ext == ".h5" || ext == ".hdf5") return open_hdf5_checkpoint(path);
