@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "loader/checkpoint.h"
+#include "loader/quantized.h"
 
 namespace fs = std::filesystem;
 
@@ -86,6 +87,10 @@ ShardPlan make_plan(const Job& job, int world) {
         config_text = read_text_file(config_file);
     }
     if (config_text.empty()) throw CheckpointError(job.model.path + ": has no config.json");
+    // Quantized weights are dequantized on the host to fp32 as they load (loader/quantized.h).
+    if (QuantConfig q = parse_quant_config(config_text, config_file); q.quantized() && job.backend.device != "cpu")
+        throw JobError(job.file + ": " + config_file + " holds " + q.describe() + " weights: quantized weights run on the CPU backend "
+                       "only in this version (set backend.device = \"cpu\")");
 
     TransformContext ctx;
     ctx.job = &job;
