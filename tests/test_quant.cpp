@@ -261,18 +261,28 @@ INSTANTIATE_TEST_SUITE_P(
     [](const testing::TestParamInfo<OwnCase>& i) { return std::string(i.param.name); });
 
 // `tpx plan` on a quantized checkpoint: each rank's read bytes are the packed bytes of its
-// slices; at tp = 1 that is every byte of the tensors once.
+// slices. At tp = 1 that is every byte of the tensors once; at tp = 2 each rank reads its
+// columns or rows of every packed tensor and half the vocabulary (norms and the g_idx of
+// column-parallel linears whole): 62% of the bytes here, not 50%, because a column cut of these
+// tiny tensors (rows of 512 bytes) reads the gaps between its runs (at most a page each,
+// loader/slice.h); on a real model's rows (tens of KB) the gaps are not read.
 TEST(QuantPlan, ShowsThePackedBytesEachRankReads) {
     std::string dir = temp_dir();
     std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/gptq-llama\"\n";
     auto c = Checkpoint::open(kGolden + "/gptq-llama");
+    const double total = (double)c->total_bytes();
     auto r = run_process(tpx_bin("tpx") + " plan " + dir + "/job.toml --world 1 --json");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     nlohmann::json plan = nlohmann::json::parse(r.out);
-    EXPECT_EQ(plan["ranks"][0]["read_bytes"].get<uint64_t>(), c->total_bytes());
-    r = run_process(tpx_bin("tpx") + " plan " + dir + "/job.toml --world 2");
+    EXPECT_EQ(plan["ranks"][0]["read_bytes"].get<double>(), total);
+    EXPECT_EQ(plan["ranks"][0]["weight_bytes"].get<double>(), 4.0 * 426'624) << "the dequantized fp32 weights: 426,624 parameters";
+    r = run_process(tpx_bin("tpx") + " plan " + dir + "/job.toml --world 2 --json");
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_NE(r.out.find("read"), std::string::npos) << r.out;
+    plan = nlohmann::json::parse(r.out);
+    for (const auto& rank : plan["ranks"]) {
+        EXPECT_GT(rank["read_bytes"].get<double>(), 0.50 * total) << rank["rank"];
+        EXPECT_LT(rank["read_bytes"].get<double>(), 0.65 * total) << rank["rank"];
+    }
     fs::remove_all(dir);
 }
 
