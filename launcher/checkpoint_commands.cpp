@@ -9,6 +9,7 @@
 #include "launcher/command.h"
 #include "loader/checkpoint.h"
 #include "loader/hdf5.h"
+#include "loader/quantized.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -56,6 +57,11 @@ int cmd_convert(const Args& args) {
     if (fs::exists(out, ec) && !is_stream_target(out) && !vm.count("force"))
         throw JobError("OUT (" + out + ") already exists; give --force to replace it");
     auto ckpt = Checkpoint::open(vm["model"].as<std::string>());
+    // The HDF5 layout holds plain tensors: a quantized checkpoint would be written dequantized
+    // (four to eight times larger) under a config.json that still says it is quantized.
+    if (QuantConfig q = quantization_of(*ckpt); q.quantized())
+        throw JobError(ckpt->path() + " holds " + q.describe() + " weights: tpx convert writes plain tensors only; a quantized "
+                       "checkpoint is read as it is (give the job its folder)");
     ConvertStats s = convert_to_hdf5(*ckpt, vm["out"].as<std::string>());
     std::printf("wrote %s: %zu tensors, %s\n", vm["out"].as<std::string>().c_str(), s.tensors, human_bytes((double)s.bytes).c_str());
     return 0;

@@ -315,6 +315,18 @@ TEST(QuantRefusals, UnsupportedConfigurationsAreNamed) {
     }
 }
 
+// `tpx convert` writes plain tensors: a quantized checkpoint is refused, not silently
+// dequantized into a file four to eight times larger that still says it is quantized.
+TEST(QuantRefusals, ConvertToHdf5IsRefused) {
+    std::string dir = temp_dir();
+    auto r = run_process(tpx_bin("tpx") + " convert " + kGolden + "/gptq-llama " + dir + "/out.h5");
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("holds gptq int4, group 32, symmetric, format gptq weights: tpx convert writes plain tensors only"),
+              std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir + "/out.h5"));
+    fs::remove_all(dir);
+}
+
 // A gptq-llama copy with one tensor replaced; `tpx run` refuses it with exit 2, naming it,
 // before mpirun starts any rank.
 void expect_refused(const std::string& model, const std::string& message, const std::string& backend = "cpu") {
