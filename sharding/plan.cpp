@@ -88,8 +88,10 @@ ShardPlan make_plan(const Job& job, int world) {
     }
     if (config_text.empty()) throw CheckpointError(job.model.path + ": has no config.json");
     // Quantized weights are dequantized on the host to fp32 as they load (loader/quantized.h).
-    if (QuantConfig q = parse_quant_config(config_text, config_file); q.quantized() && job.backend.device != "cpu")
-        throw JobError(job.file + ": " + config_file + " holds " + q.describe() + " weights: quantized weights run on the CPU backend "
+    const QuantConfig quant = parse_quant_config(config_text, config_file);
+    if (quant.quantized()) plan.quantization = quant.describe();
+    if (quant.quantized() && job.backend.device != "cpu")
+        throw JobError(job.file + ": " + config_file + " holds " + quant.describe() + " weights: quantized weights run on the CPU backend "
                        "only in this version (set backend.device = \"cpu\")");
 
     TransformContext ctx;
@@ -192,7 +194,7 @@ json ShardPlan::to_json() const {
                   {"eos_token_ids", c.eos_token_ids}};
     return {{"model", model}, {"tp", tp}, {"ep", ep}, {"world", tp}, {"backend", backend}, {"weight_dtype", weight_dtype},
             {"act_dtype", act_dtype}, {"max_batch", max_batch}, {"max_seq_len", max_seq_len}, {"headers_checked", headers_checked},
-            {"preloaded", preloaded},
+            {"quantization", quantization}, {"preloaded", preloaded},
             {"costs", {{"weight_bytes", costs.weight_bytes}, {"flops_per_token", costs.flops_per_token},
                        {"head_flops_per_token", costs.head_flops_per_token},
                        {"attention_flops_per_token_per_position", costs.attention_flops_per_token_per_position}}},
@@ -237,6 +239,7 @@ ShardPlan ShardPlan::from_json(const json& j) {
     p.max_batch = j.at("max_batch");
     p.max_seq_len = j.at("max_seq_len");
     p.headers_checked = j.at("headers_checked");
+    p.quantization = j.value("quantization", "");
     p.preloaded = j.at("preloaded");
     p.costs.weight_bytes = j.at("costs").at("weight_bytes");
     p.costs.flops_per_token = j.at("costs").at("flops_per_token");
@@ -319,6 +322,7 @@ std::string format_plan(const ShardPlan& p, bool detail) {
        << p.weight_dtype << ", activations " << p.act_dtype << "\n";
     os << "kv cache: max_batch " << p.max_batch << " x max_seq_len " << p.max_seq_len << "\n";
     os << (p.headers_checked ? "checkpoint headers: read and matched\n" : "checkpoint headers: not present (planned from config.json alone)\n");
+    if (!p.quantization.empty()) os << "quantized: " << p.quantization << " (read: the packed bytes; weights: dequantized to fp32 on load)\n";
     os << "\n";
     std::snprintf(line, sizeof(line), "%-5s %14s %14s %14s %14s %9s\n", "rank", "weights", "kv cache", "total", "read", "tensors");
     os << line;

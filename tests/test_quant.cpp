@@ -283,6 +283,10 @@ TEST(QuantPlan, ShowsThePackedBytesEachRankReads) {
         EXPECT_GT(rank["read_bytes"].get<double>(), 0.50 * total) << rank["rank"];
         EXPECT_LT(rank["read_bytes"].get<double>(), 0.65 * total) << rank["rank"];
     }
+    r = run_process(tpx_bin("tpx") + " plan " + dir + "/job.toml --world 2");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("quantized: gptq int4, group 32, symmetric, format gptq (read: the packed bytes; weights: dequantized to fp32 "
+                         "on load)"), std::string::npos) << r.out;
     fs::remove_all(dir);
 }
 
