@@ -5,6 +5,7 @@
 #include "loader/quantized.h"
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "loader/dequant.h"
+#include "loader/read_pool.h"
 
 namespace tpx {
 namespace {
@@ -94,6 +96,7 @@ private:
     void add_inner_stats();
 
     std::unique_ptr<Checkpoint> inner_;
+    ReadPool pool_;  // dequantization, as many threads as the inner reader has
     QuantConfig q_;
     std::string format_;
     std::map<std::string, QuantLinear> linears_;  // by virtual tensor name
@@ -102,7 +105,7 @@ private:
 };
 
 QuantizedCheckpoint::QuantizedCheckpoint(std::unique_ptr<Checkpoint> inner, const QuantConfig& q)
-    : Checkpoint(inner->path()), inner_(std::move(inner)), q_(q) {
+    : Checkpoint(inner->path()), inner_(std::move(inner)), pool_(inner_->read_threads()), q_(q) {
     config_json_ = inner_->config_json();
     generation_config_json_ = inner_->generation_config_json();
     format_ = std::string(inner_->format()) + ", " + q_.describe();
@@ -385,7 +388,9 @@ void QuantizedCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSin
         inner_->read(reads, to_parts);
     }
 
-    for (Tile& tile : tiles) {
+    // Dequantized and delivered a tile per task: tiles are many (seven linears a layer), and the
+    // sink takes chunks from several threads at once.
+    auto finish = [&](Tile& tile) {
         const ReadRequest& r = *tile.r;
         const QuantLinear& l = *tile.l;
         const Cut& c = tile.c;
@@ -417,7 +422,7 @@ void QuantizedCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSin
         }
         if (direct) {
             sink.commit(r, out, 0, bytes);
-            continue;
+            return;
         }
         const uint64_t chunk = std::max<uint64_t>(dst_size, std::min(sink.chunk_bytes(), bytes) / dst_size * dst_size);
         for (uint64_t at = 0; at < bytes; at += chunk) {
@@ -426,7 +431,10 @@ void QuantizedCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSin
             convert(scratch.data() + at / dst_size, DType::kF32, m, r.dst_type, len / dst_size);
             sink.commit(r, m, at, len);
         }
-    }
+    };
+    std::vector<std::function<void()>> tasks;
+    for (Tile& tile : tiles) tasks.push_back([&finish, &tile] { finish(tile); });
+    pool_.run(tasks);
 }
 
 }  // namespace
@@ -491,8 +499,9 @@ QuantConfig parse_quant_config(const std::string& text, const std::string& file)
             q.block_out = (*b)[0].get<int64_t>(), q.block_in = (*b)[1].get<int64_t>();
         }
     } else {
-        fail(where, "\"quant_method\" " + (key(*qc, "quant_method") ? key(*qc, "quant_method")->dump() : std::string("is missing and")) +
-                        " is not supported (supported: \"gptq\" with 4 bits, \"fp8\" with weight_block_size and dynamic activations)");
+        const json* m = key(*qc, "quant_method");
+        fail(where, (m ? "\"quant_method\" " + m->dump() + " is not supported" : std::string("has no \"quant_method\"")) +
+                        " (supported: \"gptq\" with 4 bits, \"fp8\" with weight_block_size and dynamic activations)");
     }
     return q;
 }

@@ -298,6 +298,7 @@ TEST(QuantRefusals, UnsupportedConfigurationsAreNamed) {
         std::string message;
     } cases[] = {
         {{{"quant_method", "awq"}, {"bits", 4}}, "\"quant_method\" \"awq\" is not supported"},
+        {{{"bits", 4}}, "has no \"quant_method\" (supported: \"gptq\" with 4 bits"},
         {{{"quant_method", "gptq"}, {"bits", 8}}, "\"bits\" = 8 is not supported (GPTQ: 4 bits only)"},
         {{{"quant_method", "gptq"}, {"bits", 4}, {"checkpoint_format", "marlin"}}, "\"checkpoint_format\" \"marlin\" is not supported"},
         {{{"quant_method", "fp8"}, {"activation_scheme", "static"}}, "\"activation_scheme\" \"static\" is not supported"},
