@@ -307,7 +307,8 @@ void QuantizedCheckpoint::add_inner_stats() {
 }
 
 void QuantizedCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& sink) {
-    // One tile per request of a quantized linear; every request is checked before any read.
+    // One tile per request of a quantized linear; every request is checked before any read (the
+    // g_idx values, data, when they are read: the planner has checked them all already).
     struct Tile {
         const ReadRequest* r;
         const QuantLinear* l;
@@ -353,21 +354,20 @@ void QuantizedCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSin
         inner_->read(reads, to_g_idx);
     }
     reads.clear(), targets.clear();
-    std::vector<std::vector<PackedRead>> plans;
     for (Tile& tile : tiles) {
         const QuantLinear& l = *tile.l;
         if (l.method == Method::kGptq) check_g_idx(l, tile.g_idx.data(), tile.c.in_begin, tile.c.in_len);
-        plans.push_back(packed_reads(l, tile.c, tile.g_idx.data()));
+        const std::vector<PackedRead> packed = packed_reads(l, tile.c, tile.g_idx.data());
         // Sizes first (a part's rows land at offsets), then the targets.
         uint64_t size[kParts] = {};
-        for (const PackedRead& p : plans.back()) {
+        for (const PackedRead& p : packed) {
             const TensorInfo& src = inner_->tensor(p.tensor);
             std::vector<int64_t> shape = slice_shape(src, p.slice);
             const uint64_t row_bytes = (uint64_t)shape[1] * dtype_size(p.dtype);
             size[p.part] = std::max<uint64_t>(size[p.part], (uint64_t)(p.row + shape[0]) * row_bytes);
         }
         for (int k = 0; k < kParts; ++k) tile.parts[k].resize(size[k]);
-        for (const PackedRead& p : plans.back()) {
+        for (const PackedRead& p : packed) {
             const uint64_t row_bytes = (uint64_t)slice_shape(inner_->tensor(p.tensor), p.slice)[1] * dtype_size(p.dtype);
             reads.push_back({p.tensor, p.slice, p.dtype, targets.size()});
             targets.push_back(tile.parts[p.part].data() + p.row * row_bytes);
