@@ -329,6 +329,11 @@ TEST(QuantRefusals, ConvertToHdf5IsRefused) {
     EXPECT_NE(r.err.find("holds gptq int4, group 32, symmetric, format gptq weights: tpx convert writes plain tensors only"),
               std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(dir + "/out.h5"));
+    r = run_process(tpx_bin("tpx") + " convert --hf " + kGolden + "/fp8-llama " + dir + "/hf");
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("holds fp8 e4m3, 128x128 blocks, dynamic activations weights: tpx convert writes plain tensors only"),
+              std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir + "/hf"));
     fs::remove_all(dir);
 }
 
@@ -366,6 +371,19 @@ std::string corrupted(const std::string& model, const std::function<void(const T
     fs::remove(dir + "/model.safetensors");
     t.write(dir + "/model.safetensors");
     return dir;
+}
+
+// `tpx inspect --check` reads the quantized linears dequantized: an FP8 NaN code (0x7f) in a
+// weight is found and named with its flat index, as in any other tensor.
+TEST(QuantInspect, CheckFindsANanInADequantizedWeight) {
+    std::string dir = corrupted("fp8-llama", [](const TensorInfo& t, std::vector<char>& b, std::vector<int64_t>&) {
+        if (t.name == "model.layers.0.mlp.up_proj.weight") b[1000] = 0x7f;
+    });
+    auto r = run_process(tpx_bin("tpx") + " inspect --check " + dir);
+    EXPECT_EQ(r.exit_code, 2) << r.err << r.out;
+    EXPECT_NE(r.out.find("model.layers.0.mlp.up_proj.weight: 1 NaN, 0 Inf of 131072 elements, the first at flat index 1000"),
+              std::string::npos) << r.out;
+    fs::remove_all(dir);
 }
 
 TEST(QuantRefusals, CorruptTensorsAndTheGpuBackendAreRefusedBeforeAnyRankStarts) {
