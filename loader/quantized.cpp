@@ -59,6 +59,17 @@ struct PackedRead {
     int64_t row;
 };
 
+// One request of a quantized linear being read: its cut, the rows' groups (GPTQ), the packed
+// pieces read for it (dense, by part) and which held row of scales and zeros a group is.
+struct Tile {
+    const ReadRequest* r;
+    const QuantLinear* l;
+    Cut c;
+    std::vector<int32_t> g_idx;
+    std::vector<char> parts[kParts];
+    std::vector<int32_t> row_of_group;
+};
+
 // Consecutive runs [begin, begin + len) of the groups the rows use.
 std::vector<std::pair<int64_t, int64_t>> group_runs(const int32_t* g_idx, int64_t n, int64_t groups) {
     std::vector<char> used(groups, 0);
@@ -93,6 +104,11 @@ private:
     std::vector<int32_t> planned_g_idx(const QuantLinear& l, int64_t begin, int64_t n) const;
     // The packed reads of a cut; `g_idx` holds the cut's rows' groups (GPTQ).
     std::vector<PackedRead> packed_reads(const QuantLinear& l, const Cut& c, const int32_t* g_idx) const;
+    // The tiles' packed pieces: the rows' groups first (GPTQ), since they decide which scales
+    // and zeros rows to read, then everything else in one batch.
+    void read_packed(std::vector<Tile>& tiles);
+    // The tile dequantized into the sink (straight into its memory when it takes F32 whole).
+    void deliver(Tile& tile, ReadSink& sink) const;
     void add_inner_stats();
 
     std::unique_ptr<Checkpoint> inner_;
@@ -309,14 +325,6 @@ void QuantizedCheckpoint::add_inner_stats() {
 void QuantizedCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& sink) {
     // One tile per request of a quantized linear; every request is checked before any read (the
     // g_idx values, data, when they are read: the planner has checked them all already).
-    struct Tile {
-        const ReadRequest* r;
-        const QuantLinear* l;
-        Cut c;
-        std::vector<int32_t> g_idx;
-        std::vector<char> parts[kParts];
-        std::vector<int32_t> row_of_group;
-    };
     std::vector<ReadRequest> plain;
     std::vector<Tile> tiles;
     for (const ReadRequest& r : requests) {
@@ -335,7 +343,15 @@ void QuantizedCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSin
     } count{this};
     if (!plain.empty()) inner_->read(plain, sink);
 
-    // GPTQ: the rows' groups first, since they decide which scales and zeros rows to read.
+    read_packed(tiles);
+    // Dequantized and delivered a tile per task: tiles are many (seven linears a layer), and the
+    // sink takes chunks from several threads at once.
+    std::vector<std::function<void()>> tasks;
+    for (Tile& tile : tiles) tasks.push_back([this, &tile, &sink] { deliver(tile, sink); });
+    pool_.run(tasks);
+}
+
+void QuantizedCheckpoint::read_packed(std::vector<Tile>& tiles) {
     std::vector<ReadRequest> reads;
     std::vector<void*> targets;
     for (Tile& tile : tiles) {
@@ -387,54 +403,49 @@ void QuantizedCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSin
         HostSink to_parts(targets);
         inner_->read(reads, to_parts);
     }
+}
 
-    // Dequantized and delivered a tile per task: tiles are many (seven linears a layer), and the
-    // sink takes chunks from several threads at once.
-    auto finish = [&](Tile& tile) {
-        const ReadRequest& r = *tile.r;
-        const QuantLinear& l = *tile.l;
-        const Cut& c = tile.c;
-        const uint64_t n = (uint64_t)(c.out_len * c.in_len), dst_size = dtype_size(r.dst_type), bytes = n * dst_size;
-        std::vector<float> scratch;
-        float* out = nullptr;
-        const bool direct = r.dst_type == DType::kF32 && sink.chunk_bytes() >= bytes && bytes > 0;
-        if (direct) out = static_cast<float*>(sink.acquire(r, 0, bytes));
-        else scratch.resize(n), out = scratch.data();
-        if (l.method == Method::kGptq) {
-            GptqTile t;
-            t.in_begin = c.in_begin, t.in_len = c.in_len, t.out_begin = c.out_begin, t.out_len = c.out_len;
-            t.qweight = reinterpret_cast<const int32_t*>(tile.parts[kQweight].data());
-            t.g_idx = tile.g_idx.data();
-            t.scales = reinterpret_cast<const float*>(tile.parts[kScales].data());
-            t.qzeros = reinterpret_cast<const int32_t*>(tile.parts[kQzeros].data());
-            t.qzeros_cols = c.out_len != l.out ? ceil_div(c.out_begin + c.out_len, 8) - c.out_begin / 8 : ceil_div(l.out, 8);
-            t.row_of_group = &tile.row_of_group;
-            t.zero_offset = q_.v2 ? 0 : 1;
-            dequantize_gptq(t, out);
-        } else {
-            Fp8Tile t;
-            t.out_begin = c.out_begin, t.out_len = c.out_len, t.in_begin = c.in_begin, t.in_len = c.in_len;
-            t.block_out = q_.block_out, t.block_in = q_.block_in;
-            t.weight = reinterpret_cast<const uint8_t*>(tile.parts[kFp8Weight].data());
-            t.scale_inv = reinterpret_cast<const float*>(tile.parts[kScaleInv].data());
-            t.scale_cols = c.in_len != l.in ? ceil_div(c.in_begin + c.in_len, q_.block_in) - c.in_begin / q_.block_in : ceil_div(l.in, q_.block_in);
-            dequantize_fp8(t, out);
-        }
-        if (direct) {
-            sink.commit(r, out, 0, bytes);
-            return;
-        }
-        const uint64_t chunk = std::max<uint64_t>(dst_size, std::min(sink.chunk_bytes(), bytes) / dst_size * dst_size);
-        for (uint64_t at = 0; at < bytes; at += chunk) {
-            const uint64_t len = std::min(chunk, bytes - at);
-            void* m = sink.acquire(r, at, len);
-            convert(scratch.data() + at / dst_size, DType::kF32, m, r.dst_type, len / dst_size);
-            sink.commit(r, m, at, len);
-        }
-    };
-    std::vector<std::function<void()>> tasks;
-    for (Tile& tile : tiles) tasks.push_back([&finish, &tile] { finish(tile); });
-    pool_.run(tasks);
+void QuantizedCheckpoint::deliver(Tile& tile, ReadSink& sink) const {
+    const ReadRequest& r = *tile.r;
+    const QuantLinear& l = *tile.l;
+    const Cut& c = tile.c;
+    const uint64_t n = (uint64_t)(c.out_len * c.in_len), dst_size = dtype_size(r.dst_type), bytes = n * dst_size;
+    std::vector<float> scratch;
+    float* out = nullptr;
+    const bool direct = r.dst_type == DType::kF32 && sink.chunk_bytes() >= bytes && bytes > 0;
+    if (direct) out = static_cast<float*>(sink.acquire(r, 0, bytes));
+    else scratch.resize(n), out = scratch.data();
+    if (l.method == Method::kGptq) {
+        GptqTile t;
+        t.in_begin = c.in_begin, t.in_len = c.in_len, t.out_begin = c.out_begin, t.out_len = c.out_len;
+        t.qweight = reinterpret_cast<const int32_t*>(tile.parts[kQweight].data());
+        t.g_idx = tile.g_idx.data();
+        t.scales = reinterpret_cast<const float*>(tile.parts[kScales].data());
+        t.qzeros = reinterpret_cast<const int32_t*>(tile.parts[kQzeros].data());
+        t.qzeros_cols = c.out_len != l.out ? ceil_div(c.out_begin + c.out_len, 8) - c.out_begin / 8 : ceil_div(l.out, 8);
+        t.row_of_group = &tile.row_of_group;
+        t.zero_offset = q_.v2 ? 0 : 1;
+        dequantize_gptq(t, out);
+    } else {
+        Fp8Tile t;
+        t.out_begin = c.out_begin, t.out_len = c.out_len, t.in_begin = c.in_begin, t.in_len = c.in_len;
+        t.block_out = q_.block_out, t.block_in = q_.block_in;
+        t.weight = reinterpret_cast<const uint8_t*>(tile.parts[kFp8Weight].data());
+        t.scale_inv = reinterpret_cast<const float*>(tile.parts[kScaleInv].data());
+        t.scale_cols = c.in_len != l.in ? ceil_div(c.in_begin + c.in_len, q_.block_in) - c.in_begin / q_.block_in : ceil_div(l.in, q_.block_in);
+        dequantize_fp8(t, out);
+    }
+    if (direct) {
+        sink.commit(r, out, 0, bytes);
+        return;
+    }
+    const uint64_t chunk = std::max<uint64_t>(dst_size, std::min(sink.chunk_bytes(), bytes) / dst_size * dst_size);
+    for (uint64_t at = 0; at < bytes; at += chunk) {
+        const uint64_t len = std::min(chunk, bytes - at);
+        void* m = sink.acquire(r, at, len);
+        convert(scratch.data() + at / dst_size, DType::kF32, m, r.dst_type, len / dst_size);
+        sink.commit(r, m, at, len);
+    }
 }
 
 }  // namespace

@@ -77,6 +77,17 @@ void check_unused_tensors(const Job& job, const TransformContext& ctx, ShardPlan
     plan.warnings.push_back(text + " (running anyway: [model] allow_unused_weights = true)");
 }
 
+// config.json's quantization_config, described ("" = none). Quantized weights are dequantized
+// on the host to fp32 as they load (loader/quantized.h): the CPU backend only, in this version.
+std::string check_quantization(const Job& job, const std::string& config_text, const std::string& config_file) {
+    const QuantConfig quant = parse_quant_config(config_text, config_file);
+    if (!quant.quantized()) return "";
+    if (job.backend.device != "cpu")
+        throw JobError(job.file + ": " + config_file + " holds " + quant.describe() + " weights: quantized weights run on the CPU backend "
+                       "only in this version (set backend.device = \"cpu\")");
+    return quant.describe();
+}
+
 }  // namespace
 
 std::string resolve_weight_dtype(const Job& job, const ModelConfig& config) {
@@ -113,12 +124,7 @@ ShardPlan make_plan(const Job& job, int world) {
         config_text = read_text_file(config_file);
     }
     if (config_text.empty()) throw CheckpointError(job.model.path + ": has no config.json");
-    // Quantized weights are dequantized on the host to fp32 as they load (loader/quantized.h).
-    const QuantConfig quant = parse_quant_config(config_text, config_file);
-    if (quant.quantized()) plan.quantization = quant.describe();
-    if (quant.quantized() && job.backend.device != "cpu")
-        throw JobError(job.file + ": " + config_file + " holds " + quant.describe() + " weights: quantized weights run on the CPU backend "
-                       "only in this version (set backend.device = \"cpu\")");
+    plan.quantization = check_quantization(job, config_text, config_file);
 
     TransformContext ctx;
     ctx.job = &job;
