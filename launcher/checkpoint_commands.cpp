@@ -12,6 +12,7 @@
 #include "loader/hdf5.h"
 #include "loader/hf_folder.h"
 #include "loader/nan_scan.h"
+#include "loader/quantized.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -93,6 +94,11 @@ int cmd_convert(const Args& args) {
             throw JobError("OUT (" + out + ") already exists; give --force to replace it");
     }
     auto ckpt = Checkpoint::open(model);
+    // Both layouts hold plain tensors: a quantized checkpoint would be written dequantized (four
+    // to eight times larger) under a config.json that still says it is quantized.
+    if (QuantConfig q = quantization_of(*ckpt); q.quantized())
+        throw JobError(ckpt->path() + " holds " + q.describe() + " weights: tpx convert writes plain tensors only; a quantized "
+                       "checkpoint is read as it is (give the job its folder)");
     ConvertStats s = hf ? convert_to_hf_folder(*ckpt, out) : convert_to_hdf5(*ckpt, out);
     std::printf("wrote %s: %zu tensors, %s\n", out.c_str(), s.tensors, human_bytes((double)s.bytes).c_str());
     return 0;

@@ -25,6 +25,7 @@
 #include "common/path.h"
 #include "loader/hdf5.h"
 #include "loader/meta.h"
+#include "loader/quantized.h"
 #include "loader/read_pool.h"
 
 namespace fs = std::filesystem;
@@ -408,7 +409,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, int thread
         if (is_meta_folder(path)) return open_meta_checkpoint(path, threads);
         auto c = std::make_unique<SafetensorsCheckpoint>(path, threads);
         c->open_folder();
-        return c;
+        return open_quantized(std::move(c));  // config.json's quantization_config, if any
     }
     std::string ext = fs::path(path).extension().string();
     if (ext == ".h5" || ext == ".hdf5") return open_hdf5_checkpoint(path);

@@ -13,6 +13,7 @@
 #include "common/path.h"
 #include "loader/checkpoint.h"
 #include "loader/meta.h"
+#include "loader/quantized.h"
 #include "sharding/factory.h"
 
 namespace fs = std::filesystem;
@@ -76,6 +77,17 @@ void check_unused_tensors(const Job& job, const TransformContext& ctx, ShardPlan
     plan.warnings.push_back(text + " (running anyway: [model] allow_unused_weights = true)");
 }
 
+// config.json's quantization_config, described ("" = none). Quantized weights are dequantized
+// on the host to fp32 as they load (loader/quantized.h): the CPU backend only, in this version.
+std::string check_quantization(const Job& job, const std::string& config_text, const std::string& config_file) {
+    const QuantConfig quant = parse_quant_config(config_text, config_file);
+    if (!quant.quantized()) return "";
+    if (job.backend.device != "cpu")
+        throw JobError(job.file + ": " + config_file + " holds " + quant.describe() + " weights: quantized weights run on the CPU backend "
+                       "only in this version (set backend.device = \"cpu\")");
+    return quant.describe();
+}
+
 }  // namespace
 
 std::string resolve_weight_dtype(const Job& job, const ModelConfig& config) {
@@ -112,6 +124,7 @@ ShardPlan make_plan(const Job& job, int world) {
         config_text = read_text_file(config_file);
     }
     if (config_text.empty()) throw CheckpointError(job.model.path + ": has no config.json");
+    plan.quantization = check_quantization(job, config_text, config_file);
 
     TransformContext ctx;
     ctx.job = &job;
@@ -214,7 +227,7 @@ json ShardPlan::to_json() const {
                   {"eos_token_ids", c.eos_token_ids}};
     return {{"model", model}, {"tp", tp}, {"ep", ep}, {"world", tp}, {"backend", backend}, {"weight_dtype", weight_dtype},
             {"act_dtype", act_dtype}, {"max_batch", max_batch}, {"max_seq_len", max_seq_len}, {"headers_checked", headers_checked},
-            {"preloaded", preloaded}, {"warnings", warnings},
+            {"quantization", quantization}, {"preloaded", preloaded}, {"warnings", warnings},
             {"costs", {{"weight_bytes", costs.weight_bytes}, {"flops_per_token", costs.flops_per_token},
                        {"head_flops_per_token", costs.head_flops_per_token},
                        {"attention_flops_per_token_per_position", costs.attention_flops_per_token_per_position}}},
@@ -259,6 +272,7 @@ ShardPlan ShardPlan::from_json(const json& j) {
     p.max_batch = j.at("max_batch");
     p.max_seq_len = j.at("max_seq_len");
     p.headers_checked = j.at("headers_checked");
+    p.quantization = j.value("quantization", "");
     p.preloaded = j.at("preloaded");
     p.warnings = j.value("warnings", std::vector<std::string>{});
     p.costs.weight_bytes = j.at("costs").at("weight_bytes");
@@ -342,6 +356,7 @@ std::string format_plan(const ShardPlan& p, bool detail) {
        << p.weight_dtype << ", activations " << p.act_dtype << "\n";
     os << "kv cache: max_batch " << p.max_batch << " x max_seq_len " << p.max_seq_len << "\n";
     os << (p.headers_checked ? "checkpoint headers: read and matched\n" : "checkpoint headers: not present (planned from config.json alone)\n");
+    if (!p.quantization.empty()) os << "quantized: " << p.quantization << " (read: the packed bytes; weights: dequantized to fp32 on load)\n";
     for (const std::string& w : p.warnings) os << "warning: " << w << "\n";
     os << "\n";
     std::snprintf(line, sizeof(line), "%-5s %14s %14s %14s %14s %9s\n", "rank", "weights", "kv cache", "total", "read", "tensors");

@@ -52,6 +52,7 @@ struct ShardPlan {
     std::string weight_dtype, act_dtype;
     int64_t max_batch = 1, max_seq_len = 0;
     bool headers_checked = false;  // checkpoint headers were read and matched
+    std::string quantization;      // config.json's quantization_config, described ("" = none)
     bool preloaded = false;
     std::vector<std::string> warnings;  // for rank 0 to print once (unused tensors the job allows)
     Graph graph;
