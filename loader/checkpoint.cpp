@@ -102,6 +102,19 @@ void ReadSink::put(const ReadRequest& r, const char*, uint64_t, uint64_t) {
     throw Error("read sink: put() of '" + r.tensor + "' on a sink that does not take mapped reads");
 }
 
+void Checkpoint::pread_counted(int fd, const std::string& file, void* dst, uint64_t bytes, uint64_t offset) {
+    char* p = static_cast<char*>(dst);
+    for (uint64_t done = 0; done < bytes;) {
+        ssize_t r = ::pread(fd, p + done, bytes - done, (off_t)(offset + done));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0)
+            throw CheckpointError(file + ": read of " + std::to_string(bytes) + " bytes at offset " + std::to_string(offset) +
+                                  " failed: " + (r == 0 ? "the file ended early (truncated?)" : std::strerror(errno)));
+        done += (uint64_t)r;
+    }
+    count_data(file, bytes);
+}
+
 void Checkpoint::count_data(const std::string& file, uint64_t bytes) {
     data_bytes_ += bytes;
     ++reads_;
@@ -271,18 +284,7 @@ const char* SafetensorsCheckpoint::mapping(const std::string& file, uint64_t nee
 }
 
 void SafetensorsCheckpoint::pread_fully(const std::string& file, void* dst, uint64_t bytes, uint64_t offset) {
-    int fd = fd_of(file);
-    char* p = static_cast<char*>(dst);
-    uint64_t done = 0;
-    while (done < bytes) {
-        ssize_t r = ::pread(fd, p + done, bytes - done, (off_t)(offset + done));
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0)
-            throw CheckpointError(file + ": read of " + std::to_string(bytes) + " bytes at offset " + std::to_string(offset) +
-                                  " failed: " + (r == 0 ? "the file ended early (truncated?)" : std::strerror(errno)));
-        done += (uint64_t)r;
-    }
-    count_data(file, bytes);
+    pread_counted(fd_of(file), file, dst, bytes, offset);
 }
 
 void SafetensorsCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& sink) {

@@ -119,6 +119,9 @@ protected:
     void set_tensors(std::vector<TensorInfo> tensors);
     void count_header(uint64_t bytes) { header_bytes_ += bytes; }
     void count_data(const std::string& file, uint64_t bytes);
+    // Reads exactly `bytes` at `offset` of `file` (open as `fd`) into dst, retrying short reads,
+    // and counts them; a file that ends early or a failed read is a CheckpointError naming it.
+    void pread_counted(int fd, const std::string& file, void* dst, uint64_t bytes, uint64_t offset);
 
     std::string path_;
     std::string config_json_;

@@ -432,17 +432,7 @@ uint64_t MetaCheckpoint::read_bytes(const std::string& name, const Slice& slice)
 }
 
 void MetaCheckpoint::pread_fully(const std::string& file, void* dst, uint64_t bytes, uint64_t offset) {
-    const int fd = fds_.at(file);
-    char* p = static_cast<char*>(dst);
-    for (uint64_t done = 0; done < bytes;) {
-        ssize_t r = ::pread(fd, p + done, bytes - done, (off_t)(offset + done));
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0)
-            throw CheckpointError(file + ": read of " + std::to_string(bytes) + " bytes at offset " + std::to_string(offset) +
-                                  " failed: " + (r == 0 ? "the file ended early (truncated?)" : std::strerror(errno)));
-        done += (uint64_t)r;
-    }
-    count_data(file, bytes);
+    pread_counted(fds_.at(file), file, dst, bytes, offset);
 }
 
 void MetaCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& sink) {
