@@ -367,6 +367,7 @@ void serve(Executor& exec, MpiCommunicator& comm, ServeFront* front, const Serve
     std::vector<Peer> peers(comm.world());
     comm.all_gather_bytes(&mine, sizeof(mine), peers.data());
     if (comm.rank() != 0) return follow(exec, comm);
+    if (settings.ready_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settings.ready_delay_ms));
     front->http.set_ready();
     log_info("serve: ready: model '", front->model_name, "' on port ", front->port, ", ", settings.slots, " KV slots");
     Scheduler(exec, comm, *front, settings).run(peers);

@@ -42,6 +42,7 @@ struct ServeSettings {
     const Tokenizer* tokenizer = nullptr;  // rank 0; null = outputs as ids only
     double grace_s = 30;         // SIGTERM (or SIGUSR1 from `tpx serve`): time to finish what is in flight
     int step_delay_ms = 0;       // a pause per step (a test aid)
+    int ready_delay_ms = 0;      // stay "loading" (503) this long after loading (a test aid)
 };
 
 // Installs the serve mode's signal handling (SIGTERM and SIGUSR1 ask rank 0 to drain; the
