@@ -158,6 +158,20 @@ TEST(Serve, SdkCompletionsAndChatEqualTpxRun) {
             EXPECT_EQ(got[id]["streamed"]["role"], "assistant") << id;
         }
     }
+    // A stop string cuts the text where `tpx run`'s greedy text has it, whole and streamed (the
+    // stream holds back text that could begin a stop string, and never sends the stop itself).
+    const std::string full = want["t0"]["text"];
+    const size_t at = full.find("count");
+    ASSERT_NE(at, std::string::npos) << full;
+    json stop = client(server, "stop", prompts[0]["text"].get<std::string>());
+    for (const char* how : {"whole", "streamed"}) {
+        EXPECT_EQ(stop[how]["text"], full.substr(0, at)) << how;
+        EXPECT_EQ(stop[how]["finish_reason"], "stop") << how;
+        std::vector<int> ids = stop[how]["token_ids"], all = want["t0"]["output_ids"];
+        ASSERT_LT(ids.size(), all.size()) << how;
+        EXPECT_EQ(ids, std::vector<int>(all.begin(), all.begin() + (ptrdiff_t)ids.size())) << how;
+    }
+    EXPECT_EQ(stop["usage"]["completion_tokens"], 5) << stop.dump();
 }
 
 TEST(Serve, ConcurrentRequestsOfMixedLengthsEqualTheirAnswersAlone) {

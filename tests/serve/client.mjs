@@ -86,6 +86,18 @@ const modes = {
     }
     return out;
   },
+  // A stop string ("count", from the greedy text of ARG) ends the output and is cut from it,
+  // whole and streamed; the streamed usage chunk counts the tokens.
+  async stop() {
+    const body = { prompt: arg, max_tokens: 16, stop: ["zzz-never", "count"] };
+    const whole = await complete(body);
+    const streamed = await completeStream(body);
+    const stream = await client.completions.create({ model, prompt: arg, max_tokens: 5, temperature: 0, stream: true,
+                                                     stream_options: { include_usage: true } });
+    let usage = null;
+    for await (const chunk of stream) if (chunk.usage) usage = chunk.usage;
+    return { whole, streamed, usage };
+  },
   // Each call alone, then all 32 at once: every answer must be the same.
   async concurrent() {
     const calls = mixedCalls();
