@@ -56,20 +56,21 @@ struct Stmt;
 using Body = std::vector<std::unique_ptr<Stmt>>;
 
 struct Stmt {
-    enum class Kind { Text, Output, If, For, Set, SetAttr, SetBlock, Macro, Break, Continue };
+    enum class Kind { Text, Output, If, For, Set, SetAttr, SetBlock, FilterBlock, Macro, Break, Continue };
     Kind kind = Kind::Text;
     int line = 0;
     std::string text;                  // Text; SetAttr's attribute
-    ExprPtr expr;                      // Output, Set value, For iterable, SetAttr value
+    ExprPtr expr;                      // Output, Set value, For iterable, SetAttr value, FilterBlock filter
     ExprPtr target;                    // SetAttr object; For filter condition
     std::vector<std::string> names;    // For and Set targets, Macro parameters' names
     std::vector<ExprPtr> conditions;   // If: one per branch (elif included)
-    std::vector<Body> branches;        // If branches; For body; Macro body; SetBlock body
+    std::vector<Body> branches;        // If branches; For, Macro, SetBlock, FilterBlock body
     Body else_body;                    // If else, For else
     std::vector<ExprPtr> defaults;     // Macro parameter defaults (null when none)
+    bool loop_neighbours = false;      // For: the body reads loop.previtem or loop.nextitem
 };
 
-// A macro keeps its statements alive as long as any value refers to it.
+// A macro defined by a render: its statements belong to the parsed template, which outlives it.
 struct Macro {
     std::string name;
     const Stmt* def = nullptr;

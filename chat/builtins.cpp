@@ -279,7 +279,7 @@ void fail_undefined(const Value& v) {
 
 const json& need_json(const Value& v) {
     if (v.is_undefined()) fail_undefined(v);
-    if (v.kind() == Value::Kind::Macro) throw EvalError("a macro is not a value here");
+    if (v.kind() == Value::Kind::Macro || v.kind() == Value::Kind::Builtin) throw EvalError("a function is not a value here");
     return v.j();
 }
 
@@ -310,57 +310,9 @@ std::string dump_json(const json& j, int indent, const std::string& item_sep, co
 
 namespace tpx::chat {
 
-Value apply_filter(Filter f, const Value& subject, const Args& args) {
-    auto str_of = [&]() { return to_str(subject); };
+// Filters over sequences and mappings (first, join, sort, map, selectattr, ...).
+static Value apply_sequence_filter(Filter f, const Value& subject, const Args& args) {
     switch (f) {
-    case Filter::Default: {
-        bool boolean = truthy(args.get(1, "boolean"));
-        bool use_default = subject.is_undefined() || (boolean && !truthy(subject));
-        if (!use_default) return subject;
-        const Value& d = args.get(0, "default_value");
-        return d.is_undefined() ? Value::owned("") : d;
-    }
-    case Filter::Safe: return subject;
-    case Filter::Trim: {
-        const Value& chars = args.get(0, "chars");
-        std::string c = chars.is_undefined() || need_json(chars).is_null() ? "" : need_str(chars, "trim");
-        return Value::owned(text::strip(str_of(), chars.is_undefined() || need_json(chars).is_null() ? nullptr : &c, true, true));
-    }
-    case Filter::Length:
-        if (subject.is_undefined()) return Value::owned(0);
-        if (subject.kind() == Value::Kind::Json && subject.j().is_string())
-            return Value::owned(text::length(subject.j().get_ref<const std::string&>()));
-        if (subject.kind() == Value::Kind::Json && (subject.j().is_array() || subject.j().is_object()))
-            return Value::owned(subject.j().size());
-        throw EvalError("object of type '" + type_name(subject) + "' has no len()");
-    case Filter::Upper: return Value::owned(text::upper(str_of()));
-    case Filter::Lower: return Value::owned(text::lower(str_of()));
-    case Filter::Capitalize: return Value::owned(text::capitalize(str_of()));
-    case Filter::Title: return Value::owned(text::title_filter(str_of()));
-    case Filter::String: return Value::owned(str_of());
-    case Filter::Escape: return Value::owned(html_escape(str_of()));
-    case Filter::Wordcount: return Value::owned(text::word_count(str_of()));
-    case Filter::Int: return Value::owned(to_number(subject, false, args.get(0, "default")));
-    case Filter::Float: return Value::owned(to_number(subject, true, args.get(0, "default")));
-    case Filter::Abs: {
-        const json& j = need_json(subject);
-        if (j.is_number_integer()) return Value::owned(std::llabs(j.get<int64_t>()));
-        if (j.is_number_float()) return Value::owned(std::fabs(j.get<double>()));
-        throw EvalError("bad operand type for abs(): '" + type_name(j) + "'");
-    }
-    case Filter::Round: {
-        double d = need_json(subject).get<double>();
-        long prec = args.get(0, "precision").is_undefined() ? 0 : need_int(args.get(0, "precision"), "round");
-        const Value& m = args.get(1, "method");
-        std::string method = m.is_undefined() ? "common" : need_str(m, "round");
-        double scale = std::pow(10.0, prec);
-        if (method == "ceil") return Value::owned(std::ceil(d * scale) / scale);
-        if (method == "floor") return Value::owned(std::floor(d * scale) / scale);
-        // Python's round(): decimal rounding of the exact binary value, ties to even, as printf does.
-        char buf[512];
-        std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(std::max(0L, prec)), d);
-        return Value::owned(std::strtod(buf, nullptr));
-    }
     case Filter::First:
     case Filter::Last: {
         json items = to_list(subject);
@@ -378,11 +330,6 @@ Value apply_filter(Filter f, const Value& subject, const Args& args) {
             first = false;
         }
         return Value::owned(out);
-    }
-    case Filter::Replace: {
-        const Value& n = args.get(2, "count");
-        return Value::owned(text::replace(str_of(), to_str(args.get(0, "old")), to_str(args.get(1, "new")),
-                                          n.is_undefined() || need_json(n).is_null() ? -1 : need_int(n, "replace")));
     }
     case Filter::List: return Value::owned(to_list(subject));
     case Filter::Items: {
@@ -475,10 +422,73 @@ Value apply_filter(Filter f, const Value& subject, const Args& args) {
     case Filter::Reject: return Value::owned(filter_items(subject, args, false, false));
     case Filter::Selectattr: return Value::owned(filter_items(subject, args, true, true));
     case Filter::Rejectattr: return Value::owned(filter_items(subject, args, true, false));
+    default: break;
+    }
+    throw EvalError("unknown filter");
+}
+
+// Filters over one value: text, numbers, defaults and tojson.
+static Value apply_value_filter(Filter f, const Value& subject, const Args& args) {
+    auto str_of = [&]() { return to_str(subject); };
+    switch (f) {
+    case Filter::Default: {
+        bool boolean = truthy(args.get(1, "boolean"));
+        bool use_default = subject.is_undefined() || (boolean && !truthy(subject));
+        if (!use_default) return subject;
+        const Value& d = args.get(0, "default_value");
+        return d.is_undefined() ? Value::owned("") : d;
+    }
+    case Filter::Safe: return subject;
+    case Filter::Trim: {
+        const Value& chars = args.get(0, "chars");
+        std::string c = chars.is_undefined() || need_json(chars).is_null() ? "" : need_str(chars, "trim");
+        return Value::owned(text::strip(str_of(), chars.is_undefined() || need_json(chars).is_null() ? nullptr : &c, true, true));
+    }
+    case Filter::Length:
+        if (subject.is_undefined()) return Value::owned(0);
+        if (subject.kind() == Value::Kind::Json && subject.j().is_string())
+            return Value::owned(text::length(subject.j().get_ref<const std::string&>()));
+        if (subject.kind() == Value::Kind::Json && (subject.j().is_array() || subject.j().is_object()))
+            return Value::owned(subject.j().size());
+        throw EvalError("object of type '" + type_name(subject) + "' has no len()");
+    case Filter::Upper: return Value::owned(text::upper(str_of()));
+    case Filter::Lower: return Value::owned(text::lower(str_of()));
+    case Filter::Capitalize: return Value::owned(text::capitalize(str_of()));
+    case Filter::Title: return Value::owned(text::title_filter(str_of()));
+    case Filter::String: return Value::owned(str_of());
+    case Filter::Escape: return Value::owned(html_escape(str_of()));
+    case Filter::Wordcount: return Value::owned(text::word_count(str_of()));
+    case Filter::Int: return Value::owned(to_number(subject, false, args.get(0, "default")));
+    case Filter::Float: return Value::owned(to_number(subject, true, args.get(0, "default")));
+    case Filter::Abs: {
+        const json& j = need_json(subject);
+        if (j.is_number_integer()) return Value::owned(std::llabs(j.get<int64_t>()));
+        if (j.is_number_float()) return Value::owned(std::fabs(j.get<double>()));
+        throw EvalError("bad operand type for abs(): '" + type_name(j) + "'");
+    }
+    case Filter::Round: {
+        double d = need_json(subject).get<double>();
+        long prec = args.get(0, "precision").is_undefined() ? 0 : need_int(args.get(0, "precision"), "round");
+        const Value& m = args.get(1, "method");
+        std::string method = m.is_undefined() ? "common" : need_str(m, "round");
+        double scale = std::pow(10.0, prec);
+        if (method == "ceil") return Value::owned(std::ceil(d * scale) / scale);
+        if (method == "floor") return Value::owned(std::floor(d * scale) / scale);
+        // Python's round(): decimal rounding of the exact binary value, ties to even, as printf does.
+        char buf[512];
+        std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(std::max(0L, prec)), d);
+        return Value::owned(std::strtod(buf, nullptr));
+    }
+    case Filter::Replace: {
+        const Value& n = args.get(2, "count");
+        return Value::owned(text::replace(str_of(), to_str(args.get(0, "old")), to_str(args.get(1, "new")),
+                                          n.is_undefined() || need_json(n).is_null() ? -1 : need_int(n, "replace")));
+    }
     case Filter::Indent:
         return Value::owned(indent_text(str_of(), args.get(0, "width"), truthy(args.get(1, "first")),
                                         truthy(args.get(2, "blank"))));
     case Filter::Tojson: {
+        if (truthy(args.get(0, "ensure_ascii"))) throw EvalError("tojson(ensure_ascii=True) is not supported");
         const Value& ind = args.get(1, "indent");
         int indent = ind.is_undefined() || need_json(ind).is_null() ? -1 : static_cast<int>(need_int(ind, "tojson"));
         std::string item_sep = indent >= 0 ? "," : ", ", key_sep = ": ";
@@ -494,8 +504,20 @@ Value apply_filter(Filter f, const Value& subject, const Args& args) {
             throw EvalError("Object of type " + type_name(subject) + " is not JSON serializable");
         return Value::owned(dump_json(subject.j(), indent, item_sep, key_sep, truthy(args.get(3, "sort_keys"))));
     }
+    default: break;
     }
     throw EvalError("unknown filter");
+}
+
+Value apply_filter(Filter f, const Value& subject, const Args& args) {
+    switch (f) {
+    case Filter::First: case Filter::Last: case Filter::Join: case Filter::List: case Filter::Items:
+    case Filter::Dictsort: case Filter::Sort: case Filter::Reverse: case Filter::Unique:
+    case Filter::Min: case Filter::Max: case Filter::Sum: case Filter::Map: case Filter::Select:
+    case Filter::Reject: case Filter::Selectattr: case Filter::Rejectattr:
+        return apply_sequence_filter(f, subject, args);
+    default: return apply_value_filter(f, subject, args);
+    }
 }
 
 }  // namespace tpx::chat

@@ -27,7 +27,8 @@ Args Renderer::eval_args(const Expr& e) {
 
 Value Renderer::eval_attr(const Value& subject, const std::string& key) {
     if (subject.is_undefined()) fail_undefined(subject);
-    if (subject.kind() == Value::Kind::Macro) return Value::undefined("'Macro' object has no attribute '" + key + "'");
+    if (subject.kind() == Value::Kind::Macro || subject.kind() == Value::Kind::Builtin)
+        return Value::undefined("'" + type_name(subject) + "' object has no attribute '" + key + "'");
     const json& j = subject.j();
     if (j.is_object()) {
         auto it = j.find(key);
@@ -142,8 +143,10 @@ Value Renderer::eval_call(const Expr& e) {
     Value callee = lookup(fn);
     Args args = eval_args(e);
     if (callee.kind() == Value::Kind::Macro) return call_macro(e, *callee.as_macro(), args);
+    if (callee.kind() == Value::Kind::Builtin) return call_global(e, callee.undefined_name(), args);
     if (!callee.is_undefined()) throw EvalError("'" + type_name(callee) + "' object '" + fn + "' is not callable");
-    return call_global(e, fn, args);
+    throw EvalError("'" + fn + "' is undefined (not a macro or one of the global functions raise_exception, "
+                    "strftime_now, namespace, dict, range)");
 }
 
 Value Renderer::call_global(const Expr& e, const std::string& fn, const Args& args) {
@@ -180,12 +183,18 @@ Value Renderer::call_global(const Expr& e, const std::string& fn, const Args& ar
         size_t len = std::strftime(buf, sizeof buf, need_str(args.get(0, "format"), "strftime_now").c_str(), &tm);
         return Value::owned(std::string(buf, len));
     }
-    throw EvalError("'" + fn + "' is undefined (not a macro or one of the global functions raise_exception, "
-                    "strftime_now, namespace, dict, range)");
+    throw EvalError("unknown global function '" + fn + "'");
 }
 
 Value Renderer::call_macro(const Expr& e, const Macro& m, const Args& args) {
     const Stmt& def = *m.def;
+    // A macro may call itself; Python stops such recursion (RecursionError), and so do we.
+    if (macro_depth_ >= kMaxMacroDepth)
+        throw EvalError("macro '" + m.name + "' nested deeper than " + std::to_string(kMaxMacroDepth) + " calls");
+    struct Depth {
+        size_t& d;
+        ~Depth() { --d; }
+    } depth{++macro_depth_};
     if (args.positional.size() > def.names.size())
         throw EvalError("macro '" + m.name + "' takes " + std::to_string(def.names.size()) + " arguments, " +
                         std::to_string(args.positional.size()) + " given");

@@ -82,7 +82,7 @@ bool apply_test(Test t, const Value& subject, const Args& args) {
     // Jinja2's Undefined can be iterated and has a length, so it passes both.
     case Test::Iterable: return !defined || (js && (j.is_string() || j.is_array() || j.is_object()));
     case Test::Sequence: return !defined || (js && (j.is_string() || j.is_array() || j.is_object()));
-    case Test::Callable: return subject.kind() == Value::Kind::Macro;
+    case Test::Callable: return subject.kind() == Value::Kind::Macro || subject.kind() == Value::Kind::Builtin;
     case Test::Lower: return js && j.is_string() && text::is_lower(j.get<std::string>());
     case Test::Upper: return js && j.is_string() && text::is_upper(j.get<std::string>());
     case Test::Even:
@@ -98,6 +98,11 @@ bool apply_test(Test t, const Value& subject, const Args& args) {
     case Test::In: return contains(need_json(args.get(0, "seq")), need_json(subject));
     case Test::Eq:
     case Test::Ne:
+        if (!defined || args.get(0, "other").is_undefined()) {  // Undefined equals only Undefined
+            bool eq = !defined && args.get(0, "other").is_undefined();
+            return eq == (t == Test::Eq);
+        }
+        return compare_test(t, need_json(subject), need_json(args.get(0, "other")));
     case Test::Lt:
     case Test::Le:
     case Test::Gt:
@@ -106,103 +111,113 @@ bool apply_test(Test t, const Value& subject, const Args& args) {
     return false;
 }
 
-Value call_method(Method m, const std::string& name, const Value& subject, const Args& args) {
-    const json& j = need_json(subject);
+// dict.get/items/keys/values, also on namespace objects.
+static Value call_dict_method(Method m, const std::string& name, const Value& subject, const json& j, const Args& args) {
+    switch (m) {
+    case Method::Get: {
+        const Value& key = args.get(0, "key");
+        const json& k = need_json(key);
+        if (k.is_string() && j.contains(k.get_ref<const std::string&>()))
+            return Value::borrowed(j[k.get_ref<const std::string&>()]);
+        const Value& d = args.get(1, "default");
+        return d.is_undefined() ? Value::owned(nullptr) : d;
+    }
+    case Method::Items: {
+        json out = json::array();
+        for (auto it = j.begin(); it != j.end(); ++it) out.push_back(json::array({it.key(), it.value()}));
+        return Value::owned(out);
+    }
+    case Method::Keys: {
+        json out = json::array();
+        for (auto it = j.begin(); it != j.end(); ++it) out.push_back(it.key());
+        return Value::owned(out);
+    }
+    case Method::Values: {
+        json out = json::array();
+        for (auto it = j.begin(); it != j.end(); ++it) out.push_back(it.value());
+        return Value::owned(out);
+    }
+    default: break;
+    }
+    throw EvalError("'" + type_name(subject) + "' object has no method '" + name + "'");
+}
+
+// Python's str methods.
+static Value call_string_method(Method m, const std::string& name, const Value& subject, const json& j,
+                                const Args& args) {
     auto opt_str = [&](size_t i, const char* key, std::string& store) -> const std::string* {
         const Value& v = args.get(i, key);
         if (v.is_undefined() || need_json(v).is_null()) return nullptr;
         store = need_str(v, name.c_str());
         return &store;
     };
-    if (j.is_object() || subject.kind() == Value::Kind::Namespace) {
-        switch (m) {
-        case Method::Get: {
-            const Value& key = args.get(0, "key");
-            const json& k = need_json(key);
-            if (k.is_string() && j.contains(k.get_ref<const std::string&>()))
-                return Value::borrowed(j[k.get_ref<const std::string&>()]);
-            const Value& d = args.get(1, "default");
-            return d.is_undefined() ? Value::owned(nullptr) : d;
-        }
-        case Method::Items: {
-            json out = json::array();
-            for (auto it = j.begin(); it != j.end(); ++it) out.push_back(json::array({it.key(), it.value()}));
-            return Value::owned(out);
-        }
-        case Method::Keys: {
-            json out = json::array();
-            for (auto it = j.begin(); it != j.end(); ++it) out.push_back(it.key());
-            return Value::owned(out);
-        }
-        case Method::Values: {
-            json out = json::array();
-            for (auto it = j.begin(); it != j.end(); ++it) out.push_back(it.value());
-            return Value::owned(out);
-        }
-        default: break;
-        }
-    } else if (j.is_string()) {
-        const std::string& s = j.get_ref<const std::string&>();
-        std::string tmp;
-        switch (m) {
-        case Method::Strip: return Value::owned(text::strip(s, opt_str(0, "chars", tmp), true, true));
-        case Method::Lstrip: return Value::owned(text::strip(s, opt_str(0, "chars", tmp), true, false));
-        case Method::Rstrip: return Value::owned(text::strip(s, opt_str(0, "chars", tmp), false, true));
-        case Method::Upper: return Value::owned(text::upper(s));
-        case Method::Lower: return Value::owned(text::lower(s));
-        case Method::Title: return Value::owned(text::title_method(s));
-        case Method::Capitalize: return Value::owned(text::capitalize(s));
-        case Method::Split:
-        case Method::Rsplit: {
-            const Value& n = args.get(1, "maxsplit");
-            try {
-                return Value::owned(text::split(s, opt_str(0, "sep", tmp), n.is_undefined() ? -1 : need_int(n, "split"),
-                                                m == Method::Rsplit));
-            } catch (const std::invalid_argument& e) {
-                throw EvalError(e.what());
-            }
-        }
-        case Method::Startswith:
-        case Method::Endswith: {
-            const json& p = need_json(args.get(0, "prefix"));
-            json options = p.is_array() ? p : json::array({p});
-            for (const json& o : options) {
-                if (!o.is_string()) throw EvalError(name + " needs a string or a tuple of strings");
-                const std::string& x = o.get_ref<const std::string&>();
-                bool hit = x.size() <= s.size() &&
-                           (m == Method::Startswith ? s.compare(0, x.size(), x) == 0
-                                                    : s.compare(s.size() - x.size(), x.size(), x) == 0);
-                if (hit) return Value::owned(true);
-            }
-            return Value::owned(false);
-        }
-        case Method::Replace: {
-            const Value& n = args.get(2, "count");
-            return Value::owned(text::replace(s, need_str(args.get(0, "old"), "replace"),
-                                              need_str(args.get(1, "new"), "replace"),
-                                              n.is_undefined() ? -1 : need_int(n, "replace")));
-        }
-        case Method::Find:
-        case Method::Rfind: {
-            const std::string& sub = need_str(args.get(0, "sub"), name.c_str());
-            size_t pos = m == Method::Find ? s.find(sub) : s.rfind(sub);
-            return Value::owned(pos == std::string::npos ? -1 : static_cast<int64_t>(text::length(s.substr(0, pos))));
-        }
-        case Method::Count: return Value::owned(text::count(s, need_str(args.get(0, "sub"), "count")));
-        case Method::Join: {
-            std::string out;
-            bool first = true;
-            for (const json& item : to_list(args.get(0, "iterable"))) {
-                if (!item.is_string()) throw EvalError("str.join: expected str instance, " + type_name(item) + " found");
-                out += (first ? "" : s) + item.get<std::string>();
-                first = false;
-            }
-            return Value::owned(out);
-        }
-        case Method::Format: return Value::owned(format_positional(s, args));
-        default: break;
+    const std::string& s = j.get_ref<const std::string&>();
+    std::string tmp;
+    switch (m) {
+    case Method::Strip: return Value::owned(text::strip(s, opt_str(0, "chars", tmp), true, true));
+    case Method::Lstrip: return Value::owned(text::strip(s, opt_str(0, "chars", tmp), true, false));
+    case Method::Rstrip: return Value::owned(text::strip(s, opt_str(0, "chars", tmp), false, true));
+    case Method::Upper: return Value::owned(text::upper(s));
+    case Method::Lower: return Value::owned(text::lower(s));
+    case Method::Title: return Value::owned(text::title_method(s));
+    case Method::Capitalize: return Value::owned(text::capitalize(s));
+    case Method::Split:
+    case Method::Rsplit: {
+        const Value& n = args.get(1, "maxsplit");
+        try {
+            return Value::owned(text::split(s, opt_str(0, "sep", tmp), n.is_undefined() ? -1 : need_int(n, "split"),
+                                            m == Method::Rsplit));
+        } catch (const std::invalid_argument& e) {
+            throw EvalError(e.what());
         }
     }
+    case Method::Startswith:
+    case Method::Endswith: {
+        const json& p = need_json(args.get(0, "prefix"));
+        json options = p.is_array() ? p : json::array({p});
+        for (const json& o : options) {
+            if (!o.is_string()) throw EvalError(name + " needs a string or a tuple of strings");
+            const std::string& x = o.get_ref<const std::string&>();
+            bool hit = x.size() <= s.size() &&
+                       (m == Method::Startswith ? s.compare(0, x.size(), x) == 0
+                                                : s.compare(s.size() - x.size(), x.size(), x) == 0);
+            if (hit) return Value::owned(true);
+        }
+        return Value::owned(false);
+    }
+    case Method::Replace: {
+        const Value& n = args.get(2, "count");
+        return Value::owned(text::replace(s, need_str(args.get(0, "old"), "replace"),
+                                          need_str(args.get(1, "new"), "replace"),
+                                          n.is_undefined() ? -1 : need_int(n, "replace")));
+    }
+    case Method::Find:
+    case Method::Rfind: {
+        const std::string& sub = need_str(args.get(0, "sub"), name.c_str());
+        size_t pos = m == Method::Find ? s.find(sub) : s.rfind(sub);
+        return Value::owned(pos == std::string::npos ? -1 : static_cast<int64_t>(text::length(s.substr(0, pos))));
+    }
+    case Method::Count: return Value::owned(text::count(s, need_str(args.get(0, "sub"), "count")));
+    case Method::Join: {
+        std::string out;
+        bool first = true;
+        for (const json& item : to_list(args.get(0, "iterable"))) {
+            if (!item.is_string()) throw EvalError("str.join: expected str instance, " + type_name(item) + " found");
+            out += (first ? "" : s) + item.get<std::string>();
+            first = false;
+        }
+        return Value::owned(out);
+    }
+    case Method::Format: return Value::owned(format_positional(s, args));
+    default: break;
+    }
+    throw EvalError("'" + type_name(subject) + "' object has no method '" + name + "'");
+}
+
+Value call_method(Method m, const std::string& name, const Value& subject, const Args& args) {
+    const json& j = need_json(subject);
+    if (j.is_object() || subject.kind() == Value::Kind::Namespace) return call_dict_method(m, name, subject, j, args);
+    if (j.is_string()) return call_string_method(m, name, subject, j, args);
     throw EvalError("'" + type_name(subject) + "' object has no method '" + name + "'");
 }
 

@@ -40,6 +40,8 @@ Value Renderer::lookup(const std::string& name) const {
     for (size_t f = frames_.size(); f-- > 0;)
         for (const auto& kv : frames_[f])
             if (kv.first == name) return kv.second.kind() == Value::Kind::Json ? Value::borrowed(kv.second.j()) : kv.second;
+    for (const char* fn : {"raise_exception", "strftime_now", "namespace", "dict", "range"})
+        if (name == fn) return Value::builtin(name);  // Llama 3.2 asks "strftime_now is defined"
     return Value::undefined(name);
 }
 
@@ -73,6 +75,23 @@ Renderer::Flow Renderer::exec(const Stmt& s, std::string& out) {
         std::string captured;
         exec(s.branches[0], captured);
         assign(s.names[0], Value::owned(captured));
+        return Flow::Normal;
+    }
+    case Stmt::Kind::FilterBlock: {
+        // The placeholder at the bottom of the filter chain stands for the body's text.
+        std::string captured;
+        exec(s.branches[0], captured);
+        Value v = Value::owned(captured);
+        std::vector<const Expr*> chain;
+        for (const Expr* f = s.expr.get(); f->kind == Expr::Kind::Filter; f = f->a.get()) chain.push_back(f);
+        for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+            try {
+                v = apply_filter((*it)->filter, v, eval_args(**it)).detach();
+            } catch (const EvalError& e) {
+                fail(s.line, e.what());
+            }
+        }
+        out += to_str(v);
         return Flow::Normal;
     }
     case Stmt::Kind::Macro: {
@@ -116,11 +135,14 @@ void Renderer::exec_set(const Stmt& s) {
 }
 
 Renderer::Flow Renderer::exec_for(const Stmt& s, std::string& out) {
-    // A copy of the sequence: the body may replace the variable or namespace it came from.
-    json items;
+    // Iterated in place: a borrowed sequence never points into a namespace (reads from one are
+    // copies), and a loop body cannot reassign a variable of an outer scope.
     Value seq = eval(*s.expr);
+    json converted;
+    const json* items = &converted;
     try {
-        items = seq.is_json() && seq.j().is_array() ? seq.j() : to_list(seq);
+        if (seq.is_json() && seq.j().is_array()) items = &seq.j();
+        else converted = to_list(seq);
     } catch (const EvalError& e) {
         fail(s.line, e.what());
     }
@@ -137,20 +159,20 @@ Renderer::Flow Renderer::exec_for(const Stmt& s, std::string& out) {
         for (size_t k = 0; k < s.names.size(); ++k) frames_.back().emplace_back(s.names[k], Value::owned(parts[k]));
     };
     std::vector<size_t> kept;  // Jinja2 filters first, so loop.length counts only kept items
-    for (size_t i = 0; i < items.size(); ++i) {
+    for (size_t i = 0; i < items->size(); ++i) {
         if (s.target) {
-            bind(items[i]);
+            bind((*items)[i]);
             if (!truthy(eval(*s.target))) continue;
         }
         kept.push_back(i);
     }
     size_t n = kept.size();
     for (size_t k = 0; k < n; ++k) {
-        bind(items[kept[k]]);
+        bind((*items)[kept[k]]);
         json loop = {{"index", k + 1}, {"index0", k}, {"revindex", n - k}, {"revindex0", n - k - 1},
                      {"first", k == 0}, {"last", k + 1 == n}, {"length", n}, {"depth", 1}, {"depth0", 0}};
-        if (k > 0) loop["previtem"] = items[kept[k - 1]];
-        if (k + 1 < n) loop["nextitem"] = items[kept[k + 1]];
+        if (s.loop_neighbours && k > 0) loop["previtem"] = (*items)[kept[k - 1]];
+        if (s.loop_neighbours && k + 1 < n) loop["nextitem"] = (*items)[kept[k + 1]];
         frames_.back().emplace_back("loop", Value::owned(std::move(loop)));
         if (exec(s.branches[0], out) == Flow::Break) break;
     }

@@ -33,11 +33,14 @@ private:
     Value eval_call(const Expr& e);
     Value call_global(const Expr& e, const std::string& fn, const Args& args);
     Value call_macro(const Expr& e, const Macro& m, const Args& args);
-    Args eval_args(const Expr& e);
+    Args eval_args(const Expr& e);  // the call's positional and keyword arguments
 
     Value lookup(const std::string& name) const;
     void assign(const std::string& name, Value v);
     [[noreturn]] void fail(int line, const std::string& what) const;
+
+    static constexpr size_t kMaxMacroDepth = 100;  // macro calls in progress
+    size_t macro_depth_ = 0;
 
     const std::string& name_;
     const RenderOptions& options_;

@@ -57,6 +57,30 @@ std::string ChatTemplate::render(const nlohmann::ordered_json& messages, const R
     return r.run(*body_, messages);
 }
 
+RenderOptions special_tokens_of(const nlohmann::ordered_json& config) {
+    RenderOptions o;
+    auto token = [&](const char* key) -> std::optional<std::string> {
+        if (!config.is_object() || !config.contains(key)) return std::nullopt;
+        const auto& v = config[key];
+        if (v.is_string()) return v.get<std::string>();
+        if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+        return std::nullopt;
+    };
+    o.bos_token = token("bos_token");
+    o.eos_token = token("eos_token");
+    o.pad_token = token("pad_token");
+    o.unk_token = token("unk_token");
+    for (const char* key : {"sep_token", "cls_token", "mask_token"})
+        if (auto t = token(key)) o.variables[key] = *t;
+    if (config.is_object() && config.contains("additional_special_tokens") && config["additional_special_tokens"].is_array()) {
+        nlohmann::ordered_json list = nlohmann::ordered_json::array();
+        for (const auto& t : config["additional_special_tokens"])
+            list.push_back(t.is_object() && t.contains("content") ? t["content"] : t);
+        o.variables["additional_special_tokens"] = list;
+    }
+    return o;
+}
+
 std::string select_chat_template(const nlohmann::ordered_json& value, const std::string& which, const std::string& origin) {
     if (value.is_string()) {
         if (!which.empty() && which != "default")

@@ -51,6 +51,11 @@ private:
     std::shared_ptr<const std::vector<std::unique_ptr<Stmt>>> body_;
 };
 
+// RenderOptions with the special tokens of a tokenizer_config.json, as transformers passes its
+// special_tokens_map: bos/eos/unk/pad (and sep/cls/mask, additional_special_tokens) when set;
+// a token may be written as a string or as an AddedToken object {"content": ...}.
+RenderOptions special_tokens_of(const nlohmann::ordered_json& tokenizer_config);
+
 // The template source in tokenizer_config.json's "chat_template": a string, or a list of
 // {"name", "template"} from which `which` is picked ("default" when empty). `origin` names the file.
 std::string select_chat_template(const nlohmann::ordered_json& value, const std::string& which, const std::string& origin);

@@ -68,16 +68,39 @@ static bool is_ws(char32_t c) {
            c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
+// The code point that starts at s[i], and its length in bytes (invalid bytes read as U+FFFD).
+static char32_t code_point_at(const std::string& s, size_t i, size_t& len) {
+    unsigned char c = s[i];
+    int n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
+    bool ok = n >= 0 && i + n < s.size();
+    for (int k = 1; ok && k <= n; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+    if (!ok) { len = 1; return 0xFFFD; }
+    char32_t cp = n == 0 ? c : c & (0x3F >> n);
+    for (int k = 1; k <= n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+    len = n + 1;
+    return cp;
+}
+
+// Walks in from either end code point by code point: the middle of the text is never decoded.
 std::string strip(const std::string& s, const std::string* chars, bool left, bool right) {
-    std::vector<char32_t> cps = decode(s);
     std::vector<char32_t> set = chars ? decode(*chars) : std::vector<char32_t>{};
     auto drop = [&](char32_t c) {
         return chars ? std::find(set.begin(), set.end(), c) != set.end() : is_ws(c);
     };
-    size_t b = 0, e = cps.size();
-    if (left) while (b < e && drop(cps[b])) ++b;
-    if (right) while (e > b && drop(cps[e - 1])) --e;
-    return encode(cps, b, e);
+    size_t b = 0, e = s.size(), len = 0;
+    if (left)
+        while (b < e && drop(code_point_at(s, b, len))) b += len;
+    if (right) {
+        while (e > b) {
+            size_t start = e - 1;
+            while (start > b && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80 && e - start < 4) --start;
+            char32_t c = code_point_at(s, start, len);
+            if (start + len != e) { c = 0xFFFD; start = e - 1; }  // a broken tail byte
+            if (!drop(c)) break;
+            e = start;
+        }
+    }
+    return s.substr(b, e - b);
 }
 
 std::vector<std::string> split(const std::string& s, const std::string* sep, long maxsplit, bool from_right) {

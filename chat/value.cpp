@@ -155,6 +155,7 @@ std::string to_str(const Value& v) {
     case Value::Kind::Json: return to_str(v.j());
     case Value::Kind::Namespace: return "<Namespace " + repr(v.j()) + ">";
     case Value::Kind::Macro: return "<Macro '" + v.as_macro()->name + "'>";
+    case Value::Kind::Builtin: return "<built-in function " + v.undefined_name() + ">";
     }
     return "";
 }
@@ -216,6 +217,7 @@ std::string type_name(const Value& v) {
     case Value::Kind::Undefined: return "Undefined";
     case Value::Kind::Namespace: return "Namespace";
     case Value::Kind::Macro: return "Macro";
+    case Value::Kind::Builtin: return "builtin_function_or_method";
     default: return type_name(v.j());
     }
 }

@@ -17,7 +17,7 @@ struct Macro;
 // outlives the expression that reads it) or owned; reads never copy the conversation.
 class Value {
 public:
-    enum class Kind { Undefined, Json, Namespace, Macro };
+    enum class Kind { Undefined, Json, Namespace, Macro, Builtin };
 
     Value() = default;  // Undefined
     static Value undefined(std::string name) { Value v; v.name_ = std::move(name); return v; }
@@ -25,6 +25,8 @@ public:
     static Value borrowed(const json& j) { Value v; v.kind_ = Kind::Json; v.ref_ = &j; return v; }
     static Value ns(std::shared_ptr<json> object);
     static Value macro(std::shared_ptr<const Macro> m);
+    // A global function (raise_exception, strftime_now, ...): defined and callable, as in HF.
+    static Value builtin(std::string name) { Value v; v.kind_ = Kind::Builtin; v.name_ = std::move(name); return v; }
 
     Kind kind() const { return kind_; }
     bool is_undefined() const { return kind_ == Kind::Undefined; }
@@ -33,7 +35,7 @@ public:
     const json& j() const;
     json& ns_object() const { return *ns_; }
     const std::shared_ptr<const Macro>& as_macro() const { return macro_; }
-    // For Undefined: the expression that was missing ("'foo' is undefined").
+    // For Undefined: the expression that was missing ("'foo' is undefined"); for Builtin: its name.
     const std::string& undefined_name() const { return name_; }
     // True when the data lives in this Value (or a namespace it shares): what is borrowed from
     // it must be copied before this Value goes away.

@@ -49,6 +49,7 @@ std::string emit_job_toml(const Job& job) {
     kv("dtype", fmt(job.model.dtype));
     kv("rope_precision", fmt(job.model.rope_precision));
     kv("tokenizer", fmt(job.model.tokenizer));
+    kv("allow_unused_weights", fmt(job.model.allow_unused_weights));
     os << "\n[parallel]\n";
     kv("tp", fmt<int64_t>(job.parallel.tp));
     kv("ep", fmt<int64_t>(job.parallel.ep));

@@ -21,6 +21,10 @@ struct ModelSection {
     // The tokenizer for text and chat prompts and text outputs: a folder holding tokenizer.json
     // (and tokenizer_config.json) or a tokenizer.json; "" = the checkpoint folder's, if it has one.
     std::string tokenizer;
+    // Checkpoint tensors the model does not read (a config.json that says fewer layers or
+    // experts than the checkpoint holds) are refused before any rank starts; true runs anyway,
+    // with a warning naming them.
+    bool allow_unused_weights = false;
 };
 
 struct ParallelSection {

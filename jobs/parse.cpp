@@ -18,6 +18,7 @@
 #include <toml++/toml.h>
 
 #include "common/error.h"
+#include "common/path.h"
 
 namespace fs = std::filesystem;
 
@@ -199,6 +200,7 @@ void parse_model(Section s, Job& job) {
     s.get_string("dtype", job.model.dtype, {"auto", "bfloat16", "float16", "float32"});
     s.get_string("rope_precision", job.model.rope_precision, {"checkpoint", "float32"});
     s.get_string("tokenizer", job.model.tokenizer);
+    s.get_bool("allow_unused_weights", job.model.allow_unused_weights);
     s.reject_unknown();
 }
 
@@ -398,11 +400,15 @@ void check_files(const toml::table& root, const Job& job) {
     std::error_code ec;
     fs::path model(job.model.path);
     auto [ml, mc] = where("model", "path");
-    if (!fs::exists(model, ec))
+    const std::string model_at = at(job.file, ml, mc, "model.path: ");  // a symlink loop is named with it (common/path.h)
+    const fs::file_type model_type = path_type<JobError>(model, model_at);
+    if (model_type == fs::file_type::not_found)
         throw JobError(at(job.file, ml, mc, "model.path: no such file or directory: " + job.model.path));
-    if (fs::is_directory(model, ec)) {
-        if (!fs::exists(model / "config.json", ec))
-            throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path + " has no config.json (an HF model folder is expected)"));
+    if (model_type == fs::file_type::directory) {
+        // An HF folder, or Meta's own (params.json + consolidated.NN.pth, loader/meta.h).
+        if (!path_exists<JobError>(model / "config.json", model_at) && !path_exists<JobError>(model / "params.json", model_at))
+            throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path +
+                                                    " has neither config.json nor params.json (an HF or a Meta model folder is expected)"));
     } else if (model.extension() != ".h5" && model.extension() != ".hdf5") {
         throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path + " is neither an HF model folder nor an .h5 file"));
     }
@@ -517,7 +523,9 @@ Job load_job(const std::string& path) {
     if (!in) throw JobError(path + ": cannot open the job file: " + std::strerror(errno));
     std::stringstream ss;
     ss << in.rdbuf();
-    std::string base = is_regular_file(path) ? fs::absolute(path).parent_path().string() : fs::current_path().string();
+    ec.clear();  // (a current folder that was removed: the throwing calls end in "internal error")
+    std::string base = is_regular_file(path) ? fs::absolute(path, ec).parent_path().string() : fs::current_path(ec).string();
+    if (ec) throw JobError(path + ": cannot tell the job file's folder: " + ec.message());
     return parse_job(ss.str(), path, base);
 }
 

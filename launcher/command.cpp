@@ -14,7 +14,7 @@ const std::vector<Command>& commands() {
     static const std::vector<Command> table = {
         {"validate", "check a job file and print it with every default filled in", cmd_validate},
         {"example", "print a job file with every key, its default and its meaning", cmd_example},
-        {"inspect", "list a checkpoint's tensors (name, dtype, shape, bytes, file) and totals", cmd_inspect},
+        {"inspect", "list a checkpoint's tensors (name, dtype, shape, bytes, file) and totals; --check: NaN or Inf in any", cmd_inspect},
         {"convert", "write an HF model folder as one HDF5 file", cmd_convert},
         {"plan", "show the sharding plan: every rank's weights, memory, reads and collectives", cmd_plan},
         {"run", "run the job under mpirun, one tpx-worker per rank", cmd_run},

@@ -7,6 +7,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "common/output_path.h"
 #include "jobs/job.h"
 #include "sharding/plan.h"
 
@@ -37,6 +38,11 @@ std::string output_file_arg(const std::string& option, const std::string& value)
 // `tpx run` and `tpx submit` refuse a job that cannot be sharded before any rank or Slurm
 // allocation is spent; the error is the planner's, naming the transform and the tensor.
 ShardPlan check_plannable(const Job& job);
+
+// Everything `tpx run`, `tpx validate` and `tpx submit` check before any rank or allocation is
+// spent: the plan, the tokenizer and chat template, every output (jobs/outputs.h, with
+// `extra_outputs`) and, for a `local` launch on the CPU backend, this host's memory.
+ShardPlan check_before_launch(const Job& job, const std::vector<NamedPath>& extra_outputs, bool local);
 
 int cmd_validate(const Args& args);
 int cmd_example(const Args& args);

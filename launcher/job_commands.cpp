@@ -2,7 +2,6 @@
 #include <iostream>
 
 #include "jobs/emit.h"
-#include "jobs/outputs.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
 #include "sharding/transform.h"
@@ -21,7 +20,7 @@ int cmd_validate(const Args& args) {
 
     Job job = load_job(vm["job"].as<std::string>());
     resolve_transform_options(job);  // unknown transforms and options are job errors too
-    check_job_outputs(job, {});       // an output that would replace an input, or cannot be written
+    check_before_launch(job, {}, /*local=*/true);  // the plan, tokenizer, outputs and memory, as tpx run checks them
     std::cout << emit_job_toml(job);
     std::cerr << job.file << ": valid job '" << job.name << "' (" << job.world() << " ranks)\n";
     return 0;

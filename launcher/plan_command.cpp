@@ -4,9 +4,12 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/host_memory.h"
+#include "jobs/outputs.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
 #include "sharding/plan.h"
+#include "text/text_tools.h"
 
 namespace po = boost::program_options;
 
@@ -35,6 +38,31 @@ int cmd_plan(const Args& args) {
     std::cout << format_plan(plan, vm.count("detail") != 0);
     if (vm.count("graph")) std::cout << "\ngraph (rank-local shapes):\n" << plan.graph.dump();
     return 0;
+}
+
+// The host memory the ranks on this host need for a decode step (weights, KV cache, staging,
+// a step's activations), against what the host has available: a job too large is refused here,
+// with the numbers and the keys to change, instead of being killed by the kernel. Ranks on
+// other hosts and GPU memory are checked by the ranks themselves before they allocate.
+static void check_launch_memory(const Job& job, const ShardPlan& plan) {
+    if (job.backend.device != "cpu" || !job.launch.hosts.empty() || !job.launch.hostfile.empty()) return;
+    int64_t available = available_host_memory();
+    if (available < 0) return;
+    std::vector<int> ranks;
+    for (int r = 0; r < plan.tp; ++r) ranks.push_back(r);
+    try {
+        check_memory(plan, ranks, plan.max_batch, plan.max_batch, available, "this host", false);
+    } catch (const JobError& e) {
+        throw JobError(job.file + ": " + e.what());
+    }
+}
+
+ShardPlan check_before_launch(const Job& job, const std::vector<NamedPath>& extra_outputs, bool local) {
+    ShardPlan plan = check_plannable(job);
+    load_text_tools(job);  // a bad tokenizer or chat template
+    check_job_outputs(job, extra_outputs);
+    if (local) check_launch_memory(job, plan);
+    return plan;
 }
 
 ShardPlan check_plannable(const Job& job) {

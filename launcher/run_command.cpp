@@ -20,9 +20,6 @@
 
 #include "common/error.h"
 #include "common/file.h"
-#include "common/host_memory.h"
-#include "jobs/outputs.h"
-#include "text/text_tools.h"
 #include "jobs/emit.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
@@ -58,23 +55,6 @@ void report_unreachable_hosts(const Job& job) {
     }
 }
 
-// The host memory the ranks on this host need for a decode step (weights, KV cache, staging,
-// a step's activations), against what the host has available: a job too large is refused here,
-// with the numbers and the keys to change, instead of being killed by the kernel. Ranks on
-// other hosts and GPU memory are checked by the ranks themselves before they allocate.
-void check_launch_memory(const Job& job, const ShardPlan& plan) {
-    if (job.backend.device != "cpu" || !job.launch.hosts.empty() || !job.launch.hostfile.empty()) return;
-    int64_t available = available_host_memory();
-    if (available < 0) return;
-    std::vector<int> ranks;
-    for (int r = 0; r < plan.tp; ++r) ranks.push_back(r);
-    try {
-        check_memory(plan, ranks, plan.max_batch, plan.max_batch, available, "this host", false);
-    } catch (const JobError& e) {
-        throw JobError(job.file + ": " + e.what());
-    }
-}
-
 }  // namespace
 
 int cmd_run(const Args& args) {
@@ -94,8 +74,6 @@ int cmd_run(const Args& args) {
     Job job = load_job(job_path);
     resolve_transform_options(job);
     if (job.run.prompts.empty() && !vm.count("bench")) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
-    ShardPlan plan = check_plannable(job);
-    load_text_tools(job);  // a bad tokenizer or chat template is refused before any rank starts
     // Outputs are resolved and proven writable before anything is started.
     std::vector<std::string> output_args;
     std::vector<NamedPath> extra_outputs;
@@ -105,8 +83,7 @@ int cmd_run(const Args& args) {
             output_args.insert(output_args.end(), {std::string("--") + option, path});
             extra_outputs.push_back({std::string("--") + option, path});
         }
-    check_job_outputs(job, extra_outputs);
-    check_launch_memory(job, plan);
+    check_before_launch(job, extra_outputs, /*local=*/true);
     const char* progress = vm.count("quiet") ? "quiet" : (isatty(STDERR_FILENO) ? "live" : "lines");
     output_args.insert(output_args.end(), {"--progress", progress});
     // A job read from a pipe cannot be read again by the ranks: hand them the resolved job.

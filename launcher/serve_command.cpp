@@ -16,7 +16,6 @@
 #include "launcher/mpirun.h"
 #include "launcher/mpirun_process.h"
 #include "sharding/transform.h"
-#include "text/text_tools.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -37,8 +36,8 @@ int cmd_serve(const Args& args) {
     std::string job_path = vm["job"].as<std::string>();
     Job job = load_job(job_path);
     resolve_transform_options(job);
-    check_plannable(job);
-    load_text_tools(job);  // a bad tokenizer or chat template is refused before any rank starts
+    // The plan, the tokenizer and chat template, this host's memory: refused before any rank starts.
+    check_before_launch(job, {}, /*local=*/true);
     std::string worker_job = fs::absolute(job_path).lexically_normal().string();
     if (!fs::is_regular_file(job_path)) {
         worker_job = (fs::temp_directory_path() / ("tpx-job-" + std::to_string(getpid()) + ".toml")).string();

@@ -50,12 +50,11 @@ int cmd_submit(const Args& args) {
     resolve_transform_options(job);
     if (job.run.prompts.empty() && !job.serve.present)
         throw JobError(job.file + ": run.prompts is not set (and there is no [serve] table): there is nothing to run");
-    check_plannable(job);
-
     // The ranks read a snapshot of the resolved job, so editing the job file after submitting
     // does not change a queued job.
     fs::path dir = fs::path(job.run.output).parent_path();
     std::string snapshot = (dir / (file_safe(job.name) + ".tpx.toml")).string();
+    check_before_launch(job, {{"the job's snapshot", snapshot}, {"the sbatch script", script_path(job)}}, /*local=*/false);
     SubmitPaths paths{worker_binary(), snapshot, dir.string()};
     std::string script = sbatch_script(job, paths, geteuid() == 0);
     if (vm.count("dry-run")) {

@@ -22,7 +22,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#include "common/path.h"
 #include "loader/hdf5.h"
+#include "loader/meta.h"
 #include "loader/read_pool.h"
 
 namespace fs = std::filesystem;
@@ -169,7 +171,7 @@ void SafetensorsCheckpoint::open_folder() {
     fs::path dir(path_);
     auto text_if_present = [&](const char* name) {
         fs::path p = dir / name;
-        if (!fs::exists(p)) return std::string();
+        if (!path_exists<CheckpointError>(p)) return std::string();
         std::string text = read_text_file(p.string());
         count_header(text.size());
         return text;
@@ -178,9 +180,9 @@ void SafetensorsCheckpoint::open_folder() {
     generation_config_json_ = text_if_present("generation_config.json");
 
     fs::path index_path = dir / "model.safetensors.index.json";
-    if (!fs::exists(index_path)) {
+    if (!path_exists<CheckpointError>(index_path)) {
         fs::path single = dir / "model.safetensors";
-        if (!fs::exists(single))
+        if (!path_exists<CheckpointError>(single))
             throw CheckpointError(path_ + ": neither model.safetensors nor model.safetensors.index.json is here");
         open_file(single.string());
         return;
@@ -215,7 +217,7 @@ void SafetensorsCheckpoint::open_folder() {
     std::map<std::string, std::string> shard_of;
     for (const auto& [shard, names] : names_by_shard) {
         fs::path shard_path = dir / shard;
-        if (!fs::exists(shard_path))
+        if (!path_exists<CheckpointError>(shard_path, index_file + ": weight_map's shard "))
             throw CheckpointError(index_file + ": weight_map places tensor '" + names.front() + "' in " + shard +
                                   ", which does not exist (" + shard_path.string() + ")");
         uint64_t header = 0;
@@ -400,9 +402,10 @@ int default_threads() {
 
 std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, int threads) {
     if (threads <= 0) threads = default_threads();
-    std::error_code ec;
-    if (!fs::exists(path, ec)) throw CheckpointError(path + ": no such file or directory");
-    if (fs::is_directory(path, ec)) {
+    const fs::file_type type = path_type<CheckpointError>(path);
+    if (type == fs::file_type::not_found) throw CheckpointError(path + ": no such file or directory");
+    if (type == fs::file_type::directory) {
+        if (is_meta_folder(path)) return open_meta_checkpoint(path, threads);
         auto c = std::make_unique<SafetensorsCheckpoint>(path, threads);
         c->open_folder();
         return c;

@@ -1,6 +1,6 @@
 // A checkpoint as tpx reads it: an HF model folder (config.json + model.safetensors, or
-// model.safetensors.index.json + its shards), a single .safetensors file, or an .h5 file
-// written by `tpx convert`. Lists every tensor and reads slices of them, converted to the
+// model.safetensors.index.json + its shards), a single .safetensors file, an .h5 file
+// written by `tpx convert`, or a Meta folder (params.json + consolidated.NN.pth, loader/meta.h). Lists every tensor and reads slices of them, converted to the
 // dtype asked for, into host memory or through a caller's staging buffers (the GPU backend's
 // pinned buffers), counting every byte it reads.
 #pragma once
@@ -88,7 +88,10 @@ public:
     const std::vector<TensorInfo>& tensors() const { return tensors_; }  // sorted by name
     const TensorInfo* find(const std::string& name) const;
     const TensorInfo& tensor(const std::string& name) const;  // throws CheckpointError naming it
-    std::vector<std::string> files() const;                  // the files holding tensor data
+    virtual std::vector<std::string> files() const;          // the files holding tensor data
+    // Where a tensor comes from, for `tpx inspect`, when it is more than one file's bytes (a
+    // Meta tensor assembled from several files); "" otherwise.
+    virtual std::string source_of(const std::string&) const { return ""; }
     uint64_t total_bytes() const;
     const std::string& config_json() const { return config_json_; }
     const std::string& generation_config_json() const { return generation_config_json_; }

@@ -3,7 +3,7 @@
 # The CUDA toolkit is not a Debian package here: it is used from /usr/local/cuda when present.
 set -euo pipefail
 packages=(cmake g++ make pkg-config libopenmpi-dev openmpi-bin libhdf5-dev libtomlplusplus-dev
-          libboost-program-options-dev libgtest-dev nlohmann-json3-dev clang libclang-rt-14-dev
+          libboost-program-options-dev libgtest-dev nlohmann-json3-dev libzip-dev clang libclang-rt-14-dev
           slurm-wlm slurmctld slurmd slurm-client munge iproute2 util-linux bc
           libpcre2-dev libutf8proc-dev libcpp-httplib-dev)
 # node runs the tokenizer's and chat templates' differential tests (tests/tokenizer/, tests/chat/);

@@ -2,6 +2,11 @@
 // the tensor names next to the ops that use them.
 #include "sharding/factory.h"
 
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <set>
+
 #include "common/error.h"
 #include "loader/checkpoint.h"
 
@@ -161,6 +166,35 @@ void check_against_checkpoint(const Graph& graph, const Checkpoint& ckpt) {
                                       " but config.json implies " + shape_string(want));
         }
     }
+}
+
+std::vector<std::string> unused_tensors(const Graph& graph, const Checkpoint& ckpt, const ModelConfig& config) {
+    std::set<std::string> used;
+    for (Node* n : graph.nodes())
+        if (n->param)
+            for (const Segment& s : n->param->segments) used.insert(s.tensor);
+    auto ends_with = [](const std::string& s, const std::string& tail) {
+        return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    std::vector<std::string> unused;
+    for (const TensorInfo& t : ckpt.tensors()) {
+        if (used.count(t.name) || ends_with(t.name, ".rotary_emb.inv_freq")) continue;
+        if (config.tie_word_embeddings && t.name == "lm_head.weight") continue;
+        unused.push_back(t.name);
+    }
+    return unused;
+}
+
+std::string explain_unused(const std::vector<std::string>& unused, const ModelConfig& config) {
+    // (Fewer experts in config.json than in the checkpoint fails earlier: the router's shape.)
+    const std::string layers = "model.layers.";
+    int64_t last_layer = -1;
+    for (const std::string& name : unused)
+        if (name.compare(0, layers.size(), layers) == 0 && std::isdigit((unsigned char)name[layers.size()]))
+            last_layer = std::max(last_layer, (int64_t)std::atoll(name.c_str() + layers.size()));
+    if (last_layer < config.num_layers) return "";
+    return "config.json says num_hidden_layers = " + std::to_string(config.num_layers) + ", the checkpoint holds " +
+           std::to_string(last_layer + 1);
 }
 
 }  // namespace tpx

@@ -10,7 +10,10 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/path.h"
 #include "loader/checkpoint.h"
+#include "loader/meta.h"
+#include "sharding/factory.h"
 
 namespace fs = std::filesystem;
 
@@ -55,6 +58,24 @@ void check_run_limits(const Job& job, const ModelConfig& c) {
                        std::to_string(limit));
 }
 
+// Checkpoint tensors the model does not read mean that config.json and the checkpoint disagree
+// (a config saying 1 layer ran a 2-layer checkpoint as 1, silently): refused, naming the first
+// few, unless the job allows them; then the plan carries the warning for rank 0 to print.
+void check_unused_tensors(const Job& job, const TransformContext& ctx, ShardPlan& plan) {
+    const std::vector<std::string> unused = unused_tensors(ctx.graph, *ctx.checkpoint, ctx.config);
+    if (unused.empty()) return;
+    constexpr size_t kNamed = 4;
+    std::string names;
+    for (size_t i = 0; i < unused.size() && i < kNamed; ++i) names += (i ? ", " : "") + unused[i];
+    if (unused.size() > kNamed) names += ", ...";
+    const std::string why = explain_unused(unused, ctx.config);
+    const std::string text = job.model.path + ": " + std::to_string(unused.size()) +
+                             (unused.size() == 1 ? " checkpoint tensor is" : " checkpoint tensors are") + " not used by the model" +
+                             (why.empty() ? "" : " (" + why + ")") + ": " + names;
+    if (!job.model.allow_unused_weights) throw CheckpointError(text + "; set [model] allow_unused_weights = true to run anyway");
+    plan.warnings.push_back(text + " (running anyway: [model] allow_unused_weights = true)");
+}
+
 }  // namespace
 
 std::string resolve_weight_dtype(const Job& job, const ModelConfig& config) {
@@ -75,12 +96,17 @@ ShardPlan make_plan(const Job& job, int world) {
     std::unique_ptr<Checkpoint> ckpt;
     std::string config_text, config_file;
     fs::path model(job.model.path);
-    bool has_weights = fs::is_directory(model) ? (fs::exists(model / "model.safetensors") || fs::exists(model / "model.safetensors.index.json"))
-                                               : fs::exists(model);
+    const bool folder = is_folder<CheckpointError>(model);
+    const bool meta = folder && is_meta_folder(job.model.path);
+    bool has_weights = folder ? (path_exists<CheckpointError>(model / "model.safetensors") ||
+                                 path_exists<CheckpointError>(model / "model.safetensors.index.json") || meta)
+                              : path_exists<CheckpointError>(model);
     if (has_weights) {
         ckpt = Checkpoint::open(job.model.path);
         config_text = ckpt->config_json();
-        config_file = fs::is_directory(model) ? (model / "config.json").string() : job.model.path + ":config.json";
+        config_file = meta     ? (model / "params.json").string() + " (as config.json)"
+                      : folder ? (model / "config.json").string()
+                               : job.model.path + ":config.json";
     } else {
         config_file = (model / "config.json").string();
         config_text = read_text_file(config_file);
@@ -109,6 +135,7 @@ ShardPlan make_plan(const Job& job, int world) {
     bool sharded = false;
     for (Node* n : ctx.graph.nodes()) sharded = sharded || (n->param && !n->param->by_rank.empty());
     if (!sharded) throw JobError(job.file + ": detect_sharding is disabled, so there is no plan to make");
+    if (ckpt) check_unused_tensors(job, ctx, plan);
 
     plan.config = ctx.config;
     plan.weight_dtype = ctx.weight_dtype;
@@ -187,7 +214,7 @@ json ShardPlan::to_json() const {
                   {"eos_token_ids", c.eos_token_ids}};
     return {{"model", model}, {"tp", tp}, {"ep", ep}, {"world", tp}, {"backend", backend}, {"weight_dtype", weight_dtype},
             {"act_dtype", act_dtype}, {"max_batch", max_batch}, {"max_seq_len", max_seq_len}, {"headers_checked", headers_checked},
-            {"preloaded", preloaded},
+            {"preloaded", preloaded}, {"warnings", warnings},
             {"costs", {{"weight_bytes", costs.weight_bytes}, {"flops_per_token", costs.flops_per_token},
                        {"head_flops_per_token", costs.head_flops_per_token},
                        {"attention_flops_per_token_per_position", costs.attention_flops_per_token_per_position}}},
@@ -233,6 +260,7 @@ ShardPlan ShardPlan::from_json(const json& j) {
     p.max_seq_len = j.at("max_seq_len");
     p.headers_checked = j.at("headers_checked");
     p.preloaded = j.at("preloaded");
+    p.warnings = j.value("warnings", std::vector<std::string>{});
     p.costs.weight_bytes = j.at("costs").at("weight_bytes");
     p.costs.flops_per_token = j.at("costs").at("flops_per_token");
     p.costs.head_flops_per_token = j.at("costs").at("head_flops_per_token");
@@ -314,6 +342,7 @@ std::string format_plan(const ShardPlan& p, bool detail) {
        << p.weight_dtype << ", activations " << p.act_dtype << "\n";
     os << "kv cache: max_batch " << p.max_batch << " x max_seq_len " << p.max_seq_len << "\n";
     os << (p.headers_checked ? "checkpoint headers: read and matched\n" : "checkpoint headers: not present (planned from config.json alone)\n");
+    for (const std::string& w : p.warnings) os << "warning: " << w << "\n";
     os << "\n";
     std::snprintf(line, sizeof(line), "%-5s %14s %14s %14s %14s %9s\n", "rank", "weights", "kv cache", "total", "read", "tensors");
     os << line;

@@ -45,6 +45,14 @@ std::string TransformOptions::text(const std::string& key) const {
 
 namespace {
 
+// A folder the job names for DOT files, made when missing; a JobError naming the option and the
+// folder when it cannot be (a file in the way, a symlink loop), not a filesystem_error.
+void make_folder(const std::string& option, const std::string& dir) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) throw JobError(option + ": cannot make the folder " + dir + ": " + ec.message());
+}
+
 int64_t param_bytes(const TransformContext& ctx) {
     int64_t n = 0;
     for (Node* node : ctx.graph.nodes())
@@ -138,7 +146,7 @@ TransformRegistry make_registry() {
     r.add({"visualize", Stage::kVisualize, "write the final graph as Graphviz DOT",
            defaults(false, {{"dir", opt(std::string("."))}}), {{"dir", "folder for graph.dot"}},
            [](TransformContext& ctx, const TransformOptions& o) {
-               fs::create_directories(o.text("dir"));
+               make_folder("transforms.visualize.dir", o.text("dir"));
                write_file_atomically((fs::path(o.text("dir")) / "graph.dot").string(), ctx.graph.to_dot());
                return TransformResult{1, false, ""};
            }});
@@ -268,7 +276,7 @@ std::vector<TransformRecord> run_pipeline(TransformContext& ctx, const std::map<
         if (o.expect_mem_change && rec.mem_change == 0 && rec.error.empty())
             log_warn("transform ", def.name, " was expected to change memory but did not");
         if (!o.debug_visualize_dir.empty()) {
-            fs::create_directories(o.debug_visualize_dir);
+            make_folder("transforms." + def.name + ".debug_visualize_dir", o.debug_visualize_dir);
             char file[256];
             std::snprintf(file, sizeof(file), "%02d_%s.dot", index, def.name.c_str());
             write_file_atomically((fs::path(o.debug_visualize_dir) / file).string(), ctx.graph.to_dot());

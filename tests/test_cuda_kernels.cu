@@ -6,6 +6,7 @@
 // largest |cpu| of the output. Skips on a machine without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <random>
@@ -812,6 +813,42 @@ TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
         cuda::moe_grouped(h2, s, weights.p, dx->p, separate, gy2->p, nullptr);
         expect_close(download(*gy2), ref, "moe, by expert, separate gate and up" + at);
         cublasDestroy(h2);
+    }
+}
+
+// Non-finite logits (a NaN weight upstream) must not come back as a token id: argmax_rows writes
+// -1 for a row holding NaN, +Inf or -Inf, as its CPU twin cpu::argmax does (the reference, row by
+// row). Poisons sit in the first chunk, in the last, at index 0 and at the last index, beside a
+// larger finite logit elsewhere in the row; the output is poisoned first so an unwritten row shows.
+TEST(CudaKernels, ArgmaxReportsNonFiniteRows) {
+    REQUIRE_GPU();
+    const int64_t rows = 8, V = 128256;
+    std::normal_distribution<float> d;
+    struct Poison {
+        int64_t row;
+        float value;
+        int64_t at;  // from the row's end when negative
+    };
+    const std::vector<Poison> poisons = {{1, NAN, 5}, {2, INFINITY, -1}, {3, -INFINITY, 0}, {5, NAN, -1}, {6, INFINITY, 70000}};
+    Device<int32_t> out(rows);
+    for (int64_t width : {V, (int64_t)1000}) {  // the chunked kernel, and one block per row
+        std::vector<float> logits(rows * width);
+        for (float& x : logits) x = d(rng);
+        for (int64_t r = 0; r < rows; ++r) logits[r * width + (r * 7919) % width] = 50.0f;  // a clear winner in every row
+        for (const Poison& p : poisons) {
+            const int64_t at = (p.at < 0 ? width + p.at : p.at) % width;
+            logits[p.row * width + at] = p.value;
+        }
+        std::unique_ptr<Device<float>> dl(upload_raw(logits));
+        CUDA_CHECK(cudaMemset(out.p, 0x55, rows * sizeof(int32_t)));
+        cuda::argmax_rows(rows, width, dl->p, out.p, nullptr);
+        std::vector<int32_t> got(rows);
+        CUDA_CHECK(cudaMemcpy(got.data(), out.p, rows * sizeof(int32_t), cudaMemcpyDeviceToHost));
+        for (int64_t r = 0; r < rows; ++r) {
+            const bool poisoned_row = std::any_of(poisons.begin(), poisons.end(), [&](const Poison& p) { return p.row == r; });
+            EXPECT_EQ(got[r], cpu::argmax(&logits[r * width], width)) << "row " << r << " width " << width;
+            EXPECT_EQ(got[r], poisoned_row ? -1 : (int32_t)((r * 7919) % width)) << "row " << r << " width " << width;
+        }
     }
 }
 

@@ -96,7 +96,7 @@ TEST(Failures, TokenIdBeyondTheVocabularyIsNamed) {
     auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + job);
     EXPECT_EQ(r.exit_code, 2) << r.err;
     EXPECT_LT(r.seconds, 5.0);
-    EXPECT_NE(r.err.find("prompts.jsonl:2: prompt bad: token id 9999 at position 1 is outside the vocabulary [0, 512)"),
+    EXPECT_NE(r.err.find("prompts.jsonl:2: prompt bad: token id 9999 at position 1 is outside the model's vocabulary [0, 512)"),
               std::string::npos) << r.err;
     EXPECT_NE(r.err.find("rank 0 ("), std::string::npos) << r.err;
     expect_no_leftovers(dir);

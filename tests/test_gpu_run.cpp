@@ -253,6 +253,39 @@ TEST(GpuFailures, ARankFailingInsideAnNcclAllReduceEndsTheJob) {
     fs::remove_all(dir);
 }
 
+// A NaN written into one weight of models/tiny (bf16 NaN bytes in the file) makes every logit
+// NaN; on the GPU, greedy's argmax_rows reports the row (-1) and sampling checks the host
+// logits, and either way rank 0 ends the run naming the prompt and the step (the CPU backend's
+// twin of this is tests/test_checkpoint_checks.cpp).
+TEST(GpuFailures, NaNWeightsEndTheRunNamingThePromptAndTheStep) {
+    if (gpu_count() < 1) GTEST_SKIP() << "no CUDA device";
+    const int tp = std::min(2, gpu_count());
+    std::string dir = temp_dir(), model = dir + "/model";
+    fs::copy(std::string(TPX_SOURCE_DIR) + "/models/tiny", model, fs::copy_options::recursive);
+    {
+        const uint64_t offset = [&] {
+            auto c = tpx::Checkpoint::open(model);
+            return c->tensor("model.layers.0.mlp.down_proj.weight").offset + 2 * 1234;
+        }();
+        std::fstream f(model + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp((std::streamoff)offset);
+        f.write("\xc0\x7f", 2);  // bf16 NaN, little-endian
+        ASSERT_TRUE(f.good());
+    }
+    std::ofstream(dir + "/prompts.jsonl") << "{\"id\": \"a\", \"input_ids\": [1, 2, 3, 4]}\n";
+    for (const char* sampling : {"", "[run.sampling]\ntemperature = 0.8\n"}) {
+        std::ofstream(dir + "/job.toml") << "[model]\npath = \"model\"\n[parallel]\ntp = " << tp
+                                         << "\n[backend]\ndevice = \"cuda\"\n[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 4\n"
+                                         << sampling;
+        auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/job.toml");
+        EXPECT_NE(r.exit_code, 0) << sampling << r.err;
+        EXPECT_NE(r.err.find("rank 0 ("), std::string::npos) << r.err;
+        EXPECT_NE(r.err.find("prompt a: the logits at prefill hold NaN or Inf, so no token can be chosen; `tpx inspect --check " + model),
+                  std::string::npos) << sampling << r.err;
+    }
+    fs::remove_all(dir);
+}
+
 // tp=2: the one-shot all-reduce and NCCL's give the same logits, bit for bit (both round
 // bf16(a + b) once), and the log says which path ran.
 TEST(GpuRun, OneShotAllReduceEqualsNcclBitForBit) {

@@ -41,8 +41,9 @@ std::string name_of(const testing::TestParamInfo<Case>& info) {
 class GoldenRun : public testing::TestWithParam<Case> {};
 
 // `tpx run` on the checkpoint at `path` (config and weights of golden model `g`), at tp and
-// ep: prompt logits, greedy tokens and each rank's read bytes against the golden references.
-void expect_golden_run(const std::string& path, const Golden& g, int tp, int ep) {
+// ep: prompt logits, greedy tokens and each rank's read bytes against the golden references
+// (to the byte with `exact_reads`, for readers whose read_bytes() replays their reads).
+void expect_golden_run(const std::string& path, const Golden& g, int tp, int ep, bool exact_reads = false) {
     std::string dir = tpx_test::temp_dir();
     {
         std::ofstream prompts(dir + "/prompts.jsonl");
@@ -92,7 +93,7 @@ void expect_golden_run(const std::string& path, const Golden& g, int tp, int ep)
     for (const auto& rank : ranks) {
         double read = rank["read_bytes"], planned = rank["planned_read_bytes"];
         EXPECT_GT(planned, 0);
-        EXPECT_NEAR(read, planned, 0.02 * planned) << "rank " << rank["rank"];
+        EXPECT_NEAR(read, planned, exact_reads ? 0 : 0.02 * planned) << "rank " << rank["rank"];
     }
     EXPECT_NE(r.out.find("rank  host"), std::string::npos) << "the per-rank table";
     fs::remove_all(dir);
@@ -204,6 +205,44 @@ INSTANTIATE_TEST_SUITE_P(Golden, GoldenRun,
                                          Case{"mixtral-moe", 1, 1}, Case{"mixtral-moe", 2, 1}, Case{"mixtral-moe", 4, 1},
                                          Case{"mixtral-moe", 2, 2}, Case{"mixtral-moe", 4, 2}, Case{"mixtral-moe", 4, 4}),
                          name_of);
+
+// Meta's layout (params.json + consolidated.NN.pth, tests/data/meta) holds llama-gqa's weights:
+// read in place at every tp against 1, 2 and 4 files (Llama 3's split; Llama 2's with the
+// embedding on dim 1 and rope.freqs), the same logits and tokens as HF's, each rank reading
+// exactly its plan. The mp4 folder converted to an HF folder and to .h5 runs the same.
+struct MetaCase {
+    const char* folder;
+    int tp;
+};
+
+class MetaRun : public testing::TestWithParam<MetaCase> {};
+
+TEST_P(MetaRun, LogitsTokensAndReadBytesMatch) {
+    const std::string path = std::string(TPX_TEST_DATA) + "/meta/" + GetParam().folder;
+    expect_golden_run(path, read_golden("llama-gqa"), GetParam().tp, 1, /*exact_reads=*/true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Meta, MetaRun,
+                         testing::Values(MetaCase{"meta-llama-gqa-mp1", 1}, MetaCase{"meta-llama-gqa-mp1", 2}, MetaCase{"meta-llama-gqa-mp1", 4},
+                                         MetaCase{"meta-llama-gqa-mp2", 1}, MetaCase{"meta-llama-gqa-mp2", 2}, MetaCase{"meta-llama-gqa-mp2", 4},
+                                         MetaCase{"meta-llama2-mp4", 1}, MetaCase{"meta-llama2-mp4", 2}, MetaCase{"meta-llama2-mp4", 4}),
+                         [](const testing::TestParamInfo<MetaCase>& info) {
+                             std::string m = info.param.folder;
+                             for (char& c : m)
+                                 if (c == '-') c = '_';
+                             return m + "_tp" + std::to_string(info.param.tp);
+                         });
+
+TEST(MetaConverted, HfFolderAndHdf5RunToTheSameTokens) {
+    std::string dir = tpx_test::temp_dir();
+    const std::string meta = std::string(TPX_TEST_DATA) + "/meta/meta-llama2-mp4";
+    for (const std::string& out : {dir + "/hf --hf", dir + "/llama2.h5"}) {
+        auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " convert " + meta + " " + out);
+        ASSERT_EQ(r.exit_code, 0) << r.err;
+        expect_golden_run(out.substr(0, out.find(' ')), read_golden("llama-gqa"), 2, 1);
+    }
+    fs::remove_all(dir);
+}
 
 TEST(Mpirun, CommandFollowsTheJob) {
     std::string dir = std::string(TPX_SOURCE_DIR) + "/jobs/examples";

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <thread>
@@ -51,6 +52,25 @@ void finish(SequenceResult& r, const char* reason, bool coordinator, const Gener
         if (s.progress) s.progress->finish();
         s.on_finished(r);
     }
+}
+
+bool all_finite(const float* row, int64_t n) {
+    for (int64_t i = 0; i < n; ++i)
+        if (!std::isfinite(row[i])) return false;
+    return true;
+}
+
+// Logits holding NaN or Inf (a NaN weight, an overflow) would be sampled or argmax'd into
+// garbage tokens and an exit status of 0; rank 0, which chooses, ends the run instead. `step`
+// 0 is the prefill, N the N-th decode step.
+void check_finite(const std::vector<std::string>& bad_prompts, int64_t step, const std::string& model_path) {
+    if (bad_prompts.empty()) return;
+    std::string ids;
+    for (const std::string& id : bad_prompts) ids += (ids.empty() ? "" : ", ") + id;
+    throw Error(std::string(bad_prompts.size() == 1 ? "prompt " : "prompts ") + ids + ": the logits at " +
+                (step == 0 ? std::string("prefill") : "decode step " + std::to_string(step)) +
+                " hold NaN or Inf, so no token can be chosen; `tpx inspect --check " + model_path +
+                "` finds non-finite weights in the checkpoint");
 }
 
 }  // namespace
@@ -106,10 +126,13 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
         double prefill_ms = ms_since(t0);
         std::vector<const float*> next_logits(count, nullptr);
         std::vector<int32_t> next_ids(count, 0);
+        std::vector<std::string> non_finite;  // prompt ids whose next token cannot be chosen
         for (size_t b = 0; b < count; ++b) {
             int64_t row = s.keep_logits ? last_row[b] : (int64_t)b;
             if (device_argmax) next_ids[b] = argmax_ids[row];
             else next_logits[b] = &logits[row * vocab];
+            if (comm.rank() == 0 && (device_argmax ? next_ids[b] < 0 : !all_finite(next_logits[b], vocab)))
+                non_finite.push_back(prompts[first + b].id);
             SequenceResult& r = results[first + b];
             r.time_to_first_token_ms = prefill_ms;
             if (s.keep_logits) {
@@ -117,6 +140,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                 r.prompt_logits.assign(logits.begin() + start * vocab, logits.begin() + (last_row[b] + 1) * vocab);
             }
         }
+        check_finite(non_finite, 0, s.model_path);
         // Decode: one token per unfinished sequence per step.
         std::vector<int32_t> active(count, s.max_new_tokens > 0 ? 1 : 0);
         for (size_t b = 0; b < count; ++b)
@@ -167,7 +191,10 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                 if (!active[b]) continue;
                 if (device_argmax) next_ids[b] = argmax_ids[row++];
                 else next_logits[b] = &logits[(row++) * vocab];
+                if (comm.rank() == 0 && (device_argmax ? next_ids[b] < 0 : !all_finite(next_logits[b], vocab)))
+                    non_finite.push_back(prompts[first + b].id);
             }
+            check_finite(non_finite, step + 1, s.model_path);
         }
         double decode_ms = ms_since(decode_start);
         for (size_t b = 0; b < count; ++b) results[first + b].decode_ms = decode_ms;

@@ -32,6 +32,7 @@ struct GenerationSettings {
     const Tokenizer* tokenizer = nullptr;  // rank 0: outputs as text, and stop strings; null = ids only
     StopStrings stop;                      // [run] stop (needs the tokenizer)
     std::function<void(const SequenceResult&)> on_finished;  // rank 0, as each sequence ends
+    std::string model_path;     // named in the error that non-finite logits end the run with
 };
 
 struct SequenceResult {

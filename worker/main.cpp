@@ -224,6 +224,7 @@ int run(const Options& opt) {
     if (rank == 0) {
         log_info("job '", job.name, "': ", plan.config.architecture, " from ", job.model.path, ", tp=", plan.tp, " ep=", plan.ep,
                  ", backend ", plan.backend, ", weights ", plan.weight_dtype);
+        for (const std::string& w : plan.warnings) log_warn(w);
     }
 
     // Prompts: read and checked on rank 0, then every rank has the tokens.
@@ -381,6 +382,7 @@ int run(const Options& opt) {
 
     GenerationSettings gs;
     gs.max_batch = plan.max_batch;
+    gs.model_path = job.model.path;
     gs.max_new_tokens = job.run.max_new_tokens;
     gs.eos = eos_ids(job, plan, *ckpt);
     gs.sampling = {job.run.sampling.temperature, job.run.sampling.top_k, job.run.sampling.top_p};

@@ -67,7 +67,8 @@ struct MoeShape {
 };
 void moe(const MoeShape& s, const float* x, const float* router_logits, const float* w13, const float* w2, float* y);
 
-// Index of the largest logit (the first one on ties, as torch.argmax).
+// Index of the largest logit (the first one on ties, as torch.argmax), or -1 when the row holds
+// a NaN or an infinity: a broken model must not look like one that chose token 0.
 int64_t argmax(const float* logits, int64_t n);
 
 struct SamplingParams {

@@ -11,8 +11,10 @@ namespace tpx::cpu {
 
 int64_t argmax(const float* logits, int64_t n) {
     int64_t best = 0;
-    for (int64_t i = 1; i < n; ++i)
+    for (int64_t i = 0; i < n; ++i) {
+        if (!std::isfinite(logits[i])) return -1;
         if (logits[i] > logits[best]) best = i;
+    }
     return best;
 }
 

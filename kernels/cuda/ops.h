@@ -219,7 +219,8 @@ void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* wei
 
 // out[r, :] = x[rows[r], :]
 void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16* x, bf16* out, cudaStream_t stream);
-// Per-row argmax (the first index on ties).
+// Per-row argmax (the first index on ties); -1 for a row holding a NaN or an infinity, as the
+// CPU twin cpu::argmax.
 void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, cudaStream_t stream);
 void bf16_to_f32(int64_t n, const bf16* x, float* y, cudaStream_t stream);
 void f32_to_bf16(int64_t n, const float* x, bf16* y, cudaStream_t stream);

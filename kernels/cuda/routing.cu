@@ -42,7 +42,8 @@ __global__ void routing_kernel(cpu::MoeShape s, const bf16* logits, float* weigh
 
 // Greedy decoding's argmax: kArgmaxChunks blocks per row each find their chunk's best (so
 // that a 128k vocabulary is read by many SMs, not one), then one warp per row picks among them.
-// Ties go to the first index.
+// Ties go to the first index. A chunk holding a NaN or an infinity reports index -1 and the
+// row's result is then -1, so that non-finite logits are seen (only ids leave the device).
 constexpr int kArgmaxChunks = 32, kArgmaxThreads = 256;
 
 __device__ inline void better(float v, int64_t i, float& bv, int64_t& bi) {
@@ -65,16 +66,23 @@ __global__ void argmax_partial_kernel(int64_t width, const float* logits, float*
     const float* r = logits + row * width;
     float bv = -INFINITY;
     int64_t bi = width;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) better(r[i], i, bv, bi);
+    bool bad = false;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const float v = r[i];
+        bad = bad || !isfinite(v);
+        better(v, i, bv, bi);
+    }
     warp_argmax(bv, bi);
+    bad = __any_sync(0xffffffffu, bad);
     __shared__ float wv[kArgmaxThreads / 32];
     __shared__ int64_t wi[kArgmaxThreads / 32];
-    if ((threadIdx.x & 31) == 0) wv[threadIdx.x >> 5] = bv, wi[threadIdx.x >> 5] = bi;
+    __shared__ bool wbad[kArgmaxThreads / 32];
+    if ((threadIdx.x & 31) == 0) wv[threadIdx.x >> 5] = bv, wi[threadIdx.x >> 5] = bi, wbad[threadIdx.x >> 5] = bad;
     __syncthreads();
     if (threadIdx.x == 0) {
-        for (int w = 1; w < kArgmaxThreads / 32; ++w) better(wv[w], wi[w], bv, bi);
+        for (int w = 1; w < kArgmaxThreads / 32; ++w) better(wv[w], wi[w], bv, bi), bad = bad || wbad[w];
         part_v[row * kArgmaxChunks + blockIdx.x] = bv;
-        part_i[row * kArgmaxChunks + blockIdx.x] = bi;
+        part_i[row * kArgmaxChunks + blockIdx.x] = bad ? -1 : bi;
     }
 }
 
@@ -83,9 +91,15 @@ __global__ void argmax_final_kernel(int64_t width, const float* part_v, const in
     int64_t row = blockIdx.x;
     float bv = -INFINITY;
     int64_t bi = width;
-    for (int c = threadIdx.x; c < kArgmaxChunks; c += 32) better(part_v[row * kArgmaxChunks + c], part_i[row * kArgmaxChunks + c], bv, bi);
+    bool bad = false;
+    for (int c = threadIdx.x; c < kArgmaxChunks; c += 32) {
+        const int64_t i = part_i[row * kArgmaxChunks + c];
+        bad = bad || i < 0;
+        better(part_v[row * kArgmaxChunks + c], i, bv, bi);
+    }
     warp_argmax(bv, bi);
-    if (threadIdx.x == 0) out[row] = (int32_t)bi;
+    bad = __any_sync(0xffffffffu, bad);
+    if (threadIdx.x == 0) out[row] = bad ? -1 : (int32_t)bi;
 }
 
 }  // namespace

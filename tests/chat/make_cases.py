@@ -1,22 +1,42 @@
 #!/usr/bin/env python3
-# Writes tests/data/chat/cases.jsonl: generated conversations for each real chat template in
-# tests/data/chat/templates, with the render of Python jinja2 configured as HF transformers'
-# apply_chat_template configures it (the reference). Fixed seed: rerunning gives the same file.
-# Usage: python3 tests/chat/make_cases.py   (needs jinja2; transformers itself is not needed)
+# Writes tests/data/chat/cases.jsonl: generated conversations for each chat template in
+# tests/data/chat/templates (models' templates from npm packages, and the tests' own) and
+# tests/data/chat/automap-templates.json (97 models' templates from @huggingface/ollama-utils),
+# with the render of Python jinja2 configured as HF transformers configures it (the reference).
+# Fixed seed: rerunning gives the same file.
+# Usage: TZ=UTC python3 tests/chat/make_cases.py   (needs jinja2; transformers is not needed)
 import json, os, random, sys
 from datetime import datetime
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.ext import loopcontrols
+from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
 from jinja2.exceptions import TemplateError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, '..', 'data', 'chat')
 
 
+class Raised(TemplateError):
+    """raise_exception() in a template, told apart from Jinja2's own errors (UndefinedError...)."""
+
+
+class Generation(Extension):
+    """HF's {% generation %} tag (its AssistantTracker marks assistant text): renders its body."""
+    tags = {'generation'}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(['name:endgeneration'], drop_needle=True)
+        return nodes.CallBlock(self.call_method('_body'), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller):
+        return caller()
+
+
 def hf_environment():
-    # transformers.utils.chat_template_utils._compile_jinja_template, minus AssistantTracker.
+    # As transformers.utils.chat_template_utils._compile_jinja_template configures Jinja2.
     def raise_exception(message):
-        raise TemplateError(message)
+        raise Raised(message)
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
@@ -24,7 +44,7 @@ def hf_environment():
     def strftime_now(fmt):
         return datetime.fromtimestamp(NOW).strftime(fmt)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, Generation])
     env.filters['tojson'] = tojson
     env.globals['raise_exception'] = raise_exception
     env.globals['strftime_now'] = strftime_now
@@ -127,24 +147,49 @@ def conversations(name, rng):
     return cases
 
 
+def automap_conversations(rng):
+    cases = []
+    for i in range(4):
+        variables = {'tools': TOOLS} if i == 3 else {}
+        cases.append((alternating(rng, system=(i % 2 == 1)), variables, i % 2 == 0))
+    return cases
+
+
+def templates():
+    """(case name, config with chat_template and special tokens, conversations maker)."""
+    out = []
+    names = sorted(f[:-5] for f in os.listdir(os.path.join(DATA, 'templates')) if f.endswith('.json'))
+    for name in names:
+        config = json.load(open(os.path.join(DATA, 'templates', name + '.json'), encoding='utf-8'))
+        out.append((name, config, lambda rng, name=name: conversations(name, rng)))
+    automap = json.load(open(os.path.join(DATA, 'automap-templates.json'), encoding='utf-8'))
+    for t in automap['templates']:
+        config = {'chat_template': t['chat_template'], 'bos_token': '<s>', 'eos_token': '</s>'}
+        out.append(('automap:' + t['name'], config, automap_conversations))
+    return out
+
+
 def main():
     env = hf_environment()
     rng = random.Random(25)
-    names = sorted(f[:-5] for f in os.listdir(os.path.join(DATA, 'templates')) if f.endswith('.json'))
     with open(os.path.join(DATA, 'cases.jsonl'), 'w', encoding='utf-8') as out:
-        for name in names:
-            config = json.load(open(os.path.join(DATA, 'templates', name + '.json'), encoding='utf-8'))
-            template = env.from_string(config['chat_template'])
+        for name, config, make in templates():
+            try:
+                template = env.from_string(config['chat_template'])
+            except TemplateError as e:
+                sys.exit('%s: %s' % (name, e))
             tokens = {k: config[k] for k in ('bos_token', 'eos_token', 'pad_token', 'unk_token') if k in config}
-            for msgs, variables, agp in conversations(name, rng):
+            for msgs, variables, agp in make(rng):
                 # What transformers passes: special tokens, tools/documents (None when not given).
                 ctx = dict(tokens, tools=None, documents=None, add_generation_prompt=agp)
                 ctx.update(variables)
                 case = {'template': name, 'add_generation_prompt': agp, 'messages': msgs, 'variables': variables}
                 try:
                     case['expected'] = template.render(messages=msgs, **ctx)
-                except TemplateError as e:
-                    case['error'] = str(e)
+                except Raised as e:
+                    case['raised'] = str(e)
+                except TemplateError as e:  # e.g. UndefinedError: any tpx error matches it
+                    case['failed'] = type(e).__name__ + ': ' + str(e)
                 out.write(json.dumps(case, ensure_ascii=False) + '\n')
 
 

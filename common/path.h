@@ -1,0 +1,37 @@
+// Asking what is at a path the user gave, without std::filesystem's throwing calls: those end
+// in "internal error: filesystem error: ..." on a symlink loop or an unreadable folder. Each
+// layer turns the system's reason into its own typed error (JobError, CheckpointError), named
+// by the template argument, whose message names the path.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <system_error>
+
+namespace tpx {
+
+// The type of what `path` leads to, following symlinks: not_found when nothing is there (or a
+// component is not a folder). When the system cannot say (a symlink loop, no permission to
+// look), throws E("<prefix><path>: <the system's reason>").
+template <typename E>
+std::filesystem::file_type path_type(const std::filesystem::path& path, const std::string& prefix = "") {
+    std::error_code ec;
+    const std::filesystem::file_status st = std::filesystem::status(path, ec);
+    if (st.type() == std::filesystem::file_type::not_found) return st.type();
+    if (ec || st.type() == std::filesystem::file_type::none)
+        throw E(prefix + path.string() + ": cannot be looked at: " + ec.message() +
+                (ec == std::errc::too_many_symbolic_link_levels ? " (a symlink loop?)" : ""));
+    return st.type();
+}
+
+template <typename E>
+bool path_exists(const std::filesystem::path& path, const std::string& prefix = "") {
+    return path_type<E>(path, prefix) != std::filesystem::file_type::not_found;
+}
+
+template <typename E>
+bool is_folder(const std::filesystem::path& path, const std::string& prefix = "") {
+    return path_type<E>(path, prefix) == std::filesystem::file_type::directory;
+}
+
+}  // namespace tpx
