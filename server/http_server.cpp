@@ -109,6 +109,7 @@ void HttpServer::stop() {
 
 void HttpServer::fail_all(const std::string& message) {
     std::lock_guard<std::mutex> lock(channels_mutex_);
+    failure_ = message;  // calls registered from now on fail at once
     for (const auto& channel : channels_) {
         ServeEvent e;
         e.kind = ServeEvent::kFailed;
@@ -154,6 +155,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     }
     {
         std::lock_guard<std::mutex> lock(channels_mutex_);
+        if (!failure_.empty()) return reply_error(res, 500, failure_, "", "rank_failed");
         channels_.insert(stream->channel);
     }
     ++in_flight_;

@@ -61,6 +61,7 @@ private:
     std::atomic<int> in_flight_{0};
     std::mutex channels_mutex_;
     std::set<std::shared_ptr<ResponseChannel>> channels_;  // of calls waiting for their answer
+    std::string failure_;  // fail_all's message, once it was called
 };
 
 }  // namespace tpx

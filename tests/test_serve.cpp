@@ -36,10 +36,11 @@ bool sdk_missing() { return !fs::exists(kModules + "/openai/package.json"); }
 // A `tpx serve` of tiny-text at tp 2 on a port of its own choosing, ended with its process group.
 class Server {
 public:
-    Server(const std::string& serve_extra, const std::string& flags = "", const char* wait_for = "serve: ready") {
+    Server(const std::string& serve_extra, const std::string& flags = "", const char* wait_for = "serve: ready",
+           const std::string& model = kModel) {
         dir_ = tpx_test::temp_dir();
         job_ = dir_ + "/job.toml";
-        std::ofstream(job_) << "[model]\npath = \"" << kModel << "\"\n[parallel]\ntp = 2\n[run]\nmax_new_tokens = 16\nmax_batch = 4\n"
+        std::ofstream(job_) << "[model]\npath = \"" << model << "\"\n[parallel]\ntp = 2\n[run]\nmax_new_tokens = 16\nmax_batch = 4\n"
                             << "[serve]\nport = 0\nmodel_name = \"tiny\"\napi_key = \"" << kKey << "\"\n" << serve_extra;
         proc_ = tpx_test::start_background(tpx_test::tpx_bin("tpx") + " serve " + job_ + " " + flags);
         static const std::regex listening("listening on http://127\\.0\\.0\\.1:([0-9]+)");
@@ -215,6 +216,19 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
         EXPECT_FALSE(e["message"].get<std::string>().empty()) << w.name;
     }
     EXPECT_EQ(r["models"], json::array({"tiny"}));
+}
+
+// models/tiny has no tokenizer: token-id prompts are served with empty text, text prompts refused.
+TEST(Serve, AModelWithoutTokenizerServesTokenIds) {
+    SKIP_WITHOUT_SDK();
+    Server server("", "", "serve: ready", std::string(TPX_SOURCE_DIR) + "/models/tiny");
+    json r = client(server, "ids");
+    EXPECT_EQ(r["ids"]["text"], "") << r.dump();
+    EXPECT_EQ(r["ids"]["token_ids"].size(), r["ids"]["finish_reason"] == "length" ? 6u : r["ids"]["token_ids"].size()) << r.dump();
+    EXPECT_GE(r["ids"]["token_ids"].size(), 1u) << r.dump();
+    EXPECT_EQ(r["ids"]["prompt_token_ids"], json::array({1, 2, 3})) << r.dump();
+    EXPECT_EQ(r["text"]["status"], 400) << r.dump();
+    EXPECT_EQ(r["text"]["param"], "prompt") << r.dump();
 }
 
 // Rank 0 listens while the ranks load: 503 until the model is ready (held 4 s longer here).

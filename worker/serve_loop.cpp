@@ -93,8 +93,8 @@ public:
             loop();
         } catch (const std::exception& e) {
             // Every waiting call gets the message; the answers go out before the job ends.
-            front_.http.fail_all(std::string(e.what()).rfind(where(), 0) == 0 ? e.what() : where() + ": " + e.what());
             front_.http.start_draining();
+            front_.http.fail_all(std::string(e.what()).rfind(where(), 0) == 0 ? e.what() : where() + ": " + e.what());
             for (int i = 0; i < 40 && front_.http.in_flight() > 0; ++i) std::this_thread::sleep_for(50ms);
             stop_monitor = true;
             monitor.join();

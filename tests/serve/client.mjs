@@ -98,6 +98,13 @@ const modes = {
     for await (const chunk of stream) if (chunk.usage) usage = chunk.usage;
     return { whole, streamed, usage };
   },
+  // A model without a tokenizer: ids in, ids out; a text prompt is refused.
+  async ids() {
+    const ids = await complete({ prompt: [1, 2, 3], max_tokens: 6 });
+    let text = { status: 200 };
+    try { await client.completions.create({ model, prompt: "Hello" }); } catch (e) { text = failure(e); }
+    return { ids, text };
+  },
   // Each call alone, then all 32 at once: every answer must be the same.
   async concurrent() {
     const calls = mixedCalls();
