@@ -36,13 +36,14 @@ bool sdk_missing() { return !fs::exists(kModules + "/openai/package.json"); }
 // A `tpx serve` of tiny-text at tp 2 on a port of its own choosing, ended with its process group.
 class Server {
 public:
+    // `env`: VAR=value words the server starts with.
     Server(const std::string& serve_extra, const std::string& flags = "", const char* wait_for = "serve: ready",
-           const std::string& model = kModel) {
+           const std::string& model = kModel, const std::string& env = "") {
         dir_ = tpx_test::temp_dir();
         job_ = dir_ + "/job.toml";
         std::ofstream(job_) << "[model]\npath = \"" << model << "\"\n[parallel]\ntp = 2\n[run]\nmax_new_tokens = 16\nmax_batch = 4\n"
                             << "[serve]\nport = 0\nmodel_name = \"tiny\"\napi_key = \"" << kKey << "\"\n" << serve_extra;
-        proc_ = tpx_test::start_background(tpx_test::tpx_bin("tpx") + " serve " + job_ + " " + flags);
+        proc_ = tpx_test::start_background((env.empty() ? "" : "env " + env + " ") + tpx_test::tpx_bin("tpx") + " serve " + job_ + " " + flags);
         static const std::regex listening("listening on http://127\\.0\\.0\\.1:([0-9]+)");
         for (int i = 0; i < 600; ++i) {
             std::string err = tpx_test::read_text(proc_.err_path);
@@ -229,6 +230,17 @@ TEST(Serve, AModelWithoutTokenizerServesTokenIds) {
     EXPECT_EQ(r["ids"]["prompt_token_ids"], json::array({1, 2, 3})) << r.dump();
     EXPECT_EQ(r["text"]["status"], 400) << r.dump();
     EXPECT_EQ(r["text"]["param"], "prompt") << r.dump();
+}
+
+// The followers wait for each step in a broadcast that times out (TPX_COLLECTIVE_TIMEOUT_S, 2 s
+// here): an idle rank 0 keeps them alive with heartbeats, so a call after 5 idle seconds is served.
+TEST(Serve, AnIdleServerOutlivesTheCollectiveTimeout) {
+    SKIP_WITHOUT_SDK();
+    Server server("", "", "serve: ready", kModel, "TPX_COLLECTIVE_TIMEOUT_S=2");
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+    json r = client(server, "health");
+    EXPECT_EQ(r["health"], 200) << r.dump() << server.err();
+    EXPECT_EQ(r["completion"]["status"], 200) << r.dump() << server.err();
 }
 
 // Rank 0 listens while the ranks load: 503 until the model is ready (held 4 s longer here).
