@@ -177,7 +177,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
             if (e.kind == ServeEvent::kFailed) {
                 for (auto& r : stream->requests) r->cancelled = true;
                 done();
-                return reply_error(res, 500, e.error, "", "rank_failed");
+                return reply_error(res, e.status, e.error, "", e.code);
             }
             if (e.kind != ServeEvent::kFinished) continue;
             choices[e.index] = {e.text, e.output, e.finish_reason};
@@ -204,7 +204,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
             if (!s.channel->pop(e, 200ms)) return sink.is_writable();
             bool ok = true;
             if (e.kind == ServeEvent::kFailed) {
-                write(sse(error_body(500, e.error, "", "rank_failed")));
+                write(sse(error_body(e.status, e.error, "", e.code)));
                 s.ended = true;
                 sink.done();
                 return true;

@@ -28,6 +28,8 @@ struct ServeEvent {
     std::string finish_reason;    // kFinished: "stop" (eos or a stop string) or "length"
     std::vector<int32_t> output;  // kFinished: every generated id
     std::string error;            // kFailed: why (names the rank)
+    int status = 500;             // kFailed: the HTTP status it is answered with
+    std::string code = "rank_failed";
 };
 
 // One HTTP call's events, from every prompt it holds (a completions call may give several).

@@ -173,6 +173,8 @@ private:
         ServeEvent e;
         e.kind = ServeEvent::kFailed;
         e.error = why;
+        e.status = 503;
+        e.code = "shutting_down";
         for (auto& slot : slots_)
             if (slot) {
                 slot->req->channel->push(e);
