@@ -7,7 +7,7 @@
 //   tpx-kbench [--quick]
 //   tpx-kbench --gemm    the prefill GEMMs: cublasGemmEx against every cuBLASLt heuristic's algorithm
 //   tpx-kbench --layer TP one decoder layer with one rank's shapes at tensor parallelism TP
-//   tpx-kbench --flash   prefill attention alone, 128 to 8192 tokens (TPX_FLASH, TPX_FLASH_SHORT_MAX pick the variant)
+//   tpx-kbench --flash   prefill attention alone, 128 to 8192 tokens: the default, flash_tile "1x64", flash_short_max 0
 //   tpx-kbench --moe     a Mixtral-shaped MoE layer at 1 to 64 tokens, dense against sparse
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -66,6 +66,13 @@ int32_t* device_int(int32_t v) {
 }
 
 // Median over `runs` of the microseconds `launch` takes on the stream (CUDA events), divided by `per`.
+// The plain GEMV's warps per row for the launches that follow (0: chosen by K, the default).
+void use_gemv_splitk(int ks) {
+    KernelConfig c = cuda::kernel_config();
+    c.gemv_splitk = ks;
+    cuda::set_kernel_config(c);
+}
+
 double median_us(cudaStream_t st, int runs, int per, const std::function<void()>& launch) {
     cudaEvent_t a, b;
     CUDA_CHECK(cudaEventCreate(&a));
@@ -445,19 +452,24 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
     const int64_t heads = 32, kvh = 8, hd = 128, kvw = kvh * hd, max_seq = 8192;
     bf16* kc = device_alloc<bf16>(max_seq * kvw);
     bf16* vc = device_alloc<bf16>(max_seq * kvw);
-    for (int64_t P : {128, 256, 512, 2048, 8192}) {
-        PrefillInputs in(P, heads * hd, kvw);
-        cpu::AttentionShape s{P, heads, kvh, hd, max_seq, 0};
-        std::vector<cuda::AttentionSegment> segs{{0, P, 0, 0}};
-        const double causal_flops = 4.0 * heads * hd * P * (P + 1) / 2;
-        double us = time_direct(st, [&] {
-            cuda::attention(s, in.slots, in.positions, in.q, in.kv, in.kv + kvw, kc, vc, in.out, st, 2 * kvw, 2 * kvw, h, &segs);
-        });
-        const char* v = std::getenv("TPX_FLASH");
-        const char* short_max = std::getenv("TPX_FLASH_SHORT_MAX");
-        row(std::string("attention prefill flash ") + (v ? v : "default") + (short_max ? std::string(" short<=") + short_max : ""), "T=" + std::to_string(P) + " one layer", us,
-            rate(0, us, causal_flops) + " (causal FLOPs)");
+    const KernelConfig defaults = cuda::kernel_config();
+    KernelConfig one_tile = defaults, no_short = defaults;
+    one_tile.flash_tile = "1x64";
+    no_short.flash_short_max = 0;
+    for (const auto& [name, config] : {std::pair<const char*, KernelConfig>{"default", defaults}, {"1x64", one_tile}, {"short<=0", no_short}}) {
+        cuda::set_kernel_config(config);
+        for (int64_t P : {128, 256, 512, 2048, 8192}) {
+            PrefillInputs in(P, heads * hd, kvw);
+            cpu::AttentionShape s{P, heads, kvh, hd, max_seq, 0};
+            std::vector<cuda::AttentionSegment> segs{{0, P, 0, 0}};
+            const double causal_flops = 4.0 * heads * hd * P * (P + 1) / 2;
+            double us = time_direct(st, [&] {
+                cuda::attention(s, in.slots, in.positions, in.q, in.kv, in.kv + kvw, kc, vc, in.out, st, 2 * kvw, 2 * kvw, h, &segs);
+            });
+            row(std::string("attention prefill flash ") + name, "T=" + std::to_string(P) + " one layer", us, rate(0, us, causal_flops) + " (causal FLOPs)");
+        }
     }
+    cuda::set_kernel_config(defaults);
     cudaFree(kc), cudaFree(vc);
 }
 
@@ -753,7 +765,7 @@ int main(int argc, char** argv) {
         row("decoder layer unfused (10 kernels)", "T=1 ctx=128" + std::string(copies < kReps ? " (L2 may help)" : ""), unfused, rate(bytes, unfused));
         row("decoder layer fused (5 kernels)", "T=1 ctx=128", fused, rate(bytes, fused));
         for (const char* ks : {"1", "2", "4"}) {  // warps per row of the plain GEMV
-            setenv("TPX_GEMV_SPLITK", ks, 1);
+            use_gemv_splitk(std::atoi(ks));
             double us = time_graph(st, [&](int i) { cuda::linear(h, {1, H, H}, att, weights(i)[1], nullptr, delta, st); });
             row(std::string("o gemv, warps per row ") + ks, "T=1", us, rate(2.0 * H * H, us));
             us = time_graph(st, [&](int i) { cuda::linear(h, {1, I, H}, sl, weights(i)[3], nullptr, delta, st); });
@@ -761,7 +773,7 @@ int main(int argc, char** argv) {
             us = time_graph(st, [&](int i) { cuda::linear(h, {1, H, 2 * I}, normed, weights(i)[2], nullptr, gu, st); });
             row(std::string("gate_up gemv, warps per row ") + ks, "T=1", us, rate(4.0 * I * H, us));
         }
-        unsetenv("TPX_GEMV_SPLITK");
+        use_gemv_splitk(0);
         double us = time_graph(st, [&](int i) {
             cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
             cuda::gemv_fused(H, qkv_n, normed, weights(i)[0], nullptr, q, nullptr, cuda::GemvEpilogue::kRopeKv, &rk, st);

@@ -22,7 +22,7 @@ Identity& mutable_identity() {
     return id;
 }
 
-LogLevel g_level = LogLevel::kInfo;
+const LogLevel g_level = LogLevel::kInfo;
 std::mutex g_mutex;
 
 const char* level_name(LogLevel level) {
@@ -58,8 +58,6 @@ std::string where() {
     if (id.rank < 0) return id.host;
     return "rank " + std::to_string(id.rank) + " (" + id.host + ")";
 }
-
-void set_log_level(LogLevel level) { g_level = level; }
 
 void log_line(LogLevel level, const std::string& message) {
     if (level < g_level) return;

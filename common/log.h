@@ -20,7 +20,6 @@ const Identity& identity();
 std::string where();
 
 enum class LogLevel { kDebug, kInfo, kWarn, kError };
-void set_log_level(LogLevel level);
 void log_line(LogLevel level, const std::string& message);
 
 // "1.47 MB", "17.64 GB": decimal units, as disks and HF's sizes are quoted.

@@ -103,7 +103,7 @@ std::vector<NamedPath> checkpoint_inputs(const std::string& model_path) {
     std::error_code ec;
     if (fs::is_directory(model_path, ec)) {
         for (fs::directory_iterator it(model_path, ec), end; !ec && it != end; it.increment(ec))
-            if (it->is_regular_file(ec)) files.push_back({"checkpoint file", it->path().string()});
+            if (it->is_regular_file(ec)) files.push_back({"a file of the checkpoint", it->path().string()});
     } else {
         files.push_back({"the checkpoint", model_path});
     }

@@ -10,6 +10,8 @@
 #include <variant>
 #include <vector>
 
+#include "common/kernel_config.h"
+
 namespace tpx {
 
 struct ModelSection {
@@ -36,6 +38,7 @@ struct ParallelSection {
 
 struct BackendSection {
     std::string device = "cpu";  // cpu | cuda
+    KernelConfig tuning;         // [backend.tuning]: the GPU kernels' choices (the CPU backend has none)
 };
 
 struct SamplingSection {

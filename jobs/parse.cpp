@@ -275,6 +275,43 @@ void parse_run(Section s, Job& job) {
     r.output = resolve(job.dir, r.output);
 }
 
+void parse_tuning(Section t, KernelConfig& k) {
+    t.get_bool("pdl", k.pdl);
+    t.get_bool("gemv_early", k.gemv_early);
+    if (const toml::node* n = t.node("gemv_splitk")) {
+        t.get_int("gemv_splitk", k.gemv_splitk, 0, 4);
+        if (k.gemv_splitk == 3) t.fail(*n, "gemv_splitk", "= 3: must be 0 (chosen by K), 1, 2 or 4");
+    }
+    t.get_bool("gemv_balance", k.gemv_balance);
+    t.get_bool("sum_wide", k.sum_wide);
+    t.get_bool("attention_early", k.attention_early);
+    if (const toml::node* n = t.node("decode_splits")) {
+        t.get_int("decode_splits", k.decode_splits, 1, 8);
+        if (k.decode_splits & (k.decode_splits - 1))
+            t.fail(*n, "decode_splits", "= " + std::to_string(k.decode_splits) + ": must be 1, 2, 4 or 8");
+    }
+    t.get_bool("attention_gqa", k.attention_gqa);
+    t.get_string("flash_tile", k.flash_tile, {"2x64", "1x64"});
+    t.get_int("flash_short_max", k.flash_short_max, 0, 1 << 30);
+    t.get_bool("gemm_tune", k.gemm_tune);
+    t.get_bool("residual_epilogue", k.residual_epilogue);
+    t.get_string("moe", k.moe, {"auto", "sparse", "grouped", "dense"});
+    t.get_bool("oneshot", k.oneshot);
+    t.get_bool("fused_all_reduce", k.fused_all_reduce);
+    t.get_bool("profile", k.profile);
+    t.reject_unknown();
+}
+
+void parse_backend(Section s, Job& job) {
+    s.get_string("device", job.backend.device, {"cpu", "cuda"});
+    const toml::node* tn = s.node("tuning");
+    if (tn && !tn->is_table()) s.fail(*tn, "tuning", std::string("must be a table ([backend.tuning]), not ") + type_name(tn->type()));
+    parse_tuning(Section(s.file(), "backend.tuning", tn ? tn->as_table() : nullptr, tn ? tn->source().begin.line : 0,
+                         tn ? tn->source().begin.column : 0),
+                 job.backend.tuning);
+    s.reject_unknown();
+}
+
 void parse_launch(Section s, Job& job) {
     LaunchSection& l = job.launch;
     s.get_string("mpirun", l.mpirun);
@@ -502,9 +539,7 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
     job.model.path = resolve(job.dir, job.model.path);
     job.model.tokenizer = resolve(job.dir, job.model.tokenizer);
 
-    Section bs = section(root, file, "backend");
-    bs.get_string("device", job.backend.device, {"cpu", "cuda"});
-    bs.reject_unknown();
+    parse_backend(section(root, file, "backend"), job);
 
     parse_parallel(section(root, file, "parallel"), job);
     parse_run(section(root, file, "run"), job);

@@ -57,13 +57,6 @@ bool parse_dtype(const std::string& name, DType& out) {
     return false;
 }
 
-DType dtype_from_job(const std::string& name) {
-    if (name == "bfloat16") return DType::kBF16;
-    if (name == "float16") return DType::kF16;
-    if (name == "float32") return DType::kF32;
-    throw Error("unknown dtype '" + name + "' (expected bfloat16, float16 or float32)", kExitBadInput);
-}
-
 float bf16_to_f32(uint16_t v) { return float_of(uint32_t(v) << 16); }
 
 uint16_t f32_to_bf16(float f) {

@@ -16,8 +16,6 @@ size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 // Parses a safetensors dtype name; false if unknown.
 bool parse_dtype(const std::string& name, DType& out);
-// The job's spelling ("bfloat16", "float16", "float32") to a DType.
-DType dtype_from_job(const std::string& name);
 
 // Converts `n` elements; both types must be one of F32, F16, BF16 (or equal, which copies).
 // Throws Error naming both types otherwise.

@@ -11,15 +11,10 @@
 #include <vector>
 
 #include "common/error.h"
+#include "loader/checkpoint_error.h"
 #include "loader/dtype.h"
 
 namespace tpx {
-
-// A checkpoint that cannot be read as it is: corrupt, truncated, inconsistent. Exit code 2.
-class CheckpointError : public Error {
-public:
-    explicit CheckpointError(const std::string& message) : Error(message, kExitBadInput) {}
-};
 
 // One tensor of a checkpoint, wherever it is stored.
 struct TensorInfo {

@@ -5,6 +5,7 @@
 #include <queue>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -76,12 +77,45 @@ Value* Graph::new_value(const std::string& name, const Shape& shape, Node* produ
     return v;
 }
 
+namespace {
+constexpr std::pair<Op, const char*> kOpNames[] = {
+    {Op::kInput, "input"},
+    {Op::kParam, "param"},
+    {Op::kEmbedding, "embedding"},
+    {Op::kRmsnorm, "rmsnorm"},
+    {Op::kAdd, "add"},
+    {Op::kAddRmsnorm, "add_rmsnorm"},
+    {Op::kAllreduceAddRmsnorm, "allreduce_add_rmsnorm"},
+    {Op::kLinear, "linear"},
+    {Op::kSplit, "split"},
+    {Op::kRope, "rope"},
+    {Op::kAttention, "attention"},
+    {Op::kSiluMul, "silu_mul"},
+    {Op::kMoe, "moe"},
+    {Op::kAllReduce, "all_reduce"},
+    {Op::kAllGather, "all_gather"},
+};
+}  // namespace
+
+const char* op_name(Op op) {
+    for (const auto& [k, name] : kOpNames)
+        if (k == op) return name;
+    return "unknown";
+}
+
+Op parse_op(const std::string& name) {
+    for (const auto& [k, n] : kOpNames)
+        if (name == n) return k;
+    return Op::kUnknown;
+}
+
 Node* Graph::add(const std::string& op, const std::string& name, const std::vector<Value*>& inputs,
                  const std::vector<Shape>& out_shapes, std::map<std::string, Attr> attrs) {
     nodes_.push_back(std::make_unique<Node>());
     Node* n = nodes_.back().get();
     n->id = next_id_++;
     n->op = op;
+    n->kind = parse_op(op);
     n->name = name;
     n->inputs = inputs;
     n->attrs = std::move(attrs);
@@ -409,6 +443,7 @@ Graph Graph::from_json(const nlohmann::json& j) {
         Node* n = g.nodes_.back().get();
         n->id = jn.at("id").get<int>();
         n->op = jn.at("op").get<std::string>();
+        n->kind = parse_op(n->op);
         n->name = jn.at("name").get<std::string>();
         for (auto it = jn.at("attrs").begin(); it != jn.at("attrs").end(); ++it) n->attrs[it.key()] = attr_from(*it);
         n->hints = jn.at("hints").get<std::map<std::string, std::string>>();

@@ -71,6 +71,30 @@ struct ParamSpec {
     std::vector<std::vector<Piece>> by_rank;  // filled by detect_sharding; empty = unsharded
 };
 
+// The ops tpx plans and executes (docs/PLANNER.md lists their shape rules). A node's name for
+// its op (`Node::op`) is the serialised form; `Node::kind` is parsed from it once, when the node
+// is made (Graph::add, Graph::from_json), so executors dispatch with a switch.
+enum class Op {
+    kUnknown,  // a name tpx has no op for (executors refuse it)
+    kInput,
+    kParam,
+    kEmbedding,
+    kRmsnorm,
+    kAdd,
+    kAddRmsnorm,
+    kAllreduceAddRmsnorm,
+    kLinear,
+    kSplit,
+    kRope,
+    kAttention,
+    kSiluMul,
+    kMoe,
+    kAllReduce,
+    kAllGather,
+};
+const char* op_name(Op op);
+Op parse_op(const std::string& name);
+
 struct Node;
 
 struct Value {
@@ -85,6 +109,7 @@ struct Value {
 struct Node {
     int id = 0;
     std::string op;      // "param", "linear", "attention", "all_reduce", ... (see docs/PLANNER.md)
+    Op kind = Op::kUnknown;  // parse_op(op), set with it
     std::string name;    // unique, e.g. "layers.0.attn.q_proj"
     std::vector<Value*> inputs;
     std::vector<Value*> outputs;

@@ -129,10 +129,7 @@ TransformRegistry make_registry() {
                return TransformResult{ctx.costs.matches, false, ""};
            }});
     r.add({"load_weights", Stage::kWeightLoad, "each rank reads its pieces of the checkpoint onto its device",
-           defaults(true, {{"checkpoint_device", opt(std::string("cpu"))}, {"disable_preload", opt(false)}}),
-           {{"checkpoint_device", "where file reads land before the device: cpu (pinned staging buffers)"},
-            {"disable_preload", "read each tensor when it is uploaded instead of reading ahead on a thread"}},
-           needs_worker("load_weights")});
+           defaults(), {}, needs_worker("load_weights")});
     r.add({"move_inputs_to_device", Stage::kWeightLoad, "inputs (ids, positions) allocated on the rank's device", defaults(), {},
            needs_worker("move_inputs_to_device")});
     r.add({"fuse_allreduce_residual_rmsnorm", Stage::kPostLoadFusion,

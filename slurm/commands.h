@@ -5,14 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "common/subprocess.h"
+
 namespace tpx {
-
-struct CommandResult {
-    int exit_code = 0;   // 127: the command was not found
-    std::string out, err;
-};
-
-CommandResult run_command(const std::vector<std::string>& argv);
 
 struct SlurmJobState {
     std::string id;

@@ -22,6 +22,13 @@ using bf16 = __nv_bfloat16;
 
 namespace {
 
+// The plain GEMV's warps per row for the launches that follow (0: chosen by K, the default).
+void use_gemv_splitk(int ks) {
+    KernelConfig c = cuda::kernel_config();
+    c.gemv_splitk = ks;
+    cuda::set_kernel_config(c);
+}
+
 bool have_gpu() {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
@@ -214,14 +221,14 @@ TEST(CudaKernels, GemvMatchesTwinAndCublas) {
         ASSERT_TRUE(cuda::gemv_applies({T, K, N}, dx->p, dw->p));
         const bool with_bias = N % 2 == 1;
         for (const char* ks : {"1", "2"}) {  // the default (4) below
-            setenv("TPX_GEMV_SPLITK", ks, 1);
+            use_gemv_splitk(std::atoi(ks));
             std::unique_ptr<Device<bf16>> dk(poisoned(T * N));
             cuda::linear(h, {T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dk->p, nullptr);
             std::vector<float> ref(T * N);
             cpu::linear({T, K, N}, x.data(), w.data(), with_bias ? b.data() : nullptr, ref.data());
             expect_close(download(*dk), ref, ks[0] == '1' ? "gemv, one warp per row" : "gemv, two warps per row");
         }
-        unsetenv("TPX_GEMV_SPLITK");
+        use_gemv_splitk(0);
         cuda::linear(h, {T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dy->p, nullptr);
         cuda::linear(h, {T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dy2->p, nullptr, /*allow_gemv=*/false);
         std::vector<float> ref(T * N);
@@ -244,7 +251,7 @@ TEST(CudaKernels, GemvMatchesTwinAndCublas) {
 // a multiple of the warps per block, more work items than the grid has warps (the grid strides).
 TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
     REQUIRE_GPU();
-    setenv("TPX_GEMV_SPLITK", "1", 1);  // the unfused GEMV with one warp per row: the fused kernels' summation order
+    use_gemv_splitk(1);  // the unfused GEMV with one warp per row: the fused kernels' summation order
     cublasHandle_t h;
     CUBLAS_CHECK(cublasCreate(&h));
     const float eps = 1e-5f;
@@ -325,7 +332,7 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
     EXPECT_FALSE(cuda::gemv_fused_applies(4096, &nm, d->p + 4));
     nm.x = d->p + 1;
     EXPECT_FALSE(cuda::gemv_fused_applies(4096, &nm, d->p));
-    unsetenv("TPX_GEMV_SPLITK");
+    use_gemv_splitk(0);
     cublasDestroy(h);
 }
 
@@ -334,7 +341,7 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
 // decode test): each rank's gemv_push, then each rank's norm GEMV summing the exchange, must
 // equal bit for bit the unfused path: linear(), the sum in rank order rounded once (as the
 // one-shot all-reduce), then the fused norm GEMV on that sum. Every form of the pushing GEMV: a
-// warp a row (the default), 2 and 4 warps a row (TPX_GEMV_SPLITK, which linear() follows too);
+// warp a row (the default), 2 and 4 warps a row (backend.tuning.gemv_splitk, which linear() follows too);
 // K 512 to 7168, N = 1000 to 12288 (the consumer needs N % 8 == 0). Two forwards each, the
 // epoch advanced between them, so both buffers and the epoch are used. Then a sum whose second
 // rank never pushes gives up after the timeout, naming rank 1.
@@ -357,7 +364,7 @@ TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
         int* error = ex.error;
         for (const char* splitk : {"1", "2", "4"}) {
             if (world == 4 && std::string(splitk) != "1") continue;  // the pushing forms are world 2's
-            setenv("TPX_GEMV_SPLITK", splitk, 1);
+            use_gemv_splitk(std::atoi(splitk));
             for (int forward = 0; forward < 2; ++forward) {
                 uint32_t seq = 0;
                 for (const Case& c : cases) {
@@ -409,7 +416,7 @@ TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
                 for (int d = 0; d < world; ++d) cuda::exchange_advance(peers[d], seq, nullptr);
             }
         }
-        unsetenv("TPX_GEMV_SPLITK");
+        use_gemv_splitk(0);
         if (world != 2) continue;
         // Wider than the buffers, or odd: not pushed.
         std::unique_ptr<Device<bf16>> big(poisoned(2 * units * 512 + 8));

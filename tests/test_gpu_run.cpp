@@ -39,7 +39,7 @@ int gpu_major() {
 struct Case {
     const char* model;
     int tp, ep;
-    // TPX_MOE for the run: "" (auto: the golden prompts' forward, 40 tokens, dense), "sparse"
+    // backend.tuning.moe for the run: "" (auto: the golden prompts' forward, 40 tokens, dense), "sparse"
     // (every MoE layer through moe.cu's decode kernels), "grouped" (by expert, moe_grouped)
     const char* moe = "";
 };
@@ -74,9 +74,8 @@ TEST_P(GpuGolden, Bf16LogitsAndTeacherForcedTokens) {
     if (gpu_count() < c.tp) GTEST_SKIP() << "needs " << c.tp << " GPUs, " << gpu_count() << " visible";
     Golden g = read_golden(c.model);
     std::string dir = temp_dir();
-    std::string job = write_job(dir, g, c.model, c.tp, c.ep);
-    const std::string env = *c.moe ? std::string("TPX_MOE=") + c.moe + " " : "";
-    auto r = run_process(env + "timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/logits.h5");
+    std::string job = write_job(dir, g, c.model, c.tp, c.ep, *c.moe ? std::string("[backend.tuning]\nmoe = \"") + c.moe + "\"\n" : "");
+    auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/logits.h5");
     ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
     double max_err = 0, max_ref = 0;
     int compared = 0, skipped = 0;
@@ -105,7 +104,7 @@ TEST_P(GpuGolden, Bf16LogitsAndTeacherForcedTokens) {
     }
     EXPECT_LE(max_err / max_ref, 2e-2) << "max abs error " << max_err << " over max abs logit " << max_ref;
     EXPECT_GT(compared, skipped) << "most positions have a clear winner";
-    std::cout << "[ info ] " << c.model << " tp=" << c.tp << " ep=" << c.ep << (*c.moe ? std::string(" TPX_MOE=") + c.moe : "") << ": relative logit error " << max_err / max_ref
+    std::cout << "[ info ] " << c.model << " tp=" << c.tp << " ep=" << c.ep << (*c.moe ? std::string(" moe=") + c.moe : "") << ": relative logit error " << max_err / max_ref
               << ", argmax checked at " << compared << " positions (" << skipped << " too close to call)\n";
     fs::remove_all(dir);
 }
@@ -140,10 +139,9 @@ TEST(GpuRun, GreedyDecodeWithCudaGraphsMatchesHf) {
         ASSERT_EQ(r.exit_code, 0) << r.err;
         // 2 prompts x 8 tokens: 7 decode steps after the prefill; the first runs eagerly (it sizes the
         // activations' block), the other 6 replay one graph, whose kernels are linked by
-        // programmatic edges on sm_90 (unless TPX_PDL=0).
+        // programmatic edges on sm_90.
         EXPECT_NE(r.err.find("decode: 6 CUDA graph replays of 1 captured graphs"), std::string::npos) << r.err;
-        const char* pdl = std::getenv("TPX_PDL");
-        if (gpu_major() >= 9 && !(pdl && std::string(pdl) == "0")) {
+        if (gpu_major() >= 9) {
             EXPECT_EQ(r.err.find("(0 programmatic edges"), std::string::npos) << "no kernel of the decode graph may start early:\n" << r.err;
         }
         std::ifstream out(dir + "/out.jsonl");
@@ -202,11 +200,14 @@ TEST(GpuRun, LongPromptTunedGemmsAndResidualEpilogueMatchTheCpuBackend) {
     for (const char* device : {"cuda", "cpu"})
         std::ofstream(dir + "/" + device + ".toml") << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[backend]\ndevice = \"" << device
                                                     << "\"\n[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 0\nmax_seq_len = 256\n";
+    std::ofstream(dir + "/plain.toml") << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[backend]\ndevice = \"cuda\"\n"
+                                       << "[backend.tuning]\nresidual_epilogue = false\n"
+                                       << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 0\nmax_seq_len = 256\n";
     auto cpu = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/cpu.toml --dump-logits " + dir + "/cpu.h5");
     ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
     auto fused = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/cuda.toml --dump-logits " + dir + "/fused.h5");
     ASSERT_EQ(fused.exit_code, 0) << fused.err;
-    auto plain = run_process("TPX_RESIDUAL_EPILOGUE=0 timeout 120 " + tpx_bin("tpx") + " run " + dir + "/cuda.toml --dump-logits " + dir + "/plain.h5");
+    auto plain = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/plain.toml --dump-logits " + dir + "/plain.h5");
     ASSERT_EQ(plain.exit_code, 0) << plain.err;
     const std::string name = "prompt_0/prompt_logits";
     std::vector<float> ref = read_h5(dir + "/cpu.h5", name), a = read_h5(dir + "/fused.h5", name), b = read_h5(dir + "/plain.h5", name);
@@ -292,10 +293,12 @@ TEST(GpuRun, OneShotAllReduceEqualsNcclBitForBit) {
     if (gpu_count() < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpu_count() << " visible";
     Golden g = read_golden("llama-gqa");
     std::string dir = temp_dir();
+    const std::string nccl_job = dir + "/nccl.toml";
+    fs::rename(write_job(dir, g, "llama-gqa", 2, 1, "[backend.tuning]\noneshot = false\n"), nccl_job);
     std::string job = write_job(dir, g, "llama-gqa", 2, 1);
-    auto nccl = run_process("TPX_ONESHOT=0 timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/nccl.h5");
+    auto nccl = run_process("timeout 120 " + tpx_bin("tpx") + " run " + nccl_job + " --dump-logits " + dir + "/nccl.h5");
     ASSERT_EQ(nccl.exit_code, 0) << nccl.err;
-    EXPECT_NE(nccl.err.find("one-shot all-reduce off (TPX_ONESHOT=0)"), std::string::npos) << nccl.err;
+    EXPECT_NE(nccl.err.find("one-shot all-reduce off (backend.tuning.oneshot = false)"), std::string::npos) << nccl.err;
     auto one = run_process("timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/oneshot.h5");
     ASSERT_EQ(one.exit_code, 0) << one.err;
     if (one.err.find("one-shot all-reduce over CUDA IPC") == std::string::npos)
@@ -311,7 +314,7 @@ TEST(GpuRun, OneShotAllReduceEqualsNcclBitForBit) {
 
 // tp=2, one prompt (batch-1 decode steps, the first eager, the rest graph replays): the
 // all-reduces summed in the GEMVs (cuda::ExchangeIn) give the same step logits, bit for bit,
-// as the one-shot all-reduce kernel (TPX_AR_FUSE=0), and the log says how many were fused:
+// as the one-shot all-reduce kernel (backend.tuning.fused_all_reduce = false), and the log says how many were fused:
 // llama-gqa's 2 layers make 3 (o_proj and down_proj of layer 0, o_proj of layer 1; the last
 // down_proj's sum feeds the final norm, which the lm_head GEMV does not take in).
 TEST(GpuRun, AllReduceFusedIntoTheGemvsEqualsTheOneShotKernel) {
@@ -323,7 +326,10 @@ TEST(GpuRun, AllReduceFusedIntoTheGemvsEqualsTheOneShotKernel) {
         << "\n";
     std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[parallel]\ntp = 2\n[backend]\ndevice = \"cuda\"\n"
                                      << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 8\noutput = \"out.jsonl\"\n";
-    auto plain = run_process("TPX_AR_FUSE=0 timeout 120 " + tpx_bin("tpx") + " run " + dir + "/job.toml --dump-logits " + dir + "/plain.h5");
+    std::ofstream(dir + "/plain.toml") << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[parallel]\ntp = 2\n[backend]\ndevice = \"cuda\"\n"
+                                       << "[backend.tuning]\nfused_all_reduce = false\n"
+                                       << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 8\noutput = \"plain.out.jsonl\"\n";
+    auto plain = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/plain.toml --dump-logits " + dir + "/plain.h5");
     ASSERT_EQ(plain.exit_code, 0) << plain.err;
     if (plain.err.find("one-shot all-reduce over CUDA IPC") == std::string::npos)
         GTEST_SKIP() << "the one-shot path is off on this machine: " << plain.err;

@@ -63,7 +63,7 @@ TEST(Outputs, AnOutputThatIsAnInputIsRefusedAndTheInputKept) {
     fs::copy(kTiny, tiny_copy, fs::copy_options::recursive);
     struct Case {
         std::string output, role;
-    } cases[] = {{"job.toml", "the job file"}, {"prompts.jsonl", "run.prompts"}, {tiny_copy + "/model.safetensors", "checkpoint file"}};
+    } cases[] = {{"job.toml", "the job file"}, {"prompts.jsonl", "run.prompts"}, {tiny_copy + "/model.safetensors", "a file of the checkpoint"}};
     for (const Case& c : cases) {
         TestJob j = make_job("output = \"" + c.output + "\"", 2, kPrompts, "");
         // The checkpoint case needs the job to read the copy.

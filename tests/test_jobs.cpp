@@ -75,6 +75,29 @@ TEST(Jobs, DefaultsAreFilledAndPathsResolved) {
     EXPECT_EQ(job.run.sampling.temperature, 0.0);
 }
 
+// [backend.tuning]: absent keys keep tpx's choices, given ones are read, and the emitted job
+// parses back to the same settings.
+TEST(Jobs, KernelTuningIsReadAndRoundTrips) {
+    tpx::Job defaults = tpx::parse_job("[model]\npath = \"models/tiny\"\n", "d.toml", kSource);
+    const tpx::KernelConfig k0;
+    EXPECT_EQ(tpx::format_kernel_config(defaults.backend.tuning), tpx::format_kernel_config(k0));
+    tpx::Job job = tpx::parse_job(
+        "[model]\npath = \"models/tiny\"\n[backend]\ndevice = \"cuda\"\n[backend.tuning]\npdl = false\ngemv_splitk = 2\n"
+        "decode_splits = 8\nflash_tile = \"1x64\"\nflash_short_max = 0\nmoe = \"dense\"\nfused_all_reduce = false\n",
+        "t.toml", kSource);
+    const tpx::KernelConfig& k = job.backend.tuning;
+    EXPECT_FALSE(k.pdl);
+    EXPECT_EQ(k.gemv_splitk, 2);
+    EXPECT_EQ(k.decode_splits, 8);
+    EXPECT_EQ(k.flash_tile, "1x64");
+    EXPECT_EQ(k.flash_short_max, 0);
+    EXPECT_EQ(k.moe, "dense");
+    EXPECT_FALSE(k.fused_all_reduce);
+    EXPECT_TRUE(k.gemv_early);  // not given: the default
+    tpx::Job again = tpx::parse_job(tpx::emit_job_toml(job), "t.toml", kSource);
+    EXPECT_EQ(tpx::format_kernel_config(again.backend.tuning), tpx::format_kernel_config(k));
+}
+
 TEST(Jobs, TransformOptionsKeepTheirPositions) {
     tpx::Job job = tpx::parse_job(
         "[model]\npath = \"models/tiny\"\n[transforms.fuse_qkv]\nenabled = false\n[transforms.load_weights]\n"

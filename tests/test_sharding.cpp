@@ -17,6 +17,7 @@
 #include "sharding/factory.h"
 #include "sharding/fusion.h"
 #include "sharding/plan.h"
+#include "sharding/steps.h"
 #include "sharding/rewriter.h"
 #include "sharding/tp_sharding.h"
 
@@ -105,6 +106,26 @@ TEST(Graph, ReplaceAllUsesWithMovesUsersAndOutputs) {
     EXPECT_EQ(ch.g.cleanup(), 4);  // x is dead too
     EXPECT_EQ(ch.g.size(), 1u);
     EXPECT_TRUE(ch.g.is_clean());
+}
+
+// Op names are parsed into the enum once, when a node is made or read back; a name tpx has no
+// op for is kUnknown (an executor refuses it).
+TEST(Graph, OpKindsAreParsedOnceFromTheirNames) {
+    Graph g;
+    Value* x = g.add("input", "x", {}, {{kTokens, 4}})->out();
+    Node* n = g.add("allreduce_add_rmsnorm", "n", {x}, {{kTokens, 4}, {kTokens, 4}});
+    Node* odd = g.add("neg", "odd", {x}, {{kTokens, 4}});
+    g.mark_output(n->out());
+    g.mark_output(odd->out());
+    EXPECT_EQ(n->kind, Op::kAllreduceAddRmsnorm);
+    EXPECT_EQ(odd->kind, Op::kUnknown);
+    EXPECT_STREQ(op_name(Op::kAllGather), "all_gather");
+    for (Op op : {Op::kInput, Op::kParam, Op::kEmbedding, Op::kRmsnorm, Op::kAdd, Op::kAddRmsnorm, Op::kAllreduceAddRmsnorm,
+                  Op::kLinear, Op::kSplit, Op::kRope, Op::kAttention, Op::kSiluMul, Op::kMoe, Op::kAllReduce, Op::kAllGather})
+        EXPECT_EQ(parse_op(op_name(op)), op) << op_name(op);
+    Graph back = Graph::from_json(g.to_json());
+    EXPECT_EQ(back.find("n")->kind, Op::kAllreduceAddRmsnorm);
+    EXPECT_EQ(back.find("odd")->kind, Op::kUnknown);
 }
 
 TEST(Graph, CleanupRestoresTopologicalOrder) {
@@ -208,6 +229,41 @@ TEST(Fusion, QkvGateUpAndAllReduceNormFusionsOnLlama) {
     EXPECT_EQ(count("allreduce_add_rmsnorm"), 2 * c.num_layers);
     EXPECT_EQ(count("all_reduce"), 1);  // the embedding's
     g.propagate_shapes();
+}
+
+// The step program of llama-gqa (2 layers) as the worker runs it (the plan, then the post-load
+// fusion): per layer, the qkv GEMV takes in its norm, the split, RoPE and the cache write, and
+// gate_up its norm and SwiGLU; at tp=2 with exchanges the GEMVs of o_proj and down_proj push
+// their all-reduces except the last down_proj's (its sum feeds the final norm, which lm_head's
+// GEMV does not take in): 3, as test_gpu_run's log check counts on the GPU; at tp=1 those
+// projections add the residual in the prefill GEMM instead.
+TEST(Steps, FusionsAreDecidedFromTheGraphOnce) {
+    for (int tp : {1, 2}) {
+        SCOPED_TRACE("tp=" + std::to_string(tp));
+        ShardPlan plan = make_plan(job_for(kData + "/golden/llama-gqa", tp, 1));
+        fuse_allreduce_residual_rmsnorm(plan.graph);
+        plan.graph.cleanup();
+        const int64_t layers = plan.config.num_layers;
+        ASSERT_EQ(layers, 2);
+        StepProgram p = plan_steps(plan.graph, {true, tp > 1});
+        int swiglu = 0, split = 0, norms = 0;
+        for (const auto& [lin, f] : p.fusions) swiglu += f.swiglu != nullptr, split += f.split != nullptr, norms += f.norm != nullptr;
+        EXPECT_EQ(swiglu, layers);
+        EXPECT_EQ(split, layers);
+        EXPECT_EQ(norms, 2 * layers);
+        EXPECT_EQ((int64_t)p.norm_of.size(), 2 * layers);
+        EXPECT_EQ((int64_t)p.split_views.size(), layers);
+        EXPECT_EQ((int64_t)p.exchange_of.size(), tp > 1 ? 2 * layers - 1 : 0);
+        EXPECT_EQ((int64_t)p.residual_epilogue.size(), tp > 1 ? 0 : 2 * layers);
+        // A fused norm's inputs live until the GEMV that computes it.
+        std::map<const Node*, size_t> index;
+        for (size_t i = 0; i < p.nodes.size(); ++i) index[p.nodes[i]] = i;
+        for (const auto& [norm, lin] : p.norm_of)
+            for (const Value* v : norm->inputs) EXPECT_GE(p.last_use.at(v), index.at(lin)) << norm->name;
+        std::string text = p.describe();
+        EXPECT_NE(text.find("batch-1 GEMV with"), std::string::npos) << text;
+        EXPECT_EQ(plan_steps(plan.graph, {false, false}).residual_epilogue.size(), 0u);
+    }
 }
 
 TEST(ModelConfig, BothDialectsAndLlama3Rope) {

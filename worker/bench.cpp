@@ -59,7 +59,7 @@ struct ExpertWeights {
 ExpertWeights expert_weights(const Graph& g) {
     ExpertWeights w;
     for (const Node* n : g.nodes()) {
-        if (n->op != "moe") continue;
+        if (n->kind != Op::kMoe) continue;
         for (size_t k = 2; k < n->inputs.size(); ++k) w.bytes += (double)(shape_numel(n->inputs[k]->shape) * dtype_bytes(n->inputs[k]->dtype));
         w.top_k = (double)n->attr_int("top_k"), w.experts = (double)n->attr_int("experts");
     }

@@ -1,8 +1,7 @@
 // The GPU backend: bf16 weights and activations on the rank's device, fp32 accumulation,
 // cuBLAS GEMMs, the kernels of kernels/cuda, NCCL collectives on the compute stream, a bf16
 // KV cache, and the decode step captured as a CUDA graph (NCCL calls inside) and replayed.
-// Weights are uploaded from the checkpoint through pinned staging buffers: file reads overlap
-// the host-to-device copies, and host memory stays near the staging size.
+// The weights come from worker/device_weights.h.
 #pragma once
 
 #include <cublas_v2.h>
@@ -16,31 +15,20 @@
 #include <vector>
 
 #include "kernels/cuda/ops.h"
-#include "loader/checkpoint.h"
 #include "sharding/graph.h"
+#include "sharding/steps.h"
+#include "worker/device_weights.h"
 #include "worker/executor.h"
 #include "worker/nccl_comm.h"
 
 namespace tpx {
 
-struct DeviceWeights {
-    std::map<std::string, __nv_bfloat16*> params;
-    int64_t bytes = 0;
-    ~DeviceWeights();
-    DeviceWeights() = default;
-    DeviceWeights(DeviceWeights&&) noexcept;
-    DeviceWeights& operator=(DeviceWeights&&) noexcept;
-};
-
-// Reads each parameter's pieces straight into its device buffer: one batched read on the
-// checkpoint's threads through a ring of pinned 8 MiB buffers (at most `staging_bytes` in all,
-// two per read thread), copies to the device overlapped with the reads.
-DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes = 256u << 20);
-
 class CudaExecutor : public Executor {
 public:
+    // `tuning` becomes the process's kernel settings (cuda::set_kernel_config) and chooses the
+    // executor's own: the GEMM tuner, the residual epilogue, the MoE form, profiling.
     CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceWeights weights, int64_t slots, int64_t max_seq,
-                 cudaStream_t stream, double timeout_s);
+                 cudaStream_t stream, double timeout_s, const KernelConfig& tuning);
     ~CudaExecutor() override;
 
     std::vector<float> forward(const TokenBatch& batch) override;
@@ -65,7 +53,23 @@ private:
     void ensure_inputs(int64_t tokens, int64_t rows);
     // Stages the batch and enqueues the forward (a graph replay for decode steps); returns rows.
     int64_t enqueue(const TokenBatch& batch);
+    // The step program over one forward's activations: a captured step takes them from `arena`,
+    // the eager step before it records the block they need in `arena_peak`.
     void run_nodes(int64_t tokens, int64_t rows, bool select_rows, char* arena = nullptr, size_t* arena_peak = nullptr);
+    struct Forward;
+    void run_node(Forward& f, const Node* n, int64_t rows);
+    cuda::GemvNorm norm_params(Forward& f, const Node* norm);
+    bool defer_norm(Forward& f, const Node* norm, int64_t rows);
+    void run_add_rmsnorm(Forward& f, const Node* n, int64_t rows);
+    bool can_push(Forward& f, const Node* linear);
+    void run_linear(Forward& f, const Node* n, int64_t rows);
+    void run_fused_gemv(Forward& f, const Node* n);
+    void run_gemm(Forward& f, const Node* n, int64_t rows);
+    void run_split(Forward& f, const Node* n, int64_t rows);
+    void run_moe(Forward& f, const Node* n, int64_t rows);
+    void run_moe_dense(Forward& f, const cpu::MoeShape& s, const __nv_bfloat16* x, const cuda::MoeExperts& w, bool fused,
+                       __nv_bfloat16* y);
+    void run_all_gather(Forward& f, const Node* n, int64_t rows);
 
     const Graph& graph_;
     int rank_;
@@ -76,33 +80,10 @@ private:
     double timeout_s_;
     cublasHandle_t cublas_ = nullptr;
     void* cublas_workspace_ = nullptr;
-    std::unique_ptr<cuda::GemmTuner> tuner_;  // prefill GEMMs' algorithms; none with TPX_GEMM_TUNE=0
-    // linear -> the add_rmsnorm that alone reads its output as x: in a prefill the tuner's GEMM
-    // adds the residual in its epilogue (writing the new residual) and the norm reads that
-    // alone (TPX_RESIDUAL_EPILOGUE=0: never).
-    std::map<const Node*, const Node*> residual_epilogue_;
+    std::unique_ptr<cuda::GemmTuner> tuner_;  // prefill GEMMs' algorithms; none with gemm_tune = false
+    StepProgram program_;  // liveness, split views and fusions, decided once (sharding/steps.h)
     std::map<int64_t, std::pair<__nv_bfloat16*, __nv_bfloat16*>> kv_;  // layer -> (k, v)
     std::map<const Node*, float*> inv_freq_;                            // per rope node
-    std::map<const Value*, size_t> last_use_;
-    // Splits whose outputs only rope and attention read: their outputs are column views of the
-    // input (row stride = the input's width), no copies.
-    std::set<const Node*> split_views_;
-    // Batch-1 decode fusions around a linear layer (run when its GEMV applies, see
-    // cuda::gemv_fused): the norm before it, and SwiGLU or split -> rope -> the attention's
-    // cache write after it. Nodes whose work is fused are skipped at batch 1.
-    struct DecodeFusion {
-        const Node* norm = nullptr;    // rmsnorm / add_rmsnorm / allreduce_add_rmsnorm: only this linear reads its out(0)
-        const Node* swiglu = nullptr;  // silu_mul (one input): the only reader of the linear's output
-        const Node* split = nullptr;   // the QKV split, whose q and k only `rope` reads and whose v only `attention`
-        const Node* rope = nullptr;
-        const Node* attention = nullptr;
-    };
-    void find_decode_fusions(const std::vector<Node*>& nodes);
-    std::map<const Node*, DecodeFusion> fusions_;  // by linear node
-    std::map<const Node*, const Node*> norm_of_;   // norm node -> the linear it fuses into
-    // A linear -> the allreduce_add_rmsnorm in norm_of_ that alone reads its output: at batch 1
-    // its GEMV pushes its part (NcclComm::gemv_push) and the norm's GEMV sums it.
-    std::map<const Node*, const Node*> exchange_of_;
     // The current batch's prompt segments (host), for attention's choice of kernel or GEMMs.
     std::vector<cuda::AttentionSegment> segments_;
     // Fixed-address inputs and output, so that captured graphs stay valid.
@@ -118,11 +99,11 @@ private:
     int32_t* argmax_ = nullptr;
     float* moe_weights_ = nullptr;
     int64_t moe_capacity_ = 0;
-    // MoE layers with at most this many tokens run sparse (TPX_MOE; docs/GPU.md).
+    // MoE layers with at most this many tokens run sparse (backend.tuning.moe; docs/GPU.md).
     int64_t moe_sparse_max_tokens_ = cuda::kMoeSparseMaxTokens;
     int64_t moe_grouped_min_tokens_ = cuda::kMoeGroupedMinTokens;  // outside a graph, from this many: by expert
     bool graphs_enabled_ = false;
-    // TPX_PROFILE=1: events around every node (no graphs then); ms and calls per op kind.
+    // backend.tuning.profile: events around every node (no graphs then); ms and calls per op kind.
     bool profiling_ = false;
     std::vector<std::pair<std::string, std::pair<cudaEvent_t, cudaEvent_t>>> pending_;
     std::map<std::string, std::pair<double, int>> profile_;

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "kernels/cpu/ops.h"
+#include "sharding/steps.h"
 
 namespace tpx {
 
@@ -42,19 +43,16 @@ CpuExecutor::CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::s
                          int64_t slots, int64_t max_seq)
     : graph_(graph), comm_(comm), weights_(std::move(weights)), slots_(slots), max_seq_(max_seq) {
     std::vector<Node*> nodes = graph_.nodes();
+    last_use_ = last_uses(graph_, nodes);
     for (size_t i = 0; i < nodes.size(); ++i) {
-        for (Value* v : nodes[i]->inputs) last_use_[v] = i;
-        if (nodes[i]->op == "attention") {
+        if (nodes[i]->kind == Op::kAttention) {
             int64_t width = nodes[i]->attr_int("kv_heads") * nodes[i]->attr_int("head_dim");
             int64_t layer = nodes[i]->attr_int("layer");
             k_cache_[layer].assign(slots * max_seq * width, 0.0f);
             v_cache_[layer].assign(slots * max_seq * width, 0.0f);
         }
     }
-    for (Value* out : graph_.outputs()) {
-        last_use_[out] = nodes.size();
-        vocab_ = out->shape.back();
-    }
+    for (Value* out : graph_.outputs()) vocab_ = out->shape.back();
 }
 
 int64_t CpuExecutor::kv_cache_bytes() const {
@@ -63,122 +61,174 @@ int64_t CpuExecutor::kv_cache_bytes() const {
     return n;
 }
 
+namespace {
+
+// One forward's activations (fp32, host), with their rows (fewer after the logit-row selection).
+struct HostBuffers {
+    const std::map<std::string, std::vector<float>>& weights;
+    std::map<const Value*, std::vector<float>> buf;
+    std::map<const Value*, int64_t> rows;
+
+    float* data(const Value* v) {
+        if (v->producer && v->producer->kind == Op::kParam) return const_cast<float*>(weights.at(v->producer->name).data());
+        return buf.at(v).data();
+    }
+    float* make(const Value* v, int64_t r) {
+        rows[v] = r;
+        buf[v].assign(r * v->shape.back(), 0.0f);
+        return buf[v].data();
+    }
+};
+
+// [rank][row][local] -> [row][rank * local], trimmed to the valid vocabulary (out_width).
+void rank_major_to_rows(const float* gathered, int64_t r, int64_t local, int64_t world, int64_t out_width, float* y) {
+    for (int64_t t = 0; t < r; ++t)
+        for (int64_t q = 0; q < world; ++q) {
+            int64_t start = q * local, n_copy = std::min(local, out_width - start);
+            if (n_copy > 0) std::memcpy(y + t * out_width + start, &gathered[(q * r + t) * local], n_copy * sizeof(float));
+        }
+}
+
+// linear; lm_head takes only the rows whose logits are wanted through the vocabulary GEMM.
+void run_linear(HostBuffers& hb, const Node* n, int64_t r, const std::vector<int64_t>& logit_rows) {
+    const float* x = hb.data(n->inputs[0]);
+    std::vector<float> selected;
+    if (n->name == "lm_head" && !logit_rows.empty()) {
+        int64_t k = n->inputs[0]->shape.back();
+        selected.resize(logit_rows.size() * k);
+        for (size_t j = 0; j < logit_rows.size(); ++j) std::memcpy(&selected[j * k], x + logit_rows[j] * k, k * sizeof(float));
+        x = selected.data();
+        r = (int64_t)logit_rows.size();
+    }
+    const float* bias = n->inputs.size() == 3 ? hb.data(n->inputs[2]) : nullptr;
+    const Value* w = n->inputs[1];
+    cpu::linear({r, w->shape[1], w->shape[0]}, x, hb.data(w), bias, hb.make(n->out(), r));
+}
+
+void split_columns(HostBuffers& hb, const Node* n, int64_t r) {
+    const auto& sizes = std::get<std::vector<int64_t>>(n->attrs.at("sizes"));
+    int64_t total = n->inputs[0]->shape.back(), offset = 0;
+    const float* x = hb.data(n->inputs[0]);
+    for (size_t k = 0; k < sizes.size(); ++k) {
+        float* y = hb.make(n->out(k), r);
+        for (int64_t t = 0; t < r; ++t) std::memcpy(y + t * sizes[k], x + t * total + offset, sizes[k] * sizeof(float));
+        offset += sizes[k];
+    }
+}
+
+void all_gather_rows(HostBuffers& hb, Communicator& comm, const Node* n, int64_t r) {
+    int64_t local = n->inputs[0]->shape.back(), world = n->attr_int("world"), out_width = n->out()->shape.back();
+    std::vector<float> gathered(world * r * local);
+    comm.all_gather(hb.data(n->inputs[0]), r * local, gathered.data());
+    rank_major_to_rows(gathered.data(), r, local, world, out_width, hb.make(n->out(), r));
+}
+
+}  // namespace
+
+// w1 and w3 separate (fuse_gate_up disabled): interleaved once per expert, as the fused w13.
+const float* CpuExecutor::interleaved_w13(const Node* n, const float* w1, const float* w3) {
+    auto& fused = fused_w13_[n];
+    if (fused.empty()) {
+        const Value* w2 = n->inputs.back();
+        int64_t local = w2->shape[0], block = w2->shape[1] * w2->shape[2];
+        for (int64_t e = 0; e < local; ++e) {
+            fused.insert(fused.end(), w1 + e * block, w1 + (e + 1) * block);
+            fused.insert(fused.end(), w3 + e * block, w3 + (e + 1) * block);
+        }
+    }
+    return fused.data();
+}
+
 std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
     const int64_t T = (int64_t)batch.ids.size();
     check_batch(batch, slots_, max_seq_);
-    std::map<const Value*, std::vector<float>> buf;
-    std::map<const Value*, int64_t> rows;  // tokens per activation (fewer after the logit-row selection)
+    HostBuffers hb{weights_, {}, {}};
+    std::map<const Value*, std::vector<float>>& buf = hb.buf;
+    std::map<const Value*, int64_t>& rows = hb.rows;
     auto width = [](const Value* v) { return v->shape.back(); };
-    auto data = [&](const Value* v) -> float* {
-        if (v->producer && v->producer->op == "param") return weights_.at(v->producer->name).data();
-        return buf.at(v).data();
-    };
-    auto make = [&](const Value* v, int64_t r) -> float* {
-        rows[v] = r;
-        buf[v].assign(r * width(v), 0.0f);
-        return buf[v].data();
-    };
+    auto data = [&](const Value* v) { return hb.data(v); };
+    auto make = [&](const Value* v, int64_t r) { return hb.make(v, r); };
     std::vector<Node*> nodes = graph_.nodes();
     for (size_t i = 0; i < nodes.size(); ++i) {
         const Node* n = nodes[i];
-        const std::string& op = n->op;
         auto in = [&](size_t k) { return n->inputs[k]; };
         int64_t r = n->inputs.empty() ? T : (rows.count(in(0)) ? rows[in(0)] : T);
-        if (op == "input" || op == "param") {
+        switch (n->kind) {
+        case Op::kInput:
+        case Op::kParam:
             continue;
-        } else if (op == "embedding") {
+        case Op::kEmbedding: {
             int64_t per = n->attr_int("vocab_per_rank");
             cpu::embedding({T, in(1)->shape[0], in(1)->shape[1], (int64_t)comm_.rank() * per}, batch.ids.data(), data(in(1)),
                            make(n->out(), T));
-        } else if (op == "rmsnorm") {
+            break;
+        }
+        case Op::kRmsnorm:
             cpu::rmsnorm(r, width(in(0)), (float)n->attr_double("eps"), data(in(0)), data(in(1)), make(n->out(), r));
-        } else if (op == "add") {
+            break;
+        case Op::kAdd: {
             float* y = make(n->out(), r);
             const float *a = data(in(0)), *b = data(in(1));
             for (int64_t k = 0; k < r * width(n->out()); ++k) y[k] = a[k] + b[k];
-        } else if (op == "add_rmsnorm" || op == "allreduce_add_rmsnorm") {
+            break;
+        }
+        case Op::kAddRmsnorm:
+        case Op::kAllreduceAddRmsnorm: {
             int64_t w = width(in(0));
             std::vector<float> x(data(in(0)), data(in(0)) + r * w);
-            if (op == "allreduce_add_rmsnorm") comm_.all_reduce_sum(x.data(), x.size());
+            if (n->kind == Op::kAllreduceAddRmsnorm) comm_.all_reduce_sum(x.data(), x.size());
             float* sum = make(n->out(1), r);
             std::memcpy(sum, data(in(1)), r * w * sizeof(float));
             cpu::add_rmsnorm(r, w, (float)n->attr_double("eps"), x.data(), sum, data(in(2)), make(n->out(0), r));
-        } else if (op == "linear") {
-            const float* x = data(in(0));
-            std::vector<float> selected;
-            if (n->name == "lm_head" && !batch.logit_rows.empty()) {
-                // Only the rows whose logits are wanted go through the vocabulary GEMM.
-                int64_t k = width(in(0));
-                selected.resize(batch.logit_rows.size() * k);
-                for (size_t j = 0; j < batch.logit_rows.size(); ++j)
-                    std::memcpy(&selected[j * k], x + batch.logit_rows[j] * k, k * sizeof(float));
-                x = selected.data();
-                r = (int64_t)batch.logit_rows.size();
-            }
-            const float* bias = n->inputs.size() == 3 ? data(in(2)) : nullptr;
-            cpu::linear({r, in(1)->shape[1], in(1)->shape[0]}, x, data(in(1)), bias, make(n->out(), r));
-        } else if (op == "split") {
-            const auto& sizes = std::get<std::vector<int64_t>>(n->attrs.at("sizes"));
-            int64_t total = width(in(0)), offset = 0;
-            const float* x = data(in(0));
-            for (size_t k = 0; k < sizes.size(); ++k) {
-                float* y = make(n->out(k), r);
-                for (int64_t t = 0; t < r; ++t) std::memcpy(y + t * sizes[k], x + t * total + offset, sizes[k] * sizeof(float));
-                offset += sizes[k];
-            }
-        } else if (op == "rope") {
+            break;
+        }
+        case Op::kLinear:
+            run_linear(hb, n, r, batch.logit_rows);
+            break;
+        case Op::kSplit:
+            split_columns(hb, n, r);
+            break;
+        case Op::kRope: {
             cpu::RopeParams p = rope_params(*n);
             float* q = make(n->out(0), r);
             float* k = make(n->out(1), r);
             std::memcpy(q, data(in(0)), r * width(in(0)) * sizeof(float));
             std::memcpy(k, data(in(1)), r * width(in(1)) * sizeof(float));
             cpu::rope(p, r, batch.positions.data(), q, k);
-        } else if (op == "attention") {
+            break;
+        }
+        case Op::kAttention: {
             int64_t layer = n->attr_int("layer");
             cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
                                   n->attr_int("sliding_window")};
             cpu::attention(s, batch.slots.data(), batch.positions.data(), data(in(0)), data(in(1)), data(in(2)),
                            k_cache_.at(layer).data(), v_cache_.at(layer).data(), make(n->out(), r));
-        } else if (op == "silu_mul") {
+            break;
+        }
+        case Op::kSiluMul:
             if (n->inputs.size() == 1) cpu::silu_mul_fused(r, width(n->out()), data(in(0)), make(n->out(), r));
             else cpu::silu_mul(r, width(n->out()), data(in(0)), data(in(1)), make(n->out(), r));
-        } else if (op == "moe") {
+            break;
+        case Op::kMoe: {
             const Value* w2 = n->inputs.back();
             int64_t local = w2->shape[0], hidden = w2->shape[1], inter = w2->shape[2];
-            const float* w13 = nullptr;
-            if (n->inputs.size() == 4) {
-                w13 = data(in(2));
-            } else {  // w1 and w3 separate (fuse_gate_up disabled): interleave once per expert
-                auto& fused = fused_w13_[n];
-                if (fused.empty()) {
-                    int64_t block = inter * hidden;
-                    for (int64_t e = 0; e < local; ++e) {
-                        fused.insert(fused.end(), data(in(2)) + e * block, data(in(2)) + (e + 1) * block);
-                        fused.insert(fused.end(), data(in(3)) + e * block, data(in(3)) + (e + 1) * block);
-                    }
-                }
-                w13 = fused.data();
-            }
+            const float* w13 = n->inputs.size() == 4 ? data(in(2)) : interleaved_w13(n, data(in(2)), data(in(3)));
             int64_t first = (comm_.rank() / n->attr_int("group_size")) * n->attr_int("experts_per_group");
             cpu::MoeShape s{r, hidden, n->attr_int("experts"), n->attr_int("top_k"), first, local, inter};
             cpu::moe(s, data(in(0)), data(in(1)), w13, data(w2), make(n->out(), r));
-        } else if (op == "all_reduce") {
+            break;
+        }
+        case Op::kAllReduce: {
             float* y = make(n->out(), r);
             std::memcpy(y, data(in(0)), r * width(in(0)) * sizeof(float));
             comm_.all_reduce_sum(y, r * width(in(0)));
-        } else if (op == "all_gather") {
-            int64_t local = width(in(0)), world = n->attr_int("world"), out_width = width(n->out());
-            std::vector<float> gathered(world * r * local);
-            comm_.all_gather(data(in(0)), r * local, gathered.data());
-            float* y = make(n->out(), r);
-            // [rank][row][local] -> [row][rank * local], trimmed to the valid vocabulary.
-            for (int64_t t = 0; t < r; ++t)
-                for (int64_t q = 0; q < world; ++q) {
-                    int64_t start = q * local, n_copy = std::min(local, out_width - start);
-                    if (n_copy > 0) std::memcpy(y + t * out_width + start, &gathered[(q * r + t) * local], n_copy * sizeof(float));
-                }
-        } else {
-            throw Error("the CPU backend has no op '" + op + "' (node " + n->name + ")");
+            break;
+        }
+        case Op::kAllGather:
+            all_gather_rows(hb, comm_, n, r);
+            break;
+        case Op::kUnknown:
+            throw Error("the CPU backend has no op '" + n->op + "' (node " + n->name + ")");
         }
         for (Value* v : n->inputs)
             if (last_use_[v] == i && buf.count(v)) buf.erase(v);

@@ -40,7 +40,7 @@ public:
     virtual std::vector<int32_t> forward_argmax(const TokenBatch& batch);
     virtual int64_t vocab() const = 0;
     virtual int64_t kv_cache_bytes() const = 0;
-    // With TPX_PROFILE=1, time per op kind since the last reset (GPU backend; "" elsewhere).
+    // With backend.tuning.profile, time per op kind since the last reset (GPU backend; "" elsewhere).
     virtual std::string profile() const { return ""; }
     virtual void reset_profile() {}
     // The last forward_argmax on the device, CUDA events from its inputs' upload to its ids'
@@ -60,6 +60,8 @@ public:
     int64_t kv_cache_bytes() const override;
 
 private:
+    const float* interleaved_w13(const Node* moe, const float* w1, const float* w3);
+
     const Graph& graph_;
     Communicator& comm_;
     std::map<std::string, std::vector<float>> weights_;

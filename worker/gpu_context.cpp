@@ -11,11 +11,11 @@
 
 namespace tpx {
 
-GpuContext::GpuContext(MpiCommunicator& mpi) {
+GpuContext::GpuContext(MpiCommunicator& mpi, const KernelConfig& tuning) {
     device = select_device();
     timeout_s = collective_timeout_from_env();
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    if (mpi.world() > 1) nccl = std::make_unique<NcclComm>(mpi, stream, timeout_s);
+    if (mpi.world() > 1) nccl = std::make_unique<NcclComm>(mpi, stream, timeout_s, tuning);
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     log_debug("GPU ", device, ": ", prop.name);

@@ -15,7 +15,7 @@ namespace tpx {
 class MpiCommunicator;
 
 struct GpuContext {
-    explicit GpuContext(MpiCommunicator& mpi);
+    GpuContext(MpiCommunicator& mpi, const KernelConfig& tuning);
     ~GpuContext();
     int device = 0;
     cudaStream_t stream = nullptr;

@@ -102,6 +102,22 @@ void maybe_fail(const char* stage, int rank) {
         throw Error(std::string("injected failure at ") + stage + " (TPX_FAULT=" + spec + ")");
 }
 
+// The kernel choices were environment variables before [backend.tuning]; one still set would
+// be silently ignored, so it is refused with the key that replaced it.
+void refuse_retired_variables() {
+    static const char* const kRetired[][2] = {
+        {"TPX_PDL", "pdl"},           {"TPX_GEMV_EARLY", "gemv_early"},     {"TPX_GEMV_SPLITK", "gemv_splitk"},
+        {"TPX_GEMV_BALANCE", "gemv_balance"}, {"TPX_SUM_WIDE", "sum_wide"},  {"TPX_ATTN_EARLY", "attention_early"},
+        {"TPX_DECODE_SPLITS", "decode_splits"}, {"TPX_ATTN_GQA", "attention_gqa"}, {"TPX_FLASH", "flash_tile"},
+        {"TPX_FLASH_SHORT_MAX", "flash_short_max"}, {"TPX_GEMM_TUNE", "gemm_tune"}, {"TPX_RESIDUAL_EPILOGUE", "residual_epilogue"},
+        {"TPX_MOE", "moe"},           {"TPX_ONESHOT", "oneshot"},            {"TPX_AR_FUSE", "fused_all_reduce"},
+        {"TPX_PROFILE", "profile"},
+    };
+    for (const auto& [var, key] : kRetired)
+        if (std::getenv(var))
+            throw JobError(std::string(var) + " is no longer read: set backend.tuning." + key + " in the job ([backend.tuning], `tpx example`)");
+}
+
 std::vector<int64_t> eos_ids(const Job& job, const ShardPlan& plan, const Checkpoint& ckpt) {
     if (!job.run.eos.empty()) return job.run.eos;
     std::vector<int64_t> ids = parse_generation_eos(ckpt.generation_config_json(), job.model.path + "/generation_config.json");
@@ -208,6 +224,7 @@ int run(const Options& opt) {
     if (opt.launched_by == "srun") check_srun_environment(rank, comm.world());
     else if (!opt.launched_by.empty()) throw JobError("--launched-by takes only \"srun\"");
     Job job = load_job(opt.job);
+    refuse_retired_variables();
     if (comm.world() != job.world())
         throw Error("mpirun started " + std::to_string(comm.world()) + " ranks but the job's parallel.tp is " +
                         std::to_string(job.world()),
@@ -225,6 +242,7 @@ int run(const Options& opt) {
         log_info("job '", job.name, "': ", plan.config.architecture, " from ", job.model.path, ", tp=", plan.tp, " ep=", plan.ep,
                  ", backend ", plan.backend, ", weights ", plan.weight_dtype);
         for (const std::string& w : plan.warnings) log_warn(w);
+        if (plan.backend == "cuda") log_info("kernel settings [backend.tuning]: ", format_kernel_config(job.backend.tuning));
     }
 
     // Prompts: read and checked on rank 0, then every rank has the tokens.
@@ -315,7 +333,7 @@ int run(const Options& opt) {
         });
     } else {
 #ifdef TPX_HAVE_CUDA
-        gpu = std::make_unique<GpuContext>(comm);
+        gpu = std::make_unique<GpuContext>(comm, job.backend.tuning);
         check_memory_before_load(plan, prompts, rank);
         ctx.memory_in_use = [](const TransformContext&) { return device_memory_in_use(); };
         reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
@@ -330,7 +348,7 @@ int run(const Options& opt) {
         });
         reg.bind("init_kv_cache", [&](TransformContext& c, const TransformOptions&) {
             exec = std::make_unique<CudaExecutor>(c.graph, rank, gpu->nccl.get(), std::move(device_weights), plan.max_batch,
-                                                  plan.max_seq_len, gpu->stream, gpu->timeout_s);
+                                                  plan.max_seq_len, gpu->stream, gpu->timeout_s, job.backend.tuning);
             return TransformResult{1, false, ""};
         });
         reg.bind("compile_cuda_graph", [&](TransformContext&, const TransformOptions&) {

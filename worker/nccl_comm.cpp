@@ -14,13 +14,13 @@
 
 namespace tpx {
 
-NcclComm::NcclComm(MpiCommunicator& mpi, cudaStream_t stream, double timeout_s)
+NcclComm::NcclComm(MpiCommunicator& mpi, cudaStream_t stream, double timeout_s, const KernelConfig& tuning)
     : stream_(stream), timeout_s_(timeout_s), world_(mpi.world()), rank_(mpi.rank()) {
     ncclUniqueId id;
     if (rank_ == 0) NCCL_CHECK(ncclGetUniqueId(&id));
     mpi.broadcast(&id, sizeof(id), 0);
     NCCL_CHECK(ncclCommInitRank(&comm_, world_, id, rank_));
-    setup_oneshot(mpi);
+    setup_oneshot(mpi, tuning);
 }
 
 NcclComm::~NcclComm() {
@@ -28,28 +28,25 @@ NcclComm::~NcclComm() {
     release_oneshot();
 }
 
-// Collective: every rank says whether it can take part; the one-shot path is on only if all
-// can. Each rank's flags and buffers are one cudaMalloc block, zeroed before the handles are
-// exchanged (the exchange is the barrier that keeps a fast peer's first flag from being wiped).
-void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
-    std::string why;
-    const char* env = std::getenv("TPX_ONESHOT");
-    if (env && std::string(env) == "0") why = "TPX_ONESHOT=0";
-    if (world_ > cuda::kOneShotMaxRanks) why = "more than " + std::to_string(cuda::kOneShotMaxRanks) + " ranks";
+namespace {
 
+// Collective. Why the ranks' GPUs cannot map each other's memory (not all on one host, a GPU
+// not visible, no peer access), "" if they can; with `check` false only the gather is done.
+std::string peer_problem(MpiCommunicator& mpi, int world, int rank, bool check) {
+    std::string why;
     // Where each rank's GPU is: host name and PCI bus id.
     struct Where {
         char host[64];
         char bus[32];
     };
     Where mine{};
-    std::vector<Where> all(world_);
+    std::vector<Where> all(world);
     std::strncpy(mine.host, identity().host.c_str(), sizeof(mine.host) - 1);
     int device = 0;
     CUDA_CHECK(cudaGetDevice(&device));
     CUDA_CHECK(cudaDeviceGetPCIBusId(mine.bus, sizeof(mine.bus), device));
     mpi.all_gather_bytes(&mine, sizeof(mine), all.data());
-    for (int r = 0; r < world_ && why.empty(); ++r) {
+    for (int r = 0; r < world && check && why.empty(); ++r) {
         if (std::strncmp(all[r].host, mine.host, sizeof(mine.host)) != 0) {
             why = "ranks on more than one host";
             break;
@@ -57,13 +54,28 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
         int peer = 0, can = 0;
         if (cudaDeviceGetByPCIBusId(&peer, all[r].bus) != cudaSuccess) {
             cudaGetLastError();
-            why = "rank " + std::to_string(r) + "'s GPU " + all[r].bus + " is not visible to rank " + std::to_string(rank_);
+            why = "rank " + std::to_string(r) + "'s GPU " + all[r].bus + " is not visible to rank " + std::to_string(rank);
         } else if (peer != device && (cudaDeviceCanAccessPeer(&can, device, peer) != cudaSuccess || !can)) {
             cudaGetLastError();
             why = "GPU " + std::string(all[r].bus) + " (rank " + std::to_string(r) + ") and GPU " + mine.bus + " (rank " +
-                  std::to_string(rank_) + ") have no peer access";
+                  std::to_string(rank) + ") have no peer access";
         }
     }
+    return why;
+}
+
+}  // namespace
+
+// Collective: every rank says whether it can take part; the one-shot path is on only if all
+// can. Each rank's flags and buffers are one cudaMalloc block, zeroed before the handles are
+// exchanged (the exchange is the barrier that keeps a fast peer's first flag from being wiped).
+void NcclComm::setup_oneshot(MpiCommunicator& mpi, const KernelConfig& tuning) {
+    std::string why;
+    if (!tuning.oneshot) why = "backend.tuning.oneshot = false";
+    if (world_ > cuda::kOneShotMaxRanks) why = "more than " + std::to_string(cuda::kOneShotMaxRanks) + " ranks";
+
+    const std::string peers = peer_problem(mpi, world_, rank_, why.empty());
+    if (why.empty()) why = peers;
 
     const size_t capacity = kOneShotBytes / sizeof(__nv_bfloat16);
     const size_t flag_bytes = sizeof(uint32_t) * cuda::kOneShotBlocks * cuda::kOneShotMaxRanks;
@@ -131,9 +143,9 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi) {
         oneshot_.timeout_ns = (uint64_t)(timeout_s_ * 0.5e9);
         oneshot_status_ = "one-shot all-reduce over CUDA IPC for messages up to " + std::to_string(kOneShotBytes >> 10) +
                           " KiB, NCCL above";
-        const char* fuse = std::getenv("TPX_AR_FUSE");
-        fused_ = !(fuse && std::string(fuse) == "0");
-        oneshot_status_ += fused_ ? "; batch-1 decode sums it in the GEMVs (TPX_AR_FUSE=0: off)" : "; not fused into the GEMVs (TPX_AR_FUSE=0)";
+        fused_ = tuning.fused_all_reduce;
+        oneshot_status_ += fused_ ? "; batch-1 decode sums it in the GEMVs (backend.tuning.fused_all_reduce = false: off)"
+                                  : "; not fused into the GEMVs (backend.tuning.fused_all_reduce = false)";
     }
     if (rank_ == 0) log_info(oneshot_status_);
 }

@@ -23,7 +23,8 @@ class MpiCommunicator;
 
 class NcclComm {
 public:
-    NcclComm(MpiCommunicator& mpi, cudaStream_t stream, double timeout_s);
+    // tuning.oneshot and tuning.fused_all_reduce choose the all-reduce paths below.
+    NcclComm(MpiCommunicator& mpi, cudaStream_t stream, double timeout_s, const KernelConfig& tuning);
     ~NcclComm();
     NcclComm(const NcclComm&) = delete;
     NcclComm& operator=(const NcclComm&) = delete;
@@ -37,14 +38,13 @@ public:
     int world() const { return world_; }
     ncclComm_t comm_handle() const { return comm_; }
     bool oneshot() const { return oneshot_.world > 1; }
-    const std::string& oneshot_status() const { return oneshot_status_; }  // why it is on or off
     // The rank a one-shot all-reduce gave up waiting for, or -1.
     int oneshot_missing_rank() const;
 
     static constexpr size_t kOneShotBytes = 512u << 10;  // batch 64 of an 8B model's hidden size
 
     // The all-reduce fused into batch-1 GEMVs (cuda::ExchangeIn; on with the one-shot path unless
-    // TPX_AR_FUSE=0): push_applies says whether `N` outputs of a K-wide GEMV can be pushed;
+    // backend.tuning.fused_all_reduce = false): push_applies says whether `N` outputs of a K-wide GEMV can be pushed;
     // gemv_push computes them and pushes them as this rank's part of the forward's exchange
     // `seq`; exchange_in(seq) is what the next GEMV's norm reads; exchange_advance(calls) ends
     // a forward that made `calls` exchanges. Every rank must make the same calls.
@@ -55,7 +55,7 @@ public:
     static constexpr int64_t kExchangeUnits = 8192;  // two elements each: hidden sizes up to 16384
 
 private:
-    void setup_oneshot(MpiCommunicator& mpi);
+    void setup_oneshot(MpiCommunicator& mpi, const KernelConfig& tuning);
     void release_oneshot();
     void maybe_fail() const;
 

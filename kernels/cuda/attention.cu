@@ -7,7 +7,6 @@
 // few pairs split their keys over a cluster's blocks, many share a KV head's block (GQA).
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -415,19 +414,15 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::Attentio
     }
 }
 
-// The split decode kernel's early K and V loads; TPX_ATTN_EARLY=0: off.
-bool attention_early() {
-    static const bool on = !(std::getenv("TPX_ATTN_EARLY") && std::string(std::getenv("TPX_ATTN_EARLY")) == "0");
-    return on;
-}
+// The split decode kernel's early K and V loads; attention_early = false: off.
+bool attention_early() { return kernel_config().attention_early; }
 
 // Blocks a (token, head) pair's keys are split over: enough pairs x splits to give every SM a
-// block or two, at most 4 (TPX_DECODE_SPLITS: at most 8, a portable cluster); 1 (no split) from
+// block or two, at most 4 (decode_splits: at most 8, a portable cluster); 1 (no split) from
 // about as many pairs as SMs. 4, not 8 (tpx-kbench on an H200, one token, 32 heads: 4.4 against
 // 9.7 us at 128 cached positions, 14.1 against 17.8 us at 2048; 2 splits 18.4 us at 2048).
 int decode_splits(int64_t tokens, int64_t heads) {
-    static const int max_splits =
-        std::min(kMaxSplits, std::getenv("TPX_DECODE_SPLITS") ? std::atoi(std::getenv("TPX_DECODE_SPLITS")) : 4);
+    const int max_splits = std::min(kMaxSplits, kernel_config().decode_splits);
     int splits = 1;
     while (splits * 2 <= max_splits && tokens * heads * splits * 2 <= 2 * sm_count()) splits *= 2;
     return splits;
@@ -471,7 +466,7 @@ void attention_tokens(const cpu::AttentionShape& s, int64_t t0, int64_t t1, cons
     // GQA: one block for a KV head's G query heads where that still gives every SM a block
     // (tokens x kv_heads >= SMs; a batch-64 decode step) and their scores fit in shared memory.
     const int64_t G = s.heads / s.kv_heads;
-    static const bool gqa_on = !(std::getenv("TPX_ATTN_GQA") && std::string(std::getenv("TPX_ATTN_GQA")) == "0");
+    const bool gqa_on = kernel_config().attention_gqa;
     const size_t gqa_smem = (size_t)(kWarps * G * s.head_dim + G * s.max_seq) * sizeof(float);
     if (gqa_on && (G == 2 || G == 4 || G == 8) && (s.head_dim == 64 || s.head_dim == 128) && (t1 - t0) * s.kv_heads >= sm_count() &&
         gqa_smem <= 227 * 1024) {

@@ -27,7 +27,7 @@ __device__ __forceinline__ void pdl_entry() {
 #endif
 }
 
-bool pdl_enabled();  // TPX_PDL is not "0" and the device is sm_90 or newer
+bool pdl_enabled();  // kernel_config().pdl and the device is sm_90 or newer
 int sm_count();      // the current device's multiprocessors (read once)
 
 __device__ __forceinline__ uint64_t global_ns() {

@@ -1,23 +1,24 @@
-// What the launchers read of the device once per process: whether launch() asks for
-// programmatic dependent launch (the compute capability, TPX_PDL), and the SM count. See
-// common.cuh.
-#include <cstdlib>
-#include <cstring>
-
+// What the launchers read of the device once per process (whether it takes programmatic
+// dependent launch, the SM count) and the process's kernel settings. See common.cuh.
 #include "kernels/cuda/common.cuh"
 
 namespace tpx::cuda {
 
+namespace {
+KernelConfig g_config;
+}  // namespace
+
+void set_kernel_config(const KernelConfig& config) { g_config = config; }
+const KernelConfig& kernel_config() { return g_config; }
+
 bool pdl_enabled() {
-    static const bool on = [] {
-        const char* env = std::getenv("TPX_PDL");
-        if (env && std::strcmp(env, "0") == 0) return false;
+    static const bool capable = [] {
         int device = 0, major = 0;
         CUDA_CHECK(cudaGetDevice(&device));
         CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
         return major >= 9;
     }();
-    return on;
+    return capable && g_config.pdl;
 }
 
 int sm_count() {

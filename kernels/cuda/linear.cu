@@ -12,7 +12,6 @@
 // row-major is W^T column-major, so Y^T[N, T] = W[N, K] . X^T[K, T] is one cublasGemmEx with
 // op(W) = T, and the bias is a separate row-broadcast kernel.
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -370,11 +369,8 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_split_kernel(int64_t K, int
     for (int r = 0; r < push.world; ++r) ll_store(push.ll[r] + at, *reinterpret_cast<const uint32_t*>(&v), g + 1);
 }
 
-// The GEMVs' first weight loads before pdl_entry (FirstLoads); TPX_GEMV_EARLY=0: after it.
-bool gemv_early() {
-    static const bool on = !(std::getenv("TPX_GEMV_EARLY") && std::string(std::getenv("TPX_GEMV_EARLY")) == "0");
-    return on;
-}
+// The GEMVs' first weight loads before pdl_entry (FirstLoads); gemv_early = false: after it.
+bool gemv_early() { return kernel_config().gemv_early; }
 
 // The split GEMV (plain, or pushing into the exchange) with KS warps a row.
 template <int KS, bool kPush>
@@ -385,10 +381,10 @@ void launch_split(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16
 }
 
 // Warps per row for the plain GEMV: up to kGemvSplit, but each lane at least one full batch of
-// loads (so that FirstLoads holds it). TPX_GEMV_SPLITK (1, 2 or 4) overrides it (tpx-kbench
+// loads (so that FirstLoads holds it). gemv_splitk (1, 2 or 4) overrides it (tpx-kbench
 // compares them).
 int gemv_split_for(int64_t K) {
-    if (const char* env = std::getenv("TPX_GEMV_SPLITK")) return std::atoi(env);
+    if (kernel_config().gemv_splitk > 0) return kernel_config().gemv_splitk;
     int ks = kGemvSplit;
     while (ks > 1 && K / 8 < 32 * ks * kGemvUnroll) ks /= 2;
     return ks;
@@ -398,19 +394,13 @@ int gemv_split_for(int64_t K) {
 // block reads the whole exchange, the world's LL lines, twice x's bytes a rank, and half the
 // blocks read half the bytes. The probe (tpx-kbench --layer in a -DTPX_PROBE build) had shown
 // the sum phase taking time in proportion to all blocks' bytes, at about 3 TB/s: tp=4's qkv sum
-// (96 blocks, 6.3 MB) 2 us after its wait, gate_up's (264 blocks, 17 MB) 5.9 us. TPX_SUM_WIDE=0:
-// blocks of 256. (Blocks of 512 for the plain norm GEMV of tp=1 were slower: qkv 15.1 -> 21.3 us.)
-bool sum_wide() {
-    static const bool on = !(std::getenv("TPX_SUM_WIDE") && std::string(std::getenv("TPX_SUM_WIDE")) == "0");
-    return on;
-}
+// (96 blocks, 6.3 MB) 2 us after its wait, gate_up's (264 blocks, 17 MB) 5.9 us. sum_wide =
+// false: blocks of 256. (Blocks of 512 for the plain norm GEMV of tp=1 were slower: qkv 15.1 -> 21.3 us.)
+bool sum_wide() { return kernel_config().sum_wide; }
 
-// TPX_GEMV_BALANCE=0: the grid of the fused GEMV with the norm as before (every warp the same
+// gemv_balance = false: the grid of the fused GEMV with the norm as before (every warp the same
 // number of items, see launch_gemv).
-bool gemv_balanced() {
-    static const bool on = !(std::getenv("TPX_GEMV_BALANCE") && std::string(std::getenv("TPX_GEMV_BALANCE")) == "0");
-    return on;
-}
+bool gemv_balanced() { return kernel_config().gemv_balance; }
 
 // Blocks of `kernel` resident on the whole GPU at once (its registers and shared memory allowing).
 int resident_blocks(const void* kernel, int threads, size_t smem) {

@@ -14,9 +14,16 @@
 #include <string>
 #include <vector>
 
+#include "common/kernel_config.h"
 #include "kernels/cpu/ops.h"
 
 namespace tpx::cuda {
+
+// The job's kernel settings ([backend.tuning], common/kernel_config.h), one per process: the
+// executor (or a test, or tpx-kbench) sets them before the launches they are to govern, and the
+// launchers read them at each launch. Defaults until set.
+void set_kernel_config(const KernelConfig& config);
+const KernelConfig& kernel_config();
 
 #ifdef TPX_PROBE
 // Probe builds only (-DTPX_PROBE, tpx-kbench --layer): the decode GEMVs and attention write, per

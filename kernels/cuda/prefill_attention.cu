@@ -4,7 +4,6 @@
 // softmax between them for other head sizes. Both only multiply the keys each query row sees.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/common.cuh"
@@ -269,7 +268,6 @@ void flash_attention(const cpu::AttentionShape& s, const AttentionSegment& seg, 
 }
 
 constexpr int64_t kGemmRowBlock = 512;
-constexpr int64_t kFlashShortMax = 256;
 
 // The per-head operands of the batched GEMMs, computed on the device (asynchronous, capturable):
 // [K_g | Q_h | S_h | V_g | P_h | O_h] for every query head h of kv head g = h / G.
@@ -327,13 +325,12 @@ void attention_gemm(cublasHandle_t h, const cpu::AttentionShape& s, const Attent
 void attention_prefill_segment(cublasHandle_t cublas, const cpu::AttentionShape& s, const AttentionSegment& seg, const bf16* q,
                                const bf16* k_cache, const bf16* v_cache, bf16* out, cudaStream_t stream) {
     const bool flash = (s.head_dim == 128 || s.head_dim == 64) && s.max_seq < (1ll << 30);
-    // Row tiles a warp: 2 (default) or 1 (TPX_FLASH=1x64; tpx-kbench --flash compares them). tpx-kbench,
-    // 2048 tokens, one layer, H200: 1 row tile 197 us, 2 row tiles 176 us (2 x 32 keys: 187 us).
-    static const bool one_row_tile = std::getenv("TPX_FLASH") && std::string(std::getenv("TPX_FLASH")) == "1x64";
+    // Row tiles a warp: 2 (default) or 1 (flash_tile = "1x64"; tpx-kbench --flash compares them).
+    const bool one_row_tile = kernel_config().flash_tile == "1x64";
     // Short segments (a 128-token prompt): 32 query rows a block (2 warps, one row tile), so
-    // that the grid has heads x count / 32 blocks rather than one a head (TPX_FLASH_SHORT_MAX
-    // sets the length, 0 turns it off; tpx-kbench --flash compares).
-    static const int64_t short_max = std::getenv("TPX_FLASH_SHORT_MAX") ? std::atoll(std::getenv("TPX_FLASH_SHORT_MAX")) : kFlashShortMax;
+    // that the grid has heads x count / 32 blocks rather than one a head (flash_short_max sets
+    // the length, 0 turns it off; tpx-kbench --flash compares).
+    const int64_t short_max = kernel_config().flash_short_max;
     const bool short_seg = seg.count <= short_max;
     if (flash && short_seg && s.head_dim == 128) flash_attention<128, 2, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
     else if (flash && short_seg) flash_attention<64, 2, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);

@@ -1,0 +1,34 @@
+// The kernel choices and settings of a job ([backend.tuning]): parsed and validated once in
+// jobs/, printed with the resolved job, handed by the executor to the launchers
+// (cuda::set_kernel_config) before the first launch. Every default is the choice tpx makes
+// when the key is absent; docs/GPU.md says what each one selects, docs/PERF.md why.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace tpx {
+
+struct KernelConfig {
+    bool pdl = true;                   // programmatic dependent launch (sm_90 and newer)
+    bool gemv_early = true;            // GEMVs issue their first weight loads before the PDL wait
+    int gemv_splitk = 0;               // warps per row of the plain GEMV: 0 = chosen by K; 1, 2 or 4
+    bool gemv_balance = true;          // the norm GEMV's grid: resident blocks, each an equal range of rows
+    bool sum_wide = true;              // the summing GEMV in blocks of 512 threads (false: 256)
+    bool attention_early = true;       // split decode attention loads K and V before the PDL wait
+    int decode_splits = 4;             // most blocks a decode (token, head) pair's keys go over: 1, 2, 4 or 8
+    bool attention_gqa = true;         // one block for a KV head's query heads at large decode batches
+    std::string flash_tile = "2x64";   // prefill flash attention's row tiles a warp: "2x64" or "1x64"
+    int64_t flash_short_max = 256;     // tokens: segments up to this take 32-row blocks; 0 = never
+    bool gemm_tune = true;             // prefill GEMMs' algorithm chosen by timing (cuda::GemmTuner)
+    bool residual_epilogue = true;     // o_proj/down_proj add the residual in the tuned GEMM's epilogue
+    std::string moe = "auto";          // MoE form: auto | sparse | grouped | dense
+    bool oneshot = true;               // small all-reduces through tpx's one-shot kernel (false: NCCL)
+    bool fused_all_reduce = true;      // batch-1 all-reduces summed in the GEMVs (cuda::ExchangeIn)
+    bool profile = false;              // events around every op, no CUDA graphs; a table at the end
+};
+
+// One line, "key=value ..." in declaration order, for the run log.
+std::string format_kernel_config(const KernelConfig& c);
+
+}  // namespace tpx

@@ -1,0 +1,59 @@
+// The step program: what an executor runs for a rank's planned graph, decided once from the
+// graph's shape, before the first forward (as llama.cpp's ggml_can_fuse looks at op
+// sequences): how long each value lives, which splits are column views of their input, which
+// neighbours a batch-1 decode GEMV takes in, which all-reduces its GEMVs do, and which prefill
+// GEMMs add the residual in their epilogue. The executors dispatch it and discover nothing at
+// run time; whether a fused kernel applies to the pointers it is given (alignment, sizes) is
+// still the launcher's to say, and the unfused ops run where it does not.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "sharding/graph.h"
+
+namespace tpx {
+
+// The neighbours a batch-1 decode GEMV (a linear node) takes in: the norm before it, and SwiGLU,
+// or split -> RoPE -> the attention's cache write, after it. Nodes taken in are skipped.
+struct DecodeFusion {
+    const Node* norm = nullptr;       // rmsnorm / add_rmsnorm / allreduce_add_rmsnorm: only this linear reads its out(0)
+    const Node* swiglu = nullptr;     // silu_mul (one input): the only reader of the linear's output
+    const Node* split = nullptr;      // the QKV split, whose q and k only `rope` reads and whose v only `attention`
+    const Node* rope = nullptr;
+    const Node* attention = nullptr;
+};
+
+struct StepOptions {
+    bool residual_epilogue = true;  // KernelConfig::residual_epilogue
+    bool exchange = false;          // all-reduces can be pushed and summed by GEMVs (one-shot peers present)
+};
+
+struct StepProgram {
+    std::vector<Node*> nodes;                 // the graph's live nodes, in order
+    // The index in `nodes` of each value's last reader (nodes.size() for graph outputs); a fused
+    // norm's inputs live until its GEMV, a split's input as long as its views.
+    std::map<const Value*, size_t> last_use;
+    std::set<const Node*> split_views;        // splits whose outputs only rope and attention read
+    std::map<const Node*, DecodeFusion> fusions;           // by linear node
+    std::map<const Node*, const Node*> norm_of;            // fused norm -> the linear whose GEMV computes it
+    // A linear (no fusion of its own) -> the allreduce_add_rmsnorm in norm_of that alone reads its
+    // output: at batch 1 its GEMV pushes its part and the norm's GEMV sums it (cuda::ExchangeIn).
+    std::map<const Node*, const Node*> exchange_of;
+    // A linear -> the add_rmsnorm that alone reads its output as x: a prefill GEMM adds the
+    // residual in its epilogue and the norm reads only the new residual.
+    std::map<const Node*, const Node*> residual_epilogue;
+
+    // One line per fused step (`tpx plan --steps`).
+    std::string describe() const;
+};
+
+// Each value's last reader in `nodes` (graph outputs: nodes.size()): when its buffer may go.
+std::map<const Value*, size_t> last_uses(const Graph& graph, const std::vector<Node*>& nodes);
+
+StepProgram plan_steps(const Graph& graph, const StepOptions& options);
+
+}  // namespace tpx

@@ -1,0 +1,388 @@
+// One forward of the CUDA executor: the walk over the step program (sharding/steps.h) and each
+// op's kernels, fused at batch 1 where the program says so and the kernel applies. Buffers come
+// from Activations; nothing allocated here outlives the forward.
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "common/cuda_check.h"
+#include "kernels/cuda/ops.h"
+#include "worker/activations.h"
+#include "worker/cuda_executor.h"
+
+namespace tpx {
+
+using bf16 = __nv_bfloat16;
+
+namespace {
+
+int64_t width(const Value* v) { return v->shape.back(); }
+
+}  // namespace
+
+// One forward's state besides its buffers: what the batch-1 fusions have done so far.
+struct CudaExecutor::Forward {
+    Forward(Activations::Args buffers, int64_t tokens, int64_t rows, bool select)
+        : act(buffers), T(tokens), R(rows), select_rows(select), fuse(tokens == 1 && !select) {}
+    Activations act;
+    int64_t T, R;
+    bool select_rows;
+    bool fuse;                                           // batch-1 decode: the GEMVs take in their neighbours
+    std::map<const Node*, cuda::GemvNorm> pending_norm;  // linear -> the norm its GEMV computes first
+    std::map<const Node*, bf16*> pending_release;        // linear -> the all-reduced input that norm reads
+    std::set<const Node*> skip, kv_written;
+    std::set<const Node*> residual_added;  // add_rmsnorm nodes whose add the GEMM before did
+    // Fused all-reduces (program_.exchange_of): norm -> its exchange's place in this forward. One
+    // open at a time (pushed, its sum not yet launched), as cuda::ExchangeIn's parity needs.
+    std::map<const Node*, uint32_t> pushed;
+    uint32_t exchanges = 0;
+    bool exchange_open = false;
+};
+
+void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena, size_t* arena_peak) {
+    Forward f({weights_, program_.last_use, stream_, arena, arena_peak}, T, R, select_rows);
+    const std::vector<Node*>& nodes = program_.nodes;
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        const Node* n = nodes[i];
+        const int64_t r = n->inputs.empty() ? T : f.act.rows_or(n->inputs[0], T);
+        if (n->kind == Op::kInput || n->kind == Op::kParam) continue;
+        if (f.skip.count(n) || (f.fuse && program_.norm_of.count(n) && defer_norm(f, n, r))) {  // done by a fused GEMV
+            f.act.release_inputs(i, n);
+            continue;
+        }
+        if (profiling_) {
+            cudaEvent_t a, b;
+            CUDA_CHECK(cudaEventCreate(&a));
+            CUDA_CHECK(cudaEventCreate(&b));
+            std::string key = n->kind == Op::kLinear ? "linear " + n->name.substr(n->name.rfind('.') + 1) : n->op;
+            pending_.push_back({key, {a, b}});
+            CUDA_CHECK(cudaEventRecord(a, stream_));
+        }
+        run_node(f, n, r);
+        if (profiling_) CUDA_CHECK(cudaEventRecord(pending_.back().second.second, stream_));
+        f.act.release_inputs(i, n);
+    }
+    TPX_CHECK(!f.exchange_open, "a fused all-reduce was pushed and never summed");
+    if (f.exchanges) nccl_->exchange_advance(f.exchanges);
+    if (f.exchanges) fused_all_reduces_ = (int)f.exchanges;
+    const Value* out = graph_.outputs().at(0);
+    cuda::bf16_to_f32(R * vocab_, f.act.data(out), logits_, stream_);
+    f.act.finish();
+}
+
+// The op's kernels, unfused (the batch-1 GEMVs' fusions are in run_linear).
+void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
+    auto in = [&](size_t k) { return n->inputs[k]; };
+    Activations& a = f.act;
+    switch (n->kind) {
+    case Op::kEmbedding: {
+        int64_t per = n->attr_int("vocab_per_rank");
+        cuda::embedding({f.T, in(1)->shape[0], in(1)->shape[1], (int64_t)rank_ * per}, ids_, a.data(in(1)), a.make(n->out(), f.T), stream_);
+        break;
+    }
+    case Op::kRmsnorm:
+        cuda::rmsnorm(r, width(in(0)), (float)n->attr_double("eps"), a.data(in(0)), a.data(in(1)), a.make(n->out(), r), stream_);
+        break;
+    case Op::kAdd:
+        cuda::add(r * width(in(0)), a.data(in(0)), a.data(in(1)), a.make(n->out(), r), stream_);
+        break;
+    case Op::kAddRmsnorm:
+    case Op::kAllreduceAddRmsnorm:
+        run_add_rmsnorm(f, n, r);
+        break;
+    case Op::kLinear:
+        run_linear(f, n, r);
+        break;
+    case Op::kSplit:
+        run_split(f, n, r);
+        break;
+    case Op::kRope: {
+        cpu::RopeParams p = rope_params(*n);
+        bf16* q = a.make(n->out(0), r);
+        bf16* k = a.make(n->out(1), r);
+        const int64_t in_stride = a.stride(in(0));
+        TPX_CHECK(in_stride == a.stride(in(1)), "rope: q and k views of different strides");
+        cuda::rope(p, r, positions_, inv_freq_.at(n), a.data(in(0)), a.data(in(1)), q, k, stream_, in_stride);
+        break;
+    }
+    case Op::kAttention: {
+        auto& kv = kv_.at(n->attr_int("layer"));
+        cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
+                              n->attr_int("sliding_window")};
+        const bool written = f.kv_written.count(n) > 0;  // by the QKV GEMV
+        cuda::attention(s, slots_dev_, positions_, a.data(in(0)), written ? nullptr : a.data(in(1)), written ? nullptr : a.data(in(2)),
+                        kv.first, kv.second, a.make(n->out(), r), stream_, a.stride(in(1)), a.stride(in(2)), cublas_, &segments_);
+        break;
+    }
+    case Op::kSiluMul:
+        if (n->inputs.size() == 1) cuda::silu_mul_fused(r, width(n->out()), a.data(in(0)), a.make(n->out(), r), stream_);
+        else cuda::silu_mul(r, width(n->out()), a.data(in(0)), a.data(in(1)), a.make(n->out(), r), stream_);
+        break;
+    case Op::kMoe:
+        run_moe(f, n, r);
+        break;
+    case Op::kAllReduce: {
+        bf16* y = a.make(n->out(), r);
+        if (nccl_) nccl_->all_reduce(a.data(in(0)), y, r * width(in(0)));
+        else CUDA_CHECK(cudaMemcpyAsync(y, a.data(in(0)), r * width(in(0)) * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+        break;
+    }
+    case Op::kAllGather:
+        run_all_gather(f, n, r);
+        break;
+    case Op::kInput:
+    case Op::kParam:
+        break;
+    case Op::kUnknown:
+        throw Error("the CUDA backend has no op '" + n->op + "' (node " + n->name + ")");
+    }
+}
+
+// The GemvNorm that the GEMV of program_.norm_of.at(n) computes, but for x and residual_out.
+cuda::GemvNorm CudaExecutor::norm_params(Forward& f, const Node* n) {
+    const bool plain = n->kind == Op::kRmsnorm;
+    cuda::GemvNorm nm;
+    nm.residual = plain ? nullptr : f.act.data(n->inputs[1]);
+    nm.weight = f.act.data(n->inputs[plain ? 1 : 2]);
+    nm.eps = (float)n->attr_double("eps");
+    return nm;
+}
+
+// A norm whose linear's GEMV will compute it: only the new residual is allocated here. False
+// where the GEMV cannot take it (the norm then runs as its own kernel).
+bool CudaExecutor::defer_norm(Forward& f, const Node* n, int64_t r) {
+    const Node* lin = program_.norm_of.at(n);
+    const bool plain = n->kind == Op::kRmsnorm;
+    const Value* x = n->inputs[0];
+    cuda::GemvNorm nm = norm_params(f, n);
+    if (f.pushed.count(n)) nm.sum = nccl_->exchange_in(f.pushed.at(n));
+    else nm.x = f.act.data(x);
+    // (residual_out, not yet allocated, is a stream-ordered allocation: aligned)
+    if (cuda::gemv_fused_applies(width(x), &nm, f.act.data(lin->inputs[1]))) {
+        if (!plain) nm.residual_out = f.act.make(n->out(1), r);
+        if (n->kind == Op::kAllreduceAddRmsnorm && nccl_ && !nm.sum.ll) {
+            bf16* reduced = f.act.alloc(width(x));
+            nccl_->all_reduce(nm.x, reduced, width(x));
+            nm.x = f.pending_release[lin] = reduced;
+        }
+        f.pending_norm[lin] = nm;
+        return true;
+    }
+    TPX_CHECK(!f.pushed.count(n), "node " + n->name + ": its input was pushed for a fused all-reduce that its GEMV cannot sum");
+    return false;
+}
+
+void CudaExecutor::run_add_rmsnorm(Forward& f, const Node* n, int64_t r) {
+    Activations& a = f.act;
+    const float eps = (float)n->attr_double("eps");
+    if (f.residual_added.count(n)) {  // the GEMM before it added the residual
+        const int64_t rr = a.rows(n->out(1));
+        cuda::rmsnorm(rr, width(n->inputs[0]), eps, a.data(n->out(1)), a.data(n->inputs[2]), a.make(n->out(0), rr), stream_);
+        return;
+    }
+    int64_t w = width(n->inputs[0]);
+    const bf16* x = a.data(n->inputs[0]);
+    bf16* reduced = nullptr;
+    if (n->kind == Op::kAllreduceAddRmsnorm && nccl_) {
+        reduced = a.alloc(r * w);
+        nccl_->all_reduce(x, reduced, r * w);
+        x = reduced;
+    }
+    bf16* sum = a.make(n->out(1), r);
+    cuda::add_rmsnorm(r, w, eps, x, a.data(n->inputs[1]), sum, a.data(n->inputs[2]), a.make(n->out(0), r), stream_);
+    if (reduced) a.release(reduced);
+}
+
+// A linear at batch 1 whose all-reduce its GEMV can push (and the norm's GEMV after it sum).
+bool CudaExecutor::can_push(Forward& f, const Node* n) {
+    auto in = [&](size_t k) { return n->inputs[k]; };
+    if (!f.fuse || !program_.exchange_of.count(n) || f.exchange_open ||
+        !nccl_->push_applies(in(1)->shape[1], in(1)->shape[0], f.act.data(in(0)), f.act.data(in(1))))
+        return false;
+    const Node* norm = program_.exchange_of.at(n);  // the sum will be fused too
+    cuda::GemvNorm nm = norm_params(f, norm);
+    nm.sum = nccl_->exchange_in(0);
+    return cuda::gemv_fused_applies(width(n->out()), &nm, f.act.data(program_.norm_of.at(norm)->inputs[1]));
+}
+
+void CudaExecutor::run_linear(Forward& f, const Node* n, int64_t r) {
+    auto in = [&](size_t k) { return n->inputs[k]; };
+    Activations& a = f.act;
+    const bf16* bias = n->inputs.size() == 3 ? a.data(in(2)) : nullptr;
+    if (can_push(f, n)) {
+        // Its all-reduce is summed by the next GEMV's norm (cuda::ExchangeIn): no output here.
+        nccl_->gemv_push(in(1)->shape[1], in(1)->shape[0], a.data(in(0)), a.data(in(1)), bias, f.exchanges);
+        f.pushed[program_.exchange_of.at(n)] = f.exchanges++;
+        f.exchange_open = true;
+    } else if (f.fuse && program_.fusions.count(n) &&
+               (f.pending_norm.count(n) || cuda::gemv_fused_applies(width(in(0)), nullptr, a.data(in(1))))) {
+        run_fused_gemv(f, n);
+    } else {
+        run_gemm(f, n, r);
+    }
+}
+
+// The batch-1 GEMV with the norm before it (when deferred to it) and its epilogue.
+void CudaExecutor::run_fused_gemv(Forward& f, const Node* n) {
+    auto in = [&](size_t k) { return n->inputs[k]; };
+    Activations& a = f.act;
+    const DecodeFusion& fu = program_.fusions.at(n);
+    const cuda::GemvNorm* nm = f.pending_norm.count(n) ? &f.pending_norm.at(n) : nullptr;
+    const bf16* x = nm ? nullptr : a.data(in(0));
+    const bf16* bias = n->inputs.size() == 3 ? a.data(in(2)) : nullptr;
+    cuda::GemvEpilogue epi = cuda::GemvEpilogue::kNone;
+    cuda::GemvRopeKv rk;
+    bf16* y = nullptr;
+    if (fu.swiglu) {
+        epi = cuda::GemvEpilogue::kSwiglu;
+        y = a.make(fu.swiglu->out(), 1);
+        f.skip.insert(fu.swiglu);
+    } else if (fu.split) {
+        epi = cuda::GemvEpilogue::kRopeKv;
+        auto& kv = kv_.at(fu.attention->attr_int("layer"));
+        rk.heads = fu.attention->attr_int("heads");
+        rk.kv_heads = fu.attention->attr_int("kv_heads");
+        rk.head_dim = fu.attention->attr_int("head_dim");
+        rk.max_seq = max_seq_;
+        rk.slot = slots_dev_;
+        rk.pos = positions_;
+        rk.inv_freq = inv_freq_.at(fu.rope);
+        rk.k_cache = kv.first;
+        rk.v_cache = kv.second;
+        y = a.make(fu.rope->out(0), 1);
+        f.skip.insert(fu.split);
+        f.skip.insert(fu.rope);
+        f.kv_written.insert(fu.attention);
+    } else {
+        y = a.make(n->out(), 1);
+    }
+    cuda::gemv_fused(in(1)->shape[1], in(1)->shape[0], x, a.data(in(1)), bias, y, nm, epi, fu.split ? &rk : nullptr, stream_);
+    if (nm && nm->sum.ll) f.exchange_open = false;
+    if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
+}
+
+// cuBLAS (or the plain GEMV at one row); lm_head only over the wanted rows; the residual added
+// in the tuned GEMM's epilogue where the step program says so.
+void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r) {
+    auto in = [&](size_t k) { return n->inputs[k]; };
+    Activations& a = f.act;
+    const bf16* x = a.data(in(0));
+    bf16* selected = nullptr;
+    if (n->name == "lm_head" && f.select_rows) {
+        selected = a.alloc(f.R * width(in(0)));
+        cuda::gather_rows(f.R, width(in(0)), rows_, x, selected, stream_);
+        x = selected;
+        r = f.R;
+    }
+    const bf16* bias = n->inputs.size() == 3 ? a.data(in(2)) : nullptr;
+    const cpu::LinearShape ls{r, in(1)->shape[1], in(1)->shape[0]};
+    bool added = false;
+    if (tuner_ && !selected && program_.residual_epilogue.count(n) && r >= cuda::kGemmTuneMinTokens) {
+        // y + residual straight into the norm's new residual; the norm then reads only that.
+        const Node* nm = program_.residual_epilogue.at(n);
+        bf16* sum = a.make(nm->out(1), r);
+        added = tuner_->matmul(ls, x, a.data(in(1)), sum, stream_, a.data(nm->inputs[1]));
+        if (added) f.residual_added.insert(nm);
+        else a.release(sum), a.forget(nm->out(1));
+    }
+    if (!added) cuda::linear(cublas_, ls, x, a.data(in(1)), bias, a.make(n->out(), r), stream_, true, tuner_.get());
+    if (selected) a.release(selected);
+}
+
+void CudaExecutor::run_split(Forward& f, const Node* n, int64_t r) {
+    Activations& a = f.act;
+    const Value* x = n->inputs[0];
+    const auto& sizes = std::get<std::vector<int64_t>>(n->attrs.at("sizes"));
+    int64_t total = width(x), offset = 0;
+    for (size_t k = 0; k < sizes.size(); ++k) {
+        if (program_.split_views.count(n)) {
+            a.view(n->out(k), x, a.data(x) + offset, r, total);
+            offset += sizes[k];
+            continue;
+        }
+        bf16* y = a.make(n->out(k), r);
+        CUDA_CHECK(cudaMemcpy2DAsync(y, sizes[k] * sizeof(bf16), a.data(x) + offset, total * sizeof(bf16), sizes[k] * sizeof(bf16), r,
+                                     cudaMemcpyDeviceToDevice, stream_));
+        offset += sizes[k];
+    }
+}
+
+// Up to moe_sparse_max_tokens_ tokens, sparse (kernels/cuda/moe.cu); from
+// moe_grouped_min_tokens_ outside a graph, by expert over each one's tokens (moe_grouped, a host
+// round trip); else dense over the local experts (run_moe_dense).
+void CudaExecutor::run_moe(Forward& f, const Node* n, int64_t r) {
+    auto in = [&](size_t k) { return n->inputs[k]; };
+    Activations& a = f.act;
+    const Value* w2 = n->inputs.back();
+    int64_t local = w2->shape[0], hidden = w2->shape[1], inter = w2->shape[2];
+    int64_t first = ((int64_t)rank_ / n->attr_int("group_size")) * n->attr_int("experts_per_group");
+    cpu::MoeShape s{r, hidden, n->attr_int("experts"), n->attr_int("top_k"), first, local, inter};
+    cuda::moe_routing(s, a.data(in(1)), moe_weights_, stream_);
+    bf16* y = a.make(n->out(), r);
+    const bool fused = n->inputs.size() == 4;
+    const bf16* w_gate = a.data(in(2));
+    const bf16* w_up = fused ? w_gate + inter * hidden : a.data(in(3));
+    const cuda::MoeExperts experts{w_gate, w_up, (fused ? 2 : 1) * inter * hidden, a.data(w2)};
+    if (r <= moe_sparse_max_tokens_ && cuda::moe_sparse_supported(s, a.data(in(0)), experts)) {
+        // Few tokens: each chosen expert's weights read once, the others not at all.
+        bf16* act = a.alloc(local * r * inter);
+        bf16* part = a.alloc(local * r * hidden);
+        cuda::moe_sparse(s, moe_weights_, a.data(in(0)), experts, act, part, y, stream_);
+        a.release(act);
+        a.release(part);
+    } else if (r >= moe_grouped_min_tokens_ && !a.planned()) {
+        // A step that no graph replays (prefill; decode without graphs): expert by expert, each
+        // over its own tokens. (A graph's steps, and the eager step that sizes their block, keep
+        // the dense form: the same allocations, no host round trip.)
+        cuda::moe_grouped(cublas_, s, moe_weights_, a.data(in(0)), experts, y, stream_,
+                          [&] { sync_with_watchdog(stream_, nccl_, timeout_s_); });
+    } else {
+        run_moe_dense(f, s, a.data(in(0)), experts, fused, y);
+    }
+}
+
+// Every token through every local expert by cuBLAS, weighted by its routing weight (0 where
+// not chosen), added in expert order.
+void CudaExecutor::run_moe_dense(Forward& f, const cpu::MoeShape& s, const bf16* x, const cuda::MoeExperts& w, bool fused, bf16* y) {
+    Activations& a = f.act;
+    const int64_t r = s.tokens, hidden = s.hidden, inter = s.inter_local, local = s.local_experts;
+    CUDA_CHECK(cudaMemsetAsync(y, 0, r * hidden * sizeof(bf16), stream_));
+    bf16* gu = a.alloc(r * 2 * inter);
+    bf16* act = a.alloc(r * inter);
+    bf16* part = a.alloc(r * hidden);
+    for (int64_t e = 0; e < local; ++e) {
+        if (fused) {
+            cuda::linear(cublas_, {r, hidden, 2 * inter}, x, w.gate + e * 2 * inter * hidden, nullptr, gu, stream_);
+            cuda::silu_mul_fused(r, inter, gu, act, stream_);
+        } else {
+            cuda::linear(cublas_, {r, hidden, inter}, x, w.gate + e * inter * hidden, nullptr, gu, stream_);
+            cuda::linear(cublas_, {r, hidden, inter}, x, w.up + e * inter * hidden, nullptr, gu + r * inter, stream_);
+            cuda::silu_mul(r, inter, gu, gu + r * inter, act, stream_);
+        }
+        cuda::linear(cublas_, {r, inter, hidden}, act, w.down + e * hidden * inter, nullptr, part, stream_);
+        cuda::scale_add(r, hidden, moe_weights_ + e, local, part, y, stream_);
+    }
+    a.release(gu);
+    a.release(act);
+    a.release(part);
+}
+
+void CudaExecutor::run_all_gather(Forward& f, const Node* n, int64_t r) {
+    Activations& a = f.act;
+    const Value* x = n->inputs[0];
+    int64_t local = width(x), world = n->attr_int("world"), out_width = width(n->out());
+    bf16* gathered = a.alloc(world * r * local);
+    if (nccl_) nccl_->all_gather(a.data(x), r * local, gathered);
+    else CUDA_CHECK(cudaMemcpyAsync(gathered, a.data(x), r * local * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+    bf16* y = a.make(n->out(), r);
+    // [rank][row][local] -> [row][rank * local], trimmed to the valid vocabulary.
+    for (int64_t q = 0; q < world; ++q) {
+        int64_t n_copy = std::min(local, out_width - q * local);
+        if (n_copy > 0)
+            CUDA_CHECK(cudaMemcpy2DAsync(y + q * local, out_width * sizeof(bf16), gathered + q * r * local, local * sizeof(bf16),
+                                         n_copy * sizeof(bf16), r, cudaMemcpyDeviceToDevice, stream_));
+    }
+    a.release(gathered);
+}
+
+}  // namespace tpx

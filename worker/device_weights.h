@@ -1,0 +1,33 @@
+// A rank's parameters on its GPU (bf16, one cudaMalloc each, by parameter name) and their
+// upload from the checkpoint. Invariant: `params` holds every "param" node of the graph the
+// upload was given, each buffer exactly its planned local shape.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "loader/checkpoint.h"
+#include "sharding/graph.h"
+
+namespace tpx {
+
+struct DeviceWeights {
+    std::map<std::string, __nv_bfloat16*> params;
+    int64_t bytes = 0;
+    ~DeviceWeights();
+    DeviceWeights() = default;
+    DeviceWeights(DeviceWeights&&) noexcept;
+    DeviceWeights& operator=(DeviceWeights&&) noexcept;
+};
+
+// Reads each parameter's pieces straight into its device buffer: one batched read on the
+// checkpoint's threads through a ring of pinned 8 MiB buffers (at most `staging_bytes` in all,
+// two per read thread), copies to the device overlapped with the reads.
+DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes = 256u << 20);
+
+}  // namespace tpx
