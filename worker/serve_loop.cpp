@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <csignal>
 #include <cstring>
@@ -233,11 +234,31 @@ private:
         for (size_t row = 0; row < owners.size(); ++row) {
             Sequence& q = *slots_[owners[row]];
             const ServeRequest& r = *q.req;
+            const float* row_logits = want_logits ? &logits[row * vocab] : nullptr;
+            // A row holding NaN or Inf has no next token (argmax says -1): that call fails, the
+            // others go on (as in `tpx run`, the checkpoint's weights are the likely cause).
+            if (want_logits ? !std::all_of(row_logits, row_logits + vocab, [](float x) { return std::isfinite(x); }) : argmax[row] < 0) {
+                fail(owners[row], "the logits are not finite (NaN or Inf) at generated token " + std::to_string(q.output.size()) +
+                                      " of this request: `tpx inspect --check` finds non-finite weights in the checkpoint");
+                continue;
+            }
             int32_t token;
-            if (r.temperature > 0) token = (int32_t)cpu::sample(&logits[row * vocab], vocab, {r.temperature, r.top_k, r.top_p}, q.rng);
-            else token = want_logits ? (int32_t)cpu::argmax(&logits[row * vocab], vocab) : argmax[row];
+            if (r.temperature > 0) token = (int32_t)cpu::sample(row_logits, vocab, {r.temperature, r.top_k, r.top_p}, q.rng);
+            else token = want_logits ? (int32_t)cpu::argmax(row_logits, vocab) : argmax[row];
             emit(owners[row], token);
         }
+    }
+
+    // The sequence in `slot` ends with an error (a 500 for its call); its slot is freed.
+    void fail(size_t slot, const std::string& why) {
+        ServeEvent e;
+        e.kind = ServeEvent::kFailed;
+        e.index = slots_[slot]->req->index;
+        e.error = where() + ": " + why;
+        e.code = "non_finite_logits";
+        slots_[slot]->req->channel->push(std::move(e));
+        slots_[slot].reset();
+        front_.metrics.set_running((int64_t)active());
     }
 
     // The sequence in `slot` generated `token`: its event, and its end when it is done.
