@@ -105,6 +105,16 @@ std::string emit_job_toml(const Job& job) {
     kv("gpus_per_node", fmt<int64_t>(job.slurm.gpus_per_node));
     kv("launcher", fmt(job.slurm.launcher));
     kv("extra", fmt_list(job.slurm.extra));
+    if (job.serve.present) {
+        os << "\n[serve]\n";
+        kv("host", fmt(job.serve.host));
+        kv("port", fmt<int64_t>(job.serve.port));
+        kv("model_name", fmt(job.serve.model_name));
+        kv("api_key", fmt(job.serve.api_key));
+        kv("max_queue", fmt<int64_t>(job.serve.max_queue));
+        kv("prefill_chunk", fmt<int64_t>(job.serve.prefill_chunk));
+        kv("grace_s", fmt(job.serve.grace_s));
+    }
     for (const TransformSection& t : job.transforms) {
         os << "\n[transforms." << t.name << "]\n";
         for (const auto& [key, value] : t.options) kv(key.c_str(), fmt_option(value));

@@ -80,6 +80,19 @@ struct SlurmSection {
     std::vector<std::string> extra;    // extra "#SBATCH" lines, e.g. "--exclusive"
 };
 
+// [serve]: `tpx serve` (and `tpx submit` of a job that has this table) answers OpenAI-style
+// HTTP requests on rank 0 instead of running run.prompts (docs/SERVE.md).
+struct ServeSection {
+    bool present = false;             // the job file has a [serve] table
+    std::string host = "127.0.0.1";   // address rank 0 listens on
+    int port = 8000;                  // TCP port; 0 = any free port (rank 0 prints the one it got)
+    std::string model_name;           // the model's name in the API; "" = the job's name
+    std::string api_key;              // "" = no key; else every request needs "Authorization: Bearer KEY"
+    int max_queue = 64;               // requests waiting for a KV slot; beyond it 429
+    int prefill_chunk = 256;          // prompt tokens of one request prefilled per step
+    double grace_s = 30;              // seconds in-flight requests may take to finish after SIGTERM
+};
+
 // One option of a transform as the user wrote it, with where it was written, so that the
 // transform registry (sharding/) can reject unknown names and options with a position.
 struct OptionValue {
@@ -107,6 +120,7 @@ struct Job {
     RunSection run;
     LaunchSection launch;
     SlurmSection slurm;
+    ServeSection serve;
     std::vector<TransformSection> transforms;  // in file order
 
     int world() const { return parallel.tp; }

@@ -164,7 +164,7 @@ private:
     std::vector<std::string> valid_;
 };
 
-const std::vector<std::string> kSections = {"job", "model", "parallel", "backend", "run", "launch", "slurm", "transforms"};
+const std::vector<std::string> kSections = {"job", "model", "parallel", "backend", "run", "launch", "slurm", "serve", "transforms"};
 
 // [name] as a Section (parse_job has checked that it is a table).
 Section section(const toml::table& root, const std::string& file, const std::string& name) {
@@ -363,6 +363,21 @@ void parse_slurm(Section s, Job& job) {
     if (sl.gpus_per_node == 0 && job.backend.device == "cuda") sl.gpus_per_node = job.parallel.ranks_per_node;
 }
 
+void parse_serve(Section s, Job& job) {
+    ServeSection& v = job.serve;
+    v.present = s.present();
+    s.get_string("host", v.host);
+    s.get_int("port", v.port, 0, 65535);
+    s.get_string("model_name", v.model_name);
+    s.get_string("api_key", v.api_key);
+    s.get_int("max_queue", v.max_queue, 1, 1 << 20);
+    s.get_int("prefill_chunk", v.prefill_chunk, 1, 1 << 30);
+    s.get_double("grace_s", v.grace_s, 0.0, 1e6);
+    s.reject_unknown();
+    if (v.host.empty()) s.fail_here("serve.host must not be empty (\"127.0.0.1\" serves this host only, \"0.0.0.0\" every interface)");
+    if (v.model_name.empty()) v.model_name = job.name;
+}
+
 // The common options of every transform are type-checked here; unknown transform names and
 // their own options are the transform registry's to reject (it knows the list).
 const std::vector<std::pair<std::string, toml::node_type>> kCommonTransformOptions = {
@@ -530,6 +545,7 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
     parse_run(section(root, file, "run"), job);
     parse_launch(section(root, file, "launch"), job);
     parse_slurm(section(root, file, "slurm"), job);
+    parse_serve(section(root, file, "serve"), job);
     parse_transforms(root, job);
     check_files(root, job);
     return job;

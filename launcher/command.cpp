@@ -18,6 +18,7 @@ const std::vector<Command>& commands() {
         {"convert", "write an HF model folder as one HDF5 file", cmd_convert},
         {"plan", "show the sharding plan: every rank's weights, memory, reads and collectives", cmd_plan},
         {"run", "run the job under mpirun, one tpx-worker per rank", cmd_run},
+        {"serve", "serve the job's model over HTTP (OpenAI's API) from its ranks under mpirun", cmd_serve},
         {"tokenize", "text to token ids and ids to text with a model's tokenizer (JSONL in, JSONL out)", cmd_tokenize},
         {"bench", "time load, prefill and decode of the job's model against their rooflines", cmd_bench},
         {"submit", "submit the job to Slurm (sbatch); prints the job id", cmd_submit},

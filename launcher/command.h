@@ -50,6 +50,7 @@ int cmd_inspect(const Args& args);
 int cmd_convert(const Args& args);
 int cmd_plan(const Args& args);
 int cmd_run(const Args& args);
+int cmd_serve(const Args& args);
 int cmd_bench(const Args& args);
 int cmd_tokenize(const Args& args);
 int cmd_submit(const Args& args);

@@ -24,6 +24,7 @@
 #include "jobs/parse.h"
 #include "launcher/command.h"
 #include "launcher/mpirun.h"
+#include "launcher/mpirun_process.h"
 #include "sharding/transform.h"
 #include "slurm/commands.h"
 
@@ -32,15 +33,6 @@ namespace fs = std::filesystem;
 
 namespace tpx {
 namespace {
-
-pid_t g_child = -1;
-volatile sig_atomic_t g_signal = 0;  // the signal that interrupted the run, if any
-
-void forward_signal(int sig) {
-    g_signal = sig;
-    // mpirun ends the job on SIGTERM; a hang-up of tpx's terminal means the same.
-    if (g_child > 0) kill(g_child, sig == SIGHUP ? SIGTERM : sig);
-}
 
 // After a failed job on several hosts, asks each host, through the same agent mpirun used,
 // to run `true` within 5 s, and names those that do not answer: mpirun's own message does not
@@ -62,24 +54,6 @@ void report_unreachable_hosts(const Job& job) {
         i = j + 1;
     }
 }
-
-// A line of mpirun's stderr that says the job is failing: Open MPI's runtime reporting a lost
-// or failed daemon or process, or an MPI_Abort (a rank's error ends in one).
-// Open MPI's own noise after a rank's MPI_Abort (the rank's message came before it), which
-// reads like a second, unrelated failure.
-bool is_mpi_noise(const std::string& line) { return line.find("ORTE_ERROR_LOG") != std::string::npos; }
-
-bool says_job_failed(const std::string& line) {
-    for (const char* mark : {"ORTE was unable", "ORTE has lost", "ORTE daemon has unexpectedly", "PRTE has lost", "mpirun noticed that",
-                             "MPI_ABORT was invoked"})
-        if (line.find(mark) != std::string::npos) return true;
-    return false;
-}
-
-// How long mpirun may take to end once the job is failing before tpx ends it: Open MPI 4.1's
-// mpirun can sit for a minute or more after a host dies (its runtime waits on the lost daemon;
-// tests/test_multinode.cpp), while a failure it handles ends every rank within a second or two.
-constexpr double kMpirunGraceSeconds = 10;
 
 }  // namespace
 
@@ -129,103 +103,12 @@ int cmd_run(const Args& args) {
     }
     std::cerr << "tpx run: rank map: " << format_rank_map(rank_map(job)) << "\n";
     std::cerr << "tpx run: " << shell_join(cmd) << "\n";
-    std::vector<char*> argv;
-    for (std::string& s : cmd) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    auto t0 = std::chrono::steady_clock::now();
-    // mpirun's stderr comes through a pipe, passed on line by line, so that tpx sees when the
-    // job is failing (says_job_failed) and can end an mpirun that does not end on its own.
-    int err_pipe[2];
-    if (pipe(err_pipe) != 0) throw Error(std::string("pipe failed: ") + std::strerror(errno));
-    // Signals that arrive between fork and the handlers being set are held, then forwarded.
-    sigset_t block, old_mask;
-    sigemptyset(&block);
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&block, sig);
-    sigprocmask(SIG_BLOCK, &block, &old_mask);
-    const pid_t parent = getpid();
-    g_child = fork();
-    if (g_child < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
-    if (g_child == 0) {
-        sigprocmask(SIG_SETMASK, &old_mask, nullptr);
-        // Should tpx die without a word (SIGKILL), the kernel sends mpirun SIGTERM, and mpirun
-        // ends the ranks; tpx may already be gone before this line, hence the check after it.
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent) _exit(128 + SIGTERM);
-        dup2(err_pipe[1], STDERR_FILENO);
-        close(err_pipe[0]);
-        close(err_pipe[1]);
-        execvp(argv[0], argv.data());
-        std::fprintf(stderr, "tpx run: cannot start %s: %s\n", argv[0], std::strerror(errno));
-        _exit(127);
-    }
-    close(err_pipe[1]);
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) signal(sig, forward_signal);
-    sigprocmask(SIG_SETMASK, &old_mask, nullptr);
-    using Clock = std::chrono::steady_clock;
-    // Shared with the relay thread, which may outlive this function (below).
-    struct Relay {
-        std::atomic<bool> failing{false}, drained{false};
-        std::atomic<int64_t> failing_since{0};
-    };
-    auto state = std::make_shared<Relay>();
-    std::thread relay([state, fd = err_pipe[0]] {
-        // Bytes are passed on as they come (a live progress line ends in '\r', not '\n');
-        // whole lines are looked at for failure marks and Open MPI's noise.
-        std::string pending;
-        char buf[4096];
-        ssize_t n;
-        while ((n = read(fd, buf, sizeof(buf))) != 0) {
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                break;
-            }
-            pending.append(buf, (size_t)n);
-            size_t start = 0;
-            for (size_t end; (end = pending.find_first_of("\r\n", start)) != std::string::npos; start = end + 1) {
-                std::string line = pending.substr(start, end + 1 - start);
-                if (is_mpi_noise(line)) continue;
-                std::fwrite(line.data(), 1, line.size(), stderr);
-                if (!state->failing && says_job_failed(line)) {
-                    state->failing_since = Clock::now().time_since_epoch().count();
-                    state->failing = true;
-                }
-            }
-            pending.erase(0, start);
-            std::fflush(stderr);
-        }
-        if (!pending.empty() && !is_mpi_noise(pending)) std::fwrite(pending.data(), 1, pending.size(), stderr);
-        std::fflush(stderr);
-        close(fd);
-        state->drained = true;
-    });
-    int status = 0;
-    for (;;) {
-        pid_t done = waitpid(g_child, &status, WNOHANG);
-        if (done == g_child || (done < 0 && errno != EINTR)) break;
-        if (state->failing &&
-            std::chrono::duration<double>(Clock::now() - Clock::time_point(Clock::duration(state->failing_since.load()))).count() >
-                kMpirunGraceSeconds) {
-            std::fprintf(stderr, "tpx run: the job failed, and mpirun had not ended %g s later; ending it\n", kMpirunGraceSeconds);
-            kill(g_child, SIGTERM);
-            for (int i = 0; i < 30 && waitpid(g_child, &status, WNOHANG) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-            if (kill(g_child, 0) == 0) {
-                kill(g_child, SIGKILL);
-                while (waitpid(g_child, &status, 0) < 0 && errno == EINTR) {
-                }
-            }
-            break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    g_child = -1;
-    // The pipe ends when mpirun's children (rsh or ssh clients to other hosts) let go of it too;
-    // one stuck on a dead host may hold it for minutes, so the rest of its output is not waited for.
-    for (int i = 0; i < 20 && !state->drained; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (state->drained) relay.join();
-    else relay.detach();
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    MpirunSettings settings;
+    settings.name = "tpx run";
+    MpirunOutcome outcome = run_mpirun(cmd, settings);
+    const int code = outcome.code, g_signal = outcome.signal;
+    const double seconds = outcome.seconds;
     if (worker_job != fs::absolute(job_path).lexically_normal().string()) fs::remove(worker_job);
-    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     if (code != 0) report_unreachable_hosts(job);
     if (code == 127) throw Error("could not start " + cmd[0] + " (is Open MPI installed? set [launch] mpirun)");
     if (g_signal != 0) {

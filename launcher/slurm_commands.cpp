@@ -48,7 +48,8 @@ int cmd_submit(const Args& args) {
     if (parse_command_line(args, "tpx submit JOB [--dry-run]", options, positional, vm)) return 0;
     Job job = load_job(vm["job"].as<std::string>());
     resolve_transform_options(job);
-    if (job.run.prompts.empty()) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
+    if (job.run.prompts.empty() && !job.serve.present)
+        throw JobError(job.file + ": run.prompts is not set (and there is no [serve] table): there is nothing to run");
     // The ranks read a snapshot of the resolved job, so editing the job file after submitting
     // does not change a queued job.
     fs::path dir = fs::path(job.run.output).parent_path();

@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(cmake g++ make pkg-config libopenmpi-dev openmpi-bin libhdf5-dev libtomlplusplus-dev
           libboost-program-options-dev libgtest-dev nlohmann-json3-dev libzip-dev clang libclang-rt-14-dev
           slurm-wlm slurmctld slurmd slurm-client munge iproute2 util-linux bc
-          libpcre2-dev libutf8proc-dev)
+          libpcre2-dev libutf8proc-dev libcpp-httplib-dev)
 # node runs the tokenizer's and chat templates' differential tests (tests/tokenizer/, tests/chat/);
 # only when absent, because an image's own node + npm conflict with Debian's npm package (never
 # installed here: without npm those tests skip).

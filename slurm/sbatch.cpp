@@ -48,6 +48,8 @@ std::string sbatch_script(const Job& job, const SubmitPaths& p, bool as_root) {
     }
     os << "set -euo pipefail\n";
     std::string worker = slurm_quote(p.worker, "the worker path") + " --job " + slurm_quote(p.job_file, "the job path");
+    // A job with a [serve] table serves (docs/SERVE.md); scancel's SIGTERM drains it.
+    if (job.serve.present) worker += " --serve";
     if (s.launcher == "srun") {
         // --kill-on-bad-exit: one rank's failure ends every rank of the step. The worker checks
         // SLURM_PROCID, SLURM_LOCALID and SLURM_NTASKS against MPI's view of it.

@@ -34,6 +34,7 @@
 #include "worker/generation.h"
 #include "worker/mpi_comm.h"
 #include "worker/progress.h"
+#include "worker/serve_loop.h"
 #include "text/text_tools.h"
 #include "worker/report.h"
 #include "worker/topology.h"
@@ -55,6 +56,8 @@ struct Options {
     std::string bench;  // JSON path: run the benchmark instead of the prompts
     std::string progress = "lines";  // quiet | lines | live (tpx run chooses by its terminal)
     int step_delay_ms = 0;
+    bool serve = false;  // answer HTTP requests (tpx serve) instead of running run.prompts
+    int ready_delay_ms = 0;  // serve: /health stays 503 this long after loading (a test aid)
     bool help = false;
 };
 
@@ -65,6 +68,8 @@ Options parse_options(int argc, char** argv) {
         "dump-logits", po::value(&o.dump_logits), "write every prompt position's and every step's logits to this .h5 file")(
         "step-delay-ms", po::value(&o.step_delay_ms), "pause per decode step (for failure tests; also TPX_STEP_DELAY_MS)")(
         "bench", po::value(&o.bench), "run the benchmark (docs/PERF.md) and write its JSON here")(
+        "serve", po::bool_switch(&o.serve), "serve the job's model over HTTP from rank 0 ([serve], docs/SERVE.md)")(
+        "ready-delay-ms", po::value(&o.ready_delay_ms), "serve: answer 503 (loading) this long after loading (for tests)")(
         "launched-by", po::value(&o.launched_by), "srun: cross-check SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS against MPI")(
         "progress", po::value(&o.progress), "rank 0's progress on stderr: quiet, lines (every few seconds) or live (one line, rewritten)")(
         "help,h", "print this help");
@@ -242,30 +247,36 @@ int run(const Options& opt) {
 
     // Prompts: read and checked on rank 0, then every rank has the tokens.
     std::vector<Prompt> prompts;
-    if (job.run.prompts.empty() && opt.bench.empty()) throw Error(job.file + ": run.prompts is not set: there is nothing to run", kExitBadInput);
+    if (job.run.prompts.empty() && opt.bench.empty() && !opt.serve) throw Error(job.file + ": run.prompts is not set: there is nothing to run", kExitBadInput);
     std::vector<int32_t> packed;
     uint64_t packed_size = 0;
     TextTools text;  // rank 0's tokenizer and chat template, when the job has them
     if (rank == 0 && opt.bench.empty()) {
         text = load_text_tools(job);
-        prompts = read_prompts(job.run.prompts, plan.config.vocab_size, job.run.max_new_tokens, plan.max_seq_len, text);
+        if (!opt.serve) prompts = read_prompts(job.run.prompts, plan.config.vocab_size, job.run.max_new_tokens, plan.max_seq_len, text);
         packed = pack_prompts(prompts);
         packed_size = packed.size();
     }
     comm.broadcast(&packed_size, sizeof(packed_size), 0);
     packed.resize(packed_size);
     comm.broadcast(packed.data(), packed_size * sizeof(int32_t), 0);
-    if (rank != 0 && opt.bench.empty()) prompts = unpack_prompts(packed);
+    if (rank != 0 && opt.bench.empty() && !opt.serve) prompts = unpack_prompts(packed);
 
     // Outputs are proven writable before any weight is read (a Slurm node may not see the
     // folders the launcher saw).
-    if (rank == 0 && opt.bench.empty()) {
+    if (rank == 0 && opt.bench.empty() && !opt.serve) {
         std::vector<NamedPath> extra;
         if (!opt.dump_logits.empty()) extra.push_back({"--dump-logits", opt.dump_logits});
         check_job_outputs(job, extra);
     }
     if (plan.backend == "cpu") check_memory_before_load(plan, prompts, rank);
     Progress progress(rank == 0 ? parse_progress_mode(opt.progress) : ProgressMode::kQuiet);
+    // Serving: rank 0 listens (answering 503) while every rank loads.
+    std::unique_ptr<ServeFront> serve_front;
+    if (opt.serve) {
+        install_serve_signals();
+        if (rank == 0) serve_front = open_serve_front(job, plan.config.vocab_size, plan.max_seq_len, text);
+    }
 
     // The rest of the pipeline, on this rank: load, fuse, allocate, capture.
     auto load_start = std::chrono::steady_clock::now();
@@ -371,6 +382,19 @@ int run(const Options& opt) {
         bs.graph = &ctx.graph;
         run_bench(*exec, comm, plan, rates, bs);
         comm.barrier();
+        return 0;
+    }
+
+    if (opt.serve) {
+        ServeSettings ss;
+        ss.slots = plan.max_batch;
+        ss.prefill_chunk = job.serve.prefill_chunk;
+        ss.eos = eos_ids(job, plan, *ckpt);
+        ss.tokenizer = text.tokenizer ? &*text.tokenizer : nullptr;
+        ss.grace_s = job.serve.grace_s;
+        ss.step_delay_ms = opt.step_delay_ms;
+        ss.ready_delay_ms = opt.ready_delay_ms;
+        serve(*exec, comm, serve_front.get(), ss);
         return 0;
     }
 

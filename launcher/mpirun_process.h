@@ -1,0 +1,30 @@
+// Running a job's mpirun from the launcher (`tpx run`, `tpx serve`): its stderr relayed line by
+// line, signals to tpx passed on, and an mpirun that lingers after the job failed ended by
+// force. Should tpx itself die (SIGKILL), mpirun gets SIGTERM from the kernel
+// (PR_SET_PDEATHSIG), so no rank outlives it.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace tpx {
+
+struct MpirunSettings {
+    std::string name = "tpx run";  // how messages begin
+    // 0: the first SIGINT, SIGTERM or SIGHUP is passed on as SIGTERM (mpirun ends the ranks).
+    // Otherwise it is passed on as this signal (mpirun forwards SIGUSR1 to every rank: `tpx serve`
+    // drains), and mpirun gets SIGTERM only when it has not ended drain_s later, or at a second signal.
+    int drain_signal = 0;
+    double drain_s = 0;
+};
+
+struct MpirunOutcome {
+    int code = 0;       // mpirun's exit status (128 + N when a signal N ended it)
+    int signal = 0;     // the signal that interrupted tpx, if any
+    double seconds = 0;
+};
+
+// Starts `cmd` and waits for it; throws Error when the pipe or the fork fails.
+MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& settings);
+
+}  // namespace tpx

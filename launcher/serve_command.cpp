@@ -1,0 +1,73 @@
+// `tpx serve`: the job's ranks under mpirun as `tpx run` starts them, with `tpx-worker --serve`:
+// rank 0 answers OpenAI-style HTTP requests ([serve], docs/SERVE.md) until it is stopped.
+// SIGTERM or Ctrl-C drains: mpirun passes SIGUSR1 on to the ranks, rank 0 finishes the requests
+// in flight (up to [serve] grace_s) and every rank exits 0; a second signal ends the job at once.
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include "common/error.h"
+#include "common/file.h"
+#include "jobs/emit.h"
+#include "jobs/parse.h"
+#include "launcher/command.h"
+#include "launcher/mpirun.h"
+#include "launcher/mpirun_process.h"
+#include "sharding/transform.h"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace tpx {
+
+int cmd_serve(const Args& args) {
+    po::options_description options("tpx serve options");
+    options.add_options()("job", po::value<std::string>()->required(), "the job file (its [serve] table: host, port, ...)")(
+        "dry-run", "print the mpirun command instead of running it")(
+        "step-delay-ms", po::value<int>(), "pause per step (for tests)")(
+        "ready-delay-ms", po::value<int>(), "answer 503 (loading) this long after the model is loaded (for tests)");
+    po::positional_options_description positional;
+    positional.add("job", 1);
+    po::variables_map vm;
+    if (parse_command_line(args, "tpx serve JOB [--dry-run]", options, positional, vm)) return 0;
+
+    std::string job_path = vm["job"].as<std::string>();
+    Job job = load_job(job_path);
+    resolve_transform_options(job);
+    // The plan, the tokenizer and chat template, this host's memory: refused before any rank starts.
+    check_before_launch(job, {}, /*local=*/true);
+    std::string worker_job = fs::absolute(job_path).lexically_normal().string();
+    if (!fs::is_regular_file(job_path)) {
+        worker_job = (fs::temp_directory_path() / ("tpx-job-" + std::to_string(getpid()) + ".toml")).string();
+        write_file_atomically(worker_job, emit_job_toml(job));
+    }
+    std::vector<std::string> worker_args = {"--job", worker_job, "--serve", "--progress", "lines"};
+    if (vm.count("step-delay-ms")) worker_args.insert(worker_args.end(), {"--step-delay-ms", std::to_string(vm["step-delay-ms"].as<int>())});
+    if (vm.count("ready-delay-ms")) worker_args.insert(worker_args.end(), {"--ready-delay-ms", std::to_string(vm["ready-delay-ms"].as<int>())});
+    std::vector<std::string> cmd = mpirun_command(job, worker_binary(), worker_args);
+    if (vm.count("dry-run")) {
+        std::cout << shell_join(cmd) << "\n";
+        return 0;
+    }
+    std::cerr << "tpx serve: rank map: " << format_rank_map(rank_map(job)) << "\n";
+    std::cerr << "tpx serve: " << shell_join(cmd) << "\n";
+    MpirunSettings settings;
+    settings.name = "tpx serve";
+    settings.drain_signal = SIGUSR1;
+    settings.drain_s = job.serve.grace_s;
+    MpirunOutcome outcome = run_mpirun(cmd, settings);
+    if (worker_job != fs::absolute(job_path).lexically_normal().string()) fs::remove(worker_job);
+    if (outcome.code == 127) throw Error("could not start " + cmd[0] + " (is Open MPI installed? set [launch] mpirun)");
+    // Drained after a signal: the server stopped as asked.
+    if (outcome.code == 0) {
+        std::fprintf(stderr, "tpx serve: job '%s' stopped%s%s after %.1f s\n", job.name.c_str(), outcome.signal ? " by " : "",
+                     outcome.signal ? strsignal(outcome.signal) : "", outcome.seconds);
+        return 0;
+    }
+    std::fprintf(stderr, "tpx serve: job '%s' failed after %.1f s (exit status %d)\n", job.name.c_str(), outcome.seconds, outcome.code);
+    return outcome.code == kExitBadInput ? kExitBadInput : kExitRuntime;
+}
+
+}  // namespace tpx

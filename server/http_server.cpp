@@ -1,0 +1,235 @@
+// Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/completions and
+// /v1/chat/completions; anything else is a JSON 404. A call's prompts go on the queue together
+// (or the call gets 429); its answer is written whole, or streamed as SSE when "stream" is true.
+// A streamed call whose client goes away is cancelled, which frees its KV slot at the next step.
+#include "server/http_server.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <random>
+
+#include "common/error.h"
+
+namespace tpx {
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+void reply_error(httplib::Response& res, int status, const std::string& message, const std::string& param = "",
+                 const std::string& code = "") {
+    res.status = status;
+    res.set_content(error_body(status, message, param, code).dump(), "application/json");
+}
+
+int64_t unix_time() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
+std::string call_id(bool chat) {
+    static std::atomic<uint64_t> next{0};
+    static const uint64_t boot = (uint64_t)std::chrono::system_clock::now().time_since_epoch().count();
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "%s-%llx%06llx", chat ? "chatcmpl" : "cmpl", (unsigned long long)boot,
+                  (unsigned long long)next++);
+    return buf;
+}
+
+std::string sse(const json& j) { return "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n"; }
+
+// A streamed call as its chunks go out.
+struct Stream {
+    ApiCall call;
+    std::vector<std::shared_ptr<ServeRequest>> requests;
+    std::shared_ptr<ResponseChannel> channel;
+    std::string id;
+    int64_t created = 0;
+    size_t finished = 0;
+    int64_t generated = 0;
+    bool started = false, ended = false;
+};
+
+}  // namespace
+
+HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& queue, ServeMetrics& metrics)
+    : settings_(std::move(settings)), limits_(std::move(limits)), queue_(queue), metrics_(metrics),
+      server_(std::make_unique<httplib::Server>()) {
+    httplib::Server& svr = *server_;
+    const int threads = settings_.threads;
+    svr.new_task_queue = [threads] { return new httplib::ThreadPool((size_t)threads); };
+    svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+        if (settings_.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+        if (req.get_header_value("Authorization") == "Bearer " + settings_.api_key) return httplib::Server::HandlerResponse::Unhandled;
+        reply_error(res, 401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "",
+                    "invalid_api_key");
+        return httplib::Server::HandlerResponse::Handled;
+    });
+    svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        if (res.status == 404) reply_error(res, 404, "no route " + req.method + " " + req.path, "", "unknown_url");
+        else reply_error(res, res.status, "HTTP " + std::to_string(res.status));
+        return httplib::Server::HandlerResponse::Handled;
+    }));
+    svr.set_logger([this](const httplib::Request&, const httplib::Response& res) { metrics_.count_response(res.status); });
+    svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+        if (!ready_) return reply_error(res, 503, "loading the model", "", "loading");
+        if (draining_) return reply_error(res, 503, "shutting down", "", "shutting_down");
+        res.set_content("{\"status\":\"ok\"}", "application/json");
+    });
+    svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+        res.set_content(metrics_.render((int64_t)queue_.size()), "text/plain; version=0.0.4");
+    });
+    svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+        json model = {{"id", limits_.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tpx"},
+                      {"max_model_len", limits_.max_seq_len}};
+        res.set_content(json({{"object", "list"}, {"data", json::array({model})}}).dump(), "application/json");
+    });
+    svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_call(req, res, false); });
+    svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_call(req, res, true); });
+}
+
+HttpServer::~HttpServer() { stop(); }
+
+int HttpServer::start() {
+    int port = settings_.port;
+    if (port == 0) port = server_->bind_to_any_port(settings_.host);
+    else if (!server_->bind_to_port(settings_.host, port)) port = -1;
+    if (port < 0)
+        throw Error("serve: cannot listen on " + settings_.host + ":" + std::to_string(settings_.port) +
+                        " (the port is taken, or the address is not this host's: [serve] host, port)",
+                    kExitBadInput);
+    thread_ = std::thread([this] { server_->listen_after_bind(); });
+    return port;
+}
+
+void HttpServer::stop() {
+    if (!thread_.joinable()) return;
+    server_->stop();
+    thread_.join();
+}
+
+void HttpServer::fail_all(const std::string& message) {
+    std::lock_guard<std::mutex> lock(channels_mutex_);
+    failure_ = message;  // calls registered from now on fail at once
+    for (const auto& channel : channels_) {
+        ServeEvent e;
+        e.kind = ServeEvent::kFailed;
+        e.error = message;
+        channel->push(e);
+    }
+}
+
+void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res, bool chat) {
+    if (!ready_) return reply_error(res, 503, "the model is still loading; GET /health answers 200 when it is ready", "", "loading");
+    if (draining_) return reply_error(res, 503, "the server is shutting down", "", "shutting_down");
+    json body;
+    try {
+        body = json::parse(req.body);
+    } catch (const json::exception& e) {
+        return reply_error(res, 400, std::string("the body is not valid JSON: ") + e.what(), "", "invalid_json");
+    }
+    auto stream = std::make_shared<Stream>();
+    try {
+        stream->call = parse_call(body, limits_, chat);
+    } catch (const ApiError& e) {
+        return reply_error(res, e.status, e.what(), e.param, e.code);
+    } catch (const std::exception& e) {  // the tokenizer's or template's own errors
+        return reply_error(res, 400, e.what(), chat ? "messages" : "prompt");
+    }
+    ApiCall& call = stream->call;
+    stream->channel = std::make_shared<ResponseChannel>();
+    stream->id = call_id(chat);
+    stream->created = unix_time();
+    const uint64_t seed = call.seed ? *call.seed : std::random_device()();
+    for (size_t i = 0; i < call.prompts.size(); ++i) {
+        auto r = std::make_shared<ServeRequest>();
+        r->index = (int)i;
+        r->prompt = call.prompts[i];
+        r->max_tokens = call.max_tokens[i];
+        r->temperature = call.temperature;
+        r->top_k = call.top_k;
+        r->top_p = call.top_p;
+        r->seed = seed;
+        r->stop = call.stop;
+        r->channel = stream->channel;
+        stream->requests.push_back(std::move(r));
+    }
+    {
+        std::lock_guard<std::mutex> lock(channels_mutex_);
+        if (!failure_.empty()) return reply_error(res, 500, failure_, "", "rank_failed");
+        channels_.insert(stream->channel);
+    }
+    ++in_flight_;
+    // Undoes the two lines above once the answer is written (or the client is gone).
+    auto done = [this, stream] {
+        std::lock_guard<std::mutex> lock(channels_mutex_);
+        if (channels_.erase(stream->channel)) --in_flight_;
+    };
+    if (!queue_.push(stream->requests)) {
+        done();
+        return reply_error(res, 429, "the queue is full ([serve] max_queue requests wait already); retry later", "", "queue_full");
+    }
+    const std::string& model = limits_.model_name;
+    if (!call.stream) {
+        std::vector<ChoiceResult> choices(call.prompts.size());
+        for (size_t finished = 0; finished < choices.size();) {
+            ServeEvent e;
+            if (!stream->channel->pop(e, 1000ms)) continue;
+            if (e.kind == ServeEvent::kFailed) {
+                for (auto& r : stream->requests) r->cancelled = true;
+                done();
+                return reply_error(res, e.status, e.error, "", e.code);
+            }
+            if (e.kind != ServeEvent::kFinished) continue;
+            choices[e.index] = {e.text, e.output, e.finish_reason};
+            ++finished;
+        }
+        res.set_content(response_body(call, stream->id, stream->created, model, choices).dump(-1, ' ', false, json::error_handler_t::replace),
+                        "application/json");
+        done();
+        return;
+    }
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [stream, model](size_t, httplib::DataSink& sink) {
+            Stream& s = *stream;
+            auto write = [&](const std::string& text) { return sink.write(text.data(), text.size()); };
+            if (!s.started) {
+                s.started = true;
+                if (s.call.chat)
+                    for (size_t i = 0; i < s.requests.size(); ++i)
+                        if (!write(sse(stream_role_chunk(s.id, s.created, model, (int)i)))) return false;
+            }
+            ServeEvent e;
+            if (!s.channel->pop(e, 200ms)) return sink.is_writable();
+            bool ok = true;
+            if (e.kind == ServeEvent::kFailed) {
+                write(sse(error_body(e.status, e.error, "", e.code)));
+                s.ended = true;
+                sink.done();
+                return true;
+            }
+            if (e.kind == ServeEvent::kToken) {
+                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, "")));
+            } else {
+                ++s.finished;
+                s.generated += (int64_t)e.output.size();
+                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, {e.token}, e.finish_reason)));
+                if (ok && s.finished == s.requests.size()) {
+                    if (s.call.include_usage) ok = write(sse(stream_usage_chunk(s.call, s.id, s.created, model, s.generated)));
+                    ok = ok && write("data: [DONE]\n\n");
+                    s.ended = true;
+                    sink.done();
+                }
+            }
+            return ok;
+        },
+        [stream, done](bool) {
+            // Ended before its last chunk: the client went away; the scheduler drops it.
+            if (!stream->ended)
+                for (auto& r : stream->requests) r->cancelled = true;
+            done();
+        });
+}
+
+}  // namespace tpx

@@ -1,0 +1,67 @@
+// The HTTP side of `tpx serve` on rank 0 (cpp-httplib): routes, the API key, OpenAI's JSON and
+// SSE, /health and /metrics. Handlers turn calls into ServeRequests on the queue and wait on
+// their channel; they never touch MPI (the scheduler thread owns it).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "server/metrics.h"
+#include "server/openai_api.h"
+#include "server/request.h"
+
+namespace httplib {
+class Server;
+struct Request;
+struct Response;
+}  // namespace httplib
+
+namespace tpx {
+
+struct HttpSettings {
+    std::string host = "127.0.0.1";
+    int port = 8000;      // 0 = any free port
+    std::string api_key;  // "" = none
+    int threads = 64;     // connections served at once (each waiting call holds one)
+};
+
+class HttpServer {
+public:
+    HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& queue, ServeMetrics& metrics);
+    ~HttpServer();
+
+    // Binds and starts serving on a thread of its own; returns the port. Throws Error when the
+    // address cannot be bound.
+    int start();
+    // Calls are answered 503 until the weights are loaded.
+    void set_ready() { ready_ = true; }
+    // SIGTERM: new calls are answered 503; those already taken are finished.
+    void start_draining() { draining_ = true; }
+    // Every call still waiting gets `message` as a 500 (a rank failed).
+    void fail_all(const std::string& message);
+    // Calls whose answer is not yet written in full.
+    int in_flight() const { return in_flight_; }
+    // Ends the listening thread (after the calls in flight are answered).
+    void stop();
+
+private:
+    void handle_call(const httplib::Request& req, httplib::Response& res, bool chat);
+
+    HttpSettings settings_;
+    ApiLimits limits_;
+    RequestQueue& queue_;
+    ServeMetrics& metrics_;
+    std::unique_ptr<httplib::Server> server_;
+    std::thread thread_;
+    std::atomic<bool> ready_{false}, draining_{false};
+    std::atomic<int> in_flight_{0};
+    std::mutex channels_mutex_;
+    std::set<std::shared_ptr<ResponseChannel>> channels_;  // of calls waiting for their answer
+    std::string failure_;  // fail_all's message, once it was called
+};
+
+}  // namespace tpx

@@ -1,0 +1,252 @@
+// Parameters follow OpenAI's API reference; what tpx cannot honour (n > 1, echo, logprobs) is
+// refused with 400 rather than ignored, so that a client never gets an answer it did not ask for.
+#include "server/openai_api.h"
+
+#include <cmath>
+
+namespace tpx {
+namespace {
+
+using nlohmann::json;
+
+const char* error_type(int status) {
+    switch (status) {
+        case 401: return "authentication_error";
+        case 404: return "not_found_error";
+        case 429: return "rate_limit_error";
+        case 500: return "server_error";
+        case 503: return "service_unavailable";
+        default: return "invalid_request_error";
+    }
+}
+
+[[noreturn]] void bad(const std::string& param, const std::string& message) { throw ApiError(400, message, param, "invalid_value"); }
+
+bool given(const json& body, const char* key) { return body.contains(key) && !body[key].is_null(); }
+
+double number_in(const json& body, const char* key, double lo, double hi, double fallback) {
+    if (!given(body, key)) return fallback;
+    const json& v = body[key];
+    if (!v.is_number()) bad(key, std::string("'") + key + "' must be a number");
+    double x = v.get<double>();
+    if (!(x >= lo && x <= hi)) bad(key, std::string("'") + key + "' = " + v.dump() + " is out of range [" + json(lo).dump() + ", " + json(hi).dump() + "]");
+    return x;
+}
+
+int64_t integer_in(const json& body, const char* key, int64_t lo, int64_t hi, int64_t fallback) {
+    if (!given(body, key)) return fallback;
+    const json& v = body[key];
+    if (!v.is_number_integer()) bad(key, std::string("'") + key + "' must be an integer");
+    int64_t x = v.get<int64_t>();
+    if (x < lo || x > hi) bad(key, std::string("'") + key + "' = " + std::to_string(x) + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return x;
+}
+
+bool boolean(const json& body, const char* key) {
+    if (!given(body, key)) return false;
+    if (!body[key].is_boolean()) bad(key, std::string("'") + key + "' must be true or false");
+    return body[key].get<bool>();
+}
+
+const Tokenizer& tokenizer_for(const ApiLimits& limits, const char* param) {
+    if (!limits.text || !limits.text->tokenizer)
+        bad(param, "model '" + limits.model_name + "' has no tokenizer: give the prompt as token ids");
+    return *limits.text->tokenizer;
+}
+
+std::vector<int32_t> ids_of(const json& list, const ApiLimits& limits) {
+    std::vector<int32_t> ids;
+    for (const json& t : list) {
+        if (!t.is_number_integer()) bad("prompt", "a token-id prompt holds only integers");
+        int64_t id = t.get<int64_t>();
+        if (id < 0 || id >= limits.vocab)
+            bad("prompt", "token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(limits.vocab) + ")");
+        ids.push_back((int32_t)id);
+    }
+    return ids;
+}
+
+// A string, a list of strings, a list of ids, or a list of lists of ids.
+std::vector<std::vector<int32_t>> completion_prompts(const json& body, const ApiLimits& limits) {
+    if (!given(body, "prompt")) bad("prompt", "'prompt' is required");
+    const json& p = body["prompt"];
+    std::vector<std::vector<int32_t>> out;
+    if (p.is_string()) {
+        out.push_back(tokenizer_for(limits, "prompt").encode(p.get<std::string>()));
+    } else if (p.is_array() && !p.empty() && p[0].is_string()) {
+        for (const json& s : p) {
+            if (!s.is_string()) bad("prompt", "a list of prompts holds strings only, or token-id lists only");
+            out.push_back(tokenizer_for(limits, "prompt").encode(s.get<std::string>()));
+        }
+    } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
+        out.push_back(ids_of(p, limits));
+    } else if (p.is_array() && !p.empty() && p[0].is_array()) {
+        for (const json& l : p) {
+            if (!l.is_array()) bad("prompt", "a list of token-id prompts holds lists of integers only");
+            out.push_back(ids_of(l, limits));
+        }
+    } else {
+        bad("prompt", "'prompt' must be a string, a list of strings, a list of token ids or a list of token-id lists");
+    }
+    for (const auto& ids : out)
+        if (ids.empty()) bad("prompt", "a prompt is empty (no tokens)");
+    return out;
+}
+
+std::vector<int32_t> chat_prompt(const json& body, const ApiLimits& limits) {
+    if (!given(body, "messages") || !body["messages"].is_array() || body["messages"].empty())
+        bad("messages", "'messages' must be a non-empty list of {\"role\", \"content\"}");
+    if (!limits.text || !limits.text->tokenizer || !limits.text->chat)
+        bad("messages", "model '" + limits.model_name + "' has no chat template: use /v1/completions");
+    nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+    for (const json& m : body["messages"]) {
+        if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+            bad("messages", "every message needs a string 'role'");
+        nlohmann::ordered_json msg = {{"role", m["role"]}};
+        const json& c = m.contains("content") ? m["content"] : json();
+        if (c.is_string()) {
+            msg["content"] = c;
+        } else if (c.is_array()) {  // content parts: their text, joined
+            std::string text;
+            for (const json& part : c) {
+                if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+                    bad("messages", "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported");
+                text += part["text"].get<std::string>();
+            }
+            msg["content"] = text;
+        } else if (c.is_null()) {
+            msg["content"] = "";
+        } else {
+            bad("messages", "a message's 'content' must be a string or a list of text parts");
+        }
+        messages.push_back(std::move(msg));
+    }
+    std::vector<int32_t> ids;
+    try {
+        ids = limits.text->encode_chat(messages, /*add_generation_prompt=*/true);
+    } catch (const std::exception& e) {
+        bad("messages", std::string("the chat template failed: ") + e.what());
+    }
+    if (ids.empty()) bad("messages", "the messages render to no tokens");
+    return ids;
+}
+
+}  // namespace
+
+json error_body(int status, const std::string& message, const std::string& param, const std::string& code) {
+    return {{"error",
+             {{"message", message},
+              {"type", error_type(status)},
+              {"param", param.empty() ? json() : json(param)},
+              {"code", code.empty() ? json() : json(code)}}}};
+}
+
+ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
+    if (!body.is_object()) throw ApiError(400, "the request body must be a JSON object", "", "invalid_json");
+    if (given(body, "model")) {
+        if (!body["model"].is_string()) bad("model", "'model' must be a string");
+        if (body["model"].get<std::string>() != limits.model_name)
+            throw ApiError(404, "The model '" + body["model"].get<std::string>() + "' does not exist; this server has '" +
+                                    limits.model_name + "'", "model", "model_not_found");
+    }
+    ApiCall call;
+    call.chat = chat;
+    if (integer_in(body, "n", 1, 1, 1) != 1) bad("n", "only n = 1 is supported");
+    if (!chat && boolean(body, "echo")) bad("echo", "echo = true is not supported");
+    if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
+        bad("logprobs", "logprobs are not supported");
+    if (given(body, "best_of") && integer_in(body, "best_of", 1, 1, 1) != 1) bad("best_of", "only best_of = 1 is supported");
+    call.stream = boolean(body, "stream");
+    if (given(body, "stream_options")) {
+        if (!body["stream_options"].is_object()) bad("stream_options", "'stream_options' must be an object");
+        call.include_usage = boolean(body["stream_options"], "include_usage");
+    }
+    call.return_token_ids = boolean(body, "return_token_ids");
+    call.temperature = number_in(body, "temperature", 0, 2, limits.default_temperature);
+    call.top_p = number_in(body, "top_p", 0, 1, limits.default_top_p);
+    if (call.top_p <= 0) bad("top_p", "'top_p' must be > 0");
+    call.top_k = integer_in(body, "top_k", -1, 1 << 30, limits.default_top_k);
+    if (call.top_k < 0) call.top_k = 0;  // vLLM's -1: no cut
+    if (given(body, "seed")) {
+        if (!body["seed"].is_number_integer()) bad("seed", "'seed' must be an integer");
+        call.seed = body["seed"].is_number_unsigned() ? body["seed"].get<uint64_t>() : (uint64_t)body["seed"].get<int64_t>();
+    }
+    if (given(body, "stop")) {
+        const json& s = body["stop"];
+        if (s.is_string()) call.stop.push_back(s.get<std::string>());
+        else if (s.is_array())
+            for (const json& x : s) {
+                if (!x.is_string()) bad("stop", "'stop' must be a string or a list of strings");
+                call.stop.push_back(x.get<std::string>());
+            }
+        else bad("stop", "'stop' must be a string or a list of strings");
+        for (const std::string& x : call.stop)
+            if (x.empty()) bad("stop", "'stop' holds an empty string");
+        if (!call.stop.empty() && (!limits.text || !limits.text->tokenizer))
+            bad("stop", "stop strings need a tokenizer, and model '" + limits.model_name + "' has none");
+    }
+    const char* max_key = chat && given(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+    const bool max_given = given(body, max_key);
+    const int64_t max_tokens = integer_in(body, max_key, 1, 1 << 30, limits.default_max_tokens);
+    if (chat) call.prompts.push_back(chat_prompt(body, limits));
+    else call.prompts = completion_prompts(body, limits);
+    for (const auto& p : call.prompts) {
+        int64_t room = limits.max_seq_len - (int64_t)p.size();
+        if (room < 1 || (max_given && max_tokens > room))
+            throw ApiError(413, "This model's maximum context length is " + std::to_string(limits.max_seq_len) + " tokens; the prompt has " +
+                                    std::to_string(p.size()) + (max_given ? " and max_tokens is " + std::to_string(max_tokens) : std::string()) +
+                                    " (run.max_seq_len)", max_given ? max_key : (chat ? "messages" : "prompt"), "context_length_exceeded");
+        call.max_tokens.push_back(std::min(max_tokens, room));
+    }
+    return call;
+}
+
+json usage_body(const ApiCall& call, int64_t completion_tokens) {
+    int64_t prompt_tokens = 0;
+    for (const auto& p : call.prompts) prompt_tokens += (int64_t)p.size();
+    return {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens}, {"total_tokens", prompt_tokens + completion_tokens}};
+}
+
+json response_body(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
+                   const std::vector<ChoiceResult>& choices) {
+    json out = {{"id", id}, {"object", call.chat ? "chat.completion" : "text_completion"}, {"created", created}, {"model", model}};
+    json list = json::array();
+    int64_t generated = 0;
+    for (size_t i = 0; i < choices.size(); ++i) {
+        const ChoiceResult& c = choices[i];
+        json choice = {{"index", i}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}};
+        if (call.chat) choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+        else choice["text"] = c.text;
+        if (call.return_token_ids) {
+            choice["token_ids"] = c.output;
+            choice["prompt_token_ids"] = call.prompts[i];
+        }
+        list.push_back(std::move(choice));
+        generated += (int64_t)c.output.size();
+    }
+    out["choices"] = std::move(list);
+    out["usage"] = usage_body(call, generated);
+    return out;
+}
+
+json stream_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index,
+                  const std::string& text, const std::vector<int32_t>& tokens, const std::string& finish_reason) {
+    json choice = {{"index", index}, {"logprobs", nullptr}, {"finish_reason", finish_reason.empty() ? json() : json(finish_reason)}};
+    if (call.chat) choice["delta"] = finish_reason.empty() || !text.empty() ? json{{"content", text}} : json::object();
+    else choice["text"] = text;
+    if (call.return_token_ids) choice["token_ids"] = tokens;
+    return {{"id", id}, {"object", call.chat ? "chat.completion.chunk" : "text_completion"}, {"created", created}, {"model", model},
+            {"choices", json::array({choice})}};
+}
+
+json stream_role_chunk(const std::string& id, int64_t created, const std::string& model, int index) {
+    json choice = {{"index", index}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+    return {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model}, {"choices", json::array({choice})}};
+}
+
+json stream_usage_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int64_t completion_tokens) {
+    return {{"id", id}, {"object", call.chat ? "chat.completion.chunk" : "text_completion"}, {"created", created}, {"model", model},
+            {"choices", json::array()}, {"usage", usage_body(call, completion_tokens)}};
+}
+
+}  // namespace tpx

@@ -1,0 +1,77 @@
+// OpenAI's HTTP schema for /v1/completions and /v1/chat/completions: request bodies checked and
+// turned into prompts and limits (each error names its parameter, as OpenAI's do), and the
+// response, stream-chunk and error bodies. Pure functions of their inputs; no HTTP, no MPI.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "text/text_tools.h"
+
+namespace tpx {
+
+// An error answered as {"error": {"message", "type", "param", "code"}} with this HTTP status.
+struct ApiError : std::runtime_error {
+    ApiError(int status, const std::string& message, std::string param = "", std::string code = "")
+        : std::runtime_error(message), status(status), param(std::move(param)), code(std::move(code)) {}
+    int status;
+    std::string param, code;
+};
+nlohmann::json error_body(int status, const std::string& message, const std::string& param = "", const std::string& code = "");
+
+// What the server knows when it checks a call (from the job and the plan).
+struct ApiLimits {
+    std::string model_name;
+    int64_t vocab = 0;
+    int64_t max_seq_len = 0;          // prompt + generated tokens of one sequence
+    int64_t default_max_tokens = 16;  // run.max_new_tokens, when a call gives no max_tokens
+    double default_temperature = 0;   // run.sampling's, when a call gives none
+    int64_t default_top_k = 0;
+    double default_top_p = 1;
+    const TextTools* text = nullptr;  // tokenizer and chat template; null or empty = token-id prompts only
+};
+
+// One checked call: its prompts as ids and how to generate from each.
+struct ApiCall {
+    bool chat = false;
+    bool stream = false;
+    bool include_usage = false;       // stream_options.include_usage
+    bool return_token_ids = false;    // choices carry token_ids and prompt_token_ids (as vLLM's)
+    std::vector<std::vector<int32_t>> prompts;
+    std::vector<int64_t> max_tokens;  // per prompt
+    double temperature = 0;
+    int64_t top_k = 0;
+    double top_p = 1;
+    std::optional<uint64_t> seed;
+    std::vector<std::string> stop;
+};
+
+// Throws ApiError: 400 (bad or unsupported parameter, naming it), 404 (another model), 413
+// (prompt + max_tokens beyond max_seq_len).
+ApiCall parse_call(const nlohmann::json& body, const ApiLimits& limits, bool chat);
+
+// One prompt's answer.
+struct ChoiceResult {
+    std::string text;
+    std::vector<int32_t> output;
+    std::string finish_reason;
+};
+
+nlohmann::json response_body(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
+                             const std::vector<ChoiceResult>& choices);
+// A stream chunk of prompt `index`: its new text (and token), or its end (finish_reason set).
+nlohmann::json stream_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index,
+                            const std::string& text, const std::vector<int32_t>& tokens, const std::string& finish_reason);
+// The chat stream's first chunk of a prompt: the assistant's role.
+nlohmann::json stream_role_chunk(const std::string& id, int64_t created, const std::string& model, int index);
+// The chunk after the last when stream_options.include_usage: usage, no choices.
+nlohmann::json stream_usage_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
+                                  int64_t completion_tokens);
+nlohmann::json usage_body(const ApiCall& call, int64_t completion_tokens);
+
+}  // namespace tpx

@@ -1,0 +1,118 @@
+// A request as the scheduler sees it (one prompt, its limits and sampling), and the channel its
+// tokens go back on. HTTP threads make requests and wait on channels; the scheduler thread (rank
+// 0's, the one that owns MPI) takes requests from the queue and pushes events. No MPI here.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace tpx {
+
+using ServeClock = std::chrono::steady_clock;
+
+// What the scheduler tells the HTTP side about one prompt of a call.
+struct ServeEvent {
+    enum Kind { kToken, kFinished, kFailed };
+    Kind kind = kToken;
+    int index = 0;                // which prompt of the call
+    int32_t token = 0;            // kToken, kFinished: the id just generated
+    std::string text;             // kToken: text that became final with it; kFinished: the whole output text
+    std::string tail;             // kFinished: the text not yet sent in kToken events
+    std::string finish_reason;    // kFinished: "stop" (eos or a stop string) or "length"
+    std::vector<int32_t> output;  // kFinished: every generated id
+    std::string error;            // kFailed: why (names the rank)
+    int status = 500;             // kFailed: the HTTP status it is answered with
+    std::string code = "rank_failed";
+};
+
+// One HTTP call's events, from every prompt it holds (a completions call may give several).
+class ResponseChannel {
+public:
+    void push(ServeEvent e) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            events_.push_back(std::move(e));
+        }
+        cv_.notify_all();
+    }
+    // The next event, waiting up to `timeout`; false when none came.
+    bool pop(ServeEvent& out, std::chrono::milliseconds timeout) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        if (!cv_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return false;
+        out = std::move(events_.front());
+        events_.pop_front();
+        return true;
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<ServeEvent> events_;
+};
+
+struct ServeRequest {
+    int index = 0;                    // the prompt's place in its call
+    std::vector<int32_t> prompt;
+    int64_t max_tokens = 16;
+    double temperature = 0;           // 0 = greedy
+    int64_t top_k = 0;                // 0 = no cut
+    double top_p = 1;
+    uint64_t seed = 0;                // with the prompt, fixes the sampled tokens
+    std::vector<std::string> stop;    // stop strings (need the tokenizer)
+    ServeClock::time_point arrived = ServeClock::now();
+    std::atomic<bool> cancelled{false};  // the client went away: the scheduler drops it, freeing its slot
+    std::shared_ptr<ResponseChannel> channel;
+};
+
+// Requests waiting for a KV slot, bounded: a full queue refuses (the HTTP side answers 429).
+class RequestQueue {
+public:
+    explicit RequestQueue(size_t capacity) : capacity_(capacity) {}
+    // All of `batch` or none of it.
+    bool push(const std::vector<std::shared_ptr<ServeRequest>>& batch) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (closed_ || queue_.size() + batch.size() > capacity_) return false;
+            queue_.insert(queue_.end(), batch.begin(), batch.end());
+        }
+        cv_.notify_all();
+        return true;
+    }
+    // The oldest request, waiting up to `timeout` for one; null when none came.
+    std::shared_ptr<ServeRequest> pop(std::chrono::milliseconds timeout) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        if (!cv_.wait_for(lock, timeout, [&] { return !queue_.empty() || closed_; }) || queue_.empty()) return nullptr;
+        std::shared_ptr<ServeRequest> r = std::move(queue_.front());
+        queue_.pop_front();
+        return r;
+    }
+    size_t size() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return queue_.size();
+    }
+    // No more requests are taken; those waiting are returned (to be answered).
+    std::deque<std::shared_ptr<ServeRequest>> close() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        closed_ = true;
+        cv_.notify_all();
+        return std::move(queue_);
+    }
+    // Wakes a waiting pop (a signal arrived).
+    void wake() { cv_.notify_all(); }
+
+private:
+    const size_t capacity_;
+    mutable std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<std::shared_ptr<ServeRequest>> queue_;
+    bool closed_ = false;
+};
+
+}  // namespace tpx

@@ -1,0 +1,188 @@
+// The OpenAI Node SDK (npm `openai`) as tpx serve's client, for tests/test_serve.cpp: each mode
+// makes its calls and prints one JSON object with what came back; the C++ test judges it.
+// usage: node client.mjs NODE_MODULES BASE_URL API_KEY MODE [ARG]
+import { createRequire } from "node:module";
+import path from "node:path";
+
+const [modules, base, apiKey, mode, arg] = process.argv.slice(2);
+const require = createRequire(path.join(modules, "x.js"));
+const OpenAI = require("openai");
+const client = new OpenAI({ baseURL: base + "/v1", apiKey, maxRetries: 0, timeout: 120000 });
+const model = "tiny";
+
+// An error as the SDK reports it.
+function failure(e) {
+  return { status: e.status ?? null, type: e.type ?? null, param: e.param ?? null, code: e.code ?? null, message: e.message };
+}
+
+async function complete(body) {
+  const r = await client.completions.create({ model, temperature: 0, return_token_ids: true, ...body });
+  const c = r.choices[0];
+  return { text: c.text, token_ids: c.token_ids, prompt_token_ids: c.prompt_token_ids, finish_reason: c.finish_reason, usage: r.usage, object: r.object };
+}
+
+async function completeStream(body) {
+  const stream = await client.completions.create({ model, temperature: 0, return_token_ids: true, stream: true, ...body });
+  let text = "", ids = [], finish = null, chunks = 0;
+  for await (const chunk of stream) {
+    const c = chunk.choices[0];
+    chunks++;
+    text += c.text;
+    ids.push(...(c.token_ids ?? []));
+    if (c.finish_reason) finish = c.finish_reason;
+  }
+  return { text, token_ids: ids, finish_reason: finish, chunks };
+}
+
+async function chat(body) {
+  const r = await client.chat.completions.create({ model, temperature: 0, return_token_ids: true, ...body });
+  const c = r.choices[0];
+  return { text: c.message.content, role: c.message.role, token_ids: c.token_ids, finish_reason: c.finish_reason, usage: r.usage, object: r.object };
+}
+
+async function chatStream(body) {
+  const stream = await client.chat.completions.create({ model, temperature: 0, return_token_ids: true, stream: true, ...body });
+  let text = "", ids = [], finish = null, role = null;
+  for await (const chunk of stream) {
+    const c = chunk.choices[0];
+    if (c.delta.role) role = c.delta.role;
+    text += c.delta.content ?? "";
+    ids.push(...(c.token_ids ?? []));
+    if (c.finish_reason) finish = c.finish_reason;
+  }
+  return { text, token_ids: ids, finish_reason: finish, role };
+}
+
+// 32 prompts of mixed lengths (token ids; a fixed LCG), half greedy, half sampled with a seed.
+function mixedCalls() {
+  let x = 12345;
+  const next = (n) => ((x = (x * 1103515245 + 12345) % 2147483648), (x >> 16) % n);
+  const calls = [];
+  for (let i = 0; i < 32; i++) {
+    const prompt = Array.from({ length: 1 + next(40) }, () => 3 + next(200));
+    const body = { prompt, max_tokens: 1 + next(20) };
+    if (i % 2) Object.assign(body, { temperature: 0.9, top_p: 0.95, seed: 1000 + i });
+    calls.push(body);
+  }
+  return calls;
+}
+
+async function metrics() {
+  const r = await fetch(base + "/metrics", { headers: { Authorization: "Bearer " + apiKey } });
+  const text = await r.text();
+  const get = (name) => Number((text.match(new RegExp("^" + name + " (\\S+)$", "m")) ?? [])[1]);
+  return { cancelled: get("tpx_requests_cancelled_total"), running: get("tpx_running_sequences"), queue: get("tpx_queue_depth") };
+}
+
+const modes = {
+  // Every prompt of ARG (a JSON file: [{id, text} | {id, messages}]) as completions or chat, whole and streamed.
+  async outputs() {
+    const { readFileSync } = await import("node:fs");
+    const out = {};
+    for (const p of JSON.parse(readFileSync(arg, "utf8"))) {
+      const body = p.text !== undefined ? { prompt: p.text, max_tokens: 16 } : { messages: p.messages, max_tokens: 16 };
+      out[p.id] = p.text !== undefined ? { whole: await complete(body), streamed: await completeStream(body) }
+                                       : { whole: await chat(body), streamed: await chatStream(body) };
+    }
+    return out;
+  },
+  // A stop string ("count", from the greedy text of ARG) ends the output and is cut from it,
+  // whole and streamed; the streamed usage chunk counts the tokens.
+  async stop() {
+    const body = { prompt: arg, max_tokens: 16, stop: ["zzz-never", "count"] };
+    const whole = await complete(body);
+    const streamed = await completeStream(body);
+    const stream = await client.completions.create({ model, prompt: arg, max_tokens: 5, temperature: 0, stream: true,
+                                                     stream_options: { include_usage: true } });
+    let usage = null;
+    for await (const chunk of stream) if (chunk.usage) usage = chunk.usage;
+    return { whole, streamed, usage };
+  },
+  // A model without a tokenizer: ids in, ids out; a text prompt is refused.
+  async ids() {
+    const ids = await complete({ prompt: [1, 2, 3], max_tokens: 6 });
+    let text = { status: 200 };
+    try { await client.completions.create({ model, prompt: "Hello" }); } catch (e) { text = failure(e); }
+    return { ids, text };
+  },
+  // Each call alone, then all 32 at once: every answer must be the same.
+  async concurrent() {
+    const calls = mixedCalls();
+    const alone = [];
+    for (const c of calls) alone.push(await complete(c));
+    const together = await Promise.all(calls.map((c, i) => (i % 3 ? complete(c) : completeStream(c))));
+    const differ = [];
+    calls.forEach((c, i) => {
+      if (JSON.stringify(alone[i].token_ids) !== JSON.stringify(together[i].token_ids) || alone[i].text !== together[i].text)
+        differ.push({ i, alone: alone[i], together: together[i] });
+    });
+    return { count: calls.length, differ, tokens: alone.map((a) => a.token_ids.length), prompt_lengths: calls.map((c) => c.prompt.length) };
+  },
+  async errors() {
+    const out = {};
+    const attempt = async (name, fn) => {
+      try { await fn(); out[name] = { status: 200 }; } catch (e) { out[name] = failure(e); }
+    };
+    await attempt("bad_key", () => new OpenAI({ baseURL: base + "/v1", apiKey: "wrong", maxRetries: 0 }).completions.create({ model, prompt: "Hi" }));
+    await attempt("n", () => client.completions.create({ model, prompt: "Hi", n: 2 }));
+    await attempt("echo", () => client.completions.create({ model, prompt: "Hi", echo: true }));
+    await attempt("temperature", () => client.completions.create({ model, prompt: "Hi", temperature: "hot" }));
+    await attempt("token_range", () => client.completions.create({ model, prompt: [1, 99999999] }));
+    await attempt("messages", () => client.chat.completions.create({ model, messages: [] }));
+    await attempt("model", () => client.completions.create({ model: "gpt-17", prompt: "Hi" }));
+    await attempt("too_long", () => client.completions.create({ model, prompt: "Hi", max_tokens: 100000 }));
+    await attempt("route", () => client.get("/no/such/route"));
+    // Not JSON at all: the SDK always sends JSON, so fetch does.
+    const r = await fetch(base + "/v1/completions", { method: "POST", body: "{not json", headers: { Authorization: "Bearer " + apiKey } });
+    out.bad_json = { status: r.status, ...(await r.json()).error };
+    out.models = (await client.models.list()).data.map((m) => m.id);
+    return out;
+  },
+  // ARG calls at once against one KV slot and a queue of one: the rest get 429.
+  async queue() {
+    const statuses = await Promise.all(Array.from({ length: Number(arg) }, () =>
+      client.completions.create({ model, prompt: "Hello", max_tokens: 8 }).then(() => 200, (e) => e.status ?? String(e))));
+    return { statuses };
+  },
+  // A stream abandoned after three chunks: the server cancels it and frees its slot.
+  async cancel() {
+    const before = await metrics();
+    const stream = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 200, stream: true });
+    let chunks = 0;
+    for await (const chunk of stream) if (++chunks === 3) break;  // leaving the loop aborts the request
+    let m = await metrics();
+    for (let i = 0; i < 100 && (m.cancelled === before.cancelled || m.running !== 0); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      m = await metrics();
+    }
+    const after = await complete({ prompt: "Hello", max_tokens: 4 });
+    return { before, after_cancel: m, chunks, next: after.token_ids.length };
+  },
+  // /health and a completion while the model loads (or after).
+  async health() {
+    const h = await fetch(base + "/health");
+    let completion = { status: 200 };
+    try { await client.completions.create({ model, prompt: "Hi", max_tokens: 1 }); } catch (e) { completion = failure(e); }
+    return { health: h.status, completion };
+  },
+  async metrics() {
+    return await metrics();
+  },
+  // One call of ARG tokens (for SIGTERM and rank-failure tests); prints when it is in flight.
+  async long() {
+    console.error("client: sending");
+    try {
+      const r = await complete({ prompt: "Once upon a time", max_tokens: Number(arg), stream: false });
+      return { status: 200, tokens: r.token_ids.length, finish_reason: r.finish_reason };
+    } catch (e) {
+      return failure(e);
+    }
+  },
+};
+
+try {
+  console.log(JSON.stringify(await modes[mode]()));
+} catch (e) {
+  console.log(JSON.stringify({ crashed: String(e), stack: e.stack }));
+  process.exit(1);
+}

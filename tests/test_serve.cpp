@@ -1,0 +1,331 @@
+// `tpx serve` end to end, with the official OpenAI Node SDK (npm `openai`, installed by the
+// serve_npm_fixture test) as the client (tests/serve/client.mjs), on models/tiny-text at tp 2 on
+// the CPU backend. References: `tpx run`'s outputs for the same prompts (greedy: bit-identical
+// on the CPU backend, so ids and text must be equal, not close); each call's own answer alone
+// (32 concurrent calls of mixed lengths must each get it again, greedy and seeded sampling
+// alike); OpenAI's error schema. Also: a stream abandoned mid-way frees its KV slot, a killed
+// rank ends the server within 10 s with a 500 naming it, SIGTERM finishes what is in flight and
+// leaves no process. Without node or the npm package every test skips, saying why.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "process.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+const std::string kModel = std::string(TPX_SOURCE_DIR) + "/models/tiny-text";
+const std::string kModules = std::string(TPX_SERVE_NPM_DIR) + "/node_modules";
+const std::string kKey = "sk-test";
+
+bool sdk_missing() { return !fs::exists(kModules + "/openai/package.json"); }
+#define SKIP_WITHOUT_SDK()                                                                                                      \
+    if (sdk_missing()) GTEST_SKIP() << "the npm package openai is not installed in " << kModules                              \
+                                    << " (node or npm missing, or no registry: see the serve_npm_fixture test's output)"
+
+// A `tpx serve` of tiny-text at tp 2 on a port of its own choosing, ended with its process group.
+class Server {
+public:
+    // `env`: VAR=value words the server starts with.
+    Server(const std::string& serve_extra, const std::string& flags = "", const char* wait_for = "serve: ready",
+           const std::string& model = kModel, const std::string& env = "") {
+        dir_ = tpx_test::temp_dir();
+        job_ = dir_ + "/job.toml";
+        std::ofstream(job_) << "[model]\npath = \"" << model << "\"\n[parallel]\ntp = 2\n[run]\nmax_new_tokens = 16\nmax_batch = 4\n"
+                            << "[serve]\nport = 0\nmodel_name = \"tiny\"\napi_key = \"" << kKey << "\"\n" << serve_extra;
+        proc_ = tpx_test::start_background((env.empty() ? "" : "env " + env + " ") + tpx_test::tpx_bin("tpx") + " serve " + job_ + " " + flags);
+        static const std::regex listening("listening on http://127\\.0\\.0\\.1:([0-9]+)");
+        for (int i = 0; i < 600; ++i) {
+            std::string err = tpx_test::read_text(proc_.err_path);
+            std::smatch m;
+            if (std::regex_search(err, m, listening)) port_ = std::stoi(m[1]);
+            if (port_ > 0 && err.find(wait_for) != std::string::npos) return;
+            if (waitpid(proc_.pid, nullptr, WNOHANG) == proc_.pid) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        ADD_FAILURE() << "tpx serve did not get to '" << wait_for << "':\n" << tpx_test::read_text(proc_.err_path);
+    }
+    ~Server() {
+        if (!ended_) tpx_test::wait_background(proc_, 0);  // kills the process group
+        fs::remove_all(dir_);
+    }
+    std::string base() const { return "http://127.0.0.1:" + std::to_string(port_); }
+    const std::string& job() const { return job_; }
+    pid_t pid() const { return proc_.pid; }
+    std::string err() const { return tpx_test::read_text(proc_.err_path); }
+    int wait(double seconds) {
+        ended_ = true;
+        return tpx_test::wait_background(proc_, seconds);
+    }
+
+private:
+    std::string dir_, job_;
+    tpx_test::Background proc_;
+    int port_ = 0;
+    bool ended_ = false;
+};
+
+std::string client_command(const Server& s, const std::string& mode, const std::string& arg = "") {
+    return "node " + std::string(TPX_SOURCE_DIR) + "/tests/serve/client.mjs " + kModules + " " + s.base() + " " + kKey + " " + mode + " '" +
+           arg + "'";
+}
+
+json client(const Server& s, const std::string& mode, const std::string& arg = "") {
+    tpx_test::ProcessResult r = tpx_test::run_process(client_command(s, mode, arg));
+    EXPECT_EQ(r.exit_code, 0) << mode << ":\n" << r.out << r.err;
+    try {
+        return json::parse(r.out);
+    } catch (const json::exception&) {
+        ADD_FAILURE() << mode << ": not JSON:\n" << r.out << r.err;
+        return json::object();
+    }
+}
+
+// Polls the server's metrics until `ok` holds (at most 20 s).
+json wait_for_metrics(const Server& s, const std::function<bool(const json&)>& ok) {
+    json m;
+    for (int i = 0; i < 100; ++i) {
+        m = client(s, "metrics");
+        if (ok(m)) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return m;
+}
+
+// HF's reference prompts (tests/data/golden/llama-text): five texts and six chats.
+json reference_prompts() {
+    const std::vector<std::string> texts = {"The capital of France is", "Once upon a time,", "東京は", "def fibonacci(n):\n",
+                                            "Résumé: naïve café 😀"};
+    json g = json::parse(tpx_test::read_text(std::string(TPX_TEST_DATA) + "/golden/llama-text/golden-text.json"));
+    json prompts = json::array();
+    for (const json& c : g.at("cases")) {
+        std::string id = c["id"];
+        if (id[0] == 't') prompts.push_back({{"id", id}, {"text", texts.at(std::stoi(id.substr(1)))}});
+        else prompts.push_back({{"id", id}, {"messages", c["messages"]}});
+    }
+    return prompts;
+}
+
+TEST(Serve, SdkCompletionsAndChatEqualTpxRun) {
+    SKIP_WITHOUT_SDK();
+    // The reference: `tpx run` of the same prompts, greedy, 16 tokens, tp 2.
+    std::string dir = tpx_test::temp_dir();
+    json prompts = reference_prompts();
+    {
+        std::ofstream lines(dir + "/prompts.jsonl");
+        for (const json& p : prompts) lines << p.dump() << "\n";
+        std::ofstream(dir + "/prompts.json") << prompts.dump();
+        std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kModel << "\"\n[parallel]\ntp = 2\n[run]\nprompts = \"prompts.jsonl\"\n"
+                                         << "max_new_tokens = 16\nmax_batch = 4\noutput = \"out.jsonl\"\n";
+    }
+    tpx_test::ProcessResult run = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + dir + "/job.toml");
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+    std::map<std::string, json> want;
+    std::ifstream in(dir + "/out.jsonl");
+    for (std::string line; std::getline(in, line);) {
+        json j = json::parse(line);
+        want[j["id"].get<std::string>()] = j;
+    }
+    Server server("prefill_chunk = 8\n");
+    json got = client(server, "outputs", dir + "/prompts.json");
+    fs::remove_all(dir);
+    ASSERT_EQ(want.size(), prompts.size());
+    for (const json& p : prompts) {
+        const std::string id = p["id"];
+        const json& w = want[id];
+        ASSERT_TRUE(got.contains(id)) << got.dump();
+        const std::string reason = w["finish_reason"] == "length" ? "length" : "stop";  // OpenAI's names: eos and stop strings are "stop"
+        for (const char* how : {"whole", "streamed"}) {
+            const json& g = got[id][how];
+            EXPECT_EQ(g["token_ids"], w["output_ids"]) << id << " " << how;
+            EXPECT_EQ(g["text"], w["text"]) << id << " " << how;
+            EXPECT_EQ(g["finish_reason"], reason) << id << " " << how;
+        }
+        const json& whole = got[id]["whole"];
+        EXPECT_EQ(whole["usage"]["prompt_tokens"], w["prompt_tokens"]) << id;
+        EXPECT_EQ(whole["usage"]["completion_tokens"], w["output_ids"].size()) << id;
+        EXPECT_EQ(whole["object"], p.contains("text") ? "text_completion" : "chat.completion") << id;
+        if (p.contains("messages")) {
+            EXPECT_EQ(whole["role"], "assistant") << id;
+            EXPECT_EQ(got[id]["streamed"]["role"], "assistant") << id;
+        }
+    }
+    // A stop string cuts the text where `tpx run`'s greedy text has it, whole and streamed (the
+    // stream holds back text that could begin a stop string, and never sends the stop itself).
+    const std::string full = want["t0"]["text"];
+    const size_t at = full.find("count");
+    ASSERT_NE(at, std::string::npos) << full;
+    json stop = client(server, "stop", prompts[0]["text"].get<std::string>());
+    for (const char* how : {"whole", "streamed"}) {
+        EXPECT_EQ(stop[how]["text"], full.substr(0, at)) << how;
+        EXPECT_EQ(stop[how]["finish_reason"], "stop") << how;
+        std::vector<int> ids = stop[how]["token_ids"], all = want["t0"]["output_ids"];
+        ASSERT_LT(ids.size(), all.size()) << how;
+        EXPECT_EQ(ids, std::vector<int>(all.begin(), all.begin() + (ptrdiff_t)ids.size())) << how;
+    }
+    EXPECT_EQ(stop["usage"]["completion_tokens"], 5) << stop.dump();
+}
+
+TEST(Serve, ConcurrentRequestsOfMixedLengthsEqualTheirAnswersAlone) {
+    SKIP_WITHOUT_SDK();
+    // 4 KV slots and 4-token prefill chunks: 32 calls queue, join and leave the batch at every
+    // step, and their prompts (up to 40 tokens) are prefilled in chunks between decode steps.
+    Server server("prefill_chunk = 4\n");
+    json r = client(server, "concurrent");
+    EXPECT_EQ(r["count"], 32);
+    ASSERT_TRUE(r["differ"].is_array()) << r.dump();
+    EXPECT_TRUE(r["differ"].empty()) << r["differ"].dump(1);
+    int chunked = 0;
+    for (const json& n : r["prompt_lengths"]) chunked += n.get<int>() > 4;
+    EXPECT_GE(chunked, 16) << "most prompts must need several prefill chunks";
+}
+
+TEST(Serve, ErrorsFollowOpenAIsSchema) {
+    SKIP_WITHOUT_SDK();
+    Server server("");
+    json r = client(server, "errors");
+    struct Want {
+        const char* name;
+        int status;
+        const char* param;
+    };
+    for (const Want& w : std::vector<Want>{{"bad_key", 401, nullptr},
+                                           {"n", 400, "n"},
+                                           {"echo", 400, "echo"},
+                                           {"temperature", 400, "temperature"},
+                                           {"token_range", 400, "prompt"},
+                                           {"messages", 400, "messages"},
+                                           {"model", 404, "model"},
+                                           {"too_long", 413, "max_tokens"},
+                                           {"route", 404, nullptr},
+                                           {"bad_json", 400, nullptr}}) {
+        ASSERT_TRUE(r.contains(w.name)) << r.dump();
+        const json& e = r[w.name];
+        EXPECT_EQ(e["status"], w.status) << w.name << ": " << e.dump();
+        EXPECT_EQ(e["param"], w.param ? json(w.param) : json()) << w.name << ": " << e.dump();
+        EXPECT_TRUE(e["type"].is_string()) << w.name << ": " << e.dump();
+        EXPECT_FALSE(e["message"].get<std::string>().empty()) << w.name;
+    }
+    EXPECT_EQ(r["models"], json::array({"tiny"}));
+}
+
+// models/tiny has no tokenizer: token-id prompts are served with empty text, text prompts refused.
+TEST(Serve, AModelWithoutTokenizerServesTokenIds) {
+    SKIP_WITHOUT_SDK();
+    Server server("", "", "serve: ready", std::string(TPX_SOURCE_DIR) + "/models/tiny");
+    json r = client(server, "ids");
+    EXPECT_EQ(r["ids"]["text"], "") << r.dump();
+    EXPECT_EQ(r["ids"]["token_ids"].size(), r["ids"]["finish_reason"] == "length" ? 6u : r["ids"]["token_ids"].size()) << r.dump();
+    EXPECT_GE(r["ids"]["token_ids"].size(), 1u) << r.dump();
+    EXPECT_EQ(r["ids"]["prompt_token_ids"], json::array({1, 2, 3})) << r.dump();
+    EXPECT_EQ(r["text"]["status"], 400) << r.dump();
+    EXPECT_EQ(r["text"]["param"], "prompt") << r.dump();
+}
+
+// The followers wait for each step in a broadcast that times out (TPX_COLLECTIVE_TIMEOUT_S, 2 s
+// here): an idle rank 0 keeps them alive with heartbeats, so a call after 5 idle seconds is served.
+TEST(Serve, AnIdleServerOutlivesTheCollectiveTimeout) {
+    SKIP_WITHOUT_SDK();
+    Server server("", "", "serve: ready", kModel, "TPX_COLLECTIVE_TIMEOUT_S=2");
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+    json r = client(server, "health");
+    EXPECT_EQ(r["health"], 200) << r.dump() << server.err();
+    EXPECT_EQ(r["completion"]["status"], 200) << r.dump() << server.err();
+}
+
+// Rank 0 listens while the ranks load: 503 until the model is ready (held 4 s longer here).
+TEST(Serve, LoadingAnswers503UntilReady) {
+    SKIP_WITHOUT_SDK();
+    Server server("", "--ready-delay-ms 4000", "serve: listening");
+    json loading = client(server, "health");
+    EXPECT_EQ(loading["health"], 503) << loading.dump();
+    EXPECT_EQ(loading["completion"]["status"], 503) << loading.dump();
+    for (int i = 0; i < 100 && server.err().find("serve: ready") == std::string::npos; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    json ready = client(server, "health");
+    EXPECT_EQ(ready["health"], 200) << ready.dump();
+    EXPECT_EQ(ready["completion"]["status"], 200) << ready.dump();
+}
+
+TEST(Serve, QueueBeyondMaxQueueAnswers429) {
+    SKIP_WITHOUT_SDK();
+    // run.max_batch = 4 slots and one waiting: of 12 calls at once, at least 7 are refused.
+    Server server("max_queue = 1\n", "--step-delay-ms 100");
+    json r = client(server, "queue", "12");
+    int ok = 0, full = 0;
+    for (const json& s : r["statuses"]) {
+        ok += s == 200;
+        full += s == 429;
+    }
+    EXPECT_EQ(ok + full, 12) << r.dump();
+    EXPECT_GE(full, 7) << r.dump();
+    EXPECT_GE(ok, 1) << r.dump();
+    json m = client(server, "metrics");
+    EXPECT_EQ(m["queue"], 0) << m.dump();
+}
+
+// A stream left after three chunks is cancelled at the next step: the metrics count it and show
+// no running sequence, and the next call gets an answer.
+TEST(Serve, CancelledStreamFreesItsSlot) {
+    SKIP_WITHOUT_SDK();
+    Server server("", "--step-delay-ms 50");
+    json r = client(server, "cancel");
+    EXPECT_EQ(r["chunks"], 3) << r.dump();
+    EXPECT_EQ(r["before"]["cancelled"], 0) << r.dump();
+    EXPECT_EQ(r["after_cancel"]["cancelled"], 1) << r.dump();
+    EXPECT_EQ(r["after_cancel"]["running"], 0) << r.dump();
+    EXPECT_EQ(r["next"], 4) << r.dump();
+}
+
+TEST(Serve, SigtermFinishesInFlightRequestsAndLeavesNoProcess) {
+    SKIP_WITHOUT_SDK();
+    Server server("grace_s = 20\n", "--step-delay-ms 100");
+    tpx_test::Background call = tpx_test::start_background(client_command(server, "long", "20"));
+    json m = wait_for_metrics(server, [](const json& j) { return j["running"] == 1; });
+    ASSERT_EQ(m["running"], 1) << m.dump();
+    kill(server.pid(), SIGTERM);
+    int code = server.wait(40);
+    EXPECT_EQ(code, 0) << server.err();
+    EXPECT_NE(server.err().find("stopped by"), std::string::npos) << server.err();
+    ASSERT_EQ(tpx_test::wait_background(call, 20), 0);
+    json r = json::parse(tpx_test::read_text(call.out_path));
+    EXPECT_EQ(r["status"], 200) << r.dump();
+    EXPECT_EQ(r["tokens"], 20) << r.dump();
+    EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
+}
+
+TEST(Serve, KilledRankEndsTheServerWithin10s) {
+    SKIP_WITHOUT_SDK();
+    Server server("", "--step-delay-ms 100");
+    tpx_test::Background call = tpx_test::start_background(client_command(server, "long", "200"));
+    json m = wait_for_metrics(server, [](const json& j) { return j["running"] == 1; });
+    ASSERT_EQ(m["running"], 1) << m.dump();
+    int victim = -1;
+    for (int pid : tpx_test::pids_matching("tpx-worker --job " + server.job()))
+        if (tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "1") victim = pid;
+    ASSERT_GT(victim, 0) << "rank 1 not found";
+    auto t0 = std::chrono::steady_clock::now();
+    kill(victim, SIGKILL);
+    int code = server.wait(30);
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(code, 0) << server.err();
+    EXPECT_NE(code, -1) << "tpx serve did not end";
+    EXPECT_LT(seconds, 10) << server.err();
+    ASSERT_EQ(tpx_test::wait_background(call, 20), 0);
+    json r = json::parse(tpx_test::read_text(call.out_path));
+    EXPECT_EQ(r["status"], 500) << r.dump();
+    EXPECT_NE(r["message"].get<std::string>().find("rank 1"), std::string::npos) << r.dump();
+    EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
+}
+
+}  // namespace

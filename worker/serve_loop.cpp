@@ -1,0 +1,401 @@
+// The scheduler (rank 0) and the follower loop. A step on the wire: a header of four int64
+// (kind, tokens, logit rows, whether rank 0 wants logits rather than argmax ids), then the
+// batch's ids, positions, slots and logit rows as int32. Every rank runs the same forward (the
+// GPU backend's forward and forward_argmax differ in their collectives).
+#include "worker/serve_loop.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <atomic>
+#include <csignal>
+#include <cstring>
+#include <optional>
+#include <random>
+#include <thread>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "kernels/cpu/ops.h"
+#include "worker/generation.h"
+
+namespace tpx {
+namespace {
+
+using namespace std::chrono_literals;
+
+enum StepKind : int64_t { kHeartbeat = 0, kStep = 1, kShutdown = 2 };
+
+volatile sig_atomic_t g_signal = 0;
+void on_signal(int sig) { g_signal = sig; }
+
+double seconds_since(ServeClock::time_point t) { return std::chrono::duration<double>(ServeClock::now() - t).count(); }
+
+// A request holding a KV slot.
+struct Sequence {
+    std::shared_ptr<ServeRequest> req;
+    size_t prefilled = 0;  // prompt tokens in the cache
+    std::vector<int32_t> output;
+    std::mt19937_64 rng;
+    ServeClock::time_point last_token;
+    size_t sent = 0;  // bytes of the output's text already sent in kToken events
+};
+
+// Where each rank runs, for naming one that is gone.
+struct Peer {
+    int32_t pid = 0;
+    char host[60] = {};
+};
+
+bool process_alive(int pid) {
+    if (kill(pid, 0) != 0) return errno != ESRCH;
+    // A killed rank stays a zombie until its parent reaps it.
+    FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+    if (!f) return false;
+    char buf[512] = {};
+    size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+    std::fclose(f);
+    const char* paren = std::strrchr(buf, ')');
+    return !(n > 0 && paren && paren[1] == ' ' && paren[2] == 'Z');
+}
+
+// The same random stream for the same seed and prompt, whatever else runs (prompt_rng's
+// derivation, with the prompt's ids as its id).
+std::mt19937_64 request_rng(const ServeRequest& r) {
+    std::string id;
+    for (int32_t t : r.prompt) id += std::to_string(t) + ",";
+    return prompt_rng(r.seed, id);
+}
+
+// The longest prefix of `text` that is final: no trailing incomplete UTF-8 character (decoded
+// as U+FFFD) and, with stop strings, not the last bytes that could begin one.
+size_t final_prefix(const std::string& text, const std::vector<std::string>& stops) {
+    size_t end = text.size();
+    static const std::string kReplacement = "\xEF\xBF\xBD";
+    while (end >= 3 && text.compare(end - 3, 3, kReplacement) == 0) end -= 3;
+    size_t hold = 0;
+    for (const std::string& s : stops) hold = std::max(hold, s.size() - 1);
+    end = end > hold ? end - hold : 0;
+    while (end > 0 && end < text.size() && ((unsigned char)text[end] & 0xC0) == 0x80) --end;
+    return end;
+}
+
+class Scheduler {
+public:
+    Scheduler(Executor& exec, MpiCommunicator& comm, ServeFront& front, const ServeSettings& s)
+        : exec_(exec), comm_(comm), front_(front), s_(s), slots_((size_t)s.slots) {}
+
+    void run(const std::vector<Peer>& peers) {
+        std::atomic<bool> stop_monitor{false};
+        std::thread monitor([&] { watch_peers(peers, stop_monitor); });
+        try {
+            loop();
+        } catch (const std::exception& e) {
+            // Every waiting call gets the message; the answers go out before the job ends.
+            front_.http.start_draining();
+            front_.http.fail_all(std::string(e.what()).rfind(where(), 0) == 0 ? e.what() : where() + ": " + e.what());
+            for (int i = 0; i < 40 && front_.http.in_flight() > 0; ++i) std::this_thread::sleep_for(50ms);
+            stop_monitor = true;
+            monitor.join();
+            throw;
+        }
+        stop_monitor = true;
+        monitor.join();
+    }
+
+private:
+    void loop() {
+        std::optional<ServeClock::time_point> deadline;
+        for (;;) {
+            if (g_signal != 0 && !deadline) {
+                log_info("serve: ", strsignal(g_signal), ": finishing the requests in flight (up to ", s_.grace_s,
+                         " s, [serve] grace_s), taking no new ones");
+                front_.http.start_draining();
+                deadline = ServeClock::now() + std::chrono::duration_cast<ServeClock::duration>(std::chrono::duration<double>(s_.grace_s));
+            }
+            if (deadline && ServeClock::now() > *deadline) {
+                drop_all("the server stopped: [serve] grace_s ran out before this request finished");
+                break;
+            }
+            admit();
+            drop_cancelled();
+            if (active() == 0) {
+                if (deadline && front_.queue.size() == 0) break;
+                // Idle: wait for a request, telling the followers we are alive.
+                if (auto r = front_.queue.pop(500ms)) start(std::move(r));
+                else broadcast_header(kHeartbeat, 0, 0, false);
+                continue;
+            }
+            step();
+        }
+        broadcast_header(kShutdown, 0, 0, false);
+        front_.metrics.set_running(0);
+    }
+
+    size_t active() const {
+        size_t n = 0;
+        for (const auto& s : slots_) n += s.has_value();
+        return n;
+    }
+
+    void start(std::shared_ptr<ServeRequest> r) {
+        if (r->cancelled) {
+            front_.metrics.count_cancelled();
+            return;
+        }
+        for (auto& slot : slots_)
+            if (!slot) {
+                slot.emplace();
+                slot->rng = request_rng(*r);
+                slot->req = std::move(r);
+                front_.metrics.set_running((int64_t)active());
+                return;
+            }
+    }
+
+    void admit() {
+        while (active() < slots_.size())
+            if (auto r = front_.queue.pop(0ms)) start(std::move(r));
+            else break;
+    }
+
+    void drop_cancelled() {
+        for (auto& slot : slots_)
+            if (slot && slot->req->cancelled) {
+                slot.reset();  // its cache rows are simply overwritten by the next sequence
+                front_.metrics.count_cancelled();
+                front_.metrics.set_running((int64_t)active());
+            }
+    }
+
+    void drop_all(const std::string& why) {
+        ServeEvent e;
+        e.kind = ServeEvent::kFailed;
+        e.error = why;
+        e.status = 503;
+        e.code = "shutting_down";
+        for (auto& slot : slots_)
+            if (slot) {
+                slot->req->channel->push(e);
+                slot.reset();
+            }
+        for (const auto& r : front_.queue.close()) r->channel->push(e);
+    }
+
+    void broadcast_header(int64_t kind, int64_t tokens, int64_t rows, bool logits) {
+        int64_t h[4] = {kind, tokens, rows, logits ? 1 : 0};
+        comm_.broadcast(h, sizeof(h), 0);
+    }
+
+    void step() {
+        TokenBatch batch;
+        std::vector<size_t> owners;  // the slot of each logit row
+        bool want_logits = false;
+        for (size_t i = 0; i < slots_.size(); ++i) {
+            if (!slots_[i]) continue;
+            Sequence& q = *slots_[i];
+            const std::vector<int32_t>& prompt = q.req->prompt;
+            if (q.prefilled < prompt.size()) {
+                size_t n = std::min(prompt.size() - q.prefilled, (size_t)s_.prefill_chunk);
+                for (size_t t = q.prefilled; t < q.prefilled + n; ++t) {
+                    batch.ids.push_back(prompt[t]);
+                    batch.positions.push_back((int32_t)t);
+                    batch.slots.push_back((int32_t)i);
+                }
+                q.prefilled += n;
+                if (q.prefilled < prompt.size()) continue;  // more chunks to come: no logits yet
+                front_.metrics.add_prompt_tokens((int64_t)prompt.size());
+            } else {
+                batch.ids.push_back(q.output.back());
+                batch.positions.push_back((int32_t)(prompt.size() + q.output.size() - 1));
+                batch.slots.push_back((int32_t)i);
+            }
+            batch.logit_rows.push_back((int64_t)batch.ids.size() - 1);
+            owners.push_back(i);
+            want_logits = want_logits || q.req->temperature > 0;
+        }
+        const int64_t T = (int64_t)batch.ids.size(), R = (int64_t)batch.logit_rows.size();
+        broadcast_header(kStep, T, R, want_logits);
+        std::vector<int32_t> payload;
+        payload.reserve(3 * T + R);
+        payload.insert(payload.end(), batch.ids.begin(), batch.ids.end());
+        payload.insert(payload.end(), batch.positions.begin(), batch.positions.end());
+        payload.insert(payload.end(), batch.slots.begin(), batch.slots.end());
+        for (int64_t r : batch.logit_rows) payload.push_back((int32_t)r);
+        comm_.broadcast(payload.data(), payload.size() * sizeof(int32_t), 0);
+        if (s_.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(s_.step_delay_ms));
+        std::vector<float> logits;
+        std::vector<int32_t> argmax;
+        if (want_logits) logits = exec_.forward(batch);
+        else argmax = exec_.forward_argmax(batch);
+        const int64_t vocab = exec_.vocab();
+        for (size_t row = 0; row < owners.size(); ++row) {
+            Sequence& q = *slots_[owners[row]];
+            const ServeRequest& r = *q.req;
+            const float* row_logits = want_logits ? &logits[row * vocab] : nullptr;
+            // A row holding NaN or Inf has no next token (argmax says -1): that call fails, the
+            // others go on (as in `tpx run`, the checkpoint's weights are the likely cause).
+            if (want_logits ? !std::all_of(row_logits, row_logits + vocab, [](float x) { return std::isfinite(x); }) : argmax[row] < 0) {
+                fail(owners[row], "the logits are not finite (NaN or Inf) at generated token " + std::to_string(q.output.size()) +
+                                      " of this request: `tpx inspect --check` finds non-finite weights in the checkpoint");
+                continue;
+            }
+            int32_t token;
+            if (r.temperature > 0) token = (int32_t)cpu::sample(row_logits, vocab, {r.temperature, r.top_k, r.top_p}, q.rng);
+            else token = want_logits ? (int32_t)cpu::argmax(row_logits, vocab) : argmax[row];
+            emit(owners[row], token);
+        }
+    }
+
+    // The sequence in `slot` ends with an error (a 500 for its call); its slot is freed.
+    void fail(size_t slot, const std::string& why) {
+        ServeEvent e;
+        e.kind = ServeEvent::kFailed;
+        e.index = slots_[slot]->req->index;
+        e.error = where() + ": " + why;
+        e.code = "non_finite_logits";
+        slots_[slot]->req->channel->push(std::move(e));
+        slots_[slot].reset();
+        front_.metrics.set_running((int64_t)active());
+    }
+
+    // The sequence in `slot` generated `token`: its event, and its end when it is done.
+    void emit(size_t slot, int32_t token) {
+        Sequence& q = *slots_[slot];
+        const ServeRequest& r = *q.req;
+        auto now = ServeClock::now();
+        if (q.output.empty()) front_.metrics.observe_ttft(seconds_since(r.arrived));
+        else front_.metrics.observe_tpot(std::chrono::duration<double>(now - q.last_token).count());
+        q.last_token = now;
+        q.output.push_back(token);
+        front_.metrics.add_generated_tokens(1);
+        std::string reason;
+        std::string text;
+        if (s_.tokenizer) text = s_.tokenizer->decode(q.output, /*skip_special_tokens=*/true);
+        StopStrings stops(r.stop);
+        if (std::find(s_.eos.begin(), s_.eos.end(), (int64_t)token) != s_.eos.end()) {
+            reason = "stop";
+        } else if (s_.tokenizer && !stops.empty() && stops.reached(*s_.tokenizer, q.output)) {
+            reason = "stop";
+            if (size_t at = stops.find_in(text); at != std::string::npos) text.resize(at);
+        } else if ((int64_t)q.output.size() >= r.max_tokens) {
+            reason = "length";
+        }
+        ServeEvent e;
+        e.index = r.index;
+        e.token = token;
+        if (reason.empty()) {
+            size_t end = final_prefix(text, r.stop);
+            if (end > q.sent) {
+                e.text = text.substr(q.sent, end - q.sent);
+                q.sent = end;
+            }
+            r.channel->push(std::move(e));
+            return;
+        }
+        e.kind = ServeEvent::kFinished;
+        e.finish_reason = reason;
+        e.tail = q.sent < text.size() ? text.substr(q.sent) : "";
+        e.text = std::move(text);
+        e.output = q.output;
+        r.channel->push(std::move(e));
+        slots_[slot].reset();
+        front_.metrics.set_running((int64_t)active());
+    }
+
+    // Ranks on this host that are gone (killed, crashed) are named to every waiting call at
+    // once: the main thread may sit in a collective with them until the job is ended.
+    void watch_peers(const std::vector<Peer>& peers, const std::atomic<bool>& stop) {
+        const std::string host = identity().host;
+        while (!stop) {
+            for (size_t r = 1; r < peers.size(); ++r) {
+                if (host != peers[r].host || process_alive(peers[r].pid)) continue;
+                std::string message = "rank " + std::to_string(r) + " (" + host + ") is gone (process " + std::to_string(peers[r].pid) +
+                                      " ended) while serving; the job is ending";
+                std::fprintf(stderr, "%s: serve: %s\n", where().c_str(), message.c_str());
+                front_.http.start_draining();
+                front_.http.fail_all(message);
+                return;
+            }
+            std::this_thread::sleep_for(100ms);
+        }
+    }
+
+    Executor& exec_;
+    MpiCommunicator& comm_;
+    ServeFront& front_;
+    const ServeSettings& s_;
+    std::vector<std::optional<Sequence>> slots_;
+};
+
+void follow(Executor& exec, MpiCommunicator& comm) {
+    for (;;) {
+        int64_t h[4];
+        comm.broadcast(h, sizeof(h), 0);
+        if (h[0] == kShutdown) return;
+        if (h[0] == kHeartbeat) continue;
+        const int64_t T = h[1], R = h[2];
+        std::vector<int32_t> payload((size_t)(3 * T + R));
+        comm.broadcast(payload.data(), payload.size() * sizeof(int32_t), 0);
+        TokenBatch batch;
+        batch.ids.assign(payload.begin(), payload.begin() + T);
+        batch.positions.assign(payload.begin() + T, payload.begin() + 2 * T);
+        batch.slots.assign(payload.begin() + 2 * T, payload.begin() + 3 * T);
+        batch.logit_rows.assign(payload.begin() + 3 * T, payload.end());
+        if (h[3]) exec.forward(batch);
+        else exec.forward_argmax(batch);
+    }
+}
+
+}  // namespace
+
+ServeFront::ServeFront(const Job& job, const ApiLimits& limits)
+    : queue((size_t)job.serve.max_queue),
+      http(HttpSettings{job.serve.host, job.serve.port, job.serve.api_key, std::min(job.run.max_batch + job.serve.max_queue + 16, 512)},
+           limits, queue, metrics) {
+    port = http.start();
+    model_name = limits.model_name;
+}
+
+std::unique_ptr<ServeFront> open_serve_front(const Job& job, int64_t vocab, int64_t max_seq_len, const TextTools& text) {
+    ApiLimits limits;
+    limits.model_name = job.serve.model_name;
+    limits.vocab = vocab;
+    limits.max_seq_len = max_seq_len;
+    limits.default_max_tokens = job.run.max_new_tokens;
+    limits.default_temperature = job.run.sampling.temperature;
+    limits.default_top_k = job.run.sampling.top_k;
+    limits.default_top_p = job.run.sampling.top_p;
+    limits.text = &text;
+    auto front = std::make_unique<ServeFront>(job, limits);
+    log_info("serve: listening on http://", job.serve.host, ":", front->port, " (GET /health answers 503 until the model is loaded)");
+    return front;
+}
+
+void install_serve_signals() {
+    struct sigaction sa = {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGUSR1, &sa, nullptr);
+    signal(SIGPIPE, SIG_IGN);  // a client gone mid-answer is a failed write, not the end of rank 0
+}
+
+void serve(Executor& exec, MpiCommunicator& comm, ServeFront* front, const ServeSettings& settings) {
+    Peer mine;
+    mine.pid = (int32_t)getpid();
+    std::snprintf(mine.host, sizeof(mine.host), "%s", identity().host.c_str());
+    std::vector<Peer> peers(comm.world());
+    comm.all_gather_bytes(&mine, sizeof(mine), peers.data());
+    if (comm.rank() != 0) return follow(exec, comm);
+    if (settings.ready_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settings.ready_delay_ms));
+    front->http.set_ready();
+    log_info("serve: ready: model '", front->model_name, "' on port ", front->port, ", ", settings.slots, " KV slots");
+    Scheduler(exec, comm, *front, settings).run(peers);
+    front->http.stop();
+    log_info("serve: stopped");
+}
+
+}  // namespace tpx
