@@ -6,6 +6,8 @@
 #include "loader/meta.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 
 #include <nlohmann/json.hpp>
 
@@ -133,6 +136,8 @@ class MetaCheckpoint : public Checkpoint {
 public:
     MetaCheckpoint(const std::string& path, int threads) : Checkpoint(path), pool_(threads) {}
     ~MetaCheckpoint() override {
+        for (auto& [file, map] : maps_)
+            if (map.first) ::munmap(map.first, map.second);
         for (auto& [file, fd] : fds_) ::close(fd);
     }
     const char* format() const override { return "meta"; }
@@ -183,10 +188,14 @@ private:
     void check_params(const MetaParams& p);
     std::vector<Chunk> plan_chunks(const TensorInfo& t, const Slice& s) const;
     void pread_fully(const std::string& file, void* dst, uint64_t bytes, uint64_t offset);
+    const char* mapping(const std::string& file);
+    bool put_mapped(const ReadRequest& r, const Chunk& c, ReadSink& sink);
 
     ReadPool pool_;
     std::map<std::string, Layout> layouts_;  // by HF name
     std::map<std::string, int> fds_;         // opened in open(), read-only afterwards
+    std::mutex map_mutex_;
+    std::map<std::string, std::pair<char*, size_t>> maps_;  // whole files, mapped on first use
 };
 
 void MetaCheckpoint::open() {
@@ -435,6 +444,52 @@ void MetaCheckpoint::pread_fully(const std::string& file, void* dst, uint64_t by
     pread_counted(fds_.at(file), file, dst, bytes, offset);
 }
 
+const char* MetaCheckpoint::mapping(const std::string& file) {
+    std::lock_guard<std::mutex> lock(map_mutex_);
+    auto it = maps_.find(file);
+    if (it == maps_.end()) {
+        struct stat st{};
+        char* base = nullptr;
+        size_t size = 0;
+        if (::fstat(fds_.at(file), &st) == 0 && st.st_size > 0) {
+            void* m = ::mmap(nullptr, (size_t)st.st_size, PROT_READ, MAP_SHARED, fds_.at(file), 0);
+            if (m != MAP_FAILED) base = static_cast<char*>(m), size = (size_t)st.st_size;
+        }
+        it = maps_.emplace(file, std::make_pair(base, size)).first;
+    }
+    return it->second.first;
+}
+
+// A chunk whose every read is one span, copied as stored (no conversion), is handed to a sink
+// that copies out of the file's pages itself (the GPU backend's, loader/checkpoint.h): the same
+// path safetensors takes, no CPU copy. Chunks of many short spans (q/k rows permuted within their
+// heads) stay on the staging path, where one pread serves many rows. Returns false to leave the
+// chunk to it.
+bool MetaCheckpoint::put_mapped(const ReadRequest& r, const Chunk& c, ReadSink& sink) {
+    constexpr size_t kMaxSpans = 64;  // below a few hundred KiB a span, registering pages costs more than it saves
+    size_t spans = 0;
+    for (const FileReads& f : c.files) {
+        spans += f.spans.size();
+        for (const ReadOp& op : f.reads)
+            if (op.last_span != op.first_span + 1) return false;
+    }
+    if (spans > kMaxSpans || r.dst_type != tensor(r.tensor).dtype) return false;
+    std::vector<const char*> bases;
+    for (const FileReads& f : c.files) {
+        bases.push_back(mapping(*f.file));
+        if (!bases.back()) return false;
+    }
+    const size_t size = dtype_size(r.dst_type);
+    for (size_t i = 0; i < c.files.size(); ++i)
+        for (const Span& s : c.files[i].spans)
+            for (uint64_t at = 0, bytes = s.elems * size; at < bytes; at += kMappedBytes) {
+                const uint64_t n = std::min<uint64_t>(kMappedBytes, bytes - at);
+                sink.put(r, bases[i] + s.src_offset + at, s.dst_elem * size + at, n);
+                count_data(*c.files[i].file, n);
+            }
+    return true;
+}
+
 void MetaCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& sink) {
     // Every request planned (and checked) before any byte is read.
     std::vector<std::vector<Chunk>> plans;
@@ -447,10 +502,12 @@ void MetaCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& si
                           std::to_string((c.end - c.first) * dtype_size(r.dst_type)) + " one chunk of '" + r.tensor + "' produces");
     }
     std::vector<std::function<void()>> tasks;
+    const bool mapped = sink.takes_mapped();
     for (size_t q = 0; q < requests.size(); ++q)
         for (const Chunk& c : plans[q])
             tasks.push_back([&, q, c = &c] {
                 const ReadRequest& r = requests[q];
+                if (mapped && put_mapped(r, *c, sink)) return;
                 const DType src_type = tensor(r.tensor).dtype;
                 const size_t dst_size = dtype_size(r.dst_type);
                 char* memory = static_cast<char*>(sink.acquire(r, c->first * dst_size, (c->end - c->first) * dst_size));

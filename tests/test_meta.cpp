@@ -83,8 +83,18 @@ public:
             if (buffers_[i].data() == memory) free_.push_back((int)i);
         available_.notify_one();
     }
+    // As a sink that copies out of the file's pages itself (the GPU backend's way, put()).
+    bool mapped_ = false;
+    bool takes_mapped() const override { return mapped_; }
+    void put(const ReadRequest& r, const char* src, uint64_t offset, uint64_t bytes) override {
+        EXPECT_LE(offset + bytes, dsts_.at(r.tag).size());
+        std::memcpy(dsts_.at(r.tag).data() + offset, src, bytes);
+        std::lock_guard<std::mutex> lock(mutex_);
+        put_bytes_ += bytes;
+    }
     size_t calls_ = 0;
     uint64_t max_bytes_ = 0;
+    uint64_t put_bytes_ = 0;
 
 private:
     std::vector<std::vector<char>>& dsts_;
@@ -136,6 +146,47 @@ TEST(Meta, ReadsOfSeveralChunksMatchThroughStagingBuffers) {
         EXPECT_EQ(got[r.tag], want) << r.tensor << " dim " << r.slice.dim << " [" << r.slice.start << ", +" << r.slice.length << ")";
     }
     fs::remove_all(dir);
+}
+
+// A sink that takes the file's pages (the GPU backend's): chunks read as stored, one span a read,
+// go through put() straight from the mapping, the rest (q/k rows permuted within their heads:
+// many short spans) through the staging buffers. Every tensor and every slice of 1, 2 or 4 parts
+// equals HF's bf16 bytes, and the bytes read are exactly the sum of read_bytes() either way.
+TEST(Meta, MappedReadsMatchAndCostWhatTheyPromise) {
+    auto hf = Checkpoint::open(kHf);
+    for (const std::string& folder : kFolders) {
+        auto meta = Checkpoint::open(kMeta + "/" + folder, 4);
+        std::vector<ReadRequest> requests;
+        uint64_t promised = 0;
+        for (const TensorInfo& t : hf->tensors())
+            for (int dim = 0; dim < (int)t.shape.size(); ++dim)
+                for (int parts : {1, 2, 4})
+                    for (int p = 0; p < parts && t.shape[dim] % parts == 0; ++p) {
+                        const int64_t len = t.shape[dim] / parts;
+                        requests.push_back({t.name, Slice::range(dim, p * len, len), DType::kBF16, requests.size()});
+                        promised += meta->read_bytes(t.name, requests.back().slice);
+                    }
+        std::vector<std::vector<char>> got(requests.size());
+        for (const ReadRequest& r : requests) {
+            int64_t n = 1;
+            for (int64_t d : slice_shape(meta->tensor(r.tensor), r.slice)) n *= d;
+            got[r.tag].assign(n * 2, (char)0x7f);  // poison: unwritten bytes show
+        }
+        StagingRing sink(got, 1u << 20, 3);
+        sink.mapped_ = true;
+        meta->reset_stats();
+        meta->read(requests, sink);
+        EXPECT_EQ(meta->stats().data_bytes, promised) << folder;
+        // Whole tensors and row ranges come from the mapping; column cuts (a span a row) and q/k are staged.
+        EXPECT_GT(sink.put_bytes_, promised / 5) << folder << ": whole tensors and row ranges should come straight from the mapping";
+        EXPECT_GT(sink.calls_, 0u) << folder << ": permuted q/k rows go through the staging buffers";
+        for (const ReadRequest& r : requests) {
+            std::vector<char> want(got[r.tag].size());
+            hf->read(r.tensor, r.slice, DType::kBF16, want.data());
+            EXPECT_EQ(got[r.tag], want) << folder << " " << r.tensor << " dim " << r.slice.dim << " [" << r.slice.start << ", +"
+                                        << r.slice.length << ")";
+        }
+    }
 }
 
 // Every tensor, and every slice of 1-4 equal parts along either dim (whole heads of q/k among
