@@ -112,9 +112,8 @@ inline void write_stacked_mixtral(const std::string& dir) {
     for (const char* f : {"/config.json", "/generation_config.json"}) std::ofstream(dir + f) << read_text(src + f);
 }
 
-// llama-gqa's golden prompts as a prompts.jsonl in `dir`.
-inline void write_golden_prompts(const std::string& dir) {
-    Golden g = read_golden("llama-gqa");
+// A golden's prompts as a prompts.jsonl in `dir` (ids 0, 1, ...).
+inline void write_golden_prompts(const std::string& dir, const Golden& g) {
     std::ofstream prompts(dir + "/prompts.jsonl");
     for (int64_t b = 0; b < g.batch; ++b)
         prompts << nlohmann::json{{"id", b}, {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len,
@@ -122,6 +121,9 @@ inline void write_golden_prompts(const std::string& dir) {
                        .dump()
                 << "\n";
 }
+
+// llama-gqa's golden prompts as a prompts.jsonl in `dir`.
+inline void write_golden_prompts(const std::string& dir) { write_golden_prompts(dir, read_golden("llama-gqa")); }
 
 // The output_ids of a run over those prompts are HF's greedy continuation.
 inline void expect_golden_tokens(const std::string& out_path) {

@@ -149,13 +149,7 @@ struct RunOutput {
 RunOutput run_prompts(const std::string& model, const Golden& g, int tp, const std::string& model_keys = "") {
     RunOutput o;
     std::string dir = temp_dir();
-    std::ofstream prompts(dir + "/prompts.jsonl");
-    for (int64_t b = 0; b < g.batch; ++b)
-        prompts << nlohmann::json{{"id", b}, {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len,
-                                                                               g.input_ids.begin() + (b + 1) * g.prompt_len)}}
-                       .dump()
-                << "\n";
-    prompts.close();
+    write_golden_prompts(dir, g);
     std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << model << "\"\n" << model_keys << "[parallel]\ntp = " << tp
                                      << "\n[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = " << g.total_len - g.prompt_len
                                      << "\noutput = \"out.jsonl\"\n";
