@@ -1,0 +1,72 @@
+#!/bin/bash
+# `tpx serve` under load against HF transformers' continuous batching, in one call on the GPU
+# machine (docs/PERF.md, docs/SERVE.md): the Llama-3-8B-shaped checkpoint (bench/hf_peer.py make),
+# tpx serve at tp=1 with 64 KV slots, CLIENTS concurrent streaming clients (bench/serve_load.py,
+# token-id prompts around 256 tokens, OUTPUT tokens each) with a 512-token probe for TTFT under
+# load; then tpx bench's batch-64 decode step (the inter-token latency's floor), then HF's
+# generate_batch on the same request set. Prints one table.
+#   bench/serve_8b.sh OUT_DIR [CLIENTS] [REQUESTS] [OUTPUT]
+set -euo pipefail
+out=${1:?usage: bench/serve_8b.sh OUT_DIR [CLIENTS] [REQUESTS] [OUTPUT]}
+clients=${2:-64}; requests=${3:-256}; output=${4:-128}
+here=$(cd "$(dirname "$0")" && pwd)
+ckpt=${TPX_BENCH_CKPT:-/tmp/l8b}
+port=${TPX_BENCH_PORT:-8123}
+mkdir -p "$out"
+[ -f "$ckpt/config.json" ] || python3 "$here/hf_peer.py" make "$ckpt" | tee "$out/make.txt"
+cat > "$out/serve.toml" <<JOB
+[job]
+name = "llama8b"
+[model]
+path = "$ckpt"
+dtype = "bfloat16"
+[backend]
+device = "cuda"
+[run]
+max_batch = 64
+max_seq_len = 1024
+max_new_tokens = $output
+output = "$out/bench.out.jsonl"
+[serve]
+port = $port
+max_queue = 1024
+prefill_chunk = 512
+JOB
+tpx serve "$out/serve.toml" > "$out/serve.log" 2>&1 &
+server=$!
+trap 'kill -TERM $server 2>/dev/null || true' EXIT
+python3 - "$port" <<'PY'
+import http.client, sys, time
+deadline = time.time() + 300
+while time.time() < deadline:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=5); c.request("GET", "/health")
+        if c.getresponse().status == 200: sys.exit(0)
+    except OSError: pass
+    time.sleep(0.5)
+sys.exit("tpx serve did not become ready in 300 s")
+PY
+# A short warm-up (captures the decode graphs of the batch sizes it meets), then the measured load.
+python3 "$here/serve_load.py" --url "http://127.0.0.1:$port" --clients 16 --requests 32 --prompt-mean 256 \
+  --output-mean 32 --vocab 128000 --seed 7 > "$out/warmup.json"
+python3 "$here/serve_load.py" --url "http://127.0.0.1:$port" --clients "$clients" --requests "$requests" \
+  --prompt-mean 256 --output-mean "$output" --fixed-output --vocab 128000 --probe-prompt 512 \
+  --write-requests "$out/requests.json" | tee "$out/tpx_serve.json"
+kill -TERM $server; wait $server || { echo "tpx serve exited $?"; tail -20 "$out/serve.log"; }
+trap - EXIT
+tpx bench "$out/serve.toml" --json "$out/tpx_bench.json" 2>&1 | grep -v "^tpx run: mpirun" > "$out/tpx_bench.txt"
+python3 "$here/hf_serve_peer.py" "$ckpt" "$out/requests.json" 2>&1 | grep RESULT | tee "$out/hf.txt"
+python3 - "$out" <<'PY'
+import json, re, sys
+out = sys.argv[1]
+t = json.load(open(f"{out}/tpx_serve.json"))
+hf = dict(re.findall(r"RESULT (\S+)=(\S+)", open(f"{out}/hf.txt").read()))
+bench = json.load(open(f"{out}/tpx_bench.json"))
+b64 = [d for d in bench["decode"] if d["batch"] == 64][0]
+print(f"tpx serve: {t['generated_tokens_per_s']:.0f} tok/s, {t['clients']} clients, {t['requests']} requests, {t['failed']} failed")
+print(f"  TTFT p50 {t['ttft_ms']['p50']:.1f} ms p90 {t['ttft_ms']['p90']:.1f}; ITL p50 {t['itl_ms']['p50']:.2f} ms p90 {t['itl_ms']['p90']:.2f} p99 {t['itl_ms']['p99']:.2f}")
+print(f"  512-token prompt under load: TTFT p50 {t['probe_ttft_ms'].get('p50', float('nan')):.1f} ms (n={t['probe_ttft_ms'].get('n', 0)})")
+print(f"tpx bench batch-64 decode step {b64['ms_per_step']:.2f} ms ({100*b64['fraction_of_roofline']:.0f}% of roofline): ITL p50 / step = {t['itl_ms']['p50']/b64['ms_per_step']:.2f}")
+if "hf_cb_tokens_per_s" in hf:
+    print(f"HF generate_batch: {float(hf['hf_cb_tokens_per_s']):.0f} tok/s ({hf['hf_cb_seconds']} s): tpx / HF = {t['generated_tokens_per_s']/float(hf['hf_cb_tokens_per_s']):.2f}")
+PY
