@@ -10,16 +10,18 @@ here=$(cd "$(dirname "$0")" && pwd)
 hf=${TPX_BENCH_CKPT:-/tmp/l8b}; meta=/tmp/l8b-meta-mp$files
 mkdir -p "$out"
 [ -f "$meta/params.json" ] || python3 "$here/make_meta_checkpoint.py" "$hf" "$meta" --files "$files" | tail -n 3
+sync  # both folders written back before any timing: pinning pages under writeback waits for it
 echo '{"id": "p", "input_ids": [1, 2, 3, 4]}' > "$out/prompt.jsonl"
 for name in hf meta; do
   path=$hf; [ "$name" = meta ] && path=$meta
   printf '[model]\npath = "%s"\ndtype = "bfloat16"\n[backend]\ndevice = "cuda"\n[run]\nprompts = "%s"\nmax_new_tokens = 1\nmax_seq_len = 256\nmax_batch = 1\noutput = "%s"\n' \
     "$path" "$out/prompt.jsonl" "$out/$name.out.jsonl" > "$out/$name.toml"
 done
-for r in $(seq 1 "$rounds"); do
+for r in $(seq 0 "$rounds"); do   # round 0: untimed, both folders' pages in the page cache
   for name in hf meta; do
-    tpx run "$out/$name.toml" --quiet > "$out/$name-$r.txt" 2>&1 || { cat "$out/$name-$r.txt"; exit 1; }
+    tpx run "$out/$name.toml" > "$out/$name-$r.txt" 2>&1 || { cat "$out/$name-$r.txt"; exit 1; }
     echo "$name round $r: $(grep -o 'loaded .*' "$out/$name-$r.txt" | head -1)"
+    [ "$r" = 1 ] && grep -o 'weights: .*' "$out/$name-$r.txt" | head -1
   done
 done
 python3 - "$out" "$rounds" <<'PY'
