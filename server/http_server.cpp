@@ -1,7 +1,8 @@
 // Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/completions and
 // /v1/chat/completions; anything else is a JSON 404. A call's prompts go on the queue together
 // (or the call gets 429); its answer is written whole, or streamed as SSE when "stream" is true.
-// A streamed call whose client goes away is cancelled, which frees its KV slot at the next step.
+// A call whose client goes away (a stream's write fails; a whole answer's socket reads its end)
+// is cancelled, which frees its KV slot at the next step.
 #include "server/http_server.h"
 
 #include <httplib.h>
@@ -10,6 +11,7 @@
 #include <random>
 
 #include "common/error.h"
+#include "server/connection.h"
 
 namespace tpx {
 namespace {
@@ -170,10 +172,18 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     }
     const std::string& model = limits_.model_name;
     if (!call.stream) {
+        // A client that hangs up cancels the call, as a broken stream does; its socket is looked
+        // up once (-1: not found, the call then runs to its end).
+        const int socket = find_connection(req.remote_addr, req.remote_port, req.local_port);
         std::vector<ChoiceResult> choices(call.prompts.size());
         for (size_t finished = 0; finished < choices.size();) {
+            if (socket >= 0 && peer_hung_up(socket)) {
+                for (auto& r : stream->requests) r->cancelled = true;
+                done();
+                return;
+            }
             ServeEvent e;
-            if (!stream->channel->pop(e, 1000ms)) continue;
+            if (!stream->channel->pop(e, 200ms)) continue;
             if (e.kind == ServeEvent::kFailed) {
                 for (auto& r : stream->requests) r->cancelled = true;
                 done();

@@ -287,6 +287,19 @@ TEST(Serve, CancelledStreamFreesItsSlot) {
     EXPECT_EQ(r["next"], 4) << r.dump();
 }
 
+// The same for a whole answer: the server notices the closed socket while it computes.
+TEST(Serve, CancelledWholeCallFreesItsSlot) {
+    SKIP_WITHOUT_SDK();
+    Server server("", "--step-delay-ms 50");
+    json r = client(server, "cancel_whole");
+    EXPECT_EQ(r["running"], 1) << r.dump();
+    EXPECT_NE(r["outcome"], "answered") << r.dump();  // the SDK saw its own abort
+    EXPECT_EQ(r["before"]["cancelled"], 0) << r.dump();
+    EXPECT_EQ(r["after_cancel"]["cancelled"], 1) << r.dump();
+    EXPECT_EQ(r["after_cancel"]["running"], 0) << r.dump();
+    EXPECT_EQ(r["next"], 4) << r.dump();
+}
+
 TEST(Serve, SigtermFinishesInFlightRequestsAndLeavesNoProcess) {
     SKIP_WITHOUT_SDK();
     Server server("grace_s = 20\n", "--step-delay-ms 100");

@@ -158,6 +158,27 @@ const modes = {
     const after = await complete({ prompt: "Hello", max_tokens: 4 });
     return { before, after_cancel: m, chunks, next: after.token_ids.length };
   },
+  // A whole (non-streamed) call whose client hangs up once it runs: cancelled, its slot freed.
+  async cancel_whole() {
+    const before = await metrics();
+    const controller = new AbortController();
+    const call = client.completions.create({ model, prompt: "Once upon a time", max_tokens: 200 }, { signal: controller.signal })
+      .then(() => "answered", (e) => e.name ?? String(e));
+    let m = await metrics();
+    for (let i = 0; i < 100 && m.running !== 1; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      m = await metrics();
+    }
+    const running = m.running;
+    controller.abort();
+    const outcome = await call;
+    for (let i = 0; i < 100 && (m.cancelled === before.cancelled || m.running !== 0); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      m = await metrics();
+    }
+    const after = await complete({ prompt: "Hello", max_tokens: 4 });
+    return { before, running, outcome, after_cancel: m, next: after.token_ids.length };
+  },
   // /health and a completion while the model loads (or after).
   async health() {
     const h = await fetch(base + "/health");

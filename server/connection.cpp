@@ -1,0 +1,62 @@
+// Finds a call's socket among this process's descriptors (see connection.h).
+#include "server/connection.h"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <cstdlib>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+namespace tpx {
+namespace {
+
+// The address (numeric, as cpp-httplib writes remote_addr) and port of a socket address.
+bool address_of(const sockaddr_storage& a, std::string& host, int& port) {
+    char text[INET6_ADDRSTRLEN] = {};
+    if (a.ss_family == AF_INET) {
+        const auto& in = reinterpret_cast<const sockaddr_in&>(a);
+        port = ntohs(in.sin_port);
+        return inet_ntop(AF_INET, &in.sin_addr, text, sizeof text) && (host = text, true);
+    }
+    if (a.ss_family == AF_INET6) {
+        const auto& in6 = reinterpret_cast<const sockaddr_in6&>(a);
+        port = ntohs(in6.sin6_port);
+        return inet_ntop(AF_INET6, &in6.sin6_addr, text, sizeof text) && (host = text, true);
+    }
+    return false;
+}
+
+}  // namespace
+
+int find_connection(const std::string& remote_addr, int remote_port, int local_port) {
+    DIR* dir = opendir("/proc/self/fd");
+    if (!dir) return -1;
+    int found = -1;
+    while (dirent* e = readdir(dir)) {
+        char* end = nullptr;
+        const long fd = std::strtol(e->d_name, &end, 10);
+        if (end == e->d_name || *end != '\0' || fd == dirfd(dir)) continue;
+        sockaddr_storage local{}, peer{};
+        socklen_t local_len = sizeof local, peer_len = sizeof peer;
+        if (getsockname((int)fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0) continue;  // not a socket
+        if (getpeername((int)fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) continue;   // a listener
+        std::string local_host, peer_host;
+        int lport = -1, pport = -1;
+        if (!address_of(local, local_host, lport) || !address_of(peer, peer_host, pport)) continue;
+        if (lport == local_port && pport == remote_port && peer_host == remote_addr) {
+            found = (int)fd;
+            break;
+        }
+    }
+    closedir(dir);
+    return found;
+}
+
+bool peer_hung_up(int fd) {
+    char c;
+    const ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+}  // namespace tpx
