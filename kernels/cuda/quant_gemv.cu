@@ -180,12 +180,12 @@ __global__ void __launch_bounds__(kThreads) quant_gemv_kernel(QuantGemvArgs a, i
     const int tokens = (int)a.tokens;
     if constexpr (kGather) {
         const cpu::GptqView& w = a.w.gptq;
-        const int64_t Kp = w.l.Kp, per = tokens * Kp, total = w.l.segments * per;
-        for (int64_t i = threadIdx.x; i < total; i += kThreads) {
-            const int64_t s = i / per, t = (i % per) / Kp, kp = i % Kp;
-            const int32_t k = __ldg(w.perm + s * Kp + kp);
-            xs[i] = k >= 0 ? a.x[t * w.l.K + k] : __float2bfloat16(0.0f);
-        }
+        const int64_t Kp = w.l.Kp;
+        for (int s = 0; s < w.l.segments; ++s)  // xs [segment][token][Kp]
+            for (int kp = threadIdx.x; kp < Kp; kp += kThreads) {
+                const int32_t k = __ldg(w.perm + s * Kp + kp);
+                for (int t = 0; t < tokens; ++t) xs[(s * tokens + t) * Kp + kp] = k >= 0 ? a.x[t * w.l.K + k] : __float2bfloat16(0.0f);
+            }
         __syncthreads();
     }
     const int lane = threadIdx.x & 31;
