@@ -4,7 +4,8 @@
 // random bf16 (both sides see the same values); outputs are poisoned with NaN first.
 // Tolerance: the GPU rounds its fp32 sums to bf16 (2^-8 relative) after summing the chunks in
 // another order, so |gpu - cpu| <= 2^-7 |cpu| + 1e-3 x the largest |cpu|. The dequantization to
-// bf16 is one fp32 product rounded once on both sides: bit-identical. Skips without a GPU.
+// bf16 is one fp32 product rounded once on both sides, and the norm prologue repeats the
+// add_rmsnorm kernel's arithmetic: both bit-identical. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 
 #include "common/cuda_check.h"
 #include "kernels/cpu/quant_gemv.h"
+#include "kernels/cuda/ops.h"
 #include "kernels/cuda/quant_gemv.h"
 #include "loader/dtype.h"
 
@@ -166,6 +168,28 @@ void check_weight(const W& w, const std::string& what) {
         a.y = b.poisoned(N / 2);
         cuda::quant_gemv(a, nullptr);
         expect_close(download(a.y, N / 2), act, what + ", SwiGLU");
+        a.epi = cuda::GemvEpilogue::kNone;
+        if (v.format == cuda::QuantWeightView::Format::kGptq && v.gptq.perm) continue;  // (no norm prologue with act-order)
+        // The norm prologue: bit for bit add_rmsnorm's kernel, then the GEMV on its output.
+        const bf16* delta = reinterpret_cast<const bf16*>(b.up(to_bf16(random_bf16(K))));
+        const bf16* residual = reinterpret_cast<const bf16*>(b.up(to_bf16(random_bf16(K))));
+        const bf16* weight = reinterpret_cast<const bf16*>(b.up(to_bf16(random_bf16(K))));
+        bf16 *res_ref = b.poisoned(K), *normed = b.poisoned(K), *res_fused = b.poisoned(K);
+        cuda::add_rmsnorm(1, K, 1e-5f, delta, residual, res_ref, weight, normed, nullptr);
+        a.x = normed, a.y = b.poisoned(N);
+        cuda::quant_gemv(a, nullptr);
+        cuda::QuantGemvArgs fused = a;
+        fused.x = nullptr, fused.y = b.poisoned(N), fused.has_norm = true;
+        fused.norm.x = delta, fused.norm.residual = residual, fused.norm.residual_out = res_fused, fused.norm.weight = weight;
+        fused.norm.eps = 1e-5f;
+        ASSERT_TRUE(cuda::quant_gemv_applies(fused)) << what;
+        cuda::quant_gemv(fused, nullptr);
+        const std::vector<float> y_ref = download(a.y, N), y_fused = download(fused.y, N);
+        const std::vector<float> r_ref = download(res_ref, K), r_fused = download(res_fused, K);
+        int64_t differ = 0;
+        for (int64_t i = 0; i < N; ++i) differ += !(y_ref[i] == y_fused[i]);
+        for (int64_t i = 0; i < K; ++i) differ += !(r_ref[i] == r_fused[i]);
+        EXPECT_EQ(differ, 0) << what << ": the norm prologue differs from add_rmsnorm + the GEMV";
     }
     std::vector<float> dense(N * K, 0.0f);
     if constexpr (std::is_same_v<W, cpu::Fp8Weight>) cpu::dequantize_fp8_layout(w.view(), dense.data());

@@ -153,14 +153,22 @@ cuda::GemvNorm CudaExecutor::norm_params(Forward& f, const Node* n) {
 // where the GEMV cannot take it (the norm then runs as its own kernel).
 bool CudaExecutor::defer_norm(Forward& f, const Node* n, int64_t r) {
     const Node* lin = program_.norm_of.at(n);
-    if (quant_weight(lin)) return false;  // the quantized GEMVs have no norm prologue
     const bool plain = n->kind == Op::kRmsnorm;
     const Value* x = n->inputs[0];
     cuda::GemvNorm nm = norm_params(f, n);
     if (f.pushed.count(n)) nm.sum = nccl_->exchange_in(f.pushed.at(n));
     else nm.x = f.act.data(x);
     // (residual_out, not yet allocated, is a stream-ordered allocation: aligned)
-    if (cuda::gemv_fused_applies(width(x), &nm, f.act.data(lin->inputs[1]))) {
+    bool applies = false;
+    if (const cuda::QuantWeightView* q = quant_weight(lin)) {  // the quantized GEMV's own prologue
+        cuda::QuantGemvArgs qa;
+        qa.w = *q, qa.has_norm = true, qa.norm = nm;
+        if (!plain) qa.norm.residual_out = qa.norm.residual;  // (stands in for the aligned allocation)
+        applies = lin->name != "lm_head" && cuda::quant_gemv_applies(qa);
+    } else {
+        applies = cuda::gemv_fused_applies(width(x), &nm, f.act.data(lin->inputs[1]));
+    }
+    if (applies) {
         if (!plain) nm.residual_out = f.act.make(n->out(1), r);
         if (n->kind == Op::kAllreduceAddRmsnorm && nccl_ && !nm.sum.ll) {
             bf16* reduced = f.act.alloc(width(x));
@@ -307,8 +315,8 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
 // rows the quantized GEMV reads them as they are (at one token with the decode step's SwiGLU or
 // RoPE + KV-cache epilogue, as the bf16 GEMV); larger batches and prefill dequantize the weight
 // into bf16 scratch and take run_gemm (the tuner, the residual epilogue, lm_head's row
-// selection). The norm before a quantized linear runs as its own kernel (no norm prologue), and
-// its all-reduce is not fused into the GEMVs (defer_norm, can_push).
+// selection). At one token the norm before it is computed in the GEMV's prologue (defer_norm) as
+// for the bf16 GEMV; its all-reduce is not fused into the GEMVs (can_push).
 const cuda::QuantWeightView* CudaExecutor::quant_weight(const Node* linear) const {
     if (weights_.quant.empty() || linear->kind != Op::kLinear || linear->inputs.size() < 2) return nullptr;
     const Node* p = linear->inputs[1]->producer;
@@ -322,17 +330,19 @@ void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const 
     cuda::QuantGemvArgs args;
     args.w = w;
     args.tokens = r;
-    args.x = a.data(n->inputs[0]);
     args.bias = n->inputs.size() == 3 ? a.data(n->inputs[2]) : nullptr;
-    const bool gemv = n->name != "lm_head" && cuda::quant_gemv_applies(args);
-    if (gemv && f.fuse && program_.fusions.count(n)) {
-        args.y = fused_output(f, n, program_.fusions.at(n), args.epi, args.rope);
-        cuda::quant_gemv(args, stream_);
-        return;
+    if (f.pending_norm.count(n)) {  // deferred by defer_norm, which checked that the GEMV takes it
+        args.has_norm = true, args.norm = f.pending_norm.at(n);
+    } else {
+        args.x = a.data(n->inputs[0]);
     }
+    const bool gemv = n->name != "lm_head" && cuda::quant_gemv_applies(args);
+    TPX_CHECK(gemv || !args.has_norm, "node " + n->name + ": its norm was deferred to a quantized GEMV that cannot take it");
     if (gemv) {
-        args.y = a.make(n->out(), r);
+        const bool fused = f.fuse && program_.fusions.count(n);
+        args.y = fused ? fused_output(f, n, program_.fusions.at(n), args.epi, args.rope) : a.make(n->out(), r);
         cuda::quant_gemv(args, stream_);
+        if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
         return;
     }
     __nv_bfloat16* dense = a.alloc(w.N() * w.K());

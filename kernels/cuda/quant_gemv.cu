@@ -48,7 +48,7 @@ __device__ inline void load_x8(const bf16* p, float* f) {
 }
 
 // Row n of an FP8 weight dotted with tokens' x: acc[t] += sum over the lane's chunks.
-template <int T>
+template <int T, bool kShared>
 __device__ inline void dot_fp8(const cpu::Fp8View& w, int64_t n, const bf16* x, int tokens, float* acc) {
     const int lane = threadIdx.x & 31;
     const int64_t K = w.l.K, chunks = K / cpu::kFp8Chunk;
@@ -70,8 +70,8 @@ __device__ inline void dot_fp8(const cpu::Fp8View& w, int64_t n, const bf16* x, 
             for (int t = 0; t < T; ++t) {
                 if (t >= tokens) break;
                 float xf[16], d = 0.0f;
-                load_x8<false>(x + t * K + c * 16, xf);
-                load_x8<false>(x + t * K + c * 16 + 8, xf + 8);
+                load_x8<kShared>(x + t * K + c * 16, xf);
+                load_x8<kShared>(x + t * K + c * 16 + 8, xf + 8);
 #pragma unroll
                 for (int j = 0; j < 16; ++j) d += f[j] * xf[j];
                 acc[t] += __fmul_rn(d, s);
@@ -169,10 +169,44 @@ __device__ inline void write_item(const QuantGemvArgs& a, int64_t item, const in
     out[i + half] = __float2bfloat16(vb * cs + va * sn);
 }
 
+// x = rmsnorm(residual + x) (or rmsnorm(x)) of one token into xs (bf16, K), as linear.cu's
+// norm_prologue (without the exchange sum) and so as rmsnorm_vec_kernel: the same 256 threads,
+// the same chunks per thread, the same roundings; block 0 writes residual + x to residual_out.
+__device__ void norm_into(int64_t K, const GemvNorm& nm, uint4* xs) {
+    static_assert(kThreads == 256, "the norm's order of sums is that of rmsnorm_vec_kernel's 256 threads");
+    const int64_t chunks = K / 8;
+    float ss = 0;
+    for (int64_t i = threadIdx.x; i < chunks; i += kThreads) {
+        float v[8];
+        unpack8(reinterpret_cast<const uint4*>(nm.x)[i], v);
+        if (nm.residual) {
+            float r[8];
+            unpack8(reinterpret_cast<const uint4*>(nm.residual)[i], r);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = round_bf16(r[j] + v[j]);  // the residual stream stays bf16
+            if (blockIdx.x == 0) reinterpret_cast<uint4*>(nm.residual_out)[i] = pack8(v);
+        }
+        xs[i] = pack8(v);  // exact: v holds bf16 values
+#pragma unroll
+        for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
+    }
+    const float inv = rsqrtf(block_sum(ss) / (float)K + nm.eps);
+    for (int64_t i = threadIdx.x; i < chunks; i += kThreads) {
+        float v[8], wf[8], o[8];
+        unpack8(xs[i], v);
+        unpack8(reinterpret_cast<const uint4*>(nm.weight)[i], wf);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = wf[j] * (v[j] * inv);
+        xs[i] = pack8(o);
+    }
+    __syncthreads();
+}
+
 // One launch: warps take items grid-stride. kGather: GPTQ act-order, x gathered into shared
 // memory per segment first.
-template <Format F, GemvEpilogue E, int T, bool kGather>
+template <Format F, GemvEpilogue E, int T, bool kGather, bool kNorm>
 __global__ void __launch_bounds__(kThreads) quant_gemv_kernel(QuantGemvArgs a, int64_t items, int64_t pair) {
+    static_assert(!kNorm || (T == 1 && !kGather), "the norm prologue is for one token, in order");
     constexpr int R = E == GemvEpilogue::kNone ? 1 : 2;
     extern __shared__ uint4 smem[];
     bf16* xs = reinterpret_cast<bf16*>(smem);
@@ -188,6 +222,8 @@ __global__ void __launch_bounds__(kThreads) quant_gemv_kernel(QuantGemvArgs a, i
             }
         __syncthreads();
     }
+    if constexpr (kNorm) norm_into(a.w.K(), a.norm, smem);
+    constexpr bool kShared = kGather || kNorm;
     const int lane = threadIdx.x & 31;
     const int64_t half = a.rope.head_dim / 2;
     for (int64_t item = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); item < items; item += (int64_t)gridDim.x * kWarps) {
@@ -199,11 +235,11 @@ __global__ void __launch_bounds__(kThreads) quant_gemv_kernel(QuantGemvArgs a, i
 #pragma unroll
             for (int t = 0; t < T; ++t) acc[r][t] = 0.0f;
             if constexpr (F == Format::kFp8) {
-                dot_fp8<T>(a.w.fp8, rows[r], a.x, tokens, acc[r]);
+                dot_fp8<T, kNorm>(a.w.fp8, rows[r], kNorm ? xs : a.x, tokens, acc[r]);
             } else {
-                const bf16* x = a.x;
+                const bf16* x = kNorm ? xs : a.x;
                 if constexpr (kGather) x = xs + cpu::gptq_segment(a.w.gptq.l, rows[r]) * tokens * a.w.gptq.l.Kp;
-                dot_gptq<T, kGather>(a.w.gptq, rows[r], x, tokens, acc[r]);
+                dot_gptq<T, kShared>(a.w.gptq, rows[r], x, tokens, acc[r]);
             }
 #pragma unroll
             for (int t = 0; t < T; ++t) acc[r][t] = warp_sum(acc[r][t]);
@@ -231,28 +267,37 @@ size_t gather_limit() {
 }
 
 size_t gather_bytes(const QuantGemvArgs& a) {
+    if (a.has_norm) return (size_t)a.w.K() * sizeof(bf16);  // the normalised x
     if (a.w.format != Format::kGptq || !a.w.gptq.perm) return 0;
     return (size_t)a.w.gptq.l.segments * a.tokens * a.w.gptq.l.Kp * sizeof(bf16);
 }
 
-template <Format F, GemvEpilogue E, int T, bool kGather>
+template <Format F, GemvEpilogue E, int T, bool kGather, bool kNorm = false>
 void launch_quant(const QuantGemvArgs& a, int64_t items, int64_t pair, cudaStream_t stream) {
+    const auto kernel = quant_gemv_kernel<F, E, T, kGather, kNorm>;
     const size_t smem = gather_bytes(a);
-    static const bool once = [] {  // once a process: one device each
-        CUDA_CHECK(cudaFuncSetAttribute(quant_gemv_kernel<F, E, T, kGather>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)gather_limit()));
-        return true;
+    static const int resident = [&] {  // once a process: one device each
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gather_limit()));
+        int per_sm = 0;
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+        return sm_count() * std::max(1, per_sm);
     }();
-    (void)once;
-    // One item a warp; a gathering block pays the gather once and strides (at most 2 blocks an SM).
+    // One item a warp; a block that gathers or normalises x pays that once and strides (blocks of
+    // at most 2 an SM, or what is resident at once: the weights of every row still stream).
     unsigned blocks = blocks_for(items, kWarps);
     if (kGather) blocks = std::min<unsigned>(blocks, 2 * sm_count());
-    launch(quant_gemv_kernel<F, E, T, kGather>, blocks, kThreads, smem, stream, a, items, pair);
+    if (kNorm) blocks = std::min<unsigned>(blocks, (unsigned)resident);
+    launch(kernel, blocks, kThreads, smem, stream, a, items, pair);
     TPX_LAUNCH_CHECK();
 }
 
 template <Format F, bool kGather>
 void dispatch(const QuantGemvArgs& a, int64_t items, int64_t pair, cudaStream_t stream) {
+    if constexpr (!kGather) {
+        if (a.has_norm && a.epi == GemvEpilogue::kSwiglu) return launch_quant<F, GemvEpilogue::kSwiglu, 1, false, true>(a, items, pair, stream);
+        if (a.has_norm && a.epi == GemvEpilogue::kRopeKv) return launch_quant<F, GemvEpilogue::kRopeKv, 1, false, true>(a, items, pair, stream);
+        if (a.has_norm) return launch_quant<F, GemvEpilogue::kNone, 1, false, true>(a, items, pair, stream);
+    }
     if (a.epi == GemvEpilogue::kSwiglu) return launch_quant<F, GemvEpilogue::kSwiglu, 1, kGather>(a, items, pair, stream);
     if (a.epi == GemvEpilogue::kRopeKv) return launch_quant<F, GemvEpilogue::kRopeKv, 1, kGather>(a, items, pair, stream);
     if (a.tokens == 1) return launch_quant<F, GemvEpilogue::kNone, 1, kGather>(a, items, pair, stream);
@@ -289,9 +334,17 @@ __global__ void dequant_gptq_kernel(cpu::GptqView w, bf16* dst) {
 
 bool quant_gemv_applies(const QuantGemvArgs& a) {
     if (a.tokens < 1 || a.tokens > kQuantGemvMaxTokens || (a.epi != GemvEpilogue::kNone && a.tokens != 1)) return false;
-    if (!aligned16({a.x}) || a.w.K() % 8 != 0) return false;
+    if (a.has_norm) {
+        const GemvNorm& nm = a.norm;
+        if (a.tokens != 1 || nm.sum.ll || (a.w.format == Format::kGptq && a.w.gptq.perm) || !aligned16({nm.x, nm.weight}) ||
+            (nm.residual && !aligned16({nm.residual, nm.residual_out})))
+            return false;
+    } else if (!aligned16({a.x})) {
+        return false;
+    }
+    if (a.w.K() % 8 != 0 || gather_bytes(a) > gather_limit()) return false;
     if (a.w.format == Format::kFp8) return aligned16({a.w.fp8.w}) && a.w.fp8.l.K % cpu::kFp8Chunk == 0;
-    return aligned16({a.w.gptq.qw}) && gather_bytes(a) <= gather_limit();
+    return aligned16({a.w.gptq.qw});
 }
 
 void quant_gemv(const QuantGemvArgs& a, cudaStream_t stream) {

@@ -36,9 +36,16 @@ struct QuantGemvArgs {
     bf16* y = nullptr;           // [tokens, N]; kSwiglu: [1, N / 2]; kRopeKv: q [1, heads * head_dim]
     GemvEpilogue epi = GemvEpilogue::kNone;  // other than kNone at one token only
     GemvRopeKv rope;                         // kRopeKv's
+    // One token: x = rmsnorm(norm.residual + norm.x) (or rmsnorm(norm.x)) computed by every block
+    // into shared memory with the rmsnorm kernel's arithmetic (so bit-identical to it), block 0
+    // writing residual + x to norm.residual_out, as gemv_fused's norm prologue; `x` is unused.
+    // No exchange sum (norm.sum.ll null) and no act-order gather.
+    bool has_norm = false;
+    GemvNorm norm;
 };
 
-// Whether quant_gemv takes these arguments (tokens, alignment, the gather's shared memory).
+// Whether quant_gemv takes these arguments (tokens, alignment, the gather's shared memory, the
+// norm's conditions).
 bool quant_gemv_applies(const QuantGemvArgs& a);
 // y = x W^T (+ bias) and the epilogue, fp32 sums: each 16-byte weight chunk (FP8: 16 values,
 // GPTQ: 32 positions of one group) dotted with x, times its scale, into the row's sum.
