@@ -40,7 +40,13 @@ __device__ inline void fp8x16(const uint4& v, float* f) {
     }
 }
 
-// Eight bf16 of x: from shared memory (the act-order gather) or global memory.
+// Eight values of x: fp32 from shared memory (the norm prologue's, already bf16 values: no
+// unpacking in the dot products), or bf16 from shared memory (the act-order gather) or global memory.
+template <bool kShared>
+__device__ inline void load_x8(const float* p, float* f) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
 template <bool kShared>
 __device__ inline void load_x8(const bf16* p, float* f) {
     if constexpr (kShared) unpack8(*reinterpret_cast<const uint4*>(p), f);
@@ -48,8 +54,8 @@ __device__ inline void load_x8(const bf16* p, float* f) {
 }
 
 // Row n of an FP8 weight dotted with tokens' x: acc[t] += sum over the lane's chunks.
-template <int T, bool kShared>
-__device__ inline void dot_fp8(const cpu::Fp8View& w, int64_t n, const bf16* x, int tokens, float* acc) {
+template <int T, bool kShared, typename X>
+__device__ inline void dot_fp8(const cpu::Fp8View& w, int64_t n, const X* x, int tokens, float* acc) {
     const int lane = threadIdx.x & 31;
     const int64_t K = w.l.K, chunks = K / cpu::kFp8Chunk;
     const uint4* row = reinterpret_cast<const uint4*>(w.w + n * K);
@@ -82,8 +88,8 @@ __device__ inline void dot_fp8(const cpu::Fp8View& w, int64_t n, const bf16* x, 
 
 // Row n of a GPTQ weight dotted with tokens' x (xs: the gather of x in the row's segment's
 // order, [tokens][Kp]; else x itself).
-template <int T, bool kShared>
-__device__ inline void dot_gptq(const cpu::GptqView& w, int64_t n, const bf16* xs, int tokens, float* acc) {
+template <int T, bool kShared, typename X>
+__device__ inline void dot_gptq(const cpu::GptqView& w, int64_t n, const X* xs, int tokens, float* acc) {
     const int lane = threadIdx.x & 31;
     const int64_t Kp = w.l.Kp, chunks = Kp / cpu::kGptqChunk, xstride = kShared ? Kp : w.l.K;
     const int s = cpu::gptq_segment(w.l, n);
@@ -169,10 +175,11 @@ __device__ inline void write_item(const QuantGemvArgs& a, int64_t item, const in
     out[i + half] = __float2bfloat16(vb * cs + va * sn);
 }
 
-// x = rmsnorm(residual + x) (or rmsnorm(x)) of one token into xs (bf16, K), as linear.cu's
-// norm_prologue (without the exchange sum) and so as rmsnorm_vec_kernel: the same 256 threads,
-// the same chunks per thread, the same roundings; block 0 writes residual + x to residual_out.
-__device__ void norm_into(int64_t K, const GemvNorm& nm, uint4* xs) {
+// x = rmsnorm(residual + x) (or rmsnorm(x)) of one token into xf (K floats holding the bf16
+// results), as linear.cu's norm_prologue (without the exchange sum) and so as rmsnorm_vec_kernel:
+// the same 256 threads, the same chunks per thread, the same roundings; block 0 writes
+// residual + x to residual_out. xs: K bf16 of staging.
+__device__ void norm_into(int64_t K, const GemvNorm& nm, uint4* xs, float* xf) {
     static_assert(kThreads == 256, "the norm's order of sums is that of rmsnorm_vec_kernel's 256 threads");
     const int64_t chunks = K / 8;
     float ss = 0;
@@ -197,7 +204,10 @@ __device__ void norm_into(int64_t K, const GemvNorm& nm, uint4* xs) {
         unpack8(reinterpret_cast<const uint4*>(nm.weight)[i], wf);
 #pragma unroll
         for (int j = 0; j < 8; ++j) o[j] = wf[j] * (v[j] * inv);
-        xs[i] = pack8(o);
+        float r[8];
+        unpack8(pack8(o), r);  // rounded to bf16, as the rmsnorm kernel stores it
+        reinterpret_cast<float4*>(xf)[2 * i] = make_float4(r[0], r[1], r[2], r[3]);
+        reinterpret_cast<float4*>(xf)[2 * i + 1] = make_float4(r[4], r[5], r[6], r[7]);
     }
     __syncthreads();
 }
@@ -222,8 +232,8 @@ __global__ void __launch_bounds__(kThreads) quant_gemv_kernel(QuantGemvArgs a, i
             }
         __syncthreads();
     }
-    if constexpr (kNorm) norm_into(a.w.K(), a.norm, smem);
-    constexpr bool kShared = kGather || kNorm;
+    float* xn = reinterpret_cast<float*>(smem);  // the norm's x: [K] floats, then its bf16 staging
+    if constexpr (kNorm) norm_into(a.w.K(), a.norm, reinterpret_cast<uint4*>(xn + a.w.K()), xn);
     const int lane = threadIdx.x & 31;
     const int64_t half = a.rope.head_dim / 2;
     for (int64_t item = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5); item < items; item += (int64_t)gridDim.x * kWarps) {
@@ -235,11 +245,13 @@ __global__ void __launch_bounds__(kThreads) quant_gemv_kernel(QuantGemvArgs a, i
 #pragma unroll
             for (int t = 0; t < T; ++t) acc[r][t] = 0.0f;
             if constexpr (F == Format::kFp8) {
-                dot_fp8<T, kNorm>(a.w.fp8, rows[r], kNorm ? xs : a.x, tokens, acc[r]);
+                if constexpr (kNorm) dot_fp8<T, true>(a.w.fp8, rows[r], (const float*)xn, tokens, acc[r]);
+                else dot_fp8<T, false>(a.w.fp8, rows[r], a.x, tokens, acc[r]);
+            } else if constexpr (kNorm) {
+                dot_gptq<T, true>(a.w.gptq, rows[r], (const float*)xn, tokens, acc[r]);
             } else {
-                const bf16* x = kNorm ? xs : a.x;
-                if constexpr (kGather) x = xs + cpu::gptq_segment(a.w.gptq.l, rows[r]) * tokens * a.w.gptq.l.Kp;
-                dot_gptq<T, kShared>(a.w.gptq, rows[r], x, tokens, acc[r]);
+                const bf16* x = kGather ? xs + cpu::gptq_segment(a.w.gptq.l, rows[r]) * tokens * a.w.gptq.l.Kp : a.x;
+                dot_gptq<T, kGather>(a.w.gptq, rows[r], x, tokens, acc[r]);
             }
 #pragma unroll
             for (int t = 0; t < T; ++t) acc[r][t] = warp_sum(acc[r][t]);
@@ -267,7 +279,7 @@ size_t gather_limit() {
 }
 
 size_t gather_bytes(const QuantGemvArgs& a) {
-    if (a.has_norm) return (size_t)a.w.K() * sizeof(bf16);  // the normalised x
+    if (a.has_norm) return (size_t)a.w.K() * (sizeof(float) + sizeof(bf16));  // the normalised x and its staging
     if (a.w.format != Format::kGptq || !a.w.gptq.perm) return 0;
     return (size_t)a.w.gptq.l.segments * a.tokens * a.w.gptq.l.Kp * sizeof(bf16);
 }
