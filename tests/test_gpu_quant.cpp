@@ -4,8 +4,9 @@
 // Tolerances as test_gpu_run's bf16 path: prompt logits within 2e-2 of the largest (max abs
 // error over max abs reference), argmax equal to HF's wherever HF's top-two gap exceeds 0.05. Each path of the quantized linears is run: prompts of 20 tokens (weights
 // dequantized to bf16 for cuBLAS), a prompt of 8 and of 5 tokens (the quantized GEMV over
-// several tokens), of 1 token (the GEMV with its SwiGLU and RoPE + KV epilogues), and greedy
-// decode through CUDA graphs (reported against HF's tokens; near-ties may flip in bf16).
+// several tokens), of 1 token, and greedy decode through CUDA graphs (the GEMV with its norm
+// prologue and SwiGLU and RoPE + KV epilogues): while the continuation is HF's, every token HF
+// chose by a gap over 0.05 must be chosen too (near-ties may flip in bf16).
 // Everything skips, with a message, without enough GPUs.
 #include <gtest/gtest.h>
 
@@ -117,6 +118,17 @@ TEST_P(GpuQuant, GreedyDecodeWithCudaGraphs) {
         std::vector<int32_t> want(g.greedy_ids.begin() + b * g.total_len + g.prompt_len, g.greedy_ids.begin() + (b + 1) * g.total_len);
         EXPECT_EQ(ids.size(), want.size()) << "prompt " << b;
         same += ids == want;
+        // While the continuation is HF's, each token HF chose by a clear margin (top-two gap over
+        // 0.05 in its teacher-forced logits) must be chosen here too: the decode steps' fused GEMVs.
+        for (size_t i = 0; i < std::min(ids.size(), want.size()); ++i) {
+            const float* ref = &g.greedy_logits[(b * g.total_len + g.prompt_len - 1 + (int64_t)i) * g.vocab];
+            std::vector<float> sorted(ref, ref + g.vocab);
+            std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+            if (sorted[0] - sorted[1] > 0.05f) {
+                EXPECT_EQ(ids[i], want[i]) << "prompt " << b << " new token " << i;
+            }
+            if (ids[i] != want[i]) break;
+        }
         ++b;
     }
     EXPECT_EQ(b, g.batch);

@@ -163,7 +163,6 @@ bool CudaExecutor::defer_norm(Forward& f, const Node* n, int64_t r) {
     if (const cuda::QuantWeightView* q = quant_weight(lin)) {  // the quantized GEMV's own prologue
         cuda::QuantGemvArgs qa;
         qa.w = *q, qa.has_norm = true, qa.norm = nm;
-        if (!plain) qa.norm.residual_out = qa.norm.residual;  // (stands in for the aligned allocation)
         applies = lin->name != "lm_head" && cuda::quant_gemv_applies(qa);
     } else {
         applies = cuda::gemv_fused_applies(width(x), &nm, f.act.data(lin->inputs[1]));
