@@ -281,6 +281,12 @@ TEST(QuantPlan, ShowsThePackedBytesEachRankReads) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find("quantized: gptq int4, group 32, symmetric, format gptq (read: the packed bytes; weights: dequantized to fp32 "
                          "on load)"), std::string::npos) << r.out;
+    // The GPU backend plans them too (the linears stay packed on the device).
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/fp8-llama\"\n[backend]\ndevice = \"cuda\"\n";
+    r = run_process(tpx_bin("tpx") + " plan " + dir + "/job.toml --world 1");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("quantized: fp8 e4m3, 128x128 blocks, dynamic activations (read: the packed bytes; weights: kept packed on the "
+                         "device"), std::string::npos) << r.out;
     fs::remove_all(dir);
 }
 
