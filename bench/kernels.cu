@@ -674,7 +674,9 @@ void quant_sweep(cudaStream_t st) {
             row(name + " to bf16", dims, us, rate((double)(wbytes + sbytes + sh.K * sh.N * 2), us));
             for (void* p : owned) CUDA_CHECK(cudaFree(p));
         }
-        CUDA_CHECK(cudaFree(x)), CUDA_CHECK(cudaFree(y)), CUDA_CHECK(cudaFree(dense));
+        CUDA_CHECK(cudaFree(x));
+        CUDA_CHECK(cudaFree(y));
+        CUDA_CHECK(cudaFree(dense));
     }
 }
 
