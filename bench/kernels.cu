@@ -9,6 +9,7 @@
 //   tpx-kbench --layer TP one decoder layer with one rank's shapes at tensor parallelism TP
 //   tpx-kbench --flash   prefill attention alone, 128 to 8192 tokens: the default, flash_tile "1x64", flash_short_max 0
 //   tpx-kbench --moe     a Mixtral-shaped MoE layer at 1 to 64 tokens, dense against sparse
+//   tpx-kbench --quant   the quantized GEMVs (FP8, GPTQ int4) on the 8B's linears, and their dequantization
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -33,6 +34,7 @@
 #include "common/check.h"
 #include "common/cuda_check.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/quant_gemv.h"
 
 using namespace tpx;
 using bf16 = __nv_bfloat16;
@@ -620,6 +622,64 @@ void h2d_from_file(const char* path) {
 
 }  // namespace
 
+// --quant: the quantized GEMVs (kernels/cuda/quant_gemv.h) on the 8B's linears, FP8 with 128x128
+// blocks and GPTQ int4 with groups of 128 (symmetric, in order), at 1 and 8 tokens, and the
+// dequantization to bf16 that prefill takes; rates over the bytes each reads (weights and scales).
+void quant_sweep(cudaStream_t st) {
+    struct Shape { const char* name; int64_t K, N; };
+    const Shape shapes[] = {{"qkv", 4096, 6144}, {"o", 4096, 4096}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}};
+    for (const Shape& sh : shapes) {
+        const std::string dims = " K=" + std::to_string(sh.K) + " N=" + std::to_string(sh.N);
+        bf16* x = device_alloc<bf16>(8 * sh.K);
+        bf16* y = device_alloc<bf16>(8 * sh.N, false);
+        bf16* dense = device_alloc<bf16>(sh.K * sh.N, false);
+        for (bool fp8 : {true, false}) {
+            cuda::QuantWeightView v;
+            int64_t wbytes, sbytes;
+            std::vector<void*> owned;
+            if (fp8) {
+                v.format = cuda::QuantWeightView::Format::kFp8;
+                v.fp8.l = {sh.N, sh.K, 128, 0, 128, sh.K / 128};
+                wbytes = sh.K * sh.N, sbytes = (sh.N / 128) * (sh.K / 128) * 4;
+            } else {
+                v.format = cuda::QuantWeightView::Format::kGptq;
+                v.gptq.l.N = sh.N, v.gptq.l.K = sh.K, v.gptq.l.Kp = sh.K, v.gptq.l.G = sh.K / 128, v.gptq.l.seg_end[0] = sh.N;
+                wbytes = sh.K * sh.N / 2, sbytes = sh.N * (sh.K / 128) * 2;
+                std::vector<int32_t> groups(sh.K / 32);
+                for (size_t c = 0; c < groups.size(); ++c) groups[c] = (int32_t)(c / 4);
+                int32_t* cg = device_alloc<int32_t>(groups.size(), false);
+                CUDA_CHECK(cudaMemcpy(cg, groups.data(), groups.size() * 4, cudaMemcpyHostToDevice));
+                v.gptq.chunk_group = cg, owned.push_back(cg);
+            }
+            const int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / (wbytes + sbytes)));
+            char* w = device_alloc<char>((size_t)copies * wbytes);
+            char* sc = device_alloc<char>((size_t)copies * sbytes);
+            owned.push_back(w), owned.push_back(sc);
+            auto at = [&](int i) {
+                cuda::QuantWeightView c = v;
+                if (fp8) c.fp8.w = (const uint8_t*)(w + (size_t)(i % copies) * wbytes), c.fp8.scale = (const float*)(sc + (size_t)(i % copies) * sbytes);
+                else c.gptq.qw = (const uint32_t*)(w + (size_t)(i % copies) * wbytes), c.gptq.scales = (const uint16_t*)(sc + (size_t)(i % copies) * sbytes);
+                return c;
+            };
+            const std::string name = std::string(fp8 ? "quant fp8 " : "quant gptq ") + sh.name;
+            for (int64_t T : {1, 8}) {
+                double us = time_graph(st, [&](int i) {
+                    cuda::QuantGemvArgs a;
+                    a.w = at(i), a.tokens = T, a.x = x, a.y = y;
+                    cuda::quant_gemv(a, st);
+                });
+                row(name, "T=" + std::to_string(T) + dims, us, rate((double)(wbytes + sbytes), us) + (copies < kReps ? " (L2 may help)" : ""));
+            }
+            double us = time_graph(st, [&](int i) { cuda::quant_dequantize(at(i), dense, st); });
+            row(name + " to bf16", dims, us, rate((double)(wbytes + sbytes + sh.K * sh.N * 2), us));
+            for (void* p : owned) CUDA_CHECK(cudaFree(p));
+        }
+        CUDA_CHECK(cudaFree(x));
+        CUDA_CHECK(cudaFree(y));
+        CUDA_CHECK(cudaFree(dense));
+    }
+}
+
 int main(int argc, char** argv) {
     bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -648,6 +708,10 @@ int main(int argc, char** argv) {
     }
     if (argc > 2 && std::strcmp(argv[1], "--layer") == 0) {
         layer_sweep(h, st, std::atoi(argv[2]));
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--quant") == 0) {
+        quant_sweep(st);
         return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {

@@ -92,6 +92,8 @@ public:
     void read(const std::vector<ReadRequest>& requests, ReadSink& sink) override;
     uint64_t read_bytes(const std::string& name, const Slice& slice) const override;
     const QuantConfig& quant() const { return q_; }
+    bool has_linear(const std::string& name) const { return linears_.count(name) > 0; }
+    std::vector<std::unique_ptr<PackedSlice>> read_packed_slices(const std::vector<ReadRequest>& requests);
 
 private:
     void index_gptq(std::set<std::string>& hidden);
@@ -351,6 +353,42 @@ void QuantizedCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSin
     pool_.run(tasks);
 }
 
+std::vector<std::unique_ptr<PackedSlice>> QuantizedCheckpoint::read_packed_slices(const std::vector<ReadRequest>& requests) {
+    std::vector<Tile> tiles;
+    for (const ReadRequest& r : requests) {
+        auto it = linears_.find(r.tensor);
+        if (it == linears_.end()) fail(path_, "tensor '" + r.tensor + "' is not a quantized linear (its packed data was asked for)");
+        ReadRequest as_f32 = r;
+        as_f32.dst_type = DType::kF32;
+        const TensorInfo& t = checked(as_f32);
+        tiles.push_back(Tile{&r, &it->second, cut_of(t, r.slice), {}, {}, {}});
+    }
+    inner_->reset_stats();
+    struct Count {
+        QuantizedCheckpoint* self;
+        ~Count() { self->add_inner_stats(); }
+    } count{this};
+    read_packed(tiles);
+    std::vector<std::unique_ptr<PackedSlice>> out;
+    for (Tile& tile : tiles) {
+        const QuantLinear& l = *tile.l;
+        const Cut& c = tile.c;
+        auto p = std::make_unique<PackedSlice>();
+        p->method = l.method;
+        p->out_begin = c.out_begin, p->out_len = c.out_len, p->in_begin = c.in_begin, p->in_len = c.in_len;
+        p->g_idx = std::move(tile.g_idx), p->row_of_group = std::move(tile.row_of_group);
+        p->qweight = std::move(tile.parts[kQweight]), p->scales = std::move(tile.parts[kScales]);
+        p->qzeros = std::move(tile.parts[kQzeros]), p->fp8_weight = std::move(tile.parts[kFp8Weight]);
+        p->scale_inv = std::move(tile.parts[kScaleInv]);
+        p->qzeros_cols = c.out_len != l.out ? ceil_div(c.out_begin + c.out_len, 8) - c.out_begin / 8 : ceil_div(l.out, 8);
+        p->scale_cols = c.in_len != l.in ? ceil_div(c.in_begin + c.in_len, q_.block_in) - c.in_begin / q_.block_in : ceil_div(l.in, q_.block_in);
+        p->block_out = q_.block_out, p->block_in = q_.block_in;
+        p->zero_offset = q_.v2 ? 0 : 1;
+        out.push_back(std::move(p));
+    }
+    return out;
+}
+
 void QuantizedCheckpoint::read_packed(std::vector<Tile>& tiles) {
     std::vector<ReadRequest> reads;
     std::vector<void*> targets;
@@ -526,6 +564,17 @@ std::unique_ptr<Checkpoint> open_quantized(std::unique_ptr<Checkpoint> ckpt) {
 QuantConfig quantization_of(const Checkpoint& ckpt) {
     const auto* q = dynamic_cast<const QuantizedCheckpoint*>(&ckpt);
     return q ? q->quant() : QuantConfig{};
+}
+
+bool is_quantized_linear(const Checkpoint& ckpt, const std::string& name) {
+    const auto* q = dynamic_cast<const QuantizedCheckpoint*>(&ckpt);
+    return q && q->has_linear(name);
+}
+
+std::vector<std::unique_ptr<PackedSlice>> read_packed_slices(Checkpoint& ckpt, const std::vector<ReadRequest>& requests) {
+    auto* q = dynamic_cast<QuantizedCheckpoint*>(&ckpt);
+    if (!q) throw CheckpointError(ckpt.path() + ": not a quantized checkpoint (packed slices were asked for)");
+    return q->read_packed_slices(requests);
 }
 
 }  // namespace tpx

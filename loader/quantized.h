@@ -8,8 +8,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "loader/checkpoint.h"
+#include "loader/dequant.h"
 
 namespace tpx {
 
@@ -41,5 +43,27 @@ std::unique_ptr<Checkpoint> open_quantized(std::unique_ptr<Checkpoint> ckpt);
 
 // The quantization of a checkpoint opened by Checkpoint::open (kNone for a plain one).
 QuantConfig quantization_of(const Checkpoint& ckpt);
+
+// The packed bytes of one slice of a quantized linear, exactly as the reader fetches them to
+// dequantize it (no dequantization): what the GPU backend uploads and repacks for its kernels
+// (kernels/cpu/quant_gemv.h). gptq()/fp8() point into this object's buffers, so it must stay
+// put while they are used. dequantize_gptq(gptq()) / dequantize_fp8(fp8()) give the values a
+// plain read of the slice gives.
+struct PackedSlice {
+    QuantConfig::Method method = QuantConfig::Method::kNone;
+    int64_t out_begin = 0, out_len = 0, in_begin = 0, in_len = 0;  // the cut of the [out, in] weight
+    std::vector<int32_t> g_idx, row_of_group;                      // GPTQ (GptqTile's)
+    std::vector<char> qweight, scales, qzeros, fp8_weight, scale_inv;
+    int64_t qzeros_cols = 0, scale_cols = 0, block_out = 128, block_in = 128;
+    int zero_offset = 1;
+    GptqTile gptq() const;
+    Fp8Tile fp8() const;
+};
+
+// Whether `name` is a virtual weight of a quantized linear of `ckpt`.
+bool is_quantized_linear(const Checkpoint& ckpt, const std::string& name);
+// The packed data of each request's slice (every request a quantized linear's, a slice along
+// dim 0 or dim 1 or whole; dst_type and tag are ignored), counted in ckpt's stats as read() counts them.
+std::vector<std::unique_ptr<PackedSlice>> read_packed_slices(Checkpoint& ckpt, const std::vector<ReadRequest>& requests);
 
 }  // namespace tpx

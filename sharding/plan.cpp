@@ -77,15 +77,12 @@ void check_unused_tensors(const Job& job, const TransformContext& ctx, ShardPlan
     plan.warnings.push_back(text + " (running anyway: [model] allow_unused_weights = true)");
 }
 
-// config.json's quantization_config, described ("" = none). Quantized weights are dequantized
-// on the host to fp32 as they load (loader/quantized.h): the CPU backend only, in this version.
-std::string check_quantization(const Job& job, const std::string& config_text, const std::string& config_file) {
+// config.json's quantization_config, described ("" = none). The CPU backend dequantizes the
+// weights to fp32 as they load (loader/quantized.h); the CUDA backend keeps the linears packed
+// on the device and dequantizes inside its kernels (worker/quant_weights.h).
+std::string check_quantization(const Job&, const std::string& config_text, const std::string& config_file) {
     const QuantConfig quant = parse_quant_config(config_text, config_file);
-    if (!quant.quantized()) return "";
-    if (job.backend.device != "cpu")
-        throw JobError(job.file + ": " + config_file + " holds " + quant.describe() + " weights: quantized weights run on the CPU backend "
-                       "only in this version (set backend.device = \"cpu\")");
-    return quant.describe();
+    return quant.quantized() ? quant.describe() : "";
 }
 
 }  // namespace
@@ -356,7 +353,9 @@ std::string format_plan(const ShardPlan& p, bool detail) {
        << p.weight_dtype << ", activations " << p.act_dtype << "\n";
     os << "kv cache: max_batch " << p.max_batch << " x max_seq_len " << p.max_seq_len << "\n";
     os << (p.headers_checked ? "checkpoint headers: read and matched\n" : "checkpoint headers: not present (planned from config.json alone)\n");
-    if (!p.quantization.empty()) os << "quantized: " << p.quantization << " (read: the packed bytes; weights: dequantized to fp32 on load)\n";
+    if (!p.quantization.empty())
+        os << "quantized: " << p.quantization << " (read: the packed bytes; weights: "
+           << (p.backend == "cuda" ? "kept packed on the device, the linears' weight column counts them as bf16" : "dequantized to fp32 on load") << ")\n";
     for (const std::string& w : p.warnings) os << "warning: " << w << "\n";
     os << "\n";
     std::snprintf(line, sizeof(line), "%-5s %14s %14s %14s %14s %9s\n", "rank", "weights", "kv cache", "total", "read", "tensors");

@@ -281,6 +281,12 @@ TEST(QuantPlan, ShowsThePackedBytesEachRankReads) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find("quantized: gptq int4, group 32, symmetric, format gptq (read: the packed bytes; weights: dequantized to fp32 "
                          "on load)"), std::string::npos) << r.out;
+    // The GPU backend plans them too (the linears stay packed on the device).
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/fp8-llama\"\n[backend]\ndevice = \"cuda\"\n";
+    r = run_process(tpx_bin("tpx") + " plan " + dir + "/job.toml --world 1");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("quantized: fp8 e4m3, 128x128 blocks, dynamic activations (read: the packed bytes; weights: kept packed on the "
+                         "device"), std::string::npos) << r.out;
     fs::remove_all(dir);
 }
 
@@ -380,7 +386,7 @@ TEST(QuantInspect, CheckFindsANanInADequantizedWeight) {
     fs::remove_all(dir);
 }
 
-TEST(QuantRefusals, CorruptTensorsAndTheGpuBackendAreRefusedBeforeAnyRankStarts) {
+TEST(QuantRefusals, CorruptTensorsAreRefusedBeforeAnyRankStarts) {
     // g_idx out of range (read and checked when the launcher plans).
     std::string dir = corrupted("gptq-llama", [](const TensorInfo& t, std::vector<char>& b, std::vector<int64_t>&) {
         if (t.name == "model.layers.1.mlp.up_proj.g_idx") reinterpret_cast<int32_t*>(b.data())[70] = 9;
@@ -408,10 +414,7 @@ TEST(QuantRefusals, CorruptTensorsAndTheGpuBackendAreRefusedBeforeAnyRankStarts)
     expect_refused(dir, "tensor 'model.layers.1.mlp.gate_proj.weight_scale_inv' is F32 [8, 4], expected F32 [4, 2]: one scale per "
                         "128x128 block of 'model.layers.1.mlp.gate_proj.weight' [512, 256]");
     fs::remove_all(dir);
-    // The GPU backend.
-    expect_refused(kGolden + "/fp8-llama", "holds fp8 e4m3, 128x128 blocks, dynamic activations weights: quantized weights run on the "
-                                           "CPU backend only in this version (set backend.device = \"cpu\")",
-                   "cuda");
+    // (The GPU backend takes them: test_gpu_run's Quantized tests.)
 }
 
 }  // namespace

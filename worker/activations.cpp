@@ -12,7 +12,13 @@ Activations::Activations(const Args& a)
     : weights_(a.weights), last_use_(a.last_use), stream_(a.stream), arena_(a.arena), arena_peak_(a.arena_peak) {}
 
 Activations::bf16* Activations::data(const Value* v) const {
-    if (v->producer && v->producer->kind == Op::kParam) return weights_.params.at(v->producer->name);
+    if (v->producer && v->producer->kind == Op::kParam) {
+        auto it = weights_.params.find(v->producer->name);
+        if (it != weights_.params.end()) return it->second;
+        TPX_CHECK(!weights_.quant.count(v->producer->name),
+                  "parameter " + v->producer->name + " is kept quantized: only the quantized linear kernels read it");
+        return weights_.params.at(v->producer->name);
+    }
     return buf_.at(v);
 }
 

@@ -72,7 +72,7 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
     const ModelConfig& c = plan.config;
     std::mt19937 rng(1234);
     const int rank = comm.rank();
-    const double weight_bytes = (double)plan.ranks.at(rank).weight_bytes;
+    const double weight_bytes = s.weight_bytes > 0 ? s.weight_bytes : (double)plan.ranks.at(rank).weight_bytes;
     const ExpertWeights experts = expert_weights(s.graph ? *s.graph : plan.graph);
     // K and V of every layer for one cached position of one sequence, on this rank.
     const double kv_bytes_per_position = (double)plan.ranks.at(rank).kv_cache_bytes / (double)(plan.max_batch * plan.max_seq_len);

@@ -40,6 +40,9 @@ struct BenchSettings {
     // The rank's graph, as the executor runs it (the plan's own was moved out to build it): its
     // MoE layers' expert weights set the decode roofline.
     const Graph* graph = nullptr;
+    // The rank's weights as the executor holds them (quantized linears packed), which a decode
+    // step reads; 0: the plan's weight bytes.
+    double weight_bytes = 0;
 };
 
 void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const DeviceRates& rates, const BenchSettings& s);

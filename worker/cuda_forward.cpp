@@ -7,6 +7,7 @@
 
 #include "common/cuda_check.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/quant_gemv.h"
 #include "worker/activations.h"
 #include "worker/cuda_executor.h"
 
@@ -158,7 +159,15 @@ bool CudaExecutor::defer_norm(Forward& f, const Node* n, int64_t r) {
     if (f.pushed.count(n)) nm.sum = nccl_->exchange_in(f.pushed.at(n));
     else nm.x = f.act.data(x);
     // (residual_out, not yet allocated, is a stream-ordered allocation: aligned)
-    if (cuda::gemv_fused_applies(width(x), &nm, f.act.data(lin->inputs[1]))) {
+    bool applies = false;
+    if (const cuda::QuantWeightView* q = quant_weight(lin)) {  // the quantized GEMV's own prologue
+        cuda::QuantGemvArgs qa;
+        qa.w = *q, qa.has_norm = true, qa.norm = nm;
+        applies = lin->name != "lm_head" && cuda::quant_gemv_applies(qa);
+    } else {
+        applies = cuda::gemv_fused_applies(width(x), &nm, f.act.data(lin->inputs[1]));
+    }
+    if (applies) {
         if (!plain) nm.residual_out = f.act.make(n->out(1), r);
         if (n->kind == Op::kAllreduceAddRmsnorm && nccl_ && !nm.sum.ll) {
             bf16* reduced = f.act.alloc(width(x));
@@ -196,7 +205,8 @@ void CudaExecutor::run_add_rmsnorm(Forward& f, const Node* n, int64_t r) {
 // A linear at batch 1 whose all-reduce its GEMV can push (and the norm's GEMV after it sum).
 bool CudaExecutor::can_push(Forward& f, const Node* n) {
     auto in = [&](size_t k) { return n->inputs[k]; };
-    if (!f.fuse || !program_.exchange_of.count(n) || f.exchange_open ||
+    if (!f.fuse || !program_.exchange_of.count(n) || f.exchange_open || quant_weight(n) ||
+        quant_weight(program_.norm_of.at(program_.exchange_of.at(n))) ||
         !nccl_->push_applies(in(1)->shape[1], in(1)->shape[0], f.act.data(in(0)), f.act.data(in(1))))
         return false;
     const Node* norm = program_.exchange_of.at(n);  // the sum will be fused too
@@ -209,7 +219,9 @@ void CudaExecutor::run_linear(Forward& f, const Node* n, int64_t r) {
     auto in = [&](size_t k) { return n->inputs[k]; };
     Activations& a = f.act;
     const bf16* bias = n->inputs.size() == 3 ? a.data(in(2)) : nullptr;
-    if (can_push(f, n)) {
+    if (const cuda::QuantWeightView* q = quant_weight(n)) {
+        run_quant_linear(f, n, r, *q);
+    } else if (can_push(f, n)) {
         // Its all-reduce is summed by the next GEMV's norm (cuda::ExchangeIn): no output here.
         nccl_->gemv_push(in(1)->shape[1], in(1)->shape[0], a.data(in(0)), a.data(in(1)), bias, f.exchanges);
         f.pushed[program_.exchange_of.at(n)] = f.exchanges++;
@@ -232,6 +244,16 @@ void CudaExecutor::run_fused_gemv(Forward& f, const Node* n) {
     const bf16* bias = n->inputs.size() == 3 ? a.data(in(2)) : nullptr;
     cuda::GemvEpilogue epi = cuda::GemvEpilogue::kNone;
     cuda::GemvRopeKv rk;
+    bf16* y = fused_output(f, n, fu, epi, rk);
+    cuda::gemv_fused(in(1)->shape[1], in(1)->shape[0], x, a.data(in(1)), bias, y, nm, epi, fu.split ? &rk : nullptr, stream_);
+    if (nm && nm->sum.ll) f.exchange_open = false;
+    if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
+}
+
+// The output of a batch-1 GEMV with fusion fu, its epilogue and RoPE parameters; the nodes the
+// epilogue does are marked done.
+__nv_bfloat16* CudaExecutor::fused_output(Forward& f, const Node* n, const DecodeFusion& fu, cuda::GemvEpilogue& epi, cuda::GemvRopeKv& rk) {
+    Activations& a = f.act;
     bf16* y = nullptr;
     if (fu.swiglu) {
         epi = cuda::GemvEpilogue::kSwiglu;
@@ -256,16 +278,15 @@ void CudaExecutor::run_fused_gemv(Forward& f, const Node* n) {
     } else {
         y = a.make(n->out(), 1);
     }
-    cuda::gemv_fused(in(1)->shape[1], in(1)->shape[0], x, a.data(in(1)), bias, y, nm, epi, fu.split ? &rk : nullptr, stream_);
-    if (nm && nm->sum.ll) f.exchange_open = false;
-    if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
+    return y;
 }
 
 // cuBLAS (or the plain GEMV at one row); lm_head only over the wanted rows; the residual added
 // in the tuned GEMM's epilogue where the step program says so.
-void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r) {
+void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* weight) {
     auto in = [&](size_t k) { return n->inputs[k]; };
     Activations& a = f.act;
+    const bf16* w = weight ? weight : a.data(in(1));
     const bf16* x = a.data(in(0));
     bf16* selected = nullptr;
     if (n->name == "lm_head" && f.select_rows) {
@@ -281,12 +302,52 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r) {
         // y + residual straight into the norm's new residual; the norm then reads only that.
         const Node* nm = program_.residual_epilogue.at(n);
         bf16* sum = a.make(nm->out(1), r);
-        added = tuner_->matmul(ls, x, a.data(in(1)), sum, stream_, a.data(nm->inputs[1]));
+        added = tuner_->matmul(ls, x, w, sum, stream_, a.data(nm->inputs[1]));
         if (added) f.residual_added.insert(nm);
         else a.release(sum), a.forget(nm->out(1));
     }
-    if (!added) cuda::linear(cublas_, ls, x, a.data(in(1)), bias, a.make(n->out(), r), stream_, true, tuner_.get());
+    if (!added) cuda::linear(cublas_, ls, x, w, bias, a.make(n->out(), r), stream_, true, tuner_.get());
     if (selected) a.release(selected);
+}
+
+// Quantized linears: weights kept packed (DeviceWeights::quant). Up to cuda::kQuantGemvMaxTokens
+// rows the quantized GEMV reads them as they are (at one token with the decode step's SwiGLU or
+// RoPE + KV-cache epilogue, as the bf16 GEMV); larger batches and prefill dequantize the weight
+// into bf16 scratch and take run_gemm (the tuner, the residual epilogue, lm_head's row
+// selection). At one token the norm before it is computed in the GEMV's prologue (defer_norm) as
+// for the bf16 GEMV; its all-reduce is not fused into the GEMVs (can_push).
+const cuda::QuantWeightView* CudaExecutor::quant_weight(const Node* linear) const {
+    if (weights_.quant.empty() || linear->kind != Op::kLinear || linear->inputs.size() < 2) return nullptr;
+    const Node* p = linear->inputs[1]->producer;
+    if (!p) return nullptr;
+    auto it = weights_.quant.find(p->name);
+    return it == weights_.quant.end() ? nullptr : &it->second;
+}
+
+void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const cuda::QuantWeightView& w) {
+    Activations& a = f.act;
+    cuda::QuantGemvArgs args;
+    args.w = w;
+    args.tokens = r;
+    args.bias = n->inputs.size() == 3 ? a.data(n->inputs[2]) : nullptr;
+    if (f.pending_norm.count(n)) {  // deferred by defer_norm, which checked that the GEMV takes it
+        args.has_norm = true, args.norm = f.pending_norm.at(n);
+    } else {
+        args.x = a.data(n->inputs[0]);
+    }
+    const bool gemv = n->name != "lm_head" && cuda::quant_gemv_applies(args);
+    TPX_CHECK(gemv || !args.has_norm, "node " + n->name + ": its norm was deferred to a quantized GEMV that cannot take it");
+    if (gemv) {
+        const bool fused = f.fuse && program_.fusions.count(n);
+        args.y = fused ? fused_output(f, n, program_.fusions.at(n), args.epi, args.rope) : a.make(n->out(), r);
+        cuda::quant_gemv(args, stream_);
+        if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
+        return;
+    }
+    __nv_bfloat16* dense = a.alloc(w.N() * w.K());
+    cuda::quant_dequantize(w, dense, stream_);
+    run_gemm(f, n, r, dense);
+    a.release(dense);
 }
 
 void CudaExecutor::run_split(Forward& f, const Node* n, int64_t r) {

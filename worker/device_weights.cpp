@@ -11,10 +11,12 @@
 #include <deque>
 #include <exception>
 #include <mutex>
+#include <set>
 
 #include "common/cuda_check.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "worker/quant_weights.h"
 
 namespace tpx {
 
@@ -25,10 +27,16 @@ using bf16 = __nv_bfloat16;
 DeviceWeights::~DeviceWeights() {
     if (std::uncaught_exceptions()) return;
     for (auto& [name, p] : params) cudaFree(p);
+    for (void* p : quant_buffers) cudaFree(p);
 }
-DeviceWeights::DeviceWeights(DeviceWeights&& o) noexcept : params(std::move(o.params)), bytes(o.bytes) { o.params.clear(); }
+DeviceWeights::DeviceWeights(DeviceWeights&& o) noexcept
+    : params(std::move(o.params)), quant(std::move(o.quant)), quant_buffers(std::move(o.quant_buffers)), bytes(o.bytes) {
+    o.params.clear(), o.quant.clear(), o.quant_buffers.clear();
+}
 DeviceWeights& DeviceWeights::operator=(DeviceWeights&& o) noexcept {
     std::swap(params, o.params);
+    std::swap(quant, o.quant);
+    std::swap(quant_buffers, o.quant_buffers);
     bytes = o.bytes;
     return *this;
 }
@@ -159,8 +167,13 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
     // Every parameter's memory first, then all pieces in one batched read.
     std::vector<ReadRequest> requests;
     std::vector<char*> targets;
+    std::set<std::string> quantized;  // kept packed: upload_quant_params
     for (Node* n : graph.nodes()) {
         if (!n->param) continue;
+        if (is_quantized_param(n, rank, ckpt)) {
+            quantized.insert(n->name);
+            continue;
+        }
         if (n->out()->dtype != "bfloat16")
             throw Error("the CUDA backend holds bf16 weights, but " + n->name + " is planned as " + n->out()->dtype +
                             " (set model.dtype = \"bfloat16\")",
@@ -196,6 +209,7 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
                  " s in all for a free one and spent ", sink.queue_s(), " s queueing copies)");
     }
     CUDA_CHECK(cudaStreamSynchronize(stream));
+    upload_quant_params(graph, rank, ckpt, quantized, stream, w);
     return w;
 }
 

@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
+#include "kernels/cuda/quant_gemv.h"
 #include "loader/checkpoint.h"
 #include "sharding/graph.h"
 
@@ -18,6 +20,9 @@ namespace tpx {
 
 struct DeviceWeights {
     std::map<std::string, __nv_bfloat16*> params;
+    // Quantized linears, kept packed (worker/quant_weights.h), by parameter name; not in params.
+    std::map<std::string, cuda::QuantWeightView> quant;
+    std::vector<void*> quant_buffers;  // their device buffers
     int64_t bytes = 0;
     ~DeviceWeights();
     DeviceWeights() = default;

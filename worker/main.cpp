@@ -341,7 +341,7 @@ int run(const Options& opt) {
             loading();
             device_weights = upload_weights(c.graph, rank, *ckpt, gpu->stream);
             loaded(device_weights.bytes);
-            return TransformResult{(int)device_weights.params.size(), false, ""};
+            return TransformResult{(int)(device_weights.params.size() + device_weights.quant.size()), false, ""};
         });
         reg.bind("move_inputs_to_device", [](TransformContext&, const TransformOptions&) {
             return TransformResult{0, false, "inputs are staged into fixed device buffers per forward"};
@@ -380,6 +380,7 @@ int run(const Options& opt) {
         bs.read_bytes = (double)ckpt->stats().data_bytes;
         bs.planned_read_bytes = (double)plan.ranks.at(rank).read_bytes;
         bs.graph = &ctx.graph;
+        bs.weight_bytes = (double)weight_bytes;  // as held: quantized linears count their packed bytes
         run_bench(*exec, comm, plan, rates, bs);
         comm.barrier();
         return 0;

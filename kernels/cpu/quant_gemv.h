@@ -1,0 +1,97 @@
+// Quantized linears (GPTQ int4, fine-grained FP8) in the layouts the GPU's quantized GEMVs read
+// (kernels/cuda/quant_gemv.cu), and the CPU twins of those kernels over the very same layouts:
+// y[t, n] = sum_k x[t, k] W[n, k] with W dequantized inside the dot product, fp32 sums. The
+// layouts are made on the host from a checkpoint's packed slices by worker/quant_pack.h.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace tpx::cpu {
+
+constexpr int64_t kGptqChunk = 32;     // k' values (four words, 16 bytes) a GPTQ row is read in
+constexpr int64_t kFp8Chunk = 16;      // FP8 values (16 bytes) a row is read in
+constexpr int kQuantMaxSegments = 4;   // row segments of a GPTQ weight with their own k' order
+
+// FP8 W [N, K] e4m3 bytes, row-major as HF stores it; W[n, k] = fp8 x scale[n / rows_per_scale,
+// (k + in_offset) / block_in] (fp32, weight_scale_inv, scale_cols a row). Invariants: K,
+// block_in and in_offset multiples of kFp8Chunk, so that a 16-byte chunk has one scale.
+struct Fp8Layout {
+    int64_t N = 0, K = 0;
+    int64_t block_in = 128, in_offset = 0;
+    int64_t rows_per_scale = 128, scale_cols = 0;
+};
+struct Fp8View {
+    Fp8Layout l;
+    const uint8_t* w = nullptr;
+    const float* scale = nullptr;
+};
+
+// GPTQ int4 W [N, K] re-laid per output row: row n is Kp / 8 words qw[n, :], nibble j (lowest
+// first) of word c holding q at position k' = 8c + j of the row's segment order. Position k'
+// reads x[perm[s][k']] (perm nullptr: x[k'], and Kp == K; -1: padding, x taken as 0) where s is
+// the row's segment (rows [seg_end[s - 1], seg_end[s])); act-order rows are sorted by group at
+// load, so each chunk of kGptqChunk positions lies in one group, chunk_group[s][c] (local group
+// index). W = fp16 scales[n, g] x (q - zero[n, g]), zero from `zeros` ([N, G] bytes, the offset of
+// the checkpoint format applied) or 8 for every group (zeros nullptr: symmetric).
+struct GptqLayout {
+    int64_t N = 0, K = 0, Kp = 0, G = 0;
+    int segments = 1;
+    int64_t seg_end[kQuantMaxSegments] = {};
+};
+struct GptqView {
+    GptqLayout l;
+    const uint32_t* qw = nullptr;           // [N, Kp / 8]
+    const uint16_t* scales = nullptr;       // fp16 [N, G]
+    const uint8_t* zeros = nullptr;         // [N, G] or nullptr (all 8)
+    const int32_t* perm = nullptr;          // [segments, Kp] or nullptr (identity)
+    const int32_t* chunk_group = nullptr;   // [segments, Kp / kGptqChunk]
+};
+
+// The host's copies (what is uploaded), with views of themselves.
+struct Fp8Weight {
+    Fp8Layout l;
+    std::vector<uint8_t> w;
+    std::vector<float> scale;
+    Fp8View view() const { return {l, w.data(), scale.data()}; }
+    int64_t bytes() const { return (int64_t)(w.size() + scale.size() * sizeof(float)); }
+};
+struct GptqWeight {
+    GptqLayout l;
+    std::vector<uint32_t> qw;
+    std::vector<uint16_t> scales;
+    std::vector<uint8_t> zeros;       // empty: symmetric
+    std::vector<int32_t> perm;        // empty: identity
+    std::vector<int32_t> chunk_group;
+    GptqView view() const {
+        return {l, qw.data(), scales.data(), zeros.empty() ? nullptr : zeros.data(), perm.empty() ? nullptr : perm.data(), chunk_group.data()};
+    }
+    int64_t bytes() const {
+        return (int64_t)(qw.size() * 4 + scales.size() * 2 + zeros.size() + perm.size() * 4 + chunk_group.size() * 4);
+    }
+};
+
+// The segment of row n (also called by the kernels).
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+inline int gptq_segment(const GptqLayout& l, int64_t n) {
+    int s = 0;
+    while (s + 1 < l.segments && n >= l.seg_end[s]) ++s;
+    return s;
+}
+
+// The twins: y[t, n] = x[t, :] . W[n, :] (+ bias[n]) for t < tokens, x [tokens, K], y [tokens, N]
+// fp32. Sums as the kernels make them: per chunk (FP8: 16 values, one scale; GPTQ: 32
+// positions, one group) the chunk's dot product with the integers or FP8 values, then times
+// its scale into the row's sum.
+void gemv_fp8(const Fp8View& w, int64_t tokens, const float* x, const float* bias, float* y);
+void gemv_gptq(const GptqView& w, int64_t tokens, const float* x, const float* bias, float* y);
+// W dequantized to fp32 [N, K] (HF's orientation): the prefill path's bf16 weight before rounding.
+void dequantize_fp8_layout(const Fp8View& w, float* dst);
+void dequantize_gptq_layout(const GptqView& w, float* dst);
+
+// fp16 bits to fp32, exactly.
+float half_bits_to_f32(uint16_t h);
+
+}  // namespace tpx::cpu

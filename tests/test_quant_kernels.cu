@@ -1,0 +1,220 @@
+// The quantized GEMVs (kernels/cuda/quant_gemv.cu) against their CPU twins (kernels/cpu/quant_gemv.h)
+// on fresh random layouts: FP8 with scales by block rows and by row and a cut inside a block;
+// GPTQ symmetric and asymmetric, in order and act-order (two segments, padded groups). x is
+// random bf16 (both sides see the same values); outputs are poisoned with NaN first.
+// Tolerance: the GPU rounds its fp32 sums to bf16 (2^-8 relative) after summing the chunks in
+// another order, so |gpu - cpu| <= 2^-7 |cpu| + 1e-3 x the largest |cpu|. The dequantization to
+// bf16 is one fp32 product rounded once on both sides, and the norm prologue repeats the
+// add_rmsnorm kernel's arithmetic: both bit-identical. Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "common/cuda_check.h"
+#include "kernels/cpu/quant_gemv.h"
+#include "kernels/cuda/ops.h"
+#include "kernels/cuda/quant_gemv.h"
+#include "loader/dtype.h"
+
+using namespace tpx;
+using bf16 = __nv_bfloat16;
+
+namespace {
+
+bool have_gpu() {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+#define REQUIRE_GPU() \
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device on this machine: quantized GEMV tests skipped"
+
+std::mt19937 rng(29);
+
+// Device copies that free themselves.
+struct Buffers {
+    std::vector<void*> all;
+    ~Buffers() {
+        for (void* p : all) cudaFree(p);
+    }
+    template <typename T>
+    T* up(const std::vector<T>& v) {
+        if (v.empty()) return nullptr;
+        void* d = nullptr;
+        CUDA_CHECK(cudaMalloc(&d, v.size() * sizeof(T)));
+        CUDA_CHECK(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+        all.push_back(d);
+        return static_cast<T*>(d);
+    }
+    bf16* poisoned(size_t n) { return reinterpret_cast<bf16*>(up(std::vector<uint16_t>(n, 0x7fc0))); }
+};
+
+std::vector<float> download(const bf16* d, size_t n) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<uint16_t> h(n);
+    CUDA_CHECK(cudaMemcpy(h.data(), d, n * 2, cudaMemcpyDeviceToHost));
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = bf16_to_f32(h[i]);
+    return v;
+}
+
+std::vector<float> random_bf16(size_t n) {
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    std::vector<float> v(n);
+    for (float& x : v) x = bf16_to_f32(f32_to_bf16(d(rng)));
+    return v;
+}
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+    std::vector<uint16_t> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
+    return h;
+}
+
+cpu::Fp8Weight random_fp8(int64_t N, int64_t K, int64_t rows_per_scale, int64_t in_offset) {
+    cpu::Fp8Weight w;
+    w.l = {N, K, 128, in_offset, rows_per_scale, (in_offset + K + 127) / 128};
+    w.w.resize(N * K);
+    for (uint8_t& b : w.w) b = (uint8_t)(rng() & 0xff), b = (b & 0x7f) == 0x7f ? 0x3f : b;  // no NaN codes
+    std::uniform_real_distribution<float> s(1e-3f, 2e-3f);
+    w.scale.resize((N + rows_per_scale - 1) / rows_per_scale * w.l.scale_cols);
+    for (float& v : w.scale) v = s(rng);
+    return w;
+}
+
+// segments: row runs with their own act-order permutation (0: in order); groups of `group`
+// positions (act-order groups padded to whole chunks).
+cpu::GptqWeight random_gptq(int64_t N, int64_t K, int64_t group, int segments, bool asym) {
+    cpu::GptqWeight w;
+    const int64_t G = (K + group - 1) / group, per_group = (group + 31) / 32 * 32;
+    const bool permuted = segments > 0;
+    w.l.N = N, w.l.K = K, w.l.G = G, w.l.Kp = permuted ? G * per_group : K;
+    w.l.segments = std::max(1, segments);
+    for (int s = 0; s < w.l.segments; ++s) w.l.seg_end[s] = N * (s + 1) / w.l.segments;
+    const int64_t chunks = w.l.Kp / cpu::kGptqChunk;
+    w.chunk_group.resize(w.l.segments * chunks);
+    if (permuted) w.perm.assign(w.l.segments * w.l.Kp, -1);
+    for (int s = 0; s < w.l.segments; ++s) {
+        std::vector<int32_t> ks(K);
+        std::iota(ks.begin(), ks.end(), 0);
+        if (permuted) std::shuffle(ks.begin(), ks.end(), rng);
+        for (int64_t c = 0; c < chunks; ++c) w.chunk_group[s * chunks + c] = (int32_t)(permuted ? c * 32 / per_group : c * 32 / group);
+        for (int64_t i = 0; permuted && i < K; ++i) w.perm[s * w.l.Kp + (i / group) * per_group + i % group] = ks[i];
+    }
+    w.qw.resize(N * w.l.Kp / 8);
+    for (uint32_t& q : w.qw) q = (uint32_t)rng();
+    std::uniform_real_distribution<float> s(0.005f, 0.02f);
+    w.scales.resize(N * G);
+    for (uint16_t& v : w.scales) v = f32_to_f16(s(rng));
+    if (asym) {
+        w.zeros.resize(N * G);
+        for (uint8_t& z : w.zeros) z = (uint8_t)(rng() % 16 + 1);
+    }
+    return w;
+}
+
+cuda::QuantWeightView device_view(Buffers& b, const cpu::Fp8Weight& w) {
+    cuda::QuantWeightView v;
+    v.format = cuda::QuantWeightView::Format::kFp8;
+    v.fp8 = {w.l, b.up(w.w), b.up(w.scale)};
+    return v;
+}
+cuda::QuantWeightView device_view(Buffers& b, const cpu::GptqWeight& w) {
+    cuda::QuantWeightView v;
+    v.format = cuda::QuantWeightView::Format::kGptq;
+    v.gptq = {w.l, b.up(w.qw), b.up(w.scales), b.up(w.zeros), b.up(w.perm), b.up(w.chunk_group)};
+    return v;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+    float big = 0;
+    for (float v : want) big = std::max(big, std::fabs(v));
+    int64_t bad = 0;
+    for (size_t i = 0; i < want.size(); ++i)
+        if (!(std::fabs(got[i] - want[i]) <= std::ldexp(std::fabs(want[i]), -7) + 1e-3f * big)) {
+            if (bad++ < 5) ADD_FAILURE() << what << " [" << i << "]: gpu " << got[i] << ", cpu " << want[i];
+        }
+    EXPECT_EQ(bad, 0) << what;
+}
+
+// The GEMV at several token counts and the SwiGLU epilogue, and the dequantization, against the twin.
+template <typename W>
+void check_weight(const W& w, const std::string& what) {
+    Buffers b;
+    const cuda::QuantWeightView v = device_view(b, w);
+    const int64_t N = v.N(), K = v.K();
+    for (int64_t T : {1, 2, 3, 5, 8}) {
+        const std::vector<float> x = random_bf16(T * K), bias = random_bf16(N);
+        std::vector<float> want(T * N);
+        if constexpr (std::is_same_v<W, cpu::Fp8Weight>) cpu::gemv_fp8(w.view(), T, x.data(), bias.data(), want.data());
+        else cpu::gemv_gptq(w.view(), T, x.data(), bias.data(), want.data());
+        cuda::QuantGemvArgs a;
+        a.w = v, a.tokens = T, a.x = reinterpret_cast<const bf16*>(b.up(to_bf16(x)));
+        a.bias = reinterpret_cast<const bf16*>(b.up(to_bf16(bias)));
+        a.y = b.poisoned(T * N);
+        ASSERT_TRUE(cuda::quant_gemv_applies(a)) << what;
+        cuda::quant_gemv(a, nullptr);
+        expect_close(download(a.y, T * N), want, what + ", " + std::to_string(T) + " tokens");
+        if (T != 1) continue;
+        // SwiGLU: silu(z[j]) * z[j + N/2] of the bf16-rounded outputs, as the unfused kernels.
+        std::vector<float> act(N / 2);
+        for (int64_t j = 0; j < N / 2; ++j) {
+            const float g = bf16_to_f32(f32_to_bf16(want[j])), u = bf16_to_f32(f32_to_bf16(want[j + N / 2]));
+            act[j] = g / (1.0f + std::exp(-g)) * u;
+        }
+        a.epi = cuda::GemvEpilogue::kSwiglu;
+        a.y = b.poisoned(N / 2);
+        cuda::quant_gemv(a, nullptr);
+        expect_close(download(a.y, N / 2), act, what + ", SwiGLU");
+        a.epi = cuda::GemvEpilogue::kNone;
+        if (v.format == cuda::QuantWeightView::Format::kGptq && v.gptq.perm) continue;  // (no norm prologue with act-order)
+        // The norm prologue: bit for bit add_rmsnorm's kernel, then the GEMV on its output.
+        const bf16* delta = reinterpret_cast<const bf16*>(b.up(to_bf16(random_bf16(K))));
+        const bf16* residual = reinterpret_cast<const bf16*>(b.up(to_bf16(random_bf16(K))));
+        const bf16* weight = reinterpret_cast<const bf16*>(b.up(to_bf16(random_bf16(K))));
+        bf16 *res_ref = b.poisoned(K), *normed = b.poisoned(K), *res_fused = b.poisoned(K);
+        cuda::add_rmsnorm(1, K, 1e-5f, delta, residual, res_ref, weight, normed, nullptr);
+        a.x = normed, a.y = b.poisoned(N);
+        cuda::quant_gemv(a, nullptr);
+        cuda::QuantGemvArgs fused = a;
+        fused.x = nullptr, fused.y = b.poisoned(N), fused.has_norm = true;
+        fused.norm.x = delta, fused.norm.residual = residual, fused.norm.residual_out = res_fused, fused.norm.weight = weight;
+        fused.norm.eps = 1e-5f;
+        ASSERT_TRUE(cuda::quant_gemv_applies(fused)) << what;
+        cuda::quant_gemv(fused, nullptr);
+        const std::vector<float> y_ref = download(a.y, N), y_fused = download(fused.y, N);
+        const std::vector<float> r_ref = download(res_ref, K), r_fused = download(res_fused, K);
+        int64_t differ = 0;
+        for (int64_t i = 0; i < N; ++i) differ += !(y_ref[i] == y_fused[i]);
+        for (int64_t i = 0; i < K; ++i) differ += !(r_ref[i] == r_fused[i]);
+        EXPECT_EQ(differ, 0) << what << ": the norm prologue differs from add_rmsnorm + the GEMV";
+    }
+    std::vector<float> dense(N * K, 0.0f);
+    if constexpr (std::is_same_v<W, cpu::Fp8Weight>) cpu::dequantize_fp8_layout(w.view(), dense.data());
+    else cpu::dequantize_gptq_layout(w.view(), dense.data());
+    bf16* d = b.poisoned(N * K);
+    cuda::quant_dequantize(v, d, nullptr);
+    const std::vector<float> got = download(d, N * K);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < N * K; ++i) bad += bf16_to_f32(f32_to_bf16(dense[i])) != got[i];
+    EXPECT_EQ(bad, 0) << what << ": dequantized to bf16";
+}
+
+TEST(QuantKernels, Fp8GemvEqualsItsTwin) {
+    REQUIRE_GPU();
+    check_weight(random_fp8(384, 1024, 128, 0), "fp8 block rows");
+    check_weight(random_fp8(200, 4096, 1, 0), "fp8 per-row scales");
+    check_weight(random_fp8(130, 272, 1, 48), "fp8 cut inside a block");
+}
+
+TEST(QuantKernels, GptqGemvEqualsItsTwin) {
+    REQUIRE_GPU();
+    check_weight(random_gptq(256, 1024, 128, 0, false), "gptq sym in order");
+    check_weight(random_gptq(200, 4096, 32, 0, true), "gptq asym in order, group 32");
+    check_weight(random_gptq(192, 512, 128, 1, true), "gptq act-order");
+    check_weight(random_gptq(300, 384, 48, 3, false), "gptq act-order, 3 segments, padded groups");
+}
+
+}  // namespace
