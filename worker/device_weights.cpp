@@ -154,11 +154,13 @@ private:
 
 }  // namespace
 
-DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes) {
-    DeviceWeights w;
-    // Every parameter's memory first, then all pieces in one batched read.
-    std::vector<ReadRequest> requests;
-    std::vector<char*> targets;
+namespace {
+
+// The reads that fill every parameter's device buffer from the plan's pieces of `rank`; pieces
+// the plan leaves empty (padding) are zeroed on `stream`. `allocate`: cudaMalloc each buffer into
+// `w`; else each must be there already (a refit: same addresses, so captured graphs stay valid).
+void plan_device_reads(const Graph& graph, int rank, DeviceWeights& w, bool allocate, cudaStream_t stream,
+                       std::vector<ReadRequest>& requests, std::vector<char*>& targets) {
     for (Node* n : graph.nodes()) {
         if (!n->param) continue;
         if (n->out()->dtype != "bfloat16")
@@ -167,9 +169,15 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
                         kExitBadInput);
         int64_t elements = shape_numel(n->out()->shape);
         bf16* dst = nullptr;
-        CUDA_CHECK(cudaMalloc(&dst, std::max<int64_t>(1, elements) * sizeof(bf16)));
-        w.params[n->name] = dst;
-        w.bytes += elements * (int64_t)sizeof(bf16);
+        if (allocate) {
+            CUDA_CHECK(cudaMalloc(&dst, std::max<int64_t>(1, elements) * sizeof(bf16)));
+            w.params[n->name] = dst;
+            w.bytes += elements * (int64_t)sizeof(bf16);
+        } else {
+            auto it = w.params.find(n->name);
+            if (it == w.params.end()) throw Error("refit: rank " + std::to_string(rank) + " holds no device buffer for " + n->name);
+            dst = it->second;
+        }
         int64_t at = 0;
         for (const Piece& p : n->param->by_rank.at(rank)) {
             if (p.tensor.empty()) {
@@ -182,6 +190,12 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
         }
         if (at != elements) throw Error("plan for " + n->name + " fills " + std::to_string(at) + " of " + std::to_string(elements) + " elements");
     }
+}
+
+// One batched read of `requests` into device memory at `targets`, through the pinned ring (or
+// the file's registered pages); returns when every copy has landed.
+void read_to_device(Checkpoint& ckpt, const std::vector<ReadRequest>& requests, std::vector<char*> targets, cudaStream_t stream,
+                    size_t staging_bytes) {
     {
         // Two buffers per read thread: one being filled, one whose copy is queued.
         const size_t chunk = 8u << 20;
@@ -196,7 +210,25 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
                  " s in all for a free one and spent ", sink.queue_s(), " s queueing copies)");
     }
     CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+}  // namespace
+
+DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes) {
+    DeviceWeights w;
+    // Every parameter's memory first, then all pieces in one batched read.
+    std::vector<ReadRequest> requests;
+    std::vector<char*> targets;
+    plan_device_reads(graph, rank, w, /*allocate=*/true, stream, requests, targets);
+    read_to_device(ckpt, requests, std::move(targets), stream, staging_bytes);
     return w;
+}
+
+void reload_weights(const Graph& graph, int rank, Checkpoint& ckpt, DeviceWeights& w, cudaStream_t stream, size_t staging_bytes) {
+    std::vector<ReadRequest> requests;
+    std::vector<char*> targets;
+    plan_device_reads(graph, rank, w, /*allocate=*/false, stream, requests, targets);
+    read_to_device(ckpt, requests, std::move(targets), stream, staging_bytes);
 }
 
 }  // namespace tpx
