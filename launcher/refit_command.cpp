@@ -51,13 +51,13 @@ int cmd_refit(const Args& args) {
     while (!url.empty() && url.back() == '/') url.pop_back();
 
     httplib::Client client(url);
-    if (!client.is_valid()) throw JobError("tpx refit: cannot use URL " + url + " (expected http://HOST:PORT)");
+    if (!client.is_valid()) throw JobError("cannot use URL " + url + " (expected http://HOST:PORT)");
     const double timeout = vm["timeout"].as<double>();
     client.set_read_timeout(std::chrono::milliseconds((int64_t)(timeout * 1000)));
     if (!api_key.empty()) client.set_bearer_token_auth(api_key);
     json body = {{"path", path}, {"abort", vm.count("abort") > 0}};
     httplib::Result res = client.Post("/v1/admin/refit", body.dump(), "application/json");
-    if (!res) throw Error("tpx refit: no answer from " + url + ": " + httplib::to_string(res.error()));
+    if (!res) throw Error("no answer from " + url + ": " + httplib::to_string(res.error()));
     json answer = json::parse(res->body, nullptr, /*allow_exceptions=*/false);
     if (res->status == 200 && answer.is_object()) {
         print_refit(answer);

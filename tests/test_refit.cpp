@@ -2,8 +2,8 @@
 // with the OpenAI Node SDK as the client (tests/serve/refit_client.mjs). References nobody here
 // wrote: HF transformers' greedy tokens for llama-gqa and llama-gqa-b (tests/data/golden; fp32
 // on bf16 weights, smallest top-two gap 0.0029, so greedy tokens must match exactly), and a fresh
-// `tpx run` on llama-gqa-b. A refit must serve exactly the new model's answers, refit back must
-// serve the first ones again, a mismatched checkpoint must be refused with the old weights still
+// `tpx run` on llama-gqa-b. A refit must serve exactly the new model's answers (from safetensors,
+// .h5 or Meta's layout), refit back must serve the first ones again, a mismatched checkpoint must be refused with the old weights still
 // answering, no call may be lost (or answered by a mix of weights) under load, and a file
 // vanishing after the checks must end the server naming the rank and the file.
 #include <gtest/gtest.h>
@@ -177,8 +177,19 @@ TEST(Refit, ServesTheNewWeightsThenTheFirstAgainAndRefusesAMismatch) {
     ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
     expect_answers(server, a, "after the refit back to llama-gqa");
 
-    // Refused before any weight changes: 400 (exit 2) naming the tensor; the old weights answer.
+    // Any format tpx reads: llama-gqa-b as `tpx convert` writes it (.h5), then llama-gqa in
+    // Meta's layout (two consolidated.NN.pth, q/k rows in Meta's order).
     std::string dir = tpx_test::temp_dir();
+    r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " convert " + kB + " " + dir + "/b.h5");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    r = tpx_refit(server, dir + "/b.h5");
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    expect_answers(server, b, "after the refit to llama-gqa-b as .h5");
+    r = tpx_refit(server, std::string(TPX_TEST_DATA) + "/meta/meta-llama-gqa-mp2");
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    expect_answers(server, a, "after the refit to llama-gqa in Meta's layout");
+
+    // Refused before any weight changes: 400 (exit 2) naming the tensor; the old weights answer.
     r = tpx_refit(server, write_mismatched(dir + "/short"));
     EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
     EXPECT_NE(r.err.find("model.layers.1.mlp.down_proj.weight"), std::string::npos) << r.err;

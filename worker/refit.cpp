@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <sstream>
 #include <thread>
 
 #include "common/error.h"
@@ -13,6 +14,13 @@ namespace tpx {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// 3, 1e-05, 500000: as config.json writes them.
+std::string number(double v) {
+    std::ostringstream os;
+    os << v;
+    return os.str();
+}
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -50,8 +58,7 @@ std::string config_mismatch(const ModelConfig& want, const ModelConfig& got) {
     };
     for (const auto& [name, v] : fields)
         if (v.first != v.second)
-            return "config.json: " + std::string(name) + " = " + std::to_string(v.second) + ", but the server's plan has " +
-                   std::to_string(v.first);
+            return "config.json: " + std::string(name) + " = " + number(v.second) + ", but the server's plan has " + number(v.first);
     if (got.rope.type != want.rope.type) return "config.json: rope type " + got.rope.type + ", but the server's plan has " + want.rope.type;
     return "";
 }
@@ -120,8 +127,8 @@ RefitOutcome refit_weights(Executor& exec, MpiCommunicator& comm, const RefitRef
     if (std::string first = agree(comm, error); !first.empty()) {
         out.status = 500;
         out.fatal = true;
-        out.error = "refit failed after the weights began to change (the server stops rather than answer with a mix of old and new "
-                    "weights): " + first;
+        out.error = "refit failed while the weights were being replaced (the server stops rather than answer with a mix of old and "
+                    "new weights): " + first;
         return out;
     }
     out.ranks.resize((size_t)comm.world());
