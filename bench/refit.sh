@@ -1,44 +1,33 @@
 #!/bin/bash
 # Weight refit against a cold start, in one call on the GPU machine (docs/PERF.md, docs/SERVE.md):
 # makes the Llama-3-8B-shaped checkpoint (bench/hf_peer.py make) and a second one with every
-# weight negated (the same shapes and dtypes, other answers), then ROUNDS times: `tpx serve` of the
+# weight negated (bench/negate_checkpoint.py: the same shapes and dtypes, other answers), then ROUNDS times: `tpx serve` of the
 # first from launch to "serve: ready" (the cold start), one completion, `tpx refit` to the second,
 # one completion (it must differ), `tpx refit` back, one completion (the first answer again),
 # SIGTERM. Both checkpoints were just written: their files are in the page cache alike.
-#   bench/refit.sh OUT_DIR [ROUNDS] [TP]     (after: source /tmp/runtime/env.sh from the device bundle)
+#   bench/refit.sh OUT_DIR [ROUNDS] [TP] [DEVICE]   (after: source /tmp/runtime/env.sh from the device bundle)
+# DEVICE cuda (default) or cpu (a check of the script itself, e.g. TPX_BENCH_CKPT=a golden model).
 set -euo pipefail
-out=${1:?usage: bench/refit.sh OUT_DIR [ROUNDS] [TP]}; rounds=${2:-2}; tp=${3:-1}
+out=${1:?usage: bench/refit.sh OUT_DIR [ROUNDS] [TP] [DEVICE]}; rounds=${2:-2}; tp=${3:-1}; device=${4:-cuda}
 here=$(cd "$(dirname "$0")" && pwd)
 a=${TPX_BENCH_CKPT:-/tmp/l8b}; b=${a}-negated
 mkdir -p "$out"
 [ -f "$a/config.json" ] || python3 "$here/hf_peer.py" make "$a" | tee "$out/make.txt"
-if [ ! -f "$b/config.json" ]; then
-  python3 - "$a" "$b" <<'PY'
-import os, shutil, sys
-from safetensors.torch import load_file, save_file
-src, dst = sys.argv[1], sys.argv[2]
-os.makedirs(dst, exist_ok=True)
-for f in sorted(os.listdir(src)):
-    if f.endswith(".safetensors"):
-        save_file({k: -v for k, v in load_file(os.path.join(src, f)).items()}, os.path.join(dst, f), metadata={"format": "pt"})
-    elif os.path.isfile(os.path.join(src, f)):
-        shutil.copy(os.path.join(src, f), dst)
-print(f"wrote {dst}: every weight of {src} negated")
-PY
-fi
+[ -f "$b/config.json" ] || python3 "$here/negate_checkpoint.py" "$a" "$b"
+dtype_line=""; [ "$device" = cuda ] && dtype_line='dtype = "bfloat16"'
 cat > "$out/serve.toml" <<JOB
 [job]
 name = "refit-8b"
 [model]
 path = "$a"
-dtype = "bfloat16"
+$dtype_line
 [parallel]
 tp = $tp
 [backend]
-device = "cuda"
+device = "$device"
 [run]
 max_batch = 8
-max_seq_len = 1024
+max_seq_len = 256
 max_new_tokens = 8
 [serve]
 port = 0
@@ -47,7 +36,7 @@ JOB
 complete() {  # URL -> the greedy ids of one fixed prompt
   python3 - "$1" <<'PY'
 import json, sys, urllib.request
-body = json.dumps({"model": "m", "prompt": [128000, 791, 6864, 315, 9822, 374], "max_tokens": 8, "temperature": 0, "return_token_ids": True}).encode()
+body = json.dumps({"model": "m", "prompt": [1, 79, 68, 31, 98, 37], "max_tokens": 8, "temperature": 0, "return_token_ids": True}).encode()
 r = urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/v1/completions", body, {"Content-Type": "application/json"}), timeout=600)
 print(json.dumps(json.load(r)["choices"][0]["token_ids"]))
 PY
@@ -57,6 +46,7 @@ for r in $(seq 1 "$rounds"); do
   t0=$(date +%s.%N)
   tpx serve "$out/serve.toml" > "$out/serve-$r.out" 2> "$err" &
   pid=$!
+  trap 'kill -TERM $pid 2>/dev/null || true' EXIT
   until grep -q "serve: ready" "$err"; do
     kill -0 $pid 2>/dev/null || { cat "$err"; exit 1; }
     sleep 0.05
