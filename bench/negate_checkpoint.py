@@ -10,6 +10,17 @@ import struct
 import sys
 
 PIECE = 64 << 20
+_masks = {}
+
+
+def sign_mask(n):
+    """0x8000 in every 16-bit little-endian element of n bytes, as an int (a whole piece's kept)."""
+    if n in _masks:
+        return _masks[n]
+    mask = int.from_bytes(b"\x00\x80" * (n // 2), "little")
+    if n == PIECE:
+        _masks[n] = mask
+    return mask
 
 
 def negate_file(src, dst):
@@ -19,7 +30,7 @@ def negate_file(src, dst):
         g.write(struct.pack("<Q", n) + header)
         meta = json.loads(header)
         spans = sorted((v["data_offsets"][0], v["data_offsets"][1], v["dtype"]) for k, v in meta.items() if k != "__metadata__")
-        base, at = 8 + n, 0
+        at = 0  # offsets are from the end of the header
         for begin, end, dtype in spans:
             if begin > at:  # (no gaps in files save_pretrained writes; copied as they are)
                 g.write(f.read(begin - at))
@@ -27,13 +38,11 @@ def negate_file(src, dst):
             while at < end:
                 data = f.read(min(PIECE, end - at))
                 if dtype == "BF16":  # little-endian: the sign bit is bit 7 of each element's second byte
-                    mask = int.from_bytes(b"\x00\x80" * (len(data) // 2), "little")
-                    data = (int.from_bytes(data, "little") ^ mask).to_bytes(len(data), "little")
+                    data = (int.from_bytes(data, "little") ^ sign_mask(len(data))).to_bytes(len(data), "little")
                 g.write(data)
                 at += len(data)
         g.write(f.read())
     os.replace(dst + ".tmp", dst)
-    return base
 
 
 def main():
