@@ -256,7 +256,9 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
             } else {
                 ++s.finished;
                 s.generated += (int64_t)e.output.size();
-                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, {e.token}, e.finish_reason)));
+                // An aborted sequence (a refit) has no new token: its last one went out already.
+                std::vector<int32_t> last = e.finish_reason == "abort" ? std::vector<int32_t>{} : std::vector<int32_t>{e.token};
+                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, e.finish_reason)));
                 if (ok && s.finished == s.requests.size()) {
                     if (s.call.include_usage) ok = write(sse(stream_usage_chunk(s.call, s.id, s.created, model, s.generated)));
                     ok = ok && write("data: [DONE]\n\n");

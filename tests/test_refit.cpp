@@ -215,7 +215,7 @@ TEST(Refit, ServesTheNewWeightsThenTheFirstAgainAndRefusesAMismatch) {
 
 // 16 calls in flight and queued (4 KV slots, 40 ms steps) while a refit to llama-gqa-b runs:
 // every call is answered, each with one model's whole answer; those running finish on the old
-// weights, those queued run on the new. Then "abort": true ends a long call at once.
+// weights, those queued run on the new. Then "abort": true ends two long calls (one streamed) at once.
 TEST(Refit, UnderLoadLosesNoRequestAndAbortEndsTheRunningOnes) {
     SKIP_WITHOUT_SDK();
     const Expected a = expected("llama-gqa"), b = expected("llama-gqa-b");
@@ -240,10 +240,17 @@ TEST(Refit, UnderLoadLosesNoRequestAndAbortEndsTheRunningOnes) {
 
     json ab = client(server, "abort", {{"prompt", a.prompts[0]}, {"max_tokens", 200}, {"path", kA}});
     EXPECT_EQ(ab["refit"]["status"], 200) << ab.dump();
-    EXPECT_EQ(ab["refit"]["body"]["aborted"], 1) << ab.dump();
-    EXPECT_EQ(ab["answer"]["status"], 200) << ab.dump();
-    EXPECT_EQ(ab["answer"]["finish_reason"], "abort") << ab.dump();
-    EXPECT_LT(ab["answer"]["token_ids"].size(), 200u) << ab.dump();
+    EXPECT_EQ(ab["refit"]["body"]["aborted"], 2) << ab.dump();
+    for (const char* how : {"answer", "stream"}) {
+        EXPECT_EQ(ab[how]["status"], 200) << how << ": " << ab.dump();
+        EXPECT_EQ(ab[how]["finish_reason"], "abort") << how << ": " << ab.dump();
+        EXPECT_LT(ab[how]["token_ids"].size(), 200u) << how << ": " << ab.dump();
+    }
+    // The streamed ids: each token once (the abort sends none again), a prefix of llama-gqa-b's
+    // greedy answer (the weights it ran on); the call after the refit gets llama-gqa's.
+    EXPECT_EQ(ab["stream"]["token_ids"].size(), ab["stream"]["completion_tokens"]) << ab.dump();
+    const json& streamed = ab["stream"]["token_ids"];
+    for (size_t i = 0; i < std::min<size_t>(streamed.size(), a.tokens[0].size()); ++i) EXPECT_EQ(streamed[i], b.tokens[0][i]) << i;
     EXPECT_EQ(ab["after"]["token_ids"], json(std::vector<json>(a.tokens[0].begin(), a.tokens[0].begin() + 4))) << ab.dump();
 }
 

@@ -47,14 +47,31 @@ const modes = {
     const r = await refit({ path: arg.path });
     return { refit: r, answers: await Promise.all(calls) };
   },
-  // A long call in flight, then a refit with "abort": true: the call ends at once with what it has.
+  // Two long calls in flight (one whole, one streamed with usage), then a refit with "abort": true:
+  // both end at once with what they have; the stream's ids are as many as its usage counts.
   async abort() {
-    const call = complete(arg.prompt, arg.max_tokens).catch((e) => ({ status: e.status ?? String(e), message: e.message }));
-    await until(async () => (await running()) > 0);
+    const failed = (e) => ({ status: e.status ?? String(e), message: e.message });
+    const call = complete(arg.prompt, arg.max_tokens).catch(failed);
+    const streamed = (async () => {
+      const stream = await client.completions.create({ model, prompt: arg.prompt, max_tokens: arg.max_tokens, temperature: 0,
+                                                       return_token_ids: true, stream: true, stream_options: { include_usage: true } });
+      const ids = [];
+      let finish = null, usage = null;
+      for await (const chunk of stream) {
+        if (chunk.usage) usage = chunk.usage;
+        for (const c of chunk.choices ?? []) {
+          ids.push(...(c.token_ids ?? []));
+          if (c.finish_reason) finish = c.finish_reason;
+        }
+      }
+      return { status: 200, token_ids: ids, finish_reason: finish, completion_tokens: usage?.completion_tokens ?? null };
+    })().catch(failed);
+    await until(async () => (await running()) > 1);
     const r = await refit({ path: arg.path, abort: true });
     const answer = await call;
+    const stream = await streamed;
     const after = await complete(arg.prompt, 4);
-    return { refit: r, answer, after };
+    return { refit: r, answer, stream, after };
   },
   // Bad refit bodies: each answer's status and error.
   async bad() {
