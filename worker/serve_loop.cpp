@@ -16,9 +16,10 @@
 #include <random>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "common/error.h"
 #include "common/log.h"
-#include <nlohmann/json.hpp>
 #include "kernels/cpu/ops.h"
 #include "worker/generation.h"
 
