@@ -284,12 +284,12 @@ TEST(Refit, AFileVanishingAfterTheChecksEndsTheServerNamingRankAndFile) {
     std::string dir = tpx_test::temp_dir() + "/b";
     fs::create_directories(dir);
     for (const char* f : {"config.json", "generation_config.json", "model.safetensors"}) fs::copy_file(kB + "/" + f, dir + "/" + f);
-    Server server(kA, "", "--refit-delay-ms 2000");
+    Server server(kA, "", "--refit-delay-ms 3000");
     tpx_test::Background call = tpx_test::start_background(tpx_test::tpx_bin("tpx") + " refit " + server.base() + " " + dir + " --api-key " + kKey);
     for (int i = 0; i < 100 && server.err().find("serve: refit from") == std::string::npos; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     ASSERT_NE(server.err().find("serve: refit from"), std::string::npos) << server.err();
-    std::this_thread::sleep_for(std::chrono::milliseconds(700));  // the checks read two small headers
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // the checks read one small header
     fs::remove(dir + "/model.safetensors");
     EXPECT_EQ(tpx_test::wait_background(call, 30), 1) << tpx_test::read_text(call.err_path);
     const std::string said = tpx_test::read_text(call.err_path);
