@@ -152,10 +152,6 @@ private:
     std::atomic<uint64_t> mapped_bytes_{0};
 };
 
-}  // namespace
-
-namespace {
-
 // The reads that fill every parameter's device buffer from the plan's pieces of `rank`; pieces
 // the plan leaves empty (padding) are zeroed on `stream`. `allocate`: cudaMalloc each buffer into
 // `w`; else each must be there already (a refit: same addresses, so captured graphs stay valid).
