@@ -114,6 +114,7 @@ std::string emit_job_toml(const Job& job) {
         kv("max_queue", fmt<int64_t>(job.serve.max_queue));
         kv("prefill_chunk", fmt<int64_t>(job.serve.prefill_chunk));
         kv("grace_s", fmt(job.serve.grace_s));
+        kv("allow_refit", fmt(job.serve.allow_refit));
     }
     for (const TransformSection& t : job.transforms) {
         os << "\n[transforms." << t.name << "]\n";

@@ -91,6 +91,7 @@ struct ServeSection {
     int max_queue = 64;               // requests waiting for a KV slot; beyond it 429
     int prefill_chunk = 256;          // prompt tokens of one request prefilled per step
     double grace_s = 30;              // seconds in-flight requests may take to finish after SIGTERM
+    bool allow_refit = true;          // POST /v1/admin/refit may load new weights in place (false: 403)
 };
 
 // One option of a transform as the user wrote it, with where it was written, so that the

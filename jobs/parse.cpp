@@ -373,6 +373,7 @@ void parse_serve(Section s, Job& job) {
     s.get_int("max_queue", v.max_queue, 1, 1 << 20);
     s.get_int("prefill_chunk", v.prefill_chunk, 1, 1 << 30);
     s.get_double("grace_s", v.grace_s, 0.0, 1e6);
+    s.get_bool("allow_refit", v.allow_refit);
     s.reject_unknown();
     if (v.host.empty()) s.fail_here("serve.host must not be empty (\"127.0.0.1\" serves this host only, \"0.0.0.0\" every interface)");
     if (v.model_name.empty()) v.model_name = job.name;

@@ -19,6 +19,7 @@ const std::vector<Command>& commands() {
         {"plan", "show the sharding plan: every rank's weights, memory, reads and collectives", cmd_plan},
         {"run", "run the job under mpirun, one tpx-worker per rank", cmd_run},
         {"serve", "serve the job's model over HTTP (OpenAI's API) from its ranks under mpirun", cmd_serve},
+        {"refit", "load new weights into a running `tpx serve` in place (POST /v1/admin/refit); prints each rank's table", cmd_refit},
         {"tokenize", "text to token ids and ids to text with a model's tokenizer (JSONL in, JSONL out)", cmd_tokenize},
         {"bench", "time load, prefill and decode of the job's model against their rooflines", cmd_bench},
         {"submit", "submit the job to Slurm (sbatch); prints the job id", cmd_submit},

@@ -51,6 +51,7 @@ int cmd_convert(const Args& args);
 int cmd_plan(const Args& args);
 int cmd_run(const Args& args);
 int cmd_serve(const Args& args);
+int cmd_refit(const Args& args);
 int cmd_bench(const Args& args);
 int cmd_tokenize(const Args& args);
 int cmd_submit(const Args& args);

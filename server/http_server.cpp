@@ -1,5 +1,5 @@
-// Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/completions and
-// /v1/chat/completions; anything else is a JSON 404. A call's prompts go on the queue together
+// Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/completions,
+// /v1/chat/completions and /v1/admin/refit; anything else is a JSON 404. A call's prompts go on the queue together
 // (or the call gets 429); its answer is written whole, or streamed as SSE when "stream" is true.
 // A call whose client goes away (a stream's write fails; a whole answer's socket reads its end)
 // is cancelled, which frees its KV slot at the next step.
@@ -52,8 +52,8 @@ struct Stream {
 
 }  // namespace
 
-HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& queue, ServeMetrics& metrics)
-    : settings_(std::move(settings)), limits_(std::move(limits)), queue_(queue), metrics_(metrics),
+HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& queue, ServeMetrics& metrics, RefitDesk& refits)
+    : settings_(std::move(settings)), limits_(std::move(limits)), queue_(queue), metrics_(metrics), refits_(refits),
       server_(std::make_unique<httplib::Server>()) {
     httplib::Server& svr = *server_;
     const int threads = settings_.threads;
@@ -87,6 +87,7 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     });
     svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_call(req, res, false); });
     svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_call(req, res, true); });
+    svr.Post("/v1/admin/refit", [this](const httplib::Request& req, httplib::Response& res) { handle_refit(req, res); });
 }
 
 HttpServer::~HttpServer() { stop(); }
@@ -118,6 +119,47 @@ void HttpServer::fail_all(const std::string& message) {
         e.error = message;
         channel->push(e);
     }
+}
+
+void HttpServer::handle_refit(const httplib::Request& req, httplib::Response& res) {
+    if (!settings_.allow_refit)
+        return reply_error(res, 403, "refit is turned off for this server ([serve] allow_refit = false)", "", "refit_disabled");
+    if (!ready_) return reply_error(res, 503, "the model is still loading; GET /health answers 200 when it is ready", "", "loading");
+    if (draining_) return reply_error(res, 503, "the server is shutting down", "", "shutting_down");
+    auto call = std::make_shared<RefitCall>();
+    try {
+        json body = json::parse(req.body);
+        if (!body.is_object() || !body.contains("path") || !body["path"].is_string() || body["path"].get<std::string>().empty())
+            return reply_error(res, 400, "the body must be {\"path\": \"NEW_CHECKPOINT\"} (and optionally \"abort\": true)", "path",
+                               "invalid_refit");
+        for (const auto& [key, value] : body.items())
+            if (key != "path" && key != "abort")
+                return reply_error(res, 400, "unknown key \"" + key + "\" (a refit takes \"path\" and \"abort\")", key, "invalid_refit");
+        if (body.contains("abort") && !body["abort"].is_boolean())
+            return reply_error(res, 400, "\"abort\" must be true or false", "abort", "invalid_refit");
+        call->path = body["path"];
+        call->abort = body.value("abort", false);
+    } catch (const json::exception& e) {
+        return reply_error(res, 400, std::string("the body is not valid JSON: ") + e.what(), "", "invalid_json");
+    }
+    call->channel = std::make_shared<ResponseChannel>();
+    {
+        std::lock_guard<std::mutex> lock(channels_mutex_);
+        if (!failure_.empty()) return reply_error(res, 500, failure_, "", "rank_failed");
+        if (!refits_.file(call)) return reply_error(res, 409, "another refit is in progress; retry when it has answered", "", "refit_busy");
+        channels_.insert(call->channel);  // fail_all reaches it too
+        ++in_flight_;
+    }
+    queue_.poke();  // an idle scheduler takes it now, not after its wait for a request
+    ServeEvent e;
+    while (!call->channel->pop(e, 1000ms)) {
+    }
+    {
+        std::lock_guard<std::mutex> lock(channels_mutex_);
+        if (channels_.erase(call->channel)) --in_flight_;
+    }
+    if (e.kind == ServeEvent::kFailed) return reply_error(res, e.status, e.error, e.status == 400 ? "path" : "", e.code);
+    res.set_content(e.text, "application/json");
 }
 
 void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res, bool chat) {
@@ -224,7 +266,9 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
             } else {
                 ++s.finished;
                 s.generated += (int64_t)e.output.size();
-                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, {e.token}, e.finish_reason)));
+                // An aborted sequence (a refit) has no new token: its last one went out already.
+                std::vector<int32_t> last = e.finish_reason == "abort" ? std::vector<int32_t>{} : std::vector<int32_t>{e.token};
+                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, e.finish_reason)));
                 if (ok && s.finished == s.requests.size()) {
                     if (s.call.include_usage) ok = write(sse(stream_usage_chunk(s.call, s.id, s.created, model, s.generated)));
                     ok = ok && write("data: [DONE]\n\n");

@@ -27,11 +27,12 @@ struct HttpSettings {
     int port = 8000;      // 0 = any free port
     std::string api_key;  // "" = none
     int threads = 64;     // connections served at once (each waiting call holds one)
+    bool allow_refit = true;  // [serve] allow_refit: POST /v1/admin/refit (else 403)
 };
 
 class HttpServer {
 public:
-    HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& queue, ServeMetrics& metrics);
+    HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& queue, ServeMetrics& metrics, RefitDesk& refits);
     ~HttpServer();
 
     // Binds and starts serving on a thread of its own; returns the port. Throws Error when the
@@ -50,11 +51,15 @@ public:
 
 private:
     void handle_call(const httplib::Request& req, httplib::Response& res, bool chat);
+    // POST /v1/admin/refit {"path": ..., "abort": false}: filed for the scheduler, answered when
+    // every rank has read the new weights (or refused them).
+    void handle_refit(const httplib::Request& req, httplib::Response& res);
 
     HttpSettings settings_;
     ApiLimits limits_;
     RequestQueue& queue_;
     ServeMetrics& metrics_;
+    RefitDesk& refits_;
     std::unique_ptr<httplib::Server> server_;
     std::thread thread_;
     std::atomic<bool> ready_{false}, draining_{false};

@@ -23,9 +23,9 @@ struct ServeEvent {
     Kind kind = kToken;
     int index = 0;                // which prompt of the call
     int32_t token = 0;            // kToken, kFinished: the id just generated
-    std::string text;             // kToken: text that became final with it; kFinished: the whole output text
+    std::string text;             // kToken: text that became final with it; kFinished: the whole output text (a refit's: its JSON answer)
     std::string tail;             // kFinished: the text not yet sent in kToken events
-    std::string finish_reason;    // kFinished: "stop" (eos or a stop string) or "length"
+    std::string finish_reason;    // kFinished: "stop" (eos or a stop string), "length" or "abort" (a refit ended it)
     std::vector<int32_t> output;  // kFinished: every generated id
     std::string error;            // kFailed: why (names the rank)
     int status = 500;             // kFailed: the HTTP status it is answered with
@@ -88,7 +88,10 @@ public:
     // The oldest request, waiting up to `timeout` for one; null when none came.
     std::shared_ptr<ServeRequest> pop(std::chrono::milliseconds timeout) {
         std::unique_lock<std::mutex> lock(mutex_);
-        if (!cv_.wait_for(lock, timeout, [&] { return !queue_.empty() || closed_; }) || queue_.empty()) return nullptr;
+        if (!cv_.wait_for(lock, timeout, [&] { return !queue_.empty() || closed_ || poked_; }) || queue_.empty()) {
+            poked_ = false;
+            return nullptr;
+        }
         std::shared_ptr<ServeRequest> r = std::move(queue_.front());
         queue_.pop_front();
         return r;
@@ -106,6 +109,14 @@ public:
     }
     // Wakes a waiting pop (a signal arrived).
     void wake() { cv_.notify_all(); }
+    // Ends the wait of a pop now (or the next one) with null: the scheduler has other work (a refit).
+    void poke() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            poked_ = true;
+        }
+        cv_.notify_all();
+    }
 
 private:
     const size_t capacity_;
@@ -113,6 +124,42 @@ private:
     std::condition_variable cv_;
     std::deque<std::shared_ptr<ServeRequest>> queue_;
     bool closed_ = false;
+    bool poked_ = false;
+};
+
+// A refit asked over HTTP (POST /v1/admin/refit): new weights from `path`, read in place by every
+// rank at a step boundary. Its answer comes back on `channel`: kFinished with the JSON body in
+// `text`, or kFailed with the status (400: refused, the old weights still serve).
+struct RefitCall {
+    std::string path;
+    bool abort = false;  // end the sequences in flight (finish_reason "abort") instead of finishing them
+    ServeClock::time_point arrived = ServeClock::now();
+    std::shared_ptr<ResponseChannel> channel;
+};
+
+// At most one refit waits or runs at a time; the HTTP side files it, the scheduler takes it.
+class RefitDesk {
+public:
+    // False when another refit is pending.
+    bool file(std::shared_ptr<RefitCall> call) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (pending_) return false;
+        pending_ = std::move(call);
+        return true;
+    }
+    std::shared_ptr<RefitCall> pending() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return pending_;
+    }
+    // The pending refit was answered: the next may be filed.
+    void close() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        pending_.reset();
+    }
+
+private:
+    mutable std::mutex mutex_;
+    std::shared_ptr<RefitCall> pending_;
 };
 
 }  // namespace tpx

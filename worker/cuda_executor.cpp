@@ -66,6 +66,24 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
     profiling_ = tuning.profile;
 }
 
+// Between steps (the last forward synchronized its stream): every kernel that read the old
+// weights has finished, and the graphs replay over the same buffers afterwards.
+void CudaExecutor::reload_weights(Checkpoint& ckpt, int rank) {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    tpx::reload_weights(graph_, rank, ckpt, weights_, stream_);
+}
+
+void CudaExecutor::clear_kv_cache() {
+    for (const Node* n : program_.nodes)
+        if (n->kind == Op::kAttention) {
+            size_t bytes = (size_t)(slots_ * max_seq_ * n->attr_int("kv_heads") * n->attr_int("head_dim")) * sizeof(bf16);
+            auto [k, v] = kv_.at(n->attr_int("layer"));
+            CUDA_CHECK(cudaMemsetAsync(k, 0, bytes, stream_));
+            CUDA_CHECK(cudaMemsetAsync(v, 0, bytes, stream_));
+        }
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
 std::string CudaExecutor::profile() const {
     if (!profiling_) return {};
     std::vector<std::pair<double, std::string>> rows;

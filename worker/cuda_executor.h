@@ -35,6 +35,8 @@ public:
     std::vector<int32_t> forward_argmax(const TokenBatch& batch) override;
     int64_t vocab() const override { return vocab_; }
     int64_t kv_cache_bytes() const override { return kv_bytes_; }
+    void reload_weights(Checkpoint& ckpt, int rank) override;
+    void clear_kv_cache() override;
 
     // Decode steps (one token per sequence, all logits wanted) replay a captured CUDA graph.
     void enable_graphs(bool on) { graphs_enabled_ = on; }

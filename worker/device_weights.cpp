@@ -160,14 +160,12 @@ private:
     std::atomic<uint64_t> mapped_bytes_{0};
 };
 
-}  // namespace
-
-DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes) {
-    DeviceWeights w;
-    // Every parameter's memory first, then all pieces in one batched read.
-    std::vector<ReadRequest> requests;
-    std::vector<char*> targets;
-    std::set<std::string> quantized;  // kept packed: upload_quant_params
+// The reads that fill every bf16 parameter's device buffer from the plan's pieces of `rank`;
+// pieces the plan leaves empty (padding) are zeroed on `stream`. Quantized parameters are left
+// out (named in `quantized`: upload_quant_params packs them). `allocate`: cudaMalloc each buffer
+// into `w`; else each must be there already (a refit: same addresses, so captured graphs stay valid).
+void plan_device_reads(const Graph& graph, int rank, Checkpoint& ckpt, DeviceWeights& w, bool allocate, cudaStream_t stream,
+                       std::vector<ReadRequest>& requests, std::vector<char*>& targets, std::set<std::string>& quantized) {
     for (Node* n : graph.nodes()) {
         if (!n->param) continue;
         if (is_quantized_param(n, rank, ckpt)) {
@@ -180,9 +178,15 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
                         kExitBadInput);
         int64_t elements = shape_numel(n->out()->shape);
         bf16* dst = nullptr;
-        CUDA_CHECK(cudaMalloc(&dst, std::max<int64_t>(1, elements) * sizeof(bf16)));
-        w.params[n->name] = dst;
-        w.bytes += elements * (int64_t)sizeof(bf16);
+        if (allocate) {
+            CUDA_CHECK(cudaMalloc(&dst, std::max<int64_t>(1, elements) * sizeof(bf16)));
+            w.params[n->name] = dst;
+            w.bytes += elements * (int64_t)sizeof(bf16);
+        } else {
+            auto it = w.params.find(n->name);
+            if (it == w.params.end()) throw Error("refit: rank " + std::to_string(rank) + " holds no device buffer for " + n->name);
+            dst = it->second;
+        }
         int64_t at = 0;
         for (const Piece& p : n->param->by_rank.at(rank)) {
             if (p.tensor.empty()) {
@@ -195,6 +199,12 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
         }
         if (at != elements) throw Error("plan for " + n->name + " fills " + std::to_string(at) + " of " + std::to_string(elements) + " elements");
     }
+}
+
+// One batched read of `requests` into device memory at `targets`, through the pinned ring (or
+// the file's registered pages); returns when every copy has landed.
+void read_to_device(Checkpoint& ckpt, const std::vector<ReadRequest>& requests, std::vector<char*> targets, cudaStream_t stream,
+                    size_t staging_bytes) {
     {
         // Two buffers per read thread: one being filled, one whose copy is queued.
         const size_t chunk = 8u << 20;
@@ -209,8 +219,33 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
                  " s in all for a free one and spent ", sink.queue_s(), " s queueing copies)");
     }
     CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+}  // namespace
+
+DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes) {
+    DeviceWeights w;
+    // Every parameter's memory first, then all pieces in one batched read.
+    std::vector<ReadRequest> requests;
+    std::vector<char*> targets;
+    std::set<std::string> quantized;  // kept packed: upload_quant_params
+    plan_device_reads(graph, rank, ckpt, w, /*allocate=*/true, stream, requests, targets, quantized);
+    read_to_device(ckpt, requests, std::move(targets), stream, staging_bytes);
     upload_quant_params(graph, rank, ckpt, quantized, stream, w);
     return w;
+}
+
+void reload_weights(const Graph& graph, int rank, Checkpoint& ckpt, DeviceWeights& w, cudaStream_t stream, size_t staging_bytes) {
+    // Checked before any write: quantized weights are packed at load (upload_quant_params), and
+    // a refit does not repack them in place.
+    for (Node* n : graph.nodes())
+        if (n->param && is_quantized_param(n, rank, ckpt))
+            throw Error("refit: " + n->name + " is quantized; the GPU backend refits bf16 weights only", kExitBadInput);
+    std::vector<ReadRequest> requests;
+    std::vector<char*> targets;
+    std::set<std::string> quantized;
+    plan_device_reads(graph, rank, ckpt, w, /*allocate=*/false, stream, requests, targets, quantized);
+    read_to_device(ckpt, requests, std::move(targets), stream, staging_bytes);
 }
 
 }  // namespace tpx

@@ -35,4 +35,9 @@ struct DeviceWeights {
 // two per read thread), copies to the device overlapped with the reads.
 DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes = 256u << 20);
 
+// Refit: the same reads into the buffers `w` holds (no cudaMalloc, the same addresses: CUDA
+// graphs captured over them stay valid). Returns when every byte is on the device.
+void reload_weights(const Graph& graph, int rank, Checkpoint& ckpt, DeviceWeights& w, cudaStream_t stream,
+                    size_t staging_bytes = 256u << 20);
+
 }  // namespace tpx

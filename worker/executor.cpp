@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "kernels/cpu/ops.h"
 #include "sharding/steps.h"
+#include "worker/weights.h"
 
 namespace tpx {
 
@@ -59,6 +60,16 @@ int64_t CpuExecutor::kv_cache_bytes() const {
     int64_t n = 0;
     for (auto& [layer, c] : k_cache_) n += (int64_t)c.size() * 2 * (int64_t)sizeof(float);
     return n;
+}
+
+void CpuExecutor::reload_weights(Checkpoint& ckpt, int rank) {
+    fused_w13_.clear();  // built from the old w1 and w3 on first use
+    read_host_weights(graph_, rank, ckpt, weights_);
+}
+
+void CpuExecutor::clear_kv_cache() {
+    for (auto& [layer, c] : k_cache_) std::fill(c.begin(), c.end(), 0.0f);
+    for (auto& [layer, c] : v_cache_) std::fill(c.begin(), c.end(), 0.0f);
 }
 
 namespace {

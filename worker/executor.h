@@ -16,6 +16,8 @@
 
 namespace tpx {
 
+class Checkpoint;
+
 struct TokenBatch {
     std::vector<int32_t> ids;
     std::vector<int32_t> positions;
@@ -46,6 +48,13 @@ public:
     // The last forward_argmax on the device, CUDA events from its inputs' upload to its ids'
     // download (GPU backend; negative elsewhere): the step without the host's turn between steps.
     virtual double last_device_ms() const { return -1; }
+    // Refit (worker/refit.h), between steps: reads this rank's slices of `ckpt` into the weight
+    // buffers it holds now (the same addresses: nothing is reallocated, so captured CUDA graphs
+    // stay valid). The caller has checked every tensor's name, shape and dtype against the plan;
+    // a failure here leaves some weights new and some old.
+    virtual void reload_weights(Checkpoint& ckpt, int rank) = 0;
+    // Zeroes the KV cache (its rows came from the weights that were replaced).
+    virtual void clear_kv_cache() = 0;
 };
 
 class CpuExecutor : public Executor {
@@ -58,6 +67,8 @@ public:
     std::vector<float> forward(const TokenBatch& batch) override;
     int64_t vocab() const override { return vocab_; }
     int64_t kv_cache_bytes() const override;
+    void reload_weights(Checkpoint& ckpt, int rank) override;
+    void clear_kv_cache() override;
 
 private:
     const float* interleaved_w13(const Node* moe, const float* w1, const float* w3);

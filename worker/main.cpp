@@ -58,6 +58,7 @@ struct Options {
     int step_delay_ms = 0;
     bool serve = false;  // answer HTTP requests (tpx serve) instead of running run.prompts
     int ready_delay_ms = 0;  // serve: /health stays 503 this long after loading (a test aid)
+    int refit_delay_ms = 0;  // serve: a refit pauses this long between its checks and its reads (a test aid)
     bool help = false;
 };
 
@@ -70,6 +71,7 @@ Options parse_options(int argc, char** argv) {
         "bench", po::value(&o.bench), "run the benchmark (docs/PERF.md) and write its JSON here")(
         "serve", po::bool_switch(&o.serve), "serve the job's model over HTTP from rank 0 ([serve], docs/SERVE.md)")(
         "ready-delay-ms", po::value(&o.ready_delay_ms), "serve: answer 503 (loading) this long after loading (for tests)")(
+        "refit-delay-ms", po::value(&o.refit_delay_ms), "serve: pause a refit this long after its checks, before its reads (for tests)")(
         "launched-by", po::value(&o.launched_by), "srun: cross-check SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS against MPI")(
         "progress", po::value(&o.progress), "rank 0's progress on stderr: quiet, lines (every few seconds) or live (one line, rewritten)")(
         "help,h", "print this help");
@@ -395,6 +397,7 @@ int run(const Options& opt) {
         ss.grace_s = job.serve.grace_s;
         ss.step_delay_ms = opt.step_delay_ms;
         ss.ready_delay_ms = opt.ready_delay_ms;
+        ss.refit = {&ctx.graph, ckpt.get(), &plan.config, opt.refit_delay_ms};
         serve(*exec, comm, serve_front.get(), ss);
         return 0;
     }

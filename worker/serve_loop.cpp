@@ -16,6 +16,8 @@
 #include <random>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "common/error.h"
 #include "common/log.h"
 #include "kernels/cpu/ops.h"
@@ -26,7 +28,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-enum StepKind : int64_t { kHeartbeat = 0, kStep = 1, kShutdown = 2 };
+// kRefit: the header's second word is the path's length; the path's bytes follow.
+enum StepKind : int64_t { kHeartbeat = 0, kStep = 1, kShutdown = 2, kRefit = 3 };
 
 volatile sig_atomic_t g_signal = 0;
 void on_signal(int sig) { g_signal = sig; }
@@ -119,8 +122,19 @@ private:
                 drop_all("the server stopped: [serve] grace_s ran out before this request finished");
                 break;
             }
-            admit();
+            // A pending refit holds admission until the running sequences are done (or aborted).
+            std::shared_ptr<RefitCall> refit = front_.refits.pending();
+            if (refit && deadline) {
+                answer_refit(*refit, 503, "the server is shutting down", "shutting_down");
+                refit.reset();
+            }
+            if (refit && refit->abort) abort_all();
             drop_cancelled();
+            if (refit && active() == 0) {
+                run_refit(*refit);
+                continue;
+            }
+            if (!refit) admit();
             if (active() == 0) {
                 if (deadline && front_.queue.size() == 0) break;
                 // Idle: wait for a request, telling the followers we are alive.
@@ -130,6 +144,7 @@ private:
             }
             step();
         }
+        if (auto refit = front_.refits.pending()) answer_refit(*refit, 503, "the server is shutting down", "shutting_down");
         broadcast_header(kShutdown, 0, 0, false);
         front_.metrics.set_running(0);
     }
@@ -182,6 +197,70 @@ private:
                 slot.reset();
             }
         for (const auto& r : front_.queue.close()) r->channel->push(e);
+    }
+
+    // Every running sequence ends now with what it has, finish_reason "abort" (a refit with
+    // "abort": true); the queued ones wait for the new weights.
+    void abort_all() {
+        for (size_t i = 0; i < slots_.size(); ++i) {
+            if (!slots_[i]) continue;
+            Sequence& q = *slots_[i];
+            ServeEvent e;
+            e.kind = ServeEvent::kFinished;
+            e.index = q.req->index;
+            e.token = q.output.empty() ? 0 : q.output.back();
+            e.finish_reason = "abort";
+            if (s_.tokenizer) e.text = s_.tokenizer->decode(q.output, /*skip_special_tokens=*/true);
+            e.tail = q.sent < e.text.size() ? e.text.substr(q.sent) : "";
+            e.output = q.output;
+            q.req->channel->push(std::move(e));
+            slots_[i].reset();
+            ++aborted_;
+        }
+        front_.metrics.set_running(0);
+    }
+
+    // The refit's answer; the desk takes the next one from now on.
+    void answer_refit(RefitCall& call, int status, const std::string& body_or_error, const std::string& code = "") {
+        ServeEvent e;
+        e.kind = status == 200 ? ServeEvent::kFinished : ServeEvent::kFailed;
+        (status == 200 ? e.text : e.error) = body_or_error;
+        e.status = status;
+        e.code = code;
+        front_.refits.close();
+        call.channel->push(std::move(e));
+    }
+
+    // Every rank reads the new weights (collective); rank 0 answers with the per-rank table. A
+    // failure after the weights began to change throws: the job ends, naming the rank and file.
+    void run_refit(RefitCall& call) {
+        const double drain_s = seconds_since(call.arrived);
+        log_info("serve: refit from ", call.path, " (", aborted_, " sequences aborted, ", drain_s, " s draining)");
+        auto t0 = ServeClock::now();
+        broadcast_header(kRefit, (int64_t)call.path.size(), 0, false);
+        comm_.broadcast(const_cast<char*>(call.path.data()), call.path.size(), 0);
+        RefitOutcome out = refit_weights(exec_, comm_, s_.refit, call.path);
+        const int64_t aborted = aborted_;
+        aborted_ = 0;
+        if (out.fatal) throw Error(out.error);  // Scheduler::run answers every call (this one too) with it
+        if (out.status != 200) {
+            log_warn("serve: ", out.error);
+            return answer_refit(call, out.status, out.error, "refit_refused");
+        }
+        nlohmann::json ranks = nlohmann::json::array();
+        double bytes = 0;
+        for (const RankRefit& r : out.ranks) {
+            const double s = r.check_s + r.read_s;
+            ranks.push_back({{"rank", r.rank}, {"host", r.host}, {"bytes", r.bytes}, {"seconds", s}, {"check_seconds", r.check_s},
+                             {"read_seconds", r.read_s}, {"gb_per_s", s > 0 ? r.bytes / 1e9 / s : 0.0}});
+            bytes += r.bytes;
+        }
+        const double seconds = seconds_since(t0);
+        nlohmann::json body = {{"object", "refit"}, {"path", call.path}, {"seconds", seconds}, {"drain_seconds", drain_s},
+                               {"aborted", aborted}, {"bytes", bytes}, {"gb_per_s", seconds > 0 ? bytes / 1e9 / seconds : 0.0},
+                               {"ranks", ranks}};
+        log_info("serve: refit done: ", bytes / 1e9, " GB read by ", out.ranks.size(), " ranks in ", seconds, " s");
+        answer_refit(call, 200, body.dump());
     }
 
     void broadcast_header(int64_t kind, int64_t tokens, int64_t rows, bool logits) {
@@ -328,14 +407,23 @@ private:
     ServeFront& front_;
     const ServeSettings& s_;
     std::vector<std::optional<Sequence>> slots_;
+    int64_t aborted_ = 0;  // sequences aborted for the pending refit
 };
 
-void follow(Executor& exec, MpiCommunicator& comm) {
+void follow(Executor& exec, MpiCommunicator& comm, const ServeSettings& s) {
     for (;;) {
         int64_t h[4];
         comm.broadcast(h, sizeof(h), 0);
         if (h[0] == kShutdown) return;
         if (h[0] == kHeartbeat) continue;
+        if (h[0] == kRefit) {
+            std::string path((size_t)h[1], '\0');
+            comm.broadcast(path.data(), path.size(), 0);
+            // A fatal outcome: rank 0 answers the call and ends the job; until then this rank
+            // waits in the next broadcast and runs no step on its mixed weights.
+            refit_weights(exec, comm, s.refit, path);
+            continue;
+        }
         const int64_t T = h[1], R = h[2];
         std::vector<int32_t> payload((size_t)(3 * T + R));
         comm.broadcast(payload.data(), payload.size() * sizeof(int32_t), 0);
@@ -353,8 +441,9 @@ void follow(Executor& exec, MpiCommunicator& comm) {
 
 ServeFront::ServeFront(const Job& job, const ApiLimits& limits)
     : queue((size_t)job.serve.max_queue),
-      http(HttpSettings{job.serve.host, job.serve.port, job.serve.api_key, std::min(job.run.max_batch + job.serve.max_queue + 16, 512)},
-           limits, queue, metrics) {
+      http(HttpSettings{job.serve.host, job.serve.port, job.serve.api_key, std::min(job.run.max_batch + job.serve.max_queue + 16, 512),
+                        job.serve.allow_refit},
+           limits, queue, metrics, refits) {
     port = http.start();
     model_name = limits.model_name;
 }
@@ -389,7 +478,7 @@ void serve(Executor& exec, MpiCommunicator& comm, ServeFront* front, const Serve
     std::snprintf(mine.host, sizeof(mine.host), "%s", identity().host.c_str());
     std::vector<Peer> peers(comm.world());
     comm.all_gather_bytes(&mine, sizeof(mine), peers.data());
-    if (comm.rank() != 0) return follow(exec, comm);
+    if (comm.rank() != 0) return follow(exec, comm, settings);
     if (settings.ready_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settings.ready_delay_ms));
     front->http.set_ready();
     log_info("serve: ready: model '", front->model_name, "' on port ", front->port, ", ", settings.slots, " KV slots");

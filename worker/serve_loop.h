@@ -1,7 +1,9 @@
 // `tpx-worker --serve`: continuous batching over every rank. Rank 0 runs the HTTP server
 // (server/) and the scheduler: each step it admits queued requests into free KV slots, builds
 // one TokenBatch of prefill chunks and decode tokens, broadcasts it, runs it and hands the
-// tokens back; the other ranks run each broadcast step until a shutdown message. Only the
+// tokens back; the other ranks run each broadcast step until a shutdown message. A refit
+// (worker/refit.h) is a step of its own: admission pauses, the running sequences finish (or are
+// aborted), every rank reads the new weights in place, and admission resumes. Only the
 // thread that calls serve() touches MPI; an idle rank 0 broadcasts a heartbeat every second so
 // that no follower waits out the collective timeout.
 #pragma once
@@ -18,6 +20,7 @@
 #include "text/text_tools.h"
 #include "worker/executor.h"
 #include "worker/mpi_comm.h"
+#include "worker/refit.h"
 
 namespace tpx {
 
@@ -27,6 +30,7 @@ struct ServeFront {
     ServeFront(const Job& job, const ApiLimits& limits);
     RequestQueue queue;
     ServeMetrics metrics;
+    RefitDesk refits;  // (before http, which refers to it)
     HttpServer http;
     int port = 0;
     std::string model_name;
@@ -43,6 +47,7 @@ struct ServeSettings {
     double grace_s = 30;         // SIGTERM (or SIGUSR1 from `tpx serve`): time to finish what is in flight
     int step_delay_ms = 0;       // a pause per step (a test aid)
     int ready_delay_ms = 0;      // stay "loading" (503) this long after loading (a test aid)
+    RefitReference refit;        // what POST /v1/admin/refit checks a new checkpoint against (every rank)
 };
 
 // Installs the serve mode's signal handling (SIGTERM and SIGUSR1 ask rank 0 to drain; the

@@ -19,4 +19,8 @@ struct HostWeights {
 
 HostWeights load_host_weights(const Graph& graph, int rank, Checkpoint& ckpt);
 
+// Refit: reads the same pieces into `buffers` as they are (every parameter already there at its
+// planned size, checked: nothing is resized, so no pointer into them moves).
+void read_host_weights(const Graph& graph, int rank, Checkpoint& ckpt, std::map<std::string, std::vector<float>>& buffers);
+
 }  // namespace tpx

@@ -1,0 +1,71 @@
+// `tpx refit URL PATH`: asks a running `tpx serve` to read new weights in place
+// (POST URL/v1/admin/refit, docs/SERVE.md) and prints the per-rank table it answers with.
+// Exit 0 when refitted, 2 when the server refused the checkpoint (its old weights still serve),
+// 1 otherwise (unreachable, refit turned off, or the server failed and is ending).
+#include <httplib.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "launcher/command.h"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace tpx {
+namespace {
+
+// The server's table: one line per rank.
+void print_refit(const json& r) {
+    std::printf("refit from %s: %.3f s (%.3f s draining, %lld sequences aborted), %.3f GB at %.2f GB/s\n",
+                r.value("path", "").c_str(), r.value("seconds", 0.0), r.value("drain_seconds", 0.0), (long long)r.value("aborted", 0),
+                r.value("bytes", 0.0) / 1e9, r.value("gb_per_s", 0.0));
+    std::printf("%5s  %-24s %14s %10s %10s %10s %8s\n", "rank", "host", "bytes", "check s", "read s", "seconds", "GB/s");
+    for (const json& x : r.value("ranks", json::array()))
+        std::printf("%5d  %-24s %14.0f %10.3f %10.3f %10.3f %8.2f\n", x.value("rank", 0), x.value("host", "").c_str(), x.value("bytes", 0.0),
+                    x.value("check_seconds", 0.0), x.value("read_seconds", 0.0), x.value("seconds", 0.0), x.value("gb_per_s", 0.0));
+    std::fflush(stdout);
+}
+
+}  // namespace
+
+int cmd_refit(const Args& args) {
+    po::options_description options("tpx refit options");
+    std::string url, path, api_key;
+    options.add_options()("url", po::value(&url)->required(), "the server, e.g. http://127.0.0.1:8000")(
+        "path", po::value(&path)->required(), "the new checkpoint (same architecture, tensor names, shapes and dtypes)")(
+        "abort", "end the requests in flight (finish_reason \"abort\") instead of letting them finish first")(
+        "api-key", po::value(&api_key), "the server's [serve] api_key, when it has one")(
+        "timeout", po::value<double>()->default_value(3600), "seconds to wait for the answer (in-flight requests finish first)");
+    po::positional_options_description positional;
+    positional.add("url", 1).add("path", 1);
+    po::variables_map vm;
+    if (parse_command_line(args, "tpx refit URL PATH [--abort] [--api-key KEY]", options, positional, vm)) return 0;
+    // A path that exists here is sent absolute (the ranks' working folder is not this shell's).
+    if (fs::exists(path)) path = fs::absolute(path).lexically_normal().string();
+    while (!url.empty() && url.back() == '/') url.pop_back();
+
+    httplib::Client client(url);
+    if (!client.is_valid()) throw JobError("cannot use URL " + url + " (expected http://HOST:PORT)");
+    const double timeout = vm["timeout"].as<double>();
+    client.set_read_timeout(std::chrono::milliseconds((int64_t)(timeout * 1000)));
+    if (!api_key.empty()) client.set_bearer_token_auth(api_key);
+    json body = {{"path", path}, {"abort", vm.count("abort") > 0}};
+    httplib::Result res = client.Post("/v1/admin/refit", body.dump(), "application/json");
+    if (!res) throw Error("no answer from " + url + ": " + httplib::to_string(res.error()));
+    json answer = json::parse(res->body, nullptr, /*allow_exceptions=*/false);
+    if (res->status == 200 && answer.is_object()) {
+        print_refit(answer);
+        return kExitOk;
+    }
+    std::string message = answer.is_object() && answer.contains("error") ? answer["error"].value("message", res->body) : res->body;
+    std::fprintf(stderr, "tpx refit: %s answered %d: %s\n", url.c_str(), res->status, message.c_str());
+    return res->status == 400 ? kExitBadInput : kExitRuntime;
+}
+
+}  // namespace tpx
