@@ -36,6 +36,9 @@ public:
     int64_t vocab() const override { return vocab_; }
     int64_t kv_cache_bytes() const override { return kv_bytes_; }
     void reload_weights(Checkpoint& ckpt, int rank) override;
+    std::string refit_limit() const override {
+        return weights_.quant.empty() ? "" : "the GPU backend refits bf16 weights only, and this server holds quantized ones";
+    }
     void clear_kv_cache() override;
 
     // Decode steps (one token per sequence, all logits wanted) replay a captured CUDA graph.

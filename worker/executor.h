@@ -53,6 +53,8 @@ public:
     // stay valid). The caller has checked every tensor's name, shape and dtype against the plan;
     // a failure here leaves some weights new and some old.
     virtual void reload_weights(Checkpoint& ckpt, int rank) = 0;
+    // Why this executor cannot refit at all ("" when it can), asked before anything is written.
+    virtual std::string refit_limit() const { return ""; }
     // Zeroes the KV cache (its rows came from the weights that were replaced).
     virtual void clear_kv_cache() = 0;
 };

@@ -101,7 +101,8 @@ RefitOutcome refit_weights(Executor& exec, MpiCommunicator& comm, const RefitRef
     std::string error;
     try {
         ckpt = Checkpoint::open(path);
-        error = refit_mismatch(*ckpt, ref, rank);
+        error = exec.refit_limit();
+        if (error.empty()) error = refit_mismatch(*ckpt, ref, rank);
     } catch (const std::exception& e) {
         error = e.what();
     }
