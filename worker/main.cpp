@@ -33,6 +33,8 @@
 #include "worker/executor.h"
 #include "worker/generation.h"
 #include "worker/mpi_comm.h"
+#include "worker/mpi_pipe.h"
+#include "worker/pipeline.h"
 #include "worker/progress.h"
 #include "worker/serve_loop.h"
 #include "text/text_tools.h"
@@ -226,8 +228,8 @@ int run(const Options& opt) {
     Job job = load_job(opt.job);
     refuse_retired_variables();
     if (comm.world() != job.world())
-        throw Error("mpirun started " + std::to_string(comm.world()) + " ranks but the job's parallel.tp is " +
-                        std::to_string(job.world()),
+        throw Error("mpirun started " + std::to_string(comm.world()) + " ranks but the job's " +
+                        (job.parallel.pp > 1 ? "parallel.tp x parallel.pp is " : "parallel.tp is ") + std::to_string(job.world()),
                     kExitBadInput);
 
     // Rank 0 plans; the others trust its plan.
@@ -240,13 +242,19 @@ int run(const Options& opt) {
     ShardPlan plan = ShardPlan::from_json(nlohmann::json::parse(plan_text));
     if (rank == 0) {
         log_info("job '", job.name, "': ", plan.config.architecture, " from ", job.model.path, ", tp=", plan.tp, " ep=", plan.ep,
+                 plan.pp > 1 ? " pp=" + std::to_string(plan.pp) + " micro_batches=" + std::to_string(plan.micro_batches) : std::string(),
                  ", backend ", plan.backend, ", weights ", plan.weight_dtype);
+        if (plan.pp > 1) log_info("pipeline stages: ", describe_stages(plan));
         for (const std::string& w : plan.warnings) log_warn(w);
         if (plan.backend == "cuda") log_info("kernel settings [backend.tuning]: ", format_kernel_config(job.backend.tuning));
     }
 
     // Prompts: read and checked on rank 0, then every rank has the tokens.
     std::vector<Prompt> prompts;
+    if (plan.pp > 1 && (opt.serve || !opt.bench.empty()))
+        throw Error(job.file + ": parallel.pp = " + std::to_string(plan.pp) + ": " + (opt.serve ? "tpx serve" : "tpx bench") +
+                        " runs pp = 1 jobs only in this version (tpx run takes pipeline stages)",
+                    kExitBadInput);
     if (job.run.prompts.empty() && opt.bench.empty() && !opt.serve) throw Error(job.file + ": run.prompts is not set: there is nothing to run", kExitBadInput);
     std::vector<int32_t> packed;
     uint64_t packed_size = 0;
@@ -297,7 +305,22 @@ int run(const Options& opt) {
     ctx.graph = std::move(plan.graph);
     ctx.tp = plan.tp;
     ctx.ep = plan.ep;
-    ctx.rank = rank;
+    // This rank's stage: its layers of the graph, its tp group's communicator (the tp collectives
+    // stay inside the stage), and the pipe to the stages around it. rank = stage x tp + tp_rank.
+    const RankPlan& me = plan.ranks.at(rank);
+    const int tp_rank = me.tp_rank;
+    cut_stage(ctx.graph, plan.stages.at(me.stage), plan.config.num_layers);
+    std::unique_ptr<MpiCommunicator> stage_comm;
+    std::unique_ptr<MpiPipe> pipe;
+    std::unique_ptr<CpuExecutor> stage_exec;
+    if (plan.pp > 1) {
+        MPI_Comm group = MPI_COMM_NULL;
+        MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, me.stage, rank, &group));
+        stage_comm = std::make_unique<MpiCommunicator>(group);
+        pipe = std::make_unique<MpiPipe>(PipeLayout{rank, me.stage, plan.pp, plan.tp, tp_rank}, collective_timeout_from_env());
+    }
+    MpiCommunicator& tp_comm = stage_comm ? *stage_comm : comm;
+    ctx.rank = tp_rank;
     ctx.weight_dtype = plan.weight_dtype;
     ctx.act_dtype = plan.act_dtype;
     ctx.memory_in_use = [](const TransformContext&) { return (int64_t)peak_rss_bytes(); };
@@ -317,7 +340,7 @@ int run(const Options& opt) {
         reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
             maybe_fail("load", rank);
             loading();
-            host_weights = load_host_weights(c.graph, rank, *ckpt);
+            host_weights = load_host_weights(c.graph, tp_rank, *ckpt);
             loaded(host_weights.bytes);
             return TransformResult{(int)host_weights.buffers.size(), false, ""};
         });
@@ -325,7 +348,14 @@ int run(const Options& opt) {
             return TransformResult{0, true, "cpu backend: inputs stay in host memory"};
         });
         reg.bind("init_kv_cache", [&](TransformContext& c, const TransformOptions&) {
-            exec = std::make_unique<CpuExecutor>(c.graph, comm, std::move(host_weights.buffers), plan.max_batch, plan.max_seq_len);
+            auto cpu = std::make_unique<CpuExecutor>(c.graph, tp_comm, std::move(host_weights.buffers), plan.max_batch, plan.max_seq_len);
+            if (!pipe) {
+                exec = std::move(cpu);
+            } else {
+                stage_exec = std::move(cpu);
+                exec = std::make_unique<PipelineExecutor>(*stage_exec, *pipe, plan.micro_batches, plan.config.vocab_size,
+                                                          plan.config.hidden_size);
+            }
             return TransformResult{1, false, ""};
         });
         reg.bind("compile_cuda_graph", [](TransformContext&, const TransformOptions&) {
@@ -333,13 +363,16 @@ int run(const Options& opt) {
         });
     } else {
 #ifdef TPX_HAVE_CUDA
-        gpu = std::make_unique<GpuContext>(comm, job.backend.tuning);
+        if (plan.pp > 1)
+            throw Error(job.file + ": parallel.pp > 1 runs on the CPU backend only in this version (the GPU stages are not wired yet)",
+                        kExitBadInput);
+        gpu = std::make_unique<GpuContext>(tp_comm, job.backend.tuning);
         check_memory_before_load(plan, prompts, rank);
         ctx.memory_in_use = [](const TransformContext&) { return device_memory_in_use(); };
         reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
             maybe_fail("load", rank);
             loading();
-            device_weights = upload_weights(c.graph, rank, *ckpt, gpu->stream);
+            device_weights = upload_weights(c.graph, tp_rank, *ckpt, gpu->stream);
             loaded(device_weights.bytes);
             return TransformResult{(int)device_weights.params.size(), false, ""};
         });
@@ -347,7 +380,7 @@ int run(const Options& opt) {
             return TransformResult{0, false, "inputs are staged into fixed device buffers per forward"};
         });
         reg.bind("init_kv_cache", [&](TransformContext& c, const TransformOptions&) {
-            exec = std::make_unique<CudaExecutor>(c.graph, rank, gpu->nccl.get(), std::move(device_weights), plan.max_batch,
+            exec = std::make_unique<CudaExecutor>(c.graph, tp_rank, gpu->nccl.get(), std::move(device_weights), plan.max_batch,
                                                   plan.max_seq_len, gpu->stream, gpu->timeout_s, job.backend.tuning);
             return TransformResult{1, false, ""};
         });
