@@ -216,7 +216,7 @@ void parse_parallel(Section s, Job& job) {
                 s.fail(item, "pp_layers", "must hold layer counts >= 1, one per stage");
             p.pp_layers.push_back(item.as_integer()->get());
         }
-        if ((int)p.pp_layers.size() != p.pp)
+        if (!p.pp_layers.empty() && (int)p.pp_layers.size() != p.pp)
             s.fail(*n, "pp_layers", "names " + std::to_string(p.pp_layers.size()) + " stages but parallel.pp = " + std::to_string(p.pp));
     }
     s.get_int("micro_batches", p.micro_batches, 1, 65536);

@@ -43,6 +43,7 @@
 #include "worker/weights.h"
 #ifdef TPX_HAVE_CUDA
 #include "worker/cuda_executor.h"
+#include "worker/cuda_pipeline.h"
 #include "worker/gpu_context.h"
 #endif
 
@@ -293,6 +294,9 @@ int run(const Options& opt) {
     // Declared before the executor: destroyed after it (the executor uses the stream).
     std::unique_ptr<GpuContext> gpu;
     DeviceWeights device_weights;
+    std::unique_ptr<NcclPipe> nccl_pipe;         // pp > 1: NCCL over the stage boundaries
+    std::unique_ptr<CudaExecutor> cuda_stage;    // pp > 1: this stage's executor, run by a CudaPipelineExecutor
+    CudaExecutor* cuda_exec = nullptr;
 #endif
     HostWeights host_weights;
     std::unique_ptr<Executor> exec;
@@ -363,10 +367,8 @@ int run(const Options& opt) {
         });
     } else {
 #ifdef TPX_HAVE_CUDA
-        if (plan.pp > 1)
-            throw Error(job.file + ": parallel.pp > 1 runs on the CPU backend only in this version (the GPU stages are not wired yet)",
-                        kExitBadInput);
         gpu = std::make_unique<GpuContext>(tp_comm, job.backend.tuning);
+        if (pipe) nccl_pipe = std::make_unique<NcclPipe>(*pipe, gpu->stream);
         check_memory_before_load(plan, prompts, rank);
         ctx.memory_in_use = [](const TransformContext&) { return device_memory_in_use(); };
         reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
@@ -380,12 +382,20 @@ int run(const Options& opt) {
             return TransformResult{0, false, "inputs are staged into fixed device buffers per forward"};
         });
         reg.bind("init_kv_cache", [&](TransformContext& c, const TransformOptions&) {
-            exec = std::make_unique<CudaExecutor>(c.graph, tp_rank, gpu->nccl.get(), std::move(device_weights), plan.max_batch,
-                                                  plan.max_seq_len, gpu->stream, gpu->timeout_s, job.backend.tuning);
+            auto cuda = std::make_unique<CudaExecutor>(c.graph, tp_rank, gpu->nccl.get(), std::move(device_weights), plan.max_batch,
+                                                       plan.max_seq_len, gpu->stream, gpu->timeout_s, job.backend.tuning);
+            cuda_exec = cuda.get();
+            if (!pipe) {
+                exec = std::move(cuda);
+            } else {
+                cuda_stage = std::move(cuda);
+                exec = std::make_unique<CudaPipelineExecutor>(*cuda_stage, *pipe, *nccl_pipe, plan.micro_batches, plan.config.vocab_size,
+                                                              plan.config.hidden_size);
+            }
             return TransformResult{1, false, ""};
         });
         reg.bind("compile_cuda_graph", [&](TransformContext&, const TransformOptions&) {
-            static_cast<CudaExecutor&>(*exec).enable_graphs(true);
+            cuda_exec->enable_graphs(true);  // per stage: the sends and receives stay outside the graphs
             return TransformResult{1, false, "decode steps are captured on first use per batch size"};
         });
 #else
@@ -448,7 +458,7 @@ int run(const Options& opt) {
     std::vector<SequenceResult> results = generate(*exec, comm, prompts, gs);
     progress.finish();
 #ifdef TPX_HAVE_CUDA
-    if (auto* cuda_exec = dynamic_cast<CudaExecutor*>(exec.get()); cuda_exec && rank == 0)
+    if (cuda_exec && rank == 0)
         log_info("decode: ", cuda_exec->graph_replays(), " CUDA graph replays of ", cuda_exec->graphs_captured(), " captured graphs (",
                  cuda_exec->programmatic_edges(), " programmatic edges in the last; ", cuda_exec->fused_all_reduces(),
                  " all-reduces of a batch-1 step summed in the GEMVs)");

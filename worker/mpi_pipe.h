@@ -38,6 +38,10 @@ public:
     void recv_from_last(void* data, size_t bytes);
 
     const PipeLayout& layout() const { return layout_; }
+    // The boundary communicators (MPI_COMM_NULL on the first and last stage): stage s-1's ranks
+    // then stage s's, and stage s's then stage s+1's. The GPU pipe builds NCCL over them.
+    MPI_Comm prev_comm() const { return to_prev_; }
+    MPI_Comm next_comm() const { return to_next_; }
 
 private:
     void wait(MPI_Request& request, const char* what, int peer_world_rank);
