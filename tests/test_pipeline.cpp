@@ -7,10 +7,13 @@
 // says), greedy tokens exactly HF's, and each rank reading its stage's planned bytes (2%, as
 // test_run's goldens; safetensors reads may round to whole rows of a slice).
 #include <gtest/gtest.h>
+#include <signal.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -272,3 +275,43 @@ INSTANTIATE_TEST_SUITE_P(Golden, PipelineRun,
                              return m + "_tp" + std::to_string(info.param.tp) + "_pp" + std::to_string(info.param.pp) + "_ep" +
                                     std::to_string(info.param.ep) + "_mb" + std::to_string(info.param.micro_batches);
                          });
+
+// A last-stage rank that stops (SIGSTOP: alive, so mpirun does not see it) leaves the first
+// stage waiting on it: the send (or the receive of the logits) ends after TPX_COLLECTIVE_TIMEOUT_S naming the rank
+// and its stage, and the job ends (MPI_Abort) with nothing left behind.
+TEST(PipelineFailures, AStoppedStageIsNamedAndTheJobEndsAfterTheTimeout) {
+    const std::string dir = temp_dir();
+    write_golden_prompts(dir, read_golden("llama-sharded"));
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-sharded\"\n[parallel]\npp = 2\n"
+                                     << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 200\n";
+    Background b = start_background("env TPX_COLLECTIVE_TIMEOUT_S=2 " + tpx_bin("tpx") + " run " + dir + "/job.toml --step-delay-ms 50");
+    int victim = -1;
+    for (int i = 0; i < 200 && victim < 0; ++i) {
+        for (int pid : pids_matching(dir + "/job.toml"))
+            if (read_text("/proc/" + std::to_string(pid) + "/cmdline").find("tpx-worker") != std::string::npos &&
+                env_of(pid, "OMPI_COMM_WORLD_RANK") == "1")
+                victim = pid;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_GT(victim, 0) << "rank 1 never started";
+    for (int i = 0; i < 200 && read_text(b.err_path).find("info: loaded") == std::string::npos; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // into decoding
+    kill(victim, SIGSTOP);
+    const auto stopped = std::chrono::steady_clock::now();
+    const int code = wait_background(b, 30);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+    EXPECT_NE(code, 0);
+    EXPECT_NE(code, -1) << "tpx run did not end";
+    EXPECT_GT(seconds, 2.0) << "ended before the timeout";
+    EXPECT_LT(seconds, 10.0);
+    const std::string err = read_text(b.err_path);
+    EXPECT_NE(err.find("rank 0 ("), std::string::npos) << err;
+    // Rank 0 is waiting on its send of the hidden rows or on its receive of the logits.
+    EXPECT_NE(err.find(" rank 1 (pipeline stage 1) waited more than 2 s (TPX_COLLECTIVE_TIMEOUT_S): that stage stopped or is stuck"),
+              std::string::npos) << err;
+    for (int i = 0; i < 50 && !pids_matching(dir).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_TRUE(pids_matching(dir).empty()) << "processes left behind for " << dir;
+    kill(victim, SIGKILL);  // gone already unless an expectation above failed: never left behind stopped
+    fs::remove_all(dir);
+}
