@@ -21,7 +21,7 @@ namespace tpx {
 int cmd_plan(const Args& args) {
     po::options_description options("tpx plan options");
     options.add_options()("job", po::value<std::string>()->required(), "the job file")(
-        "world", po::value<int>()->default_value(0), "plan for this many ranks instead of parallel.tp")(
+        "world", po::value<int>()->default_value(0), "plan for this many tp ranks (per pipeline stage) instead of parallel.tp")(
         "json", "print the plan as JSON (a `ranks` list with rank, weight_bytes, kv_cache_bytes, read_bytes, collectives)")(
         "detail", "list every weight of every rank with its source slices")(
         "graph", "print the sharded graph as text")(
