@@ -218,6 +218,24 @@ private:
     bool done_ = false;
 };
 
+// A pipeline stage's links (pp > 1; both null at pp = 1, where the world is the tp group): its tp
+// group's communicator and the pipe to the stages around it. Collective over the world.
+struct StageLinks {
+    std::unique_ptr<MpiCommunicator> tp_comm;
+    std::unique_ptr<MpiPipe> pipe;
+};
+
+StageLinks join_stage(const ShardPlan& plan, int rank) {
+    StageLinks links;
+    if (plan.pp == 1) return links;
+    const RankPlan& me = plan.ranks.at(rank);
+    MPI_Comm group = MPI_COMM_NULL;
+    MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, me.stage, rank, &group));
+    links.tp_comm = std::make_unique<MpiCommunicator>(group);
+    links.pipe = std::make_unique<MpiPipe>(PipeLayout{rank, me.stage, plan.pp, plan.tp, me.tp_rank}, collective_timeout_from_env());
+    return links;
+}
+
 int run(const Options& opt) {
     MpiCommunicator comm;
     const int rank = comm.rank();
@@ -311,19 +329,12 @@ int run(const Options& opt) {
     ctx.ep = plan.ep;
     // This rank's stage: its layers of the graph, its tp group's communicator (the tp collectives
     // stay inside the stage), and the pipe to the stages around it. rank = stage x tp + tp_rank.
-    const RankPlan& me = plan.ranks.at(rank);
-    const int tp_rank = me.tp_rank;
-    cut_stage(ctx.graph, plan.stages.at(me.stage), plan.config.num_layers);
-    std::unique_ptr<MpiCommunicator> stage_comm;
-    std::unique_ptr<MpiPipe> pipe;
+    const int tp_rank = plan.ranks.at(rank).tp_rank;
+    cut_stage(ctx.graph, plan.stages.at(plan.ranks.at(rank).stage), plan.config.num_layers);
+    StageLinks stage = join_stage(plan, rank);
+    std::unique_ptr<MpiPipe>& pipe = stage.pipe;
     std::unique_ptr<CpuExecutor> stage_exec;
-    if (plan.pp > 1) {
-        MPI_Comm group = MPI_COMM_NULL;
-        MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, me.stage, rank, &group));
-        stage_comm = std::make_unique<MpiCommunicator>(group);
-        pipe = std::make_unique<MpiPipe>(PipeLayout{rank, me.stage, plan.pp, plan.tp, tp_rank}, collective_timeout_from_env());
-    }
-    MpiCommunicator& tp_comm = stage_comm ? *stage_comm : comm;
+    MpiCommunicator& tp_comm = stage.tp_comm ? *stage.tp_comm : comm;
     ctx.rank = tp_rank;
     ctx.weight_dtype = plan.weight_dtype;
     ctx.act_dtype = plan.act_dtype;
