@@ -315,3 +315,20 @@ TEST(PipelineFailures, AStoppedStageIsNamedAndTheJobEndsAfterTheTimeout) {
     kill(victim, SIGKILL);  // gone already unless an expectation above failed: never left behind stopped
     fs::remove_all(dir);
 }
+
+// A rank of the last stage that fails (here: throws when decoding starts) ends every rank of
+// every stage within seconds, its message naming it.
+TEST(PipelineFailures, ALastStageRankThatThrowsEndsEveryRank) {
+    const std::string dir = temp_dir();
+    write_golden_prompts(dir, read_golden("llama-sharded"));
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-sharded\"\n[parallel]\ntp = 2\npp = 2\n"
+                                     << "[run]\nprompts = \"prompts.jsonl\"\n";
+    auto r = run_process("TPX_FAULT=3:decode " + tpx_bin("tpx") + " run " + dir + "/job.toml");
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_LT(r.seconds, 5.0);
+    EXPECT_NE(r.err.find("rank 3 ("), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("injected failure at decode"), std::string::npos) << r.err;
+    for (int i = 0; i < 50 && !pids_matching(dir).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_TRUE(pids_matching(dir).empty()) << "processes left behind for " << dir;
+    fs::remove_all(dir);
+}
