@@ -403,8 +403,10 @@ void check_memory(const ShardPlan& plan, const std::vector<int>& ranks, int64_t 
 std::string describe_stages(const ShardPlan& p) {
     std::string out;
     for (const PipelineStage& st : p.stages)
-        out += (out.empty() ? "" : " | ") + std::string("stage ") + std::to_string(st.stage) + ": ranks " + std::to_string(st.stage * p.tp) +
-               "-" + std::to_string(st.stage * p.tp + p.tp - 1) + ", layers " + std::to_string(st.first_layer) + "-" +
+        out += (out.empty() ? "" : " | ") + std::string("stage ") + std::to_string(st.stage) +
+               (p.tp == 1 ? ": rank " + std::to_string(st.stage)
+                          : ": ranks " + std::to_string(st.stage * p.tp) + "-" + std::to_string(st.stage * p.tp + p.tp - 1)) +
+               ", layers " + std::to_string(st.first_layer) + "-" +
                std::to_string(st.end_layer - 1) + (st.first ? " +embed" : "") + (st.last ? " +head" : "");
     return out;
 }

@@ -177,6 +177,19 @@ TEST(Stages, Llama70bPlanAtTp8Pp2IsBalanced) {
     fs::remove_all(dir);
 }
 
+// More stages than layers is refused by the launcher with the planner's message, before mpirun.
+TEST(Stages, MoreStagesThanLayersIsRefusedBeforeAnyRankStarts) {
+    const std::string dir = temp_dir();
+    write_golden_prompts(dir, read_golden("llama-sharded"));
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-sharded\"\n[parallel]\npp = 4\n"
+                                     << "[run]\nprompts = \"prompts.jsonl\"\n";
+    auto r = run_process(tpx_bin("tpx") + " run " + dir + "/job.toml");
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("parallel.pp = 4 stages need at least one decoder layer each, but the model has 3"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("rank map"), std::string::npos) << "mpirun was started: " << r.err;
+    fs::remove_all(dir);
+}
+
 TEST(MicroBatches, SequencesStayWholeAndRowsMapBack) {
     TokenBatch b;
     // Three sequences (slots 4, 1, 7) of 2, 1 and 3 tokens; every token's logits wanted. Two
