@@ -53,6 +53,9 @@ std::string emit_job_toml(const Job& job) {
     os << "\n[parallel]\n";
     kv("tp", fmt<int64_t>(job.parallel.tp));
     kv("ep", fmt<int64_t>(job.parallel.ep));
+    kv("pp", fmt<int64_t>(job.parallel.pp));
+    kv("pp_layers", fmt_ids(job.parallel.pp_layers));
+    kv("micro_batches", fmt<int64_t>(job.parallel.micro_batches));
     kv("nodes", fmt<int64_t>(job.parallel.nodes));
     kv("ranks_per_node", fmt<int64_t>(job.parallel.ranks_per_node));
     os << "\n[backend]\n";

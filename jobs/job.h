@@ -30,10 +30,13 @@ struct ModelSection {
 };
 
 struct ParallelSection {
-    int tp = 1;              // ranks that split attention and dense layers; the world size
+    int tp = 1;              // ranks that split attention and dense layers within a pipeline stage
     int ep = 1;              // expert-parallel groups for MoE layers; divides tp
+    int pp = 1;              // pipeline stages (contiguous decoder layers each); world = tp x pp
+    std::vector<int64_t> pp_layers;  // decoder layers of each stage, first stage first; empty = balanced by weight bytes
+    int micro_batches = 1;   // a forward's sequences split into this many groups that flow through the stages in turn
     int nodes = 1;           // hosts the ranks are spread over
-    int ranks_per_node = 0;  // 0 = tp / nodes; otherwise nodes * ranks_per_node == tp
+    int ranks_per_node = 0;  // 0 = world / nodes; otherwise nodes * ranks_per_node == world
 };
 
 struct BackendSection {
@@ -124,7 +127,8 @@ struct Job {
     ServeSection serve;
     std::vector<TransformSection> transforms;  // in file order
 
-    int world() const { return parallel.tp; }
+    // Ranks of the job: rank = stage x tp + tp_rank (each stage's tp group contiguous).
+    int world() const { return parallel.tp * parallel.pp; }
 };
 
 }  // namespace tpx

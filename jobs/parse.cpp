@@ -208,25 +208,45 @@ void parse_parallel(Section s, Job& job) {
     ParallelSection& p = job.parallel;
     s.get_int("tp", p.tp, 1, 65536);
     s.get_int("ep", p.ep, 1, 65536);
+    s.get_int("pp", p.pp, 1, 65536);
+    if (const toml::node* n = s.node("pp_layers")) {
+        if (!n->is_array()) s.fail(*n, "pp_layers", std::string("must be an array of layer counts, not ") + type_name(n->type()));
+        for (const toml::node& item : *n->as_array()) {
+            if (!item.is_integer() || item.as_integer()->get() < 1)
+                s.fail(item, "pp_layers", "must hold layer counts >= 1, one per stage");
+            p.pp_layers.push_back(item.as_integer()->get());
+        }
+        if (!p.pp_layers.empty() && (int)p.pp_layers.size() != p.pp)
+            s.fail(*n, "pp_layers", "names " + std::to_string(p.pp_layers.size()) + " stages but parallel.pp = " + std::to_string(p.pp));
+    }
+    s.get_int("micro_batches", p.micro_batches, 1, 65536);
     s.get_int("nodes", p.nodes, 1, 65536);
     bool rpn_given = s.get_int("ranks_per_node", p.ranks_per_node, 0, 65536);
     s.reject_unknown();
     long line = s.line(), col = s.col();
+    const int world = p.tp * p.pp;
+    const std::string world_text = p.pp == 1 ? "parallel.tp = " + std::to_string(p.tp)
+                                             : "the world size tp x pp = " + std::to_string(world);
     if (p.tp % p.ep != 0)
         throw JobError(at(s.file(), line, col, "parallel.ep = " + std::to_string(p.ep) +
                                                    " must divide parallel.tp = " + std::to_string(p.tp)));
     if (rpn_given && p.ranks_per_node > 0) {
-        if (p.nodes * p.ranks_per_node != p.tp)
+        if (p.nodes * p.ranks_per_node != world)
             throw JobError(at(s.file(), line, col, "parallel.nodes x parallel.ranks_per_node = " +
                                                        std::to_string(p.nodes) + " x " + std::to_string(p.ranks_per_node) +
-                                                       " must equal parallel.tp = " + std::to_string(p.tp)));
+                                                       " must equal " + world_text));
     } else {
-        if (p.tp % p.nodes != 0)
+        if (world % p.nodes != 0)
             throw JobError(at(s.file(), line, col, "parallel.nodes = " + std::to_string(p.nodes) +
-                                                       " must divide parallel.tp = " + std::to_string(p.tp) +
+                                                       " must divide " + world_text +
                                                        " (every node runs the same number of ranks)"));
-        p.ranks_per_node = p.tp / p.nodes;
+        p.ranks_per_node = world / p.nodes;
     }
+    // A stage's tp collectives stay on one host when the stage fits on one: hosts hold whole stages.
+    if (p.pp > 1 && p.nodes > 1 && p.tp <= p.ranks_per_node && p.ranks_per_node % p.tp != 0)
+        throw JobError(at(s.file(), line, col, "parallel.ranks_per_node = " + std::to_string(p.ranks_per_node) +
+                                                   " splits a stage's tp = " + std::to_string(p.tp) +
+                                                   " ranks over two hosts; make ranks_per_node a multiple of tp"));
 }
 
 void parse_run(Section s, Job& job) {

@@ -42,8 +42,9 @@ std::vector<RankPlace> rank_map(const Job& job) {
     if (hosts.empty()) hosts.push_back("localhost");
     std::vector<RankPlace> map;
     int per = job.parallel.ranks_per_node;
+    const int tp = job.parallel.tp;
     for (int r = 0; r < job.world(); ++r)
-        map.push_back({r, hosts[std::min<size_t>((size_t)(r / per), hosts.size() - 1)], r % per});
+        map.push_back({r, hosts[std::min<size_t>((size_t)(r / per), hosts.size() - 1)], r % per, r / tp, r % tp, job.parallel.pp > 1});
     return map;
 }
 
@@ -52,7 +53,17 @@ std::string format_rank_map(const std::vector<RankPlace>& map) {
     for (size_t i = 0; i < map.size();) {
         size_t j = i;
         while (j + 1 < map.size() && map[j + 1].host == map[i].host) ++j;
-        s += (s.empty() ? "" : " | ") + map[i].host + ": rank" + (i == j ? " " + std::to_string(i) : "s " + std::to_string(i) + "-" + std::to_string(j));
+        auto span = [](size_t a, size_t b) { return a == b ? " " + std::to_string(a) : "s " + std::to_string(a) + "-" + std::to_string(b); };
+        s += (s.empty() ? "" : " | ") + map[i].host + ": rank";
+        if (!map[i].pipeline) s += span(i, j);
+        for (size_t a = i; map[i].pipeline && a <= j;) {  // runs of one stage on this host
+            size_t b = a;
+            while (b + 1 <= j && map[b + 1].stage == map[a].stage) ++b;
+            const std::string tp = map[a].tp_rank == map[b].tp_rank ? " " + std::to_string(map[a].tp_rank)
+                                                                    : "s " + std::to_string(map[a].tp_rank) + "-" + std::to_string(map[b].tp_rank);
+            s += (a == i ? "" : ", rank") + span(a, b) + " (stage " + std::to_string(map[a].stage) + ", tp rank" + tp + ")";
+            a = b + 1;
+        }
         i = j + 1;
     }
     return s;

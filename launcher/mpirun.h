@@ -26,9 +26,12 @@ struct RankPlace {
     int rank;
     std::string host;
     int local_rank;
+    int stage = 0, tp_rank = 0;  // rank = stage x tp + tp_rank
+    bool pipeline = false;       // the job has pp > 1: the map names stages
 };
 std::vector<RankPlace> rank_map(const Job& job);
-// "h1: ranks 0-1 | h2: ranks 2-3"
+// "h1: ranks 0-1 | h2: ranks 2-3"; with pp > 1 each run of a stage is named:
+// "h1: ranks 0-1 (stage 0, tp ranks 0-1) | h2: ranks 2-3 (stage 1, tp ranks 0-1)"
 std::string format_rank_map(const std::vector<RankPlace>& map);
 
 // The tpx-worker next to the running tpx binary.

@@ -21,7 +21,7 @@ namespace tpx {
 int cmd_plan(const Args& args) {
     po::options_description options("tpx plan options");
     options.add_options()("job", po::value<std::string>()->required(), "the job file")(
-        "world", po::value<int>()->default_value(0), "plan for this many ranks instead of parallel.tp")(
+        "world", po::value<int>()->default_value(0), "plan for this many tp ranks (per pipeline stage) instead of parallel.tp")(
         "json", "print the plan as JSON (a `ranks` list with rank, weight_bytes, kv_cache_bytes, read_bytes, collectives)")(
         "detail", "list every weight of every rank with its source slices")(
         "graph", "print the sharded graph as text")(
@@ -42,13 +42,18 @@ int cmd_plan(const Args& args) {
     std::cout << format_plan(plan, vm.count("detail") != 0);
     if (vm.count("graph")) std::cout << "\ngraph (rank-local shapes):\n" << plan.graph.dump();
     if (vm.count("steps")) {
-        // The worker's graph: the plan's after the post-load fusion (when enabled).
-        if (resolve_transform_options(job).at("fuse_allreduce_residual_rmsnorm").enabled) fuse_allreduce_residual_rmsnorm(plan.graph);
-        plan.graph.cleanup();
+        // The worker's graph: the plan's, cut to each stage, after the post-load fusion (when enabled).
         const KernelConfig& k = job.backend.tuning;
         const bool exchange = plan.tp > 1 && k.oneshot && k.fused_all_reduce;
-        std::cout << "\nsteps (batch-1 decode fusions; the all-reduce pushes need the one-shot path, one host with peer access):\n"
-                  << plan_steps(plan.graph, {k.residual_epilogue, exchange}).describe();
+        std::cout << "\nsteps (batch-1 decode fusions; the all-reduce pushes need the one-shot path, one host with peer access):\n";
+        for (const PipelineStage& st : plan.stages) {
+            Graph g = Graph::from_json(plan.graph.to_json());
+            cut_stage(g, st, plan.config.num_layers);
+            if (resolve_transform_options(job).at("fuse_allreduce_residual_rmsnorm").enabled) fuse_allreduce_residual_rmsnorm(g);
+            g.cleanup();
+            if (plan.pp > 1) std::cout << "stage " << st.stage << ":\n";
+            std::cout << plan_steps(g, {k.residual_epilogue, exchange}).describe();
+        }
     }
     return 0;
 }
@@ -62,7 +67,7 @@ static void check_launch_memory(const Job& job, const ShardPlan& plan) {
     int64_t available = available_host_memory();
     if (available < 0) return;
     std::vector<int> ranks;
-    for (int r = 0; r < plan.tp; ++r) ranks.push_back(r);
+    for (int r = 0; r < plan.world(); ++r) ranks.push_back(r);
     try {
         check_memory(plan, ranks, plan.max_batch, plan.max_batch, available, "this host", false);
     } catch (const JobError& e) {

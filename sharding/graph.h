@@ -155,6 +155,8 @@ public:
     void propagate_shapes();
 
     void mark_output(Value* v) { outputs_.push_back(v); }
+    // The graph's outputs become `outs` (a pipeline stage's graph ends at its boundary value).
+    void set_outputs(std::vector<Value*> outs) { outputs_ = std::move(outs); }
     const std::vector<Value*>& outputs() const { return outputs_; }
     // Live nodes in order.
     std::vector<Node*> nodes() const;

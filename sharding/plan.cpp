@@ -2,6 +2,7 @@
 #include "sharding/plan.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -85,6 +86,72 @@ std::string check_quantization(const Job&, const std::string& config_text, const
     return quant.quantized() ? quant.describe() : "";
 }
 
+// Every rank's entry: its stage's weights (the tp_rank's pieces), its stage's KV cache and the
+// bytes its stage sends on per token.
+void fill_ranks(ShardPlan& plan, const TransformContext& ctx, const Checkpoint* ckpt, bool cuda) {
+    // KV cache: K and V of every layer of the stage for the local KV heads, max_batch x max_seq_len tokens.
+    int64_t kv_heads_local = 0;
+    for (Node* n : ctx.graph.nodes())
+        if (n->op == "attention") kv_heads_local = n->attr_int("kv_heads");
+    const int64_t ckpt_elem = dtype_bytes(ctx.config.dtype);
+    const ModelConfig& c = ctx.config;
+    const int64_t act = dtype_bytes(ctx.act_dtype);
+    const int64_t mlp_local = (c.is_moe() ? c.intermediate_size * c.experts_per_token : c.intermediate_size) / plan.tp;
+    const int64_t per_token = act * (4 * c.hidden_size + (c.num_heads / plan.tp + 2 * kv_heads_local) * c.head_dim + 3 * mlp_local);
+    for (PipelineStage& st : plan.stages) st.send_bytes_per_token = st.last ? 0 : c.hidden_size * act;
+    for (int r = 0; r < plan.world(); ++r) {
+        RankPlan rp;
+        rp.rank = r;
+        rp.stage = r / plan.tp;
+        rp.tp_rank = r % plan.tp;
+        const PipelineStage& st = plan.stages.at(rp.stage);
+        rp.kv_cache_bytes = 2 * (st.end_layer - st.first_layer) * kv_heads_local * c.head_dim * plan.max_batch * plan.max_seq_len * act;
+        rp.activation_bytes_per_token = per_token;
+        rp.logits_bytes_per_row = c.vocab_size * (int64_t)sizeof(float);
+        rp.staging_bytes = cuda ? (256ll << 20) : 0;  // upload_weights' pinned ring
+        for (Node* n : ctx.graph.nodes()) {
+            if (!n->param || !stage_holds(st, *n, c.num_layers)) continue;
+            WeightPlan w;
+            w.name = n->name;
+            w.shape = n->out()->shape;
+            w.dtype = n->out()->dtype;
+            w.bytes = shape_numel(w.shape) * dtype_bytes(w.dtype);
+            w.pieces = n->param->by_rank.at(rp.tp_rank);
+            for (const Piece& p : w.pieces) rp.read_bytes += piece_read_bytes(p, ckpt, ckpt_elem);
+            rp.weight_bytes += w.bytes;
+            rp.weights.push_back(std::move(w));
+        }
+        plan.ranks.push_back(std::move(rp));
+    }
+}
+
+// The stages: ranks, layers, bytes per rank, and what each boundary sends per token.
+std::string format_stages(const ShardPlan& p) {
+    std::ostringstream os;
+    char line[256];
+    int64_t most = 0, least = INT64_MAX;
+    for (const PipelineStage& st : p.stages) most = std::max(most, st.weight_bytes), least = std::min(least, st.weight_bytes);
+    os << "pipeline: " << p.pp << " stages of tp=" << p.tp << " ranks (rank = stage x " << p.tp << " + tp_rank), "
+       << p.micro_batches << (p.micro_batches == 1 ? " micro-batch" : " micro-batches") << "\n";
+    std::snprintf(line, sizeof(line), "%-6s %-11s %-18s %14s %26s\n", "stage", "ranks", "decoder layers", "weights/rank",
+                  "sends per token (per rank)");
+    os << line;
+    for (const PipelineStage& st : p.stages) {
+        const std::string ranks = std::to_string(st.stage * p.tp) + (p.tp > 1 ? "-" + std::to_string(st.stage * p.tp + p.tp - 1) : "");
+        const std::string layers = std::to_string(st.first_layer) + "-" + std::to_string(st.end_layer - 1) +
+                                   (st.first ? " +embed" : "") + (st.last ? " +head" : "");
+        const std::string sends = st.last ? "- (last)" : human_bytes((double)(st.send_bytes_per_token * p.tp)) + " (" +
+                                                               human_bytes((double)st.send_bytes_per_token) + ")";
+        std::snprintf(line, sizeof(line), "%-6d %-11s %-18s %14s %26s\n", st.stage, ranks.c_str(), layers.c_str(),
+                      human_bytes((double)st.weight_bytes).c_str(), sends.c_str());
+        os << line;
+    }
+    std::snprintf(line, sizeof(line), "stage weights within %.2f%% of each other (largest over smallest - 1)\n",
+                  least > 0 ? 100.0 * ((double)most / (double)least - 1.0) : 0.0);
+    os << line;
+    return os.str();
+}
+
 }  // namespace
 
 std::string resolve_weight_dtype(const Job& job, const ModelConfig& config) {
@@ -97,6 +164,8 @@ ShardPlan make_plan(const Job& job, int world) {
     plan.model_path = job.model.path;
     plan.tp = world > 0 ? world : job.parallel.tp;
     plan.ep = job.parallel.ep;
+    plan.pp = job.parallel.pp;
+    plan.micro_batches = job.parallel.micro_batches;
     if (plan.tp % plan.ep != 0)
         throw JobError(job.file + ": parallel.ep = " + std::to_string(plan.ep) + " must divide the world size " + std::to_string(plan.tp));
     plan.backend = job.backend.device;
@@ -157,38 +226,8 @@ ShardPlan make_plan(const Job& job, int world) {
     plan.max_seq_len = job.run.max_seq_len > 0 ? job.run.max_seq_len : ctx.config.max_position_embeddings;
     check_run_limits(job, ctx.config);
 
-    // KV cache: K and V of every layer for the local KV heads, max_batch x max_seq_len tokens.
-    int64_t kv_heads_local = 0;
-    for (Node* n : ctx.graph.nodes())
-        if (n->op == "attention") kv_heads_local = n->attr_int("kv_heads");
-    int64_t kv_bytes = 2 * ctx.config.num_layers * kv_heads_local * ctx.config.head_dim * plan.max_batch * plan.max_seq_len *
-                       dtype_bytes(ctx.act_dtype);
-    int64_t ckpt_elem = dtype_bytes(ctx.config.dtype);
-    const ModelConfig& c = ctx.config;
-    const int64_t act = dtype_bytes(ctx.act_dtype);
-    const int64_t mlp_local = (c.is_moe() ? c.intermediate_size * c.experts_per_token : c.intermediate_size) / plan.tp;
-    const int64_t per_token = act * (4 * c.hidden_size + (c.num_heads / plan.tp + 2 * kv_heads_local) * c.head_dim + 3 * mlp_local);
-    for (int r = 0; r < plan.tp; ++r) {
-        RankPlan rp;
-        rp.rank = r;
-        rp.kv_cache_bytes = kv_bytes;
-        rp.activation_bytes_per_token = per_token;
-        rp.logits_bytes_per_row = c.vocab_size * (int64_t)sizeof(float);
-        rp.staging_bytes = job.backend.device == "cuda" ? (256ll << 20) : 0;  // upload_weights' pinned ring
-        for (Node* n : ctx.graph.nodes()) {
-            if (!n->param) continue;
-            WeightPlan w;
-            w.name = n->name;
-            w.shape = n->out()->shape;
-            w.dtype = n->out()->dtype;
-            w.bytes = shape_numel(w.shape) * dtype_bytes(w.dtype);
-            w.pieces = n->param->by_rank.at(r);
-            for (const Piece& p : w.pieces) rp.read_bytes += piece_read_bytes(p, ckpt.get(), ckpt_elem);
-            rp.weight_bytes += w.bytes;
-            rp.weights.push_back(std::move(w));
-        }
-        plan.ranks.push_back(std::move(rp));
-    }
+    plan.stages = split_stages(layer_weight_bytes(ctx.graph, ctx.config.num_layers), plan.pp, job.parallel.pp_layers, job.file);
+    fill_ranks(plan, ctx, ckpt.get(), job.backend.device == "cuda");
     plan.graph = std::move(ctx.graph);
     return plan;
 }
@@ -201,10 +240,14 @@ json ShardPlan::to_json() const {
             weights.push_back({{"name", w.name}, {"shape", w.shape}, {"dtype", w.dtype}, {"bytes", w.bytes}, {"pieces", pieces_json(w.pieces)}});
         json coll = json::object();
         for (const auto& [op, c] : costs.collectives) coll[op] = {{"count", c.count}, {"bytes_per_token", c.bytes_per_token}};
-        ranks_json.push_back({{"rank", r.rank}, {"weight_bytes", r.weight_bytes}, {"kv_cache_bytes", r.kv_cache_bytes},
+        ranks_json.push_back({{"rank", r.rank}, {"stage", r.stage}, {"tp_rank", r.tp_rank}, {"weight_bytes", r.weight_bytes}, {"kv_cache_bytes", r.kv_cache_bytes},
                               {"activation_bytes_per_token", r.activation_bytes_per_token}, {"logits_bytes_per_row", r.logits_bytes_per_row},
                               {"staging_bytes", r.staging_bytes}, {"read_bytes", r.read_bytes}, {"collectives", coll}, {"weights", weights}});
     }
+    json stages_json = json::array();
+    for (const PipelineStage& st : stages)
+        stages_json.push_back({{"stage", st.stage}, {"first_layer", st.first_layer}, {"end_layer", st.end_layer},
+                               {"weight_bytes", st.weight_bytes}, {"send_bytes_per_token", st.send_bytes_per_token}});
     json transforms_json = json::array();
     for (const TransformRecord& t : transforms)
         transforms_json.push_back({{"name", t.name}, {"stage", stage_name(t.stage)}, {"enabled", t.enabled}, {"skipped", t.skipped},
@@ -222,7 +265,8 @@ json ShardPlan::to_json() const {
                   {"num_experts", c.num_experts}, {"experts_per_token", c.experts_per_token}, {"stacked_experts", c.stacked_experts},
                   {"dtype", c.dtype},
                   {"eos_token_ids", c.eos_token_ids}};
-    return {{"model", model}, {"tp", tp}, {"ep", ep}, {"world", tp}, {"backend", backend}, {"weight_dtype", weight_dtype},
+    return {{"model", model}, {"tp", tp}, {"ep", ep}, {"pp", pp}, {"micro_batches", micro_batches}, {"stages", stages_json},
+            {"world", world()}, {"backend", backend}, {"weight_dtype", weight_dtype},
             {"act_dtype", act_dtype}, {"max_batch", max_batch}, {"max_seq_len", max_seq_len}, {"headers_checked", headers_checked},
             {"quantization", quantization}, {"preloaded", preloaded}, {"warnings", warnings},
             {"costs", {{"weight_bytes", costs.weight_bytes}, {"flops_per_token", costs.flops_per_token},
@@ -263,6 +307,20 @@ ShardPlan ShardPlan::from_json(const json& j) {
     c.eos_token_ids = m.at("eos_token_ids").get<std::vector<int64_t>>();
     p.tp = j.at("tp");
     p.ep = j.at("ep");
+    p.pp = j.at("pp");
+    p.micro_batches = j.at("micro_batches");
+    const json& js = j.at("stages");
+    for (size_t i = 0; i < js.size(); ++i) {
+        PipelineStage st;
+        st.stage = js[i].at("stage");
+        st.first = i == 0;
+        st.last = i + 1 == js.size();
+        st.first_layer = js[i].at("first_layer");
+        st.end_layer = js[i].at("end_layer");
+        st.weight_bytes = js[i].at("weight_bytes");
+        st.send_bytes_per_token = js[i].at("send_bytes_per_token");
+        p.stages.push_back(st);
+    }
     p.backend = j.at("backend");
     p.weight_dtype = j.at("weight_dtype");
     p.act_dtype = j.at("act_dtype");
@@ -295,6 +353,8 @@ ShardPlan ShardPlan::from_json(const json& j) {
     for (const json& jr : j.at("ranks")) {
         RankPlan r;
         r.rank = jr.at("rank");
+        r.stage = jr.at("stage");
+        r.tp_rank = jr.at("tp_rank");
         r.weight_bytes = jr.at("weight_bytes");
         r.kv_cache_bytes = jr.at("kv_cache_bytes");
         r.activation_bytes_per_token = jr.at("activation_bytes_per_token");
@@ -309,8 +369,9 @@ ShardPlan ShardPlan::from_json(const json& j) {
     for (Node* n : p.graph.nodes()) {
         if (!n->param) continue;
         for (RankPlan& r : p.ranks) {
+            if (!stage_holds(p.stages.at(r.stage), *n, c.num_layers)) continue;
             WeightPlan w{n->name, n->out()->shape, n->out()->dtype, shape_numel(n->out()->shape) * dtype_bytes(n->out()->dtype),
-                         n->param->by_rank.at(r.rank)};
+                         n->param->by_rank.at(r.tp_rank)};
             r.weights.push_back(std::move(w));
         }
     }
@@ -336,6 +397,17 @@ void check_memory(const ShardPlan& plan, const std::vector<int>& ranks, int64_t 
     throw JobError(os.str());
 }
 
+std::string describe_stages(const ShardPlan& p) {
+    std::string out;
+    for (const PipelineStage& st : p.stages)
+        out += (out.empty() ? "" : " | ") + std::string("stage ") + std::to_string(st.stage) +
+               (p.tp == 1 ? ": rank " + std::to_string(st.stage)
+                          : ": ranks " + std::to_string(st.stage * p.tp) + "-" + std::to_string(st.stage * p.tp + p.tp - 1)) +
+               ", layers " + std::to_string(st.first_layer) + "-" +
+               std::to_string(st.end_layer - 1) + (st.first ? " +embed" : "") + (st.last ? " +head" : "");
+    return out;
+}
+
 std::string format_plan(const ShardPlan& p, bool detail) {
     std::ostringstream os;
     const ModelConfig& c = p.config;
@@ -349,7 +421,8 @@ std::string format_plan(const ShardPlan& p, bool detail) {
                                    .c_str()
                              : "");
     os << line;
-    os << "parallel: tp=" << p.tp << " ep=" << p.ep << " (world " << p.tp << "), backend " << p.backend << ", weights "
+    os << "parallel: tp=" << p.tp << " ep=" << p.ep << (p.pp > 1 ? " pp=" + std::to_string(p.pp) : std::string()) << " (world "
+       << p.world() << "), backend " << p.backend << ", weights "
        << p.weight_dtype << ", activations " << p.act_dtype << "\n";
     os << "kv cache: max_batch " << p.max_batch << " x max_seq_len " << p.max_seq_len << "\n";
     os << (p.headers_checked ? "checkpoint headers: read and matched\n" : "checkpoint headers: not present (planned from config.json alone)\n");
@@ -358,6 +431,7 @@ std::string format_plan(const ShardPlan& p, bool detail) {
            << (p.backend == "cuda" ? "kept packed on the device, the linears' weight column counts them as bf16" : "dequantized to fp32 on load") << ")\n";
     for (const std::string& w : p.warnings) os << "warning: " << w << "\n";
     os << "\n";
+    if (p.pp > 1) os << format_stages(p) << "\n";
     std::snprintf(line, sizeof(line), "%-5s %14s %14s %14s %14s %9s\n", "rank", "weights", "kv cache", "total", "read", "tensors");
     os << line;
     int64_t tw = 0, tk = 0, tr = 0;

@@ -12,6 +12,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "jobs/job.h"
+#include "sharding/pipeline.h"
 #include "sharding/transform.h"
 
 namespace tpx {
@@ -26,6 +27,7 @@ struct WeightPlan {
 
 struct RankPlan {
     int rank = 0;
+    int stage = 0, tp_rank = 0;  // rank = stage x tp + tp_rank
     int64_t weight_bytes = 0;
     int64_t kv_cache_bytes = 0;
     int64_t read_bytes = 0;  // what the loader will read (exact when checkpoint headers were at hand)
@@ -48,6 +50,9 @@ struct ShardPlan {
     std::string model_path;
     ModelConfig config;
     int tp = 1, ep = 1;
+    int pp = 1;             // pipeline stages; world = tp x pp
+    int micro_batches = 1;  // [parallel] micro_batches
+    std::vector<PipelineStage> stages;  // pp entries
     std::string backend = "cpu";
     std::string weight_dtype, act_dtype;
     int64_t max_batch = 1, max_seq_len = 0;
@@ -56,9 +61,11 @@ struct ShardPlan {
     bool preloaded = false;
     std::vector<std::string> warnings;  // for rank 0 to print once (unused tensors the job allows)
     Graph graph;
-    GraphCosts costs;  // per rank, per token
-    std::vector<RankPlan> ranks;
+    GraphCosts costs;  // per rank, per token, over the whole model (a stage runs its layers' share)
+    std::vector<RankPlan> ranks;  // world entries, by rank
     std::vector<TransformRecord> transforms;
+
+    int world() const { return tp * pp; }
 
     nlohmann::json to_json() const;
     static ShardPlan from_json(const nlohmann::json& j);
@@ -66,7 +73,8 @@ struct ShardPlan {
 
 // Plans `job` on the coordinator: reads config.json (and the checkpoint's headers when the
 // checkpoint is there), runs the pipeline through the sharding stage, and fills every rank's
-// entry. `world` overrides parallel.tp when > 0.
+// entry. `world` overrides parallel.tp when > 0. The graph is the whole model's; each stage's
+// ranks cut their part (cut_stage).
 ShardPlan make_plan(const Job& job, int world = 0);
 
 // The weight dtype the ranks hold: model.dtype, or for "auto" the checkpoint's on cuda and
@@ -78,6 +86,9 @@ std::string resolve_weight_dtype(const Job& job, const ModelConfig& config);
 // `tokens` tokens over `rows` sequences, naming `where`, the numbers and the keys to change.
 void check_memory(const ShardPlan& plan, const std::vector<int>& ranks, int64_t tokens, int64_t rows, int64_t available,
                   const std::string& where, bool on_device);
+
+// One line: "stage 0: ranks 0-1, layers 0-1 +embed | stage 1: ranks 2-3, layers 2-2 +head".
+std::string describe_stages(const ShardPlan& plan);
 
 // A human-readable summary: one row per rank and the totals, then the transforms; `detail`
 // adds each rank's weights.

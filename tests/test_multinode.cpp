@@ -41,11 +41,13 @@ protected:
     static std::string script(const char* name) { return std::string(TPX_SOURCE_DIR) + "/scripts/" + name; }
 
     // A job over llama-gqa's golden prompts; `launch` is the [launch] table's body ("" = none).
-    std::string make_job(const std::string& dir, const std::string& launch, int max_new = 8) {
+    // `parallel` is the [parallel] table's body.
+    std::string make_job(const std::string& dir, const std::string& launch, int max_new = 8,
+                         const std::string& parallel = "tp = 2\nnodes = 2\n") {
         fs::create_directories(dir);
         write_golden_prompts(dir);
         std::ofstream job(dir + "/job.toml");
-        job << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[parallel]\ntp = 2\nnodes = 2\n[run]\nprompts = \"prompts.jsonl\"\n"
+        job << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[parallel]\n" << parallel << "[run]\nprompts = \"prompts.jsonl\"\n"
             << "max_new_tokens = " << max_new << "\noutput = \"out.jsonl\"\n";
         if (!launch.empty()) job << "[launch]\n" << launch;
         return dir + "/job.toml";
@@ -53,6 +55,33 @@ protected:
 
     std::string two_hosts(const std::string& second = "10.200.0.2") {
         return "hosts = [\"10.200.0.1:1\", \"" + second + ":1\"]\ninterface = \"10.200.0.0/24\"\nrsh_agent = \"" + script("netns_rsh") + "\"\n";
+    }
+
+    // The job with [parallel] `parallel` (two ranks, one a node) through a two-node Slurm cluster
+    // (one slurmd per namespace): HF's tokens, a rank on each node.
+    void run_on_slurm(const std::string& parallel) {
+        std::string sd = temp_dir();
+        auto up = run_process(script("slurm_cluster.sh") + " up2 " + sd);
+        if (up.exit_code != 0) GTEST_SKIP() << "a two-node Slurm cluster could not be started: " << up.err;
+        std::string dir = temp_dir();
+        std::string job = make_job(dir, "", 8, parallel);
+        std::string env = "SLURM_CONF=" + sd + "/slurm.conf ";
+        auto sub = run_process(env + tpx_bin("tpx") + " submit " + job);
+        ASSERT_EQ(sub.exit_code, 0) << sub.err;
+        std::string id = sub.out.substr(0, sub.out.find('\n'));
+        std::string status;
+        for (int i = 0; i < 480; ++i) {
+            status = run_process(env + tpx_bin("tpx") + " status " + id).out;
+            if (status.find(": running") == std::string::npos && status.find(": pending") == std::string::npos) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(250));
+        }
+        EXPECT_NE(status.find(": completed (COMPLETED)"), std::string::npos) << status << run_process(env + tpx_bin("tpx") + " logs " + id).err;
+        EXPECT_NE(status.find("nodes n[1-2]"), std::string::npos) << status;
+        expect_golden_tokens(dir + "/out.jsonl");
+        nlohmann::json ranks = nlohmann::json::parse(read_text(dir + "/out.jsonl.ranks.json"));
+        EXPECT_EQ(ranks[0]["host"], "n1");
+        EXPECT_EQ(ranks[1]["host"], "n2");
+        run_process(script("slurm_cluster.sh") + " down " + sd);
     }
 
     void expect_no_leftovers(const std::string& dir) {
@@ -115,27 +144,47 @@ TEST_F(SimulatedHosts, AHostThatCannotBeReachedIsNamed) {
     fs::remove_all(dir);
 }
 
-TEST_F(SimulatedHosts, TwoNodeSlurmGivesTheGoldenTokens) {
-    std::string sd = temp_dir();
-    auto up = run_process(script("slurm_cluster.sh") + " up2 " + sd);
-    if (up.exit_code != 0) GTEST_SKIP() << "a two-node Slurm cluster could not be started: " << up.err;
+// Pipeline parallelism across the hosts (issue #31): pp = 2, one stage a host (tp = 1), two
+// micro-batches: HF's greedy tokens, the rank map naming each host's stage.
+TEST_F(SimulatedHosts, OneStagePerHostGivesTheGoldenTokens) {
     std::string dir = temp_dir();
-    std::string job = make_job(dir, "");
-    std::string env = "SLURM_CONF=" + sd + "/slurm.conf ";
-    auto sub = run_process(env + tpx_bin("tpx") + " submit " + job);
-    ASSERT_EQ(sub.exit_code, 0) << sub.err;
-    std::string id = sub.out.substr(0, sub.out.find('\n'));
-    std::string status;
-    for (int i = 0; i < 480; ++i) {
-        status = run_process(env + tpx_bin("tpx") + " status " + id).out;
-        if (status.find(": running") == std::string::npos && status.find(": pending") == std::string::npos) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(250));
-    }
-    EXPECT_NE(status.find(": completed (COMPLETED)"), std::string::npos) << status << run_process(env + tpx_bin("tpx") + " logs " + id).err;
-    EXPECT_NE(status.find("nodes n[1-2]"), std::string::npos) << status;
+    std::string job = make_job(dir, two_hosts(), 8, "tp = 1\npp = 2\nmicro_batches = 2\nnodes = 2\n");
+    auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + job);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("rank map: 10.200.0.1: rank 0 (stage 0, tp rank 0) | 10.200.0.2: rank 1 (stage 1, tp rank 0)"), std::string::npos)
+        << r.err;
     expect_golden_tokens(dir + "/out.jsonl");
     nlohmann::json ranks = nlohmann::json::parse(read_text(dir + "/out.jsonl.ranks.json"));
-    EXPECT_EQ(ranks[0]["host"], "n1");
-    EXPECT_EQ(ranks[1]["host"], "n2");
-    run_process(script("slurm_cluster.sh") + " down " + sd);
+    ASSERT_EQ(ranks.size(), 2u);
+    EXPECT_EQ(ranks[0]["host"], "h1");
+    EXPECT_EQ(ranks[1]["host"], "h2");
+    fs::remove_all(dir);
+}
+
+// The last stage's host dies while the first stage waits on it: the job ends, naming the host.
+TEST_F(SimulatedHosts, AStageHostThatDiesMidRunEndsTheJobNamingIt) {
+    std::string dir = temp_dir();
+    std::string job = make_job(dir, two_hosts(), 200, "tp = 1\npp = 2\nnodes = 2\n");
+    Background b = start_background("env TPX_STEP_DELAY_MS=200 " + tpx_bin("tpx") + " run " + job);
+    for (int i = 0; i < 200 && read_text(b.err_path).find("info: job") == std::string::npos; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    run_process(script("netns_hosts.sh") + " kill h2");
+    auto killed = std::chrono::steady_clock::now();
+    int code = wait_background(b, 60);
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+    EXPECT_NE(code, 0);
+    EXPECT_NE(code, -1) << "tpx run did not end";
+    EXPECT_LT(seconds, 30.0);
+    std::string err = read_text(b.err_path);
+    EXPECT_NE(err.find("tpx run: host 10.200.0.2 (rank 1) did not answer"), std::string::npos) << err;
+    expect_no_leftovers(dir);
+    fs::remove_all(dir);
+}
+
+TEST_F(SimulatedHosts, TwoNodeSlurmGivesTheGoldenTokens) { run_on_slurm("tp = 2\nnodes = 2\n"); }
+
+// pp = 2 under Slurm: one stage a node.
+TEST_F(SimulatedHosts, TwoNodeSlurmWithOneStagePerNodeGivesTheGoldenTokens) {
+    run_on_slurm("tp = 1\npp = 2\nmicro_batches = 2\nnodes = 2\n");
 }

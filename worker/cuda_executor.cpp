@@ -7,9 +7,11 @@
 #include <exception>
 #include <initializer_list>
 
+#include "common/check.h"
 #include "common/cuda_check.h"
 #include "common/log.h"
 #include "kernels/cuda/ops.h"
+#include "sharding/pipeline.h"
 
 namespace tpx {
 
@@ -56,6 +58,9 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
         }
     }
     for (Value* out : graph_.outputs()) vocab_ = out->shape.back();
+    for (const Node* n : program_.nodes)
+        if (n->kind == Op::kInput && n->name == kStageInput) stage_input_ = n->out();
+    hidden_out_ = graph_.find("lm_head") == nullptr;  // a stage before the last: vocab_ is the hidden size
     // moe: "auto": sparse up to kMoeSparseMaxTokens tokens, by expert from kMoeGroupedMinTokens
     // outside a graph, dense otherwise; "sparse" or "dense" for every batch; "grouped": by expert
     // for every batch outside a graph, dense inside one.
@@ -113,7 +118,9 @@ CudaExecutor::~CudaExecutor() {
         if (e) cudaEventDestroy(e);
     for (auto& [l, kv] : kv_) cudaFree(kv.first), cudaFree(kv.second);
     for (auto& [n, p] : inv_freq_) cudaFree(p);
-    for (void* p : {(void*)inputs_dev_, (void*)logits_, (void*)argmax_, (void*)moe_weights_, cublas_workspace_}) cudaFree(p);
+    for (void* p : {(void*)inputs_dev_, (void*)logits_, (void*)argmax_, (void*)moe_weights_, cublas_workspace_, (void*)stage_in_,
+                    (void*)stage_out_})
+        cudaFree(p);
     cudaFreeHost(inputs_host_);
     cudaFreeHost(argmax_host_);
     if (cublas_) cublasDestroy(cublas_);
@@ -131,6 +138,11 @@ void CudaExecutor::ensure_inputs(int64_t tokens, int64_t rows) {
         positions_ = ids_ + input_capacity_;
         slots_dev_ = positions_ + input_capacity_;
         rows_ = reinterpret_cast<int64_t*>(slots_dev_ + input_capacity_);
+        cudaFree(stage_in_);
+        cudaFree(stage_out_);
+        stage_in_ = stage_out_ = nullptr;
+        if (stage_input_) CUDA_CHECK(cudaMalloc(&stage_in_, input_capacity_ * stage_input_->shape.back() * sizeof(bf16)));
+        if (hidden_out_) CUDA_CHECK(cudaMalloc(&stage_out_, input_capacity_ * vocab_ * sizeof(bf16)));
         for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);  // they point at the old buffers
         graphs_.clear();
     }
@@ -154,8 +166,18 @@ void CudaExecutor::ensure_inputs(int64_t tokens, int64_t rows) {
     }
 }
 
-std::vector<float> CudaExecutor::forward(const TokenBatch& batch) {
-    int64_t R = enqueue(batch);
+bf16* CudaExecutor::stage_input(int64_t tokens) {
+    TPX_CHECK(stage_input_ != nullptr, "stage_input on a graph that does not start at " + std::string(kStageInput));
+    ensure_inputs(tokens, tokens);
+    return stage_in_;
+}
+
+void CudaExecutor::sync() { sync_with_watchdog(stream_, nccl_, timeout_s_); }
+
+std::vector<float> CudaExecutor::forward(const TokenBatch& batch) { return finish_logits(enqueue(batch)); }
+
+std::vector<float> CudaExecutor::finish_logits(int64_t R) {
+    TPX_CHECK(!hidden_out_, "logits asked of a pipeline stage before the last");
     std::vector<float> host(R * vocab_);
     // The wait first: a copy to pageable memory blocks the host until the stream reaches it,
     // which with a stopped peer would be never.
@@ -178,8 +200,10 @@ int count_programmatic_edges(cudaGraph_t g) {
 
 }  // namespace
 
-std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) {
-    int64_t R = enqueue(batch);
+std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) { return finish_argmax(enqueue(batch)); }
+
+std::vector<int32_t> CudaExecutor::finish_argmax(int64_t R) {
+    TPX_CHECK(!hidden_out_, "logits asked of a pipeline stage before the last");
     cuda::argmax_rows(R, vocab_, logits_, argmax_, stream_);
     CUDA_CHECK(cudaMemcpyAsync(argmax_host_, argmax_, R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaEventRecord(step_end_, stream_));

@@ -34,6 +34,20 @@ public:
     std::vector<float> forward(const TokenBatch& batch) override;
     std::vector<int32_t> forward_argmax(const TokenBatch& batch) override;
     int64_t vocab() const override { return vocab_; }
+
+    // A pipeline stage (worker/cuda_pipeline.h). A graph cut to a stage after the first starts
+    // at stage_input: its rows are read from stage_input(tokens), a fixed device block the
+    // previous stage's send lands in (enqueued before enqueue_stage); a stage before the last
+    // leaves its output rows [tokens, hidden] in stage_output(), also fixed, so a captured
+    // decode graph keeps both addresses. The last stage's logits come back with finish_logits
+    // or finish_argmax after enqueue_stage.
+    __nv_bfloat16* stage_input(int64_t tokens);
+    const __nv_bfloat16* stage_output() const { return stage_out_; }
+    int64_t enqueue_stage(const TokenBatch& batch) { return enqueue(batch); }
+    std::vector<float> finish_logits(int64_t rows);
+    std::vector<int32_t> finish_argmax(int64_t rows);
+    void sync();  // the stream, under the collective watchdog
+    cudaStream_t stream() const { return stream_; }
     int64_t kv_cache_bytes() const override { return kv_bytes_; }
     void reload_weights(Checkpoint& ckpt, int rank) override;
     std::string refit_limit() const override {
@@ -105,6 +119,12 @@ private:
     int32_t *ids_ = nullptr, *positions_ = nullptr, *slots_dev_ = nullptr;
     int64_t* rows_ = nullptr;
     int32_t* argmax_host_ = nullptr;
+    // Pipeline stages: the graph's stage_input (null on a first stage), whether its output is
+    // the boundary's hidden rows (a stage before the last), and their blocks (input_capacity_ rows).
+    const Value* stage_input_ = nullptr;
+    bool hidden_out_ = false;
+    __nv_bfloat16* stage_in_ = nullptr;
+    __nv_bfloat16* stage_out_ = nullptr;
     float* logits_ = nullptr;
     int32_t* argmax_ = nullptr;
     float* moe_weights_ = nullptr;

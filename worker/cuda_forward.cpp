@@ -46,7 +46,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
     for (size_t i = 0; i < nodes.size(); ++i) {
         const Node* n = nodes[i];
         const int64_t r = n->inputs.empty() ? T : f.act.rows_or(n->inputs[0], T);
-        if (n->kind == Op::kInput || n->kind == Op::kParam) continue;
+        if (n->kind == Op::kParam || (n->kind == Op::kInput && n->out() != stage_input_)) continue;
         if (f.skip.count(n) || (f.fuse && program_.norm_of.count(n) && defer_norm(f, n, r))) {  // done by a fused GEMV
             f.act.release_inputs(i, n);
             continue;
@@ -67,7 +67,9 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
     if (f.exchanges) nccl_->exchange_advance(f.exchanges);
     if (f.exchanges) fused_all_reduces_ = (int)f.exchanges;
     const Value* out = graph_.outputs().at(0);
-    cuda::bf16_to_f32(R * vocab_, f.act.data(out), logits_, stream_);
+    // A stage before the last hands on every token's row (bf16, as the next stage reads them).
+    if (hidden_out_) CUDA_CHECK(cudaMemcpyAsync(stage_out_, f.act.data(out), T * vocab_ * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+    else cuda::bf16_to_f32(R * vocab_, f.act.data(out), logits_, stream_);
     f.act.finish();
 }
 
@@ -131,7 +133,10 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
     case Op::kAllGather:
         run_all_gather(f, n, r);
         break;
-    case Op::kInput:
+    case Op::kInput:  // only a stage's stage_input gets here: the rows the previous stage sent
+        CUDA_CHECK(cudaMemcpyAsync(a.make(n->out(), f.T), stage_in_, f.T * width(n->out()) * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                                   stream_));
+        break;
     case Op::kParam:
         break;
     case Op::kUnknown:

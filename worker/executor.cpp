@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/check.h"
 #include "common/error.h"
 #include "kernels/cpu/ops.h"
+#include "sharding/pipeline.h"
 #include "sharding/steps.h"
 #include "worker/weights.h"
 
@@ -150,7 +152,7 @@ const float* CpuExecutor::interleaved_w13(const Node* n, const float* w1, const 
     return fused.data();
 }
 
-std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
+std::vector<float> CpuExecutor::forward_stage(const TokenBatch& batch, const float* hidden) {
     const int64_t T = (int64_t)batch.ids.size();
     check_batch(batch, slots_, max_seq_);
     HostBuffers hb{weights_, {}, {}};
@@ -166,6 +168,11 @@ std::vector<float> CpuExecutor::forward(const TokenBatch& batch) {
         int64_t r = n->inputs.empty() ? T : (rows.count(in(0)) ? rows[in(0)] : T);
         switch (n->kind) {
         case Op::kInput:
+            if (n->name == kStageInput) {
+                TPX_CHECK(hidden != nullptr, "the stage's graph starts at " + n->name + " but no hidden state was given");
+                std::memcpy(make(n->out(), T), hidden, T * width(n->out()) * sizeof(float));
+            }
+            continue;
         case Op::kParam:
             continue;
         case Op::kEmbedding: {

@@ -66,7 +66,11 @@ public:
     CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights, int64_t slots,
                 int64_t max_seq);
 
-    std::vector<float> forward(const TokenBatch& batch) override;
+    std::vector<float> forward(const TokenBatch& batch) override { return forward_stage(batch, nullptr); }
+    // A pipeline stage's forward: `hidden` holds the previous stage's output rows [ids, hidden
+    // size] for the graph's stage_input (null when the graph has none); the result is the graph's
+    // output: the next stage's input rows, or the logits of the wanted rows on the last stage.
+    std::vector<float> forward_stage(const TokenBatch& batch, const float* hidden);
     int64_t vocab() const override { return vocab_; }
     int64_t kv_cache_bytes() const override;
     void reload_weights(Checkpoint& ckpt, int rank) override;

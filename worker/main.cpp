@@ -33,6 +33,8 @@
 #include "worker/executor.h"
 #include "worker/generation.h"
 #include "worker/mpi_comm.h"
+#include "worker/mpi_pipe.h"
+#include "worker/pipeline.h"
 #include "worker/progress.h"
 #include "worker/serve_loop.h"
 #include "text/text_tools.h"
@@ -41,6 +43,7 @@
 #include "worker/weights.h"
 #ifdef TPX_HAVE_CUDA
 #include "worker/cuda_executor.h"
+#include "worker/cuda_pipeline.h"
 #include "worker/gpu_context.h"
 #endif
 
@@ -217,6 +220,24 @@ private:
     bool done_ = false;
 };
 
+// A pipeline stage's links (pp > 1; both null at pp = 1, where the world is the tp group): its tp
+// group's communicator and the pipe to the stages around it. Collective over the world.
+struct StageLinks {
+    std::unique_ptr<MpiCommunicator> tp_comm;
+    std::unique_ptr<MpiPipe> pipe;
+};
+
+StageLinks join_stage(const ShardPlan& plan, int rank) {
+    StageLinks links;
+    if (plan.pp == 1) return links;
+    const RankPlan& me = plan.ranks.at(rank);
+    MPI_Comm group = MPI_COMM_NULL;
+    MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, me.stage, rank, &group));
+    links.tp_comm = std::make_unique<MpiCommunicator>(group);
+    links.pipe = std::make_unique<MpiPipe>(PipeLayout{rank, me.stage, plan.pp, plan.tp, me.tp_rank}, collective_timeout_from_env());
+    return links;
+}
+
 int run(const Options& opt) {
     MpiCommunicator comm;
     const int rank = comm.rank();
@@ -228,8 +249,8 @@ int run(const Options& opt) {
     Job job = load_job(opt.job);
     refuse_retired_variables();
     if (comm.world() != job.world())
-        throw Error("mpirun started " + std::to_string(comm.world()) + " ranks but the job's parallel.tp is " +
-                        std::to_string(job.world()),
+        throw Error("mpirun started " + std::to_string(comm.world()) + " ranks but the job's " +
+                        (job.parallel.pp > 1 ? "parallel.tp x parallel.pp is " : "parallel.tp is ") + std::to_string(job.world()),
                     kExitBadInput);
 
     // Rank 0 plans; the others trust its plan.
@@ -242,13 +263,19 @@ int run(const Options& opt) {
     ShardPlan plan = ShardPlan::from_json(nlohmann::json::parse(plan_text));
     if (rank == 0) {
         log_info("job '", job.name, "': ", plan.config.architecture, " from ", job.model.path, ", tp=", plan.tp, " ep=", plan.ep,
+                 plan.pp > 1 ? " pp=" + std::to_string(plan.pp) + " micro_batches=" + std::to_string(plan.micro_batches) : std::string(),
                  ", backend ", plan.backend, ", weights ", plan.weight_dtype);
+        if (plan.pp > 1) log_info("pipeline stages: ", describe_stages(plan));
         for (const std::string& w : plan.warnings) log_warn(w);
         if (plan.backend == "cuda") log_info("kernel settings [backend.tuning]: ", format_kernel_config(job.backend.tuning));
     }
 
     // Prompts: read and checked on rank 0, then every rank has the tokens.
     std::vector<Prompt> prompts;
+    if (plan.pp > 1 && (opt.serve || !opt.bench.empty()))
+        throw Error(job.file + ": parallel.pp = " + std::to_string(plan.pp) + ": " + (opt.serve ? "tpx serve" : "tpx bench") +
+                        " runs pp = 1 jobs only in this version (tpx run takes pipeline stages)",
+                    kExitBadInput);
     if (job.run.prompts.empty() && opt.bench.empty() && !opt.serve) throw Error(job.file + ": run.prompts is not set: there is nothing to run", kExitBadInput);
     std::vector<int32_t> packed;
     uint64_t packed_size = 0;
@@ -287,6 +314,9 @@ int run(const Options& opt) {
     // Declared before the executor: destroyed after it (the executor uses the stream).
     std::unique_ptr<GpuContext> gpu;
     DeviceWeights device_weights;
+    std::unique_ptr<NcclPipe> nccl_pipe;         // pp > 1: NCCL over the stage boundaries
+    std::unique_ptr<CudaExecutor> cuda_stage;    // pp > 1: this stage's executor, run by a CudaPipelineExecutor
+    CudaExecutor* cuda_exec = nullptr;
 #endif
     HostWeights host_weights;
     std::unique_ptr<Executor> exec;
@@ -299,7 +329,15 @@ int run(const Options& opt) {
     ctx.graph = std::move(plan.graph);
     ctx.tp = plan.tp;
     ctx.ep = plan.ep;
-    ctx.rank = rank;
+    // This rank's stage: its layers of the graph, its tp group's communicator (the tp collectives
+    // stay inside the stage), and the pipe to the stages around it. rank = stage x tp + tp_rank.
+    const int tp_rank = plan.ranks.at(rank).tp_rank;
+    cut_stage(ctx.graph, plan.stages.at(plan.ranks.at(rank).stage), plan.config.num_layers);
+    StageLinks stage = join_stage(plan, rank);
+    std::unique_ptr<MpiPipe>& pipe = stage.pipe;
+    std::unique_ptr<CpuExecutor> stage_exec;
+    MpiCommunicator& tp_comm = stage.tp_comm ? *stage.tp_comm : comm;
+    ctx.rank = tp_rank;
     ctx.weight_dtype = plan.weight_dtype;
     ctx.act_dtype = plan.act_dtype;
     ctx.memory_in_use = [](const TransformContext&) { return (int64_t)peak_rss_bytes(); };
@@ -319,7 +357,7 @@ int run(const Options& opt) {
         reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
             maybe_fail("load", rank);
             loading();
-            host_weights = load_host_weights(c.graph, rank, *ckpt);
+            host_weights = load_host_weights(c.graph, tp_rank, *ckpt);
             loaded(host_weights.bytes);
             return TransformResult{(int)host_weights.buffers.size(), false, ""};
         });
@@ -327,7 +365,14 @@ int run(const Options& opt) {
             return TransformResult{0, true, "cpu backend: inputs stay in host memory"};
         });
         reg.bind("init_kv_cache", [&](TransformContext& c, const TransformOptions&) {
-            exec = std::make_unique<CpuExecutor>(c.graph, comm, std::move(host_weights.buffers), plan.max_batch, plan.max_seq_len);
+            auto cpu = std::make_unique<CpuExecutor>(c.graph, tp_comm, std::move(host_weights.buffers), plan.max_batch, plan.max_seq_len);
+            if (!pipe) {
+                exec = std::move(cpu);
+            } else {
+                stage_exec = std::move(cpu);
+                exec = std::make_unique<PipelineExecutor>(*stage_exec, *pipe, plan.micro_batches, plan.config.vocab_size,
+                                                          plan.config.hidden_size);
+            }
             return TransformResult{1, false, ""};
         });
         reg.bind("compile_cuda_graph", [](TransformContext&, const TransformOptions&) {
@@ -335,13 +380,14 @@ int run(const Options& opt) {
         });
     } else {
 #ifdef TPX_HAVE_CUDA
-        gpu = std::make_unique<GpuContext>(comm, job.backend.tuning);
+        gpu = std::make_unique<GpuContext>(tp_comm, job.backend.tuning);
+        if (pipe) nccl_pipe = std::make_unique<NcclPipe>(*pipe, gpu->stream);
         check_memory_before_load(plan, prompts, rank);
         ctx.memory_in_use = [](const TransformContext&) { return device_memory_in_use(); };
         reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
             maybe_fail("load", rank);
             loading();
-            device_weights = upload_weights(c.graph, rank, *ckpt, gpu->stream);
+            device_weights = upload_weights(c.graph, tp_rank, *ckpt, gpu->stream);
             loaded(device_weights.bytes);
             return TransformResult{(int)(device_weights.params.size() + device_weights.quant.size()), false, ""};
         });
@@ -349,12 +395,20 @@ int run(const Options& opt) {
             return TransformResult{0, false, "inputs are staged into fixed device buffers per forward"};
         });
         reg.bind("init_kv_cache", [&](TransformContext& c, const TransformOptions&) {
-            exec = std::make_unique<CudaExecutor>(c.graph, rank, gpu->nccl.get(), std::move(device_weights), plan.max_batch,
-                                                  plan.max_seq_len, gpu->stream, gpu->timeout_s, job.backend.tuning);
+            auto cuda = std::make_unique<CudaExecutor>(c.graph, tp_rank, gpu->nccl.get(), std::move(device_weights), plan.max_batch,
+                                                       plan.max_seq_len, gpu->stream, gpu->timeout_s, job.backend.tuning);
+            cuda_exec = cuda.get();
+            if (!pipe) {
+                exec = std::move(cuda);
+            } else {
+                cuda_stage = std::move(cuda);
+                exec = std::make_unique<CudaPipelineExecutor>(*cuda_stage, *pipe, *nccl_pipe, plan.micro_batches, plan.config.vocab_size,
+                                                              plan.config.hidden_size);
+            }
             return TransformResult{1, false, ""};
         });
         reg.bind("compile_cuda_graph", [&](TransformContext&, const TransformOptions&) {
-            static_cast<CudaExecutor&>(*exec).enable_graphs(true);
+            cuda_exec->enable_graphs(true);  // per stage: the sends and receives stay outside the graphs
             return TransformResult{1, false, "decode steps are captured on first use per batch size"};
         });
 #else
@@ -419,7 +473,7 @@ int run(const Options& opt) {
     std::vector<SequenceResult> results = generate(*exec, comm, prompts, gs);
     progress.finish();
 #ifdef TPX_HAVE_CUDA
-    if (auto* cuda_exec = dynamic_cast<CudaExecutor*>(exec.get()); cuda_exec && rank == 0)
+    if (cuda_exec && rank == 0)
         log_info("decode: ", cuda_exec->graph_replays(), " CUDA graph replays of ", cuda_exec->graphs_captured(), " captured graphs (",
                  cuda_exec->programmatic_edges(), " programmatic edges in the last; ", cuda_exec->fused_all_reduces(),
                  " all-reduces of a batch-1 step summed in the GEMVs)");

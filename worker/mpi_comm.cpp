@@ -35,6 +35,29 @@ MpiCommunicator::MpiCommunicator() : timeout_s_(collective_timeout_from_env()) {
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_));
 }
 
+MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm), owned_(true), timeout_s_(collective_timeout_from_env()) {
+    MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+    MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    MPI_CHECK(MPI_Comm_size(comm_, &world_));
+}
+
+MpiCommunicator::~MpiCommunicator() {
+    if (owned_) MPI_Comm_free(&comm_);
+}
+
+// Rank `r` of this communicator as a rank of MPI_COMM_WORLD (what messages name).
+int MpiCommunicator::world_rank(int r) const {
+    if (comm_ == MPI_COMM_WORLD) return r;
+    MPI_Group mine, world;
+    int out = r;
+    MPI_Comm_group(comm_, &mine);
+    MPI_Comm_group(MPI_COMM_WORLD, &world);
+    MPI_Group_translate_ranks(mine, 1, &r, world, &out);
+    MPI_Group_free(&mine);
+    MPI_Group_free(&world);
+    return out;
+}
+
 void MpiCommunicator::finish(MPI_Request request, const char* what) {
     ++calls_;
     if (timeout_s_ <= 0) {
@@ -58,15 +81,15 @@ void MpiCommunicator::stalled(const char* what) {
     mine = calls_;
     std::vector<MPI_Request> sends(world_);
     for (int r = 0; r < world_; ++r)
-        if (r != rank_) MPI_Isend(&mine, 1, MPI_UINT64_T, r, kStallTag, MPI_COMM_WORLD, &sends[r]);
+        if (r != rank_) MPI_Isend(&mine, 1, MPI_UINT64_T, r, kStallTag, comm_, &sends[r]);
     std::set<int> heard = {rank_};
     const auto until = Clock::now() + std::chrono::duration<double>(kListenSeconds);
     while (Clock::now() < until && (int)heard.size() < world_) {
         int flag = 0;
         MPI_Status st;
-        if (MPI_Iprobe(MPI_ANY_SOURCE, kStallTag, MPI_COMM_WORLD, &flag, &st) == MPI_SUCCESS && flag) {
+        if (MPI_Iprobe(MPI_ANY_SOURCE, kStallTag, comm_, &flag, &st) == MPI_SUCCESS && flag) {
             uint64_t theirs = 0;
-            MPI_Recv(&theirs, 1, MPI_UINT64_T, st.MPI_SOURCE, kStallTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            MPI_Recv(&theirs, 1, MPI_UINT64_T, st.MPI_SOURCE, kStallTag, comm_, MPI_STATUS_IGNORE);
             heard.insert(st.MPI_SOURCE);
         } else {
             sched_yield();
@@ -75,7 +98,7 @@ void MpiCommunicator::stalled(const char* what) {
     std::string missing, waiting;
     for (int r = 0; r < world_; ++r) {
         std::string& list = heard.count(r) ? waiting : missing;
-        if (r != rank_) list += (list.empty() ? "" : ", ") + std::to_string(r);
+        if (r != rank_) list += (list.empty() ? "" : ", ") + std::to_string(world_rank(r));
     }
     char seconds[32];
     std::snprintf(seconds, sizeof(seconds), "%g", timeout_s_);
@@ -94,7 +117,7 @@ void MpiCommunicator::all_reduce_sum(float* data, size_t n) {
     for (size_t done = 0; done < n;) {
         int count = (int)std::min<size_t>(n - done, INT_MAX / 2);
         MPI_Request request;
-        MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data + done, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &request));
+        MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data + done, count, MPI_FLOAT, MPI_SUM, comm_, &request));
         finish(request, "all-reduce");
         done += (size_t)count;
     }
@@ -103,14 +126,14 @@ void MpiCommunicator::all_reduce_sum(float* data, size_t n) {
 void MpiCommunicator::all_gather(const float* in, size_t n, float* out) {
     TPX_CHECK(n * (size_t)world_ < (size_t)INT_MAX, "all_gather of " + std::to_string(n) + " elements per rank is too large for MPI");
     MPI_Request request;
-    MPI_CHECK(MPI_Iallgather(in, (int)n, MPI_FLOAT, out, (int)n, MPI_FLOAT, MPI_COMM_WORLD, &request));
+    MPI_CHECK(MPI_Iallgather(in, (int)n, MPI_FLOAT, out, (int)n, MPI_FLOAT, comm_, &request));
     finish(request, "all-gather");
 }
 
 void MpiCommunicator::all_gather_bytes(const void* in, size_t bytes, void* out) {
     TPX_CHECK(bytes * (size_t)world_ < (size_t)INT_MAX, "all_gather of " + std::to_string(bytes) + " bytes per rank is too large for MPI");
     MPI_Request request;
-    MPI_CHECK(MPI_Iallgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, MPI_COMM_WORLD, &request));
+    MPI_CHECK(MPI_Iallgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, comm_, &request));
     finish(request, "all-gather");
 }
 
@@ -119,7 +142,7 @@ void MpiCommunicator::broadcast(void* data, size_t bytes, int root) {
     for (size_t done = 0; done < bytes;) {
         int count = (int)std::min<size_t>(bytes - done, INT_MAX / 2);
         MPI_Request request;
-        MPI_CHECK(MPI_Ibcast(p + done, count, MPI_BYTE, root, MPI_COMM_WORLD, &request));
+        MPI_CHECK(MPI_Ibcast(p + done, count, MPI_BYTE, root, comm_, &request));
         finish(request, "broadcast");
         done += (size_t)count;
     }
@@ -127,7 +150,7 @@ void MpiCommunicator::broadcast(void* data, size_t bytes, int root) {
 
 void MpiCommunicator::barrier() {
     MPI_Request request;
-    MPI_CHECK(MPI_Ibarrier(MPI_COMM_WORLD, &request));
+    MPI_CHECK(MPI_Ibarrier(comm_, &request));
     finish(request, "barrier");
 }
 

@@ -22,7 +22,13 @@ double collective_timeout_from_env();
 
 class MpiCommunicator : public Communicator {
 public:
-    MpiCommunicator();
+    MpiCommunicator();  // over MPI_COMM_WORLD
+    // Over `comm` (a pipeline stage's tp group, from MPI_Comm_split); rank() and world() are the
+    // rank within it and its size; messages name world ranks. Takes ownership of `comm`.
+    explicit MpiCommunicator(MPI_Comm comm);
+    ~MpiCommunicator() override;
+    MpiCommunicator(const MpiCommunicator&) = delete;
+    MpiCommunicator& operator=(const MpiCommunicator&) = delete;
     int rank() const override { return rank_; }
     int world() const override { return world_; }
     void all_reduce_sum(float* data, size_t n) override;
@@ -40,6 +46,10 @@ private:
     void finish(MPI_Request request, const char* what);
     [[noreturn]] void stalled(const char* what);
 
+    int world_rank(int r) const;
+
+    MPI_Comm comm_ = MPI_COMM_WORLD;
+    bool owned_ = false;
     int rank_ = 0, world_ = 1;
     double timeout_s_ = 0;  // 0: wait forever
     uint64_t calls_ = 0;  // collectives started, for the message
