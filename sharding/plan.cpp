@@ -154,7 +154,6 @@ ShardPlan make_plan(const Job& job, int world) {
     plan.weight_dtype = ctx.weight_dtype;
     plan.act_dtype = ctx.act_dtype;
     plan.headers_checked = ckpt != nullptr;
-    plan.preloaded = ctx.preloaded;
     plan.costs = ctx.costs;
     plan.max_batch = job.run.max_batch;
     plan.max_seq_len = job.run.max_seq_len > 0 ? job.run.max_seq_len : ctx.config.max_position_embeddings;
@@ -227,7 +226,7 @@ json ShardPlan::to_json() const {
                   {"eos_token_ids", c.eos_token_ids}};
     return {{"model", model}, {"tp", tp}, {"ep", ep}, {"world", tp}, {"backend", backend}, {"weight_dtype", weight_dtype},
             {"act_dtype", act_dtype}, {"max_batch", max_batch}, {"max_seq_len", max_seq_len}, {"headers_checked", headers_checked},
-            {"quantization", quantization}, {"preloaded", preloaded}, {"warnings", warnings},
+            {"quantization", quantization}, {"warnings", warnings},
             {"costs", {{"weight_bytes", costs.weight_bytes}, {"flops_per_token", costs.flops_per_token},
                        {"head_flops_per_token", costs.head_flops_per_token},
                        {"attention_flops_per_token_per_position", costs.attention_flops_per_token_per_position}}},
@@ -273,7 +272,6 @@ ShardPlan ShardPlan::from_json(const json& j) {
     p.max_seq_len = j.at("max_seq_len");
     p.headers_checked = j.at("headers_checked");
     p.quantization = j.value("quantization", "");
-    p.preloaded = j.at("preloaded");
     p.warnings = j.value("warnings", std::vector<std::string>{});
     p.costs.weight_bytes = j.at("costs").at("weight_bytes");
     p.costs.flops_per_token = j.at("costs").at("flops_per_token");

@@ -190,8 +190,8 @@ TEST(Rewriter, AnalyzersCount) {
     auto negs = std::make_unique<CountOps>("neg");
     auto inputs = std::make_unique<CountOps>("input");
     CountOps *n = negs.get(), *i = inputs.get();
-    m.add("negs", std::move(negs), 2);
-    m.add("inputs", std::move(inputs), 1);
+    m.add("negs", std::move(negs));
+    m.add("inputs", std::move(inputs));
     EXPECT_EQ(m.analyze(ch.g), 4);
     EXPECT_EQ(n->count, 3);
     EXPECT_EQ(i->count, 1);

@@ -40,17 +40,13 @@ std::vector<int32_t> Executor::forward_argmax(const TokenBatch& batch) {
 }
 
 CpuExecutor::CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights,
-                         int64_t slots, int64_t max_seq)
-    : graph_(graph), comm_(comm), weights_(std::move(weights)), slots_(slots), max_seq_(max_seq) {
+                         const KvCacheLayout& kv)
+    : graph_(graph), comm_(comm), weights_(std::move(weights)), slots_(kv.slots), max_seq_(kv.max_seq) {
     std::vector<Node*> nodes = graph_.nodes();
     last_use_ = last_uses(graph_, nodes);
-    for (size_t i = 0; i < nodes.size(); ++i) {
-        if (nodes[i]->kind == Op::kAttention) {
-            int64_t width = nodes[i]->attr_int("kv_heads") * nodes[i]->attr_int("head_dim");
-            int64_t layer = nodes[i]->attr_int("layer");
-            k_cache_[layer].assign(slots * max_seq * width, 0.0f);
-            v_cache_[layer].assign(slots * max_seq * width, 0.0f);
-        }
+    for (const KvLayer& l : kv.layers) {
+        k_cache_[l.layer].assign(kv.elems(l), 0.0f);
+        v_cache_[l.layer].assign(kv.elems(l), 0.0f);
     }
     for (Value* out : graph_.outputs()) vocab_ = out->shape.back();
 }

@@ -13,6 +13,7 @@
 #include "kernels/cpu/ops.h"
 #include "sharding/graph.h"
 #include "worker/comm.h"
+#include "worker/kv_cache.h"
 
 namespace tpx {
 
@@ -50,10 +51,8 @@ public:
 
 class CpuExecutor : public Executor {
 public:
-    // `weights`: parameter name -> local fp32 values; the cache holds `slots` sequences of
-    // `max_seq` tokens.
-    CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights, int64_t slots,
-                int64_t max_seq);
+    // `weights`: parameter name -> local fp32 values; the cache is `kv`'s layers (fp32).
+    CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights, const KvCacheLayout& kv);
 
     std::vector<float> forward(const TokenBatch& batch) override;
     int64_t vocab() const override { return vocab_; }

@@ -1,0 +1,33 @@
+// The KV cache's layout, decided once for both backends (worker/main.cpp asks for it before it
+// builds the executor): for every attention node of the rank's graph, its layer and the width
+// of one K (or V) row, local kv_heads x head_dim, for `slots` sequences of `max_seq` tokens.
+// Each executor allocates exactly these layers, zeroed, in its own memory; nothing else
+// decides the cache's size.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "sharding/graph.h"
+
+namespace tpx {
+
+struct KvLayer {
+    int64_t layer = 0;  // the attention node's "layer"
+    int64_t width = 0;  // elements of one token's K (or V): kv_heads x head_dim on this rank
+};
+
+struct KvCacheLayout {
+    int64_t slots = 0;    // sequences (run.max_batch)
+    int64_t max_seq = 0;  // tokens a sequence (run.max_seq_len)
+    std::vector<KvLayer> layers;
+
+    // Elements of one layer's K (or V): [slots, max_seq, width].
+    int64_t elems(const KvLayer& l) const { return slots * max_seq * l.width; }
+    // K and V of every layer at `elem_bytes` an element.
+    int64_t bytes(int64_t elem_bytes) const;
+};
+
+KvCacheLayout kv_cache_layout(const Graph& graph, int64_t slots, int64_t max_seq);
+
+}  // namespace tpx
