@@ -15,6 +15,7 @@
 #include "loader/meta.h"
 #include "loader/quantized.h"
 #include "sharding/factory.h"
+#include "sharding/kv_cache.h"
 
 namespace fs = std::filesystem;
 
@@ -159,12 +160,12 @@ ShardPlan make_plan(const Job& job, int world) {
     plan.max_seq_len = job.run.max_seq_len > 0 ? job.run.max_seq_len : ctx.config.max_position_embeddings;
     check_run_limits(job, ctx.config);
 
-    // KV cache: K and V of every layer for the local KV heads, max_batch x max_seq_len tokens.
+    // KV cache: K and V of every layer for the local KV heads, max_batch x max_seq_len tokens,
+    // as the executors allocate it.
     int64_t kv_heads_local = 0;
     for (Node* n : ctx.graph.nodes())
-        if (n->op == "attention") kv_heads_local = n->attr_int("kv_heads");
-    int64_t kv_bytes = 2 * ctx.config.num_layers * kv_heads_local * ctx.config.head_dim * plan.max_batch * plan.max_seq_len *
-                       dtype_bytes(ctx.act_dtype);
+        if (n->kind == Op::kAttention) kv_heads_local = n->attr_int("kv_heads");
+    const int64_t kv_bytes = kv_cache_layout(ctx.graph, plan.max_batch, plan.max_seq_len).bytes(dtype_bytes(ctx.act_dtype));
     int64_t ckpt_elem = dtype_bytes(ctx.config.dtype);
     const ModelConfig& c = ctx.config;
     const int64_t act = dtype_bytes(ctx.act_dtype);

@@ -19,7 +19,7 @@
 #include "sharding/steps.h"
 #include "worker/device_weights.h"
 #include "worker/executor.h"
-#include "worker/kv_cache.h"
+#include "sharding/kv_cache.h"
 #include "worker/nccl_comm.h"
 
 namespace tpx {

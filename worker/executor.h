@@ -13,7 +13,7 @@
 #include "kernels/cpu/ops.h"
 #include "sharding/graph.h"
 #include "worker/comm.h"
-#include "worker/kv_cache.h"
+#include "sharding/kv_cache.h"
 
 namespace tpx {
 

@@ -11,7 +11,7 @@
 #include "common/fault_injection.h"
 #include "common/host_memory.h"
 #include "common/log.h"
-#include "worker/kv_cache.h"
+#include "sharding/kv_cache.h"
 #include "worker/report.h"
 #include "worker/topology.h"
 #include "worker/weights.h"

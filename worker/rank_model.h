@@ -1,7 +1,7 @@
 // This rank's model, made ready to run by the worker's own steps (not transforms: the registry
 // holds planning passes only): the checkpoint opened and this rank's slices read onto its
 // backend, the post-load planning passes run on the rank's graph, the KV cache laid out
-// (worker/kv_cache.h) and the executor built with it, and (cuda) decode steps captured as CUDA
+// (sharding/kv_cache.h) and the executor built with it, and (cuda) decode steps captured as CUDA
 // graphs when backend.cuda_graphs is on. Memory is checked against the plan before any
 // weight is read, so that a job that does not fit ends with the numbers (exit 2).
 #pragma once

@@ -1,8 +1,7 @@
-// The KV cache's layout, decided once for both backends (worker/main.cpp asks for it before it
-// builds the executor): for every attention node of the rank's graph, its layer and the width
-// of one K (or V) row, local kv_heads x head_dim, for `slots` sequences of `max_seq` tokens.
-// Each executor allocates exactly these layers, zeroed, in its own memory; nothing else
-// decides the cache's size.
+// The KV cache's layout, decided once from the rank's graph: for every attention node, its
+// layer and the width of one K (or V) row, local kv_heads x head_dim, for `slots` sequences of
+// `max_seq` tokens. The plan's memory figures and both executors' allocations (each allocates
+// exactly these layers, zeroed, in its own memory) come from it; nothing else sizes the cache.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
 // The KV cache's layout from the rank's graph (kv_cache.h).
-#include "worker/kv_cache.h"
+#include "sharding/kv_cache.h"
 
 namespace tpx {
 
