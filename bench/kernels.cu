@@ -66,12 +66,12 @@ int32_t* device_int(int32_t v) {
 }
 
 // Median over `runs` of the microseconds `launch` takes on the stream (CUDA events), divided by `per`.
+// The kernel settings of the launches timed here (defaults but where a sweep changes one).
+KernelConfig tuning;
+cuda::Launch on(cudaStream_t stream) { return cuda::Launch(stream, tuning); }
+
 // The plain GEMV's warps per row for the launches that follow (0: chosen by K, the default).
-void use_gemv_splitk(int ks) {
-    KernelConfig c = cuda::kernel_config();
-    c.gemv_splitk = ks;
-    cuda::set_kernel_config(c);
-}
+void use_gemv_splitk(int ks) { tuning.gemv_splitk = ks; }
 
 double median_us(cudaStream_t st, int runs, int per, const std::function<void()>& launch) {
     cudaEvent_t a, b;
@@ -452,12 +452,12 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
     const int64_t heads = 32, kvh = 8, hd = 128, kvw = kvh * hd, max_seq = 8192;
     bf16* kc = device_alloc<bf16>(max_seq * kvw);
     bf16* vc = device_alloc<bf16>(max_seq * kvw);
-    const KernelConfig defaults = cuda::kernel_config();
+    const KernelConfig defaults = tuning;
     KernelConfig one_tile = defaults, no_short = defaults;
     one_tile.flash_tile = "1x64";
     no_short.flash_short_max = 0;
     for (const auto& [name, config] : {std::pair<const char*, KernelConfig>{"default", defaults}, {"1x64", one_tile}, {"short<=0", no_short}}) {
-        cuda::set_kernel_config(config);
+        tuning = config;
         for (int64_t P : {128, 256, 512, 2048, 8192}) {
             PrefillInputs in(P, heads * hd, kvw);
             cpu::AttentionShape s{P, heads, kvh, hd, max_seq, 0};
@@ -469,7 +469,7 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
             row(std::string("attention prefill flash ") + name, "T=" + std::to_string(P) + " one layer", us, rate(0, us, causal_flops) + " (causal FLOPs)");
         }
     }
-    cuda::set_kernel_config(defaults);
+    tuning = defaults;
     cudaFree(kc), cudaFree(vc);
 }
 

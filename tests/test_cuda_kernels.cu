@@ -22,12 +22,12 @@ using bf16 = __nv_bfloat16;
 
 namespace {
 
+// The kernel settings of this file's launches (defaults but where a test changes one).
+KernelConfig tuning;
+cuda::Launch on(cudaStream_t stream) { return cuda::Launch(stream, tuning); }
+
 // The plain GEMV's warps per row for the launches that follow (0: chosen by K, the default).
-void use_gemv_splitk(int ks) {
-    KernelConfig c = cuda::kernel_config();
-    c.gemv_splitk = ks;
-    cuda::set_kernel_config(c);
-}
+void use_gemv_splitk(int ks) { tuning.gemv_splitk = ks; }
 
 bool have_gpu() {
     int n = 0;
