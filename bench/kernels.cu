@@ -68,12 +68,12 @@ int32_t* device_int(int32_t v) {
 }
 
 // Median over `runs` of the microseconds `launch` takes on the stream (CUDA events), divided by `per`.
+// The kernel settings of the launches timed here (defaults but where a sweep changes one).
+KernelConfig tuning;
+cuda::Launch on(cudaStream_t stream) { return cuda::Launch(stream, tuning); }
+
 // The plain GEMV's warps per row for the launches that follow (0: chosen by K, the default).
-void use_gemv_splitk(int ks) {
-    KernelConfig c = cuda::kernel_config();
-    c.gemv_splitk = ks;
-    cuda::set_kernel_config(c);
-}
+void use_gemv_splitk(int ks) { tuning.gemv_splitk = ks; }
 
 double median_us(cudaStream_t st, int runs, int per, const std::function<void()>& launch) {
     cudaEvent_t a, b;
@@ -226,7 +226,7 @@ void gemm_sweep(cublasHandle_t h, cudaStream_t st, void* ws) {
         bf16* y = device_alloc<bf16>(T * N, false);
         const double flops = 2.0 * T * K * N;
         const std::string dims = "T=2048 K=" + std::to_string(K) + " N=" + std::to_string(N);
-        double us = time_direct(st, [&] { cuda::linear(h, {T, K, N}, x, w, nullptr, y, st); });
+        double us = time_direct(st, [&] { cuda::linear(h, {{T, K, N}, x, w, nullptr, y}, on(st)); });
         row(std::string("gemm ") + name + " cublasGemmEx", dims, us, rate(0, us, flops));
         cublasLtMatmulDesc_t op;
         CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -286,12 +286,12 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
     auto fused_layer = [&](int i) {
         cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
         cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
-        cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
-        cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
-        cuda::linear(h, {1, qw, H}, att, weight(i, 1), nullptr, delta, st);
+        cuda::gemv_fused({H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk}, on(st));
+        cuda::attention({as, slot, pos, q, nullptr, nullptr, kc, vc, att}, on(st));
+        cuda::linear(h, {{1, qw, H}, att, weight(i, 1), nullptr, delta}, on(st));
         cuda::GemvNorm nm2{delta, res2, res, norm_w, 1e-5f};
-        cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm2, cuda::GemvEpilogue::kSwiglu, nullptr, st);
-        cuda::linear(h, {1, I, H}, sl, weight(i, 3), nullptr, delta, st);
+        cuda::gemv_fused({H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm2, cuda::GemvEpilogue::kSwiglu, nullptr}, on(st));
+        cuda::linear(h, {{1, I, H}, sl, weight(i, 3), nullptr, delta}, on(st));
     };
     const std::string shape = "tp=" + std::to_string(tp) + " T=1 ctx=128";
     const double bytes = 2.0 * layer;
@@ -305,19 +305,19 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
     double us = time_graph(st, [&](int i) {
         cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
         cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
-        cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
+        cuda::gemv_fused({H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk}, on(st));
     });
     row("  qkv + norm + rope + kv", shape, us, rate(2.0 * sizes[0], us));
-    us = time_graph(st, [&](int) { cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st); });
+    us = time_graph(st, [&](int) { cuda::attention({as, slot, pos, q, nullptr, nullptr, kc, vc, att}, on(st)); });
     row("  attention", shape, us, "");
-    us = time_graph(st, [&](int i) { cuda::linear(h, {1, qw, H}, att, weight(i, 1), nullptr, delta, st); });
+    us = time_graph(st, [&](int i) { cuda::linear(h, {{1, qw, H}, att, weight(i, 1), nullptr, delta}, on(st)); });
     row("  o", shape, us, rate(2.0 * sizes[1], us));
     us = time_graph(st, [&](int i) {
         cuda::GemvNorm nm{delta, res2, res, norm_w, 1e-5f};
-        cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+        cuda::gemv_fused({H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm, cuda::GemvEpilogue::kSwiglu, nullptr}, on(st));
     });
     row("  gate_up + norm + swiglu", shape, us, rate(2.0 * sizes[2], us));
-    us = time_graph(st, [&](int i) { cuda::linear(h, {1, I, H}, sl, weight(i, 3), nullptr, delta, st); });
+    us = time_graph(st, [&](int i) { cuda::linear(h, {{1, I, H}, sl, weight(i, 3), nullptr, delta}, on(st)); });
     row("  down", shape, us, rate(2.0 * sizes[3], us));
     if (tp > 1) {
         // The all-reduce fused into the GEMVs (cuda::ExchangeIn), as rank 0 of tp with every
@@ -342,25 +342,25 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
         }
         CUDA_CHECK(cudaMemset(counters, 0, (cuda::kOneShotBlocks + 2) * sizeof(uint32_t)));
         for (int r = 0; r < tp; ++r) {
-            cuda::gemv_push(qw, H, att, weight(0, 1), nullptr, p[r], 0, st);
-            cuda::gemv_push(I, H, sl, weight(0, 3), nullptr, p[r], 1, st);
+            cuda::gemv_push({qw, H, att, weight(0, 1), nullptr, 0}, p[r], on(st));
+            cuda::gemv_push({I, H, sl, weight(0, 3), nullptr, 1}, p[r], on(st));
         }
         CUDA_CHECK(cudaStreamSynchronize(st));
         auto qkv_sum = [&](int i) {
             cuda::GemvNorm nm{nullptr, res, res2, norm_w, 1e-5f, cuda::exchange_in(p[0], 1)};
             cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
-            cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
+            cuda::gemv_fused({H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk}, on(st));
         };
         auto gate_up_sum = [&](int i) {
             cuda::GemvNorm nm{nullptr, res2, res, norm_w, 1e-5f, cuda::exchange_in(p[0], 0)};
-            cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+            cuda::gemv_fused({H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm, cuda::GemvEpilogue::kSwiglu, nullptr}, on(st));
         };
         auto summing_layer = [&](int i) {
             qkv_sum(i);
-            cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
-            cuda::gemv_push(qw, H, att, weight(i, 1), nullptr, p[0], 0, st);
+            cuda::attention({as, slot, pos, q, nullptr, nullptr, kc, vc, att}, on(st));
+            cuda::gemv_push({qw, H, att, weight(i, 1), nullptr, 0}, p[0], on(st));
             gate_up_sum(i);
-            cuda::gemv_push(I, H, sl, weight(i, 3), nullptr, p[0], 1, st);
+            cuda::gemv_push({I, H, sl, weight(i, 3), nullptr, 1}, p[0], on(st));
         };
         us = time_graph(st, summing_layer);
         row("layer fused, all-reduces in the GEMVs", shape + " (ranks 1.." + std::to_string(tp - 1) + " emulated)", us, rate(bytes, us));
@@ -370,11 +370,11 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
 #endif
         us = time_graph(st, qkv_sum);
         row("  qkv + sum + norm + rope + kv", shape, us, rate(2.0 * sizes[0], us));
-        us = time_graph(st, [&](int i) { cuda::gemv_push(qw, H, att, weight(i, 1), nullptr, p[0], 0, st); });
+        us = time_graph(st, [&](int i) { cuda::gemv_push({qw, H, att, weight(i, 1), nullptr, 0}, p[0], on(st)); });
         row("  o + push", shape, us, rate(2.0 * sizes[1], us));
         us = time_graph(st, gate_up_sum);
         row("  gate_up + sum + norm + swiglu", shape, us, rate(2.0 * sizes[2], us));
-        us = time_graph(st, [&](int i) { cuda::gemv_push(I, H, sl, weight(i, 3), nullptr, p[0], 1, st); });
+        us = time_graph(st, [&](int i) { cuda::gemv_push({I, H, sl, weight(i, 3), nullptr, 1}, p[0], on(st)); });
         row("  down + push", shape, us, rate(2.0 * sizes[3], us));
         // The sums' own cost with the other ranks' lines just written, as on tp GPUs, where they
         // arrive just before the sum (above, they were pushed once, long before, and may have
@@ -382,8 +382,8 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
         // GEMV with x in memory.
         auto pushes = [&](uint32_t seq) {
             for (int r = 1; r < tp; ++r) {
-                if (seq == 0) cuda::gemv_push(qw, H, att, weight(0, 1), nullptr, p[r], 0, st);
-                else cuda::gemv_push(I, H, sl, weight(0, 3), nullptr, p[r], 1, st);
+                if (seq == 0) cuda::gemv_push({qw, H, att, weight(0, 1), nullptr, 0}, p[r], on(st));
+                else cuda::gemv_push({I, H, sl, weight(0, 3), nullptr, 1}, p[r], on(st));
             }
         };
         auto fresh = [&](const char* name, uint32_t seq, const std::function<void(int)>& sum, const std::function<void(int)>& plain) {
@@ -396,11 +396,11 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
         fresh("qkv + sum", 1, qkv_sum, [&](int i) {
             cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
             cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
-            cuda::gemv_fused(H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
+            cuda::gemv_fused({H, qkv_n, nullptr, weight(i, 0), nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk}, on(st));
         });
         fresh("gate_up + sum", 0, gate_up_sum, [&](int i) {
             cuda::GemvNorm nm{delta, res2, res, norm_w, 1e-5f};
-            cuda::gemv_fused(H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+            cuda::gemv_fused({H, 2 * I, nullptr, weight(i, 2), nullptr, sl, &nm, cuda::GemvEpilogue::kSwiglu, nullptr}, on(st));
         });
         CUDA_CHECK(cudaStreamSynchronize(st));
         if (*error) std::printf("exchange: a sum gave up waiting (rank %d)\n", *error - 1);
@@ -416,7 +416,7 @@ void layer_sweep(cublasHandle_t h, cudaStream_t st, int tp) {
         bf16* wh = device_alloc<bf16>((size_t)hc * head);
         bf16* logits = device_alloc<bf16>(V, false);
         const double head_us =
-            time_graph(st, [&](int i) { cuda::linear(h, {1, H, V}, res, wh + (size_t)(i % hc) * head, nullptr, logits, st); });
+            time_graph(st, [&](int i) { cuda::linear(h, {{1, H, V}, res, wh + (size_t)(i % hc) * head, nullptr, logits}, on(st)); });
         row("  lm_head", "tp=" + std::to_string(tp) + " N=" + std::to_string(V), head_us, rate(2.0 * head, head_us));
         const double step_us = 32 * layer_us + head_us;
         const double roof_us = (32 * bytes + 2.0 * head) / 4.24e6;  // at the copy rate measured on an H200 (docs/PERF.md)
@@ -454,24 +454,24 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
     const int64_t heads = 32, kvh = 8, hd = 128, kvw = kvh * hd, max_seq = 8192;
     bf16* kc = device_alloc<bf16>(max_seq * kvw);
     bf16* vc = device_alloc<bf16>(max_seq * kvw);
-    const KernelConfig defaults = cuda::kernel_config();
+    const KernelConfig defaults = tuning;
     KernelConfig one_tile = defaults, no_short = defaults;
     one_tile.flash_tile = "1x64";
     no_short.flash_short_max = 0;
     for (const auto& [name, config] : {std::pair<const char*, KernelConfig>{"default", defaults}, {"1x64", one_tile}, {"short<=0", no_short}}) {
-        cuda::set_kernel_config(config);
+        tuning = config;
         for (int64_t P : {128, 256, 512, 2048, 8192}) {
             PrefillInputs in(P, heads * hd, kvw);
             cpu::AttentionShape s{P, heads, kvh, hd, max_seq, 0};
             std::vector<cuda::AttentionSegment> segs{{0, P, 0, 0}};
             const double causal_flops = 4.0 * heads * hd * P * (P + 1) / 2;
             double us = time_direct(st, [&] {
-                cuda::attention(s, in.slots, in.positions, in.q, in.kv, in.kv + kvw, kc, vc, in.out, st, 2 * kvw, 2 * kvw, h, &segs);
+                cuda::attention({s, in.slots, in.positions, in.q, in.kv, in.kv + kvw, kc, vc, in.out, 2 * kvw, 2 * kvw, h, &segs}, on(st));
             });
             row(std::string("attention prefill flash ") + name, "T=" + std::to_string(P) + " one layer", us, rate(0, us, causal_flops) + " (causal FLOPs)");
         }
     }
-    cuda::set_kernel_config(defaults);
+    tuning = defaults;
     cudaFree(kc), cudaFree(vc);
 }
 
@@ -493,13 +493,13 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
     const cuda::MoeExperts mixtral{w13, w13 + inter * hidden, 2 * inter * hidden, w2};
     // The executor's dense form: routing, then every expert over every token, weighted.
     auto dense_moe = [&](const cpu::MoeShape& s, const bf16* logits, float* wt, const bf16* xt, bf16* gut, bf16* actt, bf16* partt, bf16* yt) {
-        cuda::moe_routing(s, logits, wt, st);
+        cuda::moe_routing(s, logits, wt, on(st));
         CUDA_CHECK(cudaMemsetAsync(yt, 0, s.tokens * hidden * 2, st));
         for (int64_t e = 0; e < experts; ++e) {
-            cuda::linear(h, {s.tokens, hidden, 2 * inter}, xt, w13 + e * 2 * inter * hidden, nullptr, gut, st);
-            cuda::silu_mul_fused(s.tokens, inter, gut, actt, st);
-            cuda::linear(h, {s.tokens, inter, hidden}, actt, w2 + e * hidden * inter, nullptr, partt, st);
-            cuda::scale_add(s.tokens, hidden, wt + e, experts, partt, yt, st);
+            cuda::linear(h, {{s.tokens, hidden, 2 * inter}, xt, w13 + e * 2 * inter * hidden, nullptr, gut}, on(st));
+            cuda::silu_mul_fused(s.tokens, inter, gut, actt, on(st));
+            cuda::linear(h, {{s.tokens, inter, hidden}, actt, w2 + e * hidden * inter, nullptr, partt}, on(st));
+            cuda::scale_add({s.tokens, hidden, wt + e, experts, partt, yt}, on(st));
         }
     };
     // Router logits: each token prefers two experts drawn at random, so that a batch's tokens
@@ -514,7 +514,7 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
     CUDA_CHECK(cudaMemcpy(logits, lh.data(), lh.size() * 2, cudaMemcpyHostToDevice));
     for (int64_t T : {1, 2, 4, 8, 16, 32, 64}) {
         cpu::MoeShape s{T, hidden, experts, top_k, 0, experts, inter};
-        cuda::moe_routing(s, logits, weights, st);
+        cuda::moe_routing(s, logits, weights, on(st));
         std::vector<float> w(T * experts);
         CUDA_CHECK(cudaMemcpyAsync(w.data(), weights, w.size() * 4, cudaMemcpyDeviceToHost, st));
         CUDA_CHECK(cudaStreamSynchronize(st));
@@ -526,12 +526,12 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
         }
         double dense = time_graph(st, [&](int) { dense_moe(s, logits, weights, x, gu, act, part, y); });
         double sparse = time_graph(st, [&](int) {
-            cuda::moe_routing(s, logits, weights, st);
-            cuda::moe_sparse(s, weights, x, mixtral, act, part, y, st);
+            cuda::moe_routing(s, logits, weights, on(st));
+            cuda::moe_sparse({s, weights, x, mixtral, y}, act, part, on(st));
         });
         double grouped = time_direct(st, [&] {
-            cuda::moe_routing(s, logits, weights, st);
-            cuda::moe_grouped(h, s, weights, x, mixtral, y, st);
+            cuda::moe_routing(s, logits, weights, on(st));
+            cuda::moe_grouped(h, {s, weights, x, mixtral, y}, on(st));
         });
         const std::string shape = "T=" + std::to_string(T) + ", " + std::to_string(chosen) + " of 8 experts chosen";
         row("moe layer dense (cuBLAS)", shape, dense, rate(experts * expert_bytes, dense));
@@ -557,8 +557,8 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
         const double flops_top_k = 2.0 * T * top_k * 3.0 * hidden * inter;
         double dense = time_direct(st, [&] { dense_moe(s, lt, wt, xt, gut, actt, partt, yt); });
         double grouped = time_direct(st, [&] {
-            cuda::moe_routing(s, lt, wt, st);
-            cuda::moe_grouped(h, s, wt, xt, mixtral, yt, st);
+            cuda::moe_routing(s, lt, wt, on(st));
+            cuda::moe_grouped(h, {s, wt, xt, mixtral, yt}, on(st));
         });
         const std::string shape = "T=" + std::to_string(T) + " (top-2 FLOPs)";
         row("moe layer dense (cuBLAS)", shape, dense, rate(0, dense, flops_top_k));
@@ -666,11 +666,11 @@ void quant_sweep(cudaStream_t st) {
                 double us = time_graph(st, [&](int i) {
                     cuda::QuantGemvArgs a;
                     a.w = at(i), a.tokens = T, a.x = x, a.y = y;
-                    cuda::quant_gemv(a, st);
+                    cuda::quant_gemv(a, on(st));
                 });
                 row(name, "T=" + std::to_string(T) + dims, us, rate((double)(wbytes + sbytes), us) + (copies < kReps ? " (L2 may help)" : ""));
             }
-            double us = time_graph(st, [&](int i) { cuda::quant_dequantize(at(i), dense, st); });
+            double us = time_graph(st, [&](int i) { cuda::quant_dequantize(at(i), dense, on(st)); });
             row(name + " to bf16", dims, us, rate((double)(wbytes + sbytes + sh.K * sh.N * 2), us));
             for (void* p : owned) CUDA_CHECK(cudaFree(p));
         }
@@ -756,7 +756,7 @@ int main(int argc, char** argv) {
             for (bool gemv : {true, false}) {
                 if (gemv && T > 1) continue;
                 double us = time_graph(st, [&](int i) {
-                    cuda::linear(h, {T, sh.K, sh.N}, x, w + (size_t)(i % copies) * sh.K * sh.N, nullptr, y, st, gemv);
+                    cuda::linear(h, {{T, sh.K, sh.N}, x, w + (size_t)(i % copies) * sh.K * sh.N, nullptr, y, nullptr, gemv ? cuda::LinearRoute::kAuto : cuda::LinearRoute::kGemm}, on(st));
                 });
                 row(std::string("linear ") + sh.name + (gemv ? " gemv" : " cublas"), "T=" + std::to_string(T) + " K=" + std::to_string(sh.K) + " N=" + std::to_string(sh.N), us,
                     rate((double)wbytes, us) + (copies < kReps ? " (L2 may help)" : ""));
@@ -768,7 +768,7 @@ int main(int argc, char** argv) {
             if (cuda::gemv_fused_applies(sh.K, &probe, w)) {
             double us = time_graph(st, [&](int i) {
                 cuda::GemvNorm nm{x, r, r + sh.K, r + 2 * sh.K, 1e-5f};
-                cuda::gemv_fused(sh.K, sh.N, nullptr, w + (size_t)(i % copies) * sh.K * sh.N, nullptr, y, &nm, cuda::GemvEpilogue::kNone, nullptr, st);
+                cuda::gemv_fused({sh.K, sh.N, nullptr, w + (size_t)(i % copies) * sh.K * sh.N, nullptr, y, &nm, cuda::GemvEpilogue::kNone, nullptr}, on(st));
             });
             row(std::string("linear ") + sh.name + " gemv + norm", "T=1", us, rate((double)wbytes, us));
             }
@@ -804,52 +804,52 @@ int main(int argc, char** argv) {
         };
         double unfused = time_graph(st, [&](int i) {
             auto wt = weights(i);
-            cuda::add_rmsnorm(1, H, 1e-5f, delta, res, res2, norm_w, normed, st);
-            cuda::linear(h, {1, H, qkv_n}, normed, wt[0], nullptr, qkv, st);
-            cuda::rope(rp, 1, pos, inv, qkv, qkv + heads * hd, q, q + heads * hd, st, qkv_n);
-            cuda::attention(as, slot, pos, q, q + heads * hd, qkv + (heads + kvh) * hd, kc, vc, att, st, 0, qkv_n);
-            cuda::linear(h, {1, H, H}, att, wt[1], nullptr, delta, st);
-            cuda::add_rmsnorm(1, H, 1e-5f, delta, res2, res, norm_w, normed, st);
-            cuda::linear(h, {1, H, 2 * I}, normed, wt[2], nullptr, gu, st);
-            cuda::silu_mul_fused(1, I, gu, sl, st);
-            cuda::linear(h, {1, I, H}, sl, wt[3], nullptr, delta, st);
+            cuda::add_rmsnorm({1, H, 1e-5f, delta, norm_w, normed}, res, res2, on(st));
+            cuda::linear(h, {{1, H, qkv_n}, normed, wt[0], nullptr, qkv}, on(st));
+            cuda::rope({rp, 1, pos, inv, qkv, qkv + heads * hd, q, q + heads * hd, qkv_n}, on(st));
+            cuda::attention({as, slot, pos, q, q + heads * hd, qkv + (heads + kvh) * hd, kc, vc, att, 0, qkv_n}, on(st));
+            cuda::linear(h, {{1, H, H}, att, wt[1], nullptr, delta}, on(st));
+            cuda::add_rmsnorm({1, H, 1e-5f, delta, norm_w, normed}, res2, res, on(st));
+            cuda::linear(h, {{1, H, 2 * I}, normed, wt[2], nullptr, gu}, on(st));
+            cuda::silu_mul_fused(1, I, gu, sl, on(st));
+            cuda::linear(h, {{1, I, H}, sl, wt[3], nullptr, delta}, on(st));
         });
         double fused = time_graph(st, [&](int i) {
             auto wt = weights(i);
             cuda::GemvNorm nm{delta, res, res2, norm_w, 1e-5f};
             cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
-            cuda::gemv_fused(H, qkv_n, nullptr, wt[0], nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk, st);
-            cuda::attention(as, slot, pos, q, nullptr, nullptr, kc, vc, att, st);
-            cuda::linear(h, {1, H, H}, att, wt[1], nullptr, delta, st);
+            cuda::gemv_fused({H, qkv_n, nullptr, wt[0], nullptr, q, &nm, cuda::GemvEpilogue::kRopeKv, &rk}, on(st));
+            cuda::attention({as, slot, pos, q, nullptr, nullptr, kc, vc, att}, on(st));
+            cuda::linear(h, {{1, H, H}, att, wt[1], nullptr, delta}, on(st));
             cuda::GemvNorm nm2{delta, res2, res, norm_w, 1e-5f};
-            cuda::gemv_fused(H, 2 * I, nullptr, wt[2], nullptr, sl, &nm2, cuda::GemvEpilogue::kSwiglu, nullptr, st);
-            cuda::linear(h, {1, I, H}, sl, wt[3], nullptr, delta, st);
+            cuda::gemv_fused({H, 2 * I, nullptr, wt[2], nullptr, sl, &nm2, cuda::GemvEpilogue::kSwiglu, nullptr}, on(st));
+            cuda::linear(h, {{1, I, H}, sl, wt[3], nullptr, delta}, on(st));
         });
         const double bytes = 2.0 * layer;
         row("decoder layer unfused (10 kernels)", "T=1 ctx=128" + std::string(copies < kReps ? " (L2 may help)" : ""), unfused, rate(bytes, unfused));
         row("decoder layer fused (5 kernels)", "T=1 ctx=128", fused, rate(bytes, fused));
         for (const char* ks : {"1", "2", "4"}) {  // warps per row of the plain GEMV
             use_gemv_splitk(std::atoi(ks));
-            double us = time_graph(st, [&](int i) { cuda::linear(h, {1, H, H}, att, weights(i)[1], nullptr, delta, st); });
+            double us = time_graph(st, [&](int i) { cuda::linear(h, {{1, H, H}, att, weights(i)[1], nullptr, delta}, on(st)); });
             row(std::string("o gemv, warps per row ") + ks, "T=1", us, rate(2.0 * H * H, us));
-            us = time_graph(st, [&](int i) { cuda::linear(h, {1, I, H}, sl, weights(i)[3], nullptr, delta, st); });
+            us = time_graph(st, [&](int i) { cuda::linear(h, {{1, I, H}, sl, weights(i)[3], nullptr, delta}, on(st)); });
             row(std::string("down gemv, warps per row ") + ks, "T=1", us, rate(2.0 * H * I, us));
-            us = time_graph(st, [&](int i) { cuda::linear(h, {1, H, 2 * I}, normed, weights(i)[2], nullptr, gu, st); });
+            us = time_graph(st, [&](int i) { cuda::linear(h, {{1, H, 2 * I}, normed, weights(i)[2], nullptr, gu}, on(st)); });
             row(std::string("gate_up gemv, warps per row ") + ks, "T=1", us, rate(4.0 * I * H, us));
         }
         use_gemv_splitk(0);
         double us = time_graph(st, [&](int i) {
             cuda::GemvRopeKv rk{heads, kvh, hd, max_seq, slot, pos, inv, kc, vc};
-            cuda::gemv_fused(H, qkv_n, normed, weights(i)[0], nullptr, q, nullptr, cuda::GemvEpilogue::kRopeKv, &rk, st);
+            cuda::gemv_fused({H, qkv_n, normed, weights(i)[0], nullptr, q, nullptr, cuda::GemvEpilogue::kRopeKv, &rk}, on(st));
         });
         row("qkv gemv + rope + kv write", "no norm", us, rate(2.0 * qkv_n * H, us));
         us = time_graph(st, [&](int i) {
-            cuda::gemv_fused(H, 2 * I, normed, weights(i)[2], nullptr, sl, nullptr, cuda::GemvEpilogue::kSwiglu, nullptr, st);
+            cuda::gemv_fused({H, 2 * I, normed, weights(i)[2], nullptr, sl, nullptr, cuda::GemvEpilogue::kSwiglu, nullptr}, on(st));
         });
         row("gate_up gemv + swiglu", "no norm", us, rate(4.0 * I * H, us));
-        us = time_graph(st, [&](int i) { cuda::linear(h, {1, H, qkv_n}, normed, weights(i)[0], nullptr, qkv, st); });
+        us = time_graph(st, [&](int i) { cuda::linear(h, {{1, H, qkv_n}, normed, weights(i)[0], nullptr, qkv}, on(st)); });
         row("qkv gemv (same weights)", "", us, rate(2.0 * qkv_n * H, us));
-        us = time_graph(st, [&](int i) { cuda::linear(h, {1, H, 2 * I}, normed, weights(i)[2], nullptr, gu, st); });
+        us = time_graph(st, [&](int i) { cuda::linear(h, {{1, H, 2 * I}, normed, weights(i)[2], nullptr, gu}, on(st)); });
         row("gate_up gemv (same weights)", "", us, rate(4.0 * I * H, us));
         cudaFree(w), cudaFree(norm_w), cudaFree(kc), cudaFree(vc), cudaFree(act), cudaFree(slot), cudaFree(pos), cudaFree(inv);
     }
@@ -872,7 +872,7 @@ int main(int argc, char** argv) {
                 CUDA_CHECK(cudaMemcpy(slot, hs.data(), T * 4, cudaMemcpyHostToDevice));
                 CUDA_CHECK(cudaMemcpy(pos, hp.data(), T * 4, cudaMemcpyHostToDevice));
                 cpu::AttentionShape s{T, heads, kvh, hd, max_seq, 0};
-                double us = time_graph(st, [&](int) { cuda::attention(s, slot, pos, q, kv, kv + kvw, kc, vc, o, st, 2 * kvw, 2 * kvw); });
+                double us = time_graph(st, [&](int) { cuda::attention({s, slot, pos, q, kv, kv + kvw, kc, vc, o, 2 * kvw, 2 * kvw}, on(st)); });
                 row("attention decode (+kv write)", "T=" + std::to_string(T) + " ctx=" + std::to_string(ctx), us,
                     rate((double)T * ctx * kvw * 2 * 2, us));
             }
@@ -885,7 +885,7 @@ int main(int argc, char** argv) {
         std::vector<cuda::AttentionSegment> segs{{0, P, 0, 0}};
         double causal_flops = 4.0 * heads * hd * P * (P + 1) / 2;
         for (bool gemm : {true, false}) {
-            double us = time_direct(st, [&] { cuda::attention(s, ps, pp, qp, kvp, kvp + kvw, kc, vc, op, st, 2 * kvw, 2 * kvw, h, gemm ? &segs : nullptr); });
+            double us = time_direct(st, [&] { cuda::attention({s, ps, pp, qp, kvp, kvp + kvw, kc, vc, op, 2 * kvw, 2 * kvw, h, gemm ? &segs : nullptr}, on(st)); });
             row(gemm ? "attention prefill flash" : "attention prefill kernel", "T=2048 one layer", us, rate(0, us, causal_flops) + " (causal FLOPs)");
         }
         for (int64_t K : {4096}) {
@@ -894,7 +894,7 @@ int main(int argc, char** argv) {
                 const int64_t N = shape.second;
                 bf16* w = device_alloc<bf16>(K * N);
                 bf16* y = device_alloc<bf16>(P * N, false);
-                double us = time_direct(st, [&] { cuda::linear(h, {P, K, N}, qp, w, nullptr, y, st); });
+                double us = time_direct(st, [&] { cuda::linear(h, {{P, K, N}, qp, w, nullptr, y}, on(st)); });
                 row(std::string("linear prefill ") + name, "T=2048 K=4096 N=" + std::to_string(N), us, rate(0, us, 2.0 * P * K * N));
                 cudaFree(w), cudaFree(y);
             }
@@ -902,18 +902,18 @@ int main(int argc, char** argv) {
         {  // the small ops of a 2048-token prefill layer
             bf16* gu = device_alloc<bf16>(P * 28672);
             bf16* act = device_alloc<bf16>(P * 14336, false);
-            double us = time_direct(st, [&] { cuda::silu_mul_fused(P, 14336, gu, act, st); });
+            double us = time_direct(st, [&] { cuda::silu_mul_fused(P, 14336, gu, act, on(st)); });
             row("silu_mul prefill", "T=2048 I=14336", us, rate(P * (28672 + 14336) * 2.0, us, 0));
             bf16* x = device_alloc<bf16>(P * 4096);
             bf16* res = device_alloc<bf16>(P * 4096);
             bf16* nw = device_alloc<bf16>(4096);
-            us = time_direct(st, [&] { cuda::add_rmsnorm(P, 4096, 1e-5f, x, res, act, nw, act + P * 4096, st); });
+            us = time_direct(st, [&] { cuda::add_rmsnorm({P, 4096, 1e-5f, x, nw, act + P * 4096}, res, act, on(st)); });
             row("add_rmsnorm prefill", "T=2048 H=4096", us, rate(P * 4096 * 8.0, us, 0));
             cudaFree(gu), cudaFree(act), cudaFree(x), cudaFree(res), cudaFree(nw);
         }
         bf16* wd = device_alloc<bf16>(14336 * 4096);
         bf16* xd = device_alloc<bf16>(P * 14336);
-        double us = time_direct(st, [&] { cuda::linear(h, {P, 14336, 4096}, xd, wd, nullptr, op, st); });
+        double us = time_direct(st, [&] { cuda::linear(h, {{P, 14336, 4096}, xd, wd, nullptr, op}, on(st)); });
         row("linear prefill down", "T=2048 K=14336 N=4096", us, rate(0, us, 2.0 * P * 14336 * 4096));
         cudaFree(wd), cudaFree(xd);
     }
@@ -929,12 +929,12 @@ int main(int argc, char** argv) {
         float* inv = device_alloc<float>(64, false);
         for (int64_t T : {1, 64}) {
             std::string t = "T=" + std::to_string(T);
-            row("add_rmsnorm", t + " W=4096", time_graph(st, [&](int) { cuda::add_rmsnorm(T, 4096, 1e-5f, a, b, c, b, d, st); }), "");
-            row("silu_mul_fused", t + " I=14336", time_graph(st, [&](int) { cuda::silu_mul_fused(T, 14336, a, c, st); }), "");
+            row("add_rmsnorm", t + " W=4096", time_graph(st, [&](int) { cuda::add_rmsnorm({T, 4096, 1e-5f, a, b, d}, b, c, on(st)); }), "");
+            row("silu_mul_fused", t + " I=14336", time_graph(st, [&](int) { cuda::silu_mul_fused(T, 14336, a, c, on(st)); }), "");
             cpu::RopeParams p{32, 8, 128, 500000.0};
-            row("rope (strided in)", t, time_graph(st, [&](int) { cuda::rope(p, T, ids, inv, a, a + 4096, c, d, st, 6144); }), "");
-            row("bf16_to_f32 logits", t + " V=128256", time_graph(st, [&](int) { cuda::bf16_to_f32(T * 128256, a, f, st); }), "");
-            row("argmax_rows", t + " V=128256", time_graph(st, [&](int) { cuda::argmax_rows(T, 128256, f, ids, st); }), "");
+            row("rope (strided in)", t, time_graph(st, [&](int) { cuda::rope({p, T, ids, inv, a, a + 4096, c, d, 6144}, on(st)); }), "");
+            row("bf16_to_f32 logits", t + " V=128256", time_graph(st, [&](int) { cuda::bf16_to_f32(T * 128256, a, f, on(st)); }), "");
+            row("argmax_rows", t + " V=128256", time_graph(st, [&](int) { cuda::argmax_rows(T, 128256, f, ids, on(st)); }), "");
         }
         row("empty graph node (memset 4 B)", "", time_graph(st, [&](int) { CUDA_CHECK(cudaMemsetAsync(ids, 0, 4, st)); }), "");
     }

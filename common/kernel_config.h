@@ -1,6 +1,6 @@
 // The kernel choices and settings of a job ([backend.tuning]): parsed and validated once in
-// jobs/, printed with the resolved job, handed by the executor to the launchers
-// (cuda::set_kernel_config) before the first launch. Every default is the choice tpx makes
+// jobs/, printed with the resolved job, passed by the executor to every launcher (inside
+// cuda::Launch, kernels/cuda/ops.h). Every default is the choice tpx makes
 // when the key is absent; docs/GPU.md says what each one selects, docs/PERF.md why.
 #pragma once
 

@@ -50,6 +50,7 @@ std::string emit_job_toml(const Job& job) {
     kv("rope_precision", fmt(job.model.rope_precision));
     kv("tokenizer", fmt(job.model.tokenizer));
     kv("allow_unused_weights", fmt(job.model.allow_unused_weights));
+    kv("read_threads", fmt<int64_t>(job.model.read_threads));
     os << "\n[parallel]\n";
     kv("tp", fmt<int64_t>(job.parallel.tp));
     kv("ep", fmt<int64_t>(job.parallel.ep));
@@ -60,6 +61,8 @@ std::string emit_job_toml(const Job& job) {
     kv("ranks_per_node", fmt<int64_t>(job.parallel.ranks_per_node));
     os << "\n[backend]\n";
     kv("device", fmt(job.backend.device));
+    kv("collective_timeout_s", fmt(job.backend.collective_timeout_s));
+    kv("cuda_graphs", fmt(job.backend.cuda_graphs));
     const KernelConfig& k = job.backend.tuning;
     os << "\n[backend.tuning]\n";
     kv("pdl", fmt(k.pdl));

@@ -27,6 +27,7 @@ struct ModelSection {
     // experts than the checkpoint holds) are refused before any rank starts; true runs anyway,
     // with a warning naming them.
     bool allow_unused_weights = false;
+    int read_threads = 0;  // threads reading the checkpoint on each rank; 0 = the host's cores, 2 to 16
 };
 
 struct ParallelSection {
@@ -41,6 +42,10 @@ struct ParallelSection {
 
 struct BackendSection {
     std::string device = "cpu";  // cpu | cuda
+    // Seconds a rank waits in a collective (MPI, NCCL, the one-shot kernels, MPI_Init) before it
+    // names the rank it waited for and the job ends; 0 = forever.
+    double collective_timeout_s = 120;
+    bool cuda_graphs = true;     // decode steps captured as CUDA graphs and replayed (cuda; off with tuning.profile)
     KernelConfig tuning;         // [backend.tuning]: the GPU kernels' choices (the CPU backend has none)
 };
 

@@ -201,6 +201,7 @@ void parse_model(Section s, Job& job) {
     s.get_string("rope_precision", job.model.rope_precision, {"checkpoint", "float32"});
     s.get_string("tokenizer", job.model.tokenizer);
     s.get_bool("allow_unused_weights", job.model.allow_unused_weights);
+    s.get_int("read_threads", job.model.read_threads, 0, 256);
     s.reject_unknown();
 }
 
@@ -324,6 +325,8 @@ void parse_tuning(Section t, KernelConfig& k) {
 
 void parse_backend(Section s, Job& job) {
     s.get_string("device", job.backend.device, {"cpu", "cuda"});
+    s.get_double("collective_timeout_s", job.backend.collective_timeout_s, 0.0, 1e7);
+    s.get_bool("cuda_graphs", job.backend.cuda_graphs);
     const toml::node* tn = s.node("tuning");
     if (tn && !tn->is_table()) s.fail(*tn, "tuning", std::string("must be a table ([backend.tuning]), not ") + type_name(tn->type()));
     parse_tuning(Section(s.file(), "backend.tuning", tn ? tn->as_table() : nullptr, tn ? tn->source().begin.line : 0,

@@ -55,6 +55,48 @@ bool says_job_failed(const std::string& line) {
 constexpr double kMpirunGraceSeconds = 10;
 
 
+// mpirun's stderr as the relay thread passes it on; shared with that thread, which may outlive
+// run_mpirun (see its end).
+struct Relay {
+    std::atomic<bool> failing{false}, drained{false};
+    std::atomic<int64_t> failing_since{0};  // steady_clock ticks of the first failure mark
+};
+
+// Passes fd's bytes on to stderr until it closes, and marks the job failing at its first line
+// that says so (says_job_failed).
+void relay_stderr(Relay& state_ref, int fd) {
+    using Clock = std::chrono::steady_clock;
+    Relay* state = &state_ref;
+    // Bytes are passed on as they come (a live progress line ends in '\r', not '\n');
+    // whole lines are looked at for failure marks and Open MPI's noise.
+    std::string pending;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) != 0) {
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        pending.append(buf, (size_t)n);
+        size_t start = 0;
+        for (size_t end; (end = pending.find_first_of("\r\n", start)) != std::string::npos; start = end + 1) {
+            std::string line = pending.substr(start, end + 1 - start);
+            if (is_mpi_noise(line)) continue;
+            std::fwrite(line.data(), 1, line.size(), stderr);
+            if (!state->failing && says_job_failed(line)) {
+                state->failing_since = Clock::now().time_since_epoch().count();
+                state->failing = true;
+            }
+        }
+        pending.erase(0, start);
+        std::fflush(stderr);
+    }
+    if (!pending.empty() && !is_mpi_noise(pending)) std::fwrite(pending.data(), 1, pending.size(), stderr);
+    std::fflush(stderr);
+    close(fd);
+    state->drained = true;
+}
+
 }  // namespace
 
 MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& settings) {
@@ -95,42 +137,8 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     for (int sig : {SIGINT, SIGTERM, SIGHUP}) signal(sig, forward_signal);
     sigprocmask(SIG_SETMASK, &old_mask, nullptr);
     using Clock = std::chrono::steady_clock;
-    // Shared with the relay thread, which may outlive this function (below).
-    struct Relay {
-        std::atomic<bool> failing{false}, drained{false};
-        std::atomic<int64_t> failing_since{0};
-    };
     auto state = std::make_shared<Relay>();
-    std::thread relay([state, fd = err_pipe[0]] {
-        // Bytes are passed on as they come (a live progress line ends in '\r', not '\n');
-        // whole lines are looked at for failure marks and Open MPI's noise.
-        std::string pending;
-        char buf[4096];
-        ssize_t n;
-        while ((n = read(fd, buf, sizeof(buf))) != 0) {
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                break;
-            }
-            pending.append(buf, (size_t)n);
-            size_t start = 0;
-            for (size_t end; (end = pending.find_first_of("\r\n", start)) != std::string::npos; start = end + 1) {
-                std::string line = pending.substr(start, end + 1 - start);
-                if (is_mpi_noise(line)) continue;
-                std::fwrite(line.data(), 1, line.size(), stderr);
-                if (!state->failing && says_job_failed(line)) {
-                    state->failing_since = Clock::now().time_since_epoch().count();
-                    state->failing = true;
-                }
-            }
-            pending.erase(0, start);
-            std::fflush(stderr);
-        }
-        if (!pending.empty() && !is_mpi_noise(pending)) std::fwrite(pending.data(), 1, pending.size(), stderr);
-        std::fflush(stderr);
-        close(fd);
-        state->drained = true;
-    });
+    std::thread relay([state, fd = err_pipe[0]] { relay_stderr(*state, fd); });
     int status = 0;
     // SIGTERM, then SIGKILL 3 s later if it still runs.
     auto end_mpirun = [&] {

@@ -287,6 +287,37 @@ void SafetensorsCheckpoint::pread_fully(const std::string& file, void* dst, uint
     pread_counted(fd_of(file), file, dst, bytes, offset);
 }
 
+namespace {
+
+// Reads [first_read, last_read) of a request, filling elements [first_elem, end_elem) of its
+// result: at most the sink's chunk and kTaskBytes, so that threads share big tensors.
+struct ReadChunk {
+    size_t request, first_read, last_read;
+    uint64_t first_elem, end_elem;
+};
+
+// Request q's reads in chunks of at most `limit` bytes of the result (a read bigger than that
+// is a chunk of its own), appended to `chunks` in order.
+void add_chunks(size_t q, const std::vector<Span>& spans, const std::vector<ReadOp>& reads, size_t dst_size, uint64_t limit,
+                std::vector<ReadChunk>& chunks) {
+    size_t first = 0;
+    while (first < reads.size()) {
+        uint64_t begin = spans[reads[first].first_span].dst_elem, end = begin;
+        size_t last = first;
+        while (last < reads.size()) {
+            const Span& s = spans[reads[last].last_span - 1];
+            uint64_t e = s.dst_elem + s.elems;
+            if (last > first && (e - begin) * dst_size > limit) break;
+            end = e;
+            ++last;
+        }
+        chunks.push_back({q, first, last, begin, end});
+        first = last;
+    }
+}
+
+}  // namespace
+
 void SafetensorsCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& sink) {
     // Plan everything first: a bad request fails before any byte is read.
     struct Planned {
@@ -332,14 +363,9 @@ void SafetensorsCheckpoint::read(const std::vector<ReadRequest>& requests, ReadS
         }
     }
 
-    // Each request's reads are grouped into chunks of its result (at most the sink's chunk and
-    // kTaskBytes, so that threads share big tensors); a chunk is one task of one batch on the
-    // pool, from acquire to commit.
-    struct Chunk {
-        size_t request, first_read, last_read;
-        uint64_t first_elem, end_elem;
-    };
-    std::vector<Chunk> chunks;
+    // Each request's reads are grouped into chunks of its result (ReadChunk); a chunk is one
+    // task of one batch on the pool, from acquire to commit.
+    std::vector<ReadChunk> chunks;
     for (size_t q = 0; q < requests.size(); ++q) {
         if (mapped[q]) continue;
         const Planned& p = plans[q];
@@ -347,24 +373,10 @@ void SafetensorsCheckpoint::read(const std::vector<ReadRequest>& requests, ReadS
         uint64_t max_op = kMaxReadBytes / src_size * dst_size + kPageBytes * dst_size;
         TPX_CHECK(sink.chunk_bytes() >= max_op, "a read sink's chunk of " + std::to_string(sink.chunk_bytes()) +
                                                     " bytes is below the " + std::to_string(max_op) + " one read may produce");
-        uint64_t limit = std::min(sink.chunk_bytes(), std::max(kTaskBytes, max_op));
-        size_t first = 0;
-        while (first < p.reads.size()) {
-            uint64_t begin = p.spans[p.reads[first].first_span].dst_elem, end = begin;
-            size_t last = first;
-            while (last < p.reads.size()) {
-                const Span& s = p.spans[p.reads[last].last_span - 1];
-                uint64_t e = s.dst_elem + s.elems;
-                if (last > first && (e - begin) * dst_size > limit) break;
-                end = e;
-                ++last;
-            }
-            chunks.push_back({q, first, last, begin, end});
-            first = last;
-        }
+        add_chunks(q, p.spans, p.reads, dst_size, std::min(sink.chunk_bytes(), std::max(kTaskBytes, max_op)), chunks);
     }
 
-    for (const Chunk& c : chunks) {
+    for (const ReadChunk& c : chunks) {
         tasks.push_back([&, c] {
             const ReadRequest& r = requests[c.request];
             const Planned& p = plans[c.request];
@@ -394,9 +406,8 @@ void SafetensorsCheckpoint::read(const std::vector<ReadRequest>& requests, ReadS
     pool_.run(tasks);
 }
 
-// TPX_READ_THREADS overrides (for measuring how reads scale).
+// The job's model.read_threads overrides it (Checkpoint::open's `threads`).
 int default_threads() {
-    if (const char* e = std::getenv("TPX_READ_THREADS"); e && std::atoi(e) > 0) return std::min(std::atoi(e), 256);
     unsigned n = std::thread::hardware_concurrency();
     return (int)std::max(2u, std::min(n, 16u));
 }

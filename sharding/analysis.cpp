@@ -73,9 +73,9 @@ private:
 GraphCosts analyze_costs(const Graph& g, int act_bytes) {
     GraphCosts costs;
     AnalysisPatternManager m;
-    m.add("weight_bytes", std::make_unique<WeightBytes>(costs), 3);
-    m.add("flops", std::make_unique<Flops>(costs), 2);
-    m.add("collectives", std::make_unique<Collectives>(costs, act_bytes), 1);
+    m.add("weight_bytes", std::make_unique<WeightBytes>(costs));
+    m.add("flops", std::make_unique<Flops>(costs));
+    m.add("collectives", std::make_unique<Collectives>(costs, act_bytes));
     costs.matches = m.analyze(g);
     return costs;
 }

@@ -16,6 +16,7 @@
 #include "loader/meta.h"
 #include "loader/quantized.h"
 #include "sharding/factory.h"
+#include "sharding/kv_cache.h"
 
 namespace fs = std::filesystem;
 
@@ -89,10 +90,12 @@ std::string check_quantization(const Job&, const std::string& config_text, const
 // Every rank's entry: its stage's weights (the tp_rank's pieces), its stage's KV cache and the
 // bytes its stage sends on per token.
 void fill_ranks(ShardPlan& plan, const TransformContext& ctx, const Checkpoint* ckpt, bool cuda) {
-    // KV cache: K and V of every layer of the stage for the local KV heads, max_batch x max_seq_len tokens.
     int64_t kv_heads_local = 0;
     for (Node* n : ctx.graph.nodes())
-        if (n->op == "attention") kv_heads_local = n->attr_int("kv_heads");
+        if (n->kind == Op::kAttention) kv_heads_local = n->attr_int("kv_heads");
+    // KV cache: K and V of the stage's layers for the local KV heads, max_batch x max_seq_len
+    // tokens, as the executors allocate it (from the stage's cut graph).
+    const KvCacheLayout kv = kv_cache_layout(ctx.graph, plan.max_batch, plan.max_seq_len);
     const int64_t ckpt_elem = dtype_bytes(ctx.config.dtype);
     const ModelConfig& c = ctx.config;
     const int64_t act = dtype_bytes(ctx.act_dtype);
@@ -105,7 +108,7 @@ void fill_ranks(ShardPlan& plan, const TransformContext& ctx, const Checkpoint* 
         rp.stage = r / plan.tp;
         rp.tp_rank = r % plan.tp;
         const PipelineStage& st = plan.stages.at(rp.stage);
-        rp.kv_cache_bytes = 2 * (st.end_layer - st.first_layer) * kv_heads_local * c.head_dim * plan.max_batch * plan.max_seq_len * act;
+        rp.kv_cache_bytes = kv.of_layers(st.first_layer, st.end_layer).bytes(act);
         rp.activation_bytes_per_token = per_token;
         rp.logits_bytes_per_row = c.vocab_size * (int64_t)sizeof(float);
         rp.staging_bytes = cuda ? (256ll << 20) : 0;  // upload_weights' pinned ring
@@ -150,6 +153,22 @@ std::string format_stages(const ShardPlan& p) {
                   least > 0 ? 100.0 * ((double)most / (double)least - 1.0) : 0.0);
     os << line;
     return os.str();
+}
+
+std::vector<PipelineStage> stages_from_json(const json& js) {
+    std::vector<PipelineStage> stages;
+    for (size_t i = 0; i < js.size(); ++i) {
+        PipelineStage st;
+        st.stage = js[i].at("stage");
+        st.first = i == 0;
+        st.last = i + 1 == js.size();
+        st.first_layer = js[i].at("first_layer");
+        st.end_layer = js[i].at("end_layer");
+        st.weight_bytes = js[i].at("weight_bytes");
+        st.send_bytes_per_token = js[i].at("send_bytes_per_token");
+        stages.push_back(st);
+    }
+    return stages;
 }
 
 }  // namespace
@@ -220,7 +239,6 @@ ShardPlan make_plan(const Job& job, int world) {
     plan.weight_dtype = ctx.weight_dtype;
     plan.act_dtype = ctx.act_dtype;
     plan.headers_checked = ckpt != nullptr;
-    plan.preloaded = ctx.preloaded;
     plan.costs = ctx.costs;
     plan.max_batch = job.run.max_batch;
     plan.max_seq_len = job.run.max_seq_len > 0 ? job.run.max_seq_len : ctx.config.max_position_embeddings;
@@ -268,7 +286,7 @@ json ShardPlan::to_json() const {
     return {{"model", model}, {"tp", tp}, {"ep", ep}, {"pp", pp}, {"micro_batches", micro_batches}, {"stages", stages_json},
             {"world", world()}, {"backend", backend}, {"weight_dtype", weight_dtype},
             {"act_dtype", act_dtype}, {"max_batch", max_batch}, {"max_seq_len", max_seq_len}, {"headers_checked", headers_checked},
-            {"quantization", quantization}, {"preloaded", preloaded}, {"warnings", warnings},
+            {"quantization", quantization}, {"warnings", warnings},
             {"costs", {{"weight_bytes", costs.weight_bytes}, {"flops_per_token", costs.flops_per_token},
                        {"head_flops_per_token", costs.head_flops_per_token},
                        {"attention_flops_per_token_per_position", costs.attention_flops_per_token_per_position}}},
@@ -309,18 +327,7 @@ ShardPlan ShardPlan::from_json(const json& j) {
     p.ep = j.at("ep");
     p.pp = j.at("pp");
     p.micro_batches = j.at("micro_batches");
-    const json& js = j.at("stages");
-    for (size_t i = 0; i < js.size(); ++i) {
-        PipelineStage st;
-        st.stage = js[i].at("stage");
-        st.first = i == 0;
-        st.last = i + 1 == js.size();
-        st.first_layer = js[i].at("first_layer");
-        st.end_layer = js[i].at("end_layer");
-        st.weight_bytes = js[i].at("weight_bytes");
-        st.send_bytes_per_token = js[i].at("send_bytes_per_token");
-        p.stages.push_back(st);
-    }
+    p.stages = stages_from_json(j.at("stages"));
     p.backend = j.at("backend");
     p.weight_dtype = j.at("weight_dtype");
     p.act_dtype = j.at("act_dtype");
@@ -328,7 +335,6 @@ ShardPlan ShardPlan::from_json(const json& j) {
     p.max_seq_len = j.at("max_seq_len");
     p.headers_checked = j.at("headers_checked");
     p.quantization = j.value("quantization", "");
-    p.preloaded = j.at("preloaded");
     p.warnings = j.value("warnings", std::vector<std::string>{});
     p.costs.weight_bytes = j.at("costs").at("weight_bytes");
     p.costs.flops_per_token = j.at("costs").at("flops_per_token");

@@ -58,7 +58,6 @@ struct ShardPlan {
     int64_t max_batch = 1, max_seq_len = 0;
     bool headers_checked = false;  // checkpoint headers were read and matched
     std::string quantization;      // config.json's quantization_config, described ("" = none)
-    bool preloaded = false;
     std::vector<std::string> warnings;  // for rank 0 to print once (unused tensors the job allows)
     Graph graph;
     GraphCosts costs;  // per rank, per token, over the whole model (a stage runs its layers' share)

@@ -1,4 +1,4 @@
-// The pattern managers: ordering by benefit, root filtering, sweeping to a fixpoint.
+// The pattern managers: rewriters ordered by benefit and swept to a fixpoint, analyzers in turn; root filtering.
 #include "sharding/rewriter.h"
 
 #include <algorithm>
@@ -73,9 +73,9 @@ int RewritePatternManager::rewrite(Graph& g, int max_sweeps, std::vector<std::pa
     return total;
 }
 
-void AnalysisPatternManager::add(const std::string& label, std::unique_ptr<PatternAnalyzer> pattern, int benefit) {
+void AnalysisPatternManager::add(const std::string& label, std::unique_ptr<PatternAnalyzer> pattern) {
     check_new_label(patterns_, label);
-    patterns_.push_back({label, std::move(pattern), benefit, patterns_.size()});
+    patterns_.push_back({label, std::move(pattern)});
 }
 
 PatternAnalyzer* AnalysisPatternManager::get(const std::string& label) const {
@@ -86,10 +86,10 @@ PatternAnalyzer* AnalysisPatternManager::get(const std::string& label) const {
 
 int AnalysisPatternManager::analyze(const Graph& g) {
     int matches = 0;
-    for (auto* p : sorted(patterns_)) {
-        std::vector<std::string> roots = p->pattern->root_ops();
+    for (const LabelledAnalyzer& p : patterns_) {
+        std::vector<std::string> roots = p.pattern->root_ops();
         for (Node* n : g.nodes())
-            if (passes(roots, n) && p->pattern->match_and_analyze(g, n)) ++matches;
+            if (passes(roots, n) && p.pattern->match_and_analyze(g, n)) ++matches;
     }
     return matches;
 }

@@ -1,6 +1,6 @@
 // Graph rewriting in the manner of TensorRT-LLM's Graph Rewriting module. A PatternRewriter
 // matches at a root node and rewrites there; a PatternAnalyzer matches and records facts.
-// Managers hold labelled patterns with a benefit and apply them in benefit order:
+// RewritePatternManager holds labelled patterns with a benefit and applies them in benefit order:
 //
 //   RewritePatternManager::rewrite(graph): patterns sorted by benefit, highest first (ties in
 //   the order they were added). Sweep: for each pattern in that order, visit every live node in
@@ -9,7 +9,8 @@
 //   from the highest benefit; it stops after a sweep with no change (a fixpoint) or, as a guard
 //   against patterns that undo each other, after `max_sweeps`. Removed nodes are never visited.
 //
-//   AnalysisPatternManager::analyze(graph): one pass per analyzer in the same order.
+//   AnalysisPatternManager::analyze(graph): one pass per analyzer, in the order they were added
+//   (analyzers only record facts, so no order among them changes a result).
 #pragma once
 
 #include <memory>
@@ -69,15 +70,20 @@ private:
     std::vector<LabelledPattern<PatternRewriter>> patterns_;
 };
 
+struct LabelledAnalyzer {
+    std::string label;
+    std::unique_ptr<PatternAnalyzer> pattern;
+};
+
 class AnalysisPatternManager {
 public:
-    void add(const std::string& label, std::unique_ptr<PatternAnalyzer> pattern, int benefit = 1);
+    void add(const std::string& label, std::unique_ptr<PatternAnalyzer> pattern);
     PatternAnalyzer* get(const std::string& label) const;
     // Returns the number of matches over all analyzers.
     int analyze(const Graph& g);
 
 private:
-    std::vector<LabelledPattern<PatternAnalyzer>> patterns_;
+    std::vector<LabelledAnalyzer> patterns_;
 };
 
 }  // namespace tpx

@@ -86,6 +86,70 @@ std::vector<Piece> pieces_for_rank(const Segment& s, int rank, int tp, int ep, c
     return {};
 }
 
+namespace {
+
+// A parameter's pieces on every rank (by_rank) and its local shape; every rank's local
+// parameter has the same size (SPMD).
+void shard_param(Node& node, int tp, int ep) {
+    Node* n = &node;
+    ParamSpec& spec = *n->param;
+    Shape full = n->out()->shape;
+    spec.by_rank.assign(tp, {});
+    int64_t experts_local = 0;
+    for (int r = 0; r < tp; ++r) {
+        int64_t group = r / (tp / ep);
+        int64_t elements = 0;
+        std::set<int64_t> kept_experts;
+        for (const Segment& s : spec.segments) {
+            if (s.expert >= 0) {
+                int64_t total = spec.stack.at(0);
+                if (total % ep != 0)
+                    throw Error("cannot shard " + n->name + ": " + std::to_string(total) + " experts cannot be split over ep = " +
+                                    std::to_string(ep) + " groups", kExitBadInput);
+                int64_t per = total / ep;
+                if (s.expert < group * per || s.expert >= (group + 1) * per) continue;
+                kept_experts.insert(s.expert);
+            }
+            for (Piece& p : pieces_for_rank(s, r, tp, ep, n->name)) {
+                elements += p.elements;
+                spec.by_rank[r].push_back(std::move(p));
+            }
+        }
+        if (r == 0) experts_local = (int64_t)kept_experts.size();
+        // SPMD: every rank's local parameter has the same size.
+        int64_t first = 0;
+        for (const Piece& p : spec.by_rank[0]) first += p.elements;
+        if (elements != first)
+            throw Error("sharding " + n->name + ": rank " + std::to_string(r) + " would hold " + std::to_string(elements) +
+                        " elements but rank 0 holds " + std::to_string(first));
+    }
+    // Local shape: trailing dims from the first segment's piece, dim 0 from the total.
+    int64_t total = 0;
+    for (const Piece& p : spec.by_rank[0]) total += p.elements;
+    Shape local = full;
+    if (!spec.stack.empty()) {
+        local[0] = experts_local;
+        Shape seg = spec.segments[0].shape;
+        const Piece& p0 = spec.by_rank[0][0];
+        if (p0.slice.length >= 0) seg[p0.slice.dim] = p0.slice.length;
+        local[2] = seg[1];
+        local[1] = experts_local ? total / experts_local / local[2] : 0;
+    } else if (full.size() >= 2) {
+        int64_t trailing = 1;
+        Shape seg = spec.segments[0].shape;
+        const Piece& p0 = spec.by_rank[0][0];
+        if (p0.slice.length >= 0 && !p0.tensor.empty()) seg[p0.slice.dim] = p0.slice.length;
+        for (size_t d = 1; d < seg.size(); ++d) trailing *= seg[d];
+        for (size_t d = 1; d < full.size(); ++d) local[d] = seg[d];
+        local[0] = total / trailing;
+    } else {
+        local[0] = total;
+    }
+    n->out()->shape = local;
+}
+
+}  // namespace
+
 ShardingReport shard_graph(Graph& g, int tp, int ep) {
     if (tp < 1 || ep < 1 || tp % ep != 0)
         throw Error("sharding: ep = " + std::to_string(ep) + " must divide tp = " + std::to_string(tp), kExitBadInput);
@@ -93,60 +157,7 @@ ShardingReport shard_graph(Graph& g, int tp, int ep) {
     // Parameters: pieces per rank and the local shape.
     for (Node* n : g.nodes()) {
         if (!n->param) continue;
-        ParamSpec& spec = *n->param;
-        Shape full = n->out()->shape;
-        spec.by_rank.assign(tp, {});
-        int64_t experts_local = 0;
-        for (int r = 0; r < tp; ++r) {
-            int64_t group = r / (tp / ep);
-            int64_t elements = 0;
-            std::set<int64_t> kept_experts;
-            for (const Segment& s : spec.segments) {
-                if (s.expert >= 0) {
-                    int64_t total = spec.stack.at(0);
-                    if (total % ep != 0)
-                        throw Error("cannot shard " + n->name + ": " + std::to_string(total) + " experts cannot be split over ep = " +
-                                        std::to_string(ep) + " groups", kExitBadInput);
-                    int64_t per = total / ep;
-                    if (s.expert < group * per || s.expert >= (group + 1) * per) continue;
-                    kept_experts.insert(s.expert);
-                }
-                for (Piece& p : pieces_for_rank(s, r, tp, ep, n->name)) {
-                    elements += p.elements;
-                    spec.by_rank[r].push_back(std::move(p));
-                }
-            }
-            if (r == 0) experts_local = (int64_t)kept_experts.size();
-            // SPMD: every rank's local parameter has the same size.
-            int64_t first = 0;
-            for (const Piece& p : spec.by_rank[0]) first += p.elements;
-            if (elements != first)
-                throw Error("sharding " + n->name + ": rank " + std::to_string(r) + " would hold " + std::to_string(elements) +
-                            " elements but rank 0 holds " + std::to_string(first));
-        }
-        // Local shape: trailing dims from the first segment's piece, dim 0 from the total.
-        int64_t total = 0;
-        for (const Piece& p : spec.by_rank[0]) total += p.elements;
-        Shape local = full;
-        if (!spec.stack.empty()) {
-            local[0] = experts_local;
-            Shape seg = spec.segments[0].shape;
-            const Piece& p0 = spec.by_rank[0][0];
-            if (p0.slice.length >= 0) seg[p0.slice.dim] = p0.slice.length;
-            local[2] = seg[1];
-            local[1] = experts_local ? total / experts_local / local[2] : 0;
-        } else if (full.size() >= 2) {
-            int64_t trailing = 1;
-            Shape seg = spec.segments[0].shape;
-            const Piece& p0 = spec.by_rank[0][0];
-            if (p0.slice.length >= 0 && !p0.tensor.empty()) seg[p0.slice.dim] = p0.slice.length;
-            for (size_t d = 1; d < seg.size(); ++d) trailing *= seg[d];
-            for (size_t d = 1; d < full.size(); ++d) local[d] = seg[d];
-            local[0] = total / trailing;
-        } else {
-            local[0] = total;
-        }
-        n->out()->shape = local;
+        shard_param(*n, tp, ep);
         ++report.params;
     }
     // Ops: local attributes and collectives.

@@ -19,15 +19,13 @@ namespace fs = std::filesystem;
 namespace tpx {
 
 const std::vector<Stage>& all_stages() {
-    static const std::vector<Stage> s = {Stage::kFactory, Stage::kExport, Stage::kPostExport, Stage::kPatternMatcher,
-                                         Stage::kSharding, Stage::kWeightLoad, Stage::kPostLoadFusion, Stage::kCacheInit,
-                                         Stage::kVisualize, Stage::kCompile};
+    static const std::vector<Stage> s = {Stage::kFactory, Stage::kExport,         Stage::kPostExport, Stage::kPatternMatcher,
+                                         Stage::kSharding, Stage::kPostLoadFusion, Stage::kVisualize};
     return s;
 }
 
 const char* stage_name(Stage s) {
-    static const char* names[] = {"factory", "export", "post_export", "pattern_matcher", "sharding",
-                                  "weight_load", "post_load_fusion", "cache_init", "visualize", "compile"};
+    static const char* names[] = {"factory", "export", "post_export", "pattern_matcher", "sharding", "post_load_fusion", "visualize"};
     return names[static_cast<int>(s)];
 }
 
@@ -78,15 +76,6 @@ void build(TransformContext& ctx) {
     if (ctx.checkpoint) check_against_checkpoint(ctx.graph, *ctx.checkpoint);
 }
 
-// Transforms whose work is done by the worker on each rank: the registry knows their names,
-// stages and options (so jobs are validated and `tpx plan` lists them); the worker binds them.
-TransformFn needs_worker(const char* name) {
-    return [name](TransformContext& ctx, const TransformOptions&) -> TransformResult {
-        if (ctx.rank < 0) throw Error(std::string("transform ") + name + " runs on the ranks, not while planning");
-        throw Error(std::string("transform ") + name + " has no implementation bound in this process");
-    };
-}
-
 TransformRegistry make_registry() {
     TransformRegistry r;
     r.add({"build_model", Stage::kFactory, "build the graph from config.json on meta (shapes only)",
@@ -95,14 +84,6 @@ TransformRegistry make_registry() {
                if (o.text("device") != "meta") throw Error("build_model: device must be \"meta\" (tpx plans before it loads)", kExitBadInput);
                build(ctx);
                return TransformResult{(int)ctx.graph.size(), false, ""};
-           }});
-    r.add({"build_and_load_factory_model", Stage::kFactory, "build the graph and load whole weights in one step (tp = 1 only)",
-           defaults(false), {},
-           [](TransformContext& ctx, const TransformOptions&) {
-               if (ctx.tp != 1) throw Error("build_and_load_factory_model loads unsharded weights: it needs tp = 1", kExitBadInput);
-               build(ctx);
-               ctx.preloaded = true;
-               return TransformResult{(int)ctx.graph.size(), false, "weights load whole"};
            }});
     r.add({"fuse_qkv", Stage::kPatternMatcher, "one q/k/v GEMM (biases folded) instead of three", defaults(), {},
            [](TransformContext& ctx, const TransformOptions&) {
@@ -128,18 +109,12 @@ TransformRegistry make_registry() {
                ctx.costs = analyze_costs(ctx.graph, (int)dtype_bytes(ctx.act_dtype));
                return TransformResult{ctx.costs.matches, false, ""};
            }});
-    r.add({"load_weights", Stage::kWeightLoad, "each rank reads its pieces of the checkpoint onto its device",
-           defaults(), {}, needs_worker("load_weights")});
-    r.add({"move_inputs_to_device", Stage::kWeightLoad, "inputs (ids, positions) allocated on the rank's device", defaults(), {},
-           needs_worker("move_inputs_to_device")});
     r.add({"fuse_allreduce_residual_rmsnorm", Stage::kPostLoadFusion,
            "all_reduce + residual add + RMSNorm as one op (add + RMSNorm where tp = 1)", defaults(), {},
            [](TransformContext& ctx, const TransformOptions&) {
                int n = fuse_allreduce_residual_rmsnorm(ctx.graph);
                return TransformResult{n, n == 0, ""};
            }});
-    r.add({"init_kv_cache", Stage::kCacheInit, "allocate the KV cache for max_batch x max_seq_len", defaults(), {},
-           needs_worker("init_kv_cache")});
     r.add({"visualize", Stage::kVisualize, "write the final graph as Graphviz DOT",
            defaults(false, {{"dir", opt(std::string("."))}}), {{"dir", "folder for graph.dot"}},
            [](TransformContext& ctx, const TransformOptions& o) {
@@ -147,9 +122,21 @@ TransformRegistry make_registry() {
                write_file_atomically((fs::path(o.text("dir")) / "graph.dot").string(), ctx.graph.to_dot());
                return TransformResult{1, false, ""};
            }});
-    r.add({"compile_cuda_graph", Stage::kCompile, "capture the decode step as a CUDA graph (cuda backend)", defaults(), {},
-           needs_worker("compile_cuda_graph")});
     return r;
+}
+
+// The worker's own steps, and a factory that was never used, were registered as transforms
+// once; a job that still configures one is told what became of it.
+const char* retired_transform(const std::string& name) {
+    static const std::map<std::string, const char*> kRetired = {
+        {"load_weights", "every rank always loads its weights (model.read_threads sets the reading threads); remove the table"},
+        {"move_inputs_to_device", "inputs always go to fixed device buffers per forward; remove the table"},
+        {"init_kv_cache", "every executor always allocates its KV cache (run.max_batch x run.max_seq_len); remove the table"},
+        {"compile_cuda_graph", "set backend.cuda_graphs = false to run decode steps without CUDA graphs; remove the table"},
+        {"build_and_load_factory_model", "build_model builds the graph and every rank loads its slices; remove the table"},
+    };
+    auto it = kRetired.find(name);
+    return it == kRetired.end() ? nullptr : it->second;
 }
 
 const char* kind_name(const OptionValue& v) {
@@ -174,15 +161,6 @@ void TransformRegistry::add(TransformDef def) {
     std::stable_sort(defs_.begin(), defs_.end(), [](const TransformDef& a, const TransformDef& b) { return a.stage < b.stage; });
 }
 
-void TransformRegistry::bind(const std::string& name, TransformFn fn) {
-    for (TransformDef& d : defs_)
-        if (d.name == name) {
-            d.fn = std::move(fn);
-            return;
-        }
-    throw Error("cannot bind unknown transform '" + name + "'");
-}
-
 const TransformDef* TransformRegistry::find(const std::string& name) const {
     for (const TransformDef& d : defs_)
         if (d.name == name) return &d;
@@ -195,6 +173,8 @@ std::map<std::string, TransformOptions> resolve_transform_options(const Job& job
     for (const TransformDef& d : reg.all()) out[d.name] = d.defaults;
     for (const TransformSection& t : job.transforms) {
         const TransformDef* def = reg.find(t.name);
+        if (const char* instead = retired_transform(t.name))
+            throw JobError(at(job.file, t.line, t.col, "[transforms." + t.name + "] is no longer a transform: " + instead));
         if (!def) {
             std::string names;
             for (const TransformDef& d : reg.all()) names += (names.empty() ? "" : ", ") + d.name;

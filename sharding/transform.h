@@ -2,8 +2,10 @@
 // ordered list below, each configurable from the job's [transforms.NAME] table with the
 // common options (enabled, skip_on_error, run_graph_cleanup, run_shape_prop,
 // requires_clean_graph, requires_shape_prop, debug_visualize_dir, expect_mem_change) plus its
-// own. Rank 0 runs the stages up to sharding and broadcasts the plan; every rank runs the rest
-// for itself. Transforms of the later stages need the worker: it binds their functions.
+// own. Every transform is a planning pass over the graph: rank 0 runs the stages up to sharding
+// and broadcasts the plan; every rank runs the rest (post_load_fusion, visualize) on its graph
+// after loading. Loading, the KV cache and CUDA graphs are the worker's own steps, not
+// transforms (worker/rank_model.h).
 #pragma once
 
 #include <chrono>
@@ -21,7 +23,7 @@ namespace tpx {
 
 class Checkpoint;
 
-enum class Stage { kFactory, kExport, kPostExport, kPatternMatcher, kSharding, kWeightLoad, kPostLoadFusion, kCacheInit, kVisualize, kCompile };
+enum class Stage { kFactory, kExport, kPostExport, kPatternMatcher, kSharding, kPostLoadFusion, kVisualize };
 const std::vector<Stage>& all_stages();
 const char* stage_name(Stage s);
 
@@ -51,7 +53,6 @@ struct TransformContext {
     std::string weight_dtype = "bfloat16";
     std::string act_dtype = "bfloat16";
     GraphCosts costs;                // filled by count_costs
-    bool preloaded = false;          // build_and_load_factory_model: load whole weights now
     // Bytes in use, for each transform's memory change: local parameter bytes by default; the
     // worker points this at device (or host) memory in use.
     std::function<int64_t(const TransformContext&)> memory_in_use;
@@ -71,7 +72,7 @@ struct TransformDef {
     std::string summary;
     TransformOptions defaults;
     std::map<std::string, std::string> own_docs;  // own option -> meaning
-    TransformFn fn;                               // empty until bound (worker stages)
+    TransformFn fn;
 };
 
 struct TransformRecord {
@@ -91,7 +92,6 @@ public:
     // Every transform tpx knows, in pipeline order.
     static TransformRegistry& global();
     void add(TransformDef def);
-    void bind(const std::string& name, TransformFn fn);
     const TransformDef* find(const std::string& name) const;
     const std::vector<TransformDef>& all() const { return defs_; }
 
@@ -101,7 +101,8 @@ private:
 
 // The options of every transform for this job: defaults, overridden by [transforms.NAME].
 // An unknown transform or option, or an option of the wrong type, is a JobError with its
-// file:line:col and the valid names.
+// file:line:col and the valid names; so is a table for a worker step that once was a
+// transform (load_weights, init_kv_cache, ...), naming what replaced it.
 std::map<std::string, TransformOptions> resolve_transform_options(const Job& job);
 
 // Runs, in order, the enabled transforms of stages [from, to]. Throws on the first failure of

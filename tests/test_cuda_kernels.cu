@@ -22,12 +22,12 @@ using bf16 = __nv_bfloat16;
 
 namespace {
 
+// The kernel settings of this file's launches (defaults but where a test changes one).
+KernelConfig tuning;
+cuda::Launch on(cudaStream_t stream) { return cuda::Launch(stream, tuning); }
+
 // The plain GEMV's warps per row for the launches that follow (0: chosen by K, the default).
-void use_gemv_splitk(int ks) {
-    KernelConfig c = cuda::kernel_config();
-    c.gemv_splitk = ks;
-    cuda::set_kernel_config(c);
-}
+void use_gemv_splitk(int ks) { tuning.gemv_splitk = ks; }
 
 bool have_gpu() {
     int n = 0;
@@ -137,7 +137,7 @@ TEST(CudaKernels, LinearWithBiasMatchesTwin) {
     for (auto [T, K, N] : {std::tuple<int64_t, int64_t, int64_t>{7, 96, 80}, {1, 4096, 64}, {33, 128, 512}}) {
         auto x = random_bf16(T * K), w = random_bf16(N * K, 0.05f), b = random_bf16(N);
         std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(w)), db(upload(b)), dy(poisoned(T * N));
-        cuda::linear(h, {T, K, N}, dx->p, dw->p, db->p, dy->p, nullptr);
+        cuda::linear(h, {{T, K, N}, dx->p, dw->p, db->p, dy->p}, on(nullptr));
         std::vector<float> ref(T * N);
         cpu::linear({T, K, N}, x.data(), w.data(), b.data(), ref.data());
         expect_close(download(*dy), ref, "linear");
@@ -161,7 +161,7 @@ TEST(CudaKernels, GemmTunerMatchesTwinAndDeclinesWhatItMust) {
     std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(w)), db(upload(b));
     for (auto [T, offset] : {std::pair<int64_t, int64_t>{256, 0}, {200, 0}, {300, 0}, {256, 1}}) {
         std::unique_ptr<Device<bf16>> dy(poisoned(T * N));
-        cuda::linear(h, {T, K, N}, dx->p + offset, dw->p, db->p, dy->p, nullptr, true, &tuner);
+        cuda::linear(h, {{T, K, N}, dx->p + offset, dw->p, db->p, dy->p, &tuner}, on(nullptr));
         std::vector<float> ref(T * N);
         cpu::linear({T, K, N}, x.data() + offset, w.data(), b.data(), ref.data());
         expect_close(download(*dy), ref, "tuned gemm T=" + std::to_string(T) + " offset " + std::to_string(offset));
@@ -223,14 +223,14 @@ TEST(CudaKernels, GemvMatchesTwinAndCublas) {
         for (const char* ks : {"1", "2"}) {  // the default (4) below
             use_gemv_splitk(std::atoi(ks));
             std::unique_ptr<Device<bf16>> dk(poisoned(T * N));
-            cuda::linear(h, {T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dk->p, nullptr);
+            cuda::linear(h, {{T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dk->p}, on(nullptr));
             std::vector<float> ref(T * N);
             cpu::linear({T, K, N}, x.data(), w.data(), with_bias ? b.data() : nullptr, ref.data());
             expect_close(download(*dk), ref, ks[0] == '1' ? "gemv, one warp per row" : "gemv, two warps per row");
         }
         use_gemv_splitk(0);
-        cuda::linear(h, {T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dy->p, nullptr);
-        cuda::linear(h, {T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dy2->p, nullptr, /*allow_gemv=*/false);
+        cuda::linear(h, {{T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dy->p}, on(nullptr));
+        cuda::linear(h, {{T, K, N}, dx->p, dw->p, with_bias ? db->p : nullptr, dy2->p, nullptr, cuda::LinearRoute::kGemm}, on(nullptr));
         std::vector<float> ref(T * N);
         cpu::linear({T, K, N}, x.data(), w.data(), with_bias ? b.data() : nullptr, ref.data());
         expect_close(download(*dy), ref, "gemv");
@@ -276,11 +276,11 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
             std::unique_ptr<Device<bf16>> normed(poisoned(c.K)), res_ref(poisoned(c.K)), z(poisoned(c.N));
             const bf16* lin_in = dx->p;
             if (with_norm) {
-                if (c.residual) cuda::add_rmsnorm(1, c.K, eps, dx->p, dres->p, res_ref->p, dnw->p, normed->p, nullptr);
-                else cuda::rmsnorm(1, c.K, eps, dx->p, dnw->p, normed->p, nullptr);
+                if (c.residual) cuda::add_rmsnorm({1, c.K, eps, dx->p, dnw->p, normed->p}, dres->p, res_ref->p, on(nullptr));
+                else cuda::rmsnorm({1, c.K, eps, dx->p, dnw->p, normed->p}, on(nullptr));
                 lin_in = normed->p;
             }
-            cuda::linear(h, {1, c.K, c.N}, lin_in, dw->p, bias, z->p, nullptr);
+            cuda::linear(h, {{1, c.K, c.N}, lin_in, dw->p, bias, z->p}, on(nullptr));
             // Fused.
             cuda::GemvNorm nm;
             nm.x = dx->p;
@@ -293,8 +293,8 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
             const int64_t out_n = c.epi == cuda::GemvEpilogue::kSwiglu ? c.N / 2 : c.epi == cuda::GemvEpilogue::kRopeKv ? heads * hd : c.N;
             std::unique_ptr<Device<bf16>> y(poisoned(out_n)), y_ref(poisoned(out_n));
             if (c.epi != cuda::GemvEpilogue::kRopeKv) {
-                cuda::gemv_fused(c.K, c.N, dx->p, dw->p, bias, y->p, with_norm ? &nm : nullptr, c.epi, nullptr, nullptr);
-                if (c.epi == cuda::GemvEpilogue::kSwiglu) cuda::silu_mul_fused(1, c.N / 2, z->p, y_ref->p, nullptr);
+                cuda::gemv_fused({c.K, c.N, dx->p, dw->p, bias, y->p, with_norm ? &nm : nullptr, c.epi, nullptr}, on(nullptr));
+                if (c.epi == cuda::GemvEpilogue::kSwiglu) cuda::silu_mul_fused(1, c.N / 2, z->p, y_ref->p, on(nullptr));
                 else CUDA_CHECK(cudaMemcpy(y_ref->p, z->p, c.N * 2, cudaMemcpyDeviceToDevice));
                 EXPECT_EQ(download(*y), download(*y_ref));
             } else {
@@ -307,14 +307,14 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
                 auto cache_init = random_bf16(cache_n);  // earlier positions: whatever is there
                 std::unique_ptr<Device<bf16>> kc(upload(cache_init)), vc(upload(cache_init)), kc_ref(upload(cache_init)),
                     vc_ref(upload(cache_init)), kr(poisoned(kvh * hd)), o(poisoned(heads * hd)), o_ref(poisoned(heads * hd));
-                cuda::rope(p, 1, pos->p, inv->p, z->p, z->p + heads * hd, y_ref->p, kr->p, nullptr, c.N);
+                cuda::rope({p, 1, pos->p, inv->p, z->p, z->p + heads * hd, y_ref->p, kr->p, c.N}, on(nullptr));
                 cpu::AttentionShape s{1, heads, kvh, hd, max_seq, 0};
-                cuda::attention(s, slot->p, pos->p, y_ref->p, kr->p, z->p + (heads + kvh) * hd, kc_ref->p, vc_ref->p, o_ref->p, nullptr, 0, c.N);
+                cuda::attention({s, slot->p, pos->p, y_ref->p, kr->p, z->p + (heads + kvh) * hd, kc_ref->p, vc_ref->p, o_ref->p, 0, c.N}, on(nullptr));
                 cuda::GemvRopeKv rk;
                 rk.heads = heads, rk.kv_heads = kvh, rk.head_dim = hd, rk.max_seq = max_seq;
                 rk.slot = slot->p, rk.pos = pos->p, rk.inv_freq = inv->p, rk.k_cache = kc->p, rk.v_cache = vc->p;
-                cuda::gemv_fused(c.K, c.N, dx->p, dw->p, bias, y->p, with_norm ? &nm : nullptr, c.epi, &rk, nullptr);
-                cuda::attention(s, slot->p, pos->p, y->p, nullptr, nullptr, kc->p, vc->p, o->p, nullptr);
+                cuda::gemv_fused({c.K, c.N, dx->p, dw->p, bias, y->p, with_norm ? &nm : nullptr, c.epi, &rk}, on(nullptr));
+                cuda::attention({s, slot->p, pos->p, y->p, nullptr, nullptr, kc->p, vc->p, o->p}, on(nullptr));
                 EXPECT_EQ(download(*y), download(*y_ref)) << "q";
                 EXPECT_EQ(download(*kc), download(*kc_ref)) << "k cache";
                 EXPECT_EQ(download(*vc), download(*vc_ref)) << "v cache";
@@ -379,7 +379,7 @@ TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
                         dw[d].reset(upload(random_bf16(c.N * c.K, 0.05f)));
                         ASSERT_TRUE(cuda::gemv_push_applies(c.K, c.N, dx[d]->p, dw[d]->p, peers[d]));
                         std::unique_ptr<Device<bf16>> yd(poisoned(c.N));
-                        cuda::linear(h, {1, c.K, c.N}, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, yd->p, nullptr);
+                        cuda::linear(h, {{1, c.K, c.N}, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, yd->p}, on(nullptr));
                         y[d] = download(*yd);
                     }
                     std::vector<float> reduced(c.N);
@@ -395,10 +395,10 @@ TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
                     nm.x = dred->p, nm.residual = dres->p, nm.weight = dnw->p, nm.eps = eps;
                     std::unique_ptr<Device<bf16>> ref(poisoned(out_n)), res_ref(poisoned(c.N));
                     nm.residual_out = res_ref->p;
-                    cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, ref->p, &nm, c.next, nullptr, nullptr);
+                    cuda::gemv_fused({c.N, next_n, nullptr, dw2->p, nullptr, ref->p, &nm, c.next, nullptr}, on(nullptr));
                     // Fused: every rank pushes, then every rank sums.
                     for (int d = 0; d < world; ++d)
-                        cuda::gemv_push(c.K, c.N, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, peers[d], seq, nullptr);
+                        cuda::gemv_push({c.K, c.N, dx[d]->p, dw[d]->p, c.bias ? db->p : nullptr, seq}, peers[d], on(nullptr));
                     for (int d = 0; d < world; ++d) {
                         cuda::GemvNorm fused = nm;
                         fused.x = nullptr;
@@ -406,14 +406,14 @@ TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
                         std::unique_ptr<Device<bf16>> out(poisoned(out_n)), res_out(poisoned(c.N));
                         fused.residual_out = res_out->p;
                         ASSERT_TRUE(cuda::gemv_fused_applies(c.N, &fused, dw2->p));
-                        cuda::gemv_fused(c.N, next_n, nullptr, dw2->p, nullptr, out->p, &fused, c.next, nullptr, nullptr);
+                        cuda::gemv_fused({c.N, next_n, nullptr, dw2->p, nullptr, out->p, &fused, c.next, nullptr}, on(nullptr));
                         EXPECT_EQ(download(*out), download(*ref)) << "rank " << d;
                         EXPECT_EQ(download(*res_out), download(*res_ref)) << "rank " << d << ": residual";
                         EXPECT_EQ(error[d], 0);
                     }
                     ++seq;
                 }
-                for (int d = 0; d < world; ++d) cuda::exchange_advance(peers[d], seq, nullptr);
+                for (int d = 0; d < world; ++d) cuda::exchange_advance(peers[d], seq, on(nullptr));
             }
         }
         use_gemv_splitk(0);
@@ -425,10 +425,10 @@ TEST(CudaKernels, FusedAllReduceInTheGemvsEqualsTheUnfusedPath) {
         // Rank 1 never pushes: rank 0's sum waits 50 ms, then names rank 1 (its own part is there).
         peers[0].timeout_ns = 50'000'000;
         std::unique_ptr<Device<bf16>> x(upload(random_bf16(512))), w(upload(random_bf16(512 * 512, 0.05f))), out(poisoned(512));
-        cuda::gemv_push(512, 512, x->p, w->p, nullptr, peers[0], 0, nullptr);
+        cuda::gemv_push({512, 512, x->p, w->p, nullptr, 0}, peers[0], on(nullptr));
         cuda::GemvNorm nm;
         nm.weight = x->p, nm.eps = eps, nm.sum = cuda::exchange_in(peers[0], 0);
-        cuda::gemv_fused(512, 512, nullptr, w->p, nullptr, out->p, &nm, cuda::GemvEpilogue::kNone, nullptr, nullptr);
+        cuda::gemv_fused({512, 512, nullptr, w->p, nullptr, out->p, &nm, cuda::GemvEpilogue::kNone, nullptr}, on(nullptr));
         CUDA_CHECK(cudaDeviceSynchronize());
         EXPECT_EQ(error[0], 2) << "rank 1 + 1";
     }
@@ -460,7 +460,7 @@ TEST(CudaKernels, SummingGemvReadsTheResidualWrittenTwoKernelsBack) {
     std::unique_ptr<Device<bf16>> nw1(upload(random_bf16(H))), nw2(upload(random_bf16(H))), res0(upload(random_bf16(H)));
     auto part = [&](const Device<bf16>& x, const Device<bf16>& w, int64_t K) {
         std::unique_ptr<Device<bf16>> y(poisoned(H));
-        cuda::linear(h, {1, K, H}, x.p, w.p, nullptr, y->p, nullptr);
+        cuda::linear(h, {{1, K, H}, x.p, w.p, nullptr, y->p}, on(nullptr));
         return download(*y);
     };
     auto reduced = [&](const std::vector<float>& a, const std::vector<float>& b) {
@@ -476,31 +476,31 @@ TEST(CudaKernels, SummingGemvReadsTheResidualWrittenTwoKernelsBack) {
         na.x = sum0->p, na.residual = res0->p, na.weight = nw1->p, na.eps = eps;
         std::unique_ptr<Device<bf16>> act_ref(poisoned(I)), res1_ref(poisoned(H)), out_ref(poisoned(512));
         na.residual_out = res1_ref->p;
-        cuda::gemv_fused(H, 2 * I, nullptr, w_gu->p, nullptr, act_ref->p, &na, cuda::GemvEpilogue::kSwiglu, nullptr, nullptr);
+        cuda::gemv_fused({H, 2 * I, nullptr, w_gu->p, nullptr, act_ref->p, &na, cuda::GemvEpilogue::kSwiglu, nullptr}, on(nullptr));
         auto sum1 = reduced(part(*act_ref, *w_down[0], I), part(*x_down1, *w_down[1], I));
         cuda::GemvNorm nb;
         nb.x = sum1->p, nb.residual = res1_ref->p, nb.weight = nw2->p, nb.eps = eps;
         std::unique_ptr<Device<bf16>> res2_ref(poisoned(H));
         nb.residual_out = res2_ref->p;
-        cuda::gemv_fused(H, 512, nullptr, w_next->p, nullptr, out_ref->p, &nb, cuda::GemvEpilogue::kNone, nullptr, nullptr);
+        cuda::gemv_fused({H, 512, nullptr, w_next->p, nullptr, out_ref->p, &nb, cuda::GemvEpilogue::kNone, nullptr}, on(nullptr));
         // Fused: rank 1's parts first, then rank 0's chain with no sync: push 0, A, push 1, B.
         std::unique_ptr<Device<bf16>> act(poisoned(I)), res1(poisoned(H)), res2(poisoned(H)), out(poisoned(512));
-        cuda::gemv_push(256, H, x_o[1]->p, w_o[1]->p, nullptr, peers[1], 0, nullptr);
-        cuda::gemv_push(I, H, x_down1->p, w_down[1]->p, nullptr, peers[1], 1, nullptr);
+        cuda::gemv_push({256, H, x_o[1]->p, w_o[1]->p, nullptr, 0}, peers[1], on(nullptr));
+        cuda::gemv_push({I, H, x_down1->p, w_down[1]->p, nullptr, 1}, peers[1], on(nullptr));
         CUDA_CHECK(cudaDeviceSynchronize());
-        cuda::gemv_push(256, H, x_o[0]->p, w_o[0]->p, nullptr, peers[0], 0, nullptr);
+        cuda::gemv_push({256, H, x_o[0]->p, w_o[0]->p, nullptr, 0}, peers[0], on(nullptr));
         cuda::GemvNorm fa = na;
         fa.x = nullptr, fa.sum = cuda::exchange_in(peers[0], 0), fa.residual_out = res1->p;
-        cuda::gemv_fused(H, 2 * I, nullptr, w_gu->p, nullptr, act->p, &fa, cuda::GemvEpilogue::kSwiglu, nullptr, nullptr);
-        cuda::gemv_push(I, H, act->p, w_down[0]->p, nullptr, peers[0], 1, nullptr);
+        cuda::gemv_fused({H, 2 * I, nullptr, w_gu->p, nullptr, act->p, &fa, cuda::GemvEpilogue::kSwiglu, nullptr}, on(nullptr));
+        cuda::gemv_push({I, H, act->p, w_down[0]->p, nullptr, 1}, peers[0], on(nullptr));
         cuda::GemvNorm fb = nb;
         fb.x = nullptr, fb.sum = cuda::exchange_in(peers[0], 1), fb.residual = res1->p, fb.residual_out = res2->p;
-        cuda::gemv_fused(H, 512, nullptr, w_next->p, nullptr, out->p, &fb, cuda::GemvEpilogue::kNone, nullptr, nullptr);
+        cuda::gemv_fused({H, 512, nullptr, w_next->p, nullptr, out->p, &fb, cuda::GemvEpilogue::kNone, nullptr}, on(nullptr));
         EXPECT_EQ(download(*res1), download(*res1_ref));
         EXPECT_EQ(download(*res2), download(*res2_ref));
         EXPECT_EQ(download(*out), download(*out_ref));
         EXPECT_EQ(error[0], 0);
-        for (int d = 0; d < 2; ++d) cuda::exchange_advance(peers[d], 2, nullptr);
+        for (int d = 0; d < 2; ++d) cuda::exchange_advance(peers[d], 2, on(nullptr));
         CUDA_CHECK(cudaDeviceSynchronize());
         x_o[0].reset(upload(random_bf16(256))), x_o[1].reset(upload(random_bf16(256)));  // the next forward's parts
     }
@@ -514,7 +514,7 @@ TEST(CudaKernels, EmbeddingOfALocalVocabSlice) {
     std::vector<int32_t> ids = {0, 24, 25, 30, 74, 75, 99, 40, 26};
     std::unique_ptr<Device<bf16>> dt(upload(table)), dy(poisoned(s.tokens * s.width));
     std::unique_ptr<Device<int32_t>> di(upload_raw(ids));
-    cuda::embedding(s, di->p, dt->p, dy->p, nullptr);
+    cuda::embedding(s, di->p, dt->p, dy->p, on(nullptr));
     std::vector<float> ref(s.tokens * s.width);
     cpu::embedding(s, ids.data(), table.data(), ref.data());
     EXPECT_EQ(download(*dy), ref);  // a copy: exact
@@ -525,11 +525,11 @@ TEST(CudaKernels, RmsNormAndFusedResidualAdd) {
     const int64_t T = 5, W = 4096;
     auto x = random_bf16(T * W), res = random_bf16(T * W, 3.0f), w = random_bf16(W);
     std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(w)), dy(poisoned(T * W)), dres(upload(res)), dy2(poisoned(T * W));
-    cuda::rmsnorm(T, W, 1e-5f, dx->p, dw->p, dy->p, nullptr);
+    cuda::rmsnorm({T, W, 1e-5f, dx->p, dw->p, dy->p}, on(nullptr));
     std::vector<float> ref(T * W);
     cpu::rmsnorm(T, W, 1e-5f, x.data(), w.data(), ref.data());
     expect_close(download(*dy), ref, "rmsnorm");
-    cuda::add_rmsnorm(T, W, 1e-6f, dx->p, dres->p, dres->p, dw->p, dy2->p, nullptr);
+    cuda::add_rmsnorm({T, W, 1e-6f, dx->p, dw->p, dy2->p}, dres->p, dres->p, on(nullptr));
     std::vector<float> res_ref = res, ref2(T * W);
     cpu::add_rmsnorm(T, W, 1e-6f, x.data(), res_ref.data(), w.data(), ref2.data());
     expect_close(download(*dres), res_ref, "add_rmsnorm residual");
@@ -563,9 +563,9 @@ TEST(CudaKernels, RopeDefaultAndLlama3) {
         std::vector<float> fused_odd(T * odd, 0.0f);
         for (int64_t t = 0; t < T; ++t) std::copy(fused.begin() + t * stride, fused.begin() + t * stride + qw + kw, fused_odd.begin() + t * odd);
         std::unique_ptr<Device<bf16>> dodd(upload(fused_odd)), dq3(poisoned(T * qw)), dk3(poisoned(T * kw));
-        cuda::rope(p, T, dp->p, di->p, dq->p, dk->p, dq->p, dk->p, nullptr);
-        cuda::rope(p, T, dp->p, di->p, dfused->p, dfused->p + qw, dq2->p, dk2->p, nullptr, stride);
-        cuda::rope(p, T, dp->p, di->p, dodd->p, dodd->p + qw, dq3->p, dk3->p, nullptr, odd);
+        cuda::rope({p, T, dp->p, di->p, dq->p, dk->p, dq->p, dk->p}, on(nullptr));
+        cuda::rope({p, T, dp->p, di->p, dfused->p, dfused->p + qw, dq2->p, dk2->p, stride}, on(nullptr));
+        cuda::rope({p, T, dp->p, di->p, dodd->p, dodd->p + qw, dq3->p, dk3->p, odd}, on(nullptr));
         cpu::rope(p, T, pos.data(), q.data(), k.data());
         expect_close(download(*dq), q, "rope q");
         expect_close(download(*dk), k, "rope k");
@@ -592,7 +592,7 @@ TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
             std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k)), dv(upload(v)), dout(poisoned(T * heads * hd));
             std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
             cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
-            cuda::attention(s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p, nullptr);
+            cuda::attention({s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p}, on(nullptr));
             std::vector<float> ref(T * heads * hd);
             cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), k_cache.data(), v_cache.data(), ref.data());
             expect_close(download(*dout), ref, window ? "attention (window 4)" : "attention");
@@ -628,8 +628,7 @@ TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernel) {
                     for (int64_t c = 0; c < calls; ++c) {
                         const int64_t first = c * half, n = calls == 1 ? T : (c == 0 ? half : T - half);
                         cpu::AttentionShape s{n, heads, kv_heads, hd, max_seq, window};
-                        cuda::attention(s, ds->p + first, dp->p + first, dq->p + first * heads * hd, dk->p + first * kvw, dv->p + first * kvw,
-                                        dkc->p, dvc->p, dout->p + first * heads * hd, nullptr);
+                        cuda::attention({s, ds->p + first, dp->p + first, dq->p + first * heads * hd, dk->p + first * kvw, dv->p + first * kvw, dkc->p, dvc->p, dout->p + first * heads * hd}, on(nullptr));
                     }
                     outs.push_back(download(*dout));
                 }
@@ -666,7 +665,7 @@ TEST(CudaKernels, DecodeAttentionSplitAcrossAClusterMatchesTwin) {
                     dout(poisoned(T * heads * hd));
                 std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
                 cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
-                cuda::attention(s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p, nullptr);
+                cuda::attention({s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p}, on(nullptr));
                 std::vector<float> ref(T * heads * hd);
                 cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), k_cache.data(), v_cache.data(), ref.data());
                 expect_close(download(*dout), ref, "decode attention, head_dim " + std::to_string(hd) + ", window " + std::to_string(window) +
@@ -699,7 +698,7 @@ TEST(CudaKernels, AttentionGemmPathAndMixedSegments) {
                 std::unique_ptr<Device<bf16>> dq(upload(q)), dkv(upload(kv)), dout(poisoned(T * heads * hd));
                 std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
                 cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
-                cuda::attention(s, ds->p, dp->p, dq->p, dkv->p, dkv->p + kvw, dkc->p, dvc->p, dout->p, nullptr, stride, stride, h, &segs);
+                cuda::attention({s, ds->p, dp->p, dq->p, dkv->p, dkv->p + kvw, dkc->p, dvc->p, dout->p, stride, stride, h, &segs}, on(nullptr));
                 std::vector<float> ref(T * heads * hd);
                 cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), k_cache.data(), v_cache.data(), ref.data());
                 expect_close(download(*dout), ref, what);
@@ -727,16 +726,16 @@ TEST(CudaKernels, SwiGluFusedAndSplitAndAdd) {
         std::string w = " (width " + std::to_string(I) + ")";
         auto gu = random_bf16(T * 2 * I, 2.0f);
         std::unique_ptr<Device<bf16>> dgu(upload(gu)), dout(poisoned(T * I)), dout2(poisoned(T * I)), dsum(poisoned(T * I));
-        cuda::silu_mul_fused(T, I, dgu->p, dout->p, nullptr);
+        cuda::silu_mul_fused(T, I, dgu->p, dout->p, on(nullptr));
         std::vector<float> ref(T * I);
         cpu::silu_mul_fused(T, I, gu.data(), ref.data());
         expect_close(download(*dout), ref, "silu_mul_fused" + w);
         auto g = random_bf16(T * I), u = random_bf16(T * I);
         std::unique_ptr<Device<bf16>> dg(upload(g)), du(upload(u));
-        cuda::silu_mul(T, I, dg->p, du->p, dout2->p, nullptr);
+        cuda::silu_mul(T, I, dg->p, du->p, dout2->p, on(nullptr));
         cpu::silu_mul(T, I, g.data(), u.data(), ref.data());
         expect_close(download(*dout2), ref, "silu_mul" + w);
-        cuda::add(T * I, dg->p, du->p, dsum->p, nullptr);
+        cuda::add(T * I, dg->p, du->p, dsum->p, on(nullptr));
         for (int64_t i = 0; i < T * I; ++i) ref[i] = g[i] + u[i];
         expect_close(download(*dsum), ref, "add" + w);
     }
@@ -764,12 +763,12 @@ TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
         std::unique_ptr<Device<bf16>> dgu(poisoned(s.tokens * 2 * s.inter_local)), dact(poisoned(s.tokens * s.inter_local)),
             dpart(poisoned(s.tokens * s.hidden));
         Device<float> weights(s.tokens * s.local_experts);
-        cuda::moe_routing(s, dl->p, weights.p, nullptr);
+        cuda::moe_routing(s, dl->p, weights.p, on(nullptr));
         for (int64_t e = 0; e < s.local_experts; ++e) {
-            cuda::linear(h, {s.tokens, s.hidden, 2 * s.inter_local}, dx->p, d13->p + e * 2 * s.inter_local * s.hidden, nullptr, dgu->p, nullptr);
-            cuda::silu_mul_fused(s.tokens, s.inter_local, dgu->p, dact->p, nullptr);
-            cuda::linear(h, {s.tokens, s.inter_local, s.hidden}, dact->p, d2->p + e * s.hidden * s.inter_local, nullptr, dpart->p, nullptr);
-            cuda::scale_add(s.tokens, s.hidden, weights.p + e, s.local_experts, dpart->p, dy->p, nullptr);
+            cuda::linear(h, {{s.tokens, s.hidden, 2 * s.inter_local}, dx->p, d13->p + e * 2 * s.inter_local * s.hidden, nullptr, dgu->p}, on(nullptr));
+            cuda::silu_mul_fused(s.tokens, s.inter_local, dgu->p, dact->p, on(nullptr));
+            cuda::linear(h, {{s.tokens, s.inter_local, s.hidden}, dact->p, d2->p + e * s.hidden * s.inter_local, nullptr, dpart->p}, on(nullptr));
+            cuda::scale_add({s.tokens, s.hidden, weights.p + e, s.local_experts, dpart->p, dy->p}, on(nullptr));
         }
         std::vector<float> dense = download(*dy);
         expect_close(dense, ref, "moe, dense" + at);
@@ -782,7 +781,7 @@ TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
             spart(poisoned(s.local_experts * s.tokens * s.hidden)), sy(poisoned(s.tokens * s.hidden));
         const cuda::MoeExperts fused{d13->p, d13->p + s.inter_local * s.hidden, 2 * s.inter_local * s.hidden, d2->p};
         ASSERT_TRUE(cuda::moe_sparse_supported(s, dx->p, fused));
-        cuda::moe_sparse(s, weights.p, dx->p, fused, sact->p, spart->p, sy->p, nullptr);
+        cuda::moe_sparse({s, weights.p, dx->p, fused, sy->p}, sact->p, spart->p, on(nullptr));
         std::vector<float> sparse = download(*sy);
         expect_close(sparse, ref, "moe, sparse" + at);
         expect_close(sparse, dense, "moe, sparse against dense" + at);
@@ -805,7 +804,7 @@ TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
         }
         std::unique_ptr<Device<bf16>> d1(upload(w1)), d3(upload(w3)), sy2(poisoned(s.tokens * s.hidden));
         const cuda::MoeExperts separate{d1->p, d3->p, s.inter_local * s.hidden, d2->p};
-        cuda::moe_sparse(s, weights.p, dx->p, separate, sact->p, spart->p, sy2->p, nullptr);
+        cuda::moe_sparse({s, weights.p, dx->p, separate, sy2->p}, sact->p, spart->p, on(nullptr));
         EXPECT_EQ(download(*sy2), sparse) << "separate gate and up" << at;
 
         // By expert (prefill's form): against the twin and the dense form, gate and up fused
@@ -813,11 +812,11 @@ TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
         cublasHandle_t h2;
         CUBLAS_CHECK(cublasCreate(&h2));
         std::unique_ptr<Device<bf16>> gy(poisoned(s.tokens * s.hidden)), gy2(poisoned(s.tokens * s.hidden));
-        cuda::moe_grouped(h2, s, weights.p, dx->p, fused, gy->p, nullptr);
+        cuda::moe_grouped(h2, {s, weights.p, dx->p, fused, gy->p}, on(nullptr));
         std::vector<float> grouped = download(*gy);
         expect_close(grouped, ref, "moe, by expert" + at);
         expect_close(grouped, dense, "moe, by expert against dense" + at);
-        cuda::moe_grouped(h2, s, weights.p, dx->p, separate, gy2->p, nullptr);
+        cuda::moe_grouped(h2, {s, weights.p, dx->p, separate, gy2->p}, on(nullptr));
         expect_close(download(*gy2), ref, "moe, by expert, separate gate and up" + at);
         cublasDestroy(h2);
     }
@@ -848,7 +847,7 @@ TEST(CudaKernels, ArgmaxReportsNonFiniteRows) {
         }
         std::unique_ptr<Device<float>> dl(upload_raw(logits));
         CUDA_CHECK(cudaMemset(out.p, 0x55, rows * sizeof(int32_t)));
-        cuda::argmax_rows(rows, width, dl->p, out.p, nullptr);
+        cuda::argmax_rows(rows, width, dl->p, out.p, on(nullptr));
         std::vector<int32_t> got(rows);
         CUDA_CHECK(cudaMemcpy(got.data(), out.p, rows * sizeof(int32_t), cudaMemcpyDeviceToHost));
         for (int64_t r = 0; r < rows; ++r) {
@@ -873,7 +872,7 @@ TEST(CudaKernels, ArgmaxGatherAndConversions) {
         std::vector<float> narrow;
         for (int64_t r = 0; r < rows; ++r) narrow.insert(narrow.end(), logits.begin() + r * V, logits.begin() + r * V + width);
         std::unique_ptr<Device<float>> dn(upload_raw(narrow));
-        cuda::argmax_rows(rows, width, dn->p, out.p, nullptr);
+        cuda::argmax_rows(rows, width, dn->p, out.p, on(nullptr));
         std::vector<int32_t> got(rows);
         CUDA_CHECK(cudaMemcpy(got.data(), out.p, rows * 4, cudaMemcpyDeviceToHost));
         for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(got[r], cpu::argmax(&narrow[r * width], width)) << "row " << r << " width " << width;
@@ -885,12 +884,12 @@ TEST(CudaKernels, ArgmaxGatherAndConversions) {
     std::vector<int64_t> pick = {4, 0, 2};
     std::unique_ptr<Device<bf16>> dx(upload(x)), dout(poisoned(3 * 16));
     std::unique_ptr<Device<int64_t>> dp(upload_raw(pick));
-    cuda::gather_rows(3, 16, dp->p, dx->p, dout->p, nullptr);
+    cuda::gather_rows(3, 16, dp->p, dx->p, dout->p, on(nullptr));
     std::vector<float> g = download(*dout);
     for (int r = 0; r < 3; ++r)
         for (int i = 0; i < 16; ++i) EXPECT_EQ(g[r * 16 + i], x[pick[r] * 16 + i]);
     Device<float> f(x.size());
-    cuda::bf16_to_f32((int64_t)x.size(), dx->p, f.p, nullptr);
+    cuda::bf16_to_f32((int64_t)x.size(), dx->p, f.p, on(nullptr));
     std::vector<float> back(x.size());
     CUDA_CHECK(cudaMemcpy(back.data(), f.p, back.size() * 4, cudaMemcpyDeviceToHost));
     EXPECT_EQ(back, x);
@@ -952,7 +951,7 @@ TEST(CudaKernels, OneShotAllReduceBetweenTwoGpus) {
             }
             for (int d = 0; d < 2; ++d) {
                 CUDA_CHECK(cudaSetDevice(d));
-                cuda::oneshot_all_reduce(in[d]->p, out[d]->p, n, peers[d], streams[d]);
+                cuda::oneshot_all_reduce(in[d]->p, out[d]->p, n, peers[d], on(streams[d]));
             }
             for (int d = 0; d < 2; ++d) {
                 CUDA_CHECK(cudaSetDevice(d));
@@ -973,7 +972,7 @@ TEST(CudaKernels, OneShotAllReduceBetweenTwoGpus) {
     peers[0].timeout_ns = 50'000'000;
     Device<bf16> x(4096);
     CUDA_CHECK(cudaMemset(x.p, 0, 4096 * 2));
-    cuda::oneshot_all_reduce(x.p, x.p, 4096, peers[0], streams[0]);
+    cuda::oneshot_all_reduce(x.p, x.p, 4096, peers[0], on(streams[0]));
     CUDA_CHECK(cudaStreamSynchronize(streams[0]));
     EXPECT_EQ(error[0], 2) << "rank 1 + 1";
     for (int d = 0; d < 2; ++d) {

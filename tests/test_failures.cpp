@@ -166,11 +166,12 @@ TEST(Failures, ARankKilledBySignalEndsTheJobWithin5s) {
 }
 
 // A rank that stops (SIGSTOP: alive, never joining the next all-reduce) is not seen by mpirun;
-// the others' collective times out (TPX_COLLECTIVE_TIMEOUT_S), they name it, and the job ends.
+// the others' collective times out (backend.collective_timeout_s), they name it, and the job ends.
 TEST(Failures, ARankThatStopsIsNamedAndTheJobEndsAfterTheTimeout) {
     std::string dir = tpx_test::temp_dir();
     std::string job = make_job(dir, kGolden + "/llama-gqa", 2, kPrompt, 200);
-    Background b = tpx_test::start_background("env TPX_COLLECTIVE_TIMEOUT_S=2 " + tpx_test::tpx_bin("tpx") + " run " + job + " --step-delay-ms 50");
+    std::ofstream(job, std::ios::app) << "[backend]\ncollective_timeout_s = 2\n";
+    Background b = tpx_test::start_background(tpx_test::tpx_bin("tpx") + " run " + job + " --step-delay-ms 50");
     const int victim = find_worker(dir, "1", 200, 50);
     ASSERT_GT(victim, 0) << "rank 1 never started";
     for (int i = 0; i < 200 && tpx_test::read_text(b.err_path).find("info: loaded") == std::string::npos; ++i)
@@ -184,7 +185,7 @@ TEST(Failures, ARankThatStopsIsNamedAndTheJobEndsAfterTheTimeout) {
     std::string err = tpx_test::read_text(b.err_path);
     EXPECT_NE(err.find("rank 0 ("), std::string::npos) << err;
     EXPECT_NE(err.find("rank 1 did not join"), std::string::npos) << err;
-    EXPECT_NE(err.find("TPX_COLLECTIVE_TIMEOUT_S"), std::string::npos) << err;
+    EXPECT_NE(err.find("backend.collective_timeout_s"), std::string::npos) << err;
     expect_no_leftovers(dir);
     kill(victim, SIGKILL);  // gone already unless the expectation above failed: never left behind stopped
     fs::remove_all(dir);
@@ -195,7 +196,8 @@ TEST(Failures, ARankThatStopsIsNamedAndTheJobEndsAfterTheTimeout) {
 TEST(Failures, ARankStoppedWhileStartingEndsTheJobAfterTheTimeout) {
     std::string dir = tpx_test::temp_dir();
     std::string job = make_job(dir, kGolden + "/llama-gqa", 2, kPrompt, 200);
-    Background b = tpx_test::start_background("env TPX_COLLECTIVE_TIMEOUT_S=2 " + tpx_test::tpx_bin("tpx") + " run " + job);
+    std::ofstream(job, std::ios::app) << "[backend]\ncollective_timeout_s = 2\n";
+    Background b = tpx_test::start_background(tpx_test::tpx_bin("tpx") + " run " + job);
     const int victim = find_worker(dir, "1", 1000, 5);
     ASSERT_GT(victim, 0) << "rank 1 never started";
     const auto [code, seconds] = signal_and_wait(b, victim, SIGSTOP, 30);
@@ -204,8 +206,20 @@ TEST(Failures, ARankStoppedWhileStartingEndsTheJobAfterTheTimeout) {
     EXPECT_LT(seconds, 10.0);
     std::string err = tpx_test::read_text(b.err_path);
     EXPECT_NE(err.find("rank 0 ("), std::string::npos) << err;
-    EXPECT_NE(err.find("TPX_COLLECTIVE_TIMEOUT_S"), std::string::npos) << err;
+    EXPECT_NE(err.find("backend.collective_timeout_s"), std::string::npos) << err;
     expect_no_leftovers(dir);
     kill(victim, SIGKILL);
+    fs::remove_all(dir);
+}
+
+// The timeout was an environment variable once; one still set would be silently ignored, so
+// every rank refuses it (exit 2), naming the job key that replaced it.
+TEST(Failures, ARetiredSettingVariableIsRefusedWithItsKey) {
+    std::string dir = tpx_test::temp_dir();
+    std::string job = make_job(dir, kGolden + "/llama-gqa", 2, kPrompt);
+    auto r = tpx_test::run_process("env TPX_COLLECTIVE_TIMEOUT_S=2 " + tpx_test::tpx_bin("tpx") + " run " + job);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("TPX_COLLECTIVE_TIMEOUT_S is no longer read: set backend.collective_timeout_s"), std::string::npos) << r.err;
+    expect_no_leftovers(dir);
     fs::remove_all(dir);
 }

@@ -25,6 +25,7 @@
 #include "jobs/parse.h"
 #include "process.h"
 #include "sharding/fusion.h"
+#include "sharding/kv_cache.h"
 #include "sharding/pipeline.h"
 #include "sharding/plan.h"
 #include "worker/cuda_executor.h"
@@ -63,8 +64,8 @@ struct Stages {
             fuse_allreduce_residual_rmsnorm(g);
             g.cleanup();
             DeviceWeights w = upload_weights(g, 0, *ckpt, stream);
-            execs.push_back(std::make_unique<CudaExecutor>(g, 0, nullptr, std::move(w), plan.max_batch, plan.max_seq_len, stream, 120.0,
-                                                           job.backend.tuning));
+            execs.push_back(std::make_unique<CudaExecutor>(g, 0, nullptr, std::move(w), kv_cache_layout(g, plan.max_batch, plan.max_seq_len),
+                                                           stream, 120.0, job.backend.tuning));
             execs.back()->enable_graphs(true);
         }
     }

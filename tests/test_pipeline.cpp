@@ -290,14 +290,14 @@ INSTANTIATE_TEST_SUITE_P(Golden, PipelineRun,
                          });
 
 // A last-stage rank that stops (SIGSTOP: alive, so mpirun does not see it) leaves the first
-// stage waiting on it: the send (or the receive of the logits) ends after TPX_COLLECTIVE_TIMEOUT_S naming the rank
+// stage waiting on it: the send (or the receive of the logits) ends after backend.collective_timeout_s naming the rank
 // and its stage, and the job ends (MPI_Abort) with nothing left behind.
 TEST(PipelineFailures, AStoppedStageIsNamedAndTheJobEndsAfterTheTimeout) {
     const std::string dir = temp_dir();
     write_golden_prompts(dir, read_golden("llama-sharded"));
     std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-sharded\"\n[parallel]\npp = 2\n"
-                                     << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 200\n";
-    Background b = start_background("env TPX_COLLECTIVE_TIMEOUT_S=2 " + tpx_bin("tpx") + " run " + dir + "/job.toml --step-delay-ms 50");
+                                     << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 200\n[backend]\ncollective_timeout_s = 2\n";
+    Background b = start_background(tpx_bin("tpx") + " run " + dir + "/job.toml --step-delay-ms 50");
     int victim = -1;
     for (int i = 0; i < 200 && victim < 0; ++i) {
         for (int pid : pids_matching(dir + "/job.toml"))
@@ -321,7 +321,7 @@ TEST(PipelineFailures, AStoppedStageIsNamedAndTheJobEndsAfterTheTimeout) {
     const std::string err = read_text(b.err_path);
     EXPECT_NE(err.find("rank 0 ("), std::string::npos) << err;
     // Rank 0 is waiting on its send of the hidden rows or on its receive of the logits.
-    EXPECT_NE(err.find(" rank 1 (pipeline stage 1) waited more than 2 s (TPX_COLLECTIVE_TIMEOUT_S): that stage stopped or is stuck"),
+    EXPECT_NE(err.find(" rank 1 (pipeline stage 1) waited more than 2 s (backend.collective_timeout_s): that stage stopped or is stuck"),
               std::string::npos) << err;
     for (int i = 0; i < 50 && !pids_matching(dir).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     EXPECT_TRUE(pids_matching(dir).empty()) << "processes left behind for " << dir;

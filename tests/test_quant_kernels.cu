@@ -34,6 +34,10 @@ bool have_gpu() {
 
 std::mt19937 rng(29);
 
+// The kernel settings the launches run under: the defaults, the test's own.
+KernelConfig tuning;
+cuda::Launch on(cudaStream_t stream) { return cuda::Launch(stream, tuning); }
+
 // Device copies that free themselves.
 struct Buffers {
     std::vector<void*> all;
@@ -155,7 +159,7 @@ void check_weight(const W& w, const std::string& what) {
         a.bias = reinterpret_cast<const bf16*>(b.up(to_bf16(bias)));
         a.y = b.poisoned(T * N);
         ASSERT_TRUE(cuda::quant_gemv_applies(a)) << what;
-        cuda::quant_gemv(a, nullptr);
+        cuda::quant_gemv(a, on(nullptr));
         expect_close(download(a.y, T * N), want, what + ", " + std::to_string(T) + " tokens");
         if (T != 1) continue;
         // SwiGLU: silu(z[j]) * z[j + N/2] of the bf16-rounded outputs, as the unfused kernels.
@@ -166,7 +170,7 @@ void check_weight(const W& w, const std::string& what) {
         }
         a.epi = cuda::GemvEpilogue::kSwiglu;
         a.y = b.poisoned(N / 2);
-        cuda::quant_gemv(a, nullptr);
+        cuda::quant_gemv(a, on(nullptr));
         expect_close(download(a.y, N / 2), act, what + ", SwiGLU");
         a.epi = cuda::GemvEpilogue::kNone;
         if (v.format == cuda::QuantWeightView::Format::kGptq && v.gptq.perm) continue;  // (no norm prologue with act-order)
@@ -175,15 +179,15 @@ void check_weight(const W& w, const std::string& what) {
         const bf16* residual = reinterpret_cast<const bf16*>(b.up(to_bf16(random_bf16(K))));
         const bf16* weight = reinterpret_cast<const bf16*>(b.up(to_bf16(random_bf16(K))));
         bf16 *res_ref = b.poisoned(K), *normed = b.poisoned(K), *res_fused = b.poisoned(K);
-        cuda::add_rmsnorm(1, K, 1e-5f, delta, residual, res_ref, weight, normed, nullptr);
+        cuda::add_rmsnorm({1, K, 1e-5f, delta, weight, normed}, residual, res_ref, on(nullptr));
         a.x = normed, a.y = b.poisoned(N);
-        cuda::quant_gemv(a, nullptr);
+        cuda::quant_gemv(a, on(nullptr));
         cuda::QuantGemvArgs fused = a;
         fused.x = nullptr, fused.y = b.poisoned(N), fused.has_norm = true;
         fused.norm.x = delta, fused.norm.residual = residual, fused.norm.residual_out = res_fused, fused.norm.weight = weight;
         fused.norm.eps = 1e-5f;
         ASSERT_TRUE(cuda::quant_gemv_applies(fused)) << what;
-        cuda::quant_gemv(fused, nullptr);
+        cuda::quant_gemv(fused, on(nullptr));
         const std::vector<float> y_ref = download(a.y, N), y_fused = download(fused.y, N);
         const std::vector<float> r_ref = download(res_ref, K), r_fused = download(res_fused, K);
         int64_t differ = 0;
@@ -195,7 +199,7 @@ void check_weight(const W& w, const std::string& what) {
     if constexpr (std::is_same_v<W, cpu::Fp8Weight>) cpu::dequantize_fp8_layout(w.view(), dense.data());
     else cpu::dequantize_gptq_layout(w.view(), dense.data());
     bf16* d = b.poisoned(N * K);
-    cuda::quant_dequantize(v, d, nullptr);
+    cuda::quant_dequantize(v, d, on(nullptr));
     const std::vector<float> got = download(d, N * K);
     int64_t bad = 0;
     for (int64_t i = 0; i < N * K; ++i) bad += bf16_to_f32(f32_to_bf16(dense[i])) != got[i];

@@ -232,11 +232,11 @@ TEST(Serve, AModelWithoutTokenizerServesTokenIds) {
     EXPECT_EQ(r["text"]["param"], "prompt") << r.dump();
 }
 
-// The followers wait for each step in a broadcast that times out (TPX_COLLECTIVE_TIMEOUT_S, 2 s
-// here): an idle rank 0 keeps them alive with heartbeats, so a call after 5 idle seconds is served.
+// The followers wait for each step in a broadcast that times out (backend.collective_timeout_s,
+// 2 s here): an idle rank 0 keeps them alive with heartbeats, so a call after 5 idle seconds is served.
 TEST(Serve, AnIdleServerOutlivesTheCollectiveTimeout) {
     SKIP_WITHOUT_SDK();
-    Server server("", "", "serve: ready", kModel, "TPX_COLLECTIVE_TIMEOUT_S=2");
+    Server server("[backend]\ncollective_timeout_s = 2\n", "", "serve: ready", kModel);
     std::this_thread::sleep_for(std::chrono::seconds(5));
     json r = client(server, "health");
     EXPECT_EQ(r["health"], 200) << r.dump() << server.err();

@@ -16,6 +16,7 @@
 #include "sharding/analysis.h"
 #include "sharding/factory.h"
 #include "sharding/fusion.h"
+#include "sharding/kv_cache.h"
 #include "sharding/plan.h"
 #include "sharding/steps.h"
 #include "sharding/rewriter.h"
@@ -190,8 +191,8 @@ TEST(Rewriter, AnalyzersCount) {
     auto negs = std::make_unique<CountOps>("neg");
     auto inputs = std::make_unique<CountOps>("input");
     CountOps *n = negs.get(), *i = inputs.get();
-    m.add("negs", std::move(negs), 2);
-    m.add("inputs", std::move(inputs), 1);
+    m.add("negs", std::move(negs));
+    m.add("inputs", std::move(inputs));
     EXPECT_EQ(m.analyze(ch.g), 4);
     EXPECT_EQ(n->count, 3);
     EXPECT_EQ(i->count, 1);
@@ -427,6 +428,22 @@ TEST(Plan, PlannedReadBytesAreWhatTheLoaderReads) {
         for (const WeightPlan& w : r.weights) read_local(*ckpt, w.pieces);
         EXPECT_EQ((int64_t)ckpt->stats().data_bytes, r.read_bytes) << "rank " << r.rank;
     }
+}
+
+// The KV cache both executors allocate (sharding/kv_cache.h): a layer per attention node, each
+// row the rank's KV heads (replicated ones counted once per rank) x head_dim; the plan's
+// memory figure is that layout's bytes.
+TEST(Plan, KvCacheLayoutIsOneLayerPerAttentionOfTheLocalHeads) {
+    ShardPlan plan = make_plan(job_for(kData + "/golden/qwen2-bias", 4, 1));  // 2 KV heads over 4 ranks: 1 each
+    KvCacheLayout kv = kv_cache_layout(plan.graph, plan.max_batch, plan.max_seq_len);
+    ASSERT_EQ((int64_t)kv.layers.size(), plan.config.num_layers);
+    for (size_t i = 0; i < kv.layers.size(); ++i) {
+        EXPECT_EQ(kv.layers[i].layer, (int64_t)i);
+        EXPECT_EQ(kv.layers[i].width, plan.config.head_dim);
+    }
+    const int64_t act = dtype_bytes(plan.act_dtype);
+    EXPECT_EQ(kv.bytes(act), 2 * plan.config.num_layers * plan.config.head_dim * plan.max_batch * plan.max_seq_len * act);
+    for (const RankPlan& r : plan.ranks) EXPECT_EQ(r.kv_cache_bytes, kv.bytes(act)) << "rank " << r.rank;
 }
 
 TEST(Plan, KvHeadsReplicatedWhenFewerThanTp) {

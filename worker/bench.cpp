@@ -66,6 +66,46 @@ ExpertWeights expert_weights(const Graph& g) {
     return w;
 }
 
+// Rank 0's table: the measured times beside their floors.
+void print_report(const nlohmann::json& report, const ShardPlan& plan, const DeviceRates& rates, const ExpertWeights& experts,
+                  const BenchSettings& s) {
+    const ModelConfig& c = plan.config;
+    const double weight_bytes = report["weight_bytes_per_rank"].get<double>();
+    const double load_s = report["load_s"].get<double>(), read_ratio = report["read_over_planned"].get<double>();
+    const nlohmann::json &prefill = report["prefill"], &decode = report["decode"];
+    std::printf("\nbench: %s, tp=%d ep=%d, %.2f GB of weights per rank; ", c.architecture.c_str(), plan.tp, plan.ep, weight_bytes / 1e9);
+    if (experts.bytes > 0)
+        std::printf("%.2f GB of them experts, of which a decode step's roofline counts those its tokens choose (top %.0f of %.0f, "
+                    "uniformly: %.0f%% at batch 1); ",
+                    experts.bytes / 1e9, experts.top_k, experts.experts, 100 * experts.read_share(1));
+    if (rates.copy_bytes_per_s > 0)
+        std::printf("measured copy %.0f GB/s, bf16 GEMM on random matrices %.0f TFLOP/s in a burst, %.0f settled (the floor's: %.0f); "
+                    "%.0f on constant ones\n",
+                    rates.copy_bytes_per_s / 1e9, rates.matmul_random_burst_flops_per_s / 1e12,
+                    rates.matmul_random_settled_flops_per_s / 1e12, rates.matmul_flops_per_s / 1e12, rates.matmul_constant_flops_per_s / 1e12);
+    else
+        std::printf("no device rates on this backend, so no floors\n");
+    std::printf("load: %.2f s (slowest rank); on rank 0 the weights' read and upload %.2f s, %.1f GB/s; bytes read / planned %.4f (largest)\n",
+                load_s, s.weights_seconds, report["load_GBps_per_rank"].get<double>(), read_ratio);
+    if (rates.copy_bytes_per_s > 0) std::printf("%-28s %12s %14s %10s\n", "", "measured", "floor", "ratio");
+    for (const auto& p : prefill) {
+        std::printf("prefill %5lld tokens (TTFT)  %9.2f ms", (long long)p["prompt_tokens"].get<int64_t>(), p["ms"].get<double>());
+        if (p.contains("flop_floor_ms"))
+            std::printf(" %11.2f ms %9.2fx; reading the weights: %.2f ms, %.2fx", p["flop_floor_ms"].get<double>(), p["ratio_to_floor"].get<double>(),
+                        p["read_floor_ms"].get<double>(), p["ratio_to_read_floor"].get<double>());
+        std::printf("\n");
+    }
+    for (const auto& d : decode) {
+        std::printf("decode batch %3lld              %9.3f ms", (long long)d["batch"].get<int64_t>(), d["ms_per_step"].get<double>());
+        if (d.contains("roofline_ms"))
+            std::printf(" %11.3f ms %8.0f%% of roofline", d["roofline_ms"].get<double>(), 100 * d["fraction_of_roofline"].get<double>());
+        std::printf(", %.0f tokens/s", d["tokens_per_s"].get<double>());
+        if (d["device_ms_per_step"].get<double>() > 0) std::printf("; %.3f ms of it on the GPU", d["device_ms_per_step"].get<double>());
+        std::printf("\n");
+    }
+    std::fflush(stdout);
+}
+
 }  // namespace
 
 void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const DeviceRates& rates, const BenchSettings& s) {
@@ -157,37 +197,7 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
     report["load_weights_s"] = s.weights_seconds;  // rank 0's
     report["load_GBps_per_rank"] = s.weights_seconds > 0 ? s.read_bytes / s.weights_seconds / 1e9 : 0.0;
     if (rank != 0) return;
-    std::printf("\nbench: %s, tp=%d ep=%d, %.2f GB of weights per rank; ", c.architecture.c_str(), plan.tp, plan.ep, weight_bytes / 1e9);
-    if (experts.bytes > 0)
-        std::printf("%.2f GB of them experts, of which a decode step's roofline counts those its tokens choose (top %.0f of %.0f, "
-                    "uniformly: %.0f%% at batch 1); ",
-                    experts.bytes / 1e9, experts.top_k, experts.experts, 100 * experts.read_share(1));
-    if (rates.copy_bytes_per_s > 0)
-        std::printf("measured copy %.0f GB/s, bf16 GEMM on random matrices %.0f TFLOP/s in a burst, %.0f settled (the floor's: %.0f); "
-                    "%.0f on constant ones\n",
-                    rates.copy_bytes_per_s / 1e9, rates.matmul_random_burst_flops_per_s / 1e12,
-                    rates.matmul_random_settled_flops_per_s / 1e12, rates.matmul_flops_per_s / 1e12, rates.matmul_constant_flops_per_s / 1e12);
-    else
-        std::printf("no device rates on this backend, so no floors\n");
-    std::printf("load: %.2f s (slowest rank); on rank 0 the weights' read and upload %.2f s, %.1f GB/s; bytes read / planned %.4f (largest)\n",
-                load_s, s.weights_seconds, report["load_GBps_per_rank"].get<double>(), read_ratio);
-    if (rates.copy_bytes_per_s > 0) std::printf("%-28s %12s %14s %10s\n", "", "measured", "floor", "ratio");
-    for (const auto& p : prefill) {
-        std::printf("prefill %5lld tokens (TTFT)  %9.2f ms", (long long)p["prompt_tokens"].get<int64_t>(), p["ms"].get<double>());
-        if (p.contains("flop_floor_ms"))
-            std::printf(" %11.2f ms %9.2fx; reading the weights: %.2f ms, %.2fx", p["flop_floor_ms"].get<double>(), p["ratio_to_floor"].get<double>(),
-                        p["read_floor_ms"].get<double>(), p["ratio_to_read_floor"].get<double>());
-        std::printf("\n");
-    }
-    for (const auto& d : decode) {
-        std::printf("decode batch %3lld              %9.3f ms", (long long)d["batch"].get<int64_t>(), d["ms_per_step"].get<double>());
-        if (d.contains("roofline_ms"))
-            std::printf(" %11.3f ms %8.0f%% of roofline", d["roofline_ms"].get<double>(), 100 * d["fraction_of_roofline"].get<double>());
-        std::printf(", %.0f tokens/s", d["tokens_per_s"].get<double>());
-        if (d["device_ms_per_step"].get<double>() > 0) std::printf("; %.3f ms of it on the GPU", d["device_ms_per_step"].get<double>());
-        std::printf("\n");
-    }
-    std::fflush(stdout);
+    print_report(report, plan, rates, experts, s);
     if (!s.json_path.empty()) write_file_atomically(s.json_path, report.dump(1) + "\n");
 }
 

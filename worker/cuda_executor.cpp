@@ -17,17 +17,16 @@ namespace tpx {
 
 using bf16 = __nv_bfloat16;
 
-CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceWeights weights, int64_t slots, int64_t max_seq,
+CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceWeights weights, const KvCacheLayout& kv,
                            cudaStream_t stream, double timeout_s, const KernelConfig& tuning)
-    : graph_(graph), rank_(rank), nccl_(nccl), weights_(std::move(weights)), slots_(slots), max_seq_(max_seq), stream_(stream),
-      timeout_s_(timeout_s) {
+    : graph_(graph), rank_(rank), nccl_(nccl), weights_(std::move(weights)), slots_(kv.slots), max_seq_(kv.max_seq), kv_layout_(kv), stream_(stream),
+      tuning_(tuning), launch_(stream, tuning_), timeout_s_(timeout_s) {
     CUBLAS_CHECK(cublasCreate(&cublas_));
     // A fixed workspace, so that cuBLAS allocates nothing while a graph is captured.
     const size_t workspace = 32u << 20;
     CUDA_CHECK(cudaMalloc(&cublas_workspace_, workspace));
     CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, workspace));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
-    cuda::set_kernel_config(tuning);
     if (tuning.gemm_tune) tuner_ = std::make_unique<cuda::GemmTuner>();
     // Keep freed activations in the pool instead of returning them to the driver each step.
     cudaMemPool_t pool;
@@ -38,18 +37,18 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
     CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
 
     program_ = plan_steps(graph_, {tuning.residual_epilogue, nccl_ && nccl_->oneshot()});
+    for (const KvLayer& l : kv.layers) {
+        const size_t bytes = (size_t)kv.elems(l) * sizeof(bf16);
+        bf16 *k = nullptr, *v = nullptr;
+        CUDA_CHECK(cudaMalloc(&k, bytes));
+        CUDA_CHECK(cudaMalloc(&v, bytes));
+        CUDA_CHECK(cudaMemset(k, 0, bytes));
+        CUDA_CHECK(cudaMemset(v, 0, bytes));
+        kv_[l.layer] = {k, v};
+        kv_bytes_ += 2 * (int64_t)bytes;
+    }
     for (const Node* n : program_.nodes) {
-        if (n->kind == Op::kAttention) {
-            int64_t width = n->attr_int("kv_heads") * n->attr_int("head_dim");
-            size_t bytes = (size_t)(slots * max_seq * width) * sizeof(bf16);
-            bf16 *k = nullptr, *v = nullptr;
-            CUDA_CHECK(cudaMalloc(&k, bytes));
-            CUDA_CHECK(cudaMalloc(&v, bytes));
-            CUDA_CHECK(cudaMemset(k, 0, bytes));
-            CUDA_CHECK(cudaMemset(v, 0, bytes));
-            kv_[n->attr_int("layer")] = {k, v};
-            kv_bytes_ += 2 * (int64_t)bytes;
-        } else if (n->kind == Op::kRope) {
+        if (n->kind == Op::kRope) {
             std::vector<float> inv = cpu::rope_inv_freq(rope_params(*n));
             float* d = nullptr;
             CUDA_CHECK(cudaMalloc(&d, inv.size() * sizeof(float)));
@@ -79,13 +78,12 @@ void CudaExecutor::reload_weights(Checkpoint& ckpt, int rank) {
 }
 
 void CudaExecutor::clear_kv_cache() {
-    for (const Node* n : program_.nodes)
-        if (n->kind == Op::kAttention) {
-            size_t bytes = (size_t)(slots_ * max_seq_ * n->attr_int("kv_heads") * n->attr_int("head_dim")) * sizeof(bf16);
-            auto [k, v] = kv_.at(n->attr_int("layer"));
-            CUDA_CHECK(cudaMemsetAsync(k, 0, bytes, stream_));
-            CUDA_CHECK(cudaMemsetAsync(v, 0, bytes, stream_));
-        }
+    for (const KvLayer& l : kv_layout_.layers) {
+        const size_t bytes = (size_t)kv_layout_.elems(l) * sizeof(bf16);
+        auto [k, v] = kv_.at(l.layer);
+        CUDA_CHECK(cudaMemsetAsync(k, 0, bytes, stream_));
+        CUDA_CHECK(cudaMemsetAsync(v, 0, bytes, stream_));
+    }
     CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
@@ -204,7 +202,7 @@ std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) { ret
 
 std::vector<int32_t> CudaExecutor::finish_argmax(int64_t R) {
     TPX_CHECK(!hidden_out_, "logits asked of a pipeline stage before the last");
-    cuda::argmax_rows(R, vocab_, logits_, argmax_, stream_);
+    cuda::argmax_rows(R, vocab_, logits_, argmax_, launch_);
     CUDA_CHECK(cudaMemcpyAsync(argmax_host_, argmax_, R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaEventRecord(step_end_, stream_));
     sync_with_watchdog(stream_, nccl_, timeout_s_);

@@ -19,16 +19,18 @@
 #include "sharding/steps.h"
 #include "worker/device_weights.h"
 #include "worker/executor.h"
+#include "sharding/kv_cache.h"
 #include "worker/nccl_comm.h"
 
 namespace tpx {
 
 class CudaExecutor : public Executor {
 public:
-    // `tuning` becomes the process's kernel settings (cuda::set_kernel_config) and chooses the
-    // executor's own: the GEMM tuner, the residual epilogue, the MoE form, profiling.
-    CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceWeights weights, int64_t slots, int64_t max_seq,
-                 cudaStream_t stream, double timeout_s, const KernelConfig& tuning);
+    // `tuning` is passed to every launcher (cuda::Launch) and chooses the executor's own
+    // settings: the GEMM tuner, the residual epilogue, the MoE form, profiling.
+    // The KV cache is `kv`'s layers (bf16).
+    CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceWeights weights, const KvCacheLayout& kv, cudaStream_t stream,
+                 double timeout_s, const KernelConfig& tuning);
     ~CudaExecutor() override;
 
     std::vector<float> forward(const TokenBatch& batch) override;
@@ -100,7 +102,10 @@ private:
     NcclComm* nccl_;
     DeviceWeights weights_;
     int64_t slots_, max_seq_, vocab_ = 0, kv_bytes_ = 0;
+    KvCacheLayout kv_layout_;  // the layers kv_ holds, for clear_kv_cache
     cudaStream_t stream_;
+    KernelConfig tuning_;   // the job's [backend.tuning]; every launch below is made under it
+    cuda::Launch launch_;   // stream_ and tuning_
     double timeout_s_;
     cublasHandle_t cublas_ = nullptr;
     void* cublas_workspace_ = nullptr;

@@ -69,7 +69,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
     const Value* out = graph_.outputs().at(0);
     // A stage before the last hands on every token's row (bf16, as the next stage reads them).
     if (hidden_out_) CUDA_CHECK(cudaMemcpyAsync(stage_out_, f.act.data(out), T * vocab_ * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
-    else cuda::bf16_to_f32(R * vocab_, f.act.data(out), logits_, stream_);
+    else cuda::bf16_to_f32(R * vocab_, f.act.data(out), logits_, launch_);
     f.act.finish();
 }
 
@@ -80,14 +80,14 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
     switch (n->kind) {
     case Op::kEmbedding: {
         int64_t per = n->attr_int("vocab_per_rank");
-        cuda::embedding({f.T, in(1)->shape[0], in(1)->shape[1], (int64_t)rank_ * per}, ids_, a.data(in(1)), a.make(n->out(), f.T), stream_);
+        cuda::embedding({f.T, in(1)->shape[0], in(1)->shape[1], (int64_t)rank_ * per}, ids_, a.data(in(1)), a.make(n->out(), f.T), launch_);
         break;
     }
     case Op::kRmsnorm:
-        cuda::rmsnorm(r, width(in(0)), (float)n->attr_double("eps"), a.data(in(0)), a.data(in(1)), a.make(n->out(), r), stream_);
+        cuda::rmsnorm({r, width(in(0)), (float)n->attr_double("eps"), a.data(in(0)), a.data(in(1)), a.make(n->out(), r)}, launch_);
         break;
     case Op::kAdd:
-        cuda::add(r * width(in(0)), a.data(in(0)), a.data(in(1)), a.make(n->out(), r), stream_);
+        cuda::add(r * width(in(0)), a.data(in(0)), a.data(in(1)), a.make(n->out(), r), launch_);
         break;
     case Op::kAddRmsnorm:
     case Op::kAllreduceAddRmsnorm:
@@ -105,7 +105,7 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
         bf16* k = a.make(n->out(1), r);
         const int64_t in_stride = a.stride(in(0));
         TPX_CHECK(in_stride == a.stride(in(1)), "rope: q and k views of different strides");
-        cuda::rope(p, r, positions_, inv_freq_.at(n), a.data(in(0)), a.data(in(1)), q, k, stream_, in_stride);
+        cuda::rope({p, r, positions_, inv_freq_.at(n), a.data(in(0)), a.data(in(1)), q, k, in_stride}, launch_);
         break;
     }
     case Op::kAttention: {
@@ -113,13 +113,14 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
         cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
                               n->attr_int("sliding_window")};
         const bool written = f.kv_written.count(n) > 0;  // by the QKV GEMV
-        cuda::attention(s, slots_dev_, positions_, a.data(in(0)), written ? nullptr : a.data(in(1)), written ? nullptr : a.data(in(2)),
-                        kv.first, kv.second, a.make(n->out(), r), stream_, a.stride(in(1)), a.stride(in(2)), cublas_, &segments_);
+        cuda::attention({s, slots_dev_, positions_, a.data(in(0)), written ? nullptr : a.data(in(1)), written ? nullptr : a.data(in(2)),
+                         kv.first, kv.second, a.make(n->out(), r), a.stride(in(1)), a.stride(in(2)), cublas_, &segments_},
+                        launch_);
         break;
     }
     case Op::kSiluMul:
-        if (n->inputs.size() == 1) cuda::silu_mul_fused(r, width(n->out()), a.data(in(0)), a.make(n->out(), r), stream_);
-        else cuda::silu_mul(r, width(n->out()), a.data(in(0)), a.data(in(1)), a.make(n->out(), r), stream_);
+        if (n->inputs.size() == 1) cuda::silu_mul_fused(r, width(n->out()), a.data(in(0)), a.make(n->out(), r), launch_);
+        else cuda::silu_mul(r, width(n->out()), a.data(in(0)), a.data(in(1)), a.make(n->out(), r), launch_);
         break;
     case Op::kMoe:
         run_moe(f, n, r);
@@ -191,7 +192,7 @@ void CudaExecutor::run_add_rmsnorm(Forward& f, const Node* n, int64_t r) {
     const float eps = (float)n->attr_double("eps");
     if (f.residual_added.count(n)) {  // the GEMM before it added the residual
         const int64_t rr = a.rows(n->out(1));
-        cuda::rmsnorm(rr, width(n->inputs[0]), eps, a.data(n->out(1)), a.data(n->inputs[2]), a.make(n->out(0), rr), stream_);
+        cuda::rmsnorm({rr, width(n->inputs[0]), eps, a.data(n->out(1)), a.data(n->inputs[2]), a.make(n->out(0), rr)}, launch_);
         return;
     }
     int64_t w = width(n->inputs[0]);
@@ -203,7 +204,7 @@ void CudaExecutor::run_add_rmsnorm(Forward& f, const Node* n, int64_t r) {
         x = reduced;
     }
     bf16* sum = a.make(n->out(1), r);
-    cuda::add_rmsnorm(r, w, eps, x, a.data(n->inputs[1]), sum, a.data(n->inputs[2]), a.make(n->out(0), r), stream_);
+    cuda::add_rmsnorm({r, w, eps, x, a.data(n->inputs[2]), a.make(n->out(0), r)}, a.data(n->inputs[1]), sum, launch_);
     if (reduced) a.release(reduced);
 }
 
@@ -250,7 +251,7 @@ void CudaExecutor::run_fused_gemv(Forward& f, const Node* n) {
     cuda::GemvEpilogue epi = cuda::GemvEpilogue::kNone;
     cuda::GemvRopeKv rk;
     bf16* y = fused_output(f, n, fu, epi, rk);
-    cuda::gemv_fused(in(1)->shape[1], in(1)->shape[0], x, a.data(in(1)), bias, y, nm, epi, fu.split ? &rk : nullptr, stream_);
+    cuda::gemv_fused({in(1)->shape[1], in(1)->shape[0], x, a.data(in(1)), bias, y, nm, epi, fu.split ? &rk : nullptr}, launch_);
     if (nm && nm->sum.ll) f.exchange_open = false;
     if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
 }
@@ -296,7 +297,7 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
     bf16* selected = nullptr;
     if (n->name == "lm_head" && f.select_rows) {
         selected = a.alloc(f.R * width(in(0)));
-        cuda::gather_rows(f.R, width(in(0)), rows_, x, selected, stream_);
+        cuda::gather_rows(f.R, width(in(0)), rows_, x, selected, launch_);
         x = selected;
         r = f.R;
     }
@@ -311,7 +312,7 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
         if (added) f.residual_added.insert(nm);
         else a.release(sum), a.forget(nm->out(1));
     }
-    if (!added) cuda::linear(cublas_, ls, x, w, bias, a.make(n->out(), r), stream_, true, tuner_.get());
+    if (!added) cuda::linear(cublas_, {ls, x, w, bias, a.make(n->out(), r), tuner_.get()}, launch_);
     if (selected) a.release(selected);
 }
 
@@ -345,12 +346,12 @@ void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const 
     if (gemv) {
         const bool fused = f.fuse && program_.fusions.count(n);
         args.y = fused ? fused_output(f, n, program_.fusions.at(n), args.epi, args.rope) : a.make(n->out(), r);
-        cuda::quant_gemv(args, stream_);
+        cuda::quant_gemv(args, launch_);
         if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
         return;
     }
     __nv_bfloat16* dense = a.alloc(w.N() * w.K());
-    cuda::quant_dequantize(w, dense, stream_);
+    cuda::quant_dequantize(w, dense, launch_);
     run_gemm(f, n, r, dense);
     a.release(dense);
 }
@@ -383,7 +384,7 @@ void CudaExecutor::run_moe(Forward& f, const Node* n, int64_t r) {
     int64_t local = w2->shape[0], hidden = w2->shape[1], inter = w2->shape[2];
     int64_t first = ((int64_t)rank_ / n->attr_int("group_size")) * n->attr_int("experts_per_group");
     cpu::MoeShape s{r, hidden, n->attr_int("experts"), n->attr_int("top_k"), first, local, inter};
-    cuda::moe_routing(s, a.data(in(1)), moe_weights_, stream_);
+    cuda::moe_routing(s, a.data(in(1)), moe_weights_, launch_);
     bf16* y = a.make(n->out(), r);
     const bool fused = n->inputs.size() == 4;
     const bf16* w_gate = a.data(in(2));
@@ -393,14 +394,14 @@ void CudaExecutor::run_moe(Forward& f, const Node* n, int64_t r) {
         // Few tokens: each chosen expert's weights read once, the others not at all.
         bf16* act = a.alloc(local * r * inter);
         bf16* part = a.alloc(local * r * hidden);
-        cuda::moe_sparse(s, moe_weights_, a.data(in(0)), experts, act, part, y, stream_);
+        cuda::moe_sparse({s, moe_weights_, a.data(in(0)), experts, y}, act, part, launch_);
         a.release(act);
         a.release(part);
     } else if (r >= moe_grouped_min_tokens_ && !a.planned()) {
         // A step that no graph replays (prefill; decode without graphs): expert by expert, each
         // over its own tokens. (A graph's steps, and the eager step that sizes their block, keep
         // the dense form: the same allocations, no host round trip.)
-        cuda::moe_grouped(cublas_, s, moe_weights_, a.data(in(0)), experts, y, stream_,
+        cuda::moe_grouped(cublas_, {s, moe_weights_, a.data(in(0)), experts, y}, launch_,
                           [&] { sync_with_watchdog(stream_, nccl_, timeout_s_); });
     } else {
         run_moe_dense(f, s, a.data(in(0)), experts, fused, y);
@@ -418,15 +419,15 @@ void CudaExecutor::run_moe_dense(Forward& f, const cpu::MoeShape& s, const bf16*
     bf16* part = a.alloc(r * hidden);
     for (int64_t e = 0; e < local; ++e) {
         if (fused) {
-            cuda::linear(cublas_, {r, hidden, 2 * inter}, x, w.gate + e * 2 * inter * hidden, nullptr, gu, stream_);
-            cuda::silu_mul_fused(r, inter, gu, act, stream_);
+            cuda::linear(cublas_, {{r, hidden, 2 * inter}, x, w.gate + e * 2 * inter * hidden, nullptr, gu}, launch_);
+            cuda::silu_mul_fused(r, inter, gu, act, launch_);
         } else {
-            cuda::linear(cublas_, {r, hidden, inter}, x, w.gate + e * inter * hidden, nullptr, gu, stream_);
-            cuda::linear(cublas_, {r, hidden, inter}, x, w.up + e * inter * hidden, nullptr, gu + r * inter, stream_);
-            cuda::silu_mul(r, inter, gu, gu + r * inter, act, stream_);
+            cuda::linear(cublas_, {{r, hidden, inter}, x, w.gate + e * inter * hidden, nullptr, gu}, launch_);
+            cuda::linear(cublas_, {{r, hidden, inter}, x, w.up + e * inter * hidden, nullptr, gu + r * inter}, launch_);
+            cuda::silu_mul(r, inter, gu, gu + r * inter, act, launch_);
         }
-        cuda::linear(cublas_, {r, inter, hidden}, act, w.down + e * hidden * inter, nullptr, part, stream_);
-        cuda::scale_add(r, hidden, moe_weights_ + e, local, part, y, stream_);
+        cuda::linear(cublas_, {{r, inter, hidden}, act, w.down + e * hidden * inter, nullptr, part}, launch_);
+        cuda::scale_add({r, hidden, moe_weights_ + e, local, part, y}, launch_);
     }
     a.release(gu);
     a.release(act);

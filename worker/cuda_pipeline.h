@@ -5,7 +5,7 @@
 // (CUDA graphs per stage: the graph reads and writes the executor's fixed stage blocks, the
 // sends and receives stay outside it). The last stage's argmax ids (or logits) go to world rank
 // 0 over MPI, as on the CPU backend. Each micro-batch ends in a watched sync, so a stage whose
-// peer stopped ends the job after TPX_COLLECTIVE_TIMEOUT_S instead of waiting forever.
+// peer stopped ends the job after backend.collective_timeout_s instead of waiting forever.
 // NCCL refuses two ranks on one GPU: a boundary needs its two stages on different devices.
 #pragma once
 
@@ -14,6 +14,7 @@
 #include <nccl.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "worker/cuda_executor.h"
@@ -48,6 +49,10 @@ public:
     std::vector<int32_t> forward_argmax(const TokenBatch& batch) override;
     int64_t vocab() const override { return vocab_; }
     int64_t kv_cache_bytes() const override { return stage_.kv_cache_bytes(); }
+    // The stage's own (serving, and so refit, runs pp = 1 jobs only: these keep the interface whole).
+    void reload_weights(Checkpoint& ckpt, int rank) override { stage_.reload_weights(ckpt, rank); }
+    std::string refit_limit() const override { return stage_.refit_limit(); }
+    void clear_kv_cache() override { stage_.clear_kv_cache(); }
 
 private:
     // Runs every micro-batch through this stage; on the last stage `each` takes the rows of a

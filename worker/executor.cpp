@@ -43,17 +43,13 @@ std::vector<int32_t> Executor::forward_argmax(const TokenBatch& batch) {
 }
 
 CpuExecutor::CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights,
-                         int64_t slots, int64_t max_seq)
-    : graph_(graph), comm_(comm), weights_(std::move(weights)), slots_(slots), max_seq_(max_seq) {
+                         const KvCacheLayout& kv)
+    : graph_(graph), comm_(comm), weights_(std::move(weights)), slots_(kv.slots), max_seq_(kv.max_seq) {
     std::vector<Node*> nodes = graph_.nodes();
     last_use_ = last_uses(graph_, nodes);
-    for (size_t i = 0; i < nodes.size(); ++i) {
-        if (nodes[i]->kind == Op::kAttention) {
-            int64_t width = nodes[i]->attr_int("kv_heads") * nodes[i]->attr_int("head_dim");
-            int64_t layer = nodes[i]->attr_int("layer");
-            k_cache_[layer].assign(slots * max_seq * width, 0.0f);
-            v_cache_[layer].assign(slots * max_seq * width, 0.0f);
-        }
+    for (const KvLayer& l : kv.layers) {
+        k_cache_[l.layer].assign(kv.elems(l), 0.0f);
+        v_cache_[l.layer].assign(kv.elems(l), 0.0f);
     }
     for (Value* out : graph_.outputs()) vocab_ = out->shape.back();
 }
@@ -127,6 +123,16 @@ void split_columns(HostBuffers& hb, const Node* n, int64_t r) {
         for (int64_t t = 0; t < r; ++t) std::memcpy(y + t * sizes[k], x + t * total + offset, sizes[k] * sizeof(float));
         offset += sizes[k];
     }
+}
+
+// q and k rotated into the node's own outputs (its inputs may still be read by others).
+void rotate_qk(HostBuffers& hb, const Node* n, int64_t r, const int32_t* positions) {
+    const Value *q_in = n->inputs[0], *k_in = n->inputs[1];
+    float* q = hb.make(n->out(0), r);
+    float* k = hb.make(n->out(1), r);
+    std::memcpy(q, hb.data(q_in), r * q_in->shape.back() * sizeof(float));
+    std::memcpy(k, hb.data(k_in), r * k_in->shape.back() * sizeof(float));
+    cpu::rope(rope_params(*n), r, positions, q, k);
 }
 
 void all_gather_rows(HostBuffers& hb, Communicator& comm, const Node* n, int64_t r) {
@@ -206,15 +212,9 @@ std::vector<float> CpuExecutor::forward_stage(const TokenBatch& batch, const flo
         case Op::kSplit:
             split_columns(hb, n, r);
             break;
-        case Op::kRope: {
-            cpu::RopeParams p = rope_params(*n);
-            float* q = make(n->out(0), r);
-            float* k = make(n->out(1), r);
-            std::memcpy(q, data(in(0)), r * width(in(0)) * sizeof(float));
-            std::memcpy(k, data(in(1)), r * width(in(1)) * sizeof(float));
-            cpu::rope(p, r, batch.positions.data(), q, k);
+        case Op::kRope:
+            rotate_qk(hb, n, r, batch.positions.data());
             break;
-        }
         case Op::kAttention: {
             int64_t layer = n->attr_int("layer");
             cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,

@@ -13,6 +13,7 @@
 #include "kernels/cpu/ops.h"
 #include "sharding/graph.h"
 #include "worker/comm.h"
+#include "sharding/kv_cache.h"
 
 namespace tpx {
 
@@ -61,10 +62,8 @@ public:
 
 class CpuExecutor : public Executor {
 public:
-    // `weights`: parameter name -> local fp32 values; the cache holds `slots` sequences of
-    // `max_seq` tokens.
-    CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights, int64_t slots,
-                int64_t max_seq);
+    // `weights`: parameter name -> local fp32 values; the cache is `kv`'s layers (fp32).
+    CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights, const KvCacheLayout& kv);
 
     std::vector<float> forward(const TokenBatch& batch) override { return forward_stage(batch, nullptr); }
     // A pipeline stage's forward: `hidden` holds the previous stage's output rows [ids, hidden

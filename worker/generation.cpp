@@ -73,6 +73,47 @@ void check_finite(const std::vector<std::string>& bad_prompts, int64_t step, con
                 "` finds non-finite weights in the checkpoint");
 }
 
+// The prefill of prompts [first, first + count): every prompt token in one forward, prompt b in
+// slot b; the logits wanted are each prompt's last row (every row with keep_logits), whose
+// index goes to last_row[b].
+TokenBatch prefill_batch(const std::vector<Prompt>& prompts, size_t first, size_t count, bool keep_logits, std::vector<int64_t>& last_row) {
+    TokenBatch batch;
+    for (size_t b = 0; b < count; ++b) {
+        const Prompt& p = prompts[first + b];
+        for (size_t t = 0; t < p.tokens.size(); ++t) {
+            if (keep_logits) batch.logit_rows.push_back((int64_t)batch.ids.size());
+            batch.ids.push_back(p.tokens[t]);
+            batch.positions.push_back((int32_t)t);
+            batch.slots.push_back((int32_t)b);
+        }
+        last_row[b] = (int64_t)batch.ids.size() - 1;
+        if (!keep_logits) batch.logit_rows.push_back(last_row[b]);
+    }
+    return batch;
+}
+
+// Rank 0's choice for each active sequence of the batch (the device's argmax, or a sample from
+// its logits), then, where stop strings apply, whether the token completes one: [count]
+// tokens, then [count] stop flags. Stop strings are read off the text, which only rank 0
+// decodes: its verdict travels with the token.
+std::vector<int32_t> choose_tokens(const std::vector<int32_t>& active, bool device_argmax, const std::vector<int32_t>& next_ids,
+                                   const std::vector<const float*>& next_logits, int64_t vocab, std::vector<std::mt19937_64>& rngs,
+                                   std::vector<SequenceResult>& results, size_t first, const GenerationSettings& s) {
+    const size_t count = active.size();
+    std::vector<int32_t> chosen(2 * count, 0);
+    for (size_t b = 0; b < count; ++b) {
+        if (!active[b]) continue;
+        chosen[b] = device_argmax ? next_ids[b] : (int32_t)cpu::sample(next_logits[b], vocab, s.sampling, rngs[b]);
+        if (s.tokenizer && !s.stop.empty()) {
+            std::vector<int32_t>& out = results[first + b].output;
+            out.push_back(chosen[b]);
+            chosen[count + b] = s.stop.reached(*s.tokenizer, out) ? 1 : 0;
+            out.pop_back();
+        }
+    }
+    return chosen;
+}
+
 }  // namespace
 
 std::mt19937_64 prompt_rng(uint64_t seed, const std::string& prompt_id) {
@@ -101,21 +142,9 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
         rngs.clear();
         if (comm.rank() == 0)
             for (size_t b = 0; b < count; ++b) rngs.push_back(prompt_rng(s.seed, prompts[first + b].id));
-        // Prefill: every prompt token of the batch in one forward.
-        TokenBatch batch;
         std::vector<int64_t> last_row(count);
-        for (size_t b = 0; b < count; ++b) {
-            const Prompt& p = prompts[first + b];
-            results[first + b].prompt = p;
-            for (size_t t = 0; t < p.tokens.size(); ++t) {
-                if (s.keep_logits) batch.logit_rows.push_back((int64_t)batch.ids.size());
-                batch.ids.push_back(p.tokens[t]);
-                batch.positions.push_back((int32_t)t);
-                batch.slots.push_back((int32_t)b);
-            }
-            last_row[b] = (int64_t)batch.ids.size() - 1;
-            if (!s.keep_logits) batch.logit_rows.push_back(last_row[b]);
-        }
+        const TokenBatch batch = prefill_batch(prompts, first, count, s.keep_logits, last_row);
+        for (size_t b = 0; b < count; ++b) results[first + b].prompt = prompts[first + b];
         if (s.progress)
             s.progress->update("prefill: prompts " + std::to_string(first + 1) + "-" + std::to_string(first + count) + " of " +
                                    std::to_string(prompts.size()) + ", " + std::to_string(batch.ids.size()) + " tokens",
@@ -150,19 +179,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
         for (int64_t step = 0; step < s.max_new_tokens; ++step) {
             // Rank 0 chooses; every rank gets the same tokens and the same finished flags.
             std::vector<int32_t> chosen(2 * count, 0);
-            if (comm.rank() == 0)
-                for (size_t b = 0; b < count; ++b) {
-                    if (!active[b]) continue;
-                    chosen[b] = device_argmax ? next_ids[b] : (int32_t)cpu::sample(next_logits[b], vocab, s.sampling, rngs[b]);
-                    // Stop strings are read off the text, which only rank 0 decodes: its verdict
-                    // travels with the token.
-                    if (s.tokenizer && !s.stop.empty()) {
-                        std::vector<int32_t>& out = results[first + b].output;
-                        out.push_back(chosen[b]);
-                        chosen[count + b] = s.stop.reached(*s.tokenizer, out) ? 1 : 0;
-                        out.pop_back();
-                    }
-                }
+            if (comm.rank() == 0) chosen = choose_tokens(active, device_argmax, next_ids, next_logits, vocab, rngs, results, first, s);
             comm.broadcast(chosen.data(), 2 * count * sizeof(int32_t), 0);
             TokenBatch next;
             for (size_t b = 0; b < count; ++b) {

@@ -13,7 +13,7 @@ namespace tpx {
 
 GpuContext::GpuContext(MpiCommunicator& mpi, const KernelConfig& tuning) {
     device = select_device();
-    timeout_s = collective_timeout_from_env();
+    timeout_s = mpi.timeout_s();
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     if (mpi.world() > 1) nccl = std::make_unique<NcclComm>(mpi, stream, timeout_s, tuning);
     cudaDeviceProp prop;

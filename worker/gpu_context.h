@@ -1,6 +1,6 @@
 // A rank's GPU: the device chosen from its local rank, the compute stream, and NCCL over the
-// world (when there is more than one rank). The collective timeout comes from
-// TPX_COLLECTIVE_TIMEOUT_S (default 120 s).
+// world (when there is more than one rank). The collective timeout is the job's
+// backend.collective_timeout_s, as the MPI communicator's.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,7 +15,7 @@ namespace tpx {
 class MpiCommunicator;
 
 struct GpuContext {
-    GpuContext(MpiCommunicator& mpi, const KernelConfig& tuning);
+    GpuContext(MpiCommunicator& mpi, const KernelConfig& tuning);  // timeout_s: mpi's
     ~GpuContext();
     int device = 0;
     cudaStream_t stream = nullptr;

@@ -1,5 +1,6 @@
 // tpx-worker: one rank of a tpx job. Reads like the job itself: start MPI, plan on rank 0 and
-// broadcast, load this rank's slices, finish the pipeline, generate, report. Any error on any
+// broadcast, load this rank's model (worker/rank_model.h), then generate and report (or serve,
+// or benchmark). Any error on any
 // rank prints "rank R (host): message" and aborts the whole job, so no peer waits forever in
 // a collective.
 #include <sys/prctl.h>
@@ -20,6 +21,7 @@
 #include <boost/program_options.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/fault_injection.h"
 #include "common/file.h"
 #include "common/host_memory.h"
 #include "common/log.h"
@@ -33,18 +35,14 @@
 #include "worker/executor.h"
 #include "worker/generation.h"
 #include "worker/mpi_comm.h"
-#include "worker/mpi_pipe.h"
-#include "worker/pipeline.h"
 #include "worker/progress.h"
+#include "worker/rank_model.h"
 #include "worker/serve_loop.h"
 #include "text/text_tools.h"
 #include "worker/report.h"
 #include "worker/topology.h"
-#include "worker/weights.h"
 #ifdef TPX_HAVE_CUDA
 #include "worker/cuda_executor.h"
-#include "worker/cuda_pipeline.h"
-#include "worker/gpu_context.h"
 #endif
 
 namespace po = boost::program_options;
@@ -70,7 +68,7 @@ Options parse_options(int argc, char** argv) {
     Options o;
     desc.add_options()("job", po::value(&o.job)->required(), "the job file")(
         "dump-logits", po::value(&o.dump_logits), "write every prompt position's and every step's logits to this .h5 file")(
-        "step-delay-ms", po::value(&o.step_delay_ms), "pause per decode step (for failure tests; also TPX_STEP_DELAY_MS)")(
+        "step-delay-ms", po::value(&o.step_delay_ms), "pause per decode step (for failure tests; also TPX_STEP_DELAY_MS, common/fault_injection.h)")(
         "bench", po::value(&o.bench), "run the benchmark (docs/PERF.md) and write its JSON here")(
         "serve", po::bool_switch(&o.serve), "serve the job's model over HTTP from rank 0 ([serve], docs/SERVE.md)")(
         "ready-delay-ms", po::value(&o.ready_delay_ms), "serve: answer 503 (loading) this long after loading (for tests)")(
@@ -89,44 +87,28 @@ Options parse_options(int argc, char** argv) {
         po::notify(vm);
         parse_progress_mode(o.progress);
         if (!vm.count("step-delay-ms"))
-            if (const char* d = std::getenv("TPX_STEP_DELAY_MS")) o.step_delay_ms = std::atoi(d);
+            o.step_delay_ms = injected_step_delay_ms();
     } catch (const po::error& e) {
         throw JobError(std::string(e.what()) + "\n" + [&] { std::ostringstream os; os << desc; return os.str(); }());
     }
     return o;
 }
 
-// TPX_FAULT=RANK:STAGE makes RANK throw at STAGE (plan, load, decode): the failure tests' hook.
-void maybe_fail(const char* stage, int rank) {
-    const char* f = std::getenv("TPX_FAULT");
-    if (!f) return;
-    std::string spec = f;
-    size_t colon = spec.find(':');
-    if (colon == std::string::npos) return;
-    if (std::atoi(spec.substr(0, colon).c_str()) == rank && spec.substr(colon + 1) == stage)
-        throw Error(std::string("injected failure at ") + stage + " (TPX_FAULT=" + spec + ")");
-}
-
-// The kernel choices were environment variables before [backend.tuning]; one still set would
-// be silently ignored, so it is refused with the key that replaced it.
-void refuse_retired_variables() {
-    static const char* const kRetired[][2] = {
-        {"TPX_PDL", "pdl"},           {"TPX_GEMV_EARLY", "gemv_early"},     {"TPX_GEMV_SPLITK", "gemv_splitk"},
-        {"TPX_GEMV_BALANCE", "gemv_balance"}, {"TPX_SUM_WIDE", "sum_wide"},  {"TPX_ATTN_EARLY", "attention_early"},
-        {"TPX_DECODE_SPLITS", "decode_splits"}, {"TPX_ATTN_GQA", "attention_gqa"}, {"TPX_FLASH", "flash_tile"},
-        {"TPX_FLASH_SHORT_MAX", "flash_short_max"}, {"TPX_GEMM_TUNE", "gemm_tune"}, {"TPX_RESIDUAL_EPILOGUE", "residual_epilogue"},
-        {"TPX_MOE", "moe"},           {"TPX_ONESHOT", "oneshot"},            {"TPX_AR_FUSE", "fused_all_reduce"},
-        {"TPX_PROFILE", "profile"},
-    };
-    for (const auto& [var, key] : kRetired)
-        if (std::getenv(var))
-            throw JobError(std::string(var) + " is no longer read: set backend.tuning." + key + " in the job ([backend.tuning], `tpx example`)");
-}
-
 std::vector<int64_t> eos_ids(const Job& job, const ShardPlan& plan, const Checkpoint& ckpt) {
     if (!job.run.eos.empty()) return job.run.eos;
     std::vector<int64_t> ids = parse_generation_eos(ckpt.generation_config_json(), job.model.path + "/generation_config.json");
     return ids.empty() ? plan.config.eos_token_ids : ids;
+}
+
+// How long MPI_Init may wait for the other ranks: the job's backend.collective_timeout_s. A job
+// that does not parse gets the default here; run() then reports it as any bad job, after
+// MPI_Init, so that every rank ends.
+double init_timeout_s(int argc, char** argv) {
+    try {
+        return load_job(parse_options(argc, argv).job).backend.collective_timeout_s;
+    } catch (const std::exception&) {
+        return BackendSection{}.collective_timeout_s;
+    }
 }
 
 // The checkpoint's files are mapped while the GPU backend loads (loader/checkpoint.h): a file
@@ -154,133 +136,38 @@ void print_result(const SequenceResult& r) {
     std::fflush(stdout);
 }
 
-// The largest prefill of the run: prompts go in batches of max_batch, in file order.
-int64_t max_prefill_tokens(const std::vector<Prompt>& prompts, int64_t max_batch) {
-    int64_t most = 0;
-    for (size_t first = 0; first < prompts.size(); first += (size_t)max_batch) {
-        int64_t tokens = 0;
-        for (size_t i = first; i < std::min(prompts.size(), first + (size_t)max_batch); ++i) tokens += (int64_t)prompts[i].tokens.size();
-        most = std::max(most, tokens);
-    }
-    return most;
-}
-
-// Before any weight is allocated: on the CPU backend the first rank of each host checks what
-// that host's ranks need against its available memory; on GPUs each rank checks its device's
-// free memory. A job that does not fit is refused with the numbers (JobError, exit 2) instead
-// of dying in the kernel's OOM killer or a bare bad_alloc.
-void check_memory_before_load(const ShardPlan& plan, const std::vector<Prompt>& prompts, int rank) {
-    int64_t tokens = std::max<int64_t>(plan.max_batch, max_prefill_tokens(prompts, plan.max_batch));
-    int64_t rows = std::min<int64_t>(plan.max_batch, std::max<size_t>(1, prompts.size()));
-    if (plan.backend == "cpu") {
-        std::vector<int> ranks = ranks_on_this_host();
-        int64_t available = available_host_memory();
-        if (ranks.front() == rank && available >= 0)
-            check_memory(plan, ranks, tokens, rows, available, "host " + identity().host, false);
-    } else {
-#ifdef TPX_HAVE_CUDA
-        int64_t free_bytes = device_free_memory();  // this rank's device, selected by GpuContext
-        if (free_bytes >= 0) check_memory(plan, {rank}, tokens, rows, free_bytes, where() + ", its GPU", true);
-#endif
-    }
-}
-
-// Rank 0's loading line: bytes read of the plan's, and the rate, while the load runs.
-class LoadProgress {
-public:
-    LoadProgress(Progress& progress, const Checkpoint& ckpt, int64_t planned) : progress_(progress) {
-        if (progress.quiet()) return;
-        thread_ = std::thread([this, &ckpt, planned] {
-            auto start = std::chrono::steady_clock::now();
-            std::unique_lock<std::mutex> lock(mutex_);
-            while (!cv_.wait_for(lock, std::chrono::milliseconds(250), [this] { return done_; })) {
-                double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-                double gb = (double)ckpt.stats().data_bytes / 1e9;
-                char line[128];
-                std::snprintf(line, sizeof(line), "loading: %.2f of %.2f GB read, %.2f GB/s", gb, (double)planned / 1e9, s > 0 ? gb / s : 0.0);
-                progress_.update(line);
-            }
-        });
-    }
-    ~LoadProgress() {
-        if (!thread_.joinable()) return;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            done_ = true;
-        }
-        cv_.notify_one();
-        thread_.join();
-    }
-
-private:
-    Progress& progress_;
-    std::thread thread_;
-    std::mutex mutex_;
-    std::condition_variable cv_;
-    bool done_ = false;
-};
-
-// A pipeline stage's links (pp > 1; both null at pp = 1, where the world is the tp group): its tp
-// group's communicator and the pipe to the stages around it. Collective over the world.
-struct StageLinks {
-    std::unique_ptr<MpiCommunicator> tp_comm;
-    std::unique_ptr<MpiPipe> pipe;
-};
-
-StageLinks join_stage(const ShardPlan& plan, int rank) {
-    StageLinks links;
-    if (plan.pp == 1) return links;
-    const RankPlan& me = plan.ranks.at(rank);
-    MPI_Comm group = MPI_COMM_NULL;
-    MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, me.stage, rank, &group));
-    links.tp_comm = std::make_unique<MpiCommunicator>(group);
-    links.pipe = std::make_unique<MpiPipe>(PipeLayout{rank, me.stage, plan.pp, plan.tp, me.tp_rank}, collective_timeout_from_env());
-    return links;
-}
-
-int run(const Options& opt) {
-    MpiCommunicator comm;
-    const int rank = comm.rank();
-    std::snprintf(bus_message, sizeof(bus_message),
-                  "rank %d: bus error: a mapped checkpoint file was cut short or changed while it was being read\n", rank);
-    std::signal(SIGBUS, on_bus_error);
-    if (opt.launched_by == "srun") check_srun_environment(rank, comm.world());
-    else if (!opt.launched_by.empty()) throw JobError("--launched-by takes only \"srun\"");
-    Job job = load_job(opt.job);
-    refuse_retired_variables();
-    if (comm.world() != job.world())
-        throw Error("mpirun started " + std::to_string(comm.world()) + " ranks but the job's " +
-                        (job.parallel.pp > 1 ? "parallel.tp x parallel.pp is " : "parallel.tp is ") + std::to_string(job.world()),
-                    kExitBadInput);
-
-    // Rank 0 plans; the others trust its plan.
+// Rank 0 plans; the others trust its plan.
+ShardPlan plan_on_rank0(const Job& job, MpiCommunicator& comm) {
     std::string plan_text;
-    if (rank == 0) {
-        maybe_fail("plan", rank);
+    if (comm.rank() == 0) {
+        maybe_inject_fault("plan", 0);
         plan_text = make_plan(job).to_json().dump();
     }
     plan_text = comm.broadcast_string(plan_text);
     ShardPlan plan = ShardPlan::from_json(nlohmann::json::parse(plan_text));
-    if (rank == 0) {
+    if (comm.rank() == 0) {
         log_info("job '", job.name, "': ", plan.config.architecture, " from ", job.model.path, ", tp=", plan.tp, " ep=", plan.ep,
                  plan.pp > 1 ? " pp=" + std::to_string(plan.pp) + " micro_batches=" + std::to_string(plan.micro_batches) : std::string(),
                  ", backend ", plan.backend, ", weights ", plan.weight_dtype);
         if (plan.pp > 1) log_info("pipeline stages: ", describe_stages(plan));
         for (const std::string& w : plan.warnings) log_warn(w);
+        log_info("settings: backend.collective_timeout_s=", job.backend.collective_timeout_s, " model.read_threads=", job.model.read_threads,
+                 plan.backend == "cuda" ? std::string(" backend.cuda_graphs=") + (job.backend.cuda_graphs ? "true" : "false") : "");
         if (plan.backend == "cuda") log_info("kernel settings [backend.tuning]: ", format_kernel_config(job.backend.tuning));
     }
+    return plan;
+}
 
-    // Prompts: read and checked on rank 0, then every rank has the tokens.
+// The prompts, read and checked on rank 0 (with its tokenizer and chat template, kept in
+// `text`), then every rank has the tokens. None for the benchmark and for serving.
+std::vector<Prompt> read_and_share_prompts(const Options& opt, const Job& job, const ShardPlan& plan, MpiCommunicator& comm,
+                                           TextTools& text) {
     std::vector<Prompt> prompts;
-    if (plan.pp > 1 && (opt.serve || !opt.bench.empty()))
-        throw Error(job.file + ": parallel.pp = " + std::to_string(plan.pp) + ": " + (opt.serve ? "tpx serve" : "tpx bench") +
-                        " runs pp = 1 jobs only in this version (tpx run takes pipeline stages)",
-                    kExitBadInput);
-    if (job.run.prompts.empty() && opt.bench.empty() && !opt.serve) throw Error(job.file + ": run.prompts is not set: there is nothing to run", kExitBadInput);
+    if (job.run.prompts.empty() && opt.bench.empty() && !opt.serve)
+        throw Error(job.file + ": run.prompts is not set: there is nothing to run", kExitBadInput);
     std::vector<int32_t> packed;
     uint64_t packed_size = 0;
-    TextTools text;  // rank 0's tokenizer and chat template, when the job has them
-    if (rank == 0 && opt.bench.empty()) {
+    if (comm.rank() == 0 && opt.bench.empty()) {
         text = load_text_tools(job);
         if (!opt.serve) prompts = read_prompts(job.run.prompts, plan.config.vocab_size, job.run.max_new_tokens, plan.max_seq_len, text);
         packed = pack_prompts(prompts);
@@ -289,8 +176,126 @@ int run(const Options& opt) {
     comm.broadcast(&packed_size, sizeof(packed_size), 0);
     packed.resize(packed_size);
     comm.broadcast(packed.data(), packed_size * sizeof(int32_t), 0);
-    if (rank != 0 && opt.bench.empty() && !opt.serve) prompts = unpack_prompts(packed);
+    if (comm.rank() != 0 && opt.bench.empty() && !opt.serve) prompts = unpack_prompts(packed);
+    return prompts;
+}
 
+int run_benchmark(const Options& opt, const ShardPlan& plan, MpiCommunicator& comm, RankModel& m) {
+    DeviceRates rates;
+#ifdef TPX_HAVE_CUDA
+    if (m.gpu) rates = measure_device_rates(m.gpu->stream);
+#endif
+    BenchSettings bs;
+    bs.json_path = opt.bench;
+    bs.load_seconds = m.load_seconds;
+    bs.weights_seconds = m.weights_seconds;
+    bs.read_bytes = (double)m.ckpt->stats().data_bytes;
+    bs.planned_read_bytes = (double)plan.ranks.at(comm.rank()).read_bytes;
+    bs.graph = &m.ctx.graph;
+    bs.weight_bytes = (double)m.weight_bytes;  // as held: quantized linears count their packed bytes
+    run_bench(*m.exec, comm, plan, rates, bs);
+    comm.barrier();
+    return 0;
+}
+
+int run_serve(const Options& opt, const Job& job, const ShardPlan& plan, MpiCommunicator& comm, RankModel& m, const TextTools& text,
+              ServeFront* front) {
+    ServeSettings ss;
+    ss.slots = plan.max_batch;
+    ss.prefill_chunk = job.serve.prefill_chunk;
+    ss.eos = eos_ids(job, plan, *m.ckpt);
+    ss.tokenizer = text.tokenizer ? &*text.tokenizer : nullptr;
+    ss.grace_s = job.serve.grace_s;
+    ss.step_delay_ms = opt.step_delay_ms;
+    ss.ready_delay_ms = opt.ready_delay_ms;
+    ss.refit = {&m.ctx.graph, m.ckpt.get(), &plan.config, opt.refit_delay_ms, job.model.read_threads};
+    serve(*m.exec, comm, front, ss);
+    return 0;
+}
+
+// The CUDA executor's decode statistics (a pipeline stage's: its own), on rank 0.
+void log_decode_graphs(const RankModel& m) {
+#ifdef TPX_HAVE_CUDA
+    if (const CudaExecutor* cuda_exec = m.cuda)
+        log_info("decode: ", cuda_exec->graph_replays(), " CUDA graph replays of ", cuda_exec->graphs_captured(), " captured graphs (",
+                 cuda_exec->programmatic_edges(), " programmatic edges in the last; ", cuda_exec->fused_all_reduces(),
+                 " all-reduces of a batch-1 step summed in the GEMVs)");
+#else
+    (void)m;
+#endif
+}
+
+// Rank 0 writes the results, the logits (--dump-logits) and the ranks' table, and prints the report.
+void report_run(const Options& opt, const Job& job, const ShardPlan& plan, MpiCommunicator& comm, const RankModel& m,
+                const std::vector<SequenceResult>& results) {
+    RankReport mine;
+    mine.rank = comm.rank();
+    mine.host = identity().host;
+    ReadStats st = m.ckpt->stats();
+    mine.read_bytes = (double)st.data_bytes;
+    mine.header_bytes = (double)st.header_bytes;
+    mine.planned_read_bytes = (double)plan.ranks.at(comm.rank()).read_bytes;
+    mine.load_seconds = m.load_seconds;
+    mine.peak_rss_bytes = peak_rss_bytes();
+    mine.weight_bytes = (double)m.weight_bytes;
+    mine.kv_cache_bytes = (double)m.exec->kv_cache_bytes();
+    std::vector<RankReport> reports = gather_reports(mine, comm);
+    if (comm.rank() != 0) return;
+    write_results_jsonl(job.run.output, results);
+    if (!opt.dump_logits.empty()) write_logits_h5(opt.dump_logits, results, m.exec->vocab());
+    if (std::string ranks = ranks_table_path(job); !ranks.empty()) write_file_atomically(ranks, reports_json(reports));
+    std::printf("\n%s", format_reports(reports).c_str());
+    std::printf("output: %s\n", job.run.output.c_str());
+    std::fflush(stdout);
+}
+
+int run_prompts(const Options& opt, const Job& job, const ShardPlan& plan, MpiCommunicator& comm, RankModel& m, const TextTools& text,
+                const std::vector<Prompt>& prompts, Progress& progress) {
+    GenerationSettings gs;
+    gs.max_batch = plan.max_batch;
+    gs.model_path = job.model.path;
+    gs.max_new_tokens = job.run.max_new_tokens;
+    gs.eos = eos_ids(job, plan, *m.ckpt);
+    gs.sampling = {job.run.sampling.temperature, job.run.sampling.top_k, job.run.sampling.top_p};
+    gs.seed = job.run.sampling.seed;
+    gs.keep_logits = !opt.dump_logits.empty();
+    gs.step_delay_ms = opt.step_delay_ms;
+    gs.progress = comm.rank() == 0 ? &progress : nullptr;
+    gs.tokenizer = text.tokenizer ? &*text.tokenizer : nullptr;
+    gs.stop = StopStrings(job.run.stop);
+    gs.on_finished = print_result;
+    maybe_inject_fault("decode", comm.rank());
+    std::vector<SequenceResult> results = generate(*m.exec, comm, prompts, gs);
+    progress.finish();
+    if (comm.rank() == 0) log_decode_graphs(m);
+    report_run(opt, job, plan, comm, m, results);
+    comm.barrier();
+    return 0;
+}
+
+// Reads like the job: plan, prompts, outputs checked, load, then the benchmark, the server or
+// the prompts.
+int run(const Options& opt) {
+    Job job = load_job(opt.job);
+    MpiCommunicator comm(job.backend.collective_timeout_s);
+    const int rank = comm.rank();
+    std::snprintf(bus_message, sizeof(bus_message),
+                  "rank %d: bus error: a mapped checkpoint file was cut short or changed while it was being read\n", rank);
+    std::signal(SIGBUS, on_bus_error);
+    if (opt.launched_by == "srun") check_srun_environment(rank, comm.world());
+    else if (!opt.launched_by.empty()) throw JobError("--launched-by takes only \"srun\"");
+    refuse_retired_variables();
+    if (comm.world() != job.world())
+        throw Error("mpirun started " + std::to_string(comm.world()) + " ranks but the job's " +
+                        (job.parallel.pp > 1 ? "parallel.tp x parallel.pp is " : "parallel.tp is ") + std::to_string(job.world()),
+                    kExitBadInput);
+    ShardPlan plan = plan_on_rank0(job, comm);
+    if (plan.pp > 1 && (opt.serve || !opt.bench.empty()))
+        throw Error(job.file + ": parallel.pp = " + std::to_string(plan.pp) + ": " + (opt.serve ? "tpx serve" : "tpx bench") +
+                        " runs pp = 1 jobs only in this version (tpx run takes pipeline stages)",
+                    kExitBadInput);
+    TextTools text;  // rank 0's tokenizer and chat template, when the job has them
+    std::vector<Prompt> prompts = read_and_share_prompts(opt, job, plan, comm, text);
     // Outputs are proven writable before any weight is read (a Slurm node may not see the
     // folders the launcher saw).
     if (rank == 0 && opt.bench.empty() && !opt.serve) {
@@ -298,210 +303,20 @@ int run(const Options& opt) {
         if (!opt.dump_logits.empty()) extra.push_back({"--dump-logits", opt.dump_logits});
         check_job_outputs(job, extra);
     }
-    if (plan.backend == "cpu") check_memory_before_load(plan, prompts, rank);
     Progress progress(rank == 0 ? parse_progress_mode(opt.progress) : ProgressMode::kQuiet);
-    // Serving: rank 0 listens (answering 503) while every rank loads.
-    std::unique_ptr<ServeFront> serve_front;
+    std::unique_ptr<ServeFront> serve_front;  // serving: rank 0 listens (answering 503) while every rank loads
     if (opt.serve) {
         install_serve_signals();
         if (rank == 0) serve_front = open_serve_front(job, plan.config.vocab_size, plan.max_seq_len, text);
     }
-
-    // The rest of the pipeline, on this rank: load, fuse, allocate, capture.
-    auto load_start = std::chrono::steady_clock::now();
-    std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(job.model.path);
-#ifdef TPX_HAVE_CUDA
-    // Declared before the executor: destroyed after it (the executor uses the stream).
-    std::unique_ptr<GpuContext> gpu;
-    DeviceWeights device_weights;
-    std::unique_ptr<NcclPipe> nccl_pipe;         // pp > 1: NCCL over the stage boundaries
-    std::unique_ptr<CudaExecutor> cuda_stage;    // pp > 1: this stage's executor, run by a CudaPipelineExecutor
-    CudaExecutor* cuda_exec = nullptr;
-#endif
-    HostWeights host_weights;
-    std::unique_ptr<Executor> exec;
-    int64_t weight_bytes = 0;
-    double load_seconds = 0;
-    TransformRegistry& reg = TransformRegistry::global();
-    TransformContext ctx;
-    ctx.job = &job;
-    ctx.config = plan.config;
-    ctx.graph = std::move(plan.graph);
-    ctx.tp = plan.tp;
-    ctx.ep = plan.ep;
-    // This rank's stage: its layers of the graph, its tp group's communicator (the tp collectives
-    // stay inside the stage), and the pipe to the stages around it. rank = stage x tp + tp_rank.
-    const int tp_rank = plan.ranks.at(rank).tp_rank;
-    cut_stage(ctx.graph, plan.stages.at(plan.ranks.at(rank).stage), plan.config.num_layers);
-    StageLinks stage = join_stage(plan, rank);
-    std::unique_ptr<MpiPipe>& pipe = stage.pipe;
-    std::unique_ptr<CpuExecutor> stage_exec;
-    MpiCommunicator& tp_comm = stage.tp_comm ? *stage.tp_comm : comm;
-    ctx.rank = tp_rank;
-    ctx.weight_dtype = plan.weight_dtype;
-    ctx.act_dtype = plan.act_dtype;
-    ctx.memory_in_use = [](const TransformContext&) { return (int64_t)peak_rss_bytes(); };
-    // load_seconds: from opening the checkpoint to the last weight on the device (device and
-    // communicator setup included, as HF's from_pretrained includes its own); weights_seconds:
-    // the batched read and upload alone.
-    double weights_seconds = 0;
-    std::chrono::steady_clock::time_point weights_start;
-    auto loading = [&] { weights_start = std::chrono::steady_clock::now(); };
-    auto loaded = [&](int64_t bytes) {
-        weight_bytes = bytes;
-        auto now = std::chrono::steady_clock::now();
-        load_seconds = std::chrono::duration<double>(now - load_start).count();
-        weights_seconds = std::chrono::duration<double>(now - weights_start).count();
-    };
-    if (plan.backend == "cpu") {
-        reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
-            maybe_fail("load", rank);
-            loading();
-            host_weights = load_host_weights(c.graph, tp_rank, *ckpt);
-            loaded(host_weights.bytes);
-            return TransformResult{(int)host_weights.buffers.size(), false, ""};
-        });
-        reg.bind("move_inputs_to_device", [](TransformContext&, const TransformOptions&) {
-            return TransformResult{0, true, "cpu backend: inputs stay in host memory"};
-        });
-        reg.bind("init_kv_cache", [&](TransformContext& c, const TransformOptions&) {
-            auto cpu = std::make_unique<CpuExecutor>(c.graph, tp_comm, std::move(host_weights.buffers), plan.max_batch, plan.max_seq_len);
-            if (!pipe) {
-                exec = std::move(cpu);
-            } else {
-                stage_exec = std::move(cpu);
-                exec = std::make_unique<PipelineExecutor>(*stage_exec, *pipe, plan.micro_batches, plan.config.vocab_size,
-                                                          plan.config.hidden_size);
-            }
-            return TransformResult{1, false, ""};
-        });
-        reg.bind("compile_cuda_graph", [](TransformContext&, const TransformOptions&) {
-            return TransformResult{0, true, "cpu backend: no CUDA graphs"};
-        });
-    } else {
-#ifdef TPX_HAVE_CUDA
-        gpu = std::make_unique<GpuContext>(tp_comm, job.backend.tuning);
-        if (pipe) nccl_pipe = std::make_unique<NcclPipe>(*pipe, gpu->stream);
-        check_memory_before_load(plan, prompts, rank);
-        ctx.memory_in_use = [](const TransformContext&) { return device_memory_in_use(); };
-        reg.bind("load_weights", [&](TransformContext& c, const TransformOptions&) {
-            maybe_fail("load", rank);
-            loading();
-            device_weights = upload_weights(c.graph, tp_rank, *ckpt, gpu->stream);
-            loaded(device_weights.bytes);
-            return TransformResult{(int)(device_weights.params.size() + device_weights.quant.size()), false, ""};
-        });
-        reg.bind("move_inputs_to_device", [](TransformContext&, const TransformOptions&) {
-            return TransformResult{0, false, "inputs are staged into fixed device buffers per forward"};
-        });
-        reg.bind("init_kv_cache", [&](TransformContext& c, const TransformOptions&) {
-            auto cuda = std::make_unique<CudaExecutor>(c.graph, tp_rank, gpu->nccl.get(), std::move(device_weights), plan.max_batch,
-                                                       plan.max_seq_len, gpu->stream, gpu->timeout_s, job.backend.tuning);
-            cuda_exec = cuda.get();
-            if (!pipe) {
-                exec = std::move(cuda);
-            } else {
-                cuda_stage = std::move(cuda);
-                exec = std::make_unique<CudaPipelineExecutor>(*cuda_stage, *pipe, *nccl_pipe, plan.micro_batches, plan.config.vocab_size,
-                                                              plan.config.hidden_size);
-            }
-            return TransformResult{1, false, ""};
-        });
-        reg.bind("compile_cuda_graph", [&](TransformContext&, const TransformOptions&) {
-            cuda_exec->enable_graphs(true);  // per stage: the sends and receives stay outside the graphs
-            return TransformResult{1, false, "decode steps are captured on first use per batch size"};
-        });
-#else
-        throw Error("this tpx-worker was built without CUDA; the job asks for backend " + plan.backend, kExitBadInput);
-#endif
-    }
-    {
-        LoadProgress shown(progress, *ckpt, plan.ranks.at(rank).read_bytes);
-        run_pipeline(ctx, resolve_transform_options(job), Stage::kWeightLoad, Stage::kCompile);
-    }
-    if (rank == 0 && weights_seconds > 0)
-        log_info("loaded ", weight_bytes / 1e9, " GB per rank in ", load_seconds, " s; the weights' read and upload ", weights_seconds,
-                 " s (", ckpt->stats().data_bytes / 1e9 / weights_seconds, " GB/s)");
-    if (!exec) throw Error("init_kv_cache is disabled: the executor needs a KV cache", kExitBadInput);
-
-    if (!opt.bench.empty()) {
-        DeviceRates rates;
-#ifdef TPX_HAVE_CUDA
-        if (gpu) rates = measure_device_rates(gpu->stream);
-#endif
-        BenchSettings bs;
-        bs.json_path = opt.bench;
-        bs.load_seconds = load_seconds;
-        bs.weights_seconds = weights_seconds;
-        bs.read_bytes = (double)ckpt->stats().data_bytes;
-        bs.planned_read_bytes = (double)plan.ranks.at(rank).read_bytes;
-        bs.graph = &ctx.graph;
-        bs.weight_bytes = (double)weight_bytes;  // as held: quantized linears count their packed bytes
-        run_bench(*exec, comm, plan, rates, bs);
-        comm.barrier();
-        return 0;
-    }
-
-    if (opt.serve) {
-        ServeSettings ss;
-        ss.slots = plan.max_batch;
-        ss.prefill_chunk = job.serve.prefill_chunk;
-        ss.eos = eos_ids(job, plan, *ckpt);
-        ss.tokenizer = text.tokenizer ? &*text.tokenizer : nullptr;
-        ss.grace_s = job.serve.grace_s;
-        ss.step_delay_ms = opt.step_delay_ms;
-        ss.ready_delay_ms = opt.ready_delay_ms;
-        ss.refit = {&ctx.graph, ckpt.get(), &plan.config, opt.refit_delay_ms};
-        serve(*exec, comm, serve_front.get(), ss);
-        return 0;
-    }
-
-    GenerationSettings gs;
-    gs.max_batch = plan.max_batch;
-    gs.model_path = job.model.path;
-    gs.max_new_tokens = job.run.max_new_tokens;
-    gs.eos = eos_ids(job, plan, *ckpt);
-    gs.sampling = {job.run.sampling.temperature, job.run.sampling.top_k, job.run.sampling.top_p};
-    gs.seed = job.run.sampling.seed;
-    gs.keep_logits = !opt.dump_logits.empty();
-    gs.step_delay_ms = opt.step_delay_ms;
-    gs.progress = rank == 0 ? &progress : nullptr;
-    gs.tokenizer = text.tokenizer ? &*text.tokenizer : nullptr;
-    gs.stop = StopStrings(job.run.stop);
-    gs.on_finished = print_result;
-    maybe_fail("decode", rank);
-    std::vector<SequenceResult> results = generate(*exec, comm, prompts, gs);
-    progress.finish();
-#ifdef TPX_HAVE_CUDA
-    if (cuda_exec && rank == 0)
-        log_info("decode: ", cuda_exec->graph_replays(), " CUDA graph replays of ", cuda_exec->graphs_captured(), " captured graphs (",
-                 cuda_exec->programmatic_edges(), " programmatic edges in the last; ", cuda_exec->fused_all_reduces(),
-                 " all-reduces of a batch-1 step summed in the GEMVs)");
-#endif
-
-    RankReport mine;
-    mine.rank = rank;
-    mine.host = identity().host;
-    ReadStats st = ckpt->stats();
-    mine.read_bytes = (double)st.data_bytes;
-    mine.header_bytes = (double)st.header_bytes;
-    mine.planned_read_bytes = (double)plan.ranks.at(rank).read_bytes;
-    mine.load_seconds = load_seconds;
-    mine.peak_rss_bytes = peak_rss_bytes();
-    mine.weight_bytes = (double)weight_bytes;
-    mine.kv_cache_bytes = (double)exec->kv_cache_bytes();
-    std::vector<RankReport> reports = gather_reports(mine, comm);
-
-    if (rank == 0) {
-        write_results_jsonl(job.run.output, results);
-        if (!opt.dump_logits.empty()) write_logits_h5(opt.dump_logits, results, exec->vocab());
-        if (std::string ranks = ranks_table_path(job); !ranks.empty()) write_file_atomically(ranks, reports_json(reports));
-        std::printf("\n%s", format_reports(reports).c_str());
-        std::printf("output: %s\n", job.run.output.c_str());
-        std::fflush(stdout);
-    }
-    comm.barrier();
-    return 0;
+    RankModel model;
+    load_rank_model(model, job, plan, comm, prompts, progress);
+    if (rank == 0 && model.weights_seconds > 0)
+        log_info("loaded ", model.weight_bytes / 1e9, " GB per rank in ", model.load_seconds, " s; the weights' read and upload ",
+                 model.weights_seconds, " s (", model.ckpt->stats().data_bytes / 1e9 / model.weights_seconds, " GB/s)");
+    if (!opt.bench.empty()) return run_benchmark(opt, plan, comm, model);
+    if (opt.serve) return run_serve(opt, job, plan, comm, model, text, serve_front.get());
+    return run_prompts(opt, job, plan, comm, model, text, prompts, progress);
 }
 
 }  // namespace
@@ -519,8 +334,9 @@ int main(int argc, char** argv) {
             return 0;
         }
     // MPI_Init waits for every rank to start: one that stops (or never starts) would hold the
-    // others there, before any collective with a timeout. This rank ends itself after
-    // TPX_COLLECTIVE_TIMEOUT_S, and mpirun then ends the job.
+    // others there, before any collective with a timeout. This rank ends itself after the job's
+    // backend.collective_timeout_s, and mpirun then ends the job.
+    const double init_timeout_s = tpx::init_timeout_s(argc, argv);
     // Until MPI can say, the rank is the launcher's (mpirun's or srun's) for the message.
     const char* launcher_rank = std::getenv("OMPI_COMM_WORLD_RANK");
     if (!launcher_rank) launcher_rank = std::getenv("SLURM_PROCID");
@@ -530,9 +346,9 @@ int main(int argc, char** argv) {
     bool init_done = false;
     std::thread init_watchdog([&] {
         std::unique_lock<std::mutex> lock(init_mutex);
-        const double timeout_s = tpx::collective_timeout_from_env();
+        const double timeout_s = init_timeout_s;
         if (timeout_s <= 0 || init_cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return init_done; })) return;
-        std::fprintf(stderr, "%s: MPI_Init waited more than %g s (TPX_COLLECTIVE_TIMEOUT_S): a rank did not start, or stopped while starting\n",
+        std::fprintf(stderr, "%s: MPI_Init waited more than %g s (backend.collective_timeout_s): a rank did not start, or stopped while starting\n",
                      tpx::where().c_str(), timeout_s);
         std::fflush(stderr);
         _exit(tpx::kExitRuntime);

@@ -1,5 +1,5 @@
 // MPI collectives in chunks below INT_MAX elements (MPI counts are int), each started as a
-// non-blocking call and finished within TPX_COLLECTIVE_TIMEOUT_S (see mpi_comm.h).
+// non-blocking call and finished within backend.collective_timeout_s (see mpi_comm.h).
 #include "worker/mpi_comm.h"
 
 #include <sched.h>
@@ -25,17 +25,12 @@ constexpr double kListenSeconds = 1.0;
 
 }  // namespace
 
-double collective_timeout_from_env() {
-    const char* t = std::getenv("TPX_COLLECTIVE_TIMEOUT_S");
-    return t ? std::atof(t) : 120.0;
-}
-
-MpiCommunicator::MpiCommunicator() : timeout_s_(collective_timeout_from_env()) {
+MpiCommunicator::MpiCommunicator(double timeout_s) : timeout_s_(timeout_s) {
     MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_));
 }
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm), owned_(true), timeout_s_(collective_timeout_from_env()) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, double timeout_s) : comm_(comm), owned_(true), timeout_s_(timeout_s) {
     MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
     MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
     MPI_CHECK(MPI_Comm_size(comm_, &world_));
@@ -103,7 +98,7 @@ void MpiCommunicator::stalled(const char* what) {
     char seconds[32];
     std::snprintf(seconds, sizeof(seconds), "%g", timeout_s_);
     throw Error(where() + ": " + what + " #" + std::to_string(calls_) + " waited more than " + seconds +
-                    " s (TPX_COLLECTIVE_TIMEOUT_S): " +
+                    " s (backend.collective_timeout_s): " +
                     (missing.empty() ? std::string("every other rank answered that it waits too (so this rank may have been the "
                                                    "one stopped)")
                                      : "rank" + std::string(missing.find(',') == std::string::npos ? " " : "s ") + missing +

@@ -1,7 +1,7 @@
 // Communicator over MPI_COMM_WORLD (the CPU backend's collectives, and every backend's own
 // between ranks: the plan, the reports). Errors come back as CheckError through MPI_CHECK (the
-// world's error handler is MPI_ERRORS_RETURN). A collective that waits longer than
-// TPX_COLLECTIVE_TIMEOUT_S (default 120 s; also the longest a rank waits for a peer still
+// world's error handler is MPI_ERRORS_RETURN). A collective that waits longer than the job's
+// backend.collective_timeout_s (default 120 s; also the longest a rank waits for a peer still
 // loading its weights) asks the other ranks which of them are waiting too, and throws naming
 // the ranks that did not join: a rank that hangs (stopped, deadlocked) ends the job instead of
 // holding every other rank forever.
@@ -16,19 +16,17 @@
 
 namespace tpx {
 
-// TPX_COLLECTIVE_TIMEOUT_S, default 120 s: how long a rank waits in a collective (MPI, or its
-// GPU stream with NCCL) before it ends the job.
-double collective_timeout_from_env();
-
 class MpiCommunicator : public Communicator {
 public:
-    MpiCommunicator();  // over MPI_COMM_WORLD
+    // Over MPI_COMM_WORLD. timeout_s: the job's backend.collective_timeout_s; 0 waits forever.
+    explicit MpiCommunicator(double timeout_s);
     // Over `comm` (a pipeline stage's tp group, from MPI_Comm_split); rank() and world() are the
     // rank within it and its size; messages name world ranks. Takes ownership of `comm`.
-    explicit MpiCommunicator(MPI_Comm comm);
+    MpiCommunicator(MPI_Comm comm, double timeout_s);
     ~MpiCommunicator() override;
     MpiCommunicator(const MpiCommunicator&) = delete;
     MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+    double timeout_s() const { return timeout_s_; }
     int rank() const override { return rank_; }
     int world() const override { return world_; }
     void all_reduce_sum(float* data, size_t n) override;

@@ -53,7 +53,7 @@ void MpiPipe::wait(MPI_Request& request, const char* what, int peer) {
             char seconds[32];
             std::snprintf(seconds, sizeof(seconds), "%g", timeout_s_);
             throw Error(where() + ": " + what + " rank " + std::to_string(peer) + " (pipeline stage " + std::to_string(peer / layout_.tp) +
-                            ") waited more than " + seconds + " s (TPX_COLLECTIVE_TIMEOUT_S): that stage stopped or is stuck",
+                            ") waited more than " + seconds + " s (backend.collective_timeout_s): that stage stopped or is stuck",
                         kExitRuntime);
         }
         sched_yield();  // ranks may share cores (--oversubscribe)

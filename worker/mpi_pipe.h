@@ -1,7 +1,7 @@
 // Point to point between pipeline stages over MPI (the CPU backend): a communicator per stage
 // boundary (stage s's ranks, then stage s+1's), each rank talking to the rank of the same tp_rank
 // in the stage before and after it, and the last stage's tp rank 0 answering world rank 0.
-// Every wait ends within TPX_COLLECTIVE_TIMEOUT_S with an error naming the peer rank and its
+// Every wait ends within the job's backend.collective_timeout_s with an error naming the peer rank and its
 // stage, so a stage that stopped ends the job instead of holding the others on a receive.
 #pragma once
 

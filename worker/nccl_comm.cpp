@@ -9,13 +9,14 @@
 #include <thread>
 
 #include "common/cuda_check.h"
+#include "common/fault_injection.h"
 #include "common/log.h"
 #include "worker/mpi_comm.h"
 
 namespace tpx {
 
 NcclComm::NcclComm(MpiCommunicator& mpi, cudaStream_t stream, double timeout_s, const KernelConfig& tuning)
-    : stream_(stream), timeout_s_(timeout_s), world_(mpi.world()), rank_(mpi.rank()) {
+    : stream_(stream), tuning_(tuning), launch_(stream, tuning_), timeout_s_(timeout_s), world_(mpi.world()), rank_(mpi.rank()) {
     ncclUniqueId id;
     if (rank_ == 0) NCCL_CHECK(ncclGetUniqueId(&id));
     mpi.broadcast(&id, sizeof(id), 0);
@@ -140,7 +141,8 @@ void NcclComm::setup_oneshot(MpiCommunicator& mpi, const KernelConfig& tuning) {
         *oneshot_error_host_ = 0;
         CUDA_CHECK(cudaHostGetDevicePointer(&oneshot_.error, oneshot_error_host_, 0));
         // Half the host's timeout: the kernel gives up first, so that the host can name the rank.
-        oneshot_.timeout_ns = (uint64_t)(timeout_s_ * 0.5e9);
+        // (A timeout of 0, waiting forever, is the largest wait the kernels can count.)
+        oneshot_.timeout_ns = timeout_s_ > 0 ? (uint64_t)(timeout_s_ * 0.5e9) : UINT64_MAX;
         oneshot_status_ = "one-shot all-reduce over CUDA IPC for messages up to " + std::to_string(kOneShotBytes >> 10) +
                           " KiB, NCCL above";
         fused_ = tuning.fused_all_reduce;
@@ -177,10 +179,7 @@ void NcclComm::abort() {
 void NcclComm::all_reduce(__nv_bfloat16* data, size_t n) { all_reduce(data, data, n); }
 
 // The failure tests' hook (TPX_FAULT=R:allreduce): rank R dies in its next all-reduce, fused or not.
-void NcclComm::maybe_fail() const {
-    if (const char* f = std::getenv("TPX_FAULT"))
-        if (std::string(f) == std::to_string(rank_) + ":allreduce") throw Error("injected failure inside an NCCL all-reduce (TPX_FAULT)");
-}
+void NcclComm::maybe_fail() const { maybe_inject_fault("allreduce", rank_); }
 
 void NcclComm::all_reduce(const __nv_bfloat16* in, __nv_bfloat16* out, size_t n) {
     maybe_fail();
@@ -188,7 +187,7 @@ void NcclComm::all_reduce(const __nv_bfloat16* in, __nv_bfloat16* out, size_t n)
     // (activations are stream-ordered allocations, 256-byte aligned, at offsets fixed by shapes
     // that tensor parallelism makes equal).
     if (oneshot() && cuda::oneshot_all_reduce_applies(in, out, n, oneshot_)) {
-        cuda::oneshot_all_reduce(in, out, n, oneshot_, stream_);
+        cuda::oneshot_all_reduce(in, out, n, oneshot_, launch_);
         return;
     }
     NCCL_CHECK(ncclAllReduce(in, out, n, ncclBfloat16, ncclSum, comm_, stream_));
@@ -200,12 +199,12 @@ bool NcclComm::push_applies(int64_t K, int64_t N, const __nv_bfloat16* x, const 
 
 void NcclComm::gemv_push(int64_t K, int64_t N, const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, uint32_t seq) {
     maybe_fail();
-    cuda::gemv_push(K, N, x, w, bias, oneshot_, seq, stream_);
+    cuda::gemv_push({K, N, x, w, bias, seq}, oneshot_, launch_);
 }
 
 cuda::ExchangeIn NcclComm::exchange_in(uint32_t seq) const { return cuda::exchange_in(oneshot_, seq); }
 
-void NcclComm::exchange_advance(uint32_t calls) { cuda::exchange_advance(oneshot_, calls, stream_); }
+void NcclComm::exchange_advance(uint32_t calls) { cuda::exchange_advance(oneshot_, calls, launch_); }
 
 void NcclComm::all_gather(const __nv_bfloat16* in, size_t n, __nv_bfloat16* out) {
     NCCL_CHECK(ncclAllGather(in, out, n, ncclBfloat16, comm_, stream_));
@@ -233,7 +232,7 @@ void sync_with_watchdog(cudaStream_t stream, NcclComm* comm, double timeout_s) {
                 throw Error(std::string("NCCL reported an asynchronous error: ") + ncclGetErrorString(async) + "; communicator aborted");
             }
         }
-        if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_s) {
+        if (timeout_s > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_s) {
             if (comm) comm->abort();
             throw Error("the GPU stream did not finish within " + std::to_string((int)timeout_s) +
                         " s (a peer rank stopped in a collective?); NCCL communicator aborted");

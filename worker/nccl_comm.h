@@ -1,7 +1,7 @@
 // The GPU backend's collectives: NCCL over the world (the ncclUniqueId comes from rank 0 over
 // MPI) and, when every rank is on one host and the GPUs reach each other (NVLink or PCIe
 // peer access), the one-shot all-reduce over CUDA IPC for messages up to kOneShotBytes
-// (kernels/cuda/ops.h; TPX_ONESHOT=0 turns it off). Collectives run on the compute stream.
+// (kernels/cuda/ops.h; backend.tuning.oneshot = false turns it off). Collectives run on the compute stream.
 // sync() waits for the stream while polling ncclCommGetAsyncError and the one-shot kernel's
 // error flag; on an error or after `timeout_s` it aborts the communicator and throws, so the
 // worker's top level ends the job instead of hanging in a collective.
@@ -67,6 +67,8 @@ private:
     std::vector<void*> oneshot_mapped_;      // the peers', opened over IPC
     int* oneshot_error_host_ = nullptr;
     cudaStream_t stream_;
+    KernelConfig tuning_;  // the one-shot kernels' settings (launch_ points at it)
+    cuda::Launch launch_;
     double timeout_s_;
     int world_ = 1;
     int rank_ = 0;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "worker/executor.h"
@@ -37,6 +38,10 @@ public:
     std::vector<int32_t> forward_argmax(const TokenBatch& batch) override;
     int64_t vocab() const override { return vocab_; }
     int64_t kv_cache_bytes() const override { return stage_.kv_cache_bytes(); }
+    // The stage's own (serving, and so refit, runs pp = 1 jobs only: these keep the interface whole).
+    void reload_weights(Checkpoint& ckpt, int rank) override { stage_.reload_weights(ckpt, rank); }
+    std::string refit_limit() const override { return stage_.refit_limit(); }
+    void clear_kv_cache() override { stage_.clear_kv_cache(); }
 
 private:
     // Runs this stage over every micro-batch; on the last stage returns the logits of the whole

@@ -100,7 +100,7 @@ RefitOutcome refit_weights(Executor& exec, MpiCommunicator& comm, const RefitRef
     std::unique_ptr<Checkpoint> ckpt;
     std::string error;
     try {
-        ckpt = Checkpoint::open(path);
+        ckpt = Checkpoint::open(path, ref.read_threads);
         error = exec.refit_limit();
         if (error.empty()) error = refit_mismatch(*ckpt, ref, rank);
     } catch (const std::exception& e) {

@@ -24,6 +24,7 @@ struct RefitReference {
     const Checkpoint* checkpoint = nullptr;  // the job's model.path, as loaded
     const ModelConfig* config = nullptr;
     int delay_ms = 0;                        // pause between the agreement and the reads (a test aid)
+    int read_threads = 0;                    // the job's model.read_threads (0: the reader's default)
 };
 
 // One rank's refit, gathered to every rank (plain bytes: it travels through all_gather_bytes).

@@ -69,15 +69,16 @@ __global__ void argmax_final_kernel(int64_t width, const float* part_v, const in
 
 }  // namespace
 
-void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, cudaStream_t stream) {
+void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, Launch at) {
     if (rows == 0) return;
+    const cudaStream_t stream = at.stream;
     float* part_v = nullptr;
     int64_t* part_i = nullptr;
     CUDA_CHECK(cudaMallocAsync((void**)&part_v, rows * kArgmaxChunks * sizeof(float), stream));
     CUDA_CHECK(cudaMallocAsync((void**)&part_i, rows * kArgmaxChunks * sizeof(int64_t), stream));
-    launch(argmax_partial_kernel, dim3(kArgmaxChunks, (unsigned)rows), kArgmaxThreads, 0, stream, width, logits, part_v, part_i);
+    launch(argmax_partial_kernel, dim3(kArgmaxChunks, (unsigned)rows), kArgmaxThreads, 0, at, width, logits, part_v, part_i);
     TPX_LAUNCH_CHECK();
-    launch(argmax_final_kernel, (unsigned)rows, 32, 0, stream, width, part_v, part_i, out);
+    launch(argmax_final_kernel, (unsigned)rows, 32, 0, at, width, part_v, part_i, out);
     TPX_LAUNCH_CHECK();
     CUDA_CHECK(cudaFreeAsync(part_v, stream));
     CUDA_CHECK(cudaFreeAsync(part_i, stream));

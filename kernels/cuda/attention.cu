@@ -342,7 +342,7 @@ __global__ void __launch_bounds__(kThreads) attention_gqa_kernel(cpu::AttentionS
 // step's K and V rows of every key but the token's own are loaded before the kernel waits for
 // the one before it (pdl_entry), so that they arrive while the qkv GEMV drains; the token's
 // position and slot are then read before the wait too (step inputs, copied before the
-// forward's first kernel). The one-token step at tp=1: -0.03 to -0.04 ms (docs/PERF.md).
+// forward's first kernel).
 template <int HD>
 __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
                                                                    const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out,
@@ -414,24 +414,23 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::Attentio
     }
 }
 
-// The split decode kernel's early K and V loads; attention_early = false: off.
-bool attention_early() { return kernel_config().attention_early; }
-
 // Blocks a (token, head) pair's keys are split over: enough pairs x splits to give every SM a
 // block or two, at most 4 (decode_splits: at most 8, a portable cluster); 1 (no split) from
-// about as many pairs as SMs. 4, not 8 (tpx-kbench on an H200, one token, 32 heads: 4.4 against
-// 9.7 us at 128 cached positions, 14.1 against 17.8 us at 2048; 2 splits 18.4 us at 2048).
-int decode_splits(int64_t tokens, int64_t heads) {
-    const int max_splits = std::min(kMaxSplits, kernel_config().decode_splits);
+// about as many pairs as SMs (docs/PERF.md: why 4, not 8).
+int decode_splits(int64_t tokens, int64_t heads, const KernelConfig& config) {
+    const int max_splits = std::min(kMaxSplits, config.decode_splits);
     int splits = 1;
     while (splits * 2 <= max_splits && tokens * heads * splits * 2 <= 2 * sm_count()) splits *= 2;
     return splits;
 }
 
 // Tokens [t0, t1) through the per-(token, head) kernel, or its split form for few pairs.
-void attention_tokens(const cpu::AttentionShape& s, int64_t t0, int64_t t1, const int32_t* slot, const int32_t* pos, const bf16* q,
-                      const bf16* k_cache, const bf16* v_cache, bf16* out, cudaStream_t stream) {
+void attention_tokens(const AttentionArgs& a, int64_t t0, int64_t t1, Launch at) {
     if (t1 <= t0) return;
+    const cpu::AttentionShape& s = a.shape;
+    const int32_t *slot = a.slot, *pos = a.pos;
+    const bf16 *q = a.q, *k_cache = a.k_cache, *v_cache = a.v_cache;
+    bf16* out = a.out;
     dim3 grid((unsigned)(t1 - t0), (unsigned)s.heads);
     auto allow_smem = [&](const void* kernel, size_t smem) {
         static std::map<const void*, size_t> raised;  // the shared memory each kernel was allowed so far
@@ -445,18 +444,18 @@ void attention_tokens(const cpu::AttentionShape& s, int64_t t0, int64_t t1, cons
     };
     auto launch_with_smem = [&](auto kernel, size_t smem) {
         allow_smem((const void*)kernel, smem);
-        launch(kernel, grid, kThreads, smem, stream, s, t0, slot, pos, q, k_cache, v_cache, out);
+        launch(kernel, grid, kThreads, smem, at, s, t0, slot, pos, q, k_cache, v_cache, out);
         TPX_LAUNCH_CHECK();
     };
-    const int splits = decode_splits(t1 - t0, s.heads);
+    const int splits = decode_splits(t1 - t0, s.heads, *at.config);
     if (splits > 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256)) {
         // The keys a block may get: ceil(visible / splits), visible at most max_seq (or the window).
         const int64_t visible = s.sliding_window > 0 ? std::min(s.max_seq, s.sliding_window) : s.max_seq;
         const size_t smem = (size_t)(kWarps * s.head_dim + (visible + splits - 1) / splits) * sizeof(float);
         auto go = [&](auto kernel) {
             allow_smem((const void*)kernel, smem);
-            launch_cluster(kernel, dim3((unsigned)splits, (unsigned)s.heads, (unsigned)(t1 - t0)), splits, kThreads, smem, stream, s, t0,
-                           slot, pos, q, k_cache, v_cache, out, s.tokens == 1 && attention_early());
+            launch_cluster(kernel, dim3((unsigned)splits, (unsigned)s.heads, (unsigned)(t1 - t0)), splits, kThreads, smem, at, s, t0,
+                           slot, pos, q, k_cache, v_cache, out, s.tokens == 1 && at.config->attention_early);
         };
         if (s.head_dim == 64) go(attention_split_kernel<64>);
         else if (s.head_dim == 128) go(attention_split_kernel<128>);
@@ -466,14 +465,14 @@ void attention_tokens(const cpu::AttentionShape& s, int64_t t0, int64_t t1, cons
     // GQA: one block for a KV head's G query heads where that still gives every SM a block
     // (tokens x kv_heads >= SMs; a batch-64 decode step) and their scores fit in shared memory.
     const int64_t G = s.heads / s.kv_heads;
-    const bool gqa_on = kernel_config().attention_gqa;
+    const bool gqa_on = at.config->attention_gqa;
     const size_t gqa_smem = (size_t)(kWarps * G * s.head_dim + G * s.max_seq) * sizeof(float);
     if (gqa_on && (G == 2 || G == 4 || G == 8) && (s.head_dim == 64 || s.head_dim == 128) && (t1 - t0) * s.kv_heads >= sm_count() &&
         gqa_smem <= 227 * 1024) {
         dim3 gqa_grid((unsigned)(t1 - t0), (unsigned)s.kv_heads);
         auto go = [&](auto kernel) {
             allow_smem((const void*)kernel, gqa_smem);
-            launch(kernel, gqa_grid, kThreads, gqa_smem, stream, s, t0, slot, pos, q, k_cache, v_cache, out);
+            launch(kernel, gqa_grid, kThreads, gqa_smem, at, s, t0, slot, pos, q, k_cache, v_cache, out);
             TPX_LAUNCH_CHECK();
         };
         if (s.head_dim == 128 && G == 4) go(attention_gqa_kernel<128, 4>);
@@ -497,9 +496,12 @@ void attention_tokens(const cpu::AttentionShape& s, int64_t t0, int64_t t1, cons
 void probe_set_attention(const ProbeSink& s) { probe_set_here(s); }
 #endif
 
-void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k, const bf16* v,
-               bf16* k_cache, bf16* v_cache, bf16* out, cudaStream_t stream, int64_t k_stride, int64_t v_stride, cublasHandle_t cublas,
-               const std::vector<AttentionSegment>* segments) {
+void attention(const AttentionArgs& a, Launch at) {
+    const cpu::AttentionShape& s = a.shape;
+    const int32_t *slot = a.slot, *pos = a.pos;
+    const bf16 *q = a.q, *k = a.k, *v = a.v;
+    bf16 *k_cache = a.k_cache, *v_cache = a.v_cache, *out = a.out;
+    const int64_t k_stride = a.k_stride, v_stride = a.v_stride;
     TPX_CHECK(s.heads % s.kv_heads == 0, "attention: heads must be a multiple of kv_heads");
     TPX_CHECK(s.head_dim <= 32 * kMaxDimsPerLane, "attention: head_dim above " + std::to_string(32 * kMaxDimsPerLane));
     if (s.tokens == 0) return;
@@ -508,27 +510,27 @@ void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t*
     if (k) {
         const int64_t ks = k_stride ? k_stride : kv_width, vs = v_stride ? v_stride : kv_width;
         if (kv_width % 8 == 0 && ks % 8 == 0 && vs % 8 == 0 && aligned16({k, v, k_cache, v_cache}))
-            launch(kv_write_kernel<uint4>, (unsigned)s.tokens, 128, 0, stream, kv_width / 8, ks / 8, vs / 8, s.max_seq, slot, pos,
+            launch(kv_write_kernel<uint4>, (unsigned)s.tokens, 128, 0, at, kv_width / 8, ks / 8, vs / 8, s.max_seq, slot, pos,
                    reinterpret_cast<const uint4*>(k), reinterpret_cast<const uint4*>(v), reinterpret_cast<uint4*>(k_cache),
                    reinterpret_cast<uint4*>(v_cache));
         else
-            launch(kv_write_kernel<bf16>, (unsigned)s.tokens, 256, 0, stream, kv_width, ks, vs, s.max_seq, slot, pos, k, v, k_cache, v_cache);
+            launch(kv_write_kernel<bf16>, (unsigned)s.tokens, 256, 0, at, kv_width, ks, vs, s.max_seq, slot, pos, k, v, k_cache, v_cache);
         TPX_LAUNCH_CHECK();
     }
-    if (!segments || !cublas) {
-        attention_tokens(s, 0, s.tokens, slot, pos, q, k_cache, v_cache, out, stream);
+    if (!a.segments || !a.cublas) {
+        attention_tokens(a, 0, s.tokens, at);
         return;
     }
     // Runs of short segments through the kernel, long segments through cuBLAS.
     int64_t run_start = 0;
-    for (const AttentionSegment& seg : *segments) {
+    for (const AttentionSegment& seg : *a.segments) {
         TPX_CHECK(seg.first >= run_start && seg.first + seg.count <= s.tokens, "attention: segments out of order or beyond the batch");
         if (seg.count < kAttentionGemmMinTokens) continue;
-        attention_tokens(s, run_start, seg.first, slot, pos, q, k_cache, v_cache, out, stream);
-        attention_prefill_segment(cublas, s, seg, q, k_cache, v_cache, out, stream);
+        attention_tokens(a, run_start, seg.first, at);
+        attention_prefill_segment(a.cublas, {s, seg, q, k_cache, v_cache, out}, at);
         run_start = seg.first + seg.count;
     }
-    attention_tokens(s, run_start, s.tokens, slot, pos, q, k_cache, v_cache, out, stream);
+    attention_tokens(a, run_start, s.tokens, at);
 }
 
 }  // namespace tpx::cuda

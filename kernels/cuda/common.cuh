@@ -19,7 +19,7 @@ inline unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + thre
 // draining; in a captured graph the two become one programmatic edge. So every kernel here
 // begins with pdl_entry(): it waits for the grids before it to finish, their writes visible,
 // before it reads or writes anything, then lets the next kernel launch (after the wait, so that
-// at most one grid waits beside the one running). Off (ordinary launches) with TPX_PDL=0.
+// at most one grid waits beside the one running). Off (ordinary launches) with backend.tuning.pdl = false.
 __device__ __forceinline__ void pdl_entry() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -27,7 +27,7 @@ __device__ __forceinline__ void pdl_entry() {
 #endif
 }
 
-bool pdl_enabled();  // kernel_config().pdl and the device is sm_90 or newer
+bool pdl_enabled(const KernelConfig& config);  // config.pdl and the device is sm_90 or newer
 int sm_count();      // the current device's multiprocessors (read once)
 
 __device__ __forceinline__ uint64_t global_ns() {
@@ -42,6 +42,7 @@ static __device__ ProbeSink probe_sink;
 inline void probe_set_here(const ProbeSink& s) { CUDA_CHECK(cudaMemcpyToSymbol(probe_sink, &s, sizeof s)); }
 void probe_set_linear(const ProbeSink& s);
 void probe_set_attention(const ProbeSink& s);
+void probe_set_fused_allreduce(const ProbeSink& s);
 __device__ inline void probe_put(unsigned tag, unsigned k, const unsigned long long* t) {
     if (threadIdx.x != 0 || !probe_sink.rec) return;
     unsigned smid;
@@ -81,18 +82,6 @@ __device__ __forceinline__ void give_up_on(int rank, int* error, uint32_t* gave_
     atomicExch(gave_up, 1u);
 }
 
-// The fused all-reduce's LL units (ExchangeIn in ops.h): an 8-byte store arrives whole, so a
-// reader that sees the flag sees the data stored with it; volatile: past L1, to whichever GPU
-// owns the memory.
-__device__ __forceinline__ void ll_store(uint2* p, uint32_t data, uint32_t flag) {
-    asm volatile("st.volatile.global.v2.u32 [%0], {%1, %2};" ::"l"(p), "r"(data), "r"(flag) : "memory");
-}
-__device__ __forceinline__ uint4 ll_load(const uint4* p) {  // two units
-    uint4 v;
-    asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
-    return v;
-}
-
 __device__ inline uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 // 16 bytes global -> shared, asynchronous; zeros when !valid (src is then not read).
@@ -102,12 +91,13 @@ __device__ inline void cp_async16(void* dst, const void* src, bool valid) {
 __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
-// `cluster` > 0: thread-block clusters of that many blocks along x (sm_90).
+// `cluster` > 0: thread-block clusters of that many blocks along x (sm_90). On at.stream, with
+// programmatic dependent launch where at.config allows it.
 template <typename... Params, typename... Args>
-void launch_cluster(void (*kernel)(Params...), dim3 grid, int cluster, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+void launch_cluster(void (*kernel)(Params...), dim3 grid, int cluster, dim3 block, size_t smem, const Launch& at, Args&&... args) {
     cudaLaunchAttribute attrs[2] = {};
     unsigned n = 0;
-    if (pdl_enabled()) {
+    if (pdl_enabled(*at.config)) {
         attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
         attrs[n++].val.programmaticStreamSerializationAllowed = 1;
     }
@@ -119,15 +109,15 @@ void launch_cluster(void (*kernel)(Params...), dim3 grid, int cluster, dim3 bloc
     config.gridDim = grid;
     config.blockDim = block;
     config.dynamicSmemBytes = smem;
-    config.stream = stream;
+    config.stream = at.stream;
     config.attrs = attrs;
     config.numAttrs = n;
     CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
-    launch_cluster(kernel, grid, 0, block, smem, stream, std::forward<Args>(args)...);
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Launch& at, Args&&... args) {
+    launch_cluster(kernel, grid, 0, block, smem, at, std::forward<Args>(args)...);
 }
 
 // Every pointer on a 16-byte boundary (the vector kernels' uint4 loads and stores).

@@ -1,7 +1,6 @@
 // Embedding lookup, residual add, SwiGLU, row gather, dtype conversion: one thread per element
 // (or per row for the lookup), bf16 storage, fp32 arithmetic. The add and SwiGLU take eight
-// elements a thread in 16-byte loads where widths and pointers allow (SwiGLU over a 2048-token
-// prefill: 123 us a layer one element a thread, a third of the HBM rate).
+// elements a thread in 16-byte loads where widths and pointers allow.
 #include "kernels/cuda/common.cuh"
 
 namespace tpx::cuda {
@@ -94,64 +93,65 @@ __global__ void to_bf16_kernel(int64_t n, const float* x, bf16* y) {
 
 }  // namespace
 
-void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, cudaStream_t stream) {
+void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, Launch at) {
     if (s.tokens == 0) return;
-    launch(embedding_kernel, (unsigned)s.tokens, 256, 0, stream, s, ids, table, y);
+    launch(embedding_kernel, (unsigned)s.tokens, 256, 0, at, s, ids, table, y);
     TPX_LAUNCH_CHECK();
 }
 
-void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream) {
+void add(int64_t n, const bf16* a, const bf16* b, bf16* y, Launch at) {
     if (n == 0) return;
     if (n % 8 == 0 && aligned16({a, b, y}))
-        launch(add_vec_kernel, blocks_for(n / 8, 256), 256, 0, stream, n / 8, reinterpret_cast<const uint4*>(a), reinterpret_cast<const uint4*>(b),
+        launch(add_vec_kernel, blocks_for(n / 8, 256), 256, 0, at, n / 8, reinterpret_cast<const uint4*>(a), reinterpret_cast<const uint4*>(b),
                                                                    reinterpret_cast<uint4*>(y));
-    else launch(add_kernel, blocks_for(n, 256), 256, 0, stream, n, a, b, y);
+    else launch(add_kernel, blocks_for(n, 256), 256, 0, at, n, a, b, y);
     TPX_LAUNCH_CHECK();
 }
 
-void silu_mul_fused(int64_t tokens, int64_t inter, const bf16* gate_up, bf16* out, cudaStream_t stream) {
+void silu_mul_fused(int64_t tokens, int64_t inter, const bf16* gate_up, bf16* out, Launch at) {
     if (tokens * inter == 0) return;
     if (inter % 8 == 0 && aligned16({gate_up, out})) {
         const uint4* g = reinterpret_cast<const uint4*>(gate_up);
-        launch(silu_mul_vec_kernel, blocks_for(tokens * inter / 8, 256), 256, 0, stream, tokens, inter / 8, g, g + inter / 8, 2 * inter / 8,
+        launch(silu_mul_vec_kernel, blocks_for(tokens * inter / 8, 256), 256, 0, at, tokens, inter / 8, g, g + inter / 8, 2 * inter / 8,
                                                                                      reinterpret_cast<uint4*>(out));
     } else {
-        launch(silu_mul_fused_kernel, blocks_for(tokens * inter, 256), 256, 0, stream, tokens, inter, gate_up, out);
+        launch(silu_mul_fused_kernel, blocks_for(tokens * inter, 256), 256, 0, at, tokens, inter, gate_up, out);
     }
     TPX_LAUNCH_CHECK();
 }
 
-void silu_mul(int64_t tokens, int64_t width, const bf16* gate, const bf16* up, bf16* out, cudaStream_t stream) {
+void silu_mul(int64_t tokens, int64_t width, const bf16* gate, const bf16* up, bf16* out, Launch at) {
     if (tokens * width == 0) return;
     if (width % 8 == 0 && aligned16({gate, up, out}))
-        launch(silu_mul_vec_kernel, blocks_for(tokens * width / 8, 256), 256, 0, stream, tokens, width / 8, reinterpret_cast<const uint4*>(gate),
+        launch(silu_mul_vec_kernel, blocks_for(tokens * width / 8, 256), 256, 0, at, tokens, width / 8, reinterpret_cast<const uint4*>(gate),
                                                                                      reinterpret_cast<const uint4*>(up), width / 8,
                                                                                      reinterpret_cast<uint4*>(out));
-    else launch(silu_mul_kernel, blocks_for(tokens * width, 256), 256, 0, stream, tokens * width, gate, up, out);
+    else launch(silu_mul_kernel, blocks_for(tokens * width, 256), 256, 0, at, tokens * width, gate, up, out);
     TPX_LAUNCH_CHECK();
 }
 
-void scale_add(int64_t tokens, int64_t width, const float* weights, int64_t stride, const bf16* part, bf16* y, cudaStream_t stream) {
+void scale_add(const ScaleAddArgs& a, Launch at) {
+    const int64_t tokens = a.tokens, width = a.width;
     if (tokens * width == 0) return;
-    launch(scale_add_kernel, blocks_for(tokens * width, 256), 256, 0, stream, tokens, width, weights, stride, part, y);
+    launch(scale_add_kernel, blocks_for(tokens * width, 256), 256, 0, at, tokens, width, a.weights, a.weight_stride, a.part, a.y);
     TPX_LAUNCH_CHECK();
 }
 
-void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16* x, bf16* out, cudaStream_t stream) {
+void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16* x, bf16* out, Launch at) {
     if (n_rows == 0) return;
-    launch(gather_rows_kernel, (unsigned)n_rows, 256, 0, stream, width, rows, x, out);
+    launch(gather_rows_kernel, (unsigned)n_rows, 256, 0, at, width, rows, x, out);
     TPX_LAUNCH_CHECK();
 }
 
-void bf16_to_f32(int64_t n, const bf16* x, float* y, cudaStream_t stream) {
+void bf16_to_f32(int64_t n, const bf16* x, float* y, Launch at) {
     if (n == 0) return;
-    launch(to_f32_kernel, blocks_for(n, 256), 256, 0, stream, n, x, y);
+    launch(to_f32_kernel, blocks_for(n, 256), 256, 0, at, n, x, y);
     TPX_LAUNCH_CHECK();
 }
 
-void f32_to_bf16(int64_t n, const float* x, bf16* y, cudaStream_t stream) {
+void f32_to_bf16(int64_t n, const float* x, bf16* y, Launch at) {
     if (n == 0) return;
-    launch(to_bf16_kernel, blocks_for(n, 256), 256, 0, stream, n, x, y);
+    launch(to_bf16_kernel, blocks_for(n, 256), 256, 0, at, n, x, y);
     TPX_LAUNCH_CHECK();
 }
 

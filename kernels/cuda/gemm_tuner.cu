@@ -1,6 +1,5 @@
-// The prefill GEMMs' algorithm chosen by timing (see GemmTuner in ops.h). tpx-kbench --gemm on
-// an H200 found the fastest of cuBLASLt's heuristic algorithms 1 to 4% ahead of cublasGemmEx
-// for the 8B's prefill shapes at 2048 tokens (qkv 141 / 147 us, gate_up 585 / 606 us).
+// The prefill GEMMs' algorithm chosen by timing (see GemmTuner in ops.h; docs/PERF.md has what
+// it gains over cublasGemmEx).
 #include <cublasLt.h>
 
 #include <algorithm>

@@ -28,7 +28,7 @@
 namespace tpx::cuda {
 namespace {
 
-constexpr int kWarps = 8;           // rows a block: a warp a row (2 or 4 rows a warp: no faster, tpx-kbench --moe)
+constexpr int kWarps = 8;           // rows a block: a warp a row
 constexpr int kTokensAPass = 8;     // accumulators a lane
 constexpr int kMaxListed = 1024;    // tokens listed a block (shared memory); more: passes over the list
 constexpr int kMaxLocalExperts = 256;  // as moe_routing
@@ -98,8 +98,7 @@ __device__ inline void dot_rows(const uint4* __restrict__ w, const uint4* __rest
 }
 
 // (The two kernels below begin alike: the chosen expert, then its tokens kMaxListed at a time.
-// A shared device helper taking the rest as a lambda was 2% slower in tpx-kbench --moe, so the
-// few lines stay twice.)
+// The few lines stay twice: a shared helper was slower, docs/PERF.md.)
 __global__ void __launch_bounds__(32 * kWarps) moe_gate_up_kernel(cpu::MoeShape s, const float* weights, const uint4* x, const uint4* w_gate,
                                                                   const uint4* w_up, int64_t expert_stride8, bf16* act) {
     pdl_entry();  // see common.cuh
@@ -174,8 +173,13 @@ __global__ void scale_add_rows_kernel(int64_t n, int64_t width, const int64_t* r
 
 }  // namespace
 
-void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* weights, const bf16* x, const MoeExperts& w, bf16* y,
-                 cudaStream_t stream, const std::function<void()>& wait) {
+void moe_grouped(cublasHandle_t cublas, const MoeArgs& a, Launch at, const std::function<void()>& wait) {
+    const cpu::MoeShape& s = a.shape;
+    const float* weights = a.weights;
+    const bf16* x = a.x;
+    const MoeExperts& w = a.experts;
+    bf16* y = a.y;
+    const cudaStream_t stream = at.stream;
     if (s.tokens == 0) return;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
@@ -210,17 +214,17 @@ void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* wei
     for (int64_t e = 0; e < E; ++e) {
         const int64_t n = first[e + 1] - first[e];
         if (n == 0) continue;  // an expert no token chose: not read
-        gather_rows(n, H, d_rows + first[e], x, xe, stream);
+        gather_rows(n, H, d_rows + first[e], x, xe, at);
         if (fused) {
-            linear(cublas, {n, H, 2 * I}, xe, w.gate + e * w.stride, nullptr, gu, stream);
-            silu_mul_fused(n, I, gu, act, stream);
+            linear(cublas, {{n, H, 2 * I}, xe, w.gate + e * w.stride, nullptr, gu}, at);
+            silu_mul_fused(n, I, gu, act, at);
         } else {
-            linear(cublas, {n, H, I}, xe, w.gate + e * w.stride, nullptr, gu, stream);
-            linear(cublas, {n, H, I}, xe, w.up + e * w.stride, nullptr, gu + n * I, stream);
-            silu_mul(n, I, gu, gu + n * I, act, stream);
+            linear(cublas, {{n, H, I}, xe, w.gate + e * w.stride, nullptr, gu}, at);
+            linear(cublas, {{n, H, I}, xe, w.up + e * w.stride, nullptr, gu + n * I}, at);
+            silu_mul(n, I, gu, gu + n * I, act, at);
         }
-        linear(cublas, {n, I, H}, act, w.down + e * H * I, nullptr, part, stream);
-        launch(scale_add_rows_kernel, blocks_for(n * H, 256), 256, 0, stream, n, H, (const int64_t*)(d_rows + first[e]), weights + e, E,
+        linear(cublas, {{n, I, H}, act, w.down + e * H * I, nullptr, part}, at);
+        launch(scale_add_rows_kernel, blocks_for(n * H, 256), 256, 0, at, n, H, (const int64_t*)(d_rows + first[e]), weights + e, E,
                (const bf16*)part, y);
         TPX_LAUNCH_CHECK();
     }
@@ -231,8 +235,12 @@ bool moe_sparse_supported(const cpu::MoeShape& s, const bf16* x, const MoeExpert
     return s.hidden % 8 == 0 && s.inter_local % 8 == 0 && w.stride % 8 == 0 && aligned16({x, w.gate, w.up, w.down});
 }
 
-void moe_sparse(const cpu::MoeShape& s, const float* weights, const bf16* x, const MoeExperts& w, bf16* act, bf16* part, bf16* y,
-                cudaStream_t stream) {
+void moe_sparse(const MoeArgs& a, bf16* act, bf16* part, Launch at) {
+    const cpu::MoeShape& s = a.shape;
+    const float* weights = a.weights;
+    const bf16* x = a.x;
+    const MoeExperts& w = a.experts;
+    bf16* y = a.y;
     if (s.tokens == 0) return;
     TPX_CHECK(moe_sparse_supported(s, x, w) && aligned16({act, part}),
               "moe_sparse: hidden and inter must be multiples of 8 and every pointer 16-byte aligned");
@@ -240,12 +248,12 @@ void moe_sparse(const cpu::MoeShape& s, const float* weights, const bf16* x, con
     auto v = [](const bf16* p) { return reinterpret_cast<const uint4*>(p); };
     // A row of blocks for each expert that may be chosen: no more than the tokens' choices.
     const unsigned experts = (unsigned)std::min(s.local_experts, s.tokens * s.top_k);
-    launch(moe_gate_up_kernel, dim3(blocks_for(s.inter_local, kWarps), experts), 32 * kWarps, 0, stream, s, weights, v(x), v(w.gate),
+    launch(moe_gate_up_kernel, dim3(blocks_for(s.inter_local, kWarps), experts), 32 * kWarps, 0, at, s, weights, v(x), v(w.gate),
            v(w.up), w.stride / 8, act);
     TPX_LAUNCH_CHECK();
-    launch(moe_down_kernel, dim3(blocks_for(s.hidden, kWarps), experts), 32 * kWarps, 0, stream, s, weights, v(act), v(w.down), part);
+    launch(moe_down_kernel, dim3(blocks_for(s.hidden, kWarps), experts), 32 * kWarps, 0, at, s, weights, v(act), v(w.down), part);
     TPX_LAUNCH_CHECK();
-    launch(moe_combine_kernel, blocks_for(s.tokens * s.hidden, 256), 256, 0, stream, s, weights, part, y);
+    launch(moe_combine_kernel, blocks_for(s.tokens * s.hidden, 256), 256, 0, at, s, weights, part, y);
     TPX_LAUNCH_CHECK();
 }
 

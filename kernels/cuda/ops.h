@@ -19,11 +19,15 @@
 
 namespace tpx::cuda {
 
-// The job's kernel settings ([backend.tuning], common/kernel_config.h), one per process: the
-// executor (or a test, or tpx-kbench) sets them before the launches they are to govern, and the
-// launchers read them at each launch. Defaults until set.
-void set_kernel_config(const KernelConfig& config);
-const KernelConfig& kernel_config();
+// Where a launcher enqueues its kernels, and the job's kernel settings ([backend.tuning],
+// common/kernel_config.h) that choose among them. Every launcher takes one: no launch reads a
+// process-wide setting. The config outlives every launch made with it (its owner, the executor
+// or a test, holds it).
+struct Launch {
+    cudaStream_t stream;
+    const KernelConfig* config;  // never nullptr
+    Launch(cudaStream_t s, const KernelConfig& c) : stream(s), config(&c) {}
+};
 
 #ifdef TPX_PROBE
 // Probe builds only (-DTPX_PROBE, tpx-kbench --layer): the decode GEMVs and attention write, per
@@ -45,13 +49,22 @@ void probe_set(const ProbeSink& sink);
 using bf16 = __nv_bfloat16;
 
 // y[T, N] = x[T, K] W[N, K]^T (+ bias[N]), bf16 in, fp32 sums, bf16 out: the GEMV kernel where
-// gemv_applies() (one row, K % 8 == 0, 16-byte aligned x and W) unless allow_gemv is false,
+// gemv_applies() (one row, K % 8 == 0, 16-byte aligned x and W) and the route is kAuto,
 // cuBLAS otherwise: the tuner's algorithm where a tuner is given and takes the product,
 // cublasGemmEx else.
 bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w);
 class GemmTuner;
-void linear(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, const bf16* w, const bf16* bias, bf16* y,
-            cudaStream_t stream, bool allow_gemv = true, GemmTuner* tuner = nullptr);
+enum class LinearRoute { kAuto, kGemm };  // kGemm: cuBLAS even where the GEMV applies (tests compare them)
+struct LinearArgs {
+    cpu::LinearShape shape;
+    const bf16* x = nullptr;
+    const bf16* w = nullptr;
+    const bf16* bias = nullptr;  // optional
+    bf16* y = nullptr;
+    GemmTuner* tuner = nullptr;  // optional: the prefill GEMMs' algorithm chosen by timing
+    LinearRoute route = LinearRoute::kAuto;
+};
+void linear(cublasHandle_t cublas, const LinearArgs& a, Launch at);
 
 // The prefill GEMMs' algorithm, chosen by timing (gemm_tuner.cu), as TensorRT-LLM's autotuner
 // and PyTorch's TunableOp do: the first product of at least kGemmTuneMinTokens rows of a
@@ -84,7 +97,7 @@ private:
     Impl* impl_;
 };
 
-// The batch-1 decode GEMV with its neighbours fused in (linear.cu), y = x W^T (+ bias) where:
+// The batch-1 decode GEMV with its neighbours fused in (linear.cu; the kernels are gemv.cuh), y = x W^T (+ bias) where:
 // - norm (optional): x is rmsnorm(residual + x) (or rmsnorm(x) without a residual) computed per
 //   block, as add_rmsnorm/rmsnorm would; residual + x goes to residual_out;
 // - kSwiglu: y[j] = silu(z[j]) * z[j + N/2] for the linear's output z (the gate_up layout), N/2 wide;
@@ -133,23 +146,48 @@ struct GemvRopeKv {
     bf16* v_cache = nullptr;
 };
 enum class GemvEpilogue { kNone, kSwiglu, kRopeKv };
+struct GemvFusedArgs {
+    int64_t K = 0, N = 0;
+    const bf16* x = nullptr;  // unused when the norm sums an exchange
+    const bf16* w = nullptr;
+    const bf16* bias = nullptr;      // optional
+    bf16* y = nullptr;
+    const GemvNorm* norm = nullptr;  // optional prologue
+    GemvEpilogue epilogue = GemvEpilogue::kNone;
+    const GemvRopeKv* rope = nullptr;  // kRopeKv's parameters
+};
 bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w);
-void gemv_fused(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const GemvNorm* norm, GemvEpilogue epi,
-                const GemvRopeKv* rope, cudaStream_t stream);
+void gemv_fused(const GemvFusedArgs& a, Launch at);
 
-void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, cudaStream_t stream);
-void rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream);
+void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, Launch at);
+struct RmsnormArgs {
+    int64_t tokens = 0, width = 0;
+    float eps = 0;
+    const bf16* x = nullptr;
+    const bf16* w = nullptr;
+    bf16* y = nullptr;
+};
+void rmsnorm(const RmsnormArgs& a, Launch at);
 // residual_out = residual_in + x (rounded to bf16), y = rmsnorm(residual_out); residual_in may
 // be residual_out (in place), neither may alias x.
-void add_rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* residual_in, bf16* residual_out,
-                 const bf16* w, bf16* y, cudaStream_t stream);
-void add(int64_t n, const bf16* a, const bf16* b, bf16* y, cudaStream_t stream);
+void add_rmsnorm(const RmsnormArgs& a, const bf16* residual_in, bf16* residual_out, Launch at);
+void add(int64_t n, const bf16* a, const bf16* b, bf16* y, Launch at);
 
 // inv_freq: the rope_inv_freq() values (computed on the host, identical to the CPU twin's).
 // Reads q_in/k_in, whose rows are in_stride elements apart (0: packed), so that they may be
 // column slices of the fused QKV output; writes packed q/k (the same buffers for in place).
-void rope(const cpu::RopeParams& p, int64_t tokens, const int32_t* positions, const float* inv_freq, const bf16* q_in,
-          const bf16* k_in, bf16* q, bf16* k, cudaStream_t stream, int64_t in_stride = 0);
+struct RopeArgs {
+    cpu::RopeParams p;
+    int64_t tokens = 0;
+    const int32_t* positions = nullptr;
+    const float* inv_freq = nullptr;
+    const bf16* q_in = nullptr;
+    const bf16* k_in = nullptr;
+    bf16* q = nullptr;
+    bf16* k = nullptr;
+    int64_t in_stride = 0;
+};
+void rope(const RopeArgs& a, Launch at);
 
 // One prompt (or chunk of one) in a batch: tokens [first, first + count) of slot `slot`, at
 // positions start, start + 1, ...
@@ -167,25 +205,50 @@ constexpr int64_t kAttentionGemmMinTokens = 64;
 // block only multiplies the keys it can see. The other tokens go through a kernel with one
 // block per (token, head), 16-byte loads of K and V, several keys in flight per warp.
 // k and v both nullptr: they are in the caches already (gemv_fused's kRopeKv).
-void attention(const cpu::AttentionShape& s, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k,
-               const bf16* v, bf16* k_cache, bf16* v_cache, bf16* out, cudaStream_t stream, int64_t k_stride = 0,
-               int64_t v_stride = 0, cublasHandle_t cublas = nullptr, const std::vector<AttentionSegment>* segments = nullptr);
+struct AttentionArgs {
+    cpu::AttentionShape shape;
+    const int32_t* slot = nullptr;
+    const int32_t* pos = nullptr;
+    const bf16* q = nullptr;
+    const bf16* k = nullptr;
+    const bf16* v = nullptr;
+    bf16* k_cache = nullptr;
+    bf16* v_cache = nullptr;
+    bf16* out = nullptr;
+    int64_t k_stride = 0, v_stride = 0;                       // 0: packed
+    cublasHandle_t cublas = nullptr;                         // with segments: long ones by GEMMs
+    const std::vector<AttentionSegment>* segments = nullptr;
+};
+void attention(const AttentionArgs& a, Launch at);
 
 // One prompt segment of at least kAttentionGemmMinTokens tokens whose K and V are in the caches
 // (prefill_attention.cu; attention() calls it): the flash kernel for head_dim 64 and 128, short
-// segments (up to 256 tokens) in 32-row blocks, else batched cuBLAS GEMMs.
-void attention_prefill_segment(cublasHandle_t cublas, const cpu::AttentionShape& s, const AttentionSegment& seg, const bf16* q,
-                               const bf16* k_cache, const bf16* v_cache, bf16* out, cudaStream_t stream);
+// segments (up to flash_short_max tokens) in 32-row blocks, else batched cuBLAS GEMMs.
+struct PrefillSegmentArgs {
+    cpu::AttentionShape shape;
+    AttentionSegment seg;
+    const bf16* q = nullptr;
+    const bf16* k_cache = nullptr;
+    const bf16* v_cache = nullptr;
+    bf16* out = nullptr;
+};
+void attention_prefill_segment(cublasHandle_t cublas, const PrefillSegmentArgs& a, Launch at);
 
-void silu_mul_fused(int64_t tokens, int64_t inter, const bf16* gate_up, bf16* out, cudaStream_t stream);
-void silu_mul(int64_t tokens, int64_t width, const bf16* gate, const bf16* up, bf16* out, cudaStream_t stream);
+void silu_mul_fused(int64_t tokens, int64_t inter, const bf16* gate_up, bf16* out, Launch at);
+void silu_mul(int64_t tokens, int64_t width, const bf16* gate, const bf16* up, bf16* out, Launch at);
 
 // MoE routing: weights[t, e] for the local experts (0 where the token does not visit e), from
 // the router logits as the CPU twin computes them (softmax, top-k, renormalise).
-void moe_routing(const cpu::MoeShape& s, const bf16* router_logits, float* weights, cudaStream_t stream);
-// y[t, :] += weights[t, e] * part[t, :]
-void scale_add(int64_t tokens, int64_t width, const float* weights, int64_t weight_stride, const bf16* part, bf16* y,
-               cudaStream_t stream);
+void moe_routing(const cpu::MoeShape& s, const bf16* router_logits, float* weights, Launch at);
+// y[t, :] += weights[t * weight_stride] * part[t, :]
+struct ScaleAddArgs {
+    int64_t tokens = 0, width = 0;
+    const float* weights = nullptr;
+    int64_t weight_stride = 0;
+    const bf16* part = nullptr;
+    bf16* y = nullptr;
+};
+void scale_add(const ScaleAddArgs& a, Launch at);
 
 // One MoE layer's local experts on the device: expert e's gate rows at gate + e * stride, its up
 // rows at up + e * stride ([inter_local, hidden] each; the fused w13 gives up = gate +
@@ -196,12 +259,19 @@ struct MoeExperts {
     int64_t stride;
     const bf16* down;
 };
+// One MoE layer's input and output: weights [tokens, local] from moe_routing.
+struct MoeArgs {
+    cpu::MoeShape shape;
+    const float* weights = nullptr;
+    const bf16* x = nullptr;
+    MoeExperts experts{};
+    bf16* y = nullptr;
+};
 
-// The executor's choice of form (docs/PERF.md, tpx-kbench --moe): MoE layers of at most
-// kMoeSparseMaxTokens tokens sparse; outside a CUDA graph, of at least kMoeGroupedMinTokens by
-// expert (below it every expert is chosen anyway and the dense form's GEMMs, with no host round
-// trip, are faster: 64 tokens 836 us dense, 921 by expert; a 128-token prefill of the 8-layer
-// Mixtral shape 8.12 ms dense, 7.89 by expert); dense otherwise.
+// The executor's choice of form (backend.tuning.moe = "auto"; docs/PERF.md has the times that
+// set the bounds): MoE layers of at most kMoeSparseMaxTokens tokens sparse; outside a CUDA
+// graph, of at least kMoeGroupedMinTokens by expert (below it every expert is chosen anyway and
+// the dense form's GEMMs, with no host round trip, are faster); dense otherwise.
 constexpr int64_t kMoeSparseMaxTokens = 4;
 constexpr int64_t kMoeGroupedMinTokens = 128;
 
@@ -211,8 +281,7 @@ constexpr int64_t kMoeGroupedMinTokens = 128;
 // y[t, :] = the weighted parts, summed in expert order as the dense form's scale_add calls do.
 // Needs hidden and inter_local multiples of 8 and 16-byte aligned pointers (moe_sparse_supported).
 bool moe_sparse_supported(const cpu::MoeShape& s, const bf16* x, const MoeExperts& w);
-void moe_sparse(const cpu::MoeShape& s, const float* weights, const bf16* x, const MoeExperts& w, bf16* act, bf16* part, bf16* y,
-                cudaStream_t stream);
+void moe_sparse(const MoeArgs& a, bf16* act, bf16* part, Launch at);
 
 // MoE experts by expert (moe.cu; prefill, any batch run outside a CUDA graph): the routing
 // weights go to the host (the stream waits), then each local expert some token chose runs its
@@ -221,16 +290,15 @@ void moe_sparse(const cpu::MoeShape& s, const float* weights, const bf16* x, con
 // and each token costs top_k experts' FLOPs, not all of them. Not capturable (throws). `wait`
 // waits for the stream (the executor's watchdog, which ends the wait when a peer rank has
 // failed); empty: cudaStreamSynchronize.
-void moe_grouped(cublasHandle_t cublas, const cpu::MoeShape& s, const float* weights, const bf16* x, const MoeExperts& w, bf16* y,
-                 cudaStream_t stream, const std::function<void()>& wait = {});
+void moe_grouped(cublasHandle_t cublas, const MoeArgs& a, Launch at, const std::function<void()>& wait = {});
 
 // out[r, :] = x[rows[r], :]
-void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16* x, bf16* out, cudaStream_t stream);
+void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16* x, bf16* out, Launch at);
 // Per-row argmax (the first index on ties); -1 for a row holding a NaN or an infinity, as the
 // CPU twin cpu::argmax.
-void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, cudaStream_t stream);
-void bf16_to_f32(int64_t n, const bf16* x, float* y, cudaStream_t stream);
-void f32_to_bf16(int64_t n, const float* x, bf16* y, cudaStream_t stream);
+void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, Launch at);
+void bf16_to_f32(int64_t n, const bf16* x, float* y, Launch at);
+void f32_to_bf16(int64_t n, const float* x, bf16* y, Launch at);
 
 // The one-shot all-reduce (sum) between the GPUs of one host, for small messages: the ranks'
 // buffers and flags are mapped into each other over CUDA IPC (worker/nccl_comm.cpp sets them
@@ -257,16 +325,22 @@ struct OneShotPeers {
 };
 // world > 1, n <= capacity, n % 8 == 0, 16-byte aligned in and out.
 bool oneshot_all_reduce_applies(const bf16* in, const bf16* out, size_t n, const OneShotPeers& p);
-void oneshot_all_reduce(const bf16* in, bf16* out, size_t n, const OneShotPeers& p, cudaStream_t stream);
+void oneshot_all_reduce(const bf16* in, bf16* out, size_t n, const OneShotPeers& p, Launch at);
 
-// The fused all-reduce (see ExchangeIn): gemv_push computes y = x W^T (+ bias) as linear()'s GEMV
+// The fused all-reduce (see ExchangeIn; fused_allreduce.cu and .cuh): gemv_push computes y = x W^T (+ bias) as linear()'s GEMV
 // does and pushes it, as this rank's part of exchange `seq`, into every rank's buffer; a
 // GemvNorm with sum = exchange_in(p, seq) then reads the world's sum. exchange_advance moves
 // the epoch past the `calls` exchanges of a forward.
+struct GemvPushArgs {
+    int64_t K = 0, N = 0;
+    const bf16* x = nullptr;
+    const bf16* w = nullptr;
+    const bf16* bias = nullptr;  // optional
+    uint32_t seq = 0;            // the exchange's place in the forward
+};
 bool gemv_push_applies(int64_t K, int64_t N, const bf16* x, const bf16* w, const OneShotPeers& p);
-void gemv_push(int64_t K, int64_t N, const bf16* x, const bf16* w, const bf16* bias, const OneShotPeers& p, uint32_t seq,
-               cudaStream_t stream);
+void gemv_push(const GemvPushArgs& a, const OneShotPeers& p, Launch at);
 ExchangeIn exchange_in(const OneShotPeers& p, uint32_t seq);
-void exchange_advance(const OneShotPeers& p, uint32_t calls, cudaStream_t stream);
+void exchange_advance(const OneShotPeers& p, uint32_t calls, Launch at);
 
 }  // namespace tpx::cuda

@@ -76,6 +76,142 @@ __device__ inline uint32_t pack_bf16x2(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// The flash kernel's steps on one tile of keys, each on the warp's registers (inlined, so that
+// the fragments stay in registers; the arithmetic and its order are the kernel's).
+
+// S = Q K^T for the warp's RT row tiles against the tile's keys (sk, kFlashKeys rows).
+template <int D, int N, int RT, int QF>
+__device__ __forceinline__ void flash_scores(float (&s)[RT][N / 8][4], const uint32_t (&qf)[QF][4], const bf16* sq, const bf16* sk,
+                                             int wrow, int lane) {
+    constexpr int kPad = D + 8;
+    // Row and column of this lane's ldmatrix address within a 16 x 16 piece: A (row-major) walks
+    // rows 0..15 then the column half; K walks the column half first.
+    const int a_row = (lane % 8) + ((lane / 8) % 2) * 8, a_col = (lane / 16) * 8;
+    const int k_row = (lane % 8) + (lane / 16) * 8, k_col = ((lane / 8) % 2) * 8;
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+        for (int nt = 0; nt < N / 8; ++nt) s[rt][nt][0] = s[rt][nt][1] = s[rt][nt][2] = s[rt][nt][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t qa[RT][4];
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt) {
+            if constexpr (RT == 1) qa[rt][0] = qf[ks][0], qa[rt][1] = qf[ks][1], qa[rt][2] = qf[ks][2], qa[rt][3] = qf[ks][3];
+            else ldmatrix_x4(qa[rt], sq + (wrow + rt * 16 + a_row) * kPad + ks * 16 + a_col);
+        }
+#pragma unroll
+        for (int np = 0; np < N / 16; ++np) {
+            uint32_t b[4];
+            ldmatrix_x4(b, sk + (np * 16 + k_row) * kPad + ks * 16 + k_col);
+#pragma unroll
+            for (int rt = 0; rt < RT; ++rt) {
+                mma_bf16_16816(s[rt][2 * np], qa[rt], b[0], b[1]);
+                mma_bf16_16816(s[rt][2 * np + 1], qa[rt], b[2], b[3]);
+            }
+        }
+    }
+}
+
+// Scores of keys a row does not see set to -inf: a key is visible to a row at or after its
+// position, inside the window. Only tiles that cross the diagonal or the window's edge are masked.
+template <int N, int RT>
+__device__ __forceinline__ void flash_mask(float (&s)[RT][N / 8][4], const int (&prow)[RT][2], int kb, int p_first, int p_last, int wrow,
+                                           int rows, int k_lo, int window, int lane) {
+    if (kb + N - 1 > p_first + wrow || (window > 0 && kb <= p_last - window)) {
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+            for (int nt = 0; nt < N / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int j = e / 2, key = kb + nt * 8 + (lane % 4) * 2 + (e % 2), pq = p_first + prow[rt][j];
+                    const bool vis = prow[rt][j] < rows && key <= pq && key >= k_lo && (window <= 0 || key > pq - window);
+                    if (!vis) s[rt][nt][e] = -INFINITY;
+                }
+    }
+}
+
+// The online softmax over one tile: the running max m and sum l of each of the lane's rows
+// updated, O rescaled, and P (bf16, exp2 domain) left in pf as the A fragments of O += P V.
+template <int D, int N, int RT>
+__device__ __forceinline__ void flash_softmax(float (&s)[RT][N / 8][4], float (&m)[RT][2], float (&l)[RT][2], float (&o)[RT][D / 8][4],
+                                              uint32_t (&pf)[RT][N / 16][4], float scale) {
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt) {
+        float mx[2] = {-INFINITY, -INFINITY}, alpha[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int nt = 0; nt < N / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[rt][nt][e]);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 1));
+            mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 2));
+            const float m_new = fmaxf(m[rt][j], mx[j] * scale);
+            alpha[j] = m_new == -INFINITY ? 1.0f : exp2f(m[rt][j] - m_new);
+            m[rt][j] = m_new;
+        }
+#pragma unroll
+        for (int nt = 0; nt < N / 8; ++nt)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                // (s = -inf gives 0 once m is finite; m = -inf means every key so far is masked)
+                const float e0 = m[rt][j] == -INFINITY ? 0.0f : exp2f(fmaf(s[rt][nt][2 * j], scale, -m[rt][j]));
+                const float e1 = m[rt][j] == -INFINITY ? 0.0f : exp2f(fmaf(s[rt][nt][2 * j + 1], scale, -m[rt][j]));
+                sum[j] += e0 + e1;
+                pf[rt][nt / 2][(nt % 2) * 2 + j] = pack_bf16x2(e0, e1);
+            }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 1);
+            sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 2);
+            l[rt][j] = l[rt][j] * alpha[j] + sum[j];
+        }
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+            o[rt][dt][0] *= alpha[0], o[rt][dt][1] *= alpha[0];
+            o[rt][dt][2] *= alpha[1], o[rt][dt][3] *= alpha[1];
+        }
+    }
+}
+
+// O += P V for the tile's keys (sv, transposed by ldmatrix).
+template <int D, int N, int RT>
+__device__ __forceinline__ void flash_pv(float (&o)[RT][D / 8][4], const uint32_t (&pf)[RT][N / 16][4], const bf16* sv, int lane) {
+    constexpr int kPad = D + 8;
+    const int a_row = (lane % 8) + ((lane / 8) % 2) * 8, a_col = (lane / 16) * 8;
+#pragma unroll
+    for (int kk = 0; kk < N / 16; ++kk)
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, sv + (kk * 16 + a_row) * kPad + dp * 16 + a_col);
+#pragma unroll
+            for (int rt = 0; rt < RT; ++rt) {
+                mma_bf16_16816(o[rt][2 * dp], pf[rt][kk], b[0], b[1]);
+                mma_bf16_16816(o[rt][2 * dp + 1], pf[rt][kk], b[2], b[3]);
+            }
+        }
+}
+
+// The lane's rows of O / l (those inside the segment) into out, row pointer `row0` for block row 0.
+template <int D, int RT>
+__device__ __forceinline__ void flash_store(const float (&o)[RT][D / 8][4], const float (&l)[RT][2], const int (&prow)[RT][2], int rows,
+                                            bf16* row0, int64_t qw, int lane) {
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            if (prow[rt][j] >= rows) continue;
+            const float inv = 1.0f / l[rt][j];
+            bf16* orow = row0 + prow[rt][j] * qw + (lane % 4) * 2;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt)
+                *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack_bf16x2(o[rt][dt][2 * j] * inv, o[rt][dt][2 * j + 1] * inv);
+        }
+}
+
 template <int D, int W, int kFlashKeys, int RT>
 __global__ void __launch_bounds__(32 * W, RT == 1 ? (kFlashKeys <= 32 ? 12 : 8) / W : 8 / W / RT * 2)
     flash_attention_kernel(int max_seq, int heads, int kv_heads, int window, AttentionSegment seg, const bf16* __restrict__ q,
@@ -129,10 +265,7 @@ __global__ void __launch_bounds__(32 * W, RT == 1 ? (kFlashKeys <= 32 ? 12 : 8) 
 #pragma unroll
     for (int rt = 0; rt < RT; ++rt) m[rt][0] = m[rt][1] = -INFINITY, l[rt][0] = l[rt][1] = 0.0f;
     const float scale = rsqrtf((float)D) * 1.4426950408889634f;  // exp2 domain
-    // Row and column of this lane's ldmatrix address within a 16 x 16 piece: A (row-major) and
-    // V (transposed) walk rows 0..15 then the column half; K walks the column half first.
-    const int a_row = (lane % 8) + ((lane / 8) % 2) * 8, a_col = (lane / 16) * 8;
-    const int k_row = (lane % 8) + (lane / 16) * 8, k_col = ((lane / 8) % 2) * 8;
+    const int a_row = (lane % 8) + ((lane / 8) % 2) * 8, a_col = (lane / 16) * 8;  // as flash_scores'
 
     for (int kb = kb0, buf = 0; kb <= p_last; kb += kFlashKeys, buf ^= 1) {
         cp_async_wait_all();
@@ -146,113 +279,21 @@ __global__ void __launch_bounds__(32 * W, RT == 1 ? (kFlashKeys <= 32 ? 12 : 8) 
                 for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(qf[ks], sm.q + (wrow + a_row) * kPad + ks * 16 + a_col);
         }
         if (!active) continue;
-        const bf16* sk = sm.k[buf];
-        const bf16* sv = sm.v[buf];
         float s[RT][kFlashKeys / 8][4];
-#pragma unroll
-        for (int rt = 0; rt < RT; ++rt)
-#pragma unroll
-            for (int nt = 0; nt < kFlashKeys / 8; ++nt) s[rt][nt][0] = s[rt][nt][1] = s[rt][nt][2] = s[rt][nt][3] = 0.0f;
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) {
-            uint32_t qa[RT][4];
-#pragma unroll
-            for (int rt = 0; rt < RT; ++rt) {
-                if constexpr (RT == 1) qa[rt][0] = qf[ks][0], qa[rt][1] = qf[ks][1], qa[rt][2] = qf[ks][2], qa[rt][3] = qf[ks][3];
-                else ldmatrix_x4(qa[rt], sm.q + (wrow + rt * 16 + a_row) * kPad + ks * 16 + a_col);
-            }
-#pragma unroll
-            for (int np = 0; np < kFlashKeys / 16; ++np) {
-                uint32_t b[4];
-                ldmatrix_x4(b, sk + (np * 16 + k_row) * kPad + ks * 16 + k_col);
-#pragma unroll
-                for (int rt = 0; rt < RT; ++rt) {
-                    mma_bf16_16816(s[rt][2 * np], qa[rt], b[0], b[1]);
-                    mma_bf16_16816(s[rt][2 * np + 1], qa[rt], b[2], b[3]);
-                }
-            }
-        }
-        // A key is visible to a row at or after its position, inside the window.
-        if (kb + kFlashKeys - 1 > p_first + wrow || (window > 0 && kb <= p_last - window)) {
-#pragma unroll
-            for (int rt = 0; rt < RT; ++rt)
-#pragma unroll
-                for (int nt = 0; nt < kFlashKeys / 8; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int j = e / 2, key = kb + nt * 8 + (lane % 4) * 2 + (e % 2), pq = p_first + prow[rt][j];
-                        const bool vis = prow[rt][j] < rows && key <= pq && key >= k_lo && (window <= 0 || key > pq - window);
-                        if (!vis) s[rt][nt][e] = -INFINITY;
-                    }
-        }
+        flash_scores<D, kFlashKeys, RT>(s, qf, sm.q, sm.k[buf], wrow, lane);
+        flash_mask<kFlashKeys, RT>(s, prow, kb, p_first, p_last, wrow, rows, k_lo, window, lane);
         uint32_t pf[RT][kFlashKeys / 16][4];
-#pragma unroll
-        for (int rt = 0; rt < RT; ++rt) {
-            float mx[2] = {-INFINITY, -INFINITY}, alpha[2], sum[2] = {0.0f, 0.0f};
-#pragma unroll
-            for (int nt = 0; nt < kFlashKeys / 8; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[rt][nt][e]);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 1));
-                mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 2));
-                const float m_new = fmaxf(m[rt][j], mx[j] * scale);
-                alpha[j] = m_new == -INFINITY ? 1.0f : exp2f(m[rt][j] - m_new);
-                m[rt][j] = m_new;
-            }
-#pragma unroll
-            for (int nt = 0; nt < kFlashKeys / 8; ++nt)
-#pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    // (s = -inf gives 0 once m is finite; m = -inf means every key so far is masked)
-                    const float e0 = m[rt][j] == -INFINITY ? 0.0f : exp2f(fmaf(s[rt][nt][2 * j], scale, -m[rt][j]));
-                    const float e1 = m[rt][j] == -INFINITY ? 0.0f : exp2f(fmaf(s[rt][nt][2 * j + 1], scale, -m[rt][j]));
-                    sum[j] += e0 + e1;
-                    pf[rt][nt / 2][(nt % 2) * 2 + j] = pack_bf16x2(e0, e1);
-                }
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 1);
-                sum[j] += __shfl_xor_sync(0xffffffffu, sum[j], 2);
-                l[rt][j] = l[rt][j] * alpha[j] + sum[j];
-            }
-#pragma unroll
-            for (int dt = 0; dt < D / 8; ++dt) {
-                o[rt][dt][0] *= alpha[0], o[rt][dt][1] *= alpha[0];
-                o[rt][dt][2] *= alpha[1], o[rt][dt][3] *= alpha[1];
-            }
-        }
-#pragma unroll
-        for (int kk = 0; kk < kFlashKeys / 16; ++kk)
-#pragma unroll
-            for (int dp = 0; dp < D / 16; ++dp) {
-                uint32_t b[4];
-                ldmatrix_x4_trans(b, sv + (kk * 16 + a_row) * kPad + dp * 16 + a_col);
-#pragma unroll
-                for (int rt = 0; rt < RT; ++rt) {
-                    mma_bf16_16816(o[rt][2 * dp], pf[rt][kk], b[0], b[1]);
-                    mma_bf16_16816(o[rt][2 * dp + 1], pf[rt][kk], b[2], b[3]);
-                }
-            }
+        flash_softmax<D, kFlashKeys, RT>(s, m, l, o, pf, scale);
+        flash_pv<D, kFlashKeys, RT>(o, pf, sm.v[buf], lane);
     }
     if (!active) return;
-#pragma unroll
-    for (int rt = 0; rt < RT; ++rt)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            if (prow[rt][j] >= rows) continue;
-            const float inv = 1.0f / l[rt][j];
-            bf16* orow = out + (seg.first + r0 + prow[rt][j]) * qw + (int64_t)h * D + (lane % 4) * 2;
-#pragma unroll
-            for (int dt = 0; dt < D / 8; ++dt)
-                *reinterpret_cast<uint32_t*>(orow + dt * 8) = pack_bf16x2(o[rt][dt][2 * j] * inv, o[rt][dt][2 * j + 1] * inv);
-        }
+    flash_store<D, RT>(o, l, prow, rows, out + (seg.first + r0) * qw + (int64_t)h * D, qw, lane);
 }
 
 template <int D, int W, int N, int RT>
-void flash_attention(const cpu::AttentionShape& s, const AttentionSegment& seg, const bf16* q, const bf16* k_cache, const bf16* v_cache,
-                     bf16* out, cudaStream_t stream) {
+void flash_attention(const PrefillSegmentArgs& a, Launch at) {
+    const cpu::AttentionShape& s = a.shape;
+    const AttentionSegment& seg = a.seg;
     static bool raised = false;
     const size_t smem = sizeof(FlashSmem<D, W, N, RT>);
     if (!raised) {
@@ -262,8 +303,8 @@ void flash_attention(const cpu::AttentionShape& s, const AttentionSegment& seg, 
     // Blocks start in index order, x fastest: every head's latest (longest) row block first,
     // then the next latest, so that the longest blocks do not start last.
     dim3 grid((unsigned)s.heads, (unsigned)((seg.count + 16 * W * RT - 1) / (16 * W * RT)));
-    launch(flash_attention_kernel<D, W, N, RT>, grid, 32 * W, smem, stream, (int)s.max_seq, (int)s.heads, (int)s.kv_heads,
-                                                                        (int)s.sliding_window, seg, q, k_cache, v_cache, out);
+    launch(flash_attention_kernel<D, W, N, RT>, grid, 32 * W, smem, at, (int)s.max_seq, (int)s.heads, (int)s.kv_heads,
+                                                                        (int)s.sliding_window, seg, a.q, a.k_cache, a.v_cache, a.out);
     TPX_LAUNCH_CHECK();
 }
 
@@ -285,8 +326,12 @@ __global__ void attention_ptrs_kernel(int64_t heads, int64_t G, int64_t d, int64
     }
 }
 
-void attention_gemm(cublasHandle_t h, const cpu::AttentionShape& s, const AttentionSegment& seg, const bf16* q, const bf16* k_cache,
-                    const bf16* v_cache, bf16* out, cudaStream_t stream) {
+void attention_gemm(cublasHandle_t h, const PrefillSegmentArgs& a, Launch at) {
+    const cpu::AttentionShape& s = a.shape;
+    const AttentionSegment& seg = a.seg;
+    const bf16 *q = a.q, *k_cache = a.k_cache, *v_cache = a.v_cache;
+    bf16* out = a.out;
+    const cudaStream_t stream = at.stream;
     const int64_t d = s.head_dim, G = s.heads / s.kv_heads, kvw = s.kv_heads * d, qw = s.heads * d, H = s.heads;
     const float scale = 1.0f / std::sqrt((float)d), one = 1.0f, zero = 0.0f;
     CUBLAS_CHECK(cublasSetStream(h, stream));
@@ -300,7 +345,7 @@ void attention_gemm(cublasHandle_t h, const cpu::AttentionShape& s, const Attent
         bf16* P = nullptr;
         CUDA_CHECK(cudaMallocAsync((void**)&S, (size_t)(H * rows * n) * sizeof(float), stream));
         CUDA_CHECK(cudaMallocAsync((void**)&P, (size_t)(H * rows * n) * sizeof(bf16), stream));
-        launch(attention_ptrs_kernel, 1, 128, 0, stream, H, G, d, rows * n, k_cache + (seg.slot * s.max_seq + k_lo) * kvw,
+        launch(attention_ptrs_kernel, 1, 128, 0, at, H, G, d, rows * n, k_cache + (seg.slot * s.max_seq + k_lo) * kvw,
                                                       q + (seg.first + r0) * qw, S, v_cache + (seg.slot * s.max_seq + k_lo) * kvw, P,
                                                       out + (seg.first + r0) * qw, ptrs);
         TPX_LAUNCH_CHECK();
@@ -308,7 +353,7 @@ void attention_gemm(cublasHandle_t h, const cpu::AttentionShape& s, const Attent
         CUBLAS_CHECK(cublasGemmBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)rows, (int)d, &scale, ptrs, CUDA_R_16BF, (int)kvw,
                                          ptrs + H, CUDA_R_16BF, (int)qw, &zero, (void* const*)(ptrs + 2 * H), CUDA_R_32F, (int)n, (int)H,
                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        launch(masked_softmax_kernel, dim3((unsigned)rows, (unsigned)H), 256, 0, stream, rows, n, p_first, k_lo, s.sliding_window, S, P);
+        launch(masked_softmax_kernel, dim3((unsigned)rows, (unsigned)H), 256, 0, at, rows, n, p_first, k_lo, s.sliding_window, S, P);
         TPX_LAUNCH_CHECK();
         // O_h^T [d, rows] = V_g [d, n] . P_h^T [n, rows].
         CUBLAS_CHECK(cublasGemmBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)d, (int)rows, (int)n, &one, ptrs + 3 * H, CUDA_R_16BF, (int)kvw,
@@ -322,23 +367,23 @@ void attention_gemm(cublasHandle_t h, const cpu::AttentionShape& s, const Attent
 
 }  // namespace
 
-void attention_prefill_segment(cublasHandle_t cublas, const cpu::AttentionShape& s, const AttentionSegment& seg, const bf16* q,
-                               const bf16* k_cache, const bf16* v_cache, bf16* out, cudaStream_t stream) {
+void attention_prefill_segment(cublasHandle_t cublas, const PrefillSegmentArgs& a, Launch at) {
+    const cpu::AttentionShape& s = a.shape;
     const bool flash = (s.head_dim == 128 || s.head_dim == 64) && s.max_seq < (1ll << 30);
     // Row tiles a warp: 2 (default) or 1 (flash_tile = "1x64"; tpx-kbench --flash compares them).
-    const bool one_row_tile = kernel_config().flash_tile == "1x64";
+    const bool one_row_tile = at.config->flash_tile == "1x64";
     // Short segments (a 128-token prompt): 32 query rows a block (2 warps, one row tile), so
     // that the grid has heads x count / 32 blocks rather than one a head (flash_short_max sets
     // the length, 0 turns it off; tpx-kbench --flash compares).
-    const int64_t short_max = kernel_config().flash_short_max;
-    const bool short_seg = seg.count <= short_max;
-    if (flash && short_seg && s.head_dim == 128) flash_attention<128, 2, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
-    else if (flash && short_seg) flash_attention<64, 2, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
-    else if (flash && s.head_dim == 128 && one_row_tile) flash_attention<128, 4, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
-    else if (flash && s.head_dim == 128) flash_attention<128, 4, 64, 2>(s, seg, q, k_cache, v_cache, out, stream);
-    else if (flash && one_row_tile) flash_attention<64, 4, 64, 1>(s, seg, q, k_cache, v_cache, out, stream);
-    else if (flash) flash_attention<64, 4, 64, 2>(s, seg, q, k_cache, v_cache, out, stream);
-    else attention_gemm(cublas, s, seg, q, k_cache, v_cache, out, stream);
+    const int64_t short_max = at.config->flash_short_max;
+    const bool short_seg = a.seg.count <= short_max;
+    if (flash && short_seg && s.head_dim == 128) flash_attention<128, 2, 64, 1>(a, at);
+    else if (flash && short_seg) flash_attention<64, 2, 64, 1>(a, at);
+    else if (flash && s.head_dim == 128 && one_row_tile) flash_attention<128, 4, 64, 1>(a, at);
+    else if (flash && s.head_dim == 128) flash_attention<128, 4, 64, 2>(a, at);
+    else if (flash && one_row_tile) flash_attention<64, 4, 64, 1>(a, at);
+    else if (flash) flash_attention<64, 4, 64, 2>(a, at);
+    else attention_gemm(cublas, a, at);
 }
 
 }  // namespace tpx::cuda

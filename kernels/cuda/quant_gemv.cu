@@ -285,7 +285,7 @@ size_t gather_bytes(const QuantGemvArgs& a) {
 }
 
 template <Format F, GemvEpilogue E, int T, bool kGather, bool kNorm = false>
-void launch_quant(const QuantGemvArgs& a, int64_t items, int64_t pair, cudaStream_t stream) {
+void launch_quant(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch& at) {
     const auto kernel = quant_gemv_kernel<F, E, T, kGather, kNorm>;
     const size_t smem = gather_bytes(a);
     static const int resident = [&] {  // once a process: one device each
@@ -299,23 +299,23 @@ void launch_quant(const QuantGemvArgs& a, int64_t items, int64_t pair, cudaStrea
     unsigned blocks = blocks_for(items, kWarps);
     if (kGather) blocks = std::min<unsigned>(blocks, 2 * sm_count());
     if (kNorm) blocks = std::min<unsigned>(blocks, (unsigned)resident);
-    launch(kernel, blocks, kThreads, smem, stream, a, items, pair);
+    launch(kernel, blocks, kThreads, smem, at, a, items, pair);
     TPX_LAUNCH_CHECK();
 }
 
 template <Format F, bool kGather>
-void dispatch(const QuantGemvArgs& a, int64_t items, int64_t pair, cudaStream_t stream) {
+void dispatch(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch& at) {
     if constexpr (!kGather) {
-        if (a.has_norm && a.epi == GemvEpilogue::kSwiglu) return launch_quant<F, GemvEpilogue::kSwiglu, 1, false, true>(a, items, pair, stream);
-        if (a.has_norm && a.epi == GemvEpilogue::kRopeKv) return launch_quant<F, GemvEpilogue::kRopeKv, 1, false, true>(a, items, pair, stream);
-        if (a.has_norm) return launch_quant<F, GemvEpilogue::kNone, 1, false, true>(a, items, pair, stream);
+        if (a.has_norm && a.epi == GemvEpilogue::kSwiglu) return launch_quant<F, GemvEpilogue::kSwiglu, 1, false, true>(a, items, pair, at);
+        if (a.has_norm && a.epi == GemvEpilogue::kRopeKv) return launch_quant<F, GemvEpilogue::kRopeKv, 1, false, true>(a, items, pair, at);
+        if (a.has_norm) return launch_quant<F, GemvEpilogue::kNone, 1, false, true>(a, items, pair, at);
     }
-    if (a.epi == GemvEpilogue::kSwiglu) return launch_quant<F, GemvEpilogue::kSwiglu, 1, kGather>(a, items, pair, stream);
-    if (a.epi == GemvEpilogue::kRopeKv) return launch_quant<F, GemvEpilogue::kRopeKv, 1, kGather>(a, items, pair, stream);
-    if (a.tokens == 1) return launch_quant<F, GemvEpilogue::kNone, 1, kGather>(a, items, pair, stream);
-    if (a.tokens <= 2) return launch_quant<F, GemvEpilogue::kNone, 2, kGather>(a, items, pair, stream);
-    if (a.tokens <= 4) return launch_quant<F, GemvEpilogue::kNone, 4, kGather>(a, items, pair, stream);
-    launch_quant<F, GemvEpilogue::kNone, 8, kGather>(a, items, pair, stream);
+    if (a.epi == GemvEpilogue::kSwiglu) return launch_quant<F, GemvEpilogue::kSwiglu, 1, kGather>(a, items, pair, at);
+    if (a.epi == GemvEpilogue::kRopeKv) return launch_quant<F, GemvEpilogue::kRopeKv, 1, kGather>(a, items, pair, at);
+    if (a.tokens == 1) return launch_quant<F, GemvEpilogue::kNone, 1, kGather>(a, items, pair, at);
+    if (a.tokens <= 2) return launch_quant<F, GemvEpilogue::kNone, 2, kGather>(a, items, pair, at);
+    if (a.tokens <= 4) return launch_quant<F, GemvEpilogue::kNone, 4, kGather>(a, items, pair, at);
+    launch_quant<F, GemvEpilogue::kNone, 8, kGather>(a, items, pair, at);
 }
 
 __global__ void dequant_fp8_kernel(cpu::Fp8View w, bf16* dst) {
@@ -359,7 +359,7 @@ bool quant_gemv_applies(const QuantGemvArgs& a) {
     return aligned16({a.w.gptq.qw});
 }
 
-void quant_gemv(const QuantGemvArgs& a, cudaStream_t stream) {
+void quant_gemv(const QuantGemvArgs& a, Launch at) {
     TPX_CHECK(quant_gemv_applies(a), "quant_gemv: needs 1 to " + std::to_string(kQuantGemvMaxTokens) +
                                          " tokens (one with an epilogue), K a multiple of 16, 16-byte aligned x and weights, and the act-order gather within " +
                                          std::to_string(kQuantGemvMaxSmem) + " bytes of shared memory");
@@ -375,15 +375,15 @@ void quant_gemv(const QuantGemvArgs& a, cudaStream_t stream) {
         items = N / 2;
     }
     if (N == 0) return;
-    if (a.w.format == Format::kFp8) dispatch<Format::kFp8, false>(a, items, pair, stream);
-    else if (a.w.gptq.perm) dispatch<Format::kGptq, true>(a, items, pair, stream);
-    else dispatch<Format::kGptq, false>(a, items, pair, stream);
+    if (a.w.format == Format::kFp8) dispatch<Format::kFp8, false>(a, items, pair, at);
+    else if (a.w.gptq.perm) dispatch<Format::kGptq, true>(a, items, pair, at);
+    else dispatch<Format::kGptq, false>(a, items, pair, at);
 }
 
-void quant_dequantize(const QuantWeightView& w, bf16* dst, cudaStream_t stream) {
+void quant_dequantize(const QuantWeightView& w, bf16* dst, Launch at) {
     if (w.N() == 0) return;
-    if (w.format == Format::kFp8) launch(dequant_fp8_kernel, (unsigned)w.N(), kThreads, 0, stream, w.fp8, dst);
-    else launch(dequant_gptq_kernel, (unsigned)w.N(), kThreads, 0, stream, w.gptq, dst);
+    if (w.format == Format::kFp8) launch(dequant_fp8_kernel, (unsigned)w.N(), kThreads, 0, at, w.fp8, dst);
+    else launch(dequant_gptq_kernel, (unsigned)w.N(), kThreads, 0, at, w.gptq, dst);
     TPX_LAUNCH_CHECK();
 }
 

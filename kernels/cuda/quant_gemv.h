@@ -49,9 +49,9 @@ struct QuantGemvArgs {
 bool quant_gemv_applies(const QuantGemvArgs& a);
 // y = x W^T (+ bias) and the epilogue, fp32 sums: each 16-byte weight chunk (FP8: 16 values,
 // GPTQ: 32 positions of one group) dotted with x, times its scale, into the row's sum.
-void quant_gemv(const QuantGemvArgs& a, cudaStream_t stream);
+void quant_gemv(const QuantGemvArgs& a, Launch at);
 
 // dst [N, K] = W in bf16 (HF's orientation, x's order of columns), for prefill GEMMs.
-void quant_dequantize(const QuantWeightView& w, bf16* dst, cudaStream_t stream);
+void quant_dequantize(const QuantWeightView& w, bf16* dst, Launch at);
 
 }  // namespace tpx::cuda

@@ -78,20 +78,27 @@ bool vec_ok(int64_t width, std::initializer_list<const void*> ptrs) {
 
 }  // namespace
 
-void rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream) {
+void rmsnorm(const RmsnormArgs& a, Launch at) {
+    const int64_t tokens = a.tokens, width = a.width;
+    const float eps = a.eps;
+    const bf16 *x = a.x, *w = a.w;
+    bf16* y = a.y;
     if (tokens == 0) return;
-    if (vec_ok(width, {x, w, y})) launch(rmsnorm_vec_kernel<false>, (unsigned)tokens, kThreads, 0, stream, width, eps, x, nullptr, nullptr, w, y);
-    else launch(rmsnorm_kernel<false>, (unsigned)tokens, kThreads, 0, stream, width, eps, x, nullptr, nullptr, w, y);
+    if (vec_ok(width, {x, w, y})) launch(rmsnorm_vec_kernel<false>, (unsigned)tokens, kThreads, 0, at, width, eps, x, nullptr, nullptr, w, y);
+    else launch(rmsnorm_kernel<false>, (unsigned)tokens, kThreads, 0, at, width, eps, x, nullptr, nullptr, w, y);
     TPX_LAUNCH_CHECK();
 }
 
-void add_rmsnorm(int64_t tokens, int64_t width, float eps, const bf16* x, const bf16* residual_in, bf16* residual_out,
-                 const bf16* w, bf16* y, cudaStream_t stream) {
+void add_rmsnorm(const RmsnormArgs& a, const bf16* residual_in, bf16* residual_out, Launch at) {
+    const int64_t tokens = a.tokens, width = a.width;
+    const float eps = a.eps;
+    const bf16 *x = a.x, *w = a.w;
+    bf16* y = a.y;
     TPX_CHECK(x != residual_in && x != residual_out, "add_rmsnorm: x and the residual must not alias");
     if (tokens == 0) return;
     if (vec_ok(width, {x, residual_in, residual_out, w, y}))
-        launch(rmsnorm_vec_kernel<true>, (unsigned)tokens, kThreads, 0, stream, width, eps, x, residual_in, residual_out, w, y);
-    else launch(rmsnorm_kernel<true>, (unsigned)tokens, kThreads, 0, stream, width, eps, x, residual_in, residual_out, w, y);
+        launch(rmsnorm_vec_kernel<true>, (unsigned)tokens, kThreads, 0, at, width, eps, x, residual_in, residual_out, w, y);
+    else launch(rmsnorm_kernel<true>, (unsigned)tokens, kThreads, 0, at, width, eps, x, residual_in, residual_out, w, y);
     TPX_LAUNCH_CHECK();
 }
 

@@ -28,7 +28,7 @@ __global__ void rope_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const i
 
 // The same in 16-byte pieces (head_dim a multiple of 16, strides of 8 elements, aligned
 // pointers): thread (g, c) takes frequencies 8c .. 8c + 7, their angles computed once, in heads
-// g, g + groups, ... (a 2048-token prefill of the 8B: 23 us a layer one element a thread).
+// g, g + groups, ...
 // Same arithmetic per element as rope_kernel, so the same bits.
 __global__ void rope_vec_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const int32_t* positions, const float* inv_freq,
                                 const bf16* q_in, const bf16* k_in, int64_t q_stride, int64_t k_stride, bf16* q, bf16* k) {
@@ -56,8 +56,13 @@ __global__ void rope_vec_kernel(int64_t heads, int64_t kv_heads, int64_t hd, con
 
 }  // namespace
 
-void rope(const cpu::RopeParams& p, int64_t tokens, const int32_t* positions, const float* inv_freq, const bf16* q_in,
-          const bf16* k_in, bf16* q, bf16* k, cudaStream_t stream, int64_t in_stride) {
+void rope(const RopeArgs& a, Launch at) {
+    const cpu::RopeParams& p = a.p;
+    const int64_t tokens = a.tokens, in_stride = a.in_stride;
+    const int32_t* positions = a.positions;
+    const float* inv_freq = a.inv_freq;
+    const bf16 *q_in = a.q_in, *k_in = a.k_in;
+    bf16 *q = a.q, *k = a.k;
     TPX_CHECK(p.head_dim % 2 == 0, "rope: head_dim must be even");
     if (tokens == 0) return;
     int64_t q_stride = in_stride ? in_stride : p.heads * p.head_dim, k_stride = in_stride ? in_stride : p.kv_heads * p.head_dim;
@@ -65,13 +70,13 @@ void rope(const cpu::RopeParams& p, int64_t tokens, const int32_t* positions, co
     TPX_CHECK(half <= 1024, "rope: head_dim above 2048");
     if (p.head_dim % 16 == 0 && q_stride % 8 == 0 && k_stride % 8 == 0 && aligned16({q_in, k_in, q, k})) {
         const int64_t chunks = half / 8, groups = std::max<int64_t>(1, std::min<int64_t>(p.heads + p.kv_heads, 128 / chunks));
-        launch(rope_vec_kernel, (unsigned)tokens, (unsigned)(chunks * groups), 0, stream, p.heads, p.kv_heads, p.head_dim, positions, inv_freq,
+        launch(rope_vec_kernel, (unsigned)tokens, (unsigned)(chunks * groups), 0, at, p.heads, p.kv_heads, p.head_dim, positions, inv_freq,
                                                                                      q_in, k_in, q_stride, k_stride, q, k);
         TPX_LAUNCH_CHECK();
         return;
     }
     int threads = (int)(half * std::max<int64_t>(1, 256 / half));
-    launch(rope_kernel, (unsigned)tokens, threads, 0, stream, p.heads, p.kv_heads, p.head_dim, positions, inv_freq, q_in, k_in, q_stride,
+    launch(rope_kernel, (unsigned)tokens, threads, 0, at, p.heads, p.kv_heads, p.head_dim, positions, inv_freq, q_in, k_in, q_stride,
                                                       k_stride, q, k);
     TPX_LAUNCH_CHECK();
 }

@@ -41,10 +41,10 @@ __global__ void routing_kernel(cpu::MoeShape s, const bf16* logits, float* weigh
 
 }  // namespace
 
-void moe_routing(const cpu::MoeShape& s, const bf16* router_logits, float* weights, cudaStream_t stream) {
+void moe_routing(const cpu::MoeShape& s, const bf16* router_logits, float* weights, Launch at) {
     TPX_CHECK(s.experts <= kMaxExperts, "moe_routing: at most " + std::to_string(kMaxExperts) + " experts");
     if (s.tokens == 0) return;
-    launch(routing_kernel, blocks_for(s.tokens, 128), 128, 0, stream, s, router_logits, weights);
+    launch(routing_kernel, blocks_for(s.tokens, 128), 128, 0, at, s, router_logits, weights);
     TPX_LAUNCH_CHECK();
 }
 

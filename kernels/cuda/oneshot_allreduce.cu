@@ -1,6 +1,6 @@
 // The one-shot all-reduce over CUDA IPC for small messages (decode activations): one kernel,
-// no NCCL proxy, one flag exchange per block; and the fused all-reduce's epoch (its GEMV halves
-// are in linear.cu). See ops.h for the protocols.
+// no NCCL proxy, one flag exchange per block. See ops.h (OneShotPeers) for the protocol; the
+// fused all-reduce, which shares its peers' mappings and counters, is fused_allreduce.cu.
 #include <cstdint>
 
 #include "common/cuda_check.h"
@@ -78,39 +78,15 @@ __global__ void __launch_bounds__(kOneShotThreads) oneshot_all_reduce_kernel(con
     }
 }
 
-__global__ void exchange_advance_kernel(uint32_t* epoch, uint32_t calls) {
-    pdl_entry();  // see common.cuh: every kernel before it, and so every reader of the epoch, has finished
-    if (threadIdx.x == 0) *epoch += calls;
-}
-
 }  // namespace
-
-ExchangeIn exchange_in(const OneShotPeers& p, uint32_t seq) {
-    ExchangeIn e;
-    e.ll = p.ll[p.rank];
-    e.world = p.world;
-    e.units = p.ll_units;
-    e.epoch = p.counters + kOneShotBlocks + 1;
-    e.seq = seq;
-    e.gave_up = p.counters + kOneShotBlocks;
-    e.error = p.error;
-    e.timeout_ns = p.timeout_ns;
-    return e;
-}
-
-void exchange_advance(const OneShotPeers& p, uint32_t calls, cudaStream_t stream) {
-    TPX_CHECK(p.world > 1 && p.counters, "exchange_advance: no exchange buffers");
-    launch(exchange_advance_kernel, 1, 32, 0, stream, p.counters + kOneShotBlocks + 1, calls);
-    CUDA_CHECK(cudaGetLastError());
-}
 
 bool oneshot_all_reduce_applies(const bf16* in, const bf16* out, size_t n, const OneShotPeers& p) {
     return p.world > 1 && n <= p.capacity && n % 8 == 0 && aligned16({in, out});
 }
 
-void oneshot_all_reduce(const bf16* in, bf16* out, size_t n, const OneShotPeers& p, cudaStream_t stream) {
+void oneshot_all_reduce(const bf16* in, bf16* out, size_t n, const OneShotPeers& p, Launch at) {
     TPX_CHECK(oneshot_all_reduce_applies(in, out, n, p), "one-shot all-reduce of " + std::to_string(n) + " elements does not apply");
-    launch(oneshot_all_reduce_kernel, kOneShotBlocks, kOneShotThreads, 0, stream, reinterpret_cast<const uint4*>(in), reinterpret_cast<uint4*>(out),
+    launch(oneshot_all_reduce_kernel, kOneShotBlocks, kOneShotThreads, 0, at, reinterpret_cast<const uint4*>(in), reinterpret_cast<uint4*>(out),
                                                                              (int64_t)(n / 8), p);
     CUDA_CHECK(cudaGetLastError());
 }
