@@ -27,6 +27,7 @@
 
 namespace tpx {
 
+RankModel::RankModel() = default;
 RankModel::~RankModel() = default;
 
 namespace {

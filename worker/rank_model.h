@@ -33,7 +33,7 @@ class NcclPipe;
 
 // Members are declared in the order they are needed: each is destroyed before those it uses.
 struct RankModel {
-    RankModel() = default;
+    RankModel();  // and the destructor: out of line, where the CUDA members' types are complete
     ~RankModel();
     RankModel(const RankModel&) = delete;  // the executor refers to ctx.graph: it stays put
     RankModel& operator=(const RankModel&) = delete;
