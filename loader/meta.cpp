@@ -502,6 +502,8 @@ bool MetaCheckpoint::maps_whole_rows(const ReadRequest& r, const ReadSink& sink)
     const TensorInfo& t = tensor(r.tensor);
     const Layout& L = layouts_.at(t.name);
     if (!sink.takes_mapped() || L.group != 0 || L.split > 0 || r.dst_type != t.dtype) return false;
+    // A column cut of a matrix is a span a row (plan_reads then joins several into one read).
+    if (t.shape.size() == 2 && r.slice.dim == 1 && slice_shape(t, r.slice)[1] != t.shape[1]) return false;
     for (const Part& q : L.parts)
         if (!mapping(q.file)) return false;
     return true;
