@@ -48,6 +48,10 @@ public:
     std::vector<int32_t> forward_argmax(const TokenBatch& batch) override;
     int64_t vocab() const override { return vocab_; }
     int64_t kv_cache_bytes() const override { return stage_.kv_cache_bytes(); }
+    // A stage's weights and cache are its own executor's (a refit reads this rank's pieces).
+    void reload_weights(Checkpoint& ckpt, int rank) override { stage_.reload_weights(ckpt, rank); }
+    void clear_kv_cache() override { stage_.clear_kv_cache(); }
+    std::string refit_limit() const override { return stage_.refit_limit(); }
 
 private:
     // Runs every micro-batch through this stage; on the last stage `each` takes the rows of a

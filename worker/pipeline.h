@@ -37,6 +37,10 @@ public:
     std::vector<int32_t> forward_argmax(const TokenBatch& batch) override;
     int64_t vocab() const override { return vocab_; }
     int64_t kv_cache_bytes() const override { return stage_.kv_cache_bytes(); }
+    // A stage's weights and cache are its own executor's (a refit reads this rank's pieces).
+    void reload_weights(Checkpoint& ckpt, int rank) override { stage_.reload_weights(ckpt, rank); }
+    void clear_kv_cache() override { stage_.clear_kv_cache(); }
+    std::string refit_limit() const override { return stage_.refit_limit(); }
 
 private:
     // Runs this stage over every micro-batch; on the last stage returns the logits of the whole
