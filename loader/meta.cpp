@@ -191,6 +191,7 @@ private:
     void pread_fully(const std::string& file, void* dst, uint64_t bytes, uint64_t offset);
     const char* mapping(const std::string& file);
     bool put_mapped(const ReadRequest& r, const Chunk& c, ReadSink& sink);
+    bool mappable(const ReadRequest& r, const Chunk& c);
 
     ReadPool pool_;
     std::map<std::string, Layout> layouts_;  // by HF name
@@ -466,20 +467,22 @@ const char* MetaCheckpoint::mapping(const std::string& file) {
 // path safetensors takes, no CPU copy. Chunks of many short spans (q/k rows permuted within their
 // heads) stay on the staging path, where one pread serves many rows. Returns false to leave the
 // chunk to it.
-bool MetaCheckpoint::put_mapped(const ReadRequest& r, const Chunk& c, ReadSink& sink) {
+bool MetaCheckpoint::mappable(const ReadRequest& r, const Chunk& c) {
     constexpr size_t kMaxSpans = 64;  // below a few hundred KiB a span, registering pages costs more than it saves
     size_t spans = 0;
     for (const FileReads& f : c.files) {
         spans += f.spans.size();
         for (const ReadOp& op : f.reads)
             if (op.last_span != op.first_span + 1) return false;
+        if (!mapping(*f.file)) return false;
     }
-    if (spans > kMaxSpans || r.dst_type != tensor(r.tensor).dtype) return false;
+    return spans <= kMaxSpans && r.dst_type == tensor(r.tensor).dtype;
+}
+
+bool MetaCheckpoint::put_mapped(const ReadRequest& r, const Chunk& c, ReadSink& sink) {
+    if (!mappable(r, c)) return false;
     std::vector<const char*> bases;
-    for (const FileReads& f : c.files) {
-        bases.push_back(mapping(*f.file));
-        if (!bases.back()) return false;
-    }
+    for (const FileReads& f : c.files) bases.push_back(mapping(*f.file));
     const size_t size = dtype_size(r.dst_type);
     for (size_t i = 0; i < c.files.size(); ++i)
         for (const Span& s : c.files[i].spans)
@@ -517,8 +520,12 @@ void MetaCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& si
     for (size_t q = 0; q < requests.size(); ++q) {
         const ReadRequest& r = requests[q];
         const TensorInfo& t = checked(r);
-        big[q] = maps_whole_rows(r, sink);
-        plans.push_back(plan_chunks(t, r.slice, big[q] ? kMappedBytes / dtype_size(t.dtype) : kChunkElems));
+        if (maps_whole_rows(r, sink)) {  // kept only if every chunk goes to the mapping (a column cut does not)
+            std::vector<Chunk> chunks = plan_chunks(t, r.slice, kMappedBytes / dtype_size(t.dtype));
+            big[q] = std::all_of(chunks.begin(), chunks.end(), [&](const Chunk& c) { return mappable(r, c); });
+            if (big[q]) plans.push_back(std::move(chunks));
+        }
+        if (!big[q]) plans.push_back(plan_chunks(t, r.slice));
         for (const Chunk& c : plans.back())
             if (!big[q]) TPX_CHECK((c.end - c.first) * dtype_size(r.dst_type) <= sink.chunk_bytes(),
                       "a read sink's chunk of " + std::to_string(sink.chunk_bytes()) + " bytes is below the " +

@@ -473,6 +473,14 @@ void install_serve_signals() {
 }
 
 void serve(Executor& exec, MpiCommunicator& comm, ServeFront* front, const ServeSettings& settings) {
+    // Installed before loading (a signal during the load drains too); a library initialised since
+    // (the GPU backend's) may have put its own handler in place: ours again, and said so.
+    for (int sig : {SIGTERM, SIGUSR1}) {
+        struct sigaction now = {};
+        if (sigaction(sig, nullptr, &now) == 0 && now.sa_handler != on_signal)
+            log_info("serve: the ", strsignal(sig), " handler had been replaced while loading; restored");
+    }
+    install_serve_signals();
     Peer mine;
     mine.pid = (int32_t)getpid();
     std::snprintf(mine.host, sizeof(mine.host), "%s", identity().host.c_str());
