@@ -489,7 +489,7 @@ bool MetaCheckpoint::put_mapped(const ReadRequest& r, const Chunk& c, ReadSink& 
             for (uint64_t at = 0, bytes = s.elems * size; at < bytes; at += kMappedBytes) {
                 const uint64_t n = std::min<uint64_t>(kMappedBytes, bytes - at);
                 const char* src = bases[i] + s.src_offset + at;
-                const uintptr_t skew = reinterpret_cast<uintptr_t>(src) % 4096;  // to the page it starts in
+                const uintptr_t skew = reinterpret_cast<uintptr_t>(src) % kPageBytes;  // to the page it starts in
                 ::madvise(const_cast<char*>(src) - skew, n + skew, MADV_WILLNEED);
                 sink.put(r, src, s.dst_elem * size + at, n);
                 count_data(*c.files[i].file, n);
@@ -525,9 +525,10 @@ void MetaCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& si
             big[q] = std::all_of(chunks.begin(), chunks.end(), [&](const Chunk& c) { return mappable(r, c); });
             if (big[q]) plans.push_back(std::move(chunks));
         }
-        if (!big[q]) plans.push_back(plan_chunks(t, r.slice));
+        if (big[q]) continue;
+        plans.push_back(plan_chunks(t, r.slice));
         for (const Chunk& c : plans.back())
-            if (!big[q]) TPX_CHECK((c.end - c.first) * dtype_size(r.dst_type) <= sink.chunk_bytes(),
+            TPX_CHECK((c.end - c.first) * dtype_size(r.dst_type) <= sink.chunk_bytes(),
                       "a read sink's chunk of " + std::to_string(sink.chunk_bytes()) + " bytes is below the " +
                           std::to_string((c.end - c.first) * dtype_size(r.dst_type)) + " one chunk of '" + r.tensor + "' produces");
     }
