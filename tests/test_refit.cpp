@@ -23,6 +23,7 @@
 
 #include "golden.h"
 #include "process.h"
+#include "serve_process.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -41,44 +42,14 @@ bool sdk_missing() { return !fs::exists(kModules + "/openai/package.json"); }
                                     << " (node or npm missing, or no registry: see the serve_npm_fixture test's output)"
 
 // A `tpx serve` of `model` at tp 2 on a port of its own choosing, ended with its process group.
-class Server {
-public:
+struct Server : tpx_test::ServeProcess {
     // `backend`: a [backend] table (the CPU backend at tp 2 without one).
     Server(const std::string& model, const std::string& serve_extra = "", const std::string& flags = "", int tp = 2,
-           const std::string& backend = "") {
-        dir_ = tpx_test::temp_dir();
-        job_ = dir_ + "/job.toml";
-        std::ofstream(job_) << "[model]\npath = \"" << model << "\"\n[parallel]\ntp = " << tp << "\n" << backend << "[run]\nmax_new_tokens = " << kNewTokens
-                            << "\nmax_batch = 4\n[serve]\nport = 0\nmodel_name = \"tiny\"\napi_key = \"" << kKey << "\"\n" << serve_extra;
-        proc_ = tpx_test::start_background(tpx_test::tpx_bin("tpx") + " serve " + job_ + " " + flags);
-        static const std::regex listening("listening on http://127\\.0\\.0\\.1:([0-9]+)");
-        for (int i = 0; i < 600; ++i) {
-            std::string err = tpx_test::read_text(proc_.err_path);
-            std::smatch m;
-            if (std::regex_search(err, m, listening)) port_ = std::stoi(m[1]);
-            if (port_ > 0 && err.find("serve: ready") != std::string::npos) return;
-            if (waitpid(proc_.pid, nullptr, WNOHANG) == proc_.pid) break;
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        }
-        ADD_FAILURE() << "tpx serve did not get ready:\n" << tpx_test::read_text(proc_.err_path);
-    }
-    ~Server() {
-        if (!ended_) tpx_test::wait_background(proc_, 0);  // kills the process group
-        fs::remove_all(dir_);
-    }
-    std::string base() const { return "http://127.0.0.1:" + std::to_string(port_); }
-    const std::string& job() const { return job_; }
-    std::string err() const { return tpx_test::read_text(proc_.err_path); }
-    int wait(double seconds) {
-        ended_ = true;
-        return tpx_test::wait_background(proc_, seconds);
-    }
-
-private:
-    std::string dir_, job_;
-    tpx_test::Background proc_;
-    int port_ = 0;
-    bool ended_ = false;
+           const std::string& backend = "")
+        : ServeProcess("[model]\npath = \"" + model + "\"\n[parallel]\ntp = " + std::to_string(tp) + "\n" + backend +
+                           "[run]\nmax_new_tokens = " + std::to_string(kNewTokens) + "\nmax_batch = 4\n[serve]\nport = 0\n" +
+                           "model_name = \"tiny\"\napi_key = \"" + kKey + "\"\n" + serve_extra,
+                       flags, "serve: ready") {}
 };
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
