@@ -35,6 +35,7 @@
 #include "common/cuda_check.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/quant_gemv.h"
+#include "kernels/cuda/quant_prefill.h"
 
 using namespace tpx;
 using bf16 = __nv_bfloat16;
@@ -568,6 +569,62 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
     for (void* p : {(void*)w13, (void*)w2, (void*)x, (void*)y, (void*)gu, (void*)act, (void*)part, (void*)weights, (void*)logits}) cudaFree(p);
 }
 
+// The link's own rate (copies from pinned memory, 1 and 2 streams), and the file's pages copied
+// by threads into pinned buffers that are then copied up (a bounce: CPU copies beside the DMA),
+// with 4 to 16 threads, each with two 16 MiB buffers of its own and a stream.
+void bounce_from_file(const char* map, size_t total, char* d, size_t ring) {
+    constexpr size_t kPiece = 16ul << 20;
+    for (int streams : {1, 2}) {
+        char* pinned = nullptr;
+        CUDA_CHECK(cudaHostAlloc(&pinned, 2 * kPiece * streams, cudaHostAllocDefault));
+        std::memset(pinned, 1, 2 * kPiece * streams);
+        std::vector<cudaStream_t> ss(streams);
+        for (auto& s : ss) CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+        auto t0 = std::chrono::steady_clock::now();
+        size_t i = 0;
+        for (size_t at = 0; at < total; at += kPiece, ++i)
+            CUDA_CHECK(cudaMemcpyAsync(d + at % ring, pinned + (i % (2 * streams)) * kPiece, kPiece, cudaMemcpyHostToDevice, ss[i % streams]));
+        for (auto& s : ss) {
+            CUDA_CHECK(cudaStreamSynchronize(s));
+            cudaStreamDestroy(s);
+        }
+        const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::printf("pinned cudaMemcpyAsync, %d stream(s), 16 MiB pieces: %.1f GB/s\n", streams, total / 1e9 / sec);
+        cudaFreeHost(pinned);
+    }
+    for (int threads : {4, 8, 16}) {
+        char* pinned = nullptr;
+        CUDA_CHECK(cudaHostAlloc(&pinned, 2 * kPiece * threads, cudaHostAllocDefault));
+        auto t0 = std::chrono::steady_clock::now();
+        std::vector<std::thread> pool;
+        for (int t = 0; t < threads; ++t)
+            pool.emplace_back([&, t] {
+                cudaStream_t s;
+                cudaEvent_t done[2];
+                CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+                for (auto& e : done) {
+                    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+                    CUDA_CHECK(cudaEventRecord(e, s));
+                }
+                int k = 0;
+                for (size_t at = t * kPiece; at < total; at += threads * kPiece, k ^= 1) {
+                    char* buf = pinned + (2 * t + k) * kPiece;
+                    CUDA_CHECK(cudaEventSynchronize(done[k]));  // its previous copy up has finished
+                    std::memcpy(buf, map + at, kPiece);
+                    CUDA_CHECK(cudaMemcpyAsync(d + at % ring, buf, kPiece, cudaMemcpyHostToDevice, s));
+                    CUDA_CHECK(cudaEventRecord(done[k], s));
+                }
+                CUDA_CHECK(cudaStreamSynchronize(s));
+                for (auto& e : done) cudaEventDestroy(e);
+                cudaStreamDestroy(s);
+            });
+        for (auto& th : pool) th.join();
+        const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::printf("mmap memcpy into pinned + copy, %2d threads, 16 MiB pieces: %.1f GB/s\n", threads, total / 1e9 / sec);
+        cudaFreeHost(pinned);
+    }
+}
+
 // A file in the page cache straight to the device, no CPU copy: the file mmap'd read-only,
 // each piece registered (cudaHostRegisterReadOnly), copied and unregistered, on 1 to 8 threads
 // with a stream each; against cudaMemcpy from the unregistered mapping (the driver stages it).
@@ -615,6 +672,7 @@ void h2d_from_file(const char* path) {
     for (size_t at = 0; at < total; at += 64ul << 20) CUDA_CHECK(cudaMemcpy(d + at % ring, map + at, 64ul << 20, cudaMemcpyHostToDevice));
     double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("mmap pageable cudaMemcpy, 64 MiB pieces: %.1f GB/s\n", total / 1e9 / sec);
+    bounce_from_file(map, total, d, ring);
     cudaFree(d);
     munmap(map, total);
     close(fd);

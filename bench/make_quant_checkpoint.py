@@ -55,23 +55,25 @@ def gptq_quant(w, group, desc_act, sym, v2, seed):
     else:
         g_idx = (torch.arange(i) // group).to(torch.int32)
     G = i // group
-    scales = torch.empty(G, o); zeros = torch.empty(G, o, dtype=torch.int32)
+    dev = w.device  # (everything on w's device: the rules' arithmetic is the same on either)
+    g_idx_d = g_idx.to(dev)
+    scales = torch.empty(G, o, device=dev); zeros = torch.empty(G, o, dtype=torch.int32, device=dev)
     for gi in range(G):
-        cols = (g_idx == gi).nonzero().flatten(); wg = w[:, cols]
+        cols = (g_idx_d == gi).nonzero().flatten(); wg = w[:, cols]
         if sym:
-            s = (wg.abs().amax(dim=1) / 7.5).clamp(min=1e-8); z = torch.full((o,), 8, dtype=torch.int32)
+            s = (wg.abs().amax(dim=1) / 7.5).clamp(min=1e-8); z = torch.full((o,), 8, dtype=torch.int32, device=dev)
         else:
             lo, hi = wg.amin(dim=1), wg.amax(dim=1); s = ((hi - lo) / 15).clamp(min=1e-8)
             # v1 stores zero - 1 and reads stored + 1: it cannot hold zero 0
             z = torch.round(-lo / s).clamp(0 if v2 else 1, 15).to(torch.int32)
         scales[gi] = s.half().float(); zeros[gi] = z
-    sc = scales[g_idx.long()].t(); zz = zeros[g_idx.long()].t()
+    sc = scales[g_idx_d.long()].t(); zz = zeros[g_idx_d.long()].t()
     q = torch.clamp(torch.round(w / sc) + zz, 0, 15).to(torch.int32)
     qt = q.t().contiguous()
-    qweight = torch.zeros(i // 8, o, dtype=torch.int64)
+    qweight = torch.zeros(i // 8, o, dtype=torch.int64, device=dev)
     for j in range(8): qweight |= (qt[j::8].to(torch.int64) & 0xF) << (4 * j)
     zs = zeros if v2 else (zeros - 1) & 0xF
-    qzeros = torch.zeros(G, o // 8, dtype=torch.int64)
+    qzeros = torch.zeros(G, o // 8, dtype=torch.int64, device=dev)
     for j in range(8): qzeros |= (zs[:, j::8].to(torch.int64)) << (4 * j)
     to32 = lambda t: ((t + 2**31) % 2**32 - 2**31).to(torch.int32).contiguous()
     return to32(qweight), to32(qzeros), scales.half().contiguous(), g_idx.contiguous()

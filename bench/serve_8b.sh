@@ -52,7 +52,15 @@ python3 "$here/serve_load.py" --url "http://127.0.0.1:$port" --clients 16 --requ
 python3 "$here/serve_load.py" --url "http://127.0.0.1:$port" --clients "$clients" --requests "$requests" \
   --prompt-mean 256 --output-mean "$output" --fixed-output --vocab 128000 --probe-prompt 512 \
   --write-requests "$out/requests.json" | tee "$out/tpx_serve.json"
-kill -TERM $server; wait $server || { echo "tpx serve exited $?"; tail -20 "$out/serve.log"; }
+python3 - "$port" > "$out/metrics.txt" <<'PY'
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10); c.request("GET", "/metrics")
+print(c.getresponse().read().decode())
+PY
+# SIGTERM: in-flight calls (none now) finish, the server exits 0 and leaves no process.
+kill -TERM $server; t0=$(date +%s.%N)
+if wait $server; then echo "tpx serve: SIGTERM -> exit 0 in $(python3 -c "import time; print(round(time.time() - $t0, 2))") s"; else echo "tpx serve exited $? after SIGTERM"; tail -20 "$out/serve.log"; fi
+sleep 1; pgrep -f tpx-worker > /dev/null && echo "tpx-worker processes left after SIGTERM: $(pgrep -fc tpx-worker)" || echo "no tpx-worker left"
 trap - EXIT
 tpx bench "$out/serve.toml" --json "$out/tpx_bench.json" 2>&1 | grep -v "^tpx run: mpirun" > "$out/tpx_bench.txt"
 python3 "$here/hf_serve_peer.py" "$ckpt" "$out/requests.json" 2>&1 | grep RESULT | tee "$out/hf.txt"
@@ -67,6 +75,14 @@ print(f"tpx serve: {t['generated_tokens_per_s']:.0f} tok/s, {t['clients']} clien
 print(f"  TTFT p50 {t['ttft_ms']['p50']:.1f} ms p90 {t['ttft_ms']['p90']:.1f}; ITL p50 {t['itl_ms']['p50']:.2f} ms p90 {t['itl_ms']['p90']:.2f} p99 {t['itl_ms']['p99']:.2f}")
 print(f"  512-token prompt under load: TTFT p50 {t['probe_ttft_ms'].get('p50', float('nan')):.1f} ms (n={t['probe_ttft_ms'].get('n', 0)})")
 print(f"tpx bench batch-64 decode step {b64['ms_per_step']:.2f} ms ({100*b64['fraction_of_roofline']:.0f}% of roofline): ITL p50 / step = {t['itl_ms']['p50']/b64['ms_per_step']:.2f}")
+# Scheduler steps during the whole serve (warm-up included): quantiles read off the histogram.
+steps = {}
+for kind in ("decode", "mixed"):
+    buckets = [(float(le), int(n)) for le, n in re.findall(r'tpx_step_seconds_bucket\{kind="%s",le="([0-9.e+-]+)"\} (\d+)' % kind, open(f"{out}/metrics.txt").read())]
+    total = int(re.search(r'tpx_step_seconds_count\{kind="%s"\} (\d+)' % kind, open(f"{out}/metrics.txt").read()).group(1))
+    q = lambda f: next((le for le, n in buckets if n >= f * total), float("inf"))
+    steps[kind] = (total, q(0.5), q(0.9))
+    print(f"  {kind} steps: {total}, p50 <= {1e3*q(0.5):.1f} ms, p90 <= {1e3*q(0.9):.1f} ms")
 if "hf_cb_tokens_per_s" in hf:
     print(f"HF generate_batch: {float(hf['hf_cb_tokens_per_s']):.0f} tok/s ({hf['hf_cb_seconds']} s): tpx / HF = {t['generated_tokens_per_s']/float(hf['hf_cb_tokens_per_s']):.2f}")
 PY

@@ -22,6 +22,8 @@ struct KernelConfig {
     int64_t flash_short_max = 256;     // tokens: segments up to this take 32-row blocks; 0 = never
     bool gemm_tune = true;             // prefill GEMMs' algorithm chosen by timing (cuda::GemmTuner)
     bool residual_epilogue = true;     // o_proj/down_proj add the residual in the tuned GEMM's epilogue
+    std::string quant_prefill = "dequant";  // quantized linears over 8 tokens: "dequant" (W to bf16, a bf16 GEMM)
+                                            // or "w8a8" (FP8 weights: x quantized to FP8 per 128 columns, an FP8 GEMM)
     std::string moe = "auto";          // MoE form: auto | sparse | grouped | dense
     bool oneshot = true;               // small all-reduces through tpx's one-shot kernel (false: NCCL)
     bool fused_all_reduce = true;      // batch-1 all-reduces summed in the GEMVs (cuda::ExchangeIn)

@@ -77,6 +77,7 @@ std::string emit_job_toml(const Job& job) {
     kv("flash_short_max", fmt<int64_t>(k.flash_short_max));
     kv("gemm_tune", fmt(k.gemm_tune));
     kv("residual_epilogue", fmt(k.residual_epilogue));
+    kv("quant_prefill", fmt(k.quant_prefill));
     kv("moe", fmt(k.moe));
     kv("oneshot", fmt(k.oneshot));
     kv("fused_all_reduce", fmt(k.fused_all_reduce));

@@ -17,6 +17,14 @@ void header(std::ostringstream& os, const std::string& name, const char* type, c
     os << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n";
 }
 
+// Steps: 0.5 ms apart up to 12 ms (a large model's decode step), coarser beyond.
+std::vector<double> step_bounds() {
+    std::vector<double> b;
+    for (int i = 1; i <= 24; ++i) b.push_back(0.0005 * i);
+    for (double v : {0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5}) b.push_back(v);
+    return b;
+}
+
 }  // namespace
 
 void Histogram::observe(double v) {
@@ -30,19 +38,28 @@ void Histogram::observe(double v) {
 std::string Histogram::render(const std::string& name, const std::string& help) const {
     std::ostringstream os;
     header(os, name, "histogram", help);
+    return os.str() + samples(name, "");
+}
+
+std::string Histogram::samples(const std::string& name, const std::string& labels) const {
+    std::ostringstream os;
+    const std::string before_le = labels.empty() ? "" : labels + ",";
+    const std::string only = labels.empty() ? "" : "{" + labels + "}";
     uint64_t cumulative = 0;
     for (size_t i = 0; i < bounds_.size(); ++i) {
         cumulative += counts_[i];
-        os << name << "_bucket{le=\"" << number(bounds_[i]) << "\"} " << cumulative << "\n";
+        os << name << "_bucket{" << before_le << "le=\"" << number(bounds_[i]) << "\"} " << cumulative << "\n";
     }
-    os << name << "_bucket{le=\"+Inf\"} " << count_ << "\n";
-    os << name << "_sum " << number(sum_) << "\n" << name << "_count " << count_ << "\n";
+    os << name << "_bucket{" << before_le << "le=\"+Inf\"} " << count_ << "\n";
+    os << name << "_sum" << only << " " << number(sum_) << "\n" << name << "_count" << only << " " << count_ << "\n";
     return os.str();
 }
 
 ServeMetrics::ServeMetrics()
     : ttft_({0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}),
-      tpot_({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}) {}
+      tpot_({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}),
+      step_decode_(step_bounds()),
+      step_mixed_(step_bounds()) {}
 
 void ServeMetrics::count_response(int status) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -72,6 +89,10 @@ void ServeMetrics::observe_tpot(double seconds) {
     std::lock_guard<std::mutex> lock(mutex_);
     tpot_.observe(seconds);
 }
+void ServeMetrics::observe_step(bool mixed, double seconds) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    (mixed ? step_mixed_ : step_decode_).observe(seconds);
+}
 
 std::string ServeMetrics::render(int64_t queue_depth) const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -90,6 +111,8 @@ std::string ServeMetrics::render(int64_t queue_depth) const {
     os << "tpx_running_sequences " << running_ << "\n";
     os << ttft_.render("tpx_time_to_first_token_seconds", "from a request's arrival to its first generated token");
     os << tpot_.render("tpx_time_per_output_token_seconds", "between consecutive generated tokens of a request");
+    header(os, "tpx_step_seconds", "histogram", "scheduler steps' wall time, by kind: decode only, or mixed with prompt tokens");
+    os << step_decode_.samples("tpx_step_seconds", "kind=\"decode\"") << step_mixed_.samples("tpx_step_seconds", "kind=\"mixed\"");
     return os.str();
 }
 

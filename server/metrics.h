@@ -17,6 +17,9 @@ public:
     void observe(double v);
     // Prometheus lines for `name` (cumulative _bucket{le=...}, _sum, _count).
     std::string render(const std::string& name, const std::string& help) const;
+    // The samples alone, each with `labels` (e.g. kind="decode") before le: one of several
+    // series of a family whose header is written once.
+    std::string samples(const std::string& name, const std::string& labels) const;
 
 private:
     std::vector<double> bounds_;
@@ -35,6 +38,9 @@ public:
     void set_running(int64_t sequences);  // sequences holding a KV slot
     void observe_ttft(double seconds);
     void observe_tpot(double seconds);
+    // One scheduler step's wall time, from building its batch to its tokens handed to the
+    // calls; `mixed`: the batch held prompt tokens (a prefill chunk) beside the decoding ones.
+    void observe_step(bool mixed, double seconds);
     // The whole exposition; `queue_depth` is read from the queue at the time of the scrape.
     std::string render(int64_t queue_depth) const;
 
@@ -43,7 +49,7 @@ private:
     std::map<int, uint64_t> responses_;  // by HTTP status
     uint64_t prompt_tokens_ = 0, generated_tokens_ = 0, cancelled_ = 0;
     int64_t running_ = 0;
-    Histogram ttft_, tpot_;
+    Histogram ttft_, tpot_, step_decode_, step_mixed_;
 };
 
 }  // namespace tpx

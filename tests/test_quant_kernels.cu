@@ -5,7 +5,9 @@
 // Tolerance: the GPU rounds its fp32 sums to bf16 (2^-8 relative) after summing the chunks in
 // another order, so |gpu - cpu| <= 2^-7 |cpu| + 1e-3 x the largest |cpu|. The dequantization to
 // bf16 is one fp32 product rounded once on both sides, and the norm prologue repeats the
-// add_rmsnorm kernel's arithmetic: both bit-identical. Skips without a GPU.
+// add_rmsnorm kernel's arithmetic: both bit-identical. The prefill routes (quant_prefill.h): the
+// activations' FP8 quantization bit for bit, and the w8a8 FP8 GEMM against cpu::linear_w8a8 with
+// the GEMV's tolerance. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,6 +20,7 @@
 #include "kernels/cpu/quant_gemv.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/quant_gemv.h"
+#include "kernels/cuda/quant_prefill.h"
 #include "loader/dtype.h"
 
 using namespace tpx;
@@ -204,6 +207,87 @@ void check_weight(const W& w, const std::string& what) {
     int64_t bad = 0;
     for (int64_t i = 0; i < N * K; ++i) bad += bf16_to_f32(f32_to_bf16(dense[i])) != got[i];
     EXPECT_EQ(bad, 0) << what << ": dequantized to bf16";
+}
+
+// x of T tokens: normal values, one block of zeros, one large outlier (a scale far from the others).
+std::vector<float> prefill_x(int64_t T, int64_t K) {
+    std::vector<float> x = random_bf16(T * K);
+    for (int64_t k = 0; k < std::min<int64_t>(K, 128); ++k) x[k] = 0.0f;
+    if (T > 1) x[K + K / 2] = 3000.0f;
+    return x;
+}
+
+template <typename T>
+std::vector<T> download_raw(const T* d, size_t n) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<T> h(n);
+    CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+}
+
+// The w8a8 route at several token counts: x's quantization bit for bit, then the GEMM against the
+// twin on the same quantized x. On a mismatch, also says whether the twin with the scale tensors
+// read the other way round ([rows][blocks]) matches: the layout cuBLASLt expects.
+void check_fp8_prefill(const cpu::Fp8Weight& w, const std::string& what) {
+    Buffers b;
+    cuda::QuantWeightView v = device_view(b, w);
+    const std::vector<float> rs = cpu::fp8_row_scales(w.view());
+    v.fp8.row_scale = b.up(rs);
+    const int64_t N = w.l.N, K = w.l.K, blocks = (K + 127) / 128;
+    cuda::GemmTuner tuner;
+    for (int64_t T : {9, 64, 200}) {
+        const std::vector<float> x = prefill_x(T, K);
+        std::vector<uint8_t> xq(T * K);
+        std::vector<float> xs(blocks * T);
+        cpu::quantize_act_fp8(x.data(), T, K, xq.data(), xs.data());
+        cuda::QuantPrefillArgs p;
+        p.w = v, p.tokens = T, p.x = reinterpret_cast<const bf16*>(b.up(to_bf16(x))), p.y = b.poisoned(T * N);
+        ASSERT_TRUE(cuda::quant_prefill_fp8_applies(p)) << what;
+        p.scratch = b.up(std::vector<uint8_t>(cuda::quant_prefill_scratch_bytes(p)));
+        ASSERT_TRUE(cuda::quant_prefill_fp8(tuner, p, on(nullptr))) << what << ": cuBLASLt took no block-scaled FP8 algorithm";
+        const std::vector<uint8_t> gq = download_raw(static_cast<const uint8_t*>(p.scratch), T * K);
+        const std::vector<float> gs = download_raw(reinterpret_cast<const float*>(static_cast<const char*>(p.scratch) + (T * K + 255) / 256 * 256), blocks * T);
+        int64_t codes = 0, scales = 0;
+        for (int64_t i = 0; i < T * K; ++i)
+            if (gq[i] != xq[i] && codes++ < 3)
+                ADD_FAILURE() << what << ", " << T << " tokens: x[" << i / K << ", " << i % K << "] = " << x[i] << " (scale "
+                              << xs[(i % K / 128) * T + i / K] << ") to e4m3 " << (int)gq[i] << " on the GPU, " << (int)xq[i] << " in the twin";
+        for (size_t i = 0; i < xs.size(); ++i)
+            if (gs[i] != xs[i] && scales++ < 3) ADD_FAILURE() << what << ": scale " << i << " gpu " << gs[i] << " cpu " << xs[i];
+        EXPECT_EQ(codes + scales, 0) << what << ", " << T << " tokens: x's e4m3 codes or scales differ from the twin";
+        cpu::Fp8View tv = w.view();
+        tv.row_scale = rs.data();
+        std::vector<float> want(T * N);
+        cpu::linear_w8a8(tv, xq.data(), xs.data(), T, nullptr, want.data());
+        const std::vector<float> got = download(p.y, T * N);
+        float big = 0;
+        int64_t bad = 0;
+        for (float v2 : want) big = std::max(big, std::fabs(v2));
+        for (size_t i = 0; i < want.size(); ++i) bad += !(std::fabs(got[i] - want[i]) <= std::ldexp(std::fabs(want[i]), -7) + 1e-3f * big);
+        if (bad) {  // which layout the library read
+            std::vector<float> xs_t(blocks * T), rs_t(blocks * N), alt(T * N);
+            for (int64_t k = 0; k < blocks; ++k) {
+                for (int64_t t = 0; t < T; ++t) xs_t[t * blocks + k] = xs[k * T + t];
+                for (int64_t n = 0; n < N; ++n) rs_t[n * blocks + k] = rs[k * N + n];
+            }
+            // the twin reading xs_t / rs_t as if they were [blocks][rows]: what a [rows][blocks] reader of ours sees
+            tv.row_scale = rs_t.data();
+            cpu::linear_w8a8(tv, xq.data(), xs_t.data(), T, nullptr, alt.data());
+            int64_t alt_bad = 0;
+            for (size_t i = 0; i < alt.size(); ++i) alt_bad += !(std::fabs(got[i] - alt[i]) <= std::ldexp(std::fabs(alt[i]), -7) + 1e-3f * big);
+            ADD_FAILURE() << what << ", " << T << " tokens: " << bad << " of " << want.size() << " outputs off the twin (first: gpu " << got[0]
+                          << ", cpu " << want[0] << "); with the scale tensors transposed " << alt_bad << " off";
+        }
+    }
+}
+
+TEST(QuantKernels, Fp8PrefillEqualsItsTwin) {
+    REQUIRE_GPU();
+    check_fp8_prefill(random_fp8(384, 1024, 128, 0), "fp8 w8a8, block rows");
+    check_fp8_prefill(random_fp8(200, 4096, 1, 0), "fp8 w8a8, per-row scales");
+    check_fp8_prefill(random_fp8(256, 384, 128, 128), "fp8 w8a8, a cut at column 128");
+    EXPECT_FALSE(cpu::fp8_w8a8_applies(random_fp8(64, 400, 128, 0).l));  // K not whole blocks of 128: the fp16 route
+    EXPECT_FALSE(cpu::fp8_w8a8_applies(random_fp8(130, 272, 1, 48).l));  // a cut inside a block
 }
 
 TEST(QuantKernels, Fp8GemvEqualsItsTwin) {

@@ -136,3 +136,62 @@ TEST(QuantPack, Fp8LayoutsDequantizeAsTheReaderAndTheTwinMultipliesThem) {
 }
 
 }  // namespace
+
+// The e4m3 rounding of the w8a8 prefill's twin (kernels/cpu/quant_gemv.h): every finite code is
+// its own value's rounding; halfway values go to the even code; beyond 448 saturates.
+TEST(QuantTwins, E4m3RoundsToNearestEvenAndSaturates) {
+    for (int c = 0; c < 256; ++c) {
+        if ((c & 0x7f) == 0x7f) continue;  // NaN
+        EXPECT_EQ(cpu::f32_to_e4m3(cpu::e4m3_to_f32((uint8_t)c)), (uint8_t)c) << "code " << c;
+    }
+    for (int c = 0; c < 0x7e; ++c) {  // the midpoint between neighbours rounds to the even code
+        const float lo = cpu::e4m3_to_f32((uint8_t)c), hi = cpu::e4m3_to_f32((uint8_t)(c + 1));
+        EXPECT_EQ(cpu::f32_to_e4m3(0.5f * (lo + hi)), (uint8_t)(c % 2 ? c + 1 : c)) << "between codes " << c << " and " << c + 1;
+        EXPECT_EQ(cpu::f32_to_e4m3(-0.5f * (lo + hi)), (uint8_t)(0x80 | (c % 2 ? c + 1 : c)));
+    }
+    EXPECT_EQ(cpu::f32_to_e4m3(1e6f), 0x7e);
+    EXPECT_EQ(cpu::f32_to_e4m3(-500.0f), 0xfe);
+    EXPECT_EQ(cpu::f32_to_e4m3(1e-9f), 0x00);
+}
+
+// Per-token, per-128-column scales: max |x| / 448 maps onto the largest code, a zero block has
+// scale 1, and the w8a8 twin over an exact case (x and W already e4m3 values) is the plain product.
+TEST(QuantTwins, W8a8TwinIsThePlainProductOnExactValues) {
+    const int64_t T = 3, K = 256, N = 5;
+    std::mt19937 rng(3);
+    std::vector<float> x(T * K, 0.0f);
+    for (int64_t k = 0; k < K; ++k) x[0 * K + k] = cpu::e4m3_to_f32((uint8_t)(rng() % 0x7e)), x[2 * K + k] = -x[0 * K + k];
+    for (int64_t k : {7, 135}) x[0 * K + k] = 448.0f, x[2 * K + k] = -448.0f;  // scale exactly 1 in both blocks
+    for (int64_t k = 128; k < K; ++k) x[1 * K + k] = 2.0f * cpu::e4m3_to_f32((uint8_t)(rng() % 0x7e));  // row 1: first block zero
+    x[1 * K + 130] = 896.0f;                                                                            // scale 2
+    std::vector<uint8_t> xq(T * K);
+    std::vector<float> xs(2 * T);
+    cpu::quantize_act_fp8(x.data(), T, K, xq.data(), xs.data());
+    EXPECT_EQ(xs[0 * T + 0], 1.0f);
+    EXPECT_EQ(xs[0 * T + 1], 1.0f);  // an all-zero block
+    EXPECT_EQ(xs[1 * T + 1], 2.0f);
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t k = 0; k < K; ++k) EXPECT_EQ(cpu::e4m3_to_f32(xq[t * K + k]) * xs[(k / 128) * T + t], x[t * K + k]);
+    cpu::Fp8Weight w;
+    w.l = {N, K, 128, 0, 1, 2};
+    w.w.resize(N * K);
+    for (uint8_t& b : w.w) b = (uint8_t)(rng() % 0x7e) | (rng() % 2 ? 0x80 : 0);
+    w.scale.resize(N * 2);
+    for (size_t i = 0; i < w.scale.size(); ++i) w.scale[i] = std::ldexp(1.0f, (int)(i % 5) - 2);
+    ASSERT_TRUE(cpu::fp8_w8a8_applies(w.l));
+    const std::vector<float> rs = cpu::fp8_row_scales(w.view());
+    cpu::Fp8View v = w.view();
+    v.row_scale = rs.data();
+    std::vector<float> got(T * N), want(T * N);
+    cpu::linear_w8a8(v, xq.data(), xs.data(), T, nullptr, got.data());
+    std::vector<float> dense(N * K);
+    cpu::dequantize_fp8_layout(w.view(), dense.data());
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t n = 0; n < N; ++n) {
+            double d = 0, magnitude = 0;
+            for (int64_t k = 0; k < K; ++k) d += (double)x[t * K + k] * dense[n * K + k], magnitude += std::fabs((double)x[t * K + k] * dense[n * K + k]);
+            EXPECT_NEAR(got[t * N + n], d, 1e-6 * magnitude) << "t " << t << " n " << n;  // fp32 sums of exact products
+        }
+    w.l.in_offset = 64;
+    EXPECT_FALSE(cpu::fp8_w8a8_applies(w.l));  // a cut inside a block: its 128 columns have two scales
+}

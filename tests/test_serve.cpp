@@ -241,6 +241,9 @@ TEST(Serve, QueueBeyondMaxQueueAnswers429) {
     EXPECT_GE(ok, 1) << r.dump();
     json m = client(server, "metrics");
     EXPECT_EQ(m["queue"], 0) << m.dump();
+    // Every answered call had its prompt prefilled in a step (its batch's prompt tokens: "mixed").
+    EXPECT_GE(m["mixed_steps"].get<double>(), 1) << m.dump();
+    EXPECT_GE(m["decode_steps"].get<double>(), 0) << m.dump();
 }
 
 // A stream left after three chunks is cancelled at the next step: the metrics count it and show

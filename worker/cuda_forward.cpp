@@ -8,6 +8,7 @@
 #include "common/cuda_check.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/quant_gemv.h"
+#include "kernels/cuda/quant_prefill.h"
 #include "worker/activations.h"
 #include "worker/cuda_executor.h"
 
@@ -318,10 +319,12 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
 
 // Quantized linears: weights kept packed (DeviceWeights::quant). Up to cuda::kQuantGemvMaxTokens
 // rows the quantized GEMV reads them as they are (at one token with the decode step's SwiGLU or
-// RoPE + KV-cache epilogue, as the bf16 GEMV); larger batches and prefill dequantize the weight
-// into bf16 scratch and take run_gemm (the tuner, the residual epilogue, lm_head's row
-// selection). At one token the norm before it is computed in the GEMV's prologue (defer_norm) as
-// for the bf16 GEMV; its all-reduce is not fused into the GEMVs (can_push).
+// RoPE + KV-cache epilogue, as the bf16 GEMV); more rows dequantize the weight into bf16 scratch
+// and take run_gemm (the tuner, the residual epilogue, lm_head's row selection), or, with
+// [backend.tuning] quant_prefill = "w8a8", FP8 weights run as FP8 GEMMs over activations
+// quantized per token and 128 columns (quant_prefill.h). At one token the norm before the GEMV
+// is computed in its prologue (defer_norm) as for the bf16 GEMV; its all-reduce is not fused
+// into the GEMVs (can_push).
 const cuda::QuantWeightView* CudaExecutor::quant_weight(const Node* linear) const {
     if (weights_.quant.empty() || linear->kind != Op::kLinear || linear->inputs.size() < 2) return nullptr;
     const Node* p = linear->inputs[1]->producer;
@@ -349,6 +352,17 @@ void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const 
         cuda::quant_gemv(args, launch_);
         if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
         return;
+    }
+    cuda::QuantPrefillArgs p;
+    p.w = w, p.tokens = r, p.x = a.data(n->inputs[0]), p.bias = args.bias;
+    if (launch_.config->quant_prefill == "w8a8" && tuner_ && n->name != "lm_head" && cuda::quant_prefill_fp8_applies(p)) {
+        p.y = a.make(n->out(), r);
+        bf16* scratch = a.alloc((int64_t)(cuda::quant_prefill_scratch_bytes(p) + 1) / 2);
+        p.scratch = scratch;
+        const bool done = cuda::quant_prefill_fp8(*tuner_, p, launch_);
+        a.release(scratch);
+        if (done) return;
+        a.release(p.y), a.forget(n->out());  // declined: run_gemm makes the output again
     }
     __nv_bfloat16* dense = a.alloc(w.N() * w.K());
     cuda::quant_dequantize(w, dense, launch_);

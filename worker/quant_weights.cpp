@@ -56,9 +56,15 @@ void upload_one(const Node* n, int rank, Checkpoint& ckpt, cudaStream_t stream, 
     for (size_t i = 0; i < requests.size(); ++i) pieces[requests[i].tag].slice = slices[i].get();
     QuantParam q = pack_quant_param(n->name, N, K, pieces);
     cuda::QuantWeightView v;
+    std::vector<float> row_scale;
     if (q.method == QuantConfig::Method::kFp8) {
         v.format = cuda::QuantWeightView::Format::kFp8;
         v.fp8 = {q.fp8.l, upload(q.fp8.w, stream, w), upload(q.fp8.scale, stream, w)};
+        // Scales per row and 128 columns for the prefill's FP8 GEMM (kernels/cuda/quant_prefill.h).
+        if (cpu::fp8_w8a8_applies(q.fp8.l)) {
+            row_scale = cpu::fp8_row_scales(q.fp8.view());
+            v.fp8.row_scale = upload(row_scale, stream, w);
+        }
     } else {
         v.format = cuda::QuantWeightView::Format::kGptq;
         v.gptq = {q.gptq.l,
@@ -70,7 +76,7 @@ void upload_one(const Node* n, int rank, Checkpoint& ckpt, cudaStream_t stream, 
     }
     CUDA_CHECK(cudaStreamSynchronize(stream));
     w.quant[n->name] = v;
-    w.bytes += q.bytes();
+    w.bytes += q.bytes();  // (row_scale, 1/32 of an FP8 weight's bytes, is read only by products of more than 8 rows: not counted)
 }
 
 }  // namespace

@@ -269,14 +269,16 @@ private:
     }
 
     void step() {
+        const auto started = ServeClock::now();
         TokenBatch batch;
         std::vector<size_t> owners;  // the slot of each logit row
-        bool want_logits = false;
+        bool want_logits = false, mixed = false;
         for (size_t i = 0; i < slots_.size(); ++i) {
             if (!slots_[i]) continue;
             Sequence& q = *slots_[i];
             const std::vector<int32_t>& prompt = q.req->prompt;
             if (q.prefilled < prompt.size()) {
+                mixed = true;
                 size_t n = std::min(prompt.size() - q.prefilled, (size_t)s_.prefill_chunk);
                 for (size_t t = q.prefilled; t < q.prefilled + n; ++t) {
                     batch.ids.push_back(prompt[t]);
@@ -326,6 +328,7 @@ private:
             else token = want_logits ? (int32_t)cpu::argmax(row_logits, vocab) : argmax[row];
             emit(owners[row], token);
         }
+        front_.metrics.observe_step(mixed, seconds_since(started));
     }
 
     // The sequence in `slot` ends with an error (a 500 for its call); its slot is freed.

@@ -25,6 +25,9 @@ struct Fp8View {
     Fp8Layout l;
     const uint8_t* w = nullptr;
     const float* scale = nullptr;
+    // For the prefill's FP8 tensor-core GEMM (fp8_row_scales): the scale of every row and
+    // every 128 columns, [ceil(K / 128), N] (N contiguous); nullptr where not made.
+    const float* row_scale = nullptr;
 };
 
 // GPTQ int4 W [N, K] re-laid per output row: row n is Kp / 8 words qw[n, :], nibble j (lowest
@@ -90,6 +93,25 @@ void gemv_gptq(const GptqView& w, int64_t tokens, const float* x, const float* b
 // W dequantized to fp32 [N, K] (HF's orientation): the prefill path's bf16 weight before rounding.
 void dequantize_fp8_layout(const Fp8View& w, float* dst);
 void dequantize_gptq_layout(const GptqView& w, float* dst);
+
+// Prefill with FP8 activations (w8a8, as HF's and TensorRT-LLM's fine-grained FP8 run it: the
+// activations quantized per token and 128 columns, "activation_scheme": "dynamic"): x[t, k]
+// becomes e4m3(x / s) with s = max |x| over its 128 columns / 448, and
+// y[t, n] = sum over blocks b of s_x[b, t] s_w[b, n] (sum over k in b of xq[t, k] wq[n, k]).
+constexpr int64_t kFp8ActBlock = 128;
+// Whether a weight's scales are constant over each 128 columns of the device matrix (blocks of a
+// multiple of 128 columns, a cut of `in` on a 128 boundary) and K is whole blocks of 128.
+bool fp8_w8a8_applies(const Fp8Layout& l);
+// The weight's scale per row and 128 columns, [ceil(K / 128), N] (requires fp8_w8a8_applies).
+std::vector<float> fp8_row_scales(const Fp8View& w);
+// fp32 to e4m3 (the OCP FP8 E4M3FN code): round to nearest even, saturated to +-448, as CUDA's
+// __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3); NaN to 0x7f.
+uint8_t f32_to_e4m3(float v);
+float e4m3_to_f32(uint8_t v);
+// xq [T, K] and xs [ceil(K / 128), T] (T contiguous) from x [T, K]; a block of zeros gets scale 1.
+void quantize_act_fp8(const float* x, int64_t T, int64_t K, uint8_t* xq, float* xs);
+// y [T, N] = the w8a8 product above (+ bias), fp32, block sums in order.
+void linear_w8a8(const Fp8View& w, const uint8_t* xq, const float* xs, int64_t T, const float* bias, float* y);
 
 // fp16 bits to fp32, exactly.
 float half_bits_to_f32(uint16_t h);

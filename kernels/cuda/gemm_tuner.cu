@@ -11,6 +11,19 @@
 #include "kernels/cuda/ops.h"
 
 namespace tpx::cuda {
+
+// The operands of one product: bf16 x and W, or (fp8) e4m3 x and W with their scales per
+// 128 columns (cpu::linear_w8a8's xs [ceil(K / 128), T] and row_scale [ceil(K / 128), N]).
+struct GemmOperands {
+    const void* x = nullptr;
+    const void* w = nullptr;
+    bf16* y = nullptr;
+    const bf16* add = nullptr;
+    const float* x_scale = nullptr;  // fp8 only
+    const float* w_scale = nullptr;
+    bool fp8() const { return x_scale != nullptr; }
+};
+
 namespace {
 
 constexpr size_t kTunerWorkspaceBytes = 32u << 20;
@@ -32,17 +45,27 @@ int64_t bucket_of(int64_t tokens) {
 }
 
 // The descriptors of one product, Y^T[N, T] = W[N, K] . X^T[K, T] in cuBLAS's column-major terms
-// (W[N, K] row-major is W^T column-major, so op(A) = T), as in linear().
+// (W[N, K] row-major is W^T column-major, so op(A) = T), as in linear(). FP8: both operands
+// e4m3 with one fp32 scale per 128 elements along K (VEC128_32F, Hopper's block-scaled FP8
+// GEMM: scales applied to each 128-deep partial sum in fp32), output bf16.
 struct Descriptors {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-    Descriptors(int64_t T, int64_t K, int64_t N) {
+    Descriptors(int64_t T, int64_t K, int64_t N, const GemmOperands& o) {
         CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
         const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, K, N, K));
-        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, K, T, K));
+        const cudaDataType_t in = o.fp8() ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+        if (o.fp8()) {
+            const cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode)));
+            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)));
+            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &o.w_scale, sizeof(o.w_scale)));
+            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &o.x_scale, sizeof(o.x_scale)));
+        }
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a, in, K, N, K));
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b, in, K, T, K));
         CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c, CUDA_R_16BF, N, T, N));
     }
     ~Descriptors() {
@@ -63,24 +86,23 @@ struct GemmTuner::Impl {
         double best_us = 0, first_us = 0;  // the kept algorithm's time and heuristic #0's
         int64_t tuned_at = 0;              // the row count it was timed with
     };
-    using Key = std::tuple<int64_t, int64_t, int64_t, uint32_t, bool>;  // rows' bucket, K, N, alignment, an added C
+    using Key = std::tuple<int64_t, int64_t, int64_t, uint32_t, bool, bool>;  // rows' bucket, K, N, alignment, an added C, fp8
     cublasLtHandle_t lt = nullptr;
     void* workspace = nullptr;
     cudaEvent_t start = nullptr, stop = nullptr;
     std::map<Key, Entry> entries;
 
     // D = W^T-product (+ C): beta 1 with C = add, else beta 0 (C not read).
-    cublasStatus_t run(const Descriptors& d, const cublasLtMatmulAlgo_t& algo, const bf16* x, const bf16* w, bf16* y, const bf16* add,
-                       cudaStream_t stream) {
-        const float alpha = 1.0f, beta = add ? 1.0f : 0.0f;
-        return cublasLtMatmul(lt, d.op, &alpha, w, d.a, x, d.b, &beta, add ? add : y, d.c, y, d.c, &algo, workspace, kTunerWorkspaceBytes,
-                              stream);
+    cublasStatus_t run(const Descriptors& d, const cublasLtMatmulAlgo_t& algo, const GemmOperands& o, cudaStream_t stream) {
+        const float alpha = 1.0f, beta = o.add ? 1.0f : 0.0f;
+        return cublasLtMatmul(lt, d.op, &alpha, o.w, d.a, o.x, d.b, &beta, o.add ? o.add : o.y, d.c, o.y, d.c, &algo, workspace,
+                              kTunerWorkspaceBytes, stream);
     }
 
-    Entry tune(const cpu::LinearShape& s, uint32_t align, const bf16* x, const bf16* w, bf16* y, const bf16* add, cudaStream_t stream) {
+    Entry tune(const cpu::LinearShape& s, uint32_t align, const GemmOperands& o, cudaStream_t stream) {
         Entry e;
         e.tuned_at = s.tokens;
-        Descriptors d(s.tokens, s.in, s.out);
+        Descriptors d(s.tokens, s.in, s.out, o);
         cublasLtMatmulPreference_t pref;
         CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
         const size_t ws = kTunerWorkspaceBytes;
@@ -95,11 +117,11 @@ struct GemmTuner::Impl {
         if (st != CUBLAS_STATUS_SUCCESS) found = 0;
         for (int i = 0; i < found; ++i) {
             if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > ws) continue;
-            if (run(d, res[i].algo, x, w, y, add, stream) != CUBLAS_STATUS_SUCCESS) continue;  // warm-up
+            if (run(d, res[i].algo, o, stream) != CUBLAS_STATUS_SUCCESS) continue;  // warm-up
             double best = 1e30;
             for (int r = 0; r < kTimedRuns; ++r) {
                 CUDA_CHECK(cudaEventRecord(start, stream));
-                run(d, res[i].algo, x, w, y, add, stream);
+                run(d, res[i].algo, o, stream);
                 CUDA_CHECK(cudaEventRecord(stop, stream));
                 CUDA_CHECK(cudaEventSynchronize(stop));
                 float ms = 0;
@@ -130,25 +152,37 @@ GemmTuner::~GemmTuner() {
 
 bool GemmTuner::matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add) {
     if (s.tokens < kGemmTuneMinTokens || (add && add == y)) return false;
-    const uint32_t align = add ? common_alignment({x, w, y, add}) : common_alignment({x, w, y});
-    const Impl::Key key{bucket_of(s.tokens), s.in, s.out, align, add != nullptr};
+    GemmOperands o;
+    o.x = x, o.w = w, o.y = y, o.add = add;
+    return product(s, o, stream);
+}
+
+bool GemmTuner::matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16* y, cudaStream_t stream) {
+    GemmOperands o;
+    o.x = f.xq, o.w = f.w, o.y = y, o.x_scale = f.x_scale, o.w_scale = f.w_scale;
+    return product(s, o, stream);
+}
+
+bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream) {
+    const uint32_t align = o.add ? common_alignment({o.x, o.w, o.y, o.add}) : common_alignment({o.x, o.w, o.y});
+    const Impl::Key key{bucket_of(s.tokens), s.in, s.out, align, o.add != nullptr, o.fp8()};
     auto it = impl_->entries.find(key);
     if (it == impl_->entries.end()) {
         cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
         CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
         if (capturing != cudaStreamCaptureStatusNone) return false;
-        it = impl_->entries.emplace(key, impl_->tune(s, align, x, w, y, add, stream)).first;
+        it = impl_->entries.emplace(key, impl_->tune(s, align, o, stream)).first;
     }
     const Impl::Entry& e = it->second;
     if (!e.usable) return false;
-    Descriptors d(s.tokens, s.in, s.out);
+    Descriptors d(s.tokens, s.in, s.out, o);
     if (s.tokens != e.tuned_at) {  // another row count of the bucket: the algorithm must take it
         cublasLtMatmulHeuristicResult_t check{};
         if (cublasLtMatmulAlgoCheck(impl_->lt, d.op, d.a, d.b, d.c, d.c, &e.algo, &check) != CUBLAS_STATUS_SUCCESS ||
             check.workspaceSize > kTunerWorkspaceBytes)
             return false;
     }
-    CUBLAS_CHECK(impl_->run(d, e.algo, x, w, y, add, stream));
+    CUBLAS_CHECK(impl_->run(d, e.algo, o, stream));
     return true;
 }
 
@@ -156,9 +190,9 @@ std::string GemmTuner::summary() const {
     std::string out;
     for (const auto& [key, e] : impl_->entries) {
         char line[200];
-        std::snprintf(line, sizeof line, "gemm %lld rows (bucket %lld) K=%lld N=%lld%s: %s of %d algorithms, %.1f us (heuristic's first %.1f us)\n",
-                      (long long)e.tuned_at, (long long)std::get<0>(key), (long long)std::get<1>(key), (long long)std::get<2>(key),
-                      std::get<4>(key) ? " + add" : "",
+        std::snprintf(line, sizeof line, "gemm%s %lld rows (bucket %lld) K=%lld N=%lld%s: %s of %d algorithms, %.1f us (heuristic's first %.1f us)\n",
+                      std::get<5>(key) ? " fp8" : "", (long long)e.tuned_at, (long long)std::get<0>(key), (long long)std::get<1>(key),
+                      (long long)std::get<2>(key), std::get<4>(key) ? " + add" : "",
                       e.usable ? "fastest" : "none usable", e.candidates, e.best_us, e.first_us);
         out += line;
     }

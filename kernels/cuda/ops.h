@@ -78,6 +78,15 @@ void linear(cublasHandle_t cublas, const LinearArgs& a, Launch at);
 // a tuner. Results differ from cublasGemmEx's only by the summation order of the algorithm.
 constexpr int64_t kGemmTuneMinTokens = 128;
 constexpr int kGemmTuneCandidates = 8;
+// The operands of an FP8 product (w8a8, cpu::linear_w8a8): e4m3 x [T, K] and W [N, K], and
+// their fp32 scales per 128 columns, x_scale [ceil(K / 128), T] and w_scale [ceil(K / 128), N].
+struct Fp8Operands {
+    const uint8_t* xq = nullptr;
+    const float* x_scale = nullptr;
+    const uint8_t* w = nullptr;
+    const float* w_scale = nullptr;
+};
+struct GemmOperands;
 class GemmTuner {
 public:
     GemmTuner();
@@ -89,10 +98,14 @@ public:
     // the residual add in the epilogue), bf16, fp32 sums; false where declined (nothing
     // enqueued). add must not be y.
     bool matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add = nullptr);
+    // y[T, N] = the FP8 product (cuBLASLt's block-scaled FP8 GEMM, bf16 out), at any row count;
+    // false where declined, as matmul().
+    bool matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16* y, cudaStream_t stream);
     // One line per tuned bucket: the candidates' count, the kept one's time and heuristic #0's.
     std::string summary() const;
 
 private:
+    bool product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream);
     struct Impl;
     Impl* impl_;
 };

@@ -60,6 +60,10 @@ __device__ inline void dot_fp8(const cpu::Fp8View& w, int64_t n, const X* x, int
     const int64_t K = w.l.K, chunks = K / cpu::kFp8Chunk;
     const uint4* row = reinterpret_cast<const uint4*>(w.w + n * K);
     const float* scale = w.scale + (n / w.l.rows_per_scale) * w.l.scale_cols;
+    // The chunk's scale column without a 64-bit division in the loop (checkpoints' blocks are 128).
+    const unsigned block_in = (unsigned)w.l.block_in, in_offset = (unsigned)w.l.in_offset;
+    const bool pow2 = (block_in & (block_in - 1)) == 0;
+    const int shift = __ffs((int)block_in) - 1;
     for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
         uint4 wv[kUnroll];
 #pragma unroll
@@ -69,7 +73,8 @@ __device__ inline void dot_fp8(const cpu::Fp8View& w, int64_t n, const X* x, int
         for (int u = 0; u < kUnroll; ++u) {
             const int64_t c = c0 + 32 * u;
             if (c >= chunks) break;
-            const float s = __ldg(scale + (c * cpu::kFp8Chunk + w.l.in_offset) / w.l.block_in);
+            const unsigned col = (unsigned)c * (unsigned)cpu::kFp8Chunk + in_offset;
+            const float s = __ldg(scale + (pow2 ? col >> shift : col / block_in));
             float f[16];
             fp8x16(wv[u], f);
 #pragma unroll
@@ -318,30 +323,6 @@ void dispatch(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch&
     launch_quant<F, GemvEpilogue::kNone, 8, kGather>(a, items, pair, at);
 }
 
-__global__ void dequant_fp8_kernel(cpu::Fp8View w, bf16* dst) {
-    pdl_entry();
-    const int64_t n = blockIdx.x, K = w.l.K;
-    const float* scale = w.scale + (n / w.l.rows_per_scale) * w.l.scale_cols;
-    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
-        const __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)w.w[n * K + k], __NV_E4M3);
-        dst[n * K + k] = __float2bfloat16(__half2float(__half(h)) * scale[(k + w.l.in_offset) / w.l.block_in]);
-    }
-}
-
-__global__ void dequant_gptq_kernel(cpu::GptqView w, bf16* dst) {
-    pdl_entry();
-    const int64_t n = blockIdx.x, Kp = w.l.Kp, chunks = Kp / cpu::kGptqChunk;
-    const int s = cpu::gptq_segment(w.l, n);
-    for (int64_t kp = threadIdx.x; kp < Kp; kp += blockDim.x) {
-        const int64_t k = w.perm ? w.perm[s * Kp + kp] : kp;
-        if (k < 0) continue;
-        const int g = w.chunk_group[s * chunks + kp / cpu::kGptqChunk];
-        const int q = (int)((w.qw[n * (Kp / 8) + kp / 8] >> (4 * (kp % 8))) & 0xf);
-        const int z = w.zeros ? w.zeros[n * w.l.G + g] : 8;
-        dst[n * w.l.K + k] = __float2bfloat16(__half2float(__ushort_as_half(w.scales[n * w.l.G + g])) * (float)(q - z));
-    }
-}
-
 }  // namespace
 
 bool quant_gemv_applies(const QuantGemvArgs& a) {
@@ -378,13 +359,6 @@ void quant_gemv(const QuantGemvArgs& a, Launch at) {
     if (a.w.format == Format::kFp8) dispatch<Format::kFp8, false>(a, items, pair, at);
     else if (a.w.gptq.perm) dispatch<Format::kGptq, true>(a, items, pair, at);
     else dispatch<Format::kGptq, false>(a, items, pair, at);
-}
-
-void quant_dequantize(const QuantWeightView& w, bf16* dst, Launch at) {
-    if (w.N() == 0) return;
-    if (w.format == Format::kFp8) launch(dequant_fp8_kernel, (unsigned)w.N(), kThreads, 0, at, w.fp8, dst);
-    else launch(dequant_gptq_kernel, (unsigned)w.N(), kThreads, 0, at, w.gptq, dst);
-    TPX_LAUNCH_CHECK();
 }
 
 }  // namespace tpx::cuda

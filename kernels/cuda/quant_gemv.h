@@ -1,7 +1,7 @@
 // The quantized linears' kernels (quant_gemv.cu): decode GEMVs that read GPTQ int4 or FP8
 // weights as they lie on the device (layouts in kernels/cpu/quant_gemv.h, whose twins are the
 // reference) and dequantize inside the dot product, with the bf16 GEMV's SwiGLU and RoPE + KV
-// epilogues at one token; and the dequantization of a whole weight to bf16 for prefill GEMMs.
+// epilogues at one token. (Prefill: quant_prefill.h.)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -50,8 +50,5 @@ bool quant_gemv_applies(const QuantGemvArgs& a);
 // y = x W^T (+ bias) and the epilogue, fp32 sums: each 16-byte weight chunk (FP8: 16 values,
 // GPTQ: 32 positions of one group) dotted with x, times its scale, into the row's sum.
 void quant_gemv(const QuantGemvArgs& a, Launch at);
-
-// dst [N, K] = W in bf16 (HF's orientation, x's order of columns), for prefill GEMMs.
-void quant_dequantize(const QuantWeightView& w, bf16* dst, Launch at);
 
 }  // namespace tpx::cuda

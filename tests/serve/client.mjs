@@ -71,7 +71,10 @@ async function metrics() {
   const r = await fetch(base + "/metrics", { headers: { Authorization: "Bearer " + apiKey } });
   const text = await r.text();
   const get = (name) => Number((text.match(new RegExp("^" + name + " (\\S+)$", "m")) ?? [])[1]);
-  return { cancelled: get("tpx_requests_cancelled_total"), running: get("tpx_running_sequences"), queue: get("tpx_queue_depth") };
+  return {
+    cancelled: get("tpx_requests_cancelled_total"), running: get("tpx_running_sequences"), queue: get("tpx_queue_depth"),
+    decode_steps: get('tpx_step_seconds_count\\{kind="decode"\\}'), mixed_steps: get('tpx_step_seconds_count\\{kind="mixed"\\}'),
+  };
 }
 
 const modes = {
