@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -208,8 +209,9 @@ TEST(Meta, MappedReadsMatchAndCostWhatTheyPromise) {
 
 // Each rank's q/k rows at tp 1 and 2 (whole heads), read through put_rows() from the mapping,
 // equal the staging path's bytes (the row permutation of plan_chunks, tested against HF's above)
-// and HF's own; only q/k took put_rows(), and the batch reads exactly the sum of read_bytes(). A
-// row range that cuts a head stays on the staging path, and is right there too.
+// and HF's own; only q/k took put_rows(), and the batch reads exactly the sum of read_bytes(), the
+// same bytes of each file as the staging path. A row range that cuts a head stays on the staging
+// path, and is right there too.
 TEST(Meta, QkHeadsThroughPutRowsEqualTheStagingPath) {
     auto hf = Checkpoint::open(kHf);
     for (const std::string& folder : {std::string("meta-llama-gqa-mp1"), std::string("meta-llama-gqa-mp2")})
@@ -229,6 +231,7 @@ TEST(Meta, QkHeadsThroughPutRowsEqualTheStagingPath) {
             }
             requests.push_back({"model.layers.0.self_attn.q_proj.weight", Slice::range(0, 8, 16), DType::kBF16, requests.size()});
             promised += meta->read_bytes(requests.back().tensor, requests.back().slice);
+            std::map<bool, std::map<std::string, uint64_t>> per_file;
             auto read_all = [&](bool mapped, std::vector<std::vector<char>>& got) {
                 got.assign(requests.size(), {});
                 for (const ReadRequest& r : requests) {
@@ -241,6 +244,7 @@ TEST(Meta, QkHeadsThroughPutRowsEqualTheStagingPath) {
                 meta->reset_stats();
                 meta->read(requests, *sink);
                 EXPECT_EQ(meta->stats().data_bytes, promised) << folder << " tp " << tp << (mapped ? " mapped" : " staged");
+                per_file[mapped] = meta->stats().data_bytes_per_file;
                 return sink;
             };
             std::vector<std::vector<char>> rows, staged;
@@ -248,8 +252,10 @@ TEST(Meta, QkHeadsThroughPutRowsEqualTheStagingPath) {
             EXPECT_EQ(a->rows_bytes_, qk) << folder << " tp " << tp << ": every whole head through put_rows(), the cut one not";
             EXPECT_EQ(a->rows_tensors_.size(), 4u) << folder << " (q and k of 2 layers)";
             EXPECT_EQ(b->rows_bytes_, 0u);
+            EXPECT_EQ(per_file[true], per_file[false]) << folder << " tp " << tp;
             for (const ReadRequest& r : requests) {
-                EXPECT_EQ(rows[r.tag], staged[r.tag]) << folder << " tp " << tp << " " << r.tensor << " [" << r.slice.start << ", +" << r.slice.length << ")";
+                EXPECT_EQ(rows[r.tag], staged[r.tag]) << folder << " tp " << tp << " " << r.tensor << " [" << r.slice.start << ", +"
+                                                      << r.slice.length << ")";
                 std::vector<char> want(rows[r.tag].size());
                 hf->read(r.tensor, r.slice, DType::kBF16, want.data());
                 EXPECT_EQ(rows[r.tag], want) << folder << " tp " << tp << " " << r.tensor;
