@@ -22,6 +22,7 @@
 
 #include "common/check.h"
 #include "loader/checkpoint.h"
+#include "loader/meta_params.h"
 #include "loader/read_pool.h"
 #include "loader/torch_zip.h"
 
@@ -37,93 +38,6 @@ using json = nlohmann::json;
 constexpr uint64_t kChunkElems = 1u << 20;
 
 std::string file_name(const std::string& path) { return fs::path(path).filename().string(); }
-
-// What params.json says; -1 where it leaves a value to the tensors.
-struct MetaParams {
-    std::string file;
-    int64_t dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = -1, max_seq_len = 4096;
-    double norm_eps = 1e-5, rope_theta = 10000.0, rope_scaling_factor = 8.0;
-    bool use_scaled_rope = false;
-};
-
-MetaParams parse_params(const std::string& file, const std::string& text) {
-    auto fail = [&](const std::string& why) { throw CheckpointError(file + ": " + why); };
-    json j;
-    try {
-        j = json::parse(text);
-    } catch (const json::exception& e) {
-        fail(std::string("not valid JSON: ") + e.what());
-    }
-    if (!j.is_object()) fail("not a JSON object");
-    MetaParams p;
-    p.file = file;
-    auto integer = [&](const char* key, int64_t fallback, bool required) {
-        auto it = j.find(key);
-        if (it == j.end() || it->is_null()) {
-            if (required) fail(std::string("missing key \"") + key + "\"");
-            return fallback;
-        }
-        if (!it->is_number_integer()) fail(std::string("\"") + key + "\" is " + it->dump() + ", not an integer");
-        return it->get<int64_t>();
-    };
-    auto number = [&](const char* key, double fallback) {
-        auto it = j.find(key);
-        if (it == j.end() || it->is_null()) return fallback;
-        if (!it->is_number()) fail(std::string("\"") + key + "\" is " + it->dump() + ", not a number");
-        return it->get<double>();
-    };
-    p.dim = integer("dim", 0, true);
-    p.n_layers = integer("n_layers", 0, true);
-    p.n_heads = integer("n_heads", 0, true);
-    p.n_kv_heads = integer("n_kv_heads", p.n_heads, false);
-    p.vocab_size = integer("vocab_size", -1, false);  // Llama 2 writes -1: the tokenizer's size
-    p.max_seq_len = integer("max_seq_len", 4096, false);
-    p.norm_eps = number("norm_eps", p.norm_eps);
-    p.rope_theta = number("rope_theta", p.rope_theta);
-    p.rope_scaling_factor = number("rope_scaling_factor", p.rope_scaling_factor);
-    if (auto it = j.find("use_scaled_rope"); it != j.end() && !it->is_null()) {
-        if (!it->is_boolean()) fail("\"use_scaled_rope\" is " + it->dump() + ", not true or false");
-        p.use_scaled_rope = it->get<bool>();
-    }
-    for (auto [key, v] : {std::pair<const char*, int64_t>{"dim", p.dim}, {"n_layers", p.n_layers}, {"n_heads", p.n_heads},
-                          {"n_kv_heads", p.n_kv_heads}, {"max_seq_len", p.max_seq_len}})
-        if (v <= 0) fail(std::string("\"") + key + "\" = " + std::to_string(v) + " must be positive");
-    if (p.dim % p.n_heads != 0) fail("\"dim\" = " + std::to_string(p.dim) + " is not a multiple of \"n_heads\" = " + std::to_string(p.n_heads));
-    if (p.n_heads % p.n_kv_heads != 0)
-        fail("\"n_heads\" = " + std::to_string(p.n_heads) + " is not a multiple of \"n_kv_heads\" = " + std::to_string(p.n_kv_heads));
-    if ((p.dim / p.n_heads) % 2 != 0) fail("head dim " + std::to_string(p.dim / p.n_heads) + " (dim / n_heads) is odd: RoPE needs pairs");
-    return p;
-}
-
-// Meta's name -> HF's, and how Meta splits the tensor over its files.
-struct NameRule {
-    std::string hf;
-    int split = -1;        // -1 replicated (1-D); 2 = tok_embeddings, told apart by the shapes
-    bool permute = false;  // q/k: interleaved-pair rows
-    int64_t heads = 0;     // (filled from params for permuted tensors)
-};
-
-bool map_name(const std::string& meta, const MetaParams& p, NameRule& r) {
-    static const std::map<std::string, NameRule> top = {{"tok_embeddings.weight", {"model.embed_tokens.weight", 2}},
-                                                        {"norm.weight", {"model.norm.weight", -1}},
-                                                        {"output.weight", {"lm_head.weight", 0}}};
-    static const std::map<std::string, NameRule> layer = {
-        {"attention.wq.weight", {"self_attn.q_proj.weight", 0, true}}, {"attention.wk.weight", {"self_attn.k_proj.weight", 0, true}},
-        {"attention.wv.weight", {"self_attn.v_proj.weight", 0}},       {"attention.wo.weight", {"self_attn.o_proj.weight", 1}},
-        {"feed_forward.w1.weight", {"mlp.gate_proj.weight", 0}},       {"feed_forward.w2.weight", {"mlp.down_proj.weight", 1}},
-        {"feed_forward.w3.weight", {"mlp.up_proj.weight", 0}},         {"attention_norm.weight", {"input_layernorm.weight", -1}},
-        {"ffn_norm.weight", {"post_attention_layernorm.weight", -1}}};
-    if (auto it = top.find(meta); it != top.end()) return r = it->second, true;
-    if (meta.rfind("layers.", 0) != 0) return false;
-    const size_t dot = meta.find('.', 7);
-    if (dot == std::string::npos || dot == 7 || meta.find_first_not_of("0123456789", 7) != dot) return false;
-    auto it = layer.find(meta.substr(dot + 1));
-    if (it == layer.end()) return false;
-    r = it->second;
-    r.hf = "model.layers." + meta.substr(7, dot - 7) + "." + r.hf;
-    if (r.permute) r.heads = meta.find(".wq.") != std::string::npos ? p.n_heads : p.n_kv_heads;
-    return true;
-}
 
 const char* dtype_config_name(DType t) {
     switch (t) {
@@ -218,7 +132,7 @@ void MetaCheckpoint::open() {
     const std::string params_file = (dir / "params.json").string();
     const std::string params_text = read_text_file(params_file);
     count_header(params_text.size());
-    const MetaParams p = parse_params(params_file, params_text);
+    const MetaParams p = parse_meta_params(params_file, params_text);
 
     // consolidated.00.pth ... consolidated.NN.pth, none missing.
     std::vector<std::string> files;
@@ -266,8 +180,8 @@ void MetaCheckpoint::assemble(const MetaParams& p, const std::map<std::string, s
                                   " (each of Meta's files holds its part of every tensor)");
         }
         if (meta == "rope.freqs") continue;  // recomputed from rope_theta, as HF's conversion drops it
-        NameRule rule;
-        if (!map_name(meta, p, rule))
+        MetaNameRule rule;
+        if (!map_meta_name(meta, p, rule))
             throw CheckpointError(first + ": tensor '" + meta + "' is not one of Meta's Llama tensors (tok_embeddings, norm, output, "
                                   "layers.N.attention.wq/wk/wv/wo, feed_forward.w1/w2/w3, attention_norm, ffn_norm, rope.freqs)");
         if (t0.shape.empty() || t0.shape.size() > 2 || (rule.split >= 0) != (t0.shape.size() == 2))
