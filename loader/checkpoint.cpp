@@ -102,6 +102,11 @@ void ReadSink::put(const ReadRequest& r, const char*, uint64_t, uint64_t) {
     throw Error("read sink: put() of '" + r.tensor + "' on a sink that does not take mapped reads");
 }
 
+void ReadSink::put_rows(const ReadRequest& r, const char* src, uint64_t src_pitch, uint64_t offset, uint64_t dst_pitch, uint64_t row_bytes,
+                        uint64_t rows) {
+    for (uint64_t i = 0; i < rows; ++i) put(r, src + i * src_pitch, offset + i * dst_pitch, row_bytes);
+}
+
 void Checkpoint::pread_counted(int fd, const std::string& file, void* dst, uint64_t bytes, uint64_t offset) {
     char* p = static_cast<char*>(dst);
     for (uint64_t done = 0; done < bytes;) {

@@ -58,6 +58,13 @@ public:
     // taken (copied) when put() returns.
     virtual bool takes_mapped() const { return false; }
     virtual void put(const ReadRequest& r, const char* src, uint64_t offset, uint64_t bytes);
+    // put() of rows spaced out at both ends, as the mapping's pieces of a Meta q/k head are (its
+    // interleaved-pair rows, every other one, land as one half of the head in HF's order): for
+    // i in [0, rows), bytes [src + i * src_pitch, + row_bytes) go to bytes [offset + i * dst_pitch,
+    // + row_bytes) of r's result. Called only when takes_mapped(), under put()'s rules; the
+    // default copies row by row through put(), a sink that can DMA a strided range overrides it.
+    virtual void put_rows(const ReadRequest& r, const char* src, uint64_t src_pitch, uint64_t offset, uint64_t dst_pitch,
+                          uint64_t row_bytes, uint64_t rows);
 };
 
 constexpr uint64_t kMappedBytes = 64ull << 20;  // tpx-kbench --h2d-file: 64 MiB pieces 21.7 GB/s, 8 MiB 16.3

@@ -2,7 +2,8 @@
 // wq/wk/wv/w1/w3/output on dim 0, wo/w2 on dim 1, tok_embeddings on dim 0 or 1, 1-D tensors
 // replicated); a read maps every result row to its file part(s) and, for q/k, to its Meta row.
 // Reads are cut into chunks of whole rows (whole heads for q/k) fixed by the tensor's geometry
-// alone, so that read_bytes() -- what the planner promises -- is exactly what read() reads.
+// alone, so that read_bytes() -- what the planner promises -- is exactly what read() reads; the
+// mapped paths (whole rows through put(), q/k heads through put_rows()) read those same bytes.
 #include "loader/meta.h"
 
 #include <fcntl.h>
@@ -21,6 +22,7 @@
 
 #include "common/check.h"
 #include "loader/checkpoint.h"
+#include "loader/meta_params.h"
 #include "loader/read_pool.h"
 #include "loader/torch_zip.h"
 
@@ -36,93 +38,6 @@ using json = nlohmann::json;
 constexpr uint64_t kChunkElems = 1u << 20;
 
 std::string file_name(const std::string& path) { return fs::path(path).filename().string(); }
-
-// What params.json says; -1 where it leaves a value to the tensors.
-struct MetaParams {
-    std::string file;
-    int64_t dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = -1, max_seq_len = 4096;
-    double norm_eps = 1e-5, rope_theta = 10000.0, rope_scaling_factor = 8.0;
-    bool use_scaled_rope = false;
-};
-
-MetaParams parse_params(const std::string& file, const std::string& text) {
-    auto fail = [&](const std::string& why) { throw CheckpointError(file + ": " + why); };
-    json j;
-    try {
-        j = json::parse(text);
-    } catch (const json::exception& e) {
-        fail(std::string("not valid JSON: ") + e.what());
-    }
-    if (!j.is_object()) fail("not a JSON object");
-    MetaParams p;
-    p.file = file;
-    auto integer = [&](const char* key, int64_t fallback, bool required) {
-        auto it = j.find(key);
-        if (it == j.end() || it->is_null()) {
-            if (required) fail(std::string("missing key \"") + key + "\"");
-            return fallback;
-        }
-        if (!it->is_number_integer()) fail(std::string("\"") + key + "\" is " + it->dump() + ", not an integer");
-        return it->get<int64_t>();
-    };
-    auto number = [&](const char* key, double fallback) {
-        auto it = j.find(key);
-        if (it == j.end() || it->is_null()) return fallback;
-        if (!it->is_number()) fail(std::string("\"") + key + "\" is " + it->dump() + ", not a number");
-        return it->get<double>();
-    };
-    p.dim = integer("dim", 0, true);
-    p.n_layers = integer("n_layers", 0, true);
-    p.n_heads = integer("n_heads", 0, true);
-    p.n_kv_heads = integer("n_kv_heads", p.n_heads, false);
-    p.vocab_size = integer("vocab_size", -1, false);  // Llama 2 writes -1: the tokenizer's size
-    p.max_seq_len = integer("max_seq_len", 4096, false);
-    p.norm_eps = number("norm_eps", p.norm_eps);
-    p.rope_theta = number("rope_theta", p.rope_theta);
-    p.rope_scaling_factor = number("rope_scaling_factor", p.rope_scaling_factor);
-    if (auto it = j.find("use_scaled_rope"); it != j.end() && !it->is_null()) {
-        if (!it->is_boolean()) fail("\"use_scaled_rope\" is " + it->dump() + ", not true or false");
-        p.use_scaled_rope = it->get<bool>();
-    }
-    for (auto [key, v] : {std::pair<const char*, int64_t>{"dim", p.dim}, {"n_layers", p.n_layers}, {"n_heads", p.n_heads},
-                          {"n_kv_heads", p.n_kv_heads}, {"max_seq_len", p.max_seq_len}})
-        if (v <= 0) fail(std::string("\"") + key + "\" = " + std::to_string(v) + " must be positive");
-    if (p.dim % p.n_heads != 0) fail("\"dim\" = " + std::to_string(p.dim) + " is not a multiple of \"n_heads\" = " + std::to_string(p.n_heads));
-    if (p.n_heads % p.n_kv_heads != 0)
-        fail("\"n_heads\" = " + std::to_string(p.n_heads) + " is not a multiple of \"n_kv_heads\" = " + std::to_string(p.n_kv_heads));
-    if ((p.dim / p.n_heads) % 2 != 0) fail("head dim " + std::to_string(p.dim / p.n_heads) + " (dim / n_heads) is odd: RoPE needs pairs");
-    return p;
-}
-
-// Meta's name -> HF's, and how Meta splits the tensor over its files.
-struct NameRule {
-    std::string hf;
-    int split = -1;        // -1 replicated (1-D); 2 = tok_embeddings, told apart by the shapes
-    bool permute = false;  // q/k: interleaved-pair rows
-    int64_t heads = 0;     // (filled from params for permuted tensors)
-};
-
-bool map_name(const std::string& meta, const MetaParams& p, NameRule& r) {
-    static const std::map<std::string, NameRule> top = {{"tok_embeddings.weight", {"model.embed_tokens.weight", 2}},
-                                                        {"norm.weight", {"model.norm.weight", -1}},
-                                                        {"output.weight", {"lm_head.weight", 0}}};
-    static const std::map<std::string, NameRule> layer = {
-        {"attention.wq.weight", {"self_attn.q_proj.weight", 0, true}}, {"attention.wk.weight", {"self_attn.k_proj.weight", 0, true}},
-        {"attention.wv.weight", {"self_attn.v_proj.weight", 0}},       {"attention.wo.weight", {"self_attn.o_proj.weight", 1}},
-        {"feed_forward.w1.weight", {"mlp.gate_proj.weight", 0}},       {"feed_forward.w2.weight", {"mlp.down_proj.weight", 1}},
-        {"feed_forward.w3.weight", {"mlp.up_proj.weight", 0}},         {"attention_norm.weight", {"input_layernorm.weight", -1}},
-        {"ffn_norm.weight", {"post_attention_layernorm.weight", -1}}};
-    if (auto it = top.find(meta); it != top.end()) return r = it->second, true;
-    if (meta.rfind("layers.", 0) != 0) return false;
-    const size_t dot = meta.find('.', 7);
-    if (dot == std::string::npos || dot == 7 || meta.find_first_not_of("0123456789", 7) != dot) return false;
-    auto it = layer.find(meta.substr(dot + 1));
-    if (it == layer.end()) return false;
-    r = it->second;
-    r.hf = "model.layers." + meta.substr(7, dot - 7) + "." + r.hf;
-    if (r.permute) r.heads = meta.find(".wq.") != std::string::npos ? p.n_heads : p.n_kv_heads;
-    return true;
-}
 
 const char* dtype_config_name(DType t) {
     switch (t) {
@@ -182,6 +97,15 @@ private:
         uint64_t first = 0, end = 0;
         std::vector<FileReads> files;
     };
+    // A piece of one q/k head in the file's mapping, for put_rows(): Meta rows [0, 2 * pairs) from
+    // `src`, the pair (2p, 2p + 1) landing on result rows p after dst_even and p after dst_odd
+    // (HF's rows p and hd/2 + p of the head, counted from the piece's first pair).
+    struct HeadPiece {
+        const std::string* file;
+        const char* src;
+        uint64_t dst_even = 0, dst_odd = 0;  // result byte offsets
+        uint64_t pairs = 0, row_bytes = 0;
+    };
 
     void assemble(const MetaParams& p, const std::map<std::string, std::vector<std::pair<std::string, PickledTensor>>>& by_name,
                   const std::map<std::string, TorchArchive>& archives);
@@ -192,6 +116,9 @@ private:
     const char* mapping(const std::string& file);
     bool put_mapped(const ReadRequest& r, const Chunk& c, ReadSink& sink);
     bool mappable(const ReadRequest& r, const Chunk& c);
+    std::vector<HeadPiece> plan_head_pieces(const ReadRequest& r, const TensorInfo& t, const ReadSink& sink);
+    void put_head_piece(const ReadRequest& r, const HeadPiece& h, ReadSink& sink);
+    void read_staged(const ReadRequest& r, const Chunk& c, ReadSink& sink);
 
     ReadPool pool_;
     std::map<std::string, Layout> layouts_;  // by HF name
@@ -205,7 +132,7 @@ void MetaCheckpoint::open() {
     const std::string params_file = (dir / "params.json").string();
     const std::string params_text = read_text_file(params_file);
     count_header(params_text.size());
-    const MetaParams p = parse_params(params_file, params_text);
+    const MetaParams p = parse_meta_params(params_file, params_text);
 
     // consolidated.00.pth ... consolidated.NN.pth, none missing.
     std::vector<std::string> files;
@@ -253,8 +180,8 @@ void MetaCheckpoint::assemble(const MetaParams& p, const std::map<std::string, s
                                   " (each of Meta's files holds its part of every tensor)");
         }
         if (meta == "rope.freqs") continue;  // recomputed from rope_theta, as HF's conversion drops it
-        NameRule rule;
-        if (!map_name(meta, p, rule))
+        MetaNameRule rule;
+        if (!map_meta_name(meta, p, rule))
             throw CheckpointError(first + ": tensor '" + meta + "' is not one of Meta's Llama tensors (tok_embeddings, norm, output, "
                                   "layers.N.attention.wq/wk/wv/wo, feed_forward.w1/w2/w3, attention_norm, ffn_norm, rope.freqs)");
         if (t0.shape.empty() || t0.shape.size() > 2 || (rule.split >= 0) != (t0.shape.size() == 2))
@@ -464,9 +391,9 @@ const char* MetaCheckpoint::mapping(const std::string& file) {
 
 // A chunk whose every read is one span, copied as stored (no conversion), is handed to a sink
 // that copies out of the file's pages itself (the GPU backend's, loader/checkpoint.h): the same
-// path safetensors takes, no CPU copy. Chunks of many short spans (q/k rows permuted within their
-// heads) stay on the staging path, where one pread serves many rows. Returns false to leave the
-// chunk to it.
+// path safetensors takes, no CPU copy. Chunks of many short spans (column cuts; q/k rows that
+// plan_head_pieces() leaves out) stay on the staging path, where one pread serves many rows.
+// Returns false to leave the chunk to it.
 bool MetaCheckpoint::mappable(const ReadRequest& r, const Chunk& c) {
     constexpr size_t kMaxSpans = 64;  // below a few hundred KiB a span, registering pages costs more than it saves
     size_t spans = 0;
@@ -500,7 +427,7 @@ bool MetaCheckpoint::put_mapped(const ReadRequest& r, const Chunk& c, ReadSink& 
 // A request whose rows each lie whole in one part, copied as stored, to a sink that takes mapped
 // pages whose files are mapped: its chunks can be the mapped path's 64 MiB pieces (registering a
 // file's pages costs per call: 2 MiB pieces held the 8B's load to 5 to 6 GB/s). q/k rows permuted
-// within heads and column cuts keep the staging ring's chunks.
+// within heads go by head instead (plan_head_pieces); column cuts keep the staging ring's chunks.
 bool MetaCheckpoint::maps_whole_rows(const ReadRequest& r, const ReadSink& sink) {
     const TensorInfo& t = tensor(r.tensor);
     const Layout& L = layouts_.at(t.name);
@@ -512,55 +439,112 @@ bool MetaCheckpoint::maps_whole_rows(const ReadRequest& r, const ReadSink& sink)
     return true;
 }
 
+// q/k rows permuted within their heads, read as stored, to a sink that takes mapped pages: each
+// head is two strided copies out of the file's mapping (put_rows: its even Meta rows, then its odd
+// ones), not the staging ring's chunks of one-row spans (the 8B's 1.37 GB through pread and
+// memcpy). Empty, for the staging path, where that does not hold: a column cut, a row range that
+// cuts a head, a head Meta's split cut over two files, a file that would not map, or pieces that
+// would not read exactly the plan's bytes (read_bytes(), what the planner promises).
+std::vector<MetaCheckpoint::HeadPiece> MetaCheckpoint::plan_head_pieces(const ReadRequest& r, const TensorInfo& t, const ReadSink& sink) {
+    const Layout& L = layouts_.at(t.name);
+    const Slice& s = r.slice;
+    if (!sink.takes_mapped() || L.group == 0 || L.split != 0 || r.dst_type != t.dtype || t.shape.size() != 2 || s.index >= 0) return {};
+    const std::vector<int64_t> out = slice_shape(t, s);
+    const int64_t G = L.group, half = G / 2, r0 = s.dim == 0 ? s.start : 0, rows = out[0];
+    if (out[1] != t.shape[1] || rows == 0 || r0 % G != 0 || rows % G != 0) return {};
+    for (const Part& q : L.parts)
+        if (!mapping(q.file)) return {};
+    const uint64_t row_bytes = (uint64_t)t.shape[1] * dtype_size(t.dtype);
+    const uint64_t per_piece = std::max<uint64_t>(1, kMappedBytes / (2 * row_bytes));  // pairs: at most kMappedBytes of the file a piece
+    std::vector<HeadPiece> pieces;
+    for (int64_t m = r0; m < r0 + rows; m += G) {  // m: the head's first row, Meta's and HF's
+        auto q = std::find_if(L.parts.begin(), L.parts.end(), [&](const Part& p) { return m >= p.begin && m + G <= p.begin + p.shape[0]; });
+        if (q == L.parts.end()) return {};
+        const char* src = mapping(q->file) + q->offset + (uint64_t)(m - q->begin) * row_bytes;
+        const uint64_t dst = (uint64_t)(m - r0) * row_bytes;
+        for (uint64_t j = 0; j < (uint64_t)half; j += per_piece)
+            pieces.push_back({&q->file, src + 2 * j * row_bytes, dst + j * row_bytes, dst + (half + j) * row_bytes,
+                              std::min<uint64_t>(per_piece, half - j), row_bytes});
+    }
+    uint64_t planned = 0, pieced = 0;  // a whole head's rows are contiguous in its file: equal unless a read is padded
+    for (const Chunk& c : plan_chunks(t, s))
+        for (const FileReads& f : c.files)
+            for (const ReadOp& op : f.reads) planned += op.bytes;
+    for (const HeadPiece& p : pieces) pieced += 2 * p.pairs * p.row_bytes;
+    return planned == pieced ? pieces : std::vector<HeadPiece>{};
+}
+
+// HF row r of head h is Meta row h*hd + 2p + s, where r = h*hd + s*hd/2 + p (plan_chunks): the
+// even Meta rows are the head's first half, the odd ones its second.
+void MetaCheckpoint::put_head_piece(const ReadRequest& r, const HeadPiece& h, ReadSink& sink) {
+    const uint64_t bytes = 2 * h.pairs * h.row_bytes, skew = reinterpret_cast<uintptr_t>(h.src) % kPageBytes;
+    ::madvise(const_cast<char*>(h.src) - skew, bytes + skew, MADV_WILLNEED);
+    // One after the other, never on two threads: both halves lie in the same pages, and a sink
+    // registers a call's pages for its copy (registering a page twice at once fails).
+    sink.put_rows(r, h.src, 2 * h.row_bytes, h.dst_even, h.row_bytes, h.row_bytes, h.pairs);
+    sink.put_rows(r, h.src + h.row_bytes, 2 * h.row_bytes, h.dst_odd, h.row_bytes, h.row_bytes, h.pairs);
+    count_data(*h.file, bytes);
+}
+
+// One chunk through the sink's staging buffers: pread straight into it where a read is one span
+// copied as stored, else into scratch and converted span by span.
+void MetaCheckpoint::read_staged(const ReadRequest& r, const Chunk& c, ReadSink& sink) {
+    const DType src_type = tensor(r.tensor).dtype;
+    const size_t dst_size = dtype_size(r.dst_type);
+    char* memory = static_cast<char*>(sink.acquire(r, c.first * dst_size, (c.end - c.first) * dst_size));
+    std::vector<char> scratch;
+    for (const FileReads& f : c.files)
+        for (const ReadOp& op : f.reads) {
+            const Span& one = f.spans[op.first_span];
+            if (op.last_span == op.first_span + 1 && r.dst_type == src_type) {  // straight into the result
+                pread_fully(*f.file, memory + (one.dst_elem - c.first) * dst_size, op.bytes, op.offset);
+                continue;
+            }
+            scratch.resize(op.bytes);
+            pread_fully(*f.file, scratch.data(), op.bytes, op.offset);
+            for (size_t i = op.first_span; i < op.last_span; ++i) {
+                const Span& s = f.spans[i];
+                convert(scratch.data() + (s.src_offset - op.offset), src_type, memory + (s.dst_elem - c.first) * dst_size, r.dst_type,
+                        s.elems);
+            }
+        }
+    sink.commit(r, memory, c.first * dst_size, (c.end - c.first) * dst_size);
+}
+
 void MetaCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& sink) {
-    // Every request planned (and checked) before any byte is read.
-    std::vector<std::vector<Chunk>> plans;
+    // Every request planned (and checked) before any byte is read: as heads of q/k for put_rows,
+    // as the mapping's big chunks, or as the staging ring's chunks.
+    std::vector<std::vector<HeadPiece>> heads(requests.size());
+    std::vector<std::vector<Chunk>> plans(requests.size());
     std::vector<bool> big(requests.size(), false);
-    plans.reserve(requests.size());
     for (size_t q = 0; q < requests.size(); ++q) {
         const ReadRequest& r = requests[q];
         const TensorInfo& t = checked(r);
+        heads[q] = plan_head_pieces(r, t, sink);
+        if (!heads[q].empty()) continue;
         if (maps_whole_rows(r, sink)) {  // kept only if every chunk goes to the mapping (a column cut does not)
-            std::vector<Chunk> chunks = plan_chunks(t, r.slice, kMappedBytes / dtype_size(t.dtype));
-            big[q] = std::all_of(chunks.begin(), chunks.end(), [&](const Chunk& c) { return mappable(r, c); });
-            if (big[q]) plans.push_back(std::move(chunks));
+            plans[q] = plan_chunks(t, r.slice, kMappedBytes / dtype_size(t.dtype));
+            big[q] = std::all_of(plans[q].begin(), plans[q].end(), [&](const Chunk& c) { return mappable(r, c); });
         }
         if (big[q]) continue;
-        plans.push_back(plan_chunks(t, r.slice));
-        for (const Chunk& c : plans.back())
+        plans[q] = plan_chunks(t, r.slice);
+        for (const Chunk& c : plans[q])
             TPX_CHECK((c.end - c.first) * dtype_size(r.dst_type) <= sink.chunk_bytes(),
                       "a read sink's chunk of " + std::to_string(sink.chunk_bytes()) + " bytes is below the " +
                           std::to_string((c.end - c.first) * dtype_size(r.dst_type)) + " one chunk of '" + r.tensor + "' produces");
     }
     std::vector<std::function<void()>> tasks;
     const bool mapped = sink.takes_mapped();
-    for (size_t q = 0; q < requests.size(); ++q)
+    for (size_t q = 0; q < requests.size(); ++q) {
+        for (const HeadPiece& h : heads[q]) tasks.push_back([&, q, h = &h] { put_head_piece(requests[q], *h, sink); });
         for (const Chunk& c : plans[q])
             tasks.push_back([&, q, c = &c] {
                 const ReadRequest& r = requests[q];
                 if (mapped && put_mapped(r, *c, sink)) return;
                 TPX_CHECK(!big[q], "'" + r.tensor + "': a chunk planned for the file's mapping could not take it");
-                const DType src_type = tensor(r.tensor).dtype;
-                const size_t dst_size = dtype_size(r.dst_type);
-                char* memory = static_cast<char*>(sink.acquire(r, c->first * dst_size, (c->end - c->first) * dst_size));
-                std::vector<char> scratch;
-                for (const FileReads& f : c->files)
-                    for (const ReadOp& op : f.reads) {
-                        const Span& one = f.spans[op.first_span];
-                        if (op.last_span == op.first_span + 1 && r.dst_type == src_type) {  // straight into the result
-                            pread_fully(*f.file, memory + (one.dst_elem - c->first) * dst_size, op.bytes, op.offset);
-                            continue;
-                        }
-                        scratch.resize(op.bytes);
-                        pread_fully(*f.file, scratch.data(), op.bytes, op.offset);
-                        for (size_t i = op.first_span; i < op.last_span; ++i) {
-                            const Span& s = f.spans[i];
-                            convert(scratch.data() + (s.src_offset - op.offset), src_type, memory + (s.dst_elem - c->first) * dst_size,
-                                    r.dst_type, s.elems);
-                        }
-                    }
-                sink.commit(r, memory, c->first * dst_size, (c->end - c->first) * dst_size);
+                read_staged(r, *c, sink);
             });
+    }
     pool_.run(tasks);
 }
 

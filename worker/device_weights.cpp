@@ -102,6 +102,42 @@ public:
         if (lo > s) staged(r, src, offset, lo - s);
         if (s + bytes > hi) staged(r, reinterpret_cast<const char*>(hi), offset + (hi - s), s + bytes - hi);
     }
+    // put()'s DMA for rows spaced out in the file (a Meta q/k head's even or odd rows): the whole
+    // pages of the span from the first row's start to the last row's end registered, the rows
+    // wholly inside them as one 2-D copy; rows touching the partial pages at either end, or all
+    // of them if registering fails, go through the staging buffers row by row.
+    void put_rows(const ReadRequest& r, const char* src, uint64_t src_pitch, uint64_t offset, uint64_t dst_pitch, uint64_t row_bytes,
+                  uint64_t rows) override {
+        if (rows == 0) return;
+        constexpr uintptr_t kPage = 4096;
+        const uintptr_t s = reinterpret_cast<uintptr_t>(src), end = s + (rows - 1) * src_pitch + row_bytes;
+        const uintptr_t lo = (s + kPage - 1) / kPage * kPage, hi = end / kPage * kPage;
+        // Rows [first, last) lie in [lo, hi): row i starts at or after lo and ends at or before hi.
+        const uint64_t first = lo > s ? (lo - s + src_pitch - 1) / src_pitch : 0;
+        const uint64_t last = hi >= s + row_bytes ? std::min<uint64_t>(rows, (hi - s - row_bytes) / src_pitch + 1) : 0;
+        auto stage = [&](uint64_t a, uint64_t b) {
+            for (uint64_t i = a; i < b; ++i) staged(r, src + i * src_pitch, offset + i * dst_pitch, row_bytes);
+        };
+        CUDA_CHECK(cudaSetDevice(device_));  // (the checkpoint's read threads start on device 0)
+        auto t0 = std::chrono::steady_clock::now();
+        if (first >= last || cudaHostRegister(reinterpret_cast<void*>(lo), hi - lo, cudaHostRegisterReadOnly) != cudaSuccess) {
+            cudaGetLastError();  // (clears a failed registration's error)
+            stage(0, rows);
+            return;
+        }
+        register_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+        cudaEvent_t done;
+        CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+        CUDA_CHECK(cudaMemcpy2DAsync(targets_.at(r.tag) + offset + first * dst_pitch, dst_pitch, src + first * src_pitch, src_pitch, row_bytes,
+                                     last - first, cudaMemcpyHostToDevice, stream_));
+        CUDA_CHECK(cudaEventRecord(done, stream_));
+        CUDA_CHECK(cudaEventSynchronize(done));
+        CUDA_CHECK(cudaEventDestroy(done));
+        CUDA_CHECK(cudaHostUnregister(reinterpret_cast<void*>(lo)));
+        mapped_bytes_ += (last - first) * row_bytes;
+        stage(0, first);
+        stage(last, rows);
+    }
     uint64_t mapped_bytes() const { return mapped_bytes_; }
     double register_s() const { return register_ns_ * 1e-9; }
     void* acquire(const ReadRequest&, uint64_t, uint64_t) override {
