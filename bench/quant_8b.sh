@@ -3,7 +3,7 @@
 # the GPU machine: makes the GPTQ int4 (group 128, symmetric) and FP8 (128x128 blocks)
 # checkpoints with bench/make_quant_checkpoint.py (torch there), and the bf16 one with
 # bench/hf_peer.py make unless present, then `tpx bench` on each at tp=1 (prefill 128 and 2048
-# tokens; decode batch 1, 8 and 64) and prints the ratios the issue asks for: decode batch 1
+# tokens; decode batch 1, 8 and 64; FP8 twice, quant_prefill "dequant" and "w8a8") and prints the ratios the issue asks for: decode batch 1
 # against the byte roofline of the weights as held (FP8 >= 90%, GPTQ >= 85%), and the 2048-token
 # prefill against bf16's (FP8 <= 0.7x).
 #   bench/quant_8b.sh OUT_DIR         (after: source /tmp/runtime/env.sh from the device bundle)
@@ -16,8 +16,9 @@ mkdir -p "$out"
 [ -f "$dir/l8b-gptq/config.json" ] || python3 "$here/make_quant_checkpoint.py" gptq "$dir/l8b-gptq" | tail -1 | tee "$out/make_gptq.txt"
 [ -f "$dir/l8b-fp8/config.json" ] || python3 "$here/make_quant_checkpoint.py" fp8 "$dir/l8b-fp8" | tail -1 | tee "$out/make_fp8.txt"
 [ -f "$dir/l8b/config.json" ] || [ -n "${TPX_QUANT_NO_BF16:-}" ] || python3 "$here/hf_peer.py" make "$dir/l8b" | tee "$out/make_bf16.txt"
-for kind in gptq fp8 bf16; do
-  ckpt="$dir/l8b-$kind"; [ "$kind" = bf16 ] && ckpt="$dir/l8b"
+for kind in ${TPX_QUANT_KINDS:-gptq fp8 fp8w8a8 bf16}; do
+  ckpt="$dir/l8b-$kind"; [ "$kind" = bf16 ] && ckpt="$dir/l8b"; [ "$kind" = fp8w8a8 ] && ckpt="$dir/l8b-fp8"
+  tuning=""; [ "$kind" = fp8w8a8 ] && tuning=$'[backend.tuning]\nquant_prefill = "w8a8"' 
   [ -f "$ckpt/config.json" ] || continue
   cat > "$out/job_$kind.toml" <<JOB
 [job]
@@ -31,6 +32,7 @@ device = "cuda"
 max_batch = 64
 max_seq_len = 2304
 output = "$out/llama8b-$kind.out.jsonl"
+$tuning
 JOB
   tpx bench "$out/job_$kind.toml" --json "$out/tpx_$kind.json" 2>&1 | grep -v "^tpx run: mpirun" | tee "$out/tpx_$kind.txt"
 done
@@ -38,21 +40,21 @@ echo; echo "== quantized 8B on one GPU =="
 python3 - "$out" <<'PY'
 import json, sys, os
 out = sys.argv[1]
-runs = {k: json.load(open(os.path.join(out, f"tpx_{k}.json"))) for k in ("gptq", "fp8", "bf16") if os.path.exists(os.path.join(out, f"tpx_{k}.json"))}
-target = {"gptq": 0.85, "fp8": 0.90}
+runs = {k: json.load(open(os.path.join(out, f"tpx_{k}.json"))) for k in ("gptq", "fp8", "fp8w8a8", "bf16") if os.path.exists(os.path.join(out, f"tpx_{k}.json"))}
+target = {"gptq": 0.85, "fp8": 0.90, "fp8w8a8": 0.90}
 for k, j in runs.items():
     for d in j["decode"]:
-        line = f"{k:5s} decode batch {d['batch']:3d}: {d['ms_per_step']:.3f} ms/step"
+        line = f"{k:7s} decode batch {d['batch']:3d}: {d['ms_per_step']:.3f} ms/step"
         if "roofline_ms" in d:
             line += f", roofline {d['roofline_ms']:.3f} ms ({d['roofline_weight_bytes'] / 1e9:.2f} GB), {100 * d['fraction_of_roofline']:.0f}%"
             if d["batch"] == 1 and k in target: line += f" (target >= {100 * target[k]:.0f}%: {'met' if d['fraction_of_roofline'] >= target[k] else 'NOT met'})"
         print(line)
     for p in j["prefill"]:
-        line = f"{k:5s} prefill {p['prompt_tokens']:5d} tokens: {p['ms']:.2f} ms"
+        line = f"{k:7s} prefill {p['prompt_tokens']:5d} tokens: {p['ms']:.2f} ms"
         if "bf16" in runs and k != "bf16":
             ref = [q for q in runs["bf16"]["prefill"] if q["prompt_tokens"] == p["prompt_tokens"]]
             if ref:
                 line += f" = {p['ms'] / ref[0]['ms']:.2f}x bf16's {ref[0]['ms']:.2f} ms"
-                if k == "fp8" and p["prompt_tokens"] == 2048: line += f" (target <= 0.7x: {'met' if p['ms'] / ref[0]['ms'] <= 0.7 else 'NOT met'})"
+                if k.startswith("fp8") and p["prompt_tokens"] == 2048: line += f" (target <= 0.7x: {'met' if p['ms'] / ref[0]['ms'] <= 0.7 else 'NOT met'})"
         print(line)
 PY

@@ -213,7 +213,7 @@ void check_weight(const W& w, const std::string& what) {
 std::vector<float> prefill_x(int64_t T, int64_t K) {
     std::vector<float> x = random_bf16(T * K);
     for (int64_t k = 0; k < std::min<int64_t>(K, 128); ++k) x[k] = 0.0f;
-    if (T > 1) x[K + K / 2] = 3000.0f;
+    if (T > 1) x[K + K / 2] = 3008.0f;  // (a bf16 value: both sides must see the same x)
     return x;
 }
 
@@ -235,7 +235,10 @@ void check_fp8_prefill(const cpu::Fp8Weight& w, const std::string& what) {
     v.fp8.row_scale = b.up(rs);
     const int64_t N = w.l.N, K = w.l.K, blocks = (K + 127) / 128;
     cuda::GemmTuner tuner;
-    for (int64_t T : {9, 64, 200}) {
+    cuda::QuantPrefillArgs odd;
+    odd.w = v, odd.tokens = 9;
+    EXPECT_FALSE(cuda::quant_prefill_fp8_applies(odd)) << what << ": 9 tokens (not a multiple of 4) take the dequantized route";
+    for (int64_t T : {12, 64, 200}) {
         const std::vector<float> x = prefill_x(T, K);
         std::vector<uint8_t> xq(T * K);
         std::vector<float> xs(blocks * T);
@@ -283,7 +286,7 @@ void check_fp8_prefill(const cpu::Fp8Weight& w, const std::string& what) {
 
 TEST(QuantKernels, Fp8PrefillEqualsItsTwin) {
     REQUIRE_GPU();
-    check_fp8_prefill(random_fp8(384, 1024, 128, 0), "fp8 w8a8, block rows");
+    check_fp8_prefill(random_fp8(384, 1024, 128, 0), "fp8 w8a8, block rows (cuBLASLt's 128 x 128 blocks)");
     check_fp8_prefill(random_fp8(200, 4096, 1, 0), "fp8 w8a8, per-row scales");
     check_fp8_prefill(random_fp8(256, 384, 128, 128), "fp8 w8a8, a cut at column 128");
     EXPECT_FALSE(cpu::fp8_w8a8_applies(random_fp8(64, 400, 128, 0).l));  // K not whole blocks of 128: the fp16 route

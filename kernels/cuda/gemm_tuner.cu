@@ -21,6 +21,7 @@ struct GemmOperands {
     const bf16* add = nullptr;
     const float* x_scale = nullptr;  // fp8 only
     const float* w_scale = nullptr;
+    bool w_blocks = false;           // w_scale per 128 x 128 block (BLK128x128_32F), else per 128 columns
     bool fp8() const { return x_scale != nullptr; }
 };
 
@@ -59,7 +60,8 @@ struct Descriptors {
         const cudaDataType_t in = o.fp8() ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
         if (o.fp8()) {
             const cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
-            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode)));
+            const cublasLtMatmulMatrixScale_t w_mode = o.w_blocks ? CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F : mode;
+            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &w_mode, sizeof(w_mode)));
             CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)));
             CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &o.w_scale, sizeof(o.w_scale)));
             CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &o.x_scale, sizeof(o.x_scale)));
@@ -86,7 +88,7 @@ struct GemmTuner::Impl {
         double best_us = 0, first_us = 0;  // the kept algorithm's time and heuristic #0's
         int64_t tuned_at = 0;              // the row count it was timed with
     };
-    using Key = std::tuple<int64_t, int64_t, int64_t, uint32_t, bool, bool>;  // rows' bucket, K, N, alignment, an added C, fp8
+    using Key = std::tuple<int64_t, int64_t, int64_t, uint32_t, bool, int>;  // rows' bucket, K, N, alignment, an added C, fp8 (2: W by blocks)
     cublasLtHandle_t lt = nullptr;
     void* workspace = nullptr;
     cudaEvent_t start = nullptr, stop = nullptr;
@@ -159,13 +161,13 @@ bool GemmTuner::matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, 
 
 bool GemmTuner::matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16* y, cudaStream_t stream) {
     GemmOperands o;
-    o.x = f.xq, o.w = f.w, o.y = y, o.x_scale = f.x_scale, o.w_scale = f.w_scale;
+    o.x = f.xq, o.w = f.w, o.y = y, o.x_scale = f.x_scale, o.w_scale = f.w_scale, o.w_blocks = f.w_blocks;
     return product(s, o, stream);
 }
 
 bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream) {
     const uint32_t align = o.add ? common_alignment({o.x, o.w, o.y, o.add}) : common_alignment({o.x, o.w, o.y});
-    const Impl::Key key{bucket_of(s.tokens), s.in, s.out, align, o.add != nullptr, o.fp8()};
+    const Impl::Key key{bucket_of(s.tokens), s.in, s.out, align, o.add != nullptr, o.fp8() ? 1 + o.w_blocks : 0};
     auto it = impl_->entries.find(key);
     if (it == impl_->entries.end()) {
         cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
@@ -191,7 +193,7 @@ std::string GemmTuner::summary() const {
     for (const auto& [key, e] : impl_->entries) {
         char line[200];
         std::snprintf(line, sizeof line, "gemm%s %lld rows (bucket %lld) K=%lld N=%lld%s: %s of %d algorithms, %.1f us (heuristic's first %.1f us)\n",
-                      std::get<5>(key) ? " fp8" : "", (long long)e.tuned_at, (long long)std::get<0>(key), (long long)std::get<1>(key),
+                      std::get<5>(key) == 2 ? " fp8 (W by blocks)" : std::get<5>(key) ? " fp8" : "", (long long)e.tuned_at, (long long)std::get<0>(key), (long long)std::get<1>(key),
                       (long long)std::get<2>(key), std::get<4>(key) ? " + add" : "",
                       e.usable ? "fastest" : "none usable", e.candidates, e.best_us, e.first_us);
         out += line;

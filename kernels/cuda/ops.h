@@ -79,12 +79,14 @@ void linear(cublasHandle_t cublas, const LinearArgs& a, Launch at);
 constexpr int64_t kGemmTuneMinTokens = 128;
 constexpr int kGemmTuneCandidates = 8;
 // The operands of an FP8 product (w8a8, cpu::linear_w8a8): e4m3 x [T, K] and W [N, K], and
-// their fp32 scales per 128 columns, x_scale [ceil(K / 128), T] and w_scale [ceil(K / 128), N].
+// their fp32 scales per 128 columns, x_scale [K / 128, T] and w_scale [K / 128, N]; or, with
+// w_blocks, W's scales per 128 x 128 block as checkpoints store them, [N / 128, K / 128].
 struct Fp8Operands {
     const uint8_t* xq = nullptr;
     const float* x_scale = nullptr;
     const uint8_t* w = nullptr;
     const float* w_scale = nullptr;
+    bool w_blocks = false;
 };
 struct GemmOperands;
 class GemmTuner {

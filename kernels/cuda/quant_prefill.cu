@@ -79,7 +79,7 @@ void fp8_quantize_act(const bf16* x, int64_t T, int64_t K, uint8_t* xq, float* x
 }
 
 bool quant_prefill_fp8_applies(const QuantPrefillArgs& a) {
-    return a.w.format == Format::kFp8 && a.w.fp8.row_scale && !a.bias && cpu::fp8_w8a8_applies(a.w.fp8.l);
+    return a.w.format == Format::kFp8 && a.w.fp8.row_scale && !a.bias && cpu::fp8_w8a8_applies(a.w.fp8.l) && a.tokens % 4 == 0;
 }
 
 size_t quant_prefill_scratch_bytes(const QuantPrefillArgs& a) {
@@ -94,7 +94,13 @@ bool quant_prefill_fp8(GemmTuner& tuner, const QuantPrefillArgs& a, Launch at) {
     uint8_t* xq = reinterpret_cast<uint8_t*>(p);
     float* xs = reinterpret_cast<float*>(p + round256((size_t)(T * K)));
     fp8_quantize_act(a.x, T, K, xq, xs, at);
-    return tuner.matmul_fp8({T, K, a.w.N()}, {xq, xs, a.w.fp8.w, a.w.fp8.row_scale}, a.y, at.stream);
+    // The checkpoint's own 128 x 128 blocks where the weight's rows are whole blocks and its
+    // scale rows as cuBLASLt reads them (K / 128 a multiple of 4); else the scales per row.
+    const cpu::Fp8Layout& l = a.w.fp8.l;
+    if (l.rows_per_scale == 128 && l.block_in == 128 && l.in_offset == 0 && l.N % 128 == 0 && l.scale_cols == K / 128 && l.scale_cols % 4 == 0 &&
+        tuner.matmul_fp8({T, K, a.w.N()}, {xq, xs, a.w.fp8.w, a.w.fp8.scale, true}, a.y, at.stream))
+        return true;
+    return tuner.matmul_fp8({T, K, a.w.N()}, {xq, xs, a.w.fp8.w, a.w.fp8.row_scale, false}, a.y, at.stream);
 }
 
 }  // namespace tpx::cuda

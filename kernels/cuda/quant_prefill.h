@@ -29,7 +29,8 @@ struct QuantPrefillArgs {
     bf16* y = nullptr;           // [tokens, N]
     void* scratch = nullptr;     // quant_prefill_scratch_bytes(a), 256-byte aligned
 };
-// Whether the route takes w (FP8 with row scales, no bias: the GEMM's epilogue has none).
+// Whether the route takes w (FP8 with row scales, no bias: the GEMM's epilogue has none) and the
+// token count (a multiple of 4: cuBLASLt 13.1 offers no algorithm for others, measured).
 bool quant_prefill_fp8_applies(const QuantPrefillArgs& a);
 size_t quant_prefill_scratch_bytes(const QuantPrefillArgs& a);
 // False where the tuner declines (x's quantization ran, no product: take the dequantized route).
