@@ -259,7 +259,7 @@ void read_to_device(Checkpoint& ckpt, const std::vector<ReadRequest>& requests, 
 
 }  // namespace
 
-DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes) {
+DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, bool fp8_row_scales, size_t staging_bytes) {
     DeviceWeights w;
     // Every parameter's memory first, then all pieces in one batched read.
     std::vector<ReadRequest> requests;
@@ -267,7 +267,7 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
     std::set<std::string> quantized;  // kept packed: upload_quant_params
     plan_device_reads(graph, rank, ckpt, w, /*allocate=*/true, stream, requests, targets, quantized);
     read_to_device(ckpt, requests, std::move(targets), stream, staging_bytes);
-    upload_quant_params(graph, rank, ckpt, quantized, stream, w);
+    upload_quant_params(graph, rank, ckpt, quantized, fp8_row_scales, stream, w);
     return w;
 }
 

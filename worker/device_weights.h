@@ -32,8 +32,10 @@ struct DeviceWeights {
 
 // Reads each parameter's pieces straight into its device buffer: one batched read on the
 // checkpoint's threads through a ring of pinned 8 MiB buffers (at most `staging_bytes` in all,
-// two per read thread), copies to the device overlapped with the reads.
-DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, size_t staging_bytes = 256u << 20);
+// two per read thread), copies to the device overlapped with the reads. Quantized parameters stay
+// packed (upload_quant_params; `fp8_row_scales` for quant_prefill = "w8a8").
+DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, bool fp8_row_scales = false,
+                             size_t staging_bytes = 256u << 20);
 
 // Refit: the same reads into the buffers `w` holds (no cudaMalloc, the same addresses: CUDA
 // graphs captured over them stay valid). Returns when every byte is on the device.

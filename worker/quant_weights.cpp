@@ -36,7 +36,7 @@ const T* upload(const std::vector<T>& v, cudaStream_t stream, DeviceWeights& w) 
 
 // One parameter: its packed pieces read, stacked along N, packed and copied up (the host copies
 // live until the copies end: the stream is synchronized before they go).
-void upload_one(const Node* n, int rank, Checkpoint& ckpt, cudaStream_t stream, DeviceWeights& w) {
+void upload_one(const Node* n, int rank, Checkpoint& ckpt, bool fp8_row_scales, cudaStream_t stream, DeviceWeights& w) {
     const std::vector<int64_t>& shape = n->out()->shape;
     if (shape.size() != 2)
         throw Error("parameter " + n->name + " is quantized and " + std::to_string(shape.size()) +
@@ -61,7 +61,7 @@ void upload_one(const Node* n, int rank, Checkpoint& ckpt, cudaStream_t stream, 
         v.format = cuda::QuantWeightView::Format::kFp8;
         v.fp8 = {q.fp8.l, upload(q.fp8.w, stream, w), upload(q.fp8.scale, stream, w)};
         // Scales per row and 128 columns for the prefill's FP8 GEMM (kernels/cuda/quant_prefill.h).
-        if (cpu::fp8_w8a8_applies(q.fp8.l)) {
+        if (fp8_row_scales && cpu::fp8_w8a8_applies(q.fp8.l)) {
             row_scale = cpu::fp8_row_scales(q.fp8.view());
             v.fp8.row_scale = upload(row_scale, stream, w);
         }
@@ -81,13 +81,13 @@ void upload_one(const Node* n, int rank, Checkpoint& ckpt, cudaStream_t stream, 
 
 }  // namespace
 
-void upload_quant_params(const Graph& graph, int rank, Checkpoint& ckpt, const std::set<std::string>& names, cudaStream_t stream,
+void upload_quant_params(const Graph& graph, int rank, Checkpoint& ckpt, const std::set<std::string>& names, bool fp8_row_scales, cudaStream_t stream,
                          DeviceWeights& w) {
     if (names.empty()) return;
     auto t0 = std::chrono::steady_clock::now();
     const int64_t before = w.bytes;
     for (Node* n : graph.nodes())
-        if (n->param && names.count(n->name)) upload_one(n, rank, ckpt, stream, w);
+        if (n->param && names.count(n->name)) upload_one(n, rank, ckpt, fp8_row_scales, stream, w);
     log_info("weights: ", names.size(), " quantized linears kept packed on the device, ", (w.bytes - before) / 1e9, " GB, read and laid out in ",
              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), " s");
 }

@@ -21,7 +21,9 @@ namespace tpx {
 bool is_quantized_param(const Node* n, int rank, const Checkpoint& ckpt);
 
 // Reads, packs and uploads the parameters `names` into w.quant (w.bytes counts their bytes).
-void upload_quant_params(const Graph& graph, int rank, Checkpoint& ckpt, const std::set<std::string>& names, cudaStream_t stream,
+// `fp8_row_scales`: FP8 weights also get their scales per row and 128 columns (Fp8View::row_scale,
+// for quant_prefill = "w8a8"; 1/32 of the weight's bytes, so made only when asked for).
+void upload_quant_params(const Graph& graph, int rank, Checkpoint& ckpt, const std::set<std::string>& names, bool fp8_row_scales, cudaStream_t stream,
                          DeviceWeights& w);
 
 }  // namespace tpx

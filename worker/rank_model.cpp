@@ -150,7 +150,7 @@ void load_on_host(RankModel& m, const Job& job, const ShardPlan& plan, MpiCommun
 // executor (a stage's, run by the GPU pipeline executor, at pp > 1). `tp`: the stage's tp group.
 void load_on_device(RankModel& m, const Job& job, const ShardPlan& plan, MpiCommunicator& tp, Clock::time_point start) {
     const Clock::time_point weights_start = Clock::now();
-    DeviceWeights weights = upload_weights(m.ctx.graph, tp.rank(), *m.ckpt, m.gpu->stream);
+    DeviceWeights weights = upload_weights(m.ctx.graph, tp.rank(), *m.ckpt, m.gpu->stream, job.backend.tuning.quant_prefill == "w8a8");
     m.weight_bytes = weights.bytes;
     m.load_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     m.weights_seconds = std::chrono::duration<double>(Clock::now() - weights_start).count();
