@@ -681,7 +681,8 @@ void h2d_from_file(const char* path) {
 }  // namespace
 
 // --quant: the quantized GEMVs (kernels/cuda/quant_gemv.h) on the 8B's linears, FP8 with 128x128
-// blocks and GPTQ int4 with groups of 128 (symmetric, in order), at 1 and 8 tokens, and the
+// blocks and GPTQ int4 with groups of 128 (symmetric, in order), at 1 and 8 tokens, on tensor
+// cores and by FMAs (quant_mma true and false), and the
 // dequantization to bf16 that prefill takes; rates over the bytes each reads (weights and scales).
 void quant_sweep(cudaStream_t st) {
     struct Shape { const char* name; int64_t K, N; };
@@ -702,6 +703,7 @@ void quant_sweep(cudaStream_t st) {
             } else {
                 v.format = cuda::QuantWeightView::Format::kGptq;
                 v.gptq.l.N = sh.N, v.gptq.l.K = sh.K, v.gptq.l.Kp = sh.K, v.gptq.l.G = sh.K / 128, v.gptq.l.seg_end[0] = sh.N;
+                v.gptq.l.group_steps = true;  // groups of 128 in order
                 wbytes = sh.K * sh.N / 2, sbytes = sh.N * (sh.K / 128) * 2;
                 std::vector<int32_t> groups(sh.K / 32);
                 for (size_t c = 0; c < groups.size(); ++c) groups[c] = (int32_t)(c / 4);
@@ -720,14 +722,18 @@ void quant_sweep(cudaStream_t st) {
                 return c;
             };
             const std::string name = std::string(fp8 ? "quant fp8 " : "quant gptq ") + sh.name;
-            for (int64_t T : {1, 8}) {
-                double us = time_graph(st, [&](int i) {
-                    cuda::QuantGemvArgs a;
-                    a.w = at(i), a.tokens = T, a.x = x, a.y = y;
-                    cuda::quant_gemv(a, on(st));
-                });
-                row(name, "T=" + std::to_string(T) + dims, us, rate((double)(wbytes + sbytes), us) + (copies < kReps ? " (L2 may help)" : ""));
-            }
+            for (bool mma : {true, false})
+                for (int64_t T : {1, 8}) {
+                    tuning.quant_mma = mma;
+                    double us = time_graph(st, [&](int i) {
+                        cuda::QuantGemvArgs a;
+                        a.w = at(i), a.tokens = T, a.x = x, a.y = y;
+                        cuda::quant_gemv(a, on(st));
+                    });
+                    row(name + (mma ? " mma" : " fma"), "T=" + std::to_string(T) + dims, us,
+                        rate((double)(wbytes + sbytes), us) + (copies < kReps ? " (L2 may help)" : ""));
+                }
+            tuning.quant_mma = true;
             double us = time_graph(st, [&](int i) { cuda::quant_dequantize(at(i), dense, on(st)); });
             row(name + " to bf16", dims, us, rate((double)(wbytes + sbytes + sh.K * sh.N * 2), us));
             for (void* p : owned) CUDA_CHECK(cudaFree(p));

@@ -3,7 +3,7 @@
 # the GPU machine: makes the GPTQ int4 (group 128, symmetric) and FP8 (128x128 blocks)
 # checkpoints with bench/make_quant_checkpoint.py (torch there), and the bf16 one with
 # bench/hf_peer.py make unless present, then `tpx bench` on each at tp=1 (prefill 128 and 2048
-# tokens; decode batch 1, 8 and 64; FP8 twice, quant_prefill "dequant" and "w8a8") and prints the ratios the issue asks for: decode batch 1
+# tokens; decode batch 1, 8 and 64; FP8 three times: quant_prefill "dequant" and "w8a8", and quant_mma = false; GPTQ twice: quant_mma true and false) and prints the ratios the issue asks for: decode batch 1
 # against the byte roofline of the weights as held (FP8 >= 90%, GPTQ >= 85%), and the 2048-token
 # prefill against bf16's (FP8 <= 0.7x).
 #   bench/quant_8b.sh OUT_DIR         (after: source /tmp/runtime/env.sh from the device bundle)
@@ -16,9 +16,11 @@ mkdir -p "$out"
 [ -f "$dir/l8b-gptq/config.json" ] || python3 "$here/make_quant_checkpoint.py" gptq "$dir/l8b-gptq" | tail -1 | tee "$out/make_gptq.txt"
 [ -f "$dir/l8b-fp8/config.json" ] || python3 "$here/make_quant_checkpoint.py" fp8 "$dir/l8b-fp8" | tail -1 | tee "$out/make_fp8.txt"
 [ -f "$dir/l8b/config.json" ] || [ -n "${TPX_QUANT_NO_BF16:-}" ] || python3 "$here/hf_peer.py" make "$dir/l8b" | tee "$out/make_bf16.txt"
-for kind in ${TPX_QUANT_KINDS:-gptq fp8 fp8w8a8 bf16}; do
+for kind in ${TPX_QUANT_KINDS:-gptq gptqfma fp8 fp8fma fp8w8a8 bf16}; do
   ckpt="$dir/l8b-$kind"; [ "$kind" = bf16 ] && ckpt="$dir/l8b"; [ "$kind" = fp8w8a8 ] && ckpt="$dir/l8b-fp8"
-  tuning=""; [ "$kind" = fp8w8a8 ] && tuning=$'[backend.tuning]\nquant_prefill = "w8a8"' 
+  [ "$kind" = fp8fma ] && ckpt="$dir/l8b-fp8"; [ "$kind" = gptqfma ] && ckpt="$dir/l8b-gptq"
+  tuning=""; [ "$kind" = fp8w8a8 ] && tuning=$'[backend.tuning]\nquant_prefill = "w8a8"'
+  case $kind in *fma) tuning=$'[backend.tuning]\nquant_mma = false';; esac
   [ -f "$ckpt/config.json" ] || continue
   cat > "$out/job_$kind.toml" <<JOB
 [job]
@@ -40,8 +42,8 @@ echo; echo "== quantized 8B on one GPU =="
 python3 - "$out" <<'PY'
 import json, sys, os
 out = sys.argv[1]
-runs = {k: json.load(open(os.path.join(out, f"tpx_{k}.json"))) for k in ("gptq", "fp8", "fp8w8a8", "bf16") if os.path.exists(os.path.join(out, f"tpx_{k}.json"))}
-target = {"gptq": 0.85, "fp8": 0.90, "fp8w8a8": 0.90}
+runs = {k: json.load(open(os.path.join(out, f"tpx_{k}.json"))) for k in ("gptq", "gptqfma", "fp8", "fp8fma", "fp8w8a8", "bf16") if os.path.exists(os.path.join(out, f"tpx_{k}.json"))}
+target = {"gptq": 0.85, "gptqfma": 0.85, "fp8": 0.90, "fp8fma": 0.90, "fp8w8a8": 0.90}
 for k, j in runs.items():
     for d in j["decode"]:
         line = f"{k:7s} decode batch {d['batch']:3d}: {d['ms_per_step']:.3f} ms/step"

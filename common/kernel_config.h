@@ -22,8 +22,11 @@ struct KernelConfig {
     int64_t flash_short_max = 256;     // tokens: segments up to this take 32-row blocks; 0 = never
     bool gemm_tune = true;             // prefill GEMMs' algorithm chosen by timing (cuda::GemmTuner)
     bool residual_epilogue = true;     // o_proj/down_proj add the residual in the tuned GEMM's epilogue
-    std::string quant_prefill = "dequant";  // quantized linears over 8 tokens: "dequant" (W to bf16, a bf16 GEMM)
+    std::string quant_prefill = "dequant";  // quantized linears over quant_gemv_tokens rows: "dequant" (W to bf16, a bf16 GEMM)
                                             // or "w8a8" (FP8 weights: x quantized to FP8 per 128 columns, an FP8 GEMM)
+    int64_t quant_gemv_tokens = 32;    // quantized linears of up to this many tokens run the decode GEMV, 8 tokens a launch
+                                       // (weights read once per 8); more take quant_prefill's route
+    bool quant_mma = true;             // quantized decode GEMVs on tensor cores (x in fp16; false: fp32 FMAs, exact products)
     std::string moe = "auto";          // MoE form: auto | sparse | grouped | dense
     bool oneshot = true;               // small all-reduces through tpx's one-shot kernel (false: NCCL)
     bool fused_all_reduce = true;      // batch-1 all-reduces summed in the GEMVs (cuda::ExchangeIn)

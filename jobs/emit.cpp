@@ -78,6 +78,8 @@ std::string emit_job_toml(const Job& job) {
     kv("gemm_tune", fmt(k.gemm_tune));
     kv("residual_epilogue", fmt(k.residual_epilogue));
     kv("quant_prefill", fmt(k.quant_prefill));
+    kv("quant_gemv_tokens", fmt<int64_t>(k.quant_gemv_tokens));
+    kv("quant_mma", fmt(k.quant_mma));
     kv("moe", fmt(k.moe));
     kv("oneshot", fmt(k.oneshot));
     kv("fused_all_reduce", fmt(k.fused_all_reduce));

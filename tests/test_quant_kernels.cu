@@ -1,9 +1,12 @@
-// The quantized GEMVs (kernels/cuda/quant_gemv.cu) against their CPU twins (kernels/cpu/quant_gemv.h)
-// on fresh random layouts: FP8 with scales by block rows and by row and a cut inside a block;
-// GPTQ symmetric and asymmetric, in order and act-order (two segments, padded groups). x is
+// The quantized GEMVs (kernels/cuda/quant_gemv.cu: fp32 FMAs; quant_gemv_mma.cu: tensor cores)
+// against their CPU twins (kernels/cpu/quant_gemv.h) on fresh random layouts: FP8 with scales by
+// block rows, by row, blocks of 256, cuts at and inside a block; GPTQ symmetric and asymmetric,
+// in order and act-order (segments, padded groups); each case asserts which GEMV ran. x is
 // random bf16 (both sides see the same values); outputs are poisoned with NaN first.
-// Tolerance: the GPU rounds its fp32 sums to bf16 (2^-8 relative) after summing the chunks in
-// another order, so |gpu - cpu| <= 2^-7 |cpu| + 1e-3 x the largest |cpu|. The dequantization to
+// Tolerance: the GPU rounds its fp32 sums to bf16 (2^-8 relative) after summing in another
+// order, so |gpu - cpu| <= 2^-7 |cpu| + 1e-3 x the largest |cpu|. The tensor cores take x in
+// fp16, exact for these x (normal bf16 values of magnitude 2^-14 to 2^15; smaller ones would
+// lose bits, far under the bound), and their products of fp16 values are exact. The dequantization to
 // bf16 is one fp32 product rounded once on both sides, and the norm prologue repeats the
 // add_rmsnorm kernel's arithmetic: both bit-identical. The prefill routes (quant_prefill.h): the
 // activations' FP8 quantization bit for bit, and the w8a8 FP8 GEMM against cpu::linear_w8a8 with
@@ -119,6 +122,7 @@ cpu::GptqWeight random_gptq(int64_t N, int64_t K, int64_t group, int segments, b
         w.zeros.resize(N * G);
         for (uint8_t& z : w.zeros) z = (uint8_t)(rng() % 16 + 1);
     }
+    cpu::gptq_mark_steps(w);
     return w;
 }
 
@@ -147,8 +151,10 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
 }
 
 // The GEMV at several token counts and the SwiGLU epilogue, and the dequantization, against the twin.
+// mma: whether the tensor-core GEMV must be the one that runs (at every token count), under
+// tuning.quant_mma; -1: either.
 template <typename W>
-void check_weight(const W& w, const std::string& what) {
+void check_weight(const W& w, const std::string& what, int mma = -1) {
     Buffers b;
     const cuda::QuantWeightView v = device_view(b, w);
     const int64_t N = v.N(), K = v.K();
@@ -162,6 +168,7 @@ void check_weight(const W& w, const std::string& what) {
         a.bias = reinterpret_cast<const bf16*>(b.up(to_bf16(bias)));
         a.y = b.poisoned(T * N);
         ASSERT_TRUE(cuda::quant_gemv_applies(a)) << what;
+        if (mma >= 0) EXPECT_EQ(cuda::quant_gemv_on_tensor_cores(a, tuning), mma == 1) << what << ", " << T << " tokens: which GEMV runs";
         cuda::quant_gemv(a, on(nullptr));
         expect_close(download(a.y, T * N), want, what + ", " + std::to_string(T) + " tokens");
         if (T != 1) continue;
@@ -293,19 +300,64 @@ TEST(QuantKernels, Fp8PrefillEqualsItsTwin) {
     EXPECT_FALSE(cpu::fp8_w8a8_applies(random_fp8(130, 272, 1, 48).l));  // a cut inside a block
 }
 
+// Both GEMVs: tensor cores (quant_mma, where the weight allows: not the cut inside a block) and FMAs.
 TEST(QuantKernels, Fp8GemvEqualsItsTwin) {
     REQUIRE_GPU();
-    check_weight(random_fp8(384, 1024, 128, 0), "fp8 block rows");
-    check_weight(random_fp8(200, 4096, 1, 0), "fp8 per-row scales");
-    check_weight(random_fp8(130, 272, 1, 48), "fp8 cut inside a block");
+    for (bool mma : {true, false}) {
+        tuning.quant_mma = mma;
+        const std::string how = mma ? " (tensor cores)" : " (FMA)";
+        check_weight(random_fp8(384, 1024, 128, 0), "fp8 block rows" + how, mma);
+        check_weight(random_fp8(200, 4096, 1, 0), "fp8 per-row scales" + how, mma);
+        // (x of 6 or more tokens of 14336 passes the 160 KB of shared memory: the FMA GEMV there)
+        check_weight(random_fp8(136, 14336, 128, 0), "fp8 down_proj width" + how);
+        check_weight(random_fp8(96, 1040, 128, 0), "fp8 K not whole steps of 64" + how, mma);
+        check_weight(random_fp8(64, 512, 128, 128), "fp8 cut at column 128" + how, mma);
+        check_weight(random_fp8(160, 1024, 256, 0), "fp8 scale rows of 256" + how, mma);
+        check_weight(random_fp8(130, 272, 1, 48), "fp8 cut inside a block" + how, 0);
+    }
+    tuning.quant_mma = true;
 }
 
+// x past fp16's range (a power-of-two rescale of the token in the tensor-core GEMV): the outputs
+// still the twin's.
+TEST(QuantKernels, Fp8GemvTakesLargeActivations) {
+    REQUIRE_GPU();
+    const cpu::Fp8Weight w = random_fp8(64, 512, 128, 0);
+    Buffers b;
+    const cuda::QuantWeightView v = device_view(b, w);
+    for (int64_t T : {1, 3}) {
+        std::vector<float> x = random_bf16(T * 512);
+        x[7] = 90112.0f;  // bf16 values past 65504: token 0, and the last of 3
+        if (T > 1) x[(T - 1) * 512 + 300] = -200704.0f;
+        std::vector<float> want(T * 64);
+        cpu::gemv_fp8(w.view(), T, x.data(), nullptr, want.data());
+        cuda::QuantGemvArgs a;
+        a.w = v, a.tokens = T, a.x = reinterpret_cast<const bf16*>(b.up(to_bf16(x))), a.y = b.poisoned(T * 64);
+        ASSERT_TRUE(cuda::quant_gemv_on_tensor_cores(a, tuning));
+        cuda::quant_gemv(a, on(nullptr));
+        const std::vector<float> got = download(a.y, T * 64);
+        for (int64_t t = 0; t < T; ++t)  // each token against its own largest output
+            expect_close(std::vector<float>(got.begin() + t * 64, got.begin() + (t + 1) * 64),
+                         std::vector<float>(want.begin() + t * 64, want.begin() + (t + 1) * 64),
+                         "fp8 with |x| past fp16's range, token " + std::to_string(t) + " of " + std::to_string(T));
+    }
+}
+
+// Both GEMVs; the tensor-core one takes groups of 128 (or one group): not group 32 or 48.
 TEST(QuantKernels, GptqGemvEqualsItsTwin) {
     REQUIRE_GPU();
-    check_weight(random_gptq(256, 1024, 128, 0, false), "gptq sym in order");
-    check_weight(random_gptq(200, 4096, 32, 0, true), "gptq asym in order, group 32");
-    check_weight(random_gptq(192, 512, 128, 1, true), "gptq act-order");
-    check_weight(random_gptq(300, 384, 48, 3, false), "gptq act-order, 3 segments, padded groups");
+    for (bool mma : {true, false}) {
+        tuning.quant_mma = mma;
+        const std::string how = mma ? " (tensor cores)" : " (FMA)";
+        check_weight(random_gptq(256, 1024, 128, 0, false), "gptq sym in order" + how, mma);
+        check_weight(random_gptq(264, 2048, 128, 0, true), "gptq asym in order" + how, mma);
+        check_weight(random_gptq(72, 1024, 1024, 0, true), "gptq asym, one group" + how, mma);
+        check_weight(random_gptq(200, 4096, 32, 0, true), "gptq asym in order, group 32" + how, 0);
+        check_weight(random_gptq(192, 512, 128, 1, true), "gptq act-order" + how, mma);
+        check_weight(random_gptq(300, 384, 128, 3, true), "gptq act-order asym, 3 segments" + how, mma);
+        check_weight(random_gptq(300, 384, 48, 3, false), "gptq act-order, 3 segments, padded groups" + how, 0);
+    }
+    tuning.quant_mma = true;
 }
 
 }  // namespace

@@ -319,7 +319,9 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
 
 // Quantized linears: weights kept packed (DeviceWeights::quant). Up to cuda::kQuantGemvMaxTokens
 // rows the quantized GEMV reads them as they are (at one token with the decode step's SwiGLU or
-// RoPE + KV-cache epilogue, as the bf16 GEMV); more rows dequantize the weight into bf16 scratch
+// RoPE + KV-cache epilogue, as the bf16 GEMV); up to [backend.tuning] quant_gemv_tokens rows the
+// tensor-core GEMV runs 8 rows a launch (each launch reads the weights once: cheaper than the dequantization,
+// which writes and reads them in bf16, and exact in the weights); more rows dequantize the weight into bf16 scratch
 // and take run_gemm (the tuner, the residual epilogue, lm_head's row selection), or, with
 // [backend.tuning] quant_prefill = "w8a8", FP8 weights run as FP8 GEMMs over activations
 // quantized per token and 128 columns (quant_prefill.h). At one token the norm before the GEMV
@@ -352,6 +354,19 @@ void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const 
         cuda::quant_gemv(args, launch_);
         if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
         return;
+    }
+    if (n->name != "lm_head" && r <= launch_.config->quant_gemv_tokens) {  // the tensor-core GEMV 8 tokens at a time
+        cuda::QuantGemvArgs part = args;
+        part.tokens = std::min<int64_t>(r, cuda::kQuantGemvMaxTokens);
+        if (cuda::quant_gemv_on_tensor_cores(part, *launch_.config)) {
+            bf16* y = a.make(n->out(), r);
+            for (int64_t t0 = 0; t0 < r; t0 += cuda::kQuantGemvMaxTokens) {
+                part.tokens = std::min<int64_t>(r - t0, cuda::kQuantGemvMaxTokens);
+                part.x = args.x + t0 * w.K(), part.y = y + t0 * w.N();
+                cuda::quant_gemv(part, launch_);
+            }
+            return;
+        }
     }
     cuda::QuantPrefillArgs p;
     p.w = w, p.tokens = r, p.x = a.data(n->inputs[0]), p.bias = args.bias;

@@ -181,6 +181,7 @@ QuantParam pack_gptq(const std::string& name, int64_t N, int64_t K, const std::v
         if (!identity) std::copy(runs[r].order.begin(), runs[r].order.end(), w.perm.begin() + r * l.Kp);
     }
     if (!pack_gptq_all(pieces, runs, run_of, w)) w.zeros.clear();
+    cpu::gptq_mark_steps(w);
     return q;
 }
 

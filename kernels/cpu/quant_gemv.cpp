@@ -156,4 +156,12 @@ void dequantize_gptq_layout(const GptqView& w, float* dst) {
     }
 }
 
+void gptq_mark_steps(GptqWeight& w) {
+    const int64_t chunks = w.l.Kp / kGptqChunk, per = kGptqStep / kGptqChunk;
+    bool whole = w.l.Kp % kGptqStep == 0;
+    for (int s = 0; whole && s < w.l.segments; ++s)
+        for (int64_t c = 0; whole && c < chunks; ++c) whole = w.chunk_group[s * chunks + c] == w.chunk_group[s * chunks + c / per * per];
+    w.l.group_steps = whole;
+}
+
 }  // namespace tpx::cpu

@@ -41,6 +41,9 @@ struct GptqLayout {
     int64_t N = 0, K = 0, Kp = 0, G = 0;
     int segments = 1;
     int64_t seg_end[kQuantMaxSegments] = {};
+    // Every kGptqStep positions from a multiple of kGptqStep lie in one group, in every segment
+    // (groups of a multiple of 128, or one group): the tensor-core GEMV's steps. gptq_mark_steps sets it.
+    bool group_steps = false;
 };
 struct GptqView {
     GptqLayout l;
@@ -50,6 +53,8 @@ struct GptqView {
     const int32_t* perm = nullptr;          // [segments, Kp] or nullptr (identity)
     const int32_t* chunk_group = nullptr;   // [segments, Kp / kGptqChunk]
 };
+
+constexpr int64_t kGptqStep = 4 * kGptqChunk;
 
 // The host's copies (what is uploaded), with views of themselves.
 struct Fp8Weight {
@@ -73,6 +78,9 @@ struct GptqWeight {
         return (int64_t)(qw.size() * 4 + scales.size() * 2 + zeros.size() + perm.size() * 4 + chunk_group.size() * 4);
     }
 };
+
+// Sets w.l.group_steps from w.chunk_group.
+void gptq_mark_steps(GptqWeight& w);
 
 // The segment of row n (also called by the kernels).
 #ifdef __CUDACC__

@@ -14,17 +14,26 @@
 #include <string>
 #include <type_traits>
 
-#include "kernels/cuda/common.cuh"
-#include "kernels/cuda/quant_gemv.h"
+#include "kernels/cuda/quant_gemv.cuh"
 
 namespace tpx::cuda {
+
+// The gather's and the tensor-core path's limit.
+size_t quant::smem_limit() {
+    static const size_t limit = [] {
+        int device = 0, optin = 0;
+        CUDA_CHECK(cudaGetDevice(&device));
+        CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+        return std::min<size_t>(kQuantGemvMaxSmem, (size_t)optin);
+    }();
+    return limit;
+}
+
 namespace {
 
 using Format = QuantWeightView::Format;
-constexpr int kThreads = 256, kWarps = kThreads / 32, kUnroll = 4;
-
-__device__ inline float round_bf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
-__device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }  // as silu_mul's
+using namespace quant;
+constexpr int kUnroll = 4;
 
 // 16 FP8 values of a chunk to fp32.
 __device__ inline void fp8x16(const uint4& v, float* f) {
@@ -142,81 +151,6 @@ __device__ inline void dot_gptq(const cpu::GptqView& w, int64_t n, const X* xs, 
     }
 }
 
-// Work item -> the weight rows it reads (as linear.cu's item_rows).
-template <GemvEpilogue E>
-__device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64_t* rows) {
-    if (E == GemvEpilogue::kNone) rows[0] = item;
-    else if (E == GemvEpilogue::kSwiglu) rows[0] = item, rows[1] = item + pair;
-    else rows[0] = (item / half) * 2 * half + item % half, rows[1] = rows[0] + half;
-}
-
-// The epilogue of one item at one token, as linear.cu's gemv_kernel writes it.
-template <GemvEpilogue E>
-__device__ inline void write_item(const QuantGemvArgs& a, int64_t item, const int64_t* rows, const float* acc) {
-    const GemvRopeKv& rk = a.rope;
-    const int64_t half = rk.head_dim / 2;
-    const float b0 = a.bias ? __bfloat162float(a.bias[rows[0]]) : 0.0f;
-    if (E == GemvEpilogue::kNone) {
-        a.y[rows[0]] = __float2bfloat16(acc[0] + b0);
-        return;
-    }
-    const float va = round_bf16(acc[0] + b0);
-    const float vb = round_bf16(acc[1] + (a.bias ? __bfloat162float(a.bias[rows[1]]) : 0.0f));
-    if (E == GemvEpilogue::kSwiglu) {
-        a.y[item] = __float2bfloat16(silu(va) * vb);
-        return;
-    }
-    const int64_t head = item / half, i = item % half, d = rk.head_dim, kvw = rk.kv_heads * d;
-    const int64_t at = ((int64_t)rk.slot[0] * rk.max_seq + rk.pos[0]) * kvw;
-    if (head >= rk.heads + rk.kv_heads) {  // V: into the cache as it is
-        bf16* vr = rk.v_cache + at + (head - rk.heads - rk.kv_heads) * d;
-        vr[i] = __float2bfloat16(va), vr[i + half] = __float2bfloat16(vb);
-        return;
-    }
-    float sn, cs;
-    sincosf((float)rk.pos[0] * rk.inv_freq[i], &sn, &cs);  // as rope_kernel
-    bf16* out = head < rk.heads ? a.y + head * d : rk.k_cache + at + (head - rk.heads) * d;
-    out[i] = __float2bfloat16(va * cs - vb * sn);
-    out[i + half] = __float2bfloat16(vb * cs + va * sn);
-}
-
-// x = rmsnorm(residual + x) (or rmsnorm(x)) of one token into xf (K floats holding the bf16
-// results), as linear.cu's norm_prologue (without the exchange sum) and so as rmsnorm_vec_kernel:
-// the same 256 threads, the same chunks per thread, the same roundings; block 0 writes
-// residual + x to residual_out. xs: K bf16 of staging.
-__device__ void norm_into(int64_t K, const GemvNorm& nm, uint4* xs, float* xf) {
-    static_assert(kThreads == 256, "the norm's order of sums is that of rmsnorm_vec_kernel's 256 threads");
-    const int64_t chunks = K / 8;
-    float ss = 0;
-    for (int64_t i = threadIdx.x; i < chunks; i += kThreads) {
-        float v[8];
-        unpack8(reinterpret_cast<const uint4*>(nm.x)[i], v);
-        if (nm.residual) {
-            float r[8];
-            unpack8(reinterpret_cast<const uint4*>(nm.residual)[i], r);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] = round_bf16(r[j] + v[j]);  // the residual stream stays bf16
-            if (blockIdx.x == 0) reinterpret_cast<uint4*>(nm.residual_out)[i] = pack8(v);
-        }
-        xs[i] = pack8(v);  // exact: v holds bf16 values
-#pragma unroll
-        for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
-    }
-    const float inv = rsqrtf(block_sum(ss) / (float)K + nm.eps);
-    for (int64_t i = threadIdx.x; i < chunks; i += kThreads) {
-        float v[8], wf[8], o[8];
-        unpack8(xs[i], v);
-        unpack8(reinterpret_cast<const uint4*>(nm.weight)[i], wf);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) o[j] = wf[j] * (v[j] * inv);
-        float r[8];
-        unpack8(pack8(o), r);  // rounded to bf16, as the rmsnorm kernel stores it
-        reinterpret_cast<float4*>(xf)[2 * i] = make_float4(r[0], r[1], r[2], r[3]);
-        reinterpret_cast<float4*>(xf)[2 * i + 1] = make_float4(r[4], r[5], r[6], r[7]);
-    }
-    __syncthreads();
-}
-
 // One launch: warps take items grid-stride. kGather: GPTQ act-order, x gathered into shared
 // memory per segment first.
 template <Format F, GemvEpilogue E, int T, bool kGather, bool kNorm>
@@ -272,17 +206,6 @@ __global__ void __launch_bounds__(kThreads) quant_gemv_kernel(QuantGemvArgs a, i
     }
 }
 
-// The gather's shared memory limit: kQuantGemvMaxSmem, or less where the device offers less.
-size_t gather_limit() {
-    static const size_t limit = [] {
-        int device = 0, optin = 0;
-        CUDA_CHECK(cudaGetDevice(&device));
-        CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-        return std::min<size_t>(kQuantGemvMaxSmem, (size_t)optin);
-    }();
-    return limit;
-}
-
 size_t gather_bytes(const QuantGemvArgs& a) {
     if (a.has_norm) return (size_t)a.w.K() * (sizeof(float) + sizeof(bf16));  // the normalised x and its staging
     if (a.w.format != Format::kGptq || !a.w.gptq.perm) return 0;
@@ -294,7 +217,7 @@ void launch_quant(const QuantGemvArgs& a, int64_t items, int64_t pair, const Lau
     const auto kernel = quant_gemv_kernel<F, E, T, kGather, kNorm>;
     const size_t smem = gather_bytes(a);
     static const int resident = [&] {  // once a process: one device each
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gather_limit()));
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_limit()));
         int per_sm = 0;
         CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
         return sm_count() * std::max(1, per_sm);
@@ -335,9 +258,13 @@ bool quant_gemv_applies(const QuantGemvArgs& a) {
     } else if (!aligned16({a.x})) {
         return false;
     }
-    if (a.w.K() % 8 != 0 || gather_bytes(a) > gather_limit()) return false;
+    if (a.w.K() % 8 != 0 || gather_bytes(a) > smem_limit()) return false;
     if (a.w.format == Format::kFp8) return aligned16({a.w.fp8.w}) && a.w.fp8.l.K % cpu::kFp8Chunk == 0;
     return aligned16({a.w.gptq.qw});
+}
+
+bool quant_gemv_on_tensor_cores(const QuantGemvArgs& a, const KernelConfig& config) {
+    return config.quant_mma && quant_gemv_applies(a) && mma_applies(a);
 }
 
 void quant_gemv(const QuantGemvArgs& a, Launch at) {
@@ -356,6 +283,7 @@ void quant_gemv(const QuantGemvArgs& a, Launch at) {
         items = N / 2;
     }
     if (N == 0) return;
+    if (at.config->quant_mma && mma_applies(a)) return mma_gemv(a, items, pair, at);
     if (a.w.format == Format::kFp8) dispatch<Format::kFp8, false>(a, items, pair, at);
     else if (a.w.gptq.perm) dispatch<Format::kGptq, true>(a, items, pair, at);
     else dispatch<Format::kGptq, false>(a, items, pair, at);

@@ -1,4 +1,4 @@
-// The quantized linears' kernels (quant_gemv.cu): decode GEMVs that read GPTQ int4 or FP8
+// The quantized linears' kernels (quant_gemv.cu, quant_gemv_mma.cu): decode GEMVs that read GPTQ int4 or FP8
 // weights as they lie on the device (layouts in kernels/cpu/quant_gemv.h, whose twins are the
 // reference) and dequantize inside the dot product, with the bf16 GEMV's SwiGLU and RoPE + KV
 // epilogues at one token. (Prefill: quant_prefill.h.)
@@ -22,10 +22,11 @@ struct QuantWeightView {
     __host__ __device__ int64_t K() const { return format == Format::kFp8 ? fp8.l.K : gptq.l.K; }
 };
 
-// Tokens one GEMV launch takes (every token's x is read with each weight chunk; more tokens go
-// through quant_dequantize + a GEMM).
+// Tokens one GEMV launch takes (every token's x is read with each weight chunk; the executor runs
+// up to [backend.tuning] quant_gemv_tokens rows 8 a launch, more through quant_prefill.h).
 constexpr int64_t kQuantGemvMaxTokens = 8;
-// Shared memory for the act-order gather of x (segments x tokens x Kp bf16).
+// Shared memory for x: the FMA GEMV's act-order gather (segments x tokens x Kp bf16), the
+// tensor-core GEMV's staged x (segments x tokens x Kp fp16, and its partial sums).
 constexpr size_t kQuantGemvMaxSmem = 160u << 10;
 
 struct QuantGemvArgs {
@@ -47,8 +48,13 @@ struct QuantGemvArgs {
 // Whether quant_gemv takes these arguments (tokens, alignment, the gather's shared memory, the
 // norm's conditions).
 bool quant_gemv_applies(const QuantGemvArgs& a);
-// y = x W^T (+ bias) and the epilogue, fp32 sums: each 16-byte weight chunk (FP8: 16 values,
-// GPTQ: 32 positions of one group) dotted with x, times its scale, into the row's sum.
+// y = x W^T (+ bias) and the epilogue, fp32 sums. With [backend.tuning] quant_mma (the default)
+// and a weight the tensor-core GEMV takes (quant_gemv_mma.cu: FP8 scale blocks of 64 x 2^n
+// columns, GPTQ groups of whole 128-position steps, x within its shared memory), on tensor cores
+// with x in fp16; else by fp32 FMAs: each 16-byte weight chunk (FP8: 16 values, GPTQ: 32
+// positions of one group) dotted with x, times its scale, into the row's sum.
 void quant_gemv(const QuantGemvArgs& a, Launch at);
+// Whether quant_gemv runs these arguments on tensor cores under this configuration.
+bool quant_gemv_on_tensor_cores(const QuantGemvArgs& a, const KernelConfig& config);
 
 }  // namespace tpx::cuda

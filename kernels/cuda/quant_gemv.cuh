@@ -1,0 +1,99 @@
+// Device pieces the two quantized decode GEMVs share (quant_gemv.cu: fp32 FMAs; quant_gemv_mma.cu:
+// tensor cores): the epilogues and the norm prologue, which repeat the bf16 GEMV's and the
+// rmsnorm kernel's arithmetic (so both GEMVs and the unfused kernels round alike), and the
+// tensor-core path's entry points.
+#pragma once
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/quant_gemv.h"
+
+namespace tpx::cuda::quant {
+
+constexpr int kThreads = 256, kWarps = kThreads / 32;
+
+__device__ inline float round_bf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
+__device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }  // as silu_mul's
+
+// Work item -> the weight rows it reads (as linear.cu's item_rows).
+template <GemvEpilogue E>
+__device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64_t* rows) {
+    if (E == GemvEpilogue::kNone) rows[0] = item;
+    else if (E == GemvEpilogue::kSwiglu) rows[0] = item, rows[1] = item + pair;
+    else rows[0] = (item / half) * 2 * half + item % half, rows[1] = rows[0] + half;
+}
+
+// The epilogue of one item at one token, as linear.cu's gemv_kernel writes it.
+template <GemvEpilogue E>
+__device__ inline void write_item(const QuantGemvArgs& a, int64_t item, const int64_t* rows, const float* acc) {
+    const GemvRopeKv& rk = a.rope;
+    const int64_t half = rk.head_dim / 2;
+    const float b0 = a.bias ? __bfloat162float(a.bias[rows[0]]) : 0.0f;
+    if (E == GemvEpilogue::kNone) {
+        a.y[rows[0]] = __float2bfloat16(acc[0] + b0);
+        return;
+    }
+    const float va = round_bf16(acc[0] + b0);
+    const float vb = round_bf16(acc[1] + (a.bias ? __bfloat162float(a.bias[rows[1]]) : 0.0f));
+    if (E == GemvEpilogue::kSwiglu) {
+        a.y[item] = __float2bfloat16(silu(va) * vb);
+        return;
+    }
+    const int64_t head = item / half, i = item % half, d = rk.head_dim, kvw = rk.kv_heads * d;
+    const int64_t at = ((int64_t)rk.slot[0] * rk.max_seq + rk.pos[0]) * kvw;
+    if (head >= rk.heads + rk.kv_heads) {  // V: into the cache as it is
+        bf16* vr = rk.v_cache + at + (head - rk.heads - rk.kv_heads) * d;
+        vr[i] = __float2bfloat16(va), vr[i + half] = __float2bfloat16(vb);
+        return;
+    }
+    float sn, cs;
+    sincosf((float)rk.pos[0] * rk.inv_freq[i], &sn, &cs);  // as rope_kernel
+    bf16* out = head < rk.heads ? a.y + head * d : rk.k_cache + at + (head - rk.heads) * d;
+    out[i] = __float2bfloat16(va * cs - vb * sn);
+    out[i + half] = __float2bfloat16(vb * cs + va * sn);
+}
+
+// x = rmsnorm(residual + x) (or rmsnorm(x)) of one token into xf (K floats holding the bf16
+// results), as linear.cu's norm_prologue (without the exchange sum) and so as rmsnorm_vec_kernel:
+// the same 256 threads, the same chunks per thread, the same roundings; block 0 writes
+// residual + x to residual_out. xs: K bf16 of staging.
+__device__ inline void norm_into(int64_t K, const GemvNorm& nm, uint4* xs, float* xf) {
+    static_assert(kThreads == 256, "the norm's order of sums is that of rmsnorm_vec_kernel's 256 threads");
+    const int64_t chunks = K / 8;
+    float ss = 0;
+    for (int64_t i = threadIdx.x; i < chunks; i += kThreads) {
+        float v[8];
+        unpack8(reinterpret_cast<const uint4*>(nm.x)[i], v);
+        if (nm.residual) {
+            float r[8];
+            unpack8(reinterpret_cast<const uint4*>(nm.residual)[i], r);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = round_bf16(r[j] + v[j]);  // the residual stream stays bf16
+            if (blockIdx.x == 0) reinterpret_cast<uint4*>(nm.residual_out)[i] = pack8(v);
+        }
+        xs[i] = pack8(v);  // exact: v holds bf16 values
+#pragma unroll
+        for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
+    }
+    const float inv = rsqrtf(block_sum(ss) / (float)K + nm.eps);
+    for (int64_t i = threadIdx.x; i < chunks; i += kThreads) {
+        float v[8], wf[8], o[8];
+        unpack8(xs[i], v);
+        unpack8(reinterpret_cast<const uint4*>(nm.weight)[i], wf);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = wf[j] * (v[j] * inv);
+        float r[8];
+        unpack8(pack8(o), r);  // rounded to bf16, as the rmsnorm kernel stores it
+        reinterpret_cast<float4*>(xf)[2 * i] = make_float4(r[0], r[1], r[2], r[3]);
+        reinterpret_cast<float4*>(xf)[2 * i + 1] = make_float4(r[4], r[5], r[6], r[7]);
+    }
+    __syncthreads();
+}
+
+// The dynamic shared memory a block may have: kQuantGemvMaxSmem, or less where the device offers less.
+size_t smem_limit();
+
+// The tensor-core GEMV (quant_gemv_mma.cu): whether it takes these arguments, and its launch.
+bool mma_applies(const QuantGemvArgs& a);
+void mma_gemv(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch& at);
+
+}  // namespace tpx::cuda::quant
