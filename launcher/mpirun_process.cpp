@@ -121,13 +121,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     g_child = fork();
     if (g_child < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
     if (g_child == 0) {
-        // mpirun starts with every signal deliverable and SIGUSR1/2 at their defaults, whatever
-        // tpx inherited (a supervisor that blocks or ignores SIGUSR1 would otherwise keep mpirun
-        // from passing on `tpx serve`'s drain: its ranks then ran until killed).
-        for (int sig : {SIGUSR1, SIGUSR2}) signal(sig, SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, nullptr);
+        sigprocmask(SIG_SETMASK, &old_mask, nullptr);
         // Should tpx die without a word (SIGKILL), the kernel sends mpirun SIGTERM, and mpirun
         // ends the ranks; tpx may already be gone before this line, hence the check after it.
         prctl(PR_SET_PDEATHSIG, SIGTERM);

@@ -472,11 +472,6 @@ void install_serve_signals() {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGUSR1, &sa, nullptr);
-    sigset_t drain;  // deliverable even where the rank was started with them blocked
-    sigemptyset(&drain);
-    sigaddset(&drain, SIGTERM);
-    sigaddset(&drain, SIGUSR1);
-    pthread_sigmask(SIG_UNBLOCK, &drain, nullptr);
     signal(SIGPIPE, SIG_IGN);  // a client gone mid-answer is a failed write, not the end of rank 0
 }
 
