@@ -3,6 +3,7 @@
 // (says_job_failed) and can end an mpirun that does not end on its own.
 #include "launcher/mpirun_process.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -12,8 +13,11 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <thread>
 
 #include "common/error.h"
@@ -30,10 +34,38 @@ void forward_signal(int sig) {
     g_signal = sig;
     ++g_signals;
     if (g_child <= 0) return;
-    // The first one drains, when asked to (`tpx serve`); mpirun ends the job on SIGTERM; a
-    // hang-up of tpx's terminal means the same.
-    if (g_drain_signal != 0 && g_signals == 1) kill(g_child, g_drain_signal);
-    else kill(g_child, sig == SIGHUP || g_drain_signal != 0 ? SIGTERM : sig);
+    // The first one drains, when asked to (`tpx serve`): run_mpirun's loop delivers it
+    // (deliver_drain). mpirun ends the job on SIGTERM; a hang-up of tpx's terminal means the same.
+    if (g_drain_signal != 0 && g_signals == 1) return;
+    kill(g_child, sig == SIGHUP || g_drain_signal != 0 ? SIGTERM : sig);
+}
+
+// The drain signal straight to mpirun's children that are ranks on this host (/proc: parent
+// mpirun, command tpx-worker): rank 0 drains and tells the others. mpirun's own forwarding is not
+// relied on: on the GPU machine (Open MPI 4.1.6, the same binaries) mpirun caught SIGUSR1 and
+// passed nothing on (docs/PERF.md, 2026-12-03 fourth session). Without a local rank (rank 0 on
+// another host), mpirun gets it. Returns how many ranks were signalled.
+int deliver_drain(pid_t mpirun, int sig) {
+    int sent = 0;
+    DIR* proc = opendir("/proc");
+    for (dirent* e; proc && (e = readdir(proc));) {
+        const pid_t pid = (pid_t)std::atoi(e->d_name);
+        if (pid <= 0) continue;
+        std::ifstream stat(std::string("/proc/") + e->d_name + "/stat");
+        std::string line;
+        if (!std::getline(stat, line)) continue;
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so from the last ')'.
+        const size_t open = line.find('('), close = line.rfind(')');
+        if (open == std::string::npos || close == std::string::npos || close < open) continue;
+        std::istringstream rest(line.substr(close + 1));
+        std::string state;
+        pid_t ppid = 0;
+        rest >> state >> ppid;
+        if (ppid == mpirun && line.substr(open + 1, close - open - 1) == "tpx-worker" && kill(pid, sig) == 0) ++sent;
+    }
+    if (proc) closedir(proc);
+    if (sent == 0) kill(mpirun, sig);
+    return sent;
 }
 
 // A line of mpirun's stderr that says the job is failing: Open MPI's runtime reporting a lost
@@ -162,7 +194,10 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
             break;
         }
         if (settings.drain_signal != 0 && g_signals == 1) {
-            if (!drain_start) drain_start = std::make_unique<Clock::time_point>(Clock::now());
+            if (!drain_start) {
+                drain_start = std::make_unique<Clock::time_point>(Clock::now());
+                deliver_drain(g_child, settings.drain_signal);
+            }
             // The ranks had drain_s to finish, and a few seconds more to stop.
             if (std::chrono::duration<double>(Clock::now() - *drain_start).count() > settings.drain_s + 5) {
                 std::fprintf(stderr, "%s: the job had not ended %g s after %s; ending it\n", name, settings.drain_s + 5,
