@@ -1,4 +1,6 @@
-// Quantized decode GEMVs, the bf16 GEMV's design (linear.cu) over packed weights: one warp per
+// Quantized decode GEMVs by fp32 FMAs ([backend.tuning] quant_mma = false, and the layouts the
+// tensor-core GEMV of quant_gemv_mma.cu does not take; quant_gemv() picks), the bf16 GEMV's
+// design (linear.cu) over packed weights: one warp per
 // output row (two with an epilogue), each lane streaming 16-byte chunks of the row (__ldcs,
 // kUnroll in flight), fp32 sums reduced across the warp. A chunk is dequantized in registers:
 // FP8 through the hardware's e4m3x2 -> f16x2 conversion; GPTQ nibbles by the exponent trick,
