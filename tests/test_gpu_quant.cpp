@@ -4,10 +4,11 @@
 // Tolerances as test_gpu_run's bf16 path: prompt logits within 2e-2 of the largest (max abs
 // error over max abs reference; gptq-llama 2.5e-2: its fp16 tensors are held in bf16, which the
 // bf16 goldens' are not, and its two 20-token prompts measured 0.0210 with the weights
-// dequantized to bf16 and 0.0223 through the GEMV, whose weights are exact: not the linears'
-// route, one prompt alone 0.0136), argmax equal to HF's wherever HF's top-two gap exceeds 0.05. Each path of the quantized linears is run: two prompts of 20 tokens (40
+// dequantized to bf16 and 0.0223 through the FMA GEMV 8 rows a launch (exact weights; the
+// executor no longer routes it so): not the linears' route; one prompt alone 0.0136), argmax equal to HF's wherever HF's top-two gap exceeds 0.05. Each path of the quantized linears is run: two prompts of 20 tokens (40
 // rows, over quant_gemv_tokens: weights dequantized to bf16 for cuBLAS; and again with
-// quant_gemv_tokens = 64: the GEMV 8 rows a launch), one of 20 (the GEMV), a prompt of 8 and of 5 tokens (the quantized GEMV over several tokens), of 1 token, and greedy decode through CUDA graphs (the GEMV with its norm
+// quant_gemv_tokens = 64: the tensor-core GEMV 8 rows a launch where it takes the layout, as
+// fp8-llama's; gptq-llama's groups of 32 it does not), one of 20, a prompt of 8 and of 5 tokens (the quantized GEMV over several tokens), of 1 token, and greedy decode through CUDA graphs (the GEMV with its norm
 // prologue and SwiGLU and RoPE + KV epilogues): while the continuation is HF's, every token HF
 // chose by a gap over 0.05 must be chosen too (near-ties may flip in bf16).
 // Everything skips, with a message, without enough GPUs.
