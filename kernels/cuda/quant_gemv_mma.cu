@@ -7,8 +7,8 @@
 // c-th quarter, and the step's mmas read them as k-slices in an order of their own (the mma's k
 // order is free where A and B agree), B being token g's x, stored in that order.
 //   FP8: a step is 64 columns, 16 a lane; slice j is the lane's values 4j .. 4j + 3, through the
-//   hardware's e4m3x2 -> f16x2 (exact). A step lies in one scale block (block_in and the cut
-//   multiples of 64); its sums times the rows' scales go into the fp32 sums.
+//   hardware's e4m3x2 -> f16x2 (exact). A step lies in one scale block (block_in 64 x 2^n
+//   columns, the cut a multiple of 64); its sums times the rows' scales go into the fp32 sums.
 //   GPTQ: a step is 128 positions (one group: GptqLayout::group_steps), 32 a lane; word i's
 //   nibbles pair as (0, 4), (1, 5), (2, 6), (3, 7) (mask and OR into 1024 + q or 1024 + 16 q,
 //   fp16), minus 8 exactly, x stored in the same pairing; an asymmetric zero adds
