@@ -59,6 +59,7 @@ struct GptqOrder {
     std::vector<int32_t> order;        // position k' -> row i of `in` (-1: padding)
     std::vector<int32_t> chunk_group;  // chunk -> local group
     std::vector<int32_t> group_of;     // local group -> global group
+    bool identity = false;             // order[k] == k, no padding: the packed words are the checkpoint's
 };
 
 GptqOrder order_of(const PackedSlice& s) {
@@ -75,6 +76,8 @@ GptqOrder order_of(const PackedSlice& s) {
         o.order.insert(o.order.end(), r.begin(), r.end());
         for (size_t c = 0; c < r.size() / cpu::kGptqChunk; ++c) o.chunk_group.push_back((int32_t)g);
     }
+    o.identity = (int64_t)o.order.size() == s.in_len && s.in_begin % 8 == 0;
+    for (size_t k = 0; o.identity && k < o.order.size(); ++k) o.identity = o.order[k] == (int32_t)k;
     return o;
 }
 
@@ -88,7 +91,13 @@ void pack_gptq_rows(const QuantPiece& p, const GptqOrder& o, int64_t r0, int64_t
     std::vector<uint8_t> qv(kBlock * s.in_len);
     for (int64_t b0 = r0; b0 < r1; b0 += kBlock) {
         const int64_t nb = std::min(kBlock, r1 - b0);
-        for (int64_t i = 0; i < s.in_len; ++i) {
+        // In order, unpadded: word c of row r holds positions 8c .. 8c + 7 lowest nibble first,
+        // as the checkpoint's word (c, r) does: a transpose of words, no nibble moves.
+        for (int64_t r = b0; o.identity && r < b0 + nb; ++r) {
+            uint32_t* row = &w.qw[(p.row + r) * words];
+            for (int64_t c = 0; c < s.in_len / 8; ++c) row[c] = qweight[c * s.out_len + r];
+        }
+        for (int64_t i = 0; !o.identity && i < s.in_len; ++i) {
             const int64_t in = s.in_begin + i;
             const uint32_t* src = qweight + (in / 8 - row0) * s.out_len + b0;
             for (int64_t r = 0; r < nb; ++r) qv[r * s.in_len + i] = (uint8_t)((src[r] >> (4 * (in % 8))) & 0xf);
@@ -97,7 +106,7 @@ void pack_gptq_rows(const QuantPiece& p, const GptqOrder& o, int64_t r0, int64_t
             const int64_t n = p.row + r, out = s.out_begin + r;
             const uint8_t* q = &qv[(r - b0) * s.in_len];
             uint32_t* row = &w.qw[n * words];
-            for (size_t kp = 0; kp < o.order.size(); ++kp)
+            for (size_t kp = 0; !o.identity && kp < o.order.size(); ++kp)
                 if (o.order[kp] >= 0) row[kp / 8] |= (uint32_t)q[o.order[kp]] << (4 * (kp % 8));
             for (size_t g = 0; g < o.group_of.size(); ++g) {
                 const int64_t held = s.row_of_group[o.group_of[g]];
