@@ -346,7 +346,8 @@ void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const 
     } else {
         args.x = a.data(n->inputs[0]);
     }
-    const bool gemv = n->name != "lm_head" && cuda::quant_gemv_applies(args);
+    const bool lm_head = n->name == "lm_head";  // (its rows may be selected: run_gemm's)
+    const bool gemv = !lm_head && cuda::quant_gemv_applies(args);
     TPX_CHECK(gemv || !args.has_norm, "node " + n->name + ": its norm was deferred to a quantized GEMV that cannot take it");
     if (gemv) {
         const bool fused = f.fuse && program_.fusions.count(n);
@@ -355,7 +356,7 @@ void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const 
         if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
         return;
     }
-    if (n->name != "lm_head" && r <= launch_.config->quant_gemv_tokens) {  // the tensor-core GEMV 8 tokens at a time
+    if (!lm_head && r <= launch_.config->quant_gemv_tokens) {  // the tensor-core GEMV 8 tokens at a time
         cuda::QuantGemvArgs part = args;
         part.tokens = std::min<int64_t>(r, cuda::kQuantGemvMaxTokens);
         if (cuda::quant_gemv_on_tensor_cores(part, *launch_.config)) {
@@ -370,7 +371,7 @@ void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const 
     }
     cuda::QuantPrefillArgs p;
     p.w = w, p.tokens = r, p.x = a.data(n->inputs[0]), p.bias = args.bias;
-    if (launch_.config->quant_prefill == "w8a8" && tuner_ && n->name != "lm_head" && cuda::quant_prefill_fp8_applies(p)) {
+    if (launch_.config->quant_prefill == "w8a8" && tuner_ && !lm_head && cuda::quant_prefill_fp8_applies(p)) {
         p.y = a.make(n->out(), r);
         bf16* scratch = a.alloc((int64_t)(cuda::quant_prefill_scratch_bytes(p) + 1) / 2);
         p.scratch = scratch;

@@ -72,7 +72,6 @@ __device__ __forceinline__ void int4x8_to_f16(uint32_t word, uint32_t* p) {
 // tokens' scale-back factors, GPTQ's per-step sums of x [segments][tokens][steps], the warps'
 // partial sums [warp][R][4][lane], and the norm's floats and staging.
 struct Smem {
-    int64_t ld = 0;  // x's row stride (halves)
     int64_t xh = 0, xscale = 0, xsum = 0, part = 0, norm = 0, bytes = 0;
 };
 template <Format F>
@@ -80,7 +79,6 @@ __host__ __device__ inline Smem smem_of(const QuantGemvArgs& a, int R) {
     Smem s;
     const int64_t K = a.w.K(), Kp = F == Format::kFp8 ? (K + 63) / 64 * 64 : a.w.gptq.l.Kp;
     const int64_t S = F == Format::kGptq && a.w.gptq.perm ? a.w.gptq.l.segments : 1;
-    s.ld = Kp;
     s.xscale = S * a.tokens * Kp * 2;
     s.xsum = s.xscale + 16 * 4;
     s.part = s.xsum + (F == Format::kGptq && a.w.gptq.zeros ? (S * a.tokens * (Kp / cpu::kGptqStep) * 4 + 15) / 16 * 16 : 0);
@@ -121,7 +119,6 @@ __device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64
     if constexpr (kNorm) norm_into(K, a.norm, reinterpret_cast<uint4*>(smem + L.norm + K * 4), xf);
     bool big = false;
     const int per = (int)(Kp / 8);  // 8 positions a thread a turn: one 16-byte store
-    const int64_t ld = L.ld;
     for (int i = threadIdx.x; i < (int)(S * T) * per; i += kThreads) {
         const int st = i / per, p = (i - st * per) * 8;
         float v[8];
@@ -143,7 +140,7 @@ __device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64
 #pragma unroll
         for (int j = 0; j < 4; ++j)  // FP8: in order; GPTQ: pairs (j, j + 4)
             h[j] = F == Format::kFp8 ? __floats2half2_rn(v[2 * j], v[2 * j + 1]) : __floats2half2_rn(v[j], v[j + 4]);
-        *reinterpret_cast<uint4*>(xh + st * ld + p) = *reinterpret_cast<const uint4*>(h);
+        *reinterpret_cast<uint4*>(xh + st * Kp + p) = *reinterpret_cast<const uint4*>(h);
     }
     if (threadIdx.x < 16) xscale[threadIdx.x] = 1.0f;
     if (__syncthreads_or(big)) {
@@ -156,7 +153,7 @@ __device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64
             const float down = ldexpf(1.0f, -e);
             for (int64_t i = threadIdx.x; i < S * Kp; i += kThreads) {
                 const int64_t s = i / Kp, p = i % Kp;
-                xh[(s * T + t) * ld + stored_at<F>(p)] = __float2half_rn(x_at<kNorm, kGather>(a, xf, Kp, s, t, p) * down);
+                xh[(s * T + t) * Kp + stored_at<F>(p)] = __float2half_rn(x_at<kNorm, kGather>(a, xf, Kp, s, t, p) * down);
             }
             if (threadIdx.x == 0) xscale[t] = ldexpf(1.0f, e);
         }
@@ -168,7 +165,7 @@ __device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64
         const int64_t steps = Kp / cpu::kGptqStep;
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
         for (int64_t i = warp; i < S * T * steps; i += kWarps) {  // one warp a step: 4 values a lane
-            const __half* p = xh + (i / steps) * ld + (i % steps) * cpu::kGptqStep + 4 * lane;
+            const __half* p = xh + (i / steps) * Kp + (i % steps) * cpu::kGptqStep + 4 * lane;
             float v = 0.0f;
 #pragma unroll
             for (int j = 0; j < 4; ++j) v += __half2float(p[j]);
@@ -191,11 +188,10 @@ struct RowSet {
 };
 
 template <Format F>
-__device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2], int seg, const __half* xh, int64_t ld, int64_t Kp, int g,
-                                int c) {
+__device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2], int seg, const __half* xh, int64_t Kp, int g, int c) {
     RowSet rs;
     const int64_t T = a.tokens;
-    rs.x = xh + ((int64_t)seg * T + (g < T ? g : 0)) * ld;
+    rs.x = xh + ((int64_t)seg * T + (g < T ? g : 0)) * Kp;
     rs.groups = nullptr;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -327,7 +323,7 @@ __global__ void __launch_bounds__(kThreads, 2) mma_gemv_kernel(QuantGemvArgs a, 
     if (early && valid) {
         const int64_t first[2] = {rows[0][0], rows[1][0]};
         const int seg = tile_segments<E, kGather>(a, tile, items, pair, half, 0).x;
-        load_steps<F, U>(row_set<F>(a, first, seg, xh, L.ld, Kp, g, c), kpart, split, steps, K, c, wv);
+        load_steps<F, U>(row_set<F>(a, first, seg, xh, Kp, g, c), kpart, split, steps, K, c, wv);
         loaded = true;
     }
     pdl_entry();
@@ -338,7 +334,7 @@ __global__ void __launch_bounds__(kThreads, 2) mma_gemv_kernel(QuantGemvArgs a, 
         const int2 segs = valid ? tile_segments<E, kGather>(a, tile, items, pair, half, r) : make_int2(0, -1);
         const int64_t mine[2] = {rows[0][r], rows[1][r]};
         for (int seg = segs.x; seg <= segs.y; ++seg) {
-            const RowSet rs = row_set<F>(a, mine, seg, xh, L.ld, Kp, g, c);
+            const RowSet rs = row_set<F>(a, mine, seg, xh, Kp, g, c);
             const float* seg_xsum = xsum + (int64_t)seg * T * steps;
             for (int64_t s0 = kpart; s0 < steps; s0 += (int64_t)split * U) {
                 if (!loaded) load_steps<F, U>(rs, s0, split, steps, K, c, wv);
