@@ -25,8 +25,8 @@ struct QuantWeightView {
 // Tokens one GEMV launch takes (every token's x is read with each weight chunk; the executor runs
 // up to [backend.tuning] quant_gemv_tokens rows 8 a launch, more through quant_prefill.h).
 constexpr int64_t kQuantGemvMaxTokens = 8;
-// Shared memory for x: the FMA GEMV's act-order gather (segments x tokens x Kp bf16), the
-// tensor-core GEMV's staged x (segments x tokens x Kp fp16, and its partial sums).
+// Shared memory for the FMA GEMV's act-order gather (segments x tokens x Kp bf16); the
+// tensor-core GEMV's staged x may take the device's whole opt-in (quant_gemv_mma.cu).
 constexpr size_t kQuantGemvMaxSmem = 160u << 10;
 
 struct QuantGemvArgs {

@@ -1,6 +1,6 @@
 // The quantized decode GEMVs on tensor cores ([backend.tuning] quant_mma, the default). The FMA
-// GEMVs (quant_gemv.cu) are bound by the instructions that convert and multiply each weight
-// (docs/PERF.md); here the products go through mma.sync m16n8k16
+// GEMVs (quant_gemv.cu) spend about three instructions a weight byte converting and multiplying,
+// which holds them near half the byte roofline; here the products go through mma.sync m16n8k16
 // (fp16 in, fp32 sums), the weight converted once to fp16 and x converted once per block into
 // shared memory as fp16. A warp takes a tile of 16 items (16 weight rows, 32 with an epilogue);
 // one to 8 warps share a tile's steps: lane (g, c) streams 16 bytes of rows g and g + 8 at the step's
@@ -15,9 +15,8 @@
 //   (8 - zero) x the step's sum of x. Act-order weights read x gathered per segment; a tile whose
 //   rows span segments runs once per segment, keeping each row's own.
 // The warps' partial sums are added in warp order in shared memory; the epilogue is
-// quant_gemv.cuh's. x in fp16: a bf16 value in fp16's normal range is exact (below it, fp16
-// subnormals lose bits); a token whose largest |x| reaches 2^15 is scaled down by a power of two
-// first and its sums scaled back.
+// quant_gemv.cuh's. x in fp16: a bf16 value in fp16's normal range is exact; a token whose
+// largest |x| reaches 2^15 is scaled by a power of two first (exact) and its sums scaled back.
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
@@ -68,22 +67,26 @@ __device__ __forceinline__ void int4x8_to_f16(uint32_t word, uint32_t* p) {
     for (int i = 0; i < 4; ++i) p[i] = *reinterpret_cast<const uint32_t*>(&h[i]);
 }
 
-// Shared memory: x as fp16 [segments][tokens][Kp] (zeros past K; GPTQ in nibble-pair order), the
-// tokens' scale-back factors, GPTQ's per-step sums of x [segments][tokens][steps], the warps'
-// partial sums [warp][R][4][lane], and the norm's floats and staging.
+// Shared memory: the tokens' scale-back factors, GPTQ's per-step sums of x [segments][tokens]
+// [steps], the norm's floats and staging, then x as fp16 [segments][tokens][ld] (ld: Kp, K
+// rounded up to the step, plus 8: rows 16 bytes off the banks' period; zeros past K; GPTQ in
+// nibble-pair order), whose bytes the warps' partial sums [warp][R][4][lane] reuse at the end.
 struct Smem {
-    int64_t xh = 0, xscale = 0, xsum = 0, part = 0, norm = 0, bytes = 0;
+    int64_t ld = 0, xscale = 0, xsum = 0, norm = 0, xh = 0, part = 0, bytes = 0;
 };
 template <Format F>
 __host__ __device__ inline Smem smem_of(const QuantGemvArgs& a, int R) {
     Smem s;
     const int64_t K = a.w.K(), Kp = F == Format::kFp8 ? (K + 63) / 64 * 64 : a.w.gptq.l.Kp;
     const int64_t S = F == Format::kGptq && a.w.gptq.perm ? a.w.gptq.l.segments : 1;
-    s.xscale = S * a.tokens * Kp * 2;
-    s.xsum = s.xscale + 16 * 4;
-    s.part = s.xsum + (F == Format::kGptq && a.w.gptq.zeros ? (S * a.tokens * (Kp / cpu::kGptqStep) * 4 + 15) / 16 * 16 : 0);
-    s.norm = s.part + (int64_t)kWarps * R * 4 * 32 * 4;
-    s.bytes = s.norm + (a.has_norm ? K * (4 + 2) : 0);
+    s.ld = Kp + 8;
+    s.xscale = 0;
+    s.xsum = 16 * 4;
+    s.norm = s.xsum + (F == Format::kGptq && a.w.gptq.zeros ? (S * a.tokens * (Kp / cpu::kGptqStep) * 4 + 15) / 16 * 16 : 0);
+    s.xh = s.norm + (a.has_norm ? K * (4 + 2) : 0);
+    s.part = s.xh;
+    const int64_t x_bytes = S * a.tokens * s.ld * 2, part_bytes = (int64_t)kWarps * R * 4 * 32 * 4;
+    s.bytes = s.xh + (x_bytes > part_bytes ? x_bytes : part_bytes);
     return s;
 }
 
@@ -119,6 +122,7 @@ __device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64
     if constexpr (kNorm) norm_into(K, a.norm, reinterpret_cast<uint4*>(smem + L.norm + K * 4), xf);
     bool big = false;
     const int per = (int)(Kp / 8);  // 8 positions a thread a turn: one 16-byte store
+    const int64_t ld = L.ld;
     for (int i = threadIdx.x; i < (int)(S * T) * per; i += kThreads) {
         const int st = i / per, p = (i - st * per) * 8;
         float v[8];
@@ -140,7 +144,7 @@ __device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64
 #pragma unroll
         for (int j = 0; j < 4; ++j)  // FP8: in order; GPTQ: pairs (j, j + 4)
             h[j] = F == Format::kFp8 ? __floats2half2_rn(v[2 * j], v[2 * j + 1]) : __floats2half2_rn(v[j], v[j + 4]);
-        *reinterpret_cast<uint4*>(xh + st * Kp + p) = *reinterpret_cast<const uint4*>(h);
+        *reinterpret_cast<uint4*>(xh + st * ld + p) = *reinterpret_cast<const uint4*>(h);
     }
     if (threadIdx.x < 16) xscale[threadIdx.x] = 1.0f;
     if (__syncthreads_or(big)) {
@@ -153,7 +157,7 @@ __device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64
             const float down = ldexpf(1.0f, -e);
             for (int64_t i = threadIdx.x; i < S * Kp; i += kThreads) {
                 const int64_t s = i / Kp, p = i % Kp;
-                xh[(s * T + t) * Kp + stored_at<F>(p)] = __float2half_rn(x_at<kNorm, kGather>(a, xf, Kp, s, t, p) * down);
+                xh[(s * T + t) * ld + stored_at<F>(p)] = __float2half_rn(x_at<kNorm, kGather>(a, xf, Kp, s, t, p) * down);
             }
             if (threadIdx.x == 0) xscale[t] = ldexpf(1.0f, e);
         }
@@ -165,7 +169,7 @@ __device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64
         const int64_t steps = Kp / cpu::kGptqStep;
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
         for (int64_t i = warp; i < S * T * steps; i += kWarps) {  // one warp a step: 4 values a lane
-            const __half* p = xh + (i / steps) * Kp + (i % steps) * cpu::kGptqStep + 4 * lane;
+            const __half* p = xh + (i / steps) * ld + (i % steps) * cpu::kGptqStep + 4 * lane;
             float v = 0.0f;
 #pragma unroll
             for (int j = 0; j < 4; ++j) v += __half2float(p[j]);
@@ -188,10 +192,11 @@ struct RowSet {
 };
 
 template <Format F>
-__device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2], int seg, const __half* xh, int64_t Kp, int g, int c) {
+__device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2], int seg, const __half* xh, int64_t ld, int64_t Kp, int g,
+                                int c) {
     RowSet rs;
     const int64_t T = a.tokens;
-    rs.x = xh + ((int64_t)seg * T + (g < T ? g : 0)) * Kp;
+    rs.x = xh + ((int64_t)seg * T + (g < T ? g : 0)) * ld;
     rs.groups = nullptr;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -323,7 +328,7 @@ __global__ void __launch_bounds__(kThreads, 2) mma_gemv_kernel(QuantGemvArgs a, 
     if (early && valid) {
         const int64_t first[2] = {rows[0][0], rows[1][0]};
         const int seg = tile_segments<E, kGather>(a, tile, items, pair, half, 0).x;
-        load_steps<F, U>(row_set<F>(a, first, seg, xh, Kp, g, c), kpart, split, steps, K, c, wv);
+        load_steps<F, U>(row_set<F>(a, first, seg, xh, L.ld, Kp, g, c), kpart, split, steps, K, c, wv);
         loaded = true;
     }
     pdl_entry();
@@ -334,7 +339,7 @@ __global__ void __launch_bounds__(kThreads, 2) mma_gemv_kernel(QuantGemvArgs a, 
         const int2 segs = valid ? tile_segments<E, kGather>(a, tile, items, pair, half, r) : make_int2(0, -1);
         const int64_t mine[2] = {rows[0][r], rows[1][r]};
         for (int seg = segs.x; seg <= segs.y; ++seg) {
-            const RowSet rs = row_set<F>(a, mine, seg, xh, Kp, g, c);
+            const RowSet rs = row_set<F>(a, mine, seg, xh, L.ld, Kp, g, c);
             const float* seg_xsum = xsum + (int64_t)seg * T * steps;
             for (int64_t s0 = kpart; s0 < steps; s0 += (int64_t)split * U) {
                 if (!loaded) load_steps<F, U>(rs, s0, split, steps, K, c, wv);
@@ -344,7 +349,9 @@ __global__ void __launch_bounds__(kThreads, 2) mma_gemv_kernel(QuantGemvArgs a, 
             loaded = false;
         }
     }
-    // The tile's warps' sums, added in kpart order by its first warp, which writes the outputs.
+    // The tile's warps' sums, added in kpart order by its first warp, which writes the outputs
+    // (into x's bytes: every warp is past its last read of x first).
+    __syncthreads();
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -376,10 +383,22 @@ __global__ void __launch_bounds__(kThreads, 2) mma_gemv_kernel(QuantGemvArgs a, 
     }
 }
 
-// The kernel's dynamic shared memory limit raised to smem_limit().
+// The dynamic shared memory a block of this path may have: all the device offers (a down_proj's
+// 8 tokens of x take 229 KB), not the FMA path's kQuantGemvMaxSmem.
+size_t mma_smem_limit() {
+    static const size_t limit = [] {
+        int device = 0, optin = 0;
+        CUDA_CHECK(cudaGetDevice(&device));
+        CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+        return (size_t)optin - 1024;  // less the kernels' static shared memory (272 bytes or less): the whole opt-in is refused
+    }();
+    return limit;
+}
+
+// The kernel's dynamic shared memory limit raised to mma_smem_limit().
 template <typename Kernel>
 bool set_smem_limit(Kernel kernel) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_limit()));
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)mma_smem_limit()));
     return true;
 }
 
@@ -421,11 +440,11 @@ bool quant::mma_applies(const QuantGemvArgs& a) {
         const cpu::Fp8Layout& l = a.w.fp8.l;
         const int64_t blocks = l.block_in / 64;
         return l.K % 16 == 0 && l.block_in % 64 == 0 && (blocks & (blocks - 1)) == 0 && l.in_offset % 64 == 0 && aligned16({a.w.fp8.w}) &&
-               (size_t)smem_of<Format::kFp8>(a, R).bytes <= smem_limit();
+               (size_t)smem_of<Format::kFp8>(a, R).bytes <= mma_smem_limit();
     }
     const cpu::GptqLayout& l = a.w.gptq.l;
     return l.group_steps && !(a.has_norm && a.w.gptq.perm) && aligned16({a.w.gptq.qw}) &&
-           (size_t)smem_of<Format::kGptq>(a, R).bytes <= smem_limit();
+           (size_t)smem_of<Format::kGptq>(a, R).bytes <= mma_smem_limit();
 }
 
 void quant::mma_gemv(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch& at) {
