@@ -1,8 +1,11 @@
 // Quantized checkpoints on the CUDA backend under mpirun, against HF transformers' outputs on
-// the dequantized weights (golden gptq-llama, fp8-llama; rope_precision = "float32", as the
+// the dequantized weights (golden gptq-llama, fp8-llama, and the made-here gptq-llama-g128,
+// gptq-llama-g128-actorder-asym, fp8-llama-tied; rope_precision = "float32", as the
 // goldens were made; dtype "bfloat16": gptq-llama's other tensors are fp16, the backend's bf16).
 // Tolerances as test_gpu_run's bf16 path: prompt logits within 2e-2 of the largest (max abs
-// error over max abs reference; gptq-llama 2.5e-2: its fp16 tensors are held in bf16, which the
+// error over max abs reference; 2.5e-2 for FP8's dequantized route (fp8-llama-tied measured
+// 0.0208 there, 0.0142 for the same 40 rows through the exact-weight GEMV: the dequantized
+// weights are rounded to bf16) and for the GPTQ models: their fp16 tensors are held in bf16, which the
 // bf16 goldens' are not, and its two 20-token prompts measured 0.0210 with the weights
 // dequantized to bf16 and 0.0223 through the FMA GEMV 8 rows a launch (exact weights; the
 // executor no longer routes it so): not the linears' route; one prompt alone 0.0136), argmax equal to HF's wherever HF's top-two gap exceeds 0.05. Each path of the quantized linears is run: two prompts of 20 tokens (40
@@ -106,7 +109,8 @@ TEST_P(GpuQuant, PromptLogitsThroughEveryPathMatchHf) {
         auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/logits.h5");
         ASSERT_EQ(r.exit_code, 0) << what << "\n" << r.err << r.out;
         EXPECT_NE(r.err.find("quantized linears kept packed on the device"), std::string::npos) << r.err;
-        expect_logits(dir + "/logits.h5", g, run.batch, run.len, what, std::string(c.model) == "gptq-llama" ? 2.5e-2 : 2e-2);
+        const bool dequantized = run.batch * run.len > 32 && !*run.tuning;  // weights rounded to bf16 for cuBLAS
+        expect_logits(dir + "/logits.h5", g, run.batch, run.len, what, std::string(c.model).rfind("gptq", 0) == 0 || dequantized ? 2.5e-2 : 2e-2);
         fs::remove_all(dir);
     }
 }
@@ -161,7 +165,8 @@ TEST(GpuQuantW8a8, PrefillLogitsNearHfs) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, GpuQuant,
-                         testing::Values(Case{"gptq-llama", 1}, Case{"fp8-llama", 1}, Case{"gptq-llama", 2}, Case{"fp8-llama", 2}),
+                         testing::Values(Case{"gptq-llama", 1}, Case{"fp8-llama", 1}, Case{"gptq-llama", 2}, Case{"fp8-llama", 2},
+                                         Case{"gptq-llama-g128", 1}, Case{"gptq-llama-g128-actorder-asym", 1}, Case{"fp8-llama-tied", 1}),
                          [](const testing::TestParamInfo<Case>& i) {
                              std::string m = i.param.model;
                              std::replace(m.begin(), m.end(), '-', '_');

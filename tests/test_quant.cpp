@@ -204,7 +204,11 @@ TEST_P(QuantGolden, LogitsTokensAndBytesMatchHf) {
 
 INSTANTIATE_TEST_SUITE_P(Hf, QuantGolden,
                          testing::Values(GoldenCase{"gptq-llama", 1}, GoldenCase{"gptq-llama", 2}, GoldenCase{"gptq-llama", 4},
-                                         GoldenCase{"fp8-llama", 1}, GoldenCase{"fp8-llama", 2}, GoldenCase{"fp8-llama", 4}),
+                                         GoldenCase{"fp8-llama", 1}, GoldenCase{"fp8-llama", 2}, GoldenCase{"fp8-llama", 4},
+                                         GoldenCase{"gptq-llama-g128-actorder-asym", 1}, GoldenCase{"gptq-llama-g128-actorder-asym", 2},
+                                         GoldenCase{"gptq-llama-g128-actorder-asym", 4}, GoldenCase{"gptq-llama-g128", 1},
+                                         GoldenCase{"gptq-llama-g128", 2}, GoldenCase{"fp8-llama-tied", 1}, GoldenCase{"fp8-llama-tied", 2},
+                                         GoldenCase{"fp8-llama-tied", 4}),
                          [](const testing::TestParamInfo<GoldenCase>& i) {
                              std::string m = i.param.model;
                              std::replace(m.begin(), m.end(), '-', '_');
