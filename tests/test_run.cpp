@@ -255,12 +255,12 @@ TEST(Mpirun, CommandFollowsTheJob) {
     Job hosts = parse_job("[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 2\nnodes = 2\n[launch]\nhosts = [\"h1:1\", \"h2:1\"]\n",
                           "j.toml", dir);
     EXPECT_EQ(shell_join(mpirun_command(hosts, "w", {}, LaunchHost{1, false, {"NCCL_DEBUG"}})),
-              "mpirun -np 2 --host h1:1,h2:1 --map-by ppr:1:node -x NCCL_DEBUG w");
+              "mpirun -np 2 --host h1:1,h2:1 --map-by ppr:1:node --bind-to none -x NCCL_DEBUG w");
     Job net = parse_job("[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 4\nnodes = 2\n[launch]\nhosts = [\"a:2\", \"b:2\"]\n"
                         "interface = \"ib0\"\nrsh_agent = \"/usr/bin/rsh\"\nenv = [\"HF_HOME\"]\n",
                         "j.toml", dir);
     EXPECT_EQ(shell_join(mpirun_command(net, "w", {}, LaunchHost{1, false, {}})),
-              "mpirun -np 4 --host a:2,b:2 --map-by ppr:2:node --mca plm_rsh_agent /usr/bin/rsh --mca btl_tcp_if_include ib0 "
+              "mpirun -np 4 --host a:2,b:2 --map-by ppr:2:node --bind-to none --mca plm_rsh_agent /usr/bin/rsh --mca btl_tcp_if_include ib0 "
               "--mca oob_tcp_if_include ib0 -x NCCL_SOCKET_IFNAME=ib0 -x HF_HOME w");
     EXPECT_EQ(format_rank_map(rank_map(net)), "a: ranks 0-1 | b: ranks 2-3");
     auto map = rank_map(net);
