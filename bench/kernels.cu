@@ -625,6 +625,53 @@ void bounce_from_file(const char* map, size_t total, char* d, size_t ring) {
     }
 }
 
+// The file read with pread (no mapping: the kernel copies from the page cache) into pinned
+// buffers that are then copied up, 4 to 16 threads, each with two buffers of its own and a stream.
+void pread_from_file(int fd, size_t total, char* d, size_t ring) {
+    for (size_t piece : {8ul << 20, 32ul << 20})
+        for (int threads : {4, 8, 16}) {
+            char* pinned = nullptr;
+            CUDA_CHECK(cudaHostAlloc(&pinned, 2 * piece * threads, cudaHostAllocDefault));
+            auto t0 = std::chrono::steady_clock::now();
+            std::vector<std::thread> pool;
+            std::vector<double> read_s(threads, 0);
+            for (int t = 0; t < threads; ++t)
+                pool.emplace_back([&, t] {
+                    cudaStream_t s;
+                    cudaEvent_t done[2];
+                    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+                    for (auto& e : done) {
+                        CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+                        CUDA_CHECK(cudaEventRecord(e, s));
+                    }
+                    int k = 0;
+                    for (size_t at = t * piece; at < total; at += threads * piece, k ^= 1) {
+                        char* buf = pinned + (2 * t + k) * piece;
+                        CUDA_CHECK(cudaEventSynchronize(done[k]));
+                        auto r0 = std::chrono::steady_clock::now();
+                        for (size_t got = 0; got < piece;) {
+                            const ssize_t n = pread(fd, buf + got, piece - got, (off_t)(at + got));
+                            if (n <= 0) std::perror("pread"), std::exit(1);
+                            got += (size_t)n;
+                        }
+                        read_s[t] += std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
+                        CUDA_CHECK(cudaMemcpyAsync(d + at % ring, buf, piece, cudaMemcpyHostToDevice, s));
+                        CUDA_CHECK(cudaEventRecord(done[k], s));
+                    }
+                    CUDA_CHECK(cudaStreamSynchronize(s));
+                    for (auto& e : done) cudaEventDestroy(e);
+                    cudaStreamDestroy(s);
+                });
+            for (auto& th : pool) th.join();
+            const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            double rs = 0;
+            for (double r : read_s) rs += r;
+            std::printf("pread into pinned + copy, %2d threads, %2zu MiB pieces: %.1f GB/s (pread %.2f thread-s, %.1f GB/s a thread)\n", threads,
+                        piece >> 20, total / 1e9 / sec, rs, total / 1e9 / rs);
+            cudaFreeHost(pinned);
+        }
+}
+
 // A file in the page cache straight to the device, no CPU copy: the file mmap'd read-only,
 // each piece registered (cudaHostRegisterReadOnly), copied and unregistered, on 1 to 8 threads
 // with a stream each; against cudaMemcpy from the unregistered mapping (the driver stages it).
@@ -673,6 +720,7 @@ void h2d_from_file(const char* path) {
     double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("mmap pageable cudaMemcpy, 64 MiB pieces: %.1f GB/s\n", total / 1e9 / sec);
     bounce_from_file(map, total, d, ring);
+    pread_from_file(fd, total, d, ring);
     cudaFree(d);
     munmap(map, total);
     close(fd);
@@ -730,9 +778,23 @@ void quant_sweep(cudaStream_t st) {
                         a.w = at(i), a.tokens = T, a.x = x, a.y = y;
                         cuda::quant_gemv(a, on(st));
                     });
-                    row(name + (mma ? " mma" : " fma"), "T=" + std::to_string(T) + dims, us,
-                        rate((double)(wbytes + sbytes), us) + (copies < kReps ? " (L2 may help)" : ""));
+                    row(name + (mma ? " mma" : " fma"), "T=" + std::to_string(T) + dims, us, rate((double)(wbytes + sbytes), us) + (copies < kReps ? " (L2 may help)" : ""));
                 }
+            // With the norm prologue (and gate_up's SwiGLU) at one token, as the decode step runs them.
+            if (std::strcmp(sh.name, "gate_up") == 0 || std::strcmp(sh.name, "o") == 0) {
+                for (bool mma : {true, false}) {
+                    tuning.quant_mma = mma;
+                    double us = time_graph(st, [&](int i) {
+                        cuda::QuantGemvArgs a;
+                        a.w = at(i), a.tokens = 1, a.y = y;
+                        a.has_norm = true;
+                        a.norm.x = x, a.norm.residual = x + sh.K, a.norm.residual_out = x + 2 * sh.K, a.norm.weight = x + 3 * sh.K, a.norm.eps = 1e-5f;
+                        if (std::strcmp(sh.name, "gate_up") == 0) a.epi = cuda::GemvEpilogue::kSwiglu;
+                        cuda::quant_gemv(a, on(st));
+                    });
+                    row(name + " norm" + (std::strcmp(sh.name, "gate_up") == 0 ? "+swiglu" : "") + (mma ? " mma" : " fma"), "T=1" + dims, us, rate((double)(wbytes + sbytes), us));
+                }
+            }
             tuning.quant_mma = true;
             double us = time_graph(st, [&](int i) { cuda::quant_dequantize(at(i), dense, on(st)); });
             row(name + " to bf16", dims, us, rate((double)(wbytes + sbytes + sh.K * sh.N * 2), us));

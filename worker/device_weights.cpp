@@ -1,6 +1,6 @@
 // Device weights: each parameter's pieces read from the checkpoint straight into its device
 // buffer through a ring of pinned staging buffers (file reads overlap the host-to-device
-// copies; host memory stays near the staging size), or DMA'd from the file's registered pages.
+// copies; host memory stays near the staging size).
 #include "worker/device_weights.h"
 
 #include <algorithm>
@@ -12,6 +12,7 @@
 #include <exception>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include "common/cuda_check.h"
 #include "common/error.h"
@@ -45,13 +46,28 @@ namespace {
 
 // A ring of pinned staging buffers shared by the loader's threads: each thread fills one with
 // a chunk of a request (file reads straight into pinned memory), then queues its copy to the
-// device; the buffer is handed out again once that copy has finished. One stream carries
-// every copy, so the PCIe link is always busy while any thread has a chunk ready.
+// device; the buffer is handed out again once that copy has finished. Each thread queues on a
+// stream of its own (threads sharing one stream wait on each other inside the driver). Every
+// byte takes this path, pread from the page cache by the checkpoint's threads: on one H200 with
+// the rank unbound it moved the 8B at 35 GB/s, where DMA from the file's own registered pages
+// (ReadSink::put, which this sink no longer takes) reached 13 to 16 GB/s for safetensors and 4
+// to 6 GB/s for a Meta .pth, the pages' registering costing CPU time that grew with the file
+// (docs/PERF.md, 2026-12-03 fifth session).
 class PinnedRingSink : public ReadSink {
 public:
-    PinnedRingSink(int buffers, size_t chunk, cudaStream_t stream, std::vector<char*> targets)
-        : chunk_(chunk), stream_(stream), targets_(std::move(targets)), done_(buffers) {
+    // The copies begin after the work already queued on `after` (and the caller synchronizes
+    // `after` once the sink is gone).
+    PinnedRingSink(int buffers, size_t chunk, int threads, cudaStream_t after, std::vector<char*> targets)
+        : chunk_(chunk), targets_(std::move(targets)), streams_(std::max(1, threads)), done_(buffers) {
         CUDA_CHECK(cudaGetDevice(&device_));
+        cudaEvent_t start;
+        CUDA_CHECK(cudaEventCreateWithFlags(&start, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventRecord(start, after));
+        for (cudaStream_t& s : streams_) {
+            CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+            CUDA_CHECK(cudaStreamWaitEvent(s, start, 0));
+        }
+        CUDA_CHECK(cudaEventDestroy(start));
         CUDA_CHECK(cudaHostAlloc(&base_, chunk * buffers, cudaHostAllocDefault));
         for (int i = 0; i < buffers; ++i) {
             CUDA_CHECK(cudaEventCreateWithFlags(&done_[i], cudaEventDisableTiming));
@@ -60,86 +76,15 @@ public:
     }
     ~PinnedRingSink() override {
         if (std::uncaught_exceptions()) return;  // a copy may still read the buffers: leak them
-        cudaStreamSynchronize(stream_);
+        for (cudaStream_t s : streams_) {
+            cudaStreamSynchronize(s);
+            cudaStreamDestroy(s);
+        }
         cudaFreeHost(base_);
         for (cudaEvent_t e : done_) cudaEventDestroy(e);
     }
     uint64_t chunk_bytes() const override { return chunk_; }
 
-    // Where the device can read host memory registered read-only (a file's pages), the
-    // checkpoint hands over whole ranges of its mapping instead (put()).
-    bool takes_mapped() const override {
-        int reg = 0, read_only = 0;
-        CUDA_CHECK(cudaDeviceGetAttribute(&reg, cudaDevAttrHostRegisterSupported, device_));
-        CUDA_CHECK(cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, device_));
-        return reg && read_only;
-    }
-    // The whole pages of [src, src + bytes) registered for DMA (read-only: they are the page
-    // cache's) for the time of one copy: no CPU copy at all (tpx-kbench --h2d-file: 21.7 GB/s,
-    // against about 5 GB/s through pread into pinned buffers). Only pages wholly inside the
-    // range are registered, so that neighbouring pieces never register a page twice; the partial
-    // pages at either end, or all of it if registering fails, go through the staging buffers.
-    void put(const ReadRequest& r, const char* src, uint64_t offset, uint64_t bytes) override {
-        constexpr uintptr_t kPage = 4096;
-        const uintptr_t s = reinterpret_cast<uintptr_t>(src), lo = (s + kPage - 1) / kPage * kPage, hi = (s + bytes) / kPage * kPage;
-        CUDA_CHECK(cudaSetDevice(device_));  // (the checkpoint's read threads start on device 0)
-        auto t0 = std::chrono::steady_clock::now();
-        if (hi <= lo || cudaHostRegister(reinterpret_cast<void*>(lo), hi - lo, cudaHostRegisterReadOnly) != cudaSuccess) {
-            cudaGetLastError();  // (clears the failed registration's error)
-            staged(r, src, offset, bytes);
-            return;
-        }
-        register_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
-        cudaEvent_t done;
-        CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-        CUDA_CHECK(cudaMemcpyAsync(targets_.at(r.tag) + offset + (lo - s), reinterpret_cast<const void*>(lo), hi - lo, cudaMemcpyHostToDevice,
-                                   stream_));
-        CUDA_CHECK(cudaEventRecord(done, stream_));
-        CUDA_CHECK(cudaEventSynchronize(done));
-        CUDA_CHECK(cudaEventDestroy(done));
-        CUDA_CHECK(cudaHostUnregister(reinterpret_cast<void*>(lo)));
-        mapped_bytes_ += hi - lo;
-        if (lo > s) staged(r, src, offset, lo - s);
-        if (s + bytes > hi) staged(r, reinterpret_cast<const char*>(hi), offset + (hi - s), s + bytes - hi);
-    }
-    // put()'s DMA for rows spaced out in the file (a Meta q/k head's even or odd rows): the whole
-    // pages of the span from the first row's start to the last row's end registered, the rows
-    // wholly inside them as one 2-D copy; rows touching the partial pages at either end, or all
-    // of them if registering fails, go through the staging buffers row by row.
-    void put_rows(const ReadRequest& r, const char* src, uint64_t src_pitch, uint64_t offset, uint64_t dst_pitch, uint64_t row_bytes,
-                  uint64_t rows) override {
-        if (rows == 0) return;
-        constexpr uintptr_t kPage = 4096;
-        const uintptr_t s = reinterpret_cast<uintptr_t>(src), end = s + (rows - 1) * src_pitch + row_bytes;
-        const uintptr_t lo = (s + kPage - 1) / kPage * kPage, hi = end / kPage * kPage;
-        // Rows [first, last) lie in [lo, hi): row i starts at or after lo and ends at or before hi.
-        const uint64_t first = lo > s ? (lo - s + src_pitch - 1) / src_pitch : 0;
-        const uint64_t last = hi >= s + row_bytes ? std::min<uint64_t>(rows, (hi - s - row_bytes) / src_pitch + 1) : 0;
-        auto stage = [&](uint64_t a, uint64_t b) {
-            for (uint64_t i = a; i < b; ++i) staged(r, src + i * src_pitch, offset + i * dst_pitch, row_bytes);
-        };
-        CUDA_CHECK(cudaSetDevice(device_));  // (the checkpoint's read threads start on device 0)
-        auto t0 = std::chrono::steady_clock::now();
-        if (first >= last || cudaHostRegister(reinterpret_cast<void*>(lo), hi - lo, cudaHostRegisterReadOnly) != cudaSuccess) {
-            cudaGetLastError();  // (clears a failed registration's error)
-            stage(0, rows);
-            return;
-        }
-        register_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
-        cudaEvent_t done;
-        CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-        CUDA_CHECK(cudaMemcpy2DAsync(targets_.at(r.tag) + offset + first * dst_pitch, dst_pitch, src + first * src_pitch, src_pitch, row_bytes,
-                                     last - first, cudaMemcpyHostToDevice, stream_));
-        CUDA_CHECK(cudaEventRecord(done, stream_));
-        CUDA_CHECK(cudaEventSynchronize(done));
-        CUDA_CHECK(cudaEventDestroy(done));
-        CUDA_CHECK(cudaHostUnregister(reinterpret_cast<void*>(lo)));
-        mapped_bytes_ += (last - first) * row_bytes;
-        stage(0, first);
-        stage(last, rows);
-    }
-    uint64_t mapped_bytes() const { return mapped_bytes_; }
-    double register_s() const { return register_ns_ * 1e-9; }
     void* acquire(const ReadRequest&, uint64_t, uint64_t) override {
         auto t0 = std::chrono::steady_clock::now();
         int i;
@@ -162,8 +107,9 @@ public:
     void commit(const ReadRequest& r, void* memory, uint64_t offset, uint64_t bytes) override {
         auto t0 = std::chrono::steady_clock::now();
         int i = (int)((static_cast<char*>(memory) - base_) / chunk_);
-        CUDA_CHECK(cudaMemcpyAsync(targets_.at(r.tag) + offset, memory, bytes, cudaMemcpyHostToDevice, stream_));
-        CUDA_CHECK(cudaEventRecord(done_[i], stream_));
+        const cudaStream_t stream = my_stream();
+        CUDA_CHECK(cudaMemcpyAsync(targets_.at(r.tag) + offset, memory, bytes, cudaMemcpyHostToDevice, stream));
+        CUDA_CHECK(cudaEventRecord(done_[i], stream));
         queue_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -173,27 +119,27 @@ public:
     }
 
 private:
-    // Host bytes through the pinned buffers.
-    void staged(const ReadRequest& r, const char* src, uint64_t offset, uint64_t bytes) {
-        for (uint64_t at = 0; at < bytes; at += chunk_) {
-            const uint64_t n = std::min<uint64_t>(chunk_, bytes - at);
-            void* m = acquire(r, offset + at, n);
-            std::memcpy(m, src + at, n);
-            commit(r, m, offset + at, n);
+    // The calling thread's stream (threads beyond the streams' count share them), on this
+    // sink's device (the checkpoint's read threads start on device 0).
+    cudaStream_t my_stream() {
+        thread_local int device = -1;
+        if (device != device_) {
+            CUDA_CHECK(cudaSetDevice(device_));
+            device = device_;
         }
+        thread_local const size_t id = std::hash<std::thread::id>{}(std::this_thread::get_id());
+        return streams_[id % streams_.size()];
     }
-
     int device_ = 0;
     size_t chunk_;
-    cudaStream_t stream_;
     std::vector<char*> targets_;
+    std::vector<cudaStream_t> streams_;
     char* base_ = nullptr;
     std::vector<cudaEvent_t> done_;
     std::mutex mutex_;
     std::condition_variable available_;
     std::deque<int> free_;
-    std::atomic<int64_t> waited_ns_{0}, queue_ns_{0}, register_ns_{0};
-    std::atomic<uint64_t> mapped_bytes_{0};
+    std::atomic<int64_t> waited_ns_{0}, queue_ns_{0};
 };
 
 // The reads that fill every bf16 parameter's device buffer from the plan's pieces of `rank`;
@@ -237,21 +183,20 @@ void plan_device_reads(const Graph& graph, int rank, Checkpoint& ckpt, DeviceWei
     }
 }
 
-// One batched read of `requests` into device memory at `targets`, through the pinned ring (or
-// the file's registered pages); returns when every copy has landed.
+// One batched read of `requests` into device memory at `targets`, through the pinned ring;
+// returns when every copy has landed.
 void read_to_device(Checkpoint& ckpt, const std::vector<ReadRequest>& requests, std::vector<char*> targets, cudaStream_t stream,
                     size_t staging_bytes) {
     {
         // Two buffers per read thread: one being filled, one whose copy is queued.
         const size_t chunk = 8u << 20;
         int buffers = (int)std::max<size_t>(4, std::min<size_t>(2 * (size_t)ckpt.read_threads(), staging_bytes / chunk));
-        PinnedRingSink sink(buffers, chunk, stream, std::move(targets));
+        PinnedRingSink sink(buffers, chunk, ckpt.read_threads(), stream, std::move(targets));
         auto r0 = std::chrono::steady_clock::now();
         ckpt.read(requests, sink);
         log_info("weights: ", requests.size(), " reads on ", ckpt.read_threads(), " threads in ",
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count(), " s: ", sink.mapped_bytes() / 1e9,
-                 " GB copied from the file's registered pages (registering took ", sink.register_s(),
-                 " thread-s), the rest through ", buffers, " pinned buffers (the threads waited ", sink.waited_s(),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count(), " s through ", buffers,
+                 " pinned buffers (the threads waited ", sink.waited_s(),
                  " s in all for a free one and spent ", sink.queue_s(), " s queueing copies)");
     }
     CUDA_CHECK(cudaStreamSynchronize(stream));
