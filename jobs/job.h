@@ -136,4 +136,10 @@ struct Job {
     int world() const { return parallel.tp * parallel.pp; }
 };
 
+// mpirun's binding arguments for this job: {"--bind-to", "none"} where Open MPI would bind each
+// rank to a single core (one or two ranks a host) and [launch] extra_args sets no binding or
+// mapping of its own; a rank's checkpoint read threads and HTTP server would otherwise share
+// that core (docs/MULTINODE.md). Else none.
+std::vector<std::string> mpirun_binding(const Job& job);
+
 }  // namespace tpx

@@ -82,12 +82,8 @@ std::vector<std::string> mpirun_command(const Job& job, const std::string& worke
     }
     if (!job.launch.hostfile.empty()) cmd.insert(cmd.end(), {"--hostfile", job.launch.hostfile});
     if (several_hosts) cmd.insert(cmd.end(), {"--map-by", "ppr:" + std::to_string(job.parallel.ranks_per_node) + ":node"});
-    // Open MPI binds each of one or two ranks to one core by default: a rank's checkpoint read
-    // threads, its HTTP server and its host work would all share that core (the 8B's load on one
-    // H200 was held to one core's rate: docs/PERF.md). Unbound unless [launch] extra_args binds.
-    const bool binds = std::any_of(job.launch.extra_args.begin(), job.launch.extra_args.end(),
-                                   [](const std::string& a) { return a.rfind("--bind-to", 0) == 0 || a.rfind("-bind-to", 0) == 0; });
-    if (!binds) cmd.insert(cmd.end(), {"--bind-to", "none"});
+    const std::vector<std::string> binding = mpirun_binding(job);
+    cmd.insert(cmd.end(), binding.begin(), binding.end());
     if (!job.launch.rsh_agent.empty()) cmd.insert(cmd.end(), {"--mca", "plm_rsh_agent", job.launch.rsh_agent});
     const std::string& net = job.launch.interface;
     if (!net.empty()) {

@@ -57,6 +57,7 @@ std::string sbatch_script(const Job& job, const SubmitPaths& p, bool as_root) {
     } else {
         os << "exec " << slurm_quote(job.launch.mpirun, "launch.mpirun") << " -np " << job.world();
         if (as_root) os << " --allow-run-as-root";
+        for (const std::string& a : mpirun_binding(job)) os << " " << a;
         for (const std::string& a : job.launch.extra_args) os << " " << slurm_quote(a, "launch.extra_args");
         os << " " << worker << "\n";
     }

@@ -252,6 +252,14 @@ TEST(Mpirun, CommandFollowsTheJob) {
     EXPECT_EQ(shell_join(cmd), "mpirun -np 4 --oversubscribe --bind-to none /opt/tpx-worker --job '/a b/j.toml'");
     cmd = mpirun_command(job, "w", {}, LaunchHost{8, true, {}});
     EXPECT_EQ(shell_join(cmd), "mpirun -np 4 --allow-run-as-root --bind-to none w");
+    // No binding of tpx's own beside the user's, and none for more than two ranks a host
+    // (Open MPI binds those to sockets, not single cores).
+    Job four = parse_job("[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 4\n", "j.toml", dir);
+    EXPECT_EQ(shell_join(mpirun_command(four, "w", {}, LaunchHost{8, false, {}})), "mpirun -np 4 w");
+    Job two = parse_job("[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 2\n", "j.toml", dir);
+    EXPECT_EQ(shell_join(mpirun_command(two, "w", {}, LaunchHost{8, false, {}})), "mpirun -np 2 --bind-to none w");
+    Job mapped = parse_job("[model]\npath = \"../../models/tiny\"\n[launch]\nextra_args = [\"--map-by\", \"slot:PE=4\"]\n", "j.toml", dir);
+    EXPECT_EQ(shell_join(mpirun_command(mapped, "w", {}, LaunchHost{8, false, {}})), "mpirun -np 1 --map-by slot:PE=4 w");
     Job hosts = parse_job("[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 2\nnodes = 2\n[launch]\nhosts = [\"h1:1\", \"h2:1\"]\n",
                           "j.toml", dir);
     EXPECT_EQ(shell_join(mpirun_command(hosts, "w", {}, LaunchHost{1, false, {"NCCL_DEBUG"}})),
