@@ -49,10 +49,11 @@ public:
     // Those bytes are filled and converted.
     virtual void commit(const ReadRequest& r, void* memory, uint64_t offset, uint64_t bytes) = 0;
 
-    // A sink that copies out of host memory itself (the GPU backend: the file's own pages
-    // registered for DMA, no CPU copy at all) returns true here. A safetensors checkpoint then
-    // maps its files read-only and hands every request that needs no conversion and whose bytes
-    // are one contiguous range of the file to put() instead, in pieces of at most kMappedBytes:
+    // A sink that copies out of host memory itself (e.g. the file's own pages registered for
+    // DMA; the GPU backend's sink no longer does: docs/PERF.md, fifth session) returns true
+    // here. A safetensors checkpoint then maps its files read-only and hands every request that
+    // needs no conversion and whose bytes are one contiguous range of the file to put() instead,
+    // in pieces of at most kMappedBytes:
     // bytes [offset, offset + bytes) of r's result are at `src`, inside a mapping that lives as
     // long as the checkpoint. Called from several threads at once; the data must have been
     // taken (copied) when put() returns.
@@ -67,7 +68,7 @@ public:
                           uint64_t row_bytes, uint64_t rows);
 };
 
-constexpr uint64_t kMappedBytes = 64ull << 20;  // tpx-kbench --h2d-file: 64 MiB pieces 21.7 GB/s, 8 MiB 16.3
+constexpr uint64_t kMappedBytes = 64ull << 20;  // a put() piece (registering pages costs per call)
 
 // The sink for plain host buffers holding whole results: request r lands in dsts[r.tag].
 class HostSink : public ReadSink {

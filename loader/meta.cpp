@@ -390,8 +390,8 @@ const char* MetaCheckpoint::mapping(const std::string& file) {
 }
 
 // A chunk whose every read is one span, copied as stored (no conversion), is handed to a sink
-// that copies out of the file's pages itself (the GPU backend's, loader/checkpoint.h): the same
-// path safetensors takes, no CPU copy. Chunks of many short spans (column cuts; q/k rows that
+// that copies out of the file's pages itself (loader/checkpoint.h; the GPU backend's no longer
+// does): the same path safetensors takes, no CPU copy. Chunks of many short spans (column cuts; q/k rows that
 // plan_head_pieces() leaves out) stay on the staging path, where one pread serves many rows.
 // Returns false to leave the chunk to it.
 bool MetaCheckpoint::mappable(const ReadRequest& r, const Chunk& c) {

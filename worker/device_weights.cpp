@@ -7,12 +7,12 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstring>
 #include <deque>
 #include <exception>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "common/cuda_check.h"
 #include "common/error.h"
@@ -48,15 +48,13 @@ namespace {
 // a chunk of a request (file reads straight into pinned memory), then queues its copy to the
 // device; the buffer is handed out again once that copy has finished. Each thread queues on a
 // stream of its own (threads sharing one stream wait on each other inside the driver). Every
-// byte takes this path, pread from the page cache by the checkpoint's threads: on one H200 with
-// the rank unbound it moved the 8B at 35 GB/s, where DMA from the file's own registered pages
-// (ReadSink::put, which this sink no longer takes) reached 13 to 16 GB/s for safetensors and 4
-// to 6 GB/s for a Meta .pth, the pages' registering costing CPU time that grew with the file
-// (docs/PERF.md, 2026-12-03 fifth session).
+// byte takes this path, pread from the page cache by the checkpoint's threads: faster than DMA
+// from the file's own registered pages (ReadSink::put, which this sink does not take), whose
+// registering costs CPU time that grew with the file (docs/PERF.md, 2026-12-03 fifth session).
 class PinnedRingSink : public ReadSink {
 public:
-    // The copies begin after the work already queued on `after` (and the caller synchronizes
-    // `after` once the sink is gone).
+    // The copies begin after the work already queued on `after`; they have all finished once
+    // the sink is destroyed (its destructor waits for its streams).
     PinnedRingSink(int buffers, size_t chunk, int threads, cudaStream_t after, std::vector<char*> targets)
         : chunk_(chunk), targets_(std::move(targets)), streams_(std::max(1, threads)), done_(buffers) {
         CUDA_CHECK(cudaGetDevice(&device_));
@@ -86,6 +84,7 @@ public:
     uint64_t chunk_bytes() const override { return chunk_; }
 
     void* acquire(const ReadRequest&, uint64_t, uint64_t) override {
+        CUDA_CHECK(cudaSetDevice(device_));  // (the checkpoint's read threads start on device 0)
         auto t0 = std::chrono::steady_clock::now();
         int i;
         {
@@ -119,16 +118,12 @@ public:
     }
 
 private:
-    // The calling thread's stream (threads beyond the streams' count share them), on this
-    // sink's device (the checkpoint's read threads start on device 0).
+    // The calling thread's stream: the next unused one the first time a thread calls (threads
+    // beyond the streams' count share them).
     cudaStream_t my_stream() {
-        thread_local int device = -1;
-        if (device != device_) {
-            CUDA_CHECK(cudaSetDevice(device_));
-            device = device_;
-        }
-        thread_local const size_t id = std::hash<std::thread::id>{}(std::this_thread::get_id());
-        return streams_[id % streams_.size()];
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = slots_.try_emplace(std::this_thread::get_id(), slots_.size()).first;
+        return streams_[it->second % streams_.size()];
     }
     int device_ = 0;
     size_t chunk_;
@@ -139,6 +134,7 @@ private:
     std::mutex mutex_;
     std::condition_variable available_;
     std::deque<int> free_;
+    std::unordered_map<std::thread::id, size_t> slots_;  // my_stream()'s
     std::atomic<int64_t> waited_ns_{0}, queue_ns_{0};
 };
 

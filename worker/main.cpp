@@ -111,8 +111,9 @@ double init_timeout_s(int argc, char** argv) {
     }
 }
 
-// The checkpoint's files are mapped while the GPU backend loads (loader/checkpoint.h): a file
-// cut short under the loader then faults (SIGBUS) instead of failing a read. Say so, naming the
+// A checkpoint maps its files for a sink that takes mapped pages (loader/checkpoint.h; the GPU
+// backend's no longer does): a file cut short under the loader then faults (SIGBUS) instead of
+// failing a read. Say so, naming the
 // rank, before the default action ends the process (and mpirun the job).
 char bus_message[160];
 void on_bus_error(int sig) {

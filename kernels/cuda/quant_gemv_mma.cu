@@ -1,6 +1,6 @@
 // The quantized decode GEMVs on tensor cores ([backend.tuning] quant_mma, the default). The FMA
-// GEMVs (quant_gemv.cu) spend about three instructions a weight byte converting and multiplying,
-// which holds them near half the byte roofline; here the products go through mma.sync m16n8k16
+// GEMVs (quant_gemv.cu) are bound by the instructions that convert and multiply each weight
+// (docs/PERF.md); here the products go through mma.sync m16n8k16
 // (fp16 in, fp32 sums), the weight converted once to fp16 and x converted once per block into
 // shared memory as fp16. A warp takes a tile of 16 items (16 weight rows, 32 with an epilogue);
 // one to 8 warps share a tile's steps: lane (g, c) streams 16 bytes of rows g and g + 8 at the step's
@@ -15,8 +15,9 @@
 //   (8 - zero) x the step's sum of x. Act-order weights read x gathered per segment; a tile whose
 //   rows span segments runs once per segment, keeping each row's own.
 // The warps' partial sums are added in warp order in shared memory; the epilogue is
-// quant_gemv.cuh's. x in fp16: a bf16 value in fp16's normal range is exact; a token whose
-// largest |x| reaches 2^15 is scaled by a power of two first (exact) and its sums scaled back.
+// quant_gemv.cuh's. x in fp16: a bf16 value in fp16's normal range is exact (below it, fp16
+// subnormals lose bits); a token whose largest |x| reaches 2^15 is scaled by a power of two
+// first (exact) and its sums scaled back.
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
