@@ -569,6 +569,46 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
     for (void* p : {(void*)w13, (void*)w2, (void*)x, (void*)y, (void*)gu, (void*)act, (void*)part, (void*)weights, (void*)logits}) cudaFree(p);
 }
 
+// `threads` threads, each with two pinned buffers of `piece` bytes and a stream, fill their
+// buffers in turn with fill(buffer, offset) for pieces t, t + threads, ... of `total` bytes and
+// copy them up (into a ring of `ring` device bytes at d); returns the seconds, and each thread's
+// seconds inside fill() in fill_s.
+double bounce(size_t total, char* d, size_t ring, size_t piece, int threads, const std::function<void(char*, size_t)>& fill,
+              std::vector<double>& fill_s) {
+    char* pinned = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&pinned, 2 * piece * threads, cudaHostAllocDefault));
+    fill_s.assign(threads, 0);
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            cudaStream_t s;
+            cudaEvent_t done[2];
+            CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+            for (auto& e : done) {
+                CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+                CUDA_CHECK(cudaEventRecord(e, s));
+            }
+            int k = 0;
+            for (size_t at = t * piece; at < total; at += threads * piece, k ^= 1) {
+                char* buf = pinned + (2 * t + k) * piece;
+                CUDA_CHECK(cudaEventSynchronize(done[k]));  // its previous copy up has finished
+                auto f0 = std::chrono::steady_clock::now();
+                fill(buf, at);
+                fill_s[t] += std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+                CUDA_CHECK(cudaMemcpyAsync(d + at % ring, buf, piece, cudaMemcpyHostToDevice, s));
+                CUDA_CHECK(cudaEventRecord(done[k], s));
+            }
+            CUDA_CHECK(cudaStreamSynchronize(s));
+            for (auto& e : done) cudaEventDestroy(e);
+            cudaStreamDestroy(s);
+        });
+    for (auto& th : pool) th.join();
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    cudaFreeHost(pinned);
+    return sec;
+}
+
 // The link's own rate (copies from pinned memory, 1 and 2 streams), and the file's pages copied
 // by threads into pinned buffers that are then copied up (a bounce: CPU copies beside the DMA),
 // with 4 to 16 threads, each with two 16 MiB buffers of its own and a stream.
@@ -592,83 +632,31 @@ void bounce_from_file(const char* map, size_t total, char* d, size_t ring) {
         std::printf("pinned cudaMemcpyAsync, %d stream(s), 16 MiB pieces: %.1f GB/s\n", streams, total / 1e9 / sec);
         cudaFreeHost(pinned);
     }
+    std::vector<double> fill_s;
     for (int threads : {4, 8, 16}) {
-        char* pinned = nullptr;
-        CUDA_CHECK(cudaHostAlloc(&pinned, 2 * kPiece * threads, cudaHostAllocDefault));
-        auto t0 = std::chrono::steady_clock::now();
-        std::vector<std::thread> pool;
-        for (int t = 0; t < threads; ++t)
-            pool.emplace_back([&, t] {
-                cudaStream_t s;
-                cudaEvent_t done[2];
-                CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-                for (auto& e : done) {
-                    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-                    CUDA_CHECK(cudaEventRecord(e, s));
-                }
-                int k = 0;
-                for (size_t at = t * kPiece; at < total; at += threads * kPiece, k ^= 1) {
-                    char* buf = pinned + (2 * t + k) * kPiece;
-                    CUDA_CHECK(cudaEventSynchronize(done[k]));  // its previous copy up has finished
-                    std::memcpy(buf, map + at, kPiece);
-                    CUDA_CHECK(cudaMemcpyAsync(d + at % ring, buf, kPiece, cudaMemcpyHostToDevice, s));
-                    CUDA_CHECK(cudaEventRecord(done[k], s));
-                }
-                CUDA_CHECK(cudaStreamSynchronize(s));
-                for (auto& e : done) cudaEventDestroy(e);
-                cudaStreamDestroy(s);
-            });
-        for (auto& th : pool) th.join();
-        const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double sec = bounce(total, d, ring, kPiece, threads, [&](char* buf, size_t at) { std::memcpy(buf, map + at, kPiece); }, fill_s);
         std::printf("mmap memcpy into pinned + copy, %2d threads, 16 MiB pieces: %.1f GB/s\n", threads, total / 1e9 / sec);
-        cudaFreeHost(pinned);
     }
 }
 
 // The file read with pread (no mapping: the kernel copies from the page cache) into pinned
 // buffers that are then copied up, 4 to 16 threads, each with two buffers of its own and a stream.
 void pread_from_file(int fd, size_t total, char* d, size_t ring) {
+    std::vector<double> read_s;
     for (size_t piece : {8ul << 20, 32ul << 20})
         for (int threads : {4, 8, 16}) {
-            char* pinned = nullptr;
-            CUDA_CHECK(cudaHostAlloc(&pinned, 2 * piece * threads, cudaHostAllocDefault));
-            auto t0 = std::chrono::steady_clock::now();
-            std::vector<std::thread> pool;
-            std::vector<double> read_s(threads, 0);
-            for (int t = 0; t < threads; ++t)
-                pool.emplace_back([&, t] {
-                    cudaStream_t s;
-                    cudaEvent_t done[2];
-                    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-                    for (auto& e : done) {
-                        CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-                        CUDA_CHECK(cudaEventRecord(e, s));
-                    }
-                    int k = 0;
-                    for (size_t at = t * piece; at < total; at += threads * piece, k ^= 1) {
-                        char* buf = pinned + (2 * t + k) * piece;
-                        CUDA_CHECK(cudaEventSynchronize(done[k]));
-                        auto r0 = std::chrono::steady_clock::now();
-                        for (size_t got = 0; got < piece;) {
-                            const ssize_t n = pread(fd, buf + got, piece - got, (off_t)(at + got));
-                            if (n <= 0) std::perror("pread"), std::exit(1);
-                            got += (size_t)n;
-                        }
-                        read_s[t] += std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
-                        CUDA_CHECK(cudaMemcpyAsync(d + at % ring, buf, piece, cudaMemcpyHostToDevice, s));
-                        CUDA_CHECK(cudaEventRecord(done[k], s));
-                    }
-                    CUDA_CHECK(cudaStreamSynchronize(s));
-                    for (auto& e : done) cudaEventDestroy(e);
-                    cudaStreamDestroy(s);
-                });
-            for (auto& th : pool) th.join();
-            const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            auto fill = [&](char* buf, size_t at) {
+                for (size_t got = 0; got < piece;) {
+                    const ssize_t n = pread(fd, buf + got, piece - got, (off_t)(at + got));
+                    if (n <= 0) std::perror("pread"), std::exit(1);
+                    got += (size_t)n;
+                }
+            };
+            const double sec = bounce(total, d, ring, piece, threads, fill, read_s);
             double rs = 0;
             for (double r : read_s) rs += r;
             std::printf("pread into pinned + copy, %2d threads, %2zu MiB pieces: %.1f GB/s (pread %.2f thread-s, %.1f GB/s a thread)\n", threads,
                         piece >> 20, total / 1e9 / sec, rs, total / 1e9 / rs);
-            cudaFreeHost(pinned);
         }
 }
 
