@@ -714,6 +714,132 @@ void h2d_from_file(const char* path) {
     close(fd);
 }
 
+
+// --h2d-mix FILE: where the page cache -> device ceiling lies, on the whole file in a fresh
+// mapping (nothing pre-touched, as the loader meets it): pread alone (no copy up: the CPU side's
+// own rate), pread into pinned buffers with 16 to 32 threads, the same into buffers on
+// transparent huge pages, and pread beside the file's own registered pages (one part of the
+// file through each at once: the registered part costs the host one read of each byte, the
+// pread part three).
+void h2d_mix(const char* path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) std::perror(path), std::exit(1);
+    struct stat stt;
+    fstat(fd, &stt);
+    const size_t total = (size_t)stt.st_size & ~((64ul << 20) - 1);
+    const size_t ring = 1ul << 30;
+    char* d = nullptr;
+    CUDA_CHECK(cudaMalloc(&d, ring));
+    std::printf("h2d-mix: %.2f GB, %u hardware threads\n", total / 1e9, std::thread::hardware_concurrency());
+    auto pread_piece = [&](char* buf, size_t at, size_t bytes) {
+        for (size_t got = 0; got < bytes;) {
+            const ssize_t n = pread(fd, buf + got, bytes - got, (off_t)(at + got));
+            if (n <= 0) std::perror("pread"), std::exit(1);
+            got += (size_t)n;
+        }
+    };
+    // Threads over pieces of [begin, end): each its pinned buffers (two, from `pool`), a stream.
+    auto pread_part = [&](size_t begin, size_t end, size_t piece, int threads, char* pool, bool copy) {
+        std::vector<std::thread> ts;
+        for (int t = 0; t < threads; ++t)
+            ts.emplace_back([&, t] {
+                cudaStream_t s;
+                cudaEvent_t done[2];
+                CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+                for (auto& e : done) {
+                    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+                    CUDA_CHECK(cudaEventRecord(e, s));
+                }
+                int k = 0;
+                for (size_t at = begin + t * piece; at < end; at += threads * piece, k ^= 1) {
+                    const size_t n = std::min(piece, end - at);
+                    char* buf = pool + (2 * t + k) * piece;
+                    CUDA_CHECK(cudaEventSynchronize(done[k]));
+                    pread_piece(buf, at, n);
+                    if (copy) CUDA_CHECK(cudaMemcpyAsync(d + at % ring, buf, n, cudaMemcpyHostToDevice, s));
+                    CUDA_CHECK(cudaEventRecord(done[k], s));
+                }
+                CUDA_CHECK(cudaStreamSynchronize(s));
+                for (auto& e : done) cudaEventDestroy(e);
+                cudaStreamDestroy(s);
+            });
+        for (auto& t : ts) t.join();
+    };
+    auto reg_part = [&](const char* map, size_t begin, size_t end, size_t piece, int threads) {
+        std::vector<std::thread> ts;
+        for (int t = 0; t < threads; ++t)
+            ts.emplace_back([&, t] {
+                cudaStream_t s;
+                CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+                for (size_t at = begin + t * piece; at < end; at += threads * piece) {
+                    const size_t n = std::min(piece, end - at);
+                    CUDA_CHECK(cudaHostRegister(const_cast<char*>(map) + at, n, cudaHostRegisterReadOnly));
+                    CUDA_CHECK(cudaMemcpyAsync(d + at % ring, map + at, n, cudaMemcpyHostToDevice, s));
+                    CUDA_CHECK(cudaStreamSynchronize(s));
+                    CUDA_CHECK(cudaHostUnregister(const_cast<char*>(map) + at));
+                }
+                cudaStreamDestroy(s);
+            });
+        for (auto& t : ts) t.join();
+    };
+    const int kMaxThreads = 32;
+    const size_t kMaxPiece = 32ul << 20;
+    char* pinned = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&pinned, 2 * kMaxPiece * kMaxThreads, cudaHostAllocDefault));
+    char* huge = nullptr;
+    const size_t huge_bytes = 2 * kMaxPiece * kMaxThreads;
+    if (posix_memalign((void**)&huge, 2ul << 20, huge_bytes) != 0) std::perror("posix_memalign"), std::exit(1);
+    madvise(huge, huge_bytes, MADV_HUGEPAGE);
+    std::memset(huge, 0, huge_bytes);
+    CUDA_CHECK(cudaHostRegister(huge, huge_bytes, cudaHostRegisterDefault));
+    auto timed = [&](const char* what, const std::function<void()>& f) {
+        auto t0 = std::chrono::steady_clock::now();
+        f();
+        const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::printf("%-72s %.3f s = %.1f GB/s\n", what, sec, total / 1e9 / sec);
+    };
+    char label[160];
+    for (int threads : {16, 32}) {
+        std::snprintf(label, sizeof label, "pread only (no copy up), %d threads, 8 MiB", threads);
+        timed(label, [&] { pread_part(0, total, 8ul << 20, threads, pinned, false); });
+    }
+    for (size_t piece : {512ul << 10, 1ul << 20, 2ul << 20, 8ul << 20, 32ul << 20})
+        for (int threads : {8, 16, 24, 32}) {
+            std::snprintf(label, sizeof label, "pread into pinned + copy, %d threads, %zu KiB", threads, piece >> 10);
+            timed(label, [&] { pread_part(0, total, piece, threads, pinned, true); });
+        }
+    for (int threads : {16, 32}) {
+        std::snprintf(label, sizeof label, "pread into huge-page pinned + copy, %d threads, 8 MiB", threads);
+        timed(label, [&] { pread_part(0, total, 8ul << 20, threads, huge, true); });
+    }
+    for (int reg_threads : {2, 4, 8}) {
+        char* map = (char*)mmap(nullptr, total, PROT_READ, MAP_SHARED, fd, 0);  // fresh: no page mapped yet
+        if (map == MAP_FAILED) std::perror("mmap"), std::exit(1);
+        std::snprintf(label, sizeof label, "registered pages alone, %d threads, 64 MiB (fresh mapping)", reg_threads);
+        timed(label, [&] { reg_part(map, 0, total, 64ul << 20, reg_threads); });
+        munmap(map, total);
+    }
+    for (double reg_share : {0.2, 0.3, 0.4})
+        for (int reg_threads : {2, 4, 8}) {
+            char* map = (char*)mmap(nullptr, total, PROT_READ, MAP_SHARED, fd, 0);
+            if (map == MAP_FAILED) std::perror("mmap"), std::exit(1);
+            const size_t split = (size_t)(total * (1 - reg_share)) & ~((64ul << 20) - 1);
+            std::snprintf(label, sizeof label, "pread 16 threads on %.0f%% + registered %d threads on %.0f%%", 100 * (1 - reg_share), reg_threads,
+                          100 * reg_share);
+            timed(label, [&] {
+                std::thread reg([&] { reg_part(map, split, total, 64ul << 20, reg_threads); });
+                pread_part(0, split, 8ul << 20, 16, pinned, true);
+                reg.join();
+            });
+            munmap(map, total);
+        }
+    cudaHostUnregister(huge);
+    std::free(huge);
+    cudaFreeHost(pinned);
+    cudaFree(d);
+    close(fd);
+}
+
 }  // namespace
 
 // --quant: the quantized GEMVs (kernels/cuda/quant_gemv.h) on the 8B's linears, FP8 with 128x128
@@ -808,6 +934,10 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("tpx-kbench on %s; per op inside a CUDA graph of %d, median of 7 replays\n", prop.name, kReps);
+    if (argc > 2 && std::strcmp(argv[1], "--h2d-mix") == 0) {
+        h2d_mix(argv[2]);
+        return 0;
+    }
     if (argc > 2 && std::strcmp(argv[1], "--h2d-file") == 0) {
         h2d_from_file(argv[2]);
         return 0;
