@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <deque>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -17,74 +18,98 @@
 #include "common/cuda_check.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "loader/slice.h"
 #include "worker/quant_weights.h"
 
 namespace tpx {
 
 using bf16 = __nv_bfloat16;
 
+// Pinned staging buffers, an event each (its last copy up), and a stream per read thread.
+class StagingRing {
+public:
+    StagingRing(int buffers, size_t chunk, int threads) : chunk(chunk), streams(std::max(1, threads)), done(buffers) {
+        CUDA_CHECK(cudaGetDevice(&device));
+        for (cudaStream_t& s : streams) CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaHostAlloc(&base, chunk * buffers, cudaHostAllocDefault));
+        for (cudaEvent_t& e : done) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
+    // While an exception unwinds a copy may still read the buffers: they are left (the job is
+    // about to end).
+    ~StagingRing() {
+        if (std::uncaught_exceptions()) return;
+        for (cudaStream_t s : streams) {
+            cudaStreamSynchronize(s);
+            cudaStreamDestroy(s);
+        }
+        cudaFreeHost(base);
+        for (cudaEvent_t e : done) cudaEventDestroy(e);
+    }
+    StagingRing(const StagingRing&) = delete;
+    StagingRing& operator=(const StagingRing&) = delete;
+
+    int device = 0;
+    size_t chunk;
+    std::vector<cudaStream_t> streams;
+    char* base = nullptr;
+    std::vector<cudaEvent_t> done;
+};
+
 // While an exception unwinds the job is about to be aborted: freeing (which synchronizes)
 // could wait forever on a kernel stuck in a collective with a dead peer, so nothing is freed.
+DeviceWeights::DeviceWeights() = default;
 DeviceWeights::~DeviceWeights() {
-    if (std::uncaught_exceptions()) return;
+    if (std::uncaught_exceptions()) {
+        (void)staging.release();
+        return;
+    }
     for (auto& [name, p] : params) cudaFree(p);
     for (void* p : quant_buffers) cudaFree(p);
 }
 DeviceWeights::DeviceWeights(DeviceWeights&& o) noexcept
-    : params(std::move(o.params)), quant(std::move(o.quant)), quant_buffers(std::move(o.quant_buffers)), bytes(o.bytes) {
+    : params(std::move(o.params)), quant(std::move(o.quant)), quant_buffers(std::move(o.quant_buffers)), bytes(o.bytes),
+      staging(std::move(o.staging)) {
     o.params.clear(), o.quant.clear(), o.quant_buffers.clear();
 }
 DeviceWeights& DeviceWeights::operator=(DeviceWeights&& o) noexcept {
     std::swap(params, o.params);
     std::swap(quant, o.quant);
     std::swap(quant_buffers, o.quant_buffers);
+    std::swap(staging, o.staging);
     bytes = o.bytes;
     return *this;
 }
 
 namespace {
 
-// A ring of pinned staging buffers shared by the loader's threads: each thread fills one with
-// a chunk of a request (file reads straight into pinned memory), then queues its copy to the
-// device; the buffer is handed out again once that copy has finished. Each thread queues on a
-// stream of its own (threads sharing one stream wait on each other inside the driver). Every
-// byte takes this path, pread from the page cache by the checkpoint's threads: faster than DMA
-// from the file's own registered pages (ReadSink::put, which this sink does not take), whose
-// registering costs CPU time that grew with the file (docs/PERF.md, 2026-12-03 fifth session).
+// A batched read's sink over a staging ring, shared by the loader's threads: each thread fills
+// a buffer with a chunk of a request (file reads straight into pinned memory), then queues its
+// copy to the device; the buffer is handed out again once that copy has finished. Each thread
+// queues on a stream of its own (threads sharing one stream wait on each other inside the
+// driver). Every byte takes this path, pread from the page cache by the checkpoint's threads:
+// faster than DMA from the file's own registered pages (ReadSink::put, which this sink does not
+// take), whose registering costs CPU time that grew with the file (docs/PERF.md, 2026-12-03
+// fifth session).
 class PinnedRingSink : public ReadSink {
 public:
     // The copies begin after the work already queued on `after`; they have all finished once
-    // the sink is destroyed (its destructor waits for its streams).
-    PinnedRingSink(int buffers, size_t chunk, int threads, cudaStream_t after, std::vector<char*> targets)
-        : chunk_(chunk), targets_(std::move(targets)), streams_(std::max(1, threads)), done_(buffers) {
-        CUDA_CHECK(cudaGetDevice(&device_));
+    // the sink is destroyed (its destructor waits for the ring's streams).
+    PinnedRingSink(StagingRing& ring, cudaStream_t after, std::vector<char*> targets) : ring_(ring), targets_(std::move(targets)) {
         cudaEvent_t start;
         CUDA_CHECK(cudaEventCreateWithFlags(&start, cudaEventDisableTiming));
         CUDA_CHECK(cudaEventRecord(start, after));
-        for (cudaStream_t& s : streams_) {
-            CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-            CUDA_CHECK(cudaStreamWaitEvent(s, start, 0));
-        }
+        for (cudaStream_t s : ring_.streams) CUDA_CHECK(cudaStreamWaitEvent(s, start, 0));
         CUDA_CHECK(cudaEventDestroy(start));
-        CUDA_CHECK(cudaHostAlloc(&base_, chunk * buffers, cudaHostAllocDefault));
-        for (int i = 0; i < buffers; ++i) {
-            CUDA_CHECK(cudaEventCreateWithFlags(&done_[i], cudaEventDisableTiming));
-            free_.push_back(i);
-        }
+        for (int i = 0; i < (int)ring_.done.size(); ++i) free_.push_back(i);
     }
     ~PinnedRingSink() override {
-        if (std::uncaught_exceptions()) return;  // a copy may still read the buffers: leak them
-        for (cudaStream_t s : streams_) {
-            cudaStreamSynchronize(s);
-            cudaStreamDestroy(s);
-        }
-        cudaFreeHost(base_);
-        for (cudaEvent_t e : done_) cudaEventDestroy(e);
+        if (std::uncaught_exceptions()) return;  // the ring is left as it is (StagingRing)
+        for (cudaStream_t s : ring_.streams) cudaStreamSynchronize(s);
     }
-    uint64_t chunk_bytes() const override { return chunk_; }
+    uint64_t chunk_bytes() const override { return ring_.chunk; }
 
     void* acquire(const ReadRequest&, uint64_t, uint64_t) override {
-        CUDA_CHECK(cudaSetDevice(device_));  // (the checkpoint's read threads start on device 0)
+        CUDA_CHECK(cudaSetDevice(ring_.device));  // (the checkpoint's read threads start on device 0)
         auto t0 = std::chrono::steady_clock::now();
         int i;
         {
@@ -93,9 +118,9 @@ public:
             i = free_.front();
             free_.pop_front();
         }
-        CUDA_CHECK(cudaEventSynchronize(done_[i]));  // its previous copy has finished
+        CUDA_CHECK(cudaEventSynchronize(ring_.done[i]));  // its previous copy has finished
         waited_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
-        return base_ + (size_t)i * chunk_;
+        return ring_.base + (size_t)i * ring_.chunk;
     }
     // Seconds the read threads spent, in all, waiting for a buffer: large when the copies to
     // the device, not the file reads, are the bottleneck.
@@ -105,10 +130,10 @@ public:
     double queue_s() const { return queue_ns_ * 1e-9; }
     void commit(const ReadRequest& r, void* memory, uint64_t offset, uint64_t bytes) override {
         auto t0 = std::chrono::steady_clock::now();
-        int i = (int)((static_cast<char*>(memory) - base_) / chunk_);
+        int i = (int)((static_cast<char*>(memory) - ring_.base) / ring_.chunk);
         const cudaStream_t stream = my_stream();
         CUDA_CHECK(cudaMemcpyAsync(targets_.at(r.tag) + offset, memory, bytes, cudaMemcpyHostToDevice, stream));
-        CUDA_CHECK(cudaEventRecord(done_[i], stream));
+        CUDA_CHECK(cudaEventRecord(ring_.done[i], stream));
         queue_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -123,14 +148,10 @@ private:
     cudaStream_t my_stream() {
         std::lock_guard<std::mutex> lock(mutex_);
         auto it = slots_.try_emplace(std::this_thread::get_id(), slots_.size()).first;
-        return streams_[it->second % streams_.size()];
+        return ring_.streams[it->second % ring_.streams.size()];
     }
-    int device_ = 0;
-    size_t chunk_;
+    StagingRing& ring_;
     std::vector<char*> targets_;
-    std::vector<cudaStream_t> streams_;
-    char* base_ = nullptr;
-    std::vector<cudaEvent_t> done_;
     std::mutex mutex_;
     std::condition_variable available_;
     std::deque<int> free_;
@@ -179,21 +200,29 @@ void plan_device_reads(const Graph& graph, int rank, Checkpoint& ckpt, DeviceWei
     }
 }
 
-// One batched read of `requests` into device memory at `targets`, through the pinned ring;
-// returns when every copy has landed.
+// Two buffers per read thread (one being filled, one whose copy is queued), at most
+// `staging_bytes` in all. Each holds one of the loader's reads (kMaxReadBytes, with a page
+// either side for its padding): a ring small enough to stay in the host's last-level cache,
+// where the reads write it and the copies read it (2 MiB pieces 50 GB/s, 8 MiB 46, 32 MiB 37:
+// docs/PERF.md, 2026-12-03 sixth session).
+std::unique_ptr<StagingRing> make_ring(int threads, size_t staging_bytes) {
+    const size_t chunk = kMaxReadBytes + 2 * kPageBytes * sizeof(bf16);
+    const int buffers = (int)std::max<size_t>(4, std::min<size_t>(2 * (size_t)threads, staging_bytes / chunk));
+    return std::make_unique<StagingRing>(buffers, chunk, threads);
+}
+
+// One batched read of `requests` into device memory at `targets`, through `ring`; returns when
+// every copy has landed.
 void read_to_device(Checkpoint& ckpt, const std::vector<ReadRequest>& requests, std::vector<char*> targets, cudaStream_t stream,
-                    size_t staging_bytes) {
+                    StagingRing& ring) {
     {
-        // Two buffers per read thread: one being filled, one whose copy is queued.
-        const size_t chunk = 8u << 20;
-        int buffers = (int)std::max<size_t>(4, std::min<size_t>(2 * (size_t)ckpt.read_threads(), staging_bytes / chunk));
-        PinnedRingSink sink(buffers, chunk, ckpt.read_threads(), stream, std::move(targets));
+        PinnedRingSink sink(ring, stream, std::move(targets));
         auto r0 = std::chrono::steady_clock::now();
         ckpt.read(requests, sink);
         log_info("weights: ", requests.size(), " reads on ", ckpt.read_threads(), " threads in ",
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count(), " s through ", buffers,
-                 " pinned buffers (the threads waited ", sink.waited_s(),
-                 " s in all for a free one and spent ", sink.queue_s(), " s queueing copies)");
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count(), " s through ", ring.done.size(),
+                 " pinned buffers (the threads waited ", sink.waited_s(), " s in all for a free one and spent ", sink.queue_s(),
+                 " s queueing copies)");
     }
     CUDA_CHECK(cudaStreamSynchronize(stream));
 }
@@ -207,7 +236,8 @@ DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cud
     std::vector<char*> targets;
     std::set<std::string> quantized;  // kept packed: upload_quant_params
     plan_device_reads(graph, rank, ckpt, w, /*allocate=*/true, stream, requests, targets, quantized);
-    read_to_device(ckpt, requests, std::move(targets), stream, staging_bytes);
+    w.staging = make_ring(ckpt.read_threads(), staging_bytes);
+    read_to_device(ckpt, requests, std::move(targets), stream, *w.staging);
     upload_quant_params(graph, rank, ckpt, quantized, fp8_row_scales, stream, w);
     return w;
 }
@@ -222,7 +252,8 @@ void reload_weights(const Graph& graph, int rank, Checkpoint& ckpt, DeviceWeight
     std::vector<char*> targets;
     std::set<std::string> quantized;
     plan_device_reads(graph, rank, ckpt, w, /*allocate=*/false, stream, requests, targets, quantized);
-    read_to_device(ckpt, requests, std::move(targets), stream, staging_bytes);
+    if (!w.staging) w.staging = make_ring(ckpt.read_threads(), staging_bytes);
+    read_to_device(ckpt, requests, std::move(targets), stream, *w.staging);
 }
 
 }  // namespace tpx

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,27 +19,33 @@
 
 namespace tpx {
 
+class StagingRing;  // device_weights.cpp: the pinned buffers, events and streams of a load
+
 struct DeviceWeights {
     std::map<std::string, __nv_bfloat16*> params;
     // Quantized linears, kept packed (worker/quant_weights.h), by parameter name; not in params.
     std::map<std::string, cuda::QuantWeightView> quant;
     std::vector<void*> quant_buffers;  // their device buffers
     int64_t bytes = 0;
+    // The load's staging ring, kept for refits: pinning its host memory and making its streams
+    // is not paid again (a few tens of milliseconds against a refit's few hundred).
+    std::unique_ptr<StagingRing> staging;
     ~DeviceWeights();
-    DeviceWeights() = default;
+    DeviceWeights();
     DeviceWeights(DeviceWeights&&) noexcept;
     DeviceWeights& operator=(DeviceWeights&&) noexcept;
 };
 
 // Reads each parameter's pieces straight into its device buffer: one batched read on the
-// checkpoint's threads through a ring of pinned 8 MiB buffers (at most `staging_bytes` in all,
-// two per read thread), copies to the device overlapped with the reads. Quantized parameters stay
+// checkpoint's threads through a ring of pinned buffers of one read each (at most `staging_bytes` in all,
+// two per read thread; kept in the result), copies to the device overlapped with the reads. Quantized parameters stay
 // packed (upload_quant_params; `fp8_row_scales` for quant_prefill = "w8a8").
 DeviceWeights upload_weights(const Graph& graph, int rank, Checkpoint& ckpt, cudaStream_t stream, bool fp8_row_scales = false,
                              size_t staging_bytes = 256u << 20);
 
 // Refit: the same reads into the buffers `w` holds (no cudaMalloc, the same addresses: CUDA
-// graphs captured over them stay valid). Returns when every byte is on the device.
+// graphs captured over them stay valid), through its staging ring. Returns when every byte is
+// on the device.
 void reload_weights(const Graph& graph, int rank, Checkpoint& ckpt, DeviceWeights& w, cudaStream_t stream,
                     size_t staging_bytes = 256u << 20);
 
