@@ -251,12 +251,14 @@ TEST(Refit, TurnedOffAnswers403) {
 // The new checkpoint's file is deleted after every rank checked its headers, before the reads
 // (--refit-delay-ms holds the refit there): the server must not go on with a mix of weights.
 // The refit call gets a 500 naming the rank and the file, and the job ends non-zero.
-TEST(Refit, AFileVanishingAfterTheChecksEndsTheServerNamingRankAndFile) {
-    SKIP_WITHOUT_SDK();
+// A refit whose file is removed after every rank's checks passed (the server's refit delay holds
+// the reads back): the call answers 500 naming a rank and the file, and the server ends
+// non-zero, every process of its job gone.
+void vanishing_file_ends_the_server(int ranks, const std::string& backend) {
     std::string dir = tpx_test::temp_dir() + "/b";
     fs::create_directories(dir);
     for (const char* f : {"config.json", "generation_config.json", "model.safetensors"}) fs::copy_file(kB + "/" + f, dir + "/" + f);
-    Server server(kA, "", "--refit-delay-ms 3000");
+    Server server(kA, "", "--refit-delay-ms 3000", ranks, backend);
     tpx_test::Background call = tpx_test::start_background(tpx_test::tpx_bin("tpx") + " refit " + server.base() + " " + dir + " --api-key " + kKey);
     for (int i = 0; i < 100 && server.err().find("serve: refit from") == std::string::npos; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -274,6 +276,11 @@ TEST(Refit, AFileVanishingAfterTheChecksEndsTheServerNamingRankAndFile) {
     EXPECT_NE(server.err().find("model.safetensors"), std::string::npos) << server.err();
     EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
     fs::remove_all(fs::path(dir).parent_path());
+}
+
+TEST(Refit, AFileVanishingAfterTheChecksEndsTheServerNamingRankAndFile) {
+    SKIP_WITHOUT_SDK();
+    vanishing_file_ends_the_server(2, "");
 }
 
 #ifdef TPX_REFIT_GPU
@@ -326,6 +333,12 @@ TEST(RefitGpu, AnswersAsAFreshServerOfTheNewCheckpoint) {
     int same = 0;
     for (size_t i = 0; i < fresh_b.size(); ++i) same += (first[i] == a.tokens[i]) + (fresh_b[i] == b.tokens[i]);
     std::cout << "[ info ] greedy answers equal to HF's: " << same << " of " << 2 * fresh_b.size() << "\n";
+}
+
+// The same on the GPU backend, whose reads go through its pinned staging ring.
+TEST(RefitGpu, AFileVanishingAfterTheChecksEndsTheServerNamingRankAndFile) {
+    if (gpu_count() < 1) GTEST_SKIP() << "no CUDA device";
+    vanishing_file_ends_the_server(1, "[backend]\ndevice = \"cuda\"\n");
 }
 #endif
 
