@@ -5,10 +5,10 @@
 # token-id prompts around 256 tokens, OUTPUT tokens each) with a 512-token probe for TTFT under
 # load; then tpx bench's batch-64 decode step (the inter-token latency's floor), then HF's
 # generate_batch on the same request set. Prints one table.
-#   bench/serve_8b.sh OUT_DIR [CLIENTS] [REQUESTS] [OUTPUT]
+#   bench/serve_8b.sh OUT_DIR [CLIENTS] [REQUESTS] [OUTPUT] [PEER]   (PEER: hf (default), or none to skip HF)
 set -euo pipefail
 out=${1:?usage: bench/serve_8b.sh OUT_DIR [CLIENTS] [REQUESTS] [OUTPUT]}
-clients=${2:-64}; requests=${3:-256}; output=${4:-128}
+clients=${2:-64}; requests=${3:-256}; output=${4:-128}; peer=${5:-hf}
 here=$(cd "$(dirname "$0")" && pwd)
 ckpt=${TPX_BENCH_CKPT:-/tmp/l8b}
 port=${TPX_BENCH_PORT:-8123}
@@ -63,7 +63,7 @@ if wait $server; then echo "tpx serve: SIGTERM -> exit 0 in $(python3 -c "import
 sleep 1; pgrep -f tpx-worker > /dev/null && echo "tpx-worker processes left after SIGTERM: $(pgrep -fc tpx-worker)" || echo "no tpx-worker left"
 trap - EXIT
 tpx bench "$out/serve.toml" --json "$out/tpx_bench.json" 2>&1 | grep -v "^tpx run: mpirun" > "$out/tpx_bench.txt"
-python3 "$here/hf_serve_peer.py" "$ckpt" "$out/requests.json" 2>&1 | grep RESULT | tee "$out/hf.txt"
+if [ "$peer" = hf ]; then python3 "$here/hf_serve_peer.py" "$ckpt" "$out/requests.json" 2>&1 | grep RESULT | tee "$out/hf.txt"; else : > "$out/hf.txt"; fi
 python3 - "$out" <<'PY'
 import json, re, sys
 out = sys.argv[1]
@@ -83,6 +83,12 @@ for kind in ("decode", "mixed"):
     q = lambda f: next((le for le, n in buckets if n >= f * total), float("inf"))
     steps[kind] = (total, q(0.5), q(0.9))
     print(f"  {kind} steps: {total}, p50 <= {1e3*q(0.5):.1f} ms, p90 <= {1e3*q(0.9):.1f} ms")
+    dev = [(float(le), int(n)) for le, n in re.findall(r'tpx_step_device_seconds_bucket\{kind="%s",le="([0-9.e+-]+)"\} (\d+)' % kind, open(f"{out}/metrics.txt").read())]
+    dtotal = re.search(r'tpx_step_device_seconds_count\{kind="%s"\} (\d+)' % kind, open(f"{out}/metrics.txt").read())
+    if dtotal and int(dtotal.group(1)) > 0:
+        n = int(dtotal.group(1))
+        dq = lambda f: next((le for le, c in dev if c >= f * n), float("inf"))
+        print(f"  {kind} steps on the GPU: {n}, p50 <= {1e3*dq(0.5):.1f} ms, p90 <= {1e3*dq(0.9):.1f} ms")
 if "hf_cb_tokens_per_s" in hf:
     print(f"HF generate_batch: {float(hf['hf_cb_tokens_per_s']):.0f} tok/s ({hf['hf_cb_seconds']} s): tpx / HF = {t['generated_tokens_per_s']/float(hf['hf_cb_tokens_per_s']):.2f}")
 PY

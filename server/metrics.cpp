@@ -59,7 +59,9 @@ ServeMetrics::ServeMetrics()
     : ttft_({0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}),
       tpot_({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}),
       step_decode_(step_bounds()),
-      step_mixed_(step_bounds()) {}
+      step_mixed_(step_bounds()),
+      device_decode_(step_bounds()),
+      device_mixed_(step_bounds()) {}
 
 void ServeMetrics::count_response(int status) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -89,9 +91,10 @@ void ServeMetrics::observe_tpot(double seconds) {
     std::lock_guard<std::mutex> lock(mutex_);
     tpot_.observe(seconds);
 }
-void ServeMetrics::observe_step(bool mixed, double seconds) {
+void ServeMetrics::observe_step(bool mixed, double seconds, double device_seconds) {
     std::lock_guard<std::mutex> lock(mutex_);
     (mixed ? step_mixed_ : step_decode_).observe(seconds);
+    if (device_seconds >= 0) (mixed ? device_mixed_ : device_decode_).observe(device_seconds);
 }
 
 std::string ServeMetrics::render(int64_t queue_depth) const {
@@ -113,6 +116,9 @@ std::string ServeMetrics::render(int64_t queue_depth) const {
     os << tpot_.render("tpx_time_per_output_token_seconds", "between consecutive generated tokens of a request");
     header(os, "tpx_step_seconds", "histogram", "scheduler steps' wall time, by kind: decode only, or mixed with prompt tokens");
     os << step_decode_.samples("tpx_step_seconds", "kind=\"decode\"") << step_mixed_.samples("tpx_step_seconds", "kind=\"mixed\"");
+    header(os, "tpx_step_device_seconds", "histogram",
+           "the GPU's time for each step's forward (first kernel to last), by kind; none on the CPU backend");
+    os << device_decode_.samples("tpx_step_device_seconds", "kind=\"decode\"") << device_mixed_.samples("tpx_step_device_seconds", "kind=\"mixed\"");
     return os.str();
 }
 

@@ -40,7 +40,9 @@ public:
     void observe_tpot(double seconds);
     // One scheduler step's wall time, from building its batch to its tokens handed to the
     // calls; `mixed`: the batch held prompt tokens (a prefill chunk) beside the decoding ones.
-    void observe_step(bool mixed, double seconds);
+    // `device_seconds`: the GPU's time for its forward (first kernel to last), negative where the
+    // backend has none to give (the CPU's).
+    void observe_step(bool mixed, double seconds, double device_seconds = -1);
     // The whole exposition; `queue_depth` is read from the queue at the time of the scrape.
     std::string render(int64_t queue_depth) const;
 
@@ -49,7 +51,7 @@ private:
     std::map<int, uint64_t> responses_;  // by HTTP status
     uint64_t prompt_tokens_ = 0, generated_tokens_ = 0, cancelled_ = 0;
     int64_t running_ = 0;
-    Histogram ttft_, tpot_, step_decode_, step_mixed_;
+    Histogram ttft_, tpot_, step_decode_, step_mixed_, device_decode_, device_mixed_;
 };
 
 }  // namespace tpx

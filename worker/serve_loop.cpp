@@ -328,7 +328,7 @@ private:
             else token = want_logits ? (int32_t)cpu::argmax(row_logits, vocab) : argmax[row];
             emit(owners[row], token);
         }
-        front_.metrics.observe_step(mixed, seconds_since(started));
+        front_.metrics.observe_step(mixed, seconds_since(started), want_logits ? -1 : exec_.last_device_ms() * 1e-3);  // (argmax steps time it)
     }
 
     // The sequence in `slot` ends with an error (a 500 for its call); its slot is freed.
