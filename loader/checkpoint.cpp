@@ -5,8 +5,6 @@
 #include "loader/checkpoint.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -98,15 +96,6 @@ const TensorInfo& Checkpoint::checked(const ReadRequest& r) const {
     return t;
 }
 
-void ReadSink::put(const ReadRequest& r, const char*, uint64_t, uint64_t) {
-    throw Error("read sink: put() of '" + r.tensor + "' on a sink that does not take mapped reads");
-}
-
-void ReadSink::put_rows(const ReadRequest& r, const char* src, uint64_t src_pitch, uint64_t offset, uint64_t dst_pitch, uint64_t row_bytes,
-                        uint64_t rows) {
-    for (uint64_t i = 0; i < rows; ++i) put(r, src + i * src_pitch, offset + i * dst_pitch, row_bytes);
-}
-
 void Checkpoint::pread_counted(int fd, const std::string& file, void* dst, uint64_t bytes, uint64_t offset) {
     char* p = static_cast<char*>(dst);
     for (uint64_t done = 0; done < bytes;) {
@@ -154,8 +143,6 @@ class SafetensorsCheckpoint : public Checkpoint {
 public:
     SafetensorsCheckpoint(const std::string& path, int threads) : Checkpoint(path), pool_(threads) {}
     ~SafetensorsCheckpoint() override {
-        for (auto& [file, m] : maps_)
-            if (m.first) ::munmap(m.first, m.second);
         for (auto& [file, fd] : fds_) ::close(fd);
     }
     const char* format() const override { return "safetensors"; }
@@ -169,14 +156,10 @@ public:
 private:
     int fd_of(const std::string& file);
     void pread_fully(const std::string& file, void* dst, uint64_t bytes, uint64_t offset);
-    // The whole file mapped read-only, or nullptr when it cannot be mapped or is shorter than
-    // `needed` bytes (such reads take the pread way, which names a file cut short).
-    const char* mapping(const std::string& file, uint64_t needed);
 
     ReadPool pool_;
     std::mutex fd_mutex_;
     std::map<std::string, int> fds_;
-    std::map<std::string, std::pair<char*, size_t>> maps_;  // under fd_mutex_
 };
 
 void SafetensorsCheckpoint::open_file(const std::string& file) {
@@ -271,23 +254,6 @@ int SafetensorsCheckpoint::fd_of(const std::string& file) {
     return fd;
 }
 
-const char* SafetensorsCheckpoint::mapping(const std::string& file, uint64_t needed) {
-    int fd = fd_of(file);
-    std::lock_guard<std::mutex> lock(fd_mutex_);
-    auto it = maps_.find(file);
-    if (it == maps_.end()) {
-        struct stat st{};
-        char* base = nullptr;
-        size_t size = 0;
-        if (::fstat(fd, &st) == 0 && st.st_size > 0) {
-            void* m = ::mmap(nullptr, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-            if (m != MAP_FAILED) base = static_cast<char*>(m), size = (size_t)st.st_size;
-        }
-        it = maps_.emplace(file, std::make_pair(base, size)).first;
-    }
-    return it->second.first && it->second.second >= needed ? it->second.first : nullptr;
-}
-
 void SafetensorsCheckpoint::pread_fully(const std::string& file, void* dst, uint64_t bytes, uint64_t offset) {
     pread_counted(fd_of(file), file, dst, bytes, offset);
 }
@@ -338,41 +304,11 @@ void SafetensorsCheckpoint::read(const std::vector<ReadRequest>& requests, ReadS
         p.reads = plan_reads(p.spans, dtype_size(t.dtype));
         plans.push_back(std::move(p));
     }
-    std::vector<std::function<void()>> tasks;
-
-    // Requests the sink copies straight from the file's mapping: no conversion, one contiguous
-    // range of the file (whole tensors, rows of one); the rest is read below.
-    std::vector<bool> mapped(requests.size(), false);
-    const bool takes_mapped = sink.takes_mapped();
-    for (size_t q = 0; takes_mapped && q < requests.size(); ++q) {
-        const Planned& p = plans[q];
-        if (requests[q].dst_type != p.t->dtype || p.spans.empty()) continue;
-        const size_t size = dtype_size(p.t->dtype);
-        bool contiguous = p.spans.front().dst_elem == 0;
-        for (size_t i = 1; contiguous && i < p.spans.size(); ++i)
-            contiguous = p.spans[i].src_offset == p.spans[i - 1].src_offset + p.spans[i - 1].elems * size &&
-                         p.spans[i].dst_elem == p.spans[i - 1].dst_elem + p.spans[i - 1].elems;
-        const uint64_t begin = p.spans.front().src_offset, bytes = (p.spans.back().dst_elem + p.spans.back().elems) * size;
-        const char* base = contiguous ? mapping(p.t->file, begin + bytes) : nullptr;
-        if (!base) continue;
-        mapped[q] = true;
-        for (uint64_t at = 0; at < bytes; at += kMappedBytes) {
-            const uint64_t n = std::min(kMappedBytes, bytes - at);
-            tasks.push_back([&, q, base, begin, at, n] {
-                const char* src = base + begin + at;
-                ::madvise(const_cast<char*>(src) - (reinterpret_cast<uintptr_t>(src) % kPageBytes), n + reinterpret_cast<uintptr_t>(src) % kPageBytes,
-                          MADV_WILLNEED);
-                sink.put(requests[q], src, at, n);
-                count_data(plans[q].t->file, n);
-            });
-        }
-    }
 
     // Each request's reads are grouped into chunks of its result (ReadChunk); a chunk is one
     // task of one batch on the pool, from acquire to commit.
     std::vector<ReadChunk> chunks;
     for (size_t q = 0; q < requests.size(); ++q) {
-        if (mapped[q]) continue;
         const Planned& p = plans[q];
         size_t src_size = dtype_size(p.t->dtype), dst_size = dtype_size(requests[q].dst_type);
         uint64_t max_op = kMaxReadBytes / src_size * dst_size + kPageBytes * dst_size;
@@ -381,6 +317,8 @@ void SafetensorsCheckpoint::read(const std::vector<ReadRequest>& requests, ReadS
         add_chunks(q, p.spans, p.reads, dst_size, std::min(sink.chunk_bytes(), std::max(kTaskBytes, max_op)), chunks);
     }
 
+    std::vector<std::function<void()>> tasks;
+    tasks.reserve(chunks.size());
     for (const ReadChunk& c : chunks) {
         tasks.push_back([&, c] {
             const ReadRequest& r = requests[c.request];

@@ -48,27 +48,7 @@ public:
     virtual void* acquire(const ReadRequest& r, uint64_t offset, uint64_t bytes) = 0;
     // Those bytes are filled and converted.
     virtual void commit(const ReadRequest& r, void* memory, uint64_t offset, uint64_t bytes) = 0;
-
-    // A sink that copies out of host memory itself (e.g. the file's own pages registered for
-    // DMA; the GPU backend's sink no longer does: docs/PERF.md, fifth session) returns true
-    // here. A safetensors checkpoint then maps its files read-only and hands every request that
-    // needs no conversion and whose bytes are one contiguous range of the file to put() instead,
-    // in pieces of at most kMappedBytes:
-    // bytes [offset, offset + bytes) of r's result are at `src`, inside a mapping that lives as
-    // long as the checkpoint. Called from several threads at once; the data must have been
-    // taken (copied) when put() returns.
-    virtual bool takes_mapped() const { return false; }
-    virtual void put(const ReadRequest& r, const char* src, uint64_t offset, uint64_t bytes);
-    // put() of rows spaced out at both ends, as the mapping's pieces of a Meta q/k head are (its
-    // interleaved-pair rows, every other one, land as one half of the head in HF's order): for
-    // i in [0, rows), bytes [src + i * src_pitch, + row_bytes) go to bytes [offset + i * dst_pitch,
-    // + row_bytes) of r's result. Called only when takes_mapped(), under put()'s rules; the
-    // default copies row by row through put(), a sink that can DMA a strided range overrides it.
-    virtual void put_rows(const ReadRequest& r, const char* src, uint64_t src_pitch, uint64_t offset, uint64_t dst_pitch,
-                          uint64_t row_bytes, uint64_t rows);
 };
-
-constexpr uint64_t kMappedBytes = 64ull << 20;  // a put() piece (registering pages costs per call)
 
 // The sink for plain host buffers holding whole results: request r lands in dsts[r.tag].
 class HostSink : public ReadSink {

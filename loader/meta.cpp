@@ -2,13 +2,10 @@
 // wq/wk/wv/w1/w3/output on dim 0, wo/w2 on dim 1, tok_embeddings on dim 0 or 1, 1-D tensors
 // replicated); a read maps every result row to its file part(s) and, for q/k, to its Meta row.
 // Reads are cut into chunks of whole rows (whole heads for q/k) fixed by the tensor's geometry
-// alone, so that read_bytes() -- what the planner promises -- is exactly what read() reads; the
-// mapped paths (whole rows through put(), q/k heads through put_rows()) read those same bytes.
+// alone, so that read_bytes() -- what the planner promises -- is exactly what read() reads.
 #include "loader/meta.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,7 +13,6 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
-#include <mutex>
 
 #include <nlohmann/json.hpp>
 
@@ -51,8 +47,6 @@ class MetaCheckpoint : public Checkpoint {
 public:
     MetaCheckpoint(const std::string& path, int threads) : Checkpoint(path), pool_(threads) {}
     ~MetaCheckpoint() override {
-        for (auto& [file, map] : maps_)
-            if (map.first) ::munmap(map.first, map.second);
         for (auto& [file, fd] : fds_) ::close(fd);
     }
     const char* format() const override { return "meta"; }
@@ -97,34 +91,17 @@ private:
         uint64_t first = 0, end = 0;
         std::vector<FileReads> files;
     };
-    // A piece of one q/k head in the file's mapping, for put_rows(): Meta rows [0, 2 * pairs) from
-    // `src`, the pair (2p, 2p + 1) landing on result rows p after dst_even and p after dst_odd
-    // (HF's rows p and hd/2 + p of the head, counted from the piece's first pair).
-    struct HeadPiece {
-        const std::string* file;
-        const char* src;
-        uint64_t dst_even = 0, dst_odd = 0;  // result byte offsets
-        uint64_t pairs = 0, row_bytes = 0;
-    };
 
     void assemble(const MetaParams& p, const std::map<std::string, std::vector<std::pair<std::string, PickledTensor>>>& by_name,
                   const std::map<std::string, TorchArchive>& archives);
     void check_params(const MetaParams& p);
-    std::vector<Chunk> plan_chunks(const TensorInfo& t, const Slice& s, uint64_t chunk_elems = kChunkElems) const;
-    bool maps_whole_rows(const ReadRequest& r, const ReadSink& sink);
+    std::vector<Chunk> plan_chunks(const TensorInfo& t, const Slice& s) const;
     void pread_fully(const std::string& file, void* dst, uint64_t bytes, uint64_t offset);
-    const char* mapping(const std::string& file);
-    bool put_mapped(const ReadRequest& r, const Chunk& c, ReadSink& sink);
-    bool mappable(const ReadRequest& r, const Chunk& c);
-    std::vector<HeadPiece> plan_head_pieces(const ReadRequest& r, const TensorInfo& t, const ReadSink& sink);
-    void put_head_piece(const ReadRequest& r, const HeadPiece& h, ReadSink& sink);
     void read_staged(const ReadRequest& r, const Chunk& c, ReadSink& sink);
 
     ReadPool pool_;
     std::map<std::string, Layout> layouts_;  // by HF name
     std::map<std::string, int> fds_;         // opened in open(), read-only afterwards
-    std::mutex map_mutex_;
-    std::map<std::string, std::pair<char*, size_t>> maps_;  // whole files, mapped on first use
 };
 
 void MetaCheckpoint::open() {
@@ -298,7 +275,7 @@ void MetaCheckpoint::check_params(const MetaParams& p) {
     config_json_ = c.dump(2);
 }
 
-std::vector<MetaCheckpoint::Chunk> MetaCheckpoint::plan_chunks(const TensorInfo& t, const Slice& s, uint64_t chunk_elems) const {
+std::vector<MetaCheckpoint::Chunk> MetaCheckpoint::plan_chunks(const TensorInfo& t, const Slice& s) const {
     if (s.index >= 0) throw CheckpointError(path_ + ": tensor '" + t.name + "' has no stacked entries to index");
     const std::vector<int64_t> out = slice_shape(t, s);
     const Layout& L = layouts_.at(t.name);
@@ -311,7 +288,7 @@ std::vector<MetaCheckpoint::Chunk> MetaCheckpoint::plan_chunks(const TensorInfo&
     const size_t esize = dtype_size(t.dtype);
     std::vector<Chunk> chunks;
     if (rows == 0 || width == 0) return chunks;
-    int64_t per_chunk = std::max<int64_t>(1, (int64_t)chunk_elems / width);
+    int64_t per_chunk = std::max<int64_t>(1, (int64_t)kChunkElems / width);
     if (L.group > 0 && per_chunk >= L.group) per_chunk -= per_chunk % L.group;  // whole heads
     const int64_t half = L.group / 2;
     for (int64_t a = 0; a < rows; a += per_chunk) {
@@ -373,119 +350,6 @@ void MetaCheckpoint::pread_fully(const std::string& file, void* dst, uint64_t by
     pread_counted(fds_.at(file), file, dst, bytes, offset);
 }
 
-const char* MetaCheckpoint::mapping(const std::string& file) {
-    std::lock_guard<std::mutex> lock(map_mutex_);
-    auto it = maps_.find(file);
-    if (it == maps_.end()) {
-        struct stat st{};
-        char* base = nullptr;
-        size_t size = 0;
-        if (::fstat(fds_.at(file), &st) == 0 && st.st_size > 0) {
-            void* m = ::mmap(nullptr, (size_t)st.st_size, PROT_READ, MAP_SHARED, fds_.at(file), 0);
-            if (m != MAP_FAILED) base = static_cast<char*>(m), size = (size_t)st.st_size;
-        }
-        it = maps_.emplace(file, std::make_pair(base, size)).first;
-    }
-    return it->second.first;
-}
-
-// A chunk whose every read is one span, copied as stored (no conversion), is handed to a sink
-// that copies out of the file's pages itself (loader/checkpoint.h; the GPU backend's no longer
-// does): the same path safetensors takes, no CPU copy. Chunks of many short spans (column cuts; q/k rows that
-// plan_head_pieces() leaves out) stay on the staging path, where one pread serves many rows.
-// Returns false to leave the chunk to it.
-bool MetaCheckpoint::mappable(const ReadRequest& r, const Chunk& c) {
-    constexpr size_t kMaxSpans = 64;  // below a few hundred KiB a span, registering pages costs more than it saves
-    size_t spans = 0;
-    for (const FileReads& f : c.files) {
-        spans += f.spans.size();
-        for (const ReadOp& op : f.reads)
-            if (op.last_span != op.first_span + 1) return false;
-        if (!mapping(*f.file)) return false;
-    }
-    return spans <= kMaxSpans && r.dst_type == tensor(r.tensor).dtype;
-}
-
-bool MetaCheckpoint::put_mapped(const ReadRequest& r, const Chunk& c, ReadSink& sink) {
-    if (!mappable(r, c)) return false;
-    std::vector<const char*> bases;
-    for (const FileReads& f : c.files) bases.push_back(mapping(*f.file));
-    const size_t size = dtype_size(r.dst_type);
-    for (size_t i = 0; i < c.files.size(); ++i)
-        for (const Span& s : c.files[i].spans)
-            for (uint64_t at = 0, bytes = s.elems * size; at < bytes; at += kMappedBytes) {
-                const uint64_t n = std::min<uint64_t>(kMappedBytes, bytes - at);
-                const char* src = bases[i] + s.src_offset + at;
-                const uintptr_t skew = reinterpret_cast<uintptr_t>(src) % kPageBytes;  // to the page it starts in
-                ::madvise(const_cast<char*>(src) - skew, n + skew, MADV_WILLNEED);
-                sink.put(r, src, s.dst_elem * size + at, n);
-                count_data(*c.files[i].file, n);
-            }
-    return true;
-}
-
-// A request whose rows each lie whole in one part, copied as stored, to a sink that takes mapped
-// pages whose files are mapped: its chunks can be the mapped path's 64 MiB pieces (registering a
-// file's pages costs per call: 2 MiB pieces held the 8B's load to 5 to 6 GB/s). q/k rows permuted
-// within heads go by head instead (plan_head_pieces); column cuts keep the staging ring's chunks.
-bool MetaCheckpoint::maps_whole_rows(const ReadRequest& r, const ReadSink& sink) {
-    const TensorInfo& t = tensor(r.tensor);
-    const Layout& L = layouts_.at(t.name);
-    if (!sink.takes_mapped() || L.group != 0 || L.split > 0 || r.dst_type != t.dtype) return false;
-    // A column cut of a matrix is a span a row (plan_reads then joins several into one read).
-    if (t.shape.size() == 2 && r.slice.dim == 1 && slice_shape(t, r.slice)[1] != t.shape[1]) return false;
-    for (const Part& q : L.parts)
-        if (!mapping(q.file)) return false;
-    return true;
-}
-
-// q/k rows permuted within their heads, read as stored, to a sink that takes mapped pages: each
-// head is two strided copies out of the file's mapping (put_rows: its even Meta rows, then its odd
-// ones), not the staging ring's chunks of one-row spans (the 8B's 1.37 GB through pread and
-// memcpy). Empty, for the staging path, where that does not hold: a column cut, a row range that
-// cuts a head, a head Meta's split cut over two files, a file that would not map, or pieces that
-// would not read exactly the plan's bytes (read_bytes(), what the planner promises).
-std::vector<MetaCheckpoint::HeadPiece> MetaCheckpoint::plan_head_pieces(const ReadRequest& r, const TensorInfo& t, const ReadSink& sink) {
-    const Layout& L = layouts_.at(t.name);
-    const Slice& s = r.slice;
-    if (!sink.takes_mapped() || L.group == 0 || L.split != 0 || r.dst_type != t.dtype || t.shape.size() != 2 || s.index >= 0) return {};
-    const std::vector<int64_t> out = slice_shape(t, s);
-    const int64_t G = L.group, half = G / 2, r0 = s.dim == 0 ? s.start : 0, rows = out[0];
-    if (out[1] != t.shape[1] || rows == 0 || r0 % G != 0 || rows % G != 0) return {};
-    for (const Part& q : L.parts)
-        if (!mapping(q.file)) return {};
-    const uint64_t row_bytes = (uint64_t)t.shape[1] * dtype_size(t.dtype);
-    const uint64_t per_piece = std::max<uint64_t>(1, kMappedBytes / (2 * row_bytes));  // pairs: at most kMappedBytes of the file a piece
-    std::vector<HeadPiece> pieces;
-    for (int64_t m = r0; m < r0 + rows; m += G) {  // m: the head's first row, Meta's and HF's
-        auto q = std::find_if(L.parts.begin(), L.parts.end(), [&](const Part& p) { return m >= p.begin && m + G <= p.begin + p.shape[0]; });
-        if (q == L.parts.end()) return {};
-        const char* src = mapping(q->file) + q->offset + (uint64_t)(m - q->begin) * row_bytes;
-        const uint64_t dst = (uint64_t)(m - r0) * row_bytes;
-        for (uint64_t j = 0; j < (uint64_t)half; j += per_piece)
-            pieces.push_back({&q->file, src + 2 * j * row_bytes, dst + j * row_bytes, dst + (half + j) * row_bytes,
-                              std::min<uint64_t>(per_piece, half - j), row_bytes});
-    }
-    uint64_t planned = 0, pieced = 0;  // a whole head's rows are contiguous in its file: equal unless a read is padded
-    for (const Chunk& c : plan_chunks(t, s))
-        for (const FileReads& f : c.files)
-            for (const ReadOp& op : f.reads) planned += op.bytes;
-    for (const HeadPiece& p : pieces) pieced += 2 * p.pairs * p.row_bytes;
-    return planned == pieced ? pieces : std::vector<HeadPiece>{};
-}
-
-// HF row r of head h is Meta row h*hd + 2p + s, where r = h*hd + s*hd/2 + p (plan_chunks): the
-// even Meta rows are the head's first half, the odd ones its second.
-void MetaCheckpoint::put_head_piece(const ReadRequest& r, const HeadPiece& h, ReadSink& sink) {
-    const uint64_t bytes = 2 * h.pairs * h.row_bytes, skew = reinterpret_cast<uintptr_t>(h.src) % kPageBytes;
-    ::madvise(const_cast<char*>(h.src) - skew, bytes + skew, MADV_WILLNEED);
-    // One after the other, never on two threads: both halves lie in the same pages, and a sink
-    // registers a call's pages for its copy (registering a page twice at once fails).
-    sink.put_rows(r, h.src, 2 * h.row_bytes, h.dst_even, h.row_bytes, h.row_bytes, h.pairs);
-    sink.put_rows(r, h.src + h.row_bytes, 2 * h.row_bytes, h.dst_odd, h.row_bytes, h.row_bytes, h.pairs);
-    count_data(*h.file, bytes);
-}
-
 // One chunk through the sink's staging buffers: pread straight into it where a read is one span
 // copied as stored, else into scratch and converted span by span.
 void MetaCheckpoint::read_staged(const ReadRequest& r, const Chunk& c, ReadSink& sink) {
@@ -512,39 +376,19 @@ void MetaCheckpoint::read_staged(const ReadRequest& r, const Chunk& c, ReadSink&
 }
 
 void MetaCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& sink) {
-    // Every request planned (and checked) before any byte is read: as heads of q/k for put_rows,
-    // as the mapping's big chunks, or as the staging ring's chunks.
-    std::vector<std::vector<HeadPiece>> heads(requests.size());
+    // Every request planned (and checked) before any byte is read.
     std::vector<std::vector<Chunk>> plans(requests.size());
-    std::vector<bool> big(requests.size(), false);
     for (size_t q = 0; q < requests.size(); ++q) {
         const ReadRequest& r = requests[q];
-        const TensorInfo& t = checked(r);
-        heads[q] = plan_head_pieces(r, t, sink);
-        if (!heads[q].empty()) continue;
-        if (maps_whole_rows(r, sink)) {  // kept only if every chunk goes to the mapping (a column cut does not)
-            plans[q] = plan_chunks(t, r.slice, kMappedBytes / dtype_size(t.dtype));
-            big[q] = std::all_of(plans[q].begin(), plans[q].end(), [&](const Chunk& c) { return mappable(r, c); });
-        }
-        if (big[q]) continue;
-        plans[q] = plan_chunks(t, r.slice);
+        plans[q] = plan_chunks(checked(r), r.slice);
         for (const Chunk& c : plans[q])
             TPX_CHECK((c.end - c.first) * dtype_size(r.dst_type) <= sink.chunk_bytes(),
                       "a read sink's chunk of " + std::to_string(sink.chunk_bytes()) + " bytes is below the " +
                           std::to_string((c.end - c.first) * dtype_size(r.dst_type)) + " one chunk of '" + r.tensor + "' produces");
     }
     std::vector<std::function<void()>> tasks;
-    const bool mapped = sink.takes_mapped();
-    for (size_t q = 0; q < requests.size(); ++q) {
-        for (const HeadPiece& h : heads[q]) tasks.push_back([&, q, h = &h] { put_head_piece(requests[q], *h, sink); });
-        for (const Chunk& c : plans[q])
-            tasks.push_back([&, q, c = &c] {
-                const ReadRequest& r = requests[q];
-                if (mapped && put_mapped(r, *c, sink)) return;
-                TPX_CHECK(!big[q], "'" + r.tensor + "': a chunk planned for the file's mapping could not take it");
-                read_staged(r, *c, sink);
-            });
-    }
+    for (size_t q = 0; q < requests.size(); ++q)
+        for (const Chunk& c : plans[q]) tasks.push_back([&, q, c = &c] { read_staged(requests[q], *c, sink); });
     pool_.run(tasks);
 }
 

@@ -87,9 +87,8 @@ namespace {
 // copy to the device; the buffer is handed out again once that copy has finished. Each thread
 // queues on a stream of its own (threads sharing one stream wait on each other inside the
 // driver). Every byte takes this path, pread from the page cache by the checkpoint's threads:
-// faster than DMA from the file's own registered pages (ReadSink::put, which this sink does not
-// take), whose registering costs CPU time that grew with the file (docs/PERF.md, 2026-12-03
-// fifth session).
+// faster than DMA from the file's own registered pages, whose registering costs CPU time that
+// grew with the file (docs/PERF.md, 2026-12-03 fifth session).
 class PinnedRingSink : public ReadSink {
 public:
     // The copies begin after the work already queued on `after`; they have all finished once

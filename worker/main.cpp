@@ -111,18 +111,6 @@ double init_timeout_s(int argc, char** argv) {
     }
 }
 
-// A checkpoint maps its files for a sink that takes mapped pages (loader/checkpoint.h; the GPU
-// backend's no longer does): a file cut short under the loader then faults (SIGBUS) instead of
-// failing a read. Say so, naming the
-// rank, before the default action ends the process (and mpirun the job).
-char bus_message[160];
-void on_bus_error(int sig) {
-    ssize_t ignored = ::write(STDERR_FILENO, bus_message, std::strlen(bus_message));
-    (void)ignored;
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-}
-
 // One finished prompt on the terminal: its text (JSON-quoted, so that newlines stay on the
 // line) when the job has a tokenizer, else its ids.
 void print_result(const SequenceResult& r) {
@@ -280,9 +268,6 @@ int run(const Options& opt) {
     Job job = load_job(opt.job);
     MpiCommunicator comm(job.backend.collective_timeout_s);
     const int rank = comm.rank();
-    std::snprintf(bus_message, sizeof(bus_message),
-                  "rank %d: bus error: a mapped checkpoint file was cut short or changed while it was being read\n", rank);
-    std::signal(SIGBUS, on_bus_error);
     if (opt.launched_by == "srun") check_srun_environment(rank, comm.world());
     else if (!opt.launched_by.empty()) throw JobError("--launched-by takes only \"srun\"");
     refuse_retired_variables();
