@@ -30,7 +30,8 @@ namespace {
 using json = nlohmann::json;
 
 // Result elements per chunk: 4 MiB of f32, 2 MiB of bf16 (the GPU backend's staging buffers
-// hold 8 MiB), and a Llama head (128 rows of up to 8192) fits one.
+// hold one loader read, kMaxReadBytes, and two pages more), and a Llama head (128 rows of up to
+// 8192) fits one.
 constexpr uint64_t kChunkElems = 1u << 20;
 
 std::string file_name(const std::string& path) { return fs::path(path).filename().string(); }
