@@ -118,7 +118,9 @@ TEST(Stages, PlanHoldsEachWeightOnItsStage) {
             read += r.read_bytes, weights += r.weight_bytes;
             for (const WeightPlan& w : r.weights) {
                 ++held[w.name];
-                if (w.name.rfind("layers.", 0) == 0) EXPECT_EQ(w.name.substr(7, 1), std::to_string(s)) << w.name;
+                if (w.name.rfind("layers.", 0) == 0) {
+                    EXPECT_EQ(w.name.substr(7, 1), std::to_string(s)) << w.name;
+                }
             }
         }
         EXPECT_EQ(read, one.ranks[tp_rank].read_bytes);
