@@ -569,19 +569,29 @@ void moe_sweep(cublasHandle_t h, cudaStream_t st) {
     for (void* p : {(void*)w13, (void*)w2, (void*)x, (void*)y, (void*)gu, (void*)act, (void*)part, (void*)weights, (void*)logits}) cudaFree(p);
 }
 
-// `threads` threads, each with two pinned buffers of `piece` bytes and a stream, fill their
-// buffers in turn with fill(buffer, offset) for pieces t, t + threads, ... of `total` bytes and
+// A file read into pinned memory with pread, `bytes` from `at`.
+void pread_into(int fd, char* buf, size_t at, size_t bytes) {
+    for (size_t got = 0; got < bytes;) {
+        const ssize_t n = pread(fd, buf + got, bytes - got, (off_t)(at + got));
+        if (n <= 0) std::perror("pread"), std::exit(1);
+        got += (size_t)n;
+    }
+}
+
+// `threads` threads, each with two pinned buffers of `piece` bytes (from `pool`, 2 x piece x
+// threads bytes; allocated here when null) and a stream, fill their buffers in turn with
+// fill(buffer, offset, bytes) for pieces t, t + threads, ... of [begin, end) and, with `copy`,
 // copy them up (into a ring of `ring` device bytes at d); returns the seconds, and each thread's
 // seconds inside fill() in fill_s.
-double bounce(size_t total, char* d, size_t ring, size_t piece, int threads, const std::function<void(char*, size_t)>& fill,
-              std::vector<double>& fill_s) {
-    char* pinned = nullptr;
-    CUDA_CHECK(cudaHostAlloc(&pinned, 2 * piece * threads, cudaHostAllocDefault));
+double bounce(size_t begin, size_t end, char* d, size_t ring, size_t piece, int threads, char* pool, bool copy,
+              const std::function<void(char*, size_t, size_t)>& fill, std::vector<double>& fill_s) {
+    char* pinned = pool;
+    if (!pool) CUDA_CHECK(cudaHostAlloc(&pinned, 2 * piece * threads, cudaHostAllocDefault));
     fill_s.assign(threads, 0);
     auto t0 = std::chrono::steady_clock::now();
-    std::vector<std::thread> pool;
+    std::vector<std::thread> workers;
     for (int t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] {
+        workers.emplace_back([&, t] {
             cudaStream_t s;
             cudaEvent_t done[2];
             CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
@@ -590,22 +600,23 @@ double bounce(size_t total, char* d, size_t ring, size_t piece, int threads, con
                 CUDA_CHECK(cudaEventRecord(e, s));
             }
             int k = 0;
-            for (size_t at = t * piece; at < total; at += threads * piece, k ^= 1) {
+            for (size_t at = begin + t * piece; at < end; at += threads * piece, k ^= 1) {
+                const size_t n = std::min(piece, end - at);
                 char* buf = pinned + (2 * t + k) * piece;
                 CUDA_CHECK(cudaEventSynchronize(done[k]));  // its previous copy up has finished
                 auto f0 = std::chrono::steady_clock::now();
-                fill(buf, at);
+                fill(buf, at, n);
                 fill_s[t] += std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
-                CUDA_CHECK(cudaMemcpyAsync(d + at % ring, buf, piece, cudaMemcpyHostToDevice, s));
+                if (copy) CUDA_CHECK(cudaMemcpyAsync(d + at % ring, buf, n, cudaMemcpyHostToDevice, s));
                 CUDA_CHECK(cudaEventRecord(done[k], s));
             }
             CUDA_CHECK(cudaStreamSynchronize(s));
             for (auto& e : done) cudaEventDestroy(e);
             cudaStreamDestroy(s);
         });
-    for (auto& th : pool) th.join();
+    for (auto& th : workers) th.join();
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    cudaFreeHost(pinned);
+    if (!pool) cudaFreeHost(pinned);
     return sec;
 }
 
@@ -634,7 +645,8 @@ void bounce_from_file(const char* map, size_t total, char* d, size_t ring) {
     }
     std::vector<double> fill_s;
     for (int threads : {4, 8, 16}) {
-        const double sec = bounce(total, d, ring, kPiece, threads, [&](char* buf, size_t at) { std::memcpy(buf, map + at, kPiece); }, fill_s);
+        const double sec = bounce(0, total, d, ring, kPiece, threads, nullptr, true,
+                                  [&](char* buf, size_t at, size_t n) { std::memcpy(buf, map + at, n); }, fill_s);
         std::printf("mmap memcpy into pinned + copy, %2d threads, 16 MiB pieces: %.1f GB/s\n", threads, total / 1e9 / sec);
     }
 }
@@ -645,14 +657,8 @@ void pread_from_file(int fd, size_t total, char* d, size_t ring) {
     std::vector<double> read_s;
     for (size_t piece : {8ul << 20, 32ul << 20})
         for (int threads : {4, 8, 16}) {
-            auto fill = [&](char* buf, size_t at) {
-                for (size_t got = 0; got < piece;) {
-                    const ssize_t n = pread(fd, buf + got, piece - got, (off_t)(at + got));
-                    if (n <= 0) std::perror("pread"), std::exit(1);
-                    got += (size_t)n;
-                }
-            };
-            const double sec = bounce(total, d, ring, piece, threads, fill, read_s);
+            const double sec = bounce(0, total, d, ring, piece, threads, nullptr, true,
+                                      [&](char* buf, size_t at, size_t n) { pread_into(fd, buf, at, n); }, read_s);
             double rs = 0;
             for (double r : read_s) rs += r;
             std::printf("pread into pinned + copy, %2d threads, %2zu MiB pieces: %.1f GB/s (pread %.2f thread-s, %.1f GB/s a thread)\n", threads,
@@ -731,39 +737,10 @@ void h2d_mix(const char* path) {
     char* d = nullptr;
     CUDA_CHECK(cudaMalloc(&d, ring));
     std::printf("h2d-mix: %.2f GB, %u hardware threads\n", total / 1e9, std::thread::hardware_concurrency());
-    auto pread_piece = [&](char* buf, size_t at, size_t bytes) {
-        for (size_t got = 0; got < bytes;) {
-            const ssize_t n = pread(fd, buf + got, bytes - got, (off_t)(at + got));
-            if (n <= 0) std::perror("pread"), std::exit(1);
-            got += (size_t)n;
-        }
-    };
-    // Threads over pieces of [begin, end): each its pinned buffers (two, from `pool`), a stream.
+    // Threads over pieces of [begin, end), each with two buffers of `pool`.
+    std::vector<double> fill_s;
     auto pread_part = [&](size_t begin, size_t end, size_t piece, int threads, char* pool, bool copy) {
-        std::vector<std::thread> ts;
-        for (int t = 0; t < threads; ++t)
-            ts.emplace_back([&, t] {
-                cudaStream_t s;
-                cudaEvent_t done[2];
-                CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-                for (auto& e : done) {
-                    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-                    CUDA_CHECK(cudaEventRecord(e, s));
-                }
-                int k = 0;
-                for (size_t at = begin + t * piece; at < end; at += threads * piece, k ^= 1) {
-                    const size_t n = std::min(piece, end - at);
-                    char* buf = pool + (2 * t + k) * piece;
-                    CUDA_CHECK(cudaEventSynchronize(done[k]));
-                    pread_piece(buf, at, n);
-                    if (copy) CUDA_CHECK(cudaMemcpyAsync(d + at % ring, buf, n, cudaMemcpyHostToDevice, s));
-                    CUDA_CHECK(cudaEventRecord(done[k], s));
-                }
-                CUDA_CHECK(cudaStreamSynchronize(s));
-                for (auto& e : done) cudaEventDestroy(e);
-                cudaStreamDestroy(s);
-            });
-        for (auto& t : ts) t.join();
+        bounce(begin, end, d, ring, piece, threads, pool, copy, [&](char* buf, size_t at, size_t n) { pread_into(fd, buf, at, n); }, fill_s);
     };
     auto reg_part = [&](const char* map, size_t begin, size_t end, size_t piece, int threads) {
         std::vector<std::thread> ts;
