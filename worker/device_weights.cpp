@@ -26,9 +26,8 @@ namespace tpx {
 using bf16 = __nv_bfloat16;
 
 // Pinned staging buffers, an event each (its last copy up), and a stream per read thread.
-class StagingRing {
-public:
-    StagingRing(int buffers, size_t chunk, int threads) : chunk(chunk), streams(std::max(1, threads)), done(buffers) {
+struct StagingRing {
+    StagingRing(int buffers, size_t chunk_bytes, int threads) : chunk(chunk_bytes), streams(std::max(1, threads)), done(buffers) {
         CUDA_CHECK(cudaGetDevice(&device));
         for (cudaStream_t& s : streams) CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
         CUDA_CHECK(cudaHostAlloc(&base, chunk * buffers, cudaHostAllocDefault));
@@ -59,13 +58,11 @@ public:
 // could wait forever on a kernel stuck in a collective with a dead peer, so nothing is freed.
 DeviceWeights::DeviceWeights() = default;
 DeviceWeights::~DeviceWeights() {
-    if (std::uncaught_exceptions()) {
-        (void)staging.release();
-        return;
-    }
+    if (std::uncaught_exceptions()) return;  // (the ring keeps its own buffers then: ~StagingRing)
     for (auto& [name, p] : params) cudaFree(p);
     for (void* p : quant_buffers) cudaFree(p);
 }
+void DeviceWeights::drop_staging() { staging.reset(); }
 DeviceWeights::DeviceWeights(DeviceWeights&& o) noexcept
     : params(std::move(o.params)), quant(std::move(o.quant)), quant_buffers(std::move(o.quant_buffers)), bytes(o.bytes),
       staging(std::move(o.staging)) {
@@ -86,9 +83,8 @@ namespace {
 // a buffer with a chunk of a request (file reads straight into pinned memory), then queues its
 // copy to the device; the buffer is handed out again once that copy has finished. Each thread
 // queues on a stream of its own (threads sharing one stream wait on each other inside the
-// driver). Every byte takes this path, pread from the page cache by the checkpoint's threads:
-// faster than DMA from the file's own registered pages, whose registering costs CPU time that
-// grew with the file (docs/PERF.md, 2026-12-03 fifth session).
+// driver). Every byte takes this path, pread from the page cache by the checkpoint's threads
+// (docs/PERF.md has the paths compared).
 class PinnedRingSink : public ReadSink {
 public:
     // The copies begin after the work already queued on `after`; they have all finished once
@@ -200,12 +196,15 @@ void plan_device_reads(const Graph& graph, int rank, Checkpoint& ckpt, DeviceWei
 }
 
 // Two buffers per read thread (one being filled, one whose copy is queued), at most
-// `staging_bytes` in all. Each holds one of the loader's reads (kMaxReadBytes, with a page
-// either side for its padding): a ring small enough to stay in the host's last-level cache,
-// where the reads write it and the copies read it (2 MiB pieces 50 GB/s, 8 MiB 46, 32 MiB 37:
-// docs/PERF.md, 2026-12-03 sixth session).
+// `staging_bytes` in all. Each holds one of the loader's reads: kMaxReadBytes of the result plus
+// the page of slack a read may carry (loader/checkpoint.cpp's `max_op` for a bf16 result from
+// bf16, fp16 or fp32), rounded up to 16 KiB. The ring is kept small enough to stay in the host's
+// last-level cache, where the reads write it and the copies read it (docs/PERF.md, 2026-12-03
+// sixth session).
+constexpr size_t kStagingChunk = kMaxReadBytes + 2 * kPageBytes * sizeof(bf16);
+static_assert(kStagingChunk >= kMaxReadBytes + kPageBytes * sizeof(bf16), "a buffer holds the loader's largest read of bf16");
 std::unique_ptr<StagingRing> make_ring(int threads, size_t staging_bytes) {
-    const size_t chunk = kMaxReadBytes + 2 * kPageBytes * sizeof(bf16);
+    const size_t chunk = kStagingChunk;
     const int buffers = (int)std::max<size_t>(4, std::min<size_t>(2 * (size_t)threads, staging_bytes / chunk));
     return std::make_unique<StagingRing>(buffers, chunk, threads);
 }
@@ -251,7 +250,9 @@ void reload_weights(const Graph& graph, int rank, Checkpoint& ckpt, DeviceWeight
     std::vector<char*> targets;
     std::set<std::string> quantized;
     plan_device_reads(graph, rank, ckpt, w, /*allocate=*/false, stream, requests, targets, quantized);
-    if (!w.staging) w.staging = make_ring(ckpt.read_threads(), staging_bytes);
+    // The load's ring, unless it has fewer streams than this checkpoint's read threads (a load
+    // of one HDF5 file takes one thread; a refit from a safetensors folder takes many).
+    if (!w.staging || (int)w.staging->streams.size() < ckpt.read_threads()) w.staging = make_ring(ckpt.read_threads(), staging_bytes);
     read_to_device(ckpt, requests, std::move(targets), stream, *w.staging);
 }
 

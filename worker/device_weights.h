@@ -19,7 +19,7 @@
 
 namespace tpx {
 
-class StagingRing;  // device_weights.cpp: the pinned buffers, events and streams of a load
+struct StagingRing;  // device_weights.cpp: the pinned buffers, events and streams of a load
 
 struct DeviceWeights {
     std::map<std::string, __nv_bfloat16*> params;
@@ -27,9 +27,10 @@ struct DeviceWeights {
     std::map<std::string, cuda::QuantWeightView> quant;
     std::vector<void*> quant_buffers;  // their device buffers
     int64_t bytes = 0;
-    // The load's staging ring, kept for refits: pinning its host memory and making its streams
-    // is not paid again (a few tens of milliseconds against a refit's few hundred).
+    // The load's staging ring (pinned host memory, its events and streams), kept for refits so
+    // that they do not pin it again; null where no refit can come (docs/PERF.md, sixth session).
     std::unique_ptr<StagingRing> staging;
+    void drop_staging();  // frees the ring (no refit will come)
     ~DeviceWeights();
     DeviceWeights();
     DeviceWeights(DeviceWeights&&) noexcept;

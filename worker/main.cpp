@@ -296,7 +296,7 @@ int run(const Options& opt) {
         if (rank == 0) serve_front = open_serve_front(job, plan.config.vocab_size, plan.max_seq_len, text);
     }
     RankModel model;
-    load_rank_model(model, job, plan, comm, prompts, progress);
+    load_rank_model(model, job, plan, comm, prompts, progress, opt.serve && job.serve.allow_refit);
     if (rank == 0 && model.weights_seconds > 0)
         log_info("loaded ", model.weight_bytes / 1e9, " GB per rank in ", model.load_seconds, " s; the weights' read and upload ",
                  model.weights_seconds, " s (", model.ckpt->stats().data_bytes / 1e9 / model.weights_seconds, " GB/s)");

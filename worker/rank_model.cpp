@@ -147,10 +147,12 @@ void load_on_host(RankModel& m, const Job& job, const ShardPlan& plan, MpiCommun
 
 #ifdef TPX_HAVE_CUDA
 // The GPU backend: bf16 (or packed quantized) weights uploaded to this rank's device, the CUDA
-// executor (a stage's, run by the GPU pipeline executor, at pp > 1). `tp`: the stage's tp group.
-void load_on_device(RankModel& m, const Job& job, const ShardPlan& plan, MpiCommunicator& tp, Clock::time_point start) {
+// executor (a stage's, run by the GPU pipeline executor, at pp > 1). `tp`: the stage's tp group;
+// `refits`: the weights' staging ring is kept for later refits.
+void load_on_device(RankModel& m, const Job& job, const ShardPlan& plan, MpiCommunicator& tp, Clock::time_point start, bool refits) {
     const Clock::time_point weights_start = Clock::now();
     DeviceWeights weights = upload_weights(m.ctx.graph, tp.rank(), *m.ckpt, m.gpu->stream, job.backend.tuning.quant_prefill == "w8a8");
+    if (!refits) weights.drop_staging();  // its pinned memory has no further use
     m.weight_bytes = weights.bytes;
     m.load_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     m.weights_seconds = std::chrono::duration<double>(Clock::now() - weights_start).count();
@@ -175,7 +177,7 @@ void load_on_device(RankModel& m, const Job& job, const ShardPlan& plan, MpiComm
 }  // namespace
 
 void load_rank_model(RankModel& m, const Job& job, ShardPlan& plan, MpiCommunicator& comm, const std::vector<Prompt>& prompts,
-                     Progress& progress) {
+                     Progress& progress, bool refits) {
     const int rank = comm.rank();
     if (plan.backend == "cpu") check_memory_before_load(plan, prompts, rank);
     const Clock::time_point start = Clock::now();
@@ -197,7 +199,7 @@ void load_rank_model(RankModel& m, const Job& job, ShardPlan& plan, MpiCommunica
     maybe_inject_fault("load", rank);
 #ifdef TPX_HAVE_CUDA
     if (m.gpu) {
-        load_on_device(m, job, plan, tp, start);
+        load_on_device(m, job, plan, tp, start, refits);
         return;
     }
 #endif

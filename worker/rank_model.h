@@ -59,8 +59,9 @@ struct RankModel {
 };
 
 // Fills `m` for this rank from the broadcast plan (whose graph moves into m.ctx). `prompts`
-// size the memory check's activations; `progress` shows rank 0's loading line.
+// size the memory check's activations; `progress` shows rank 0's loading line; `refits`: the
+// weights may be refit later (a GPU rank keeps its pinned staging ring for them).
 void load_rank_model(RankModel& m, const Job& job, ShardPlan& plan, MpiCommunicator& comm, const std::vector<Prompt>& prompts,
-                     Progress& progress);
+                     Progress& progress, bool refits);
 
 }  // namespace tpx
