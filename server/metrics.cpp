@@ -117,7 +117,8 @@ std::string ServeMetrics::render(int64_t queue_depth) const {
     header(os, "tpx_step_seconds", "histogram", "scheduler steps' wall time, by kind: decode only, or mixed with prompt tokens");
     os << step_decode_.samples("tpx_step_seconds", "kind=\"decode\"") << step_mixed_.samples("tpx_step_seconds", "kind=\"mixed\"");
     header(os, "tpx_step_device_seconds", "histogram",
-           "the GPU's time for each step's forward (first kernel to last), by kind; none on the CPU backend");
+           "greedy steps' GPU time (after the inputs' upload to the ids' download), by kind; none on the CPU backend, "
+           "at pp > 1, or for steps holding a sampled request");
     os << device_decode_.samples("tpx_step_device_seconds", "kind=\"decode\"") << device_mixed_.samples("tpx_step_device_seconds", "kind=\"mixed\"");
     return os.str();
 }

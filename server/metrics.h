@@ -40,8 +40,9 @@ public:
     void observe_tpot(double seconds);
     // One scheduler step's wall time, from building its batch to its tokens handed to the
     // calls; `mixed`: the batch held prompt tokens (a prefill chunk) beside the decoding ones.
-    // `device_seconds`: the GPU's time for its forward (first kernel to last), negative where the
-    // backend has none to give (the CPU's).
+    // `device_seconds`: the GPU's time for a greedy step (from after its inputs' upload to its ids'
+    // download: Executor::last_device_ms); negative where there is none to give (the CPU backend,
+    // pp > 1, a step holding a sampled request), and then not counted.
     void observe_step(bool mixed, double seconds, double device_seconds = -1);
     // The whole exposition; `queue_depth` is read from the queue at the time of the scrape.
     std::string render(int64_t queue_depth) const;

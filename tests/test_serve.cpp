@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "process.h"
+#include "server/metrics.h"
 #include "serve_process.h"
 
 namespace fs = std::filesystem;
@@ -83,6 +84,22 @@ json reference_prompts() {
         else prompts.push_back({{"id", id}, {"messages", c["messages"]}});
     }
     return prompts;
+}
+
+// The step histograms: a step's wall time always counts; its GPU time only where one is given
+// (non-negative), under its kind, in its bucket.
+TEST(ServeMetricsText, StepDeviceTimeCountsOnlyWhereGiven) {
+    tpx::ServeMetrics m;
+    m.observe_step(false, 0.0068, 0.0062);
+    m.observe_step(false, 0.0071, -1);
+    m.observe_step(true, 0.02, 0.019);
+    const std::string text = m.render(0);
+    auto has = [&](const std::string& line) { return text.find(line + "\n") != std::string::npos; };
+    EXPECT_TRUE(has("tpx_step_seconds_count{kind=\"decode\"} 2")) << text;
+    EXPECT_TRUE(has("tpx_step_device_seconds_count{kind=\"decode\"} 1")) << text;
+    EXPECT_TRUE(has("tpx_step_device_seconds_count{kind=\"mixed\"} 1")) << text;
+    EXPECT_TRUE(has("tpx_step_device_seconds_bucket{kind=\"decode\",le=\"0.006\"} 0")) << text;
+    EXPECT_TRUE(has("tpx_step_device_seconds_bucket{kind=\"decode\",le=\"0.0065\"} 1")) << text;
 }
 
 TEST(Serve, SdkCompletionsAndChatEqualTpxRun) {

@@ -328,7 +328,8 @@ private:
             else token = want_logits ? (int32_t)cpu::argmax(row_logits, vocab) : argmax[row];
             emit(owners[row], token);
         }
-        front_.metrics.observe_step(mixed, seconds_since(started), want_logits ? -1 : exec_.last_device_ms() * 1e-3);  // (argmax steps time it)
+        const double device_ms = want_logits ? -1 : exec_.last_device_ms();  // timed by forward_argmax only
+        front_.metrics.observe_step(mixed, seconds_since(started), device_ms >= 0 ? device_ms * 1e-3 : -1);
     }
 
     // The sequence in `slot` ends with an error (a 500 for its call); its slot is freed.
