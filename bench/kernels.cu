@@ -731,8 +731,9 @@ void h2d_mix(const char* path) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) std::perror(path), std::exit(1);
     struct stat stt;
-    fstat(fd, &stt);
+    if (fstat(fd, &stt) != 0) std::perror(path), std::exit(1);
     const size_t total = (size_t)stt.st_size & ~((64ul << 20) - 1);
+    if (total == 0) std::fprintf(stderr, "%s: under 64 MiB, too small to time\n", path), std::exit(1);
     const size_t ring = 1ul << 30;
     char* d = nullptr;
     CUDA_CHECK(cudaMalloc(&d, ring));
@@ -755,7 +756,7 @@ void h2d_mix(const char* path) {
                     CUDA_CHECK(cudaStreamSynchronize(s));
                     CUDA_CHECK(cudaHostUnregister(const_cast<char*>(map) + at));
                 }
-                cudaStreamDestroy(s);
+                CUDA_CHECK(cudaStreamDestroy(s));
             });
         for (auto& t : ts) t.join();
     };
@@ -810,10 +811,10 @@ void h2d_mix(const char* path) {
             });
             munmap(map, total);
         }
-    cudaHostUnregister(huge);
+    CUDA_CHECK(cudaHostUnregister(huge));
     std::free(huge);
-    cudaFreeHost(pinned);
-    cudaFree(d);
+    CUDA_CHECK(cudaFreeHost(pinned));
+    CUDA_CHECK(cudaFree(d));
     close(fd);
 }
 

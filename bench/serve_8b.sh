@@ -7,8 +7,9 @@
 # generate_batch on the same request set. Prints one table.
 #   bench/serve_8b.sh OUT_DIR [CLIENTS] [REQUESTS] [OUTPUT] [PEER]   (PEER: hf (default), or none to skip HF)
 set -euo pipefail
-out=${1:?usage: bench/serve_8b.sh OUT_DIR [CLIENTS] [REQUESTS] [OUTPUT]}
+out=${1:?usage: bench/serve_8b.sh OUT_DIR [CLIENTS] [REQUESTS] [OUTPUT] [PEER]}
 clients=${2:-64}; requests=${3:-256}; output=${4:-128}; peer=${5:-hf}
+case $peer in hf|none) ;; *) echo "bench/serve_8b.sh: PEER is hf or none, not '$peer'" >&2; exit 2;; esac
 here=$(cd "$(dirname "$0")" && pwd)
 ckpt=${TPX_BENCH_CKPT:-/tmp/l8b}
 port=${TPX_BENCH_PORT:-8123}

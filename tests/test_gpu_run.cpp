@@ -163,7 +163,7 @@ TEST(GpuRun, GreedyDecodeWithCudaGraphsMatchesHf) {
 
 // mixtral-moe rewritten with transformers 5's stacked expert tensors (tests/golden.h) gives
 // the same logits, bit for bit, as the original checkpoint: the same bf16 weights reach the
-// same places of the device's buffers (the loader's entry slices, the mapped-page path).
+// same places of the device's buffers (the loader's entry slices).
 TEST(GpuRun, StackedExpertTensorsGiveTheSameLogits) {
     if (gpu_count() < 1) GTEST_SKIP() << "no CUDA device";
     Golden g = read_golden("mixtral-moe");

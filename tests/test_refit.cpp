@@ -250,15 +250,13 @@ TEST(Refit, TurnedOffAnswers403) {
 
 // The new checkpoint's file is deleted after every rank checked its headers, before the reads
 // (--refit-delay-ms holds the refit there): the server must not go on with a mix of weights.
-// The refit call gets a 500 naming the rank and the file, and the job ends non-zero.
-// A refit whose file is removed after every rank's checks passed (the server's refit delay holds
-// the reads back): the call answers 500 naming a rank and the file, and the server ends
-// non-zero, every process of its job gone.
-void vanishing_file_ends_the_server(int ranks, const std::string& backend) {
+// The refit call gets a 500 naming the rank and the file, and the job ends non-zero, every
+// process of it gone.
+void vanishing_file_ends_the_server(int tp, const std::string& backend) {
     std::string dir = tpx_test::temp_dir() + "/b";
     fs::create_directories(dir);
     for (const char* f : {"config.json", "generation_config.json", "model.safetensors"}) fs::copy_file(kB + "/" + f, dir + "/" + f);
-    Server server(kA, "", "--refit-delay-ms 3000", ranks, backend);
+    Server server(kA, "", "--refit-delay-ms 3000", tp, backend);
     tpx_test::Background call = tpx_test::start_background(tpx_test::tpx_bin("tpx") + " refit " + server.base() + " " + dir + " --api-key " + kKey);
     for (int i = 0; i < 100 && server.err().find("serve: refit from") == std::string::npos; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
