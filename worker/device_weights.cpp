@@ -25,12 +25,20 @@ namespace tpx {
 
 using bf16 = __nv_bfloat16;
 
+// A staging buffer holds one of the loader's reads: kMaxReadBytes of the result plus the page of
+// slack a read may carry (loader/checkpoint.cpp's `max_op` for a bf16 result from bf16, fp16 or
+// fp32), rounded up to 16 KiB. Two a read thread keep the ring small enough to stay in the
+// host's last-level cache, where the reads write it and the copies read it (docs/PERF.md,
+// 2026-12-03 sixth session).
+constexpr size_t kStagingChunk = kMaxReadBytes + 2 * kPageBytes * sizeof(bf16);
+static_assert(kStagingChunk >= kMaxReadBytes + kPageBytes * sizeof(bf16), "a buffer holds the loader's largest read of bf16");
+
 // Pinned staging buffers, an event each (its last copy up), and a stream per read thread.
 struct StagingRing {
-    StagingRing(int buffers, size_t chunk_bytes, int threads) : chunk(chunk_bytes), streams(std::max(1, threads)), done(buffers) {
+    StagingRing(int buffers, int threads) : streams(std::max(1, threads)), done(buffers) {
         CUDA_CHECK(cudaGetDevice(&device));
         for (cudaStream_t& s : streams) CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-        CUDA_CHECK(cudaHostAlloc(&base, chunk * buffers, cudaHostAllocDefault));
+        CUDA_CHECK(cudaHostAlloc(&base, kStagingChunk * buffers, cudaHostAllocDefault));
         for (cudaEvent_t& e : done) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
     // While an exception unwinds a copy may still read the buffers: they are left (the job is
@@ -48,7 +56,6 @@ struct StagingRing {
     StagingRing& operator=(const StagingRing&) = delete;
 
     int device = 0;
-    size_t chunk;
     std::vector<cudaStream_t> streams;
     char* base = nullptr;
     std::vector<cudaEvent_t> done;
@@ -101,7 +108,7 @@ public:
         if (std::uncaught_exceptions()) return;  // the ring is left as it is (StagingRing)
         for (cudaStream_t s : ring_.streams) cudaStreamSynchronize(s);
     }
-    uint64_t chunk_bytes() const override { return ring_.chunk; }
+    uint64_t chunk_bytes() const override { return kStagingChunk; }
 
     void* acquire(const ReadRequest&, uint64_t, uint64_t) override {
         CUDA_CHECK(cudaSetDevice(ring_.device));  // (the checkpoint's read threads start on device 0)
@@ -115,7 +122,7 @@ public:
         }
         CUDA_CHECK(cudaEventSynchronize(ring_.done[i]));  // its previous copy has finished
         waited_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
-        return ring_.base + (size_t)i * ring_.chunk;
+        return ring_.base + (size_t)i * kStagingChunk;
     }
     // Seconds the read threads spent, in all, waiting for a buffer: large when the copies to
     // the device, not the file reads, are the bottleneck.
@@ -125,7 +132,7 @@ public:
     double queue_s() const { return queue_ns_ * 1e-9; }
     void commit(const ReadRequest& r, void* memory, uint64_t offset, uint64_t bytes) override {
         auto t0 = std::chrono::steady_clock::now();
-        int i = (int)((static_cast<char*>(memory) - ring_.base) / ring_.chunk);
+        int i = (int)((static_cast<char*>(memory) - ring_.base) / kStagingChunk);
         const cudaStream_t stream = my_stream();
         CUDA_CHECK(cudaMemcpyAsync(targets_.at(r.tag) + offset, memory, bytes, cudaMemcpyHostToDevice, stream));
         CUDA_CHECK(cudaEventRecord(ring_.done[i], stream));
@@ -196,17 +203,10 @@ void plan_device_reads(const Graph& graph, int rank, Checkpoint& ckpt, DeviceWei
 }
 
 // Two buffers per read thread (one being filled, one whose copy is queued), at most
-// `staging_bytes` in all. Each holds one of the loader's reads: kMaxReadBytes of the result plus
-// the page of slack a read may carry (loader/checkpoint.cpp's `max_op` for a bf16 result from
-// bf16, fp16 or fp32), rounded up to 16 KiB. The ring is kept small enough to stay in the host's
-// last-level cache, where the reads write it and the copies read it (docs/PERF.md, 2026-12-03
-// sixth session).
-constexpr size_t kStagingChunk = kMaxReadBytes + 2 * kPageBytes * sizeof(bf16);
-static_assert(kStagingChunk >= kMaxReadBytes + kPageBytes * sizeof(bf16), "a buffer holds the loader's largest read of bf16");
+// `staging_bytes` in all.
 std::unique_ptr<StagingRing> make_ring(int threads, size_t staging_bytes) {
-    const size_t chunk = kStagingChunk;
-    const int buffers = (int)std::max<size_t>(4, std::min<size_t>(2 * (size_t)threads, staging_bytes / chunk));
-    return std::make_unique<StagingRing>(buffers, chunk, threads);
+    const int buffers = (int)std::max<size_t>(4, std::min<size_t>(2 * (size_t)threads, staging_bytes / kStagingChunk));
+    return std::make_unique<StagingRing>(buffers, threads);
 }
 
 // One batched read of `requests` into device memory at `targets`, through `ring`; returns when
