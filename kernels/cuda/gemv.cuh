@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/fused_allreduce.cuh"
+#include "kernels/cuda/gemv_epilogue.cuh"
 
 namespace tpx::cuda {
 namespace {
@@ -21,9 +22,6 @@ constexpr int kGemvUnroll = 4;
 // unpack_x); docs/PERF.md compares it with four.
 constexpr int kGemvSplit = 1;
 constexpr int64_t kGemvNormMaxK = 12288;  // x and the norm weight (and the residual, summing) in shared memory: 48 (72) KiB
-
-__device__ inline float round_bf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
-__device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }  // as silu_mul's
 
 // The first batch of dot_rows's weight loads for rows[0 .. R), issued early: before the kernel
 // waits for the one before it (pdl_entry; no kernel writes weights), so that the weight stream
@@ -104,14 +102,6 @@ __device__ inline void dot_rows(int64_t K, const uint4* xr, const bf16* __restri
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
-}
-
-// Work item -> the weight rows it reads.
-template <GemvEpilogue E>
-__device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64_t* rows) {
-    if (E == GemvEpilogue::kNone) rows[0] = item;
-    else if (E == GemvEpilogue::kSwiglu) rows[0] = item, rows[1] = item + pair;
-    else rows[0] = (item / half) * 2 * half + item % half, rows[1] = rows[0] + half;
 }
 
 // x = rmsnorm(residual + x) (or rmsnorm(x)) into shared memory, with rmsnorm_vec_kernel's
@@ -207,30 +197,7 @@ __global__ void __launch_bounds__(T) gemv_kernel(int64_t K, int64_t items, int64
         float acc[2];
         item_rows<E>(item, pair, half, rows);
         dot_rows<R, 1, kNorm>(K, xr, w, rows, acc, 0, &first);
-        if (lane != 0) continue;
-        if (E == GemvEpilogue::kNone) {
-            y[rows[0]] = __float2bfloat16(acc[0] + (bias ? __bfloat162float(bias[rows[0]]) : 0.0f));
-            continue;
-        }
-        // The linear's outputs as the unfused path stores them (bf16), then the next op.
-        const float a = round_bf16(acc[0] + (bias ? __bfloat162float(bias[rows[0]]) : 0.0f));
-        const float b = round_bf16(acc[1] + (bias ? __bfloat162float(bias[rows[1]]) : 0.0f));
-        if (E == GemvEpilogue::kSwiglu) {
-            y[item] = __float2bfloat16(silu(a) * b);
-            continue;
-        }
-        const int64_t head = item / half, i = item % half, d = rk.head_dim, kvw = rk.kv_heads * d;
-        const int64_t at = ((int64_t)rk.slot[0] * rk.max_seq + rk.pos[0]) * kvw;
-        if (head >= rk.heads + rk.kv_heads) {  // V: into the cache as it is
-            bf16* vr = rk.v_cache + at + (head - rk.heads - rk.kv_heads) * d;
-            vr[i] = __float2bfloat16(a), vr[i + half] = __float2bfloat16(b);
-            continue;
-        }
-        float s, c;
-        sincosf((float)rk.pos[0] * rk.inv_freq[i], &s, &c);  // as rope_kernel
-        bf16* out = head < rk.heads ? y + head * d : rk.k_cache + at + (head - rk.heads) * d;
-        out[i] = __float2bfloat16(a * c - b * s);
-        out[i + half] = __float2bfloat16(b * c + a * s);
+        if (lane == 0) write_item<E>(item, rows, acc, 0, 0, pair, bias, y, rk);
     }
 }
 

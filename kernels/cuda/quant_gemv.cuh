@@ -5,51 +5,17 @@
 #pragma once
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/gemv_epilogue.cuh"
 #include "kernels/cuda/quant_gemv.h"
 
 namespace tpx::cuda::quant {
 
 constexpr int kThreads = 256, kWarps = kThreads / 32;
 
-__device__ inline float round_bf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
-__device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }  // as silu_mul's
-
-// Work item -> the weight rows it reads (as linear.cu's item_rows).
-template <GemvEpilogue E>
-__device__ inline void item_rows(int64_t item, int64_t pair, int64_t half, int64_t* rows) {
-    if (E == GemvEpilogue::kNone) rows[0] = item;
-    else if (E == GemvEpilogue::kSwiglu) rows[0] = item, rows[1] = item + pair;
-    else rows[0] = (item / half) * 2 * half + item % half, rows[1] = rows[0] + half;
-}
-
-// The epilogue of one item at one token, as linear.cu's gemv_kernel writes it.
+// The epilogue of one item at one token (gemv_epilogue.cuh's, as the bf16 GEMV writes it).
 template <GemvEpilogue E>
 __device__ inline void write_item(const QuantGemvArgs& a, int64_t item, const int64_t* rows, const float* acc) {
-    const GemvRopeKv& rk = a.rope;
-    const int64_t half = rk.head_dim / 2;
-    const float b0 = a.bias ? __bfloat162float(a.bias[rows[0]]) : 0.0f;
-    if (E == GemvEpilogue::kNone) {
-        a.y[rows[0]] = __float2bfloat16(acc[0] + b0);
-        return;
-    }
-    const float va = round_bf16(acc[0] + b0);
-    const float vb = round_bf16(acc[1] + (a.bias ? __bfloat162float(a.bias[rows[1]]) : 0.0f));
-    if (E == GemvEpilogue::kSwiglu) {
-        a.y[item] = __float2bfloat16(silu(va) * vb);
-        return;
-    }
-    const int64_t head = item / half, i = item % half, d = rk.head_dim, kvw = rk.kv_heads * d;
-    const int64_t at = ((int64_t)rk.slot[0] * rk.max_seq + rk.pos[0]) * kvw;
-    if (head >= rk.heads + rk.kv_heads) {  // V: into the cache as it is
-        bf16* vr = rk.v_cache + at + (head - rk.heads - rk.kv_heads) * d;
-        vr[i] = __float2bfloat16(va), vr[i + half] = __float2bfloat16(vb);
-        return;
-    }
-    float sn, cs;
-    sincosf((float)rk.pos[0] * rk.inv_freq[i], &sn, &cs);  // as rope_kernel
-    bf16* out = head < rk.heads ? a.y + head * d : rk.k_cache + at + (head - rk.heads) * d;
-    out[i] = __float2bfloat16(va * cs - vb * sn);
-    out[i + half] = __float2bfloat16(vb * cs + va * sn);
+    ::tpx::cuda::write_item<E>(item, rows, acc, 0, a.w.N(), 0, a.bias, a.y, a.rope);
 }
 
 // x = rmsnorm(residual + x) (or rmsnorm(x)) of one token into xf (K floats holding the bf16
