@@ -236,12 +236,14 @@ TEST(CudaKernels, GemvMatchesTwinAndCublas) {
         expect_close(download(*dy), ref, "gemv");
         expect_close(download(*dy), download(*dy2), "gemv against cuBLAS");
     }
-    // K not a multiple of 8, or more than one row: cuBLAS.
-    auto x = random_bf16(2 * 100);
+    // K not a multiple of 8, more than kGemvMaxTokens rows, or misaligned: cuBLAS.
+    auto x = random_bf16(9 * 100);
     std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(random_bf16(100 * 4)));
     EXPECT_FALSE(cuda::gemv_applies({2, 100, 4}, dx->p, dw->p));
-    EXPECT_FALSE(cuda::gemv_applies({2, 96, 4}, dx->p, dw->p));
+    EXPECT_TRUE(cuda::gemv_applies({2, 96, 4}, dx->p, dw->p));
+    EXPECT_FALSE(cuda::gemv_applies({9, 96, 4}, dx->p, dw->p));
     EXPECT_FALSE(cuda::gemv_applies({1, 96, 4}, dx->p + 1, dw->p));  // misaligned input
+    EXPECT_FALSE(cuda::gemv_applies({2, 96, 4}, dx->p + 1, dw->p));
     cublasDestroy(h);
 }
 
@@ -333,6 +335,91 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
     nm.x = d->p + 1;
     EXPECT_FALSE(cuda::gemv_fused_applies(4096, &nm, d->p));
     use_gemv_splitk(0);
+    cublasDestroy(h);
+}
+
+// The GEMV of 2 to 8 tokens on tensor cores (gemv_mma.cu): linear()'s route for that many rows
+// against the CPU twin and cuBLAS, and gemv_fused with each epilogue equal bit for bit to the
+// unfused kernels over every token (linear(), then silu_mul_fused, or rope + attention writing
+// the caches), each token at its own slot and position. Shapes: K not a multiple of the
+// 64-column step (1000, 4104), K = 14336 (down_proj), N not a multiple of the 32-row tile, more
+// tiles than SMs (blocks of several tiles); 2, 5 and 8 tokens (an odd count leaves the mma's
+// last column empty).
+TEST(CudaKernels, GemvOfUpToEightTokensOnTensorCores) {
+    REQUIRE_GPU();
+    cublasHandle_t h;
+    CUBLAS_CHECK(cublasCreate(&h));
+    struct Case {
+        int64_t K, N;
+        bool bias;
+        cuda::GemvEpilogue epi;
+    };
+    const int64_t heads = 4, kvh = 2, hd = 64, max_seq = 16, slots = 8;
+    for (int64_t T : {2, 5, 8}) {
+        for (Case c : {Case{1000, 37, true, cuda::GemvEpilogue::kNone}, Case{4104, 300, false, cuda::GemvEpilogue::kNone},
+                       Case{1000, 20000, false, cuda::GemvEpilogue::kNone}, Case{14336, 256, true, cuda::GemvEpilogue::kNone},
+                       Case{4096, 600, true, cuda::GemvEpilogue::kSwiglu}, Case{4096, 9000, false, cuda::GemvEpilogue::kSwiglu},
+                       Case{512, 600, false, cuda::GemvEpilogue::kSwiglu}, Case{512, (heads + 2 * kvh) * hd, true, cuda::GemvEpilogue::kRopeKv},
+                       Case{4096, (heads + 2 * kvh) * hd, false, cuda::GemvEpilogue::kRopeKv}}) {
+            SCOPED_TRACE("T " + std::to_string(T) + " K " + std::to_string(c.K) + " N " + std::to_string(c.N) + " epilogue " +
+                         std::to_string((int)c.epi));
+            auto x = random_bf16(T * c.K), w = random_bf16(c.N * c.K, 0.05f), b = random_bf16(c.N);
+            std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(w)), db(upload(b));
+            const bf16* bias = c.bias ? db->p : nullptr;
+            // Unfused: the linear (this GEMV's route), then the next op.
+            std::unique_ptr<Device<bf16>> z(poisoned(T * c.N)), zc(poisoned(T * c.N));
+            ASSERT_TRUE(cuda::gemv_applies({T, c.K, c.N}, dx->p, dw->p));
+            cuda::linear(h, {{T, c.K, c.N}, dx->p, dw->p, bias, z->p}, on(nullptr));
+            cuda::linear(h, {{T, c.K, c.N}, dx->p, dw->p, bias, zc->p, nullptr, cuda::LinearRoute::kGemm}, on(nullptr));
+            std::vector<float> ref(T * c.N);
+            cpu::linear({T, c.K, c.N}, x.data(), w.data(), c.bias ? b.data() : nullptr, ref.data());
+            expect_close(download(*z), ref, "tensor-core GEMV against the twin");
+            expect_close(download(*z), download(*zc), "tensor-core GEMV against cuBLAS");
+            // Fused.
+            ASSERT_TRUE(cuda::gemv_fused_applies(c.K, nullptr, dw->p, T));
+            const int64_t out_n = c.epi == cuda::GemvEpilogue::kSwiglu ? c.N / 2 : c.epi == cuda::GemvEpilogue::kRopeKv ? heads * hd : c.N;
+            std::unique_ptr<Device<bf16>> y(poisoned(T * out_n)), y_ref(poisoned(T * out_n));
+            if (c.epi != cuda::GemvEpilogue::kRopeKv) {
+                cuda::gemv_fused({c.K, c.N, dx->p, dw->p, bias, y->p, nullptr, c.epi, nullptr, T}, on(nullptr));
+                if (c.epi == cuda::GemvEpilogue::kSwiglu) cuda::silu_mul_fused(T, c.N / 2, z->p, y_ref->p, on(nullptr));
+                else CUDA_CHECK(cudaMemcpy(y_ref->p, z->p, T * c.N * 2, cudaMemcpyDeviceToDevice));
+                EXPECT_EQ(download(*y), download(*y_ref));
+                continue;
+            }
+            // Token t at slot 7 - t, position 3 + t: RoPE, the caches, then attention over them.
+            cpu::RopeParams p{heads, kvh, hd, 10000.0};
+            std::vector<int32_t> slot_of(T), pos_of(T);
+            for (int64_t t = 0; t < T; ++t) slot_of[t] = (int32_t)(7 - t), pos_of[t] = (int32_t)(3 + t);
+            std::unique_ptr<Device<float>> inv(upload_raw(cpu::rope_inv_freq(p)));
+            std::unique_ptr<Device<int32_t>> slot(upload_raw(slot_of)), pos(upload_raw(pos_of));
+            auto cache_init = random_bf16(slots * max_seq * kvh * hd);  // earlier positions: whatever is there
+            std::unique_ptr<Device<bf16>> kc(upload(cache_init)), vc(upload(cache_init)), kc_ref(upload(cache_init)), vc_ref(upload(cache_init)),
+                kr(poisoned(T * kvh * hd)), o(poisoned(T * heads * hd)), o_ref(poisoned(T * heads * hd));
+            cuda::rope({p, T, pos->p, inv->p, z->p, z->p + heads * hd, y_ref->p, kr->p, c.N}, on(nullptr));
+            cpu::AttentionShape s{T, heads, kvh, hd, max_seq, 0};
+            cuda::attention({s, slot->p, pos->p, y_ref->p, kr->p, z->p + (heads + kvh) * hd, kc_ref->p, vc_ref->p, o_ref->p, 0, c.N}, on(nullptr));
+            cuda::GemvRopeKv rk;
+            rk.heads = heads, rk.kv_heads = kvh, rk.head_dim = hd, rk.max_seq = max_seq;
+            rk.slot = slot->p, rk.pos = pos->p, rk.inv_freq = inv->p, rk.k_cache = kc->p, rk.v_cache = vc->p;
+            cuda::gemv_fused({c.K, c.N, dx->p, dw->p, bias, y->p, nullptr, c.epi, &rk, T}, on(nullptr));
+            cuda::attention({s, slot->p, pos->p, y->p, nullptr, nullptr, kc->p, vc->p, o->p}, on(nullptr));
+            EXPECT_EQ(download(*y), download(*y_ref)) << "q";
+            EXPECT_EQ(download(*kc), download(*kc_ref)) << "k cache";
+            EXPECT_EQ(download(*vc), download(*vc_ref)) << "v cache";
+            EXPECT_EQ(download(*o), download(*o_ref)) << "attention";
+        }
+    }
+    // The norm before it at more than one token, more than 8 tokens, K not a multiple of 8, a
+    // misaligned weight: not fusable.
+    std::unique_ptr<Device<bf16>> d(poisoned(9 * 9000));
+    cuda::GemvNorm nm;
+    nm.x = nm.weight = d->p;
+    EXPECT_TRUE(cuda::gemv_fused_applies(4096, nullptr, d->p, 8));
+    EXPECT_FALSE(cuda::gemv_fused_applies(4096, &nm, d->p, 2));
+    EXPECT_TRUE(cuda::gemv_fused_applies(4096, &nm, d->p, 1));
+    EXPECT_FALSE(cuda::gemv_fused_applies(4096, nullptr, d->p, 9));
+    EXPECT_FALSE(cuda::gemv_fused_applies(4100, nullptr, d->p, 2));
+    EXPECT_FALSE(cuda::gemv_fused_applies(4096, nullptr, d->p + 4, 2));
     cublasDestroy(h);
 }
 

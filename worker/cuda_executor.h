@@ -84,8 +84,8 @@ private:
     void run_add_rmsnorm(Forward& f, const Node* n, int64_t rows);
     bool can_push(Forward& f, const Node* linear);
     void run_linear(Forward& f, const Node* n, int64_t rows);
-    void run_fused_gemv(Forward& f, const Node* n);
-    __nv_bfloat16* fused_output(Forward& f, const Node* n, const DecodeFusion& fu, cuda::GemvEpilogue& epi, cuda::GemvRopeKv& rk);
+    void run_fused_gemv(Forward& f, const Node* n, int64_t rows);
+    __nv_bfloat16* fused_output(Forward& f, const Node* n, int64_t rows, const DecodeFusion& fu, cuda::GemvEpilogue& epi, cuda::GemvRopeKv& rk);
     // weight: the bf16 weight to use instead of the parameter's (a quantized one dequantized).
     void run_gemm(Forward& f, const Node* n, int64_t rows, const __nv_bfloat16* weight = nullptr);
     // Quantized linears (cuda_forward.cpp): the packed weight of linear n, or nullptr; its run.

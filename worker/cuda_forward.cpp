@@ -1,5 +1,6 @@
 // One forward of the CUDA executor: the walk over the step program (sharding/steps.h) and each
-// op's kernels, fused at batch 1 where the program says so and the kernel applies. Buffers come
+// op's kernels, fused in decode-sized forwards (up to cuda::kGemvMaxTokens tokens) where the
+// program says so and the kernel applies. Buffers come
 // from Activations; nothing allocated here outlives the forward.
 #include <algorithm>
 #include <map>
@@ -22,14 +23,14 @@ int64_t width(const Value* v) { return v->shape.back(); }
 
 }  // namespace
 
-// One forward's state besides its buffers: what the batch-1 fusions have done so far.
+// One forward's state besides its buffers: what the decode fusions have done so far.
 struct CudaExecutor::Forward {
-    Forward(Activations::Args buffers, int64_t tokens, int64_t rows, bool select)
-        : act(buffers), T(tokens), R(rows), select_rows(select), fuse(tokens == 1 && !select) {}
+    Forward(Activations::Args buffers, int64_t tokens, int64_t rows, bool select, const KernelConfig& config)
+        : act(buffers), T(tokens), R(rows), select_rows(select), fuse((tokens == 1 || (tokens <= cuda::kGemvMaxTokens && config.gemv_mma)) && !select) {}
     Activations act;
     int64_t T, R;
     bool select_rows;
-    bool fuse;                                           // batch-1 decode: the GEMVs take in their neighbours
+    bool fuse;  // up to cuda::kGemvMaxTokens tokens: the GEMVs take in their neighbours (quantized ones at one token)
     std::map<const Node*, cuda::GemvNorm> pending_norm;  // linear -> the norm its GEMV computes first
     std::map<const Node*, bf16*> pending_release;        // linear -> the all-reduced input that norm reads
     std::set<const Node*> skip, kv_written;
@@ -42,7 +43,7 @@ struct CudaExecutor::Forward {
 };
 
 void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena, size_t* arena_peak) {
-    Forward f({weights_, program_.last_use, stream_, arena, arena_peak}, T, R, select_rows);
+    Forward f({weights_, program_.last_use, stream_, arena, arena_peak}, T, R, select_rows, *launch_.config);
     const std::vector<Node*>& nodes = program_.nodes;
     for (size_t i = 0; i < nodes.size(); ++i) {
         const Node* n = nodes[i];
@@ -167,18 +168,18 @@ bool CudaExecutor::defer_norm(Forward& f, const Node* n, int64_t r) {
     else nm.x = f.act.data(x);
     // (residual_out, not yet allocated, is a stream-ordered allocation: aligned)
     bool applies = false;
-    if (const cuda::QuantWeightView* q = quant_weight(lin)) {  // the quantized GEMV's own prologue
+    if (const cuda::QuantWeightView* q = quant_weight(lin)) {  // the quantized GEMV's own prologue (one token)
         cuda::QuantGemvArgs qa;
-        qa.w = *q, qa.has_norm = true, qa.norm = nm;
+        qa.w = *q, qa.tokens = r, qa.has_norm = true, qa.norm = nm;
         applies = lin->name != "lm_head" && cuda::quant_gemv_applies(qa);
     } else {
-        applies = cuda::gemv_fused_applies(width(x), &nm, f.act.data(lin->inputs[1]));
+        applies = cuda::gemv_fused_applies(width(x), &nm, f.act.data(lin->inputs[1]), r);
     }
     if (applies) {
         if (!plain) nm.residual_out = f.act.make(n->out(1), r);
         if (n->kind == Op::kAllreduceAddRmsnorm && nccl_ && !nm.sum.ll) {
-            bf16* reduced = f.act.alloc(width(x));
-            nccl_->all_reduce(nm.x, reduced, width(x));
+            bf16* reduced = f.act.alloc(r * width(x));
+            nccl_->all_reduce(nm.x, reduced, r * width(x));
             nm.x = f.pending_release[lin] = reduced;
         }
         f.pending_norm[lin] = nm;
@@ -212,7 +213,7 @@ void CudaExecutor::run_add_rmsnorm(Forward& f, const Node* n, int64_t r) {
 // A linear at batch 1 whose all-reduce its GEMV can push (and the norm's GEMV after it sum).
 bool CudaExecutor::can_push(Forward& f, const Node* n) {
     auto in = [&](size_t k) { return n->inputs[k]; };
-    if (!f.fuse || !program_.exchange_of.count(n) || f.exchange_open || quant_weight(n) ||
+    if (!f.fuse || f.T != 1 || !program_.exchange_of.count(n) || f.exchange_open || quant_weight(n) ||
         quant_weight(program_.norm_of.at(program_.exchange_of.at(n))) ||
         !nccl_->push_applies(in(1)->shape[1], in(1)->shape[0], f.act.data(in(0)), f.act.data(in(1))))
         return false;
@@ -234,15 +235,15 @@ void CudaExecutor::run_linear(Forward& f, const Node* n, int64_t r) {
         f.pushed[program_.exchange_of.at(n)] = f.exchanges++;
         f.exchange_open = true;
     } else if (f.fuse && program_.fusions.count(n) &&
-               (f.pending_norm.count(n) || cuda::gemv_fused_applies(width(in(0)), nullptr, a.data(in(1))))) {
-        run_fused_gemv(f, n);
+               (f.pending_norm.count(n) || cuda::gemv_fused_applies(width(in(0)), nullptr, a.data(in(1)), r))) {
+        run_fused_gemv(f, n, r);
     } else {
         run_gemm(f, n, r);
     }
 }
 
-// The batch-1 GEMV with the norm before it (when deferred to it) and its epilogue.
-void CudaExecutor::run_fused_gemv(Forward& f, const Node* n) {
+// The decode GEMV of r tokens with the norm before it (when deferred to it) and its epilogue.
+void CudaExecutor::run_fused_gemv(Forward& f, const Node* n, int64_t r) {
     auto in = [&](size_t k) { return n->inputs[k]; };
     Activations& a = f.act;
     const DecodeFusion& fu = program_.fusions.at(n);
@@ -251,20 +252,21 @@ void CudaExecutor::run_fused_gemv(Forward& f, const Node* n) {
     const bf16* bias = n->inputs.size() == 3 ? a.data(in(2)) : nullptr;
     cuda::GemvEpilogue epi = cuda::GemvEpilogue::kNone;
     cuda::GemvRopeKv rk;
-    bf16* y = fused_output(f, n, fu, epi, rk);
-    cuda::gemv_fused({in(1)->shape[1], in(1)->shape[0], x, a.data(in(1)), bias, y, nm, epi, fu.split ? &rk : nullptr}, launch_);
+    bf16* y = fused_output(f, n, r, fu, epi, rk);
+    cuda::gemv_fused({in(1)->shape[1], in(1)->shape[0], x, a.data(in(1)), bias, y, nm, epi, fu.split ? &rk : nullptr, r}, launch_);
     if (nm && nm->sum.ll) f.exchange_open = false;
     if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
 }
 
-// The output of a batch-1 GEMV with fusion fu, its epilogue and RoPE parameters; the nodes the
-// epilogue does are marked done.
-__nv_bfloat16* CudaExecutor::fused_output(Forward& f, const Node* n, const DecodeFusion& fu, cuda::GemvEpilogue& epi, cuda::GemvRopeKv& rk) {
+// The output (r rows) of a decode GEMV with fusion fu, its epilogue and RoPE parameters; the
+// nodes the epilogue does are marked done.
+__nv_bfloat16* CudaExecutor::fused_output(Forward& f, const Node* n, int64_t r, const DecodeFusion& fu, cuda::GemvEpilogue& epi,
+                                          cuda::GemvRopeKv& rk) {
     Activations& a = f.act;
     bf16* y = nullptr;
     if (fu.swiglu) {
         epi = cuda::GemvEpilogue::kSwiglu;
-        y = a.make(fu.swiglu->out(), 1);
+        y = a.make(fu.swiglu->out(), r);
         f.skip.insert(fu.swiglu);
     } else if (fu.split) {
         epi = cuda::GemvEpilogue::kRopeKv;
@@ -278,12 +280,12 @@ __nv_bfloat16* CudaExecutor::fused_output(Forward& f, const Node* n, const Decod
         rk.inv_freq = inv_freq_.at(fu.rope);
         rk.k_cache = kv.first;
         rk.v_cache = kv.second;
-        y = a.make(fu.rope->out(0), 1);
+        y = a.make(fu.rope->out(0), r);
         f.skip.insert(fu.split);
         f.skip.insert(fu.rope);
         f.kv_written.insert(fu.attention);
     } else {
-        y = a.make(n->out(), 1);
+        y = a.make(n->out(), r);
     }
     return y;
 }
@@ -350,8 +352,8 @@ void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const 
     const bool gemv = !lm_head && cuda::quant_gemv_applies(args);
     TPX_CHECK(gemv || !args.has_norm, "node " + n->name + ": its norm was deferred to a quantized GEMV that cannot take it");
     if (gemv) {
-        const bool fused = f.fuse && program_.fusions.count(n);
-        args.y = fused ? fused_output(f, n, program_.fusions.at(n), args.epi, args.rope) : a.make(n->out(), r);
+        const bool fused = f.fuse && r == 1 && program_.fusions.count(n);
+        args.y = fused ? fused_output(f, n, r, program_.fusions.at(n), args.epi, args.rope) : a.make(n->out(), r);
         cuda::quant_gemv(args, launch_);
         if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
         return;

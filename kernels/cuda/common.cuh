@@ -90,6 +90,11 @@ __device__ inline void cp_async16(void* dst, const void* src, bool valid) {
 }
 __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+// Until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ inline void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 // `cluster` > 0: thread-block clusters of that many blocks along x (sm_90). On at.stream, with
 // programmatic dependent launch where at.config allows it.

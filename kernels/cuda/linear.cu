@@ -1,7 +1,7 @@
-// y = x W^T: the batch-1 GEMV (gemv.cuh) where it applies, with its neighbours fused in
-// (gemv_fused: the residual add + RMSNorm before it, SwiGLU or RoPE + the KV-cache write after
-// it, bit-identical to the unfused kernels); cuBLAS from two rows on (a GEMV over 2 to 8 rows
-// re-reads x for every row): the checkpoint layout W[N, K] row-major is W^T column-major, so
+// y = x W^T: the batch-1 GEMV (gemv.cuh) or, at 2 to kGemvMaxTokens rows, the tensor-core GEMV
+// (gemv_mma.cu) where they apply, with their neighbours fused in (gemv_fused: at one token the
+// residual add + RMSNorm before it; SwiGLU or RoPE + the KV-cache write after it; bit-identical
+// to the unfused kernels); cuBLAS from more rows on: the checkpoint layout W[N, K] row-major is W^T column-major, so
 // Y^T[N, T] = W[N, K] . X^T[K, T] is one cublasGemmEx with op(W) = T, and the bias is a separate
 // row-broadcast kernel.
 #include <algorithm>
@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/gemv_mma.h"
 
 namespace tpx::cuda {
 namespace {
@@ -64,10 +65,12 @@ void probe_set_linear(const ProbeSink& s) { probe_set_here(s); }
 #endif
 
 bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w) {
+    if (s.tokens > 1) return gemv_mma_applies(s.tokens, s.in, w) && aligned16({x});
     return s.tokens == 1 && s.in % 8 == 0 && aligned16({x, w});
 }
 
-bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w) {
+bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w, int64_t tokens) {
+    if (tokens > 1) return !norm && gemv_mma_applies(tokens, K, w);
     if (K % 8 != 0 || !aligned16({w})) return false;
     if (!norm) return true;
     if (norm->sum.ll && K > 2 * norm->sum.units) return false;
@@ -82,7 +85,10 @@ void gemv_fused(const GemvFusedArgs& a, Launch at) {
     const GemvNorm* norm = a.norm;
     const GemvEpilogue epi = a.epilogue;
     const GemvRopeKv* rope = a.rope;
-    TPX_CHECK(gemv_fused_applies(K, norm, w) && (norm || aligned16({x})), "gemv_fused: K must be a multiple of 8 (at most " +
+    TPX_CHECK(a.tokens == 1 || (gemv_fused_applies(K, norm, w, a.tokens) && aligned16({x})),
+              "gemv_fused: " + std::to_string(a.tokens) + " tokens: 1 to " + std::to_string(kGemvMaxTokens) +
+                  ", K a multiple of 8, operands 16-byte aligned, no norm above one token");
+    TPX_CHECK(a.tokens > 1 || (gemv_fused_applies(K, norm, w) && (norm || aligned16({x}))), "gemv_fused: K must be a multiple of 8 (at most " +
                                                                             std::to_string(kGemvNormMaxK) + " with the norm), operands 16-byte aligned");
     const GemvNorm nm = norm ? *norm : GemvNorm{};
     GemvRopeKv rk{};
@@ -99,6 +105,7 @@ void gemv_fused(const GemvFusedArgs& a, Launch at) {
         items = N / 2;
     }
     if (N == 0) return;
+    if (a.tokens > 1) return gemv_mma(a, items, pair, rk, at);
     auto go = [&](auto e) {
         constexpr GemvEpilogue E = decltype(e)::value;
         if (norm && norm->sum.ll && at.config->sum_wide) launch_gemv<E, true, true, 512>(K, items, pair, x, w, bias, y, nm, rk, at);
@@ -118,7 +125,8 @@ void linear(cublasHandle_t handle, const LinearArgs& a, Launch at) {
     const cudaStream_t stream = at.stream;
     TPX_CHECK(s.tokens >= 0 && s.in > 0 && s.out > 0, "linear: bad shape");
     if (s.tokens == 0) return;
-    if (a.route == LinearRoute::kAuto && gemv_applies(s, x, w)) {
+    if (a.route == LinearRoute::kAuto && gemv_applies(s, x, w) && (s.tokens == 1 || at.config->gemv_mma)) {
+        if (s.tokens > 1) return gemv_fused({s.in, s.out, x, w, bias, y, nullptr, GemvEpilogue::kNone, nullptr, s.tokens}, at);
         const int ks = gemv_split_for(s.in, *at.config);
         if (ks == 2 || ks == 4) {
             const OneShotPeers none;

@@ -48,8 +48,9 @@ void probe_set(const ProbeSink& sink);
 
 using bf16 = __nv_bfloat16;
 
-// y[T, N] = x[T, K] W[N, K]^T (+ bias[N]), bf16 in, fp32 sums, bf16 out: the GEMV kernel where
-// gemv_applies() (one row, K % 8 == 0, 16-byte aligned x and W) and the route is kAuto,
+// y[T, N] = x[T, K] W[N, K]^T (+ bias[N]), bf16 in, fp32 sums, bf16 out: a GEMV kernel where
+// gemv_applies() (up to kGemvMaxTokens rows, K % 8 == 0, 16-byte aligned x and W) and the
+// route is kAuto: the batch-1 GEMV at one row, gemv_mma.cu's tensor-core GEMV at 2 or more;
 // cuBLAS otherwise: the tuner's algorithm where a tuner is given and takes the product,
 // cublasGemmEx else.
 bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w);
@@ -112,13 +113,15 @@ private:
     Impl* impl_;
 };
 
-// The batch-1 decode GEMV with its neighbours fused in (linear.cu; the kernels are gemv.cuh), y = x W^T (+ bias) where:
-// - norm (optional): x is rmsnorm(residual + x) (or rmsnorm(x) without a residual) computed per
-//   block, as add_rmsnorm/rmsnorm would; residual + x goes to residual_out;
-// - kSwiglu: y[j] = silu(z[j]) * z[j + N/2] for the linear's output z (the gate_up layout), N/2 wide;
+// The decode GEMV with its neighbours fused in (linear.cu; the kernels are gemv.cuh at one token,
+// gemv_mma.cu at 2 to kGemvMaxTokens), y = x W^T (+ bias) for each token, where:
+// - norm (optional, one token only): x is rmsnorm(residual + x) (or rmsnorm(x) without a
+//   residual) computed per block, as add_rmsnorm/rmsnorm would; residual + x goes to residual_out;
+// - kSwiglu: y[t, j] = silu(z[t, j]) * z[t, j + N/2] for the linear's output z (the gate_up layout), N/2 wide;
 // - kRopeKv: z = [q | k | v] (the fused QKV layout); y = q rotated (as rope()), and k rotated and v
-//   written into the caches at (slot[0], pos[0]) (as attention()'s cache write).
-// Every result equals the unfused kernels' bit for bit.
+//   written into the caches at (slot[t], pos[t]) (as attention()'s cache write).
+// Every result equals the unfused kernels' bit for bit (at 2 tokens or more: the unfused path
+// through linear(), whose route for that many rows is the same tensor-core GEMV).
 // The all-reduce of a batch-1 decode step fused into the GEMVs on either side of it: the GEMV
 // that makes each rank's part (o_proj, down_proj) pushes it into every rank's exchange buffer
 // (gemv_push, below) in the form of NCCL's LL protocol, 8-byte units of two bf16 and a flag
@@ -161,6 +164,8 @@ struct GemvRopeKv {
     bf16* v_cache = nullptr;
 };
 enum class GemvEpilogue { kNone, kSwiglu, kRopeKv };
+// Most tokens gemv_fused takes: one by the batch-1 GEMV, 2 to this many on tensor cores (gemv_mma.cu).
+constexpr int64_t kGemvMaxTokens = 8;
 struct GemvFusedArgs {
     int64_t K = 0, N = 0;
     const bf16* x = nullptr;  // unused when the norm sums an exchange
@@ -170,8 +175,9 @@ struct GemvFusedArgs {
     const GemvNorm* norm = nullptr;  // optional prologue
     GemvEpilogue epilogue = GemvEpilogue::kNone;
     const GemvRopeKv* rope = nullptr;  // kRopeKv's parameters
+    int64_t tokens = 1;                // x [tokens, K], y [tokens, ...]; RoPE at (slot[t], pos[t]) for token t
 };
-bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w);
+bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w, int64_t tokens = 1);
 void gemv_fused(const GemvFusedArgs& a, Launch at);
 
 void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, Launch at);
