@@ -984,18 +984,15 @@ int main(int argc, char** argv) {
                     rate((double)wbytes, us) + (copies < kReps ? " (L2 may help)" : ""));
             }
         }
-        for (int64_t T : {1, 8}) {  // with the norm before it (the final add_rmsnorm before lm_head, the one before qkv and gate_up)
-            bf16* r = device_alloc<bf16>(3 * T * sh.K);  // residual, residual_out, norm weight (x: T rows of x)
-            cuda::GemvNorm probe{x, r, r + T * sh.K, r + 2 * T * sh.K, 1e-5f};
-            if (cuda::gemv_fused_applies(sh.K, &probe, w, T)) {
-                double us = time_graph(st, [&](int i) {
-                    cuda::GemvNorm nm{x, r, r + T * sh.K, r + 2 * T * sh.K, 1e-5f};
-                    cuda::gemv_fused({sh.K, sh.N, nullptr, w + (size_t)(i % copies) * sh.K * sh.N, nullptr, y, &nm, cuda::GemvEpilogue::kNone,
-                                      nullptr, T},
-                                     on(st));
-                });
-                row(std::string("linear ") + sh.name + (T == 1 ? " gemv + norm" : " gemv mma + norm"), "T=" + std::to_string(T), us,
-                    rate((double)wbytes, us));
+        {  // with the norm before it (the final add_rmsnorm before lm_head, the one before qkv and gate_up)
+            bf16* r = device_alloc<bf16>(3 * sh.K);
+            cuda::GemvNorm probe{x, r, r + sh.K, r + 2 * sh.K, 1e-5f};
+            if (cuda::gemv_fused_applies(sh.K, &probe, w)) {
+            double us = time_graph(st, [&](int i) {
+                cuda::GemvNorm nm{x, r, r + sh.K, r + 2 * sh.K, 1e-5f};
+                cuda::gemv_fused({sh.K, sh.N, nullptr, w + (size_t)(i % copies) * sh.K * sh.N, nullptr, y, &nm, cuda::GemvEpilogue::kNone, nullptr}, on(st));
+            });
+            row(std::string("linear ") + sh.name + " gemv + norm", "T=1", us, rate((double)wbytes, us));
             }
             cudaFree(r);
         }

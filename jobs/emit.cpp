@@ -81,6 +81,7 @@ std::string emit_job_toml(const Job& job) {
     kv("quant_prefill", fmt(k.quant_prefill));
     kv("quant_gemv_tokens", fmt<int64_t>(k.quant_gemv_tokens));
     kv("quant_mma", fmt(k.quant_mma));
+    kv("quant_ring", fmt(k.quant_ring));
     kv("moe", fmt(k.moe));
     kv("oneshot", fmt(k.oneshot));
     kv("fused_all_reduce", fmt(k.fused_all_reduce));

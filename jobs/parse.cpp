@@ -320,6 +320,7 @@ void parse_tuning(Section t, KernelConfig& k) {
     t.get_string("quant_prefill", k.quant_prefill, {"dequant", "w8a8"});
     t.get_int("quant_gemv_tokens", k.quant_gemv_tokens, 8, 4096);
     t.get_bool("quant_mma", k.quant_mma);
+    t.get_bool("quant_ring", k.quant_ring);
     t.get_string("moe", k.moe, {"auto", "sparse", "grouped", "dense"});
     t.get_bool("oneshot", k.oneshot);
     t.get_bool("fused_all_reduce", k.fused_all_reduce);

@@ -1,7 +1,7 @@
 // The step program: what an executor runs for a rank's planned graph, decided once from the
 // graph's shape, before the first forward (as llama.cpp's ggml_can_fuse looks at op
 // sequences): how long each value lives, which splits are column views of their input, which
-// neighbours a batch-1 decode GEMV takes in, which all-reduces its GEMVs do, and which prefill
+// neighbours a decode GEMV takes in, which all-reduces its GEMVs do, and which prefill
 // GEMMs add the residual in their epilogue. The executors dispatch it and discover nothing at
 // run time; whether a fused kernel applies to the pointers it is given (alignment, sizes) is
 // still the launcher's to say, and the unfused ops run where it does not.
@@ -17,8 +17,9 @@
 
 namespace tpx {
 
-// The neighbours a batch-1 decode GEMV (a linear node) takes in: the norm before it, and SwiGLU,
-// or split -> RoPE -> the attention's cache write, after it. Nodes taken in are skipped.
+// The neighbours a decode GEMV (a linear node; 1 to 8 tokens) takes in: the norm before it (at
+// one token), and SwiGLU, or split -> RoPE -> the attention's cache write, after it. Nodes taken
+// in are skipped.
 struct DecodeFusion {
     const Node* norm = nullptr;       // rmsnorm / add_rmsnorm / allreduce_add_rmsnorm: only this linear reads its out(0)
     const Node* swiglu = nullptr;     // silu_mul (one input): the only reader of the linear's output

@@ -75,7 +75,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
     f.act.finish();
 }
 
-// The op's kernels, unfused (the batch-1 GEMVs' fusions are in run_linear).
+// The op's kernels, unfused (the decode GEMVs' fusions are in run_linear).
 void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
     auto in = [&](size_t k) { return n->inputs[k]; };
     Activations& a = f.act;
@@ -253,7 +253,9 @@ void CudaExecutor::run_fused_gemv(Forward& f, const Node* n, int64_t r) {
     cuda::GemvEpilogue epi = cuda::GemvEpilogue::kNone;
     cuda::GemvRopeKv rk;
     bf16* y = fused_output(f, n, r, fu, epi, rk);
-    cuda::gemv_fused({in(1)->shape[1], in(1)->shape[0], x, a.data(in(1)), bias, y, nm, epi, fu.split ? &rk : nullptr, r}, launch_);
+    cuda::GemvFusedArgs g{in(1)->shape[1], in(1)->shape[0], x, a.data(in(1)), bias, y, nm, epi, fu.split ? &rk : nullptr};
+    g.tokens = r;
+    cuda::gemv_fused(g, launch_);
     if (nm && nm->sum.ll) f.exchange_open = false;
     if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
 }
@@ -290,7 +292,7 @@ __nv_bfloat16* CudaExecutor::fused_output(Forward& f, const Node* n, int64_t r, 
     return y;
 }
 
-// cuBLAS (or the plain GEMV at one row); lm_head only over the wanted rows; the residual added
+// cuBLAS (or a decode GEMV at up to 8 rows); lm_head only over the wanted rows; the residual added
 // in the tuned GEMM's epilogue where the step program says so.
 void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* weight) {
     auto in = [&](size_t k) { return n->inputs[k]; };
@@ -315,7 +317,12 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
         if (added) f.residual_added.insert(nm);
         else a.release(sum), a.forget(nm->out(1));
     }
-    if (!added) cuda::linear(cublas_, {ls, x, w, bias, a.make(n->out(), r), tuner_.get()}, launch_);
+    if (!added) {
+        // A weight the kernel just before wrote (dequantized): no GEMV may read it before its wait.
+        KernelConfig late = *launch_.config;
+        late.gemv_early = late.gemv_early && !weight;
+        cuda::linear(cublas_, {ls, x, w, bias, a.make(n->out(), r), tuner_.get()}, cuda::Launch(stream_, late));
+    }
     if (selected) a.release(selected);
 }
 

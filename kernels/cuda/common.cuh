@@ -29,6 +29,9 @@ __device__ __forceinline__ void pdl_entry() {
 
 bool pdl_enabled(const KernelConfig& config);  // config.pdl and the device is sm_90 or newer
 int sm_count();      // the current device's multiprocessors (read once)
+// The dynamic shared memory a block of the current device may opt into, less 1 KB for the
+// kernels' static shared memory (read once).
+size_t optin_smem();
 
 __device__ __forceinline__ uint64_t global_ns() {
     uint64_t t;

@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(T) gemv_kernel(int64_t K, int64_t items, int64
         float acc[2];
         item_rows<E>(item, pair, half, rows);
         dot_rows<R, 1, kNorm>(K, xr, w, rows, acc, 0, &first);
-        if (lane == 0) write_item<E>(item, rows, acc, 0, 0, pair, bias, y, rk);
+        if (lane == 0) write_item<E>(item, rows, acc, 0, 0, pair, bias, y, rk);  // token 0: y's width unused
     }
 }
 

@@ -1,5 +1,5 @@
 // What the launchers read of the device once per process: whether it takes programmatic
-// dependent launch, and the SM count. See common.cuh.
+// dependent launch, the SM count and the shared memory a block may opt into. See common.cuh.
 #include "kernels/cuda/common.cuh"
 
 namespace tpx::cuda {
@@ -22,6 +22,16 @@ int sm_count() {
         return sms;
     }();
     return n;
+}
+
+size_t optin_smem() {
+    static const size_t limit = [] {
+        int device = 0, optin = 0;
+        CUDA_CHECK(cudaGetDevice(&device));
+        CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+        return (size_t)optin - 1024;  // less the kernels' static shared memory: the whole opt-in is refused
+    }();
+    return limit;
 }
 
 #ifdef TPX_PROBE

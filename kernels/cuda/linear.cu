@@ -1,9 +1,6 @@
-// y = x W^T: the batch-1 GEMV (gemv.cuh) or, at 2 to kGemvMaxTokens rows, the tensor-core GEMV
-// (gemv_mma.cu) where they apply, with their neighbours fused in (gemv_fused: at one token the
-// residual add + RMSNorm before it; SwiGLU or RoPE + the KV-cache write after it; bit-identical
-// to the unfused kernels); cuBLAS from more rows on: the checkpoint layout W[N, K] row-major is W^T column-major, so
-// Y^T[N, T] = W[N, K] . X^T[K, T] is one cublasGemmEx with op(W) = T, and the bias is a separate
-// row-broadcast kernel.
+// y = x W^T: the decode GEMVs (gemv.cuh at one row, gemv_mma.cu at 2 to 8) with their neighbours
+// fused in (gemv_fused), else cuBLAS: W[N, K] row-major is W^T column-major, so Y^T = W . X^T is
+// one cublasGemmEx with op(W) = T, and the bias a separate row-broadcast kernel.
 #include <algorithm>
 #include <string>
 #include <type_traits>
@@ -70,6 +67,7 @@ bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w) {
 }
 
 bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w, int64_t tokens) {
+    if (tokens < 1) return false;
     if (tokens > 1) return !norm && gemv_mma_applies(tokens, K, w);
     if (K % 8 != 0 || !aligned16({w})) return false;
     if (!norm) return true;
@@ -85,11 +83,10 @@ void gemv_fused(const GemvFusedArgs& a, Launch at) {
     const GemvNorm* norm = a.norm;
     const GemvEpilogue epi = a.epilogue;
     const GemvRopeKv* rope = a.rope;
-    TPX_CHECK(a.tokens == 1 || (gemv_fused_applies(K, norm, w, a.tokens) && aligned16({x})),
-              "gemv_fused: " + std::to_string(a.tokens) + " tokens: 1 to " + std::to_string(kGemvMaxTokens) +
-                  ", K a multiple of 8, operands 16-byte aligned, no norm above one token");
-    TPX_CHECK(a.tokens > 1 || (gemv_fused_applies(K, norm, w) && (norm || aligned16({x}))), "gemv_fused: K must be a multiple of 8 (at most " +
-                                                                            std::to_string(kGemvNormMaxK) + " with the norm), operands 16-byte aligned");
+    TPX_CHECK(gemv_fused_applies(K, norm, w, a.tokens) && (norm || aligned16({x})),
+              "gemv_fused: " + std::to_string(a.tokens) + " tokens of K = " + std::to_string(K) + ", N = " + std::to_string(N) +
+                  ": needs 1 to " + std::to_string(kGemvMaxTokens) + " tokens, K a multiple of 8 (at most " + std::to_string(kGemvNormMaxK) +
+                  " with the norm, which takes one token), operands 16-byte aligned and the shared memory the kernel needs");
     const GemvNorm nm = norm ? *norm : GemvNorm{};
     GemvRopeKv rk{};
     rk.head_dim = 2;
@@ -126,7 +123,11 @@ void linear(cublasHandle_t handle, const LinearArgs& a, Launch at) {
     TPX_CHECK(s.tokens >= 0 && s.in > 0 && s.out > 0, "linear: bad shape");
     if (s.tokens == 0) return;
     if (a.route == LinearRoute::kAuto && gemv_applies(s, x, w) && (s.tokens == 1 || at.config->gemv_mma)) {
-        if (s.tokens > 1) return gemv_fused({s.in, s.out, x, w, bias, y, nullptr, GemvEpilogue::kNone, nullptr, s.tokens}, at);
+        if (s.tokens > 1) {
+            GemvFusedArgs f{s.in, s.out, x, w, bias, y};
+            f.tokens = s.tokens;
+            return gemv_fused(f, at);
+        }
         const int ks = gemv_split_for(s.in, *at.config);
         if (ks == 2 || ks == 4) {
             const OneShotPeers none;

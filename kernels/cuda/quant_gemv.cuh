@@ -15,7 +15,7 @@ constexpr int kThreads = 256, kWarps = kThreads / 32;
 // The epilogue of one item at one token (gemv_epilogue.cuh's, as the bf16 GEMV writes it).
 template <GemvEpilogue E>
 __device__ inline void write_item(const QuantGemvArgs& a, int64_t item, const int64_t* rows, const float* acc) {
-    ::tpx::cuda::write_item<E>(item, rows, acc, 0, a.w.N(), 0, a.bias, a.y, a.rope);
+    ::tpx::cuda::write_item<E>(item, rows, acc, 0, a.w.N(), 0, a.bias, a.y, a.rope);  // token 0: SwiGLU's width unused
 }
 
 // x = rmsnorm(residual + x) (or rmsnorm(x)) of one token into xf (K floats holding the bf16

@@ -9,6 +9,7 @@
 //   FP8: a step is 64 columns, 16 a lane; slice j is the lane's values 4j .. 4j + 3, through the
 //   hardware's e4m3x2 -> f16x2 (exact). A step lies in one scale block (block_in 64 x 2^n
 //   columns, the cut a multiple of 64); its sums times the rows' scales go into the fp32 sums.
+//   Weights in 128 x 128 blocks take the ring form instead (fp8_ring_kernel, quant_ring).
 //   GPTQ: a step is 128 positions (one group: GptqLayout::group_steps), 32 a lane; word i's
 //   nibbles pair as (0, 4), (1, 5), (2, 6), (3, 7) (mask and OR into 1024 + q or 1024 + 16 q,
 //   fp16), minus 8 exactly, x stored in the same pairing; an asymmetric zero adds
@@ -23,7 +24,9 @@
 
 #include <algorithm>
 
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/quant_gemv.cuh"
+#include "kernels/cuda/weight_ring.cuh"
 
 namespace tpx::cuda {
 namespace {
@@ -384,27 +387,128 @@ __global__ void __launch_bounds__(kThreads, 2) mma_gemv_kernel(QuantGemvArgs a, 
     }
 }
 
-// The dynamic shared memory a block of this path may have: all the device offers (a down_proj's
-// 8 tokens of x take 229 KB), not the FMA path's kQuantGemvMaxSmem.
-size_t mma_smem_limit() {
-    static const size_t limit = [] {
-        int device = 0, optin = 0;
-        CUDA_CHECK(cudaGetDevice(&device));
-        CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-        return (size_t)optin - 1024;  // less the kernels' static shared memory (272 bytes or less): the whole opt-in is refused
-    }();
-    return limit;
-}
-
-// The kernel's dynamic shared memory limit raised to mma_smem_limit().
+// The kernel's dynamic shared memory limit raised to optin_smem().
 template <typename Kernel>
 bool set_smem_limit(Kernel kernel) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)mma_smem_limit()));
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)optin_smem()));
     return true;
+}
+
+// The FP8 ring form (weights in 128 x 128 scale blocks): the weights stream through
+// weight_ring.cuh's ring, a step being 128 columns (a 128-byte line of each row, one scale
+// block's width); each 16-byte chunk is a k-slice: ldmatrix (as b16) gives lane (g, c) bytes 4c ..
+// 4c + 3 of rows g and g + 8, converted by e4m3x2 -> f16x2 into a0/a2 and a1/a3, and token g's x
+// (fp16, staged once a block by stage_x, rows ld = Kp + 16 apart: conflict-free 8-byte reads) at
+// the same four columns is b0/b1. A set's 16 rows lie in one block of rows: one scale a set a step.
+struct RingSmem {
+    Smem x;  // stage_x's layout, Kp a multiple of the 128-column step
+    int64_t Kp = 0, ring = 0, bytes = 0;
+};
+__host__ __device__ inline RingSmem ring_smem(const QuantGemvArgs& a) {
+    RingSmem r;
+    const int64_t K = a.w.K();
+    r.Kp = (K + ring::kLine - 1) / ring::kLine * ring::kLine;
+    r.x.ld = r.Kp + 16, r.x.xscale = 0, r.x.xsum = 16 * 4, r.x.norm = r.x.xsum, r.x.xh = r.x.norm + (a.has_norm ? K * (4 + 2) : 0);
+    r.ring = (r.x.xh + a.tokens * r.x.ld * 2 + 127) / 128 * 128;
+    r.bytes = r.ring + (int64_t)ring::kWarps * ring::kStages * ring::kWBytes;
+    return r;
+}
+
+template <GemvEpilogue E, bool kNorm>
+__global__ void __launch_bounds__(kThreads) fp8_ring_kernel(QuantGemvArgs a, int64_t items, int64_t pair, int active, int split, bool early) {
+    extern __shared__ __align__(128) char smem[];
+    const RingSmem L = ring_smem(a);
+    char* ring_base = smem + L.ring;
+    const cpu::Fp8View& w = a.w.fp8;
+    const int64_t K = w.l.K, steps = L.Kp / ring::kLine, half = a.rope.head_dim / 2;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, m = lane >> 3, rr = lane & 7;
+    const int kpart = warp % split;
+    const int64_t tile = (int64_t)blockIdx.x * (active / split) + warp / split;
+    const bool valid = warp < active && tile * ring::kTileItems<E> < items;
+    const int64_t mine = valid ? (steps - kpart + split - 1) / split : 0;
+    ring::LineCopies lines;
+    lines.init<E>(w.w, K, tile, items, pair, half);
+    auto slot = [&](int64_t n) { return ring_base + ((n % ring::kStages) * ring::kWarps + warp) * ring::kWBytes; };
+    auto copy = [&](int64_t n) {
+        if (n < mine) lines.copy(slot(n), kpart + n * split, K);
+    };
+    if (early)
+        for (int n = 0; n < ring::kStages - 1; ++n) copy(n);
+    pdl_entry();
+    stage_x<Format::kFp8, kNorm, false>(a, smem, L.x, L.Kp);
+    for (int n = 0; n < ring::kStages - 1; ++n) {
+        if (!early) copy(n);
+        cp_async_commit();
+    }
+    const float* scale[ring::kSets];  // each set's row of scale blocks
+#pragma unroll
+    for (int s = 0; s < ring::kSets; ++s)
+        scale[s] = w.scale + (ring::tile_row<E>(tile, 16 * s, items, pair, half) / w.l.rows_per_scale) * w.l.scale_cols + w.l.in_offset / 128;
+    const __half* xr = reinterpret_cast<const __half*>(smem + L.x.xh) + (g < a.tokens ? g : 0) * L.x.ld + 4 * c;
+    float acc[ring::kSets][4] = {};
+    for (int64_t n = 0; n < mine; ++n) {
+        copy(n + ring::kStages - 1);
+        cp_async_commit();
+        cp_async_wait<ring::kStages - 1>();
+        __syncwarp();
+        const int64_t st = kpart + n * split;
+        float d[ring::kSets][4] = {};
+#pragma unroll
+        for (int q = 0; q < 8; q += 2) {  // chunks q and q + 1: a slice each
+            uint2 xv[2];
+#pragma unroll
+            for (int j = 0; j < 2; ++j) xv[j] = *reinterpret_cast<const uint2*>(xr + st * ring::kLine + (q + j) * 16);
+#pragma unroll
+            for (int s = 0; s < ring::kSets; ++s) {
+                uint32_t r[4];  // rows g, g + 8 of chunk q, then of chunk q + 1
+                ldmatrix_x4(r, slot(n) + ring::line_chunk(16 * s + rr + 8 * (m & 1), q + (m >> 1)));
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const uint32_t af[4] = {e4m3x2_to_f16x2(r[2 * j]), e4m3x2_to_f16x2(r[2 * j + 1]), e4m3x2_to_f16x2(r[2 * j] >> 16),
+                                            e4m3x2_to_f16x2(r[2 * j + 1] >> 16)};
+                    mma16816(d[s], af, xv[j].x, xv[j].y);
+                }
+            }
+        }
+#pragma unroll
+        for (int s = 0; s < ring::kSets; ++s) {
+            const float k = __ldg(scale[s] + st);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[s][i] = __fmaf_rn(k, d[s][i], acc[s][i]);
+        }
+        __syncwarp();
+    }
+    cp_async_wait_all();
+    if (ring::add_split_sums(reinterpret_cast<float*>(ring_base), acc, split, valid))
+        ring::write_tile<E>(a.tokens, a.w.N(), a.bias, a.y, a.rope, tile, items, pair, acc, reinterpret_cast<const float*>(smem + L.x.xscale));
+}
+
+// Whether the ring form takes these FP8 weights: scale blocks of 128 columns cut on a block's
+// edge, each set's 16 rows inside one block of rows (SwiGLU's up rows and RoPE's half heads start
+// on a multiple of 16), within the shared memory.
+bool fp8_ring_applies(const QuantGemvArgs& a, int64_t pair) {
+    const cpu::Fp8Layout& l = a.w.fp8.l;
+    if (a.w.format != Format::kFp8 || l.block_in != 128 || l.in_offset % 128 != 0 || l.rows_per_scale % 16 != 0) return false;
+    if (a.epi == GemvEpilogue::kSwiglu && pair % 16 != 0) return false;
+    if (a.epi == GemvEpilogue::kRopeKv && (a.rope.head_dim / 2) % 16 != 0) return false;
+    return (size_t)ring_smem(a).bytes <= optin_smem();
+}
+
+template <GemvEpilogue E, bool kNorm>
+void launch_ring(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch& at) {
+    const auto kernel = fp8_ring_kernel<E, kNorm>;
+    static const bool raised = set_smem_limit(kernel);  // once a process: one device each
+    (void)raised;
+    const ring::Grid g = ring::grid_for((items + ring::kTileItems<E> - 1) / ring::kTileItems<E>);
+    launch(kernel, g.blocks, kThreads, (size_t)ring_smem(a).bytes, at, a, items, pair, g.warps, g.split, at.config->gemv_early);
+    TPX_LAUNCH_CHECK();
 }
 
 template <Format F, GemvEpilogue E, bool kNorm, bool kGather = false>
 void launch_mma(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch& at) {
+    if constexpr (F == Format::kFp8) {
+        if (at.config->quant_ring && fp8_ring_applies(a, pair)) return launch_ring<E, kNorm>(a, items, pair, at);
+    }
     constexpr int R = E == GemvEpilogue::kNone ? 1 : 2;
     const auto kernel = mma_gemv_kernel<F, E, kNorm, kGather>;
     const size_t smem = (size_t)smem_of<F>(a, R).bytes;
@@ -441,11 +545,11 @@ bool quant::mma_applies(const QuantGemvArgs& a) {
         const cpu::Fp8Layout& l = a.w.fp8.l;
         const int64_t blocks = l.block_in / 64;
         return l.K % 16 == 0 && l.block_in % 64 == 0 && (blocks & (blocks - 1)) == 0 && l.in_offset % 64 == 0 && aligned16({a.w.fp8.w}) &&
-               (size_t)smem_of<Format::kFp8>(a, R).bytes <= mma_smem_limit();
+               (size_t)smem_of<Format::kFp8>(a, R).bytes <= optin_smem();
     }
     const cpu::GptqLayout& l = a.w.gptq.l;
     return l.group_steps && !(a.has_norm && a.w.gptq.perm) && aligned16({a.w.gptq.qw}) &&
-           (size_t)smem_of<Format::kGptq>(a, R).bytes <= mma_smem_limit();
+           (size_t)smem_of<Format::kGptq>(a, R).bytes <= optin_smem();
 }
 
 void quant::mma_gemv(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch& at) {
