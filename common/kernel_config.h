@@ -29,7 +29,8 @@ struct KernelConfig {
     int64_t quant_gemv_tokens = 32;    // quantized linears of up to this many tokens run the decode GEMV, 8 tokens a launch
                                        // (weights read once per 8); more take quant_prefill's route
     bool quant_mma = true;             // quantized decode GEMVs on tensor cores (x in fp16; false: fp32 FMAs, exact products)
-    bool quant_ring = true;            // FP8 weights of 128x128 blocks: those GEMVs stream whole lines through a ring in shared memory
+    bool quant_ring = true;            // with quant_mma, FP8 weights of 128x128 blocks: whole lines through a ring in shared memory
+                                       // (false: the 64-column tensor-core form)
     std::string moe = "auto";          // MoE form: auto | sparse | grouped | dense
     bool oneshot = true;               // small all-reduces through tpx's one-shot kernel (false: NCCL)
     bool fused_all_reduce = true;      // batch-1 all-reduces summed in the GEMVs (cuda::ExchangeIn)

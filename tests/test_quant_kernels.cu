@@ -300,12 +300,16 @@ TEST(QuantKernels, Fp8PrefillEqualsItsTwin) {
     EXPECT_FALSE(cpu::fp8_w8a8_applies(random_fp8(130, 272, 1, 48).l));  // a cut inside a block
 }
 
-// Both GEMVs: tensor cores (quant_mma, where the weight allows: not the cut inside a block) and FMAs.
+// Every form: the ring of whole lines (quant_ring, blocks of 128 x 128), the tensor-core GEMV
+// of 64-column steps (quant_mma, where the weight allows: not the cut inside a block) and FMAs.
 TEST(QuantKernels, Fp8GemvEqualsItsTwin) {
     REQUIRE_GPU();
-    for (bool mma : {true, false}) {
-        tuning.quant_mma = mma;
-        const std::string how = mma ? " (tensor cores)" : " (FMA)";
+    for (int form = 0; form < 3; ++form) {
+        const bool mma = form < 2;
+        tuning.quant_mma = mma, tuning.quant_ring = form == 0;
+        const std::string how = form == 0 ? " (ring)" : form == 1 ? " (tensor cores, 64-column steps)" : " (FMA)";
+        // Between 2 and 3 tiles of 32 rows an SM: blocks of 3 tiles, 6 of their 8 warps busy (ring).
+        if (form == 0) check_weight(random_fp8(9608, 256, 128, 0), "fp8 blocks of several tiles" + how, mma);
         check_weight(random_fp8(384, 1024, 128, 0), "fp8 block rows" + how, mma);
         check_weight(random_fp8(200, 4096, 1, 0), "fp8 per-row scales" + how, mma);
         // (x of 8 tokens of 14336 takes 229,504 bytes: the tensor-core GEMV's opt-in shared memory)
@@ -315,7 +319,7 @@ TEST(QuantKernels, Fp8GemvEqualsItsTwin) {
         check_weight(random_fp8(160, 1024, 256, 0), "fp8 scale rows of 256" + how, mma);
         check_weight(random_fp8(130, 272, 1, 48), "fp8 cut inside a block" + how, 0);
     }
-    tuning.quant_mma = true;
+    tuning.quant_mma = true, tuning.quant_ring = true;
 }
 
 // x past fp16's range (a power-of-two rescale of the token in the tensor-core GEMV): the outputs

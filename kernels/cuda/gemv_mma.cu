@@ -85,7 +85,8 @@ __global__ void __launch_bounds__(kThreads) gemv_mma_kernel(MmaArgs a, int64_t i
             cp_async16(slot + line_chunk(t, q), a.x + (t < T ? t : 0) * K + col + q * 8, t < T && col + q * 8 < K);
         }
     };
-    // The first steps' weights before the wait for the kernel before (it writes no weights),
+    // The first steps' weights before the wait for the kernel before (which writes no weights:
+    // gemv_early is off where it might, see gemv.cuh's FirstLoads),
     // their x after it: cp.async group n holds step n's x (and, with early, group 0 the three
     // steps' weights).
     if (early) {
@@ -133,8 +134,6 @@ bool gemv_mma_applies(int64_t tokens, int64_t K, const bf16* w) {
 }
 
 void gemv_mma(const GemvFusedArgs& f, int64_t items, int64_t pair, const GemvRopeKv& rk, Launch at) {
-    TPX_CHECK(!f.norm && gemv_mma_applies(f.tokens, f.K, f.w) && aligned16({f.x}),
-              "gemv_fused: " + std::to_string(f.tokens) + " tokens need K a multiple of 8, operands 16-byte aligned and no norm");
     MmaArgs a;
     a.T = f.tokens, a.K = f.K, a.N = f.N, a.x = f.x, a.w = f.w, a.bias = f.bias, a.y = f.y, a.rope = rk;
     if (f.epilogue == GemvEpilogue::kNone) launch_mma<GemvEpilogue::kNone>(a, items, pair, at);

@@ -20,16 +20,8 @@
 
 namespace tpx::cuda {
 
-// The gather's and the tensor-core path's limit.
-size_t quant::smem_limit() {
-    static const size_t limit = [] {
-        int device = 0, optin = 0;
-        CUDA_CHECK(cudaGetDevice(&device));
-        CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-        return std::min<size_t>(kQuantGemvMaxSmem, (size_t)optin);
-    }();
-    return limit;
-}
+// The gather's limit.
+size_t quant::smem_limit() { return std::min<size_t>(kQuantGemvMaxSmem, optin_smem()); }
 
 namespace {
 

@@ -414,9 +414,11 @@ __host__ __device__ inline RingSmem ring_smem(const QuantGemvArgs& a) {
     return r;
 }
 
+// Blocks of kThreads threads whatever the grid's shape (stage_x and the norm take all of them);
+// the first `active` warps take tiles, the others only stage x and meet the barriers.
 template <GemvEpilogue E, bool kNorm>
 __global__ void __launch_bounds__(kThreads) fp8_ring_kernel(QuantGemvArgs a, int64_t items, int64_t pair, int active, int split, bool early) {
-    extern __shared__ __align__(128) char smem[];
+    extern __shared__ __align__(16) char smem[];  // (as mma_gemv_kernel's: one declaration a file)
     const RingSmem L = ring_smem(a);
     char* ring_base = smem + L.ring;
     const cpu::Fp8View& w = a.w.fp8;
