@@ -1,7 +1,7 @@
 // One forward of the CUDA executor: the walk over the step program (sharding/steps.h) and each
 // op's kernels, fused in decode-sized forwards (up to cuda::kGemvMaxTokens tokens) where the
-// program says so and the kernel applies. Buffers come
-// from Activations; nothing allocated here outlives the forward.
+// program says so and the kernel applies. Buffers come from Activations; nothing allocated here
+// outlives the forward.
 #include <algorithm>
 #include <map>
 #include <set>

@@ -52,7 +52,8 @@ using bf16 = __nv_bfloat16;
 // gemv_applies() (up to kGemvMaxTokens rows, K % 8 == 0, 16-byte aligned x and W) and the
 // route is kAuto: the batch-1 GEMV at one row, gemv_mma.cu's tensor-core GEMV at 2 or more;
 // cuBLAS otherwise: the tuner's algorithm where a tuner is given and takes the product,
-// cublasGemmEx else.
+// cublasGemmEx else. The GEMVs load their first weights before they wait for the kernel before
+// (gemv_early): a weight that kernel writes needs gemv_early off in the Launch's config.
 bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w);
 class GemmTuner;
 enum class LinearRoute { kAuto, kGemm };  // kGemm: cuBLAS even where the GEMV applies (tests compare them)
