@@ -86,9 +86,8 @@ __global__ void __launch_bounds__(kThreads) gemv_mma_kernel(MmaArgs a, int64_t i
         }
     };
     // The first steps' weights before the wait for the kernel before (which writes no weights:
-    // gemv_early is off where it might, see gemv.cuh's FirstLoads),
-    // their x after it: cp.async group n holds step n's x (and, with early, group 0 the three
-    // steps' weights).
+    // see gemv.cuh's FirstLoads), their x after it: cp.async group n holds step n's x (and, with
+    // early, group 0 the three steps' weights).
     if (early) {
 #pragma unroll
         for (int n = 0; n < kStages - 1; ++n) copy_w(n);
@@ -111,7 +110,8 @@ __global__ void __launch_bounds__(kThreads) gemv_mma_kernel(MmaArgs a, int64_t i
         __syncwarp();
     }
     cp_async_wait_all();
-    if (add_split_sums(reinterpret_cast<float*>(ring_base), acc, split, valid)) write_tile<E>(a.T, a.N, a.bias, a.y, a.rope, tile, items, pair, acc);
+    if (add_split_sums(reinterpret_cast<float*>(ring_base), acc, split, valid))
+        write_tile<E>(a.T, a.N, a.bias, a.y, a.rope, tile, items, pair, acc);
 }
 
 template <GemvEpilogue E>
