@@ -319,9 +319,10 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
     }
     if (!added) {
         // A weight the kernel just before wrote (dequantized): no GEMV may read it before its wait.
-        KernelConfig late = *launch_.config;
-        late.gemv_early = late.gemv_early && !weight;
-        cuda::linear(cublas_, {ls, x, w, bias, a.make(n->out(), r), tuner_.get()}, cuda::Launch(stream_, late));
+        KernelConfig late;
+        cuda::Launch at = launch_;
+        if (weight) late = *launch_.config, late.gemv_early = false, at = cuda::Launch(stream_, late);
+        cuda::linear(cublas_, {ls, x, w, bias, a.make(n->out(), r), tuner_.get()}, at);
     }
     if (selected) a.release(selected);
 }

@@ -24,10 +24,10 @@ constexpr int kGemvSplit = 1;
 constexpr int64_t kGemvNormMaxK = 12288;  // x and the norm weight (and the residual, summing) in shared memory: 48 (72) KiB
 
 // The first batch of dot_rows's weight loads for rows[0 .. R), issued early: before the kernel
-// waits for the one before it (pdl_entry; the kernel before writes no weights: linear()'s callers
-// turn gemv_early off for a weight just written, as run_gemm does for a dequantized one), so that the weight stream
-// starts while that kernel drains, and before the norm prologue. Lanes whose first batch the
-// loop would not load (short rows) leave it to the loop.
+// waits for the one before it (pdl_entry; the kernel before writes no weights: linear()'s
+// callers turn gemv_early off for a weight just written, as run_gemm does for a dequantized
+// one), so that the weight stream starts while that kernel drains, and before the norm
+// prologue. Lanes whose first batch the loop would not load (short rows) leave it to the loop.
 template <int R, int KS = 1>
 struct FirstLoads {
     uint4 v[R][kGemvUnroll];

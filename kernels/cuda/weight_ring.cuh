@@ -33,9 +33,10 @@ __device__ inline int64_t tile_row(int64_t tile, int r, int64_t items, int64_t p
 // A warp takes a tile of 32 weight rows (two sets of 16: kNone two tiles of 16 items, with an
 // epilogue 16 items whose two rows are the sets) and streams it in steps of one 128-byte line of
 // each row through a ring of kStages slots in shared memory, by cp.async of whole lines (loads
-// of part lines stream slower: docs/PERF.md), chunks XOR-swizzled by the row so that ldmatrix reads them without bank
-// conflicts. The lane's share of a step: copy i (0..7) is row 4i + lane / 8, 16-byte chunk
-// lane % 8 of its line, stored at chunk (lane % 8) ^ (row % 8) of the row's 128 bytes in the slot.
+// of part lines stream slower: docs/PERF.md), chunks XOR-swizzled by the row so that ldmatrix
+// reads them without bank conflicts. The lane's share of a step: copy i (0..7) is row
+// 4i + lane / 8, 16-byte chunk lane % 8 of its line, stored at chunk (lane % 8) ^ (row % 8) of
+// the row's 128 bytes in the slot.
 static_assert(16 * kSets == 8 * 4 && kLine == 8 * 16, "8 copies a lane of 4 rows x 8 chunks cover the tile's 32 lines");
 struct LineCopies {
     const char* src[8];
