@@ -827,6 +827,10 @@ void h2d_mix(const char* path) {
 void quant_sweep(cudaStream_t st) {
     struct Shape { const char* name; int64_t K, N; };
     const Shape shapes[] = {{"qkv", 4096, 6144}, {"o", 4096, 4096}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}};
+    const int64_t max_seq = 4096;  // qkv's RoPE + cache write: one token of slot 0 at position 127, 8 KV heads of 128
+    int32_t *slot = device_int(0), *pos = device_int(127);
+    float* inv = device_alloc<float>(64, false);
+    bf16 *kc = device_alloc<bf16>(max_seq * 8 * 128), *vc = device_alloc<bf16>(max_seq * 8 * 128);
     for (const Shape& sh : shapes) {
         const std::string dims = " K=" + std::to_string(sh.K) + " N=" + std::to_string(sh.N);
         bf16* x = device_alloc<bf16>(8 * sh.K);
@@ -872,8 +876,10 @@ void quant_sweep(cudaStream_t st) {
                     });
                     row(name + (mma ? " mma" : " fma"), "T=" + std::to_string(T) + dims, us, rate((double)(wbytes + sbytes), us) + (copies < kReps ? " (L2 may help)" : ""));
                 }
-            // With the norm prologue (and gate_up's SwiGLU) at one token, as the decode step runs them.
-            if (std::strcmp(sh.name, "gate_up") == 0 || std::strcmp(sh.name, "o") == 0) {
+            // With the norm prologue (and gate_up's SwiGLU, qkv's RoPE + cache write) at one token, as
+            // the decode step runs them.
+            if (std::strcmp(sh.name, "down") != 0) {
+                const bool gate_up = std::strcmp(sh.name, "gate_up") == 0, qkv = std::strcmp(sh.name, "qkv") == 0;
                 for (bool mma : {true, false}) {
                     tuning.quant_mma = mma;
                     double us = time_graph(st, [&](int i) {
@@ -881,10 +887,11 @@ void quant_sweep(cudaStream_t st) {
                         a.w = at(i), a.tokens = 1, a.y = y;
                         a.has_norm = true;
                         a.norm.x = x, a.norm.residual = x + sh.K, a.norm.residual_out = x + 2 * sh.K, a.norm.weight = x + 3 * sh.K, a.norm.eps = 1e-5f;
-                        if (std::strcmp(sh.name, "gate_up") == 0) a.epi = cuda::GemvEpilogue::kSwiglu;
+                        if (gate_up) a.epi = cuda::GemvEpilogue::kSwiglu;
+                        if (qkv) a.epi = cuda::GemvEpilogue::kRopeKv, a.rope = cuda::GemvRopeKv{32, 8, 128, max_seq, slot, pos, inv, kc, vc};
                         cuda::quant_gemv(a, on(st));
                     });
-                    row(name + " norm" + (std::strcmp(sh.name, "gate_up") == 0 ? "+swiglu" : "") + (mma ? " mma" : " fma"), "T=1" + dims, us, rate((double)(wbytes + sbytes), us));
+                    row(name + " norm" + (gate_up ? "+swiglu" : qkv ? "+rope" : "") + (mma ? " mma" : " fma"), "T=1" + dims, us, rate((double)(wbytes + sbytes), us));
                 }
             }
             tuning.quant_mma = true;
@@ -896,6 +903,7 @@ void quant_sweep(cudaStream_t st) {
         CUDA_CHECK(cudaFree(y));
         CUDA_CHECK(cudaFree(dense));
     }
+    for (void* p : {(void*)slot, (void*)pos, (void*)inv, (void*)kc, (void*)vc}) CUDA_CHECK(cudaFree(p));
 }
 
 int main(int argc, char** argv) {

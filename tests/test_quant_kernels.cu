@@ -196,14 +196,21 @@ void check_weight(const W& w, const std::string& what, int mma = -1) {
         fused.x = nullptr, fused.y = b.poisoned(N), fused.has_norm = true;
         fused.norm.x = delta, fused.norm.residual = residual, fused.norm.residual_out = res_fused, fused.norm.weight = weight;
         fused.norm.eps = 1e-5f;
+        if (K > cuda::kRmsnormVecMaxWidth) {  // add_rmsnorm sums such rows in another order: no prologue
+            EXPECT_FALSE(cuda::quant_gemv_applies(fused)) << what;
+            continue;
+        }
         ASSERT_TRUE(cuda::quant_gemv_applies(fused)) << what;
         cuda::quant_gemv(fused, on(nullptr));
         const std::vector<float> y_ref = download(a.y, N), y_fused = download(fused.y, N);
         const std::vector<float> r_ref = download(res_ref, K), r_fused = download(res_fused, K);
-        int64_t differ = 0;
-        for (int64_t i = 0; i < N; ++i) differ += !(y_ref[i] == y_fused[i]);
-        for (int64_t i = 0; i < K; ++i) differ += !(r_ref[i] == r_fused[i]);
-        EXPECT_EQ(differ, 0) << what << ": the norm prologue differs from add_rmsnorm + the GEMV";
+        int64_t differ_y = 0, differ_r = 0, first = -1;
+        for (int64_t i = 0; i < N; ++i)
+            if (!(y_ref[i] == y_fused[i])) differ_y++, first = first < 0 ? i : first;
+        for (int64_t i = 0; i < K; ++i) differ_r += !(r_ref[i] == r_fused[i]);
+        EXPECT_EQ(differ_y + differ_r, 0) << what << ": the norm prologue differs from add_rmsnorm + the GEMV: " << differ_y << " of " << N
+                                          << " outputs (the first at " << first << ": " << (first < 0 ? 0.0f : y_fused[first]) << " against "
+                                          << (first < 0 ? 0.0f : y_ref[first]) << "), " << differ_r << " of " << K << " residuals";
     }
     std::vector<float> dense(N * K, 0.0f);
     if constexpr (std::is_same_v<W, cpu::Fp8Weight>) cpu::dequantize_fp8_layout(w.view(), dense.data());

@@ -246,7 +246,8 @@ bool quant_gemv_applies(const QuantGemvArgs& a) {
     if (a.tokens < 1 || a.tokens > kQuantGemvMaxTokens || (a.epi != GemvEpilogue::kNone && a.tokens != 1)) return false;
     if (a.has_norm) {
         const GemvNorm& nm = a.norm;
-        if (a.tokens != 1 || nm.sum.ll || (a.w.format == Format::kGptq && a.w.gptq.perm) || !aligned16({nm.x, nm.weight}) ||
+        // (up to the rmsnorm vector kernel's width: its sums are the ones norm_into repeats)
+        if (a.tokens != 1 || nm.sum.ll || a.w.K() > kRmsnormVecMaxWidth || (a.w.format == Format::kGptq && a.w.gptq.perm) || !aligned16({nm.x, nm.weight}) ||
             (nm.residual && !aligned16({nm.residual, nm.residual_out})))
             return false;
     } else if (!aligned16({a.x})) {

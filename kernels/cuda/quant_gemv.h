@@ -40,7 +40,7 @@ struct QuantGemvArgs {
     // One token: x = rmsnorm(norm.residual + norm.x) (or rmsnorm(norm.x)) computed by every block
     // into shared memory with the rmsnorm kernel's arithmetic (so bit-identical to it), block 0
     // writing residual + x to norm.residual_out, as gemv_fused's norm prologue; `x` is unused.
-    // No exchange sum (norm.sum.ll null) and no act-order gather.
+    // No exchange sum (norm.sum.ll null), no act-order gather, K at most kRmsnormVecMaxWidth.
     bool has_norm = false;
     GemvNorm norm;
 };

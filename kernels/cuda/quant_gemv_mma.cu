@@ -117,38 +117,53 @@ __device__ inline float x_at(const QuantGemvArgs& a, const float* xf, int64_t Kp
     return kNorm ? xf[k] : __bfloat162float(a.x[t * a.w.K() + k]);
 }
 
-template <Format F, bool kNorm, bool kGather>
-__device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64_t Kp) {
+template <Format F, bool kNorm, bool kGather, typename Then = Nothing>
+__device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64_t Kp, Then then = Nothing{}) {
     const int64_t K = a.w.K(), T = a.tokens, S = kGather ? a.w.gptq.l.segments : 1;
     __half* xh = reinterpret_cast<__half*>(smem + L.xh);
     float* xscale = reinterpret_cast<float*>(smem + L.xscale);
     float* xf = reinterpret_cast<float*>(smem + L.norm);
-    if constexpr (kNorm) norm_into(K, a.norm, reinterpret_cast<uint4*>(smem + L.norm + K * 4), xf);
+    if constexpr (kNorm) norm_into(K, a.norm, reinterpret_cast<uint4*>(smem + L.norm + K * 4), xf, then);
     bool big = false;
     const int per = (int)(Kp / 8);  // 8 positions a thread a turn: one 16-byte store
+    const int n = (int)(S * T) * per;
     const int64_t ld = L.ld;
-    for (int i = threadIdx.x; i < (int)(S * T) * per; i += kThreads) {
-        const int st = i / per, p = (i - st * per) * 8;
-        float v[8];
-        if (kGather) {
+    constexpr int kB = kNormBatch;  // turns a thread loads x for at once (one wait on memory a round)
+    for (int base = threadIdx.x; base < n; base += kB * kThreads) {
+        uint4 raw[kB];
+        if constexpr (!kNorm && !kGather) {
 #pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] = x_at<kNorm, kGather>(a, xf, Kp, st / T, st % T, p + j);
-        } else if (p >= K) {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] = 0.0f;
-        } else if (kNorm) {
-            const float4 lo = reinterpret_cast<const float4*>(xf + p)[0], hi = reinterpret_cast<const float4*>(xf + p)[1];
-            v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
-        } else {
-            unpack8(__ldg(reinterpret_cast<const uint4*>(a.x + st * K + p)), v);
+            for (int u = 0; u < kB; ++u) {
+                const int i = base + u * kThreads, st = i / per, p = (i - st * per) * 8;
+                raw[u] = i < n && p < K ? __ldg(reinterpret_cast<const uint4*>(a.x + st * K + p)) : make_uint4(0, 0, 0, 0);
+            }
+            if (base == (int)threadIdx.x) then();
         }
 #pragma unroll
-        for (int j = 0; j < 8; ++j) big |= !(fabsf(v[j]) < kHalfSafe);
-        __half2 h[4];
+        for (int u = 0; u < kB; ++u) {
+            const int i = base + u * kThreads, st = i / per, p = (i - st * per) * 8;
+            if (i >= n) break;
+            float v[8];
+            if (kGather) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j)  // FP8: in order; GPTQ: pairs (j, j + 4)
-            h[j] = F == Format::kFp8 ? __floats2half2_rn(v[2 * j], v[2 * j + 1]) : __floats2half2_rn(v[j], v[j + 4]);
-        *reinterpret_cast<uint4*>(xh + st * ld + p) = *reinterpret_cast<const uint4*>(h);
+                for (int j = 0; j < 8; ++j) v[j] = x_at<kNorm, kGather>(a, xf, Kp, st / T, st % T, p + j);
+            } else if (!kNorm) {
+                unpack8(raw[u], v);
+            } else if (p >= K) {
+#pragma unroll
+                for (int j = 0; j < 8; ++j) v[j] = 0.0f;
+            } else {
+                const float4 lo = reinterpret_cast<const float4*>(xf + p)[0], hi = reinterpret_cast<const float4*>(xf + p)[1];
+                v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j) big |= !(fabsf(v[j]) < kHalfSafe);
+            __half2 h[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)  // FP8: in order; GPTQ: pairs (j, j + 4)
+                h[j] = F == Format::kFp8 ? __floats2half2_rn(v[2 * j], v[2 * j + 1]) : __floats2half2_rn(v[j], v[j + 4]);
+            *reinterpret_cast<uint4*>(xh + st * ld + p) = *reinterpret_cast<const uint4*>(h);
+        }
     }
     if (threadIdx.x < 16) xscale[threadIdx.x] = 1.0f;
     if (__syncthreads_or(big)) {
@@ -410,15 +425,23 @@ __host__ __device__ inline RingSmem ring_smem(const QuantGemvArgs& a) {
     r.Kp = (K + ring::kLine - 1) / ring::kLine * ring::kLine;
     r.x.ld = r.Kp + 16, r.x.xscale = 0, r.x.xsum = 16 * 4, r.x.norm = r.x.xsum, r.x.xh = r.x.norm + (a.has_norm ? K * (4 + 2) : 0);
     r.ring = (r.x.xh + a.tokens * r.x.ld * 2 + 127) / 128 * 128;
-    r.bytes = r.ring + (int64_t)ring::kWarps * ring::kStages * ring::kWBytes;
+    r.bytes = r.ring + (int64_t)ring::kWarps * ring::kStages * ring::kWBytes + 128;  // (+ the base's alignment)
     return r;
 }
 
 // Blocks of kThreads threads whatever the grid's shape (stage_x and the norm take all of them);
-// the first `active` warps take tiles, the others only stage x and meet the barriers.
+// the first `active` warps take tiles, the others only stage x and meet the barriers. The layout
+// starts at the first 128-byte boundary of the dynamic shared memory (the static shared memory
+// of the block sums comes first): ring slots off that boundary fill at a lower rate (docs/PERF.md).
+// Each lane holds the scales of 32 of its warp's steps (step n's in lane n % 32), loaded 32 steps
+// ahead and shuffled to the step, so that no step waits on a scale's load. early: the ring's
+// first kStages - 1 steps are copied before the wait for the kernel before, and the next one
+// right behind x's first loads (stage_x's `then`), so that the weights keep arriving while x
+// is staged.
 template <GemvEpilogue E, bool kNorm>
-__global__ void __launch_bounds__(kThreads) fp8_ring_kernel(QuantGemvArgs a, int64_t items, int64_t pair, int active, int split, bool early) {
-    extern __shared__ __align__(16) char smem[];  // (as mma_gemv_kernel's: one declaration a file)
+__global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, int64_t items, int64_t pair, int active, int split, bool early) {
+    extern __shared__ __align__(16) char smem_raw[];  // (as mma_gemv_kernel's: one declaration a file)
+    char* smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(smem_raw) + 127) & ~(uintptr_t)127);
     const RingSmem L = ring_smem(a);
     char* ring_base = smem + L.ring;
     const cpu::Fp8View& w = a.w.fp8;
@@ -434,22 +457,36 @@ __global__ void __launch_bounds__(kThreads) fp8_ring_kernel(QuantGemvArgs a, int
     auto copy = [&](int64_t n) {
         if (n < mine) lines.copy(slot(n), kpart + n * split, K);
     };
-    if (early)
-        for (int n = 0; n < ring::kStages - 1; ++n) copy(n);
-    pdl_entry();
-    stage_x<Format::kFp8, kNorm, false>(a, smem, L.x, L.Kp);
-    for (int n = 0; n < ring::kStages - 1; ++n) {
-        if (!early) copy(n);
-        cp_async_commit();
-    }
     const float* scale[ring::kSets];  // each set's row of scale blocks
 #pragma unroll
     for (int s = 0; s < ring::kSets; ++s)
         scale[s] = w.scale + (ring::tile_row<E>(tile, 16 * s, items, pair, half) / w.l.rows_per_scale) * w.l.scale_cols + w.l.in_offset / 128;
+    float cur[ring::kSets], next[ring::kSets];  // the scales of steps n .. n + 31 and of the 32 after
+    auto load_scales = [&](float (&to)[ring::kSets], int64_t from) {
+#pragma unroll
+        for (int s = 0; s < ring::kSets; ++s) to[s] = from + lane < mine ? __ldg(scale[s] + kpart + (from + lane) * split) : 0.0f;
+    };
+    load_scales(cur, 0), load_scales(next, 32);  // (weights: before the wait)
+    if (early)
+        for (int n = 0; n < ring::kStages - 1; ++n) copy(n);
+    pdl_entry();
+    bool ahead = false;  // step kStages - 1 copied during stage_x (by the threads that load x)
+    stage_x<Format::kFp8, kNorm, false>(a, smem, L.x, L.Kp, [&] {
+        if (early) copy(ring::kStages - 1), ahead = true;
+    });
+    for (int n = 0; n < ring::kStages - 1; ++n) {
+        if (!early) copy(n);
+        cp_async_commit();
+    }
     const __half* xr = reinterpret_cast<const __half*>(smem + L.x.xh) + (g < a.tokens ? g : 0) * L.x.ld + 4 * c;
     float acc[ring::kSets][4] = {};
     for (int64_t n = 0; n < mine; ++n) {
-        copy(n + ring::kStages - 1);
+        if (n > 0 && n % 32 == 0) {
+#pragma unroll
+            for (int s = 0; s < ring::kSets; ++s) cur[s] = next[s];
+            load_scales(next, n + 32);
+        }
+        if (n > 0 || !ahead) copy(n + ring::kStages - 1);
         cp_async_commit();
         cp_async_wait<ring::kStages - 1>();
         __syncwarp();
@@ -474,7 +511,7 @@ __global__ void __launch_bounds__(kThreads) fp8_ring_kernel(QuantGemvArgs a, int
         }
 #pragma unroll
         for (int s = 0; s < ring::kSets; ++s) {
-            const float k = __ldg(scale[s] + st);
+            const float k = __shfl_sync(0xffffffffu, cur[s], (int)(n % 32));
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[s][i] = __fmaf_rn(k, d[s][i], acc[s][i]);
         }

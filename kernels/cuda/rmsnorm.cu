@@ -34,6 +34,7 @@ __global__ void rmsnorm_kernel(int64_t width, float eps, const bf16* x, const bf
 }
 
 constexpr int kVecPerThread = 4;  // rows up to kThreads * 8 * 4 = 8192 wide stay in registers
+static_assert(kThreads * 8 * kVecPerThread == kRmsnormVecMaxWidth, "ops.h states the vector kernel's widest row");
 
 // The same arithmetic, for rows of a multiple of 8 up to 8192 elements: 16-byte loads and
 // stores, the row held in registers between the sum of squares and the scaling.
@@ -73,7 +74,7 @@ __global__ void rmsnorm_vec_kernel(int64_t width, float eps, const bf16* x, cons
 }
 
 bool vec_ok(int64_t width, std::initializer_list<const void*> ptrs) {
-    return width % 8 == 0 && width <= (int64_t)kThreads * 8 * kVecPerThread && aligned16(ptrs);
+    return width % 8 == 0 && width <= kRmsnormVecMaxWidth && aligned16(ptrs);
 }
 
 }  // namespace
