@@ -361,6 +361,7 @@ TEST(QuantKernels, GptqGemvEqualsItsTwin) {
         tuning.quant_mma = mma;
         const std::string how = mma ? " (tensor cores)" : " (FMA)";
         check_weight(random_gptq(256, 1024, 128, 0, false), "gptq sym in order" + how, mma);
+        check_weight(random_gptq(96, 1024, 256, 0, false), "gptq sym, groups of 256" + how, mma);
         check_weight(random_gptq(264, 2048, 128, 0, true), "gptq asym in order" + how, mma);
         check_weight(random_gptq(72, 1024, 1024, 0, true), "gptq asym, one group" + how, mma);
         check_weight(random_gptq(200, 4096, 32, 0, true), "gptq asym in order, group 32" + how, 0);

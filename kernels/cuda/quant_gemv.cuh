@@ -99,5 +99,8 @@ size_t smem_limit();
 // The tensor-core GEMV (quant_gemv_mma.cu): whether it takes these arguments, and its launch.
 bool mma_applies(const QuantGemvArgs& a);
 void mma_gemv(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch& at);
+// Its ring form for FP8 (quant_gemv_ring.cu), for arguments mma_applies takes: launched and true
+// where the weights allow it, else false and nothing launched.
+bool ring_gemv(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch& at);
 
 }  // namespace tpx::cuda::quant
