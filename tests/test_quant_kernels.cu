@@ -317,6 +317,9 @@ TEST(QuantKernels, Fp8GemvEqualsItsTwin) {
         const std::string how = form == 0 ? " (ring)" : form == 1 ? " (tensor cores, 64-column steps)" : " (FMA)";
         // Between 2 and 3 tiles of 32 rows an SM: blocks of 3 tiles, 6 of their 8 warps busy (ring).
         if (form == 0) check_weight(random_fp8(9608, 256, 128, 0), "fp8 blocks of several tiles" + how, mma);
+        // 320 steps of 128 columns over 8 warps a tile: 40 a warp, past the 32 scales a lane holds (ring;
+        // more than a token of x does not fit beside the ring: the other forms, hence no form asserted).
+        if (form == 0) check_weight(random_fp8(64, 40960, 128, 0), "fp8 over 32 steps a warp" + how);
         check_weight(random_fp8(384, 1024, 128, 0), "fp8 block rows" + how, mma);
         check_weight(random_fp8(200, 4096, 1, 0), "fp8 per-row scales" + how, mma);
         // (x of 8 tokens of 14336 takes 229,504 bytes: the tensor-core GEMV's opt-in shared memory)

@@ -190,8 +190,9 @@ struct RmsnormArgs {
     bf16* y = nullptr;
 };
 void rmsnorm(const RmsnormArgs& a, Launch at);
-// Rows up to this wide (a multiple of 8) take the vector kernel, whose order of sums the
-// quantized GEMVs' norm prologue repeats (wider rows: a kernel summing one value a thread a turn).
+// Rows up to this wide (a multiple of 8, 16-byte aligned operands) take the vector kernel, whose
+// order of sums the quantized GEMVs' norm prologue repeats (others: a kernel summing one value a
+// thread a turn).
 constexpr int64_t kRmsnormVecMaxWidth = 8192;
 // residual_out = residual_in + x (rounded to bf16), y = rmsnorm(residual_out); residual_in may
 // be residual_out (in place), neither may alias x.

@@ -19,76 +19,66 @@ __device__ inline void write_item(const QuantGemvArgs& a, int64_t item, const in
 }
 
 // x = rmsnorm(residual + x) (or rmsnorm(x)) of one token into xf (K floats holding the bf16
-// results), as linear.cu's norm_prologue (without the exchange sum) and so as rmsnorm_vec_kernel:
+// results), as gemv.cuh's norm_prologue (without the exchange sum) and so as rmsnorm_vec_kernel:
 // the same 256 threads, the same chunks per thread, the same roundings; block 0 writes
-// residual + x to residual_out. xs: K bf16 of staging. A thread loads kNormBatch chunks of x,
-// the residual and the norm's weight at once (one wait on memory a round, not one a chunk: the
-// GEMV's weight stream is stalled while a block stages x); where one round covers K the weight's
-// chunks stay in registers for the second pass.
-constexpr int kNormBatch = 4;
+// residual + x to residual_out. xs: K bf16 of staging. K is at most kRmsnormVecMaxWidth
+// (quant_gemv_applies), so one round of kLoadBatch chunks a thread covers it: a thread loads its
+// chunks of x, the residual and the norm's weight at once (one wait on memory, not one a chunk:
+// the GEMV's weight stream is stalled while a block stages x), the weight's kept in registers for
+// the second pass. then(): run by each thread that has a chunk (threadIdx.x < K / 8) right after
+// its loads are issued.
+constexpr int kLoadBatch = 4;
 struct Nothing {
     __device__ void operator()() const {}
 };
 template <typename Then = Nothing>
 __device__ inline void norm_into(int64_t K, const GemvNorm& nm, uint4* xs, float* xf, Then then = Nothing{}) {
     static_assert(kThreads == 256, "the norm's order of sums is that of rmsnorm_vec_kernel's 256 threads");
-    constexpr int64_t kRound = (int64_t)kNormBatch * kThreads;
+    static_assert((int64_t)kLoadBatch * kThreads * 8 == kRmsnormVecMaxWidth, "one round of loads covers the widest row the vector kernel takes");
     const int64_t chunks = K / 8;
     const uint4* weight = reinterpret_cast<const uint4*>(nm.weight);
-    uint4 wk[kNormBatch];
+    uint4 xv[kLoadBatch], rv[kLoadBatch], wk[kLoadBatch];
+#pragma unroll
+    for (int u = 0; u < kLoadBatch; ++u) {
+        const int64_t i = threadIdx.x + u * kThreads;
+        if (i >= chunks) break;
+        xv[u] = reinterpret_cast<const uint4*>(nm.x)[i];
+        if (nm.residual) rv[u] = reinterpret_cast<const uint4*>(nm.residual)[i];
+        wk[u] = __ldg(weight + i);
+    }
+    if (threadIdx.x < chunks) then();
     float ss = 0;
-    for (int64_t base = threadIdx.x; base < chunks; base += kRound) {
-        uint4 xv[kNormBatch], rv[kNormBatch];
 #pragma unroll
-        for (int u = 0; u < kNormBatch; ++u) {
-            const int64_t i = base + u * kThreads;
-            if (i >= chunks) break;
-            xv[u] = reinterpret_cast<const uint4*>(nm.x)[i];
-            if (nm.residual) rv[u] = reinterpret_cast<const uint4*>(nm.residual)[i];
-            wk[u] = __ldg(weight + i);
+    for (int u = 0; u < kLoadBatch; ++u) {  // in the order of i, as the rmsnorm kernel sums
+        const int64_t i = threadIdx.x + u * kThreads;
+        if (i >= chunks) break;
+        float v[8];
+        unpack8(xv[u], v);
+        if (nm.residual) {
+            float r[8];
+            unpack8(rv[u], r);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = round_bf16(r[j] + v[j]);  // the residual stream stays bf16
+            if (blockIdx.x == 0) reinterpret_cast<uint4*>(nm.residual_out)[i] = pack8(v);
         }
-        if (base == threadIdx.x) then();  // (what the caller issues behind the first loads)
+        xs[i] = pack8(v);  // exact: v holds bf16 values
 #pragma unroll
-        for (int u = 0; u < kNormBatch; ++u) {  // in the order of i, as the rmsnorm kernel sums
-            const int64_t i = base + u * kThreads;
-            if (i >= chunks) break;
-            float v[8];
-            unpack8(xv[u], v);
-            if (nm.residual) {
-                float r[8];
-                unpack8(rv[u], r);
-#pragma unroll
-                for (int j = 0; j < 8; ++j) v[j] = round_bf16(r[j] + v[j]);  // the residual stream stays bf16
-                if (blockIdx.x == 0) reinterpret_cast<uint4*>(nm.residual_out)[i] = pack8(v);
-            }
-            xs[i] = pack8(v);  // exact: v holds bf16 values
-#pragma unroll
-            for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
-        }
+        for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
     }
     const float inv = rsqrtf(block_sum(ss) / (float)K + nm.eps);
-    const bool kept = chunks <= kRound;
-    for (int64_t base = threadIdx.x; base < chunks; base += kRound) {
-        uint4 wv[kNormBatch];
 #pragma unroll
-        for (int u = 0; u < kNormBatch; ++u) {
-            const int64_t i = base + u * kThreads;
-            if (i < chunks) wv[u] = kept ? wk[u] : __ldg(weight + i);
-        }
+    for (int u = 0; u < kLoadBatch; ++u) {
+        const int64_t i = threadIdx.x + u * kThreads;
+        if (i >= chunks) break;
+        float v[8], wf[8], o[8];
+        unpack8(xs[i], v);
+        unpack8(wk[u], wf);
 #pragma unroll
-        for (int u = 0; u < kNormBatch; ++u) {
-            const int64_t i = base + u * kThreads;
-            if (i >= chunks) break;
-            float v[8], wf[8], o[8];
-            unpack8(xs[i], v);
-            unpack8(wv[u], wf);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) o[j] = wf[j] * (v[j] * inv);
-            float r[8];
-            unpack8(pack8(o), r);  // rounded to bf16, as the rmsnorm kernel stores it
-            reinterpret_cast<float4*>(xf)[2 * i] = make_float4(r[0], r[1], r[2], r[3]);
-            reinterpret_cast<float4*>(xf)[2 * i + 1] = make_float4(r[4], r[5], r[6], r[7]);
-        }
+        for (int j = 0; j < 8; ++j) o[j] = wf[j] * (v[j] * inv);
+        float r[8];
+        unpack8(pack8(o), r);  // rounded to bf16, as the rmsnorm kernel stores it
+        reinterpret_cast<float4*>(xf)[2 * i] = make_float4(r[0], r[1], r[2], r[3]);
+        reinterpret_cast<float4*>(xf)[2 * i + 1] = make_float4(r[4], r[5], r[6], r[7]);
     }
     __syncthreads();
 }

@@ -26,6 +26,47 @@ namespace {
 
 using namespace quant;
 
+constexpr int kTile = 16;  // items a tile: the mma's m
+
+template <Format F>
+__host__ __device__ constexpr int64_t step_k() {
+    return F == Format::kFp8 ? 64 : cpu::kGptqStep;
+}
+
+// Nibbles (j, j + 4) of a word, j = 0..3, as fp16 q - 8, both exact: the mask puts q (or 16 q) in
+// the mantissa of 1024.
+__device__ __forceinline__ void int4x8_to_f16(uint32_t word, uint32_t* p) {
+    const __half2 lo_off = __float2half2_rn(1032.0f), hi_mul = __float2half2_rn(0.0625f), hi_off = __float2half2_rn(-72.0f);
+    const uint32_t up = word >> 8;
+    uint32_t v[4] = {(word & 0x000f000fu) | 0x64006400u, (word & 0x00f000f0u) | 0x64006400u, (up & 0x000f000fu) | 0x64006400u,
+                     (up & 0x00f000f0u) | 0x64006400u};
+    __half2 h[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = *reinterpret_cast<const __half2*>(&v[i]);
+    h[0] = __hsub2(h[0], lo_off), h[2] = __hsub2(h[2], lo_off);
+    h[1] = __hfma2(h[1], hi_mul, hi_off), h[3] = __hfma2(h[3], hi_mul, hi_off);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) p[i] = *reinterpret_cast<const uint32_t*>(&h[i]);
+}
+
+// The register-fed form's shared memory (Smem, quant_gemv_mma.cuh): x rows Kp + 8 halves apart;
+// the warps' partial sums reuse x's bytes.
+template <Format F>
+__host__ __device__ inline Smem smem_of(const QuantGemvArgs& a, int R) {
+    Smem s;
+    const int64_t K = a.w.K(), Kp = F == Format::kFp8 ? (K + 63) / 64 * 64 : a.w.gptq.l.Kp;
+    const int64_t S = F == Format::kGptq && a.w.gptq.perm ? a.w.gptq.l.segments : 1;
+    s.ld = Kp + 8;
+    s.xscale = 0;
+    s.xsum = 16 * 4;
+    s.norm = s.xsum + (F == Format::kGptq && a.w.gptq.zeros ? (S * a.tokens * (Kp / cpu::kGptqStep) * 4 + 15) / 16 * 16 : 0);
+    s.xh = s.norm + (a.has_norm ? K * (4 + 2) : 0);
+    s.part = s.xh;
+    const int64_t x_bytes = S * a.tokens * s.ld * 2, part_bytes = (int64_t)kWarps * R * 4 * 32 * 4;
+    s.bytes = s.xh + (x_bytes > part_bytes ? x_bytes : part_bytes);
+    return s;
+}
+
 // One weight row set of a tile: rows g and g + 8 of one of an item's R rows, in one segment.
 struct RowSet {
     const uint4* w[2];  // the rows at this lane's quarter of step 0
@@ -231,7 +272,9 @@ __global__ void __launch_bounds__(kThreads, 2) mma_gemv_kernel(QuantGemvArgs a, 
 
 template <Format F, GemvEpilogue E, bool kNorm, bool kGather = false>
 void launch_mma(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch& at) {
-    if (!kGather && at.config->quant_ring && ring_gemv(a, items, pair, at)) return;
+    if constexpr (F == Format::kFp8) {
+        if (at.config->quant_ring && ring_gemv(a, items, pair, at)) return;
+    }
     constexpr int R = E == GemvEpilogue::kNone ? 1 : 2;
     const auto kernel = mma_gemv_kernel<F, E, kNorm, kGather>;
     const size_t smem = (size_t)smem_of<F>(a, R).bytes;

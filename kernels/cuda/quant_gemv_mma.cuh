@@ -1,9 +1,8 @@
 // What the two forms of the tensor-core quantized GEMV share (quant_gemv_mma.cu: weights fed
-// from registers, 64 or 128 positions a step; quant_gemv_ring.cu: whole 128-byte lines through
-// weight_ring.cuh's ring): the mma and the exact conversions of FP8 and int4 weights to fp16,
-// and x staged once a block in shared memory as fp16 (x in fp16: a bf16 value in fp16's normal
-// range is exact, below it fp16 subnormals lose bits; a token whose largest |x| reaches 2^15 is
-// scaled by a power of two first, exactly, and its sums scaled back).
+// from registers; quant_gemv_ring.cu: FP8 through weight_ring.cuh's ring of whole lines): the
+// mma, the FP8 conversion, and x staged once a block in shared memory as fp16 (a bf16 value in
+// fp16's normal range is exact, below it fp16 subnormals lose bits; a token whose largest |x|
+// reaches 2^15 is scaled by a power of two first, exactly, and its sums scaled back).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -13,13 +12,7 @@
 
 namespace tpx::cuda::quant {
 using Format = QuantWeightView::Format;
-constexpr int kTile = 16;  // items a tile: the mma's m
 constexpr float kHalfSafe = 32768.0f;
-
-template <Format F>
-__host__ __device__ constexpr int64_t step_k() {
-    return F == Format::kFp8 ? 64 : cpu::kGptqStep;
-}
 
 // d += A B, one m16n8k16 (PTX ISA fragment layouts: a0/a2 row g, a1/a3 row g + 8, a0/a1 k 2c..2c+1,
 // a2/a3 k 2c+8..2c+9; b0/b1 column g at those k; d0/d1 row g, d2/d3 row g + 8, columns 2c, 2c + 1).
@@ -35,22 +28,6 @@ __device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two) {
     return (uint32_t)r.x | ((uint32_t)r.y << 16);
 }
 
-// Nibbles (j, j + 4) of a word, j = 0..3, as fp16 q - 8, both exact: the mask puts q (or 16 q) in
-// the mantissa of 1024.
-__device__ __forceinline__ void int4x8_to_f16(uint32_t word, uint32_t* p) {
-    const __half2 lo_off = __float2half2_rn(1032.0f), hi_mul = __float2half2_rn(0.0625f), hi_off = __float2half2_rn(-72.0f);
-    const uint32_t up = word >> 8;
-    uint32_t v[4] = {(word & 0x000f000fu) | 0x64006400u, (word & 0x00f000f0u) | 0x64006400u, (up & 0x000f000fu) | 0x64006400u,
-                     (up & 0x00f000f0u) | 0x64006400u};
-    __half2 h[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = *reinterpret_cast<const __half2*>(&v[i]);
-    h[0] = __hsub2(h[0], lo_off), h[2] = __hsub2(h[2], lo_off);
-    h[1] = __hfma2(h[1], hi_mul, hi_off), h[3] = __hfma2(h[3], hi_mul, hi_off);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) p[i] = *reinterpret_cast<const uint32_t*>(&h[i]);
-}
-
 // Shared memory: the tokens' scale-back factors, GPTQ's per-step sums of x [segments][tokens]
 // [steps], the norm's floats and staging, then x as fp16 [segments][tokens][ld] (ld: Kp, K
 // rounded up to the step, plus 8: rows 16 bytes off the banks' period; zeros past K; GPTQ in
@@ -58,22 +35,6 @@ __device__ __forceinline__ void int4x8_to_f16(uint32_t word, uint32_t* p) {
 struct Smem {
     int64_t ld = 0, xscale = 0, xsum = 0, norm = 0, xh = 0, part = 0, bytes = 0;
 };
-template <Format F>
-__host__ __device__ inline Smem smem_of(const QuantGemvArgs& a, int R) {
-    Smem s;
-    const int64_t K = a.w.K(), Kp = F == Format::kFp8 ? (K + 63) / 64 * 64 : a.w.gptq.l.Kp;
-    const int64_t S = F == Format::kGptq && a.w.gptq.perm ? a.w.gptq.l.segments : 1;
-    s.ld = Kp + 8;
-    s.xscale = 0;
-    s.xsum = 16 * 4;
-    s.norm = s.xsum + (F == Format::kGptq && a.w.gptq.zeros ? (S * a.tokens * (Kp / cpu::kGptqStep) * 4 + 15) / 16 * 16 : 0);
-    s.xh = s.norm + (a.has_norm ? K * (4 + 2) : 0);
-    s.part = s.xh;
-    const int64_t x_bytes = S * a.tokens * s.ld * 2, part_bytes = (int64_t)kWarps * R * 4 * 32 * 4;
-    s.bytes = s.xh + (x_bytes > part_bytes ? x_bytes : part_bytes);
-    return s;
-}
-
 // Position p of a step-ordered x row: where x's position k goes (GPTQ pairs nibbles (j, j + 4)
 // of each 8: stored order 0 4 1 5 2 6 3 7).
 template <Format F>
@@ -82,9 +43,6 @@ __device__ inline int64_t stored_at(int64_t k) {
     else return (k & ~7) | ((k & 3) << 1) | ((k >> 2) & 1);
 }
 
-// x (or the norm's output; for act-order, x gathered per segment) into shared memory as fp16, each
-// token scaled by a power of two where its largest |x| reaches kHalfSafe (a rare redo pass);
-// xscale[t] the factor that undoes it; for asymmetric GPTQ the per-step sums of the stored x.
 // x at position p of segment s, token t (0 for padding and past K).
 template <bool kNorm, bool kGather>
 __device__ inline float x_at(const QuantGemvArgs& a, const float* xf, int64_t Kp, int64_t s, int64_t t, int64_t p) {
@@ -97,6 +55,13 @@ __device__ inline float x_at(const QuantGemvArgs& a, const float* xf, int64_t Kp
     return kNorm ? xf[k] : __bfloat162float(a.x[t * a.w.K() + k]);
 }
 
+// x (or the norm's output; for act-order, x gathered per segment) into shared memory as fp16, each
+// token scaled by a power of two where its largest |x| reaches kHalfSafe (a rare redo pass);
+// xscale[t] the factor that undoes it; for asymmetric GPTQ the per-step sums of the stored x.
+// A thread loads kLoadBatch turns of x at once. then(): run at most once by each thread, right
+// after its first loads are issued (those of norm_into with the norm), only by threads that have
+// loads (threadIdx.x < tokens x Kp / 8, or < K / 8 with the norm) and never when gathering: the
+// caller covers the other threads.
 template <Format F, bool kNorm, bool kGather, typename Then = Nothing>
 __device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64_t Kp, Then then = Nothing{}) {
     const int64_t K = a.w.K(), T = a.tokens, S = kGather ? a.w.gptq.l.segments : 1;
@@ -108,7 +73,7 @@ __device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64
     const int per = (int)(Kp / 8);  // 8 positions a thread a turn: one 16-byte store
     const int n = (int)(S * T) * per;
     const int64_t ld = L.ld;
-    constexpr int kB = kNormBatch;  // turns a thread loads x for at once (one wait on memory a round)
+    constexpr int kB = kLoadBatch;  // turns a thread loads x for at once (one wait on memory a round)
     for (int base = threadIdx.x; base < n; base += kB * kThreads) {
         uint4 raw[kB];
         if constexpr (!kNorm && !kGather) {

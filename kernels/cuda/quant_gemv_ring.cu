@@ -5,8 +5,7 @@
 // block by stage_x (quant_gemv_mma.cuh), token g's row being the mma's column g. Each 16-byte
 // chunk is a k-slice: lane (g, c) gets bytes 4c .. 4c + 3 of rows g and g + 8, converted by
 // e4m3x2 -> f16x2 into a0/a2 (row g) and a1/a3 (row g + 8), x at the same four columns being
-// b0/b1; a set's 16 rows lie in one block of rows (one scale a set a step). (GPTQ through the
-// same ring was slower than the register-fed form at one token: docs/PERF.md.)
+// b0/b1; a set's 16 rows lie in one block of rows (one scale a set a step).
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/quant_gemv_mma.cuh"
 #include "kernels/cuda/weight_ring.cuh"
@@ -58,7 +57,7 @@ struct Fp8Scales {
         for (int s = 0; s < ring::kSets; ++s) to[s] = from + lane < ws.mine ? __ldg(row[s] + ws.at(from + lane)) : 0.0f;
     }
     // Step n's scales (every lane of the warp, in step order).
-    __device__ void step(int64_t n, const WarpSteps& ws, float (&k)[ring::kSets]) {
+    __device__ void take(int64_t n, const WarpSteps& ws, float (&k)[ring::kSets]) {
         if (n > 0 && n % 32 == 0) {
 #pragma unroll
             for (int s = 0; s < ring::kSets; ++s) cur[s] = next[s];
@@ -71,7 +70,7 @@ struct Fp8Scales {
 
 // One FP8 step (128 columns of the warp's 32 rows) times x into acc, each set's sums times k[s].
 // xr: token g's x at column 4c of the step's first chunk.
-__device__ inline void fp8_step(const char* slot, const __half* xr, const float (&k)[ring::kSets], float (&acc)[ring::kSets][4]) {
+__device__ __forceinline__ void multiply_step(const char* slot, const __half* xr, const float (&k)[ring::kSets], float (&acc)[ring::kSets][4]) {
     const int lane = threadIdx.x & 31, m = lane >> 3, rr = lane & 7;
     float d[ring::kSets][4] = {};
 #pragma unroll
@@ -103,7 +102,9 @@ __device__ inline void fp8_step(const char* slot, const __half* xr, const float 
 // of the block sums comes first): ring slots off that boundary fill at a lower rate (docs/PERF.md).
 // early: the ring's first kStages - 1 steps are copied before the wait for the kernel before, and
 // the next one right behind x's first loads (stage_x's `then`), so that the weights keep arriving
-// while x is staged; the scales are read before the wait too (weights: not written by it).
+// while x is staged; the scales are read before the wait too (weights: not written by it). (One
+// block an SM, as the ring's shared memory allows: stated, so that the compiler does not hold the
+// norm's instances to 128 registers and spill.)
 template <GemvEpilogue E, bool kNorm>
 __global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, int64_t items, int64_t pair, int active, int split, bool early) {
     extern __shared__ __align__(16) char smem_raw[];
@@ -127,7 +128,7 @@ __global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, 
     if (early)
         for (int n = 0; n < ring::kStages - 1; ++n) copy(n);
     pdl_entry();
-    bool ahead = false;  // step kStages - 1 copied during stage_x (by the threads that load x)
+    bool ahead = false;  // step kStages - 1 copied during stage_x (by the threads with loads there; the others copy it at n = 0)
     stage_x<Format::kFp8, kNorm, false>(a, smem, L.x, L.Kp, [&] {
         if (early) copy(ring::kStages - 1), ahead = true;
     });
@@ -143,8 +144,8 @@ __global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, 
         cp_async_wait<ring::kStages - 1>();
         __syncwarp();
         float k[ring::kSets];
-        scales.step(n, ws, k);
-        fp8_step(slot(n), xr + ws.at(n) * ring::kLine, k, acc);
+        scales.take(n, ws, k);
+        multiply_step(slot(n), xr + ws.at(n) * ring::kLine, k, acc);
         __syncwarp();
     }
     cp_async_wait_all();

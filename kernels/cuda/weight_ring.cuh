@@ -1,5 +1,5 @@
 // The weight stream of the tensor-core GEMVs of a few tokens (gemv_mma.cu for bf16 weights,
-// quant_gemv_mma.cu's ring form for FP8): warp tiles of 32 rows through a ring of whole
+// quant_gemv_ring.cu for FP8): warp tiles of 32 rows through a ring of whole
 // 128-byte lines in shared memory, the grid's shape, the split sums and the epilogue.
 #pragma once
 
