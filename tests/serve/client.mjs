@@ -141,10 +141,12 @@ const modes = {
     out.models = (await client.models.list()).data.map((m) => m.id);
     return out;
   },
-  // ARG calls at once against one KV slot and a queue of one: the rest get 429.
+  // ARG calls at once against the server's slots and a queue of one: the rest get 429. Each
+  // answer holds its slot for 32 steps, so that calls the client starts late (a loaded machine)
+  // still find the slots taken.
   async queue() {
     const statuses = await Promise.all(Array.from({ length: Number(arg) }, () =>
-      client.completions.create({ model, prompt: "Hello", max_tokens: 8 }).then(() => 200, (e) => e.status ?? String(e))));
+      client.completions.create({ model, prompt: "Hello", max_tokens: 32 }).then(() => 200, (e) => e.status ?? String(e))));
     return { statuses };
   },
   // A stream abandoned after three chunks: the server cancels it and frees its slot.
