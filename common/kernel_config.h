@@ -26,6 +26,8 @@ struct KernelConfig {
     bool residual_epilogue = true;     // o_proj/down_proj add the residual in the tuned GEMM's epilogue
     std::string quant_prefill = "dequant";  // quantized linears over quant_gemv_tokens rows: "dequant" (W to bf16, a bf16 GEMM)
                                             // or "w8a8" (FP8 weights: x quantized to FP8 per 128 columns, an FP8 GEMM)
+    bool w8a8_fused = true;            // with "w8a8": the norms, attention and SwiGLU before such a linear write its FP8 input
+                                       // themselves (false: a quantization kernel before each linear; the same bits)
     int64_t quant_gemv_tokens = 32;    // quantized linears of up to this many tokens run the decode GEMV, 8 tokens a launch
                                        // (weights read once per 8); more take quant_prefill's route
     bool quant_mma = true;             // quantized decode GEMVs on tensor cores (x in fp16; false: fp32 FMAs, exact products)

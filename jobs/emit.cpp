@@ -79,6 +79,7 @@ std::string emit_job_toml(const Job& job) {
     kv("gemm_tune", fmt(k.gemm_tune));
     kv("residual_epilogue", fmt(k.residual_epilogue));
     kv("quant_prefill", fmt(k.quant_prefill));
+    kv("w8a8_fused", fmt(k.w8a8_fused));
     kv("quant_gemv_tokens", fmt<int64_t>(k.quant_gemv_tokens));
     kv("quant_mma", fmt(k.quant_mma));
     kv("quant_ring", fmt(k.quant_ring));

@@ -318,6 +318,7 @@ void parse_tuning(Section t, KernelConfig& k) {
     t.get_bool("gemm_tune", k.gemm_tune);
     t.get_bool("residual_epilogue", k.residual_epilogue);
     t.get_string("quant_prefill", k.quant_prefill, {"dequant", "w8a8"});
+    t.get_bool("w8a8_fused", k.w8a8_fused);
     t.get_int("quant_gemv_tokens", k.quant_gemv_tokens, 8, 4096);
     t.get_bool("quant_mma", k.quant_mma);
     t.get_bool("quant_ring", k.quant_ring);

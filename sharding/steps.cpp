@@ -126,6 +126,15 @@ StepProgram plan_steps(const Graph& graph, const StepOptions& options) {
                 std::find(graph.outputs().begin(), graph.outputs().end(), n->out()) == graph.outputs().end())
                 p.residual_epilogue[n] = u;
         }
+    for (const Node* lin : options.w8a8) {
+        const Value* x = lin->inputs[0];
+        const Node* n = x->producer;
+        const bool writer = n && (n->kind == Op::kRmsnorm || n->kind == Op::kAddRmsnorm || n->kind == Op::kAllreduceAddRmsnorm ||
+                                  n->kind == Op::kAttention || n->kind == Op::kSiluMul);
+        if (writer && n->out(0) == x && x->users.size() == 1 &&
+            std::find(graph.outputs().begin(), graph.outputs().end(), x) == graph.outputs().end())
+            p.fp8_input_of[n] = lin;
+    }
     return p;
 }
 
@@ -159,6 +168,8 @@ std::string StepProgram::describe() const {
         } else {
             os << n->op;
         }
+        for (const auto& [writer, lin] : fp8_input_of)
+            if (lin == n) os << "; w8a8 prefill: its input in e4m3 from " << writer->name;
         os << "\n";
     }
     return os.str();

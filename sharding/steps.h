@@ -1,8 +1,8 @@
 // The step program: what an executor runs for a rank's planned graph, decided once from the
 // graph's shape, before the first forward (as llama.cpp's ggml_can_fuse looks at op
 // sequences): how long each value lives, which splits are column views of their input, which
-// neighbours a decode GEMV takes in, which all-reduces its GEMVs do, and which prefill
-// GEMMs add the residual in their epilogue. The executors dispatch it and discover nothing at
+// neighbours a decode GEMV takes in, which all-reduces its GEMVs do, which prefill GEMMs add
+// the residual in their epilogue, and which kernels write a w8a8 linear's input in e4m3. The executors dispatch it and discover nothing at
 // run time; whether a fused kernel applies to the pointers it is given (alignment, sizes) is
 // still the launcher's to say, and the unfused ops run where it does not.
 #pragma once
@@ -31,6 +31,10 @@ struct DecodeFusion {
 struct StepOptions {
     bool residual_epilogue = true;  // KernelConfig::residual_epilogue
     bool exchange = false;          // all-reduces can be pushed and summed by GEMVs (one-shot peers present)
+    // Linears whose prefill runs as an FP8 GEMM over e4m3 activations (the executor's choice from
+    // KernelConfig::quant_prefill and w8a8_fused and the weights' layouts), whose input the kernel
+    // before may write in that form.
+    std::set<const Node*> w8a8 = {};
 };
 
 struct StepProgram {
@@ -47,6 +51,9 @@ struct StepProgram {
     // A linear -> the add_rmsnorm that alone reads its output as x: a prefill GEMM adds the
     // residual in its epilogue and the norm reads only the new residual.
     std::map<const Node*, const Node*> residual_epilogue;
+    // A norm, attention or SwiGLU -> the linear of StepOptions::w8a8 that alone reads its out(0)
+    // as x: at prefill it writes that input in e4m3 (cuda::ActFp8) instead of bf16.
+    std::map<const Node*, const Node*> fp8_input_of;
 
     // One line per fused step (`tpx plan --steps`).
     std::string describe() const;

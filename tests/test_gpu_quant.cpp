@@ -152,15 +152,27 @@ TEST_P(GpuQuant, GreedyDecodeWithCudaGraphs) {
 // FP8 prefill with FP8 activations (quant_prefill = "w8a8"): the activations' 3-bit mantissas
 // cost accuracy against HF's model on the dequantized weights, so the bound is the measured error
 // with room (docs/PERF.md), and argmax must agree where HF's top two are 0.5 apart: a broken
-// route (wrong scales, a transposed layout) is off by far more.
+// route (wrong scales, a transposed layout) is off by far more. The norms and SwiGLU write the
+// linears' e4m3 inputs themselves (w8a8_fused): with w8a8_fused = false (a quantization kernel
+// before each linear) the logits must be the same bits.
 TEST(GpuQuantW8a8, PrefillLogitsNearHfs) {
     if (gpu_count() < 1) GTEST_SKIP() << "needs a GPU";
     Golden g = read_golden("fp8-llama");
     std::string dir = temp_dir();
-    std::string job = write_job(dir, g, "fp8-llama", 1, g.batch, g.total_len, 0, "quant_prefill = \"w8a8\"");
-    auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/logits.h5");
-    ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+    auto logits = [&](const std::string& tuning) {
+        std::string job = write_job(dir, g, "fp8-llama", 1, g.batch, g.total_len, 0, "quant_prefill = \"w8a8\"\n" + tuning);
+        fs::remove(dir + "/logits.h5");
+        auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/logits.h5");
+        EXPECT_EQ(r.exit_code, 0) << r.err << r.out;
+        std::vector<std::vector<float>> rows;
+        for (int64_t b = 0; b < g.batch && r.exit_code == 0; ++b) rows.push_back(read_h5(dir + "/logits.h5", "prompt_" + std::to_string(b) + "/prompt_logits"));
+        return rows;
+    };
+    const auto unfused = logits("w8a8_fused = false");
+    const auto fused = logits("w8a8_fused = true");
+    ASSERT_FALSE(HasFailure());
     expect_logits(dir + "/logits.h5", g, g.batch, g.total_len, "fp8-llama w8a8 prefill", 0.2, 0.5f);
+    EXPECT_TRUE(fused == unfused) << "the fused inputs changed the logits";
     fs::remove_all(dir);
 }
 

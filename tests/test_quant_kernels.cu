@@ -263,7 +263,7 @@ void check_fp8_prefill(const cpu::Fp8Weight& w, const std::string& what) {
         p.scratch = b.up(std::vector<uint8_t>(cuda::quant_prefill_scratch_bytes(p)));
         ASSERT_TRUE(cuda::quant_prefill_fp8(tuner, p, on(nullptr))) << what << ": cuBLASLt took no block-scaled FP8 algorithm";
         const std::vector<uint8_t> gq = download_raw(static_cast<const uint8_t*>(p.scratch), T * K);
-        const std::vector<float> gs = download_raw(reinterpret_cast<const float*>(static_cast<const char*>(p.scratch) + (T * K + 255) / 256 * 256), blocks * T);
+        const std::vector<float> gs = download_raw(cuda::act_fp8_at(p.scratch, T, K).s, blocks * T);
         int64_t codes = 0, scales = 0;
         for (int64_t i = 0; i < T * K; ++i)
             if (gq[i] != xq[i] && codes++ < 3)
@@ -295,7 +295,151 @@ void check_fp8_prefill(const cpu::Fp8Weight& w, const std::string& what) {
             ADD_FAILURE() << what << ", " << T << " tokens: " << bad << " of " << want.size() << " outputs off the twin (first: gpu " << got[0]
                           << ", cpu " << want[0] << "); with the scale tensors transposed " << alt_bad << " off";
         }
+        if (T != 64) continue;
+        // the residual added in the epilogue (or after it, where cuBLASLt has no such algorithm),
+        // large against the product, so that the tolerance (set by the largest sum) sees a wrong one
+        std::vector<float> residual = random_bf16(T * N);
+        for (float& r : residual) r *= 64.0f;
+        p.add = reinterpret_cast<const bf16*>(b.up(to_bf16(residual))), p.y = b.poisoned(T * N);
+        ASSERT_TRUE(cuda::quant_prefill_fp8(tuner, p, on(nullptr))) << what << ": with the residual";
+        for (size_t i = 0; i < want.size(); ++i) want[i] += residual[i];
+        expect_close(download(p.y, T * N), want, what + ", 64 tokens + the residual");
     }
+}
+
+// An e4m3 form (cuda::ActFp8) in one device buffer, and its bytes back on the host.
+struct Form {
+    Form(Buffers& b, int64_t T, int64_t K) : T(T), K(K), base(b.up(std::vector<uint8_t>(cuda::act_fp8_bytes(T, K), 0xff))) {}
+    cuda::ActFp8 at() const { return cuda::act_fp8_at(base, T, K); }
+    std::vector<uint8_t> codes() const { return download_raw(base, T * K); }
+    std::vector<float> scales() const { return download_raw(at().s, (K + 127) / 128 * T); }
+    int64_t T, K;
+    uint8_t* base;
+};
+
+void expect_same_form(const Form& got, const Form& want, const std::string& what) {
+    EXPECT_EQ(got.codes(), want.codes()) << what << ": e4m3 codes";
+    EXPECT_EQ(got.scales(), want.scales()) << what << ": scales";
+}
+
+// What fp8_quantize_act makes of y [T, K].
+Form quantized(Buffers& b, const bf16* y, int64_t T, int64_t K) {
+    Form f(b, T, K);
+    cuda::fp8_quantize_act(y, T, K, f.at(), on(nullptr));
+    return f;
+}
+
+// x's quantization alone, bit for bit, in both kernels: the vector one (K whole blocks of 128, x
+// on 16 bytes; an odd count of blocks, so a half-warp's second item falls past the end) and the
+// one-warp form (K not whole blocks; x off its 16-byte boundary).
+TEST(QuantKernels, Fp8ActivationQuantizationEqualsItsTwin) {
+    REQUIRE_GPU();
+    struct Case { int64_t T, K, offset; };
+    for (const Case c : {Case{7, 384, 0}, Case{5, 400, 0}, Case{6, 256, 1}}) {
+        const std::string what = std::to_string(c.T) + " x " + std::to_string(c.K) + ", x at element " + std::to_string(c.offset);
+        const int64_t blocks = (c.K + 127) / 128;
+        std::vector<float> x = prefill_x(c.T, c.K);
+        std::vector<uint8_t> want(c.T * c.K);
+        std::vector<float> want_s(blocks * c.T);
+        cpu::quantize_act_fp8(x.data(), c.T, c.K, want.data(), want_s.data());
+        x.insert(x.begin(), c.offset, 0.0f);
+        Buffers b;
+        const Form got = quantized(b, reinterpret_cast<const bf16*>(b.up(to_bf16(x))) + c.offset, c.T, c.K);
+        EXPECT_EQ(got.codes(), want) << what << ": e4m3 codes";
+        EXPECT_EQ(got.scales(), want_s) << what << ": scales";
+    }
+}
+
+// The kernels that write the w8a8 route's input in e4m3 themselves (the norms, SwiGLU): their
+// codes and scales bit for bit what fp8_quantize_act makes of their bf16 output, the residual
+// unchanged (rows of 384 and of 4096, whose blocks a thread's second vector holds); and
+// fp8_dequantize_act's values (the route's fallback) against e4m3 x scale in bf16.
+TEST(QuantKernels, Fp8OutputsOfNormAndSwigluEqualTheQuantizedBf16) {
+    REQUIRE_GPU();
+    Buffers b;
+    auto dev = [&](const std::vector<float>& v) { return reinterpret_cast<bf16*>(b.up(to_bf16(v))); };
+    const int64_t T = 12, I = 256;
+    for (int64_t K : {384, 4096}) {
+        const bf16 *x = dev(prefill_x(T, K)), *res = dev(random_bf16(T * K)), *nw = dev(random_bf16(K));
+        for (bool add : {false, true}) {
+            const std::string what = (add ? "add_rmsnorm, " : "rmsnorm, ") + std::to_string(K) + " wide";
+            bf16 *y = b.poisoned(T * K), *res_a = b.poisoned(T * K), *res_b = b.poisoned(T * K);
+            cuda::RmsnormArgs a{T, K, 1e-5f, x, nw, y};
+            if (add) cuda::add_rmsnorm(a, res, res_a, on(nullptr));
+            else cuda::rmsnorm(a, on(nullptr));
+            const Form got(b, T, K);
+            a.y = nullptr, a.y8 = got.at();
+            ASSERT_TRUE(cuda::rmsnorm_fp8_applies(a, add ? res : nullptr, add ? res_b : nullptr)) << what;
+            if (add) cuda::add_rmsnorm(a, res, res_b, on(nullptr));
+            else cuda::rmsnorm(a, on(nullptr));
+            expect_same_form(got, quantized(b, y, T, K), what);
+            if (add) EXPECT_EQ(download(res_a, T * K), download(res_b, T * K)) << what << ": the new residual";
+        }
+    }
+    const std::vector<float> gu = random_bf16(T * 2 * I);
+    const bf16* dgu = dev(gu);
+    bf16* y = b.poisoned(T * I);
+    cuda::silu_mul_fused(T, I, dgu, y, on(nullptr));
+    const Form want = quantized(b, y, T, I), fused(b, T, I), apart(b, T, I);
+    cuda::silu_mul_fp8(T, I, dgu, dgu + I, 2 * I, fused.at(), on(nullptr));
+    expect_same_form(fused, want, "silu_mul_fp8, gate_up fused");
+    std::vector<float> g(T * I), u(T * I);
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t j = 0; j < I; ++j) g[t * I + j] = gu[t * 2 * I + j], u[t * I + j] = gu[t * 2 * I + I + j];
+    cuda::silu_mul_fp8(T, I, dev(g), dev(u), I, apart.at(), on(nullptr));
+    expect_same_form(apart, want, "silu_mul_fp8, gate and up apart");
+    bf16* back = b.poisoned(T * I);
+    cuda::fp8_dequantize_act(want.at(), T, I, back, on(nullptr));
+    const std::vector<uint8_t> codes = want.codes();
+    const std::vector<float> scales = want.scales();
+    std::vector<float> expect(T * I);
+    for (int64_t i = 0; i < T * I; ++i) expect[i] = bf16_to_f32(f32_to_bf16(cpu::e4m3_to_f32(codes[i]) * scales[(i % I / 128) * T + i / I]));
+    EXPECT_EQ(download(back, T * I), expect) << "fp8_dequantize_act";
+}
+
+// A cuBLAS handle for one test.
+struct Cublas {
+    Cublas() { CUBLAS_CHECK(cublasCreate(&h)); }
+    ~Cublas() { cublasDestroy(h); }
+    cublasHandle_t h = nullptr;
+};
+
+// The attention case of Fp8OutputOfPrefillAttentionEqualsTheQuantizedBf16, under `tuning`.
+void check_fp8_attention() {
+    const int64_t heads = 4, kv_heads = 2, hd = 128, max_seq = 400, T = 370, qw = heads * hd, kvw = kv_heads * hd;
+    Cublas cublas;
+    Buffers b;
+    auto dev = [&](int64_t n) { return reinterpret_cast<const bf16*>(b.up(to_bf16(random_bf16(n)))); };
+    std::vector<int32_t> slot, pos;
+    for (int i = 0; i < 300; ++i) slot.push_back(0), pos.push_back(i);
+    for (int i = 0; i < 70; ++i) slot.push_back(1), pos.push_back(i);
+    std::vector<cuda::AttentionSegment> segs = {{0, 300, 0, 0}, {300, 70, 1, 0}};
+    bf16 *kc = b.poisoned(2 * max_seq * kvw), *vc = b.poisoned(2 * max_seq * kvw), *out = b.poisoned(T * qw);
+    cuda::AttentionArgs a{{T, heads, kv_heads, hd, max_seq, 0}, b.up(slot), b.up(pos), dev(T * qw), dev(T * kvw), dev(T * kvw), kc, vc, out, 0, 0,
+                          cublas.h, &segs};
+    cuda::attention(a, on(nullptr));
+    const Form want = quantized(b, out, T, qw), got(b, T, qw);
+    a.out8 = got.at();
+    ASSERT_TRUE(cuda::attention_fp8_applies(a));
+    cuda::attention(a, on(nullptr));
+    expect_same_form(got, want, "prefill attention");
+    std::vector<cuda::AttentionSegment> with_short = {{0, 300, 0, 0}, {300, 3, 1, 0}, {303, 67, 1, 3}};
+    a.segments = &with_short;
+    EXPECT_FALSE(cuda::attention_fp8_applies(a)) << "a 3-token segment takes the decode kernels";
+}
+
+// Prefill attention writing its output's e4m3 form (the flash kernel, head_dim 128, for the
+// w8a8 route's o_proj): bit for bit what fp8_quantize_act makes of its bf16 output, in a segment
+// of 128-row blocks (flash_tile "2x64"; 64-row blocks with "1x64") and one of 32-row blocks; a
+// batch with a short segment is declined.
+TEST(QuantKernels, Fp8OutputOfPrefillAttentionEqualsTheQuantizedBf16) {
+    REQUIRE_GPU();
+    for (const char* tile : {"2x64", "1x64"}) {
+        SCOPED_TRACE(std::string("flash_tile ") + tile);
+        tuning.flash_tile = tile;
+        check_fp8_attention();
+    }
+    tuning.flash_tile = KernelConfig().flash_tile;
 }
 
 TEST(QuantKernels, Fp8PrefillEqualsItsTwin) {

@@ -11,6 +11,7 @@
 #include "common/cuda_check.h"
 #include "common/log.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/quant_prefill.h"
 #include "sharding/pipeline.h"
 
 namespace tpx {
@@ -36,7 +37,17 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
     uint64_t keep = UINT64_MAX;
     CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
 
-    program_ = plan_steps(graph_, {tuning.residual_epilogue, nccl_ && nccl_->oneshot()});
+    // The linears whose prefill may run as FP8 GEMMs (quant_prefill = "w8a8"; their row count and
+    // the tuner decide each forward, run_quant_linear); with w8a8_fused, the step program has the
+    // kernels before them write their input in e4m3.
+    for (const Node* n : graph_.nodes()) {
+        const cuda::QuantWeightView* q = quant_weight(n);
+        cuda::QuantPrefillArgs p;
+        if (q) p.w = *q, p.tokens = cuda::kGemmTuneMinTokens;  // (a multiple of 4: the layout alone decides)
+        if (q && tuner_ && tuning.quant_prefill == "w8a8" && n->inputs.size() == 2 && n->name != "lm_head" && cuda::quant_prefill_fp8_applies(p))
+            w8a8_.insert(n);
+    }
+    program_ = plan_steps(graph_, {tuning.residual_epilogue, nccl_ && nccl_->oneshot(), tuning.w8a8_fused ? w8a8_ : std::set<const Node*>{}});
     for (const KvLayer& l : kv.layers) {
         const size_t bytes = (size_t)kv.elems(l) * sizeof(bf16);
         bf16 *k = nullptr, *v = nullptr;

@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -82,12 +83,15 @@ private:
     cuda::GemvNorm norm_params(Forward& f, const Node* norm);
     bool defer_norm(Forward& f, const Node* norm, int64_t rows);
     void run_add_rmsnorm(Forward& f, const Node* n, int64_t rows);
+    bool fp8_output(Forward& f, const Node* n, int64_t rows, __nv_bfloat16* y, cuda::ActFp8& y8, const std::function<bool()>& applies);
+    bool takes_w8a8(const Node* linear, int64_t rows) const;
     bool can_push(Forward& f, const Node* linear);
     void run_linear(Forward& f, const Node* n, int64_t rows);
     void run_fused_gemv(Forward& f, const Node* n, int64_t rows);
     __nv_bfloat16* fused_output(Forward& f, const Node* n, int64_t rows, const DecodeFusion& fu, cuda::GemvEpilogue& epi, cuda::GemvRopeKv& rk);
-    // weight: the bf16 weight to use instead of the parameter's (a quantized one dequantized).
-    void run_gemm(Forward& f, const Node* n, int64_t rows, const __nv_bfloat16* weight = nullptr);
+    // weight, input: the bf16 weight and x to use instead of the parameter's and the input's
+    // buffer (a quantized weight dequantized; an input held in e4m3, dequantized).
+    void run_gemm(Forward& f, const Node* n, int64_t rows, const __nv_bfloat16* weight = nullptr, const __nv_bfloat16* input = nullptr);
     // Quantized linears (cuda_forward.cpp): the packed weight of linear n, or nullptr; its run.
     const cuda::QuantWeightView* quant_weight(const Node* linear) const;
     void run_quant_linear(Forward& f, const Node* n, int64_t rows, const cuda::QuantWeightView& w);
@@ -111,6 +115,7 @@ private:
     void* cublas_workspace_ = nullptr;
     std::unique_ptr<cuda::GemmTuner> tuner_;  // prefill GEMMs' algorithms; none with gemm_tune = false
     StepProgram program_;  // liveness, split views and fusions, decided once (sharding/steps.h)
+    std::set<const Node*> w8a8_;  // linears whose prefill may run as FP8 GEMMs (quant_prefill = "w8a8")
     std::map<int64_t, std::pair<__nv_bfloat16*, __nv_bfloat16*>> kv_;  // layer -> (k, v)
     std::map<const Node*, float*> inv_freq_;                            // per rope node
     // The current batch's prompt segments (host), for attention's choice of kernel or GEMMs.

@@ -3,6 +3,7 @@
 // program says so and the kernel applies. Buffers come from Activations; nothing allocated here
 // outlives the forward.
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -35,6 +36,7 @@ struct CudaExecutor::Forward {
     std::map<const Node*, bf16*> pending_release;        // linear -> the all-reduced input that norm reads
     std::set<const Node*> skip, kv_written;
     std::set<const Node*> residual_added;  // add_rmsnorm nodes whose add the GEMM before did
+    std::set<const Value*> act_fp8;        // buffers holding their value's e4m3 form (fp8_output)
     // Fused all-reduces (program_.exchange_of): norm -> its exchange's place in this forward. One
     // open at a time (pushed, its sum not yet launched), as cuda::ExchangeIn's parity needs.
     std::map<const Node*, uint32_t> pushed;
@@ -85,9 +87,12 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
         cuda::embedding({f.T, in(1)->shape[0], in(1)->shape[1], (int64_t)rank_ * per}, ids_, a.data(in(1)), a.make(n->out(), f.T), launch_);
         break;
     }
-    case Op::kRmsnorm:
-        cuda::rmsnorm({r, width(in(0)), (float)n->attr_double("eps"), a.data(in(0)), a.data(in(1)), a.make(n->out(), r)}, launch_);
+    case Op::kRmsnorm: {
+        cuda::RmsnormArgs na{r, width(in(0)), (float)n->attr_double("eps"), a.data(in(0)), a.data(in(1)), a.make(n->out(), r)};
+        fp8_output(f, n, r, na.y, na.y8, [&] { return cuda::rmsnorm_fp8_applies(na, nullptr, nullptr); });
+        cuda::rmsnorm(na, launch_);
         break;
+    }
     case Op::kAdd:
         cuda::add(r * width(in(0)), a.data(in(0)), a.data(in(1)), a.make(n->out(), r), launch_);
         break;
@@ -115,15 +120,23 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
         cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
                               n->attr_int("sliding_window")};
         const bool written = f.kv_written.count(n) > 0;  // by the QKV GEMV
-        cuda::attention({s, slots_dev_, positions_, a.data(in(0)), written ? nullptr : a.data(in(1)), written ? nullptr : a.data(in(2)),
-                         kv.first, kv.second, a.make(n->out(), r), a.stride(in(1)), a.stride(in(2)), cublas_, &segments_},
-                        launch_);
+        cuda::AttentionArgs aa{s, slots_dev_, positions_, a.data(in(0)), written ? nullptr : a.data(in(1)), written ? nullptr : a.data(in(2)),
+                               kv.first, kv.second, a.make(n->out(), r), a.stride(in(1)), a.stride(in(2)), cublas_, &segments_};
+        fp8_output(f, n, r, aa.out, aa.out8, [&] { return cuda::attention_fp8_applies(aa); });
+        cuda::attention(aa, launch_);
         break;
     }
-    case Op::kSiluMul:
-        if (n->inputs.size() == 1) cuda::silu_mul_fused(r, width(n->out()), a.data(in(0)), a.make(n->out(), r), launch_);
-        else cuda::silu_mul(r, width(n->out()), a.data(in(0)), a.data(in(1)), a.make(n->out(), r), launch_);
+    case Op::kSiluMul: {
+        const int64_t w = width(n->out());
+        bf16* y = a.make(n->out(), r);
+        const bf16 *gate = a.data(in(0)), *up = n->inputs.size() == 1 ? gate + w : a.data(in(1));
+        cuda::ActFp8 y8;
+        if (fp8_output(f, n, r, y, y8, [&] { return cuda::silu_mul_fp8_applies(w, gate, up, y8); }))
+            cuda::silu_mul_fp8(r, w, gate, up, n->inputs.size() == 1 ? 2 * w : w, y8, launch_);
+        else if (n->inputs.size() == 1) cuda::silu_mul_fused(r, w, gate, y, launch_);
+        else cuda::silu_mul(r, w, gate, up, y, launch_);
         break;
+    }
     case Op::kMoe:
         run_moe(f, n, r);
         break;
@@ -194,7 +207,9 @@ void CudaExecutor::run_add_rmsnorm(Forward& f, const Node* n, int64_t r) {
     const float eps = (float)n->attr_double("eps");
     if (f.residual_added.count(n)) {  // the GEMM before it added the residual
         const int64_t rr = a.rows(n->out(1));
-        cuda::rmsnorm({rr, width(n->inputs[0]), eps, a.data(n->out(1)), a.data(n->inputs[2]), a.make(n->out(0), rr)}, launch_);
+        cuda::RmsnormArgs na{rr, width(n->inputs[0]), eps, a.data(n->out(1)), a.data(n->inputs[2]), a.make(n->out(0), rr)};
+        fp8_output(f, n, rr, na.y, na.y8, [&] { return cuda::rmsnorm_fp8_applies(na, nullptr, nullptr); });
+        cuda::rmsnorm(na, launch_);
         return;
     }
     int64_t w = width(n->inputs[0]);
@@ -206,8 +221,45 @@ void CudaExecutor::run_add_rmsnorm(Forward& f, const Node* n, int64_t r) {
         x = reduced;
     }
     bf16* sum = a.make(n->out(1), r);
-    cuda::add_rmsnorm({r, w, eps, x, a.data(n->inputs[2]), a.make(n->out(0), r)}, a.data(n->inputs[1]), sum, launch_);
+    cuda::RmsnormArgs na{r, w, eps, x, a.data(n->inputs[2]), a.make(n->out(0), r)};
+    fp8_output(f, n, r, na.y, na.y8, [&] { return cuda::rmsnorm_fp8_applies(na, a.data(n->inputs[1]), sum); });
+    cuda::add_rmsnorm(na, a.data(n->inputs[1]), sum, launch_);
     if (reduced) a.release(reduced);
+}
+
+// The w8a8 prefill's input written in its e4m3 form by the kernel that computes it (the step
+// program's fp8_input_of: a norm, attention, the SwiGLU; kernels/cuda/quant_act.cuh), bit for bit
+// what the linear would quantize, where the linear takes that route at r rows (takes_w8a8): the
+// bf16 values are neither written nor read back, and no quantization kernel runs. y: n's output
+// buffer, made; the form lies in it (about half the bf16 bytes) where also `applies` (the
+// kernel's own conditions on the form's pointers) holds, and is recorded in f.act_fp8, where
+// run_quant_linear finds it; else y8 is left empty.
+bool CudaExecutor::fp8_output(Forward& f, const Node* n, int64_t r, bf16* y, cuda::ActFp8& y8, const std::function<bool()>& applies) {
+    y8 = {};
+    auto it = program_.fp8_input_of.find(n);
+    // (Past the GEMVs' rows: up to them run_quant_linear may take a GEMV, which reads x in bf16.)
+    if (it == program_.fp8_input_of.end() || r <= std::max<int64_t>(cuda::kQuantGemvMaxTokens, launch_.config->quant_gemv_tokens) ||
+        !takes_w8a8(it->second, r))
+        return false;
+    const int64_t K = width(n->out(0));
+    TPX_CHECK(quant_weight(it->second)->K() == K && cuda::act_fp8_bytes(r, K) <= r * K * (int64_t)sizeof(bf16),
+              "node " + n->name + ": its e4m3 form does not fit its output");
+    y8 = cuda::act_fp8_at(y, r, K);
+    if (!applies()) {
+        y8 = {};
+        return false;
+    }
+    f.act_fp8.insert(n->out(0));
+    return true;
+}
+
+// Whether quantized linear n, where no GEMV takes its r rows (run_quant_linear), runs as an FP8
+// GEMM: quant_prefill = "w8a8", a layout and a row count that the route takes.
+bool CudaExecutor::takes_w8a8(const Node* n, int64_t r) const {
+    if (!w8a8_.count(n)) return false;
+    cuda::QuantPrefillArgs p;
+    p.w = *quant_weight(n), p.tokens = r;
+    return cuda::quant_prefill_fp8_applies(p);
 }
 
 // A linear at batch 1 whose all-reduce its GEMV can push (and the norm's GEMV after it sum).
@@ -294,11 +346,11 @@ __nv_bfloat16* CudaExecutor::fused_output(Forward& f, const Node* n, int64_t r, 
 
 // cuBLAS (or a decode GEMV at up to 8 rows); lm_head only over the wanted rows; the residual added
 // in the tuned GEMM's epilogue where the step program says so.
-void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* weight) {
+void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* weight, const bf16* input) {
     auto in = [&](size_t k) { return n->inputs[k]; };
     Activations& a = f.act;
     const bf16* w = weight ? weight : a.data(in(1));
-    const bf16* x = a.data(in(0));
+    const bf16* x = input ? input : a.data(in(0));
     bf16* selected = nullptr;
     if (n->name == "lm_head" && f.select_rows) {
         selected = a.alloc(f.R * width(in(0)));
@@ -334,7 +386,8 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
 // which writes and reads them in bf16, and exact in the weights); more rows dequantize the weight into bf16 scratch
 // and take run_gemm (the tuner, the residual epilogue, lm_head's row selection), or, with
 // [backend.tuning] quant_prefill = "w8a8", FP8 weights run as FP8 GEMMs over activations
-// quantized per token and 128 columns (quant_prefill.h). At one token the norm before the GEMV
+// quantized per token and 128 columns (quant_prefill.h), by the kernel that made them where it
+// can (fp8_output), with the residual added in the GEMM's epilogue as run_gemm does. At one token the norm before the GEMV
 // is computed in its prologue (defer_norm) as for the bf16 GEMV; its all-reduce is not fused
 // into the GEMVs (can_push).
 const cuda::QuantWeightView* CudaExecutor::quant_weight(const Node* linear) const {
@@ -357,7 +410,8 @@ void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const 
         args.x = a.data(n->inputs[0]);
     }
     const bool lm_head = n->name == "lm_head";  // (its rows may be selected: run_gemm's)
-    const bool gemv = !lm_head && cuda::quant_gemv_applies(args);
+    const bool x_fp8 = f.act_fp8.count(n->inputs[0]) > 0;  // x's e4m3 form (fp8_output): the w8a8 route only
+    const bool gemv = !x_fp8 && !lm_head && cuda::quant_gemv_applies(args);
     TPX_CHECK(gemv || !args.has_norm, "node " + n->name + ": its norm was deferred to a quantized GEMV that cannot take it");
     if (gemv) {
         const bool fused = f.fuse && r == 1 && program_.fusions.count(n);
@@ -366,7 +420,7 @@ void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const 
         if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
         return;
     }
-    if (!lm_head && r <= launch_.config->quant_gemv_tokens) {  // the tensor-core GEMV 8 tokens at a time
+    if (!x_fp8 && !lm_head && r <= launch_.config->quant_gemv_tokens) {  // the tensor-core GEMV 8 tokens at a time
         cuda::QuantGemvArgs part = args;
         part.tokens = std::min<int64_t>(r, cuda::kQuantGemvMaxTokens);
         if (cuda::quant_gemv_on_tensor_cores(part, *launch_.config)) {
@@ -381,19 +435,30 @@ void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const 
     }
     cuda::QuantPrefillArgs p;
     p.w = w, p.tokens = r, p.x = a.data(n->inputs[0]), p.bias = args.bias;
-    if (launch_.config->quant_prefill == "w8a8" && tuner_ && !lm_head && cuda::quant_prefill_fp8_applies(p)) {
-        p.y = a.make(n->out(), r);
-        bf16* scratch = a.alloc((int64_t)(cuda::quant_prefill_scratch_bytes(p) + 1) / 2);
+    if (x_fp8) p.x8 = cuda::act_fp8_at(a.data(n->inputs[0]), r, w.K());
+    if (x_fp8 || takes_w8a8(n, r)) {
+        // As run_gemm: the residual added in the GEMM's epilogue, straight into the norm's new residual.
+        const Node* nm = program_.residual_epilogue.count(n) && r >= cuda::kGemmTuneMinTokens ? program_.residual_epilogue.at(n) : nullptr;
+        const Value* out = nm ? nm->out(1) : n->out();
+        p.y = a.make(out, r);
+        if (nm) p.add = a.data(nm->inputs[1]);
+        bf16* scratch = x_fp8 ? nullptr : a.alloc((int64_t)(cuda::quant_prefill_scratch_bytes(p) + 1) / 2);
         p.scratch = scratch;
         const bool done = cuda::quant_prefill_fp8(*tuner_, p, launch_);
-        a.release(scratch);
+        if (scratch) a.release(scratch);
+        if (done && nm) f.residual_added.insert(nm);
         if (done) return;
-        a.release(p.y), a.forget(n->out());  // declined: run_gemm makes the output again
+        a.release(p.y), a.forget(out);  // declined: run_gemm makes the output again
     }
+    // The dequantized weight; x in bf16 (where the kernel before wrote x's e4m3 form for the w8a8
+    // route and the tuner then declined it: that form's values).
+    __nv_bfloat16* x = x_fp8 ? a.alloc(r * w.K()) : nullptr;
+    if (x) cuda::fp8_dequantize_act(p.x8, r, w.K(), x, launch_);
     __nv_bfloat16* dense = a.alloc(w.N() * w.K());
     cuda::quant_dequantize(w, dense, launch_);
-    run_gemm(f, n, r, dense);
+    run_gemm(f, n, r, dense, x);
     a.release(dense);
+    if (x) a.release(x);
 }
 
 void CudaExecutor::run_split(Forward& f, const Node* n, int64_t r) {

@@ -3,6 +3,7 @@
 #include "kernels/cpu/quant_gemv.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 
@@ -121,9 +122,9 @@ void quantize_act_fp8(const float* x, int64_t T, int64_t K, uint8_t* xq, float* 
             const int64_t k0 = b * kFp8ActBlock, k1 = std::min(K, k0 + kFp8ActBlock);
             float amax = 0;
             for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(x[t * K + k]));
-            const float s = amax > 0 ? amax / 448.0f : 1.0f;
-            xs[b * T + t] = s;
-            for (int64_t k = k0; k < k1; ++k) xq[t * K + k] = f32_to_e4m3(x[t * K + k] / s);
+            xs[b * T + t] = amax > 0 ? amax / 448.0f : 1.0f;
+            const float inv = amax > 0 ? std::min(448.0f / amax, FLT_MAX) : 1.0f;
+            for (int64_t k = k0; k < k1; ++k) xq[t * K + k] = f32_to_e4m3(x[t * K + k] * inv);
         }
 }
 

@@ -103,8 +103,10 @@ void dequantize_fp8_layout(const Fp8View& w, float* dst);
 void dequantize_gptq_layout(const GptqView& w, float* dst);
 
 // Prefill with FP8 activations (w8a8, as HF's and TensorRT-LLM's fine-grained FP8 run it: the
-// activations quantized per token and 128 columns, "activation_scheme": "dynamic"): x[t, k]
-// becomes e4m3(x / s) with s = max |x| over its 128 columns / 448, and
+// activations quantized per token and 128 columns, "activation_scheme": "dynamic"): with m =
+// max |x| over its 128 columns, x[t, k] becomes e4m3(x * (448 / m)) (one fp32 division a block,
+// the quotient at most FLT_MAX; HF's x / (m / 448) rounds twice, docs/NUMERICS.md) and its scale
+// s = m / 448, and
 // y[t, n] = sum over blocks b of s_x[b, t] s_w[b, n] (sum over k in b of xq[t, k] wq[n, k]).
 constexpr int64_t kFp8ActBlock = 128;
 // Whether a weight's scales are constant over each 128 columns of the device matrix (blocks of a

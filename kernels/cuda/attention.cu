@@ -496,6 +496,17 @@ void attention_tokens(const AttentionArgs& a, int64_t t0, int64_t t1, Launch at)
 void probe_set_attention(const ProbeSink& s) { probe_set_here(s); }
 #endif
 
+bool attention_fp8_applies(const AttentionArgs& a) {
+    const cpu::AttentionShape& s = a.shape;
+    if (!a.segments || !a.cublas || s.head_dim != 128 || !flash_attention_applies(s) || reinterpret_cast<uintptr_t>(a.out8.q) % 2) return false;
+    int64_t next = 0;
+    for (const AttentionSegment& seg : *a.segments) {
+        if (seg.first != next || seg.count < kAttentionGemmMinTokens) return false;
+        next += seg.count;
+    }
+    return next == s.tokens;
+}
+
 void attention(const AttentionArgs& a, Launch at) {
     const cpu::AttentionShape& s = a.shape;
     const int32_t *slot = a.slot, *pos = a.pos;
@@ -504,6 +515,7 @@ void attention(const AttentionArgs& a, Launch at) {
     const int64_t k_stride = a.k_stride, v_stride = a.v_stride;
     TPX_CHECK(s.heads % s.kv_heads == 0, "attention: heads must be a multiple of kv_heads");
     TPX_CHECK(s.head_dim <= 32 * kMaxDimsPerLane, "attention: head_dim above " + std::to_string(32 * kMaxDimsPerLane));
+    TPX_CHECK(!a.out8.q || attention_fp8_applies(a), "attention: an e4m3 output needs every token in a long segment of head_dim 128");
     if (s.tokens == 0) return;
     int64_t kv_width = s.kv_heads * s.head_dim;
     TPX_CHECK((k == nullptr) == (v == nullptr), "attention: k and v must both be given or both be in the cache already");
@@ -527,7 +539,7 @@ void attention(const AttentionArgs& a, Launch at) {
         TPX_CHECK(seg.first >= run_start && seg.first + seg.count <= s.tokens, "attention: segments out of order or beyond the batch");
         if (seg.count < kAttentionGemmMinTokens) continue;
         attention_tokens(a, run_start, seg.first, at);
-        attention_prefill_segment(a.cublas, {s, seg, q, k_cache, v_cache, out}, at);
+        attention_prefill_segment(a.cublas, {s, seg, q, k_cache, v_cache, out, a.out8}, at);
         run_start = seg.first + seg.count;
     }
     attention_tokens(a, run_start, s.tokens, at);

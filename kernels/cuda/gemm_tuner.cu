@@ -161,7 +161,8 @@ bool GemmTuner::matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, 
 
 bool GemmTuner::matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16* y, cudaStream_t stream) {
     GemmOperands o;
-    o.x = f.xq, o.w = f.w, o.y = y, o.x_scale = f.x_scale, o.w_scale = f.w_scale, o.w_blocks = f.w_blocks;
+    if (f.add && f.add == y) return false;
+    o.x = f.xq, o.w = f.w, o.y = y, o.x_scale = f.x_scale, o.w_scale = f.w_scale, o.w_blocks = f.w_blocks, o.add = f.add;
     return product(s, o, stream);
 }
 

@@ -9,8 +9,6 @@
 
 namespace tpx::cuda {
 
-__device__ inline float round_bf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
-__device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }  // as silu_mul's
 
 // Work item -> the weight rows it reads: one row (kNone); gate row `item` and up row
 // item + pair (kSwiglu); rows i and i + half of a head (kRopeKv, half = head_dim / 2).

@@ -33,8 +33,6 @@ constexpr int kTokensAPass = 8;     // accumulators a lane
 constexpr int kMaxListed = 1024;    // tokens listed a block (shared memory); more: passes over the list
 constexpr int kMaxLocalExperts = 256;  // as moe_routing
 
-__device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }
-__device__ inline float round_bf16(float x) { return __bfloat162float(__float2bfloat16(x)); }
 
 // The local expert that this block works on: the blockIdx.y-th of those some token chose (the
 // grid has min(local experts, tokens x top_k) rows of blocks, so that at batch 1 no block is

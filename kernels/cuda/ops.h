@@ -89,6 +89,7 @@ struct Fp8Operands {
     const uint8_t* w = nullptr;
     const float* w_scale = nullptr;
     bool w_blocks = false;
+    const bf16* add = nullptr;  // [T, N] added in the epilogue (beta 1), or nullptr
 };
 struct GemmOperands;
 class GemmTuner {
@@ -102,8 +103,8 @@ public:
     // the residual add in the epilogue), bf16, fp32 sums; false where declined (nothing
     // enqueued). add must not be y.
     bool matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add = nullptr);
-    // y[T, N] = the FP8 product (cuBLASLt's block-scaled FP8 GEMM, bf16 out), at any row count;
-    // false where declined, as matmul().
+    // y[T, N] = the FP8 product (cuBLASLt's block-scaled FP8 GEMM, bf16 out) (+ f.add, as
+    // matmul()'s), at any row count; false where declined, as matmul().
     bool matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16* y, cudaStream_t stream);
     // One line per tuned bucket: the candidates' count, the kept one's time and heuristic #0's.
     std::string summary() const;
@@ -182,13 +183,33 @@ bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w, int64_t 
 void gemv_fused(const GemvFusedArgs& a, Launch at);
 
 void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, Launch at);
+// The e4m3 form of a token-major activation [T, K], the w8a8 prefill's input
+// (cpu::quantize_act_fp8's): codes q [T, K] and scales s [ceil(K / 128), T]. Kernels that make
+// such an input can write it in this form instead of bf16 (RmsnormArgs, AttentionArgs,
+// silu_mul_fp8), bit for bit what fp8_quantize_act (quant_prefill.h) makes of their bf16 output.
+struct ActFp8 {
+    uint8_t* q = nullptr;
+    float* s = nullptr;
+};
+// The form in one buffer from `base`: the codes, then the scales from act_fp8_scales_offset (on
+// 256 bytes); act_fp8_bytes in all.
+inline int64_t act_fp8_scales_offset(int64_t T, int64_t K) { return (T * K + 255) / 256 * 256; }
+inline int64_t act_fp8_bytes(int64_t T, int64_t K) { return act_fp8_scales_offset(T, K) + (K + 127) / 128 * T * (int64_t)sizeof(float); }
+inline ActFp8 act_fp8_at(void* base, int64_t T, int64_t K) {
+    return {static_cast<uint8_t*>(base), reinterpret_cast<float*>(static_cast<char*>(base) + act_fp8_scales_offset(T, K))};
+}
+
 struct RmsnormArgs {
     int64_t tokens = 0, width = 0;
     float eps = 0;
     const bf16* x = nullptr;
     const bf16* w = nullptr;
     bf16* y = nullptr;
+    ActFp8 y8 = {};  // with y8.q set, y in its e4m3 form instead (rmsnorm_fp8_applies)
 };
+// y in e4m3: rows of whole 128-column blocks that the vector kernel takes (residual_* nullptr
+// for rmsnorm).
+bool rmsnorm_fp8_applies(const RmsnormArgs& a, const bf16* residual_in, const bf16* residual_out);
 void rmsnorm(const RmsnormArgs& a, Launch at);
 // Rows up to this wide (a multiple of 8, 16-byte aligned operands) take the vector kernel, whose
 // order of sums the quantized GEMVs' norm prologue repeats (others: a kernel summing one value a
@@ -244,7 +265,11 @@ struct AttentionArgs {
     int64_t k_stride = 0, v_stride = 0;                       // 0: packed
     cublasHandle_t cublas = nullptr;                         // with segments: long ones by GEMMs
     const std::vector<AttentionSegment>* segments = nullptr;
+    ActFp8 out8 = {};  // with out8.q set, out in its e4m3 form instead (attention_fp8_applies)
 };
+// Every token in a segment the flash kernel of head_dim 128 takes (the row of a head is one
+// 128-column block).
+bool attention_fp8_applies(const AttentionArgs& a);
 void attention(const AttentionArgs& a, Launch at);
 
 // One prompt segment of at least kAttentionGemmMinTokens tokens whose K and V are in the caches
@@ -257,11 +282,18 @@ struct PrefillSegmentArgs {
     const bf16* k_cache = nullptr;
     const bf16* v_cache = nullptr;
     bf16* out = nullptr;
+    ActFp8 out8 = {};  // as AttentionArgs'
 };
 void attention_prefill_segment(cublasHandle_t cublas, const PrefillSegmentArgs& a, Launch at);
+// Whether its segments take the flash kernel (head_dim 64 or 128), else the GEMMs.
+bool flash_attention_applies(const cpu::AttentionShape& s);
 
 void silu_mul_fused(int64_t tokens, int64_t inter, const bf16* gate_up, bf16* out, Launch at);
 void silu_mul(int64_t tokens, int64_t width, const bf16* gate, const bf16* up, bf16* out, Launch at);
+// silu_mul's out in its e4m3 form (ActFp8): gate and up rows `row` elements apart (2 * width,
+// up = gate + width, for the fused gate_up layout).
+bool silu_mul_fp8_applies(int64_t width, const bf16* gate, const bf16* up, const ActFp8& y8);
+void silu_mul_fp8(int64_t tokens, int64_t width, const bf16* gate, const bf16* up, int64_t row, const ActFp8& y8, Launch at);
 
 // MoE routing: weights[t, e] for the local experts (0 where the token does not visit e), from
 // the router logits as the CPU twin computes them (softmax, top-k, renormalise).

@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/quant_act.cuh"
 
 namespace tpx::cuda {
 namespace {
@@ -193,10 +194,42 @@ __device__ __forceinline__ void flash_store(const float (&o)[RT][D / 8][4], cons
         }
 }
 
+// As flash_store, the rows' bf16 values written in their e4m3 form instead (quant_act.cuh; D =
+// 128: a head's row is one 128-column block of the output, held by the four lanes of a quad):
+// codes from q_row0 (rows qw bytes apart), row i's scale at s_row0[i]. Every lane of the warp
+// calls it.
+template <int D, int RT>
+__device__ __forceinline__ void flash_store_fp8(const float (&o)[RT][D / 8][4], const float (&l)[RT][2], const int (&prow)[RT][2], int rows,
+                                                uint8_t* q_row0, float* s_row0, int64_t qw, int lane) {
+    auto value = [](float v) { return round_bf16(v); };  // as flash_store stores it
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const bool in = prow[rt][j] < rows;  // (the same for the four lanes of a quad)
+            const float inv = in ? 1.0f / l[rt][j] : 0.0f;
+            float amax = 0.0f;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt)
+                amax = fmaxf(amax, fmaxf(fabsf(value(o[rt][dt][2 * j] * inv)), fabsf(value(o[rt][dt][2 * j + 1] * inv))));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+            if (!in) continue;
+            if (lane % 4 == 0) s_row0[prow[rt][j]] = act_scale(amax);
+            const float qinv = act_inverse(amax);
+            uint8_t* qrow = q_row0 + prow[rt][j] * qw + (lane % 4) * 2;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt)
+                *reinterpret_cast<uint16_t*>(qrow + dt * 8) =
+                    (uint16_t)to_e4m3x2(value(o[rt][dt][2 * j] * inv), value(o[rt][dt][2 * j + 1] * inv), qinv);
+        }
+}
+
 template <int D, int W, int kFlashKeys, int RT>
 __global__ void __launch_bounds__(32 * W, RT == 1 ? (kFlashKeys <= 32 ? 12 : 8) / W : 8 / W / RT * 2)
     flash_attention_kernel(int max_seq, int heads, int kv_heads, int window, AttentionSegment seg, const bf16* __restrict__ q,
-                           const bf16* __restrict__ k_cache, const bf16* __restrict__ v_cache, bf16* __restrict__ out) {
+                           const bf16* __restrict__ k_cache, const bf16* __restrict__ v_cache, bf16* __restrict__ out, ActFp8 out8,
+                           int64_t tokens) {
     pdl_entry();  // see common.cuh
     using Smem = FlashSmem<D, W, kFlashKeys, RT>;
     constexpr int kRows = 16 * W * RT, kPad = Smem::kPad, kVec = D / 8;  // 16-byte pieces per row
@@ -268,6 +301,13 @@ __global__ void __launch_bounds__(32 * W, RT == 1 ? (kFlashKeys <= 32 ? 12 : 8) 
         flash_pv<D, kFlashKeys, RT>(o, pf, sm.v[buf], lane);
     }
     if (!active) return;
+    if constexpr (D == 128) {
+        if (out8.q) {  // (head h's rows are block h of the e4m3 form: scales [heads, tokens])
+            flash_store_fp8<D, RT>(o, l, prow, rows, out8.q + (seg.first + r0) * qw + (int64_t)h * D, out8.s + h * tokens + seg.first + r0,
+                                   qw, lane);
+            return;
+        }
+    }
     flash_store<D, RT>(o, l, prow, rows, out + (seg.first + r0) * qw + (int64_t)h * D, qw, lane);
 }
 
@@ -285,7 +325,8 @@ void flash_attention(const PrefillSegmentArgs& a, Launch at) {
     // then the next latest, so that the longest blocks do not start last.
     dim3 grid((unsigned)s.heads, (unsigned)((seg.count + 16 * W * RT - 1) / (16 * W * RT)));
     launch(flash_attention_kernel<D, W, N, RT>, grid, 32 * W, smem, at, (int)s.max_seq, (int)s.heads, (int)s.kv_heads,
-                                                                        (int)s.sliding_window, seg, a.q, a.k_cache, a.v_cache, a.out);
+                                                                        (int)s.sliding_window, seg, a.q, a.k_cache, a.v_cache, a.out, a.out8,
+                                                                        s.tokens);
     TPX_LAUNCH_CHECK();
 }
 
@@ -348,9 +389,11 @@ void attention_gemm(cublasHandle_t h, const PrefillSegmentArgs& a, Launch at) {
 
 }  // namespace
 
+bool flash_attention_applies(const cpu::AttentionShape& s) { return (s.head_dim == 128 || s.head_dim == 64) && s.max_seq < (1ll << 30); }
+
 void attention_prefill_segment(cublasHandle_t cublas, const PrefillSegmentArgs& a, Launch at) {
     const cpu::AttentionShape& s = a.shape;
-    const bool flash = (s.head_dim == 128 || s.head_dim == 64) && s.max_seq < (1ll << 30);
+    const bool flash = flash_attention_applies(s);
     // Row tiles a warp: 2 (default) or 1 (flash_tile = "1x64"; tpx-kbench --flash compares them).
     const bool one_row_tile = at.config->flash_tile == "1x64";
     // Short segments (a 128-token prompt): 32 query rows a block (2 warps, one row tile), so
@@ -358,6 +401,7 @@ void attention_prefill_segment(cublasHandle_t cublas, const PrefillSegmentArgs& 
     // the length, 0 turns it off; tpx-kbench --flash compares).
     const int64_t short_max = at.config->flash_short_max;
     const bool short_seg = a.seg.count <= short_max;
+    TPX_CHECK(!a.out8.q || (flash && s.head_dim == 128), "attention: an e4m3 output needs the flash kernel of head_dim 128");
     if (flash && short_seg && s.head_dim == 128) flash_attention<128, 2, 64, 1>(a, at);
     else if (flash && short_seg) flash_attention<64, 2, 64, 1>(a, at);
     else if (flash && s.head_dim == 128 && one_row_tile) flash_attention<128, 4, 64, 1>(a, at);

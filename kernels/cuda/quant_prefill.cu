@@ -1,11 +1,12 @@
 // Quantized linears at prefill: the weight dequantized to bf16, or FP8 activations into
 // cuBLASLt's block-scaled FP8 GEMM. The quantization of x repeats cpu::quantize_act_fp8's
-// arithmetic (IEEE fp32 max and division, round-to-nearest-even e4m3), so the two agree bit for bit.
+// arithmetic (quant_act.cuh), so the two agree bit for bit.
 #include <cuda_fp8.h>
 
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/quant_act.cuh"
 #include "kernels/cuda/quant_prefill.h"
 
 namespace tpx::cuda {
@@ -38,7 +39,8 @@ __global__ void dequant_gptq_kernel(cpu::GptqView w, bf16* dst) {
     }
 }
 
-// One warp per (token, 128 columns): four values a lane, the block's max |x| by the warp.
+// One warp per (token, 128 columns): four values a lane, the block's max |x| by the warp. Any
+// K and alignment.
 __global__ void quantize_act_kernel(const bf16* x, int64_t T, int64_t K, uint8_t* xq, float* xs) {
     pdl_entry();
     const int64_t blocks = (K + cpu::kFp8ActBlock - 1) / cpu::kFp8ActBlock;
@@ -52,15 +54,50 @@ __global__ void quantize_act_kernel(const bf16* x, int64_t T, int64_t K, uint8_t
         amax = fmaxf(amax, fabsf(v[j]));
     }
     amax = warp_reduce(amax, MaxOp{});
-    const float s = amax > 0.0f ? __fdiv_rn(amax, 448.0f) : 1.0f;
-    if (lane == 0) xs[b * T + t] = s;
+    if (lane == 0) xs[b * T + t] = act_scale(amax);
+    const float inv = act_inverse(amax);
     for (int j = 0; j < 4; ++j) {
         const int64_t k = b * cpu::kFp8ActBlock + lane + 32 * j;
-        if (k < K) xq[t * K + k] = (uint8_t)__nv_cvt_float_to_fp8(__fdiv_rn(v[j], s), __NV_SATFINITE, __NV_E4M3);
+        if (k < K) xq[t * K + k] = (uint8_t)to_e4m3(v[j], inv);
     }
 }
 
-size_t round256(size_t b) { return (b + 255) / 256 * 256; }
+// K a multiple of 128, x on 16 bytes: a half-warp per (token, 128 columns), eight values a lane
+// in one 16-byte load, written as 8 bytes; each half-warp takes kActItems consecutive items,
+// their loads issued together.
+constexpr int kActItems = 2;
+__global__ void quantize_act_vec_kernel(const bf16* x, int64_t T, int64_t K, uint8_t* xq, float* xs) {
+    pdl_entry();
+    const int64_t blocks = K / cpu::kFp8ActBlock, items = T * blocks;
+    const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 16 * kActItems;
+    const int sub = threadIdx.x & 15;
+    uint4 raw[kActItems];
+#pragma unroll
+    for (int u = 0; u < kActItems; ++u) {
+        const int64_t item = first + u;  // token item / blocks, 128 columns item % blocks
+        raw[u] = item < items ? *reinterpret_cast<const uint4*>(x + item * cpu::kFp8ActBlock + sub * 8) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kActItems; ++u) {
+        const int64_t item = first + u;
+        float v[8];
+        unpack8(raw[u], v);
+        uint2 codes;
+        const float s = act_block_fp8(v, codes);
+        if (item >= items) continue;
+        if (sub == 0) xs[(item % blocks) * T + item / blocks] = s;
+        *reinterpret_cast<uint2*>(xq + item * cpu::kFp8ActBlock + sub * 8) = codes;
+    }
+}
+
+// x [T, K] = code * scale in bf16 (the e4m3 form's values).
+__global__ void dequantize_act_kernel(const uint8_t* xq, const float* xs, int64_t T, int64_t K, bf16* x) {
+    pdl_entry();
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= T * K) return;
+    const __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)xq[i], __NV_E4M3);
+    x[i] = __float2bfloat16(__half2float(__half(h)) * xs[(i % K / cpu::kFp8ActBlock) * T + i / K]);
+}
 
 }  // namespace
 
@@ -71,10 +108,13 @@ void quant_dequantize(const QuantWeightView& w, bf16* dst, Launch at) {
     TPX_LAUNCH_CHECK();
 }
 
-void fp8_quantize_act(const bf16* x, int64_t T, int64_t K, uint8_t* xq, float* xs, Launch at) {
+void fp8_quantize_act(const bf16* x, int64_t T, int64_t K, const ActFp8& x8, Launch at) {
     const int64_t items = T * ((K + cpu::kFp8ActBlock - 1) / cpu::kFp8ActBlock);
     if (items == 0) return;
-    launch(quantize_act_kernel, blocks_for(items, kThreads / 32), kThreads, 0, at, x, T, K, xq, xs);
+    if (K % cpu::kFp8ActBlock == 0 && aligned16({x, x8.q}))
+        launch(quantize_act_vec_kernel, blocks_for(items, kThreads / 16 * kActItems), kThreads, 0, at, x, T, K, x8.q, x8.s);
+    else
+        launch(quantize_act_kernel, blocks_for(items, kThreads / 32), kThreads, 0, at, x, T, K, x8.q, x8.s);
     TPX_LAUNCH_CHECK();
 }
 
@@ -82,25 +122,35 @@ bool quant_prefill_fp8_applies(const QuantPrefillArgs& a) {
     return a.w.format == Format::kFp8 && a.w.fp8.row_scale && !a.bias && cpu::fp8_w8a8_applies(a.w.fp8.l) && a.tokens % 4 == 0;
 }
 
-size_t quant_prefill_scratch_bytes(const QuantPrefillArgs& a) {
-    const int64_t T = a.tokens, K = a.w.K();
-    return round256((size_t)(T * K)) + round256((size_t)((K + cpu::kFp8ActBlock - 1) / cpu::kFp8ActBlock * T) * sizeof(float));
-}
+size_t quant_prefill_scratch_bytes(const QuantPrefillArgs& a) { return a.x8.q ? 0 : (size_t)act_fp8_bytes(a.tokens, a.w.K()); }
 
 bool quant_prefill_fp8(GemmTuner& tuner, const QuantPrefillArgs& a, Launch at) {
     TPX_CHECK(quant_prefill_fp8_applies(a), "quant_prefill_fp8: needs an FP8 weight with scales per 128 columns and no bias");
+    TPX_CHECK(!a.add || a.add != a.y, "quant_prefill_fp8: the residual added must not be y");
     const int64_t T = a.tokens, K = a.w.K();
-    char* p = static_cast<char*>(a.scratch);
-    uint8_t* xq = reinterpret_cast<uint8_t*>(p);
-    float* xs = reinterpret_cast<float*>(p + round256((size_t)(T * K)));
-    fp8_quantize_act(a.x, T, K, xq, xs, at);
+    const ActFp8 x8 = a.x8.q ? a.x8 : act_fp8_at(a.scratch, T, K);
+    if (!a.x8.q) fp8_quantize_act(a.x, T, K, x8, at);
+    const uint8_t* xq = x8.q;
+    const float* xs = x8.s;
     // The checkpoint's own 128 x 128 blocks where the weight's rows are whole blocks and its
     // scale rows as cuBLASLt reads them (K / 128 a multiple of 4); else the scales per row.
     const cpu::Fp8Layout& l = a.w.fp8.l;
-    if (l.rows_per_scale == 128 && l.block_in == 128 && l.in_offset == 0 && l.N % 128 == 0 && l.scale_cols == K / 128 && l.scale_cols % 4 == 0 &&
-        tuner.matmul_fp8({T, K, a.w.N()}, {xq, xs, a.w.fp8.w, a.w.fp8.scale, true}, a.y, at.stream))
-        return true;
-    return tuner.matmul_fp8({T, K, a.w.N()}, {xq, xs, a.w.fp8.w, a.w.fp8.row_scale, false}, a.y, at.stream);
+    const bool blocks = l.rows_per_scale == 128 && l.block_in == 128 && l.in_offset == 0 && l.N % 128 == 0 && l.scale_cols == K / 128 &&
+                        l.scale_cols % 4 == 0;
+    auto product = [&](const bf16* add) {
+        return (blocks && tuner.matmul_fp8({T, K, a.w.N()}, {xq, xs, a.w.fp8.w, a.w.fp8.scale, true, add}, a.y, at.stream)) ||
+               tuner.matmul_fp8({T, K, a.w.N()}, {xq, xs, a.w.fp8.w, a.w.fp8.row_scale, false, add}, a.y, at.stream);
+    };
+    if (a.add && product(a.add)) return true;
+    if (!product(nullptr)) return false;
+    if (a.add) add(T * a.w.N(), a.y, a.add, a.y, at);  // no algorithm with the sum in its epilogue
+    return true;
+}
+
+void fp8_dequantize_act(const ActFp8& x8, int64_t T, int64_t K, bf16* x, Launch at) {
+    if (T * K == 0) return;
+    launch(dequantize_act_kernel, blocks_for(T * K, kThreads), kThreads, 0, at, x8.q, x8.s, T, K, x);
+    TPX_LAUNCH_CHECK();
 }
 
 }  // namespace tpx::cuda

@@ -25,17 +25,22 @@ struct QuantPrefillArgs {
     QuantWeightView w;
     int64_t tokens = 0;
     const bf16* x = nullptr;     // [tokens, K]
+    ActFp8 x8 = {};              // or x's e4m3 form, made by the kernel before (x8.q set: x unused)
     const bf16* bias = nullptr;  // [N] or nullptr
     bf16* y = nullptr;           // [tokens, N]
-    void* scratch = nullptr;     // quant_prefill_scratch_bytes(a), 256-byte aligned
+    const bf16* add = nullptr;   // [tokens, N] added to the product (the residual), or nullptr; not y
+    void* scratch = nullptr;     // quant_prefill_scratch_bytes(a) (0 with x8), 256-byte aligned
 };
 // Whether the route takes w (FP8 with row scales, no bias: the GEMM's epilogue has none) and the
 // token count (a multiple of 4: cuBLASLt 13.1 offers no algorithm for others, measured).
 bool quant_prefill_fp8_applies(const QuantPrefillArgs& a);
 size_t quant_prefill_scratch_bytes(const QuantPrefillArgs& a);
-// False where the tuner declines (x's quantization ran, no product: take the dequantized route).
+// The residual is added in the GEMM's epilogue, or by a kernel after it where cuBLASLt has no such
+// algorithm. False where the tuner declines (no product: take the dequantized route).
 bool quant_prefill_fp8(GemmTuner& tuner, const QuantPrefillArgs& a, Launch at);
-// xq [T, K] e4m3 and xs [ceil(K / 128), T] from x [T, K] (cpu::quantize_act_fp8).
-void fp8_quantize_act(const bf16* x, int64_t T, int64_t K, uint8_t* xq, float* xs, Launch at);
+// x [T, K]'s e4m3 form (cpu::quantize_act_fp8).
+void fp8_quantize_act(const bf16* x, int64_t T, int64_t K, const ActFp8& x8, Launch at);
+// x [T, K] in bf16 from its e4m3 form: each code's value times its scale, rounded once.
+void fp8_dequantize_act(const ActFp8& x8, int64_t T, int64_t K, bf16* x, Launch at);
 
 }  // namespace tpx::cuda
