@@ -154,8 +154,8 @@ __device__ inline uint4 pack8(const float* f) {
 
 // SiLU as every kernel computes it (SwiGLU's kernels, the GEMVs' SwiGLU epilogue, MoE): the fast
 // exponential and division (__expf within 2 + 1.2 |x| ulp; __fdividef 0 past 2^126, where SiLU is
-// 0 to bf16's precision anyway: both far below the bf16 result's 2^-8), so that the SwiGLU over a
-// prefill stays bound by its bytes when it also quantizes its output.
+// 0 to bf16's precision anyway: both far below the bf16 result's 2^-8), so that the SwiGLU that
+// also quantizes its output (w8a8) costs about what the bf16 one did (docs/PERF.md, 2026-12-04).
 __device__ inline float silu(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
 // v rounded to bf16 (to nearest even) and back: the value a bf16 store keeps.
 __device__ inline float round_bf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
