@@ -165,7 +165,8 @@ TEST(GpuQuantW8a8, PrefillLogitsNearHfs) {
         auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + job + " --dump-logits " + dir + "/logits.h5");
         EXPECT_EQ(r.exit_code, 0) << r.err << r.out;
         std::vector<std::vector<float>> rows;
-        for (int64_t b = 0; b < g.batch && r.exit_code == 0; ++b) rows.push_back(read_h5(dir + "/logits.h5", "prompt_" + std::to_string(b) + "/prompt_logits"));
+        for (int64_t b = 0; b < g.batch && r.exit_code == 0; ++b)
+            rows.push_back(read_h5(dir + "/logits.h5", "prompt_" + std::to_string(b) + "/prompt_logits"));
         return rows;
     };
     const auto unfused = logits("w8a8_fused = false");

@@ -382,14 +382,14 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
 // Quantized linears: weights kept packed (DeviceWeights::quant). Up to cuda::kQuantGemvMaxTokens
 // rows the quantized GEMV reads them as they are (at one token with the decode step's SwiGLU or
 // RoPE + KV-cache epilogue, as the bf16 GEMV); up to [backend.tuning] quant_gemv_tokens rows the
-// tensor-core GEMV runs 8 rows a launch (each launch reads the weights once: cheaper than the dequantization,
-// which writes and reads them in bf16, and exact in the weights); more rows dequantize the weight into bf16 scratch
-// and take run_gemm (the tuner, the residual epilogue, lm_head's row selection), or, with
-// [backend.tuning] quant_prefill = "w8a8", FP8 weights run as FP8 GEMMs over activations
-// quantized per token and 128 columns (quant_prefill.h), by the kernel that made them where it
-// can (fp8_output), with the residual added in the GEMM's epilogue as run_gemm does. At one token the norm before the GEMV
-// is computed in its prologue (defer_norm) as for the bf16 GEMV; its all-reduce is not fused
-// into the GEMVs (can_push).
+// tensor-core GEMV runs 8 rows a launch (each launch reads the weights once: cheaper than the
+// dequantization, which writes and reads them in bf16, and exact in the weights); more rows
+// dequantize the weight into bf16 scratch and take run_gemm (the tuner, the residual epilogue,
+// lm_head's row selection), or, with [backend.tuning] quant_prefill = "w8a8", FP8 weights run as
+// FP8 GEMMs over activations quantized per token and 128 columns (quant_prefill.h), by the kernel
+// that made them where it can (fp8_output), the residual added in the GEMM's epilogue as run_gemm
+// adds it. At one token the norm before the GEMV is computed in its prologue (defer_norm) as for
+// the bf16 GEMV; its all-reduce is not fused into the GEMVs (can_push).
 const cuda::QuantWeightView* CudaExecutor::quant_weight(const Node* linear) const {
     if (weights_.quant.empty() || linear->kind != Op::kLinear || linear->inputs.size() < 2) return nullptr;
     const Node* p = linear->inputs[1]->producer;
