@@ -2,9 +2,10 @@
 // graph's shape, before the first forward (as llama.cpp's ggml_can_fuse looks at op
 // sequences): how long each value lives, which splits are column views of their input, which
 // neighbours a decode GEMV takes in, which all-reduces its GEMVs do, which prefill GEMMs add
-// the residual in their epilogue, and which kernels write a w8a8 linear's input in e4m3. The executors dispatch it and discover nothing at
-// run time; whether a fused kernel applies to the pointers it is given (alignment, sizes) is
-// still the launcher's to say, and the unfused ops run where it does not.
+// the residual in their epilogue, and which kernels write a w8a8 linear's input in e4m3. The
+// executors dispatch it and discover nothing at run time; whether a fused kernel applies to the
+// pointers it is given (alignment, sizes) is still the launcher's to say, and the unfused ops run
+// where it does not.
 #pragma once
 
 #include <cstddef>

@@ -264,6 +264,23 @@ TEST(Steps, FusionsAreDecidedFromTheGraphOnce) {
         std::string text = p.describe();
         EXPECT_NE(text.find("decode GEMV (1 to 8 tokens) with"), std::string::npos) << text;
         EXPECT_EQ(plan_steps(plan.graph, {false, false}).residual_epilogue.size(), 0u);
+        EXPECT_TRUE(p.fp8_input_of.empty());
+        // Every linear but lm_head taken as w8a8: each reads a norm's, attention's or SwiGLU's
+        // output alone, which that kernel then writes in e4m3.
+        std::set<const Node*> w8a8;
+        for (const Node* n : p.nodes)
+            if (n->kind == Op::kLinear && n->name != "lm_head") w8a8.insert(n);
+        ASSERT_EQ((int64_t)w8a8.size(), 4 * layers);
+        StepProgram q = plan_steps(plan.graph, {true, tp > 1, w8a8});
+        std::map<Op, int> writers;
+        for (const auto& [writer, lin] : q.fp8_input_of) {
+            EXPECT_EQ(lin->inputs[0], writer->out(0)) << writer->name;
+            ++writers[writer->kind];
+        }
+        EXPECT_EQ((int64_t)q.fp8_input_of.size(), 4 * layers);
+        EXPECT_EQ(writers[Op::kAttention], layers);
+        EXPECT_EQ(writers[Op::kSiluMul], layers);
+        EXPECT_NE(q.describe().find("w8a8 prefill: its input in e4m3 from"), std::string::npos);
     }
 }
 
