@@ -195,13 +195,12 @@ __device__ __forceinline__ void flash_store(const float (&o)[RT][D / 8][4], cons
 }
 
 // As flash_store, the rows' bf16 values written in their e4m3 form instead (quant_act.cuh; D =
-// 128: a head's row is one 128-column block of the output, held by the four lanes of a quad):
-// codes from q_row0 (rows qw bytes apart), row i's scale at s_row0[i]. Every lane of the warp
-// calls it.
+// 128: a head's row is one 128-column block of the output, held by the four lanes of a quad; its
+// values rounded to bf16 first, as flash_store stores them): codes from q_row0 (rows qw bytes
+// apart), row i's scale at s_row0[i]. Every lane of the warp calls it.
 template <int D, int RT>
 __device__ __forceinline__ void flash_store_fp8(const float (&o)[RT][D / 8][4], const float (&l)[RT][2], const int (&prow)[RT][2], int rows,
                                                 uint8_t* q_row0, float* s_row0, int64_t qw, int lane) {
-    auto value = [](float v) { return round_bf16(v); };  // as flash_store stores it
 #pragma unroll
     for (int rt = 0; rt < RT; ++rt)
 #pragma unroll
@@ -211,7 +210,7 @@ __device__ __forceinline__ void flash_store_fp8(const float (&o)[RT][D / 8][4], 
             float amax = 0.0f;
 #pragma unroll
             for (int dt = 0; dt < D / 8; ++dt)
-                amax = fmaxf(amax, fmaxf(fabsf(value(o[rt][dt][2 * j] * inv)), fabsf(value(o[rt][dt][2 * j + 1] * inv))));
+                amax = fmaxf(amax, fmaxf(fabsf(round_bf16(o[rt][dt][2 * j] * inv)), fabsf(round_bf16(o[rt][dt][2 * j + 1] * inv))));
             amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
             amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
             if (!in) continue;
@@ -221,7 +220,7 @@ __device__ __forceinline__ void flash_store_fp8(const float (&o)[RT][D / 8][4], 
 #pragma unroll
             for (int dt = 0; dt < D / 8; ++dt)
                 *reinterpret_cast<uint16_t*>(qrow + dt * 8) =
-                    (uint16_t)to_e4m3x2(value(o[rt][dt][2 * j] * inv), value(o[rt][dt][2 * j + 1] * inv), qinv);
+                    (uint16_t)to_e4m3x2(round_bf16(o[rt][dt][2 * j] * inv), round_bf16(o[rt][dt][2 * j + 1] * inv), qinv);
         }
 }
 
