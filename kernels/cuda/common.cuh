@@ -46,6 +46,7 @@ inline void probe_set_here(const ProbeSink& s) { CUDA_CHECK(cudaMemcpyToSymbol(p
 void probe_set_linear(const ProbeSink& s);
 void probe_set_attention(const ProbeSink& s);
 void probe_set_fused_allreduce(const ProbeSink& s);
+void probe_set_quant_ring(const ProbeSink& s);
 __device__ inline void probe_put(unsigned tag, unsigned k, const unsigned long long* t) {
     if (threadIdx.x != 0 || !probe_sink.rec) return;
     unsigned smid;

@@ -39,6 +39,7 @@ void probe_set(const ProbeSink& sink) {
     probe_set_linear(sink);
     probe_set_attention(sink);
     probe_set_fused_allreduce(sink);
+    probe_set_quant_ring(sink);
 }
 #endif
 

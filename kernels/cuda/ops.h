@@ -33,7 +33,8 @@ struct Launch {
 // Probe builds only (-DTPX_PROBE, tpx-kbench --layer): the decode GEMVs and attention write, per
 // block, global-timer stamps of their phases (thread 0's: t[0] entry, t[1] past the wait, t[2]
 // past the exchange's sum, t[3] past the norm prologue or the dot products, t[4] the end; 0
-// where the kernel has no such phase) into `rec`, a record a block.
+// where the kernel has no such phase; the FP8 ring GEMV: t[2] past staging x, t[3] every warp
+// past its steps) into `rec`, a record a block.
 struct ProbeRec {
     unsigned long long t[5];
     unsigned tag, block, smid, k;

@@ -96,6 +96,11 @@ __device__ __forceinline__ void multiply_step(const char* slot, const __half* xr
         for (int i = 0; i < 4; ++i) acc[s][i] = __fmaf_rn(k[s], d[s][i], acc[s][i]);
 }
 
+#ifdef TPX_PROBE
+// Probe builds (ops.h): t[2] past stage_x, t[3] every warp past its last step; tags kProbeTag + 4 E + norm.
+constexpr unsigned kProbeTag = 300;
+#endif
+
 // Blocks of kThreads threads whatever the grid's shape (stage_x and the norm take all of them);
 // the first `active` warps take tiles, the others only stage x and meet the barriers. The layout
 // starts at the first 128-byte boundary of the dynamic shared memory (the static shared memory
@@ -107,6 +112,9 @@ __device__ __forceinline__ void multiply_step(const char* slot, const __half* xr
 // norm's instances to 128 registers and spill.)
 template <GemvEpilogue E, bool kNorm>
 __global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, int64_t items, int64_t pair, int active, int split, bool early) {
+    TPX_PROBE_DECL;
+    TPX_PROBE_MARK(0);
+    TPX_PROBE_END(kProbeTag + 4 * (int)E + (kNorm ? 1 : 0), a.w.fp8.l.K);
     extern __shared__ __align__(16) char smem_raw[];
     char* smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(smem_raw) + 127) & ~(uintptr_t)127);
     const RingSmem L = ring_smem(a);
@@ -128,6 +136,7 @@ __global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, 
     if (early)
         for (int n = 0; n < ring::kStages - 1; ++n) copy(n);
     pdl_entry();
+    TPX_PROBE_MARK(1);
     bool ahead = false;  // step kStages - 1 copied during stage_x (by the threads with loads there; the others copy it at n = 0)
     stage_x<Format::kFp8, kNorm, false>(a, smem, L.x, L.Kp, [&] {
         if (early) copy(ring::kStages - 1), ahead = true;
@@ -136,6 +145,7 @@ __global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, 
         if (!early) copy(n);
         cp_async_commit();
     }
+    TPX_PROBE_MARK(2);
     const __half* xr = reinterpret_cast<const __half*>(smem + L.x.xh) + (g < a.tokens ? g : 0) * L.x.ld + 4 * c;
     float acc[ring::kSets][4] = {};
     for (int64_t n = 0; n < ws.mine; ++n) {
@@ -149,6 +159,10 @@ __global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, 
         __syncwarp();
     }
     cp_async_wait_all();
+#ifdef TPX_PROBE
+    __syncthreads();  // t[3]: every warp of the block past its last step (add_split_sums begins with a barrier anyway)
+#endif
+    TPX_PROBE_MARK(3);
     if (ring::add_split_sums(reinterpret_cast<float*>(ring_base), acc, split, valid))
         ring::write_tile<E>(a.tokens, a.w.N(), a.bias, a.y, a.rope, tile, items, pair, acc, reinterpret_cast<const float*>(smem + L.x.xscale));
 }
@@ -175,6 +189,10 @@ void launch_ring(const QuantGemvArgs& a, int64_t items, int64_t pair, const Laun
 }
 
 }  // namespace
+
+#ifdef TPX_PROBE
+void probe_set_quant_ring(const ProbeSink& s) { probe_set_here(s); }
+#endif
 
 bool quant::ring_gemv(const QuantGemvArgs& a, int64_t items, int64_t pair, const Launch& at) {
     if (!ring_applies(a, pair)) return false;
