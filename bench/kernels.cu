@@ -9,7 +9,8 @@
 //   tpx-kbench --layer TP one decoder layer with one rank's shapes at tensor parallelism TP
 //   tpx-kbench --flash   prefill attention alone, 128 to 8192 tokens: the default, flash_tile "1x64", flash_short_max 0
 //   tpx-kbench --moe     a Mixtral-shaped MoE layer at 1 to 64 tokens, dense against sparse
-//   tpx-kbench --quant   the quantized GEMVs (FP8, GPTQ int4) on the 8B's linears, and their dequantization
+//   tpx-kbench --quant   the quantized GEMVs (FP8, GPTQ int4) on the 8B's linears, and their dequantization;
+//                        then the FP8 layer's four GEMVs back to back (and, in a probe build, their phases)
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -58,6 +59,17 @@ T* device_alloc(size_t n, bool random = true) {
     } else {
         CUDA_CHECK(cudaMemset(p, 0, n * sizeof(T)));
     }
+    return p;
+}
+
+// n random e4m3 bytes of magnitude below 2 (bit 6 clear: no NaN, whose exponent is all ones), so
+// that a chain of FP8 GEMVs fed each other's outputs stays finite and small, as a model's does.
+uint8_t* device_fp8(size_t n) {
+    uint8_t* p = device_alloc<uint8_t>(n, false);
+    std::vector<uint8_t> h(std::min<size_t>(n, 1 << 20));
+    uint32_t s = 777;
+    for (auto& b : h) s = s * 1664525u + 1013904223u, b = (uint8_t)((s >> 24) & 0xbf);
+    for (size_t at = 0; at < n; at += h.size()) CUDA_CHECK(cudaMemcpy(p + at, h.data(), std::min(n - at, h.size()), cudaMemcpyHostToDevice));
     return p;
 }
 
@@ -202,7 +214,7 @@ void probe_layer(cudaStream_t st, const char* name, const std::function<void(int
     };
     for (size_t i = 8 * per_call; i < 10 * per_call; ++i) {
         const Launch& l = launches[i];
-        const char* kind = l.tag >= 200 ? "attention" : l.tag >= 100 ? (l.tag & 1 ? "gemv push" : "gemv split") : "gemv";
+        const char* kind = l.tag >= 300 ? "fp8 ring" : l.tag >= 200 ? "attention" : l.tag >= 100 ? (l.tag & 1 ? "gemv push" : "gemv split") : "gemv";
         char nm[32];
         std::snprintf(nm, sizeof nm, "%s/%u", kind, l.tag);
         std::printf("%-14s %6u %5zu | %-20s | %-20s | %-20s | %-20s | %-20s\n", nm, l.k, l.r.size(), stat(l, 0).c_str(), stat(l, 1).c_str(),
@@ -210,6 +222,62 @@ void probe_layer(cudaStream_t st, const char* name, const std::function<void(int
     }
 }
 #endif
+
+// --quant, then: the FP8 decoder layer's four GEMVs at one token as the decode step runs them (qkv
+// with the norm, RoPE and cache write; o; gate_up with the norm of o's output plus the residual,
+// and SwiGLU; down), back to back in one graph (attention left out), and in probe builds where
+// each kernel's time goes inside that sequence.
+void quant_layer(cudaStream_t st) {
+    struct Lin { int64_t K, N; };
+    const Lin lins[] = {{4096, 6144}, {4096, 4096}, {4096, 28672}, {14336, 4096}};
+    int64_t bytes = 0;
+    for (const Lin& l : lins) bytes += l.K * l.N + (l.N / 128) * (l.K / 128) * 4;
+    const int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / bytes));
+    std::vector<void*> owned;
+    std::vector<std::vector<cuda::QuantWeightView>> at(copies);
+    for (int c = 0; c < copies; ++c)
+        for (const Lin& l : lins) {
+            cuda::QuantWeightView v;
+            v.format = cuda::QuantWeightView::Format::kFp8;
+            v.fp8.l = {l.N, l.K, 128, 0, 128, l.K / 128};
+            uint8_t* w = device_fp8(l.K * l.N);
+            float* sc = device_alloc<float>((l.N / 128) * (l.K / 128));
+            v.fp8.w = w, v.fp8.scale = sc, owned.push_back(w), owned.push_back(sc);
+            at[c].push_back(v);
+        }
+    const int64_t max_seq = 4096;
+    int32_t *slot = device_int(0), *pos = device_int(127);
+    float* inv = device_alloc<float>(64, false);
+    bf16 *kc = device_alloc<bf16>(max_seq * 8 * 128), *vc = device_alloc<bf16>(max_seq * 8 * 128);
+    bf16 *norm_w = device_alloc<bf16>(4096), *qkv = device_alloc<bf16>(6144, false), *o = device_alloc<bf16>(4096, false);
+    bf16 *act = device_alloc<bf16>(14336, false), *y = device_alloc<bf16>(4096, false), *res = device_alloc<bf16>(2 * 4096);
+    auto layer = [&](int i) {
+        const std::vector<cuda::QuantWeightView>& w = at[i % copies];
+        cuda::QuantGemvArgs a;
+        a.w = w[0], a.tokens = 1, a.y = qkv, a.has_norm = true, a.norm = {y, res, res + 4096, norm_w, 1e-5f};
+        a.epi = cuda::GemvEpilogue::kRopeKv, a.rope = cuda::GemvRopeKv{32, 8, 128, max_seq, slot, pos, inv, kc, vc};
+        cuda::quant_gemv(a, on(st));
+        cuda::QuantGemvArgs b;
+        b.w = w[1], b.tokens = 1, b.x = qkv, b.y = o;
+        cuda::quant_gemv(b, on(st));
+        cuda::QuantGemvArgs c;
+        c.w = w[2], c.tokens = 1, c.y = act, c.has_norm = true, c.norm = {o, res + 4096, res, norm_w, 1e-5f};
+        c.epi = cuda::GemvEpilogue::kSwiglu;
+        cuda::quant_gemv(c, on(st));
+        cuda::QuantGemvArgs d;
+        d.w = w[3], d.tokens = 1, d.x = act, d.y = y;
+        cuda::quant_gemv(d, on(st));
+    };
+    tuning.quant_mma = true;
+    const double us = time_graph(st, layer);
+    row("quant fp8 layer (4 GEMVs)", "T=1", us, rate((double)bytes, us));  // 218 MB a copy: L2 holds none
+#ifdef TPX_PROBE
+    probe_layer(st, "fp8 layer (4 GEMVs)", layer);
+#endif
+    for (void* p : owned) CUDA_CHECK(cudaFree(p));
+    for (void* p : {(void*)slot, (void*)pos, (void*)inv, (void*)kc, (void*)vc, (void*)norm_w, (void*)qkv, (void*)o, (void*)act, (void*)y, (void*)res})
+        CUDA_CHECK(cudaFree(p));
+}
 
 // The prefill GEMMs (2048 tokens, the 8B's shapes) as the executor calls them (cublasGemmEx,
 // Y^T[N, T] = W^T . X^T), against each algorithm cuBLASLt's heuristic offers for the same
@@ -942,6 +1010,7 @@ int main(int argc, char** argv) {
     }
     if (argc > 1 && std::strcmp(argv[1], "--quant") == 0) {
         quant_sweep(st);
+        quant_layer(st);
         return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {
