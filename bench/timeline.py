@@ -1,26 +1,31 @@
 #!/usr/bin/env python3
 """One decode step from a libtpx_trace.so timeline (bench/trace.cpp): where its time goes.
 
-    bench/timeline.py TRACE.csv [--batch1]
+    bench/timeline.py TRACE.csv [MATCH]
 
 Steps end at the argmax kernel (one a step, after the graph). For the middle half of the
-batch-1 steps (those with our fused GEMV) it prints the median step on the GPU (first kernel's
-start to the argmax's end), the GPU's idle time between steps (the host's turn), and per kernel
-kind: calls a step, microseconds each, the gap before each (negative: it started before the
-previous kernel ended, programmatic dependent launch) and milliseconds a step."""
+batch-1 steps (those with a kernel whose name holds MATCH: by default the bf16 step's fused
+gate_up GEMV; for FP8, fp8_ring_kernelILNS0_12GemvEpilogueE1ELb1, whose norm only batch 1
+fuses) it prints the median step on the GPU (first kernel's start to the argmax's end), the
+GPU's idle time between steps (the host's turn), and per kernel kind: calls a step, microseconds each, the gap before each (negative: it started before the
+previous kernel ended, programmatic dependent launch), how far its end is past the previous
+kernel's end (what it adds to the step when launches overlap) and milliseconds a step."""
 import collections
 import csv
 import statistics
 import sys
 
-KINDS = [("gemv_kernelILNS0_12GemvEpilogueE1ELb1ELb1", "gemv+sum+norm+swiglu"), ("gemv_kernelILNS0_12GemvEpilogueE2ELb1ELb1", "gemv+sum+norm+rope"),
+KINDS = [("fp8_ring_kernelILNS0_12GemvEpilogueE1ELb1", "fp8 gemv+norm+swiglu"), ("fp8_ring_kernelILNS0_12GemvEpilogueE2ELb1", "fp8 gemv+norm+rope"),
+         ("fp8_ring_kernelILNS0_12GemvEpilogueE0ELb0", "fp8 gemv"), ("fp8_ring_kernel", "fp8 gemv (other)"),
+         ("gemv_kernelILNS0_12GemvEpilogueE1ELb1ELb1", "gemv+sum+norm+swiglu"), ("gemv_kernelILNS0_12GemvEpilogueE2ELb1ELb1", "gemv+sum+norm+rope"),
          ("gemv_split_kernelILi4ELb1", "gemv split-k + push"), ("gemv_split_kernelILi2ELb1", "gemv split-k + push"),
          ("gemv_split_kernelILi1ELb1", "gemv split-k + push"), ("exchange_advance", "exchange epoch"),
          ("gemv_kernelILNS0_12GemvEpilogueE0ELb1", "gemv+norm"), ("gemv_kernelILNS0_12GemvEpilogueE1ELb1", "gemv+norm+swiglu"),
          ("gemv_kernelILNS0_12GemvEpilogueE2ELb1", "gemv+norm+rope"), ("gemv_kernel", "gemv fused (other)"),
          ("gemv_split", "gemv split-k"), ("oneshot", "one-shot all-reduce"), ("attention_vec", "decode attention"),
          ("argmax_partial", "argmax partial"), ("argmax_final", "argmax final"), ("rmsnorm", "rmsnorm"),
-         ("embedding", "embedding"), ("to_f32", "to_f32"), ("nccl", "nccl"), ("memcpy", "copy")]
+         ("embedding", "embedding"), ("to_f32", "to_f32"), ("nccl", "nccl"), ("memcpy", "copy"),
+         ("attention", "attention (other)")]
 
 
 def kind(name):
@@ -39,7 +44,8 @@ def main():
     ends = [i for i, e in enumerate(ev) if "argmax_final" in e[2]]
     steps = [ev[a + 1:b + 1] for a, b in zip(ends, ends[1:])]
     gaps_between = [steps[i][0][0] - steps[i - 1][-1][1] for i in range(1, len(steps))]
-    b1 = [i for i, s in enumerate(steps) if any("gemv_kernelILNS0_12GemvEpilogueE1" in e[2] for e in s)]
+    match = sys.argv[2] if len(sys.argv) > 2 else "gemv_kernelILNS0_12GemvEpilogueE1"
+    b1 = [i for i, s in enumerate(steps) if any(match in e[2] for e in s)]
     mid = b1[len(b1) // 4:3 * len(b1) // 4]
     if not mid:
         sys.exit("no batch-1 decode steps in the trace")
@@ -53,16 +59,17 @@ def main():
         prev_end = None
         for e in s:
             k = kind(e[2]) + " (grid %s)" % e[3]
-            c = per.setdefault(k, [0, 0, 0])
+            c = per.setdefault(k, [0, 0, 0, 0])
             c[0] += 1
             c[1] += e[1] - e[0]
             if prev_end is not None:
                 c[2] += e[0] - prev_end
+                c[3] += max(0, e[1] - prev_end)
             prev_end = max(e[1], prev_end or 0)
     n = len(group)
-    print("%-44s %6s %9s %9s %9s" % ("kernel (grid)", "calls", "us each", "gap us", "ms/step"))
-    for k, (c, d, g) in sorted(per.items(), key=lambda x: -x[1][1]):
-        print("%-44s %6.1f %9.2f %9.2f %9.4f" % (k[:44], c / n, d / c / 1e3, g / c / 1e3, d / n / 1e6))
+    print("%-44s %6s %9s %9s %9s %9s" % ("kernel (grid)", "calls", "us each", "gap us", "past us", "ms/step"))
+    for k, (c, d, g, p) in sorted(per.items(), key=lambda x: -x[1][1]):
+        print("%-44s %6.1f %9.2f %9.2f %9.2f %9.4f" % (k[:44], c / n, d / c / 1e3, g / c / 1e3, p / c / 1e3, d / n / 1e6))
     print("sum of kernel times %.4f ms, sum of gaps %.4f ms" % (sum(v[1] for v in per.values()) / n / 1e6,
                                                                 sum(v[2] for v in per.values()) / n / 1e6))
 
