@@ -45,6 +45,12 @@ namespace {
 
 constexpr int kReps = 20;
 
+// bytes of device memory at p filled with the host pattern (period bytes) over and over.
+void fill_repeating(void* p, size_t bytes, const void* pattern, size_t period) {
+    for (size_t at = 0; at < bytes; at += period)
+        CUDA_CHECK(cudaMemcpy(static_cast<char*>(p) + at, pattern, std::min(bytes - at, period), cudaMemcpyHostToDevice));
+}
+
 template <typename T>
 T* device_alloc(size_t n, bool random = true) {
     T* p = nullptr;
@@ -53,9 +59,7 @@ T* device_alloc(size_t n, bool random = true) {
         std::vector<uint16_t> h(std::min<size_t>(n * sizeof(T) / 2, 1 << 20));
         uint32_t s = 12345;
         for (auto& x : h) s = s * 1664525u + 1013904223u, x = (uint16_t)(0x3c00 + ((s >> 16) & 0x3ff) - 0x200);  // bf16 about +-0.01..1
-        size_t bytes = n * sizeof(T);
-        for (size_t at = 0; at < bytes; at += h.size() * 2)
-            CUDA_CHECK(cudaMemcpy((char*)p + at, h.data(), std::min(bytes - at, h.size() * 2), cudaMemcpyHostToDevice));
+        fill_repeating(p, n * sizeof(T), h.data(), h.size() * 2);
     } else {
         CUDA_CHECK(cudaMemset(p, 0, n * sizeof(T)));
     }
@@ -69,7 +73,7 @@ uint8_t* device_fp8(size_t n) {
     std::vector<uint8_t> h(std::min<size_t>(n, 1 << 20));
     uint32_t s = 777;
     for (auto& b : h) s = s * 1664525u + 1013904223u, b = (uint8_t)((s >> 24) & 0xbf);
-    for (size_t at = 0; at < n; at += h.size()) CUDA_CHECK(cudaMemcpy(p + at, h.data(), std::min(n - at, h.size()), cudaMemcpyHostToDevice));
+    fill_repeating(p, n, h.data(), h.size());
     return p;
 }
 
@@ -158,7 +162,8 @@ std::string rate(double bytes, double us, double flops = 0) {
 // stamped; each kernel launch of calls 8 and 9 (its blocks' ProbeRec, grouped by kernel and K,
 // split where their waits end more than 10 us apart) printed as when its blocks started, got
 // past their wait, past the sum, past their prologue (or dot products) and ended, in us from
-// call 8's first wait's end: min / median / max over the blocks.
+// call 8's first wait's end: min / median / max over the blocks. (The FP8 ring GEMV's "sum" is
+// past staging x, its "prologue/dot" every warp past its steps: ops.h.)
 void probe_layer(cudaStream_t st, const char* name, const std::function<void(int)>& op) {
     constexpr unsigned kMax = 1u << 20;
     cuda::ProbeSink sink;
@@ -214,7 +219,7 @@ void probe_layer(cudaStream_t st, const char* name, const std::function<void(int
     };
     for (size_t i = 8 * per_call; i < 10 * per_call; ++i) {
         const Launch& l = launches[i];
-        const char* kind = l.tag >= 300 ? "fp8 ring" : l.tag >= 200 ? "attention" : l.tag >= 100 ? (l.tag & 1 ? "gemv push" : "gemv split") : "gemv";
+        const char* kind = l.tag >= 400 ? "fp8 ring" : l.tag >= 200 ? "attention" : l.tag >= 100 ? (l.tag & 1 ? "gemv push" : "gemv split") : "gemv";
         char nm[32];
         std::snprintf(nm, sizeof nm, "%s/%u", kind, l.tag);
         std::printf("%-14s %6u %5zu | %-20s | %-20s | %-20s | %-20s | %-20s\n", nm, l.k, l.r.size(), stat(l, 0).c_str(), stat(l, 1).c_str(),
@@ -232,6 +237,7 @@ void quant_layer(cudaStream_t st) {
     const Lin lins[] = {{4096, 6144}, {4096, 4096}, {4096, 28672}, {14336, 4096}};
     int64_t bytes = 0;
     for (const Lin& l : lins) bytes += l.K * l.N + (l.N / 128) * (l.K / 128) * 4;
+    // Weights distinct per replay slot as in every row here (one copy alone is past L2's 50 MB).
     const int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / bytes));
     std::vector<void*> owned;
     std::vector<std::vector<cuda::QuantWeightView>> at(copies);
@@ -249,16 +255,16 @@ void quant_layer(cudaStream_t st) {
     int32_t *slot = device_int(0), *pos = device_int(127);
     float* inv = device_alloc<float>(64, false);
     bf16 *kc = device_alloc<bf16>(max_seq * 8 * 128), *vc = device_alloc<bf16>(max_seq * 8 * 128);
-    bf16 *norm_w = device_alloc<bf16>(4096), *qkv = device_alloc<bf16>(6144, false), *o = device_alloc<bf16>(4096, false);
+    bf16 *norm_w = device_alloc<bf16>(4096), *q = device_alloc<bf16>(4096, false), *o = device_alloc<bf16>(4096, false);
     bf16 *act = device_alloc<bf16>(14336, false), *y = device_alloc<bf16>(4096, false), *res = device_alloc<bf16>(2 * 4096);
     auto layer = [&](int i) {
         const std::vector<cuda::QuantWeightView>& w = at[i % copies];
         cuda::QuantGemvArgs a;
-        a.w = w[0], a.tokens = 1, a.y = qkv, a.has_norm = true, a.norm = {y, res, res + 4096, norm_w, 1e-5f};
+        a.w = w[0], a.tokens = 1, a.y = q, a.has_norm = true, a.norm = {y, res, res + 4096, norm_w, 1e-5f};
         a.epi = cuda::GemvEpilogue::kRopeKv, a.rope = cuda::GemvRopeKv{32, 8, 128, max_seq, slot, pos, inv, kc, vc};
         cuda::quant_gemv(a, on(st));
         cuda::QuantGemvArgs b;
-        b.w = w[1], b.tokens = 1, b.x = qkv, b.y = o;
+        b.w = w[1], b.tokens = 1, b.x = q, b.y = o;
         cuda::quant_gemv(b, on(st));
         cuda::QuantGemvArgs c;
         c.w = w[2], c.tokens = 1, c.y = act, c.has_norm = true, c.norm = {o, res + 4096, res, norm_w, 1e-5f};
@@ -268,14 +274,14 @@ void quant_layer(cudaStream_t st) {
         d.w = w[3], d.tokens = 1, d.x = act, d.y = y;
         cuda::quant_gemv(d, on(st));
     };
-    tuning.quant_mma = true;
+    tuning.quant_mma = true;  // the tensor-core GEMVs, as the step runs them (quant_sweep may leave either)
     const double us = time_graph(st, layer);
     row("quant fp8 layer (4 GEMVs)", "T=1", us, rate((double)bytes, us));  // 218 MB a copy: L2 holds none
 #ifdef TPX_PROBE
     probe_layer(st, "fp8 layer (4 GEMVs)", layer);
 #endif
     for (void* p : owned) CUDA_CHECK(cudaFree(p));
-    for (void* p : {(void*)slot, (void*)pos, (void*)inv, (void*)kc, (void*)vc, (void*)norm_w, (void*)qkv, (void*)o, (void*)act, (void*)y, (void*)res})
+    for (void* p : {(void*)slot, (void*)pos, (void*)inv, (void*)kc, (void*)vc, (void*)norm_w, (void*)q, (void*)o, (void*)act, (void*)y, (void*)res})
         CUDA_CHECK(cudaFree(p));
 }
 

@@ -7,9 +7,11 @@ Steps end at the argmax kernel (one a step, after the graph). For the middle hal
 batch-1 steps (those with a kernel whose name holds MATCH: by default the bf16 step's fused
 gate_up GEMV; for FP8, fp8_ring_kernelILNS0_12GemvEpilogueE1ELb1, whose norm only batch 1
 fuses) it prints the median step on the GPU (first kernel's start to the argmax's end), the
-GPU's idle time between steps (the host's turn), and per kernel kind: calls a step, microseconds each, the gap before each (negative: it started before the
-previous kernel ended, programmatic dependent launch), how far its end is past the previous
-kernel's end (what it adds to the step when launches overlap) and milliseconds a step."""
+GPU's idle time between steps (the host's turn), and per kernel kind: calls a step,
+microseconds each, the gap before each (negative: it started before the previous kernel ended,
+programmatic dependent launch), how far its end is past the latest end of the kernels before it
+in the step ("past": what it adds to the step when launches overlap; the step's first kernel
+counts 0) and milliseconds a step."""
 import collections
 import csv
 import statistics

@@ -97,8 +97,8 @@ __device__ __forceinline__ void multiply_step(const char* slot, const __half* xr
 }
 
 #ifdef TPX_PROBE
-// Probe builds (ops.h): t[2] past stage_x, t[3] every warp past its last step; tags kProbeTag + 4 E + norm.
-constexpr unsigned kProbeTag = 300;
+// Probe builds (ops.h says what each stamp is); tags kProbeTag + 4 E + norm, past attention's 200 + head_dim.
+constexpr unsigned kProbeTag = 400;
 #endif
 
 // Blocks of kThreads threads whatever the grid's shape (stage_x and the norm take all of them);
