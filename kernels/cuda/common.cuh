@@ -32,6 +32,7 @@ int sm_count();      // the current device's multiprocessors (read once)
 // The dynamic shared memory a block of the current device may opt into, less 1 KB for the
 // kernels' static shared memory (read once).
 size_t optin_smem();
+size_t max_streamed_window();  // the device's largest L2 access-policy window (read once; 0: none)
 
 __device__ __forceinline__ uint64_t global_ns() {
     uint64_t t;
@@ -100,12 +101,30 @@ __device__ inline void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// Bytes a kernel reads once (a decode GEMV's weights): launched with an L2 access-policy window
+// that streams them (evict-first), so that they do not push out of L2 what the kernels after it
+// read again (activations, scales, code; docs/PERF.md). The window is cut to the device's largest.
+struct Streamed {
+    const void* base = nullptr;
+    size_t bytes = 0;
+};
+
 // `cluster` > 0: thread-block clusters of that many blocks along x (sm_90). On at.stream, with
-// programmatic dependent launch where at.config allows it.
+// programmatic dependent launch where at.config allows it, and `streamed`'s window.
 template <typename... Params, typename... Args>
-void launch_cluster(void (*kernel)(Params...), dim3 grid, int cluster, dim3 block, size_t smem, const Launch& at, Args&&... args) {
-    cudaLaunchAttribute attrs[2] = {};
+void launch_streamed(void (*kernel)(Params...), dim3 grid, int cluster, dim3 block, size_t smem, const Launch& at, Streamed streamed,
+                     Args&&... args) {
+    cudaLaunchAttribute attrs[3] = {};
     unsigned n = 0;
+    if (streamed.base && streamed.bytes && max_streamed_window()) {
+        attrs[n].id = cudaLaunchAttributeAccessPolicyWindow;
+        cudaAccessPolicyWindow& w = attrs[n++].val.accessPolicyWindow;
+        w.base_ptr = const_cast<void*>(streamed.base);
+        w.num_bytes = std::min(streamed.bytes, max_streamed_window());
+        w.hitRatio = 1.0f;
+        w.hitProp = cudaAccessPropertyStreaming;
+        w.missProp = cudaAccessPropertyStreaming;
+    }
     if (pdl_enabled(*at.config)) {
         attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
         attrs[n++].val.programmaticStreamSerializationAllowed = 1;
@@ -122,6 +141,11 @@ void launch_cluster(void (*kernel)(Params...), dim3 grid, int cluster, dim3 bloc
     config.attrs = attrs;
     config.numAttrs = n;
     CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+template <typename... Params, typename... Args>
+void launch_cluster(void (*kernel)(Params...), dim3 grid, int cluster, dim3 block, size_t smem, const Launch& at, Args&&... args) {
+    launch_streamed(kernel, grid, cluster, block, smem, at, Streamed{}, std::forward<Args>(args)...);
 }
 
 template <typename... Params, typename... Args>

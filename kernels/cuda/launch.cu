@@ -1,5 +1,6 @@
 // What the launchers read of the device once per process: whether it takes programmatic
-// dependent launch, the SM count and the shared memory a block may opt into. See common.cuh.
+// dependent launch, the SM count, the largest L2 access-policy window and the shared memory a
+// block may opt into. See common.cuh.
 #include "kernels/cuda/common.cuh"
 
 namespace tpx::cuda {
@@ -22,6 +23,16 @@ int sm_count() {
         return sms;
     }();
     return n;
+}
+
+size_t max_streamed_window() {
+    static const size_t limit = [] {
+        int device = 0, bytes = 0;
+        CUDA_CHECK(cudaGetDevice(&device));
+        CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxAccessPolicyWindowSize, device));
+        return (size_t)bytes;
+    }();
+    return limit;
 }
 
 size_t optin_smem() {

@@ -107,7 +107,9 @@ constexpr unsigned kProbeTag = 400;
 // of the block sums comes first): ring slots off that boundary fill at a lower rate (docs/PERF.md).
 // early: the ring's first kStages - 1 steps are copied before the wait for the kernel before, and
 // the next one right behind x's first loads (stage_x's `then`), so that the weights keep arriving
-// while x is staged; the scales are read before the wait too (weights: not written by it). (One
+// while x is staged; the scales are read before the wait too (weights: not written by it).
+// The weights are launched as streamed (common.cuh): without it their stream evicted from L2 what
+// the kernels after it read again, and the 8B's FP8 batch-1 step took 2.91 ms, not 2.76 (docs/PERF.md). (One
 // block an SM, as the ring's shared memory allows: stated, so that the compiler does not hold the
 // norm's instances to 128 registers and spill.)
 template <GemvEpilogue E, bool kNorm>
@@ -184,7 +186,9 @@ void launch_ring(const QuantGemvArgs& a, int64_t items, int64_t pair, const Laun
     static const bool raised = set_smem_limit(kernel);  // once a process: one device each
     (void)raised;
     const ring::Grid g = ring::grid_for((items + ring::kTileItems<E> - 1) / ring::kTileItems<E>);
-    launch(kernel, g.blocks, kThreads, (size_t)ring_smem(a).bytes, at, a, items, pair, g.warps, g.split, at.config->gemv_early);
+    const Streamed weights{a.w.fp8.w, (size_t)a.w.N() * (size_t)a.w.K()};
+    launch_streamed(kernel, g.blocks, 0, kThreads, (size_t)ring_smem(a).bytes, at, weights, a, items, pair, g.warps, g.split,
+                    at.config->gemv_early);
     TPX_LAUNCH_CHECK();
 }
 
