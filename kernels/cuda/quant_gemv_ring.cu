@@ -107,11 +107,11 @@ constexpr unsigned kProbeTag = 400;
 // of the block sums comes first): ring slots off that boundary fill at a lower rate (docs/PERF.md).
 // early: the ring's first kStages - 1 steps are copied before the wait for the kernel before, and
 // the next one right behind x's first loads (stage_x's `then`), so that the weights keep arriving
-// while x is staged; the scales are read before the wait too (weights: not written by it).
-// The weights are launched as streamed (common.cuh): without it their stream evicted from L2 what
-// the kernels after it read again, and the 8B's FP8 batch-1 step took 2.91 ms, not 2.76 (docs/PERF.md). (One
-// block an SM, as the ring's shared memory allows: stated, so that the compiler does not hold the
-// norm's instances to 128 registers and spill.)
+// while x is staged; the scales are read before the wait too (weights: not written by it). The
+// weights are launched as streamed (common.cuh): without it their stream evicted from L2 what the
+// kernels after it read again, and the 8B's FP8 batch-1 step took 2.91 ms, not 2.76 (docs/PERF.md).
+// (One block an SM, as the ring's shared memory allows: stated, so that the compiler does not hold
+// the norm's instances to 128 registers and spill.)
 template <GemvEpilogue E, bool kNorm>
 __global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, int64_t items, int64_t pair, int active, int split, bool early) {
     TPX_PROBE_DECL;
