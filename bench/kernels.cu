@@ -228,24 +228,32 @@ void probe_layer(cudaStream_t st, const char* name, const std::function<void(int
 }
 #endif
 
+// The 8B's four linears of a decoder layer, in the order the decode step runs them.
+struct LinearShape {
+    const char* name;
+    int64_t K, N;
+};
+constexpr LinearShape k8bLinears[] = {{"qkv", 4096, 6144}, {"o", 4096, 4096}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}};
+
+// FP8 weights of K x N in 128 x 128 scale blocks, whole rows (HF's fine-grained FP8).
+cpu::Fp8Layout fp8_blocks(int64_t K, int64_t N) { return {N, K, 128, 0, 128, K / 128}; }
+
 // --quant, then: the FP8 decoder layer's four GEMVs at one token as the decode step runs them (qkv
 // with the norm, RoPE and cache write; o; gate_up with the norm of o's output plus the residual,
 // and SwiGLU; down), back to back in one graph (attention left out), and in probe builds where
 // each kernel's time goes inside that sequence.
 void quant_layer(cudaStream_t st) {
-    struct Lin { int64_t K, N; };
-    const Lin lins[] = {{4096, 6144}, {4096, 4096}, {4096, 28672}, {14336, 4096}};
     int64_t bytes = 0;
-    for (const Lin& l : lins) bytes += l.K * l.N + (l.N / 128) * (l.K / 128) * 4;
+    for (const LinearShape& l : k8bLinears) bytes += l.K * l.N + (l.N / 128) * (l.K / 128) * 4;
     // Weights distinct per replay slot as in every row here (one copy alone is past L2's 50 MB).
     const int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / bytes));
     std::vector<void*> owned;
     std::vector<std::vector<cuda::QuantWeightView>> at(copies);
     for (int c = 0; c < copies; ++c)
-        for (const Lin& l : lins) {
+        for (const LinearShape& l : k8bLinears) {
             cuda::QuantWeightView v;
             v.format = cuda::QuantWeightView::Format::kFp8;
-            v.fp8.l = {l.N, l.K, 128, 0, 128, l.K / 128};
+            v.fp8.l = fp8_blocks(l.K, l.N);
             uint8_t* w = device_fp8(l.K * l.N);
             float* sc = device_alloc<float>((l.N / 128) * (l.K / 128));
             v.fp8.w = w, v.fp8.scale = sc, owned.push_back(w), owned.push_back(sc);
@@ -899,13 +907,11 @@ void h2d_mix(const char* path) {
 // cores and by FMAs (quant_mma true and false), and the
 // dequantization to bf16 that prefill takes; rates over the bytes each reads (weights and scales).
 void quant_sweep(cudaStream_t st) {
-    struct Shape { const char* name; int64_t K, N; };
-    const Shape shapes[] = {{"qkv", 4096, 6144}, {"o", 4096, 4096}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}};
     const int64_t max_seq = 4096;  // qkv's RoPE + cache write: one token of slot 0 at position 127, 8 KV heads of 128
     int32_t *slot = device_int(0), *pos = device_int(127);
     float* inv = device_alloc<float>(64, false);
     bf16 *kc = device_alloc<bf16>(max_seq * 8 * 128), *vc = device_alloc<bf16>(max_seq * 8 * 128);
-    for (const Shape& sh : shapes) {
+    for (const LinearShape& sh : k8bLinears) {
         const std::string dims = " K=" + std::to_string(sh.K) + " N=" + std::to_string(sh.N);
         bf16* x = device_alloc<bf16>(8 * sh.K);
         bf16* y = device_alloc<bf16>(8 * sh.N, false);
@@ -916,7 +922,7 @@ void quant_sweep(cudaStream_t st) {
             std::vector<void*> owned;
             if (fp8) {
                 v.format = cuda::QuantWeightView::Format::kFp8;
-                v.fp8.l = {sh.N, sh.K, 128, 0, 128, sh.K / 128};
+                v.fp8.l = fp8_blocks(sh.K, sh.N);
                 wbytes = sh.K * sh.N, sbytes = (sh.N / 128) * (sh.K / 128) * 4;
             } else {
                 v.format = cuda::QuantWeightView::Format::kGptq;
