@@ -17,12 +17,12 @@ struct KernelConfig {
     bool sum_wide = true;              // the summing GEMV in blocks of 512 threads (false: 256)
     bool gemv_mma = true;              // decode linears of 2 to 8 tokens: the tensor-core GEMV, SwiGLU and RoPE + cache write fused
                                        // (false: cuBLAS, SwiGLU, RoPE and the cache write as kernels of their own)
-    bool attention_early = true;       // split decode attention loads K and V before the PDL wait
+    bool attention_early = true;       // decode attention loads cached K and V before the PDL wait
     int decode_splits = 4;             // most blocks a decode (token, head) pair's keys go over: 1, 2, 4 or 8
     bool attention_gqa = true;         // one block for a KV head's query heads at large decode batches
     std::string flash_tile = "2x64";   // prefill flash attention's row tiles a warp: "2x64" or "1x64"
     int64_t flash_short_max = 256;     // tokens: segments up to this take 32-row blocks; 0 = never
-    bool gemm_tune = true;             // prefill GEMMs' algorithm chosen by timing (cuda::GemmTuner)
+    bool gemm_tune = true;             // GEMMs' (9 rows or more) algorithm chosen by timing (cuda::GemmTuner)
     bool residual_epilogue = true;     // o_proj/down_proj add the residual in the tuned GEMM's epilogue
     std::string quant_prefill = "dequant";  // quantized linears over quant_gemv_tokens rows: "dequant" (W to bf16, a bf16 GEMM)
                                             // or "w8a8" (FP8 weights: x quantized to FP8 per 128 columns, an FP8 GEMM)

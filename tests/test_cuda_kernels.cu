@@ -145,12 +145,13 @@ TEST(CudaKernels, LinearWithBiasMatchesTwin) {
     cublasDestroy(h);
 }
 
-// Prefill-sized products through the GEMM tuner: the first of a bucket is timed over cuBLASLt's
-// algorithms, then run with the fastest; a second row count of the bucket reuses it; a view
-// offset by 2 bytes changes the alignment (a bucket of its own, algorithms that take it); fewer
-// than kGemmTuneMinTokens rows and an untuned bucket under stream capture are declined
-// (nothing written); an added matrix (the residual add) is summed in, not in place. Each result
-// against the twin, with the bias added after.
+// Products through the GEMM tuner: the first of a bucket is timed over cuBLASLt's algorithms
+// (and, through linear(), which gives it its cuBLAS handle, cublasGemmEx's own choice), then run
+// with the fastest; a second row count of the bucket reuses it; a view offset by 2 bytes changes
+// the alignment (a bucket of its own, algorithms that take it); fewer than kGemmTuneMinTokens
+// rows and an untuned bucket under stream capture are declined (nothing written); an added
+// matrix (the residual add) is summed in, not in place. Each result against the twin, with the
+// bias added after.
 TEST(CudaKernels, GemmTunerMatchesTwinAndDeclinesWhatItMust) {
     REQUIRE_GPU();
     cublasHandle_t h;
@@ -159,7 +160,14 @@ TEST(CudaKernels, GemmTunerMatchesTwinAndDeclinesWhatItMust) {
     const int64_t K = 256, N = 384, maxT = 1024;
     auto x = random_bf16(maxT * K + 8), w = random_bf16(N * K, 0.05f), b = random_bf16(N);
     std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(w)), db(upload(b));
-    for (auto [T, offset] : {std::pair<int64_t, int64_t>{256, 0}, {200, 0}, {300, 0}, {256, 1}}) {
+    {  // bucket 256 tuned over cuBLASLt's algorithms alone (no handle): the kept one runs it
+        std::unique_ptr<Device<bf16>> dy(poisoned(256 * N));
+        ASSERT_TRUE(tuner.matmul({256, K, N}, dx->p, dw->p, dy->p, nullptr));
+        std::vector<float> ref(256 * N);
+        cpu::linear({256, K, N}, x.data(), w.data(), nullptr, ref.data());
+        expect_close(download(*dy), ref, "tuned gemm T=256");
+    }
+    for (auto [T, offset] : {std::pair<int64_t, int64_t>{256, 0}, {200, 0}, {300, 0}, {256, 1}, {16, 0}}) {
         std::unique_ptr<Device<bf16>> dy(poisoned(T * N));
         cuda::linear(h, {{T, K, N}, dx->p + offset, dw->p, db->p, dy->p, &tuner}, on(nullptr));
         std::vector<float> ref(T * N);
@@ -180,11 +188,17 @@ TEST(CudaKernels, GemmTunerMatchesTwinAndDeclinesWhatItMust) {
     const std::string summary = tuner.summary();
     EXPECT_NE(summary.find("gemm 256 rows (bucket 256) K=256 N=384: fastest of"), std::string::npos) << summary;
     EXPECT_NE(summary.find("gemm 300 rows (bucket 512)"), std::string::npos) << summary;
+    EXPECT_NE(summary.find("gemm 16 rows (bucket 16)"), std::string::npos) << summary;
+    for (const char* timed : {"gemm 300 rows", "gemm 16 rows"}) {  // through linear(): cublasGemmEx timed too
+        const size_t at = summary.find(timed);
+        ASSERT_NE(at, std::string::npos) << summary;
+        EXPECT_NE(summary.substr(at, summary.find('\n', at) - at).find(", cublasGemmEx "), std::string::npos) << summary;
+    }
     EXPECT_NE(summary.find("K=256 N=384 + add: fastest of"), std::string::npos) << summary;
     EXPECT_EQ(summary.find("gemm 200 rows"), std::string::npos) << "T=200 is bucket 256's: not tuned again\n" << summary;
 
     std::unique_ptr<Device<bf16>> dy(poisoned(maxT * N));
-    EXPECT_FALSE(tuner.matmul({64, K, N}, dx->p, dw->p, dy->p, nullptr));
+    EXPECT_FALSE(tuner.matmul({cuda::kGemmTuneMinTokens - 1, K, N}, dx->p, dw->p, dy->p, nullptr));
     cudaStream_t st;
     CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     cudaGraph_t g;
@@ -689,42 +703,53 @@ TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
     }
 }
 
-// Many decode tokens (tokens x KV heads >= the SMs: a batch-64 step) take the GQA kernel, one
-// block for the G query heads of a KV head: against the CPU twin, and bit for bit against the
-// per-(token, head) kernel, which two calls of half the tokens each take (too few blocks).
-TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernel) {
+// Decode tokens: with as many (token, KV head) pairs as SMs, one block for the G query heads of
+// a KV head (GQA), bit for bit the per-head kernel (attention_gqa = false; as many (token, head)
+// pairs, so no split either); fewer tokens take the per-head kernel, or the split kernel for few
+// pairs (2 and 8 tokens). Against the CPU twin, and given segments of one token each (a decode
+// batch), where the cached rows but the token's own are loaded before the kernel waits, bit for
+// bit the same: the token's own row, a stale random row in the cache until attention() writes
+// it, must come in after the write. Position 0 leaves all but one block of a cluster without keys.
+TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernelAndTwin) {
     REQUIRE_GPU();
     int sms = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-    const int64_t kv_heads = 2, max_seq = 300, T = (sms + 1) / 2 + 8, half = T / 2;
-    ASSERT_LT(half * kv_heads, sms);
+    const int64_t kv_heads = 2, max_seq = 300;
     for (int64_t hd : {64, 128})
         for (int64_t G : {2, 4, 8})
-            for (int64_t window : {0, 50}) {
-                const int64_t heads = kv_heads * G, kvw = kv_heads * hd;
-                const std::string what = "hd " + std::to_string(hd) + " G " + std::to_string(G) + " window " + std::to_string(window);
-                std::vector<int32_t> slot, pos;
-                for (int64_t t = 0; t < T; ++t) slot.push_back((int32_t)t), pos.push_back((int32_t)((t * 37) % max_seq));
-                const std::vector<float> k_cache0 = random_bf16(T * max_seq * kvw), v_cache0 = random_bf16(T * max_seq * kvw);
-                auto q = random_bf16(T * heads * hd), k = random_bf16(T * kvw), v = random_bf16(T * kvw);
-                std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k)), dv(upload(v));
-                std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
-                std::vector<std::vector<float>> outs;
-                for (int64_t calls : {1, 2}) {
-                    std::unique_ptr<Device<bf16>> dkc(upload(k_cache0)), dvc(upload(v_cache0)), dout(poisoned(T * heads * hd));
-                    for (int64_t c = 0; c < calls; ++c) {
-                        const int64_t first = c * half, n = calls == 1 ? T : (c == 0 ? half : T - half);
-                        cpu::AttentionShape s{n, heads, kv_heads, hd, max_seq, window};
-                        cuda::attention({s, ds->p + first, dp->p + first, dq->p + first * heads * hd, dk->p + first * kvw, dv->p + first * kvw, dkc->p, dvc->p, dout->p + first * heads * hd}, on(nullptr));
+            for (int64_t window : {0, 50})
+                for (int64_t T : {(int64_t)sms / 2 + 8, (int64_t)2, (int64_t)8, (int64_t)sms / 3}) {
+                    const int64_t heads = kv_heads * G, kvw = kv_heads * hd;
+                    const std::string what = "hd " + std::to_string(hd) + " G " + std::to_string(G) + " window " + std::to_string(window) +
+                                             ", " + std::to_string(T) + " tokens";
+                    std::vector<int32_t> slot, pos;
+                    std::vector<cuda::AttentionSegment> segs;
+                    for (int64_t t = 0; t < T; ++t) {
+                        slot.push_back((int32_t)t), pos.push_back((int32_t)(t == 0 ? 0 : (t * 37 + 11) % max_seq));
+                        segs.push_back({t, 1, t, pos.back()});
                     }
-                    outs.push_back(download(*dout));
+                    const std::vector<float> k_cache0 = random_bf16(T * max_seq * kvw), v_cache0 = random_bf16(T * max_seq * kvw);
+                    auto q = random_bf16(T * heads * hd), k = random_bf16(T * kvw), v = random_bf16(T * kvw);
+                    std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k)), dv(upload(v));
+                    std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
+                    std::vector<std::vector<float>> outs;
+                    for (int run = 0; run < 3; ++run) {  // as chosen, attention_gqa = false, as chosen given the segments
+                        std::unique_ptr<Device<bf16>> dkc(upload(k_cache0)), dvc(upload(v_cache0)), dout(poisoned(T * heads * hd));
+                        cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
+                        tuning.attention_gqa = run != 1;
+                        cuda::AttentionArgs aa{s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p};
+                        if (run == 2) aa.segments = &segs;
+                        cuda::attention(aa, on(nullptr));
+                        outs.push_back(download(*dout));
+                    }
+                    tuning.attention_gqa = true;
+                    std::vector<float> kc = k_cache0, vc = v_cache0, ref(T * heads * hd);
+                    cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
+                    cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), kc.data(), vc.data(), ref.data());
+                    expect_close(outs[0], ref, "decode attention, " + what);
+                    EXPECT_EQ(outs[0], outs[1]) << "GQA kernel against the per-head kernel, " << what;
+                    EXPECT_EQ(outs[0], outs[2]) << "decode attention with the early loads, " << what;
                 }
-                std::vector<float> kc = k_cache0, vc = v_cache0, ref(T * heads * hd);
-                cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
-                cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), kc.data(), vc.data(), ref.data());
-                expect_close(outs[0], ref, "GQA decode attention, " + what);
-                EXPECT_EQ(outs[0], outs[1]) << "GQA kernel against the per-head kernel, " << what;
-            }
 }
 
 // Decode tokens over long cached contexts: few (token, head) pairs take the split kernel (the

@@ -43,7 +43,7 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
     for (const Node* n : graph_.nodes()) {
         const cuda::QuantWeightView* q = quant_weight(n);
         cuda::QuantPrefillArgs p;
-        if (q) p.w = *q, p.tokens = cuda::kGemmTuneMinTokens;  // (a multiple of 4: the layout alone decides)
+        if (q) p.w = *q, p.tokens = 128;  // (any multiple of 4: the layout alone decides)
         if (q && tuner_ && tuning.quant_prefill == "w8a8" && n->inputs.size() == 2 && n->name != "lm_head" && cuda::quant_prefill_fp8_applies(p))
             w8a8_.insert(n);
     }

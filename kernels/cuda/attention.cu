@@ -211,48 +211,56 @@ __device__ inline VisibleKeys visible_keys(const cpu::AttentionShape& s, int64_t
     return {first, p - first + 1};
 }
 
-template <int HD>
-__global__ void __launch_bounds__(kThreads) attention_vec_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
-                                                                 const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out) {
-    pdl_entry();  // see common.cuh
-    extern __shared__ float smem[];  // partial sums (kWarps x HD) | scores
-    float* partial = smem;
-    float* scores = smem + kWarps * HD;
-    const int64_t t = t0 + blockIdx.x, h = blockIdx.y;
-    const int64_t kv_width = s.kv_heads * HD, kvh = h / (s.heads / s.kv_heads);
-    const VisibleKeys vk = visible_keys(s, pos[t]);
-    const int64_t row0 = ((int64_t)slot[t] * s.max_seq + vk.first) * kv_width + kvh * HD + VecLanes<HD>().part * 8;
-    score_keys<HD>(q + (t * s.heads + h) * HD, k_cache + row0, kv_width, vk.n, scores);
-    __syncthreads();
-    const float sum = exp_scores(scores, vk.n);
-    weigh_values<HD>(v_cache + row0, kv_width, vk.n, scores, partial);
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < HD; i += blockDim.x) {
-        float o = 0;
-        for (int w = 0; w < kWarps; ++w) o += partial[w * HD + i];
-        out[(t * s.heads + h) * HD + i] = __float2bfloat16(o / sum);
-    }
-}
-
-// attention_vec_kernel for the G query heads that share a KV head (GQA), one block for them
-// all: each key's K and V rows are loaded once for the G heads instead of once per head (a
-// batch-64 decode step read them 4 times over, at Llama-3-8B's 32 query and 8 KV heads). The
-// same steps per head as attention_vec_kernel, in the same order, so the same bits.
+// One block for G consecutive query heads of one KV head, at one token (G = 1: a query head;
+// G = heads / kv_heads, GQA: each key's K and V rows loaded once for the G heads instead of once
+// per head, which a batch-64 step of Llama-3-8B's 32 query and 8 KV heads read 4 times over):
+// scores for the visible keys into shared memory, a block-wide softmax, the weighted sum of V.
+// Each head's steps are the same whatever G, in the same order, so the same bits. The first
+// step's K and V rows are loaded together, so that the values' first round trip overlaps the
+// scores'; with `early` (every token alone in its sequence in this forward: its earlier
+// positions were written by earlier forwards) those but the token's own row are loaded before
+// the wait for the kernel before.
 template <int HD, int G>
-__global__ void __launch_bounds__(kThreads) attention_gqa_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
-                                                                 const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out) {
-    pdl_entry();  // see common.cuh
+__global__ void __launch_bounds__(kThreads) attention_heads_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
+                                                                   const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out,
+                                                                   bool early) {
     extern __shared__ float smem[];  // partial sums (kWarps x G x HD) | scores (G x visible keys)
     float* partial = smem;
     float* scores = smem + kWarps * G * HD;
     __shared__ float sums[G];
     const VecLanes<HD> L;
-    const int64_t t = t0 + blockIdx.x, kvh = blockIdx.y, h0 = kvh * G;
+    const int64_t t = t0 + blockIdx.x, h0 = (int64_t)blockIdx.y * G, kvh = h0 / (s.heads / s.kv_heads);
     const int64_t kv_width = s.kv_heads * HD;
-    const VisibleKeys vk = visible_keys(s, pos[t]);
+    if (!early) pdl_entry();  // see common.cuh
+    const int64_t p = pos[t];
+    const VisibleKeys vk = visible_keys(s, p);
     const int64_t n = vk.n, row0 = ((int64_t)slot[t] * s.max_seq + vk.first) * kv_width + kvh * HD + L.part * 8;
     const bf16* kbase = k_cache + row0;
     const bf16* vbase = v_cache + row0;
+    const int64_t step = kWarps * L.kKeys;
+    uint4 kpre[kUnroll], vpre[kUnroll];
+    unsigned have = 0;
+    if (early) {
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int64_t j = L.warp * L.kKeys + L.sub + u * step;
+            if (j < n && vk.first + j < p) {
+                kpre[u] = *reinterpret_cast<const uint4*>(kbase + j * kv_width);
+                vpre[u] = *reinterpret_cast<const uint4*>(vbase + j * kv_width);
+                have |= 1u << u;
+            }
+        }
+        pdl_entry();
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = L.warp * L.kKeys + L.sub + u * step;
+        if (!((have >> u) & 1)) {
+            kpre[u] = j < n ? *reinterpret_cast<const uint4*>(kbase + j * kv_width) : make_uint4(0, 0, 0, 0);
+            vpre[u] = j < n ? *reinterpret_cast<const uint4*>(vbase + j * kv_width) : make_uint4(0, 0, 0, 0);
+        }
+    }
+    constexpr unsigned kAll = (1u << kUnroll) - 1;
     // Scores: as score_keys, G dot products a key.
     float qf[G][8];
     const float scale = rsqrtf((float)HD);
@@ -262,10 +270,11 @@ __global__ void __launch_bounds__(kThreads) attention_gqa_kernel(cpu::AttentionS
 #pragma unroll
         for (int i = 0; i < 8; ++i) qf[g][i] *= scale;
     }
-    const int64_t step = kWarps * L.kKeys;
+    have = kAll;
     for (int64_t base = L.warp * L.kKeys; base < n; base += step * kUnroll) {
         uint4 kv[kUnroll];
-        load_key_rows(L, base, step, n, kbase, kv_width, kv);
+        load_key_rows(L, base, step, n, kbase, kv_width, kv, kpre, have);
+        have = 0;
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             float kf[8];
@@ -294,9 +303,11 @@ __global__ void __launch_bounds__(kThreads) attention_gqa_kernel(cpu::AttentionS
     for (int g = 0; g < G; ++g)
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+    have = kAll;
     for (int64_t base = L.warp * L.kKeys; base < n; base += step * kUnroll) {
         uint4 vv[kUnroll];
-        load_key_rows(L, base, step, n, vbase, kv_width, vv);
+        load_key_rows(L, base, step, n, vbase, kv_width, vv, vpre, have);
+        have = 0;
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             const int64_t j = base + L.sub + u * step;
@@ -332,7 +343,7 @@ __global__ void __launch_bounds__(kThreads) attention_gqa_kernel(cpu::AttentionS
 
 // Flash-decoding for a few (token, head) pairs (batch-1 decode: 16 or 32 of them on 132 SMs):
 // the visible keys of one pair split over the blocks of a thread-block cluster. Each block
-// scores its share of the keys as attention_vec_kernel does, and stores its weighted sum of V,
+// scores its share of the keys as attention_heads_kernel does (G = 1), and stores its weighted sum of V,
 // their max and exp-sum into block 0's shared memory (distributed shared memory), then arrives
 // at the cluster's barrier and ends; block 0 waits there and combines them from its own shared
 // memory. (Before, block 0 read the others' shared memory after a cluster sync, and a second
@@ -424,14 +435,30 @@ int decode_splits(int64_t tokens, int64_t heads, const KernelConfig& config) {
     return splits;
 }
 
-// Tokens [t0, t1) through the per-(token, head) kernel, or its split form for few pairs.
+// Whether every token of [t0, t1) is alone in its sequence in this forward (a decode batch:
+// segments of one token, no other segment of its slot), so that its earlier positions were
+// written by earlier forwards. Without segments, a lone token.
+bool earlier_forwards_wrote(const AttentionArgs& a, int64_t t0, int64_t t1) {
+    if (!a.segments) return t1 - t0 == 1;
+    std::map<int64_t, int> segments_of;  // a slot's segments in the whole batch
+    for (const AttentionSegment& seg : *a.segments) ++segments_of[seg.slot];
+    int64_t alone = 0;
+    for (const AttentionSegment& seg : *a.segments) {
+        if (seg.first + seg.count <= t0 || seg.first >= t1) continue;
+        if (seg.count != 1 || segments_of[seg.slot] != 1) return false;
+        ++alone;
+    }
+    return alone == t1 - t0;
+}
+
+// Tokens [t0, t1) through the split kernel for few (token, head) pairs, the GQA form of the
+// per-head kernel for many, else the per-head kernel (or its scalar form for other head sizes).
 void attention_tokens(const AttentionArgs& a, int64_t t0, int64_t t1, Launch at) {
     if (t1 <= t0) return;
     const cpu::AttentionShape& s = a.shape;
     const int32_t *slot = a.slot, *pos = a.pos;
     const bf16 *q = a.q, *k_cache = a.k_cache, *v_cache = a.v_cache;
     bf16* out = a.out;
-    dim3 grid((unsigned)(t1 - t0), (unsigned)s.heads);
     auto allow_smem = [&](const void* kernel, size_t smem) {
         static std::map<const void*, size_t> raised;  // the shared memory each kernel was allowed so far
         size_t& allowed = raised.emplace(kernel, 48 * 1024).first->second;
@@ -442,52 +469,54 @@ void attention_tokens(const AttentionArgs& a, int64_t t0, int64_t t1, Launch at)
             allowed = smem;
         }
     };
-    auto launch_with_smem = [&](auto kernel, size_t smem) {
-        allow_smem((const void*)kernel, smem);
-        launch(kernel, grid, kThreads, smem, at, s, t0, slot, pos, q, k_cache, v_cache, out);
-        TPX_LAUNCH_CHECK();
-    };
+    // The keys a block may see: at most max_seq, or the window.
+    const int64_t visible = s.sliding_window > 0 ? std::min(s.max_seq, s.sliding_window) : s.max_seq;
+    const bool vec = s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256;
+    const bool early = at.config->attention_early && earlier_forwards_wrote(a, t0, t1);
     const int splits = decode_splits(t1 - t0, s.heads, *at.config);
-    if (splits > 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256)) {
-        // The keys a block may get: ceil(visible / splits), visible at most max_seq (or the window).
-        const int64_t visible = s.sliding_window > 0 ? std::min(s.max_seq, s.sliding_window) : s.max_seq;
+    if (splits > 1 && vec) {
+        // A block gets ceil(visible / splits) keys at most.
         const size_t smem = (size_t)(kWarps * s.head_dim + (visible + splits - 1) / splits) * sizeof(float);
         auto go = [&](auto kernel) {
             allow_smem((const void*)kernel, smem);
             launch_cluster(kernel, dim3((unsigned)splits, (unsigned)s.heads, (unsigned)(t1 - t0)), splits, kThreads, smem, at, s, t0,
-                           slot, pos, q, k_cache, v_cache, out, s.tokens == 1 && at.config->attention_early);
+                           slot, pos, q, k_cache, v_cache, out, early);
         };
         if (s.head_dim == 64) go(attention_split_kernel<64>);
         else if (s.head_dim == 128) go(attention_split_kernel<128>);
         else go(attention_split_kernel<256>);
         return;
     }
+    auto heads_kernel = [&](auto kernel, int64_t G) {
+        const size_t smem = (size_t)(kWarps * G * s.head_dim + G * visible) * sizeof(float);
+        allow_smem((const void*)kernel, smem);
+        launch(kernel, dim3((unsigned)(t1 - t0), (unsigned)(s.heads / G)), kThreads, smem, at, s, t0, slot, pos, q, k_cache, v_cache, out,
+               early);
+        TPX_LAUNCH_CHECK();
+    };
     // GQA: one block for a KV head's G query heads where that still gives every SM a block
     // (tokens x kv_heads >= SMs; a batch-64 decode step) and their scores fit in shared memory.
     const int64_t G = s.heads / s.kv_heads;
-    const bool gqa_on = at.config->attention_gqa;
-    const size_t gqa_smem = (size_t)(kWarps * G * s.head_dim + G * s.max_seq) * sizeof(float);
-    if (gqa_on && (G == 2 || G == 4 || G == 8) && (s.head_dim == 64 || s.head_dim == 128) && (t1 - t0) * s.kv_heads >= sm_count() &&
-        gqa_smem <= 227 * 1024) {
-        dim3 gqa_grid((unsigned)(t1 - t0), (unsigned)s.kv_heads);
-        auto go = [&](auto kernel) {
-            allow_smem((const void*)kernel, gqa_smem);
-            launch(kernel, gqa_grid, kThreads, gqa_smem, at, s, t0, slot, pos, q, k_cache, v_cache, out);
-            TPX_LAUNCH_CHECK();
-        };
-        if (s.head_dim == 128 && G == 4) go(attention_gqa_kernel<128, 4>);
-        else if (s.head_dim == 128 && G == 2) go(attention_gqa_kernel<128, 2>);
-        else if (s.head_dim == 128) go(attention_gqa_kernel<128, 8>);
-        else if (G == 4) go(attention_gqa_kernel<64, 4>);
-        else if (G == 2) go(attention_gqa_kernel<64, 2>);
-        else go(attention_gqa_kernel<64, 8>);
+    const size_t gqa_smem = (size_t)(kWarps * G * s.head_dim + G * visible) * sizeof(float);
+    if (at.config->attention_gqa && (G == 2 || G == 4 || G == 8) && (s.head_dim == 64 || s.head_dim == 128) &&
+        (t1 - t0) * s.kv_heads >= sm_count() && gqa_smem <= 227 * 1024) {
+        if (s.head_dim == 128 && G == 4) heads_kernel(attention_heads_kernel<128, 4>, G);
+        else if (s.head_dim == 128 && G == 2) heads_kernel(attention_heads_kernel<128, 2>, G);
+        else if (s.head_dim == 128) heads_kernel(attention_heads_kernel<128, 8>, G);
+        else if (G == 4) heads_kernel(attention_heads_kernel<64, 4>, G);
+        else if (G == 2) heads_kernel(attention_heads_kernel<64, 2>, G);
+        else heads_kernel(attention_heads_kernel<64, 8>, G);
         return;
     }
-    size_t vec_smem = (size_t)(kWarps * s.head_dim + s.max_seq) * sizeof(float);
-    if (s.head_dim == 64) launch_with_smem(attention_vec_kernel<64>, vec_smem);
-    else if (s.head_dim == 128) launch_with_smem(attention_vec_kernel<128>, vec_smem);
-    else if (s.head_dim == 256) launch_with_smem(attention_vec_kernel<256>, vec_smem);
-    else launch_with_smem(attention_kernel, (size_t)((1 + kWarps) * s.head_dim + s.max_seq) * sizeof(float));
+    if (s.head_dim == 64) heads_kernel(attention_heads_kernel<64, 1>, 1);
+    else if (s.head_dim == 128) heads_kernel(attention_heads_kernel<128, 1>, 1);
+    else if (s.head_dim == 256) heads_kernel(attention_heads_kernel<256, 1>, 1);
+    else {
+        const size_t smem = (size_t)((1 + kWarps) * s.head_dim + s.max_seq) * sizeof(float);
+        allow_smem((const void*)attention_kernel, smem);
+        launch(attention_kernel, dim3((unsigned)(t1 - t0), (unsigned)s.heads), kThreads, smem, at, s, t0, slot, pos, q, k_cache, v_cache, out);
+        TPX_LAUNCH_CHECK();
+    }
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
-// The prefill GEMMs' algorithm chosen by timing (see GemmTuner in ops.h; docs/PERF.md has what
-// it gains over cublasGemmEx).
+// The GEMMs' algorithm chosen by timing (see GemmTuner in ops.h; docs/PERF.md has what it gains
+// over cublasGemmEx).
 #include <cublasLt.h>
 
 #include <algorithm>
@@ -86,6 +86,8 @@ struct GemmTuner::Impl {
         cublasLtMatmulAlgo_t algo{};
         int candidates = 0;
         double best_us = 0, first_us = 0;  // the kept algorithm's time and heuristic #0's
+        double gemm_ex_us = 0;             // cublasGemmEx's, where timed
+        bool gemm_ex = false;              // it was the fastest: the caller runs it
         int64_t tuned_at = 0;              // the row count it was timed with
     };
     using Key = std::tuple<int64_t, int64_t, int64_t, uint32_t, bool, int>;  // rows' bucket, K, N, alignment, an added C, fp8 (2: W by blocks)
@@ -101,7 +103,7 @@ struct GemmTuner::Impl {
                               kTunerWorkspaceBytes, stream);
     }
 
-    Entry tune(const cpu::LinearShape& s, uint32_t align, const GemmOperands& o, cudaStream_t stream) {
+    Entry tune(const cpu::LinearShape& s, uint32_t align, const GemmOperands& o, cudaStream_t stream, cublasHandle_t gemm_ex) {
         Entry e;
         e.tuned_at = s.tokens;
         Descriptors d(s.tokens, s.in, s.out, o);
@@ -117,22 +119,36 @@ struct GemmTuner::Impl {
         cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, d.op, d.a, d.b, d.c, d.c, pref, kGemmTuneCandidates, res, &found);
         cublasLtMatmulPreferenceDestroy(pref);
         if (st != CUBLAS_STATUS_SUCCESS) found = 0;
-        for (int i = 0; i < found; ++i) {
-            if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > ws) continue;
-            if (run(d, res[i].algo, o, stream) != CUBLAS_STATUS_SUCCESS) continue;  // warm-up
+        // The best of kTimedRuns after a warm-up, us; a negative time where it fails to run.
+        auto best_of = [&](auto&& product) {
+            if (!product()) return -1.0;
             double best = 1e30;
             for (int r = 0; r < kTimedRuns; ++r) {
                 CUDA_CHECK(cudaEventRecord(start, stream));
-                run(d, res[i].algo, o, stream);
+                product();
                 CUDA_CHECK(cudaEventRecord(stop, stream));
                 CUDA_CHECK(cudaEventSynchronize(stop));
                 float ms = 0;
                 CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
                 best = std::min(best, 1e3 * ms);
             }
+            return best;
+        };
+        for (int i = 0; i < found; ++i) {
+            if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > ws) continue;
+            const double us = best_of([&] { return run(d, res[i].algo, o, stream) == CUBLAS_STATUS_SUCCESS; });
+            if (us < 0) continue;
             ++e.candidates;
-            if (i == 0) e.first_us = best;
-            if (!e.usable || best < e.best_us) e.usable = true, e.best_us = best, e.algo = res[i].algo;
+            if (i == 0) e.first_us = us;
+            if (!e.usable || us < e.best_us) e.usable = true, e.best_us = us, e.algo = res[i].algo;
+        }
+        if (gemm_ex && !o.add && !o.fp8()) {
+            const cpu::LinearShape shape{s.tokens, s.in, s.out};
+            e.gemm_ex_us = best_of([&] {
+                cuda::gemm_ex(gemm_ex, shape, static_cast<const bf16*>(o.x), static_cast<const bf16*>(o.w), o.y, stream);
+                return true;
+            });
+            e.gemm_ex = !e.usable || e.gemm_ex_us <= e.best_us;
         }
         return e;
     }
@@ -152,21 +168,22 @@ GemmTuner::~GemmTuner() {
     delete impl_;
 }
 
-bool GemmTuner::matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add) {
+bool GemmTuner::matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add,
+                       cublasHandle_t gemm_ex) {
     if (s.tokens < kGemmTuneMinTokens || (add && add == y)) return false;
     GemmOperands o;
     o.x = x, o.w = w, o.y = y, o.add = add;
-    return product(s, o, stream);
+    return product(s, o, stream, gemm_ex);
 }
 
 bool GemmTuner::matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16* y, cudaStream_t stream) {
     GemmOperands o;
     if (f.add && f.add == y) return false;
     o.x = f.xq, o.w = f.w, o.y = y, o.x_scale = f.x_scale, o.w_scale = f.w_scale, o.w_blocks = f.w_blocks, o.add = f.add;
-    return product(s, o, stream);
+    return product(s, o, stream, nullptr);
 }
 
-bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream) {
+bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream, cublasHandle_t gemm_ex) {
     const uint32_t align = o.add ? common_alignment({o.x, o.w, o.y, o.add}) : common_alignment({o.x, o.w, o.y});
     const Impl::Key key{bucket_of(s.tokens), s.in, s.out, align, o.add != nullptr, o.fp8() ? 1 + o.w_blocks : 0};
     auto it = impl_->entries.find(key);
@@ -174,10 +191,10 @@ bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaSt
         cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
         CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
         if (capturing != cudaStreamCaptureStatusNone) return false;
-        it = impl_->entries.emplace(key, impl_->tune(s, align, o, stream)).first;
+        it = impl_->entries.emplace(key, impl_->tune(s, align, o, stream, gemm_ex)).first;
     }
     const Impl::Entry& e = it->second;
-    if (!e.usable) return false;
+    if (!e.usable || e.gemm_ex) return false;
     Descriptors d(s.tokens, s.in, s.out, o);
     if (s.tokens != e.tuned_at) {  // another row count of the bucket: the algorithm must take it
         cublasLtMatmulHeuristicResult_t check{};
@@ -192,11 +209,12 @@ bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaSt
 std::string GemmTuner::summary() const {
     std::string out;
     for (const auto& [key, e] : impl_->entries) {
-        char line[200];
-        std::snprintf(line, sizeof line, "gemm%s %lld rows (bucket %lld) K=%lld N=%lld%s: %s of %d algorithms, %.1f us (heuristic's first %.1f us)\n",
+        char line[300], ex[64] = "";
+        if (e.gemm_ex_us > 0) std::snprintf(ex, sizeof ex, ", cublasGemmEx %.1f us", e.gemm_ex_us);
+        std::snprintf(line, sizeof line, "gemm%s %lld rows (bucket %lld) K=%lld N=%lld%s: %s of %d algorithms, %.1f us (heuristic's first %.1f us%s)\n",
                       std::get<5>(key) == 2 ? " fp8 (W by blocks)" : std::get<5>(key) ? " fp8" : "", (long long)e.tuned_at, (long long)std::get<0>(key), (long long)std::get<1>(key),
                       (long long)std::get<2>(key), std::get<4>(key) ? " + add" : "",
-                      e.usable ? "fastest" : "none usable", e.candidates, e.best_us, e.first_us);
+                      e.gemm_ex ? "cublasGemmEx's own faster than" : e.usable ? "fastest" : "none usable", e.candidates, e.best_us, e.first_us, ex);
         out += line;
     }
     return out;

@@ -123,7 +123,11 @@ void launch_mma(const MmaArgs& a, int64_t items, int64_t pair, Launch at) {
     }();
     (void)raised;
     const Grid g = grid_for((items + kTileItems<E> - 1) / kTileItems<E>);
-    launch(kernel, g.blocks, (unsigned)(g.warps * 32), smem_bytes(g.warps), at, a, items, pair, g.split, at.config->gemv_early);
+    // The weights stream through L2 once: evict-first (docs/PERF.md), so that they do not push
+    // out what the kernels around them read.
+    const Streamed weights{a.w, (size_t)a.N * (size_t)a.K * sizeof(bf16)};
+    launch_streamed(kernel, g.blocks, 0, (unsigned)(g.warps * 32), smem_bytes(g.warps), at, weights, a, items, pair, g.split,
+                    at.config->gemv_early);
     TPX_LAUNCH_CHECK();
 }
 

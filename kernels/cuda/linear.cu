@@ -115,6 +115,17 @@ void gemv_fused(const GemvFusedArgs& a, Launch at) {
     else go(std::integral_constant<GemvEpilogue, GemvEpilogue::kRopeKv>{});
 }
 
+void gemm_ex(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream) {
+    const float alpha = 1.0f, beta = 0.0f;
+    // cublasSetStream also puts the handle back on cuBLAS's own workspace pool (dropping one
+    // given by cublasSetWorkspace): only when the stream changes.
+    cudaStream_t current = nullptr;
+    CUBLAS_CHECK(cublasGetStream(handle, &current));
+    if (current != stream) CUBLAS_CHECK(cublasSetStream(handle, stream));
+    CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)s.out, (int)s.tokens, (int)s.in, &alpha, w, CUDA_R_16BF, (int)s.in, x,
+                              CUDA_R_16BF, (int)s.in, &beta, y, CUDA_R_16BF, (int)s.out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 void linear(cublasHandle_t handle, const LinearArgs& a, Launch at) {
     const cpu::LinearShape& s = a.shape;
     const bf16 *x = a.x, *w = a.w, *bias = a.bias;
@@ -138,17 +149,7 @@ void linear(cublasHandle_t handle, const LinearArgs& a, Launch at) {
         gemv_fused({s.in, s.out, x, w, bias, y}, at);
         return;
     }
-    if (!a.tuner || !a.tuner->matmul(s, x, w, y, stream)) {
-        const float alpha = 1.0f, beta = 0.0f;
-        // cublasSetStream also puts the handle back on cuBLAS's own workspace pool (dropping one
-        // given by cublasSetWorkspace): only when the stream changes.
-        cudaStream_t current = nullptr;
-        CUBLAS_CHECK(cublasGetStream(handle, &current));
-        if (current != stream) CUBLAS_CHECK(cublasSetStream(handle, stream));
-        CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)s.out, (int)s.tokens, (int)s.in, &alpha, w, CUDA_R_16BF,
-                                  (int)s.in, x, CUDA_R_16BF, (int)s.in, &beta, y, CUDA_R_16BF, (int)s.out, CUBLAS_COMPUTE_32F,
-                                  CUBLAS_GEMM_DEFAULT));
-    }
+    if (!a.tuner || !a.tuner->matmul(s, x, w, y, stream, nullptr, handle)) gemm_ex(handle, s, x, w, y, stream);
     if (bias) {
         launch(add_bias_kernel, blocks_for(s.tokens * s.out, 256), 256, 0, at, s.tokens, s.out, bias, y);
         TPX_LAUNCH_CHECK();

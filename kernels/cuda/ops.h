@@ -68,18 +68,23 @@ struct LinearArgs {
     LinearRoute route = LinearRoute::kAuto;
 };
 void linear(cublasHandle_t cublas, const LinearArgs& a, Launch at);
+// y = x W^T by one cublasGemmEx with cuBLAS's own algorithm, on `stream` (linear()'s route where
+// the tuner declines).
+void gemm_ex(cublasHandle_t cublas, const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream);
 
-// The prefill GEMMs' algorithm, chosen by timing (gemm_tuner.cu), as TensorRT-LLM's autotuner
-// and PyTorch's TunableOp do: the first product of at least kGemmTuneMinTokens rows of a
-// (rows rounded up to a power of two, K, N, pointer alignment, with or without an added matrix) bucket times every algorithm
-// cuBLASLt's heuristic offers for it (at most kGemmTuneCandidates) on the caller's own
-// operands, keeps the fastest and runs it; later products of the bucket run the kept one.
-// matmul() declines (false: the caller runs cublasGemmEx) below kGemmTuneMinTokens, while the
+// The GEMMs' algorithm, chosen by timing (gemm_tuner.cu), as TensorRT-LLM's autotuner and
+// PyTorch's TunableOp do: the first product of at least kGemmTuneMinTokens rows (every product
+// the decode GEMVs leave to cuBLAS) of a (rows rounded up to a power of two, K, N, pointer
+// alignment, with or without an added matrix) bucket times every algorithm cuBLASLt's heuristic
+// offers for it (at most kGemmTuneCandidates) on the caller's own operands, and, given the
+// caller's cuBLAS handle and no added matrix, cublasGemmEx's own choice; keeps the fastest and
+// runs it; later products of the bucket run the kept one. matmul() declines (false: the caller
+// runs cublasGemmEx) below kGemmTuneMinTokens, where cublasGemmEx was the fastest, while the
 // stream is being captured and the bucket is not tuned yet (timing needs synchronisation),
 // and where no algorithm takes the shape. One thread, one device (the one current at
 // construction); the workspace is its own, so products on two streams at once must not share
 // a tuner. Results differ from cublasGemmEx's only by the summation order of the algorithm.
-constexpr int64_t kGemmTuneMinTokens = 128;
+constexpr int64_t kGemmTuneMinTokens = 9;
 constexpr int kGemmTuneCandidates = 8;
 // The operands of an FP8 product (w8a8, cpu::linear_w8a8): e4m3 x [T, K] and W [N, K], and
 // their fp32 scales per 128 columns, x_scale [K / 128, T] and w_scale [K / 128, N]; or, with
@@ -103,7 +108,9 @@ public:
     // y[T, N] = x[T, K] W[N, K]^T (+ add[T, N], summed in fp32 before the one rounding to bf16:
     // the residual add in the epilogue), bf16, fp32 sums; false where declined (nothing
     // enqueued). add must not be y.
-    bool matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add = nullptr);
+    // gemm_ex: the caller's handle, whose cublasGemmEx is timed beside the algorithms.
+    bool matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add = nullptr,
+                cublasHandle_t gemm_ex = nullptr);
     // y[T, N] = the FP8 product (cuBLASLt's block-scaled FP8 GEMM, bf16 out) (+ f.add, as
     // matmul()'s), at any row count; false where declined, as matmul().
     bool matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16* y, cudaStream_t stream);
@@ -111,7 +118,7 @@ public:
     std::string summary() const;
 
 private:
-    bool product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream);
+    bool product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream, cublasHandle_t gemm_ex);
     struct Impl;
     Impl* impl_;
 };
@@ -169,6 +176,7 @@ struct GemvRopeKv {
 enum class GemvEpilogue { kNone, kSwiglu, kRopeKv };
 // Most tokens gemv_fused takes: one by the batch-1 GEMV, 2 to this many on tensor cores (gemv_mma.cu).
 constexpr int64_t kGemvMaxTokens = 8;
+static_assert(kGemmTuneMinTokens == kGemvMaxTokens + 1, "the tuner takes every product the GEMVs leave to cuBLAS");
 struct GemvFusedArgs {
     int64_t K = 0, N = 0;
     const bf16* x = nullptr;  // unused when the norm sums an exchange
