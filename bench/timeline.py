@@ -24,7 +24,7 @@ KINDS = [("fp8_ring_kernelILNS0_12GemvEpilogueE1ELb1", "fp8 gemv+norm+swiglu"), 
          ("gemv_split_kernelILi1ELb1", "gemv split-k + push"), ("exchange_advance", "exchange epoch"),
          ("gemv_kernelILNS0_12GemvEpilogueE0ELb1", "gemv+norm"), ("gemv_kernelILNS0_12GemvEpilogueE1ELb1", "gemv+norm+swiglu"),
          ("gemv_kernelILNS0_12GemvEpilogueE2ELb1", "gemv+norm+rope"), ("gemv_kernel", "gemv fused (other)"),
-         ("gemv_split", "gemv split-k"), ("oneshot", "one-shot all-reduce"), ("attention_vec", "decode attention"),
+         ("gemv_split", "gemv split-k"), ("oneshot", "one-shot all-reduce"), ("attention_heads", "decode attention"), ("attention_split", "decode attention (split)"),
          ("argmax_partial", "argmax partial"), ("argmax_final", "argmax final"), ("rmsnorm", "rmsnorm"),
          ("embedding", "embedding"), ("to_f32", "to_f32"), ("nccl", "nccl"), ("memcpy", "copy"),
          ("attention", "attention (other)")]

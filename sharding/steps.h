@@ -1,7 +1,7 @@
 // The step program: what an executor runs for a rank's planned graph, decided once from the
 // graph's shape, before the first forward (as llama.cpp's ggml_can_fuse looks at op
 // sequences): how long each value lives, which splits are column views of their input, which
-// neighbours a decode GEMV takes in, which all-reduces its GEMVs do, which prefill GEMMs add
+// neighbours a decode GEMV takes in, which all-reduces its GEMVs do, which GEMMs (not GEMVs) add
 // the residual in their epilogue, and which kernels write a w8a8 linear's input in e4m3. The
 // executors dispatch it and discover nothing at run time; whether a fused kernel applies to the
 // pointers it is given (alignment, sizes) is still the launcher's to say, and the unfused ops run
@@ -49,7 +49,7 @@ struct StepProgram {
     // A linear (no fusion of its own) -> the allreduce_add_rmsnorm in norm_of that alone reads its
     // output: at batch 1 its GEMV pushes its part and the norm's GEMV sums it (cuda::ExchangeIn).
     std::map<const Node*, const Node*> exchange_of;
-    // A linear -> the add_rmsnorm that alone reads its output as x: a prefill GEMM adds the
+    // A linear -> the add_rmsnorm that alone reads its output as x: a GEMM (not a GEMV) adds the
     // residual in its epilogue and the norm reads only the new residual.
     std::map<const Node*, const Node*> residual_epilogue;
     // A norm, attention or SwiGLU -> the linear of StepOptions::w8a8 that alone reads its out(0)

@@ -706,9 +706,8 @@ TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
 // Decode tokens: with as many (token, KV head) pairs as SMs, one block for the G query heads of
 // a KV head (GQA), bit for bit the per-head kernel (attention_gqa = false; as many (token, head)
 // pairs, so no split either); fewer tokens take the per-head kernel, or the split kernel for few
-// pairs (2 and 8 tokens). Against the CPU twin, and given segments of one token each (a decode
-// batch), where the cached rows but the token's own are loaded before the kernel waits, bit for
-// bit the same: the token's own row, a stale random row in the cache until attention() writes
+// pairs (2 and 8 tokens). Against the CPU twin, and as a decode batch (AttentionArgs::decode),
+// where the cached rows but the token's own are loaded before the kernel waits, bit for bit the same: the token's own row, a stale random row in the cache until attention() writes
 // it, must come in after the write. Position 0 leaves all but one block of a cluster without keys.
 TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernelAndTwin) {
     REQUIRE_GPU();
@@ -723,22 +722,18 @@ TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernelAnd
                     const std::string what = "hd " + std::to_string(hd) + " G " + std::to_string(G) + " window " + std::to_string(window) +
                                              ", " + std::to_string(T) + " tokens";
                     std::vector<int32_t> slot, pos;
-                    std::vector<cuda::AttentionSegment> segs;
-                    for (int64_t t = 0; t < T; ++t) {
-                        slot.push_back((int32_t)t), pos.push_back((int32_t)(t == 0 ? 0 : (t * 37 + 11) % max_seq));
-                        segs.push_back({t, 1, t, pos.back()});
-                    }
+                    for (int64_t t = 0; t < T; ++t) slot.push_back((int32_t)t), pos.push_back((int32_t)(t == 0 ? 0 : (t * 37 + 11) % max_seq));
                     const std::vector<float> k_cache0 = random_bf16(T * max_seq * kvw), v_cache0 = random_bf16(T * max_seq * kvw);
                     auto q = random_bf16(T * heads * hd), k = random_bf16(T * kvw), v = random_bf16(T * kvw);
                     std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k)), dv(upload(v));
                     std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
                     std::vector<std::vector<float>> outs;
-                    for (int run = 0; run < 3; ++run) {  // as chosen, attention_gqa = false, as chosen given the segments
+                    for (int run = 0; run < 3; ++run) {  // as chosen, attention_gqa = false, as chosen for a decode batch
                         std::unique_ptr<Device<bf16>> dkc(upload(k_cache0)), dvc(upload(v_cache0)), dout(poisoned(T * heads * hd));
                         cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
                         tuning.attention_gqa = run != 1;
                         cuda::AttentionArgs aa{s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p};
-                        if (run == 2) aa.segments = &segs;
+                        aa.decode = run == 2;
                         cuda::attention(aa, on(nullptr));
                         outs.push_back(download(*dout));
                     }
@@ -755,8 +750,8 @@ TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernelAnd
 // Decode tokens over long cached contexts: few (token, head) pairs take the split kernel (the
 // keys over the blocks of a cluster, combined through distributed shared memory), many the
 // one-block-per-pair kernel. Position 0 leaves all but one block of its cluster without keys;
-// the window cuts the visible keys below what the splits cover. A batch of one token takes the
-// split kernel's early loads (the cached K and V rows but the token's own, read before the
+// the window cuts the visible keys below what the splits cover. As a decode batch, the kernels
+// take their early loads (the cached K and V rows but the token's own, read before the
 // kernel waits): its own row, in the cache as a stale random row until attention() writes it,
 // must come in after the write. Reference: the CPU twin, with the tolerance of the other
 // attention tests (the split changes only the summation order).
@@ -777,7 +772,9 @@ TEST(CudaKernels, DecodeAttentionSplitAcrossAClusterMatchesTwin) {
                     dout(poisoned(T * heads * hd));
                 std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
                 cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
-                cuda::attention({s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p}, on(nullptr));
+                cuda::AttentionArgs aa{s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p};
+                aa.decode = true;  // each token its own slot
+                cuda::attention(aa, on(nullptr));
                 std::vector<float> ref(T * heads * hd);
                 cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), k_cache.data(), v_cache.data(), ref.data());
                 expect_close(download(*dout), ref, "decode attention, head_dim " + std::to_string(hd) + ", window " + std::to_string(window) +

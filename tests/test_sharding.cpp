@@ -237,7 +237,7 @@ TEST(Fusion, QkvGateUpAndAllReduceNormFusionsOnLlama) {
 // gate_up its norm and SwiGLU; at tp=2 with exchanges the GEMVs of o_proj and down_proj push
 // their all-reduces except the last down_proj's (its sum feeds the final norm, which lm_head's
 // GEMV does not take in): 3, as test_gpu_run's log check counts on the GPU; at tp=1 those
-// projections add the residual in the prefill GEMM instead.
+// projections add the residual in their GEMMs (not GEMVs) instead.
 TEST(Steps, FusionsAreDecidedFromTheGraphOnce) {
     for (int tp : {1, 2}) {
         SCOPED_TRACE("tp=" + std::to_string(tp));

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <exception>
 #include <initializer_list>
+#include <set>
 
 #include "common/check.h"
 #include "common/cuda_check.h"
@@ -260,9 +261,13 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
     bool select = !batch.logit_rows.empty();
     size_t used = select ? 3 * input_capacity_ * sizeof(int32_t) + R * sizeof(int64_t) : (2 * input_capacity_ + T) * sizeof(int32_t);
     CUDA_CHECK(cudaMemcpyAsync(inputs_dev_, inputs_host_, used, cudaMemcpyHostToDevice, stream_));
+    // Every token alone in its sequence (segments of one token, each its own slot).
+    std::set<int64_t> slots;
+    for (const cuda::AttentionSegment& seg : segments_) slots.insert(seg.slot);
+    lone_tokens_ = segments_.size() == (size_t)T && slots.size() == (size_t)T;
     // A decode step: one token per sequence, every logit row wanted in order. (A prompt whose
     // every row's logits are wanted, as --dump-logits asks, is a prefill: not captured.)
-    bool decode = select && R == T && segments_.size() == (size_t)T;
+    bool decode = select && R == T && lone_tokens_;
     for (int64_t i = 0; decode && i < R; ++i) decode = batch.logit_rows[i] == i;
     if (graphs_enabled_ && decode && !profiling_) {
         auto it = graphs_.find(T);

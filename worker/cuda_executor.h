@@ -113,13 +113,14 @@ private:
     double timeout_s_;
     cublasHandle_t cublas_ = nullptr;
     void* cublas_workspace_ = nullptr;
-    std::unique_ptr<cuda::GemmTuner> tuner_;  // prefill GEMMs' algorithms; none with gemm_tune = false
+    std::unique_ptr<cuda::GemmTuner> tuner_;  // GEMMs' (9 rows or more) algorithms; none with gemm_tune = false
     StepProgram program_;  // liveness, split views and fusions, decided once (sharding/steps.h)
     std::set<const Node*> w8a8_;  // linears whose prefill may run as FP8 GEMMs (quant_prefill = "w8a8")
     std::map<int64_t, std::pair<__nv_bfloat16*, __nv_bfloat16*>> kv_;  // layer -> (k, v)
     std::map<const Node*, float*> inv_freq_;                            // per rope node
     // The current batch's prompt segments (host), for attention's choice of kernel or GEMMs.
     std::vector<cuda::AttentionSegment> segments_;
+    bool lone_tokens_ = false;  // this forward's tokens each alone in its sequence (AttentionArgs::decode)
     // Fixed-address inputs and output, so that captured graphs stay valid.
     int64_t input_capacity_ = 0, output_capacity_ = 0;
     // One device block (and its pinned host twin, so that a step's inputs go over in one

@@ -122,6 +122,7 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
         const bool written = f.kv_written.count(n) > 0;  // by the QKV GEMV
         cuda::AttentionArgs aa{s, slots_dev_, positions_, a.data(in(0)), written ? nullptr : a.data(in(1)), written ? nullptr : a.data(in(2)),
                                kv.first, kv.second, a.make(n->out(), r), a.stride(in(1)), a.stride(in(2)), cublas_, &segments_};
+        aa.decode = lone_tokens_;
         fp8_output(f, n, r, aa.out, aa.out8, [&] { return cuda::attention_fp8_applies(aa); });
         cuda::attention(aa, launch_);
         break;

@@ -135,6 +135,26 @@ __device__ __forceinline__ void load_key_rows(const VecLanes<HD>& L, int64_t bas
     }
 }
 
+// Before the wait for the kernel before (a decode batch's `early`): the first step's K and V
+// rows of the keys j < n whose position (first + j) is before the token's own p, which earlier
+// forwards wrote, into kpre and vpre (load_key_rows's loads u at base L.warp * L.kKeys); returns
+// the loads made (bit u).
+template <int HD>
+__device__ __forceinline__ unsigned load_cached_rows(const VecLanes<HD>& L, int64_t n, int64_t first, int64_t p, const bf16* kbase,
+                                                     const bf16* vbase, int64_t kv_width, uint4* kpre, uint4* vpre) {
+    unsigned have = 0;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = L.warp * L.kKeys + L.sub + u * kWarps * L.kKeys;
+        if (j < n && first + j < p) {
+            kpre[u] = *reinterpret_cast<const uint4*>(kbase + j * kv_width);
+            vpre[u] = *reinterpret_cast<const uint4*>(vbase + j * kv_width);
+            have |= 1u << u;
+        }
+    }
+    return have;
+}
+
 // scores[j] = q . k_j / sqrt(HD) for j < n (q: this lane's 8 dims). `pre` holds the first
 // step's loads u whose bit is set in `have` (attention_split_kernel's early loads).
 template <int HD>
@@ -217,9 +237,8 @@ __device__ inline VisibleKeys visible_keys(const cpu::AttentionShape& s, int64_t
 // scores for the visible keys into shared memory, a block-wide softmax, the weighted sum of V.
 // Each head's steps are the same whatever G, in the same order, so the same bits. The first
 // step's K and V rows are loaded together, so that the values' first round trip overlaps the
-// scores'; with `early` (every token alone in its sequence in this forward: its earlier
-// positions were written by earlier forwards) those but the token's own row are loaded before
-// the wait for the kernel before.
+// scores'; with `early` (AttentionArgs::decode) those but the token's own row are loaded before
+// the wait for the kernel before, as attention_split_kernel's.
 template <int HD, int G>
 __global__ void __launch_bounds__(kThreads) attention_heads_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
                                                                    const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out,
@@ -241,25 +260,11 @@ __global__ void __launch_bounds__(kThreads) attention_heads_kernel(cpu::Attentio
     uint4 kpre[kUnroll], vpre[kUnroll];
     unsigned have = 0;
     if (early) {
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            const int64_t j = L.warp * L.kKeys + L.sub + u * step;
-            if (j < n && vk.first + j < p) {
-                kpre[u] = *reinterpret_cast<const uint4*>(kbase + j * kv_width);
-                vpre[u] = *reinterpret_cast<const uint4*>(vbase + j * kv_width);
-                have |= 1u << u;
-            }
-        }
+        have = load_cached_rows(L, n, vk.first, p, kbase, vbase, kv_width, kpre, vpre);
         pdl_entry();
     }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-        const int64_t j = L.warp * L.kKeys + L.sub + u * step;
-        if (!((have >> u) & 1)) {
-            kpre[u] = j < n ? *reinterpret_cast<const uint4*>(kbase + j * kv_width) : make_uint4(0, 0, 0, 0);
-            vpre[u] = j < n ? *reinterpret_cast<const uint4*>(vbase + j * kv_width) : make_uint4(0, 0, 0, 0);
-        }
-    }
+    load_key_rows(L, L.warp * L.kKeys, step, n, kbase, kv_width, kpre, kpre, have);  // the rest of the first step
+    load_key_rows(L, L.warp * L.kKeys, step, n, vbase, kv_width, vpre, vpre, have);
     constexpr unsigned kAll = (1u << kUnroll) - 1;
     // Scores: as score_keys, G dot products a key.
     float qf[G][8];
@@ -298,11 +303,7 @@ __global__ void __launch_bounds__(kThreads) attention_heads_kernel(cpu::Attentio
         if (threadIdx.x == 0) sums[g] = sum;
     }
     // Values: as weigh_values, G weighted sums a key.
-    float acc[G][8];
-#pragma unroll
-    for (int g = 0; g < G; ++g)
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+    float acc[G][8] = {};
     have = kAll;
     for (int64_t base = L.warp * L.kKeys; base < n; base += step * kUnroll) {
         uint4 vv[kUnroll];
@@ -349,8 +350,9 @@ __global__ void __launch_bounds__(kThreads) attention_heads_kernel(cpu::Attentio
 // memory. (Before, block 0 read the others' shared memory after a cluster sync, and a second
 // sync kept them until it had.) One kernel and no workspace; a block whose share is empty adds nothing.
 //
-// `early` (a forward of one token, whose earlier positions earlier forwards wrote): the first
-// step's K and V rows of every key but the token's own are loaded before the kernel waits for
+// `early` (AttentionArgs::decode: every token alone in its sequence, its earlier positions
+// written by earlier forwards): the first step's K and V rows of every key but the token's own
+// are loaded before the kernel waits for
 // the one before it (pdl_entry), so that they arrive while the qkv GEMV drains; the token's
 // position and slot are then read before the wait too (step inputs, copied before the
 // forward's first kernel).
@@ -381,16 +383,7 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(cpu::Attentio
     uint4 kpre[kUnroll], vpre[kUnroll];
     unsigned have = 0;
     if (early) {
-        const VecLanes<HD> L;
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            const int64_t j = L.warp * L.kKeys + L.sub + u * kWarps * L.kKeys;  // score_keys's first step
-            if (j < n && vk.first + lo + j < p) {
-                kpre[u] = *reinterpret_cast<const uint4*>(k_cache + row0 + j * kv_width);
-                vpre[u] = *reinterpret_cast<const uint4*>(v_cache + row0 + j * kv_width);
-                have |= 1u << u;
-            }
-        }
+        have = load_cached_rows(VecLanes<HD>(), n, vk.first + lo, p, k_cache + row0, v_cache + row0, kv_width, kpre, vpre);
         pdl_entry();
     }
     TPX_PROBE_MARK(1);
@@ -435,22 +428,6 @@ int decode_splits(int64_t tokens, int64_t heads, const KernelConfig& config) {
     return splits;
 }
 
-// Whether every token of [t0, t1) is alone in its sequence in this forward (a decode batch:
-// segments of one token, no other segment of its slot), so that its earlier positions were
-// written by earlier forwards. Without segments, a lone token.
-bool earlier_forwards_wrote(const AttentionArgs& a, int64_t t0, int64_t t1) {
-    if (!a.segments) return t1 - t0 == 1;
-    std::map<int64_t, int> segments_of;  // a slot's segments in the whole batch
-    for (const AttentionSegment& seg : *a.segments) ++segments_of[seg.slot];
-    int64_t alone = 0;
-    for (const AttentionSegment& seg : *a.segments) {
-        if (seg.first + seg.count <= t0 || seg.first >= t1) continue;
-        if (seg.count != 1 || segments_of[seg.slot] != 1) return false;
-        ++alone;
-    }
-    return alone == t1 - t0;
-}
-
 // Tokens [t0, t1) through the split kernel for few (token, head) pairs, the GQA form of the
 // per-head kernel for many, else the per-head kernel (or its scalar form for other head sizes).
 void attention_tokens(const AttentionArgs& a, int64_t t0, int64_t t1, Launch at) {
@@ -472,7 +449,7 @@ void attention_tokens(const AttentionArgs& a, int64_t t0, int64_t t1, Launch at)
     // The keys a block may see: at most max_seq, or the window.
     const int64_t visible = s.sliding_window > 0 ? std::min(s.max_seq, s.sliding_window) : s.max_seq;
     const bool vec = s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256;
-    const bool early = at.config->attention_early && earlier_forwards_wrote(a, t0, t1);
+    const bool early = at.config->attention_early && a.decode;
     const int splits = decode_splits(t1 - t0, s.heads, *at.config);
     if (splits > 1 && vec) {
         // A block gets ceil(visible / splits) keys at most.

@@ -87,7 +87,7 @@ struct GemmTuner::Impl {
         int candidates = 0;
         double best_us = 0, first_us = 0;  // the kept algorithm's time and heuristic #0's
         double gemm_ex_us = 0;             // cublasGemmEx's, where timed
-        bool gemm_ex = false;              // it was the fastest: the caller runs it
+        bool gemm_ex_fastest = false;      // the caller runs it
         int64_t tuned_at = 0;              // the row count it was timed with
     };
     using Key = std::tuple<int64_t, int64_t, int64_t, uint32_t, bool, int>;  // rows' bucket, K, N, alignment, an added C, fp8 (2: W by blocks)
@@ -103,7 +103,7 @@ struct GemmTuner::Impl {
                               kTunerWorkspaceBytes, stream);
     }
 
-    Entry tune(const cpu::LinearShape& s, uint32_t align, const GemmOperands& o, cudaStream_t stream, cublasHandle_t gemm_ex) {
+    Entry tune(const cpu::LinearShape& s, uint32_t align, const GemmOperands& o, cudaStream_t stream, cublasHandle_t cublas) {
         Entry e;
         e.tuned_at = s.tokens;
         Descriptors d(s.tokens, s.in, s.out, o);
@@ -142,13 +142,12 @@ struct GemmTuner::Impl {
             if (i == 0) e.first_us = us;
             if (!e.usable || us < e.best_us) e.usable = true, e.best_us = us, e.algo = res[i].algo;
         }
-        if (gemm_ex && !o.add && !o.fp8()) {
-            const cpu::LinearShape shape{s.tokens, s.in, s.out};
+        if (cublas && !o.add && !o.fp8()) {
             e.gemm_ex_us = best_of([&] {
-                cuda::gemm_ex(gemm_ex, shape, static_cast<const bf16*>(o.x), static_cast<const bf16*>(o.w), o.y, stream);
+                gemm_ex(cublas, s, static_cast<const bf16*>(o.x), static_cast<const bf16*>(o.w), o.y, stream);
                 return true;
             });
-            e.gemm_ex = !e.usable || e.gemm_ex_us <= e.best_us;
+            e.gemm_ex_fastest = !e.usable || e.gemm_ex_us <= e.best_us;
         }
         return e;
     }
@@ -169,11 +168,11 @@ GemmTuner::~GemmTuner() {
 }
 
 bool GemmTuner::matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add,
-                       cublasHandle_t gemm_ex) {
+                       cublasHandle_t cublas) {
     if (s.tokens < kGemmTuneMinTokens || (add && add == y)) return false;
     GemmOperands o;
     o.x = x, o.w = w, o.y = y, o.add = add;
-    return product(s, o, stream, gemm_ex);
+    return product(s, o, stream, cublas);
 }
 
 bool GemmTuner::matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16* y, cudaStream_t stream) {
@@ -183,7 +182,7 @@ bool GemmTuner::matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16
     return product(s, o, stream, nullptr);
 }
 
-bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream, cublasHandle_t gemm_ex) {
+bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream, cublasHandle_t cublas) {
     const uint32_t align = o.add ? common_alignment({o.x, o.w, o.y, o.add}) : common_alignment({o.x, o.w, o.y});
     const Impl::Key key{bucket_of(s.tokens), s.in, s.out, align, o.add != nullptr, o.fp8() ? 1 + o.w_blocks : 0};
     auto it = impl_->entries.find(key);
@@ -191,10 +190,10 @@ bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaSt
         cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
         CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
         if (capturing != cudaStreamCaptureStatusNone) return false;
-        it = impl_->entries.emplace(key, impl_->tune(s, align, o, stream, gemm_ex)).first;
+        it = impl_->entries.emplace(key, impl_->tune(s, align, o, stream, cublas)).first;
     }
     const Impl::Entry& e = it->second;
-    if (!e.usable || e.gemm_ex) return false;
+    if (!e.usable || e.gemm_ex_fastest) return false;
     Descriptors d(s.tokens, s.in, s.out, o);
     if (s.tokens != e.tuned_at) {  // another row count of the bucket: the algorithm must take it
         cublasLtMatmulHeuristicResult_t check{};
@@ -211,10 +210,10 @@ std::string GemmTuner::summary() const {
     for (const auto& [key, e] : impl_->entries) {
         char line[300], ex[64] = "";
         if (e.gemm_ex_us > 0) std::snprintf(ex, sizeof ex, ", cublasGemmEx %.1f us", e.gemm_ex_us);
+        const char* kept = e.gemm_ex_fastest ? "cublasGemmEx's own kept; best" : e.usable ? "fastest" : "none usable";
         std::snprintf(line, sizeof line, "gemm%s %lld rows (bucket %lld) K=%lld N=%lld%s: %s of %d algorithms, %.1f us (heuristic's first %.1f us%s)\n",
                       std::get<5>(key) == 2 ? " fp8 (W by blocks)" : std::get<5>(key) ? " fp8" : "", (long long)e.tuned_at, (long long)std::get<0>(key), (long long)std::get<1>(key),
-                      (long long)std::get<2>(key), std::get<4>(key) ? " + add" : "",
-                      e.gemm_ex ? "cublasGemmEx's own faster than" : e.usable ? "fastest" : "none usable", e.candidates, e.best_us, e.first_us, ex);
+                      (long long)std::get<2>(key), std::get<4>(key) ? " + add" : "", kept, e.candidates, e.best_us, e.first_us, ex);
         out += line;
     }
     return out;

@@ -64,7 +64,7 @@ struct LinearArgs {
     const bf16* w = nullptr;
     const bf16* bias = nullptr;  // optional
     bf16* y = nullptr;
-    GemmTuner* tuner = nullptr;  // optional: the prefill GEMMs' algorithm chosen by timing
+    GemmTuner* tuner = nullptr;  // optional: the GEMMs' (9 rows or more) algorithm chosen by timing
     LinearRoute route = LinearRoute::kAuto;
 };
 void linear(cublasHandle_t cublas, const LinearArgs& a, Launch at);
@@ -108,9 +108,9 @@ public:
     // y[T, N] = x[T, K] W[N, K]^T (+ add[T, N], summed in fp32 before the one rounding to bf16:
     // the residual add in the epilogue), bf16, fp32 sums; false where declined (nothing
     // enqueued). add must not be y.
-    // gemm_ex: the caller's handle, whose cublasGemmEx is timed beside the algorithms.
+    // cublas: the caller's handle, whose cublasGemmEx is timed beside the algorithms.
     bool matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add = nullptr,
-                cublasHandle_t gemm_ex = nullptr);
+                cublasHandle_t cublas = nullptr);
     // y[T, N] = the FP8 product (cuBLASLt's block-scaled FP8 GEMM, bf16 out) (+ f.add, as
     // matmul()'s), at any row count; false where declined, as matmul().
     bool matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16* y, cudaStream_t stream);
@@ -118,7 +118,7 @@ public:
     std::string summary() const;
 
 private:
-    bool product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream, cublasHandle_t gemm_ex);
+    bool product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream, cublasHandle_t cublas);
     struct Impl;
     Impl* impl_;
 };
@@ -275,6 +275,10 @@ struct AttentionArgs {
     cublasHandle_t cublas = nullptr;                         // with segments: long ones by GEMMs
     const std::vector<AttentionSegment>* segments = nullptr;
     ActFp8 out8 = {};  // with out8.q set, out in its e4m3 form instead (attention_fp8_applies)
+    // Every token alone in its sequence (a decode batch: one token a slot), so that its earlier
+    // positions were written by earlier forwards: the kernels read those cached rows before
+    // waiting for the kernel before (KernelConfig::attention_early).
+    bool decode = false;
 };
 // Every token in a segment the flash kernel of head_dim 128 takes (the row of a head is one
 // 128-column block).
