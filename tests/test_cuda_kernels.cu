@@ -677,6 +677,46 @@ TEST(CudaKernels, RopeDefaultAndLlama3) {
     }
 }
 
+// RoPE writing K and V straight into the KV cache (RopeKvCache, as the executor runs a fused
+// QKV's rope beyond the decode GEMV's tokens) against RoPE, then attention()'s own KV write:
+// q and both caches bit for bit, from strided [q | k | v | pad] rows as the split's views, the
+// tokens at scattered slots and positions; the rows of other positions untouched.
+TEST(CudaKernels, RopeWritingTheKvCacheEqualsRopeThenTheKvWrite) {
+    REQUIRE_GPU();
+    for (int64_t hd : {64, 128}) {
+        cpu::RopeParams p{8, 2, hd, 500000.0};
+        const int64_t T = 11, slots = 4, max_seq = 40, qw = p.heads * hd, kw = p.kv_heads * hd, stride = qw + 2 * kw + 8;
+        std::vector<int32_t> slot, pos;
+        for (int64_t t = 0; t < T; ++t) slot.push_back((int32_t)(t % slots)), pos.push_back((int32_t)((t * 7 + 3) % max_seq));
+        auto qkv = random_bf16(T * stride), cache0 = random_bf16(slots * max_seq * kw);
+        std::unique_ptr<Device<bf16>> dqkv(upload(qkv));
+        std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
+        std::unique_ptr<Device<float>> di(upload_raw(cpu::rope_inv_freq(p)));
+        std::vector<std::vector<float>> got;  // q, k cache, v cache: the two-kernel way, then the fused one
+        for (bool fused : {false, true}) {
+            std::unique_ptr<Device<bf16>> dq(poisoned(T * qw)), dk(poisoned(T * kw)), kc(upload(cache0)), vc(upload(cache0));
+            cuda::RopeArgs ra{p, T, dp->p, di->p, dqkv->p, dqkv->p + qw, dq->p, dk->p, stride};
+            if (fused) {
+                ra.cache = {kc->p, vc->p, dqkv->p + qw + kw, stride, ds->p, max_seq};
+                ASSERT_TRUE(cuda::rope_kv_applies(ra));
+            }
+            cuda::rope(ra, on(nullptr));
+            if (!fused) {  // attention()'s KV write (its output not compared here)
+                std::unique_ptr<Device<bf16>> dout(poisoned(T * qw));
+                cuda::attention({{T, p.heads, p.kv_heads, hd, max_seq, 0}, ds->p, dp->p, dq->p, dk->p, dqkv->p + qw + kw, kc->p, vc->p,
+                                 dout->p, 0, stride},
+                                on(nullptr));
+            }
+            got.push_back(download(*dq)), got.push_back(download(*kc)), got.push_back(download(*vc));
+        }
+        const std::string what = "head_dim " + std::to_string(hd);
+        EXPECT_EQ(got[0], got[3]) << "q, " << what;
+        EXPECT_EQ(got[1], got[4]) << "k cache, " << what;
+        EXPECT_EQ(got[2], got[5]) << "v cache, " << what;
+        EXPECT_NE(got[1], cache0) << "the k cache was written, " << what;
+    }
+}
+
 TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
     REQUIRE_GPU();
     for (int64_t window : {0, 4}) {

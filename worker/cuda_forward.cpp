@@ -112,14 +112,24 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
         bf16* k = a.make(n->out(1), r);
         const int64_t in_stride = a.stride(in(0));
         TPX_CHECK(in_stride == a.stride(in(1)), "rope: q and k views of different strides");
-        cuda::rope({p, r, positions_, inv_freq_.at(n), a.data(in(0)), a.data(in(1)), q, k, in_stride}, launch_);
+        cuda::RopeArgs ra{p, r, positions_, inv_freq_.at(n), a.data(in(0)), a.data(in(1)), q, k, in_stride};
+        auto fused = rope_fusion_.find(n);
+        if (fused != rope_fusion_.end()) {  // K and V straight into the cache: the attention writes none
+            const DecodeFusion& fu = *fused->second;
+            const Value* v = fu.split->out(2);
+            auto& kv = kv_.at(fu.attention->attr_int("layer"));
+            ra.cache = {kv.first, kv.second, a.data(v), a.stride(v) ? a.stride(v) : width(v), slots_dev_, max_seq_};
+            if (cuda::rope_kv_applies(ra)) f.kv_written.insert(fu.attention);
+            else ra.cache = {};
+        }
+        cuda::rope(ra, launch_);
         break;
     }
     case Op::kAttention: {
         auto& kv = kv_.at(n->attr_int("layer"));
         cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
                               n->attr_int("sliding_window")};
-        const bool written = f.kv_written.count(n) > 0;  // by the QKV GEMV
+        const bool written = f.kv_written.count(n) > 0;  // by the QKV GEMV or the rope
         cuda::AttentionArgs aa{s, slots_dev_, positions_, a.data(in(0)), written ? nullptr : a.data(in(1)), written ? nullptr : a.data(in(2)),
                                kv.first, kv.second, a.make(n->out(), r), a.stride(in(1)), a.stride(in(2)), cublas_, &segments_};
         aa.decode = lone_tokens_;

@@ -232,6 +232,17 @@ void add(int64_t n, const bf16* a, const bf16* b, bf16* y, Launch at);
 // inv_freq: the rope_inv_freq() values (computed on the host, identical to the CPU twin's).
 // Reads q_in/k_in, whose rows are in_stride elements apart (0: packed), so that they may be
 // column slices of the fused QKV output; writes packed q/k (the same buffers for in place).
+// With k_cache set, rope() puts the rotated K and the V rows (v_in, v_stride elements apart)
+// straight into the caches' rows of (slot[t], positions[t]), max_seq positions a slot, where
+// attention()'s KV write would (then given no k and v), instead of writing k.
+struct RopeKvCache {
+    bf16* k_cache = nullptr;
+    bf16* v_cache = nullptr;
+    const bf16* v_in = nullptr;
+    int64_t v_stride = 0;
+    const int32_t* slot = nullptr;
+    int64_t max_seq = 0;
+};
 struct RopeArgs {
     cpu::RopeParams p;
     int64_t tokens = 0;
@@ -242,7 +253,11 @@ struct RopeArgs {
     bf16* q = nullptr;
     bf16* k = nullptr;
     int64_t in_stride = 0;
+    RopeKvCache cache = {};
 };
+// Whether rope() takes a.cache (its 16-byte form: head_dim a multiple of 16, strides of 8
+// elements, aligned rows).
+bool rope_kv_applies(const RopeArgs& a);
 void rope(const RopeArgs& a, Launch at);
 
 // One prompt (or chunk of one) in a batch: tokens [first, first + count) of slot `slot`, at
