@@ -145,31 +145,29 @@ TEST(CudaKernels, LinearWithBiasMatchesTwin) {
     cublasDestroy(h);
 }
 
-// Products through the GEMM tuner: the first of a bucket is timed over cuBLASLt's algorithms
-// (and, through linear(), which gives it its cuBLAS handle, cublasGemmEx's own choice), then run
-// with the fastest; a second row count of the bucket reuses it; a view offset by 2 bytes changes
-// the alignment (a bucket of its own, algorithms that take it); fewer than kGemmTuneMinTokens
-// rows and an untuned bucket under stream capture are declined (nothing written); an added
-// matrix (the residual add) is summed in, not in place. Each result against the twin, with the
-// bias added after.
+// Products through the GEMM tuner: the first of a bucket is timed over cuBLASLt's algorithms,
+// then run with the fastest; a second row count of the bucket reuses it; a view offset by 2
+// bytes changes the alignment (a bucket of its own, algorithms that take it); fewer than
+// kGemmTuneMinTokens rows and an untuned bucket under stream capture are declined (nothing
+// written); an added matrix (the residual add) is summed in, not in place. A tuner given a cuBLAS
+// handle times cublasGemmEx's own choice too (and declines where it is the fastest, linear()
+// then running it). Each result against the twin, with the bias added after.
 TEST(CudaKernels, GemmTunerMatchesTwinAndDeclinesWhatItMust) {
     REQUIRE_GPU();
     cublasHandle_t h;
     CUBLAS_CHECK(cublasCreate(&h));
-    cuda::GemmTuner tuner;
+    cuda::GemmTuner tuner, timed(h);  // timed: cublasGemmEx timed beside the algorithms
     const int64_t K = 256, N = 384, maxT = 1024;
     auto x = random_bf16(maxT * K + 8), w = random_bf16(N * K, 0.05f), b = random_bf16(N);
     std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(w)), db(upload(b));
-    {  // bucket 256 tuned over cuBLASLt's algorithms alone (no handle): the kept one runs it
-        std::unique_ptr<Device<bf16>> dy(poisoned(256 * N));
-        ASSERT_TRUE(tuner.matmul({256, K, N}, dx->p, dw->p, dy->p, nullptr));
-        std::vector<float> ref(256 * N);
-        cpu::linear({256, K, N}, x.data(), w.data(), nullptr, ref.data());
-        expect_close(download(*dy), ref, "tuned gemm T=256");
-    }
-    for (auto [T, offset] : {std::pair<int64_t, int64_t>{256, 0}, {200, 0}, {300, 0}, {256, 1}, {16, 0}}) {
+    struct Case {
+        int64_t T, offset;
+        cuda::GemmTuner* t;
+    };
+    for (auto [T, offset, t] : {Case{256, 0, &tuner}, {200, 0, &tuner}, {300, 0, &tuner}, {256, 1, &tuner}, {16, 0, &tuner}, {16, 0, &timed},
+                                {300, 0, &timed}}) {
         std::unique_ptr<Device<bf16>> dy(poisoned(T * N));
-        cuda::linear(h, {{T, K, N}, dx->p + offset, dw->p, db->p, dy->p, &tuner}, on(nullptr));
+        cuda::linear(h, {{T, K, N}, dx->p + offset, dw->p, db->p, dy->p, t}, on(nullptr));
         std::vector<float> ref(T * N);
         cpu::linear({T, K, N}, x.data() + offset, w.data(), b.data(), ref.data());
         expect_close(download(*dy), ref, "tuned gemm T=" + std::to_string(T) + " offset " + std::to_string(offset));
@@ -188,11 +186,13 @@ TEST(CudaKernels, GemmTunerMatchesTwinAndDeclinesWhatItMust) {
     const std::string summary = tuner.summary();
     EXPECT_NE(summary.find("gemm 256 rows (bucket 256) K=256 N=384: fastest of"), std::string::npos) << summary;
     EXPECT_NE(summary.find("gemm 300 rows (bucket 512)"), std::string::npos) << summary;
-    EXPECT_NE(summary.find("gemm 16 rows (bucket 16)"), std::string::npos) << summary;
-    for (const char* timed : {"gemm 300 rows", "gemm 16 rows"}) {  // through linear(): cublasGemmEx timed too
-        const size_t at = summary.find(timed);
-        ASSERT_NE(at, std::string::npos) << summary;
-        EXPECT_NE(summary.substr(at, summary.find('\n', at) - at).find(", cublasGemmEx "), std::string::npos) << summary;
+    EXPECT_NE(summary.find("gemm 16 rows (bucket 16) K=256 N=384: fastest of"), std::string::npos) << summary;
+    EXPECT_EQ(summary.find("cublasGemmEx"), std::string::npos) << "no handle, nothing else timed\n" << summary;
+    const std::string timed_summary = timed.summary();
+    for (const char* line : {"gemm 300 rows", "gemm 16 rows"}) {
+        const size_t at = timed_summary.find(line);
+        ASSERT_NE(at, std::string::npos) << timed_summary;
+        EXPECT_NE(timed_summary.substr(at, timed_summary.find('\n', at) - at).find(", cublasGemmEx "), std::string::npos) << timed_summary;
     }
     EXPECT_NE(summary.find("K=256 N=384 + add: fastest of"), std::string::npos) << summary;
     EXPECT_EQ(summary.find("gemm 200 rows"), std::string::npos) << "T=200 is bucket 256's: not tuned again\n" << summary;

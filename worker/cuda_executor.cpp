@@ -29,7 +29,7 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
     CUDA_CHECK(cudaMalloc(&cublas_workspace_, workspace));
     CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, workspace));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
-    if (tuning.gemm_tune) tuner_ = std::make_unique<cuda::GemmTuner>();
+    if (tuning.gemm_tune) tuner_ = std::make_unique<cuda::GemmTuner>(cublas_);  // cublasGemmEx timed too
     // Keep freed activations in the pool instead of returning them to the driver each step.
     cudaMemPool_t pool;
     int device = 0;

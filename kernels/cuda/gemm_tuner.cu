@@ -92,6 +92,7 @@ struct GemmTuner::Impl {
     };
     using Key = std::tuple<int64_t, int64_t, int64_t, uint32_t, bool, int>;  // rows' bucket, K, N, alignment, an added C, fp8 (2: W by blocks)
     cublasLtHandle_t lt = nullptr;
+    cublasHandle_t cublas = nullptr;  // whose cublasGemmEx is timed too, where given
     void* workspace = nullptr;
     cudaEvent_t start = nullptr, stop = nullptr;
     std::map<Key, Entry> entries;
@@ -103,7 +104,7 @@ struct GemmTuner::Impl {
                               kTunerWorkspaceBytes, stream);
     }
 
-    Entry tune(const cpu::LinearShape& s, uint32_t align, const GemmOperands& o, cudaStream_t stream, cublasHandle_t cublas) {
+    Entry tune(const cpu::LinearShape& s, uint32_t align, const GemmOperands& o, cudaStream_t stream) {
         Entry e;
         e.tuned_at = s.tokens;
         Descriptors d(s.tokens, s.in, s.out, o);
@@ -153,7 +154,8 @@ struct GemmTuner::Impl {
     }
 };
 
-GemmTuner::GemmTuner() : impl_(new Impl) {
+GemmTuner::GemmTuner(cublasHandle_t cublas) : impl_(new Impl) {
+    impl_->cublas = cublas;
     CUBLAS_CHECK(cublasLtCreate(&impl_->lt));
     CUDA_CHECK(cudaMalloc(&impl_->workspace, kTunerWorkspaceBytes));
     CUDA_CHECK(cudaEventCreate(&impl_->start));
@@ -167,22 +169,21 @@ GemmTuner::~GemmTuner() {
     delete impl_;
 }
 
-bool GemmTuner::matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add,
-                       cublasHandle_t cublas) {
+bool GemmTuner::matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add) {
     if (s.tokens < kGemmTuneMinTokens || (add && add == y)) return false;
     GemmOperands o;
     o.x = x, o.w = w, o.y = y, o.add = add;
-    return product(s, o, stream, cublas);
+    return product(s, o, stream);
 }
 
 bool GemmTuner::matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16* y, cudaStream_t stream) {
     GemmOperands o;
     if (f.add && f.add == y) return false;
     o.x = f.xq, o.w = f.w, o.y = y, o.x_scale = f.x_scale, o.w_scale = f.w_scale, o.w_blocks = f.w_blocks, o.add = f.add;
-    return product(s, o, stream, nullptr);
+    return product(s, o, stream);
 }
 
-bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream, cublasHandle_t cublas) {
+bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream) {
     const uint32_t align = o.add ? common_alignment({o.x, o.w, o.y, o.add}) : common_alignment({o.x, o.w, o.y});
     const Impl::Key key{bucket_of(s.tokens), s.in, s.out, align, o.add != nullptr, o.fp8() ? 1 + o.w_blocks : 0};
     auto it = impl_->entries.find(key);
@@ -190,7 +191,7 @@ bool GemmTuner::product(const cpu::LinearShape& s, const GemmOperands& o, cudaSt
         cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
         CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
         if (capturing != cudaStreamCaptureStatusNone) return false;
-        it = impl_->entries.emplace(key, impl_->tune(s, align, o, stream, cublas)).first;
+        it = impl_->entries.emplace(key, impl_->tune(s, align, o, stream)).first;
     }
     const Impl::Entry& e = it->second;
     if (!e.usable || e.gemm_ex_fastest) return false;

@@ -149,7 +149,7 @@ void linear(cublasHandle_t handle, const LinearArgs& a, Launch at) {
         gemv_fused({s.in, s.out, x, w, bias, y}, at);
         return;
     }
-    if (!a.tuner || !a.tuner->matmul(s, x, w, y, stream, nullptr, handle)) gemm_ex(handle, s, x, w, y, stream);
+    if (!a.tuner || !a.tuner->matmul(s, x, w, y, stream)) gemm_ex(handle, s, x, w, y, stream);
     if (bias) {
         launch(add_bias_kernel, blocks_for(s.tokens * s.out, 256), 256, 0, at, s.tokens, s.out, bias, y);
         TPX_LAUNCH_CHECK();

@@ -76,8 +76,8 @@ void gemm_ex(cublasHandle_t cublas, const cpu::LinearShape& s, const bf16* x, co
 // PyTorch's TunableOp do: the first product of at least kGemmTuneMinTokens rows (every product
 // the decode GEMVs leave to cuBLAS) of a (rows rounded up to a power of two, K, N, pointer
 // alignment, with or without an added matrix) bucket times every algorithm cuBLASLt's heuristic
-// offers for it (at most kGemmTuneCandidates) on the caller's own operands, and, given the
-// caller's cuBLAS handle and no added matrix, cublasGemmEx's own choice; keeps the fastest and
+// offers for it (at most kGemmTuneCandidates) on the caller's own operands, and, given a cuBLAS
+// handle at construction and no added matrix, cublasGemmEx's own choice; keeps the fastest and
 // runs it; later products of the bucket run the kept one. matmul() declines (false: the caller
 // runs cublasGemmEx) below kGemmTuneMinTokens, where cublasGemmEx was the fastest, while the
 // stream is being captured and the bucket is not tuned yet (timing needs synchronisation),
@@ -100,7 +100,9 @@ struct Fp8Operands {
 struct GemmOperands;
 class GemmTuner {
 public:
-    GemmTuner();
+    // cublas (optional): a handle whose cublasGemmEx, on the product's stream, is timed beside
+    // the algorithms (the caller's, which runs it where the tuner declines).
+    explicit GemmTuner(cublasHandle_t cublas = nullptr);
     ~GemmTuner();
     GemmTuner(const GemmTuner&) = delete;
     GemmTuner& operator=(const GemmTuner&) = delete;
@@ -108,9 +110,7 @@ public:
     // y[T, N] = x[T, K] W[N, K]^T (+ add[T, N], summed in fp32 before the one rounding to bf16:
     // the residual add in the epilogue), bf16, fp32 sums; false where declined (nothing
     // enqueued). add must not be y.
-    // cublas: the caller's handle, whose cublasGemmEx is timed beside the algorithms.
-    bool matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add = nullptr,
-                cublasHandle_t cublas = nullptr);
+    bool matmul(const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream, const bf16* add = nullptr);
     // y[T, N] = the FP8 product (cuBLASLt's block-scaled FP8 GEMM, bf16 out) (+ f.add, as
     // matmul()'s), at any row count; false where declined, as matmul().
     bool matmul_fp8(const cpu::LinearShape& s, const Fp8Operands& f, bf16* y, cudaStream_t stream);
@@ -118,7 +118,7 @@ public:
     std::string summary() const;
 
 private:
-    bool product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream, cublasHandle_t cublas);
+    bool product(const cpu::LinearShape& s, const GemmOperands& o, cudaStream_t stream);
     struct Impl;
     Impl* impl_;
 };
