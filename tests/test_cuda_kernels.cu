@@ -678,13 +678,16 @@ TEST(CudaKernels, RopeDefaultAndLlama3) {
 }
 
 // RoPE writing K and V straight into the KV cache (RopeKvCache, as the executor runs a fused
-// QKV's rope beyond the decode GEMV's tokens) against RoPE, then attention()'s own KV write:
-// q and both caches bit for bit, from strided [q | k | v | pad] rows as the split's views, the
-// tokens at scattered slots and positions; the rows of other positions untouched.
+// QKV's rope where no decode GEMV takes it) against RoPE, then attention()'s own KV write: q and
+// both caches bit for bit, from strided [q | k | v | pad] rows as the split's views, the tokens
+// at scattered slots and positions; the rows of other positions untouched.
 TEST(CudaKernels, RopeWritingTheKvCacheEqualsRopeThenTheKvWrite) {
     REQUIRE_GPU();
-    for (int64_t hd : {64, 128}) {
-        cpu::RopeParams p{8, 2, hd, 500000.0};
+    struct Shape {
+        int64_t heads, kv_heads, hd;
+    };
+    for (auto [heads, kv_heads, hd] : {Shape{8, 2, 64}, {8, 2, 128}, {32, 8, 128}}) {  // the last: a block's rows in 3 passes
+        cpu::RopeParams p{heads, kv_heads, hd, 500000.0};
         const int64_t T = 11, slots = 4, max_seq = 40, qw = p.heads * hd, kw = p.kv_heads * hd, stride = qw + 2 * kw + 8;
         std::vector<int32_t> slot, pos;
         for (int64_t t = 0; t < T; ++t) slot.push_back((int32_t)(t % slots)), pos.push_back((int32_t)((t * 7 + 3) % max_seq));
@@ -709,11 +712,12 @@ TEST(CudaKernels, RopeWritingTheKvCacheEqualsRopeThenTheKvWrite) {
             }
             got.push_back(download(*dq)), got.push_back(download(*kc)), got.push_back(download(*vc));
         }
-        const std::string what = "head_dim " + std::to_string(hd);
+        const std::string what = std::to_string(heads) + " heads, head_dim " + std::to_string(hd);
         EXPECT_EQ(got[0], got[3]) << "q, " << what;
         EXPECT_EQ(got[1], got[4]) << "k cache, " << what;
         EXPECT_EQ(got[2], got[5]) << "v cache, " << what;
-        EXPECT_NE(got[1], cache0) << "the k cache was written, " << what;
+        EXPECT_NE(got[4], cache0) << "the fused k cache was written, " << what;
+        EXPECT_NE(got[5], cache0) << "the fused v cache was written, " << what;
     }
 }
 

@@ -1,4 +1,5 @@
-// Attention over the bf16 KV cache. A first kernel writes every token's K and V into its slot.
+// Attention over the bf16 KV cache. A first kernel writes every token's K and V into its slot
+// (unless given none: the caller wrote them).
 // Long prompt segments then attend in prefill_attention.cu (flash kernel or cuBLAS); every
 // other token (decode steps, short chunks) here, through a kernel with one block per (token,
 // query head): scores for the visible positions into shared memory (fp32), a block-wide

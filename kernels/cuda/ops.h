@@ -101,7 +101,8 @@ struct GemmOperands;
 class GemmTuner {
 public:
     // cublas (optional): a handle whose cublasGemmEx, on the product's stream, is timed beside
-    // the algorithms (the caller's, which runs it where the tuner declines).
+    // the algorithms (the caller's, which runs it where the tuner declines); it must outlive
+    // the tuner's last product.
     explicit GemmTuner(cublasHandle_t cublas = nullptr);
     ~GemmTuner();
     GemmTuner(const GemmTuner&) = delete;
@@ -232,8 +233,8 @@ void add(int64_t n, const bf16* a, const bf16* b, bf16* y, Launch at);
 // inv_freq: the rope_inv_freq() values (computed on the host, identical to the CPU twin's).
 // Reads q_in/k_in, whose rows are in_stride elements apart (0: packed), so that they may be
 // column slices of the fused QKV output; writes packed q/k (the same buffers for in place).
-// With k_cache set, rope() puts the rotated K and the V rows (v_in, v_stride elements apart)
-// straight into the caches' rows of (slot[t], positions[t]), max_seq positions a slot, where
+// With k_cache set, rope() puts the rotated K and the V rows (v_in, v_stride elements apart: a
+// row's width at least, never 0) straight into the caches' rows of (slot[t], positions[t]), max_seq positions a slot, where
 // attention()'s KV write would (then given no k and v), instead of writing k.
 struct RopeKvCache {
     bf16* k_cache = nullptr;
@@ -275,7 +276,8 @@ constexpr int64_t kAttentionGemmMinTokens = 64;
 // S = Q K^T in fp32, a masked softmax to bf16 P, O = P V, query rows in blocks so that each
 // block only multiplies the keys it can see. The other tokens go through a kernel with one
 // block per (token, head), 16-byte loads of K and V, several keys in flight per warp.
-// k and v both nullptr: they are in the caches already (gemv_fused's kRopeKv).
+// k and v both nullptr: they are in the caches already (gemv_fused's kRopeKv, or rope()'s
+// RopeKvCache).
 struct AttentionArgs {
     cpu::AttentionShape shape;
     const int32_t* slot = nullptr;

@@ -83,6 +83,7 @@ bool vec_applies(const RopeArgs& a) {
 bool rope_kv_applies(const RopeArgs& a) {
     const RopeKvCache& c = a.cache;
     return vec_applies(a) && c.k_cache && c.v_cache && c.v_in && c.slot && c.max_seq > 0 && c.v_stride % 8 == 0 &&
+           c.v_stride >= a.p.kv_heads * a.p.head_dim &&
            aligned16({c.k_cache, c.v_cache, c.v_in});
 }
 
