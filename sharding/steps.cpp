@@ -74,6 +74,7 @@ public:
             // The norm only goes in with an epilogue (lm_head + norm measured slower: docs/PERF.md).
             if (!f.swiglu && !f.split) continue;
             p_.fusions[n] = f;
+            if (f.rope) p_.rope_kv_of[f.rope] = f.attention;
             if (f.norm) {
                 p_.norm_of[f.norm] = n;
                 // The norm's inputs are read by the fused GEMV, later: they live until it.

@@ -254,6 +254,8 @@ TEST(Steps, FusionsAreDecidedFromTheGraphOnce) {
         EXPECT_EQ(norms, 2 * layers);
         EXPECT_EQ((int64_t)p.norm_of.size(), 2 * layers);
         EXPECT_EQ((int64_t)p.split_views.size(), layers);
+        EXPECT_EQ((int64_t)p.rope_kv_of.size(), layers);
+        for (const auto& [rope, attn] : p.rope_kv_of) EXPECT_EQ(attn->inputs[1]->producer, rope) << rope->name;
         EXPECT_EQ((int64_t)p.exchange_of.size(), tp > 1 ? 2 * layers - 1 : 0);
         EXPECT_EQ((int64_t)p.residual_epilogue.size(), tp > 1 ? 0 : 2 * layers);
         // A fused norm's inputs live until the GEMV that computes it.

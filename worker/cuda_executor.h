@@ -115,9 +115,6 @@ private:
     void* cublas_workspace_ = nullptr;
     std::unique_ptr<cuda::GemmTuner> tuner_;  // GEMMs' (9 rows or more) algorithms; none with gemm_tune = false
     StepProgram program_;  // liveness, split views and fusions, decided once (sharding/steps.h)
-    // A fused QKV's rope -> its fusion (program_.fusions): where no decode GEMV takes the rope,
-    // its kernel writes K and V into the attention's cache rows itself.
-    std::map<const Node*, const DecodeFusion*> rope_fusion_;
     std::set<const Node*> w8a8_;  // linears whose prefill may run as FP8 GEMMs (quant_prefill = "w8a8")
     std::map<int64_t, std::pair<__nv_bfloat16*, __nv_bfloat16*>> kv_;  // layer -> (k, v)
     std::map<const Node*, float*> inv_freq_;                            // per rope node

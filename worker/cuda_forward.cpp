@@ -113,13 +113,13 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
         const int64_t in_stride = a.stride(in(0));
         TPX_CHECK(in_stride == a.stride(in(1)), "rope: q and k views of different strides");
         cuda::RopeArgs ra{p, r, positions_, inv_freq_.at(n), a.data(in(0)), a.data(in(1)), q, k, in_stride};
-        auto fused = rope_fusion_.find(n);
-        if (fused != rope_fusion_.end()) {  // K and V straight into the cache: the attention writes none
-            const DecodeFusion& fu = *fused->second;
-            const Value* v = fu.split->out(2);
-            auto& kv = kv_.at(fu.attention->attr_int("layer"));
+        auto fused = program_.rope_kv_of.find(n);
+        if (fused != program_.rope_kv_of.end()) {  // K and V straight into the cache: the attention writes none
+            const Node* attn = fused->second;
+            const Value* v = attn->inputs[2];
+            auto& kv = kv_.at(attn->attr_int("layer"));
             ra.cache = {kv.first, kv.second, a.data(v), a.stride(v) ? a.stride(v) : width(v), slots_dev_, max_seq_};
-            if (cuda::rope_kv_applies(ra)) f.kv_written.insert(fu.attention);
+            if (cuda::rope_kv_applies(ra)) f.kv_written.insert(attn);
             else ra.cache = {};
         }
         cuda::rope(ra, launch_);

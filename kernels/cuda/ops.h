@@ -72,6 +72,9 @@ void linear(cublasHandle_t cublas, const LinearArgs& a, Launch at);
 // the tuner declines).
 void gemm_ex(cublasHandle_t cublas, const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream);
 
+// Most tokens gemv_fused takes: one by the batch-1 GEMV, 2 to this many on tensor cores (gemv_mma.cu).
+constexpr int64_t kGemvMaxTokens = 8;
+
 // The GEMMs' algorithm, chosen by timing (gemm_tuner.cu), as TensorRT-LLM's autotuner and
 // PyTorch's TunableOp do: the first product of at least kGemmTuneMinTokens rows (every product
 // the decode GEMVs leave to cuBLAS) of a (rows rounded up to a power of two, K, N, pointer
@@ -84,7 +87,7 @@ void gemm_ex(cublasHandle_t cublas, const cpu::LinearShape& s, const bf16* x, co
 // and where no algorithm takes the shape. One thread, one device (the one current at
 // construction); the workspace is its own, so products on two streams at once must not share
 // a tuner. Results differ from cublasGemmEx's only by the summation order of the algorithm.
-constexpr int64_t kGemmTuneMinTokens = 9;
+constexpr int64_t kGemmTuneMinTokens = kGemvMaxTokens + 1;
 constexpr int kGemmTuneCandidates = 8;
 // The operands of an FP8 product (w8a8, cpu::linear_w8a8): e4m3 x [T, K] and W [N, K], and
 // their fp32 scales per 128 columns, x_scale [K / 128, T] and w_scale [K / 128, N]; or, with
@@ -175,9 +178,6 @@ struct GemvRopeKv {
     bf16* v_cache = nullptr;
 };
 enum class GemvEpilogue { kNone, kSwiglu, kRopeKv };
-// Most tokens gemv_fused takes: one by the batch-1 GEMV, 2 to this many on tensor cores (gemv_mma.cu).
-constexpr int64_t kGemvMaxTokens = 8;
-static_assert(kGemmTuneMinTokens == kGemvMaxTokens + 1, "the tuner takes every product the GEMVs leave to cuBLAS");
 struct GemvFusedArgs {
     int64_t K = 0, N = 0;
     const bf16* x = nullptr;  // unused when the norm sums an exchange
