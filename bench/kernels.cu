@@ -8,6 +8,7 @@
 //   tpx-kbench --gemm    the prefill GEMMs: cublasGemmEx against every cuBLASLt heuristic's algorithm
 //   tpx-kbench --layer TP one decoder layer with one rank's shapes at tensor parallelism TP
 //   tpx-kbench --flash   prefill attention alone, 128 to 8192 tokens: the default, flash_tile "1x64", flash_short_max 0
+//   tpx-kbench --gemv-grid  the decode GEMV at 1 and 8 tokens, K = 4096, N from half a wave of 32-row tiles to seven
 //   tpx-kbench --moe     a Mixtral-shaped MoE layer at 1 to 64 tokens, dense against sparse
 //   tpx-kbench --quant   the quantized GEMVs (FP8, GPTQ int4) on the 8B's linears, and their dequantization;
 //                        then the FP8 layer's four GEMVs back to back (and, in a probe build, their phases)
@@ -986,6 +987,30 @@ void quant_sweep(cudaStream_t st) {
     for (void* p : {(void*)slot, (void*)pos, (void*)inv, (void*)kc, (void*)vc}) CUDA_CHECK(cudaFree(p));
 }
 
+// The decode GEMV's rate against how its tiles (32 rows) fill the SMs: K = 4096 and N from
+// a third of a wave of tiles to several, at 1 and 8 tokens; W streamed from HBM.
+void gemv_grid_sweep(cublasHandle_t h, cudaStream_t st) {
+    int dev = 0, count = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
+    const int64_t K = 4096, sms = count;
+    for (int64_t tiles : {sms / 2, sms - 4, sms, sms + 32, 3 * sms / 2, 2 * sms - 8, 2 * sms, 3 * sms, 7 * sms - 28, 7 * sms}) {
+        const int64_t N = 32 * tiles, wbytes = K * N * 2;
+        const int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / wbytes));
+        bf16* w = device_alloc<bf16>((size_t)copies * K * N);
+        bf16* x = device_alloc<bf16>(8 * K);
+        bf16* y = device_alloc<bf16>(8 * N, false);
+        for (int64_t T : {1, 8}) {
+            const double us = time_graph(st, [&](int i) {
+                cuda::linear(h, {{T, K, N}, x, w + (size_t)(i % copies) * K * N, nullptr, y, nullptr, cuda::LinearRoute::kAuto}, on(st));
+            });
+            row("gemv grid, " + std::to_string(tiles) + " tiles", "T=" + std::to_string(T) + " K=4096 N=" + std::to_string(N), us,
+                rate((double)wbytes, us));
+        }
+        cudaFree(w), cudaFree(x), cudaFree(y);
+    }
+}
+
 int main(int argc, char** argv) {
     bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -1010,6 +1035,10 @@ int main(int argc, char** argv) {
     }
     if (argc > 1 && std::strcmp(argv[1], "--moe") == 0) {
         moe_sweep(h, st);
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--gemv-grid") == 0) {
+        gemv_grid_sweep(h, st);
         return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--flash") == 0) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One decode step from a libtpx_trace.so timeline (bench/trace.cpp): where its time goes.
 
-    bench/timeline.py TRACE.csv [MATCH]
+    bench/timeline.py TRACE.csv [MATCH] [--sequence FIRST COUNT]
 
 Steps end at the argmax kernel (one a step, after the graph). For the middle half of the
 batch-1 steps (those with a kernel whose name holds MATCH: by default the bf16 step's fused
@@ -11,7 +11,10 @@ GPU's idle time between steps (the host's turn), and per kernel kind: calls a st
 microseconds each, the gap before each (negative: it started before the previous kernel ended,
 programmatic dependent launch), how far its end is past the latest end of the kernels before it
 in the step ("past": what it adds to the step when launches overlap; the step's first kernel
-counts 0) and milliseconds a step."""
+counts 0) and milliseconds a step. With --sequence, also kernels FIRST .. FIRST + COUNT - 1 of
+the steps in launch order (a layer's kernels one by one, where the kinds above pool o_proj with
+down_proj): for each, medians over the steps of its start and end relative to the end of the
+kernel before it and of its "past"."""
 import collections
 import csv
 import statistics
@@ -27,13 +30,17 @@ KINDS = [("fp8_ring_kernelILNS0_12GemvEpilogueE1ELb1", "fp8 gemv+norm+swiglu"), 
          ("gemv_split", "gemv split-k"), ("oneshot", "one-shot all-reduce"), ("attention_heads", "decode attention"), ("attention_split", "decode attention (split)"),
          ("argmax_partial", "argmax partial"), ("argmax_final", "argmax final"), ("rmsnorm", "rmsnorm"),
          ("embedding", "embedding"), ("to_f32", "to_f32"), ("nccl", "nccl"), ("memcpy", "copy"),
-         ("attention", "attention (other)")]
+         ("gemv_mma_kernelILNS0_12GemvEpilogueE0", "gemv mma"), ("gemv_mma_kernelILNS0_12GemvEpilogueE1", "gemv mma+swiglu"),
+         ("gemv_mma_kernelILNS0_12GemvEpilogueE2", "gemv mma+rope"), ("attention", "attention (other)")]
 
 
 def kind(name):
     for key, label in KINDS:
         if key in name:
             return label
+    for prefix in ("_ZN3tpx4cuda12_GLOBAL__N_1", "_ZN3tpx4cuda"):  # the rest: the mangled name past tpx's namespaces
+        if name.startswith(prefix):
+            return name[len(prefix):].lstrip("0123456789")[:48]
     return name[:48]
 
 
@@ -46,7 +53,7 @@ def main():
     ends = [i for i, e in enumerate(ev) if "argmax_final" in e[2]]
     steps = [ev[a + 1:b + 1] for a, b in zip(ends, ends[1:])]
     gaps_between = [steps[i][0][0] - steps[i - 1][-1][1] for i in range(1, len(steps))]
-    match = sys.argv[2] if len(sys.argv) > 2 else "gemv_kernelILNS0_12GemvEpilogueE1"
+    match = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "--sequence" else "gemv_kernelILNS0_12GemvEpilogueE1"
     b1 = [i for i, s in enumerate(steps) if any(match in e[2] for e in s)]
     mid = b1[len(b1) // 4:3 * len(b1) // 4]
     if not mid:
@@ -74,6 +81,28 @@ def main():
         print("%-44s %6.1f %9.2f %9.2f %9.2f %9.4f" % (k[:44], c / n, d / c / 1e3, g / c / 1e3, p / c / 1e3, d / n / 1e6))
     print("sum of kernel times %.4f ms, sum of gaps %.4f ms" % (sum(v[1] for v in per.values()) / n / 1e6,
                                                                 sum(v[2] for v in per.values()) / n / 1e6))
+    if "--sequence" in sys.argv:
+        at = sys.argv.index("--sequence")
+        sequence(group, int(sys.argv[at + 1]), int(sys.argv[at + 2]))
+
+
+def sequence(group, first, count):
+    """Kernels first .. first + count - 1 of each step in launch (start) order: median start and end
+    relative to the previous kernel's end, duration and past, us."""
+    print("%-4s %-44s %9s %9s %9s %9s" % ("#", "kernel (grid)", "start us", "end us", "us", "past us"))
+    for i in range(max(first, 1), first + count):  # (the step's first kernel has none before it)
+        rows = []
+        for s in group:
+            if i >= len(s):
+                continue
+            latest = max(e[1] for e in s[:i])
+            e = s[i]
+            rows.append((e[0] - s[i - 1][1], e[1] - s[i - 1][1], e[1] - e[0], max(0, e[1] - latest)))
+        if not rows:
+            break
+        med = [statistics.median(r[k] for r in rows) / 1e3 for k in range(4)]
+        name = kind(group[0][i][2]) + " (grid %s)" % group[0][i][3]
+        print("%-4d %-44s %9.2f %9.2f %9.2f %9.2f" % (i, name[:44], med[0], med[1], med[2], med[3]))
 
 
 if __name__ == "__main__":
