@@ -357,8 +357,8 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
 // unfused kernels over every token (linear(), then silu_mul_fused, or rope + attention writing
 // the caches), each token at its own slot and position. Shapes: K not a multiple of the
 // 64-column step (1000, 4104), K = 14336 (down_proj), N not a multiple of the 32-row tile, more
-// tiles than SMs (blocks of several tiles); 2, 5 and 8 tokens (an odd count leaves the mma's
-// last column empty).
+// tiles than SMs (blocks of several tiles; 192 tiles, one a block and two blocks an SM where the
+// GPU has 96 to 191 SMs); 2, 5 and 8 tokens (an odd count leaves the mma's last column empty).
 TEST(CudaKernels, GemvOfUpToEightTokensOnTensorCores) {
     REQUIRE_GPU();
     cublasHandle_t h;
@@ -372,6 +372,7 @@ TEST(CudaKernels, GemvOfUpToEightTokensOnTensorCores) {
     for (int64_t T : {2, 5, 8}) {
         for (Case c : {Case{1000, 37, true, cuda::GemvEpilogue::kNone}, Case{4104, 300, false, cuda::GemvEpilogue::kNone},
                        Case{1000, 20000, false, cuda::GemvEpilogue::kNone}, Case{14336, 256, true, cuda::GemvEpilogue::kNone},
+                       Case{4096, 6144, true, cuda::GemvEpilogue::kNone}, Case{4096, 6144, false, cuda::GemvEpilogue::kSwiglu},
                        Case{4096, 600, true, cuda::GemvEpilogue::kSwiglu}, Case{4096, 9000, false, cuda::GemvEpilogue::kSwiglu},
                        Case{512, 600, false, cuda::GemvEpilogue::kSwiglu}, Case{512, (heads + 2 * kvh) * hd, true, cuda::GemvEpilogue::kRopeKv},
                        Case{4096, (heads + 2 * kvh) * hd, false, cuda::GemvEpilogue::kRopeKv}}) {

@@ -122,7 +122,12 @@ void launch_mma(const MmaArgs& a, int64_t items, int64_t pair, Launch at) {
         return true;
     }();
     (void)raised;
-    const Grid g = grid_for((items + kTileItems<E> - 1) / kTileItems<E>);
+    const int64_t tiles = (items + kTileItems<E> - 1) / kTileItems<E>;
+    Grid g = grid_for(tiles);
+    // More tiles than SMs, at most twice as many (the 8B's fused QKV: 192): one tile a block of
+    // `split` warps, two blocks an SM, rather than blocks of two tiles on part of the SMs (batch 8
+    // 4.33 -> 4.27 ms, docs/PERF.md). The same split, so the same sums.
+    if (g.warps == 2 * g.split && 2 * smem_bytes(g.split) <= optin_smem()) g = {(unsigned)tiles, g.split, g.split};
     // The weights stream through L2 once: evict-first (docs/PERF.md), so that they do not push
     // out what the kernels around them read.
     const Streamed weights{a.w, (size_t)a.N * (size_t)a.K * sizeof(bf16)};
