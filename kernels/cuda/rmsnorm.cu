@@ -46,8 +46,16 @@ static_assert(kThreads * 8 * kVecPerThread == kRmsnormVecMaxWidth, "ops.h states
 template <bool kAdd, bool kFp8>
 __global__ void rmsnorm_vec_kernel(int64_t width, float eps, const bf16* x, const bf16* res_in, bf16* residual, const bf16* w, bf16* y,
                                    ActFp8 y8) {
-    pdl_entry();  // see common.cuh
     int64_t row = blockIdx.x, nvec = width / 8;
+    // The norm weight (a parameter: no kernel writes it) before the wait for the kernel before, so
+    // that the scaling does not wait on memory after the sum of squares.
+    uint4 wk[kVecPerThread];
+#pragma unroll
+    for (int k = 0; k < kVecPerThread; ++k) {
+        int64_t i = threadIdx.x + k * kThreads;
+        if (i < nvec) wk[k] = __ldg(reinterpret_cast<const uint4*>(w) + i);
+    }
+    pdl_entry();  // see common.cuh
     const uint4* xr = reinterpret_cast<const uint4*>(x + row * width);
     float v[kVecPerThread][8];
     float ss = 0;
@@ -72,7 +80,7 @@ __global__ void rmsnorm_vec_kernel(int64_t width, float eps, const bf16* x, cons
         int64_t i = threadIdx.x + k * kThreads;
         if (i >= nvec) break;
         float wf[8], o[8];
-        unpack8(reinterpret_cast<const uint4*>(w)[i], wf);
+        unpack8(wk[k], wf);
 #pragma unroll
         for (int j = 0; j < 8; ++j) o[j] = wf[j] * (v[k][j] * inv);
         if constexpr (kFp8) {
