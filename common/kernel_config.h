@@ -11,7 +11,7 @@ namespace tpx {
 
 struct KernelConfig {
     bool pdl = true;                   // programmatic dependent launch (sm_90 and newer)
-    bool gemv_early = true;            // GEMVs issue their first weight loads before the PDL wait
+    bool gemv_early = true;            // GEMVs (and the vector norm its weight) issue their first weight loads before the PDL wait
     int gemv_splitk = 0;               // warps per row of the plain GEMV: 0 = chosen by K; 1, 2 or 4
     bool gemv_balance = true;          // the norm GEMV's grid: resident blocks, each an equal range of rows
     bool sum_wide = true;              // the summing GEMV in blocks of 512 threads (false: 256)

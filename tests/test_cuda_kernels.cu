@@ -357,8 +357,9 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
 // unfused kernels over every token (linear(), then silu_mul_fused, or rope + attention writing
 // the caches), each token at its own slot and position. Shapes: K not a multiple of the
 // 64-column step (1000, 4104), K = 14336 (down_proj), N not a multiple of the 32-row tile, more
-// tiles than SMs (blocks of several tiles; 192 tiles, one a block and two blocks an SM where the
-// GPU has 96 to 191 SMs); 2, 5 and 8 tokens (an odd count leaves the mma's last column empty).
+// tiles than SMs (blocks of several tiles; the 8B's QKV shapes, 192 tiles, one a block and up to
+// two blocks an SM where the GPU has 96 to 191 SMs); 2, 5 and 8 tokens (an odd count leaves the
+// mma's last column empty).
 TEST(CudaKernels, GemvOfUpToEightTokensOnTensorCores) {
     REQUIRE_GPU();
     cublasHandle_t h;
@@ -367,15 +368,18 @@ TEST(CudaKernels, GemvOfUpToEightTokensOnTensorCores) {
         int64_t K, N;
         bool bias;
         cuda::GemvEpilogue epi;
+        int64_t heads = 4, kvh = 2, hd = 64;  // kRopeKv: N = (heads + 2 kvh) hd
     };
-    const int64_t heads = 4, kvh = 2, hd = 64, max_seq = 16, slots = 8;
+    const int64_t max_seq = 16, slots = 8;
     for (int64_t T : {2, 5, 8}) {
         for (Case c : {Case{1000, 37, true, cuda::GemvEpilogue::kNone}, Case{4104, 300, false, cuda::GemvEpilogue::kNone},
                        Case{1000, 20000, false, cuda::GemvEpilogue::kNone}, Case{14336, 256, true, cuda::GemvEpilogue::kNone},
                        Case{4096, 6144, true, cuda::GemvEpilogue::kNone}, Case{4096, 6144, false, cuda::GemvEpilogue::kSwiglu},
                        Case{4096, 600, true, cuda::GemvEpilogue::kSwiglu}, Case{4096, 9000, false, cuda::GemvEpilogue::kSwiglu},
-                       Case{512, 600, false, cuda::GemvEpilogue::kSwiglu}, Case{512, (heads + 2 * kvh) * hd, true, cuda::GemvEpilogue::kRopeKv},
-                       Case{4096, (heads + 2 * kvh) * hd, false, cuda::GemvEpilogue::kRopeKv}}) {
+                       Case{512, 600, false, cuda::GemvEpilogue::kSwiglu}, Case{512, (4 + 2 * 2) * 64, true, cuda::GemvEpilogue::kRopeKv},
+                       Case{4096, (4 + 2 * 2) * 64, false, cuda::GemvEpilogue::kRopeKv},
+                       Case{4096, (32 + 2 * 8) * 128, false, cuda::GemvEpilogue::kRopeKv, 32, 8, 128}}) {
+            const int64_t heads = c.heads, kvh = c.kvh, hd = c.hd;
             SCOPED_TRACE("T " + std::to_string(T) + " K " + std::to_string(c.K) + " N " + std::to_string(c.N) + " epilogue " +
                          std::to_string((int)c.epi));
             auto x = random_bf16(T * c.K), w = random_bf16(c.N * c.K, 0.05f), b = random_bf16(c.N);

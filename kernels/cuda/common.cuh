@@ -17,8 +17,9 @@ inline unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + thre
 // Programmatic dependent launch (sm_90): every kernel here is started by launch(), which lets the
 // GPU launch it, and its blocks take free SMs, while the kernel before it on the stream is still
 // draining; in a captured graph the two become one programmatic edge. So every kernel here
-// begins with pdl_entry(): it waits for the grids before it to finish, their writes visible,
-// before it reads or writes anything, then lets the next kernel launch (after the wait, so that
+// calls pdl_entry() before it writes anything or reads what the kernel before it may write (a
+// kernel may read weights before it, [backend.tuning] gemv_early): it waits for the grids before
+// it to finish, their writes visible, then lets the next kernel launch (after the wait, so that
 // at most one grid waits beside the one running). Off (ordinary launches) with backend.tuning.pdl = false.
 __device__ __forceinline__ void pdl_entry() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -122,12 +122,14 @@ void launch_mma(const MmaArgs& a, int64_t items, int64_t pair, Launch at) {
         return true;
     }();
     (void)raised;
-    const int64_t tiles = (items + kTileItems<E> - 1) / kTileItems<E>;
-    Grid g = grid_for(tiles);
-    // More tiles than SMs, at most twice as many (the 8B's fused QKV: 192): one tile a block of
-    // `split` warps, two blocks an SM, rather than blocks of two tiles on part of the SMs (batch 8
-    // 4.33 -> 4.27 ms, docs/PERF.md). The same split, so the same sums.
-    if (g.warps == 2 * g.split && 2 * smem_bytes(g.split) <= optin_smem()) g = {(unsigned)tiles, g.split, g.split};
+    // Whether blocks of 4 warps (grid_for's split where tiles come two a block) fit twice on an
+    // SM: then grid_for gives such tiles one a block (the 8B's fused QKV, 192 tiles: docs/PERF.md).
+    static const bool two_an_sm = [&] {
+        int per_sm = 0;
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps / 2 * 32, smem_bytes(kWarps / 2)));
+        return per_sm >= 2;
+    }();
+    const Grid g = grid_for((items + kTileItems<E> - 1) / kTileItems<E>, two_an_sm);
     // The weights stream through L2 once: evict-first (docs/PERF.md), so that they do not push
     // out what the kernels around them read.
     const Streamed weights{a.w, (size_t)a.N * (size_t)a.K * sizeof(bf16)};

@@ -226,7 +226,8 @@ void rmsnorm(const RmsnormArgs& a, Launch at);
 // thread a turn).
 constexpr int64_t kRmsnormVecMaxWidth = 8192;
 // residual_out = residual_in + x (rounded to bf16), y = rmsnorm(residual_out); residual_in may
-// be residual_out (in place), neither may alias x.
+// be residual_out (in place), neither may alias x. (Both norms' vector kernel reads w before its
+// wait for the kernel before, with gemv_early: that kernel must not write w.)
 void add_rmsnorm(const RmsnormArgs& a, const bf16* residual_in, bf16* residual_out, Launch at);
 void add(int64_t n, const bf16* a, const bf16* b, bf16* y, Launch at);
 

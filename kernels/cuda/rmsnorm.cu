@@ -43,19 +43,24 @@ static_assert(kThreads * 8 * kVecPerThread == kRmsnormVecMaxWidth, "ops.h states
 // stores, the row held in registers between the sum of squares and the scaling. kFp8 (rows of
 // whole 128-column blocks): y's bf16 values written in their e4m3 form y8 instead, a half-warp
 // holding each block (the grid's blocks are the rows: gridDim.x tokens).
+// early ([backend.tuning] gemv_early): the norm weight (a parameter, which the kernel before
+// does not write) is loaded before the wait for that kernel, so that the scaling does not wait on
+// memory after the sum of squares.
 template <bool kAdd, bool kFp8>
 __global__ void rmsnorm_vec_kernel(int64_t width, float eps, const bf16* x, const bf16* res_in, bf16* residual, const bf16* w, bf16* y,
-                                   ActFp8 y8) {
+                                   ActFp8 y8, bool early) {
     int64_t row = blockIdx.x, nvec = width / 8;
-    // The norm weight (a parameter: no kernel writes it) before the wait for the kernel before, so
-    // that the scaling does not wait on memory after the sum of squares.
     uint4 wk[kVecPerThread];
+    auto load_weight = [&] {
 #pragma unroll
-    for (int k = 0; k < kVecPerThread; ++k) {
-        int64_t i = threadIdx.x + k * kThreads;
-        if (i < nvec) wk[k] = __ldg(reinterpret_cast<const uint4*>(w) + i);
-    }
+        for (int k = 0; k < kVecPerThread; ++k) {
+            int64_t i = threadIdx.x + k * kThreads;
+            if (i < nvec) wk[k] = __ldg(reinterpret_cast<const uint4*>(w) + i);
+        }
+    };
+    if (early) load_weight();
     pdl_entry();  // see common.cuh
+    if (!early) load_weight();
     const uint4* xr = reinterpret_cast<const uint4*>(x + row * width);
     float v[kVecPerThread][8];
     float ss = 0;
@@ -104,10 +109,10 @@ void launch_fp8(const RmsnormArgs& a, const bf16* residual_in, bf16* residual_ou
                   " wide, operands on 16 bytes");
     if (residual_in)
         launch(rmsnorm_vec_kernel<true, true>, (unsigned)a.tokens, kThreads, 0, at, a.width, a.eps, a.x, residual_in, residual_out, a.w,
-               a.y, a.y8);
+               a.y, a.y8, at.config->gemv_early);
     else
         launch(rmsnorm_vec_kernel<false, true>, (unsigned)a.tokens, kThreads, 0, at, a.width, a.eps, a.x, residual_in, residual_out, a.w,
-               a.y, a.y8);
+               a.y, a.y8, at.config->gemv_early);
     TPX_LAUNCH_CHECK();
 }
 
@@ -125,7 +130,8 @@ void rmsnorm(const RmsnormArgs& a, Launch at) {
     if (tokens == 0) return;
     if (a.y8.q) return launch_fp8(a, nullptr, nullptr, at);
     if (vec_ok(width, {x, w, y}))
-        launch(rmsnorm_vec_kernel<false, false>, (unsigned)tokens, kThreads, 0, at, width, eps, x, nullptr, nullptr, w, y, ActFp8{});
+        launch(rmsnorm_vec_kernel<false, false>, (unsigned)tokens, kThreads, 0, at, width, eps, x, nullptr, nullptr, w, y, ActFp8{},
+               at.config->gemv_early);
     else launch(rmsnorm_kernel<false>, (unsigned)tokens, kThreads, 0, at, width, eps, x, nullptr, nullptr, w, y);
     TPX_LAUNCH_CHECK();
 }
@@ -139,7 +145,8 @@ void add_rmsnorm(const RmsnormArgs& a, const bf16* residual_in, bf16* residual_o
     if (tokens == 0) return;
     if (a.y8.q) return launch_fp8(a, residual_in, residual_out, at);
     if (vec_ok(width, {x, residual_in, residual_out, w, y}))
-        launch(rmsnorm_vec_kernel<true, false>, (unsigned)tokens, kThreads, 0, at, width, eps, x, residual_in, residual_out, w, y, ActFp8{});
+        launch(rmsnorm_vec_kernel<true, false>, (unsigned)tokens, kThreads, 0, at, width, eps, x, residual_in, residual_out, w, y, ActFp8{},
+               at.config->gemv_early);
     else launch(rmsnorm_kernel<true>, (unsigned)tokens, kThreads, 0, at, width, eps, x, residual_in, residual_out, w, y);
     TPX_LAUNCH_CHECK();
 }

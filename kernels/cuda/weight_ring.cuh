@@ -64,18 +64,22 @@ struct LineCopies {
 __device__ inline int line_chunk(int row, int chunk) { return row * kLine + ((chunk ^ (row & 7)) << 4); }
 
 // The block shape: blocks of tpb tiles, tpb = tiles / SMs rounded up (8, and more waves, past 8),
-// and as many warps a tile (split, a power of two) as 8 warps a block allow, so that the grid is
-// at most one block an SM (one wave) and a tile's steps are spread over as many warps as fit.
-// It depends on the tile count only, so that a row's sums are added in the same order whatever
-// the epilogue (fused and unfused paths agree bit for bit).
+// and as many warps a tile (split, a power of two) as 8 warps a block allow, so that up to 8
+// tiles an SM the grid is one wave of at most one block an SM and a tile's steps are spread over
+// as many warps as fit. With two_an_sm (the caller's blocks of `split` warps fit twice on an
+// SM), more tiles than SMs and at most twice as many take one tile a block instead (tpb 2 would
+// leave SMs idle): every SM streams, up to two blocks on one. Either way the split depends on the
+// tile count only, so that a row's sums are added in the same order whatever the epilogue (fused
+// and unfused paths agree bit for bit).
 struct Grid {
     unsigned blocks;
     int warps, split;
 };
-inline Grid grid_for(int64_t tiles) {
+inline Grid grid_for(int64_t tiles, bool two_an_sm = false) {
     const int tpb = (int)std::min<int64_t>(kWarps, (tiles + sm_count() - 1) / sm_count());
     int split = 1;
     while (tpb * split * 2 <= kWarps) split *= 2;
+    if (tpb == 2 && two_an_sm) return {(unsigned)tiles, split, split};
     return {(unsigned)((tiles + tpb - 1) / tpb), tpb * split, split};
 }
 
