@@ -987,8 +987,9 @@ void quant_sweep(cudaStream_t st) {
     for (void* p : {(void*)slot, (void*)pos, (void*)inv, (void*)kc, (void*)vc}) CUDA_CHECK(cudaFree(p));
 }
 
-// The decode GEMV's rate against how its tiles (32 rows) fill the SMs: K = 4096 and N from
-// a third of a wave of tiles to several, at 1 and 8 tokens; W streamed from HBM.
+// The decode GEMV's rate against how the batch GEMV's tiles (32 rows) fill the SMs: K = 4096 and
+// N from half a wave of tiles to seven, at 8 tokens (and 1, whose GEMV has no such tiles: the same
+// shapes for comparison); W streamed from HBM.
 void gemv_grid_sweep(cublasHandle_t h, cudaStream_t st) {
     int dev = 0, count = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
@@ -1007,7 +1008,7 @@ void gemv_grid_sweep(cublasHandle_t h, cudaStream_t st) {
             row("gemv grid, " + std::to_string(tiles) + " tiles", "T=" + std::to_string(T) + " K=4096 N=" + std::to_string(N), us,
                 rate((double)wbytes, us));
         }
-        cudaFree(w), cudaFree(x), cudaFree(y);
+        for (void* p : {(void*)w, (void*)x, (void*)y}) CUDA_CHECK(cudaFree(p));
     }
 }
 

@@ -14,7 +14,8 @@ in the step ("past": what it adds to the step when launches overlap; the step's 
 counts 0) and milliseconds a step. With --sequence, also kernels FIRST .. FIRST + COUNT - 1 of
 the steps in launch order (a layer's kernels one by one, where the kinds above pool o_proj with
 down_proj): for each, medians over the steps of its start and end relative to the end of the
-kernel before it and of its "past"."""
+kernel before it and of its "past" (kernel 0, with none before it, is not listed)."""
+import argparse
 import collections
 import csv
 import statistics
@@ -44,17 +45,26 @@ def kind(name):
     return name[:48]
 
 
+def label(e):
+    return kind(e[2]) + " (grid %s)" % e[3]
+
+
 def main():
+    ap = argparse.ArgumentParser(description="one decode step from a libtpx_trace.so timeline")
+    ap.add_argument("trace")
+    ap.add_argument("match", nargs="?", default="gemv_kernelILNS0_12GemvEpilogueE1",
+                    help="a kernel name part that only the summarised steps have")
+    ap.add_argument("--sequence", nargs=2, type=int, metavar=("FIRST", "COUNT"))
+    args = ap.parse_args()
     ev = []
-    with open(sys.argv[1]) as f:
+    with open(args.trace) as f:
         for r in csv.DictReader(f):
             ev.append((int(r["start_ns"]), int(r["end_ns"]), r["name"], r["grid_x"]))
     ev.sort()
     ends = [i for i, e in enumerate(ev) if "argmax_final" in e[2]]
     steps = [ev[a + 1:b + 1] for a, b in zip(ends, ends[1:])]
     gaps_between = [steps[i][0][0] - steps[i - 1][-1][1] for i in range(1, len(steps))]
-    match = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "--sequence" else "gemv_kernelILNS0_12GemvEpilogueE1"
-    b1 = [i for i, s in enumerate(steps) if any(match in e[2] for e in s)]
+    b1 = [i for i, s in enumerate(steps) if any(args.match in e[2] for e in s)]
     mid = b1[len(b1) // 4:3 * len(b1) // 4]
     if not mid:
         sys.exit("no batch-1 decode steps in the trace")
@@ -67,7 +77,7 @@ def main():
     for s in group:
         prev_end = None
         for e in s:
-            k = kind(e[2]) + " (grid %s)" % e[3]
+            k = label(e)
             c = per.setdefault(k, [0, 0, 0, 0])
             c[0] += 1
             c[1] += e[1] - e[0]
@@ -81,12 +91,11 @@ def main():
         print("%-44s %6.1f %9.2f %9.2f %9.2f %9.4f" % (k[:44], c / n, d / c / 1e3, g / c / 1e3, p / c / 1e3, d / n / 1e6))
     print("sum of kernel times %.4f ms, sum of gaps %.4f ms" % (sum(v[1] for v in per.values()) / n / 1e6,
                                                                 sum(v[2] for v in per.values()) / n / 1e6))
-    if "--sequence" in sys.argv:
-        at = sys.argv.index("--sequence")
-        sequence(group, int(sys.argv[at + 1]), int(sys.argv[at + 2]))
+    if args.sequence:
+        print_sequence(group, *args.sequence)
 
 
-def sequence(group, first, count):
+def print_sequence(group, first, count):
     """Kernels first .. first + count - 1 of each step in launch (start) order: median start and end
     relative to the previous kernel's end, duration and past, us."""
     print("%-4s %-44s %9s %9s %9s %9s" % ("#", "kernel (grid)", "start us", "end us", "us", "past us"))
@@ -101,7 +110,7 @@ def sequence(group, first, count):
         if not rows:
             break
         med = [statistics.median(r[k] for r in rows) / 1e3 for k in range(4)]
-        name = kind(group[0][i][2]) + " (grid %s)" % group[0][i][3]
+        name = label(next(s[i] for s in group if i < len(s)))
         print("%-4d %-44s %9.2f %9.2f %9.2f %9.2f" % (i, name[:44], med[0], med[1], med[2], med[3]))
 
 
