@@ -160,10 +160,13 @@ std::string StepProgram::describe() const {
             if (f.norm) os << " with " << f.norm->op << " (" << f.norm->name << ") before at one token";
             if (f.swiglu) os << ", SwiGLU (" << f.swiglu->name << ") after";
             if (f.split) os << ", RoPE (" << f.rope->name << ") and the KV-cache write of " << f.attention->name << " after";
+            if (f.split && rope_kv_of.count(f.rope))
+                os << "; where no GEMV takes it (prefill, larger batches), " << f.rope->name << " writes K and V into "
+                   << rope_kv_of.at(f.rope)->name << "'s cache";
         } else if (exchange_of.count(n)) {
             os << "linear; batch 1: GEMV pushing its all-reduce, summed by the GEMV of " << norm_of.at(exchange_of.at(n))->name;
         } else if (residual_epilogue.count(n)) {
-            os << "linear; prefill: the residual of " << residual_epilogue.at(n)->name << " added in the GEMM's epilogue";
+            os << "linear; 9 rows or more: the residual of " << residual_epilogue.at(n)->name << " added in the GEMM's epilogue";
         } else if (n->kind == Op::kSplit && split_views.count(n)) {
             os << "split as column views (no copies)";
         } else {
