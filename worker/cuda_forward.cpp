@@ -109,12 +109,11 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
     case Op::kRope: {
         cpu::RopeParams p = rope_params(*n);
         bf16* q = a.make(n->out(0), r);
-        bf16* k = a.make(n->out(1), r);
         const int64_t in_stride = a.stride(in(0));
         TPX_CHECK(in_stride == a.stride(in(1)), "rope: q and k views of different strides");
-        cuda::RopeArgs ra{p, r, positions_, inv_freq_.at(n), a.data(in(0)), a.data(in(1)), q, k, in_stride};
+        cuda::RopeArgs ra{p, r, positions_, inv_freq_.at(n), a.data(in(0)), a.data(in(1)), q, nullptr, in_stride};
         auto fused = program_.rope_kv_of.find(n);
-        if (fused != program_.rope_kv_of.end()) {  // K and V straight into the cache: the attention writes none
+        if (fused != program_.rope_kv_of.end()) {  // K and V straight into the cache: the attention writes none, k is not made
             const Node* attn = fused->second;
             const Value* v = attn->inputs[2];
             auto& kv = kv_.at(attn->attr_int("layer"));
@@ -122,6 +121,7 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
             if (cuda::rope_kv_applies(ra)) f.kv_written.insert(attn);
             else ra.cache = {};
         }
+        if (!ra.cache.k_cache) ra.k = a.make(n->out(1), r);
         cuda::rope(ra, launch_);
         break;
     }

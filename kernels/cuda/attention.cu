@@ -465,8 +465,10 @@ void attention_tokens(const AttentionArgs& a, int64_t t0, int64_t t1, Launch at)
         else go(attention_split_kernel<256>);
         return;
     }
+    // attention_heads_kernel's shared memory for G heads: partial sums, then scores.
+    auto heads_smem = [&](int64_t G) { return (size_t)(kWarps * G * s.head_dim + G * visible) * sizeof(float); };
     auto heads_kernel = [&](auto kernel, int64_t G) {
-        const size_t smem = (size_t)(kWarps * G * s.head_dim + G * visible) * sizeof(float);
+        const size_t smem = heads_smem(G);
         allow_smem((const void*)kernel, smem);
         launch(kernel, dim3((unsigned)(t1 - t0), (unsigned)(s.heads / G)), kThreads, smem, at, s, t0, slot, pos, q, k_cache, v_cache, out,
                early);
@@ -475,9 +477,8 @@ void attention_tokens(const AttentionArgs& a, int64_t t0, int64_t t1, Launch at)
     // GQA: one block for a KV head's G query heads where that still gives every SM a block
     // (tokens x kv_heads >= SMs; a batch-64 decode step) and their scores fit in shared memory.
     const int64_t G = s.heads / s.kv_heads;
-    const size_t gqa_smem = (size_t)(kWarps * G * s.head_dim + G * visible) * sizeof(float);
     if (at.config->attention_gqa && (G == 2 || G == 4 || G == 8) && (s.head_dim == 64 || s.head_dim == 128) &&
-        (t1 - t0) * s.kv_heads >= sm_count() && gqa_smem <= 227 * 1024) {
+        (t1 - t0) * s.kv_heads >= sm_count() && heads_smem(G) <= 227 * 1024) {
         if (s.head_dim == 128 && G == 4) heads_kernel(attention_heads_kernel<128, 4>, G);
         else if (s.head_dim == 128 && G == 2) heads_kernel(attention_heads_kernel<128, 2>, G);
         else if (s.head_dim == 128) heads_kernel(attention_heads_kernel<128, 8>, G);

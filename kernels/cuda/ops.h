@@ -236,7 +236,7 @@ void add(int64_t n, const bf16* a, const bf16* b, bf16* y, Launch at);
 // column slices of the fused QKV output; writes packed q/k (the same buffers for in place).
 // With k_cache set, rope() puts the rotated K and the V rows (v_in, v_stride elements apart: a
 // row's width at least, never 0) straight into the caches' rows of (slot[t], positions[t]), max_seq positions a slot, where
-// attention()'s KV write would (then given no k and v), instead of writing k.
+// attention()'s KV write would (then given no k and v), instead of writing k (k unused: may be nullptr).
 struct RopeKvCache {
     bf16* k_cache = nullptr;
     bf16* v_cache = nullptr;
