@@ -957,6 +957,15 @@ void quant_sweep(cudaStream_t st) {
                     });
                     row(name + (mma ? " mma" : " fma"), "T=" + std::to_string(T) + dims, us, rate((double)(wbytes + sbytes), us) + (copies < kReps ? " (L2 may help)" : ""));
                 }
+            // The tensor-core GEMV at one token on one copy of the weights (in L2 where they fit: what
+            // the kernel takes when the bytes come fast, against the rows above that stream them).
+            tuning.quant_mma = true;
+            const double one_copy = time_graph(st, [&](int) {
+                cuda::QuantGemvArgs a;
+                a.w = at(0), a.tokens = 1, a.x = x, a.y = y;
+                cuda::quant_gemv(a, on(st));
+            });
+            row(name + " mma one copy", "T=1" + dims, one_copy, rate((double)(wbytes + sbytes), one_copy));
             // With the norm prologue (and gate_up's SwiGLU, qkv's RoPE + cache write) at one token, as
             // the decode step runs them.
             if (std::strcmp(sh.name, "down") != 0) {
