@@ -957,8 +957,10 @@ void quant_sweep(cudaStream_t st) {
                     });
                     row(name + (mma ? " mma" : " fma"), "T=" + std::to_string(T) + dims, us, rate((double)(wbytes + sbytes), us) + (copies < kReps ? " (L2 may help)" : ""));
                 }
-            // The tensor-core GEMV at one token on one copy of the weights (in L2 where they fit: what
-            // the kernel takes when the bytes come fast, against the rows above that stream them).
+            // The tensor-core GEMV at one token (FP8: its ring form) on one copy of the weights, read
+            // again each launch: against the rows above, which stream 20 copies from HBM, what the
+            // kernel takes when its bytes can come from L2 (as far as its evict-first loads, or the
+            // ring's streaming window, leave them there: the hit rate is not measured).
             tuning.quant_mma = true;
             const double one_copy = time_graph(st, [&](int) {
                 cuda::QuantGemvArgs a;
