@@ -1,16 +1,15 @@
-// The quantized reader: quantization_config parsed and checked, packed tensors grouped into
+// The quantized reader (quantization_config itself: quant_config.cpp): packed tensors grouped into
 // linears and validated, and each read of a virtual X.weight turned into reads of exactly the
 // packed slices it needs, then dequantized (loader/dequant.h). read() and read_bytes() plan the
 // packed reads with one function, so a rank's bytes read equal its plan's.
 #include "loader/quantized.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <set>
-
-#include <nlohmann/json.hpp>
 
 #include "loader/dequant.h"
 #include "loader/read_pool.h"
@@ -18,7 +17,6 @@
 namespace tpx {
 namespace {
 
-using json = nlohmann::json;
 using Method = QuantConfig::Method;
 
 [[noreturn]] void fail(const std::string& where, const std::string& message) { throw CheckpointError(where + ": " + message); }
@@ -27,13 +25,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 std::string strip(const std::string& s, const std::string& suffix) { return s.substr(0, s.size() - suffix.size()); }
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }  // a >= 0, b > 0: no a + b to overflow
 bool is_float(DType t) { return t == DType::kF16 || t == DType::kBF16 || t == DType::kF32; }
-
-const json* key(const json& j, const char* k) {
-    auto it = j.find(k);
-    return it == j.end() || it->is_null() ? nullptr : &*it;
-}
 
 // One quantized linear of the checkpoint, presented as the F32 tensor X.weight [out, in].
 struct QuantLinear {
@@ -487,73 +480,6 @@ void QuantizedCheckpoint::deliver(Tile& tile, ReadSink& sink) const {
 }
 
 }  // namespace
-
-std::string QuantConfig::describe() const {
-    if (method == Method::kGptq)
-        return "gptq int" + std::to_string(bits) + ", group " + std::to_string(group_size) + (desc_act ? ", act-order" : "") +
-               (sym ? ", symmetric" : ", asymmetric") + ", format " + (v2 ? "gptq_v2" : "gptq");
-    if (method == Method::kFp8) return "fp8 e4m3, " + std::to_string(block_out) + "x" + std::to_string(block_in) + " blocks, dynamic activations";
-    return "not quantized";
-}
-
-QuantConfig parse_quant_config(const std::string& text, const std::string& file) {
-    QuantConfig q;
-    json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_object()) return q;  // parse_model_config names a config.json that is not JSON
-    const json* qc = key(j, "quantization_config");
-    if (!qc) return q;
-    const std::string where = file + ": quantization_config";
-    if (!qc->is_object()) fail(where, "is " + qc->dump() + ", not an object");
-    auto get_int = [&](const char* k, int64_t fallback) {
-        const json* v = key(*qc, k);
-        if (!v) return fallback;
-        if (!v->is_number_integer()) fail(where, std::string("\"") + k + "\" is " + v->dump() + ", not an integer");
-        return v->get<int64_t>();
-    };
-    auto get_bool = [&](const char* k, bool fallback) {
-        const json* v = key(*qc, k);
-        if (!v) return fallback;
-        if (!v->is_boolean()) fail(where, std::string("\"") + k + "\" is " + v->dump() + ", not true or false");
-        return v->get<bool>();
-    };
-    auto get_string = [&](const char* k, const std::string& fallback) {
-        const json* v = key(*qc, k);
-        if (!v) return fallback;
-        if (!v->is_string()) fail(where, std::string("\"") + k + "\" is " + v->dump() + ", not a string");
-        return v->get<std::string>();
-    };
-    const std::string method = get_string("quant_method", "");
-    if (method == "gptq") {
-        q.method = Method::kGptq;
-        q.bits = (int)get_int("bits", 4);
-        if (q.bits != 4) fail(where, "\"bits\" = " + std::to_string(q.bits) + " is not supported (GPTQ: 4 bits only)");
-        q.group_size = get_int("group_size", 128);
-        if (q.group_size == 0 || q.group_size < -1)
-            fail(where, "\"group_size\" = " + std::to_string(q.group_size) + " must be positive or -1 (one group)");
-        q.desc_act = get_bool("desc_act", false);
-        q.sym = get_bool("sym", true);
-        const std::string format = get_string("checkpoint_format", "gptq");
-        if (format != "gptq" && format != "gptq_v2")
-            fail(where, "\"checkpoint_format\" \"" + format + "\" is not supported (supported: \"gptq\", \"gptq_v2\")");
-        q.v2 = format == "gptq_v2";
-    } else if (method == "fp8") {
-        q.method = Method::kFp8;
-        const std::string scheme = get_string("activation_scheme", "dynamic");
-        if (scheme != "dynamic")
-            fail(where, "\"activation_scheme\" \"" + scheme + "\" is not supported (static activation scales; supported: \"dynamic\")");
-        if (const json* b = key(*qc, "weight_block_size")) {
-            if (!b->is_array() || b->size() != 2 || !(*b)[0].is_number_integer() || !(*b)[1].is_number_integer() ||
-                (*b)[0].get<int64_t>() <= 0 || (*b)[1].get<int64_t>() <= 0)
-                fail(where, "\"weight_block_size\" is " + b->dump() + ", not [rows, columns] of two positive integers");
-            q.block_out = (*b)[0].get<int64_t>(), q.block_in = (*b)[1].get<int64_t>();
-        }
-    } else {
-        const json* m = key(*qc, "quant_method");
-        fail(where, (m ? "\"quant_method\" " + m->dump() + " is not supported" : std::string("has no \"quant_method\"")) +
-                        " (supported: \"gptq\" with 4 bits, \"fp8\" with weight_block_size and dynamic activations)");
-    }
-    return q;
-}
 
 std::unique_ptr<Checkpoint> open_quantized(std::unique_ptr<Checkpoint> ckpt) {
     QuantConfig q = parse_quant_config(ckpt->config_json(), ckpt->path() + "/config.json");

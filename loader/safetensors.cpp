@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <set>
 
@@ -77,7 +78,11 @@ TensorInfo parse_tensor(const std::string& file, const std::string& name, const 
                        "\" (known: BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64, F8_E4M3, F8_E5M2)");
     const json& shape = field("shape");
     if (!shape.is_array()) fail(file, "tensor '" + name + "': shape is " + shape.dump() + ", not an array");
-    for (const json& d : shape) t.shape.push_back((int64_t)as_u64(file, name, "shape", d));
+    for (const json& d : shape) {
+        const uint64_t n = as_u64(file, name, "shape", d);
+        if (n > (uint64_t)INT64_MAX) fail(file, "tensor '" + name + "': shape holds " + d.dump() + ", larger than 2^63 - 1");
+        t.shape.push_back((int64_t)n);
+    }
     const json& offsets = field("data_offsets");
     if (!offsets.is_array() || offsets.size() != 2)
         fail(file, "tensor '" + name + "': data_offsets is " + offsets.dump() + ", not [begin, end]");

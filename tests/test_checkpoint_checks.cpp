@@ -251,3 +251,22 @@ TEST(SymlinkLoops, AreNamedWithExit2) {
     EXPECT_NE(r.err.find("model.path: " + model + "/config.json" + reason), std::string::npos) << r.err;
     fs::remove_all(dir);
 }
+
+// A config.json that is not JSON: `tpx inspect` (which needs no model config) refuses it as the
+// job's checks do, naming the file, rather than listing the folder as an unquantized checkpoint.
+TEST(ConfigJson, NotJsonIsNamedByEveryCommand) {
+    const std::string dir = tpx_test::temp_dir();
+    const std::string model = copy_tiny(dir);
+    std::ofstream(model + "/config.json", std::ios::trunc) << "{\"architectures\": [\"LlamaForCausalLM\"],";
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"model\"\n";
+    for (const std::string& cmd : {"inspect " + model, "inspect --check " + model, "validate " + dir + "/job.toml", "plan " + dir + "/job.toml"}) {
+        auto r = run_process(tpx_bin("tpx") + " " + cmd);
+        EXPECT_EQ(r.exit_code, 2) << cmd << "\n" << r.err;
+        EXPECT_NE(r.err.find(model + "/config.json: not valid JSON"), std::string::npos) << cmd << "\n" << r.err;
+    }
+    std::ofstream(model + "/config.json", std::ios::trunc) << "[1, 2]";
+    auto r = run_process(tpx_bin("tpx") + " inspect " + model);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find(model + "/config.json: not a JSON object"), std::string::npos) << r.err;
+    fs::remove_all(dir);
+}

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -307,6 +308,17 @@ TEST(QuantRefusals, UnsupportedConfigurationsAreNamed) {
         {{{"quant_method", "gptq"}, {"bits", 4}, {"checkpoint_format", "marlin"}}, "\"checkpoint_format\" \"marlin\" is not supported"},
         {{{"quant_method", "fp8"}, {"activation_scheme", "static"}}, "\"activation_scheme\" \"static\" is not supported"},
         {{{"quant_method", "fp8"}, {"weight_block_size", {128}}}, "\"weight_block_size\" is [128]"},
+        // Integers that do not fit, or whose group or block count would overflow: never wrapped, never a crash.
+        {{{"quant_method", "gptq"}, {"bits", 4294967300LL}}, "\"bits\" = 4294967300 is not supported"},
+        {{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", UINT64_MAX}}, "\"group_size\" = 18446744073709551615 is out of range"},
+        {{{"quant_method", "gptq"}, {"bits", 4}, {"group_size", INT64_MAX}},
+         "\"group_size\" = 9223372036854775807 is larger than 2147483647"},
+        {{{"quant_method", "fp8"}, {"weight_block_size", {INT64_MAX, 128}}},
+         "\"weight_block_size\" is [9223372036854775807,128]: a block side larger than 2147483647"},
+        {{{"quant_method", "fp8"}, {"weight_block_size", {128, UINT64_MAX}}}, "\"weight_block_size\"[1] = 18446744073709551615 is out of range"},
+        {{{"quant_method", "fp8"}, {"modules_to_not_convert", 5}}, "\"modules_to_not_convert\" is 5, not a list of module names"},
+        {{{"quant_method", "fp8"}, {"modules_to_not_convert", {"lm_head", 3}}},
+         "\"modules_to_not_convert\" is [\"lm_head\",3], not a list of module names"},
     };
     for (const Case& c : cases) {
         std::string dir = temp_dir();

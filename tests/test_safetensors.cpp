@@ -81,6 +81,8 @@ TEST(Safetensors, CorruptFilesAreRejectedEachWithItsOwnMessage) {
          "tensor 'a': data_offsets is [0], not [begin, end]"},
         {"negative_dim", R"({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", 4, -1,
          "tensor 'a': shape holds -1, not a non-negative integer"},
+        {"dim_past_int64", R"({"a": {"dtype": "F32", "shape": [18446744073709551615, 0], "data_offsets": [0, 0]}})", 0, -1,
+         "tensor 'a': shape holds 18446744073709551615, larger than 2^63 - 1"},  // 0 bytes: the size check alone passes it
         {"metadata_value", R"({"__metadata__": {"format": 1}})", 0, -1, "__metadata__ key 'format' holds 1, not a string"},
         {"missing_dtype", R"({"a": {"shape": [1], "data_offsets": [0, 4]}})", 4, -1, "tensor 'a': header entry lacks 'dtype'"},
         {"entry_not_object", R"({"a": 5})", 0, -1, "tensor 'a': header entry is 5, not an object"},
