@@ -5,6 +5,7 @@
 #include "loader/checkpoint.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,7 +31,48 @@ namespace fs = std::filesystem;
 
 namespace tpx {
 
+namespace {
+
+const char* kind_of(mode_t mode) {
+    if (S_ISDIR(mode)) return "a folder";
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "not a regular file";
+}
+
+[[noreturn]] void not_regular(const std::string& path, mode_t mode) {
+    throw CheckpointError(path + ": is " + kind_of(mode) + ", not a regular file (a checkpoint's files are read at offsets)");
+}
+
+}  // namespace
+
+int open_checkpoint_file(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO opens at once, then is refused
+    if (fd < 0) throw CheckpointError(path + ": cannot open: " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        const int e = errno;
+        ::close(fd);
+        throw CheckpointError(path + ": cannot stat: " + std::strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        ::close(fd);
+        not_regular(path, st.st_mode);
+    }
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    return fd;
+}
+
+void require_regular_file(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) throw CheckpointError(path + ": cannot open: " + std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) not_regular(path, st.st_mode);
+}
+
 std::string read_text_file(const std::string& path) {
+    require_regular_file(path);
     std::ifstream in(path, std::ios::binary);
     if (!in) throw CheckpointError(path + ": cannot open: " + std::strerror(errno));
     std::stringstream ss;
@@ -248,8 +290,7 @@ int SafetensorsCheckpoint::fd_of(const std::string& file) {
     std::lock_guard<std::mutex> lock(fd_mutex_);
     auto it = fds_.find(file);
     if (it != fds_.end()) return it->second;
-    int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw CheckpointError(file + ": cannot open: " + std::strerror(errno));
+    const int fd = open_checkpoint_file(file);
     fds_[file] = fd;
     return fd;
 }

@@ -96,6 +96,7 @@ private:
 
 void Hdf5Checkpoint::open() {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors are reported by us, with the file named
+    require_regular_file(path_);
     hid_t f = H5Fopen(path_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) throw CheckpointError(path_ + ": not an HDF5 file tpx can open");
     file_holder_ = std::make_unique<H5Id>(f, H5Fclose);

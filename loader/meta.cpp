@@ -135,9 +135,7 @@ void MetaCheckpoint::open() {
         count_header(a.header_bytes);
         for (const PickledTensor& t : a.tensors) by_name[t.name].push_back({f, t});
         archives.emplace(f, std::move(a));
-        const int fd = ::open(f.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) throw CheckpointError(f + ": cannot open: " + std::strerror(errno));
-        fds_[f] = fd;
+        fds_[f] = open_checkpoint_file(f);
     }
     assemble(p, by_name, archives);
     check_params(p);

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file.h"
+#include "loader/checkpoint.h"
 
 namespace tpx {
 namespace {
@@ -185,8 +186,7 @@ SafetensorsHeader parse_safetensors_header(const std::string& file, const char* 
 }
 
 SafetensorsHeader read_safetensors_header(const std::string& path, uint64_t* bytes_read) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
+    const int fd = open_checkpoint_file(path);
     struct Closer {
         int fd;
         ~Closer() { ::close(fd); }

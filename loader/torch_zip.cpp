@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 
+#include "loader/checkpoint.h"
 #include "loader/safetensors.h"
 
 namespace tpx {
@@ -29,8 +30,7 @@ uint64_t le(const unsigned char* p, int n) {
 
 class File {
 public:
-    explicit File(const std::string& path) : path_(path), fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
-        if (fd_ < 0) throw CheckpointError(path + ": cannot open: " + std::strerror(errno));
+    explicit File(const std::string& path) : path_(path), fd_(open_checkpoint_file(path)) {
         struct stat st{};
         if (::fstat(fd_, &st) != 0) throw CheckpointError(path + ": cannot stat: " + std::strerror(errno));
         size_ = (uint64_t)st.st_size;
@@ -120,6 +120,7 @@ TorchArchive open_torch_archive(const std::string& path) {
     TorchArchive a;
     a.file = path;
     int code = 0;
+    require_regular_file(path);
     std::unique_ptr<zip_t, ZipCloser> z(zip_open(path.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &code));
     if (!z) {
         zip_error_t e;

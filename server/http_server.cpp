@@ -22,7 +22,9 @@ using namespace std::chrono_literals;
 void reply_error(httplib::Response& res, int status, const std::string& message, const std::string& param = "",
                  const std::string& code = "") {
     res.status = status;
-    res.set_content(error_body(status, message, param, code).dump(), "application/json");
+    // Messages may quote what the client sent, bytes that are not UTF-8 included: replaced, never
+    // thrown (a throw here, in the 404 handler, ended the whole server).
+    res.set_content(error_body(status, message, param, code).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
 int64_t unix_time() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
@@ -83,7 +85,7 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
         json model = {{"id", limits_.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tpx"},
                       {"max_model_len", limits_.max_seq_len}};
-        res.set_content(json({{"object", "list"}, {"data", json::array({model})}}).dump(), "application/json");
+        res.set_content(json({{"object", "list"}, {"data", json::array({model})}}).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
     });
     svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_call(req, res, false); });
     svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_call(req, res, true); });
@@ -138,6 +140,8 @@ void HttpServer::handle_refit(const httplib::Request& req, httplib::Response& re
         if (body.contains("abort") && !body["abort"].is_boolean())
             return reply_error(res, 400, "\"abort\" must be true or false", "abort", "invalid_refit");
         call->path = body["path"];
+        if (call->path.find('\0') != std::string::npos)
+            return reply_error(res, 400, "\"path\" holds a NUL character (\\u0000): no file has such a name", "path", "invalid_refit");
         call->abort = body.value("abort", false);
     } catch (const json::exception& e) {
         return reply_error(res, 400, std::string("the body is not valid JSON: ") + e.what(), "", "invalid_json");
@@ -208,6 +212,11 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
         std::lock_guard<std::mutex> lock(channels_mutex_);
         if (channels_.erase(stream->channel)) --in_flight_;
     };
+    if (call.prompts.size() > queue_.capacity())  // 429 says "retry later": this call never fits
+        return reply_error(res, 400,
+                           "the call has " + std::to_string(call.prompts.size()) + " prompts, more than the " + std::to_string(queue_.capacity()) +
+                               " the queue holds ([serve] max_queue): split it",
+                           "prompt", "too_many_prompts");
     if (!queue_.push(stream->requests)) {
         done();
         return reply_error(res, 429, "the queue is full ([serve] max_queue requests wait already); retry later", "", "queue_full");

@@ -3,6 +3,7 @@
 #include "server/openai_api.h"
 
 #include <cmath>
+#include <cstdint>
 
 namespace tpx {
 namespace {
@@ -37,8 +38,9 @@ int64_t integer_in(const json& body, const char* key, int64_t lo, int64_t hi, in
     if (!given(body, key)) return fallback;
     const json& v = body[key];
     if (!v.is_number_integer()) bad(key, std::string("'") + key + "' must be an integer");
-    int64_t x = v.get<int64_t>();
-    if (x < lo || x > hi) bad(key, std::string("'") + key + "' = " + std::to_string(x) + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    const bool past = v.is_number_unsigned() && v.get<uint64_t>() > (uint64_t)INT64_MAX;  // would wrap negative
+    const int64_t x = past ? INT64_MAX : v.get<int64_t>();
+    if (past || x < lo || x > hi) bad(key, std::string("'") + key + "' = " + v.dump() + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     return x;
 }
 
@@ -58,9 +60,9 @@ std::vector<int32_t> ids_of(const json& list, const ApiLimits& limits) {
     std::vector<int32_t> ids;
     for (const json& t : list) {
         if (!t.is_number_integer()) bad("prompt", "a token-id prompt holds only integers");
-        int64_t id = t.get<int64_t>();
+        const int64_t id = t.is_number_unsigned() && t.get<uint64_t>() > (uint64_t)INT64_MAX ? -1 : t.get<int64_t>();
         if (id < 0 || id >= limits.vocab)
-            bad("prompt", "token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(limits.vocab) + ")");
+            bad("prompt", "token id " + t.dump() + " is outside the vocabulary [0, " + std::to_string(limits.vocab) + ")");
         ids.push_back((int32_t)id);
     }
     return ids;

@@ -75,6 +75,7 @@ struct ServeRequest {
 class RequestQueue {
 public:
     explicit RequestQueue(size_t capacity) : capacity_(capacity) {}
+    size_t capacity() const { return capacity_; }
     // All of `batch` or none of it.
     bool push(const std::vector<std::shared_ptr<ServeRequest>>& batch) {
         {

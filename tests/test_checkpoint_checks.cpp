@@ -4,9 +4,13 @@
 //   refused by the planner unless [model] allow_unused_weights; HF's own unread tensors are not;
 // - NaN written into a weight (bf16 NaN bytes in the file): `tpx run` ends naming the prompt
 //   and the step, greedy and sampled, at tp=2; `tpx inspect --check` lists the tensor;
-// - a symlink loop as a model path or inside a model folder: exit 2 naming the path.
+// - a symlink loop as a model path or inside a model folder: exit 2 naming the path;
+// - a config.json that is not JSON (inspect too), a FIFO or device where a checkpoint file
+//   should be: exit 2 naming the file, at once (a FIFO's open would wait for a writer).
 // The reference for each is the checkpoint as written here (which tensor, which index).
 #include <gtest/gtest.h>
+
+#include <sys/stat.h>
 
 #include <cmath>
 #include <cstring>
@@ -268,5 +272,35 @@ TEST(ConfigJson, NotJsonIsNamedByEveryCommand) {
     auto r = run_process(tpx_bin("tpx") + " inspect " + model);
     EXPECT_EQ(r.exit_code, 2) << r.err;
     EXPECT_NE(r.err.find(model + "/config.json: not a JSON object"), std::string::npos) << r.err;
+    fs::remove_all(dir);
+}
+
+// A FIFO (or a device) where a checkpoint file should be: refused at once, naming it. Opening a
+// FIFO for reading waits for a writer, so a refit that named one held every rank (a server's
+// refit path comes from any client).
+TEST(NonRegularFiles, AreRefusedWithoutWaiting) {
+    const std::string dir = tpx_test::temp_dir();
+    const std::string model = copy_tiny(dir);
+    const std::string weights = model + "/model.safetensors";
+    fs::rename(weights, dir + "/weights.safetensors");
+    ASSERT_EQ(::mkfifo(weights.c_str(), 0600), 0);
+    ASSERT_EQ(::mkfifo((dir + "/fifo.h5").c_str(), 0600), 0);
+    ASSERT_EQ(::mkfifo((dir + "/fifo.safetensors").c_str(), 0600), 0);
+    const std::string fifo = ": is a FIFO, not a regular file";
+    for (const auto& [path, named] : std::vector<std::pair<std::string, std::string>>{
+             {model, weights}, {dir + "/fifo.h5", dir + "/fifo.h5"}, {dir + "/fifo.safetensors", dir + "/fifo.safetensors"},
+             {"/dev/zero", "/dev/zero"}}) {
+        auto r = run_process("timeout 20 " + tpx_bin("tpx") + " inspect " + path);
+        EXPECT_EQ(r.exit_code, 2) << path << "\n" << r.err;  // 124: timeout's, the open waited
+        EXPECT_NE(r.err.find(named + (named == "/dev/zero" ? std::string(": not a model folder") : fifo)), std::string::npos)
+            << path << "\n" << r.err;
+    }
+    fs::remove(weights);
+    fs::rename(dir + "/weights.safetensors", weights);
+    fs::remove(model + "/config.json");
+    ASSERT_EQ(::mkfifo((model + "/config.json").c_str(), 0600), 0);
+    auto r = run_process("timeout 20 " + tpx_bin("tpx") + " inspect " + model);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find(model + "/config.json" + fifo), std::string::npos) << r.err;
     fs::remove_all(dir);
 }

@@ -194,7 +194,12 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"model", 404, "model"},
                                            {"too_long", 413, "max_tokens"},
                                            {"route", 404, nullptr},
-                                           {"bad_json", 400, nullptr}}) {
+                                           {"bad_json", 400, nullptr},
+                                           {"bytes_path", 404, nullptr},
+                                           {"bytes_body", 400, nullptr},
+                                           {"huge_max_tokens", 400, "max_tokens"},
+                                           {"nul_refit", 400, "path"},
+                                           {"too_many", 400, "prompt"}}) {
         ASSERT_TRUE(r.contains(w.name)) << r.dump();
         const json& e = r[w.name];
         EXPECT_EQ(e["status"], w.status) << w.name << ": " << e.dump();
@@ -202,7 +207,10 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
         EXPECT_TRUE(e["type"].is_string()) << w.name << ": " << e.dump();
         EXPECT_FALSE(e["message"].get<std::string>().empty()) << w.name;
     }
-    EXPECT_EQ(r["models"], json::array({"tiny"}));
+    EXPECT_EQ(r["models"], json::array({"tiny"}));  // the server outlived all of the above
+    EXPECT_NE(r["huge_max_tokens"].value("message", "").find("18446744073709551615 is out of range"), std::string::npos) << r.dump();
+    EXPECT_EQ(r["bytes_body"].value("code", ""), "invalid_json") << r.dump();
+    EXPECT_NE(r["nul_refit"].value("message", "").find("NUL"), std::string::npos) << r.dump();
 }
 
 // models/tiny has no tokenizer: token-id prompts are served with empty text, text prompts refused.

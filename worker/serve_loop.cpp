@@ -260,7 +260,7 @@ private:
                                {"aborted", aborted}, {"bytes", bytes}, {"gb_per_s", seconds > 0 ? bytes / 1e9 / seconds : 0.0},
                                {"ranks", ranks}};
         log_info("serve: refit done: ", bytes / 1e9, " GB read by ", out.ranks.size(), " ranks in ", seconds, " s");
-        answer_refit(call, 200, body.dump());
+        answer_refit(call, 200, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }
 
     void broadcast_header(int64_t kind, int64_t tokens, int64_t rows, bool logits) {

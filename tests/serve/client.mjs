@@ -138,6 +138,18 @@ const modes = {
     // Not JSON at all: the SDK always sends JSON, so fetch does.
     const r = await fetch(base + "/v1/completions", { method: "POST", body: "{not json", headers: { Authorization: "Bearer " + apiKey } });
     out.bad_json = { status: r.status, ...(await r.json()).error };
+    // What the SDK cannot send: a path and a body holding bytes that are not UTF-8 (the 404's
+    // message quoting the path once ended the whole server), an integer past 2^63, a NUL in a
+    // refit's path. Then one call more than the queue holds (max_queue 64 by default).
+    const raw = async (name, path, body) => {
+      const r = await fetch(base + path, { method: body === undefined ? "GET" : "POST", body, headers: { Authorization: "Bearer " + apiKey } });
+      out[name] = { status: r.status, ...(await r.json()).error };
+    };
+    await raw("bytes_path", "/%ff");
+    await raw("bytes_body", "/v1/completions", new Uint8Array([...Buffer.from('{"prompt": "ab'), 0xff, ...Buffer.from('"}')]));
+    await raw("huge_max_tokens", "/v1/completions", '{"model": "tiny", "prompt": "Hi", "max_tokens": 18446744073709551615}');
+    await raw("nul_refit", "/v1/admin/refit", '{"path": "/tmp/a\\u0000b"}');
+    await attempt("too_many", () => client.completions.create({ model, prompt: Array(65).fill("Hi") }));
     out.models = (await client.models.list()).data.map((m) => m.id);
     return out;
   },
