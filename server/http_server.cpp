@@ -7,6 +7,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 
@@ -60,6 +61,11 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     httplib::Server& svr = *server_;
     const int threads = settings_.threads;
     svr.new_task_queue = [threads] { return new httplib::ThreadPool((size_t)threads); };
+    // A body is refused (413) past what the largest call needs: max_queue prompts of max_seq_len
+    // tokens at 64 bytes a token (JSON ids or text), at least 1 MiB. Parsing holds many times a
+    // body's bytes, so without a bound a few large bodies would take the host's memory.
+    const size_t body_limit = std::max<size_t>(1 << 20, (size_t)64 * (size_t)std::max<int64_t>(limits_.max_seq_len, 1) * queue_.capacity());
+    svr.set_payload_max_length(body_limit);
     svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
         if (settings_.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
         if (req.get_header_value("Authorization") == "Bearer " + settings_.api_key) return httplib::Server::HandlerResponse::Unhandled;
@@ -67,9 +73,12 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
                     "invalid_api_key");
         return httplib::Server::HandlerResponse::Handled;
     });
-    svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+    svr.set_error_handler(httplib::Server::HandlerWithResponse([body_limit](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
         if (res.status == 404) reply_error(res, 404, "no route " + req.method + " " + req.path, "", "unknown_url");
+        else if (res.status == 413)
+            reply_error(res, 413, "the body is larger than the " + std::to_string(body_limit) +
+                                      " bytes this server takes (64 a token of run.max_seq_len, for serve.max_queue prompts)", "", "body_too_large");
         else reply_error(res, res.status, "HTTP " + std::to_string(res.status));
         return httplib::Server::HandlerResponse::Handled;
     }));

@@ -199,7 +199,8 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"bytes_body", 400, nullptr},
                                            {"huge_max_tokens", 400, "max_tokens"},
                                            {"nul_refit", 400, "path"},
-                                           {"too_many", 400, "prompt"}}) {
+                                           {"too_many", 400, "prompt"},
+                                           {"too_big", 413, nullptr}}) {
         ASSERT_TRUE(r.contains(w.name)) << r.dump();
         const json& e = r[w.name];
         EXPECT_EQ(e["status"], w.status) << w.name << ": " << e.dump();
@@ -211,6 +212,7 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
     EXPECT_NE(r["huge_max_tokens"].value("message", "").find("18446744073709551615 is out of range"), std::string::npos) << r.dump();
     EXPECT_EQ(r["bytes_body"].value("code", ""), "invalid_json") << r.dump();
     EXPECT_NE(r["nul_refit"].value("message", "").find("NUL"), std::string::npos) << r.dump();
+    EXPECT_NE(r["too_big"].value("message", "").find("larger than the 2097152 bytes this server takes"), std::string::npos) << r.dump();
 }
 
 // models/tiny has no tokenizer: token-id prompts are served with empty text, text prompts refused.

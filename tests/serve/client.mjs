@@ -2,6 +2,7 @@
 // makes its calls and prints one JSON object with what came back; the C++ test judges it.
 // usage: node client.mjs NODE_MODULES BASE_URL API_KEY MODE [ARG]
 import { createRequire } from "node:module";
+import net from "node:net";
 import path from "node:path";
 
 const [modules, base, apiKey, mode, arg] = process.argv.slice(2);
@@ -150,6 +151,18 @@ const modes = {
     await raw("huge_max_tokens", "/v1/completions", '{"model": "tiny", "prompt": "Hi", "max_tokens": 18446744073709551615}');
     await raw("nul_refit", "/v1/admin/refit", '{"path": "/tmp/a\\u0000b"}');
     await attempt("too_many", () => client.completions.create({ model, prompt: Array(65).fill("Hi") }));
+    // A body past the server's bound (tiny-text: 64 prompts of 512 tokens at 64 bytes, 2 MiB):
+    // refused by its Content-Length (the server reads the bytes past, parsing none of them).
+    const reply = await new Promise((resolve, reject) => {
+      const u = new URL(base);
+      const s = net.connect(Number(u.port), u.hostname, () =>
+        s.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${apiKey}\r\nContent-Type: application/json\r\nContent-Length: 3000000\r\n\r\n` + "x".repeat(3000000)));
+      let text = "";
+      s.on("data", (d) => { text += d; if (text.includes("}}")) { s.destroy(); resolve(text); } });
+      s.on("error", reject);
+      s.on("close", () => resolve(text));
+    });
+    out.too_big = { status: Number(reply.split(" ")[1]), ...JSON.parse(reply.slice(reply.indexOf("{"))).error };
     out.models = (await client.models.list()).data.map((m) => m.id);
     return out;
   },
