@@ -15,6 +15,9 @@ std::vector<NamedPath> job_inputs(const Job& job) {
     if (!job.launch.hostfile.empty()) inputs.push_back({"launch.hostfile", job.launch.hostfile});
     std::vector<NamedPath> ckpt = checkpoint_inputs(job.model.path);
     inputs.insert(inputs.end(), ckpt.begin(), ckpt.end());
+    if (!job.model.tokenizer.empty())  // a folder (every file of it) or a tokenizer.json
+        for (NamedPath& p : checkpoint_inputs(job.model.tokenizer)) inputs.push_back({"model.tokenizer (" + p.path + ")", p.path});
+    if (!job.run.chat_template.empty()) inputs.push_back({"run.chat_template", job.run.chat_template});
     return inputs;
 }
 

@@ -81,6 +81,23 @@ TEST(Outputs, AnOutputThatIsAnInputIsRefusedAndTheInputKept) {
     }
 }
 
+// The tokenizer and the chat template a job names are inputs too (run.output once replaced them).
+TEST(Outputs, TheJobsTokenizerAndChatTemplateAreInputs) {
+    const std::string text_model = std::string(TPX_SOURCE_DIR) + "/models/tiny-text";
+    TestJob j = make_job();
+    fs::create_directory(j.dir + "/tk");
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) fs::copy_file(text_model + "/" + f, j.dir + "/tk/" + f);
+    std::ofstream(j.dir + "/t.jinja") << "{% for m in messages %}{{ m.content }}{% endfor %}";
+    for (const auto& [output, role] : std::vector<std::pair<std::string, std::string>>{
+             {"tk/tokenizer.json", "model.tokenizer"}, {"tk/tokenizer_config.json", "model.tokenizer"}, {"t.jinja", "run.chat_template"}}) {
+        std::ofstream(j.file, std::ios::trunc) << "[model]\npath = \"" << text_model << "\"\ntokenizer = \"tk\"\n[parallel]\ntp = 1\n[run]\n"
+                                               << "prompts = \"prompts.jsonl\"\nchat_template = \"t.jinja\"\noutput = \"" << output << "\"\n";
+        const std::string before = file_bytes(j.dir + "/" + output);
+        for (const char* cmd : {"validate ", "run "}) expect_refused(tpx(cmd + j.file), {"run.output", role, "an output never replaces an input"});
+        EXPECT_EQ(file_bytes(j.dir + "/" + output), before) << output << " was changed";
+    }
+}
+
 TEST(Outputs, TwoOutputsOfOneRunMayNotShareAFile) {
     TestJob j = make_job();
     expect_refused(tpx("run " + j.file + " --dump-logits " + j.dir + "/out.jsonl"), {"--dump-logits", "run.output", "its own file"});
@@ -181,7 +198,9 @@ TEST_P(KillLauncher, NoProcessOutlivesTpxRunAndNoOutputAppears) {
     EXPECT_LT(seconds, 5.0);
     std::this_thread::sleep_for(std::chrono::seconds(1));
     EXPECT_FALSE(fs::exists(j.dir + "/out.jsonl")) << "an output appeared from a run the user saw end";
-    if (GetParam() == SIGHUP) EXPECT_NE(tpx_test::read_text(b.err_path).find("interrupted by Hangup"), std::string::npos);
+    if (GetParam() == SIGHUP) {
+        EXPECT_NE(tpx_test::read_text(b.err_path).find("interrupted by Hangup"), std::string::npos);
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Signals, KillLauncher, testing::Values(SIGKILL, SIGHUP),
