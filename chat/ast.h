@@ -34,13 +34,14 @@ using ExprPtr = std::unique_ptr<Expr>;
 struct Expr {
     enum class Kind {
         Literal, Name, List, Tuple, Dict, Attr, Item, Slice, Call, MethodCall, Filter, Test,
-        Neg, Pos, Not, And, Or, Binary, Cond
+        Neg, Pos, Not, And, Or, Binary, Cond, Chain
     };
     Kind kind = Kind::Literal;
     int line = 0;
     nlohmann::ordered_json literal;    // Literal
     std::string name;          // Name, Attr, MethodCall, Filter and Test (for messages)
     BinOp op = BinOp::Add;     // Binary
+    std::vector<BinOp> ops;    // Chain: a comparison chain args[0] ops[0] args[1] ops[1] ... (Python's a < b < c)
     Filter filter = Filter::Abs;
     Test test = Test::Defined;
     Method method = Method::Get;
@@ -50,6 +51,7 @@ struct Expr {
     std::vector<ExprPtr> args;                              // items, call arguments, dict keys
     std::vector<std::pair<std::string, ExprPtr>> kwargs;    // keyword arguments
     std::vector<ExprPtr> values;                            // Dict values
+    int depth = 1;                                          // the tree's height (Parser::grown)
 };
 
 struct Stmt;

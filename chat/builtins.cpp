@@ -4,10 +4,13 @@
 #include "chat/builtins.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
 
 #include "chat/text.h"
 
@@ -113,7 +116,7 @@ json filter_items(const Value& subject, const Args& args, bool by_attr, bool kee
 std::string indent_text(std::string s, const Value& width_v, bool first, bool blank) {
     std::string pad = width_v.is_undefined() ? "    "
                       : need_json(width_v).is_string() ? need_json(width_v).get<std::string>()
-                      : std::string(need_int(width_v, "indent"), ' ');
+                      : std::string((size_t)std::clamp<int64_t>(need_int(width_v, "indent"), 0, 4096), ' ');  // " " * n: none below 0
     s += "\n";  // Jinja2 appends a newline so that splitlines() sees the last line
     std::vector<std::string> lines;
     size_t pos = 0;
@@ -167,6 +170,7 @@ void dump_string(const std::string& s, std::string& out) {
 
 void dump(const json& j, int indent, int depth, const std::string& item_sep, const std::string& key_sep,
           bool sort_keys, std::string& out) {
+    if (depth > kMaxValueDepth) throw EvalError("a value nested deeper than " + std::to_string(kMaxValueDepth) + " levels");
     std::string nl = indent >= 0 ? "\n" + std::string(static_cast<size_t>(indent) * (depth + 1), ' ') : "";
     std::string close = indent >= 0 ? "\n" + std::string(static_cast<size_t>(indent) * depth, ' ') : "";
     switch (j.type()) {
@@ -206,29 +210,47 @@ void dump(const json& j, int indent, int depth, const std::string& item_sep, con
     }
 }
 
+// Python's int() of a float: NaN is not a number (Jinja2's int filter then gives its default),
+// infinities and values past 64 bits are refused (Python would make a larger integer).
+std::optional<int64_t> int_of(double d, const std::string& shown) {
+    if (std::isnan(d)) return std::nullopt;
+    if (!(d > -9223372036854775808.0 && d < 9223372036854775808.0))
+        throw EvalError("cannot convert " + shown + " to an integer of 64 bits (Python's integers are unbounded)");
+    return (int64_t)std::trunc(d);
+}
+
 json to_number(const Value& v, bool as_float, const Value& fallback) {
     const json& j = v.is_undefined() ? json() : v.j();
+    const json dflt = fallback.is_undefined() ? (as_float ? json(0.0) : json(0)) : fallback.j();
     if (j.is_number() || j.is_boolean()) {
         double d = j.is_boolean() ? j.get<bool>() : j.get<double>();
-        return as_float ? json(d) : json(static_cast<int64_t>(j.is_number_integer() ? j.get<int64_t>() : std::trunc(d)));
+        if (as_float) return d;
+        if (j.is_number_integer() || j.is_boolean()) return j.is_boolean() ? json((int64_t)j.get<bool>()) : json(j.get<int64_t>());
+        const std::optional<int64_t> n = int_of(d, j.dump());
+        return n ? json(*n) : dflt;
     }
     if (j.is_string()) {
         std::string s = text::strip(j.get<std::string>(), nullptr, true, true);
-        try {
-            size_t used = 0;
-            if (as_float) {
-                double d = std::stod(s, &used);
-                if (used == s.size()) return d;
-            } else {
-                long long n = std::stoll(s, &used, 10);
-                if (used == s.size()) return n;
-                double d = std::stod(s, &used);  // Jinja2's int() also reads "3.7" as 3
-                if (used == s.size()) return static_cast<int64_t>(std::trunc(d));
+        // Python's float() reads no hexadecimal ("0x1A"), which strtod would.
+        if (s.find_first_of("xXpP") != std::string::npos && s.find_first_of("nN") == std::string::npos) return dflt;
+        if (!as_float) {
+            errno = 0;
+            char* end = nullptr;
+            const long long n = std::strtoll(s.c_str(), &end, 10);
+            if (!s.empty() && end == s.c_str() + s.size()) {
+                if (errno == ERANGE) throw EvalError("cannot convert '" + s + "' to an integer of 64 bits (Python's integers are unbounded)");
+                return (int64_t)n;
             }
-        } catch (const std::exception&) {
+        }
+        char* end = nullptr;
+        const double d = std::strtod(s.c_str(), &end);  // Jinja2's int() also reads "3.7" as 3
+        if (!s.empty() && end == s.c_str() + s.size()) {
+            if (as_float) return d;
+            const std::optional<int64_t> n = int_of(d, "'" + s + "'");
+            return n ? json(*n) : dflt;
         }
     }
-    return fallback.is_undefined() ? (as_float ? json(0.0) : json(0)) : fallback.j();
+    return dflt;
 }
 
 }  // namespace
@@ -462,21 +484,42 @@ static Value apply_value_filter(Filter f, const Value& subject, const Args& args
     case Filter::Float: return Value::owned(to_number(subject, true, args.get(0, "default")));
     case Filter::Abs: {
         const json& j = need_json(subject);
+        if (j.is_number_integer() && j.get<int64_t>() == INT64_MIN)
+            throw EvalError("integer overflow: abs(" + j.dump() + ") is past 64 bits (Python's integers are unbounded; a template's here are 64-bit)");
         if (j.is_number_integer()) return Value::owned(std::llabs(j.get<int64_t>()));
         if (j.is_number_float()) return Value::owned(std::fabs(j.get<double>()));
         throw EvalError("bad operand type for abs(): '" + type_name(j) + "'");
     }
     case Filter::Round: {
-        double d = need_json(subject).get<double>();
-        long prec = args.get(0, "precision").is_undefined() ? 0 : need_int(args.get(0, "precision"), "round");
+        const json& x = need_json(subject);
+        if (!x.is_number() && !x.is_boolean()) throw EvalError("round needs a number, got " + type_name(x));
+        const double d = x.is_boolean() ? x.get<bool>() : x.get<double>();
+        const int64_t prec = args.get(0, "precision").is_undefined() ? 0 : need_int(args.get(0, "precision"), "round");
         const Value& m = args.get(1, "method");
         std::string method = m.is_undefined() ? "common" : need_str(m, "round");
-        double scale = std::pow(10.0, prec);
+        if (method != "common" && method != "ceil" && method != "floor") throw EvalError("round's method must be common, ceil or floor");
+        const double scale = std::pow(10.0, (double)std::max<int64_t>(std::min<int64_t>(prec, 400), -400));
         if (method == "ceil") return Value::owned(std::ceil(d * scale) / scale);
         if (method == "floor") return Value::owned(std::floor(d * scale) / scale);
-        // Python's round(): decimal rounding of the exact binary value, ties to even, as printf does.
+        // Python's round(): an int stays an int (a negative precision rounds it to tens,
+        // hundreds, ..., ties to even); a float is rounded in decimal, ties to even, as printf
+        // rounds the exact binary value; to tens and beyond by the same rule on d / 10^-prec.
+        if (x.is_number_integer() || x.is_boolean()) {
+            const int64_t v = x.is_boolean() ? x.get<bool>() : x.get<int64_t>();
+            if (prec >= 0) return Value::owned(v);
+            if (prec < -18) return Value::owned(0);
+            int64_t unit = 1;
+            for (int64_t k = 0; k < -prec; ++k) unit *= 10;
+            int64_t q = v / unit, r = v % unit;
+            if (r < 0) --q, r += unit;  // floored
+            if (2 * (__int128)r > unit || (2 * (__int128)r == unit && (q & 1))) ++q;
+            int64_t out = 0;
+            if (__builtin_mul_overflow(q, unit, &out)) throw EvalError("integer overflow: round(" + x.dump() + ", " + std::to_string(prec) + ") is past 64 bits");
+            return Value::owned(out);
+        }
+        if (prec < 0 || !std::isfinite(d)) return Value::owned(std::isfinite(d) ? std::nearbyint(d * scale) / scale : d);
         char buf[512];
-        std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(std::max(0L, prec)), d);
+        std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(std::min<int64_t>(prec, 300)), d);
         return Value::owned(std::strtod(buf, nullptr));
     }
     case Filter::Replace: {

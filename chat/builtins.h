@@ -3,6 +3,7 @@
 // They throw EvalError; the renderer adds the template name and line.
 #pragma once
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -17,6 +18,13 @@ namespace tpx::chat {
 struct EvalError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
+
+// Bounds that keep a hostile template inside the machine: a string or list made by one
+// operation (repetition), in bytes or items; the items of range() (Jinja2's sandbox, which
+// transformers renders in, allows 100,000); the nesting of a value printed or dumped.
+constexpr uint64_t kMaxBuilt = uint64_t{1} << 26;
+constexpr int64_t kMaxRange = 100000;
+constexpr int kMaxValueDepth = 512;
 
 struct Args {
     std::vector<Value> positional;

@@ -1,9 +1,13 @@
 // Expression evaluation for the Renderer: names, literals, attribute and item access with
 // Jinja2's Undefined rules (a missing key is Undefined; using an Undefined's attribute fails),
 // calls of macros and of HF's globals (raise_exception, strftime_now, namespace, range).
+#include <algorithm>
+#include <cstdint>
 #include <ctime>
 #include <iterator>
 #include <memory>
+#include <new>
+#include <stdexcept>
 
 #include "chat/renderer.h"
 #include "chat/text.h"
@@ -15,6 +19,12 @@ Value Renderer::eval(const Expr& e) {
         return eval_inner(e);
     } catch (const EvalError& err) {
         fail(e.line, err.what());
+    } catch (const nlohmann::json::exception& err) {  // an operation on a value of the wrong type
+        fail(e.line, std::string("cannot evaluate: ") + err.what());
+    } catch (const std::length_error&) {
+        fail(e.line, "a value too large to make");
+    } catch (const std::bad_alloc&) {
+        fail(e.line, "a value too large for the memory");
     }
 }
 
@@ -115,7 +125,9 @@ Value Renderer::eval_inner(const Expr& e) {
         if (!x.is_number() && !x.is_boolean()) throw EvalError("bad operand type for unary " + std::string(e.kind == Expr::Kind::Neg ? "-" : "+") + ": '" + type_name(x) + "'");
         if (e.kind == Expr::Kind::Pos) return Value::owned(x);
         if (x.is_number_float()) return Value::owned(-x.get<double>());
-        return Value::owned(-(x.is_boolean() ? int64_t(x.get<bool>()) : x.get<int64_t>()));
+        const int64_t v = x.is_boolean() ? int64_t(x.get<bool>()) : x.get<int64_t>();
+        if (v == INT64_MIN) throw EvalError("integer overflow: -(" + x.dump() + ") is past 64 bits (Python's integers are unbounded; a template's here are 64-bit)");
+        return Value::owned(-v);
     }
     case Expr::Kind::Not: return Value::owned(!truthy(eval(*e.a)));
     case Expr::Kind::And: {
@@ -133,6 +145,16 @@ Value Renderer::eval_inner(const Expr& e) {
     case Expr::Kind::Cond:
         if (truthy(eval(*e.b))) return eval(*e.a);
         return e.c ? eval(*e.c) : Value::undefined("the else branch of an 'if' expression");
+    case Expr::Kind::Chain: {  // the first false comparison, else the last
+        Value left = eval(*e.args[0]), r;
+        for (size_t i = 0; i < e.ops.size(); ++i) {
+            Value right = eval(*e.args[i + 1]);
+            r = binary_op(e.ops[i], left, right);
+            if (!truthy(r)) return r;
+            left = std::move(right);
+        }
+        return r;
+    }
     }
     throw EvalError("unknown expression");
 }
@@ -171,8 +193,14 @@ Value Renderer::call_global(const Expr& e, const std::string& fn, const Args& ar
         else { start = need_int(args.positional[0], "range"); stop = need_int(args.positional[1], "range"); }
         if (n == 3) step = need_int(args.positional[2], "range");
         if (step == 0) throw EvalError("range() arg 3 must not be zero");
+        // Counted first (i += step could wrap), and bounded as Jinja2's sandbox bounds it.
+        const __int128 span = step > 0 ? (__int128)stop - start : (__int128)start - stop, by = step > 0 ? (__int128)step : -(__int128)step;
+        const __int128 count = span > 0 ? (span - 1) / by + 1 : 0;
+        if (count > kMaxRange)
+            throw EvalError("range too big: " + std::to_string((long long)std::min<__int128>(count, INT64_MAX)) + " items, more than the " +
+                            std::to_string(kMaxRange) + " Jinja2's sandbox allows");
         json out = json::array();
-        for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) out.push_back(i);
+        for (int64_t k = 0; k < (int64_t)count; ++k) out.push_back((int64_t)((__int128)start + (__int128)k * step));
         return Value::owned(std::move(out));
     }
     if (fn == "strftime_now") {

@@ -1,6 +1,9 @@
 // Parses expressions with Jinja2's operator precedence, lowest first: a if c else b; or; and;
 // not; comparisons and in; + -; ~; * / // %; **; unary - +; then primaries with .attr [index]
 // [a:b:c] (call), | filter and "is" test. Unknown filters, tests and methods are refused here.
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
 #include <map>
 
 #include "chat/parse_state.h"
@@ -18,7 +21,7 @@ ExprPtr Parser::parse_tuple_or_expr() {
         if (cur().type == T::BlockEnd || cur().type == T::VarEnd || is_op(")")) break;
         tuple->args.push_back(parse_expr());
     }
-    return tuple;
+    return grown(std::move(tuple));
 }
 
 ExprPtr Parser::parse_expr() {
@@ -33,7 +36,7 @@ ExprPtr Parser::parse_expr() {
             ++p_;
             c->c = parse_expr();
         }
-        e = std::move(c);
+        e = grown(std::move(c));
     }
     return e;
 }
@@ -45,7 +48,7 @@ ExprPtr Parser::parse_or() {
         ++p_;
         o->a = std::move(e);
         o->b = parse_and();
-        e = std::move(o);
+        e = grown(std::move(o));
     }
     return e;
 }
@@ -57,7 +60,7 @@ ExprPtr Parser::parse_and() {
         ++p_;
         o->a = std::move(e);
         o->b = parse_not();
-        e = std::move(o);
+        e = grown(std::move(o));
     }
     return e;
 }
@@ -66,8 +69,9 @@ ExprPtr Parser::parse_not() {
     if (is_name("not")) {
         auto n = make(Expr::Kind::Not, cur().line);
         ++p_;
+        DepthGuard guard(*this, n->line);  // "not not not ..." recurses here
         n->a = parse_not();
-        return n;
+        return grown(std::move(n));
     }
     return parse_compare();
 }
@@ -75,9 +79,10 @@ ExprPtr Parser::parse_not() {
 ExprPtr Parser::parse_compare() {
     static const std::map<std::string, BinOp> kCmp = {{"==", BinOp::Eq}, {"!=", BinOp::Ne},
         {"<", BinOp::Lt}, {"<=", BinOp::Le}, {">", BinOp::Gt}, {">=", BinOp::Ge}};
-    ExprPtr e = parse_math1();
+    // Python's chains: a < b < c is (a < b) and (b < c), b evaluated once.
+    auto chain = make(Expr::Kind::Chain, cur().line);
+    chain->args.push_back(parse_math1());
     while (true) {
-        int line = cur().line;
         BinOp op;
         if (cur().type == T::Op && kCmp.count(cur().text)) {
             op = kCmp.at(cur().text);
@@ -89,14 +94,18 @@ ExprPtr Parser::parse_compare() {
             op = BinOp::NotIn;
             p_ += 2;
         } else {
-            return e;
+            break;
         }
-        auto b = make(Expr::Kind::Binary, line);
-        b->op = op;
-        b->a = std::move(e);
-        b->b = parse_math1();
-        e = std::move(b);
+        chain->ops.push_back(op);
+        chain->args.push_back(parse_math1());
     }
+    if (chain->ops.empty()) return std::move(chain->args[0]);
+    if (chain->ops.size() > 1) return grown(std::move(chain));
+    auto b = make(Expr::Kind::Binary, chain->line);
+    b->op = chain->ops[0];
+    b->a = std::move(chain->args[0]);
+    b->b = std::move(chain->args[1]);
+    return grown(std::move(b));
 }
 
 ExprPtr Parser::parse_math1() {
@@ -107,7 +116,7 @@ ExprPtr Parser::parse_math1() {
         ++p_;
         b->a = std::move(e);
         b->b = parse_concat();
-        e = std::move(b);
+        e = grown(std::move(b));
     }
     return e;
 }
@@ -120,7 +129,7 @@ ExprPtr Parser::parse_concat() {
         ++p_;
         b->a = std::move(e);
         b->b = parse_math2();
-        e = std::move(b);
+        e = grown(std::move(b));
     }
     return e;
 }
@@ -135,7 +144,7 @@ ExprPtr Parser::parse_math2() {
         ++p_;
         b->a = std::move(e);
         b->b = parse_pow();
-        e = std::move(b);
+        e = grown(std::move(b));
     }
     return e;
 }
@@ -148,7 +157,7 @@ ExprPtr Parser::parse_pow() {
         ++p_;
         b->a = std::move(e);
         b->b = parse_unary(true);
-        e = std::move(b);
+        e = grown(std::move(b));
     }
     return e;
 }
@@ -161,6 +170,7 @@ ExprPtr Parser::parse_unary(bool with_filter) {
         e = make(is_op("-") ? Expr::Kind::Neg : Expr::Kind::Pos, cur().line);
         ++p_;
         e->a = parse_unary(false);
+        e = grown(std::move(e));
     } else {
         e = parse_postfix(parse_primary());
     }
@@ -182,8 +192,17 @@ ExprPtr Parser::parse_primary() {
     case T::Int:
     case T::Float: {
         auto e = make(Expr::Kind::Literal, line);
-        if (tok.type == T::Int) e->literal = std::stoll(tok.text);
-        else e->literal = std::stod(tok.text);
+        errno = 0;
+        if (tok.type == T::Int) {
+            std::string digits;
+            for (char ch : tok.text)
+                if (ch != '_') digits += ch;
+            const long long v = std::strtoll(digits.c_str(), nullptr, 10);
+            if (errno == ERANGE) fail(line, "integer " + tok.text + " is past 64 bits (Python's integers are unbounded; a template's here are 64-bit)");
+            e->literal = (int64_t)v;
+        } else {
+            e->literal = std::strtod(tok.text.c_str(), nullptr);  // past the range: inf or 0, as Python reads it
+        }
         ++p_;
         return e;
     }
@@ -212,7 +231,7 @@ ExprPtr Parser::parse_primary() {
                 if (!is_op("]")) expect_op(",");
             }
             ++p_;
-            return e;
+            return grown(std::move(e));
         }
         if (tok.text == "{") {
             ++p_;
@@ -224,7 +243,7 @@ ExprPtr Parser::parse_primary() {
                 if (!is_op("}")) expect_op(",");
             }
             ++p_;
-            return e;
+            return grown(std::move(e));
         }
         break;
     default: break;
@@ -258,8 +277,11 @@ ExprPtr Parser::parse_postfix(ExprPtr e) {
                 auto it = make(Expr::Kind::Item, line);
                 it->a = std::move(e);
                 it->b = make(Expr::Kind::Literal, line);
-                it->b->literal = std::stoll(t_[p_++].text);
-                e = std::move(it);
+                errno = 0;
+                it->b->literal = (int64_t)std::strtoll(t_[p_].text.c_str(), nullptr, 10);
+                if (errno == ERANGE) fail(line, "index " + t_[p_].text + " is past 64 bits");
+                ++p_;
+                e = grown(std::move(it));
                 continue;
             }
             std::string attr = expect_name();
@@ -269,14 +291,14 @@ ExprPtr Parser::parse_postfix(ExprPtr e) {
                 call->name = attr;
                 call->a = std::move(e);
                 parse_call_args(*call);
-                e = std::move(call);
+                e = grown(std::move(call));
             } else {
                 auto a = make(Expr::Kind::Attr, line);
                 a->name = attr;
                 if (attr == "previtem" || attr == "nextitem")  // copied per iteration only when read
                     for (Stmt* loop : open_loops_) loop->loop_neighbours = true;
                 a->a = std::move(e);
-                e = std::move(a);
+                e = grown(std::move(a));
             }
         } else if (is_op("[")) {
             ++p_;
@@ -293,12 +315,12 @@ ExprPtr Parser::parse_postfix(ExprPtr e) {
             it->b = std::move(parts[0]);
             it->c = std::move(parts[1]);
             it->d = std::move(parts[2]);
-            e = std::move(it);
+            e = grown(std::move(it));
         } else if (is_op("(")) {
             auto call = make(Expr::Kind::Call, line);
             call->a = std::move(e);
             parse_call_args(*call);
-            e = std::move(call);
+            e = grown(std::move(call));
         } else {
             return e;
         }
@@ -316,7 +338,7 @@ ExprPtr Parser::parse_filters(ExprPtr e) {
             call->name = name;
             call->a = std::move(e);
             if (is_op("(")) parse_call_args(*call);
-            e = parse_postfix(std::move(call));
+            e = parse_postfix(grown(std::move(call)));
         } else if (is_name("is")) {
             ++p_;
             auto test = make(Expr::Kind::Test, line);
@@ -333,7 +355,7 @@ ExprPtr Parser::parse_filters(ExprPtr e) {
                         !is_name("else") && !is_name("is") && !is_name("in") && !is_name("not"))) {
                 test->args.push_back(parse_primary());  // "x is divisibleby 3", "x is sameas y"
             }
-            e = std::move(test);
+            e = grown(std::move(test));
         } else {
             return e;
         }

@@ -2,6 +2,7 @@
 // floored, ~ concatenating str() forms) and slicing. Undefined operands fail as in Jinja2,
 // except for ~ and ==, where Undefined prints as "" and equals only Undefined.
 #include <cmath>
+#include <cstdint>
 
 #include "chat/builtins.h"
 #include "chat/text.h"
@@ -13,6 +14,11 @@ bool is_num(const json& j) { return j.is_number() || j.is_boolean(); }
 bool is_int(const json& j) { return j.is_number_integer() || j.is_boolean(); }
 int64_t as_int(const json& j) { return j.is_boolean() ? j.get<bool>() : j.get<int64_t>(); }
 double as_dbl(const json& j) { return j.is_boolean() ? j.get<bool>() : j.get<double>(); }
+
+[[noreturn]] void overflow(const json& a, const char* op, const json& b) {
+    throw EvalError("integer overflow: " + a.dump() + " " + op + " " + b.dump() +
+                    " is past 64 bits (Python's integers are unbounded; a template's here are 64-bit)");
+}
 
 [[noreturn]] void unsupported(const char* op, const json& a, const json& b) {
     throw EvalError(std::string("unsupported operand type(s) for ") + op + ": '" + type_name(a) + "' and '" +
@@ -36,6 +42,10 @@ json arithmetic(BinOp op, const json& a, const json& b) {
         const json& seq = a.is_string() || a.is_array() ? a : b;
         const json& n = &seq == &a ? b : a;
         if (!is_int(n)) unsupported(sym, a, b);
+        const uint64_t unit = seq.is_string() ? seq.get_ref<const std::string&>().size() : seq.size();
+        if (as_int(n) > 0 && unit > 0 && (uint64_t)as_int(n) > kMaxBuilt / unit)
+            throw EvalError("'" + type_name(seq) + "' * " + std::to_string(as_int(n)) + " would hold more than " + std::to_string(kMaxBuilt) +
+                            (seq.is_string() ? " bytes" : " items"));
         json out = seq.is_string() ? json("") : json::array();
         for (int64_t i = 0; i < as_int(n); ++i) {
             if (seq.is_string()) out.get_ref<std::string&>() += seq.get_ref<const std::string&>();
@@ -47,9 +57,17 @@ json arithmetic(BinOp op, const json& a, const json& b) {
     bool ints = is_int(a) && is_int(b);
     double x = as_dbl(a), y = as_dbl(b);
     switch (op) {
-    case BinOp::Add: return ints ? json(as_int(a) + as_int(b)) : json(x + y);
-    case BinOp::Sub: return ints ? json(as_int(a) - as_int(b)) : json(x - y);
-    case BinOp::Mul: return ints ? json(as_int(a) * as_int(b)) : json(x * y);
+    case BinOp::Add:
+    case BinOp::Sub:
+    case BinOp::Mul: {
+        if (!ints) return op == BinOp::Add ? json(x + y) : op == BinOp::Sub ? json(x - y) : json(x * y);
+        int64_t r = 0;
+        const bool past = op == BinOp::Add ? __builtin_add_overflow(as_int(a), as_int(b), &r)
+                          : op == BinOp::Sub ? __builtin_sub_overflow(as_int(a), as_int(b), &r)
+                                             : __builtin_mul_overflow(as_int(a), as_int(b), &r);
+        if (past) overflow(a, sym, b);
+        return r;
+    }
     case BinOp::Div:
         if (y == 0) throw EvalError("division by zero");
         return x / y;
@@ -58,6 +76,10 @@ json arithmetic(BinOp op, const json& a, const json& b) {
         if (y == 0) throw EvalError("integer division or modulo by zero");
         if (ints) {
             int64_t p = as_int(a), q = as_int(b);
+            if (p == INT64_MIN && q == -1) {  // p / q is past 64 bits (and p % q would trap)
+                if (op == BinOp::Mod) return 0;
+                overflow(a, sym, b);
+            }
             int64_t d = p / q, r = p % q;
             if (r != 0 && ((r < 0) != (q < 0))) { --d; r += q; }
             return op == BinOp::FloorDiv ? json(d) : json(r);
@@ -66,9 +88,15 @@ json arithmetic(BinOp op, const json& a, const json& b) {
         return op == BinOp::FloorDiv ? json(d) : json(r);
     }
     case BinOp::Pow:
-        if (ints && as_int(b) >= 0) {
-            int64_t r = 1;
-            for (int64_t i = 0; i < as_int(b); ++i) r *= as_int(a);
+        if (ints && as_int(b) >= 0) {  // by squaring, every product checked
+            int64_t r = 1, base = as_int(a);
+            for (int64_t e = as_int(b); e > 0; e >>= 1) {
+                if ((e & 1) && __builtin_mul_overflow(r, base, &r)) overflow(a, sym, b);
+                if (e > 1 && __builtin_mul_overflow(base, base, &base)) {
+                    if (r == 0) return 0;
+                    overflow(a, sym, b);
+                }
+            }
             return r;
         }
         return std::pow(x, y);
@@ -136,11 +164,16 @@ Value slice(const Value& subject, const Value& start_v, const Value& stop_v, con
     };
     start = clamp(start, has_start, step > 0 ? 0 : n - 1);
     stop = clamp(stop, has_stop, step > 0 ? n : -1);
+    // The items start, start + step, ... before stop, counted first (i += step could wrap past
+    // the end for a step near 2^63).
+    const __int128 span = step > 0 ? (__int128)stop - start : (__int128)start - stop, by = step > 0 ? (__int128)step : -(__int128)step;
+    const int64_t count = span > 0 ? (int64_t)((span - 1) / by + 1) : 0;
     std::vector<char32_t> out_cps;
     json out = json::array();
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-        if (is_str) out_cps.push_back(cps[static_cast<size_t>(i)]);
-        else out.push_back(j[static_cast<size_t>(i)]);
+    for (int64_t k = 0; k < count; ++k) {
+        const size_t i = (size_t)((__int128)start + (__int128)k * step);
+        if (is_str) out_cps.push_back(cps[i]);
+        else out.push_back(j[i]);
     }
     return is_str ? Value::owned(text::encode(out_cps)) : Value::owned(out);
 }

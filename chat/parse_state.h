@@ -2,6 +2,8 @@
 // (expressions). Internal to chat/: the rest of the code sees only parse_template().
 #pragma once
 
+#include <algorithm>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -116,6 +118,21 @@ private:
     std::unique_ptr<Stmt> parse_macro(int line);
 
     ExprPtr make(Expr::Kind k, int line) { auto e = std::make_unique<Expr>(); e->kind = k; e->line = line; return e; }
+    // `e` with its operands attached: its height checked, since evaluating (and freeing) the tree
+    // recurses once a level. Operator chains ("1 + 1 + ...", "x|trim|trim...") grow it without
+    // nesting the source; real templates stay under 20.
+    static constexpr int kMaxExprDepth = 1000;
+    ExprPtr grown(ExprPtr e) {
+        int d = 0;
+        for (const ExprPtr* c : {&e->a, &e->b, &e->c, &e->d})
+            if (*c) d = std::max(d, (*c)->depth);
+        for (const ExprPtr& x : e->args) d = std::max(d, x->depth);
+        for (const ExprPtr& x : e->values) d = std::max(d, x->depth);
+        for (const auto& kw : e->kwargs) d = std::max(d, kw.second->depth);
+        e->depth = d + 1;
+        if (e->depth > kMaxExprDepth) fail(e->line, "expression deeper than " + std::to_string(kMaxExprDepth) + " operations");
+        return e;
+    }
     ExprPtr parse_tuple_or_expr();
     ExprPtr parse_expr();
     ExprPtr parse_or();

@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "chat/ast.h"
+#include "chat/builtins.h"
 
 namespace tpx::chat {
 
@@ -116,19 +117,20 @@ static std::string repr_string(const std::string& s) {
     return out + q;
 }
 
-std::string repr(const json& j) {
+static std::string repr_at(const json& j, int depth) {
+    if (depth > kMaxValueDepth) throw EvalError("a value nested deeper than " + std::to_string(kMaxValueDepth) + " levels");
     switch (j.type()) {
     case json::value_t::string: return repr_string(j.get_ref<const std::string&>());
     case json::value_t::array: {
         std::string s = "[";
-        for (size_t i = 0; i < j.size(); ++i) s += (i ? ", " : "") + repr(j[i]);
+        for (size_t i = 0; i < j.size(); ++i) s += (i ? ", " : "") + repr_at(j[i], depth + 1);
         return s + "]";
     }
     case json::value_t::object: {
         std::string s = "{";
         bool first = true;
         for (auto it = j.begin(); it != j.end(); ++it) {
-            s += (first ? "" : ", ") + repr_string(it.key()) + ": " + repr(it.value());
+            s += (first ? "" : ", ") + repr_string(it.key()) + ": " + repr_at(it.value(), depth + 1);
             first = false;
         }
         return s + "}";
@@ -136,6 +138,8 @@ std::string repr(const json& j) {
     default: return to_str(j);
     }
 }
+
+std::string repr(const json& j) { return repr_at(j, 0); }
 
 std::string to_str(const json& j) {
     switch (j.type()) {

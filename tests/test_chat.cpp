@@ -181,6 +181,63 @@ TEST(ChatJinja, ExpressionsFollowPython) {
     EXPECT_EQ(render("{{ 1 == 1.0 }}{{ true == 1 }}{{ 'ab' < 'b' }}{{ [] or 'e' }}{{ 0 and 1 }}"), "TrueTrueTrue" "e0");
 }
 
+// Python's answers (jinja2 3.1 in transformers' sandbox) where 64-bit arithmetic, a loop's
+// step or a chain of comparisons could go another way; what Python would answer with an integer
+// past 64 bits, or a sandbox limit, is refused by name rather than wrapped or left to crash.
+TEST(ChatJinja, IntegersSlicesAndChainsAsPython) {
+    EXPECT_EQ(render("{{ 3 > 2 > 1 }}|{{ 1 < 3 < 2 }}|{{ 2 == 2 == 2 }}|{{ 1 != 2 != 1 }}|{{ 1 in [1] in [[1]] }}|{{ 1 < 2 == 2 }}"),
+              "True|False|True|True|True|True");
+    EXPECT_EQ(render("{{ (-9223372036854775807 - 1) % -1 }}|{{ (-2) ** 63 }}|{{ 1 ** 1000000000000 }}|{{ 0 ** 5 }}|{{ 2 ** 62 }}"),
+              "0|-9223372036854775808|1|0|4611686018427387904");
+    EXPECT_EQ(render("{{ [1,2,3][1:9223372036854775807:9223372036854775807] }}|{{ 'abc'[2:9223372036854775807:9223372036854775806] }}"
+                     "|{{ 'abcdef'[::-2] }}|{{ [1,2,3,4][-1:0:-1] }}|{{ [1,2,3][::-9223372036854775807] }}"),
+              "[2]|c|fdb|[4, 3, 2]|[3]");
+    EXPECT_EQ(render("{{ range(-9223372036854775807 - 1, 9223372036854775807, 4611686018427387904) | list }}|{{ range(100000) | length }}"),
+              "[-9223372036854775808, -4611686018427387904, 0, 4611686018427387904]|100000");
+    EXPECT_EQ(render("{{ 1|round }}|{{ 7|round(-1) }}|{{ 15|round(-1) }}|{{ 25|round(-1) }}|{{ 12345.678|round(-2) }}|{{ 2.675|round(2) }}"
+                     "|{{ 1.5|round(0, 'floor') }}"),
+              "1|10|20|20|12300.0|2.67|1.0");
+    EXPECT_EQ(render("{{ '0x1A'|int }}|{{ ' 12 '|int }}|{{ '3.7'|int }}|{{ 'nan'|float|int }}|{{ 1e999 }}|{{ 'ab'|indent(-5) }}"), "0|12|3|0|inf|ab");
+    const std::pair<std::string, std::string> refused[] = {
+        {"{{ (-9223372036854775807 - 1) // -1 }}", "integer overflow: -9223372036854775808 // -1 is past 64 bits"},
+        {"{{ 2 ** 64 }}", "integer overflow: 2 ** 64"},
+        {"{{ 9223372036854775807 + 1 }}", "integer overflow: 9223372036854775807 + 1"},
+        {"{{ 9223372036854775807 * 2 }}", "integer overflow"},
+        {"{{ -(-9223372036854775807 - 1) }}", "integer overflow: -(-9223372036854775808)"},
+        {"{{ (-9223372036854775807 - 1)|abs }}", "integer overflow: abs(-9223372036854775808)"},
+        {"{{ 1e30|int }}", "cannot convert 1e+30 to an integer of 64 bits"},
+        {"{{ '99999999999999999999'|int }}", "cannot convert '99999999999999999999' to an integer of 64 bits"},
+        {"{{ 9223372036854775808 }}", "t.jinja:1: integer 9223372036854775808 is past 64 bits"},
+        {"{{ range(100001)|length }}", "range too big: 100001 items, more than the 100000"},
+        {"{{ range(1000000000)|length }}", "range too big"},
+        {"{{ 'a' * 1000000000000 }}", "'str' * 1000000000000 would hold more than 67108864 bytes"},
+        {"{{ ([1, 2] * 4611686018427387904)|length }}", "'list' * 4611686018427387904 would hold more than"},
+        {"{{ 2|round(2, 'nope') }}", "round's method must be common, ceil or floor"},
+        {"{{ [1, 2, 3]|round }}", "round needs a number, got list"},
+        {"{{ " + std::string(40, '9') + " }}", "is past 64 bits"},
+    };
+    for (const auto& [source, message] : refused) {
+        std::string what = error_of(source);
+        EXPECT_NE(what.find(message), std::string::npos) << source.substr(0, 80) << "\n  gave: " << what;
+    }
+}
+
+// Expressions and values deep enough to end the process by its stack are refused by name:
+// operator chains ("1 + 1 + ...", "not not ...", "x|trim|trim...") and data nested in messages.
+TEST(ChatJinja, DeepExpressionsAndValuesAreRefused) {
+    std::string plus = "{{ 1", nots = "{{ ", trims = "{{ 'x'";
+    for (int i = 0; i < 15000; ++i) plus += " + 1", nots += "not ", trims += "|trim";
+    EXPECT_NE(error_of(plus + " }}").find("t.jinja:1: expression deeper than 1000 operations"), std::string::npos);
+    EXPECT_NE(error_of(trims + " }}").find("t.jinja:1: expression deeper than 1000 operations"), std::string::npos);
+    EXPECT_NE(error_of(nots + "true }}").find("t.jinja:1: template nested deeper than 200 levels"), std::string::npos);
+    std::string chain = "{{ 1";
+    for (int i = 0; i < 900; ++i) chain += " + 1";
+    EXPECT_EQ(render(chain + " }}"), "901");
+    json deep = json::array();
+    for (int i = 0; i < 50000; ++i) deep = json::array({std::move(deep)});
+    EXPECT_NE(error_of("{{ d }}", {{"d", deep}}).find("nested deeper than 512 levels"), std::string::npos);
+}
+
 TEST(ChatJinja, UndefinedBehavesAsJinja2Default) {
     // Printing, ~, iterating, |length and tests accept Undefined; using its attributes fails.
     EXPECT_EQ(render("[{{ missing }}][{{ missing ~ 'a' }}][{% for x in missing %}x{% endfor %}][{{ missing|length }}]"
