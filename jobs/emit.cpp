@@ -1,7 +1,10 @@
-// Writing a resolved job as TOML, section by section in schema order. Values are formatted by
-// TOML++ so that strings are quoted and escaped exactly as TOML wants.
+// Writing a resolved job as TOML, section by section in schema order. Numbers and booleans are
+// formatted by TOML++; strings are written here as basic strings, every control character
+// escaped (TOML++ writes a string that holds a newline as a multi-line literal, and TOML drops a
+// newline right after the opening quotes: a stop string "\n remain" came back as " remain").
 #include "jobs/emit.h"
 
+#include <cstdio>
 #include <sstream>
 
 #include <toml++/toml.h>
@@ -9,20 +12,44 @@
 namespace tpx {
 namespace {
 
+// A TOML basic string: "..." with \\, \" and every control character (and DEL) escaped.
+std::string quoted(const std::string& v) {
+    std::string out = "\"";
+    for (unsigned char c : v) {
+        switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\t': out += "\\t"; break;
+        case '\r': out += "\\r"; break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                char buf[8];
+                std::snprintf(buf, sizeof buf, "\\u%04X", c);
+                out += buf;
+            } else {
+                out += (char)c;
+            }
+        }
+    }
+    return out + "\"";
+}
+
 template <typename T>
 std::string fmt(const T& v) {
-    std::ostringstream os;
-    if constexpr (std::is_same_v<T, std::string>) os << toml::value<std::string>(v);
-    else os << toml::value<T>(v);
-    return os.str();
+    if constexpr (std::is_same_v<T, std::string>) {
+        return quoted(v);
+    } else {
+        std::ostringstream os;
+        os << toml::value<T>(v);
+        return os.str();
+    }
 }
 
 std::string fmt_list(const std::vector<std::string>& items) {
-    toml::array a;
-    for (const auto& s : items) a.push_back(s);
-    std::ostringstream os;
-    os << a;
-    return os.str();
+    std::string out = "[";
+    for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : " ") + quoted(items[i]);
+    return out + (items.empty() ? "]" : " ]");
 }
 
 std::string fmt_ids(const std::vector<int64_t>& ids) {

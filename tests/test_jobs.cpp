@@ -61,6 +61,20 @@ TEST(Jobs, ExampleRoundTripsThroughValidate) {
     }
 }
 
+// Strings come back as written through emit_job_toml (the workers of a piped job and a
+// submitted job read the emitted copy): a leading newline, quotes, backslashes, control characters.
+TEST(Jobs, StringsRoundTripThroughTheEmittedJob) {
+    const std::vector<std::string> stops = {"\n remain", "\n",      "a\"b\\c", "tab\there\r\n", std::string("nul\x01\x1f\x7f\0", 7),
+                                            "'''x'''",   "\"\"\""};
+    tpx::Job job = tpx::parse_job("[model]\npath = \"models/tiny\"\n", "s.toml", kSource);
+    job.name = "\nlead";
+    job.run.stop = stops;
+    tpx::Job again = tpx::parse_job(tpx::emit_job_toml(job), "s.toml", kSource);
+    EXPECT_EQ(again.name, "\nlead");
+    EXPECT_EQ(again.run.stop, stops);
+    EXPECT_EQ(tpx::emit_job_toml(again), tpx::emit_job_toml(job));
+}
+
 TEST(Jobs, DefaultsAreFilledAndPathsResolved) {
     std::string dir = kSource + "/jobs/examples";
     tpx::Job job = tpx::parse_job("[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 4\nnodes = 2\n",
