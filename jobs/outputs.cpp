@@ -3,9 +3,13 @@
 
 #include <sys/stat.h>
 
+#include <filesystem>
+
 #include "common/error.h"
 
 namespace tpx {
+
+namespace fs = std::filesystem;
 
 std::vector<NamedPath> job_inputs(const Job& job) {
     std::vector<NamedPath> inputs;
@@ -16,8 +20,15 @@ std::vector<NamedPath> job_inputs(const Job& job) {
     std::vector<NamedPath> ckpt = checkpoint_inputs(job.model.path);
     inputs.insert(inputs.end(), ckpt.begin(), ckpt.end());
     if (!job.model.tokenizer.empty())  // a folder (every file of it) or a tokenizer.json
-        for (NamedPath& p : checkpoint_inputs(job.model.tokenizer)) inputs.push_back({"model.tokenizer (" + p.path + ")", p.path});
+        for (NamedPath& p : checkpoint_inputs(job.model.tokenizer)) inputs.push_back({"model.tokenizer", p.path});
     if (!job.run.chat_template.empty()) inputs.push_back({"run.chat_template", job.run.chat_template});
+    // tpx's own programs (tpx and tpx-worker share a folder): an output over tpx-worker ended
+    // every later run.
+    std::error_code ec;
+    const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec)
+        for (const char* program : {"tpx", "tpx-worker"})
+            if (fs::is_regular_file(self.parent_path() / program, ec)) inputs.push_back({std::string("the ") + program + " program", (self.parent_path() / program).string()});
     return inputs;
 }
 

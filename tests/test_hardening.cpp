@@ -98,6 +98,14 @@ TEST(Outputs, TheJobsTokenizerAndChatTemplateAreInputs) {
     }
 }
 
+// tpx's own programs are inputs too (an output over tpx-worker ended every later run).
+TEST(Outputs, TpxsOwnProgramsAreInputs) {
+    for (const char* program : {"tpx-worker", "tpx"}) {
+        TestJob j = make_job("output = \"" + tpx_bin(program) + "\"");
+        expect_refused(tpx("validate " + j.file), {"run.output", std::string("the ") + program + " program", "an output never replaces an input"});
+    }
+}
+
 TEST(Outputs, TwoOutputsOfOneRunMayNotShareAFile) {
     TestJob j = make_job();
     expect_refused(tpx("run " + j.file + " --dump-logits " + j.dir + "/out.jsonl"), {"--dump-logits", "run.output", "its own file"});
