@@ -21,9 +21,11 @@ std::string write_prompts(const std::string& dir, const std::string& text) {
 
 TEST(Prompts, AGoodFileReadsBackAsWritten) {
     std::string dir = tpx_test::temp_dir();
-    std::string path = write_prompts(dir, "{\"id\": \"a\", \"input_ids\": [1, 2, 3]}\n\n{\"id\": 7, \"input_ids\": [4]}\n{\"input_ids\": [5, 6]}\n");
+    std::string path = write_prompts(dir, "{\"id\": \"a\", \"input_ids\": [1, 2, 3]}\n\n{\"id\": 7, \"input_ids\": [4]}\n{\"input_ids\": [5, 6]}\n"
+                                          "{\"id\": 18446744073709551615, \"input_ids\": [1]}\n");
     auto prompts = tpx::read_prompts(path, 10, 4, 16);
-    ASSERT_EQ(prompts.size(), 3u);
+    ASSERT_EQ(prompts.size(), 4u);
+    EXPECT_EQ(prompts[3].id, "18446744073709551615") << "an id past 2^63 as written, not wrapped";
     EXPECT_EQ(prompts[0].id, "a");
     EXPECT_FALSE(prompts[0].id_is_number);
     EXPECT_EQ(prompts[0].tokens, (std::vector<int32_t>{1, 2, 3}));
@@ -52,6 +54,7 @@ TEST(Prompts, EachMalformedLineIsNamed) {
         {ok + "\n" + ok, ":3: prompt id p is also the id on line 1"},
         {"{\"id\": 3, \"input_ids\": [1]}\n{\"id\": \"3\", \"input_ids\": [1]}\n", ":2: prompt id 3 is also the id on line 1"},
         {"{\"id\": \"p\", \"input_ids\": [1, 2.5]}\n", ":1: prompt p: input_ids[1] = 2.5 is not a token id"},
+        {"{\"id\": \"p\", \"input_ids\": [1, 18446744073709551615]}\n", ":1: prompt p: input_ids[1] = 18446744073709551615 is not a token id"},
         {"{\"id\": \"p\", \"input_ids\": [1, -2]}\n", ":1: prompt p: token id -2 at position 1 is outside the model's vocabulary [0, 10)"},
         {"{\"id\": \"p\", \"input_ids\": []}\n", ":1: prompt p has no tokens"},
         {"{\"id\": \"p\", \"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3, 4]}\n",

@@ -23,7 +23,8 @@ std::vector<int32_t> prompt_tokens(const Json& j, const std::string& where, cons
         const Json& ids = j["input_ids"];
         if (!ids.is_array()) throw Error(where + "input_ids must be an array of token ids", kExitBadInput);
         for (size_t k = 0; k < ids.size(); ++k) {
-            if (!ids[k].is_number_integer() || ids[k].get<int64_t>() < INT32_MIN || ids[k].get<int64_t>() > INT32_MAX)
+            if (!ids[k].is_number_integer() || (ids[k].is_number_unsigned() && ids[k].get<uint64_t>() > INT32_MAX) ||
+                ids[k].get<int64_t>() < INT32_MIN || ids[k].get<int64_t>() > INT32_MAX)
                 throw Error(where + "input_ids[" + std::to_string(k) + "] = " + ids[k].dump() + " is not a token id", kExitBadInput);
             tokens.push_back((int32_t)ids[k].get<int64_t>());
         }
@@ -93,6 +94,7 @@ std::vector<Prompt> read_prompts(const std::string& path, int64_t vocab, int64_t
         Prompt p;
         if (!j.contains("id")) p.id = std::to_string(prompts.size()), p.id_is_number = true;  // its place in the file
         else if (j["id"].is_string()) p.id = j["id"].get<std::string>();
+        else if (j["id"].is_number_unsigned()) p.id = std::to_string(j["id"].get<uint64_t>()), p.id_is_number = true;  // past 2^63 too
         else if (j["id"].is_number_integer()) p.id = std::to_string(j["id"].get<int64_t>()), p.id_is_number = true;
         else throw Error(where + "id " + j["id"].dump() + " is not a string or an integer", kExitBadInput);
         auto [seen, fresh] = line_of_id.emplace(p.id, line_no);

@@ -224,7 +224,7 @@ void write_results_jsonl(const std::string& path, const std::vector<SequenceResu
     write_file_atomically(path, [&](std::ostream& out) {
         for (const SequenceResult& r : results) {
             nlohmann::json j;
-            if (r.prompt.id_is_number) j["id"] = std::stoll(r.prompt.id);
+            if (r.prompt.id_is_number) j["id"] = nlohmann::json::parse(r.prompt.id);  // as written: past 2^63 too
             else j["id"] = r.prompt.id;
             j["output_ids"] = r.output;
             if (r.has_text) j["text"] = r.text;
