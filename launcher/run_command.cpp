@@ -4,6 +4,7 @@
 // (SIGKILL), mpirun gets SIGTERM from the kernel (PR_SET_PDEATHSIG), so no rank outlives it.
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -103,6 +104,12 @@ int cmd_run(const Args& args) {
     }
     std::cerr << "tpx run: rank map: " << format_rank_map(rank_map(job)) << "\n";
     std::cerr << "tpx run: " << shell_join(cmd) << "\n";
+    // Rank 0 writes run.output whole (a new file renamed into place) at the end: an mpirun that
+    // exits 0 without having run the ranks ([launch] mpirun = "true") must not look like a run.
+    // Checked where rank 0 is this host's (no other hosts named: their files may not be ours).
+    struct stat before {};
+    const bool check_written = !is_stream_target(job.run.output) && job.launch.hosts.empty() && job.launch.hostfile.empty();
+    const bool existed = check_written && ::stat(job.run.output.c_str(), &before) == 0;
     MpirunSettings settings;
     settings.name = "tpx run";
     MpirunOutcome outcome = run_mpirun(cmd, settings);
@@ -115,6 +122,12 @@ int cmd_run(const Args& args) {
         std::fprintf(stderr, "tpx run: job '%s' interrupted by %s after %.1f s\n", job.name.c_str(), strsignal(g_signal), seconds);
         return 128 + g_signal;
     }
+    struct stat after {};
+    if (code == 0 && check_written &&
+        (::stat(job.run.output.c_str(), &after) != 0 || (existed && after.st_ino == before.st_ino && after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
+                                                          after.st_mtim.tv_nsec == before.st_mtim.tv_nsec)))
+        throw Error(cmd[0] + " exited 0, but no rank wrote run.output (" + job.run.output + "): did it start the ranks? ([launch] mpirun)",
+                    kExitRuntime);
     std::fprintf(stderr, "tpx run: job '%s' %s after %.1f s (exit status %d)\n", job.name.c_str(),
                  code == 0 ? "finished" : "failed", seconds, code);
     return code == 0 ? 0 : (code == kExitBadInput ? kExitBadInput : kExitRuntime);

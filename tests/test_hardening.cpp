@@ -106,6 +106,14 @@ TEST(Outputs, TpxsOwnProgramsAreInputs) {
     }
 }
 
+// An mpirun that exits 0 without starting the ranks is not a finished job.
+TEST(Outputs, ARunThatWroteNoOutputFails) {
+    TestJob j = make_job("", 2, kPrompts, "", "[launch]\nmpirun = \"true\"\n");
+    auto r = tpx("run " + j.file);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find("true exited 0, but no rank wrote run.output (" + j.dir + "/out.jsonl)"), std::string::npos) << r.err;
+}
+
 TEST(Outputs, TwoOutputsOfOneRunMayNotShareAFile) {
     TestJob j = make_job();
     expect_refused(tpx("run " + j.file + " --dump-logits " + j.dir + "/out.jsonl"), {"--dump-logits", "run.output", "its own file"});
