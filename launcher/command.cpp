@@ -52,8 +52,12 @@ bool parse_command_line(const Args& args, const char* usage, po::options_descrip
     return false;
 }
 
-std::string output_file_arg(const std::string&, const std::string& value) {
-    return std::filesystem::absolute(value).lexically_normal().string();
+std::string output_file_arg(const std::string& option, const std::string& value) {
+    if (value.empty()) throw JobError("--" + option + " needs a file name (it was given \"\")");
+    std::error_code ec;
+    const std::filesystem::path path = std::filesystem::absolute(value, ec);  // fails where the current folder is gone
+    if (ec) throw JobError("--" + option + " " + value + ": cannot make it an absolute path: " + ec.message());
+    return path.lexically_normal().string();
 }
 
 }  // namespace tpx

@@ -148,6 +148,12 @@ TEST(Jobs, UsageErrorsExitTwo) {
     EXPECT_EQ(run_process(tpx_bin("tpx") + " validate a.toml b.toml").exit_code, 2);
     EXPECT_EQ(run_process(tpx_bin("tpx") + " frobnicate").exit_code, 2);
     EXPECT_EQ(run_process(tpx_bin("tpx") + " validate /no/such/job.toml").exit_code, 2);
+    const std::string job = kSource + "/jobs/examples/tiny.toml";
+    for (const std::string& args : {" run " + job + " --dump-logits '' --dry-run", " bench " + job + " --json ''"}) {
+        auto r = run_process(tpx_bin("tpx") + args);  // was "internal error" (exit 1)
+        EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
+        EXPECT_NE(r.err.find("needs a file name"), std::string::npos) << r.err;
+    }
     auto help = run_process(tpx_bin("tpx") + " validate --help");
     EXPECT_EQ(help.exit_code, 0);
     EXPECT_NE(help.out.find("usage: tpx validate JOB"), std::string::npos);
