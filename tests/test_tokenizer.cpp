@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "process.h"
+#include "tokenizer/regex.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
 
@@ -120,6 +121,23 @@ TEST(TokenizerUtf8, LossyDecodingReplacesMaximalSubparts) {
     EXPECT_EQ(tpx::tok::utf8_lossy("\x61\xF1\x80\x80\xE1\x80\xC2\x62\x80\x63\x80\xBF\x64"),
               "a" + R + R + R + "b" + R + "c" + R + R + "d");                    // table 3-11
     EXPECT_EQ(tpx::tok::utf8_lossy("\xF0\x9F\x98\x80"), "\xF0\x9F\x98\x80");      // valid stays
+}
+
+// A repeated group over a long text outgrows PCRE2's default JIT stack (32 KiB: "code -46"),
+// which HF's Oniguruma does not have; and an empty match where the last one ended is skipped,
+// as Oniguruma's find_iter skips it.
+TEST(TokenizerRegex, LongRepeatsAndEmptyMatchesAsOniguruma) {
+    std::vector<std::pair<size_t, size_t>> m;
+    std::string ab;
+    for (int i = 0; i < 50000; ++i) ab += "ab";
+    tpx::tok::Regex("(?:ab)+", "test").find_all(ab, m);
+    EXPECT_EQ(m, (std::vector<std::pair<size_t, size_t>>{{0, ab.size()}}));
+    m.clear();
+    tpx::tok::Regex("(a|aa)+b", "test").find_all(std::string(2000, 'a') + "b", m);
+    EXPECT_EQ(m, (std::vector<std::pair<size_t, size_t>>{{0, 2001}}));
+    m.clear();
+    tpx::tok::Regex("a*", "test").find_all("aab", m);
+    EXPECT_EQ(m, (std::vector<std::pair<size_t, size_t>>{{0, 2}, {3, 3}}));
 }
 
 TEST(TokenizerErrors, BadFilesAreRefusedNamingTheComponent) {
@@ -261,7 +279,7 @@ TEST(TokenizerDiff, Qwen3MatchesHfTokenizers) { check_diff("qwen3", "tokenizer-q
 TEST(TokenizerDiff, MistralMatchesTransformersRule) { check_diff("mistral", "tokenizer-llama2"); }
 
 // Variants of the small tokenizers covering the components the real ones do not use (every
-// Split behavior, invert, Digits, Metaspace schemes, NFD/NFKD/NFKC, Lowercase, Strip, regex
+// Split behavior, invert, patterns that match the empty string, Digits, Metaspace schemes, NFD/NFKD/NFKC, Lowercase, Strip, regex
 // Replace, decoder Strip/Metaspace, unk with and without fuse_unk, ignore_merges, added-token
 // options, templates with EOS); diff.mjs writes each variant and HF's answers for it.
 TEST(TokenizerDiff, ComponentVariantsMatchHfTokenizers) {

@@ -5,6 +5,8 @@
 
 #include <pcre2.h>
 
+#include <string>
+
 #include "common/error.h"
 
 namespace tpx::tok {
@@ -51,6 +53,7 @@ std::string translate_pattern(const std::string& p) {
 struct Regex::Impl {
     pcre2_code* code = nullptr;
     bool jit = false;
+    std::string where, pattern;  // for a failed match's message
 };
 
 Regex::Regex(const std::string& pattern, const std::string& where) : impl_(std::make_unique<Impl>()) {
@@ -66,6 +69,7 @@ Regex::Regex(const std::string& pattern, const std::string& where) : impl_(std::
                         reinterpret_cast<const char*>(msg), kExitBadInput);
     }
     impl_->jit = pcre2_jit_compile(impl_->code, PCRE2_JIT_COMPLETE) == 0;
+    impl_->where = where, impl_->pattern = pattern;
 }
 
 Regex::~Regex() {
@@ -74,9 +78,23 @@ Regex::~Regex() {
 
 namespace {
 
+// A thread's match state. A repeated group on a long text ("(?:ab)+" over 100 KB) needs more
+// than the JIT's default 32 KiB stack: the stack may grow to 64 MiB, and past that the match is
+// run again by the interpreter, whose heap may grow to 1 GiB (Oniguruma, which HF uses, has no
+// such limit).
 struct MatchData {
     pcre2_match_data* data = pcre2_match_data_create(16, nullptr);
-    ~MatchData() { pcre2_match_data_free(data); }
+    pcre2_jit_stack* stack = pcre2_jit_stack_create(32 * 1024, 64 * 1024 * 1024, nullptr);
+    pcre2_match_context* context = pcre2_match_context_create(nullptr);
+    MatchData() {
+        pcre2_jit_stack_assign(context, nullptr, stack);
+        pcre2_set_heap_limit(context, 1024 * 1024);  // KiB
+    }
+    ~MatchData() {
+        pcre2_match_context_free(context);
+        pcre2_jit_stack_free(stack);
+        pcre2_match_data_free(data);
+    }
 };
 
 }  // namespace
@@ -84,15 +102,24 @@ struct MatchData {
 void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const {
     thread_local MatchData md;
     auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-    size_t pos = 0;
+    size_t pos = 0, last_end = std::string_view::npos;
     while (pos <= text.size()) {
-        int rc = impl_->jit ? pcre2_jit_match(impl_->code, subject, text.size(), pos, 0, md.data, nullptr)
-                            : pcre2_match(impl_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.data, nullptr);
+        int rc = impl_->jit ? pcre2_jit_match(impl_->code, subject, text.size(), pos, 0, md.data, md.context) : PCRE2_ERROR_JIT_STACKLIMIT;
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) rc = pcre2_match(impl_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.data, md.context);
         if (rc == PCRE2_ERROR_NOMATCH) return;
-        if (rc < 0) throw Error("tokenizer regex: pcre2_match failed with code " + std::to_string(rc));
+        if (rc < 0) {
+            PCRE2_UCHAR msg[256];
+            pcre2_get_error_message(rc, msg, sizeof msg);
+            throw Error(impl_->where + ": the regex '" + impl_->pattern + "' cannot be matched on a text of " + std::to_string(text.size()) +
+                            " bytes: " + reinterpret_cast<const char*>(msg),
+                        kExitBadInput);
+        }
         PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.data);
         size_t start = ov[0], end = ov[1];
-        out.emplace_back(start, end);
+        // An empty match where the last match ended is skipped, as Oniguruma's find_iter (HF's)
+        // skips it: "a*" over "aab" matches "aa", then the empty match at the end, not at 2.
+        const bool skipped = end == start && end == last_end;
+        if (!skipped) out.emplace_back(start, end), last_end = end;
         if (end > start) {
             pos = end;
         } else {

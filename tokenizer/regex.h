@@ -20,7 +20,9 @@ public:
     Regex& operator=(const Regex&) = delete;
 
     // [start, end) byte ranges of the matches in `text` (valid UTF-8), left to right; an empty
-    // match advances one character, as Oniguruma's search loop does.
+    // match advances one character, and one where the last match ended is skipped, as
+    // Oniguruma's find_iter does. Throws tpx::Error (exit 2) naming `where` when the match
+    // runs out of its stack or heap.
     void find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const;
 
 private:

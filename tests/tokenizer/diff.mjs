@@ -81,7 +81,7 @@ function llamaRules(json, config) {
   return json;
 }
 
-async function run(name, folder, seed, count = N) {
+async function run(name, folder, seed, count = N, fixed = []) {
   const config = JSON.parse(fs.readFileSync(path.join(folder, 'tokenizer_config.json'), 'utf8'));
   let json = JSON.parse(fs.readFileSync(path.join(folder, 'tokenizer.json'), 'utf8'));
   const cls = config.tokenizer_class || '';
@@ -92,8 +92,8 @@ async function run(name, folder, seed, count = N) {
   const vocab = [...Object.values(json.model.vocab), ...json.added_tokens.map((t) => t.id)].reduce((m, v) => Math.max(m, v), 0) + 1;
   const special = json.added_tokens.map((t) => t.id);
   const lines = [];
-  for (let i = 0; i < count; i++) {
-    const text = randomString(r);
+  for (let i = 0; i < fixed.length + count; i++) {
+    const text = i < fixed.length ? fixed[i] : randomString(r);
     const ids = (await tok.encode(text, null, { addSpecialTokens: true })).getIds();
     const plain = (await tok.encode(text, null, { addSpecialTokens: false })).getIds();
     lines.push(JSON.stringify({ text, ids, ids_no_special: plain }));
@@ -118,6 +118,9 @@ async function run(name, folder, seed, count = N) {
 // the real tokenizers do not use (every Split behavior, invert, Digits, Metaspace, the other
 // normalizers and decoders, unk handling, added-token options, templates). Each is written to
 // OUT_DIR/variants/NAME/ for the C++ test, with HF's answers in OUT_DIR/NAME.jsonl.
+// Texts where an empty match lands right after a non-empty one.
+const kEmptyMatchTexts = ['aab', 'ab ab', 'aaab baa  a', 'xaxxbx', '  a  b\tcc  ', 'abcabc aaa', 'a', 'ba', 'b  a', 'xx  x'];
+
 function variants() {
   const A = (id, content, o = {}) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false,
     special: false, ...o });
@@ -155,6 +158,17 @@ function variants() {
         { type: 'Split', pattern: R('\\p{Lu}'), behavior: 'Contiguous', invert: true },
         { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true }] };
     }],
+    // Patterns that match the empty string: HF's find_iter skips an empty match where the last
+    // match ended ("a*" over "aab": "aa", then the end), which these splits depend on.
+    ...[['a*', 'a'], ['\\s*', 's'], ['[^a]*', 'not-a']].flatMap(([re, tag]) => [
+      [`split-empty-${tag}-next`, 'byte-bpe', (j) => {
+        j.pre_tokenizer = { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: R(re), behavior: 'MergedWithNext', invert: false },
+          { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false }] };
+      }, kEmptyMatchTexts],
+      [`split-empty-${tag}-previous-invert`, 'byte-bpe', (j) => {
+        j.pre_tokenizer = { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: R(re), behavior: 'MergedWithPrevious', invert: true },
+          { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false }] };
+      }, kEmptyMatchTexts]]),
     ['normalizers', 'byte-bpe', (j) => {
       j.normalizer = { type: 'Sequence', normalizers: [{ type: 'NFKD' }, { type: 'Lowercase' },
         { type: 'Strip', strip_left: true, strip_right: true }, { type: 'Replace', pattern: R('\\s{2,}'), content: ' ' },
@@ -183,14 +197,14 @@ function variants() {
 async function runVariants(dataDir) {
   const names = [];
   let seed = 100;
-  for (const [name, base, edit] of variants()) {
+  for (const [name, base, edit, fixed] of variants()) {
     const json = JSON.parse(fs.readFileSync(path.join(dataDir, base, 'tokenizer.json'), 'utf8'));
     edit(json);
     const folder = path.join(outDir, 'variants', name);
     fs.mkdirSync(folder, { recursive: true });
     fs.writeFileSync(path.join(folder, 'tokenizer.json'), JSON.stringify(json));
     fs.writeFileSync(path.join(folder, 'tokenizer_config.json'), JSON.stringify({ tokenizer_class: 'TokenizersBackend' }));
-    await run(name, folder, seed++, 2000);
+    await run(name, folder, seed++, 2000, fixed ?? []);
     names.push(name);
   }
   fs.writeFileSync(path.join(outDir, 'variants.json'), JSON.stringify(names));
