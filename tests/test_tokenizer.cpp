@@ -159,6 +159,16 @@ TEST(TokenizerErrors, BadFilesAreRefusedNamingTheComponent) {
                    {"merge", "zzqq", "not in the vocab"});
     expect_refused(path("regex", [](nlohmann::json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(\\p{L"; }),
                    {"pre_tokenizer", "regex"});
+    expect_refused(path("dup", [](nlohmann::json& j) { j["model"]["vocab"]["ZZZdup"] = j["model"]["vocab"].begin().value(); }),
+                   {"tokenizer.json", "share the id"});
+    expect_refused(path("postid", [](nlohmann::json& j) {
+                       j["post_processor"] = {{"type", "TemplateProcessing"},
+                                              {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+                                              {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {-3}}, {"tokens", {"<s>"}}}}}}};
+                   }),
+                   {"post_processor", "special token \"<s>\" has the id -3, not one of the vocabulary's"});
+    expect_refused(path("type", [](nlohmann::json& j) { j["model"]["byte_fallback"] = "yes"; }),  // was "internal error", exit 1
+                   {"tokenizer.json", "a value of the wrong type"});
     write_temp(base + "/json", "tokenizer.json", "{\"model\": ");
     expect_refused(base + "/json", {"tokenizer.json", "bad JSON"});
     expect_refused(base + "/missing", {"no tokenizer.json"});

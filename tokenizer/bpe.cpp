@@ -54,6 +54,9 @@ Bpe Bpe::from_json(const nlohmann::json& m, const std::string& file) {
     bpe.id_to_token_.assign(max_id + 1, std::string());
     bpe.has_id_.assign(max_id + 1, false);
     for (const auto& [token, id] : bpe.vocab_) {
+        if (bpe.has_id_[id])  // HF itself decodes such an id as either token, from run to run
+            throw Error(where + ": vocab entries \"" + bpe.id_to_token_[id] + "\" and \"" + token + "\" share the id " + std::to_string(id),
+                        kExitBadInput);
         bpe.id_to_token_[id] = token;
         bpe.has_id_[id] = true;
     }

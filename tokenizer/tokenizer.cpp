@@ -70,28 +70,36 @@ Tokenizer Tokenizer::load(const std::string& path) {
     if (!fs::is_regular_file(p))
         throw Error(p.string() + ": no tokenizer.json (tpx reads HF's tokenizer.json, not tokenizer.model)", kExitBadInput);
     t.file_ = p.string();
-    nlohmann::json j = read_json(t.file_);
-    if (!j.is_object()) throw Error(t.file_ + ": not a JSON object", kExitBadInput);
-    if (!j.contains("model")) throw Error(t.file_ + ": no \"model\"", kExitBadInput);
-    t.model_ = std::make_unique<tok::Bpe>(tok::Bpe::from_json(j["model"], t.file_));
-    t.normalizer_ = std::make_unique<tok::Normalizer>(tok::Normalizer::from_json(j.value("normalizer", nlohmann::json()), t.file_));
-    t.pre_tokenizer_ =
-        std::make_unique<tok::PreTokenizer>(tok::PreTokenizer::from_json(j.value("pre_tokenizer", nlohmann::json()), t.file_));
-    t.decoder_ = std::make_unique<tok::Decoder>(tok::Decoder::from_json(j.value("decoder", nlohmann::json()), t.file_));
-    t.added_ = std::make_unique<tok::AddedVocab>();
-    const tok::Bpe& model = *t.model_;
-    t.added_->load(j.value("added_tokens", nlohmann::json()), t.file_,
-                   [&model](const std::string& s) { return model.token_to_id(s); }, model.vocab_entries());
-    t.load_post_processor(j.value("post_processor", nlohmann::json()));
-    t.load_config(p.parent_path().string());
-    t.apply_transformers_rules();
-    const tok::Normalizer& norm = *t.normalizer_;
-    t.added_->build([&norm](const std::string& s) {
+    try {
+        t.load_files(p.string());
+    } catch (const nlohmann::json::exception& e) {  // a key whose value has the wrong type
+        throw Error(t.file_ + " (or the tokenizer_config.json beside it): a value of the wrong type: " + e.what(), kExitBadInput);
+    }
+    return t;
+}
+
+void Tokenizer::load_files(const std::string& tokenizer_json) {
+    nlohmann::json j = read_json(tokenizer_json);
+    if (!j.is_object()) throw Error(file_ + ": not a JSON object", kExitBadInput);
+    if (!j.contains("model")) throw Error(file_ + ": no \"model\"", kExitBadInput);
+    model_ = std::make_unique<tok::Bpe>(tok::Bpe::from_json(j["model"], file_));
+    normalizer_ = std::make_unique<tok::Normalizer>(tok::Normalizer::from_json(j.value("normalizer", nlohmann::json()), file_));
+    pre_tokenizer_ =
+        std::make_unique<tok::PreTokenizer>(tok::PreTokenizer::from_json(j.value("pre_tokenizer", nlohmann::json()), file_));
+    decoder_ = std::make_unique<tok::Decoder>(tok::Decoder::from_json(j.value("decoder", nlohmann::json()), file_));
+    added_ = std::make_unique<tok::AddedVocab>();
+    const tok::Bpe& model = *model_;
+    added_->load(j.value("added_tokens", nlohmann::json()), file_,
+                 [&model](const std::string& s) { return model.token_to_id(s); }, model.vocab_entries());
+    load_post_processor(j.value("post_processor", nlohmann::json()));
+    load_config(fs::path(tokenizer_json).parent_path().string());
+    apply_transformers_rules();
+    const tok::Normalizer& norm = *normalizer_;
+    added_->build([&norm](const std::string& s) {
         std::string n = s;
         norm.normalize(n);
         return n;
     });
-    return t;
 }
 
 void Tokenizer::load_post_processor(const nlohmann::json& j) {
@@ -116,7 +124,13 @@ void Tokenizer::load_post_processor(const nlohmann::json& j) {
                 if (!special.contains(name) || !special[name].contains("ids"))
                     throw Error(where + ": template names special token \"" + name + "\" missing from special_tokens",
                                 kExitBadInput);
-                for (const auto& id : special[name]["ids"]) step.ids.push_back(id.get<int32_t>());
+                for (const auto& id : special[name]["ids"]) {
+                    if (!id.is_number_integer() || id.get<int64_t>() < 0 || (size_t)id.get<int64_t>() >= vocab_size())
+                        throw Error(where + ": special token \"" + name + "\" has the id " + id.dump() + ", not one of the vocabulary's [0, " +
+                                        std::to_string(vocab_size()) + ")",
+                                    kExitBadInput);
+                    step.ids.push_back((int32_t)id.get<int64_t>());
+                }
             } else {
                 throw Error(where + ": template item " + item.dump() + " is neither Sequence nor SpecialToken", kExitBadInput);
             }

@@ -66,6 +66,7 @@ public:
 
 private:
     Tokenizer();
+    void load_files(const std::string& tokenizer_json);  // tokenizer.json, then tokenizer_config.json beside it
     void load_config(const std::string& folder);
     void load_post_processor(const nlohmann::json& j);
     void apply_transformers_rules();
