@@ -1,12 +1,15 @@
 // `tpx tokenize PATH [--file IN.jsonl]`: text to ids and ids to text, one JSON line in, one out.
 // Every bad line is refused with its file and line number (exit 2) before anything after it runs.
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "launcher/command.h"
+#include "text/prompts.h"
 #include "text/text_tools.h"
 
 namespace po = boost::program_options;
@@ -38,6 +41,15 @@ bool read_flag(const Json& line, const char* key, bool fallback, const std::stri
 // One request line to one answer line.
 Json answer(const TextTools& tools, const Json& line, const std::string& where) {
     if (!line.is_object()) throw JobError(where + ": each line must be a JSON object");
+    // One request a line, with only its own options: a key tpx would drop (a chat's "tools") or
+    // a second request on the line is refused rather than half answered.
+    static const std::map<std::string, const char*> kOption = {
+        {"messages", "add_generation_prompt"}, {"text", "add_special_tokens"}, {"ids", "skip_special_tokens"}};
+    const std::string kind = line.contains("messages") ? "messages" : line.contains("text") ? "text" : line.contains("ids") ? "ids" : "";
+    for (const auto& item : line.items())
+        if (!kind.empty() && item.key() != kind && item.key() != kOption.at(kind))
+            throw JobError(where + ": unknown key \"" + item.key() + "\" beside \"" + kind + "\" (it takes \"" + kOption.at(kind) + "\"; one of "
+                           "\"text\", \"ids\", \"messages\" a line)");
     const Tokenizer& tokenizer = *tools.tokenizer;
     if (line.contains("messages")) {
         if (!tools.chat) throw JobError(where + ": \"messages\" need a chat template: the tokenizer has none; give --chat-template");
@@ -83,6 +95,8 @@ int cmd_tokenize(const Args& args) {
     std::string name = "<stdin>";
     if (vm.count("file")) {
         name = vm["file"].as<std::string>();
+        std::error_code ec;
+        if (std::filesystem::is_directory(name, ec)) throw JobError(name + ": is a folder, not a JSONL file");
         file_in.open(name, std::ios::binary);
         if (!file_in) throw JobError(name + ": cannot open");
     }
@@ -91,12 +105,7 @@ int cmd_tokenize(const Args& args) {
     for (long n = 1; std::getline(in, text); ++n) {
         if (text.empty() || text == "\r") continue;
         std::string where = name + ":" + std::to_string(n);
-        Json line;
-        try {
-            line = Json::parse(text);
-        } catch (const Json::exception& e) {
-            throw JobError(where + ": bad JSON: " + e.what());
-        }
+        const Json line = parse_jsonl_line(text, where + ": ");
         // Invalid UTF-8 from a decode is already U+FFFD; replace guards the dump all the same.
         std::cout << answer(tools, line, where).dump(-1, ' ', false, Json::error_handler_t::replace) << "\n";
     }

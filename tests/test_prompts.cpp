@@ -60,6 +60,7 @@ TEST(Prompts, EachMalformedLineIsNamed) {
         {"{\"id\": \"p\", \"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3, 4]}\n",
          ":1: prompt p: 13 tokens + max_new_tokens 4 exceed max_seq_len 16"},
         {"\n \n", ": no prompts"},
+        {std::string("{\"id\": \"p\", \"input_ids\": [1]}\0{garbage\n", 38), ":1: holds a NUL byte"},  // nlohmann stops at the NUL
     };
     for (const auto& c : cases) {
         std::string path = write_prompts(dir, c.text);

@@ -216,7 +216,12 @@ TEST(TokenizeCommand, BadLinesExitTwoNamingFileAndLine) {
     struct Case { std::string lines, expect; };
     for (const Case& c : {Case{"{\"text\": \"a\"}\n{\"text\": 5}\n", ":2: \"text\" must be a string"},
                           Case{"{\"ids\": [1, -3]}\n", ":1: \"ids\" holds -3"},
-                          Case{"{\"text\": \"a\"}\n\nnot json\n", ":3: bad JSON"},
+                          Case{"{\"text\": \"a\"}\n\nnot json\n", ":3: not a JSON object"},
+                          Case{"{\"text\": \"a\", \"foo\": 1}\n", ":1: unknown key \"foo\" beside \"text\""},
+                          Case{"{\"text\": \"a\", \"ids\": [5]}\n", ":1: unknown key \"ids\" beside \"text\""},
+                          Case{"{\"ids\": [5], \"add_special_tokens\": false}\n", ":1: unknown key \"add_special_tokens\" beside \"ids\""},
+                          Case{"{\"text\": \"a\", \"text\": \"b\"}\n", ":1: key 'text' is given twice"},
+                          Case{std::string("{\"text\": \"ok\"}\0{garbage\n", 24), ":1: holds a NUL byte"},
                           Case{"{\"messages\": []}\n", ":1: \"messages\""}}) {
         std::string file = write_temp(dir, "in.jsonl", c.lines);
         auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " tokenize " + data("byte-bpe") + " --file " + file);
@@ -225,6 +230,9 @@ TEST(TokenizeCommand, BadLinesExitTwoNamingFileAndLine) {
     }
     auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " tokenize " + dir + "/none");
     EXPECT_EQ(r.exit_code, 2) << r.err;
+    r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " tokenize " + data("byte-bpe") + " --file " + dir);  // was exit 0, no output
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find(dir + ": is a folder, not a JSONL file"), std::string::npos) << r.err;
     fs::remove_all(dir);
 }
 

@@ -53,6 +53,28 @@ std::vector<int32_t> prompt_tokens(const Json& j, const std::string& where, cons
 
 }  // namespace
 
+Json parse_jsonl_line(const std::string& line, const std::string& where) {
+    if (line.find('\0') != std::string::npos) throw Error(where + "holds a NUL byte, which JSON text cannot", kExitBadInput);
+    Json j;
+    std::string duplicate;  // nlohmann keeps the last of a repeated key: a line must not say two things
+    std::vector<std::set<std::string>> keys;
+    auto note_keys = [&](int, Json::parse_event_t event, Json& parsed) {
+        using E = Json::parse_event_t;
+        if (event == E::object_start) keys.emplace_back();
+        else if (event == E::object_end && !keys.empty()) keys.pop_back();
+        else if (event == E::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty())
+            duplicate = parsed.get<std::string>();
+        return true;
+    };
+    try {
+        j = Json::parse(line, note_keys);
+    } catch (const Json::exception& e) {
+        throw Error(where + "not a JSON object: " + e.what(), kExitBadInput);
+    }
+    if (!duplicate.empty()) throw Error(where + "key '" + duplicate + "' is given twice", kExitBadInput);
+    return j;
+}
+
 std::vector<Prompt> read_prompts(const std::string& path, int64_t vocab, int64_t max_new_tokens, int64_t max_seq_len,
                                  const TextTools& text) {
     std::ifstream in(path);
@@ -63,23 +85,7 @@ std::vector<Prompt> read_prompts(const std::string& path, int64_t vocab, int64_t
     for (int line_no = 1; std::getline(in, line); ++line_no) {
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         std::string where = path + ":" + std::to_string(line_no) + ": ";
-        Json j;
-        std::string duplicate;  // nlohmann keeps the last of a repeated key: a line must not say two things
-        std::vector<std::set<std::string>> keys;
-        auto note_keys = [&](int, Json::parse_event_t event, Json& parsed) {
-            using E = Json::parse_event_t;
-            if (event == E::object_start) keys.emplace_back();
-            else if (event == E::object_end && !keys.empty()) keys.pop_back();
-            else if (event == E::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty())
-                duplicate = parsed.get<std::string>();
-            return true;
-        };
-        try {
-            j = Json::parse(line, note_keys);
-        } catch (const Json::exception& e) {
-            throw Error(where + "not a JSON object: " + e.what(), kExitBadInput);
-        }
-        if (!duplicate.empty()) throw Error(where + "key '" + duplicate + "' is given twice", kExitBadInput);
+        const Json j = parse_jsonl_line(line, where);
         if (!j.is_object()) throw Error(where + "expected a JSON object: {\"id\": ..., \"input_ids\" | \"text\" | \"messages\": ...}", kExitBadInput);
         int given = 0;
         for (const auto& item : j.items()) {

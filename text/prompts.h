@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "text/text_tools.h"
 
 namespace tpx {
@@ -26,6 +28,11 @@ struct Prompt {
 // among the prompts (0, 1, ...).
 std::vector<Prompt> read_prompts(const std::string& path, int64_t vocab, int64_t max_new_tokens, int64_t max_seq_len,
                                  const TextTools& text = TextTools());
+
+// One JSONL line (the prompts file's, `tpx tokenize`'s) as JSON. Throws Error (exit 2) starting
+// with `where` ("FILE:LINE: ") for bad JSON, a NUL byte (nlohmann's parser would stop there and
+// take the rest as read) and a key given twice in one object (it would keep the last).
+nlohmann::ordered_json parse_jsonl_line(const std::string& line, const std::string& where);
 
 // The token ids of every prompt as one flat message, and back (for the broadcast).
 std::vector<int32_t> pack_prompts(const std::vector<Prompt>& prompts);
