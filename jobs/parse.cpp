@@ -446,7 +446,8 @@ void parse_transforms(const toml::table& root, Job& job) {
             else if (ov.is_floating_point()) o.value = ov.as_floating_point()->get();
             else if (ov.is_string()) o.value = ov.as_string()->get();
             else throw JobError(at(job.file, o.line, o.col, qual + " must be a boolean, number or string, not " + type_name(ov.type())));
-            if (key == "debug_visualize_dir") o.value = resolve(job.dir, std::get<std::string>(o.value));
+            if (key == "debug_visualize_dir" || (name == "visualize" && key == "dir" && ov.is_string()))  // folders, against the job's
+                o.value = resolve(job.dir, std::get<std::string>(o.value));
             t.options[key] = o;
         }
         job.transforms.push_back(std::move(t));

@@ -9,6 +9,8 @@
 #include "common/error.h"
 #include "common/file.h"
 #include "common/log.h"
+#include "common/output_path.h"
+#include "jobs/outputs.h"
 #include "loader/checkpoint.h"
 #include "sharding/factory.h"
 #include "sharding/fusion.h"
@@ -49,6 +51,13 @@ void make_folder(const std::string& option, const std::string& dir) {
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec) throw JobError(option + ": cannot make the folder " + dir + ": " + ec.message());
+}
+
+// The graph as DOT into `path`, which must not be one of the job's inputs (a prompts file named
+// 03_fuse_gate_up.dot was replaced by the graph).
+void write_dot(const TransformContext& ctx, const std::string& option, const std::string& path) {
+    if (ctx.job) check_outputs({{option + " (its file)", path}}, job_inputs(*ctx.job));
+    write_file_atomically(path, ctx.graph.to_dot());
 }
 
 int64_t param_bytes(const TransformContext& ctx) {
@@ -119,7 +128,7 @@ TransformRegistry make_registry() {
            defaults(false, {{"dir", opt(std::string("."))}}), {{"dir", "folder for graph.dot"}},
            [](TransformContext& ctx, const TransformOptions& o) {
                make_folder("transforms.visualize.dir", o.text("dir"));
-               write_file_atomically((fs::path(o.text("dir")) / "graph.dot").string(), ctx.graph.to_dot());
+               write_dot(ctx, "transforms.visualize.dir", (fs::path(o.text("dir")) / "graph.dot").string());
                return TransformResult{1, false, ""};
            }});
     return r;
@@ -256,7 +265,7 @@ std::vector<TransformRecord> run_pipeline(TransformContext& ctx, const std::map<
             make_folder("transforms." + def.name + ".debug_visualize_dir", o.debug_visualize_dir);
             char file[256];
             std::snprintf(file, sizeof(file), "%02d_%s.dot", index, def.name.c_str());
-            write_file_atomically((fs::path(o.debug_visualize_dir) / file).string(), ctx.graph.to_dot());
+            write_dot(ctx, "transforms." + def.name + ".debug_visualize_dir", (fs::path(o.debug_visualize_dir) / file).string());
         }
         records.push_back(rec);
     }

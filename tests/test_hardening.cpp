@@ -106,6 +106,23 @@ TEST(Outputs, TpxsOwnProgramsAreInputs) {
     }
 }
 
+// The planner's DOT files are outputs too: never over an input (a prompts file named like one
+// was replaced by the graph); [transforms.visualize] dir is the job folder's, as every path.
+TEST(Outputs, GraphFilesNeverReplaceAnInput) {
+    TestJob j = make_job("", 2, kPrompts, "", "[transforms.fuse_gate_up]\ndebug_visualize_dir = \".\"\n");
+    std::string text = file_bytes(j.file);
+    text.replace(text.find("prompts.jsonl"), 13, "03_fuse_gate_up.dot");
+    std::ofstream(j.file, std::ios::trunc) << text;
+    fs::rename(j.dir + "/prompts.jsonl", j.dir + "/03_fuse_gate_up.dot");
+    const std::string before = file_bytes(j.dir + "/03_fuse_gate_up.dot");
+    expect_refused(tpx("validate " + j.file), {"transforms.fuse_gate_up.debug_visualize_dir", "run.prompts", "an output never replaces an input"});
+    EXPECT_EQ(file_bytes(j.dir + "/03_fuse_gate_up.dot"), before);
+    TestJob v = make_job("", 2, kPrompts, "", "[transforms.visualize]\nenabled = true\ndir = \"graphs\"\n");
+    auto r = run_process("cd / && " + tpx_bin("tpx") + " validate " + v.file);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("dir = \"" + v.dir + "/graphs\""), std::string::npos) << r.out;  // not /graphs
+}
+
 // An mpirun that exits 0 without starting the ranks is not a finished job.
 TEST(Outputs, ARunThatWroteNoOutputFails) {
     TestJob j = make_job("", 2, kPrompts, "", "[launch]\nmpirun = \"true\"\n");
