@@ -343,7 +343,7 @@ void parse_backend(Section s, Job& job) {
 
 void parse_launch(Section s, Job& job) {
     LaunchSection& l = job.launch;
-    s.get_string("mpirun", l.mpirun);
+    if (s.get_string("mpirun", l.mpirun) && l.mpirun.find('/') != std::string::npos) l.mpirun = resolve(job.dir, l.mpirun);  // a bare name: from PATH
     s.get_string_list("extra_args", l.extra_args);
     if (const toml::node* n = s.node("hosts")) {
         s.get_string_list("hosts", l.hosts);

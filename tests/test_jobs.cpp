@@ -87,6 +87,10 @@ TEST(Jobs, DefaultsAreFilledAndPathsResolved) {
     EXPECT_EQ(job.slurm.nodes, 2);
     EXPECT_EQ(job.slurm.gpus_per_node, 0);  // cpu backend asks for no GPUs
     EXPECT_EQ(job.run.sampling.temperature, 0.0);
+    EXPECT_EQ(job.launch.mpirun, "mpirun");  // a bare name stays, for PATH
+    // A path in launch.mpirun is the job folder's, as every other path (it was the current folder's).
+    tpx::Job own = tpx::parse_job("[model]\npath = \"../../models/tiny\"\n[launch]\nmpirun = \"./mp.sh\"\n", "m.toml", dir);
+    EXPECT_EQ(own.launch.mpirun, fs::path(dir + "/mp.sh").lexically_normal().string());
 }
 
 // [backend.tuning]: absent keys keep tpx's choices, given ones are read, and the emitted job
