@@ -232,7 +232,13 @@ ShardPlan make_plan(const Job& job, int world) {
     plan.transforms = run_pipeline(ctx, resolve_transform_options(job), Stage::kFactory, Stage::kSharding);
     bool sharded = false;
     for (Node* n : ctx.graph.nodes()) sharded = sharded || (n->param && !n->param->by_rank.empty());
-    if (!sharded) throw JobError(job.file + ": detect_sharding is disabled, so there is no plan to make");
+    if (!sharded) {  // name what was turned off (or skipped on an error) that the plan needs
+        std::string off;
+        for (const TransformRecord& r : plan.transforms)
+            if (!r.enabled || (r.skipped && !r.error.empty())) off += (off.empty() ? "" : ", ") + r.name + (r.enabled ? " (failed, skip_on_error)" : "");
+        throw JobError(job.file + ": no weight was sharded, so there is no plan to make" +
+                       (off.empty() ? std::string() : " (turned off: " + off + ")"));
+    }
     if (ckpt) check_unused_tensors(job, ctx, plan);
 
     plan.config = ctx.config;

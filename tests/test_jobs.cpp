@@ -163,6 +163,20 @@ TEST(Jobs, UsageErrorsExitTwo) {
     EXPECT_NE(help.out.find("usage: tpx validate JOB"), std::string::npos);
 }
 
+// A pipeline with a transform the plan needs turned off names that transform.
+TEST(Jobs, APlanWithoutShardingNamesTheTransformTurnedOff) {
+    const std::string dir = tpx_test::temp_dir();
+    for (const char* name : {"build_model", "detect_sharding"}) {
+        std::ofstream(dir + "/j.toml", std::ios::trunc) << "[model]\npath = \"" << kSource << "/models/tiny\"\n[transforms." << name
+                                                        << "]\nenabled = false\n";
+        auto r = run_process(tpx_bin("tpx") + " validate " + dir + "/j.toml");
+        EXPECT_EQ(r.exit_code, 2) << r.err;
+        EXPECT_NE(r.err.find(std::string("no weight was sharded, so there is no plan to make (turned off: ") + name + ")"), std::string::npos)
+            << r.err;
+    }
+    fs::remove_all(dir);
+}
+
 // Default output names: readable characters of any script stay; distinct job names never share
 // a file (a name that lost or changed a character ends in a hash of the whole name).
 TEST(Jobs, DefaultOutputNamesAreReadableAndDistinct) {
