@@ -582,6 +582,11 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
     return job;
 }
 
+bool job_file_is_stream(const std::string& path) {
+    const std::string whole = fs::absolute(path).lexically_normal().string();
+    return !is_regular_file(path) || whole.rfind("/dev/", 0) == 0 || whole.rfind("/proc/", 0) == 0;
+}
+
 Job load_job(const std::string& path) {
     std::error_code ec;
     if (fs::is_directory(path, ec)) throw JobError(path + ": is a folder, not a job file; `tpx example` prints one with every key");
@@ -590,7 +595,7 @@ Job load_job(const std::string& path) {
     std::stringstream ss;
     ss << in.rdbuf();
     ec.clear();  // (a current folder that was removed: the throwing calls end in "internal error")
-    std::string base = is_regular_file(path) ? fs::absolute(path, ec).parent_path().string() : fs::current_path(ec).string();
+    std::string base = job_file_is_stream(path) ? fs::current_path(ec).string() : fs::absolute(path, ec).parent_path().string();
     if (ec) throw JobError(path + ": cannot tell the job file's folder: " + ec.message());
     return parse_job(ss.str(), path, base);
 }

@@ -14,6 +14,11 @@ namespace tpx {
 // against the current directory.
 Job load_job(const std::string& path);
 
+// Whether a job file is a stream read once (a pipe, a device, /dev/stdin even when a file is
+// redirected into it): its relative paths resolve against the current folder, and the ranks get
+// a resolved copy rather than the path.
+bool job_file_is_stream(const std::string& path);
+
 // A job name reduced to letters (any script), digits, '-', '_' and '.', for the files named
 // after it; a name that had to change ends in a hash of it, so that distinct names never share files.
 std::string file_safe(const std::string& name);

@@ -89,7 +89,7 @@ int cmd_run(const Args& args) {
     output_args.insert(output_args.end(), {"--progress", progress});
     // A job read from a pipe cannot be read again by the ranks: hand them the resolved job.
     std::string worker_job = fs::absolute(job_path).lexically_normal().string();
-    if (!fs::is_regular_file(job_path)) {
+    if (job_file_is_stream(job_path)) {
         worker_job = (fs::temp_directory_path() / ("tpx-job-" + std::to_string(getpid()) + ".toml")).string();
         write_file_atomically(worker_job, emit_job_toml(job));
     }

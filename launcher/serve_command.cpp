@@ -40,7 +40,7 @@ int cmd_serve(const Args& args) {
     // The plan, the tokenizer and chat template, this host's memory: refused before any rank starts.
     check_before_launch(job, {}, /*local=*/true);
     std::string worker_job = fs::absolute(job_path).lexically_normal().string();
-    if (!fs::is_regular_file(job_path)) {
+    if (job_file_is_stream(job_path)) {
         worker_job = (fs::temp_directory_path() / ("tpx-job-" + std::to_string(getpid()) + ".toml")).string();
         write_file_atomically(worker_job, emit_job_toml(job));
     }

@@ -163,6 +163,18 @@ TEST(Jobs, UsageErrorsExitTwo) {
     EXPECT_NE(help.out.find("usage: tpx validate JOB"), std::string::npos);
 }
 
+// /dev/stdin is a stream whether a pipe or a redirected file feeds it: relative paths resolve
+// against the current folder (they resolved against /dev when a file was redirected).
+TEST(Jobs, AJobOnStdinResolvesAgainstTheCurrentFolder) {
+    const std::string dir = tpx_test::temp_dir();
+    std::ofstream(dir + "/p.jsonl") << "{\"input_ids\": [1, 2]}\n";
+    std::ofstream(dir + "/j.toml") << "[model]\npath = \"" << kSource << "/models/tiny\"\n[run]\nprompts = \"p.jsonl\"\n";
+    auto r = run_process("cd " + dir + " && " + tpx_bin("tpx") + " validate /dev/stdin < j.toml");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("prompts = \"" + dir + "/p.jsonl\""), std::string::npos) << r.out;
+    fs::remove_all(dir);
+}
+
 // A pipeline with a transform the plan needs turned off names that transform.
 TEST(Jobs, APlanWithoutShardingNamesTheTransformTurnedOff) {
     const std::string dir = tpx_test::temp_dir();
