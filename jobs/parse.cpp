@@ -347,8 +347,18 @@ void parse_launch(Section s, Job& job) {
     s.get_string_list("extra_args", l.extra_args);
     if (const toml::node* n = s.node("hosts")) {
         s.get_string_list("hosts", l.hosts);
-        for (const std::string& h : l.hosts)
+        std::set<std::string> named;
+        for (const std::string& h : l.hosts) {
             if (!is_host_entry(h)) s.fail(*n, "hosts", "entry \"" + h + "\" is not of the form host or host:slots");
+            // Each host runs ranks_per_node ranks: a host named twice, or with fewer slots, is
+            // mpirun's "not enough slots" after the launch otherwise.
+            const size_t colon = h.rfind(':');
+            const std::string host = h.substr(0, colon), slots = colon == std::string::npos ? "" : h.substr(colon + 1);
+            if (!named.insert(host).second) s.fail(*n, "hosts", "names " + host + " twice: one entry a node");
+            if (!slots.empty() && slots.size() < 10 && std::stol(slots) < job.parallel.ranks_per_node)
+                s.fail(*n, "hosts", "entry \"" + h + "\" has fewer slots than the " + std::to_string(job.parallel.ranks_per_node) +
+                                        " ranks a node runs (parallel.ranks_per_node)");
+        }
     }
     if (s.get_string("hostfile", l.hostfile)) l.hostfile = resolve(job.dir, l.hostfile);
     s.get_string("interface", l.interface);
@@ -365,6 +375,7 @@ void parse_launch(Section s, Job& job) {
     if (!l.hosts.empty() && (int)l.hosts.size() != job.parallel.nodes)
         s.fail_here("launch.hosts names " + std::to_string(l.hosts.size()) + " hosts but parallel.nodes = " +
                     std::to_string(job.parallel.nodes));
+
     if (l.mpirun.empty()) s.fail_here("launch.mpirun must not be empty");
 }
 
