@@ -594,8 +594,10 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
 }
 
 bool job_file_is_stream(const std::string& path) {
-    const std::string whole = fs::absolute(path).lexically_normal().string();
-    return !is_regular_file(path) || whole.rfind("/dev/", 0) == 0 || whole.rfind("/proc/", 0) == 0;
+    // An open descriptor's name (/dev/stdin, /dev/fd/N, /proc/self/fd/N) is read once even when
+    // it leads to a regular file (standard input redirected from one).
+    static const std::regex descriptor(R"(^/(dev/(stdin|fd/[0-9]+)|proc/(self|[0-9]+)/fd/[0-9]+)$)");
+    return !is_regular_file(path) || std::regex_match(fs::path(path).lexically_normal().string(), descriptor);
 }
 
 Job load_job(const std::string& path) {

@@ -104,12 +104,15 @@ int cmd_run(const Args& args) {
     }
     std::cerr << "tpx run: rank map: " << format_rank_map(rank_map(job)) << "\n";
     std::cerr << "tpx run: " << shell_join(cmd) << "\n";
-    // Rank 0 writes run.output whole (a new file renamed into place) at the end: an mpirun that
-    // exits 0 without having run the ranks ([launch] mpirun = "true") must not look like a run.
-    // Checked where rank 0 is this host's (no other hosts named: their files may not be ours).
+    // Rank 0 writes its result whole (a new file renamed into place) at the end: run.output, or
+    // with --bench the figures. An mpirun that exits 0 without having run the ranks ([launch]
+    // mpirun = "true") must not look like a run. Checked where rank 0 is this host's (no other
+    // hosts named: their files may not be ours).
+    const std::string written = vm.count("bench") ? extra_outputs.back().path : job.run.output;
+    const std::string written_as = vm.count("bench") ? "--bench" : "run.output";
     struct stat before {};
-    const bool check_written = !is_stream_target(job.run.output) && job.launch.hosts.empty() && job.launch.hostfile.empty();
-    const bool existed = check_written && ::stat(job.run.output.c_str(), &before) == 0;
+    const bool check_written = !is_stream_target(written) && job.launch.hosts.empty() && job.launch.hostfile.empty();
+    const bool existed = check_written && ::stat(written.c_str(), &before) == 0;
     MpirunSettings settings;
     settings.name = "tpx run";
     MpirunOutcome outcome = run_mpirun(cmd, settings);
@@ -124,9 +127,9 @@ int cmd_run(const Args& args) {
     }
     struct stat after {};
     if (code == 0 && check_written &&
-        (::stat(job.run.output.c_str(), &after) != 0 || (existed && after.st_ino == before.st_ino && after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
-                                                          after.st_mtim.tv_nsec == before.st_mtim.tv_nsec)))
-        throw Error(cmd[0] + " exited 0, but no rank wrote run.output (" + job.run.output + "): did it start the ranks? ([launch] mpirun)",
+        (::stat(written.c_str(), &after) != 0 || (existed && after.st_ino == before.st_ino && after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
+                                                   after.st_mtim.tv_nsec == before.st_mtim.tv_nsec)))
+        throw Error(cmd[0] + " exited 0, but no rank wrote " + written_as + " (" + written + "): did it start the ranks? ([launch] mpirun)",
                     kExitRuntime);
     std::fprintf(stderr, "tpx run: job '%s' %s after %.1f s (exit status %d)\n", job.name.c_str(),
                  code == 0 ? "finished" : "failed", seconds, code);

@@ -193,6 +193,11 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
         return reply_error(res, 400, e.what(), chat ? "messages" : "prompt");
     }
     ApiCall& call = stream->call;
+    if (call.prompts.size() > queue_.capacity())  // 429 says "retry later": this call never fits
+        return reply_error(res, 400,
+                           "the call has " + std::to_string(call.prompts.size()) + " prompts, more than the " + std::to_string(queue_.capacity()) +
+                               " the queue holds ([serve] max_queue): split it",
+                           "prompt", "too_many_prompts");
     stream->channel = std::make_shared<ResponseChannel>();
     stream->id = call_id(chat);
     stream->created = unix_time();
@@ -221,11 +226,6 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
         std::lock_guard<std::mutex> lock(channels_mutex_);
         if (channels_.erase(stream->channel)) --in_flight_;
     };
-    if (call.prompts.size() > queue_.capacity())  // 429 says "retry later": this call never fits
-        return reply_error(res, 400,
-                           "the call has " + std::to_string(call.prompts.size()) + " prompts, more than the " + std::to_string(queue_.capacity()) +
-                               " the queue holds ([serve] max_queue): split it",
-                           "prompt", "too_many_prompts");
     if (!queue_.push(stream->requests)) {
         done();
         return reply_error(res, 429, "the queue is full ([serve] max_queue requests wait already); retry later", "", "queue_full");
