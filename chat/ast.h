@@ -51,7 +51,7 @@ struct Expr {
     std::vector<ExprPtr> args;                              // items, call arguments, dict keys
     std::vector<std::pair<std::string, ExprPtr>> kwargs;    // keyword arguments
     std::vector<ExprPtr> values;                            // Dict values
-    int depth = 1;                                          // the tree's height (Parser::grown)
+    int depth = 1;                                          // the tree's height (Parser::check_depth)
 };
 
 struct Stmt;

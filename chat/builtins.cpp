@@ -113,10 +113,16 @@ json filter_items(const Value& subject, const Args& args, bool by_attr, bool kee
     return out;
 }
 
+// Python's " " * n: none below 0; past kMaxBuilt refused, as every string a filter makes.
+size_t indent_width(int64_t n) {
+    if (n > (int64_t)kMaxBuilt) throw EvalError("indent width " + std::to_string(n) + " is more than " + std::to_string(kMaxBuilt));
+    return n < 0 ? 0 : (size_t)n;
+}
+
 std::string indent_text(std::string s, const Value& width_v, bool first, bool blank) {
     std::string pad = width_v.is_undefined() ? "    "
                       : need_json(width_v).is_string() ? need_json(width_v).get<std::string>()
-                      : std::string((size_t)std::clamp<int64_t>(need_int(width_v, "indent"), 0, 4096), ' ');  // " " * n: none below 0
+                      : std::string(indent_width(need_int(width_v, "indent")), ' ');
     s += "\n";  // Jinja2 appends a newline so that splitlines() sees the last line
     std::vector<std::string> lines;
     size_t pos = 0;
@@ -212,7 +218,7 @@ void dump(const json& j, int indent, int depth, const std::string& item_sep, con
 
 // Python's int() of a float: NaN is not a number (Jinja2's int filter then gives its default),
 // infinities and values past 64 bits are refused (Python would make a larger integer).
-std::optional<int64_t> int_of(double d, const std::string& shown) {
+std::optional<int64_t> truncate_to_int(double d, const std::string& shown) {
     if (std::isnan(d)) return std::nullopt;
     if (!(d > -9223372036854775808.0 && d < 9223372036854775808.0))
         throw EvalError("cannot convert " + shown + " to an integer of 64 bits (Python's integers are unbounded)");
@@ -226,7 +232,7 @@ json to_number(const Value& v, bool as_float, const Value& fallback) {
         double d = j.is_boolean() ? j.get<bool>() : j.get<double>();
         if (as_float) return d;
         if (j.is_number_integer() || j.is_boolean()) return j.is_boolean() ? json((int64_t)j.get<bool>()) : json(j.get<int64_t>());
-        const std::optional<int64_t> n = int_of(d, j.dump());
+        const std::optional<int64_t> n = truncate_to_int(d, j.dump());
         return n ? json(*n) : dflt;
     }
     if (j.is_string()) {
@@ -246,7 +252,7 @@ json to_number(const Value& v, bool as_float, const Value& fallback) {
         const double d = std::strtod(s.c_str(), &end);  // Jinja2's int() also reads "3.7" as 3
         if (!s.empty() && end == s.c_str() + s.size()) {
             if (as_float) return d;
-            const std::optional<int64_t> n = int_of(d, "'" + s + "'");
+            const std::optional<int64_t> n = truncate_to_int(d, "'" + s + "'");
             return n ? json(*n) : dflt;
         }
     }
@@ -507,7 +513,11 @@ static Value apply_value_filter(Filter f, const Value& subject, const Args& args
         if (x.is_number_integer() || x.is_boolean()) {
             const int64_t v = x.is_boolean() ? x.get<bool>() : x.get<int64_t>();
             if (prec >= 0) return Value::owned(v);
-            if (prec < -18) return Value::owned(0);
+            if (prec <= -19) {  // to 10^19 or more, past 64 bits: 0, unless v rounds up to 10^19
+                if (prec == -19 && (v > 5000000000000000000 || v < -5000000000000000000))
+                    throw EvalError("integer overflow: round(" + x.dump() + ", -19) is past 64 bits");
+                return Value::owned(0);
+            }
             int64_t unit = 1;
             for (int64_t k = 0; k < -prec; ++k) unit *= 10;
             int64_t q = v / unit, r = v % unit;

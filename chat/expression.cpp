@@ -21,7 +21,7 @@ ExprPtr Parser::parse_tuple_or_expr() {
         if (cur().type == T::BlockEnd || cur().type == T::VarEnd || is_op(")")) break;
         tuple->args.push_back(parse_expr());
     }
-    return grown(std::move(tuple));
+    return check_depth(std::move(tuple));
 }
 
 ExprPtr Parser::parse_expr() {
@@ -36,7 +36,7 @@ ExprPtr Parser::parse_expr() {
             ++p_;
             c->c = parse_expr();
         }
-        e = grown(std::move(c));
+        e = check_depth(std::move(c));
     }
     return e;
 }
@@ -48,7 +48,7 @@ ExprPtr Parser::parse_or() {
         ++p_;
         o->a = std::move(e);
         o->b = parse_and();
-        e = grown(std::move(o));
+        e = check_depth(std::move(o));
     }
     return e;
 }
@@ -60,7 +60,7 @@ ExprPtr Parser::parse_and() {
         ++p_;
         o->a = std::move(e);
         o->b = parse_not();
-        e = grown(std::move(o));
+        e = check_depth(std::move(o));
     }
     return e;
 }
@@ -71,7 +71,7 @@ ExprPtr Parser::parse_not() {
         ++p_;
         DepthGuard guard(*this, n->line);  // "not not not ..." recurses here
         n->a = parse_not();
-        return grown(std::move(n));
+        return check_depth(std::move(n));
     }
     return parse_compare();
 }
@@ -100,12 +100,12 @@ ExprPtr Parser::parse_compare() {
         chain->args.push_back(parse_math1());
     }
     if (chain->ops.empty()) return std::move(chain->args[0]);
-    if (chain->ops.size() > 1) return grown(std::move(chain));
+    if (chain->ops.size() > 1) return check_depth(std::move(chain));
     auto b = make(Expr::Kind::Binary, chain->line);
     b->op = chain->ops[0];
     b->a = std::move(chain->args[0]);
     b->b = std::move(chain->args[1]);
-    return grown(std::move(b));
+    return check_depth(std::move(b));
 }
 
 ExprPtr Parser::parse_math1() {
@@ -116,7 +116,7 @@ ExprPtr Parser::parse_math1() {
         ++p_;
         b->a = std::move(e);
         b->b = parse_concat();
-        e = grown(std::move(b));
+        e = check_depth(std::move(b));
     }
     return e;
 }
@@ -129,7 +129,7 @@ ExprPtr Parser::parse_concat() {
         ++p_;
         b->a = std::move(e);
         b->b = parse_math2();
-        e = grown(std::move(b));
+        e = check_depth(std::move(b));
     }
     return e;
 }
@@ -144,7 +144,7 @@ ExprPtr Parser::parse_math2() {
         ++p_;
         b->a = std::move(e);
         b->b = parse_pow();
-        e = grown(std::move(b));
+        e = check_depth(std::move(b));
     }
     return e;
 }
@@ -157,7 +157,7 @@ ExprPtr Parser::parse_pow() {
         ++p_;
         b->a = std::move(e);
         b->b = parse_unary(true);
-        e = grown(std::move(b));
+        e = check_depth(std::move(b));
     }
     return e;
 }
@@ -170,7 +170,7 @@ ExprPtr Parser::parse_unary(bool with_filter) {
         e = make(is_op("-") ? Expr::Kind::Neg : Expr::Kind::Pos, cur().line);
         ++p_;
         e->a = parse_unary(false);
-        e = grown(std::move(e));
+        e = check_depth(std::move(e));
     } else {
         e = parse_postfix(parse_primary());
     }
@@ -231,7 +231,7 @@ ExprPtr Parser::parse_primary() {
                 if (!is_op("]")) expect_op(",");
             }
             ++p_;
-            return grown(std::move(e));
+            return check_depth(std::move(e));
         }
         if (tok.text == "{") {
             ++p_;
@@ -243,7 +243,7 @@ ExprPtr Parser::parse_primary() {
                 if (!is_op("}")) expect_op(",");
             }
             ++p_;
-            return grown(std::move(e));
+            return check_depth(std::move(e));
         }
         break;
     default: break;
@@ -281,7 +281,7 @@ ExprPtr Parser::parse_postfix(ExprPtr e) {
                 it->b->literal = (int64_t)std::strtoll(t_[p_].text.c_str(), nullptr, 10);
                 if (errno == ERANGE) fail(line, "index " + t_[p_].text + " is past 64 bits");
                 ++p_;
-                e = grown(std::move(it));
+                e = check_depth(std::move(it));
                 continue;
             }
             std::string attr = expect_name();
@@ -291,14 +291,14 @@ ExprPtr Parser::parse_postfix(ExprPtr e) {
                 call->name = attr;
                 call->a = std::move(e);
                 parse_call_args(*call);
-                e = grown(std::move(call));
+                e = check_depth(std::move(call));
             } else {
                 auto a = make(Expr::Kind::Attr, line);
                 a->name = attr;
                 if (attr == "previtem" || attr == "nextitem")  // copied per iteration only when read
                     for (Stmt* loop : open_loops_) loop->loop_neighbours = true;
                 a->a = std::move(e);
-                e = grown(std::move(a));
+                e = check_depth(std::move(a));
             }
         } else if (is_op("[")) {
             ++p_;
@@ -315,12 +315,12 @@ ExprPtr Parser::parse_postfix(ExprPtr e) {
             it->b = std::move(parts[0]);
             it->c = std::move(parts[1]);
             it->d = std::move(parts[2]);
-            e = grown(std::move(it));
+            e = check_depth(std::move(it));
         } else if (is_op("(")) {
             auto call = make(Expr::Kind::Call, line);
             call->a = std::move(e);
             parse_call_args(*call);
-            e = grown(std::move(call));
+            e = check_depth(std::move(call));
         } else {
             return e;
         }
@@ -338,7 +338,7 @@ ExprPtr Parser::parse_filters(ExprPtr e) {
             call->name = name;
             call->a = std::move(e);
             if (is_op("(")) parse_call_args(*call);
-            e = parse_postfix(grown(std::move(call)));
+            e = parse_postfix(check_depth(std::move(call)));
         } else if (is_name("is")) {
             ++p_;
             auto test = make(Expr::Kind::Test, line);
@@ -355,7 +355,7 @@ ExprPtr Parser::parse_filters(ExprPtr e) {
                         !is_name("else") && !is_name("is") && !is_name("in") && !is_name("not"))) {
                 test->args.push_back(parse_primary());  // "x is divisibleby 3", "x is sameas y"
             }
-            e = grown(std::move(test));
+            e = check_depth(std::move(test));
         } else {
             return e;
         }

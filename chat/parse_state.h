@@ -122,7 +122,7 @@ private:
     // recurses once a level. Operator chains ("1 + 1 + ...", "x|trim|trim...") grow it without
     // nesting the source; real templates stay under 20.
     static constexpr int kMaxExprDepth = 1000;
-    ExprPtr grown(ExprPtr e) {
+    ExprPtr check_depth(ExprPtr e) {
         int d = 0;
         for (const ExprPtr* c : {&e->a, &e->b, &e->c, &e->d})
             if (*c) d = std::max(d, (*c)->depth);

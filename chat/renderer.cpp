@@ -109,6 +109,10 @@ Renderer::Flow Renderer::exec(const Stmt& s, std::string& out) {
 
 void Renderer::exec_set(const Stmt& s) {
     Value v = eval(*s.expr);
+    // A value may grow a level a store ({% set x = [x] %} in a loop): bounded here, where values
+    // are kept, every recursive walk of it (repr, ==, a copy) stays off the stack's end.
+    if (v.is_json() && measure_nesting(v.j()) > kMaxValueDepth)
+        fail(s.line, "the value set would be nested deeper than " + std::to_string(kMaxValueDepth) + " levels");
     if (s.kind == Stmt::Kind::SetAttr) {
         Value target = lookup(s.names[0]);
         if (target.kind() != Value::Kind::Namespace)

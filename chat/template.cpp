@@ -54,25 +54,12 @@ ChatTemplate ChatTemplate::parse(const std::string& source, const std::string& n
     return t;
 }
 
-// The deepest nesting of a JSON value, walked without recursion (the value may be hostile).
-static int nesting(const nlohmann::ordered_json& root) {
-    int deepest = 0;
-    std::vector<std::pair<const nlohmann::ordered_json*, int>> todo = {{&root, 1}};
-    while (!todo.empty()) {
-        const auto [j, depth] = todo.back();
-        todo.pop_back();
-        deepest = std::max(deepest, depth);
-        if (depth > kMaxValueDepth) break;
-        if (j->is_structured())
-            for (const auto& child : *j) todo.push_back({&child, depth + 1});
-    }
-    return deepest;
-}
-
 std::string ChatTemplate::render(const nlohmann::ordered_json& messages, const RenderOptions& options) const {
     if (!messages.is_array()) throw JobError(at(name_, 0, 0, "messages must be a JSON array, got " + type_name(messages)));
-    if (nesting(messages) > kMaxValueDepth || nesting(options.variables) > kMaxValueDepth)
-        throw JobError(at(name_, 0, 0, "the messages (or tools) are nested deeper than " + std::to_string(kMaxValueDepth) + " levels"));
+    if (measure_nesting(messages) > kMaxValueDepth) throw JobError(at(name_, 0, 0, "the messages are nested deeper than " + std::to_string(kMaxValueDepth) + " levels"));
+    for (auto it = options.variables.begin(); it != options.variables.end(); ++it)
+        if (measure_nesting(it.value()) > kMaxValueDepth)
+            throw JobError(at(name_, 0, 0, "'" + it.key() + "' is nested deeper than " + std::to_string(kMaxValueDepth) + " levels"));
     Renderer r(name_, options);
     return r.run(*body_, messages);
 }

@@ -2,10 +2,13 @@
 // These decide every byte a template prints, so they follow CPython, not JSON or JavaScript.
 #include "chat/value.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 #include "chat/ast.h"
 #include "chat/builtins.h"
@@ -115,6 +118,20 @@ static std::string repr_string(const std::string& s) {
         }
     }
     return out + q;
+}
+
+int measure_nesting(const json& root) {
+    int deepest = 0;
+    std::vector<std::pair<const json*, int>> todo = {{&root, 1}};
+    while (!todo.empty()) {
+        const auto [j, depth] = todo.back();
+        todo.pop_back();
+        deepest = std::max(deepest, depth);
+        if (depth > kMaxValueDepth) break;  // deep enough to refuse: no need to walk the rest
+        if (j->is_structured())
+            for (const auto& child : *j) todo.push_back({&child, depth + 1});
+    }
+    return deepest;
 }
 
 static std::string repr_at(const json& j, int depth) {

@@ -57,6 +57,10 @@ bool truthy(const Value& v);
 // Python's str(x) as Jinja2 prints it: None -> "None", True -> "True", lists in repr form.
 std::string to_str(const Value& v);
 std::string to_str(const json& j);
+// How deep `j` nests (a scalar 1, [1] 2, ...), walked without recursion: the value may be
+// hostile, and every recursive walk of it (repr, ==, a copy) must stay within kMaxValueDepth.
+int measure_nesting(const json& j);
+
 // Python's repr(x) for JSON data ('quoted' strings, [1, 'a'], {'k': 1}).
 std::string repr(const json& j);
 // Python's repr of a float (shortest round-trip digits, "1.0", "1e+20").

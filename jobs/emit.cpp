@@ -1,7 +1,7 @@
 // Writing a resolved job as TOML, section by section in schema order. Numbers and booleans are
-// formatted by TOML++; strings are written here as basic strings, every control character
-// escaped (TOML++ writes a string that holds a newline as a multi-line literal, and TOML drops a
-// newline right after the opening quotes: a stop string "\n remain" came back as " remain").
+// formatted by TOML++; strings are written here as basic strings with every control character
+// escaped, so that each reads back exactly as written (TOML++'s multi-line literals lose a
+// leading newline: TOML drops a newline right after the opening quotes).
 #include "jobs/emit.h"
 
 #include <cstdio>
@@ -13,7 +13,7 @@ namespace tpx {
 namespace {
 
 // A TOML basic string: "..." with \\, \" and every control character (and DEL) escaped.
-std::string quoted(const std::string& v) {
+std::string quote_toml(const std::string& v) {
     std::string out = "\"";
     for (unsigned char c : v) {
         switch (c) {
@@ -38,7 +38,7 @@ std::string quoted(const std::string& v) {
 template <typename T>
 std::string fmt(const T& v) {
     if constexpr (std::is_same_v<T, std::string>) {
-        return quoted(v);
+        return quote_toml(v);
     } else {
         std::ostringstream os;
         os << toml::value<T>(v);
@@ -48,7 +48,7 @@ std::string fmt(const T& v) {
 
 std::string fmt_list(const std::vector<std::string>& items) {
     std::string out = "[";
-    for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : " ") + quoted(items[i]);
+    for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : " ") + quote_toml(items[i]);
     return out + (items.empty() ? "]" : " ]");
 }
 

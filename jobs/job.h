@@ -96,7 +96,7 @@ struct ServeSection {
     int port = 8000;                  // TCP port; 0 = any free port (rank 0 prints the one it got)
     std::string model_name;           // the model's name in the API; "" = the job's name
     std::string api_key;              // "" = no key; else every request needs "Authorization: Bearer KEY"
-    int max_queue = 64;               // requests waiting for a KV slot; beyond it 429
+    int max_queue = 64;               // requests waiting for a KV slot; beyond it 429 (a call of more prompts: 400)
     int prefill_chunk = 256;          // prompt tokens of one request prefilled per step
     double grace_s = 30;              // seconds in-flight requests may take to finish after SIGTERM
     bool allow_refit = true;          // POST /v1/admin/refit may load new weights in place (false: 403)

@@ -22,8 +22,7 @@ std::vector<NamedPath> job_inputs(const Job& job) {
     if (!job.model.tokenizer.empty())  // a folder (every file of it) or a tokenizer.json
         for (NamedPath& p : checkpoint_inputs(job.model.tokenizer)) inputs.push_back({"model.tokenizer", p.path});
     if (!job.run.chat_template.empty()) inputs.push_back({"run.chat_template", job.run.chat_template});
-    // tpx's own programs (tpx and tpx-worker share a folder): an output over tpx-worker ended
-    // every later run.
+    // tpx's own programs (tpx and tpx-worker share a folder): every later run needs them.
     std::error_code ec;
     const fs::path self = fs::read_symlink("/proc/self/exe", ec);
     if (!ec)

@@ -10,8 +10,8 @@
 
 namespace tpx {
 
-// The job file (when it is a regular file), run.prompts, launch.hostfile and every file of the
-// checkpoint.
+// The job file (when it is a regular file), run.prompts, launch.hostfile, every file of the
+// checkpoint and of model.tokenizer, run.chat_template, and the tpx and tpx-worker programs.
 std::vector<NamedPath> job_inputs(const Job& job);
 
 // run.output, its ranks table (run.output + ".ranks.json"; none for a FIFO or device) and

@@ -461,6 +461,7 @@ void parse_transforms(const toml::table& root, Job& job) {
                 o.value = resolve(job.dir, std::get<std::string>(o.value));
             t.options[key] = o;
         }
+        if (name == "visualize" && !t.options.count("dir")) t.options["dir"] = OptionValue{job.dir, 0, 0};  // its default ".", the job's folder
         job.transforms.push_back(std::move(t));
     }
 }
@@ -591,26 +592,6 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
     parse_transforms(root, job);
     check_files(root, job);
     return job;
-}
-
-bool job_file_is_stream(const std::string& path) {
-    // An open descriptor's name (/dev/stdin, /dev/fd/N, /proc/self/fd/N) is read once even when
-    // it leads to a regular file (standard input redirected from one).
-    static const std::regex descriptor(R"(^/(dev/(stdin|fd/[0-9]+)|proc/(self|[0-9]+)/fd/[0-9]+)$)");
-    return !is_regular_file(path) || std::regex_match(fs::path(path).lexically_normal().string(), descriptor);
-}
-
-Job load_job(const std::string& path) {
-    std::error_code ec;
-    if (fs::is_directory(path, ec)) throw JobError(path + ": is a folder, not a job file; `tpx example` prints one with every key");
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw JobError(path + ": cannot open the job file: " + std::strerror(errno));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    ec.clear();  // (a current folder that was removed: the throwing calls end in "internal error")
-    std::string base = job_file_is_stream(path) ? fs::current_path(ec).string() : fs::absolute(path, ec).parent_path().string();
-    if (ec) throw JobError(path + ": cannot tell the job file's folder: " + ec.message());
-    return parse_job(ss.str(), path, base);
 }
 
 }  // namespace tpx

@@ -46,10 +46,11 @@ Json answer(const TextTools& tools, const Json& line, const std::string& where) 
     static const std::map<std::string, const char*> kOption = {
         {"messages", "add_generation_prompt"}, {"text", "add_special_tokens"}, {"ids", "skip_special_tokens"}};
     const std::string kind = line.contains("messages") ? "messages" : line.contains("text") ? "text" : line.contains("ids") ? "ids" : "";
-    for (const auto& item : line.items())
-        if (!kind.empty() && item.key() != kind && item.key() != kOption.at(kind))
-            throw JobError(where + ": unknown key \"" + item.key() + "\" beside \"" + kind + "\" (it takes \"" + kOption.at(kind) + "\"; one of "
-                           "\"text\", \"ids\", \"messages\" a line)");
+    for (const auto& item : line.items()) {
+        if (kind.empty() || item.key() == kind || item.key() == kOption.at(kind)) continue;
+        if (kOption.count(item.key())) throw JobError(where + ": \"" + kind + "\" and \"" + item.key() + "\" on one line: give one request a line");
+        throw JobError(where + ": unknown key \"" + item.key() + "\" beside \"" + kind + "\" (it takes \"" + kOption.at(kind) + "\")");
+    }
     const Tokenizer& tokenizer = *tools.tokenizer;
     if (line.contains("messages")) {
         if (!tools.chat) throw JobError(where + ": \"messages\" need a chat template: the tokenizer has none; give --chat-template");

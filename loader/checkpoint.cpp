@@ -5,7 +5,6 @@
 #include "loader/checkpoint.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,50 +25,11 @@
 #include "loader/meta.h"
 #include "loader/quantized.h"
 #include "loader/read_pool.h"
+#include "loader/regular_file.h"
 
 namespace fs = std::filesystem;
 
 namespace tpx {
-
-namespace {
-
-const char* kind_of(mode_t mode) {
-    if (S_ISDIR(mode)) return "a folder";
-    if (S_ISFIFO(mode)) return "a FIFO";
-    if (S_ISCHR(mode)) return "a character device";
-    if (S_ISBLK(mode)) return "a block device";
-    if (S_ISSOCK(mode)) return "a socket";
-    return "not a regular file";
-}
-
-[[noreturn]] void not_regular(const std::string& path, mode_t mode) {
-    throw CheckpointError(path + ": is " + kind_of(mode) + ", not a regular file (a checkpoint's files are read at offsets)");
-}
-
-}  // namespace
-
-int open_checkpoint_file(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO opens at once, then is refused
-    if (fd < 0) throw CheckpointError(path + ": cannot open: " + std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-        const int e = errno;
-        ::close(fd);
-        throw CheckpointError(path + ": cannot stat: " + std::strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        ::close(fd);
-        not_regular(path, st.st_mode);
-    }
-    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    return fd;
-}
-
-void require_regular_file(const std::string& path) {
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) throw CheckpointError(path + ": cannot open: " + std::strerror(errno));
-    if (!S_ISREG(st.st_mode)) not_regular(path, st.st_mode);
-}
 
 std::string read_text_file(const std::string& path) {
     require_regular_file(path);

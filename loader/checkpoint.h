@@ -126,12 +126,5 @@ private:
 // Reads a whole small text file (config.json); throws CheckpointError naming it.
 std::string read_text_file(const std::string& path);
 
-// A checkpoint file opened for reading (a descriptor the caller closes), or a CheckpointError
-// naming it: also when it is not a regular file. Opening a FIFO would wait for a writer (a refit
-// that named one held every rank), and a device or socket has no offsets to read at.
-int open_checkpoint_file(const std::string& path);
-// The same check for readers that open a file by its name (HDF5, libzip, a stream): stat, which
-// never waits.
-void require_regular_file(const std::string& path);
 
 }  // namespace tpx

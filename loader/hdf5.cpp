@@ -12,6 +12,7 @@
 #include "common/check.h"
 #include "common/file.h"
 #include "loader/checkpoint.h"
+#include "loader/regular_file.h"
 
 namespace tpx {
 namespace {

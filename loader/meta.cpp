@@ -20,6 +20,7 @@
 #include "loader/checkpoint.h"
 #include "loader/meta_params.h"
 #include "loader/read_pool.h"
+#include "loader/regular_file.h"
 #include "loader/torch_zip.h"
 
 namespace fs = std::filesystem;

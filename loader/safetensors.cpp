@@ -17,7 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file.h"
-#include "loader/checkpoint.h"
+#include "loader/regular_file.h"
 
 namespace tpx {
 namespace {

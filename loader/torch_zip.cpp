@@ -13,7 +13,7 @@
 #include <cstring>
 #include <memory>
 
-#include "loader/checkpoint.h"
+#include "loader/regular_file.h"
 #include "loader/safetensors.h"
 
 namespace tpx {

@@ -24,7 +24,7 @@ void reply_error(httplib::Response& res, int status, const std::string& message,
                  const std::string& code = "") {
     res.status = status;
     // Messages may quote what the client sent, bytes that are not UTF-8 included: replaced, never
-    // thrown (a throw here, in the 404 handler, ended the whole server).
+    // thrown (a throw from the 404 handler would leave cpp-httplib and end the server).
     res.set_content(error_body(status, message, param, code).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 

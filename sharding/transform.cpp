@@ -53,8 +53,8 @@ void make_folder(const std::string& option, const std::string& dir) {
     if (ec) throw JobError(option + ": cannot make the folder " + dir + ": " + ec.message());
 }
 
-// The graph as DOT into `path`, which must not be one of the job's inputs (a prompts file named
-// 03_fuse_gate_up.dot was replaced by the graph).
+// The graph as DOT into `path`, which must not be one of the job's inputs (its name comes from
+// the transform's place and name, which an input may share).
 void write_dot(const TransformContext& ctx, const std::string& option, const std::string& path) {
     if (ctx.job) check_outputs({{option + " (its file)", path}}, job_inputs(*ctx.job));
     write_file_atomically(path, ctx.graph.to_dot());

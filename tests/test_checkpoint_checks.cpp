@@ -296,6 +296,11 @@ TEST(NonRegularFiles, AreRefusedWithoutWaiting) {
             << path << "\n" << r.err;
     }
     fs::remove(weights);
+    fs::create_symlink("/dev/zero", weights);  // a device inside the folder
+    auto dev = run_process("timeout 20 " + tpx_bin("tpx") + " inspect " + model);
+    EXPECT_EQ(dev.exit_code, 2) << dev.err;
+    EXPECT_NE(dev.err.find(weights + ": is a character device, not a regular file"), std::string::npos) << dev.err;
+    fs::remove(weights);
     fs::rename(dir + "/weights.safetensors", weights);
     fs::remove(model + "/config.json");
     ASSERT_EQ(::mkfifo((model + "/config.json").c_str(), 0600), 0);

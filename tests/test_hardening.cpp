@@ -81,7 +81,7 @@ TEST(Outputs, AnOutputThatIsAnInputIsRefusedAndTheInputKept) {
     }
 }
 
-// The tokenizer and the chat template a job names are inputs too (run.output once replaced them).
+// The tokenizer and the chat template a job names are inputs too.
 TEST(Outputs, TheJobsTokenizerAndChatTemplateAreInputs) {
     const std::string text_model = std::string(TPX_SOURCE_DIR) + "/models/tiny-text";
     TestJob j = make_job();
@@ -98,7 +98,7 @@ TEST(Outputs, TheJobsTokenizerAndChatTemplateAreInputs) {
     }
 }
 
-// tpx's own programs are inputs too (an output over tpx-worker ended every later run).
+// tpx's own programs are inputs too.
 TEST(Outputs, TpxsOwnProgramsAreInputs) {
     for (const char* program : {"tpx-worker", "tpx"}) {
         TestJob j = make_job("output = \"" + tpx_bin(program) + "\"");
@@ -106,8 +106,8 @@ TEST(Outputs, TpxsOwnProgramsAreInputs) {
     }
 }
 
-// The planner's DOT files are outputs too: never over an input (a prompts file named like one
-// was replaced by the graph); [transforms.visualize] dir is the job folder's, as every path.
+// The planner's DOT files never go over an input; [transforms.visualize] dir is the job
+// folder's, as every path.
 TEST(Outputs, GraphFilesNeverReplaceAnInput) {
     TestJob j = make_job("", 2, kPrompts, "", "[transforms.fuse_gate_up]\ndebug_visualize_dir = \".\"\n");
     std::string text = file_bytes(j.file);

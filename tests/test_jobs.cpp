@@ -88,7 +88,7 @@ TEST(Jobs, DefaultsAreFilledAndPathsResolved) {
     EXPECT_EQ(job.slurm.gpus_per_node, 0);  // cpu backend asks for no GPUs
     EXPECT_EQ(job.run.sampling.temperature, 0.0);
     EXPECT_EQ(job.launch.mpirun, "mpirun");  // a bare name stays, for PATH
-    // A path in launch.mpirun is the job folder's, as every other path (it was the current folder's).
+    // A path in launch.mpirun is the job folder's, as every other path.
     tpx::Job own = tpx::parse_job("[model]\npath = \"../../models/tiny\"\n[launch]\nmpirun = \"./mp.sh\"\n", "m.toml", dir);
     EXPECT_EQ(own.launch.mpirun, fs::path(dir + "/mp.sh").lexically_normal().string());
 }
@@ -154,7 +154,7 @@ TEST(Jobs, UsageErrorsExitTwo) {
     EXPECT_EQ(run_process(tpx_bin("tpx") + " validate /no/such/job.toml").exit_code, 2);
     const std::string job = kSource + "/jobs/examples/tiny.toml";
     for (const std::string& args : {" run " + job + " --dump-logits '' --dry-run", " bench " + job + " --json ''"}) {
-        auto r = run_process(tpx_bin("tpx") + args);  // was "internal error" (exit 1)
+        auto r = run_process(tpx_bin("tpx") + args);
         EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
         EXPECT_NE(r.err.find("needs a file name"), std::string::npos) << r.err;
     }
@@ -164,7 +164,7 @@ TEST(Jobs, UsageErrorsExitTwo) {
 }
 
 // /dev/stdin is a stream whether a pipe or a redirected file feeds it: relative paths resolve
-// against the current folder (they resolved against /dev when a file was redirected).
+// against the current folder.
 TEST(Jobs, AJobOnStdinResolvesAgainstTheCurrentFolder) {
     const std::string dir = tpx_test::temp_dir();
     std::ofstream(dir + "/p.jsonl") << "{\"input_ids\": [1, 2]}\n";

@@ -167,7 +167,7 @@ TEST(TokenizerErrors, BadFilesAreRefusedNamingTheComponent) {
                                               {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {-3}}, {"tokens", {"<s>"}}}}}}};
                    }),
                    {"post_processor", "special token \"<s>\" has the id -3, not one of the vocabulary's"});
-    expect_refused(path("type", [](nlohmann::json& j) { j["model"]["byte_fallback"] = "yes"; }),  // was "internal error", exit 1
+    expect_refused(path("type", [](nlohmann::json& j) { j["model"]["byte_fallback"] = "yes"; }),
                    {"tokenizer.json", "a value of the wrong type"});
     write_temp(base + "/json", "tokenizer.json", "{\"model\": ");
     expect_refused(base + "/json", {"tokenizer.json", "bad JSON"});
@@ -216,9 +216,9 @@ TEST(TokenizeCommand, BadLinesExitTwoNamingFileAndLine) {
     struct Case { std::string lines, expect; };
     for (const Case& c : {Case{"{\"text\": \"a\"}\n{\"text\": 5}\n", ":2: \"text\" must be a string"},
                           Case{"{\"ids\": [1, -3]}\n", ":1: \"ids\" holds -3"},
-                          Case{"{\"text\": \"a\"}\n\nnot json\n", ":3: not a JSON object"},
+                          Case{"{\"text\": \"a\"}\n\nnot json\n", ":3: not valid JSON"},
                           Case{"{\"text\": \"a\", \"foo\": 1}\n", ":1: unknown key \"foo\" beside \"text\""},
-                          Case{"{\"text\": \"a\", \"ids\": [5]}\n", ":1: unknown key \"ids\" beside \"text\""},
+                          Case{"{\"text\": \"a\", \"ids\": [5]}\n", ":1: \"text\" and \"ids\" on one line: give one request a line"},
                           Case{"{\"ids\": [5], \"add_special_tokens\": false}\n", ":1: unknown key \"add_special_tokens\" beside \"ids\""},
                           Case{"{\"text\": \"a\", \"text\": \"b\"}\n", ":1: key 'text' is given twice"},
                           Case{std::string("{\"text\": \"ok\"}\0{garbage\n", 24), ":1: holds a NUL byte"},
@@ -230,7 +230,7 @@ TEST(TokenizeCommand, BadLinesExitTwoNamingFileAndLine) {
     }
     auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " tokenize " + dir + "/none");
     EXPECT_EQ(r.exit_code, 2) << r.err;
-    r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " tokenize " + data("byte-bpe") + " --file " + dir);  // was exit 0, no output
+    r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " tokenize " + data("byte-bpe") + " --file " + dir);
     EXPECT_EQ(r.exit_code, 2) << r.err;
     EXPECT_NE(r.err.find(dir + ": is a folder, not a JSONL file"), std::string::npos) << r.err;
     fs::remove_all(dir);

@@ -69,7 +69,7 @@ Json parse_jsonl_line(const std::string& line, const std::string& where) {
     try {
         j = Json::parse(line, note_keys);
     } catch (const Json::exception& e) {
-        throw Error(where + "not a JSON object: " + e.what(), kExitBadInput);
+        throw Error(where + "not valid JSON: " + e.what(), kExitBadInput);
     }
     if (!duplicate.empty()) throw Error(where + "key '" + duplicate + "' is given twice", kExitBadInput);
     return j;

@@ -7,6 +7,7 @@
 #include <climits>
 #include <cstdio>
 #include <queue>
+#include <unordered_map>
 
 #include "common/error.h"
 #include "tokenizer/utf8.h"
@@ -43,20 +44,21 @@ Bpe Bpe::from_json(const nlohmann::json& m, const std::string& file) {
     if (!m.contains("vocab") || !m["vocab"].is_object()) throw Error(where + " has no \"vocab\" object", kExitBadInput);
     Bpe bpe;
     int32_t max_id = -1;
+    std::unordered_map<int32_t, std::string> owner;  // the vocab entry of each id seen
     for (const auto& [token, id] : m["vocab"].items()) {
         if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
             throw Error(where + ": vocab entry \"" + token + "\" has id " + id.dump() + ", not a non-negative integer",
                         kExitBadInput);
         int32_t i = id.get<int32_t>();
+        // One token an id: HF decodes an id two entries share as either, from run to run.
+        if (const auto [first, fresh] = owner.emplace(i, token); !fresh)
+            throw Error(where + ": vocab entries \"" + first->second + "\" and \"" + token + "\" share the id " + std::to_string(i), kExitBadInput);
         bpe.vocab_[token] = i;
         max_id = std::max(max_id, i);
     }
     bpe.id_to_token_.assign(max_id + 1, std::string());
     bpe.has_id_.assign(max_id + 1, false);
     for (const auto& [token, id] : bpe.vocab_) {
-        if (bpe.has_id_[id])  // HF itself decodes such an id as either token, from run to run
-            throw Error(where + ": vocab entries \"" + bpe.id_to_token_[id] + "\" and \"" + token + "\" share the id " + std::to_string(id),
-                        kExitBadInput);
         bpe.id_to_token_[id] = token;
         bpe.has_id_[id] = true;
     }

@@ -73,7 +73,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
     try {
         t.load_files(p.string());
     } catch (const nlohmann::json::exception& e) {  // a key whose value has the wrong type
-        throw Error(t.file_ + " (or the tokenizer_config.json beside it): a value of the wrong type: " + e.what(), kExitBadInput);
+        throw Error(t.file_ + ": a value of the wrong type: " + e.what(), kExitBadInput);
     }
     return t;
 }
@@ -92,7 +92,13 @@ void Tokenizer::load_files(const std::string& tokenizer_json) {
     added_->load(j.value("added_tokens", nlohmann::json()), file_,
                  [&model](const std::string& s) { return model.token_to_id(s); }, model.vocab_entries());
     load_post_processor(j.value("post_processor", nlohmann::json()));
-    load_config(fs::path(tokenizer_json).parent_path().string());
+    const fs::path folder = fs::path(tokenizer_json).parent_path();
+    try {
+        load_config(folder.string());
+    } catch (const nlohmann::json::exception& e) {
+        throw Error((folder / "tokenizer_config.json").string() + " (or special_tokens_map.json beside it): a value of the wrong type: " + e.what(),
+                    kExitBadInput);
+    }
     apply_transformers_rules();
     const tok::Normalizer& norm = *normalizer_;
     added_->build([&norm](const std::string& s) {

@@ -140,8 +140,8 @@ const modes = {
     const r = await fetch(base + "/v1/completions", { method: "POST", body: "{not json", headers: { Authorization: "Bearer " + apiKey } });
     out.bad_json = { status: r.status, ...(await r.json()).error };
     // What the SDK cannot send: a path and a body holding bytes that are not UTF-8 (the 404's
-    // message quoting the path once ended the whole server), an integer past 2^63, a NUL in a
-    // refit's path. Then one call more than the queue holds (max_queue 64 by default).
+    // message quotes the path), an integer past 2^63, a NUL in a refit's path. Then a call of
+    // more prompts than the queue holds (max_queue 64 by default).
     const raw = async (name, path, body) => {
       const r = await fetch(base + path, { method: body === undefined ? "GET" : "POST", body, headers: { Authorization: "Bearer " + apiKey } });
       out[name] = { status: r.status, ...(await r.json()).error };

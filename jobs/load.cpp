@@ -1,0 +1,40 @@
+// Reading a job file from disk or a stream: which folder its relative paths resolve against.
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "common/error.h"
+#include "jobs/parse.h"
+
+namespace tpx {
+
+namespace fs = std::filesystem;
+
+bool job_file_is_stream(const std::string& path) {
+    // An open descriptor's name (/dev/stdin, /dev/fd/N, /proc/self/fd/N) is read once even when
+    // it leads to a regular file (standard input redirected from one).
+    static const std::regex descriptor(R"(^/(dev/(stdin|fd/[0-9]+)|proc/(self|[0-9]+)/fd/[0-9]+)$)");
+    struct stat st {};
+    const bool regular = ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+    return !regular || std::regex_match(fs::path(path).lexically_normal().string(), descriptor);
+}
+
+Job load_job(const std::string& path) {
+    std::error_code ec;
+    if (fs::is_directory(path, ec)) throw JobError(path + ": is a folder, not a job file; `tpx example` prints one with every key");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw JobError(path + ": cannot open the job file: " + std::strerror(errno));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    ec.clear();  // (a current folder that was removed: the throwing calls end in "internal error")
+    std::string base = job_file_is_stream(path) ? fs::current_path(ec).string() : fs::absolute(path, ec).parent_path().string();
+    if (ec) throw JobError(path + ": cannot tell the job file's folder: " + ec.message());
+    return parse_job(ss.str(), path, base);
+}
+
+}  // namespace tpx
