@@ -235,7 +235,11 @@ TEST(ChatJinja, DeepExpressionsAndValuesAreRefused) {
     EXPECT_EQ(render(chain + " }}"), "901");
     json deep = json::array();
     for (int i = 0; i < 50000; ++i) deep = json::array({std::move(deep)});
-    EXPECT_NE(error_of("{{ d }}", {{"d", deep}}).find("nested deeper than 512 levels"), std::string::npos);
+    EXPECT_NE(error_of("{{ d }}", {{"d", deep}}).find("'d' is nested deeper than 512 levels"), std::string::npos);
+    // A value a template grows a level a store.
+    EXPECT_NE(error_of("{% set ns = namespace(x=[]) %}{% for i in range(600) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x == ns.x }}")
+                  .find("t.jinja:1: the value set would be nested deeper than 512 levels"),
+              std::string::npos);
 }
 
 TEST(ChatJinja, UndefinedBehavesAsJinja2Default) {
