@@ -56,7 +56,8 @@ ChatTemplate ChatTemplate::parse(const std::string& source, const std::string& n
 
 std::string ChatTemplate::render(const nlohmann::ordered_json& messages, const RenderOptions& options) const {
     if (!messages.is_array()) throw JobError(at(name_, 0, 0, "messages must be a JSON array, got " + type_name(messages)));
-    if (measure_nesting(messages) > kMaxValueDepth) throw JobError(at(name_, 0, 0, "the messages are nested deeper than " + std::to_string(kMaxValueDepth) + " levels"));
+    if (measure_nesting(messages) > kMaxValueDepth)
+        throw JobError(at(name_, 0, 0, "the messages are nested deeper than " + std::to_string(kMaxValueDepth) + " levels"));
     for (auto it = options.variables.begin(); it != options.variables.end(); ++it)
         if (measure_nesting(it.value()) > kMaxValueDepth)
             throw JobError(at(name_, 0, 0, "'" + it.key() + "' is nested deeper than " + std::to_string(kMaxValueDepth) + " levels"));

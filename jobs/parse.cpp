@@ -375,7 +375,6 @@ void parse_launch(Section s, Job& job) {
     if (!l.hosts.empty() && (int)l.hosts.size() != job.parallel.nodes)
         s.fail_here("launch.hosts names " + std::to_string(l.hosts.size()) + " hosts but parallel.nodes = " +
                     std::to_string(job.parallel.nodes));
-
     if (l.mpirun.empty()) s.fail_here("launch.mpirun must not be empty");
 }
 

@@ -19,7 +19,7 @@ const char* describe_type(mode_t mode) {
     if (S_ISCHR(mode)) return "a character device";
     if (S_ISBLK(mode)) return "a block device";
     if (S_ISSOCK(mode)) return "a socket";
-    return "not a regular file";
+    return "a special file";
 }
 
 [[noreturn]] void refuse_non_regular(const std::string& path, mode_t mode) {
