@@ -104,8 +104,9 @@ void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t
     auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
     size_t pos = 0, last_end = std::string_view::npos;
     while (pos <= text.size()) {
-        int rc = impl_->jit ? pcre2_jit_match(impl_->code, subject, text.size(), pos, 0, md.data, md.context) : PCRE2_ERROR_JIT_STACKLIMIT;
-        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) rc = pcre2_match(impl_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.data, md.context);
+        int rc = impl_->jit ? pcre2_jit_match(impl_->code, subject, text.size(), pos, 0, md.data, md.context) : 0;
+        if (!impl_->jit || rc == PCRE2_ERROR_JIT_STACKLIMIT)  // no JIT, or its stack outgrown: the interpreter
+            rc = pcre2_match(impl_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.data, md.context);
         if (rc == PCRE2_ERROR_NOMATCH) return;
         if (rc < 0) {
             PCRE2_UCHAR msg[256];
