@@ -268,6 +268,10 @@ def main():
     a = p.parse_args()
     if a.lines is not None and a.against:
         p.error("--lines takes one cubin (no --against)")
+    if a.lines is not None and a.lines < 1:
+        p.error("--lines N needs N >= 1")
+    if a.ops and a.against:
+        p.error("--ops takes one cubin (--against prints the change by opcode itself)")
     tables = {}
     if a.lines is not None:
         try:
