@@ -17,6 +17,10 @@ struct AddedToken {
     int32_t id = -1;
     std::string content;
     bool special = false, lstrip = false, rstrip = false, single_word = false, normalized = false;
+    // Dropped by decode's skip_special_tokens: HF drops a token whose text (the normalized form,
+    // for a normalized one) is a special token's as written, so a special token that its
+    // normalization changes is kept (set by AddedVocab::build).
+    bool skipped_as_special = false;
 };
 
 // One span of text: either an added token (id >= 0) or text for the model (id < 0).
@@ -66,6 +70,7 @@ public:
     void build(Normalize normalize) {
         for (size_t i = 0; i < tokens_.size(); ++i) {
             AddedToken& t = tokens_[i];
+            t.skipped_as_special = t.special;
             if (t.content.empty()) continue;
             if (!t.normalized) {
                 raw_.add(t.content, static_cast<int32_t>(i));
@@ -73,7 +78,9 @@ public:
             }
             // HF keeps a normalized token in its normalized form: it is matched so, and
             // id_to_token (hence decode) gives that form.
-            t.content = normalize(t.content);
+            std::string normalized = normalize(t.content);
+            t.skipped_as_special = t.special && normalized == t.content;
+            t.content = std::move(normalized);
             by_content_.emplace(t.content, t.id);
             normalized_.add(t.content, static_cast<int32_t>(i));
         }

@@ -246,7 +246,7 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
     tokens.reserve(ids.size());
     for (int32_t id : ids) {
         if (const tok::AddedToken* t = added_->by_id(id)) {
-            if (!(skip_special_tokens && t->special)) tokens.push_back(t->content);
+            if (!(skip_special_tokens && t->skipped_as_special)) tokens.push_back(t->content);
         } else if (const std::string* s = model_->id_to_token(id)) {
             tokens.push_back(*s);
         }

@@ -181,7 +181,8 @@ function variants() {
       const n = Object.keys(j.model.vocab).length;
       j.added_tokens.push(A(n, '<|eot_id|>', { special: true, lstrip: true, rstrip: true }),
         A(n + 1, 'ab', { single_word: true }), A(n + 2, 'world', { normalized: true }), A(n + 3, 'Ü', { normalized: true }),
-        A(n + 4, '<|im_start|>', { special: true }), A(n + 5, '<|im', { special: false }), A(n + 6, ' ', { rstrip: true }));
+        A(n + 4, '<|im_start|>', { special: true }), A(n + 5, '<|im', { special: false }), A(n + 6, ' ', { rstrip: true }),
+        A(n + 7, '<sep> x', { special: true, normalized: true }));  // special, its normalized form another text
       j.normalizer = { type: 'Sequence', normalizers: [{ type: 'NFD' }, { type: 'Replace', pattern: S(' '), content: '▁' }] };
       j.post_processor = { type: 'TemplateProcessing', single: [{ SpecialToken: { id: '<s>', type_id: 0 } },
         { Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: '</s>', type_id: 0 } }],
