@@ -4,6 +4,8 @@
 // by the template argument, whose message names the path.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <string>
 #include <system_error>
@@ -32,6 +34,21 @@ bool path_exists(const std::filesystem::path& path, const std::string& prefix = 
 template <typename E>
 bool is_folder(const std::filesystem::path& path, const std::string& prefix = "") {
     return path_type<E>(path, prefix) == std::filesystem::file_type::directory;
+}
+
+// Whether `path` leads to a regular file, following symlinks: false for nothing there and for
+// anything else (a folder, a FIFO, a device); never a throw.
+inline bool is_regular(const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// The folder of the running program (tpx and tpx-worker share one); empty when the system
+// cannot say.
+inline std::filesystem::path program_folder() {
+    std::error_code ec;
+    const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    return ec ? std::filesystem::path() : self.parent_path();
 }
 
 }  // namespace tpx

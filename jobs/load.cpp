@@ -1,6 +1,4 @@
 // Reading a job file from disk or a stream: which folder its relative paths resolve against.
-#include <sys/stat.h>
-
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -9,6 +7,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/path.h"
 #include "jobs/parse.h"
 
 namespace tpx {
@@ -19,9 +18,7 @@ bool job_file_is_stream(const std::string& path) {
     // An open descriptor's name (/dev/stdin, /dev/fd/N, /proc/self/fd/N) is read once even when
     // it leads to a regular file (standard input redirected from one).
     static const std::regex descriptor(R"(^/(dev/(stdin|fd/[0-9]+)|proc/(self|[0-9]+)/fd/[0-9]+)$)");
-    struct stat st {};
-    const bool regular = ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-    return !regular || std::regex_match(fs::path(path).lexically_normal().string(), descriptor);
+    return !is_regular(path) || std::regex_match(fs::path(path).lexically_normal().string(), descriptor);
 }
 
 Job load_job(const std::string& path) {

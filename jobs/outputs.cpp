@@ -1,11 +1,10 @@
 // A job's inputs and outputs.
 #include "jobs/outputs.h"
 
-#include <sys/stat.h>
-
 #include <filesystem>
 
 #include "common/error.h"
+#include "common/path.h"
 
 namespace tpx {
 
@@ -13,8 +12,7 @@ namespace fs = std::filesystem;
 
 std::vector<NamedPath> job_inputs(const Job& job) {
     std::vector<NamedPath> inputs;
-    struct stat st;
-    if (::stat(job.file.c_str(), &st) == 0 && S_ISREG(st.st_mode)) inputs.push_back({"the job file", job.file});
+    if (is_regular(job.file)) inputs.push_back({"the job file", job.file});
     if (!job.run.prompts.empty()) inputs.push_back({"run.prompts", job.run.prompts});
     if (!job.launch.hostfile.empty()) inputs.push_back({"launch.hostfile", job.launch.hostfile});
     std::vector<NamedPath> ckpt = checkpoint_inputs(job.model.path);
@@ -23,11 +21,9 @@ std::vector<NamedPath> job_inputs(const Job& job) {
         for (NamedPath& p : checkpoint_inputs(job.model.tokenizer)) inputs.push_back({"model.tokenizer", p.path});
     if (!job.run.chat_template.empty()) inputs.push_back({"run.chat_template", job.run.chat_template});
     // tpx's own programs (tpx and tpx-worker share a folder): every later run needs them.
-    std::error_code ec;
-    const fs::path self = fs::read_symlink("/proc/self/exe", ec);
-    if (!ec)
+    if (const fs::path folder = program_folder(); !folder.empty())
         for (const char* program : {"tpx", "tpx-worker"})
-            if (fs::is_regular_file(self.parent_path() / program, ec)) inputs.push_back({std::string("the ") + program + " program", (self.parent_path() / program).string()});
+            if (is_regular((folder / program).string())) inputs.push_back({std::string("the ") + program + " program", (folder / program).string()});
     return inputs;
 }
 

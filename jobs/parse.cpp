@@ -3,8 +3,6 @@
 // as unknown together with that list (submitit's "Valid parameters are: ...").
 #include "jobs/parse.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -465,11 +463,6 @@ void parse_transforms(const toml::table& root, Job& job) {
     }
 }
 
-bool is_regular_file(const std::string& path) {
-    struct stat st;
-    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
 // Files the job names must exist before anything starts.
 void check_files(const toml::table& root, const Job& job) {
     auto where = [&](const char* sec, const char* key) {
@@ -491,11 +484,11 @@ void check_files(const toml::table& root, const Job& job) {
     } else if (model.extension() != ".h5" && model.extension() != ".hdf5") {
         throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path + " is neither an HF model folder nor an .h5 file"));
     }
-    if (!job.run.prompts.empty() && !is_regular_file(job.run.prompts)) {
+    if (!job.run.prompts.empty() && !is_regular(job.run.prompts)) {
         auto [l, c] = where("run", "prompts");
         throw JobError(at(job.file, l, c, "run.prompts: no such file: " + job.run.prompts));
     }
-    if (!job.run.chat_template.empty() && !is_regular_file(job.run.chat_template)) {
+    if (!job.run.chat_template.empty() && !is_regular(job.run.chat_template)) {
         auto [l, c] = where("run", "chat_template");
         throw JobError(at(job.file, l, c, "run.chat_template: no such file: " + job.run.chat_template));
     }
@@ -503,7 +496,7 @@ void check_files(const toml::table& root, const Job& job) {
         auto [l, c] = where("model", "tokenizer");
         throw JobError(at(job.file, l, c, "model.tokenizer: no such file or folder: " + job.model.tokenizer));
     }
-    if (!job.launch.hostfile.empty() && !is_regular_file(job.launch.hostfile)) {
+    if (!job.launch.hostfile.empty() && !is_regular(job.launch.hostfile)) {
         auto [l, c] = where("launch", "hostfile");
         throw JobError(at(job.file, l, c, "launch.hostfile: no such file: " + job.launch.hostfile));
     }

@@ -9,6 +9,8 @@
 #include <sstream>
 #include <thread>
 
+#include "common/path.h"
+
 namespace fs = std::filesystem;
 
 namespace tpx {
@@ -101,10 +103,8 @@ std::vector<std::string> mpirun_command(const Job& job, const std::string& worke
 }
 
 std::string worker_binary() {
-    std::error_code ec;
-    fs::path self = fs::read_symlink("/proc/self/exe", ec);
-    if (ec) return "tpx-worker";
-    return (self.parent_path() / "tpx-worker").string();
+    const fs::path folder = program_folder();
+    return folder.empty() ? "tpx-worker" : (folder / "tpx-worker").string();
 }
 
 std::string shell_quote(const std::string& w) {
