@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/json_object.h"
 #include "loader/checkpoint_error.h"
 #include "loader/quantized.h"
 
@@ -35,13 +36,7 @@ std::string QuantConfig::describe() const {
 QuantConfig parse_quant_config(const std::string& text, const std::string& file) {
     QuantConfig q;
     if (text.empty()) return q;  // no config.json (a lone .safetensors or .h5 file)
-    json j;
-    try {
-        j = json::parse(text);
-    } catch (const json::exception& e) {
-        fail(file, std::string("not valid JSON: ") + e.what());
-    }
-    if (!j.is_object()) fail(file, "not a JSON object");
+    const json j = parse_json_object(text, file, fail);
     const json* qc = key(j, "quantization_config");
     if (!qc) return q;
     const std::string where = file + ": quantization_config";

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/json_object.h"
 
 namespace tpx {
 namespace {
@@ -122,13 +123,7 @@ const std::vector<std::string>& supported_architectures() {
 }
 
 ModelConfig parse_model_config(const std::string& text, const std::string& file) {
-    json j;
-    try {
-        j = json::parse(text);
-    } catch (const json::exception& e) {
-        fail(file, std::string("not valid JSON: ") + e.what());
-    }
-    if (!j.is_object()) fail(file, "not a JSON object");
+    const json j = parse_json_object(text, file, fail);
     ModelConfig c;
     c.file = file;
     const json* archs = find(j, "architectures");
