@@ -17,6 +17,7 @@
 
 #include "common/error.h"
 #include "common/path.h"
+#include "jobs/hostfile.h"
 
 namespace fs = std::filesystem;
 
@@ -499,6 +500,10 @@ void check_files(const toml::table& root, const Job& job) {
     if (!job.launch.hostfile.empty() && !is_regular(job.launch.hostfile)) {
         auto [l, c] = where("launch", "hostfile");
         throw JobError(at(job.file, l, c, "launch.hostfile: no such file: " + job.launch.hostfile));
+    }
+    if (!job.launch.hostfile.empty()) {
+        auto [l, c] = where("launch", "hostfile");
+        check_hostfile(job, at(job.file, l, c, ""));
     }
     fs::path out_dir = fs::path(job.run.output).parent_path();
     if (!out_dir.empty() && !fs::is_directory(out_dir, ec)) {

@@ -5,11 +5,10 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "common/path.h"
+#include "jobs/hostfile.h"
 
 namespace fs = std::filesystem;
 
@@ -32,15 +31,8 @@ LaunchHost this_host() {
 std::vector<RankPlace> rank_map(const Job& job) {
     std::vector<std::string> hosts;
     for (const std::string& h : job.launch.hosts) hosts.push_back(h.substr(0, h.find(':')));
-    if (hosts.empty() && !job.launch.hostfile.empty()) {
-        std::ifstream in(job.launch.hostfile);
-        std::string line;
-        while (std::getline(in, line)) {
-            std::istringstream words(line);
-            std::string host;
-            if (words >> host && host[0] != '#') hosts.push_back(host);
-        }
-    }
+    if (hosts.empty() && !job.launch.hostfile.empty())
+        for (const HostfileHost& h : read_hostfile(job.launch.hostfile)) hosts.push_back(h.name);
     if (hosts.empty()) hosts.push_back("localhost");
     std::vector<RankPlace> map;
     int per = job.parallel.ranks_per_node;

@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "jobs/emit.h"
+#include "jobs/hostfile.h"
 #include "jobs/parse.h"
 #include "process.h"
 
@@ -204,4 +205,36 @@ TEST(Jobs, DefaultOutputNamesAreReadableAndDistinct) {
     std::string long_name = tpx::file_safe(std::string(300, 'x'));
     EXPECT_LE(long_name.size(), 120u);
     EXPECT_NE(long_name, tpx::file_safe(std::string(301, 'x')));
+}
+
+// A hostfile as mpirun reads it (checked with Open MPI 4.1's mpirun): comments, "slots = N"
+// spaced, a host's lines adding up, max_slots capping, keys tpx does not read left to mpirun.
+TEST(Jobs, AHostfileIsReadAsMpirunReadsIt) {
+    const std::string dir = tpx_test::temp_dir();
+    std::ofstream(dir + "/hosts") << "# the cluster\n\n  node-a slots = 4   # four GPUs\nnode-b max_slots=2 slots=8\n"
+                                     "node-c\nnode-a max-slots=3\nnode-d user=me\n";
+    const std::vector<tpx::HostfileHost> hosts = tpx::read_hostfile(dir + "/hosts");
+    ASSERT_EQ(hosts.size(), 4u);
+    EXPECT_EQ(hosts[0].name, "node-a");
+    EXPECT_EQ(hosts[0].line, 3);
+    EXPECT_EQ(hosts[0].slots, 3);  // capped by line 6
+    EXPECT_EQ(hosts[1].slots, 2);
+    EXPECT_EQ(hosts[2].slots, 0);  // mpirun counts its cores
+    EXPECT_EQ(hosts[3].name, "node-d");
+
+    // Two nodes of 2 ranks fit node-a and node-b; the job file names the hostfile.
+    std::ofstream(dir + "/j.toml") << "[model]\npath = \"" << kSource << "/models/tiny\"\n[parallel]\ntp = 4\nnodes = 2\n"
+                                   << "[launch]\nhostfile = \"hosts\"\n";
+    auto r = run_process(tpx_bin("tpx") + " validate " + dir + "/j.toml");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    // Three ranks a node do not fit node-b's two slots.
+    std::ofstream(dir + "/hosts") << "node-b slots=2\nnode-a slots=4\n";
+    std::ofstream(dir + "/j.toml") << "[model]\npath = \"" << kSource << "/models/tiny\"\n[parallel]\ntp = 6\nnodes = 2\n"
+                                   << "[launch]\nhostfile = \"hosts\"\n";
+    r = run_process(tpx_bin("tpx") + " validate " + dir + "/j.toml");
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.err.find("j.toml:7:12: launch.hostfile " + dir + "/hosts:1: host node-b has 2 slots, fewer than the 3 ranks"),
+              std::string::npos)
+        << r.err;
+    fs::remove_all(dir);
 }
