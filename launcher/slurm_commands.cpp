@@ -7,9 +7,11 @@
 #include <iostream>
 #include <map>
 #include <thread>
+#include <vector>
 
 #include "common/error.h"
 #include "common/file.h"
+#include "common/path.h"
 #include "jobs/emit.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
@@ -61,10 +63,21 @@ int cmd_submit(const Args& args) {
         std::cout << script;
         return 0;
     }
-    write_file_atomically(snapshot, emit_job_toml(job));
-    std::string path = script_path(job);
-    write_file_atomically(path, script);
-    std::string id = submit_script(path);
+    // A refused submission leaves no new file behind (what was there before is already replaced).
+    const std::string path = script_path(job);
+    std::vector<std::string> written;
+    for (const std::string& p : {snapshot, path})
+        if (!path_exists<JobError>(p)) written.push_back(p);
+    std::string id;
+    try {
+        write_file_atomically(snapshot, emit_job_toml(job));
+        write_file_atomically(path, script);
+        id = submit_script(path);
+    } catch (...) {
+        std::error_code ec;
+        for (const std::string& p : written) fs::remove(p, ec);
+        throw;
+    }
     std::cerr << "tpx submit: job '" << job.name << "' submitted as Slurm job " << id << " (script " << path << ")\n";
     std::cout << id << "\n";
     return 0;

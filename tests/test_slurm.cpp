@@ -179,6 +179,9 @@ TEST_F(SlurmCluster, RefusalsCarrySlurmsOwnMessage) {
     auto r = run_process(tpx_bin("tpx") + " submit " + shell(job));
     EXPECT_NE(r.exit_code, 0);
     EXPECT_NE(r.err.find("sbatch refused the job: sbatch: error: invalid partition specified: nosuch"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir + "/job.sbatch")) << "a refused job left its script";
+    EXPECT_FALSE(fs::exists(dir + "/job.tpx.toml")) << "a refused job left its snapshot";
+    EXPECT_TRUE(fs::exists(dir + "/job.toml"));
     auto status = run_process(tpx_bin("tpx") + " status 999999");
     EXPECT_NE(status.exit_code, 0);
     EXPECT_NE(status.err.find("Invalid job id specified"), std::string::npos) << status.err;
