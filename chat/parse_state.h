@@ -80,12 +80,14 @@ private:
     };
 
     Body parse_body(const std::vector<std::string>& ends, std::string& end) {
-        DepthGuard guard(*this, cur().line);
+        const int opened = p_ > 0 ? t_[p_ - 1].line : 1;  // the opening tag's (its '%}' token)
+        DepthGuard guard(*this, opened);
         Body body;
         while (true) {
             const Token& tok = cur();
             if (tok.type == T::End) {
-                if (!ends.empty()) fail(tok.line, "missing '{% " + ends.back() + " %}' before end of template");
+                if (!ends.empty())
+                    fail(tok.line, "missing '{% " + ends.back() + " %}' before end of template (the block opens on line " + std::to_string(opened) + ")");
                 return body;
             }
             if (tok.type == T::Text) {
