@@ -52,30 +52,26 @@ int cmd_submit(const Args& args) {
     resolve_transform_options(job);
     if (job.run.prompts.empty() && !job.serve.present)
         throw JobError(job.file + ": run.prompts is not set (and there is no [serve] table): there is nothing to run");
-    // The ranks read a snapshot of the resolved job, so editing the job file after submitting
-    // does not change a queued job.
-    fs::path dir = fs::path(job.run.output).parent_path();
-    std::string snapshot = (dir / (file_safe(job.name) + ".tpx.toml")).string();
-    check_before_launch(job, {{"the job's snapshot", snapshot}, {"the sbatch script", script_path(job)}}, /*local=*/false);
-    SubmitPaths paths{worker_binary(), snapshot, dir.string()};
-    std::string script = sbatch_script(job, paths, geteuid() == 0);
+    // The script carries the resolved job and writes it beside the output when the job starts
+    // (NAME-JOBID.tpx.toml), so that editing the job file, or submitting it again, does not
+    // change a job already queued.
+    const fs::path dir = fs::path(job.run.output).parent_path();
+    const std::string path = script_path(job);
+    check_before_launch(job, {{"the sbatch script", path}}, /*local=*/false);
+    const std::string script = sbatch_script(job, {worker_binary(), dir.string(), dir.string()}, emit_job_toml(job), geteuid() == 0);
     if (vm.count("dry-run")) {
         std::cout << script;
         return 0;
     }
-    // A refused submission leaves no new file behind (what was there before is already replaced).
-    const std::string path = script_path(job);
-    std::vector<std::string> written;
-    for (const std::string& p : {snapshot, path})
-        if (!path_exists<JobError>(p)) written.push_back(p);
+    // A refused submission leaves no new script behind (one that was there is already replaced).
+    const bool existed = path_exists<JobError>(path);
     std::string id;
     try {
-        write_file_atomically(snapshot, emit_job_toml(job));
         write_file_atomically(path, script);
         id = submit_script(path);
     } catch (...) {
         std::error_code ec;
-        for (const std::string& p : written) fs::remove(p, ec);
+        if (!existed) fs::remove(path, ec);
         throw;
     }
     std::cerr << "tpx submit: job '" << job.name << "' submitted as Slurm job " << id << " (script " << path << ")\n";

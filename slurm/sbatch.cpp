@@ -26,7 +26,7 @@ std::string script_path(const Job& job) {
     return (fs::path(job.run.output).parent_path() / (file_safe(job.name) + ".sbatch")).string();
 }
 
-std::string sbatch_script(const Job& job, const SubmitPaths& p, bool as_root) {
+std::string sbatch_script(const Job& job, const SubmitPaths& p, const std::string& job_toml, bool as_root) {
     const SlurmSection& s = job.slurm;
     std::ostringstream os;
     os << "#!/bin/bash\n";
@@ -47,7 +47,14 @@ std::string sbatch_script(const Job& job, const SubmitPaths& p, bool as_root) {
         os << "#SBATCH " << line << "\n";
     }
     os << "set -euo pipefail\n";
-    std::string worker = slurm_quote(p.worker, "the worker path") + " --job " + slurm_quote(p.job_file, "the job path");
+    // The job as submitted, written where every rank can read it when the job starts.
+    const std::string stem = (fs::path(p.job_dir) / (file_safe(job.name) + "-")).string();
+    os << "job=" << slurm_quote(stem, "the job path") << "\"$SLURM_JOB_ID\".tpx.toml\n";
+    const std::string text = job_toml.empty() || job_toml.back() != '\n' ? job_toml + "\n" : job_toml;
+    std::string end = "TPX_JOB_END";  // a line the job's text does not hold
+    while (("\n" + text).find("\n" + end + "\n") != std::string::npos) end += "_";
+    os << "cat > \"$job\" <<'" << end << "'\n" << text << end << "\n";
+    std::string worker = slurm_quote(p.worker, "the worker path") + " --job \"$job\"";
     // A job with a [serve] table serves (docs/SERVE.md); scancel's SIGTERM drains it.
     if (job.serve.present) worker += " --serve";
     if (s.launcher == "srun") {

@@ -11,12 +11,15 @@
 namespace tpx {
 
 struct SubmitPaths {
-    std::string worker;    // tpx-worker, absolute
-    std::string job_file;  // the job the ranks read, absolute
-    std::string log_dir;   // where slurm writes the job's stdout and stderr
+    std::string worker;   // tpx-worker, absolute
+    std::string job_dir;  // where the script writes the job the ranks read (NAME-JOBID.tpx.toml), absolute
+    std::string log_dir;  // where slurm writes the job's stdout and stderr
 };
 
-std::string sbatch_script(const Job& job, const SubmitPaths& paths, bool as_root);
+// job_toml: the resolved job, carried in the script itself (Slurm keeps a copy of the script
+// from submission), which writes it to job_dir when the job starts: editing the job file, or
+// submitting it again, does not change a job already queued.
+std::string sbatch_script(const Job& job, const SubmitPaths& paths, const std::string& job_toml, bool as_root);
 
 // "value" with \ before $ ` " and \; throws JobError for a value with a newline, which no
 // #SBATCH line can hold.

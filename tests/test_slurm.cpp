@@ -20,9 +20,10 @@ using namespace tpx_test;
 
 namespace {
 
-const SubmitPaths kPaths{"/opt/tpx/bin/tpx-worker", "/home/u/runs/job.tpx.toml", "/home/u/runs"};
-const SubmitPaths kHostilePaths{"/opt/my tpx/bin/tpx-worker", "/home/u/runs $(rm -rf ~); x/job's \"snap\".toml",
-                                "/home/u/runs $(rm -rf ~); x"};
+const SubmitPaths kPaths{"/opt/tpx/bin/tpx-worker", "/home/u/runs", "/home/u/runs"};
+const SubmitPaths kHostilePaths{"/opt/my tpx/bin/tpx-worker", "/home/u/runs $(rm -rf ~); x", "/home/u/runs $(rm -rf ~); x"};
+// What the script carries in place of the resolved job (whose paths are this checkout's).
+const std::string kJobText = "[model]\npath = \"/models/tiny\"\n";
 
 }  // namespace
 
@@ -33,7 +34,7 @@ TEST(Sbatch, ScriptsMatchTheirGoldenFiles) {
         if (e.path().extension() != ".toml") continue;
         std::string name = e.path().stem().string();
         Job job = parse_job(read_text(e.path().string()), name + ".toml", TPX_SOURCE_DIR);
-        std::string script = sbatch_script(job, name == "hostile" ? kHostilePaths : kPaths, /*as_root=*/false);
+        std::string script = sbatch_script(job, name == "hostile" ? kHostilePaths : kPaths, kJobText, /*as_root=*/false);
         std::string golden = dir + "/" + name + ".sbatch";
         if (std::getenv("TPX_UPDATE_GOLDEN")) std::ofstream(golden) << script;
         EXPECT_EQ(script, read_text(golden)) << name;
@@ -51,6 +52,23 @@ TEST(Sbatch, QuotingIsReadBackLiterallyByBash) {
     }
     EXPECT_FALSE(fs::exists("/tmp/tpx-pwned"));
     EXPECT_THROW(slurm_quote("two\nlines", "job.name"), Error);
+}
+
+// The job the script carries comes out of bash as written, whatever it holds (its own end
+// marker, $(...), backquotes, backslashes, no last newline), under the job id's name.
+TEST(Sbatch, TheJobInTheScriptIsWrittenBackLiterally) {
+    const std::string dir = temp_dir() + "/runs $x";
+    fs::create_directories(dir);
+    Job job = parse_job("[job]\nname = \"j\"\n[model]\npath = \"models/tiny\"\n", "j.toml", TPX_SOURCE_DIR);
+    const std::string text = "a = \"$(touch /tmp/tpx-pwned)\"\nTPX_JOB_END\nb = '`id` \\ \"q\"'\nTPX_JOB_END_\nlast";
+    const std::string script = sbatch_script(job, {"/opt/tpx/bin/tpx-worker", dir, dir}, text, false);
+    const std::string head = script.substr(0, script.find("\nexec ") + 1);  // up to the launch
+    std::ofstream(dir + "/head.sh") << head;
+    auto r = run_process("SLURM_JOB_ID=77 bash " + slurm_quote(dir + "/head.sh", "test"));
+    EXPECT_EQ(r.exit_code, 0) << r.err << head;
+    EXPECT_EQ(read_text(dir + "/j-77.tpx.toml"), text + "\n");
+    EXPECT_FALSE(fs::exists("/tmp/tpx-pwned"));
+    fs::remove_all(fs::path(dir).parent_path());
 }
 
 namespace {
@@ -127,6 +145,7 @@ TEST_F(SlurmCluster, TinyJobWithSrunAndWithMpirunGivesTheGoldenTokens) {
         auto logs = run_process(tpx_bin("tpx") + " logs " + id);
         EXPECT_NE(logs.out.find("rank  host"), std::string::npos) << "the per-rank table is in the job's output";
         EXPECT_TRUE(fs::exists(dir + "/job.sbatch")) << "the script is written beside the output";
+        EXPECT_TRUE(fs::exists(dir + "/job-" + id + ".tpx.toml")) << "the job the ranks read, named by the Slurm job";
     }
 }
 
@@ -180,7 +199,6 @@ TEST_F(SlurmCluster, RefusalsCarrySlurmsOwnMessage) {
     EXPECT_NE(r.exit_code, 0);
     EXPECT_NE(r.err.find("sbatch refused the job: sbatch: error: invalid partition specified: nosuch"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(dir + "/job.sbatch")) << "a refused job left its script";
-    EXPECT_FALSE(fs::exists(dir + "/job.tpx.toml")) << "a refused job left its snapshot";
     EXPECT_TRUE(fs::exists(dir + "/job.toml"));
     auto status = run_process(tpx_bin("tpx") + " status 999999");
     EXPECT_NE(status.exit_code, 0);
