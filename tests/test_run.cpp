@@ -347,6 +347,6 @@ TEST(Run, AJobThatCannotBePlannedIsRefusedBeforeAnyRankStarts) {
         EXPECT_EQ(r.err.find("rank map"), std::string::npos) << "mpirun was started";
         EXPECT_LT(r.seconds, 5);
     }
-    EXPECT_FALSE(fs::exists(dir + "/job.tpx.toml")) << "submit wrote its snapshot";
+    EXPECT_FALSE(fs::exists(dir + "/job.sbatch")) << "submit wrote its script";
     fs::remove_all(dir);
 }
