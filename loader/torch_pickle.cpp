@@ -26,6 +26,21 @@ struct Value {
     std::vector<ValuePtr> items;  // tuple, list; dict as key, value, key, value ...
     DType dtype = DType::kF32;    // storage
     PickledTensor tensor;
+    Value() = default;
+    Value(const Value&) = delete;
+    Value& operator=(const Value&) = delete;
+    // Without recursion: a pickle may nest values a million levels deep in a few MB (and the
+    // memo can nest them past any bound checked as they are built), which a recursive release
+    // of the shared nodes would overflow the stack on.
+    ~Value() {
+        std::vector<ValuePtr> work = std::move(items);
+        while (!work.empty()) {
+            ValuePtr v = std::move(work.back());
+            work.pop_back();
+            if (v.use_count() == 1)  // the last owner: its children are released here, not in its destructor
+                for (ValuePtr& c : v->items) work.push_back(std::move(c));
+        }
+    }
 };
 
 const std::map<std::string, DType>& storage_types() {

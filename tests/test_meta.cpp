@@ -360,6 +360,15 @@ TEST(Meta, CutOrCorruptedPicklesAreErrorsNeverCrashes) {
     }
     EXPECT_EQ(parsed + refused, 3000);
     EXPECT_GT(refused, 0);
+    // Lists a million deep in a dict (2 MB; found by a hostile probe: their release overflowed the stack).
+    const size_t deep = 1000000;
+    const std::string nested = std::string("\x80\x02}X\x01\x00\x00\x00", 8) + "a" + std::string(deep, ']') + std::string(deep - 1, 'a') + "s.";
+    try {
+        parse_torch_pickle("x.pth", nested);
+        ADD_FAILURE() << "a dict of nested lists parsed as tensors";
+    } catch (const CheckpointError& e) {
+        EXPECT_NE(std::string(e.what()).find("x.pth: data.pkl entry 'a' is not a tensor"), std::string::npos) << e.what();
+    }
 }
 
 // Each defect is a CheckpointError (exit 2) that names the file, the entry or tensor, the key.
