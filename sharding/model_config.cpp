@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -32,6 +33,8 @@ int64_t get_int(const json& j, const std::string& file, const char* key, bool re
         return fallback;
     }
     if (!v->is_number_integer()) fail(file, std::string("\"") + key + "\" is " + v->dump() + ", not an integer");
+    if (v->is_number_unsigned() && v->get<uint64_t>() > (uint64_t)INT64_MAX)
+        fail(file, std::string("\"") + key + "\" = " + v->dump() + " is out of range");
     return v->get<int64_t>();
 }
 

@@ -247,6 +247,10 @@ ShardPlan make_plan(const Job& job, int world) {
     plan.headers_checked = ckpt != nullptr;
     plan.costs = ctx.costs;
     plan.max_batch = job.run.max_batch;
+    constexpr int64_t kMaxSeq = 1 << 30;  // run.max_seq_len's own bound
+    if (job.run.max_seq_len == 0 && ctx.config.max_position_embeddings > kMaxSeq)
+        throw JobError(ctx.config.file + ": max_position_embeddings = " + std::to_string(ctx.config.max_position_embeddings) +
+                       " is past the " + std::to_string(kMaxSeq) + " positions a KV cache may hold: set run.max_seq_len in " + job.file);
     plan.max_seq_len = job.run.max_seq_len > 0 ? job.run.max_seq_len : ctx.config.max_position_embeddings;
     check_run_limits(job, ctx.config);
 

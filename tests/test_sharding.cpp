@@ -332,6 +332,7 @@ TEST(ModelConfig, NonPositiveSizesAndFactorsAreNamed) {
         {R"("head_dim": -4)", "\"head_dim\" = -4 must be positive"},
         {R"("head_dim": 0)", "\"head_dim\" = 0 must be positive"},
         {R"("max_position_embeddings": 0)", "\"max_position_embeddings\" = 0 must be positive"},
+        {R"("max_position_embeddings": 18446744073709551615)", "\"max_position_embeddings\" = 18446744073709551615 is out of range"},
         {R"("rms_norm_eps": -1e-5)", "\"rms_norm_eps\" = -1e-05 must be zero or positive"},
         {R"("sliding_window": -1)", "\"sliding_window\" = -1 must be zero or positive"},
         {R"("rope_theta": 0)", "\"rope_theta\" = 0 must be positive"},
@@ -500,6 +501,27 @@ TEST(Plan, SplitsThatDoNotDivideAreErrorsNamingTheTensor) {
         // o_proj (96 input features) cannot be cut in 5 either: the first parameter met is named.
         EXPECT_NE(std::string(e.what()).find("self_attn.o_proj.weight' [96, 96]): dim 1 = 96 cannot be split row-wise into 5 parts"), std::string::npos) << e.what();
     }
+    fs::remove_all(dir);
+}
+
+// A model's own position count past what run.max_seq_len may be is refused when the job leaves
+// max_seq_len to it (the KV cache's sizes overflowed; found by a hostile probe), and taken when
+// the job sets its own.
+TEST(Plan, AModelsHugePositionCountNeedsTheJobsMaxSeqLen) {
+    std::string dir = tpx_test::temp_dir();
+    std::ofstream(dir + "/config.json") << R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 96, "hidden_size": 96,
+        "intermediate_size": 192, "num_hidden_layers": 1, "num_attention_heads": 12, "max_position_embeddings": 288230376151711744})";
+    try {
+        make_plan(parse_job("[model]\npath = \"" + dir + "\"\n", "j.toml", dir));
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(dir + "/config.json: max_position_embeddings = 288230376151711744 is past the 1073741824 "
+                                                   "positions a KV cache may hold: set run.max_seq_len in j.toml"),
+                  std::string::npos)
+            << e.what();
+        EXPECT_EQ(e.exit_code(), kExitBadInput);
+    }
+    EXPECT_EQ(make_plan(parse_job("[model]\npath = \"" + dir + "\"\n[run]\nmax_seq_len = 64\n", "j.toml", dir)).max_seq_len, 64);
     fs::remove_all(dir);
 }
 
