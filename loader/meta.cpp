@@ -259,9 +259,12 @@ void MetaCheckpoint::check_params(const MetaParams& p) {
         expect(M + "ffn_norm.weight", H + "post_attention_layernorm.weight", {D}, dim);
     }
     if (tensors().size() != 2 + (size_t)has_output + 9 * (size_t)p.n_layers)
-        for (const auto& [hf, L] : layouts_)
-            if (L.meta_name.rfind("layers.", 0) == 0 && std::stoll(L.meta_name.substr(7)) >= p.n_layers)
+        for (const auto& [hf, L] : layouts_) {
+            if (L.meta_name.rfind("layers.", 0) != 0) continue;
+            const std::string digits = L.meta_name.substr(7, L.meta_name.find('.', 7) - 7);  // (map_meta_name's: digits only)
+            if (digits.size() > 18 || std::stoll(digits) >= p.n_layers)
                 throw CheckpointError(p.file + ": \"n_layers\" = " + std::to_string(p.n_layers) + " but the files hold " + L.meta_name);
+        }
 
     json c = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"vocab_size", vocab}, {"hidden_size", D},
               {"intermediate_size", ffn}, {"num_hidden_layers", p.n_layers}, {"num_attention_heads", p.n_heads},

@@ -373,7 +373,7 @@ TEST(Meta, CutOrCorruptedPicklesAreErrorsNeverCrashes) {
 
 // Each defect is a CheckpointError (exit 2) that names the file, the entry or tensor, the key.
 TEST(Meta, DamagedFoldersAreRefusedByName) {
-    for (const char* folder : {"bad-missing-entry", "bad-compressed-entry", "bad-shapes-disagree"}) {
+    for (const char* folder : {"bad-missing-entry", "bad-compressed-entry", "bad-shapes-disagree", "bad-layer-index"}) {
         auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " inspect " + kMeta + "/" + folder);
         EXPECT_EQ(r.exit_code, 2) << folder << ": " << r.err;
         EXPECT_NE(r.err.find(kMeta + "/" + folder), std::string::npos) << r.err;
@@ -385,6 +385,10 @@ TEST(Meta, DamagedFoldersAreRefusedByName) {
               std::string::npos);
     EXPECT_NE(open_error(kMeta + "/bad-shapes-disagree").find("tensor 'layers.0.attention.wq.weight' is BF16 [4, 8] in consolidated.00.pth "
                                                                 "but BF16 [4, 6] in consolidated.01.pth"),
+              std::string::npos);
+    // (a layer index past int64: was "internal error: stoll"; found by a hostile probe)
+    EXPECT_NE(open_error(kMeta + "/bad-layer-index").find("params.json: \"n_layers\" = 1 but the files hold "
+                                                            "layers.99999999999999999999.attention_norm.weight"),
               std::string::npos);
     {  // Cut short: the zip's directory is gone.
         std::string dir = copy_of("meta-llama-gqa-mp2");

@@ -262,6 +262,13 @@ def make_bad():
     folder("bad-compressed-entry", [lambda f: save(f, one, compress=("0",))])
     folder("bad-shapes-disagree", [lambda f: save(f, [("layers.0.attention.wq.weight", t(4, 8))]),
                                    lambda f: save(f, [("layers.0.attention.wq.weight", t(4, 6))])])
+    # A whole one-layer checkpoint and a tensor of a layer past any integer (20 digits).
+    whole = [("tok_embeddings.weight", t(4, 8)), ("norm.weight", t(8)), ("output.weight", t(4, 8))]
+    whole += [("layers.0." + n, t(*shape)) for n, shape in [
+        ("attention.wq.weight", (8, 8)), ("attention.wk.weight", (4, 8)), ("attention.wv.weight", (4, 8)),
+        ("attention.wo.weight", (8, 8)), ("feed_forward.w1.weight", (16, 8)), ("feed_forward.w2.weight", (8, 16)),
+        ("feed_forward.w3.weight", (16, 8)), ("attention_norm.weight", (8,)), ("ffn_norm.weight", (8,))]]
+    folder("bad-layer-index", [lambda f: save(f, whole + [("layers.99999999999999999999.attention_norm.weight", t(8))])])
 
 
 def write_safetensors(path, tensors):
