@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <regex>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -46,13 +48,28 @@ int cmd_refit(const Args& args) {
     positional.add("url", 1).add("path", 1);
     po::variables_map vm;
     if (parse_command_line(args, "tpx refit URL PATH [--abort] [--api-key KEY]", options, positional, vm)) return 0;
-    // A path that exists here is sent absolute (the ranks' working folder is not this shell's).
-    if (fs::exists(path)) path = fs::absolute(path).lexically_normal().string();
+    // A path that exists here is sent absolute (the ranks' working folder is not this shell's);
+    // one that cannot be looked at here (a symlink loop, a name too long) goes as given, for the
+    // server to name.
+    std::error_code ec;
+    if (fs::exists(path, ec)) {
+        const fs::path absolute = fs::absolute(path, ec);
+        if (!ec) path = absolute.lexically_normal().string();
+    }
     while (!url.empty() && url.back() == '/') url.pop_back();
-
+    // http://HOST:PORT (or HOST:PORT), nothing after: the endpoint's path is the server's.
+    static const std::regex kUrl(R"(^(http://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(:([0-9]{1,5}))?$)");
+    std::smatch m;
+    if (!std::regex_match(url, m, kUrl) || (m[4].matched && (std::stoi(m[4].str()) < 1 || std::stoi(m[4].str()) > 65535)))
+        throw JobError("URL \"" + url + "\" is not http://HOST:PORT (the server's address, as tpx serve prints it)");
+    const double timeout = vm["timeout"].as<double>();
+    if (!(timeout > 0 && timeout <= 1e6)) {
+        std::ostringstream given;
+        given << timeout;
+        throw JobError("--timeout " + given.str() + " must be more than 0 and at most 1e6 seconds");
+    }
     httplib::Client client(url);
     if (!client.is_valid()) throw JobError("cannot use URL " + url + " (expected http://HOST:PORT)");
-    const double timeout = vm["timeout"].as<double>();
     client.set_read_timeout(std::chrono::milliseconds((int64_t)(timeout * 1000)));
     if (!api_key.empty()) client.set_bearer_token_auth(api_key);
     json body = {{"path", path}, {"abort", vm.count("abort") > 0}};

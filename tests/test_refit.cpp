@@ -341,3 +341,29 @@ TEST(RefitGpu, AFileVanishingAfterTheChecksEndsTheServerNamingRankAndFile) {
 #endif
 
 }  // namespace
+
+// The client's own arguments, checked before any call (found by a hostile probe: an unknown
+// scheme and a path it could not look at were "internal error", a negative timeout accepted).
+TEST(Refit, TheClientsBadArgumentsExitTwoNamingThem) {
+    const std::string tpx = tpx_test::tpx_bin("tpx");
+    const std::pair<std::string, std::string> cases[] = {
+        {"ftp://x /tmp", "URL \"ftp://x\" is not http://HOST:PORT"},
+        {"http://127.0.0.1:99999 /tmp", "URL \"http://127.0.0.1:99999\" is not http://HOST:PORT"},
+        {"http://127.0.0.1:8000/v1 /tmp", "URL \"http://127.0.0.1:8000/v1\" is not http://HOST:PORT"},
+        {"http://127.0.0.1:1 /tmp --timeout -5", "--timeout -5 must be more than 0"},
+        {"http://127.0.0.1:1 /tmp --timeout 1e99", "--timeout 1e+99 must be more than 0"},
+    };
+    for (const auto& [args, message] : cases) {
+        auto r = tpx_test::run_process(tpx + " refit " + args);
+        EXPECT_EQ(r.exit_code, 2) << args << ": " << r.err;
+        EXPECT_NE(r.err.find(message), std::string::npos) << args << ": " << r.err;
+    }
+    // A path this shell cannot look at goes to the server as given (none listens here).
+    const std::string dir = tpx_test::temp_dir();
+    fs::create_symlink("loop", dir + "/loop");
+    auto r = tpx_test::run_process(tpx + " refit http://127.0.0.1:1 " + dir + "/loop");
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find("no answer from http://127.0.0.1:1"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("internal error"), std::string::npos) << r.err;
+    fs::remove_all(dir);
+}
