@@ -1,6 +1,8 @@
 // `tpx`: the command users type. Dispatches to a subcommand; every error ends here as one
 // message on stderr and an exit code (2 for a bad job or usage, 1 for a runtime failure).
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 
 #include "common/error.h"
@@ -16,9 +18,17 @@ void print_usage(std::ostream& os) {
     }
 }
 
-}  // namespace
+// What a command printed reached standard output (a full disk, /dev/full, a closed descriptor:
+// otherwise `tpx plan --json > plan.json` could leave an empty file and exit 0).
+int output_written(const std::string& who, int rc) {
+    std::cout.flush();
+    if (std::fflush(stdout) == 0 && !std::ferror(stdout) && std::cout) return rc;
+    const int err = errno;
+    std::cerr << who << ": error: cannot write to standard output: " << std::strerror(err) << "\n";
+    return rc == tpx::kExitOk ? tpx::kExitRuntime : rc;
+}
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
     if (argc < 2) {
         print_usage(std::cerr);
         return tpx::kExitBadInput;
@@ -46,4 +56,11 @@ int main(int argc, char** argv) {
         std::cerr << "tpx " << name << ": internal error: " << e.what() << "\n";
         return tpx::kExitRuntime;
     }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const std::string who = argc > 1 ? std::string("tpx ") + argv[1] : "tpx";
+    return output_written(who, run(argc, argv));
 }

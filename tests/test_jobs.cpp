@@ -238,3 +238,14 @@ TEST(Jobs, AHostfileIsReadAsMpirunReadsIt) {
         << r.err;
     fs::remove_all(dir);
 }
+
+// What a command prints must reach standard output: a full disk is an error, not exit 0 with an
+// empty file (found by a hostile probe).
+TEST(Jobs, AFailedWriteToStandardOutputIsAnError) {
+    if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full here";
+    for (const std::string& args : {std::string("example"), "validate " + kSource + "/jobs/examples/tiny.toml", std::string("--help")}) {
+        auto r = run_process(tpx_bin("tpx") + " " + args + " > /dev/full");
+        EXPECT_EQ(r.exit_code, 1) << args << ": " << r.err;
+        EXPECT_NE(r.err.find("cannot write to standard output: No space left on device"), std::string::npos) << args << ": " << r.err;
+    }
+}
