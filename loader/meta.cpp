@@ -400,7 +400,29 @@ void MetaCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& si
 bool is_meta_folder(const std::string& path) {
     std::error_code ec;
     const fs::path dir(path);
-    return fs::is_directory(dir, ec) && fs::exists(dir / "params.json", ec) && fs::exists(dir / "consolidated.00.pth", ec);
+    if (!fs::is_directory(dir, ec)) return false;
+    const bool params = fs::exists(dir / "params.json", ec), first = fs::exists(dir / "consolidated.00.pth", ec);
+    std::string hf;  // Hugging Face's files here
+    for (const char* name : {"config.json", "model.safetensors", "model.safetensors.index.json"})
+        if (fs::exists(dir / name, ec)) hf += (hf.empty() ? "" : ", ") + std::string(name);
+    if (params && first) {
+        if (!hf.empty())
+            throw CheckpointError(path + ": holds both Meta's checkpoint (params.json, consolidated.*.pth) and Hugging Face's (" + hf +
+                                  "): which to load is ambiguous; give a folder holding one");
+        return true;
+    }
+    if (!hf.empty()) return false;
+    std::string shard;  // any consolidated.NN.pth
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end && shard.empty(); it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (name.rfind("consolidated.", 0) == 0 && it->path().extension() == ".pth") shard = name;
+    }
+    if (params)
+        throw CheckpointError(path + ": has params.json but no consolidated.00.pth (Meta's checkpoint) and no config.json (Hugging Face's)");
+    if (!shard.empty())
+        throw CheckpointError(path + ": has " + shard + " but " + (first ? "" : "no consolidated.00.pth and ") +
+                              "no params.json (Meta's checkpoint needs both)");
+    return false;
 }
 
 std::unique_ptr<Checkpoint> open_meta_checkpoint(const std::string& path, int threads) {

@@ -12,7 +12,10 @@ namespace tpx {
 
 class Checkpoint;
 
-// A folder with params.json and consolidated.00.pth.
+// A folder with params.json and consolidated.00.pth. CheckpointError for a folder that holds
+// those and Hugging Face's files too (config.json, model.safetensors[.index.json]: which to load
+// is ambiguous), or Meta's files without HF's and without the pair (params.json alone, shards
+// without params.json or without consolidated.00.pth).
 bool is_meta_folder(const std::string& path);
 
 // Opens the folder; every file's archive, pickle and shapes are checked against each other and

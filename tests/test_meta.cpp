@@ -390,6 +390,20 @@ TEST(Meta, DamagedFoldersAreRefusedByName) {
     EXPECT_NE(open_error(kMeta + "/bad-layer-index").find("params.json: \"n_layers\" = 1 but the files hold "
                                                             "layers.99999999999999999999.attention_norm.weight"),
               std::string::npos);
+    {  // Meta's and HF's files in one folder (ambiguous: the Meta files were loaded silently), and
+       // Meta's files without their pair (found by a hostile probe: "config.json: cannot open").
+        std::string dir = copy_of("meta-llama-gqa-mp2");
+        std::ofstream(dir + "/config.json") << "{}";
+        EXPECT_NE(open_error(dir).find("holds both Meta's checkpoint (params.json, consolidated.*.pth) and Hugging Face's (config.json)"),
+                  std::string::npos);
+        fs::remove(dir + "/config.json");
+        fs::remove(dir + "/consolidated.00.pth");
+        EXPECT_NE(open_error(dir).find("has params.json but no consolidated.00.pth (Meta's checkpoint) and no config.json"),
+                  std::string::npos);
+        fs::remove(dir + "/params.json");
+        EXPECT_NE(open_error(dir).find("has consolidated.01.pth but no consolidated.00.pth and no params.json"), std::string::npos);
+        fs::remove_all(fs::path(dir).parent_path());
+    }
     {  // Cut short: the zip's directory is gone.
         std::string dir = copy_of("meta-llama-gqa-mp2");
         fs::resize_file(dir + "/consolidated.01.pth", fs::file_size(dir + "/consolidated.01.pth") / 2);
