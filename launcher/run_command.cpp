@@ -75,6 +75,7 @@ int cmd_run(const Args& args) {
     Job job = load_job(job_path);
     resolve_transform_options(job);
     if (job.run.prompts.empty() && !vm.count("bench")) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
+    if (vm.count("bench")) require_one_stage(job, "tpx bench");
     // Outputs are resolved and proven writable before anything is started.
     std::vector<std::string> output_args;
     std::vector<NamedPath> extra_outputs;

@@ -37,6 +37,7 @@ int cmd_serve(const Args& args) {
     std::string job_path = vm["job"].as<std::string>();
     Job job = load_job(job_path);
     resolve_transform_options(job);
+    require_one_stage(job, "tpx serve");
     // The plan, the tokenizer and chat template, this host's memory: refused before any rank starts.
     check_before_launch(job, {}, /*local=*/true);
     std::string worker_job = fs::absolute(job_path).lexically_normal().string();

@@ -52,6 +52,7 @@ int cmd_submit(const Args& args) {
     resolve_transform_options(job);
     if (job.run.prompts.empty() && !job.serve.present)
         throw JobError(job.file + ": run.prompts is not set (and there is no [serve] table): there is nothing to run");
+    if (job.serve.present) require_one_stage(job, "a [serve] job");
     // The script carries the resolved job and writes it beside the output when the job starts
     // (NAME-JOBID.tpx.toml), so that editing the job file, or submitting it again, does not
     // change a job already queued.

@@ -192,6 +192,21 @@ TEST(Stages, MoreStagesThanLayersIsRefusedBeforeAnyRankStarts) {
     fs::remove_all(dir);
 }
 
+// tpx serve and tpx bench run one stage: refused by the launcher, not by the ranks after mpirun
+// started them (found by a hostile probe).
+TEST(Stages, ServeAndBenchOfStagesAreRefusedBeforeAnyRankStarts) {
+    const std::string dir = temp_dir();
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-sharded\"\n[parallel]\npp = 2\n[serve]\nport = 18999\n";
+    for (const std::string& command : {std::string(" serve "), std::string(" bench --json " + dir + "/b.json ")}) {
+        auto r = run_process(tpx_bin("tpx") + command + dir + "/job.toml");
+        EXPECT_EQ(r.exit_code, 2) << command << r.err;
+        EXPECT_NE(r.err.find("job.toml: parallel.pp = 2: tpx" + command.substr(0, 6) + " runs one pipeline stage only"), std::string::npos)
+            << r.err;
+        EXPECT_EQ(r.err.find("rank map"), std::string::npos) << "mpirun was started: " << r.err;
+    }
+    fs::remove_all(dir);
+}
+
 TEST(MicroBatches, SequencesStayWholeAndRowsMapBack) {
     TokenBatch b;
     // Three sequences (slots 4, 1, 7) of 2, 1 and 3 tokens; every token's logits wanted. Two
