@@ -85,13 +85,19 @@ int cmd_convert(const Args& args) {
     const std::string model = vm["model"].as<std::string>(), out = vm["out"].as<std::string>();
     const bool hf = vm.count("hf") > 0;
     std::error_code ec;
+    // Something at OUT, a dangling symlink included.
+    const bool taken = fs::symlink_status(out, ec).type() != fs::file_type::not_found && !ec;
     if (hf) {
         if (vm.count("force")) throw JobError("--force replaces an .h5 file; with --hf, OUT must be a new folder");
-        if (fs::exists(out, ec)) throw JobError("OUT (" + out + ") already exists; tpx convert --hf writes a new folder and replaces nothing");
+        if (taken) throw JobError("OUT (" + out + ") already exists; tpx convert --hf writes a new folder and replaces nothing");
     } else {
         check_outputs({{"OUT", out}}, checkpoint_inputs(model));
-        if (fs::exists(out, ec) && !is_stream_target(out) && !vm.count("force"))
-            throw JobError("OUT (" + out + ") already exists; give --force to replace it");
+        // An HDF5 file under another checkpoint's name (model.safetensors, consolidated.01.pth)
+        // would be read as that checkpoint's file, beside an input folder too.
+        const std::string ext = fs::path(out).extension().string();
+        if (!is_stream_target(out) && ext != ".h5" && ext != ".hdf5")
+            throw JobError("OUT (" + out + ") must end in .h5 or .hdf5: tpx convert writes an HDF5 file (--hf: an HF folder)");
+        if (taken && !is_stream_target(out) && !vm.count("force")) throw JobError("OUT (" + out + ") already exists; give --force to replace it");
     }
     auto ckpt = Checkpoint::open(model);
     // Both layouts hold plain tensors: a quantized checkpoint would be written dequantized (four

@@ -194,6 +194,13 @@ TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
     auto forced = tpx("convert " + dir + "/tiny " + dir + "/t.h5 --force");
     EXPECT_EQ(forced.exit_code, 0) << forced.err;
     EXPECT_NE(file_bytes(dir + "/t.h5"), "keep me");
+    // A dangling symlink is something there too; an HDF5 file under another format's name would
+    // be read as that (beside a checkpoint: as one of its files). Found by a hostile probe.
+    fs::create_symlink("nowhere/d.h5", dir + "/dangling.h5");
+    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/dangling.h5"), {"already exists", "--force"});
+    EXPECT_TRUE(fs::is_symlink(dir + "/dangling.h5"));
+    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/tiny/model-00002-of-00002.safetensors"), {"must end in .h5 or .hdf5"});
+    EXPECT_FALSE(fs::exists(dir + "/tiny/model-00002-of-00002.safetensors"));
     auto dev = tpx("convert " + dir + "/tiny /dev/null");
     EXPECT_EQ(dev.exit_code, 0) << dev.err;
     struct stat st;
