@@ -4,6 +4,7 @@
 #include "launcher/mpirun_process.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -150,6 +151,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&block, sig);
     sigprocmask(SIG_BLOCK, &block, &old_mask);
     const pid_t parent = getpid();
+    const bool drain = settings.drain_signal != 0;
     g_child = fork();
     if (g_child < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
     if (g_child == 0) {
@@ -158,6 +160,15 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
         // ends the ranks; tpx may already be gone before this line, hence the check after it.
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (getppid() != parent) _exit(128 + SIGTERM);
+        if (drain) {
+            // A process group of its own, so that a signal to tpx's group (a terminal's Ctrl-C,
+            // `timeout`) reaches tpx alone, which drains the ranks: mpirun given SIGINT itself
+            // ends the job and exits 1 after the ranks drained. No terminal input for it then
+            // (a read from a background group would stop it): the ranks read none.
+            setpgid(0, 0);
+            const int null = open("/dev/null", O_RDONLY);
+            if (null >= 0) dup2(null, STDIN_FILENO), close(null);
+        }
         dup2(err_pipe[1], STDERR_FILENO);
         close(err_pipe[0]);
         close(err_pipe[1]);
