@@ -133,6 +133,12 @@ void MetaCheckpoint::open() {
     std::map<std::string, std::vector<std::pair<std::string, PickledTensor>>> by_name;
     for (const std::string& f : files) {
         TorchArchive a = open_torch_archive(f);
+        // torch.save names each archive after its file (saved through a buffer: "archive/"): an
+        // archive named after another of the files is that file copied (a copy of
+        // consolidated.00.pth as .01 would be read as the second part of every tensor).
+        for (const auto& [g, b] : archives)
+            if (b.prefix == a.prefix && a.prefix == fs::path(g).stem().string() + "/")
+                throw CheckpointError(f + ": holds the archive " + a.prefix + " as " + file_name(g) + " does: a copy of it, not another part");
         count_header(a.header_bytes);
         for (const PickledTensor& t : a.tensors) by_name[t.name].push_back({f, t});
         archives.emplace(f, std::move(a));

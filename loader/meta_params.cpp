@@ -2,10 +2,12 @@
 // writes, with its defaults where Llama 2 and 3 leave one out.
 #include "loader/meta_params.h"
 
+#include <cstdint>
 #include <map>
 
 #include <nlohmann/json.hpp>
 
+#include "common/json_object.h"
 #include "loader/checkpoint_error.h"
 
 namespace tpx {
@@ -14,13 +16,7 @@ using json = nlohmann::json;
 
 MetaParams parse_meta_params(const std::string& file, const std::string& text) {
     auto fail = [&](const std::string& why) { throw CheckpointError(file + ": " + why); };
-    json j;
-    try {
-        j = json::parse(text);
-    } catch (const json::exception& e) {
-        fail(std::string("not valid JSON: ") + e.what());
-    }
-    if (!j.is_object()) fail("not a JSON object");
+    const json j = parse_json_object(text, file, [&](const std::string&, const std::string& why) { fail(why); });
     MetaParams p;
     p.file = file;
     auto integer = [&](const char* key, int64_t fallback, bool required) {
@@ -30,6 +26,7 @@ MetaParams parse_meta_params(const std::string& file, const std::string& text) {
             return fallback;
         }
         if (!it->is_number_integer()) fail(std::string("\"") + key + "\" is " + it->dump() + ", not an integer");
+        if (it->is_number_unsigned() && it->get<uint64_t>() > (uint64_t)INT64_MAX) fail(std::string("\"") + key + "\" = " + it->dump() + " is out of range");
         return it->get<int64_t>();
     };
     auto number = [&](const char* key, double fallback) {
@@ -54,6 +51,8 @@ MetaParams parse_meta_params(const std::string& file, const std::string& text) {
     for (auto [key, v] : {std::pair<const char*, int64_t>{"dim", p.dim}, {"n_layers", p.n_layers}, {"n_heads", p.n_heads},
                           {"n_kv_heads", p.n_kv_heads}, {"max_seq_len", p.max_seq_len}})
         if (v <= 0) fail(std::string("\"") + key + "\" = " + std::to_string(v) + " must be positive");
+    if (p.vocab_size <= 0 && p.vocab_size != -1)
+        fail("\"vocab_size\" = " + std::to_string(p.vocab_size) + " must be positive, or -1 (the embedding's rows, as Llama 2 writes)");
     if (p.dim % p.n_heads != 0) fail("\"dim\" = " + std::to_string(p.dim) + " is not a multiple of \"n_heads\" = " + std::to_string(p.n_heads));
     if (p.n_heads % p.n_kv_heads != 0)
         fail("\"n_heads\" = " + std::to_string(p.n_heads) + " is not a multiple of \"n_kv_heads\" = " + std::to_string(p.n_kv_heads));

@@ -143,6 +143,7 @@ TorchArchive open_torch_archive(const std::string& path) {
     }
     if (pickle < 0) throw CheckpointError(path + ": a zip archive without ARCHIVE/data.pkl: not written by torch.save");
     const std::string prefix = std::string(stats[(size_t)pickle].name).substr(0, std::string(stats[(size_t)pickle].name).find('/') + 1);
+    a.prefix = prefix;
 
     // The pickle, parsed before anything else is read.
     const uint64_t pickle_bytes = stats[(size_t)pickle].size;

@@ -16,6 +16,7 @@ namespace tpx {
 
 struct TorchArchive {
     std::string file;
+    std::string prefix;                  // the archive's folder ("consolidated.00/"): torch.save's name of the file
     std::vector<PickledTensor> tensors;  // the pickled dict, in its order
     // Each storage key the tensors name -> the absolute file offset and size of its data.
     struct Entry {

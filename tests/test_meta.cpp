@@ -404,6 +404,13 @@ TEST(Meta, DamagedFoldersAreRefusedByName) {
         EXPECT_NE(open_error(dir).find("has consolidated.01.pth but no consolidated.00.pth and no params.json"), std::string::npos);
         fs::remove_all(fs::path(dir).parent_path());
     }
+    {  // A copy of the first file as the second (read as the second half of every tensor).
+        std::string dir = copy_of("meta-llama-gqa-mp2");
+        fs::copy_file(dir + "/consolidated.00.pth", dir + "/consolidated.01.pth", fs::copy_options::overwrite_existing);
+        EXPECT_NE(open_error(dir).find("consolidated.01.pth: holds the archive consolidated.00/ as consolidated.00.pth does: a copy of it"),
+                  std::string::npos);
+        fs::remove_all(fs::path(dir).parent_path());
+    }
     {  // Cut short: the zip's directory is gone.
         std::string dir = copy_of("meta-llama-gqa-mp2");
         fs::resize_file(dir + "/consolidated.01.pth", fs::file_size(dir + "/consolidated.01.pth") / 2);
@@ -425,6 +432,10 @@ TEST(Meta, DamagedFoldersAreRefusedByName) {
          "files hold [64, 128]"},
         {R"({"dim": 128, "n_layers": 2, "n_heads": 8, "n_kv_heads": 2, "vocab_size": 512})",
          "\"n_kv_heads\" = 2 implies layers.0.attention.wk.weight [32, 128], but the files hold [64, 128]"},
+        {R"({"dim": 128, "n_layers": 2, "n_heads": 8, "n_kv_heads": 4, "vocab_size": 0})",
+         "params.json: \"vocab_size\" = 0 must be positive, or -1"},
+        {R"({"dim": 128, "n_layers": 2, "n_heads": 8, "n_kv_heads": 4, "vocab_size": 18446744073709551615})",
+         "params.json: \"vocab_size\" = 18446744073709551615 is out of range"},
         {R"({"dim": 128, "n_layers": 2, "n_heads": 8, "n_kv_heads": 4, "vocab_size": 500})",
          "params.json: \"vocab_size\" = 500 but tok_embeddings.weight has 512 rows"},
         {R"({"dim": 128, "n_layers": 1, "n_heads": 8, "n_kv_heads": 4, "vocab_size": 512})",
