@@ -219,7 +219,8 @@ void parse_parallel(Section s, Job& job) {
         if (!p.pp_layers.empty() && (int)p.pp_layers.size() != p.pp)
             s.fail(*n, "pp_layers", "names " + std::to_string(p.pp_layers.size()) + " stages but parallel.pp = " + std::to_string(p.pp));
     }
-    s.get_int("micro_batches", p.micro_batches, 1, 65536);
+    if (s.get_int("micro_batches", p.micro_batches, 1, 65536) && p.micro_batches > 1 && p.pp == 1)
+        s.fail(*s.node("micro_batches"), "micro_batches", "= " + std::to_string(p.micro_batches) + " needs parallel.pp > 1 (they flow between stages)");
     s.get_int("nodes", p.nodes, 1, 65536);
     bool rpn_given = s.get_int("ranks_per_node", p.ranks_per_node, 0, 65536);
     s.reject_unknown();
