@@ -1,75 +1,107 @@
-// Reading an Open MPI hostfile and checking a job's nodes and ranks against it.
+// Reading an Open MPI hostfile as Open MPI 4.1's mpirun does (orte/util/hostfile's rules, each
+// case checked with `mpirun --display-allocation` here), and checking a job's nodes and ranks
+// against it.
 #include "jobs/hostfile.h"
 
 #include <algorithm>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "common/error.h"
+#include "common/path.h"
 #include "jobs/job.h"
 
 namespace tpx {
 namespace {
 
-// A positive count as mpirun reads it, or 0 when `text` is not one.
-long count_of(const std::string& text) {
-    if (text.empty() || text.size() > 9 || text.find_first_not_of("0123456789") != std::string::npos) return 0;
+// A slot count as mpirun reads it: digits only (no sign), at most 9 of them; nullopt otherwise.
+std::optional<long> parse_slot_count(const std::string& text) {
+    if (text.empty() || text.size() > 9 || text.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
     return std::stol(text);
 }
 
-struct Line {
-    std::string host;
-    long slots = 0, max_slots = 0;  // 0: not given
+// A host as the lines so far leave it.
+struct Host {
+    HostfileHost out;
+    long max_slots = 0;  // 0: none
+    bool given = false;  // slots known: given, or counted by a repeated line
 };
 
-Line parse_line(std::string text, const std::string& path, int number) {
-    text = text.substr(0, text.find('#'));
-    // "slots = 4" is "slots=4" to mpirun's lexer.
-    for (size_t eq; (eq = text.find(" =")) != std::string::npos || (eq = text.find("= ")) != std::string::npos;)
-        text.erase(text[eq] == ' ' ? eq : eq + 1, 1);
-    std::istringstream words(text);
-    Line l;
-    if (!(words >> l.host)) return l;
-    if (l.host.find('=') != std::string::npos) throw JobError(at(path, number, 0, "\"" + l.host + "\" is not a host name"));
+// One line's words after the host name: "key=value", "key = value" as mpirun's lexer takes them.
+std::vector<std::string> settings_of(std::istringstream& words) {
+    std::vector<std::string> out;
     for (std::string w; words >> w;) {
-        const size_t eq = w.find('=');
-        const std::string key = w.substr(0, eq), value = eq == std::string::npos ? "" : w.substr(eq + 1);
-        long* into = key == "slots" ? &l.slots : key == "max_slots" || key == "max-slots" ? &l.max_slots : nullptr;
-        if (!into) continue;  // other keys (user, port, ...) are mpirun's to judge
-        *into = count_of(value);
-        if (*into == 0) throw JobError(at(path, number, 0, key + " = \"" + value + "\" is not a positive number of slots"));
+        if (!out.empty() && (w == "=" || w.front() == '=' || out.back().back() == '=')) out.back() += w;
+        else out.push_back(w);
     }
-    return l;
+    return out;
+}
+
+// Applies a line's settings to `h`. A repeated host has one slot more and its count known, so a
+// slots= there is a second definition.
+void apply_line(Host& h, bool repeated, const std::vector<std::string>& settings, const std::string& path, int number) {
+    auto fail = [&](const std::string& why) { throw JobError(at(path, number, 0, why)); };
+    if (repeated) {
+        ++h.out.slots;
+        h.given = true;
+    }
+    bool got_count = false, got_max = false;
+    for (const std::string& s : settings) {
+        const size_t eq = s.find('=');
+        const std::string key = s.substr(0, eq), value = eq == std::string::npos ? "" : s.substr(eq + 1);
+        const bool slots = key == "slots", max = key == "max_slots" || key == "max-slots";
+        if (!slots && !max) continue;  // other keys (user, port, ...) are mpirun's to judge
+        const std::optional<long> n = parse_slot_count(value);
+        if (!n) fail(key + " = \"" + value + "\" is not a number of slots");
+        if (slots) {
+            if (h.given)
+                fail("host " + h.out.name + " has its slots given twice (list a host once with slots=N, or once a slot; line " +
+                     std::to_string(h.out.line) + ")");
+            h.out.slots += *n;
+            h.given = got_count = true;
+            if (h.max_slots != 0 && h.max_slots < h.out.slots) h.max_slots = h.out.slots;
+        } else {
+            if (*n < h.out.slots)
+                fail("host " + h.out.name + ": max_slots = " + std::to_string(*n) + " is less than its slots = " + std::to_string(h.out.slots));
+            h.max_slots = *n;
+            got_max = true;
+        }
+    }
+    if (repeated || got_count) return;
+    if (got_max && !h.given) {
+        h.out.slots = h.max_slots;
+        h.given = true;
+    } else {
+        ++h.out.slots;  // not given: mpirun counts the host's cores instead
+    }
 }
 
 }  // namespace
 
 std::vector<HostfileHost> read_hostfile(const std::string& path) {
+    if (!is_regular(path)) throw JobError(path + ": not a regular file");
     std::ifstream in(path);
     if (!in) throw JobError(path + ": cannot be read");
-    std::vector<HostfileHost> hosts;
-    std::vector<long> caps;  // max_slots a host, 0 when none
-    std::vector<bool> slots_given;
+    std::vector<Host> hosts;
     int number = 0;
     for (std::string text; std::getline(in, text);) {
-        const Line l = parse_line(text, path, ++number);
-        if (l.host.empty()) continue;
-        auto it = std::find_if(hosts.begin(), hosts.end(), [&](const HostfileHost& h) { return h.name == l.host; });
-        if (it == hosts.end()) {
-            hosts.push_back({l.host, number, l.slots});
-            caps.push_back(l.max_slots);
-            slots_given.push_back(l.slots > 0);
-            continue;
+        ++number;
+        std::istringstream words(text.substr(0, text.find('#')));
+        std::string name;
+        if (!(words >> name)) continue;
+        if (name.find('=') != std::string::npos) throw JobError(at(path, number, 0, "\"" + name + "\" is not a host name"));
+        auto it = std::find_if(hosts.begin(), hosts.end(), [&](const Host& h) { return h.out.name == name; });
+        const bool repeated = it != hosts.end();
+        if (!repeated) {
+            hosts.push_back({{name, number, 0}, 0, false});
+            it = hosts.end() - 1;
         }
-        const size_t i = (size_t)(it - hosts.begin());
-        if (l.slots > 0 && slots_given[i])
-            throw JobError(at(path, number, 0, "host " + l.host + " has its slots given twice (also on line " + std::to_string(it->line) + ")"));
-        if (l.slots > 0) it->slots = l.slots, slots_given[i] = true;
-        if (l.max_slots > 0) caps[i] = l.max_slots;
+        apply_line(*it, repeated, settings_of(words), path, number);
     }
-    for (size_t i = 0; i < hosts.size(); ++i)
-        if (caps[i] > 0) hosts[i].slots = hosts[i].slots > 0 ? std::min(hosts[i].slots, caps[i]) : caps[i];
-    return hosts;
+    std::vector<HostfileHost> out;
+    for (const Host& h : hosts) out.push_back({h.out.name, h.out.line, h.given ? h.out.slots : -1});
+    return out;
 }
 
 void check_hostfile(const Job& job, const std::string& key_at) {
@@ -85,7 +117,7 @@ void check_hostfile(const Job& job, const std::string& key_at) {
         throw JobError(key_at + "launch.hostfile " + path + " lists " + std::to_string(hosts.size()) + " host" +
                        (hosts.size() == 1 ? "" : "s") + " but parallel.nodes = " + std::to_string(nodes));
     for (int n = 0; n < nodes; ++n)
-        if (hosts[n].slots > 0 && hosts[n].slots < per)
+        if (hosts[n].slots >= 0 && hosts[n].slots < per)
             throw JobError(key_at + "launch.hostfile " + at(path, hosts[n].line, 0, "host " + hosts[n].name + " has " +
                                                                  std::to_string(hosts[n].slots) + " slot" + (hosts[n].slots == 1 ? "" : "s") +
                                                                  ", fewer than the " + std::to_string(per) +

@@ -207,22 +207,41 @@ TEST(Jobs, DefaultOutputNamesAreReadableAndDistinct) {
     EXPECT_NE(long_name, tpx::file_safe(std::string(301, 'x')));
 }
 
-// A hostfile as mpirun reads it (checked with Open MPI 4.1's mpirun): comments, "slots = N"
-// spaced, a host's lines adding up, max_slots capping, keys tpx does not read left to mpirun.
+// A hostfile as Open MPI 4.1's mpirun reads it (each count as its --display-allocation gives
+// it): comments, "slots = N" spaced, a repeated line a slot more, max_slots raised by slots or
+// standing in for them, keys tpx does not read left to mpirun; and what mpirun refuses.
 TEST(Jobs, AHostfileIsReadAsMpirunReadsIt) {
     const std::string dir = tpx_test::temp_dir();
-    std::ofstream(dir + "/hosts") << "# the cluster\n\n  node-a slots = 4   # four GPUs\nnode-b max_slots=2 slots=8\n"
-                                     "node-c\nnode-a max-slots=3\nnode-d user=me\n";
+    std::ofstream(dir + "/hosts") << "# the cluster\n\n  node-a slots = 4   # four GPUs\nnode-b max_slots=2 slots=8\nnode-c\n"
+                                     "node-d user=me\nnode-a max-slots=6\nnode-e max_slots=3\nnode-f\nnode-f\n";
     const std::vector<tpx::HostfileHost> hosts = tpx::read_hostfile(dir + "/hosts");
-    ASSERT_EQ(hosts.size(), 4u);
+    ASSERT_EQ(hosts.size(), 6u);
     EXPECT_EQ(hosts[0].name, "node-a");
     EXPECT_EQ(hosts[0].line, 3);
-    EXPECT_EQ(hosts[0].slots, 3);  // capped by line 6
-    EXPECT_EQ(hosts[1].slots, 2);
-    EXPECT_EQ(hosts[2].slots, 0);  // mpirun counts its cores
-    EXPECT_EQ(hosts[3].name, "node-d");
+    EXPECT_EQ(hosts[0].slots, 5);   // 4, and one for its second line
+    EXPECT_EQ(hosts[1].slots, 8);
+    EXPECT_EQ(hosts[2].slots, -1);  // mpirun counts its cores
+    EXPECT_EQ(hosts[3].slots, -1);
+    EXPECT_EQ(hosts[4].slots, 3);
+    EXPECT_EQ(hosts[5].slots, 2);   // a line a slot
+    const std::pair<std::string, std::string> refused[] = {
+        {"n\nn slots=4\n", "hosts:2: host n has its slots given twice"},
+        {"n slots=4\nn max-slots=3\n", "hosts:2: host n: max_slots = 3 is less than its slots = 5"},
+        {"n slots=x\n", "hosts:1: slots = \"x\" is not a number of slots"},
+    };
+    for (const auto& [text, message] : refused) {
+        std::ofstream(dir + "/hosts") << text;
+        try {
+            tpx::read_hostfile(dir + "/hosts");
+            ADD_FAILURE() << "accepted: " << text;
+        } catch (const tpx::JobError& e) {
+            EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+        }
+    }
+    EXPECT_THROW(tpx::read_hostfile(dir), tpx::JobError);  // a folder
 
     // Two nodes of 2 ranks fit node-a and node-b; the job file names the hostfile.
+    std::ofstream(dir + "/hosts") << "node-a slots=2\nnode-b\n";
     std::ofstream(dir + "/j.toml") << "[model]\npath = \"" << kSource << "/models/tiny\"\n[parallel]\ntp = 4\nnodes = 2\n"
                                    << "[launch]\nhostfile = \"hosts\"\n";
     auto r = run_process(tpx_bin("tpx") + " validate " + dir + "/j.toml");
