@@ -363,6 +363,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path, int thread
     const fs::file_type type = path_type<CheckpointError>(path);
     if (type == fs::file_type::not_found) throw CheckpointError(path + ": no such file or directory");
     if (type == fs::file_type::directory) {
+        check_folder_layout(path);
         if (is_meta_folder(path)) return open_meta_checkpoint(path, threads);
         auto c = std::make_unique<SafetensorsCheckpoint>(path, threads);
         c->open_folder();

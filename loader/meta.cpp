@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#include "common/path.h"
 #include "loader/checkpoint.h"
 #include "loader/meta_params.h"
 #include "loader/read_pool.h"
@@ -136,9 +137,15 @@ void MetaCheckpoint::open() {
         // torch.save names each archive after its file (saved through a buffer: "archive/"): an
         // archive named after another of the files is that file copied (a copy of
         // consolidated.00.pth as .01 would be read as the second part of every tensor).
-        for (const auto& [g, b] : archives)
-            if (b.prefix == a.prefix && a.prefix == fs::path(g).stem().string() + "/")
-                throw CheckpointError(f + ": holds the archive " + a.prefix + " as " + file_name(g) + " does: a copy of it, not another part");
+        for (const auto& [g, b] : archives) {
+            if (b.prefix != a.prefix) continue;
+            const bool g_named = a.prefix == fs::path(g).stem().string() + "/", f_named = a.prefix == fs::path(f).stem().string() + "/";
+            if (g_named || f_named) {
+                const std::string& copy = g_named ? f : g;
+                throw CheckpointError(copy + ": holds the archive " + a.prefix + " as " + file_name(copy == f ? g : f) +
+                                      " does: a copy of it, not another part");
+            }
+        }
         count_header(a.header_bytes);
         for (const PickledTensor& t : a.tensors) by_name[t.name].push_back({f, t});
         archives.emplace(f, std::move(a));
@@ -404,31 +411,33 @@ void MetaCheckpoint::read(const std::vector<ReadRequest>& requests, ReadSink& si
 }  // namespace
 
 bool is_meta_folder(const std::string& path) {
-    std::error_code ec;
     const fs::path dir(path);
-    if (!fs::is_directory(dir, ec)) return false;
-    const bool params = fs::exists(dir / "params.json", ec), first = fs::exists(dir / "consolidated.00.pth", ec);
+    return is_folder<CheckpointError>(dir) && path_exists<CheckpointError>(dir / "params.json") &&
+           path_exists<CheckpointError>(dir / "consolidated.00.pth");
+}
+
+void check_folder_layout(const std::string& path) {
+    const fs::path dir(path);
+    const bool params = path_exists<CheckpointError>(dir / "params.json"), first = path_exists<CheckpointError>(dir / "consolidated.00.pth");
     std::string hf;  // Hugging Face's files here
     for (const char* name : {"config.json", "model.safetensors", "model.safetensors.index.json"})
-        if (fs::exists(dir / name, ec)) hf += (hf.empty() ? "" : ", ") + std::string(name);
-    if (params && first) {
-        if (!hf.empty())
-            throw CheckpointError(path + ": holds both Meta's checkpoint (params.json, consolidated.*.pth) and Hugging Face's (" + hf +
-                                  "): which to load is ambiguous; give a folder holding one");
-        return true;
-    }
-    if (!hf.empty()) return false;
+        if (path_exists<CheckpointError>(dir / name)) hf += (hf.empty() ? "" : ", ") + std::string(name);
+    if (params && first && !hf.empty())
+        throw CheckpointError(path + ": holds both Meta's checkpoint (params.json, consolidated.*.pth) and Hugging Face's (" + hf +
+                              "): which to load is ambiguous; give a folder holding one");
+    if ((params && first) || !hf.empty()) return;
     std::string shard;  // any consolidated.NN.pth
+    std::error_code ec;
     for (fs::directory_iterator it(dir, ec), end; !ec && it != end && shard.empty(); it.increment(ec)) {
         const std::string name = it->path().filename().string();
         if (name.rfind("consolidated.", 0) == 0 && it->path().extension() == ".pth") shard = name;
     }
+    if (ec) throw CheckpointError(path + ": cannot be listed: " + ec.message());
     if (params)
         throw CheckpointError(path + ": has params.json but no consolidated.00.pth (Meta's checkpoint) and no config.json (Hugging Face's)");
     if (!shard.empty())
         throw CheckpointError(path + ": has " + shard + " but " + (first ? "" : "no consolidated.00.pth and ") +
                               "no params.json (Meta's checkpoint needs both)");
-    return false;
 }
 
 std::unique_ptr<Checkpoint> open_meta_checkpoint(const std::string& path, int threads) {

@@ -12,11 +12,14 @@ namespace tpx {
 
 class Checkpoint;
 
-// A folder with params.json and consolidated.00.pth. CheckpointError for a folder that holds
-// those and Hugging Face's files too (config.json, model.safetensors[.index.json]: which to load
-// is ambiguous), or Meta's files without HF's and without the pair (params.json alone, shards
-// without params.json or without consolidated.00.pth).
+// A folder with params.json and consolidated.00.pth.
 bool is_meta_folder(const std::string& path);
+
+// CheckpointError for a model folder that holds Meta's params.json and consolidated.00.pth and
+// Hugging Face's files too (config.json, model.safetensors[.index.json]: which to load is
+// ambiguous), or Meta's files without HF's and without their pair (params.json alone, shards
+// without params.json or without consolidated.00.pth). Paths that cannot be looked at are named.
+void check_folder_layout(const std::string& path);
 
 // Opens the folder; every file's archive, pickle and shapes are checked against each other and
 // against params.json before it returns (CheckpointError naming the file, tensor and key).

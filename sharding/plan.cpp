@@ -194,6 +194,7 @@ ShardPlan make_plan(const Job& job, int world) {
     std::string config_text, config_file;
     fs::path model(job.model.path);
     const bool folder = is_folder<CheckpointError>(model);
+    if (folder) check_folder_layout(job.model.path);
     const bool meta = folder && is_meta_folder(job.model.path);
     bool has_weights = folder ? (path_exists<CheckpointError>(model / "model.safetensors") ||
                                  path_exists<CheckpointError>(model / "model.safetensors.index.json") || meta)

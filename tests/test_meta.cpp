@@ -409,6 +409,10 @@ TEST(Meta, DamagedFoldersAreRefusedByName) {
         fs::copy_file(dir + "/consolidated.00.pth", dir + "/consolidated.01.pth", fs::copy_options::overwrite_existing);
         EXPECT_NE(open_error(dir).find("consolidated.01.pth: holds the archive consolidated.00/ as consolidated.00.pth does: a copy of it"),
                   std::string::npos);
+        fs::copy_file(kMeta + "/meta-llama-gqa-mp2/consolidated.01.pth", dir + "/consolidated.00.pth", fs::copy_options::overwrite_existing);
+        fs::copy_file(kMeta + "/meta-llama-gqa-mp2/consolidated.01.pth", dir + "/consolidated.01.pth", fs::copy_options::overwrite_existing);
+        EXPECT_NE(open_error(dir).find("consolidated.00.pth: holds the archive consolidated.01/ as consolidated.01.pth does: a copy of it"),
+                  std::string::npos);
         fs::remove_all(fs::path(dir).parent_path());
     }
     {  // Cut short: the zip's directory is gone.
