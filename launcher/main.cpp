@@ -20,11 +20,13 @@ void print_usage(std::ostream& os) {
 
 // What a command printed reached standard output (a full disk, /dev/full, a closed descriptor:
 // otherwise `tpx plan --json > plan.json` could leave an empty file and exit 0).
-int output_written(const std::string& who, int rc) {
+int check_stdout_written(const std::string& who, int rc) {
     std::cout.flush();
-    if (std::fflush(stdout) == 0 && !std::ferror(stdout) && std::cout) return rc;
+    errno = 0;
+    const bool flushed = std::fflush(stdout) == 0;
     const int err = errno;
-    std::cerr << who << ": error: cannot write to standard output: " << std::strerror(err) << "\n";
+    if (flushed && !std::ferror(stdout) && std::cout) return rc;
+    std::cerr << who << ": error: cannot write to standard output: " << (flushed ? "a write failed (a full disk? a closed output?)" : std::strerror(err)) << "\n";
     return rc == tpx::kExitOk ? tpx::kExitRuntime : rc;
 }
 
@@ -62,5 +64,5 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
     const std::string who = argc > 1 ? std::string("tpx ") + argv[1] : "tpx";
-    return output_written(who, run(argc, argv));
+    return check_stdout_written(who, run(argc, argv));
 }

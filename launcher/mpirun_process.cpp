@@ -155,20 +155,24 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     g_child = fork();
     if (g_child < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
     if (g_child == 0) {
+        if (drain) {
+            // A process group of its own (set before signals are let in; the parent sets it too),
+            // so that a signal to tpx's group (a terminal's Ctrl-C, `timeout`) reaches tpx alone,
+            // which drains the ranks: mpirun given SIGINT itself ends the job and exits 1 after
+            // the ranks drained. No terminal input for it then (a read from a background group
+            // would stop it): the ranks read none.
+            setpgid(0, 0);
+            const int null = open("/dev/null", O_RDONLY);
+            if (null >= 0) {
+                dup2(null, STDIN_FILENO);
+                close(null);
+            }
+        }
         sigprocmask(SIG_SETMASK, &old_mask, nullptr);
         // Should tpx die without a word (SIGKILL), the kernel sends mpirun SIGTERM, and mpirun
         // ends the ranks; tpx may already be gone before this line, hence the check after it.
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (getppid() != parent) _exit(128 + SIGTERM);
-        if (drain) {
-            // A process group of its own, so that a signal to tpx's group (a terminal's Ctrl-C,
-            // `timeout`) reaches tpx alone, which drains the ranks: mpirun given SIGINT itself
-            // ends the job and exits 1 after the ranks drained. No terminal input for it then
-            // (a read from a background group would stop it): the ranks read none.
-            setpgid(0, 0);
-            const int null = open("/dev/null", O_RDONLY);
-            if (null >= 0) dup2(null, STDIN_FILENO), close(null);
-        }
         dup2(err_pipe[1], STDERR_FILENO);
         close(err_pipe[0]);
         close(err_pipe[1]);
@@ -177,6 +181,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
         _exit(127);
     }
     close(err_pipe[1]);
+    if (drain) setpgid(g_child, g_child);  // (either side may come first)
     for (int sig : {SIGINT, SIGTERM, SIGHUP}) signal(sig, forward_signal);
     sigprocmask(SIG_SETMASK, &old_mask, nullptr);
     using Clock = std::chrono::steady_clock;

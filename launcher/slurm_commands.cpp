@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -64,15 +65,19 @@ int cmd_submit(const Args& args) {
         std::cout << script;
         return 0;
     }
-    // A refused submission leaves no new script behind (one that was there is already replaced).
+    // A refused submission leaves the folder as it was: no new script, an earlier one (a job
+    // still queued may be named by it) put back.
     const bool existed = path_exists<JobError>(path);
+    std::ostringstream before;
+    if (existed) before << std::ifstream(path).rdbuf();
     std::string id;
     try {
         write_file_atomically(path, script);
         id = submit_script(path);
     } catch (...) {
         std::error_code ec;
-        if (!existed) fs::remove(path, ec);
+        if (existed) write_file_atomically(path, before.str());
+        else fs::remove(path, ec);
         throw;
     }
     std::cerr << "tpx submit: job '" << job.name << "' submitted as Slurm job " << id << " (script " << path << ")\n";

@@ -265,6 +265,6 @@ TEST(Jobs, AFailedWriteToStandardOutputIsAnError) {
     for (const std::string& args : {std::string("example"), "validate " + kSource + "/jobs/examples/tiny.toml", std::string("--help")}) {
         auto r = run_process(tpx_bin("tpx") + " " + args + " > /dev/full");
         EXPECT_EQ(r.exit_code, 1) << args << ": " << r.err;
-        EXPECT_NE(r.err.find("cannot write to standard output: No space left on device"), std::string::npos) << args << ": " << r.err;
+        EXPECT_NE(r.err.find("cannot write to standard output: "), std::string::npos) << args << ": " << r.err;
     }
 }

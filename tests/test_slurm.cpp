@@ -199,6 +199,11 @@ TEST_F(SlurmCluster, RefusalsCarrySlurmsOwnMessage) {
     EXPECT_NE(r.exit_code, 0);
     EXPECT_NE(r.err.find("sbatch refused the job: sbatch: error: invalid partition specified: nosuch"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(dir + "/job.sbatch")) << "a refused job left its script";
+    // An earlier script (a job still queued may be named by it) is put back after a refusal.
+    std::ofstream(dir + "/job.sbatch") << "#!/bin/bash\n# the queued job's\n";
+    r = run_process(tpx_bin("tpx") + " submit " + shell(job));
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_EQ(read_text(dir + "/job.sbatch"), "#!/bin/bash\n# the queued job's\n");
     EXPECT_TRUE(fs::exists(dir + "/job.toml"));
     auto status = run_process(tpx_bin("tpx") + " status 999999");
     EXPECT_NE(status.exit_code, 0);
