@@ -21,10 +21,10 @@ void print_usage(std::ostream& os) {
 // What a command printed reached standard output (a full disk, /dev/full, a closed descriptor:
 // otherwise `tpx plan --json > plan.json` could leave an empty file and exit 0).
 int check_stdout_written(const std::string& who, int rc) {
-    std::cout.flush();
     errno = 0;
-    const bool flushed = std::fflush(stdout) == 0;
+    const bool flushed = std::fflush(stdout) == 0;  // (std::cout writes through stdout: synced with stdio)
     const int err = errno;
+    std::cout.flush();
     if (flushed && !std::ferror(stdout) && std::cout) return rc;
     std::cerr << who << ": error: cannot write to standard output: " << (flushed ? "a write failed (a full disk? a closed output?)" : std::strerror(err)) << "\n";
     return rc == tpx::kExitOk ? tpx::kExitRuntime : rc;
