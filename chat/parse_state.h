@@ -80,7 +80,7 @@ private:
     };
 
     Body parse_body(const std::vector<std::string>& ends, std::string& end) {
-        const int opened = p_ > 0 ? t_[p_ - 1].line : 1;  // the opening tag's (its '%}' token)
+        const int opened = p_ > 0 ? t_[p_ - 1].line : 1;  // the line of the opening tag's '%}'
         DepthGuard guard(*this, opened);
         Body body;
         while (true) {

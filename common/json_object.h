@@ -3,6 +3,7 @@
 // CheckpointError, sharding's bad-input Error).
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -21,5 +22,9 @@ nlohmann::json parse_json_object(const std::string& text, const std::string& fil
     if (!j.is_object()) fail(file, "not a JSON object");
     return j;
 }
+
+// Whether an integer JSON value fits int64_t (nlohmann keeps 2^63 .. 2^64 - 1 as unsigned,
+// which get<int64_t>() would wrap).
+inline bool fits_int64(const nlohmann::json& v) { return !v.is_number_unsigned() || v.get<uint64_t>() <= (uint64_t)INT64_MAX; }
 
 }  // namespace tpx

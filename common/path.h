@@ -31,6 +31,17 @@ bool path_exists(const std::filesystem::path& path, const std::string& prefix = 
     return path_type<E>(path, prefix) != std::filesystem::file_type::not_found;
 }
 
+// Whether anything is at `path` itself, a dangling symlink included (the link is not followed).
+template <typename E>
+bool anything_at(const std::filesystem::path& path, const std::string& prefix = "") {
+    std::error_code ec;
+    const std::filesystem::file_status st = std::filesystem::symlink_status(path, ec);
+    if (st.type() == std::filesystem::file_type::not_found) return false;
+    if (ec || st.type() == std::filesystem::file_type::none)
+        throw E(prefix + path.string() + ": cannot be looked at: " + ec.message());
+    return true;
+}
+
 template <typename E>
 bool is_folder(const std::filesystem::path& path, const std::string& prefix = "") {
     return path_type<E>(path, prefix) == std::filesystem::file_type::directory;

@@ -56,6 +56,9 @@ struct SamplingSection {
     uint64_t seed = 0;         // the same seed gives the same tokens
 };
 
+// The most positions a sequence may have (run.max_seq_len, or the model's own when that is 0).
+constexpr int64_t kMaxSeqLen = 1 << 30;
+
 struct RunSection {
     std::string prompts;             // JSONL, one {"id": ..., "input_ids": [...]} a line; "" = none
     int max_new_tokens = 16;         // tokens generated per prompt at most

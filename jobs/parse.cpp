@@ -271,7 +271,7 @@ void parse_run(Section s, Job& job) {
     }
     s.get_string("output", r.output);
     s.get_int("max_batch", r.max_batch, 1, 1 << 20);
-    s.get_int("max_seq_len", r.max_seq_len, 0, 1 << 30);
+    s.get_int("max_seq_len", r.max_seq_len, 0, (int)kMaxSeqLen);
     if (s.get_string("chat_template", r.chat_template)) r.chat_template = resolve(job.dir, r.chat_template);
     if (const toml::node* n = s.node("stop")) {
         s.get_string_list("stop", r.stop);

@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/output_path.h"
+#include "common/path.h"
 #include "launcher/command.h"
 #include "loader/checkpoint.h"
 #include "loader/hdf5.h"
@@ -84,9 +85,7 @@ int cmd_convert(const Args& args) {
 
     const std::string model = vm["model"].as<std::string>(), out = vm["out"].as<std::string>();
     const bool hf = vm.count("hf") > 0;
-    std::error_code ec;
-    // Something at OUT, a dangling symlink included.
-    const bool taken = fs::symlink_status(out, ec).type() != fs::file_type::not_found && !ec;
+    const bool taken = anything_at<JobError>(out, "OUT: ");
     if (hf) {
         if (vm.count("force")) throw JobError("--force replaces an .h5 file; with --hf, OUT must be a new folder");
         if (taken) throw JobError("OUT (" + out + ") already exists; tpx convert --hf writes a new folder and replaces nothing");

@@ -44,8 +44,8 @@ ShardPlan check_plannable(const Job& job);
 // `extra_outputs`) and, for a `local` launch on the CPU backend, this host's memory.
 ShardPlan check_before_launch(const Job& job, const std::vector<NamedPath>& extra_outputs, bool local);
 
-// JobError unless the job has one pipeline stage: `command` (tpx serve, tpx bench) runs no
-// others in this version (the ranks refuse too, but only once mpirun has started them).
+// JobError unless the job has one pipeline stage: `command` (tpx serve, tpx bench) runs one
+// stage only (the ranks refuse more too, but only once mpirun has started them).
 void require_one_stage(const Job& job, const std::string& command);
 
 int cmd_validate(const Args& args);

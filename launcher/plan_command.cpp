@@ -78,7 +78,7 @@ static void check_launch_memory(const Job& job, const ShardPlan& plan) {
 void require_one_stage(const Job& job, const std::string& command) {
     if (job.parallel.pp > 1)
         throw JobError(job.file + ": parallel.pp = " + std::to_string(job.parallel.pp) + ": " + command +
-                       " runs one pipeline stage only in this version (tpx run takes pipeline stages)");
+                       " runs one pipeline stage only (tpx run takes pipeline stages)");
 }
 
 ShardPlan check_before_launch(const Job& job, const std::vector<NamedPath>& extra_outputs, bool local) {

@@ -60,7 +60,7 @@ int cmd_submit(const Args& args) {
     const fs::path dir = fs::path(job.run.output).parent_path();
     const std::string path = script_path(job);
     check_before_launch(job, {{"the sbatch script", path}}, /*local=*/false);
-    const std::string script = sbatch_script(job, {worker_binary(), dir.string(), dir.string()}, emit_job_toml(job), geteuid() == 0);
+    const std::string script = sbatch_script(job, {worker_binary(), dir.string()}, emit_job_toml(job), geteuid() == 0);
     if (vm.count("dry-run")) {
         std::cout << script;
         return 0;

@@ -26,7 +26,7 @@ MetaParams parse_meta_params(const std::string& file, const std::string& text) {
             return fallback;
         }
         if (!it->is_number_integer()) fail(std::string("\"") + key + "\" is " + it->dump() + ", not an integer");
-        if (it->is_number_unsigned() && it->get<uint64_t>() > (uint64_t)INT64_MAX) fail(std::string("\"") + key + "\" = " + it->dump() + " is out of range");
+        if (!fits_int64(*it)) fail(std::string("\"") + key + "\" = " + it->dump() + " is out of range");
         return it->get<int64_t>();
     };
     auto number = [&](const char* key, double fallback) {

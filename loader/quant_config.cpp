@@ -45,7 +45,7 @@ QuantConfig parse_quant_config(const std::string& text, const std::string& file)
     constexpr int64_t kMaxSize = INT32_MAX;
     auto integer = [&](const std::string& what, const json& v) {
         if (!v.is_number_integer()) fail(where, what + " is " + v.dump() + ", not an integer");
-        if (v.is_number_unsigned() && v.get<uint64_t>() > (uint64_t)INT64_MAX) fail(where, what + " = " + v.dump() + " is out of range");
+        if (!fits_int64(v)) fail(where, what + " = " + v.dump() + " is out of range");
         return v.get<int64_t>();
     };
     auto get_int = [&](const char* k, int64_t fallback) {

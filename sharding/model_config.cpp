@@ -33,7 +33,7 @@ int64_t get_int(const json& j, const std::string& file, const char* key, bool re
         return fallback;
     }
     if (!v->is_number_integer()) fail(file, std::string("\"") + key + "\" is " + v->dump() + ", not an integer");
-    if (v->is_number_unsigned() && v->get<uint64_t>() > (uint64_t)INT64_MAX)
+    if (!fits_int64(*v))
         fail(file, std::string("\"") + key + "\" = " + v->dump() + " is out of range");
     return v->get<int64_t>();
 }

@@ -54,6 +54,9 @@ void check_run_limits(const Job& job, const ModelConfig& c) {
     int64_t limit = c.max_position_embeddings;
     if (c.rope.type != "default" && c.rope.factor > 1)
         limit = std::max(limit, (int64_t)((double)c.rope.original_max_position_embeddings * c.rope.factor));
+    if (job.run.max_seq_len == 0 && c.max_position_embeddings > kMaxSeqLen)
+        throw JobError(c.file + ": max_position_embeddings = " + std::to_string(c.max_position_embeddings) + " is past the " +
+                       std::to_string(kMaxSeqLen) + " positions a KV cache may hold: set run.max_seq_len in " + job.file);
     if (limit > 0 && job.run.max_seq_len > limit)
         throw JobError(job.file + ": run.max_seq_len = " + std::to_string(job.run.max_seq_len) + " is beyond the model's " +
                        std::to_string(limit) + " positions (max_position_embeddings in " + c.file +
@@ -248,10 +251,6 @@ ShardPlan make_plan(const Job& job, int world) {
     plan.headers_checked = ckpt != nullptr;
     plan.costs = ctx.costs;
     plan.max_batch = job.run.max_batch;
-    constexpr int64_t kMaxSeq = 1 << 30;  // run.max_seq_len's own bound
-    if (job.run.max_seq_len == 0 && ctx.config.max_position_embeddings > kMaxSeq)
-        throw JobError(ctx.config.file + ": max_position_embeddings = " + std::to_string(ctx.config.max_position_embeddings) +
-                       " is past the " + std::to_string(kMaxSeq) + " positions a KV cache may hold: set run.max_seq_len in " + job.file);
     plan.max_seq_len = job.run.max_seq_len > 0 ? job.run.max_seq_len : ctx.config.max_position_embeddings;
     check_run_limits(job, ctx.config);
 

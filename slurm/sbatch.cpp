@@ -39,7 +39,7 @@ std::string sbatch_script(const Job& job, const SubmitPaths& p, const std::strin
     if (!s.partition.empty()) os << "#SBATCH --partition=" << slurm_quote(s.partition, "slurm.partition") << "\n";
     if (!s.account.empty()) os << "#SBATCH --account=" << slurm_quote(s.account, "slurm.account") << "\n";
     os << "#SBATCH --time=" << slurm_quote(s.time, "slurm.time") << "\n";
-    std::string logs = (fs::path(p.log_dir) / (file_safe(job.name) + "-%j")).string();
+    std::string logs = (fs::path(p.dir) / (file_safe(job.name) + "-%j")).string();
     os << "#SBATCH --output=" << slurm_quote(logs + ".out", "the log path") << "\n";
     os << "#SBATCH --error=" << slurm_quote(logs + ".err", "the log path") << "\n";
     for (const std::string& line : s.extra) {
@@ -48,7 +48,7 @@ std::string sbatch_script(const Job& job, const SubmitPaths& p, const std::strin
     }
     os << "set -euo pipefail\n";
     // The job as submitted, written where every rank can read it when the job starts.
-    const std::string stem = (fs::path(p.job_dir) / (file_safe(job.name) + "-")).string();
+    const std::string stem = (fs::path(p.dir) / (file_safe(job.name) + "-")).string();
     os << "job=" << slurm_quote(stem, "the job path") << "\"$SLURM_JOB_ID\".tpx.toml\n";
     const std::string text = job_toml.empty() || job_toml.back() != '\n' ? job_toml + "\n" : job_toml;
     std::string end = "TPX_JOB_END";  // a line the job's text does not hold

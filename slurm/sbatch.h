@@ -12,12 +12,12 @@ namespace tpx {
 
 struct SubmitPaths {
     std::string worker;   // tpx-worker, absolute
-    std::string job_dir;  // where the script writes the job the ranks read (NAME-JOBID.tpx.toml), absolute
-    std::string log_dir;  // where slurm writes the job's stdout and stderr
+    std::string dir;      // where the script writes the job the ranks read (NAME-JOBID.tpx.toml) and Slurm the
+                          // job's stdout and stderr: the output's folder, absolute
 };
 
 // job_toml: the resolved job, carried in the script itself (Slurm keeps a copy of the script
-// from submission), which writes it to job_dir when the job starts: editing the job file, or
+// from submission), which writes it to `dir` when the job starts: editing the job file, or
 // submitting it again, does not change a job already queued.
 std::string sbatch_script(const Job& job, const SubmitPaths& paths, const std::string& job_toml, bool as_root);
 

@@ -195,7 +195,7 @@ TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
     EXPECT_EQ(forced.exit_code, 0) << forced.err;
     EXPECT_NE(file_bytes(dir + "/t.h5"), "keep me");
     // A dangling symlink is something there too; an HDF5 file under another format's name would
-    // be read as that (beside a checkpoint: as one of its files). Found by a hostile probe.
+    // be read as that (beside a checkpoint: as one of its files).
     fs::create_symlink("nowhere/d.h5", dir + "/dangling.h5");
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/dangling.h5"), {"already exists", "--force"});
     EXPECT_TRUE(fs::is_symlink(dir + "/dangling.h5"));

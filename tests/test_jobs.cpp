@@ -259,7 +259,7 @@ TEST(Jobs, AHostfileIsReadAsMpirunReadsIt) {
 }
 
 // What a command prints must reach standard output: a full disk is an error, not exit 0 with an
-// empty file (found by a hostile probe).
+// empty file.
 TEST(Jobs, AFailedWriteToStandardOutputIsAnError) {
     if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full here";
     for (const std::string& args : {std::string("example"), "validate " + kSource + "/jobs/examples/tiny.toml", std::string("--help")}) {

@@ -360,7 +360,7 @@ TEST(Meta, CutOrCorruptedPicklesAreErrorsNeverCrashes) {
     }
     EXPECT_EQ(parsed + refused, 3000);
     EXPECT_GT(refused, 0);
-    // Lists a million deep in a dict (2 MB; found by a hostile probe: their release overflowed the stack).
+    // Lists a million deep in a dict (2 MB): an error, released without overflowing the stack.
     const size_t deep = 1000000;
     const std::string nested = std::string("\x80\x02}X\x01\x00\x00\x00", 8) + "a" + std::string(deep, ']') + std::string(deep - 1, 'a') + "s.";
     try {
@@ -386,12 +386,12 @@ TEST(Meta, DamagedFoldersAreRefusedByName) {
     EXPECT_NE(open_error(kMeta + "/bad-shapes-disagree").find("tensor 'layers.0.attention.wq.weight' is BF16 [4, 8] in consolidated.00.pth "
                                                                 "but BF16 [4, 6] in consolidated.01.pth"),
               std::string::npos);
-    // (a layer index past int64: was "internal error: stoll"; found by a hostile probe)
+    // A layer index past int64, named.
     EXPECT_NE(open_error(kMeta + "/bad-layer-index").find("params.json: \"n_layers\" = 1 but the files hold "
                                                             "layers.99999999999999999999.attention_norm.weight"),
               std::string::npos);
-    {  // Meta's and HF's files in one folder (ambiguous: the Meta files were loaded silently), and
-       // Meta's files without their pair (found by a hostile probe: "config.json: cannot open").
+    {  // Meta's and HF's files in one folder (which to load is ambiguous), and Meta's files
+       // without their pair, named as such.
         std::string dir = copy_of("meta-llama-gqa-mp2");
         std::ofstream(dir + "/config.json") << "{}";
         EXPECT_NE(open_error(dir).find("holds both Meta's checkpoint (params.json, consolidated.*.pth) and Hugging Face's (config.json)"),

@@ -193,7 +193,7 @@ TEST(Stages, MoreStagesThanLayersIsRefusedBeforeAnyRankStarts) {
 }
 
 // tpx serve and tpx bench run one stage: refused by the launcher, not by the ranks after mpirun
-// started them (found by a hostile probe).
+// started them.
 TEST(Stages, ServeAndBenchOfStagesAreRefusedBeforeAnyRankStarts) {
     const std::string dir = temp_dir();
     std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-sharded\"\n[parallel]\npp = 2\n[serve]\nport = 18999\n";

@@ -342,8 +342,8 @@ TEST(RefitGpu, AFileVanishingAfterTheChecksEndsTheServerNamingRankAndFile) {
 
 }  // namespace
 
-// The client's own arguments, checked before any call (found by a hostile probe: an unknown
-// scheme and a path it could not look at were "internal error", a negative timeout accepted).
+// The client's own arguments, checked before any call: exit 2 naming them; a path this shell
+// cannot look at is the server's to name.
 TEST(Refit, TheClientsBadArgumentsExitTwoNamingThem) {
     const std::string tpx = tpx_test::tpx_bin("tpx");
     const std::pair<std::string, std::string> cases[] = {

@@ -505,7 +505,7 @@ TEST(Plan, SplitsThatDoNotDivideAreErrorsNamingTheTensor) {
 }
 
 // A model's own position count past what run.max_seq_len may be is refused when the job leaves
-// max_seq_len to it (the KV cache's sizes overflowed; found by a hostile probe), and taken when
+// max_seq_len to it (the KV cache's sizes would overflow), and taken when
 // the job sets its own.
 TEST(Plan, AModelsHugePositionCountNeedsTheJobsMaxSeqLen) {
     std::string dir = tpx_test::temp_dir();

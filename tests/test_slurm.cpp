@@ -20,8 +20,8 @@ using namespace tpx_test;
 
 namespace {
 
-const SubmitPaths kPaths{"/opt/tpx/bin/tpx-worker", "/home/u/runs", "/home/u/runs"};
-const SubmitPaths kHostilePaths{"/opt/my tpx/bin/tpx-worker", "/home/u/runs $(rm -rf ~); x", "/home/u/runs $(rm -rf ~); x"};
+const SubmitPaths kPaths{"/opt/tpx/bin/tpx-worker", "/home/u/runs"};
+const SubmitPaths kHostilePaths{"/opt/my tpx/bin/tpx-worker", "/home/u/runs $(rm -rf ~); x"};
 // What the script carries in place of the resolved job (whose paths are this checkout's).
 const std::string kJobText = "[model]\npath = \"/models/tiny\"\n";
 
@@ -61,7 +61,7 @@ TEST(Sbatch, TheJobInTheScriptIsWrittenBackLiterally) {
     fs::create_directories(dir);
     Job job = parse_job("[job]\nname = \"j\"\n[model]\npath = \"models/tiny\"\n", "j.toml", TPX_SOURCE_DIR);
     const std::string text = "a = \"$(touch /tmp/tpx-pwned)\"\nTPX_JOB_END\nb = '`id` \\ \"q\"'\nTPX_JOB_END_\nlast";
-    const std::string script = sbatch_script(job, {"/opt/tpx/bin/tpx-worker", dir, dir}, text, false);
+    const std::string script = sbatch_script(job, {"/opt/tpx/bin/tpx-worker", dir}, text, false);
     const std::string head = script.substr(0, script.find("\nexec ") + 1);  // up to the launch
     std::ofstream(dir + "/head.sh") << head;
     auto r = run_process("SLURM_JOB_ID=77 bash " + slurm_quote(dir + "/head.sh", "test"));
