@@ -130,6 +130,34 @@ void relay_stderr(Relay& state_ref, int fd) {
     state->drained = true;
 }
 
+// The child's side of run_mpirun's fork: mpirun with stderr into the pipe, signals let in again.
+[[noreturn]] void exec_mpirun(char** argv, const char* name, pid_t parent, bool drain, const int (&err_pipe)[2], const sigset_t& old_mask) {
+    if (drain) {
+        // A process group of its own (set before signals are let in; the parent sets it too),
+        // so that a signal to tpx's group (a terminal's Ctrl-C, `timeout`) reaches tpx alone,
+        // which drains the ranks: mpirun given SIGINT itself ends the job and exits 1 after
+        // the ranks drained. No terminal input for it then (a read from a background group
+        // would stop it): the ranks read none.
+        setpgid(0, 0);
+        const int null = open("/dev/null", O_RDONLY);
+        if (null >= 0) {
+            dup2(null, STDIN_FILENO);
+            close(null);
+        }
+    }
+    sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+    // Should tpx die without a word (SIGKILL), the kernel sends mpirun SIGTERM, and mpirun
+    // ends the ranks; tpx may already be gone before this line, hence the check after it.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(128 + SIGTERM);
+    dup2(err_pipe[1], STDERR_FILENO);
+    close(err_pipe[0]);
+    close(err_pipe[1]);
+    execvp(argv[0], argv);
+    std::fprintf(stderr, "%s: cannot start %s: %s\n", name, argv[0], std::strerror(errno));
+    _exit(127);
+}
+
 }  // namespace
 
 MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& settings) {
@@ -154,32 +182,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     const bool drain = settings.drain_signal != 0;
     g_child = fork();
     if (g_child < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
-    if (g_child == 0) {
-        if (drain) {
-            // A process group of its own (set before signals are let in; the parent sets it too),
-            // so that a signal to tpx's group (a terminal's Ctrl-C, `timeout`) reaches tpx alone,
-            // which drains the ranks: mpirun given SIGINT itself ends the job and exits 1 after
-            // the ranks drained. No terminal input for it then (a read from a background group
-            // would stop it): the ranks read none.
-            setpgid(0, 0);
-            const int null = open("/dev/null", O_RDONLY);
-            if (null >= 0) {
-                dup2(null, STDIN_FILENO);
-                close(null);
-            }
-        }
-        sigprocmask(SIG_SETMASK, &old_mask, nullptr);
-        // Should tpx die without a word (SIGKILL), the kernel sends mpirun SIGTERM, and mpirun
-        // ends the ranks; tpx may already be gone before this line, hence the check after it.
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent) _exit(128 + SIGTERM);
-        dup2(err_pipe[1], STDERR_FILENO);
-        close(err_pipe[0]);
-        close(err_pipe[1]);
-        execvp(argv[0], argv.data());
-        std::fprintf(stderr, "%s: cannot start %s: %s\n", name, argv[0], std::strerror(errno));
-        _exit(127);
-    }
+    if (g_child == 0) exec_mpirun(argv.data(), name, parent, drain, err_pipe, old_mask);
     close(err_pipe[1]);
     if (drain) setpgid(g_child, g_child);  // (either side may come first)
     for (int sig : {SIGINT, SIGTERM, SIGHUP}) signal(sig, forward_signal);
