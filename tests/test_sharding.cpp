@@ -481,46 +481,45 @@ TEST(Plan, KvHeadsReplicatedWhenFewerThanTp) {
             }
 }
 
+namespace {
+
+// The planner's error for the job `text` (a bad-input error: exit 2), or "(planned)".
+std::string plan_error(const std::string& text, const std::string& file, const std::string& dir) {
+    try {
+        make_plan(parse_job(text, file, dir));
+    } catch (const Error& e) {
+        EXPECT_EQ(e.exit_code(), kExitBadInput) << e.what();
+        return e.what();
+    }
+    return "(planned)";
+}
+
+}  // namespace
+
 TEST(Plan, SplitsThatDoNotDivideAreErrorsNamingTheTensor) {
     std::string dir = tpx_test::temp_dir();
     std::ofstream(dir + "/config.json") << R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 96, "hidden_size": 96,
         "intermediate_size": 192, "num_hidden_layers": 1, "num_attention_heads": 12, "num_key_value_heads": 4})";
-    try {
-        make_plan(parse_job("[model]\npath = \"" + dir + "\"\n[parallel]\ntp = 6\n", "kv.toml", dir));
-        FAIL();
-    } catch (const Error& e) {
-        std::string m = e.what();
-        EXPECT_NE(m.find("tensor 'model.layers.0.self_attn.k_proj.weight' [32, 96]"), std::string::npos) << m;
-        EXPECT_NE(m.find("num_key_value_heads=4 cannot be split over tp=6"), std::string::npos) << m;
-        EXPECT_EQ(e.exit_code(), kExitBadInput);
-    }
-    try {
-        make_plan(parse_job("[model]\npath = \"" + dir + "\"\n[parallel]\ntp = 5\n", "q.toml", dir));
-        FAIL();
-    } catch (const Error& e) {
-        // o_proj (96 input features) cannot be cut in 5 either: the first parameter met is named.
-        EXPECT_NE(std::string(e.what()).find("self_attn.o_proj.weight' [96, 96]): dim 1 = 96 cannot be split row-wise into 5 parts"), std::string::npos) << e.what();
-    }
+    const std::string m = plan_error("[model]\npath = \"" + dir + "\"\n[parallel]\ntp = 6\n", "kv.toml", dir);
+    EXPECT_NE(m.find("tensor 'model.layers.0.self_attn.k_proj.weight' [32, 96]"), std::string::npos) << m;
+    EXPECT_NE(m.find("num_key_value_heads=4 cannot be split over tp=6"), std::string::npos) << m;
+    // o_proj (96 input features) cannot be cut in 5 either: the first parameter met is named.
+    const std::string m5 = plan_error("[model]\npath = \"" + dir + "\"\n[parallel]\ntp = 5\n", "q.toml", dir);
+    EXPECT_NE(m5.find("self_attn.o_proj.weight' [96, 96]): dim 1 = 96 cannot be split row-wise into 5 parts"), std::string::npos) << m5;
     fs::remove_all(dir);
 }
 
 // A model's own position count past what run.max_seq_len may be is refused when the job leaves
-// max_seq_len to it (the KV cache's sizes would overflow), and taken when
-// the job sets its own.
+// max_seq_len to it (the KV cache's sizes would overflow), and taken when the job sets its own.
 TEST(Plan, AModelsHugePositionCountNeedsTheJobsMaxSeqLen) {
     std::string dir = tpx_test::temp_dir();
     std::ofstream(dir + "/config.json") << R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 96, "hidden_size": 96,
         "intermediate_size": 192, "num_hidden_layers": 1, "num_attention_heads": 12, "max_position_embeddings": 288230376151711744})";
-    try {
-        make_plan(parse_job("[model]\npath = \"" + dir + "\"\n", "j.toml", dir));
-        FAIL();
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(dir + "/config.json: max_position_embeddings = 288230376151711744 is past the 1073741824 "
-                                                   "positions a KV cache may hold: set run.max_seq_len in j.toml"),
-                  std::string::npos)
-            << e.what();
-        EXPECT_EQ(e.exit_code(), kExitBadInput);
-    }
+    const std::string m = plan_error("[model]\npath = \"" + dir + "\"\n", "j.toml", dir);
+    EXPECT_NE(m.find(dir + "/config.json: max_position_embeddings = 288230376151711744 is past the 1073741824 positions a KV cache may "
+                           "hold: set run.max_seq_len in j.toml"),
+              std::string::npos)
+        << m;
     EXPECT_EQ(make_plan(parse_job("[model]\npath = \"" + dir + "\"\n[run]\nmax_seq_len = 64\n", "j.toml", dir)).max_seq_len, 64);
     fs::remove_all(dir);
 }
