@@ -116,13 +116,14 @@ __device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2
 template <Format F, int U>
 __device__ inline void load_steps(const RowSet& rs, int s0, int end, int64_t K, int c, uint4 (&wv)[U][2]) {
     constexpr int kStep = (int)step_k<F>();
+    const uint4* w[2] = {rs.w[0] + 4 * (int64_t)s0, rs.w[1] + 4 * (int64_t)s0};  // the steps at constant offsets from here
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         const int s = s0 + u;
         const bool in = s < end && (F != Format::kFp8 || (int64_t)s * kStep + 16 * c < K);
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-            if (in) wv[u][h] = __ldcs(rs.w[h] + 4 * s);  // 64 bytes a row a step, streamed; past the end left as they are (unread)
+            if (in) wv[u][h] = __ldcs(w[h] + 4 * u);  // 64 bytes a row a step, streamed; past the end left as they are (unread)
     }
 }
 
@@ -133,8 +134,9 @@ __device__ inline void load_steps(const RowSet& rs, int s0, int end, int64_t K, 
 template <Format F, bool kGather, int U>
 __device__ inline void mma_steps(const QuantGemvArgs& a, const RowSet& rs, int s0, int end, int steps, const uint4 (&wv)[U][2], uint2 fp8_col,
                                  const float* xsum, int g, int c, float* acc) {
-    constexpr int kStep = (int)step_k<F>();
+    constexpr int kStep = (int)step_k<F>(), kChunks = (int)(kStep / cpu::kGptqChunk);
     const int T = (int)a.tokens;
+    const int32_t* groups = F == Format::kGptq ? rs.groups + (int64_t)s0 * kChunks : nullptr;  // step s0 + u's group at groups[u * kChunks]
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         const int s = s0 + u;
@@ -145,9 +147,9 @@ __device__ inline void mma_steps(const QuantGemvArgs& a, const RowSet& rs, int s
             const unsigned col = ((unsigned)s + fp8_col.x) >> fp8_col.y;
             s_lo = __ldg(rs.fp8_scale[0] + col), s_hi = __ldg(rs.fp8_scale[1] + col);
         } else {
-            grp = __ldg(rs.groups + s * (kStep / (int)cpu::kGptqChunk));
-            s_lo = __half2float(__ushort_as_half(__ldg(rs.gptq_scale[0] + grp)));
-            s_hi = __half2float(__ushort_as_half(__ldg(rs.gptq_scale[1] + grp)));
+            grp = __ldg(groups + u * kChunks);  // a group index: never negative
+            s_lo = __half2float(__ushort_as_half(__ldg(rs.gptq_scale[0] + (uint32_t)grp)));
+            s_hi = __half2float(__ushort_as_half(__ldg(rs.gptq_scale[1] + (uint32_t)grp)));
         }
         if constexpr (kGather) {
             if (!rs.mine[0]) s_lo = 0.0f;
