@@ -79,7 +79,8 @@ __host__ __device__ inline Smem smem_of(const QuantGemvArgs& a, int R) {
 struct RowSet {
     const uint4* w[2];  // the rows at this lane's quarter of step 0
     const float* fp8_scale[2];
-    const uint16_t* gptq_scale[2];
+    const uint16_t* gptq_scales;  // the whole [N, G] scales: row h's group g at gptq_scale_at[h] + g (N G < 2^32: mma_applies)
+    uint32_t gptq_scale_at[2];
     const uint8_t* gptq_zero[2];
     const int32_t* groups;  // the segment's chunk -> group
     const __half* x;        // token g's x (token 0's where g has none), the segment's copy
@@ -103,7 +104,7 @@ __device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2
         } else {
             const cpu::GptqView& w = a.w.gptq;
             rs.w[h] = reinterpret_cast<const uint4*>(w.qw + rows[h] * (Kp / 8)) + c;
-            rs.gptq_scale[h] = w.scales + rows[h] * w.l.G;
+            rs.gptq_scales = w.scales, rs.gptq_scale_at[h] = (uint32_t)(rows[h] * w.l.G);
             rs.gptq_zero[h] = w.zeros ? w.zeros + rows[h] * w.l.G : nullptr;
             rs.groups = w.chunk_group + seg * (Kp / cpu::kGptqChunk);
             rs.mine[h] = w.perm == nullptr || cpu::gptq_segment(w.l, rows[h]) == seg;
@@ -148,8 +149,8 @@ __device__ inline void mma_steps(const QuantGemvArgs& a, const RowSet& rs, int s
             s_lo = __ldg(rs.fp8_scale[0] + col), s_hi = __ldg(rs.fp8_scale[1] + col);
         } else {
             grp = __ldg(groups + u * kChunks);  // a group index: never negative
-            s_lo = __half2float(__ushort_as_half(__ldg(rs.gptq_scale[0] + (uint32_t)grp)));
-            s_hi = __half2float(__ushort_as_half(__ldg(rs.gptq_scale[1] + (uint32_t)grp)));
+            s_lo = __half2float(__ushort_as_half(__ldg(rs.gptq_scales + (rs.gptq_scale_at[0] + (uint32_t)grp))));
+            s_hi = __half2float(__ushort_as_half(__ldg(rs.gptq_scales + (rs.gptq_scale_at[1] + (uint32_t)grp))));
         }
         if constexpr (kGather) {
             if (!rs.mine[0]) s_lo = 0.0f;
@@ -333,7 +334,7 @@ bool quant::mma_applies(const QuantGemvArgs& a) {
                (size_t)smem_of<Format::kFp8>(a, R).bytes <= optin_smem();
     }
     const cpu::GptqLayout& l = a.w.gptq.l;
-    return l.group_steps && !(a.has_norm && a.w.gptq.perm) && aligned16({a.w.gptq.qw}) &&
+    return l.group_steps && !(a.has_norm && a.w.gptq.perm) && aligned16({a.w.gptq.qw}) && (uint64_t)l.N * (uint64_t)l.G < (1ull << 32) &&
            (size_t)smem_of<Format::kGptq>(a, R).bytes <= optin_smem();
 }
 
