@@ -121,10 +121,12 @@ __device__ inline void load_steps(const RowSet& rs, int s0, int end, int64_t K, 
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         const int s = s0 + u;
-        const bool in = s < end && (F != Format::kFp8 || (int64_t)s * kStep + 16 * c < K);
+        if (s >= end) continue;  // past the run: left as they are, never read (mma_steps stops at end)
+        // An FP8 row's last step past K (K % 64 != 0): zeros, which the mma does read (x is zero
+        // there too, but garbage weights could decode to NaN).
+        const bool in_k = F != Format::kFp8 || (int64_t)s * kStep + 16 * c < K;
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
-            if (in) wv[u][h] = __ldcs(w[h] + 4 * u);  // 64 bytes a row a step, streamed; past the end left as they are (unread)
+        for (int h = 0; h < 2; ++h) wv[u][h] = in_k ? __ldcs(w[h] + 4 * u) : make_uint4(0, 0, 0, 0);  // 64 bytes a row a step, streamed
     }
 }
 
