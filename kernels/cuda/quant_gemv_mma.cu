@@ -33,8 +33,7 @@ __host__ __device__ constexpr int64_t step_k() {
     return F == Format::kFp8 ? 64 : cpu::kGptqStep;
 }
 
-// (w & mask) | bits as one LOP3 (0xea: a & b | c): written as C++, the compiler makes it two, each
-// with an immediate, rather than hold the constants in registers.
+// (w & mask) | bits as one LOP3 (0xea: a & b | c); the same in C++ compiles to two.
 __device__ __forceinline__ uint32_t and_or(uint32_t w, uint32_t mask, uint32_t bits) {
     uint32_t r;
     asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(w), "r"(mask), "r"(bits));
@@ -94,6 +93,7 @@ __device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2
     const int64_t T = a.tokens;
     rs.x = xh + ((int64_t)seg * T + (g < T ? g : 0)) * ld;
     rs.groups = nullptr;
+    if constexpr (F == Format::kGptq) rs.gptq_scales = a.w.gptq.scales;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         if constexpr (F == Format::kFp8) {
@@ -104,7 +104,7 @@ __device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2
         } else {
             const cpu::GptqView& w = a.w.gptq;
             rs.w[h] = reinterpret_cast<const uint4*>(w.qw + rows[h] * (Kp / 8)) + c;
-            rs.gptq_scales = w.scales, rs.gptq_scale_at[h] = (uint32_t)(rows[h] * w.l.G);
+            rs.gptq_scale_at[h] = (uint32_t)(rows[h] * w.l.G);
             rs.gptq_zero[h] = w.zeros ? w.zeros + rows[h] * w.l.G : nullptr;
             rs.groups = w.chunk_group + seg * (Kp / cpu::kGptqChunk);
             rs.mine[h] = w.perm == nullptr || cpu::gptq_segment(w.l, rows[h]) == seg;
@@ -130,13 +130,13 @@ __device__ inline void load_steps(const RowSet& rs, int s0, int end, int64_t K, 
     }
 }
 
-// Steps s0 .. s0 + U - 1 (those before `end`) times x into acc (rows g, g + 8 at columns 2c, 2c + 1). fp8_col: the
-// FP8 step's scale column is (s + fp8_col.x) >> fp8_col.y. xsum: GPTQ's per-step sums of x
-// [tokens][steps] of this segment. Every lane reads x: lanes g >= tokens read token 0's, which
-// reaches only the mma's columns >= tokens, never written out.
+// Steps s0 .. s0 + U - 1 (those before `end`) times x into acc (rows g, g + 8 at columns 2c,
+// 2c + 1). fp8_col: the FP8 step's scale column is (s + fp8_col.x) >> fp8_col.y. xsum: GPTQ's
+// per-step sums of x of this segment, [tokens][xsum_stride]. Every lane reads x: lanes
+// g >= tokens read token 0's, which reaches only the mma's columns >= tokens, never written out.
 template <Format F, bool kGather, int U>
-__device__ inline void mma_steps(const QuantGemvArgs& a, const RowSet& rs, int s0, int end, int steps, const uint4 (&wv)[U][2], uint2 fp8_col,
-                                 const float* xsum, int g, int c, float* acc) {
+__device__ inline void mma_steps(const QuantGemvArgs& a, const RowSet& rs, int s0, int end, int xsum_stride, const uint4 (&wv)[U][2],
+                                 uint2 fp8_col, const float* xsum, int g, int c, float* acc) {
     constexpr int kStep = (int)step_k<F>(), kChunks = (int)(kStep / cpu::kGptqChunk);
     const int T = (int)a.tokens;
     const int32_t* groups = F == Format::kGptq ? rs.groups + (int64_t)s0 * kChunks : nullptr;  // step s0 + u's group at groups[u * kChunks]
@@ -184,7 +184,7 @@ __device__ inline void mma_steps(const QuantGemvArgs& a, const RowSet& rs, int s
             }
             if (rs.gptq_zero[0]) {  // q - zero = (q - 8) + (8 - zero)
                 const float z_lo = 8.0f - (float)__ldg(rs.gptq_zero[0] + grp), z_hi = 8.0f - (float)__ldg(rs.gptq_zero[1] + grp);
-                const float x0 = 2 * c < T ? xsum[(2 * c) * steps + s] : 0.0f, x1 = 2 * c + 1 < T ? xsum[(2 * c + 1) * steps + s] : 0.0f;
+                const float x0 = 2 * c < T ? xsum[(2 * c) * xsum_stride + s] : 0.0f, x1 = 2 * c + 1 < T ? xsum[(2 * c + 1) * xsum_stride + s] : 0.0f;
                 d[0] = __fmaf_rn(z_lo, x0, d[0]), d[1] = __fmaf_rn(z_lo, x1, d[1]);
                 d[2] = __fmaf_rn(z_hi, x0, d[2]), d[3] = __fmaf_rn(z_hi, x1, d[3]);
             }
@@ -335,6 +335,7 @@ bool quant::mma_applies(const QuantGemvArgs& a) {
         return l.K % 16 == 0 && l.block_in % 64 == 0 && (blocks & (blocks - 1)) == 0 && l.in_offset % 64 == 0 && aligned16({a.w.fp8.w}) &&
                (size_t)smem_of<Format::kFp8>(a, R).bytes <= optin_smem();
     }
+    // (The steps a row are counted in int: x's K columns in shared memory keep them far below 2^31.)
     const cpu::GptqLayout& l = a.w.gptq.l;
     return l.group_steps && !(a.has_norm && a.w.gptq.perm) && aligned16({a.w.gptq.qw}) && (uint64_t)l.N * (uint64_t)l.G < (1ull << 32) &&
            (size_t)smem_of<Format::kGptq>(a, R).bytes <= optin_smem();
