@@ -469,6 +469,7 @@ TEST(QuantKernels, Fp8GemvEqualsItsTwin) {
         // (x of 8 tokens of 14336 takes 229,504 bytes: the tensor-core GEMV's opt-in shared memory)
         check_weight(random_fp8(136, 14336, 128, 0), "fp8 down_proj width" + how, mma);
         check_weight(random_fp8(96, 1040, 128, 0), "fp8 K not whole steps of 64" + how, mma);
+        check_weight(random_fp8(72, 4112, 128, 0), "fp8 K not whole steps of 64, the tail in a later batch" + how, mma);
         check_weight(random_fp8(64, 512, 128, 128), "fp8 cut at column 128" + how, mma);
         check_weight(random_fp8(160, 1024, 256, 0), "fp8 scale rows of 256" + how, mma);
         check_weight(random_fp8(130, 272, 1, 48), "fp8 cut inside a block" + how, 0);
@@ -511,6 +512,10 @@ TEST(QuantKernels, GptqGemvEqualsItsTwin) {
         check_weight(random_gptq(96, 1024, 256, 0, false), "gptq sym, groups of 256" + how, mma);
         check_weight(random_gptq(264, 2048, 128, 0, true), "gptq asym in order" + how, mma);
         check_weight(random_gptq(72, 1024, 1024, 0, true), "gptq asym, one group" + how, mma);
+        // Runs of steps a warp past one batch of U (a short last batch), and a split below 8 warps a tile.
+        check_weight(random_gptq(136, 14336, 128, 0, true), "gptq asym, down_proj width" + how);  // (8 tokens: x and its sums past the shared memory)
+        check_weight(random_gptq(8192, 1024, 128, 0, true), "gptq asym, 512 tiles" + how, mma);
+        check_weight(random_gptq(264, 4096, 128, 2, true), "gptq act-order asym, 2 segments of 16 steps" + how, mma);
         check_weight(random_gptq(200, 4096, 32, 0, true), "gptq asym in order, group 32" + how, 0);
         check_weight(random_gptq(192, 512, 128, 1, true), "gptq act-order" + how, mma);
         check_weight(random_gptq(300, 384, 128, 3, true), "gptq act-order asym, 3 segments" + how, mma);

@@ -33,13 +33,20 @@ __host__ __device__ constexpr int64_t step_k() {
     return F == Format::kFp8 ? 64 : cpu::kGptqStep;
 }
 
+// (w & mask) | bits as one LOP3 (0xea: a & b | c); the same in C++ compiles to two.
+__device__ __forceinline__ uint32_t and_or(uint32_t w, uint32_t mask, uint32_t bits) {
+    uint32_t r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(w), "r"(mask), "r"(bits));
+    return r;
+}
+
 // Nibbles (j, j + 4) of a word, j = 0..3, as fp16 q - 8, both exact: the mask puts q (or 16 q) in
 // the mantissa of 1024.
 __device__ __forceinline__ void int4x8_to_f16(uint32_t word, uint32_t* p) {
     const __half2 lo_off = __float2half2_rn(1032.0f), hi_mul = __float2half2_rn(0.0625f), hi_off = __float2half2_rn(-72.0f);
     const uint32_t up = word >> 8;
-    uint32_t v[4] = {(word & 0x000f000fu) | 0x64006400u, (word & 0x00f000f0u) | 0x64006400u, (up & 0x000f000fu) | 0x64006400u,
-                     (up & 0x00f000f0u) | 0x64006400u};
+    const uint32_t v[4] = {and_or(word, 0x000f000fu, 0x64006400u), and_or(word, 0x00f000f0u, 0x64006400u), and_or(up, 0x000f000fu, 0x64006400u),
+                           and_or(up, 0x00f000f0u, 0x64006400u)};
     __half2 h[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) h[i] = *reinterpret_cast<const __half2*>(&v[i]);
@@ -71,7 +78,8 @@ __host__ __device__ inline Smem smem_of(const QuantGemvArgs& a, int R) {
 struct RowSet {
     const uint4* w[2];  // the rows at this lane's quarter of step 0
     const float* fp8_scale[2];
-    const uint16_t* gptq_scale[2];
+    const uint16_t* gptq_scales;  // the whole [N, G] scales: row h's group g at gptq_scale_at[h] + g (N G < 2^32: mma_applies)
+    uint32_t gptq_scale_at[2];
     const uint8_t* gptq_zero[2];
     const int32_t* groups;  // the segment's chunk -> group
     const __half* x;        // token g's x (token 0's where g has none), the segment's copy
@@ -85,6 +93,7 @@ __device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2
     const int64_t T = a.tokens;
     rs.x = xh + ((int64_t)seg * T + (g < T ? g : 0)) * ld;
     rs.groups = nullptr;
+    if constexpr (F == Format::kGptq) rs.gptq_scales = a.w.gptq.scales;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         if constexpr (F == Format::kFp8) {
@@ -95,7 +104,7 @@ __device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2
         } else {
             const cpu::GptqView& w = a.w.gptq;
             rs.w[h] = reinterpret_cast<const uint4*>(w.qw + rows[h] * (Kp / 8)) + c;
-            rs.gptq_scale[h] = w.scales + rows[h] * w.l.G;
+            rs.gptq_scale_at[h] = (uint32_t)(rows[h] * w.l.G);
             rs.gptq_zero[h] = w.zeros ? w.zeros + rows[h] * w.l.G : nullptr;
             rs.groups = w.chunk_group + seg * (Kp / cpu::kGptqChunk);
             rs.mine[h] = w.perm == nullptr || cpu::gptq_segment(w.l, rows[h]) == seg;
@@ -104,52 +113,68 @@ __device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2
     return rs;
 }
 
-// The weights of steps s0, s0 + 8, ... (U of them) into registers; zeros past the end.
+// The weights of steps s0 .. s0 + U - 1 before `end` into registers.
 template <Format F, int U>
-__device__ inline void load_steps(const RowSet& rs, int64_t s0, int split, int64_t steps, int64_t K, int c, uint4 (&wv)[U][2]) {
-    constexpr int64_t kStep = step_k<F>();
+__device__ inline void load_steps(const RowSet& rs, int s0, int end, int64_t K, int c, uint4 (&wv)[U][2]) {
+    constexpr int kStep = (int)step_k<F>();
+    const uint4* w[2] = {rs.w[0] + 4 * (int64_t)s0, rs.w[1] + 4 * (int64_t)s0};  // the steps at constant offsets from here
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-        const int64_t s = s0 + u * split;
-        const bool in = s < steps && (F != Format::kFp8 || s * kStep + 16 * c < K);
+        const int s = s0 + u;
+        if (s >= end) continue;  // past the run: left as they are, never read (mma_steps stops at end)
+        // An FP8 row's last step past K (K % 64 != 0): zeros, which the mma does read (x is zero
+        // there too, but garbage weights could decode to NaN).
+        const bool in_k = F != Format::kFp8 || (int64_t)s * kStep + 16 * c < K;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) wv[u][h] = in ? __ldcs(rs.w[h] + s * 4) : make_uint4(0, 0, 0, 0);  // 64 bytes a row a step; streamed
+        for (int h = 0; h < 2; ++h) wv[u][h] = in_k ? __ldcs(w[h] + 4 * u) : make_uint4(0, 0, 0, 0);  // 64 bytes a row a step, streamed
     }
 }
 
-// Steps s0, s0 + 8, ... times x into acc (rows g, g + 8 at columns 2c, 2c + 1). fp8_col: the
-// FP8 step's scale column is (s + fp8_col.x) >> fp8_col.y. xsum: GPTQ's per-step sums of x
-// [tokens][steps] of this segment.
-template <Format F, int U>
-__device__ inline void mma_steps(const QuantGemvArgs& a, const RowSet& rs, int64_t s0, int split, int64_t steps, const uint4 (&wv)[U][2], uint2 fp8_col,
-                                 const float* xsum, int g, int c, float* acc) {
-    constexpr int64_t kStep = step_k<F>();
-    const int64_t T = a.tokens;
-    const bool has_x = g < T;
+// Steps s0 .. s0 + U - 1 (those before `end`) times x into acc (rows g, g + 8 at columns 2c,
+// 2c + 1). fp8_col: the FP8 step's scale column is (s + fp8_col.x) >> fp8_col.y. xsum: GPTQ's
+// per-step sums of x of this segment, [tokens][xsum_stride]. Every lane reads x: lanes
+// g >= tokens read token 0's, which reaches only the mma's columns >= tokens, never written out.
+template <Format F, bool kGather, int U>
+__device__ inline void mma_steps(const QuantGemvArgs& a, const RowSet& rs, int s0, int end, int xsum_stride, const uint4 (&wv)[U][2],
+                                 uint2 fp8_col, const float* xsum, int g, int c, float* acc) {
+    constexpr int kStep = (int)step_k<F>(), kChunks = (int)(kStep / cpu::kGptqChunk);
+    const int T = (int)a.tokens;
+    const int32_t* groups = F == Format::kGptq ? rs.groups + (int64_t)s0 * kChunks : nullptr;  // step s0 + u's group at groups[u * kChunks]
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-        const int64_t s = s0 + u * split;
-        if (s >= steps) break;
+        const int s = s0 + u;
+        if (s >= end) break;
+        float s_lo, s_hi;  // the step's scales, loaded first
+        int grp = 0;
+        if constexpr (F == Format::kFp8) {
+            const unsigned col = ((unsigned)s + fp8_col.x) >> fp8_col.y;
+            s_lo = __ldg(rs.fp8_scale[0] + col), s_hi = __ldg(rs.fp8_scale[1] + col);
+        } else {
+            grp = __ldg(groups + u * kChunks);  // a group index: never negative
+            s_lo = __half2float(__ushort_as_half(__ldg(rs.gptq_scales + (rs.gptq_scale_at[0] + (uint32_t)grp))));
+            s_hi = __half2float(__ushort_as_half(__ldg(rs.gptq_scales + (rs.gptq_scale_at[1] + (uint32_t)grp))));
+        }
+        if constexpr (kGather) {
+            if (!rs.mine[0]) s_lo = 0.0f;
+            if (!rs.mine[1]) s_hi = 0.0f;
+        }
         float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         const uint32_t w0[4] = {wv[u][0].x, wv[u][0].y, wv[u][0].z, wv[u][0].w};
         const uint32_t w1[4] = {wv[u][1].x, wv[u][1].y, wv[u][1].z, wv[u][1].w};
-        float s_lo, s_hi;
         if constexpr (F == Format::kFp8) {
-            uint4 xv[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-            if (has_x) xv[0] = reinterpret_cast<const uint4*>(rs.x + s * kStep + 16 * c)[0], xv[1] = reinterpret_cast<const uint4*>(rs.x + s * kStep + 16 * c)[1];
+            const uint4* xp = reinterpret_cast<const uint4*>(rs.x + s * kStep + 16 * c);
+            const uint4 xv[2] = {xp[0], xp[1]};
             const uint32_t b[8] = {xv[0].x, xv[0].y, xv[0].z, xv[0].w, xv[1].x, xv[1].y, xv[1].z, xv[1].w};
 #pragma unroll
             for (int j = 0; j < 4; ++j) {  // slice j: the lane's values 4j, 4j+1 (a0, a1, b0) and 4j+2, 4j+3 (a2, a3, b1)
                 const uint32_t af[4] = {e4m3x2_to_f16x2(w0[j]), e4m3x2_to_f16x2(w1[j]), e4m3x2_to_f16x2(w0[j] >> 16), e4m3x2_to_f16x2(w1[j] >> 16)};
                 mma16816(d, af, b[2 * j], b[2 * j + 1]);
             }
-            const unsigned col = ((unsigned)s + fp8_col.x) >> fp8_col.y;
-            s_lo = __ldg(rs.fp8_scale[0] + col), s_hi = __ldg(rs.fp8_scale[1] + col);
         } else {
+            const uint4* xp = reinterpret_cast<const uint4*>(rs.x + s * kStep + 32 * c);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {  // word i: slices 2i (nibbles 0,4 and 1,5) and 2i + 1 (2,6 and 3,7)
-                uint4 xv = make_uint4(0, 0, 0, 0);
-                if (has_x) xv = reinterpret_cast<const uint4*>(rs.x + s * kStep + 32 * c)[i];
+                const uint4 xv = xp[i];
                 uint32_t p0[4], p1[4];
                 int4x8_to_f16(w0[i], p0);
                 int4x8_to_f16(w1[i], p1);
@@ -157,18 +182,13 @@ __device__ inline void mma_steps(const QuantGemvArgs& a, const RowSet& rs, int64
                 mma16816(d, lo, xv.x, xv.y);
                 mma16816(d, hi, xv.z, xv.w);
             }
-            const int grp = __ldg(rs.groups + s * (kStep / cpu::kGptqChunk));
-            s_lo = __half2float(__ushort_as_half(__ldg(rs.gptq_scale[0] + grp)));
-            s_hi = __half2float(__ushort_as_half(__ldg(rs.gptq_scale[1] + grp)));
             if (rs.gptq_zero[0]) {  // q - zero = (q - 8) + (8 - zero)
                 const float z_lo = 8.0f - (float)__ldg(rs.gptq_zero[0] + grp), z_hi = 8.0f - (float)__ldg(rs.gptq_zero[1] + grp);
-                const float x0 = 2 * c < T ? xsum[(2 * c) * steps + s] : 0.0f, x1 = 2 * c + 1 < T ? xsum[(2 * c + 1) * steps + s] : 0.0f;
+                const float x0 = 2 * c < T ? xsum[(2 * c) * xsum_stride + s] : 0.0f, x1 = 2 * c + 1 < T ? xsum[(2 * c + 1) * xsum_stride + s] : 0.0f;
                 d[0] = __fmaf_rn(z_lo, x0, d[0]), d[1] = __fmaf_rn(z_lo, x1, d[1]);
                 d[2] = __fmaf_rn(z_hi, x0, d[2]), d[3] = __fmaf_rn(z_hi, x1, d[3]);
             }
         }
-        if (!rs.mine[0]) s_lo = 0.0f;
-        if (!rs.mine[1]) s_hi = 0.0f;
         acc[0] = __fmaf_rn(s_lo, d[0], acc[0]), acc[1] = __fmaf_rn(s_lo, d[1], acc[1]);
         acc[2] = __fmaf_rn(s_hi, d[2], acc[2]), acc[3] = __fmaf_rn(s_hi, d[3], acc[3]);
     }
@@ -184,8 +204,9 @@ __device__ inline int2 tile_segments(const QuantGemvArgs& a, int64_t tile, int64
     return make_int2(cpu::gptq_segment(a.w.gptq.l, first[r]), cpu::gptq_segment(a.w.gptq.l, last[r]));
 }
 
-// A block's 8 warps take 8 / split tiles, `split` warps a tile splitting its steps (split 1, 2,
-// 4 or 8: more where there are few tiles, so that enough weight bytes are in flight). early: the
+// A block's 8 warps take 8 / split tiles, `split` warps a tile splitting its steps into as many
+// runs of consecutive steps (split 1, 2, 4 or 8: more where there are few tiles, so that enough
+// weight bytes are in flight; a run's steps are one base address plus constants). early: the
 // warps' first weight loads go out before the wait for the kernel before (weights are not written
 // by it) and before x is staged ([backend.tuning] gemv_early).
 template <Format F, GemvEpilogue E, bool kNorm, bool kGather>
@@ -202,7 +223,8 @@ __global__ void __launch_bounds__(kThreads, 2) mma_gemv_kernel(QuantGemvArgs a, 
     float* part = reinterpret_cast<float*>(smem + L.part);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int64_t half = a.rope.head_dim / 2, T = a.tokens;
-    const int kpart = warp % split;  // this warp's steps: kpart, kpart + split, ...
+    const int kpart = warp % split, per = (int)((steps + split - 1) / split);  // this warp's steps: first .. end - 1
+    const int first = kpart * per, end = (int)min(steps, (int64_t)first + per);
     const int64_t tile = (int64_t)blockIdx.x * (kWarps / split) + warp / split;
     const bool valid = tile * kTile < items;
     uint2 fp8_col = make_uint2(0, 0);  // FP8: (in_offset / 64, log2(block_in / 64)), a power of two (mma_applies)
@@ -213,9 +235,9 @@ __global__ void __launch_bounds__(kThreads, 2) mma_gemv_kernel(QuantGemvArgs a, 
     uint4 wv[U][2];
     bool loaded = false;  // wv holds the first steps of rows r = 0 in the first segment
     if (early && valid) {
-        const int64_t first[2] = {rows[0][0], rows[1][0]};
+        const int64_t rows0[2] = {rows[0][0], rows[1][0]};
         const int seg = tile_segments<E, kGather>(a, tile, items, pair, half, 0).x;
-        load_steps<F, U>(row_set<F>(a, first, seg, xh, L.ld, Kp, g, c), kpart, split, steps, K, c, wv);
+        load_steps<F, U>(row_set<F>(a, rows0, seg, xh, L.ld, Kp, g, c), first, end, K, c, wv);
         loaded = true;
     }
     pdl_entry();
@@ -228,10 +250,10 @@ __global__ void __launch_bounds__(kThreads, 2) mma_gemv_kernel(QuantGemvArgs a, 
         for (int seg = segs.x; seg <= segs.y; ++seg) {
             const RowSet rs = row_set<F>(a, mine, seg, xh, L.ld, Kp, g, c);
             const float* seg_xsum = xsum + (int64_t)seg * T * steps;
-            for (int64_t s0 = kpart; s0 < steps; s0 += (int64_t)split * U) {
-                if (!loaded) load_steps<F, U>(rs, s0, split, steps, K, c, wv);
+            for (int s0 = first; s0 < end; s0 += U) {
+                if (!loaded) load_steps<F, U>(rs, s0, end, K, c, wv);
                 loaded = false;
-                mma_steps<F, U>(a, rs, s0, split, steps, wv, fp8_col, seg_xsum, g, c, acc[r]);
+                mma_steps<F, kGather, U>(a, rs, s0, end, (int)steps, wv, fp8_col, seg_xsum, g, c, acc[r]);
             }
             loaded = false;
         }
@@ -313,8 +335,9 @@ bool quant::mma_applies(const QuantGemvArgs& a) {
         return l.K % 16 == 0 && l.block_in % 64 == 0 && (blocks & (blocks - 1)) == 0 && l.in_offset % 64 == 0 && aligned16({a.w.fp8.w}) &&
                (size_t)smem_of<Format::kFp8>(a, R).bytes <= optin_smem();
     }
+    // (The steps a row are counted in int: x's K columns in shared memory keep them far below 2^31.)
     const cpu::GptqLayout& l = a.w.gptq.l;
-    return l.group_steps && !(a.has_norm && a.w.gptq.perm) && aligned16({a.w.gptq.qw}) &&
+    return l.group_steps && !(a.has_norm && a.w.gptq.perm) && aligned16({a.w.gptq.qw}) && (uint64_t)l.N * (uint64_t)l.G < (1ull << 32) &&
            (size_t)smem_of<Format::kGptq>(a, R).bytes <= optin_smem();
 }
 

@@ -17,8 +17,7 @@ constexpr float kHalfSafe = 32768.0f;
 // d += A B, one m16n8k16 (PTX ISA fragment layouts: a0/a2 row g, a1/a3 row g + 8, a0/a1 k 2c..2c+1,
 // a2/a3 k 2c+8..2c+9; b0/b1 column g at those k; d0/d1 row g, d2/d3 row g + 8, columns 2c, 2c + 1).
 __device__ __forceinline__ void mma16816(float* d, const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
