@@ -760,6 +760,7 @@ TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
 // it, must come in after the write. Position 0 leaves all but one block of a cluster without keys.
 TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernelAndTwin) {
     REQUIRE_GPU();
+    tuning.attention_stream = false;  // the two-pass kernels (the one-pass kernel: the next test)
     int sms = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     const int64_t kv_heads = 2, max_seq = 300;
@@ -794,6 +795,53 @@ TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernelAnd
                     EXPECT_EQ(outs[0], outs[1]) << "GQA kernel against the per-head kernel, " << what;
                     EXPECT_EQ(outs[0], outs[2]) << "decode attention with the early loads, " << what;
                 }
+    tuning.attention_stream = true;
+}
+
+// The one-pass decode attention (attention_stream; decode_splits = 1 so that few tokens take it
+// too): blocks of 1, 2 and 4 query heads (4 where the tokens still give every SM a block; G = 8
+// as two blocks of 4), contexts of one chunk to 175 (past the ring of three a warp),
+// positions on and either side of a chunk's edge, a window. Against the CPU twin; as a decode
+// batch (the cached rows but each token's own copied before the wait, its own row after: a stale
+// random row in the cache until attention() writes it) bit for bit the same.
+TEST(CudaKernels, DecodeAttentionInOnePassMatchesTwin) {
+    REQUIRE_GPU();
+    int sms = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    tuning.decode_splits = 1;
+    const int64_t kv_heads = 2, max_seq = 700;
+    for (int64_t hd : {64, 128, 256})
+        for (int64_t G : {1, 2, 4, 8})
+            for (int64_t window : {0, 300})
+                for (int64_t T : {(int64_t)2, (int64_t)40, (int64_t)sms / 2 + 8}) {
+                    if (window && hd != 128) continue;
+                    const int64_t heads = kv_heads * G, kvw = kv_heads * hd;
+                    const std::string what = "hd " + std::to_string(hd) + " G " + std::to_string(G) + " window " + std::to_string(window) +
+                                             ", " + std::to_string(T) + " tokens";
+                    const int32_t edges[] = {0, 37, 7, 8, 15, 16, (int32_t)max_seq - 1, 63};
+                    std::vector<int32_t> slot, pos;
+                    for (int64_t t = 0; t < T; ++t)
+                        slot.push_back((int32_t)t), pos.push_back(t < 8 ? edges[t] : (int32_t)((t * 97 + 11) % max_seq));
+                    const std::vector<float> k_cache0 = random_bf16(T * max_seq * kvw), v_cache0 = random_bf16(T * max_seq * kvw);
+                    auto q = random_bf16(T * heads * hd), k = random_bf16(T * kvw), v = random_bf16(T * kvw);
+                    std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k)), dv(upload(v));
+                    std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
+                    std::vector<std::vector<float>> outs;
+                    for (bool decode : {false, true}) {
+                        std::unique_ptr<Device<bf16>> dkc(upload(k_cache0)), dvc(upload(v_cache0)), dout(poisoned(T * heads * hd));
+                        cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
+                        cuda::AttentionArgs aa{s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p};
+                        aa.decode = decode;
+                        cuda::attention(aa, on(nullptr));
+                        outs.push_back(download(*dout));
+                    }
+                    std::vector<float> kc = k_cache0, vc = v_cache0, ref(T * heads * hd);
+                    cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
+                    cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), kc.data(), vc.data(), ref.data());
+                    expect_close(outs[0], ref, "one-pass decode attention, " + what);
+                    EXPECT_EQ(outs[0], outs[1]) << "one-pass decode attention with the early loads, " << what;
+                }
+    tuning.decode_splits = 4;
 }
 
 // Decode tokens over long cached contexts: few (token, head) pairs take the split kernel (the

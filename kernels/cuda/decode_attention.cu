@@ -1,0 +1,231 @@
+// Decode attention for many (token, head) pairs ([backend.tuning] attention_stream): one block for
+// Gb consecutive query heads of a KV head at one token, as attention_heads_kernel (attention.cu),
+// but in one pass. Each warp takes chunks of 4 KB (the K and V rows of 4096 / (4 head_dim) keys:
+// chunks warp, warp + 8, ...) through a ring of kStages chunks of its own in shared memory, by
+// cp.async, so that a block's first kStages chunks a warp arrive in one round trip (the heads
+// kernel's two passes wait on about three dependent rounds of loads each); the warp keeps, per
+// head, a running max, exp-sum and weighted sum of V over its keys, rescaled once a chunk
+// (flash-decoding), and the warps' results meet in shared memory at the end. Each lane copies
+// exactly the 16-byte pieces it later reads, so the ring needs no barrier. Scores are kept in
+// log2 units (q scaled by log2(e) / sqrt(head_dim)) for exp2.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/decode_attention.h"
+
+namespace tpx::cuda {
+namespace {
+
+constexpr int kThreads = 256, kWarps = kThreads / 32;
+constexpr int kChunkBytes = 4096;  // a chunk: K rows, then V rows, of kChunkKeys keys
+constexpr int kStages = 3;         // chunks in flight a warp
+constexpr int kRingBytes = kWarps * kStages * kChunkBytes;
+
+// Lane (sub, part) holds dims [8 part, 8 part + 8) of key sub of each round of kKeys keys; a chunk
+// is kRounds rounds. Its piece u * 32 + lane (16 bytes) of a chunk's K rows is round u's key row
+// at those dims, and so of V's: the lane's copies are its reads.
+template <int HD>
+struct ChunkLanes {
+    static constexpr int kLanes = HD / 8, kKeys = 32 / kLanes, kChunkKeys = kChunkBytes / (4 * HD), kRounds = kChunkKeys / kKeys;
+    static_assert(kRounds == 4 && kKeys * kLanes == 32, "a chunk is 4 rounds of a warp's keys");
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = (threadIdx.x & 31) / kLanes, part = (threadIdx.x & 31) % kLanes;
+};
+
+// Key j of chunk c, round u for this lane.
+template <int HD>
+__device__ __forceinline__ int64_t chunk_key(const ChunkLanes<HD>& L, int64_t c, int u) {
+    return c * ChunkLanes<HD>::kChunkKeys + L.sub + ChunkLanes<HD>::kKeys * u;
+}
+
+template <int HD, int Gb>
+__global__ void __launch_bounds__(kThreads, 2) attention_stream_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
+                                                                       const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out,
+                                                                       bool early) {
+    using L_ = ChunkLanes<HD>;
+    extern __shared__ __align__(16) char ring[];  // kWarps x kStages chunks; at the end the warps' results
+    const L_ L;
+    const int64_t t = t0 + blockIdx.x, h0 = (int64_t)blockIdx.y * Gb, kvh = h0 / (s.heads / s.kv_heads);
+    const int64_t kv_width = s.kv_heads * HD;
+    if (!early) pdl_entry();  // see common.cuh; with early, the cached rows are read before it
+    const int64_t p = pos[t];
+    const int64_t first = s.sliding_window > 0 && p - s.sliding_window + 1 > 0 ? p - s.sliding_window + 1 : 0, n = p - first + 1;
+    const int64_t row0 = ((int64_t)slot[t] * s.max_seq + first) * kv_width + kvh * HD + L.part * 8;
+    const bf16* kbase = k_cache + row0;
+    const bf16* vbase = v_cache + row0;
+    const int64_t chunks = (n + L_::kChunkKeys - 1) / L_::kChunkKeys;
+    const int mine = chunks > L.warp ? (int)((chunks - L.warp + kWarps - 1) / kWarps) : 0;
+    auto slot_of = [&](int i) { return ring + ((int64_t)L.warp * kStages + i % kStages) * kChunkBytes; };
+    // The warp's i-th chunk into its slot; with skip_own, not the token's own row (position p: the
+    // kernel before writes it), which comes in after the wait.
+    auto copy = [&](int i, bool skip_own) {
+        if (i >= mine) return;
+        const int64_t c = L.warp + (int64_t)i * kWarps;
+        char* to = slot_of(i);
+#pragma unroll
+        for (int r = 0; r < 2 * L_::kRounds; ++r) {
+            const int64_t j = chunk_key(L, c, r % L_::kRounds);
+            if (skip_own && j == n - 1) continue;
+            const bf16* from = (r < L_::kRounds ? kbase : vbase) + min(j, n - 1) * kv_width;
+            cp_async16(to + (r * 32 + L.lane) * 16, from, j < n);
+        }
+    };
+    for (int i = 0; i < kStages; ++i) {
+        copy(i, early);
+        cp_async_commit();
+    }
+    if (early) {
+        pdl_entry();
+        const int64_t own_chunk = (n - 1) / L_::kChunkKeys;
+        const int own_i = (int)(own_chunk / kWarps);
+        if (own_chunk % kWarps == L.warp && own_i < kStages)
+#pragma unroll
+            for (int r = 0; r < 2 * L_::kRounds; ++r)
+                if (chunk_key(L, own_chunk, r % L_::kRounds) == n - 1)
+                    *reinterpret_cast<uint4*>(slot_of(own_i) + (r * 32 + L.lane) * 16) =
+                        *reinterpret_cast<const uint4*>((r < L_::kRounds ? kbase : vbase) + (n - 1) * kv_width);
+    }
+    float qf[Gb][8];
+    const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) / sqrt(HD)
+#pragma unroll
+    for (int g = 0; g < Gb; ++g) {
+        unpack8(*reinterpret_cast<const uint4*>(q + (t * s.heads + h0 + g) * HD + L.part * 8), qf[g]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qf[g][i] *= scale;
+    }
+    float m[Gb], l[Gb], acc[Gb][8];
+#pragma unroll
+    for (int g = 0; g < Gb; ++g) {
+        m[g] = -INFINITY, l[g] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+    }
+    for (int i = 0; i < mine; ++i) {
+        cp_async_wait<kStages - 1>();
+        const int64_t c = L.warp + (int64_t)i * kWarps;
+        const char* from = slot_of(i);
+        float sc[Gb][L_::kRounds];
+#pragma unroll
+        for (int u = 0; u < L_::kRounds; ++u) {
+            float kf[8];
+            unpack8(*reinterpret_cast<const uint4*>(from + (u * 32 + L.lane) * 16), kf);
+            const bool in = chunk_key(L, c, u) < n;
+#pragma unroll
+            for (int g = 0; g < Gb; ++g) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) d += qf[g][e] * kf[e];
+#pragma unroll
+                for (int o = L_::kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                sc[g][u] = in ? d : -INFINITY;
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < Gb; ++g) {
+            float cm = sc[g][0];
+#pragma unroll
+            for (int u = 1; u < L_::kRounds; ++u) cm = fmaxf(cm, sc[g][u]);
+#pragma unroll
+            for (int o = 16; o >= L_::kLanes; o >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, o));
+            const float mn = fmaxf(m[g], cm);  // finite: the chunk's first key is visible
+            const float corr = exp2f(m[g] - mn);
+            m[g] = mn, l[g] *= corr;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[g][e] *= corr;
+#pragma unroll
+            for (int u = 0; u < L_::kRounds; ++u) {
+                sc[g][u] = exp2f(sc[g][u] - mn);  // 0 past n
+                l[g] += sc[g][u];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < L_::kRounds; ++u) {
+            float vf[8];
+            unpack8(*reinterpret_cast<const uint4*>(from + kChunkBytes / 2 + (u * 32 + L.lane) * 16), vf);  // zeros past n
+#pragma unroll
+            for (int g = 0; g < Gb; ++g)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[g][e] += sc[g][u] * vf[e];
+        }
+        __syncwarp();  // the slot's reads before the copy into it (the same lanes: keeps the compiler's order)
+        copy(i + kStages, false);
+        cp_async_commit();
+    }
+    cp_async_wait_all();
+    // The lanes of a warp's rounds' keys (sub) added: m is the warp's already.
+#pragma unroll
+    for (int g = 0; g < Gb; ++g)
+#pragma unroll
+        for (int o = 16; o >= L_::kLanes; o >>= 1) {
+            l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+        }
+    __syncthreads();  // every warp past its ring: the results take its place
+    float* part_acc = reinterpret_cast<float*>(ring);    // [kWarps][Gb][HD]
+    float* part_ml = part_acc + kWarps * Gb * HD;         // [kWarps][Gb][2]: max, exp-sum
+    if (L.sub == 0)
+#pragma unroll
+        for (int g = 0; g < Gb; ++g)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) part_acc[(L.warp * Gb + g) * HD + L.part * 8 + e] = acc[g][e];
+    if (L.lane == 0)
+#pragma unroll
+        for (int g = 0; g < Gb; ++g) part_ml[(L.warp * Gb + g) * 2] = m[g], part_ml[(L.warp * Gb + g) * 2 + 1] = l[g];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < Gb * HD; idx += kThreads) {
+        const int g = idx / HD, e = idx % HD;
+        float mx = -INFINITY;
+        for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part_ml[(w * Gb + g) * 2]);
+        float o = 0.0f, sum = 0.0f;
+        for (int w = 0; w < kWarps; ++w) {
+            const float f = exp2f(part_ml[(w * Gb + g) * 2] - mx);  // 0 for a warp without keys
+            o += f * part_acc[(w * Gb + g) * HD + e];
+            sum += f * part_ml[(w * Gb + g) * 2 + 1];
+        }
+        out[(t * s.heads + h0 + g) * HD + e] = __float2bfloat16(o / sum);
+    }
+}
+
+static_assert(kWarps * 4 * 256 * 4 + kWarps * 4 * 2 * 4 <= kRingBytes, "the warps' results fit in the ring (Gb 4, head_dim 256)");
+
+}  // namespace
+
+bool attention_stream(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, Launch at) {
+    const cpu::AttentionShape& s = a.shape;
+    const int64_t hd = s.head_dim, G = s.heads / s.kv_heads, tokens = t1 - t0;
+    if (!at.config->attention_stream || (hd != 64 && hd != 128 && hd != 256) || tokens <= 0) return false;
+    // The most query heads a block (4, 2 or 1, dividing G) that still give every SM a block.
+    int64_t Gb = 1;
+    for (int64_t c : {4, 2})
+        if (G % c == 0 && tokens * (s.heads / c) >= sm_count()) {
+            Gb = c;
+            break;
+        }
+    auto go = [&](auto kernel) {
+        static const bool raised = [&] {  // once a process: one device each
+            CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kRingBytes));
+            return true;
+        }();
+        (void)raised;
+        launch(kernel, dim3((unsigned)tokens, (unsigned)(s.heads / Gb)), kThreads, kRingBytes, at, s, t0, a.slot, a.pos, a.q, a.k_cache,
+               a.v_cache, a.out, early);
+        TPX_LAUNCH_CHECK();
+    };
+    if (hd == 64) {
+        if (Gb == 4) go(attention_stream_kernel<64, 4>);
+        else if (Gb == 2) go(attention_stream_kernel<64, 2>);
+        else go(attention_stream_kernel<64, 1>);
+    } else if (hd == 128) {
+        if (Gb == 4) go(attention_stream_kernel<128, 4>);
+        else if (Gb == 2) go(attention_stream_kernel<128, 2>);
+        else go(attention_stream_kernel<128, 1>);
+    } else {
+        if (Gb == 4) go(attention_stream_kernel<256, 4>);
+        else if (Gb == 2) go(attention_stream_kernel<256, 2>);
+        else go(attention_stream_kernel<256, 1>);
+    }
+    return true;
+}
+
+}  // namespace tpx::cuda
