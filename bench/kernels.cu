@@ -562,8 +562,9 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
 
 // Decode attention alone, Llama-3-8B's heads (32 query, 8 KV, head_dim 128), as a decode batch
 // (each token its own slot, at position ctx - 1): 1, 8 and 64 tokens over contexts of 128 to
-// 4096, the one-pass kernel (attention_stream) against the two-pass kernels. Bytes: the K and V
-// rows the tokens see, over the time.
+// 4096, the one-pass kernel (attention_stream) against the two-pass kernels, both without the
+// split kernel (decode_splits = 1), and at one token the split kernel as the step chooses it.
+// Bytes: the K and V rows the tokens see, over the time.
 void decode_attention_sweep(cudaStream_t st) {
     const int64_t heads = 32, kvh = 8, hd = 128, kvw = kvh * hd, max_seq = 4096, max_tokens = 64;
     bf16* kc = device_alloc<bf16>(max_tokens * max_seq * kvw);
@@ -582,16 +583,18 @@ void decode_attention_sweep(cudaStream_t st) {
             CUDA_CHECK(cudaMemcpy(positions, pos.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice));
             cpu::AttentionShape s{T, heads, kvh, hd, max_seq, 0};
             const double bytes = 2.0 * T * ctx * kvw * 2;
-            for (bool stream : {true, false}) {
+            for (int form = 0; form < 3; ++form) {  // one pass, two passes (no split kernel for either), as chosen
+                if (form == 2 && T > 1) continue;        // (the split kernel takes only few tokens)
                 tuning = defaults;
-                tuning.attention_stream = stream;
+                tuning.attention_stream = form == 0;
+                if (form < 2) tuning.decode_splits = 1;
                 const double us = time_graph(st, [&](int) {
                     cuda::AttentionArgs a{s, slots, positions, q, nullptr, nullptr, kc, vc, out};
                     a.decode = true;
                     cuda::attention(a, on(st));
                 });
-                row(stream ? "attention one pass" : "attention two passes", "T=" + std::to_string(T) + " ctx=" + std::to_string(ctx), us,
-                    rate(bytes, us));
+                row(form == 0 ? "attention one pass" : form == 1 ? "attention two passes" : "attention split (as chosen)",
+                    "T=" + std::to_string(T) + " ctx=" + std::to_string(ctx), us, rate(bytes, us));
             }
         }
     tuning = defaults;

@@ -189,42 +189,44 @@ __global__ void __launch_bounds__(kThreads, 2) attention_stream_kernel(cpu::Atte
 
 static_assert(kWarps * 4 * 256 * 4 + kWarps * 4 * 2 * 4 <= kRingBytes, "the warps' results fit in the ring (Gb 4, head_dim 256)");
 
+template <int HD, int Gb>
+void launch_stream(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
+    const auto kernel = attention_stream_kernel<HD, Gb>;
+    static const bool raised = [&] {  // once a process (and instance): one device each
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kRingBytes));
+        return true;
+    }();
+    (void)raised;
+    const cpu::AttentionShape& s = a.shape;
+    launch(kernel, dim3((unsigned)(t1 - t0), (unsigned)(s.heads / Gb)), kThreads, kRingBytes, at, s, t0, a.slot, a.pos, a.q, a.k_cache,
+           a.v_cache, a.out, early);
+    TPX_LAUNCH_CHECK();
+}
+
+template <int HD>
+void launch_stream(int64_t Gb, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
+    if (Gb == 4) launch_stream<HD, 4>(a, t0, t1, early, at);
+    else if (Gb == 2) launch_stream<HD, 2>(a, t0, t1, early, at);
+    else launch_stream<HD, 1>(a, t0, t1, early, at);
+}
+
 }  // namespace
 
 bool attention_stream(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, Launch at) {
     const cpu::AttentionShape& s = a.shape;
     const int64_t hd = s.head_dim, G = s.heads / s.kv_heads, tokens = t1 - t0;
     if (!at.config->attention_stream || (hd != 64 && hd != 128 && hd != 256) || tokens <= 0) return false;
-    // The most query heads a block (4, 2 or 1, dividing G) that still give every SM a block.
+    // The most query heads a block (4, 2 or 1, dividing G) that still give every SM a block;
+    // one (a block a query head) with attention_gqa = false.
     int64_t Gb = 1;
     for (int64_t c : {4, 2})
-        if (G % c == 0 && tokens * (s.heads / c) >= sm_count()) {
+        if (at.config->attention_gqa && G % c == 0 && tokens * (s.heads / c) >= sm_count()) {
             Gb = c;
             break;
         }
-    auto go = [&](auto kernel) {
-        static const bool raised = [&] {  // once a process: one device each
-            CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kRingBytes));
-            return true;
-        }();
-        (void)raised;
-        launch(kernel, dim3((unsigned)tokens, (unsigned)(s.heads / Gb)), kThreads, kRingBytes, at, s, t0, a.slot, a.pos, a.q, a.k_cache,
-               a.v_cache, a.out, early);
-        TPX_LAUNCH_CHECK();
-    };
-    if (hd == 64) {
-        if (Gb == 4) go(attention_stream_kernel<64, 4>);
-        else if (Gb == 2) go(attention_stream_kernel<64, 2>);
-        else go(attention_stream_kernel<64, 1>);
-    } else if (hd == 128) {
-        if (Gb == 4) go(attention_stream_kernel<128, 4>);
-        else if (Gb == 2) go(attention_stream_kernel<128, 2>);
-        else go(attention_stream_kernel<128, 1>);
-    } else {
-        if (Gb == 4) go(attention_stream_kernel<256, 4>);
-        else if (Gb == 2) go(attention_stream_kernel<256, 2>);
-        else go(attention_stream_kernel<256, 1>);
-    }
+    if (hd == 64) launch_stream<64>(Gb, a, t0, t1, early, at);
+    else if (hd == 128) launch_stream<128>(Gb, a, t0, t1, early, at);
+    else launch_stream<256>(Gb, a, t0, t1, early, at);
     return true;
 }
 
