@@ -562,7 +562,7 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
 
 // Decode attention alone, Llama-3-8B's heads (32 query, 8 KV, head_dim 128), as a decode batch
 // (each token its own slot, at position ctx - 1): 1, 8 and 64 tokens over contexts of 128 to
-// 4096, the one-pass kernel (attention_stream) against the two-pass kernels, both without the
+// 4096, the one-pass kernel (attention_one_pass) against the two-pass kernels, both without the
 // split kernel (decode_splits = 1), and at one token the split kernel as the step chooses it.
 // Bytes: the K and V rows the tokens see, over the time.
 void decode_attention_sweep(cudaStream_t st) {
@@ -583,22 +583,23 @@ void decode_attention_sweep(cudaStream_t st) {
             CUDA_CHECK(cudaMemcpy(positions, pos.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice));
             cpu::AttentionShape s{T, heads, kvh, hd, max_seq, 0};
             const double bytes = 2.0 * T * ctx * kvw * 2;
-            for (int form = 0; form < 3; ++form) {  // one pass, two passes (no split kernel for either), as chosen
-                if (form == 2 && T > 1) continue;        // (the split kernel takes only few tokens)
+            enum class Form { kOnePass, kTwoPasses, kSplit };  // the last: as the step chooses (the split kernel at few tokens)
+            for (Form form : {Form::kOnePass, Form::kTwoPasses, Form::kSplit}) {
+                if (form == Form::kSplit && T > 1) continue;
                 tuning = defaults;
-                tuning.attention_stream = form == 0;
-                if (form < 2) tuning.decode_splits = 1;
+                tuning.attention_one_pass = form == Form::kOnePass;
+                if (form != Form::kSplit) tuning.decode_splits = 1;
                 const double us = time_graph(st, [&](int) {
                     cuda::AttentionArgs a{s, slots, positions, q, nullptr, nullptr, kc, vc, out};
                     a.decode = true;
                     cuda::attention(a, on(st));
                 });
-                row(form == 0 ? "attention one pass" : form == 1 ? "attention two passes" : "attention split (as chosen)",
-                    "T=" + std::to_string(T) + " ctx=" + std::to_string(ctx), us, rate(bytes, us));
+                const char* name = form == Form::kOnePass ? "attention one pass" : form == Form::kTwoPasses ? "attention two passes" : "attention split (as chosen)";
+                row(name, "T=" + std::to_string(T) + " ctx=" + std::to_string(ctx), us, rate(bytes, us));
             }
         }
     tuning = defaults;
-    cudaFree(kc), cudaFree(vc), cudaFree(q), cudaFree(out), cudaFree(slots), cudaFree(positions);
+    for (void* p : {(void*)kc, (void*)vc, (void*)q, (void*)out, (void*)slots, (void*)positions}) CUDA_CHECK(cudaFree(p));
 }
 
 // One Mixtral-8x7B-shaped MoE layer (hidden 4096, 8 experts of 14336, top 2, bf16) at 1 to 64

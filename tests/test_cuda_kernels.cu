@@ -733,13 +733,13 @@ TEST(CudaKernels, RopeWritingTheKvCacheEqualsRopeThenTheKvWrite) {
 }
 
 // Several tokens of one sequence in a launch (keys of the same forward), then a decode token each:
-// the one-pass kernel (attention_stream) and the two-pass kernels.
+// the one-pass kernel (attention_one_pass) and the two-pass kernels.
 TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
     REQUIRE_GPU();
     TuningGuard guard;
     for (int64_t window : {0, 4})
         for (bool stream : {true, false}) {
-            tuning.attention_stream = stream;
+            tuning.attention_one_pass = stream;
             const int64_t heads = 8, kv_heads = 2, hd = 64, max_seq = 32, slots = 2, kvw = kv_heads * hd;
             // Prefill: slot 0 gets 9 tokens, slot 1 gets 5; then one decode token each.
             std::vector<int32_t> slot, pos;
@@ -773,7 +773,7 @@ TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
 TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernelAndTwin) {
     REQUIRE_GPU();
     TuningGuard guard;
-    tuning.attention_stream = false;  // the two-pass kernels (the one-pass kernel: the next test)
+    tuning.attention_one_pass = false;  // the two-pass kernels (the one-pass kernel: the next test)
     int sms = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     const int64_t kv_heads = 2, max_seq = 300;
@@ -810,7 +810,7 @@ TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernelAnd
                 }
 }
 
-// The one-pass decode attention (attention_stream; decode_splits = 1 so that few tokens take it
+// The one-pass decode attention (attention_one_pass; decode_splits = 1 so that few tokens take it
 // too): blocks of 1, 2 and 4 query heads (4 where the tokens still give every SM a block; G = 8
 // as two blocks of 4), contexts of one chunk to 175 (past the ring of three a warp),
 // positions on and either side of a chunk's edge, a window. Against the CPU twin; as a decode
@@ -858,7 +858,7 @@ TEST(CudaKernels, DecodeAttentionInOnePassMatchesTwin) {
 
 // Decode tokens over long cached contexts: few (token, head) pairs take the split kernel (the
 // keys over the blocks of a cluster, combined through distributed shared memory), many (40
-// tokens) the one-pass kernel (attention_stream; the two-pass kernels' own test is above). Position 0 leaves all but one block of its cluster without keys;
+// tokens) the one-pass kernel (attention_one_pass; the two-pass kernels' own test is above). Position 0 leaves all but one block of its cluster without keys;
 // the window cuts the visible keys below what the splits cover. As a decode batch, the kernels
 // take their early loads (the cached K and V rows but the token's own, read before the
 // kernel waits): its own row, in the cache as a stale random row until attention() writes it,

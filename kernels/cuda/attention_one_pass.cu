@@ -1,18 +1,12 @@
-// Decode attention for many (token, head) pairs ([backend.tuning] attention_stream): one block for
-// Gb consecutive query heads of a KV head at one token, as attention_heads_kernel (attention.cu),
-// but in one pass. Each warp takes chunks of 4 KB (the K and V rows of 4096 / (4 head_dim) keys:
-// chunks warp, warp + 8, ...) through a ring of kStages chunks of its own in shared memory, by
-// cp.async, so that a block's first kStages chunks a warp arrive in one round trip (the heads
-// kernel's two passes wait on about three dependent rounds of loads each); the warp keeps, per
-// head, a running max, exp-sum and weighted sum of V over its keys, rescaled once a chunk
-// (flash-decoding), and the warps' results meet in shared memory at the end. Each lane copies
-// exactly the 16-byte pieces it later reads, so the ring needs no barrier. Scores are kept in
-// log2 units (q scaled by log2(e) / sqrt(head_dim)) for exp2.
+// Decode attention in one pass ([backend.tuning] attention_one_pass): a block for Gb query heads
+// of a KV head at one token; each warp streams its chunks of K and V rows through its own ring in
+// shared memory (a lane reads only what it copied: no barrier) and keeps each head's running max,
+// exp-sum and weighted V sum, rescaled once a chunk; the warps' results are combined at the end.
 #include <algorithm>
 #include <cmath>
 
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/attention_one_pass.h"
 
 namespace tpx::cuda {
 namespace {
@@ -21,6 +15,7 @@ constexpr int kThreads = 256, kWarps = kThreads / 32;
 constexpr int kChunkBytes = 4096;  // a chunk: K rows, then V rows, of kChunkKeys keys
 constexpr int kStages = 3;         // chunks in flight a warp
 constexpr int kRingBytes = kWarps * kStages * kChunkBytes;
+constexpr int kMaxGb = 4, kMaxHeadDim = 256;
 
 // Lane (sub, part) holds dims [8 part, 8 part + 8) of key sub of each round of kKeys keys; a chunk
 // is kRounds rounds. Its piece u * 32 + lane (16 bytes) of a chunk's K rows is round u's key row
@@ -32,19 +27,19 @@ struct ChunkLanes {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = (threadIdx.x & 31) / kLanes, part = (threadIdx.x & 31) % kLanes;
 };
 
-// Key j of chunk c, round u for this lane.
+// The key (index among the token's visible keys) of chunk c's round u for this lane.
 template <int HD>
 __device__ __forceinline__ int64_t chunk_key(const ChunkLanes<HD>& L, int64_t c, int u) {
     return c * ChunkLanes<HD>::kChunkKeys + L.sub + ChunkLanes<HD>::kKeys * u;
 }
 
 template <int HD, int Gb>
-__global__ void __launch_bounds__(kThreads, 2) attention_stream_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos,
-                                                                       const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out,
-                                                                       bool early) {
-    using L_ = ChunkLanes<HD>;
+__global__ void __launch_bounds__(kThreads, 2)
+    attention_one_pass_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k_cache,
+                              const bf16* v_cache, bf16* out, bool early) {
+    using Lanes = ChunkLanes<HD>;
     extern __shared__ __align__(16) char ring[];  // kWarps x kStages chunks; at the end the warps' results
-    const L_ L;
+    const Lanes L;
     const int64_t t = t0 + blockIdx.x, h0 = (int64_t)blockIdx.y * Gb, kvh = h0 / (s.heads / s.kv_heads);
     const int64_t kv_width = s.kv_heads * HD;
     if (!early) pdl_entry();  // see common.cuh; with early, the cached rows are read before it
@@ -53,7 +48,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_stream_kernel(cpu::Atte
     const int64_t row0 = ((int64_t)slot[t] * s.max_seq + first) * kv_width + kvh * HD + L.part * 8;
     const bf16* kbase = k_cache + row0;
     const bf16* vbase = v_cache + row0;
-    const int64_t chunks = (n + L_::kChunkKeys - 1) / L_::kChunkKeys;
+    const int64_t chunks = (n + Lanes::kChunkKeys - 1) / Lanes::kChunkKeys;
     const int mine = chunks > L.warp ? (int)((chunks - L.warp + kWarps - 1) / kWarps) : 0;
     auto slot_of = [&](int i) { return ring + ((int64_t)L.warp * kStages + i % kStages) * kChunkBytes; };
     // The warp's i-th chunk into its slot; with skip_own, not the token's own row (position p: the
@@ -63,10 +58,10 @@ __global__ void __launch_bounds__(kThreads, 2) attention_stream_kernel(cpu::Atte
         const int64_t c = L.warp + (int64_t)i * kWarps;
         char* to = slot_of(i);
 #pragma unroll
-        for (int r = 0; r < 2 * L_::kRounds; ++r) {
-            const int64_t j = chunk_key(L, c, r % L_::kRounds);
+        for (int r = 0; r < 2 * Lanes::kRounds; ++r) {
+            const int64_t j = chunk_key(L, c, r % Lanes::kRounds);
             if (skip_own && j == n - 1) continue;
-            const bf16* from = (r < L_::kRounds ? kbase : vbase) + min(j, n - 1) * kv_width;
+            const bf16* from = (r < Lanes::kRounds ? kbase : vbase) + min(j, n - 1) * kv_width;
             cp_async16(to + (r * 32 + L.lane) * 16, from, j < n);
         }
     };
@@ -76,14 +71,14 @@ __global__ void __launch_bounds__(kThreads, 2) attention_stream_kernel(cpu::Atte
     }
     if (early) {
         pdl_entry();
-        const int64_t own_chunk = (n - 1) / L_::kChunkKeys;
+        const int64_t own_chunk = (n - 1) / Lanes::kChunkKeys;
         const int own_i = (int)(own_chunk / kWarps);
         if (own_chunk % kWarps == L.warp && own_i < kStages)
 #pragma unroll
-            for (int r = 0; r < 2 * L_::kRounds; ++r)
-                if (chunk_key(L, own_chunk, r % L_::kRounds) == n - 1)
+            for (int r = 0; r < 2 * Lanes::kRounds; ++r)
+                if (chunk_key(L, own_chunk, r % Lanes::kRounds) == n - 1)
                     *reinterpret_cast<uint4*>(slot_of(own_i) + (r * 32 + L.lane) * 16) =
-                        *reinterpret_cast<const uint4*>((r < L_::kRounds ? kbase : vbase) + (n - 1) * kv_width);
+                        *reinterpret_cast<const uint4*>((r < Lanes::kRounds ? kbase : vbase) + (n - 1) * kv_width);
     }
     float qf[Gb][8];
     const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) / sqrt(HD)
@@ -104,9 +99,9 @@ __global__ void __launch_bounds__(kThreads, 2) attention_stream_kernel(cpu::Atte
         cp_async_wait<kStages - 1>();
         const int64_t c = L.warp + (int64_t)i * kWarps;
         const char* from = slot_of(i);
-        float sc[Gb][L_::kRounds];
+        float sc[Gb][Lanes::kRounds];
 #pragma unroll
-        for (int u = 0; u < L_::kRounds; ++u) {
+        for (int u = 0; u < Lanes::kRounds; ++u) {
             float kf[8];
             unpack8(*reinterpret_cast<const uint4*>(from + (u * 32 + L.lane) * 16), kf);
             const bool in = chunk_key(L, c, u) < n;
@@ -116,7 +111,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_stream_kernel(cpu::Atte
 #pragma unroll
                 for (int e = 0; e < 8; ++e) d += qf[g][e] * kf[e];
 #pragma unroll
-                for (int o = L_::kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                for (int o = Lanes::kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
                 sc[g][u] = in ? d : -INFINITY;
             }
         }
@@ -124,22 +119,22 @@ __global__ void __launch_bounds__(kThreads, 2) attention_stream_kernel(cpu::Atte
         for (int g = 0; g < Gb; ++g) {
             float cm = sc[g][0];
 #pragma unroll
-            for (int u = 1; u < L_::kRounds; ++u) cm = fmaxf(cm, sc[g][u]);
+            for (int u = 1; u < Lanes::kRounds; ++u) cm = fmaxf(cm, sc[g][u]);
 #pragma unroll
-            for (int o = 16; o >= L_::kLanes; o >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, o));
+            for (int o = 16; o >= Lanes::kLanes; o >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, o));
             const float mn = fmaxf(m[g], cm);  // finite: the chunk's first key is visible
             const float corr = exp2f(m[g] - mn);
             m[g] = mn, l[g] *= corr;
 #pragma unroll
             for (int e = 0; e < 8; ++e) acc[g][e] *= corr;
 #pragma unroll
-            for (int u = 0; u < L_::kRounds; ++u) {
+            for (int u = 0; u < Lanes::kRounds; ++u) {
                 sc[g][u] = exp2f(sc[g][u] - mn);  // 0 past n
                 l[g] += sc[g][u];
             }
         }
 #pragma unroll
-        for (int u = 0; u < L_::kRounds; ++u) {
+        for (int u = 0; u < Lanes::kRounds; ++u) {
             float vf[8];
             unpack8(*reinterpret_cast<const uint4*>(from + kChunkBytes / 2 + (u * 32 + L.lane) * 16), vf);  // zeros past n
 #pragma unroll
@@ -156,7 +151,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_stream_kernel(cpu::Atte
 #pragma unroll
     for (int g = 0; g < Gb; ++g)
 #pragma unroll
-        for (int o = 16; o >= L_::kLanes; o >>= 1) {
+        for (int o = 16; o >= Lanes::kLanes; o >>= 1) {
             l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
 #pragma unroll
             for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
@@ -187,11 +182,12 @@ __global__ void __launch_bounds__(kThreads, 2) attention_stream_kernel(cpu::Atte
     }
 }
 
-static_assert(kWarps * 4 * 256 * 4 + kWarps * 4 * 2 * 4 <= kRingBytes, "the warps' results fit in the ring (Gb 4, head_dim 256)");
+static_assert((kWarps * kMaxGb * kMaxHeadDim + kWarps * kMaxGb * 2) * (int)sizeof(float) <= kRingBytes,
+              "the warps' results (sums, max and exp-sum a head) fit in the ring");
 
 template <int HD, int Gb>
-void launch_stream(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
-    const auto kernel = attention_stream_kernel<HD, Gb>;
+void launch_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
+    const auto kernel = attention_one_pass_kernel<HD, Gb>;
     static const bool raised = [&] {  // once a process (and instance): one device each
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kRingBytes));
         return true;
@@ -204,29 +200,29 @@ void launch_stream(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, c
 }
 
 template <int HD>
-void launch_stream(int64_t Gb, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
-    if (Gb == 4) launch_stream<HD, 4>(a, t0, t1, early, at);
-    else if (Gb == 2) launch_stream<HD, 2>(a, t0, t1, early, at);
-    else launch_stream<HD, 1>(a, t0, t1, early, at);
+void launch_one_pass_of(int64_t Gb, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
+    if (Gb == 4) launch_one_pass<HD, 4>(a, t0, t1, early, at);
+    else if (Gb == 2) launch_one_pass<HD, 2>(a, t0, t1, early, at);
+    else launch_one_pass<HD, 1>(a, t0, t1, early, at);
 }
 
 }  // namespace
 
-bool attention_stream(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, Launch at) {
+bool try_attention_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, Launch at) {
     const cpu::AttentionShape& s = a.shape;
     const int64_t hd = s.head_dim, G = s.heads / s.kv_heads, tokens = t1 - t0;
-    if (!at.config->attention_stream || (hd != 64 && hd != 128 && hd != 256) || tokens <= 0) return false;
-    // The most query heads a block (4, 2 or 1, dividing G) that still give every SM a block;
+    if (!at.config->attention_one_pass || (hd != 64 && hd != 128 && hd != 256) || tokens <= 0) return false;
+    // The most query heads a block (kMaxGb, 2 or 1, dividing G) that still give every SM a block;
     // one (a block a query head) with attention_gqa = false.
     int64_t Gb = 1;
-    for (int64_t c : {4, 2})
+    for (int64_t c : {(int64_t)kMaxGb, (int64_t)2})
         if (at.config->attention_gqa && G % c == 0 && tokens * (s.heads / c) >= sm_count()) {
             Gb = c;
             break;
         }
-    if (hd == 64) launch_stream<64>(Gb, a, t0, t1, early, at);
-    else if (hd == 128) launch_stream<128>(Gb, a, t0, t1, early, at);
-    else launch_stream<256>(Gb, a, t0, t1, early, at);
+    if (hd == 64) launch_one_pass_of<64>(Gb, a, t0, t1, early, at);
+    else if (hd == 128) launch_one_pass_of<128>(Gb, a, t0, t1, early, at);
+    else launch_one_pass_of<256>(Gb, a, t0, t1, early, at);
     return true;
 }
 
