@@ -8,6 +8,7 @@
 //   tpx-kbench --gemm    the prefill GEMMs: cublasGemmEx against every cuBLASLt heuristic's algorithm
 //   tpx-kbench --layer TP one decoder layer with one rank's shapes at tensor parallelism TP
 //   tpx-kbench --flash   prefill attention alone, 128 to 8192 tokens: the default, flash_tile "1x64", flash_short_max 0
+//   tpx-kbench --decode-attention  decode attention at 1, 8 and 64 tokens, contexts 128 to 4096: one pass against two
 //   tpx-kbench --gemv-grid  the decode GEMV at 1 and 8 tokens, K = 4096, N from half a wave of 32-row tiles to seven
 //   tpx-kbench --moe     a Mixtral-shaped MoE layer at 1 to 64 tokens, dense against sparse
 //   tpx-kbench --quant   the quantized GEMVs (FP8, GPTQ int4) on the 8B's linears, and their dequantization;
@@ -559,6 +560,48 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
     cudaFree(kc), cudaFree(vc);
 }
 
+// Decode attention alone, Llama-3-8B's heads (32 query, 8 KV, head_dim 128), as a decode batch
+// (each token its own slot, at position ctx - 1): 1, 8 and 64 tokens over contexts of 128 to
+// 4096, the one-pass kernel (attention_one_pass) against the two-pass kernels, both without the
+// split kernel (decode_splits = 1), and at one token the split kernel as the step chooses it.
+// Bytes: the K and V rows the tokens see, over the time.
+void decode_attention_sweep(cudaStream_t st) {
+    const int64_t heads = 32, kvh = 8, hd = 128, kvw = kvh * hd, max_seq = 4096, max_tokens = 64;
+    bf16* kc = device_alloc<bf16>(max_tokens * max_seq * kvw);
+    bf16* vc = device_alloc<bf16>(max_tokens * max_seq * kvw);
+    bf16* q = device_alloc<bf16>(max_tokens * heads * hd);
+    bf16* out = device_alloc<bf16>(max_tokens * heads * hd, false);
+    int32_t *slots = nullptr, *positions = nullptr;
+    CUDA_CHECK(cudaMalloc(&slots, max_tokens * sizeof(int32_t)));
+    CUDA_CHECK(cudaMalloc(&positions, max_tokens * sizeof(int32_t)));
+    const KernelConfig defaults = tuning;
+    for (int64_t T : {1, 8, 64})
+        for (int64_t ctx : {128, 228, 1024, 4096}) {
+            std::vector<int32_t> slot(T), pos(T, (int32_t)(ctx - 1));
+            for (int64_t t = 0; t < T; ++t) slot[t] = (int32_t)t;
+            CUDA_CHECK(cudaMemcpy(slots, slot.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice));
+            CUDA_CHECK(cudaMemcpy(positions, pos.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice));
+            cpu::AttentionShape s{T, heads, kvh, hd, max_seq, 0};
+            const double bytes = 2.0 * T * ctx * kvw * 2;
+            enum class Form { kOnePass, kTwoPasses, kSplit };  // the last: as the step chooses (the split kernel at few tokens)
+            for (Form form : {Form::kOnePass, Form::kTwoPasses, Form::kSplit}) {
+                if (form == Form::kSplit && T > 1) continue;
+                tuning = defaults;
+                tuning.attention_one_pass = form == Form::kOnePass;
+                if (form != Form::kSplit) tuning.decode_splits = 1;
+                const double us = time_graph(st, [&](int) {
+                    cuda::AttentionArgs a{s, slots, positions, q, nullptr, nullptr, kc, vc, out};
+                    a.decode = true;
+                    cuda::attention(a, on(st));
+                });
+                const char* name = form == Form::kOnePass ? "attention one pass" : form == Form::kTwoPasses ? "attention two passes" : "attention split (as chosen)";
+                row(name, "T=" + std::to_string(T) + " ctx=" + std::to_string(ctx), us, rate(bytes, us));
+            }
+        }
+    tuning = defaults;
+    for (void* p : {(void*)kc, (void*)vc, (void*)q, (void*)out, (void*)slots, (void*)positions}) CUDA_CHECK(cudaFree(p));
+}
+
 // One Mixtral-8x7B-shaped MoE layer (hidden 4096, 8 experts of 14336, top 2, bf16) at 1 to 64
 // tokens: the executor's dense form (every expert by cuBLAS over every token) against the
 // sparse kernels (moe.cu), each with its routing, inside a CUDA graph. Bytes: the experts the
@@ -1051,6 +1094,10 @@ int main(int argc, char** argv) {
     }
     if (argc > 1 && std::strcmp(argv[1], "--gemv-grid") == 0) {
         gemv_grid_sweep(h, st);
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--decode-attention") == 0) {
+        decode_attention_sweep(st);
         return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--flash") == 0) {

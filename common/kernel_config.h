@@ -20,6 +20,8 @@ struct KernelConfig {
     bool attention_early = true;       // decode attention loads cached K and V before the PDL wait
     int decode_splits = 4;             // most blocks a decode (token, head) pair's keys go over: 1, 2, 4 or 8
     bool attention_gqa = true;         // one block for a KV head's query heads at large decode batches
+    bool attention_one_pass = true;      // tokens the split kernel leaves: one pass, K and V streamed through shared memory
+                                       // (false: attention_heads_kernel's two passes)
     std::string flash_tile = "2x64";   // prefill flash attention's row tiles a warp: "2x64" or "1x64"
     int64_t flash_short_max = 256;     // tokens: segments up to this take 32-row blocks; 0 = never
     bool gemm_tune = true;             // GEMMs' (9 rows or more) algorithm chosen by timing (cuda::GemmTuner)

@@ -101,6 +101,7 @@ std::string emit_job_toml(const Job& job) {
     kv("attention_early", fmt(k.attention_early));
     kv("decode_splits", fmt<int64_t>(k.decode_splits));
     kv("attention_gqa", fmt(k.attention_gqa));
+    kv("attention_one_pass", fmt(k.attention_one_pass));
     kv("flash_tile", fmt(k.flash_tile));
     kv("flash_short_max", fmt<int64_t>(k.flash_short_max));
     kv("gemm_tune", fmt(k.gemm_tune));

@@ -26,6 +26,12 @@ namespace {
 KernelConfig tuning;
 cuda::Launch on(cudaStream_t stream) { return cuda::Launch(stream, tuning); }
 
+// Restores the settings a test changed, however it ends.
+struct TuningGuard {
+    KernelConfig saved = tuning;
+    ~TuningGuard() { tuning = saved; }
+};
+
 // The plain GEMV's warps per row for the launches that follow (0: chosen by K, the default).
 void use_gemv_splitk(int ks) { tuning.gemv_splitk = ks; }
 
@@ -726,44 +732,52 @@ TEST(CudaKernels, RopeWritingTheKvCacheEqualsRopeThenTheKvWrite) {
     }
 }
 
+// Several tokens of one sequence in a launch (keys of the same forward), then a decode token each:
+// the one-pass kernel (attention_one_pass) and the two-pass kernels.
 TEST(CudaKernels, AttentionPrefillThenDecodeWithAndWithoutWindow) {
     REQUIRE_GPU();
-    for (int64_t window : {0, 4}) {
-        const int64_t heads = 8, kv_heads = 2, hd = 64, max_seq = 32, slots = 2, kvw = kv_heads * hd;
-        // Prefill: slot 0 gets 9 tokens, slot 1 gets 5; then one decode token each.
-        std::vector<int32_t> slot, pos;
-        for (int i = 0; i < 9; ++i) slot.push_back(0), pos.push_back(i);
-        for (int i = 0; i < 5; ++i) slot.push_back(1), pos.push_back(i);
-        std::vector<float> k_cache(slots * max_seq * kvw, 0.0f), v_cache = k_cache;
-        std::unique_ptr<Device<bf16>> dkc(upload(k_cache)), dvc(upload(v_cache));
-        for (int step = 0; step < 2; ++step) {
-            int64_t T = (int64_t)slot.size();
-            auto q = random_bf16(T * heads * hd), k = random_bf16(T * kvw), v = random_bf16(T * kvw);
-            std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k)), dv(upload(v)), dout(poisoned(T * heads * hd));
-            std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
-            cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
-            cuda::attention({s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p}, on(nullptr));
-            std::vector<float> ref(T * heads * hd);
-            cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), k_cache.data(), v_cache.data(), ref.data());
-            expect_close(download(*dout), ref, window ? "attention (window 4)" : "attention");
-            slot = {0, 1};
-            pos = {9, 5};
+    TuningGuard guard;
+    for (int64_t window : {0, 4})
+        for (bool stream : {true, false}) {
+            tuning.attention_one_pass = stream;
+            const int64_t heads = 8, kv_heads = 2, hd = 64, max_seq = 32, slots = 2, kvw = kv_heads * hd;
+            // Prefill: slot 0 gets 9 tokens, slot 1 gets 5; then one decode token each.
+            std::vector<int32_t> slot, pos;
+            for (int i = 0; i < 9; ++i) slot.push_back(0), pos.push_back(i);
+            for (int i = 0; i < 5; ++i) slot.push_back(1), pos.push_back(i);
+            std::vector<float> k_cache(slots * max_seq * kvw, 0.0f), v_cache = k_cache;
+            std::unique_ptr<Device<bf16>> dkc(upload(k_cache)), dvc(upload(v_cache));
+            for (int step = 0; step < 2; ++step) {
+                int64_t T = (int64_t)slot.size();
+                auto q = random_bf16(T * heads * hd), k = random_bf16(T * kvw), v = random_bf16(T * kvw);
+                std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k)), dv(upload(v)), dout(poisoned(T * heads * hd));
+                std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
+                cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
+                cuda::attention({s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p}, on(nullptr));
+                std::vector<float> ref(T * heads * hd);
+                cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), k_cache.data(), v_cache.data(), ref.data());
+                expect_close(download(*dout), ref, std::string(window ? "attention (window 4)" : "attention") + (stream ? ", one pass" : ", two passes"));
+                slot = {0, 1};
+                pos = {9, 5};
+            }
         }
-    }
 }
 
 // Decode tokens: with as many (token, KV head) pairs as SMs, one block for the G query heads of
 // a KV head (GQA), bit for bit the per-head kernel (attention_gqa = false; as many (token, head)
 // pairs, so no split either); fewer tokens take the per-head kernel, or the split kernel for few
-// pairs (2 and 8 tokens). Against the CPU twin, and as a decode batch (AttentionArgs::decode),
+// pairs (2 and 8 tokens); head_dim 256 has no GQA form (the per-head kernel throughout). Against
+// the CPU twin, and as a decode batch (AttentionArgs::decode),
 // where the cached rows but the token's own are loaded before the kernel waits, bit for bit the same: the token's own row, a stale random row in the cache until attention() writes
 // it, must come in after the write. Position 0 leaves all but one block of a cluster without keys.
 TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernelAndTwin) {
     REQUIRE_GPU();
+    TuningGuard guard;
+    tuning.attention_one_pass = false;  // the two-pass kernels (the one-pass kernel: the next test)
     int sms = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     const int64_t kv_heads = 2, max_seq = 300;
-    for (int64_t hd : {64, 128})
+    for (int64_t hd : {64, 128, 256})
         for (int64_t G : {2, 4, 8})
             for (int64_t window : {0, 50})
                 for (int64_t T : {(int64_t)sms / 2 + 8, (int64_t)2, (int64_t)8, (int64_t)sms / 3}) {
@@ -796,9 +810,55 @@ TEST(CudaKernels, DecodeAttentionForAKvHeadsQueryGroupMatchesThePerHeadKernelAnd
                 }
 }
 
+// The one-pass decode attention (attention_one_pass; decode_splits = 1 so that few tokens take it
+// too): blocks of 1, 2 and 4 query heads (4 where the tokens still give every SM a block; G = 8
+// as two blocks of 4), contexts of one chunk to 175 (past the ring of three a warp),
+// positions on and either side of a chunk's edge, a window. Against the CPU twin; as a decode
+// batch (the cached rows but each token's own copied before the wait, its own row after: a stale
+// random row in the cache until attention() writes it) bit for bit the same.
+TEST(CudaKernels, DecodeAttentionInOnePassMatchesTwin) {
+    REQUIRE_GPU();
+    int sms = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    TuningGuard guard;
+    tuning.decode_splits = 1;
+    const int64_t kv_heads = 2, max_seq = 700;
+    for (int64_t hd : {64, 128, 256})
+        for (int64_t G : {1, 2, 4, 8})
+            for (int64_t window : {0, 300})
+                for (int64_t T : {(int64_t)2, (int64_t)40, (int64_t)sms / 2 + 8}) {
+                    if (window && hd != 128) continue;
+                    const int64_t heads = kv_heads * G, kvw = kv_heads * hd;
+                    const std::string what = "hd " + std::to_string(hd) + " G " + std::to_string(G) + " window " + std::to_string(window) +
+                                             ", " + std::to_string(T) + " tokens";
+                    const int32_t edges[] = {0, 37, 7, 8, 15, 16, (int32_t)max_seq - 1, 63};
+                    std::vector<int32_t> slot, pos;
+                    for (int64_t t = 0; t < T; ++t)
+                        slot.push_back((int32_t)t), pos.push_back(t < 8 ? edges[t] : (int32_t)((t * 97 + 11) % max_seq));
+                    const std::vector<float> k_cache0 = random_bf16(T * max_seq * kvw), v_cache0 = random_bf16(T * max_seq * kvw);
+                    auto q = random_bf16(T * heads * hd), k = random_bf16(T * kvw), v = random_bf16(T * kvw);
+                    std::unique_ptr<Device<bf16>> dq(upload(q)), dk(upload(k)), dv(upload(v));
+                    std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
+                    std::vector<std::vector<float>> outs;
+                    for (bool decode : {false, true}) {
+                        std::unique_ptr<Device<bf16>> dkc(upload(k_cache0)), dvc(upload(v_cache0)), dout(poisoned(T * heads * hd));
+                        cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
+                        cuda::AttentionArgs aa{s, ds->p, dp->p, dq->p, dk->p, dv->p, dkc->p, dvc->p, dout->p};
+                        aa.decode = decode;
+                        cuda::attention(aa, on(nullptr));
+                        outs.push_back(download(*dout));
+                    }
+                    std::vector<float> kc = k_cache0, vc = v_cache0, ref(T * heads * hd);
+                    cpu::AttentionShape s{T, heads, kv_heads, hd, max_seq, window};
+                    cpu::attention(s, slot.data(), pos.data(), q.data(), k.data(), v.data(), kc.data(), vc.data(), ref.data());
+                    expect_close(outs[0], ref, "one-pass decode attention, " + what);
+                    EXPECT_EQ(outs[0], outs[1]) << "one-pass decode attention with the early loads, " << what;
+                }
+}
+
 // Decode tokens over long cached contexts: few (token, head) pairs take the split kernel (the
-// keys over the blocks of a cluster, combined through distributed shared memory), many the
-// one-block-per-pair kernel. Position 0 leaves all but one block of its cluster without keys;
+// keys over the blocks of a cluster, combined through distributed shared memory), many (40
+// tokens) the one-pass kernel (attention_one_pass; the two-pass kernels' own test is above). Position 0 leaves all but one block of its cluster without keys;
 // the window cuts the visible keys below what the splits cover. As a decode batch, the kernels
 // take their early loads (the cached K and V rows but the token's own, read before the
 // kernel waits): its own row, in the cache as a stale random row until attention() writes it,

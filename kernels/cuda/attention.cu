@@ -5,7 +5,8 @@
 // query head): scores for the visible positions into shared memory (fp32), a block-wide
 // softmax, the weighted sum of V. Its vector form (head_dim 64, 128 or 256) reads K and V rows
 // in 16-byte pieces, several keys in flight per warp; other head sizes take the scalar form;
-// few pairs split their keys over a cluster's blocks, many share a KV head's block (GQA).
+// few pairs split their keys over a cluster's blocks, many share a KV head's block (GQA); with
+// [backend.tuning] attention_one_pass those many take the one-pass kernel of attention_one_pass.cu.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -15,6 +16,7 @@
 #include <cooperative_groups.h>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/attention_one_pass.h"
 
 namespace tpx::cuda {
 namespace {
@@ -465,6 +467,7 @@ void attention_tokens(const AttentionArgs& a, int64_t t0, int64_t t1, Launch at)
         else go(attention_split_kernel<256>);
         return;
     }
+    if (try_attention_one_pass(a, t0, t1, early, at)) return;
     // attention_heads_kernel's shared memory for G heads: partial sums, then scores.
     auto heads_smem = [&](int64_t G) { return (size_t)(kWarps * G * s.head_dim + G * visible) * sizeof(float); };
     auto heads_kernel = [&](auto kernel, int64_t G) {

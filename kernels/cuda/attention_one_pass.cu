@@ -1,0 +1,229 @@
+// Decode attention in one pass ([backend.tuning] attention_one_pass): a block for Gb query heads
+// of a KV head at one token; each warp streams its chunks of K and V rows through its own ring in
+// shared memory (a lane reads only what it copied: no barrier) and keeps each head's running max,
+// exp-sum and weighted V sum, rescaled once a chunk; the warps' results are combined at the end.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/attention_one_pass.h"
+
+namespace tpx::cuda {
+namespace {
+
+constexpr int kThreads = 256, kWarps = kThreads / 32;
+constexpr int kChunkBytes = 4096;  // a chunk: K rows, then V rows, of kChunkKeys keys
+constexpr int kStages = 3;         // chunks in flight a warp
+constexpr int kRingBytes = kWarps * kStages * kChunkBytes;
+constexpr int kMaxGb = 4, kMaxHeadDim = 256;
+
+// Lane (sub, part) holds dims [8 part, 8 part + 8) of key sub of each round of kKeys keys; a chunk
+// is kRounds rounds. Its piece u * 32 + lane (16 bytes) of a chunk's K rows is round u's key row
+// at those dims, and so of V's: the lane's copies are its reads.
+template <int HD>
+struct ChunkLanes {
+    static constexpr int kLanes = HD / 8, kKeys = 32 / kLanes, kChunkKeys = kChunkBytes / (4 * HD), kRounds = kChunkKeys / kKeys;
+    static_assert(kRounds == 4 && kKeys * kLanes == 32, "a chunk is 4 rounds of a warp's keys");
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = (threadIdx.x & 31) / kLanes, part = (threadIdx.x & 31) % kLanes;
+};
+
+// The key (index among the token's visible keys) of chunk c's round u for this lane.
+template <int HD>
+__device__ __forceinline__ int64_t chunk_key(const ChunkLanes<HD>& L, int64_t c, int u) {
+    return c * ChunkLanes<HD>::kChunkKeys + L.sub + ChunkLanes<HD>::kKeys * u;
+}
+
+template <int HD, int Gb>
+__global__ void __launch_bounds__(kThreads, 2)
+    attention_one_pass_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k_cache,
+                              const bf16* v_cache, bf16* out, bool early) {
+    using Lanes = ChunkLanes<HD>;
+    extern __shared__ __align__(16) char ring[];  // kWarps x kStages chunks; at the end the warps' results
+    const Lanes L;
+    const int64_t t = t0 + blockIdx.x, h0 = (int64_t)blockIdx.y * Gb, kvh = h0 / (s.heads / s.kv_heads);
+    const int64_t kv_width = s.kv_heads * HD;
+    if (!early) pdl_entry();  // see common.cuh; with early, the cached rows are read before it
+    const int64_t p = pos[t];
+    const int64_t first = s.sliding_window > 0 && p - s.sliding_window + 1 > 0 ? p - s.sliding_window + 1 : 0, n = p - first + 1;
+    const int64_t row0 = ((int64_t)slot[t] * s.max_seq + first) * kv_width + kvh * HD + L.part * 8;
+    const bf16* kbase = k_cache + row0;
+    const bf16* vbase = v_cache + row0;
+    const int64_t chunks = (n + Lanes::kChunkKeys - 1) / Lanes::kChunkKeys;
+    const int mine = chunks > L.warp ? (int)((chunks - L.warp + kWarps - 1) / kWarps) : 0;
+    auto slot_of = [&](int i) { return ring + ((int64_t)L.warp * kStages + i % kStages) * kChunkBytes; };
+    // The warp's i-th chunk into its slot; with skip_own, not the token's own row (position p: the
+    // kernel before writes it), which comes in after the wait.
+    auto copy = [&](int i, bool skip_own) {
+        if (i >= mine) return;
+        const int64_t c = L.warp + (int64_t)i * kWarps;
+        char* to = slot_of(i);
+#pragma unroll
+        for (int r = 0; r < 2 * Lanes::kRounds; ++r) {
+            const int64_t j = chunk_key(L, c, r % Lanes::kRounds);
+            if (skip_own && j == n - 1) continue;
+            const bf16* from = (r < Lanes::kRounds ? kbase : vbase) + min(j, n - 1) * kv_width;
+            cp_async16(to + (r * 32 + L.lane) * 16, from, j < n);
+        }
+    };
+    for (int i = 0; i < kStages; ++i) {
+        copy(i, early);
+        cp_async_commit();
+    }
+    if (early) {
+        pdl_entry();
+        const int64_t own_chunk = (n - 1) / Lanes::kChunkKeys;
+        const int own_i = (int)(own_chunk / kWarps);
+        if (own_chunk % kWarps == L.warp && own_i < kStages)
+#pragma unroll
+            for (int r = 0; r < 2 * Lanes::kRounds; ++r)
+                if (chunk_key(L, own_chunk, r % Lanes::kRounds) == n - 1)
+                    *reinterpret_cast<uint4*>(slot_of(own_i) + (r * 32 + L.lane) * 16) =
+                        *reinterpret_cast<const uint4*>((r < Lanes::kRounds ? kbase : vbase) + (n - 1) * kv_width);
+    }
+    float qf[Gb][8];
+    const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) / sqrt(HD)
+#pragma unroll
+    for (int g = 0; g < Gb; ++g) {
+        unpack8(*reinterpret_cast<const uint4*>(q + (t * s.heads + h0 + g) * HD + L.part * 8), qf[g]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qf[g][i] *= scale;
+    }
+    float m[Gb], l[Gb], acc[Gb][8];
+#pragma unroll
+    for (int g = 0; g < Gb; ++g) {
+        m[g] = -INFINITY, l[g] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+    }
+    for (int i = 0; i < mine; ++i) {
+        cp_async_wait<kStages - 1>();
+        const int64_t c = L.warp + (int64_t)i * kWarps;
+        const char* from = slot_of(i);
+        float sc[Gb][Lanes::kRounds];
+#pragma unroll
+        for (int u = 0; u < Lanes::kRounds; ++u) {
+            float kf[8];
+            unpack8(*reinterpret_cast<const uint4*>(from + (u * 32 + L.lane) * 16), kf);
+            const bool in = chunk_key(L, c, u) < n;
+#pragma unroll
+            for (int g = 0; g < Gb; ++g) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) d += qf[g][e] * kf[e];
+#pragma unroll
+                for (int o = Lanes::kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                sc[g][u] = in ? d : -INFINITY;
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < Gb; ++g) {
+            float cm = sc[g][0];
+#pragma unroll
+            for (int u = 1; u < Lanes::kRounds; ++u) cm = fmaxf(cm, sc[g][u]);
+#pragma unroll
+            for (int o = 16; o >= Lanes::kLanes; o >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, o));
+            const float mn = fmaxf(m[g], cm);  // finite: the chunk's first key is visible
+            const float corr = exp2f(m[g] - mn);
+            m[g] = mn, l[g] *= corr;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[g][e] *= corr;
+#pragma unroll
+            for (int u = 0; u < Lanes::kRounds; ++u) {
+                sc[g][u] = exp2f(sc[g][u] - mn);  // 0 past n
+                l[g] += sc[g][u];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < Lanes::kRounds; ++u) {
+            float vf[8];
+            unpack8(*reinterpret_cast<const uint4*>(from + kChunkBytes / 2 + (u * 32 + L.lane) * 16), vf);  // zeros past n
+#pragma unroll
+            for (int g = 0; g < Gb; ++g)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[g][e] += sc[g][u] * vf[e];
+        }
+        __syncwarp();  // the slot's reads before the copy into it (the same lanes: keeps the compiler's order)
+        copy(i + kStages, false);
+        cp_async_commit();
+    }
+    cp_async_wait_all();
+    // The lanes of a warp's rounds' keys (sub) added: m is the warp's already.
+#pragma unroll
+    for (int g = 0; g < Gb; ++g)
+#pragma unroll
+        for (int o = 16; o >= Lanes::kLanes; o >>= 1) {
+            l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+        }
+    __syncthreads();  // every warp past its ring: the results take its place
+    float* part_acc = reinterpret_cast<float*>(ring);    // [kWarps][Gb][HD]
+    float* part_ml = part_acc + kWarps * Gb * HD;         // [kWarps][Gb][2]: max, exp-sum
+    if (L.sub == 0)
+#pragma unroll
+        for (int g = 0; g < Gb; ++g)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) part_acc[(L.warp * Gb + g) * HD + L.part * 8 + e] = acc[g][e];
+    if (L.lane == 0)
+#pragma unroll
+        for (int g = 0; g < Gb; ++g) part_ml[(L.warp * Gb + g) * 2] = m[g], part_ml[(L.warp * Gb + g) * 2 + 1] = l[g];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < Gb * HD; idx += kThreads) {
+        const int g = idx / HD, e = idx % HD;
+        float mx = -INFINITY;
+        for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part_ml[(w * Gb + g) * 2]);
+        float o = 0.0f, sum = 0.0f;
+        for (int w = 0; w < kWarps; ++w) {
+            const float f = exp2f(part_ml[(w * Gb + g) * 2] - mx);  // 0 for a warp without keys
+            o += f * part_acc[(w * Gb + g) * HD + e];
+            sum += f * part_ml[(w * Gb + g) * 2 + 1];
+        }
+        out[(t * s.heads + h0 + g) * HD + e] = __float2bfloat16(o / sum);
+    }
+}
+
+static_assert((kWarps * kMaxGb * kMaxHeadDim + kWarps * kMaxGb * 2) * (int)sizeof(float) <= kRingBytes,
+              "the warps' results (sums, max and exp-sum a head) fit in the ring");
+
+template <int HD, int Gb>
+void launch_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
+    const auto kernel = attention_one_pass_kernel<HD, Gb>;
+    static const bool raised = [&] {  // once a process (and instance): one device each
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kRingBytes));
+        return true;
+    }();
+    (void)raised;
+    const cpu::AttentionShape& s = a.shape;
+    launch(kernel, dim3((unsigned)(t1 - t0), (unsigned)(s.heads / Gb)), kThreads, kRingBytes, at, s, t0, a.slot, a.pos, a.q, a.k_cache,
+           a.v_cache, a.out, early);
+    TPX_LAUNCH_CHECK();
+}
+
+template <int HD>
+void launch_one_pass_of(int64_t Gb, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
+    if (Gb == 4) launch_one_pass<HD, 4>(a, t0, t1, early, at);
+    else if (Gb == 2) launch_one_pass<HD, 2>(a, t0, t1, early, at);
+    else launch_one_pass<HD, 1>(a, t0, t1, early, at);
+}
+
+}  // namespace
+
+bool try_attention_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, Launch at) {
+    const cpu::AttentionShape& s = a.shape;
+    const int64_t hd = s.head_dim, G = s.heads / s.kv_heads, tokens = t1 - t0;
+    if (!at.config->attention_one_pass || (hd != 64 && hd != 128 && hd != 256) || tokens <= 0) return false;
+    // The most query heads a block (kMaxGb, 2 or 1, dividing G) that still give every SM a block;
+    // one (a block a query head) with attention_gqa = false.
+    int64_t Gb = 1;
+    for (int64_t c : {(int64_t)kMaxGb, (int64_t)2})
+        if (at.config->attention_gqa && G % c == 0 && tokens * (s.heads / c) >= sm_count()) {
+            Gb = c;
+            break;
+        }
+    if (hd == 64) launch_one_pass_of<64>(Gb, a, t0, t1, early, at);
+    else if (hd == 128) launch_one_pass_of<128>(Gb, a, t0, t1, early, at);
+    else launch_one_pass_of<256>(Gb, a, t0, t1, early, at);
+    return true;
+}
+
+}  // namespace tpx::cuda

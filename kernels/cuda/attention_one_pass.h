@@ -1,0 +1,15 @@
+// Decode attention in one pass for many (token, head) pairs (attention_one_pass.cu), which
+// attention() runs for the tokens its split kernel does not take.
+#pragma once
+
+#include "kernels/cuda/ops.h"
+
+namespace tpx::cuda {
+
+// Tokens [t0, t1) of `a` (keys already in the caches) through the one-pass kernel, where
+// [backend.tuning] attention_one_pass is on and head_dim is 64, 128 or 256; false (nothing
+// launched) otherwise. early: the cached rows but each token's own are read before the wait for
+// the kernel before (every token alone in its sequence: AttentionArgs::decode).
+bool try_attention_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, Launch at);
+
+}  // namespace tpx::cuda
