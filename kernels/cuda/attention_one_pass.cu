@@ -33,6 +33,111 @@ __device__ __forceinline__ int64_t chunk_key(const ChunkLanes<HD>& L, int64_t c,
     return c * ChunkLanes<HD>::kChunkKeys + L.sub + ChunkLanes<HD>::kKeys * u;
 }
 
+// Each head's running max (log2 units), exp-sum and weighted V sum over the warp's keys so far
+// (a lane: its round's keys at its 8 dims).
+template <int Gb>
+struct Running {
+    float m[Gb], l[Gb], acc[Gb][8];
+    __device__ Running() {
+#pragma unroll
+        for (int g = 0; g < Gb; ++g) {
+            m[g] = -INFINITY, l[g] = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+        }
+    }
+};
+
+// Chunk c (in the slot at `from`) into r: its scores, one rescale a head, the weighted V rows.
+template <int HD, int Gb>
+__device__ __forceinline__ void add_chunk(const ChunkLanes<HD>& L, const char* from, int64_t c, int64_t n, const float (&qf)[Gb][8],
+                                          Running<Gb>& r) {
+    using Lanes = ChunkLanes<HD>;
+    float sc[Gb][Lanes::kRounds];
+#pragma unroll
+    for (int u = 0; u < Lanes::kRounds; ++u) {
+        float kf[8];
+        unpack8(*reinterpret_cast<const uint4*>(from + (u * 32 + L.lane) * 16), kf);
+        const bool in = chunk_key(L, c, u) < n;
+#pragma unroll
+        for (int g = 0; g < Gb; ++g) {
+            float d = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) d += qf[g][e] * kf[e];
+#pragma unroll
+            for (int o = Lanes::kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            sc[g][u] = in ? d : -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < Gb; ++g) {
+        float cm = sc[g][0];
+#pragma unroll
+        for (int u = 1; u < Lanes::kRounds; ++u) cm = fmaxf(cm, sc[g][u]);
+#pragma unroll
+        for (int o = 16; o >= Lanes::kLanes; o >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, o));
+        const float mn = fmaxf(r.m[g], cm);  // finite: the chunk's first key is visible
+        const float corr = exp2f(r.m[g] - mn);
+        r.m[g] = mn, r.l[g] *= corr;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) r.acc[g][e] *= corr;
+#pragma unroll
+        for (int u = 0; u < Lanes::kRounds; ++u) {
+            sc[g][u] = exp2f(sc[g][u] - mn);  // 0 past n
+            r.l[g] += sc[g][u];
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < Lanes::kRounds; ++u) {
+        float vf[8];
+        unpack8(*reinterpret_cast<const uint4*>(from + kChunkBytes / 2 + (u * 32 + L.lane) * 16), vf);  // zeros past n
+#pragma unroll
+        for (int g = 0; g < Gb; ++g)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) r.acc[g][e] += sc[g][u] * vf[e];
+    }
+}
+
+// The warps' results combined through `ring` (every warp past its ring) into out[g * HD + e], the
+// block's Gb heads.
+template <int HD, int Gb>
+__device__ __forceinline__ void combine_warps(const ChunkLanes<HD>& L, char* ring, Running<Gb>& r, bf16* out) {
+    using Lanes = ChunkLanes<HD>;
+    // The lanes of a warp's rounds' keys (sub) added: m is the warp's already.
+#pragma unroll
+    for (int g = 0; g < Gb; ++g)
+#pragma unroll
+        for (int o = 16; o >= Lanes::kLanes; o >>= 1) {
+            r.l[g] += __shfl_xor_sync(0xffffffffu, r.l[g], o);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) r.acc[g][e] += __shfl_xor_sync(0xffffffffu, r.acc[g][e], o);
+        }
+    __syncthreads();  // every warp past its ring: the results take its place
+    float* part_acc = reinterpret_cast<float*>(ring);    // [kWarps][Gb][HD]
+    float* part_ml = part_acc + kWarps * Gb * HD;         // [kWarps][Gb][2]: max, exp-sum
+    if (L.sub == 0)
+#pragma unroll
+        for (int g = 0; g < Gb; ++g)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) part_acc[(L.warp * Gb + g) * HD + L.part * 8 + e] = r.acc[g][e];
+    if (L.lane == 0)
+#pragma unroll
+        for (int g = 0; g < Gb; ++g) part_ml[(L.warp * Gb + g) * 2] = r.m[g], part_ml[(L.warp * Gb + g) * 2 + 1] = r.l[g];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < Gb * HD; idx += kThreads) {
+        const int g = idx / HD, e = idx % HD;
+        float mx = -INFINITY;
+        for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part_ml[(w * Gb + g) * 2]);
+        float o = 0.0f, sum = 0.0f;
+        for (int w = 0; w < kWarps; ++w) {
+            const float f = exp2f(part_ml[(w * Gb + g) * 2] - mx);  // 0 for a warp without keys
+            o += f * part_acc[(w * Gb + g) * HD + e];
+            sum += f * part_ml[(w * Gb + g) * 2 + 1];
+        }
+        out[g * HD + e] = __float2bfloat16(o / sum);
+    }
+}
+
 template <int HD, int Gb>
 __global__ void __launch_bounds__(kThreads, 2)
     attention_one_pass_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k_cache,
@@ -88,98 +193,17 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
         for (int i = 0; i < 8; ++i) qf[g][i] *= scale;
     }
-    float m[Gb], l[Gb], acc[Gb][8];
-#pragma unroll
-    for (int g = 0; g < Gb; ++g) {
-        m[g] = -INFINITY, l[g] = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
-    }
+    Running<Gb> run;
     for (int i = 0; i < mine; ++i) {
         cp_async_wait<kStages - 1>();
         const int64_t c = L.warp + (int64_t)i * kWarps;
-        const char* from = slot_of(i);
-        float sc[Gb][Lanes::kRounds];
-#pragma unroll
-        for (int u = 0; u < Lanes::kRounds; ++u) {
-            float kf[8];
-            unpack8(*reinterpret_cast<const uint4*>(from + (u * 32 + L.lane) * 16), kf);
-            const bool in = chunk_key(L, c, u) < n;
-#pragma unroll
-            for (int g = 0; g < Gb; ++g) {
-                float d = 0.0f;
-#pragma unroll
-                for (int e = 0; e < 8; ++e) d += qf[g][e] * kf[e];
-#pragma unroll
-                for (int o = Lanes::kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-                sc[g][u] = in ? d : -INFINITY;
-            }
-        }
-#pragma unroll
-        for (int g = 0; g < Gb; ++g) {
-            float cm = sc[g][0];
-#pragma unroll
-            for (int u = 1; u < Lanes::kRounds; ++u) cm = fmaxf(cm, sc[g][u]);
-#pragma unroll
-            for (int o = 16; o >= Lanes::kLanes; o >>= 1) cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, o));
-            const float mn = fmaxf(m[g], cm);  // finite: the chunk's first key is visible
-            const float corr = exp2f(m[g] - mn);
-            m[g] = mn, l[g] *= corr;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) acc[g][e] *= corr;
-#pragma unroll
-            for (int u = 0; u < Lanes::kRounds; ++u) {
-                sc[g][u] = exp2f(sc[g][u] - mn);  // 0 past n
-                l[g] += sc[g][u];
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < Lanes::kRounds; ++u) {
-            float vf[8];
-            unpack8(*reinterpret_cast<const uint4*>(from + kChunkBytes / 2 + (u * 32 + L.lane) * 16), vf);  // zeros past n
-#pragma unroll
-            for (int g = 0; g < Gb; ++g)
-#pragma unroll
-                for (int e = 0; e < 8; ++e) acc[g][e] += sc[g][u] * vf[e];
-        }
+        add_chunk<HD, Gb>(L, slot_of(i), c, n, qf, run);
         __syncwarp();  // the slot's reads before the copy into it (the same lanes: keeps the compiler's order)
         copy(i + kStages, false);
         cp_async_commit();
     }
     cp_async_wait_all();
-    // The lanes of a warp's rounds' keys (sub) added: m is the warp's already.
-#pragma unroll
-    for (int g = 0; g < Gb; ++g)
-#pragma unroll
-        for (int o = 16; o >= Lanes::kLanes; o >>= 1) {
-            l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
-        }
-    __syncthreads();  // every warp past its ring: the results take its place
-    float* part_acc = reinterpret_cast<float*>(ring);    // [kWarps][Gb][HD]
-    float* part_ml = part_acc + kWarps * Gb * HD;         // [kWarps][Gb][2]: max, exp-sum
-    if (L.sub == 0)
-#pragma unroll
-        for (int g = 0; g < Gb; ++g)
-#pragma unroll
-            for (int e = 0; e < 8; ++e) part_acc[(L.warp * Gb + g) * HD + L.part * 8 + e] = acc[g][e];
-    if (L.lane == 0)
-#pragma unroll
-        for (int g = 0; g < Gb; ++g) part_ml[(L.warp * Gb + g) * 2] = m[g], part_ml[(L.warp * Gb + g) * 2 + 1] = l[g];
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < Gb * HD; idx += kThreads) {
-        const int g = idx / HD, e = idx % HD;
-        float mx = -INFINITY;
-        for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part_ml[(w * Gb + g) * 2]);
-        float o = 0.0f, sum = 0.0f;
-        for (int w = 0; w < kWarps; ++w) {
-            const float f = exp2f(part_ml[(w * Gb + g) * 2] - mx);  // 0 for a warp without keys
-            o += f * part_acc[(w * Gb + g) * HD + e];
-            sum += f * part_ml[(w * Gb + g) * 2 + 1];
-        }
-        out[(t * s.heads + h0 + g) * HD + e] = __float2bfloat16(o / sum);
-    }
+    combine_warps<HD, Gb>(L, ring, run, out + (t * s.heads + h0) * HD);
 }
 
 static_assert((kWarps * kMaxGb * kMaxHeadDim + kWarps * kMaxGb * 2) * (int)sizeof(float) <= kRingBytes,
