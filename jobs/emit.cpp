@@ -98,6 +98,7 @@ std::string emit_job_toml(const Job& job) {
     kv("gemv_balance", fmt(k.gemv_balance));
     kv("sum_wide", fmt(k.sum_wide));
     kv("gemv_mma", fmt(k.gemv_mma));
+    kv("batch_gemm", fmt(k.batch_gemm));
     kv("attention_early", fmt(k.attention_early));
     kv("decode_splits", fmt<int64_t>(k.decode_splits));
     kv("attention_gqa", fmt(k.attention_gqa));

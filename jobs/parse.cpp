@@ -306,6 +306,7 @@ void parse_tuning(Section t, KernelConfig& k) {
     t.get_bool("gemv_balance", k.gemv_balance);
     t.get_bool("sum_wide", k.sum_wide);
     t.get_bool("gemv_mma", k.gemv_mma);
+    t.get_bool("batch_gemm", k.batch_gemm);
     t.get_bool("attention_early", k.attention_early);
     if (const toml::node* n = t.node("decode_splits")) {
         t.get_int("decode_splits", k.decode_splits, 1, 8);

@@ -256,12 +256,13 @@ TEST(CudaKernels, GemvMatchesTwinAndCublas) {
         expect_close(download(*dy), ref, "gemv");
         expect_close(download(*dy), download(*dy2), "gemv against cuBLAS");
     }
-    // K not a multiple of 8, more than kGemvMaxTokens rows, or misaligned: cuBLAS.
+    // K not a multiple of 8, more than kBatchGemmMaxTokens rows, or misaligned: cuBLAS.
     auto x = random_bf16(9 * 100);
     std::unique_ptr<Device<bf16>> dx(upload(x)), dw(upload(random_bf16(100 * 4)));
     EXPECT_FALSE(cuda::gemv_applies({2, 100, 4}, dx->p, dw->p));
     EXPECT_TRUE(cuda::gemv_applies({2, 96, 4}, dx->p, dw->p));
-    EXPECT_FALSE(cuda::gemv_applies({9, 96, 4}, dx->p, dw->p));
+    EXPECT_TRUE(cuda::gemv_applies({9, 96, 4}, dx->p, dw->p));
+    EXPECT_FALSE(cuda::gemv_applies({65, 96, 4}, dx->p, dw->p));
     EXPECT_FALSE(cuda::gemv_applies({1, 96, 4}, dx->p + 1, dw->p));  // misaligned input
     EXPECT_FALSE(cuda::gemv_applies({2, 96, 4}, dx->p + 1, dw->p));
     cublasDestroy(h);
@@ -358,15 +359,17 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
     cublasDestroy(h);
 }
 
-// The GEMV of 2 to 8 tokens on tensor cores (gemv_mma.cu): linear()'s route for that many rows
-// against the CPU twin and cuBLAS, and gemv_fused with each epilogue equal bit for bit to the
-// unfused kernels over every token (linear(), then silu_mul_fused, or rope + attention writing
-// the caches), each token at its own slot and position. Shapes: K not a multiple of the
+// The GEMV of 2 to 8 tokens on tensor cores (gemv_mma.cu) and the batch GEMM of 9 to 64
+// (batch_gemm.cu): linear()'s route for that many rows against the CPU twin and cuBLAS,
+// linear_add's residual against the twin, and gemv_fused with each epilogue equal bit for bit to
+// the unfused kernels over every token (linear(), then silu_mul_fused, or rope + attention
+// writing the caches), each token at its own slot and position. Shapes: K not a multiple of the
 // 64-column step (1000, 4104), K = 14336 (down_proj), N not a multiple of the 32-row tile, more
 // tiles than SMs (blocks of several tiles; the 8B's QKV shapes, 192 tiles, one a block and up to
 // two blocks an SM where the GPU has 96 to 191 SMs); 2, 5 and 8 tokens (an odd count leaves the
-// mma's last column empty).
-TEST(CudaKernels, GemvOfUpToEightTokensOnTensorCores) {
+// mma's last column empty); 9, 16, 23, 33 and 64 (n-tiles of 8 tokens part-filled; the batch
+// GEMM's steps split over clusters of 4 and 8 blocks, K = 4104 leaving the last block fewer).
+TEST(CudaKernels, GemvOfUpToSixtyFourTokensOnTensorCores) {
     REQUIRE_GPU();
     cublasHandle_t h;
     CUBLAS_CHECK(cublasCreate(&h));
@@ -376,8 +379,8 @@ TEST(CudaKernels, GemvOfUpToEightTokensOnTensorCores) {
         cuda::GemvEpilogue epi;
         int64_t heads = 4, kvh = 2, hd = 64;  // kRopeKv: N = (heads + 2 kvh) hd
     };
-    const int64_t max_seq = 16, slots = 8;
-    for (int64_t T : {2, 5, 8}) {
+    const int64_t max_seq = 72, slots = 64;
+    for (int64_t T : {2, 5, 8, 9, 16, 23, 33, 64}) {
         for (Case c : {Case{1000, 37, true, cuda::GemvEpilogue::kNone}, Case{4104, 300, false, cuda::GemvEpilogue::kNone},
                        Case{1000, 20000, false, cuda::GemvEpilogue::kNone}, Case{14336, 256, true, cuda::GemvEpilogue::kNone},
                        Case{4096, 6144, true, cuda::GemvEpilogue::kNone}, Case{4096, 6144, false, cuda::GemvEpilogue::kSwiglu},
@@ -400,6 +403,14 @@ TEST(CudaKernels, GemvOfUpToEightTokensOnTensorCores) {
             cpu::linear({T, c.K, c.N}, x.data(), w.data(), c.bias ? b.data() : nullptr, ref.data());
             expect_close(download(*z), ref, "tensor-core GEMV against the twin");
             expect_close(download(*z), download(*zc), "tensor-core GEMV against cuBLAS");
+            if (T > cuda::kGemvMaxTokens && c.epi == cuda::GemvEpilogue::kNone) {  // + the residual, rounded once
+                auto add = random_bf16(T * c.N);
+                std::unique_ptr<Device<bf16>> dadd(upload(add)), za(poisoned(T * c.N));
+                ASSERT_TRUE(cuda::linear_add({{T, c.K, c.N}, dx->p, dw->p, bias, za->p}, dadd->p, on(nullptr)));
+                std::vector<float> ref_add(ref);
+                for (size_t i = 0; i < ref_add.size(); ++i) ref_add[i] += add[i];
+                expect_close(download(*za), ref_add, "batch GEMM + residual against the twin");
+            }
             // Fused.
             ASSERT_TRUE(cuda::gemv_fused_applies(c.K, nullptr, dw->p, T));
             const int64_t out_n = c.epi == cuda::GemvEpilogue::kSwiglu ? c.N / 2 : c.epi == cuda::GemvEpilogue::kRopeKv ? heads * hd : c.N;
@@ -411,10 +422,10 @@ TEST(CudaKernels, GemvOfUpToEightTokensOnTensorCores) {
                 EXPECT_EQ(download(*y), download(*y_ref));
                 continue;
             }
-            // Token t at slot 7 - t, position 3 + t: RoPE, the caches, then attention over them.
+            // Token t at slot 63 - t, position 3 + t: RoPE, the caches, then attention over them.
             cpu::RopeParams p{heads, kvh, hd, 10000.0};
             std::vector<int32_t> slot_of(T), pos_of(T);
-            for (int64_t t = 0; t < T; ++t) slot_of[t] = (int32_t)(7 - t), pos_of[t] = (int32_t)(3 + t);
+            for (int64_t t = 0; t < T; ++t) slot_of[t] = (int32_t)(slots - 1 - t), pos_of[t] = (int32_t)(3 + t);
             std::unique_ptr<Device<float>> inv(upload_raw(cpu::rope_inv_freq(p)));
             std::unique_ptr<Device<int32_t>> slot(upload_raw(slot_of)), pos(upload_raw(pos_of));
             auto cache_init = random_bf16(slots * max_seq * kvh * hd);  // earlier positions: whatever is there
@@ -434,15 +445,24 @@ TEST(CudaKernels, GemvOfUpToEightTokensOnTensorCores) {
             EXPECT_EQ(download(*o), download(*o_ref)) << "attention";
         }
     }
-    // The norm before it at more than one token, more than 8 tokens, K not a multiple of 8, a
-    // misaligned weight: not fusable.
-    std::unique_ptr<Device<bf16>> d(poisoned(9 * 9000));
+    // The norm before it at more than one token, more than 64 tokens, K not a multiple of 8, a
+    // misaligned weight: not fusable; 8 tokens or fewer take no residual (linear_add).
+    std::unique_ptr<Device<bf16>> d(poisoned(65 * 9000));
     cuda::GemvNorm nm;
     nm.x = nm.weight = d->p;
     EXPECT_TRUE(cuda::gemv_fused_applies(4096, nullptr, d->p, 8));
     EXPECT_FALSE(cuda::gemv_fused_applies(4096, &nm, d->p, 2));
     EXPECT_TRUE(cuda::gemv_fused_applies(4096, &nm, d->p, 1));
-    EXPECT_FALSE(cuda::gemv_fused_applies(4096, nullptr, d->p, 9));
+    EXPECT_TRUE(cuda::gemv_fused_applies(4096, nullptr, d->p, 9));
+    EXPECT_TRUE(cuda::gemv_fused_applies(4096, nullptr, d->p, 64));
+    EXPECT_FALSE(cuda::gemv_fused_applies(4096, nullptr, d->p, 65));
+    EXPECT_FALSE(cuda::gemv_fused_applies(4096, &nm, d->p, 9));
+    EXPECT_FALSE(cuda::linear_add({{8, 4096, 8}, d->p, d->p, nullptr, d->p}, d->p, on(nullptr)));
+    tuning.batch_gemm = false;  // cuBLAS past 8 tokens: no batch GEMM, so no residual epilogue of its own
+    EXPECT_FALSE(cuda::linear_takes_gemv({9, 4096, 8}, d->p, d->p, tuning));
+    EXPECT_FALSE(cuda::linear_add({{9, 4096, 8}, d->p, d->p, nullptr, d->p}, d->p, on(nullptr)));
+    EXPECT_TRUE(cuda::linear_takes_gemv({8, 4096, 8}, d->p, d->p, tuning));
+    tuning.batch_gemm = true;
     EXPECT_FALSE(cuda::gemv_fused_applies(4100, nullptr, d->p, 2));
     EXPECT_FALSE(cuda::gemv_fused_applies(4096, nullptr, d->p + 4, 2));
     cublasDestroy(h);

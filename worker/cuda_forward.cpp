@@ -1,5 +1,5 @@
 // One forward of the CUDA executor: the walk over the step program (sharding/steps.h) and each
-// op's kernels, fused in decode-sized forwards (up to cuda::kGemvMaxTokens tokens) where the
+// op's kernels, fused in decode-sized forwards (up to cuda::kBatchGemmMaxTokens tokens) where the
 // program says so and the kernel applies. Buffers come from Activations; nothing allocated here
 // outlives the forward.
 #include <algorithm>
@@ -27,11 +27,11 @@ int64_t width(const Value* v) { return v->shape.back(); }
 // One forward's state besides its buffers: what the decode fusions have done so far.
 struct CudaExecutor::Forward {
     Forward(Activations::Args buffers, int64_t tokens, int64_t rows, bool select, const KernelConfig& config)
-        : act(buffers), T(tokens), R(rows), select_rows(select), fuse((tokens == 1 || (tokens <= cuda::kGemvMaxTokens && config.gemv_mma)) && !select) {}
+        : act(buffers), T(tokens), R(rows), select_rows(select), fuse(cuda::decode_fusion_allowed(tokens, config) && !select) {}
     Activations act;
     int64_t T, R;
     bool select_rows;
-    bool fuse;  // up to cuda::kGemvMaxTokens tokens: the GEMVs take in their neighbours (quantized ones at one token)
+    bool fuse;  // up to cuda::kBatchGemmMaxTokens tokens: the GEMVs take in their neighbours (quantized ones at one token)
     std::map<const Node*, cuda::GemvNorm> pending_norm;  // linear -> the norm its GEMV computes first
     std::map<const Node*, bf16*> pending_release;        // linear -> the all-reduced input that norm reads
     std::set<const Node*> skip, kv_written;
@@ -355,8 +355,8 @@ __nv_bfloat16* CudaExecutor::fused_output(Forward& f, const Node* n, int64_t r, 
     return y;
 }
 
-// cuBLAS (or a decode GEMV at up to 8 rows); lm_head only over the wanted rows; the residual added
-// in the tuned GEMM's epilogue where the step program says so.
+// cuBLAS (or a decode GEMV or the batch GEMM, up to 64 rows); lm_head only over the wanted rows;
+// the residual added in the batch GEMM's or the tuned GEMM's epilogue where the step program says so.
 void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* weight, const bf16* input) {
     auto in = [&](size_t k) { return n->inputs[k]; };
     Activations& a = f.act;
@@ -371,22 +371,22 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
     }
     const bf16* bias = n->inputs.size() == 3 ? a.data(in(2)) : nullptr;
     const cpu::LinearShape ls{r, in(1)->shape[1], in(1)->shape[0]};
+    // A weight the kernel just before wrote (dequantized): no GEMV may read it before its wait.
+    KernelConfig late;
+    cuda::Launch at = launch_;
+    if (weight) late = *launch_.config, late.gemv_early = false, at = cuda::Launch(stream_, late);
     bool added = false;
-    if (tuner_ && !selected && program_.residual_epilogue.count(n) && r >= cuda::kGemmTuneMinTokens) {
+    if (!selected && program_.residual_epilogue.count(n) && r >= cuda::kGemmTuneMinTokens &&
+        (tuner_ || cuda::linear_takes_gemv(ls, x, w, *launch_.config))) {
         // y + residual straight into the norm's new residual; the norm then reads only that.
         const Node* nm = program_.residual_epilogue.at(n);
         bf16* sum = a.make(nm->out(1), r);
-        added = tuner_->matmul(ls, x, w, sum, stream_, a.data(nm->inputs[1]));
+        const bf16* residual = a.data(nm->inputs[1]);
+        added = cuda::linear_add({ls, x, w, bias, sum}, residual, at) || (tuner_ && tuner_->matmul(ls, x, w, sum, stream_, residual));
         if (added) f.residual_added.insert(nm);
         else a.release(sum), a.forget(nm->out(1));
     }
-    if (!added) {
-        // A weight the kernel just before wrote (dequantized): no GEMV may read it before its wait.
-        KernelConfig late;
-        cuda::Launch at = launch_;
-        if (weight) late = *launch_.config, late.gemv_early = false, at = cuda::Launch(stream_, late);
-        cuda::linear(cublas_, {ls, x, w, bias, a.make(n->out(), r), tuner_.get()}, at);
-    }
+    if (!added) cuda::linear(cublas_, {ls, x, w, bias, a.make(n->out(), r), tuner_.get()}, at);
     if (selected) a.release(selected);
 }
 

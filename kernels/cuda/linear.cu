@@ -1,10 +1,12 @@
-// y = x W^T: the decode GEMVs (gemv.cuh at one row, gemv_mma.cu at 2 to 8) with their neighbours
+// y = x W^T: the decode GEMVs (gemv.cuh at one row, gemv_mma.cu at 2 to 8, batch_gemm.cu at 9 to
+// 64) with their neighbours
 // fused in (gemv_fused), else cuBLAS: W[N, K] row-major is W^T column-major, so Y^T = W . X^T is
 // one cublasGemmEx with op(W) = T, and the bias a separate row-broadcast kernel.
 #include <algorithm>
 #include <string>
 #include <type_traits>
 
+#include "kernels/cuda/batch_gemm.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/gemv_mma.h"
@@ -62,12 +64,23 @@ void probe_set_linear(const ProbeSink& s) { probe_set_here(s); }
 #endif
 
 bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w) {
+    if (s.tokens > kGemvMaxTokens) return batch_gemm_applies(s.tokens, s.in, w) && aligned16({x});
     if (s.tokens > 1) return gemv_mma_applies(s.tokens, s.in, w) && aligned16({x});
     return s.tokens == 1 && s.in % 8 == 0 && aligned16({x, w});
 }
 
+bool decode_fusion_allowed(int64_t tokens, const KernelConfig& config) {
+    if (tokens == 1) return true;
+    return tokens > kGemvMaxTokens ? config.batch_gemm && tokens <= kBatchGemmMaxTokens : tokens > 1 && config.gemv_mma;
+}
+
+bool linear_takes_gemv(const cpu::LinearShape& s, const bf16* x, const bf16* w, const KernelConfig& config) {
+    return gemv_applies(s, x, w) && decode_fusion_allowed(s.tokens, config);
+}
+
 bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w, int64_t tokens) {
     if (tokens < 1) return false;
+    if (tokens > kGemvMaxTokens) return !norm && batch_gemm_applies(tokens, K, w);
     if (tokens > 1) return !norm && gemv_mma_applies(tokens, K, w);
     if (K % 8 != 0 || !aligned16({w})) return false;
     if (!norm) return true;
@@ -85,7 +98,7 @@ void gemv_fused(const GemvFusedArgs& a, Launch at) {
     const GemvRopeKv* rope = a.rope;
     TPX_CHECK(gemv_fused_applies(K, norm, w, a.tokens) && (norm || aligned16({x})),
               "gemv_fused: " + std::to_string(a.tokens) + " tokens of K = " + std::to_string(K) + ", N = " + std::to_string(N) +
-                  ": needs 1 to " + std::to_string(kGemvMaxTokens) + " tokens, K a multiple of 8 (at most " + std::to_string(kGemvNormMaxK) +
+                  ": needs 1 to " + std::to_string(kBatchGemmMaxTokens) + " tokens, K a multiple of 8 (at most " + std::to_string(kGemvNormMaxK) +
                   " with the norm, which takes one token), operands 16-byte aligned and the shared memory the kernel needs");
     const GemvNorm nm = norm ? *norm : GemvNorm{};
     GemvRopeKv rk{};
@@ -102,6 +115,7 @@ void gemv_fused(const GemvFusedArgs& a, Launch at) {
         items = N / 2;
     }
     if (N == 0) return;
+    if (a.tokens > kGemvMaxTokens) return batch_gemm(a, items, pair, rk, nullptr, at);
     if (a.tokens > 1) return gemv_mma(a, items, pair, rk, at);
     auto go = [&](auto e) {
         constexpr GemvEpilogue E = decltype(e)::value;
@@ -126,6 +140,15 @@ void gemm_ex(cublasHandle_t handle, const cpu::LinearShape& s, const bf16* x, co
                               CUDA_R_16BF, (int)s.in, &beta, y, CUDA_R_16BF, (int)s.out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+bool linear_add(const LinearArgs& a, const bf16* add, Launch at) {
+    const cpu::LinearShape& s = a.shape;
+    if (a.route != LinearRoute::kAuto || s.tokens <= kGemvMaxTokens || !linear_takes_gemv(s, a.x, a.w, *at.config)) return false;
+    GemvFusedArgs f{s.in, s.out, a.x, a.w, a.bias, a.y};
+    f.tokens = s.tokens;
+    batch_gemm(f, s.out, 0, GemvRopeKv{}, add, at);
+    return true;
+}
+
 void linear(cublasHandle_t handle, const LinearArgs& a, Launch at) {
     const cpu::LinearShape& s = a.shape;
     const bf16 *x = a.x, *w = a.w, *bias = a.bias;
@@ -133,7 +156,7 @@ void linear(cublasHandle_t handle, const LinearArgs& a, Launch at) {
     const cudaStream_t stream = at.stream;
     TPX_CHECK(s.tokens >= 0 && s.in > 0 && s.out > 0, "linear: bad shape");
     if (s.tokens == 0) return;
-    if (a.route == LinearRoute::kAuto && gemv_applies(s, x, w) && (s.tokens == 1 || at.config->gemv_mma)) {
+    if (a.route == LinearRoute::kAuto && linear_takes_gemv(s, x, w, *at.config)) {
         if (s.tokens > 1) {
             GemvFusedArgs f{s.in, s.out, x, w, bias, y};
             f.tokens = s.tokens;

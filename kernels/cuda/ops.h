@@ -50,12 +50,15 @@ void probe_set(const ProbeSink& sink);
 using bf16 = __nv_bfloat16;
 
 // y[T, N] = x[T, K] W[N, K]^T (+ bias[N]), bf16 in, fp32 sums, bf16 out: a GEMV kernel where
-// gemv_applies() (up to kGemvMaxTokens rows, K % 8 == 0, 16-byte aligned x and W) and the
-// route is kAuto: the batch-1 GEMV at one row, gemv_mma.cu's tensor-core GEMV at 2 or more;
+// gemv_applies() (up to kBatchGemmMaxTokens rows, K % 8 == 0, 16-byte aligned x and W), the
+// route is kAuto and the config allows: the batch-1 GEMV at one row, gemv_mma.cu's tensor-core
+// GEMV at 2 to kGemvMaxTokens (gemv_mma), batch_gemm.cu's batch GEMM past them (batch_gemm);
 // cuBLAS otherwise: the tuner's algorithm where a tuner is given and takes the product,
 // cublasGemmEx else. The GEMVs load their first weights before they wait for the kernel before
 // (gemv_early): a weight that kernel writes needs gemv_early off in the Launch's config.
 bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w);
+// Whether linear() runs a GEMV kernel for these operands under `config` (else cuBLAS).
+bool linear_takes_gemv(const cpu::LinearShape& s, const bf16* x, const bf16* w, const KernelConfig& config);
 class GemmTuner;
 enum class LinearRoute { kAuto, kGemm };  // kGemm: cuBLAS even where the GEMV applies (tests compare them)
 struct LinearArgs {
@@ -68,12 +71,18 @@ struct LinearArgs {
     LinearRoute route = LinearRoute::kAuto;
 };
 void linear(cublasHandle_t cublas, const LinearArgs& a, Launch at);
+// y = x W^T (+ bias) + add, add [T, N] (the residual of o_proj and down_proj, as the tuner's
+// epilogue adds it: one rounding) on the batch GEMM, where linear() would run it for these
+// operands (linear_takes_gemv, more than kGemvMaxTokens rows); false (nothing run) elsewhere.
+bool linear_add(const LinearArgs& a, const bf16* add, Launch at);
 // y = x W^T by one cublasGemmEx with cuBLAS's own algorithm, on `stream` (linear()'s route where
 // the tuner declines).
 void gemm_ex(cublasHandle_t cublas, const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream);
 
-// Most tokens gemv_fused takes: one by the batch-1 GEMV, 2 to this many on tensor cores (gemv_mma.cu).
+// Most tokens gemv_fused takes: one by the batch-1 GEMV, 2 to kGemvMaxTokens on tensor cores
+// (gemv_mma.cu), more by the batch GEMM (batch_gemm.cu).
 constexpr int64_t kGemvMaxTokens = 8;
+constexpr int64_t kBatchGemmMaxTokens = 64;
 
 // The GEMMs' algorithm, chosen by timing (gemm_tuner.cu), as TensorRT-LLM's autotuner and
 // PyTorch's TunableOp do: the first product of at least kGemmTuneMinTokens rows (every product
@@ -128,14 +137,16 @@ private:
 };
 
 // The decode GEMV with its neighbours fused in (linear.cu; the kernels are gemv.cuh at one token,
-// gemv_mma.cu at 2 to kGemvMaxTokens), y = x W^T (+ bias) for each token, where:
+// gemv_mma.cu at 2 to kGemvMaxTokens, batch_gemm.cu past them up to kBatchGemmMaxTokens), y = x
+// W^T (+ bias) for each token, where:
 // - norm (optional, one token only): x is rmsnorm(residual + x) (or rmsnorm(x) without a
 //   residual) computed per block, as add_rmsnorm/rmsnorm would; residual + x goes to residual_out;
 // - kSwiglu: y[t, j] = silu(z[t, j]) * z[t, j + N/2] for the linear's output z (the gate_up layout), N/2 wide;
 // - kRopeKv: z = [q | k | v] (the fused QKV layout); y = q rotated (as rope()), and k rotated and v
 //   written into the caches at (slot[t], pos[t]) (as attention()'s cache write).
 // Every result equals the unfused kernels' bit for bit (at 2 tokens or more: the unfused path
-// through linear(), whose route for that many rows is the same tensor-core GEMV).
+// through linear(), whose route for that many rows is the same tensor-core kernel). Whether the
+// config lets the decode step take this route at `tokens` tokens: decode_fusion_allowed.
 // The all-reduce of a batch-1 decode step fused into the GEMVs on either side of it: the GEMV
 // that makes each rank's part (o_proj, down_proj) pushes it into every rank's exchange buffer
 // (gemv_push, below) in the form of NCCL's LL protocol, 8-byte units of two bf16 and a flag
@@ -190,6 +201,7 @@ struct GemvFusedArgs {
     int64_t tokens = 1;                // x [tokens, K], y [tokens, ...]; RoPE at (slot[t], pos[t]) for token t
 };
 bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w, int64_t tokens = 1);
+bool decode_fusion_allowed(int64_t tokens, const KernelConfig& config);
 void gemv_fused(const GemvFusedArgs& a, Launch at);
 
 void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, Launch at);

@@ -107,17 +107,19 @@ __device__ inline bool add_split_sums(float* part, float (&acc)[kSets][4], int s
     return true;
 }
 
-// The lane's outputs of a tile: acc[s][2h + e] is row set s at g + 8h, token 2c + e, times
-// xscale[t] (nullptr: 1); token t's outputs by write_item (y n wide for kNone).
+// The lane's outputs of a tile: acc[s][2h + e] is row set s at g + 8h, token t0 + 2c + e, times
+// xscale[t] (nullptr: 1), plus add[t, row] for kNone (nullptr: nothing); token t's outputs by
+// write_item (y n wide for kNone).
 template <GemvEpilogue E>
 __device__ inline void write_tile(int64_t T, int64_t n, const bf16* bias, bf16* y, const GemvRopeKv& rope, int64_t tile, int64_t items,
-                                  int64_t pair, const float (&acc)[kSets][4], const float* xscale = nullptr) {
+                                  int64_t pair, const float (&acc)[kSets][4], const float* xscale = nullptr, int64_t t0 = 0,
+                                  const bf16* add = nullptr) {
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-            const int64_t t = 2 * c + e;
+            const int64_t t = t0 + 2 * c + e;
             if (t >= T) continue;
             const float k = xscale ? xscale[t] : 1.0f;
             if (E == GemvEpilogue::kNone) {
@@ -125,7 +127,8 @@ __device__ inline void write_tile(int64_t T, int64_t n, const bf16* bias, bf16* 
                 for (int s = 0; s < kSets; ++s) {
                     const int64_t item = tile * kTileItems<E> + 16 * s + g + 8 * h;
                     const int64_t row[1] = {item};
-                    const float sum[1] = {acc[s][2 * h + e] * k};
+                    float sum[1] = {acc[s][2 * h + e] * k};
+                    if (add && item < items) sum[0] += __bfloat162float(add[t * n + item]);
                     if (item < items) write_item<E>(item, row, sum, t, n, pair, bias, y, rope);
                 }
             } else {
