@@ -1151,13 +1151,13 @@ int main(int argc, char** argv) {
         bf16* w = device_alloc<bf16>((size_t)copies * sh.K * sh.N);
         bf16* x = device_alloc<bf16>(64 * sh.K);
         bf16* y = device_alloc<bf16>(64 * sh.N, false);
-        for (int64_t T : {1, 2, 4, 8, 64}) {
+        for (int64_t T : {1, 2, 4, 8, 16, 32, 64}) {
             for (bool gemv : {true, false}) {
-                if (gemv && T > cuda::kGemvMaxTokens) continue;
+                if (gemv && T > cuda::kBatchGemmMaxTokens) continue;
                 double us = time_graph(st, [&](int i) {
                     cuda::linear(h, {{T, sh.K, sh.N}, x, w + (size_t)(i % copies) * sh.K * sh.N, nullptr, y, nullptr, gemv ? cuda::LinearRoute::kAuto : cuda::LinearRoute::kGemm}, on(st));
                 });
-                row(std::string("linear ") + sh.name + (!gemv ? " cublas" : T == 1 ? " gemv" : " gemv mma"), "T=" + std::to_string(T) + " K=" + std::to_string(sh.K) + " N=" + std::to_string(sh.N), us,
+                row(std::string("linear ") + sh.name + (!gemv ? " cublas" : T == 1 ? " gemv" : T <= cuda::kGemvMaxTokens ? " gemv mma" : " batch gemm"), "T=" + std::to_string(T) + " K=" + std::to_string(sh.K) + " N=" + std::to_string(sh.N), us,
                     rate((double)wbytes, us) + (copies < kReps ? " (L2 may help)" : ""));
             }
         }

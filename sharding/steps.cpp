@@ -156,7 +156,7 @@ std::string StepProgram::describe() const {
         auto it = fusions.find(n);
         if (it != fusions.end()) {
             const DecodeFusion& f = it->second;
-            os << "decode GEMV (1 to 8 tokens)";
+            os << "decode GEMV (1 to 64 tokens)";
             if (f.norm) os << " with " << f.norm->op << " (" << f.norm->name << ") before at one token";
             if (f.swiglu) os << ", SwiGLU (" << f.swiglu->name << ") after";
             if (f.split) os << ", RoPE (" << f.rope->name << ") and the KV-cache write of " << f.attention->name << " after";

@@ -18,7 +18,7 @@
 
 namespace tpx {
 
-// The neighbours a decode GEMV (a linear node; 1 to 8 tokens) takes in: the norm before it (at
+// The neighbours a decode GEMV (a linear node; 1 to 64 tokens, the batch GEMM past 8) takes in: the norm before it (at
 // one token), and SwiGLU, or split -> RoPE -> the attention's cache write, after it. Nodes taken
 // in are skipped.
 struct DecodeFusion {

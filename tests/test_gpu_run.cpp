@@ -66,6 +66,17 @@ std::string write_job(const std::string& dir, const Golden& g, const std::string
     return dir + "/job.toml";
 }
 
+// The golden prompts (without HF's continuations) as a prompts file, `copies` times over (ids in order).
+void write_prompts(const std::string& path, const Golden& g, int copies = 1) {
+    std::ofstream prompts(path);
+    for (int copy = 0; copy < copies; ++copy)
+        for (int64_t b = 0; b < g.batch; ++b)
+            prompts << nlohmann::json{{"id", copy * g.batch + b},
+                                      {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len, g.input_ids.begin() + (b + 1) * g.prompt_len)}}
+                           .dump()
+                    << "\n";
+}
+
 class GpuGolden : public testing::TestWithParam<Case> {};
 
 }  // namespace
@@ -128,12 +139,7 @@ TEST(GpuRun, GreedyDecodeWithCudaGraphsMatchesHf) {
         SCOPED_TRACE(model);
         Golden g = read_golden(model);
         std::string dir = temp_dir();
-        std::ofstream prompts(dir + "/prompts.jsonl");
-        for (int64_t b = 0; b < g.batch; ++b)
-            prompts << nlohmann::json{{"id", b}, {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len,
-                                                                                   g.input_ids.begin() + (b + 1) * g.prompt_len)}}.dump()
-                    << "\n";
-        prompts.close();
+        write_prompts(dir + "/prompts.jsonl", g);
         std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/" << model << "\"\n[backend]\ndevice = \"cuda\"\n"
                                          << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 8\noutput = \"out.jsonl\"\n";
         auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/job.toml");
@@ -162,9 +168,10 @@ TEST(GpuRun, GreedyDecodeWithCudaGraphsMatchesHf) {
     }
 }
 
-// Decode batches of 12 (the golden prompts, 6 copies each): every decode step's linears take the
-// batch GEMM (batch_gemm.cu) with SwiGLU, RoPE + the cache write and the residual in its
-// epilogues, inside a CUDA graph. Each copy of a prompt must continue exactly as the others (a
+// Decode batches of 12 (the golden prompts, 6 copies each): with batch_gemm (the default) the
+// decode steps' linears take the batch GEMM (batch_gemm.cu; linear()'s route for 9 to 64 rows,
+// GemvOfUpToSixtyFourTokensOnTensorCores) with SwiGLU, RoPE + the cache write and the residual in
+// its epilogues, inside a CUDA graph. Each copy of a prompt must continue exactly as the others (a
 // token's sums do not depend on its neighbours in the batch); how many continue as the same job
 // with batch_gemm = false (cuBLAS and the unfused kernels) is reported.
 TEST(GpuRun, DecodeBatchesOfTwelveOnTheBatchGemm) {
@@ -172,14 +179,7 @@ TEST(GpuRun, DecodeBatchesOfTwelveOnTheBatchGemm) {
     Golden g = read_golden("llama-gqa");
     std::string dir = temp_dir();
     const int copies = 6;
-    std::ofstream prompts(dir + "/prompts.jsonl");
-    for (int copy = 0; copy < copies; ++copy)
-        for (int64_t b = 0; b < g.batch; ++b)
-            prompts << nlohmann::json{{"id", copy * g.batch + b},
-                                      {"input_ids", std::vector<int32_t>(g.input_ids.begin() + b * g.prompt_len, g.input_ids.begin() + (b + 1) * g.prompt_len)}}
-                           .dump()
-                    << "\n";
-    prompts.close();
+    write_prompts(dir + "/prompts.jsonl", g, copies);
     std::map<std::string, std::vector<std::vector<int32_t>>> outputs;
     for (const char* on : {"true", "false"}) {
         const std::string name = std::string("bg_") + on;

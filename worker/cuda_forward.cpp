@@ -27,7 +27,7 @@ int64_t width(const Value* v) { return v->shape.back(); }
 // One forward's state besides its buffers: what the decode fusions have done so far.
 struct CudaExecutor::Forward {
     Forward(Activations::Args buffers, int64_t tokens, int64_t rows, bool select, const KernelConfig& config)
-        : act(buffers), T(tokens), R(rows), select_rows(select), fuse(cuda::decode_fusion_allowed(tokens, config) && !select) {}
+        : act(buffers), T(tokens), R(rows), select_rows(select), fuse(cuda::gemv_route_allowed(tokens, config) && !select) {}
     Activations act;
     int64_t T, R;
     bool select_rows;
@@ -184,6 +184,7 @@ cuda::GemvNorm CudaExecutor::norm_params(Forward& f, const Node* n) {
 // A norm whose linear's GEMV will compute it: only the new residual is allocated here. False
 // where the GEMV cannot take it (the norm then runs as its own kernel).
 bool CudaExecutor::defer_norm(Forward& f, const Node* n, int64_t r) {
+    if (f.residual_added.count(n)) return false;  // its input is the new residual the GEMM before wrote: run_add_rmsnorm's
     const Node* lin = program_.norm_of.at(n);
     const bool plain = n->kind == Op::kRmsnorm;
     const Value* x = n->inputs[0];
@@ -376,8 +377,7 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
     cuda::Launch at = launch_;
     if (weight) late = *launch_.config, late.gemv_early = false, at = cuda::Launch(stream_, late);
     bool added = false;
-    if (!selected && program_.residual_epilogue.count(n) && r >= cuda::kGemmTuneMinTokens &&
-        (tuner_ || cuda::linear_takes_gemv(ls, x, w, *launch_.config))) {
+    if (!selected && program_.residual_epilogue.count(n) && r >= cuda::kGemmTuneMinTokens) {
         // y + residual straight into the norm's new residual; the norm then reads only that.
         const Node* nm = program_.residual_epilogue.at(n);
         bf16* sum = a.make(nm->out(1), r);

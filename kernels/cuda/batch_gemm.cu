@@ -1,11 +1,14 @@
 // The decode GEMM of kGemvMaxTokens + 1 to kBatchGemmMaxTokens tokens on tensor cores
 // ([backend.tuning] batch_gemm): linear()'s route for that many rows, gemv_fused's with SwiGLU or
-// RoPE + the KV-cache write, and linear_add's with the residual added.
+// RoPE + the KV-cache write, and linear_add's with the residual added. A row's sums are added in
+// an order that depends on its tile count, K and the GPU only (launch_batch's split), so that the
+// fused and unfused paths agree bit for bit and a token's outputs do not depend on the batch.
 #include "kernels/cuda/batch_gemm.h"
 
 #include <cooperative_groups.h>
 
 #include <algorithm>
+#include <string>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma.cuh"
@@ -16,10 +19,10 @@ namespace {
 
 using namespace ring;
 constexpr int kBlockWarps = 4, kBlockThreads = 32 * kBlockWarps;
-constexpr int kBlockStages = 4;       // three steps in flight while one is multiplied
-constexpr int64_t kStep = kLine / 2;  // columns a step
-constexpr int kMaxSplit = 8;          // blocks a cluster (portable), each a share of the steps
-constexpr int64_t kMinStepsPerBlock = 8;
+constexpr int kBlockStages = kStages;
+constexpr int kMaxSplit = 8;              // blocks a cluster (portable), each a share of the steps
+constexpr int64_t kMinStepsPerBlock = 8;  // a split's steps a block on average, at least
+static_assert(kBatchGemmMaxTokens == 8 * 8, "the stages hold up to 8 n-tiles of 8 tokens");
 
 // A stage: each warp's 32 weight rows (a line each, as weight_ring.cuh's slot), then the step's x
 // of 8 NT token rows (128 bytes each, swizzled as the weights, zeros past T).
@@ -44,7 +47,7 @@ struct BatchArgs {
 // A stage's step into acc: 4 slices of 16 columns; per slice the warp's two row sets' A and, per
 // n-tile of 8 tokens, B by ldmatrix (as gemv_mma.cu's mma_step, the tokens 8 nt + row).
 template <int NT>
-__device__ inline void batch_step(const char* stage, int warp, float (&acc)[NT][kSets][4]) {
+__device__ inline void multiply_step(const char* stage, int warp, float (&acc)[NT][kSets][4]) {
     const int lane = threadIdx.x & 31, m = lane >> 3, rr = lane & 7;
     const char* w = stage + warp * kWBytes;
     const char* x = stage + kBlockWarps * kWBytes;
@@ -70,7 +73,7 @@ __device__ inline void batch_step(const char* stage, int warp, float (&acc)[NT][
 // The outputs of n-tile nt of the warp's tile (write_tile: the tokens 8 nt + 2c + e).
 template <GemvEpilogue E>
 __device__ inline void write_ntile(const BatchArgs& a, int64_t tile, int64_t items, int64_t pair, const float (&sum)[kSets][4], int nt) {
-    write_tile<E>(a.T, a.N, a.bias, a.y, a.rope, tile, items, pair, sum, nullptr, 8 * nt, a.add);
+    write_tile<E>(a.T, a.N, a.bias, a.y, a.rope, tile, items, pair, sum, TileExtras{nullptr, 8 * nt, a.add});
 }
 
 // y = x W^T (+ bias, + add) for T tokens over `items` work items (item_rows), and the epilogue
@@ -128,7 +131,7 @@ __global__ void __launch_bounds__(kBlockThreads, 2) batch_gemm_kernel(BatchArgs 
         copy_w(n + kBlockStages - 1);
         copy_x(n + kBlockStages - 1);
         cp_async_commit();
-        batch_step<NT>(stage(n), warp, acc);
+        multiply_step<NT>(stage(n), warp, acc);
     }
     cp_async_wait_all();
     if (split == 1) {
@@ -173,9 +176,9 @@ void launch_batch(const BatchArgs& a, int64_t items, int64_t pair, Launch at) {
     (void)raised;
     // Tiles of 128 rows (kNone: N / 128; with an epilogue items / 64: the same count); the steps
     // split over a cluster of up to 8 blocks while the grid stays within two blocks an SM (what
-    // 64 tokens' stages allow) and each block keeps kMinStepsPerBlock steps (the 8B's o_proj and
-    // down_proj: 32 tiles, 8 blocks each). The same for every instance, so that the split
-    // depends on the tiles, K and the GPU only.
+    // 64 tokens' stages allow) and the blocks keep kMinStepsPerBlock steps on average (the 8B's
+    // o_proj and down_proj: 32 tiles, 8 blocks each). The same for every instance, so that the
+    // split depends on the tiles, K and the GPU only.
     const int64_t tiles = ((items + kTileItems<E> - 1) / kTileItems<E> + kBlockWarps - 1) / kBlockWarps;
     const int64_t steps = (a.K + kStep - 1) / kStep, resident = (int64_t)sm_count() * 2;
     int split = 1;
@@ -203,7 +206,11 @@ bool batch_gemm_applies(int64_t tokens, int64_t K, const bf16* w) {
 void batch_gemm(const GemvFusedArgs& f, int64_t items, int64_t pair, const GemvRopeKv& rk, const bf16* add, Launch at) {
     BatchArgs a;
     a.T = f.tokens, a.K = f.K, a.N = f.N, a.x = f.x, a.w = f.w, a.bias = f.bias, a.add = add, a.y = f.y, a.rope = rk;
-    TPX_CHECK(!add || f.epilogue == GemvEpilogue::kNone, "batch_gemm: an added matrix with an epilogue");
+    TPX_CHECK(batch_gemm_applies(f.tokens, f.K, f.w) && aligned16({f.x}) && (!add || f.epilogue == GemvEpilogue::kNone),
+              "batch_gemm: " + std::to_string(f.tokens) + " tokens of K = " + std::to_string(f.K) + ", N = " + std::to_string(f.N) +
+                  (add ? " with an added matrix and epilogue " + std::to_string((int)f.epilogue) : std::string()) +
+                  ": needs " + std::to_string(kGemvMaxTokens + 1) + " to " + std::to_string(kBatchGemmMaxTokens) +
+                  " tokens, K a multiple of 8, 16-byte aligned operands and an added matrix only without an epilogue");
     if (f.epilogue == GemvEpilogue::kNone) launch_for_tokens<GemvEpilogue::kNone>(a, items, pair, at);
     else if (f.epilogue == GemvEpilogue::kSwiglu) launch_for_tokens<GemvEpilogue::kSwiglu>(a, items, pair, at);
     else launch_for_tokens<GemvEpilogue::kRopeKv>(a, items, pair, at);

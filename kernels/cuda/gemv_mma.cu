@@ -12,7 +12,6 @@ namespace tpx::cuda {
 namespace {
 
 using namespace ring;
-constexpr int64_t kStep = kLine / 2;                            // columns a step
 constexpr int kSlot = kWBytes + (int)kGemvMaxTokens * kLine;  // a step's weights, then its x
 // The step's x: 8 rows (the mma's n), two copies a lane of 16 bytes (4 rows x 8 chunks a copy).
 static_assert(kGemvMaxTokens == 8 && kLine == 8 * 16, "copy_x and the mma's n assume 8 tokens and 8 chunks a line");

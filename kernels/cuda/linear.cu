@@ -69,13 +69,13 @@ bool gemv_applies(const cpu::LinearShape& s, const bf16* x, const bf16* w) {
     return s.tokens == 1 && s.in % 8 == 0 && aligned16({x, w});
 }
 
-bool decode_fusion_allowed(int64_t tokens, const KernelConfig& config) {
+bool gemv_route_allowed(int64_t tokens, const KernelConfig& config) {
     if (tokens == 1) return true;
     return tokens > kGemvMaxTokens ? config.batch_gemm && tokens <= kBatchGemmMaxTokens : tokens > 1 && config.gemv_mma;
 }
 
 bool linear_takes_gemv(const cpu::LinearShape& s, const bf16* x, const bf16* w, const KernelConfig& config) {
-    return gemv_applies(s, x, w) && decode_fusion_allowed(s.tokens, config);
+    return gemv_applies(s, x, w) && gemv_route_allowed(s.tokens, config);
 }
 
 bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w, int64_t tokens) {

@@ -79,9 +79,10 @@ bool linear_add(const LinearArgs& a, const bf16* add, Launch at);
 // the tuner declines).
 void gemm_ex(cublasHandle_t cublas, const cpu::LinearShape& s, const bf16* x, const bf16* w, bf16* y, cudaStream_t stream);
 
-// Most tokens gemv_fused takes: one by the batch-1 GEMV, 2 to kGemvMaxTokens on tensor cores
-// (gemv_mma.cu), more by the batch GEMM (batch_gemm.cu).
+// Most tokens the GEMV of a few tokens takes: one by the batch-1 GEMV, 2 to kGemvMaxTokens on
+// tensor cores (gemv_mma.cu).
 constexpr int64_t kGemvMaxTokens = 8;
+// Most tokens gemv_fused and linear()'s GEMV route take: past kGemvMaxTokens the batch GEMM (batch_gemm.cu).
 constexpr int64_t kBatchGemmMaxTokens = 64;
 
 // The GEMMs' algorithm, chosen by timing (gemm_tuner.cu), as TensorRT-LLM's autotuner and
@@ -146,7 +147,7 @@ private:
 //   written into the caches at (slot[t], pos[t]) (as attention()'s cache write).
 // Every result equals the unfused kernels' bit for bit (at 2 tokens or more: the unfused path
 // through linear(), whose route for that many rows is the same tensor-core kernel). Whether the
-// config lets the decode step take this route at `tokens` tokens: decode_fusion_allowed.
+// config lets the decode step take this route at `tokens` tokens: gemv_route_allowed.
 // The all-reduce of a batch-1 decode step fused into the GEMVs on either side of it: the GEMV
 // that makes each rank's part (o_proj, down_proj) pushes it into every rank's exchange buffer
 // (gemv_push, below) in the form of NCCL's LL protocol, 8-byte units of two bf16 and a flag
@@ -201,7 +202,9 @@ struct GemvFusedArgs {
     int64_t tokens = 1;                // x [tokens, K], y [tokens, ...]; RoPE at (slot[t], pos[t]) for token t
 };
 bool gemv_fused_applies(int64_t K, const GemvNorm* norm, const bf16* w, int64_t tokens = 1);
-bool decode_fusion_allowed(int64_t tokens, const KernelConfig& config);
+// Whether `config` lets `tokens` rows take tpx's kernels above (gemv_mma from 2, batch_gemm past
+// kGemvMaxTokens; one row always): for linear()'s route and the decode step's fusions.
+bool gemv_route_allowed(int64_t tokens, const KernelConfig& config);
 void gemv_fused(const GemvFusedArgs& a, Launch at);
 
 void embedding(const cpu::EmbeddingShape& s, const int32_t* ids, const bf16* table, bf16* y, Launch at);

@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, 
 #endif
     TPX_PROBE_MARK(3);
     if (ring::add_split_sums(reinterpret_cast<float*>(ring_base), acc, split, valid))
-        ring::write_tile<E>(a.tokens, a.w.N(), a.bias, a.y, a.rope, tile, items, pair, acc, reinterpret_cast<const float*>(smem + L.x.xscale));
+        ring::write_tile<E>(a.tokens, a.w.N(), a.bias, a.y, a.rope, tile, items, pair, acc, {reinterpret_cast<const float*>(smem + L.x.xscale)});
 }
 
 // Whether the ring form takes these weights: FP8 scale blocks of 128 columns cut on a block's

@@ -1,6 +1,7 @@
 // The weight stream of the tensor-core GEMVs of a few tokens (gemv_mma.cu for bf16 weights,
-// quant_gemv_ring.cu for FP8): warp tiles of 32 rows through a ring of whole
-// 128-byte lines in shared memory, the grid's shape, the split sums and the epilogue.
+// quant_gemv_ring.cu for FP8) and of the batch GEMM (batch_gemm.cu): warp tiles of 32 rows
+// through a ring of whole 128-byte lines in shared memory, the grid's shape, the split sums and
+// the epilogue.
 #pragma once
 
 #include <algorithm>
@@ -15,6 +16,7 @@ constexpr int kSets = 2;                       // row sets of 16 a warp tile
 constexpr int kLine = 128;                     // bytes of each row a step
 constexpr int kWBytes = 16 * kSets * kLine;    // a step's weights in a ring slot
 constexpr int kStages = 4;                     // ring slots a warp: three steps in flight while one is multiplied
+constexpr int64_t kStep = kLine / 2;           // bf16 columns a step
 
 template <GemvEpilogue E>
 constexpr int64_t kTileItems = E == GemvEpilogue::kNone ? 32 : 16;
@@ -107,19 +109,27 @@ __device__ inline bool add_split_sums(float* part, float (&acc)[kSets][4], int s
     return true;
 }
 
+// What write_tile applies besides the sums: a scale per token (nullptr: 1), the token of the
+// tile's first mma column, and for kNone a matrix added to the outputs (nullptr: none).
+struct TileExtras {
+    const float* xscale = nullptr;
+    int64_t t0 = 0;
+    const bf16* add = nullptr;
+};
+
 // The lane's outputs of a tile: acc[s][2h + e] is row set s at g + 8h, token t0 + 2c + e, times
-// xscale[t] (nullptr: 1), plus add[t, row] for kNone (nullptr: nothing); token t's outputs by
-// write_item (y n wide for kNone).
+// xscale[t], plus add[t, row] for kNone; token t's outputs by write_item (y n wide for kNone).
 template <GemvEpilogue E>
 __device__ inline void write_tile(int64_t T, int64_t n, const bf16* bias, bf16* y, const GemvRopeKv& rope, int64_t tile, int64_t items,
-                                  int64_t pair, const float (&acc)[kSets][4], const float* xscale = nullptr, int64_t t0 = 0,
-                                  const bf16* add = nullptr) {
+                                  int64_t pair, const float (&acc)[kSets][4], const TileExtras& ex = TileExtras{}) {
+    const float* xscale = ex.xscale;
+    const bf16* add = ex.add;
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-            const int64_t t = t0 + 2 * c + e;
+            const int64_t t = ex.t0 + 2 * c + e;
             if (t >= T) continue;
             const float k = xscale ? xscale[t] : 1.0f;
             if (E == GemvEpilogue::kNone) {
