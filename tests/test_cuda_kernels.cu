@@ -371,6 +371,8 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
 // GEMM's steps split over clusters of 4 and 8 blocks, K = 4104 leaving the last block fewer).
 TEST(CudaKernels, GemvOfUpToSixtyFourTokensOnTensorCores) {
     REQUIRE_GPU();
+    TuningGuard guard;
+    tuning.batch_gemm = true;
     cublasHandle_t h;
     CUBLAS_CHECK(cublasCreate(&h));
     struct Case {
@@ -462,7 +464,6 @@ TEST(CudaKernels, GemvOfUpToSixtyFourTokensOnTensorCores) {
     EXPECT_FALSE(cuda::linear_takes_gemv({9, 4096, 8}, d->p, d->p, tuning));
     EXPECT_FALSE(cuda::linear_add({{9, 4096, 8}, d->p, d->p, nullptr, d->p}, d->p, on(nullptr)));
     EXPECT_TRUE(cuda::linear_takes_gemv({8, 4096, 8}, d->p, d->p, tuning));
-    tuning.batch_gemm = true;
     EXPECT_FALSE(cuda::gemv_fused_applies(4100, nullptr, d->p, 2));
     EXPECT_FALSE(cuda::gemv_fused_applies(4096, nullptr, d->p + 4, 2));
     cublasDestroy(h);

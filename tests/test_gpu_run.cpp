@@ -168,7 +168,7 @@ TEST(GpuRun, GreedyDecodeWithCudaGraphsMatchesHf) {
     }
 }
 
-// Decode batches of 12 (the golden prompts, 6 copies each): with batch_gemm (the default) the
+// Decode batches of 12 (the golden prompts, 6 copies each): with batch_gemm = true the
 // decode steps' linears take the batch GEMM (batch_gemm.cu; linear()'s route for 9 to 64 rows,
 // GemvOfUpToSixtyFourTokensOnTensorCores) with SwiGLU, RoPE + the cache write and the residual in
 // its epilogues, inside a CUDA graph. Each copy of a prompt must continue exactly as the others (a
