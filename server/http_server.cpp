@@ -67,6 +67,14 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     const size_t body_limit = std::max<size_t>(1 << 20, (size_t)64 * (size_t)std::max<int64_t>(limits_.max_seq_len, 1) * queue_.capacity());
     svr.set_payload_max_length(body_limit);
     svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+        // Where a body's end is ambiguous (RFC 9112 6.3: two Content-Lengths, or one beside a
+        // Transfer-Encoding), what follows it on the connection cannot be trusted: refused, closed.
+        if (req.get_header_value_count("Content-Length") > 1 || (req.has_header("Content-Length") && req.has_header("Transfer-Encoding"))) {
+            res.set_header("Connection", "close");
+            reply_error(res, 400, "the request's body length is ambiguous (more than one Content-Length header, or Content-Length with "
+                                  "Transfer-Encoding): refused, and the connection closed", "", "invalid_request");
+            return httplib::Server::HandlerResponse::Handled;
+        }
         if (settings_.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
         if (req.get_header_value("Authorization") == "Bearer " + settings_.api_key) return httplib::Server::HandlerResponse::Unhandled;
         reply_error(res, 401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "",

@@ -200,7 +200,8 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"huge_max_tokens", 400, "max_tokens"},
                                            {"nul_refit", 400, "path"},
                                            {"too_many", 400, "prompt"},
-                                           {"too_big", 413, nullptr}}) {
+                                           {"too_big", 413, nullptr},
+                                           {"two_lengths", 400, nullptr}}) {
         ASSERT_TRUE(r.contains(w.name)) << r.dump();
         const json& e = r[w.name];
         EXPECT_EQ(e["status"], w.status) << w.name << ": " << e.dump();
@@ -213,6 +214,9 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
     EXPECT_EQ(r["bytes_body"].value("code", ""), "invalid_json") << r.dump();
     EXPECT_NE(r["nul_refit"].value("message", "").find("NUL"), std::string::npos) << r.dump();
     EXPECT_NE(r["too_big"].value("message", "").find("larger than the 2097152 bytes this server takes"), std::string::npos) << r.dump();
+    EXPECT_NE(r["two_lengths"].value("message", "").find("body length is ambiguous"), std::string::npos) << r.dump();
+    EXPECT_EQ(r["two_lengths"]["closed"], true) << r.dump();
+    EXPECT_EQ(r["two_lengths"]["responses"], 1) << "the request behind the body must not be answered: " << r.dump();
 }
 
 // models/tiny has no tokenizer: token-id prompts are served with empty text, text prompts refused.

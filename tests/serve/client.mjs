@@ -163,6 +163,22 @@ const modes = {
       s.on("close", () => resolve(text));
     });
     out.too_big = { status: Number(reply.split(" ")[1]), ...JSON.parse(reply.slice(reply.indexOf("{"))).error };
+    // Two Content-Lengths, the second counting a GET behind the body: refused and the connection
+    // closed, so that nothing after the first body is read as a request (no second response).
+    const body = `{"model": "${model}", "prompt": [1, 2], "max_tokens": 1}`, smuggled = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
+    const two = await new Promise((resolve, reject) => {
+      const u = new URL(base);
+      const s = net.connect(Number(u.port), u.hostname, () =>
+        s.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${apiKey}\r\nContent-Type: application/json\r\n` +
+                `Content-Length: ${body.length}\r\nContent-Length: ${body.length + smuggled.length}\r\n\r\n${body}${smuggled}`));
+      let text = "";
+      const timer = setTimeout(() => { s.destroy(); resolve({ text, closed: false }); }, 10000);
+      s.on("data", (d) => { text += d; });
+      s.on("error", reject);
+      s.on("close", () => { clearTimeout(timer); resolve({ text, closed: true }); });
+    });
+    out.two_lengths = { status: Number(two.text.split(" ")[1]), ...JSON.parse(two.text.slice(two.text.indexOf("{"))).error,
+                        closed: two.closed, responses: two.text.split("HTTP/1.1 ").length - 1 };
     out.models = (await client.models.list()).data.map((m) => m.id);
     return out;
   },
