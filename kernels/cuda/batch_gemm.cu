@@ -111,19 +111,7 @@ __global__ void __launch_bounds__(kBlockThreads, 2) batch_gemm_kernel(BatchArgs 
             cp_async16(xs + line_chunk(t, q), a.x + (in ? t * K + col + q * 8 : 0), in);
         }
     };
-    // The first steps' weights before the wait for the kernel before (which writes no weights: see
-    // gemv.cuh's FirstLoads), their x after it: group n holds step n's x (and group 0 those weights).
-    if (early) {
-#pragma unroll
-        for (int n = 0; n < kBlockStages - 1; ++n) copy_w(n);
-    }
-    pdl_entry();
-#pragma unroll
-    for (int n = 0; n < kBlockStages - 1; ++n) {
-        if (!early) copy_w(n);
-        copy_x(n);
-        cp_async_commit();
-    }
+    start_ring(early, copy_w, copy_x);
     float acc[NT][kSets][4] = {};
     for (int64_t n = 0; n < mine; ++n) {
         cp_async_wait<kBlockStages - 2>();

@@ -84,20 +84,7 @@ __global__ void __launch_bounds__(kThreads) gemv_mma_kernel(MmaArgs a, int64_t i
             cp_async16(slot + line_chunk(t, q), a.x + (t < T ? t : 0) * K + col + q * 8, t < T && col + q * 8 < K);
         }
     };
-    // The first steps' weights before the wait for the kernel before (which writes no weights:
-    // see gemv.cuh's FirstLoads), their x after it: cp.async group n holds step n's x (and, with
-    // early, group 0 the three steps' weights).
-    if (early) {
-#pragma unroll
-        for (int n = 0; n < kStages - 1; ++n) copy_w(n);
-    }
-    pdl_entry();
-#pragma unroll
-    for (int n = 0; n < kStages - 1; ++n) {
-        if (!early) copy_w(n);
-        copy_x(n);
-        cp_async_commit();
-    }
+    start_ring(early, copy_w, copy_x);
     float acc[kSets][4] = {};
     for (int64_t n = 0; n < mine; ++n) {
         copy_w(n + kStages - 1);

@@ -62,6 +62,25 @@ struct LineCopies {
     }
 };
 
+// The ring's first kStages - 1 steps in flight: their weights (copy_w(n)) with `early` before
+// the wait for the kernel before (which writes no weights: see gemv.cuh's FirstLoads), their x
+// (copy_x(n)) after it; cp.async group n holds step n's x (and, with early, group 0 those
+// steps' weights).
+template <typename CopyW, typename CopyX>
+__device__ __forceinline__ void start_ring(bool early, const CopyW& copy_w, const CopyX& copy_x) {
+    if (early) {
+#pragma unroll
+        for (int n = 0; n < kStages - 1; ++n) copy_w(n);
+    }
+    pdl_entry();
+#pragma unroll
+    for (int n = 0; n < kStages - 1; ++n) {
+        if (!early) copy_w(n);
+        copy_x(n);
+        cp_async_commit();
+    }
+}
+
 // The byte offset of row `row`'s 16-byte chunk `chunk` in a slot (the copies' swizzle).
 __device__ inline int line_chunk(int row, int chunk) { return row * kLine + ((chunk ^ (row & 7)) << 4); }
 
