@@ -44,32 +44,6 @@ struct BatchArgs {
     GemvRopeKv rope;
 };
 
-// A stage's step into acc: 4 slices of 16 columns; per slice the warp's two row sets' A and, per
-// n-tile of 8 tokens, B by ldmatrix (as gemv_mma.cu's mma_step, the tokens 8 nt + row).
-template <int NT>
-__device__ inline void multiply_step(const char* stage, int warp, float (&acc)[NT][kSets][4]) {
-    const int lane = threadIdx.x & 31, m = lane >> 3, rr = lane & 7;
-    const char* w = stage + warp * kWBytes;
-    const char* x = stage + kBlockWarps * kWBytes;
-#pragma unroll
-    for (int j2 = 0; j2 < 2; ++j2) {  // slices 2 j2 and 2 j2 + 1
-        uint32_t b[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) ldmatrix_x4(b[nt], x + line_chunk(8 * nt + rr, 4 * j2 + m));
-#pragma unroll
-        for (int jj = 0; jj < 2; ++jj) {
-            const int j = 2 * j2 + jj;
-#pragma unroll
-            for (int s = 0; s < kSets; ++s) {
-                uint32_t af[4];
-                ldmatrix_x4(af, w + line_chunk(16 * s + rr + 8 * (m & 1), 2 * j + (m >> 1)));
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) mma_bf16_16816(acc[nt][s], af, b[nt][2 * jj], b[nt][2 * jj + 1]);
-            }
-        }
-    }
-}
-
 // The outputs of n-tile nt of the warp's tile (write_tile: the tokens 8 nt + 2c + e).
 template <GemvEpilogue E>
 __device__ inline void write_ntile(const BatchArgs& a, int64_t tile, int64_t items, int64_t pair, const float (&sum)[kSets][4], int nt) {
@@ -119,7 +93,7 @@ __global__ void __launch_bounds__(kBlockThreads, 2) batch_gemm_kernel(BatchArgs 
         copy_w(n + kBlockStages - 1);
         copy_x(n + kBlockStages - 1);
         cp_async_commit();
-        multiply_step<NT>(stage(n), warp, acc);
+        multiply_step<NT>(stage(n) + warp * kWBytes, stage(n) + kBlockWarps * kWBytes, acc);
     }
     cp_async_wait_all();
     if (split == 1) {

@@ -29,29 +29,6 @@ struct MmaArgs {
 // partial sums [warp][set][4][lane] floats reuse it at the end.
 inline size_t smem_bytes(int warps) { return (size_t)warps * kStages * kSlot; }
 
-// A ring slot's step into acc: 4 slices of 16 columns, each row set's A and the tokens' B by
-// ldmatrix (lane's matrix m = lane / 8, its row lane % 8; A: rows + 8 for odd m, the slice's
-// second chunk for m >= 2; B, two slices a load: chunk + m).
-__device__ inline void mma_step(const char* slot, float (&acc)[kSets][4]) {
-    const int lane = threadIdx.x & 31, m = lane >> 3, rr = lane & 7;
-#pragma unroll
-    for (int j2 = 0; j2 < 2; ++j2) {  // slices 2 j2 and 2 j2 + 1
-        uint32_t b[4];               // b0, b1 of slice 2 j2, then of slice 2 j2 + 1
-        const int xc = 4 * j2 + m;   // x chunk (8 columns) of this lane's matrix
-        ldmatrix_x4(b, slot + kWBytes + line_chunk(rr, xc));
-#pragma unroll
-        for (int jj = 0; jj < 2; ++jj) {
-            const int j = 2 * j2 + jj;
-#pragma unroll
-            for (int s = 0; s < kSets; ++s) {
-                uint32_t af[4];
-                ldmatrix_x4(af, slot + line_chunk(16 * s + rr + 8 * (m & 1), 2 * j + (m >> 1)));
-                mma_bf16_16816(acc[s], af, b[2 * jj], b[2 * jj + 1]);
-            }
-        }
-    }
-}
-
 // y = x W^T (+ bias) over `items` work items (item_rows) for every token, in one pass over the
 // weights, and the epilogue (gemv_epilogue.cuh; no norm: the norm before it is a kernel of its
 // own, see docs/GPU.md). mma.sync m16n8k16, bf16 in, fp32 sums, the tokens as the mma's n. The
@@ -85,19 +62,20 @@ __global__ void __launch_bounds__(kThreads) gemv_mma_kernel(MmaArgs a, int64_t i
         }
     };
     start_ring(early, copy_w, copy_x);
-    float acc[kSets][4] = {};
+    float acc[1][kSets][4] = {};
     for (int64_t n = 0; n < mine; ++n) {
         copy_w(n + kStages - 1);
         copy_x(n + kStages - 1);
         cp_async_commit();
         cp_async_wait<kStages - 1>();
         __syncwarp();
-        mma_step(ring_base + ((n % kStages) * warps + warp) * kSlot, acc);
+        const char* slot = ring_base + ((n % kStages) * warps + warp) * kSlot;
+        multiply_step<1>(slot, slot + kWBytes, acc);
         __syncwarp();
     }
     cp_async_wait_all();
-    if (add_split_sums(reinterpret_cast<float*>(ring_base), acc, split, valid))
-        write_tile<E>(a.T, a.N, a.bias, a.y, a.rope, tile, items, pair, acc);
+    if (add_split_sums(reinterpret_cast<float*>(ring_base), acc[0], split, valid))
+        write_tile<E>(a.T, a.N, a.bias, a.y, a.rope, tile, items, pair, acc[0]);
 }
 
 template <GemvEpilogue E>

@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/gemv_epilogue.cuh"
+#include "kernels/cuda/mma.cuh"
 
 namespace tpx::cuda::ring {
 
@@ -83,6 +84,32 @@ __device__ __forceinline__ void start_ring(bool early, const CopyW& copy_w, cons
 
 // The byte offset of row `row`'s 16-byte chunk `chunk` in a slot (the copies' swizzle).
 __device__ inline int line_chunk(int row, int chunk) { return row * kLine + ((chunk ^ (row & 7)) << 4); }
+
+// A step of a warp's 32 weight rows (w: a slot's lines, swizzled) by 8 NT tokens' x (x: their
+// lines, swizzled the same way, token r at row r) into acc[nt][set]: 4 slices of 16 columns, each
+// row set's A and each n-tile's B by ldmatrix (lane's matrix m = lane / 8, its row lane % 8; A:
+// rows + 8 for odd m, the slice's second chunk for m >= 2; B, two slices a load: chunk + m).
+template <int NT>
+__device__ inline void multiply_step(const char* w, const char* x, float (&acc)[NT][kSets][4]) {
+    const int lane = threadIdx.x & 31, m = lane >> 3, rr = lane & 7;
+#pragma unroll
+    for (int j2 = 0; j2 < 2; ++j2) {  // slices 2 j2 and 2 j2 + 1
+        uint32_t b[NT][4];            // per n-tile: b0, b1 of slice 2 j2, then of slice 2 j2 + 1
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) ldmatrix_x4(b[nt], x + line_chunk(8 * nt + rr, 4 * j2 + m));
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+            const int j = 2 * j2 + jj;
+#pragma unroll
+            for (int s = 0; s < kSets; ++s) {
+                uint32_t af[4];
+                ldmatrix_x4(af, w + line_chunk(16 * s + rr + 8 * (m & 1), 2 * j + (m >> 1)));
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) mma_bf16_16816(acc[nt][s], af, b[nt][2 * jj], b[nt][2 * jj + 1]);
+            }
+        }
+    }
+}
 
 // The block shape: blocks of tpb tiles, tpb = tiles / SMs rounded up (8, and more waves, past 8),
 // and as many warps a tile (split, a power of two) as 8 warps a block allow, so that up to 8
