@@ -2,7 +2,8 @@
 // ([backend.tuning] batch_gemm): linear()'s route for that many rows, gemv_fused's with SwiGLU or
 // RoPE + the KV-cache write, and linear_add's with the residual added. A row's sums are added in
 // an order that depends on its tile count, K and the GPU only (launch_batch's split), so that the
-// fused and unfused paths agree bit for bit and a token's outputs do not depend on the batch.
+// fused and unfused paths agree bit for bit and a token's outputs do not depend on the other
+// tokens of its batch (of 9 to 64: fewer take other kernels).
 #include "kernels/cuda/batch_gemm.h"
 
 #include <cooperative_groups.h>
