@@ -5,6 +5,11 @@
 
 namespace tpx {
 
+int64_t fused_decode_max_tokens(const KernelConfig& c) {
+    if (c.batch_gemm) return kBatchGemmFusedMaxTokens;
+    return c.gemv_mma ? kGemvFusedMaxTokens : 1;
+}
+
 std::string format_kernel_config(const KernelConfig& c) {
     std::ostringstream os;
     auto on = [](bool b) { return b ? "true" : "false"; };

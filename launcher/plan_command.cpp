@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/kernel_config.h"
 #include "common/host_memory.h"
 #include "jobs/outputs.h"
 #include "jobs/parse.h"
@@ -52,7 +53,7 @@ int cmd_plan(const Args& args) {
             if (resolve_transform_options(job).at("fuse_allreduce_residual_rmsnorm").enabled) fuse_allreduce_residual_rmsnorm(g);
             g.cleanup();
             if (plan.pp > 1) std::cout << "stage " << st.stage << ":\n";
-            std::cout << plan_steps(g, {k.residual_epilogue, exchange}).describe();
+            std::cout << plan_steps(g, {k.residual_epilogue, exchange, {}, fused_decode_max_tokens(k)}).describe();
         }
     }
     return 0;

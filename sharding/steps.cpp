@@ -110,6 +110,7 @@ std::map<const Value*, size_t> last_uses(const Graph& graph, const std::vector<N
 
 StepProgram plan_steps(const Graph& graph, const StepOptions& options) {
     StepProgram p;
+    p.fused_tokens = options.fused_tokens;
     p.nodes = graph.nodes();
     p.last_use = last_uses(graph, p.nodes);
     for (const Node* n : p.nodes)
@@ -156,7 +157,7 @@ std::string StepProgram::describe() const {
         auto it = fusions.find(n);
         if (it != fusions.end()) {
             const DecodeFusion& f = it->second;
-            os << "decode GEMV (1 to 64 tokens)";
+            os << "decode GEMV (1 to " << fused_tokens << " tokens)";
             if (f.norm) os << " with " << f.norm->op << " (" << f.norm->name << ") before at one token";
             if (f.swiglu) os << ", SwiGLU (" << f.swiglu->name << ") after";
             if (f.split) os << ", RoPE (" << f.rope->name << ") and the KV-cache write of " << f.attention->name << " after";

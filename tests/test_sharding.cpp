@@ -264,9 +264,11 @@ TEST(Steps, FusionsAreDecidedFromTheGraphOnce) {
         for (const auto& [norm, lin] : p.norm_of)
             for (const Value* v : norm->inputs) EXPECT_GE(p.last_use.at(v), index.at(lin)) << norm->name;
         std::string text = p.describe();
-        EXPECT_NE(text.find("decode GEMV (1 to 64 tokens) with"), std::string::npos) << text;
+        EXPECT_NE(text.find("decode GEMV (1 to 8 tokens) with"), std::string::npos) << text;
         EXPECT_NE(text.find("(prefill, larger batches), layers.0.attn.rope writes K and V into layers.0.attn.sdpa's cache"), std::string::npos) << text;
         EXPECT_EQ(plan_steps(plan.graph, {false, false}).residual_epilogue.size(), 0u);
+        const std::string batch = plan_steps(plan.graph, {true, tp > 1, {}, 64}).describe();  // batch_gemm on
+        EXPECT_NE(batch.find("decode GEMV (1 to 64 tokens) with"), std::string::npos) << batch;
         EXPECT_TRUE(p.fp8_input_of.empty());
         // Every linear but lm_head taken as w8a8: each reads a norm's, attention's or SwiGLU's
         // output alone, which that kernel then writes in e4m3.

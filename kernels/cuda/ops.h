@@ -81,9 +81,9 @@ void gemm_ex(cublasHandle_t cublas, const cpu::LinearShape& s, const bf16* x, co
 
 // Most tokens the GEMV of a few tokens takes: one by the batch-1 GEMV, 2 to kGemvMaxTokens on
 // tensor cores (gemv_mma.cu).
-constexpr int64_t kGemvMaxTokens = 8;
+constexpr int64_t kGemvMaxTokens = kGemvFusedMaxTokens;
 // Most tokens gemv_fused and linear()'s GEMV route take: past kGemvMaxTokens the batch GEMM (batch_gemm.cu).
-constexpr int64_t kBatchGemmMaxTokens = 64;
+constexpr int64_t kBatchGemmMaxTokens = kBatchGemmFusedMaxTokens;
 
 // The GEMMs' algorithm, chosen by timing (gemm_tuner.cu), as TensorRT-LLM's autotuner and
 // PyTorch's TunableOp do: the first product of at least kGemmTuneMinTokens rows (every product
