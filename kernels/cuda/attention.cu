@@ -177,12 +177,9 @@ __device__ void score_keys(const bf16* q, const bf16* kbase, int64_t kv_width, i
         have = 0;
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            float kf[8], d = 0;
+            float kf[8];
             unpack8(kv[u], kf);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) d += qf[i] * kf[i];
-#pragma unroll
-            for (int o = L.kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            const float d = lane_group_dot8<VecLanes<HD>::kLanes>(qf, kf);
             int64_t j = base + L.sub + u * step;
             if (L.part == 0 && j < n) scores[j] = d;
         }
@@ -290,11 +287,7 @@ __global__ void __launch_bounds__(kThreads) attention_heads_kernel(cpu::Attentio
             const int64_t j = base + L.sub + u * step;
 #pragma unroll
             for (int g = 0; g < G; ++g) {
-                float d = 0;
-#pragma unroll
-                for (int i = 0; i < 8; ++i) d += qf[g][i] * kf[i];
-#pragma unroll
-                for (int o = L.kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                const float d = lane_group_dot8<VecLanes<HD>::kLanes>(qf[g], kf);
                 if (L.part == 0 && j < n) scores[g * n + j] = d;
             }
         }

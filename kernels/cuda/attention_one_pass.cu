@@ -61,11 +61,7 @@ __device__ __forceinline__ void add_chunk(const ChunkLanes<HD>& L, const char* f
         const bool in = chunk_key(L, c, u) < n;
 #pragma unroll
         for (int g = 0; g < Gb; ++g) {
-            float d = 0.0f;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) d += qf[g][e] * kf[e];
-#pragma unroll
-            for (int o = Lanes::kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            const float d = lane_group_dot8<Lanes::kLanes>(qf[g], kf);
             sc[g][u] = in ? d : -INFINITY;
         }
     }

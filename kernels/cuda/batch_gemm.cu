@@ -12,7 +12,6 @@
 #include <string>
 
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/weight_ring.cuh"
 
 namespace tpx::cuda {
@@ -59,8 +58,7 @@ __device__ inline void write_ntile(const BatchArgs& a, int64_t tile, int64_t ite
 // one barrier a step: every warp reads the whole x). The steps (64 columns each) are split over the
 // `split` blocks of a cluster, each a consecutive share; their partial sums meet in shared
 // memory, block r adding every block's sums of n-tiles r, r + split, ... in rank order (distributed
-// shared memory) and writing those tokens' outputs. The split depends on the tile count and K
-// only, so a row's sums are added in the same order whatever the epilogue and the token count.
+// shared memory) and writing those tokens' outputs (launch_batch's split: see the file's head).
 template <GemvEpilogue E, int NT>
 __global__ void __launch_bounds__(kBlockThreads, 2) batch_gemm_kernel(BatchArgs a, int64_t items, int64_t pair, int split, bool early) {
     extern __shared__ __align__(128) char smem[];

@@ -200,6 +200,19 @@ __device__ inline float warp_reduce(float v, Op op) {
 }
 __device__ inline float warp_sum(float v) { return warp_reduce(v, SumOp{}); }
 
+// q . k over an aligned group of kLanes lanes (a power of two), 8 elements a lane, summed in
+// butterfly order: every lane of the group gets the whole product (the decode attention kernels'
+// scores). Every lane of the warp must call it.
+template <int kLanes>
+__device__ __forceinline__ float lane_group_dot8(const float (&q)[8], const float (&k)[8]) {
+    float d = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) d += q[e] * k[e];
+#pragma unroll
+    for (int o = kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+    return d;
+}
+
 // Reduction over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
 template <typename Op>
 __device__ inline float block_reduce(float v, Op op, float identity) {

@@ -5,7 +5,6 @@
 #include <string>
 
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/weight_ring.cuh"
 
 namespace tpx::cuda {
