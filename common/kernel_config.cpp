@@ -5,9 +5,10 @@
 
 namespace tpx {
 
-int64_t fused_decode_max_tokens(const KernelConfig& c) {
-    if (c.batch_gemm) return kBatchGemmFusedMaxTokens;
-    return c.gemv_mma ? kGemvFusedMaxTokens : 1;
+std::string fused_decode_tokens(const KernelConfig& c) {
+    const std::string most = std::to_string(c.batch_gemm ? kBatchGemmFusedMaxTokens : kGemvFusedMaxTokens) + " tokens";
+    if (c.gemv_mma) return "1 to " + most;
+    return c.batch_gemm ? "1 and " + std::to_string(kGemvFusedMaxTokens + 1) + " to " + most : "1 token";
 }
 
 std::string format_kernel_config(const KernelConfig& c) {

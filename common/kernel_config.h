@@ -43,11 +43,12 @@ struct KernelConfig {
     bool profile = false;              // events around every op, no CUDA graphs; a table at the end
 };
 
-// Most tokens a decode forward's GEMVs take in their neighbours: the GEMV of 2 to
-// kGemvFusedMaxTokens with gemv_mma, the batch GEMM past it up to kBatchGemmFusedMaxTokens with
-// batch_gemm (kernels/cuda/ops.h's kGemvMaxTokens and kBatchGemmMaxTokens); one token always.
+// The decode forwards whose GEMVs take in their neighbours, by token count: one token always, 2 to
+// kGemvFusedMaxTokens with gemv_mma, past it up to kBatchGemmFusedMaxTokens with batch_gemm
+// (kernels/cuda/ops.h's kGemvMaxTokens and kBatchGemmMaxTokens; cuda::gemv_route_allowed). As
+// text for `tpx plan --steps`: "1 to 8 tokens", "1 to 64 tokens", "1 and 9 to 64 tokens" or "1 token".
 constexpr int64_t kGemvFusedMaxTokens = 8, kBatchGemmFusedMaxTokens = 64;
-int64_t fused_decode_max_tokens(const KernelConfig& c);
+std::string fused_decode_tokens(const KernelConfig& c);
 
 // One line, "key=value ..." in declaration order, for the run log.
 std::string format_kernel_config(const KernelConfig& c);

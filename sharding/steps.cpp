@@ -157,7 +157,7 @@ std::string StepProgram::describe() const {
         auto it = fusions.find(n);
         if (it != fusions.end()) {
             const DecodeFusion& f = it->second;
-            os << "decode GEMV (1 to " << fused_tokens << " tokens)";
+            os << "decode GEMV (" << fused_tokens << ")";
             if (f.norm) os << " with " << f.norm->op << " (" << f.norm->name << ") before at one token";
             if (f.swiglu) os << ", SwiGLU (" << f.swiglu->name << ") after";
             if (f.split) os << ", RoPE (" << f.rope->name << ") and the KV-cache write of " << f.attention->name << " after";

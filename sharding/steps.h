@@ -18,7 +18,7 @@
 
 namespace tpx {
 
-// The neighbours a decode GEMV (a linear node; 1 to StepOptions::fused_tokens tokens) takes in: the norm before it (at
+// The neighbours a decode GEMV (a linear node, at the token counts of StepOptions::fused_tokens) takes in: the norm before it (at
 // one token), and SwiGLU, or split -> RoPE -> the attention's cache write, after it. Nodes taken
 // in are skipped.
 struct DecodeFusion {
@@ -36,7 +36,7 @@ struct StepOptions {
     // KernelConfig::quant_prefill and w8a8_fused and the weights' layouts), whose input the kernel
     // before may write in that form.
     std::set<const Node*> w8a8 = {};
-    int64_t fused_tokens = 8;  // most tokens a decode forward fuses at (fused_decode_max_tokens): what describe() says
+    std::string fused_tokens = "1 to 8 tokens";  // the decode forwards' token counts that fuse (fused_decode_tokens): what describe() says
 };
 
 struct StepProgram {
@@ -59,7 +59,7 @@ struct StepProgram {
     // A norm, attention or SwiGLU -> the linear of StepOptions::w8a8 that alone reads its out(0)
     // as x: at prefill it writes that input in e4m3 (cuda::ActFp8) instead of bf16.
     std::map<const Node*, const Node*> fp8_input_of;
-    int64_t fused_tokens = 8;  // StepOptions::fused_tokens
+    std::string fused_tokens;  // StepOptions::fused_tokens
 
     // One line per fused step (`tpx plan --steps`).
     std::string describe() const;
