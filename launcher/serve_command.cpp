@@ -28,7 +28,8 @@ int cmd_serve(const Args& args) {
         "dry-run", "print the mpirun command instead of running it")(
         "step-delay-ms", po::value<int>(), "pause per step (for tests)")(
         "ready-delay-ms", po::value<int>(), "answer 503 (loading) this long after the model is loaded (for tests)")(
-        "refit-delay-ms", po::value<int>(), "pause each refit this long between its checks and its reads (for tests)");
+        "refit-delay-ms", po::value<int>(), "pause each refit this long between its checks and its reads (for tests)")(
+        "read-delay-ms", po::value<int>(), "pause each of the load's reads this long (for tests: a load to stop)");
     po::positional_options_description positional;
     positional.add("job", 1);
     po::variables_map vm;
@@ -48,6 +49,7 @@ int cmd_serve(const Args& args) {
     std::vector<std::string> worker_args = {"--job", worker_job, "--serve", "--progress", "lines"};
     if (vm.count("step-delay-ms")) worker_args.insert(worker_args.end(), {"--step-delay-ms", std::to_string(vm["step-delay-ms"].as<int>())});
     if (vm.count("refit-delay-ms")) worker_args.insert(worker_args.end(), {"--refit-delay-ms", std::to_string(vm["refit-delay-ms"].as<int>())});
+    if (vm.count("read-delay-ms")) worker_args.insert(worker_args.end(), {"--read-delay-ms", std::to_string(vm["read-delay-ms"].as<int>())});
     if (vm.count("ready-delay-ms")) worker_args.insert(worker_args.end(), {"--ready-delay-ms", std::to_string(vm["ready-delay-ms"].as<int>())});
     std::vector<std::string> cmd = mpirun_command(job, worker_binary(), worker_args);
     if (vm.count("dry-run")) {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -98,7 +99,17 @@ const TensorInfo& Checkpoint::checked(const ReadRequest& r) const {
     return t;
 }
 
+void Checkpoint::before_read() const {
+    if (!control_) return;
+    // The pause in slices, each ending early once the stop is set.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(control_->delay_ms);
+    while (!control_->stop.load(std::memory_order_relaxed) && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (control_->stop.load(std::memory_order_relaxed)) throw ReadStopped();
+}
+
 void Checkpoint::pread_counted(int fd, const std::string& file, void* dst, uint64_t bytes, uint64_t offset) {
+    before_read();
     char* p = static_cast<char*>(dst);
     for (uint64_t done = 0; done < bytes;) {
         ssize_t r = ::pread(fd, p + done, bytes - done, (off_t)(offset + done));

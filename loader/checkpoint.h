@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,20 @@ private:
     std::vector<void*> dsts_;
 };
 
+// A load's say over its reads, consulted before each read of tensor data: `stop` ends the
+// batch (the read throws ReadStopped: `tpx serve` asked to stop while it loads), `delay_ms`
+// pauses each read (a test aid: a load slow enough to be stopped).
+struct ReadControl {
+    std::atomic<bool> stop{false};
+    int delay_ms = 0;
+};
+
+// Thrown by a read begun after its ReadControl's stop was set; not a fault of the checkpoint.
+class ReadStopped : public std::runtime_error {
+public:
+    ReadStopped() : std::runtime_error("the load was asked to stop") {}
+};
+
 class Checkpoint {
 public:
     virtual ~Checkpoint() = default;
@@ -98,6 +113,8 @@ public:
 
     ReadStats stats() const;
     void reset_stats();
+    // Reads from now on consult `control` (nullptr: none); it outlives them.
+    virtual void set_control(const ReadControl* control) { control_ = control; }
 
 protected:
     explicit Checkpoint(std::string path) : path_(std::move(path)) {}
@@ -107,6 +124,8 @@ protected:
     void set_tensors(std::vector<TensorInfo> tensors);
     void count_header(uint64_t bytes) { header_bytes_ += bytes; }
     void count_data(const std::string& file, uint64_t bytes);
+    // Before each read of tensor data: the control's pause, then its stop (ReadStopped).
+    void before_read() const;
     // Reads exactly `bytes` at `offset` of `file` (open as `fd`) into dst, retrying short reads,
     // and counts them; a file that ends early or a failed read is a CheckpointError naming it.
     void pread_counted(int fd, const std::string& file, void* dst, uint64_t bytes, uint64_t offset);
@@ -116,6 +135,7 @@ protected:
     std::string generation_config_json_;
 
 private:
+    const ReadControl* control_ = nullptr;
     std::vector<TensorInfo> tensors_;
     std::map<std::string, size_t> index_;
     std::atomic<uint64_t> header_bytes_{0}, data_bytes_{0}, reads_{0};

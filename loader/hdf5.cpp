@@ -189,6 +189,7 @@ void Hdf5Checkpoint::read_one(const ReadRequest& r, ReadSink& sink) {
             scratch.resize(elems * src_size);
             target = scratch.data();
         }
+        before_read();
         if (H5Dread(ds, h5_type(t.dtype), mem_space, rank + lead == 0 ? H5S_ALL : (hid_t)file_space, H5P_DEFAULT, target) < 0)
             throw CheckpointError(path_ + ": reading dataset /tensors/" + name + " failed");
         if (dst_type != t.dtype) convert(scratch.data(), t.dtype, memory, dst_type, elems);

@@ -84,6 +84,7 @@ public:
     using Checkpoint::read;
     void read(const std::vector<ReadRequest>& requests, ReadSink& sink) override;
     uint64_t read_bytes(const std::string& name, const Slice& slice) const override;
+    void set_control(const ReadControl* control) override { inner_->set_control(control); }  // the inner reader's reads
     const QuantConfig& quant() const { return q_; }
     bool has_linear(const std::string& name) const { return linears_.count(name) > 0; }
     std::vector<std::unique_ptr<PackedSlice>> read_packed_slices(const std::vector<ReadRequest>& requests);

@@ -341,6 +341,30 @@ TEST(Serve, SigtermDrainsWithoutMpirunForwardingSignals) {
     sigterm_drains("OMPI_MCA_ess_base_forward_signals=none");
 }
 
+// A stop asked while the ranks read their weights (each read held 10 s here: the load would take
+// 20 s or more) ends every rank's reads at rank 0's word: exit 0 within seconds, nothing left.
+// `only_rank0`: the signal to rank 0 alone, as where rank 1 runs on a host no signal reaches.
+void stop_while_loading(bool only_rank0) {
+    Server server("", "--read-delay-ms 10000", "serve: listening");
+    int rank0 = -1;
+    for (int pid : tpx_test::pids_matching("tpx-worker --job " + server.job()))
+        if (tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "0") rank0 = pid;
+    ASSERT_GT(rank0, 0) << "rank 0 not found";
+    const auto t0 = std::chrono::steady_clock::now();
+    kill(only_rank0 ? rank0 : server.pid(), only_rank0 ? SIGUSR1 : SIGTERM);
+    const int code = server.wait(40);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(code, 0) << server.err();
+    EXPECT_LT(seconds, 8) << server.err();
+    EXPECT_NE(server.err().find("serve: stopped while loading"), std::string::npos) << server.err();
+    EXPECT_EQ(server.err().find("serve: ready"), std::string::npos) << server.err();
+    EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
+}
+
+TEST(Serve, SigtermWhileLoadingEndsEveryRanksReads) { stop_while_loading(false); }
+
+TEST(Serve, RankZerosWordStopsARankNoSignalReached) { stop_while_loading(true); }
+
 TEST(Serve, KilledRankEndsTheServerWithin10s) {
     SKIP_WITHOUT_SDK();
     Server server("", "--step-delay-ms 100");

@@ -37,6 +37,7 @@
 #include "worker/mpi_comm.h"
 #include "worker/progress.h"
 #include "worker/rank_model.h"
+#include "worker/load_stop.h"
 #include "worker/serve_loop.h"
 #include "text/text_tools.h"
 #include "worker/report.h"
@@ -60,6 +61,7 @@ struct Options {
     bool serve = false;  // answer HTTP requests (tpx serve) instead of running run.prompts
     int ready_delay_ms = 0;  // serve: /health stays 503 this long after loading (a test aid)
     int refit_delay_ms = 0;  // serve: a refit pauses this long between its checks and its reads (a test aid)
+    int read_delay_ms = 0;   // serve: each read of the load pauses this long (a test aid: a load to stop)
     bool help = false;
 };
 
@@ -73,6 +75,7 @@ Options parse_options(int argc, char** argv) {
         "serve", po::bool_switch(&o.serve), "serve the job's model over HTTP from rank 0 ([serve], docs/SERVE.md)")(
         "ready-delay-ms", po::value(&o.ready_delay_ms), "serve: answer 503 (loading) this long after loading (for tests)")(
         "refit-delay-ms", po::value(&o.refit_delay_ms), "serve: pause a refit this long after its checks, before its reads (for tests)")(
+        "read-delay-ms", po::value(&o.read_delay_ms), "serve: pause each of the load's reads this long (for tests)")(
         "launched-by", po::value(&o.launched_by), "srun: cross-check SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS against MPI")(
         "progress", po::value(&o.progress), "rank 0's progress on stderr: quiet, lines (every few seconds) or live (one line, rewritten)")(
         "help,h", "print this help");
@@ -296,7 +299,14 @@ int run(const Options& opt) {
         if (rank == 0) serve_front = open_serve_front(job, plan.config.vocab_size, plan.max_seq_len, text);
     }
     RankModel model;
-    load_rank_model(model, job, plan, comm, prompts, progress, opt.serve && job.serve.allow_refit);
+    // Serving, a stop asked while the ranks load ends the load on every rank (rank 0 says so).
+    std::unique_ptr<LoadStop> stop;
+    if (opt.serve) stop = std::make_unique<LoadStop>(serve_stop_asked, job.backend.collective_timeout_s, opt.read_delay_ms);
+    load_rank_model(model, job, plan, comm, prompts, progress, {opt.serve && job.serve.allow_refit, stop.get()});
+    if (model.stopped) {
+        if (rank == 0) log_info("serve: stopped while loading (", strsignal(serve_stop_asked()), "): every rank left its reads; exiting");
+        return 0;
+    }
     if (rank == 0 && model.weights_seconds > 0)
         log_info("loaded ", model.weight_bytes / 1e9, " GB per rank in ", model.load_seconds, " s; the weights' read and upload ",
                  model.weights_seconds, " s (", model.ckpt->stats().data_bytes / 1e9 / model.weights_seconds, " GB/s)");
@@ -339,7 +349,9 @@ int main(int argc, char** argv) {
         std::fflush(stderr);
         _exit(tpx::kExitRuntime);
     });
-    MPI_Init(&argc, &argv);
+    // A second thread of a rank may call MPI while the first does not (a serve's load: LoadStop).
+    int provided = MPI_THREAD_SINGLE;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
     {
         std::lock_guard<std::mutex> lock(init_mutex);
         init_done = true;

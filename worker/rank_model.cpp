@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <cstdio>
 #include <mutex>
 #include <thread>
@@ -126,11 +127,28 @@ void join_stage(RankModel& m, const ShardPlan& plan, int rank, double timeout_s)
     m.pipe = std::make_unique<MpiPipe>(PipeLayout{rank, me.stage, plan.pp, plan.tp, me.tp_rank}, timeout_s);
 }
 
+// The weights' reads, which rank 0's word stops where `stop` is given; true (m.stopped) when
+// they were stopped.
+bool read_weights(RankModel& m, LoadStop* stop, const std::function<void()>& read) {
+    if (!stop) {
+        read();
+        return false;
+    }
+    struct Controlled {  // the checkpoint consults the stop while the reads run, and only then
+        Checkpoint& ckpt;
+        ~Controlled() { ckpt.set_control(nullptr); }
+    } controlled{*m.ckpt};
+    m.ckpt->set_control(stop->control());
+    m.stopped = stop->run(read);
+    return m.stopped;
+}
+
 // The CPU backend: fp32 weights in host memory, the CPU executor (a stage's, run by the
 // pipeline executor, at pp > 1). `tp`: the stage's tp group (the world at pp = 1).
-void load_on_host(RankModel& m, const Job& job, const ShardPlan& plan, MpiCommunicator& tp, Clock::time_point start) {
+void load_on_host(RankModel& m, const Job& job, const ShardPlan& plan, MpiCommunicator& tp, Clock::time_point start, LoadStop* stop) {
     const Clock::time_point weights_start = Clock::now();
-    HostWeights weights = load_host_weights(m.ctx.graph, tp.rank(), *m.ckpt);
+    HostWeights weights;
+    if (read_weights(m, stop, [&] { weights = load_host_weights(m.ctx.graph, tp.rank(), *m.ckpt); })) return;
     m.weight_bytes = weights.bytes;
     m.load_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     m.weights_seconds = std::chrono::duration<double>(Clock::now() - weights_start).count();
@@ -147,12 +165,16 @@ void load_on_host(RankModel& m, const Job& job, const ShardPlan& plan, MpiCommun
 
 #ifdef TPX_HAVE_CUDA
 // The GPU backend: bf16 (or packed quantized) weights uploaded to this rank's device, the CUDA
-// executor (a stage's, run by the GPU pipeline executor, at pp > 1). `tp`: the stage's tp group;
-// `refits`: the weights' staging ring is kept for later refits.
-void load_on_device(RankModel& m, const Job& job, const ShardPlan& plan, MpiCommunicator& tp, Clock::time_point start, bool refits) {
+// executor (a stage's, run by the GPU pipeline executor, at pp > 1). `tp`: the stage's tp group.
+void load_on_device(RankModel& m, const Job& job, const ShardPlan& plan, MpiCommunicator& tp, Clock::time_point start,
+                    const LoadOptions& options) {
     const Clock::time_point weights_start = Clock::now();
-    DeviceWeights weights = upload_weights(m.ctx.graph, tp.rank(), *m.ckpt, m.gpu->stream, job.backend.tuning.quant_prefill == "w8a8");
-    if (!refits) weights.drop_staging();  // its pinned memory has no further use
+    DeviceWeights weights;
+    if (read_weights(m, options.stop, [&] {
+            weights = upload_weights(m.ctx.graph, tp.rank(), *m.ckpt, m.gpu->stream, job.backend.tuning.quant_prefill == "w8a8");
+        }))
+        return;
+    if (!options.refits) weights.drop_staging();  // its pinned memory has no further use
     m.weight_bytes = weights.bytes;
     m.load_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     m.weights_seconds = std::chrono::duration<double>(Clock::now() - weights_start).count();
@@ -177,7 +199,7 @@ void load_on_device(RankModel& m, const Job& job, const ShardPlan& plan, MpiComm
 }  // namespace
 
 void load_rank_model(RankModel& m, const Job& job, ShardPlan& plan, MpiCommunicator& comm, const std::vector<Prompt>& prompts,
-                     Progress& progress, bool refits) {
+                     Progress& progress, const LoadOptions& options) {
     const int rank = comm.rank();
     if (plan.backend == "cpu") check_memory_before_load(plan, prompts, rank);
     const Clock::time_point start = Clock::now();
@@ -199,11 +221,11 @@ void load_rank_model(RankModel& m, const Job& job, ShardPlan& plan, MpiCommunica
     maybe_inject_fault("load", rank);
 #ifdef TPX_HAVE_CUDA
     if (m.gpu) {
-        load_on_device(m, job, plan, tp, start, refits);
+        load_on_device(m, job, plan, tp, start, options);
         return;
     }
 #endif
-    load_on_host(m, job, plan, tp, start);
+    load_on_host(m, job, plan, tp, start, options.stop);
 }
 
 }  // namespace tpx

@@ -17,6 +17,7 @@
 #include "sharding/transform.h"
 #include "text/prompts.h"
 #include "worker/executor.h"
+#include "worker/load_stop.h"
 #include "worker/mpi_comm.h"
 #include "worker/mpi_pipe.h"
 #include "worker/progress.h"
@@ -56,12 +57,17 @@ struct RankModel {
     // setup included, as HF's from_pretrained includes its own); weights_seconds: the batched
     // read and upload alone.
     double load_seconds = 0, weights_seconds = 0;
+    bool stopped = false;  // the load was stopped (LoadOptions::stop): no executor
+};
+
+struct LoadOptions {
+    bool refits = false;       // the weights may be refit later (a GPU rank keeps its pinned staging ring for them)
+    LoadStop* stop = nullptr;  // a serve's load: the weights' reads end on rank 0's word (RankModel::stopped)
 };
 
 // Fills `m` for this rank from the broadcast plan (whose graph moves into m.ctx). `prompts`
-// size the memory check's activations; `progress` shows rank 0's loading line; `refits`: the
-// weights may be refit later (a GPU rank keeps its pinned staging ring for them).
+// size the memory check's activations; `progress` shows rank 0's loading line.
 void load_rank_model(RankModel& m, const Job& job, ShardPlan& plan, MpiCommunicator& comm, const std::vector<Prompt>& prompts,
-                     Progress& progress, bool refits);
+                     Progress& progress, const LoadOptions& options);
 
 }  // namespace tpx

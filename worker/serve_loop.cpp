@@ -467,6 +467,8 @@ std::unique_ptr<ServeFront> open_serve_front(const Job& job, int64_t vocab, int6
     return front;
 }
 
+int serve_stop_asked() { return g_signal; }
+
 void install_serve_signals() {
     struct sigaction sa = {};
     sa.sa_handler = on_signal;

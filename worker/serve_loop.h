@@ -54,6 +54,9 @@ struct ServeSettings {
 // followers wait for its shutdown message). Call before loading, on every rank.
 void install_serve_signals();
 
+// The signal that asked this rank to stop serving (SIGTERM, SIGUSR1), or 0.
+int serve_stop_asked();
+
 // Collective: rank 0 passes its front, the others null. Returns when rank 0 has drained (after
 // a signal) and told every rank to stop; throws when a step fails (rank 0 first answers every
 // waiting call with 500 and the message).
