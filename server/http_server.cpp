@@ -112,6 +112,13 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
 HttpServer::~HttpServer() { stop(); }
 
 int HttpServer::start() {
+    // cpp-httplib's default sets SO_REUSEPORT, with which a second server binds a port already
+    // listened on and the kernel splits the connections between the two: SO_REUSEADDR alone
+    // (a port left in TIME_WAIT by a server just stopped is taken again; a listened one is not).
+    server_->set_socket_options([](socket_t sock) {
+        int yes = 1;
+        setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    });
     int port = settings_.port;
     if (port == 0) port = server_->bind_to_any_port(settings_.host);
     else if (!server_->bind_to_port(settings_.host, port)) port = -1;

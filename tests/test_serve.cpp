@@ -243,6 +243,20 @@ TEST(Serve, AnIdleServerOutlivesTheCollectiveTimeout) {
     EXPECT_EQ(r["completion"]["status"], 200) << r.dump() << server.err();
 }
 
+// A second server on a port the first listens on is refused (exit 2, naming the keys) before
+// any rank loads (cpp-httplib's SO_REUSEPORT let it listen beside the first, taking half the calls).
+TEST(Serve, APortAlreadyListenedOnIsRefused) {
+    Server first("", "", "serve: listening");
+    const std::string port = first.base().substr(first.base().rfind(':') + 1);
+    const std::string dir = tpx_test::temp_dir();
+    std::ofstream(dir + "/second.toml") << "[model]\npath = \"" << kModel << "\"\n[serve]\nport = " << port << "\n";
+    tpx_test::ProcessResult r = tpx_test::run_process("timeout 60 " + tpx_test::tpx_bin("tpx") + " serve " + dir + "/second.toml");
+    EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+    EXPECT_NE(r.err.find("cannot listen on 127.0.0.1:" + port), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("[serve] host, port"), std::string::npos) << r.err;
+    fs::remove_all(dir);
+}
+
 // Rank 0 listens while the ranks load: 503 until the model is ready (held 4 s longer here).
 TEST(Serve, LoadingAnswers503UntilReady) {
     SKIP_WITHOUT_SDK();
