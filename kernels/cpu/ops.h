@@ -76,6 +76,8 @@ struct SamplingParams {
     int64_t top_k = 0;
     double top_p = 1;
 };
+// A token drawn from the logits at p's temperature, top-k and top-p; argmax's where the
+// temperature is 0, and -1 as argmax's for a row holding a NaN or an infinity.
 int64_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt19937_64& rng);
 
 }  // namespace tpx::cpu

@@ -20,13 +20,19 @@ int64_t argmax(const float* logits, int64_t n) {
 
 int64_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt19937_64& rng) {
     if (p.temperature <= 0) return argmax(logits, n);
+    for (int64_t i = 0; i < n; ++i)
+        if (!std::isfinite(logits[i])) return -1;
     std::vector<int64_t> idx(n);
     std::iota(idx.begin(), idx.end(), 0);
     std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
     int64_t keep = p.top_k > 0 ? std::min(p.top_k, n) : n;
     std::vector<double> probs(keep);
-    double mx = logits[idx[0]] / p.temperature, sum = 0;
-    for (int64_t i = 0; i < keep; ++i) sum += (probs[i] = std::exp(logits[idx[i]] / p.temperature - mx));
+    // Each logit's distance below the largest, over the temperature: at most 0, so exp() stays
+    // in [0, 1] and the largest counts 1, however small the temperature (dividing the logits
+    // first overflowed to infinity below about 1e-300, and inf - inf made every weight NaN).
+    double sum = 0;
+    for (int64_t i = 0; i < keep; ++i)
+        sum += (probs[i] = std::exp(((double)logits[idx[i]] - (double)logits[idx[0]]) / p.temperature));
     if (p.top_p < 1) {
         // Smallest prefix whose probability reaches top_p (at least one token).
         double acc = 0;
