@@ -20,13 +20,17 @@ namespace {
 
 using Json = nlohmann::ordered_json;  // messages keep their keys' order, as Python dicts do
 
-std::vector<int32_t> read_ids(const Json& ids, const std::string& where) {
+// An id past the vocabulary is refused (HF's decode drops it without a word, and `tpx serve`
+// refuses it too).
+std::vector<int32_t> read_ids(const Json& ids, size_t vocab, const std::string& where) {
     if (!ids.is_array()) throw JobError(where + ": \"ids\" must be a list of integers");
     std::vector<int32_t> out;
     out.reserve(ids.size());
     for (const auto& id : ids) {
         if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
             throw JobError(where + ": \"ids\" holds " + id.dump() + ", not a token id");
+        if ((size_t)id.get<int64_t>() >= vocab)
+            throw JobError(where + ": \"ids\" holds " + id.dump() + ", outside the tokenizer's vocabulary [0, " + std::to_string(vocab) + ")");
         out.push_back(id.get<int32_t>());
     }
     return out;
@@ -74,7 +78,7 @@ Json answer(const TextTools& tools, const Json& line, const std::string& where) 
     }
     if (line.contains("ids")) {
         bool skip = read_flag(line, "skip_special_tokens", false, where);
-        return {{"text", tokenizer.decode(read_ids(line["ids"], where), skip)}};
+        return {{"text", tokenizer.decode(read_ids(line["ids"], tokenizer.vocab_size(), where), skip)}};
     }
     throw JobError(where + ": expected {\"text\": ...}, {\"ids\": [...]} or {\"messages\": [...]}");
 }

@@ -216,6 +216,7 @@ TEST(TokenizeCommand, BadLinesExitTwoNamingFileAndLine) {
     struct Case { std::string lines, expect; };
     for (const Case& c : {Case{"{\"text\": \"a\"}\n{\"text\": 5}\n", ":2: \"text\" must be a string"},
                           Case{"{\"ids\": [1, -3]}\n", ":1: \"ids\" holds -3"},
+                          Case{"{\"ids\": [1, 999999]}\n", ":1: \"ids\" holds 999999, outside the tokenizer's vocabulary [0, "},
                           Case{"{\"text\": \"a\"}\n\nnot json\n", ":3: not valid JSON"},
                           Case{"{\"text\": \"a\", \"foo\": 1}\n", ":1: unknown key \"foo\" beside \"text\""},
                           Case{"{\"text\": \"a\", \"ids\": [5]}\n", ":1: \"text\" and \"ids\" on one line: give one request a line"},
