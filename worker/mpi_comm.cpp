@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "common/error.h"
@@ -53,18 +54,22 @@ int MpiCommunicator::world_rank(int r) const {
     return out;
 }
 
-void MpiCommunicator::finish(MPI_Request request, const char* what) {
+void MpiCommunicator::finish(MPI_Request request, const char* what, double spin_s) {
     ++calls_;
-    if (timeout_s_ <= 0) {
+    if (timeout_s_ <= 0 && spin_s == kSpinForever) {
         MPI_CHECK(MPI_Wait(&request, MPI_STATUS_IGNORE));
         return;
     }
-    const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
+    const auto start = Clock::now();
     for (int done = 0;;) {
         MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
         if (done) return;
-        if (Clock::now() > deadline) stalled(what);
-        sched_yield();  // ranks may share cores (--oversubscribe)
+        const double waited = std::chrono::duration<double>(Clock::now() - start).count();
+        if (timeout_s_ > 0 && waited > timeout_s_) stalled(what);
+        // Past spin_s, a pause of a hundredth of the wait so far (at most 1 ms): the answer comes
+        // at most 1% late.
+        if (waited > spin_s) std::this_thread::sleep_for(std::chrono::duration<double>(std::min(waited * 0.01, 1e-3)));
+        else sched_yield();  // ranks may share cores (--oversubscribe)
     }
 }
 
@@ -132,13 +137,17 @@ void MpiCommunicator::all_gather_bytes(const void* in, size_t bytes, void* out) 
     finish(request, "all-gather");
 }
 
-void MpiCommunicator::broadcast(void* data, size_t bytes, int root) {
+void MpiCommunicator::broadcast(void* data, size_t bytes, int root) { broadcast_chunks(data, bytes, root, kSpinForever); }
+
+void MpiCommunicator::broadcast_patiently(void* data, size_t bytes, int root, double spin_s) { broadcast_chunks(data, bytes, root, spin_s); }
+
+void MpiCommunicator::broadcast_chunks(void* data, size_t bytes, int root, double spin_s) {
     char* p = static_cast<char*>(data);
     for (size_t done = 0; done < bytes;) {
         int count = (int)std::min<size_t>(bytes - done, INT_MAX / 2);
         MPI_Request request;
         MPI_CHECK(MPI_Ibcast(p + done, count, MPI_BYTE, root, comm_, &request));
-        finish(request, "broadcast");
+        finish(request, "broadcast", spin_s);
         done += (size_t)count;
     }
 }

@@ -10,6 +10,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "worker/comm.h"
@@ -38,10 +39,17 @@ public:
     void all_gather_bytes(const void* in, size_t bytes, void* out);
     // Rank 0's string on every rank.
     std::string broadcast_string(const std::string& s);
+    // broadcast() for a wait that may be long (a serve follower's wait for rank 0's next step):
+    // after `spin_s` of polling it pauses between polls (a hundredth of the wait so far, at most
+    // 1 ms), sparing the core an idle server's ranks would otherwise each keep busy.
+    void broadcast_patiently(void* data, size_t bytes, int root, double spin_s);
 
 private:
-    // Waits for `request`, started by collective `what`, within the timeout.
-    void finish(MPI_Request request, const char* what);
+    static constexpr double kSpinForever = std::numeric_limits<double>::infinity();
+    void broadcast_chunks(void* data, size_t bytes, int root, double spin_s);
+    // Waits for `request`, started by collective `what`, within the timeout; polls without
+    // pause for `spin_s`, then with pauses.
+    void finish(MPI_Request request, const char* what, double spin_s = kSpinForever);
     [[noreturn]] void stalled(const char* what);
 
     int world_rank(int r) const;
