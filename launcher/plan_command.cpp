@@ -22,7 +22,7 @@ namespace tpx {
 int cmd_plan(const Args& args) {
     po::options_description options("tpx plan options");
     options.add_options()("job", po::value<std::string>()->required(), "the job file")(
-        "world", po::value<int>()->default_value(0), "plan for this many tp ranks (per pipeline stage) instead of parallel.tp")(
+        "world", po::value<int>(), "plan for this many tp ranks (per pipeline stage) instead of parallel.tp")(
         "json", "print the plan as JSON (a `ranks` list with rank, weight_bytes, kv_cache_bytes, read_bytes, collectives)")(
         "detail", "list every weight of every rank with its source slices")(
         "graph", "print the sharded graph as text")(
@@ -31,8 +31,11 @@ int cmd_plan(const Args& args) {
     positional.add("job", 1);
     po::variables_map vm;
     if (parse_command_line(args, "tpx plan JOB [--world N] [--json] [--detail] [--graph] [--steps]", options, positional, vm)) return 0;
-    int world = vm["world"].as<int>();
-    if (world < 0) throw JobError("--world must be >= 1");
+    const int world = vm.count("world") ? vm["world"].as<int>() : 0;  // 0: parallel.tp
+    if (vm.count("world") && world < 1) throw JobError("--world " + std::to_string(world) + ": must be >= 1");
+    for (const char* text : {"detail", "graph", "steps"})
+        if (vm.count("json") && vm.count(text))
+            throw JobError(std::string("--json prints the plan alone; --") + text + " is text: give it without --json");
 
     Job job = load_job(vm["job"].as<std::string>());
     ShardPlan plan = make_plan(job, world);

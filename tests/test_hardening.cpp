@@ -302,6 +302,16 @@ TEST(Messages, WhatAUserTypesWrongIsNamed) {
     auto no_mpirun = tpx("run " + j.file);
     EXPECT_NE(no_mpirun.err.find("could not start /nonexistent/mpirun"), std::string::npos) << no_mpirun.err;
     EXPECT_EQ(no_mpirun.err.find("tpx run: error: tpx run:"), std::string::npos) << no_mpirun.err;
+    for (const char* flag : {"--steps", "--graph", "--detail"}) {
+        auto both = tpx("plan " + j.file + " --json " + flag);
+        EXPECT_EQ(both.exit_code, 2) << both.err;
+        EXPECT_NE(both.err.find(std::string("--json prints the plan alone; ") + flag + " is text"), std::string::npos) << both.err;
+    }
+    for (const char* world : {"0", "-1"}) {
+        auto bad = tpx("plan " + j.file + " --world " + world);
+        EXPECT_EQ(bad.exit_code, 2) << bad.err;
+        EXPECT_NE(bad.err.find(std::string("--world ") + world + ": must be >= 1"), std::string::npos) << bad.err;
+    }
     auto help = run_process(tpx_bin("tpx-worker") + " --help");
     EXPECT_EQ(help.exit_code, 0) << help.err;
     EXPECT_NE(help.out.find("--job"), std::string::npos);
