@@ -28,6 +28,15 @@ void reply_error(httplib::Response& res, int status, const std::string& message,
     res.set_content(error_body(status, message, param, code).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
+// Why cpp-httplib answered 400 before any handler saw the request, as far as its headers tell.
+std::string unreadable_request(const httplib::Request& req) {
+    if (req.has_header("Content-Encoding"))
+        return "the body's Content-Encoding '" + req.get_header_value("Content-Encoding") + "' is not one this server reads: send it unencoded";
+    if (req.method == "POST" && !req.has_header("Content-Length") && !req.has_header("Transfer-Encoding"))
+        return "a POST needs a JSON body with a Content-Length header (or Transfer-Encoding: chunked)";
+    return "the request could not be read as HTTP/1.1 (its request line, headers or chunked body)";
+}
+
 int64_t unix_time() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
 std::string call_id(bool chat) {
@@ -87,6 +96,7 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         else if (res.status == 413)
             reply_error(res, 413, "the body is larger than the " + std::to_string(body_limit) +
                                       " bytes this server takes (64 a token of run.max_seq_len, for serve.max_queue prompts)", "", "body_too_large");
+        else if (res.status == 400) reply_error(res, 400, unreadable_request(req));
         else reply_error(res, res.status, "HTTP " + std::to_string(res.status));
         return httplib::Server::HandlerResponse::Handled;
     }));

@@ -25,12 +25,15 @@ const char* error_type(int status) {
 
 bool given(const json& body, const char* key) { return body.contains(key) && !body[key].is_null(); }
 
-double number_in(const json& body, const char* key, double lo, double hi, double fallback) {
+// `open_low`: lo itself is out of range too.
+double number_in(const json& body, const char* key, double lo, double hi, double fallback, bool open_low = false) {
     if (!given(body, key)) return fallback;
     const json& v = body[key];
     if (!v.is_number()) bad(key, std::string("'") + key + "' must be a number");
     double x = v.get<double>();
-    if (!(x >= lo && x <= hi)) bad(key, std::string("'") + key + "' = " + v.dump() + " is out of range [" + json(lo).dump() + ", " + json(hi).dump() + "]");
+    if (!((open_low ? x > lo : x >= lo) && x <= hi))
+        bad(key, std::string("'") + key + "' = " + v.dump() + " is out of range " + (open_low ? "(" : "[") + json(lo).dump() + ", " +
+                     json(hi).dump() + "]");
     return x;
 }
 
@@ -44,9 +47,11 @@ int64_t integer_in(const json& body, const char* key, int64_t lo, int64_t hi, in
     return x;
 }
 
-bool boolean(const json& body, const char* key) {
+// `param`: the name errors give (a nested key's path); the key itself by default.
+bool boolean(const json& body, const char* key, const char* param = nullptr) {
     if (!given(body, key)) return false;
-    if (!body[key].is_boolean()) bad(key, std::string("'") + key + "' must be true or false");
+    const std::string name = param ? param : key;
+    if (!body[key].is_boolean()) bad(name, "'" + name + "' must be true or false");
     return body[key].get<bool>();
 }
 
@@ -161,12 +166,11 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     call.stream = boolean(body, "stream");
     if (given(body, "stream_options")) {
         if (!body["stream_options"].is_object()) bad("stream_options", "'stream_options' must be an object");
-        call.include_usage = boolean(body["stream_options"], "include_usage");
+        call.include_usage = boolean(body["stream_options"], "include_usage", "stream_options.include_usage");
     }
     call.return_token_ids = boolean(body, "return_token_ids");
     call.temperature = number_in(body, "temperature", 0, 2, limits.default_temperature);
-    call.top_p = number_in(body, "top_p", 0, 1, limits.default_top_p);
-    if (call.top_p <= 0) bad("top_p", "'top_p' must be > 0");
+    call.top_p = number_in(body, "top_p", 0, 1, limits.default_top_p, /*open_low=*/true);
     call.top_k = integer_in(body, "top_k", -1, 1 << 30, limits.default_top_k);
     if (call.top_k < 0) call.top_k = 0;  // vLLM's -1: no cut
     if (given(body, "seed")) {
@@ -194,10 +198,15 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     else call.prompts = completion_prompts(body, limits);
     for (const auto& p : call.prompts) {
         int64_t room = limits.max_seq_len - (int64_t)p.size();
-        if (room < 1 || (max_given && max_tokens > room))
+        // The prompt alone leaving no room is the prompt's fault, whatever max_tokens says.
+        const bool prompt_alone = room < 1;
+        if (prompt_alone || (max_given && max_tokens > room))
             throw ApiError(413, "This model's maximum context length is " + std::to_string(limits.max_seq_len) + " tokens; the prompt has " +
-                                    std::to_string(p.size()) + (max_given ? " and max_tokens is " + std::to_string(max_tokens) : std::string()) +
-                                    " (run.max_seq_len)", max_given ? max_key : (chat ? "messages" : "prompt"), "context_length_exceeded");
+                                    std::to_string(p.size()) +
+                                    (prompt_alone ? ", leaving no room for a generated token"
+                                                  : " and " + std::string(max_key) + " is " + std::to_string(max_tokens)) +
+                                    " (run.max_seq_len)",
+                           prompt_alone ? (chat ? "messages" : "prompt") : max_key, "context_length_exceeded");
         call.max_tokens.push_back(std::min(max_tokens, room));
     }
     return call;

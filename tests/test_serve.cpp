@@ -196,6 +196,10 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"messages", 400, "messages"},
                                            {"model", 404, "model"},
                                            {"too_long", 413, "max_tokens"},
+                                           {"prompt_too_long", 413, "prompt"},
+                                           {"top_p", 400, "top_p"},
+                                           {"include_usage", 400, "stream_options.include_usage"},
+                                           {"encoded", 400, nullptr},
                                            {"route", 404, nullptr},
                                            {"bad_json", 400, nullptr},
                                            {"bytes_path", 404, nullptr},
@@ -216,6 +220,9 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
     EXPECT_NE(r["huge_max_tokens"].value("message", "").find("18446744073709551615 is out of range"), std::string::npos) << r.dump();
     EXPECT_EQ(r["bytes_body"].value("code", ""), "invalid_json") << r.dump();
     EXPECT_NE(r["nul_refit"].value("message", "").find("NUL"), std::string::npos) << r.dump();
+    EXPECT_NE(r["prompt_too_long"].value("message", "").find("the prompt has 600, leaving no room"), std::string::npos) << r.dump();
+    EXPECT_NE(r["top_p"].value("message", "").find("out of range (0.0, 1.0]"), std::string::npos) << r.dump();
+    EXPECT_NE(r["encoded"].value("message", "").find("Content-Encoding 'br' is not one this server reads"), std::string::npos) << r.dump();
     EXPECT_NE(r["too_big"].value("message", "").find("larger than the 2097152 bytes this server takes"), std::string::npos) << r.dump();
     EXPECT_NE(r["two_lengths"].value("message", "").find("body length is ambiguous"), std::string::npos) << r.dump();
     EXPECT_EQ(r["two_lengths"]["closed"], true) << r.dump();

@@ -135,6 +135,10 @@ const modes = {
     await attempt("messages", () => client.chat.completions.create({ model, messages: [] }));
     await attempt("model", () => client.completions.create({ model: "gpt-17", prompt: "Hi" }));
     await attempt("too_long", () => client.completions.create({ model, prompt: "Hi", max_tokens: 100000 }));
+    // A prompt that alone fills the context: the prompt's fault, whatever max_tokens says.
+    await attempt("prompt_too_long", () => client.completions.create({ model, prompt: [Array(600).fill(1)], max_tokens: 1 }));
+    await attempt("top_p", () => client.completions.create({ model, prompt: "Hi", top_p: 0 }));
+    await attempt("include_usage", () => client.completions.create({ model, prompt: "Hi", stream: true, stream_options: { include_usage: 3 } }));
     await attempt("route", () => client.get("/no/such/route"));
     // Not JSON at all: the SDK always sends JSON, so fetch does.
     const r = await fetch(base + "/v1/completions", { method: "POST", body: "{not json", headers: { Authorization: "Bearer " + apiKey } });
@@ -150,6 +154,9 @@ const modes = {
     await raw("bytes_body", "/v1/completions", new Uint8Array([...Buffer.from('{"prompt": "ab'), 0xff, ...Buffer.from('"}')]));
     await raw("huge_max_tokens", "/v1/completions", '{"model": "tiny", "prompt": "Hi", "max_tokens": 18446744073709551615}');
     await raw("nul_refit", "/v1/admin/refit", '{"path": "/tmp/a\\u0000b"}');
+    // A body cpp-httplib cannot read (an encoding it does not take): the message says why.
+    const br = await fetch(base + "/v1/completions", { method: "POST", body: "{}", headers: { Authorization: "Bearer " + apiKey, "Content-Encoding": "br" } });
+    out.encoded = { status: br.status, ...(await br.json()).error };
     await attempt("too_many", () => client.completions.create({ model, prompt: Array(65).fill("Hi") }));
     // A body past the server's bound (tiny-text: 64 prompts of 512 tokens at 64 bytes, 2 MiB):
     // refused by its Content-Length (the server reads the bytes past, parsing none of them).
