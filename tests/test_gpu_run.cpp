@@ -320,7 +320,7 @@ TEST(GpuFailures, NaNWeightsEndTheRunNamingThePromptAndTheStep) {
                                          << "\n[backend]\ndevice = \"cuda\"\n[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 4\n"
                                          << sampling;
         auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/job.toml");
-        EXPECT_NE(r.exit_code, 0) << sampling << r.err;
+        EXPECT_EQ(r.exit_code, 2) << sampling << r.err;
         EXPECT_NE(r.err.find("rank 0 ("), std::string::npos) << r.err;
         EXPECT_NE(r.err.find("prompt a: the logits at prefill hold NaN or Inf, so no token can be chosen; `tpx inspect --check " + model),
                   std::string::npos) << sampling << r.err;

@@ -61,8 +61,9 @@ bool all_finite(const float* row, int64_t n) {
 }
 
 // Logits holding NaN or Inf (a NaN weight, an overflow) would be sampled or argmax'd into
-// garbage tokens and an exit status of 0; rank 0, which chooses, ends the run instead. `step`
-// 0 is the prefill, N the N-th decode step.
+// garbage tokens and an exit status of 0; rank 0, which chooses, ends the run instead, exit 2
+// as `tpx inspect --check` gives for the weights that cause it. `step` 0 is the prefill, N the
+// N-th decode step.
 void check_finite(const std::vector<std::string>& bad_prompts, int64_t step, const std::string& model_path) {
     if (bad_prompts.empty()) return;
     std::string ids;
@@ -70,7 +71,8 @@ void check_finite(const std::vector<std::string>& bad_prompts, int64_t step, con
     throw Error(std::string(bad_prompts.size() == 1 ? "prompt " : "prompts ") + ids + ": the logits at " +
                 (step == 0 ? std::string("prefill") : "decode step " + std::to_string(step)) +
                 " hold NaN or Inf, so no token can be chosen; `tpx inspect --check " + model_path +
-                "` finds non-finite weights in the checkpoint");
+                "` finds non-finite weights in the checkpoint",
+                kExitBadInput);
 }
 
 // The prefill of prompts [first, first + count): every prompt token in one forward, prompt b in
