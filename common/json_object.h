@@ -4,7 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -21,6 +23,23 @@ nlohmann::json parse_json_object(const std::string& text, const std::string& fil
     }
     if (!j.is_object()) fail(file, "not a JSON object");
     return j;
+}
+
+// `text` parsed as J::parse parses it (and throwing as it does), with `repeated` set to the first
+// key an object gives twice (nlohmann keeps the last one without a word), "" when none.
+template <typename J>
+J parse_noting_repeated_key(const std::string& text, std::string& repeated) {
+    repeated.clear();
+    std::vector<std::set<std::string>> keys;  // the open objects' keys so far
+    auto note = [&](int, typename J::parse_event_t event, J& parsed) {
+        using E = typename J::parse_event_t;
+        if (event == E::object_start) keys.emplace_back();
+        else if (event == E::object_end && !keys.empty()) keys.pop_back();
+        else if (event == E::key && !keys.empty() && !keys.back().insert(parsed.template get<std::string>()).second && repeated.empty())
+            repeated = parsed.template get<std::string>();
+        return true;
+    };
+    return J::parse(text, note);
 }
 
 // Whether an integer JSON value fits int64_t (nlohmann keeps 2^63 .. 2^64 - 1 as unsigned,

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#include "common/json_object.h"
 #include "common/path.h"
 #include "loader/hdf5.h"
 #include "loader/meta.h"
@@ -195,23 +196,30 @@ void SafetensorsCheckpoint::open_folder() {
     generation_config_json_ = text_if_present("generation_config.json");
 
     fs::path index_path = dir / "model.safetensors.index.json";
+    const fs::path single = dir / "model.safetensors";
+    const bool has_single = path_exists<CheckpointError>(single);
     if (!path_exists<CheckpointError>(index_path)) {
-        fs::path single = dir / "model.safetensors";
-        if (!path_exists<CheckpointError>(single))
-            throw CheckpointError(path_ + ": neither model.safetensors nor model.safetensors.index.json is here");
+        if (!has_single) throw CheckpointError(path_ + ": neither model.safetensors nor model.safetensors.index.json is here");
         open_file(single.string());
         return;
     }
+    // HF transformers reads the single file of such a folder, vLLM the index's shards: which
+    // weights are the checkpoint's is not tpx's guess to make.
+    if (has_single)
+        throw CheckpointError(path_ + ": holds both model.safetensors and model.safetensors.index.json (HF transformers would read the "
+                                      "first, vLLM the shards the second names): remove the one that is not this checkpoint");
 
     std::string index_file = index_path.string();
     std::string text = read_text_file(index_file);
     count_header(text.size());
     json index;
+    std::string repeated;
     try {
-        index = json::parse(text);
+        index = parse_noting_repeated_key<json>(text, repeated);
     } catch (const json::exception& e) {
         throw CheckpointError(index_file + ": not valid JSON: " + e.what());
     }
+    if (!repeated.empty()) throw CheckpointError(index_file + ": the key '" + repeated + "' is given twice (a tensor placed twice?)");
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
         throw CheckpointError(index_file + ": has no \"weight_map\" object");
 

@@ -533,6 +533,20 @@ TEST(Loader, IndexErrorsNameTheFileAndTensor) {
         std::string e = open_error(dir);
         EXPECT_NE(e.find("has no \"weight_map\" object"), std::string::npos) << e;
     }
+    {
+        // A tensor the index places twice (nlohmann would keep the second without a word).
+        std::string dir = copy_sharded();
+        replace_in_file(dir + "/model.safetensors.index.json", "\"weight_map\": {", "\"weight_map\": {\"model.norm.weight\": \"x.safetensors\", ");
+        std::string e = open_error(dir);
+        EXPECT_NE(e.find("model.safetensors.index.json: the key 'model.norm.weight' is given twice"), std::string::npos) << e;
+    }
+    {
+        // A single file beside the index: HF reads one, vLLM the other.
+        std::string dir = copy_sharded();
+        fs::copy_file(kGolden + "/llama-gqa/model.safetensors", dir + "/model.safetensors");
+        std::string e = open_error(dir);
+        EXPECT_NE(e.find("holds both model.safetensors and model.safetensors.index.json"), std::string::npos) << e;
+    }
     for (const char* outside : {"/etc/passwd", "../llama-gqa/model.safetensors", "sub/../../x.safetensors", ""}) {
         // A shard named outside the checkpoint's folder is refused before it is opened.
         std::string dir = copy_sharded();

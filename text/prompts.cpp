@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/json_object.h"
 
 namespace tpx {
 namespace {
@@ -56,18 +57,9 @@ std::vector<int32_t> prompt_tokens(const Json& j, const std::string& where, cons
 Json parse_jsonl_line(const std::string& line, const std::string& where) {
     if (line.find('\0') != std::string::npos) throw Error(where + "holds a NUL byte, which JSON text cannot", kExitBadInput);
     Json j;
-    std::string duplicate;  // nlohmann keeps the last of a repeated key: a line must not say two things
-    std::vector<std::set<std::string>> keys;
-    auto note_keys = [&](int, Json::parse_event_t event, Json& parsed) {
-        using E = Json::parse_event_t;
-        if (event == E::object_start) keys.emplace_back();
-        else if (event == E::object_end && !keys.empty()) keys.pop_back();
-        else if (event == E::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty())
-            duplicate = parsed.get<std::string>();
-        return true;
-    };
+    std::string duplicate;  // a line must not say two things
     try {
-        j = Json::parse(line, note_keys);
+        j = parse_noting_repeated_key<Json>(line, duplicate);
     } catch (const Json::exception& e) {
         throw Error(where + "not valid JSON: " + e.what(), kExitBadInput);
     }
