@@ -5,10 +5,10 @@
 
 namespace tpx {
 
-std::string fused_decode_tokens(const KernelConfig& c) {
-    const std::string most = std::to_string(c.batch_gemm ? kBatchGemmFusedMaxTokens : kGemvFusedMaxTokens) + " tokens";
-    if (c.gemv_mma) return "1 to " + most;
-    return c.batch_gemm ? "1 and " + std::to_string(kGemvFusedMaxTokens + 1) + " to " + most : "1 token";
+std::string fused_decode_tokens(bool gemv_mma, bool batch_gemm) {
+    const std::string most = std::to_string(batch_gemm ? kBatchGemmFusedMaxTokens : kGemvFusedMaxTokens) + " tokens";
+    if (gemv_mma) return "1 to " + most;
+    return batch_gemm ? "1 and " + std::to_string(kGemvFusedMaxTokens + 1) + " to " + most : "1 token";
 }
 
 std::string format_kernel_config(const KernelConfig& c) {

@@ -48,7 +48,7 @@ struct KernelConfig {
 // (kernels/cuda/ops.h's kGemvMaxTokens and kBatchGemmMaxTokens; cuda::gemv_route_allowed). As
 // text for `tpx plan --steps`: "1 to 8 tokens", "1 to 64 tokens", "1 and 9 to 64 tokens" or "1 token".
 constexpr int64_t kGemvFusedMaxTokens = 8, kBatchGemmFusedMaxTokens = 64;
-std::string fused_decode_tokens(const KernelConfig& c);
+std::string fused_decode_tokens(bool gemv_mma, bool batch_gemm);
 
 // One line, "key=value ..." in declaration order, for the run log.
 std::string format_kernel_config(const KernelConfig& c);

@@ -64,15 +64,17 @@ std::string format_rank_map(const std::vector<RankPlace>& map) {
     return s;
 }
 
+void check_launch_hosts(const Job& job, bool in_allocation) {
+    if (job.parallel.nodes == 1 || in_allocation || !job.launch.hosts.empty() || !job.launch.hostfile.empty()) return;
+    throw JobError(job.file + ": parallel.nodes = " + std::to_string(job.parallel.nodes) +
+                   ", but launch.hosts and launch.hostfile are empty and this is no Slurm allocation: mpirun would start all " +
+                   std::to_string(job.world()) + " ranks on this host; list the nodes in launch.hosts (or a launch.hostfile), run "
+                   "inside an allocation (salloc), or submit the job (tpx submit)");
+}
+
 std::vector<std::string> mpirun_command(const Job& job, const std::string& worker, const std::vector<std::string>& worker_args,
                                         const LaunchHost& host) {
     bool several_hosts = !job.launch.hosts.empty() || !job.launch.hostfile.empty();
-    // Without hosts mpirun starts every rank here, whatever parallel.nodes says.
-    if (!several_hosts && job.parallel.nodes > 1)
-        throw JobError(job.file + ": parallel.nodes = " + std::to_string(job.parallel.nodes) +
-                       ", but launch.hosts and launch.hostfile are empty: mpirun would start all " + std::to_string(job.world()) +
-                       " ranks on this host; list the nodes in launch.hosts (or a launch.hostfile), or submit the job to Slurm "
-                       "(tpx submit), which allocates them");
     std::vector<std::string> cmd = {job.launch.mpirun, "-np", std::to_string(job.world())};
     if (!several_hosts && job.world() > host.cores) cmd.push_back("--oversubscribe");
     if (host.root) cmd.push_back("--allow-run-as-root");

@@ -17,6 +17,11 @@ struct LaunchHost {
 };
 LaunchHost this_host();
 
+// A job of several nodes that mpirun started here would run on this host alone: refused
+// (JobError, naming the keys) unless it lists its hosts (launch.hosts or hostfile) or
+// `in_allocation` (a Slurm allocation, SLURM_JOB_ID set: mpirun takes its nodes).
+void check_launch_hosts(const Job& job, bool in_allocation);
+
 std::vector<std::string> mpirun_command(const Job& job, const std::string& worker, const std::vector<std::string>& worker_args,
                                         const LaunchHost& host = this_host());
 

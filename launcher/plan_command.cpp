@@ -56,7 +56,7 @@ int cmd_plan(const Args& args) {
             if (resolve_transform_options(job).at("fuse_allreduce_residual_rmsnorm").enabled) fuse_allreduce_residual_rmsnorm(g);
             g.cleanup();
             if (plan.pp > 1) std::cout << "stage " << st.stage << ":\n";
-            std::cout << plan_steps(g, {k.residual_epilogue, exchange, {}, fused_decode_tokens(k)}).describe();
+            std::cout << plan_steps(g, {k.residual_epilogue, exchange, {}, k.gemv_mma, k.batch_gemm}).describe();
         }
     }
     return 0;

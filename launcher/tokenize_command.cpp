@@ -20,8 +20,8 @@ namespace {
 
 using Json = nlohmann::ordered_json;  // messages keep their keys' order, as Python dicts do
 
-// An id past the vocabulary is refused (HF's decode drops it without a word, and `tpx serve`
-// refuses it too).
+// An id past the tokenizer's largest is refused (HF's decode drops it without a word; `tpx
+// serve` refuses ids past the model's vocab_size).
 std::vector<int32_t> read_ids(const Json& ids, size_t vocab, const std::string& where) {
     if (!ids.is_array()) throw JobError(where + ": \"ids\" must be a list of integers");
     std::vector<int32_t> out;

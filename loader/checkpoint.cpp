@@ -110,7 +110,6 @@ void Checkpoint::before_read() const {
 }
 
 void Checkpoint::pread_counted(int fd, const std::string& file, void* dst, uint64_t bytes, uint64_t offset) {
-    before_read();
     char* p = static_cast<char*>(dst);
     for (uint64_t done = 0; done < bytes;) {
         ssize_t r = ::pread(fd, p + done, bytes - done, (off_t)(offset + done));
@@ -346,6 +345,7 @@ void SafetensorsCheckpoint::read(const std::vector<ReadRequest>& requests, ReadS
             const TensorInfo& t = *p.t;
             size_t dst_size = dtype_size(r.dst_type);
             uint64_t offset = c.first_elem * dst_size, bytes = (c.end_elem - c.first_elem) * dst_size;
+            before_read();  // before the sink's buffer is taken: a stop returns none unfilled
             char* memory = static_cast<char*>(sink.acquire(r, offset, bytes));
             std::vector<char> scratch;
             for (size_t k = c.first_read; k < c.last_read; ++k) {

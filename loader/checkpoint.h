@@ -63,7 +63,7 @@ private:
     std::vector<void*> dsts_;
 };
 
-// A load's say over its reads, consulted before each read of tensor data: `stop` ends the
+// A load's say over its reads, consulted before each chunk of tensor data: `stop` ends the
 // batch (the read throws ReadStopped: `tpx serve` asked to stop while it loads), `delay_ms`
 // pauses each read (a test aid: a load slow enough to be stopped).
 struct ReadControl {
@@ -124,7 +124,8 @@ protected:
     void set_tensors(std::vector<TensorInfo> tensors);
     void count_header(uint64_t bytes) { header_bytes_ += bytes; }
     void count_data(const std::string& file, uint64_t bytes);
-    // Before each read of tensor data: the control's pause, then its stop (ReadStopped).
+    // Before each chunk of tensor data, ahead of the sink's acquire() (so that a stop leaves no
+    // staging buffer taken): the control's pause, then its stop (ReadStopped).
     void before_read() const;
     // Reads exactly `bytes` at `offset` of `file` (open as `fd`) into dst, retrying short reads,
     // and counts them; a file that ends early or a failed read is a CheckpointError naming it.

@@ -183,13 +183,13 @@ void Hdf5Checkpoint::read_one(const ReadRequest& r, ReadSink& sink) {
         H5Id mem_space(rank + lead == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, (const hsize_t*)&elems, nullptr), H5Sclose);
         if (rank + lead > 0) H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
         uint64_t offset = (uint64_t)r0 * row_elems * dst_size, bytes = elems * dst_size;
+        before_read();  // before the sink's buffer is taken: a stop returns none unfilled
         char* memory = static_cast<char*>(sink.acquire(r, offset, bytes));
         void* target = memory;
         if (dst_type != t.dtype) {
             scratch.resize(elems * src_size);
             target = scratch.data();
         }
-        before_read();
         if (H5Dread(ds, h5_type(t.dtype), mem_space, rank + lead == 0 ? H5S_ALL : (hid_t)file_space, H5P_DEFAULT, target) < 0)
             throw CheckpointError(path_ + ": reading dataset /tensors/" + name + " failed");
         if (dst_type != t.dtype) convert(scratch.data(), t.dtype, memory, dst_type, elems);

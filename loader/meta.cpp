@@ -371,6 +371,7 @@ void MetaCheckpoint::pread_fully(const std::string& file, void* dst, uint64_t by
 void MetaCheckpoint::read_staged(const ReadRequest& r, const Chunk& c, ReadSink& sink) {
     const DType src_type = tensor(r.tensor).dtype;
     const size_t dst_size = dtype_size(r.dst_type);
+    before_read();  // before the sink's buffer is taken: a stop returns none unfilled
     char* memory = static_cast<char*>(sink.acquire(r, c.first * dst_size, (c.end - c.first) * dst_size));
     std::vector<char> scratch;
     for (const FileReads& f : c.files)

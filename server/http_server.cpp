@@ -30,8 +30,11 @@ void reply_error(httplib::Response& res, int status, const std::string& message,
 
 // Why cpp-httplib answered 400 before any handler saw the request, as far as its headers tell.
 std::string unreadable_request(const httplib::Request& req) {
+    // cpp-httplib decodes gzip, deflate and br itself (other encodings reach the handlers as they
+    // are, and fail as JSON there): a 400 with one of those is a body that does not decode.
     if (req.has_header("Content-Encoding"))
-        return "the body's Content-Encoding '" + req.get_header_value("Content-Encoding") + "' is not one this server reads: send it unencoded";
+        return "the body is not valid '" + req.get_header_value("Content-Encoding") +
+               "' data, as its Content-Encoding says (this server decodes gzip, deflate and br)";
     if (req.method == "POST" && !req.has_header("Content-Length") && !req.has_header("Transfer-Encoding"))
         return "a POST needs a JSON body with a Content-Length header (or Transfer-Encoding: chunked)";
     return "the request could not be read as HTTP/1.1 (its request line, headers or chunked body)";

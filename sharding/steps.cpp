@@ -6,6 +6,8 @@
 #include <initializer_list>
 #include <sstream>
 
+#include "common/kernel_config.h"
+
 namespace tpx {
 namespace {
 
@@ -110,7 +112,8 @@ std::map<const Value*, size_t> last_uses(const Graph& graph, const std::vector<N
 
 StepProgram plan_steps(const Graph& graph, const StepOptions& options) {
     StepProgram p;
-    p.fused_tokens = options.fused_tokens;
+    p.gemv_mma = options.gemv_mma;
+    p.batch_gemm = options.batch_gemm;
     p.nodes = graph.nodes();
     p.last_use = last_uses(graph, p.nodes);
     for (const Node* n : p.nodes)
@@ -157,7 +160,7 @@ std::string StepProgram::describe() const {
         auto it = fusions.find(n);
         if (it != fusions.end()) {
             const DecodeFusion& f = it->second;
-            os << "decode GEMV (" << fused_tokens << ")";
+            os << "decode GEMV (" << fused_decode_tokens(gemv_mma, batch_gemm) << ")";
             if (f.norm) os << " with " << f.norm->op << " (" << f.norm->name << ") before at one token";
             if (f.swiglu) os << ", SwiGLU (" << f.swiglu->name << ") after";
             if (f.split) os << ", RoPE (" << f.rope->name << ") and the KV-cache write of " << f.attention->name << " after";

@@ -18,7 +18,7 @@
 
 namespace tpx {
 
-// The neighbours a decode GEMV (a linear node, at the token counts of StepOptions::fused_tokens) takes in: the norm before it (at
+// The neighbours a decode GEMV (a linear node, at the token counts StepOptions' gemv_mma and batch_gemm fuse) takes in: the norm before it (at
 // one token), and SwiGLU, or split -> RoPE -> the attention's cache write, after it. Nodes taken
 // in are skipped.
 struct DecodeFusion {
@@ -36,7 +36,9 @@ struct StepOptions {
     // KernelConfig::quant_prefill and w8a8_fused and the weights' layouts), whose input the kernel
     // before may write in that form.
     std::set<const Node*> w8a8 = {};
-    std::string fused_tokens = "1 to 8 tokens";  // the decode forwards' token counts that fuse (fused_decode_tokens): what describe() says
+    // KernelConfig's gemv_mma and batch_gemm: which decode forwards fuse, by token count
+    // (fused_decode_tokens), for describe()'s text.
+    bool gemv_mma = true, batch_gemm = false;
 };
 
 struct StepProgram {
@@ -59,7 +61,7 @@ struct StepProgram {
     // A norm, attention or SwiGLU -> the linear of StepOptions::w8a8 that alone reads its out(0)
     // as x: at prefill it writes that input in e4m3 (cuda::ActFp8) instead of bf16.
     std::map<const Node*, const Node*> fp8_input_of;
-    std::string fused_tokens;  // StepOptions::fused_tokens
+    bool gemv_mma = true, batch_gemm = false;  // StepOptions'
 
     // One line per fused step (`tpx plan --steps`).
     std::string describe() const;

@@ -264,14 +264,16 @@ TEST(Mpirun, CommandFollowsTheJob) {
                           "j.toml", dir);
     EXPECT_EQ(shell_join(mpirun_command(hosts, "w", {}, LaunchHost{1, false, {"NCCL_DEBUG"}})),
               "mpirun -np 2 --host h1:1,h2:1 --map-by ppr:1:node --bind-to none -x NCCL_DEBUG w");
-    // nodes without hosts: mpirun would put every rank here.
+    // nodes without hosts: mpirun would put every rank here, unless inside a Slurm allocation.
     Job nowhere = parse_job("[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 2\nnodes = 2\n", "j.toml", dir);
     try {
-        mpirun_command(nowhere, "w", {}, LaunchHost{8, false, {}});
+        check_launch_hosts(nowhere, /*in_allocation=*/false);
         ADD_FAILURE() << "nodes = 2 without hosts was launched";
     } catch (const JobError& e) {
         EXPECT_NE(std::string(e.what()).find("parallel.nodes = 2, but launch.hosts and launch.hostfile are empty"), std::string::npos) << e.what();
     }
+    EXPECT_NO_THROW(check_launch_hosts(nowhere, /*in_allocation=*/true));
+    EXPECT_NO_THROW(check_launch_hosts(hosts, /*in_allocation=*/false));
     Job net = parse_job("[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 4\nnodes = 2\n[launch]\nhosts = [\"a:2\", \"b:2\"]\n"
                         "interface = \"ib0\"\nrsh_agent = \"/usr/bin/rsh\"\nenv = [\"HF_HOME\"]\n",
                         "j.toml", dir);

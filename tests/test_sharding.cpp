@@ -267,15 +267,12 @@ TEST(Steps, FusionsAreDecidedFromTheGraphOnce) {
         EXPECT_NE(text.find("decode GEMV (1 to 8 tokens) with"), std::string::npos) << text;
         EXPECT_NE(text.find("(prefill, larger batches), layers.0.attn.rope writes K and V into layers.0.attn.sdpa's cache"), std::string::npos) << text;
         EXPECT_EQ(plan_steps(plan.graph, {false, false}).residual_epilogue.size(), 0u);
-        KernelConfig k;
-        k.batch_gemm = true;
-        const std::string batch = plan_steps(plan.graph, {true, tp > 1, {}, fused_decode_tokens(k)}).describe();
+        const std::string batch = plan_steps(plan.graph, {true, tp > 1, {}, true, true}).describe();  // batch_gemm on
         EXPECT_NE(batch.find("decode GEMV (1 to 64 tokens) with"), std::string::npos) << batch;
-        k.gemv_mma = false;  // 2 to 8 tokens then take cuBLAS
-        const std::string no_mma = plan_steps(plan.graph, {true, tp > 1, {}, fused_decode_tokens(k)}).describe();
+        // gemv_mma off: 2 to 8 tokens take cuBLAS
+        const std::string no_mma = plan_steps(plan.graph, {true, tp > 1, {}, false, true}).describe();
         EXPECT_NE(no_mma.find("decode GEMV (1 and 9 to 64 tokens) with"), std::string::npos) << no_mma;
-        k.batch_gemm = false;
-        EXPECT_NE(plan_steps(plan.graph, {true, tp > 1, {}, fused_decode_tokens(k)}).describe().find("decode GEMV (1 token) with"), std::string::npos);
+        EXPECT_NE(plan_steps(plan.graph, {true, tp > 1, {}, false, false}).describe().find("decode GEMV (1 token) with"), std::string::npos);
         EXPECT_TRUE(p.fp8_input_of.empty());
         // Every linear but lm_head taken as w8a8: each reads a norm's, attention's or SwiGLU's
         // output alone, which that kernel then writes in e4m3.

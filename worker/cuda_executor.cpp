@@ -49,7 +49,7 @@ CudaExecutor::CudaExecutor(const Graph& graph, int rank, NcclComm* nccl, DeviceW
             w8a8_.insert(n);
     }
     program_ = plan_steps(graph_, {tuning.residual_epilogue, nccl_ && nccl_->oneshot(), tuning.w8a8_fused ? w8a8_ : std::set<const Node*>{},
-                                   fused_decode_tokens(tuning)});
+                                   tuning.gemv_mma, tuning.batch_gemm});
     for (const KvLayer& l : kv.layers) {
         const size_t bytes = (size_t)kv.elems(l) * sizeof(bf16);
         bf16 *k = nullptr, *v = nullptr;

@@ -42,7 +42,7 @@ struct StagingRing {
         for (cudaEvent_t& e : done) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
     // While an exception unwinds a copy may still read the buffers: they are left (the job is
-    // about to end).
+    // about to be aborted, or, after a serve's stop, the rank to exit).
     ~StagingRing() {
         if (std::uncaught_exceptions()) return;
         for (cudaStream_t s : streams) {
@@ -61,8 +61,9 @@ struct StagingRing {
     std::vector<cudaEvent_t> done;
 };
 
-// While an exception unwinds the job is about to be aborted: freeing (which synchronizes)
-// could wait forever on a kernel stuck in a collective with a dead peer, so nothing is freed.
+// While an exception unwinds the job is about to be aborted (or, after a serve's stop, the rank
+// to exit): freeing (which synchronizes) could wait forever on a kernel stuck in a collective
+// with a dead peer, so nothing is freed.
 DeviceWeights::DeviceWeights() = default;
 DeviceWeights::~DeviceWeights() {
     if (std::uncaught_exceptions()) return;  // (the ring keeps its own buffers then: ~StagingRing)
@@ -216,7 +217,13 @@ void read_to_device(Checkpoint& ckpt, const std::vector<ReadRequest>& requests, 
     {
         PinnedRingSink sink(ring, stream, std::move(targets));
         auto r0 = std::chrono::steady_clock::now();
-        ckpt.read(requests, sink);
+        try {
+            ckpt.read(requests, sink);
+        } catch (const ReadStopped&) {
+            // A serve's stop (worker/load_stop.h): no copy is left in flight behind it.
+            for (cudaStream_t s : ring.streams) cudaStreamSynchronize(s);
+            throw;
+        }
         log_info("weights: ", requests.size(), " reads on ", ckpt.read_threads(), " threads in ",
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count(), " s through ", ring.done.size(),
                  " pinned buffers (the threads waited ", sink.waited_s(), " s in all for a free one and spent ", sink.queue_s(),

@@ -2,9 +2,12 @@
 #include "worker/load_stop.h"
 
 #include <chrono>
+#include <cstdio>
+#include <exception>
 #include <string>
 #include <thread>
 
+#include "common/check.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/mpi_check.h"
@@ -28,19 +31,26 @@ LoadStop::LoadStop(std::function<bool()> asked, double timeout_s, int delay_ms) 
     if (!threads_ok_ && rank_ == 0) log_info("serve: this MPI takes calls from one thread only: a stop asked while loading waits for the load");
 }
 
+// Freed once every rank is past its load (main's reset, or the exit after a stop); while an
+// exception unwinds the job is about to be aborted, and no MPI call is made.
 LoadStop::~LoadStop() {
-    if (request_ != MPI_REQUEST_NULL) {  // left by a rank whose reads failed (the job is ending)
-        MPI_Cancel(&request_);
-        MPI_Request_free(&request_);
-    }
-    if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+    if (std::uncaught_exceptions() || comm_ == MPI_COMM_NULL) return;
+    MPI_Comm_free(&comm_);
 }
 
 bool LoadStop::run(const std::function<void()>& read) {
     if (world_ > 1 && rank_ != 0) MPI_CHECK(MPI_Irecv(&word_, 1, MPI_INT, 0, kWordTag, comm_, &request_));
     reads_done_ = false;
+    std::exception_ptr watch_error;  // an MPI call of the watcher that failed, rethrown here
     std::thread watcher;
-    if (threads_ok_) watcher = std::thread([this] { watch(); });
+    if (threads_ok_)
+        watcher = std::thread([this, &watch_error] {
+            try {
+                watch();
+            } catch (...) {
+                watch_error = std::current_exception();
+            }
+        });
     bool stopped_here = false;
     try {
         read();
@@ -53,6 +63,7 @@ bool LoadStop::run(const std::function<void()>& read) {
     }
     reads_done_ = true;
     if (watcher.joinable()) watcher.join();
+    if (watch_error) std::rethrow_exception(watch_error);
     if (rank_ == 0) {
         if (!told_) tell(0);
     } else if (world_ > 1) {
@@ -60,7 +71,7 @@ bool LoadStop::run(const std::function<void()>& read) {
         if (word_ == 1) control_.stop = true;
     }
     const bool stopped = control_.stop.load();
-    if (stopped_here && !stopped) throw Error(where() + ": internal error: the load's reads stopped, but rank 0 did not ask it");
+    TPX_CHECK(stopped || !stopped_here, "the load's reads stopped, but rank 0 did not ask it");
     return stopped;
 }
 
@@ -73,7 +84,7 @@ void LoadStop::watch() {
         }
         if (rank_ != 0 && world_ > 1) {
             int done = 0;
-            if (MPI_Test(&request_, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return;  // wait_for_word reports it
+            MPI_CHECK(MPI_Test(&request_, &done, MPI_STATUS_IGNORE));
             if (done) {
                 if (word_ == 1) control_.stop = true;
                 return;
@@ -85,11 +96,12 @@ void LoadStop::watch() {
 
 void LoadStop::tell(int word) {
     static int words[2] = {0, 1};  // outlive the sends, which are not waited for
+    told_ = true;
     for (int r = 1; r < world_; ++r) {
         MPI_Request sent = MPI_REQUEST_NULL;
-        if (MPI_Isend(&words[word], 1, MPI_INT, r, kWordTag, comm_, &sent) == MPI_SUCCESS) MPI_Request_free(&sent);
+        MPI_CHECK(MPI_Isend(&words[word], 1, MPI_INT, r, kWordTag, comm_, &sent));
+        MPI_CHECK(MPI_Request_free(&sent));
     }
-    told_ = true;
 }
 
 void LoadStop::wait_for_word() {
@@ -97,9 +109,11 @@ void LoadStop::wait_for_word() {
     for (int done = 0;;) {
         MPI_CHECK(MPI_Test(&request_, &done, MPI_STATUS_IGNORE));
         if (done) return;
-        if (timeout_s_ > 0 && std::chrono::steady_clock::now() > deadline)
-            throw Error(where() + ": rank 0 did not finish loading within " + std::to_string((int)timeout_s_) +
-                        " s of this rank (backend.collective_timeout_s)");
+        if (timeout_s_ > 0 && std::chrono::steady_clock::now() > deadline) {
+            char seconds[32];
+            std::snprintf(seconds, sizeof(seconds), "%g", timeout_s_);
+            throw Error(where() + ": rank 0 did not finish loading within " + seconds + " s of this rank (backend.collective_timeout_s)");
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
 }

@@ -303,6 +303,7 @@ int run(const Options& opt) {
     std::unique_ptr<LoadStop> stop;
     if (opt.serve) stop = std::make_unique<LoadStop>(serve_stop_asked, job.backend.collective_timeout_s, opt.read_delay_ms);
     load_rank_model(model, job, plan, comm, prompts, progress, {opt.serve && job.serve.allow_refit, stop.get()});
+    if (!model.stopped) stop.reset();  // every rank is past its load: the word's communicator freed
     if (model.stopped) {
         if (rank == 0) log_info("serve: stopped while loading (", strsignal(serve_stop_asked()), "): every rank left its reads; exiting");
         return 0;
@@ -349,7 +350,9 @@ int main(int argc, char** argv) {
         std::fflush(stderr);
         _exit(tpx::kExitRuntime);
     });
-    // A second thread of a rank may call MPI while the first does not (a serve's load: LoadStop).
+    // A second thread of a rank may call MPI while the first does not (a serve's load: LoadStop,
+    // which asks MPI_Query_thread what was provided). Failing, MPI_Init_thread ends the process
+    // (MPI_ERRORS_ARE_FATAL until the handler is set below).
     int provided = MPI_THREAD_SINGLE;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
     {

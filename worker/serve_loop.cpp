@@ -31,8 +31,14 @@ using namespace std::chrono_literals;
 // kRefit: the header's second word is the path's length; the path's bytes follow.
 enum StepKind : int64_t { kHeartbeat = 0, kStep = 1, kShutdown = 2, kRefit = 3 };
 
-volatile sig_atomic_t g_signal = 0;
+// Read by other threads too (LoadStop's watcher): an atomic, lock-free so the handler may set it.
+std::atomic<int> g_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free, "a signal handler may set only a lock-free atomic");
 void on_signal(int sig) { g_signal = sig; }
+
+// How long a follower polls for rank 0's next step without pause before it pauses between
+// polls (MpiCommunicator::broadcast_patiently): a working server's next header comes sooner.
+constexpr double kFollowerSpinSeconds = 0.02;
 
 double seconds_since(ServeClock::time_point t) { return std::chrono::duration<double>(ServeClock::now() - t).count(); }
 
@@ -417,10 +423,9 @@ private:
 void follow(Executor& exec, MpiCommunicator& comm, const ServeSettings& s) {
     for (;;) {
         int64_t h[4];
-        // Polled without pause for 20 ms (a step's header comes sooner while the server works),
-        // then with pauses (its arrival seen at most 1% late): an idle server's followers do
-        // not each keep a core busy.
-        comm.broadcast_patiently(h, sizeof(h), 0, 0.02);
+        // Polled without pause at first, then with pauses (its arrival seen at most 1% late): an
+        // idle server's followers do not each keep a core busy.
+        comm.broadcast_patiently(h, sizeof(h), 0, kFollowerSpinSeconds);
         if (h[0] == kShutdown) return;
         if (h[0] == kHeartbeat) continue;
         if (h[0] == kRefit) {

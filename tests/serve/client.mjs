@@ -154,7 +154,7 @@ const modes = {
     await raw("bytes_body", "/v1/completions", new Uint8Array([...Buffer.from('{"prompt": "ab'), 0xff, ...Buffer.from('"}')]));
     await raw("huge_max_tokens", "/v1/completions", '{"model": "tiny", "prompt": "Hi", "max_tokens": 18446744073709551615}');
     await raw("nul_refit", "/v1/admin/refit", '{"path": "/tmp/a\\u0000b"}');
-    // A body cpp-httplib cannot read (an encoding it does not take): the message says why.
+    // A body that does not decode as its Content-Encoding says: the message says so.
     const br = await fetch(base + "/v1/completions", { method: "POST", body: "{}", headers: { Authorization: "Bearer " + apiKey, "Content-Encoding": "br" } });
     out.encoded = { status: br.status, ...(await br.json()).error };
     await attempt("too_many", () => client.completions.create({ model, prompt: Array(65).fill("Hi") }));
