@@ -151,6 +151,12 @@ void MetaCheckpoint::open() {
         archives.emplace(f, std::move(a));
         fds_[f] = open_checkpoint_file(f);
     }
+    // An archive named after another of the files, none of them a copy (above): the files were
+    // renamed or swapped, and their parts would be assembled out of order.
+    for (const auto& [f, a] : archives)
+        if (a.prefix != fs::path(f).stem().string() + "/" && a.prefix.rfind("consolidated.", 0) == 0)
+            throw CheckpointError(f + ": holds the archive " + a.prefix + ", torch.save's name for " + a.prefix.substr(0, a.prefix.size() - 1) +
+                                  ".pth: the files were renamed or swapped");
     assemble(p, by_name, archives);
     check_params(p);
 }
@@ -211,10 +217,10 @@ void MetaCheckpoint::assemble(const MetaParams& p, const std::map<std::string, s
                                           "tpx reads contiguous tensors only");
                 want *= t.shape[d];
             }
+            if (L.split < 0 && !L.parts.empty()) continue;  // replicated: every copy checked, the first file's read
             Part part{f, archives.at(f).storages.at(t.storage_key).offset + (uint64_t)t.storage_offset * dtype_size(t.dtype), t.shape, at};
             if (L.split >= 0) at += t.shape[L.split];
             L.parts.push_back(std::move(part));
-            if (L.split < 0) break;  // replicated: the first file's copy is read
         }
         if (L.split >= 0) info.shape[L.split] = at;
         if (rule.permute) {

@@ -116,6 +116,29 @@ struct ZipCloser {
 
 }  // namespace
 
+namespace {
+
+// torch.save writes ARCHIVE/byteorder ("little" or "big", torch 1.10 on); torch.load swaps a big
+// one's bytes, tpx reads little-endian data only: any other order is refused by name (an archive
+// without the entry is older, and little-endian).
+void check_byteorder(const std::string& path, zip_t* z, const std::vector<zip_stat_t>& stats, const std::string& prefix,
+                     uint64_t& header_bytes) {
+    for (size_t i = 0; i < stats.size(); ++i) {
+        if (stats[i].name != prefix + "byteorder") continue;
+        std::string order((size_t)std::min<uint64_t>(stats[i].size, 16), '\0');
+        zip_file_t* zf = zip_fopen_index(z, (zip_uint64_t)i, 0);
+        const zip_int64_t got = zf ? zip_fread(zf, order.data(), order.size()) : -1;
+        if (zf) zip_fclose(zf);
+        if (got != (zip_int64_t)order.size()) throw CheckpointError(path + ": cannot read " + prefix + "byteorder");
+        header_bytes += order.size();
+        if (order != "little")
+            throw CheckpointError(path + ": " + prefix + "byteorder says '" + order +
+                                  "': tpx reads little-endian archives only (as torch.save writes them on x86 and ARM)");
+    }
+}
+
+}  // namespace
+
 TorchArchive open_torch_archive(const std::string& path) {
     TorchArchive a;
     a.file = path;
@@ -158,6 +181,7 @@ TorchArchive open_torch_archive(const std::string& path) {
     if (got != (zip_int64_t)pickle_bytes) throw CheckpointError(path + ": cannot read " + prefix + "data.pkl (libzip: " + why + ")");
     a.header_bytes += pickle_bytes;
     a.tensors = parse_torch_pickle(path, text);
+    check_byteorder(path, z.get(), stats, prefix, a.header_bytes);
 
     // Where each needed storage's data starts: its local header, after the name and extra field.
     File f(path);

@@ -373,7 +373,7 @@ TEST(Meta, CutOrCorruptedPicklesAreErrorsNeverCrashes) {
 
 // Each defect is a CheckpointError (exit 2) that names the file, the entry or tensor, the key.
 TEST(Meta, DamagedFoldersAreRefusedByName) {
-    for (const char* folder : {"bad-missing-entry", "bad-compressed-entry", "bad-shapes-disagree", "bad-layer-index"}) {
+    for (const char* folder : {"bad-missing-entry", "bad-compressed-entry", "bad-shapes-disagree", "bad-replicated-disagrees", "bad-layer-index"}) {
         auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " inspect " + kMeta + "/" + folder);
         EXPECT_EQ(r.exit_code, 2) << folder << ": " << r.err;
         EXPECT_NE(r.err.find(kMeta + "/" + folder), std::string::npos) << r.err;
@@ -385,6 +385,9 @@ TEST(Meta, DamagedFoldersAreRefusedByName) {
               std::string::npos);
     EXPECT_NE(open_error(kMeta + "/bad-shapes-disagree").find("tensor 'layers.0.attention.wq.weight' is BF16 [4, 8] in consolidated.00.pth "
                                                                 "but BF16 [4, 6] in consolidated.01.pth"),
+              std::string::npos);
+    EXPECT_NE(open_error(kMeta + "/bad-replicated-disagrees").find("tensor 'norm.weight' is BF16 [8] in consolidated.00.pth but F16 [8] in "
+                                                                   "consolidated.01.pth (a replicated tensor: every file holds it whole)"),
               std::string::npos);
     // A layer index past int64, named.
     EXPECT_NE(open_error(kMeta + "/bad-layer-index").find("params.json: \"n_layers\" = 1 but the files hold "
@@ -413,6 +416,29 @@ TEST(Meta, DamagedFoldersAreRefusedByName) {
         fs::copy_file(kMeta + "/meta-llama-gqa-mp2/consolidated.01.pth", dir + "/consolidated.01.pth", fs::copy_options::overwrite_existing);
         EXPECT_NE(open_error(dir).find("consolidated.00.pth: holds the archive consolidated.01/ as consolidated.01.pth does: a copy of it"),
                   std::string::npos);
+        fs::remove_all(fs::path(dir).parent_path());
+    }
+    {  // The two files swapped (each archive named after the other): parts out of order.
+        std::string dir = copy_of("meta-llama-gqa-mp2");
+        fs::rename(dir + "/consolidated.00.pth", dir + "/x.pth");
+        fs::rename(dir + "/consolidated.01.pth", dir + "/consolidated.00.pth");
+        fs::rename(dir + "/x.pth", dir + "/consolidated.01.pth");
+        std::string e = open_error(dir);
+        EXPECT_NE(e.find("consolidated.00.pth: holds the archive consolidated.01/, torch.save's name for consolidated.01.pth: the files "
+                         "were renamed or swapped"),
+                  std::string::npos) << e;
+        fs::remove_all(fs::path(dir).parent_path());
+    }
+    if (tpx_test::run_process("python3 -c 'import zipfile'").exit_code == 0) {  // big-endian data (torch.load would swap it)
+        std::string dir = copy_of("meta-llama-gqa-mp1");
+        const std::string f = dir + "/consolidated.00.pth";
+        auto py = tpx_test::run_process("python3 -c \"import zipfile, sys; src = zipfile.ZipFile(sys.argv[1]); "
+                                        "out = zipfile.ZipFile(sys.argv[2], 'w', zipfile.ZIP_STORED); "
+                                        "[out.writestr(i, b'big' if i.filename.endswith('/byteorder') else src.read(i)) for i in src.infolist()]; "
+                                        "out.close()\" " + f + " " + dir + "/big.pth && mv " + dir + "/big.pth " + f);
+        ASSERT_EQ(py.exit_code, 0) << py.err;
+        std::string e = open_error(dir);
+        EXPECT_NE(e.find("consolidated.00.pth: consolidated.00/byteorder says 'big': tpx reads little-endian archives only"), std::string::npos) << e;
         fs::remove_all(fs::path(dir).parent_path());
     }
     {  // Cut short: the zip's directory is gone.

@@ -262,6 +262,9 @@ def make_bad():
     folder("bad-compressed-entry", [lambda f: save(f, one, compress=("0",))])
     folder("bad-shapes-disagree", [lambda f: save(f, [("layers.0.attention.wq.weight", t(4, 8))]),
                                    lambda f: save(f, [("layers.0.attention.wq.weight", t(4, 6))])])
+    # A replicated tensor (every file holds it whole) whose copies disagree in dtype.
+    folder("bad-replicated-disagrees", [lambda f: save(f, [("norm.weight", t(8))]),
+                                        lambda f: save(f, [("norm.weight", ("F16", [8], bytes(16)))])])
     # A whole one-layer checkpoint and a tensor of a layer past any integer (20 digits).
     whole = [("tok_embeddings.weight", t(4, 8)), ("norm.weight", t(8)), ("output.weight", t(4, 8))]
     whole += [("layers.0." + n, t(*shape)) for n, shape in [
