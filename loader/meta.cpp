@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -261,6 +262,13 @@ void MetaCheckpoint::check_params(const MetaParams& p) {
     const std::string q = dim + " and \"n_heads\" = " + std::to_string(p.n_heads);
     const std::string kv = q + " and \"n_kv_heads\" = " + std::to_string(p.n_kv_heads);
     const std::string f = dim + " (with layers.0.feed_forward.w1's " + std::to_string(ffn) + " rows)";
+    if (const int64_t want = meta_ffn_width(p); want > 0 && want != ffn) {
+        char mult[32] = "null";
+        if (p.ffn_dim_multiplier > 0) std::snprintf(mult, sizeof(mult), "%g", p.ffn_dim_multiplier);
+        throw CheckpointError(p.file + ": " + dim + " and \"multiple_of\" = " + std::to_string(p.multiple_of) + " and \"ffn_dim_multiplier\" = " +
+                              mult + " imply layers.0.feed_forward.w1.weight [" + std::to_string(want) + ", " + std::to_string(D) +
+                              "], but the files hold " + shape_string(w1.shape));
+    }
     expect("tok_embeddings.weight", embed.name, {vocab, D}, dim);
     expect("norm.weight", "model.norm.weight", {D}, dim);
     const bool has_output = find("lm_head.weight") != nullptr;

@@ -44,6 +44,12 @@ MetaParams parse_meta_params(const std::string& file, const std::string& text) {
     p.norm_eps = number("norm_eps", p.norm_eps);
     p.rope_theta = number("rope_theta", p.rope_theta);
     p.rope_scaling_factor = number("rope_scaling_factor", p.rope_scaling_factor);
+    p.multiple_of = integer("multiple_of", 0, false);
+    p.ffn_dim_multiplier = number("ffn_dim_multiplier", 0);
+    if (j.contains("multiple_of") && !j["multiple_of"].is_null() && p.multiple_of <= 0)
+        fail("\"multiple_of\" = " + std::to_string(p.multiple_of) + " must be positive");
+    if (p.ffn_dim_multiplier < 0 || (j.contains("ffn_dim_multiplier") && !j["ffn_dim_multiplier"].is_null() && p.ffn_dim_multiplier == 0))
+        fail("\"ffn_dim_multiplier\" = " + j["ffn_dim_multiplier"].dump() + " must be positive, or null");
     if (auto it = j.find("use_scaled_rope"); it != j.end() && !it->is_null()) {
         if (!it->is_boolean()) fail("\"use_scaled_rope\" is " + it->dump() + ", not true or false");
         p.use_scaled_rope = it->get<bool>();
@@ -58,6 +64,13 @@ MetaParams parse_meta_params(const std::string& file, const std::string& text) {
         fail("\"n_heads\" = " + std::to_string(p.n_heads) + " is not a multiple of \"n_kv_heads\" = " + std::to_string(p.n_kv_heads));
     if ((p.dim / p.n_heads) % 2 != 0) fail("head dim " + std::to_string(p.dim / p.n_heads) + " (dim / n_heads) is odd: RoPE needs pairs");
     return p;
+}
+
+int64_t meta_ffn_width(const MetaParams& p) {
+    if (p.multiple_of <= 0) return -1;
+    int64_t hidden = (int64_t)(2.0 * (double)(4 * p.dim) / 3.0);  // Python's int() of the float, as Meta's code
+    if (p.ffn_dim_multiplier > 0) hidden = (int64_t)(p.ffn_dim_multiplier * (double)hidden);
+    return p.multiple_of * ((hidden + p.multiple_of - 1) / p.multiple_of);
 }
 
 bool map_meta_name(const std::string& meta, const MetaParams& p, MetaNameRule& r) {

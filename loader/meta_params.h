@@ -14,7 +14,14 @@ struct MetaParams {
     int64_t dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = -1, max_seq_len = 4096;
     double norm_eps = 1e-5, rope_theta = 10000.0, rope_scaling_factor = 8.0;
     bool use_scaled_rope = false;
+    // The FFN width's rule (Meta's FeedForward): 0 where params.json leaves them out (null).
+    int64_t multiple_of = 0;
+    double ffn_dim_multiplier = 0;
 };
+
+// The FFN width Meta's FeedForward gives `p` (int(2 * 4 dim / 3), times ffn_dim_multiplier where
+// given, rounded up to multiple_of); -1 where params.json has no multiple_of (the width is w1's).
+int64_t meta_ffn_width(const MetaParams& p);
 
 // Parses params.json (`file`, for messages): the required keys present, every value of its type,
 // dim / n_heads an even head dim, n_heads a multiple of n_kv_heads.

@@ -17,6 +17,7 @@
 
 #include "loader/checkpoint.h"
 #include "loader/hf_folder.h"
+#include "loader/meta_params.h"
 #include "loader/torch_pickle.h"
 #include "process.h"
 
@@ -278,6 +279,27 @@ TEST(Meta, ParamsBecomeAnHfConfig) {
     fs::remove_all(fs::path(dir).parent_path());
 }
 
+// Meta's FFN rule against the widths of the published models (their HF configs' intermediate_size).
+TEST(Meta, FfnWidthFollowsMetasRule) {
+    struct Case {
+        int64_t dim, multiple_of;
+        double multiplier;  // 0: null
+        int64_t width;
+    };
+    for (const Case& c : {Case{4096, 256, 0, 11008},      // Llama 2 7B
+                          Case{8192, 4096, 1.3, 28672},   // Llama 2 70B, Llama 3 70B
+                          Case{4096, 1024, 1.3, 14336},   // Llama 3 8B
+                          Case{16384, 4096, 1.2, 53248},  // Llama 3.1 405B
+                          Case{128, 32, 0, 352}}) {       // the test checkpoints
+        MetaParams p;
+        p.dim = c.dim;
+        p.multiple_of = c.multiple_of;
+        p.ffn_dim_multiplier = c.multiplier;
+        EXPECT_EQ(meta_ffn_width(p), c.width) << c.dim;
+    }
+    EXPECT_EQ(meta_ffn_width(MetaParams{}), -1);  // no multiple_of: the width is w1's
+}
+
 // `tpx convert` of the Llama 2 layout writes llama-gqa's model.safetensors back: HF's names, HF's
 // q/k order, every byte (the reference is save_pretrained's own file).
 TEST(Meta, ConvertWritesHfsFolder) {
@@ -473,6 +495,13 @@ TEST(Meta, DamagedFoldersAreRefusedByName) {
         {R"({"dim": 128, "n_layers": 3, "n_heads": 8, "n_kv_heads": 4, "vocab_size": 512})",
          "has no tensor 'layers.2.attention.wq.weight', which params.json"},
         {R"({"dim": 128, "n_layers": 2, "n_heads": "8"})", "params.json: \"n_heads\" is \"8\", not an integer"},
+        // Meta's FFN rule: int(2 * 512 / 3) = 341, rounded up to 32 is the files' 352; to 64, 384; x 1.3 = 443 -> 448.
+        {R"({"dim": 128, "n_layers": 2, "n_heads": 8, "n_kv_heads": 4, "vocab_size": 512, "multiple_of": 64})",
+         "params.json: \"dim\" = 128 and \"multiple_of\" = 64 and \"ffn_dim_multiplier\" = null imply layers.0.feed_forward.w1.weight "
+         "[384, 128], but the files hold [352, 128]"},
+        {R"({"dim": 128, "n_layers": 2, "n_heads": 8, "n_kv_heads": 4, "vocab_size": 512, "multiple_of": 32, "ffn_dim_multiplier": 1.3})",
+         "\"multiple_of\" = 32 and \"ffn_dim_multiplier\" = 1.3 imply layers.0.feed_forward.w1.weight [448, 128]"},
+        {R"({"dim": 128, "n_layers": 2, "n_heads": 8, "multiple_of": 0})", "params.json: \"multiple_of\" = 0 must be positive"},
     };
     std::string dir = copy_of("meta-llama-gqa-mp2");
     for (const auto& c : cases) {
