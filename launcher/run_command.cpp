@@ -58,6 +58,22 @@ void report_unreachable_hosts(const Job& job) {
 
 }  // namespace
 
+// At temperature 0 (greedy) [run.sampling]'s top_k, top_p and seed choose nothing in a run of
+// prompts (tpx serve takes them as its calls' defaults, where a call may sample): refused.
+void check_sampling_used(const Job& job) {
+    const SamplingSection& s = job.run.sampling;
+    if (s.temperature > 0) return;
+    char top_p[32];
+    std::snprintf(top_p, sizeof(top_p), "top_p = %g", s.top_p);
+    std::string unused;
+    if (s.top_k != 0) unused = "top_k = " + std::to_string(s.top_k);
+    else if (s.top_p != 1.0) unused = top_p;
+    else if (s.seed != 0) unused = "seed = " + std::to_string(s.seed);
+    if (!unused.empty())
+        throw JobError(job.file + ": [run.sampling] " + unused + " does nothing at temperature = 0 (greedy decoding): set "
+                       "run.sampling.temperature, or leave it out");
+}
+
 int cmd_run(const Args& args) {
     po::options_description options("tpx run options");
     options.add_options()("job", po::value<std::string>()->required(), "the job file")(
@@ -75,6 +91,7 @@ int cmd_run(const Args& args) {
     Job job = load_job(job_path);
     resolve_transform_options(job);
     if (job.run.prompts.empty() && !vm.count("bench")) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
+    if (!vm.count("bench")) check_sampling_used(job);
     if (vm.count("bench")) require_one_stage(job, "tpx bench");
     // Outputs are resolved and proven writable before anything is started.
     std::vector<std::string> output_args;

@@ -277,6 +277,16 @@ TEST(Sampling, SeededTokensDoNotDependOnTheBatchOrTheWorld) {
     EXPECT_EQ(tokens_of(crowd, 2, 3), ref);
 }
 
+// A sampling key that greedy decoding ignores is refused by tpx run, naming it.
+TEST(Checks, SamplingKeysThatGreedyDecodingIgnoresAreRefused) {
+    for (const char* key : {"top_k = 5", "top_p = 0.5", "seed = 7"}) {
+        TestJob j = make_job("", 1, kPrompts, "", std::string("[run.sampling]\n") + key + "\n");
+        auto r = tpx("run " + j.file);
+        EXPECT_EQ(r.exit_code, 2) << r.err;
+        EXPECT_NE(r.err.find(std::string("[run.sampling] ") + key + " does nothing at temperature = 0"), std::string::npos) << r.err;
+    }
+}
+
 TEST(Checks, EosOutsideTheVocabularyAndPositionsBeyondTheModelAreRefused) {
     expect_refused(tpx("run " + make_job("eos = 99999").file), {"run.eos holds 99999", "vocabulary of 512"});
     expect_refused(tpx("run " + make_job("max_seq_len = 100000").file), {"run.max_seq_len = 100000", "max_position_embeddings"});
