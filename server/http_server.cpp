@@ -6,6 +6,7 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <chrono>
@@ -38,6 +39,12 @@ std::string unreadable_request(const httplib::Request& req) {
     if (req.method == "POST" && !req.has_header("Content-Length") && !req.has_header("Transfer-Encoding"))
         return "a POST needs a JSON body with a Content-Length header (or Transfer-Encoding: chunked)";
     return "the request could not be read as HTTP/1.1 (its request line, headers or chunked body)";
+}
+
+// RFC 9112 6.3: two Content-Lengths, or one beside a Transfer-Encoding, leave a body's end
+// ambiguous, and whatever follows it on the connection untrustworthy.
+bool ambiguous_length(const httplib::Request& req) {
+    return req.get_header_value_count("Content-Length") > 1 || (req.has_header("Content-Length") && req.has_header("Transfer-Encoding"));
 }
 
 int64_t unix_time() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
@@ -79,9 +86,9 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     const size_t body_limit = std::max<size_t>(1 << 20, (size_t)64 * (size_t)std::max<int64_t>(limits_.max_seq_len, 1) * queue_.capacity());
     svr.set_payload_max_length(body_limit);
     svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-        // Where a body's end is ambiguous (RFC 9112 6.3: two Content-Lengths, or one beside a
-        // Transfer-Encoding), what follows it on the connection cannot be trusted: refused, closed.
-        if (req.get_header_value_count("Content-Length") > 1 || (req.has_header("Content-Length") && req.has_header("Transfer-Encoding"))) {
+        // A body of ambiguous length: refused, and the connection closed once the answer is out
+        // (the logger below).
+        if (ambiguous_length(req)) {
             res.set_header("Connection", "close");
             reply_error(res, 400, "the request's body length is ambiguous (more than one Content-Length header, or Content-Length with "
                                   "Transfer-Encoding): refused, and the connection closed", "", "invalid_request");
@@ -103,7 +110,15 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         else reply_error(res, res.status, "HTTP " + std::to_string(res.status));
         return httplib::Server::HandlerResponse::Handled;
     }));
-    svr.set_logger([this](const httplib::Request&, const httplib::Response& res) { metrics_.count_response(res.status); });
+    // Called once a response is written. cpp-httplib 0.11 keeps a connection after a handler's
+    // "Connection: close" until its keep-alive wait ends (5 s): the refused ambiguous request's
+    // socket is shut both ways here, so that the wait ends at once and nothing more is read.
+    svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+        metrics_.count_response(res.status);
+        if (!ambiguous_length(req)) return;
+        const int socket = find_connection(req.remote_addr, req.remote_port, req.local_port);
+        if (socket >= 0) shutdown(socket, SHUT_RDWR);
+    });
     svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
         if (!ready_) return reply_error(res, 503, "loading the model", "", "loading");
         if (draining_) return reply_error(res, 503, "shutting down", "", "shutting_down");

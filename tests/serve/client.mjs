@@ -173,6 +173,7 @@ const modes = {
     // Two Content-Lengths, the second counting a GET behind the body: refused and the connection
     // closed, so that nothing after the first body is read as a request (no second response).
     const body = `{"model": "${model}", "prompt": [1, 2], "max_tokens": 1}`, smuggled = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
+    const sent = Date.now();
     const two = await new Promise((resolve, reject) => {
       const u = new URL(base);
       const s = net.connect(Number(u.port), u.hostname, () =>
@@ -185,7 +186,7 @@ const modes = {
       s.on("close", () => { clearTimeout(timer); resolve({ text, closed: true }); });
     });
     out.two_lengths = { status: Number(two.text.split(" ")[1]), ...JSON.parse(two.text.slice(two.text.indexOf("{"))).error,
-                        closed: two.closed, responses: two.text.split("HTTP/1.1 ").length - 1 };
+                        closed: two.closed, responses: two.text.split("HTTP/1.1 ").length - 1, seconds: (Date.now() - sent) / 1000 };
     out.models = (await client.models.list()).data.map((m) => m.id);
     return out;
   },
