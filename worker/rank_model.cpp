@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
-#include <functional>
 #include <cstdio>
+#include <functional>
 #include <mutex>
 #include <thread>
 
