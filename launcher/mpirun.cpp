@@ -74,8 +74,8 @@ void check_launch_hosts(const Job& job, bool in_allocation) {
 
 std::vector<std::string> mpirun_command(const Job& job, const std::string& worker, const std::vector<std::string>& worker_args,
                                         const LaunchHost& host) {
-    bool several_hosts = !job.launch.hosts.empty() || !job.launch.hostfile.empty();
     std::vector<std::string> cmd = {job.launch.mpirun, "-np", std::to_string(job.world())};
+    bool several_hosts = !job.launch.hosts.empty() || !job.launch.hostfile.empty();
     if (!several_hosts && job.world() > host.cores) cmd.push_back("--oversubscribe");
     if (host.root) cmd.push_back("--allow-run-as-root");
     if (!job.launch.hosts.empty()) {

@@ -56,8 +56,6 @@ void report_unreachable_hosts(const Job& job) {
     }
 }
 
-}  // namespace
-
 // At temperature 0 (greedy) [run.sampling]'s top_k, top_p and seed choose nothing in a run of
 // prompts (tpx serve takes them as its calls' defaults, where a call may sample): refused.
 void check_sampling_used(const Job& job) {
@@ -73,6 +71,8 @@ void check_sampling_used(const Job& job) {
         throw JobError(job.file + ": [run.sampling] " + unused + " does nothing at temperature = 0 (greedy decoding): set "
                        "run.sampling.temperature, or leave it out");
 }
+
+}  // namespace
 
 int cmd_run(const Args& args) {
     po::options_description options("tpx run options");
