@@ -54,6 +54,11 @@ int cmd_submit(const Args& args) {
     if (job.run.prompts.empty() && !job.serve.present)
         throw JobError(job.file + ": run.prompts is not set (and there is no [serve] table): there is nothing to run");
     if (job.serve.present) require_one_stage(job, "a [serve] job");
+    // Slurm places the ranks on the nodes it allocates: hosts named for mpirun would do nothing.
+    if (!job.launch.hosts.empty() || !job.launch.hostfile.empty())
+        throw JobError(job.file + ": launch." + (job.launch.hosts.empty() ? "hostfile" : "hosts") +
+                       " names hosts for tpx run's mpirun; under Slurm the job runs on the nodes it is allocated: leave it out "
+                       "for tpx submit ([slurm] partition and extra choose the nodes)");
     // The script carries the resolved job and writes it beside the output when the job starts
     // (NAME-JOBID.tpx.toml), so that editing the job file, or submitting it again, does not
     // change a job already queued.

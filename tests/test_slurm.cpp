@@ -71,6 +71,21 @@ TEST(Sbatch, TheJobInTheScriptIsWrittenBackLiterally) {
     fs::remove_all(fs::path(dir).parent_path());
 }
 
+// Hosts named for tpx run's mpirun would do nothing under Slurm: refused by name.
+TEST(Sbatch, HostsNamedForMpirunAreRefused) {
+    const std::string dir = temp_dir();
+    std::ofstream(dir + "/hosts.txt") << "h1 slots=1\nh2 slots=1\n";
+    std::ofstream(dir + "/p.jsonl") << "{\"id\": \"a\", \"input_ids\": [1, 2]}\n";
+    for (const std::string& launch : {std::string("hosts = [\"h1:1\", \"h2:1\"]"), std::string("hostfile = \"hosts.txt\"")}) {
+        std::ofstream(dir + "/j.toml", std::ios::trunc) << "[model]\npath = \"" << TPX_SOURCE_DIR << "/models/tiny\"\n[parallel]\ntp = 2\n"
+                                                        << "nodes = 2\n[run]\nprompts = \"p.jsonl\"\n[launch]\n" << launch << "\n";
+        auto r = run_process(tpx_bin("tpx") + " submit " + dir + "/j.toml --dry-run");
+        EXPECT_EQ(r.exit_code, 2) << r.err;
+        EXPECT_NE(r.err.find("launch." + launch.substr(0, launch.find(' ')) + " names hosts for tpx run's mpirun"), std::string::npos) << r.err;
+    }
+    fs::remove_all(dir);
+}
+
 namespace {
 
 class SlurmCluster : public testing::Test {
