@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
@@ -62,6 +63,11 @@ std::string format_rank_map(const std::vector<RankPlace>& map) {
         i = j + 1;
     }
     return s;
+}
+
+bool in_slurm_allocation() {
+    const char* id = std::getenv("SLURM_JOB_ID");
+    return id != nullptr && *id != '\0';
 }
 
 void check_launch_hosts(const Job& job, bool in_allocation) {

@@ -21,6 +21,8 @@ LaunchHost this_host();
 // (JobError, naming the keys) unless it lists its hosts (launch.hosts or hostfile) or
 // `in_allocation` (a Slurm allocation, SLURM_JOB_ID set: mpirun takes its nodes).
 void check_launch_hosts(const Job& job, bool in_allocation);
+// Whether this process runs inside a Slurm allocation (SLURM_JOB_ID set, and not empty).
+bool in_slurm_allocation();
 
 std::vector<std::string> mpirun_command(const Job& job, const std::string& worker, const std::vector<std::string>& worker_args,
                                         const LaunchHost& host = this_host());

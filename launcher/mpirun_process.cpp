@@ -18,6 +18,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -41,13 +42,22 @@ void forward_signal(int sig) {
     kill(g_child, sig == SIGHUP || g_drain_signal != 0 ? SIGTERM : sig);
 }
 
+// Whether process `pid` has a handler for `sig` (/proc/PID/status, SigCgt).
+bool catches(pid_t pid, int sig) {
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(status, line);)
+        if (line.rfind("SigCgt:", 0) == 0) return (std::strtoull(line.c_str() + 7, nullptr, 16) >> (sig - 1)) & 1ull;
+    return false;
+}
+
 // The drain signal straight to mpirun's children that are ranks on this host (/proc: parent
 // mpirun, command tpx-worker): rank 0 drains and tells the others. mpirun's own forwarding is not
 // relied on: on the GPU machine (Open MPI 4.1.6, the same binaries) mpirun caught SIGUSR1 and
-// passed nothing on (docs/PERF.md, 2026-12-03 fourth session). Without a local rank (rank 0 on
-// another host), mpirun gets it. Returns how many ranks were signalled.
-int deliver_drain(pid_t mpirun, int sig) {
-    int sent = 0;
+// passed nothing on (docs/PERF.md, 2026-12-03 fourth session). A rank gets it once it has its
+// handler (a rank just started would die of it), and once: `signalled` holds those sent it.
+// Returns how many ranks this host has so far.
+int deliver_drain(pid_t mpirun, int sig, std::set<pid_t>& signalled) {
+    int ranks = 0;
     DIR* proc = opendir("/proc");
     for (dirent* e; proc && (e = readdir(proc));) {
         const pid_t pid = (pid_t)std::atoi(e->d_name);
@@ -62,11 +72,12 @@ int deliver_drain(pid_t mpirun, int sig) {
         std::string state;
         pid_t ppid = 0;
         rest >> state >> ppid;
-        if (ppid == mpirun && line.substr(open + 1, close - open - 1) == "tpx-worker" && kill(pid, sig) == 0) ++sent;
+        if (ppid != mpirun || line.substr(open + 1, close - open - 1) != "tpx-worker") continue;
+        ++ranks;
+        if (!signalled.count(pid) && catches(pid, sig) && kill(pid, sig) == 0) signalled.insert(pid);
     }
     if (proc) closedir(proc);
-    if (sent == 0) kill(mpirun, sig);
-    return sent;
+    return ranks;
 }
 
 // A line of mpirun's stderr that says the job is failing: Open MPI's runtime reporting a lost
@@ -202,6 +213,8 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
         }
     };
     std::unique_ptr<Clock::time_point> drain_start;
+    std::set<pid_t> drained;       // ranks sent the drain signal
+    bool mpirun_drained = false;   // mpirun sent it (no rank on this host)
     for (;;) {
         pid_t done = waitpid(g_child, &status, WNOHANG);
         if (done == g_child || (done < 0 && errno != EINTR)) break;
@@ -213,9 +226,13 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
             break;
         }
         if (settings.drain_signal != 0 && g_signals == 1) {
-            if (!drain_start) {
-                drain_start = std::make_unique<Clock::time_point>(Clock::now());
-                deliver_drain(g_child, settings.drain_signal);
+            if (!drain_start) drain_start = std::make_unique<Clock::time_point>(Clock::now());
+            // Each local rank as it comes to catch the signal; with none here after 2 s (rank 0
+            // on another host), mpirun, to pass it on.
+            const int local = deliver_drain(g_child, settings.drain_signal, drained);
+            if (local == 0 && !mpirun_drained && std::chrono::duration<double>(Clock::now() - *drain_start).count() > 2) {
+                kill(g_child, settings.drain_signal);
+                mpirun_drained = true;
             }
             // The ranks had drain_s to finish, and a few seconds more to stop.
             if (std::chrono::duration<double>(Clock::now() - *drain_start).count() > settings.drain_s + 5) {

@@ -103,7 +103,7 @@ int cmd_run(const Args& args) {
             extra_outputs.push_back({std::string("--") + option, path});
         }
     check_before_launch(job, extra_outputs, /*local=*/true);
-    check_launch_hosts(job, std::getenv("SLURM_JOB_ID") != nullptr);
+    check_launch_hosts(job, in_slurm_allocation());
     const char* progress = vm.count("quiet") ? "quiet" : (isatty(STDERR_FILENO) ? "live" : "lines");
     output_args.insert(output_args.end(), {"--progress", progress});
     // A job read from a pipe cannot be read again by the ranks: hand them the resolved job.

@@ -42,7 +42,7 @@ int cmd_serve(const Args& args) {
     require_one_stage(job, "tpx serve");
     // The plan, the tokenizer and chat template, this host's memory: refused before any rank starts.
     check_before_launch(job, {}, /*local=*/true);
-    check_launch_hosts(job, std::getenv("SLURM_JOB_ID") != nullptr);
+    check_launch_hosts(job, in_slurm_allocation());
     std::string worker_job = fs::absolute(job_path).lexically_normal().string();
     if (job_file_is_stream(job_path)) {
         worker_job = (fs::temp_directory_path() / ("tpx-job-" + std::to_string(getpid()) + ".toml")).string();

@@ -41,10 +41,15 @@ std::string unreadable_request(const httplib::Request& req) {
     return "the request could not be read as HTTP/1.1 (its request line, headers or chunked body)";
 }
 
-// RFC 9112 6.3: two Content-Lengths, or one beside a Transfer-Encoding, leave a body's end
-// ambiguous, and whatever follows it on the connection untrustworthy.
+// RFC 9112 6.3: two Content-Lengths, one beside a Transfer-Encoding, or one that is not a plain
+// decimal number (a list "0, 38", a sign, letters, past 18 digits: readers differ on each) leave a
+// body's end ambiguous, and whatever follows it on the connection untrustworthy.
 bool ambiguous_length(const httplib::Request& req) {
-    return req.get_header_value_count("Content-Length") > 1 || (req.has_header("Content-Length") && req.has_header("Transfer-Encoding"));
+    if (req.get_header_value_count("Content-Length") > 1 || (req.has_header("Content-Length") && req.has_header("Transfer-Encoding")))
+        return true;
+    if (!req.has_header("Content-Length")) return false;
+    const std::string v = req.get_header_value("Content-Length");
+    return v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos;
 }
 
 int64_t unix_time() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
@@ -90,8 +95,9 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         // (the logger below).
         if (ambiguous_length(req)) {
             res.set_header("Connection", "close");
-            reply_error(res, 400, "the request's body length is ambiguous (more than one Content-Length header, or Content-Length with "
-                                  "Transfer-Encoding): refused, and the connection closed", "", "invalid_request");
+            reply_error(res, 400, "the request's body length is ambiguous (more than one Content-Length header, Content-Length with "
+                                  "Transfer-Encoding, or a Content-Length that is not one decimal number): refused, and the connection "
+                                  "closed", "", "invalid_request");
             return httplib::Server::HandlerResponse::Handled;
         }
         if (settings_.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
@@ -111,13 +117,23 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         return httplib::Server::HandlerResponse::Handled;
     }));
     // Called once a response is written. cpp-httplib 0.11 keeps a connection after a handler's
-    // "Connection: close" until its keep-alive wait ends (5 s): the refused ambiguous request's
-    // socket is shut both ways here, so that the wait ends at once and nothing more is read.
+    // "Connection: close" until its keep-alive wait ends (5 s): the socket of a request refused
+    // for its body's ambiguous length is shut here, so that the wait ends at once and nothing
+    // more (the unread body) is read as a request. (A body past the limit, 413, cpp-httplib
+    // reads and drops itself, so that the client, still sending, gets the answer.)
     svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
         metrics_.count_response(res.status);
         if (!ambiguous_length(req)) return;
         const int socket = find_connection(req.remote_addr, req.remote_port, req.local_port);
-        if (socket >= 0) shutdown(socket, SHUT_RDWR);
+        if (socket < 0) return;
+        // The answer, then the end of the stream; what the client sent behind its headers is read
+        // and dropped (left unread, closing would reset the connection, and a client reading
+        // late could lose the answer), then the reading side shut.
+        shutdown(socket, SHUT_WR);
+        char drop[4096];
+        for (int i = 0; i < 1024 && recv(socket, drop, sizeof drop, MSG_DONTWAIT) > 0; ++i) {
+        }
+        shutdown(socket, SHUT_RD);
     });
     svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
         if (!ready_) return reply_error(res, 503, "loading the model", "", "loading");

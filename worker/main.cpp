@@ -305,6 +305,9 @@ int run(const Options& opt) {
     load_rank_model(model, job, plan, comm, prompts, progress, {opt.serve && job.serve.allow_refit, stop.get()});
     if (!model.stopped) stop.reset();  // every rank is past its load: the word's communicator freed
     if (model.stopped) {
+        // Every rank left its reads, or one that did not (stopped, stuck) is named after the
+        // collective timeout, rather than holding the others in MPI_Finalize.
+        comm.barrier();
         if (rank == 0) log_info("serve: stopped while loading (", strsignal(serve_stop_asked()), "): every rank left its reads; exiting");
         return 0;
     }
@@ -320,6 +323,10 @@ int run(const Options& opt) {
 }  // namespace tpx
 
 int main(int argc, char** argv) {
+    // Serving, the drain signals are ours from the first instruction on (`tpx serve` may send one
+    // before this rank has read its options: the default action would end it).
+    for (int i = 1; i < argc; ++i)
+        if (std::strcmp(argv[i], "--serve") == 0) tpx::install_serve_signals();
     // A rank never outlives the process that started it (mpirun's daemon, or srun's step): if
     // that dies without ending its ranks, the kernel ends this one.
     const pid_t parent = getppid();

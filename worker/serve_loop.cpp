@@ -31,6 +31,10 @@ using namespace std::chrono_literals;
 // kRefit: the header's second word is the path's length; the path's bytes follow.
 enum StepKind : int64_t { kHeartbeat = 0, kStep = 1, kShutdown = 2, kRefit = 3 };
 
+// The signals that ask a serving rank to stop: SIGTERM (scancel, kill), SIGUSR1 (tpx serve's
+// drain), SIGINT and SIGHUP (a rank's terminal).
+constexpr int kServeStopSignals[] = {SIGTERM, SIGUSR1, SIGINT, SIGHUP};
+
 // Read by other threads too (LoadStop's watcher): an atomic, lock-free so the handler may set it.
 std::atomic<int> g_signal{0};
 static_assert(std::atomic<int>::is_always_lock_free, "a signal handler may set only a lock-free atomic");
@@ -481,15 +485,14 @@ void install_serve_signals() {
     struct sigaction sa = {};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, nullptr);
-    sigaction(SIGUSR1, &sa, nullptr);
+    for (int sig : kServeStopSignals) sigaction(sig, &sa, nullptr);
     signal(SIGPIPE, SIG_IGN);  // a client gone mid-answer is a failed write, not the end of rank 0
 }
 
 void serve(Executor& exec, MpiCommunicator& comm, ServeFront* front, const ServeSettings& settings) {
     // Installed before loading (a signal during the load drains too); a library initialised since
     // (the GPU backend's) may have put its own handler in place: ours again, and said so.
-    for (int sig : {SIGTERM, SIGUSR1}) {
+    for (int sig : kServeStopSignals) {
         struct sigaction now = {};
         if (sigaction(sig, nullptr, &now) == 0 && now.sa_handler != on_signal)
             log_info("serve: the ", strsignal(sig), " handler had been replaced while loading; restored");

@@ -50,8 +50,8 @@ struct ServeSettings {
     RefitReference refit;        // what POST /v1/admin/refit checks a new checkpoint against (every rank)
 };
 
-// Installs the serve mode's signal handling (SIGTERM and SIGUSR1 ask rank 0 to drain; the
-// followers wait for its shutdown message). Call before loading, on every rank.
+// Installs the serve mode's signal handling (SIGTERM, SIGUSR1, SIGINT and SIGHUP ask rank 0 to
+// drain; the followers wait for its shutdown message). Call before loading, on every rank.
 void install_serve_signals();
 
 // The signal that asked this rank to stop serving (SIGTERM, SIGUSR1), or 0.
