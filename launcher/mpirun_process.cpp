@@ -21,6 +21,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "common/error.h"
 
@@ -187,16 +188,20 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     // Signals that arrive between fork and the handlers being set are held, then forwarded.
     sigset_t block, old_mask;
     sigemptyset(&block);
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&block, sig);
+    const bool drain = settings.drain_signal != 0;
+    // A drained job (`tpx serve`) takes its drain signal sent to tpx itself as SIGTERM, rather
+    // than dying of it and leaving mpirun to end the ranks without their drain.
+    std::vector<int> stops = {SIGINT, SIGTERM, SIGHUP};
+    if (drain) stops.push_back(settings.drain_signal);
+    for (int sig : stops) sigaddset(&block, sig);
     sigprocmask(SIG_BLOCK, &block, &old_mask);
     const pid_t parent = getpid();
-    const bool drain = settings.drain_signal != 0;
     g_child = fork();
     if (g_child < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
     if (g_child == 0) exec_mpirun(argv.data(), name, parent, drain, err_pipe, old_mask);
     close(err_pipe[1]);
     if (drain) setpgid(g_child, g_child);  // (either side may come first)
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) signal(sig, forward_signal);
+    for (int sig : stops) signal(sig, forward_signal);
     sigprocmask(SIG_SETMASK, &old_mask, nullptr);
     using Clock = std::chrono::steady_clock;
     auto state = std::make_shared<Relay>();

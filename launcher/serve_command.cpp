@@ -1,7 +1,8 @@
 // `tpx serve`: the job's ranks under mpirun as `tpx run` starts them, with `tpx-worker --serve`:
 // rank 0 answers OpenAI-style HTTP requests ([serve], docs/SERVE.md) until it is stopped.
-// SIGTERM or Ctrl-C drains: mpirun passes SIGUSR1 on to the ranks, rank 0 finishes the requests
-// in flight (up to [serve] grace_s) and every rank exits 0; a second signal ends the job at once.
+// SIGTERM, Ctrl-C, SIGHUP or SIGUSR1 drains: the ranks are sent SIGUSR1 (mpirun_process.cpp), rank
+// 0 finishes the requests in flight (up to [serve] grace_s) and every rank exits 0; a second
+// signal ends the job at once.
 #include <signal.h>
 #include <unistd.h>
 

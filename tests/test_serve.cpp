@@ -389,6 +389,13 @@ TEST(Serve, CtrlCToTheWholeGroupDrainsAndExitsZero) {
     sigterm_drains("", SIGINT, /*to_group=*/true);
 }
 
+// SIGUSR1, the signal tpx serve drains its ranks with, sent to tpx serve itself: a drain too (it
+// ended tpx by the default action, and mpirun ended the ranks mid-request).
+TEST(Serve, SigusrOneToTpxServeDrainsAsSigtermDoes) {
+    SKIP_WITHOUT_SDK();
+    sigterm_drains("", SIGUSR1);
+}
+
 // The drain does not rest on mpirun passing SIGUSR1 on (on the GPU machine it did not): with
 // Open MPI told to forward no signal, the same.
 TEST(Serve, SigtermDrainsWithoutMpirunForwardingSignals) {
