@@ -60,4 +60,15 @@ std::string output_file_arg(const std::string& option, const std::string& value)
     return path.lexically_normal().string();
 }
 
+std::vector<std::string> delay_args(const boost::program_options::variables_map& vm, std::initializer_list<const char*> names) {
+    std::vector<std::string> worker_args;
+    for (const char* name : names) {
+        if (!vm.count(name)) continue;
+        const int ms = vm[name].as<int>();
+        if (ms < 0) throw JobError(std::string("--") + name + " " + std::to_string(ms) + ": must be >= 0");
+        worker_args.insert(worker_args.end(), {std::string("--") + name, std::to_string(ms)});
+    }
+    return worker_args;
+}
+
 }  // namespace tpx

@@ -2,6 +2,7 @@
 // arguments after its name and returns the exit code (0 ok, 1 runtime failure, 2 bad input).
 #pragma once
 
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ bool parse_command_line(const Args& args, const char* usage, boost::program_opti
 // The absolute path of an output file named by `option` (checked with the job's other outputs
 // by check_job_outputs).
 std::string output_file_arg(const std::string& option, const std::string& value);
+
+// The ranks' arguments for the test aids (`--step-delay-ms` and the like) among `names` that `vm`
+// holds, as given; a negative one is refused (JobError naming it).
+std::vector<std::string> delay_args(const boost::program_options::variables_map& vm, std::initializer_list<const char*> names);
 
 // Plans the job as rank 0 will (checkpoint headers and config.json only, no weights), so that
 // `tpx run` and `tpx submit` refuse a job that cannot be sharded before any rank or Slurm

@@ -87,6 +87,7 @@ int cmd_run(const Args& args) {
     po::variables_map vm;
     if (parse_command_line(args, "tpx run JOB [--dry-run] [--dump-logits FILE.h5] [--quiet]", options, positional, vm)) return 0;
 
+    const std::vector<std::string> delays = delay_args(vm, {"step-delay-ms"});
     std::string job_path = vm["job"].as<std::string>();
     Job job = load_job(job_path);
     resolve_transform_options(job);
@@ -114,7 +115,7 @@ int cmd_run(const Args& args) {
     }
     std::vector<std::string> worker_args = {"--job", worker_job};
     worker_args.insert(worker_args.end(), output_args.begin(), output_args.end());
-    if (vm.count("step-delay-ms")) worker_args.insert(worker_args.end(), {"--step-delay-ms", std::to_string(vm["step-delay-ms"].as<int>())});
+    worker_args.insert(worker_args.end(), delays.begin(), delays.end());
     std::vector<std::string> cmd = mpirun_command(job, worker_binary(), worker_args);
 
     if (vm.count("dry-run")) {

@@ -37,6 +37,7 @@ int cmd_serve(const Args& args) {
     po::variables_map vm;
     if (parse_command_line(args, "tpx serve JOB [--dry-run]", options, positional, vm)) return 0;
 
+    const std::vector<std::string> delays = delay_args(vm, {"step-delay-ms", "refit-delay-ms", "read-delay-ms", "ready-delay-ms"});
     std::string job_path = vm["job"].as<std::string>();
     Job job = load_job(job_path);
     resolve_transform_options(job);
@@ -50,10 +51,7 @@ int cmd_serve(const Args& args) {
         write_file_atomically(worker_job, emit_job_toml(job));
     }
     std::vector<std::string> worker_args = {"--job", worker_job, "--serve", "--progress", "lines"};
-    if (vm.count("step-delay-ms")) worker_args.insert(worker_args.end(), {"--step-delay-ms", std::to_string(vm["step-delay-ms"].as<int>())});
-    if (vm.count("refit-delay-ms")) worker_args.insert(worker_args.end(), {"--refit-delay-ms", std::to_string(vm["refit-delay-ms"].as<int>())});
-    if (vm.count("read-delay-ms")) worker_args.insert(worker_args.end(), {"--read-delay-ms", std::to_string(vm["read-delay-ms"].as<int>())});
-    if (vm.count("ready-delay-ms")) worker_args.insert(worker_args.end(), {"--ready-delay-ms", std::to_string(vm["ready-delay-ms"].as<int>())});
+    worker_args.insert(worker_args.end(), delays.begin(), delays.end());
     std::vector<std::string> cmd = mpirun_command(job, worker_binary(), worker_args);
     if (vm.count("dry-run")) {
         std::cout << shell_join(cmd) << "\n";

@@ -322,6 +322,14 @@ TEST(Messages, WhatAUserTypesWrongIsNamed) {
         EXPECT_EQ(bad.exit_code, 2) << bad.err;
         EXPECT_NE(bad.err.find(std::string("--world ") + world + ": must be >= 1"), std::string::npos) << bad.err;
     }
+    for (const char* call : {"run JOB --step-delay-ms -1", "serve JOB --read-delay-ms -5 --dry-run"}) {
+        std::string command = call;
+        command.replace(command.find("JOB"), 3, j.file);
+        auto negative = tpx(command);
+        EXPECT_EQ(negative.exit_code, 2) << command << ": " << negative.err;
+        EXPECT_NE(negative.err.find("-delay-ms -"), std::string::npos) << negative.err;
+        EXPECT_NE(negative.err.find(": must be >= 0"), std::string::npos) << negative.err;
+    }
     auto help = run_process(tpx_bin("tpx-worker") + " --help");
     EXPECT_EQ(help.exit_code, 0) << help.err;
     EXPECT_NE(help.out.find("--job"), std::string::npos);
