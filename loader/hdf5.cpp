@@ -28,11 +28,27 @@ public:
     H5Id& operator=(const H5Id&) = delete;
     operator hid_t() const { return id_; }
     bool ok() const { return id_ >= 0; }
+    // Closes it now.
+    void close() {
+        if (id_ >= 0) close_(id_);
+        id_ = -1;
+    }
+    // Hands the identifier over: the caller closes it.
+    hid_t release() {
+        const hid_t id = id_;
+        id_ = -1;
+        return id;
+    }
 
 private:
     hid_t id_;
     herr_t (*close_)(hid_t);
 };
+
+// HDF5's own exit handler closes the files still open; one whose close failed (a full disk)
+// it closes again, and crashes there (HDF5 1.10). tpx closes every file it opens itself, so the
+// handler is turned off before any HDF5 call (a static of this file: before main).
+const bool kNoHdf5AtExit = H5dont_atexit() >= 0;
 
 // The HDF5 storage type of each dtype; 16-bit floats are stored as their bit patterns.
 hid_t h5_type(DType t) {
@@ -245,12 +261,22 @@ ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path) {
             ++stats.tensors;
             stats.bytes += t.nbytes;
         }
+        group.close();
+        finish_hdf5_file(file.release(), tmp, out_path);
     } catch (...) {
         std::remove(tmp.c_str());
         throw;
     }
-    rename_into_place(tmp, out_path);
     return stats;
+}
+
+void finish_hdf5_file(int64_t file, const std::string& tmp, const std::string& path) {
+    if (H5Fclose((hid_t)file) < 0) {
+        std::remove(tmp.c_str());
+        throw Error(path + ": cannot write the HDF5 file (closing " + tmp +
+                    ", HDF5 could not write out its data: is the disk full?); nothing was written to " + path);
+    }
+    rename_into_place(tmp, path);
 }
 
 }  // namespace tpx

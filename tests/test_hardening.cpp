@@ -201,6 +201,16 @@ TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
     EXPECT_TRUE(fs::is_symlink(dir + "/dangling.h5"));
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/tiny/model-00002-of-00002.safetensors"), {"must end in .h5 or .hdf5"});
     EXPECT_FALSE(fs::exists(dir + "/tiny/model-00002-of-00002.safetensors"));
+    // Writes that fail as on a full disk (a file size limit; HDF5 fails only as it closes the
+    // file): exit 1 naming the file, the file there kept, no temp left (it said "wrote", then
+    // crashed in HDF5's exit handler, leaving a truncated file in place of the old one).
+    const std::string converted = file_bytes(dir + "/t.h5");
+    auto full = run_process("trap '' XFSZ; ulimit -f 100; exec " + tpx_bin("tpx") + " convert " + dir + "/tiny " + dir + "/t.h5 --force");
+    EXPECT_EQ(full.exit_code, 1) << full.err;
+    EXPECT_NE(full.err.find(dir + "/t.h5: cannot write the HDF5 file"), std::string::npos) << full.err;
+    EXPECT_EQ(full.out.find("wrote"), std::string::npos) << full.out;
+    EXPECT_EQ(file_bytes(dir + "/t.h5"), converted);
+    for (const auto& e : fs::directory_iterator(dir)) EXPECT_EQ(e.path().string().find(".tmp-"), std::string::npos) << e.path();
     auto dev = tpx("convert " + dir + "/tiny /dev/null");
     EXPECT_EQ(dev.exit_code, 0) << dev.err;
     struct stat st;

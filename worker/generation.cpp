@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "common/file.h"
+#include "loader/hdf5.h"
 
 namespace tpx {
 namespace {
@@ -275,8 +276,7 @@ void write_logits_h5(const std::string& path, const std::vector<SequenceResult>&
         std::remove(tmp.c_str());
         throw;
     }
-    H5Fclose(file);
-    rename_into_place(tmp, path);
+    finish_hdf5_file(file, tmp, path);
 }
 
 }  // namespace tpx
