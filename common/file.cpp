@@ -67,4 +67,49 @@ void write_file_atomically(const std::string& path, const std::string& text) {
     write_file_atomically(path, [&](std::ostream& out) { out << text; });
 }
 
+OutputSet::~OutputSet() {
+    for (const Staged& f : staged_) std::remove(f.tmp.c_str());
+}
+
+void OutputSet::add_file(const std::string& path, const std::function<void(const std::string& tmp)>& write_to) {
+    std::string tmp = temp_path_for(path);
+    // Two outputs on one device (/dev/null twice) share a name in the temporary folder.
+    for (const Staged& f : staged_)
+        if (f.tmp == tmp) tmp += "-" + std::to_string(staged_.size());
+    try {
+        write_to(tmp);
+    } catch (...) {
+        std::remove(tmp.c_str());
+        throw;
+    }
+    staged_.push_back({tmp, path});
+}
+
+void OutputSet::add(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary) {
+    add_file(path, [&](const std::string& tmp) {
+        std::ofstream out(tmp, binary ? std::ios::binary | std::ios::trunc : std::ios::trunc);
+        if (!out) throw Error(path + ": cannot create the file: " + std::strerror(errno));
+        write(out);
+        out.close();  // flushes: a full disk shows here
+        if (!out) throw Error(path + ": write failed: " + std::strerror(errno));
+    });
+}
+
+void OutputSet::commit() {
+    // FIFOs and devices first: their bytes are copied in and may fail (/dev/full), renames hardly.
+    std::vector<Staged> left;
+    for (bool streams : {true, false})
+        for (const Staged& f : staged_)
+            if (is_stream_target(f.path) == streams) left.push_back(f);
+    staged_.clear();
+    for (size_t i = 0; i < left.size(); ++i) {
+        try {
+            rename_into_place(left[i].tmp, left[i].path);
+        } catch (...) {
+            for (size_t j = i + 1; j < left.size(); ++j) std::remove(left[j].tmp.c_str());
+            throw;
+        }
+    }
+}
+
 }  // namespace tpx

@@ -4,6 +4,7 @@
 #include <functional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace tpx {
 
@@ -22,5 +23,30 @@ std::string temp_path_for(const std::string& path);
 // The last step of the same, for files written by other means (HDF5): renames tmp over path
 // (for a FIFO or device, copies tmp's bytes into it), or removes tmp and throws an Error naming path.
 void rename_into_place(const std::string& tmp, const std::string& path);
+
+// Several outputs of one run, written as one: each is written to its temporary file
+// (temp_path_for) as it is added, and only commit() moves them into place, so that a failure
+// while writing any of them (a full disk) leaves every output as it was. What is not committed
+// is removed with the set.
+class OutputSet {
+public:
+    OutputSet() = default;
+    OutputSet(const OutputSet&) = delete;
+    OutputSet& operator=(const OutputSet&) = delete;
+    ~OutputSet();
+    // `path` written by `write` as text (or bytes).
+    void add(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false);
+    // `path` written by other means (HDF5): `write_to` makes the file it is given, whole, or throws.
+    void add_file(const std::string& path, const std::function<void(const std::string& tmp)>& write_to);
+    // Each output into place: those on FIFOs and devices first (copied in, where a write may still
+    // fail), then the files renamed, in the order added; a failure removes the temporary files left.
+    void commit();
+
+private:
+    struct Staged {
+        std::string tmp, path;
+    };
+    std::vector<Staged> staged_;
+};
 
 }  // namespace tpx

@@ -262,21 +262,19 @@ ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path) {
             stats.bytes += t.nbytes;
         }
         group.close();
-        finish_hdf5_file(file.release(), tmp, out_path);
+        close_written_hdf5(file.release(), out_path);
     } catch (...) {
         std::remove(tmp.c_str());
         throw;
     }
+    rename_into_place(tmp, out_path);
     return stats;
 }
 
-void finish_hdf5_file(int64_t file, const std::string& tmp, const std::string& path) {
-    if (H5Fclose((hid_t)file) < 0) {
-        std::remove(tmp.c_str());
-        throw Error(path + ": cannot write the HDF5 file (closing " + tmp +
-                    ", HDF5 could not write out its data: is the disk full?); nothing was written to " + path);
-    }
-    rename_into_place(tmp, path);
+void close_written_hdf5(int64_t file, const std::string& path) {
+    if (H5Fclose((hid_t)file) < 0)
+        throw Error(path + ": cannot write the HDF5 file (HDF5 could not write out its data as it closed it: is the disk full?); nothing "
+                    "was written to " + path);
 }
 
 }  // namespace tpx

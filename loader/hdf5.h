@@ -23,11 +23,10 @@ struct ConvertStats {
 // Writes every tensor of `source` to `out_path` (atomically: a temp file renamed at the end).
 ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path);
 
-// Ends an HDF5 file written to `tmp` for `path`: closes `file` (where HDF5 writes out what it
-// buffered) and renames `tmp` into place; should the close fail (a full disk), removes `tmp`
-// and throws naming `path`, leaving whatever was at `path` as it was. Every object in the file
-// must be closed first. `file` is an hid_t.
-void finish_hdf5_file(int64_t file, const std::string& tmp, const std::string& path);
+// Closes `file` (an hid_t), an HDF5 file written for `path`, where HDF5 writes out what it
+// buffered: should that fail (a full disk), throws naming `path`. Every object in the file must
+// be closed first. The caller removes the file it wrote, or moves it into place.
+void close_written_hdf5(int64_t file, const std::string& path);
 
 // Rows per chunk for a dataset of `rows` rows of `row_bytes` bytes: rows / 2^k for the largest
 // k <= 6 that divides rows, halved further while a chunk exceeds 4 MiB.

@@ -180,6 +180,20 @@ TEST(Outputs, DevicesAndFifosAreWrittenInPlace) {
     EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "the FIFO was replaced";
 }
 
+// A run whose last output cannot be written (--dump-logits on a full device) leaves every
+// output as it was: run.output was moved into place before the logits were written.
+TEST(Outputs, AFailedOutputLeavesTheOthersAsTheyWere) {
+    TestJob j = make_job();
+    std::ofstream(j.dir + "/out.jsonl") << "old results";
+    std::ofstream(j.dir + "/out.jsonl.ranks.json") << "old table";
+    auto r = tpx("run " + j.file + " --dump-logits /dev/full");
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find("/dev/full: cannot write"), std::string::npos) << r.err;
+    EXPECT_EQ(file_bytes(j.dir + "/out.jsonl"), "old results");
+    EXPECT_EQ(file_bytes(j.dir + "/out.jsonl.ranks.json"), "old table");
+    for (const auto& e : fs::directory_iterator(j.dir)) EXPECT_EQ(e.path().string().find(".tmp-"), std::string::npos) << e.path();
+}
+
 TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
     std::string dir = tpx_test::temp_dir();
     fs::copy(kTiny, dir + "/tiny", fs::copy_options::recursive);

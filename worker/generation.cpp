@@ -223,27 +223,24 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
     return results;
 }
 
-void write_results_jsonl(const std::string& path, const std::vector<SequenceResult>& results) {
-    write_file_atomically(path, [&](std::ostream& out) {
-        for (const SequenceResult& r : results) {
-            nlohmann::json j;
-            if (r.prompt.id_is_number) j["id"] = nlohmann::json::parse(r.prompt.id);  // as written: past 2^63 too
-            else j["id"] = r.prompt.id;
-            j["output_ids"] = r.output;
-            if (r.has_text) j["text"] = r.text;
-            j["finish_reason"] = r.finish_reason;
-            j["prompt_tokens"] = r.prompt.tokens.size();
-            j["generated_tokens"] = r.output.size();
-            j["time_to_first_token_ms"] = r.time_to_first_token_ms;
-            j["decode_ms"] = r.decode_ms;
-            out << j.dump() << "\n";
-        }
-    });
+void write_results_jsonl(std::ostream& out, const std::vector<SequenceResult>& results) {
+    for (const SequenceResult& r : results) {
+        nlohmann::json j;
+        if (r.prompt.id_is_number) j["id"] = nlohmann::json::parse(r.prompt.id);  // as written: past 2^63 too
+        else j["id"] = r.prompt.id;
+        j["output_ids"] = r.output;
+        if (r.has_text) j["text"] = r.text;
+        j["finish_reason"] = r.finish_reason;
+        j["prompt_tokens"] = r.prompt.tokens.size();
+        j["generated_tokens"] = r.output.size();
+        j["time_to_first_token_ms"] = r.time_to_first_token_ms;
+        j["decode_ms"] = r.decode_ms;
+        out << j.dump() << "\n";
+    }
 }
 
-void write_logits_h5(const std::string& path, const std::vector<SequenceResult>& results, int64_t vocab) {
+void write_logits_h5(const std::string& tmp, const std::string& path, const std::vector<SequenceResult>& results, int64_t vocab) {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    std::string tmp = temp_path_for(path);
     hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (file < 0) throw Error(path + ": cannot create the logits file (" + tmp + ")");
     auto write = [&](hid_t group, const char* name, const std::vector<float>& v) {
@@ -253,7 +250,7 @@ void write_logits_h5(const std::string& path, const std::vector<SequenceResult>&
         herr_t st = v.empty() ? 0 : H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data());
         H5Dclose(ds);
         H5Sclose(space);
-        if (st < 0) throw Error(tmp + ": writing " + name + " failed");
+        if (st < 0) throw Error(path + ": writing " + name + " failed");
     };
     try {
         for (size_t i = 0; i < results.size(); ++i) {
@@ -273,10 +270,9 @@ void write_logits_h5(const std::string& path, const std::vector<SequenceResult>&
         }
     } catch (...) {
         H5Fclose(file);
-        std::remove(tmp.c_str());
         throw;
     }
-    finish_hdf5_file(file, tmp, path);
+    close_written_hdf5(file, path);
 }
 
 }  // namespace tpx

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <iosfwd>
 #include <random>
 #include <string>
 #include <vector>
@@ -54,8 +55,10 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
 // The random stream prompt `prompt_id` samples from: a function of the seed and the id alone.
 std::mt19937_64 prompt_rng(uint64_t seed, const std::string& prompt_id);
 
-// Written atomically (a temp file, then renamed), so a failed run leaves nothing half-written.
-void write_results_jsonl(const std::string& path, const std::vector<SequenceResult>& results);
-void write_logits_h5(const std::string& path, const std::vector<SequenceResult>& results, int64_t vocab);
+// run.output's lines, one a prompt.
+void write_results_jsonl(std::ostream& out, const std::vector<SequenceResult>& results);
+// --dump-logits' HDF5 file, written whole to `file` (a temporary file, for `path`) or throws
+// naming `path`.
+void write_logits_h5(const std::string& file, const std::string& path, const std::vector<SequenceResult>& results, int64_t vocab);
 
 }  // namespace tpx

@@ -233,9 +233,13 @@ void report_run(const Options& opt, const Job& job, const ShardPlan& plan, MpiCo
     mine.kv_cache_bytes = (double)m.exec->kv_cache_bytes();
     std::vector<RankReport> reports = gather_reports(mine, comm);
     if (comm.rank() != 0) return;
-    write_results_jsonl(job.run.output, results);
-    if (!opt.dump_logits.empty()) write_logits_h5(opt.dump_logits, results, m.exec->vocab());
-    if (std::string ranks = ranks_table_path(job); !ranks.empty()) write_file_atomically(ranks, reports_json(reports));
+    // Every output written before any is moved into place: a failure leaves them all as they were.
+    OutputSet outputs;
+    outputs.add(job.run.output, [&](std::ostream& out) { write_results_jsonl(out, results); });
+    if (!opt.dump_logits.empty())
+        outputs.add_file(opt.dump_logits, [&](const std::string& tmp) { write_logits_h5(tmp, opt.dump_logits, results, m.exec->vocab()); });
+    if (std::string ranks = ranks_table_path(job); !ranks.empty()) outputs.add(ranks, [&](std::ostream& out) { out << reports_json(reports); });
+    outputs.commit();
     std::printf("\n%s", format_reports(reports).c_str());
     std::printf("output: %s\n", job.run.output.c_str());
     std::fflush(stdout);
