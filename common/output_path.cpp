@@ -71,6 +71,17 @@ void prove_writable(const NamedPath& out) {
     ::unlink(tmp.c_str());
 }
 
+// Whether a checkpoint's readers would take a file of this name in its folder for one of its
+// own: config and tokenizer files, weights (loader/, text/).
+bool read_by_checkpoint_readers(const std::string& name) {
+    static const char* const kNames[] = {"config.json",           "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                                         "chat_template.jinja",   "chat_template.json",     "params.json",    "model.safetensors.index.json"};
+    for (const char* n : kNames)
+        if (name == n) return true;
+    auto ends = [&](const std::string& tail) { return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0; };
+    return ends(".safetensors") || (name.rfind("consolidated.", 0) == 0 && ends(".pth"));
+}
+
 }  // namespace
 
 bool is_stream_target(const std::string& path) {
@@ -90,6 +101,12 @@ void check_outputs(const std::vector<NamedPath>& outputs, const std::vector<Name
         for (size_t k = 0; k < inputs.size(); ++k)
             if (id == input_ids[k])
                 throw JobError(describe(out) + " is the same file as " + describe(inputs[k]) + ": an output never replaces an input");
+        for (size_t k = 0; k < inputs.size(); ++k) {
+            if (fs::is_directory(inputs[k].path, ec) && fs::path(id.resolved).parent_path() == input_ids[k].resolved &&
+                read_by_checkpoint_readers(fs::path(id.resolved).filename().string()))
+                throw JobError(describe(out) + " would be read as a file of " + describe(inputs[k]) +
+                               ": an output never goes into a checkpoint's folder under a name its readers take");
+        }
         for (size_t k = 0; k < i; ++k)
             if (id == output_ids[k] && !is_stream_target(out.path))
                 throw JobError(describe(out) + " is the same file as " + describe(outputs[k]) + ": each output needs its own file");
@@ -102,6 +119,7 @@ std::vector<NamedPath> checkpoint_inputs(const std::string& model_path) {
     std::vector<NamedPath> files;
     std::error_code ec;
     if (fs::is_directory(model_path, ec)) {
+        files.push_back({"the checkpoint's folder", model_path});
         for (fs::directory_iterator it(model_path, ec), end; !ec && it != end; it.increment(ec))
             if (it->is_regular_file(ec)) files.push_back({"a file of the checkpoint", it->path().string()});
     } else {

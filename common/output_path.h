@@ -22,14 +22,16 @@ bool is_stream_target(const std::string& path);
 // Refuses (JobError, exit 2) an output that
 //  - is a folder, or names the same file as an input or as another output (same inode when it
 //    exists, the same resolved path otherwise; links are followed);
+//  - lies in an input folder (a checkpoint's) under a name the checkpoint's readers take for
+//    one of its files (config.json, tokenizer.json, *.safetensors, consolidated.NN.pth, ...);
 //  - sits in a folder that does not exist or cannot be written, or whose name is too long: proved
 //    by creating and removing the temporary file it will be written through.
 // Stream targets pass when they can be opened for writing. Paths are compared resolved, so
 // "out.jsonl", "./out.jsonl" and a link to it are one file.
 void check_outputs(const std::vector<NamedPath>& outputs, const std::vector<NamedPath>& inputs);
 
-// Every regular file of a checkpoint (an HF folder's files, or the single file), as inputs no
-// output may replace.
+// Every regular file of a checkpoint (an HF folder's files, or the single file), and its folder,
+// as inputs no output may replace (or join, for the folder: check_outputs).
 std::vector<NamedPath> checkpoint_inputs(const std::string& model_path);
 
 }  // namespace tpx

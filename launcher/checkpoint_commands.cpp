@@ -85,6 +85,7 @@ int cmd_convert(const Args& args) {
 
     const std::string model = vm["model"].as<std::string>(), out = vm["out"].as<std::string>();
     const bool hf = vm.count("hf") > 0;
+    if (out.empty()) throw JobError(std::string("OUT is empty: name the ") + (hf ? "new folder" : ".h5 file") + " to write");
     const bool taken = anything_at<JobError>(out, "OUT: ");
     if (hf) {
         if (vm.count("force")) throw JobError("--force replaces an .h5 file; with --hf, OUT must be a new folder");

@@ -34,8 +34,11 @@ ConvertStats convert_to_hf_folder(Checkpoint& source, const std::string& out_dir
     }
     const fs::path tmp = out.string() + ".tmp-" + std::to_string(::getpid());
     ConvertStats stats;
+    if (!fs::create_directory(tmp, ec) || ec)
+        throw Error(out_dir + ": cannot create a folder in " + (out.parent_path().empty() ? std::string(".") : out.parent_path().string()) +
+                        ": " + (ec ? ec.message() : std::string("something is already at ") + tmp.string()),
+                    kExitBadInput);
     try {
-        fs::create_directory(tmp);
         write_file_atomically((tmp / "config.json").string(), source.config_json());
         if (!source.generation_config_json().empty())
             write_file_atomically((tmp / "generation_config.json").string(), source.generation_config_json());
@@ -59,7 +62,8 @@ ConvertStats convert_to_hf_folder(Checkpoint& source, const std::string& out_dir
         if (shards.size() > 1)
             write_file_atomically((tmp / "model.safetensors.index.json").string(),
                                   nlohmann::json{{"metadata", {{"total_size", stats.bytes}}}, {"weight_map", weight_map}}.dump(2));
-        fs::rename(tmp, out);
+        fs::rename(tmp, out, ec);
+        if (ec) throw Error(out_dir + ": cannot move the finished folder into place (from " + tmp.string() + "): " + ec.message());
     } catch (...) {
         fs::remove_all(tmp, ec);
         throw;

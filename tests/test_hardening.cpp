@@ -79,6 +79,16 @@ TEST(Outputs, AnOutputThatIsAnInputIsRefusedAndTheInputKept) {
         // validate says the same, before anything runs.
         expect_refused(tpx("validate " + j.file), {"run.output", c.role});
     }
+    // A new file in the checkpoint's folder under a name its readers take (an index beside
+    // model.safetensors made the folder ambiguous, and unreadable); other names may go there.
+    for (const char* name : {"model.safetensors.index.json", "model-00001-of-00002.safetensors", "tokenizer.json", "consolidated.00.pth"}) {
+        TestJob j = make_job(std::string("output = \"") + tiny_copy + "/" + name + "\"");
+        std::string text = file_bytes(j.file);
+        text.replace(text.find(kTiny), kTiny.size(), tiny_copy);
+        std::ofstream(j.file) << text;
+        expect_refused(tpx("run " + j.file), {"run.output", "would be read as a file of the checkpoint's folder", tiny_copy});
+        EXPECT_FALSE(fs::exists(tiny_copy + "/" + name)) << name;
+    }
 }
 
 // The tokenizer and the chat template a job names are inputs too.
@@ -202,6 +212,9 @@ TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
     expect_refused(tpx("convert " + dir + "/tiny " + src + " --force"), {"same file", "model.safetensors"});
     EXPECT_EQ(file_bytes(src), before);
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/nodir/t.h5"), {"folder does not exist: " + dir + "/nodir"});
+    // --hf: an empty OUT and a folder that cannot be made in (it was "internal error", exit 1).
+    expect_refused(tpx("convert " + dir + "/tiny '' --hf"), {"OUT is empty"});
+    expect_refused(tpx("convert " + dir + "/tiny /proc/tpx-hf --hf"), {"/proc/tpx-hf: cannot create a folder in /proc"});
     std::ofstream(dir + "/t.h5") << "keep me";
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/t.h5"), {"already exists", "--force"});
     EXPECT_EQ(file_bytes(dir + "/t.h5"), "keep me");
@@ -213,8 +226,10 @@ TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
     fs::create_symlink("nowhere/d.h5", dir + "/dangling.h5");
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/dangling.h5"), {"already exists", "--force"});
     EXPECT_TRUE(fs::is_symlink(dir + "/dangling.h5"));
-    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/tiny/model-00002-of-00002.safetensors"), {"must end in .h5 or .hdf5"});
+    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/tiny/model-00002-of-00002.safetensors"), {"would be read as a file of the checkpoint's folder"});
     EXPECT_FALSE(fs::exists(dir + "/tiny/model-00002-of-00002.safetensors"));
+    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/model.safetensors"), {"must end in .h5 or .hdf5"});
+    EXPECT_FALSE(fs::exists(dir + "/model.safetensors"));
     // Writes that fail as on a full disk (a file size limit; HDF5 fails only as it closes the
     // file): exit 1 naming the file, the file there kept, no temp left (it said "wrote", then
     // crashed in HDF5's exit handler, leaving a truncated file in place of the old one).
