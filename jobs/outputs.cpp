@@ -15,6 +15,10 @@ std::vector<NamedPath> job_inputs(const Job& job) {
     if (is_regular(job.file)) inputs.push_back({"the job file", job.file});
     if (!job.run.prompts.empty()) inputs.push_back({"run.prompts", job.run.prompts});
     if (!job.launch.hostfile.empty()) inputs.push_back({"launch.hostfile", job.launch.hostfile});
+    // Programs the job names by path (a bare name is looked up on PATH).
+    const std::pair<const char*, std::string> programs[] = {{"launch.mpirun", job.launch.mpirun}, {"launch.rsh_agent", job.launch.rsh_agent}};
+    for (const auto& [key, program] : programs)
+        if (program.find('/') != std::string::npos && is_regular(program)) inputs.push_back({key, program});
     std::vector<NamedPath> ckpt = checkpoint_inputs(job.model.path);
     inputs.insert(inputs.end(), ckpt.begin(), ckpt.end());
     if (!job.model.tokenizer.empty())  // a folder (every file of it) or a tokenizer.json

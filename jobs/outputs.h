@@ -10,7 +10,8 @@
 
 namespace tpx {
 
-// The job file (when it is a regular file), run.prompts, launch.hostfile, every file of the
+// The job file (when it is a regular file), run.prompts, launch.hostfile, launch.mpirun and
+// launch.rsh_agent where given as paths, every file of the
 // checkpoint and of model.tokenizer, run.chat_template, and the tpx and tpx-worker programs.
 std::vector<NamedPath> job_inputs(const Job& job);
 

@@ -114,6 +114,13 @@ TEST(Outputs, TpxsOwnProgramsAreInputs) {
         TestJob j = make_job("output = \"" + tpx_bin(program) + "\"");
         expect_refused(tpx("validate " + j.file), {"run.output", std::string("the ") + program + " program", "an output never replaces an input"});
     }
+    // So are the programs the job names by path (the mpirun script was overwritten by the results).
+    for (const char* key : {"mpirun", "rsh_agent"}) {
+        TestJob j = make_job("output = \"launcher.sh\"", 2, kPrompts, "", std::string("[launch]\n") + key + " = \"./launcher.sh\"\n");
+        std::ofstream(j.dir + "/launcher.sh") << "#!/bin/sh\nexec mpirun \"$@\"\n";
+        expect_refused(tpx("run " + j.file), {"run.output", std::string("launch.") + key, "an output never replaces an input"});
+        EXPECT_EQ(file_bytes(j.dir + "/launcher.sh"), "#!/bin/sh\nexec mpirun \"$@\"\n");
+    }
 }
 
 // The planner's DOT files never go over an input; [transforms.visualize] dir is the job
