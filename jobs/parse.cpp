@@ -125,6 +125,7 @@ public:
         if (!n) return false;
         if (!n->is_string()) fail(*n, key, std::string("must be a string, not ") + type_name(n->type()));
         std::string v = n->as_string()->get();
+        refuse_nul(*n, key, v);
         if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), v) == allowed.end())
             fail(*n, key, "= \"" + v + "\" is not one of: " + join(allowed));
         out = v;
@@ -140,8 +141,15 @@ public:
             if (!item.is_string())
                 fail(item, key, std::string("must be an array of strings; this element is ") + type_name(item.type()));
             out.push_back(item.as_string()->get());
+            refuse_nul(item, key, out.back());
         }
         return true;
+    }
+
+    // A NUL (\u0000) ends a path where the system reads it, so two different strings could name
+    // one file (and a message would be cut there): refused in every string.
+    void refuse_nul(const toml::node& n, const std::string& key, const std::string& v) const {
+        if (v.find('\0') != std::string::npos) fail(n, key, "holds a NUL character (\\u0000), which no job string may hold");
     }
 
     // Every key in the table that the schema did not read is an error naming the valid keys.
