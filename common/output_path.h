@@ -16,7 +16,8 @@ struct NamedPath {
     std::string path;
 };
 
-// True for an existing FIFO, character device or socket: such a target is written in place.
+// True for an existing FIFO, character device or socket, and for /dev/stdout and /dev/stderr
+// whatever they are: such a target is written in place.
 bool is_stream_target(const std::string& path);
 
 // Refuses (JobError, exit 2) an output that

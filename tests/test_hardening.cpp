@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -165,6 +166,12 @@ TEST(Outputs, FoldersUnwritablePlacesAndLongNamesAreRefusedBeforeLaunch) {
     // /proc takes no new files, even from root.
     TestJob u = make_job("output = \"/proc/tpx-test.out.jsonl\"");
     expect_refused(tpx("run " + u.file), {"run.output", "cannot write in /proc"});
+    // A name for a file of the process that opens it is rank 0's there, not tpx's (/dev/stdin:
+    // the results went to the rank's own input, and the run said "finished").
+    for (const char* own : {"/dev/stdin", "/proc/self/fd/1", "/dev/fd/3"}) {
+        TestJob s = make_job(std::string("output = \"") + own + "\"");
+        expect_refused(tpx("run " + s.file), {"run.output", own, "names a file of the process that opens it"});
+    }
     // A 300-character job name: the default output name is cut and hashed, so the run works.
     TestJob n = make_job("output = \"\"", 1, kPrompts, "[job]\nname = \"" + std::string(300, 'x') + "\"\n");
     auto ok = tpx("run " + n.file);
@@ -183,6 +190,17 @@ TEST(Outputs, DevicesAndFifosAreWrittenInPlace) {
     ASSERT_EQ(stat("/dev/null", &st), 0);
     EXPECT_TRUE(S_ISCHR(st.st_mode)) << "/dev/null was replaced";
     EXPECT_FALSE(fs::exists("/dev/null.ranks.json"));
+
+    // Standard output redirected to a file: the results alone there (the report goes to standard
+    // error), and nothing made in /dev (it was treated as a file: a temporary file beside it).
+    TestJob o = make_job("output = \"/dev/stdout\"");
+    auto so = run_process(tpx_bin("tpx") + " run " + o.file + " > " + o.dir + "/captured.jsonl");
+    EXPECT_EQ(so.exit_code, 0) << so.err;
+    std::istringstream lines(file_bytes(o.dir + "/captured.jsonl"));
+    int results = 0;
+    for (std::string line; std::getline(lines, line); ++results) EXPECT_EQ(line.rfind("{\"decode_ms\"", 0), 0u) << line;
+    EXPECT_EQ(results, 2);
+    EXPECT_NE(so.err.find("output: /dev/stdout"), std::string::npos) << so.err;
 
     TestJob f = make_job("output = \"results.fifo\"");
     std::string fifo = f.dir + "/results.fifo";

@@ -4,6 +4,7 @@
 // rank prints "rank R (host): message" and aborts the whole job, so no peer waits forever in
 // a collective.
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -114,18 +115,27 @@ double init_timeout_s(int argc, char** argv) {
     }
 }
 
+// Where rank 0 prints its report: standard output, or standard error when run.output is
+// standard output itself (the results alone there, for `tpx run JOB | jq`).
+FILE* report_stream(const Job& job) {
+    struct stat out, here;
+    const bool same = ::stat(job.run.output.c_str(), &out) == 0 && ::fstat(STDOUT_FILENO, &here) == 0 && out.st_dev == here.st_dev &&
+                      out.st_ino == here.st_ino;
+    return same ? stderr : stdout;
+}
+
 // One finished prompt on the terminal: its text (JSON-quoted, so that newlines stay on the
 // line) when the job has a tokenizer, else its ids.
-void print_result(const SequenceResult& r) {
+void print_result(FILE* to, const SequenceResult& r) {
     std::string shown;
     if (r.has_text) {
         shown = " " + nlohmann::json(r.text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     } else {
         for (int32_t t : r.output) shown += " " + std::to_string(t);
     }
-    std::printf("%s:%s  (%s, %zu tokens, first token %.1f ms)\n", r.prompt.id.c_str(), shown.c_str(), r.finish_reason.c_str(), r.output.size(),
-                r.time_to_first_token_ms);
-    std::fflush(stdout);
+    std::fprintf(to, "%s:%s  (%s, %zu tokens, first token %.1f ms)\n", r.prompt.id.c_str(), shown.c_str(), r.finish_reason.c_str(),
+                 r.output.size(), r.time_to_first_token_ms);
+    std::fflush(to);
 }
 
 // Rank 0 plans; the others trust its plan.
@@ -240,9 +250,10 @@ void report_run(const Options& opt, const Job& job, const ShardPlan& plan, MpiCo
         outputs.add_file(opt.dump_logits, [&](const std::string& tmp) { write_logits_h5(tmp, opt.dump_logits, results, m.exec->vocab()); });
     if (std::string ranks = ranks_table_path(job); !ranks.empty()) outputs.add(ranks, [&](std::ostream& out) { out << reports_json(reports); });
     outputs.commit();
-    std::printf("\n%s", format_reports(reports).c_str());
-    std::printf("output: %s\n", job.run.output.c_str());
-    std::fflush(stdout);
+    FILE* to = report_stream(job);
+    std::fprintf(to, "\n%s", format_reports(reports).c_str());
+    std::fprintf(to, "output: %s\n", job.run.output.c_str());
+    std::fflush(to);
 }
 
 int run_prompts(const Options& opt, const Job& job, const ShardPlan& plan, MpiCommunicator& comm, RankModel& m, const TextTools& text,
@@ -259,7 +270,8 @@ int run_prompts(const Options& opt, const Job& job, const ShardPlan& plan, MpiCo
     gs.progress = comm.rank() == 0 ? &progress : nullptr;
     gs.tokenizer = text.tokenizer ? &*text.tokenizer : nullptr;
     gs.stop = StopStrings(job.run.stop);
-    gs.on_finished = print_result;
+    FILE* to = report_stream(job);
+    gs.on_finished = [to](const SequenceResult& r) { print_result(to, r); };
     maybe_inject_fault("decode", comm.rank());
     std::vector<SequenceResult> results = generate(*m.exec, comm, prompts, gs);
     progress.finish();
