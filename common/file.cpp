@@ -1,13 +1,17 @@
 // Whole-or-nothing output files; FIFOs and devices written in place (common/output_path.h).
 #include "common/file.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+#include <thread>
 
 #include "common/error.h"
 #include "common/output_path.h"
@@ -22,39 +26,65 @@ std::string temp_path_for(const std::string& path) {
 }
 
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary) {
-    if (is_stream_target(path)) {
-        std::ofstream out(path, binary ? std::ios::binary | std::ios::out : std::ios::out);
-        if (!out) throw Error(path + ": cannot open for writing: " + std::strerror(errno));
-        write(out);
-        out.flush();
-        if (!out) throw Error(path + ": write failed: " + std::strerror(errno));
-        return;
-    }
-    const std::string tmp = temp_path_for(path);
-    try {
-        std::ofstream out(tmp, binary ? std::ios::binary | std::ios::trunc : std::ios::trunc);
-        if (!out) throw Error(path + ": cannot create the file: " + std::strerror(errno));
-        write(out);
-        out.close();  // flushes: a full disk shows here
-        if (!out) throw Error(path + ": write failed: " + std::strerror(errno));
-    } catch (...) {
-        std::remove(tmp.c_str());
-        throw;
-    }
-    rename_into_place(tmp, path);
+    OutputSet one;
+    one.add(path, write, binary);
+    one.commit();
 }
 
-void rename_into_place(const std::string& tmp, const std::string& path) {
+namespace {
+
+// Closes a file descriptor when it goes.
+struct Fd {
+    int fd = -1;
+    ~Fd() {
+        if (fd >= 0) ::close(fd);
+    }
+};
+
+// Opens a FIFO or device for writing. A FIFO with no reader is waited for, up to `wait_s` (0: as
+// long as it takes), instead of blocking in open() with no end and no word.
+int open_stream(const std::string& path, double wait_s) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait_s);
+    for (;;) {
+        const int fd = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd >= 0) {
+            ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+            return fd;
+        }
+        if (errno != ENXIO) throw Error(path + ": cannot open for writing: " + std::strerror(errno));
+        if (wait_s > 0 && std::chrono::steady_clock::now() > deadline) {
+            std::ostringstream what;
+            what << path << ": no process opened this FIFO for reading within " << wait_s << " s; nothing was written to it";
+            throw Error(what.str());
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+}
+
+}  // namespace
+
+void rename_into_place(const std::string& tmp, const std::string& path, double stream_wait_s) {
     if (is_stream_target(path)) {
-        std::ifstream in(tmp, std::ios::binary);
-        std::ofstream out(path, std::ios::binary | std::ios::out);
-        if (in && out && in.peek() != std::char_traits<char>::eof()) out << in.rdbuf();
-        bool ok = in.good() || in.eof();
-        ok = ok && out.flush().good();
-        const int err = errno;
+        // The bytes are copied in from the temporary file, removed first: nothing is left
+        // behind however this ends (a FIFO's reader may be waited for).
+        Fd in{::open(tmp.c_str(), O_RDONLY | O_CLOEXEC)};
+        const int open_err = errno;
         std::remove(tmp.c_str());
-        if (!ok) throw Error(path + ": cannot write: " + std::strerror(err));
-        return;
+        if (in.fd < 0) throw Error(path + ": cannot read back " + tmp + ": " + std::strerror(open_err));
+        Fd out{open_stream(path, stream_wait_s)};
+        char buffer[1 << 16];
+        for (;;) {
+            const ssize_t got = ::read(in.fd, buffer, sizeof(buffer));
+            if (got < 0 && errno == EINTR) continue;
+            if (got < 0) throw Error(path + ": cannot read back " + tmp + ": " + std::strerror(errno));
+            if (got == 0) return;
+            for (ssize_t done = 0; done < got;) {
+                const ssize_t put = ::write(out.fd, buffer + done, (size_t)(got - done));
+                if (put < 0 && errno == EINTR) continue;
+                if (put < 0) throw Error(path + ": cannot write: " + std::strerror(errno));
+                done += put;
+            }
+        }
     }
     if (std::rename(tmp.c_str(), path.c_str()) != 0) {
         const int err = errno;
@@ -95,7 +125,7 @@ void OutputSet::add(const std::string& path, const std::function<void(std::ostre
     });
 }
 
-void OutputSet::commit() {
+void OutputSet::commit(double stream_wait_s) {
     // FIFOs and devices first: their bytes are copied in and may fail (/dev/full), renames hardly.
     std::vector<Staged> left;
     for (bool streams : {true, false})
@@ -104,7 +134,7 @@ void OutputSet::commit() {
     staged_.clear();
     for (size_t i = 0; i < left.size(); ++i) {
         try {
-            rename_into_place(left[i].tmp, left[i].path);
+            rename_into_place(left[i].tmp, left[i].path, stream_wait_s);
         } catch (...) {
             for (size_t j = i + 1; j < left.size(); ++j) std::remove(left[j].tmp.c_str());
             throw;

@@ -21,8 +21,9 @@ void write_file_atomically(const std::string& path, const std::string& text);
 std::string temp_path_for(const std::string& path);
 
 // The last step of the same, for files written by other means (HDF5): renames tmp over path
-// (for a FIFO or device, copies tmp's bytes into it), or removes tmp and throws an Error naming path.
-void rename_into_place(const std::string& tmp, const std::string& path);
+// (for a FIFO or device, copies tmp's bytes into it, waiting for a FIFO's reader up to
+// `stream_wait_s`, 0: as long as it takes), or removes tmp and throws an Error naming path.
+void rename_into_place(const std::string& tmp, const std::string& path, double stream_wait_s = 0);
 
 // Several outputs of one run, written as one: each is written to its temporary file
 // (temp_path_for) as it is added, and only commit() moves them into place, so that a failure
@@ -39,8 +40,9 @@ public:
     // `path` written by other means (HDF5): `write_to` makes the file it is given, whole, or throws.
     void add_file(const std::string& path, const std::function<void(const std::string& tmp)>& write_to);
     // Each output into place: those on FIFOs and devices first (copied in, where a write may still
-    // fail), then the files renamed, in the order added; a failure removes the temporary files left.
-    void commit();
+    // fail; a FIFO's reader waited for up to `stream_wait_s`, 0: as long as it takes), then the
+    // files renamed, in the order added; a failure removes the temporary files left.
+    void commit(double stream_wait_s = 0);
 
 private:
     struct Staged {

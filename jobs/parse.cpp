@@ -132,7 +132,8 @@ public:
         return true;
     }
 
-    bool get_string_list(const std::string& key, std::vector<std::string>& out) {
+    // allow_nul: the strings are text to match (run.stop), not names.
+    bool get_string_list(const std::string& key, std::vector<std::string>& out, bool allow_nul = false) {
         const toml::node* n = node(key);
         if (!n) return false;
         if (!n->is_array()) fail(*n, key, std::string("must be an array of strings, not ") + type_name(n->type()));
@@ -141,13 +142,13 @@ public:
             if (!item.is_string())
                 fail(item, key, std::string("must be an array of strings; this element is ") + type_name(item.type()));
             out.push_back(item.as_string()->get());
-            refuse_nul(item, key, out.back());
+            if (!allow_nul) refuse_nul(item, key, out.back());
         }
         return true;
     }
 
     // A NUL (\u0000) ends a path where the system reads it, so two different strings could name
-    // one file (and a message would be cut there): refused in every string.
+    // one file (and a message would be cut there): refused in every string but run.stop's.
     void refuse_nul(const toml::node& n, const std::string& key, const std::string& v) const {
         if (v.find('\0') != std::string::npos) fail(n, key, "holds a NUL character (\\u0000), which no job string may hold");
     }
@@ -282,7 +283,7 @@ void parse_run(Section s, Job& job) {
     s.get_int("max_seq_len", r.max_seq_len, 0, (int)kMaxSeqLen);
     if (s.get_string("chat_template", r.chat_template)) r.chat_template = resolve(job.dir, r.chat_template);
     if (const toml::node* n = s.node("stop")) {
-        s.get_string_list("stop", r.stop);
+        s.get_string_list("stop", r.stop, /*allow_nul=*/true);
         for (const std::string& stop : r.stop)
             if (stop.empty()) s.fail(*n, "stop", "holds an empty string, which would end every sequence at once");
     }

@@ -213,6 +213,14 @@ TEST(Outputs, DevicesAndFifosAreWrittenInPlace) {
     EXPECT_NE(got.find("\"output_ids\""), std::string::npos) << got;
     ASSERT_EQ(stat(fifo.c_str(), &st), 0);
     EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "the FIFO was replaced";
+    // No reader: rank 0 waits half the collective timeout, then says so (it waited forever at
+    // tp = 1; at tp = 2 rank 1's barrier timed out, naming no FIFO).
+    TestJob n = make_job("output = \"results.fifo\"", 2, kPrompts, "[backend]\ncollective_timeout_s = 4\n");
+    ASSERT_EQ(mkfifo((n.dir + "/results.fifo").c_str(), 0644), 0);
+    auto none = tpx("run " + n.file);
+    EXPECT_EQ(none.exit_code, 1) << none.err;
+    EXPECT_NE(none.err.find("results.fifo: no process opened this FIFO for reading within 2 s"), std::string::npos) << none.err;
+    EXPECT_LT(none.seconds, 15) << none.err;
 }
 
 // A run whose last output cannot be written (--dump-logits on a full device) leaves every

@@ -249,7 +249,9 @@ void report_run(const Options& opt, const Job& job, const ShardPlan& plan, MpiCo
     if (!opt.dump_logits.empty())
         outputs.add_file(opt.dump_logits, [&](const std::string& tmp) { write_logits_h5(tmp, opt.dump_logits, results, m.exec->vocab()); });
     if (std::string ranks = ranks_table_path(job); !ranks.empty()) outputs.add(ranks, [&](std::ostream& out) { out << reports_json(reports); });
-    outputs.commit();
+    // A FIFO's reader is waited for half the collective timeout: the other ranks wait for this one
+    // the whole of it, so that this rank's message, not theirs, ends the job.
+    outputs.commit(job.backend.collective_timeout_s / 2);
     FILE* to = report_stream(job);
     std::fprintf(to, "\n%s", format_reports(reports).c_str());
     std::fprintf(to, "output: %s\n", job.run.output.c_str());
