@@ -3,6 +3,7 @@
 #include "chat/template.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -118,10 +119,14 @@ ChatTemplate load_checkpoint_template(const std::string& checkpoint_dir, const s
 }
 
 ChatTemplate load_template_file(const std::string& path, const std::string& which) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) throw JobError(at(path, 0, 0, "is a folder; name the chat template file (.jinja or .json)"));
     bool is_json = path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
     if (is_json) return from_json_file(path, which);
     std::string source;
     if (!read_text(path, source)) throw JobError(at(path, 0, 0, "cannot read the chat template file"));
+    // An empty template renders every conversation as no text at all.
+    if (source.find_first_not_of(" \t\r\n") == std::string::npos) throw JobError(at(path, 0, 0, "the chat template file is empty"));
     return ChatTemplate::parse(source, path);
 }
 

@@ -17,6 +17,7 @@
 
 #include "common/error.h"
 #include "common/path.h"
+#include "jobs/files.h"
 #include "jobs/hostfile.h"
 
 namespace fs = std::filesystem;
@@ -476,54 +477,6 @@ void parse_transforms(const toml::table& root, Job& job) {
     }
 }
 
-// Files the job names must exist before anything starts.
-void check_files(const toml::table& root, const Job& job) {
-    auto where = [&](const char* sec, const char* key) {
-        const toml::node* n = root.at_path(std::string(sec) + "." + key).node();
-        return n ? std::make_pair((long)n->source().begin.line, (long)n->source().begin.column) : std::make_pair(0L, 0L);
-    };
-    std::error_code ec;
-    fs::path model(job.model.path);
-    auto [ml, mc] = where("model", "path");
-    const std::string model_at = at(job.file, ml, mc, "model.path: ");  // a symlink loop is named with it (common/path.h)
-    const fs::file_type model_type = path_type<JobError>(model, model_at);
-    if (model_type == fs::file_type::not_found)
-        throw JobError(at(job.file, ml, mc, "model.path: no such file or directory: " + job.model.path));
-    if (model_type == fs::file_type::directory) {
-        // An HF folder, or Meta's own (params.json + consolidated.NN.pth, loader/meta.h).
-        if (!path_exists<JobError>(model / "config.json", model_at) && !path_exists<JobError>(model / "params.json", model_at))
-            throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path +
-                                                    " has neither config.json nor params.json (an HF or a Meta model folder is expected)"));
-    } else if (model.extension() != ".h5" && model.extension() != ".hdf5") {
-        throw JobError(at(job.file, ml, mc, "model.path: " + job.model.path + " is neither an HF model folder nor an .h5 file"));
-    }
-    if (!job.run.prompts.empty() && !is_regular(job.run.prompts)) {
-        auto [l, c] = where("run", "prompts");
-        throw JobError(at(job.file, l, c, "run.prompts: no such file: " + job.run.prompts));
-    }
-    if (!job.run.chat_template.empty() && !is_regular(job.run.chat_template)) {
-        auto [l, c] = where("run", "chat_template");
-        throw JobError(at(job.file, l, c, "run.chat_template: no such file: " + job.run.chat_template));
-    }
-    if (!job.model.tokenizer.empty() && !fs::exists(job.model.tokenizer, ec)) {
-        auto [l, c] = where("model", "tokenizer");
-        throw JobError(at(job.file, l, c, "model.tokenizer: no such file or folder: " + job.model.tokenizer));
-    }
-    if (!job.launch.hostfile.empty() && !is_regular(job.launch.hostfile)) {
-        auto [l, c] = where("launch", "hostfile");
-        throw JobError(at(job.file, l, c, "launch.hostfile: no such file: " + job.launch.hostfile));
-    }
-    if (!job.launch.hostfile.empty()) {
-        auto [l, c] = where("launch", "hostfile");
-        check_hostfile(job, at(job.file, l, c, ""));
-    }
-    fs::path out_dir = fs::path(job.run.output).parent_path();
-    if (!out_dir.empty() && !fs::is_directory(out_dir, ec)) {
-        auto [l, c] = where("run", "output");
-        throw JobError(at(job.file, l, c, "run.output: folder does not exist: " + out_dir.string()));
-    }
-}
-
 }  // namespace
 
 std::string file_safe(const std::string& name) {
@@ -599,7 +552,10 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
     parse_slurm(section(root, file, "slurm"), job);
     parse_serve(section(root, file, "serve"), job);
     parse_transforms(root, job);
-    check_files(root, job);
+    check_job_files(job, [&](const char* sec, const char* key) {
+        const toml::node* n = root.at_path(std::string(sec) + "." + key).node();
+        return n ? std::make_pair((long)n->source().begin.line, (long)n->source().begin.column) : std::make_pair(0L, 0L);
+    });
     return job;
 }
 

@@ -62,7 +62,7 @@ int cmd_submit(const Args& args) {
     // The script carries the resolved job and writes it beside the output when the job starts
     // (NAME-JOBID.tpx.toml), so that editing the job file, or submitting it again, does not
     // change a job already queued.
-    const fs::path dir = fs::path(job.run.output).parent_path();
+    const fs::path dir = slurm_files_folder(job);
     const std::string path = script_path(job);
     check_before_launch(job, {{"the sbatch script", path}}, /*local=*/false);
     const std::string script = sbatch_script(job, {worker_binary(), dir.string()}, emit_job_toml(job), geteuid() == 0);

@@ -394,6 +394,11 @@ TEST(Messages, WhatAUserTypesWrongIsNamed) {
         EXPECT_EQ(bad.exit_code, 2) << bad.err;
         EXPECT_NE(bad.err.find(std::string("--world ") + world + ": must be >= 1"), std::string::npos) << bad.err;
     }
+    // Something there that is not a file is said to be what it is (it was "no such file").
+    TestJob pf = make_job("", 2, kPrompts, "");
+    fs::remove(pf.dir + "/prompts.jsonl");
+    fs::create_directory(pf.dir + "/prompts.jsonl");
+    expect_refused(tpx("validate " + pf.file), {"run.prompts: " + pf.dir + "/prompts.jsonl is a folder, not a file"});
     for (const char* call : {"run JOB --step-delay-ms -1", "serve JOB --read-delay-ms -5 --dry-run"}) {
         std::string command = call;
         command.replace(command.find("JOB"), 3, j.file);

@@ -86,6 +86,21 @@ TEST(Sbatch, HostsNamedForMpirunAreRefused) {
     fs::remove_all(dir);
 }
 
+// run.output on a device: the script, the logs and the job's copy go to the job file's folder
+// (they went beside /dev/null: /dev/NAME.sbatch, /dev/NAME-%j.out).
+TEST(Sbatch, FilesOfAJobWritingToADeviceGoBesideTheJobFile) {
+    const std::string dir = temp_dir();
+    std::ofstream(dir + "/p.jsonl") << "{\"id\": \"a\", \"input_ids\": [1, 2]}\n";
+    std::ofstream(dir + "/j.toml") << "[job]\nname = \"dev\"\n[model]\npath = \"" << TPX_SOURCE_DIR << "/models/tiny\"\n[run]\n"
+                                   << "prompts = \"p.jsonl\"\noutput = \"/dev/null\"\n";
+    auto r = run_process(tpx_bin("tpx") + " submit " + dir + "/j.toml --dry-run");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("#SBATCH --output=\"" + dir + "/dev-%j.out\""), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("job=\"" + dir + "/dev-\""), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("\"/dev/dev"), std::string::npos) << r.out;
+    fs::remove_all(dir);
+}
+
 namespace {
 
 class SlurmCluster : public testing::Test {
