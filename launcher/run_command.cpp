@@ -108,19 +108,15 @@ int cmd_run(const Args& args) {
     check_launch_hosts(job, in_slurm_allocation());
     const char* progress = vm.count("quiet") ? "quiet" : (isatty(STDERR_FILENO) ? "live" : "lines");
     output_args.insert(output_args.end(), {"--progress", progress});
-    // A job read from a pipe cannot be read again by the ranks: hand them the resolved job.
-    std::string worker_job = fs::absolute(job_path).lexically_normal().string();
-    if (job_file_is_stream(job_path)) {
-        worker_job = (fs::temp_directory_path() / ("tpx-job-" + std::to_string(getpid()) + ".toml")).string();
-        write_file_atomically(worker_job, emit_job_toml(job));
-    }
-    std::vector<std::string> worker_args = {"--job", worker_job};
+    RanksJobFile ranks_job(job, job_path);
+    std::vector<std::string> worker_args = {"--job", ranks_job.path()};
     worker_args.insert(worker_args.end(), output_args.begin(), output_args.end());
     worker_args.insert(worker_args.end(), delays.begin(), delays.end());
     std::vector<std::string> cmd = mpirun_command(job, worker_binary(), worker_args);
 
     if (vm.count("dry-run")) {
         std::cout << shell_join(cmd) << "\n";
+        ranks_job.keep();
         return 0;
     }
     std::cerr << "tpx run: rank map: " << format_rank_map(rank_map(job)) << "\n";
@@ -139,7 +135,6 @@ int cmd_run(const Args& args) {
     MpirunOutcome outcome = run_mpirun(cmd, settings);
     const int code = outcome.code, g_signal = outcome.signal;
     const double seconds = outcome.seconds;
-    if (worker_job != fs::absolute(job_path).lexically_normal().string()) fs::remove(worker_job);
     if (code != 0) report_unreachable_hosts(job);
     if (code == 127) throw Error("could not start " + cmd[0] + " (is Open MPI installed? set [launch] mpirun)");
     if (g_signal != 0) {

@@ -45,16 +45,13 @@ int cmd_serve(const Args& args) {
     // The plan, the tokenizer and chat template, this host's memory: refused before any rank starts.
     check_before_launch(job, {}, /*local=*/true);
     check_launch_hosts(job, in_slurm_allocation());
-    std::string worker_job = fs::absolute(job_path).lexically_normal().string();
-    if (job_file_is_stream(job_path)) {
-        worker_job = (fs::temp_directory_path() / ("tpx-job-" + std::to_string(getpid()) + ".toml")).string();
-        write_file_atomically(worker_job, emit_job_toml(job));
-    }
-    std::vector<std::string> worker_args = {"--job", worker_job, "--serve", "--progress", "lines"};
+    RanksJobFile ranks_job(job, job_path);
+    std::vector<std::string> worker_args = {"--job", ranks_job.path(), "--serve", "--progress", "lines"};
     worker_args.insert(worker_args.end(), delays.begin(), delays.end());
     std::vector<std::string> cmd = mpirun_command(job, worker_binary(), worker_args);
     if (vm.count("dry-run")) {
         std::cout << shell_join(cmd) << "\n";
+        ranks_job.keep();
         return 0;
     }
     std::cerr << "tpx serve: rank map: " << format_rank_map(rank_map(job)) << "\n";
@@ -64,7 +61,6 @@ int cmd_serve(const Args& args) {
     settings.drain_signal = SIGUSR1;
     settings.drain_s = job.serve.grace_s;
     MpirunOutcome outcome = run_mpirun(cmd, settings);
-    if (worker_job != fs::absolute(job_path).lexically_normal().string()) fs::remove(worker_job);
     if (outcome.code == 127) throw Error("could not start " + cmd[0] + " (is Open MPI installed? set [launch] mpirun)");
     // Drained after a signal: the server stopped as asked.
     if (outcome.code == 0) {

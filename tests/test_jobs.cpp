@@ -173,6 +173,17 @@ TEST(Jobs, AJobOnStdinResolvesAgainstTheCurrentFolder) {
     auto r = run_process("cd " + dir + " && " + tpx_bin("tpx") + " validate /dev/stdin < j.toml");
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find("prompts = \"" + dir + "/p.jsonl\""), std::string::npos) << r.out;
+    // The ranks get a resolved copy: in the temporary folder for one node; for several beside the
+    // output, where the other hosts can read it (they were handed this host's /tmp).
+    auto one = run_process("cd " + dir + " && " + tpx_bin("tpx") + " run /dev/stdin --dry-run < j.toml");
+    EXPECT_EQ(one.exit_code, 0) << one.err;
+    const size_t job_at = one.out.find("--job " + fs::temp_directory_path().string() + "/");
+    ASSERT_NE(job_at, std::string::npos) << one.out;
+    fs::remove(one.out.substr(job_at + 6, one.out.find(' ', job_at + 6) - job_at - 6));  // --dry-run keeps it for the command
+    std::ofstream(dir + "/j.toml", std::ios::app) << "[parallel]\ntp = 2\nnodes = 2\nranks_per_node = 1\n[launch]\nhosts = [\"h1\", \"h2\"]\n";
+    auto two = run_process("cd " + dir + " && " + tpx_bin("tpx") + " run /dev/stdin --dry-run < j.toml");
+    EXPECT_EQ(two.exit_code, 0) << two.err;
+    EXPECT_NE(two.out.find("--job " + dir + "/"), std::string::npos) << two.out;
     fs::remove_all(dir);
 }
 
