@@ -39,8 +39,8 @@ nlohmann::ordered_json read_json(const std::string& path) {
 ChatTemplate from_json_file(const std::string& path, const std::string& which) {
     nlohmann::ordered_json config = read_json(path);
     if (!config.is_object() || !config.contains("chat_template"))
-        throw JobError(at(path, 0, 0, "no \"chat_template\" key: this tokenizer has no chat template; set "
-                                      "[run] chat_template = \"PATH\" to a .jinja file"));
+        throw JobError(at(path, 0, 0, "no \"chat_template\" key: there is no chat template here; name a .jinja file or a JSON file "
+                                      "with the key (a job: run.chat_template; tpx tokenize: --chat-template)"));
     std::string source = select_chat_template(config["chat_template"], which, path);
     std::string name = path + " chat_template" + (which.empty() ? "" : "[" + which + "]");
     return ChatTemplate::parse(source, name);
