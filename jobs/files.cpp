@@ -31,6 +31,7 @@ void check_job_files(const Job& job, const KeyPosition& where) {
     auto [ml, mc] = where("model", "path");
     const std::string model_at = at(job.file, ml, mc, "model.path: ");  // a symlink loop is named with it (common/path.h)
     const fs::file_type model_type = path_type<JobError>(model, model_at);
+    if (job.model.path.empty()) throw JobError(at(job.file, ml, mc, "model.path is empty: name the model's folder or .h5 file"));
     if (model_type == fs::file_type::not_found)
         throw JobError(at(job.file, ml, mc, "model.path: no such file or directory: " + job.model.path));
     if (model_type == fs::file_type::directory) {
