@@ -49,6 +49,8 @@ ChatTemplate from_json_file(const std::string& path, const std::string& which) {
 }  // namespace
 
 ChatTemplate ChatTemplate::parse(const std::string& source, const std::string& name) {
+    // An empty template renders every conversation as no text at all.
+    if (source.find_first_not_of(" \t\r\n") == std::string::npos) throw JobError(at(name, 0, 0, "the chat template is empty"));
     ChatTemplate t;
     t.name_ = name;
     t.body_ = std::make_shared<const Body>(parse_template(tokenize(source, name), name));
@@ -125,8 +127,6 @@ ChatTemplate load_template_file(const std::string& path, const std::string& whic
     if (is_json) return from_json_file(path, which);
     std::string source;
     if (!read_text(path, source)) throw JobError(at(path, 0, 0, "cannot read the chat template file"));
-    // An empty template renders every conversation as no text at all.
-    if (source.find_first_not_of(" \t\r\n") == std::string::npos) throw JobError(at(path, 0, 0, "the chat template file is empty"));
     return ChatTemplate::parse(source, path);
 }
 

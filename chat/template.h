@@ -41,6 +41,7 @@ private:
 class ChatTemplate {
 public:
     // `name` is how errors call the template: a file path or "tokenizer_config.json chat_template".
+    // An empty template (blanks only) is refused: it renders every conversation as no text.
     static ChatTemplate parse(const std::string& source, const std::string& name);
     // `messages`: an array of {"role", "content", ...}; content may be a string or a list of parts.
     std::string render(const nlohmann::ordered_json& messages, const RenderOptions& options) const;

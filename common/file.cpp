@@ -2,6 +2,9 @@
 #include "common/file.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -25,10 +28,10 @@ std::string temp_path_for(const std::string& path) {
     return (std::filesystem::temp_directory_path() / ("tpx-" + name + suffix)).string();
 }
 
-void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary) {
+void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary, double stream_wait_s) {
     OutputSet one;
     one.add(path, write, binary);
-    one.commit();
+    one.commit(stream_wait_s);
 }
 
 namespace {
@@ -36,14 +39,47 @@ namespace {
 // Closes a file descriptor when it goes.
 struct Fd {
     int fd = -1;
+    explicit Fd(int f) : fd(f) {}
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
     ~Fd() {
         if (fd >= 0) ::close(fd);
     }
 };
 
-// Opens a FIFO or device for writing. A FIFO with no reader is waited for, up to `wait_s` (0: as
-// long as it takes), instead of blocking in open() with no end and no word.
+// SIGPIPE held for the thread while it lives, and one raised meanwhile taken back: a reader that
+// goes early (`head -1 < FIFO`) is a write's EPIPE, named, rather than a silent death.
+class NoSigpipe {
+public:
+    NoSigpipe() {
+        sigemptyset(&pipe_);
+        sigaddset(&pipe_, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
+    }
+    ~NoSigpipe() {
+        const timespec now{0, 0};
+        while (sigtimedwait(&pipe_, nullptr, &now) == SIGPIPE) {
+        }
+        pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+    }
+    NoSigpipe(const NoSigpipe&) = delete;
+    NoSigpipe& operator=(const NoSigpipe&) = delete;
+
+private:
+    sigset_t pipe_, old_;
+};
+
+// Opens a FIFO or device for writing: /dev/stdout and /dev/stderr as this process has them (its
+// descriptor's offset and append mode shared, as a shell's redirection set them); a FIFO with no
+// reader is waited for, up to `wait_s` (0: as long as it takes, as `cat > FIFO` would).
 int open_stream(const std::string& path, double wait_s) {
+    if (const int standard = standard_stream(path); standard >= 0) {
+        const int fd = ::fcntl(standard, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0) throw Error(path + ": cannot write: " + std::strerror(errno));
+        return fd;
+    }
+    struct stat st;
+    const bool fifo = ::stat(path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait_s);
     for (;;) {
         const int fd = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
@@ -51,7 +87,7 @@ int open_stream(const std::string& path, double wait_s) {
             ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
             return fd;
         }
-        if (errno != ENXIO) throw Error(path + ": cannot open for writing: " + std::strerror(errno));
+        if (errno != ENXIO || !fifo) throw Error(path + ": cannot open for writing: " + std::strerror(errno));
         if (wait_s > 0 && std::chrono::steady_clock::now() > deadline) {
             std::ostringstream what;
             what << path << ": no process opened this FIFO for reading within " << wait_s << " s; nothing was written to it";
@@ -67,11 +103,12 @@ void rename_into_place(const std::string& tmp, const std::string& path, double s
     if (is_stream_target(path)) {
         // The bytes are copied in from the temporary file, removed first: nothing is left
         // behind however this ends (a FIFO's reader may be waited for).
-        Fd in{::open(tmp.c_str(), O_RDONLY | O_CLOEXEC)};
+        Fd in(::open(tmp.c_str(), O_RDONLY | O_CLOEXEC));
         const int open_err = errno;
         std::remove(tmp.c_str());
         if (in.fd < 0) throw Error(path + ": cannot read back " + tmp + ": " + std::strerror(open_err));
-        Fd out{open_stream(path, stream_wait_s)};
+        Fd out(open_stream(path, stream_wait_s));
+        NoSigpipe no_sigpipe;
         char buffer[1 << 16];
         for (;;) {
             const ssize_t got = ::read(in.fd, buffer, sizeof(buffer));
@@ -93,8 +130,8 @@ void rename_into_place(const std::string& tmp, const std::string& path, double s
     }
 }
 
-void write_file_atomically(const std::string& path, const std::string& text) {
-    write_file_atomically(path, [&](std::ostream& out) { out << text; });
+void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s) {
+    write_file_atomically(path, [&](std::ostream& out) { out << text; }, false, stream_wait_s);
 }
 
 OutputSet::~OutputSet() {

@@ -12,9 +12,11 @@ namespace tpx {
 // over `path`: a reader sees the old file or the whole new one, and a failure (a folder that
 // does not exist, a full disk, an exception from `write`) leaves no temporary file behind and
 // throws an Error that names the path and the system's reason. An existing FIFO or character
-// device (/dev/stdout, /dev/null) is written in place instead: it is never replaced by a file.
-void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false);
-void write_file_atomically(const std::string& path, const std::string& text);
+// device (/dev/stdout, /dev/null) is written in place instead: it is never replaced by a file
+// (a FIFO's reader waited for up to `stream_wait_s`: rename_into_place).
+void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false,
+                           double stream_wait_s = 0);
+void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s = 0);
 
 // The temporary file `path` is written through: PATH.tmp-PID beside it, or in the system's
 // temporary folder when `path` is a FIFO or device (nothing is created beside /dev/null).

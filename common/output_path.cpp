@@ -84,10 +84,12 @@ bool read_by_checkpoint_readers(const std::string& name) {
 
 }  // namespace
 
+int standard_stream(const std::string& path) {
+    return path == "/dev/stdout" ? STDOUT_FILENO : path == "/dev/stderr" ? STDERR_FILENO : -1;
+}
+
 bool is_stream_target(const std::string& path) {
-    // Whatever standard output is here (a file, when redirected), the ranks reach it through
-    // mpirun's pipe: written in place, nothing made beside it in /dev.
-    if (path == "/dev/stdout" || path == "/dev/stderr") return true;
+    if (standard_stream(path) >= 0) return true;  // written in place: nothing made beside it in /dev
     struct stat st;
     return ::stat(path.c_str(), &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) || S_ISSOCK(st.st_mode));
 }
@@ -100,6 +102,7 @@ void check_outputs(const std::vector<NamedPath>& outputs, const std::vector<Name
         std::error_code ec;
         if (out.path.empty() || fs::is_directory(out.path, ec) || out.path.back() == '/')
             throw JobError(describe(out) + " is a folder; name a file");
+        if (fs::is_socket(out.path, ec)) throw JobError(describe(out) + " is a socket, which cannot be opened as a file; name a file or a FIFO");
         FileId id = identify(out.path);
         for (size_t k = 0; k < inputs.size(); ++k)
             if (id == input_ids[k])
@@ -111,7 +114,7 @@ void check_outputs(const std::vector<NamedPath>& outputs, const std::vector<Name
                                ": an output never goes into a checkpoint's folder under a name its readers take");
         }
         for (size_t k = 0; k < i; ++k)
-            if (id == output_ids[k] && !is_stream_target(out.path))
+            if (id == output_ids[k] && !(identify("/dev/null") == id))
                 throw JobError(describe(out) + " is the same file as " + describe(outputs[k]) + ": each output needs its own file");
         output_ids.push_back(id);
         prove_writable(out);

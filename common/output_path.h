@@ -16,13 +16,18 @@ struct NamedPath {
     std::string path;
 };
 
-// True for an existing FIFO, character device or socket, and for /dev/stdout and /dev/stderr
-// whatever they are: such a target is written in place.
+// The standard stream `path` names as written (/dev/stdout: 1, /dev/stderr: 2), else -1. Whatever
+// standard output is here (a file, when redirected), a rank reaches it through mpirun's pipe.
+int standard_stream(const std::string& path);
+
+// True for an existing FIFO, character device or socket, and for a standard stream whatever it
+// is: such a target is written in place (a socket is refused by check_outputs).
 bool is_stream_target(const std::string& path);
 
 // Refuses (JobError, exit 2) an output that
-//  - is a folder, or names the same file as an input or as another output (same inode when it
-//    exists, the same resolved path otherwise; links are followed);
+//  - is a folder or a socket, or names the same file as an input or as another output (same
+//    inode when it exists, the same resolved path otherwise; links are followed; /dev/null may
+//    take several);
 //  - lies in an input folder (a checkpoint's) under a name the checkpoint's readers take for
 //    one of its files (config.json, tokenizer.json, *.safetensors, consolidated.NN.pth, ...);
 //  - sits in a folder that does not exist or cannot be written, or whose name is too long: proved

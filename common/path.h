@@ -54,6 +54,12 @@ inline bool is_regular(const std::string& path) {
     return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
+// The name along `path`'s chain of symlinks (itself first, lexically normal) that means a file of
+// whichever process opens it: /dev/stdin, /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/...,
+// /proc/thread-self/..., /proc/PID/fd/N; "" when there is none. Such a name means one file to tpx
+// and another to a rank.
+std::string process_relative_name(const std::string& path);
+
 // The folder of the running program (tpx and tpx-worker share one); empty when the system
 // cannot say.
 inline std::filesystem::path program_folder() {

@@ -3,7 +3,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <sstream>
 
 #include "common/error.h"
@@ -17,8 +16,7 @@ namespace fs = std::filesystem;
 bool job_file_is_stream(const std::string& path) {
     // An open descriptor's name (/dev/stdin, /dev/fd/N, /proc/self/fd/N) is read once even when
     // it leads to a regular file (standard input redirected from one).
-    static const std::regex descriptor(R"(^/(dev/(stdin|fd/[0-9]+)|proc/(self|[0-9]+)/fd/[0-9]+)$)");
-    return !is_regular(path) || std::regex_match(fs::path(path).lexically_normal().string(), descriptor);
+    return !is_regular(path) || !process_relative_name(path).empty();
 }
 
 Job load_job(const std::string& path) {

@@ -1,7 +1,6 @@
 // A job's inputs and outputs.
 #include "jobs/outputs.h"
 
-#include <cstring>
 #include <filesystem>
 
 #include "common/error.h"
@@ -41,13 +40,13 @@ std::vector<NamedPath> check_job_outputs(const Job& job, const std::vector<Named
     if (std::string ranks = ranks_table_path(job); !ranks.empty()) outputs.push_back({"the ranks table (run.output + .ranks.json)", ranks});
     outputs.insert(outputs.end(), extra.begin(), extra.end());
     // Rank 0 writes them: a name for a file of whichever process opens it means one thing here
-    // and another there (/dev/stdin: the results went to the rank's own input).
+    // and another there (/dev/stdin: the results went to the rank's own input). Standard output
+    // and error reach tpx's own through mpirun.
     for (const NamedPath& out : outputs) {
-        const std::string p = fs::path(out.path).lexically_normal().string();
-        for (const char* own : {"/dev/stdin", "/dev/fd/", "/proc/self/", "/proc/thread-self/"})
-            if (p == own || (own[std::strlen(own) - 1] == '/' && p.rfind(own, 0) == 0))
-                throw JobError(job.file + ": " + out.role + " (" + out.path + ") names a file of the process that opens it, which is rank 0, not " +
-                               "tpx: name a file, a FIFO or /dev/stdout");
+        const std::string own = process_relative_name(out.path);
+        if (!own.empty() && own != "/dev/stdout" && own != "/dev/stderr")
+            throw JobError(job.file + ": " + out.role + " (" + out.path + ") names a file of the process that opens it (" + own +
+                           "), which is rank 0, not tpx: name a file, a FIFO or /dev/stdout");
     }
     try {
         check_outputs(outputs, job_inputs(job));

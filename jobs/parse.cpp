@@ -151,7 +151,7 @@ public:
     // A NUL (\u0000) ends a path where the system reads it, so two different strings could name
     // one file (and a message would be cut there): refused in every string but run.stop's.
     void refuse_nul(const toml::node& n, const std::string& key, const std::string& v) const {
-        if (v.find('\0') != std::string::npos) fail(n, key, "holds a NUL character (\\u0000), which no job string may hold");
+        if (v.find('\0') != std::string::npos) fail(n, key, "holds a NUL character (\\u0000), which no job string but run.stop may hold");
     }
 
     // Every key in the table that the schema did not read is an error naming the valid keys.
@@ -468,6 +468,8 @@ void parse_transforms(const toml::table& root, Job& job) {
             else if (ov.is_floating_point()) o.value = ov.as_floating_point()->get();
             else if (ov.is_string()) o.value = ov.as_string()->get();
             else throw JobError(at(job.file, o.line, o.col, qual + " must be a boolean, number or string, not " + type_name(ov.type())));
+            if (ov.is_string() && ov.as_string()->get().find('\0') != std::string::npos)
+                throw JobError(at(job.file, o.line, o.col, qual + " holds a NUL character (\\u0000), which no job string but run.stop may hold"));
             if (key == "debug_visualize_dir" || (name == "visualize" && key == "dir" && ov.is_string()))  // folders, against the job's
                 o.value = resolve(job.dir, std::get<std::string>(o.value));
             t.options[key] = o;

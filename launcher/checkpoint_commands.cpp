@@ -1,5 +1,7 @@
 // `tpx inspect` (what a checkpoint holds; --check: which tensors hold NaN or Inf) and `tpx convert`
 // (any checkpoint tpx reads to HDF5, or to an HF safetensors folder: how a Meta folder becomes an HF one).
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -106,7 +108,9 @@ int cmd_convert(const Args& args) {
         throw JobError(ckpt->path() + " holds " + q.describe() + " weights: tpx convert writes plain tensors only; a quantized "
                        "checkpoint is read as it is (give the job its folder)");
     ConvertStats s = hf ? convert_to_hf_folder(*ckpt, out) : convert_to_hdf5(*ckpt, out);
-    std::printf("wrote %s: %zu tensors, %s\n", out.c_str(), s.tensors, human_bytes((double)s.bytes).c_str());
+    // Not after the file's bytes when OUT is standard output itself.
+    std::fprintf(standard_stream(out) == STDOUT_FILENO ? stderr : stdout, "wrote %s: %zu tensors, %s\n", out.c_str(), s.tensors,
+                 human_bytes((double)s.bytes).c_str());
     return 0;
 }
 

@@ -34,6 +34,7 @@ struct BenchSettings {
     int64_t decode_prompt = 128;
     int warmup = 10, steps = 100;
     std::string json_path;
+    double fifo_wait_s = 0;  // json_path a FIFO: its reader waited for this long (0: as long as it takes)
     // This rank's load, reported beside the timings: seconds (all of it, and the weights' read
     // and upload alone), bytes read and bytes planned.
     double load_seconds = 0, weights_seconds = 0, read_bytes = 0, planned_read_bytes = 0;

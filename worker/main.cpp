@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
@@ -182,13 +183,14 @@ std::vector<Prompt> read_and_share_prompts(const Options& opt, const Job& job, c
     return prompts;
 }
 
-int run_benchmark(const Options& opt, const ShardPlan& plan, MpiCommunicator& comm, RankModel& m) {
+int run_benchmark(const Options& opt, const Job& job, const ShardPlan& plan, MpiCommunicator& comm, RankModel& m) {
     DeviceRates rates;
 #ifdef TPX_HAVE_CUDA
     if (m.gpu) rates = measure_device_rates(m.gpu->stream);
 #endif
     BenchSettings bs;
     bs.json_path = opt.bench;
+    bs.fifo_wait_s = job.backend.collective_timeout_s / 2;
     bs.load_seconds = m.load_seconds;
     bs.weights_seconds = m.weights_seconds;
     bs.read_bytes = (double)m.ckpt->stats().data_bytes;
@@ -227,6 +229,16 @@ void log_decode_graphs(const RankModel& m) {
 #endif
 }
 
+// How long rank 0 may wait for a FIFO output's reader: up to half the collective timeout since
+// the other ranks began to wait for it (they wait the whole of it), so that this rank's message,
+// not theirs, ends the job; 0 (as long as it takes) when the job has no timeout.
+double fifo_wait_s(const Job& job, std::chrono::steady_clock::time_point others_wait) {
+    const double timeout = job.backend.collective_timeout_s;
+    if (timeout <= 0) return 0;
+    const double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - others_wait).count();
+    return std::max(timeout / 2 - spent, 0.001);
+}
+
 // Rank 0 writes the results, the logits (--dump-logits) and the ranks' table, and prints the report.
 void report_run(const Options& opt, const Job& job, const ShardPlan& plan, MpiCommunicator& comm, const RankModel& m,
                 const std::vector<SequenceResult>& results) {
@@ -243,15 +255,15 @@ void report_run(const Options& opt, const Job& job, const ShardPlan& plan, MpiCo
     mine.kv_cache_bytes = (double)m.exec->kv_cache_bytes();
     std::vector<RankReport> reports = gather_reports(mine, comm);
     if (comm.rank() != 0) return;
+    // From here the other ranks wait for this one, up to the collective timeout.
+    const auto others_wait = std::chrono::steady_clock::now();
     // Every output written before any is moved into place: a failure leaves them all as they were.
     OutputSet outputs;
     outputs.add(job.run.output, [&](std::ostream& out) { write_results_jsonl(out, results); });
     if (!opt.dump_logits.empty())
         outputs.add_file(opt.dump_logits, [&](const std::string& tmp) { write_logits_h5(tmp, opt.dump_logits, results, m.exec->vocab()); });
     if (std::string ranks = ranks_table_path(job); !ranks.empty()) outputs.add(ranks, [&](std::ostream& out) { out << reports_json(reports); });
-    // A FIFO's reader is waited for half the collective timeout: the other ranks wait for this one
-    // the whole of it, so that this rank's message, not theirs, ends the job.
-    outputs.commit(job.backend.collective_timeout_s / 2);
+    outputs.commit(fifo_wait_s(job, others_wait));
     FILE* to = report_stream(job);
     std::fprintf(to, "\n%s", format_reports(reports).c_str());
     std::fprintf(to, "output: %s\n", job.run.output.c_str());
@@ -332,7 +344,7 @@ int run(const Options& opt) {
     if (rank == 0 && model.weights_seconds > 0)
         log_info("loaded ", model.weight_bytes / 1e9, " GB per rank in ", model.load_seconds, " s; the weights' read and upload ",
                  model.weights_seconds, " s (", model.ckpt->stats().data_bytes / 1e9 / model.weights_seconds, " GB/s)");
-    if (!opt.bench.empty()) return run_benchmark(opt, plan, comm, model);
+    if (!opt.bench.empty()) return run_benchmark(opt, job, plan, comm, model);
     if (opt.serve) return run_serve(opt, job, plan, comm, model, text, serve_front.get());
     return run_prompts(opt, job, plan, comm, model, text, prompts, progress);
 }
