@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <sstream>
 #include <thread>
 
@@ -90,7 +91,7 @@ int open_stream(const std::string& path, double wait_s) {
         if (errno != ENXIO || !fifo) throw Error(path + ": cannot open for writing: " + std::strerror(errno));
         if (wait_s > 0 && std::chrono::steady_clock::now() > deadline) {
             std::ostringstream what;
-            what << path << ": no process opened this FIFO for reading within " << wait_s << " s; nothing was written to it";
+            what << path << ": no process opened this FIFO for reading within " << std::setprecision(3) << wait_s << " s; nothing was written to it";
             throw Error(what.str());
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
