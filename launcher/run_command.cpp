@@ -101,8 +101,7 @@ int cmd_run(const Args& args) {
         if (vm.count(option)) {
             std::string path = output_file_arg(option, vm[option].as<std::string>());
             output_args.insert(output_args.end(), {std::string("--") + option, path});
-            // tpx bench JOB --json FILE comes here as --bench FILE: named as the user gave it.
-            extra_outputs.push_back({std::string(option) == "bench" ? "--json (tpx bench)" : std::string("--") + option, path});
+            extra_outputs.push_back({std::string("--") + option, path});
         }
     check_before_launch(job, extra_outputs, /*local=*/true);
     check_launch_hosts(job, in_slurm_allocation());

@@ -241,32 +241,37 @@ void write_results_jsonl(std::ostream& out, const std::vector<SequenceResult>& r
 
 void write_logits_h5(const std::string& tmp, const std::string& path, const std::vector<SequenceResult>& results, int64_t vocab) {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    // Each identifier closed by its own guard, whatever throws; the file last, checked.
+    struct Id {
+        hid_t id;
+        herr_t (*close)(hid_t);
+        ~Id() {
+            if (id >= 0) close(id);
+        }
+    };
     hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (file < 0) throw Error(path + ": cannot create the logits file (" + tmp + ")");
-    auto write = [&](hid_t group, const char* name, const std::vector<float>& v) {
-        hsize_t dims[2] = {(hsize_t)(v.size() / vocab), (hsize_t)vocab};
-        hid_t space = H5Screate_simple(2, dims, nullptr);
-        hid_t ds = H5Dcreate2(group, name, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        herr_t st = v.empty() ? 0 : H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data());
-        H5Dclose(ds);
-        H5Sclose(space);
-        if (st < 0) throw Error(path + ": writing " + name + " failed");
+    auto made = [&](hid_t id, const std::string& what) {
+        if (id < 0) throw Error(path + ": cannot write " + what);
+        return id;
     };
     try {
         for (size_t i = 0; i < results.size(); ++i) {
-            std::string name = "prompt_" + std::to_string(i);
-            hid_t g = H5Gcreate2(file, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-            hid_t str = H5Tcopy(H5T_C_S1);
-            H5Tset_size(str, std::max<size_t>(1, results[i].prompt.id.size()));
-            hid_t scalar = H5Screate(H5S_SCALAR);
-            hid_t attr = H5Acreate2(g, "id", str, scalar, H5P_DEFAULT, H5P_DEFAULT);
-            H5Awrite(attr, str, results[i].prompt.id.c_str());
-            H5Aclose(attr);
-            H5Sclose(scalar);
-            H5Tclose(str);
-            write(g, "prompt_logits", results[i].prompt_logits);
-            write(g, "step_logits", results[i].step_logits);
-            H5Gclose(g);
+            const std::string name = "prompt_" + std::to_string(i);
+            Id g{made(H5Gcreate2(file, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), name), H5Gclose};
+            Id str{made(H5Tcopy(H5T_C_S1), name + "'s id"), H5Tclose};
+            H5Tset_size(str.id, std::max<size_t>(1, results[i].prompt.id.size()));
+            Id scalar{made(H5Screate(H5S_SCALAR), name + "'s id"), H5Sclose};
+            Id attr{made(H5Acreate2(g.id, "id", str.id, scalar.id, H5P_DEFAULT, H5P_DEFAULT), name + "'s id"), H5Aclose};
+            if (H5Awrite(attr.id, str.id, results[i].prompt.id.c_str()) < 0) throw Error(path + ": cannot write " + name + "'s id");
+            for (const auto& [what, v] : {std::pair<const char*, const std::vector<float>&>{"prompt_logits", results[i].prompt_logits},
+                                          {"step_logits", results[i].step_logits}}) {
+                const hsize_t dims[2] = {(hsize_t)(v.size() / vocab), (hsize_t)vocab};
+                Id space{made(H5Screate_simple(2, dims, nullptr), name + "/" + what), H5Sclose};
+                Id ds{made(H5Dcreate2(g.id, what, H5T_NATIVE_FLOAT, space.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), name + "/" + what), H5Dclose};
+                if (!v.empty() && H5Dwrite(ds.id, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) < 0)
+                    throw Error(path + ": writing " + name + "/" + what + " failed");
+            }
         }
     } catch (...) {
         H5Fclose(file);

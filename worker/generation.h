@@ -57,8 +57,8 @@ std::mt19937_64 prompt_rng(uint64_t seed, const std::string& prompt_id);
 
 // run.output's lines, one a prompt.
 void write_results_jsonl(std::ostream& out, const std::vector<SequenceResult>& results);
-// --dump-logits' HDF5 file, written whole to `file` (a temporary file, for `path`) or throws
+// --dump-logits' HDF5 file, written whole to `tmp` (a temporary file, for `path`) or throws
 // naming `path`.
-void write_logits_h5(const std::string& file, const std::string& path, const std::vector<SequenceResult>& results, int64_t vocab);
+void write_logits_h5(const std::string& tmp, const std::string& path, const std::vector<SequenceResult>& results, int64_t vocab);
 
 }  // namespace tpx
