@@ -31,6 +31,11 @@ std::vector<NamedPath> job_inputs(const Job& job) {
     return inputs;
 }
 
+std::string job_files_folder(const Job& job) {
+    if (is_stream_target(job.run.output)) return job.dir.empty() ? fs::current_path().string() : job.dir;
+    return fs::path(job.run.output).parent_path().string();
+}
+
 std::string ranks_table_path(const Job& job) {
     return is_stream_target(job.run.output) ? "" : job.run.output + ".ranks.json";
 }

@@ -20,6 +20,11 @@ std::vector<NamedPath> job_inputs(const Job& job);
 // naming the job file and both paths otherwise. Returns the outputs.
 std::vector<NamedPath> check_job_outputs(const Job& job, const std::vector<NamedPath>& extra);
 
+// Where the files a launch makes for the job go (tpx submit's script, its Slurm logs and the
+// job's resolved copy; a piped job's copy for the ranks of several nodes): run.output's folder,
+// or the job file's when run.output is a FIFO or device.
+std::string job_files_folder(const Job& job);
+
 // Where the ranks table goes, or "" when run.output is a FIFO or device.
 std::string ranks_table_path(const Job& job);
 

@@ -16,9 +16,7 @@
 #include <toml++/toml.h>
 
 #include "common/error.h"
-#include "common/path.h"
 #include "jobs/files.h"
-#include "jobs/hostfile.h"
 
 namespace fs = std::filesystem;
 

@@ -1,16 +1,10 @@
 // The table of subcommands and the option parsing they share.
 #include "launcher/command.h"
 
-#include <unistd.h>
-
 #include <filesystem>
 #include <iostream>
 
 #include "common/error.h"
-#include "common/file.h"
-#include "jobs/emit.h"
-#include "jobs/parse.h"
-#include "slurm/sbatch.h"
 
 namespace po = boost::program_options;
 
@@ -75,22 +69,6 @@ std::vector<std::string> delay_args(const boost::program_options::variables_map&
         worker_args.insert(worker_args.end(), {std::string("--") + name, std::to_string(ms)});
     }
     return worker_args;
-}
-
-RanksJobFile::RanksJobFile(const Job& job, const std::string& job_path) {
-    path_ = std::filesystem::absolute(job_path).lexically_normal().string();
-    if (!job_file_is_stream(job_path)) return;
-    const std::string name = file_safe(job.name) + "-" + std::to_string(::getpid()) + ".tpx.toml";
-    namespace fs = std::filesystem;
-    const fs::path folder = job.parallel.nodes > 1 ? fs::path(slurm_files_folder(job)) : fs::temp_directory_path();
-    path_ = (folder / name).string();
-    write_file_atomically(path_, emit_job_toml(job));
-    copy_ = true;
-}
-
-RanksJobFile::~RanksJobFile() {
-    std::error_code ec;
-    if (copy_) std::filesystem::remove(path_, ec);
 }
 
 }  // namespace tpx

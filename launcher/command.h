@@ -35,24 +35,6 @@ bool parse_command_line(const Args& args, const char* usage, boost::program_opti
 // by check_job_outputs).
 std::string output_file_arg(const std::string& option, const std::string& value);
 
-// The job file the ranks are given: the job's own, or for a job read from a stream (a pipe, which
-// the ranks cannot read again) a resolved copy, written here and removed when this goes unless
-// kept (--dry-run prints a command naming it). The copy lies in the temporary folder for one
-// node; for several, beside the job's files (slurm_files_folder), where the other hosts read it.
-class RanksJobFile {
-public:
-    RanksJobFile(const Job& job, const std::string& job_path);
-    ~RanksJobFile();
-    RanksJobFile(const RanksJobFile&) = delete;
-    RanksJobFile& operator=(const RanksJobFile&) = delete;
-    const std::string& path() const { return path_; }
-    void keep() { copy_ = false; }
-
-private:
-    std::string path_;
-    bool copy_ = false;
-};
-
 // The ranks' arguments for the test aids (`--step-delay-ms` and the like) among `names` that `vm`
 // holds, as given; a negative one is refused (JobError naming it).
 std::vector<std::string> delay_args(const boost::program_options::variables_map& vm, std::initializer_list<const char*> names);

@@ -9,8 +9,12 @@
 #include <thread>
 
 #include "common/error.h"
+#include "common/file.h"
 #include "common/path.h"
+#include "jobs/emit.h"
 #include "jobs/hostfile.h"
+#include "jobs/outputs.h"
+#include "jobs/parse.h"
 
 namespace fs = std::filesystem;
 
@@ -129,6 +133,22 @@ std::string shell_join(const std::vector<std::string>& words) {
     std::string s;
     for (const std::string& w : words) s += (s.empty() ? "" : " ") + shell_quote(w);
     return s;
+}
+
+RanksJobFile::RanksJobFile(const Job& job, const std::string& job_path) {
+    path_ = std::filesystem::absolute(job_path).lexically_normal().string();
+    if (!job_file_is_stream(job_path)) return;
+    const std::string name = "tpx-job-" + file_safe(job.name) + "-" + std::to_string(::getpid()) + ".toml";  // not sbatch copies' NAME-ID.tpx.toml
+    namespace fs = std::filesystem;
+    const fs::path folder = job.parallel.nodes > 1 ? fs::path(job_files_folder(job)) : fs::temp_directory_path();
+    path_ = (folder / name).string();
+    write_file_atomically(path_, emit_job_toml(job));
+    copy_ = true;
+}
+
+RanksJobFile::~RanksJobFile() {
+    std::error_code ec;
+    if (copy_) std::filesystem::remove(path_, ec);
 }
 
 }  // namespace tpx

@@ -24,6 +24,24 @@ void check_launch_hosts(const Job& job, bool in_allocation);
 // Whether this process runs inside a Slurm allocation (SLURM_JOB_ID set, and not empty).
 bool in_slurm_allocation();
 
+// The job file the ranks are given: the job's own, or for a job read from a stream (a pipe, which
+// the ranks cannot read again) a resolved copy, written here and removed when this goes unless
+// kept (--dry-run prints a command naming it). The copy lies in the temporary folder for one
+// node; for several, in job_files_folder (jobs/outputs.h), where the other hosts read it.
+class RanksJobFile {
+public:
+    RanksJobFile(const Job& job, const std::string& job_path);
+    ~RanksJobFile();
+    RanksJobFile(const RanksJobFile&) = delete;
+    RanksJobFile& operator=(const RanksJobFile&) = delete;
+    const std::string& path() const { return path_; }
+    void keep() { copy_ = false; }
+
+private:
+    std::string path_;
+    bool copy_ = false;
+};
+
 std::vector<std::string> mpirun_command(const Job& job, const std::string& worker, const std::vector<std::string>& worker_args,
                                         const LaunchHost& host = this_host());
 

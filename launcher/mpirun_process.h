@@ -12,9 +12,10 @@ namespace tpx {
 struct MpirunSettings {
     std::string name = "tpx run";  // how messages begin
     // 0: the first SIGINT, SIGTERM or SIGHUP is passed on as SIGTERM (mpirun ends the ranks).
-    // Otherwise it is passed on as this signal, to the ranks on this host directly (rank 0 drains
-    // and tells the others: `tpx serve`; to mpirun when no rank is local), and mpirun gets
-    // SIGTERM only when it has not ended drain_s later, or at a second signal.
+    // Otherwise the first of those, or this signal itself sent to tpx, is passed on as this
+    // signal, to the ranks on this host directly (rank 0 drains and tells the others: `tpx
+    // serve`; to mpirun when no rank is local), and mpirun gets SIGTERM only when it has not
+    // ended drain_s later, or at a second signal.
     int drain_signal = 0;
     double drain_s = 0;
 };

@@ -20,8 +20,6 @@
 #include <thread>
 
 #include "common/error.h"
-#include "common/file.h"
-#include "jobs/emit.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
 #include "launcher/mpirun.h"

@@ -7,12 +7,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <filesystem>
 #include <iostream>
 
 #include "common/error.h"
-#include "common/file.h"
-#include "jobs/emit.h"
 #include "jobs/parse.h"
 #include "launcher/command.h"
 #include "launcher/mpirun.h"
@@ -20,7 +17,6 @@
 #include "sharding/transform.h"
 
 namespace po = boost::program_options;
-namespace fs = std::filesystem;
 
 namespace tpx {
 

@@ -15,6 +15,7 @@
 #include "common/path.h"
 #include "jobs/emit.h"
 #include "jobs/parse.h"
+#include "jobs/outputs.h"
 #include "launcher/command.h"
 #include "launcher/mpirun.h"
 #include "sharding/transform.h"
@@ -62,7 +63,7 @@ int cmd_submit(const Args& args) {
     // The script carries the resolved job and writes it beside the output when the job starts
     // (NAME-JOBID.tpx.toml), so that editing the job file, or submitting it again, does not
     // change a job already queued.
-    const fs::path dir = slurm_files_folder(job);
+    const fs::path dir = job_files_folder(job);
     const std::string path = script_path(job);
     check_before_launch(job, {{"the sbatch script", path}}, /*local=*/false);
     const std::string script = sbatch_script(job, {worker_binary(), dir.string()}, emit_job_toml(job), geteuid() == 0);

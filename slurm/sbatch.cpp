@@ -5,7 +5,7 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "common/output_path.h"
+#include "jobs/outputs.h"
 #include "jobs/parse.h"
 
 namespace fs = std::filesystem;
@@ -23,14 +23,8 @@ std::string slurm_quote(const std::string& value, const std::string& what) {
     return out + "\"";
 }
 
-std::string slurm_files_folder(const Job& job) {
-    // Not beside /dev/null or /dev/stdout: in the job file's folder then.
-    if (is_stream_target(job.run.output)) return job.dir.empty() ? fs::current_path().string() : job.dir;
-    return fs::path(job.run.output).parent_path().string();
-}
-
 std::string script_path(const Job& job) {
-    return (fs::path(slurm_files_folder(job)) / (file_safe(job.name) + ".sbatch")).string();
+    return (fs::path(job_files_folder(job)) / (file_safe(job.name) + ".sbatch")).string();
 }
 
 std::string sbatch_script(const Job& job, const SubmitPaths& p, const std::string& job_toml, bool as_root) {

@@ -25,11 +25,7 @@ std::string sbatch_script(const Job& job, const SubmitPaths& paths, const std::s
 // #SBATCH line can hold.
 std::string slurm_quote(const std::string& value, const std::string& what);
 
-// Where `tpx submit` writes the script: in slurm_files_folder.
+// Where `tpx submit` writes the script: in job_files_folder (jobs/outputs.h).
 std::string script_path(const Job& job);
-
-// Where the script, the Slurm log and the job's resolved copy go: run.output's folder, or the job
-// file's when run.output is a FIFO or device.
-std::string slurm_files_folder(const Job& job);
 
 }  // namespace tpx

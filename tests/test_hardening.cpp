@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -198,9 +199,13 @@ TEST(Outputs, DevicesAndFifosAreWrittenInPlace) {
     EXPECT_EQ(so.exit_code, 0) << so.err;
     std::istringstream lines(file_bytes(o.dir + "/captured.jsonl"));
     int results = 0;
-    for (std::string line; std::getline(lines, line); ++results) EXPECT_EQ(line.rfind("{\"decode_ms\"", 0), 0u) << line;
+    for (std::string line; std::getline(lines, line); ++results) {
+        const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+        EXPECT_TRUE(j.is_object() && j.contains("output_ids")) << line;
+    }
     EXPECT_EQ(results, 2);
     EXPECT_NE(so.err.find("output: /dev/stdout"), std::string::npos) << so.err;
+    for (const auto& e : fs::directory_iterator("/dev")) EXPECT_EQ(e.path().filename().string().rfind("stdout.tmp-", 0), std::string::npos) << e.path();
 
     TestJob f = make_job("output = \"results.fifo\"");
     std::string fifo = f.dir + "/results.fifo";
@@ -226,6 +231,13 @@ TEST(Outputs, DevicesAndFifosAreWrittenInPlace) {
 // A run whose last output cannot be written (--dump-logits on a full device) leaves every
 // output as it was: run.output was moved into place before the logits were written.
 TEST(Outputs, AFailedOutputLeavesTheOthersAsTheyWere) {
+    auto staged_for_dev_full = [] {
+        std::set<std::string> names;
+        for (const auto& e : fs::directory_iterator(fs::temp_directory_path()))
+            if (e.path().filename().string().rfind("tpx-full.tmp-", 0) == 0) names.insert(e.path().string());
+        return names;
+    };
+    const std::set<std::string> before = staged_for_dev_full();
     TestJob j = make_job();
     std::ofstream(j.dir + "/out.jsonl") << "old results";
     std::ofstream(j.dir + "/out.jsonl.ranks.json") << "old table";
@@ -235,6 +247,8 @@ TEST(Outputs, AFailedOutputLeavesTheOthersAsTheyWere) {
     EXPECT_EQ(file_bytes(j.dir + "/out.jsonl"), "old results");
     EXPECT_EQ(file_bytes(j.dir + "/out.jsonl.ranks.json"), "old table");
     for (const auto& e : fs::directory_iterator(j.dir)) EXPECT_EQ(e.path().string().find(".tmp-"), std::string::npos) << e.path();
+    // The logits' staged copy for the device lay in the temporary folder: gone too.
+    EXPECT_EQ(staged_for_dev_full(), before) << "a staged copy for /dev/full was left in " << fs::temp_directory_path();
 }
 
 TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
