@@ -56,7 +56,8 @@ void prove_writable(const NamedPath& out) {
     fs::path parent = fs::path(out.path).parent_path();
     std::error_code ec;
     if (!parent.empty() && !fs::is_directory(parent, ec))
-        throw JobError(describe(out) + ": folder does not exist: " + parent.string());
+        throw JobError(describe(out) + (ec ? ": cannot look at its folder " + parent.string() + ": " + ec.message()
+                                           : ": folder does not exist: " + parent.string()));
     std::string tmp = temp_path_for(out.path);
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
     if (fd < 0) {
