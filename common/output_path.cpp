@@ -58,7 +58,9 @@ void prove_writable(const NamedPath& out) {
     if (!parent.empty() && !fs::is_directory(parent, ec))
         throw JobError(describe(out) + (ec ? ": cannot look at its folder " + parent.string() + ": " + ec.message()
                                            : ": folder does not exist: " + parent.string()));
+    // The name as the process that writes it (rank 0, another PID) may make it: the PID's longest.
     std::string tmp = temp_path_for(out.path);
+    tmp.insert(tmp.size() - std::to_string(::getpid()).size(), 10 - std::to_string(::getpid()).size(), '0');
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
     if (fd < 0) {
         int err = errno;
