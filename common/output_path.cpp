@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/file.h"
+#include "common/path.h"
 
 namespace fs = std::filesystem;
 
@@ -56,7 +57,7 @@ void prove_writable(const NamedPath& out) {
     fs::path parent = fs::path(out.path).parent_path();
     std::error_code ec;
     if (!parent.empty() && !fs::is_directory(parent, ec))
-        throw JobError(describe(out) + (ec ? ": cannot look at its folder " + parent.string() + ": " + ec.message()
+        throw JobError(describe(out) + (looked_at_in_vain(ec) ? ": cannot look at its folder " + parent.string() + ": " + ec.message()
                                            : ": folder does not exist: " + parent.string()));
     // The name as the process that writes it (rank 0, another PID) may make it: the PID's longest.
     std::string tmp = temp_path_for(out.path);
@@ -77,11 +78,14 @@ void prove_writable(const NamedPath& out) {
 // Whether a checkpoint's readers would take a file of this name in its folder for one of its
 // own: config and tokenizer files, weights (loader/, text/).
 bool read_by_checkpoint_readers(const std::string& name) {
-    static const char* const kNames[] = {"config.json",           "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                                         "chat_template.jinja",   "chat_template.json",     "params.json",    "model.safetensors.index.json"};
+    static const char* const kNames[] = {"config.json",         "generation_config.json", "tokenizer.json",
+                                         "tokenizer_config.json", "chat_template.jinja",   "chat_template.json",
+                                         "params.json",         "model.safetensors.index.json"};
     for (const char* n : kNames)
         if (name == n) return true;
-    auto ends = [&](const std::string& tail) { return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0; };
+    auto ends = [&](const std::string& tail) {
+        return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
+    };
     return ends(".safetensors") || (name.rfind("consolidated.", 0) == 0 && ends(".pth"));
 }
 
@@ -105,7 +109,8 @@ void check_outputs(const std::vector<NamedPath>& outputs, const std::vector<Name
         std::error_code ec;
         if (out.path.empty() || fs::is_directory(out.path, ec) || out.path.back() == '/')
             throw JobError(describe(out) + " is a folder; name a file");
-        if (fs::is_socket(out.path, ec)) throw JobError(describe(out) + " is a socket, which cannot be opened as a file; name a file or a FIFO");
+        if (fs::is_socket(out.path, ec))
+            throw JobError(describe(out) + " is a socket, which cannot be opened as a file; name a file or a FIFO");
         FileId id = identify(out.path);
         for (size_t k = 0; k < inputs.size(); ++k)
             if (id == input_ids[k])

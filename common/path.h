@@ -54,6 +54,12 @@ inline bool is_regular(const std::string& path) {
     return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
+// Whether a std::filesystem query's error says the system could not look (a name too long, no
+// permission, a symlink loop) rather than that nothing is there.
+inline bool looked_at_in_vain(const std::error_code& ec) {
+    return ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory;
+}
+
 // The name along `path`'s chain of symlinks (itself first, lexically normal) that means a file of
 // whichever process opens it: /dev/stdin, /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/...,
 // /proc/thread-self/..., /proc/PID/fd/N; "" when there is none. Such a name means one file to tpx

@@ -65,8 +65,9 @@ void check_job_files(const Job& job, const KeyPosition& where) {
     fs::path out_dir = fs::path(job.run.output).parent_path();
     if (!out_dir.empty() && !fs::is_directory(out_dir, ec)) {
         auto [l, c] = where("run", "output");
-        throw JobError(at(job.file, l, c, ec ? "run.output: cannot look at its folder " + out_dir.string() + ": " + ec.message()
-                                             : "run.output: folder does not exist: " + out_dir.string()));
+        throw JobError(at(job.file, l, c,
+                          looked_at_in_vain(ec) ? "run.output: cannot look at its folder " + out_dir.string() + ": " + ec.message()
+                                                : "run.output: folder does not exist: " + out_dir.string()));
     }
 }
 
