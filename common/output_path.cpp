@@ -78,9 +78,9 @@ void prove_writable(const NamedPath& out) {
 // Whether a checkpoint's readers would take a file of this name in its folder for one of its
 // own: config and tokenizer files, weights (loader/, text/).
 bool read_by_checkpoint_readers(const std::string& name) {
-    static const char* const kNames[] = {"config.json",         "generation_config.json", "tokenizer.json",
-                                         "tokenizer_config.json", "chat_template.jinja",   "chat_template.json",
-                                         "params.json",         "model.safetensors.index.json"};
+    static const char* const kNames[] = {"config.json",           "generation_config.json",   "tokenizer.json",
+                                         "tokenizer_config.json", "special_tokens_map.json",  "chat_template.jinja",
+                                         "chat_template.json",    "params.json",              "model.safetensors.index.json"};
     for (const char* n : kNames)
         if (name == n) return true;
     auto ends = [&](const std::string& tail) {

@@ -21,8 +21,12 @@ std::vector<NamedPath> job_inputs(const Job& job) {
         if (program.find('/') != std::string::npos && is_regular(program)) inputs.push_back({key, program});
     std::vector<NamedPath> ckpt = checkpoint_inputs(job.model.path);
     inputs.insert(inputs.end(), ckpt.begin(), ckpt.end());
-    if (!job.model.tokenizer.empty())  // a folder (every file of it) or a tokenizer.json
+    if (!job.model.tokenizer.empty()) {  // a folder (every file of it) or a tokenizer.json
         for (NamedPath& p : checkpoint_inputs(job.model.tokenizer)) inputs.push_back({"model.tokenizer", p.path});
+        // A tokenizer.json's folder too, whose tokenizer_config.json and the like it reads beside it.
+        if (const fs::path folder = fs::path(job.model.tokenizer).parent_path(); is_regular(job.model.tokenizer) && !folder.empty())
+            inputs.push_back({"model.tokenizer's folder", folder.string()});
+    }
     if (!job.run.chat_template.empty()) inputs.push_back({"run.chat_template", job.run.chat_template});
     // tpx's own programs (tpx and tpx-worker share a folder): every later run needs them.
     if (const fs::path folder = program_folder(); !folder.empty())

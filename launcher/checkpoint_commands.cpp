@@ -89,9 +89,14 @@ int cmd_convert(const Args& args) {
     const bool hf = vm.count("hf") > 0;
     if (out.empty()) throw JobError(std::string("OUT is empty: name the ") + (hf ? "new folder" : ".h5 file") + " to write");
     const bool taken = anything_at<JobError>(out, "OUT: ");
+    std::string folder = out;  // --hf's, without a trailing '/'
+    while (folder.size() > 1 && folder.back() == '/') folder.pop_back();
     if (hf) {
         if (vm.count("force")) throw JobError("--force replaces an .h5 file; with --hf, OUT must be a new folder");
         if (taken) throw JobError("OUT (" + out + ") already exists; tpx convert --hf writes a new folder and replaces nothing");
+        // Not under a name a checkpoint's readers take, in its folder (params.json/ beside
+        // config.json made the folder both Meta's and HF's).
+        check_outputs({{"OUT", folder}}, checkpoint_inputs(model));
     } else {
         check_outputs({{"OUT", out}}, checkpoint_inputs(model));
         // An HDF5 file under another checkpoint's name (model.safetensors, consolidated.01.pth)
@@ -107,7 +112,7 @@ int cmd_convert(const Args& args) {
     if (QuantConfig q = quantization_of(*ckpt); q.quantized())
         throw JobError(ckpt->path() + " holds " + q.describe() + " weights: tpx convert writes plain tensors only; a quantized "
                        "checkpoint is read as it is (give the job its folder)");
-    ConvertStats s = hf ? convert_to_hf_folder(*ckpt, out) : convert_to_hdf5(*ckpt, out);
+    ConvertStats s = hf ? convert_to_hf_folder(*ckpt, folder) : convert_to_hdf5(*ckpt, out);
     // Not after the file's bytes when OUT is standard output itself.
     std::fprintf(standard_stream(out) == STDOUT_FILENO ? stderr : stdout, "wrote %s: %zu tensors, %s\n", out.c_str(), s.tensors,
                  human_bytes((double)s.bytes).c_str());

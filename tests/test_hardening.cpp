@@ -108,6 +108,15 @@ TEST(Outputs, TheJobsTokenizerAndChatTemplateAreInputs) {
         for (const char* cmd : {"validate ", "run "}) expect_refused(tpx(cmd + j.file), {"run.output", role, "an output never replaces an input"});
         EXPECT_EQ(file_bytes(j.dir + "/" + output), before) << output << " was changed";
     }
+    // A tokenizer.json named alone reads tokenizer_config.json and special_tokens_map.json beside
+    // it: those were overwritten (and the next run failed on them).
+    for (const char* output : {"tk/tokenizer_config.json", "tk/special_tokens_map.json"}) {
+        std::ofstream(j.file, std::ios::trunc) << "[model]\npath = \"" << text_model << "\"\ntokenizer = \"tk/tokenizer.json\"\n[parallel]\n"
+                                               << "tp = 1\n[run]\nprompts = \"prompts.jsonl\"\noutput = \"" << output << "\"\n";
+        const std::string before = fs::exists(j.dir + "/" + output) ? file_bytes(j.dir + "/" + output) : "(none)";
+        expect_refused(tpx("run " + j.file), {"run.output", "would be read as a file of model.tokenizer's folder"});
+        EXPECT_EQ(fs::exists(j.dir + "/" + output) ? file_bytes(j.dir + "/" + output) : "(none)", before) << output;
+    }
 }
 
 // tpx's own programs are inputs too.
@@ -259,9 +268,17 @@ TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
     expect_refused(tpx("convert " + dir + "/tiny " + src + " --force"), {"same file", "model.safetensors"});
     EXPECT_EQ(file_bytes(src), before);
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/nodir/t.h5"), {"folder does not exist: " + dir + "/nodir"});
+    // --hf: not a folder under a reader's name in the checkpoint (params.json/ beside config.json
+    // made it both Meta's and HF's), but any other name, with or without a trailing '/'.
+    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/tiny/params.json --hf"), {"would be read as a file of the checkpoint's folder"});
+    EXPECT_FALSE(fs::exists(dir + "/tiny/params.json"));
+    auto sub = tpx("convert " + dir + "/tiny " + dir + "/tiny/sub/ --hf");
+    EXPECT_EQ(sub.exit_code, 0) << sub.err;
+    EXPECT_TRUE(fs::exists(dir + "/tiny/sub/model.safetensors"));
+    fs::remove_all(dir + "/tiny/sub");
     // --hf: an empty OUT and a folder that cannot be made in (it was "internal error", exit 1).
     expect_refused(tpx("convert " + dir + "/tiny '' --hf"), {"OUT is empty"});
-    expect_refused(tpx("convert " + dir + "/tiny /proc/tpx-hf --hf"), {"/proc/tpx-hf: cannot create a folder in /proc"});
+    expect_refused(tpx("convert " + dir + "/tiny /proc/tpx-hf --hf"), {"OUT (/proc/tpx-hf): cannot write in /proc"});
     std::ofstream(dir + "/t.h5") << "keep me";
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/t.h5"), {"already exists", "--force"});
     EXPECT_EQ(file_bytes(dir + "/t.h5"), "keep me");
