@@ -164,19 +164,42 @@ void OutputSet::add(const std::string& path, const std::function<void(std::ostre
 }
 
 void OutputSet::commit(double stream_wait_s) {
-    // FIFOs and devices first: their bytes are copied in and may fail (/dev/full), renames hardly.
-    std::vector<Staged> left;
-    for (bool streams : {true, false})
-        for (const Staged& f : staged_)
-            if (is_stream_target(f.path) == streams) left.push_back(f);
+    std::vector<Staged> streams, files;
+    for (const Staged& f : staged_) (is_stream_target(f.path) ? streams : files).push_back(f);
+    // What is not moved into place by the end is removed; a file's old version set aside (below)
+    // is taken back where the commit fails.
+    std::vector<std::string> left;  // temporary files and old versions to remove at the end
+    for (const Staged& f : staged_) left.push_back(f.tmp);
     staged_.clear();
-    for (size_t i = 0; i < left.size(); ++i) {
-        try {
-            rename_into_place(left[i].tmp, left[i].path, stream_wait_s);
-        } catch (...) {
-            for (size_t j = i + 1; j < left.size(); ++j) std::remove(left[j].tmp.c_str());
-            throw;
+    struct Cleanup {
+        std::vector<std::string>& paths;
+        ~Cleanup() {
+            for (const std::string& p : paths) std::remove(p.c_str());
         }
+    } cleanup{left};
+    // FIFOs and devices first: their bytes are copied in and may fail (/dev/full), and cannot be
+    // taken back.
+    for (const Staged& f : streams) rename_into_place(f.tmp, f.path, stream_wait_s);
+    // Each file's old version kept under a second name (a hard link) until every file is in place,
+    // so that a failed rename (an immutable file, a folder put there meanwhile) leaves all of them
+    // as they were. Where the file system takes no hard links, that file has no way back.
+    std::vector<std::string> old(files.size());
+    std::vector<bool> existed(files.size());
+    for (size_t i = 0; i < files.size(); ++i) {
+        struct stat st;
+        existed[i] = ::lstat(files[i].path.c_str(), &st) == 0;
+        const std::string aside = files[i].tmp + "-old";
+        if (existed[i] && ::link(files[i].path.c_str(), aside.c_str()) == 0) old[i] = aside, left.push_back(aside);
+    }
+    for (size_t i = 0; i < files.size(); ++i) {
+        if (std::rename(files[i].tmp.c_str(), files[i].path.c_str()) == 0) continue;
+        const int err = errno;
+        for (size_t k = 0; k < i; ++k) {  // back as they were
+            if (!old[k].empty()) std::rename(old[k].c_str(), files[k].path.c_str());
+            else if (!existed[k]) std::remove(files[k].path.c_str());
+        }
+        throw Error(files[i].path + ": cannot move the finished file into place: " + std::strerror(err) +
+                    (i > 0 ? "; the run's other outputs were put back as they were" : ""));
     }
 }
 

@@ -260,6 +260,27 @@ TEST(Outputs, AFailedOutputLeavesTheOthersAsTheyWere) {
     EXPECT_EQ(staged_for_dev_full(), before) << "a staged copy for /dev/full was left in " << fs::temp_directory_path();
 }
 
+// The last output's rename fails (a folder was put at the ranks table's path during the run):
+// run.output, already renamed into place, is put back as it was.
+TEST(Outputs, AFailedRenameTakesBackTheOutputsAlreadyInPlace) {
+    TestJob j = make_job("", 2, kPrompts, "", "[backend]\ncollective_timeout_s = 30\n");
+    std::ofstream(j.dir + "/out.jsonl") << "old results";
+    std::ofstream(j.dir + "/out.jsonl.ranks.json") << "old table";
+    auto run = tpx_test::start_background(tpx_bin("tpx") + " run " + j.file + " --step-delay-ms 400");
+    // Once the ranks have loaded (the launcher's checks are behind them), the table becomes a folder.
+    for (int i = 0; i < 300 && file_bytes(run.err_path).find("loaded") == std::string::npos; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ASSERT_NE(file_bytes(run.err_path).find("loaded"), std::string::npos) << file_bytes(run.err_path);
+    fs::remove(j.dir + "/out.jsonl.ranks.json");
+    fs::create_directory(j.dir + "/out.jsonl.ranks.json");
+    std::ofstream(j.dir + "/out.jsonl.ranks.json/keep") << "x";
+    EXPECT_EQ(tpx_test::wait_background(run, 60), 1) << file_bytes(run.err_path);
+    EXPECT_NE(file_bytes(run.err_path).find("the run's other outputs were put back as they were"), std::string::npos)
+        << file_bytes(run.err_path);
+    EXPECT_EQ(file_bytes(j.dir + "/out.jsonl"), "old results");
+    for (const auto& e : fs::directory_iterator(j.dir)) EXPECT_EQ(e.path().string().find(".tmp-"), std::string::npos) << e.path();
+}
+
 TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
     std::string dir = tpx_test::temp_dir();
     fs::copy(kTiny, dir + "/tiny", fs::copy_options::recursive);
