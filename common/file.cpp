@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -21,6 +22,46 @@
 #include "common/output_path.h"
 
 namespace tpx {
+
+namespace {
+
+// The registered temporary files, read by a signal handler: fixed storage, a path's bytes
+// written before its slot is marked taken.
+constexpr int kTemporarySlots = 32;
+char g_temporary[kTemporarySlots][4096];
+volatile sig_atomic_t g_temporary_taken[kTemporarySlots];
+
+void remove_temporaries_then_end(int sig) {
+    for (int i = 0; i < kTemporarySlots; ++i)
+        if (g_temporary_taken[i]) ::unlink(g_temporary[i]);
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+}
+
+}  // namespace
+
+void remove_temporaries_on_signals() {
+    struct sigaction sa = {};
+    sa.sa_handler = remove_temporaries_then_end;
+    sigemptyset(&sa.sa_mask);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) ::sigaction(sig, &sa, nullptr);
+}
+
+int register_temporary(const std::string& path) {
+    if (path.size() >= sizeof(g_temporary[0])) return -1;
+    for (int i = 0; i < kTemporarySlots; ++i)
+        if (!g_temporary_taken[i]) {
+            std::memcpy(g_temporary[i], path.c_str(), path.size() + 1);
+            std::atomic_signal_fence(std::memory_order_seq_cst);
+            g_temporary_taken[i] = 1;
+            return i;
+        }
+    return -1;
+}
+
+void unregister_temporary(int slot) {
+    if (slot >= 0) g_temporary_taken[slot] = 0;
+}
 
 std::string temp_path_for(const std::string& path) {
     std::string suffix = ".tmp-" + std::to_string(::getpid());
@@ -136,7 +177,10 @@ void write_file_atomically(const std::string& path, const std::string& text, dou
 }
 
 OutputSet::~OutputSet() {
-    for (const Staged& f : staged_) std::remove(f.tmp.c_str());
+    for (const Staged& f : staged_) {
+        std::remove(f.tmp.c_str());
+        unregister_temporary(f.slot);
+    }
 }
 
 void OutputSet::add_file(const std::string& path, const std::function<void(const std::string& tmp)>& write_to) {
@@ -144,13 +188,15 @@ void OutputSet::add_file(const std::string& path, const std::function<void(const
     // Two outputs on one device (/dev/null twice) share a name in the temporary folder.
     for (const Staged& f : staged_)
         if (f.tmp == tmp) tmp += "-" + std::to_string(staged_.size());
+    const int slot = register_temporary(tmp);
     try {
         write_to(tmp);
     } catch (...) {
         std::remove(tmp.c_str());
+        unregister_temporary(slot);
         throw;
     }
-    staged_.push_back({tmp, path});
+    staged_.push_back({tmp, path, slot});
 }
 
 void OutputSet::add(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary) {
@@ -168,13 +214,16 @@ void OutputSet::commit(double stream_wait_s) {
     for (const Staged& f : staged_) (is_stream_target(f.path) ? streams : files).push_back(f);
     // What is not moved into place by the end is removed; a file's old version set aside (below)
     // is taken back where the commit fails.
-    std::vector<std::string> left;  // temporary files and old versions to remove at the end
-    for (const Staged& f : staged_) left.push_back(f.tmp);
+    std::vector<std::pair<std::string, int>> left;  // temporary files and old versions to remove at the end, and their slots
+    for (const Staged& f : staged_) left.push_back({f.tmp, f.slot});
     staged_.clear();
     struct Cleanup {
-        std::vector<std::string>& paths;
+        std::vector<std::pair<std::string, int>>& paths;
         ~Cleanup() {
-            for (const std::string& p : paths) std::remove(p.c_str());
+            for (const auto& [p, slot] : paths) {
+                std::remove(p.c_str());
+                unregister_temporary(slot);
+            }
         }
     } cleanup{left};
     // FIFOs and devices first: their bytes are copied in and may fail (/dev/full), and cannot be
@@ -189,7 +238,9 @@ void OutputSet::commit(double stream_wait_s) {
         struct stat st;
         existed[i] = ::lstat(files[i].path.c_str(), &st) == 0;
         const std::string aside = files[i].tmp + "-old";
-        if (existed[i] && ::link(files[i].path.c_str(), aside.c_str()) == 0) old[i] = aside, left.push_back(aside);
+        const int slot = existed[i] ? register_temporary(aside) : -1;
+        if (existed[i] && ::link(files[i].path.c_str(), aside.c_str()) == 0) old[i] = aside;
+        left.push_back({aside, slot});
     }
     for (size_t i = 0; i < files.size(); ++i) {
         if (std::rename(files[i].tmp.c_str(), files[i].path.c_str()) == 0) continue;

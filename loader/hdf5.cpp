@@ -232,6 +232,11 @@ std::unique_ptr<Checkpoint> open_hdf5_checkpoint(const std::string& path) {
 ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path) {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     std::string tmp = temp_path_for(out_path);
+    const int slot = register_temporary(tmp);  // removed should Ctrl-C end the convert
+    struct Unregister {
+        int slot;
+        ~Unregister() { unregister_temporary(slot); }
+    } unregister{slot};
     ConvertStats stats;
     try {
         H5Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);

@@ -355,8 +355,12 @@ int run(const Options& opt) {
 int main(int argc, char** argv) {
     // Serving, the drain signals are ours from the first instruction on (`tpx serve` may send one
     // before this rank has read its options: the default action would end it).
-    for (int i = 1; i < argc; ++i)
-        if (std::strcmp(argv[i], "--serve") == 0) tpx::install_serve_signals();
+    bool serving = false;
+    for (int i = 1; i < argc; ++i) serving = serving || std::strcmp(argv[i], "--serve") == 0;
+    if (serving) tpx::install_serve_signals();
+    // Otherwise a signal ends the rank (mpirun sends SIGTERM when the job is stopped), and rank 0's
+    // outputs being written are not left beside their places.
+    else tpx::remove_temporaries_on_signals();
     // A rank never outlives the process that started it (mpirun's daemon, or srun's step): if
     // that dies without ending its ranks, the kernel ends this one.
     const pid_t parent = getppid();
