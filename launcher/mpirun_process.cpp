@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -142,8 +143,31 @@ void relay_stderr(Relay& state_ref, int fd) {
     state->drained = true;
 }
 
-// The child's side of run_mpirun's fork: mpirun with stderr into the pipe, signals let in again.
-[[noreturn]] void exec_mpirun(char** argv, const char* name, pid_t parent, bool drain, const int (&err_pipe)[2], const sigset_t& old_mask) {
+// Passes fd's bytes on to tpx's standard output until it closes. A write that fails (a full disk,
+// a reader gone: SIGPIPE is held for this thread) marks stdout's error, which tpx's exit reports
+// (launcher/main.cpp); what follows is read and dropped, so that mpirun is not stopped by it.
+void relay_stdout(std::atomic<bool>& drained, int fd) {
+    sigset_t pipe_signal;
+    sigemptyset(&pipe_signal);
+    sigaddset(&pipe_signal, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+    char buf[4096];
+    for (ssize_t n; (n = read(fd, buf, sizeof(buf))) != 0;) {
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) break;
+        if (!std::ferror(stdout) && std::fwrite(buf, 1, (size_t)n, stdout) == (size_t)n) std::fflush(stdout);
+    }
+    const timespec now{0, 0};
+    while (sigtimedwait(&pipe_signal, nullptr, &now) == SIGPIPE) {
+    }
+    close(fd);
+    drained = true;
+}
+
+// The child's side of run_mpirun's fork: mpirun with stdout and stderr into the pipes, signals
+// let in again.
+[[noreturn]] void exec_mpirun(char** argv, const char* name, pid_t parent, bool drain, const int (&out_pipe)[2], const int (&err_pipe)[2],
+                              const sigset_t& old_mask) {
     if (drain) {
         // A process group of its own (set before signals are let in; the parent sets it too),
         // so that a signal to tpx's group (a terminal's Ctrl-C, `timeout`) reaches tpx alone,
@@ -162,9 +186,9 @@ void relay_stderr(Relay& state_ref, int fd) {
     // ends the ranks; tpx may already be gone before this line, hence the check after it.
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) _exit(128 + SIGTERM);
+    dup2(out_pipe[1], STDOUT_FILENO);
     dup2(err_pipe[1], STDERR_FILENO);
-    close(err_pipe[0]);
-    close(err_pipe[1]);
+    for (int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) close(fd);
     execvp(argv[0], argv);
     std::fprintf(stderr, "%s: cannot start %s: %s\n", name, argv[0], std::strerror(errno));
     _exit(127);
@@ -185,6 +209,10 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     // job is failing (says_job_failed) and can end an mpirun that does not end on its own.
     int err_pipe[2];
     if (pipe(err_pipe) != 0) throw Error(std::string("pipe failed: ") + std::strerror(errno));
+    // Its stdout through tpx too: a failed write of it (run.output = "/dev/stdout" on a full
+    // disk) is tpx's failure, not lost in mpirun's forwarding, which ignores it.
+    int out_pipe[2];
+    if (pipe(out_pipe) != 0) throw Error(std::string("pipe failed: ") + std::strerror(errno));
     // Signals that arrive between fork and the handlers being set are held, then forwarded.
     sigset_t block, old_mask;
     sigemptyset(&block);
@@ -198,14 +226,17 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     const pid_t parent = getpid();
     g_child = fork();
     if (g_child < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
-    if (g_child == 0) exec_mpirun(argv.data(), name, parent, drain, err_pipe, old_mask);
+    if (g_child == 0) exec_mpirun(argv.data(), name, parent, drain, out_pipe, err_pipe, old_mask);
     close(err_pipe[1]);
+    close(out_pipe[1]);
     if (drain) setpgid(g_child, g_child);  // (either side may come first)
     for (int sig : stops) signal(sig, forward_signal);
     sigprocmask(SIG_SETMASK, &old_mask, nullptr);
     using Clock = std::chrono::steady_clock;
     auto state = std::make_shared<Relay>();
     std::thread relay([state, fd = err_pipe[0]] { relay_stderr(*state, fd); });
+    auto out_drained = std::make_shared<std::atomic<bool>>(false);
+    std::thread out_relay([out_drained, fd = out_pipe[0]] { relay_stdout(*out_drained, fd); });
     int status = 0;
     // SIGTERM, then SIGKILL 3 s later if it still runs.
     auto end_mpirun = [&] {
@@ -252,9 +283,11 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     g_child = -1;
     // The pipe ends when mpirun's children (rsh or ssh clients to other hosts) let go of it too;
     // one stuck on a dead host may hold it for minutes, so the rest of its output is not waited for.
-    for (int i = 0; i < 20 && !state->drained; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    for (int i = 0; i < 20 && !(state->drained && *out_drained); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     if (state->drained) relay.join();
     else relay.detach();
+    if (*out_drained) out_relay.join();
+    else out_relay.detach();
     MpirunOutcome outcome;
     outcome.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     outcome.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

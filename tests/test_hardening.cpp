@@ -215,6 +215,11 @@ TEST(Outputs, DevicesAndFifosAreWrittenInPlace) {
     EXPECT_EQ(results, 2);
     EXPECT_NE(so.err.find("output: /dev/stdout"), std::string::npos) << so.err;
     for (const auto& e : fs::directory_iterator("/dev")) EXPECT_EQ(e.path().filename().string().rfind("stdout.tmp-", 0), std::string::npos) << e.path();
+    // Standard output on a full device: the results are lost, and tpx says so (mpirun, which
+    // forwarded them, ignored the failed write: exit 0).
+    auto full = run_process(tpx_bin("tpx") + " run " + o.file + " > /dev/full");
+    EXPECT_EQ(full.exit_code, 1) << full.err;
+    EXPECT_NE(full.err.find("cannot write to standard output"), std::string::npos) << full.err;
 
     TestJob f = make_job("output = \"results.fifo\"");
     std::string fifo = f.dir + "/results.fifo";
