@@ -92,6 +92,10 @@ int cmd_run(const Args& args) {
     if (job.run.prompts.empty() && !vm.count("bench")) throw JobError(job.file + ": run.prompts is not set: there is nothing to run");
     if (!vm.count("bench")) check_sampling_used(job);
     if (vm.count("bench")) require_one_stage(job, "tpx bench");
+    // The benchmark times its own steps: it keeps no logits and takes no pause.
+    for (const char* unused : {"dump-logits", "step-delay-ms"})
+        if (vm.count("bench") && vm.count(unused))
+            throw JobError(std::string("--") + unused + " does nothing with --bench (tpx bench): the benchmark keeps no logits and takes no pause");
     // Outputs are resolved and proven writable before anything is started.
     std::vector<std::string> output_args;
     std::vector<NamedPath> extra_outputs;

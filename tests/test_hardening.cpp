@@ -475,6 +475,11 @@ TEST(Messages, WhatAUserTypesWrongIsNamed) {
     fs::remove(pf.dir + "/prompts.jsonl");
     fs::create_directory(pf.dir + "/prompts.jsonl");
     expect_refused(tpx("validate " + pf.file), {"run.prompts: " + pf.dir + "/prompts.jsonl is a folder, not a file"});
+    // Options the benchmark would ignore (the logits file was checked, then never written).
+    for (const char* unused : {"--dump-logits x.h5", "--step-delay-ms 5"}) {
+        auto ignored = tpx("run " + j.file + " --bench " + j.dir + "/b.json " + unused);
+        expect_refused(ignored, {std::string(unused).substr(0, std::string(unused).find(' ')) + " does nothing with --bench"});
+    }
     for (const char* call : {"run JOB --step-delay-ms -1", "serve JOB --read-delay-ms -5 --dry-run"}) {
         std::string command = call;
         command.replace(command.find("JOB"), 3, j.file);
