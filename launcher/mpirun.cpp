@@ -142,7 +142,14 @@ RanksJobFile::RanksJobFile(const Job& job, const std::string& job_path) {
     namespace fs = std::filesystem;
     const fs::path folder = job.parallel.nodes > 1 ? fs::path(job_files_folder(job)) : fs::temp_directory_path();
     path_ = (folder / name).string();
-    write_file_atomically(path_, emit_job_toml(job));
+    try {
+        write_file_atomically(path_, emit_job_toml(job));
+    } catch (const Error& e) {
+        throw JobError(std::string("the ranks' copy of the job read from a pipe: ") + e.what() +
+                       (job.parallel.nodes > 1 ? " (for several nodes it goes where every host reads it: run.output's folder, or the job's when "
+                                                            "run.output is a device)"
+                                                          : ""));
+    }
     copy_ = true;
 }
 
