@@ -11,6 +11,9 @@ std::string process_relative_name(const std::string& path) {
     for (int hop = 0; hop < 40; ++hop) {  // the kernel's own limit on a chain of links
         if (std::regex_match(p.string(), own)) return p.string();
         std::error_code ec;
+        // A link among the folders (a link to /proc/self): the folders resolved.
+        const std::filesystem::path folders = std::filesystem::weakly_canonical(p.parent_path(), ec) / p.filename();
+        if (!ec && std::regex_match(folders.string(), own)) return folders.string();
         if (!std::filesystem::is_symlink(p, ec)) return "";
         const std::filesystem::path target = std::filesystem::read_symlink(p, ec);
         if (ec) return "";

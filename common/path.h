@@ -60,7 +60,8 @@ inline bool looked_at_in_vain(const std::error_code& ec) {
     return ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory;
 }
 
-// The name along `path`'s chain of symlinks (itself first, lexically normal) that means a file of
+// The name along `path`'s chain of symlinks (itself first, lexically normal, or with its folders
+// resolved) that means a file of
 // whichever process opens it: /dev/stdin, /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/...,
 // /proc/thread-self/..., /proc/PID/fd/N; "" when there is none. Such a name means one file to tpx
 // and another to a rank.

@@ -182,6 +182,13 @@ TEST(Outputs, FoldersUnwritablePlacesAndLongNamesAreRefusedBeforeLaunch) {
         TestJob s = make_job(std::string("output = \"") + own + "\"");
         expect_refused(tpx("run " + s.file), {"run.output", own, "names a file of the process that opens it"});
     }
+    // ... also through links: to /dev/stdin, and among the folders to /proc/self.
+    TestJob links = make_job("output = \"in\"");
+    fs::create_symlink("/dev/stdin", links.dir + "/in");
+    expect_refused(tpx("run " + links.file), {"run.output", "names a file of the process that opens it (/dev/stdin)"});
+    TestJob me = make_job("output = \"me/fd/1\"");
+    fs::create_symlink("/proc/self", me.dir + "/me");
+    expect_refused(tpx("run " + me.file), {"run.output", "names a file of the process that opens it (/proc/"});
     // A 300-character job name: the default output name is cut and hashed, so the run works.
     TestJob n = make_job("output = \"\"", 1, kPrompts, "[job]\nname = \"" + std::string(300, 'x') + "\"\n");
     auto ok = tpx("run " + n.file);
