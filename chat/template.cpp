@@ -17,6 +17,8 @@ namespace tpx::chat {
 namespace {
 
 bool read_text(const std::string& path, std::string& out) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) return false;  // (an ifstream opens a folder, and reads nothing)
     std::ifstream in(path, std::ios::binary);
     if (!in) return false;
     std::ostringstream ss;
@@ -113,10 +115,19 @@ std::string select_chat_template(const nlohmann::ordered_json& value, const std:
     throw JobError(at(origin, 0, 0, "no chat template named '" + want + "' (the file has: " + names + ")"));
 }
 
+bool checkpoint_has_template(const std::string& checkpoint_dir, const nlohmann::json& tokenizer_template) {
+    auto has_text = [](const std::string& t) { return t.find_first_not_of(" \t\r\n") != std::string::npos; };
+    std::string jinja;
+    if (read_text(checkpoint_dir + "/chat_template.jinja", jinja) && has_text(jinja)) return true;
+    return (tokenizer_template.is_string() && has_text(tokenizer_template.get<std::string>())) ||
+           (tokenizer_template.is_array() && !tokenizer_template.empty());
+}
+
 ChatTemplate load_checkpoint_template(const std::string& checkpoint_dir, const std::string& which) {
     std::string jinja = checkpoint_dir + "/chat_template.jinja";
     std::string source;
-    if (which.empty() && read_text(jinja, source)) return ChatTemplate::parse(source, jinja);
+    if (which.empty() && read_text(jinja, source) && source.find_first_not_of(" \t\r\n") != std::string::npos)
+        return ChatTemplate::parse(source, jinja);
     return from_json_file(checkpoint_dir + "/tokenizer_config.json", which);
 }
 

@@ -57,6 +57,11 @@ private:
 // a token may be written as a string or as an AddedToken object {"content": ...}.
 RenderOptions special_tokens_of(const nlohmann::ordered_json& tokenizer_config);
 
+// Whether a checkpoint folder has a chat template: chat_template.jinja with text in it, or
+// `tokenizer_template` (tokenizer_config.json's chat_template) a string with text or a list. A
+// blank one counts as none, as transformers takes it ("no chat template" only where one is used).
+bool checkpoint_has_template(const std::string& checkpoint_dir, const nlohmann::json& tokenizer_template);
+
 // The template source in tokenizer_config.json's "chat_template": a string, or a list of
 // {"name", "template"} from which `which` is picked ("default" when empty). `origin` names the file.
 std::string select_chat_template(const nlohmann::ordered_json& value, const std::string& which, const std::string& origin);

@@ -377,6 +377,15 @@ TEST(ChatTemplateSource, PicksFromTokenizerConfig) {
     std::string dir = tpx_test::temp_dir();
     std::ofstream(dir + "/t.jinja") << "{% for m in messages %}{{ m.role }}{% endfor %}\n";
     EXPECT_EQ(tpx::chat::load_template_file(dir + "/t.jinja").render(json::array({{{"role", "user"}}}), {}), "user");
+    // A checkpoint's blank template counts as none, as transformers takes it: refused only where
+    // one is used (it stopped token-id and text prompts of a job that used none).
+    std::ofstream(dir + "/chat_template.jinja") << " \n";
+    EXPECT_FALSE(tpx::chat::checkpoint_has_template(dir, nullptr));
+    EXPECT_FALSE(tpx::chat::checkpoint_has_template(dir, "  "));
+    EXPECT_TRUE(tpx::chat::checkpoint_has_template(dir, "{{ messages }}"));
+    EXPECT_TRUE(tpx::chat::checkpoint_has_template(dir, json::array({{{"name", "default"}, {"template", "x"}}})));
+    std::ofstream(dir + "/chat_template.jinja") << "{{ messages }}";
+    EXPECT_TRUE(tpx::chat::checkpoint_has_template(dir, nullptr));
     // A folder read as an empty template, and an empty file, rendered every conversation as "".
     std::ofstream(dir + "/empty.jinja") << " \n";
     std::ofstream(dir + "/empty.json") << "{\"chat_template\": \"\"}";

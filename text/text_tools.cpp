@@ -54,8 +54,7 @@ TextTools load_text_tools(const std::string& tokenizer_path, const std::string& 
     } else {
         std::error_code ec;
         fs::path dir = fs::is_directory(tokenizer_path, ec) ? fs::path(tokenizer_path) : fs::path(tokenizer_path).parent_path();
-        bool has_template = !tools.tokenizer->chat_template().is_null() || fs::exists(dir / "chat_template.jinja", ec);
-        if (has_template) tools.chat = chat::load_checkpoint_template(dir.string());
+        if (chat::checkpoint_has_template(dir.string(), tools.tokenizer->chat_template())) tools.chat = chat::load_checkpoint_template(dir.string());
     }
     return tools;
 }
