@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -228,7 +229,12 @@ void OutputSet::commit(double stream_wait_s) {
     } cleanup{left};
     // FIFOs and devices first: their bytes are copied in and may fail (/dev/full), and cannot be
     // taken back.
-    for (const Staged& f : streams) rename_into_place(f.tmp, f.path, stream_wait_s);
+    // One wait for all of them: stream_wait_s from now.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(stream_wait_s);
+    for (const Staged& f : streams) {
+        const double left_s = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+        rename_into_place(f.tmp, f.path, stream_wait_s > 0 ? std::max(left_s, 0.001) : 0.0);
+    }
     // Each file's old version kept under a second name (a hard link) until every file is in place,
     // so that a failed rename (an immutable file, a folder put there meanwhile) leaves all of them
     // as they were. Where the file system takes no hard links, that file has no way back.

@@ -51,7 +51,7 @@ public:
     // `path` written by other means (HDF5): `write_to` makes the file it is given, whole, or throws.
     void add_file(const std::string& path, const std::function<void(const std::string& tmp)>& write_to);
     // Each output into place: those on FIFOs and devices first (copied in, where a write may still
-    // fail; a FIFO's reader waited for up to `stream_wait_s`, 0: as long as it takes), then the
+    // fail; their readers waited for up to `stream_wait_s` in all, 0: as long as it takes), then the
     // files renamed, in the order added; a failure removes the temporary files left.
     void commit(double stream_wait_s = 0);
 
