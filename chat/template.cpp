@@ -16,6 +16,10 @@
 namespace tpx::chat {
 namespace {
 
+// Whether a template's text holds more than blanks: a blank one renders every conversation as
+// no text at all.
+bool has_text(const std::string& t) { return t.find_first_not_of(" \t\r\n") != std::string::npos; }
+
 bool read_text(const std::string& path, std::string& out) {
     std::error_code ec;
     if (std::filesystem::is_directory(path, ec)) return false;  // (an ifstream opens a folder, and reads nothing)
@@ -52,7 +56,7 @@ ChatTemplate from_json_file(const std::string& path, const std::string& which) {
 
 ChatTemplate ChatTemplate::parse(const std::string& source, const std::string& name) {
     // An empty template renders every conversation as no text at all.
-    if (source.find_first_not_of(" \t\r\n") == std::string::npos) throw JobError(at(name, 0, 0, "the chat template is empty"));
+    if (!has_text(source)) throw JobError(at(name, 0, 0, "the chat template is empty"));
     ChatTemplate t;
     t.name_ = name;
     t.body_ = std::make_shared<const Body>(parse_template(tokenize(source, name), name));
@@ -116,17 +120,20 @@ std::string select_chat_template(const nlohmann::ordered_json& value, const std:
 }
 
 bool checkpoint_has_template(const std::string& checkpoint_dir, const nlohmann::json& tokenizer_template) {
-    auto has_text = [](const std::string& t) { return t.find_first_not_of(" \t\r\n") != std::string::npos; };
     std::string jinja;
     if (read_text(checkpoint_dir + "/chat_template.jinja", jinja) && has_text(jinja)) return true;
-    return (tokenizer_template.is_string() && has_text(tokenizer_template.get<std::string>())) ||
-           (tokenizer_template.is_array() && !tokenizer_template.empty());
+    if (tokenizer_template.is_string()) return has_text(tokenizer_template.get<std::string>());
+    if (tokenizer_template.is_array())
+        for (const auto& entry : tokenizer_template)
+            if (entry.is_object() && entry.contains("template") && entry["template"].is_string() && has_text(entry["template"].get<std::string>()))
+                return true;
+    return false;
 }
 
 ChatTemplate load_checkpoint_template(const std::string& checkpoint_dir, const std::string& which) {
     std::string jinja = checkpoint_dir + "/chat_template.jinja";
     std::string source;
-    if (which.empty() && read_text(jinja, source) && source.find_first_not_of(" \t\r\n") != std::string::npos)
+    if (which.empty() && read_text(jinja, source) && has_text(source))
         return ChatTemplate::parse(source, jinja);
     return from_json_file(checkpoint_dir + "/tokenizer_config.json", which);
 }

@@ -21,48 +21,9 @@
 
 #include "common/error.h"
 #include "common/output_path.h"
+#include "common/temporaries.h"
 
 namespace tpx {
-
-namespace {
-
-// The registered temporary files, read by a signal handler: fixed storage, a path's bytes
-// written before its slot is marked taken.
-constexpr int kTemporarySlots = 32;
-char g_temporary[kTemporarySlots][4096];
-volatile sig_atomic_t g_temporary_taken[kTemporarySlots];
-
-void remove_temporaries_then_end(int sig) {
-    for (int i = 0; i < kTemporarySlots; ++i)
-        if (g_temporary_taken[i]) ::unlink(g_temporary[i]);
-    ::signal(sig, SIG_DFL);
-    ::raise(sig);
-}
-
-}  // namespace
-
-void remove_temporaries_on_signals() {
-    struct sigaction sa = {};
-    sa.sa_handler = remove_temporaries_then_end;
-    sigemptyset(&sa.sa_mask);
-    for (int sig : {SIGTERM, SIGINT, SIGHUP}) ::sigaction(sig, &sa, nullptr);
-}
-
-int register_temporary(const std::string& path) {
-    if (path.size() >= sizeof(g_temporary[0])) return -1;
-    for (int i = 0; i < kTemporarySlots; ++i)
-        if (!g_temporary_taken[i]) {
-            std::memcpy(g_temporary[i], path.c_str(), path.size() + 1);
-            std::atomic_signal_fence(std::memory_order_seq_cst);
-            g_temporary_taken[i] = 1;
-            return i;
-        }
-    return -1;
-}
-
-void unregister_temporary(int slot) {
-    if (slot >= 0) g_temporary_taken[slot] = 0;
-}
 
 std::string temp_path_for(const std::string& path) {
     std::string suffix = ".tmp-" + std::to_string(::getpid());
@@ -213,9 +174,8 @@ void OutputSet::add(const std::string& path, const std::function<void(std::ostre
 void OutputSet::commit(double stream_wait_s) {
     std::vector<Staged> streams, files;
     for (const Staged& f : staged_) (is_stream_target(f.path) ? streams : files).push_back(f);
-    // What is not moved into place by the end is removed; a file's old version set aside (below)
-    // is taken back where the commit fails.
-    std::vector<std::pair<std::string, int>> left;  // temporary files and old versions to remove at the end, and their slots
+    // What is not moved into place by the end is removed, with the old versions set aside below.
+    std::vector<std::pair<std::string, int>> left;  // paths and their register_temporary slots
     for (const Staged& f : staged_) left.push_back({f.tmp, f.slot});
     staged_.clear();
     struct Cleanup {
@@ -228,35 +188,50 @@ void OutputSet::commit(double stream_wait_s) {
         }
     } cleanup{left};
     // FIFOs and devices first: their bytes are copied in and may fail (/dev/full), and cannot be
-    // taken back.
-    // One wait for all of them: stream_wait_s from now.
+    // taken back. One wait for all their readers: stream_wait_s from now.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(stream_wait_s);
     for (const Staged& f : streams) {
         const double left_s = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
         rename_into_place(f.tmp, f.path, stream_wait_s > 0 ? std::max(left_s, 0.001) : 0.0);
     }
-    // Each file's old version kept under a second name (a hard link) until every file is in place,
-    // so that a failed rename (an immutable file, a folder put there meanwhile) leaves all of them
-    // as they were. Where the file system takes no hard links, that file has no way back.
+    // Each file's old version kept under a second name (a hard link, as long as the temporary
+    // name, which the writability check proved fits) until every file is in place, so that a
+    // failed rename (an immutable file, a folder put there meanwhile) puts all of them back. Where
+    // the file system takes no hard link, that file has no way back.
+    // A terminating signal waits for the files' renames or their undoing (its handler would remove
+    // the old versions set aside), then removes what is left and ends the process.
+    HoldTerminatingSignals hold;
     std::vector<std::string> old(files.size());
     std::vector<bool> existed(files.size());
     for (size_t i = 0; i < files.size(); ++i) {
         struct stat st;
         existed[i] = ::lstat(files[i].path.c_str(), &st) == 0;
-        const std::string aside = files[i].tmp + "-old";
-        const int slot = existed[i] ? register_temporary(aside) : -1;
-        if (existed[i] && ::link(files[i].path.c_str(), aside.c_str()) == 0) old[i] = aside;
-        left.push_back({aside, slot});
+        if (!existed[i]) continue;
+        std::string aside = files[i].tmp;
+        aside.replace(aside.rfind(".tmp-"), 5, ".old-");
+        ::unlink(aside.c_str());  // a leftover of an earlier process of this PID
+        const int slot = register_temporary(aside);
+        if (::link(files[i].path.c_str(), aside.c_str()) == 0) {
+            old[i] = aside;
+            left.push_back({aside, slot});
+        } else {
+            unregister_temporary(slot);
+        }
     }
     for (size_t i = 0; i < files.size(); ++i) {
         if (std::rename(files[i].tmp.c_str(), files[i].path.c_str()) == 0) continue;
         const int err = errno;
+        std::string not_back;
         for (size_t k = 0; k < i; ++k) {  // back as they were
-            if (!old[k].empty()) std::rename(old[k].c_str(), files[k].path.c_str());
-            else if (!existed[k]) std::remove(files[k].path.c_str());
+            const bool back = !old[k].empty() ? std::rename(old[k].c_str(), files[k].path.c_str()) == 0
+                                              : !existed[k] && std::remove(files[k].path.c_str()) == 0;
+            if (!back) not_back += (not_back.empty() ? "" : ", ") + files[k].path;
         }
+        std::string streams_written;
+        for (const Staged& f : streams) streams_written += (streams_written.empty() ? "" : ", ") + f.path;
         throw Error(files[i].path + ": cannot move the finished file into place: " + std::strerror(err) +
-                    (i > 0 ? "; the run's other outputs were put back as they were" : ""));
+                    (i == 0 ? "" : not_back.empty() ? "; the run's other files were put back as they were" : "; not put back: " + not_back) +
+                    (streams_written.empty() ? "" : " (already written, as FIFOs and devices cannot be taken back: " + streams_written + ")"));
     }
 }
 

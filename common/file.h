@@ -27,15 +27,6 @@ std::string temp_path_for(const std::string& path);
 // `stream_wait_s`, 0: as long as it takes), or removes tmp and throws an Error naming path.
 void rename_into_place(const std::string& tmp, const std::string& path, double stream_wait_s = 0);
 
-// Temporary files a terminating signal (SIGTERM, SIGINT, SIGHUP) must not leave behind: OutputSet
-// and the HDF5 writer register theirs while they exist, and the handlers that
-// remove_temporaries_on_signals installs (once, early in main, where nothing else handles those
-// signals) remove them before the signal ends the process as it would have. SIGKILL leaves them.
-void remove_temporaries_on_signals();
-// A slot for `path` (-1 when all are taken: then it is not removed on a signal), and its release.
-int register_temporary(const std::string& path);
-void unregister_temporary(int slot);
-
 // Several outputs of one run, written as one: each is written to its temporary file
 // (temp_path_for) as it is added, and only commit() moves them into place, so that a failure
 // while writing any of them (a full disk) leaves every output as it was. What is not committed
@@ -52,7 +43,8 @@ public:
     void add_file(const std::string& path, const std::function<void(const std::string& tmp)>& write_to);
     // Each output into place: those on FIFOs and devices first (copied in, where a write may still
     // fail; their readers waited for up to `stream_wait_s` in all, 0: as long as it takes), then the
-    // files renamed, in the order added; a failure removes the temporary files left.
+    // files renamed, in the order added. Should a rename fail, the files already renamed get their
+    // old versions back (kept aside meanwhile: common/file.cpp); the temporary files are removed.
     void commit(double stream_wait_s = 0);
 
 private:

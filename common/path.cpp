@@ -1,6 +1,8 @@
 // Names that mean a file of whichever process opens them (common/path.h).
 #include "common/path.h"
 
+#include <unistd.h>
+
 #include <regex>
 
 namespace tpx {
@@ -11,9 +13,16 @@ std::string process_relative_name(const std::string& path) {
     for (int hop = 0; hop < 40; ++hop) {  // the kernel's own limit on a chain of links
         if (std::regex_match(p.string(), own)) return p.string();
         std::error_code ec;
-        // A link among the folders (a link to /proc/self): the folders resolved.
-        const std::filesystem::path folders = std::filesystem::weakly_canonical(p.parent_path(), ec) / p.filename();
-        if (!ec && std::regex_match(folders.string(), own)) return folders.string();
+        // A link among the folders (a link to /proc/self): the folders resolved, this process's
+        // /proc/PID (and /proc/PID/task/TID) named as the links to it are.
+        std::string folders = (std::filesystem::weakly_canonical(p.parent_path(), ec) / p.filename()).string();
+        const std::string mine = "/proc/" + std::to_string(::getpid());
+        if (!ec && (folders == mine || folders.rfind(mine + "/", 0) == 0)) {
+            folders = "/proc/self" + folders.substr(mine.size());
+            static const std::regex task(R"(^/proc/self/task/[0-9]+)");
+            folders = std::regex_replace(folders, task, "/proc/thread-self", std::regex_constants::format_first_only);
+        }
+        if (!ec && std::regex_match(folders, own)) return folders;
         if (!std::filesystem::is_symlink(p, ec)) return "";
         const std::filesystem::path target = std::filesystem::read_symlink(p, ec);
         if (ec) return "";

@@ -61,10 +61,9 @@ inline bool looked_at_in_vain(const std::error_code& ec) {
 }
 
 // The name along `path`'s chain of symlinks (itself first, lexically normal, or with its folders
-// resolved) that means a file of
-// whichever process opens it: /dev/stdin, /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/...,
-// /proc/thread-self/..., /proc/PID/fd/N; "" when there is none. Such a name means one file to tpx
-// and another to a rank.
+// resolved) that means a file of whichever process opens it: /dev/stdin, /dev/stdout,
+// /dev/stderr, /dev/fd/N, /proc/self/..., /proc/thread-self/..., /proc/PID/fd/N; "" when there is
+// none. Such a name means one file to tpx and another to a rank.
 std::string process_relative_name(const std::string& path);
 
 // The folder of the running program (tpx and tpx-worker share one); empty when the system

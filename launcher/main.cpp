@@ -6,7 +6,7 @@
 #include <iostream>
 
 #include "common/error.h"
-#include "common/file.h"
+#include "common/temporaries.h"
 #include "launcher/command.h"
 
 namespace {
@@ -64,8 +64,8 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    // tpx convert's file, tpx submit's script: not left half-written by Ctrl-C (tpx run and serve
-    // handle the signals themselves while mpirun runs).
+    // tpx convert's .h5 file: not left half-written by Ctrl-C (--hf's staging folder is; tpx run
+    // and serve handle the signals themselves while mpirun runs).
     tpx::remove_temporaries_on_signals();
     const std::string who = argc > 1 ? std::string("tpx ") + argv[1] : "tpx";
     return check_stdout_written(who, run(argc, argv));

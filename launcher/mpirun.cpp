@@ -138,17 +138,17 @@ std::string shell_join(const std::vector<std::string>& words) {
 RanksJobFile::RanksJobFile(const Job& job, const std::string& job_path) {
     path_ = std::filesystem::absolute(job_path).lexically_normal().string();
     if (!job_file_is_stream(job_path)) return;
-    const std::string name = "tpx-job-" + file_safe(job.name) + "-" + std::to_string(::getpid()) + ".toml";  // not sbatch copies' NAME-ID.tpx.toml
+    // (Not named as tpx submit's copies, NAME-ID.tpx.toml, which may share the folder.)
+    const std::string name = "tpx-job-" + file_safe(job.name) + "-" + std::to_string(::getpid()) + ".toml";
     namespace fs = std::filesystem;
     const fs::path folder = job.parallel.nodes > 1 ? fs::path(job_files_folder(job)) : fs::temp_directory_path();
     path_ = (folder / name).string();
     try {
         write_file_atomically(path_, emit_job_toml(job));
     } catch (const Error& e) {
-        throw JobError(std::string("the ranks' copy of the job read from a pipe: ") + e.what() +
-                       (job.parallel.nodes > 1 ? " (for several nodes it goes where every host reads it: run.output's folder, or the job's when "
-                                                            "run.output is a device)"
-                                                          : ""));
+        const char* where = " (for several nodes it goes where every host reads it: run.output's folder, or the job's when run.output is a device)";
+        throw Error(std::string("the ranks' copy of the job read from a pipe: ") + e.what() + (job.parallel.nodes > 1 ? where : ""),
+                    e.exit_code());
     }
     copy_ = true;
 }

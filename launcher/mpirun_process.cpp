@@ -1,6 +1,7 @@
 // The mpirun child of `tpx run` and `tpx serve` (see mpirun_process.h). mpirun's stderr comes
 // through a pipe, passed on as it comes, so that tpx sees when the job is failing
-// (says_job_failed) and can end an mpirun that does not end on its own.
+// (says_job_failed) and can end an mpirun that does not end on its own; its stdout through
+// another, so that a failed write of it is tpx's to report (relay_stdout).
 #include "launcher/mpirun_process.h"
 
 #include <dirent.h>
@@ -166,8 +167,11 @@ void relay_stdout(std::atomic<bool>& drained, int fd) {
 
 // The child's side of run_mpirun's fork: mpirun with stdout and stderr into the pipes, signals
 // let in again.
-[[noreturn]] void exec_mpirun(char** argv, const char* name, pid_t parent, bool drain, const int (&out_pipe)[2], const int (&err_pipe)[2],
-                              const sigset_t& old_mask) {
+[[noreturn]] void exec_mpirun(char** argv, const char* name, pid_t parent, bool drain, const std::vector<int>& stops,
+                              const int (&out_pipe)[2], const int (&err_pipe)[2], const sigset_t& old_mask) {
+    // tpx's handlers are not the child's (one would remove tpx's temporary files): the defaults,
+    // as mpirun will have, before the signals are let in.
+    for (int sig : stops) signal(sig, SIG_DFL);
     if (drain) {
         // A process group of its own (set before signals are let in; the parent sets it too),
         // so that a signal to tpx's group (a terminal's Ctrl-C, `timeout`) reaches tpx alone,
@@ -212,7 +216,11 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     // Its stdout through tpx too: a failed write of it (run.output = "/dev/stdout" on a full
     // disk) is tpx's failure, not lost in mpirun's forwarding, which ignores it.
     int out_pipe[2];
-    if (pipe(out_pipe) != 0) throw Error(std::string("pipe failed: ") + std::strerror(errno));
+    if (pipe(out_pipe) != 0) {
+        const int err = errno;
+        close(err_pipe[0]), close(err_pipe[1]);
+        throw Error(std::string("pipe failed: ") + std::strerror(err));
+    }
     // Signals that arrive between fork and the handlers being set are held, then forwarded.
     sigset_t block, old_mask;
     sigemptyset(&block);
@@ -225,12 +233,22 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     sigprocmask(SIG_BLOCK, &block, &old_mask);
     const pid_t parent = getpid();
     g_child = fork();
-    if (g_child < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
-    if (g_child == 0) exec_mpirun(argv.data(), name, parent, drain, out_pipe, err_pipe, old_mask);
+    if (g_child < 0) {
+        const int err = errno;
+        for (int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) close(fd);
+        sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+        throw Error(std::string("fork failed: ") + std::strerror(err));
+    }
+    if (g_child == 0) exec_mpirun(argv.data(), name, parent, drain, stops, out_pipe, err_pipe, old_mask);
     close(err_pipe[1]);
     close(out_pipe[1]);
     if (drain) setpgid(g_child, g_child);  // (either side may come first)
-    for (int sig : stops) signal(sig, forward_signal);
+    // tpx's own handlers (common/temporaries.h) while mpirun runs, given back at the end.
+    std::vector<struct sigaction> previous(stops.size());
+    struct sigaction forward = {};
+    forward.sa_handler = forward_signal;
+    sigemptyset(&forward.sa_mask);
+    for (size_t i = 0; i < stops.size(); ++i) sigaction(stops[i], &forward, &previous[i]);
     sigprocmask(SIG_SETMASK, &old_mask, nullptr);
     using Clock = std::chrono::steady_clock;
     auto state = std::make_shared<Relay>();
@@ -281,6 +299,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     g_child = -1;
+    for (size_t i = 0; i < stops.size(); ++i) sigaction(stops[i], &previous[i], nullptr);
     // The pipe ends when mpirun's children (rsh or ssh clients to other hosts) let go of it too;
     // one stuck on a dead host may hold it for minutes, so the rest of its output is not waited for.
     for (int i = 0; i < 20 && !(state->drained && *out_drained); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));

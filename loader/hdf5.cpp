@@ -11,6 +11,7 @@
 
 #include "common/check.h"
 #include "common/file.h"
+#include "common/temporaries.h"
 #include "loader/checkpoint.h"
 #include "loader/regular_file.h"
 

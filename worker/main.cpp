@@ -25,6 +25,7 @@
 
 #include "common/fault_injection.h"
 #include "common/file.h"
+#include "common/temporaries.h"
 #include "common/host_memory.h"
 #include "common/log.h"
 #include "common/mpi_check.h"
@@ -258,6 +259,8 @@ void report_run(const Options& opt, const Job& job, const ShardPlan& plan, MpiCo
     // From here the other ranks wait for this one, up to the collective timeout.
     const auto others_wait = std::chrono::steady_clock::now();
     // Every output written before any is moved into place: a failure leaves them all as they were.
+    // (The handlers that remove the staged files on a signal, again: MPI or CUDA may have put theirs.)
+    remove_temporaries_on_signals();
     OutputSet outputs;
     outputs.add(job.run.output, [&](std::ostream& out) { write_results_jsonl(out, results); });
     if (!opt.dump_logits.empty())
