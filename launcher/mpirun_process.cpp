@@ -198,17 +198,14 @@ void relay_stdout(std::atomic<bool>& drained, int fd) {
     _exit(127);
 }
 
-}  // namespace
+// mpirun's two pipes, read ends.
+struct MpirunPipes {
+    int out = -1, err = -1;
+};
 
-MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& settings) {
-    const char* name = settings.name.c_str();
-    g_drain_signal = settings.drain_signal;
-    g_signal = 0;
-    g_signals = 0;
-    std::vector<char*> argv;
-    for (std::string& s : cmd) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    auto t0 = std::chrono::steady_clock::now();
+// Forks mpirun (exec_mpirun, g_child) with its stdout and stderr into pipes, and sets forward_signal
+// for `stops` (the handlers before into `previous`, which run_mpirun gives back at its end).
+MpirunPipes start_mpirun(char** argv, const char* name, bool drain, const std::vector<int>& stops, std::vector<struct sigaction>& previous) {
     // mpirun's stderr comes through a pipe, passed on line by line, so that tpx sees when the
     // job is failing (says_job_failed) and can end an mpirun that does not end on its own.
     int err_pipe[2];
@@ -224,11 +221,6 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     // Signals that arrive between fork and the handlers being set are held, then forwarded.
     sigset_t block, old_mask;
     sigemptyset(&block);
-    const bool drain = settings.drain_signal != 0;
-    // A drained job (`tpx serve`) takes its drain signal sent to tpx itself as SIGTERM, rather
-    // than dying of it and leaving mpirun to end the ranks without their drain.
-    std::vector<int> stops = {SIGINT, SIGTERM, SIGHUP};
-    if (drain) stops.push_back(settings.drain_signal);
     for (int sig : stops) sigaddset(&block, sig);
     sigprocmask(SIG_BLOCK, &block, &old_mask);
     const pid_t parent = getpid();
@@ -239,22 +231,42 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
         sigprocmask(SIG_SETMASK, &old_mask, nullptr);
         throw Error(std::string("fork failed: ") + std::strerror(err));
     }
-    if (g_child == 0) exec_mpirun(argv.data(), name, parent, drain, stops, out_pipe, err_pipe, old_mask);
+    if (g_child == 0) exec_mpirun(argv, name, parent, drain, stops, out_pipe, err_pipe, old_mask);
     close(err_pipe[1]);
     close(out_pipe[1]);
     if (drain) setpgid(g_child, g_child);  // (either side may come first)
     // tpx's own handlers (common/temporaries.h) while mpirun runs, given back at the end.
-    std::vector<struct sigaction> previous(stops.size());
+    previous.resize(stops.size());
     struct sigaction forward = {};
     forward.sa_handler = forward_signal;
     sigemptyset(&forward.sa_mask);
     for (size_t i = 0; i < stops.size(); ++i) sigaction(stops[i], &forward, &previous[i]);
     sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+    return {out_pipe[0], err_pipe[0]};
+}
+
+}  // namespace
+
+MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& settings) {
+    const char* name = settings.name.c_str();
+    g_drain_signal = settings.drain_signal;
+    g_signal = 0;
+    g_signals = 0;
+    std::vector<char*> argv;
+    for (std::string& s : cmd) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    auto t0 = std::chrono::steady_clock::now();
+    // A drained job (`tpx serve`) takes its drain signal sent to tpx itself as SIGTERM, rather
+    // than dying of it and leaving mpirun to end the ranks without their drain.
+    std::vector<int> stops = {SIGINT, SIGTERM, SIGHUP};
+    if (settings.drain_signal != 0) stops.push_back(settings.drain_signal);
+    std::vector<struct sigaction> previous;
+    const MpirunPipes pipes = start_mpirun(argv.data(), name, settings.drain_signal != 0, stops, previous);
     using Clock = std::chrono::steady_clock;
     auto state = std::make_shared<Relay>();
-    std::thread relay([state, fd = err_pipe[0]] { relay_stderr(*state, fd); });
+    std::thread relay([state, fd = pipes.err] { relay_stderr(*state, fd); });
     auto out_drained = std::make_shared<std::atomic<bool>>(false);
-    std::thread out_relay([out_drained, fd = out_pipe[0]] { relay_stdout(*out_drained, fd); });
+    std::thread out_relay([out_drained, fd = pipes.out] { relay_stdout(*out_drained, fd); });
     int status = 0;
     // SIGTERM, then SIGKILL 3 s later if it still runs.
     auto end_mpirun = [&] {
