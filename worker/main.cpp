@@ -25,10 +25,10 @@
 
 #include "common/fault_injection.h"
 #include "common/file.h"
-#include "common/temporaries.h"
 #include "common/host_memory.h"
 #include "common/log.h"
 #include "common/mpi_check.h"
+#include "common/temporaries.h"
 #include "jobs/emit.h"
 #include "jobs/outputs.h"
 #include "jobs/parse.h"
