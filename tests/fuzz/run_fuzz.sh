@@ -8,7 +8,7 @@ mkdir -p "$work/corpus"
 clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -DOMPI_SKIP_MPICXX=1 -I"$src" \
   "$src/tests/fuzz/fuzz_safetensors.cpp" "$src/loader/safetensors.cpp" "$src/loader/regular_file.cpp" "$src/loader/dtype.cpp" \
-  "$src/common/error.cpp" "$src/common/check.cpp" "$src/common/file.cpp" "$src/common/output_path.cpp" "$src/common/log.cpp" -o "$work/fuzz_safetensors"
+  "$src/common/error.cpp" "$src/common/check.cpp" "$src/common/file.cpp" "$src/common/output_path.cpp" "$src/common/temporaries.cpp" "$src/common/log.cpp" -o "$work/fuzz_safetensors"
 # Seeds: the first 4 KiB of each golden file (length prefix and header, some data).
 for f in "$src"/tests/data/golden/*/model*.safetensors; do
   head -c 4096 "$f" > "$work/corpus/$(basename "$(dirname "$f")")-$(basename "$f")"
