@@ -45,6 +45,9 @@ struct BackendSection {
     // Seconds a rank waits in a collective (MPI, NCCL, the one-shot kernels, MPI_Init) before it
     // names the rank it waited for and the job ends; 0 = forever.
     double collective_timeout_s = 120;
+    // How long rank 0 waits for a FIFO output's reader while the other ranks wait for it: half
+    // their timeout, so that its message, not theirs, ends the job (0: as long as it takes).
+    double fifo_wait_s() const { return collective_timeout_s / 2; }
     bool cuda_graphs = true;     // decode steps captured as CUDA graphs and replayed (cuda; off with tuning.profile)
     KernelConfig tuning;         // [backend.tuning]: the GPU kernels' choices (the CPU backend has none)
 };

@@ -11,40 +11,12 @@
 
 #include "common/check.h"
 #include "common/file.h"
-#include "common/temporaries.h"
 #include "loader/checkpoint.h"
+#include "loader/h5_id.h"
 #include "loader/regular_file.h"
 
 namespace tpx {
 namespace {
-
-// Owns an HDF5 identifier and closes it with the right function.
-class H5Id {
-public:
-    H5Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
-    ~H5Id() {
-        if (id_ >= 0) close_(id_);
-    }
-    H5Id(const H5Id&) = delete;
-    H5Id& operator=(const H5Id&) = delete;
-    operator hid_t() const { return id_; }
-    bool ok() const { return id_ >= 0; }
-    // Closes it now.
-    void close() {
-        if (id_ >= 0) close_(id_);
-        id_ = -1;
-    }
-    // Hands the identifier over: the caller closes it.
-    hid_t release() {
-        const hid_t id = id_;
-        id_ = -1;
-        return id;
-    }
-
-private:
-    hid_t id_;
-    herr_t (*close_)(hid_t);
-};
 
 // HDF5's own exit handler closes the files still open; one whose close failed (a full disk)
 // it closes again, and crashes there (HDF5 1.10). tpx closes every file it opens itself, so the
@@ -232,14 +204,10 @@ std::unique_ptr<Checkpoint> open_hdf5_checkpoint(const std::string& path) {
 
 ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path) {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    std::string tmp = temp_path_for(out_path);
-    const int slot = register_temporary(tmp);  // removed should Ctrl-C end the convert
-    struct Unregister {
-        int slot;
-        ~Unregister() { unregister_temporary(slot); }
-    } unregister{slot};
     ConvertStats stats;
-    try {
+    // Written whole or not at all, the temporary file removed on failure or Ctrl-C (OutputSet).
+    OutputSet out;
+    out.add_file(out_path, [&](const std::string& tmp) {
         H5Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
         if (!file.ok()) throw Error(out_path + ": cannot create the HDF5 file (written through " + tmp + ")");
         write_string_attribute(file, "config.json", source.config_json());
@@ -269,11 +237,8 @@ ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path) {
         }
         group.close();
         close_written_hdf5(file.release(), out_path);
-    } catch (...) {
-        std::remove(tmp.c_str());
-        throw;
-    }
-    rename_into_place(tmp, out_path);
+    });
+    out.commit();
     return stats;
 }
 

@@ -57,9 +57,8 @@ void make_folder(const std::string& option, const std::string& dir) {
 // the transform's place and name, which an input may share).
 void write_dot(const TransformContext& ctx, const std::string& option, const std::string& path) {
     if (ctx.job) check_outputs({{option + " (its file)", path}}, job_inputs(*ctx.job));
-    // Rank 0 plans while the others wait for its plan: a FIFO's reader is not waited for past half
-    // their timeout.
-    write_file_atomically(path, ctx.graph.to_dot(), ctx.job ? ctx.job->backend.collective_timeout_s / 2 : 0.0);
+    // Rank 0 plans while the others wait for its plan.
+    write_file_atomically(path, ctx.graph.to_dot(), ctx.job ? ctx.job->backend.fifo_wait_s() : 0.0);
 }
 
 int64_t param_bytes(const TransformContext& ctx) {

@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "common/file.h"
+#include "loader/h5_id.h"
 #include "loader/hdf5.h"
 
 namespace tpx {
@@ -242,13 +243,6 @@ void write_results_jsonl(std::ostream& out, const std::vector<SequenceResult>& r
 void write_logits_h5(const std::string& tmp, const std::string& path, const std::vector<SequenceResult>& results, int64_t vocab) {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     // Each identifier closed by its own guard, whatever throws; the file last, checked.
-    struct Id {
-        hid_t id;
-        herr_t (*close)(hid_t);
-        ~Id() {
-            if (id >= 0) close(id);
-        }
-    };
     hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (file < 0) throw Error(path + ": cannot create the logits file (" + tmp + ")");
     auto made = [&](hid_t id, const std::string& what) {
@@ -258,18 +252,18 @@ void write_logits_h5(const std::string& tmp, const std::string& path, const std:
     try {
         for (size_t i = 0; i < results.size(); ++i) {
             const std::string name = "prompt_" + std::to_string(i);
-            Id g{made(H5Gcreate2(file, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), name), H5Gclose};
-            Id str{made(H5Tcopy(H5T_C_S1), name + "'s id"), H5Tclose};
-            H5Tset_size(str.id, std::max<size_t>(1, results[i].prompt.id.size()));
-            Id scalar{made(H5Screate(H5S_SCALAR), name + "'s id"), H5Sclose};
-            Id attr{made(H5Acreate2(g.id, "id", str.id, scalar.id, H5P_DEFAULT, H5P_DEFAULT), name + "'s id"), H5Aclose};
-            if (H5Awrite(attr.id, str.id, results[i].prompt.id.c_str()) < 0) throw Error(path + ": cannot write " + name + "'s id");
+            H5Id g(made(H5Gcreate2(file, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), name), H5Gclose);
+            H5Id str(made(H5Tcopy(H5T_C_S1), name + "'s id"), H5Tclose);
+            H5Tset_size(str, std::max<size_t>(1, results[i].prompt.id.size()));
+            H5Id scalar(made(H5Screate(H5S_SCALAR), name + "'s id"), H5Sclose);
+            H5Id attr(made(H5Acreate2(g, "id", str, scalar, H5P_DEFAULT, H5P_DEFAULT), name + "'s id"), H5Aclose);
+            if (H5Awrite(attr, str, results[i].prompt.id.c_str()) < 0) throw Error(path + ": cannot write " + name + "'s id");
             for (const auto& [what, v] : {std::pair<const char*, const std::vector<float>&>{"prompt_logits", results[i].prompt_logits},
                                           {"step_logits", results[i].step_logits}}) {
                 const hsize_t dims[2] = {(hsize_t)(v.size() / vocab), (hsize_t)vocab};
-                Id space{made(H5Screate_simple(2, dims, nullptr), name + "/" + what), H5Sclose};
-                Id ds{made(H5Dcreate2(g.id, what, H5T_NATIVE_FLOAT, space.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), name + "/" + what), H5Dclose};
-                if (!v.empty() && H5Dwrite(ds.id, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) < 0)
+                H5Id space(made(H5Screate_simple(2, dims, nullptr), name + "/" + what), H5Sclose);
+                H5Id ds(made(H5Dcreate2(g, what, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), name + "/" + what), H5Dclose);
+                if (!v.empty() && H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) < 0)
                     throw Error(path + ": writing " + name + "/" + what + " failed");
             }
         }

@@ -191,7 +191,7 @@ int run_benchmark(const Options& opt, const Job& job, const ShardPlan& plan, Mpi
 #endif
     BenchSettings bs;
     bs.json_path = opt.bench;
-    bs.fifo_wait_s = job.backend.collective_timeout_s / 2;
+    bs.fifo_wait_s = job.backend.fifo_wait_s();
     bs.load_seconds = m.load_seconds;
     bs.weights_seconds = m.weights_seconds;
     bs.read_bytes = (double)m.ckpt->stats().data_bytes;
@@ -230,14 +230,13 @@ void log_decode_graphs(const RankModel& m) {
 #endif
 }
 
-// How long rank 0 may wait for a FIFO output's reader: up to half the collective timeout since
-// the other ranks began to wait for it (they wait the whole of it), so that this rank's message,
-// not theirs, ends the job; 0 (as long as it takes) when the job has no timeout.
+// How long rank 0 may still wait for a FIFO output's reader: the job's wait (BackendSection::
+// fifo_wait_s) counted from when the other ranks began to wait for it; 0 (as long as it takes)
+// when the job has no timeout.
 double fifo_wait_s(const Job& job, std::chrono::steady_clock::time_point others_wait) {
-    const double timeout = job.backend.collective_timeout_s;
-    if (timeout <= 0) return 0;
+    if (job.backend.fifo_wait_s() <= 0) return 0;
     const double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - others_wait).count();
-    return std::max(timeout / 2 - spent, 0.001);
+    return std::max(job.backend.fifo_wait_s() - spent, 0.001);
 }
 
 // Rank 0 writes the results, the logits (--dump-logits) and the ranks' table, and prints the report.
