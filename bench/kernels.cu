@@ -11,6 +11,7 @@
 //   tpx-kbench --decode-attention  decode attention at 1, 8 and 64 tokens, contexts 128 to 4096: one pass against two
 //   tpx-kbench --gemv-grid  the decode GEMV at 1 and 8 tokens, K = 4096, N from half a wave of 32-row tiles to seven
 //   tpx-kbench --moe     a Mixtral-shaped MoE layer at 1 to 64 tokens, dense against sparse
+//   tpx-kbench --linear K N T ROUTE  one product of T tokens on ROUTE ("batch" or "cublas"), for ncu
 //   tpx-kbench --quant   the quantized GEMVs (FP8, GPTQ int4) on the 8B's linears, and their dequantization;
 //                        then the FP8 layer's four GEMVs back to back (and, in a probe build, their phases)
 #include <cublasLt.h>
@@ -1066,6 +1067,32 @@ void gemv_grid_sweep(cublasHandle_t h, cudaStream_t st) {
     }
 }
 
+// --linear K N T ROUTE: one product x W^T of T tokens (bf16, W [N, K]) for Nsight Compute: 10
+// direct launches of ROUTE ("batch": the decode route tpx takes, the batch GEMM past 8 tokens with
+// batch_gemm on; "cublas") first, each W a distinct copy, so that `ncu --launch-skip 3
+// --launch-count 1` profiles one of them; then both routes timed inside graphs as the default
+// sweep's linear rows are.
+void linear_one(cublasHandle_t h, cudaStream_t st, int64_t K, int64_t N, int64_t T, bool batch) {
+    TPX_CHECK(K > 0 && N > 0 && T > 0 && T <= 64, "tpx-kbench --linear K N T ROUTE: K, N > 0 and 1 <= T <= 64");
+    const int64_t wbytes = K * N * 2;
+    const int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / wbytes));
+    bf16* w = device_alloc<bf16>((size_t)copies * K * N);
+    bf16* x = device_alloc<bf16>(T * K);
+    bf16* y = device_alloc<bf16>(T * N, false);
+    tuning.batch_gemm = true;
+    auto op = [&](int i, bool b) {
+        cuda::linear(h, {{T, K, N}, x, w + (size_t)(i % copies) * K * N, nullptr, y, nullptr, b ? cuda::LinearRoute::kAuto : cuda::LinearRoute::kGemm}, on(st));
+    };
+    for (int i = 0; i < 10; ++i) op(i, batch);
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    const std::string shape = "T=" + std::to_string(T) + " K=" + std::to_string(K) + " N=" + std::to_string(N);
+    for (bool b : {true, false}) {
+        const double us = time_graph(st, [&](int i) { op(i, b); });
+        row(std::string("linear ") + (b ? "tpx route" : "cublas"), shape, us, rate((double)wbytes, us));
+    }
+    cudaFree(w), cudaFree(x), cudaFree(y);
+}
+
 int main(int argc, char** argv) {
     bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -1086,6 +1113,10 @@ int main(int argc, char** argv) {
     }
     if (argc > 2 && std::strcmp(argv[1], "--h2d-file") == 0) {
         h2d_from_file(argv[2]);
+        return 0;
+    }
+    if (argc > 5 && std::strcmp(argv[1], "--linear") == 0) {
+        linear_one(h, st, std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::strcmp(argv[5], "cublas") != 0);
         return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--moe") == 0) {
