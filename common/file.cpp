@@ -74,8 +74,10 @@ private:
 
 // Opens a FIFO or device for writing: /dev/stdout and /dev/stderr as this process has them (its
 // descriptor's offset and append mode shared, as a shell's redirection set them); a FIFO with no
-// reader is waited for, up to `wait_s` (0: as long as it takes, as `cat > FIFO` would).
-int open_stream(const std::string& path, double wait_s) {
+// reader is waited for, up to `wait_s` (0: as long as it takes, as `cat > FIFO` would), and a
+// reader that never came is reported as not within `stated_s` (the whole wait where several
+// FIFOs share one).
+int open_stream(const std::string& path, double wait_s, double stated_s) {
     if (const int standard = standard_stream(path); standard >= 0) {
         const int fd = ::fcntl(standard, F_DUPFD_CLOEXEC, 0);
         if (fd < 0) throw Error(path + ": cannot write: " + std::strerror(errno));
@@ -93,39 +95,41 @@ int open_stream(const std::string& path, double wait_s) {
         if (errno != ENXIO || !fifo) throw Error(path + ": cannot open for writing: " + std::strerror(errno));
         if (wait_s > 0 && std::chrono::steady_clock::now() > deadline) {
             std::ostringstream what;
-            what << path << ": no process opened this FIFO for reading within " << std::setprecision(3) << wait_s << " s; nothing was written to it";
+            what << path << ": no process opened this FIFO for reading within " << std::setprecision(3) << stated_s << " s; nothing was written to it";
             throw Error(what.str());
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
 }
 
+// tmp's bytes copied into the FIFO or device `path` (open_stream's wait_s and stated_s), tmp
+// removed first: nothing is left behind however this ends (a FIFO's reader may be waited for).
+void copy_into_stream(const std::string& tmp, const std::string& path, double wait_s, double stated_s) {
+    Fd in(::open(tmp.c_str(), O_RDONLY | O_CLOEXEC));
+    const int open_err = errno;
+    std::remove(tmp.c_str());
+    if (in.fd < 0) throw Error(path + ": cannot read back " + tmp + ": " + std::strerror(open_err));
+    Fd out(open_stream(path, wait_s, stated_s));
+    NoSigpipe no_sigpipe;
+    char buffer[1 << 16];
+    for (;;) {
+        const ssize_t got = ::read(in.fd, buffer, sizeof(buffer));
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) throw Error(path + ": cannot read back " + tmp + ": " + std::strerror(errno));
+        if (got == 0) return;
+        for (ssize_t done = 0; done < got;) {
+            const ssize_t put = ::write(out.fd, buffer + done, (size_t)(got - done));
+            if (put < 0 && errno == EINTR) continue;
+            if (put < 0) throw Error(path + ": cannot write: " + std::strerror(errno));
+            done += put;
+        }
+    }
+}
+
 }  // namespace
 
 void rename_into_place(const std::string& tmp, const std::string& path, double stream_wait_s) {
-    if (is_stream_target(path)) {
-        // The bytes are copied in from the temporary file, removed first: nothing is left
-        // behind however this ends (a FIFO's reader may be waited for).
-        Fd in(::open(tmp.c_str(), O_RDONLY | O_CLOEXEC));
-        const int open_err = errno;
-        std::remove(tmp.c_str());
-        if (in.fd < 0) throw Error(path + ": cannot read back " + tmp + ": " + std::strerror(open_err));
-        Fd out(open_stream(path, stream_wait_s));
-        NoSigpipe no_sigpipe;
-        char buffer[1 << 16];
-        for (;;) {
-            const ssize_t got = ::read(in.fd, buffer, sizeof(buffer));
-            if (got < 0 && errno == EINTR) continue;
-            if (got < 0) throw Error(path + ": cannot read back " + tmp + ": " + std::strerror(errno));
-            if (got == 0) return;
-            for (ssize_t done = 0; done < got;) {
-                const ssize_t put = ::write(out.fd, buffer + done, (size_t)(got - done));
-                if (put < 0 && errno == EINTR) continue;
-                if (put < 0) throw Error(path + ": cannot write: " + std::strerror(errno));
-                done += put;
-            }
-        }
-    }
+    if (is_stream_target(path)) return copy_into_stream(tmp, path, stream_wait_s, stream_wait_s);
     if (std::rename(tmp.c_str(), path.c_str()) != 0) {
         const int err = errno;
         std::remove(tmp.c_str());
@@ -191,7 +195,7 @@ void OutputSet::commit(double stream_wait_s) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(stream_wait_s);
     for (const Staged& f : streams) {
         const double left_s = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
-        rename_into_place(f.tmp, f.path, stream_wait_s > 0 ? std::max(left_s, 0.001) : 0.0);
+        copy_into_stream(f.tmp, f.path, stream_wait_s > 0 ? std::max(left_s, 0.001) : 0.0, stream_wait_s);
     }
     // Each file's old version kept under a second name (a hard link, as long as the temporary
     // name, which the writability check proved fits) until every file is in place, so that a
