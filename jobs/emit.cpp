@@ -157,6 +157,12 @@ std::string emit_job_toml(const Job& job) {
         kv("grace_s", fmt(job.serve.grace_s));
         kv("allow_refit", fmt(job.serve.allow_refit));
     }
+    os << "\n[bench]\n";
+    kv("prompt_lengths", fmt_ids(job.bench.prompt_lengths));
+    kv("batches", fmt_ids(job.bench.batches));
+    kv("decode_prompt", fmt<int64_t>(job.bench.decode_prompt));
+    kv("warmup", fmt<int64_t>(job.bench.warmup));
+    kv("steps", fmt<int64_t>(job.bench.steps));
     for (const TransformSection& t : job.transforms) {
         os << "\n[transforms." << t.name << "]\n";
         for (const auto& [key, value] : t.options) kv(key.c_str(), fmt_option(value));

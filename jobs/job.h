@@ -108,6 +108,16 @@ struct ServeSection {
     bool allow_refit = true;          // POST /v1/admin/refit may load new weights in place (false: 403)
 };
 
+// [bench]: what `tpx bench` times (docs/PERF.md has the method). Sizes past run.max_batch or
+// run.max_seq_len are skipped with a message; an empty list times none of that kind.
+struct BenchSection {
+    std::vector<int64_t> prompt_lengths = {128, 2048};  // prefill: one prompt of each length, median of 5 after a warm-up
+    std::vector<int64_t> batches = {1, 8, 64};          // decode: a step of each batch size, median over `steps`
+    int64_t decode_prompt = 128;                        // tokens each decoding sequence holds before its first step
+    int warmup = 10;                                    // decode steps run before the timed ones
+    int steps = 100;                                    // decode steps timed for each batch size
+};
+
 // One option of a transform as the user wrote it, with where it was written, so that the
 // transform registry (sharding/) can reject unknown names and options with a position.
 struct OptionValue {
@@ -136,6 +146,7 @@ struct Job {
     LaunchSection launch;
     SlurmSection slurm;
     ServeSection serve;
+    BenchSection bench;
     std::vector<TransformSection> transforms;  // in file order
 
     // Ranks of the job: rank = stage x tp + tp_rank (each stage's tp group contiguous).

@@ -146,6 +146,23 @@ public:
         return true;
     }
 
+    // An array of distinct integers in [lo, hi] (`what` names one in messages).
+    bool get_int_list(const std::string& key, std::vector<int64_t>& out, int64_t lo, int64_t hi, const std::string& what) {
+        const toml::node* n = node(key);
+        if (!n) return false;
+        if (!n->is_array()) fail(*n, key, "must be an array of " + what + ", not " + type_name(n->type()));
+        out.clear();
+        for (const toml::node& item : *n->as_array()) {
+            const bool in = item.is_integer() && item.as_integer()->get() >= lo && item.as_integer()->get() <= hi;
+            if (!in) fail(item, key, "must hold " + what + " from " + std::to_string(lo) + " to " + std::to_string(hi) + "; this element is " +
+                                         (item.is_integer() ? std::to_string(item.as_integer()->get()) : std::string(type_name(item.type()))));
+            if (std::find(out.begin(), out.end(), item.as_integer()->get()) != out.end())
+                fail(item, key, "holds " + std::to_string(item.as_integer()->get()) + " twice");
+            out.push_back(item.as_integer()->get());
+        }
+        return true;
+    }
+
     // A NUL (\u0000) ends a path where the system reads it, so two different strings could name
     // one file (and a message would be cut there): refused in every string but run.stop's.
     void refuse_nul(const toml::node& n, const std::string& key, const std::string& v) const {
@@ -171,7 +188,7 @@ private:
     std::vector<std::string> valid_;
 };
 
-const std::vector<std::string> kSections = {"job", "model", "parallel", "backend", "run", "launch", "slurm", "serve", "transforms"};
+const std::vector<std::string> kSections = {"job", "model", "parallel", "backend", "run", "launch", "slurm", "serve", "bench", "transforms"};
 
 // [name] as a Section (parse_job has checked that it is a table).
 Section section(const toml::table& root, const std::string& file, const std::string& name) {
@@ -428,6 +445,16 @@ void parse_serve(Section s, Job& job) {
     if (v.model_name.empty()) v.model_name = job.name;
 }
 
+void parse_bench(Section s, Job& job) {
+    BenchSection& b = job.bench;
+    s.get_int_list("prompt_lengths", b.prompt_lengths, 1, kMaxSeqLen, "prompt lengths (tokens)");
+    s.get_int_list("batches", b.batches, 1, 1 << 20, "batch sizes");
+    s.get_int("decode_prompt", b.decode_prompt, 1, kMaxSeqLen);
+    s.get_int("warmup", b.warmup, 0, 1 << 20);
+    s.get_int("steps", b.steps, 1, 1 << 20);
+    s.reject_unknown();
+}
+
 // The common options of every transform are type-checked here; unknown transform names and
 // their own options are the transform registry's to reject (it knows the list).
 const std::vector<std::pair<std::string, toml::node_type>> kCommonTransformOptions = {
@@ -551,6 +578,7 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
     parse_launch(section(root, file, "launch"), job);
     parse_slurm(section(root, file, "slurm"), job);
     parse_serve(section(root, file, "serve"), job);
+    parse_bench(section(root, file, "bench"), job);
     parse_transforms(root, job);
     check_job_files(job, [&](const char* sec, const char* key) {
         const toml::node* n = root.at_path(std::string(sec) + "." + key).node();

@@ -11,7 +11,7 @@ namespace tpx {
 
 int cmd_bench(const Args& args) {
     po::options_description options("tpx bench options");
-    options.add_options()("job", po::value<std::string>()->required(), "the job file (max_batch >= 64, max_seq_len >= 2048)")(
+    options.add_options()("job", po::value<std::string>()->required(), "the job file (its [bench] table says what is timed)")(
         "json", po::value<std::string>()->default_value("bench.json"), "where the figures go as JSON")(
         "dry-run", "print the mpirun command instead of running it");
     po::positional_options_description positional;

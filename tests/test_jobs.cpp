@@ -117,6 +117,26 @@ TEST(Jobs, KernelTuningIsReadAndRoundTrips) {
     EXPECT_EQ(tpx::format_kernel_config(again.backend.tuning), tpx::format_kernel_config(k));
 }
 
+// [bench]: its lists and counts are read in the user's order, and the emitted job reads back
+// to the same; absent, the defaults (prompts of 128 and 2048 tokens, batches 1, 8 and 64).
+TEST(Jobs, BenchTableIsReadAndRoundTrips) {
+    tpx::Job defaults = tpx::parse_job("[model]\npath = \"models/tiny\"\n", "d.toml", kSource);
+    EXPECT_EQ(defaults.bench.prompt_lengths, (std::vector<int64_t>{128, 2048}));
+    EXPECT_EQ(defaults.bench.batches, (std::vector<int64_t>{1, 8, 64}));
+    tpx::Job job = tpx::parse_job("[model]\npath = \"models/tiny\"\n[bench]\nprompt_lengths = []\nbatches = [32, 16]\n"
+                                  "decode_prompt = 512\nwarmup = 0\nsteps = 7\n",
+                                  "b.toml", kSource);
+    EXPECT_TRUE(job.bench.prompt_lengths.empty());
+    EXPECT_EQ(job.bench.batches, (std::vector<int64_t>{32, 16}));
+    EXPECT_EQ(job.bench.decode_prompt, 512);
+    EXPECT_EQ(job.bench.warmup, 0);
+    EXPECT_EQ(job.bench.steps, 7);
+    tpx::Job again = tpx::parse_job(tpx::emit_job_toml(job), "b.toml", kSource);
+    EXPECT_EQ(again.bench.prompt_lengths, job.bench.prompt_lengths);
+    EXPECT_EQ(again.bench.batches, job.bench.batches);
+    EXPECT_EQ(tpx::emit_job_toml(again), tpx::emit_job_toml(job));
+}
+
 TEST(Jobs, TransformOptionsKeepTheirPositions) {
     tpx::Job job = tpx::parse_job(
         "[model]\npath = \"models/tiny\"\n[transforms.fuse_qkv]\nenabled = false\n[transforms.load_weights]\n"

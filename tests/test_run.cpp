@@ -340,6 +340,26 @@ TEST(Bench, TheCpuBackendWritesItsFiguresAsJson) {
     fs::remove_all(dir);
 }
 
+// The job's [bench] table says what is timed: its prompt lengths and batch sizes, in its order,
+// each timed once; a size past run.max_batch is skipped with a message.
+TEST(Bench, TheJobsBenchTableSaysWhatIsTimed) {
+    std::string dir = tpx_test::temp_dir();
+    std::ofstream(dir + "/b.toml") << "[model]\npath = \"" << TPX_SOURCE_DIR << "/models/tiny-text\"\n[parallel]\ntp = 2\n"
+                                   << "[run]\nmax_batch = 4\n[bench]\nprompt_lengths = [16, 8]\nbatches = [3, 2, 5]\n"
+                                   << "decode_prompt = 4\nwarmup = 1\nsteps = 3\n";
+    auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " bench " + dir + "/b.toml --json " + dir + "/bench.json");
+    ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+    EXPECT_NE(r.out.find("decode at batch 5 skipped: max_batch is 4"), std::string::npos) << r.out;
+    nlohmann::json j = nlohmann::json::parse(tpx_test::read_text(dir + "/bench.json"));
+    ASSERT_EQ(j["prefill"].size(), 2u);
+    EXPECT_EQ(j["prefill"][0]["prompt_tokens"], 16);
+    EXPECT_EQ(j["prefill"][1]["prompt_tokens"], 8);
+    ASSERT_EQ(j["decode"].size(), 2u);
+    EXPECT_EQ(j["decode"][0]["batch"], 3);
+    EXPECT_EQ(j["decode"][1]["batch"], 2);
+    fs::remove_all(dir);
+}
+
 // A job that cannot be sharded is refused by the launcher with the planner's message, before
 // mpirun or sbatch is started.
 TEST(Run, AJobThatCannotBePlannedIsRefusedBeforeAnyRankStarts) {

@@ -1,6 +1,6 @@
-// `tpx bench`: what a job's model costs on its ranks. Time to first token for prompts of 128
-// and 2048 tokens, decode ms/token at batch 1, 8 and 64 (median over 100 steps after 10 of
-// warm-up, each step timed on the host to its ids' arrival, and with CUDA events from the
+// `tpx bench`: what a job's model costs on its ranks. Time to first token for the job's [bench]
+// prompt lengths (by default 128 and 2048 tokens), decode ms/token at its batch sizes (1, 8 and
+// 64; median over its steps, 100 after 10 of warm-up, each step timed on the host to its ids' arrival, and with CUDA events from the
 // step's first node on the GPU to the same point: the difference is the host's turn), each as a fraction of its
 // roofline: decode = (weight bytes + KV bytes read) / measured copy bandwidth; prefill =
 // FLOPs / measured bf16 matrix rate, and beside it (weight bytes + the prompt's KV bytes) /
@@ -29,8 +29,7 @@ struct DeviceRates {
 };
 
 struct BenchSettings {
-    std::vector<int64_t> prompt_lengths = {128, 2048};
-    std::vector<int64_t> batches = {1, 8, 64};
+    std::vector<int64_t> prompt_lengths, batches;  // the job's [bench] (jobs/job.h)
     int64_t decode_prompt = 128;
     int warmup = 10, steps = 100;
     std::string json_path;
