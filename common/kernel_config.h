@@ -18,7 +18,7 @@ struct KernelConfig {
     bool gemv_mma = true;              // decode linears of 2 to 8 tokens: the tensor-core GEMV, SwiGLU and RoPE + cache write fused
                                        // (false: cuBLAS, SwiGLU and RoPE (writing the cache) as kernels of their own)
     bool batch_gemm = false;           // decode linears of 9 to 64 tokens: the tensor-core batch GEMM, SwiGLU, RoPE + cache write
-                                       // and the residual fused (false: cuBLAS, as gemv_mma = false; off until measured)
+                                       // and the residual fused (false: cuBLAS, as gemv_mma = false; off: slower than cuBLAS, docs/PERF.md)
     bool attention_early = true;       // decode attention loads cached K and V before the PDL wait
     int decode_splits = 4;             // most blocks a decode (token, head) pair's keys go over: 1, 2, 4 or 8
     bool attention_gqa = true;         // one block for a KV head's query heads at large decode batches

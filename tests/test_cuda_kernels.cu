@@ -385,6 +385,7 @@ TEST(CudaKernels, GemvOfUpToSixtyFourTokensOnTensorCores) {
     for (int64_t T : {2, 5, 8, 9, 16, 23, 33, 64}) {
         for (Case c : {Case{1000, 37, true, cuda::GemvEpilogue::kNone}, Case{4104, 300, false, cuda::GemvEpilogue::kNone},
                        Case{1000, 20000, false, cuda::GemvEpilogue::kNone}, Case{14336, 256, true, cuda::GemvEpilogue::kNone},
+                       Case{4096, 4096, false, cuda::GemvEpilogue::kNone},  // 32 tiles: a split of 7 on an H100 (resident clusters)
                        Case{4096, 6144, true, cuda::GemvEpilogue::kNone}, Case{4096, 6144, false, cuda::GemvEpilogue::kSwiglu},
                        Case{4096, 600, true, cuda::GemvEpilogue::kSwiglu}, Case{4096, 9000, false, cuda::GemvEpilogue::kSwiglu},
                        Case{512, 600, false, cuda::GemvEpilogue::kSwiglu}, Case{512, (4 + 2 * 2) * 64, true, cuda::GemvEpilogue::kRopeKv},

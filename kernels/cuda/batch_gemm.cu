@@ -9,6 +9,7 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
+#include <array>
 #include <string>
 
 #include "kernels/cuda/common.cuh"
@@ -126,6 +127,36 @@ __global__ void __launch_bounds__(kBlockThreads, 2) batch_gemm_kernel(BatchArgs 
     cluster.sync();  // no block leaves while another may still read its sums
 }
 
+// Clusters of `split` blocks of the widest instance (64 tokens: the most shared memory; every
+// instance fits two blocks an SM by its registers) the GPU holds at once. A cluster's blocks
+// share one GPC, so fewer fit than the SMs' block slots suggest: an H100's 264 slots hold 30
+// clusters of 8, and a grid of 32 such clusters (the 8B's o_proj and down_proj) ran its last two
+// as a second wave (Nsight Compute, docs/PERF.md's nineteenth session). Read once a process.
+int resident_clusters(int split) {
+    static const std::array<int, kMaxSplit + 1> counts = [] {
+        std::array<int, kMaxSplit + 1> n{};
+        const auto kernel = batch_gemm_kernel<GemvEpilogue::kNone, 8>;
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes<8>));
+        for (int s = 2; s <= kMaxSplit; ++s) {
+            cudaLaunchAttribute cluster{};
+            cluster.id = cudaLaunchAttributeClusterDimension;
+            cluster.val.clusterDim = {(unsigned)s, 1, 1};
+            cudaLaunchConfig_t config{};
+            config.gridDim = dim3((unsigned)s);
+            config.blockDim = dim3(kBlockThreads);
+            config.dynamicSmemBytes = kSmemBytes<8>;
+            config.attrs = &cluster;
+            config.numAttrs = 1;
+            if (cudaOccupancyMaxActiveClusters(&n[s], kernel, &config) != cudaSuccess) {
+                (void)cudaGetLastError();  // a size this GPU cannot cluster: not taken
+                n[s] = 0;
+            }
+        }
+        return n;
+    }();
+    return counts.at(split);
+}
+
 template <GemvEpilogue E, int NT>
 void launch_batch(const BatchArgs& a, int64_t items, int64_t pair, Launch at) {
     const auto kernel = batch_gemm_kernel<E, NT>;
@@ -136,14 +167,16 @@ void launch_batch(const BatchArgs& a, int64_t items, int64_t pair, Launch at) {
     }();
     (void)raised;
     // Tiles of 128 rows (kNone: N / 128; with an epilogue items / 64: the same count); the steps
-    // split over a cluster of up to 8 blocks while the grid stays within two blocks an SM (what
-    // 64 tokens' stages allow) and the blocks keep kMinStepsPerBlock steps on average (the 8B's
-    // o_proj and down_proj: 32 tiles, 8 blocks each). The same for every instance, so that the
-    // split depends on the tiles, K and the GPU only.
+    // split over a cluster of the most blocks (up to 8) for which the grid stays within two
+    // blocks an SM (what 64 tokens' stages allow), every cluster is resident at once (one wave)
+    // and the blocks keep kMinStepsPerBlock steps on average (the 8B's o_proj and down_proj: 32
+    // tiles, 7 blocks each on an H100). The same for every instance, so that the split depends on
+    // the tiles, K and the GPU only.
     const int64_t tiles = ((items + kTileItems<E> - 1) / kTileItems<E> + kBlockWarps - 1) / kBlockWarps;
     const int64_t steps = (a.K + kStep - 1) / kStep, resident = (int64_t)sm_count() * 2;
     int split = 1;
-    while (split < kMaxSplit && tiles * split * 2 <= resident && steps >= split * 2 * kMinStepsPerBlock) split *= 2;
+    for (int s = kMaxSplit; s > 1 && split == 1; --s)
+        if (tiles * s <= resident && steps >= s * kMinStepsPerBlock && tiles <= resident_clusters(s)) split = s;
     // The weights stream through L2 once: evict-first (docs/PERF.md), as the decode GEMVs'.
     const Streamed weights{a.w, (size_t)a.N * (size_t)a.K * sizeof(bf16)};
     launch_streamed(kernel, (unsigned)(tiles * split), split > 1 ? split : 0, kBlockThreads, smem, at, weights, a, items, pair, split,
