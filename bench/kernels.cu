@@ -1069,11 +1069,12 @@ void gemv_grid_sweep(cublasHandle_t h, cudaStream_t st) {
 
 // --linear K N T ROUTE: one product x W^T of T tokens (bf16, W [N, K]) for Nsight Compute: 10
 // direct launches of ROUTE ("batch": the decode route tpx takes, the batch GEMM past 8 tokens with
-// batch_gemm on; "cublas") first, each W a distinct copy, so that `ncu --launch-skip 3
-// --launch-count 1` profiles one of them; then both routes timed inside graphs as the default
-// sweep's linear rows are.
+// batch_gemm on; "cublas": cublasGemmEx with its own algorithm, not the tuner's pick) first, each W
+// a distinct copy, so that `ncu --launch-skip 3 --launch-count 1` profiles one of them; then both
+// routes timed inside graphs as the default sweep's linear rows are.
 void linear_one(cublasHandle_t h, cudaStream_t st, int64_t K, int64_t N, int64_t T, bool batch) {
-    TPX_CHECK(K > 0 && N > 0 && T > 0 && T <= 64, "tpx-kbench --linear K N T ROUTE: K, N > 0 and 1 <= T <= 64");
+    TPX_CHECK(K > 0 && N > 0 && T > 0 && T <= 64, "tpx-kbench --linear " + std::to_string(K) + " " + std::to_string(N) + " " +
+                                                      std::to_string(T) + ": K, N > 0 and 1 <= T <= 64");
     const int64_t wbytes = K * N * 2;
     const int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / wbytes));
     bf16* w = device_alloc<bf16>((size_t)copies * K * N);
@@ -1115,8 +1116,10 @@ int main(int argc, char** argv) {
         h2d_from_file(argv[2]);
         return 0;
     }
-    if (argc > 5 && std::strcmp(argv[1], "--linear") == 0) {
-        linear_one(h, st, std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::strcmp(argv[5], "cublas") != 0);
+    if (argc > 1 && std::strcmp(argv[1], "--linear") == 0) {
+        const bool batch = argc > 5 && std::strcmp(argv[5], "batch") == 0;
+        TPX_CHECK(argc == 6 && (batch || std::strcmp(argv[5], "cublas") == 0), "usage: tpx-kbench --linear K N T batch|cublas");
+        linear_one(h, st, std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), batch);
         return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--moe") == 0) {

@@ -128,15 +128,6 @@ void copy_into_stream(const std::string& tmp, const std::string& path, double wa
 
 }  // namespace
 
-void rename_into_place(const std::string& tmp, const std::string& path, double stream_wait_s) {
-    if (is_stream_target(path)) return copy_into_stream(tmp, path, stream_wait_s, stream_wait_s);
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int err = errno;
-        std::remove(tmp.c_str());
-        throw Error(path + ": cannot move the finished file into place: " + std::strerror(err));
-    }
-}
-
 void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s) {
     write_file_atomically(path, [&](std::ostream& out) { out << text; }, false, stream_wait_s);
 }

@@ -13,7 +13,7 @@ namespace tpx {
 // does not exist, a full disk, an exception from `write`) leaves no temporary file behind and
 // throws an Error that names the path and the system's reason. An existing FIFO or character
 // device (/dev/stdout, /dev/null) is written in place instead: it is never replaced by a file
-// (a FIFO's reader waited for up to `stream_wait_s`: rename_into_place).
+// (a FIFO's reader waited for up to `stream_wait_s`, 0: as long as it takes: OutputSet::commit).
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false,
                            double stream_wait_s = 0);
 void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s = 0);
@@ -21,11 +21,6 @@ void write_file_atomically(const std::string& path, const std::string& text, dou
 // The temporary file `path` is written through: PATH.tmp-PID beside it, or in the system's
 // temporary folder when `path` is a FIFO or device (nothing is created beside /dev/null).
 std::string temp_path_for(const std::string& path);
-
-// The last step of the same, for files written by other means (HDF5): renames tmp over path
-// (for a FIFO or device, copies tmp's bytes into it, waiting for a FIFO's reader up to
-// `stream_wait_s`, 0: as long as it takes), or removes tmp and throws an Error naming path.
-void rename_into_place(const std::string& tmp, const std::string& path, double stream_wait_s = 0);
 
 // Several outputs of one run, written as one: each is written to its temporary file
 // (temp_path_for) as it is added, and only commit() moves them into place, so that a failure

@@ -159,10 +159,10 @@ std::string emit_job_toml(const Job& job) {
     }
     os << "\n[bench]\n";
     kv("prompt_lengths", fmt_ids(job.bench.prompt_lengths));
-    kv("batches", fmt_ids(job.bench.batches));
-    kv("decode_prompt", fmt<int64_t>(job.bench.decode_prompt));
-    kv("warmup", fmt<int64_t>(job.bench.warmup));
-    kv("steps", fmt<int64_t>(job.bench.steps));
+    kv("batch_sizes", fmt_ids(job.bench.batch_sizes));
+    kv("decode_prompt_length", fmt<int64_t>(job.bench.decode_prompt_length));
+    kv("decode_warmup", fmt<int64_t>(job.bench.decode_warmup));
+    kv("decode_steps", fmt<int64_t>(job.bench.decode_steps));
     for (const TransformSection& t : job.transforms) {
         os << "\n[transforms." << t.name << "]\n";
         for (const auto& [key, value] : t.options) kv(key.c_str(), fmt_option(value));

@@ -109,14 +109,17 @@ struct ServeSection {
 };
 
 // [bench]: what `tpx bench` times (docs/PERF.md has the method). Sizes past run.max_batch or
-// run.max_seq_len are skipped with a message; an empty list times none of that kind.
+// run.max_seq_len are skipped with a message; an empty list times none of that kind. The decode
+// sequences must fit run.max_seq_len: decode_prompt_length + decode_warmup + decode_steps.
 struct BenchSection {
     std::vector<int64_t> prompt_lengths = {128, 2048};  // prefill: one prompt of each length, median of 5 after a warm-up
-    std::vector<int64_t> batches = {1, 8, 64};          // decode: a step of each batch size, median over `steps`
-    int64_t decode_prompt = 128;                        // tokens each decoding sequence holds before its first step
-    int warmup = 10;                                    // decode steps run before the timed ones
-    int steps = 100;                                    // decode steps timed for each batch size
+    std::vector<int64_t> batch_sizes = {1, 8, 64};      // decode: a step at each batch size, median over decode_steps
+    int64_t decode_prompt_length = 128;                 // tokens each decoding sequence holds before its first step
+    int decode_warmup = 10;                             // decode steps run before the timed ones
+    int decode_steps = 100;                             // decode steps timed at each batch size
 };
+// The positions a decoding sequence of the benchmark reaches.
+inline int64_t decode_positions(const BenchSection& b) { return b.decode_prompt_length + b.decode_warmup + b.decode_steps; }
 
 // One option of a transform as the user wrote it, with where it was written, so that the
 // transform registry (sharding/) can reject unknown names and options with a position.

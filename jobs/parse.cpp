@@ -152,12 +152,12 @@ public:
         if (!n) return false;
         if (!n->is_array()) fail(*n, key, "must be an array of " + what + ", not " + type_name(n->type()));
         out.clear();
+        std::set<int64_t> seen;
         for (const toml::node& item : *n->as_array()) {
             const bool in = item.is_integer() && item.as_integer()->get() >= lo && item.as_integer()->get() <= hi;
             if (!in) fail(item, key, "must hold " + what + " from " + std::to_string(lo) + " to " + std::to_string(hi) + "; this element is " +
                                          (item.is_integer() ? std::to_string(item.as_integer()->get()) : std::string(type_name(item.type()))));
-            if (std::find(out.begin(), out.end(), item.as_integer()->get()) != out.end())
-                fail(item, key, "holds " + std::to_string(item.as_integer()->get()) + " twice");
+            if (!seen.insert(item.as_integer()->get()).second) fail(item, key, "holds " + std::to_string(item.as_integer()->get()) + " twice");
             out.push_back(item.as_integer()->get());
         }
         return true;
@@ -448,10 +448,10 @@ void parse_serve(Section s, Job& job) {
 void parse_bench(Section s, Job& job) {
     BenchSection& b = job.bench;
     s.get_int_list("prompt_lengths", b.prompt_lengths, 1, kMaxSeqLen, "prompt lengths (tokens)");
-    s.get_int_list("batches", b.batches, 1, 1 << 20, "batch sizes");
-    s.get_int("decode_prompt", b.decode_prompt, 1, kMaxSeqLen);
-    s.get_int("warmup", b.warmup, 0, 1 << 20);
-    s.get_int("steps", b.steps, 1, 1 << 20);
+    s.get_int_list("batch_sizes", b.batch_sizes, 1, 1 << 20, "batch sizes");
+    s.get_int("decode_prompt_length", b.decode_prompt_length, 1, kMaxSeqLen);
+    s.get_int("decode_warmup", b.decode_warmup, 0, 1 << 20);
+    s.get_int("decode_steps", b.decode_steps, 1, 1 << 20);
     s.reject_unknown();
 }
 

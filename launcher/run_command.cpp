@@ -105,7 +105,11 @@ int cmd_run(const Args& args) {
             output_args.insert(output_args.end(), {std::string("--") + option, path});
             extra_outputs.push_back({std::string("--") + option, path});
         }
-    check_before_launch(job, extra_outputs, /*local=*/true);
+    const ShardPlan plan = check_before_launch(job, extra_outputs, /*local=*/true);
+    if (vm.count("bench") && !job.bench.batch_sizes.empty() && decode_positions(job.bench) > plan.max_seq_len)
+        throw JobError(job.file + ": bench.decode_prompt_length + bench.decode_warmup + bench.decode_steps = " +
+                       std::to_string(decode_positions(job.bench)) + " positions, more than run.max_seq_len = " +
+                       std::to_string(plan.max_seq_len) + " (the decode sequences grow a position a step)");
     check_launch_hosts(job, in_slurm_allocation());
     const char* progress = vm.count("quiet") ? "quiet" : (isatty(STDERR_FILENO) ? "live" : "lines");
     output_args.insert(output_args.end(), {"--progress", progress});

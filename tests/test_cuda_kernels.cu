@@ -368,7 +368,9 @@ TEST(CudaKernels, GemvFusedEqualsTheUnfusedKernels) {
 // tiles than SMs (blocks of several tiles; the 8B's QKV shapes, 192 tiles, one a block and up to
 // two blocks an SM where the GPU has 96 to 191 SMs); 2, 5 and 8 tokens (an odd count leaves the
 // mma's last column empty); 9, 16, 23, 33 and 64 (n-tiles of 8 tokens part-filled; the batch
-// GEMM's steps split over clusters of 4 and 8 blocks, K = 4104 leaving the last block fewer).
+// GEMM's steps split over clusters of as many blocks as stay resident, up to 8, and of counts
+// that do not divide the steps where the GPU's GPCs allow (the 8B's o_proj, 32 tiles: 7 blocks
+// on an H100), K = 4104 leaving the last block fewer).
 TEST(CudaKernels, GemvOfUpToSixtyFourTokensOnTensorCores) {
     REQUIRE_GPU();
     TuningGuard guard;
@@ -385,7 +387,7 @@ TEST(CudaKernels, GemvOfUpToSixtyFourTokensOnTensorCores) {
     for (int64_t T : {2, 5, 8, 9, 16, 23, 33, 64}) {
         for (Case c : {Case{1000, 37, true, cuda::GemvEpilogue::kNone}, Case{4104, 300, false, cuda::GemvEpilogue::kNone},
                        Case{1000, 20000, false, cuda::GemvEpilogue::kNone}, Case{14336, 256, true, cuda::GemvEpilogue::kNone},
-                       Case{4096, 4096, false, cuda::GemvEpilogue::kNone},  // 32 tiles: a split of 7 on an H100 (resident clusters)
+                       Case{4096, 4096, false, cuda::GemvEpilogue::kNone},  // 32 tiles
                        Case{4096, 6144, true, cuda::GemvEpilogue::kNone}, Case{4096, 6144, false, cuda::GemvEpilogue::kSwiglu},
                        Case{4096, 600, true, cuda::GemvEpilogue::kSwiglu}, Case{4096, 9000, false, cuda::GemvEpilogue::kSwiglu},
                        Case{512, 600, false, cuda::GemvEpilogue::kSwiglu}, Case{512, (4 + 2 * 2) * 64, true, cuda::GemvEpilogue::kRopeKv},

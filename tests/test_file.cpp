@@ -2,8 +2,14 @@
 // leaves no temporary beside it and names the path.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <filesystem>
 #include <stdexcept>
+#include <thread>
 
 #include "common/error.h"
 #include "common/file.h"
@@ -70,5 +76,35 @@ TEST(AtomicFile, AFolderInTheWayIsNamedAndTheTemporaryRemoved) {
     }
     EXPECT_EQ(entries(dir), 1u) << "only the folder";
     EXPECT_TRUE(fs::is_directory(path));
+    fs::remove_all(dir);
+}
+
+// Two FIFOs share one wait of 2 s: the first one's reader comes after 1.2 s, the second one's
+// never. The second is reported against the whole wait, not the 0.8 s the first left it (the
+// outputs go into place in the order added).
+TEST(OutputSetFifos, AReaderThatNeverCameIsReportedAgainstTheWholeWait) {
+    std::string dir = tpx_test::temp_dir(), first = dir + "/first.fifo", second = dir + "/second.fifo";
+    ASSERT_EQ(mkfifo(first.c_str(), 0644), 0);
+    ASSERT_EQ(mkfifo(second.c_str(), 0644), 0);
+    std::string got;
+    std::thread reader([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+        const int fd = ::open(first.c_str(), O_RDONLY);
+        char buf[64];
+        for (ssize_t n; fd >= 0 && (n = ::read(fd, buf, sizeof buf)) > 0;) got.append(buf, (size_t)n);
+        if (fd >= 0) ::close(fd);
+    });
+    std::string message;
+    try {
+        tpx::OutputSet outputs;
+        outputs.add(first, [](std::ostream& out) { out << "results\n"; });
+        outputs.add(second, [](std::ostream& out) { out << "table\n"; });
+        outputs.commit(2.0);
+    } catch (const tpx::Error& e) {
+        message = e.what();
+    }
+    reader.join();
+    EXPECT_EQ(got, "results\n");
+    EXPECT_NE(message.find(second + ": no process opened this FIFO for reading within 2 s"), std::string::npos) << message;
     fs::remove_all(dir);
 }

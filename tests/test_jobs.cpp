@@ -122,18 +122,18 @@ TEST(Jobs, KernelTuningIsReadAndRoundTrips) {
 TEST(Jobs, BenchTableIsReadAndRoundTrips) {
     tpx::Job defaults = tpx::parse_job("[model]\npath = \"models/tiny\"\n", "d.toml", kSource);
     EXPECT_EQ(defaults.bench.prompt_lengths, (std::vector<int64_t>{128, 2048}));
-    EXPECT_EQ(defaults.bench.batches, (std::vector<int64_t>{1, 8, 64}));
-    tpx::Job job = tpx::parse_job("[model]\npath = \"models/tiny\"\n[bench]\nprompt_lengths = []\nbatches = [32, 16]\n"
-                                  "decode_prompt = 512\nwarmup = 0\nsteps = 7\n",
+    EXPECT_EQ(defaults.bench.batch_sizes, (std::vector<int64_t>{1, 8, 64}));
+    tpx::Job job = tpx::parse_job("[model]\npath = \"models/tiny\"\n[bench]\nprompt_lengths = []\nbatch_sizes = [32, 16]\n"
+                                  "decode_prompt_length = 512\ndecode_warmup = 0\ndecode_steps = 7\n",
                                   "b.toml", kSource);
     EXPECT_TRUE(job.bench.prompt_lengths.empty());
-    EXPECT_EQ(job.bench.batches, (std::vector<int64_t>{32, 16}));
-    EXPECT_EQ(job.bench.decode_prompt, 512);
-    EXPECT_EQ(job.bench.warmup, 0);
-    EXPECT_EQ(job.bench.steps, 7);
+    EXPECT_EQ(job.bench.batch_sizes, (std::vector<int64_t>{32, 16}));
+    EXPECT_EQ(job.bench.decode_prompt_length, 512);
+    EXPECT_EQ(job.bench.decode_warmup, 0);
+    EXPECT_EQ(job.bench.decode_steps, 7);
     tpx::Job again = tpx::parse_job(tpx::emit_job_toml(job), "b.toml", kSource);
     EXPECT_EQ(again.bench.prompt_lengths, job.bench.prompt_lengths);
-    EXPECT_EQ(again.bench.batches, job.bench.batches);
+    EXPECT_EQ(again.bench.batch_sizes, job.bench.batch_sizes);
     EXPECT_EQ(tpx::emit_job_toml(again), tpx::emit_job_toml(job));
 }
 

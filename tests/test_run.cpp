@@ -341,13 +341,18 @@ TEST(Bench, TheCpuBackendWritesItsFiguresAsJson) {
 }
 
 // The job's [bench] table says what is timed: its prompt lengths and batch sizes, in its order,
-// each timed once; a size past run.max_batch is skipped with a message.
+// each timed once, with its decode settings (in the JSON); a size past run.max_batch is skipped
+// with a message; decode sequences longer than run.max_seq_len are refused before any rank starts.
 TEST(Bench, TheJobsBenchTableSaysWhatIsTimed) {
     std::string dir = tpx_test::temp_dir();
-    std::ofstream(dir + "/b.toml") << "[model]\npath = \"" << TPX_SOURCE_DIR << "/models/tiny-text\"\n[parallel]\ntp = 2\n"
-                                   << "[run]\nmax_batch = 4\n[bench]\nprompt_lengths = [16, 8]\nbatches = [3, 2, 5]\n"
-                                   << "decode_prompt = 4\nwarmup = 1\nsteps = 3\n";
-    auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " bench " + dir + "/b.toml --json " + dir + "/bench.json");
+    auto job = [&](const std::string& name, const std::string& bench) {
+        std::ofstream(dir + "/" + name) << "[model]\npath = \"" << TPX_SOURCE_DIR << "/models/tiny-text\"\n[parallel]\ntp = 2\n"
+                                        << "[run]\nmax_batch = 4\nmax_seq_len = 64\n[bench]\n" << bench;
+        return dir + "/" + name;
+    };
+    const std::string ok = job("b.toml", "prompt_lengths = [16, 8]\nbatch_sizes = [3, 2, 5]\ndecode_prompt_length = 4\n"
+                                         "decode_warmup = 1\ndecode_steps = 3\n");
+    auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " bench " + ok + " --json " + dir + "/bench.json");
     ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
     EXPECT_NE(r.out.find("decode at batch 5 skipped: max_batch is 4"), std::string::npos) << r.out;
     nlohmann::json j = nlohmann::json::parse(tpx_test::read_text(dir + "/bench.json"));
@@ -357,6 +362,18 @@ TEST(Bench, TheJobsBenchTableSaysWhatIsTimed) {
     ASSERT_EQ(j["decode"].size(), 2u);
     EXPECT_EQ(j["decode"][0]["batch"], 3);
     EXPECT_EQ(j["decode"][1]["batch"], 2);
+    EXPECT_EQ(j["decode_prompt_length"], 4);
+    EXPECT_EQ(j["decode_warmup"], 1);
+    EXPECT_EQ(j["decode_steps"], 3);
+    const std::string too_long = job("long.toml", "decode_prompt_length = 40\ndecode_warmup = 10\ndecode_steps = 20\n");
+    auto l = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " bench " + too_long + " --json " + dir + "/long.json");
+    EXPECT_EQ(l.exit_code, 2) << l.err;
+    EXPECT_NE(l.err.find("bench.decode_prompt_length + bench.decode_warmup + bench.decode_steps = 70 positions, more than "
+                         "run.max_seq_len = 64"),
+              std::string::npos)
+        << l.err;
+    EXPECT_EQ(l.err.find("mpirun -np"), std::string::npos) << "a rank was started: " << l.err;
+    EXPECT_FALSE(fs::exists(dir + "/long.json"));
     fs::remove_all(dir);
 }
 

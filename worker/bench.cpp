@@ -121,9 +121,11 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
                              {"matmul_TFLOPs_random_burst", rates.matmul_random_burst_flops_per_s / 1e12},
                              {"matmul_TFLOPs_random_settled", rates.matmul_random_settled_flops_per_s / 1e12},
                              {"matmul_TFLOPs_constant_data", rates.matmul_constant_flops_per_s / 1e12}};
+    report.update({{"decode_prompt_length", s.what.decode_prompt_length}, {"decode_warmup", s.what.decode_warmup},
+                   {"decode_steps", s.what.decode_steps}});
     nlohmann::json prefill = nlohmann::json::array(), decode = nlohmann::json::array();
 
-    for (int64_t len : s.prompt_lengths) {
+    for (int64_t len : s.what.prompt_lengths) {
         if (len > plan.max_seq_len) {
             if (rank == 0) std::printf("bench: prefill of %lld tokens skipped: max_seq_len is %lld\n", (long long)len, (long long)plan.max_seq_len);
             continue;
@@ -149,31 +151,31 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
         }
         prefill.push_back(row);
     }
-    for (int64_t batch : s.batches) {
+    for (int64_t batch : s.what.batch_sizes) {
         if (batch > plan.max_batch) {
             if (rank == 0) std::printf("bench: decode at batch %lld skipped: max_batch is %lld\n", (long long)batch, (long long)plan.max_batch);
             continue;
         }
-        if (s.decode_prompt + s.warmup + s.steps > plan.max_seq_len)
-            throw Error("bench: decode needs max_seq_len >= " + std::to_string(s.decode_prompt + s.warmup + s.steps), kExitBadInput);
-        TokenBatch b = prompt_batch(batch, s.decode_prompt, c.vocab_size, rng);
+        if (decode_positions(s.what) > plan.max_seq_len)  // the launcher refuses such a job first
+            throw Error("bench: decode needs run.max_seq_len >= " + std::to_string(decode_positions(s.what)), kExitBadInput);
+        TokenBatch b = prompt_batch(batch, s.what.decode_prompt_length, c.vocab_size, rng);
         exec.forward_argmax(b);
         exec.reset_profile();
         std::vector<double> t, on_device;
         double context = 0;
-        for (int step = 0; step < s.warmup + s.steps; ++step) {
+        for (int step = 0; step < s.what.decode_warmup + s.what.decode_steps; ++step) {
             TokenBatch d;
             for (int64_t q = 0; q < batch; ++q) {
                 d.ids.push_back(1);
-                d.positions.push_back((int32_t)(s.decode_prompt + step));
+                d.positions.push_back((int32_t)(s.what.decode_prompt_length + step));
                 d.slots.push_back((int32_t)q);
                 d.logit_rows.push_back(q);
             }
             double ms = timed(exec, d);
-            if (step >= s.warmup) t.push_back(ms), on_device.push_back(exec.last_device_ms()), context += s.decode_prompt + step + 1;
+            if (step >= s.what.decode_warmup) t.push_back(ms), on_device.push_back(exec.last_device_ms()), context += s.what.decode_prompt_length + step + 1;
         }
         double ms = median(t), device_ms = median(on_device);
-        double kv_read = kv_bytes_per_position * batch * (context / s.steps);
+        double kv_read = kv_bytes_per_position * batch * (context / s.what.decode_steps);
         // The weights a step must read: all but the experts no token chose.
         const double weights_read = weight_bytes - experts.bytes * (1.0 - experts.read_share(batch));
         if (rank == 0 && !exec.profile().empty()) std::printf("decode batch %lld, %s", (long long)batch, exec.profile().c_str());

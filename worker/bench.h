@@ -1,17 +1,18 @@
-// `tpx bench`: what a job's model costs on its ranks. Time to first token for the job's [bench]
-// prompt lengths (by default 128 and 2048 tokens), decode ms/token at its batch sizes (1, 8 and
-// 64; median over its steps, 100 after 10 of warm-up, each step timed on the host to its ids' arrival, and with CUDA events from the
-// step's first node on the GPU to the same point: the difference is the host's turn), each as a fraction of its
-// roofline: decode = (weight bytes + KV bytes read) / measured copy bandwidth; prefill =
-// FLOPs / measured bf16 matrix rate, and beside it (weight bytes + the prompt's KV bytes) /
-// copy bandwidth, the bound of short prompts. Without device rates (the CPU backend) there
-// are no floors, and the JSON has no floor keys. Collective; rank 0 prints a table and writes
-// JSON (whole or not at all).
+// `tpx bench`: what a job's model costs on its ranks, as the job's [bench] table asks (by default
+// time to first token for prompts of 128 and 2048 tokens, and decode ms/token at batch 1, 8 and 64,
+// the median over 100 steps after 10 of warm-up), each decode step timed on the host to its ids'
+// arrival, and with CUDA events from the step's first node on the GPU to the same point (the
+// difference is the host's turn); each figure as a fraction of its roofline: decode = (weight bytes
+// + KV bytes read) / measured copy bandwidth; prefill = FLOPs / measured bf16 matrix rate, and
+// beside it (weight bytes + the prompt's KV bytes) / copy bandwidth, the bound of short prompts.
+// Without device rates (the CPU backend) there are no floors, and the JSON has no floor keys.
+// Collective; rank 0 prints a table and writes JSON (whole or not at all).
 #pragma once
 
 #include <string>
 #include <vector>
 
+#include "jobs/job.h"
 #include "sharding/plan.h"
 #include "worker/comm.h"
 #include "worker/executor.h"
@@ -29,9 +30,7 @@ struct DeviceRates {
 };
 
 struct BenchSettings {
-    std::vector<int64_t> prompt_lengths, batches;  // the job's [bench] (jobs/job.h)
-    int64_t decode_prompt = 128;
-    int warmup = 10, steps = 100;
+    BenchSection what;  // the job's [bench]: the sizes timed
     std::string json_path;
     double fifo_wait_s = 0;  // json_path a FIFO: its reader waited for this long (0: as long as it takes)
     // This rank's load, reported beside the timings: seconds (all of it, and the weights' read

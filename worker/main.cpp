@@ -190,11 +190,7 @@ int run_benchmark(const Options& opt, const Job& job, const ShardPlan& plan, Mpi
     if (m.gpu) rates = measure_device_rates(m.gpu->stream);
 #endif
     BenchSettings bs;
-    bs.prompt_lengths = job.bench.prompt_lengths;
-    bs.batches = job.bench.batches;
-    bs.decode_prompt = job.bench.decode_prompt;
-    bs.warmup = job.bench.warmup;
-    bs.steps = job.bench.steps;
+    bs.what = job.bench;
     bs.json_path = opt.bench;
     bs.fifo_wait_s = job.backend.fifo_wait_s();
     bs.load_seconds = m.load_seconds;

@@ -129,9 +129,8 @@ __global__ void __launch_bounds__(kBlockThreads, 2) batch_gemm_kernel(BatchArgs 
 
 // Clusters of `split` blocks of the widest instance (64 tokens: the most shared memory; every
 // instance fits two blocks an SM by its registers) the GPU holds at once. A cluster's blocks
-// share one GPC, so fewer fit than the SMs' block slots suggest: an H100's 264 slots hold 30
-// clusters of 8, and a grid of 32 such clusters (the 8B's o_proj and down_proj) ran its last two
-// as a second wave (Nsight Compute, docs/PERF.md's nineteenth session). Read once a process.
+// share one GPC, so fewer clusters fit than the SMs' block slots suggest (docs/PERF.md,
+// nineteenth session: a grid of more ran its last clusters as a second wave). Read once a process.
 int resident_clusters(int split) {
     static const std::array<int, kMaxSplit + 1> counts = [] {
         std::array<int, kMaxSplit + 1> n{};
@@ -147,9 +146,12 @@ int resident_clusters(int split) {
             config.dynamicSmemBytes = kSmemBytes<8>;
             config.attrs = &cluster;
             config.numAttrs = 1;
-            if (cudaOccupancyMaxActiveClusters(&n[s], kernel, &config) != cudaSuccess) {
-                (void)cudaGetLastError();  // a size this GPU cannot cluster: not taken
+            const cudaError_t err = cudaOccupancyMaxActiveClusters(&n[s], kernel, &config);
+            if (err == cudaErrorInvalidClusterSize) {  // a size this GPU cannot cluster: not taken
+                (void)cudaGetLastError();
                 n[s] = 0;
+            } else {
+                CUDA_CHECK(err);
             }
         }
         return n;
@@ -167,16 +169,19 @@ void launch_batch(const BatchArgs& a, int64_t items, int64_t pair, Launch at) {
     }();
     (void)raised;
     // Tiles of 128 rows (kNone: N / 128; with an epilogue items / 64: the same count); the steps
-    // split over a cluster of the most blocks (up to 8) for which the grid stays within two
-    // blocks an SM (what 64 tokens' stages allow), every cluster is resident at once (one wave)
-    // and the blocks keep kMinStepsPerBlock steps on average (the 8B's o_proj and down_proj: 32
-    // tiles, 7 blocks each on an H100). The same for every instance, so that the split depends on
-    // the tiles, K and the GPU only.
+    // split over a cluster of the most blocks (up to 8) for which every cluster is resident at
+    // once (one wave, within two blocks an SM: what 64 tokens' stages allow) and the blocks keep
+    // kMinStepsPerBlock steps on average. The same for every instance, so that the split depends
+    // on the tiles, K and the GPU only.
     const int64_t tiles = ((items + kTileItems<E> - 1) / kTileItems<E> + kBlockWarps - 1) / kBlockWarps;
-    const int64_t steps = (a.K + kStep - 1) / kStep, resident = (int64_t)sm_count() * 2;
+    const int64_t steps = (a.K + kStep - 1) / kStep;
     int split = 1;
-    for (int s = kMaxSplit; s > 1 && split == 1; --s)
-        if (tiles * s <= resident && steps >= s * kMinStepsPerBlock && tiles <= resident_clusters(s)) split = s;
+    for (int s = kMaxSplit; s > 1; --s) {
+        if (steps >= s * kMinStepsPerBlock && tiles <= resident_clusters(s)) {
+            split = s;
+            break;
+        }
+    }
     // The weights stream through L2 once: evict-first (docs/PERF.md), as the decode GEMVs'.
     const Streamed weights{a.w, (size_t)a.N * (size_t)a.K * sizeof(bf16)};
     launch_streamed(kernel, (unsigned)(tiles * split), split > 1 ? split : 0, kBlockThreads, smem, at, weights, a, items, pair, split,
