@@ -64,6 +64,36 @@ std::string fmt_option(const OptionValue& o) {
     return std::visit([](const auto& v) { return fmt(v); }, o.value);
 }
 
+// [backend.tuning], every key.
+void emit_tuning(std::ostream& os, const KernelConfig& k) {
+    auto kv = [&](const char* key, const std::string& value) { os << key << " = " << value << "\n"; };
+    os << "\n[backend.tuning]\n";
+    kv("pdl", fmt(k.pdl));
+    kv("gemv_early", fmt(k.gemv_early));
+    kv("gemv_splitk", fmt<int64_t>(k.gemv_splitk));
+    kv("gemv_balance", fmt(k.gemv_balance));
+    kv("sum_wide", fmt(k.sum_wide));
+    kv("gemv_mma", fmt(k.gemv_mma));
+    kv("batch_gemm", fmt(k.batch_gemm));
+    kv("attention_early", fmt(k.attention_early));
+    kv("decode_splits", fmt<int64_t>(k.decode_splits));
+    kv("attention_gqa", fmt(k.attention_gqa));
+    kv("attention_one_pass", fmt(k.attention_one_pass));
+    kv("flash_tile", fmt(k.flash_tile));
+    kv("flash_short_max", fmt<int64_t>(k.flash_short_max));
+    kv("gemm_tune", fmt(k.gemm_tune));
+    kv("residual_epilogue", fmt(k.residual_epilogue));
+    kv("quant_prefill", fmt(k.quant_prefill));
+    kv("w8a8_fused", fmt(k.w8a8_fused));
+    kv("quant_gemv_tokens", fmt<int64_t>(k.quant_gemv_tokens));
+    kv("quant_mma", fmt(k.quant_mma));
+    kv("quant_ring", fmt(k.quant_ring));
+    kv("moe", fmt(k.moe));
+    kv("oneshot", fmt(k.oneshot));
+    kv("fused_all_reduce", fmt(k.fused_all_reduce));
+    kv("profile", fmt(k.profile));
+}
+
 }  // namespace
 
 std::string emit_job_toml(const Job& job) {
@@ -90,32 +120,7 @@ std::string emit_job_toml(const Job& job) {
     kv("device", fmt(job.backend.device));
     kv("collective_timeout_s", fmt(job.backend.collective_timeout_s));
     kv("cuda_graphs", fmt(job.backend.cuda_graphs));
-    const KernelConfig& k = job.backend.tuning;
-    os << "\n[backend.tuning]\n";
-    kv("pdl", fmt(k.pdl));
-    kv("gemv_early", fmt(k.gemv_early));
-    kv("gemv_splitk", fmt<int64_t>(k.gemv_splitk));
-    kv("gemv_balance", fmt(k.gemv_balance));
-    kv("sum_wide", fmt(k.sum_wide));
-    kv("gemv_mma", fmt(k.gemv_mma));
-    kv("batch_gemm", fmt(k.batch_gemm));
-    kv("attention_early", fmt(k.attention_early));
-    kv("decode_splits", fmt<int64_t>(k.decode_splits));
-    kv("attention_gqa", fmt(k.attention_gqa));
-    kv("attention_one_pass", fmt(k.attention_one_pass));
-    kv("flash_tile", fmt(k.flash_tile));
-    kv("flash_short_max", fmt<int64_t>(k.flash_short_max));
-    kv("gemm_tune", fmt(k.gemm_tune));
-    kv("residual_epilogue", fmt(k.residual_epilogue));
-    kv("quant_prefill", fmt(k.quant_prefill));
-    kv("w8a8_fused", fmt(k.w8a8_fused));
-    kv("quant_gemv_tokens", fmt<int64_t>(k.quant_gemv_tokens));
-    kv("quant_mma", fmt(k.quant_mma));
-    kv("quant_ring", fmt(k.quant_ring));
-    kv("moe", fmt(k.moe));
-    kv("oneshot", fmt(k.oneshot));
-    kv("fused_all_reduce", fmt(k.fused_all_reduce));
-    kv("profile", fmt(k.profile));
+    emit_tuning(os, job.backend.tuning);
     os << "\n[run]\n";
     kv("prompts", fmt(job.run.prompts));
     kv("max_new_tokens", fmt<int64_t>(job.run.max_new_tokens));
