@@ -107,8 +107,9 @@ void check_outputs(const std::vector<NamedPath>& outputs, const std::vector<Name
     for (size_t i = 0; i < outputs.size(); ++i) {
         const NamedPath& out = outputs[i];
         std::error_code ec;
-        if (out.path.empty() || fs::is_directory(out.path, ec) || out.path.back() == '/')
+        if (out.path.empty() || fs::is_directory(out.path, ec))
             throw JobError(describe(out) + " is a folder; name a file");
+        if (out.path.back() == '/') throw JobError(describe(out) + " ends in '/', which names a folder; name a file");
         if (fs::is_socket(out.path, ec))
             throw JobError(describe(out) + " is a socket, which cannot be opened as a file; name a file or a FIFO");
         FileId id = identify(out.path);

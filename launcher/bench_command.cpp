@@ -22,7 +22,7 @@ int cmd_bench(const Args& args) {
     check_outputs({{"--json", json}}, {});  // named as the user gave it; `tpx run` checks it against the job's files
     Args run_args = {vm["job"].as<std::string>(), "--bench", json};
     if (vm.count("dry-run")) run_args.push_back("--dry-run");
-    return cmd_run(run_args);
+    return run_job(run_args, "--json");
 }
 
 }  // namespace tpx

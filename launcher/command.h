@@ -59,6 +59,8 @@ int cmd_inspect(const Args& args);
 int cmd_convert(const Args& args);
 int cmd_plan(const Args& args);
 int cmd_run(const Args& args);
+// tpx run with bench_flag the name of its --bench output in messages (tpx bench: "--json").
+int run_job(const Args& args, const std::string& bench_flag);
 int cmd_serve(const Args& args);
 int cmd_refit(const Args& args);
 int cmd_bench(const Args& args);

@@ -72,7 +72,9 @@ void check_sampling_used(const Job& job) {
 
 }  // namespace
 
-int cmd_run(const Args& args) {
+// `tpx run`, and `tpx bench` through it: bench_flag is what the user typed for the benchmark's
+// JSON ("--bench" to tpx run, "--json" to tpx bench), the name messages give it.
+int run_job(const Args& args, const std::string& bench_flag) {
     po::options_description options("tpx run options");
     options.add_options()("job", po::value<std::string>()->required(), "the job file")(
         "dry-run", "print the mpirun command instead of running it")(
@@ -95,7 +97,8 @@ int cmd_run(const Args& args) {
     // The benchmark times its own steps: it keeps no logits and takes no pause.
     for (const char* unused : {"dump-logits", "step-delay-ms"})
         if (vm.count("bench") && vm.count(unused))
-            throw JobError(std::string("--") + unused + " does nothing with --bench (tpx bench): the benchmark keeps no logits and takes no pause");
+            throw JobError(std::string("--") + unused + " does nothing with " + bench_flag +
+                           " (tpx bench): the benchmark keeps no logits and takes no pause");
     // Outputs are resolved and proven writable before anything is started.
     std::vector<std::string> output_args;
     std::vector<NamedPath> extra_outputs;
@@ -103,7 +106,7 @@ int cmd_run(const Args& args) {
         if (vm.count(option)) {
             std::string path = output_file_arg(option, vm[option].as<std::string>());
             output_args.insert(output_args.end(), {std::string("--") + option, path});
-            extra_outputs.push_back({std::string("--") + option, path});
+            extra_outputs.push_back({std::string(option) == "bench" ? bench_flag : std::string("--") + option, path});
         }
     const ShardPlan plan = check_before_launch(job, extra_outputs, /*local=*/true);
     if (vm.count("bench") && !job.bench.batch_sizes.empty() && decode_positions(job.bench) > plan.max_seq_len)
@@ -131,7 +134,7 @@ int cmd_run(const Args& args) {
     // mpirun = "true") must not look like a run. Checked where rank 0 is this host's (no other
     // hosts named: their files may not be ours).
     const std::string written = vm.count("bench") ? extra_outputs.back().path : job.run.output;
-    const std::string written_as = vm.count("bench") ? "--bench" : "run.output";
+    const std::string written_as = vm.count("bench") ? bench_flag : "run.output";
     struct stat before {};
     const bool check_written = !is_stream_target(written) && job.launch.hosts.empty() && job.launch.hostfile.empty();
     const bool existed = check_written && ::stat(written.c_str(), &before) == 0;
@@ -156,5 +159,7 @@ int cmd_run(const Args& args) {
                  code == 0 ? "finished" : "failed", seconds, code);
     return code == 0 ? 0 : (code == kExitBadInput ? kExitBadInput : kExitRuntime);
 }
+
+int cmd_run(const Args& args) { return run_job(args, "--bench"); }
 
 }  // namespace tpx

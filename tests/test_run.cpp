@@ -314,6 +314,29 @@ TEST(Run, OutputFilesInFoldersThatDoNotExistAreRefusedBeforeStarting) {
     fs::remove_all(dir);
 }
 
+// tpx bench's output is named as its user typed it (--json, not tpx run's --bench) wherever the
+// launcher refuses it; a name ending in '/' is refused as such (it said "is a folder" of a name
+// that does not exist).
+TEST(Bench, RefusedOutputsAreNamedAsTyped) {
+    const std::string job = std::string(TPX_SOURCE_DIR) + "/jobs/examples/tiny.toml", tpx = tpx_test::tpx_bin("tpx");
+    std::string dir = tpx_test::temp_dir();
+    struct {
+        std::string command, says;
+    } cases[] = {{tpx + " bench " + job + " --json " + job, "--json (" + job + ") is the same file as"},
+                 {tpx + " run " + job + " --bench " + job, "--bench (" + job + ") is the same file as"},
+                 {tpx + " bench " + job + " --json " + dir + "/x.json/", "ends in '/'"}};
+    for (const auto& c : cases) {
+        auto r = tpx_test::run_process(c.command);
+        EXPECT_EQ(r.exit_code, 2) << c.command << "\n" << r.err << r.out;
+        EXPECT_NE(r.err.find(c.says), std::string::npos) << c.command << "\n" << r.err;
+        if (c.command.find(" bench ") != std::string::npos) {
+            EXPECT_EQ(r.err.find("--bench"), std::string::npos) << r.err;
+        }
+    }
+    EXPECT_FALSE(fs::exists(dir + "/x.json"));
+    fs::remove_all(dir);
+}
+
 // The CPU backend measures no device rates: the figures come without floors, and the JSON is
 // written whole.
 TEST(Bench, TheCpuBackendWritesItsFiguresAsJson) {
