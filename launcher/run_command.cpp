@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -70,6 +71,28 @@ void check_sampling_used(const Job& job) {
                        "run.sampling.temperature, or leave it out");
 }
 
+// What the ranks would refuse or time of the job's [bench], refused before they start: a [bench]
+// that times nothing (every size skipped, or none given: it wrote empty arrays and exited 0), and
+// decode sequences longer than run.max_seq_len (the ranks aborted after the load).
+void check_bench(const Job& job, const ShardPlan& plan) {
+    const BenchSection& b = job.bench;
+    auto any_within = [](const std::vector<int64_t>& sizes, int64_t limit) {
+        return std::any_of(sizes.begin(), sizes.end(), [&](int64_t v) { return v <= limit; });
+    };
+    const bool decodes = any_within(b.batch_sizes, plan.max_batch);
+    if (decodes && decode_positions(b) > plan.max_seq_len)
+        throw JobError(job.file + ": bench.decode_prompt_length + bench.decode_warmup + bench.decode_steps = " +
+                       std::to_string(decode_positions(b)) + " positions, more than run.max_seq_len = " + std::to_string(plan.max_seq_len) +
+                       " (the decode sequences grow a position a step)");
+    if (decodes || any_within(b.prompt_lengths, plan.max_seq_len)) return;
+    auto why = [](const std::vector<int64_t>& sizes, const char* key, const char* limit_key, int64_t limit) {
+        return sizes.empty() ? std::string("bench.") + key + " is empty"
+                             : std::string("every bench.") + key + " is above " + limit_key + " = " + std::to_string(limit);
+    };
+    throw JobError(job.file + ": [bench] times nothing: " + why(b.prompt_lengths, "prompt_lengths", "run.max_seq_len", plan.max_seq_len) +
+                   " and " + why(b.batch_sizes, "batch_sizes", "run.max_batch", plan.max_batch));
+}
+
 }  // namespace
 
 // `tpx run`, and `tpx bench` through it: bench_flag is what the user typed for the benchmark's
@@ -109,10 +132,7 @@ int run_job(const Args& args, const std::string& bench_flag) {
             extra_outputs.push_back({std::string(option) == "bench" ? bench_flag : std::string("--") + option, path});
         }
     const ShardPlan plan = check_before_launch(job, extra_outputs, /*local=*/true);
-    if (vm.count("bench") && !job.bench.batch_sizes.empty() && decode_positions(job.bench) > plan.max_seq_len)
-        throw JobError(job.file + ": bench.decode_prompt_length + bench.decode_warmup + bench.decode_steps = " +
-                       std::to_string(decode_positions(job.bench)) + " positions, more than run.max_seq_len = " +
-                       std::to_string(plan.max_seq_len) + " (the decode sequences grow a position a step)");
+    if (vm.count("bench")) check_bench(job, plan);
     check_launch_hosts(job, in_slurm_allocation());
     const char* progress = vm.count("quiet") ? "quiet" : (isatty(STDERR_FILENO) ? "live" : "lines");
     output_args.insert(output_args.end(), {"--progress", progress});

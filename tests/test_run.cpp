@@ -397,6 +397,20 @@ TEST(Bench, TheJobsBenchTableSaysWhatIsTimed) {
         << l.err;
     EXPECT_EQ(l.err.find("mpirun -np"), std::string::npos) << "a rank was started: " << l.err;
     EXPECT_FALSE(fs::exists(dir + "/long.json"));
+    // Nothing left to time: every size skipped, or none given.
+    struct {
+        std::string bench, says;
+    } empty[] = {{"prompt_lengths = [65]\nbatch_sizes = [5, 8]\n",
+                  "[bench] times nothing: every bench.prompt_lengths is above run.max_seq_len = 64 and every bench.batch_sizes is "
+                  "above run.max_batch = 4"},
+                 {"prompt_lengths = []\nbatch_sizes = []\n", "[bench] times nothing: bench.prompt_lengths is empty and bench.batch_sizes is empty"}};
+    for (const auto& e : empty) {
+        auto n = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " bench " + job("none.toml", e.bench) + " --json " + dir + "/none.json");
+        EXPECT_EQ(n.exit_code, 2) << n.err;
+        EXPECT_NE(n.err.find(e.says), std::string::npos) << n.err;
+        EXPECT_EQ(n.err.find("mpirun -np"), std::string::npos) << "a rank was started: " << n.err;
+        EXPECT_FALSE(fs::exists(dir + "/none.json"));
+    }
     fs::remove_all(dir);
 }
 
