@@ -113,7 +113,7 @@ cpu::GptqWeight random_gptq(int64_t N, int64_t K, int64_t group, int segments, b
         for (int64_t c = 0; c < chunks; ++c) w.chunk_group[s * chunks + c] = (int32_t)(permuted ? c * 32 / per_group : c * 32 / group);
         for (int64_t i = 0; permuted && i < K; ++i) w.perm[s * w.l.Kp + (i / group) * per_group + i % group] = ks[i];
     }
-    w.qw.resize(N * w.l.Kp / 8);
+    w.qw.resize(cpu::gptq_words(w.l));
     for (uint32_t& q : w.qw) q = (uint32_t)rng();
     std::uniform_real_distribution<float> s(0.005f, 0.02f);
     w.scales.resize(N * G);

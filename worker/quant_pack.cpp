@@ -86,17 +86,15 @@ void pack_gptq_rows(const QuantPiece& p, const GptqOrder& o, int64_t r0, int64_t
     const PackedSlice& s = *p.slice;
     const GptqTile t = s.gptq();
     const uint32_t* qweight = reinterpret_cast<const uint32_t*>(t.qweight);
-    const int64_t words = w.l.Kp / 8, G = w.l.G, row0 = s.in_begin / 8, col0 = s.out_begin / 8;
+    const int64_t G = w.l.G, row0 = s.in_begin / 8, col0 = s.out_begin / 8;
     constexpr int64_t kBlock = 16;  // rows at a time: a cache line of each packed row
     std::vector<uint8_t> qv(kBlock * s.in_len);
     for (int64_t b0 = r0; b0 < r1; b0 += kBlock) {
         const int64_t nb = std::min(kBlock, r1 - b0);
         // In order, unpadded: word c of row r holds positions 8c .. 8c + 7 lowest nibble first,
         // as the checkpoint's word (c, r) does: a transpose of words, no nibble moves.
-        for (int64_t r = b0; o.identity && r < b0 + nb; ++r) {
-            uint32_t* row = &w.qw[(p.row + r) * words];
-            for (int64_t c = 0; c < s.in_len / 8; ++c) row[c] = qweight[c * s.out_len + r];
-        }
+        for (int64_t r = b0; o.identity && r < b0 + nb; ++r)
+            for (int64_t c = 0; c < s.in_len / 8; ++c) w.qw[cpu::gptq_word(w.l, p.row + r, c)] = qweight[c * s.out_len + r];
         for (int64_t i = 0; !o.identity && i < s.in_len; ++i) {
             const int64_t in = s.in_begin + i;
             const uint32_t* src = qweight + (in / 8 - row0) * s.out_len + b0;
@@ -105,9 +103,8 @@ void pack_gptq_rows(const QuantPiece& p, const GptqOrder& o, int64_t r0, int64_t
         for (int64_t r = b0; r < b0 + nb; ++r) {
             const int64_t n = p.row + r, out = s.out_begin + r;
             const uint8_t* q = &qv[(r - b0) * s.in_len];
-            uint32_t* row = &w.qw[n * words];
             for (size_t kp = 0; !o.identity && kp < o.order.size(); ++kp)
-                if (o.order[kp] >= 0) row[kp / 8] |= (uint32_t)q[o.order[kp]] << (4 * (kp % 8));
+                if (o.order[kp] >= 0) w.qw[cpu::gptq_word(w.l, n, (int64_t)kp / 8)] |= (uint32_t)q[o.order[kp]] << (4 * (kp % 8));
             for (size_t g = 0; g < o.group_of.size(); ++g) {
                 const int64_t held = s.row_of_group[o.group_of[g]];
                 w.scales[n * G + g] = f32_to_f16(t.scales[held * s.out_len + r]);  // exact: read from f16
@@ -179,7 +176,7 @@ QuantParam pack_gptq(const std::string& name, int64_t N, int64_t K, const std::v
     q.method = Method::kGptq;
     cpu::GptqWeight& w = q.gptq;
     w.l = l;
-    w.qw.assign(N * (l.Kp / 8), 0);
+    w.qw.assign(cpu::gptq_words(l), 0);
     w.scales.assign(N * l.G, 0);
     w.zeros.assign(N * l.G, 8);
     const int64_t chunks = l.Kp / cpu::kGptqChunk;

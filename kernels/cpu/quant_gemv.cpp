@@ -57,7 +57,7 @@ float fp8_scale(const Fp8View& w, int64_t n, int64_t k) {
 }
 
 // Row n's q at position kp (0..15).
-int gptq_q(const GptqView& w, int64_t n, int64_t kp) { return (int)((w.qw[n * (w.l.Kp / 8) + kp / 8] >> (4 * (kp % 8))) & 0xf); }
+int gptq_q(const GptqView& w, int64_t n, int64_t kp) { return (int)((w.qw[gptq_word(w.l, n, kp / 8)] >> (4 * (kp % 8))) & 0xf); }
 int gptq_zero(const GptqView& w, int64_t n, int64_t g) { return w.zeros ? w.zeros[n * w.l.G + g] : 8; }
 int64_t gptq_x_index(const GptqView& w, int s, int64_t kp) { return w.perm ? w.perm[s * w.l.Kp + kp] : kp; }
 

@@ -30,8 +30,9 @@ struct Fp8View {
     const float* row_scale = nullptr;
 };
 
-// GPTQ int4 W [N, K] re-laid per output row: row n is Kp / 8 words qw[n, :], nibble j (lowest
-// first) of word c holding q at position k' = 8c + j of the row's segment order. Position k'
+// GPTQ int4 W [N, K] re-laid: row n has Kp / 8 words, nibble j (lowest first) of its word c
+// holding q at position k' = 8c + j of the row's segment order; word c of row n is
+// qw[gptq_word(l, n, c)] (tiles of 16 rows by one kGptqStep, below). Position k'
 // reads x[perm[s][k']] (perm nullptr: x[k'], and Kp == K; -1: padding, x taken as 0) where s is
 // the row's segment (rows [seg_end[s - 1], seg_end[s])); act-order rows are sorted by group at
 // load, so each chunk of kGptqChunk positions lies in one group, chunk_group[s][c] (local group
@@ -47,7 +48,7 @@ struct GptqLayout {
 };
 struct GptqView {
     GptqLayout l;
-    const uint32_t* qw = nullptr;           // [N, Kp / 8]
+    const uint32_t* qw = nullptr;           // gptq_words(l), tiles of 16 rows by a step (gptq_word)
     const uint16_t* scales = nullptr;       // fp16 [N, G]
     const uint8_t* zeros = nullptr;         // [N, G] or nullptr (all 8)
     const int32_t* perm = nullptr;          // [segments, Kp] or nullptr (identity)
@@ -55,6 +56,26 @@ struct GptqView {
 };
 
 constexpr int64_t kGptqStep = 4 * kGptqChunk;
+
+// Where the words lie: tiles of 16 rows by one step of kGptqStep positions (16 words a row),
+// each tile's steps in order, a step's 16 rows one after another (1 KB), rows past N and words
+// past Kp / 8 zero. The tensor-core GEMV's warp reads one row tile, a lane 16 bytes of rows g and
+// g + 8 a step (quant_gemv_mma.cu): each of its loads is then 512 contiguous bytes; in rows of Kp
+// / 8 words it was 64 bytes of each of 8 rows, which streamed slower (docs/PERF.md).
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+inline int64_t gptq_steps(const GptqLayout& l) {
+    return (l.Kp + kGptqStep - 1) / kGptqStep;
+}
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+inline int64_t gptq_word(const GptqLayout& l, int64_t n, int64_t c) {
+    return (((n >> 4) * gptq_steps(l) + (c >> 4)) << 8) + ((n & 15) << 4) + (c & 15);
+}
+// The words qw holds.
+inline int64_t gptq_words(const GptqLayout& l) { return (l.N + 15) / 16 * gptq_steps(l) * 256; }
 
 // The host's copies (what is uploaded), with views of themselves.
 struct Fp8Weight {

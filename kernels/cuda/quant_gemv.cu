@@ -101,13 +101,13 @@ __device__ inline void dot_gptq(const cpu::GptqView& w, int64_t n, const X* xs, 
     const int lane = threadIdx.x & 31;
     const int64_t Kp = w.l.Kp, chunks = Kp / cpu::kGptqChunk, xstride = kShared ? Kp : w.l.K;
     const int s = cpu::gptq_segment(w.l, n);
-    const uint4* row = reinterpret_cast<const uint4*>(w.qw + n * (Kp / 8));
+    const uint4* qw = reinterpret_cast<const uint4*>(w.qw);  // chunk c of row n: qw[gptq_word(l, n, 4c) / 4]
     const int32_t* chunk_group = w.chunk_group + s * chunks;
     for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
         uint4 wv[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u)
-            if (c0 + 32 * u < chunks) wv[u] = __ldcs(row + c0 + 32 * u);
+            if (c0 + 32 * u < chunks) wv[u] = __ldcs(qw + cpu::gptq_word(w.l, n, 4 * (c0 + 32 * u)) / 4);
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             const int64_t c = c0 + 32 * u;

@@ -11,7 +11,8 @@
 //   FP8: a step is 64 columns, 16 a lane; slice j is the lane's values 4j .. 4j + 3, through the
 //   hardware's e4m3x2 -> f16x2 (exact). A step lies in one scale block (block_in 64 x 2^n
 //   columns, the cut a multiple of 64); its sums times the rows' scales go into the fp32 sums.
-//   GPTQ: a step is 128 positions (one group: GptqLayout::group_steps), 32 a lane; word i's
+//   GPTQ: a step is 128 positions (one group: GptqLayout::group_steps), 32 a lane, a tile's
+//   16 rows of it 1 KB in a row (cpu::gptq_word: each load 512 contiguous bytes); word i's
 //   nibbles pair as (0, 4), (1, 5), (2, 6), (3, 7) (int4x8_to_f16), x stored in the same pairing;
 //   an asymmetric zero adds (8 - zero) x the step's sum of x. Act-order weights read x gathered
 //   per segment; a tile whose rows span segments runs once per segment, keeping each row's own.
@@ -31,6 +32,12 @@ constexpr int kTile = 16;  // items a tile: the mma's m
 template <Format F>
 __host__ __device__ constexpr int64_t step_k() {
     return F == Format::kFp8 ? 64 : cpu::kGptqStep;
+}
+// 16-byte words from one step of a row to the next: FP8 rows of K bytes; GPTQ's tiles of 16 rows
+// by a step (cpu::gptq_word).
+template <Format F>
+__host__ __device__ constexpr int step_stride() {
+    return F == Format::kFp8 ? 4 : 64;
 }
 
 // (w & mask) | bits as one LOP3 (0xea: a & b | c); the same in C++ compiles to two.
@@ -103,7 +110,7 @@ __device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2
             rs.mine[h] = true;
         } else {
             const cpu::GptqView& w = a.w.gptq;
-            rs.w[h] = reinterpret_cast<const uint4*>(w.qw + rows[h] * (Kp / 8)) + c;
+            rs.w[h] = reinterpret_cast<const uint4*>(w.qw + cpu::gptq_word(w.l, rows[h], 4 * c));
             rs.gptq_scale_at[h] = (uint32_t)(rows[h] * w.l.G);
             rs.gptq_zero[h] = w.zeros ? w.zeros + rows[h] * w.l.G : nullptr;
             rs.groups = w.chunk_group + seg * (Kp / cpu::kGptqChunk);
@@ -117,7 +124,8 @@ __device__ inline RowSet row_set(const QuantGemvArgs& a, const int64_t (&rows)[2
 template <Format F, int U>
 __device__ inline void load_steps(const RowSet& rs, int s0, int end, int64_t K, int c, uint4 (&wv)[U][2]) {
     constexpr int kStep = (int)step_k<F>();
-    const uint4* w[2] = {rs.w[0] + 4 * (int64_t)s0, rs.w[1] + 4 * (int64_t)s0};  // the steps at constant offsets from here
+    constexpr int kStride = step_stride<F>();
+    const uint4* w[2] = {rs.w[0] + kStride * (int64_t)s0, rs.w[1] + kStride * (int64_t)s0};  // the steps at constant offsets from here
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         const int s = s0 + u;
@@ -126,7 +134,7 @@ __device__ inline void load_steps(const RowSet& rs, int s0, int end, int64_t K, 
         // there too, but garbage weights could decode to NaN).
         const bool in_k = F != Format::kFp8 || (int64_t)s * kStep + 16 * c < K;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) wv[u][h] = in_k ? __ldcs(w[h] + 4 * u) : make_uint4(0, 0, 0, 0);  // 64 bytes a row a step, streamed
+        for (int h = 0; h < 2; ++h) wv[u][h] = in_k ? __ldcs(w[h] + kStride * u) : make_uint4(0, 0, 0, 0);  // 64 bytes a row a step, streamed
     }
 }
 

@@ -33,7 +33,7 @@ __global__ void dequant_gptq_kernel(cpu::GptqView w, bf16* dst) {
         const int64_t k = w.perm ? w.perm[s * Kp + kp] : kp;
         if (k < 0) continue;
         const int g = w.chunk_group[s * chunks + kp / cpu::kGptqChunk];
-        const int q = (int)((w.qw[n * (Kp / 8) + kp / 8] >> (4 * (kp % 8))) & 0xf);
+        const int q = (int)((w.qw[cpu::gptq_word(w.l, n, kp / 8)] >> (4 * (kp % 8))) & 0xf);
         const int z = w.zeros ? w.zeros[n * w.l.G + g] : 8;
         dst[n * w.l.K + k] = __float2bfloat16(__half2float(__ushort_as_half(w.scales[n * w.l.G + g])) * (float)(q - z));
     }
