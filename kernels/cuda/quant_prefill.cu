@@ -25,17 +25,31 @@ __global__ void dequant_fp8_kernel(cpu::Fp8View w, bf16* dst) {
     }
 }
 
+// A block a tile of 16 rows, 16 threads a row, a thread a word (8 positions) of a step: the
+// block reads each of the tile's steps whole (1 KB in a row: cpu::gptq_word) and, in order
+// (no act-order), writes 16 bytes of a row a thread.
 __global__ void dequant_gptq_kernel(cpu::GptqView w, bf16* dst) {
     pdl_entry();
-    const int64_t n = blockIdx.x, Kp = w.l.Kp, chunks = Kp / cpu::kGptqChunk;
+    static_assert(kThreads == 16 * 16, "16 rows of 16 threads");
+    const int64_t n = (int64_t)blockIdx.x * 16 + threadIdx.x / 16, K = w.l.K, Kp = w.l.Kp, chunks = Kp / cpu::kGptqChunk;
+    if (n >= w.l.N) return;
     const int s = cpu::gptq_segment(w.l, n);
-    for (int64_t kp = threadIdx.x; kp < Kp; kp += blockDim.x) {
-        const int64_t k = w.perm ? w.perm[s * Kp + kp] : kp;
-        if (k < 0) continue;
-        const int g = w.chunk_group[s * chunks + kp / cpu::kGptqChunk];
-        const int q = (int)((w.qw[cpu::gptq_word(w.l, n, kp / 8)] >> (4 * (kp % 8))) & 0xf);
+    for (int64_t c = threadIdx.x % 16; c < Kp / 8; c += 16) {
+        const uint32_t word = w.qw[cpu::gptq_word(w.l, n, c)];
+        const int g = w.chunk_group[s * chunks + c / (cpu::kGptqChunk / 8)];
+        const float scale = __half2float(__ushort_as_half(w.scales[n * w.l.G + g]));
         const int z = w.zeros ? w.zeros[n * w.l.G + g] : 8;
-        dst[n * w.l.K + k] = __float2bfloat16(__half2float(__ushort_as_half(w.scales[n * w.l.G + g])) * (float)(q - z));
+        __align__(16) bf16 v[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = __float2bfloat16(scale * (float)((int)((word >> (4 * j)) & 0xf) - z));
+        if (!w.perm && 8 * c + 8 <= K && K % 8 == 0) {
+            *reinterpret_cast<uint4*>(dst + n * K + 8 * c) = *reinterpret_cast<const uint4*>(v);
+            continue;
+        }
+        for (int j = 0; j < 8; ++j) {
+            const int64_t kp = 8 * c + j, k = w.perm ? w.perm[s * Kp + kp] : kp;
+            if (k >= 0 && k < K) dst[n * K + k] = v[j];
+        }
     }
 }
 
@@ -104,7 +118,7 @@ __global__ void dequantize_act_kernel(const uint8_t* xq, const float* xs, int64_
 void quant_dequantize(const QuantWeightView& w, bf16* dst, Launch at) {
     if (w.N() == 0) return;
     if (w.format == Format::kFp8) launch(dequant_fp8_kernel, (unsigned)w.N(), kThreads, 0, at, w.fp8, dst);
-    else launch(dequant_gptq_kernel, (unsigned)w.N(), kThreads, 0, at, w.gptq, dst);
+    else launch(dequant_gptq_kernel, (unsigned)((w.N() + 15) / 16), kThreads, 0, at, w.gptq, dst);
     TPX_LAUNCH_CHECK();
 }
 
