@@ -15,20 +15,42 @@ namespace {
 using Format = QuantWeightView::Format;
 constexpr int kThreads = 256;
 
-__global__ void dequant_fp8_kernel(cpu::Fp8View w, bf16* dst) {
+// A block a row, a thread 16 bytes (16 values of one scale block: K, block_in and in_offset are
+// multiples of 16) at a time, written as 32 where both are 16-byte aligned (vec), else byte by
+// byte (it was a byte a thread always).
+__global__ void dequant_fp8_kernel(cpu::Fp8View w, bf16* dst, bool vec) {
     pdl_entry();
     const int64_t n = blockIdx.x, K = w.l.K;
     const float* scale = w.scale + (n / w.l.rows_per_scale) * w.l.scale_cols;
-    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
-        const __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)w.w[n * K + k], __NV_E4M3);
-        dst[n * K + k] = __float2bfloat16(__half2float(__half(h)) * scale[(k + w.l.in_offset) / w.l.block_in]);
+    if (!vec) {
+        for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+            const __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)w.w[n * K + k], __NV_E4M3);
+            dst[n * K + k] = __float2bfloat16(__half2float(__half(h)) * scale[(k + w.l.in_offset) / w.l.block_in]);
+        }
+        return;
+    }
+    const uint4* row = reinterpret_cast<const uint4*>(w.w + n * K);
+    for (int64_t c = threadIdx.x; c < K / 16; c += blockDim.x) {
+        const uint4 raw = row[c];
+        const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+        const float sc = scale[(16 * c + w.l.in_offset) / w.l.block_in];
+        __align__(16) bf16 v[16];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(words[i / 2] >> (16 * (i % 2))), __NV_E4M3);
+            v[2 * i] = __float2bfloat16(__half2float(__half(__half_raw{h.x})) * sc);
+            v[2 * i + 1] = __float2bfloat16(__half2float(__half(__half_raw{h.y})) * sc);
+        }
+        uint4* out = reinterpret_cast<uint4*>(dst + n * K + 16 * c);
+        out[0] = reinterpret_cast<const uint4*>(v)[0];
+        out[1] = reinterpret_cast<const uint4*>(v)[1];
     }
 }
 
 // A block a tile of 16 rows, 16 threads a row, a thread a word (8 positions) of a step: the
 // block reads each of the tile's steps whole (1 KB in a row: cpu::gptq_word) and, in order
-// (no act-order), writes 16 bytes of a row a thread.
-__global__ void dequant_gptq_kernel(cpu::GptqView w, bf16* dst) {
+// (no act-order), writes 16 bytes of a row a thread where dst's rows are 16-byte aligned (vec).
+__global__ void dequant_gptq_kernel(cpu::GptqView w, bf16* dst, bool vec) {
     pdl_entry();
     static_assert(kThreads == 16 * 16, "16 rows of 16 threads");
     const int64_t n = (int64_t)blockIdx.x * 16 + threadIdx.x / 16, K = w.l.K, Kp = w.l.Kp, chunks = Kp / cpu::kGptqChunk;
@@ -42,7 +64,7 @@ __global__ void dequant_gptq_kernel(cpu::GptqView w, bf16* dst) {
         __align__(16) bf16 v[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[j] = __float2bfloat16(scale * (float)((int)((word >> (4 * j)) & 0xf) - z));
-        if (!w.perm && 8 * c + 8 <= K && K % 8 == 0) {
+        if (vec && !w.perm && 8 * c + 8 <= K) {
             *reinterpret_cast<uint4*>(dst + n * K + 8 * c) = *reinterpret_cast<const uint4*>(v);
             continue;
         }
@@ -117,8 +139,8 @@ __global__ void dequantize_act_kernel(const uint8_t* xq, const float* xs, int64_
 
 void quant_dequantize(const QuantWeightView& w, bf16* dst, Launch at) {
     if (w.N() == 0) return;
-    if (w.format == Format::kFp8) launch(dequant_fp8_kernel, (unsigned)w.N(), kThreads, 0, at, w.fp8, dst);
-    else launch(dequant_gptq_kernel, (unsigned)((w.N() + 15) / 16), kThreads, 0, at, w.gptq, dst);
+    if (w.format == Format::kFp8) launch(dequant_fp8_kernel, (unsigned)w.N(), kThreads, 0, at, w.fp8, dst, aligned16({w.fp8.w, dst}));
+    else launch(dequant_gptq_kernel, (unsigned)((w.N() + 15) / 16), kThreads, 0, at, w.gptq, dst, aligned16({dst}) && w.K() % 8 == 0);
     TPX_LAUNCH_CHECK();
 }
 
