@@ -973,7 +973,7 @@ void quant_sweep(cudaStream_t st) {
                 v.format = cuda::QuantWeightView::Format::kGptq;
                 v.gptq.l.N = sh.N, v.gptq.l.K = sh.K, v.gptq.l.Kp = sh.K, v.gptq.l.G = sh.K / 128, v.gptq.l.seg_end[0] = sh.N;
                 v.gptq.l.group_steps = true;  // groups of 128 in order
-                wbytes = sh.K * sh.N / 2, sbytes = sh.N * (sh.K / 128) * 2;
+                wbytes = cpu::gptq_words(v.gptq.l) * 4, sbytes = sh.N * (sh.K / 128) * 2;
                 std::vector<int32_t> groups(sh.K / 32);
                 for (size_t c = 0; c < groups.size(); ++c) groups[c] = (int32_t)(c / 4);
                 int32_t* cg = device_alloc<int32_t>(groups.size(), false);

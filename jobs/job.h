@@ -109,8 +109,10 @@ struct ServeSection {
 };
 
 // [bench]: what `tpx bench` times (docs/PERF.md has the method). Sizes past run.max_batch or
-// run.max_seq_len are skipped with a message; an empty list times none of that kind. The decode
-// sequences must fit run.max_seq_len: decode_prompt_length + decode_warmup + decode_steps.
+// run.max_seq_len are skipped with a message; an empty list times none of that kind (both empty:
+// the load and the device's rates alone); sizes given of which every one would be skipped are
+// refused by the launcher. Where a batch size runs, the decode sequences must fit
+// run.max_seq_len: decode_prompt_length + decode_warmup + decode_steps.
 struct BenchSection {
     std::vector<int64_t> prompt_lengths = {128, 2048};  // prefill: one prompt of each length, median of 5 after a warm-up
     std::vector<int64_t> batch_sizes = {1, 8, 64};      // decode: a step at each batch size, median over decode_steps

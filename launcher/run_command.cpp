@@ -71,9 +71,9 @@ void check_sampling_used(const Job& job) {
                        "run.sampling.temperature, or leave it out");
 }
 
-// What the ranks would refuse or time of the job's [bench], refused before they start: a [bench]
-// that times nothing (every size skipped, or none given: it wrote empty arrays and exited 0), and
-// decode sequences longer than run.max_seq_len (the ranks aborted after the load).
+// What the ranks would refuse of the job's [bench], refused before any starts: decode sequences
+// longer than run.max_seq_len where a batch size runs, and sizes given of which the ranks would
+// skip every one (both lists empty is a bench of the load and the device's rates alone).
 void check_bench(const Job& job, const ShardPlan& plan) {
     const BenchSection& b = job.bench;
     auto any_within = [](const std::vector<int64_t>& sizes, int64_t limit) {
@@ -84,12 +84,12 @@ void check_bench(const Job& job, const ShardPlan& plan) {
         throw JobError(job.file + ": bench.decode_prompt_length + bench.decode_warmup + bench.decode_steps = " +
                        std::to_string(decode_positions(b)) + " positions, more than run.max_seq_len = " + std::to_string(plan.max_seq_len) +
                        " (the decode sequences grow a position a step)");
-    if (decodes || any_within(b.prompt_lengths, plan.max_seq_len)) return;
+    if (decodes || any_within(b.prompt_lengths, plan.max_seq_len) || (b.prompt_lengths.empty() && b.batch_sizes.empty())) return;
     auto why = [](const std::vector<int64_t>& sizes, const char* key, const char* limit_key, int64_t limit) {
         return sizes.empty() ? std::string("bench.") + key + " is empty"
                              : std::string("every bench.") + key + " is above " + limit_key + " = " + std::to_string(limit);
     };
-    throw JobError(job.file + ": [bench] times nothing: " + why(b.prompt_lengths, "prompt_lengths", "run.max_seq_len", plan.max_seq_len) +
+    throw JobError(job.file + ": [bench] times no prefill and no decode: " + why(b.prompt_lengths, "prompt_lengths", "run.max_seq_len", plan.max_seq_len) +
                    " and " + why(b.batch_sizes, "batch_sizes", "run.max_batch", plan.max_batch));
 }
 

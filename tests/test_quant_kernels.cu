@@ -215,12 +215,14 @@ void check_weight(const W& w, const std::string& what, int mma = -1) {
     std::vector<float> dense(N * K, 0.0f);
     if constexpr (std::is_same_v<W, cpu::Fp8Weight>) cpu::dequantize_fp8_layout(w.view(), dense.data());
     else cpu::dequantize_gptq_layout(w.view(), dense.data());
-    bf16* d = b.poisoned(N * K);
-    cuda::quant_dequantize(v, d, on(nullptr));
-    const std::vector<float> got = download(d, N * K);
-    int64_t bad = 0;
-    for (int64_t i = 0; i < N * K; ++i) bad += bf16_to_f32(f32_to_bf16(dense[i])) != got[i];
-    EXPECT_EQ(bad, 0) << what << ": dequantized to bf16";
+    for (int64_t off : {0, 1}) {  // 1: off the 16-byte boundary, the kernels' element-wise stores
+        bf16* d = b.poisoned(N * K + 8) + off;
+        cuda::quant_dequantize(v, d, on(nullptr));
+        const std::vector<float> got = download(d, N * K);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < N * K; ++i) bad += bf16_to_f32(f32_to_bf16(dense[i])) != got[i];
+        EXPECT_EQ(bad, 0) << what << ": dequantized to bf16 at offset " << off;
+    }
 }
 
 // x of T tokens: normal values, one block of zeros, one large outlier (a scale far from the others).

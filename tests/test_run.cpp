@@ -318,8 +318,8 @@ TEST(Run, OutputFilesInFoldersThatDoNotExistAreRefusedBeforeStarting) {
 // launcher refuses it; a name ending in '/' is refused as such (it said "is a folder" of a name
 // that does not exist).
 TEST(Bench, RefusedOutputsAreNamedAsTyped) {
-    const std::string job = std::string(TPX_SOURCE_DIR) + "/jobs/examples/tiny.toml", tpx = tpx_test::tpx_bin("tpx");
-    std::string dir = tpx_test::temp_dir();
+    const std::string dir = tpx_test::temp_dir(), job = dir + "/job.toml", tpx = tpx_test::tpx_bin("tpx");
+    std::ofstream(job) << "[model]\npath = \"" << TPX_SOURCE_DIR << "/models/tiny-text\"\n[parallel]\ntp = 2\n";
     struct {
         std::string command, says;
     } cases[] = {{tpx + " bench " + job + " --json " + job, "--json (" + job + ") is the same file as"},
@@ -397,13 +397,15 @@ TEST(Bench, TheJobsBenchTableSaysWhatIsTimed) {
         << l.err;
     EXPECT_EQ(l.err.find("mpirun -np"), std::string::npos) << "a rank was started: " << l.err;
     EXPECT_FALSE(fs::exists(dir + "/long.json"));
-    // Nothing left to time: every size skipped, or none given.
+    // Sizes given of which the ranks would skip every one.
     struct {
         std::string bench, says;
     } empty[] = {{"prompt_lengths = [65]\nbatch_sizes = [5, 8]\n",
-                  "[bench] times nothing: every bench.prompt_lengths is above run.max_seq_len = 64 and every bench.batch_sizes is "
-                  "above run.max_batch = 4"},
-                 {"prompt_lengths = []\nbatch_sizes = []\n", "[bench] times nothing: bench.prompt_lengths is empty and bench.batch_sizes is empty"}};
+                  "[bench] times no prefill and no decode: every bench.prompt_lengths is above run.max_seq_len = 64 and every "
+                  "bench.batch_sizes is above run.max_batch = 4"},
+                 {"prompt_lengths = []\nbatch_sizes = [8]\n",
+                  "[bench] times no prefill and no decode: bench.prompt_lengths is empty and every bench.batch_sizes is above "
+                  "run.max_batch = 4"}};
     for (const auto& e : empty) {
         auto n = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " bench " + job("none.toml", e.bench) + " --json " + dir + "/none.json");
         EXPECT_EQ(n.exit_code, 2) << n.err;
@@ -411,6 +413,14 @@ TEST(Bench, TheJobsBenchTableSaysWhatIsTimed) {
         EXPECT_EQ(n.err.find("mpirun -np"), std::string::npos) << "a rank was started: " << n.err;
         EXPECT_FALSE(fs::exists(dir + "/none.json"));
     }
+    // Every batch size skipped: the decode length (238 positions by default) is not the ranks'
+    // concern, and the prefill runs.
+    auto p = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " bench " + job("prefill.toml", "prompt_lengths = [16]\nbatch_sizes = [5]\n") +
+                                   " --json " + dir + "/prefill.json");
+    ASSERT_EQ(p.exit_code, 0) << p.err << p.out;
+    nlohmann::json pj = nlohmann::json::parse(tpx_test::read_text(dir + "/prefill.json"));
+    EXPECT_EQ(pj["prefill"].size(), 1u);
+    EXPECT_EQ(pj["decode"].size(), 0u);
     fs::remove_all(dir);
 }
 

@@ -1,6 +1,7 @@
 // Packing a rank's quantized parameters for the GPU: FP8 rows copied as stored with their block
-// scales; GPTQ words transposed to one row per output feature, act-order positions sorted by
-// group (each group padded to whole chunks), so that a chunk of the kernel has one scale.
+// scales; GPTQ words transposed per output feature into tiles of 16 features by one step
+// (cpu::gptq_word), act-order positions sorted by group (each group padded to whole chunks), so
+// that a chunk of the kernel has one scale.
 #include "worker/quant_pack.h"
 
 #include <algorithm>

@@ -59,9 +59,10 @@ constexpr int64_t kGptqStep = 4 * kGptqChunk;
 
 // Where the words lie: tiles of 16 rows by one step of kGptqStep positions (16 words a row),
 // each tile's steps in order, a step's 16 rows one after another (1 KB), rows past N and words
-// past Kp / 8 zero. The tensor-core GEMV's warp reads one row tile, a lane 16 bytes of rows g and
-// g + 8 a step (quant_gemv_mma.cu): each of its loads is then 512 contiguous bytes; in rows of Kp
-// / 8 words it was 64 bytes of each of 8 rows, which streamed slower (docs/PERF.md).
+// past Kp / 8 zero. The tensor-core GEMV's warp reads a tile's rows, a lane 16 bytes of rows g
+// and g + 8 a step (quant_gemv_mma.cu): where its 16 rows start a tile (every linear of Llama's
+// shapes), each load is 512 contiguous bytes, which streams faster than 64 bytes of each of 8
+// rows (docs/PERF.md).
 #ifdef __CUDACC__
 __host__ __device__
 #endif

@@ -33,8 +33,8 @@ template <Format F>
 __host__ __device__ constexpr int64_t step_k() {
     return F == Format::kFp8 ? 64 : cpu::kGptqStep;
 }
-// 16-byte words from one step of a row to the next: FP8 rows of K bytes; GPTQ's tiles of 16 rows
-// by a step (cpu::gptq_word).
+// 16-byte loads (uint4) from one step of a row to the next: FP8 rows of K bytes; GPTQ's tiles of
+// 16 rows by a step (cpu::gptq_word).
 template <Format F>
 __host__ __device__ constexpr int step_stride() {
     return F == Format::kFp8 ? 4 : 64;

@@ -17,7 +17,7 @@ constexpr int kThreads = 256;
 
 // A block a row, a thread 16 bytes (16 values of one scale block: K, block_in and in_offset are
 // multiples of 16) at a time, written as 32 where both are 16-byte aligned (vec), else byte by
-// byte (it was a byte a thread always).
+// byte.
 __global__ void dequant_fp8_kernel(cpu::Fp8View w, bf16* dst, bool vec) {
     pdl_entry();
     const int64_t n = blockIdx.x, K = w.l.K;
@@ -139,7 +139,7 @@ __global__ void dequantize_act_kernel(const uint8_t* xq, const float* xs, int64_
 
 void quant_dequantize(const QuantWeightView& w, bf16* dst, Launch at) {
     if (w.N() == 0) return;
-    if (w.format == Format::kFp8) launch(dequant_fp8_kernel, (unsigned)w.N(), kThreads, 0, at, w.fp8, dst, aligned16({w.fp8.w, dst}));
+    if (w.format == Format::kFp8) launch(dequant_fp8_kernel, (unsigned)w.N(), kThreads, 0, at, w.fp8, dst, aligned16({w.fp8.w, dst}) && w.K() % 16 == 0);
     else launch(dequant_gptq_kernel, (unsigned)((w.N() + 15) / 16), kThreads, 0, at, w.gptq, dst, aligned16({dst}) && w.K() % 8 == 0);
     TPX_LAUNCH_CHECK();
 }
