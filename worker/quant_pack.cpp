@@ -88,7 +88,7 @@ void pack_gptq_rows(const QuantPiece& p, const GptqOrder& o, int64_t r0, int64_t
     const GptqTile t = s.gptq();
     const uint32_t* qweight = reinterpret_cast<const uint32_t*>(t.qweight);
     const int64_t G = w.l.G, row0 = s.in_begin / 8, col0 = s.out_begin / 8;
-    constexpr int64_t kBlock = 16;  // rows at a time: a cache line of each packed row
+    constexpr int64_t kBlock = 16;  // rows at a time: a tile of the layout where the piece starts one
     std::vector<uint8_t> qv(kBlock * s.in_len);
     for (int64_t b0 = r0; b0 < r1; b0 += kBlock) {
         const int64_t nb = std::min(kBlock, r1 - b0);
