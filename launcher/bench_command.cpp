@@ -2,7 +2,6 @@
 #include <iostream>
 
 #include "common/error.h"
-#include "common/output_path.h"
 #include "launcher/command.h"
 
 namespace po = boost::program_options;
@@ -18,8 +17,7 @@ int cmd_bench(const Args& args) {
     positional.add("job", 1);
     po::variables_map vm;
     if (parse_command_line(args, "tpx bench JOB [--json FILE]", options, positional, vm)) return 0;
-    std::string json = output_file_arg("json", vm["json"].as<std::string>());
-    check_outputs({{"--json", json}}, {});  // named as the user gave it; `tpx run` checks it against the job's files
+    std::string json = output_file_arg("json", vm["json"].as<std::string>());  // checked by run_job, named --json
     Args run_args = {vm["job"].as<std::string>(), "--bench", json};
     if (vm.count("dry-run")) run_args.push_back("--dry-run");
     return run_job(run_args, "--json");
