@@ -20,7 +20,7 @@ int cmd_bench(const Args& args) {
     std::string json = output_file_arg("json", vm["json"].as<std::string>());  // checked by run_job, named --json
     Args run_args = {vm["job"].as<std::string>(), "--bench", json};
     if (vm.count("dry-run")) run_args.push_back("--dry-run");
-    return run_job(run_args, "--json");
+    return run_job(run_args, RunAs{"tpx bench", "--json"});
 }
 
 }  // namespace tpx

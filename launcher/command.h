@@ -59,8 +59,13 @@ int cmd_inspect(const Args& args);
 int cmd_convert(const Args& args);
 int cmd_plan(const Args& args);
 int cmd_run(const Args& args);
-// tpx run with bench_flag the name of its --bench output in messages (tpx bench: "--json").
-int run_job(const Args& args, const std::string& bench_flag);
+// tpx run, and tpx bench through it: who the messages and progress lines say they come from,
+// and what the user typed for the benchmark's JSON output.
+struct RunAs {
+    std::string command = "tpx run";      // "tpx bench"
+    std::string bench_flag = "--bench";   // tpx bench: "--json"
+};
+int run_job(const Args& args, const RunAs& as);
 int cmd_serve(const Args& args);
 int cmd_refit(const Args& args);
 int cmd_bench(const Args& args);

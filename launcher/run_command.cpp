@@ -37,7 +37,7 @@ namespace {
 // After a failed job on several hosts, asks each host, through the same agent mpirun used,
 // to run `true` within 5 s, and names those that do not answer: mpirun's own message does not
 // always say which host went away.
-void report_unreachable_hosts(const Job& job) {
+void report_unreachable_hosts(const Job& job, const char* who) {
     std::vector<RankPlace> map = rank_map(job);
     if (job.launch.hosts.empty() && job.launch.hostfile.empty()) return;
     std::vector<std::string> agent = {"ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"};
@@ -49,7 +49,7 @@ void report_unreachable_hosts(const Job& job) {
         probe.insert(probe.end(), agent.begin(), agent.end());
         probe.insert(probe.end(), {map[i].host, "true"});
         if (run_command(probe).exit_code != 0)
-            std::fprintf(stderr, "tpx run: host %s (rank%s) did not answer; it is down or cannot be reached\n", map[i].host.c_str(),
+            std::fprintf(stderr, "%s: host %s (rank%s) did not answer; it is down or cannot be reached\n", who, map[i].host.c_str(),
                          i == j ? (" " + std::to_string(i)).c_str() : ("s " + std::to_string(i) + "-" + std::to_string(j)).c_str());
         i = j + 1;
     }
@@ -95,9 +95,11 @@ void check_bench(const Job& job, const ShardPlan& plan) {
 
 }  // namespace
 
-// `tpx run`, and `tpx bench` through it: bench_flag is what the user typed for the benchmark's
-// JSON ("--bench" to tpx run, "--json" to tpx bench), the name messages give it.
-int run_job(const Args& args, const std::string& bench_flag) {
+// `tpx run`, and `tpx bench` through it (`as` says which, and the name of the benchmark's JSON
+// output as typed).
+int run_job(const Args& args, const RunAs& as) {
+    const std::string& bench_flag = as.bench_flag;
+    const char* who = as.command.c_str();
     po::options_description options("tpx run options");
     options.add_options()("job", po::value<std::string>()->required(), "the job file")(
         "dry-run", "print the mpirun command instead of running it")(
@@ -147,8 +149,8 @@ int run_job(const Args& args, const std::string& bench_flag) {
         ranks_job.keep();
         return 0;
     }
-    std::cerr << "tpx run: rank map: " << format_rank_map(rank_map(job)) << "\n";
-    std::cerr << "tpx run: " << shell_join(cmd) << "\n";
+    std::cerr << who << ": rank map: " << format_rank_map(rank_map(job)) << "\n";
+    std::cerr << who << ": " << shell_join(cmd) << "\n";
     // Rank 0 writes its result whole (a new file renamed into place) at the end: run.output, or
     // with --bench the figures. An mpirun that exits 0 without having run the ranks ([launch]
     // mpirun = "true") must not look like a run. Checked where rank 0 is this host's (no other
@@ -159,14 +161,14 @@ int run_job(const Args& args, const std::string& bench_flag) {
     const bool check_written = !is_stream_target(written) && job.launch.hosts.empty() && job.launch.hostfile.empty();
     const bool existed = check_written && ::stat(written.c_str(), &before) == 0;
     MpirunSettings settings;
-    settings.name = "tpx run";
+    settings.name = who;
     MpirunOutcome outcome = run_mpirun(cmd, settings);
     const int code = outcome.code, g_signal = outcome.signal;
     const double seconds = outcome.seconds;
-    if (code != 0) report_unreachable_hosts(job);
+    if (code != 0) report_unreachable_hosts(job, who);
     if (code == 127) throw Error("could not start " + cmd[0] + " (is Open MPI installed? set [launch] mpirun)");
     if (g_signal != 0) {
-        std::fprintf(stderr, "tpx run: job '%s' interrupted by %s after %.1f s\n", job.name.c_str(), strsignal(g_signal), seconds);
+        std::fprintf(stderr, "%s: job '%s' interrupted by %s after %.1f s\n", who, job.name.c_str(), strsignal(g_signal), seconds);
         return 128 + g_signal;
     }
     struct stat after {};
@@ -175,11 +177,11 @@ int run_job(const Args& args, const std::string& bench_flag) {
                                                    after.st_mtim.tv_nsec == before.st_mtim.tv_nsec)))
         throw Error(cmd[0] + " exited 0, but no rank wrote " + written_as + " (" + written + "): did it start the ranks? ([launch] mpirun)",
                     kExitRuntime);
-    std::fprintf(stderr, "tpx run: job '%s' %s after %.1f s (exit status %d)\n", job.name.c_str(),
+    std::fprintf(stderr, "%s: job '%s' %s after %.1f s (exit status %d)\n", who, job.name.c_str(),
                  code == 0 ? "finished" : "failed", seconds, code);
     return code == 0 ? 0 : (code == kExitBadInput ? kExitBadInput : kExitRuntime);
 }
 
-int cmd_run(const Args& args) { return run_job(args, "--bench"); }
+int cmd_run(const Args& args) { return run_job(args, RunAs{}); }
 
 }  // namespace tpx

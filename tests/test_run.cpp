@@ -345,6 +345,10 @@ TEST(Bench, TheCpuBackendWritesItsFiguresAsJson) {
                                    "/bench.json");
     ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
     EXPECT_NE(r.out.find("no device rates on this backend"), std::string::npos) << r.out;
+    // Its lines say they are tpx bench's (they said tpx run's).
+    EXPECT_NE(r.err.find("tpx bench: rank map: "), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("tpx bench: job 'tiny' finished after "), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("tpx run"), std::string::npos) << r.err;
     nlohmann::json j = nlohmann::json::parse(tpx_test::read_text(dir + "/bench.json"));
     EXPECT_EQ(j["tp"], 2);
     EXPECT_EQ(j["read_over_planned"], 1.0);
