@@ -17,6 +17,7 @@
 
 #include "common/error.h"
 #include "jobs/files.h"
+#include "jobs/toml_error.h"
 
 namespace fs = std::filesystem;
 
@@ -534,42 +535,6 @@ std::string file_safe(const std::string& name) {
     return out + tag;
 }
 
-namespace {
-
-// TOML++'s message for a key given twice names the key wrongly where the key is quoted
-// ("a" = 1 twice: 'cannot redefine existing integer '"aa" ''): the name is replaced by the key as
-// the line writes it, the text between the last ',' or '{' and the last '=' (outside quotes)
-// before the value the error points at, trimmed.
-std::string toml_description(const toml::parse_error& e, const std::string& text) {
-    std::string d(e.description());
-    const size_t redefine = d.find("cannot redefine existing "), open = d.find('\'', redefine), close = d.rfind('\'');
-    const size_t line_no = e.source().begin.line, column = e.source().begin.column;
-    if (d.find("key-value pair") == std::string::npos || redefine == std::string::npos || open == std::string::npos || close <= open ||
-        line_no == 0 || column == 0)
-        return d;
-    size_t begin = 0;
-    for (size_t n = 1; n < line_no; ++n) {
-        const size_t end = text.find('\n', begin);
-        if (end == std::string::npos) return d;
-        begin = end + 1;
-    }
-    const std::string line = text.substr(begin, text.find('\n', begin) - begin);
-    char quote = 0;
-    size_t eq = std::string::npos, start = 0;
-    for (size_t i = 0; i + 1 < column && i < line.size(); ++i) {
-        if (quote) quote = line[i] == quote ? 0 : quote;
-        else if (line[i] == '"' || line[i] == '\'') quote = line[i];
-        else if (line[i] == '=') eq = i;
-        else if (line[i] == ',' || line[i] == '{') start = i + 1;
-    }
-    if (eq == std::string::npos || eq < start) return d;
-    const size_t first = line.find_first_not_of(" \t", start), last = line.find_last_not_of(" \t", eq - 1);
-    if (first == std::string::npos || last == std::string::npos || last < first || first >= eq) return d;
-    return d.substr(0, open + 1) + line.substr(first, last - first + 1) + d.substr(close);
-}
-
-}  // namespace
-
 Job parse_job(const std::string& text, const std::string& file, const std::string& base_dir) {
     Job job;
     job.file = file;
@@ -582,7 +547,7 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
         root = toml::parse(text, file);
     } catch (const toml::parse_error& e) {
         throw JobError(at(file, e.source().begin.line, e.source().begin.column,
-                          "not valid TOML: " + toml_description(e, text)));
+                          "not valid TOML: " + describe_toml_error(e.description(), e.source().begin.line, e.source().begin.column, text)));
     }
 
     for (auto&& [k, v] : root) {

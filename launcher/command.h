@@ -59,8 +59,9 @@ int cmd_inspect(const Args& args);
 int cmd_convert(const Args& args);
 int cmd_plan(const Args& args);
 int cmd_run(const Args& args);
-// tpx run, and tpx bench through it: who the messages and progress lines say they come from,
-// and what the user typed for the benchmark's JSON output.
+// tpx run, and tpx bench through it: the command the launcher's own lines name (the rank map,
+// the mpirun command, how the job ended, hosts that did not answer; the ranks' progress lines
+// name none), and what the user typed for the benchmark's JSON output.
 struct RunAs {
     std::string command = "tpx run";      // "tpx bench"
     std::string bench_flag = "--bench";   // tpx bench: "--json"

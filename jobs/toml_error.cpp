@@ -1,0 +1,49 @@
+#include "jobs/toml_error.h"
+
+namespace tpx {
+namespace {
+
+// Line `line` (1-based) of text, without its end; the UTF-8 byte order mark of line 1 left out.
+bool line_of(const std::string& text, size_t line, std::string& out) {
+    size_t begin = 0;
+    for (size_t n = 1; n < line; ++n) {
+        const size_t end = text.find('\n', begin);
+        if (end == std::string::npos) return false;
+        begin = end + 1;
+    }
+    if (line == 1 && text.compare(0, 3, "\xEF\xBB\xBF") == 0) begin = 3;
+    const size_t end = text.find('\n', begin);
+    out = text.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+    if (!out.empty() && out.back() == '\r') out.pop_back();
+    return true;
+}
+
+}  // namespace
+
+std::string describe_toml_error(std::string_view description, size_t line, size_t column, const std::string& text) {
+    const std::string d(description);
+    const size_t redefine = d.find("cannot redefine existing "), open = d.find('\'', redefine), close = d.rfind('\'');
+    std::string l;
+    if (d.find("key-value pair") == std::string::npos || redefine == std::string::npos || open == std::string::npos || close <= open ||
+        line == 0 || column == 0 || !line_of(text, line, l))
+        return d;
+    // Up to the column's character: the last '=' and the last ',' or '{' outside strings ('"'
+    // strings with their backslash escapes, '\'' literal ones).
+    char quote = 0;
+    size_t eq = std::string::npos, start = 0, chars = 0;
+    for (size_t i = 0; i < l.size() && chars + 1 < column; ++i) {
+        const char c = l[i];
+        if (((unsigned char)c & 0xC0) != 0x80) ++chars;  // a UTF-8 character's first byte
+        if (quote == '"' && c == '\\' && i + 1 < l.size()) ++i, ++chars;  // the escaped character (ASCII)
+        else if (quote) quote = c == quote ? 0 : quote;
+        else if (c == '"' || c == '\'') quote = c;
+        else if (c == '=') eq = i;
+        else if (c == ',' || c == '{') start = i + 1;
+    }
+    if (eq == std::string::npos || eq < start) return d;
+    const size_t first = l.find_first_not_of(" \t", start), last = l.find_last_not_of(" \t", eq - 1);
+    if (first == std::string::npos || last == std::string::npos || first >= eq || last < first) return d;
+    return d.substr(0, open + 1) + l.substr(first, last - first + 1) + d.substr(close);
+}
+
+}  // namespace tpx
