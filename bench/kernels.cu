@@ -991,21 +991,25 @@ void quant_sweep(cudaStream_t st) {
                 return c;
             };
             const std::string name = std::string(fp8 ? "quant fp8 " : "quant gptq ") + sh.name;
-            for (bool mma : {true, false})
+            // The forms (quant_ring, quant_mma): ring (where it takes the weights: else the
+            // register-fed form runs again), tensor cores fed from registers, FMAs.
+            const char* forms[3] = {" ring", " mma", " fma"};
+            auto set_form = [&](int f) { tuning.quant_mma = f < 2, tuning.quant_ring = f == 0; };
+            for (int f = 0; f < 3; ++f)
                 for (int64_t T : {1, 8}) {
-                    tuning.quant_mma = mma;
+                    set_form(f);
                     double us = time_graph(st, [&](int i) {
                         cuda::QuantGemvArgs a;
                         a.w = at(i), a.tokens = T, a.x = x, a.y = y;
                         cuda::quant_gemv(a, on(st));
                     });
-                    row(name + (mma ? " mma" : " fma"), "T=" + std::to_string(T) + dims, us, rate((double)(wbytes + sbytes), us) + (copies < kReps ? " (L2 may help)" : ""));
+                    row(name + forms[f], "T=" + std::to_string(T) + dims, us, rate((double)(wbytes + sbytes), us) + (copies < kReps ? " (L2 may help)" : ""));
                 }
             // The tensor-core GEMV at one token (FP8: its ring form) on one copy of the weights, read
             // again each launch: against the rows above, which stream 20 copies from HBM, what the
             // kernel takes when its bytes can come from L2 (as far as its evict-first loads, or the
             // ring's streaming window, leave them there: the hit rate is not measured).
-            tuning.quant_mma = true;
+            set_form(0);
             const double one_copy = time_graph(st, [&](int) {
                 cuda::QuantGemvArgs a;
                 a.w = at(0), a.tokens = 1, a.x = x, a.y = y;
@@ -1016,8 +1020,8 @@ void quant_sweep(cudaStream_t st) {
             // the decode step runs them.
             if (std::strcmp(sh.name, "down") != 0) {
                 const bool gate_up = std::strcmp(sh.name, "gate_up") == 0, qkv = std::strcmp(sh.name, "qkv") == 0;
-                for (bool mma : {true, false}) {
-                    tuning.quant_mma = mma;
+                for (int f = 0; f < 3; ++f) {
+                    set_form(f);
                     double us = time_graph(st, [&](int i) {
                         cuda::QuantGemvArgs a;
                         a.w = at(i), a.tokens = 1, a.y = y;
@@ -1027,10 +1031,10 @@ void quant_sweep(cudaStream_t st) {
                         if (qkv) a.epi = cuda::GemvEpilogue::kRopeKv, a.rope = cuda::GemvRopeKv{32, 8, 128, max_seq, slot, pos, inv, kc, vc};
                         cuda::quant_gemv(a, on(st));
                     });
-                    row(name + " norm" + (gate_up ? "+swiglu" : qkv ? "+rope" : "") + (mma ? " mma" : " fma"), "T=1" + dims, us, rate((double)(wbytes + sbytes), us));
+                    row(name + " norm" + (gate_up ? "+swiglu" : qkv ? "+rope" : "") + forms[f], "T=1" + dims, us, rate((double)(wbytes + sbytes), us));
                 }
             }
-            tuning.quant_mma = true;
+            set_form(0);
             double us = time_graph(st, [&](int i) { cuda::quant_dequantize(at(i), dense, on(st)); });
             row(name + " to bf16", dims, us, rate((double)(wbytes + sbytes + sh.K * sh.N * 2), us));
             for (void* p : owned) CUDA_CHECK(cudaFree(p));
