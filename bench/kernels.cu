@@ -991,11 +991,11 @@ void quant_sweep(cudaStream_t st) {
                 return c;
             };
             const std::string name = std::string(fp8 ? "quant fp8 " : "quant gptq ") + sh.name;
-            // The forms (quant_ring, quant_mma): ring (where it takes the weights: else the
-            // register-fed form runs again), tensor cores fed from registers, FMAs.
+            // The forms (quant_ring, quant_mma): ring (FP8 only), tensor cores fed from registers, FMAs.
             const char* forms[3] = {" ring", " mma", " fma"};
             auto set_form = [&](int f) { tuning.quant_mma = f < 2, tuning.quant_ring = f == 0; };
-            for (int f = 0; f < 3; ++f)
+            const int first_form = fp8 ? 0 : 1;
+            for (int f = first_form; f < 3; ++f)
                 for (int64_t T : {1, 8}) {
                     set_form(f);
                     double us = time_graph(st, [&](int i) {
@@ -1020,7 +1020,7 @@ void quant_sweep(cudaStream_t st) {
             // the decode step runs them.
             if (std::strcmp(sh.name, "down") != 0) {
                 const bool gate_up = std::strcmp(sh.name, "gate_up") == 0, qkv = std::strcmp(sh.name, "qkv") == 0;
-                for (int f = 0; f < 3; ++f) {
+                for (int f = first_form; f < 3; ++f) {
                     set_form(f);
                     double us = time_graph(st, [&](int i) {
                         cuda::QuantGemvArgs a;
