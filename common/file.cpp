@@ -24,9 +24,21 @@
 
 namespace tpx {
 
+std::string written_path(const std::string& path) {
+    std::filesystem::path p = path;
+    for (int hop = 0; hop < 40; ++hop) {  // the kernel's own limit on a chain of links
+        std::error_code ec;
+        if (!std::filesystem::is_symlink(p, ec)) return p.string();
+        const std::filesystem::path target = std::filesystem::read_symlink(p, ec);
+        if (ec) throw Error(path + ": cannot read the symlink " + p.string() + ": " + ec.message());
+        p = target.is_absolute() ? target : p.parent_path() / target;
+    }
+    throw Error(path + ": a chain of more than 40 symlinks (a loop?); nothing written");
+}
+
 std::string temp_path_for(const std::string& path) {
     std::string suffix = ".tmp-" + std::to_string(::getpid());
-    if (!is_stream_target(path)) return path + suffix;
+    if (!is_stream_target(path)) return written_path(path) + suffix;
     std::string name = std::filesystem::path(path).filename().string();
     return (std::filesystem::temp_directory_path() / ("tpx-" + name + suffix)).string();
 }
@@ -139,7 +151,8 @@ OutputSet::~OutputSet() {
     }
 }
 
-void OutputSet::add_file(const std::string& path, const std::function<void(const std::string& tmp)>& write_to) {
+void OutputSet::add_file(const std::string& given, const std::function<void(const std::string& tmp)>& write_to) {
+    const std::string path = is_stream_target(given) ? given : written_path(given);
     std::string tmp = temp_path_for(path);
     // Two outputs on one device (/dev/null twice) share a name in the temporary folder.
     for (const Staged& f : staged_)

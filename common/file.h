@@ -9,7 +9,7 @@
 namespace tpx {
 
 // Writes `path` through `write` into a temporary file beside it (temp_path_for), then renames it
-// over `path`: a reader sees the old file or the whole new one, and a failure (a folder that
+// over `path` (over a symlink's target: written_path): a reader sees the old file or the whole new one, and a failure (a folder that
 // does not exist, a full disk, an exception from `write`) leaves no temporary file behind and
 // throws an Error that names the path and the system's reason. An existing FIFO or character
 // device (/dev/stdout, /dev/null) is written in place instead: it is never replaced by a file
@@ -18,8 +18,14 @@ void write_file_atomically(const std::string& path, const std::function<void(std
                            double stream_wait_s = 0);
 void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s = 0);
 
-// The temporary file `path` is written through: PATH.tmp-PID beside it, or in the system's
-// temporary folder when `path` is a FIFO or device (nothing is created beside /dev/null).
+// The file a write to `path` replaces: `path`, or where its chain of symlinks ends (a link is
+// written through, as a shell's `>` does, and stays a link; a dangling one makes its target).
+// Throws Error naming `path` for a chain that does not end.
+std::string written_path(const std::string& path);
+
+// The temporary file `path` is written through: beside written_path(path) as NAME.tmp-PID, or
+// in the system's temporary folder when `path` is a FIFO or device (nothing is created beside
+// /dev/null).
 std::string temp_path_for(const std::string& path);
 
 // Several outputs of one run, written as one: each is written to its temporary file

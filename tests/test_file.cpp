@@ -50,6 +50,38 @@ TEST(AtomicFile, AWriterThatFailsLeavesTheOldFileAndNoTemporary) {
     fs::remove_all(dir);
 }
 
+TEST(AtomicFile, ASymlinkIsWrittenThroughAndStaysALink) {
+    const std::string dir = tpx_test::temp_dir(), real = dir + "/real.json", link = dir + "/out.json", chain = dir + "/chain.json";
+    tpx::write_file_atomically(real, "old\n");
+    fs::create_symlink("real.json", link);  // relative: to the link's own folder
+    fs::create_symlink(link, chain);
+    tpx::write_file_atomically(link, "new\n");
+    EXPECT_TRUE(fs::is_symlink(link)) << "the link was replaced by a file";
+    EXPECT_EQ(tpx_test::read_text(real), "new\n");
+    tpx::write_file_atomically(chain, "newer\n");  // a link to a link: to the end of the chain
+    EXPECT_TRUE(fs::is_symlink(chain) && fs::is_symlink(link));
+    EXPECT_EQ(tpx_test::read_text(real), "newer\n");
+    EXPECT_EQ(entries(dir), 3u) << "a temporary or set-aside file was left behind";
+    // A dangling link makes its target, as `echo > link` does.
+    const std::string dangling = dir + "/dangling.json";
+    fs::create_symlink("made.json", dangling);
+    tpx::write_file_atomically(dangling, "made\n");
+    EXPECT_TRUE(fs::is_symlink(dangling));
+    EXPECT_EQ(tpx_test::read_text(dir + "/made.json"), "made\n");
+    // A loop is named, and nothing is written.
+    fs::create_symlink("b.json", dir + "/a.json");
+    fs::create_symlink("a.json", dir + "/b.json");
+    try {
+        tpx::write_file_atomically(dir + "/a.json", "x");
+        FAIL() << "no error";
+    } catch (const tpx::Error& e) {
+        EXPECT_NE(std::string(e.what()).find(dir + "/a.json"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(fs::is_symlink(dir + "/a.json") && fs::is_symlink(dir + "/b.json"));
+    EXPECT_EQ(entries(dir), 7u);
+    fs::remove_all(dir);
+}
+
 TEST(AtomicFile, AFolderThatDoesNotExistIsNamed) {
     std::string dir = tpx_test::temp_dir(), path = dir + "/missing/out.json";
     try {
