@@ -18,15 +18,38 @@ bool line_of(const std::string& text, size_t line, std::string& out) {
     return true;
 }
 
+// The name a table header ([a."b"] or [[a."b"]]) on line l gives, as written and trimmed: the
+// text from its first '[' (or '[[') to the first ']' outside strings; "" where l is no header.
+std::string header_name(const std::string& l) {
+    size_t i = l.find_first_not_of(" \t");
+    if (i == std::string::npos || l[i] != '[') return "";
+    i += l.compare(i, 2, "[[") == 0 ? 2 : 1;
+    char quote = 0;
+    for (size_t j = i; j < l.size(); ++j) {
+        const char c = l[j];
+        if (quote == '"' && c == '\\' && j + 1 < l.size()) ++j;
+        else if (quote) quote = c == quote ? 0 : quote;
+        else if (c == '"' || c == '\'') quote = c;
+        else if (c == ']') {
+            const size_t first = l.find_first_not_of(" \t", i), last = l.find_last_not_of(" \t", j - 1);
+            return first == std::string::npos || first >= j || last < first ? "" : l.substr(first, last - first + 1);
+        }
+    }
+    return "";
+}
+
 }  // namespace
 
 std::string describe_toml_error(std::string_view description, size_t line, size_t column, const std::string& text) {
     const std::string d(description);
     const size_t redefine = d.find("cannot redefine existing "), open = d.find('\'', redefine), close = d.rfind('\'');
     std::string l;
-    if (d.find("key-value pair") == std::string::npos || redefine == std::string::npos || open == std::string::npos || close <= open ||
-        line == 0 || column == 0 || !line_of(text, line, l))
-        return d;
+    if (redefine == std::string::npos || open == std::string::npos || close <= open || line == 0 || !line_of(text, line, l)) return d;
+    if (d.find("table header") != std::string::npos) {
+        const std::string name = header_name(l);
+        return name.empty() ? d : d.substr(0, open + 1) + name + d.substr(close);
+    }
+    if (d.find("key-value pair") == std::string::npos || column == 0) return d;
     // Up to the column's character: the last '=' and the last ',' or '{' outside strings ('"'
     // strings with their backslash escapes, '\'' literal ones).
     char quote = 0;

@@ -11,7 +11,8 @@ namespace tpx {
 // `text`. A key-value pair that redefines a quoted key ("a" = 1 twice) makes TOML++ name it
 // garbled ('"aa" ', '"dedecode_warmup" '): there the name is replaced by the key as the line
 // writes it, the text between the last ',' or '{' and the last '=' outside strings before the
-// column, trimmed. Other messages (table headers redefined among them) are returned as they are.
+// column, trimmed. A table header that redefines one ([a."b"] twice: TOML++ names 'a."b"b"') is
+// named as the header line writes it, between its brackets. Other messages are returned as they are.
 std::string describe_toml_error(std::string_view description, size_t line, size_t column, const std::string& text);
 
 }  // namespace tpx
