@@ -54,22 +54,30 @@ void prove_writable(const NamedPath& out) {
         if (::access(out.path.c_str(), W_OK) != 0) throw JobError(describe(out) + ": cannot be written: " + std::strerror(errno));
         return;
     }
-    fs::path parent = fs::path(out.path).parent_path();
+    // A symlink is written through: its target's folder takes the temporary file.
+    std::string target;
+    try {
+        target = written_path(out.path);
+    } catch (const Error& e) {
+        throw JobError(describe(out) + ": " + e.what());
+    }
+    const std::string via = target == out.path ? "" : " (where its symlink leads: " + target + ")";
+    fs::path parent = fs::path(target).parent_path();
     std::error_code ec;
     if (!parent.empty() && !fs::is_directory(parent, ec))
         throw JobError(describe(out) + (looked_at_in_vain(ec) ? ": cannot look at its folder " + parent.string() + ": " + ec.message()
-                                           : ": folder does not exist: " + parent.string()));
+                                           : ": folder does not exist: " + parent.string()) + via);
     // The name as the process that writes it (rank 0, another PID) may make it: the PID's longest.
-    std::string tmp = temp_path_for(out.path);
+    std::string tmp = temp_path_for(target);
     tmp.insert(tmp.size() - std::to_string(::getpid()).size(), 10 - std::to_string(::getpid()).size(), '0');
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
     if (fd < 0) {
         int err = errno;
         if (err == ENAMETOOLONG)
             throw JobError(describe(out) + ": the file name is too long for its file system (" +
-                           std::to_string(fs::path(out.path).filename().string().size()) + " bytes)");
+                           std::to_string(fs::path(target).filename().string().size()) + " bytes)" + via);
         throw JobError(describe(out) + ": cannot write in " + (parent.empty() ? std::string(".") : parent.string()) + ": " +
-                       std::strerror(err));
+                       std::strerror(err) + via);
     }
     ::close(fd);
     ::unlink(tmp.c_str());

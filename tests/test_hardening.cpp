@@ -339,9 +339,13 @@ TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
     EXPECT_NE(file_bytes(dir + "/t.h5"), "keep me");
     // A dangling symlink is something there too; an HDF5 file under another format's name would
     // be read as that (beside a checkpoint: as one of its files).
-    fs::create_symlink("nowhere/d.h5", dir + "/dangling.h5");
+    fs::create_symlink("d.h5", dir + "/dangling.h5");
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/dangling.h5"), {"already exists", "--force"});
     EXPECT_TRUE(fs::is_symlink(dir + "/dangling.h5"));
+    // A symlink is written through: into a folder that does not exist, that folder is named.
+    fs::create_symlink("nowhere/d.h5", dir + "/lost.h5");
+    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/lost.h5 --force"), {"folder does not exist: " + dir + "/nowhere", "where its symlink leads"});
+    EXPECT_TRUE(fs::is_symlink(dir + "/lost.h5"));
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/tiny/model-00002-of-00002.safetensors"), {"would be read as a file of the checkpoint's folder"});
     EXPECT_FALSE(fs::exists(dir + "/tiny/model-00002-of-00002.safetensors"));
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/model.safetensors"), {"must end in .h5 or .hdf5"});
