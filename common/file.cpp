@@ -138,6 +138,19 @@ void copy_into_stream(const std::string& tmp, const std::string& path, double wa
     }
 }
 
+// The temporary file tmp, made empty and this process's own before anything writes it: what
+// was at its name (a leftover, or a symlink planted there so that the write would go through it
+// into another file) removed first, and the file created exclusively, not following a link.
+// It takes the mode of the file at `path` where one is there (the rename keeps the mode).
+void make_own_temporary(const std::string& tmp, const std::string& path) {
+    if (::unlink(tmp.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR)
+        throw Error(path + ": cannot remove " + tmp + " (in the way of the file written): " + std::strerror(errno));
+    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
+    if (fd.fd < 0) throw Error(path + ": cannot create the file " + tmp + ": " + std::strerror(errno));
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) (void)::fchmod(fd.fd, st.st_mode & 07777);
+}
+
 }  // namespace
 
 void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s) {
@@ -159,6 +172,7 @@ void OutputSet::add_file(const std::string& given, const std::function<void(cons
         if (f.tmp == tmp) tmp += "-" + std::to_string(staged_.size());
     const int slot = register_temporary(tmp);
     try {
+        make_own_temporary(tmp, path);
         write_to(tmp);
     } catch (...) {
         std::remove(tmp.c_str());

@@ -19,7 +19,7 @@ namespace tpx {
 namespace {
 
 // The file a path names, for comparison: its device and inode when it exists, else its
-// resolved path (the parent's links followed).
+// resolved path (its own chain of links and the parent's followed).
 struct FileId {
     bool exists = false;
     dev_t dev = 0;
@@ -38,9 +38,16 @@ FileId identify(const std::string& path) {
         id.dev = st.st_dev;
         id.ino = st.st_ino;
     }
+    // A dangling symlink names the file a write would make: where its chain leads (a loop is
+    // prove_writable's to refuse).
+    std::string target = path;
+    try {
+        target = written_path(path);
+    } catch (const Error&) {
+    }
     std::error_code ec;
-    fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
-    id.resolved = ec ? fs::absolute(path).lexically_normal().string() : p.string();
+    fs::path p = fs::weakly_canonical(fs::absolute(target, ec), ec);
+    id.resolved = ec ? fs::absolute(target).lexically_normal().string() : p.string();
     return id;
 }
 

@@ -88,7 +88,9 @@ int cmd_convert(const Args& args) {
     const std::string model = vm["model"].as<std::string>(), out = vm["out"].as<std::string>();
     const bool hf = vm.count("hf") > 0;
     if (out.empty()) throw JobError(std::string("OUT is empty: name the ") + (hf ? "new folder" : ".h5 file") + " to write");
-    const bool taken = anything_at<JobError>(out, "OUT: ");
+    // --hf makes a folder at OUT itself (a dangling link there is in the way); an .h5 file is
+    // written through a symlink, so a dangling one replaces nothing.
+    const bool taken = hf ? anything_at<JobError>(out, "OUT: ") : path_exists<JobError>(out, "OUT: ");
     std::string folder = out;  // --hf's, without a trailing '/'
     while (folder.size() > 1 && folder.back() == '/') folder.pop_back();
     if (hf) {

@@ -82,6 +82,30 @@ TEST(AtomicFile, ASymlinkIsWrittenThroughAndStaysALink) {
     fs::remove_all(dir);
 }
 
+TEST(AtomicFile, ALinkPlantedAtTheTemporaryNameIsNotWrittenThrough) {
+    // Someone who can guess the PID plants PATH.tmp-PID -> another file: the write must not go
+    // into that file, nor the link be renamed over PATH.
+    const std::string dir = tpx_test::temp_dir(), path = dir + "/out.json", victim = dir + "/input.jsonl";
+    tpx::write_file_atomically(victim, "input\n");
+    fs::create_symlink(victim, tpx::temp_path_for(path));
+    tpx::write_file_atomically(path, "output\n");
+    EXPECT_EQ(tpx_test::read_text(victim), "input\n");
+    EXPECT_FALSE(fs::is_symlink(path));
+    EXPECT_EQ(tpx_test::read_text(path), "output\n");
+    EXPECT_EQ(entries(dir), 2u);
+    fs::remove_all(dir);
+}
+
+TEST(AtomicFile, AReplacedFileKeepsItsMode) {
+    const std::string dir = tpx_test::temp_dir(), path = dir + "/out.json";
+    tpx::write_file_atomically(path, "old\n");
+    fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write);
+    tpx::write_file_atomically(path, "new\n");
+    EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+    EXPECT_EQ(tpx_test::read_text(path), "new\n");
+    fs::remove_all(dir);
+}
+
 TEST(AtomicFile, AFolderThatDoesNotExistIsNamed) {
     std::string dir = tpx_test::temp_dir(), path = dir + "/missing/out.json";
     try {

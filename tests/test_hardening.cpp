@@ -164,6 +164,16 @@ TEST(Outputs, TwoOutputsOfOneRunMayNotShareAFile) {
     expect_refused(tpx("run " + j.file + " --dump-logits " + j.dir + "/out.jsonl"), {"--dump-logits", "run.output", "its own file"});
     expect_refused(tpx("run " + j.file + " --dump-logits " + j.dir + "/./out.jsonl.ranks.json"), {"--dump-logits", "ranks table"});
     EXPECT_FALSE(fs::exists(j.dir + "/out.jsonl"));
+    // Links whose chains end at one file that does not exist yet: the file each write would make.
+    fs::create_symlink("shared", j.dir + "/logits.h5");
+    fs::create_symlink("logits.h5", j.dir + "/chain.h5");
+    fs::create_symlink("shared", j.dir + "/out.jsonl");
+    expect_refused(tpx("run " + j.file + " --dump-logits " + j.dir + "/chain.h5"), {"--dump-logits", "run.output", "its own file"});
+    fs::remove(j.dir + "/out.jsonl");
+    fs::create_symlink("out.jsonl.ranks.json", j.dir + "/out.jsonl");  // the output onto its own ranks table
+    expect_refused(tpx("run " + j.file), {"run.output", "ranks table"});
+    EXPECT_FALSE(fs::exists(j.dir + "/shared"));
+    EXPECT_FALSE(fs::exists(j.dir + "/out.jsonl.ranks.json"));
 }
 
 TEST(Outputs, FoldersUnwritablePlacesAndLongNamesAreRefusedBeforeLaunch) {
@@ -337,12 +347,15 @@ TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
     auto forced = tpx("convert " + dir + "/tiny " + dir + "/t.h5 --force");
     EXPECT_EQ(forced.exit_code, 0) << forced.err;
     EXPECT_NE(file_bytes(dir + "/t.h5"), "keep me");
-    // A dangling symlink is something there too; an HDF5 file under another format's name would
-    // be read as that (beside a checkpoint: as one of its files).
+    // A symlink is written through: a dangling one replaces nothing (no --force) and makes its
+    // target; into a folder that does not exist, that folder is named. An HDF5 file under another
+    // format's name would be read as that (beside a checkpoint: as one of its files).
     fs::create_symlink("d.h5", dir + "/dangling.h5");
-    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/dangling.h5"), {"already exists", "--force"});
+    auto through = tpx("convert " + dir + "/tiny " + dir + "/dangling.h5");
+    EXPECT_EQ(through.exit_code, 0) << through.err;
     EXPECT_TRUE(fs::is_symlink(dir + "/dangling.h5"));
-    // A symlink is written through: into a folder that does not exist, that folder is named.
+    EXPECT_TRUE(fs::is_regular_file(dir + "/d.h5"));
+    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/dangling.h5"), {"already exists", "--force"});
     fs::create_symlink("nowhere/d.h5", dir + "/lost.h5");
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/lost.h5 --force"), {"folder does not exist: " + dir + "/nowhere", "where its symlink leads"});
     EXPECT_TRUE(fs::is_symlink(dir + "/lost.h5"));
