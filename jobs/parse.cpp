@@ -546,8 +546,8 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
     try {
         root = toml::parse(text, file);
     } catch (const toml::parse_error& e) {
-        throw JobError(at(file, e.source().begin.line, e.source().begin.column,
-                          "not valid TOML: " + describe_toml_error(e.description(), e.source().begin.line, e.source().begin.column, text)));
+        const TomlError d = describe_toml_error(e.description(), e.source().begin.line, e.source().begin.column, text);
+        throw JobError(at(file, e.source().begin.line, d.column, "not valid TOML: " + d.message));
     }
 
     for (auto&& [k, v] : root) {

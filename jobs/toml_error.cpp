@@ -40,16 +40,17 @@ std::string header_name(const std::string& l) {
 
 }  // namespace
 
-std::string describe_toml_error(std::string_view description, size_t line, size_t column, const std::string& text) {
+TomlError describe_toml_error(std::string_view description, size_t line, size_t column, const std::string& text) {
     const std::string d(description);
+    const TomlError as_is{d, column};
     const size_t redefine = d.find("cannot redefine existing "), open = d.find('\'', redefine), close = d.rfind('\'');
     std::string l;
-    if (redefine == std::string::npos || open == std::string::npos || close <= open || line == 0 || !line_of(text, line, l)) return d;
+    if (redefine == std::string::npos || open == std::string::npos || close <= open || line == 0 || !line_of(text, line, l)) return as_is;
     if (d.find("table header") != std::string::npos) {
         const std::string name = header_name(l);
-        return name.empty() ? d : d.substr(0, open + 1) + name + d.substr(close);
+        return name.empty() ? as_is : TomlError{d.substr(0, open + 1) + name + d.substr(close), column};
     }
-    if (d.find("key-value pair") == std::string::npos || column == 0) return d;
+    if (d.find("key-value pair") == std::string::npos || column == 0) return as_is;
     // Up to the column's character: the last '=' and the last ',' or '{' outside strings ('"'
     // strings with their backslash escapes, '\'' literal ones).
     char quote = 0;
@@ -63,10 +64,12 @@ std::string describe_toml_error(std::string_view description, size_t line, size_
         else if (c == '=') eq = i;
         else if (c == ',' || c == '{') start = i + 1;
     }
-    if (eq == std::string::npos || eq < start) return d;
+    if (eq == std::string::npos || eq < start) return as_is;
     const size_t first = l.find_first_not_of(" \t", start), last = l.find_last_not_of(" \t", eq - 1);
-    if (first == std::string::npos || last == std::string::npos || first >= eq || last < first) return d;
-    return d.substr(0, open + 1) + l.substr(first, last - first + 1) + d.substr(close);
+    if (first == std::string::npos || last == std::string::npos || first >= eq || last < first) return as_is;
+    size_t key_column = 1;  // in characters, as TOML++ counts them
+    for (size_t i = 0; i < first; ++i) key_column += ((unsigned char)l[i] & 0xC0) != 0x80;
+    return {d.substr(0, open + 1) + l.substr(first, last - first + 1) + d.substr(close), key_column};
 }
 
 }  // namespace tpx
