@@ -7,6 +7,29 @@
 
 namespace tpx {
 
+std::string absolute_path(const std::filesystem::path& path) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    const fs::path whole = path.is_absolute() ? path : fs::absolute(path, ec);
+    if (ec) return path.lexically_normal().string();
+    fs::path out = whole.root_path();
+    bool linked = false;  // a component so far was a symlink: from there on ".." stays
+    for (const fs::path& part : whole.relative_path()) {
+        const std::string name = part.string();
+        if (name.empty() || name == ".") continue;
+        if (name == "..") {
+            if (!linked && out.has_relative_path() && !fs::is_symlink(out, ec)) out = out.parent_path();
+            else if (out.has_relative_path()) out /= part, linked = true;
+            continue;
+        }
+        out /= part;
+        if (!linked && fs::is_symlink(out, ec)) linked = true;
+    }
+    std::string s = out.string();
+    if (!path.empty() && path.string().back() == '/' && s.back() != '/') s += '/';
+    return s;
+}
+
 std::string process_relative_name(const std::string& path) {
     static const std::regex own(R"(^/(dev/(stdin|stdout|stderr|fd/[0-9]+)|proc/(self|thread-self)(/.*)?|proc/[0-9]+/fd/[0-9]+)$)");
     std::filesystem::path p = std::filesystem::path(path).lexically_normal();

@@ -66,6 +66,13 @@ inline bool looked_at_in_vain(const std::error_code& ec) {
 // none. Such a name means one file to tpx and another to a rank.
 std::string process_relative_name(const std::string& path);
 
+// `path` made absolute (against the current folder) and tidied as the kernel would read it:
+// "." and repeated '/' dropped, and "a/.." dropped only where a is no symlink. Past a link,
+// ".." stays for the system to resolve (via/../x, via a link to sub/dir, is sub/x, as a shell
+// opens it; lexically_normal would make it x). Never throws: what cannot be looked at counts as
+// no link.
+std::string absolute_path(const std::filesystem::path& path);
+
 // The folder of the running program (tpx and tpx-worker share one); empty when the system
 // cannot say.
 inline std::filesystem::path program_folder() {

@@ -18,6 +18,7 @@
 #include "common/error.h"
 #include "jobs/files.h"
 #include "jobs/toml_error.h"
+#include "common/path.h"
 
 namespace fs = std::filesystem;
 
@@ -202,7 +203,7 @@ std::string resolve(const std::string& base_dir, const std::string& p) {
     if (p.empty()) return p;
     fs::path path(p);
     if (path.is_relative()) path = fs::path(base_dir) / path;
-    return path.lexically_normal().string();
+    return absolute_path(path);
 }
 
 // Sbatch's --time forms: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or UNLIMITED.
@@ -538,7 +539,7 @@ std::string file_safe(const std::string& name) {
 Job parse_job(const std::string& text, const std::string& file, const std::string& base_dir) {
     Job job;
     job.file = file;
-    job.dir = fs::absolute(base_dir).lexically_normal().string();
+    job.dir = absolute_path(base_dir);
     if (text.find_first_not_of(" \t\r\n") == std::string::npos)
         throw JobError(at(file, 0, 0, "the job file is empty; `tpx example` prints one with every key"));
 

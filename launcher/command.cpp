@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "common/error.h"
+#include "common/path.h"
 
 namespace po = boost::program_options;
 
@@ -57,7 +58,7 @@ std::string output_file_arg(const std::string& option, const std::string& value)
     std::error_code ec;
     const std::filesystem::path path = std::filesystem::absolute(value, ec);  // fails where the current folder is gone
     if (ec) throw JobError("--" + option + " " + value + ": cannot make it an absolute path: " + ec.message());
-    return path.lexically_normal().string();
+    return absolute_path(path);
 }
 
 std::vector<std::string> delay_args(const boost::program_options::variables_map& vm, std::initializer_list<const char*> names) {

@@ -136,7 +136,7 @@ std::string shell_join(const std::vector<std::string>& words) {
 }
 
 RanksJobFile::RanksJobFile(const Job& job, const std::string& job_path) {
-    path_ = std::filesystem::absolute(job_path).lexically_normal().string();
+    path_ = absolute_path(job_path);
     if (!job_file_is_stream(job_path)) return;
     // (Not named as tpx submit's copies, NAME-ID.tpx.toml, which may share the folder.)
     const std::string name = "tpx-job-" + file_safe(job.name) + "-" + std::to_string(::getpid()) + ".toml";

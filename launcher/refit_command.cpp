@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "launcher/command.h"
+#include "common/path.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -54,7 +55,7 @@ int cmd_refit(const Args& args) {
     std::error_code ec;
     if (fs::exists(path, ec)) {
         const fs::path absolute = fs::absolute(path, ec);
-        if (!ec) path = absolute.lexically_normal().string();
+        if (!ec) path = absolute_path(absolute);
     }
     while (!url.empty() && url.back() == '/') url.pop_back();
     // http://HOST:PORT (or HOST:PORT), nothing after: the endpoint's path is the server's.

@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/file.h"
+#include "common/path.h"
 #include "process.h"
 
 namespace fs = std::filesystem;
@@ -103,6 +104,28 @@ TEST(AtomicFile, AReplacedFileKeepsItsMode) {
     tpx::write_file_atomically(path, "new\n");
     EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
     EXPECT_EQ(tpx_test::read_text(path), "new\n");
+    fs::remove_all(dir);
+}
+
+// A path a user types is made absolute as the kernel reads it: ".." after a symlink stays.
+TEST(Paths, DotDotPastASymlinkIsLeftForTheSystem) {
+    const std::string dir = fs::canonical(tpx_test::temp_dir()).string();  // no link of its own
+    fs::create_directories(dir + "/sub/dir");
+    fs::create_directories(dir + "/plain");
+    fs::create_symlink("sub/dir", dir + "/via");
+    EXPECT_EQ(tpx::absolute_path(dir + "/plain/../x.jsonl"), dir + "/x.jsonl");
+    EXPECT_EQ(tpx::absolute_path(dir + "/./plain//./y"), dir + "/plain/y");
+    EXPECT_EQ(tpx::absolute_path(dir + "/via/../x.jsonl"), dir + "/via/../x.jsonl");
+    EXPECT_EQ(tpx::absolute_path(dir + "/via/a/../../x.jsonl"), dir + "/via/a/../../x.jsonl");
+    EXPECT_EQ(tpx::absolute_path(dir + "/plain/"), dir + "/plain/");
+    EXPECT_EQ(tpx::absolute_path("/../.."), "/");
+    // The kernel's reading: the file a shell would open.
+    tpx::write_file_atomically(dir + "/sub/x.jsonl", "under sub\n");
+    EXPECT_EQ(tpx_test::read_text(tpx::absolute_path(dir + "/via/../x.jsonl")), "under sub\n");
+    const std::string cwd = fs::current_path().string();
+    fs::current_path(dir);
+    EXPECT_EQ(tpx::absolute_path("plain/../z"), dir + "/z");
+    fs::current_path(cwd);
     fs::remove_all(dir);
 }
 
