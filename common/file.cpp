@@ -33,6 +33,8 @@ std::string written_path(const std::string& path) {
         if (ec) throw Error(path + ": cannot read the symlink " + p.string() + ": " + ec.message());
         p = target.is_absolute() ? target : p.parent_path() / target;
     }
+    std::error_code ec;
+    if (!std::filesystem::is_symlink(p, ec)) return p.string();
     throw Error(path + ": a chain of more than 40 symlinks (a loop?); nothing written");
 }
 
@@ -141,14 +143,19 @@ void copy_into_stream(const std::string& tmp, const std::string& path, double wa
 // The temporary file tmp, made empty and this process's own before anything writes it: what
 // was at its name (a leftover, or a symlink planted there so that the write would go through it
 // into another file) removed first, and the file created exclusively, not following a link.
-// It takes the mode of the file at `path` where one is there (the rename keeps the mode).
-void make_own_temporary(const std::string& tmp, const std::string& path) {
+// It takes the permission bits of the file at `path` where one is there (the rename keeps
+// them; setuid, setgid and sticky are dropped, as a shell's `>` drops them). Returns the file's
+// identity, which commit() checks again before the rename: the writers open tmp by name, so a
+// link swapped in meanwhile is caught there (though by then written through).
+std::pair<dev_t, ino_t> make_own_temporary(const std::string& tmp, const std::string& path) {
     if (::unlink(tmp.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR)
         throw Error(path + ": cannot remove " + tmp + " (in the way of the file written): " + std::strerror(errno));
     Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
     if (fd.fd < 0) throw Error(path + ": cannot create the file " + tmp + ": " + std::strerror(errno));
     struct stat st;
-    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) (void)::fchmod(fd.fd, st.st_mode & 07777);
+    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) (void)::fchmod(fd.fd, st.st_mode & 0777);
+    if (::fstat(fd.fd, &st) != 0) throw Error(path + ": cannot look at " + tmp + ": " + std::strerror(errno));
+    return {st.st_dev, st.st_ino};
 }
 
 }  // namespace
@@ -172,14 +179,14 @@ void OutputSet::add_file(const std::string& given, const std::function<void(cons
         if (f.tmp == tmp) tmp += "-" + std::to_string(staged_.size());
     const int slot = register_temporary(tmp);
     try {
-        make_own_temporary(tmp, path);
+        const auto [dev, ino] = make_own_temporary(tmp, path);
         write_to(tmp);
+        staged_.push_back({tmp, path, slot, dev, ino});
     } catch (...) {
         std::remove(tmp.c_str());
         unregister_temporary(slot);
         throw;
     }
-    staged_.push_back({tmp, path, slot});
 }
 
 void OutputSet::add(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary) {
@@ -240,8 +247,10 @@ void OutputSet::commit(double stream_wait_s) {
         }
     }
     for (size_t i = 0; i < files.size(); ++i) {
-        if (std::rename(files[i].tmp.c_str(), files[i].path.c_str()) == 0) continue;
-        const int err = errno;
+        struct stat st;
+        const bool own = ::lstat(files[i].tmp.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == files[i].dev && st.st_ino == files[i].ino;
+        if (own && std::rename(files[i].tmp.c_str(), files[i].path.c_str()) == 0) continue;
+        const int err = own ? errno : EEXIST;
         std::string not_back;
         for (size_t k = 0; k < i; ++k) {  // back as they were
             const bool back = !old[k].empty() ? std::rename(old[k].c_str(), files[k].path.c_str()) == 0
@@ -250,7 +259,8 @@ void OutputSet::commit(double stream_wait_s) {
         }
         std::string streams_written;
         for (const Staged& f : streams) streams_written += (streams_written.empty() ? "" : ", ") + f.path;
-        throw Error(files[i].path + ": cannot move the finished file into place: " + std::strerror(err) +
+        throw Error(files[i].path + ": cannot move the finished file into place: " +
+                    (own ? std::string(std::strerror(err)) : "its temporary file " + files[i].tmp + " was replaced while it was written") +
                     (i == 0 ? "" : not_back.empty() ? "; the run's other files were put back as they were" : "; not put back: " + not_back) +
                     (streams_written.empty() ? "" : " (already written, as FIFOs and devices cannot be taken back: " + streams_written + ")"));
     }

@@ -1,6 +1,8 @@
 // Output files written whole or not at all.
 #pragma once
 
+#include <sys/types.h>
+
 #include <functional>
 #include <ostream>
 #include <string>
@@ -9,11 +11,12 @@
 namespace tpx {
 
 // Writes `path` through `write` into a temporary file beside it (temp_path_for), then renames it
-// over `path` (over a symlink's target: written_path): a reader sees the old file or the whole new one, and a failure (a folder that
-// does not exist, a full disk, an exception from `write`) leaves no temporary file behind and
-// throws an Error that names the path and the system's reason. An existing FIFO or character
-// device (/dev/stdout, /dev/null) is written in place instead: it is never replaced by a file
-// (a FIFO's reader waited for up to `stream_wait_s`, 0: as long as it takes: OutputSet::commit).
+// over `path` (over a symlink's target: written_path): a reader sees the old file or the whole
+// new one, and a failure (a folder that does not exist, a full disk, an exception from `write`)
+// leaves no temporary file behind and throws an Error that names the path and the system's
+// reason. An existing FIFO or character device (/dev/stdout, /dev/null) is written in place
+// instead: it is never replaced by a file (a FIFO's reader waited for up to `stream_wait_s`, 0:
+// as long as it takes: OutputSet::commit).
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false,
                            double stream_wait_s = 0);
 void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s = 0);
@@ -51,7 +54,9 @@ public:
 private:
     struct Staged {
         std::string tmp, path;
-        int slot;  // register_temporary's
+        int slot;    // register_temporary's
+        dev_t dev;   // the temporary file's identity when it was made (make_own_temporary)
+        ino_t ino;
     };
     std::vector<Staged> staged_;
 };

@@ -65,8 +65,8 @@ void prove_writable(const NamedPath& out) {
     std::string target;
     try {
         target = written_path(out.path);
-    } catch (const Error& e) {
-        throw JobError(describe(out) + ": " + e.what());
+    } catch (const Error& e) {  // its message names the path
+        throw JobError(out.role + ": " + e.what());
     }
     const std::string via = target == out.path ? "" : " (where its symlink leads: " + target + ")";
     fs::path parent = fs::path(target).parent_path();

@@ -1,4 +1,5 @@
-// Names that mean a file of whichever process opens them (common/path.h).
+// Paths as the system reads them: absolute_path, and the names that mean a file of whichever
+// process opens them (common/path.h).
 #include "common/path.h"
 
 #include <unistd.h>
@@ -11,22 +12,25 @@ std::string absolute_path(const std::filesystem::path& path) {
     namespace fs = std::filesystem;
     std::error_code ec;
     const fs::path whole = path.is_absolute() ? path : fs::absolute(path, ec);
-    if (ec) return path.lexically_normal().string();
+    if (ec || path.empty()) return path.lexically_normal().string();
     fs::path out = whole.root_path();
     bool linked = false;  // a component so far was a symlink: from there on ".." stays
     for (const fs::path& part : whole.relative_path()) {
         const std::string name = part.string();
         if (name.empty() || name == ".") continue;
         if (name == "..") {
-            if (!linked && out.has_relative_path() && !fs::is_symlink(out, ec)) out = out.parent_path();
-            else if (out.has_relative_path()) out /= part, linked = true;
+            if (!linked && out.has_relative_path()) out = out.parent_path();
+            else if (out.has_relative_path()) out /= part;
             continue;
         }
         out /= part;
         if (!linked && fs::is_symlink(out, ec)) linked = true;
     }
+    // A name that ends in '/', "/." or "/.." names a folder: it keeps its '/' (an output so
+    // named is refused as a folder).
     std::string s = out.string();
-    if (!path.empty() && path.string().back() == '/' && s.back() != '/') s += '/';
+    const std::string typed = path.string(), last = path.filename().string();
+    if ((typed.back() == '/' || last == "." || last == "..") && s.back() != '/') s += '/';
     return s;
 }
 

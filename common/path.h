@@ -67,10 +67,11 @@ inline bool looked_at_in_vain(const std::error_code& ec) {
 std::string process_relative_name(const std::string& path);
 
 // `path` made absolute (against the current folder) and tidied as the kernel would read it:
-// "." and repeated '/' dropped, and "a/.." dropped only where a is no symlink. Past a link,
-// ".." stays for the system to resolve (via/../x, via a link to sub/dir, is sub/x, as a shell
-// opens it; lexically_normal would make it x). Never throws: what cannot be looked at counts as
-// no link.
+// "." and repeated '/' dropped, and "a/.." dropped only where no symlink came before. Past a
+// link, ".." stays for the system to resolve (via/../x, via a link to sub/dir, is sub/x, as a
+// shell opens it; lexically_normal would make it x). A name ending in '/', "/." or "/.." keeps a
+// final '/'. Never throws: what cannot be looked at counts as no link, and where the current
+// folder is gone a relative path comes back as given, lexically normal.
 std::string absolute_path(const std::filesystem::path& path);
 
 // The folder of the running program (tpx and tpx-worker share one); empty when the system

@@ -16,9 +16,9 @@
 #include <toml++/toml.h>
 
 #include "common/error.h"
+#include "common/path.h"
 #include "jobs/files.h"
 #include "jobs/toml_error.h"
-#include "common/path.h"
 
 namespace fs = std::filesystem;
 
@@ -547,7 +547,7 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
     try {
         root = toml::parse(text, file);
     } catch (const toml::parse_error& e) {
-        const TomlError d = describe_toml_error(e.description(), e.source().begin.line, e.source().begin.column, text);
+        const TomlMessage d = describe_toml_error(e.description(), e.source().begin.line, e.source().begin.column, text);
         throw JobError(at(file, e.source().begin.line, d.column, "not valid TOML: " + d.message));
     }
 

@@ -1,3 +1,5 @@
+// TOML++'s redefinition errors repaired: the key or table header named as its line writes it,
+// and a redefined key pointed at where the key starts.
 #include "jobs/toml_error.h"
 
 namespace tpx {
@@ -40,15 +42,15 @@ std::string header_name(const std::string& l) {
 
 }  // namespace
 
-TomlError describe_toml_error(std::string_view description, size_t line, size_t column, const std::string& text) {
+TomlMessage describe_toml_error(std::string_view description, size_t line, size_t column, const std::string& text) {
     const std::string d(description);
-    const TomlError as_is{d, column};
+    const TomlMessage as_is{d, column};
     const size_t redefine = d.find("cannot redefine existing "), open = d.find('\'', redefine), close = d.rfind('\'');
     std::string l;
     if (redefine == std::string::npos || open == std::string::npos || close <= open || line == 0 || !line_of(text, line, l)) return as_is;
     if (d.find("table header") != std::string::npos) {
         const std::string name = header_name(l);
-        return name.empty() ? as_is : TomlError{d.substr(0, open + 1) + name + d.substr(close), column};
+        return name.empty() ? as_is : TomlMessage{d.substr(0, open + 1) + name + d.substr(close), column};
     }
     if (d.find("key-value pair") == std::string::npos || column == 0) return as_is;
     // Up to the column's character: the last '=' and the last ',' or '{' outside strings ('"'

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "common/error.h"
+#include "common/file.h"
 #include "common/log.h"
 #include "common/output_path.h"
 #include "common/path.h"
@@ -102,10 +103,13 @@ int cmd_convert(const Args& args) {
     } else {
         check_outputs({{"OUT", out}}, checkpoint_inputs(model));
         // An HDF5 file under another checkpoint's name (model.safetensors, consolidated.01.pth)
-        // would be read as that checkpoint's file, beside an input folder too.
-        const std::string ext = fs::path(out).extension().string();
+        // would be read as that checkpoint's file, beside an input folder too: the name checked
+        // is the one written, where a symlink's chain leads (check_outputs refused a loop).
+        const std::string target = written_path(out);
+        const std::string ext = fs::path(target).extension().string();
         if (!is_stream_target(out) && ext != ".h5" && ext != ".hdf5")
-            throw JobError("OUT (" + out + ") must end in .h5 or .hdf5: tpx convert writes an HDF5 file (--hf: an HF folder)");
+            throw JobError("OUT (" + out + (target == out ? "" : ", a link to " + target) +
+                           ") must end in .h5 or .hdf5: tpx convert writes an HDF5 file (--hf: an HF folder)");
         if (taken && !is_stream_target(out) && !vm.count("force")) throw JobError("OUT (" + out + ") already exists; give --force to replace it");
     }
     auto ckpt = Checkpoint::open(model);

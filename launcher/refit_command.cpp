@@ -13,8 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
-#include "launcher/command.h"
 #include "common/path.h"
+#include "launcher/command.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;

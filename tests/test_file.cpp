@@ -69,7 +69,16 @@ TEST(AtomicFile, ASymlinkIsWrittenThroughAndStaysALink) {
     tpx::write_file_atomically(dangling, "made\n");
     EXPECT_TRUE(fs::is_symlink(dangling));
     EXPECT_EQ(tpx_test::read_text(dir + "/made.json"), "made\n");
-    // A loop is named, and nothing is written.
+    // A chain of 40 links (the kernel's limit) is followed; a loop is named, and nothing is written.
+    std::string prev = "real.json";
+    for (int i = 1; i <= 40; ++i) {
+        const std::string name = "l" + std::to_string(i);
+        fs::create_symlink(prev, dir + "/" + name);
+        prev = name;
+    }
+    tpx::write_file_atomically(dir + "/l40", "long\n");
+    EXPECT_EQ(tpx_test::read_text(real), "long\n");
+    for (int i = 1; i <= 40; ++i) fs::remove(dir + "/l" + std::to_string(i));
     fs::create_symlink("b.json", dir + "/a.json");
     fs::create_symlink("a.json", dir + "/b.json");
     try {
@@ -100,9 +109,10 @@ TEST(AtomicFile, ALinkPlantedAtTheTemporaryNameIsNotWrittenThrough) {
 TEST(AtomicFile, AReplacedFileKeepsItsMode) {
     const std::string dir = tpx_test::temp_dir(), path = dir + "/out.json";
     tpx::write_file_atomically(path, "old\n");
-    fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write);
+    const fs::perms mode = fs::perms::owner_all | fs::perms::group_exec;  // no umask makes this one
+    fs::permissions(path, mode | fs::perms::set_uid);
     tpx::write_file_atomically(path, "new\n");
-    EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+    EXPECT_EQ(fs::status(path).permissions() & (fs::perms::all | fs::perms::set_uid), mode) << "setuid is dropped, as by a shell's >";
     EXPECT_EQ(tpx_test::read_text(path), "new\n");
     fs::remove_all(dir);
 }
@@ -122,10 +132,14 @@ TEST(Paths, DotDotPastASymlinkIsLeftForTheSystem) {
     // The kernel's reading: the file a shell would open.
     tpx::write_file_atomically(dir + "/sub/x.jsonl", "under sub\n");
     EXPECT_EQ(tpx_test::read_text(tpx::absolute_path(dir + "/via/../x.jsonl")), "under sub\n");
-    const std::string cwd = fs::current_path().string();
+    EXPECT_EQ(tpx::absolute_path(dir + "/plain/."), dir + "/plain/");  // still names a folder
+    EXPECT_EQ(tpx::absolute_path(dir + "/plain/sub/.."), dir + "/plain/");
+    struct Cwd {  // back where it was, whatever happens
+        fs::path was = fs::current_path();
+        ~Cwd() { fs::current_path(was); }
+    } cwd;
     fs::current_path(dir);
     EXPECT_EQ(tpx::absolute_path("plain/../z"), dir + "/z");
-    fs::current_path(cwd);
     fs::remove_all(dir);
 }
 

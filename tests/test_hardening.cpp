@@ -356,6 +356,11 @@ TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
     EXPECT_TRUE(fs::is_symlink(dir + "/dangling.h5"));
     EXPECT_TRUE(fs::is_regular_file(dir + "/d.h5"));
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/dangling.h5"), {"already exists", "--force"});
+    fs::create_directories(dir + "/other");
+    fs::create_symlink("other/model.safetensors", dir + "/disguised.h5");  // the name written is the target's
+    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/disguised.h5 --force"), {"a link to", "must end in .h5"});
+    fs::create_symlink("dangling.h5", dir + "/hf_out");  // --hf makes a folder at OUT itself
+    expect_refused(tpx("convert " + dir + "/tiny " + dir + "/hf_out --hf"), {"already exists", "replaces nothing"});
     fs::create_symlink("nowhere/d.h5", dir + "/lost.h5");
     expect_refused(tpx("convert " + dir + "/tiny " + dir + "/lost.h5 --force"), {"folder does not exist: " + dir + "/nowhere", "where its symlink leads"});
     EXPECT_TRUE(fs::is_symlink(dir + "/lost.h5"));
