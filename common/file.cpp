@@ -143,18 +143,19 @@ void copy_into_stream(const std::string& tmp, const std::string& path, double wa
 // The temporary file tmp, made empty and this process's own before anything writes it: what
 // was at its name (a leftover, or a symlink planted there so that the write would go through it
 // into another file) removed first, and the file created exclusively, not following a link.
-// It takes the permission bits of the file at `path` where one is there (the rename keeps
-// them; setuid, setgid and sticky are dropped, as a shell's `>` drops them). Returns the file's
-// identity, which commit() checks again before the rename: the writers open tmp by name, so a
-// link swapped in meanwhile is caught there (though by then written through).
-std::pair<dev_t, ino_t> make_own_temporary(const std::string& tmp, const std::string& path) {
+// It takes the permission bits of the file at `path` where one is there (the rename keeps them;
+// setuid, setgid and sticky are dropped, as a shell's `>` drops them). Messages call the file
+// `named`. Returns the file's identity, which commit() checks again before the rename: the
+// writers open tmp by name, so a link swapped in meanwhile is caught there (though by then
+// written through).
+std::pair<dev_t, ino_t> make_own_temporary(const std::string& tmp, const std::string& path, const std::string& named) {
     if (::unlink(tmp.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR)
-        throw Error(path + ": cannot remove " + tmp + " (in the way of the file written): " + std::strerror(errno));
+        throw Error(named + ": cannot remove " + tmp + " (in the way of the file written): " + std::strerror(errno));
     Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
-    if (fd.fd < 0) throw Error(path + ": cannot create the file " + tmp + ": " + std::strerror(errno));
+    if (fd.fd < 0) throw Error(named + ": cannot create the file " + tmp + ": " + std::strerror(errno));
     struct stat st;
     if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) (void)::fchmod(fd.fd, st.st_mode & 0777);
-    if (::fstat(fd.fd, &st) != 0) throw Error(path + ": cannot look at " + tmp + ": " + std::strerror(errno));
+    if (::fstat(fd.fd, &st) != 0) throw Error(named + ": cannot look at " + tmp + ": " + std::strerror(errno));
     return {st.st_dev, st.st_ino};
 }
 
@@ -173,15 +174,16 @@ OutputSet::~OutputSet() {
 
 void OutputSet::add_file(const std::string& given, const std::function<void(const std::string& tmp)>& write_to) {
     const std::string path = is_stream_target(given) ? given : written_path(given);
+    const std::string named = path == given ? given : given + " (where its symlink leads: " + path + ")";
     std::string tmp = temp_path_for(path);
     // Two outputs on one device (/dev/null twice) share a name in the temporary folder.
     for (const Staged& f : staged_)
         if (f.tmp == tmp) tmp += "-" + std::to_string(staged_.size());
     const int slot = register_temporary(tmp);
     try {
-        const auto [dev, ino] = make_own_temporary(tmp, path);
+        const auto [dev, ino] = make_own_temporary(tmp, path, named);
         write_to(tmp);
-        staged_.push_back({tmp, path, slot, dev, ino});
+        staged_.push_back({tmp, path, named, slot, dev, ino});
     } catch (...) {
         std::remove(tmp.c_str());
         unregister_temporary(slot);
@@ -259,7 +261,7 @@ void OutputSet::commit(double stream_wait_s) {
         }
         std::string streams_written;
         for (const Staged& f : streams) streams_written += (streams_written.empty() ? "" : ", ") + f.path;
-        throw Error(files[i].path + ": cannot move the finished file into place: " +
+        throw Error(files[i].named + ": cannot move the finished file into place: " +
                     (own ? std::string(std::strerror(err)) : "its temporary file " + files[i].tmp + " was replaced while it was written") +
                     (i == 0 ? "" : not_back.empty() ? "; the run's other files were put back as they were" : "; not put back: " + not_back) +
                     (streams_written.empty() ? "" : " (already written, as FIFOs and devices cannot be taken back: " + streams_written + ")"));

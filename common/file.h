@@ -54,8 +54,9 @@ public:
 private:
     struct Staged {
         std::string tmp, path;
-        int slot;    // register_temporary's
-        dev_t dev;   // the temporary file's identity when it was made (make_own_temporary)
+        std::string named;  // path as the caller gave it (a symlink: and where it leads), for messages
+        int slot;           // register_temporary's
+        dev_t dev;          // the temporary file's identity when it was made (make_own_temporary)
         ino_t ino;
     };
     std::vector<Staged> staged_;

@@ -69,6 +69,15 @@ TEST(AtomicFile, ASymlinkIsWrittenThroughAndStaysALink) {
     tpx::write_file_atomically(dangling, "made\n");
     EXPECT_TRUE(fs::is_symlink(dangling));
     EXPECT_EQ(tpx_test::read_text(dir + "/made.json"), "made\n");
+    // A failure names the link as given and where it leads (a folder in the temporary file's way).
+    fs::create_directories(tpx::temp_path_for(link) + "/x");
+    try {
+        tpx::write_file_atomically(link, "x");
+        FAIL() << "no error";
+    } catch (const tpx::Error& e) {
+        EXPECT_NE(std::string(e.what()).find(link + " (where its symlink leads: " + real + ")"), std::string::npos) << e.what();
+    }
+    fs::remove_all(tpx::temp_path_for(link));
     // A chain of 40 links (the kernel's limit) is followed; a loop is named, and nothing is written.
     std::string prev = "real.json";
     for (int i = 1; i <= 40; ++i) {
