@@ -53,14 +53,28 @@ bool catches(pid_t pid, int sig) {
     return false;
 }
 
+// Whether process `pid` is rank 0 of its job (OMPI_COMM_WORLD_RANK in /proc/PID/environ, as
+// mpirun started it).
+bool is_rank_zero(pid_t pid) {
+    std::ifstream environ("/proc/" + std::to_string(pid) + "/environ", std::ios::binary);
+    for (std::string var; std::getline(environ, var, '\0');)
+        if (var.rfind("OMPI_COMM_WORLD_RANK=", 0) == 0) return var == "OMPI_COMM_WORLD_RANK=0";
+    return false;
+}
+
+// The ranks on this host that the drain signal reached, and whether rank 0 (the one that acts on
+// it) is among this host's ranks.
+struct Drain {
+    std::set<pid_t> signalled;
+    bool rank0_here = false;
+};
+
 // The drain signal straight to mpirun's children that are ranks on this host (/proc: parent
 // mpirun, command tpx-worker): rank 0 drains and tells the others. mpirun's own forwarding is not
 // relied on: on the GPU machine (Open MPI 4.1.6, the same binaries) mpirun caught SIGUSR1 and
 // passed nothing on (docs/PERF.md, 2026-12-03 fourth session). A rank gets it once it has its
-// handler (a rank just started would die of it), and once: `signalled` holds those sent it.
-// Returns how many ranks this host has so far.
-int deliver_drain(pid_t mpirun, int sig, std::set<pid_t>& signalled) {
-    int ranks = 0;
+// handler (a rank just started would die of it), and once: `drain.signalled` holds those sent it.
+void deliver_drain(pid_t mpirun, int sig, Drain& drain) {
     DIR* proc = opendir("/proc");
     for (dirent* e; proc && (e = readdir(proc));) {
         const pid_t pid = (pid_t)std::atoi(e->d_name);
@@ -76,11 +90,10 @@ int deliver_drain(pid_t mpirun, int sig, std::set<pid_t>& signalled) {
         pid_t ppid = 0;
         rest >> state >> ppid;
         if (ppid != mpirun || line.substr(open + 1, close - open - 1) != "tpx-worker") continue;
-        ++ranks;
-        if (!signalled.count(pid) && catches(pid, sig) && kill(pid, sig) == 0) signalled.insert(pid);
+        if (!drain.rank0_here && is_rank_zero(pid)) drain.rank0_here = true;
+        if (!drain.signalled.count(pid) && catches(pid, sig) && kill(pid, sig) == 0) drain.signalled.insert(pid);
     }
     if (proc) closedir(proc);
-    return ranks;
 }
 
 // A line of mpirun's stderr that says the job is failing: Open MPI's runtime reporting a lost
@@ -279,8 +292,8 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
         }
     };
     std::unique_ptr<Clock::time_point> drain_start;
-    std::set<pid_t> drained;       // ranks sent the drain signal
-    bool mpirun_drained = false;   // mpirun sent it (no rank on this host)
+    Drain drain;                   // which ranks the drain signal reached
+    bool mpirun_drained = false;   // mpirun sent it (rank 0 not on this host)
     for (;;) {
         pid_t done = waitpid(g_child, &status, WNOHANG);
         if (done == g_child || (done < 0 && errno != EINTR)) break;
@@ -293,10 +306,12 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
         }
         if (settings.drain_signal != 0 && g_signals == 1) {
             if (!drain_start) drain_start = std::make_unique<Clock::time_point>(Clock::now());
-            // Each local rank as it comes to catch the signal; with none here after 2 s (rank 0
-            // on another host), mpirun, to pass it on.
-            const int local = deliver_drain(g_child, settings.drain_signal, drained);
-            if (local == 0 && !mpirun_drained && std::chrono::duration<double>(Clock::now() - *drain_start).count() > 2) {
+            // Each local rank as it comes to catch the signal; with rank 0 not seen here after
+            // 2 s (on another host), mpirun, to pass it on. Never once rank 0 was here: its ranks
+            // may have drained and ended by then, and an mpirun that forwards no signal would die
+            // of it (exit 138 where the job had drained cleanly).
+            deliver_drain(g_child, settings.drain_signal, drain);
+            if (!drain.rank0_here && !mpirun_drained && std::chrono::duration<double>(Clock::now() - *drain_start).count() > 2) {
                 kill(g_child, settings.drain_signal);
                 mpirun_drained = true;
             }
