@@ -11,7 +11,8 @@
 //   tpx-kbench --decode-attention  decode attention at 1, 8 and 64 tokens, contexts 128 to 4096: one pass against two
 //   tpx-kbench --gemv-grid  the decode GEMV at 1 and 8 tokens, K = 4096, N from half a wave of 32-row tiles to seven
 //   tpx-kbench --moe     a Mixtral-shaped MoE layer at 1 to 64 tokens, dense against sparse
-//   tpx-kbench --linear K N T ROUTE  one product of T tokens on ROUTE ("batch" or "cublas"), for ncu
+//   tpx-kbench --linear K N T ROUTE [EPI]  one product of T tokens on ROUTE ("batch" or "cublas"), for ncu;
+//                        EPI "swiglu" or "rope": with the decode step's epilogue (fused, or cuBLAS then its kernel)
 //   tpx-kbench --quant   the quantized GEMVs (FP8, GPTQ int4) on the 8B's linears, and their dequantization;
 //                        then the FP8 layer's four GEMVs back to back (and, in a probe build, their phases)
 #include <cublasLt.h>
@@ -1071,31 +1072,69 @@ void gemv_grid_sweep(cublasHandle_t h, cudaStream_t st) {
     }
 }
 
-// --linear K N T ROUTE: one product x W^T of T tokens (bf16, W [N, K]) for Nsight Compute: 10
-// direct launches of ROUTE ("batch": the decode route tpx takes, the batch GEMM past 8 tokens with
-// batch_gemm on; "cublas": cublasGemmEx with its own algorithm, not the tuner's pick) first, each W
-// a distinct copy, so that `ncu --launch-skip 3 --launch-count 1` profiles one of them; then both
-// routes timed inside graphs as the default sweep's linear rows are.
-void linear_one(cublasHandle_t h, cudaStream_t st, int64_t K, int64_t N, int64_t T, bool batch) {
+// --linear K N T ROUTE [EPI]: one product x W^T of T tokens (bf16, W [N, K]) for Nsight Compute:
+// 10 launches on ROUTE (the batch GEMM or the GEMV where T allows: "batch"; cuBLAS: "cublas"),
+// then both routes timed inside graphs as the default sweep's linear rows are. EPI, as the
+// decode step runs the product: "swiglu" (N = 2 x the MLP's width; the route's fused SwiGLU, or
+// cuBLAS then silu_mul_fused), "rope" (N = (heads + 2 kv_heads) x 128 with 8 KV heads; the fused
+// RoPE + cache write, or cuBLAS then rope() into the cache), at positions 128 + t of slot t.
+void linear_one(cublasHandle_t h, cudaStream_t st, int64_t K, int64_t N, int64_t T, bool batch, cuda::GemvEpilogue epi) {
     TPX_CHECK(K > 0 && N > 0 && T > 0 && T <= 64, "tpx-kbench --linear " + std::to_string(K) + " " + std::to_string(N) + " " +
                                                       std::to_string(T) + ": K, N > 0 and 1 <= T <= 64");
+    constexpr int64_t kHd = 128, kKv = 8, kMaxSeq = 512;
+    const int64_t heads = N / kHd - 2 * kKv;
+    TPX_CHECK(epi != cuda::GemvEpilogue::kSwiglu || N % 2 == 0, "tpx-kbench --linear: swiglu needs an even N");
+    TPX_CHECK(epi != cuda::GemvEpilogue::kRopeKv || (N % kHd == 0 && heads > 0 && heads % kKv == 0),
+              "tpx-kbench --linear: rope needs N = (heads + 16) x 128, heads a multiple of 8");
     const int64_t wbytes = K * N * 2;
     const int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / wbytes));
     bf16* w = device_alloc<bf16>((size_t)copies * K * N);
     bf16* x = device_alloc<bf16>(T * K);
     bf16* y = device_alloc<bf16>(T * N, false);
+    bf16* out = device_alloc<bf16>(T * N, false);  // the epilogue's output: SwiGLU's, or RoPE's q
+    bf16* kc = device_alloc<bf16>(T * kMaxSeq * kKv * kHd);
+    bf16* vc = device_alloc<bf16>(T * kMaxSeq * kKv * kHd);
+    std::vector<int32_t> slots(T), positions(T);
+    for (int64_t t = 0; t < T; ++t) slots[t] = (int32_t)t, positions[t] = (int32_t)(128 + t);
+    int32_t* slot = device_alloc<int32_t>(T, false);
+    int32_t* pos = device_alloc<int32_t>(T, false);
+    CUDA_CHECK(cudaMemcpy(slot, slots.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(pos, positions.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice));
+    const cpu::RopeParams rp{heads, kKv, kHd, 500000.0};
+    const std::vector<float> inv_host = cpu::rope_inv_freq(rp);
+    float* inv = device_alloc<float>(inv_host.size(), false);
+    CUDA_CHECK(cudaMemcpy(inv, inv_host.data(), inv_host.size() * sizeof(float), cudaMemcpyHostToDevice));
+    const cuda::GemvRopeKv rk{heads, kKv, kHd, kMaxSeq, slot, pos, inv, kc, vc};
     tuning.batch_gemm = true;
     auto op = [&](int i, bool b) {
-        cuda::linear(h, {{T, K, N}, x, w + (size_t)(i % copies) * K * N, nullptr, y, nullptr, b ? cuda::LinearRoute::kAuto : cuda::LinearRoute::kGemm}, on(st));
+        const bf16* wi = w + (size_t)(i % copies) * K * N;
+        if (epi == cuda::GemvEpilogue::kNone) {
+            cuda::linear(h, {{T, K, N}, x, wi, nullptr, y, nullptr, b ? cuda::LinearRoute::kAuto : cuda::LinearRoute::kGemm}, on(st));
+        } else if (b) {
+            cuda::GemvFusedArgs f{K, N, x, wi, nullptr, out, nullptr, epi, &rk, T};
+            cuda::gemv_fused(f, on(st));
+        } else {
+            cuda::linear(h, {{T, K, N}, x, wi, nullptr, y, nullptr, cuda::LinearRoute::kGemm}, on(st));
+            if (epi == cuda::GemvEpilogue::kSwiglu) {
+                cuda::silu_mul_fused(T, N / 2, y, out, on(st));
+            } else {
+                cuda::RopeArgs r;
+                r.p = rp, r.tokens = T, r.positions = pos, r.inv_freq = inv;
+                r.q_in = y, r.k_in = y + heads * kHd, r.q = out, r.in_stride = N;
+                r.cache = {kc, vc, y + (heads + kKv) * kHd, N, slot, kMaxSeq};
+                cuda::rope(r, on(st));
+            }
+        }
     };
     for (int i = 0; i < 10; ++i) op(i, batch);
     CUDA_CHECK(cudaStreamSynchronize(st));
+    const char* epi_name = epi == cuda::GemvEpilogue::kSwiglu ? " + swiglu" : epi == cuda::GemvEpilogue::kRopeKv ? " + rope" : "";
     const std::string shape = "T=" + std::to_string(T) + " K=" + std::to_string(K) + " N=" + std::to_string(N);
     for (bool b : {true, false}) {
         const double us = time_graph(st, [&](int i) { op(i, b); });
-        row(std::string("linear ") + (b ? "tpx route" : "cublas"), shape, us, rate((double)wbytes, us));
+        row(std::string("linear ") + (b ? "tpx route" : "cublas") + epi_name, shape, us, rate((double)wbytes, us));
     }
-    cudaFree(w), cudaFree(x), cudaFree(y);
+    for (void* p : std::initializer_list<void*>{w, x, y, out, kc, vc, slot, pos, inv}) cudaFree(p);
 }
 
 int main(int argc, char** argv) {
@@ -1122,8 +1161,12 @@ int main(int argc, char** argv) {
     }
     if (argc > 1 && std::strcmp(argv[1], "--linear") == 0) {
         const bool batch = argc > 5 && std::strcmp(argv[5], "batch") == 0;
-        TPX_CHECK(argc == 6 && (batch || std::strcmp(argv[5], "cublas") == 0), "usage: tpx-kbench --linear K N T batch|cublas");
-        linear_one(h, st, std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), batch);
+        const std::string epi = argc > 6 ? argv[6] : "none";
+        TPX_CHECK((argc == 6 || argc == 7) && (batch || std::strcmp(argv[5], "cublas") == 0) &&
+                      (epi == "none" || epi == "swiglu" || epi == "rope"),
+                  "usage: tpx-kbench --linear K N T batch|cublas [none|swiglu|rope]");
+        const cuda::GemvEpilogue e = epi == "swiglu" ? cuda::GemvEpilogue::kSwiglu : epi == "rope" ? cuda::GemvEpilogue::kRopeKv : cuda::GemvEpilogue::kNone;
+        linear_one(h, st, std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), batch, e);
         return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--moe") == 0) {
