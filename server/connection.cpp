@@ -27,12 +27,12 @@ bool address_of(const sockaddr_storage& a, std::string& host, int& port) {
     return false;
 }
 
-}  // namespace
-
-int find_connection(const std::string& remote_addr, int remote_port, int local_port) {
+// Calls `take(fd, peer address, peer port, local port)` for each connected TCP socket of this
+// process until it returns true.
+template <typename Take>
+void each_connection(Take take) {
     DIR* dir = opendir("/proc/self/fd");
-    if (!dir) return -1;
-    int found = -1;
+    if (!dir) return;
     while (dirent* e = readdir(dir)) {
         char* end = nullptr;
         const long fd = std::strtol(e->d_name, &end, 10);
@@ -44,12 +44,29 @@ int find_connection(const std::string& remote_addr, int remote_port, int local_p
         std::string local_host, peer_host;
         int lport = -1, pport = -1;
         if (!address_of(local, local_host, lport) || !address_of(peer, peer_host, pport)) continue;
-        if (lport == local_port && pport == remote_port && peer_host == remote_addr) {
-            found = (int)fd;
-            break;
-        }
+        if (take((int)fd, peer_host, pport, lport)) break;
     }
     closedir(dir);
+}
+
+}  // namespace
+
+int find_connection(const std::string& remote_addr, int remote_port, int local_port) {
+    int found = -1;
+    each_connection([&](int fd, const std::string& host, int port, int lport) {
+        if (lport != local_port || port != remote_port || host != remote_addr) return false;
+        found = fd;
+        return true;
+    });
+    return found;
+}
+
+std::vector<Connection> connections_on(int local_port) {
+    std::vector<Connection> found;
+    each_connection([&](int fd, const std::string& host, int port, int lport) {
+        if (lport == local_port) found.push_back({fd, host, port});
+        return false;
+    });
     return found;
 }
 

@@ -31,13 +31,10 @@ void reply_error(httplib::Response& res, int status, const std::string& message,
 
 // Why cpp-httplib answered 400 before any handler saw the request, as far as its headers tell.
 std::string unreadable_request(const httplib::Request& req) {
-    // cpp-httplib decodes gzip, deflate and br itself (other encodings reach the handlers as they
-    // are, and fail as JSON there): a 400 with one of those is a body that does not decode.
-    if (req.has_header("Content-Encoding"))
-        return "the body is not valid '" + req.get_header_value("Content-Encoding") +
-               "' data, as its Content-Encoding says (this server decodes gzip, deflate and br)";
-    if (req.method == "POST" && !req.has_header("Content-Length") && !req.has_header("Transfer-Encoding"))
-        return "a POST needs a JSON body with a Content-Length header (or Transfer-Encoding: chunked)";
+    // (Bodies with a Content-Encoding or Transfer-Encoding are refused before they are read: the
+    // pre-routing handler.)
+    if (req.method == "POST" && !req.has_header("Content-Length"))
+        return "a POST needs a JSON body with a Content-Length header";
     return "the request could not be read as HTTP/1.1 (its request line, headers or chunked body)";
 }
 
@@ -51,6 +48,16 @@ bool ambiguous_length(const httplib::Request& req) {
     const std::string v = req.get_header_value("Content-Length");
     return v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos;
 }
+
+// Whether a request carries a body: a Content-Length above 0, or a Transfer-Encoding.
+bool has_body(const httplib::Request& req) {
+    return req.has_header("Transfer-Encoding") || (req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0");
+}
+
+// Set by the pre-routing handler when its answer must end the connection (the request's body, or
+// what follows it, is not to be read as a request); read by the logger, which runs on the same
+// thread once the answer is written.
+thread_local bool t_close_after = false;
 
 int64_t unix_time() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
@@ -90,21 +97,41 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     // body's bytes, so without a bound a few large bodies would take the host's memory.
     const size_t body_limit = std::max<size_t>(1 << 20, (size_t)64 * (size_t)std::max<int64_t>(limits_.max_seq_len, 1) * queue_.capacity());
     svr.set_payload_max_length(body_limit);
+    // Runs once a request's headers are read, before its body is. A refusal here leaves the body
+    // unread: the answer ends the connection (t_close_after, the logger below), so that the body,
+    // or a request hidden in it, is never read as the next request.
     svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-        // A body of ambiguous length: refused, and the connection closed once the answer is out
-        // (the logger below).
-        if (ambiguous_length(req)) {
-            res.set_header("Connection", "close");
-            reply_error(res, 400, "the request's body length is ambiguous (more than one Content-Length header, Content-Length with "
-                                  "Transfer-Encoding, or a Content-Length that is not one decimal number): refused, and the connection "
-                                  "closed", "", "invalid_request");
-            return httplib::Server::HandlerResponse::Handled;
+        {
+            std::lock_guard<std::mutex> lock(busy_mutex_);
+            busy_.insert({req.remote_addr, req.remote_port});
         }
+        t_close_after = false;
+        auto refuse = [&](int status, const std::string& message, const std::string& code) {
+            t_close_after = true;
+            res.set_header("Connection", "close");
+            reply_error(res, status, message, "", code);
+            return httplib::Server::HandlerResponse::Handled;
+        };
+        if (ambiguous_length(req))
+            return refuse(400, "the request's body length is ambiguous (more than one Content-Length header, Content-Length with "
+                               "Transfer-Encoding, or a Content-Length that is not one decimal number): refused, and the connection closed",
+                          "invalid_request");
+        // Decoded, a body of 2 MB could take many GB (cpp-httplib bounds the bytes sent, not the
+        // bytes they decode to); a chunked body's size is not bounded before it is read.
+        const std::string encoding = req.get_header_value("Content-Encoding");
+        if (!encoding.empty() && encoding != "identity")
+            return refuse(415, "request bodies with a Content-Encoding ('" + encoding +
+                                   "') are not taken: send the JSON as it is (refused, and the connection closed)",
+                          "unsupported_content_encoding");
+        if (req.has_header("Transfer-Encoding"))
+            return refuse(411, "a request body needs a Content-Length (Transfer-Encoding '" + req.get_header_value("Transfer-Encoding") +
+                                   "' is not taken: its size is not known before it is read; refused, and the connection closed)",
+                          "length_required");
+        if (req.method != "POST" && has_body(req))
+            return refuse(400, "a " + req.method + " request takes no body (refused, and the connection closed)", "invalid_request");
         if (settings_.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
         if (req.get_header_value("Authorization") == "Bearer " + settings_.api_key) return httplib::Server::HandlerResponse::Unhandled;
-        reply_error(res, 401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "",
-                    "invalid_api_key");
-        return httplib::Server::HandlerResponse::Handled;
+        return refuse(401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "invalid_api_key");
     });
     svr.set_error_handler(httplib::Server::HandlerWithResponse([body_limit](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
@@ -118,12 +145,18 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     }));
     // Called once a response is written. cpp-httplib 0.11 keeps a connection after a handler's
     // "Connection: close" until its keep-alive wait ends (5 s): the socket of a request refused
-    // for its body's ambiguous length is shut here, so that the wait ends at once and nothing
-    // more (the unread body) is read as a request. (A body past the limit, 413, cpp-httplib
-    // reads and drops itself, so that the client, still sending, gets the answer.)
+    // before its body was read (t_close_after) is shut here, so that the wait ends at once and
+    // nothing more (the unread body) is read as a request. (A body past the limit, 413,
+    // cpp-httplib reads and drops itself, so that the client, still sending, gets the answer.)
     svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
         metrics_.count_response(res.status);
-        if (!ambiguous_length(req)) return;
+        {
+            std::lock_guard<std::mutex> lock(busy_mutex_);
+            busy_.erase({req.remote_addr, req.remote_port});
+        }
+        const bool close = t_close_after;
+        t_close_after = false;
+        if (!close) return;
         const int socket = find_connection(req.remote_addr, req.remote_port, req.local_port);
         if (socket < 0) return;
         // The answer, then the end of the stream; what the client sent behind its headers is read
@@ -170,14 +203,31 @@ int HttpServer::start() {
         throw Error("serve: cannot listen on " + settings_.host + ":" + std::to_string(settings_.port) +
                         " (the port is taken, or the address is not this host's: [serve] host, port)",
                     kExitBadInput);
+    port_ = port;
     thread_ = std::thread([this] { server_->listen_after_bind(); });
     return port;
 }
 
 void HttpServer::stop() {
     if (!thread_.joinable()) return;
-    server_->stop();
-    thread_.join();
+    server_->stop();  // no connection is taken from here on
+    // The listening thread ends once every connection's thread has: one waiting for a next request
+    // (up to cpp-httplib's 5 s keep-alive wait) or for headers that come a byte at a time (no end)
+    // would hold it. Every connection not inside a call is shut until it ends; a call's answer is
+    // written whole first.
+    std::atomic<bool> ended{false};
+    std::thread joiner([this, &ended] {
+        thread_.join();
+        ended = true;
+    });
+    while (!ended) {
+        for (const Connection& c : connections_on(port_)) {
+            std::lock_guard<std::mutex> lock(busy_mutex_);
+            if (!busy_.count({c.remote_addr, c.remote_port})) shutdown(c.fd, SHUT_RDWR);
+        }
+        std::this_thread::sleep_for(20ms);
+    }
+    joiner.join();
 }
 
 void HttpServer::fail_all(const std::string& message) {

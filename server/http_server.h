@@ -9,6 +9,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "server/metrics.h"
 #include "server/openai_api.h"
@@ -46,7 +47,8 @@ public:
     void fail_all(const std::string& message);
     // Calls whose answer is not yet written in full.
     int in_flight() const { return in_flight_; }
-    // Ends the listening thread (after the calls in flight are answered).
+    // Ends the listening thread (after the calls in flight are answered), shutting every
+    // connection not inside a call (idle, or still sending its headers).
     void stop();
 
 private:
@@ -62,6 +64,9 @@ private:
     RefitDesk& refits_;
     std::unique_ptr<httplib::Server> server_;
     std::thread thread_;
+    int port_ = -1;  // the port listened on (start)
+    std::mutex busy_mutex_;
+    std::set<std::pair<std::string, int>> busy_;  // connections (client address, port) inside a call: headers read, answer not yet written
     std::atomic<bool> ready_{false}, draining_{false};
     std::atomic<int> in_flight_{0};
     std::mutex channels_mutex_;

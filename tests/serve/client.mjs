@@ -154,7 +154,7 @@ const modes = {
     await raw("bytes_body", "/v1/completions", new Uint8Array([...Buffer.from('{"prompt": "ab'), 0xff, ...Buffer.from('"}')]));
     await raw("huge_max_tokens", "/v1/completions", '{"model": "tiny", "prompt": "Hi", "max_tokens": 18446744073709551615}');
     await raw("nul_refit", "/v1/admin/refit", '{"path": "/tmp/a\\u0000b"}');
-    // A body that does not decode as its Content-Encoding says: the message says so.
+    // A compressed body (a few MB could decode to GB): refused before it is read.
     const br = await fetch(base + "/v1/completions", { method: "POST", body: "{}", headers: { Authorization: "Bearer " + apiKey, "Content-Encoding": "br" } });
     out.encoded = { status: br.status, ...(await br.json()).error };
     await attempt("too_many", () => client.completions.create({ model, prompt: Array(65).fill("Hi") }));
@@ -174,13 +174,15 @@ const modes = {
     // connection closed at once, so that nothing after the body is read as a request (no second
     // response): two Content-Lengths, and one holding a list.
     const body = `{"model": "${model}", "prompt": [1, 2], "max_tokens": 1}`, smuggled = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
-    const smuggle = async (lengths) => {
+    // `head` (request line and headers, without the blank line), then after `later` ms `rest`.
+    const exchange = async (head, rest, later = 0) => {
       const sent = Date.now();
       const got = await new Promise((resolve, reject) => {
         const u = new URL(base);
-        const s = net.connect(Number(u.port), u.hostname, () =>
-          s.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${apiKey}\r\nContent-Type: application/json\r\n` +
-                  `${lengths}\r\n${body}${smuggled}`));
+        const s = net.connect(Number(u.port), u.hostname, () => {
+          s.write(head + "\r\n" + (later ? "" : rest));
+          if (later) setTimeout(() => { if (!s.destroyed) s.write(rest, () => {}); }, later);
+        });
         let text = "";
         const timer = setTimeout(() => { s.destroy(); resolve({ text, closed: false }); }, 10000);
         s.on("data", (d) => { text += d; });
@@ -190,8 +192,17 @@ const modes = {
       return { status: Number(got.text.split(" ")[1]), ...JSON.parse(got.text.slice(got.text.indexOf("{"))).error,
                closed: got.closed, responses: got.text.split("HTTP/1.1 ").length - 1, seconds: (Date.now() - sent) / 1000 };
     };
+    const post = `POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${apiKey}\r\nContent-Type: application/json\r\n`;
+    const smuggle = (lengths) => exchange(post + lengths, body + smuggled);
     out.two_lengths = await smuggle(`Content-Length: ${body.length}\r\nContent-Length: ${body.length + smuggled.length}\r\n`);
     out.length_list = await smuggle(`Content-Length: ${body.length}, ${body.length + smuggled.length}\r\n`);
+    // Refused before their bodies are read, the bodies arriving after the answer: the connection
+    // ends with the answer, so that a request inside a body is never served. A chunked body (its
+    // size unknown until read), a call without the key, a GET carrying a body.
+    const authorized = `GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${apiKey}\r\n\r\n`;
+    out.chunked = await exchange(post + "Transfer-Encoding: chunked\r\n", `${authorized.length.toString(16)}\r\n${authorized}\r\n0\r\n\r\n`, 300);
+    out.no_key_body = await exchange(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${authorized.length}\r\n`, authorized, 300);
+    out.get_body = await exchange(`GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: ${authorized.length}\r\n`, authorized, 300);
     out.models = (await client.models.list()).data.map((m) => m.id);
     return out;
   },
