@@ -1083,17 +1083,18 @@ void linear_one(cublasHandle_t h, cudaStream_t st, int64_t K, int64_t N, int64_t
                                                       std::to_string(T) + ": K, N > 0 and 1 <= T <= 64");
     constexpr int64_t kHd = 128, kKv = 8, kMaxSeq = 512;
     const int64_t heads = N / kHd - 2 * kKv;
-    TPX_CHECK(epi != cuda::GemvEpilogue::kSwiglu || N % 2 == 0, "tpx-kbench --linear: swiglu needs an even N");
+    TPX_CHECK(epi != cuda::GemvEpilogue::kSwiglu || N % 2 == 0, "tpx-kbench --linear: swiglu needs an even N, not " + std::to_string(N));
     TPX_CHECK(epi != cuda::GemvEpilogue::kRopeKv || (N % kHd == 0 && heads > 0 && heads % kKv == 0),
-              "tpx-kbench --linear: rope needs N = (heads + 16) x 128, heads a multiple of 8");
+              "tpx-kbench --linear: rope needs N = (heads + 16) x 128 with heads a multiple of 8, not " + std::to_string(N));
+    const bool rope = epi == cuda::GemvEpilogue::kRopeKv;
     const int64_t wbytes = K * N * 2;
     const int copies = (int)std::max<int64_t>(1, std::min<int64_t>(kReps, (4ll << 30) / wbytes));
     bf16* w = device_alloc<bf16>((size_t)copies * K * N);
     bf16* x = device_alloc<bf16>(T * K);
     bf16* y = device_alloc<bf16>(T * N, false);
     bf16* out = device_alloc<bf16>(T * N, false);  // the epilogue's output: SwiGLU's, or RoPE's q
-    bf16* kc = device_alloc<bf16>(T * kMaxSeq * kKv * kHd);
-    bf16* vc = device_alloc<bf16>(T * kMaxSeq * kKv * kHd);
+    bf16* kc = device_alloc<bf16>(rope ? T * kMaxSeq * kKv * kHd : 0, false);  // the caches: slot t for token t
+    bf16* vc = device_alloc<bf16>(rope ? T * kMaxSeq * kKv * kHd : 0, false);
     std::vector<int32_t> slots(T), positions(T);
     for (int64_t t = 0; t < T; ++t) slots[t] = (int32_t)t, positions[t] = (int32_t)(128 + t);
     int32_t* slot = device_alloc<int32_t>(T, false);

@@ -73,7 +73,9 @@ struct Drain {
 // mpirun, command tpx-worker): rank 0 drains and tells the others. mpirun's own forwarding is not
 // relied on: on the GPU machine (Open MPI 4.1.6, the same binaries) mpirun caught SIGUSR1 and
 // passed nothing on (docs/PERF.md, 2026-12-03 fourth session). A rank gets it once it has its
-// handler (a rank just started would die of it), and once: `drain.signalled` holds those sent it.
+// handler (a rank just started would die of it), and once: `drain.signalled` holds those sent it;
+// `drain.rank0_here` records whether rank 0 was among them (its environment's
+// OMPI_COMM_WORLD_RANK).
 void deliver_drain(pid_t mpirun, int sig, Drain& drain) {
     DIR* proc = opendir("/proc");
     for (dirent* e; proc && (e = readdir(proc));) {

@@ -14,8 +14,9 @@ struct MpirunSettings {
     // 0: the first SIGINT, SIGTERM or SIGHUP is passed on as SIGTERM (mpirun ends the ranks).
     // Otherwise the first of those, or this signal itself sent to tpx, is passed on as this
     // signal, to the ranks on this host directly (rank 0 drains and tells the others: `tpx
-    // serve`; to mpirun when no rank is local), and mpirun gets SIGTERM only when it has not
-    // ended drain_s later, or at a second signal.
+    // serve`; to mpirun when rank 0 has not been seen among this host's ranks 2 s after the
+    // signal), and mpirun gets SIGTERM only when it has not ended drain_s later, or at a second
+    // signal.
     int drain_signal = 0;
     double drain_s = 0;
 };

@@ -1,4 +1,4 @@
-// Finds a call's socket among this process's descriptors (see connection.h).
+// Finds HTTP connections' sockets among this process's descriptors (see connection.h).
 #include "server/connection.h"
 
 #include <arpa/inet.h>
@@ -30,7 +30,7 @@ bool address_of(const sockaddr_storage& a, std::string& host, int& port) {
 // Calls `take(fd, peer address, peer port, local port)` for each connected TCP socket of this
 // process until it returns true.
 template <typename Take>
-void each_connection(Take take) {
+void for_each_connection(Take take) {
     DIR* dir = opendir("/proc/self/fd");
     if (!dir) return;
     while (dirent* e = readdir(dir)) {
@@ -41,6 +41,9 @@ void each_connection(Take take) {
         socklen_t local_len = sizeof local, peer_len = sizeof peer;
         if (getsockname((int)fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0) continue;  // not a socket
         if (getpeername((int)fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) continue;   // a listener
+        int type = 0;
+        socklen_t type_len = sizeof type;
+        if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_STREAM) continue;
         std::string local_host, peer_host;
         int lport = -1, pport = -1;
         if (!address_of(local, local_host, lport) || !address_of(peer, peer_host, pport)) continue;
@@ -51,23 +54,24 @@ void each_connection(Take take) {
 
 }  // namespace
 
+std::string address_key(const std::string& addr) { return addr.substr(0, addr.find('%')); }
+
 int find_connection(const std::string& remote_addr, int remote_port, int local_port) {
     int found = -1;
-    each_connection([&](int fd, const std::string& host, int port, int lport) {
-        if (lport != local_port || port != remote_port || host != remote_addr) return false;
+    const std::string want = address_key(remote_addr);
+    for_each_connection([&](int fd, const std::string& host, int port, int lport) {
+        if (lport != local_port || port != remote_port || host != want) return false;
         found = fd;
         return true;
     });
     return found;
 }
 
-std::vector<Connection> connections_on(int local_port) {
-    std::vector<Connection> found;
-    each_connection([&](int fd, const std::string& host, int port, int lport) {
-        if (lport == local_port) found.push_back({fd, host, port});
+void shut_connections(int local_port, const std::function<bool(const std::string& addr, int port)>& shut) {
+    for_each_connection([&](int fd, const std::string& host, int port, int lport) {
+        if (lport == local_port && shut(host, port)) ::shutdown(fd, SHUT_RDWR);
         return false;
     });
-    return found;
 }
 
 bool peer_hung_up(int fd) {

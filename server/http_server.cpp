@@ -29,14 +29,11 @@ void reply_error(httplib::Response& res, int status, const std::string& message,
     res.set_content(error_body(status, message, param, code).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
-// Why cpp-httplib answered 400 before any handler saw the request, as far as its headers tell.
-std::string unreadable_request(const httplib::Request& req) {
-    // (Bodies with a Content-Encoding or Transfer-Encoding are refused before they are read: the
-    // pre-routing handler.)
-    if (req.method == "POST" && !req.has_header("Content-Length"))
-        return "a POST needs a JSON body with a Content-Length header";
-    return "the request could not be read as HTTP/1.1 (its request line, headers or chunked body)";
-}
+// Why cpp-httplib answered 400 before any handler saw the request. (A body with a
+// Content-Encoding or Transfer-Encoding, or a POST without a Content-Length, is refused before it
+// is read: the pre-routing handler.)
+constexpr const char* kUnreadableRequest = "the request could not be read as HTTP/1.1 (its request line or headers, or a body shorter than its "
+                                           "Content-Length)";
 
 // RFC 9112 6.3: two Content-Lengths, one beside a Transfer-Encoding, or one that is not a plain
 // decimal number (a list "0, 38", a sign, letters, past 18 digits: readers differ on each) leave a
@@ -101,34 +98,33 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     // unread: the answer ends the connection (t_close_after, the logger below), so that the body,
     // or a request hidden in it, is never read as the next request.
     svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-        {
-            std::lock_guard<std::mutex> lock(busy_mutex_);
-            busy_.insert({req.remote_addr, req.remote_port});
-        }
         t_close_after = false;
+        // Refused, the connection ended with the answer where the request has a body.
         auto refuse = [&](int status, const std::string& message, const std::string& code) {
-            t_close_after = true;
-            res.set_header("Connection", "close");
-            reply_error(res, status, message, "", code);
+            t_close_after = has_body(req) || req.method == "POST";
+            if (t_close_after) res.set_header("Connection", "close");
+            reply_error(res, status, message + (t_close_after ? " (refused, and the connection closed)" : ""), "", code);
             return httplib::Server::HandlerResponse::Handled;
         };
         if (ambiguous_length(req))
             return refuse(400, "the request's body length is ambiguous (more than one Content-Length header, Content-Length with "
-                               "Transfer-Encoding, or a Content-Length that is not one decimal number): refused, and the connection closed",
+                               "Transfer-Encoding, or a Content-Length that is not one decimal number)",
                           "invalid_request");
         // Decoded, a body of 2 MB could take many GB (cpp-httplib bounds the bytes sent, not the
         // bytes they decode to); a chunked body's size is not bounded before it is read.
         const std::string encoding = req.get_header_value("Content-Encoding");
         if (!encoding.empty() && encoding != "identity")
-            return refuse(415, "request bodies with a Content-Encoding ('" + encoding +
-                                   "') are not taken: send the JSON as it is (refused, and the connection closed)",
+            return refuse(415, "request bodies with a Content-Encoding ('" + encoding + "') are not taken: send the JSON as it is",
                           "unsupported_content_encoding");
+        // A POST's body needs a Content-Length: with Transfer-Encoding (chunked), or with neither
+        // (read until the client closes), cpp-httplib reads it whole whatever its size.
         if (req.has_header("Transfer-Encoding"))
-            return refuse(411, "a request body needs a Content-Length (Transfer-Encoding '" + req.get_header_value("Transfer-Encoding") +
-                                   "' is not taken: its size is not known before it is read; refused, and the connection closed)",
+            return refuse(411, "a request body needs a Content-Length: Transfer-Encoding '" + req.get_header_value("Transfer-Encoding") +
+                                   "' is not taken, as its size is not known before it is read",
                           "length_required");
-        if (req.method != "POST" && has_body(req))
-            return refuse(400, "a " + req.method + " request takes no body (refused, and the connection closed)", "invalid_request");
+        if (req.method == "POST" && !req.has_header("Content-Length"))
+            return refuse(411, "a POST needs a JSON body with a Content-Length header", "length_required");
+        if (req.method != "POST" && has_body(req)) return refuse(400, "a " + req.method + " request takes no body", "invalid_request");
         if (settings_.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
         if (req.get_header_value("Authorization") == "Bearer " + settings_.api_key) return httplib::Server::HandlerResponse::Unhandled;
         return refuse(401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "invalid_api_key");
@@ -139,7 +135,7 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         else if (res.status == 413)
             reply_error(res, 413, "the body is larger than the " + std::to_string(body_limit) +
                                       " bytes this server takes (64 a token of run.max_seq_len, for serve.max_queue prompts)", "", "body_too_large");
-        else if (res.status == 400) reply_error(res, 400, unreadable_request(req));
+        else if (res.status == 400) reply_error(res, 400, kUnreadableRequest);
         else reply_error(res, res.status, "HTTP " + std::to_string(res.status));
         return httplib::Server::HandlerResponse::Handled;
     }));
@@ -152,7 +148,7 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         metrics_.count_response(res.status);
         {
             std::lock_guard<std::mutex> lock(busy_mutex_);
-            busy_.erase({req.remote_addr, req.remote_port});
+            busy_.erase({address_key(req.remote_addr), req.remote_port});
         }
         const bool close = t_close_after;
         t_close_after = false;
@@ -168,15 +164,18 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         }
         shutdown(socket, SHUT_RD);
     });
-    svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    svr.Get("/health", [this](const httplib::Request& req, httplib::Response& res) {
+        enter_call(req);
         if (!ready_) return reply_error(res, 503, "loading the model", "", "loading");
         if (draining_) return reply_error(res, 503, "shutting down", "", "shutting_down");
         res.set_content("{\"status\":\"ok\"}", "application/json");
     });
-    svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    svr.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
+        enter_call(req);
         res.set_content(metrics_.render((int64_t)queue_.size()), "text/plain; version=0.0.4");
     });
-    svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    svr.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+        enter_call(req);
         json model = {{"id", limits_.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tpx"},
                       {"max_model_len", limits_.max_seq_len}};
         res.set_content(json({{"object", "list"}, {"data", json::array({model})}}).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
@@ -212,19 +211,20 @@ void HttpServer::stop() {
     if (!thread_.joinable()) return;
     server_->stop();  // no connection is taken from here on
     // The listening thread ends once every connection's thread has: one waiting for a next request
-    // (up to cpp-httplib's 5 s keep-alive wait) or for headers that come a byte at a time (no end)
-    // would hold it. Every connection not inside a call is shut until it ends; a call's answer is
-    // written whole first.
+    // (up to cpp-httplib's 5 s keep-alive wait), or for headers or a body that come a byte at a
+    // time (no end), would hold it. Every connection not inside a handler (enter_call) is shut
+    // until it ends; one inside (an answer still being written: the calls in flight have had
+    // their last event) gets up to 5 s, the library's write timeout, then is shut too.
     std::atomic<bool> ended{false};
     std::thread joiner([this, &ended] {
         thread_.join();
         ended = true;
     });
+    const auto every_one = std::chrono::steady_clock::now() + 5s;
     while (!ended) {
-        for (const Connection& c : connections_on(port_)) {
-            std::lock_guard<std::mutex> lock(busy_mutex_);
-            if (!busy_.count({c.remote_addr, c.remote_port})) shutdown(c.fd, SHUT_RDWR);
-        }
+        const bool all = std::chrono::steady_clock::now() > every_one;
+        std::lock_guard<std::mutex> lock(busy_mutex_);
+        shut_connections(port_, [&](const std::string& addr, int port) { return all || !busy_.count({address_key(addr), port}); });
         std::this_thread::sleep_for(20ms);
     }
     joiner.join();
@@ -241,7 +241,13 @@ void HttpServer::fail_all(const std::string& message) {
     }
 }
 
+void HttpServer::enter_call(const httplib::Request& req) {
+    std::lock_guard<std::mutex> lock(busy_mutex_);
+    busy_.insert({address_key(req.remote_addr), req.remote_port});
+}
+
 void HttpServer::handle_refit(const httplib::Request& req, httplib::Response& res) {
+    enter_call(req);
     if (!settings_.allow_refit)
         return reply_error(res, 403, "refit is turned off for this server ([serve] allow_refit = false)", "", "refit_disabled");
     if (!ready_) return reply_error(res, 503, "the model is still loading; GET /health answers 200 when it is ready", "", "loading");
@@ -285,6 +291,7 @@ void HttpServer::handle_refit(const httplib::Request& req, httplib::Response& re
 }
 
 void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res, bool chat) {
+    enter_call(req);
     if (!ready_) return reply_error(res, 503, "the model is still loading; GET /health answers 200 when it is ready", "", "loading");
     if (draining_) return reply_error(res, 503, "the server is shutting down", "", "shutting_down");
     json body;

@@ -48,10 +48,12 @@ public:
     // Calls whose answer is not yet written in full.
     int in_flight() const { return in_flight_; }
     // Ends the listening thread (after the calls in flight are answered), shutting every
-    // connection not inside a call (idle, or still sending its headers).
+    // connection not inside a handler (idle, or still sending its headers or body).
     void stop();
 
 private:
+    // A handler's first step: its connection is inside a call (its body read) until the logger.
+    void enter_call(const httplib::Request& req);
     void handle_call(const httplib::Request& req, httplib::Response& res, bool chat);
     // POST /v1/admin/refit {"path": ..., "abort": false}: filed for the scheduler, answered when
     // every rank has read the new weights (or refused them).
@@ -66,7 +68,7 @@ private:
     std::thread thread_;
     int port_ = -1;  // the port listened on (start)
     std::mutex busy_mutex_;
-    std::set<std::pair<std::string, int>> busy_;  // connections (client address, port) inside a call: headers read, answer not yet written
+    std::set<std::pair<std::string, int>> busy_;  // connections (address_key, port) inside a handler: from enter_call to the logger
     std::atomic<bool> ready_{false}, draining_{false};
     std::atomic<int> in_flight_{0};
     std::mutex channels_mutex_;

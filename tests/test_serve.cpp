@@ -219,7 +219,10 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"length_list", 400, nullptr},
                                            {"chunked", 411, nullptr},
                                            {"no_key_body", 401, nullptr},
-                                           {"get_body", 400, nullptr}}) {
+                                           {"get_body", 400, nullptr},
+                                           {"no_key_body_at_once", 401, nullptr},
+                                           {"get_body_at_once", 400, nullptr},
+                                           {"no_length", 411, nullptr}}) {
         ASSERT_TRUE(r.contains(w.name)) << r.dump();
         const json& e = r[w.name];
         EXPECT_EQ(e["status"], w.status) << w.name << ": " << e.dump();
@@ -236,12 +239,15 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
     EXPECT_NE(r["encoded"].value("message", "").find("with a Content-Encoding ('br') are not taken"), std::string::npos) << r.dump();
     EXPECT_NE(r["chunked"].value("message", "").find("needs a Content-Length"), std::string::npos) << r.dump();
     EXPECT_NE(r["get_body"].value("message", "").find("a GET request takes no body"), std::string::npos) << r.dump();
+    EXPECT_NE(r["no_length"].value("message", "").find("a POST needs a JSON body with a Content-Length header"), std::string::npos) << r.dump();
     EXPECT_NE(r["too_big"].value("message", "").find("larger than the 2097152 bytes this server takes"), std::string::npos) << r.dump();
     for (const char* smuggled : {"two_lengths", "length_list"})
         EXPECT_NE(r[smuggled].value("message", "").find("body length is ambiguous"), std::string::npos) << smuggled << ": " << r[smuggled].dump();
     // Refused before the body is read: the connection ends with the answer, so that a request
-    // inside the body (sent 0.3 s after the headers, for the last three) is never answered.
-    for (const char* smuggled : {"two_lengths", "length_list", "chunked", "no_key_body", "get_body"}) {
+    // inside the body is never answered (the body sent with the headers, or for "chunked",
+    // "no_key_body" and "get_body" 0.3 s after them, by when the connection is closed).
+    for (const char* smuggled : {"two_lengths", "length_list", "chunked", "no_key_body", "get_body", "no_key_body_at_once", "get_body_at_once",
+                                 "no_length"}) {
         const json& s = r[smuggled];
         EXPECT_EQ(s["closed"], true) << smuggled << ": " << s.dump();
         EXPECT_LT(s["seconds"].get<double>(), 3) << smuggled << ": closed after cpp-httplib's keep-alive wait, not at once: " << s.dump();
@@ -441,14 +447,14 @@ void stop_while_loading(bool only_rank0) {
 TEST(Serve, SigtermWhileLoadingEndsEveryRanksReads) { stop_while_loading(false); }
 
 // Connections that hold a server thread without a call: one idle, two sending their headers a
-// byte at a time (cpp-httplib waits 5 s for each byte, so those never time out). A drain shuts
-// them instead of waiting on them: exit 0 within seconds, not `tpx serve` ending the job (exit 1)
-// once grace_s + 5 s have passed.
+// byte at a time, one its body (cpp-httplib waits 5 s for each byte, so those never time out). A
+// drain shuts them instead of waiting on them: exit 0 within seconds, not `tpx serve` ending the
+// job (exit 1) once grace_s + 5 s have passed.
 TEST(Serve, SigtermEndsConnectionsThatSendNoCall) {
     Server server("grace_s = 20\n");
     const int port = std::stoi(server.base().substr(server.base().rfind(':') + 1));
     std::vector<int> socks;
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 4; ++i) {
         const int fd = socket(AF_INET, SOCK_STREAM, 0);
         sockaddr_in to{};
         to.sin_family = AF_INET;
@@ -457,11 +463,15 @@ TEST(Serve, SigtermEndsConnectionsThatSendNoCall) {
         ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0) << std::strerror(errno);
         socks.push_back(fd);
     }
+    const std::string post = std::string("POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ") + kKey +
+                             "\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+    ASSERT_EQ(send(socks[3], post.data(), post.size(), MSG_NOSIGNAL), (ssize_t)post.size());
     std::atomic<bool> stop{false};
     std::thread dribble([&] {
         const std::string head = "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + std::string(200, 'a');
         for (size_t i = 0; i < head.size() && !stop; ++i) {
-            for (size_t k = 1; k < socks.size(); ++k) (void)send(socks[k], &head[i], 1, MSG_NOSIGNAL);
+            for (size_t k = 1; k < 3; ++k) (void)send(socks[k], &head[i], 1, MSG_NOSIGNAL);
+            (void)send(socks[3], " ", 1, MSG_NOSIGNAL);
             std::this_thread::sleep_for(std::chrono::milliseconds(500));
         }
     });

@@ -196,13 +196,19 @@ const modes = {
     const smuggle = (lengths) => exchange(post + lengths, body + smuggled);
     out.two_lengths = await smuggle(`Content-Length: ${body.length}\r\nContent-Length: ${body.length + smuggled.length}\r\n`);
     out.length_list = await smuggle(`Content-Length: ${body.length}, ${body.length + smuggled.length}\r\n`);
-    // Refused before their bodies are read, the bodies arriving after the answer: the connection
-    // ends with the answer, so that a request inside a body is never served. A chunked body (its
-    // size unknown until read), a call without the key, a GET carrying a body.
+    // Refused before their bodies are read: the connection ends with the answer, so that a request
+    // inside a body is never served. A chunked body (its size unknown until read), a call without
+    // the key, a GET carrying a body, the body 0.3 s after the headers (by when the connection is
+    // closed: it is not written) or with them.
     const authorized = `GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${apiKey}\r\n\r\n`;
     out.chunked = await exchange(post + "Transfer-Encoding: chunked\r\n", `${authorized.length.toString(16)}\r\n${authorized}\r\n0\r\n\r\n`, 300);
     out.no_key_body = await exchange(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${authorized.length}\r\n`, authorized, 300);
     out.get_body = await exchange(`GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: ${authorized.length}\r\n`, authorized, 300);
+    out.no_key_body_at_once = await exchange(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${authorized.length}\r\n`, authorized);
+    out.get_body_at_once = await exchange(`GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: ${authorized.length}\r\n`, authorized);
+    // A POST with neither Content-Length nor Transfer-Encoding (its body would be read until the
+    // client closes, whatever its size).
+    out.no_length = await exchange(post, authorized);
     out.models = (await client.models.list()).data.map((m) => m.id);
     return out;
   },
