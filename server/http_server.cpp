@@ -223,8 +223,10 @@ void HttpServer::stop() {
     const auto every_one = std::chrono::steady_clock::now() + 5s;
     while (!ended) {
         const bool all = std::chrono::steady_clock::now() > every_one;
-        std::lock_guard<std::mutex> lock(busy_mutex_);
-        shut_connections(port_, [&](const std::string& addr, int port) { return all || !busy_.count({address_key(addr), port}); });
+        {
+            std::lock_guard<std::mutex> lock(busy_mutex_);
+            shut_connections(port_, [&](const std::string& addr, int port) { return all || !busy_.count({address_key(addr), port}); });
+        }
         std::this_thread::sleep_for(20ms);
     }
     joiner.join();
