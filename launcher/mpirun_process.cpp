@@ -309,7 +309,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
         if (settings.drain_signal != 0 && g_signals == 1) {
             if (!drain_start) drain_start = std::make_unique<Clock::time_point>(Clock::now());
             // Each local rank as it comes to catch the signal; with rank 0 not seen here after
-            // 2 s (on another host), mpirun, to pass it on. Never once rank 0 was here: its ranks
+            // 2 s (on another host), mpirun, to pass it on. Not once rank 0 has been seen here: its ranks
             // may have drained and ended by then, and an mpirun that forwards no signal would die
             // of it (exit 138 where the job had drained cleanly).
             deliver_drain(g_child, settings.drain_signal, drain);
