@@ -1072,9 +1072,11 @@ void gemv_grid_sweep(cublasHandle_t h, cudaStream_t st) {
     }
 }
 
-// --linear K N T ROUTE [EPI]: one product x W^T of T tokens (bf16, W [N, K]) for Nsight Compute:
-// 10 launches on ROUTE (the batch GEMM or the GEMV where T allows: "batch"; cuBLAS: "cublas"),
-// then both routes timed inside graphs as the default sweep's linear rows are. EPI, as the
+// --linear K N T ROUTE [EPI]: one product x W^T of T tokens (bf16, W [N, K]) for Nsight Compute: 10
+// direct launches of ROUTE ("batch": the decode route tpx takes, the batch GEMM past 8 tokens with
+// batch_gemm on; "cublas": cublasGemmEx with its own algorithm, not the tuner's pick) first, each W
+// a distinct copy, so that `ncu --launch-skip 3 --launch-count 1` profiles one of them; then both
+// routes timed inside graphs as the default sweep's linear rows are. EPI, as the
 // decode step runs the product: "swiglu" (N = 2 x the MLP's width; the route's fused SwiGLU, or
 // cuBLAS then silu_mul_fused), "rope" (N = (heads + 2 kv_heads) x 128 with 8 KV heads; the fused
 // RoPE + cache write, or cuBLAS then rope() into the cache), at positions 128 + t of slot t.

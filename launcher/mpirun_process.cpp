@@ -92,7 +92,9 @@ void deliver_drain(pid_t mpirun, int sig, Drain& drain) {
         pid_t ppid = 0;
         rest >> state >> ppid;
         if (ppid != mpirun || line.substr(open + 1, close - open - 1) != "tpx-worker") continue;
-        if (!drain.rank0_here && is_rank_zero(pid)) drain.rank0_here = true;
+        // A rank's environment is read until it is sent the signal (each pass of the drain's loop
+        // would read them all again otherwise).
+        if (!drain.rank0_here && !drain.signalled.count(pid) && is_rank_zero(pid)) drain.rank0_here = true;
         if (!drain.signalled.count(pid) && catches(pid, sig) && kill(pid, sig) == 0) drain.signalled.insert(pid);
     }
     if (proc) closedir(proc);
