@@ -28,8 +28,10 @@ __global__ void rope_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const i
 }
 
 // The same in 16-byte pieces (head_dim a multiple of 16, strides of 8 elements, aligned
-// pointers): thread (g, c) takes frequencies 8c .. 8c + 7, their angles computed once, in heads
-// g, g + groups, ...
+// pointers): thread (g, c) of block (t, b) takes frequencies 8c .. 8c + 7, their angles computed
+// once a block, in rows b groups + g, then gridDim.y groups further, ... (a token's rows over
+// gridDim.y blocks: a decode batch of 64 tokens was 64 blocks of three rows a thread, 8.5 us on
+// an H100; docs/PERF.md).
 // Same arithmetic per element as rope_kernel, so the same bits.
 __global__ void rope_vec_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const int32_t* positions, const float* inv_freq,
                                 const bf16* q_in, const bf16* k_in, int64_t q_stride, int64_t k_stride, bf16* q, bf16* k, RopeKvCache kc) {
@@ -42,7 +44,7 @@ __global__ void rope_vec_kernel(int64_t heads, int64_t kv_heads, int64_t hd, con
     float s[8], co[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) sincosf((float)positions[t] * inv_freq[c * 8 + j], &s[j], &co[j]);
-    for (int64_t h = g; h < rows; h += groups) {
+    for (int64_t h = blockIdx.y * groups + g; h < rows; h += groups * gridDim.y) {
         if (h >= heads + kv_heads) {
             const bf16* src = kc.v_in + t * kc.v_stride + (h - heads - kv_heads) * hd;
             bf16* dst = kc.v_cache + row + (h - heads - kv_heads) * hd;
@@ -103,8 +105,9 @@ void rope(const RopeArgs& a, Launch at) {
     if (vec_applies(a)) {
         const int64_t chunks = half / 8, rows = p.heads + (a.cache.k_cache ? 2 : 1) * p.kv_heads;
         const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(rows, 128 / chunks));
-        launch(rope_vec_kernel, (unsigned)tokens, (unsigned)(chunks * groups), 0, at, p.heads, p.kv_heads, p.head_dim, positions, inv_freq,
-                                                                                     q_in, k_in, st.q, st.k, q, k, a.cache);
+        const dim3 grid((unsigned)tokens, (unsigned)((rows + groups - 1) / groups));  // a thread a row of each token
+        launch(rope_vec_kernel, grid, (unsigned)(chunks * groups), 0, at, p.heads, p.kv_heads, p.head_dim, positions, inv_freq, q_in, k_in,
+               st.q, st.k, q, k, a.cache);
         TPX_LAUNCH_CHECK();
         return;
     }
