@@ -11,10 +11,15 @@
 namespace tpx::cuda {
 namespace {
 
-constexpr int kThreads = 256, kWarps = kThreads / 32;
 constexpr int kChunkBytes = 4096;  // a chunk: K rows, then V rows, of kChunkKeys keys
 constexpr int kStages = 3;         // chunks in flight a warp
-constexpr int kRingBytes = kWarps * kStages * kChunkBytes;
+// A block's warps W: 8 (two blocks an SM), or 4 (four an SM) where the grid has more blocks than
+// two an SM (a decode batch of 64 tokens of Llama-3-8B: 512 blocks, 1.94 waves of eight-warp
+// blocks on 132 SMs, one wave of four-warp ones).
+template <int W>
+constexpr int ring_bytes() {
+    return W * kStages * kChunkBytes;
+}
 constexpr int kMaxGb = 4, kMaxHeadDim = 256;
 
 // Lane (sub, part) holds dims [8 part, 8 part + 8) of key sub of each round of kKeys keys; a chunk
@@ -96,7 +101,7 @@ __device__ __forceinline__ void add_chunk(const ChunkLanes<HD>& L, const char* f
 
 // The warps' results combined through `ring` (every warp past its ring) into out[g * HD + e], the
 // block's Gb heads.
-template <int HD, int Gb>
+template <int HD, int Gb, int W>
 __device__ __forceinline__ void combine_warps(const ChunkLanes<HD>& L, char* ring, Running<Gb>& r, bf16* out) {
     using Lanes = ChunkLanes<HD>;
     // The lanes of a warp's rounds' keys (sub) added: m is the warp's already.
@@ -109,8 +114,8 @@ __device__ __forceinline__ void combine_warps(const ChunkLanes<HD>& L, char* rin
             for (int e = 0; e < 8; ++e) r.acc[g][e] += __shfl_xor_sync(0xffffffffu, r.acc[g][e], o);
         }
     __syncthreads();  // every warp past its ring: the results take its place
-    float* part_acc = reinterpret_cast<float*>(ring);    // [kWarps][Gb][HD]
-    float* part_ml = part_acc + kWarps * Gb * HD;         // [kWarps][Gb][2]: max, exp-sum
+    float* part_acc = reinterpret_cast<float*>(ring);  // [W][Gb][HD]
+    float* part_ml = part_acc + W * Gb * HD;            // [W][Gb][2]: max, exp-sum
     if (L.sub == 0)
 #pragma unroll
         for (int g = 0; g < Gb; ++g)
@@ -120,12 +125,12 @@ __device__ __forceinline__ void combine_warps(const ChunkLanes<HD>& L, char* rin
 #pragma unroll
         for (int g = 0; g < Gb; ++g) part_ml[(L.warp * Gb + g) * 2] = r.m[g], part_ml[(L.warp * Gb + g) * 2 + 1] = r.l[g];
     __syncthreads();
-    for (int idx = threadIdx.x; idx < Gb * HD; idx += kThreads) {
+    for (int idx = threadIdx.x; idx < Gb * HD; idx += W * 32) {
         const int g = idx / HD, e = idx % HD;
         float mx = -INFINITY;
-        for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part_ml[(w * Gb + g) * 2]);
+        for (int w = 0; w < W; ++w) mx = fmaxf(mx, part_ml[(w * Gb + g) * 2]);
         float o = 0.0f, sum = 0.0f;
-        for (int w = 0; w < kWarps; ++w) {
+        for (int w = 0; w < W; ++w) {
             const float f = exp2f(part_ml[(w * Gb + g) * 2] - mx);  // 0 for a warp without keys
             o += f * part_acc[(w * Gb + g) * HD + e];
             sum += f * part_ml[(w * Gb + g) * 2 + 1];
@@ -134,12 +139,12 @@ __device__ __forceinline__ void combine_warps(const ChunkLanes<HD>& L, char* rin
     }
 }
 
-template <int HD, int Gb>
-__global__ void __launch_bounds__(kThreads, 2)
+template <int HD, int Gb, int W>
+__global__ void __launch_bounds__(W * 32, 16 / W)
     attention_one_pass_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k_cache,
                               const bf16* v_cache, bf16* out, bool early) {
     using Lanes = ChunkLanes<HD>;
-    extern __shared__ __align__(16) char ring[];  // kWarps x kStages chunks; at the end the warps' results
+    extern __shared__ __align__(16) char ring[];  // W x kStages chunks; at the end the warps' results
     const Lanes L;
     const int64_t t = t0 + blockIdx.x, h0 = (int64_t)blockIdx.y * Gb, kvh = h0 / (s.heads / s.kv_heads);
     const int64_t kv_width = s.kv_heads * HD;
@@ -150,13 +155,13 @@ __global__ void __launch_bounds__(kThreads, 2)
     const bf16* kbase = k_cache + row0;
     const bf16* vbase = v_cache + row0;
     const int64_t chunks = (n + Lanes::kChunkKeys - 1) / Lanes::kChunkKeys;
-    const int mine = chunks > L.warp ? (int)((chunks - L.warp + kWarps - 1) / kWarps) : 0;
+    const int mine = chunks > L.warp ? (int)((chunks - L.warp + W - 1) / W) : 0;
     auto slot_of = [&](int i) { return ring + ((int64_t)L.warp * kStages + i % kStages) * kChunkBytes; };
     // The warp's i-th chunk into its slot; with skip_own, not the token's own row (position p: the
     // kernel before writes it), which comes in after the wait.
     auto copy = [&](int i, bool skip_own) {
         if (i >= mine) return;
-        const int64_t c = L.warp + (int64_t)i * kWarps;
+        const int64_t c = L.warp + (int64_t)i * W;
         char* to = slot_of(i);
 #pragma unroll
         for (int r = 0; r < 2 * Lanes::kRounds; ++r) {
@@ -173,8 +178,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (early) {
         pdl_entry();
         const int64_t own_chunk = (n - 1) / Lanes::kChunkKeys;
-        const int own_i = (int)(own_chunk / kWarps);
-        if (own_chunk % kWarps == L.warp && own_i < kStages)
+        const int own_i = (int)(own_chunk / W);
+        if (own_chunk % W == L.warp && own_i < kStages)
 #pragma unroll
             for (int r = 0; r < 2 * Lanes::kRounds; ++r)
                 if (chunk_key(L, own_chunk, r % Lanes::kRounds) == n - 1)
@@ -192,38 +197,44 @@ __global__ void __launch_bounds__(kThreads, 2)
     Running<Gb> run;
     for (int i = 0; i < mine; ++i) {
         cp_async_wait<kStages - 1>();
-        const int64_t c = L.warp + (int64_t)i * kWarps;
+        const int64_t c = L.warp + (int64_t)i * W;
         add_chunk<HD, Gb>(L, slot_of(i), c, n, qf, run);
         __syncwarp();  // the slot's reads before the copy into it (the same lanes: keeps the compiler's order)
         copy(i + kStages, false);
         cp_async_commit();
     }
     cp_async_wait_all();
-    combine_warps<HD, Gb>(L, ring, run, out + (t * s.heads + h0) * HD);
+    combine_warps<HD, Gb, W>(L, ring, run, out + (t * s.heads + h0) * HD);
 }
 
-static_assert((kWarps * kMaxGb * kMaxHeadDim + kWarps * kMaxGb * 2) * (int)sizeof(float) <= kRingBytes,
-              "the warps' results (sums, max and exp-sum a head) fit in the ring");
+static_assert((kMaxGb * kMaxHeadDim + kMaxGb * 2) * (int)sizeof(float) <= kStages * kChunkBytes,
+              "a warp's results (sums, max and exp-sum a head) fit in its part of the ring");
 
-template <int HD, int Gb>
+template <int HD, int Gb, int W>
 void launch_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
-    const auto kernel = attention_one_pass_kernel<HD, Gb>;
+    const auto kernel = attention_one_pass_kernel<HD, Gb, W>;
     static const bool raised = [&] {  // once a process (and instance): one device each
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kRingBytes));
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ring_bytes<W>()));
         return true;
     }();
     (void)raised;
     const cpu::AttentionShape& s = a.shape;
-    launch(kernel, dim3((unsigned)(t1 - t0), (unsigned)(s.heads / Gb)), kThreads, kRingBytes, at, s, t0, a.slot, a.pos, a.q, a.k_cache,
+    launch(kernel, dim3((unsigned)(t1 - t0), (unsigned)(s.heads / Gb)), W * 32, ring_bytes<W>(), at, s, t0, a.slot, a.pos, a.q, a.k_cache,
            a.v_cache, a.out, early);
     TPX_LAUNCH_CHECK();
 }
 
-template <int HD>
+template <int HD, int W>
 void launch_one_pass_of(int64_t Gb, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
-    if (Gb == 4) launch_one_pass<HD, 4>(a, t0, t1, early, at);
-    else if (Gb == 2) launch_one_pass<HD, 2>(a, t0, t1, early, at);
-    else launch_one_pass<HD, 1>(a, t0, t1, early, at);
+    if (Gb == 4) launch_one_pass<HD, 4, W>(a, t0, t1, early, at);
+    else if (Gb == 2) launch_one_pass<HD, 2, W>(a, t0, t1, early, at);
+    else launch_one_pass<HD, 1, W>(a, t0, t1, early, at);
+}
+
+template <int HD>
+void launch_one_pass_of(int64_t Gb, bool four_warps, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
+    if (four_warps) launch_one_pass_of<HD, 4>(Gb, a, t0, t1, early, at);
+    else launch_one_pass_of<HD, 8>(Gb, a, t0, t1, early, at);
 }
 
 }  // namespace
@@ -240,9 +251,10 @@ bool try_attention_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool
             Gb = c;
             break;
         }
-    if (hd == 64) launch_one_pass_of<64>(Gb, a, t0, t1, early, at);
-    else if (hd == 128) launch_one_pass_of<128>(Gb, a, t0, t1, early, at);
-    else launch_one_pass_of<256>(Gb, a, t0, t1, early, at);
+    const bool four_warps = tokens * (s.heads / Gb) > 2 * sm_count();  // more blocks than two an SM
+    if (hd == 64) launch_one_pass_of<64>(Gb, four_warps, a, t0, t1, early, at);
+    else if (hd == 128) launch_one_pass_of<128>(Gb, four_warps, a, t0, t1, early, at);
+    else launch_one_pass_of<256>(Gb, four_warps, a, t0, t1, early, at);
     return true;
 }
 
