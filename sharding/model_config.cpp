@@ -149,6 +149,8 @@ ModelConfig parse_model_config(const std::string& text, const std::string& file)
                           {"intermediate_size", c.intermediate_size}, {"num_hidden_layers", c.num_layers},
                           {"num_attention_heads", c.num_heads}, {"num_key_value_heads", c.num_kv_heads}})
         if (v <= 0) fail(file, std::string("\"") + key + "\" = " + std::to_string(v) + " must be positive");
+    if (c.num_layers > kMaxLayers)
+        fail(file, "\"num_hidden_layers\" = " + std::to_string(c.num_layers) + " is past the " + std::to_string(kMaxLayers) + " layers tpx builds");
     if (c.hidden_size % c.num_heads != 0 && !find(j, "head_dim"))
         fail(file, "hidden_size " + std::to_string(c.hidden_size) + " is not a multiple of num_attention_heads " +
                        std::to_string(c.num_heads) + " and head_dim is not given");

@@ -22,6 +22,10 @@ struct RopeConfig {
     std::string freq_dtype = "float32";
 };
 
+// The most decoder layers a config.json may name (the largest published models have a few
+// hundred): past it the graph built on meta would take memory without bound.
+constexpr int64_t kMaxLayers = 10000;
+
 struct ModelConfig {
     std::string file;          // where it was read from, for messages
     std::string architecture;  // LlamaForCausalLM | MistralForCausalLM | Qwen2ForCausalLM | MixtralForCausalLM

@@ -212,7 +212,11 @@ ShardPlan make_plan(const Job& job, int world) {
         config_file = (model / "config.json").string();
         config_text = read_text_file(config_file);
     }
-    if (config_text.empty()) throw CheckpointError(job.model.path + ": has no config.json");
+    if (config_text.empty()) {
+        std::error_code ec;
+        const bool there = folder && fs::is_regular_file(model / "config.json", ec);
+        throw CheckpointError(there ? config_file + ": is empty (a JSON object is expected)" : job.model.path + ": has no config.json");
+    }
     plan.quantization = check_quantization(job, config_text, config_file);
 
     TransformContext ctx;

@@ -3,6 +3,8 @@
 #include "sharding/transform.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -12,6 +14,7 @@
 #include "common/output_path.h"
 #include "jobs/outputs.h"
 #include "loader/checkpoint.h"
+#include "loader/checkpoint_error.h"
 #include "sharding/factory.h"
 #include "sharding/fusion.h"
 #include "sharding/tp_sharding.h"
@@ -81,7 +84,32 @@ TransformOptions defaults(bool enabled = true, std::map<std::string, OptionValue
     return o;
 }
 
+// The decoder layers the checkpoint's tensor names hold ("...layers.N." with N the largest, plus
+// one); 0 where no name has that form.
+int64_t layers_held(const Checkpoint& ckpt) {
+    int64_t held = 0;
+    for (const TensorInfo& t : ckpt.tensors()) {
+        const std::string& name = t.name;
+        for (size_t at = name.find("layers."); at != std::string::npos; at = name.find("layers.", at + 1)) {
+            if (at > 0 && name[at - 1] != '.') continue;
+            size_t i = at + 7, end = i;
+            while (end < name.size() && std::isdigit((unsigned char)name[end]) && end - i < 9) ++end;
+            if (end > i && end < name.size() && name[end] == '.') held = std::max<int64_t>(held, std::atoll(name.substr(i, end - i).c_str()) + 1);
+        }
+    }
+    return held;
+}
+
 void build(TransformContext& ctx) {
+    // Before the graph is built layer by layer: a num_hidden_layers past the checkpoint's layers
+    // (10^12 would take memory without bound) is refused at once, naming the first layer missing.
+    if (ctx.checkpoint) {
+        const int64_t held = layers_held(*ctx.checkpoint);
+        if (held > 0 && ctx.config.num_layers > held)
+            throw CheckpointError(ctx.checkpoint->path() + ": config.json says num_hidden_layers = " + std::to_string(ctx.config.num_layers) +
+                                  ", but the checkpoint holds layers 0 to " + std::to_string(held - 1) + " only (no tensor of layer " +
+                                  std::to_string(held) + ")");
+    }
     ctx.graph = build_model(ctx.config, ctx.weight_dtype);
     if (ctx.checkpoint) check_against_checkpoint(ctx.graph, *ctx.checkpoint);
 }

@@ -82,6 +82,29 @@ size_t count_of(const std::string& text, const std::string& what) {
 
 // The case that motivated the check: num_hidden_layers 1 on the 2-layer models/tiny ran one
 // layer and exited 0. Its 9 layer-1 tensors are named, before any rank starts.
+// More layers than the checkpoint holds (10^12 once took memory without bound, building the
+// graph layer by layer before any tensor was looked for): refused at once, naming the layer.
+TEST(UnusedTensors, AConfigWithMoreLayersThanTheCheckpointIsRefusedAtOnce) {
+    const std::string dir = tpx_test::temp_dir(), model = copy_tiny(dir);
+    const std::string job = write_job(dir, 1);
+    edit_config(model, "num_hidden_layers", 5000);
+    auto r = run_process("timeout 20 " + tpx_bin("tpx") + " validate " + job);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find(model + ": config.json says num_hidden_layers = 5000, but the checkpoint holds layers 0 to 1 only (no tensor of layer 2)"),
+              std::string::npos) << r.err;
+    EXPECT_LT(r.seconds, 5.0);
+    edit_config(model, "num_hidden_layers", 1000000000000);
+    r = run_process("timeout 20 " + tpx_bin("tpx") + " validate " + job);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("config.json: \"num_hidden_layers\" = 1000000000000 is past the 10000 layers tpx builds"), std::string::npos) << r.err;
+    EXPECT_LT(r.seconds, 5.0);
+    std::ofstream(model + "/config.json", std::ios::trunc).close();  // an empty one is named as such, not as missing
+    r = run_process("timeout 20 " + tpx_bin("tpx") + " validate " + job);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find(model + "/config.json: is empty (a JSON object is expected)"), std::string::npos) << r.err;
+    fs::remove_all(dir);
+}
+
 TEST(UnusedTensors, AConfigWithFewerLayersIsRefusedNamingTheTensors) {
     const std::string dir = tpx_test::temp_dir(), model = copy_tiny(dir);
     edit_config(model, "num_hidden_layers", 1);
