@@ -3,7 +3,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+#include <string>
 
 #include "common/error.h"
 #include "common/path.h"
@@ -12,6 +12,8 @@
 namespace tpx {
 
 namespace fs = std::filesystem;
+
+constexpr size_t kMaxJobFileBytes = 16u << 20;  // far past any job (tpx example's is a few KB)
 
 bool job_file_is_stream(const std::string& path) {
     // An open descriptor's name (/dev/stdin, /dev/fd/N, /proc/self/fd/N) is read once even when
@@ -24,12 +26,17 @@ Job load_job(const std::string& path) {
     if (fs::is_directory(path, ec)) throw JobError(path + ": is a folder, not a job file; `tpx example` prints one with every key");
     std::ifstream in(path, std::ios::binary);
     if (!in) throw JobError(path + ": cannot open the job file: " + std::strerror(errno));
-    std::stringstream ss;
-    ss << in.rdbuf();
+    // Read up to the limit: a stream without end (/dev/zero) must not take memory without bound.
+    std::string text(kMaxJobFileBytes + 1, '\0');
+    in.read(text.data(), (std::streamsize)text.size());
+    if (in.bad()) throw JobError(path + ": cannot read the job file: " + std::strerror(errno));
+    text.resize((size_t)in.gcount());
+    if (text.size() > kMaxJobFileBytes)
+        throw JobError(path + ": longer than " + std::to_string(kMaxJobFileBytes >> 20) + " MiB: not a job file (`tpx example` prints one)");
     ec.clear();  // (a current folder that was removed: the throwing calls end in "internal error")
     std::string base = job_file_is_stream(path) ? fs::current_path(ec).string() : fs::absolute(path, ec).parent_path().string();
     if (ec) throw JobError(path + ": cannot tell the job file's folder: " + ec.message());
-    return parse_job(ss.str(), path, base);
+    return parse_job(text, path, base);
 }
 
 }  // namespace tpx

@@ -480,6 +480,9 @@ TEST(Messages, WhatAUserTypesWrongIsNamed) {
     auto folder = tpx("validate .");
     EXPECT_EQ(folder.exit_code, 2);
     EXPECT_NE(folder.err.find("is a folder, not a job file"), std::string::npos) << folder.err;
+    auto endless = tpx("validate /dev/zero");  // read to a bound, not until memory runs out
+    EXPECT_EQ(endless.exit_code, 2) << endless.err;
+    EXPECT_NE(endless.err.find("/dev/zero: longer than 16 MiB: not a job file"), std::string::npos) << endless.err;
     auto no_job = tpx("run");
     EXPECT_EQ(no_job.exit_code, 2);
     EXPECT_NE(no_job.err.find("missing JOB"), std::string::npos) << no_job.err;
