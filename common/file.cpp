@@ -143,20 +143,31 @@ void copy_into_stream(const std::string& tmp, const std::string& path, double wa
 // The temporary file tmp, made empty and this process's own before anything writes it: what
 // was at its name (a leftover, or a symlink planted there so that the write would go through it
 // into another file) removed first, and the file created exclusively, not following a link.
-// It takes the permission bits of the file at `path` where one is there (the rename keeps them;
-// setuid, setgid and sticky are dropped, as a shell's `>` drops them). Messages call the file
-// `named`. Returns the file's identity, which commit() checks again before the rename: the
-// writers open tmp by name, so a link swapped in meanwhile is caught there (though by then
-// written through).
-std::pair<dev_t, ino_t> make_own_temporary(const std::string& tmp, const std::string& path, const std::string& named) {
+// Where a file is at `path`, its permission bits are returned for commit() to give the new file
+// just before the rename (as `mv` would leave them; setuid, setgid and sticky are dropped, as a
+// shell's `>` drops them): meanwhile the temporary file stays writable by its owner, so that a
+// read-only output is replaced, not refused after the run (mode -1: none there). Messages call
+// the file `named`. Returns the file's identity too, which commit() checks again before the
+// rename: the writers open tmp by name, so a link swapped in meanwhile is caught there (though
+// by then written through).
+struct OwnTemporary {
+    dev_t dev;
+    ino_t ino;
+    int mode;
+};
+OwnTemporary make_own_temporary(const std::string& tmp, const std::string& path, const std::string& named) {
     if (::unlink(tmp.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR)
         throw Error(named + ": cannot remove " + tmp + " (in the way of the file written): " + std::strerror(errno));
     Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
     if (fd.fd < 0) throw Error(named + ": cannot create the file " + tmp + ": " + std::strerror(errno));
     struct stat st;
-    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) (void)::fchmod(fd.fd, st.st_mode & 0777);
+    int mode = -1;
+    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+        mode = (int)(st.st_mode & 0777);
+        (void)::fchmod(fd.fd, (mode_t)mode | S_IRUSR | S_IWUSR);
+    }
     if (::fstat(fd.fd, &st) != 0) throw Error(named + ": cannot look at " + tmp + ": " + std::strerror(errno));
-    return {st.st_dev, st.st_ino};
+    return {st.st_dev, st.st_ino, mode};
 }
 
 }  // namespace
@@ -181,9 +192,9 @@ void OutputSet::add_file(const std::string& given, const std::function<void(cons
         if (f.tmp == tmp) tmp += "-" + std::to_string(staged_.size());
     const int slot = register_temporary(tmp);
     try {
-        const auto [dev, ino] = make_own_temporary(tmp, path, named);
+        const OwnTemporary own = make_own_temporary(tmp, path, named);
         write_to(tmp);
-        staged_.push_back({tmp, path, named, slot, dev, ino});
+        staged_.push_back({tmp, path, named, slot, own.dev, own.ino, own.mode});
     } catch (...) {
         std::remove(tmp.c_str());
         unregister_temporary(slot);
@@ -251,6 +262,7 @@ void OutputSet::commit(double stream_wait_s) {
     for (size_t i = 0; i < files.size(); ++i) {
         struct stat st;
         const bool own = ::lstat(files[i].tmp.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == files[i].dev && st.st_ino == files[i].ino;
+        if (own && files[i].mode >= 0) (void)::chmod(files[i].tmp.c_str(), (mode_t)files[i].mode);  // the old file's bits
         if (own && std::rename(files[i].tmp.c_str(), files[i].path.c_str()) == 0) continue;
         const int err = own ? errno : EEXIST;
         std::string not_back;

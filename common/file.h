@@ -58,6 +58,7 @@ private:
         int slot;           // register_temporary's
         dev_t dev;          // the temporary file's identity when it was made (make_own_temporary)
         ino_t ino;
+        int mode;           // the permission bits the file takes before its rename (-1: as made)
     };
     std::vector<Staged> staged_;
 };

@@ -4,10 +4,13 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <stdexcept>
 #include <thread>
 
@@ -123,6 +126,45 @@ TEST(AtomicFile, AReplacedFileKeepsItsMode) {
     tpx::write_file_atomically(path, "new\n");
     EXPECT_EQ(fs::status(path).permissions() & (fs::perms::all | fs::perms::set_uid), mode) << "setuid is dropped, as by a shell's >";
     EXPECT_EQ(tpx_test::read_text(path), "new\n");
+    fs::remove_all(dir);
+}
+
+// A read-only output (0444, not the writer's to write) is replaced as `mv` would, keeping its
+// mode: the new file stays writable by its owner until its rename (its mode copied at creation
+// once made the run's result fail after the run). Root ignores the mode, so as root the writes
+// run in a child as nobody.
+TEST(AtomicFile, AReadOnlyFileIsReplacedKeepingItsMode) {
+    const std::string dir = tpx_test::temp_dir(), path = dir + "/out.json";
+    fs::permissions(dir, fs::perms::all);
+    auto as_user = [&](const std::function<void()>& what) {
+        if (geteuid() != 0) {
+            what();
+            return 0;
+        }
+        const pid_t pid = fork();
+        if (pid == 0) {
+            if (setgid(65534) != 0 || setuid(65534) != 0) _exit(3);
+            try {
+                what();
+            } catch (const std::exception& e) {
+                std::fprintf(stderr, "%s\n", e.what());
+                _exit(1);
+            }
+            _exit(0);
+        }
+        int status = 0;
+        waitpid(pid, &status, 0);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 100;
+    };
+    ASSERT_EQ(as_user([&] {
+                  tpx::write_file_atomically(path, "old\n");
+                  fs::permissions(path, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+              }),
+              0);
+    EXPECT_EQ(as_user([&] { tpx::write_file_atomically(path, "new\n"); }), 0);
+    EXPECT_EQ(tpx_test::read_text(path), "new\n");
+    EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+    EXPECT_EQ(entries(dir), 1u) << "no temporary file left";
     fs::remove_all(dir);
 }
 
