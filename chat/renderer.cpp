@@ -60,7 +60,14 @@ Renderer::Flow Renderer::exec(const Body& body, std::string& out) {
     return Flow::Normal;
 }
 
+void Renderer::step(int line, const std::string& out) {
+    if (++steps_ > kMaxSteps)
+        fail(line, "the template took more than " + std::to_string(kMaxSteps) + " steps (statements and loop turns): a loop without end?");
+    if (out.size() > kMaxBuilt) fail(line, "the template's output passed " + std::to_string(kMaxBuilt >> 20) + " MiB");
+}
+
 Renderer::Flow Renderer::exec(const Stmt& s, std::string& out) {
+    step(s.line, out);
     switch (s.kind) {
     case Stmt::Kind::Text: out += s.text; return Flow::Normal;
     case Stmt::Kind::Output: out += to_str(eval(*s.expr)); return Flow::Normal;
@@ -172,6 +179,7 @@ Renderer::Flow Renderer::exec_for(const Stmt& s, std::string& out) {
     }
     size_t n = kept.size();
     for (size_t k = 0; k < n; ++k) {
+        step(s.line, out);
         bind((*items)[kept[k]]);
         json loop = {{"index", k + 1}, {"index0", k}, {"revindex", n - k}, {"revindex0", n - k - 1},
                      {"first", k == 0}, {"last", k + 1 == n}, {"length", n}, {"depth", 1}, {"depth0", 0}};

@@ -41,6 +41,11 @@ private:
 
     static constexpr size_t kMaxMacroDepth = 100;  // macro calls in progress
     size_t macro_depth_ = 0;
+    // Statements run and loop turns taken in all: nested loops of range(100000) each would
+    // otherwise hold the rank for hours (a template can come inside a checkpoint).
+    static constexpr uint64_t kMaxSteps = 2000000;
+    uint64_t steps_ = 0;
+    void step(int line, const std::string& out);  // one more step; fails past kMaxSteps, or past kMaxBuilt bytes of out
 
     const std::string& name_;
     const RenderOptions& options_;

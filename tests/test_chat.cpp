@@ -7,6 +7,7 @@
 //  - HF transformers' own prompt ids for llama-text's chat prompts (golden-text.json).
 // Renders are text: every comparison is exact, no tolerance.
 #include <gtest/gtest.h>
+#include <chrono>
 
 #include <fstream>
 #include <iostream>
@@ -240,6 +241,21 @@ TEST(ChatJinja, DeepExpressionsAndValuesAreRefused) {
     EXPECT_NE(error_of("{% set ns = namespace(x=[]) %}{% for i in range(600) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x == ns.x }}")
                   .find("t.jinja:1: the value set would be nested deeper than 512 levels"),
               std::string::npos);
+}
+
+// A template's total work and output are bounded (a template can come inside a checkpoint):
+// nested loops, each within range()'s limit, would otherwise run for hours.
+TEST(ChatJinja, EndlessWorkAndOutputAreRefused) {
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_NE(error_of("{% for a in range(99999) %}{% for b in range(99999) %}{% endfor %}{% endfor %}")
+                  .find("t.jinja:1: the template took more than 2000000 steps (statements and loop turns)"),
+              std::string::npos);
+    EXPECT_NE(error_of("{% for a in range(99999) %}{% for b in range(99999) %}{{ 'x' * 4096 }}{% endfor %}{% endfor %}")
+                  .find("t.jinja:1: the template's output passed 64 MiB"),
+              std::string::npos);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30.0);
+    // A long conversation's loop stays far inside the bounds.
+    EXPECT_EQ(render("{% for i in range(100000) %}{% if i % 2 == 0 %}a{% endif %}{% endfor %}").size(), 50000u);
 }
 
 TEST(ChatJinja, UndefinedBehavesAsJinja2Default) {
