@@ -113,6 +113,25 @@ bool says_job_failed(const std::string& line) {
     return false;
 }
 
+// mpirun's line for a rank that a signal ended ("mpirun noticed that process rank 1 with PID 0 on
+// node vm exited on signal 9 (Killed).") as tpx's own "rank R (HOST): ..." line, which the
+// ranks' messages share; "" for any other line.
+std::string rank_signal_message(const std::string& line, const std::string& who) {
+    const std::string mark = "mpirun noticed that process rank ";
+    const size_t at = line.find(mark);
+    if (at == std::string::npos) return "";
+    std::istringstream in(line.substr(at + mark.size()));
+    std::string rank, with, pid_word, pid, on, node_word, host, exited, on2, signal_word, sig;
+    if (!(in >> rank >> with >> pid_word >> pid >> on >> node_word >> host >> exited >> on2 >> signal_word >> sig) || with != "with" ||
+        node_word != "node" || signal_word != "signal")
+        return "";
+    std::string rest;
+    std::getline(in, rest);
+    while (!rest.empty() && (rest.back() == '.' || rest.back() == '\n' || rest.back() == '\r' || rest.back() == ' ')) rest.pop_back();
+    while (!rest.empty() && rest.front() == ' ') rest.erase(0, 1);
+    return who + ": rank " + rank + " (" + host + "): ended by signal " + sig + (rest.empty() ? "" : " " + rest) + "\n";
+}
+
 // How long mpirun may take to end once the job is failing before tpx ends it: Open MPI 4.1's
 // mpirun can sit for a minute or more after a host dies (its runtime waits on the lost daemon;
 // tests/test_multinode.cpp), while a failure it handles ends every rank within a second or two.
@@ -122,6 +141,7 @@ constexpr double kMpirunGraceSeconds = 10;
 // mpirun's stderr as the relay thread passes it on; shared with that thread, which may outlive
 // run_mpirun (see its end).
 struct Relay {
+    std::string who;  // how tpx's lines begin (MpirunSettings::name)
     std::atomic<bool> failing{false}, drained{false};
     std::atomic<int64_t> failing_since{0};  // steady_clock ticks of the first failure mark
 };
@@ -147,6 +167,8 @@ void relay_stderr(Relay& state_ref, int fd) {
             std::string line = pending.substr(start, end + 1 - start);
             if (is_mpi_noise(line)) continue;
             std::fwrite(line.data(), 1, line.size(), stderr);
+            const std::string signalled = rank_signal_message(line, state->who);
+            if (!signalled.empty()) std::fwrite(signalled.data(), 1, signalled.size(), stderr);
             if (!state->failing && says_job_failed(line)) {
                 state->failing_since = Clock::now().time_since_epoch().count();
                 state->failing = true;
@@ -264,6 +286,14 @@ MpirunPipes start_mpirun(char** argv, const char* name, bool drain, const std::v
 
 }  // namespace
 
+std::string mpirun_status_note(int mpirun_code, int exit_code) {
+    if (mpirun_code == exit_code) return "";
+    std::string note = "; mpirun's " + std::to_string(mpirun_code);
+    if (mpirun_code > 128 && mpirun_code < 128 + NSIG)  // mpirun, or a rank it reports, ended by a signal
+        note += ": signal " + std::to_string(mpirun_code - 128) + ", " + strsignal(mpirun_code - 128);
+    return note;
+}
+
 MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& settings) {
     const char* name = settings.name.c_str();
     g_drain_signal = settings.drain_signal;
@@ -281,6 +311,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     const MpirunPipes pipes = start_mpirun(argv.data(), name, settings.drain_signal != 0, stops, previous);
     using Clock = std::chrono::steady_clock;
     auto state = std::make_shared<Relay>();
+    state->who = settings.name;
     std::thread relay([state, fd = pipes.err] { relay_stderr(*state, fd); });
     auto out_drained = std::make_shared<std::atomic<bool>>(false);
     std::thread out_relay([out_drained, fd = pipes.out] { relay_stdout(*out_drained, fd); });

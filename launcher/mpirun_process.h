@@ -27,6 +27,10 @@ struct MpirunOutcome {
     double seconds = 0;
 };
 
+// For tpx's closing line: mpirun's own exit status where it differs from tpx's (exit_code),
+// and the signal its status tells of ("; mpirun's 137: signal 9, Killed"); "" where they agree.
+std::string mpirun_status_note(int mpirun_code, int exit_code);
+
 // Starts `cmd` and waits for it; throws Error when the pipe or the fork fails.
 MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& settings);
 

@@ -142,6 +142,7 @@ int run_job(const Args& args, const RunAs& as) {
     std::vector<std::string> worker_args = {"--job", ranks_job.path()};
     worker_args.insert(worker_args.end(), output_args.begin(), output_args.end());
     worker_args.insert(worker_args.end(), delays.begin(), delays.end());
+    check_interface_here(job);
     std::vector<std::string> cmd = mpirun_command(job, worker_binary(), worker_args);
 
     if (vm.count("dry-run")) {
@@ -177,9 +178,10 @@ int run_job(const Args& args, const RunAs& as) {
                                                    after.st_mtim.tv_nsec == before.st_mtim.tv_nsec)))
         throw Error(cmd[0] + " exited 0, but no rank wrote " + written_as + " (" + written + "): did it start the ranks? ([launch] mpirun)",
                     kExitRuntime);
-    std::fprintf(stderr, "%s: job '%s' %s after %.1f s (exit status %d)\n", who, job.name.c_str(),
-                 code == 0 ? "finished" : "failed", seconds, code);
-    return code == 0 ? 0 : (code == kExitBadInput ? kExitBadInput : kExitRuntime);
+    const int exit_code = code == 0 ? 0 : (code == kExitBadInput ? kExitBadInput : kExitRuntime);
+    std::fprintf(stderr, "%s: job '%s' %s after %.1f s (exit status %d%s)\n", who, job.name.c_str(), code == 0 ? "finished" : "failed",
+                 seconds, exit_code, mpirun_status_note(code, exit_code).c_str());
+    return exit_code;
 }
 
 int cmd_run(const Args& args) { return run_job(args, RunAs{}); }

@@ -44,6 +44,7 @@ int cmd_serve(const Args& args) {
     RanksJobFile ranks_job(job, job_path);
     std::vector<std::string> worker_args = {"--job", ranks_job.path(), "--serve", "--progress", "lines"};
     worker_args.insert(worker_args.end(), delays.begin(), delays.end());
+    check_interface_here(job);
     std::vector<std::string> cmd = mpirun_command(job, worker_binary(), worker_args);
     if (vm.count("dry-run")) {
         std::cout << shell_join(cmd) << "\n";
@@ -64,8 +65,10 @@ int cmd_serve(const Args& args) {
                      outcome.signal ? strsignal(outcome.signal) : "", outcome.seconds);
         return 0;
     }
-    std::fprintf(stderr, "tpx serve: job '%s' failed after %.1f s (exit status %d)\n", job.name.c_str(), outcome.seconds, outcome.code);
-    return outcome.code == kExitBadInput ? kExitBadInput : kExitRuntime;
+    const int exit_code = outcome.code == kExitBadInput ? kExitBadInput : kExitRuntime;
+    std::fprintf(stderr, "tpx serve: job '%s' failed after %.1f s (exit status %d%s)\n", job.name.c_str(), outcome.seconds, exit_code,
+                 mpirun_status_note(outcome.code, exit_code).c_str());
+    return exit_code;
 }
 
 }  // namespace tpx

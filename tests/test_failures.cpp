@@ -162,6 +162,12 @@ TEST(Failures, ARankKilledBySignalEndsTheJobWithin5s) {
     std::string err = tpx_test::read_text(b.err_path);
     EXPECT_NE(err.find("rank 1"), std::string::npos) << err;
     EXPECT_NE(err.find("signal 9"), std::string::npos) << err;
+    // tpx's own line for the rank (not only Open MPI's box), and its closing line's status is
+    // the one it exits with, mpirun's beside it.
+    EXPECT_NE(err.find("tpx run: rank 1 ("), std::string::npos) << err;
+    EXPECT_NE(err.find("): ended by signal 9"), std::string::npos) << err;
+    EXPECT_EQ(code, 1) << err;
+    EXPECT_NE(err.find("(exit status 1; mpirun's 137: signal 9, Killed)"), std::string::npos) << err;
     expect_no_leftovers(dir);
     fs::remove_all(dir);
 }
