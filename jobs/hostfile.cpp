@@ -90,7 +90,10 @@ std::vector<HostfileHost> read_hostfile(const std::string& path) {
         std::istringstream words(text.substr(0, text.find('#')));
         std::string name;
         if (!(words >> name)) continue;
-        if (name.find('=') != std::string::npos) throw JobError(at(path, number, 0, "\"" + name + "\" is not a host name"));
+        // A host name, an address ([v6] too) or user@host: anything else is not a hostfile line
+        // (a JSON line, a path), which mpirun would take as a host to reach.
+        if (name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_:@[]%") != std::string::npos)
+            throw JobError(at(path, number, 0, "\"" + name + "\" is not a host name"));
         auto it = std::find_if(hosts.begin(), hosts.end(), [&](const Host& h) { return h.out.name == name; });
         const bool repeated = it != hosts.end();
         if (!repeated) {

@@ -373,7 +373,16 @@ void parse_backend(Section s, Job& job) {
 void parse_launch(Section s, Job& job) {
     LaunchSection& l = job.launch;
     if (s.get_string("mpirun", l.mpirun) && l.mpirun.find('/') != std::string::npos) l.mpirun = resolve(job.dir, l.mpirun);  // a bare name: from PATH
-    s.get_string_list("extra_args", l.extra_args);
+    if (const toml::node* n = s.node("extra_args")) {
+        s.get_string_list("extra_args", l.extra_args);
+        // What tpx sets itself from [parallel] and [launch]: given again, mpirun starts another
+        // count of ranks, or on other hosts, than the plan's (or stops at its slot count).
+        for (const std::string& a : l.extra_args)
+            for (const char* own : {"-np", "-n", "--np", "--n", "-c", "-H", "--host", "-host", "--hostfile", "-hostfile", "--machinefile",
+                                    "-machinefile", "--default-hostfile", "--app"})
+                if (a == own || a.rfind(std::string(own) + "=", 0) == 0)
+                    s.fail(*n, "extra_args", "gives " + a + ", which tpx sets itself (ranks from [parallel]; hosts from launch.hosts or launch.hostfile)");
+    }
     if (const toml::node* n = s.node("hosts")) {
         s.get_string_list("hosts", l.hosts);
         std::set<std::string> named;

@@ -1,6 +1,9 @@
 // Building the mpirun command line.
 #include "launcher/mpirun.h"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -111,6 +114,44 @@ std::vector<std::string> mpirun_command(const Job& job, const std::string& worke
     cmd.push_back(worker);
     cmd.insert(cmd.end(), worker_args.begin(), worker_args.end());
     return cmd;
+}
+
+void check_interface_here(const Job& job) {
+    const std::string& net = job.launch.interface;
+    if (net.empty() || !job.launch.hosts.empty() || !job.launch.hostfile.empty()) return;
+    ifaddrs* list = nullptr;
+    if (getifaddrs(&list) != 0) return;  // nothing to judge by
+    std::vector<std::string> names;
+    bool found = false;
+    const size_t slash = net.find('/');
+    in_addr subnet{};
+    int bits = -1;
+    if (slash != std::string::npos) {
+        const std::string prefix = net.substr(slash + 1);
+        if (inet_pton(AF_INET, net.substr(0, slash).c_str(), &subnet) != 1 || prefix.empty() || prefix.size() > 2 ||
+            prefix.find_first_not_of("0123456789") != std::string::npos || std::stoi(prefix) > 32) {
+            freeifaddrs(list);
+            throw JobError(job.file + ": launch.interface = \"" + net + "\" is not an interface name or an IPv4 subnet (a.b.c.d/n)");
+        }
+        bits = std::stoi(prefix);
+    }
+    const uint32_t mask = bits <= 0 ? 0u : ~0u << (32 - bits);
+    for (ifaddrs* a = list; a; a = a->ifa_next) {
+        if (!a->ifa_name) continue;
+        if (std::find(names.begin(), names.end(), a->ifa_name) == names.end()) names.push_back(a->ifa_name);
+        if (bits < 0) found = found || net == a->ifa_name;
+        else if (a->ifa_addr && a->ifa_addr->sa_family == AF_INET) {
+            const uint32_t ip = ntohl(reinterpret_cast<const sockaddr_in*>(a->ifa_addr)->sin_addr.s_addr);
+            found = found || (ip & mask) == (ntohl(subnet.s_addr) & mask);
+        }
+    }
+    freeifaddrs(list);
+    if (found) return;
+    std::string have;
+    for (const std::string& n : names) have += (have.empty() ? "" : ", ") + n;
+    throw JobError(job.file + ": launch.interface = \"" + net + "\": " +
+                   (bits < 0 ? "this host has no such interface" : "no IPv4 address of this host is in that subnet") +
+                   ", and every rank runs here (its interfaces: " + have + ")");
 }
 
 std::string worker_binary() {

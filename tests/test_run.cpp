@@ -287,6 +287,54 @@ TEST(Mpirun, CommandFollowsTheJob) {
     EXPECT_EQ(shell_quote("it's"), "'it'\\''s'");
 }
 
+// Launch settings mpirun would take and then not honour (or quietly ignore): refused by name
+// before it starts.
+TEST(Mpirun, SettingsItWouldNotHonourAreRefused) {
+    const std::string dir = std::string(TPX_SOURCE_DIR) + "/jobs/examples";
+    const std::string base = "[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 2\n[launch]\n";
+    for (const char* args : {"[\"-np\", \"5\"]", "[\"--host=localhost:1\"]", "[\"-H\", \"a,b\"]", "[\"--hostfile\", \"h\"]"}) {
+        try {
+            parse_job(base + "extra_args = " + args + "\n", "j.toml", dir);
+            ADD_FAILURE() << args << " was accepted";
+        } catch (const JobError& e) {
+            EXPECT_NE(std::string(e.what()).find("j.toml:6:14: launch.extra_args gives "), std::string::npos) << e.what();
+            EXPECT_NE(std::string(e.what()).find(", which tpx sets itself"), std::string::npos) << e.what();
+        }
+    }
+    EXPECT_NO_THROW(parse_job(base + "extra_args = [\"--mca\", \"btl\", \"self,tcp\", \"--nooversubscribe\"]\n", "j.toml", dir));
+    // A file that is not a hostfile (a JSON line) is named with its line, not tried as a host.
+    const std::string tmp = tpx_test::temp_dir();
+    std::ofstream(tmp + "/hosts") << "# nodes\nnode1 slots=2\n{\"id\": \"a\"}\n";
+    try {
+        parse_job(base + "hostfile = \"" + tmp + "/hosts\"\n", "j.toml", dir);
+        ADD_FAILURE() << "the hostfile was accepted";
+    } catch (const JobError& e) {
+        EXPECT_NE(std::string(e.what()).find(tmp + "/hosts:3: \"{\"id\":\" is not a host name"), std::string::npos) << e.what();
+    }
+    // Every rank on this host: the interface must be one of its own.
+    auto refused = [&](const std::string& net) {
+        const Job job = parse_job(base + "interface = \"" + net + "\"\n", "j.toml", dir);
+        try {
+            check_interface_here(job);
+        } catch (const JobError& e) {
+            EXPECT_NE(std::string(e.what()).find("j.toml: launch.interface = \"" + net + "\""), std::string::npos) << e.what();
+            return true;
+        }
+        return false;
+    };
+    EXPECT_TRUE(refused("nosuch0"));
+    EXPECT_TRUE(refused("240.0.0.1/32"));  // reserved (class E): no host's address
+    EXPECT_TRUE(refused("1.2.3/8"));
+    EXPECT_FALSE(refused("lo"));
+    EXPECT_FALSE(refused("127.0.0.0/8"));
+    // Ranks on other hosts: theirs to judge.
+    const Job remote = parse_job("[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 2\nnodes = 2\n[launch]\nhosts = [\"a:1\", \"b:1\"]\n"
+                                 "interface = \"nosuch0\"\n",
+                                 "j.toml", dir);
+    EXPECT_NO_THROW(check_interface_here(remote));
+    fs::remove_all(tmp);
+}
+
 TEST(Run, DryRunPrintsTheCommand) {
     auto r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + TPX_SOURCE_DIR + "/jobs/examples/tiny.toml --dry-run");
     ASSERT_EQ(r.exit_code, 0) << r.err;
