@@ -16,7 +16,12 @@ namespace tpx::chat {
 
 Value Renderer::eval(const Expr& e) {
     try {
-        return eval_inner(e);
+        Value v = eval_inner(e);
+        // Strings the template makes count against its budget (each within kMaxBuilt, but a loop
+        // of them would otherwise run for hours).
+        if (v.owns_data() && v.is_json() && v.j().is_string() && (built_ += v.j().get_ref<const std::string&>().size()) > kMaxBuiltTotal)
+            fail(e.line, "the template made more than " + std::to_string(kMaxBuiltTotal >> 20) + " MiB of strings in all");
+        return v;
     } catch (const EvalError& err) {
         fail(e.line, err.what());
     } catch (const nlohmann::json::exception& err) {  // an operation on a value of the wrong type

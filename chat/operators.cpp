@@ -3,6 +3,7 @@
 // except for ~ and ==, where Undefined prints as "" and equals only Undefined.
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 #include "chat/builtins.h"
 #include "chat/text.h"
@@ -109,7 +110,14 @@ json arithmetic(BinOp op, const json& a, const json& b) {
 
 Value binary_op(BinOp op, const Value& a, const Value& b) {
     switch (op) {
-    case BinOp::Concat: return Value::owned(to_str(a) + to_str(b));
+    case BinOp::Concat: {
+        std::string joined = to_str(a);
+        const std::string right = to_str(b);
+        if (joined.size() + right.size() > kMaxBuilt)
+            throw EvalError("'~' would make " + std::to_string(joined.size() + right.size()) + " bytes, more than " + std::to_string(kMaxBuilt));
+        joined += right;
+        return Value::owned(std::move(joined));
+    }
     case BinOp::Eq:
     case BinOp::Ne: {
         bool eq = (a.is_undefined() || b.is_undefined()) ? (a.is_undefined() && b.is_undefined())

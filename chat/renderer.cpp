@@ -33,6 +33,7 @@ std::string Renderer::run(const Body& body, const json& messages) {
     }
     std::string out;
     if (exec(body, out) != Flow::Normal) fail(0, "'break' or 'continue' outside a loop");
+    step_output(0, out);
     return out;
 }
 
@@ -63,14 +64,18 @@ Renderer::Flow Renderer::exec(const Body& body, std::string& out) {
 void Renderer::step(int line, const std::string& out) {
     if (++steps_ > kMaxSteps)
         fail(line, "the template took more than " + std::to_string(kMaxSteps) + " steps (statements and loop turns): a loop without end?");
+    step_output(line, out);
+}
+
+void Renderer::step_output(int line, const std::string& out) const {
     if (out.size() > kMaxBuilt) fail(line, "the template's output passed " + std::to_string(kMaxBuilt >> 20) + " MiB");
 }
 
 Renderer::Flow Renderer::exec(const Stmt& s, std::string& out) {
     step(s.line, out);
     switch (s.kind) {
-    case Stmt::Kind::Text: out += s.text; return Flow::Normal;
-    case Stmt::Kind::Output: out += to_str(eval(*s.expr)); return Flow::Normal;
+    case Stmt::Kind::Text: out += s.text; step_output(s.line, out); return Flow::Normal;
+    case Stmt::Kind::Output: out += to_str(eval(*s.expr)); step_output(s.line, out); return Flow::Normal;
     case Stmt::Kind::If:
         for (size_t i = 0; i < s.conditions.size(); ++i)
             if (truthy(eval(*s.conditions[i]))) return exec(s.branches[i], out);
@@ -99,6 +104,7 @@ Renderer::Flow Renderer::exec(const Stmt& s, std::string& out) {
             }
         }
         out += to_str(v);
+        step_output(s.line, out);
         return Flow::Normal;
     }
     case Stmt::Kind::Macro: {

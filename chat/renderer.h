@@ -45,7 +45,11 @@ private:
     // otherwise hold the rank for hours (a template can come inside a checkpoint).
     static constexpr uint64_t kMaxSteps = 2000000;
     uint64_t steps_ = 0;
+    // Bytes of the strings expressions made, in all (eval()).
+    static constexpr uint64_t kMaxBuiltTotal = uint64_t{1} << 30;
+    uint64_t built_ = 0;
     void step(int line, const std::string& out);  // one more step; fails past kMaxSteps, or past kMaxBuilt bytes of out
+    void step_output(int line, const std::string& out) const;  // fails past kMaxBuilt bytes of out
 
     const std::string& name_;
     const RenderOptions& options_;

@@ -261,10 +261,15 @@ void OutputSet::commit(double stream_wait_s) {
     }
     for (size_t i = 0; i < files.size(); ++i) {
         struct stat st;
-        const bool own = ::lstat(files[i].tmp.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == files[i].dev && st.st_ino == files[i].ino;
-        if (own && files[i].mode >= 0) (void)::chmod(files[i].tmp.c_str(), (mode_t)files[i].mode);  // the old file's bits
-        if (own && std::rename(files[i].tmp.c_str(), files[i].path.c_str()) == 0) continue;
-        const int err = own ? errno : EEXIST;
+        bool own = ::lstat(files[i].tmp.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == files[i].dev && st.st_ino == files[i].ino;
+        int err = 0;
+        if (own && files[i].mode >= 0) {  // the old file's bits, on the file itself (opened without following a link)
+            Fd fd(::open(files[i].tmp.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+            own = fd.fd >= 0 && ::fstat(fd.fd, &st) == 0 && st.st_dev == files[i].dev && st.st_ino == files[i].ino;
+            if (own && ::fchmod(fd.fd, (mode_t)files[i].mode) != 0) err = errno;
+        }
+        if (own && err == 0 && std::rename(files[i].tmp.c_str(), files[i].path.c_str()) == 0) continue;
+        if (own && err == 0) err = errno;
         std::string not_back;
         for (size_t k = 0; k < i; ++k) {  // back as they were
             const bool back = !old[k].empty() ? std::rename(old[k].c_str(), files[k].path.c_str()) == 0

@@ -27,10 +27,10 @@ Job load_job(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw JobError(path + ": cannot open the job file: " + std::strerror(errno));
     // Read up to the limit: a stream without end (/dev/zero) must not take memory without bound.
-    std::string text(kMaxJobFileBytes + 1, '\0');
-    in.read(text.data(), (std::streamsize)text.size());
+    std::string text;
+    char chunk[1 << 16];
+    while (text.size() <= kMaxJobFileBytes && in.read(chunk, sizeof(chunk)).gcount() > 0) text.append(chunk, (size_t)in.gcount());
     if (in.bad()) throw JobError(path + ": cannot read the job file: " + std::strerror(errno));
-    text.resize((size_t)in.gcount());
     if (text.size() > kMaxJobFileBytes)
         throw JobError(path + ": longer than " + std::to_string(kMaxJobFileBytes >> 20) + " MiB: not a job file (`tpx example` prints one)");
     ec.clear();  // (a current folder that was removed: the throwing calls end in "internal error")

@@ -378,8 +378,9 @@ void parse_launch(Section s, Job& job) {
         // What tpx sets itself from [parallel] and [launch]: given again, mpirun starts another
         // count of ranks, or on other hosts, than the plan's (or stops at its slot count).
         for (const std::string& a : l.extra_args)
-            for (const char* own : {"-np", "-n", "--np", "--n", "-c", "-H", "--host", "-host", "--hostfile", "-hostfile", "--machinefile",
-                                    "-machinefile", "--default-hostfile", "--app"})
+            for (const char* own : {"-np", "-n", "--np", "--n", "-c", "-N", "--npernode", "-npernode", "--ppr", "-ppr", "-H", "--host", "-host",
+                                    "--hostfile", "-hostfile", "--machinefile", "-machinefile", "--default-hostfile", "-default-hostfile",
+                                    "--app", "-app"})
                 if (a == own || a.rfind(std::string(own) + "=", 0) == 0)
                     s.fail(*n, "extra_args", "gives " + a + ", which tpx sets itself (ranks from [parallel]; hosts from launch.hosts or launch.hostfile)");
     }

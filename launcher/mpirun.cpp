@@ -116,9 +116,9 @@ std::vector<std::string> mpirun_command(const Job& job, const std::string& worke
     return cmd;
 }
 
-void check_interface_here(const Job& job) {
+void check_interface_here(const Job& job, bool in_allocation) {
     const std::string& net = job.launch.interface;
-    if (net.empty() || !job.launch.hosts.empty() || !job.launch.hostfile.empty()) return;
+    if (net.empty() || in_allocation || !job.launch.hosts.empty() || !job.launch.hostfile.empty()) return;
     ifaddrs* list = nullptr;
     if (getifaddrs(&list) != 0) return;  // nothing to judge by
     std::vector<std::string> names;

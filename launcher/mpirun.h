@@ -59,10 +59,11 @@ std::vector<RankPlace> rank_map(const Job& job);
 // "h1: ranks 0-1 (stage 0, tp ranks 0-1) | h2: ranks 2-3 (stage 1, tp ranks 0-1)"
 std::string format_rank_map(const std::vector<RankPlace>& map);
 
-// Where every rank runs on this host (no launch.hosts or launch.hostfile), launch.interface
-// must be one of its interfaces, or a subnet holding one of its IPv4 addresses: mpirun would
-// otherwise print a warning, ignore it and run (an option that did nothing). JobError if not.
-void check_interface_here(const Job& job);
+// Where every rank runs on this host (no launch.hosts or launch.hostfile, and not inside a Slurm
+// allocation, whose nodes mpirun takes), launch.interface must be one of its interfaces, or a
+// subnet holding one of its IPv4 addresses: mpirun would otherwise print a warning, ignore it
+// and run (an option that did nothing). JobError if not.
+void check_interface_here(const Job& job, bool in_allocation);
 
 // The tpx-worker next to the running tpx binary.
 std::string worker_binary();

@@ -118,8 +118,8 @@ bool says_job_failed(const std::string& line) {
 // ranks' messages share; "" for any other line.
 std::string rank_signal_message(const std::string& line, const std::string& who) {
     const std::string mark = "mpirun noticed that process rank ";
-    const size_t at = line.find(mark);
-    if (at == std::string::npos) return "";
+    const size_t at = line.find_first_not_of(" \t");
+    if (at == std::string::npos || line.compare(at, mark.size(), mark) != 0) return "";  // mpirun's own line, not a rank's quoting it
     std::istringstream in(line.substr(at + mark.size()));
     std::string rank, with, pid_word, pid, on, node_word, host, exited, on2, signal_word, sig;
     if (!(in >> rank >> with >> pid_word >> pid >> on >> node_word >> host >> exited >> on2 >> signal_word >> sig) || with != "with" ||

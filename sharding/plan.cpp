@@ -214,8 +214,9 @@ ShardPlan make_plan(const Job& job, int world) {
     }
     if (config_text.empty()) {
         std::error_code ec;
-        const bool there = folder && fs::is_regular_file(model / "config.json", ec);
-        throw CheckpointError(there ? config_file + ": is empty (a JSON object is expected)" : job.model.path + ": has no config.json");
+        const fs::path read = model / (meta ? "params.json" : "config.json");
+        const bool there = folder && fs::is_regular_file(read, ec);
+        throw CheckpointError(there ? read.string() + ": is empty (a JSON object is expected)" : job.model.path + ": has no config.json");
     }
     plan.quantization = check_quantization(job, config_text, config_file);
 

@@ -84,15 +84,15 @@ TransformOptions defaults(bool enabled = true, std::map<std::string, OptionValue
     return o;
 }
 
-// The decoder layers the checkpoint's tensor names hold ("...layers.N." with N the largest, plus
-// one); 0 where no name has that form.
+// The decoder layers the checkpoint's tensor names hold ("model.layers.N." as HF names them,
+// "layers.N." as Meta does; N the largest, plus one); 0 where no name has that form.
 int64_t layers_held(const Checkpoint& ckpt) {
     int64_t held = 0;
     for (const TensorInfo& t : ckpt.tensors()) {
         const std::string& name = t.name;
-        for (size_t at = name.find("layers."); at != std::string::npos; at = name.find("layers.", at + 1)) {
-            if (at > 0 && name[at - 1] != '.') continue;
-            size_t i = at + 7, end = i;
+        for (const std::string prefix : {"model.layers.", "layers."}) {
+            if (name.compare(0, prefix.size(), prefix) != 0) continue;
+            size_t i = prefix.size(), end = i;
             while (end < name.size() && std::isdigit((unsigned char)name[end]) && end - i < 9) ++end;
             if (end > i && end < name.size() && name[end] == '.') held = std::max<int64_t>(held, std::atoll(name.substr(i, end - i).c_str()) + 1);
         }

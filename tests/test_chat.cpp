@@ -253,6 +253,13 @@ TEST(ChatJinja, EndlessWorkAndOutputAreRefused) {
     EXPECT_NE(error_of("{% for a in range(99999) %}{% for b in range(99999) %}{{ 'x' * 4096 }}{% endfor %}{% endfor %}")
                   .find("t.jinja:1: the template's output passed 64 MiB"),
               std::string::npos);
+    // The last statement's output too, and '~' as '*' (each within 2^26 bytes), and strings made
+    // in a loop though never written out.
+    EXPECT_NE(error_of("{{ 'x' * 60000000 }}{{ 'x' * 60000000 }}").find("t.jinja:1: the template's output passed 64 MiB"),
+              std::string::npos);
+    EXPECT_NE(error_of("{% set x = 'x' * 40000000 %}{{ x ~ x }}").find("'~' would make 80000000 bytes, more than 67108864"), std::string::npos);
+    EXPECT_NE(error_of("{% for i in range(100) %}{% set y = 'a' * 60000000 %}{% endfor %}").find("more than 1024 MiB of strings in all"),
+              std::string::npos);
     EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30.0);
     // A long conversation's loop stays far inside the bounds.
     EXPECT_EQ(render("{% for i in range(100000) %}{% if i % 2 == 0 %}a{% endif %}{% endfor %}").size(), 50000u);

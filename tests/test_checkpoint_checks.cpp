@@ -80,8 +80,6 @@ size_t count_of(const std::string& text, const std::string& what) {
 
 }  // namespace
 
-// The case that motivated the check: num_hidden_layers 1 on the 2-layer models/tiny ran one
-// layer and exited 0. Its 9 layer-1 tensors are named, before any rank starts.
 // More layers than the checkpoint holds (10^12 once took memory without bound, building the
 // graph layer by layer before any tensor was looked for): refused at once, naming the layer.
 TEST(UnusedTensors, AConfigWithMoreLayersThanTheCheckpointIsRefusedAtOnce) {
@@ -105,6 +103,8 @@ TEST(UnusedTensors, AConfigWithMoreLayersThanTheCheckpointIsRefusedAtOnce) {
     fs::remove_all(dir);
 }
 
+// The case that motivated the check: num_hidden_layers 1 on the 2-layer models/tiny ran one
+// layer and exited 0. Its 9 layer-1 tensors are named, before any rank starts.
 TEST(UnusedTensors, AConfigWithFewerLayersIsRefusedNamingTheTensors) {
     const std::string dir = tpx_test::temp_dir(), model = copy_tiny(dir);
     edit_config(model, "num_hidden_layers", 1);

@@ -850,8 +850,12 @@ TEST(CudaKernels, DecodeAttentionInOnePassMatchesTwin) {
     for (int64_t hd : {64, 128, 256})
         for (int64_t G : {1, 2, 4, 8})
             for (int64_t window : {0, 300})
-                for (int64_t T : {(int64_t)2, (int64_t)40, (int64_t)sms / 2 + 8}) {
+                for (int64_t T : {(int64_t)2, (int64_t)40, (int64_t)sms / 2 + 8, (int64_t)sms + 8}) {
                     if (window && hd != 128) continue;
+                    // sms + 8 tokens: more blocks than two an SM at every query-head group, so the
+                    // four-warp form; fewer tokens the eight-warp one (four-warp too at 8 query
+                    // heads a KV head and sms / 2 + 8 tokens)
+                    if (T == sms + 8 && hd != 128) continue;
                     const int64_t heads = kv_heads * G, kvw = kv_heads * hd;
                     const std::string what = "hd " + std::to_string(hd) + " G " + std::to_string(G) + " window " + std::to_string(window) +
                                              ", " + std::to_string(T) + " tokens";

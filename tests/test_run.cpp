@@ -315,7 +315,7 @@ TEST(Mpirun, SettingsItWouldNotHonourAreRefused) {
     auto refused = [&](const std::string& net) {
         const Job job = parse_job(base + "interface = \"" + net + "\"\n", "j.toml", dir);
         try {
-            check_interface_here(job);
+            check_interface_here(job, /*in_allocation=*/false);
         } catch (const JobError& e) {
             EXPECT_NE(std::string(e.what()).find("j.toml: launch.interface = \"" + net + "\""), std::string::npos) << e.what();
             return true;
@@ -331,7 +331,9 @@ TEST(Mpirun, SettingsItWouldNotHonourAreRefused) {
     const Job remote = parse_job("[model]\npath = \"../../models/tiny\"\n[parallel]\ntp = 2\nnodes = 2\n[launch]\nhosts = [\"a:1\", \"b:1\"]\n"
                                  "interface = \"nosuch0\"\n",
                                  "j.toml", dir);
-    EXPECT_NO_THROW(check_interface_here(remote));
+    EXPECT_NO_THROW(check_interface_here(remote, /*in_allocation=*/false));
+    const Job here = parse_job(base + "interface = \"nosuch0\"\n", "j.toml", dir);  // inside an allocation: its nodes'
+    EXPECT_NO_THROW(check_interface_here(here, /*in_allocation=*/true));
     fs::remove_all(tmp);
 }
 

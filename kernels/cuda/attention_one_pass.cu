@@ -14,8 +14,7 @@ namespace {
 constexpr int kChunkBytes = 4096;  // a chunk: K rows, then V rows, of kChunkKeys keys
 constexpr int kStages = 3;         // chunks in flight a warp
 // A block's warps W: 8 (two blocks an SM), or 4 (four an SM) where the grid has more blocks than
-// two an SM (a decode batch of 64 tokens of Llama-3-8B: 512 blocks, 1.94 waves of eight-warp
-// blocks on 132 SMs, one wave of four-warp ones).
+// two an SM, so that a grid of up to four an SM runs in one wave.
 template <int W>
 constexpr int ring_bytes() {
     return W * kStages * kChunkBytes;
@@ -232,7 +231,7 @@ void launch_one_pass_of(int64_t Gb, const AttentionArgs& a, int64_t t0, int64_t 
 }
 
 template <int HD>
-void launch_one_pass_of(int64_t Gb, bool four_warps, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
+void launch_one_pass_warps(int64_t Gb, bool four_warps, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
     if (four_warps) launch_one_pass_of<HD, 4>(Gb, a, t0, t1, early, at);
     else launch_one_pass_of<HD, 8>(Gb, a, t0, t1, early, at);
 }
@@ -252,9 +251,9 @@ bool try_attention_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool
             break;
         }
     const bool four_warps = tokens * (s.heads / Gb) > 2 * sm_count();  // more blocks than two an SM
-    if (hd == 64) launch_one_pass_of<64>(Gb, four_warps, a, t0, t1, early, at);
-    else if (hd == 128) launch_one_pass_of<128>(Gb, four_warps, a, t0, t1, early, at);
-    else launch_one_pass_of<256>(Gb, four_warps, a, t0, t1, early, at);
+    if (hd == 64) launch_one_pass_warps<64>(Gb, four_warps, a, t0, t1, early, at);
+    else if (hd == 128) launch_one_pass_warps<128>(Gb, four_warps, a, t0, t1, early, at);
+    else launch_one_pass_warps<256>(Gb, four_warps, a, t0, t1, early, at);
     return true;
 }
 

@@ -1,4 +1,4 @@
-// Rotary embedding (in place, or from q_in/k_in, possibly strided): one block per token,
+// Rotary embedding (in place, or from q_in/k_in, possibly strided): blocks over a token's rows,
 // threads over (head group, i < head_dim / 2); angles in fp32 with accurate sincosf, as the
 // CPU twin, computed once per (token, frequency). The 16-byte form may write K, and copy V,
 // straight into the KV cache (RopeKvCache).
@@ -30,8 +30,7 @@ __global__ void rope_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const i
 // The same in 16-byte pieces (head_dim a multiple of 16, strides of 8 elements, aligned
 // pointers): thread (g, c) of block (t, b) takes frequencies 8c .. 8c + 7, their angles computed
 // once a block, in rows b groups + g, then gridDim.y groups further, ... (a token's rows over
-// gridDim.y blocks: a decode batch of 64 tokens was 64 blocks of three rows a thread, 8.5 us on
-// an H100; docs/PERF.md).
+// gridDim.y blocks, a row a thread: a decode batch's few tokens still fill the GPU).
 // Same arithmetic per element as rope_kernel, so the same bits.
 __global__ void rope_vec_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const int32_t* positions, const float* inv_freq,
                                 const bf16* q_in, const bf16* k_in, int64_t q_stride, int64_t k_stride, bf16* q, bf16* k, RopeKvCache kc) {
