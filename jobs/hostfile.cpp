@@ -127,4 +127,12 @@ void check_hostfile(const Job& job, const std::string& key_at) {
                                                                  " ranks a node runs (parallel.ranks_per_node)"));
 }
 
+bool tpx_sets_mpirun_option(const std::string& arg) {
+    for (const char* own : {"-np", "-n", "--np", "--n", "-c", "-N", "--npernode", "-npernode", "--ppr", "-ppr", "-H", "--host", "-host",
+                            "--hostfile", "-hostfile", "--machinefile", "-machinefile", "--default-hostfile", "-default-hostfile", "--app",
+                            "-app"})
+        if (arg == own || arg.rfind(std::string(own) + "=", 0) == 0) return true;
+    return false;
+}
+
 }  // namespace tpx

@@ -28,4 +28,9 @@ std::vector<HostfileHost> read_hostfile(const std::string& path);
 // do not fit the hosts listed.
 void check_hostfile(const Job& job, const std::string& key_at);
 
+// Whether an mpirun argument (launch.extra_args) gives what tpx sets itself from [parallel] and
+// [launch]: the ranks' count, hosts, hostfile or placement per node (given again, mpirun starts
+// another count of ranks, or on other hosts, than the plan's).
+bool tpx_sets_mpirun_option(const std::string& arg);
+
 }  // namespace tpx

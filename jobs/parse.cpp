@@ -18,6 +18,7 @@
 #include "common/error.h"
 #include "common/path.h"
 #include "jobs/files.h"
+#include "jobs/hostfile.h"
 #include "jobs/toml_error.h"
 
 namespace fs = std::filesystem;
@@ -375,14 +376,9 @@ void parse_launch(Section s, Job& job) {
     if (s.get_string("mpirun", l.mpirun) && l.mpirun.find('/') != std::string::npos) l.mpirun = resolve(job.dir, l.mpirun);  // a bare name: from PATH
     if (const toml::node* n = s.node("extra_args")) {
         s.get_string_list("extra_args", l.extra_args);
-        // What tpx sets itself from [parallel] and [launch]: given again, mpirun starts another
-        // count of ranks, or on other hosts, than the plan's (or stops at its slot count).
         for (const std::string& a : l.extra_args)
-            for (const char* own : {"-np", "-n", "--np", "--n", "-c", "-N", "--npernode", "-npernode", "--ppr", "-ppr", "-H", "--host", "-host",
-                                    "--hostfile", "-hostfile", "--machinefile", "-machinefile", "--default-hostfile", "-default-hostfile",
-                                    "--app", "-app"})
-                if (a == own || a.rfind(std::string(own) + "=", 0) == 0)
-                    s.fail(*n, "extra_args", "gives " + a + ", which tpx sets itself (ranks from [parallel]; hosts from launch.hosts or launch.hostfile)");
+            if (tpx_sets_mpirun_option(a))
+                s.fail(*n, "extra_args", "gives " + a + ", which tpx sets itself (ranks from [parallel]; hosts from launch.hosts or launch.hostfile)");
     }
     if (const toml::node* n = s.node("hosts")) {
         s.get_string_list("hosts", l.hosts);
