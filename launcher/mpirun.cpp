@@ -78,6 +78,7 @@ bool in_slurm_allocation() {
 }
 
 void check_launch_hosts(const Job& job, bool in_allocation) {
+    check_interface_here(job, in_allocation);
     if (job.parallel.nodes == 1 || in_allocation || !job.launch.hosts.empty() || !job.launch.hostfile.empty()) return;
     throw JobError(job.file + ": parallel.nodes = " + std::to_string(job.parallel.nodes) +
                    ", but launch.hosts and launch.hostfile are empty and this is no Slurm allocation: mpirun would start all " +

@@ -19,7 +19,8 @@ LaunchHost this_host();
 
 // A job of several nodes that mpirun started here would run on this host alone: refused
 // (JobError, naming the keys) unless it lists its hosts (launch.hosts or hostfile) or
-// `in_allocation` (a Slurm allocation, SLURM_JOB_ID set: mpirun takes its nodes).
+// `in_allocation` (a Slurm allocation, SLURM_JOB_ID set: mpirun takes its nodes). Checks
+// launch.interface too (check_interface_here).
 void check_launch_hosts(const Job& job, bool in_allocation);
 // Whether this process runs inside a Slurm allocation (SLURM_JOB_ID set, and not empty).
 bool in_slurm_allocation();

@@ -136,7 +136,6 @@ int run_job(const Args& args, const RunAs& as) {
     const ShardPlan plan = check_before_launch(job, extra_outputs, /*local=*/true);
     if (vm.count("bench")) check_bench(job, plan);
     check_launch_hosts(job, in_slurm_allocation());
-    check_interface_here(job, in_slurm_allocation());
     const char* progress = vm.count("quiet") ? "quiet" : (isatty(STDERR_FILENO) ? "live" : "lines");
     output_args.insert(output_args.end(), {"--progress", progress});
     RanksJobFile ranks_job(job, job_path);

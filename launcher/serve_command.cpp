@@ -41,7 +41,6 @@ int cmd_serve(const Args& args) {
     // The plan, the tokenizer and chat template, this host's memory: refused before any rank starts.
     check_before_launch(job, {}, /*local=*/true);
     check_launch_hosts(job, in_slurm_allocation());
-    check_interface_here(job, in_slurm_allocation());
     RanksJobFile ranks_job(job, job_path);
     std::vector<std::string> worker_args = {"--job", ranks_job.path(), "--serve", "--progress", "lines"};
     worker_args.insert(worker_args.end(), delays.begin(), delays.end());

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 
 #include "common/error.h"
@@ -185,13 +186,36 @@ std::vector<std::string> unused_tensors(const Graph& graph, const Checkpoint& ck
     return unused;
 }
 
+namespace {
+
+// The decoder layer a tensor name belongs to ("model.layers.N." as HF names it, "layers.N." as
+// Meta does), or -1.
+int64_t layer_of(const std::string& name) {
+    for (const char* prefix : {"model.layers.", "layers."}) {
+        const size_t n = std::strlen(prefix);
+        if (name.compare(0, n, prefix) != 0) continue;
+        size_t end = n;
+        while (end < name.size() && end - n < 9 && std::isdigit((unsigned char)name[end])) ++end;
+        if (end > n && end < name.size() && name[end] == '.') return std::atoll(name.c_str() + n);
+    }
+    return -1;
+}
+
+}  // namespace
+
+void check_layer_count(const ModelConfig& config, const Checkpoint& ckpt) {
+    int64_t held = 0;
+    for (const TensorInfo& t : ckpt.tensors()) held = std::max(held, layer_of(t.name) + 1);
+    if (held > 0 && config.num_layers > held)
+        throw CheckpointError(ckpt.path() + ": config.json says num_hidden_layers = " + std::to_string(config.num_layers) +
+                              ", but the checkpoint holds layers 0 to " + std::to_string(held - 1) + " only (no tensor of layer " +
+                              std::to_string(held) + ")");
+}
+
 std::string explain_unused(const std::vector<std::string>& unused, const ModelConfig& config) {
     // (Fewer experts in config.json than in the checkpoint fails earlier: the router's shape.)
-    const std::string layers = "model.layers.";
     int64_t last_layer = -1;
-    for (const std::string& name : unused)
-        if (name.compare(0, layers.size(), layers) == 0 && std::isdigit((unsigned char)name[layers.size()]))
-            last_layer = std::max(last_layer, (int64_t)std::atoll(name.c_str() + layers.size()));
+    for (const std::string& name : unused) last_layer = std::max(last_layer, layer_of(name));
     if (last_layer < config.num_layers) return "";
     return "config.json says num_hidden_layers = " + std::to_string(config.num_layers) + ", the checkpoint holds " +
            std::to_string(last_layer + 1);

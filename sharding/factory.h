@@ -17,6 +17,11 @@ class Checkpoint;
 // `weight_dtype` is what the ranks will hold ("bfloat16", "float32", ...).
 Graph build_model(const ModelConfig& config, const std::string& weight_dtype);
 
+// config.json's num_hidden_layers past the layers the checkpoint's tensor names hold: refused
+// (CheckpointError naming the first layer missing) before a graph is built layer by layer (10^12
+// layers would take memory without bound).
+void check_layer_count(const ModelConfig& config, const Checkpoint& ckpt);
+
 // Every tensor the graph's parameters name exists in `ckpt` with the shape the config implies;
 // throws CheckpointError naming the tensor and both shapes otherwise.
 void check_against_checkpoint(const Graph& graph, const Checkpoint& ckpt);

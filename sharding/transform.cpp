@@ -3,8 +3,6 @@
 #include "sharding/transform.h"
 
 #include <algorithm>
-#include <cctype>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -14,7 +12,6 @@
 #include "common/output_path.h"
 #include "jobs/outputs.h"
 #include "loader/checkpoint.h"
-#include "loader/checkpoint_error.h"
 #include "sharding/factory.h"
 #include "sharding/fusion.h"
 #include "sharding/tp_sharding.h"
@@ -84,32 +81,8 @@ TransformOptions defaults(bool enabled = true, std::map<std::string, OptionValue
     return o;
 }
 
-// The decoder layers the checkpoint's tensor names hold ("model.layers.N." as HF names them,
-// "layers.N." as Meta does; N the largest, plus one); 0 where no name has that form.
-int64_t layers_held(const Checkpoint& ckpt) {
-    int64_t held = 0;
-    for (const TensorInfo& t : ckpt.tensors()) {
-        const std::string& name = t.name;
-        for (const std::string prefix : {"model.layers.", "layers."}) {
-            if (name.compare(0, prefix.size(), prefix) != 0) continue;
-            size_t i = prefix.size(), end = i;
-            while (end < name.size() && std::isdigit((unsigned char)name[end]) && end - i < 9) ++end;
-            if (end > i && end < name.size() && name[end] == '.') held = std::max<int64_t>(held, std::atoll(name.substr(i, end - i).c_str()) + 1);
-        }
-    }
-    return held;
-}
-
 void build(TransformContext& ctx) {
-    // Before the graph is built layer by layer: a num_hidden_layers past the checkpoint's layers
-    // (10^12 would take memory without bound) is refused at once, naming the first layer missing.
-    if (ctx.checkpoint) {
-        const int64_t held = layers_held(*ctx.checkpoint);
-        if (held > 0 && ctx.config.num_layers > held)
-            throw CheckpointError(ctx.checkpoint->path() + ": config.json says num_hidden_layers = " + std::to_string(ctx.config.num_layers) +
-                                  ", but the checkpoint holds layers 0 to " + std::to_string(held - 1) + " only (no tensor of layer " +
-                                  std::to_string(held) + ")");
-    }
+    if (ctx.checkpoint) check_layer_count(ctx.config, *ctx.checkpoint);
     ctx.graph = build_model(ctx.config, ctx.weight_dtype);
     if (ctx.checkpoint) check_against_checkpoint(ctx.graph, *ctx.checkpoint);
 }
