@@ -46,6 +46,8 @@ public:
     // With backend.tuning.profile, time per op kind since the last reset (GPU backend; "" elsewhere).
     virtual std::string profile() const { return ""; }
     virtual void reset_profile() {}
+    // The GEMM tuner's choice for each product it timed, a line each (GPU backend; "" elsewhere).
+    virtual std::string tuner_summary() const { return ""; }
     // The last forward_argmax on the device, CUDA events from its inputs' upload to its ids'
     // download (GPU backend; negative elsewhere): the step without the host's turn between steps.
     virtual double last_device_ms() const { return -1; }
