@@ -1140,6 +1140,30 @@ void linear_one(cublasHandle_t h, cudaStream_t st, int64_t K, int64_t N, int64_t
     for (void* p : std::initializer_list<void*>{w, x, y, out, kc, vc, slot, pos, inv}) cudaFree(p);
 }
 
+// The small ops of a decode step (--small-ops, and the whole run's end).
+void small_ops(cudaStream_t st) {
+    bf16* a = device_alloc<bf16>(64 * 128256);
+    bf16* b = device_alloc<bf16>(64 * 28672);
+    bf16* c = device_alloc<bf16>(64 * 28672, false);
+    bf16* d = device_alloc<bf16>(64 * 28672, false);
+    float* f = device_alloc<float>(64 * 128256, false);
+    int32_t* ids = device_alloc<int32_t>(64, false);
+    float* inv = device_alloc<float>(64, false);
+    void* scratch = device_alloc<char>(cuda::argmax_scratch_bytes(64), false);
+    for (int64_t T : {1, 64}) {
+        std::string t = "T=" + std::to_string(T);
+        row("add_rmsnorm", t + " W=4096", time_graph(st, [&](int) { cuda::add_rmsnorm({T, 4096, 1e-5f, a, b, d}, b, c, on(st)); }), "");
+        row("silu_mul_fused", t + " I=14336", time_graph(st, [&](int) { cuda::silu_mul_fused(T, 14336, a, c, on(st)); }), "");
+        cpu::RopeParams p{32, 8, 128, 500000.0};
+        row("rope (strided in)", t, time_graph(st, [&](int) { cuda::rope({p, T, ids, inv, a, a + 4096, c, d, 6144}, on(st)); }), "");
+        row("bf16_to_f32 logits", t + " V=128256", time_graph(st, [&](int) { cuda::bf16_to_f32(T * 128256, a, f, on(st)); }), "");
+        row("argmax_rows", t + " V=128256", time_graph(st, [&](int) { cuda::argmax_rows(T, 128256, f, ids, on(st)); }), "");
+        row("argmax_rows (bf16, the forward's end)", t + " V=128256",
+            time_graph(st, [&](int) { cuda::argmax_rows(T, 128256, a, ids, on(st), scratch); }), "");
+    }
+    row("empty graph node (memset 4 B)", "", time_graph(st, [&](int) { CUDA_CHECK(cudaMemsetAsync(ids, 0, 4, st)); }), "");
+}
+
 int main(int argc, char** argv) {
     bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
     std::setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -1195,6 +1219,10 @@ int main(int argc, char** argv) {
     if (argc > 1 && std::strcmp(argv[1], "--quant") == 0) {
         quant_sweep(st);
         quant_layer(st);
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--small-ops") == 0) {
+        small_ops(st);
         return 0;
     }
     if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {
@@ -1402,26 +1430,7 @@ int main(int argc, char** argv) {
         cudaFree(wd), cudaFree(xd);
     }
 
-    // The small ops of a decode step.
-    {
-        bf16* a = device_alloc<bf16>(64 * 128256);
-        bf16* b = device_alloc<bf16>(64 * 28672);
-        bf16* c = device_alloc<bf16>(64 * 28672, false);
-        bf16* d = device_alloc<bf16>(64 * 28672, false);
-        float* f = device_alloc<float>(64 * 128256, false);
-        int32_t* ids = device_alloc<int32_t>(64, false);
-        float* inv = device_alloc<float>(64, false);
-        for (int64_t T : {1, 64}) {
-            std::string t = "T=" + std::to_string(T);
-            row("add_rmsnorm", t + " W=4096", time_graph(st, [&](int) { cuda::add_rmsnorm({T, 4096, 1e-5f, a, b, d}, b, c, on(st)); }), "");
-            row("silu_mul_fused", t + " I=14336", time_graph(st, [&](int) { cuda::silu_mul_fused(T, 14336, a, c, on(st)); }), "");
-            cpu::RopeParams p{32, 8, 128, 500000.0};
-            row("rope (strided in)", t, time_graph(st, [&](int) { cuda::rope({p, T, ids, inv, a, a + 4096, c, d, 6144}, on(st)); }), "");
-            row("bf16_to_f32 logits", t + " V=128256", time_graph(st, [&](int) { cuda::bf16_to_f32(T * 128256, a, f, on(st)); }), "");
-            row("argmax_rows", t + " V=128256", time_graph(st, [&](int) { cuda::argmax_rows(T, 128256, f, ids, on(st)); }), "");
-        }
-        row("empty graph node (memset 4 B)", "", time_graph(st, [&](int) { CUDA_CHECK(cudaMemsetAsync(ids, 0, 4, st)); }), "");
-    }
+    small_ops(st);
     std::printf("kbench done\n");
     return 0;
 }

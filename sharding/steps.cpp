@@ -166,7 +166,8 @@ std::string StepProgram::describe() const {
             if (f.split) os << ", RoPE (" << f.rope->name << ") and the KV-cache write of " << f.attention->name << " after";
             if (f.split && rope_kv_of.count(f.rope))
                 os << "; where no GEMV takes it (prefill, larger batches), " << f.rope->name << " writes K and V into "
-                   << rope_kv_of.at(f.rope)->name << "'s cache";
+                   << rope_kv_of.at(f.rope)->name << "'s cache, or in a decode step through the one-pass kernel "
+                   << rope_kv_of.at(f.rope)->name << " does the RoPE and that write itself";
         } else if (exchange_of.count(n)) {
             os << "linear; batch 1: GEMV pushing its all-reduce, summed by the GEMV of " << norm_of.at(exchange_of.at(n))->name;
         } else if (residual_epilogue.count(n)) {

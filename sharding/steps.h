@@ -50,7 +50,8 @@ struct StepProgram {
     std::map<const Node*, DecodeFusion> fusions;           // by linear node
     std::map<const Node*, const Node*> norm_of;            // fused norm -> the linear whose GEMV computes it
     // A fused QKV's rope -> its attention: where no decode GEMV takes the rope, the rope writes
-    // the rotated K and the split's V (the attention's inputs[2]) into the attention's KV cache.
+    // the rotated K and the split's V (the attention's inputs[2]) into the attention's KV cache,
+    // or, in a decode step the one-pass attention kernel takes, the attention does both.
     std::map<const Node*, const Node*> rope_kv_of;
     // A linear (no fusion of its own) -> the allreduce_add_rmsnorm in norm_of that alone reads its
     // output: at batch 1 its GEMV pushes its part and the norm's GEMV sums it (cuda::ExchangeIn).

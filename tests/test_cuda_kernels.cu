@@ -152,7 +152,8 @@ TEST(CudaKernels, LinearWithBiasMatchesTwin) {
 }
 
 // Products through the GEMM tuner: the first of a bucket is timed over cuBLASLt's algorithms,
-// then run with the fastest; a second row count of the bucket reuses it; a view offset by 2
+// then run with the fastest; a second row count of the bucket reuses it (past
+// kBatchGemmMaxTokens rows: up to it each row count is a bucket of its own); a view offset by 2
 // bytes changes the alignment (a bucket of its own, algorithms that take it); fewer than
 // kGemmTuneMinTokens rows and an untuned bucket under stream capture are declined (nothing
 // written); an added matrix (the residual add) is summed in, not in place. A tuner given a cuBLAS
@@ -171,7 +172,7 @@ TEST(CudaKernels, GemmTunerMatchesTwinAndDeclinesWhatItMust) {
         cuda::GemmTuner* t;
     };
     for (auto [T, offset, t] : {Case{256, 0, &tuner}, {200, 0, &tuner}, {300, 0, &tuner}, {256, 1, &tuner}, {16, 0, &tuner}, {16, 0, &timed},
-                                {300, 0, &timed}}) {
+                                {300, 0, &timed}, {48, 0, &tuner}, {64, 0, &tuner}}) {
         std::unique_ptr<Device<bf16>> dy(poisoned(T * N));
         cuda::linear(h, {{T, K, N}, dx->p + offset, dw->p, db->p, dy->p, t}, on(nullptr));
         std::vector<float> ref(T * N);
@@ -193,6 +194,9 @@ TEST(CudaKernels, GemmTunerMatchesTwinAndDeclinesWhatItMust) {
     EXPECT_NE(summary.find("gemm 256 rows (bucket 256) K=256 N=384: fastest of"), std::string::npos) << summary;
     EXPECT_NE(summary.find("gemm 300 rows (bucket 512)"), std::string::npos) << summary;
     EXPECT_NE(summary.find("gemm 16 rows (bucket 16) K=256 N=384: fastest of"), std::string::npos) << summary;
+    EXPECT_NE(summary.find("gemm 48 rows (bucket 48) K=256 N=384: fastest of"), std::string::npos) << summary;
+    EXPECT_NE(summary.find("gemm 64 rows (bucket 64) K=256 N=384: fastest of"), std::string::npos) << "a decode row count of its own\n"
+                                                                                               << summary;
     EXPECT_EQ(summary.find("cublasGemmEx"), std::string::npos) << "no handle, nothing else timed\n" << summary;
     const std::string timed_summary = timed.summary();
     for (const char* line : {"gemm 300 rows", "gemm 16 rows"}) {
@@ -884,6 +888,82 @@ TEST(CudaKernels, DecodeAttentionInOnePassMatchesTwin) {
                 }
 }
 
+// A decode step's RoPE done by the one-pass attention (AttentionRope, as the executor runs a
+// rope the attention takes in) against RoPE writing the caches, then the attention: the output
+// and both caches bit for bit, from strided [q | k | v | pad] rows as the QKV split's views.
+// Blocks of 1, 2 and 4 query heads (the KV head's row written by each of its blocks), eight- and
+// four-warp blocks, positions past the ring of three chunks a warp (the own row read back from the
+// cache), a window; with and without the early loads. Where it cannot (head_dim 256, a step that
+// is not a decode batch, the split kernel's few tokens) attention_rope_applies says no; the
+// executor takes it only where attention_rope_pays (four-warp blocks).
+TEST(CudaKernels, DecodeAttentionTakingRopeEqualsRopeThenAttention) {
+    REQUIRE_GPU();
+    int sms = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    TuningGuard guard;
+    const int64_t kv_heads = 2, max_seq = 700;
+    for (int64_t hd : {64, 128})
+        for (int64_t G : {1, 2, 4, 8})
+            for (int64_t T : {(int64_t)2, (int64_t)40, (int64_t)sms + 8})
+                for (bool early : {false, true}) {
+                    tuning.decode_splits = 1;
+                    tuning.attention_early = early;
+                    const int64_t window = G == 4 && T == 40 ? 300 : 0;
+                    const int64_t heads = kv_heads * G, qw = heads * hd, kvw = kv_heads * hd, stride = qw + 2 * kvw + 8;
+                    const std::string what = "hd " + std::to_string(hd) + " G " + std::to_string(G) + ", " + std::to_string(T) + " tokens" +
+                                             (early ? ", early loads" : "") + (window ? ", window" : "");
+                    cpu::RopeParams p{heads, kv_heads, hd, 500000.0};
+                    const int32_t edges[] = {0, 7, 8, 191, 192, 193, (int32_t)max_seq - 1, 400};
+                    std::vector<int32_t> slot, pos;
+                    for (int64_t t = 0; t < T; ++t)
+                        slot.push_back((int32_t)t), pos.push_back(t < 8 ? edges[t] : (int32_t)((t * 97 + 11) % max_seq));
+                    const std::vector<float> qkv = random_bf16(T * stride), cache0 = random_bf16(T * max_seq * kvw);
+                    std::unique_ptr<Device<bf16>> dqkv(upload(qkv));
+                    std::unique_ptr<Device<int32_t>> ds(upload_raw(slot)), dp(upload_raw(pos));
+                    std::unique_ptr<Device<float>> di(upload_raw(cpu::rope_inv_freq(p)));
+                    const cpu::AttentionShape shape{T, heads, kv_heads, hd, max_seq, window};
+                    std::vector<std::vector<float>> got;  // out, k cache, v cache: rope then attention, then the attention alone
+                    for (bool taken : {false, true}) {
+                        std::unique_ptr<Device<bf16>> kc(upload(cache0)), vc(upload(cache0)), dq(poisoned(T * qw)), dout(poisoned(T * qw));
+                        cuda::AttentionArgs aa{shape, ds->p, dp->p, dq->p, nullptr, nullptr, kc->p, vc->p, dout->p};
+                        aa.decode = true;
+                        if (taken) {
+                            aa.q = dqkv->p, aa.k = dqkv->p + qw, aa.v = dqkv->p + qw + kvw;
+                            aa.k_stride = aa.v_stride = stride;
+                            aa.rope = {di->p, stride};
+                            ASSERT_TRUE(cuda::attention_rope_applies(aa, tuning)) << what;
+                            EXPECT_EQ(cuda::attention_rope_pays(aa, tuning), T == sms + 8) << "four-warp blocks only, " << what;
+                        } else {
+                            cuda::RopeArgs ra{p, T, dp->p, di->p, dqkv->p, dqkv->p + qw, dq->p, nullptr, stride};
+                            ra.cache = {kc->p, vc->p, dqkv->p + qw + kvw, stride, ds->p, max_seq};
+                            ASSERT_TRUE(cuda::rope_kv_applies(ra));
+                            cuda::rope(ra, on(nullptr));
+                        }
+                        cuda::attention(aa, on(nullptr));
+                        got.push_back(download(*dout)), got.push_back(download(*kc)), got.push_back(download(*vc));
+                    }
+                    EXPECT_EQ(got[0], got[3]) << "attention output, " << what;
+                    EXPECT_EQ(got[1], got[4]) << "k cache, " << what;
+                    EXPECT_EQ(got[2], got[5]) << "v cache, " << what;
+                    EXPECT_NE(got[4], cache0) << "the k cache was written, " << what;
+                    if (hd == 128 && G == 4 && T == 40 && !early) {  // where it cannot
+                        cuda::AttentionArgs aa{shape, ds->p, dp->p, dqkv->p, dqkv->p + qw, dqkv->p + qw + kvw, nullptr, nullptr, nullptr};
+                        aa.k_stride = aa.v_stride = stride;
+                        aa.rope = {di->p, stride};
+                        aa.decode = true;
+                        EXPECT_TRUE(cuda::attention_rope_applies(aa, tuning));
+                        aa.decode = false;
+                        EXPECT_FALSE(cuda::attention_rope_applies(aa, tuning)) << "not a decode batch";
+                        aa.decode = true;
+                        tuning.decode_splits = 8;
+                        aa.shape.tokens = 2;
+                        EXPECT_FALSE(cuda::attention_rope_applies(aa, tuning)) << "two tokens take the split kernel";
+                        aa.shape.tokens = T, aa.shape.head_dim = 256, aa.shape.heads = heads / 2, aa.shape.kv_heads = kv_heads / 2;
+                        EXPECT_FALSE(cuda::attention_rope_applies(aa, tuning)) << "head_dim 256";
+                    }
+                }
+}
+
 // Decode tokens over long cached contexts: few (token, head) pairs take the split kernel (the
 // keys over the blocks of a cluster, combined through distributed shared memory), many (40
 // tokens) the one-pass kernel (attention_one_pass; the two-pass kernels' own test is above). Position 0 leaves all but one block of its cluster without keys;
@@ -1068,10 +1148,34 @@ TEST(CudaKernels, MoeRoutingAndExpertsMatchTheTwin) {
     }
 }
 
+// argmax_rows over `logits` [rows, width] as fp32 or rounded to bf16 (then with a scratch block
+// of the caller's, as the executor's forward passes), checked row by row against the CPU twin
+// cpu::argmax on the same values; the output is poisoned first so an unwritten row shows.
+std::vector<int32_t> device_argmax(const std::vector<float>& logits, int64_t rows, int64_t width, bool in_bf16, Device<int32_t>& out) {
+    CUDA_CHECK(cudaMemset(out.p, 0x55, rows * sizeof(int32_t)));
+    std::vector<float> seen = logits;
+    if (in_bf16) {
+        for (float& x : seen) x = bf16_to_f32(f32_to_bf16(x));
+        std::unique_ptr<Device<bf16>> d(upload(logits));
+        Device<char> scratch(cuda::argmax_scratch_bytes(rows));
+        cuda::argmax_rows(rows, width, d->p, out.p, on(nullptr), scratch.p);
+        CUDA_CHECK(cudaDeviceSynchronize());
+    } else {
+        std::unique_ptr<Device<float>> d(upload_raw(logits));
+        cuda::argmax_rows(rows, width, d->p, out.p, on(nullptr));
+        CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    std::vector<int32_t> got(rows);
+    CUDA_CHECK(cudaMemcpy(got.data(), out.p, rows * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    for (int64_t r = 0; r < rows; ++r)
+        EXPECT_EQ(got[r], cpu::argmax(&seen[r * width], width)) << "row " << r << " width " << width << (in_bf16 ? " bf16" : " fp32");
+    return got;
+}
+
 // Non-finite logits (a NaN weight upstream) must not come back as a token id: argmax_rows writes
 // -1 for a row holding NaN, +Inf or -Inf, as its CPU twin cpu::argmax does (the reference, row by
 // row). Poisons sit in the first chunk, in the last, at index 0 and at the last index, beside a
-// larger finite logit elsewhere in the row; the output is poisoned first so an unwritten row shows.
+// larger finite logit elsewhere in the row.
 TEST(CudaKernels, ArgmaxReportsNonFiniteRows) {
     REQUIRE_GPU();
     const int64_t rows = 8, V = 128256;
@@ -1091,15 +1195,13 @@ TEST(CudaKernels, ArgmaxReportsNonFiniteRows) {
             const int64_t at = (p.at < 0 ? width + p.at : p.at) % width;
             logits[p.row * width + at] = p.value;
         }
-        std::unique_ptr<Device<float>> dl(upload_raw(logits));
-        CUDA_CHECK(cudaMemset(out.p, 0x55, rows * sizeof(int32_t)));
-        cuda::argmax_rows(rows, width, dl->p, out.p, on(nullptr));
-        std::vector<int32_t> got(rows);
-        CUDA_CHECK(cudaMemcpy(got.data(), out.p, rows * sizeof(int32_t), cudaMemcpyDeviceToHost));
-        for (int64_t r = 0; r < rows; ++r) {
-            const bool poisoned_row = std::any_of(poisons.begin(), poisons.end(), [&](const Poison& p) { return p.row == r; });
-            EXPECT_EQ(got[r], cpu::argmax(&logits[r * width], width)) << "row " << r << " width " << width;
-            EXPECT_EQ(got[r], poisoned_row ? -1 : (int32_t)((r * 7919) % width)) << "row " << r << " width " << width;
+        for (bool in_bf16 : {false, true}) {  // fp32 logits, and the bf16 ones the forward ends in
+            const std::vector<int32_t> got = device_argmax(logits, rows, width, in_bf16, out);
+            for (int64_t r = 0; r < rows; ++r) {
+                const bool poisoned_row = std::any_of(poisons.begin(), poisons.end(), [&](const Poison& p) { return p.row == r; });
+                const std::string at = "row " + std::to_string(r) + " width " + std::to_string(width) + (in_bf16 ? " bf16" : " fp32");
+                EXPECT_EQ(got[r], poisoned_row ? -1 : (int32_t)((r * 7919) % width)) << at;
+            }
         }
     }
 }
@@ -1114,16 +1216,14 @@ TEST(CudaKernels, ArgmaxGatherAndConversions) {
     logits[2 * V + 5] = logits[2 * V + 9] = 50.0f;  // a tie: the first index wins
     logits[3 * V + 120000] = logits[3 * V + 4000] = 60.0f;  // a tie across the kernel's chunks
     Device<int32_t> out(rows);
-    for (int64_t width : {V, (int64_t)1000}) {  // the chunked kernel, and one block per row
+    for (int64_t width : {V, (int64_t)1000, (int64_t)1001}) {  // the chunked kernel, a short row, one read 4 at a time nowhere
         std::vector<float> narrow;
         for (int64_t r = 0; r < rows; ++r) narrow.insert(narrow.end(), logits.begin() + r * V, logits.begin() + r * V + width);
-        std::unique_ptr<Device<float>> dn(upload_raw(narrow));
-        cuda::argmax_rows(rows, width, dn->p, out.p, on(nullptr));
-        std::vector<int32_t> got(rows);
-        CUDA_CHECK(cudaMemcpy(got.data(), out.p, rows * 4, cudaMemcpyDeviceToHost));
-        for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(got[r], cpu::argmax(&narrow[r * width], width)) << "row " << r << " width " << width;
-        EXPECT_EQ(got[2], 5);
-        if (width == V) EXPECT_EQ(got[3], 4000);
+        for (bool in_bf16 : {false, true}) {
+            const std::vector<int32_t> got = device_argmax(narrow, rows, width, in_bf16, out);
+            EXPECT_EQ(got[2], 5) << "width " << width;
+            if (width == V) EXPECT_EQ(got[3], 4000) << (in_bf16 ? "bf16" : "fp32");
+        }
     }
 
     auto x = random_bf16(5 * 16);

@@ -82,7 +82,7 @@ struct Stages {
             if (s > 0)
                 CUDA_CHECK(cudaMemcpyAsync(execs[s]->stage_input(T), execs[s - 1]->stage_output(), T * H * sizeof(__nv_bfloat16),
                                            cudaMemcpyDeviceToDevice, stream));
-            R = execs[s]->enqueue_stage(batch);
+            R = execs[s]->enqueue_stage(batch, false);
         }
         return execs.back()->finish_logits(R);
     }

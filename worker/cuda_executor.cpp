@@ -113,9 +113,10 @@ std::string CudaExecutor::profile() const {
                       profile_.at(k).second);
         s += line;
     }
-    if (tuner_) s += tuner_->summary();
-    return s;
+    return s + tuner_summary();
 }
+
+std::string CudaExecutor::tuner_summary() const { return tuner_ ? tuner_->summary() : ""; }
 
 CudaExecutor::~CudaExecutor() {
     if (std::uncaught_exceptions()) {  // the device may be stuck: free nothing (the tuner's cudaFree would wait)
@@ -129,7 +130,7 @@ CudaExecutor::~CudaExecutor() {
         if (e) cudaEventDestroy(e);
     for (auto& [l, kv] : kv_) cudaFree(kv.first), cudaFree(kv.second);
     for (auto& [n, p] : inv_freq_) cudaFree(p);
-    for (void* p : {(void*)inputs_dev_, (void*)logits_, (void*)argmax_, (void*)moe_weights_, cublas_workspace_, (void*)stage_in_,
+    for (void* p : {(void*)inputs_dev_, (void*)logits_, (void*)argmax_, argmax_scratch_, (void*)moe_weights_, cublas_workspace_, (void*)stage_in_,
                     (void*)stage_out_})
         cudaFree(p);
     cudaFreeHost(inputs_host_);
@@ -160,10 +161,12 @@ void CudaExecutor::ensure_inputs(int64_t tokens, int64_t rows) {
     if (rows > output_capacity_) {
         cudaFree(logits_);
         cudaFree(argmax_);
+        cudaFree(argmax_scratch_);
         cudaFreeHost(argmax_host_);
         output_capacity_ = std::max<int64_t>(rows, 64);
         CUDA_CHECK(cudaMalloc(&logits_, output_capacity_ * vocab_ * sizeof(float)));
         CUDA_CHECK(cudaMalloc(&argmax_, output_capacity_ * sizeof(int32_t)));
+        CUDA_CHECK(cudaMalloc(&argmax_scratch_, cuda::argmax_scratch_bytes(output_capacity_)));
         CUDA_CHECK(cudaHostAlloc(&argmax_host_, output_capacity_ * sizeof(int32_t), cudaHostAllocDefault));
         for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
         graphs_.clear();
@@ -185,7 +188,7 @@ bf16* CudaExecutor::stage_input(int64_t tokens) {
 
 void CudaExecutor::sync() { sync_with_watchdog(stream_, nccl_, timeout_s_); }
 
-std::vector<float> CudaExecutor::forward(const TokenBatch& batch) { return finish_logits(enqueue(batch)); }
+std::vector<float> CudaExecutor::forward(const TokenBatch& batch) { return finish_logits(enqueue(batch, false)); }
 
 std::vector<float> CudaExecutor::finish_logits(int64_t R) {
     TPX_CHECK(!hidden_out_, "logits asked of a pipeline stage before the last");
@@ -211,11 +214,10 @@ int count_programmatic_edges(cudaGraph_t g) {
 
 }  // namespace
 
-std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) { return finish_argmax(enqueue(batch)); }
+std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) { return finish_argmax(enqueue(batch, true)); }
 
 std::vector<int32_t> CudaExecutor::finish_argmax(int64_t R) {
     TPX_CHECK(!hidden_out_, "logits asked of a pipeline stage before the last");
-    cuda::argmax_rows(R, vocab_, logits_, argmax_, launch_);
     CUDA_CHECK(cudaMemcpyAsync(argmax_host_, argmax_, R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaEventRecord(step_end_, stream_));
     sync_with_watchdog(stream_, nccl_, timeout_s_);
@@ -235,7 +237,7 @@ std::vector<int32_t> CudaExecutor::finish_argmax(int64_t R) {
     return ids;
 }
 
-int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
+int64_t CudaExecutor::enqueue(const TokenBatch& batch, bool ids) {
     const int64_t T = (int64_t)batch.ids.size();
     const int64_t R = batch.logit_rows.empty() ? T : (int64_t)batch.logit_rows.size();
     check_batch(batch, slots_, max_seq_);
@@ -271,13 +273,13 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
     bool decode = select && R == T && lone_tokens_;
     for (int64_t i = 0; decode && i < R; ++i) decode = batch.logit_rows[i] == i;
     if (graphs_enabled_ && decode && !profiling_) {
-        auto it = graphs_.find(T);
+        auto it = graphs_.find({T, ids});
         if (it == graphs_.end() && !arena_bytes_.count(T)) {
             // The first step of this batch size runs eagerly and measures the block that its
             // activations need; the next one is captured with them in that block.
             size_t peak = 0;
             CUDA_CHECK(cudaEventRecord(step_begin_, stream_));
-            run_nodes(T, R, false, nullptr, &peak);
+            run_nodes(T, R, false, ids, nullptr, &peak);
             arena_bytes_[T] = peak;
             return R;
         }
@@ -287,19 +289,19 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch) {
             cudaGraph_t g;
             CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
             CUDA_CHECK(cudaEventRecordWithFlags(step_begin_, stream_, cudaEventRecordExternal));  // each replay: the step's start
-            run_nodes(T, R, false, arena);
+            run_nodes(T, R, false, ids, arena);
             CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
             programmatic_edges_ = count_programmatic_edges(g);
             cudaGraphExec_t exec;
             CUDA_CHECK(cudaGraphInstantiateWithFlags(&exec, g, cudaGraphInstantiateFlagAutoFreeOnLaunch));
             CUDA_CHECK(cudaGraphDestroy(g));
-            it = graphs_.emplace(T, exec).first;
+            it = graphs_.emplace(std::make_pair(T, ids), exec).first;
         }
         CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
         ++replays_;
     } else {
         CUDA_CHECK(cudaEventRecord(step_begin_, stream_));
-        run_nodes(T, R, select && !decode);
+        run_nodes(T, R, select && !decode, ids);
     }
     return R;
 }

@@ -13,6 +13,7 @@
 #include "kernels/cuda/quant_prefill.h"
 #include "worker/activations.h"
 #include "worker/cuda_executor.h"
+#include "worker/cuda_forward.h"
 
 namespace tpx {
 
@@ -24,27 +25,7 @@ int64_t width(const Value* v) { return v->shape.back(); }
 
 }  // namespace
 
-// One forward's state besides its buffers: what the decode fusions have done so far.
-struct CudaExecutor::Forward {
-    Forward(Activations::Args buffers, int64_t tokens, int64_t rows, bool select, const KernelConfig& config)
-        : act(buffers), T(tokens), R(rows), select_rows(select), fuse(cuda::gemv_route_allowed(tokens, config) && !select) {}
-    Activations act;
-    int64_t T, R;
-    bool select_rows;
-    bool fuse;  // up to cuda::kBatchGemmMaxTokens tokens: the GEMVs take in their neighbours (quantized ones at one token)
-    std::map<const Node*, cuda::GemvNorm> pending_norm;  // linear -> the norm its GEMV computes first
-    std::map<const Node*, bf16*> pending_release;        // linear -> the all-reduced input that norm reads
-    std::set<const Node*> skip, kv_written;
-    std::set<const Node*> residual_added;  // add_rmsnorm nodes whose add the GEMM before did
-    std::set<const Value*> act_fp8;        // buffers holding their value's e4m3 form (fp8_output)
-    // Fused all-reduces (program_.exchange_of): norm -> its exchange's place in this forward. One
-    // open at a time (pushed, its sum not yet launched), as cuda::ExchangeIn's parity needs.
-    std::map<const Node*, uint32_t> pushed;
-    uint32_t exchanges = 0;
-    bool exchange_open = false;
-};
-
-void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena, size_t* arena_peak) {
+void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, bool ids, char* arena, size_t* arena_peak) {
     Forward f({weights_, program_.last_use, stream_, arena, arena_peak}, T, R, select_rows, *launch_.config);
     const std::vector<Node*>& nodes = program_.nodes;
     for (size_t i = 0; i < nodes.size(); ++i) {
@@ -73,6 +54,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, char* arena
     const Value* out = graph_.outputs().at(0);
     // A stage before the last hands on every token's row (bf16, as the next stage reads them).
     if (hidden_out_) CUDA_CHECK(cudaMemcpyAsync(stage_out_, f.act.data(out), T * vocab_ * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+    else if (ids) cuda::argmax_rows(R, vocab_, f.act.data(out), argmax_, launch_, argmax_scratch_);
     else cuda::bf16_to_f32(R * vocab_, f.act.data(out), logits_, launch_);
     f.act.finish();
 }
@@ -108,11 +90,12 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
         break;
     case Op::kRope: {
         cpu::RopeParams p = rope_params(*n);
+        auto fused = program_.rope_kv_of.find(n);
+        if (fused != program_.rope_kv_of.end() && rope_in_attention(f, n, fused->second, r)) break;
         bf16* q = a.make(n->out(0), r);
         const int64_t in_stride = a.stride(in(0));
         TPX_CHECK(in_stride == a.stride(in(1)), "rope: q and k views of different strides");
         cuda::RopeArgs ra{p, r, positions_, inv_freq_.at(n), a.data(in(0)), a.data(in(1)), q, nullptr, in_stride};
-        auto fused = program_.rope_kv_of.find(n);
         if (fused != program_.rope_kv_of.end()) {  // K and V straight into the cache: the attention writes none, k is not made
             const Node* attn = fused->second;
             const Value* v = attn->inputs[2];
@@ -126,13 +109,20 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
         break;
     }
     case Op::kAttention: {
-        auto& kv = kv_.at(n->attr_int("layer"));
-        cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
-                              n->attr_int("sliding_window")};
+        auto roped = f.rope_in_attention.find(n);
+        if (roped != f.rope_in_attention.end()) {
+            cuda::AttentionArgs aa = roped->second;
+            aa.out = a.make(n->out(), r);
+            cuda::attention(aa, launch_);
+            break;
+        }
+        cuda::AttentionArgs aa = attention_args(n, r);
         const bool written = f.kv_written.count(n) > 0;  // by the QKV GEMV or the rope
-        cuda::AttentionArgs aa{s, slots_dev_, positions_, a.data(in(0)), written ? nullptr : a.data(in(1)), written ? nullptr : a.data(in(2)),
-                               kv.first, kv.second, a.make(n->out(), r), a.stride(in(1)), a.stride(in(2)), cublas_, &segments_};
-        aa.decode = lone_tokens_;
+        aa.q = a.data(in(0));
+        aa.k = written ? nullptr : a.data(in(1));
+        aa.v = written ? nullptr : a.data(in(2));
+        aa.k_stride = a.stride(in(1)), aa.v_stride = a.stride(in(2));
+        aa.out = a.make(n->out(), r);
         fp8_output(f, n, r, aa.out, aa.out8, [&] { return cuda::attention_fp8_applies(aa); });
         cuda::attention(aa, launch_);
         break;
@@ -169,6 +159,32 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
     case Op::kUnknown:
         throw Error("the CUDA backend has no op '" + n->op + "' (node " + n->name + ")");
     }
+}
+
+// Attention node n's arguments over r tokens but its q, k, v and outputs.
+cuda::AttentionArgs CudaExecutor::attention_args(const Node* n, int64_t r) {
+    auto& kv = kv_.at(n->attr_int("layer"));
+    cpu::AttentionShape s{r, n->attr_int("heads"), n->attr_int("kv_heads"), n->attr_int("head_dim"), max_seq_,
+                          n->attr_int("sliding_window")};
+    cuda::AttentionArgs aa{s, slots_dev_, positions_};
+    aa.k_cache = kv.first, aa.v_cache = kv.second;
+    aa.cublas = cublas_, aa.segments = &segments_;
+    aa.decode = lone_tokens_;
+    return aa;
+}
+
+// A decode step's rope that its attention `attn` can take in (cuda::attention_rope_applies): its
+// arguments kept for the attention, nothing launched. False where it cannot.
+bool CudaExecutor::rope_in_attention(Forward& f, const Node* rope, const Node* attn, int64_t r) {
+    Activations& a = f.act;
+    const Value* v = attn->inputs[2];
+    cuda::AttentionArgs aa = attention_args(attn, r);
+    aa.q = a.data(rope->inputs[0]), aa.k = a.data(rope->inputs[1]), aa.v = a.data(v);
+    aa.rope = {inv_freq_.at(rope), a.stride(rope->inputs[0])};
+    aa.k_stride = a.stride(rope->inputs[1]), aa.v_stride = a.stride(v);
+    if (!cuda::attention_rope_applies(aa, *launch_.config) || !cuda::attention_rope_pays(aa, *launch_.config)) return false;
+    f.rope_in_attention[attn] = aa;
+    return true;
 }
 
 // The GemvNorm that the GEMV of program_.norm_of.at(n) computes, but for x and residual_out.
@@ -388,88 +404,6 @@ void CudaExecutor::run_gemm(Forward& f, const Node* n, int64_t r, const bf16* we
     }
     if (!added) cuda::linear(cublas_, {ls, x, w, bias, a.make(n->out(), r), tuner_.get()}, at);
     if (selected) a.release(selected);
-}
-
-// Quantized linears: weights kept packed (DeviceWeights::quant). Up to cuda::kQuantGemvMaxTokens
-// rows the quantized GEMV reads them as they are (at one token with the decode step's SwiGLU or
-// RoPE + KV-cache epilogue, as the bf16 GEMV); up to [backend.tuning] quant_gemv_tokens rows the
-// tensor-core GEMV runs 8 rows a launch (each launch reads the weights once: cheaper than the
-// dequantization, which writes and reads them in bf16, and exact in the weights); more rows
-// dequantize the weight into bf16 scratch and take run_gemm (the tuner, the residual epilogue,
-// lm_head's row selection), or, with [backend.tuning] quant_prefill = "w8a8", FP8 weights run as
-// FP8 GEMMs over activations quantized per token and 128 columns (quant_prefill.h), by the kernel
-// that made them where it can (fp8_output), the residual added in the GEMM's epilogue as run_gemm
-// adds it. At one token the norm before the GEMV is computed in its prologue (defer_norm) as for
-// the bf16 GEMV; its all-reduce is not fused into the GEMVs (can_push).
-const cuda::QuantWeightView* CudaExecutor::quant_weight(const Node* linear) const {
-    if (weights_.quant.empty() || linear->kind != Op::kLinear || linear->inputs.size() < 2) return nullptr;
-    const Node* p = linear->inputs[1]->producer;
-    if (!p) return nullptr;
-    auto it = weights_.quant.find(p->name);
-    return it == weights_.quant.end() ? nullptr : &it->second;
-}
-
-void CudaExecutor::run_quant_linear(Forward& f, const Node* n, int64_t r, const cuda::QuantWeightView& w) {
-    Activations& a = f.act;
-    cuda::QuantGemvArgs args;
-    args.w = w;
-    args.tokens = r;
-    args.bias = n->inputs.size() == 3 ? a.data(n->inputs[2]) : nullptr;
-    if (f.pending_norm.count(n)) {  // deferred by defer_norm, which checked that the GEMV takes it
-        args.has_norm = true, args.norm = f.pending_norm.at(n);
-    } else {
-        args.x = a.data(n->inputs[0]);
-    }
-    const bool lm_head = n->name == "lm_head";  // (its rows may be selected: run_gemm's)
-    const bool x_fp8 = f.act_fp8.count(n->inputs[0]) > 0;  // x's e4m3 form (fp8_output): the w8a8 route only
-    const bool gemv = !x_fp8 && !lm_head && cuda::quant_gemv_applies(args);
-    TPX_CHECK(gemv || !args.has_norm, "node " + n->name + ": its norm was deferred to a quantized GEMV that cannot take it");
-    if (gemv) {
-        const bool fused = f.fuse && r == 1 && program_.fusions.count(n);
-        args.y = fused ? fused_output(f, n, r, program_.fusions.at(n), args.epi, args.rope) : a.make(n->out(), r);
-        cuda::quant_gemv(args, launch_);
-        if (f.pending_release.count(n)) a.release(f.pending_release.at(n));
-        return;
-    }
-    if (!x_fp8 && !lm_head && r <= launch_.config->quant_gemv_tokens) {  // the tensor-core GEMV 8 tokens at a time
-        cuda::QuantGemvArgs part = args;
-        part.tokens = std::min<int64_t>(r, cuda::kQuantGemvMaxTokens);
-        if (cuda::quant_gemv_on_tensor_cores(part, *launch_.config)) {
-            bf16* y = a.make(n->out(), r);
-            for (int64_t t0 = 0; t0 < r; t0 += cuda::kQuantGemvMaxTokens) {
-                part.tokens = std::min<int64_t>(r - t0, cuda::kQuantGemvMaxTokens);
-                part.x = args.x + t0 * w.K(), part.y = y + t0 * w.N();
-                cuda::quant_gemv(part, launch_);
-            }
-            return;
-        }
-    }
-    cuda::QuantPrefillArgs p;
-    p.w = w, p.tokens = r, p.x = a.data(n->inputs[0]), p.bias = args.bias;
-    if (x_fp8) p.x8 = cuda::act_fp8_at(a.data(n->inputs[0]), r, w.K());
-    if (x_fp8 || takes_w8a8(n, r)) {
-        // As run_gemm: the residual added in the GEMM's epilogue, straight into the norm's new residual.
-        const Node* nm = program_.residual_epilogue.count(n) && r >= cuda::kGemmTuneMinTokens ? program_.residual_epilogue.at(n) : nullptr;
-        const Value* out = nm ? nm->out(1) : n->out();
-        p.y = a.make(out, r);
-        if (nm) p.add = a.data(nm->inputs[1]);
-        bf16* scratch = x_fp8 ? nullptr : a.alloc((int64_t)(cuda::quant_prefill_scratch_bytes(p) + 1) / 2);
-        p.scratch = scratch;
-        const bool done = cuda::quant_prefill_fp8(*tuner_, p, launch_);
-        if (scratch) a.release(scratch);
-        if (done && nm) f.residual_added.insert(nm);
-        if (done) return;
-        a.release(p.y), a.forget(out);  // declined: run_gemm makes the output again
-    }
-    // The dequantized weight; x in bf16 (where the kernel before wrote x's e4m3 form for the w8a8
-    // route and the tuner then declined it: that form's values).
-    __nv_bfloat16* x = x_fp8 ? a.alloc(r * w.K()) : nullptr;
-    if (x) cuda::fp8_dequantize_act(p.x8, r, w.K(), x, launch_);
-    __nv_bfloat16* dense = a.alloc(w.N() * w.K());
-    cuda::quant_dequantize(w, dense, launch_);
-    run_gemm(f, n, r, dense, x);
-    a.release(dense);
-    if (x) a.release(x);
 }
 
 void CudaExecutor::run_split(Forward& f, const Node* n, int64_t r) {

@@ -63,13 +63,13 @@ CudaPipelineExecutor::CudaPipelineExecutor(CudaExecutor& stage, MpiPipe& mpi, Nc
 // The host waits for each micro-batch (the executor refills one pinned input block per
 // forward), so stage s runs m+1 while stage s+1 runs m.
 template <typename Each>
-void CudaPipelineExecutor::run_stage(const TokenBatch& batch, Each each) {
+void CudaPipelineExecutor::run_stage(const TokenBatch& batch, bool ids, Each each) {
     const PipeLayout& l = mpi_.layout();
     std::vector<MicroBatch> mbs = split_micro_batches(batch, micro_batches_);
     for (MicroBatch& mb : mbs) {
         const int64_t T = (int64_t)mb.batch.ids.size();
         if (!l.first()) nccl_.recv_prev(stage_.stage_input(T), (size_t)(T * hidden_));
-        const int64_t R = stage_.enqueue_stage(mb.batch);
+        const int64_t R = stage_.enqueue_stage(mb.batch, ids);
         if (!l.last()) {
             nccl_.send_next(stage_.stage_output(), (size_t)(T * hidden_));
             stage_.sync();
@@ -82,7 +82,7 @@ void CudaPipelineExecutor::run_stage(const TokenBatch& batch, Each each) {
 std::vector<float> CudaPipelineExecutor::forward(const TokenBatch& batch) {
     const PipeLayout& l = mpi_.layout();
     std::vector<float> logits(batch.logit_rows.size() * vocab_, 0.0f);
-    run_stage(batch, [&](const MicroBatch& mb, int64_t R) {
+    run_stage(batch, false, [&](const MicroBatch& mb, int64_t R) {
         std::vector<float> rows = stage_.finish_logits(R);
         for (size_t k = 0; k < mb.result_rows.size(); ++k)
             std::copy(rows.begin() + k * vocab_, rows.begin() + (k + 1) * vocab_, logits.begin() + mb.result_rows[k] * vocab_);
@@ -96,7 +96,7 @@ std::vector<float> CudaPipelineExecutor::forward(const TokenBatch& batch) {
 std::vector<int32_t> CudaPipelineExecutor::forward_argmax(const TokenBatch& batch) {
     const PipeLayout& l = mpi_.layout();
     std::vector<int32_t> ids(batch.logit_rows.size(), 0);
-    run_stage(batch, [&](const MicroBatch& mb, int64_t R) {
+    run_stage(batch, true, [&](const MicroBatch& mb, int64_t R) {
         std::vector<int32_t> rows = stage_.finish_argmax(R);
         for (size_t k = 0; k < mb.result_rows.size(); ++k) ids[mb.result_rows[k]] = rows[k];
     });

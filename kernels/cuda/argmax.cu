@@ -24,18 +24,33 @@ __device__ inline void warp_argmax(float& bv, int64_t& bi) {
     }
 }
 
-__global__ void argmax_partial_kernel(int64_t width, const float* logits, float* part_v, int64_t* part_i) {
+__device__ inline float logit(float v) { return v; }
+__device__ inline float logit(bf16 v) { return __bfloat162float(v); }
+
+// `vec`: the row and chunk starts are multiples of 4 elements, so a thread reads 4 at once.
+template <typename T>
+__global__ void argmax_partial_kernel(int64_t width, const T* logits, bool vec, float* part_v, int64_t* part_i) {
     pdl_entry();  // see common.cuh
     int64_t row = blockIdx.y, chunk = (width + kArgmaxChunks - 1) / kArgmaxChunks;
     int64_t lo = blockIdx.x * chunk, hi = min(width, lo + chunk);
-    const float* r = logits + row * width;
+    const T* r = logits + row * width;
     float bv = -INFINITY;
     int64_t bi = width;
     bool bad = false;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        const float v = r[i];
+    auto take = [&](T x, int64_t i) {
+        const float v = logit(x);
         bad = bad || !isfinite(v);
         better(v, i, bv, bi);
+    };
+    for (int64_t i = lo + 4 * threadIdx.x; i < hi; i += 4 * blockDim.x) {
+        if (vec && i + 4 <= hi) {
+            T q[4];
+            if constexpr (sizeof(T) == 4) *reinterpret_cast<float4*>(q) = *reinterpret_cast<const float4*>(r + i);
+            else *reinterpret_cast<uint2*>(q) = *reinterpret_cast<const uint2*>(r + i);
+            for (int k = 0; k < 4; ++k) take(q[k], i + k);
+        } else {
+            for (int64_t k = i; k < min(hi, i + 4); ++k) take(r[k], k);
+        }
     }
     warp_argmax(bv, bi);
     bad = __any_sync(0xffffffffu, bad);
@@ -67,21 +82,33 @@ __global__ void argmax_final_kernel(int64_t width, const float* part_v, const in
     if (threadIdx.x == 0) out[row] = bad ? -1 : (int32_t)bi;
 }
 
-}  // namespace
-
-void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, Launch at) {
+template <typename T>
+void argmax_rows_of(int64_t rows, int64_t width, const T* logits, int32_t* out, Launch at, void* scratch) {
     if (rows == 0) return;
     const cudaStream_t stream = at.stream;
-    float* part_v = nullptr;
-    int64_t* part_i = nullptr;
-    CUDA_CHECK(cudaMallocAsync((void**)&part_v, rows * kArgmaxChunks * sizeof(float), stream));
-    CUDA_CHECK(cudaMallocAsync((void**)&part_i, rows * kArgmaxChunks * sizeof(int64_t), stream));
-    launch(argmax_partial_kernel, dim3(kArgmaxChunks, (unsigned)rows), kArgmaxThreads, 0, at, width, logits, part_v, part_i);
+    void* part = scratch;
+    if (!part) CUDA_CHECK(cudaMallocAsync(&part, argmax_scratch_bytes(rows), stream));
+    int64_t* part_i = static_cast<int64_t*>(part);
+    float* part_v = reinterpret_cast<float*>(part_i + rows * kArgmaxChunks);
+    const int64_t chunk = (width + kArgmaxChunks - 1) / kArgmaxChunks;
+    const bool vec = width % 4 == 0 && chunk % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % (4 * sizeof(T)) == 0;
+    launch(argmax_partial_kernel<T>, dim3(kArgmaxChunks, (unsigned)rows), kArgmaxThreads, 0, at, width, logits, vec, part_v, part_i);
     TPX_LAUNCH_CHECK();
     launch(argmax_final_kernel, (unsigned)rows, 32, 0, at, width, part_v, part_i, out);
     TPX_LAUNCH_CHECK();
-    CUDA_CHECK(cudaFreeAsync(part_v, stream));
-    CUDA_CHECK(cudaFreeAsync(part_i, stream));
+    if (!scratch) CUDA_CHECK(cudaFreeAsync(part, stream));
+}
+
+}  // namespace
+
+size_t argmax_scratch_bytes(int64_t rows) { return (size_t)rows * kArgmaxChunks * (sizeof(int64_t) + sizeof(float)); }
+
+void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, Launch at, void* scratch) {
+    argmax_rows_of(rows, width, logits, out, at, scratch);
+}
+
+void argmax_rows(int64_t rows, int64_t width, const bf16* logits, int32_t* out, Launch at, void* scratch) {
+    argmax_rows_of(rows, width, logits, out, at, scratch);
 }
 
 }  // namespace tpx::cuda

@@ -511,6 +511,20 @@ bool attention_fp8_applies(const AttentionArgs& a) {
     return next == s.tokens;
 }
 
+bool attention_rope_applies(const AttentionArgs& a, const KernelConfig& config) {
+    const cpu::AttentionShape& s = a.shape;
+    const int64_t q_width = s.heads * s.head_dim, kv_width = s.kv_heads * s.head_dim;
+    const int64_t qs = a.rope.q_stride ? a.rope.q_stride : q_width, ks = a.k_stride ? a.k_stride : kv_width,
+                  vs = a.v_stride ? a.v_stride : kv_width;
+    return config.attention_rope && a.rope.inv_freq && a.decode && !a.out8.q && a.k && a.v && s.heads % s.kv_heads == 0 &&
+           one_pass_takes(a, s.tokens, config) && decode_splits(s.tokens, s.heads, config) == 1 && qs % 8 == 0 && ks % 8 == 0 &&
+           vs % 8 == 0 && qs >= q_width && ks >= kv_width && vs >= kv_width && aligned16({a.q, a.k, a.v, a.k_cache, a.v_cache});
+}
+
+bool attention_rope_pays(const AttentionArgs& a, const KernelConfig& config) {
+    return one_pass_grid(a.shape, a.shape.tokens, config).four_warps;
+}
+
 void attention(const AttentionArgs& a, Launch at) {
     const cpu::AttentionShape& s = a.shape;
     const int32_t *slot = a.slot, *pos = a.pos;
@@ -521,6 +535,11 @@ void attention(const AttentionArgs& a, Launch at) {
     TPX_CHECK(s.head_dim <= 32 * kMaxDimsPerLane, "attention: head_dim above " + std::to_string(32 * kMaxDimsPerLane));
     TPX_CHECK(!a.out8.q || attention_fp8_applies(a), "attention: an e4m3 output needs every token in a long segment of head_dim 128");
     if (s.tokens == 0) return;
+    if (a.rope.inv_freq) {  // the one-pass kernel rotates q and k and writes the caches' rows
+        TPX_CHECK(attention_rope_applies(a, *at.config), "attention: RoPE asked of a step the one-pass kernel does not take whole");
+        try_attention_one_pass(a, 0, s.tokens, at.config->attention_early, at);
+        return;
+    }
     int64_t kv_width = s.kv_heads * s.head_dim;
     TPX_CHECK((k == nullptr) == (v == nullptr), "attention: k and v must both be given or both be in the cache already");
     if (k) {

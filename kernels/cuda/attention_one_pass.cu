@@ -2,6 +2,7 @@
 // of a KV head at one token; each warp streams its chunks of K and V rows through its own ring in
 // shared memory (a lane reads only what it copied: no barrier) and keeps each head's running max,
 // exp-sum and weighted V sum, rescaled once a chunk; the warps' results are combined at the end.
+// It may also do the step's RoPE and KV-cache write (AttentionRope).
 #include <algorithm>
 #include <cmath>
 
@@ -138,10 +139,86 @@ __device__ __forceinline__ void combine_warps(const ChunkLanes<HD>& L, char* rin
     }
 }
 
-template <int HD, int Gb, int W>
+// The RoPE the kernel does (AttentionRope): each token's q, k and v rows before it (q's at the
+// kernel's q), their strides, and the inverse frequencies.
+struct OnePassRope {
+    const float* inv_freq;
+    const bf16 *k, *v;
+    int64_t q_stride, k_stride, v_stride;
+};
+
+// A lane's 8 dims [8 part, 8 part + 8) of a head's row, and the 8 half a head away that RoPE
+// pairs them with.
+template <int HD>
+__device__ __forceinline__ void load_pair(const bf16* row, int part, uint4 (&raw)[2]) {
+    constexpr int kHalf = HD / 2;
+    raw[0] = *reinterpret_cast<const uint4*>(row + part * 8);
+    raw[1] = *reinterpret_cast<const uint4*>(row + (part * 8 < kHalf ? part * 8 + kHalf : part * 8 - kHalf));
+}
+
+// The lane's 8 dims rotated as rope_vec_kernel rotates them, given their angles' cosines and sines.
+template <int HD>
+__device__ __forceinline__ uint4 rotate8(const uint4 (&raw)[2], int part, const float (&co)[8], const float (&sn)[8]) {
+    const bool lo = part * 8 < HD / 2;
+    float a[8], b[8], r[8];
+    unpack8(raw[0], a);
+    unpack8(raw[1], b);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) r[j] = lo ? rope_lo(a[j], b[j], co[j], sn[j]) : rope_hi(b[j], a[j], co[j], sn[j]);
+    return pack8(r);
+}
+
+// kRope: the cosines and sines of the lane's 8 dims' angles at position p, each frequency's
+// computed once a block (positions and frequencies are no kernel's output: before the PDL wait).
+template <int HD, int W>
+__device__ __forceinline__ void rope_angles(int64_t p, const float* inv_freq, int part, float (&co)[8], float (&sn)[8]) {
+    __shared__ float2 angle[HD / 2];
+    for (int i = threadIdx.x; i < HD / 2; i += W * 32) {
+        float si, ci;
+        sincosf((float)p * inv_freq[i], &si, &ci);
+        angle[i] = make_float2(ci, si);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const float2 a = angle[(part * 8) % (HD / 2) + j];
+        co[j] = a.x, sn[j] = a.y;
+    }
+}
+
+// The token's own K and V row pieces (the lane's 16 bytes of each, its key in round u of the
+// warp's chunk): with kRope, K rotated from the QKV product's head row k_in (V from v_in) and
+// both stored into the caches at own_k and own_v (each block of the KV head the same bytes;
+// the warp's later copies read them back from there), else read from there; into the warp's ring
+// slot `slot` where its first copies hold that chunk (else nullptr).
+template <int HD, int kRounds, bool kRope>
+__device__ __forceinline__ void own_row(int lane, int u, bf16* own_k, bf16* own_v, const bf16* k_in, const bf16* v_in, int part,
+                                        const float (&co)[8], const float (&sn)[8], char* slot) {
+    uint4 k, v;
+    if constexpr (kRope) {
+        uint4 raw[2];
+        load_pair<HD>(k_in, part, raw);
+        v = *reinterpret_cast<const uint4*>(v_in + part * 8);
+        k = rotate8<HD>(raw, part, co, sn);
+        *reinterpret_cast<uint4*>(own_k) = k;
+        *reinterpret_cast<uint4*>(own_v) = v;
+    } else {
+        k = *reinterpret_cast<const uint4*>(own_k);
+        v = *reinterpret_cast<const uint4*>(own_v);
+    }
+    if (slot) {
+        *reinterpret_cast<uint4*>(slot + (u * 32 + lane) * 16) = k;
+        *reinterpret_cast<uint4*>(slot + ((u + kRounds) * 32 + lane) * 16) = v;
+    }
+}
+
+// kRope: q, k and v before RoPE (OnePassRope): the block rotates its q rows and the token's own K
+// row, which it writes into the caches with the token's V row (every block of the KV head the
+// same bytes); without, q is rotated and the caches hold the token's row already.
+template <int HD, int Gb, int W, bool kRope>
 __global__ void __launch_bounds__(W * 32, 16 / W)
-    attention_one_pass_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q, const bf16* k_cache,
-                              const bf16* v_cache, bf16* out, bool early) {
+    attention_one_pass_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q, bf16* k_cache,
+                              bf16* v_cache, bf16* out, bool early, OnePassRope rp) {
     using Lanes = ChunkLanes<HD>;
     extern __shared__ __align__(16) char ring[];  // W x kStages chunks; at the end the warps' results
     const Lanes L;
@@ -151,8 +228,8 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     const int64_t p = pos[t];
     const int64_t first = s.sliding_window > 0 && p - s.sliding_window + 1 > 0 ? p - s.sliding_window + 1 : 0, n = p - first + 1;
     const int64_t row0 = ((int64_t)slot[t] * s.max_seq + first) * kv_width + kvh * HD + L.part * 8;
-    const bf16* kbase = k_cache + row0;
-    const bf16* vbase = v_cache + row0;
+    bf16* kbase = k_cache + row0;
+    bf16* vbase = v_cache + row0;
     const int64_t chunks = (n + Lanes::kChunkKeys - 1) / Lanes::kChunkKeys;
     const int mine = chunks > L.warp ? (int)((chunks - L.warp + W - 1) / W) : 0;
     auto slot_of = [&](int i) { return ring + ((int64_t)L.warp * kStages + i % kStages) * kChunkBytes; };
@@ -170,26 +247,42 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
             cp_async16(to + (r * 32 + L.lane) * 16, from, j < n);
         }
     };
+    const bool skip_own = early || kRope;  // the token's own row comes in below
     for (int i = 0; i < kStages; ++i) {
-        copy(i, early);
+        copy(i, skip_own);
         cp_async_commit();
     }
-    if (early) {
-        pdl_entry();
-        const int64_t own_chunk = (n - 1) / Lanes::kChunkKeys;
-        const int own_i = (int)(own_chunk / W);
-        if (own_chunk % W == L.warp && own_i < kStages)
+    float co[8], sn[8];  // kRope: the angles of the lane's dims
+    if constexpr (kRope) rope_angles<HD, W>(p, rp.inv_freq, L.part, co, sn);
+    if (early) pdl_entry();
+    // The round of the own chunk in which this lane holds the token's own key (position p), or -1.
+    const int64_t own_chunk = (n - 1) / Lanes::kChunkKeys;
+    const int own_i = (int)(own_chunk / W);
+    const bool own_warp = skip_own && own_chunk % W == L.warp;
+    int own_u = -1;
 #pragma unroll
-            for (int r = 0; r < 2 * Lanes::kRounds; ++r)
-                if (chunk_key(L, own_chunk, r % Lanes::kRounds) == n - 1)
-                    *reinterpret_cast<uint4*>(slot_of(own_i) + (r * 32 + L.lane) * 16) =
-                        *reinterpret_cast<const uint4*>((r < Lanes::kRounds ? kbase : vbase) + (n - 1) * kv_width);
+    for (int u = 0; u < Lanes::kRounds; ++u)
+        if (own_warp && chunk_key(L, own_chunk, u) == n - 1) own_u = u;
+    // Every read of the kernel before's output first, then the stores (which might alias them).
+    uint4 q_raw[Gb][2];
+#pragma unroll
+    for (int g = 0; g < Gb; ++g) {
+        const bf16* q_row = q + t * rp.q_stride + (h0 + g) * HD;
+        if constexpr (kRope) load_pair<HD>(q_row, L.part, q_raw[g]);
+        else q_raw[g][0] = *reinterpret_cast<const uint4*>(q_row + L.part * 8);
     }
+    if (own_u >= 0)
+        own_row<HD, Lanes::kRounds, kRope>(L.lane, own_u, kbase + (n - 1) * kv_width, vbase + (n - 1) * kv_width,
+                                            rp.k + t * rp.k_stride + kvh * HD, rp.v + t * rp.v_stride + kvh * HD, L.part, co, sn,
+                                            own_i < kStages ? slot_of(own_i) : nullptr);
+    if (own_warp) __syncwarp();
     float qf[Gb][8];
     const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) / sqrt(HD)
 #pragma unroll
     for (int g = 0; g < Gb; ++g) {
-        unpack8(*reinterpret_cast<const uint4*>(q + (t * s.heads + h0 + g) * HD + L.part * 8), qf[g]);
+        uint4 v = q_raw[g][0];
+        if constexpr (kRope) v = rotate8<HD>(q_raw[g], L.part, co, sn);  // rounded to bf16, as rope() stores it
+        unpack8(v, qf[g]);
 #pragma unroll
         for (int i = 0; i < 8; ++i) qf[g][i] *= scale;
     }
@@ -209,51 +302,69 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
 static_assert((kMaxGb * kMaxHeadDim + kMaxGb * 2) * (int)sizeof(float) <= kStages * kChunkBytes,
               "a warp's results (sums, max and exp-sum a head) fit in its part of the ring");
 
-template <int HD, int Gb, int W>
+template <int HD, int Gb, int W, bool kRope>
 void launch_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
-    const auto kernel = attention_one_pass_kernel<HD, Gb, W>;
+    const auto kernel = attention_one_pass_kernel<HD, Gb, W, kRope>;
     static const bool raised = [&] {  // once a process (and instance): one device each
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ring_bytes<W>()));
         return true;
     }();
     (void)raised;
     const cpu::AttentionShape& s = a.shape;
+    const int64_t kv_width = s.kv_heads * HD;
+    const OnePassRope rp{a.rope.inv_freq, a.k, a.v, kRope && a.rope.q_stride ? a.rope.q_stride : s.heads * HD,
+                         a.k_stride ? a.k_stride : kv_width, a.v_stride ? a.v_stride : kv_width};
     launch(kernel, dim3((unsigned)(t1 - t0), (unsigned)(s.heads / Gb)), W * 32, ring_bytes<W>(), at, s, t0, a.slot, a.pos, a.q, a.k_cache,
-           a.v_cache, a.out, early);
+           a.v_cache, a.out, early, rp);
     TPX_LAUNCH_CHECK();
 }
 
-template <int HD, int W>
+template <int HD, int W, bool kRope>
 void launch_one_pass_of(int64_t Gb, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
-    if (Gb == 4) launch_one_pass<HD, 4, W>(a, t0, t1, early, at);
-    else if (Gb == 2) launch_one_pass<HD, 2, W>(a, t0, t1, early, at);
-    else launch_one_pass<HD, 1, W>(a, t0, t1, early, at);
+    if (Gb == 4) launch_one_pass<HD, 4, W, kRope>(a, t0, t1, early, at);
+    else if (Gb == 2) launch_one_pass<HD, 2, W, kRope>(a, t0, t1, early, at);
+    else launch_one_pass<HD, 1, W, kRope>(a, t0, t1, early, at);
 }
 
-template <int HD>
+template <int HD, bool kRope>
 void launch_one_pass_warps(int64_t Gb, bool four_warps, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
-    if (four_warps) launch_one_pass_of<HD, 4>(Gb, a, t0, t1, early, at);
-    else launch_one_pass_of<HD, 8>(Gb, a, t0, t1, early, at);
+    if (four_warps) launch_one_pass_of<HD, 4, kRope>(Gb, a, t0, t1, early, at);
+    else launch_one_pass_of<HD, 8, kRope>(Gb, a, t0, t1, early, at);
 }
 
 }  // namespace
 
-bool try_attention_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, Launch at) {
-    const cpu::AttentionShape& s = a.shape;
-    const int64_t hd = s.head_dim, G = s.heads / s.kv_heads, tokens = t1 - t0;
-    if (!at.config->attention_one_pass || (hd != 64 && hd != 128 && hd != 256) || tokens <= 0) return false;
+bool one_pass_takes(const AttentionArgs& a, int64_t tokens, const KernelConfig& config) {
+    const int64_t hd = a.shape.head_dim;
+    if (!config.attention_one_pass || tokens <= 0) return false;
+    return a.rope.inv_freq ? hd == 64 || hd == 128 : hd == 64 || hd == 128 || hd == 256;
+}
+
+OnePassGrid one_pass_grid(const cpu::AttentionShape& s, int64_t tokens, const KernelConfig& config) {
     // The most query heads a block (kMaxGb, 2 or 1, dividing G) that still give every SM a block;
     // one (a block a query head) with attention_gqa = false.
-    int64_t Gb = 1;
+    const int64_t G = s.heads / s.kv_heads;
+    OnePassGrid g;
     for (int64_t c : {(int64_t)kMaxGb, (int64_t)2})
-        if (at.config->attention_gqa && G % c == 0 && tokens * (s.heads / c) >= sm_count()) {
-            Gb = c;
+        if (config.attention_gqa && G % c == 0 && tokens * (s.heads / c) >= sm_count()) {
+            g.heads_a_block = c;
             break;
         }
-    const bool four_warps = tokens * (s.heads / Gb) > 2 * sm_count();  // more blocks than two an SM
-    if (hd == 64) launch_one_pass_warps<64>(Gb, four_warps, a, t0, t1, early, at);
-    else if (hd == 128) launch_one_pass_warps<128>(Gb, four_warps, a, t0, t1, early, at);
-    else launch_one_pass_warps<256>(Gb, four_warps, a, t0, t1, early, at);
+    g.four_warps = tokens * (s.heads / g.heads_a_block) > 2 * sm_count();  // more blocks than two an SM
+    return g;
+}
+
+bool try_attention_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, Launch at) {
+    const int64_t hd = a.shape.head_dim, tokens = t1 - t0;
+    if (!one_pass_takes(a, tokens, *at.config)) return false;
+    const OnePassGrid grid = one_pass_grid(a.shape, tokens, *at.config);
+    const int64_t Gb = grid.heads_a_block;
+    const bool four_warps = grid.four_warps;
+    if (a.rope.inv_freq && hd == 64) launch_one_pass_warps<64, true>(Gb, four_warps, a, t0, t1, early, at);
+    else if (a.rope.inv_freq) launch_one_pass_warps<128, true>(Gb, four_warps, a, t0, t1, early, at);
+    else if (hd == 64) launch_one_pass_warps<64, false>(Gb, four_warps, a, t0, t1, early, at);
+    else if (hd == 128) launch_one_pass_warps<128, false>(Gb, four_warps, a, t0, t1, early, at);
+    else launch_one_pass_warps<256, false>(Gb, four_warps, a, t0, t1, early, at);
     return true;
 }
 

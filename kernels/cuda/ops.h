@@ -87,8 +87,9 @@ constexpr int64_t kBatchGemmMaxTokens = kBatchGemmFusedMaxTokens;
 
 // The GEMMs' algorithm, chosen by timing (gemm_tuner.cu), as TensorRT-LLM's autotuner and
 // PyTorch's TunableOp do: the first product of at least kGemmTuneMinTokens rows (every product
-// the decode GEMVs leave to cuBLAS) of a (rows rounded up to a power of two, K, N, pointer
-// alignment, with or without an added matrix) bucket times every algorithm cuBLASLt's heuristic
+// the decode GEMVs leave to cuBLAS) of a (rows: each count up to kBatchGemmMaxTokens, longer ones
+// rounded up to a power of two; K, N, pointer alignment, with or without an added matrix) bucket
+// times every algorithm cuBLASLt's heuristic
 // offers for it (at most kGemmTuneCandidates) on the caller's own operands, and, given a cuBLAS
 // handle at construction and no added matrix, cublasGemmEx's own choice; keeps the fastest and
 // runs it; later products of the bucket run the kept one. matmul() declines (false: the caller
@@ -294,6 +295,13 @@ constexpr int64_t kAttentionGemmMinTokens = 64;
 // block per (token, head), 16-byte loads of K and V, several keys in flight per warp.
 // k and v both nullptr: they are in the caches already (gemv_fused's kRopeKv, or rope()'s
 // RopeKvCache).
+// A decode step's RoPE done by the attention (attention_rope_applies): AttentionArgs' q, k and v
+// are then the QKV product's columns before RoPE; the kernel rotates each token's q and k as
+// rope() does and writes its k and v into the caches.
+struct AttentionRope {
+    const float* inv_freq = nullptr;  // nullptr: none (q rotated already)
+    int64_t q_stride = 0;             // q's rows (k's and v's: AttentionArgs' k_stride and v_stride)
+};
 struct AttentionArgs {
     cpu::AttentionShape shape;
     const int32_t* slot = nullptr;
@@ -312,7 +320,16 @@ struct AttentionArgs {
     // positions were written by earlier forwards: the kernels read those cached rows before
     // waiting for the kernel before (KernelConfig::attention_early).
     bool decode = false;
+    AttentionRope rope = {};
 };
+// Whether attention() takes a's RoPE in (a.rope): a decode step whose every token goes through the
+// one-pass kernel (head_dim 64 or 128), with 16-byte rows.
+bool attention_rope_applies(const AttentionArgs& a, const KernelConfig& config);
+// Whether taking the RoPE in is measured faster than the RoPE kernel before the attention: where
+// the one-pass grid is of four-warp blocks (Llama-3-8B at tp 1: 34 tokens or more). Elsewhere the
+// attention's early loads, which start while the RoPE kernel runs but not while a GEMM does, gain
+// more (docs/PERF.md, 2026-12-06).
+bool attention_rope_pays(const AttentionArgs& a, const KernelConfig& config);
 // Every token in a segment the flash kernel of head_dim 128 takes (the row of a head is one
 // 128-column block).
 bool attention_fp8_applies(const AttentionArgs& a);
@@ -399,8 +416,11 @@ void moe_grouped(cublasHandle_t cublas, const MoeArgs& a, Launch at, const std::
 // out[r, :] = x[rows[r], :]
 void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16* x, bf16* out, Launch at);
 // Per-row argmax (the first index on ties); -1 for a row holding a NaN or an infinity, as the
-// CPU twin cpu::argmax.
-void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, Launch at);
+// CPU twin cpu::argmax. `scratch`: argmax_scratch_bytes(rows) of device memory, or nullptr to
+// allocate it on the stream.
+void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, Launch at, void* scratch = nullptr);
+void argmax_rows(int64_t rows, int64_t width, const bf16* logits, int32_t* out, Launch at, void* scratch = nullptr);
+size_t argmax_scratch_bytes(int64_t rows);
 void bf16_to_f32(int64_t n, const bf16* x, float* y, Launch at);
 void f32_to_bf16(int64_t n, const float* x, bf16* y, Launch at);
 

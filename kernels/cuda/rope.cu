@@ -22,8 +22,8 @@ __global__ void rope_kernel(int64_t heads, int64_t kv_heads, int64_t hd, const i
         const bf16* src = h < heads ? q_in + t * q_stride + h * hd : k_in + t * k_stride + (h - heads) * hd;
         bf16* base = h < heads ? q + (t * heads + h) * hd : k + (t * kv_heads + (h - heads)) * hd;
         float a = __bfloat162float(src[i]), b = __bfloat162float(src[i + half]);
-        base[i] = __float2bfloat16(a * c - b * s);
-        base[i + half] = __float2bfloat16(b * c + a * s);
+        base[i] = __float2bfloat16(rope_lo(a, b, c, s));
+        base[i + half] = __float2bfloat16(rope_hi(a, b, c, s));
     }
 }
 
@@ -58,8 +58,8 @@ __global__ void rope_vec_kernel(int64_t heads, int64_t kv_heads, int64_t hd, con
         unpack8(*reinterpret_cast<const uint4*>(src + half + c * 8), b);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-            x[j] = a[j] * co[j] - b[j] * s[j];
-            y[j] = b[j] * co[j] + a[j] * s[j];
+            x[j] = rope_lo(a[j], b[j], co[j], s[j]);
+            y[j] = rope_hi(a[j], b[j], co[j], s[j]);
         }
         *reinterpret_cast<uint4*>(base + c * 8) = pack8(x);
         *reinterpret_cast<uint4*>(base + half + c * 8) = pack8(y);
