@@ -56,6 +56,14 @@ void for_each_connection(Take take) {
 
 std::string address_key(const std::string& addr) { return addr.substr(0, addr.find('%')); }
 
+bool socket_address(int fd, bool peer, std::string& host, int& port) {
+    sockaddr_storage a{};
+    socklen_t len = sizeof a;
+    if ((peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len) : getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len)) != 0)
+        return false;
+    return address_of(a, host, port);
+}
+
 int find_connection(const std::string& remote_addr, int remote_port, int local_port) {
     int found = -1;
     const std::string want = address_key(remote_addr);

@@ -23,6 +23,10 @@ void shut_connections(int local_port, const std::function<bool(const std::string
 // zone ("%eth0") left out.
 std::string address_key(const std::string& addr);
 
+// The numeric address (as find_connection matches it) and port of socket fd's peer, or of its
+// own end; false where fd is not a connected IP socket.
+bool socket_address(int fd, bool peer, std::string& host, int& port);
+
 // The peer closed its side (or the connection broke). Data the client sent ahead is left unread.
 bool peer_hung_up(int fd);
 

@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "server/connection.h"
+#include "server/gated_server.h"
 
 namespace tpx {
 namespace {
@@ -85,10 +86,8 @@ struct Stream {
 
 HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& queue, ServeMetrics& metrics, RefitDesk& refits)
     : settings_(std::move(settings)), limits_(std::move(limits)), queue_(queue), metrics_(metrics), refits_(refits),
-      server_(std::make_unique<httplib::Server>()) {
+      server_(std::make_unique<GatedServer>(settings_.threads, GateLimits{}, [this](int status) { metrics_.count_response(status); })) {
     httplib::Server& svr = *server_;
-    const int threads = settings_.threads;
-    svr.new_task_queue = [threads] { return new httplib::ThreadPool((size_t)threads); };
     // A body is refused (413) past what the largest call needs: max_queue prompts of max_seq_len
     // tokens at 64 bytes a token (JSON ids or text), at least 1 MiB. Parsing holds many times a
     // body's bytes, so without a bound a few large bodies would take the host's memory.
@@ -139,11 +138,11 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         else reply_error(res, res.status, "HTTP " + std::to_string(res.status));
         return httplib::Server::HandlerResponse::Handled;
     }));
-    // Called once a response is written. cpp-httplib 0.11 keeps a connection after a handler's
-    // "Connection: close" until its keep-alive wait ends (5 s): the socket of a request refused
-    // before its body was read (t_close_after) is shut here, so that the wait ends at once and
-    // nothing more (the unread body) is read as a request. (A body past the limit, 413,
-    // cpp-httplib reads and drops itself, so that the client, still sending, gets the answer.)
+    // Called once a response is written. The socket of a request refused before its body was read
+    // (t_close_after) is shut here, at once, rather than left to the gate's lingering close (up to
+    // 2 s of reading the unread body; every connection ends after one request: GatedServer). (A
+    // body past the limit, 413, cpp-httplib reads and drops itself, so that the client, still
+    // sending, gets the answer.)
     svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
         metrics_.count_response(res.status);
         {
@@ -209,12 +208,13 @@ int HttpServer::start() {
 
 void HttpServer::stop() {
     if (!thread_.joinable()) return;
-    server_->stop();  // no connection is taken from here on
-    // The listening thread ends once every connection's thread has: one waiting for a next request
-    // (up to cpp-httplib's 5 s keep-alive wait), or for headers or a body that come a byte at a
-    // time (no end), would hold it. Every connection not inside a handler (enter_call) is shut
-    // until it ends; one inside (an answer still being written: the calls in flight have had
-    // their last event) gets up to 5 s, the library's write timeout, then is shut too.
+    server_->stop_gate();  // connections whose request has not arrived are closed
+    server_->stop();       // no connection is taken from here on
+    // The listening thread ends once every connection's thread has: one still reading a body too
+    // long for the gate to wait for (up to the request's deadline) would hold it. Every connection
+    // not inside a handler (enter_call) is shut until it ends; one inside (an answer still being
+    // written: the calls in flight have had their last event) gets up to 5 s, the library's write
+    // timeout, then is shut too.
     std::atomic<bool> ended{false};
     std::thread joiner([this, &ended] {
         thread_.join();

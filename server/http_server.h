@@ -16,12 +16,13 @@
 #include "server/request.h"
 
 namespace httplib {
-class Server;
 struct Request;
 struct Response;
 }  // namespace httplib
 
 namespace tpx {
+
+class GatedServer;
 
 struct HttpSettings {
     std::string host = "127.0.0.1";
@@ -64,7 +65,7 @@ private:
     RequestQueue& queue_;
     ServeMetrics& metrics_;
     RefitDesk& refits_;
-    std::unique_ptr<httplib::Server> server_;
+    std::unique_ptr<GatedServer> server_;
     std::thread thread_;
     int port_ = -1;  // the port listened on (start)
     std::mutex busy_mutex_;

@@ -1,0 +1,108 @@
+// cpp-httplib's server behind the RequestGate (see gated_server.h).
+#include "server/gated_server.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "server/connection.h"
+
+namespace tpx {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The socket as cpp-httplib's own stream reads and writes it (each wait up to 5 s, its read and
+// write timeouts), after the bytes the gate read; reading past the request's deadline fails.
+class GateStream : public httplib::Stream {
+public:
+    explicit GateStream(ArrivedRequest a) : a_(std::move(a)) {}
+
+    bool is_readable() const override { return at_ < a_.bytes.size() || wait(POLLIN, true); }
+    bool is_writable() const override { return wait(POLLOUT, false); }
+
+    ssize_t read(char* ptr, size_t size) override {
+        if (at_ < a_.bytes.size()) {
+            const size_t n = std::min(size, a_.bytes.size() - at_);
+            a_.bytes.copy(ptr, n, at_);
+            at_ += n;
+            return (ssize_t)n;
+        }
+        if (!wait(POLLIN, true)) return -1;
+        ssize_t got;
+        do got = recv(a_.fd, ptr, size, 0);
+        while (got < 0 && errno == EINTR);
+        return got;
+    }
+
+    ssize_t write(const char* ptr, size_t size) override {
+        if (!wait(POLLOUT, false)) return -1;
+        ssize_t sent;
+        do sent = send(a_.fd, ptr, size, MSG_NOSIGNAL);
+        while (sent < 0 && errno == EINTR);
+        return sent;
+    }
+
+    void get_remote_ip_and_port(std::string& ip, int& port) const override { socket_address(a_.fd, true, ip, port); }
+    void get_local_ip_and_port(std::string& ip, int& port) const override { socket_address(a_.fd, false, ip, port); }
+    socket_t socket() const override { return a_.fd; }
+
+private:
+    // Up to 5 s for the socket to be ready; reading, no later than the request's deadline.
+    bool wait(short what, bool reading) const {
+        auto until = Clock::now() + std::chrono::seconds(5);
+        if (reading) until = std::min(until, a_.read_deadline);
+        for (;;) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+            if (left <= 0) return false;
+            pollfd p{a_.fd, what, 0};
+            const int n = poll(&p, 1, (int)left);
+            if (n > 0) return true;
+            if (n == 0 || errno != EINTR) return false;
+        }
+    }
+
+    ArrivedRequest a_;
+    size_t at_ = 0;
+};
+
+}  // namespace
+
+GatedServer::GatedServer(int threads, GateLimits limits, std::function<void(int)> refused)
+    : gate_(
+          limits,
+          [this](ArrivedRequest a) {
+              httplib::TaskQueue* pool = pool_.load();
+              if (!pool) return gate_.close_gracefully(a.fd);
+              auto shared = std::make_shared<ArrivedRequest>(std::move(a));
+              pool->enqueue([this, shared] { serve(std::move(*shared)); });
+          },
+          std::move(refused)) {
+    new_task_queue = [this, threads] {
+        auto* pool = new httplib::ThreadPool((size_t)threads);
+        pool_ = pool;
+        return pool;
+    };
+}
+
+GatedServer::~GatedServer() { gate_.stop(); }
+
+// The accept loop's task: the connection to the gate, the thread back to the pool.
+bool GatedServer::process_and_close_socket(socket_t sock) {
+    gate_.add(sock);
+    return true;
+}
+
+void GatedServer::serve(ArrivedRequest a) {
+    const int fd = a.fd;
+    {
+        GateStream stream(std::move(a));
+        bool closed = false;
+        process_request(stream, true, closed, nullptr);
+    }
+    gate_.close_gracefully(fd);
+}
+
+}  // namespace tpx

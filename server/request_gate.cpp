@@ -1,0 +1,344 @@
+// The connections' waiting room (see request_gate.h): one thread, an epoll set, a buffer a
+// connection.
+#include "server/request_gate.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "common/error.h"
+#include "server/connection.h"
+#include "server/openai_api.h"
+
+namespace tpx {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// RFC 9110 5.6.2's token characters (header names).
+bool tchar(unsigned char c) {
+    return std::isalnum(c) || std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
+}
+
+// A header value's characters: visible ones, obs-text, space and tab.
+bool value_char(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
+
+bool iequals(const std::string& a, const char* b) {
+    const size_t n = std::strlen(b);
+    if (a.size() != n) return false;
+    for (size_t i = 0; i < n; ++i)
+        if (std::tolower((unsigned char)a[i]) != std::tolower((unsigned char)b[i])) return false;
+    return true;
+}
+
+std::string trim_ows(const std::string& s) {
+    const size_t a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t");
+    return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+const char* reason(int status) {
+    switch (status) {
+    case 400: return "Bad Request";
+    case 408: return "Request Timeout";
+    case 431: return "Request Header Fields Too Large";
+    default: return "Service Unavailable";
+    }
+}
+
+}  // namespace
+
+HeadCheck check_request_head(const std::string& head, int header_lines) {
+    HeadCheck r;
+    auto fail = [&](int status, const std::string& why) {
+        r.status = status, r.why = why, r.content_length = -1;
+        return r;
+    };
+    for (size_t i = 0; i < head.size(); ++i) {
+        if (head[i] == '\0') return fail(400, "the request's head holds a NUL byte");
+        if (head[i] == '\n' && (i == 0 || head[i - 1] != '\r')) return fail(400, "a line of the request's head ends in a bare LF (CRLF is required)");
+        if (head[i] == '\r' && (i + 1 >= head.size() || head[i + 1] != '\n')) return fail(400, "the request's head holds a bare CR");
+    }
+    size_t at = head.find("\r\n");
+    const std::string request_line = head.substr(0, at);
+    const bool http11 = request_line.size() >= 9 && request_line.compare(request_line.size() - 9, 9, " HTTP/1.1") == 0;
+    int lines = 0, hosts = 0, lengths = 0;
+    std::string length;
+    while (at != std::string::npos && at + 2 < head.size()) {
+        const size_t next = head.find("\r\n", at + 2);
+        const std::string line = head.substr(at + 2, next - at - 2);
+        at = next;
+        if (line.empty()) break;  // the blank line that ends the head
+        if (++lines > header_lines)
+            return fail(431, "the request has more than " + std::to_string(header_lines) + " header lines");
+        if (line[0] == ' ' || line[0] == '\t') return fail(400, "a header line is folded onto the one before it (obs-fold)");
+        const size_t colon = line.find(':');
+        if (colon == std::string::npos) return fail(400, "a header line has no colon");
+        if (colon == 0) return fail(400, "a header line has an empty name");
+        const std::string name = line.substr(0, colon);
+        for (unsigned char c : name)
+            if (!tchar(c)) return fail(400, "the header name '" + name + "' holds a character no header name may (a space before its colon?)");
+        for (size_t i = colon + 1; i < line.size(); ++i)
+            if (!value_char((unsigned char)line[i])) return fail(400, "the value of header '" + name + "' holds a control character");
+        if (iequals(name, "Host")) ++hosts;
+        if (iequals(name, "Content-Length")) ++lengths, length = trim_ows(line.substr(colon + 1));
+    }
+    if (http11 && hosts != 1) return fail(400, hosts ? "the request has more than one Host header" : "an HTTP/1.1 request needs a Host header");
+    if (lengths == 1 && !length.empty() && length.size() <= 18 && length.find_first_not_of("0123456789") == std::string::npos)
+        r.content_length = std::stoll(length);
+    return r;
+}
+
+struct RequestGate::Conn {
+    std::string bytes;
+    std::string address;
+    Clock::time_point accepted, deadline;
+    bool lingering = false;
+    size_t head_end = std::string::npos;  // past the head's blank line, once seen
+    int64_t content_length = -1;
+};
+
+RequestGate::RequestGate(GateLimits limits, std::function<void(ArrivedRequest)> ready, std::function<void(int)> refused)
+    : limits_(limits), ready_(std::move(ready)), refused_(std::move(refused)) {
+    epoll_ = epoll_create1(EPOLL_CLOEXEC);
+    wake_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (epoll_ < 0 || wake_ < 0) throw Error(std::string("serve: cannot make the connections' epoll set: ") + std::strerror(errno));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = wake_;
+    epoll_ctl(epoll_, EPOLL_CTL_ADD, wake_, &ev);
+    thread_ = std::thread([this] { run(); });
+}
+
+RequestGate::~RequestGate() {
+    stop();
+    close(epoll_);
+    close(wake_);
+}
+
+void RequestGate::add(int fd) {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!stopping_) {
+            incoming_.push_back({fd, false});
+            ++waiting_;
+            const uint64_t one = 1;
+            (void)!write(wake_, &one, sizeof one);
+            return;
+        }
+    }
+    shutdown(fd, SHUT_RDWR);
+    close(fd);
+}
+
+void RequestGate::close_gracefully(int fd) {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!stopping_) {
+            incoming_.push_back({fd, true});
+            const uint64_t one = 1;
+            (void)!write(wake_, &one, sizeof one);
+            return;
+        }
+    }
+    shutdown(fd, SHUT_WR);
+    char drop[4096];
+    for (int i = 0; i < 16 && recv(fd, drop, sizeof drop, MSG_DONTWAIT) > 0; ++i) {
+    }
+    close(fd);
+}
+
+void RequestGate::stop() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stopping_) return;
+        stopping_ = true;
+        const uint64_t one = 1;
+        (void)!write(wake_, &one, sizeof one);
+    }
+    if (thread_.joinable()) thread_.join();
+}
+
+int RequestGate::waiting() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return waiting_;
+}
+
+void RequestGate::run() {
+    epoll_event events[64];
+    for (;;) {
+        const int n = epoll_wait(epoll_, events, 64, 100);
+        bool stopping = false;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            stopping = stopping_;
+        }
+        if (stopping) break;
+        for (int i = 0; i < n; ++i) {
+            const int fd = events[i].data.fd;
+            if (fd == wake_) {
+                uint64_t count = 0;
+                (void)!read(wake_, &count, sizeof count);
+                take_new();
+                continue;
+            }
+            auto it = conns_.find(fd);
+            if (it != conns_.end()) on_readable(fd, *it->second);
+        }
+        expire(Clock::now());
+    }
+    take_new();  // (connections handed over as the gate stopped are closed with the rest)
+    while (!conns_.empty()) drop(conns_.begin()->first);
+}
+
+// Connections handed over by other threads: new ones into the epoll set (refused at once past the
+// limits), answered ones to linger.
+void RequestGate::take_new() {
+    std::vector<std::pair<int, bool>> incoming;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        incoming.swap(incoming_);
+    }
+    const Clock::time_point now = Clock::now();
+    for (auto [fd, answered] : incoming) {
+        auto conn = std::make_unique<Conn>();
+        Conn& c = *conn;
+        c.accepted = now;
+        c.deadline = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limits_.head_s));
+        int port = 0;
+        if (!answered && !socket_address(fd, true, c.address, port)) c.address = "?";
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        conns_[fd] = std::move(conn);
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLRDHUP;
+        ev.data.fd = fd;
+        epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev);
+        if (answered) {
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                ++waiting_;  // (drop counts it off)
+            }
+            linger(fd, c);
+            continue;
+        }
+        const int from_address = ++per_address_[c.address];
+        if ((int)conns_.size() > limits_.connections || from_address > limits_.per_address)
+            refuse(fd, c, 503, "too many connections are waiting to send their request; retry later", "server_busy");
+    }
+}
+
+void RequestGate::on_readable(int fd, Conn& c) {
+    char buf[16384];
+    for (;;) {
+        const ssize_t got = recv(fd, buf, sizeof buf, 0);
+        if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            drop(fd);  // the client went away (or, lingering, read its answer and closed)
+            return;
+        }
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (c.lingering) continue;  // read and dropped
+        if (buffered_ + (size_t)got > limits_.buffered_bytes)
+            return refuse(fd, c, 503, "the server holds too many requests still arriving; retry later", "server_busy");
+        c.bytes.append(buf, (size_t)got);
+        buffered_ += (size_t)got;
+        if (c.head_end == std::string::npos) {
+            const size_t end = c.bytes.find("\r\n\r\n");
+            if (end == std::string::npos) {
+                if (c.bytes.size() > limits_.head_bytes)
+                    return refuse(fd, c, 431, "the request line and headers are longer than " + std::to_string(limits_.head_bytes) + " bytes",
+                                  "headers_too_large");
+                continue;
+            }
+            if (end + 4 > limits_.head_bytes)
+                return refuse(fd, c, 431, "the request line and headers are longer than " + std::to_string(limits_.head_bytes) + " bytes",
+                              "headers_too_large");
+            const HeadCheck check = check_request_head(c.bytes.substr(0, end + 4), limits_.header_lines);
+            if (check.status) return refuse(fd, c, check.status, check.why, check.status == 431 ? "headers_too_large" : "invalid_request");
+            c.head_end = end + 4;
+            c.content_length = check.content_length;
+            c.deadline = c.accepted + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limits_.request_s));
+        }
+        // The head is here: the body too where the gate waits for it.
+        const bool wait_body = c.content_length > 0 && (size_t)c.content_length <= limits_.body_bytes;
+        if (!wait_body || c.bytes.size() >= c.head_end + (size_t)c.content_length) {
+            ArrivedRequest a;
+            a.fd = fd;
+            a.bytes = std::move(c.bytes);
+            a.read_deadline = c.deadline;
+            buffered_ -= a.bytes.size();
+            c.bytes.clear();
+            epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr);
+            if (--per_address_[c.address] == 0) per_address_.erase(c.address);
+            conns_.erase(fd);
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                --waiting_;
+            }
+            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+            ready_(std::move(a));
+            return;
+        }
+    }
+}
+
+// The gate's own answer (a small JSON error, as the API's), then the lingering close.
+void RequestGate::refuse(int fd, Conn& c, int status, const std::string& message, const std::string& code) {
+    const std::string body = error_body(status, message, "", code).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    const std::string text = "HTTP/1.1 " + std::to_string(status) + " " + reason(status) +
+                             "\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: " + std::to_string(body.size()) +
+                             "\r\n\r\n" + body;
+    (void)send(fd, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);  // small: whole into an empty send buffer
+    if (refused_) refused_(status);
+    linger(fd, c);
+}
+
+void RequestGate::linger(int fd, Conn& c) {
+    buffered_ -= c.bytes.size();
+    c.bytes.clear();
+    c.bytes.shrink_to_fit();
+    if (!c.lingering && !c.address.empty() && --per_address_[c.address] == 0) per_address_.erase(c.address);
+    c.address.clear();
+    c.lingering = true;
+    c.deadline = Clock::now() + std::chrono::seconds(2);
+    shutdown(fd, SHUT_WR);
+}
+
+void RequestGate::drop(int fd) {
+    auto it = conns_.find(fd);
+    if (it == conns_.end()) return;
+    Conn& c = *it->second;
+    buffered_ -= c.bytes.size();
+    if (!c.lingering && --per_address_[c.address] == 0) per_address_.erase(c.address);
+    epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr);
+    close(fd);
+    conns_.erase(it);
+    std::lock_guard<std::mutex> lock(mutex_);
+    --waiting_;
+}
+
+void RequestGate::expire(Clock::time_point now) {
+    std::vector<int> late;
+    for (const auto& [fd, c] : conns_)
+        if (now >= c->deadline) late.push_back(fd);
+    for (int fd : late) {
+        Conn& c = *conns_.at(fd);
+        if (c.lingering) {
+            drop(fd);
+            continue;
+        }
+        refuse(fd, c, 408,
+               c.head_end == std::string::npos ? "the request's headers did not arrive within " + std::to_string((int)limits_.head_s) + " s"
+                                               : "the request's body did not arrive within " + std::to_string((int)limits_.request_s) + " s",
+               "request_timeout");
+    }
+}
+
+}  // namespace tpx

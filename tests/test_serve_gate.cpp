@@ -1,0 +1,158 @@
+// The request gate of `tpx serve` (server/request_gate.h): request heads checked as RFC 9112 asks
+// a server to (check_request_head), and a running server (tiny-text, one rank, a pool of 18 HTTP
+// threads) that keeps answering while more connections than its threads send their headers a
+// byte at a time or nothing at all, refuses a long header and many headers before reading them
+// whole, answers one request a connection (a request pipelined behind it is not read), and
+// counts its own refusals in /metrics.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "server/request_gate.h"
+#include "serve_process.h"
+
+namespace {
+
+using tpx::check_request_head;
+using tpx::HeadCheck;
+
+const std::string kModel = std::string(TPX_SOURCE_DIR) + "/models/tiny-text";
+
+TEST(RequestHead, WellFormedHeadsPass) {
+    HeadCheck c = check_request_head("POST /v1/completions HTTP/1.1\r\nHost: x\r\ncontent-length:  12 \r\nX-A:\r\n\r\n", 100);
+    EXPECT_EQ(c.status, 0) << c.why;
+    EXPECT_EQ(c.content_length, 12);
+    c = check_request_head("GET /health HTTP/1.0\r\n\r\n", 100);  // HTTP/1.0 needs no Host
+    EXPECT_EQ(c.status, 0) << c.why;
+    EXPECT_EQ(c.content_length, -1);
+    c = check_request_head("GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: \xe2\x9c\x93\tok\r\n\r\n", 100);  // obs-text and a tab in a value
+    EXPECT_EQ(c.status, 0) << c.why;
+}
+
+TEST(RequestHead, MalformedHeadsAreNamed) {
+    struct Case {
+        std::string head, why;
+        int status;
+    };
+    const std::vector<Case> cases = {
+        {"GET / HTTP/1.1\nHost: x\r\n\r\n", "bare LF", 400},
+        {"GET / HTTP/1.1\r\nHost: x\ry\r\n\r\n", "bare CR", 400},
+        {std::string("GET / HTTP/1.1\r\nHost: x\0\r\n\r\n", 26), "NUL", 400},
+        {"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", "obs-fold", 400},
+        {"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", "no colon", 400},
+        {"GET / HTTP/1.1\r\nHost: x\r\n: v\r\n\r\n", "empty name", 400},
+        {"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n", "a space before its colon", 400},
+        {"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01\r\n\r\n", "control character", 400},
+        {"GET / HTTP/1.1\r\nX-A: a\r\n\r\n", "needs a Host header", 400},
+        {"GET / HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n", "more than one Host", 400},
+    };
+    for (const Case& c : cases) {
+        const HeadCheck r = check_request_head(c.head, 100);
+        EXPECT_EQ(r.status, c.status) << c.why;
+        EXPECT_NE(r.why.find(c.why), std::string::npos) << r.why;
+    }
+    std::string many = "GET / HTTP/1.1\r\nHost: x\r\n";
+    for (int i = 0; i < 100; ++i) many += "X-A: b\r\n";
+    EXPECT_EQ(check_request_head(many + "\r\n", 100).status, 431) << "101 header lines";
+    EXPECT_EQ(check_request_head(many + "\r\n", 101).status, 0);
+    for (const char* length : {"Content-Length: 1, 1", "Content-Length: +1", "Content-Length: 0x10"})
+        EXPECT_EQ(check_request_head(std::string("POST / HTTP/1.1\r\nHost: x\r\n") + length + "\r\n\r\n", 100).content_length, -1) << length;
+    EXPECT_EQ(check_request_head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", 100).content_length, -1);
+}
+
+int connect_to(int port) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons((uint16_t)port);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+        close(fd);
+        return -1;
+    }
+    timeval tv{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+// Sends `request` (what the server does not read is dropped), then reads until the server closes
+// the connection (or 5 s pass without a byte).
+std::string http_exchange(int port, const std::string& request) {
+    const int fd = connect_to(port);
+    if (fd < 0) return "(no connection)";
+    for (size_t at = 0; at < request.size();) {
+        const ssize_t n = send(fd, request.data() + at, request.size() - at, MSG_NOSIGNAL);
+        if (n <= 0) break;  // the server answered and stopped reading
+        at += (size_t)n;
+    }
+    std::string got;
+    char buf[4096];
+    for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) got.append(buf, (size_t)n);
+    close(fd);
+    return got;
+}
+
+int count(const std::string& text, const std::string& what) {
+    int n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+}
+
+TEST(ServeGate, SlowAndIdleConnectionsHoldNoThreadAndBadHeadsAreRefused) {
+    tpx_test::ServeProcess server("[model]\npath = \"" + kModel + "\"\n[run]\nmax_batch = 1\n[serve]\nport = 0\nmax_queue = 1\n", "",
+                                  "serve: ready");
+    const int port = std::stoi(server.base().substr(server.base().rfind(':') + 1));
+    // 40 connections (the pool has 18 threads): 20 sending their headers a byte every 200 ms, 20 idle.
+    std::vector<int> held;
+    for (int i = 0; i < 40; ++i) held.push_back(connect_to(port));
+    std::atomic<bool> stop{false};
+    std::thread dribble([&] {
+        const std::string head = "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + std::string(100, 'a');
+        for (size_t i = 0; i < head.size() && !stop; ++i) {
+            for (int k = 0; k < 20; ++k) (void)send(held[k], &head[i], 1, MSG_NOSIGNAL);
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        }
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    for (int i = 0; i < 3; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const std::string got = http_exchange(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        EXPECT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
+        EXPECT_NE(got.find("Connection: close"), std::string::npos) << "one request a connection\n" << got;
+        EXPECT_LT(s, 2.0) << "a call waited behind connections that send nothing";
+    }
+    // A header line past 32 KiB: 431 once that much has come, the rest not read.
+    std::string got = http_exchange(port, "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(1 << 20, 'b') + "\r\n\r\n");
+    EXPECT_EQ(got.rfind("HTTP/1.1 431", 0), 0u) << got.substr(0, 300);
+    EXPECT_NE(got.find("headers_too_large"), std::string::npos) << got.substr(0, 300);
+    std::string many = "GET /health HTTP/1.1\r\nHost: x\r\n";
+    for (int i = 0; i < 1000; ++i) many += "X-A: b\r\n";
+    got = http_exchange(port, many + "\r\n");
+    EXPECT_EQ(got.rfind("HTTP/1.1 431", 0), 0u) << got.substr(0, 300);
+    got = http_exchange(port, "GET /health HTTP/1.1\r\nTransfer-Encoding : chunked\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(got.rfind("HTTP/1.1 400", 0), 0u) << got.substr(0, 300);
+    EXPECT_NE(got.find("a space before its colon"), std::string::npos) << got;
+    // Two requests in one write: the first answered, the connection closed; the second never read.
+    got = http_exchange(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(count(got, "HTTP/1.1 "), 1) << got;
+    EXPECT_NE(got.find("{\"status\":\"ok\"}"), std::string::npos) << got;
+    const std::string metrics = http_exchange(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_NE(metrics.find("tpx_requests_total{status=\"431\"} 2"), std::string::npos) << metrics;
+    EXPECT_NE(metrics.find("tpx_requests_total{status=\"400\"} 1"), std::string::npos) << metrics;
+    stop = true;
+    dribble.join();
+    for (int fd : held) close(fd);
+}
+
+}  // namespace
