@@ -91,17 +91,20 @@ void prove_writable(const NamedPath& out) {
 }
 
 // Whether a checkpoint's readers would take a file of this name in its folder for one of its
-// own: config and tokenizer files, weights (loader/, text/).
+// own: config and tokenizer files and weights, tpx's (loader/, text/) and those HF's readers
+// (transformers, tokenizers) take, so that the folder stays loadable by either.
 bool read_by_checkpoint_readers(const std::string& name) {
-    static const char* const kNames[] = {"config.json",           "generation_config.json",   "tokenizer.json",
-                                         "tokenizer_config.json", "special_tokens_map.json",  "chat_template.jinja",
-                                         "chat_template.json",    "params.json",              "model.safetensors.index.json"};
+    static const char* const kNames[] = {
+        "config.json",        "generation_config.json", "tokenizer.json",        "tokenizer_config.json", "special_tokens_map.json",
+        "chat_template.jinja", "chat_template.json",    "params.json",           "model.safetensors.index.json",
+        "vocab.json",         "merges.txt",             "tokenizer.model",       "added_tokens.json",     "preprocessor_config.json",
+        "vocab.txt",          "pytorch_model.bin.index.json"};
     for (const char* n : kNames)
         if (name == n) return true;
     auto ends = [&](const std::string& tail) {
         return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
     };
-    return ends(".safetensors") || (name.rfind("consolidated.", 0) == 0 && ends(".pth"));
+    return ends(".safetensors") || ends(".pth") || ends(".gguf") || (name.rfind("pytorch_model", 0) == 0 && ends(".bin"));
 }
 
 }  // namespace

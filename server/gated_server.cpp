@@ -70,26 +70,50 @@ private:
 
 }  // namespace
 
+// What cpp-httplib's accept loop is given as its task queue: its one task, a new connection, runs
+// at once on the loop's thread (the socket into the gate: no pool thread is needed to take a
+// connection); the requests the gate hands on run on the pool. cpp-httplib shuts it down and
+// deletes it when the loop ends, for whatever reason: the gate is stopped first, so that nothing
+// is handed to a pool that is gone.
+class GatedServer::Queue : public httplib::TaskQueue {
+public:
+    Queue(GatedServer& server, size_t threads) : server_(server), pool_(threads) {
+        std::lock_guard<std::mutex> lock(server_.pool_mutex_);
+        server_.pool_ = &pool_;
+    }
+    void enqueue(std::function<void()> fn) override { fn(); }
+    void shutdown() override {
+        server_.gate_.stop();
+        {
+            std::lock_guard<std::mutex> lock(server_.pool_mutex_);
+            server_.pool_ = nullptr;
+        }
+        pool_.shutdown();
+    }
+
+private:
+    GatedServer& server_;
+    httplib::ThreadPool pool_;
+};
+
 GatedServer::GatedServer(int threads, GateLimits limits, std::function<void(int)> refused)
     : gate_(
-          limits,
+          fit_to_descriptors(limits, threads + 256),
           [this](ArrivedRequest a) {
-              httplib::TaskQueue* pool = pool_.load();
-              if (!pool) return gate_.close_gracefully(a.fd);
+              std::lock_guard<std::mutex> lock(pool_mutex_);
+              if (!pool_) return gate_.close_gracefully(a.fd);
               auto shared = std::make_shared<ArrivedRequest>(std::move(a));
-              pool->enqueue([this, shared] { serve(std::move(*shared)); });
+              pool_->enqueue([this, shared] { serve(std::move(*shared)); });
           },
           std::move(refused)) {
-    new_task_queue = [this, threads] {
-        auto* pool = new httplib::ThreadPool((size_t)threads);
-        pool_ = pool;
-        return pool;
-    };
+    new_task_queue = [this, threads] { return new Queue(*this, (size_t)threads); };
 }
 
 GatedServer::~GatedServer() { gate_.stop(); }
 
-// The accept loop's task: the connection to the gate, the thread back to the pool.
+void GatedServer::widen_backlog() { ::listen(svr_sock_, 1024); }
+
+// The accept loop's task: the connection to the gate.
 bool GatedServer::process_and_close_socket(socket_t sock) {
     gate_.add(sock);
     return true;

@@ -1,15 +1,14 @@
-// cpp-httplib's server with its connections taken through a RequestGate: the accept loop's task
-// hands the socket to the gate and returns (no pool thread waits on a client's bytes), and a pool
-// thread serves the request once the gate has it, over a stream that first gives the bytes the
-// gate read. One request a connection ("Connection: close" on every answer): the next request a
-// client sends goes through the gate on a connection of its own, and nothing sent behind a
-// request (pipelined, or hidden past a short read) is ever read as one.
+// cpp-httplib's server with its connections taken through a RequestGate: the accept loop hands
+// each socket to the gate on its own thread, and a pool thread serves the request once the gate
+// has it, over a stream that first gives the bytes the gate read. One request a connection
+// ("Connection: close" on every answer), so that every request passes the gate and nothing sent
+// behind one is read as another.
 #pragma once
 
 #include <httplib.h>
 
-#include <atomic>
 #include <functional>
+#include <mutex>
 
 #include "server/request_gate.h"
 
@@ -23,13 +22,17 @@ public:
     // Closes every connection still waiting in the gate (no request taken from then on); before
     // stop(), whose pool then only finishes the requests it has.
     void stop_gate() { gate_.stop(); }
-    int gate_waiting() const { return gate_.waiting(); }
+    // The listening socket's queue of connections not yet accepted set to 1024 (cpp-httplib 0.11's
+    // is 5: a burst of connections saw some wait seconds, or never be taken). After bind.
+    void widen_backlog();
 
 private:
+    class Queue;
     bool process_and_close_socket(socket_t sock) override;
     void serve(ArrivedRequest a);
 
-    std::atomic<httplib::TaskQueue*> pool_{nullptr};
+    std::mutex pool_mutex_;
+    httplib::ThreadPool* pool_ = nullptr;  // the running Queue's, else nullptr (requests then closed)
     RequestGate gate_;
 };
 

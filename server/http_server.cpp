@@ -82,26 +82,37 @@ struct Stream {
     bool started = false, ended = false;
 };
 
+// A body is refused (413) past what the largest call needs: max_queue prompts of max_seq_len tokens
+// at 64 bytes a token (JSON ids or text), at least 1 MiB. Parsing holds many times a body's bytes,
+// so without a bound a few large bodies would take the host's memory. Bodies up to it arrive
+// whole in the gate, none is read by an HTTP thread.
+size_t body_limit_of(const ApiLimits& limits, const RequestQueue& queue) {
+    return std::max<size_t>(1 << 20, (size_t)64 * (size_t)std::max<int64_t>(limits.max_seq_len, 1) * queue.capacity());
+}
+
+GateLimits gate_limits(size_t body_limit) {
+    GateLimits g;
+    g.body_bytes = body_limit;
+    return g;
+}
+
 }  // namespace
 
 HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& queue, ServeMetrics& metrics, RefitDesk& refits)
     : settings_(std::move(settings)), limits_(std::move(limits)), queue_(queue), metrics_(metrics), refits_(refits),
-      server_(std::make_unique<GatedServer>(settings_.threads, GateLimits{}, [this](int status) { metrics_.count_response(status); })) {
+      server_(std::make_unique<GatedServer>(settings_.threads, gate_limits(body_limit_of(limits_, queue_)),
+                                            [this](int status) { metrics_.count_response(status); })) {
     httplib::Server& svr = *server_;
-    // A body is refused (413) past what the largest call needs: max_queue prompts of max_seq_len
-    // tokens at 64 bytes a token (JSON ids or text), at least 1 MiB. Parsing holds many times a
-    // body's bytes, so without a bound a few large bodies would take the host's memory.
-    const size_t body_limit = std::max<size_t>(1 << 20, (size_t)64 * (size_t)std::max<int64_t>(limits_.max_seq_len, 1) * queue_.capacity());
+    const size_t body_limit = body_limit_of(limits_, queue_);
     svr.set_payload_max_length(body_limit);
     // Runs once a request's headers are read, before its body is. A refusal here leaves the body
     // unread: the answer ends the connection (t_close_after, the logger below), so that the body,
     // or a request hidden in it, is never read as the next request.
-    svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    svr.set_pre_routing_handler([this, body_limit](const httplib::Request& req, httplib::Response& res) {
         t_close_after = false;
         // Refused, the connection ended with the answer where the request has a body.
         auto refuse = [&](int status, const std::string& message, const std::string& code) {
-            t_close_after = has_body(req) || req.method == "POST";
-            if (t_close_after) res.set_header("Connection", "close");
+            t_close_after = has_body(req) || req.method == "POST";  // (every answer says "Connection: close")
             reply_error(res, status, message + (t_close_after ? " (refused, and the connection closed)" : ""), "", code);
             return httplib::Server::HandlerResponse::Handled;
         };
@@ -123,8 +134,14 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
                           "length_required");
         if (req.method == "POST" && !req.has_header("Content-Length"))
             return refuse(411, "a POST needs a JSON body with a Content-Length header", "length_required");
+        // Past the limit the gate handed the request on without its body: refused unread, not read
+        // (slowly, by a thread of the pool) to be dropped.
+        if (req.has_header("Content-Length") && std::stoull(req.get_header_value("Content-Length")) > body_limit)
+            return refuse(413, "the body is larger than the " + std::to_string(body_limit) +
+                                   " bytes this server takes (64 a token of run.max_seq_len, for serve.max_queue prompts)",
+                          "body_too_large");
         if (req.method != "POST" && has_body(req)) return refuse(400, "a " + req.method + " request takes no body", "invalid_request");
-        if (settings_.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+        if (settings_.api_key.empty() || (req.path == "/health" && req.method == "GET")) return httplib::Server::HandlerResponse::Unhandled;
         if (req.get_header_value("Authorization") == "Bearer " + settings_.api_key) return httplib::Server::HandlerResponse::Unhandled;
         return refuse(401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "invalid_api_key");
     });
@@ -202,6 +219,7 @@ int HttpServer::start() {
                         " (the port is taken, or the address is not this host's: [serve] host, port)",
                     kExitBadInput);
     port_ = port;
+    server_->widen_backlog();
     thread_ = std::thread([this] { server_->listen_after_bind(); });
     return port;
 }

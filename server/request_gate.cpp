@@ -4,11 +4,13 @@
 
 #include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 
@@ -42,6 +44,23 @@ std::string trim_ows(const std::string& s) {
     return a == std::string::npos ? "" : s.substr(a, b - a + 1);
 }
 
+// Takes an "Expect: 100-continue" line out of the head bytes[0, head_end); whether there was one.
+bool erase_expect_continue(std::string& bytes, size_t& head_end) {
+    for (size_t at = bytes.find("\r\n"); at != std::string::npos && at + 2 < head_end; at = bytes.find("\r\n", at + 2)) {
+        const size_t next = bytes.find("\r\n", at + 2);
+        const std::string line = bytes.substr(at + 2, next - at - 2);
+        const size_t colon = line.find(':');
+        if (colon == std::string::npos || !iequals(line.substr(0, colon), "Expect")) continue;
+        std::string value = trim_ows(line.substr(colon + 1));
+        for (char& ch : value) ch = (char)std::tolower((unsigned char)ch);
+        if (value != "100-continue") continue;
+        bytes.erase(at + 2, next - at);
+        head_end -= next - at;
+        return true;
+    }
+    return false;
+}
+
 const char* reason(int status) {
     switch (status) {
     case 400: return "Bad Request";
@@ -53,7 +72,20 @@ const char* reason(int status) {
 
 }  // namespace
 
-HeadCheck check_request_head(const std::string& head, int header_lines) {
+GateLimits fit_to_descriptors(GateLimits limits, int reserve) {
+    rlimit r{};
+    if (getrlimit(RLIMIT_NOFILE, &r) != 0) return limits;
+    if (r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &r) != 0) getrlimit(RLIMIT_NOFILE, &r);
+    }
+    const int64_t left = r.rlim_cur == RLIM_INFINITY ? limits.connections : (int64_t)r.rlim_cur - reserve;
+    limits.connections = (int)std::max<int64_t>(16, std::min<int64_t>(limits.connections, left));
+    limits.per_address = std::min(limits.per_address, limits.connections);
+    return limits;
+}
+
+HeadCheck check_request_head(const std::string& head, const GateLimits& limits) {
     HeadCheck r;
     auto fail = [&](int status, const std::string& why) {
         r.status = status, r.why = why, r.content_length = -1;
@@ -66,16 +98,24 @@ HeadCheck check_request_head(const std::string& head, int header_lines) {
     }
     size_t at = head.find("\r\n");
     const std::string request_line = head.substr(0, at);
-    const bool http11 = request_line.size() >= 9 && request_line.compare(request_line.size() - 9, 9, " HTTP/1.1") == 0;
+    const size_t sp1 = request_line.find(' '), sp2 = request_line.rfind(' ');
+    const std::string version = sp2 == std::string::npos ? "" : request_line.substr(sp2 + 1);
+    if (sp1 == std::string::npos || sp1 == 0 || sp2 <= sp1 + 1 || request_line.find(' ', sp1 + 1) != sp2 ||
+        (version != "HTTP/1.1" && version != "HTTP/1.0"))
+        return fail(400, "the request line is not 'METHOD TARGET HTTP/1.1' (one space between each, HTTP/1.0 or 1.1)");
+    const bool http11 = version == "HTTP/1.1";
     int lines = 0, hosts = 0, lengths = 0;
+    bool chunked = false;
     std::string length;
     while (at != std::string::npos && at + 2 < head.size()) {
         const size_t next = head.find("\r\n", at + 2);
         const std::string line = head.substr(at + 2, next - at - 2);
         at = next;
         if (line.empty()) break;  // the blank line that ends the head
-        if (++lines > header_lines)
-            return fail(431, "the request has more than " + std::to_string(header_lines) + " header lines");
+        if (++lines > limits.header_lines)
+            return fail(431, "the request has more than " + std::to_string(limits.header_lines) + " header lines");
+        if (line.size() > limits.line_bytes)
+            return fail(431, "a header line is longer than " + std::to_string(limits.line_bytes) + " bytes");
         if (line[0] == ' ' || line[0] == '\t') return fail(400, "a header line is folded onto the one before it (obs-fold)");
         const size_t colon = line.find(':');
         if (colon == std::string::npos) return fail(400, "a header line has no colon");
@@ -86,19 +126,28 @@ HeadCheck check_request_head(const std::string& head, int header_lines) {
         for (size_t i = colon + 1; i < line.size(); ++i)
             if (!value_char((unsigned char)line[i])) return fail(400, "the value of header '" + name + "' holds a control character");
         if (iequals(name, "Host")) ++hosts;
+        if (iequals(name, "Transfer-Encoding")) chunked = true;
         if (iequals(name, "Content-Length")) ++lengths, length = trim_ows(line.substr(colon + 1));
     }
     if (http11 && hosts != 1) return fail(400, hosts ? "the request has more than one Host header" : "an HTTP/1.1 request needs a Host header");
-    if (lengths == 1 && !length.empty() && length.size() <= 18 && length.find_first_not_of("0123456789") == std::string::npos)
+    if (lengths > 1) return fail(400, "the request's body length is ambiguous (more than one Content-Length header)");
+    if (lengths == 1 && chunked) return fail(400, "the request's body length is ambiguous (a Content-Length beside a Transfer-Encoding)");
+    if (lengths == 1) {
+        if (length.empty() || length.size() > 18 || length.find_first_not_of("0123456789") != std::string::npos)
+            return fail(400, "the request's body length is ambiguous (the Content-Length '" + length + "' is not one decimal number of up to 18 digits)");
         r.content_length = std::stoll(length);
+    }
     return r;
 }
 
 struct RequestGate::Conn {
     std::string bytes;
-    std::string address;
+    std::string address;  // the client's, while waiting
     Clock::time_point accepted, deadline;
     bool lingering = false;
+    size_t scanned = 0;                   // bytes of the head checked so far, as they came
+    size_t line_start = 0;                // where the line being read began
+    int lines = 0;                        // line ends seen in the head
     size_t head_end = std::string::npos;  // past the head's blank line, once seen
     int64_t content_length = -1;
 };
@@ -106,12 +155,16 @@ struct RequestGate::Conn {
 RequestGate::RequestGate(GateLimits limits, std::function<void(ArrivedRequest)> ready, std::function<void(int)> refused)
     : limits_(limits), ready_(std::move(ready)), refused_(std::move(refused)) {
     epoll_ = epoll_create1(EPOLL_CLOEXEC);
-    wake_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (epoll_ < 0 || wake_ < 0) throw Error(std::string("serve: cannot make the connections' epoll set: ") + std::strerror(errno));
+    wake_ = epoll_ < 0 ? -1 : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = wake_;
-    epoll_ctl(epoll_, EPOLL_CTL_ADD, wake_, &ev);
+    if (wake_ < 0 || epoll_ctl(epoll_, EPOLL_CTL_ADD, wake_, &ev) != 0) {
+        const std::string why = std::strerror(errno);
+        if (wake_ >= 0) close(wake_);
+        if (epoll_ >= 0) close(epoll_);
+        throw Error("serve: cannot make the connections' epoll set: " + why);
+    }
     thread_ = std::thread([this] { run(); });
 }
 
@@ -126,7 +179,6 @@ void RequestGate::add(int fd) {
         std::lock_guard<std::mutex> lock(mutex_);
         if (!stopping_) {
             incoming_.push_back({fd, false});
-            ++waiting_;
             const uint64_t one = 1;
             (void)!write(wake_, &one, sizeof one);
             return;
@@ -164,21 +216,14 @@ void RequestGate::stop() {
     if (thread_.joinable()) thread_.join();
 }
 
-int RequestGate::waiting() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return waiting_;
-}
-
 void RequestGate::run() {
     epoll_event events[64];
     for (;;) {
         const int n = epoll_wait(epoll_, events, 64, 100);
-        bool stopping = false;
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            stopping = stopping_;
+            if (stopping_) break;
         }
-        if (stopping) break;
         for (int i = 0; i < n; ++i) {
             const int fd = events[i].data.fd;
             if (fd == wake_) {
@@ -206,87 +251,113 @@ void RequestGate::take_new() {
     }
     const Clock::time_point now = Clock::now();
     for (auto [fd, answered] : incoming) {
+        if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
+            close(fd);
+            continue;
+        }
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLRDHUP;
+        ev.data.fd = fd;
+        if (epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+            close(fd);
+            continue;
+        }
         auto conn = std::make_unique<Conn>();
         Conn& c = *conn;
         c.accepted = now;
         c.deadline = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limits_.head_s));
-        int port = 0;
-        if (!answered && !socket_address(fd, true, c.address, port)) c.address = "?";
-        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         conns_[fd] = std::move(conn);
-        epoll_event ev{};
-        ev.events = EPOLLIN | EPOLLRDHUP;
-        ev.data.fd = fd;
-        epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev);
         if (answered) {
-            {
-                std::lock_guard<std::mutex> lock(mutex_);
-                ++waiting_;  // (drop counts it off)
-            }
+            c.lingering = true;
             linger(fd, c);
             continue;
         }
+        int port = 0;
+        if (!socket_address(fd, true, c.address, port)) c.address = "?";
+        ++waiting_;
         const int from_address = ++per_address_[c.address];
-        if ((int)conns_.size() > limits_.connections || from_address > limits_.per_address)
+        if (waiting_ > limits_.connections || from_address > limits_.per_address)
             refuse(fd, c, 503, "too many connections are waiting to send their request; retry later", "server_busy");
     }
 }
 
 void RequestGate::on_readable(int fd, Conn& c) {
     char buf[16384];
-    for (;;) {
+    for (int reads = 0; reads < 16; ++reads) {  // (then the others' turn: epoll reports it again)
         const ssize_t got = recv(fd, buf, sizeof buf, 0);
-        if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-            drop(fd);  // the client went away (or, lingering, read its answer and closed)
-            return;
-        }
-        if (got < 0) {
-            if (errno == EINTR) continue;
-            break;
-        }
-        if (c.lingering) continue;  // read and dropped
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (got <= 0) return drop(fd);  // the client went away (or, lingering, read its answer and closed)
+        if (c.lingering) continue;      // read and dropped
         if (buffered_ + (size_t)got > limits_.buffered_bytes)
             return refuse(fd, c, 503, "the server holds too many requests still arriving; retry later", "server_busy");
         c.bytes.append(buf, (size_t)got);
         buffered_ += (size_t)got;
-        if (c.head_end == std::string::npos) {
-            const size_t end = c.bytes.find("\r\n\r\n");
-            if (end == std::string::npos) {
-                if (c.bytes.size() > limits_.head_bytes)
-                    return refuse(fd, c, 431, "the request line and headers are longer than " + std::to_string(limits_.head_bytes) + " bytes",
-                                  "headers_too_large");
-                continue;
-            }
-            if (end + 4 > limits_.head_bytes)
-                return refuse(fd, c, 431, "the request line and headers are longer than " + std::to_string(limits_.head_bytes) + " bytes",
-                              "headers_too_large");
-            const HeadCheck check = check_request_head(c.bytes.substr(0, end + 4), limits_.header_lines);
-            if (check.status) return refuse(fd, c, check.status, check.why, check.status == 431 ? "headers_too_large" : "invalid_request");
-            c.head_end = end + 4;
-            c.content_length = check.content_length;
-            c.deadline = c.accepted + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limits_.request_s));
-        }
+        if (c.head_end == std::string::npos && !scan_head(fd, c)) return;  // refused
+        if (c.head_end == std::string::npos) continue;
         // The head is here: the body too where the gate waits for it.
         const bool wait_body = c.content_length > 0 && (size_t)c.content_length <= limits_.body_bytes;
-        if (!wait_body || c.bytes.size() >= c.head_end + (size_t)c.content_length) {
-            ArrivedRequest a;
-            a.fd = fd;
-            a.bytes = std::move(c.bytes);
-            a.read_deadline = c.deadline;
-            buffered_ -= a.bytes.size();
-            c.bytes.clear();
-            epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr);
-            if (--per_address_[c.address] == 0) per_address_.erase(c.address);
-            conns_.erase(fd);
-            {
-                std::lock_guard<std::mutex> lock(mutex_);
-                --waiting_;
-            }
-            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-            ready_(std::move(a));
-            return;
-        }
+        if (!wait_body || c.bytes.size() >= c.head_end + (size_t)c.content_length) return hand_on(fd, c);
     }
+}
+
+// The head's new bytes checked as they come (a bare LF, a bare CR or a NUL, a header line or the
+// whole head too long, too many lines: refused at once), and the head checked whole at its end.
+// False where the connection was refused.
+bool RequestGate::scan_head(int fd, Conn& c) {
+    const std::string& b = c.bytes;
+    const std::string too_long = "the request line and headers are longer than " + std::to_string(limits_.head_bytes) + " bytes";
+    for (size_t i = c.scanned; i < b.size(); ++i) {
+        if (b[i] == '\0') return refuse(fd, c, 400, "the request's head holds a NUL byte", "invalid_request"), false;
+        if (i > 0 && b[i - 1] == '\r' && b[i] != '\n') return refuse(fd, c, 400, "the request's head holds a bare CR", "invalid_request"), false;
+        if (b[i] != '\n') continue;
+        if (i == 0 || b[i - 1] != '\r')
+            return refuse(fd, c, 400, "a line of the request's head ends in a bare LF (CRLF is required)", "invalid_request"), false;
+        if (c.lines > 0 && i - c.line_start > limits_.line_bytes + 1)
+            return refuse(fd, c, 431, "a header line is longer than " + std::to_string(limits_.line_bytes) + " bytes", "headers_too_large"),
+                   false;
+        if (++c.lines > limits_.header_lines + 2)  // the request line, the header lines, the blank line
+            return refuse(fd, c, 431, "the request has more than " + std::to_string(limits_.header_lines) + " header lines", "headers_too_large"),
+                   false;
+        if (i - c.line_start == 1) {  // the blank line: the head's end
+            c.scanned = i + 1;
+            if (i + 1 > limits_.head_bytes) return refuse(fd, c, 431, too_long, "headers_too_large"), false;
+            const HeadCheck check = check_request_head(b.substr(0, i + 1), limits_);
+            if (check.status) return refuse(fd, c, check.status, check.why, check.status == 431 ? "headers_too_large" : "invalid_request"), false;
+            c.head_end = i + 1;
+            c.content_length = check.content_length;
+            c.deadline = c.accepted + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limits_.request_s));
+            // A client that waits for "100 Continue" before its body gets it from here (the line
+            // taken out of the head, so that the pool's thread sends none).
+            if (c.content_length > 0 && (size_t)c.content_length <= limits_.body_bytes && b.size() < c.head_end + (size_t)c.content_length &&
+                erase_expect_continue(c.bytes, c.head_end)) {
+                static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                (void)send(fd, kContinue, sizeof kContinue - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+            }
+            return true;
+        }
+        c.line_start = i + 1;
+    }
+    c.scanned = b.size();
+    if (b.size() > limits_.head_bytes) return refuse(fd, c, 431, too_long, "headers_too_large"), false;
+    if (c.lines > 0 && b.size() - c.line_start > limits_.line_bytes)
+        return refuse(fd, c, 431, "a header line is longer than " + std::to_string(limits_.line_bytes) + " bytes", "headers_too_large"), false;
+    return true;
+}
+
+// The request is here: the socket (blocking again) and its bytes to `ready`.
+void RequestGate::hand_on(int fd, Conn& c) {
+    ArrivedRequest a;
+    a.fd = fd;
+    a.bytes = std::move(c.bytes);
+    a.read_deadline = c.deadline;
+    buffered_ -= a.bytes.size();
+    epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr);
+    --waiting_;
+    if (--per_address_[c.address] == 0) per_address_.erase(c.address);
+    conns_.erase(fd);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    ready_(std::move(a));
 }
 
 // The gate's own answer (a small JSON error, as the API's), then the lingering close.
@@ -300,28 +371,39 @@ void RequestGate::refuse(int fd, Conn& c, int status, const std::string& message
     linger(fd, c);
 }
 
+// From waiting (or just answered) to lingering: the writing side shut, what comes read and dropped
+// until the client closes or 2 s pass.
 void RequestGate::linger(int fd, Conn& c) {
     buffered_ -= c.bytes.size();
     c.bytes.clear();
     c.bytes.shrink_to_fit();
-    if (!c.lingering && !c.address.empty() && --per_address_[c.address] == 0) per_address_.erase(c.address);
-    c.address.clear();
+    if (!c.address.empty()) {
+        --waiting_;
+        if (--per_address_[c.address] == 0) per_address_.erase(c.address);
+        c.address.clear();
+    }
     c.lingering = true;
     c.deadline = Clock::now() + std::chrono::seconds(2);
     shutdown(fd, SHUT_WR);
 }
 
+// Closed: what the client sent and the gate has not read is read first (closing over unread
+// bytes resets the connection, and the client may lose an answer not yet read).
 void RequestGate::drop(int fd) {
     auto it = conns_.find(fd);
     if (it == conns_.end()) return;
     Conn& c = *it->second;
     buffered_ -= c.bytes.size();
-    if (!c.lingering && --per_address_[c.address] == 0) per_address_.erase(c.address);
+    if (!c.address.empty()) {
+        --waiting_;
+        if (--per_address_[c.address] == 0) per_address_.erase(c.address);
+    }
     epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr);
+    char buf[4096];
+    for (int i = 0; i < 16 && recv(fd, buf, sizeof buf, MSG_DONTWAIT) > 0; ++i) {
+    }
     close(fd);
     conns_.erase(it);
-    std::lock_guard<std::mutex> lock(mutex_);
-    --waiting_;
 }
 
 void RequestGate::expire(Clock::time_point now) {

@@ -1,10 +1,6 @@
-// Where `tpx serve`'s connections wait, off the HTTP threads, until their request has arrived:
-// its head (request line and headers) whole and well formed, and a body of up to
-// GateLimits::body_bytes (by its Content-Length) whole. Only then does a thread of the HTTP pool
-// take the connection, with the bytes read so far. cpp-httplib 0.11 waits for each connection's
-// bytes in a pool thread, 5 s a byte with no bound on the whole, and reads headers of any size:
-// a few clients that send slowly, or nothing, held every thread, and one long header line took
-// gigabytes. Here such a connection costs a buffer and an epoll entry until its deadline.
+// Where `tpx serve`'s connections wait, in one thread of their own, until their request has
+// arrived: its head whole and well formed, and a body of up to GateLimits::body_bytes whole. Only
+// then does a thread of the HTTP pool take the connection, with the bytes read so far.
 #pragma once
 
 #include <chrono>
@@ -22,26 +18,32 @@ namespace tpx {
 
 struct GateLimits {
     size_t head_bytes = 32 << 10;       // request line and headers with their CRLFs: 431 past it
+    size_t line_bytes = 8 << 10;        // a header line (what cpp-httplib reads of one): 431 past it
     int header_lines = 100;             // 431 past it
     double head_s = 10;                 // from the accept to the head's end: 408 past it
     double request_s = 30;              // to the end of the request's body (read here or by the pool): 408 past it
     size_t body_bytes = 1 << 20;        // bodies up to this are waited for here; longer ones by the pool thread
     size_t buffered_bytes = 256 << 20;  // all waiting connections' bytes: 503 for one that would pass it
-    int connections = 4096;             // waiting at once: 503 past it
+    int connections = 4096;             // waiting at once: 503 past it (fewer where the descriptors allow fewer)
     int per_address = 256;              // waiting at once from one client address: 503 past it
 };
+
+// Raises this process's soft limit on descriptors to its hard one and bounds `limits`'
+// connections by what is left of it past `reserve` (the pool's connections, files, NCCL).
+GateLimits fit_to_descriptors(GateLimits limits, int reserve);
 
 // A request head (up to and including its blank line) checked as RFC 9112 asks of a server:
 // CRLF line ends only, no NUL or bare CR, no obs-fold, header names of token characters right up
 // to their colon, values of visible characters, spaces and tabs, a Host header in HTTP/1.1, at
-// most `header_lines` header lines. `status` is 0 when it passes, else 400 or 431 with `why`.
-// content_length: the one Content-Length given as a plain decimal number, else -1.
+// most one Content-Length, a plain decimal number, and not beside a Transfer-Encoding; at most
+// limits.header_lines header lines of limits.line_bytes. `status` is 0 when it passes, else 400 or
+// 431 with `why`. content_length: the Content-Length, else -1.
 struct HeadCheck {
     int status = 0;
     std::string why;
     int64_t content_length = -1;
 };
-HeadCheck check_request_head(const std::string& head, int header_lines);
+HeadCheck check_request_head(const std::string& head, const GateLimits& limits);
 
 // What the gate hands on: the socket (blocking again), the request's bytes read so far (its
 // head first) and when the request's reading must end (accept + request_s).
@@ -68,16 +70,16 @@ public:
     // then closed. After stop(), closed at once.
     void close_gracefully(int fd);
     // Every connection still waiting (or lingering) is closed and the thread ends; add() closes
-    // the connections it is given from then on.
+    // the connections it is given from then on. Idempotent.
     void stop();
-    // Connections the gate holds: waiting for their request, or lingering.
-    int waiting() const;
 
 private:
     struct Conn;
     void run();
     void take_new();
     void on_readable(int fd, Conn& c);
+    bool scan_head(int fd, Conn& c);
+    void hand_on(int fd, Conn& c);
     void refuse(int fd, Conn& c, int status, const std::string& message, const std::string& code);
     void linger(int fd, Conn& c);
     void drop(int fd);
@@ -87,13 +89,13 @@ private:
     std::function<void(ArrivedRequest)> ready_;
     std::function<void(int)> refused_;
     int epoll_ = -1, wake_ = -1;  // the epoll set, and an eventfd in it that add/close_gracefully/stop raise
-    mutable std::mutex mutex_;
+    std::mutex mutex_;
     std::vector<std::pair<int, bool>> incoming_;  // (fd, true: to linger) handed over by other threads
     bool stopping_ = false;
-    int waiting_ = 0;  // under mutex_
     // Owned by the gate's thread:
-    std::map<int, std::unique_ptr<Conn>> conns_;
-    std::map<std::string, int> per_address_;
+    std::map<int, std::unique_ptr<Conn>> conns_;  // waiting and lingering
+    int waiting_ = 0;                             // of conns_, those waiting for their request
+    std::map<std::string, int> per_address_;      // waiting, by client address
     size_t buffered_ = 0;
     std::thread thread_;
 };

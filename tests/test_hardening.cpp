@@ -83,7 +83,9 @@ TEST(Outputs, AnOutputThatIsAnInputIsRefusedAndTheInputKept) {
     }
     // A new file in the checkpoint's folder under a name its readers take (an index beside
     // model.safetensors made the folder ambiguous, and unreadable); other names may go there.
-    for (const char* name : {"model.safetensors.index.json", "model-00001-of-00002.safetensors", "tokenizer.json", "consolidated.00.pth"}) {
+    // HF's readers' names too (the folder stays loadable by transformers).
+    for (const char* name : {"model.safetensors.index.json", "model-00001-of-00002.safetensors", "tokenizer.json", "consolidated.00.pth",
+                             "vocab.json", "merges.txt", "tokenizer.model", "pytorch_model-00001-of-00002.bin"}) {
         TestJob j = make_job(std::string("output = \"") + tiny_copy + "/" + name + "\"");
         std::string text = file_bytes(j.file);
         text.replace(text.find(kTiny), kTiny.size(), tiny_copy);

@@ -28,14 +28,20 @@ using tpx::HeadCheck;
 
 const std::string kModel = std::string(TPX_SOURCE_DIR) + "/models/tiny-text";
 
+tpx::GateLimits limits(int header_lines) {
+    tpx::GateLimits l;
+    l.header_lines = header_lines;
+    return l;
+}
+
 TEST(RequestHead, WellFormedHeadsPass) {
-    HeadCheck c = check_request_head("POST /v1/completions HTTP/1.1\r\nHost: x\r\ncontent-length:  12 \r\nX-A:\r\n\r\n", 100);
+    HeadCheck c = check_request_head("POST /v1/completions HTTP/1.1\r\nHost: x\r\ncontent-length:  12 \r\nX-A:\r\n\r\n", limits(100));
     EXPECT_EQ(c.status, 0) << c.why;
     EXPECT_EQ(c.content_length, 12);
-    c = check_request_head("GET /health HTTP/1.0\r\n\r\n", 100);  // HTTP/1.0 needs no Host
+    c = check_request_head("GET /health HTTP/1.0\r\n\r\n", limits(100));  // HTTP/1.0 needs no Host
     EXPECT_EQ(c.status, 0) << c.why;
     EXPECT_EQ(c.content_length, -1);
-    c = check_request_head("GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: \xe2\x9c\x93\tok\r\n\r\n", 100);  // obs-text and a tab in a value
+    c = check_request_head("GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: \xe2\x9c\x93\tok\r\n\r\n", limits(100));  // obs-text and a tab in a value
     EXPECT_EQ(c.status, 0) << c.why;
 }
 
@@ -57,17 +63,23 @@ TEST(RequestHead, MalformedHeadsAreNamed) {
         {"GET / HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n", "more than one Host", 400},
     };
     for (const Case& c : cases) {
-        const HeadCheck r = check_request_head(c.head, 100);
+        const HeadCheck r = check_request_head(c.head, limits(100));
         EXPECT_EQ(r.status, c.status) << c.why;
         EXPECT_NE(r.why.find(c.why), std::string::npos) << r.why;
     }
     std::string many = "GET / HTTP/1.1\r\nHost: x\r\n";
     for (int i = 0; i < 100; ++i) many += "X-A: b\r\n";
-    EXPECT_EQ(check_request_head(many + "\r\n", 100).status, 431) << "101 header lines";
-    EXPECT_EQ(check_request_head(many + "\r\n", 101).status, 0);
-    for (const char* length : {"Content-Length: 1, 1", "Content-Length: +1", "Content-Length: 0x10"})
-        EXPECT_EQ(check_request_head(std::string("POST / HTTP/1.1\r\nHost: x\r\n") + length + "\r\n\r\n", 100).content_length, -1) << length;
-    EXPECT_EQ(check_request_head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", 100).content_length, -1);
+    EXPECT_EQ(check_request_head(many + "\r\n", limits(100)).status, 431) << "101 header lines";
+    EXPECT_EQ(check_request_head(many + "\r\n", limits(101)).status, 0);
+    EXPECT_EQ(check_request_head("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(8 << 10, 'b') + "\r\n\r\n", limits(100)).status, 431)
+        << "a header line past 8 KiB";
+    // A body's length that readers could take differently: refused (RFC 9112 6.3).
+    for (const char* length : {"Content-Length: 1, 1", "Content-Length: +1", "Content-Length: 0x10",
+                               "Content-Length: 1\r\nContent-Length: 1", "Content-Length: 3\r\nTransfer-Encoding: chunked"}) {
+        const HeadCheck r = check_request_head(std::string("POST / HTTP/1.1\r\nHost: x\r\n") + length + "\r\n\r\n", limits(100));
+        EXPECT_EQ(r.status, 400) << length;
+        EXPECT_EQ(r.content_length, -1) << length;
+    }
 }
 
 int connect_to(int port) {
@@ -114,7 +126,10 @@ TEST(ServeGate, SlowAndIdleConnectionsHoldNoThreadAndBadHeadsAreRefused) {
     const int port = std::stoi(server.base().substr(server.base().rfind(':') + 1));
     // 40 connections (the pool has 18 threads): 20 sending their headers a byte every 200 ms, 20 idle.
     std::vector<int> held;
-    for (int i = 0; i < 40; ++i) held.push_back(connect_to(port));
+    for (int i = 0; i < 40; ++i) {
+        held.push_back(connect_to(port));
+        ASSERT_GE(held.back(), 0) << "connection " << i << ": " << std::strerror(errno);
+    }
     std::atomic<bool> stop{false};
     std::thread dribble([&] {
         const std::string head = "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + std::string(100, 'a');
@@ -130,6 +145,8 @@ TEST(ServeGate, SlowAndIdleConnectionsHoldNoThreadAndBadHeadsAreRefused) {
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         EXPECT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
         EXPECT_NE(got.find("Connection: close"), std::string::npos) << "one request a connection\n" << got;
+        // (Without the gate each call waited for a pool thread: 5 s and more, as the connections
+        // held kept sending.)
         EXPECT_LT(s, 2.0) << "a call waited behind connections that send nothing";
     }
     // A header line past 32 KiB: 431 once that much has come, the rest not read.
@@ -143,13 +160,44 @@ TEST(ServeGate, SlowAndIdleConnectionsHoldNoThreadAndBadHeadsAreRefused) {
     got = http_exchange(port, "GET /health HTTP/1.1\r\nTransfer-Encoding : chunked\r\nHost: x\r\n\r\n");
     EXPECT_EQ(got.rfind("HTTP/1.1 400", 0), 0u) << got.substr(0, 300);
     EXPECT_NE(got.find("a space before its colon"), std::string::npos) << got;
+    // A bare LF is refused as it comes, not after the head's deadline.
+    auto t0 = std::chrono::steady_clock::now();
+    got = http_exchange(port, "GET /health HTTP/1.1\nHost: x\n\n");
+    EXPECT_EQ(got.rfind("HTTP/1.1 400", 0), 0u) << got.substr(0, 300);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.0);
+    // A request line with a trailing space (no HTTP/1.1 a reader agrees on): refused.
+    got = http_exchange(port, "GET /health HTTP/1.1 \r\nHost: x\r\n\r\n");
+    EXPECT_EQ(got.rfind("HTTP/1.1 400", 0), 0u) << got.substr(0, 300);
+    // A body past the server's limit: 413 at once, the body never waited for.
+    t0 = std::chrono::steady_clock::now();
+    got = http_exchange(port, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 900000000\r\n\r\n");
+    EXPECT_EQ(got.rfind("HTTP/1.1 413", 0), 0u) << got.substr(0, 300);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.0);
+    {  // "Expect: 100-continue": the 100 comes from the gate before the body is sent, then the answer.
+        const int fd = connect_to(port);
+        ASSERT_GE(fd, 0);
+        const std::string body = "{\"model\": \"job\", \"prompt\": \"hi\", \"max_tokens\": 1}";
+        const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                                 "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+        ASSERT_EQ(send(fd, head.data(), head.size(), MSG_NOSIGNAL), (ssize_t)head.size());
+        char buf[4096];
+        const ssize_t n = recv(fd, buf, sizeof buf, 0);
+        ASSERT_GT(n, 0) << "no 100 Continue";
+        EXPECT_EQ(std::string(buf, (size_t)n), "HTTP/1.1 100 Continue\r\n\r\n");
+        ASSERT_EQ(send(fd, body.data(), body.size(), MSG_NOSIGNAL), (ssize_t)body.size());
+        std::string answer;
+        for (ssize_t k; (k = recv(fd, buf, sizeof buf, 0)) > 0;) answer.append(buf, (size_t)k);
+        close(fd);
+        EXPECT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer;
+        EXPECT_EQ(count(answer, "100 Continue"), 0) << "a second 100 Continue\n" << answer;
+    }
     // Two requests in one write: the first answered, the connection closed; the second never read.
     got = http_exchange(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(count(got, "HTTP/1.1 "), 1) << got;
     EXPECT_NE(got.find("{\"status\":\"ok\"}"), std::string::npos) << got;
     const std::string metrics = http_exchange(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_NE(metrics.find("tpx_requests_total{status=\"431\"} 2"), std::string::npos) << metrics;
-    EXPECT_NE(metrics.find("tpx_requests_total{status=\"400\"} 1"), std::string::npos) << metrics;
+    EXPECT_NE(metrics.find("tpx_requests_total{status=\"400\"} 3"), std::string::npos) << metrics;
     stop = true;
     dribble.join();
     for (int fd : held) close(fd);

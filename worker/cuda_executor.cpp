@@ -192,6 +192,7 @@ std::vector<float> CudaExecutor::forward(const TokenBatch& batch) { return finis
 
 std::vector<float> CudaExecutor::finish_logits(int64_t R) {
     TPX_CHECK(!hidden_out_, "logits asked of a pipeline stage before the last");
+    TPX_CHECK(!last_greedy_, "logits asked of a forward enqueued to end in its argmax");
     std::vector<float> host(R * vocab_);
     // The wait first: a copy to pageable memory blocks the host until the stream reaches it,
     // which with a stopped peer would be never.
@@ -218,6 +219,7 @@ std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) { ret
 
 std::vector<int32_t> CudaExecutor::finish_argmax(int64_t R) {
     TPX_CHECK(!hidden_out_, "logits asked of a pipeline stage before the last");
+    TPX_CHECK(last_greedy_, "argmax ids asked of a forward enqueued to end in fp32 logits");
     CUDA_CHECK(cudaMemcpyAsync(argmax_host_, argmax_, R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaEventRecord(step_end_, stream_));
     sync_with_watchdog(stream_, nccl_, timeout_s_);
@@ -237,7 +239,10 @@ std::vector<int32_t> CudaExecutor::finish_argmax(int64_t R) {
     return ids;
 }
 
-int64_t CudaExecutor::enqueue(const TokenBatch& batch, bool ids) {
+int64_t CudaExecutor::enqueue(const TokenBatch& batch, bool greedy_rows) {
+    // A stage before the last hands on its rows whatever follows: one graph a batch size.
+    const bool greedy = greedy_rows && !hidden_out_;
+    last_greedy_ = greedy_rows;
     const int64_t T = (int64_t)batch.ids.size();
     const int64_t R = batch.logit_rows.empty() ? T : (int64_t)batch.logit_rows.size();
     check_batch(batch, slots_, max_seq_);
@@ -273,13 +278,13 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch, bool ids) {
     bool decode = select && R == T && lone_tokens_;
     for (int64_t i = 0; decode && i < R; ++i) decode = batch.logit_rows[i] == i;
     if (graphs_enabled_ && decode && !profiling_) {
-        auto it = graphs_.find({T, ids});
+        auto it = graphs_.find({T, greedy});
         if (it == graphs_.end() && !arena_bytes_.count(T)) {
             // The first step of this batch size runs eagerly and measures the block that its
             // activations need; the next one is captured with them in that block.
             size_t peak = 0;
             CUDA_CHECK(cudaEventRecord(step_begin_, stream_));
-            run_nodes(T, R, false, ids, nullptr, &peak);
+            run_nodes(T, R, false, greedy, nullptr, &peak);
             arena_bytes_[T] = peak;
             return R;
         }
@@ -289,19 +294,19 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch, bool ids) {
             cudaGraph_t g;
             CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
             CUDA_CHECK(cudaEventRecordWithFlags(step_begin_, stream_, cudaEventRecordExternal));  // each replay: the step's start
-            run_nodes(T, R, false, ids, arena);
+            run_nodes(T, R, false, greedy, arena);
             CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
             programmatic_edges_ = count_programmatic_edges(g);
             cudaGraphExec_t exec;
             CUDA_CHECK(cudaGraphInstantiateWithFlags(&exec, g, cudaGraphInstantiateFlagAutoFreeOnLaunch));
             CUDA_CHECK(cudaGraphDestroy(g));
-            it = graphs_.emplace(std::make_pair(T, ids), exec).first;
+            it = graphs_.emplace(std::make_pair(T, greedy), exec).first;
         }
         CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
         ++replays_;
     } else {
         CUDA_CHECK(cudaEventRecord(step_begin_, stream_));
-        run_nodes(T, R, select && !decode, ids);
+        run_nodes(T, R, select && !decode, greedy);
     }
     return R;
 }

@@ -46,9 +46,9 @@ public:
     // or finish_argmax after enqueue_stage.
     __nv_bfloat16* stage_input(int64_t tokens);
     const __nv_bfloat16* stage_output() const { return stage_out_; }
-    // `ids`: the last stage ends the forward in each row's argmax (finish_argmax), else in fp32
-    // logits (finish_logits).
-    int64_t enqueue_stage(const TokenBatch& batch, bool ids) { return enqueue(batch, ids); }
+    // `greedy`: the last stage ends the forward in each row's argmax (finish_argmax), else in
+    // fp32 logits (finish_logits).
+    int64_t enqueue_stage(const TokenBatch& batch, bool greedy) { return enqueue(batch, greedy); }
     std::vector<float> finish_logits(int64_t rows);
     std::vector<int32_t> finish_argmax(int64_t rows);
     void sync();  // the stream, under the collective watchdog
@@ -77,16 +77,17 @@ public:
 private:
     void ensure_inputs(int64_t tokens, int64_t rows);
     // Stages the batch and enqueues the forward (a graph replay for decode steps), ending in the
-    // rows' argmax when `ids`, else in their fp32 logits; returns rows.
-    int64_t enqueue(const TokenBatch& batch, bool ids);
+    // rows' argmax when `greedy`, else in their fp32 logits; returns rows.
+    int64_t enqueue(const TokenBatch& batch, bool greedy);
     // The step program over one forward's activations: a captured step takes them from `arena`,
     // the eager step before it records the block they need in `arena_peak`.
-    void run_nodes(int64_t tokens, int64_t rows, bool select_rows, bool ids, char* arena = nullptr, size_t* arena_peak = nullptr);
+    void run_nodes(int64_t tokens, int64_t rows, bool select_rows, bool greedy, char* arena = nullptr, size_t* arena_peak = nullptr);
     struct Forward;
     void run_node(Forward& f, const Node* n, int64_t rows);
     cuda::GemvNorm norm_params(Forward& f, const Node* norm);
     bool defer_norm(Forward& f, const Node* norm, int64_t rows);
     void run_add_rmsnorm(Forward& f, const Node* n, int64_t rows);
+    void run_attention(Forward& f, const Node* n, int64_t rows);
     cuda::AttentionArgs attention_args(const Node* attention, int64_t rows);
     bool rope_in_attention(Forward& f, const Node* rope, const Node* attention, int64_t rows);
     bool fp8_output(Forward& f, const Node* n, int64_t rows, __nv_bfloat16* y, cuda::ActFp8& y8, const std::function<bool()>& applies);
@@ -155,7 +156,8 @@ private:
     bool profiling_ = false;
     std::vector<std::pair<std::string, std::pair<cudaEvent_t, cudaEvent_t>>> pending_;
     std::map<std::string, std::pair<double, int>> profile_;
-    std::map<std::pair<int64_t, bool>, cudaGraphExec_t> graphs_;  // by decode batch size and whether it ends in ids
+    std::map<std::pair<int64_t, bool>, cudaGraphExec_t> graphs_;  // by decode batch size and whether it ends in the argmax
+    bool last_greedy_ = false;  // the last enqueue's: which of finish_argmax and finish_logits may follow
     std::map<int64_t, size_t> arena_bytes_;      // by decode batch size: measured by its first (eager) step
     std::map<int64_t, char*> arenas_;            // by decode batch size: the captured graph's activations
     int replays_ = 0;

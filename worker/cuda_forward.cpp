@@ -25,7 +25,7 @@ int64_t width(const Value* v) { return v->shape.back(); }
 
 }  // namespace
 
-void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, bool ids, char* arena, size_t* arena_peak) {
+void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, bool greedy, char* arena, size_t* arena_peak) {
     Forward f({weights_, program_.last_use, stream_, arena, arena_peak}, T, R, select_rows, *launch_.config);
     const std::vector<Node*>& nodes = program_.nodes;
     for (size_t i = 0; i < nodes.size(); ++i) {
@@ -54,7 +54,7 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, bool ids, c
     const Value* out = graph_.outputs().at(0);
     // A stage before the last hands on every token's row (bf16, as the next stage reads them).
     if (hidden_out_) CUDA_CHECK(cudaMemcpyAsync(stage_out_, f.act.data(out), T * vocab_ * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
-    else if (ids) cuda::argmax_rows(R, vocab_, f.act.data(out), argmax_, launch_, argmax_scratch_);
+    else if (greedy) cuda::argmax_rows(R, vocab_, f.act.data(out), argmax_, launch_, argmax_scratch_);
     else cuda::bf16_to_f32(R * vocab_, f.act.data(out), logits_, launch_);
     f.act.finish();
 }
@@ -108,25 +108,9 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
         cuda::rope(ra, launch_);
         break;
     }
-    case Op::kAttention: {
-        auto roped = f.rope_in_attention.find(n);
-        if (roped != f.rope_in_attention.end()) {
-            cuda::AttentionArgs aa = roped->second;
-            aa.out = a.make(n->out(), r);
-            cuda::attention(aa, launch_);
-            break;
-        }
-        cuda::AttentionArgs aa = attention_args(n, r);
-        const bool written = f.kv_written.count(n) > 0;  // by the QKV GEMV or the rope
-        aa.q = a.data(in(0));
-        aa.k = written ? nullptr : a.data(in(1));
-        aa.v = written ? nullptr : a.data(in(2));
-        aa.k_stride = a.stride(in(1)), aa.v_stride = a.stride(in(2));
-        aa.out = a.make(n->out(), r);
-        fp8_output(f, n, r, aa.out, aa.out8, [&] { return cuda::attention_fp8_applies(aa); });
-        cuda::attention(aa, launch_);
+    case Op::kAttention:
+        run_attention(f, n, r);
         break;
-    }
     case Op::kSiluMul: {
         const int64_t w = width(n->out());
         bf16* y = a.make(n->out(), r);
@@ -159,6 +143,29 @@ void CudaExecutor::run_node(Forward& f, const Node* n, int64_t r) {
     case Op::kUnknown:
         throw Error("the CUDA backend has no op '" + n->op + "' (node " + n->name + ")");
     }
+}
+
+// The attention, with the RoPE before it where that rope handed it over (rope_in_attention).
+void CudaExecutor::run_attention(Forward& f, const Node* n, int64_t r) {
+    auto in = [&](size_t k) { return n->inputs[k]; };
+    Activations& a = f.act;
+    auto roped = f.rope_in_attention.find(n);
+    if (roped != f.rope_in_attention.end()) {
+        cuda::AttentionArgs aa = roped->second;
+        aa.out = a.make(n->out(), r);
+        fp8_output(f, n, r, aa.out, aa.out8, [&] { return cuda::attention_fp8_applies(aa); });  // (never in a decode step)
+        cuda::attention(aa, launch_);
+        return;
+    }
+    cuda::AttentionArgs aa = attention_args(n, r);
+    const bool written = f.kv_written.count(n) > 0;  // by the QKV GEMV or the rope
+    aa.q = a.data(in(0));
+    aa.k = written ? nullptr : a.data(in(1));
+    aa.v = written ? nullptr : a.data(in(2));
+    aa.k_stride = a.stride(in(1)), aa.v_stride = a.stride(in(2));
+    aa.out = a.make(n->out(), r);
+    fp8_output(f, n, r, aa.out, aa.out8, [&] { return cuda::attention_fp8_applies(aa); });
+    cuda::attention(aa, launch_);
 }
 
 // Attention node n's arguments over r tokens but its q, k, v and outputs.

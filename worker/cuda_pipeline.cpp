@@ -63,13 +63,13 @@ CudaPipelineExecutor::CudaPipelineExecutor(CudaExecutor& stage, MpiPipe& mpi, Nc
 // The host waits for each micro-batch (the executor refills one pinned input block per
 // forward), so stage s runs m+1 while stage s+1 runs m.
 template <typename Each>
-void CudaPipelineExecutor::run_stage(const TokenBatch& batch, bool ids, Each each) {
+void CudaPipelineExecutor::run_stage(const TokenBatch& batch, bool greedy, Each each) {
     const PipeLayout& l = mpi_.layout();
     std::vector<MicroBatch> mbs = split_micro_batches(batch, micro_batches_);
     for (MicroBatch& mb : mbs) {
         const int64_t T = (int64_t)mb.batch.ids.size();
         if (!l.first()) nccl_.recv_prev(stage_.stage_input(T), (size_t)(T * hidden_));
-        const int64_t R = stage_.enqueue_stage(mb.batch, ids);
+        const int64_t R = stage_.enqueue_stage(mb.batch, greedy);
         if (!l.last()) {
             nccl_.send_next(stage_.stage_output(), (size_t)(T * hidden_));
             stage_.sync();

@@ -56,9 +56,9 @@ public:
 
 private:
     // Runs every micro-batch through this stage; on the last stage `each` takes the rows of a
-    // micro-batch after its forward (its wanted rows, in its order), as argmax ids when `ids`.
+    // micro-batch after its forward (its wanted rows, in its order), as argmax ids when `greedy`.
     template <typename Each>
-    void run_stage(const TokenBatch& batch, bool ids, Each each);
+    void run_stage(const TokenBatch& batch, bool greedy, Each each);
 
     CudaExecutor& stage_;
     MpiPipe& mpi_;

@@ -44,7 +44,7 @@ __global__ void argmax_partial_kernel(int64_t width, const T* logits, bool vec, 
     };
     for (int64_t i = lo + 4 * threadIdx.x; i < hi; i += 4 * blockDim.x) {
         if (vec && i + 4 <= hi) {
-            T q[4];
+            alignas(16) T q[4];
             if constexpr (sizeof(T) == 4) *reinterpret_cast<float4*>(q) = *reinterpret_cast<const float4*>(r + i);
             else *reinterpret_cast<uint2*>(q) = *reinterpret_cast<const uint2*>(r + i);
             for (int k = 0; k < 4; ++k) take(q[k], i + k);

@@ -536,7 +536,11 @@ void attention(const AttentionArgs& a, Launch at) {
     TPX_CHECK(!a.out8.q || attention_fp8_applies(a), "attention: an e4m3 output needs every token in a long segment of head_dim 128");
     if (s.tokens == 0) return;
     if (a.rope.inv_freq) {  // the one-pass kernel rotates q and k and writes the caches' rows
-        TPX_CHECK(attention_rope_applies(a, *at.config), "attention: RoPE asked of a step the one-pass kernel does not take whole");
+        TPX_CHECK(attention_rope_applies(a, *at.config),
+                  "attention: RoPE asked of a step the one-pass kernel does not take whole (" + std::to_string(s.tokens) + " tokens, head_dim " +
+                      std::to_string(s.head_dim) + ", decode " + (a.decode ? "yes" : "no") + ", q/k/v strides " +
+                      std::to_string(a.rope.q_stride) + "/" + std::to_string(a.k_stride) + "/" + std::to_string(a.v_stride) +
+                      "; see attention_rope_applies)");
         try_attention_one_pass(a, 0, s.tokens, at.config->attention_early, at);
         return;
     }

@@ -186,35 +186,45 @@ __device__ __forceinline__ void rope_angles(int64_t p, const float* inv_freq, in
     }
 }
 
-// The token's own K and V row pieces (the lane's 16 bytes of each, its key in round u of the
-// warp's chunk): with kRope, K rotated from the QKV product's head row k_in (V from v_in) and
-// both stored into the caches at own_k and own_v (each block of the KV head the same bytes;
-// the warp's later copies read them back from there), else read from there; into the warp's ring
-// slot `slot` where its first copies hold that chunk (else nullptr).
-template <int HD, int kRounds, bool kRope>
-__device__ __forceinline__ void own_row(int lane, int u, bf16* own_k, bf16* own_v, const bf16* k_in, const bf16* v_in, int part,
-                                        const float (&co)[8], const float (&sn)[8], char* slot) {
-    uint4 k, v;
+// The token's own K and V row pieces of a lane (its 16 bytes of each; its key in round u of the
+// warp's chunk), kept in registers and put into the warp's ring slot once that chunk's copies are
+// issued: the warp's copies never read that row from the caches.
+struct OwnRow {
+    int u = -1;  // -1: the lane holds no piece of it
+    uint4 k{}, v{};
+
+    template <int kRounds>
+    __device__ __forceinline__ void put(char* slot, int lane) const {
+        if (u < 0) return;
+        *reinterpret_cast<uint4*>(slot + (u * 32 + lane) * 16) = k;
+        *reinterpret_cast<uint4*>(slot + ((u + kRounds) * 32 + lane) * 16) = v;
+    }
+};
+
+// The lane's own-row pieces: with kRope, K rotated from the QKV product's head row k_in (V from
+// v_in), stored into the caches at own_k and own_v by the writer (one block of the KV head);
+// else read from there (the kernel before wrote them).
+template <int HD, bool kRope>
+__device__ __forceinline__ void load_own_row(OwnRow& o, bf16* own_k, bf16* own_v, const bf16* k_in, const bf16* v_in, int part, bool writer,
+                                             const float (&co)[8], const float (&sn)[8]) {
     if constexpr (kRope) {
         uint4 raw[2];
         load_pair<HD>(k_in, part, raw);
-        v = *reinterpret_cast<const uint4*>(v_in + part * 8);
-        k = rotate8<HD>(raw, part, co, sn);
-        *reinterpret_cast<uint4*>(own_k) = k;
-        *reinterpret_cast<uint4*>(own_v) = v;
+        o.v = *reinterpret_cast<const uint4*>(v_in + part * 8);
+        o.k = rotate8<HD>(raw, part, co, sn);
+        if (writer) {
+            *reinterpret_cast<uint4*>(own_k) = o.k;
+            *reinterpret_cast<uint4*>(own_v) = o.v;
+        }
     } else {
-        k = *reinterpret_cast<const uint4*>(own_k);
-        v = *reinterpret_cast<const uint4*>(own_v);
-    }
-    if (slot) {
-        *reinterpret_cast<uint4*>(slot + (u * 32 + lane) * 16) = k;
-        *reinterpret_cast<uint4*>(slot + ((u + kRounds) * 32 + lane) * 16) = v;
+        o.k = *reinterpret_cast<const uint4*>(own_k);
+        o.v = *reinterpret_cast<const uint4*>(own_v);
     }
 }
 
 // kRope: q, k and v before RoPE (OnePassRope): the block rotates its q rows and the token's own K
-// row, which it writes into the caches with the token's V row (every block of the KV head the
-// same bytes); without, q is rotated and the caches hold the token's row already.
+// row, which the KV head's first block writes into the caches with the token's V row; without, q
+// is rotated and the caches hold the token's row already.
 template <int HD, int Gb, int W, bool kRope>
 __global__ void __launch_bounds__(W * 32, 16 / W)
     attention_one_pass_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q, bf16* k_cache,
@@ -233,8 +243,8 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     const int64_t chunks = (n + Lanes::kChunkKeys - 1) / Lanes::kChunkKeys;
     const int mine = chunks > L.warp ? (int)((chunks - L.warp + W - 1) / W) : 0;
     auto slot_of = [&](int i) { return ring + ((int64_t)L.warp * kStages + i % kStages) * kChunkBytes; };
-    // The warp's i-th chunk into its slot; with skip_own, not the token's own row (position p: the
-    // kernel before writes it), which comes in after the wait.
+    // The warp's i-th chunk into its slot; with skip_own, not the token's own row (position p),
+    // which the lanes holding it put in from registers (OwnRow).
     auto copy = [&](int i, bool skip_own) {
         if (i >= mine) return;
         const int64_t c = L.warp + (int64_t)i * W;
@@ -247,7 +257,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
             cp_async16(to + (r * 32 + L.lane) * 16, from, j < n);
         }
     };
-    const bool skip_own = early || kRope;  // the token's own row comes in below
+    const bool skip_own = early || kRope;  // the own row loaded after the wait (kRope: made here)
     for (int i = 0; i < kStages; ++i) {
         copy(i, skip_own);
         cp_async_commit();
@@ -255,14 +265,12 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     float co[8], sn[8];  // kRope: the angles of the lane's dims
     if constexpr (kRope) rope_angles<HD, W>(p, rp.inv_freq, L.part, co, sn);
     if (early) pdl_entry();
-    // The round of the own chunk in which this lane holds the token's own key (position p), or -1.
     const int64_t own_chunk = (n - 1) / Lanes::kChunkKeys;
     const int own_i = (int)(own_chunk / W);
-    const bool own_warp = skip_own && own_chunk % W == L.warp;
-    int own_u = -1;
+    OwnRow own;
 #pragma unroll
     for (int u = 0; u < Lanes::kRounds; ++u)
-        if (own_warp && chunk_key(L, own_chunk, u) == n - 1) own_u = u;
+        if (skip_own && own_chunk % W == L.warp && chunk_key(L, own_chunk, u) == n - 1) own.u = u;
     // Every read of the kernel before's output first, then the stores (which might alias them).
     uint4 q_raw[Gb][2];
 #pragma unroll
@@ -271,11 +279,12 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
         if constexpr (kRope) load_pair<HD>(q_row, L.part, q_raw[g]);
         else q_raw[g][0] = *reinterpret_cast<const uint4*>(q_row + L.part * 8);
     }
-    if (own_u >= 0)
-        own_row<HD, Lanes::kRounds, kRope>(L.lane, own_u, kbase + (n - 1) * kv_width, vbase + (n - 1) * kv_width,
-                                            rp.k + t * rp.k_stride + kvh * HD, rp.v + t * rp.v_stride + kvh * HD, L.part, co, sn,
-                                            own_i < kStages ? slot_of(own_i) : nullptr);
-    if (own_warp) __syncwarp();
+    if (own.u >= 0) {
+        const bool writer = blockIdx.y % (s.heads / s.kv_heads / Gb) == 0;  // the KV head's first block writes the caches' row
+        load_own_row<HD, kRope>(own, kbase + (n - 1) * kv_width, vbase + (n - 1) * kv_width, rp.k + t * rp.k_stride + kvh * HD,
+                                rp.v + t * rp.v_stride + kvh * HD, L.part, writer, co, sn);
+    }
+    if (own_i < kStages) own.put<Lanes::kRounds>(slot_of(own_i), L.lane);
     float qf[Gb][8];
     const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) / sqrt(HD)
 #pragma unroll
@@ -292,7 +301,8 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
         const int64_t c = L.warp + (int64_t)i * W;
         add_chunk<HD, Gb>(L, slot_of(i), c, n, qf, run);
         __syncwarp();  // the slot's reads before the copy into it (the same lanes: keeps the compiler's order)
-        copy(i + kStages, false);
+        copy(i + kStages, skip_own);
+        if (i + kStages == own_i) own.put<Lanes::kRounds>(slot_of(own_i), L.lane);
         cp_async_commit();
     }
     cp_async_wait_all();

@@ -179,9 +179,10 @@ __device__ inline uint4 pack8(const float* f) {
 }
 
 // RoPE's rotation of the pair of dims (i, i + head_dim / 2) = (a, b) by an angle of cosine c and
-// sine s, as every kernel that rotates computes it (so that they agree bit for bit).
-__device__ __forceinline__ float rope_lo(float a, float b, float c, float s) { return a * c - b * s; }
-__device__ __forceinline__ float rope_hi(float a, float b, float c, float s) { return b * c + a * s; }
+// sine s, as every kernel that rotates computes it: the rounding spelled out (one product, then a
+// fused multiply-add), so that they agree bit for bit whatever the compiler would contract.
+__device__ __forceinline__ float rope_lo(float a, float b, float c, float s) { return __fmaf_rn(a, c, -__fmul_rn(b, s)); }
+__device__ __forceinline__ float rope_hi(float a, float b, float c, float s) { return __fmaf_rn(b, c, __fmul_rn(a, s)); }
 
 // SiLU as every kernel computes it (SwiGLU's kernels, the GEMVs' SwiGLU epilogue, MoE): the fast
 // exponential and division (__expf within 2 + 1.2 |x| ulp; __fdividef 0 past 2^126, where SiLU is

@@ -39,9 +39,9 @@ uint32_t common_alignment(std::initializer_list<const void*> ptrs) {
     return a;
 }
 
-// Decode batches (up to kBatchGemmMaxTokens rows) are their own bucket: the algorithm timed at 48
-// rows ran the 8B's batch-64 step 3% slower than the one timed at 64 (docs/PERF.md, 2026-12-06),
-// and a server meets every size. Longer products by powers of two.
+// Decode batches (up to kBatchGemmMaxTokens rows) are each a bucket of their own: the algorithm
+// timed at one row count is not the best at another (docs/PERF.md, 2026-12-06), and a server
+// meets every size. Longer products by powers of two.
 int64_t bucket_of(int64_t tokens) {
     if (tokens <= kBatchGemmMaxTokens) return tokens;
     int64_t b = 1;

@@ -46,8 +46,8 @@ __device__ inline void write_item(int64_t item, const int64_t* rows, const float
     float s, c;
     sincosf((float)rk.pos[t] * rk.inv_freq[i], &s, &c);  // as rope_kernel
     bf16* out = head < rk.heads ? y + (t * rk.heads + head) * d : rk.k_cache + at + (head - rk.heads) * d;
-    out[i] = __float2bfloat16(a * c - b * s);
-    out[i + half] = __float2bfloat16(b * c + a * s);
+    out[i] = __float2bfloat16(rope_lo(a, b, c, s));
+    out[i + half] = __float2bfloat16(rope_hi(a, b, c, s));
 }
 
 }  // namespace tpx::cuda
