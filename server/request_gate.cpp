@@ -174,30 +174,24 @@ RequestGate::~RequestGate() {
     close(wake_);
 }
 
+// fd to the gate's thread (answered: to linger); false once the gate stops.
+bool RequestGate::hand_over(int fd, bool answered) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return false;
+    incoming_.push_back({fd, answered});
+    const uint64_t one = 1;
+    (void)!write(wake_, &one, sizeof one);
+    return true;
+}
+
 void RequestGate::add(int fd) {
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (!stopping_) {
-            incoming_.push_back({fd, false});
-            const uint64_t one = 1;
-            (void)!write(wake_, &one, sizeof one);
-            return;
-        }
-    }
+    if (hand_over(fd, false)) return;
     shutdown(fd, SHUT_RDWR);
     close(fd);
 }
 
 void RequestGate::close_gracefully(int fd) {
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (!stopping_) {
-            incoming_.push_back({fd, true});
-            const uint64_t one = 1;
-            (void)!write(wake_, &one, sizeof one);
-            return;
-        }
-    }
+    if (hand_over(fd, true)) return;
     shutdown(fd, SHUT_WR);
     char drop[4096];
     for (int i = 0; i < 16 && recv(fd, drop, sizeof drop, MSG_DONTWAIT) > 0; ++i) {

@@ -75,6 +75,7 @@ public:
 
 private:
     struct Conn;
+    bool hand_over(int fd, bool answered);
     void run();
     void take_new();
     void on_readable(int fd, Conn& c);
