@@ -373,10 +373,11 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
         const int socket = find_connection(req.remote_addr, req.remote_port, req.local_port);
         std::vector<ChoiceResult> choices(call.prompts.size());
         for (size_t finished = 0; finished < choices.size();) {
-            if (socket >= 0 && peer_hung_up(socket)) {
+            if (socket >= 0 && peer_hung_up(socket)) {  // (a client that only half-closed reads this)
                 for (auto& r : stream->requests) r->cancelled = true;
                 done();
-                return;
+                return reply_error(res, 499, "the client closed its connection before the answer: the call was cancelled", "",
+                                   "client_closed_request");
             }
             ServeEvent e;
             if (!stream->channel->pop(e, 200ms)) continue;

@@ -203,4 +203,32 @@ TEST(ServeGate, SlowAndIdleConnectionsHoldNoThreadAndBadHeadsAreRefused) {
     for (int fd : held) close(fd);
 }
 
+// A client that sends its call and shuts its sending side (nc -N): the call is cancelled and the
+// client reads a 499 saying so (it read an empty 200 before), counted as such.
+TEST(ServeGate, AHalfClosedWholeCallIsAnswered499) {
+    tpx_test::ServeProcess server("[model]\npath = \"" + kModel + "\"\n[run]\nmax_new_tokens = 64\n[serve]\nport = 0\n", "--step-delay-ms 50",
+                                  "serve: ready");
+    const int port = std::stoi(server.base().substr(server.base().rfind(':') + 1));
+    const std::string body = "{\"model\": \"job\", \"prompt\": \"hi\", \"max_tokens\": 64}";
+    const int fd = connect_to(port);
+    ASSERT_GE(fd, 0);
+    const std::string call = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                             std::to_string(body.size()) + "\r\n\r\n" + body;
+    ASSERT_EQ(send(fd, call.data(), call.size(), MSG_NOSIGNAL), (ssize_t)call.size());
+    shutdown(fd, SHUT_WR);
+    std::string got;
+    char buf[4096];
+    for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) got.append(buf, (size_t)n);
+    close(fd);
+    EXPECT_EQ(got.rfind("HTTP/1.1 499", 0), 0u) << got;
+    EXPECT_NE(got.find("client_closed_request"), std::string::npos) << got;
+    std::string metrics;  // (the scheduler counts the cancelled call when it drops it, at its next step)
+    for (int i = 0; i < 50 && metrics.find("tpx_requests_cancelled_total 1") == std::string::npos; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        metrics = http_exchange(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    EXPECT_NE(metrics.find("tpx_requests_total{status=\"499\"} 1"), std::string::npos) << metrics;
+    EXPECT_NE(metrics.find("tpx_requests_cancelled_total 1"), std::string::npos) << metrics;
+}
+
 }  // namespace
