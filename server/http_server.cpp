@@ -6,7 +6,6 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
-#include <sys/socket.h>
 
 #include <algorithm>
 #include <chrono>
@@ -51,11 +50,6 @@ bool ambiguous_length(const httplib::Request& req) {
 bool has_body(const httplib::Request& req) {
     return req.has_header("Transfer-Encoding") || (req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0");
 }
-
-// Set by the pre-routing handler when its answer must end the connection (the request's body, or
-// what follows it, is not to be read as a request); read by the logger, which runs on the same
-// thread once the answer is written.
-thread_local bool t_close_after = false;
 
 int64_t unix_time() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
@@ -106,14 +100,13 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     const size_t body_limit = body_limit_of(limits_, queue_);
     svr.set_payload_max_length(body_limit);
     // Runs once a request's headers are read, before its body is. A refusal here leaves the body
-    // unread: the answer ends the connection (t_close_after, the logger below), so that the body,
-    // or a request hidden in it, is never read as the next request.
+    // unread; the connection ends with the answer, as every connection does after one request
+    // (GatedServer: what the client still sends is read and dropped by the gate's lingering
+    // close), so that the body, or a request hidden in it, is never read as a request.
     svr.set_pre_routing_handler([this, body_limit](const httplib::Request& req, httplib::Response& res) {
-        t_close_after = false;
-        // Refused, the connection ended with the answer where the request has a body.
         auto refuse = [&](int status, const std::string& message, const std::string& code) {
-            t_close_after = has_body(req) || req.method == "POST";  // (every answer says "Connection: close")
-            reply_error(res, status, message + (t_close_after ? " (refused, and the connection closed)" : ""), "", code);
+            const bool unread = has_body(req) || req.method == "POST";
+            reply_error(res, status, message + (unread ? " (refused, and the connection closed)" : ""), "", code);
             return httplib::Server::HandlerResponse::Handled;
         };
         if (ambiguous_length(req))
@@ -155,30 +148,11 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         else reply_error(res, res.status, "HTTP " + std::to_string(res.status));
         return httplib::Server::HandlerResponse::Handled;
     }));
-    // Called once a response is written. The socket of a request refused before its body was read
-    // (t_close_after) is shut here, at once, rather than left to the gate's lingering close (up to
-    // 2 s of reading the unread body; every connection ends after one request: GatedServer). (A
-    // body past the limit, 413, cpp-httplib reads and drops itself, so that the client, still
-    // sending, gets the answer.)
+    // Called once a response is written.
     svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
         metrics_.count_response(res.status);
-        {
-            std::lock_guard<std::mutex> lock(busy_mutex_);
-            busy_.erase({address_key(req.remote_addr), req.remote_port});
-        }
-        const bool close = t_close_after;
-        t_close_after = false;
-        if (!close) return;
-        const int socket = find_connection(req.remote_addr, req.remote_port, req.local_port);
-        if (socket < 0) return;
-        // The answer, then the end of the stream; what the client sent behind its headers is read
-        // and dropped (left unread, closing would reset the connection, and a client reading
-        // late could lose the answer), then the reading side shut.
-        shutdown(socket, SHUT_WR);
-        char drop[4096];
-        for (int i = 0; i < 1024 && recv(socket, drop, sizeof drop, MSG_DONTWAIT) > 0; ++i) {
-        }
-        shutdown(socket, SHUT_RD);
+        std::lock_guard<std::mutex> lock(busy_mutex_);
+        busy_.erase({address_key(req.remote_addr), req.remote_port});
     });
     svr.Get("/health", [this](const httplib::Request& req, httplib::Response& res) {
         enter_call(req);

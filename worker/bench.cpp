@@ -200,7 +200,8 @@ void run_bench(Executor& exec, Communicator& comm, const ShardPlan& plan, const 
     report["load_GBps_per_rank"] = s.weights_seconds > 0 ? s.read_bytes / s.weights_seconds / 1e9 : 0.0;
     if (rank != 0) return;
     print_report(report, plan, rates, experts, s);
-    if (!exec.tuner_summary().empty()) std::printf("bench: the GEMM tuner's choices (rank 0):\n%s", exec.tuner_summary().c_str());
+    const std::string tuned = exec.tuner_summary();
+    if (!tuned.empty()) std::printf("bench: the GEMM tuner's choices (rank 0):\n%s", tuned.c_str());
     if (!s.json_path.empty()) write_file_atomically(s.json_path, report.dump(1) + "\n", s.fifo_wait_s);
 }
 
