@@ -564,8 +564,9 @@ void flash_sweep(cublasHandle_t h, cudaStream_t st) {
 
 // Decode attention alone, Llama-3-8B's heads (32 query, 8 KV, head_dim 128), as a decode batch
 // (each token its own slot, at position ctx - 1): 1, 8 and 64 tokens over contexts of 128 to
-// 4096, the one-pass kernel (attention_one_pass) against the two-pass kernels, both without the
-// split kernel (decode_splits = 1), and at one token the split kernel as the step chooses it.
+// 4096, the one-pass kernel (attention_one_pass) on tensor cores (attention_mma) and on CUDA
+// cores against the two-pass kernels, all without the split kernel (decode_splits = 1), and at
+// one token the split kernel as the step chooses it.
 // Bytes: the K and V rows the tokens see, over the time.
 void decode_attention_sweep(cudaStream_t st) {
     const int64_t heads = 32, kvh = 8, hd = 128, kvw = kvh * hd, max_seq = 4096, max_tokens = 64;
@@ -585,18 +586,22 @@ void decode_attention_sweep(cudaStream_t st) {
             CUDA_CHECK(cudaMemcpy(positions, pos.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice));
             cpu::AttentionShape s{T, heads, kvh, hd, max_seq, 0};
             const double bytes = 2.0 * T * ctx * kvw * 2;
-            enum class Form { kOnePass, kTwoPasses, kSplit };  // the last: as the step chooses (the split kernel at few tokens)
-            for (Form form : {Form::kOnePass, Form::kTwoPasses, Form::kSplit}) {
+            enum class Form { kOnePass, kOnePassCudaCores, kTwoPasses, kSplit };  // the last: as the step chooses (the split kernel at few tokens)
+            for (Form form : {Form::kOnePass, Form::kOnePassCudaCores, Form::kTwoPasses, Form::kSplit}) {
                 if (form == Form::kSplit && T > 1) continue;
                 tuning = defaults;
-                tuning.attention_one_pass = form == Form::kOnePass;
+                tuning.attention_one_pass = form == Form::kOnePass || form == Form::kOnePassCudaCores;
+                tuning.attention_mma = form == Form::kOnePass;
                 if (form != Form::kSplit) tuning.decode_splits = 1;
                 const double us = time_graph(st, [&](int) {
                     cuda::AttentionArgs a{s, slots, positions, q, nullptr, nullptr, kc, vc, out};
                     a.decode = true;
                     cuda::attention(a, on(st));
                 });
-                const char* name = form == Form::kOnePass ? "attention one pass" : form == Form::kTwoPasses ? "attention two passes" : "attention split (as chosen)";
+                const char* name = form == Form::kOnePass           ? "attention one pass, tensor cores"
+                                   : form == Form::kOnePassCudaCores ? "attention one pass, CUDA cores"
+                                   : form == Form::kTwoPasses        ? "attention two passes"
+                                                                     : "attention split (as chosen)";
                 row(name, "T=" + std::to_string(T) + " ctx=" + std::to_string(ctx), us, rate(bytes, us));
             }
         }

@@ -17,7 +17,7 @@ std::string format_kernel_config(const KernelConfig& c) {
     os << "pdl=" << on(c.pdl) << " gemv_early=" << on(c.gemv_early) << " gemv_splitk=" << c.gemv_splitk
        << " gemv_balance=" << on(c.gemv_balance) << " sum_wide=" << on(c.sum_wide) << " gemv_mma=" << on(c.gemv_mma) << " batch_gemm=" << on(c.batch_gemm) << " attention_early=" << on(c.attention_early)
        << " decode_splits=" << c.decode_splits << " attention_gqa=" << on(c.attention_gqa) << " attention_one_pass=" << on(c.attention_one_pass)
-       << " attention_rope=" << on(c.attention_rope) << " flash_tile=" << c.flash_tile
+       << " attention_rope=" << on(c.attention_rope) << " attention_mma=" << on(c.attention_mma) << " flash_tile=" << c.flash_tile
        << " flash_short_max=" << c.flash_short_max << " gemm_tune=" << on(c.gemm_tune)
        << " residual_epilogue=" << on(c.residual_epilogue) << " quant_prefill=" << c.quant_prefill << " quant_gemv_tokens=" << c.quant_gemv_tokens << " quant_mma=" << on(c.quant_mma) << " quant_ring=" << on(c.quant_ring) << " moe=" << c.moe << " oneshot=" << on(c.oneshot)
        << " fused_all_reduce=" << on(c.fused_all_reduce) << " profile=" << on(c.profile);

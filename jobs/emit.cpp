@@ -80,6 +80,7 @@ void emit_tuning(std::ostream& os, const KernelConfig& k) {
     kv("attention_gqa", fmt(k.attention_gqa));
     kv("attention_one_pass", fmt(k.attention_one_pass));
     kv("attention_rope", fmt(k.attention_rope));
+    kv("attention_mma", fmt(k.attention_mma));
     kv("flash_tile", fmt(k.flash_tile));
     kv("flash_short_max", fmt<int64_t>(k.flash_short_max));
     kv("gemm_tune", fmt(k.gemm_tune));

@@ -344,6 +344,7 @@ void parse_tuning(Section t, KernelConfig& k) {
     t.get_bool("attention_gqa", k.attention_gqa);
     t.get_bool("attention_one_pass", k.attention_one_pass);
     t.get_bool("attention_rope", k.attention_rope);
+    t.get_bool("attention_mma", k.attention_mma);
     t.get_string("flash_tile", k.flash_tile, {"2x64", "1x64"});
     t.get_int("flash_short_max", k.flash_short_max, 0, 1 << 30);
     t.get_bool("gemm_tune", k.gemm_tune);
