@@ -34,7 +34,7 @@ KINDS = [("fp8_ring_kernelILNS0_12GemvEpilogueE1ELb1", "fp8 gemv+norm+swiglu"), 
          ("gemv_mma_kernelILNS0_12GemvEpilogueE0", "gemv mma"), ("gemv_mma_kernelILNS0_12GemvEpilogueE1", "gemv mma+swiglu"),
          ("gemv_mma_kernelILNS0_12GemvEpilogueE2", "gemv mma+rope"), ("batch_gemm_kernelILNS0_12GemvEpilogueE0", "batch gemm"),
          ("batch_gemm_kernelILNS0_12GemvEpilogueE1", "batch gemm+swiglu"), ("batch_gemm_kernelILNS0_12GemvEpilogueE2", "batch gemm+rope"),
-         ("attention_one_pass", "decode attention (one pass)"), ("attention", "attention (other)")]
+         ("attention_one_pass", "decode attention (one pass)"), ("attention_mma", "decode attention (one pass, tensor cores)"), ("attention", "attention (other)")]
 
 
 def kind(name):

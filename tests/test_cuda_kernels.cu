@@ -937,7 +937,7 @@ TEST(CudaKernels, DecodeAttentionTakingRopeEqualsRopeThenAttention) {
                                 aa.k_stride = aa.v_stride = stride;
                                 aa.rope = {di->p, stride};
                                 ASSERT_TRUE(cuda::attention_rope_applies(aa, tuning)) << what;
-                                EXPECT_EQ(cuda::attention_rope_pays(aa, tuning), T == sms + 8) << "four-warp blocks only, " << what;
+                                EXPECT_EQ(cuda::attention_rope_pays(aa, tuning), T == sms + 8 || mma) << "four-warp blocks or tensor cores, " << what;
                             } else {
                                 cuda::RopeArgs ra{p, T, dp->p, di->p, dqkv->p, dqkv->p + qw, dq->p, nullptr, stride};
                                 ra.cache = {kc->p, vc->p, dqkv->p + qw + kvw, stride, ds->p, max_seq};

@@ -522,7 +522,7 @@ bool attention_rope_applies(const AttentionArgs& a, const KernelConfig& config) 
 }
 
 bool attention_rope_pays(const AttentionArgs& a, const KernelConfig& config) {
-    return one_pass_grid(a.shape, a.shape.tokens, config).four_warps;
+    return one_pass_grid(a.shape, a.shape.tokens, config).four_warps || config.attention_mma;
 }
 
 void attention(const AttentionArgs& a, Launch at) {

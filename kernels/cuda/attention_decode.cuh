@@ -45,15 +45,22 @@ __device__ __forceinline__ uint4 rotate8(const uint4 (&raw)[2], int part, const 
     return pack8(r);
 }
 
+// kRope: this thread's inverse frequency (index threadIdx.x, of HD / 2; 0 past them), loaded
+// before anything is queued behind it (frequencies are no kernel's output: before the PDL wait).
+template <int HD>
+__device__ __forceinline__ float rope_freq(const float* inv_freq) {
+    return threadIdx.x < HD / 2 ? inv_freq[threadIdx.x] : 0.0f;
+}
+
 // kRope: the cosines and sines of the lane's 8 dims' angles at position p, each frequency's
-// computed once a block (positions and frequencies are no kernel's output: before the PDL wait).
-template <int HD, int W>
-__device__ __forceinline__ void rope_angles(int64_t p, const float* inv_freq, int part, float (&co)[8], float (&sn)[8]) {
+// computed once a block from rope_freq's `freq` (a block of at least HD / 2 threads).
+template <int HD>
+__device__ __forceinline__ void rope_angles(int64_t p, float freq, int part, float (&co)[8], float (&sn)[8]) {
     __shared__ float2 angle[HD / 2];
-    for (int i = threadIdx.x; i < HD / 2; i += W * 32) {
+    if (threadIdx.x < HD / 2) {
         float si, ci;
-        sincosf((float)p * inv_freq[i], &si, &ci);
-        angle[i] = make_float2(ci, si);
+        sincosf((float)p * freq, &si, &ci);
+        angle[threadIdx.x] = make_float2(ci, si);
     }
     __syncthreads();
 #pragma unroll
@@ -78,24 +85,37 @@ struct OwnRow {
     }
 };
 
-// The lane's own-row pieces: with kRope, K rotated from the QKV product's head row k_in (V from
-// v_in), stored into the caches at own_k and own_v by the writer (one block of the KV head);
-// else read from there (the kernel before wrote them).
+// The lane's own-row pieces in two steps, so that their loads can go out before the kernel's
+// copies and the rotation wait for the angles. load: with kRope, the QKV product's K head row
+// k_in (the piece and its RoPE partner) and V piece from v_in; else the pieces the kernel before
+// wrote into the caches at own_k and own_v. make: K rotated (kRope), and stored with V into the
+// caches at own_k and own_v by the writer (one block of the KV head).
+struct OwnRowRaw {
+    uint4 k[2] = {}, v = {};
+};
 template <int HD, bool kRope>
-__device__ __forceinline__ void load_own_row(OwnRow& o, bf16* own_k, bf16* own_v, const bf16* k_in, const bf16* v_in, int part, bool writer,
-                                             const float (&co)[8], const float (&sn)[8]) {
+__device__ __forceinline__ void load_own_row(OwnRowRaw& raw, const bf16* own_k, const bf16* own_v, const bf16* k_in, const bf16* v_in,
+                                             int part) {
     if constexpr (kRope) {
-        uint4 raw[2];
-        load_pair<HD>(k_in, part, raw);
-        o.v = *reinterpret_cast<const uint4*>(v_in + part * 8);
-        o.k = rotate8<HD>(raw, part, co, sn);
+        load_pair<HD>(k_in, part, raw.k);
+        raw.v = *reinterpret_cast<const uint4*>(v_in + part * 8);
+    } else {
+        raw.k[0] = *reinterpret_cast<const uint4*>(own_k);
+        raw.v = *reinterpret_cast<const uint4*>(own_v);
+    }
+}
+template <int HD, bool kRope>
+__device__ __forceinline__ void make_own_row(OwnRow& o, const OwnRowRaw& raw, bf16* own_k, bf16* own_v, int part, bool writer,
+                                             const float (&co)[8], const float (&sn)[8]) {
+    o.v = raw.v;
+    if constexpr (kRope) {
+        o.k = rotate8<HD>(raw.k, part, co, sn);
         if (writer) {
             *reinterpret_cast<uint4*>(own_k) = o.k;
             *reinterpret_cast<uint4*>(own_v) = o.v;
         }
     } else {
-        o.k = *reinterpret_cast<const uint4*>(own_k);
-        o.v = *reinterpret_cast<const uint4*>(own_v);
+        o.k = raw.k[0];
     }
 }
 

@@ -156,6 +156,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     attention_mma_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q, bf16* k_cache,
                          bf16* v_cache, bf16* out, bool early, OnePassRope rp) {
     using Lay = MmaLayout<HD>;
+    static_assert(W * 32 >= HD / 2, "a thread a RoPE frequency");
     extern __shared__ __align__(16) char ring[];  // W x kRingBytes; at the end the warps' results
     __shared__ __align__(16) bf16 qs[Gb * HD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -173,31 +174,39 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     const bool skip_own = early || kRope;  // the own row put in from registers (kRope: made here)
     // The warp's unit u (chunk u / 2's K rows, or V rows) into its slot; with skip_own, not the
     // token's own row.
+    // A lane copies piece pc of rows r0, r0 + kRowStep, ... of each unit.
+    constexpr int kRowStep = 32 / Lay::kPieces;
+    const int pc = lane % Lay::kPieces, r0 = lane / Lay::kPieces;
     auto copy = [&](int u) {
         if (u >= units) return;
-        const int64_t c = warp + (int64_t)(u / 2) * W;
-        const bf16* base = u % 2 ? vbase : kbase;
+        const int64_t key0 = (warp + (int64_t)(u / 2) * W) * kKeys + r0;
+        const bf16* from = (u % 2 ? vbase : kbase) + pc * 8;
         char* to = slot_of(u);
 #pragma unroll
         for (int j = 0; j < Lay::kCopies; ++j) {
-            const int idx = j * 32 + lane, r = idx / Lay::kPieces, pc = idx % Lay::kPieces;
-            const int64_t key = c * kKeys + r;
+            const int64_t key = key0 + j * kRowStep;
             if (skip_own && key == n - 1) continue;
-            cp_async16(to + piece_at<HD>(r, pc), base + min(key, n - 1) * kv_width + pc * 8, key < n);
+            cp_async16(to + piece_at<HD>(r0 + j * kRowStep, pc), from + min(key, n - 1) * kv_width, key < n);
         }
     };
-    for (int u = 0; u < Lay::kUnits; ++u) {
-        copy(u);
+    // The SM's memory pipe serves its requests about in order, so a small read behind the ring's
+    // copies waits for them (at batch 64 the q rows waited microseconds). early: the ring's first
+    // units go out before the wait, to be read while the kernel before ends, where that kernel lets
+    // this one start early (the RoPE kernel, a GEMV); with kRope the kernel before is the QKV
+    // product, which lets nothing start before its end: the small reads go first.
+    const float freq = kRope ? rope_freq<HD>(rp.inv_freq) : 0.0f;
+    int issued = 0;
+    for (const int ahead = early && !kRope ? Lay::kUnits : 0; issued < ahead; ++issued) {
+        copy(issued);
         cp_async_commit();
     }
-    float co[8], sn[8];  // kRope: the angles of this thread's 8 dims (threadIdx.x % kPieces)
-    if constexpr (kRope) rope_angles<HD, W>(p, rp.inv_freq, threadIdx.x % Lay::kPieces, co, sn);
     if (early) pdl_entry();
     // The own row: key n - 1, row own_r of the owning warp's units own_u (K) and own_u + 1 (V),
     // its pieces held by lanes 0 .. kPieces - 1.
     const int64_t own_c = (n - 1) / kKeys;
     const int own_u = 2 * (int)(own_c / W), own_r = (int)((n - 1) % kKeys);
     const bool holds_own = skip_own && own_c % W == warp && lane < Lay::kPieces;
+    bf16 *own_k = kbase + (n - 1) * kv_width + lane * 8, *own_v = vbase + (n - 1) * kv_width + lane * 8;
     // Every read of the kernel before's output first, then the stores (which might alias them).
     uint4 q_raw[2] = {};
     if (threadIdx.x < Gb * Lay::kPieces) {
@@ -205,11 +214,18 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
         if constexpr (kRope) load_pair<HD>(q_row, threadIdx.x % Lay::kPieces, q_raw);
         else q_raw[0] = *reinterpret_cast<const uint4*>(q_row + (threadIdx.x % Lay::kPieces) * 8);
     }
+    OwnRowRaw own_raw;
+    if (holds_own) load_own_row<HD, kRope>(own_raw, own_k, own_v, rp.k + t * rp.k_stride + kvh * HD, rp.v + t * rp.v_stride + kvh * HD, lane);
+    for (; issued < Lay::kUnits; ++issued) {
+        copy(issued);
+        cp_async_commit();
+    }
+    float co[8], sn[8];  // kRope: the angles of this thread's 8 dims (threadIdx.x % kPieces)
+    if constexpr (kRope) rope_angles<HD>(p, freq, threadIdx.x % Lay::kPieces, co, sn);
     OwnRow own;
     if (holds_own) {
         const bool writer = blockIdx.y % (s.heads / s.kv_heads / Gb) == 0;  // the KV head's first block writes the caches' row
-        load_own_row<HD, kRope>(own, kbase + (n - 1) * kv_width + lane * 8, vbase + (n - 1) * kv_width + lane * 8,
-                                rp.k + t * rp.k_stride + kvh * HD, rp.v + t * rp.v_stride + kvh * HD, lane, writer, co, sn);
+        make_own_row<HD, kRope>(own, own_raw, own_k, own_v, lane, writer, co, sn);
     }
     auto put_own = [&](int u) {  // after unit u's copies: the own row's pieces of it, if it is one of the own units
         if (!holds_own || (u != own_u && u != own_u + 1)) return;

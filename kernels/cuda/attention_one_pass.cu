@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
         cp_async_commit();
     }
     float co[8], sn[8];  // kRope: the angles of the lane's dims
-    if constexpr (kRope) rope_angles<HD, W>(p, rp.inv_freq, L.part, co, sn);
+    if constexpr (kRope) rope_angles<HD>(p, rope_freq<HD>(rp.inv_freq), L.part, co, sn);
     if (early) pdl_entry();
     const int64_t own_chunk = (n - 1) / Lanes::kChunkKeys;
     const int own_i = (int)(own_chunk / W);
@@ -188,8 +188,10 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     }
     if (own.u >= 0) {
         const bool writer = blockIdx.y % (s.heads / s.kv_heads / Gb) == 0;  // the KV head's first block writes the caches' row
-        load_own_row<HD, kRope>(own, kbase + (n - 1) * kv_width, vbase + (n - 1) * kv_width, rp.k + t * rp.k_stride + kvh * HD,
-                                rp.v + t * rp.v_stride + kvh * HD, L.part, writer, co, sn);
+        bf16 *own_k = kbase + (n - 1) * kv_width, *own_v = vbase + (n - 1) * kv_width;
+        OwnRowRaw raw;
+        load_own_row<HD, kRope>(raw, own_k, own_v, rp.k + t * rp.k_stride + kvh * HD, rp.v + t * rp.v_stride + kvh * HD, L.part);
+        make_own_row<HD, kRope>(own, raw, own_k, own_v, L.part, writer, co, sn);
     }
     if (own_i < kStages) own.put<Lanes::kRounds>(slot_of(own_i), L.lane);
     float qf[Gb][8];
