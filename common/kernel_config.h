@@ -24,8 +24,8 @@ struct KernelConfig {
     bool attention_gqa = true;         // one block for a KV head's query heads at large decode batches
     bool attention_one_pass = true;      // tokens the split kernel leaves: one pass, K and V streamed through shared memory
                                        // (false: attention_heads_kernel's two passes)
-    bool attention_rope = true;        // decode batches the one-pass kernel takes in four-warp blocks (where no GEMV takes the
-                                       // RoPE): it does the RoPE and the KV-cache write (false: the RoPE kernel before it)
+    bool attention_rope = true;        // decode batches the one-pass kernel takes on tensor cores, or in four-warp blocks (where no
+                                       // GEMV takes the RoPE): it does the RoPE and the KV-cache write (false: the RoPE kernel before it)
     bool attention_mma = true;         // the one-pass kernel at head_dim 64 and 128 on tensor cores (false: on CUDA cores)
     std::string flash_tile = "2x64";   // prefill flash attention's row tiles a warp: "2x64" or "1x64"
     int64_t flash_short_max = 256;     // tokens: segments up to this take 32-row blocks; 0 = never

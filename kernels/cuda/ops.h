@@ -325,10 +325,11 @@ struct AttentionArgs {
 // Whether attention() takes a's RoPE in (a.rope): a decode step whose every token goes through the
 // one-pass kernel (head_dim 64 or 128), with 16-byte rows.
 bool attention_rope_applies(const AttentionArgs& a, const KernelConfig& config);
-// Whether taking the RoPE in is measured faster than the RoPE kernel before the attention: where
-// the one-pass grid is of four-warp blocks (Llama-3-8B at tp 1: 34 tokens or more). Elsewhere the
-// attention's early loads, which start while the RoPE kernel runs but not while a GEMM does, gain
-// more (docs/PERF.md, 2026-12-06).
+// Whether taking the RoPE in is measured faster than the RoPE kernel before the attention: on
+// tensor cores (attention_mma) at every grid; on CUDA cores where the one-pass grid is of
+// four-warp blocks (Llama-3-8B at tp 1: 34 tokens or more), as elsewhere the attention's early
+// loads, which start while the RoPE kernel runs but not while a GEMM does, gain more there
+// (docs/PERF.md, 2026-12-06).
 bool attention_rope_pays(const AttentionArgs& a, const KernelConfig& config);
 // Every token in a segment the flash kernel of head_dim 128 takes (the row of a head is one
 // 128-column block).
