@@ -9,6 +9,25 @@
 
 namespace tpx::cuda {
 
+// A warp's ring of K and V rows in shared memory, in both kernels.
+constexpr int kWarpRingBytes = 12288;
+
+// A block's decode token: block x of a grid from token t0, y its group of Gb query heads (from
+// h0, of KV head kvh); the token's position p, its first visible key (the sliding window), its n
+// visible keys, and the offset in the caches of the first one's row at the KV head.
+template <int HD, int Gb>
+struct DecodeToken {
+    int64_t t, h0, kvh, p, first, n, row0;
+    __device__ DecodeToken(const cpu::AttentionShape& s, int64_t t0, const int32_t* slot, const int32_t* pos) {
+        t = t0 + blockIdx.x, h0 = (int64_t)blockIdx.y * Gb, kvh = h0 / (s.heads / s.kv_heads);
+        p = pos[t];
+        first = s.sliding_window > 0 && p - s.sliding_window + 1 > 0 ? p - s.sliding_window + 1 : 0, n = p - first + 1;
+        row0 = ((int64_t)slot[t] * s.max_seq + first) * s.kv_heads * HD + kvh * HD;
+    }
+    // Whether this block writes the own row into the caches (its KV head's first).
+    __device__ bool writer(const cpu::AttentionShape& s) const { return blockIdx.y % (s.heads / s.kv_heads / Gb) == 0; }
+};
+
 // The RoPE the kernel does (AttentionRope): each token's q, k and v rows before it (q's at the
 // kernel's q), their strides, and the inverse frequencies.
 struct OnePassRope {
@@ -45,8 +64,8 @@ __device__ __forceinline__ uint4 rotate8(const uint4 (&raw)[2], int part, const 
     return pack8(r);
 }
 
-// kRope: this thread's inverse frequency (index threadIdx.x, of HD / 2; 0 past them), loaded
-// before anything is queued behind it (frequencies are no kernel's output: before the PDL wait).
+// kRope: this thread's inverse frequency (index threadIdx.x, of HD / 2; 0 past them). The
+// frequencies are no kernel's output, so they may be read before the PDL wait.
 template <int HD>
 __device__ __forceinline__ float rope_freq(const float* inv_freq) {
     return threadIdx.x < HD / 2 ? inv_freq[threadIdx.x] : 0.0f;
@@ -70,29 +89,21 @@ __device__ __forceinline__ void rope_angles(int64_t p, float freq, int part, flo
     }
 }
 
-// The token's own K and V row pieces of a lane (its 16 bytes of each; its key in round u of the
-// warp's chunk), kept in registers and put into the warp's ring slot once that chunk's copies are
-// issued: the warp's copies never read that row from the caches.
+// The token's own K and V row pieces a lane holds (its 16 bytes of each), put into the warp's
+// ring from registers once the copies of their slot are issued: the warp's copies never read that
+// row from the caches.
 struct OwnRow {
-    int u = -1;  // -1: the lane holds no piece of it
     uint4 k{}, v{};
-
-    template <int kRounds>
-    __device__ __forceinline__ void put(char* slot, int lane) const {
-        if (u < 0) return;
-        *reinterpret_cast<uint4*>(slot + (u * 32 + lane) * 16) = k;
-        *reinterpret_cast<uint4*>(slot + ((u + kRounds) * 32 + lane) * 16) = v;
-    }
 };
 
-// The lane's own-row pieces in two steps, so that their loads can go out before the kernel's
-// copies and the rotation wait for the angles. load: with kRope, the QKV product's K head row
-// k_in (the piece and its RoPE partner) and V piece from v_in; else the pieces the kernel before
-// wrote into the caches at own_k and own_v. make: K rotated (kRope), and stored with V into the
-// caches at own_k and own_v by the writer (one block of the KV head).
+// The lane's own-row pieces as loaded (load_own_row), before make_own_row rotates them: the two
+// steps let the loads go out before a kernel's copies while the rotation waits for the angles.
 struct OwnRowRaw {
     uint4 k[2] = {}, v = {};
 };
+
+// With kRope, the QKV product's K head row k_in (the lane's piece and its RoPE partner) and its V
+// piece from v_in; else the pieces the kernel before wrote into the caches at own_k and own_v.
 template <int HD, bool kRope>
 __device__ __forceinline__ void load_own_row(OwnRowRaw& raw, const bf16* own_k, const bf16* own_v, const bf16* k_in, const bf16* v_in,
                                              int part) {
@@ -104,6 +115,9 @@ __device__ __forceinline__ void load_own_row(OwnRowRaw& raw, const bf16* own_k, 
         raw.v = *reinterpret_cast<const uint4*>(own_v);
     }
 }
+
+// The pieces to put into the ring: K rotated (kRope) and stored with V into the caches at own_k
+// and own_v by the writer (one block of the KV head).
 template <int HD, bool kRope>
 __device__ __forceinline__ void make_own_row(OwnRow& o, const OwnRowRaw& raw, bf16* own_k, bf16* own_v, int part, bool writer,
                                              const float (&co)[8], const float (&sn)[8]) {

@@ -5,9 +5,8 @@
 // operands and fp32 sums, P rounded to bf16 for its product as flash attention rounds it. A
 // chunk's K rows and then its V rows are each a unit of the warp's ring in shared memory (cp.async;
 // rows in 16-byte pieces swizzled by the row, so that ldmatrix reads them without bank conflicts).
-// Where the CUDA-core kernel spends about a hundred instructions a key and head group (dot
-// products across lanes, a shared exp2 on every lane of a group), this one spends about ten.
-#include <algorithm>
+// Its instructions a key are a small part of the CUDA-core kernel's (dot products across lanes,
+// an exp2 on every lane of a group; docs/PERF.md).
 #include <cmath>
 
 #include "kernels/cuda/attention_decode.cuh"
@@ -17,21 +16,20 @@
 namespace tpx::cuda {
 namespace {
 
-constexpr int kRingBytes = 12288;  // a warp's ring: the CUDA-core kernel's three 4 KB chunks
-constexpr int kKeys = 16;          // keys a chunk
+constexpr int kKeys = 16;  // keys a chunk
 
 template <int HD>
 struct MmaLayout {
     static constexpr int kPieces = HD / 8;                  // 16-byte pieces a row
     static constexpr int kUnitBytes = kKeys * HD * 2;       // a chunk's K (or V) rows
-    static constexpr int kUnits = kRingBytes / kUnitBytes;  // units in flight a warp
+    static constexpr int kUnits = kWarpRingBytes / kUnitBytes;  // units in flight a warp
     static constexpr int kCopies = kKeys * kPieces / 32;    // pieces a lane copies a unit
     static_assert(kUnits >= 2 && kCopies >= 1, "head_dim 64 or 128");
 };
 
 template <int W>
 constexpr int mma_ring_bytes() {
-    return W * kRingBytes;
+    return W * kWarpRingBytes;
 }
 
 // The byte offset of row r's piece c in a unit: pieces XOR-swizzled by r % 8.
@@ -155,48 +153,48 @@ template <int HD, int Gb, int W, bool kRope>
 __global__ void __launch_bounds__(W * 32, 16 / W)
     attention_mma_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q, bf16* k_cache,
                          bf16* v_cache, bf16* out, bool early, OnePassRope rp) {
-    using Lay = MmaLayout<HD>;
+    using Layout = MmaLayout<HD>;
     static_assert(W * 32 >= HD / 2, "a thread a RoPE frequency");
-    extern __shared__ __align__(16) char ring[];  // W x kRingBytes; at the end the warps' results
+    static_assert(Gb <= 8, "a query head a column of the m16n8 products");
+    static_assert((Gb * HD + Gb * 2) * (int)sizeof(float) <= kWarpRingBytes, "a warp's results fit in its part of the ring");
+    extern __shared__ __align__(16) char ring[];  // W x kWarpRingBytes; at the end the warps' results
     __shared__ __align__(16) bf16 qs[Gb * HD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int64_t t = t0 + blockIdx.x, h0 = (int64_t)blockIdx.y * Gb, kvh = h0 / (s.heads / s.kv_heads);
     const int64_t kv_width = s.kv_heads * HD;
-    if (!early) pdl_entry();  // with early, the cached rows are read before it
-    const int64_t p = pos[t];
-    const int64_t first = s.sliding_window > 0 && p - s.sliding_window + 1 > 0 ? p - s.sliding_window + 1 : 0, n = p - first + 1;
-    const int64_t row0 = ((int64_t)slot[t] * s.max_seq + first) * kv_width + kvh * HD;
-    bf16* kbase = k_cache + row0;
-    bf16* vbase = v_cache + row0;
+    if (!early) pdl_entry();  // with early, cached rows may be read before it (below)
+    const DecodeToken<HD, Gb> tok(s, t0, slot, pos);
+    const int64_t t = tok.t, h0 = tok.h0, kvh = tok.kvh, n = tok.n;
+    bf16* kbase = k_cache + tok.row0;
+    bf16* vbase = v_cache + tok.row0;
     const int64_t chunks = (n + kKeys - 1) / kKeys;
     const int units = chunks > warp ? 2 * (int)((chunks - warp + W - 1) / W) : 0;  // the warp's chunks' K and V units
-    auto slot_of = [&](int u) { return ring + warp * kRingBytes + (u % Lay::kUnits) * Lay::kUnitBytes; };
+    auto slot_of = [&](int u) { return ring + warp * kWarpRingBytes + (u % Layout::kUnits) * Layout::kUnitBytes; };
     const bool skip_own = early || kRope;  // the own row put in from registers (kRope: made here)
-    // The warp's unit u (chunk u / 2's K rows, or V rows) into its slot; with skip_own, not the
-    // token's own row.
-    // A lane copies piece pc of rows r0, r0 + kRowStep, ... of each unit.
-    constexpr int kRowStep = 32 / Lay::kPieces;
-    const int pc = lane % Lay::kPieces, r0 = lane / Lay::kPieces;
+    // The warp's unit u (chunk u / 2's K rows, or V rows) into its slot, a lane piece pc of rows
+    // r0, r0 + kRowStep, ...; with skip_own, not the token's own row.
+    constexpr int kRowStep = 32 / Layout::kPieces;
+    const int pc = lane % Layout::kPieces, r0 = lane / Layout::kPieces;
     auto copy = [&](int u) {
         if (u >= units) return;
         const int64_t key0 = (warp + (int64_t)(u / 2) * W) * kKeys + r0;
         const bf16* from = (u % 2 ? vbase : kbase) + pc * 8;
         char* to = slot_of(u);
 #pragma unroll
-        for (int j = 0; j < Lay::kCopies; ++j) {
+        for (int j = 0; j < Layout::kCopies; ++j) {
             const int64_t key = key0 + j * kRowStep;
             if (skip_own && key == n - 1) continue;
             cp_async16(to + piece_at<HD>(r0 + j * kRowStep, pc), from + min(key, n - 1) * kv_width, key < n);
         }
     };
-    // The SM's memory pipe serves its requests about in order, so a small read behind the ring's
-    // copies waits for them (at batch 64 the q rows waited microseconds). early: the ring's first
-    // units go out before the wait, to be read while the kernel before ends, where that kernel lets
-    // this one start early (the RoPE kernel, a GEMV); with kRope the kernel before is the QKV
-    // product, which lets nothing start before its end: the small reads go first.
+    // The SM's memory pipe serves its requests about in order, so a small read queued behind the
+    // ring's copies waits for them. early: the ring's first units go out before the wait, read
+    // while the kernel before ends, where that kernel lets this one start early (the RoPE kernel,
+    // a GEMV); with kRope the kernel before is the QKV product, which lets nothing start before
+    // its end, so the small reads go first.
     const float freq = kRope ? rope_freq<HD>(rp.inv_freq) : 0.0f;
+    const int ahead = early && !kRope ? Layout::kUnits : 0;
     int issued = 0;
-    for (const int ahead = early && !kRope ? Lay::kUnits : 0; issued < ahead; ++issued) {
+    for (; issued < ahead; ++issued) {
         copy(issued);
         cp_async_commit();
     }
@@ -205,45 +203,42 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     // its pieces held by lanes 0 .. kPieces - 1.
     const int64_t own_c = (n - 1) / kKeys;
     const int own_u = 2 * (int)(own_c / W), own_r = (int)((n - 1) % kKeys);
-    const bool holds_own = skip_own && own_c % W == warp && lane < Lay::kPieces;
+    const bool holds_own = skip_own && own_c % W == warp && lane < Layout::kPieces;
     bf16 *own_k = kbase + (n - 1) * kv_width + lane * 8, *own_v = vbase + (n - 1) * kv_width + lane * 8;
     // Every read of the kernel before's output first, then the stores (which might alias them).
     uint4 q_raw[2] = {};
-    if (threadIdx.x < Gb * Lay::kPieces) {
-        const bf16* q_row = q + t * rp.q_stride + (h0 + threadIdx.x / Lay::kPieces) * HD;
-        if constexpr (kRope) load_pair<HD>(q_row, threadIdx.x % Lay::kPieces, q_raw);
-        else q_raw[0] = *reinterpret_cast<const uint4*>(q_row + (threadIdx.x % Lay::kPieces) * 8);
+    if (threadIdx.x < Gb * Layout::kPieces) {
+        const bf16* q_row = q + t * rp.q_stride + (h0 + threadIdx.x / Layout::kPieces) * HD;
+        if constexpr (kRope) load_pair<HD>(q_row, threadIdx.x % Layout::kPieces, q_raw);
+        else q_raw[0] = *reinterpret_cast<const uint4*>(q_row + (threadIdx.x % Layout::kPieces) * 8);
     }
     OwnRowRaw own_raw;
     if (holds_own) load_own_row<HD, kRope>(own_raw, own_k, own_v, rp.k + t * rp.k_stride + kvh * HD, rp.v + t * rp.v_stride + kvh * HD, lane);
-    for (; issued < Lay::kUnits; ++issued) {
+    for (; issued < Layout::kUnits; ++issued) {
         copy(issued);
         cp_async_commit();
     }
     float co[8], sn[8];  // kRope: the angles of this thread's 8 dims (threadIdx.x % kPieces)
-    if constexpr (kRope) rope_angles<HD>(p, freq, threadIdx.x % Lay::kPieces, co, sn);
+    if constexpr (kRope) rope_angles<HD>(tok.p, freq, threadIdx.x % Layout::kPieces, co, sn);
     OwnRow own;
-    if (holds_own) {
-        const bool writer = blockIdx.y % (s.heads / s.kv_heads / Gb) == 0;  // the KV head's first block writes the caches' row
-        make_own_row<HD, kRope>(own, own_raw, own_k, own_v, lane, writer, co, sn);
-    }
+    if (holds_own) make_own_row<HD, kRope>(own, own_raw, own_k, own_v, lane, tok.writer(s), co, sn);
     auto put_own = [&](int u) {  // after unit u's copies: the own row's pieces of it, if it is one of the own units
         if (!holds_own || (u != own_u && u != own_u + 1)) return;
         *reinterpret_cast<uint4*>(slot_of(u) + piece_at<HD>(own_r, lane)) = u == own_u ? own.k : own.v;
     };
-    for (int u = 0; u < Lay::kUnits; ++u) put_own(u);
+    for (int u = 0; u < Layout::kUnits; ++u) put_own(u);
     uint32_t qb[HD / 16][2];
     q_fragments<HD, Gb, kRope>(q_raw, co, sn, qs, qb);
     const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) / sqrt(HD)
     MmaRunning<HD> run;
     for (int u = 0; u < units; ++u) {
-        cp_async_wait<Lay::kUnits - 1>();
+        cp_async_wait<Layout::kUnits - 1>();
         __syncwarp();  // every lane's copies (and own-row stores) of the unit before anyone's ldmatrix
         if (u % 2 == 0) chunk_scores<HD>(slot_of(u), qb, (warp + (int64_t)(u / 2) * W) * kKeys, n, scale, run);
         else chunk_values<HD>(slot_of(u), run);
         __syncwarp();  // the slot's reads before the copies into it
-        copy(u + Lay::kUnits);
-        put_own(u + Lay::kUnits);
+        copy(u + Layout::kUnits);
+        put_own(u + Layout::kUnits);
         cp_async_commit();
     }
     cp_async_wait_all();
@@ -251,8 +246,6 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     combine_parts<HD, Gb, W>(reinterpret_cast<const float*>(ring), reinterpret_cast<const float*>(ring) + W * Gb * HD,
                              out + (t * s.heads + h0) * HD);
 }
-
-static_assert((4 * 128 + 4 * 2) * (int)sizeof(float) <= kRingBytes, "a warp's results fit in its part of the ring");
 
 template <int HD, int Gb, int W, bool kRope>
 void launch_mma(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
@@ -283,9 +276,9 @@ void launch_mma_grid(const OnePassGrid& grid, const AttentionArgs& a, int64_t t0
 
 }  // namespace
 
-void attention_mma(const OnePassGrid& grid, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
+void launch_attention_mma(const OnePassGrid& grid, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
     const int64_t hd = a.shape.head_dim;
-    TPX_CHECK(hd == 64 || hd == 128, "attention_mma: head_dim " + std::to_string(hd) + " (64 or 128)");
+    TPX_CHECK(hd == 64 || hd == 128, "launch_attention_mma: head_dim " + std::to_string(hd) + " (64 or 128)");
     if (a.rope.inv_freq && hd == 64) launch_mma_grid<64, true>(grid, a, t0, t1, early, at);
     else if (a.rope.inv_freq) launch_mma_grid<128, true>(grid, a, t0, t1, early, at);
     else if (hd == 64) launch_mma_grid<64, false>(grid, a, t0, t1, early, at);

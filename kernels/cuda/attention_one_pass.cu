@@ -6,15 +6,16 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/cuda/common.cuh"
 #include "kernels/cuda/attention_decode.cuh"
 #include "kernels/cuda/attention_one_pass.h"
+#include "kernels/cuda/common.cuh"
 
 namespace tpx::cuda {
 namespace {
 
 constexpr int kChunkBytes = 4096;  // a chunk: K rows, then V rows, of kChunkKeys keys
 constexpr int kStages = 3;         // chunks in flight a warp
+static_assert(kStages * kChunkBytes == kWarpRingBytes, "the warp's ring");
 // A block's warps W: 8 (two blocks an SM), or 4 (four an SM) where the grid has more blocks than
 // two an SM, so that a grid of up to four an SM runs in one wave.
 template <int W>
@@ -129,6 +130,15 @@ __device__ __forceinline__ void combine_warps(const ChunkLanes<HD>& L, char* rin
     combine_parts<HD, Gb, W>(part_acc, part_ml, out);
 }
 
+// The own row's pieces into its chunk's slot, where the lane holds them (round u of the chunk; -1:
+// none).
+template <int kRounds>
+__device__ __forceinline__ void put_own(const OwnRow& o, int u, char* slot, int lane) {
+    if (u < 0) return;
+    *reinterpret_cast<uint4*>(slot + (u * 32 + lane) * 16) = o.k;
+    *reinterpret_cast<uint4*>(slot + ((u + kRounds) * 32 + lane) * 16) = o.v;
+}
+
 // kRope: q, k and v before RoPE (OnePassRope): the block rotates its q rows and the token's own K
 // row, which the KV head's first block writes into the caches with the token's V row; without, q
 // is rotated and the caches hold the token's row already.
@@ -139,14 +149,12 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     using Lanes = ChunkLanes<HD>;
     extern __shared__ __align__(16) char ring[];  // W x kStages chunks; at the end the warps' results
     const Lanes L;
-    const int64_t t = t0 + blockIdx.x, h0 = (int64_t)blockIdx.y * Gb, kvh = h0 / (s.heads / s.kv_heads);
     const int64_t kv_width = s.kv_heads * HD;
     if (!early) pdl_entry();  // see common.cuh; with early, the cached rows are read before it
-    const int64_t p = pos[t];
-    const int64_t first = s.sliding_window > 0 && p - s.sliding_window + 1 > 0 ? p - s.sliding_window + 1 : 0, n = p - first + 1;
-    const int64_t row0 = ((int64_t)slot[t] * s.max_seq + first) * kv_width + kvh * HD + L.part * 8;
-    bf16* kbase = k_cache + row0;
-    bf16* vbase = v_cache + row0;
+    const DecodeToken<HD, Gb> tok(s, t0, slot, pos);
+    const int64_t t = tok.t, h0 = tok.h0, kvh = tok.kvh, p = tok.p, n = tok.n;
+    bf16* kbase = k_cache + tok.row0 + L.part * 8;
+    bf16* vbase = v_cache + tok.row0 + L.part * 8;
     const int64_t chunks = (n + Lanes::kChunkKeys - 1) / Lanes::kChunkKeys;
     const int mine = chunks > L.warp ? (int)((chunks - L.warp + W - 1) / W) : 0;
     auto slot_of = [&](int i) { return ring + ((int64_t)L.warp * kStages + i % kStages) * kChunkBytes; };
@@ -175,9 +183,10 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     const int64_t own_chunk = (n - 1) / Lanes::kChunkKeys;
     const int own_i = (int)(own_chunk / W);
     OwnRow own;
+    int own_u = -1;  // the own row's round in its chunk where this lane holds a piece of it
 #pragma unroll
     for (int u = 0; u < Lanes::kRounds; ++u)
-        if (skip_own && own_chunk % W == L.warp && chunk_key(L, own_chunk, u) == n - 1) own.u = u;
+        if (skip_own && own_chunk % W == L.warp && chunk_key(L, own_chunk, u) == n - 1) own_u = u;
     // Every read of the kernel before's output first, then the stores (which might alias them).
     uint4 q_raw[Gb][2];
 #pragma unroll
@@ -186,14 +195,13 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
         if constexpr (kRope) load_pair<HD>(q_row, L.part, q_raw[g]);
         else q_raw[g][0] = *reinterpret_cast<const uint4*>(q_row + L.part * 8);
     }
-    if (own.u >= 0) {
-        const bool writer = blockIdx.y % (s.heads / s.kv_heads / Gb) == 0;  // the KV head's first block writes the caches' row
+    if (own_u >= 0) {
         bf16 *own_k = kbase + (n - 1) * kv_width, *own_v = vbase + (n - 1) * kv_width;
         OwnRowRaw raw;
         load_own_row<HD, kRope>(raw, own_k, own_v, rp.k + t * rp.k_stride + kvh * HD, rp.v + t * rp.v_stride + kvh * HD, L.part);
-        make_own_row<HD, kRope>(own, raw, own_k, own_v, L.part, writer, co, sn);
+        make_own_row<HD, kRope>(own, raw, own_k, own_v, L.part, tok.writer(s), co, sn);
     }
-    if (own_i < kStages) own.put<Lanes::kRounds>(slot_of(own_i), L.lane);
+    if (own_i < kStages) put_own<Lanes::kRounds>(own, own_u, slot_of(own_i), L.lane);
     float qf[Gb][8];
     const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) / sqrt(HD)
 #pragma unroll
@@ -211,7 +219,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
         add_chunk<HD, Gb>(L, slot_of(i), c, n, qf, run);
         __syncwarp();  // the slot's reads before the copy into it (the same lanes: keeps the compiler's order)
         copy(i + kStages, skip_own);
-        if (i + kStages == own_i) own.put<Lanes::kRounds>(slot_of(own_i), L.lane);
+        if (i + kStages == own_i) put_own<Lanes::kRounds>(own, own_u, slot_of(own_i), L.lane);
         cp_async_commit();
     }
     cp_async_wait_all();
@@ -274,7 +282,7 @@ bool try_attention_one_pass(const AttentionArgs& a, int64_t t0, int64_t t1, bool
     if (!one_pass_takes(a, tokens, *at.config)) return false;
     const OnePassGrid grid = one_pass_grid(a.shape, tokens, *at.config);
     if (at.config->attention_mma && (hd == 64 || hd == 128)) {
-        attention_mma(grid, a, t0, t1, early, at);
+        launch_attention_mma(grid, a, t0, t1, early, at);
         return true;
     }
     const int64_t Gb = grid.heads_a_block;

@@ -21,7 +21,7 @@ struct OnePassGrid {
 OnePassGrid one_pass_grid(const cpu::AttentionShape& s, int64_t tokens, const KernelConfig& config);
 // The one-pass kernel on tensor cores (attention_mma.cu; head_dim 64 or 128), which
 // try_attention_one_pass launches with [backend.tuning] attention_mma: the same grid and arguments.
-void attention_mma(const OnePassGrid& grid, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at);
+void launch_attention_mma(const OnePassGrid& grid, const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at);
 // Whether try_attention_one_pass takes `tokens` tokens of a.
 bool one_pass_takes(const AttentionArgs& a, int64_t tokens, const KernelConfig& config);
 
