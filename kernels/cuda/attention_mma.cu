@@ -140,11 +140,11 @@ __device__ __forceinline__ void q_fragments(const uint4 (&raw)[2], const float (
     }
     __syncthreads();
     const int lane = threadIdx.x & 31, g = lane / 4;
+    const bf16* row = qs + (g < Gb ? g : 0) * HD + 2 * (lane % 4);  // every lane reads inside qs
 #pragma unroll
     for (int ks = 0; ks < HD / 16; ++ks) {
-        const bf16* at = qs + g * HD + 16 * ks + 2 * (lane % 4);
-        qb[ks][0] = g < Gb ? *reinterpret_cast<const uint32_t*>(at) : 0u;
-        qb[ks][1] = g < Gb ? *reinterpret_cast<const uint32_t*>(at + 8) : 0u;
+        qb[ks][0] = g < Gb ? *reinterpret_cast<const uint32_t*>(row + 16 * ks) : 0u;
+        qb[ks][1] = g < Gb ? *reinterpret_cast<const uint32_t*>(row + 16 * ks + 8) : 0u;
     }
 }
 

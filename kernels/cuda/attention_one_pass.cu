@@ -147,6 +147,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     attention_one_pass_kernel(cpu::AttentionShape s, int64_t t0, const int32_t* slot, const int32_t* pos, const bf16* q, bf16* k_cache,
                               bf16* v_cache, bf16* out, bool early, OnePassRope rp) {
     using Lanes = ChunkLanes<HD>;
+    static_assert(!kRope || W * 32 >= HD / 2, "a thread a RoPE frequency");
     extern __shared__ __align__(16) char ring[];  // W x kStages chunks; at the end the warps' results
     const Lanes L;
     const int64_t kv_width = s.kv_heads * HD;
