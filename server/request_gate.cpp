@@ -61,6 +61,11 @@ bool erase_expect_continue(std::string& bytes, size_t& head_end) {
     return false;
 }
 
+bool iprefix(const std::string& s, const char* prefix) {
+    const size_t n = std::strlen(prefix);
+    return s.size() >= n && iequals(s.substr(0, n), prefix);
+}
+
 const char* reason(int status) {
     switch (status) {
     case 400: return "Bad Request";
@@ -83,6 +88,21 @@ GateLimits fit_to_descriptors(GateLimits limits, int reserve) {
     limits.connections = (int)std::max<int64_t>(16, std::min<int64_t>(limits.connections, left));
     limits.per_address = std::min(limits.per_address, limits.connections);
     return limits;
+}
+
+size_t to_origin_form(std::string& bytes) {
+    const size_t sp1 = bytes.find(' ');
+    const size_t sp2 = sp1 == std::string::npos ? std::string::npos : bytes.find(' ', sp1 + 1);
+    const size_t eol = bytes.find("\r\n");
+    if (sp2 == std::string::npos || (eol != std::string::npos && sp2 > eol)) return 0;
+    const std::string target = bytes.substr(sp1 + 1, sp2 - sp1 - 1);
+    const size_t scheme = iprefix(target, "http://") ? 7 : iprefix(target, "https://") ? 8 : 0;
+    if (!scheme) return 0;
+    const size_t path = target.find_first_of("/?#", scheme);
+    std::string origin = path == std::string::npos ? "/" : target.substr(path);
+    if (origin[0] != '/') origin.insert(0, "/");
+    bytes.replace(sp1 + 1, target.size(), origin);
+    return target.size() - origin.size();
 }
 
 HeadCheck check_request_head(const std::string& head, const GateLimits& limits) {
@@ -314,11 +334,13 @@ bool RequestGate::scan_head(int fd, Conn& c) {
             return refuse(fd, c, 431, "the request has more than " + std::to_string(limits_.header_lines) + " header lines", "headers_too_large"),
                    false;
         if (i - c.line_start == 1) {  // the blank line: the head's end
-            c.scanned = i + 1;
             if (i + 1 > limits_.head_bytes) return refuse(fd, c, 431, too_long, "headers_too_large"), false;
             const HeadCheck check = check_request_head(b.substr(0, i + 1), limits_);
             if (check.status) return refuse(fd, c, check.status, check.why, check.status == 431 ? "headers_too_large" : "invalid_request"), false;
-            c.head_end = i + 1;
+            // The bytes the head loses here (an absolute-form target, an Expect line) leave the
+            // gate's count with them.
+            const size_t before = c.bytes.size();
+            c.head_end = i + 1 - to_origin_form(c.bytes);
             c.content_length = check.content_length;
             c.deadline = c.accepted + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limits_.request_s));
             // A client that waits for "100 Continue" before its body gets it from here (the line
@@ -328,6 +350,8 @@ bool RequestGate::scan_head(int fd, Conn& c) {
                 static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
                 (void)send(fd, kContinue, sizeof kContinue - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
             }
+            buffered_ -= before - c.bytes.size();
+            c.scanned = c.head_end;
             return true;
         }
         c.line_start = i + 1;

@@ -45,6 +45,12 @@ struct HeadCheck {
 };
 HeadCheck check_request_head(const std::string& head, const GateLimits& limits);
 
+// A request line's absolute-form target ("http://host:port/path?query", which RFC 9112 3.2.2 asks
+// a server to accept, though clients send it to proxies), rewritten in `bytes` as its origin form
+// ("/path?query"; "/" where it has no path), the only form cpp-httplib routes; other targets are
+// left as they are. Returns how many bytes shorter `bytes` became.
+size_t to_origin_form(std::string& bytes);
+
 // What the gate hands on: the socket (blocking again), the request's bytes read so far (its
 // head first) and when the request's reading must end (accept + request_s).
 struct ArrivedRequest {
