@@ -44,21 +44,24 @@ std::string trim_ows(const std::string& s) {
     return a == std::string::npos ? "" : s.substr(a, b - a + 1);
 }
 
-// Takes an "Expect: 100-continue" line out of the head bytes[0, head_end); whether there was one.
+// Takes every "Expect: 100-continue" line out of the head bytes[0, head_end); whether there was one.
 bool erase_expect_continue(std::string& bytes, size_t& head_end) {
-    for (size_t at = bytes.find("\r\n"); at != std::string::npos && at + 2 < head_end; at = bytes.find("\r\n", at + 2)) {
+    bool found = false;
+    for (size_t at = bytes.find("\r\n"); at != std::string::npos && at + 2 < head_end;) {
         const size_t next = bytes.find("\r\n", at + 2);
         const std::string line = bytes.substr(at + 2, next - at - 2);
         const size_t colon = line.find(':');
-        if (colon == std::string::npos || !iequals(line.substr(0, colon), "Expect")) continue;
-        std::string value = trim_ows(line.substr(colon + 1));
+        std::string value = colon == std::string::npos ? "" : trim_ows(line.substr(colon + 1));
         for (char& ch : value) ch = (char)std::tolower((unsigned char)ch);
-        if (value != "100-continue") continue;
+        if (colon == std::string::npos || !iequals(line.substr(0, colon), "Expect") || value != "100-continue") {
+            at = next;
+            continue;
+        }
         bytes.erase(at + 2, next - at);
         head_end -= next - at;
-        return true;
+        found = true;
     }
-    return false;
+    return found;
 }
 
 bool iprefix(const std::string& s, const char* prefix) {
@@ -123,7 +126,7 @@ HeadCheck check_request_head(const std::string& head, const GateLimits& limits) 
     if (sp1 == std::string::npos || sp1 == 0 || sp2 <= sp1 + 1 || request_line.find(' ', sp1 + 1) != sp2 ||
         (version != "HTTP/1.1" && version != "HTTP/1.0"))
         return fail(400, "the request line is not 'METHOD TARGET HTTP/1.1' (one space between each, HTTP/1.0 or 1.1)");
-    const bool http11 = version == "HTTP/1.1";
+    const bool http11 = r.http11 = version == "HTTP/1.1";
     int lines = 0, hosts = 0, lengths = 0;
     bool chunked = false;
     std::string length;
@@ -343,10 +346,12 @@ bool RequestGate::scan_head(int fd, Conn& c) {
             c.head_end = i + 1 - to_origin_form(c.bytes);
             c.content_length = check.content_length;
             c.deadline = c.accepted + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limits_.request_s));
-            // A client that waits for "100 Continue" before its body gets it from here (the line
-            // taken out of the head, so that the pool's thread sends none).
-            if (c.content_length > 0 && (size_t)c.content_length <= limits_.body_bytes && b.size() < c.head_end + (size_t)c.content_length &&
-                erase_expect_continue(c.bytes, c.head_end)) {
+            // "Expect: 100-continue" is answered here or not at all (the lines taken out of the
+            // head, so that the pool's thread sends no 100): an HTTP/1.1 client whose body the gate
+            // waits for gets its 100 now; a body past the limit is refused unread, a chunked one
+            // refused, and an HTTP/1.0 client's expectation ignored (RFC 9110 10.1.1).
+            if (erase_expect_continue(c.bytes, c.head_end) && check.http11 && c.content_length > 0 &&
+                (size_t)c.content_length <= limits_.body_bytes && b.size() < c.head_end + (size_t)c.content_length) {
                 static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
                 (void)send(fd, kContinue, sizeof kContinue - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
             }

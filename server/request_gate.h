@@ -18,7 +18,7 @@ namespace tpx {
 
 struct GateLimits {
     size_t head_bytes = 32 << 10;       // request line and headers with their CRLFs: 431 past it
-    size_t line_bytes = 8 << 10;        // a header line (what cpp-httplib reads of one): 431 past it
+    size_t line_bytes = (8 << 10) - 2;  // a header line (cpp-httplib reads 8 KiB with its CRLF): 431 past it
     int header_lines = 100;             // 431 past it
     double head_s = 10;                 // from the accept to the head's end: 408 past it
     double request_s = 30;              // to the end of the request's body (read here or by the pool): 408 past it
@@ -37,11 +37,12 @@ GateLimits fit_to_descriptors(GateLimits limits, int reserve);
 // to their colon, values of visible characters, spaces and tabs, a Host header in HTTP/1.1, at
 // most one Content-Length, a plain decimal number, and not beside a Transfer-Encoding; at most
 // limits.header_lines header lines of limits.line_bytes. `status` is 0 when it passes, else 400 or
-// 431 with `why`. content_length: the Content-Length, else -1.
+// 431 with `why`. content_length: the Content-Length, else -1; http11: an HTTP/1.1 request.
 struct HeadCheck {
     int status = 0;
     std::string why;
     int64_t content_length = -1;
+    bool http11 = false;
 };
 HeadCheck check_request_head(const std::string& head, const GateLimits& limits);
 

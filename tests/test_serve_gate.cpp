@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -100,6 +101,71 @@ TEST(RequestHead, AbsoluteFormTargetsBecomeOriginForm) {
         EXPECT_EQ(tpx::to_origin_form(bytes), in.size() - want.size()) << in;
         EXPECT_EQ(bytes, want) << in;
     }
+}
+
+// A header line of 8,190 bytes (8 KiB with its CRLF, what cpp-httplib reads of one) passes, one
+// more is refused; the head says whether it is HTTP/1.1.
+TEST(RequestHead, HeaderLinesUpToWhatCppHttplibReadsAndTheVersion) {
+    const std::string line = "X: " + std::string(8190 - 3, 'a');
+    HeadCheck c = check_request_head("GET / HTTP/1.1\r\nHost: x\r\n" + line + "\r\n\r\n", tpx::GateLimits{});
+    EXPECT_EQ(c.status, 0) << c.why;
+    EXPECT_TRUE(c.http11);
+    EXPECT_EQ(check_request_head("GET / HTTP/1.1\r\nHost: x\r\n" + line + "a\r\n\r\n", tpx::GateLimits{}).status, 431);
+    EXPECT_FALSE(check_request_head("GET / HTTP/1.0\r\n\r\n", tpx::GateLimits{}).http11);
+}
+
+// "Expect: 100-continue" through a gate: a 100 only for an HTTP/1.1 body the gate waits for (one,
+// however many Expect lines); none for HTTP/1.0, a body past the limit (refused unread) or a
+// chunked one; the Expect lines never reach the pool's thread, which would send its own 100.
+TEST(RequestGate, OneHundredContinueOnlyWhereTheGateWaitsForAnHttp11Body) {
+    tpx::GateLimits l;
+    l.body_bytes = 1000;
+    std::mutex mutex;
+    std::vector<std::string> handed;
+    std::unique_ptr<tpx::RequestGate> gate;
+    gate = std::make_unique<tpx::RequestGate>(
+        l,
+        [&](tpx::ArrivedRequest a) {
+            {
+                std::lock_guard<std::mutex> lock(mutex);
+                handed.push_back(a.bytes);
+            }
+            gate->close_gracefully(a.fd);
+        },
+        nullptr);
+    struct Case {
+        std::string head;
+        bool hundred;
+        std::string what;
+    };
+    const std::string expect = "Expect: 100-continue\r\n";
+    const std::vector<Case> cases = {
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + expect + expect + "Content-Length: 2\r\n\r\n", true, "HTTP/1.1, two Expect lines"},
+        {"POST /v1/completions HTTP/1.0\r\n" + expect + "Content-Length: 2\r\n\r\n", false, "HTTP/1.0"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + expect + "Content-Length: 5000\r\n\r\n", false, "a body past the limit"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + expect + "Transfer-Encoding: chunked\r\n\r\n", false, "a chunked body"},
+    };
+    for (const Case& k : cases) {
+        int sv[2];
+        ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+        timeval tv{0, 300000};
+        setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        gate->add(sv[0]);
+        ASSERT_EQ(send(sv[1], k.head.data(), k.head.size(), MSG_NOSIGNAL), (ssize_t)k.head.size());
+        char buf[256];
+        const ssize_t n = recv(sv[1], buf, sizeof buf, 0);
+        const std::string got = n > 0 ? std::string(buf, (size_t)n) : "";
+        EXPECT_EQ(got, k.hundred ? "HTTP/1.1 100 Continue\r\n\r\n" : "") << k.what;
+        (void)send(sv[1], "{}", 2, MSG_NOSIGNAL);
+        tv = {5, 0};
+        setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        for (ssize_t r; (r = recv(sv[1], buf, sizeof buf, 0)) > 0;) {
+        }
+        close(sv[1]);
+    }
+    gate->stop();
+    ASSERT_EQ(handed.size(), cases.size());
+    for (size_t i = 0; i < cases.size(); ++i) EXPECT_EQ(handed[i].find("Expect"), std::string::npos) << cases[i].what << ": " << handed[i];
 }
 
 // The bytes the gate takes out of a head (an Expect line, an absolute-form target) leave its count
