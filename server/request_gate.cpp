@@ -126,6 +126,8 @@ HeadCheck check_request_head(const std::string& head, const GateLimits& limits) 
     if (sp1 == std::string::npos || sp1 == 0 || sp2 <= sp1 + 1 || request_line.find(' ', sp1 + 1) != sp2 ||
         (version != "HTTP/1.1" && version != "HTTP/1.0"))
         return fail(400, "the request line is not 'METHOD TARGET HTTP/1.1' (one space between each, HTTP/1.0 or 1.1)");
+    for (size_t i = sp1 + 1; i < sp2; ++i)
+        if ((unsigned char)request_line[i] < 0x21 || request_line[i] == 0x7f) return fail(400, "the request target holds a control character");
     const bool http11 = r.http11 = version == "HTTP/1.1";
     int lines = 0, hosts = 0, lengths = 0;
     bool chunked = false;

@@ -33,7 +33,7 @@ struct GateLimits {
 GateLimits fit_to_descriptors(GateLimits limits, int reserve);
 
 // A request head (up to and including its blank line) checked as RFC 9112 asks of a server:
-// CRLF line ends only, no NUL or bare CR, no obs-fold, header names of token characters right up
+// a request target without control characters, CRLF line ends only, no NUL or bare CR, no obs-fold, header names of token characters right up
 // to their colon, values of visible characters, spaces and tabs, a Host header in HTTP/1.1, at
 // most one Content-Length, a plain decimal number, and not beside a Transfer-Encoding; at most
 // limits.header_lines header lines of limits.line_bytes. `status` is 0 when it passes, else 400 or

@@ -58,6 +58,8 @@ TEST(RequestHead, MalformedHeadsAreNamed) {
         {std::string("GET / HTTP/1.1\r\nHost: x\0\r\n\r\n", 26), "NUL", 400},
         {"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", "obs-fold", 400},
         {"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", "no colon", 400},
+        {"GET /v1/models\t HTTP/1.1\r\nHost: x\r\n\r\n", "control character", 400},
+        {"GET /v1/\x7fmodels HTTP/1.1\r\nHost: x\r\n\r\n", "control character", 400},
         {"GET / HTTP/1.1\r\nHost: x\r\n: v\r\n\r\n", "empty name", 400},
         {"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n", "a space before its colon", 400},
         {"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01\r\n\r\n", "control character", 400},
