@@ -32,11 +32,11 @@ struct GateLimits {
 // connections by what is left of it past `reserve` (the pool's connections, files, NCCL).
 GateLimits fit_to_descriptors(GateLimits limits, int reserve);
 
-// A request head (up to and including its blank line) checked as RFC 9112 asks of a server:
-// a request target without control characters, CRLF line ends only, no NUL or bare CR, no obs-fold, header names of token characters right up
-// to their colon, values of visible characters, spaces and tabs, a Host header in HTTP/1.1, at
-// most one Content-Length, a plain decimal number, and not beside a Transfer-Encoding; at most
-// limits.header_lines header lines of limits.line_bytes. `status` is 0 when it passes, else 400 or
+// A request head (up to and including its blank line) checked as RFC 9112 asks of a server: a
+// request target without control characters, CRLF line ends only, no NUL or bare CR, no obs-fold,
+// header names of token characters right up to their colon, values of visible characters, spaces
+// and tabs, a Host header in HTTP/1.1, at most one Content-Length, a plain decimal number, and not
+// beside a Transfer-Encoding; at most limits.header_lines header lines of limits.line_bytes. `status` is 0 when it passes, else 400 or
 // 431 with `why`. content_length: the Content-Length, else -1; http11: an HTTP/1.1 request.
 struct HeadCheck {
     int status = 0;
