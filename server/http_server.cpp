@@ -84,9 +84,10 @@ size_t body_limit_of(const ApiLimits& limits, const RequestQueue& queue) {
     return std::max<size_t>(1 << 20, (size_t)64 * (size_t)std::max<int64_t>(limits.max_seq_len, 1) * queue.capacity());
 }
 
-GateLimits gate_limits(size_t body_limit) {
+GateLimits gate_limits(size_t body_limit, const std::string& api_key) {
     GateLimits g;
     g.body_bytes = body_limit;
+    g.api_key = api_key;
     return g;
 }
 
@@ -94,7 +95,7 @@ GateLimits gate_limits(size_t body_limit) {
 
 HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& queue, ServeMetrics& metrics, RefitDesk& refits)
     : settings_(std::move(settings)), limits_(std::move(limits)), queue_(queue), metrics_(metrics), refits_(refits),
-      server_(std::make_unique<GatedServer>(settings_.threads, gate_limits(body_limit_of(limits_, queue_)),
+      server_(std::make_unique<GatedServer>(settings_.threads, gate_limits(body_limit_of(limits_, queue_), settings_.api_key),
                                             [this](int status) { metrics_.count_response(status); })) {
     httplib::Server& svr = *server_;
     const size_t body_limit = body_limit_of(limits_, queue_);
@@ -144,7 +145,8 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         else if (res.status == 413)
             reply_error(res, 413, "the body is larger than the " + std::to_string(body_limit) +
                                       " bytes this server takes (64 a token of run.max_seq_len, for serve.max_queue prompts)", "", "body_too_large");
-        else if (res.status == 400) reply_error(res, 400, kUnreadableRequest);
+        else if (res.status == 400) reply_error(res, 400, kUnreadableRequest, "", "invalid_request");
+        else if (res.status == 414) reply_error(res, 414, "the request target is longer than this server reads (about 8 KiB)", "", "uri_too_long");
         else reply_error(res, res.status, "HTTP " + std::to_string(res.status));
         return httplib::Server::HandlerResponse::Handled;
     }));

@@ -64,6 +64,18 @@ bool erase_expect_continue(std::string& bytes, size_t& head_end) {
     return found;
 }
 
+// Whether the head bytes[0, head_end) carries "Authorization: Bearer KEY".
+bool carries_key(const std::string& bytes, size_t head_end, const std::string& key) {
+    for (size_t at = bytes.find("\r\n"); at != std::string::npos && at + 2 < head_end; at = bytes.find("\r\n", at + 2)) {
+        const size_t next = bytes.find("\r\n", at + 2);
+        const std::string line = bytes.substr(at + 2, next - at - 2);
+        const size_t colon = line.find(':');
+        if (colon != std::string::npos && iequals(line.substr(0, colon), "Authorization") && trim_ows(line.substr(colon + 1)) == "Bearer " + key)
+            return true;
+    }
+    return false;
+}
+
 bool iprefix(const std::string& s, const char* prefix) {
     const size_t n = std::strlen(prefix);
     return s.size() >= n && iequals(s.substr(0, n), prefix);
@@ -351,9 +363,11 @@ bool RequestGate::scan_head(int fd, Conn& c) {
             // "Expect: 100-continue" is answered here or not at all (the lines taken out of the
             // head, so that the pool's thread sends no 100): an HTTP/1.1 client whose body the gate
             // waits for gets its 100 now; a body past the limit is refused unread, a chunked one
-            // refused, and an HTTP/1.0 client's expectation ignored (RFC 9110 10.1.1).
+            // or one without the API key refused, and an HTTP/1.0 client's expectation ignored
+            // (RFC 9110 10.1.1).
             if (erase_expect_continue(c.bytes, c.head_end) && check.http11 && c.content_length > 0 &&
-                (size_t)c.content_length <= limits_.body_bytes && b.size() < c.head_end + (size_t)c.content_length) {
+                (size_t)c.content_length <= limits_.body_bytes && b.size() < c.head_end + (size_t)c.content_length &&
+                (limits_.api_key.empty() || carries_key(c.bytes, c.head_end, limits_.api_key))) {
                 static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
                 (void)send(fd, kContinue, sizeof kContinue - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
             }

@@ -26,6 +26,8 @@ struct GateLimits {
     size_t buffered_bytes = 256 << 20;  // all waiting connections' bytes: 503 for one that would pass it
     int connections = 4096;             // waiting at once: 503 past it (fewer where the descriptors allow fewer)
     int per_address = 256;              // waiting at once from one client address: 503 past it
+    std::string api_key;                // when set, a 100 Continue only for a head carrying "Authorization: Bearer KEY"
+                                        // (the others get their 401 without sending the body)
 };
 
 // Raises this process's soft limit on descriptors to its hard one and bounds `limits`'

@@ -116,12 +116,14 @@ TEST(RequestHead, HeaderLinesUpToWhatCppHttplibReadsAndTheVersion) {
     EXPECT_FALSE(check_request_head("GET / HTTP/1.0\r\n\r\n", tpx::GateLimits{}).http11);
 }
 
-// "Expect: 100-continue" through a gate: a 100 only for an HTTP/1.1 body the gate waits for (one,
-// however many Expect lines); none for HTTP/1.0, a body past the limit (refused unread) or a
-// chunked one; the Expect lines never reach the pool's thread, which would send its own 100.
+// "Expect: 100-continue" through a gate with an API key: a 100 only for an HTTP/1.1 body the gate
+// waits for that carries the key (one, however many Expect lines); none for HTTP/1.0, a body past
+// the limit (refused unread), a chunked one, or a missing or wrong key (a 401 to come); the
+// Expect lines never reach the pool's thread, which would send its own 100.
 TEST(RequestGate, OneHundredContinueOnlyWhereTheGateWaitsForAnHttp11Body) {
     tpx::GateLimits l;
     l.body_bytes = 1000;
+    l.api_key = "k";
     std::mutex mutex;
     std::vector<std::string> handed;
     std::unique_ptr<tpx::RequestGate> gate;
@@ -140,12 +142,14 @@ TEST(RequestGate, OneHundredContinueOnlyWhereTheGateWaitsForAnHttp11Body) {
         bool hundred;
         std::string what;
     };
-    const std::string expect = "Expect: 100-continue\r\n";
+    const std::string expect = "Expect: 100-continue\r\n", key = "authorization:  Bearer k \r\n";
     const std::vector<Case> cases = {
-        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + expect + expect + "Content-Length: 2\r\n\r\n", true, "HTTP/1.1, two Expect lines"},
-        {"POST /v1/completions HTTP/1.0\r\n" + expect + "Content-Length: 2\r\n\r\n", false, "HTTP/1.0"},
-        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + expect + "Content-Length: 5000\r\n\r\n", false, "a body past the limit"},
-        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + expect + "Transfer-Encoding: chunked\r\n\r\n", false, "a chunked body"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + key + expect + expect + "Content-Length: 2\r\n\r\n", true, "HTTP/1.1, two Expect lines"},
+        {"POST /v1/completions HTTP/1.0\r\n" + key + expect + "Content-Length: 2\r\n\r\n", false, "HTTP/1.0"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + key + expect + "Content-Length: 5000\r\n\r\n", false, "a body past the limit"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + key + expect + "Transfer-Encoding: chunked\r\n\r\n", false, "a chunked body"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer j\r\n" + expect + "Content-Length: 2\r\n\r\n", false, "a wrong key"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + expect + "Content-Length: 2\r\n\r\n", false, "no key"},
     };
     for (const Case& k : cases) {
         int sv[2];
@@ -319,6 +323,10 @@ TEST(ServeGate, SlowAndIdleConnectionsHoldNoThreadAndBadHeadsAreRefused) {
     got = http_exchange(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(count(got, "HTTP/1.1 "), 1) << got;
     EXPECT_NE(got.find("{\"status\":\"ok\"}"), std::string::npos) << got;
+    // A target longer than cpp-httplib reads: 414, with its code.
+    got = http_exchange(port, "GET /health?" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(got.rfind("HTTP/1.1 414", 0), 0u) << got.substr(0, 200);
+    EXPECT_NE(got.find("\"uri_too_long\""), std::string::npos) << got.substr(0, 400);
     // An absolute-form target, as a client speaking to a proxy sends it.
     got = http_exchange(port, "GET http://127.0.0.1:" + std::to_string(port) + "/health HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_NE(got.find("{\"status\":\"ok\"}"), std::string::npos) << got;
