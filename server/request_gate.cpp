@@ -336,6 +336,14 @@ void RequestGate::on_readable(int fd, Conn& c) {
 // whole head too long, too many lines: refused at once), and the head checked whole at its end.
 // False where the connection was refused.
 bool RequestGate::scan_head(int fd, Conn& c) {
+    // Empty lines before the request line are ignored, as RFC 9112 2.2 asks of a server.
+    size_t blank = 0;
+    while (c.lines == 0 && c.bytes.compare(blank, 2, "\r\n") == 0) blank += 2;
+    if (blank) {
+        c.bytes.erase(0, blank);
+        buffered_ -= blank;
+        c.scanned = c.line_start = 0;
+    }
     const std::string& b = c.bytes;
     const std::string too_long = "the request line and headers are longer than " + std::to_string(limits_.head_bytes) + " bytes";
     for (size_t i = c.scanned; i < b.size(); ++i) {

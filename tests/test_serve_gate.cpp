@@ -323,6 +323,9 @@ TEST(ServeGate, SlowAndIdleConnectionsHoldNoThreadAndBadHeadsAreRefused) {
     got = http_exchange(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(count(got, "HTTP/1.1 "), 1) << got;
     EXPECT_NE(got.find("{\"status\":\"ok\"}"), std::string::npos) << got;
+    // Empty lines before the request line are ignored (RFC 9112 2.2).
+    got = http_exchange(port, "\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_NE(got.find("{\"status\":\"ok\"}"), std::string::npos) << got;
     // A target longer than cpp-httplib reads: 414, with its code.
     got = http_exchange(port, "GET /health?" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(got.rfind("HTTP/1.1 414", 0), 0u) << got.substr(0, 200);
