@@ -32,8 +32,7 @@ void reply_error(httplib::Response& res, int status, const std::string& message,
 // Why cpp-httplib answered 400 before any handler saw the request. (A body with a
 // Content-Encoding or Transfer-Encoding, or a POST without a Content-Length, is refused before it
 // is read: the pre-routing handler.)
-constexpr const char* kUnreadableRequest = "the request could not be read as HTTP/1.1 (its request line or headers, or a body shorter than its "
-                                           "Content-Length)";
+constexpr const char* kUnreadableRequest = "the request could not be read as HTTP/1.1 (its request line or headers)";
 
 // RFC 9112 6.3: two Content-Lengths, one beside a Transfer-Encoding, or one that is not a plain
 // decimal number (a list "0, 38", a sign, letters, past 18 digits: readers differ on each) leave a

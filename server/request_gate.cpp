@@ -64,14 +64,17 @@ bool erase_expect_continue(std::string& bytes, size_t& head_end) {
     return found;
 }
 
-// Whether the head bytes[0, head_end) carries "Authorization: Bearer KEY".
-bool carries_key(const std::string& bytes, size_t head_end, const std::string& key) {
+// The value of the head bytes[0, head_end)'s first `name` header (as cpp-httplib's
+// get_header_value reads it), and whether there is one.
+bool first_header(const std::string& bytes, size_t head_end, const char* name, std::string& value) {
     for (size_t at = bytes.find("\r\n"); at != std::string::npos && at + 2 < head_end; at = bytes.find("\r\n", at + 2)) {
         const size_t next = bytes.find("\r\n", at + 2);
         const std::string line = bytes.substr(at + 2, next - at - 2);
         const size_t colon = line.find(':');
-        if (colon != std::string::npos && iequals(line.substr(0, colon), "Authorization") && trim_ows(line.substr(colon + 1)) == "Bearer " + key)
+        if (colon != std::string::npos && iequals(line.substr(0, colon), name)) {
+            value = trim_ows(line.substr(colon + 1));
             return true;
+        }
     }
     return false;
 }
@@ -139,7 +142,8 @@ HeadCheck check_request_head(const std::string& head, const GateLimits& limits) 
         (version != "HTTP/1.1" && version != "HTTP/1.0"))
         return fail(400, "the request line is not 'METHOD TARGET HTTP/1.1' (one space between each, HTTP/1.0 or 1.1)");
     for (size_t i = sp1 + 1; i < sp2; ++i)
-        if ((unsigned char)request_line[i] < 0x21 || request_line[i] == 0x7f) return fail(400, "the request target holds a control character");
+        if ((unsigned char)request_line[i] < 0x21 || request_line[i] == 0x7f || request_line[i] == '#')
+            return fail(400, "the request target holds a control character or a '#' (no request carries a fragment)");
     const bool http11 = r.http11 = version == "HTTP/1.1";
     int lines = 0, hosts = 0, lengths = 0;
     bool chunked = false;
@@ -187,6 +191,7 @@ struct RequestGate::Conn {
     int lines = 0;                        // line ends seen in the head
     size_t head_end = std::string::npos;  // past the head's blank line, once seen
     int64_t content_length = -1;
+    bool wait_body = false;  // the body is read here (a POST's of up to the limit, with the API key where one is set)
 };
 
 RequestGate::RequestGate(GateLimits limits, std::function<void(ArrivedRequest)> ready, std::function<void(int)> refused)
@@ -327,8 +332,7 @@ void RequestGate::on_readable(int fd, Conn& c) {
         if (c.head_end == std::string::npos && !scan_head(fd, c)) return;  // refused
         if (c.head_end == std::string::npos) continue;
         // The head is here: the body too where the gate waits for it.
-        const bool wait_body = c.content_length > 0 && (size_t)c.content_length <= limits_.body_bytes;
-        if (!wait_body || c.bytes.size() >= c.head_end + (size_t)c.content_length) return hand_on(fd, c);
+        if (!c.wait_body || c.bytes.size() >= c.head_end + (size_t)c.content_length) return hand_on(fd, c);
     }
 }
 
@@ -368,14 +372,19 @@ bool RequestGate::scan_head(int fd, Conn& c) {
             c.head_end = i + 1 - to_origin_form(c.bytes);
             c.content_length = check.content_length;
             c.deadline = c.accepted + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limits_.request_s));
+            // The body is waited for here where it can be taken: a POST's (any other method with a
+            // body is a 400), of up to the limit (past it a 413), not encoded (a 415), carrying the
+            // API key where one is set (else a 401): those answers come from the pool's thread
+            // before it reads a body, and the lingering close drops what follows.
+            std::string value;
+            c.wait_body = c.content_length > 0 && (size_t)c.content_length <= limits_.body_bytes && c.bytes.compare(0, 5, "POST ") == 0 &&
+                          !first_header(c.bytes, c.head_end, "Content-Encoding", value) &&
+                          (limits_.api_key.empty() ||
+                           (first_header(c.bytes, c.head_end, "Authorization", value) && value == "Bearer " + limits_.api_key));
             // "Expect: 100-continue" is answered here or not at all (the lines taken out of the
-            // head, so that the pool's thread sends no 100): an HTTP/1.1 client whose body the gate
-            // waits for gets its 100 now; a body past the limit is refused unread, a chunked one
-            // or one without the API key refused, and an HTTP/1.0 client's expectation ignored
-            // (RFC 9110 10.1.1).
-            if (erase_expect_continue(c.bytes, c.head_end) && check.http11 && c.content_length > 0 &&
-                (size_t)c.content_length <= limits_.body_bytes && b.size() < c.head_end + (size_t)c.content_length &&
-                (limits_.api_key.empty() || carries_key(c.bytes, c.head_end, limits_.api_key))) {
+            // head, so that the pool's thread sends no 100): an HTTP/1.1 client whose body is waited
+            // for gets its 100 now; an HTTP/1.0 client's expectation is ignored (RFC 9110 10.1.1).
+            if (erase_expect_continue(c.bytes, c.head_end) && check.http11 && c.wait_body && b.size() < c.head_end + (size_t)c.content_length) {
                 static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
                 (void)send(fd, kContinue, sizeof kContinue - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
             }
@@ -387,7 +396,7 @@ bool RequestGate::scan_head(int fd, Conn& c) {
     }
     c.scanned = b.size();
     if (b.size() > limits_.head_bytes) return refuse(fd, c, 431, too_long, "headers_too_large"), false;
-    if (c.lines > 0 && b.size() - c.line_start > limits_.line_bytes)
+    if (c.lines > 0 && b.size() - c.line_start - (b.back() == '\r') > limits_.line_bytes)  // (a read may end between CR and LF)
         return refuse(fd, c, 431, "a header line is longer than " + std::to_string(limits_.line_bytes) + " bytes", "headers_too_large"), false;
     return true;
 }

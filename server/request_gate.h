@@ -26,8 +26,8 @@ struct GateLimits {
     size_t buffered_bytes = 256 << 20;  // all waiting connections' bytes: 503 for one that would pass it
     int connections = 4096;             // waiting at once: 503 past it (fewer where the descriptors allow fewer)
     int per_address = 256;              // waiting at once from one client address: 503 past it
-    std::string api_key;                // when set, a 100 Continue only for a head carrying "Authorization: Bearer KEY"
-                                        // (the others get their 401 without sending the body)
+    std::string api_key;                // when set, a body is waited for (and 100 Continue sent) only where the head
+                                        // carries "Authorization: Bearer KEY": the others get their 401 unread
 };
 
 // Raises this process's soft limit on descriptors to its hard one and bounds `limits`'
@@ -35,7 +35,7 @@ struct GateLimits {
 GateLimits fit_to_descriptors(GateLimits limits, int reserve);
 
 // A request head (up to and including its blank line) checked as RFC 9112 asks of a server: a
-// request target without control characters, CRLF line ends only, no NUL or bare CR, no obs-fold,
+// request target without control characters or a fragment, CRLF line ends only, no NUL or bare CR, no obs-fold,
 // header names of token characters right up to their colon, values of visible characters, spaces
 // and tabs, a Host header in HTTP/1.1, at most one Content-Length, a plain decimal number, and not
 // beside a Transfer-Encoding; at most limits.header_lines header lines of limits.line_bytes. `status` is 0 when it passes, else 400 or
