@@ -64,21 +64,6 @@ bool erase_expect_continue(std::string& bytes, size_t& head_end) {
     return found;
 }
 
-// The value of the head bytes[0, head_end)'s first `name` header (as cpp-httplib's
-// get_header_value reads it), and whether there is one.
-bool first_header(const std::string& bytes, size_t head_end, const char* name, std::string& value) {
-    for (size_t at = bytes.find("\r\n"); at != std::string::npos && at + 2 < head_end; at = bytes.find("\r\n", at + 2)) {
-        const size_t next = bytes.find("\r\n", at + 2);
-        const std::string line = bytes.substr(at + 2, next - at - 2);
-        const size_t colon = line.find(':');
-        if (colon != std::string::npos && iequals(line.substr(0, colon), name)) {
-            value = trim_ows(line.substr(colon + 1));
-            return true;
-        }
-    }
-    return false;
-}
-
 bool iprefix(const std::string& s, const char* prefix) {
     const size_t n = std::strlen(prefix);
     return s.size() >= n && iequals(s.substr(0, n), prefix);
@@ -145,6 +130,7 @@ HeadCheck check_request_head(const std::string& head, const GateLimits& limits) 
         if ((unsigned char)request_line[i] < 0x21 || request_line[i] == 0x7f || request_line[i] == '#')
             return fail(400, "the request target holds a control character or a '#' (no request carries a fragment)");
     const bool http11 = r.http11 = version == "HTTP/1.1";
+    r.post = request_line.compare(0, sp1, "POST") == 0;
     int lines = 0, hosts = 0, lengths = 0;
     bool chunked = false;
     std::string length;
@@ -169,6 +155,8 @@ HeadCheck check_request_head(const std::string& head, const GateLimits& limits) 
         if (iequals(name, "Host")) ++hosts;
         if (iequals(name, "Transfer-Encoding")) chunked = true;
         if (iequals(name, "Content-Length")) ++lengths, length = trim_ows(line.substr(colon + 1));
+        if (iequals(name, "Content-Encoding")) r.encoded = true;
+        if (iequals(name, "Authorization") && !r.has_authorization) r.has_authorization = true, r.authorization = trim_ows(line.substr(colon + 1));
     }
     if (http11 && hosts != 1) return fail(400, hosts ? "the request has more than one Host header" : "an HTTP/1.1 request needs a Host header");
     if (lengths > 1) return fail(400, "the request's body length is ambiguous (more than one Content-Length header)");
@@ -376,11 +364,8 @@ bool RequestGate::scan_head(int fd, Conn& c) {
             // body is a 400), of up to the limit (past it a 413), not encoded (a 415), carrying the
             // API key where one is set (else a 401): those answers come from the pool's thread
             // before it reads a body, and the lingering close drops what follows.
-            std::string value;
-            c.wait_body = c.content_length > 0 && (size_t)c.content_length <= limits_.body_bytes && c.bytes.compare(0, 5, "POST ") == 0 &&
-                          !first_header(c.bytes, c.head_end, "Content-Encoding", value) &&
-                          (limits_.api_key.empty() ||
-                           (first_header(c.bytes, c.head_end, "Authorization", value) && value == "Bearer " + limits_.api_key));
+            c.wait_body = c.content_length > 0 && (size_t)c.content_length <= limits_.body_bytes && check.post && !check.encoded &&
+                          (limits_.api_key.empty() || (check.has_authorization && check.authorization == "Bearer " + limits_.api_key));
             // "Expect: 100-continue" is answered here or not at all (the lines taken out of the
             // head, so that the pool's thread sends no 100): an HTTP/1.1 client whose body is waited
             // for gets its 100 now; an HTTP/1.0 client's expectation is ignored (RFC 9110 10.1.1).

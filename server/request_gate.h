@@ -39,12 +39,15 @@ GateLimits fit_to_descriptors(GateLimits limits, int reserve);
 // header names of token characters right up to their colon, values of visible characters, spaces
 // and tabs, a Host header in HTTP/1.1, at most one Content-Length, a plain decimal number, and not
 // beside a Transfer-Encoding; at most limits.header_lines header lines of limits.line_bytes. `status` is 0 when it passes, else 400 or
-// 431 with `why`. content_length: the Content-Length, else -1; http11: an HTTP/1.1 request.
+// 431 with `why`. Of a head that passes: content_length (else -1), whether it is HTTP/1.1, a POST
+// and has a Content-Encoding, and its first Authorization header's value (as cpp-httplib's
+// get_header_value reads it).
 struct HeadCheck {
     int status = 0;
     std::string why;
     int64_t content_length = -1;
-    bool http11 = false;
+    bool http11 = false, post = false, encoded = false, has_authorization = false;
+    std::string authorization;
 };
 HeadCheck check_request_head(const std::string& head, const GateLimits& limits);
 

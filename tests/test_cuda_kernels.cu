@@ -899,9 +899,10 @@ TEST(CudaKernels, DecodeAttentionInOnePassMatchesTwin) {
 // and both caches bit for bit, from strided [q | k | v | pad] rows as the QKV split's views.
 // Blocks of 1, 2 and 4 query heads (the KV head's row written by each of its blocks), eight- and
 // four-warp blocks, positions past the ring of three chunks a warp (the own row read back from the
-// cache), a window; with and without the early loads; on tensor cores (attention_mma) and not. Where it cannot (head_dim 256, a step that
-// is not a decode batch, the split kernel's few tokens) attention_rope_applies says no; the
-// executor takes it only where attention_rope_pays (four-warp blocks).
+// cache), a window; with and without the early loads; on tensor cores (attention_mma) and not.
+// Where it cannot (head_dim 256, a step that is not a decode batch, the split kernel's few tokens)
+// attention_rope_applies says no; the executor takes it only where attention_rope_pays (on tensor
+// cores, or in four-warp blocks).
 TEST(CudaKernels, DecodeAttentionTakingRopeEqualsRopeThenAttention) {
     REQUIRE_GPU();
     int sms = 0;

@@ -9,8 +9,13 @@
 
 namespace tpx::cuda {
 
-// A warp's ring of K and V rows in shared memory, in both kernels.
+// A warp's ring of K and V rows in shared memory, in both kernels, and a block's of W warps (its
+// dynamic shared memory).
 constexpr int kWarpRingBytes = 12288;
+template <int W>
+constexpr int ring_bytes() {
+    return W * kWarpRingBytes;
+}
 
 // A block's decode token: block x of a grid from token t0, y its group of Gb query heads (from
 // h0, of KV head kvh); the token's position p, its first visible key (the sliding window), its n

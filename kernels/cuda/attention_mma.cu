@@ -27,11 +27,6 @@ struct MmaLayout {
     static_assert(kUnits >= 2 && kCopies >= 1, "head_dim 64 or 128");
 };
 
-template <int W>
-constexpr int mma_ring_bytes() {
-    return W * kWarpRingBytes;
-}
-
 // The byte offset of row r's piece c in a unit: pieces XOR-swizzled by r % 8.
 template <int HD>
 __device__ __forceinline__ int piece_at(int r, int c) {
@@ -251,11 +246,11 @@ template <int HD, int Gb, int W, bool kRope>
 void launch_mma(const AttentionArgs& a, int64_t t0, int64_t t1, bool early, const Launch& at) {
     const auto kernel = attention_mma_kernel<HD, Gb, W, kRope>;
     static const bool raised = [&] {  // once a process (and instance): one device each
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, mma_ring_bytes<W>()));
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ring_bytes<W>()));
         return true;
     }();
     (void)raised;
-    launch(kernel, dim3((unsigned)(t1 - t0), (unsigned)(a.shape.heads / Gb)), W * 32, mma_ring_bytes<W>(), at, a.shape, t0, a.slot, a.pos,
+    launch(kernel, dim3((unsigned)(t1 - t0), (unsigned)(a.shape.heads / Gb)), W * 32, ring_bytes<W>(), at, a.shape, t0, a.slot, a.pos,
            a.q, a.k_cache, a.v_cache, a.out, early, one_pass_rope(a, kRope));
     TPX_LAUNCH_CHECK();
 }

@@ -18,10 +18,6 @@ constexpr int kStages = 3;         // chunks in flight a warp
 static_assert(kStages * kChunkBytes == kWarpRingBytes, "the warp's ring");
 // A block's warps W: 8 (two blocks an SM), or 4 (four an SM) where the grid has more blocks than
 // two an SM, so that a grid of up to four an SM runs in one wave.
-template <int W>
-constexpr int ring_bytes() {
-    return W * kStages * kChunkBytes;
-}
 constexpr int kMaxGb = 4, kMaxHeadDim = 256;
 
 // Lane (sub, part) holds dims [8 part, 8 part + 8) of key sub of each round of kKeys keys; a chunk
