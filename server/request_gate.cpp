@@ -44,6 +44,20 @@ std::string trim_ows(const std::string& s) {
     return a == std::string::npos ? "" : s.substr(a, b - a + 1);
 }
 
+// Every '%' in a header value of the head bytes[0, head_end) written as "%25": cpp-httplib
+// (0.11) percent-decodes header values, which would hand the handlers "Bearer kA" for a client's
+// "Bearer k%41" (and never the key "k%41" itself); so escaped, each value reaches them as sent.
+// Returns how many bytes longer the head became.
+size_t keep_header_values(std::string& bytes, size_t& head_end) {
+    const size_t line_end = bytes.find("\r\n");
+    size_t added = 0;
+    for (size_t i = bytes.find('%', line_end); i != std::string::npos && i < head_end; i = bytes.find('%', i + 3)) {
+        bytes.insert(i + 1, "25");
+        head_end += 2, added += 2;
+    }
+    return added;
+}
+
 // Takes every "Expect: 100-continue" line out of the head bytes[0, head_end); whether there was one.
 bool erase_expect_continue(std::string& bytes, size_t& head_end) {
     bool found = false;
@@ -141,8 +155,8 @@ HeadCheck check_request_head(const std::string& head, const GateLimits& limits) 
         if (line.empty()) break;  // the blank line that ends the head
         if (++lines > limits.header_lines)
             return fail(431, "the request has more than " + std::to_string(limits.header_lines) + " header lines");
-        if (line.size() > limits.line_bytes)
-            return fail(431, "a header line is longer than " + std::to_string(limits.line_bytes) + " bytes");
+        if (line.size() + 2 * (size_t)std::count(line.begin(), line.end(), '%') > limits.line_bytes)  // (each '%' escaped: keep_header_values)
+            return fail(431, "a header line is longer than " + std::to_string(limits.line_bytes) + " bytes (a '%' counting 3)");
         if (line[0] == ' ' || line[0] == '\t') return fail(400, "a header line is folded onto the one before it (obs-fold)");
         const size_t colon = line.find(':');
         if (colon == std::string::npos) return fail(400, "a header line has no colon");
@@ -358,6 +372,7 @@ bool RequestGate::scan_head(int fd, Conn& c) {
             // gate's count with them.
             const size_t before = c.bytes.size();
             c.head_end = i + 1 - to_origin_form(c.bytes);
+            const size_t escaped = keep_header_values(c.bytes, c.head_end);
             c.content_length = check.content_length;
             c.deadline = c.accepted + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limits_.request_s));
             // The body is waited for here where it can be taken: a POST's (any other method with a
@@ -373,7 +388,8 @@ bool RequestGate::scan_head(int fd, Conn& c) {
                 static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
                 (void)send(fd, kContinue, sizeof kContinue - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
             }
-            buffered_ -= before - c.bytes.size();
+            buffered_ += escaped;
+            buffered_ -= before + escaped - c.bytes.size();
             c.scanned = c.head_end;
             return true;
         }

@@ -107,13 +107,16 @@ TEST(RequestHead, AbsoluteFormTargetsBecomeOriginForm) {
 }
 
 // A header line of 8,190 bytes (8 KiB with its CRLF, what cpp-httplib reads of one) passes, one
-// more is refused; the head says whether it is HTTP/1.1.
+// more is refused (a '%' counting 3); the head says whether it is HTTP/1.1.
 TEST(RequestHead, HeaderLinesUpToWhatCppHttplibReadsAndTheVersion) {
     const std::string line = "X: " + std::string(8190 - 3, 'a');
     HeadCheck c = check_request_head("GET / HTTP/1.1\r\nHost: x\r\n" + line + "\r\n\r\n", tpx::GateLimits{});
     EXPECT_EQ(c.status, 0) << c.why;
     EXPECT_TRUE(c.http11);
     EXPECT_EQ(check_request_head("GET / HTTP/1.1\r\nHost: x\r\n" + line + "a\r\n\r\n", tpx::GateLimits{}).status, 431);
+    // A '%' counts 3: the gate hands it on escaped as "%25".
+    EXPECT_EQ(check_request_head("GET / HTTP/1.1\r\nHost: x\r\n" + line.substr(0, 8190 - 3) + "%\r\n\r\n", tpx::GateLimits{}).status, 0);
+    EXPECT_EQ(check_request_head("GET / HTTP/1.1\r\nHost: x\r\n" + line.substr(0, 8190 - 2) + "%\r\n\r\n", tpx::GateLimits{}).status, 431);
     EXPECT_FALSE(check_request_head("GET / HTTP/1.0\r\n\r\n", tpx::GateLimits{}).http11);
 }
 
@@ -185,8 +188,9 @@ TEST(RequestGate, OneHundredContinueOnlyWhereTheGateWaitsForAnHttp11Body) {
 }
 
 // Heads that come in pieces cut at awkward places: inside a CRLF before the request line, between
-// the CR and LF of a header line of the longest length, inside the target's scheme and inside an
-// Expect line. Each is handed on whole (none refused), as one read would have been.
+// the CR and LF of a header line of the longest length, inside the target's scheme, inside an
+// Expect line and inside a percent escape. Each is handed on whole (none refused), as one read
+// would have been, a header value's '%' escaped.
 TEST(RequestGate, HeadsCutAnywhereAreReadAsWhole) {
     std::mutex mutex;
     std::vector<std::string> handed;
@@ -207,10 +211,13 @@ TEST(RequestGate, HeadsCutAnywhereAreReadAsWhole) {
         {"\r", "\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n"},
         {"GET /health HTTP/1.1\r\nHost: x\r\n" + long_line + "\r", "\n\r\n"},
         {"POST htt", "p://h/v1/completions HTTP/1.1\r\nHost: x\r\nExp", "ect: 100-continue\r\nContent-Length: 2\r\n\r\n", "{}"},
+        {"GET /v%41 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k%4", "1%\r\n\r\n"},
     };
     const std::vector<std::string> want = {"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
                                            "GET /health HTTP/1.1\r\nHost: x\r\n" + long_line + "\r\n\r\n",
-                                           "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"};
+                                           "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+                                           // a header value's '%' escaped for cpp-httplib, which decodes them (the target's are left)
+                                           "GET /v%41 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k%2541%25\r\n\r\n"};
     for (const std::vector<std::string>& request : pieces) {
         int sv[2];
         ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);

@@ -128,6 +128,8 @@ const modes = {
       try { await fn(); out[name] = { status: 200 }; } catch (e) { out[name] = failure(e); }
     };
     await attempt("bad_key", () => new OpenAI({ baseURL: base + "/v1", apiKey: "wrong", maxRetries: 0 }).completions.create({ model, prompt: "Hi" }));
+    const decoded = decodeURIComponent(apiKey);  // "sk-test%41" read as a URL would be: "sk-testA", not the key
+    await attempt("decoded_key", () => new OpenAI({ baseURL: base + "/v1", apiKey: decoded, maxRetries: 0 }).completions.create({ model, prompt: "Hi" }));
     await attempt("n", () => client.completions.create({ model, prompt: "Hi", n: 2 }));
     await attempt("echo", () => client.completions.create({ model, prompt: "Hi", echo: true }));
     await attempt("temperature", () => client.completions.create({ model, prompt: "Hi", temperature: "hot" }));
