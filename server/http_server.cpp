@@ -371,10 +371,15 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
         return;
     }
     res.set_header("Cache-Control", "no-cache");
+    // A client that closes, or only half-closes, its connection cancels the stream, as it does a
+    // call answered at once (a write to a closed connection would also fail, but not to a
+    // half-closed one).
+    const int socket = find_connection(req.remote_addr, req.remote_port, req.local_port);
     res.set_chunked_content_provider(
         "text/event-stream",
-        [stream, model](size_t, httplib::DataSink& sink) {
+        [stream, model, socket](size_t, httplib::DataSink& sink) {
             Stream& s = *stream;
+            if (socket >= 0 && peer_hung_up(socket)) return false;
             auto write = [&](const std::string& text) { return sink.write(text.data(), text.size()); };
             if (!s.started) {
                 s.started = true;

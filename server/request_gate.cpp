@@ -146,7 +146,7 @@ HeadCheck check_request_head(const std::string& head, const GateLimits& limits) 
     const bool http11 = r.http11 = version == "HTTP/1.1";
     r.post = request_line.compare(0, sp1, "POST") == 0;
     int lines = 0, hosts = 0, lengths = 0;
-    bool chunked = false;
+    bool chunked = false, encoding_seen = false;
     std::string length;
     while (at != std::string::npos && at + 2 < head.size()) {
         const size_t next = head.find("\r\n", at + 2);
@@ -169,8 +169,11 @@ HeadCheck check_request_head(const std::string& head, const GateLimits& limits) 
         if (iequals(name, "Host")) ++hosts;
         if (iequals(name, "Transfer-Encoding")) chunked = true;
         if (iequals(name, "Content-Length")) ++lengths, length = trim_ows(line.substr(colon + 1));
-        if (iequals(name, "Content-Encoding")) r.encoded = true;
-        if (iequals(name, "Authorization") && !r.has_authorization) r.has_authorization = true, r.authorization = trim_ows(line.substr(colon + 1));
+        // Content-Encoding and Authorization as the server's handlers read them: cpp-httplib drops
+        // a header whose value is empty, and get_header_value gives the first of the others.
+        const std::string value = trim_ows(line.substr(colon + 1));
+        if (iequals(name, "Content-Encoding") && !value.empty() && !encoding_seen) encoding_seen = true, r.encoded = value != "identity";
+        if (iequals(name, "Authorization") && !value.empty() && !r.has_authorization) r.has_authorization = true, r.authorization = value;
     }
     if (http11 && hosts != 1) return fail(400, hosts ? "the request has more than one Host header" : "an HTTP/1.1 request needs a Host header");
     if (lengths > 1) return fail(400, "the request's body length is ambiguous (more than one Content-Length header)");

@@ -40,8 +40,9 @@ GateLimits fit_to_descriptors(GateLimits limits, int reserve);
 // and tabs, a Host header in HTTP/1.1, at most one Content-Length, a plain decimal number, and not
 // beside a Transfer-Encoding; at most limits.header_lines header lines of limits.line_bytes. `status` is 0 when it passes, else 400 or
 // 431 with `why`. Of a head that passes: content_length (else -1), whether it is HTTP/1.1, a POST
-// and has a Content-Encoding, and its first Authorization header's value (as cpp-httplib's
-// get_header_value reads it).
+// and has a Content-Encoding other than "identity", and its Authorization header's value, each
+// as the server's handlers read them (cpp-httplib's get_header_value: the first header of the name
+// whose value is not empty).
 struct HeadCheck {
     int status = 0;
     std::string why;

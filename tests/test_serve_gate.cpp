@@ -159,6 +159,14 @@ TEST(RequestGate, OneHundredContinueOnlyWhereTheGateWaitsForAnHttp11Body) {
         {"GET /health HTTP/1.1\r\nHost: x\r\n" + key + expect + "Content-Length: 2\r\n\r\n", false, "a GET with a body"},
         {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + key + expect + "Content-Encoding: gzip\r\nContent-Length: 2\r\n\r\n", false,
          "an encoded body"},
+        // As the server's handlers read the head (cpp-httplib drops a header with an empty value):
+        // bodies they take are waited for here, never by a thread of the pool.
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: \r\n" + key + expect + "Content-Length: 2\r\n\r\n", true,
+         "an empty Authorization before the key"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + key + expect + "Content-Encoding: identity\r\nContent-Length: 2\r\n\r\n", true,
+         "Content-Encoding: identity"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + key + expect + "Content-Encoding:\r\nContent-Encoding: identity\r\nContent-Length: 2\r\n\r\n",
+         true, "an empty Content-Encoding"},
     };
     for (const Case& k : cases) {
         int sv[2];
@@ -407,8 +415,9 @@ TEST(ServeGate, SlowAndIdleConnectionsHoldNoThreadAndBadHeadsAreRefused) {
 }
 
 // A client that sends its call and shuts its sending side (nc -N): the call is cancelled and the
-// client reads a 499 saying so (it read an empty 200 before), counted as such.
-TEST(ServeGate, AHalfClosedWholeCallIsAnswered499) {
+// client reads a 499 saying so (it read an empty 200 before), counted as such; a stream so
+// half-closed is cancelled too (it ran to its end before), its chunks cut short.
+TEST(ServeGate, AHalfClosedCallIsCancelled) {
     tpx_test::ServeProcess server("[model]\npath = \"" + kModel + "\"\n[run]\nmax_new_tokens = 64\n[serve]\nport = 0\n", "--step-delay-ms 50",
                                   "serve: ready");
     const int port = std::stoi(server.base().substr(server.base().rfind(':') + 1));
@@ -432,6 +441,26 @@ TEST(ServeGate, AHalfClosedWholeCallIsAnswered499) {
     }
     EXPECT_NE(metrics.find("tpx_requests_total{status=\"499\"} 1"), std::string::npos) << metrics;
     EXPECT_NE(metrics.find("tpx_requests_cancelled_total 1"), std::string::npos) << metrics;
+
+    const std::string streamed = "{\"model\": \"job\", \"prompt\": \"hi\", \"max_tokens\": 64, \"stream\": true}";
+    const int sfd = connect_to(port);
+    ASSERT_GE(sfd, 0);
+    const std::string scall = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                              std::to_string(streamed.size()) + "\r\n\r\n" + streamed;
+    ASSERT_EQ(send(sfd, scall.data(), scall.size(), MSG_NOSIGNAL), (ssize_t)scall.size());
+    shutdown(sfd, SHUT_WR);
+    const auto t0 = std::chrono::steady_clock::now();
+    got.clear();
+    for (ssize_t n; (n = recv(sfd, buf, sizeof buf, 0)) > 0;) got.append(buf, (size_t)n);
+    close(sfd);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(got.find("[DONE]"), std::string::npos) << got;
+    EXPECT_LT(s, 2.0) << "64 steps of 50 ms would take 3.2 s: the stream was not cut short";
+    for (int i = 0; i < 50 && metrics.find("tpx_requests_cancelled_total 2") == std::string::npos; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        metrics = http_exchange(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    EXPECT_NE(metrics.find("tpx_requests_cancelled_total 2"), std::string::npos) << metrics;
 }
 
 }  // namespace
