@@ -134,8 +134,9 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
                                    " bytes this server takes (64 a token of run.max_seq_len, for serve.max_queue prompts)",
                           "body_too_large");
         if (req.method != "POST" && has_body(req)) return refuse(400, "a " + req.method + " request takes no body", "invalid_request");
-        if (settings_.api_key.empty() || (req.path == "/health" && req.method == "GET")) return httplib::Server::HandlerResponse::Unhandled;
-        if (req.get_header_value("Authorization") == "Bearer " + settings_.api_key) return httplib::Server::HandlerResponse::Unhandled;
+        if (settings_.api_key.empty() || (req.path == "/health" && (req.method == "GET" || req.method == "HEAD")))
+            return httplib::Server::HandlerResponse::Unhandled;
+        if (bearer_matches(req.get_header_value("Authorization"), settings_.api_key)) return httplib::Server::HandlerResponse::Unhandled;
         return refuse(401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "invalid_api_key");
     });
     svr.set_error_handler(httplib::Server::HandlerWithResponse([body_limit](const httplib::Request& req, httplib::Response& res) {

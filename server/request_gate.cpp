@@ -107,6 +107,13 @@ GateLimits fit_to_descriptors(GateLimits limits, int reserve) {
     return limits;
 }
 
+bool bearer_matches(const std::string& authorization, const std::string& key) {
+    const size_t scheme = 6;  // "Bearer"
+    if (authorization.size() <= scheme || !iequals(authorization.substr(0, scheme), "Bearer") || authorization[scheme] != ' ') return false;
+    const size_t at = authorization.find_first_not_of(' ', scheme);
+    return at != std::string::npos && authorization.compare(at, std::string::npos, key) == 0;
+}
+
 size_t to_origin_form(std::string& bytes) {
     const size_t sp1 = bytes.find(' ');
     const size_t sp2 = sp1 == std::string::npos ? std::string::npos : bytes.find(' ', sp1 + 1);
@@ -383,7 +390,7 @@ bool RequestGate::scan_head(int fd, Conn& c) {
             // API key where one is set (else a 401): those answers come from the pool's thread
             // before it reads a body, and the lingering close drops what follows.
             c.wait_body = c.content_length > 0 && (size_t)c.content_length <= limits_.body_bytes && check.post && !check.encoded &&
-                          (limits_.api_key.empty() || (check.has_authorization && check.authorization == "Bearer " + limits_.api_key));
+                          (limits_.api_key.empty() || (check.has_authorization && bearer_matches(check.authorization, limits_.api_key)));
             // "Expect: 100-continue" is answered here or not at all (the lines taken out of the
             // head, so that the pool's thread sends no 100): an HTTP/1.1 client whose body is waited
             // for gets its 100 now; an HTTP/1.0 client's expectation is ignored (RFC 9110 10.1.1).

@@ -30,6 +30,11 @@ struct GateLimits {
                                         // carries "Authorization: Bearer KEY": the others get their 401 unread
 };
 
+// Whether an Authorization value carries `key` as RFC 9110 11.4 reads it: the scheme "Bearer" in
+// any case, one or more spaces, then the key byte for byte (the value trimmed of its outer spaces
+// and tabs, as cpp-httplib hands it on). The gate and the server's handlers both judge by this.
+bool bearer_matches(const std::string& authorization, const std::string& key);
+
 // Raises this process's soft limit on descriptors to its hard one and bounds `limits`'
 // connections by what is left of it past `reserve` (the pool's connections, files, NCCL).
 GateLimits fit_to_descriptors(GateLimits limits, int reserve);

@@ -233,6 +233,8 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
         EXPECT_TRUE(e["type"].is_string()) << w.name << ": " << e.dump();
         EXPECT_FALSE(e["message"].get<std::string>().empty()) << w.name;
     }
+    EXPECT_EQ(r["head_health"], 200) << r.dump();
+    EXPECT_EQ(r["lower_bearer"], 200) << r.dump();
     EXPECT_EQ(r["models"], json::array({"tiny"}));  // the server outlived all of the above
     EXPECT_NE(r["huge_max_tokens"].value("message", "").find("18446744073709551615 is out of range"), std::string::npos) << r.dump();
     EXPECT_EQ(r["bytes_body"].value("code", ""), "invalid_json") << r.dump();

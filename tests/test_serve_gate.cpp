@@ -87,6 +87,13 @@ TEST(RequestHead, MalformedHeadsAreNamed) {
     }
 }
 
+// The API key's scheme in any case and after one or more spaces (RFC 9110 11.4); the key byte for byte.
+TEST(RequestHead, BearerSchemeInAnyCaseTheKeyExactly) {
+    for (const char* yes : {"Bearer k%41", "bearer k%41", "BEARER   k%41"}) EXPECT_TRUE(tpx::bearer_matches(yes, "k%41")) << yes;
+    for (const char* no : {"Bearer kA", "Bearer\tk%41", "Bearerk%41", "Bearer k%41 ", "Basic k%41", "Bearer ", "Bearer", ""})
+        EXPECT_FALSE(tpx::bearer_matches(no, "k%41")) << no;
+}
+
 // Absolute-form targets (RFC 9112 3.2.2) become origin form; others are left as they are.
 TEST(RequestHead, AbsoluteFormTargetsBecomeOriginForm) {
     const std::vector<std::pair<std::string, std::string>> cases = {

@@ -211,6 +211,9 @@ const modes = {
     // A POST with neither Content-Length nor Transfer-Encoding (its body would be read until the
     // client closes, whatever its size).
     out.no_length = await exchange(post, authorized);
+    // No key for a HEAD of /health (a load balancer's probe); the scheme "Bearer" in any case.
+    out.head_health = (await fetch(base + "/health", { method: "HEAD" })).status;
+    out.lower_bearer = (await fetch(base + "/v1/models", { headers: { Authorization: "bearer " + apiKey } })).status;
     out.models = (await client.models.list()).data.map((m) => m.id);
     return out;
   },
