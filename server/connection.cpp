@@ -2,10 +2,10 @@
 #include "server/connection.h"
 
 #include <arpa/inet.h>
-#include <cerrno>
 #include <cstdlib>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 namespace tpx {
@@ -64,17 +64,6 @@ bool socket_address(int fd, bool peer, std::string& host, int& port) {
     return address_of(a, host, port);
 }
 
-int find_connection(const std::string& remote_addr, int remote_port, int local_port) {
-    int found = -1;
-    const std::string want = address_key(remote_addr);
-    for_each_connection([&](int fd, const std::string& host, int port, int lport) {
-        if (lport != local_port || port != remote_port || host != want) return false;
-        found = fd;
-        return true;
-    });
-    return found;
-}
-
 void shut_connections(int local_port, const std::function<bool(const std::string& addr, int port)>& shut) {
     for_each_connection([&](int fd, const std::string& host, int port, int lport) {
         if (lport == local_port && shut(host, port)) ::shutdown(fd, SHUT_RDWR);
@@ -83,9 +72,8 @@ void shut_connections(int local_port, const std::function<bool(const std::string
 }
 
 bool peer_hung_up(int fd) {
-    char c;
-    const ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    pollfd p{fd, POLLRDHUP, 0};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 }  // namespace tpx

@@ -1,17 +1,13 @@
 // The sockets of HTTP connections, found among this process's descriptors by their addresses:
-// cpp-httplib 0.11 gives a handler no way to see its client hang up, which a whole (non-streamed)
-// answer must notice to cancel its requests (find_connection: the socket stays open, and its
-// number the handler's, until the handler returns), nor a server that stops a way to end the
-// connections its threads wait on (shut_connections).
+// cpp-httplib 0.11 gives a server that stops no way to end the connections its threads wait on
+// (shut_connections); and whether a client hung up (peer_hung_up, on GatedServer::current_socket,
+// as cpp-httplib gives a handler no way to see it).
 #pragma once
 
 #include <functional>
 #include <string>
 
 namespace tpx {
-
-// The descriptor of this process's TCP socket with these peer and local addresses, or -1.
-int find_connection(const std::string& remote_addr, int remote_port, int local_port);
 
 // Shuts down (both ways) each connected TCP socket of this process on local port `local_port`
 // for whose client address and port `shut` returns true; each is shut as soon as its addresses
@@ -23,11 +19,12 @@ void shut_connections(int local_port, const std::function<bool(const std::string
 // zone ("%eth0") left out.
 std::string address_key(const std::string& addr);
 
-// The numeric address (as find_connection matches it) and port of socket fd's peer, or of its
+// The numeric address (as shut_connections matches it) and port of socket fd's peer, or of its
 // own end; false where fd is not a connected IP socket.
 bool socket_address(int fd, bool peer, std::string& host, int& port);
 
-// The peer closed its side (or the connection broke). Data the client sent ahead is left unread.
+// The peer closed its side, or only its sending side (or the connection broke), whether or not
+// bytes it sent before are still unread (they are left so).
 bool peer_hung_up(int fd);
 
 }  // namespace tpx

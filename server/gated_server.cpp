@@ -14,6 +14,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+thread_local int serving = -1;  // GatedServer::current_socket
+
 // The socket as cpp-httplib's own stream reads and writes it (each wait up to 5 s, its read and
 // write timeouts), after the bytes the gate read; reading past the request's deadline fails.
 class GateStream : public httplib::Stream {
@@ -119,13 +121,17 @@ bool GatedServer::process_and_close_socket(socket_t sock) {
     return true;
 }
 
+int GatedServer::current_socket() { return serving; }
+
 void GatedServer::serve(ArrivedRequest a) {
     const int fd = a.fd;
+    serving = fd;
     {
         GateStream stream(std::move(a));
         bool closed = false;
         process_request(stream, true, closed, nullptr);
     }
+    serving = -1;
     gate_.close_gracefully(fd);
 }
 

@@ -25,6 +25,10 @@ public:
     // The listening socket's queue of connections not yet accepted set to 1024 (cpp-httplib 0.11's
     // is 5: a burst of connections saw some wait seconds, or never be taken). After bind.
     void widen_backlog();
+    // The socket of the request this thread serves (its handler, and the content provider that
+    // writes a stream, run on it), or -1: a handler looks at it to see its client hang up
+    // (peer_hung_up); it stays open, and its number this request's, until the answer is written.
+    static int current_socket();
 
 private:
     class Queue;

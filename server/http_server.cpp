@@ -1,8 +1,8 @@
 // Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/completions,
 // /v1/chat/completions and /v1/admin/refit; anything else is a JSON 404. A call's prompts go on the queue together
 // (or the call gets 429); its answer is written whole, or streamed as SSE when "stream" is true.
-// A call whose client goes away (a stream's write fails; a whole answer's socket reads its end)
-// is cancelled, which frees its KV slot at the next step.
+// A call whose client goes away (its socket shows the client's end, or a stream's write fails) is
+// cancelled, which frees its KV slot at the next step.
 #include "server/http_server.h"
 
 #include <httplib.h>
@@ -12,6 +12,7 @@
 #include <random>
 
 #include "common/error.h"
+#include "server/auth.h"
 #include "server/connection.h"
 #include "server/gated_server.h"
 
@@ -109,6 +110,10 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
             reply_error(res, status, message + (unread ? " (refused, and the connection closed)" : ""), "", code);
             return httplib::Server::HandlerResponse::Handled;
         };
+        // Only these methods are served: cpp-httplib reads another's body (a PUT's, a PATCH's)
+        // without a length until the client closes, whatever its size, where the gate waits for none.
+        if (req.method != "GET" && req.method != "HEAD" && req.method != "POST")
+            return refuse(405, "the method " + req.method + " is not served here (GET, HEAD and POST are)", "method_not_allowed");
         if (ambiguous_length(req))
             return refuse(400, "the request's body length is ambiguous (more than one Content-Length header, Content-Length with "
                                "Transfer-Encoding, or a Content-Length that is not one decimal number)",
@@ -344,9 +349,8 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     }
     const std::string& model = limits_.model_name;
     if (!call.stream) {
-        // A client that hangs up cancels the call, as a broken stream does; its socket is looked
-        // up once (-1: not found, the call then runs to its end).
-        const int socket = find_connection(req.remote_addr, req.remote_port, req.local_port);
+        // A client that hangs up cancels the call, as a broken stream does.
+        const int socket = GatedServer::current_socket();
         std::vector<ChoiceResult> choices(call.prompts.size());
         for (size_t finished = 0; finished < choices.size();) {
             if (socket >= 0 && peer_hung_up(socket)) {  // (a client that only half-closed reads this)
@@ -374,8 +378,8 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     res.set_header("Cache-Control", "no-cache");
     // A client that closes, or only half-closes, its connection cancels the stream, as it does a
     // call answered at once (a write to a closed connection would also fail, but not to a
-    // half-closed one).
-    const int socket = find_connection(req.remote_addr, req.remote_port, req.local_port);
+    // half-closed one): the client then reads the 200 and the chunks written so far.
+    const int socket = GatedServer::current_socket();
     res.set_chunked_content_provider(
         "text/event-stream",
         [stream, model, socket](size_t, httplib::DataSink& sink) {

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "server/auth.h"
 #include "server/connection.h"
 #include "server/openai_api.h"
 
@@ -45,16 +46,28 @@ std::string trim_ows(const std::string& s) {
 }
 
 // Every '%' in a header value of the head bytes[0, head_end) written as "%25": cpp-httplib
-// (0.11) percent-decodes header values, which would hand the handlers "Bearer kA" for a client's
-// "Bearer k%41" (and never the key "k%41" itself); so escaped, each value reaches them as sent.
-// Returns how many bytes longer the head became.
+// (0.11) percent-decodes header values (not names, nor here the request line, which it decodes as
+// a target), which would hand the handlers "Bearer kA" for a client's "Bearer k%41" (and never
+// the key "k%41" itself); so escaped, each value reaches them as sent. One pass. Returns how many
+// bytes longer the head became.
 size_t keep_header_values(std::string& bytes, size_t& head_end) {
-    const size_t line_end = bytes.find("\r\n");
-    size_t added = 0;
-    for (size_t i = bytes.find('%', line_end); i != std::string::npos && i < head_end; i = bytes.find('%', i + 3)) {
-        bytes.insert(i + 1, "25");
-        head_end += 2, added += 2;
+    const size_t first = bytes.find("\r\n");
+    if (std::find(bytes.begin() + first, bytes.begin() + head_end, '%') == bytes.begin() + head_end) return 0;
+    std::string out;
+    out.reserve(bytes.size() + 2 * (head_end - first));
+    out.append(bytes, 0, first);
+    bool value = false;  // past the line's colon
+    for (size_t i = first; i < head_end; ++i) {
+        const char ch = bytes[i];
+        out += ch;
+        if (ch == '\n') value = false;
+        else if (ch == ':') value = true;
+        else if (ch == '%' && value) out += "25";
     }
+    out.append(bytes, head_end, std::string::npos);
+    const size_t added = out.size() - bytes.size();
+    bytes.swap(out);
+    head_end += added;
     return added;
 }
 
@@ -107,13 +120,6 @@ GateLimits fit_to_descriptors(GateLimits limits, int reserve) {
     return limits;
 }
 
-bool bearer_matches(const std::string& authorization, const std::string& key) {
-    const size_t scheme = 6;  // "Bearer"
-    if (authorization.size() <= scheme || !iequals(authorization.substr(0, scheme), "Bearer") || authorization[scheme] != ' ') return false;
-    const size_t at = authorization.find_first_not_of(' ', scheme);
-    return at != std::string::npos && authorization.compare(at, std::string::npos, key) == 0;
-}
-
 size_t to_origin_form(std::string& bytes) {
     const size_t sp1 = bytes.find(' ');
     const size_t sp2 = sp1 == std::string::npos ? std::string::npos : bytes.find(' ', sp1 + 1);
@@ -162,10 +168,11 @@ HeadCheck check_request_head(const std::string& head, const GateLimits& limits) 
         if (line.empty()) break;  // the blank line that ends the head
         if (++lines > limits.header_lines)
             return fail(431, "the request has more than " + std::to_string(limits.header_lines) + " header lines");
-        if (line.size() + 2 * (size_t)std::count(line.begin(), line.end(), '%') > limits.line_bytes)  // (each '%' escaped: keep_header_values)
-            return fail(431, "a header line is longer than " + std::to_string(limits.line_bytes) + " bytes (a '%' counting 3)");
-        if (line[0] == ' ' || line[0] == '\t') return fail(400, "a header line is folded onto the one before it (obs-fold)");
         const size_t colon = line.find(':');
+        const size_t escapes = colon == std::string::npos ? 0 : (size_t)std::count(line.begin() + (std::ptrdiff_t)colon, line.end(), '%');
+        if (line.size() + 2 * escapes > limits.line_bytes)  // (a value's '%' escaped: keep_header_values)
+            return fail(431, "a header line is longer than " + std::to_string(limits.line_bytes) + " bytes (a '%' in a value counting 3)");
+        if (line[0] == ' ' || line[0] == '\t') return fail(400, "a header line is folded onto the one before it (obs-fold)");
         if (colon == std::string::npos) return fail(400, "a header line has no colon");
         if (colon == 0) return fail(400, "a header line has an empty name");
         const std::string name = line.substr(0, colon);
@@ -180,7 +187,7 @@ HeadCheck check_request_head(const std::string& head, const GateLimits& limits) 
         // a header whose value is empty, and get_header_value gives the first of the others.
         const std::string value = trim_ows(line.substr(colon + 1));
         if (iequals(name, "Content-Encoding") && !value.empty() && !encoding_seen) encoding_seen = true, r.encoded = value != "identity";
-        if (iequals(name, "Authorization") && !value.empty() && !r.has_authorization) r.has_authorization = true, r.authorization = value;
+        if (iequals(name, "Authorization") && r.authorization.empty()) r.authorization = value;
     }
     if (http11 && hosts != 1) return fail(400, hosts ? "the request has more than one Host header" : "an HTTP/1.1 request needs a Host header");
     if (lengths > 1) return fail(400, "the request's body length is ambiguous (more than one Content-Length header)");
@@ -379,10 +386,10 @@ bool RequestGate::scan_head(int fd, Conn& c) {
             const HeadCheck check = check_request_head(b.substr(0, i + 1), limits_);
             if (check.status) return refuse(fd, c, check.status, check.why, check.status == 431 ? "headers_too_large" : "invalid_request"), false;
             // The bytes the head loses here (an absolute-form target, an Expect line) leave the
-            // gate's count with them.
+            // gate's count with them, and those the escapes add join it.
             const size_t before = c.bytes.size();
             c.head_end = i + 1 - to_origin_form(c.bytes);
-            const size_t escaped = keep_header_values(c.bytes, c.head_end);
+            keep_header_values(c.bytes, c.head_end);
             c.content_length = check.content_length;
             c.deadline = c.accepted + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limits_.request_s));
             // The body is waited for here where it can be taken: a POST's (any other method with a
@@ -390,7 +397,7 @@ bool RequestGate::scan_head(int fd, Conn& c) {
             // API key where one is set (else a 401): those answers come from the pool's thread
             // before it reads a body, and the lingering close drops what follows.
             c.wait_body = c.content_length > 0 && (size_t)c.content_length <= limits_.body_bytes && check.post && !check.encoded &&
-                          (limits_.api_key.empty() || (check.has_authorization && bearer_matches(check.authorization, limits_.api_key)));
+                          (limits_.api_key.empty() || bearer_matches(check.authorization, limits_.api_key));
             // "Expect: 100-continue" is answered here or not at all (the lines taken out of the
             // head, so that the pool's thread sends no 100): an HTTP/1.1 client whose body is waited
             // for gets its 100 now; an HTTP/1.0 client's expectation is ignored (RFC 9110 10.1.1).
@@ -398,8 +405,8 @@ bool RequestGate::scan_head(int fd, Conn& c) {
                 static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
                 (void)send(fd, kContinue, sizeof kContinue - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
             }
-            buffered_ += escaped;
-            buffered_ -= before + escaped - c.bytes.size();
+            buffered_ += c.bytes.size();
+            buffered_ -= before;
             c.scanned = c.head_end;
             return true;
         }

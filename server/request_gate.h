@@ -26,14 +26,9 @@ struct GateLimits {
     size_t buffered_bytes = 256 << 20;  // all waiting connections' bytes: 503 for one that would pass it
     int connections = 4096;             // waiting at once: 503 past it (fewer where the descriptors allow fewer)
     int per_address = 256;              // waiting at once from one client address: 503 past it
-    std::string api_key;                // when set, a body is waited for (and 100 Continue sent) only where the head
-                                        // carries "Authorization: Bearer KEY": the others get their 401 unread
+    std::string api_key;                // when set, a body is waited for (and 100 Continue sent) only where the head's
+                                        // Authorization carries it (bearer_matches): the others get their 401 unread
 };
-
-// Whether an Authorization value carries `key` as RFC 9110 11.4 reads it: the scheme "Bearer" in
-// any case, one or more spaces, then the key byte for byte (the value trimmed of its outer spaces
-// and tabs, as cpp-httplib hands it on). The gate and the server's handlers both judge by this.
-bool bearer_matches(const std::string& authorization, const std::string& key);
 
 // Raises this process's soft limit on descriptors to its hard one and bounds `limits`'
 // connections by what is left of it past `reserve` (the pool's connections, files, NCCL).
@@ -52,7 +47,7 @@ struct HeadCheck {
     int status = 0;
     std::string why;
     int64_t content_length = -1;
-    bool http11 = false, post = false, encoded = false, has_authorization = false;
+    bool http11 = false, post = false, encoded = false;
     std::string authorization;
 };
 HeadCheck check_request_head(const std::string& head, const GateLimits& limits);

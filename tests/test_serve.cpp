@@ -38,8 +38,9 @@ namespace {
 
 const std::string kModel = std::string(TPX_SOURCE_DIR) + "/models/tiny-text";
 const std::string kModules = std::string(TPX_SERVE_NPM_DIR) + "/node_modules";
-// A '%' and two hex digits in the key: cpp-httplib decodes header values, and the gate must hand
-// the server this key as sent (ErrorsFollowOpenAIsSchema's decoded_key: its decoding is refused).
+// A '%' and two hex digits in the key: cpp-httplib decodes header values, so the gate must hand
+// the server each as sent (every call here carries this key; ErrorsFollowOpenAIsSchema's
+// encoded_key, which decodes to it, is refused).
 const std::string kKey = "sk-test%41";
 
 bool sdk_missing() { return !fs::exists(kModules + "/openai/package.json"); }
@@ -198,7 +199,8 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
         const char* param;
     };
     for (const Want& w : std::vector<Want>{{"bad_key", 401, nullptr},
-                                           {"decoded_key", 401, nullptr},
+                                           {"encoded_key", 401, nullptr},
+                                           {"put", 405, nullptr},
                                            {"n", 400, "n"},
                                            {"echo", 400, "echo"},
                                            {"temperature", 400, "temperature"},

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "server/auth.h"
 #include "server/request_gate.h"
 #include "serve_process.h"
 
@@ -174,6 +175,12 @@ TEST(RequestGate, OneHundredContinueOnlyWhereTheGateWaitsForAnHttp11Body) {
          "Content-Encoding: identity"},
         {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + key + expect + "Content-Encoding:\r\nContent-Encoding: identity\r\nContent-Length: 2\r\n\r\n",
          true, "an empty Content-Encoding"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + key + expect + "Content-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n",
+         true, "identity, then gzip (the first is read)"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + key + expect + "Content-Encoding: Identity\r\nContent-Length: 2\r\n\r\n", false,
+         "Content-Encoding: Identity (refused as encoded)"},
+        {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: bearer   k\r\n" + expect + "Content-Length: 2\r\n\r\n", true,
+         "the scheme in lower case, three spaces"},
     };
     for (const Case& k : cases) {
         int sv[2];
@@ -423,7 +430,8 @@ TEST(ServeGate, SlowAndIdleConnectionsHoldNoThreadAndBadHeadsAreRefused) {
 
 // A client that sends its call and shuts its sending side (nc -N): the call is cancelled and the
 // client reads a 499 saying so (it read an empty 200 before), counted as such; a stream so
-// half-closed is cancelled too (it ran to its end before), its chunks cut short.
+// half-closed is cancelled too (it ran to its end before): its client reads the 200 and what was
+// written before (here nothing past the head).
 TEST(ServeGate, AHalfClosedCallIsCancelled) {
     tpx_test::ServeProcess server("[model]\npath = \"" + kModel + "\"\n[run]\nmax_new_tokens = 64\n[serve]\nport = 0\n", "--step-delay-ms 50",
                                   "serve: ready");
@@ -461,6 +469,7 @@ TEST(ServeGate, AHalfClosedCallIsCancelled) {
     for (ssize_t n; (n = recv(sfd, buf, sizeof buf, 0)) > 0;) got.append(buf, (size_t)n);
     close(sfd);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
     EXPECT_EQ(got.find("[DONE]"), std::string::npos) << got;
     EXPECT_LT(s, 2.0) << "64 steps of 50 ms would take 3.2 s: the stream was not cut short";
     for (int i = 0; i < 50 && metrics.find("tpx_requests_cancelled_total 2") == std::string::npos; ++i) {

@@ -128,8 +128,8 @@ const modes = {
       try { await fn(); out[name] = { status: 200 }; } catch (e) { out[name] = failure(e); }
     };
     await attempt("bad_key", () => new OpenAI({ baseURL: base + "/v1", apiKey: "wrong", maxRetries: 0 }).completions.create({ model, prompt: "Hi" }));
-    const decoded = decodeURIComponent(apiKey);  // "sk-test%41" read as a URL would be: "sk-testA", not the key
-    await attempt("decoded_key", () => new OpenAI({ baseURL: base + "/v1", apiKey: decoded, maxRetries: 0 }).completions.create({ model, prompt: "Hi" }));
+    // The key percent-encoded ("sk-test%2541"): a server that decoded header values took it for the key.
+    await attempt("encoded_key", () => new OpenAI({ baseURL: base + "/v1", apiKey: encodeURIComponent(apiKey), maxRetries: 0 }).completions.create({ model, prompt: "Hi" }));
     await attempt("n", () => client.completions.create({ model, prompt: "Hi", n: 2 }));
     await attempt("echo", () => client.completions.create({ model, prompt: "Hi", echo: true }));
     await attempt("temperature", () => client.completions.create({ model, prompt: "Hi", temperature: "hot" }));
@@ -211,6 +211,8 @@ const modes = {
     // A POST with neither Content-Length nor Transfer-Encoding (its body would be read until the
     // client closes, whatever its size).
     out.no_length = await exchange(post, authorized);
+    // A PUT without a length (cpp-httplib would read its body until the client closes).
+    out.put = await exchange(`PUT /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${apiKey}\r\n`, authorized, 300);
     // No key for a HEAD of /health (a load balancer's probe); the scheme "Bearer" in any case.
     out.head_health = (await fetch(base + "/health", { method: "HEAD" })).status;
     out.lower_bearer = (await fetch(base + "/v1/models", { headers: { Authorization: "bearer " + apiKey } })).status;
