@@ -396,7 +396,8 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
             if (!s.channel->pop(e, 200ms)) return sink.is_writable();
             bool ok = true;
             if (e.kind == ServeEvent::kFailed) {
-                write(sse(error_body(e.status, e.error, "", e.code)));
+                write(sse(error_body(e.status, e.error, "", e.code)));  // then [DONE], as vLLM ends a failed stream
+                write("data: [DONE]\n\n");
                 s.ended = true;
                 sink.done();
                 return true;

@@ -525,8 +525,9 @@ TEST(Serve, KilledRankEndsTheServerWithin10s) {
     SKIP_WITHOUT_SDK();
     Server server("", "--step-delay-ms 100");
     tpx_test::Background call = tpx_test::start_background(client_command(server, "long", "200"));
-    json m = wait_for_metrics(server, [](const json& j) { return j["running"] == 1; });
-    ASSERT_EQ(m["running"], 1) << m.dump();
+    tpx_test::Background streamed = tpx_test::start_background(client_command(server, "long_stream", "200"));
+    json m = wait_for_metrics(server, [](const json& j) { return j["running"] == 2; });
+    ASSERT_EQ(m["running"], 2) << m.dump();
     int victim = -1;
     for (int pid : tpx_test::pids_matching("tpx-worker --job " + server.job()))
         if (tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "1") victim = pid;
@@ -542,6 +543,13 @@ TEST(Serve, KilledRankEndsTheServerWithin10s) {
     json r = json::parse(tpx_test::read_text(call.out_path));
     EXPECT_EQ(r["status"], 500) << r.dump();
     EXPECT_NE(r["message"].get<std::string>().find("rank 1"), std::string::npos) << r.dump();
+    // The stream: its 200 went out first; it ends with the error, then [DONE] (as vLLM's does).
+    ASSERT_EQ(tpx_test::wait_background(streamed, 20), 0);
+    json s = json::parse(tpx_test::read_text(streamed.out_path));
+    EXPECT_EQ(s["status"], 200) << s.dump();
+    ASSERT_EQ(s["last"].size(), 2u) << s.dump();
+    EXPECT_NE(s["last"][0].get<std::string>().find("\"rank_failed\""), std::string::npos) << s.dump();
+    EXPECT_EQ(s["last"][1], "data: [DONE]") << s.dump();
     EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
 }
 

@@ -282,6 +282,16 @@ const modes = {
       return failure(e);
     }
   },
+  // A stream read raw: its status and its last two events.
+  async long_stream() {
+    const res = await fetch(base + "/v1/completions", {
+      method: "POST",
+      headers: { Authorization: "Bearer " + apiKey, "Content-Type": "application/json" },
+      body: JSON.stringify({ model, prompt: "Once upon a time", max_tokens: Number(arg), stream: true }),
+    });
+    const events = (await res.text()).split("\n\n").filter((e) => e.startsWith("data: "));
+    return { status: res.status, last: events.slice(-2) };
+  },
 };
 
 try {
