@@ -428,54 +428,56 @@ TEST(ServeGate, SlowAndIdleConnectionsHoldNoThreadAndBadHeadsAreRefused) {
     for (int fd : held) close(fd);
 }
 
-// A client that sends its call and shuts its sending side (nc -N): the call is cancelled and the
-// client reads a 499 saying so (it read an empty 200 before), counted as such; a stream so
-// half-closed is cancelled too (it ran to its end before): its client reads the 200 and what was
-// written before (here nothing past the head).
-TEST(ServeGate, AHalfClosedCallIsCancelled) {
-    tpx_test::ServeProcess server("[model]\npath = \"" + kModel + "\"\n[run]\nmax_new_tokens = 64\n[serve]\nport = 0\n", "--step-delay-ms 50",
-                                  "serve: ready");
-    const int port = std::stoi(server.base().substr(server.base().rfind(':') + 1));
-    const std::string body = "{\"model\": \"job\", \"prompt\": \"hi\", \"max_tokens\": 64}";
+// A completion call with `body`, its sending side shut at once (nc -N): what the client reads,
+// and in how many seconds.
+std::string half_closed_call(int port, const std::string& body, double& seconds) {
     const int fd = connect_to(port);
-    ASSERT_GE(fd, 0);
+    if (fd < 0) return "";
     const std::string call = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
                              std::to_string(body.size()) + "\r\n\r\n" + body;
-    ASSERT_EQ(send(fd, call.data(), call.size(), MSG_NOSIGNAL), (ssize_t)call.size());
+    (void)send(fd, call.data(), call.size(), MSG_NOSIGNAL);
     shutdown(fd, SHUT_WR);
+    const auto t0 = std::chrono::steady_clock::now();
     std::string got;
     char buf[4096];
     for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) got.append(buf, (size_t)n);
     close(fd);
-    EXPECT_EQ(got.rfind("HTTP/1.1 499", 0), 0u) << got;
-    EXPECT_NE(got.find("client_closed_request"), std::string::npos) << got;
-    std::string metrics;  // (the scheduler counts the cancelled call when it drops it, at its next step)
-    for (int i = 0; i < 50 && metrics.find("tpx_requests_cancelled_total 1") == std::string::npos; ++i) {
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return got;
+}
+
+// /metrics once it holds `want` (the scheduler counts a cancelled call when it drops it, at its
+// next step), or after 5 s.
+std::string metrics_holding(int port, const std::string& want) {
+    std::string metrics;
+    for (int i = 0; i < 50 && metrics.find(want) == std::string::npos; ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
         metrics = http_exchange(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     }
+    return metrics;
+}
+
+// A client that sends its call and shuts its sending side: the call is cancelled and the client
+// reads a 499 saying so (it read an empty 200 before), counted as such; a stream so half-closed
+// is cancelled too (it ran to its end before): its client reads the 200 and what was written
+// before (here nothing past the head).
+TEST(ServeGate, AHalfClosedCallIsCancelled) {
+    tpx_test::ServeProcess server("[model]\npath = \"" + kModel + "\"\n[run]\nmax_new_tokens = 64\n[serve]\nport = 0\n", "--step-delay-ms 50",
+                                  "serve: ready");
+    const int port = std::stoi(server.base().substr(server.base().rfind(':') + 1));
+    double s = 0;
+    std::string got = half_closed_call(port, "{\"model\": \"job\", \"prompt\": \"hi\", \"max_tokens\": 64}", s);
+    EXPECT_EQ(got.rfind("HTTP/1.1 499", 0), 0u) << got;
+    EXPECT_NE(got.find("client_closed_request"), std::string::npos) << got;
+    std::string metrics = metrics_holding(port, "tpx_requests_cancelled_total 1");
     EXPECT_NE(metrics.find("tpx_requests_total{status=\"499\"} 1"), std::string::npos) << metrics;
     EXPECT_NE(metrics.find("tpx_requests_cancelled_total 1"), std::string::npos) << metrics;
 
-    const std::string streamed = "{\"model\": \"job\", \"prompt\": \"hi\", \"max_tokens\": 64, \"stream\": true}";
-    const int sfd = connect_to(port);
-    ASSERT_GE(sfd, 0);
-    const std::string scall = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
-                              std::to_string(streamed.size()) + "\r\n\r\n" + streamed;
-    ASSERT_EQ(send(sfd, scall.data(), scall.size(), MSG_NOSIGNAL), (ssize_t)scall.size());
-    shutdown(sfd, SHUT_WR);
-    const auto t0 = std::chrono::steady_clock::now();
-    got.clear();
-    for (ssize_t n; (n = recv(sfd, buf, sizeof buf, 0)) > 0;) got.append(buf, (size_t)n);
-    close(sfd);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    got = half_closed_call(port, "{\"model\": \"job\", \"prompt\": \"hi\", \"max_tokens\": 64, \"stream\": true}", s);
     EXPECT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
     EXPECT_EQ(got.find("[DONE]"), std::string::npos) << got;
     EXPECT_LT(s, 2.0) << "64 steps of 50 ms would take 3.2 s: the stream was not cut short";
-    for (int i = 0; i < 50 && metrics.find("tpx_requests_cancelled_total 2") == std::string::npos; ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        metrics = http_exchange(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    }
+    metrics = metrics_holding(port, "tpx_requests_cancelled_total 2");
     EXPECT_NE(metrics.find("tpx_requests_cancelled_total 2"), std::string::npos) << metrics;
 }
 
