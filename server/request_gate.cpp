@@ -48,11 +48,11 @@ std::string trim_ows(const std::string& s) {
 // Every '%' in a header value of the head bytes[0, head_end) written as "%25": cpp-httplib
 // (0.11) percent-decodes header values (not names, nor here the request line, which it decodes as
 // a target), which would hand the handlers "Bearer kA" for a client's "Bearer k%41" (and never
-// the key "k%41" itself); so escaped, each value reaches them as sent. One pass. Returns how many
-// bytes longer the head became.
-size_t keep_header_values(std::string& bytes, size_t& head_end) {
+// the key "k%41" itself); so escaped, each value reaches them as sent. One pass; head_end moves
+// with the head's end.
+void keep_header_values(std::string& bytes, size_t& head_end) {
     const size_t first = bytes.find("\r\n");
-    if (std::find(bytes.begin() + first, bytes.begin() + head_end, '%') == bytes.begin() + head_end) return 0;
+    if (std::find(bytes.begin() + first, bytes.begin() + head_end, '%') == bytes.begin() + head_end) return;
     std::string out;
     out.reserve(bytes.size() + 2 * (head_end - first));
     out.append(bytes, 0, first);
@@ -65,10 +65,8 @@ size_t keep_header_values(std::string& bytes, size_t& head_end) {
         else if (ch == '%' && value) out += "25";
     }
     out.append(bytes, head_end, std::string::npos);
-    const size_t added = out.size() - bytes.size();
+    head_end += out.size() - bytes.size();
     bytes.swap(out);
-    head_end += added;
-    return added;
 }
 
 // Takes every "Expect: 100-continue" line out of the head bytes[0, head_end); whether there was one.
