@@ -236,6 +236,7 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
         EXPECT_FALSE(e["message"].get<std::string>().empty()) << w.name;
     }
     EXPECT_EQ(r["head_health"], 200) << r.dump();
+    EXPECT_EQ(r["put_allow"], "GET, HEAD, POST") << r.dump();
     EXPECT_EQ(r["lower_bearer"], 200) << r.dump();
     EXPECT_EQ(r["models"], json::array({"tiny"}));  // the server outlived all of the above
     EXPECT_NE(r["huge_max_tokens"].value("message", "").find("18446744073709551615 is out of range"), std::string::npos) << r.dump();

@@ -213,6 +213,7 @@ const modes = {
     out.no_length = await exchange(post, authorized);
     // A PUT without a length (cpp-httplib would read its body until the client closes).
     out.put = await exchange(`PUT /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${apiKey}\r\n`, authorized, 300);
+    out.put_allow = (await fetch(base + "/v1/completions", { method: "PUT", headers: { Authorization: "Bearer " + apiKey } })).headers.get("allow");
     // No key for a HEAD of /health (a load balancer's probe); the scheme "Bearer" in any case.
     out.head_health = (await fetch(base + "/health", { method: "HEAD" })).status;
     out.lower_bearer = (await fetch(base + "/v1/models", { headers: { Authorization: "bearer " + apiKey } })).status;
