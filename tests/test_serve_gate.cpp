@@ -233,13 +233,14 @@ TEST(RequestGate, HeadsCutAnywhereAreReadAsWhole) {
         {"\r", "\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n"},
         {"GET /health HTTP/1.1\r\nHost: x\r\n" + long_line + "\r", "\n\r\n"},
         {"POST htt", "p://h/v1/completions HTTP/1.1\r\nHost: x\r\nExp", "ect: 100-continue\r\nContent-Length: 2\r\n\r\n", "{}"},
-        {"GET /v%41 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k%4", "1%\r\n\r\n"},
+        {"GET /v%41 HTTP/1.1\r\nHost: x\r\nX%41: a:%\r\nAuthorization: Bearer k%4", "1%\r\n\r\n"},
     };
     const std::vector<std::string> want = {"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
                                            "GET /health HTTP/1.1\r\nHost: x\r\n" + long_line + "\r\n\r\n",
                                            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
-                                           // a header value's '%' escaped for cpp-httplib, which decodes them (the target's are left)
-                                           "GET /v%41 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k%2541%25\r\n\r\n"};
+                                           // a header value's '%' escaped for cpp-httplib, which decodes them (the target's
+                                           // and the names' are left)
+                                           "GET /v%41 HTTP/1.1\r\nHost: x\r\nX%41: a:%25\r\nAuthorization: Bearer k%2541%25\r\n\r\n"};
     for (const std::vector<std::string>& request : pieces) {
         int sv[2];
         ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
