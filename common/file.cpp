@@ -147,22 +147,27 @@ void copy_into_stream(const std::string& tmp, const std::string& path, double wa
 // just before the rename (as `mv` would leave them; setuid, setgid and sticky are dropped, as a
 // shell's `>` drops them): meanwhile the temporary file stays writable by its owner, so that a
 // read-only output is replaced, not refused after the run (mode -1: none there). Messages call
-// the file `named`. Returns the file's identity too, which commit() checks again before the
-// rename: the writers open tmp by name, so a link swapped in meanwhile is caught there (though
-// by then written through).
+// the file `named`. kOwnerOnly: 0600 from the start and after the rename, whatever was there.
+// Returns the file's identity too, which commit() checks again before the rename: the writers
+// open tmp by name, so a link swapped in meanwhile is caught there (though by then written
+// through).
 struct OwnTemporary {
     dev_t dev;
     ino_t ino;
     int mode;
 };
-OwnTemporary make_own_temporary(const std::string& tmp, const std::string& path, const std::string& named) {
+OwnTemporary make_own_temporary(const std::string& tmp, const std::string& path, const std::string& named, Access access) {
     if (::unlink(tmp.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR)
         throw Error(named + ": cannot remove " + tmp + " (in the way of the file written): " + std::strerror(errno));
-    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
+    const bool owner_only = access == Access::kOwnerOnly;
+    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, owner_only ? 0600 : 0666));
     if (fd.fd < 0) throw Error(named + ": cannot create the file " + tmp + ": " + std::strerror(errno));
     struct stat st;
     int mode = -1;
-    if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+    if (owner_only) {
+        mode = 0600;
+        if (::fchmod(fd.fd, 0600) != 0) throw Error(named + ": cannot make " + tmp + " its owner's alone: " + std::strerror(errno));
+    } else if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
         mode = (int)(st.st_mode & 0777);
         (void)::fchmod(fd.fd, (mode_t)mode | S_IRUSR | S_IWUSR);
     }
@@ -172,8 +177,10 @@ OwnTemporary make_own_temporary(const std::string& tmp, const std::string& path,
 
 }  // namespace
 
-void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s) {
-    write_file_atomically(path, [&](std::ostream& out) { out << text; }, false, stream_wait_s);
+void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s, Access access) {
+    OutputSet one;
+    one.add(path, [&](std::ostream& out) { out << text; }, false, access);
+    one.commit(stream_wait_s);
 }
 
 OutputSet::~OutputSet() {
@@ -183,7 +190,7 @@ OutputSet::~OutputSet() {
     }
 }
 
-void OutputSet::add_file(const std::string& given, const std::function<void(const std::string& tmp)>& write_to) {
+void OutputSet::add_file(const std::string& given, const std::function<void(const std::string& tmp)>& write_to, Access access) {
     const std::string path = is_stream_target(given) ? given : written_path(given);
     const std::string named = path == given ? given : given + " (where its symlink leads: " + path + ")";
     std::string tmp = temp_path_for(path);
@@ -192,7 +199,7 @@ void OutputSet::add_file(const std::string& given, const std::function<void(cons
         if (f.tmp == tmp) tmp += "-" + std::to_string(staged_.size());
     const int slot = register_temporary(tmp);
     try {
-        const OwnTemporary own = make_own_temporary(tmp, path, named);
+        const OwnTemporary own = make_own_temporary(tmp, path, named, access);
         write_to(tmp);
         staged_.push_back({tmp, path, named, slot, own.dev, own.ino, own.mode});
     } catch (...) {
@@ -202,14 +209,15 @@ void OutputSet::add_file(const std::string& given, const std::function<void(cons
     }
 }
 
-void OutputSet::add(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary) {
-    add_file(path, [&](const std::string& tmp) {
+void OutputSet::add(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary, Access access) {
+    const auto write_to = [&](const std::string& tmp) {
         std::ofstream out(tmp, binary ? std::ios::binary | std::ios::trunc : std::ios::trunc);
         if (!out) throw Error(path + ": cannot create the file: " + std::strerror(errno));
         write(out);
         out.close();  // flushes: a full disk shows here
         if (!out) throw Error(path + ": write failed: " + std::strerror(errno));
-    });
+    };
+    add_file(path, write_to, access);
 }
 
 void OutputSet::commit(double stream_wait_s) {

@@ -10,16 +10,21 @@
 
 namespace tpx {
 
+// Who may read a file tpx writes: as the umask and an old file's bits allow, or its owner only
+// (0600: files that carry a secret, the serve's api_key).
+enum class Access { kAsUsual, kOwnerOnly };
+
 // Writes `path` through `write` into a temporary file beside it (temp_path_for), then renames it
 // over `path` (over a symlink's target: written_path): a reader sees the old file or the whole
 // new one, and a failure (a folder that does not exist, a full disk, an exception from `write`)
 // leaves no temporary file behind and throws an Error that names the path and the system's
 // reason. An existing FIFO or character device (/dev/stdout, /dev/null) is written in place
 // instead: it is never replaced by a file (a FIFO's reader waited for up to `stream_wait_s`, 0:
-// as long as it takes: OutputSet::commit).
+// as long as it takes: OutputSet::commit). kOwnerOnly: the file is its owner's alone from its
+// creation on, whatever the old file's bits were.
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false,
                            double stream_wait_s = 0);
-void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s = 0);
+void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s = 0, Access access = Access::kAsUsual);
 
 // The file a write to `path` replaces: `path`, or where its chain of symlinks ends (a link is
 // written through, as a shell's `>` does, and stays a link; a dangling one makes its target).
@@ -42,9 +47,9 @@ public:
     OutputSet& operator=(const OutputSet&) = delete;
     ~OutputSet();
     // `path` written by `write` as text (or bytes).
-    void add(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false);
+    void add(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false, Access access = Access::kAsUsual);
     // `path` written by other means (HDF5): `write_to` makes the file it is given, whole, or throws.
-    void add_file(const std::string& path, const std::function<void(const std::string& tmp)>& write_to);
+    void add_file(const std::string& path, const std::function<void(const std::string& tmp)>& write_to, Access access = Access::kAsUsual);
     // Each output into place: those on FIFOs and devices first (copied in, where a write may still
     // fail; their readers waited for up to `stream_wait_s` in all, 0: as long as it takes), then the
     // files renamed, in the order added. Should a rename fail, the files already renamed get their

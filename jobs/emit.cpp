@@ -98,7 +98,7 @@ void emit_tuning(std::ostream& os, const KernelConfig& k) {
 
 }  // namespace
 
-std::string emit_job_toml(const Job& job) {
+std::string emit_job_toml(const Job& job, Secrets secrets) {
     std::ostringstream os;
     auto kv = [&](const char* key, const std::string& value) { os << key << " = " << value << "\n"; };
     os << "[job]\n";
@@ -158,7 +158,10 @@ std::string emit_job_toml(const Job& job) {
         kv("host", fmt(job.serve.host));
         kv("port", fmt<int64_t>(job.serve.port));
         kv("model_name", fmt(job.serve.model_name));
-        kv("api_key", fmt(job.serve.api_key));
+        if (secrets == Secrets::kWritten || job.serve.api_key.empty())
+            kv("api_key", fmt(job.serve.api_key));
+        else
+            os << "# api_key: set, " << job.serve.api_key.size() << " characters (not printed)\n";
         kv("max_queue", fmt<int64_t>(job.serve.max_queue));
         kv("prefill_chunk", fmt<int64_t>(job.serve.prefill_chunk));
         kv("grace_s", fmt(job.serve.grace_s));

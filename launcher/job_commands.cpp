@@ -21,7 +21,7 @@ int cmd_validate(const Args& args) {
     Job job = load_job(vm["job"].as<std::string>());
     resolve_transform_options(job);  // unknown transforms and options are job errors too
     check_before_launch(job, {}, /*local=*/true);  // the plan, tokenizer, outputs and memory, as tpx run checks them
-    std::cout << emit_job_toml(job);
+    std::cout << emit_job_toml(job, Secrets::kWithheld);
     std::cerr << job.file << ": valid job '" << job.name << "' (" << job.world() << " ranks)\n";
     return 0;
 }

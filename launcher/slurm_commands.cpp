@@ -76,13 +76,15 @@ int cmd_submit(const Args& args) {
     const bool existed = path_exists<JobError>(path);
     std::ostringstream before;
     if (existed) before << std::ifstream(path).rdbuf();
+    // A script that carries an api_key is its owner's alone.
+    const Access access = job.serve.api_key.empty() ? Access::kAsUsual : Access::kOwnerOnly;
     std::string id;
     try {
-        write_file_atomically(path, script);
+        write_file_atomically(path, script, 0, access);
         id = submit_script(path);
     } catch (...) {
         std::error_code ec;
-        if (existed) write_file_atomically(path, before.str());
+        if (existed) write_file_atomically(path, before.str(), 0, access);
         else fs::remove(path, ec);
         throw;
     }

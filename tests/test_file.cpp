@@ -129,6 +129,21 @@ TEST(AtomicFile, AReplacedFileKeepsItsMode) {
     fs::remove_all(dir);
 }
 
+// A file that carries a secret is its owner's alone from the start, new or over a wider one.
+TEST(AtomicFile, AnOwnerOnlyFileIsNeverWiderThan0600) {
+    const std::string dir = tpx_test::temp_dir(), path = dir + "/job.toml";
+    const fs::perms rw = fs::perms::owner_read | fs::perms::owner_write;
+    tpx::write_file_atomically(path, "key\n", 0, tpx::Access::kOwnerOnly);
+    EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, rw);
+    fs::permissions(path, fs::perms::all);
+    tpx::write_file_atomically(path, "key 2\n", 0, tpx::Access::kOwnerOnly);
+    EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, rw) << "an old file's bits are not kept";
+    EXPECT_EQ(tpx_test::read_text(path), "key 2\n");
+    tpx::write_file_atomically(path, "no key\n");
+    EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, rw) << "as usual: the old file's bits";
+    fs::remove_all(dir);
+}
+
 // A read-only output (0444, not the writer's to write) is replaced as `mv` would, keeping its
 // mode: the new file stays writable by its owner until its rename (its mode copied at creation
 // once made the run's result fail after the run). Root ignores the mode, so as root the writes

@@ -208,6 +208,27 @@ TEST(Jobs, AJobOnStdinResolvesAgainstTheCurrentFolder) {
     fs::remove_all(dir);
 }
 
+// tpx validate withholds the api_key (a comment says one is set); the ranks' copy of a piped job
+// that carries one is its owner's alone whatever the umask.
+TEST(Jobs, AnApiKeyIsNotPrintedAndItsCopyIsTheOwnersAlone) {
+    const std::string dir = tpx_test::temp_dir();
+    std::ofstream(dir + "/j.toml") << "[model]\npath = \"" << kSource << "/models/tiny\"\n[serve]\napi_key = \"sk-secret-42\"\n";
+    auto v = run_process(tpx_bin("tpx") + " validate " + dir + "/j.toml");
+    EXPECT_EQ(v.exit_code, 0) << v.err;
+    EXPECT_EQ(v.out.find("sk-secret-42"), std::string::npos) << v.out;
+    EXPECT_NE(v.out.find("# api_key: set, 12 characters (not printed)"), std::string::npos) << v.out;
+    EXPECT_TRUE(tpx::parse_job(v.out, "v.toml", kSource).serve.api_key.empty());  // the rest reads back
+    auto r = run_process("cd " + dir + " && umask 022 && " + tpx_bin("tpx") + " serve /dev/stdin --dry-run < j.toml");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    const size_t at = r.out.find("--job ");
+    ASSERT_NE(at, std::string::npos) << r.out;
+    const std::string copy = r.out.substr(at + 6, r.out.find(' ', at + 6) - at - 6);
+    EXPECT_EQ(fs::status(copy).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write) << copy;
+    EXPECT_NE(tpx_test::read_text(copy).find("api_key = \"sk-secret-42\""), std::string::npos);
+    fs::remove(copy);  // --dry-run keeps it for the command
+    fs::remove_all(dir);
+}
+
 // A pipeline with a transform the plan needs turned off names that transform.
 TEST(Jobs, APlanWithoutShardingNamesTheTransformTurnedOff) {
     const std::string dir = tpx_test::temp_dir();

@@ -71,6 +71,19 @@ TEST(Sbatch, TheJobInTheScriptIsWrittenBackLiterally) {
     fs::remove_all(fs::path(dir).parent_path());
 }
 
+// A served job's api_key: its copy is written its owner's alone (0600 whatever the umask).
+TEST(Sbatch, AJobWithAnApiKeyIsCopiedForItsOwnerOnly) {
+    const std::string dir = temp_dir();
+    Job job = parse_job("[job]\nname = \"j\"\n[model]\npath = \"models/tiny\"\n[serve]\napi_key = \"sk-1\"\n", "j.toml", TPX_SOURCE_DIR);
+    const std::string script = sbatch_script(job, {"/opt/tpx/bin/tpx-worker", dir}, "k = 1\n", false);
+    std::ofstream(dir + "/head.sh") << script.substr(0, script.find("\nexec ") + 1);
+    auto r = run_process("umask 022 && SLURM_JOB_ID=5 bash " + slurm_quote(dir + "/head.sh", "test"));
+    EXPECT_EQ(r.exit_code, 0) << r.err << script;
+    EXPECT_EQ(read_text(dir + "/j-5.tpx.toml"), "k = 1\n");
+    EXPECT_EQ(fs::status(dir + "/j-5.tpx.toml").permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+    fs::remove_all(dir);
+}
+
 // Hosts named for tpx run's mpirun would do nothing under Slurm: refused by name.
 TEST(Sbatch, HostsNamedForMpirunAreRefused) {
     const std::string dir = temp_dir();
