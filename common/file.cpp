@@ -164,7 +164,7 @@ OwnTemporary make_own_temporary(const std::string& tmp, const std::string& path,
     if (fd.fd < 0) throw Error(named + ": cannot create the file " + tmp + ": " + std::strerror(errno));
     struct stat st;
     int mode = -1;
-    if (owner_only) {
+    if (owner_only) {  // (open's 0600 is cut by the umask: 0277 would leave the owner unable to write)
         mode = 0600;
         if (::fchmod(fd.fd, 0600) != 0) throw Error(named + ": cannot make " + tmp + " its owner's alone: " + std::strerror(errno));
     } else if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
@@ -209,8 +209,34 @@ void OutputSet::add_file(const std::string& given, const std::function<void(cons
     }
 }
 
+namespace {
+
+// A secret's bytes into its temporary file through a descriptor that follows no link and is
+// refused unless the file is still a regular file of this user's that no one else may read (a
+// folder others may write in lets them swap the name meanwhile: commit() would catch it, but only
+// after the secret went through).
+void write_owner_only(const std::string& tmp, const std::string& path, const std::string& text) {
+    Fd fd(::open(tmp.c_str(), O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC));
+    struct stat st;
+    if (fd.fd < 0 || ::fstat(fd.fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() || (st.st_mode & 077) != 0)
+        throw Error(path + ": its temporary file " + tmp + " was replaced before it was written");
+    for (size_t at = 0; at < text.size();) {
+        const ssize_t n = ::write(fd.fd, text.data() + at, text.size() - at);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) throw Error(path + ": write failed: " + std::strerror(errno));
+        at += (size_t)n;
+    }
+}
+
+}  // namespace
+
 void OutputSet::add(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary, Access access) {
     const auto write_to = [&](const std::string& tmp) {
+        if (access == Access::kOwnerOnly) {
+            std::ostringstream text;
+            write(text);
+            return write_owner_only(tmp, path, text.str());
+        }
         std::ofstream out(tmp, binary ? std::ios::binary | std::ios::trunc : std::ios::trunc);
         if (!out) throw Error(path + ": cannot create the file: " + std::strerror(errno));
         write(out);

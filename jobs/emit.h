@@ -1,6 +1,6 @@
-// A job printed back as TOML with every default filled in: what `tpx validate` shows and what
-// the ranks read. Parsing the output again gives the same job (checked by a test), but for a
-// withheld key.
+// A job printed back as TOML with every default filled in: what `tpx validate` shows, and the
+// copy the ranks read of a piped or submitted job. Parsing the output again gives the same job
+// (checked by a test); a withheld key is printed as a key the parser refuses.
 #pragma once
 
 #include <string>
@@ -9,12 +9,11 @@
 
 namespace tpx {
 
-// Whether a printed job shows its secrets ([serve] api_key): written where the ranks read the job
-// (their copies: Access::kOwnerOnly files), withheld where a person reads it (`tpx validate`: a
-// comment says a key is set and how long it is).
+// Whether a printed job shows its secrets (carries_secret: [serve] api_key): written in the ranks'
+// copies (Access::kOwnerOnly files), withheld by `tpx validate` (`api_key_withheld`, its length).
 enum class Secrets { kWritten, kWithheld };
 
-std::string emit_job_toml(const Job& job, Secrets secrets = Secrets::kWritten);
+std::string emit_job_toml(const Job& job, Secrets secrets);
 
 // The fully commented example job (jobs/example.toml.in, with the shipped tiny model's path).
 const std::string& example_job_toml();

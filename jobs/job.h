@@ -156,6 +156,9 @@ struct Job {
 
     // Ranks of the job: rank = stage x tp + tp_rank (each stage's tp group contiguous).
     int world() const { return parallel.tp * parallel.pp; }
+    // Whether the job holds a secret ([serve] api_key): the files tpx writes with it are its
+    // owner's alone, and `tpx validate` withholds it (jobs/emit.h).
+    bool carries_secret() const { return !serve.api_key.empty(); }
 };
 
 // mpirun's binding arguments for this job: {"--bind-to", "none"} where Open MPI would bind each

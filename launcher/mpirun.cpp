@@ -186,7 +186,8 @@ RanksJobFile::RanksJobFile(const Job& job, const std::string& job_path) {
     const fs::path folder = job.parallel.nodes > 1 ? fs::path(job_files_folder(job)) : fs::temp_directory_path();
     path_ = (folder / name).string();
     try {
-        write_file_atomically(path_, emit_job_toml(job), 0, job.serve.api_key.empty() ? Access::kAsUsual : Access::kOwnerOnly);
+        write_file_atomically(path_, emit_job_toml(job, Secrets::kWritten), /*stream_wait_s=*/0,
+                              job.carries_secret() ? Access::kOwnerOnly : Access::kAsUsual);
     } catch (const Error& e) {
         const char* where = " (for several nodes it goes where every host reads it: run.output's folder, or the job's when run.output is a device)";
         throw Error(std::string("the ranks' copy of the job read from a pipe: ") + e.what() + (job.parallel.nodes > 1 ? where : ""),

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <regex>
 #include <sstream>
@@ -39,16 +40,24 @@ void print_refit(const json& r) {
 
 int cmd_refit(const Args& args) {
     po::options_description options("tpx refit options");
-    std::string url, path, api_key;
+    std::string url, path, api_key, api_key_file;
     options.add_options()("url", po::value(&url)->required(), "the server, e.g. http://127.0.0.1:8000")(
         "path", po::value(&path)->required(), "the new checkpoint (same architecture, tensor names, shapes and dtypes)")(
         "abort", "end the requests in flight (finish_reason \"abort\") instead of letting them finish first")(
-        "api-key", po::value(&api_key), "the server's [serve] api_key, when it has one")(
+        "api-key", po::value(&api_key), "the server's [serve] api_key, when it has one (on the command line, which other users' ps shows)")(
+        "api-key-file", po::value(&api_key_file), "a file whose first line is the server's api_key (kept off the command line)")(
         "timeout", po::value<double>()->default_value(3600), "seconds to wait for the answer (in-flight requests finish first)");
     po::positional_options_description positional;
     positional.add("url", 1).add("path", 1);
     po::variables_map vm;
-    if (parse_command_line(args, "tpx refit URL PATH [--abort] [--api-key KEY]", options, positional, vm)) return 0;
+    if (parse_command_line(args, "tpx refit URL PATH [--abort] [--api-key KEY | --api-key-file FILE]", options, positional, vm)) return 0;
+    if (vm.count("api-key") && vm.count("api-key-file")) throw JobError("--api-key and --api-key-file: give the key one way");
+    if (vm.count("api-key-file")) {
+        std::ifstream in(api_key_file);
+        if (!in || !std::getline(in, api_key)) throw JobError("--api-key-file " + api_key_file + ": cannot read a line from it");
+        if (!api_key.empty() && api_key.back() == '\r') api_key.pop_back();
+        if (api_key.empty()) throw JobError("--api-key-file " + api_key_file + ": its first line is empty");
+    }
     // A path that exists here is sent absolute (the ranks' working folder is not this shell's);
     // one that cannot be looked at here (a symlink loop, a name too long) goes as given, for the
     // server to name.

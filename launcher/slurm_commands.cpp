@@ -66,7 +66,7 @@ int cmd_submit(const Args& args) {
     const fs::path dir = job_files_folder(job);
     const std::string path = script_path(job);
     check_before_launch(job, {{"the sbatch script", path}}, /*local=*/false);
-    const std::string script = sbatch_script(job, {worker_binary(), dir.string()}, emit_job_toml(job), geteuid() == 0);
+    const std::string script = sbatch_script(job, {worker_binary(), dir.string()}, emit_job_toml(job, Secrets::kWritten), geteuid() == 0);
     if (vm.count("dry-run")) {
         std::cout << script;
         return 0;
@@ -75,17 +75,20 @@ int cmd_submit(const Args& args) {
     // still queued may be named by it) put back.
     const bool existed = path_exists<JobError>(path);
     std::ostringstream before;
+    std::error_code ec;
+    const fs::perms before_mode = existed ? fs::status(path, ec).permissions() : fs::perms::none;
     if (existed) before << std::ifstream(path).rdbuf();
-    // A script that carries an api_key is its owner's alone.
-    const Access access = job.serve.api_key.empty() ? Access::kAsUsual : Access::kOwnerOnly;
     std::string id;
-    try {
-        write_file_atomically(path, script, 0, access);
+    try {  // a script that carries an api_key is its owner's alone
+        write_file_atomically(path, script, /*stream_wait_s=*/0, job.carries_secret() ? Access::kOwnerOnly : Access::kAsUsual);
         id = submit_script(path);
     } catch (...) {
-        std::error_code ec;
-        if (existed) write_file_atomically(path, before.str(), 0, access);
-        else fs::remove(path, ec);
+        if (existed) {  // its old text, then its old mode (the new file's would stay: write_file_atomically)
+            write_file_atomically(path, before.str());
+            fs::permissions(path, before_mode, ec);
+        } else {
+            fs::remove(path, ec);
+        }
         throw;
     }
     std::cerr << "tpx submit: job '" << job.name << "' submitted as Slurm job " << id << " (script " << path << ")\n";

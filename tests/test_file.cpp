@@ -141,6 +141,15 @@ TEST(AtomicFile, AnOwnerOnlyFileIsNeverWiderThan0600) {
     EXPECT_EQ(tpx_test::read_text(path), "key 2\n");
     tpx::write_file_atomically(path, "no key\n");
     EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, rw) << "as usual: the old file's bits";
+    const mode_t umask_was = ::umask(022);  // the temporary file, while it is written
+    fs::perms while_written = fs::perms::unknown;
+    tpx::OutputSet set;
+    set.add(dir + "/new.toml", [&](std::ostream& out) { while_written = fs::status(tpx::temp_path_for(dir + "/new.toml")).permissions(); out << "k\n"; },
+            false, tpx::Access::kOwnerOnly);
+    set.commit();
+    ::umask(umask_was);
+    EXPECT_EQ(while_written & fs::perms::all, rw);
+    EXPECT_EQ(tpx_test::read_text(dir + "/new.toml"), "k\n");
     fs::remove_all(dir);
 }
 

@@ -70,10 +70,17 @@ json client(const Server& s, const std::string& mode, const json& arg = json::ob
     }
 }
 
-// `tpx refit` against the server, with the key unless `key` is "".
+// `tpx refit` against the server, with the key unless `key` is "" (from a file: --api-key-file;
+// the call on a held request below gives it with --api-key).
 tpx_test::ProcessResult tpx_refit(const Server& s, const std::string& path, const std::string& key = kKey, const std::string& extra = "") {
-    return tpx_test::run_process(tpx_test::tpx_bin("tpx") + " refit " + s.base() + " " + path + (key.empty() ? "" : " --api-key " + key) + " " +
-                                 extra);
+    std::string key_arg;
+    if (!key.empty()) {
+        static const std::string dir = tpx_test::temp_dir();
+        const std::string file = dir + "/key";
+        std::ofstream(file) << key << "\r\n";
+        key_arg = " --api-key-file " + file;
+    }
+    return tpx_test::run_process(tpx_test::tpx_bin("tpx") + " refit " + s.base() + " " + path + key_arg + " " + extra);
 }
 
 // The golden prompts (token ids) and HF's greedy continuation of each.
@@ -352,6 +359,9 @@ TEST(Refit, TheClientsBadArgumentsExitTwoNamingThem) {
         {"http://127.0.0.1:8000/v1 /tmp", "URL \"http://127.0.0.1:8000/v1\" is not http://HOST:PORT"},
         {"http://127.0.0.1:1 /tmp --timeout -5", "--timeout -5 must be more than 0"},
         {"http://127.0.0.1:1 /tmp --timeout 1e99", "--timeout 1e+99 must be more than 0"},
+        {"http://127.0.0.1:1 /tmp --api-key k --api-key-file /dev/null", "--api-key and --api-key-file: give the key one way"},
+        {"http://127.0.0.1:1 /tmp --api-key-file /no/such/key", "--api-key-file /no/such/key: cannot read a line from it"},
+        {"http://127.0.0.1:1 /tmp --api-key-file /dev/null", "--api-key-file /dev/null: cannot read a line from it"},
     };
     for (const auto& [args, message] : cases) {
         auto r = tpx_test::run_process(tpx + " refit " + args);

@@ -91,7 +91,10 @@ TEST(RequestHead, MalformedHeadsAreNamed) {
 // The API key's scheme in any case and after one or more spaces (RFC 9110 11.4); the key byte for byte.
 TEST(RequestHead, BearerSchemeInAnyCaseTheKeyExactly) {
     for (const char* yes : {"Bearer k%41", "bearer k%41", "BEARER   k%41"}) EXPECT_TRUE(tpx::bearer_matches(yes, "k%41")) << yes;
-    for (const char* no : {"Bearer kA", "Bearer\tk%41", "Bearerk%41", "Bearer k%41 ", "Basic k%41", "Bearer ", "Bearer", ""})
+    const std::string with_nul("Bearer k%41\0", 12);
+    for (const std::string& no : {std::string("Bearer kA"), std::string("Bearer\tk%41"), std::string("Bearerk%41"), std::string("Bearer k%41 "),
+                                  std::string("Basic k%41"), std::string("Bearer "), std::string("Bearer"), std::string(), std::string("Bearer k%4"),
+                                  std::string("Bearer k%411"), std::string("Bearer K%41"), with_nul})
         EXPECT_FALSE(tpx::bearer_matches(no, "k%41")) << no;
 }
 

@@ -71,16 +71,45 @@ TEST(Sbatch, TheJobInTheScriptIsWrittenBackLiterally) {
     fs::remove_all(fs::path(dir).parent_path());
 }
 
-// A served job's api_key: its copy is written its owner's alone (0600 whatever the umask).
+// A served job's api_key: its copy is a new file of its owner's alone (0600 whatever the umask,
+// never written through what was at its name).
 TEST(Sbatch, AJobWithAnApiKeyIsCopiedForItsOwnerOnly) {
     const std::string dir = temp_dir();
     Job job = parse_job("[job]\nname = \"j\"\n[model]\npath = \"models/tiny\"\n[serve]\napi_key = \"sk-1\"\n", "j.toml", TPX_SOURCE_DIR);
     const std::string script = sbatch_script(job, {"/opt/tpx/bin/tpx-worker", dir}, "k = 1\n", false);
-    std::ofstream(dir + "/head.sh") << script.substr(0, script.find("\nexec ") + 1);
+    std::ofstream(dir + "/head.sh") << script.substr(0, script.find("\nexec ") + 1) << "umask > " << slurm_quote(dir + "/umask", "test") << "\n";
+    std::ofstream(dir + "/other") << "";
+    fs::permissions(dir + "/other", fs::perms::all);
+    fs::create_symlink(dir + "/other", dir + "/j-5.tpx.toml");  // planted at the predictable name
     auto r = run_process("umask 022 && SLURM_JOB_ID=5 bash " + slurm_quote(dir + "/head.sh", "test"));
     EXPECT_EQ(r.exit_code, 0) << r.err << script;
+    EXPECT_FALSE(fs::is_symlink(dir + "/j-5.tpx.toml"));
     EXPECT_EQ(read_text(dir + "/j-5.tpx.toml"), "k = 1\n");
+    EXPECT_EQ(read_text(dir + "/other"), "");
     EXPECT_EQ(fs::status(dir + "/j-5.tpx.toml").permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+    EXPECT_EQ(read_text(dir + "/umask"), "0022\n") << "the ranks' outputs keep the usual umask";
+    fs::remove_all(dir);
+}
+
+// A served job's script is its owner's alone when sbatch reads it (a fake sbatch records its mode,
+// then refuses it), and the refusal puts an older script back as it was, mode included.
+TEST(Sbatch, AKeyedScriptIsTheOwnersAloneAndARefusalRestoresTheOldOne) {
+    const std::string dir = temp_dir();
+    fs::create_directories(dir + "/bin");
+    std::ofstream(dir + "/bin/sbatch") << "#!/bin/bash\nfor a; do last=$a; done\nstat -c %a \"$last\" > " << slurm_quote(dir + "/mode", "test")
+                                       << "\necho 'sbatch: error: refused here' >&2\nexit 1\n";
+    fs::permissions(dir + "/bin/sbatch", fs::perms::owner_all);
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << TPX_SOURCE_DIR << "/models/tiny\"\n[serve]\napi_key = \"sk-1\"\n";
+    std::ofstream(dir + "/job.sbatch") << "#!/bin/bash\n# the queued job's\n";
+    const fs::perms old_mode = fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read;
+    fs::permissions(dir + "/job.sbatch", old_mode);
+    auto r = run_process("umask 022 && PATH=" + slurm_quote(dir + "/bin", "test") + ":$PATH " + tpx_bin("tpx") + " submit " +
+                         slurm_quote(dir + "/job.toml", "test"));
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find("refused here"), std::string::npos) << r.err;
+    EXPECT_EQ(read_text(dir + "/mode"), "600\n");
+    EXPECT_EQ(read_text(dir + "/job.sbatch"), "#!/bin/bash\n# the queued job's\n");
+    EXPECT_EQ(fs::status(dir + "/job.sbatch").permissions() & fs::perms::all, old_mode);
     fs::remove_all(dir);
 }
 
