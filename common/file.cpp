@@ -148,13 +148,14 @@ void copy_into_stream(const std::string& tmp, const std::string& path, double wa
 // shell's `>` drops them): meanwhile the temporary file stays writable by its owner, so that a
 // read-only output is replaced, not refused after the run (mode -1: none there). Messages call
 // the file `named`. kOwnerOnly: 0600 from the start and after the rename, whatever was there.
-// Returns the file's identity too, which commit() checks again before the rename: the writers
-// open tmp by name, so a link swapped in meanwhile is caught there (though by then written
-// through).
+// Returns the file's identity too, which commit() checks again before the rename: writers that
+// open tmp by name have a link swapped in meanwhile caught there (though by then written
+// through), so a secret is written through `fd`, the descriptor that made the file, instead.
 struct OwnTemporary {
     dev_t dev;
     ino_t ino;
     int mode;
+    int fd;  // open for writing: the caller's to close
 };
 OwnTemporary make_own_temporary(const std::string& tmp, const std::string& path, const std::string& named, Access access) {
     if (::unlink(tmp.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR)
@@ -172,7 +173,19 @@ OwnTemporary make_own_temporary(const std::string& tmp, const std::string& path,
         (void)::fchmod(fd.fd, (mode_t)mode | S_IRUSR | S_IWUSR);
     }
     if (::fstat(fd.fd, &st) != 0) throw Error(named + ": cannot look at " + tmp + ": " + std::strerror(errno));
-    return {st.st_dev, st.st_ino, mode};
+    const int kept = fd.fd;
+    fd.fd = -1;
+    return {st.st_dev, st.st_ino, mode, kept};
+}
+
+// text through fd (EINTR retried). Errors name `path`.
+void write_all(int fd, const std::string& text, const std::string& path) {
+    for (size_t at = 0; at < text.size();) {
+        const ssize_t n = ::write(fd, text.data() + at, text.size() - at);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) throw Error(path + ": write failed: " + (n < 0 ? std::strerror(errno) : "nothing written"));
+        at += (size_t)n;
+    }
 }
 
 }  // namespace
@@ -190,7 +203,11 @@ OutputSet::~OutputSet() {
     }
 }
 
-void OutputSet::add_file(const std::string& given, const std::function<void(const std::string& tmp)>& write_to, Access access) {
+void OutputSet::add_file(const std::string& given, const std::function<void(const std::string& tmp)>& write_to) {
+    stage(given, Access::kAsUsual, [&](const std::string& tmp, int) { write_to(tmp); });
+}
+
+void OutputSet::stage(const std::string& given, Access access, const std::function<void(const std::string& tmp, int fd)>& write_to) {
     const std::string path = is_stream_target(given) ? given : written_path(given);
     const std::string named = path == given ? given : given + " (where its symlink leads: " + path + ")";
     std::string tmp = temp_path_for(path);
@@ -200,7 +217,15 @@ void OutputSet::add_file(const std::string& given, const std::function<void(cons
     const int slot = register_temporary(tmp);
     try {
         const OwnTemporary own = make_own_temporary(tmp, path, named, access);
-        write_to(tmp);
+        Fd fd(own.fd);
+        if (access != Access::kOwnerOnly) {  // the writer opens tmp by name
+            ::close(fd.fd);
+            fd.fd = -1;
+        }
+        write_to(tmp, fd.fd);
+        const int made = fd.fd;  // closed here: a full disk or a network file system's late error shows at the close
+        fd.fd = -1;
+        if (made >= 0 && ::close(made) != 0) throw Error(named + ": write failed: " + std::strerror(errno));
         staged_.push_back({tmp, path, named, slot, own.dev, own.ino, own.mode});
     } catch (...) {
         std::remove(tmp.c_str());
@@ -209,33 +234,13 @@ void OutputSet::add_file(const std::string& given, const std::function<void(cons
     }
 }
 
-namespace {
-
-// A secret's bytes into its temporary file through a descriptor that follows no link and is
-// refused unless the file is still a regular file of this user's that no one else may read (a
-// folder others may write in lets them swap the name meanwhile: commit() would catch it, but only
-// after the secret went through).
-void write_owner_only(const std::string& tmp, const std::string& path, const std::string& text) {
-    Fd fd(::open(tmp.c_str(), O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC));
-    struct stat st;
-    if (fd.fd < 0 || ::fstat(fd.fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() || (st.st_mode & 077) != 0)
-        throw Error(path + ": its temporary file " + tmp + " was replaced before it was written");
-    for (size_t at = 0; at < text.size();) {
-        const ssize_t n = ::write(fd.fd, text.data() + at, text.size() - at);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) throw Error(path + ": write failed: " + std::strerror(errno));
-        at += (size_t)n;
-    }
-}
-
-}  // namespace
-
 void OutputSet::add(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary, Access access) {
-    const auto write_to = [&](const std::string& tmp) {
-        if (access == Access::kOwnerOnly) {
+    const auto write_to = [&](const std::string& tmp, int fd) {
+        if (fd >= 0) {  // kOwnerOnly: through the descriptor that made the file, never by its name
             std::ostringstream text;
             write(text);
-            return write_owner_only(tmp, path, text.str());
+            if (!text) throw Error(path + ": the text to write could not be made");
+            return write_all(fd, text.str(), path);
         }
         std::ofstream out(tmp, binary ? std::ios::binary | std::ios::trunc : std::ios::trunc);
         if (!out) throw Error(path + ": cannot create the file: " + std::strerror(errno));
@@ -243,7 +248,7 @@ void OutputSet::add(const std::string& path, const std::function<void(std::ostre
         out.close();  // flushes: a full disk shows here
         if (!out) throw Error(path + ": write failed: " + std::strerror(errno));
     };
-    add_file(path, write_to, access);
+    stage(path, access, write_to);
 }
 
 void OutputSet::commit(double stream_wait_s) {

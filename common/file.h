@@ -49,7 +49,7 @@ public:
     // `path` written by `write` as text (or bytes).
     void add(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false, Access access = Access::kAsUsual);
     // `path` written by other means (HDF5): `write_to` makes the file it is given, whole, or throws.
-    void add_file(const std::string& path, const std::function<void(const std::string& tmp)>& write_to, Access access = Access::kAsUsual);
+    void add_file(const std::string& path, const std::function<void(const std::string& tmp)>& write_to);
     // Each output into place: those on FIFOs and devices first (copied in, where a write may still
     // fail; their readers waited for up to `stream_wait_s` in all, 0: as long as it takes), then the
     // files renamed, in the order added. Should a rename fail, the files already renamed get their
@@ -57,6 +57,9 @@ public:
     void commit(double stream_wait_s = 0);
 
 private:
+    // The temporary file of `path` made (make_own_temporary), written by write_to and staged for
+    // commit(); fd: the descriptor that made it (kOwnerOnly; closed, checked, after write_to), else -1.
+    void stage(const std::string& path, Access access, const std::function<void(const std::string& tmp, int fd)>& write_to);
     struct Staged {
         std::string tmp, path;
         std::string named;  // path as the caller gave it (a symlink: and where it leads), for messages

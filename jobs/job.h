@@ -4,6 +4,7 @@
 // (ep | tp, nodes * ranks_per_node == tp, ...), so later layers need not re-check the job.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -160,6 +161,12 @@ struct Job {
     // owner's alone, and `tpx validate` withholds it (jobs/emit.h).
     bool carries_secret() const { return !serve.api_key.empty(); }
 };
+
+// Whether `key` can be a [serve] api_key as "Authorization: Bearer KEY" carries it: up to 1,024
+// visible ASCII characters (no spaces, tabs, control or non-ASCII bytes; "" is no key).
+inline bool api_key_allowed(const std::string& key) {
+    return key.size() <= 1024 && std::none_of(key.begin(), key.end(), [](unsigned char c) { return c < 0x21 || c > 0x7e; });
+}
 
 // mpirun's binding arguments for this job: {"--bind-to", "none"} where Open MPI would bind each
 // rank to a single core (one or two ranks a host) and [launch] extra_args sets no binding or

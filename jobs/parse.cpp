@@ -443,8 +443,7 @@ void parse_serve(Section s, Job& job) {
     s.get_string("host", v.host);
     s.get_int("port", v.port, 0, 65535);
     s.get_string("model_name", v.model_name);
-    if (s.get_string("api_key", v.api_key) &&
-        (v.api_key.size() > 1024 || std::any_of(v.api_key.begin(), v.api_key.end(), [](unsigned char c) { return c < 0x21 || c > 0x7e; })))
+    if (s.get_string("api_key", v.api_key) && !api_key_allowed(v.api_key))
         s.fail(*s.node("api_key"), "api_key", "may hold only up to 1,024 visible ASCII characters (no spaces, tabs, control or non-ASCII bytes): no 'Authorization: Bearer KEY' could carry it");
     s.get_int("max_queue", v.max_queue, 1, 1 << 20);
     s.get_int("prefill_chunk", v.prefill_chunk, 1, 1 << 30);

@@ -4,7 +4,9 @@
 // 1 otherwise (unreachable, refit turned off, or the server failed and is ending).
 #include <httplib.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -15,6 +17,7 @@
 
 #include "common/error.h"
 #include "common/path.h"
+#include "jobs/job.h"
 #include "launcher/command.h"
 
 namespace po = boost::program_options;
@@ -53,11 +56,18 @@ int cmd_refit(const Args& args) {
     if (parse_command_line(args, "tpx refit URL PATH [--abort] [--api-key KEY | --api-key-file FILE]", options, positional, vm)) return 0;
     if (vm.count("api-key") && vm.count("api-key-file")) throw JobError("--api-key and --api-key-file: give the key one way");
     if (vm.count("api-key-file")) {
+        const std::string named = "--api-key-file " + api_key_file;
+        std::error_code ec;
+        if (fs::is_directory(api_key_file, ec)) throw JobError(named + ": is a folder, not a file");
         std::ifstream in(api_key_file);
-        if (!in || !std::getline(in, api_key)) throw JobError("--api-key-file " + api_key_file + ": cannot read a line from it");
+        if (!in) throw JobError(named + ": cannot be opened: " + std::strerror(errno));
+        if (!std::getline(in, api_key)) throw JobError(named + ": has no line");
         if (!api_key.empty() && api_key.back() == '\r') api_key.pop_back();
-        if (api_key.empty()) throw JobError("--api-key-file " + api_key_file + ": its first line is empty");
+        if (api_key.empty()) throw JobError(named + ": its first line is empty");
     }
+    if (!api_key_allowed(api_key))
+        throw JobError(std::string(vm.count("api-key-file") ? "--api-key-file's key" : "--api-key") +
+                       " may hold only up to 1,024 visible ASCII characters, as [serve] api_key");
     // A path that exists here is sent absolute (the ranks' working folder is not this shell's);
     // one that cannot be looked at here (a symlink loop, a name too long) goes as given, for the
     // server to name.

@@ -1,12 +1,14 @@
 // `tpx submit`, `status`, `cancel`, `logs`: a job under Slurm, followed to its end.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
-#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -72,22 +74,31 @@ int cmd_submit(const Args& args) {
         return 0;
     }
     // A refused submission leaves the folder as it was: no new script, an earlier one (a job
-    // still queued may be named by it) put back.
-    const bool existed = path_exists<JobError>(path);
-    std::ostringstream before;
-    std::error_code ec;
-    const fs::perms before_mode = existed ? fs::status(path, ec).permissions() : fs::perms::none;
-    if (existed) before << std::ifstream(path).rdbuf();
+    // still queued may be named by it) put back, text and mode. `target`: the file the script's
+    // write replaces (through a symlink, as write_file_atomically writes).
+    const std::string target = written_path(path);
+    const bool existed = path_exists<JobError>(target);
+    std::string before;
+    struct stat old_st;
+    const bool old_mode = existed && ::stat(target.c_str(), &old_st) == 0;
+    if (existed) {
+        std::ifstream in(target, std::ios::binary);
+        if (in) before.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        if (!in.is_open() || in.bad())
+            throw JobError(path + ": the script already there cannot be read, so a refused submission could not put it back: move it away first");
+    }
     std::string id;
     try {  // a script that carries an api_key is its owner's alone
         write_file_atomically(path, script, /*stream_wait_s=*/0, job.carries_secret() ? Access::kOwnerOnly : Access::kAsUsual);
         id = submit_script(path);
     } catch (...) {
-        if (existed) {  // its old text, then its old mode (the new file's would stay: write_file_atomically)
-            write_file_atomically(path, before.str());
-            fs::permissions(path, before_mode, ec);
+        if (existed) {  // its old text, then its old mode (write_file_atomically would keep the new file's)
+            write_file_atomically(path, before);
+            if (old_mode && ::chmod(target.c_str(), old_st.st_mode & 0777) != 0)
+                std::cerr << "tpx submit: warning: " << target << "'s old mode not put back: " << std::strerror(errno) << "\n";
         } else {
-            fs::remove(path, ec);
+            std::error_code ec;
+            fs::remove(target, ec);
         }
         throw;
     }

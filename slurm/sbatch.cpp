@@ -54,11 +54,13 @@ std::string sbatch_script(const Job& job, const SubmitPaths& p, const std::strin
     const std::string text = job_toml.empty() || job_toml.back() != '\n' ? job_toml + "\n" : job_toml;
     std::string end = "TPX_JOB_END";  // a line the job's text does not hold
     while (("\n" + text).find("\n" + end + "\n") != std::string::npos) end += "_";
-    // A job that carries a secret: the copy its owner's alone, as the script is, and a new file
-    // (what was at the name removed, noclobber: never written through an old file or a link). In
-    // a subshell, so that the ranks' outputs keep the usual umask.
+    // A job that carries a secret: the copy its owner's alone, as the script is, made new by
+    // mktemp (0600, exclusive) and renamed over the name (what was there, a link or a FIFO, is
+    // replaced, never written through); in a subshell, so that the ranks' outputs keep the umask.
     if (!job.carries_secret()) os << "cat > \"$job\" <<'" << end << "'\n" << text << end << "\n";
-    else os << "(umask 077 && rm -f -- \"$job\" && set -C && cat > \"$job\") <<'" << end << "'\n" << text << end << "\n";
+    else
+        os << "(umask 077 && t=$(mktemp \"$job.XXXXXX\") && { cat > \"$t\" && mv -f -- \"$t\" \"$job\" || { rm -f -- \"$t\"; false; }; }) <<'" << end
+           << "'\n" << text << end << "\n";
     std::string worker = slurm_quote(p.worker, "the worker path") + " --job \"$job\"";
     // A job with a [serve] table serves (docs/SERVE.md); scancel's SIGTERM drains it.
     if (job.serve.present) worker += " --serve";

@@ -141,15 +141,33 @@ TEST(AtomicFile, AnOwnerOnlyFileIsNeverWiderThan0600) {
     EXPECT_EQ(tpx_test::read_text(path), "key 2\n");
     tpx::write_file_atomically(path, "no key\n");
     EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, rw) << "as usual: the old file's bits";
-    const mode_t umask_was = ::umask(022);  // the temporary file, while it is written
+    struct Umask {  // the temporary file while it is written, under a usual umask
+        mode_t was = ::umask(022);
+        ~Umask() { ::umask(was); }
+    } umask;
+    const std::string fresh = dir + "/new.toml", tmp = tpx::temp_path_for(fresh);
     fs::perms while_written = fs::perms::unknown;
     tpx::OutputSet set;
-    set.add(dir + "/new.toml", [&](std::ostream& out) { while_written = fs::status(tpx::temp_path_for(dir + "/new.toml")).permissions(); out << "k\n"; },
-            false, tpx::Access::kOwnerOnly);
+    set.add(fresh, [&](std::ostream& out) { while_written = fs::status(tmp).permissions(), out << "k\n"; }, false, tpx::Access::kOwnerOnly);
     set.commit();
-    ::umask(umask_was);
     EXPECT_EQ(while_written & fs::perms::all, rw);
-    EXPECT_EQ(tpx_test::read_text(dir + "/new.toml"), "k\n");
+    EXPECT_EQ(tpx_test::read_text(fresh), "k\n");
+    // A link swapped in at the temporary name while the text is made: the secret goes to the
+    // file tpx made, never through the link, and the swap is refused.
+    std::ofstream(dir + "/other") << "theirs\n";
+    tpx::OutputSet swapped;
+    EXPECT_THROW(
+        {
+            swapped.add(dir + "/s.toml", [&](std::ostream& out) {
+                fs::remove(tpx::temp_path_for(dir + "/s.toml"));
+                fs::create_symlink(dir + "/other", tpx::temp_path_for(dir + "/s.toml"));
+                out << "key\n";
+            }, false, tpx::Access::kOwnerOnly);
+            swapped.commit();
+        },
+        tpx::Error);
+    EXPECT_EQ(tpx_test::read_text(dir + "/other"), "theirs\n");
+    EXPECT_FALSE(fs::exists(dir + "/s.toml"));
     fs::remove_all(dir);
 }
 

@@ -75,8 +75,11 @@ json client(const Server& s, const std::string& mode, const json& arg = json::ob
 tpx_test::ProcessResult tpx_refit(const Server& s, const std::string& path, const std::string& key = kKey, const std::string& extra = "") {
     std::string key_arg;
     if (!key.empty()) {
-        static const std::string dir = tpx_test::temp_dir();
-        const std::string file = dir + "/key";
+        static const struct KeyDir {
+            std::string dir = tpx_test::temp_dir();
+            ~KeyDir() { fs::remove_all(dir); }
+        } keys;
+        const std::string file = keys.dir + "/key";
         std::ofstream(file) << key << "\r\n";
         key_arg = " --api-key-file " + file;
     }
@@ -360,8 +363,10 @@ TEST(Refit, TheClientsBadArgumentsExitTwoNamingThem) {
         {"http://127.0.0.1:1 /tmp --timeout -5", "--timeout -5 must be more than 0"},
         {"http://127.0.0.1:1 /tmp --timeout 1e99", "--timeout 1e+99 must be more than 0"},
         {"http://127.0.0.1:1 /tmp --api-key k --api-key-file /dev/null", "--api-key and --api-key-file: give the key one way"},
-        {"http://127.0.0.1:1 /tmp --api-key-file /no/such/key", "--api-key-file /no/such/key: cannot read a line from it"},
-        {"http://127.0.0.1:1 /tmp --api-key-file /dev/null", "--api-key-file /dev/null: cannot read a line from it"},
+        {"http://127.0.0.1:1 /tmp --api-key-file /no/such/key", "--api-key-file /no/such/key: cannot be opened: No such file or directory"},
+        {"http://127.0.0.1:1 /tmp --api-key-file /dev/null", "--api-key-file /dev/null: has no line"},
+        {"http://127.0.0.1:1 /tmp --api-key-file /tmp", "--api-key-file /tmp: is a folder, not a file"},
+        {"http://127.0.0.1:1 /tmp --api-key 'a b'", "--api-key may hold only up to 1,024 visible ASCII characters"},
     };
     for (const auto& [args, message] : cases) {
         auto r = tpx_test::run_process(tpx + " refit " + args);
