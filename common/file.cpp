@@ -210,6 +210,8 @@ void OutputSet::add_file(const std::string& given, const std::function<void(cons
 void OutputSet::stage(const std::string& given, Access access, const std::function<void(const std::string& tmp, int fd)>& write_to) {
     const std::string path = is_stream_target(given) ? given : written_path(given);
     const std::string named = path == given ? given : given + " (where its symlink leads: " + path + ")";
+    if (access == Access::kOwnerOnly && is_stream_target(path))  // its reader would get the secret
+        throw Error(named + ": is a FIFO or device: a file that carries a secret is written only as a file of its own");
     std::string tmp = temp_path_for(path);
     // Two outputs on one device (/dev/null twice) share a name in the temporary folder.
     for (const Staged& f : staged_)

@@ -21,7 +21,7 @@ enum class Access { kAsUsual, kOwnerOnly };
 // reason. An existing FIFO or character device (/dev/stdout, /dev/null) is written in place
 // instead: it is never replaced by a file (a FIFO's reader waited for up to `stream_wait_s`, 0:
 // as long as it takes: OutputSet::commit). kOwnerOnly: the file is its owner's alone from its
-// creation on, whatever the old file's bits were (a FIFO or device is written as it is).
+// creation on, whatever the old file's bits were (a FIFO or device there is refused).
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write, bool binary = false,
                            double stream_wait_s = 0);
 void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s = 0, Access access = Access::kAsUsual);

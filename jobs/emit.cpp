@@ -161,7 +161,7 @@ std::string emit_job_toml(const Job& job, Secrets secrets) {
         if (secrets == Secrets::kWritten || job.serve.api_key.empty())
             kv("api_key", fmt(job.serve.api_key));
         else  // a key the parser refuses: this output never serves without the key
-            kv("api_key_withheld", fmt("set, " + std::to_string(job.serve.api_key.size()) + " characters, not printed: write it as api_key"));
+            kv("api_key_withheld", fmt("set, " + std::to_string(job.serve.api_key.size()) + (job.serve.api_key.size() == 1 ? " character" : " characters") + ", not printed: write it as api_key"));
         kv("max_queue", fmt<int64_t>(job.serve.max_queue));
         kv("prefill_chunk", fmt<int64_t>(job.serve.prefill_chunk));
         kv("grace_s", fmt(job.serve.grace_s));

@@ -28,7 +28,8 @@ bool in_slurm_allocation();
 // The job file the ranks are given: the job's own, or for a job read from a stream (a pipe, which
 // the ranks cannot read again) a resolved copy, written here and removed when this goes unless
 // kept (--dry-run prints a command naming it). The copy lies in the temporary folder for one
-// node; for several, in job_files_folder (jobs/outputs.h), where the other hosts read it.
+// node; for several, in job_files_folder (jobs/outputs.h), where the other hosts read it; under a
+// new name of its own (tpx-job-NAME-PID-XXXXXX.toml), 0600.
 class RanksJobFile {
 public:
     RanksJobFile(const Job& job, const std::string& job_path);

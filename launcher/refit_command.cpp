@@ -61,12 +61,16 @@ int cmd_refit(const Args& args) {
         if (fs::is_directory(api_key_file, ec)) throw JobError(named + ": is a folder, not a file");
         std::ifstream in(api_key_file);
         if (!in) throw JobError(named + ": cannot be opened: " + std::strerror(errno));
-        if (!std::getline(in, api_key)) throw JobError(named + ": has no line");
+        char line[1027];  // a key's 1,024 characters, a CR, a LF: a longer first line is no key
+        in.getline(line, sizeof line);
+        if (in.gcount() == 0) throw JobError(named + ": has no line");
+        if (in.fail() && !in.eof()) throw JobError(named + ": its first line is longer than a key's 1,024 characters");
+        api_key = line;
         if (!api_key.empty() && api_key.back() == '\r') api_key.pop_back();
         if (api_key.empty()) throw JobError(named + ": its first line is empty");
     }
     if (!api_key_allowed(api_key))
-        throw JobError(std::string(vm.count("api-key-file") ? "--api-key-file's key" : "--api-key") +
+        throw JobError((vm.count("api-key-file") ? "--api-key-file " + api_key_file + ": its key" : std::string("--api-key")) +
                        " may hold only up to 1,024 visible ASCII characters, as [serve] api_key");
     // A path that exists here is sent absolute (the ranks' working folder is not this shell's);
     // one that cannot be looked at here (a symlink loop, a name too long) goes as given, for the

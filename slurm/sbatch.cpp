@@ -59,7 +59,7 @@ std::string sbatch_script(const Job& job, const SubmitPaths& p, const std::strin
     // replaced, never written through); in a subshell, so that the ranks' outputs keep the umask.
     if (!job.carries_secret()) os << "cat > \"$job\" <<'" << end << "'\n" << text << end << "\n";
     else
-        os << "(umask 077 && t=$(mktemp \"$job.XXXXXX\") && { cat > \"$t\" && mv -f -- \"$t\" \"$job\" || { rm -f -- \"$t\"; false; }; }) <<'" << end
+        os << "(umask 077 && t=$(mktemp \"$job.XXXXXX\") && { cat > \"$t\" && mv -fT -- \"$t\" \"$job\" || { rm -f -- \"$t\"; false; }; }) <<'" << end
            << "'\n" << text << end << "\n";
     std::string worker = slurm_quote(p.worker, "the worker path") + " --job \"$job\"";
     // A job with a [serve] table serves (docs/SERVE.md); scancel's SIGTERM drains it.

@@ -168,6 +168,14 @@ TEST(AtomicFile, AnOwnerOnlyFileIsNeverWiderThan0600) {
         tpx::Error);
     EXPECT_EQ(tpx_test::read_text(dir + "/other"), "theirs\n");
     EXPECT_FALSE(fs::exists(dir + "/s.toml"));
+    // A FIFO at the name: its reader would get the secret, so it is refused (before any wait).
+    ASSERT_EQ(::mkfifo((dir + "/fifo.toml").c_str(), 0666), 0);
+    try {
+        tpx::write_file_atomically(dir + "/fifo.toml", "key\n", 0, tpx::Access::kOwnerOnly);
+        ADD_FAILURE() << "a secret was written into a FIFO";
+    } catch (const tpx::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("is a FIFO or device"), std::string::npos) << e.what();
+    }
     fs::remove_all(dir);
 }
 

@@ -233,6 +233,10 @@ TEST(Jobs, AnApiKeyIsNotPrintedAndItsCopyIsTheOwnersAlone) {
         EXPECT_NE(tpx_test::read_text(e.path().string()).find("api_key = \"sk-secret-42\""), std::string::npos);
     }
     EXPECT_EQ(copies, 1) << r.out;
+    // Under a new name each time, which nothing can have been planted at beforehand.
+    auto again = run_process("cd " + dir + " && TMPDIR=" + dir + "/tmp " + tpx_bin("tpx") + " serve /dev/stdin --dry-run < j.toml");
+    EXPECT_EQ(again.exit_code, 0) << again.err;
+    EXPECT_EQ(std::distance(fs::directory_iterator(dir + "/tmp"), fs::directory_iterator()), 2);
     fs::remove_all(dir);
 }
 

@@ -367,6 +367,7 @@ TEST(Refit, TheClientsBadArgumentsExitTwoNamingThem) {
         {"http://127.0.0.1:1 /tmp --api-key-file /dev/null", "--api-key-file /dev/null: has no line"},
         {"http://127.0.0.1:1 /tmp --api-key-file /tmp", "--api-key-file /tmp: is a folder, not a file"},
         {"http://127.0.0.1:1 /tmp --api-key 'a b'", "--api-key may hold only up to 1,024 visible ASCII characters"},
+        {"http://127.0.0.1:1 /tmp --api-key-file /dev/zero", "--api-key-file /dev/zero: its first line is longer than a key's 1,024 characters"},
     };
     for (const auto& [args, message] : cases) {
         auto r = tpx_test::run_process(tpx + " refit " + args);
