@@ -190,6 +190,22 @@ void write_all(int fd, const std::string& text, const std::string& path) {
 
 }  // namespace
 
+std::string write_new_private_file(const std::string& folder, const std::string& prefix, const std::string& suffix, const std::string& text) {
+    std::string name = (std::filesystem::path(folder) / (prefix + "-XXXXXX" + suffix)).string();
+    Fd fd(::mkstemps(name.data(), (int)suffix.size()));
+    if (fd.fd < 0) throw Error(name + ": cannot be created: " + std::strerror(errno));
+    try {
+        write_all(fd.fd, text, name);
+        const int made = fd.fd;  // a full disk may show only at the close
+        fd.fd = -1;
+        if (::close(made) != 0) throw Error(name + ": write failed: " + std::strerror(errno));
+    } catch (...) {
+        std::remove(name.c_str());
+        throw;
+    }
+    return name;
+}
+
 void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s, Access access) {
     OutputSet one;
     one.add(path, [&](std::ostream& out) { out << text; }, false, access);

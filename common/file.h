@@ -26,6 +26,12 @@ void write_file_atomically(const std::string& path, const std::function<void(std
                            double stream_wait_s = 0);
 void write_file_atomically(const std::string& path, const std::string& text, double stream_wait_s = 0, Access access = Access::kAsUsual);
 
+// `text` in a new file folder/PREFIX-XXXXXX.SUFFIX (`suffix` with its dot): a name no one could
+// plant a link or FIFO at beforehand, made exclusively and 0600 (mkstemps), the text written through
+// the descriptor that made it and the close checked. Its path; on failure nothing is left and the
+// Error names the file and the system's reason.
+std::string write_new_private_file(const std::string& folder, const std::string& prefix, const std::string& suffix, const std::string& text);
+
 // The file a write to `path` replaces: `path`, or where its chain of symlinks ends (a link is
 // written through, as a shell's `>` does, and stays a link; a dangling one makes its target).
 // Throws Error naming `path` for a chain that does not end.

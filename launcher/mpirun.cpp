@@ -7,9 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -182,39 +180,21 @@ std::string shell_join(const std::vector<std::string>& words) {
 RanksJobFile::RanksJobFile(const Job& job, const std::string& job_path) {
     path_ = absolute_path(job_path);
     if (!job_file_is_stream(job_path)) return;
-    // A name no one can plant anything at beforehand (a link there would have the copy written
-    // over the file it leads to, a FIFO would hand the job, api_key included, to its reader):
-    // mkstemps makes it new, exclusively and 0600 (the ranks run as this user), and the text goes
-    // through its descriptor. (Not named as tpx submit's copies, NAME-ID.tpx.toml, which may
-    // share the folder.)
+    // Under a new name (write_new_private_file): a link planted at a name known beforehand would
+    // have the copy written over the file it leads to, a FIFO hand the job, api_key included, to
+    // its reader. 0600: the ranks run as this user. (Not named as tpx submit's copies,
+    // NAME-ID.tpx.toml, which may share the folder.)
     namespace fs = std::filesystem;
     const char* where = " (for several nodes it goes where every host reads it: run.output's folder, or the job's when run.output is a device)";
-    const auto fail = [&](const std::string& what) {
-        throw Error("the ranks' copy of the job read from a pipe: " + what + (job.parallel.nodes > 1 ? where : ""));
-    };
-    fs::path folder;
+    const std::string what = "the ranks' copy of the job read from a pipe: ", tail = job.parallel.nodes > 1 ? where : "";
     try {
-        folder = job.parallel.nodes > 1 ? fs::path(job_files_folder(job)) : fs::temp_directory_path();
-    } catch (const fs::filesystem_error& e) {
-        fail(std::string("no temporary folder (TMPDIR): ") + e.code().message());
-    }
-    std::string name = (folder / ("tpx-job-" + file_safe(job.name) + "-" + std::to_string(::getpid()) + "-XXXXXX.toml")).string();
-    const int fd = ::mkstemps(name.data(), 5);
-    if (fd < 0) fail(name + ": cannot be created: " + std::strerror(errno));
-    path_ = name;
-    const std::string text = emit_job_toml(job, Secrets::kWritten);
-    std::string why;  // the first failure, with the system's reason
-    for (size_t at = 0; why.empty() && at < text.size();) {
-        const ssize_t n = ::write(fd, text.data() + at, text.size() - at);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) why = n < 0 ? std::strerror(errno) : "nothing written";
-        else at += (size_t)n;
-    }
-    if (::close(fd) != 0 && why.empty()) why = std::strerror(errno);  // a full disk may show only here
-    if (!why.empty()) {  // (a constructor that throws runs no destructor)
         std::error_code ec;
-        fs::remove(path_, ec);
-        fail(name + ": write failed: " + why);
+        const fs::path folder = job.parallel.nodes > 1 ? fs::path(job_files_folder(job)) : fs::temp_directory_path(ec);
+        if (ec) throw Error("no temporary folder (TMPDIR): " + ec.message());
+        path_ = write_new_private_file(folder.string(), "tpx-job-" + file_safe(job.name) + "-" + std::to_string(::getpid()), ".toml",
+                                       emit_job_toml(job, Secrets::kWritten));
+    } catch (const Error& e) {
+        throw Error(what + e.what() + tail, e.exit_code());
     }
     copy_ = true;
 }
