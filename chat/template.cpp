@@ -12,6 +12,7 @@
 #include "chat/lexer.h"
 #include "chat/parser.h"
 #include "chat/renderer.h"
+#include "common/json_object.h"
 
 namespace tpx::chat {
 namespace {
@@ -35,7 +36,7 @@ nlohmann::ordered_json read_json(const std::string& path) {
     std::string text;
     if (!read_text(path, text)) throw JobError(at(path, 0, 0, "cannot read the file"));
     try {
-        return nlohmann::ordered_json::parse(text);
+        return parse_json_bounded<nlohmann::ordered_json>(text);
     } catch (const nlohmann::ordered_json::parse_error& e) {
         throw JobError(at(path, 0, 0, std::string("not valid JSON: ") + e.what()));
     }

@@ -6,18 +6,44 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 namespace tpx {
 
+// How deep JSON from outside (files, JSONL lines, request bodies) may nest. nlohmann parses and
+// frees any depth without recursion, but printing a value (an error that shows it) and the readers
+// that walk one recurse: 100,000 levels overflowed the stack (a request body could end the server).
+// Real files nest a few levels; 512 is far past them.
+constexpr int kJsonMaxDepth = 512;
+
+// A parser callback that refuses an array or object opened past kJsonMaxDepth levels with J's
+// parse_error (what J::parse throws for bad text, so callers' messages stay as they are), then
+// asks `then` (nlohmann's callback: keep the value or not).
+template <typename J, typename Then>
+auto bounded_depth(Then then) {
+    return [then](int depth, typename J::parse_event_t event, J& parsed) mutable -> bool {
+        using E = typename J::parse_event_t;
+        if ((event == E::object_start || event == E::array_start) && depth >= kJsonMaxDepth)
+            throw J::parse_error::create(101, 0, "nested deeper than " + std::to_string(kJsonMaxDepth) + " levels", nullptr);
+        return then(depth, event, parsed);
+    };
+}
+
+// J::parse(text...) (a string, or two iterators) with the depth bounded as above.
+template <typename J = nlohmann::json, typename... Text>
+J parse_json_bounded(Text&&... text) {
+    return J::parse(std::forward<Text>(text)..., bounded_depth<J>([](int, typename J::parse_event_t, J&) { return true; }));
+}
+
 // The object `text` holds; else fail(file, "not valid JSON: ...") or fail(file, "not a JSON object").
 template <typename Fail>
 nlohmann::json parse_json_object(const std::string& text, const std::string& file, Fail fail) {
     nlohmann::json j;
     try {
-        j = nlohmann::json::parse(text);
+        j = parse_json_bounded(text);
     } catch (const nlohmann::json::exception& e) {
         fail(file, std::string("not valid JSON: ") + e.what());
     }
@@ -25,8 +51,8 @@ nlohmann::json parse_json_object(const std::string& text, const std::string& fil
     return j;
 }
 
-// `text` parsed as J::parse parses it (and throwing as it does), with `repeated` set to the first
-// key an object gives twice (nlohmann keeps the last one without a word), "" when none.
+// `text` parsed as parse_json_bounded parses it (and throwing as it does), with `repeated` set to
+// the first key an object gives twice (nlohmann keeps the last one without a word), "" when none.
 template <typename J>
 J parse_noting_repeated_key(const std::string& text, std::string& repeated) {
     repeated.clear();
@@ -39,7 +65,7 @@ J parse_noting_repeated_key(const std::string& text, std::string& repeated) {
             repeated = parsed.template get<std::string>();
         return true;
     };
-    return J::parse(text, note);
+    return J::parse(text, bounded_depth<J>(note));
 }
 
 // Whether an integer JSON value fits int64_t (nlohmann keeps 2^63 .. 2^64 - 1 as unsigned,

@@ -12,6 +12,7 @@
 #include <random>
 
 #include "common/error.h"
+#include "common/json_object.h"
 #include "server/auth.h"
 #include "server/connection.h"
 #include "server/gated_server.h"
@@ -257,7 +258,7 @@ void HttpServer::handle_refit(const httplib::Request& req, httplib::Response& re
     if (draining_) return reply_error(res, 503, "the server is shutting down", "", "shutting_down");
     auto call = std::make_shared<RefitCall>();
     try {
-        json body = json::parse(req.body);
+        json body = parse_json_bounded(req.body);
         if (!body.is_object() || !body.contains("path") || !body["path"].is_string() || body["path"].get<std::string>().empty())
             return reply_error(res, 400, "the body must be {\"path\": \"NEW_CHECKPOINT\"} (and optionally \"abort\": true)", "path",
                                "invalid_refit");
@@ -299,7 +300,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     if (draining_) return reply_error(res, 503, "the server is shutting down", "", "shutting_down");
     json body;
     try {
-        body = json::parse(req.body);
+        body = parse_json_bounded(req.body);
     } catch (const json::exception& e) {
         return reply_error(res, 400, std::string("the body is not valid JSON: ") + e.what(), "", "invalid_json");
     }

@@ -183,9 +183,15 @@ ModelConfig parse_model_config(const std::string& text, const std::string& file)
             fail(file, "num_experts_per_tok " + std::to_string(c.experts_per_token) + " must be in [1, num_local_experts = " +
                            std::to_string(c.num_experts) + "]");
     }
-    const json* dtype = find(j, "dtype");
-    if (!dtype) dtype = find(j, "torch_dtype");
-    if (dtype && dtype->is_string()) c.dtype = dtype->get<std::string>();
+    const char* dtype_key = find(j, "dtype") ? "dtype" : "torch_dtype";
+    if (const json* dtype = find(j, dtype_key); dtype && !dtype->is_null()) {
+        static const char* const kFloats[] = {"bfloat16", "float16", "float32", "float64"};
+        const std::string name = dtype->is_string() ? dtype->get<std::string>() : "";
+        if (std::find(std::begin(kFloats), std::end(kFloats), name) == std::end(kFloats))
+            fail(file, std::string("\"") + dtype_key + "\" holds " + dtype->dump() +
+                           ": the dtype of the unquantized weights is one of bfloat16, float16, float32, float64");
+        c.dtype = name;
+    }
     c.eos_token_ids = get_ids(find(j, "eos_token_id"), file, "eos_token_id");
     return c;
 }
@@ -194,7 +200,7 @@ std::vector<int64_t> parse_generation_eos(const std::string& text, const std::st
     if (text.empty()) return {};
     json j;
     try {
-        j = json::parse(text);
+        j = parse_json_bounded(text);
     } catch (const json::exception& e) {
         fail(file, std::string("not valid JSON: ") + e.what());
     }

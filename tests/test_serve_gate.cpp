@@ -485,4 +485,23 @@ TEST(ServeGate, AHalfClosedCallIsCancelled) {
     EXPECT_NE(metrics.find("tpx_requests_cancelled_total 2"), std::string::npos) << metrics;
 }
 
+// A body nested 100,000 levels deep (200 KB, inside the body limit) ended the server: nlohmann
+// parses any depth, but printing or walking the value recursed past the stack. Now a 400 naming
+// the depth, and the server goes on.
+TEST(ServeGate, ADeeplyNestedBodyIsRefusedAndTheServerGoesOn) {
+    tpx_test::ServeProcess server("[model]\npath = \"" + kModel + "\"\n[serve]\nport = 0\n", "", "serve: ready");
+    const int port = std::stoi(server.base().substr(server.base().rfind(':') + 1));
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    for (const std::string& body : {"{\"model\": \"job\", \"messages\": [{\"role\": \"user\", \"content\": " + deep + "}]}",
+                                    "{\"model\": \"job\", \"prompt\": \"hi\", \"stop\": " + deep + "}"}) {
+        const std::string route = body.find("messages") != std::string::npos ? "/v1/chat/completions" : "/v1/completions";
+        const std::string got = http_exchange(port, "POST " + route + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                                                        std::to_string(body.size()) + "\r\n\r\n" + body);
+        EXPECT_EQ(got.rfind("HTTP/1.1 400", 0), 0u) << got.substr(0, 300);
+        EXPECT_NE(got.find("nested deeper than 512 levels"), std::string::npos) << got.substr(0, 300);
+    }
+    const std::string health = http_exchange(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(health.rfind("HTTP/1.1 200", 0), 0u) << health;
+}
+
 }  // namespace

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/json_object.h"
 #include "tokenizer/added_vocab.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/decoder.h"
@@ -27,7 +28,7 @@ nlohmann::json read_json(const std::string& file) {
     std::stringstream ss;
     ss << in.rdbuf();
     try {
-        return nlohmann::json::parse(ss.str());
+        return parse_json_bounded(ss.str());
     } catch (const nlohmann::json::exception& e) {
         throw Error(file + ": bad JSON: " + e.what(), kExitBadInput);
     }
