@@ -550,6 +550,7 @@ Job parse_job(const std::string& text, const std::string& file, const std::strin
     if (text.find_first_not_of(" \t\r\n") == std::string::npos)
         throw JobError(at(file, 0, 0, "the job file is empty; `tpx example` prints one with every key"));
 
+    refuse_deep_keys(text, file);
     toml::table root;
     try {
         root = toml::parse(text, file);

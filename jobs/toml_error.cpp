@@ -1,6 +1,8 @@
-// TOML++'s redefinition errors repaired: the key or table header named as its line writes it,
-// and a redefined key pointed at where the key starts.
+// TOML++'s redefinition errors repaired (the key or table header named as its line writes it,
+// and a redefined key pointed at where the key starts), and keys too deep for it refused first.
 #include "jobs/toml_error.h"
+
+#include "common/error.h"
 
 namespace tpx {
 namespace {
@@ -72,6 +74,44 @@ TomlMessage describe_toml_error(std::string_view description, size_t line, size_
     size_t key_column = 1;  // in characters, as TOML++ counts them
     for (size_t i = 0; i < first; ++i) key_column += ((unsigned char)l[i] & 0xC0) != 0x80;
     return {d.substr(0, open + 1) + l.substr(first, last - first + 1) + d.substr(close), key_column};
+}
+
+void refuse_deep_keys(const std::string& text, const std::string& file) {
+    // Dots in a row with none of = , [ ] { } or a line's end between them, outside strings and
+    // comments, are a key's or header's parts (a number or a time has at most one dot).
+    size_t line = 1, column = 0, dots = 0;
+    auto next = [&](size_t& i) {  // to text[i + 1], counting lines and columns
+        ++i;
+        if (i < text.size() && text[i] == '\n') ++line, column = 0;
+        else ++column;
+    };
+    for (size_t i = (size_t)-1; i + 1 < text.size();) {
+        next(i);
+        const char c = text[i];
+        if (c == '\n') {
+            dots = 0;
+        } else if (c == '#') {
+            while (i + 1 < text.size() && text[i + 1] != '\n') next(i);
+        } else if (c == '"' || c == '\'') {
+            const size_t quotes = text.compare(i, 3, std::string(3, c)) == 0 ? 3 : 1;
+            for (size_t q = 1; q < quotes; ++q) next(i);
+            while (i + 1 < text.size()) {
+                if (quotes == 1 && text[i + 1] == '\n') break;  // not closed on its line: TOML++ says so
+                next(i);
+                if (c == '"' && text[i] == '\\') next(i);  // an escape in a basic string
+                else if (text.compare(i, quotes, std::string(quotes, c)) == 0) {
+                    for (size_t q = 1; q < quotes; ++q) next(i);
+                    while (quotes == 3 && i + 1 < text.size() && text[i + 1] == c) next(i);  // quotes before the closing three
+                    break;
+                }
+            }
+        } else if (c == '=' || c == ',' || c == '[' || c == ']' || c == '{' || c == '}') {
+            dots = 0;
+        } else if (c == '.' && ++dots >= kMaxKeyParts) {
+            throw JobError(at(file, (long)line, (long)column,
+                              "a dotted key or table header of more than " + std::to_string(kMaxKeyParts) + " parts (a job's keys have a few)"));
+        }
+    }
 }
 
 }  // namespace tpx

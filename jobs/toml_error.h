@@ -1,4 +1,4 @@
-// TOML++'s parse errors, repaired where they name a key wrongly.
+// TOML++'s parse errors, repaired where they name a key wrongly; keys too deep for it refused first.
 #pragma once
 
 #include <cstddef>
@@ -22,5 +22,12 @@ struct TomlMessage {
 // one ([a."b"] twice: TOML++ names 'a."b"b"') is named as the header line writes it, between its
 // brackets. Other errors are returned as they are.
 TomlMessage describe_toml_error(std::string_view description, size_t line, size_t column, const std::string& text);
+
+// A JobError naming the line and column where a dotted key or table header of `text` has more
+// than kMaxKeyParts parts, before TOML++ reads it: TOML++ caps nested arrays and inline tables but
+// recurses once a part of a dotted key, and 60,000 parts (a 120 KB line) overflowed its stack. A
+// job's keys have a few parts.
+constexpr size_t kMaxKeyParts = 64;
+void refuse_deep_keys(const std::string& text, const std::string& file);
 
 }  // namespace tpx
