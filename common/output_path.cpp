@@ -73,7 +73,8 @@ void prove_writable(const NamedPath& out) {
     std::error_code ec;
     if (!parent.empty() && !fs::is_directory(parent, ec))
         throw JobError(describe(out) + (looked_at_in_vain(ec) ? ": cannot look at its folder " + parent.string() + ": " + ec.message()
-                                           : ": folder does not exist: " + parent.string()) + via);
+                                           : fs::exists(parent, ec) ? ": " + parent.string() + " is not a folder"
+                                                                    : ": folder does not exist: " + parent.string()) + via);
     // The name as the process that writes it (rank 0, another PID) may make it: the PID's longest.
     std::string tmp = temp_path_for(target);
     tmp.insert(tmp.size() - std::to_string(::getpid()).size(), 10 - std::to_string(::getpid()).size(), '0');

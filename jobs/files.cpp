@@ -67,7 +67,8 @@ void check_job_files(const Job& job, const KeyPosition& where) {
         auto [l, c] = where("run", "output");
         throw JobError(at(job.file, l, c,
                           looked_at_in_vain(ec) ? "run.output: cannot look at its folder " + out_dir.string() + ": " + ec.message()
-                                                : "run.output: folder does not exist: " + out_dir.string()));
+                          : fs::exists(out_dir, ec) ? "run.output: " + out_dir.string() + " is not a folder"
+                                                    : "run.output: folder does not exist: " + out_dir.string()));
     }
 }
 

@@ -14,6 +14,8 @@
 
 namespace po = boost::program_options;
 
+namespace fs = std::filesystem;
+
 namespace tpx {
 
 namespace {
@@ -94,7 +96,13 @@ int cmd_tokenize(const Args& args) {
     positional.add("path", 1);
     po::variables_map vm;
     if (parse_command_line(args, "tpx tokenize PATH [--file IN.jsonl] [--chat-template FILE]", options, positional, vm)) return 0;
-    TextTools tools = load_text_tools(vm["path"].as<std::string>(), vm["chat-template"].as<std::string>());
+    // A template is read whole before the first line: a FIFO would block until written to (and a
+    // job refuses one for run.chat_template too).
+    const std::string chat_template = vm["chat-template"].as<std::string>();
+    std::error_code ec;
+    if (!chat_template.empty() && fs::exists(chat_template, ec) && !fs::is_regular_file(chat_template, ec))
+        throw JobError("--chat-template " + chat_template + ": not a regular file (a FIFO or device would block or be read more than once)");
+    TextTools tools = load_text_tools(vm["path"].as<std::string>(), chat_template);
 
     std::ifstream file_in;
     std::string name = "<stdin>";

@@ -208,7 +208,14 @@ ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path) {
     // Written whole or not at all, the temporary file removed on failure or Ctrl-C (OutputSet).
     OutputSet out;
     out.add_file(out_path, [&](const std::string& tmp) {
-        H5Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+        // config.json goes into an attribute: HDF5 keeps attributes in the object's header (64 KB
+        // at most) unless told to keep them in dense storage, which the 1.8 file format has (and
+        // every reader since: the format's bounds are 1.8's, so that no newer feature is used).
+        H5Id create(H5Pcreate(H5P_FILE_CREATE), H5Pclose), access(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+        if (!create.ok() || !access.ok() || H5Pset_attr_phase_change(create, 0, 0) < 0 ||
+            H5Pset_libver_bounds(access, H5F_LIBVER_V18, H5F_LIBVER_V18) < 0)
+            throw Error(out_path + ": cannot set up the HDF5 file's properties");
+        H5Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, create, access), H5Fclose);
         if (!file.ok()) throw Error(out_path + ": cannot create the HDF5 file (written through " + tmp + ")");
         write_string_attribute(file, "config.json", source.config_json());
         write_string_attribute(file, "generation_config.json", source.generation_config_json());

@@ -47,8 +47,7 @@ Bpe Bpe::from_json(const nlohmann::json& m, const std::string& file) {
     std::unordered_map<int32_t, std::string> owner;  // the vocab entry of each id seen
     for (const auto& [token, id] : m["vocab"].items()) {
         if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
-            throw Error(where + ": vocab entry \"" + token + "\" has id " + id.dump() + ", not a non-negative integer",
-                        kExitBadInput);
+            throw Error(where + ": vocab entry \"" + token + "\" has id " + id.dump() + ", not an integer in [0, 2^31)", kExitBadInput);
         int32_t i = id.get<int32_t>();
         // One token an id: HF decodes an id two entries share as either, from run to run.
         if (const auto [first, fresh] = owner.emplace(i, token); !fresh)
@@ -56,6 +55,13 @@ Bpe Bpe::from_json(const nlohmann::json& m, const std::string& file) {
         bpe.vocab_[token] = i;
         max_id = std::max(max_id, i);
     }
+    // The table by id is dense: a vocabulary's ids run from 0 with few gaps, and one id far past
+    // them would take its size in memory (10^9: 32 GB) for nothing.
+    const int64_t entries = (int64_t)bpe.vocab_.size(), bound = 2 * entries + 65536;
+    if (max_id >= bound)
+        throw Error(where + ": vocab entry \"" + owner[max_id] + "\" has id " + std::to_string(max_id) + ", far past the vocabulary's " +
+                        std::to_string(entries) + " entries (ids run from 0; tpx takes ids below " + std::to_string(bound) + " here)",
+                    kExitBadInput);
     bpe.id_to_token_.assign(max_id + 1, std::string());
     bpe.has_id_.assign(max_id + 1, false);
     for (const auto& [token, id] : bpe.vocab_) {

@@ -1,0 +1,149 @@
+// What a hostile-input probe of the commands found (2026-12-06), each checked by running the real
+// command: JSON nested 100,000 levels deep (a safetensors header, a JSONL line) and a TOML key of
+// 60,000 dotted parts overflowed the stack; a tokenizer id of 10^9 asked for 32 GB; a config.json
+// past 64 KB could not be converted; a FIFO given as --chat-template blocked; a config's dtype of
+// "int8" and an output folder that is a file were named wrongly. Each is now exit 2 with the file
+// and what is wrong, or (the config) works.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "loader/checkpoint.h"
+#include "process.h"
+
+namespace fs = std::filesystem;
+using tpx_test::run_process;
+using tpx_test::tpx_bin;
+
+namespace {
+
+const std::string kTiny = std::string(TPX_SOURCE_DIR) + "/models/tiny";
+const std::string kTinyText = std::string(TPX_SOURCE_DIR) + "/models/tiny-text";
+
+tpx_test::ProcessResult run_tpx(const std::string& args, const std::string& stdin_text = "") {
+    return run_process(tpx_bin("tpx") + " " + args, stdin_text);
+}
+
+void expect_refused(const tpx_test::ProcessResult& r, const std::vector<std::string>& needles) {
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    for (const std::string& n : needles) EXPECT_NE(r.err.find(n), std::string::npos) << "missing '" << n << "' in: " << r.err;
+}
+
+std::string nested(int depth) { return std::string(depth, '[') + std::string(depth, ']'); }
+
+// A copy of `model` in a fresh folder, config.json changed by `edit`.
+std::string model_copy(const std::string& model, const std::function<void(nlohmann::json&)>& edit = nullptr) {
+    const std::string dir = tpx_test::temp_dir() + "/model";
+    fs::copy(model, dir, fs::copy_options::recursive);
+    if (edit) {
+        nlohmann::json config = nlohmann::json::parse(tpx_test::read_text(dir + "/config.json"));
+        edit(config);
+        std::ofstream(dir + "/config.json") << config.dump(1);
+    }
+    return dir;
+}
+
+}  // namespace
+
+TEST(HostileInputs, DeeplyNestedJsonIsRefusedNotACrash) {
+    // A safetensors header whose __metadata__ nests 100,000 levels (was: SIGSEGV printing it).
+    const std::string dir = tpx_test::temp_dir();
+    const std::string header = "{\"__metadata__\": " + nested(100000) + "}";
+    {
+        std::ofstream st(dir + "/deep.safetensors", std::ios::binary);
+        const uint64_t len = header.size();
+        st.write(reinterpret_cast<const char*>(&len), 8);
+        st << header;
+    }
+    expect_refused(run_tpx("inspect " + dir + "/deep.safetensors"), {"deep.safetensors", "nested deeper than 512 levels"});
+    // A JSONL line for tpx tokenize, and config.json.
+    expect_refused(run_tpx("tokenize " + kTinyText, "{\"ids\": " + nested(100000) + "}\n"), {"<stdin>:1", "nested deeper than 512 levels"});
+    const std::string model = model_copy(kTiny, [](nlohmann::json& c) { c["num_hidden_layers"] = nlohmann::json::parse(nested(600)); });
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << model << "\"\n";
+    expect_refused(run_tpx("plan " + dir + "/job.toml"), {model + "/config.json", "nested deeper than 512 levels"});
+    // 500 levels are read, and the value named.
+    const std::string ok = model_copy(kTiny, [](nlohmann::json& c) { c["num_hidden_layers"] = nlohmann::json::parse(nested(500)); });
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << ok << "\"\n";
+    const auto r = run_tpx("plan " + dir + "/job.toml");
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_EQ(r.err.find("nested deeper"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("num_hidden_layers"), std::string::npos) << r.err;
+    fs::remove_all(dir);
+    fs::remove_all(fs::path(model).parent_path());
+    fs::remove_all(fs::path(ok).parent_path());
+}
+
+TEST(HostileInputs, TomlKeysOfTooManyPartsAreRefusedAndDotsElsewhereAreNot) {
+    const std::string dir = tpx_test::temp_dir();
+    std::string key = "a";
+    for (int i = 1; i < 60000; ++i) key += ".a";
+    std::ofstream(dir + "/key.toml") << "[job]\nname = \"x\"\n" << key << " = 1\n";
+    expect_refused(run_tpx("validate " + dir + "/key.toml"), {"key.toml:3:", "a dotted key or table header of more than 64 parts"});
+    std::ofstream(dir + "/header.toml") << "[" << key << "]\n";
+    expect_refused(run_tpx("validate " + dir + "/header.toml"), {"header.toml:1:", "more than 64 parts"});
+    // Dots in comments, strings (escaped quotes, multi-line, literal) and numbers are not a key's.
+    const std::string dots(200, '.');
+    std::ofstream(dir + "/fine.toml") << "# " << dots << "\n[job]\nname = \"a\\\"" << dots << "\"  # " << dots << "\n[model]\npath = \"" << kTiny
+                                      << "\"\n[run]\nmax_new_tokens = 4\n[run.sampling]\ntemperature = 0.5\n"
+                                      << "[launch]\nextra_args = [\"\"\"" << dots << "\n" << dots << "\"\"\", '" << dots << "', '''" << dots
+                                      << "''']\n";
+    const auto r = run_tpx("validate " + dir + "/fine.toml");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    fs::remove_all(dir);
+}
+
+TEST(HostileInputs, TokenizerIdsFarPastTheVocabularyAreRefused) {
+    const std::string model = model_copy(kTinyText);
+    nlohmann::json tok = nlohmann::json::parse(tpx_test::read_text(model + "/tokenizer.json"));
+    const std::string first = tok["model"]["vocab"].begin().key();
+    nlohmann::json far = tok;
+    far["model"]["vocab"][first] = 1000000000;  // was: std::bad_alloc (10^8: 3 GB and 6 s)
+    std::ofstream(model + "/tokenizer.json") << far.dump();
+    expect_refused(run_tpx("tokenize " + model, "{\"text\": \"hi\"}\n"), {"tokenizer.json", "has id 1000000000, far past the vocabulary's"});
+    nlohmann::json negative = tok;
+    negative["added_tokens"][0]["id"] = -1;
+    std::ofstream(model + "/tokenizer.json") << negative.dump();
+    expect_refused(run_tpx("tokenize " + model, "{\"text\": \"hi\"}\n"), {"tokenizer.json", "added_tokens[0] has the id -1, not an integer in [0, 2^31)"});
+    fs::remove_all(fs::path(model).parent_path());
+}
+
+TEST(HostileInputs, AConfigPast64KBConvertsToHdf5) {
+    // HF configs of classifiers carry id2label maps: 5,000 labels is about 100 KB, past what an
+    // HDF5 attribute held in the object's header takes (was: "cannot write attribute config.json").
+    const std::string model = model_copy(kTiny, [](nlohmann::json& c) {
+        for (int i = 0; i < 5000; ++i) c["id2label"][std::to_string(i)] = "LABEL_" + std::to_string(i);
+    });
+    const std::string h5 = fs::path(model).parent_path().string() + "/big.h5";
+    const auto r = run_tpx("convert " + model + " " + h5);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto source = tpx::Checkpoint::open(model), converted = tpx::Checkpoint::open(h5);
+    EXPECT_GT(source->config_json().size(), 64u * 1024);
+    EXPECT_EQ(converted->config_json(), source->config_json());
+    EXPECT_EQ(converted->tensors().size(), source->tensors().size());
+    fs::remove_all(fs::path(model).parent_path());
+}
+
+TEST(HostileInputs, WrongKindsOfPathAreNamed) {
+    const std::string dir = tpx_test::temp_dir();
+    // An output whose folder is a file.
+    std::ofstream(dir + "/afile") << "x";
+    expect_refused(run_tpx("convert " + kTiny + " " + dir + "/afile/out.h5"), {dir + "/afile is not a folder"});
+    // A FIFO as --chat-template is refused, not read (was: blocked until a writer came).
+    ASSERT_EQ(mkfifo((dir + "/fifo").c_str(), 0600), 0);
+    const auto r = run_process("timeout 20 " + tpx_bin("tpx") + " tokenize " + kTinyText + " --chat-template " + dir + "/fifo",
+                               "{\"text\": \"hi\"}\n");
+    expect_refused(r, {"--chat-template " + dir + "/fifo: not a regular file"});
+    EXPECT_LT(r.seconds, 10.0);
+    // A config whose dtype is no float dtype, named with its file and key.
+    const std::string model = model_copy(kTiny, [](nlohmann::json& c) { c["dtype"] = "int8"; });
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << model << "\"\n";
+    expect_refused(run_tpx("plan " + dir + "/job.toml"), {model + "/config.json", "\"dtype\" holds \"int8\""});
+    fs::remove_all(dir);
+    fs::remove_all(fs::path(model).parent_path());
+}
