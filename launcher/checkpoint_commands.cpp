@@ -118,6 +118,8 @@ int cmd_convert(const Args& args) {
     if (QuantConfig q = quantization_of(*ckpt); q.quantized())
         throw JobError(ckpt->path() + " holds " + q.describe() + " weights: tpx convert writes plain tensors only; a quantized "
                        "checkpoint is read as it is (give the job its folder)");
+    // (An index.json whose weight_map is {} opens as a checkpoint of nothing.)
+    if (ckpt->tensors().empty()) throw JobError(ckpt->path() + " holds no tensors: there is nothing to convert");
     ConvertStats s = hf ? convert_to_hf_folder(*ckpt, folder) : convert_to_hdf5(*ckpt, out);
     // Not after the file's bytes when OUT is standard output itself.
     std::fprintf(standard_stream(out) == STDOUT_FILENO ? stderr : stdout, "wrote %s: %zu tensors, %s\n", out.c_str(), s.tensors,

@@ -158,9 +158,17 @@ void check_against_checkpoint(const Graph& graph, const Checkpoint& ckpt) {
         if (!n->param) continue;
         for (const Segment& s : n->param->segments) {
             const TensorInfo* t = ckpt.find(s.tensor);
-            if (!t)
+            if (!t) {
+                // A quantized linear's parts (GPTQ's qweight, FP8's scales) without config.json's
+                // quantization_config: the weight's own name is absent, and that is why.
+                const std::string stem = s.tensor.size() > 7 && s.tensor.compare(s.tensor.size() - 7, 7, ".weight") == 0
+                                             ? s.tensor.substr(0, s.tensor.size() - 7) : "";
+                const std::string why = !stem.empty() && ckpt.find(stem + ".qweight")
+                                            ? ", but " + stem + ".qweight is: a GPTQ checkpoint whose config.json has no quantization_config"
+                                            : "";
                 throw CheckpointError(ckpt.path() + ": tensor '" + s.tensor + "', which config.json implies (" + n->name +
-                                      "), is not in the checkpoint");
+                                      "), is not in the checkpoint" + why);
+            }
             const Shape& want = s.index >= 0 ? s.tensor_shape : s.shape;
             if (t->shape != want)
                 throw CheckpointError(ckpt.path() + ": tensor '" + s.tensor + "' has shape " + shape_string(t->shape) +

@@ -2,8 +2,9 @@
 // command: JSON nested 100,000 levels deep (a safetensors header, a JSONL line) and a TOML key of
 // 60,000 dotted parts overflowed the stack; a tokenizer id of 10^9 asked for 32 GB; a config.json
 // past 64 KB could not be converted; a FIFO given as --chat-template blocked; a config's dtype of
-// "int8" and an output folder that is a file were named wrongly. Each is now exit 2 with the file
-// and what is wrong, or (the config) works.
+// "int8", an output folder that is a file and GPTQ tensors without their quantization_config were
+// named wrongly or not at all; an empty weight_map converted to a file of nothing. Each is now exit
+// 2 with the file and what is wrong, or (the config) works.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -146,4 +147,24 @@ TEST(HostileInputs, WrongKindsOfPathAreNamed) {
     expect_refused(run_tpx("plan " + dir + "/job.toml"), {model + "/config.json", "\"dtype\" holds \"int8\""});
     fs::remove_all(dir);
     fs::remove_all(fs::path(model).parent_path());
+}
+
+TEST(HostileInputs, WhatACheckpointLacksIsSaid) {
+    const std::string dir = tpx_test::temp_dir();
+    // GPTQ's tensors under a config.json without quantization_config: the weight's absence is
+    // explained by its qweight (was: only "is not in the checkpoint").
+    const std::string gptq = model_copy(std::string(TPX_TEST_DATA) + "/golden/gptq-llama",
+                                        [](nlohmann::json& c) { c.erase("quantization_config"); });
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << gptq << "\"\n";
+    expect_refused(run_tpx("plan " + dir + "/job.toml"),
+                   {"q_proj.weight'", "q_proj.qweight is: a GPTQ checkpoint whose config.json has no quantization_config"});
+    // An index whose weight_map is empty converts to nothing: refused (was: an .h5 of 0 tensors).
+    const std::string empty = dir + "/empty";
+    fs::create_directory(empty);
+    fs::copy_file(kTiny + "/config.json", empty + "/config.json");
+    std::ofstream(empty + "/model.safetensors.index.json") << "{\"metadata\": {}, \"weight_map\": {}}";
+    expect_refused(run_tpx("convert " + empty + " " + dir + "/out.h5"), {"holds no tensors"});
+    EXPECT_FALSE(fs::exists(dir + "/out.h5"));
+    fs::remove_all(dir);
+    fs::remove_all(fs::path(gptq).parent_path());
 }
