@@ -154,6 +154,12 @@ void relay_stderr(Relay& state_ref, int fd) {
     // Bytes are passed on as they come (a live progress line ends in '\r', not '\n');
     // whole lines are looked at for failure marks and Open MPI's noise.
     std::string pending;
+    // Open MPI's box after a rank's MPI_Abort ("MPI_ABORT was invoked on rank 0 ... NOTE: invoking
+    // MPI_ABORT causes Open MPI to kill all MPI processes ..." between two rules) only repeats that
+    // the rank failed, whose message came before it: a rule is held until the next line says
+    // whether such a box opens, and the box is dropped (still marking the job failing).
+    std::string rule;
+    bool in_abort_box = false;
     char buf[4096];
     ssize_t n;
     while ((n = read(fd, buf, sizeof(buf))) != 0) {
@@ -166,6 +172,18 @@ void relay_stderr(Relay& state_ref, int fd) {
         for (size_t end; (end = pending.find_first_of("\r\n", start)) != std::string::npos; start = end + 1) {
             std::string line = pending.substr(start, end + 1 - start);
             if (is_mpi_noise(line)) continue;
+            const bool is_rule = line.size() > 20 && line.find_first_not_of('-') == line.size() - 1;
+            if (in_abort_box || (!rule.empty() && line.find("MPI_ABORT was invoked") != std::string::npos)) {
+                in_abort_box = !(in_abort_box && is_rule);
+                rule.clear();
+                if (!state->failing) state->failing_since = Clock::now().time_since_epoch().count(), state->failing = true;
+                continue;
+            }
+            if (!rule.empty()) std::fwrite(rule.data(), 1, rule.size(), stderr), rule.clear();
+            if (is_rule) {
+                rule = line;
+                continue;
+            }
             std::fwrite(line.data(), 1, line.size(), stderr);
             const std::string signalled = rank_signal_message(line, state->who);
             if (!signalled.empty()) std::fwrite(signalled.data(), 1, signalled.size(), stderr);
@@ -177,6 +195,7 @@ void relay_stderr(Relay& state_ref, int fd) {
         pending.erase(0, start);
         std::fflush(stderr);
     }
+    if (!rule.empty()) std::fwrite(rule.data(), 1, rule.size(), stderr);
     if (!pending.empty() && !is_mpi_noise(pending)) std::fwrite(pending.data(), 1, pending.size(), stderr);
     std::fflush(stderr);
     close(fd);

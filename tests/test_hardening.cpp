@@ -528,21 +528,27 @@ TEST(Messages, WhatAUserTypesWrongIsNamed) {
 }
 
 // Open MPI 4.1's mpirun sometimes follows a rank's abort with "ORTE_ERROR_LOG: Data unpack would
-// read past end of buffer", which reads like a second failure. A stand-in mpirun ([launch] mpirun)
-// prints the rank's message, that line and the abort banner, the way a real one does: the user
-// sees the rank's message and the banner, not the noise. A real rank failure is checked too.
+// read past end of buffer", which reads like a second failure, and then (or not) its box saying
+// that MPI_ABORT was invoked, which repeats the rank's message in 8 lines. A stand-in mpirun
+// ([launch] mpirun) prints the rank's message, that line, the box and another box, the way a real
+// one does: the user sees the rank's message and the other box only. A real rank failure too.
 TEST(Messages, ARankFailureIsNotFollowedByOpenMpiNoise) {
     TestJob j = make_job();
     std::string fake = j.dir + "/noisy-mpirun";
+    const std::string rule(74, '-');
     std::ofstream(fake) << "#!/bin/sh\necho 'rank 1 (vm): the real failure' >&2\n"
                            "echo '[vm:01234] [[1,0],0] ORTE_ERROR_LOG: Data unpack would read past end of buffer in file x.c at line 1' >&2\n"
-                           "echo 'MPI_ABORT was invoked on rank 1 in communicator MPI_COMM_WORLD' >&2\nexit 2\n";
+                        << "echo '" << rule << "' >&2\necho 'MPI_ABORT was invoked on rank 1 in communicator MPI_COMM_WORLD' >&2\n"
+                        << "echo 'with errorcode 2.' >&2\necho >&2\necho 'NOTE: invoking MPI_ABORT causes Open MPI to kill all MPI processes.' >&2\n"
+                        << "echo '" << rule << "' >&2\necho '" << rule << "' >&2\necho 'another box' >&2\necho '" << rule << "' >&2\nexit 2\n";
     fs::permissions(fake, fs::perms::owner_all);
     std::ofstream(j.file, std::ios::app) << "[launch]\nmpirun = \"" << fake << "\"\n";
     auto r = tpx("run " + j.file);
     EXPECT_EQ(r.exit_code, 2) << r.err;
     EXPECT_NE(r.err.find("the real failure"), std::string::npos) << r.err;
-    EXPECT_NE(r.err.find("MPI_ABORT was invoked"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("MPI_ABORT"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("errorcode"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(rule + "\nanother box\n" + rule + "\n"), std::string::npos) << r.err;
     EXPECT_EQ(r.err.find("ORTE_ERROR_LOG"), std::string::npos) << r.err;
 
     TestJob real = make_job();
