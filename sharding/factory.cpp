@@ -169,6 +169,11 @@ void check_against_checkpoint(const Graph& graph, const Checkpoint& ckpt) {
                 throw CheckpointError(ckpt.path() + ": tensor '" + s.tensor + "', which config.json implies (" + n->name +
                                       "), is not in the checkpoint" + why);
             }
+            // Read as the weights' float dtype on the ranks: an integer tensor would be refused
+            // there, after the plan (quantized linears are not read through these segments).
+            if (!can_convert(t->dtype, DType::kF32) && t->dtype != DType::kF8E4M3 && t->dtype != DType::kF8E5M2)
+                throw CheckpointError(t->file + ": tensor '" + s.tensor + "' is " + dtype_name(t->dtype) +
+                                      ", where config.json implies a float weight (" + n->name + ")");
             const Shape& want = s.index >= 0 ? s.tensor_shape : s.shape;
             if (t->shape != want)
                 throw CheckpointError(ckpt.path() + ": tensor '" + s.tensor + "' has shape " + shape_string(t->shape) +

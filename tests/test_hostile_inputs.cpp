@@ -3,8 +3,9 @@
 // 60,000 dotted parts overflowed the stack; a tokenizer id of 10^9 asked for 32 GB; a config.json
 // past 64 KB could not be converted; a FIFO given as --chat-template blocked; a config's dtype of
 // "int8", an output folder that is a file and GPTQ tensors without their quantization_config were
-// named wrongly or not at all; an empty weight_map converted to a file of nothing. Each is now exit
-// 2 with the file and what is wrong, or (the config) works.
+// named wrongly or not at all; an empty weight_map converted to a file of nothing, and the plan
+// passed a weight stored as integers, which the ranks refused. Each is now exit 2 with the file
+// and what is wrong, or (the config) works.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -165,6 +166,17 @@ TEST(HostileInputs, WhatACheckpointLacksIsSaid) {
     std::ofstream(empty + "/model.safetensors.index.json") << "{\"metadata\": {}, \"weight_map\": {}}";
     expect_refused(run_tpx("convert " + empty + " " + dir + "/out.h5"), {"holds no tensors"});
     EXPECT_FALSE(fs::exists(dir + "/out.h5"));
+    // A weight stored as integers (its header's dtype I16, its size unchanged): refused by the
+    // plan, as by the ranks (was: the plan passed it).
+    const std::string ints = model_copy(kTiny);
+    std::string bytes = tpx_test::read_text(ints + "/model.safetensors");
+    const size_t at = bytes.find("\"BF16\"");
+    ASSERT_NE(at, std::string::npos);
+    bytes.replace(at, 6, "\"I16\" ");
+    std::ofstream(ints + "/model.safetensors", std::ios::binary) << bytes;
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << ints << "\"\n";
+    expect_refused(run_tpx("plan " + dir + "/job.toml"), {"model.safetensors: tensor '", "' is I16, where config.json implies a float weight"});
+    fs::remove_all(fs::path(ints).parent_path());
     fs::remove_all(dir);
     fs::remove_all(fs::path(gptq).parent_path());
 }
