@@ -219,6 +219,9 @@ ShardPlan make_plan(const Job& job, int world) {
         throw CheckpointError(there ? read.string() + ": is empty (a JSON object is expected)" : job.model.path + ": has no config.json");
     }
     plan.quantization = check_quantization(job, config_text, config_file);
+    // generation_config.json's stop ids, which rank 0 reads when the job gives none: checked here
+    // too, so that a bad file is refused by the plan and not only by the ranks after it.
+    if (ckpt && job.run.eos.empty()) parse_generation_eos(ckpt->generation_config_json(), job.model.path + "/generation_config.json");
 
     TransformContext ctx;
     ctx.job = &job;

@@ -4,8 +4,8 @@
 // past 64 KB could not be converted; a FIFO given as --chat-template blocked; a config's dtype of
 // "int8", an output folder that is a file and GPTQ tensors without their quantization_config were
 // named wrongly or not at all; an empty weight_map converted to a file of nothing, and the plan
-// passed a weight stored as integers, which the ranks refused. Each is now exit 2 with the file
-// and what is wrong, or (the config) works.
+// passed a weight stored as integers and a generation_config.json that is not JSON, which the
+// ranks refused. Each is now exit 2 with the file and what is wrong, or (the config) works.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -176,6 +176,10 @@ TEST(HostileInputs, WhatACheckpointLacksIsSaid) {
     std::ofstream(ints + "/model.safetensors", std::ios::binary) << bytes;
     std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << ints << "\"\n";
     expect_refused(run_tpx("plan " + dir + "/job.toml"), {"model.safetensors: tensor '", "' is I16, where config.json implies a float weight"});
+    // And a generation_config.json that is not JSON (the plan passed it too).
+    fs::copy_file(kTiny + "/model.safetensors", ints + "/model.safetensors", fs::copy_options::overwrite_existing);
+    std::ofstream(ints + "/generation_config.json") << "{oops";
+    expect_refused(run_tpx("plan " + dir + "/job.toml"), {ints + "/generation_config.json: not valid JSON"});
     fs::remove_all(fs::path(ints).parent_path());
     fs::remove_all(dir);
     fs::remove_all(fs::path(gptq).parent_path());
