@@ -13,17 +13,17 @@
 
 namespace tpx {
 
-// How deep JSON from outside (files, JSONL lines, request bodies) may nest. nlohmann parses and
-// frees any depth without recursion, but printing a value (an error that shows it) and the readers
-// that walk one recurse: 100,000 levels overflowed the stack (a request body could end the server).
-// Real files nest a few levels; 512 is far past them.
+// How deep JSON from outside (files, JSONL lines, request bodies, a server's answers) may nest.
+// nlohmann parses and frees any depth without recursion, but printing a value (an error that shows
+// it) and the readers that walk one recurse, one frame a level, and the stack is finite. Real files
+// nest a few levels; 512 is far past them.
 constexpr int kJsonMaxDepth = 512;
 
 // A parser callback that refuses an array or object opened past kJsonMaxDepth levels with J's
 // parse_error (what J::parse throws for bad text, so callers' messages stay as they are), then
 // asks `then` (nlohmann's callback: keep the value or not).
 template <typename J, typename Then>
-auto bounded_depth(Then then) {
+auto limit_depth(Then then) {
     return [then](int depth, typename J::parse_event_t event, J& parsed) mutable -> bool {
         using E = typename J::parse_event_t;
         if ((event == E::object_start || event == E::array_start) && depth >= kJsonMaxDepth)
@@ -35,7 +35,7 @@ auto bounded_depth(Then then) {
 // J::parse(text...) (a string, or two iterators) with the depth bounded as above.
 template <typename J = nlohmann::json, typename... Text>
 J parse_json_bounded(Text&&... text) {
-    return J::parse(std::forward<Text>(text)..., bounded_depth<J>([](int, typename J::parse_event_t, J&) { return true; }));
+    return J::parse(std::forward<Text>(text)..., limit_depth<J>([](int, typename J::parse_event_t, J&) { return true; }));
 }
 
 // The object `text` holds; else fail(file, "not valid JSON: ...") or fail(file, "not a JSON object").
@@ -65,7 +65,7 @@ J parse_noting_repeated_key(const std::string& text, std::string& repeated) {
             repeated = parsed.template get<std::string>();
         return true;
     };
-    return J::parse(text, bounded_depth<J>(note));
+    return J::parse(text, limit_depth<J>(note));
 }
 
 // Whether an integer JSON value fits int64_t (nlohmann keeps 2^63 .. 2^64 - 1 as unsigned,

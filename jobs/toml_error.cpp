@@ -98,7 +98,8 @@ void refuse_deep_keys(const std::string& text, const std::string& file) {
             while (i + 1 < text.size()) {
                 if (quotes == 1 && text[i + 1] == '\n') break;  // not closed on its line: TOML++ says so
                 next(i);
-                if (c == '"' && text[i] == '\\') next(i);  // an escape in a basic string
+                if (c == '"' && text[i] == '\\' && (quotes == 3 || (i + 1 < text.size() && text[i + 1] != '\n')))
+                    next(i);  // an escape in a basic string (a single-line one's never takes its line's end)
                 else if (text.compare(i, quotes, std::string(quotes, c)) == 0) {
                     for (size_t q = 1; q < quotes; ++q) next(i);
                     while (quotes == 3 && i + 1 < text.size() && text[i + 1] == c) next(i);  // quotes before the closing three

@@ -23,10 +23,10 @@ struct TomlMessage {
 // brackets. Other errors are returned as they are.
 TomlMessage describe_toml_error(std::string_view description, size_t line, size_t column, const std::string& text);
 
-// A JobError naming the line and column where a dotted key or table header of `text` has more
-// than kMaxKeyParts parts, before TOML++ reads it: TOML++ caps nested arrays and inline tables but
-// recurses once a part of a dotted key, and 60,000 parts (a 120 KB line) overflowed its stack. A
-// job's keys have a few parts.
+// A JobError naming the line and column (in bytes) where a dotted key or table header of `text`
+// has more than kMaxKeyParts parts, before TOML++ reads it: TOML++ caps nested arrays and inline
+// tables but recurses once a part of a dotted key, so that a long enough key overflows its stack.
+// A job's keys have a few parts.
 constexpr size_t kMaxKeyParts = 64;
 void refuse_deep_keys(const std::string& text, const std::string& file);
 

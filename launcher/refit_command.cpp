@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/json_object.h"
 #include "common/path.h"
 #include "jobs/job.h"
 #include "launcher/command.h"
@@ -98,7 +99,11 @@ int cmd_refit(const Args& args) {
     json body = {{"path", path}, {"abort", vm.count("abort") > 0}};
     httplib::Result res = client.Post("/v1/admin/refit", body.dump(), "application/json");
     if (!res) throw Error("no answer from " + url + ": " + httplib::to_string(res.error()));
-    json answer = json::parse(res->body, nullptr, /*allow_exceptions=*/false);
+    json answer;  // (null where the answer is not JSON)
+    try {
+        answer = parse_json_bounded(res->body);
+    } catch (const json::exception&) {
+    }
     if (res->status == 200 && answer.is_object()) {
         print_refit(answer);
         return kExitOk;

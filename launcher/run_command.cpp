@@ -172,10 +172,11 @@ int run_job(const Args& args, const RunAs& as) {
                            (!existed || after.st_ino != before.st_ino || after.st_mtim.tv_sec != before.st_mtim.tv_sec ||
                             after.st_mtim.tv_nsec != before.st_mtim.tv_nsec);
     if (g_signal != 0 && rewritten) {
-        // The ranks ended before the signal reached them (mpirun passes it on about a second
-        // later), or held it while rank 0 renamed its result into place: the run is done and its
-        // result whole, which the exit status says.
-        std::fprintf(stderr, "%s: job '%s' finished after %.1f s: the ranks ended before the %s stopped them, and %s (%s) is written whole\n", who,
+        // Rank 0 moves all its outputs into place at once, holding terminating signals until
+        // they are (common/file.h's OutputSet): one in place is all of them, and the run done
+        // before the signal stopped rank 0 (mpirun passes it on about a second late), which the
+        // exit status says.
+        std::fprintf(stderr, "%s: job '%s' finished after %.1f s: its outputs were in place before the %s stopped rank 0 (%s: %s)\n", who,
                      job.name.c_str(), seconds, strsignal(g_signal), written_as.c_str(), written.c_str());
         return 0;
     }

@@ -100,7 +100,8 @@ int cmd_tokenize(const Args& args) {
     // job refuses one for run.chat_template too).
     const std::string chat_template = vm["chat-template"].as<std::string>();
     std::error_code ec;
-    if (!chat_template.empty() && fs::exists(chat_template, ec) && !fs::is_regular_file(chat_template, ec))
+    if (!chat_template.empty() && fs::exists(chat_template, ec) && !fs::is_regular_file(chat_template, ec) &&
+        !fs::is_directory(chat_template, ec))
         throw JobError("--chat-template " + chat_template + ": not a regular file (a FIFO or device would block or be read more than once)");
     TextTools tools = load_text_tools(vm["path"].as<std::string>(), chat_template);
 

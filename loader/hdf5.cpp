@@ -208,9 +208,11 @@ ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path) {
     // Written whole or not at all, the temporary file removed on failure or Ctrl-C (OutputSet).
     OutputSet out;
     out.add_file(out_path, [&](const std::string& tmp) {
-        // config.json goes into an attribute: HDF5 keeps attributes in the object's header (64 KB
-        // at most) unless told to keep them in dense storage, which the 1.8 file format has (and
-        // every reader since: the format's bounds are 1.8's, so that no newer feature is used).
+        // config.json goes into an attribute of the root group: HDF5 keeps attributes in the
+        // object's header (64 KB at most) unless they go to dense storage, which needs the 1.8
+        // format's object header. The root group is made with 1.8's format, the rest with the
+        // earliest: a 1.8-style group of many links (the tensors) is listed by index slowly
+        // (the reader's loop, every tensor's name by its index, became quadratic).
         H5Id create(H5Pcreate(H5P_FILE_CREATE), H5Pclose), access(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
         if (!create.ok() || !access.ok() || H5Pset_attr_phase_change(create, 0, 0) < 0 ||
             H5Pset_libver_bounds(access, H5F_LIBVER_V18, H5F_LIBVER_V18) < 0)
@@ -220,6 +222,8 @@ ConvertStats convert_to_hdf5(Checkpoint& source, const std::string& out_path) {
         write_string_attribute(file, "config.json", source.config_json());
         write_string_attribute(file, "generation_config.json", source.generation_config_json());
         write_string_attribute(file, "tpx_format", "tpx-checkpoint-1");
+        if (H5Fset_libver_bounds(file, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18) < 0)
+            throw Error(out_path + ": cannot set the HDF5 file's format bounds");
         H5Id group(H5Gcreate2(file, "tensors", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
         std::vector<char> buffer;
         for (const TensorInfo& t : source.tensors()) {

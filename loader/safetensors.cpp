@@ -141,7 +141,7 @@ SafetensorsHeader parse_safetensors_header(const std::string& file, const char* 
     };
     json header;
     try {
-        header = json::parse(text, text + len, bounded_depth<json>(watch));
+        header = json::parse(text, text + len, limit_depth<json>(watch));
     } catch (const json::exception& e) {
         fail(file, std::string("header is not valid JSON: ") + e.what());
     }

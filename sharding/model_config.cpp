@@ -184,7 +184,7 @@ ModelConfig parse_model_config(const std::string& text, const std::string& file)
                            std::to_string(c.num_experts) + "]");
     }
     const char* dtype_key = find(j, "dtype") ? "dtype" : "torch_dtype";
-    if (const json* dtype = find(j, dtype_key); dtype && !dtype->is_null()) {
+    if (const json* dtype = find(j, dtype_key)) {  // (find takes null for absent)
         static const char* const kFloats[] = {"bfloat16", "float16", "float32", "float64"};
         const std::string name = dtype->is_string() ? dtype->get<std::string>() : "";
         if (std::find(std::begin(kFloats), std::end(kFloats), name) == std::end(kFloats))

@@ -570,6 +570,35 @@ TEST(Messages, CtrlCSaysInterrupted) {
     EXPECT_EQ(err.find("failed (exit status"), std::string::npos) << err;
 }
 
+// A signal that reaches the ranks only after rank 0 moved its outputs into place (mpirun passes
+// it on about a second late) does not make a finished run an interrupted one: a stand-in mpirun
+// writes run.output, then waits to be stopped. Without the output, the same signal interrupts.
+TEST(Messages, ASignalAfterTheOutputsAreInPlaceIsNoInterruption) {
+    for (const bool writes : {true, false}) {
+        TestJob j = make_job();
+        const std::string fake = j.dir + "/late-mpirun", mark = j.dir + "/in-place";
+        std::ofstream(fake) << "#!/bin/sh\n" << (writes ? "echo '{}' > " + j.dir + "/out.jsonl\n" : "") << "touch " << mark
+                            << "\nexec sleep 30\n";
+        fs::permissions(fake, fs::perms::owner_all);
+        std::ofstream(j.file, std::ios::app) << "[launch]\nmpirun = \"" << fake << "\"\n";
+        auto b = tpx_test::start_background(tpx_bin("tpx") + " run " + j.file);
+        for (int i = 0; i < 500 && !fs::exists(mark); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        ASSERT_TRUE(fs::exists(mark));
+        kill(b.pid, SIGINT);
+        const int code = tpx_test::wait_background(b, 20);
+        const std::string err = tpx_test::read_text(b.err_path);
+        if (writes) {
+            EXPECT_EQ(code, 0) << err;
+            EXPECT_NE(err.find("its outputs were in place before the Interrupt stopped rank 0 (run.output: " + j.dir + "/out.jsonl)"),
+                      std::string::npos)
+                << err;
+        } else {
+            EXPECT_EQ(code, 128 + SIGINT) << err;
+            EXPECT_NE(err.find("interrupted by Interrupt"), std::string::npos) << err;
+        }
+    }
+}
+
 TEST(Progress, LongDecodingShowsProgressLinesUnlessQuiet) {
     TestJob j = make_job("max_new_tokens = 14");
     auto r = tpx("run " + j.file + " --step-delay-ms 450");

@@ -63,11 +63,8 @@ std::vector<AddedToken> AddedVocab::parse(const nlohmann::json& list, const std:
             !j["content"].is_string())
             throw Error(file + ": added_tokens[" + std::to_string(k) + "] needs an integer \"id\" and a string \"content\"",
                         kExitBadInput);
-        const nlohmann::json& id = j["id"];
-        if (id.is_number_unsigned() ? id.get<uint64_t>() > (uint64_t)INT32_MAX : (id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX))
-            throw Error(file + ": added_tokens[" + std::to_string(k) + "] has the id " + id.dump() + ", not an integer in [0, 2^31)", kExitBadInput);
         AddedToken t;
-        t.id = id.get<int32_t>();
+        t.id = j["id"];
         t.content = j["content"];
         t.special = j.value("special", false);
         t.lstrip = j.value("lstrip", false);
