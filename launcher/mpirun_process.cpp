@@ -230,6 +230,7 @@ void relay_stdout(std::atomic<bool>& drained, int fd) {
     // tpx's handlers are not the child's (one would remove tpx's temporary files): the defaults,
     // as mpirun will have, before the signals are let in.
     for (int sig : stops) signal(sig, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);  // (tpx serve ignores it: launcher/serve_command.cpp)
     if (drain) {
         // A process group of its own (set before signals are let in; the parent sets it too),
         // so that a signal to tpx's group (a terminal's Ctrl-C, `timeout`) reaches tpx alone,

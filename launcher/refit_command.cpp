@@ -28,8 +28,27 @@ using nlohmann::json;
 namespace tpx {
 namespace {
 
-// The server's table: one line per rank.
+// Text from the server as printable text: control bytes (an escape sequence) as '?'.
+std::string printable(std::string text) {
+    for (char& c : text)
+        if (((unsigned char)c < 0x20 && c != '\t' && c != '\n') || c == 0x7f) c = '?';
+    return text;
+}
+
+// Why no answer came, in words (httplib names the step that failed).
+std::string no_answer_reason(httplib::Error e) {
+    switch (e) {
+        case httplib::Error::Connection: return "cannot connect (is tpx serve running there?)";
+        case httplib::Error::Read: return "the connection ended, or --timeout passed, before an answer";
+        case httplib::Error::Write: return "the connection ended while the call was sent";
+        default: return httplib::to_string(e);
+    }
+}
+
+// The server's table: one line per rank (json's type_error where the answer is not shaped so).
 void print_refit(const json& r) {
+    if (!r.contains("ranks") || !r["ranks"].is_array() || !r.contains("path") || !r["path"].is_string())
+        throw json::other_error::create(501, "no \"path\" and \"ranks\"", nullptr);
     std::printf("refit from %s: %.3f s (%.3f s draining, %lld sequences aborted), %.3f GB at %.2f GB/s\n",
                 r.value("path", "").c_str(), r.value("seconds", 0.0), r.value("drain_seconds", 0.0), (long long)r.value("aborted", 0),
                 r.value("bytes", 0.0) / 1e9, r.value("gb_per_s", 0.0));
@@ -67,20 +86,19 @@ int cmd_refit(const Args& args) {
         if (in.gcount() == 0) throw JobError(named + ": has no line");
         if (in.fail() && !in.eof()) throw JobError(named + ": its first line is longer than a key's 1,024 characters");
         api_key = line;
+        if ((std::streamsize)api_key.size() < in.gcount() - (in.eof() ? 0 : 1)) throw JobError(named + ": its first line holds a NUL byte");
         if (!api_key.empty() && api_key.back() == '\r') api_key.pop_back();
         if (api_key.empty()) throw JobError(named + ": its first line is empty");
     }
     if (!api_key_allowed(api_key))
         throw JobError((vm.count("api-key-file") ? "--api-key-file " + api_key_file + ": its key" : std::string("--api-key")) +
                        " may hold only up to 1,024 visible ASCII characters, as [serve] api_key");
-    // A path that exists here is sent absolute (the ranks' working folder is not this shell's);
-    // one that cannot be looked at here (a symlink loop, a name too long) goes as given, for the
-    // server to name.
+    // The path is sent absolute (the ranks' working folder is not this shell's): where it
+    // exists here as tpx's paths are made absolute, else only joined to this folder, for the
+    // server to name what is missing there.
     std::error_code ec;
-    if (fs::exists(path, ec)) {
-        const fs::path absolute = fs::absolute(path, ec);
-        if (!ec) path = absolute_path(absolute);
-    }
+    const fs::path absolute = fs::absolute(path, ec);
+    if (!ec) path = fs::exists(path, ec) ? absolute_path(absolute) : absolute.lexically_normal().string();
     while (!url.empty() && url.back() == '/') url.pop_back();
     // http://HOST:PORT (or HOST:PORT), nothing after: the endpoint's path is the server's.
     static const std::regex kUrl(R"(^(http://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(:([0-9]{1,5}))?$)");
@@ -98,19 +116,26 @@ int cmd_refit(const Args& args) {
     if (!api_key.empty()) client.set_bearer_token_auth(api_key);
     json body = {{"path", path}, {"abort", vm.count("abort") > 0}};
     httplib::Result res = client.Post("/v1/admin/refit", body.dump(), "application/json");
-    if (!res) throw Error("no answer from " + url + ": " + httplib::to_string(res.error()));
+    if (!res) throw Error("no answer from " + url + ": " + no_answer_reason(res.error()));
     json answer;  // (null where the answer is not JSON)
     try {
         answer = parse_json_bounded(res->body);
     } catch (const json::exception&) {
     }
-    if (res->status == 200 && answer.is_object()) {
-        print_refit(answer);
-        return kExitOk;
+    if (res->status == 200) {
+        try {
+            print_refit(answer);
+            return kExitOk;
+        } catch (const json::exception&) {
+            throw Error(url + " answered 200 with no refit's table: is it tpx serve? (" + printable(res->body.substr(0, 200)) + ")");
+        }
     }
-    std::string message = answer.is_object() && answer.contains("error") ? answer["error"].value("message", res->body) : res->body;
-    std::fprintf(stderr, "tpx refit: %s answered %d: %s\n", url.c_str(), res->status, message.c_str());
-    return res->status == 400 ? kExitBadInput : kExitRuntime;
+    const json* error = answer.is_object() && answer.contains("error") && answer["error"].is_object() ? &answer["error"] : nullptr;
+    const std::string message = error && error->contains("message") && (*error)["message"].is_string()
+                                    ? (*error)["message"].get<std::string>() : res->body.substr(0, 2000);
+    std::fprintf(stderr, "tpx refit: %s answered %d: %s\n", url.c_str(), res->status, printable(message).c_str());
+    // The call's fault (the path, the key, refits turned off) is bad input; the rest the run's.
+    return res->status == 400 || res->status == 401 || res->status == 403 ? kExitBadInput : kExitRuntime;
 }
 
 }  // namespace tpx

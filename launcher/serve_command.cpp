@@ -56,6 +56,10 @@ int cmd_serve(const Args& args) {
     settings.name = "tpx serve";
     settings.drain_signal = SIGUSR1;
     settings.drain_s = job.serve.grace_s;
+    // A server outlives its log's reader: where stderr is a pipe whose reader went (`| head`, a
+    // log shipper restarting), what the ranks print is lost, and the server goes on serving
+    // (SIGPIPE's default would end tpx serve, and with it the job). mpirun gets the default back.
+    ::signal(SIGPIPE, SIG_IGN);
     MpirunOutcome outcome = run_mpirun(cmd, settings);
     if (outcome.code == 127) throw Error("could not start " + cmd[0] + " (is Open MPI installed? set [launch] mpirun)");
     // Drained after a signal: the server stopped as asked.

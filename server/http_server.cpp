@@ -313,6 +313,11 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
         return reply_error(res, 400, e.what(), chat ? "messages" : "prompt");
     }
     ApiCall& call = stream->call;
+    // A stream's chunks go out in chunked encoding, which an HTTP/1.0 client cannot read (RFC
+    // 9112 forbids sending it one).
+    if (call.stream && req.version == "HTTP/1.0")
+        return reply_error(res, 400, "streaming needs HTTP/1.1 (its chunks are sent in chunked transfer coding, which HTTP/1.0 has not)",
+                           "stream", "invalid_value");
     if (call.prompts.size() > queue_.capacity())  // 429 says "retry later": this call never fits
         return reply_error(res, 400,
                            "the call has " + std::to_string(call.prompts.size()) + " prompts, more than the " + std::to_string(queue_.capacity()) +

@@ -40,6 +40,8 @@ double number_in(const json& body, const char* key, double lo, double hi, double
 int64_t integer_in(const json& body, const char* key, int64_t lo, int64_t hi, int64_t fallback) {
     if (!given(body, key)) return fallback;
     const json& v = body[key];
+    if (v.is_number_float() && v.get<double>() == std::floor(v.get<double>()) && std::fabs(v.get<double>()) >= 0x1p63)  // past 64 bits
+        bad(key, std::string("'") + key + "' = " + v.dump() + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     if (!v.is_number_integer()) bad(key, std::string("'") + key + "' must be an integer");
     const bool past = v.is_number_unsigned() && v.get<uint64_t>() > (uint64_t)INT64_MAX;  // would wrap negative
     const int64_t x = past ? INT64_MAX : v.get<int64_t>();
@@ -159,7 +161,16 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     ApiCall call;
     call.chat = chat;
     if (integer_in(body, "n", 1, 1, 1) != 1) bad("n", "only n = 1 is supported");
-    if (!chat && boolean(body, "echo")) bad("echo", "echo = true is not supported");
+    if (boolean(body, "echo")) bad("echo", "echo = true is not supported");
+    // What would change the answer and is not done here is refused, not ignored.
+    if (given(body, "logit_bias") && !(body["logit_bias"].is_object() && body["logit_bias"].empty()))
+        bad("logit_bias", "logit_bias is not supported");
+    if (given(body, "tools") && !(body["tools"].is_array() && body["tools"].empty())) bad("tools", "tool calls are not supported");
+    if (given(body, "tool_choice") && body["tool_choice"] != "none" && body["tool_choice"] != "auto")
+        bad("tool_choice", "tool calls are not supported ('tool_choice' may be \"none\" or \"auto\")");
+    if (given(body, "response_format") && !(body["response_format"].is_object() && body["response_format"].value("type", "") == "text"))
+        bad("response_format", "only {\"type\": \"text\"} is supported");
+    if (given(body, "top_logprobs") && body["top_logprobs"] != 0) bad("top_logprobs", "logprobs are not supported");
     if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
         bad("logprobs", "logprobs are not supported");
     if (given(body, "best_of") && integer_in(body, "best_of", 1, 1, 1) != 1) bad("best_of", "only best_of = 1 is supported");
@@ -174,7 +185,7 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     call.top_k = integer_in(body, "top_k", -1, 1 << 30, limits.default_top_k);
     if (call.top_k < 0) call.top_k = 0;  // vLLM's -1: no cut
     if (given(body, "seed")) {
-        if (!body["seed"].is_number_integer()) bad("seed", "'seed' must be an integer");
+        if (!body["seed"].is_number_integer()) bad("seed", "'seed' must be an integer of at most 64 bits");
         call.seed = body["seed"].is_number_unsigned() ? body["seed"].get<uint64_t>() : (uint64_t)body["seed"].get<int64_t>();
     }
     if (given(body, "stop")) {
@@ -186,6 +197,10 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
                 call.stop.push_back(x.get<std::string>());
             }
         else bad("stop", "'stop' must be a string or a list of strings");
+        // Each step of every running sequence looks for each stop string: a call's list is kept
+        // short, so that one call cannot slow the batch it runs in.
+        if (call.stop.size() > kMaxStops)
+            bad("stop", "'stop' holds " + std::to_string(call.stop.size()) + " strings; at most " + std::to_string(kMaxStops) + " are taken");
         for (const std::string& x : call.stop)
             if (x.empty()) bad("stop", "'stop' holds an empty string");
         if (!call.stop.empty() && (!limits.text || !limits.text->tokenizer))

@@ -24,6 +24,9 @@ struct ApiError : std::runtime_error {
 };
 nlohmann::json error_body(int status, const std::string& message, const std::string& param = "", const std::string& code = "");
 
+// The most stop strings a call may give (OpenAI takes 4).
+constexpr size_t kMaxStops = 16;
+
 // What the server knows when it checks a call (from the job and the plan).
 struct ApiLimits {
     std::string model_name;

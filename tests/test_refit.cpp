@@ -197,7 +197,7 @@ TEST(Refit, ServesTheNewWeightsThenTheFirstAgainAndRefusesAMismatch) {
 
     // The API key is required (401), and bad bodies are 400s naming the key.
     r = tpx_refit(server, kB, "");
-    EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+    EXPECT_EQ(r.exit_code, 2) << r.out << r.err;  // the call's fault, as a refused path's
     EXPECT_NE(r.err.find("401"), std::string::npos) << r.err;
     json bad = client(server, "bad");
     EXPECT_EQ(bad["no_path"]["status"], 400) << bad.dump();
@@ -253,7 +253,7 @@ TEST(Refit, TurnedOffAnswers403) {
     SKIP_WITHOUT_SDK();
     Server server(kA, "allow_refit = false\n");
     tpx_test::ProcessResult r = tpx_refit(server, kB);
-    EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+    EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
     EXPECT_NE(r.err.find("403"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("allow_refit"), std::string::npos) << r.err;
 }
@@ -379,7 +379,12 @@ TEST(Refit, TheClientsBadArgumentsExitTwoNamingThem) {
     fs::create_symlink("loop", dir + "/loop");
     auto r = tpx_test::run_process(tpx + " refit http://127.0.0.1:1 " + dir + "/loop");
     EXPECT_EQ(r.exit_code, 1) << r.err;
-    EXPECT_NE(r.err.find("no answer from http://127.0.0.1:1"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("no answer from http://127.0.0.1:1: cannot connect"), std::string::npos) << r.err;
     EXPECT_EQ(r.err.find("internal error"), std::string::npos) << r.err;
+    // A key file whose line holds a NUL is refused, not cut there.
+    std::ofstream(dir + "/key", std::ios::binary) << std::string("s3cret\0junk\n", 12);
+    r = tpx_test::run_process(tpx + " refit http://127.0.0.1:1 /tmp --api-key-file " + dir + "/key");
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("--api-key-file " + dir + "/key: its first line holds a NUL byte"), std::string::npos) << r.err;
     fs::remove_all(dir);
 }

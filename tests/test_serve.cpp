@@ -217,6 +217,10 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"bytes_path", 404, nullptr},
                                            {"bytes_body", 400, nullptr},
                                            {"huge_max_tokens", 400, "max_tokens"},
+                                           {"past_64_bits", 400, "max_tokens"},
+                                           {"stops", 400, "stop"},
+                                           {"logit_bias", 400, "logit_bias"},
+                                           {"tools", 400, "tools"},
                                            {"nul_refit", 400, "path"},
                                            {"too_many", 400, "prompt"},
                                            {"too_big", 413, nullptr},
@@ -240,6 +244,8 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
     EXPECT_EQ(r["lower_bearer"], 200) << r.dump();
     EXPECT_EQ(r["models"], json::array({"tiny"}));  // the server outlived all of the above
     EXPECT_NE(r["huge_max_tokens"].value("message", "").find("18446744073709551615 is out of range"), std::string::npos) << r.dump();
+    EXPECT_NE(r["past_64_bits"].value("message", "").find("is out of range"), std::string::npos) << r.dump();
+    EXPECT_NE(r["stops"].value("message", "").find("'stop' holds 17 strings; at most 16 are taken"), std::string::npos) << r.dump();
     EXPECT_EQ(r["bytes_body"].value("code", ""), "invalid_json") << r.dump();
     EXPECT_NE(r["nul_refit"].value("message", "").find("NUL"), std::string::npos) << r.dump();
     EXPECT_NE(r["prompt_too_long"].value("message", "").find("the prompt has 600, leaving no room"), std::string::npos) << r.dump();

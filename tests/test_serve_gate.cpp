@@ -485,10 +485,10 @@ TEST(ServeGate, AHalfClosedCallIsCancelled) {
     EXPECT_NE(metrics.find("tpx_requests_cancelled_total 2"), std::string::npos) << metrics;
 }
 
-// A body nested 100,000 levels deep (200 KB, inside the body limit) ended the server: nlohmann
-// parses any depth, but printing or walking the value recursed past the stack. Now a 400 naming
-// the depth, and the server goes on.
-TEST(ServeGate, ADeeplyNestedBodyIsRefusedAndTheServerGoesOn) {
+// A body nested 100,000 levels deep (200 KB, inside the body limit): a 400 naming the depth
+// (printing or walking such a value recurses a frame a level), and the server goes on. A stream
+// asked for over HTTP/1.0, which cannot read its chunked coding: a 400 naming `stream`.
+TEST(ServeGate, ADeeplyNestedBodyAndAnHttp10StreamAreRefused) {
     tpx_test::ServeProcess server("[model]\npath = \"" + kModel + "\"\n[serve]\nport = 0\n", "", "serve: ready");
     const int port = std::stoi(server.base().substr(server.base().rfind(':') + 1));
     const std::string deep = std::string(100000, '[') + std::string(100000, ']');
@@ -500,6 +500,12 @@ TEST(ServeGate, ADeeplyNestedBodyIsRefusedAndTheServerGoesOn) {
         EXPECT_EQ(got.rfind("HTTP/1.1 400", 0), 0u) << got.substr(0, 300);
         EXPECT_NE(got.find("nested deeper than 512 levels"), std::string::npos) << got.substr(0, 300);
     }
+    const std::string streamed = "{\"model\": \"job\", \"prompt\": \"hi\", \"max_tokens\": 2, \"stream\": true}";
+    const std::string old = http_exchange(port, "POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: " +
+                                                    std::to_string(streamed.size()) + "\r\n\r\n" + streamed);
+    EXPECT_NE(old.find(" 400 "), std::string::npos) << old;
+    EXPECT_NE(old.find("streaming needs HTTP/1.1"), std::string::npos) << old;
+    EXPECT_EQ(old.find("Transfer-Encoding"), std::string::npos) << old;
     const std::string health = http_exchange(port, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(health.rfind("HTTP/1.1 200", 0), 0u) << health;
 }

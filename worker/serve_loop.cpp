@@ -475,7 +475,9 @@ std::unique_ptr<ServeFront> open_serve_front(const Job& job, int64_t vocab, int6
     limits.default_top_p = job.run.sampling.top_p;
     limits.text = &text;
     auto front = std::make_unique<ServeFront>(job, limits);
-    log_info("serve: listening on http://", job.serve.host, ":", front->port, " (GET /health answers 503 until the model is loaded)");
+    // An IPv6 address in brackets, as a URL writes it (tpx refit takes the URL as printed).
+    const std::string host = job.serve.host.find(':') != std::string::npos ? "[" + job.serve.host + "]" : job.serve.host;
+    log_info("serve: listening on http://", host, ":", front->port, " (GET /health answers 503 until the model is loaded)");
     return front;
 }
 

@@ -140,6 +140,11 @@ const modes = {
     // A prompt that alone fills the context: the prompt's fault, whatever max_tokens says.
     await attempt("prompt_too_long", () => client.completions.create({ model, prompt: [Array(600).fill(1)], max_tokens: 1 }));
     await attempt("top_p", () => client.completions.create({ model, prompt: "Hi", top_p: 0 }));
+    // More stop strings than a call may give; what would change the answer and is not done here.
+    await attempt("stops", () => client.completions.create({ model, prompt: "Hi", stop: Array.from({ length: 17 }, (_, i) => "s" + i) }));
+    await attempt("logit_bias", () => client.completions.create({ model, prompt: "Hi", logit_bias: { 5: 100 } }));
+    await attempt("tools", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }],
+                                                                tools: [{ type: "function", function: { name: "f", parameters: {} } }] }));
     await attempt("include_usage", () => client.completions.create({ model, prompt: "Hi", stream: true, stream_options: { include_usage: 3 } }));
     await attempt("route", () => client.get("/no/such/route"));
     // Not JSON at all: the SDK always sends JSON, so fetch does.
@@ -155,6 +160,7 @@ const modes = {
     await raw("bytes_path", "/%ff");
     await raw("bytes_body", "/v1/completions", new Uint8Array([...Buffer.from('{"prompt": "ab'), 0xff, ...Buffer.from('"}')]));
     await raw("huge_max_tokens", "/v1/completions", '{"model": "tiny", "prompt": "Hi", "max_tokens": 18446744073709551615}');
+    await raw("past_64_bits", "/v1/completions", '{"model": "tiny", "prompt": "Hi", "max_tokens": 18446744073709551616}');
     await raw("nul_refit", "/v1/admin/refit", '{"path": "/tmp/a\\u0000b"}');
     // A compressed body (a few MB could decode to GB): refused before it is read.
     const br = await fetch(base + "/v1/completions", { method: "POST", body: "{}", headers: { Authorization: "Bearer " + apiKey, "Content-Encoding": "br" } });
