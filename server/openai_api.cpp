@@ -168,7 +168,8 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     if (given(body, "tools") && !(body["tools"].is_array() && body["tools"].empty())) bad("tools", "tool calls are not supported");
     if (given(body, "tool_choice") && body["tool_choice"] != "none" && body["tool_choice"] != "auto")
         bad("tool_choice", "tool calls are not supported ('tool_choice' may be \"none\" or \"auto\")");
-    if (given(body, "response_format") && !(body["response_format"].is_object() && body["response_format"].value("type", "") == "text"))
+    if (given(body, "response_format") &&
+        !(body["response_format"].is_object() && body["response_format"].contains("type") && body["response_format"]["type"] == "text"))
         bad("response_format", "only {\"type\": \"text\"} is supported");
     if (given(body, "top_logprobs") && body["top_logprobs"] != 0) bad("top_logprobs", "logprobs are not supported");
     if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
