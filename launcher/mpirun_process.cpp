@@ -176,10 +176,16 @@ void relay_stderr(Relay& state_ref, int fd) {
             if (in_abort_box || (!rule.empty() && line.find("MPI_ABORT was invoked") != std::string::npos)) {
                 in_abort_box = !(in_abort_box && is_rule);
                 rule.clear();
-                if (!state->failing) state->failing_since = Clock::now().time_since_epoch().count(), state->failing = true;
+                if (!state->failing) {
+                    state->failing_since = Clock::now().time_since_epoch().count();
+                    state->failing = true;
+                }
                 continue;
             }
-            if (!rule.empty()) std::fwrite(rule.data(), 1, rule.size(), stderr), rule.clear();
+            if (!rule.empty()) {
+                std::fwrite(rule.data(), 1, rule.size(), stderr);
+                rule.clear();
+            }
             if (is_rule) {
                 rule = line;
                 continue;
