@@ -1,4 +1,4 @@
-// Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/completions,
+// Routes: GET /health, GET /metrics, GET /v1/models (and /v1/models/ID), POST /v1/completions,
 // /v1/chat/completions and /v1/admin/refit; anything else is a JSON 404. A call's prompts go on the queue together
 // (or the call gets 429); its answer is written whole, or streamed as SSE when "stream" is true.
 // A call whose client goes away (its socket shows the client's end, or a stream's write fails) is
@@ -174,11 +174,21 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         enter_call(req);
         res.set_content(metrics_.render((int64_t)queue_.size()), "text/plain; version=0.0.4");
     });
-    svr.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+    auto model = [this] {
+        return json{{"id", limits_.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tpx"}, {"max_model_len", limits_.max_seq_len}};
+    };
+    svr.Get("/v1/models", [this, model](const httplib::Request& req, httplib::Response& res) {
         enter_call(req);
-        json model = {{"id", limits_.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tpx"},
-                      {"max_model_len", limits_.max_seq_len}};
-        res.set_content(json({{"object", "list"}, {"data", json::array({model})}}).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+        res.set_content(json({{"object", "list"}, {"data", json::array({model()})}}).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+    });
+    // One model by id (the client's models.retrieve); an id may hold slashes ("org/name").
+    svr.Get(R"(/v1/models/(.+))", [this, model](const httplib::Request& req, httplib::Response& res) {
+        enter_call(req);
+        const std::string id = req.matches[1].str();
+        if (id != limits_.model_name)
+            return reply_error(res, 404, "The model '" + id + "' does not exist; this server has '" + limits_.model_name + "'", "model",
+                               "model_not_found");
+        res.set_content(model().dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
     });
     svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_call(req, res, false); });
     svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_call(req, res, true); });

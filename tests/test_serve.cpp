@@ -207,6 +207,7 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"token_range", 400, "prompt"},
                                            {"messages", 400, "messages"},
                                            {"model", 404, "model"},
+                                           {"model_retrieve", 404, "model"},
                                            {"too_long", 413, "max_tokens"},
                                            {"prompt_too_long", 413, "prompt"},
                                            {"top_p", 400, "top_p"},
@@ -243,6 +244,8 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
     EXPECT_EQ(r["put_allow"], "GET, HEAD, POST") << r.dump();
     EXPECT_EQ(r["lower_bearer"], 200) << r.dump();
     EXPECT_EQ(r["models"], json::array({"tiny"}));  // the server outlived all of the above
+    EXPECT_EQ(r["model_one"].value("id", ""), "tiny") << r.dump();
+    EXPECT_EQ(r["model_one"].value("object", ""), "model") << r.dump();
     EXPECT_NE(r["huge_max_tokens"].value("message", "").find("18446744073709551615 is out of range"), std::string::npos) << r.dump();
     EXPECT_NE(r["past_64_bits"].value("message", "").find("is out of range"), std::string::npos) << r.dump();
     EXPECT_NE(r["stops"].value("message", "").find("'stop' holds 17 strings; at most 16 are taken"), std::string::npos) << r.dump();

@@ -223,6 +223,8 @@ const modes = {
     // No key for a HEAD of /health (a load balancer's probe); the scheme "Bearer" in any case.
     out.head_health = (await fetch(base + "/health", { method: "HEAD" })).status;
     out.lower_bearer = (await fetch(base + "/v1/models", { headers: { Authorization: "bearer " + apiKey } })).status;
+    await attempt("model_retrieve", () => client.models.retrieve("gpt-17"));
+    out.model_one = await client.models.retrieve(model);
     out.models = (await client.models.list()).data.map((m) => m.id);
     return out;
   },
