@@ -32,6 +32,13 @@ auto limit_depth(Then then) {
     };
 }
 
+// What a JSON exception says, without nlohmann's "[json.exception.parse_error.101] " tag.
+inline std::string json_reason(const std::exception& e) {
+    const std::string what = e.what();
+    const size_t end = what.rfind("[json.exception.", 0) == 0 ? what.find("] ") : std::string::npos;
+    return end == std::string::npos ? what : what.substr(end + 2);
+}
+
 // J::parse(text...) (a string, or two iterators) with the depth bounded as above.
 template <typename J = nlohmann::json, typename... Text>
 J parse_json_bounded(Text&&... text) {
@@ -45,7 +52,7 @@ nlohmann::json parse_json_object(const std::string& text, const std::string& fil
     try {
         j = parse_json_bounded(text);
     } catch (const nlohmann::json::exception& e) {
-        fail(file, std::string("not valid JSON: ") + e.what());
+        fail(file, "not valid JSON: " + json_reason(e));
     }
     if (!j.is_object()) fail(file, "not a JSON object");
     return j;

@@ -282,7 +282,7 @@ void HttpServer::handle_refit(const httplib::Request& req, httplib::Response& re
             return reply_error(res, 400, "\"path\" holds a NUL character (\\u0000): no file has such a name", "path", "invalid_refit");
         call->abort = body.value("abort", false);
     } catch (const json::exception& e) {
-        return reply_error(res, 400, std::string("the body is not valid JSON: ") + e.what(), "", "invalid_json");
+        return reply_error(res, 400, "the body is not valid JSON: " + json_reason(e), "", "invalid_json");
     }
     call->channel = std::make_shared<ResponseChannel>();
     {
@@ -312,7 +312,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     try {
         body = parse_json_bounded(req.body);
     } catch (const json::exception& e) {
-        return reply_error(res, 400, std::string("the body is not valid JSON: ") + e.what(), "", "invalid_json");
+        return reply_error(res, 400, "the body is not valid JSON: " + json_reason(e), "", "invalid_json");
     }
     auto stream = std::make_shared<Stream>();
     try {

@@ -289,7 +289,8 @@ TEST(ConfigJson, NotJsonIsNamedByEveryCommand) {
     for (const std::string& cmd : {"inspect " + model, "inspect --check " + model, "validate " + dir + "/job.toml", "plan " + dir + "/job.toml"}) {
         auto r = run_process(tpx_bin("tpx") + " " + cmd);
         EXPECT_EQ(r.exit_code, 2) << cmd << "\n" << r.err;
-        EXPECT_NE(r.err.find(model + "/config.json: not valid JSON"), std::string::npos) << cmd << "\n" << r.err;
+        EXPECT_NE(r.err.find(model + "/config.json: not valid JSON: parse error at line 1"), std::string::npos) << cmd << "\n" << r.err;
+        EXPECT_EQ(r.err.find("[json.exception"), std::string::npos) << cmd << ": the library's tag is not the user's\n" << r.err;
     }
     std::ofstream(model + "/config.json", std::ios::trunc) << "[1, 2]";
     auto r = run_process(tpx_bin("tpx") + " inspect " + model);
