@@ -26,7 +26,7 @@ Value Renderer::eval(const Expr& e) {
     } catch (const EvalError& err) {
         fail(e.line, err.what());
     } catch (const nlohmann::json::exception& err) {  // an operation on a value of the wrong type
-        fail(e.line, "cannot evaluate: " + json_reason(err));
+        fail(e.line, "cannot evaluate: " + strip_json_tag(err));
     } catch (const std::length_error&) {
         fail(e.line, "a value too large to make");
     } catch (const std::bad_alloc&) {

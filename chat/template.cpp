@@ -38,7 +38,7 @@ nlohmann::ordered_json read_json(const std::string& path) {
     try {
         return parse_json_bounded<nlohmann::ordered_json>(text);
     } catch (const nlohmann::ordered_json::parse_error& e) {
-        throw JobError(at(path, 0, 0, "not valid JSON: " + json_reason(e)));
+        throw JobError(at(path, 0, 0, "not valid JSON: " + strip_json_tag(e)));
     }
 }
 

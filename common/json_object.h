@@ -1,5 +1,6 @@
-// Parsing a file's text that must be one JSON object (config.json and its kin), the error naming
-// the file. Each layer reports through its own `fail(file, message)`, which must throw (loader's
+// Parsing JSON from outside: the depth bounded, errors without the library's tag, and a file's
+// text that must be one JSON object (config.json and its kin), the error naming the file. Each
+// layer reports through its own `fail(file, message)`, which must throw (loader's
 // CheckpointError, sharding's bad-input Error).
 #pragma once
 
@@ -32,8 +33,9 @@ auto limit_depth(Then then) {
     };
 }
 
-// What a JSON exception says, without nlohmann's "[json.exception.parse_error.101] " tag.
-inline std::string json_reason(const std::exception& e) {
+// What a JSON exception says without nlohmann's "[json.exception.parse_error.101] " tag: the
+// message is for the person who wrote the file or the request, to whom the library's tag means nothing.
+inline std::string strip_json_tag(const std::exception& e) {
     const std::string what = e.what();
     const size_t end = what.rfind("[json.exception.", 0) == 0 ? what.find("] ") : std::string::npos;
     return end == std::string::npos ? what : what.substr(end + 2);
@@ -52,7 +54,7 @@ nlohmann::json parse_json_object(const std::string& text, const std::string& fil
     try {
         j = parse_json_bounded(text);
     } catch (const nlohmann::json::exception& e) {
-        fail(file, "not valid JSON: " + json_reason(e));
+        fail(file, "not valid JSON: " + strip_json_tag(e));
     }
     if (!j.is_object()) fail(file, "not a JSON object");
     return j;

@@ -216,7 +216,7 @@ void SafetensorsCheckpoint::open_folder() {
     try {
         index = parse_noting_repeated_key<json>(text, repeated);
     } catch (const json::exception& e) {
-        throw CheckpointError(index_file + ": not valid JSON: " + json_reason(e));
+        throw CheckpointError(index_file + ": not valid JSON: " + strip_json_tag(e));
     }
     if (!repeated.empty()) throw CheckpointError(index_file + ": the key '" + repeated + "' is given twice (a tensor placed twice?)");
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())

@@ -143,7 +143,7 @@ SafetensorsHeader parse_safetensors_header(const std::string& file, const char* 
     try {
         header = json::parse(text, text + len, limit_depth<json>(watch));
     } catch (const json::exception& e) {
-        fail(file, "header is not valid JSON: " + json_reason(e));
+        fail(file, "header is not valid JSON: " + strip_json_tag(e));
     }
     if (!duplicate.empty()) fail(file, "tensor '" + duplicate + "' appears twice in the header");
     if (!header.is_object()) fail(file, "header is JSON but not an object");

@@ -34,6 +34,9 @@ void reply_error(httplib::Response& res, int status, const std::string& message,
 // Why cpp-httplib answered 400 before any handler saw the request. (A body with a
 // Content-Encoding or Transfer-Encoding, or a POST without a Content-Length, is refused before it
 // is read: the pre-routing handler.)
+// GET /v1/models/ID's path before the ID.
+const std::string kModelsPrefix = "/v1/models/";
+
 constexpr const char* kUnreadableRequest = "the request could not be read as HTTP/1.1 (its request line or headers)";
 
 // RFC 9112 6.3: two Content-Lengths, one beside a Transfer-Encoding, or one that is not a plain
@@ -142,10 +145,24 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
                                    " bytes this server takes (64 a token of run.max_seq_len, for serve.max_queue prompts)",
                           "body_too_large");
         if (req.method != "POST" && has_body(req)) return refuse(400, "a " + req.method + " request takes no body", "invalid_request");
-        if (settings_.api_key.empty() || (req.path == "/health" && (req.method == "GET" || req.method == "HEAD")))
-            return httplib::Server::HandlerResponse::Unhandled;
-        if (bearer_matches(req.get_header_value("Authorization"), settings_.api_key)) return httplib::Server::HandlerResponse::Unhandled;
-        return refuse(401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "invalid_api_key");
+        const bool reading = req.method == "GET" || req.method == "HEAD";
+        if (!settings_.api_key.empty() && !(req.path == "/health" && reading) && !bearer_matches(req.get_header_value("Authorization"), settings_.api_key))
+            return refuse(401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "invalid_api_key");
+        // GET /v1/models/ID (the SDK's models.retrieve; an ID may hold slashes) is answered here:
+        // cpp-httplib matches routes by std::regex, whose "(.+)" recurses once a character, so a
+        // long ID would overflow a small thread stack and end the server.
+        if (reading && req.path.size() > kModelsPrefix.size() && req.path.compare(0, kModelsPrefix.size(), kModelsPrefix) == 0) {
+            enter_call(req);
+            const std::string id = req.path.substr(kModelsPrefix.size());
+            if (id != limits_.model_name) {
+                const ApiError e = unknown_model(id, limits_);
+                reply_error(res, e.status, e.what(), e.param, e.code);
+            } else {
+                res.set_content(describe_model().dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+            }
+            return httplib::Server::HandlerResponse::Handled;
+        }
+        return httplib::Server::HandlerResponse::Unhandled;
     });
     svr.set_error_handler(httplib::Server::HandlerWithResponse([body_limit](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
@@ -174,21 +191,10 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         enter_call(req);
         res.set_content(metrics_.render((int64_t)queue_.size()), "text/plain; version=0.0.4");
     });
-    auto model = [this] {
-        return json{{"id", limits_.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tpx"}, {"max_model_len", limits_.max_seq_len}};
-    };
-    svr.Get("/v1/models", [this, model](const httplib::Request& req, httplib::Response& res) {
+    svr.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
         enter_call(req);
-        res.set_content(json({{"object", "list"}, {"data", json::array({model()})}}).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
-    });
-    // One model by id (the client's models.retrieve); an id may hold slashes ("org/name").
-    svr.Get(R"(/v1/models/(.+))", [this, model](const httplib::Request& req, httplib::Response& res) {
-        enter_call(req);
-        const std::string id = req.matches[1].str();
-        if (id != limits_.model_name)
-            return reply_error(res, 404, "The model '" + id + "' does not exist; this server has '" + limits_.model_name + "'", "model",
-                               "model_not_found");
-        res.set_content(model().dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+        res.set_content(json({{"object", "list"}, {"data", json::array({describe_model()})}}).dump(-1, ' ', false, json::error_handler_t::replace),
+                        "application/json");
     });
     svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_call(req, res, false); });
     svr.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { handle_call(req, res, true); });
@@ -196,6 +202,10 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
 }
 
 HttpServer::~HttpServer() { stop(); }
+
+json HttpServer::describe_model() const {
+    return json{{"id", limits_.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "tpx"}, {"max_model_len", limits_.max_seq_len}};
+}
 
 int HttpServer::start() {
     // cpp-httplib's default sets SO_REUSEPORT, with which a second server binds a port already
@@ -282,7 +292,7 @@ void HttpServer::handle_refit(const httplib::Request& req, httplib::Response& re
             return reply_error(res, 400, "\"path\" holds a NUL character (\\u0000): no file has such a name", "path", "invalid_refit");
         call->abort = body.value("abort", false);
     } catch (const json::exception& e) {
-        return reply_error(res, 400, "the body is not valid JSON: " + json_reason(e), "", "invalid_json");
+        return reply_error(res, 400, "the body is not valid JSON: " + strip_json_tag(e), "", "invalid_json");
     }
     call->channel = std::make_shared<ResponseChannel>();
     {
@@ -312,7 +322,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     try {
         body = parse_json_bounded(req.body);
     } catch (const json::exception& e) {
-        return reply_error(res, 400, "the body is not valid JSON: " + json_reason(e), "", "invalid_json");
+        return reply_error(res, 400, "the body is not valid JSON: " + strip_json_tag(e), "", "invalid_json");
     }
     auto stream = std::make_shared<Stream>();
     try {

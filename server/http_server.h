@@ -56,6 +56,8 @@ private:
     // A handler's first step: its connection is inside a call (its body read) until the logger.
     void enter_call(const httplib::Request& req);
     void handle_call(const httplib::Request& req, httplib::Response& res, bool chat);
+    // The served model as /v1/models lists it.
+    nlohmann::json describe_model() const;
     // POST /v1/admin/refit {"path": ..., "abort": false}: filed for the scheduler, answered when
     // every rank has read the new weights (or refused them).
     void handle_refit(const httplib::Request& req, httplib::Response& res);

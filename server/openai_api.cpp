@@ -150,13 +150,15 @@ json error_body(int status, const std::string& message, const std::string& param
               {"code", code.empty() ? json() : json(code)}}}};
 }
 
+ApiError unknown_model(const std::string& asked, const ApiLimits& limits) {
+    return ApiError(404, "The model '" + asked + "' does not exist; this server has '" + limits.model_name + "'", "model", "model_not_found");
+}
+
 ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     if (!body.is_object()) throw ApiError(400, "the request body must be a JSON object", "", "invalid_json");
     if (given(body, "model")) {
         if (!body["model"].is_string()) bad("model", "'model' must be a string");
-        if (body["model"].get<std::string>() != limits.model_name)
-            throw ApiError(404, "The model '" + body["model"].get<std::string>() + "' does not exist; this server has '" +
-                                    limits.model_name + "'", "model", "model_not_found");
+        if (body["model"].get<std::string>() != limits.model_name) throw unknown_model(body["model"].get<std::string>(), limits);
     }
     ApiCall call;
     call.chat = chat;

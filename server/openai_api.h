@@ -54,6 +54,9 @@ struct ApiCall {
     std::vector<std::string> stop;
 };
 
+// The 404 of a call or a GET /v1/models/ID that names a model this server does not have.
+ApiError unknown_model(const std::string& asked, const ApiLimits& limits);
+
 // Throws ApiError: 400 (bad or unsupported parameter, naming it), 404 (another model), 413
 // (prompt + max_tokens beyond max_seq_len).
 ApiCall parse_call(const nlohmann::json& body, const ApiLimits& limits, bool chat);

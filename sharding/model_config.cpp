@@ -202,7 +202,7 @@ std::vector<int64_t> parse_generation_eos(const std::string& text, const std::st
     try {
         j = parse_json_bounded(text);
     } catch (const json::exception& e) {
-        fail(file, "not valid JSON: " + json_reason(e));
+        fail(file, "not valid JSON: " + strip_json_tag(e));
     }
     return get_ids(find(j, "eos_token_id"), file, "eos_token_id");
 }

@@ -20,7 +20,8 @@ namespace tpx_test {
 
 class ServeProcess {
 public:
-    // `job_text`: the whole job file; `flags`: more words for tpx serve; `env`: VAR=value words it starts with.
+    // `job_text`: the whole job file; `flags`: more words for tpx serve; `env`: what `env` runs it
+    // with: VAR=value words, and a command that runs it (prlimit) after them.
     ServeProcess(const std::string& job_text, const std::string& flags, const std::string& wait_for, const std::string& env = "") {
         dir_ = temp_dir();
         job_ = dir_ + "/job.toml";

@@ -42,7 +42,7 @@ TEST(Prompts, EachMalformedLineIsNamed) {
     struct {
         std::string text, message;
     } cases[] = {
-        {"not json\n", ":1: not valid JSON"},
+        {"not json\n", ":1: not valid JSON: parse error at line 1, column 2"},  // without nlohmann's "[json.exception...]" tag
         {"[1, 2]\n", ":1: expected a JSON object"},
         {"{\"id\": 1}\n", ":1: no prompt: give one of input_ids, text, messages"},
         {ok + "{\"id\": \"q\", \"input_ids\": [1], \"text\": \"hello\"}\n", ":2: give only one of input_ids, text, messages"},

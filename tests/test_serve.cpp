@@ -285,6 +285,24 @@ TEST(Serve, AModelWithoutTokenizerServesTokenIds) {
     EXPECT_EQ(r["text"]["param"], "prompt") << r.dump();
 }
 
+// GET /v1/models/ID with an ID of 8,000 characters, on the 2 MiB thread stacks that glibc gives
+// under `ulimit -s unlimited`: a route matched by std::regex's "(.+)" recursed once a character
+// and ended the server (SIGSEGV) there.
+TEST(Serve, ModelIdsOfAnyLengthAreAnsweredOnSmallStacks) {
+    SKIP_WITHOUT_SDK();
+    Server server("", "", "serve: ready", kModel, "prlimit --stack=2097152");
+    json r = client(server, "model_ids");
+    EXPECT_EQ(r["served"]["status"], 200) << r.dump();
+    EXPECT_EQ(r["served"].value("id", ""), "tiny") << r.dump();
+    EXPECT_GT(r["served"].value("max_model_len", 0), 0) << r.dump();
+    for (const char* other : {"slash", "long"}) {
+        EXPECT_EQ(r[other]["status"], 404) << other << ": " << r.dump();
+        EXPECT_EQ(r[other].value("code", ""), "model_not_found") << other << ": " << r.dump();
+    }
+    EXPECT_NE(r["slash"].value("message", "").find("'org/x' does not exist"), std::string::npos) << r.dump();
+    EXPECT_EQ(r["health"], 200) << r.dump();
+}
+
 // The followers wait for each step in a broadcast that times out (backend.collective_timeout_s,
 // 2 s here): an idle rank 0 keeps them alive with heartbeats, so a call after 5 idle seconds is served.
 TEST(Serve, AnIdleServerOutlivesTheCollectiveTimeout) {

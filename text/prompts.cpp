@@ -61,7 +61,7 @@ Json parse_jsonl_line(const std::string& line, const std::string& where) {
     try {
         j = parse_noting_repeated_key<Json>(line, duplicate);
     } catch (const Json::exception& e) {
-        throw Error(where + "not valid JSON: " + e.what(), kExitBadInput);
+        throw Error(where + "not valid JSON: " + strip_json_tag(e), kExitBadInput);
     }
     if (!duplicate.empty()) throw Error(where + "key '" + duplicate + "' is given twice", kExitBadInput);
     return j;

@@ -30,7 +30,7 @@ nlohmann::json read_json(const std::string& file) {
     try {
         return parse_json_bounded(ss.str());
     } catch (const nlohmann::json::exception& e) {
-        throw Error(file + ": bad JSON: " + json_reason(e), kExitBadInput);
+        throw Error(file + ": bad JSON: " + strip_json_tag(e), kExitBadInput);
     }
 }
 
@@ -74,7 +74,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
     try {
         t.load_files(p.string());
     } catch (const nlohmann::json::exception& e) {  // a key whose value has the wrong type
-        throw Error(t.file_ + ": a value of the wrong type: " + json_reason(e), kExitBadInput);
+        throw Error(t.file_ + ": a value of the wrong type: " + strip_json_tag(e), kExitBadInput);
     }
     return t;
 }
@@ -97,7 +97,7 @@ void Tokenizer::load_files(const std::string& tokenizer_json) {
     try {
         load_config(folder.string());
     } catch (const nlohmann::json::exception& e) {
-        throw Error((folder / "tokenizer_config.json").string() + " (or special_tokens_map.json beside it): a value of the wrong type: " + e.what(),
+        throw Error((folder / "tokenizer_config.json").string() + " (or special_tokens_map.json beside it): a value of the wrong type: " + strip_json_tag(e),
                     kExitBadInput);
     }
     apply_transformers_rules();

@@ -272,6 +272,15 @@ const modes = {
     return { before, running, outcome, after_cancel: m, next: after.token_ids.length };
   },
   // /health and a completion while the model loads (or after).
+  // Model ids of every shape: the served one, one with a slash, one of 8,000 characters.
+  async model_ids() {
+    const out = {};
+    for (const [name, id] of [["served", model], ["slash", "org/x"], ["long", "a".repeat(8000)]]) {
+      try { out[name] = { status: 200, ...(await client.models.retrieve(id)) }; } catch (e) { out[name] = failure(e); }
+    }
+    out.health = (await fetch(base + "/health")).status;
+    return out;
+  },
   async health() {
     const h = await fetch(base + "/health");
     let completion = { status: 200 };
