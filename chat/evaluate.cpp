@@ -16,6 +16,7 @@
 namespace tpx::chat {
 
 Value Renderer::eval(const Expr& e) {
+    check_stack(e.line);
     try {
         Value v = eval_inner(e);
         // Strings the template makes count against its budget (each within kMaxBuilt, but a loop

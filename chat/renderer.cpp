@@ -3,13 +3,42 @@
 // lookup. Errors carry the template's name and the line of the failing expression.
 #include "chat/renderer.h"
 
+#include <pthread.h>
+
+#include <algorithm>
 #include <memory>
 
 namespace tpx::chat {
+namespace {
+
+// Bytes of stack this thread has below the caller's frame (the stack grows down), or 256 KiB
+// where the thread's stack cannot be read.
+size_t stack_left(const char* here) {
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) != 0) return size_t{256} << 10;
+    void* low = nullptr;
+    size_t size = 0;
+    const bool read = pthread_attr_getstack(&attr, &low, &size) == 0;
+    pthread_attr_destroy(&attr);
+    if (!read || here <= static_cast<const char*>(low)) return size_t{256} << 10;
+    return static_cast<size_t>(here - static_cast<const char*>(low));
+}
+
+}  // namespace
 
 void Renderer::fail(int line, const std::string& what) const { throw JobError(at(name_, line, 0, what)); }
 
+void Renderer::check_stack(int line) const {
+    const char here = 0;
+    if (reinterpret_cast<uintptr_t>(&here) < stack_floor_)
+        fail(line, "the template nests too deeply here (expressions inside blocks inside macro calls need more than the " +
+                       std::to_string((stack_budget_ + 1023) >> 10) + " KiB of stack a render may take)");
+}
+
 std::string Renderer::run(const Body& body, const json& messages) {
+    const char here = 0;
+    stack_budget_ = std::min(stack_left(&here) / 2, size_t{8} << 20);
+    stack_floor_ = reinterpret_cast<uintptr_t>(&here) - stack_budget_;
     frames_.assign(2, Frame{});
     Frame& ctx = frames_[0];
     for (auto it = options_.variables.begin(); it != options_.variables.end(); ++it)
@@ -72,6 +101,7 @@ void Renderer::step_output(int line, const std::string& out) const {
 }
 
 Renderer::Flow Renderer::exec(const Stmt& s, std::string& out) {
+    check_stack(s.line);
     step(s.line, out);
     switch (s.kind) {
     case Stmt::Kind::Text: out += s.text; step_output(s.line, out); return Flow::Normal;

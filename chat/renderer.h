@@ -3,6 +3,7 @@
 // macros see only the top-level scope, and namespace objects are shared by reference.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -48,6 +49,13 @@ private:
     // Bytes of the strings expressions made, in all (eval()).
     static constexpr uint64_t kMaxBuiltTotal = uint64_t{1} << 30;
     uint64_t built_ = 0;
+    // The lowest stack address eval and exec may reach: half of what the thread had left below
+    // run()'s frame. Expressions inside blocks inside macro calls nest the C++ stack as their
+    // product, which the per-kind limits above do not bound; a thread's stack may be 2 MiB or less
+    // (the server's threads under `ulimit -s unlimited`).
+    uintptr_t stack_floor_ = 0;
+    size_t stack_budget_ = 0;
+    void check_stack(int line) const;  // fails below stack_floor_
     void step(int line, const std::string& out);  // one more step; fails past kMaxSteps, or past kMaxBuilt bytes of out
     void step_output(int line, const std::string& out) const;  // fails past kMaxBuilt bytes of out
 

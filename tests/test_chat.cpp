@@ -7,8 +7,9 @@
 //  - HF transformers' own prompt ids for llama-text's chat prompts (golden-text.json).
 // Renders are text: every comparison is exact, no tolerance.
 #include <gtest/gtest.h>
-#include <chrono>
+#include <pthread.h>
 
+#include <chrono>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -241,6 +242,33 @@ TEST(ChatJinja, DeepExpressionsAndValuesAreRefused) {
     EXPECT_NE(error_of("{% set ns = namespace(x=[]) %}{% for i in range(600) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x == ns.x }}")
                   .find("t.jinja:1: the value set would be nested deeper than 512 levels"),
               std::string::npos);
+}
+
+// Expressions inside blocks inside macro calls nest the C++ stack as their product, within
+// each kind's own limit: refused by the stack a render may take, on a thread of 1 MiB (the
+// server's threads may have 2 MiB or less), not a crash.
+TEST(ChatJinja, NestingThatOutgrowsTheThreadsStackIsRefused) {
+    std::string concat = "{{ f(n - 1)";
+    for (int i = 0; i < 100; ++i) concat += " ~ ''";
+    struct Job {
+        std::string deep, recursive, deep_error, recursive_out;
+    } job{"{% macro f(n) %}{% if n > 0 %}" + concat + " }}{% endif %}x{% endmacro %}{{ f(99) }}",
+          "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{% endif %}x{% endmacro %}{{ f(99) }}", "", ""};
+    auto run = [](void* p) -> void* {
+        Job& j = *static_cast<Job*>(p);
+        j.deep_error = error_of(j.deep);
+        j.recursive_out = render(j.recursive);
+        return nullptr;
+    };
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, size_t{1} << 20);
+    pthread_t thread;
+    ASSERT_EQ(pthread_create(&thread, &attr, run, &job), 0);
+    pthread_join(thread, nullptr);
+    pthread_attr_destroy(&attr);
+    EXPECT_NE(job.deep_error.find("t.jinja:1: the template nests too deeply here"), std::string::npos) << job.deep_error;
+    EXPECT_EQ(job.recursive_out, std::string(100, 'x'));  // the 100 macro calls allowed still fit
 }
 
 // A template's total work and output are bounded (a template can come inside a checkpoint):
