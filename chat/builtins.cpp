@@ -123,6 +123,9 @@ std::string indent_text(std::string s, const Value& width_v, bool first, bool bl
     std::string pad = width_v.is_undefined() ? "    "
                       : need_json(width_v).is_string() ? need_json(width_v).get<std::string>()
                       : std::string(indent_width(need_int(width_v, "indent")), ' ');
+    const uint64_t line_count = (uint64_t)std::count(s.begin(), s.end(), '\n') + 1;
+    if (!pad.empty() && line_count > (kMaxBuilt - std::min<uint64_t>(s.size(), kMaxBuilt)) / pad.size())
+        throw EvalError("indent would make more than " + std::to_string(kMaxBuilt) + " bytes (" + std::to_string(line_count) + " lines)");
     s += "\n";  // Jinja2 appends a newline so that splitlines() sees the last line
     std::vector<std::string> lines;
     size_t pos = 0;
@@ -422,7 +425,12 @@ static Value apply_sequence_filter(Filter f, const Value& subject, const Args& a
             const json& v = attr.is_undefined() ? item : need_json(attribute_of(item, need_str(attr, "sum")));
             if (!v.is_number() || !total.is_number()) throw EvalError("|sum needs numbers, got " + type_name(v));
             if (v.is_number_float() || total.is_number_float()) total = total.get<double>() + v.get<double>();
-            else total = total.get<int64_t>() + v.get<int64_t>();
+            else {
+                int64_t sum = 0;
+                if (__builtin_add_overflow(total.get<int64_t>(), v.get<int64_t>(), &sum))
+                    throw EvalError("|sum: " + std::to_string(total.get<int64_t>()) + " + " + std::to_string(v.get<int64_t>()) + " is past 64 bits");
+                total = sum;
+            }
         }
         return Value::owned(total);
     }
@@ -534,8 +542,8 @@ static Value apply_value_filter(Filter f, const Value& subject, const Args& args
     }
     case Filter::Replace: {
         const Value& n = args.get(2, "count");
-        return Value::owned(text::replace(str_of(), to_str(args.get(0, "old")), to_str(args.get(1, "new")),
-                                          n.is_undefined() || need_json(n).is_null() ? -1 : need_int(n, "replace")));
+        return Value::owned(replace_within_limit(str_of(), to_str(args.get(0, "old")), to_str(args.get(1, "new")),
+                                                 n.is_undefined() || need_json(n).is_null() ? -1 : need_int(n, "replace")));
     }
     case Filter::Indent:
         return Value::owned(indent_text(str_of(), args.get(0, "width"), truthy(args.get(1, "first")),
@@ -560,6 +568,14 @@ static Value apply_value_filter(Filter f, const Value& subject, const Args& args
     default: break;
     }
     throw EvalError("unknown filter");
+}
+
+std::string replace_within_limit(const std::string& s, const std::string& from, const std::string& to, int64_t count) {
+    uint64_t n = text::count(s, from);
+    if (count >= 0) n = std::min<uint64_t>(n, (uint64_t)count);
+    if (to.size() > from.size() && n > 0 && n > (kMaxBuilt - std::min<uint64_t>(s.size(), kMaxBuilt)) / (to.size() - from.size()))
+        throw EvalError("replace would make more than " + std::to_string(kMaxBuilt) + " bytes (" + std::to_string(n) + " replacements)");
+    return text::replace(s, from, to, count);
 }
 
 Value apply_filter(Filter f, const Value& subject, const Args& args) {

@@ -43,6 +43,8 @@ Value call_method(Method m, const std::string& name, const Value& subject, const
 
 // Python's binary operators and a[start:stop:step] (any part may be Undefined = omitted).
 Value binary_op(BinOp op, const Value& a, const Value& b);
+// Python's s.replace(old, new, count) (count < 0: all), refused where the result would pass kMaxBuilt bytes.
+std::string replace_within_limit(const std::string& s, const std::string& from, const std::string& to, int64_t count);
 Value slice(const Value& subject, const Value& start, const Value& stop, const Value& step);
 // Python's json.dumps(x, ensure_ascii=False, indent=..., separators=..., sort_keys=...).
 std::string dump_json(const json& j, int indent, const std::string& item_sep, const std::string& key_sep,

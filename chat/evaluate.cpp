@@ -19,10 +19,12 @@ Value Renderer::eval(const Expr& e) {
     check_stack(e.line);
     try {
         Value v = eval_inner(e);
-        // Strings the template makes count against its budget (each within kMaxBuilt, but a loop
-        // of them would otherwise run for hours).
-        if (v.owns_data() && v.is_json() && v.j().is_string() && (built_ += v.j().get_ref<const std::string&>().size()) > kMaxBuiltTotal)
-            fail(e.line, "the template made more than " + std::to_string(kMaxBuiltTotal >> 20) + " MiB of strings in all");
+        // Strings and lists the template makes count against its budget (each within kMaxBuilt,
+        // but a loop of them would otherwise run for hours, or take the host's memory: a list
+        // grown a message a turn is copied whole each turn).
+        if (v.owns_data() && v.is_json() && (v.j().is_string() || v.j().is_structured()) &&
+            (built_ += measure_bytes(v.j(), kMaxBuiltTotal)) > kMaxBuiltTotal)
+            fail(e.line, "the template made more than " + std::to_string(kMaxBuiltTotal >> 20) + " MiB of strings and lists in all");
         return v;
     } catch (const EvalError& err) {
         fail(e.line, err.what());
@@ -81,9 +83,16 @@ Value Renderer::eval_inner(const Expr& e) {
     case Expr::Kind::Literal: return Value::borrowed(e.literal);
     case Expr::Kind::Name: return lookup(e.name);
     case Expr::Kind::List:
-    case Expr::Kind::Tuple: {
+    case Expr::Kind::Tuple: {  // its items are copies: [l, l, l] holds l three times
+        std::vector<Value> items;
+        uint64_t bytes = 0;
+        for (const auto& a : e.args) {
+            items.push_back(eval(*a));
+            if ((bytes += measure_bytes(need_json(items.back()), kMaxBuilt)) > kMaxBuilt)
+                throw EvalError("the list would hold more than " + std::to_string(kMaxBuilt) + " bytes");
+        }
         json out = json::array();
-        for (const auto& a : e.args) out.push_back(need_json(eval(*a)));
+        for (const Value& v : items) out.push_back(need_json(v));
         return Value::owned(std::move(out));
     }
     case Expr::Kind::Dict: {
@@ -214,9 +223,15 @@ Value Renderer::call_global(const Expr& e, const std::string& fn, const Args& ar
         std::time_t now = options_.now ? *options_.now : std::time(nullptr);
         std::tm tm{};
         localtime_r(&now, &tm);
-        char buf[256];
-        size_t len = std::strftime(buf, sizeof buf, need_str(args.get(0, "format"), "strftime_now").c_str(), &tm);
-        return Value::owned(std::string(buf, len));
+        // strftime answers 0 both for an empty result and for a buffer too small: grown up to 64 KiB.
+        const std::string format = need_str(args.get(0, "format"), "strftime_now");
+        std::string buf;
+        size_t len = 0;
+        for (size_t size = 256; size <= (size_t{64} << 10) && len == 0 && !format.empty(); size *= 4) {
+            buf.resize(size);
+            len = std::strftime(buf.data(), buf.size(), format.c_str(), &tm);
+        }
+        return Value::owned(buf.substr(0, len));
     }
     throw EvalError("unknown global function '" + fn + "'");
 }

@@ -187,9 +187,8 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
     }
     case Method::Replace: {
         const Value& n = args.get(2, "count");
-        return Value::owned(text::replace(s, need_str(args.get(0, "old"), "replace"),
-                                          need_str(args.get(1, "new"), "replace"),
-                                          n.is_undefined() ? -1 : need_int(n, "replace")));
+        return Value::owned(replace_within_limit(s, need_str(args.get(0, "old"), "replace"), need_str(args.get(1, "new"), "replace"),
+                                                 n.is_undefined() ? -1 : need_int(n, "replace")));
     }
     case Method::Find:
     case Method::Rfind: {

@@ -32,6 +32,8 @@ json arithmetic(BinOp op, const json& a, const json& b) {
     if (op == BinOp::Add) {
         if (a.is_string() && b.is_string()) return a.get<std::string>() + b.get<std::string>();
         if (a.is_array() && b.is_array()) {
+            const uint64_t bytes = measure_bytes(a, kMaxBuilt) + measure_bytes(b, kMaxBuilt);
+            if (bytes > kMaxBuilt) throw EvalError("list + list would hold more than " + std::to_string(kMaxBuilt) + " bytes");
             json out = a;
             out.insert(out.end(), b.begin(), b.end());
             return out;
@@ -43,10 +45,10 @@ json arithmetic(BinOp op, const json& a, const json& b) {
         const json& seq = a.is_string() || a.is_array() ? a : b;
         const json& n = &seq == &a ? b : a;
         if (!is_int(n)) unsupported(sym, a, b);
-        const uint64_t unit = seq.is_string() ? seq.get_ref<const std::string&>().size() : seq.size();
+        // A list's copies are deep: [[1] * 100000] * 10000 holds 10^9 values.
+        const uint64_t unit = seq.is_string() ? seq.get_ref<const std::string&>().size() : measure_bytes(seq, kMaxBuilt) - 16;
         if (as_int(n) > 0 && unit > 0 && (uint64_t)as_int(n) > kMaxBuilt / unit)
-            throw EvalError("'" + type_name(seq) + "' * " + std::to_string(as_int(n)) + " would hold more than " + std::to_string(kMaxBuilt) +
-                            (seq.is_string() ? " bytes" : " items"));
+            throw EvalError("'" + type_name(seq) + "' * " + std::to_string(as_int(n)) + " would hold more than " + std::to_string(kMaxBuilt) + " bytes");
         json out = seq.is_string() ? json("") : json::array();
         for (int64_t i = 0; i < as_int(n); ++i) {
             if (seq.is_string()) out.get_ref<std::string&>() += seq.get_ref<const std::string&>();

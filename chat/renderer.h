@@ -46,7 +46,7 @@ private:
     // otherwise hold the rank for hours (a template can come inside a checkpoint).
     static constexpr uint64_t kMaxSteps = 2000000;
     uint64_t steps_ = 0;
-    // Bytes of the strings expressions made, in all (eval()).
+    // Bytes of the strings and lists expressions made, in all (eval(), measure_bytes).
     static constexpr uint64_t kMaxBuiltTotal = uint64_t{1} << 30;
     uint64_t built_ = 0;
     // The lowest stack address eval and exec may reach: half of what the thread had left below

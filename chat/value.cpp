@@ -134,6 +134,22 @@ int measure_nesting(const json& root) {
     return deepest;
 }
 
+uint64_t measure_bytes(const json& root, uint64_t enough) {
+    uint64_t bytes = 0;
+    std::vector<const json*> todo = {&root};
+    while (!todo.empty() && bytes <= enough) {
+        const json* j = todo.back();
+        todo.pop_back();
+        bytes += 16;
+        if (j->is_string()) bytes += j->get_ref<const std::string&>().size();
+        if (j->is_object())
+            for (auto it = j->begin(); it != j->end(); ++it) bytes += it.key().size();
+        if (j->is_structured())
+            for (const auto& child : *j) todo.push_back(&child);
+    }
+    return bytes;
+}
+
 static std::string repr_at(const json& j, int depth) {
     if (depth > kMaxValueDepth) throw EvalError("a value nested deeper than " + std::to_string(kMaxValueDepth) + " levels");
     switch (j.type()) {

@@ -3,6 +3,7 @@
 // comparison follow Python, because HF transformers renders with Python's jinja2.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -60,6 +61,9 @@ std::string to_str(const json& j);
 // How deep `j` nests (a scalar 1, [1] 2, ...), walked without recursion: the value may be
 // hostile, and every recursive walk of it (repr, ==, a copy) must stay within kMaxValueDepth.
 int measure_nesting(const json& j);
+// About how many bytes `j` holds: 16 a value, plus its strings' and keys' bytes; walked without
+// recursion, and stopped once past `enough`.
+uint64_t measure_bytes(const json& j, uint64_t enough);
 
 // Python's repr(x) for JSON data ('quoted' strings, [1, 'a'], {'k': 1}).
 std::string repr(const json& j);

@@ -286,11 +286,45 @@ TEST(ChatJinja, EndlessWorkAndOutputAreRefused) {
     EXPECT_NE(error_of("{{ 'x' * 60000000 }}{{ 'x' * 60000000 }}").find("t.jinja:1: the template's output passed 64 MiB"),
               std::string::npos);
     EXPECT_NE(error_of("{% set x = 'x' * 40000000 %}{{ x ~ x }}").find("'~' would make 80000000 bytes, more than 67108864"), std::string::npos);
-    EXPECT_NE(error_of("{% for i in range(100) %}{% set y = 'a' * 60000000 %}{% endfor %}").find("more than 1024 MiB of strings in all"),
+    EXPECT_NE(error_of("{% for i in range(100) %}{% set y = 'a' * 60000000 %}{% endfor %}").find("more than 1024 MiB of strings and lists in all"),
               std::string::npos);
     EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30.0);
     // A long conversation's loop stays far inside the bounds.
     EXPECT_EQ(render("{% for i in range(100000) %}{% if i % 2 == 0 %}a{% endif %}{% endfor %}").size(), 50000u);
+}
+
+// Lists count against the budget as strings do, their copies deep: each refused before it is
+// made, not by the host's memory (10^9 values, or 3 GB, before).
+TEST(ChatJinja, ListsAndGrownStringsAreBoundedBeforeTheyAreMade) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (const auto& [source, message] : std::vector<std::pair<std::string, std::string>>{
+             {"{{ ([range(100000)|list] * 10000)|length }}", "'list' * 10000 would hold more than 67108864 bytes"},
+             {"{% set l = range(100000)|list %}{% set l2 = [l, l, l, l, l, l, l, l, l, l] %}{{ [l2, l2, l2, l2, l2]|length }}",
+              "the list would hold more than 67108864 bytes"},
+             {"{% set ns = namespace(x=['ab']) %}{% for i in range(30) %}{% set ns.x = ns.x + ns.x %}{% endfor %}",
+              "list + list would hold more than 67108864 bytes"},
+             {"{{ ('a' * 1000000).replace('a', 'b' * 100)|length }}", "replace would make more than 67108864 bytes (1000000 replacements)"},
+             {"{{ ('a' * 1000000)|replace('a', 'b' * 100)|length }}", "replace would make more than 67108864 bytes"},
+             {"{{ ('a\n' * 1000000)|indent(100)|length }}", "indent would make more than 67108864 bytes (1000001 lines)"},
+             // A list grown a value a turn, copied whole each turn.
+             {"{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = ns.x + ['a' * 1000] %}{% endfor %}",
+              "more than 1024 MiB of strings and lists in all"}})
+        EXPECT_NE(error_of(source).find(message), std::string::npos) << source << "\n" << error_of(source);
+    EXPECT_EQ(render("{% set l = range(1000)|list %}{{ ([l, l] * 100)|length }} {{ (l + l)|length }} {{ 'ab'.replace('a', 'xyz') }}"),
+              "200 2000 xyzb");
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+}
+
+// The template's integers are 64-bit: past that refused, never wrapped.
+TEST(ChatJinja, IntegersPast64BitsAreRefusedNotWrapped) {
+    EXPECT_NE(error_of("{{ [9223372036854775807, 1]|sum }}").find("|sum: 9223372036854775807 + 1 is past 64 bits"), std::string::npos);
+    try {  // an integer of the messages past int64_t would wrap (c + 1 was 0)
+        RenderOptions options;
+        ChatTemplate::parse("{{ messages[0].content + 1 }}", "t.jinja").render(json::array({{{"role", "user"}, {"content", 18446744073709551615ull}}}), options);
+        ADD_FAILURE() << "an integer past 2^63 - 1 was taken";
+    } catch (const tpx::JobError& e) {
+        EXPECT_NE(std::string(e.what()).find("the integer 18446744073709551615 in the messages is past 2^63 - 1"), std::string::npos) << e.what();
+    }
 }
 
 TEST(ChatJinja, UndefinedBehavesAsJinja2Default) {
@@ -376,6 +410,10 @@ TEST(ChatJinja, StrftimeNowUsesTheGivenClock) {
     setenv("TZ", "UTC", 1);
     tzset();
     EXPECT_EQ(ChatTemplate::parse("{{ strftime_now('%d %b %Y') }}", "t").render(json::array(), o), "03 Dec 2025");
+    // A result of 256 bytes or more (it was "").
+    std::string years;
+    for (int i = 0; i < 100; ++i) years += "%Y";
+    EXPECT_EQ(ChatTemplate::parse("{{ strftime_now('" + years + "')|length }}", "t").render(json::array(), o), "400");
 }
 
 TEST(ChatJinja, BadTemplatesAreRefusedWithLineAndConstruct) {
