@@ -49,11 +49,18 @@ json arithmetic(BinOp op, const json& a, const json& b) {
         const uint64_t unit = seq.is_string() ? seq.get_ref<const std::string&>().size() : measure_bytes(seq, kMaxBuilt) - 16;
         if (as_int(n) > 0 && unit > 0 && (uint64_t)as_int(n) > kMaxBuilt / unit)
             throw EvalError("'" + type_name(seq) + "' * " + std::to_string(as_int(n)) + " would hold more than " + std::to_string(kMaxBuilt) + " bytes");
-        json out = seq.is_string() ? json("") : json::array();
-        for (int64_t i = 0; i < as_int(n); ++i) {
-            if (seq.is_string()) out.get_ref<std::string&>() += seq.get_ref<const std::string&>();
-            else out.insert(out.end(), seq.begin(), seq.end());
+        if (seq.is_string()) {  // by doubling: 'a' * 60000000 took 0.6 s a byte at a time
+            const std::string& unit_text = seq.get_ref<const std::string&>();
+            const uint64_t want = as_int(n) > 0 ? unit_text.size() * (uint64_t)as_int(n) : 0;
+            std::string out;
+            out.reserve(want);
+            if (want > 0) out = unit_text;
+            while (!out.empty() && out.size() * 2 <= want) out.append(out);
+            out.append(out, 0, want - out.size());
+            return out;
         }
+        json out = json::array();
+        for (int64_t i = 0; i < as_int(n); ++i) out.insert(out.end(), seq.begin(), seq.end());
         return out;
     }
     if (!is_num(a) || !is_num(b)) unsupported(sym, a, b);

@@ -312,6 +312,9 @@ TEST(ChatJinja, ListsAndGrownStringsAreBoundedBeforeTheyAreMade) {
         EXPECT_NE(error_of(source).find(message), std::string::npos) << source << "\n" << error_of(source);
     EXPECT_EQ(render("{% set l = range(1000)|list %}{{ ([l, l] * 100)|length }} {{ (l + l)|length }} {{ 'ab'.replace('a', 'xyz') }}"),
               "200 2000 xyzb");
+    // Strings repeated by doubling: every count, none and below none included.
+    EXPECT_EQ(render("{{ 'ab' * 3 }}|{{ 'abc' * 0 }}|{{ '' * 5 }}|{{ 'x' * -2 }}|{{ 3 * 'xy' }}|{{ ('ab' * 7)|length }}|{{ ('a' * 60000000)|length }}"),
+              "ababab||||xyxyxy|14|60000000");
     EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
 }
 
