@@ -31,12 +31,12 @@ void reply_error(httplib::Response& res, int status, const std::string& message,
     res.set_content(error_body(status, message, param, code).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
-// Why cpp-httplib answered 400 before any handler saw the request. (A body with a
-// Content-Encoding or Transfer-Encoding, or a POST without a Content-Length, is refused before it
-// is read: the pre-routing handler.)
 // GET /v1/models/ID's path before the ID.
 const std::string kModelsPrefix = "/v1/models/";
 
+// Why cpp-httplib answered 400 before any handler saw the request. (A body with a
+// Content-Encoding or Transfer-Encoding, or a POST without a Content-Length, is refused before it
+// is read: the pre-routing handler.)
 constexpr const char* kUnreadableRequest = "the request could not be read as HTTP/1.1 (its request line or headers)";
 
 // RFC 9112 6.3: two Content-Lengths, one beside a Transfer-Encoding, or one that is not a plain
@@ -146,7 +146,8 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
                           "body_too_large");
         if (req.method != "POST" && has_body(req)) return refuse(400, "a " + req.method + " request takes no body", "invalid_request");
         const bool reading = req.method == "GET" || req.method == "HEAD";
-        if (!settings_.api_key.empty() && !(req.path == "/health" && reading) && !bearer_matches(req.get_header_value("Authorization"), settings_.api_key))
+        const bool open = settings_.api_key.empty() || (req.path == "/health" && reading);
+        if (!open && !bearer_matches(req.get_header_value("Authorization"), settings_.api_key))
             return refuse(401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "invalid_api_key");
         // GET /v1/models/ID (the SDK's models.retrieve; an ID may hold slashes) is answered here:
         // cpp-httplib matches routes by std::regex, whose "(.+)" recurses once a character, so a
