@@ -23,7 +23,7 @@ Value Renderer::eval(const Expr& e) {
         // but a loop of them would otherwise run for hours, or take the host's memory: a list
         // grown a message a turn is copied whole each turn).
         if (v.owns_data() && v.is_json() && (v.j().is_string() || v.j().is_structured()) &&
-            (built_ += measure_bytes(v.j(), kMaxBuiltTotal)) > kMaxBuiltTotal)
+            (built_ += measure_bytes(v.j(), kMaxBuiltTotal - built_)) > kMaxBuiltTotal)
             fail(e.line, "the template made more than " + std::to_string(kMaxBuiltTotal >> 20) + " MiB of strings and lists in all");
         return v;
     } catch (const EvalError& err) {

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <memory>
-#include <vector>
 
 namespace tpx::chat {
 namespace {
@@ -25,20 +24,6 @@ size_t stack_left(const char* here) {
     return static_cast<size_t>(here - static_cast<const char*>(low));
 }
 
-// The first integer of `root` past int64_t (JSON's unsigned 2^63 .. 2^64 - 1), else nullptr:
-// the template's integers are 64-bit signed, and such a value would wrap.
-const json* find_past_int64(const json& root) {
-    std::vector<const json*> todo = {&root};
-    while (!todo.empty()) {
-        const json* j = todo.back();
-        todo.pop_back();
-        if (j->is_number_unsigned() && j->get<uint64_t>() > (uint64_t)INT64_MAX) return j;
-        if (j->is_structured())
-            for (const auto& child : *j) todo.push_back(&child);
-    }
-    return nullptr;
-}
-
 }  // namespace
 
 void Renderer::fail(int line, const std::string& what) const { throw JobError(at(name_, line, 0, what)); }
@@ -54,10 +39,6 @@ std::string Renderer::run(const Body& body, const json& messages) {
     const char here = 0;
     stack_budget_ = std::min(stack_left(&here) / 2, size_t{8} << 20);
     stack_floor_ = reinterpret_cast<uintptr_t>(&here) - stack_budget_;
-    for (const json* given : {&messages, &options_.variables})
-        if (const json* big = find_past_int64(*given))
-            fail(0, "the integer " + std::to_string(big->get<uint64_t>()) + " in the " + (given == &messages ? "messages" : "template's variables") +
-                        " is past 2^63 - 1, the largest a template computes with here");
     frames_.assign(2, Frame{});
     Frame& ctx = frames_[0];
     for (auto it = options_.variables.begin(); it != options_.variables.end(); ++it)

@@ -3,9 +3,11 @@
 #include "chat/template.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 #include "chat/builtins.h"
@@ -64,13 +66,33 @@ ChatTemplate ChatTemplate::parse(const std::string& source, const std::string& n
     return t;
 }
 
+namespace {
+
+// Refuses what a render cannot take as given, in one walk without recursion: a value nested past
+// kMaxValueDepth (every recursive walk of it must stay within that), or an integer past int64_t
+// (JSON's unsigned 2^63 .. 2^64 - 1: the template computes in 64-bit signed integers, where it
+// would wrap). `subject` names the value, `plural` its verb.
+void check_given(const std::string& name, const json& root, const std::string& subject, bool plural) {
+    std::vector<std::pair<const json*, int>> todo = {{&root, 1}};
+    while (!todo.empty()) {
+        const auto [j, depth] = todo.back();
+        todo.pop_back();
+        if (depth > kMaxValueDepth)
+            throw JobError(at(name, 0, 0, subject + (plural ? " are" : " is") + " nested deeper than " + std::to_string(kMaxValueDepth) + " levels"));
+        if (j->is_number_unsigned() && j->get<uint64_t>() > (uint64_t)INT64_MAX)
+            throw JobError(at(name, 0, 0, "the integer " + std::to_string(j->get<uint64_t>()) + " in " + subject +
+                                              " is past 2^63 - 1, the largest a template computes with here"));
+        if (j->is_structured())
+            for (const auto& child : *j) todo.push_back({&child, depth + 1});
+    }
+}
+
+}  // namespace
+
 std::string ChatTemplate::render(const nlohmann::ordered_json& messages, const RenderOptions& options) const {
     if (!messages.is_array()) throw JobError(at(name_, 0, 0, "messages must be a JSON array, got " + type_name(messages)));
-    if (measure_nesting(messages) > kMaxValueDepth)
-        throw JobError(at(name_, 0, 0, "the messages are nested deeper than " + std::to_string(kMaxValueDepth) + " levels"));
-    for (auto it = options.variables.begin(); it != options.variables.end(); ++it)
-        if (measure_nesting(it.value()) > kMaxValueDepth)
-            throw JobError(at(name_, 0, 0, "'" + it.key() + "' is nested deeper than " + std::to_string(kMaxValueDepth) + " levels"));
+    check_given(name_, messages, "the messages", true);
+    for (auto it = options.variables.begin(); it != options.variables.end(); ++it) check_given(name_, it.value(), "'" + it.key() + "'", false);
     Renderer r(name_, options);
     return r.run(*body_, messages);
 }
