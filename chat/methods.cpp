@@ -1,7 +1,9 @@
 // Jinja2's tests ("x is string") and the Python str/dict methods templates call
 // ("s.startswith(p)", "d.get(k)"). Mutating methods (append, update, pop) are not here: HF's
 // ImmutableSandboxedEnvironment refuses them too.
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "chat/builtins.h"
 #include "chat/text.h"
@@ -175,13 +177,35 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
     case Method::Endswith: {
         const json& p = need_json(args.get(0, "prefix"));
         json options = p.is_array() ? p : json::array({p});
-        for (const json& o : options) {
+        for (const json& o : options)
             if (!o.is_string()) throw EvalError(name + " needs a string or a tuple of strings");
+        const Value &from = args.get(1, "start"), &to = args.get(2, "end");
+        auto given = [](const Value& v) { return !v.is_undefined() && !need_json(v).is_null(); };
+        if (!given(from) && !given(to)) {
+            for (const json& o : options) {
+                const std::string& x = o.get_ref<const std::string&>();
+                if (x.size() <= s.size() && (m == Method::Startswith ? s.compare(0, x.size(), x) == 0
+                                                                     : s.compare(s.size() - x.size(), x.size(), x) == 0))
+                    return Value::owned(true);
+            }
+            return Value::owned(false);
+        }
+        // Within s[start:end], in code points, as CPython's tailmatch: a start past the end
+        // (after negative indices count from the end) matches nothing, not even "".
+        const std::vector<char32_t> cps = text::decode(s);
+        const int64_t n = static_cast<int64_t>(cps.size());
+        auto index = [&](const Value& v, int64_t dflt) -> int64_t {
+            if (!given(v)) return dflt;
+            const int64_t i = need_int(v, name.c_str());
+            return i < 0 ? std::max<int64_t>(i + n, 0) : i;
+        };
+        const int64_t start = index(from, 0), end = std::min(index(to, n), n);
+        for (const json& o : options) {
             const std::string& x = o.get_ref<const std::string&>();
-            bool hit = x.size() <= s.size() &&
-                       (m == Method::Startswith ? s.compare(0, x.size(), x) == 0
-                                                : s.compare(s.size() - x.size(), x.size(), x) == 0);
-            if (hit) return Value::owned(true);
+            const int64_t len = static_cast<int64_t>(text::length(x)), last = end - len;
+            if (last < start) continue;
+            const int64_t at = m == Method::Startswith ? start : last;
+            if (text::encode(cps, at, at + len) == x) return Value::owned(true);
         }
         return Value::owned(false);
     }

@@ -33,6 +33,7 @@ private:
     const std::string& name_;
     size_t p_ = 0;
     std::vector<Stmt*> open_loops_;  // for-loops being parsed, to mark those reading loop neighbours
+    int loop_bodies_ = 0;            // for-loop bodies open since the innermost macro: where break and continue may stand
 
     const Token& cur() const { return t_[p_]; }
     const Token& peek(size_t k = 1) const { return t_[std::min(p_ + k, t_.size() - 1)]; }
@@ -59,6 +60,13 @@ private:
     std::string expect_name() {
         if (cur().type != T::Name) fail(cur().line, "expected a name, found " + describe(cur()));
         return t_[p_++].text;
+    }
+    // A name that a set or a for assigns: Jinja2 refuses its constants there.
+    std::string expect_target() {
+        static const char* const kConstants[] = {"true", "false", "none", "True", "False", "None"};
+        for (const char* c : kConstants)
+            if (is_name(c)) fail(cur().line, std::string("cannot assign to the constant '") + c + "'");
+        return expect_name();
     }
     void expect_block_end(const char* tag) {
         if (cur().type != T::BlockEnd)

@@ -32,6 +32,8 @@ std::unique_ptr<Stmt> Parser::parse_statement(const std::string& tag, int line) 
         return s;
     }
     if (tag == "break" || tag == "continue") {
+        // Jinja2 refuses these at compile time too (a macro's body is a function of its own).
+        if (loop_bodies_ == 0) fail(line, "'{% " + tag + " %}' outside a for loop");
         expect_block_end(tag.c_str());
         return new_stmt(tag == "break" ? Stmt::Kind::Break : Stmt::Kind::Continue, line);
     }
@@ -80,10 +82,10 @@ std::unique_ptr<Stmt> Parser::parse_if(int line) {
 
 std::unique_ptr<Stmt> Parser::parse_for(int line) {
     auto s = new_stmt(Stmt::Kind::For, line);
-    s->names.push_back(expect_name());
+    s->names.push_back(expect_target());
     while (is_op(",")) {
         ++p_;
-        s->names.push_back(expect_name());
+        s->names.push_back(expect_target());
     }
     if (!is_name("in")) fail(cur().line, "expected 'in' in '{% for %}', found " + describe(cur()));
     ++p_;
@@ -96,7 +98,9 @@ std::unique_ptr<Stmt> Parser::parse_for(int line) {
     expect_block_end("for");
     std::string end;
     open_loops_.push_back(s.get());
+    ++loop_bodies_;
     s->branches.push_back(parse_body({"else", "endfor"}, end));
+    --loop_bodies_;
     open_loops_.pop_back();
     if (end == "else") {
         expect_block_end("else");
@@ -108,7 +112,7 @@ std::unique_ptr<Stmt> Parser::parse_for(int line) {
 
 std::unique_ptr<Stmt> Parser::parse_set(int line) {
     auto s = new_stmt(Stmt::Kind::Set, line);
-    std::string first = expect_name();
+    std::string first = expect_target();
     if (is_op(".")) {  // {% set ns.attr = value %}
         ++p_;
         s->kind = Stmt::Kind::SetAttr;
@@ -122,7 +126,7 @@ std::unique_ptr<Stmt> Parser::parse_set(int line) {
     s->names.push_back(first);
     while (is_op(",")) {
         ++p_;
-        s->names.push_back(expect_name());
+        s->names.push_back(expect_target());
     }
     if (cur().type == T::BlockEnd || is_op("|")) {  // {% set x %}...{% endset %}
         if (s->names.size() != 1) fail(line, "a block '{% set %}' takes one name");
@@ -157,7 +161,10 @@ std::unique_ptr<Stmt> Parser::parse_macro(int line) {
     ++p_;
     expect_block_end("macro");
     std::string end;
+    const int loop_bodies = loop_bodies_;
+    loop_bodies_ = 0;
     s->branches.push_back(parse_body({"endmacro"}, end));
+    loop_bodies_ = loop_bodies;
     expect_block_end("endmacro");
     return s;
 }

@@ -61,7 +61,7 @@ std::string Renderer::run(const Body& body, const json& messages) {
         if (!given) put(key, Value::owned(nullptr));
     }
     std::string out;
-    if (exec(body, out) != Flow::Normal) fail(0, "'break' or 'continue' outside a loop");
+    if (exec(body, out) != Flow::Normal) fail(0, "'break' or 'continue' outside a loop");  // refused by the parser
     step_output(0, out);
     return out;
 }
@@ -113,16 +113,18 @@ Renderer::Flow Renderer::exec(const Stmt& s, std::string& out) {
     case Stmt::Kind::For: return exec_for(s, out);
     case Stmt::Kind::Set:
     case Stmt::Kind::SetAttr: exec_set(s); return Flow::Normal;
+    // A break or continue inside a set or filter block leaves the loop around it, the block's
+    // text unused (as Jinja2's compiled loop does).
     case Stmt::Kind::SetBlock: {
         std::string captured;
-        exec(s.branches[0], captured);
+        if (const Flow f = exec(s.branches[0], captured); f != Flow::Normal) return f;
         assign(s.names[0], Value::owned(captured));
         return Flow::Normal;
     }
     case Stmt::Kind::FilterBlock: {
         // The placeholder at the bottom of the filter chain stands for the body's text.
         std::string captured;
-        exec(s.branches[0], captured);
+        if (const Flow f = exec(s.branches[0], captured); f != Flow::Normal) return f;
         Value v = Value::owned(captured);
         std::vector<const Expr*> chain;
         for (const Expr* f = s.expr.get(); f->kind == Expr::Kind::Filter; f = f->a.get()) chain.push_back(f);
