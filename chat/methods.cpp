@@ -144,6 +144,16 @@ static Value call_dict_method(Method m, const std::string& name, const Value& su
     throw EvalError("'" + type_name(subject) + "' object has no method '" + name + "'");
 }
 
+// Whether x stands at the start (from_end: the end) of cps[start:end], start and end adjusted as
+// CPython's str.startswith adjusts them (negative ones counted from the end): a start past the
+// end matches nothing, not even "".
+static bool tail_match(const std::vector<char32_t>& cps, const std::string& x, int64_t start, int64_t end, bool from_end) {
+    const int64_t len = static_cast<int64_t>(text::length(x)), last = end - len;
+    if (last < start) return false;
+    const int64_t at = from_end ? last : start;
+    return text::encode(cps, at, at + len) == x;
+}
+
 // Python's str methods.
 static Value call_string_method(Method m, const std::string& name, const Value& subject, const json& j,
                                 const Args& args) {
@@ -176,36 +186,20 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
     case Method::Startswith:
     case Method::Endswith: {
         const json& p = need_json(args.get(0, "prefix"));
-        json options = p.is_array() ? p : json::array({p});
-        for (const json& o : options)
-            if (!o.is_string()) throw EvalError(name + " needs a string or a tuple of strings");
-        const Value &from = args.get(1, "start"), &to = args.get(2, "end");
-        auto given = [](const Value& v) { return !v.is_undefined() && !need_json(v).is_null(); };
-        if (!given(from) && !given(to)) {
-            for (const json& o : options) {
-                const std::string& x = o.get_ref<const std::string&>();
-                if (x.size() <= s.size() && (m == Method::Startswith ? s.compare(0, x.size(), x) == 0
-                                                                     : s.compare(s.size() - x.size(), x.size(), x) == 0))
-                    return Value::owned(true);
-            }
-            return Value::owned(false);
-        }
-        // Within s[start:end], in code points, as CPython's tailmatch: a start past the end
-        // (after negative indices count from the end) matches nothing, not even "".
         const std::vector<char32_t> cps = text::decode(s);
         const int64_t n = static_cast<int64_t>(cps.size());
-        auto index = [&](const Value& v, int64_t dflt) -> int64_t {
-            if (!given(v)) return dflt;
-            const int64_t i = need_int(v, name.c_str());
-            return i < 0 ? std::max<int64_t>(i + n, 0) : i;
+        // start and end: absent or None, else ints (an Undefined passed fails, as in Python).
+        auto index = [&](size_t i, const char* key, int64_t absent) -> int64_t {
+            const Value& v = args.get(i, key);
+            if (v.is_undefined() ? i >= args.positional.size() : need_json(v).is_null()) return absent;
+            const int64_t k = need_int(v, name.c_str());
+            return k < 0 ? std::max<int64_t>(k + n, 0) : k;
         };
-        const int64_t start = index(from, 0), end = std::min(index(to, n), n);
-        for (const json& o : options) {
-            const std::string& x = o.get_ref<const std::string&>();
-            const int64_t len = static_cast<int64_t>(text::length(x)), last = end - len;
-            if (last < start) continue;
-            const int64_t at = m == Method::Startswith ? start : last;
-            if (text::encode(cps, at, at + len) == x) return Value::owned(true);
+        const int64_t start = index(1, "start", 0), end = std::min(index(2, "end", n), n);
+        // A tuple's items are checked as they are reached: ('a', 1) matches 'abc', as in Python.
+        for (const json& o : p.is_array() ? p : json::array({p})) {
+            if (!o.is_string()) throw EvalError(name + " needs a string or a tuple of strings");
+            if (tail_match(cps, o.get_ref<const std::string&>(), start, end, m == Method::Endswith)) return Value::owned(true);
         }
         return Value::owned(false);
     }

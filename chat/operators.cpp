@@ -109,12 +109,12 @@ json arithmetic(BinOp op, const json& a, const json& b) {
             }
             return r;
         }
-        // Where Python raises rather than give inf, nan or a complex number.
-        if (x == 0 && y < 0) throw EvalError("0 cannot be raised to a negative power (" + a.dump() + " ** " + b.dump() + ")");
-        if (x < 0 && std::isfinite(y) && y != std::floor(y))
-            throw EvalError("a negative number to a fractional power is complex (" + a.dump() + " ** " + b.dump() + ")");
-        if (const double r = std::pow(x, y); std::isfinite(r) || !std::isfinite(x) || !std::isfinite(y)) return r;
-        throw EvalError("numerical result out of range: " + a.dump() + " ** " + b.dump());
+        // Finite operands where Python raises rather than give inf, or gives a complex number.
+        if (!std::isfinite(x) || !std::isfinite(y)) return std::pow(x, y);
+        if (x == 0 && y < 0) throw EvalError("0 cannot be raised to a negative power");
+        if (x < 0 && y != std::floor(y)) throw EvalError("a negative number to a fractional power is a complex number (not supported)");
+        if (const double r = std::pow(x, y); std::isfinite(r)) return r;
+        throw EvalError("** result out of range: past the largest float");
     default: break;
     }
     unsupported(sym, a, b);

@@ -33,7 +33,16 @@ private:
     const std::string& name_;
     size_t p_ = 0;
     std::vector<Stmt*> open_loops_;  // for-loops being parsed, to mark those reading loop neighbours
-    int loop_bodies_ = 0;            // for-loop bodies open since the innermost macro: where break and continue may stand
+    // For-loop bodies open around the statement being parsed, counted from the innermost macro or
+    // generation body (functions of their own in Jinja2, whose loops around are not theirs):
+    // where break and continue may stand. OwnFunction starts the count afresh.
+    int loop_bodies_ = 0;
+    struct OwnFunction {
+        Parser& p;
+        int saved;
+        explicit OwnFunction(Parser& parser) : p(parser), saved(parser.loop_bodies_) { p.loop_bodies_ = 0; }
+        ~OwnFunction() { p.loop_bodies_ = saved; }
+    };
 
     const Token& cur() const { return t_[p_]; }
     const Token& peek(size_t k = 1) const { return t_[std::min(p_ + k, t_.size() - 1)]; }
@@ -61,7 +70,7 @@ private:
         if (cur().type != T::Name) fail(cur().line, "expected a name, found " + describe(cur()));
         return t_[p_++].text;
     }
-    // A name that a set or a for assigns: Jinja2 refuses its constants there.
+    // A name that a set, a for or a macro assigns: Jinja2 refuses its constants there.
     std::string expect_target() {
         static const char* const kConstants[] = {"true", "false", "none", "True", "False", "None"};
         for (const char* c : kConstants)

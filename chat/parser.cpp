@@ -40,6 +40,7 @@ std::unique_ptr<Stmt> Parser::parse_statement(const std::string& tag, int line) 
     if (tag == "generation") {
         // HF's AssistantTracker tag marks assistant text for masks; rendering is its body as is.
         expect_block_end("generation");
+        const OwnFunction own(*this);  // Jinja2's call block: break and continue refused inside
         auto s = new_stmt(Stmt::Kind::If, line);
         auto yes = make(Expr::Kind::Literal, line);
         yes->literal = true;
@@ -146,10 +147,10 @@ std::unique_ptr<Stmt> Parser::parse_set(int line) {
 
 std::unique_ptr<Stmt> Parser::parse_macro(int line) {
     auto s = new_stmt(Stmt::Kind::Macro, line);
-    s->text = expect_name();
+    s->text = expect_target();
     expect_op("(");
     while (!is_op(")")) {
-        s->names.push_back(expect_name());
+        s->names.push_back(expect_target());
         if (is_op("=")) {
             ++p_;
             s->defaults.push_back(parse_expr());
@@ -161,10 +162,8 @@ std::unique_ptr<Stmt> Parser::parse_macro(int line) {
     ++p_;
     expect_block_end("macro");
     std::string end;
-    const int loop_bodies = loop_bodies_;
-    loop_bodies_ = 0;
+    const OwnFunction own(*this);
     s->branches.push_back(parse_body({"endmacro"}, end));
-    loop_bodies_ = loop_bodies;
     expect_block_end("endmacro");
     return s;
 }

@@ -61,7 +61,7 @@ std::string Renderer::run(const Body& body, const json& messages) {
         if (!given) put(key, Value::owned(nullptr));
     }
     std::string out;
-    if (exec(body, out) != Flow::Normal) fail(0, "'break' or 'continue' outside a loop");  // refused by the parser
+    if (exec(body, out) != Flow::Normal) fail(0, "'{% break %}' or '{% continue %}' outside a for loop");  // the parser refuses these
     step_output(0, out);
     return out;
 }
