@@ -14,6 +14,7 @@
 #include "chat/lexer.h"
 #include "chat/parser.h"
 #include "chat/renderer.h"
+#include "chat/text.h"
 #include "common/json_object.h"
 
 namespace tpx::chat {
@@ -60,6 +61,10 @@ ChatTemplate from_json_file(const std::string& path, const std::string& which) {
 ChatTemplate ChatTemplate::parse(const std::string& source, const std::string& name) {
     // An empty template renders every conversation as no text at all.
     if (!has_text(source)) throw JobError(at(name, 0, 0, "the chat template is empty"));
+    // (A .jinja file may hold any bytes; the tokenizer would otherwise refuse the render's text.)
+    if (const size_t bad = text::invalid_utf8_at(source); bad != std::string::npos)
+        throw JobError(at(name, 1 + (long)std::count(source.begin(), source.begin() + (long)bad, '\n'), 0,
+                          "the chat template is not valid UTF-8 (byte " + std::to_string(bad) + ")"));
     ChatTemplate t;
     t.name_ = name;
     t.body_ = std::make_shared<const Body>(parse_template(tokenize(source, name), name));

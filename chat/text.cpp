@@ -61,6 +61,17 @@ size_t length(const std::string& s) {
     return n;
 }
 
+size_t invalid_utf8_at(const std::string& s) {
+    const auto* bytes = reinterpret_cast<const utf8proc_uint8_t*>(s.data());
+    for (size_t i = 0; i < s.size();) {
+        utf8proc_int32_t cp = 0;
+        const utf8proc_ssize_t n = utf8proc_iterate(bytes + i, static_cast<utf8proc_ssize_t>(s.size() - i), &cp);
+        if (n <= 0) return i;
+        i += static_cast<size_t>(n);
+    }
+    return std::string::npos;
+}
+
 // Python's str.isspace() code points.
 static bool is_ws(char32_t c) {
     return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||

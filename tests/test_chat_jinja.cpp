@@ -384,6 +384,8 @@ TEST(ChatJinja, BadTemplatesAreRefusedWithLineAndConstruct) {
         {"{% for m in [1] %}{% generation %}{% break %}{% endgeneration %}{% endfor %}", "t.jinja:1: '{% break %}' outside a for loop"},
         {"{% macro f(x, none) %}{% endmacro %}", "t.jinja:1: cannot assign to the constant 'none'"},
         {"{{ 'abc'.startswith(('x', 1)) }}", "t.jinja:1: startswith needs a string or a tuple of strings"},
+        {"a\n{{ 'b' }}\xff", "t.jinja:2: the chat template is not valid UTF-8 (byte 11)"},
+        {"\xed\xa0\x80", "t.jinja:1: the chat template is not valid UTF-8 (byte 0)"},  // a surrogate
     };
     std::string deep = std::string(1000, '(') + "1" + std::string(1000, ')');
     EXPECT_NE(error_of("{{ " + deep + " }}").find("t.jinja:1: template nested deeper than 200 levels"), std::string::npos);
