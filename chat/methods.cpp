@@ -3,7 +3,6 @@
 // ImmutableSandboxedEnvironment refuses them too.
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "chat/builtins.h"
 #include "chat/text.h"
@@ -144,16 +143,6 @@ static Value call_dict_method(Method m, const std::string& name, const Value& su
     throw EvalError("'" + type_name(subject) + "' object has no method '" + name + "'");
 }
 
-// Whether x stands at the start (from_end: the end) of cps[start:end], start and end adjusted as
-// CPython's str.startswith adjusts them (negative ones counted from the end): a start past the
-// end matches nothing, not even "".
-static bool tail_match(const std::vector<char32_t>& cps, const std::string& x, int64_t start, int64_t end, bool from_end) {
-    const int64_t len = static_cast<int64_t>(text::length(x)), last = end - len;
-    if (last < start) return false;
-    const int64_t at = from_end ? last : start;
-    return text::encode(cps, at, at + len) == x;
-}
-
 // Python's str methods.
 static Value call_string_method(Method m, const std::string& name, const Value& subject, const json& j,
                                 const Args& args) {
@@ -186,20 +175,30 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
     case Method::Startswith:
     case Method::Endswith: {
         const json& p = need_json(args.get(0, "prefix"));
-        const std::vector<char32_t> cps = text::decode(s);
-        const int64_t n = static_cast<int64_t>(cps.size());
         // start and end: absent or None, else ints (an Undefined passed fails, as in Python).
-        auto index = [&](size_t i, const char* key, int64_t absent) -> int64_t {
-            const Value& v = args.get(i, key);
-            if (v.is_undefined() ? i >= args.positional.size() : need_json(v).is_null()) return absent;
-            const int64_t k = need_int(v, name.c_str());
-            return k < 0 ? std::max<int64_t>(k + n, 0) : k;
-        };
-        const int64_t start = index(1, "start", 0), end = std::min(index(2, "end", n), n);
+        const Value &from = args.get(1, "start"), &to = args.get(2, "end");
+        auto absent = [&](const Value& v, size_t i) { return v.is_undefined() ? i >= args.positional.size() : need_json(v).is_null(); };
+        // The bytes of s[start:end]: with start and end in code points (negative ones counted from
+        // the end, as CPython adjusts them), a start past the end matches nothing, not even "".
+        size_t lo = 0, hi = s.size();
+        bool none = false;
+        if (!absent(from, 1) || !absent(to, 2)) {
+            const int64_t n = static_cast<int64_t>(text::length(s));
+            auto index = [&](const Value& v, size_t i, int64_t dflt) -> int64_t {
+                if (absent(v, i)) return dflt;
+                const int64_t k = need_int(v, name.c_str());
+                return k < 0 ? std::max<int64_t>(k + n, 0) : k;
+            };
+            const int64_t start = index(from, 1, 0), end = std::min(index(to, 2, n), n);
+            none = start > end;
+            if (!none) lo = text::byte_offset(s, (size_t)start), hi = text::byte_offset(s, (size_t)end);
+        }
         // A tuple's items are checked as they are reached: ('a', 1) matches 'abc', as in Python.
         for (const json& o : p.is_array() ? p : json::array({p})) {
             if (!o.is_string()) throw EvalError(name + " needs a string or a tuple of strings");
-            if (tail_match(cps, o.get_ref<const std::string&>(), start, end, m == Method::Endswith)) return Value::owned(true);
+            const std::string& x = o.get_ref<const std::string&>();
+            if (!none && x.size() <= hi - lo && s.compare(m == Method::Startswith ? lo : hi - x.size(), x.size(), x) == 0)
+                return Value::owned(true);
         }
         return Value::owned(false);
     }

@@ -61,6 +61,13 @@ size_t length(const std::string& s) {
     return n;
 }
 
+size_t byte_offset(const std::string& s, size_t cp) {
+    size_t i = 0;
+    for (size_t seen = 0; i < s.size(); ++i)
+        if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80 && seen++ == cp) return i;
+    return i;
+}
+
 size_t invalid_utf8_at(const std::string& s) {
     const auto* bytes = reinterpret_cast<const utf8proc_uint8_t*>(s.data());
     for (size_t i = 0; i < s.size();) {

@@ -11,6 +11,7 @@ namespace tpx::chat::text {
 std::vector<char32_t> decode(const std::string& s);
 std::string encode(const std::vector<char32_t>& cps, size_t from = 0, size_t to = std::string::npos);
 size_t length(const std::string& s);  // in code points, as Python's len()
+size_t byte_offset(const std::string& s, size_t cp);  // where code point cp starts (s.size() from length(s) on)
 // The byte where s's first invalid UTF-8 sequence starts (utf8proc's rules: no overlong forms
 // or surrogates), or std::string::npos.
 size_t invalid_utf8_at(const std::string& s);
