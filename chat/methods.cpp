@@ -112,6 +112,70 @@ bool apply_test(Test t, const Value& subject, const Args& args) {
     return false;
 }
 
+// The bytes of s[start:end] for the methods that take a start and an end after their first
+// argument (positional only: absent or None, else ints; an Undefined passed fails, as in
+// Python). start and end count code points, negative ones from the end, as CPython adjusts them;
+// a start past the end gives `none`: nothing matches there, not even "".
+struct Span {
+    size_t lo = 0, hi = 0;
+    bool none = false;
+};
+static Span span_of(const std::string& s, const Args& args, const std::string& name) {
+    Span span{0, s.size(), false};
+    const Value &from = args.get(1, "start"), &to = args.get(2, "end");
+    auto absent = [&](const Value& v, size_t i) { return v.is_undefined() ? i >= args.positional.size() : need_json(v).is_null(); };
+    if (absent(from, 1) && absent(to, 2)) return span;
+    const int64_t n = static_cast<int64_t>(text::length(s));
+    auto index = [&](const Value& v, size_t i, int64_t dflt) -> int64_t {
+        if (absent(v, i)) return dflt;
+        const int64_t k = need_int(v, name.c_str());
+        return k < 0 ? std::max<int64_t>(k + n, 0) : k;
+    };
+    const int64_t start = index(from, 1, 0), end = std::min(index(to, 2, n), n);
+    span.none = start > end;
+    if (!span.none) span.lo = text::byte_offset(s, (size_t)start), span.hi = text::byte_offset(s, (size_t)end);
+    return span;
+}
+
+// What Python's str and dict methods take: positional arguments from min to max (max < 0: any),
+// keywords only where Python names them (split and rsplit: sep, maxsplit; format: its fields).
+static void check_arity(Method m, const std::string& name, const Args& args) {
+    int lo = 0, hi = 0;
+    std::vector<const char*> keywords;
+    switch (m) {
+    case Method::Strip:
+    case Method::Lstrip:
+    case Method::Rstrip: hi = 1; break;
+    case Method::Split:
+    case Method::Rsplit: hi = 2, keywords = {"sep", "maxsplit"}; break;
+    case Method::Startswith:
+    case Method::Endswith:
+    case Method::Find:
+    case Method::Rfind:
+    case Method::Count: lo = 1, hi = 3; break;
+    case Method::Replace: lo = 2, hi = 3; break;
+    case Method::Join: lo = hi = 1; break;
+    case Method::Get: lo = 1, hi = 2; break;
+    case Method::Format: return;
+    default: break;  // upper, lower, title, capitalize, items, keys, values: none
+    }
+    for (size_t i = 0; i < args.keyword.size(); ++i) {
+        const std::string& k = args.keyword[i].first;
+        if (keywords.empty()) throw EvalError(name + "() takes no keyword arguments");
+        const auto at = std::find_if(keywords.begin(), keywords.end(), [&](const char* w) { return k == w; });
+        if (at == keywords.end()) throw EvalError(name + "() got an unexpected keyword argument '" + k + "'");
+        if (static_cast<size_t>(at - keywords.begin()) < args.positional.size())
+            throw EvalError("argument for " + name + "() given by name ('" + k + "') and position (" +
+                            std::to_string(at - keywords.begin() + 1) + ")");
+    }
+    const int given = static_cast<int>(args.positional.size() + args.keyword.size());
+    auto count = [](int n) { return std::to_string(n) + (n == 1 ? " argument" : " arguments"); };
+    if (given < lo || given > hi)
+        throw EvalError(name + "() takes " +
+                        (hi == 0 ? std::string("no arguments") : lo == hi ? "exactly " + count(hi) : given < lo ? "at least " + count(lo) : "at most " + count(hi)) +
+                        " (" + std::to_string(given) + " given)");
+}
+
 // dict.get/items/keys/values, also on namespace objects.
 static Value call_dict_method(Method m, const std::string& name, const Value& subject, const json& j, const Args& args) {
     switch (m) {
@@ -175,29 +239,13 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
     case Method::Startswith:
     case Method::Endswith: {
         const json& p = need_json(args.get(0, "prefix"));
-        // start and end: absent or None, else ints (an Undefined passed fails, as in Python).
-        const Value &from = args.get(1, "start"), &to = args.get(2, "end");
-        auto absent = [&](const Value& v, size_t i) { return v.is_undefined() ? i >= args.positional.size() : need_json(v).is_null(); };
-        // The bytes of s[start:end]: with start and end in code points (negative ones counted from
-        // the end, as CPython adjusts them), a start past the end matches nothing, not even "".
-        size_t lo = 0, hi = s.size();
-        bool none = false;
-        if (!absent(from, 1) || !absent(to, 2)) {
-            const int64_t n = static_cast<int64_t>(text::length(s));
-            auto index = [&](const Value& v, size_t i, int64_t dflt) -> int64_t {
-                if (absent(v, i)) return dflt;
-                const int64_t k = need_int(v, name.c_str());
-                return k < 0 ? std::max<int64_t>(k + n, 0) : k;
-            };
-            const int64_t start = index(from, 1, 0), end = std::min(index(to, 2, n), n);
-            none = start > end;
-            if (!none) lo = text::byte_offset(s, (size_t)start), hi = text::byte_offset(s, (size_t)end);
-        }
+        const Span span = span_of(s, args, name);
         // A tuple's items are checked as they are reached: ('a', 1) matches 'abc', as in Python.
         for (const json& o : p.is_array() ? p : json::array({p})) {
             if (!o.is_string()) throw EvalError(name + " needs a string or a tuple of strings");
             const std::string& x = o.get_ref<const std::string&>();
-            if (!none && x.size() <= hi - lo && s.compare(m == Method::Startswith ? lo : hi - x.size(), x.size(), x) == 0)
+            if (!span.none && x.size() <= span.hi - span.lo &&
+                s.compare(m == Method::Startswith ? span.lo : span.hi - x.size(), x.size(), x) == 0)
                 return Value::owned(true);
         }
         return Value::owned(false);
@@ -210,10 +258,17 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
     case Method::Find:
     case Method::Rfind: {
         const std::string& sub = need_str(args.get(0, "sub"), name.c_str());
-        size_t pos = m == Method::Find ? s.find(sub) : s.rfind(sub);
-        return Value::owned(pos == std::string::npos ? -1 : static_cast<int64_t>(text::length(s.substr(0, pos))));
+        const Span span = span_of(s, args, name);
+        if (span.none || sub.size() > span.hi - span.lo) return Value::owned(-1);
+        const std::string_view in(s.data() + span.lo, span.hi - span.lo);
+        const size_t pos = m == Method::Find ? in.find(sub) : in.rfind(sub);
+        return Value::owned(pos == std::string::npos ? -1 : static_cast<int64_t>(text::length(s.substr(0, span.lo + pos))));
     }
-    case Method::Count: return Value::owned(text::count(s, need_str(args.get(0, "sub"), "count")));
+    case Method::Count: {
+        const std::string& sub = need_str(args.get(0, "sub"), "count");
+        const Span span = span_of(s, args, name);
+        return Value::owned(span.none ? 0 : text::count(s.substr(span.lo, span.hi - span.lo), sub));
+    }
     case Method::Join: {
         std::string out;
         bool first = true;
@@ -232,7 +287,10 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
 
 Value call_method(Method m, const std::string& name, const Value& subject, const Args& args) {
     const json& j = need_json(subject);
-    if (j.is_object() || subject.kind() == Value::Kind::Namespace) return call_dict_method(m, name, subject, j, args);
+    const bool dict = j.is_object() || subject.kind() == Value::Kind::Namespace;
+    const bool dict_method = m == Method::Get || m == Method::Items || m == Method::Keys || m == Method::Values;
+    if ((dict && dict_method) || (j.is_string() && !dict_method)) check_arity(m, name, args);
+    if (dict) return call_dict_method(m, name, subject, j, args);
     if (j.is_string()) return call_string_method(m, name, subject, j, args);
     throw EvalError("'" + type_name(subject) + "' object has no method '" + name + "'");
 }

@@ -110,6 +110,11 @@ TEST(ChatJinja, ExpressionsFollowPython) {
                      "{{ 'abc'.endswith('', 1, 0) }}{{ 'abc'.startswith('a', -10) }}{{ 'abc'.endswith('bc', -2, 10) }}"
                      "{{ 'abc'.startswith('a', none) }}{{ 'abc'.startswith(('a', 1)) }}"),
               "TrueFalseTrueTrueTrueTrueFalseTrueTrueTrueTrue");
+    // find, rfind and count take the same start and end (positions still counted from the start).
+    EXPECT_EQ(render("{{ 'abc'.find('b', 1) }} {{ 'abc'.find('b', 2) }} {{ 'abcb'.rfind('b', 0, 3) }} {{ 'abcb'.rfind('b', -1) }}"
+                     " {{ 'abc'.find('', 3) }} {{ 'abc'.find('', 4) }} {{ 'abc'.count('', 4) }} {{ 'abc'.count('', 1) }}"
+                     " {{ '\xc3\xa9' 'bcb'.find('b', 2) }} {{ 'abcabc'.count('b', 0, -2) }} {{ 'abc'.find('a', none, 2) }}"),
+              "1 -1 1 3 3 -1 0 3 3 1 0");
     // Infinite operands take Python's float pow rules.
     EXPECT_EQ(render("{{ (-1e308 * 10) ** 0.5 }} {{ (-1e308 * 10) ** -0.5 }} {{ 0 ** (-1e308 * 10) }}"), "inf 0.0 inf");
 }
@@ -385,6 +390,16 @@ TEST(ChatJinja, BadTemplatesAreRefusedWithLineAndConstruct) {
         {"{% macro f(x, none) %}{% endmacro %}", "t.jinja:1: cannot assign to the constant 'none'"},
         {"{{ 'abc'.startswith(('x', 1)) }}", "t.jinja:1: startswith needs a string or a tuple of strings"},
         {"a\n{{ 'b' }}\xff", "t.jinja:2: the chat template is not valid UTF-8 (byte 11)"},
+        // Python's str and dict methods take keywords only where they name them, and so many arguments.
+        {"{{ 'abc'.startswith('a', start=0) }}", "t.jinja:1: startswith() takes no keyword arguments"},
+        {"{{ {'a': 1}.get(key='a') }}", "t.jinja:1: get() takes no keyword arguments"},
+        {"{{ 'abc'.split(foo=1) }}", "t.jinja:1: split() got an unexpected keyword argument 'foo'"},
+        {"{{ 'abc'.split('b', sep='b') }}", "t.jinja:1: argument for split() given by name ('sep') and position (1)"},
+        {"{{ 'abc'.split('b', 1, 2) }}", "t.jinja:1: split() takes at most 2 arguments (3 given)"},
+        {"{{ 'abc'.upper(1) }}", "t.jinja:1: upper() takes no arguments (1 given)"},
+        {"{{ 'a'.join() }}", "t.jinja:1: join() takes exactly 1 argument (0 given)"},
+        {"{{ 'abc'.replace('a') }}", "t.jinja:1: replace() takes at least 2 arguments (1 given)"},
+        {"{{ {'a': 1}.strip(1, 2) }}", "t.jinja:1: 'dict' object has no method 'strip'"},
         {"\xed\xa0\x80", "t.jinja:1: the chat template is not valid UTF-8 (byte 0)"},  // a surrogate
     };
     std::string deep = std::string(1000, '(') + "1" + std::string(1000, ')');
