@@ -228,7 +228,9 @@ std::optional<int64_t> truncate_to_int(double d, const std::string& shown) {
     return (int64_t)std::trunc(d);
 }
 
-json to_number(const Value& v, bool as_float, const Value& fallback) {
+// Jinja2's int(value, default, base) and float(value, default): a string through Python's
+// int(s, base), else int(float(s)); anything unreadable gives the default.
+json to_number(const Value& v, bool as_float, const Value& fallback, int64_t base = 10) {
     const json& j = v.is_undefined() ? json() : v.j();
     const json dflt = fallback.is_undefined() ? (as_float ? json(0.0) : json(0)) : fallback.j();
     if (j.is_number() || j.is_boolean()) {
@@ -240,22 +242,16 @@ json to_number(const Value& v, bool as_float, const Value& fallback) {
     }
     if (j.is_string()) {
         std::string s = text::strip(j.get<std::string>(), nullptr, true, true);
-        // Python's float() reads no hexadecimal ("0x1A"), which strtod would.
-        if (s.find_first_of("xXpP") != std::string::npos && s.find_first_of("nN") == std::string::npos) return dflt;
         if (!as_float) {
-            errno = 0;
-            char* end = nullptr;
-            const long long n = std::strtoll(s.c_str(), &end, 10);
-            if (!s.empty() && end == s.c_str() + s.size()) {
-                if (errno == ERANGE) throw EvalError("cannot convert '" + s + "' to an integer of 64 bits (Python's integers are unbounded)");
-                return (int64_t)n;
+            try {
+                if (const std::optional<int64_t> n = text::parse_int(s, base)) return *n;
+            } catch (const std::out_of_range&) {
+                throw EvalError("cannot convert '" + s + "' to an integer of 64 bits (Python's integers are unbounded)");
             }
         }
-        char* end = nullptr;
-        const double d = std::strtod(s.c_str(), &end);  // Jinja2's int() also reads "3.7" as 3
-        if (!s.empty() && end == s.c_str() + s.size()) {
-            if (as_float) return d;
-            const std::optional<int64_t> n = truncate_to_int(d, "'" + s + "'");
+        if (const std::optional<double> d = text::parse_float(s)) {  // Jinja2's int() also reads "3.7" as 3
+            if (as_float) return *d;
+            const std::optional<int64_t> n = truncate_to_int(*d, "'" + s + "'");
             return n ? json(*n) : dflt;
         }
     }
@@ -494,7 +490,10 @@ static Value apply_value_filter(Filter f, const Value& subject, const Args& args
     case Filter::String: return Value::owned(str_of());
     case Filter::Escape: return Value::owned(html_escape(str_of()));
     case Filter::Wordcount: return Value::owned(text::word_count(str_of()));
-    case Filter::Int: return Value::owned(to_number(subject, false, args.get(0, "default")));
+    case Filter::Int: {
+        const Value& base = args.get(1, "base");
+        return Value::owned(to_number(subject, false, args.get(0, "default"), base.is_undefined() ? 10 : need_int(base, "int")));
+    }
     case Filter::Float: return Value::owned(to_number(subject, true, args.get(0, "default")));
     case Filter::Abs: {
         const json& j = need_json(subject);

@@ -3,6 +3,8 @@
 // Letter classes and case mapping are Unicode's, from utf8proc.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,5 +33,10 @@ std::string title_filter(const std::string& s); // Jinja's |title: words split a
 size_t word_count(const std::string& s);      // Jinja's |wordcount: runs of \w
 bool is_lower(const std::string& s);
 bool is_upper(const std::string& s);
+// Python's int(s, base) on a stripped s: nullopt where Python raises ValueError; past 64 bits
+// throws std::out_of_range.
+std::optional<int64_t> parse_int(const std::string& s, int64_t base);
+// Python's float(s) on a stripped s: nullopt where Python raises ValueError.
+std::optional<double> parse_float(std::string s);
 
 }  // namespace tpx::chat::text

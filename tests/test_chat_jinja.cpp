@@ -294,6 +294,11 @@ TEST(ChatJinja, FiltersAndMethods) {
     EXPECT_EQ(render("{{ ' x '|trim }}|{{ 'ab'|upper }}{{ 'AB'|lower }}{{ 'hello world'|capitalize }}|{{ 'a-b c'|title }}"
                      "|{{ 'a\nb\n\nc'|indent(2) }}|{{ 'x'|indent(2, true) }}|{{ '42'|int + 1 }}{{ 'x'|int }}{{ 3|string }}"),
               "x|ABabHello world|A-B C|a\n  b\n\n  c|  x|430" "3");
+    // int(value, default, base) as Jinja2's: Python's int(s, base), else int(float(s)), else the default.
+    EXPECT_EQ(render("{{ '12'|int(base=16) }} {{ '0x1A'|int(0, 16) }} {{ '0o17'|int(base=0) }} {{ '0b11'|int(base=16) }}"
+                     " {{ '010'|int(7, 0) }} {{ '1_000'|int }} {{ '1__0'|int(5) }} {{ '-z'|int(base=36) }} {{ '7'|int(base=37) }}"
+                     " {{ 'g'|int(3, 16) }} {{ '1_0.5'|int }} {{ '1_0.5'|float }} {{ '_1'|float(2) }}"),
+              "18 26 15 2833 10 1000 5 -35 7 3 10 10.5 2");
     EXPECT_EQ(render("{{ ' a b '.strip() }}|{{ 'xxaxx'.strip('x') }}|{{ '\na\n'.lstrip('\n') }}|{{ 'a,b,,c'.split(',') }}"
                      "|{{ ' a  b '.split() }}|{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith(('x', 'c')) }}"
                      "|{{ 'aXbX'.replace('X', '-') }}|{{ 'hello world'.title() }}|{{ '{} and {}'.format(1, 'b') }}"),
