@@ -5,6 +5,7 @@
 #include <cctype>
 #include <cstring>
 
+#include "chat/text.h"
 #include "common/error.h"
 
 namespace tpx::chat {
@@ -28,7 +29,11 @@ struct Piece {
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
-// Reads a quoted string starting at s[i] (the quote); Python escapes.
+// Reads a quoted string starting at s[i] (the quote), with the escapes of Python's
+// unicode-escape codec (Jinja2's lexer decodes a literal through it): \n \t \r \a \b \f \v,
+// octal \ooo (one to three digits), \xXX, \uXXXX and \UXXXXXXXX (exactly that many hex digits),
+// a backslash-newline continuation; an unknown escape is kept as written. \N{name} is refused
+// (no name table here), as is a surrogate code point, which no UTF-8 text can hold.
 std::string read_string(const std::string& s, size_t& i, int& line, const std::string& name) {
     char q = s[i++];
     std::string out;
@@ -45,29 +50,37 @@ std::string read_string(const std::string& s, size_t& i, int& line, const std::s
         case 'n': out += '\n'; break;
         case 't': out += '\t'; break;
         case 'r': out += '\r'; break;
-        case '0': out += '\0'; break;
+        case 'a': out += '\a'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'v': out += '\v'; break;
         case '\\': out += '\\'; break;
         case '\'': out += '\''; break;
         case '"': out += '"'; break;
         case '\n': ++line; break;  // a line continuation
-        case 'u':
-        case 'x': {
-            size_t n = e == 'u' ? 4 : 2;
-            if (i + n > s.size()) fail(name, line, "bad \\" + std::string(1, e) + " escape in a string");
-            unsigned long cp = std::stoul(s.substr(i, n), nullptr, 16);
-            i += n;
-            if (cp < 0x80) {
-                out += static_cast<char>(cp);
-            } else if (cp < 0x800) {
-                out += static_cast<char>(0xC0 | (cp >> 6));
-                out += static_cast<char>(0x80 | (cp & 0x3F));
-            } else {
-                out += static_cast<char>(0xE0 | (cp >> 12));
-                out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-                out += static_cast<char>(0x80 | (cp & 0x3F));
-            }
+        case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7': {
+            char32_t cp = (char32_t)(e - '0');
+            for (int k = 1; k < 3 && i < s.size() && s[i] >= '0' && s[i] <= '7'; ++k) cp = cp * 8 + (char32_t)(s[i++] - '0');
+            out += text::encode({cp});
             break;
         }
+        case 'x':
+        case 'u':
+        case 'U': {
+            const size_t n = e == 'x' ? 2 : e == 'u' ? 4 : 8;
+            char32_t cp = 0;
+            for (size_t k = 0; k < n; ++k, ++i) {
+                const char h = i < s.size() ? s[i] : '\0';
+                const int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+                if (d < 0) fail(name, line, std::string("truncated \\") + e + std::string(n, 'X') + " escape in a string");
+                cp = cp * 16 + (char32_t)d;
+            }
+            if (cp > 0x10FFFF) fail(name, line, "illegal Unicode character in a string's \\U escape");
+            if (cp >= 0xD800 && cp <= 0xDFFF) fail(name, line, "a surrogate code point in a string's escape (not UTF-8 text)");
+            out += text::encode({cp});
+            break;
+        }
+        case 'N': fail(name, line, "unsupported \\N{...} escape in a string (write the character itself)");
         default: out += '\\'; out += e;  // Python keeps unknown escapes as written
         }
     }

@@ -110,6 +110,10 @@ TEST(ChatJinja, ExpressionsFollowPython) {
                      "{{ 'abc'.endswith('', 1, 0) }}{{ 'abc'.startswith('a', -10) }}{{ 'abc'.endswith('bc', -2, 10) }}"
                      "{{ 'abc'.startswith('a', none) }}{{ 'abc'.startswith(('a', 1)) }}"),
               "TrueFalseTrueTrueTrueTrueFalseTrueTrueTrueTrue");
+    // Escapes: octal of one to three digits, \a \b \f \v, \x \u \U of exactly 2, 4 and 8 digits,
+    // unknown ones kept as written.
+    EXPECT_EQ(render("{{ '\\101|\\0|\\012|\\7|\\777|\\0000|\\a\\b\\f\\v|\\x41\\u00e9\\U0001F600|\\q\\8'|tojson }}"),
+              "\"A|\\u0000|\\n|\\u0007|\xc7\xbf|\\u00000|\\u0007\\b\\f\\u000b|A\xc3\xa9\xf0\x9f\x98\x80|\\\\q\\\\8\"");
     // find, rfind and count take the same start and end (positions still counted from the start).
     EXPECT_EQ(render("{{ 'abc'.find('b', 1) }} {{ 'abc'.find('b', 2) }} {{ 'abcb'.rfind('b', 0, 3) }} {{ 'abcb'.rfind('b', -1) }}"
                      " {{ 'abc'.find('', 3) }} {{ 'abc'.find('', 4) }} {{ 'abc'.count('', 4) }} {{ 'abc'.count('', 1) }}"
@@ -395,6 +399,12 @@ TEST(ChatJinja, BadTemplatesAreRefusedWithLineAndConstruct) {
         {"{% macro f(x, none) %}{% endmacro %}", "t.jinja:1: cannot assign to the constant 'none'"},
         {"{{ 'abc'.startswith(('x', 1)) }}", "t.jinja:1: startswith needs a string or a tuple of strings"},
         {"a\n{{ 'b' }}\xff", "t.jinja:2: the chat template is not valid UTF-8 (byte 11)"},
+        // String escapes as Python's unicode-escape codec (Jinja2's lexer decodes literals through it).
+        {"{{ '\\x1g' }}", "t.jinja:1: truncated \\xXX escape in a string"},
+        {"\n{{ '\\u12' }}", "t.jinja:2: truncated \\uXXXX escape in a string"},
+        {"{{ '\\U00110000' }}", "t.jinja:1: illegal Unicode character in a string's \\U escape"},
+        {"{{ '\\ud800' }}", "t.jinja:1: a surrogate code point in a string's escape (not UTF-8 text)"},
+        {"{{ '\\N{LATIN SMALL LETTER A}' }}", "t.jinja:1: unsupported \\N{...} escape in a string"},
         // Python's str and dict methods take keywords only where they name them, and so many arguments.
         {"{{ 'abc'.startswith('a', start=0) }}", "t.jinja:1: startswith() takes no keyword arguments"},
         {"{{ {'a': 1}.get(key='a') }}", "t.jinja:1: get() takes no keyword arguments"},
