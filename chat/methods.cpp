@@ -3,6 +3,8 @@
 // ImmutableSandboxedEnvironment refuses them too.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <optional>
 
 #include "chat/builtins.h"
 #include "chat/text.h"
@@ -41,23 +43,104 @@ bool contains(const json& container, const json& x) {
     throw EvalError("argument of type '" + type_name(container) + "' is not iterable");
 }
 
-std::string format_positional(const std::string& fmt, const Args& args) {
+// Python's ascii(x): repr with every non-ASCII code point escaped.
+std::string ascii_repr(const json& j) {
+    std::string out;
+    char buf[16];
+    for (char32_t c : text::decode(repr(j))) {
+        if (c < 0x80) out += static_cast<char>(c);
+        else out += (std::snprintf(buf, sizeof buf, c < 0x100 ? "\\x%02x" : c < 0x10000 ? "\\u%04x" : "\\U%08x", (unsigned)c), buf);
+    }
+    return out;
+}
+
+// Python's str.format as Jinja2's sandboxed formatter runs it: fields {}, {0}, {name}, each
+// followed by .key or [key] lookups ([digits]: an index, which no dict key equals; a key or index
+// that is not there prints as Undefined does, nothing), then !r, !s or !a. Format specs (":>5") are refused, not ignored.
+std::string python_format(const std::string& fmt, const Args& args) {
     std::string out;
     size_t next = 0;
+    int numbering = 0;  // 1: automatic ({}), 2: manual ({0}): Python refuses a mix
+    auto fail = [](const std::string& why) -> void { throw EvalError("str.format: " + why); };
+    auto all_digits = [](const std::string& k) { return !k.empty() && std::all_of(k.begin(), k.end(), [](char c) { return c >= '0' && c <= '9'; }); };
     for (size_t i = 0; i < fmt.size(); ++i) {
-        if (fmt[i] == '{' && i + 1 < fmt.size() && fmt[i + 1] == '{') { out += '{'; ++i; continue; }
-        if (fmt[i] == '}' && i + 1 < fmt.size() && fmt[i + 1] == '}') { out += '}'; ++i; continue; }
-        if (fmt[i] != '{') { out += fmt[i]; continue; }
-        size_t close = fmt.find('}', i);
-        if (close == std::string::npos) throw EvalError("single '{' encountered in format string");
-        std::string field = fmt.substr(i + 1, close - i - 1);
+        const char c = fmt[i];
+        if ((c == '{' || c == '}') && i + 1 < fmt.size() && fmt[i + 1] == c) { out += c; ++i; continue; }
+        if (c == '}') fail("single '}' encountered in format string");
+        if (c != '{') { out += c; continue; }
+        if (i + 1 == fmt.size()) fail("single '{' encountered in format string");
+        // The field: its name up to '!', ':' or '}' (a [key] may hold any of them but ']').
+        size_t j = i + 1;
+        while (j < fmt.size() && fmt[j] != '!' && fmt[j] != ':' && fmt[j] != '}') {
+            if (fmt[j] == '[') j = fmt.find(']', j);
+            if (j == std::string::npos) fail("expected '}' before end of string");
+            ++j;
+        }
+        if (j >= fmt.size()) fail("expected '}' before end of string");
+        const std::string field = fmt.substr(i + 1, j - i - 1);
+        char conversion = 0;
+        if (fmt[j] == '!') {
+            if (j + 2 >= fmt.size() || (fmt[j + 2] != '}' && fmt[j + 2] != ':')) fail("expected ':' after conversion specifier");
+            conversion = fmt[j + 1], j += 2;
+            if (conversion != 'r' && conversion != 's' && conversion != 'a') fail(std::string("unknown conversion specifier ") + conversion);
+        }
+        if (fmt[j] == ':') {
+            const size_t close = fmt.find('}', j);
+            fail("format specs ('" + fmt.substr(j, close == std::string::npos ? std::string::npos : close - j) + "') are not supported");
+        }
+        // The argument, then its lookups.
+        const size_t name_end = std::min(field.find('.'), field.find('['));
+        const std::string arg = field.substr(0, name_end);
         const Value* v = nullptr;
-        if (field.empty()) v = &args.get(next++, "");
-        else if (std::isdigit(static_cast<unsigned char>(field[0]))) v = &args.get(std::stoul(field), "");
-        else v = &args.get(1000, field.c_str());
-        if (v->is_undefined()) throw EvalError("str.format: no argument for '{" + field + "}'");
-        out += to_str(*v);
-        i = close;
+        if (arg.empty() || all_digits(arg)) {
+            const int kind = arg.empty() ? 1 : 2;
+            if (numbering && numbering != kind)
+                fail(kind == 1 ? "cannot switch from manual field specification to automatic field numbering"
+                               : "cannot switch from automatic field numbering to manual field specification");
+            numbering = kind;
+            const size_t index = arg.empty() ? next++ : std::stoul(arg);
+            if (index >= args.positional.size()) fail("no positional argument " + std::to_string(index) + " for '{" + field + "}'");
+            v = &args.positional[index];
+        } else {
+            for (const auto& kw : args.keyword)
+                if (kw.first == arg) v = &kw.second;
+            if (!v) fail("no argument named '" + arg + "' for '{" + field + "}'");
+        }
+        std::optional<json> j_at;  // nullopt: a lookup found nothing (printed as nothing)
+        if (!v->is_undefined()) j_at = need_json(*v);
+        for (size_t k = name_end; k < field.size();) {
+            std::string key;
+            const bool dot = field[k] == '.';
+            if (dot) {
+                const size_t end = std::min(field.find('.', k + 1), field.find('[', k + 1));
+                key = field.substr(k + 1, end - k - 1), k = end;
+            } else if (field[k] == '[') {
+                const size_t end = field.find(']', k);
+                key = field.substr(k + 1, end - k - 1), k = end + 1;
+                if (k < field.size() && field[k] != '.' && field[k] != '[') fail("only '.' or '[' may follow ']' in format field specifier");
+            } else {
+                fail("only '.' or '[' may follow ']' in format field specifier");
+            }
+            if (key.empty()) fail("empty attribute in format string");
+            if (!j_at) continue;
+            if (dot && !j_at->is_object()) fail("'{" + field + "}' reads attribute '" + key + "' of a " + type_name(*j_at) + " (a dict's keys only)");
+            const bool index = !dot && all_digits(key);  // an int: never one of a dict's (string) keys
+            if (!index && j_at->is_object() && j_at->contains(key)) j_at = json((*j_at)[key]);
+            else if (index && key.size() < 18 && (j_at->is_array() || j_at->is_string())) {
+                const size_t n = std::stoull(key);
+                if (j_at->is_array()) j_at = n < j_at->size() ? std::optional<json>((*j_at)[n]) : std::nullopt;
+                else {
+                    const std::string& str = j_at->get_ref<const std::string&>();
+                    j_at = n < text::length(str) ? std::optional<json>(str.substr(text::byte_offset(str, n), text::byte_offset(str, n + 1) - text::byte_offset(str, n)))
+                                                 : std::nullopt;
+                }
+            } else {
+                j_at = std::nullopt;
+            }
+        }
+        if (j_at) out += conversion == 'r' ? repr(*j_at) : conversion == 'a' ? ascii_repr(*j_at) : to_str(*j_at);
+        else if (conversion == 'r' || conversion == 'a') out += "Undefined";
+        i = j;
     }
     return out;
 }
@@ -279,7 +362,7 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
         }
         return Value::owned(out);
     }
-    case Method::Format: return Value::owned(format_positional(s, args));
+    case Method::Format: return Value::owned(python_format(s, args));
     default: break;
     }
     throw EvalError("'" + type_name(subject) + "' object has no method '" + name + "'");

@@ -114,6 +114,12 @@ TEST(ChatJinja, ExpressionsFollowPython) {
     // unknown ones kept as written.
     EXPECT_EQ(render("{{ '\\101|\\0|\\012|\\7|\\777|\\0000|\\a\\b\\f\\v|\\x41\\u00e9\\U0001F600|\\q\\8'|tojson }}"),
               "\"A|\\u0000|\\n|\\u0007|\xc7\xbf|\\u00000|\\u0007\\b\\f\\u000b|A\xc3\xa9\xf0\x9f\x98\x80|\\\\q\\\\8\"");
+    // str.format's fields as Jinja2's sandboxed formatter looks them up: a missing key or index
+    // prints nothing; [digits] is an index, never a dict's key; !r !s !a.
+    EXPECT_EQ(render("{{ '{0[5]}|{0[0]}{0[-1]}|{0[1]}'.format('ab') }}|{{ '{0.zz}{0[a]}{0[1]}'.format({'a': 1, '1': 7}) }}"
+                     "|{{ '{a[0][b]}{a[0].b}'.format(a=[{'b': 'x'}]) }}|{{ '{!r}{!s}{!a}'.format('\xc3\xa9', 'x', '\xc3\xa9\xf0\x9f\x98\x80') }}"
+                     "|{{ '{{}}{}{{'.format(1) }}|{{ '{}'.format(nothing) }}{{ '{!r}'.format(nothing) }}"),
+              "|a|b|1|xx|'\xc3\xa9'x'\\xe9\\U0001f600'|{}1{|Undefined");
     // find, rfind and count take the same start and end (positions still counted from the start).
     EXPECT_EQ(render("{{ 'abc'.find('b', 1) }} {{ 'abc'.find('b', 2) }} {{ 'abcb'.rfind('b', 0, 3) }} {{ 'abcb'.rfind('b', -1) }}"
                      " {{ 'abc'.find('', 3) }} {{ 'abc'.find('', 4) }} {{ 'abc'.count('', 4) }} {{ 'abc'.count('', 1) }}"
@@ -405,6 +411,15 @@ TEST(ChatJinja, BadTemplatesAreRefusedWithLineAndConstruct) {
         {"{{ '\\U00110000' }}", "t.jinja:1: illegal Unicode character in a string's \\U escape"},
         {"{{ '\\ud800' }}", "t.jinja:1: a surrogate code point in a string's escape (not UTF-8 text)"},
         {"{{ '\\N{LATIN SMALL LETTER A}' }}", "t.jinja:1: unsupported \\N{...} escape in a string"},
+        {"{{ '{:>5}'.format('a') }}", "t.jinja:1: str.format: format specs (':>5') are not supported"},
+        {"{{ '{}{1}'.format(1, 2) }}", "t.jinja:1: str.format: cannot switch from automatic field numbering to manual field specification"},
+        {"{{ '{0!x}'.format(1) }}", "t.jinja:1: str.format: unknown conversion specifier x"},
+        {"{{ '{0.upper}'.format('a') }}", "t.jinja:1: str.format: '{0.upper}' reads attribute 'upper' of a str (a dict's keys only)"},
+        {"{{ '{1}'.format(1) }}", "t.jinja:1: str.format: no positional argument 1 for '{1}'"},
+        {"{{ '{0[}'.format(1) }}", "t.jinja:1: str.format: expected '}' before end of string"},
+        {"{{ 'a{'.format(1) }}", "t.jinja:1: str.format: single '{' encountered in format string"},
+        {"{{ '{0.}'.format(1) }}", "t.jinja:1: str.format: empty attribute in format string"},
+        {"{{ '{0[1]x}'.format([1, 2]) }}", "t.jinja:1: str.format: only '.' or '[' may follow ']' in format field specifier"},
         // Python's str and dict methods take keywords only where they name them, and so many arguments.
         {"{{ 'abc'.startswith('a', start=0) }}", "t.jinja:1: startswith() takes no keyword arguments"},
         {"{{ {'a': 1}.get(key='a') }}", "t.jinja:1: get() takes no keyword arguments"},
