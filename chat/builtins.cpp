@@ -12,6 +12,7 @@
 #include <map>
 #include <optional>
 
+#include "chat/conversions.h"
 #include "chat/text.h"
 
 namespace tpx::chat {
@@ -243,14 +244,11 @@ json to_number(const Value& v, bool as_float, const Value& fallback, int64_t bas
     if (j.is_string()) {
         std::string s = text::strip(j.get<std::string>(), nullptr, true, true);
         if (!as_float) {
-            try {
-                if (const std::optional<int64_t> n = text::parse_int(s, base)) return *n;
-            } catch (const std::out_of_range&) {
-                throw EvalError("cannot convert '" + s + "' to an integer of 64 bits (Python's integers are unbounded)");
-            }
+            if (const std::optional<int64_t> n = parse_int(s, base)) return *n;
         }
-        if (const std::optional<double> d = text::parse_float(s)) {  // Jinja2's int() also reads "3.7" as 3
+        if (const std::optional<double> d = parse_float(s)) {  // Jinja2's int() also reads "3.7" as 3
             if (as_float) return *d;
+            if (std::isinf(*d)) return dflt;  // int(float('inf')) raises OverflowError, which Jinja2 catches here
             const std::optional<int64_t> n = truncate_to_int(*d, "'" + s + "'");
             return n ? json(*n) : dflt;
         }
@@ -491,8 +489,11 @@ static Value apply_value_filter(Filter f, const Value& subject, const Args& args
     case Filter::Escape: return Value::owned(html_escape(str_of()));
     case Filter::Wordcount: return Value::owned(text::word_count(str_of()));
     case Filter::Int: {
+        // A base that is not an int raises TypeError inside Jinja2's int, which then reads int(float(s)).
         const Value& base = args.get(1, "base");
-        return Value::owned(to_number(subject, false, args.get(0, "default"), base.is_undefined() ? 10 : need_int(base, "int")));
+        const json& b = base.is_undefined() ? json(10) : need_json(base);
+        const int64_t radix = b.is_number_integer() ? b.get<int64_t>() : b.is_boolean() ? b.get<bool>() : -1;
+        return Value::owned(to_number(subject, false, args.get(0, "default"), radix));
     }
     case Filter::Float: return Value::owned(to_number(subject, true, args.get(0, "default")));
     case Filter::Abs: {

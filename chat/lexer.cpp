@@ -29,11 +29,20 @@ struct Piece {
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
+// A hexadecimal digit's value, else -1.
+int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 // Reads a quoted string starting at s[i] (the quote), with the escapes of Python's
 // unicode-escape codec (Jinja2's lexer decodes a literal through it): \n \t \r \a \b \f \v,
 // octal \ooo (one to three digits), \xXX, \uXXXX and \UXXXXXXXX (exactly that many hex digits),
 // a backslash-newline continuation; an unknown escape is kept as written. \N{name} is refused
-// (no name table here), as is a surrogate code point, which no UTF-8 text can hold.
+// (no name table here), as is a surrogate code point, which no UTF-8 text can hold. Errors name
+// the literal's first line, as Jinja2's do.
 std::string read_string(const std::string& s, size_t& i, int& line, const std::string& name) {
     char q = s[i++];
     std::string out;
@@ -70,18 +79,29 @@ std::string read_string(const std::string& s, size_t& i, int& line, const std::s
             const size_t n = e == 'x' ? 2 : e == 'u' ? 4 : 8;
             char32_t cp = 0;
             for (size_t k = 0; k < n; ++k, ++i) {
-                const char h = i < s.size() ? s[i] : '\0';
-                const int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
-                if (d < 0) fail(name, line, std::string("truncated \\") + e + std::string(n, 'X') + " escape in a string");
+                const int d = i < s.size() ? hex_value(s[i]) : -1;
+                if (d < 0) fail(name, start_line, std::string("truncated \\") + e + std::string(n, 'X') + " escape in a string");
                 cp = cp * 16 + (char32_t)d;
             }
-            if (cp > 0x10FFFF) fail(name, line, "illegal Unicode character in a string's \\U escape");
-            if (cp >= 0xD800 && cp <= 0xDFFF) fail(name, line, "a surrogate code point in a string's escape (not UTF-8 text)");
+            if (cp > 0x10FFFF) fail(name, start_line, "illegal Unicode character in a string's \\U escape");
+            if (cp >= 0xD800 && cp <= 0xDFFF) fail(name, start_line, "a surrogate code point in a string's escape (not UTF-8 text)");
             out += text::encode({cp});
             break;
         }
-        case 'N': fail(name, line, "unsupported \\N{...} escape in a string (write the character itself)");
-        default: out += '\\'; out += e;  // Python keeps unknown escapes as written
+        case 'N': fail(name, start_line, "unsupported \\N{...} escape in a string (write the character itself)");
+        default:  // Python keeps an unknown escape as written
+            if (static_cast<unsigned char>(e) < 0x80) {
+                out += '\\';
+                out += e;
+                break;
+            }
+            // Jinja2 encodes the literal with backslashreplace before decoding its escapes: a
+            // backslash and a non-ASCII character read as the backslash and that character's
+            // escape as text ('\\é' is the four characters \\xe9).
+            size_t end = i;
+            while (end < s.size() && (static_cast<unsigned char>(s[end]) & 0xC0) == 0x80) ++end;
+            out += text::escape_non_ascii(s.substr(i - 1, end - i + 1));
+            i = end;
         }
     }
     if (i >= s.size()) fail(name, start_line, "unterminated string literal");

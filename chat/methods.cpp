@@ -3,10 +3,9 @@
 // ImmutableSandboxedEnvironment refuses them too.
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <optional>
 
 #include "chat/builtins.h"
+#include "chat/conversions.h"
 #include "chat/text.h"
 
 namespace tpx::chat {
@@ -41,108 +40,6 @@ bool contains(const json& container, const json& x) {
     }
     if (container.is_object()) return x.is_string() && container.contains(x.get_ref<const std::string&>());
     throw EvalError("argument of type '" + type_name(container) + "' is not iterable");
-}
-
-// Python's ascii(x): repr with every non-ASCII code point escaped.
-std::string ascii_repr(const json& j) {
-    std::string out;
-    char buf[16];
-    for (char32_t c : text::decode(repr(j))) {
-        if (c < 0x80) out += static_cast<char>(c);
-        else out += (std::snprintf(buf, sizeof buf, c < 0x100 ? "\\x%02x" : c < 0x10000 ? "\\u%04x" : "\\U%08x", (unsigned)c), buf);
-    }
-    return out;
-}
-
-// Python's str.format as Jinja2's sandboxed formatter runs it: fields {}, {0}, {name}, each
-// followed by .key or [key] lookups ([digits]: an index, which no dict key equals; a key or index
-// that is not there prints as Undefined does, nothing), then !r, !s or !a. Format specs (":>5") are refused, not ignored.
-std::string python_format(const std::string& fmt, const Args& args) {
-    std::string out;
-    size_t next = 0;
-    int numbering = 0;  // 1: automatic ({}), 2: manual ({0}): Python refuses a mix
-    auto fail = [](const std::string& why) -> void { throw EvalError("str.format: " + why); };
-    auto all_digits = [](const std::string& k) { return !k.empty() && std::all_of(k.begin(), k.end(), [](char c) { return c >= '0' && c <= '9'; }); };
-    for (size_t i = 0; i < fmt.size(); ++i) {
-        const char c = fmt[i];
-        if ((c == '{' || c == '}') && i + 1 < fmt.size() && fmt[i + 1] == c) { out += c; ++i; continue; }
-        if (c == '}') fail("single '}' encountered in format string");
-        if (c != '{') { out += c; continue; }
-        if (i + 1 == fmt.size()) fail("single '{' encountered in format string");
-        // The field: its name up to '!', ':' or '}' (a [key] may hold any of them but ']').
-        size_t j = i + 1;
-        while (j < fmt.size() && fmt[j] != '!' && fmt[j] != ':' && fmt[j] != '}') {
-            if (fmt[j] == '[') j = fmt.find(']', j);
-            if (j == std::string::npos) fail("expected '}' before end of string");
-            ++j;
-        }
-        if (j >= fmt.size()) fail("expected '}' before end of string");
-        const std::string field = fmt.substr(i + 1, j - i - 1);
-        char conversion = 0;
-        if (fmt[j] == '!') {
-            if (j + 2 >= fmt.size() || (fmt[j + 2] != '}' && fmt[j + 2] != ':')) fail("expected ':' after conversion specifier");
-            conversion = fmt[j + 1], j += 2;
-            if (conversion != 'r' && conversion != 's' && conversion != 'a') fail(std::string("unknown conversion specifier ") + conversion);
-        }
-        if (fmt[j] == ':') {
-            const size_t close = fmt.find('}', j);
-            fail("format specs ('" + fmt.substr(j, close == std::string::npos ? std::string::npos : close - j) + "') are not supported");
-        }
-        // The argument, then its lookups.
-        const size_t name_end = std::min(field.find('.'), field.find('['));
-        const std::string arg = field.substr(0, name_end);
-        const Value* v = nullptr;
-        if (arg.empty() || all_digits(arg)) {
-            const int kind = arg.empty() ? 1 : 2;
-            if (numbering && numbering != kind)
-                fail(kind == 1 ? "cannot switch from manual field specification to automatic field numbering"
-                               : "cannot switch from automatic field numbering to manual field specification");
-            numbering = kind;
-            const size_t index = arg.empty() ? next++ : std::stoul(arg);
-            if (index >= args.positional.size()) fail("no positional argument " + std::to_string(index) + " for '{" + field + "}'");
-            v = &args.positional[index];
-        } else {
-            for (const auto& kw : args.keyword)
-                if (kw.first == arg) v = &kw.second;
-            if (!v) fail("no argument named '" + arg + "' for '{" + field + "}'");
-        }
-        std::optional<json> j_at;  // nullopt: a lookup found nothing (printed as nothing)
-        if (!v->is_undefined()) j_at = need_json(*v);
-        for (size_t k = name_end; k < field.size();) {
-            std::string key;
-            const bool dot = field[k] == '.';
-            if (dot) {
-                const size_t end = std::min(field.find('.', k + 1), field.find('[', k + 1));
-                key = field.substr(k + 1, end - k - 1), k = end;
-            } else if (field[k] == '[') {
-                const size_t end = field.find(']', k);
-                key = field.substr(k + 1, end - k - 1), k = end + 1;
-                if (k < field.size() && field[k] != '.' && field[k] != '[') fail("only '.' or '[' may follow ']' in format field specifier");
-            } else {
-                fail("only '.' or '[' may follow ']' in format field specifier");
-            }
-            if (key.empty()) fail("empty attribute in format string");
-            if (!j_at) continue;
-            if (dot && !j_at->is_object()) fail("'{" + field + "}' reads attribute '" + key + "' of a " + type_name(*j_at) + " (a dict's keys only)");
-            const bool index = !dot && all_digits(key);  // an int: never one of a dict's (string) keys
-            if (!index && j_at->is_object() && j_at->contains(key)) j_at = json((*j_at)[key]);
-            else if (index && key.size() < 18 && (j_at->is_array() || j_at->is_string())) {
-                const size_t n = std::stoull(key);
-                if (j_at->is_array()) j_at = n < j_at->size() ? std::optional<json>((*j_at)[n]) : std::nullopt;
-                else {
-                    const std::string& str = j_at->get_ref<const std::string&>();
-                    j_at = n < text::length(str) ? std::optional<json>(str.substr(text::byte_offset(str, n), text::byte_offset(str, n + 1) - text::byte_offset(str, n)))
-                                                 : std::nullopt;
-                }
-            } else {
-                j_at = std::nullopt;
-            }
-        }
-        if (j_at) out += conversion == 'r' ? repr(*j_at) : conversion == 'a' ? ascii_repr(*j_at) : to_str(*j_at);
-        else if (conversion == 'r' || conversion == 'a') out += "Undefined";
-        i = j;
-    }
-    return out;
 }
 
 }  // namespace
@@ -203,7 +100,7 @@ struct Span {
     size_t lo = 0, hi = 0;
     bool none = false;
 };
-static Span span_of(const std::string& s, const Args& args, const std::string& name) {
+static Span resolve_span(const std::string& s, const Args& args, const std::string& name) {
     Span span{0, s.size(), false};
     const Value &from = args.get(1, "start"), &to = args.get(2, "end");
     auto absent = [&](const Value& v, size_t i) { return v.is_undefined() ? i >= args.positional.size() : need_json(v).is_null(); };
@@ -220,46 +117,56 @@ static Span span_of(const std::string& s, const Args& args, const std::string& n
     return span;
 }
 
-// What Python's str and dict methods take: positional arguments from min to max (max < 0: any),
-// keywords only where Python names them (split and rsplit: sep, maxsplit; format: its fields).
-static void check_arity(Method m, const std::string& name, const Args& args) {
-    int lo = 0, hi = 0;
+// What one of Python's str or dict methods takes: from `least` to `most` arguments, keywords only
+// those named (split and rsplit: sep, maxsplit).
+struct Arity {
+    int least = 0, most = 0;
     std::vector<const char*> keywords;
+};
+
+static Arity arity_for(Method m) {
     switch (m) {
     case Method::Strip:
     case Method::Lstrip:
-    case Method::Rstrip: hi = 1; break;
+    case Method::Rstrip: return {0, 1, {}};
     case Method::Split:
-    case Method::Rsplit: hi = 2, keywords = {"sep", "maxsplit"}; break;
+    case Method::Rsplit: return {0, 2, {"sep", "maxsplit"}};
     case Method::Startswith:
     case Method::Endswith:
     case Method::Find:
     case Method::Rfind:
-    case Method::Count: lo = 1, hi = 3; break;
-    case Method::Replace: lo = 2, hi = 3; break;
-    case Method::Join: lo = hi = 1; break;
-    case Method::Get: lo = 1, hi = 2; break;
-    case Method::Format: return;
-    default: break;  // upper, lower, title, capitalize, items, keys, values: none
+    case Method::Count: return {1, 3, {}};
+    case Method::Replace: return {2, 3, {}};
+    case Method::Join: return {1, 1, {}};
+    case Method::Get: return {1, 2, {}};
+    default: return {};  // upper, lower, title, capitalize, items, keys, values: none
     }
-    for (size_t i = 0; i < args.keyword.size(); ++i) {
-        const std::string& k = args.keyword[i].first;
-        if (keywords.empty()) throw EvalError(name + "() takes no keyword arguments");
-        const auto at = std::find_if(keywords.begin(), keywords.end(), [&](const char* w) { return k == w; });
-        if (at == keywords.end()) throw EvalError(name + "() got an unexpected keyword argument '" + k + "'");
-        if (static_cast<size_t>(at - keywords.begin()) < args.positional.size())
-            throw EvalError("argument for " + name + "() given by name ('" + k + "') and position (" +
-                            std::to_string(at - keywords.begin() + 1) + ")");
-    }
-    const int given = static_cast<int>(args.positional.size() + args.keyword.size());
-    auto count = [](int n) { return std::to_string(n) + (n == 1 ? " argument" : " arguments"); };
-    if (given < lo || given > hi)
-        throw EvalError(name + "() takes " +
-                        (hi == 0 ? std::string("no arguments") : lo == hi ? "exactly " + count(hi) : given < lo ? "at least " + count(lo) : "at most " + count(hi)) +
-                        " (" + std::to_string(given) + " given)");
 }
 
-// dict.get/items/keys/values, also on namespace objects.
+// Refuses a call Python would: a keyword the method does not name (or one given by position
+// too), or too few or too many arguments. format takes any (its named fields).
+static void check_arity(Method m, const std::string& name, const Args& args) {
+    if (m == Method::Format) return;
+    const Arity a = arity_for(m);
+    for (const auto& [k, v] : args.keyword) {
+        if (a.keywords.empty()) throw EvalError(name + "() takes no keyword arguments");
+        const auto at = std::find_if(a.keywords.begin(), a.keywords.end(), [&](const char* w) { return k == w; });
+        if (at == a.keywords.end()) throw EvalError(name + "() got an unexpected keyword argument '" + k + "'");
+        const size_t position = static_cast<size_t>(at - a.keywords.begin());
+        if (position < args.positional.size())
+            throw EvalError("argument for " + name + "() given by name ('" + k + "') and position (" + std::to_string(position + 1) + ")");
+    }
+    const int given = static_cast<int>(args.positional.size() + args.keyword.size());
+    if (given >= a.least && given <= a.most) return;
+    auto count = [](int n) { return std::to_string(n) + (n == 1 ? " argument" : " arguments"); };
+    std::string want = "at most " + count(a.most);
+    if (a.most == 0) want = "no arguments";
+    else if (a.least == a.most) want = "exactly " + count(a.most);
+    else if (given < a.least) want = "at least " + count(a.least);
+    throw EvalError(name + "() takes " + want + " (" + std::to_string(given) + " given)");
+}
+
+// dict.get/items/keys/values.
 static Value call_dict_method(Method m, const std::string& name, const Value& subject, const json& j, const Args& args) {
     switch (m) {
     case Method::Get: {
@@ -295,6 +202,7 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
                                 const Args& args) {
     auto opt_str = [&](size_t i, const char* key, std::string& store) -> const std::string* {
         const Value& v = args.get(i, key);
+        if (v.is_undefined() && i < args.positional.size()) fail_undefined(v);  // passed, not omitted: Python raises
         if (v.is_undefined() || need_json(v).is_null()) return nullptr;
         store = need_str(v, name.c_str());
         return &store;
@@ -322,7 +230,7 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
     case Method::Startswith:
     case Method::Endswith: {
         const json& p = need_json(args.get(0, "prefix"));
-        const Span span = span_of(s, args, name);
+        const Span span = resolve_span(s, args, name);
         // A tuple's items are checked as they are reached: ('a', 1) matches 'abc', as in Python.
         for (const json& o : p.is_array() ? p : json::array({p})) {
             if (!o.is_string()) throw EvalError(name + " needs a string or a tuple of strings");
@@ -341,7 +249,7 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
     case Method::Find:
     case Method::Rfind: {
         const std::string& sub = need_str(args.get(0, "sub"), name.c_str());
-        const Span span = span_of(s, args, name);
+        const Span span = resolve_span(s, args, name);
         if (span.none || sub.size() > span.hi - span.lo) return Value::owned(-1);
         const std::string_view in(s.data() + span.lo, span.hi - span.lo);
         const size_t pos = m == Method::Find ? in.find(sub) : in.rfind(sub);
@@ -349,7 +257,7 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
     }
     case Method::Count: {
         const std::string& sub = need_str(args.get(0, "sub"), "count");
-        const Span span = span_of(s, args, name);
+        const Span span = resolve_span(s, args, name);
         return Value::owned(span.none ? 0 : text::count(s.substr(span.lo, span.hi - span.lo), sub));
     }
     case Method::Join: {
@@ -362,7 +270,7 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
         }
         return Value::owned(out);
     }
-    case Method::Format: return Value::owned(python_format(s, args));
+    case Method::Format: return Value::owned(format_fields(s, args));
     default: break;
     }
     throw EvalError("'" + type_name(subject) + "' object has no method '" + name + "'");
@@ -370,7 +278,9 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
 
 Value call_method(Method m, const std::string& name, const Value& subject, const Args& args) {
     const json& j = need_json(subject);
-    const bool dict = j.is_object() || subject.kind() == Value::Kind::Namespace;
+    if (subject.kind() == Value::Kind::Namespace)  // Jinja2's Namespace holds attributes, no dict methods
+        throw EvalError("'Namespace' object has no method '" + name + "'");
+    const bool dict = j.is_object();
     const bool dict_method = m == Method::Get || m == Method::Items || m == Method::Keys || m == Method::Values;
     if ((dict && dict_method) || (j.is_string() && !dict_method)) check_arity(m, name, args);
     if (dict) return call_dict_method(m, name, subject, j, args);

@@ -3,8 +3,7 @@
 #include "chat/text.h"
 
 #include <algorithm>
-#include <cctype>
-#include <cstdlib>
+#include <cstdio>
 #include <stdexcept>
 
 #include <utf8proc.h>
@@ -32,7 +31,7 @@ std::vector<char32_t> decode(const std::string& s) {
     return out;
 }
 
-static void put(std::string& out, char32_t cp) {
+void append_utf8(std::string& out, char32_t cp) {
     if (cp < 0x80) {
         out += static_cast<char>(cp);
     } else if (cp < 0x800) {
@@ -53,7 +52,7 @@ static void put(std::string& out, char32_t cp) {
 std::string encode(const std::vector<char32_t>& cps, size_t from, size_t to) {
     std::string out;
     to = std::min(to, cps.size());
-    for (size_t i = from; i < to; ++i) put(out, cps[i]);
+    for (size_t i = from; i < to; ++i) append_utf8(out, cps[i]);
     return out;
 }
 
@@ -192,7 +191,7 @@ std::string replace(const std::string& s, const std::string& from, const std::st
         std::vector<char32_t> cps = decode(s);
         for (size_t i = 0; i <= cps.size(); ++i) {
             if (count < 0 || static_cast<long>(i) < count) out += to;
-            if (i < cps.size()) put(out, cps[i]);
+            if (i < cps.size()) append_utf8(out, cps[i]);
         }
         return out;
     }
@@ -295,59 +294,28 @@ bool is_upper(const std::string& s) {
     return cased;
 }
 
-// Python's int(s, base) on a stripped string: a sign, for base 0 a prefix (0x, 0o, 0b) that picks
-// the base, else decimal without leading zeros; for base 2, 8 or 16 its prefix allowed; single
-// underscores between digits (and after a prefix). nullopt where Python raises ValueError (a
-// base outside 2..36 and 0 among those); past 64 bits: std::out_of_range.
-std::optional<int64_t> parse_int(const std::string& s, int64_t base) {
-    if (base != 0 && (base < 2 || base > 36)) return std::nullopt;
-    size_t i = 0;
-    const bool minus = i < s.size() && s[i] == '-';
-    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
-    auto prefix_of = [&](char c) { return c == 'x' || c == 'X' ? 16 : c == 'o' || c == 'O' ? 8 : c == 'b' || c == 'B' ? 2 : 0; };
-    bool after_prefix = false;
-    if (i + 1 < s.size() && s[i] == '0' && prefix_of(s[i + 1]) && (base == 0 || base == prefix_of(s[i + 1])))
-        base = prefix_of(s[i + 1]), i += 2, after_prefix = true;
-    const bool decimal_zero_rule = base == 0;  // base 0 without a prefix: "010" is refused, "000" is 0
-    if (base == 0) base = 10;
-    uint64_t n = 0;
-    size_t digits = 0;
-    bool underscore_ok = after_prefix, nonzero = false, leading_zero = false;
-    for (; i < s.size(); ++i) {
-        const char c = s[i];
-        if (c == '_') {
-            if (!underscore_ok) return std::nullopt;
-            underscore_ok = false;
-            continue;
-        }
-        const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'z' ? c - 'a' + 10 : c >= 'A' && c <= 'Z' ? c - 'A' + 10 : 99;
-        if (d >= base) return std::nullopt;
-        if (digits == 0 && d == 0) leading_zero = true;
-        nonzero |= d != 0;
-        if (n > (UINT64_C(1) << 63) / (uint64_t)base || n * (uint64_t)base > (UINT64_C(1) << 63) - (uint64_t)d)
-            throw std::out_of_range("past 64 bits");
-        n = n * (uint64_t)base + (uint64_t)d;
-        ++digits, underscore_ok = true;
+bool is_printable(char32_t c) {
+    if (c == ' ') return true;
+    switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
+    case UTF8PROC_CATEGORY_CC: case UTF8PROC_CATEGORY_CF: case UTF8PROC_CATEGORY_CS: case UTF8PROC_CATEGORY_CO:
+    case UTF8PROC_CATEGORY_CN: case UTF8PROC_CATEGORY_ZS: case UTF8PROC_CATEGORY_ZL: case UTF8PROC_CATEGORY_ZP: return false;
+    default: return true;
     }
-    if (digits == 0 || !underscore_ok || (decimal_zero_rule && !after_prefix && leading_zero && nonzero)) return std::nullopt;
-    if (!minus && n == (UINT64_C(1) << 63))
-        throw std::out_of_range("past 64 bits");
-    return minus ? (int64_t)(0 - n) : (int64_t)n;
 }
 
-
-std::optional<double> parse_float(std::string s) {
-    // Python's float() reads no hexadecimal ("0x1A"), which strtod would.
-    if (s.find_first_of("xXpP") != std::string::npos && s.find_first_of("nN") == std::string::npos) return std::nullopt;
-    // Nor does it take an underscore but between two digits ("1_0.5" is 10.5).
-    for (size_t i = s.find('_'); i != std::string::npos; i = s.find('_', i)) {
-        if (i == 0 || i + 1 >= s.size() || !std::isdigit((unsigned char)s[i - 1]) || !std::isdigit((unsigned char)s[i + 1])) return std::nullopt;
-        s.erase(i, 1);
+std::string escape_non_ascii(const std::string& s) {
+    std::string out;
+    char buf[16];
+    for (char32_t c : decode(s)) {
+        if (c < 0x80) {
+            out += static_cast<char>(c);
+            continue;
+        }
+        const char* form = c < 0x100 ? "\\x%02x" : c < 0x10000 ? "\\u%04x" : "\\U%08x";
+        std::snprintf(buf, sizeof buf, form, static_cast<unsigned>(c));
+        out += buf;
     }
-    char* end = nullptr;
-    const double d = std::strtod(s.c_str(), &end);
-    if (s.empty() || end != s.c_str() + s.size()) return std::nullopt;
-    return d;
+    return out;
 }
 
 }  // namespace tpx::chat::text

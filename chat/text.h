@@ -3,14 +3,13 @@
 // Letter classes and case mapping are Unicode's, from utf8proc.
 #pragma once
 
-#include <cstdint>
-#include <optional>
 #include <string>
 #include <vector>
 
 namespace tpx::chat::text {
 
 std::vector<char32_t> decode(const std::string& s);
+void append_utf8(std::string& out, char32_t cp);  // one code point's UTF-8 bytes
 std::string encode(const std::vector<char32_t>& cps, size_t from = 0, size_t to = std::string::npos);
 size_t length(const std::string& s);  // in code points, as Python's len()
 size_t byte_offset(const std::string& s, size_t cp);  // where code point cp starts (s.size() from length(s) on)
@@ -33,10 +32,11 @@ std::string title_filter(const std::string& s); // Jinja's |title: words split a
 size_t word_count(const std::string& s);      // Jinja's |wordcount: runs of \w
 bool is_lower(const std::string& s);
 bool is_upper(const std::string& s);
-// Python's int(s, base) on a stripped s: nullopt where Python raises ValueError; past 64 bits
-// throws std::out_of_range.
-std::optional<int64_t> parse_int(const std::string& s, int64_t base);
-// Python's float(s) on a stripped s: nullopt where Python raises ValueError.
-std::optional<double> parse_float(std::string s);
+// Python's str.isprintable() of one code point: not a control, format, surrogate, private-use,
+// unassigned or separator character (the ASCII space excepted).
+bool is_printable(char32_t c);
+// Every non-ASCII code point as Python's backslashreplace writes it (\xe9, \u20ac, \U0001f600):
+// ascii() and the lexer's escapes.
+std::string escape_non_ascii(const std::string& s);
 
 }  // namespace tpx::chat::text

@@ -12,6 +12,7 @@
 
 #include "chat/ast.h"
 #include "chat/builtins.h"
+#include "chat/text.h"
 
 namespace tpx::chat {
 
@@ -95,25 +96,27 @@ std::string float_repr(double d) {
     return neg ? "-" + out : out;
 }
 
+// Python's repr of a str: quoted, with \\ \n \r \t and the quote escaped, and every other
+// character str.isprintable() refuses as \xNN, \uNNNN or \UNNNNNNNN.
 static std::string repr_string(const std::string& s) {
     char q = (s.find('\'') != std::string::npos && s.find('"') == std::string::npos) ? '"' : '\'';
     std::string out(1, q);
-    for (unsigned char c : s) {
+    for (char32_t c : text::decode(s)) {
         switch (c) {
         case '\\': out += "\\\\"; break;
         case '\n': out += "\\n"; break;
         case '\r': out += "\\r"; break;
         case '\t': out += "\\t"; break;
         default:
-            if (c == static_cast<unsigned char>(q)) {
+            if (c == static_cast<char32_t>(q)) {
                 out += '\\';
-                out += static_cast<char>(c);
-            } else if (c < 0x20 || c == 0x7f) {
-                char b[8];
-                std::snprintf(b, sizeof b, "\\x%02x", c);
+                out += q;
+            } else if (!text::is_printable(c)) {
+                char b[16];
+                std::snprintf(b, sizeof b, c < 0x100 ? "\\x%02x" : c < 0x10000 ? "\\u%04x" : "\\U%08x", static_cast<unsigned>(c));
                 out += b;
             } else {
-                out += static_cast<char>(c);
+                text::append_utf8(out, c);
             }
         }
     }

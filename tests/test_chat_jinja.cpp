@@ -120,6 +120,15 @@ TEST(ChatJinja, ExpressionsFollowPython) {
                      "|{{ '{a[0][b]}{a[0].b}'.format(a=[{'b': 'x'}]) }}|{{ '{!r}{!s}{!a}'.format('\xc3\xa9', 'x', '\xc3\xa9\xf0\x9f\x98\x80') }}"
                      "|{{ '{{}}{}{{'.format(1) }}|{{ '{}'.format(nothing) }}{{ '{!r}'.format(nothing) }}"),
               "|a|b|1|xx|'\xc3\xa9'x'\\xe9\\U0001f600'|{}1{|Undefined");
+    // Only a field that is exactly {} or {digits} counts toward the numbering; an index reads any
+    // number of leading zeros; an empty spec is no spec.
+    EXPECT_EQ(render("{{ '{0[0]}{}'.format('ab') }}|{{ '{}{0[0]}'.format('ab') }}|{{ '{0[000000000000000000000]}'.format(['a']) }}"
+                     "|{{ '{:}{!r:}'.format('a', 'a') }}"),
+              "aab|aba|a|a'a'");
+    // Python's repr escapes what str.isprintable() refuses; a backslash before a non-ASCII
+    // character reads as that character's escape (Jinja2 backslash-replaces the literal first).
+    EXPECT_EQ(render("{{ ['\\u00a0', '\\u200b', '\xc3\xa9', '\\x00'] }}|{{ '\\\xc3\xa9|\\\xe2\x82\xac'|length }}{{ '\\\xc3\xa9' }}"),
+              "['\\xa0', '\\u200b', '\xc3\xa9', '\\x00']|11\\xe9");
     // find, rfind and count take the same start and end (positions still counted from the start).
     EXPECT_EQ(render("{{ 'abc'.find('b', 1) }} {{ 'abc'.find('b', 2) }} {{ 'abcb'.rfind('b', 0, 3) }} {{ 'abcb'.rfind('b', -1) }}"
                      " {{ 'abc'.find('', 3) }} {{ 'abc'.find('', 4) }} {{ 'abc'.count('', 4) }} {{ 'abc'.count('', 1) }}"
@@ -304,6 +313,11 @@ TEST(ChatJinja, FiltersAndMethods) {
     EXPECT_EQ(render("{{ ' x '|trim }}|{{ 'ab'|upper }}{{ 'AB'|lower }}{{ 'hello world'|capitalize }}|{{ 'a-b c'|title }}"
                      "|{{ 'a\nb\n\nc'|indent(2) }}|{{ 'x'|indent(2, true) }}|{{ '42'|int + 1 }}{{ 'x'|int }}{{ 3|string }}"),
               "x|ABabHello world|A-B C|a\n  b\n\n  c|  x|430" "3");
+    // Past 64 bits only where the whole string reads as a number; a base that is not an int, an
+    // infinite float and "nan(...)" fall back as in Jinja2.
+    EXPECT_EQ(render("{{ '12345678901234567890e-5'|int }} {{ '99999999999999999999abc'|int(7) }} {{ '12'|int(base=none) }}"
+                     " {{ '12'|int(base='16') }} {{ 'inf'|int(2) }} {{ 'nan(12)'|float(2) }}"),
+              "123456789012345 7 12 12 2 2");
     // int(value, default, base) as Jinja2's: Python's int(s, base), else int(float(s)), else the default.
     EXPECT_EQ(render("{{ '12'|int(base=16) }} {{ '0x1A'|int(0, 16) }} {{ '0o17'|int(base=0) }} {{ '0b11'|int(base=16) }}"
                      " {{ '010'|int(7, 0) }} {{ '1_000'|int }} {{ '1__0'|int(5) }} {{ '-z'|int(base=36) }} {{ '7'|int(base=37) }}"
@@ -420,6 +434,15 @@ TEST(ChatJinja, BadTemplatesAreRefusedWithLineAndConstruct) {
         {"{{ 'a{'.format(1) }}", "t.jinja:1: str.format: single '{' encountered in format string"},
         {"{{ '{0.}'.format(1) }}", "t.jinja:1: str.format: empty attribute in format string"},
         {"{{ '{0[1]x}'.format([1, 2]) }}", "t.jinja:1: str.format: only '.' or '[' may follow ']' in format field specifier"},
+        {"{{ '{0[x][y]}'.format({}) }}", "t.jinja:1: str.format: '{0[x][y]}' looks up 'y' in an undefined value"},
+        {"{{ '{[0]}'.format('ab') }}", "t.jinja:1: str.format: no argument named '' for '{[0]}'"},
+        {"{{ '{0.a{}'.format({}) }}", "t.jinja:1: str.format: unexpected '{' in field name"},
+        {"{{ '{99999999999999999999999}'.format(1) }}", "t.jinja:1: str.format: too many decimal digits in format string"},
+        {"{{ ('{0}' * 5000).format('x' * 1000000) }}", "t.jinja:1: str.format: the result would pass 67108864 bytes"},
+        {"{{ '{0.items}'.format({}) }}", "t.jinja:1: str.format: '{0.items}' reads the dict method 'items' (not supported)"},
+        {"{{ 'a\n\\x1g' }}", "t.jinja:1: truncated \\xXX escape in a string"},
+        {"{{ 'abc'.strip(nothing) }}", "t.jinja:1: 'nothing' is undefined"},
+        {"{% set ns = namespace(a=1) %}{{ ns.get('a') }}", "t.jinja:1: 'Namespace' object has no method 'get'"},
         // Python's str and dict methods take keywords only where they name them, and so many arguments.
         {"{{ 'abc'.startswith('a', start=0) }}", "t.jinja:1: startswith() takes no keyword arguments"},
         {"{{ {'a': 1}.get(key='a') }}", "t.jinja:1: get() takes no keyword arguments"},
