@@ -242,7 +242,13 @@ json to_number(const Value& v, bool as_float, const Value& fallback, int64_t bas
         return n ? json(*n) : dflt;
     }
     if (j.is_string()) {
-        std::string s = text::strip(j.get<std::string>(), nullptr, true, true);
+        const std::string& raw = j.get_ref<const std::string&>();
+        std::string s = text::strip(raw, nullptr, true, true);
+        // int() and float() strip ASCII whitespace but \x1c to \x1f (which str.strip takes), and
+        // stop at one of those: the number is then not read.
+        const size_t lead = s.empty() ? raw.size() : raw.find(s), trail = std::min(raw.size(), lead + s.size());
+        auto separator = [](char c) { return c >= '\x1c' && c <= '\x1f'; };
+        if (std::any_of(raw.begin(), raw.begin() + lead, separator) || std::any_of(raw.begin() + trail, raw.end(), separator)) return dflt;
         if (!as_float) {
             if (const std::optional<int64_t> n = parse_int(s, base)) return *n;
         }

@@ -2,6 +2,7 @@
 #include "chat/conversions.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 
 #include "chat/text.h"
@@ -13,16 +14,8 @@ constexpr uint64_t kTwoTo63 = uint64_t{1} << 63;
 
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
-// A digit's value in bases up to 36; 36 for anything else (no base takes it).
-int digit_value(char c) {
-    if (is_digit(c)) return c - '0';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'Z') return c - 'A' + 10;
-    return 36;
-}
-
 // The base a prefix letter names (0x, 0o, 0b), else 0.
-int64_t prefix_base(char c) {
+int64_t read_prefix_base(char c) {
     switch (c) {
     case 'x': case 'X': return 16;
     case 'o': case 'O': return 8;
@@ -46,9 +39,9 @@ size_t read_index(const std::string& digits) {
 
 bool all_digits(const std::string& s) { return !s.empty() && std::all_of(s.begin(), s.end(), is_digit); }
 
-// Names of a dict's own attributes: Jinja2's lookup gives the bound method for these (where an
+// Names of a dict's own methods: Jinja2's lookup gives the bound method for these (where an
 // item of that name is not there, for [key]), which Python prints as "<built-in method ...>".
-bool names_dict_method(const std::string& key) {
+bool is_dict_method(const std::string& key) {
     static const char* const kNames[] = {"clear", "copy", "fromkeys", "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values"};
     return std::any_of(std::begin(kNames), std::end(kNames), [&](const char* n) { return key == n; });
 }
@@ -63,30 +56,44 @@ public:
     const json& get() const { return *at_; }
 
     void look_up(const std::string& field, const std::string& key, bool attribute) {
-        if (!at_) throw EvalError("str.format: '{" + field + "}' looks up '" + key + "' in an undefined value");
-        if (attribute && !at_->is_object())
-            throw EvalError("str.format: '{" + field + "}' reads attribute '" + key + "' of a " + type_name(*at_) + " (a dict's keys only)");
-        const bool index = !attribute && all_digits(key);  // an int: never one of a dict's (string) keys
-        if (at_->is_object()) {
-            const bool has = !index && at_->contains(key);
-            if (!index && names_dict_method(key) && (attribute || !has))
-                throw EvalError("str.format: '{" + field + "}' reads the dict method '" + key + "' (not supported)");
-            at_ = has ? &(*at_)[key] : nullptr;
+        auto refuse = [&](const std::string& why) { throw EvalError("str.format: '{" + field + "}' " + why); };
+        if (!at_) refuse("looks up '" + key + "' in an undefined value");
+        const bool index = !attribute && all_digits(key);
+        const size_t n = index ? read_index(key) : 0;
+        if (!at_->is_object()) {
+            // Python reads a str's, list's or number's attributes here (methods, x.real): not
+            // supported; a key that cannot name one (x[-1]) is Undefined there.
+            const bool identifier = !key.empty() && !is_digit(key[0]) &&
+                                    std::all_of(key.begin(), key.end(), [](char c) { return c == '_' || std::isalnum(static_cast<unsigned char>(c)); });
+            if (!index && identifier) refuse("reads attribute '" + key + "' of a " + type_name(*at_) + " (a dict's keys only)");
+            if (!index) {
+                at_ = nullptr;
+            } else if (at_->is_array()) {
+                at_ = n < at_->size() ? &(*at_)[n] : nullptr;
+            } else if (at_->is_string()) {
+                const std::string& s = at_->get_ref<const std::string&>();
+                const size_t from = text::byte_offset(s, n);
+                if (from >= s.size()) {
+                    at_ = nullptr;
+                    return;
+                }
+                size_t bytes = 1;
+                text::code_point_at(s, from, bytes);
+                json one = s.substr(from, bytes);  // s may be char_ itself: copied out first
+                char_ = std::move(one);
+                at_ = &char_;
+            } else {
+                at_ = nullptr;
+            }
             return;
         }
-        const size_t n = index ? read_index(key) : 0;
-        if (index && at_->is_array()) {
-            at_ = n < at_->size() ? &(*at_)[n] : nullptr;
-        } else if (index && at_->is_string()) {
-            const std::string& s = at_->get_ref<const std::string&>();
-            const size_t from = text::byte_offset(s, n);
-            size_t to = from + 1;
-            while (to < s.size() && (static_cast<unsigned char>(s[to]) & 0xC0) == 0x80) ++to;
-            if (from < s.size()) char_ = s.substr(from, to - from);
-            at_ = from < s.size() ? &char_ : nullptr;
-        } else {
-            at_ = nullptr;
-        }
+        // A dict: an index is an int, never one of its (string) keys. Its own attributes come
+        // first for .key (the sandbox makes its __dunder__ ones Undefined), and for a [key] it
+        // lacks: Python prints a bound method there.
+        const bool dunder = key.size() > 4 && key.compare(0, 2, "__") == 0 && key.compare(key.size() - 2, 2, "__") == 0;
+        if (!index && (is_dict_method(key) || (attribute && dunder)) && (attribute || !at_->contains(key)))
+            refuse("reads the dict attribute '" + key + "' (not supported)");
+        at_ = !index && at_->contains(key) ? &(*at_)[key] : nullptr;
     }
 
 private:
@@ -113,8 +120,8 @@ std::optional<int64_t> parse_int(const std::string& s, int64_t base) {
     if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
     // A prefix: the base it names where base is 0, else allowed where it names base.
     bool prefixed = false;
-    if (i + 1 < s.size() && s[i] == '0' && prefix_base(s[i + 1]) != 0 && (base == 0 || base == prefix_base(s[i + 1]))) {
-        base = prefix_base(s[i + 1]);
+    if (i + 1 < s.size() && s[i] == '0' && read_prefix_base(s[i + 1]) != 0 && (base == 0 || base == read_prefix_base(s[i + 1]))) {
+        base = read_prefix_base(s[i + 1]);
         i += 2;
         prefixed = true;
     }
@@ -129,7 +136,7 @@ std::optional<int64_t> parse_int(const std::string& s, int64_t base) {
             underscore_ok = false;
             continue;
         }
-        const int d = digit_value(s[i]);
+        const int d = text::read_digit(s[i]);
         if (d >= base) return std::nullopt;
         leading_zero |= digits == 0 && d == 0;
         nonzero |= d != 0;

@@ -29,14 +29,6 @@ struct Piece {
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
-// A hexadecimal digit's value, else -1.
-int hex_value(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 // Reads a quoted string starting at s[i] (the quote), with the escapes of Python's
 // unicode-escape codec (Jinja2's lexer decodes a literal through it): \n \t \r \a \b \f \v,
 // octal \ooo (one to three digits), \xXX, \uXXXX and \UXXXXXXXX (exactly that many hex digits),
@@ -79,8 +71,8 @@ std::string read_string(const std::string& s, size_t& i, int& line, const std::s
             const size_t n = e == 'x' ? 2 : e == 'u' ? 4 : 8;
             char32_t cp = 0;
             for (size_t k = 0; k < n; ++k, ++i) {
-                const int d = i < s.size() ? hex_value(s[i]) : -1;
-                if (d < 0) fail(name, start_line, std::string("truncated \\") + e + std::string(n, 'X') + " escape in a string");
+                const int d = i < s.size() ? text::read_digit(s[i]) : 36;
+                if (d >= 16) fail(name, start_line, std::string("truncated \\") + e + std::string(n, 'X') + " escape in a string");
                 cp = cp * 16 + (char32_t)d;
             }
             if (cp > 0x10FFFF) fail(name, start_line, "illegal Unicode character in a string's \\U escape");
@@ -98,10 +90,9 @@ std::string read_string(const std::string& s, size_t& i, int& line, const std::s
             // Jinja2 encodes the literal with backslashreplace before decoding its escapes: a
             // backslash and a non-ASCII character read as the backslash and that character's
             // escape as text ('\\é' is the four characters \\xe9).
-            size_t end = i;
-            while (end < s.size() && (static_cast<unsigned char>(s[end]) & 0xC0) == 0x80) ++end;
-            out += text::escape_non_ascii(s.substr(i - 1, end - i + 1));
-            i = end;
+            size_t bytes = 1;
+            text::append_escape(out, text::code_point_at(s, i - 1, bytes));
+            i += bytes - 1;
         }
     }
     if (i >= s.size()) fail(name, start_line, "unterminated string literal");

@@ -197,12 +197,19 @@ static Value call_dict_method(Method m, const std::string& name, const Value& su
     throw EvalError("'" + type_name(subject) + "' object has no method '" + name + "'");
 }
 
+// Whether the call gave argument i (by position, or by keyword as `name`): an Undefined given
+// is an error in Python, where one omitted takes the default.
+static bool passed(const Args& args, size_t i, const char* name) {
+    if (i < args.positional.size()) return true;
+    return std::any_of(args.keyword.begin(), args.keyword.end(), [&](const auto& kw) { return kw.first == name; });
+}
+
 // Python's str methods.
 static Value call_string_method(Method m, const std::string& name, const Value& subject, const json& j,
                                 const Args& args) {
     auto opt_str = [&](size_t i, const char* key, std::string& store) -> const std::string* {
         const Value& v = args.get(i, key);
-        if (v.is_undefined() && i < args.positional.size()) fail_undefined(v);  // passed, not omitted: Python raises
+        if (v.is_undefined() && passed(args, i, key)) fail_undefined(v);  // Python raises on an Undefined given
         if (v.is_undefined() || need_json(v).is_null()) return nullptr;
         store = need_str(v, name.c_str());
         return &store;
@@ -221,7 +228,7 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
     case Method::Rsplit: {
         const Value& n = args.get(1, "maxsplit");
         try {
-            return Value::owned(text::split(s, opt_str(0, "sep", tmp), n.is_undefined() ? -1 : need_int(n, "split"),
+            return Value::owned(text::split(s, opt_str(0, "sep", tmp), passed(args, 1, "maxsplit") ? need_int(n, "split") : -1,
                                             m == Method::Rsplit));
         } catch (const std::invalid_argument& e) {
             throw EvalError(e.what());
@@ -244,7 +251,7 @@ static Value call_string_method(Method m, const std::string& name, const Value& 
     case Method::Replace: {
         const Value& n = args.get(2, "count");
         return Value::owned(replace_within_limit(s, need_str(args.get(0, "old"), "replace"), need_str(args.get(1, "new"), "replace"),
-                                                 n.is_undefined() ? -1 : need_int(n, "replace")));
+                                                 passed(args, 2, "count") ? need_int(n, "replace") : -1));
     }
     case Method::Find:
     case Method::Rfind: {

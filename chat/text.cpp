@@ -87,8 +87,7 @@ static bool is_ws(char32_t c) {
            c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-// The code point that starts at s[i], and its length in bytes (invalid bytes read as U+FFFD).
-static char32_t code_point_at(const std::string& s, size_t i, size_t& len) {
+char32_t code_point_at(const std::string& s, size_t i, size_t& len) {
     unsigned char c = s[i];
     int n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
     bool ok = n >= 0 && i + n < s.size();
@@ -303,19 +302,27 @@ bool is_printable(char32_t c) {
     }
 }
 
+void append_escape(std::string& out, char32_t c) {
+    char buf[16];
+    const char* form = c < 0x100 ? "\\x%02x" : c < 0x10000 ? "\\u%04x" : "\\U%08x";
+    std::snprintf(buf, sizeof buf, form, static_cast<unsigned>(c));
+    out += buf;
+}
+
 std::string escape_non_ascii(const std::string& s) {
     std::string out;
-    char buf[16];
     for (char32_t c : decode(s)) {
-        if (c < 0x80) {
-            out += static_cast<char>(c);
-            continue;
-        }
-        const char* form = c < 0x100 ? "\\x%02x" : c < 0x10000 ? "\\u%04x" : "\\U%08x";
-        std::snprintf(buf, sizeof buf, form, static_cast<unsigned>(c));
-        out += buf;
+        if (c < 0x80) out += static_cast<char>(c);
+        else append_escape(out, c);
     }
     return out;
+}
+
+int read_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'Z') return c - 'A' + 10;
+    return 36;
 }
 
 }  // namespace tpx::chat::text

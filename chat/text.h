@@ -13,6 +13,8 @@ void append_utf8(std::string& out, char32_t cp);  // one code point's UTF-8 byte
 std::string encode(const std::vector<char32_t>& cps, size_t from = 0, size_t to = std::string::npos);
 size_t length(const std::string& s);  // in code points, as Python's len()
 size_t byte_offset(const std::string& s, size_t cp);  // where code point cp starts (s.size() from length(s) on)
+// The code point that starts at s[i], and its length in bytes (invalid bytes read as U+FFFD).
+char32_t code_point_at(const std::string& s, size_t i, size_t& len);
 // The byte where s's first invalid UTF-8 sequence starts (utf8proc's rules: no overlong forms
 // or surrogates), or std::string::npos.
 size_t invalid_utf8_at(const std::string& s);
@@ -35,8 +37,12 @@ bool is_upper(const std::string& s);
 // Python's str.isprintable() of one code point: not a control, format, surrogate, private-use,
 // unassigned or separator character (the ASCII space excepted).
 bool is_printable(char32_t c);
-// Every non-ASCII code point as Python's backslashreplace writes it (\xe9, \u20ac, \U0001f600):
-// ascii() and the lexer's escapes.
+// A code point as Python's escapes write it: \xe9, \u20ac, \U0001f600 (repr, ascii(),
+// backslashreplace).
+void append_escape(std::string& out, char32_t c);
+// Every non-ASCII code point of s through append_escape: ascii() and the lexer's escapes.
 std::string escape_non_ascii(const std::string& s);
+// A digit's value in bases up to 36 (0-9, then a-z or A-Z), else 36, which no base takes.
+int read_digit(char c);
 
 }  // namespace tpx::chat::text

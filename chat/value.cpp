@@ -112,9 +112,7 @@ static std::string repr_string(const std::string& s) {
                 out += '\\';
                 out += q;
             } else if (!text::is_printable(c)) {
-                char b[16];
-                std::snprintf(b, sizeof b, c < 0x100 ? "\\x%02x" : c < 0x10000 ? "\\u%04x" : "\\U%08x", static_cast<unsigned>(c));
-                out += b;
+                text::append_escape(out, c);
             } else {
                 text::append_utf8(out, c);
             }

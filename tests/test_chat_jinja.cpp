@@ -318,6 +318,11 @@ TEST(ChatJinja, FiltersAndMethods) {
     EXPECT_EQ(render("{{ '12345678901234567890e-5'|int }} {{ '99999999999999999999abc'|int(7) }} {{ '12'|int(base=none) }}"
                      " {{ '12'|int(base='16') }} {{ 'inf'|int(2) }} {{ 'nan(12)'|float(2) }}"),
               "123456789012345 7 12 12 2 2");
+    // int() and float() strip what str.strip does but \x1c to \x1f.
+    EXPECT_EQ(render("{{ '\\x1c12'|int(7) }} {{ '12\\x1f'|float(7) }} {{ '\\xa012\\u2003'|int(7) }} {{ ' 12\\n'|int(7) }}"), "7 7 12 12");
+    // str.format: [key] on a str or list that cannot name an attribute is Undefined; an index of
+    // a char already picked reads that char.
+    EXPECT_EQ(render("{{ '{0[-1]}|{0[0][0]}|{1[a b]}'.format('ab', [1]) }}"), "|a|");
     // int(value, default, base) as Jinja2's: Python's int(s, base), else int(float(s)), else the default.
     EXPECT_EQ(render("{{ '12'|int(base=16) }} {{ '0x1A'|int(0, 16) }} {{ '0o17'|int(base=0) }} {{ '0b11'|int(base=16) }}"
                      " {{ '010'|int(7, 0) }} {{ '1_000'|int }} {{ '1__0'|int(5) }} {{ '-z'|int(base=36) }} {{ '7'|int(base=37) }}"
@@ -439,9 +444,14 @@ TEST(ChatJinja, BadTemplatesAreRefusedWithLineAndConstruct) {
         {"{{ '{0.a{}'.format({}) }}", "t.jinja:1: str.format: unexpected '{' in field name"},
         {"{{ '{99999999999999999999999}'.format(1) }}", "t.jinja:1: str.format: too many decimal digits in format string"},
         {"{{ ('{0}' * 5000).format('x' * 1000000) }}", "t.jinja:1: str.format: the result would pass 67108864 bytes"},
-        {"{{ '{0.items}'.format({}) }}", "t.jinja:1: str.format: '{0.items}' reads the dict method 'items' (not supported)"},
+        {"{{ '{0.items}'.format({}) }}", "t.jinja:1: str.format: '{0.items}' reads the dict attribute 'items' (not supported)"},
         {"{{ 'a\n\\x1g' }}", "t.jinja:1: truncated \\xXX escape in a string"},
         {"{{ 'abc'.strip(nothing) }}", "t.jinja:1: 'nothing' is undefined"},
+        {"{{ 'a b'.split(sep=nothing) }}", "t.jinja:1: 'nothing' is undefined"},
+        {"{{ 'aa'.replace('a', 'b', nothing) }}", "t.jinja:1: 'nothing' is undefined"},
+        {"{{ '{0[99999999999999999999]}'.format({}) }}", "t.jinja:1: str.format: too many decimal digits in format string"},
+        {"{{ '{0[upper]}'.format('a') }}", "t.jinja:1: str.format: '{0[upper]}' reads attribute 'upper' of a str (a dict's keys only)"},
+        {"{{ '{0.__doc__}'.format({'__doc__': 1}) }}", "t.jinja:1: str.format: '{0.__doc__}' reads the dict attribute '__doc__' (not supported)"},
         {"{% set ns = namespace(a=1) %}{{ ns.get('a') }}", "t.jinja:1: 'Namespace' object has no method 'get'"},
         // Python's str and dict methods take keywords only where they name them, and so many arguments.
         {"{{ 'abc'.startswith('a', start=0) }}", "t.jinja:1: startswith() takes no keyword arguments"},
