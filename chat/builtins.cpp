@@ -4,7 +4,6 @@
 #include "chat/builtins.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>

@@ -1,4 +1,5 @@
-// Python's int(s, base), float(s) and str.format, as conversions.h says.
+// Python's int(s, base), float(s) and str.format, as conversions.h says. Every refusal is an
+// EvalError (the renderer adds the template's line); a formatted result stays within kMaxBuilt.
 #include "chat/conversions.h"
 
 #include <algorithm>
@@ -101,10 +102,12 @@ private:
     json char_;  // a string's code point picked by [index]
 };
 
-// The field's text after its conversion (!r, !s, !a or none).
-std::string convert(const FieldValue& v, char conversion) {
-    if (conversion != 0 && conversion != 'r' && conversion != 's' && conversion != 'a')
-        throw EvalError(std::string("str.format: unknown conversion specifier ") + conversion);
+constexpr int kNoConversion = -1;
+
+// The field's text after its conversion (!r, !s, !a or kNoConversion).
+std::string convert(const FieldValue& v, int conversion) {
+    if (conversion != kNoConversion && conversion != 'r' && conversion != 's' && conversion != 'a')
+        throw EvalError(std::string("str.format: unknown conversion specifier ") + static_cast<char>(conversion));
     if (!v.defined()) return conversion == 'r' || conversion == 'a' ? "Undefined" : "";
     if (conversion == 'r') return repr(v.get());
     if (conversion == 'a') return text::escape_non_ascii(repr(v.get()));
@@ -199,10 +202,10 @@ std::string format_fields(const std::string& fmt, const Args& args) {
         }
         if (j >= fmt.size() || (fmt[j] != '!' && fmt[j] != ':' && fmt[j] != '}')) fail("expected '}' before end of string");
         const std::string field = fmt.substr(i + 1, j - i - 1);
-        char conversion = 0;
+        int conversion = kNoConversion;
         if (fmt[j] == '!') {
             if (j + 1 >= fmt.size()) fail("end of string while looking for conversion specifier");
-            conversion = fmt[j + 1];
+            conversion = static_cast<unsigned char>(fmt[j + 1]);
             j += 2;
             if (j >= fmt.size()) fail("unmatched '{' in format spec");
             if (fmt[j] != '}' && fmt[j] != ':') fail("expected ':' after conversion specifier");

@@ -62,7 +62,7 @@ std::string read_string(const std::string& s, size_t& i, int& line, const std::s
         case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7': {
             char32_t cp = (char32_t)(e - '0');
             for (int k = 1; k < 3 && i < s.size() && s[i] >= '0' && s[i] <= '7'; ++k) cp = cp * 8 + (char32_t)(s[i++] - '0');
-            out += text::encode({cp});
+            text::append_utf8(out, cp);
             break;
         }
         case 'x':
@@ -77,7 +77,7 @@ std::string read_string(const std::string& s, size_t& i, int& line, const std::s
             }
             if (cp > 0x10FFFF) fail(name, start_line, "illegal Unicode character in a string's \\U escape");
             if (cp >= 0xD800 && cp <= 0xDFFF) fail(name, start_line, "a surrogate code point in a string's escape (not UTF-8 text)");
-            out += text::encode({cp});
+            text::append_utf8(out, cp);
             break;
         }
         case 'N': fail(name, start_line, "unsupported \\N{...} escape in a string (write the character itself)");
@@ -89,7 +89,7 @@ std::string read_string(const std::string& s, size_t& i, int& line, const std::s
             }
             // Jinja2 encodes the literal with backslashreplace before decoding its escapes: a
             // backslash and a non-ASCII character read as the backslash and that character's
-            // escape as text ('\\é' is the four characters \\xe9).
+            // escape as text ('\é' is the four characters \xe9).
             size_t bytes = 1;
             text::append_escape(out, text::code_point_at(s, i - 1, bytes));
             i += bytes - 1;

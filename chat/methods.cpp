@@ -113,7 +113,10 @@ static Span resolve_span(const std::string& s, const Args& args, const std::stri
     };
     const int64_t start = index(from, 1, 0), end = std::min(index(to, 2, n), n);
     span.none = start > end;
-    if (!span.none) span.lo = text::byte_offset(s, (size_t)start), span.hi = text::byte_offset(s, (size_t)end);
+    if (!span.none) {
+        span.lo = text::byte_offset(s, (size_t)start);
+        span.hi = text::byte_offset(s, (size_t)end);
+    }
     return span;
 }
 
@@ -124,7 +127,7 @@ struct Arity {
     std::vector<const char*> keywords;
 };
 
-static Arity arity_for(Method m) {
+static Arity look_up_arity(Method m) {
     switch (m) {
     case Method::Strip:
     case Method::Lstrip:
@@ -147,8 +150,9 @@ static Arity arity_for(Method m) {
 // too), or too few or too many arguments. format takes any (its named fields).
 static void check_arity(Method m, const std::string& name, const Args& args) {
     if (m == Method::Format) return;
-    const Arity a = arity_for(m);
-    for (const auto& [k, v] : args.keyword) {
+    const Arity a = look_up_arity(m);
+    for (const auto& keyword : args.keyword) {
+        const std::string& k = keyword.first;
         if (a.keywords.empty()) throw EvalError(name + "() takes no keyword arguments");
         const auto at = std::find_if(a.keywords.begin(), a.keywords.end(), [&](const char* w) { return k == w; });
         if (at == a.keywords.end()) throw EvalError(name + "() got an unexpected keyword argument '" + k + "'");
