@@ -40,7 +40,7 @@ bool is_printable(char32_t c);
 // A code point as Python's escapes write it: \xe9, \u20ac, \U0001f600 (repr, ascii(),
 // backslashreplace).
 void append_escape(std::string& out, char32_t c);
-// Every non-ASCII code point of s through append_escape: ascii() and the lexer's escapes.
+// Every non-ASCII code point of s through append_escape: Python's ascii().
 std::string escape_non_ascii(const std::string& s);
 // A digit's value in bases up to 36 (0-9, then a-z or A-Z), else 36, which no base takes.
 int read_digit(char c);
