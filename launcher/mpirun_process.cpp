@@ -365,7 +365,9 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
             end_mpirun();
             break;
         }
-        if (settings.drain_signal != 0 && g_signals == 1) {
+        // (Also past a second signal, which sent mpirun SIGTERM: one right behind the first, before
+        // this loop came round, would otherwise leave rank 0 taking calls until mpirun ends it.)
+        if (settings.drain_signal != 0 && g_signals >= 1) {
             if (!drain_start) drain_start = std::make_unique<Clock::time_point>(Clock::now());
             // Each local rank as it comes to catch the signal; with rank 0 not seen here after
             // 2 s (on another host), mpirun, to pass it on. Not once rank 0 has been seen here: its ranks
@@ -399,6 +401,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     outcome.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     outcome.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     outcome.signal = g_signal;
+    outcome.signals = g_signals;
     return outcome;
 }
 

@@ -23,7 +23,8 @@ struct MpirunSettings {
 
 struct MpirunOutcome {
     int code = 0;       // mpirun's exit status (128 + N when a signal N ended it)
-    int signal = 0;     // the signal that interrupted tpx, if any
+    int signal = 0;     // the signal that interrupted tpx, if any (the last)
+    int signals = 0;    // how many arrived
     double seconds = 0;
 };
 

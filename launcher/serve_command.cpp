@@ -68,6 +68,12 @@ int cmd_serve(const Args& args) {
                      outcome.signal ? strsignal(outcome.signal) : "", outcome.seconds);
         return 0;
     }
+    // A second signal ends the job at once (mpirun's SIGTERM): stopped as asked, calls cut off.
+    if (outcome.signals >= 2) {
+        std::fprintf(stderr, "tpx serve: job '%s' stopped at a second signal (%s) after %.1f s: mpirun ended the ranks; calls in flight were cut off\n",
+                     job.name.c_str(), strsignal(outcome.signal), outcome.seconds);
+        return 128 + outcome.signal;
+    }
     const int exit_code = outcome.code == kExitBadInput ? kExitBadInput : kExitRuntime;
     std::fprintf(stderr, "tpx serve: job '%s' failed after %.1f s (exit status %d%s)\n", job.name.c_str(), outcome.seconds, exit_code,
                  mpirun_status_note(outcome.code, exit_code).c_str());

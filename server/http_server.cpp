@@ -34,6 +34,15 @@ void reply_error(httplib::Response& res, int status, const std::string& message,
 // GET /v1/models/ID's path before the ID.
 const std::string kModelsPrefix = "/v1/models/";
 
+// The methods a route takes (HEAD with every GET), or nullptr where the path is no route.
+const char* allowed_methods(const std::string& path) {
+    if (path == "/v1/completions" || path == "/v1/chat/completions" || path == "/v1/admin/refit") return "POST";
+    if (path == "/health" || path == "/metrics" || path == "/v1/models" ||
+        (path.size() > kModelsPrefix.size() && path.compare(0, kModelsPrefix.size(), kModelsPrefix) == 0))
+        return "GET, HEAD";
+    return nullptr;
+}
+
 // Why cpp-httplib answered 400 before any handler saw the request. (A body with a
 // Content-Encoding or Transfer-Encoding, or a POST without a Content-Length, is refused before it
 // is read: the pre-routing handler.)
@@ -78,6 +87,7 @@ struct Stream {
     size_t finished = 0;
     int64_t generated = 0;
     bool started = false, ended = false;
+    std::vector<char> opened;  // a completion's prompt whose first chunk went out
 };
 
 // A body is refused (413) past what the largest call needs: max_queue prompts of max_seq_len tokens
@@ -167,7 +177,10 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     });
     svr.set_error_handler(httplib::Server::HandlerWithResponse([body_limit](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-        if (res.status == 404) reply_error(res, 404, "no route " + req.method + " " + req.path, "", "unknown_url");
+        if (res.status == 404 && allowed_methods(req.path)) {  // a route, by another method
+            res.set_header("Allow", allowed_methods(req.path));
+            reply_error(res, 405, req.path + " takes " + allowed_methods(req.path) + ", not " + req.method, "", "method_not_allowed");
+        } else if (res.status == 404) reply_error(res, 404, "no route " + req.method + " " + req.path, "", "unknown_url");
         else if (res.status == 413)
             reply_error(res, 413, "the body is larger than the " + std::to_string(body_limit) +
                                       " bytes this server takes (64 a token of run.max_seq_len, for serve.max_queue prompts)", "", "body_too_large");
@@ -185,7 +198,7 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     svr.Get("/health", [this](const httplib::Request& req, httplib::Response& res) {
         enter_call(req);
         if (!ready_) return reply_error(res, 503, "loading the model", "", "loading");
-        if (draining_) return reply_error(res, 503, "shutting down", "", "shutting_down");
+        if (draining_) return reply_error(res, 503, shutting_down(), "", "shutting_down");
         res.set_content("{\"status\":\"ok\"}", "application/json");
     });
     svr.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
@@ -266,6 +279,11 @@ void HttpServer::fail_all(const std::string& message) {
     }
 }
 
+std::string HttpServer::shutting_down() {
+    std::lock_guard<std::mutex> lock(channels_mutex_);
+    return failure_.empty() ? "the server is shutting down" : "the server is shutting down: " + failure_;
+}
+
 void HttpServer::enter_call(const httplib::Request& req) {
     std::lock_guard<std::mutex> lock(busy_mutex_);
     busy_.insert({address_key(req.remote_addr), req.remote_port});
@@ -276,7 +294,7 @@ void HttpServer::handle_refit(const httplib::Request& req, httplib::Response& re
     if (!settings_.allow_refit)
         return reply_error(res, 403, "refit is turned off for this server ([serve] allow_refit = false)", "", "refit_disabled");
     if (!ready_) return reply_error(res, 503, "the model is still loading; GET /health answers 200 when it is ready", "", "loading");
-    if (draining_) return reply_error(res, 503, "the server is shutting down", "", "shutting_down");
+    if (draining_) return reply_error(res, 503, shutting_down(), "", "shutting_down");
     auto call = std::make_shared<RefitCall>();
     try {
         json body = parse_json_bounded(req.body);
@@ -318,7 +336,7 @@ void HttpServer::handle_refit(const httplib::Request& req, httplib::Response& re
 void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res, bool chat) {
     enter_call(req);
     if (!ready_) return reply_error(res, 503, "the model is still loading; GET /health answers 200 when it is ready", "", "loading");
-    if (draining_) return reply_error(res, 503, "the server is shutting down", "", "shutting_down");
+    if (draining_) return reply_error(res, 503, shutting_down(), "", "shutting_down");
     json body;
     try {
         body = parse_json_bounded(req.body);
@@ -419,7 +437,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
                 s.started = true;
                 if (s.call.chat)
                     for (size_t i = 0; i < s.requests.size(); ++i)
-                        if (!write(sse(stream_role_chunk(s.id, s.created, model, (int)i)))) return false;
+                        if (!write(sse(stream_role_chunk(s.call, s.id, s.created, model, (int)i)))) return false;
             }
             ServeEvent e;
             if (!s.channel->pop(e, 200ms)) return sink.is_writable();
@@ -431,14 +449,18 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
                 sink.done();
                 return true;
             }
+            // (A chat's prompt_token_ids went with its role chunk.)
+            s.opened.resize(s.requests.size());
+            const bool first = !s.call.chat && !s.opened[(size_t)e.index];
+            s.opened[(size_t)e.index] = 1;
             if (e.kind == ServeEvent::kToken) {
-                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, "")));
+                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, "", first)));
             } else {
                 ++s.finished;
                 s.generated += (int64_t)e.output.size();
                 // An aborted sequence (a refit) has no new token: its last one went out already.
                 std::vector<int32_t> last = e.finish_reason == "abort" ? std::vector<int32_t>{} : std::vector<int32_t>{e.token};
-                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, e.finish_reason)));
+                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, e.finish_reason, first)));
                 if (ok && s.finished == s.requests.size()) {
                     if (s.call.include_usage) ok = write(sse(stream_usage_chunk(s.call, s.id, s.created, model, s.generated)));
                     ok = ok && write("data: [DONE]\n\n");

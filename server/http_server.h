@@ -61,6 +61,8 @@ private:
     // POST /v1/admin/refit {"path": ..., "abort": false}: filed for the scheduler, answered when
     // every rank has read the new weights (or refused them).
     void handle_refit(const httplib::Request& req, httplib::Response& res);
+    // While draining: the 503's message (the failure that began the drain, where one did).
+    std::string shutting_down();
 
     HttpSettings settings_;
     ApiLimits limits_;

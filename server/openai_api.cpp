@@ -113,6 +113,9 @@ std::vector<int32_t> chat_prompt(const json& body, const ApiLimits& limits) {
             bad("messages", "every message needs a string 'role'");
         nlohmann::ordered_json msg = {{"role", m["role"]}};
         const json& c = m.contains("content") ? m["content"] : json();
+        // (OpenAI's: only an assistant's message may go without content, as one of tool calls does.)
+        if (c.is_null() && m["role"] != "assistant")
+            bad("messages", "a '" + m["role"].get<std::string>() + "' message needs 'content' (only an assistant's may be null)");
         if (c.is_string()) {
             msg["content"] = c;
         } else if (c.is_array()) {  // content parts: their text, joined
@@ -177,8 +180,19 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
         bad("logprobs", "logprobs are not supported");
     if (given(body, "best_of") && integer_in(body, "best_of", 1, 1, 1) != 1) bad("best_of", "only best_of = 1 is supported");
+    // OpenAI's penalties (-2..2) and vLLM's sampling keys, each only at the value that changes nothing.
+    for (const char* key : {"presence_penalty", "frequency_penalty"})
+        if (number_in(body, key, -2, 2, 0) != 0) bad(key, std::string(key) + " is not supported (0 only)");
+    if (given(body, "repetition_penalty") && number_in(body, "repetition_penalty", 0, 1e30, 1, /*open_low=*/true) != 1)
+        bad("repetition_penalty", "repetition_penalty is not supported (1 only)");
+    if (number_in(body, "min_p", 0, 1, 0) != 0) bad("min_p", "min_p is not supported (0 only)");
+    if (integer_in(body, "min_tokens", 0, 1 << 30, 0) != 0) bad("min_tokens", "min_tokens is not supported (0 only)");
+    if (boolean(body, "ignore_eos")) bad("ignore_eos", "ignore_eos = true is not supported");
+    if (given(body, "suffix") && !(body["suffix"].is_string() && body["suffix"].get<std::string>().empty()))
+        bad("suffix", "suffix is not supported");
     call.stream = boolean(body, "stream");
     if (given(body, "stream_options")) {
+        if (!call.stream) bad("stream_options", "'stream_options' is only allowed with \"stream\": true");
         if (!body["stream_options"].is_object()) bad("stream_options", "'stream_options' must be an object");
         call.include_usage = boolean(body["stream_options"], "include_usage", "stream_options.include_usage");
     }
@@ -259,17 +273,19 @@ json response_body(const ApiCall& call, const std::string& id, int64_t created, 
 }
 
 json stream_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index,
-                  const std::string& text, const std::vector<int32_t>& tokens, const std::string& finish_reason) {
+                  const std::string& text, const std::vector<int32_t>& tokens, const std::string& finish_reason, bool first) {
     json choice = {{"index", index}, {"logprobs", nullptr}, {"finish_reason", finish_reason.empty() ? json() : json(finish_reason)}};
     if (call.chat) choice["delta"] = finish_reason.empty() || !text.empty() ? json{{"content", text}} : json::object();
     else choice["text"] = text;
     if (call.return_token_ids) choice["token_ids"] = tokens;
+    if (call.return_token_ids && first) choice["prompt_token_ids"] = call.prompts[(size_t)index];
     return {{"id", id}, {"object", call.chat ? "chat.completion.chunk" : "text_completion"}, {"created", created}, {"model", model},
             {"choices", json::array({choice})}};
 }
 
-json stream_role_chunk(const std::string& id, int64_t created, const std::string& model, int index) {
+json stream_role_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index) {
     json choice = {{"index", index}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+    if (call.return_token_ids) choice["prompt_token_ids"] = call.prompts[(size_t)index];
     return {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model}, {"choices", json::array({choice})}};
 }
 

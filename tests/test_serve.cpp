@@ -152,6 +152,10 @@ TEST(Serve, SdkCompletionsAndChatEqualTpxRun) {
         }
         const json& whole = got[id]["whole"];
         EXPECT_EQ(whole["usage"]["prompt_tokens"], w["prompt_tokens"]) << id;
+        // return_token_ids: the prompt's ids, and in a stream once, in its first chunk (vLLM's).
+        EXPECT_EQ(whole["prompt_token_ids"].size(), w["prompt_tokens"]) << id << ": " << whole.dump();
+        EXPECT_EQ(got[id]["streamed"]["prompt_token_ids"], whole["prompt_token_ids"]) << id;
+        EXPECT_EQ(got[id]["streamed"]["prompt_chunks"], 1) << id;
         EXPECT_EQ(whole["usage"]["completion_tokens"], w["output_ids"].size()) << id;
         EXPECT_EQ(whole["object"], p.contains("text") ? "text_completion" : "chat.completion") << id;
         if (p.contains("messages")) {
@@ -212,6 +216,11 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"prompt_too_long", 413, "prompt"},
                                            {"top_p", 400, "top_p"},
                                            {"include_usage", 400, "stream_options.include_usage"},
+                                           {"presence_penalty", 400, "presence_penalty"},
+                                           {"suffix", 400, "suffix"},
+                                           {"unstreamed_options", 400, "stream_options"},
+                                           {"no_content", 400, "messages"},
+                                           {"get_route", 405, nullptr},
                                            {"encoded", 415, nullptr},
                                            {"route", 404, nullptr},
                                            {"bad_json", 400, nullptr},
@@ -242,6 +251,9 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
     }
     EXPECT_EQ(r["head_health"], 200) << r.dump();
     EXPECT_EQ(r["put_allow"], "GET, HEAD, POST") << r.dump();
+    EXPECT_EQ(r["get_allow"], "POST") << r.dump();
+    EXPECT_EQ(r["form_body"], 200) << r.dump();
+    EXPECT_EQ(r["multipart_body"], 200) << r.dump();
     EXPECT_EQ(r["lower_bearer"], 200) << r.dump();
     EXPECT_EQ(r["models"], json::array({"tiny"}));  // the server outlived all of the above
     EXPECT_EQ(r["model_one"].value("id", ""), "tiny") << r.dump();
@@ -457,6 +469,24 @@ TEST(Serve, SigusrOneToTpxServeDrainsAsSigtermDoes) {
 TEST(Serve, SigtermDrainsWithoutMpirunForwardingSignals) {
     SKIP_WITHOUT_SDK();
     sigterm_drains("OMPI_MCA_ess_base_forward_signals=none");
+}
+
+// Two stop signals at once (a double Ctrl-C; a supervisor's SIGTERM and an operator's): the drain
+// still goes to the local ranks (one signal right behind the first skipped it, and rank 0 took
+// new calls until mpirun ended it), and the second ends the job at once. Whichever comes first,
+// tpx serve says it stopped (it said "failed", exit 1): drained (exit 0), or at the second signal
+// (128 + the signal); no process is left.
+TEST(Serve, TwoSignalsAtOnceStopTheServerAtOnce) {
+    Server server("", "", "serve: ready");
+    const auto t0 = std::chrono::steady_clock::now();
+    kill(server.pid(), SIGTERM);
+    kill(server.pid(), SIGTERM);
+    const int code = server.wait(20);
+    const bool drained = code == 0 && server.err().find("stopped by Terminated") != std::string::npos;
+    const bool ended = code == 128 + SIGTERM && server.err().find("stopped at a second signal (Terminated)") != std::string::npos;
+    EXPECT_TRUE(drained || ended) << "exit " << code << "\n" << server.err();
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 15);
+    EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
 }
 
 // A stop asked while the ranks read their weights (each read held 10 s here: the load would take

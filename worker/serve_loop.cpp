@@ -123,7 +123,8 @@ private:
         std::optional<ServeClock::time_point> deadline;
         for (;;) {
             if (g_signal != 0 && !deadline) {
-                log_info("serve: ", strsignal(g_signal), ": finishing the requests in flight (up to ", s_.grace_s,
+                // (SIGUSR1 is tpx serve's word for a signal sent to it, not one a user sends.)
+                log_info("serve: ", g_signal == SIGUSR1 ? std::string("asked to stop") : strsignal(g_signal), ": finishing the requests in flight (up to ", s_.grace_s,
                          " s, [serve] grace_s), taking no new ones");
                 front_.http.start_draining();
                 deadline = ServeClock::now() + std::chrono::duration_cast<ServeClock::duration>(std::chrono::duration<double>(s_.grace_s));

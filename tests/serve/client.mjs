@@ -24,34 +24,37 @@ async function complete(body) {
 
 async function completeStream(body) {
   const stream = await client.completions.create({ model, temperature: 0, return_token_ids: true, stream: true, ...body });
-  let text = "", ids = [], finish = null, chunks = 0;
+  let text = "", ids = [], finish = null, chunks = 0, prompt = null, promptChunks = 0;
   for await (const chunk of stream) {
     const c = chunk.choices[0];
     chunks++;
     text += c.text;
     ids.push(...(c.token_ids ?? []));
+    if (c.prompt_token_ids) prompt = c.prompt_token_ids, promptChunks++;
     if (c.finish_reason) finish = c.finish_reason;
   }
-  return { text, token_ids: ids, finish_reason: finish, chunks };
+  return { text, token_ids: ids, finish_reason: finish, chunks, prompt_token_ids: prompt, prompt_chunks: promptChunks };
 }
 
 async function chat(body) {
   const r = await client.chat.completions.create({ model, temperature: 0, return_token_ids: true, ...body });
   const c = r.choices[0];
-  return { text: c.message.content, role: c.message.role, token_ids: c.token_ids, finish_reason: c.finish_reason, usage: r.usage, object: r.object };
+  return { text: c.message.content, role: c.message.role, token_ids: c.token_ids, prompt_token_ids: c.prompt_token_ids, finish_reason: c.finish_reason,
+           usage: r.usage, object: r.object };
 }
 
 async function chatStream(body) {
   const stream = await client.chat.completions.create({ model, temperature: 0, return_token_ids: true, stream: true, ...body });
-  let text = "", ids = [], finish = null, role = null;
+  let text = "", ids = [], finish = null, role = null, prompt = null, promptChunks = 0;
   for await (const chunk of stream) {
     const c = chunk.choices[0];
     if (c.delta.role) role = c.delta.role;
     text += c.delta.content ?? "";
     ids.push(...(c.token_ids ?? []));
+    if (c.prompt_token_ids) prompt = c.prompt_token_ids, promptChunks++;
     if (c.finish_reason) finish = c.finish_reason;
   }
-  return { text, token_ids: ids, finish_reason: finish, role };
+  return { text, token_ids: ids, finish_reason: finish, role, prompt_token_ids: prompt, prompt_chunks: promptChunks };
 }
 
 // 32 prompts of mixed lengths (token ids; a fixed LCG), half greedy, half sampled with a seed.
@@ -146,6 +149,21 @@ const modes = {
     await attempt("tools", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }],
                                                                 tools: [{ type: "function", function: { name: "f", parameters: {} } }] }));
     await attempt("include_usage", () => client.completions.create({ model, prompt: "Hi", stream: true, stream_options: { include_usage: 3 } }));
+    // Sampling that is not done here (refused, not ignored); stream_options without a stream; a
+    // user's message without content.
+    await attempt("presence_penalty", () => client.completions.create({ model, prompt: "Hi", presence_penalty: 0.5 }));
+    await attempt("suffix", () => client.completions.create({ model, prompt: "Hi", suffix: "end" }));
+    await attempt("unstreamed_options", () => client.completions.create({ model, prompt: "Hi", stream_options: { include_usage: true } }));
+    await attempt("no_content", () => client.chat.completions.create({ model, messages: [{ role: "user" }] }));
+    // A route by another method: 405 naming the one it takes.
+    const get = await fetch(base + "/v1/completions", { headers: { Authorization: "Bearer " + apiKey } });
+    out.get_route = { status: get.status, ...(await get.json()).error };
+    out.get_allow = get.headers.get("allow");
+    // A body read as JSON whatever its Content-Type says (curl -d sends a form's): one of 12 KB,
+    // past cpp-httplib's 8 KiB for forms, and one marked multipart.
+    const padded = JSON.stringify({ model, prompt: "Hi", max_tokens: 1, user: "u".repeat(12000) });
+    for (const [name, type] of [["form_body", "application/x-www-form-urlencoded"], ["multipart_body", "multipart/form-data; boundary=x"]])
+      out[name] = (await fetch(base + "/v1/completions", { method: "POST", body: padded, headers: { Authorization: "Bearer " + apiKey, "Content-Type": type } })).status;
     await attempt("route", () => client.get("/no/such/route"));
     // Not JSON at all: the SDK always sends JSON, so fetch does.
     const r = await fetch(base + "/v1/completions", { method: "POST", body: "{not json", headers: { Authorization: "Bearer " + apiKey } });
