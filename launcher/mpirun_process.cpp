@@ -304,7 +304,7 @@ MpirunPipes start_mpirun(char** argv, const char* name, bool drain, const std::v
     previous.resize(stops.size());
     struct sigaction forward = {};
     forward.sa_handler = forward_signal;
-    sigemptyset(&forward.sa_mask);
+    sigfillset(&forward.sa_mask);  // (one handler at a time: g_signals counts every signal)
     for (size_t i = 0; i < stops.size(); ++i) sigaction(stops[i], &forward, &previous[i]);
     sigprocmask(SIG_SETMASK, &old_mask, nullptr);
     return {out_pipe[0], err_pipe[0]};
@@ -355,7 +355,9 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     std::unique_ptr<Clock::time_point> drain_start;
     Drain drain;                   // which ranks the drain signal reached
     bool mpirun_drained = false;   // mpirun sent it (rank 0 not on this host)
+    bool second_seen = false, failing_before_second = false;
     for (;;) {
+        if (g_signals >= 2 && !second_seen) second_seen = true, failing_before_second = state->failing;
         pid_t done = waitpid(g_child, &status, WNOHANG);
         if (done == g_child || (done < 0 && errno != EINTR)) break;
         if (state->failing &&
@@ -402,6 +404,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     outcome.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     outcome.signal = g_signal;
     outcome.signals = g_signals;
+    outcome.failing = second_seen ? failing_before_second : state->failing.load();
     return outcome;
 }
 

@@ -25,6 +25,7 @@ struct MpirunOutcome {
     int code = 0;       // mpirun's exit status (128 + N when a signal N ended it)
     int signal = 0;     // the signal that interrupted tpx, if any (the last)
     int signals = 0;    // how many arrived
+    bool failing = false;  // its stderr said the job was failing (before a second signal, where one came)
     double seconds = 0;
 };
 

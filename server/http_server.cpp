@@ -177,9 +177,10 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     });
     svr.set_error_handler(httplib::Server::HandlerWithResponse([body_limit](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-        if (res.status == 404 && allowed_methods(req.path)) {  // a route, by another method
-            res.set_header("Allow", allowed_methods(req.path));
-            reply_error(res, 405, req.path + " takes " + allowed_methods(req.path) + ", not " + req.method, "", "method_not_allowed");
+        const char* allowed = allowed_methods(req.path);
+        if (res.status == 404 && allowed) {  // a route, by another method
+            res.set_header("Allow", allowed);
+            reply_error(res, 405, req.path + " is served by " + allowed + ", not " + req.method, "", "method_not_allowed");
         } else if (res.status == 404) reply_error(res, 404, "no route " + req.method + " " + req.path, "", "unknown_url");
         else if (res.status == 413)
             reply_error(res, 413, "the body is larger than the " + std::to_string(body_limit) +
@@ -198,7 +199,7 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
     svr.Get("/health", [this](const httplib::Request& req, httplib::Response& res) {
         enter_call(req);
         if (!ready_) return reply_error(res, 503, "loading the model", "", "loading");
-        if (draining_) return reply_error(res, 503, shutting_down(), "", "shutting_down");
+        if (draining_) return reply_error(res, 503, shutdown_message(), "", "shutting_down");
         res.set_content("{\"status\":\"ok\"}", "application/json");
     });
     svr.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
@@ -279,7 +280,7 @@ void HttpServer::fail_all(const std::string& message) {
     }
 }
 
-std::string HttpServer::shutting_down() {
+std::string HttpServer::shutdown_message() {
     std::lock_guard<std::mutex> lock(channels_mutex_);
     return failure_.empty() ? "the server is shutting down" : "the server is shutting down: " + failure_;
 }
@@ -294,7 +295,7 @@ void HttpServer::handle_refit(const httplib::Request& req, httplib::Response& re
     if (!settings_.allow_refit)
         return reply_error(res, 403, "refit is turned off for this server ([serve] allow_refit = false)", "", "refit_disabled");
     if (!ready_) return reply_error(res, 503, "the model is still loading; GET /health answers 200 when it is ready", "", "loading");
-    if (draining_) return reply_error(res, 503, shutting_down(), "", "shutting_down");
+    if (draining_) return reply_error(res, 503, shutdown_message(), "", "shutting_down");
     auto call = std::make_shared<RefitCall>();
     try {
         json body = parse_json_bounded(req.body);
@@ -336,7 +337,7 @@ void HttpServer::handle_refit(const httplib::Request& req, httplib::Response& re
 void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res, bool chat) {
     enter_call(req);
     if (!ready_) return reply_error(res, 503, "the model is still loading; GET /health answers 200 when it is ready", "", "loading");
-    if (draining_) return reply_error(res, 503, shutting_down(), "", "shutting_down");
+    if (draining_) return reply_error(res, 503, shutdown_message(), "", "shutting_down");
     json body;
     try {
         body = parse_json_bounded(req.body);

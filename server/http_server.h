@@ -62,7 +62,7 @@ private:
     // every rank has read the new weights (or refused them).
     void handle_refit(const httplib::Request& req, httplib::Response& res);
     // While draining: the 503's message (the failure that began the drain, where one did).
-    std::string shutting_down();
+    std::string shutdown_message();
 
     HttpSettings settings_;
     ApiLimits limits_;

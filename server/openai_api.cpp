@@ -180,16 +180,24 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
         bad("logprobs", "logprobs are not supported");
     if (given(body, "best_of") && integer_in(body, "best_of", 1, 1, 1) != 1) bad("best_of", "only best_of = 1 is supported");
-    // OpenAI's penalties (-2..2) and vLLM's sampling keys, each only at the value that changes nothing.
-    for (const char* key : {"presence_penalty", "frequency_penalty"})
-        if (number_in(body, key, -2, 2, 0) != 0) bad(key, std::string(key) + " is not supported (0 only)");
-    if (given(body, "repetition_penalty") && number_in(body, "repetition_penalty", 0, 1e30, 1, /*open_low=*/true) != 1)
-        bad("repetition_penalty", "repetition_penalty is not supported (1 only)");
-    if (number_in(body, "min_p", 0, 1, 0) != 0) bad("min_p", "min_p is not supported (0 only)");
-    if (integer_in(body, "min_tokens", 0, 1 << 30, 0) != 0) bad("min_tokens", "min_tokens is not supported (0 only)");
-    if (boolean(body, "ignore_eos")) bad("ignore_eos", "ignore_eos = true is not supported");
+    // OpenAI's penalties and suffix, and vLLM's extensions that would change the answer: each
+    // only at the value that changes nothing.
+    const auto only = [&](const char* key, double value, const char* shown) {
+        if (given(body, key) && !(body[key].is_number() && body[key].get<double>() == value))
+            bad(key, std::string(key) + " is not supported (" + shown + " only)");
+    };
+    only("presence_penalty", 0, "0"), only("frequency_penalty", 0, "0"), only("repetition_penalty", 1, "1");
+    only("min_p", 0, "0"), only("min_tokens", 0, "0");
     if (given(body, "suffix") && !(body["suffix"].is_string() && body["suffix"].get<std::string>().empty()))
         bad("suffix", "suffix is not supported");
+    for (const char* key : {"stop_token_ids", "bad_words", "allowed_token_ids"})
+        if (given(body, key) && !(body[key].is_array() && body[key].empty())) bad(key, std::string(key) + " is not supported");
+    for (const char* key : {"ignore_eos", "use_beam_search", "include_stop_str_in_output", "continue_final_message"})
+        if (boolean(body, key)) bad(key, std::string(key) + " = true is not supported");
+    for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "truncate_prompt_tokens"})
+        if (given(body, key)) bad(key, std::string(key) + " is not supported");
+    if (chat && given(body, "add_generation_prompt") && !boolean(body, "add_generation_prompt"))
+        bad("add_generation_prompt", "add_generation_prompt = false is not supported");
     call.stream = boolean(body, "stream");
     if (given(body, "stream_options")) {
         if (!call.stream) bad("stream_options", "'stream_options' is only allowed with \"stream\": true");
@@ -260,14 +268,13 @@ json response_body(const ApiCall& call, const std::string& id, int64_t created, 
         json choice = {{"index", i}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}};
         if (call.chat) choice["message"] = {{"role", "assistant"}, {"content", c.text}};
         else choice["text"] = c.text;
-        if (call.return_token_ids) {
-            choice["token_ids"] = c.output;
-            choice["prompt_token_ids"] = call.prompts[i];
-        }
+        if (call.return_token_ids) choice["token_ids"] = c.output;
+        if (call.return_token_ids && !call.chat) choice["prompt_token_ids"] = call.prompts[i];
         list.push_back(std::move(choice));
         generated += (int64_t)c.output.size();
     }
     out["choices"] = std::move(list);
+    if (call.return_token_ids && call.chat) out["prompt_token_ids"] = call.prompts[0];  // vLLM's place for a chat's (one prompt)
     out["usage"] = usage_body(call, generated);
     return out;
 }
@@ -285,8 +292,9 @@ json stream_chunk(const ApiCall& call, const std::string& id, int64_t created, c
 
 json stream_role_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index) {
     json choice = {{"index", index}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
-    if (call.return_token_ids) choice["prompt_token_ids"] = call.prompts[(size_t)index];
-    return {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model}, {"choices", json::array({choice})}};
+    json out = {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model}, {"choices", json::array({choice})}};
+    if (call.return_token_ids) out["prompt_token_ids"] = call.prompts[(size_t)index];
+    return out;
 }
 
 json stream_usage_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int64_t completion_tokens) {

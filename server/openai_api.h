@@ -75,7 +75,7 @@ nlohmann::json response_body(const ApiCall& call, const std::string& id, int64_t
 nlohmann::json stream_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index,
                             const std::string& text, const std::vector<int32_t>& tokens, const std::string& finish_reason, bool first);
 // The chat stream's first chunk of a prompt: the assistant's role (and with return_token_ids the
-// prompt_token_ids).
+// prompt_token_ids, beside the choices, as vLLM's).
 nlohmann::json stream_role_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index);
 // The chunk after the last when stream_options.include_usage: usage, no choices.
 nlohmann::json stream_usage_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,

@@ -3,9 +3,9 @@
 // the CPU backend. References: `tpx run`'s outputs for the same prompts (greedy: bit-identical
 // on the CPU backend, so ids and text must be equal, not close); each call's own answer alone
 // (32 concurrent calls of mixed lengths must each get it again, greedy and seeded sampling
-// alike); OpenAI's error schema. Also: a stream abandoned mid-way frees its KV slot, a killed
-// rank ends the server within 10 s with a 500 naming it, SIGTERM finishes what is in flight and
-// leaves no process. Without node or the npm package every test skips, saying why.
+// alike); OpenAI's error schema. Also: a stream or call abandoned mid-way frees its KV slot.
+// (Stopping, and a rank's failure: test_serve_stop.cpp.) Without node or the npm package the
+// SDK's tests skip, saying why.
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -29,6 +29,7 @@
 
 #include "process.h"
 #include "server/metrics.h"
+#include "serve_client.h"
 #include "serve_process.h"
 
 namespace fs = std::filesystem;
@@ -36,54 +37,7 @@ using nlohmann::json;
 
 namespace {
 
-const std::string kModel = std::string(TPX_SOURCE_DIR) + "/models/tiny-text";
-const std::string kModules = std::string(TPX_SERVE_NPM_DIR) + "/node_modules";
-// A '%' and two hex digits in the key: cpp-httplib decodes header values, so the gate must hand
-// the server each as sent (every call here carries this key; ErrorsFollowOpenAIsSchema's
-// encoded_key, which decodes to it, is refused).
-const std::string kKey = "sk-test%41";
-
-bool sdk_missing() { return !fs::exists(kModules + "/openai/package.json"); }
-#define SKIP_WITHOUT_SDK()                                                                                                      \
-    if (sdk_missing()) GTEST_SKIP() << "the npm package openai is not installed in " << kModules                              \
-                                    << " (node or npm missing, or no registry: see the serve_npm_fixture test's output)"
-
-// A `tpx serve` of tiny-text at tp 2 on a port of its own choosing, ended with its process group.
-struct Server : tpx_test::ServeProcess {
-    // `env`: VAR=value words the server starts with.
-    Server(const std::string& serve_extra, const std::string& flags = "", const char* wait_for = "serve: ready",
-           const std::string& model = kModel, const std::string& env = "")
-        : ServeProcess("[model]\npath = \"" + model + "\"\n[parallel]\ntp = 2\n[run]\nmax_new_tokens = 16\nmax_batch = 4\n" +
-                           "[serve]\nport = 0\nmodel_name = \"tiny\"\napi_key = \"" + kKey + "\"\n" + serve_extra,
-                       flags, wait_for, env) {}
-};
-
-std::string client_command(const Server& s, const std::string& mode, const std::string& arg = "") {
-    return "node " + std::string(TPX_SOURCE_DIR) + "/tests/serve/client.mjs " + kModules + " " + s.base() + " " + kKey + " " + mode + " '" +
-           arg + "'";
-}
-
-json client(const Server& s, const std::string& mode, const std::string& arg = "") {
-    tpx_test::ProcessResult r = tpx_test::run_process(client_command(s, mode, arg));
-    EXPECT_EQ(r.exit_code, 0) << mode << ":\n" << r.out << r.err;
-    try {
-        return json::parse(r.out);
-    } catch (const json::exception&) {
-        ADD_FAILURE() << mode << ": not JSON:\n" << r.out << r.err;
-        return json::object();
-    }
-}
-
-// Polls the server's metrics until `ok` holds (at most 20 s).
-json wait_for_metrics(const Server& s, const std::function<bool(const json&)>& ok) {
-    json m;
-    for (int i = 0; i < 100; ++i) {
-        m = client(s, "metrics");
-        if (ok(m)) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
-    return m;
-}
+using namespace serve_test;
 
 // HF's reference prompts (tests/data/golden/llama-text): five texts and six chats.
 json reference_prompts() {
@@ -424,191 +378,6 @@ TEST(Serve, CancelledWholeCallFreesItsSlot) {
     EXPECT_EQ(r["after_cancel"]["cancelled"], 1) << r.dump();
     EXPECT_EQ(r["after_cancel"]["running"], 0) << r.dump();
     EXPECT_EQ(r["next"], 4) << r.dump();
-}
-
-// SIGTERM mid-request: the request finishes, tpx serve exits 0, no process of the job is left.
-// env: how the server starts (Open MPI settings); to_group: the signal to tpx serve's whole
-// process group (its own: tests/process.h), as a terminal's Ctrl-C sends it.
-void sigterm_drains(const std::string& env, int sig = SIGTERM, bool to_group = false) {
-    Server server("grace_s = 20\n", "--step-delay-ms 100", "serve: ready", kModel, env);
-    tpx_test::Background call = tpx_test::start_background(client_command(server, "long", "20"));
-    json m = wait_for_metrics(server, [](const json& j) { return j["running"] == 1; });
-    ASSERT_EQ(m["running"], 1) << m.dump();
-    kill(to_group ? -server.pid() : server.pid(), sig);
-    int code = server.wait(40);
-    EXPECT_EQ(code, 0) << server.err();
-    EXPECT_NE(server.err().find("stopped by"), std::string::npos) << server.err();
-    ASSERT_EQ(tpx_test::wait_background(call, 20), 0);
-    json r = json::parse(tpx_test::read_text(call.out_path));
-    EXPECT_EQ(r["status"], 200) << r.dump();
-    EXPECT_EQ(r["tokens"], 20) << r.dump();
-    EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
-}
-
-TEST(Serve, SigtermFinishesInFlightRequestsAndLeavesNoProcess) {
-    SKIP_WITHOUT_SDK();
-    sigterm_drains("");
-}
-
-// Ctrl-C reaches the whole foreground group: it drains as SIGTERM to tpx serve does, exit 0
-// (mpirun has a group of its own, so only tpx gets the signal).
-TEST(Serve, CtrlCToTheWholeGroupDrainsAndExitsZero) {
-    SKIP_WITHOUT_SDK();
-    sigterm_drains("", SIGINT, /*to_group=*/true);
-}
-
-// SIGUSR1, the signal tpx serve drains its ranks with, sent to tpx serve itself: a drain too (it
-// ended tpx by the default action, and mpirun ended the ranks mid-request).
-TEST(Serve, SigusrOneToTpxServeDrainsAsSigtermDoes) {
-    SKIP_WITHOUT_SDK();
-    sigterm_drains("", SIGUSR1);
-}
-
-// The drain does not rest on mpirun passing SIGUSR1 on (on the GPU machine it did not): with
-// Open MPI told to forward no signal, the same.
-TEST(Serve, SigtermDrainsWithoutMpirunForwardingSignals) {
-    SKIP_WITHOUT_SDK();
-    sigterm_drains("OMPI_MCA_ess_base_forward_signals=none");
-}
-
-// Two stop signals at once (a double Ctrl-C; a supervisor's SIGTERM and an operator's): the drain
-// still goes to the local ranks (one signal right behind the first skipped it, and rank 0 took
-// new calls until mpirun ended it), and the second ends the job at once. Whichever comes first,
-// tpx serve says it stopped (it said "failed", exit 1): drained (exit 0), or at the second signal
-// (128 + the signal); no process is left.
-TEST(Serve, TwoSignalsAtOnceStopTheServerAtOnce) {
-    Server server("", "", "serve: ready");
-    const auto t0 = std::chrono::steady_clock::now();
-    kill(server.pid(), SIGTERM);
-    kill(server.pid(), SIGTERM);
-    const int code = server.wait(20);
-    const bool drained = code == 0 && server.err().find("stopped by Terminated") != std::string::npos;
-    const bool ended = code == 128 + SIGTERM && server.err().find("stopped at a second signal (Terminated)") != std::string::npos;
-    EXPECT_TRUE(drained || ended) << "exit " << code << "\n" << server.err();
-    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 15);
-    EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
-}
-
-// A stop asked while the ranks read their weights (each read held 10 s here: the load would take
-// 20 s or more) ends every rank's reads at rank 0's word: exit 0 within seconds, nothing left.
-// `only_rank0`: the signal to rank 0 alone, as where rank 1 runs on a host no signal reaches.
-void stop_while_loading(bool only_rank0) {
-    Server server("", "--read-delay-ms 10000", "serve: listening");
-    int rank0 = -1;
-    for (int pid : tpx_test::pids_matching("tpx-worker --job " + server.job()))
-        if (tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "0") rank0 = pid;
-    ASSERT_GT(rank0, 0) << "rank 0 not found";
-    const auto t0 = std::chrono::steady_clock::now();
-    kill(only_rank0 ? rank0 : server.pid(), only_rank0 ? SIGUSR1 : SIGTERM);
-    const int code = server.wait(40);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    EXPECT_EQ(code, 0) << server.err();
-    EXPECT_LT(seconds, 8) << server.err();
-    EXPECT_NE(server.err().find("serve: stopped while loading"), std::string::npos) << server.err();
-    EXPECT_EQ(server.err().find("serve: ready"), std::string::npos) << server.err();
-    EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
-}
-
-TEST(Serve, SigtermWhileLoadingEndsEveryRanksReads) { stop_while_loading(false); }
-
-// Connections that hold a server thread without a call: one idle, two sending their headers a
-// byte at a time, one its body (cpp-httplib waits 5 s for each byte, so those never time out). A
-// drain shuts them instead of waiting on them: exit 0 within seconds, not `tpx serve` ending the
-// job (exit 1) once grace_s + 5 s have passed.
-TEST(Serve, SigtermEndsConnectionsThatSendNoCall) {
-    Server server("grace_s = 20\n");
-    const int port = std::stoi(server.base().substr(server.base().rfind(':') + 1));
-    std::vector<int> socks;
-    for (int i = 0; i < 4; ++i) {
-        const int fd = socket(AF_INET, SOCK_STREAM, 0);
-        sockaddr_in to{};
-        to.sin_family = AF_INET;
-        to.sin_port = htons((uint16_t)port);
-        to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0) << std::strerror(errno);
-        socks.push_back(fd);
-    }
-    const std::string post = std::string("POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ") + kKey +
-                             "\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
-    ASSERT_EQ(send(socks[3], post.data(), post.size(), MSG_NOSIGNAL), (ssize_t)post.size());
-    std::atomic<bool> stop{false};
-    std::thread dribble([&] {
-        const std::string head = "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + std::string(200, 'a');
-        for (size_t i = 0; i < head.size() && !stop; ++i) {
-            for (size_t k = 1; k < 3; ++k) (void)send(socks[k], &head[i], 1, MSG_NOSIGNAL);
-            (void)send(socks[3], " ", 1, MSG_NOSIGNAL);
-            std::this_thread::sleep_for(std::chrono::milliseconds(500));
-        }
-    });
-    std::this_thread::sleep_for(std::chrono::seconds(1));
-    const auto t0 = std::chrono::steady_clock::now();
-    kill(server.pid(), SIGTERM);
-    const int code = server.wait(40);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    stop = true;
-    dribble.join();
-    for (int fd : socks) close(fd);
-    EXPECT_EQ(code, 0) << server.err();
-    // Under the 5 s after which a drain shuts even connections inside a handler: a connection
-    // sending its body, taken for one inside a call, would be shut only then.
-    EXPECT_LT(seconds, 4.5) << server.err();
-    EXPECT_NE(server.err().find("serve: stopped"), std::string::npos) << server.err();
-    EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
-}
-
-// SIGTERM as mpirun starts the ranks, before they have their handlers (or exist): the drain signal
-// reaches each rank once it catches it (sent at once, it ended them: exit 138), and the job
-// stops cleanly.
-TEST(Serve, SigtermAsTheRanksStartStopsCleanly) {
-    const std::string dir = tpx_test::temp_dir();
-    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kModel << "\"\n[parallel]\ntp = 2\n[serve]\nport = 0\n";
-    for (int delay_ms : {0, 100}) {
-        tpx_test::Background s = tpx_test::start_background(tpx_test::tpx_bin("tpx") + " serve " + dir + "/job.toml --read-delay-ms 10000");
-        for (int i = 0; i < 2000 && tpx_test::read_text(s.err_path).find("tpx serve: mpirun ") == std::string::npos; ++i)
-            std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
-        kill(s.pid, SIGTERM);
-        const int code = tpx_test::wait_background(s, 40);
-        const std::string err = tpx_test::read_text(s.err_path);
-        EXPECT_EQ(code, 0) << delay_ms << " ms:\n" << err;
-        EXPECT_EQ(err.find("exited on signal"), std::string::npos) << delay_ms << " ms:\n" << err;
-        EXPECT_TRUE(tpx_test::pids_matching(dir + "/job.toml").empty()) << "a process of the job outlived tpx serve";
-    }
-    fs::remove_all(dir);
-}
-
-TEST(Serve, RankZerosWordStopsARankNoSignalReached) { stop_while_loading(true); }
-
-TEST(Serve, KilledRankEndsTheServerWithin10s) {
-    SKIP_WITHOUT_SDK();
-    Server server("", "--step-delay-ms 100");
-    tpx_test::Background call = tpx_test::start_background(client_command(server, "long", "200"));
-    tpx_test::Background streamed = tpx_test::start_background(client_command(server, "long_stream", "200"));
-    json m = wait_for_metrics(server, [](const json& j) { return j["running"] == 2; });
-    ASSERT_EQ(m["running"], 2) << m.dump();
-    int victim = -1;
-    for (int pid : tpx_test::pids_matching("tpx-worker --job " + server.job()))
-        if (tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "1") victim = pid;
-    ASSERT_GT(victim, 0) << "rank 1 not found";
-    auto t0 = std::chrono::steady_clock::now();
-    kill(victim, SIGKILL);
-    int code = server.wait(30);
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    EXPECT_NE(code, 0) << server.err();
-    EXPECT_NE(code, -1) << "tpx serve did not end";
-    EXPECT_LT(seconds, 10) << server.err();
-    ASSERT_EQ(tpx_test::wait_background(call, 20), 0);
-    json r = json::parse(tpx_test::read_text(call.out_path));
-    EXPECT_EQ(r["status"], 500) << r.dump();
-    EXPECT_NE(r["message"].get<std::string>().find("rank 1"), std::string::npos) << r.dump();
-    // The stream: its 200 went out first; it ends with the error, then [DONE] (as vLLM's does).
-    ASSERT_EQ(tpx_test::wait_background(streamed, 20), 0);
-    json s = json::parse(tpx_test::read_text(streamed.out_path));
-    EXPECT_EQ(s["status"], 200) << s.dump();
-    ASSERT_EQ(s["last"].size(), 2u) << s.dump();
-    EXPECT_NE(s["last"][0].get<std::string>().find("\"rank_failed\""), std::string::npos) << s.dump();
-    EXPECT_EQ(s["last"][1], "data: [DONE]") << s.dump();
-    EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
 }
 
 }  // namespace

@@ -107,8 +107,9 @@ public:
             loop();
         } catch (const std::exception& e) {
             // Every waiting call gets the message; the answers go out before the job ends.
-            front_.http.start_draining();
+            // (The failure first: a call between the two gets the 503 naming it.)
             front_.http.fail_all(std::string(e.what()).rfind(where(), 0) == 0 ? e.what() : where() + ": " + e.what());
+            front_.http.start_draining();
             for (int i = 0; i < 40 && front_.http.in_flight() > 0; ++i) std::this_thread::sleep_for(50ms);
             stop_monitor = true;
             monitor.join();
@@ -123,7 +124,7 @@ private:
         std::optional<ServeClock::time_point> deadline;
         for (;;) {
             if (g_signal != 0 && !deadline) {
-                // (SIGUSR1 is tpx serve's word for a signal sent to it, not one a user sends.)
+                // (SIGUSR1: tpx serve's word, whatever signal it was sent.)
                 log_info("serve: ", g_signal == SIGUSR1 ? std::string("asked to stop") : strsignal(g_signal), ": finishing the requests in flight (up to ", s_.grace_s,
                          " s, [serve] grace_s), taking no new ones");
                 front_.http.start_draining();
@@ -409,8 +410,8 @@ private:
                 std::string message = "rank " + std::to_string(r) + " (" + host + ") is gone (process " + std::to_string(peers[r].pid) +
                                       " ended) while serving; the job is ending";
                 std::fprintf(stderr, "%s: serve: %s\n", where().c_str(), message.c_str());
-                front_.http.start_draining();
                 front_.http.fail_all(message);
+                front_.http.start_draining();
                 return;
             }
             std::this_thread::sleep_for(100ms);

@@ -39,7 +39,7 @@ async function completeStream(body) {
 async function chat(body) {
   const r = await client.chat.completions.create({ model, temperature: 0, return_token_ids: true, ...body });
   const c = r.choices[0];
-  return { text: c.message.content, role: c.message.role, token_ids: c.token_ids, prompt_token_ids: c.prompt_token_ids, finish_reason: c.finish_reason,
+  return { text: c.message.content, role: c.message.role, token_ids: c.token_ids, prompt_token_ids: r.prompt_token_ids, finish_reason: c.finish_reason,
            usage: r.usage, object: r.object };
 }
 
@@ -51,7 +51,7 @@ async function chatStream(body) {
     if (c.delta.role) role = c.delta.role;
     text += c.delta.content ?? "";
     ids.push(...(c.token_ids ?? []));
-    if (c.prompt_token_ids) prompt = c.prompt_token_ids, promptChunks++;
+    if (chunk.prompt_token_ids) prompt = chunk.prompt_token_ids, promptChunks++;  // (vLLM's place for a chat's)
     if (c.finish_reason) finish = c.finish_reason;
   }
   return { text, token_ids: ids, finish_reason: finish, role, prompt_token_ids: prompt, prompt_chunks: promptChunks };
