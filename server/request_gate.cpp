@@ -398,14 +398,14 @@ bool RequestGate::scan_head(int fd, Conn& c) {
             // before it reads a body, and the lingering close drops what follows.
             c.wait_body = c.content_length > 0 && (size_t)c.content_length <= limits_.body_bytes && check.post && !check.encoded &&
                           (limits_.api_key.empty() || bearer_matches(check.authorization, limits_.api_key));
-            // "Expect: 100-continue" is answered here or not at all (the lines taken out of the
-            // head, so that the pool's thread sends no 100): an HTTP/1.1 client whose body is waited
-            // for gets its 100 now; an HTTP/1.0 client's expectation is ignored (RFC 9110 10.1.1).
             // Every body is read as JSON whatever its Content-Type says (curl -d sends
             // application/x-www-form-urlencoded): the lines are taken out, since cpp-httplib 0.11
             // would read such a body as a form (refusing one past 8 KiB with a bare 413) and a
             // multipart/form-data one as parts (a 400 for the head).
             erase_header_lines(c.bytes, c.head_end, [](const std::string& name, const std::string&) { return iequals(name, "Content-Type"); });
+            // "Expect: 100-continue" is answered here or not at all (the lines taken out of the
+            // head, so that the pool's thread sends no 100): an HTTP/1.1 client whose body is waited
+            // for gets its 100 now; an HTTP/1.0 client's expectation is ignored (RFC 9110 10.1.1).
             const auto expect = [](const std::string& name, const std::string& value) { return iequals(name, "Expect") && value == "100-continue"; };
             if (erase_header_lines(c.bytes, c.head_end, expect) && check.http11 && c.wait_body && b.size() < c.head_end + (size_t)c.content_length) {
                 static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
