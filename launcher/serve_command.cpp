@@ -71,7 +71,9 @@ int cmd_serve(const Args& args) {
     // A second signal ends the job at once (mpirun's SIGTERM): stopped as asked, unless the job
     // was failing before it came.
     if (outcome.signals >= 2 && !outcome.failing) {
-        std::fprintf(stderr, "tpx serve: job '%s' stopped at a second signal (%s) after %.1f s: mpirun ended the ranks; calls in flight may have been cut off\n",
+        std::fprintf(stderr,
+                     "tpx serve: job '%s' stopped at a second signal (%s) after %.1f s: mpirun ended the ranks; calls in flight may "
+                     "have been cut off\n",
                      job.name.c_str(), strsignal(outcome.signal), outcome.seconds);
         return 128 + outcome.signal;
     }

@@ -125,8 +125,8 @@ private:
         for (;;) {
             if (g_signal != 0 && !deadline) {
                 // (SIGUSR1: tpx serve's word, whatever signal it was sent.)
-                log_info("serve: ", g_signal == SIGUSR1 ? std::string("asked to stop") : strsignal(g_signal), ": finishing the requests in flight (up to ", s_.grace_s,
-                         " s, [serve] grace_s), taking no new ones");
+                const std::string why = g_signal == SIGUSR1 ? "asked to stop" : strsignal(g_signal);
+                log_info("serve: ", why, ": finishing the requests in flight (up to ", s_.grace_s, " s, [serve] grace_s), taking no new ones");
                 front_.http.start_draining();
                 deadline = ServeClock::now() + std::chrono::duration_cast<ServeClock::duration>(std::chrono::duration<double>(s_.grace_s));
             }
