@@ -127,7 +127,7 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         // Only these methods are served: cpp-httplib reads another's body (a PUT's, a PATCH's)
         // without a length until the client closes, whatever its size, where the gate waits for none.
         if (req.method != "GET" && req.method != "HEAD" && req.method != "POST") {
-            res.set_header("Allow", "GET, HEAD, POST");
+            res.set_header("Allow", allowed_methods(req.path) ? allowed_methods(req.path) : "GET, HEAD, POST");
             return refuse(405, "the method " + req.method + " is not served here (GET, HEAD and POST are)", "method_not_allowed");
         }
         if (ambiguous_length(req))

@@ -183,8 +183,8 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     // OpenAI's penalties and suffix, and vLLM's extensions that would change the answer: each
     // only at the value that changes nothing.
     const auto only = [&](const char* key, double value, const char* shown) {
-        if (given(body, key) && !(body[key].is_number() && body[key].get<double>() == value))
-            bad(key, std::string(key) + " is not supported (" + shown + " only)");
+        if (given(body, key) && !body[key].is_number()) bad(key, std::string("'") + key + "' must be a number");
+        if (given(body, key) && body[key].get<double>() != value) bad(key, std::string(key) + " is not supported (" + shown + " only)");
     };
     only("presence_penalty", 0, "0"), only("frequency_penalty", 0, "0"), only("repetition_penalty", 1, "1");
     only("min_p", 0, "0"), only("min_tokens", 0, "0");
@@ -194,8 +194,13 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
         if (given(body, key) && !(body[key].is_array() && body[key].empty())) bad(key, std::string(key) + " is not supported");
     for (const char* key : {"ignore_eos", "use_beam_search", "include_stop_str_in_output", "continue_final_message"})
         if (boolean(body, key)) bad(key, std::string(key) + " = true is not supported");
-    for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "truncate_prompt_tokens"})
+    for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "truncate_prompt_tokens",
+                            "chat_template", "chat_template_kwargs", "documents", "logits_processors", "prompt_logprobs"})
         if (given(body, key)) bad(key, std::string(key) + " is not supported");
+    // OpenAI's older form of tools and tool_choice, refused as they are.
+    if (given(body, "functions") && !(body["functions"].is_array() && body["functions"].empty())) bad("functions", "function calls are not supported");
+    if (given(body, "function_call") && body["function_call"] != "none" && body["function_call"] != "auto")
+        bad("function_call", "function calls are not supported ('function_call' may be \"none\" or \"auto\")");
     if (chat && given(body, "add_generation_prompt") && !boolean(body, "add_generation_prompt"))
         bad("add_generation_prompt", "add_generation_prompt = false is not supported");
     call.stream = boolean(body, "stream");

@@ -117,7 +117,8 @@ TEST(Serve, TwoSignalsAtOnceStopTheServerAtOnce) {
 }
 
 // A rank's failure that two stop signals follow is still the job's failure (exit 1, "failed"),
-// not a stop asked for.
+// not a stop asked for: also in the 2 s before mpirun's "noticed" line (the signals 0.3 s after
+// the kill).
 TEST(Serve, TwoSignalsAfterARankFailedStillEndInFailure) {
     Server server("", "--step-delay-ms 100");
     int victim = -1;
@@ -125,8 +126,7 @@ TEST(Serve, TwoSignalsAfterARankFailedStillEndInFailure) {
         if (tpx_test::env_of(pid, "OMPI_COMM_WORLD_RANK") == "1") victim = pid;
     ASSERT_GT(victim, 0) << "rank 1 not found";
     kill(victim, SIGKILL);
-    for (int i = 0; i < 200 && server.err().find("ended by signal 9") == std::string::npos; ++i)
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
     kill(server.pid(), SIGTERM);
     kill(server.pid(), SIGINT);
     const int code = server.wait(30);

@@ -122,6 +122,7 @@ public:
 private:
     void loop() {
         std::optional<ServeClock::time_point> deadline;
+        ServeClock::time_point beat = ServeClock::now();  // the last heartbeat an idle rank 0 sent
         for (;;) {
             if (g_signal != 0 && !deadline) {
                 // (SIGUSR1: tpx serve's word, whatever signal it was sent.)
@@ -149,9 +150,14 @@ private:
             if (!refit) admit();
             if (active() == 0) {
                 if (deadline && front_.queue.size() == 0) break;
-                // Idle: wait for a request, telling the followers we are alive.
-                if (auto r = front_.queue.pop(500ms)) start(std::move(r));
-                else broadcast_header(kHeartbeat, 0, 0, false);
+                // Idle: wait for a request, a stop signal looked at every 100 ms (a wait of 500 ms
+                // took /health half a second to leave 200), the followers told we are alive every 500.
+                if (auto r = front_.queue.pop(100ms)) {
+                    start(std::move(r));
+                } else if (ServeClock::now() - beat >= 500ms) {
+                    broadcast_header(kHeartbeat, 0, 0, false);
+                    beat = ServeClock::now();
+                }
                 continue;
             }
             step();

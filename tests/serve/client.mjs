@@ -153,6 +153,8 @@ const modes = {
     // user's message without content.
     await attempt("presence_penalty", () => client.completions.create({ model, prompt: "Hi", presence_penalty: 0.5 }));
     await attempt("suffix", () => client.completions.create({ model, prompt: "Hi", suffix: "end" }));
+    await attempt("functions", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }],
+                                                                    functions: [{ name: "f", parameters: {} }] }));
     await attempt("unstreamed_options", () => client.completions.create({ model, prompt: "Hi", stream_options: { include_usage: true } }));
     await attempt("no_content", () => client.chat.completions.create({ model, messages: [{ role: "user" }] }));
     // A route by another method: 405 naming the one it takes.
