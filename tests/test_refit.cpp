@@ -231,7 +231,11 @@ TEST(Refit, UnderLoadLosesNoRequestAndAbortEndsTheRunningOnes) {
     EXPECT_GE(new_weights, 1) << "the calls queued behind the refit run on the new weights";
     const json& table = r["refit"]["body"];
     ASSERT_EQ(table["ranks"].size(), 2u) << table.dump();
-    for (const json& rank : table["ranks"]) EXPECT_GT(rank["bytes"].get<double>(), 0) << table.dump();
+    for (const json& rank : table["ranks"]) {
+        EXPECT_GT(rank["bytes"].get<double>(), 0) << table.dump();
+        EXPECT_TRUE(rank["bytes"].is_number_integer()) << table.dump();  // a count (it printed as 2323456.0)
+    }
+    EXPECT_TRUE(table["bytes"].is_number_integer()) << table.dump();
 
     json ab = client(server, "abort", {{"prompt", a.prompts[0]}, {"max_tokens", 200}, {"path", kA}});
     EXPECT_EQ(ab["refit"]["status"], 200) << ab.dump();

@@ -266,18 +266,18 @@ private:
             return answer_refit(call, out.status, out.error, "refit_refused");
         }
         nlohmann::json ranks = nlohmann::json::array();
-        double bytes = 0;
+        int64_t bytes = 0;  // (JSON integers, here and each rank's: a count of bytes)
         for (const RankRefit& r : out.ranks) {
             const double s = r.check_s + r.read_s;
-            ranks.push_back({{"rank", r.rank}, {"host", r.host}, {"bytes", r.bytes}, {"seconds", s}, {"check_seconds", r.check_s},
+            ranks.push_back({{"rank", r.rank}, {"host", r.host}, {"bytes", (int64_t)r.bytes}, {"seconds", s}, {"check_seconds", r.check_s},
                              {"read_seconds", r.read_s}, {"gb_per_s", s > 0 ? r.bytes / 1e9 / s : 0.0}});
-            bytes += r.bytes;
+            bytes += (int64_t)r.bytes;
         }
         const double seconds = seconds_since(t0);
         nlohmann::json body = {{"object", "refit"}, {"path", call.path}, {"seconds", seconds}, {"drain_seconds", drain_s},
-                               {"aborted", aborted}, {"bytes", bytes}, {"gb_per_s", seconds > 0 ? bytes / 1e9 / seconds : 0.0},
+                               {"aborted", aborted}, {"bytes", bytes}, {"gb_per_s", seconds > 0 ? (double)bytes / 1e9 / seconds : 0.0},
                                {"ranks", ranks}};
-        log_info("serve: refit done: ", bytes / 1e9, " GB read by ", out.ranks.size(), " ranks in ", seconds, " s");
+        log_info("serve: refit done: ", (double)bytes / 1e9, " GB read by ", out.ranks.size(), " ranks in ", seconds, " s");
         answer_refit(call, 200, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }
 
