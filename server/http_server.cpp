@@ -127,7 +127,8 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         // Only these methods are served: cpp-httplib reads another's body (a PUT's, a PATCH's)
         // without a length until the client closes, whatever its size, where the gate waits for none.
         if (req.method != "GET" && req.method != "HEAD" && req.method != "POST") {
-            res.set_header("Allow", allowed_methods(req.path) ? allowed_methods(req.path) : "GET, HEAD, POST");
+            const char* allowed = allowed_methods(req.path);
+            res.set_header("Allow", allowed ? allowed : "GET, HEAD, POST");
             return refuse(405, "the method " + req.method + " is not served here (GET, HEAD and POST are)", "method_not_allowed");
         }
         if (ambiguous_length(req))
@@ -366,6 +367,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     stream->channel = std::make_shared<ResponseChannel>();
     stream->id = call_id(chat);
     stream->created = unix_time();
+    stream->opened.assign(call.prompts.size(), 0);
     const uint64_t seed = call.seed ? *call.seed : std::random_device()();
     for (size_t i = 0; i < call.prompts.size(); ++i) {
         auto r = std::make_shared<ServeRequest>();
@@ -451,7 +453,6 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
                 return true;
             }
             // (A chat's prompt_token_ids went with its role chunk.)
-            s.opened.resize(s.requests.size());
             const bool first = !s.call.chat && !s.opened[(size_t)e.index];
             s.opened[(size_t)e.index] = 1;
             if (e.kind == ServeEvent::kToken) {

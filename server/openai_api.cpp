@@ -183,8 +183,9 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     // OpenAI's penalties and suffix, and vLLM's extensions that would change the answer: each
     // only at the value that changes nothing.
     const auto only = [&](const char* key, double value, const char* shown) {
-        if (given(body, key) && !body[key].is_number()) bad(key, std::string("'") + key + "' must be a number");
-        if (given(body, key) && body[key].get<double>() != value) bad(key, std::string(key) + " is not supported (" + shown + " only)");
+        if (!given(body, key)) return;
+        if (!body[key].is_number()) bad(key, std::string("'") + key + "' must be a number");
+        if (body[key].get<double>() != value) bad(key, std::string(key) + " is not supported (" + shown + " only)");
     };
     only("presence_penalty", 0, "0"), only("frequency_penalty", 0, "0"), only("repetition_penalty", 1, "1");
     only("min_p", 0, "0"), only("min_tokens", 0, "0");

@@ -29,7 +29,7 @@ const std::string kKey = "sk-test%41";
 
 inline bool sdk_missing() { return !std::filesystem::exists(kModules + "/openai/package.json"); }
 #define SKIP_WITHOUT_SDK()                                                                                                      \
-    if (serve_test::sdk_missing()) GTEST_SKIP() << "the npm package openai is not installed in " << kModules                              \
+    if (serve_test::sdk_missing()) GTEST_SKIP() << "the npm package openai is not installed in " << serve_test::kModules                  \
                                     << " (node or npm missing, or no registry: see the serve_npm_fixture test's output)"
 
 // A `tpx serve` of tiny-text at tp 2 on a port of its own choosing, ended with its process group.
@@ -47,8 +47,10 @@ inline std::string client_command(const Server& s, const std::string& mode, cons
            arg + "'";
 }
 
-inline json client(const Server& s, const std::string& mode, const std::string& arg = "") {
-    tpx_test::ProcessResult r = tpx_test::run_process(client_command(s, mode, arg));
+// Runs a node client's `command` and parses the one JSON value it prints (a failure naming `mode`
+// where it exits non-zero or prints no JSON).
+inline json run_client(const std::string& command, const std::string& mode) {
+    tpx_test::ProcessResult r = tpx_test::run_process(command);
     EXPECT_EQ(r.exit_code, 0) << mode << ":\n" << r.out << r.err;
     try {
         return json::parse(r.out);
@@ -57,6 +59,8 @@ inline json client(const Server& s, const std::string& mode, const std::string& 
         return json::object();
     }
 }
+
+inline json client(const Server& s, const std::string& mode, const std::string& arg = "") { return run_client(client_command(s, mode, arg), mode); }
 
 // Polls the server's metrics until `ok` holds (at most 20 s).
 inline json wait_for_metrics(const Server& s, const std::function<bool(const json&)>& ok) {

@@ -23,6 +23,7 @@
 
 #include "golden.h"
 #include "process.h"
+#include "serve_client.h"
 #include "serve_process.h"
 
 namespace fs = std::filesystem;
@@ -32,14 +33,8 @@ namespace {
 
 const std::string kA = tpx_test::kGolden + "/llama-gqa";
 const std::string kB = tpx_test::kGolden + "/llama-gqa-b";
-const std::string kModules = std::string(TPX_SERVE_NPM_DIR) + "/node_modules";
 const std::string kKey = "sk-refit";
 constexpr int kNewTokens = 8;  // the goldens' greedy continuation
-
-bool sdk_missing() { return !fs::exists(kModules + "/openai/package.json"); }
-#define SKIP_WITHOUT_SDK()                                                                                                      \
-    if (sdk_missing()) GTEST_SKIP() << "the npm package openai is not installed in " << kModules                              \
-                                    << " (node or npm missing, or no registry: see the serve_npm_fixture test's output)"
 
 // A `tpx serve` of `model` at tp 2 on a port of its own choosing, ended with its process group.
 struct Server : tpx_test::ServeProcess {
@@ -55,19 +50,12 @@ struct Server : tpx_test::ServeProcess {
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
 std::string client_command(const Server& s, const std::string& mode, const json& arg) {
-    return "node " + std::string(TPX_SOURCE_DIR) + "/tests/serve/refit_client.mjs " + kModules + " " + s.base() + " " + kKey + " " + mode +
-           " " + quoted(arg.dump());
+    return "node " + std::string(TPX_SOURCE_DIR) + "/tests/serve/refit_client.mjs " + serve_test::kModules + " " + s.base() + " " + kKey + " " +
+           mode + " " + quoted(arg.dump());
 }
 
 json client(const Server& s, const std::string& mode, const json& arg = json::object()) {
-    tpx_test::ProcessResult r = tpx_test::run_process(client_command(s, mode, arg));
-    EXPECT_EQ(r.exit_code, 0) << mode << ":\n" << r.out << r.err;
-    try {
-        return json::parse(r.out);
-    } catch (const json::exception&) {
-        ADD_FAILURE() << mode << ": not JSON:\n" << r.out << r.err;
-        return json::object();
-    }
+    return serve_test::run_client(client_command(s, mode, arg), mode);
 }
 
 // `tpx refit` against the server, with the key unless `key` is "" (from a file: --api-key-file;
