@@ -31,8 +31,21 @@ constexpr int kLoadBatch = 4;
 struct Nothing {
     __device__ void operator()() const {}
 };
+// The norm's weight, this thread's chunks of it (norm_into's): a GEMV may load them before its
+// wait for the kernel before (a weight: no kernel writes it), so that x's loads after the wait
+// queue behind fewer.
+struct NormWeights {
+    uint4 wk[kLoadBatch];
+    __device__ void load(int64_t K, const GemvNorm& nm) {
+#pragma unroll
+        for (int u = 0; u < kLoadBatch; ++u) {
+            const int64_t i = threadIdx.x + u * kThreads;
+            if (i < K / 8) wk[u] = __ldg(reinterpret_cast<const uint4*>(nm.weight) + i);
+        }
+    }
+};
 template <typename Then = Nothing>
-__device__ inline void norm_into(int64_t K, const GemvNorm& nm, uint4* xs, float* xf, Then then = Nothing{}) {
+__device__ inline void norm_into(int64_t K, const GemvNorm& nm, uint4* xs, float* xf, Then then = Nothing{}, const NormWeights* loaded = nullptr) {
     static_assert(kThreads == 256, "the norm's order of sums is that of rmsnorm_vec_kernel's 256 threads");
     static_assert((int64_t)kLoadBatch * kThreads * 8 == kRmsnormVecMaxWidth, "one round of loads covers the widest row the vector kernel takes");
     const int64_t chunks = K / 8;
@@ -44,7 +57,7 @@ __device__ inline void norm_into(int64_t K, const GemvNorm& nm, uint4* xs, float
         if (i >= chunks) break;
         xv[u] = reinterpret_cast<const uint4*>(nm.x)[i];
         if (nm.residual) rv[u] = reinterpret_cast<const uint4*>(nm.residual)[i];
-        wk[u] = __ldg(weight + i);
+        wk[u] = loaded ? loaded->wk[u] : __ldg(weight + i);
     }
     if (threadIdx.x < chunks) then();
     float ss = 0;

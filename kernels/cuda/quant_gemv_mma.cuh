@@ -62,12 +62,12 @@ __device__ inline float x_at(const QuantGemvArgs& a, const float* xf, int64_t Kp
 // loads (threadIdx.x < tokens x Kp / 8, or < K / 8 with the norm) and never when gathering: the
 // caller covers the other threads.
 template <Format F, bool kNorm, bool kGather, typename Then = Nothing>
-__device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64_t Kp, Then then = Nothing{}) {
+__device__ void stage_x(const QuantGemvArgs& a, char* smem, const Smem& L, int64_t Kp, Then then = Nothing{}, const NormWeights* loaded = nullptr) {
     const int64_t K = a.w.K(), T = a.tokens, S = kGather ? a.w.gptq.l.segments : 1;
     __half* xh = reinterpret_cast<__half*>(smem + L.xh);
     float* xscale = reinterpret_cast<float*>(smem + L.xscale);
     float* xf = reinterpret_cast<float*>(smem + L.norm);
-    if constexpr (kNorm) norm_into(K, a.norm, reinterpret_cast<uint4*>(smem + L.norm + K * 4), xf, then);
+    if constexpr (kNorm) norm_into(K, a.norm, reinterpret_cast<uint4*>(smem + L.norm + K * 4), xf, then, loaded);
     bool big = false;
     const int per = (int)(Kp / 8);  // 8 positions a thread a turn: one 16-byte store
     const int n = (int)(S * T) * per;

@@ -133,6 +133,8 @@ __global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, 
     auto copy = [&](int64_t n) {
         if (n < ws.mine) lines.copy(slot(n), ws.at(n), K);
     };
+    NormWeights norm_weights;  // with the norm: loaded first, before the weights' early copies
+    if (kNorm) norm_weights.load(K, a.norm);
     Fp8Scales scales;
     scales.start<E>(a, tile, items, pair, half, ws);
     if (early)
@@ -140,9 +142,11 @@ __global__ void __launch_bounds__(kThreads, 1) fp8_ring_kernel(QuantGemvArgs a, 
     pdl_entry();
     TPX_PROBE_MARK(1);
     bool ahead = false;  // step kStages - 1 copied during stage_x (by the threads with loads there; the others copy it at n = 0)
-    stage_x<Format::kFp8, kNorm, false>(a, smem, L.x, L.Kp, [&] {
-        if (early) copy(ring::kStages - 1), ahead = true;
-    });
+    stage_x<Format::kFp8, kNorm, false>(
+        a, smem, L.x, L.Kp, [&] {
+            if (early) copy(ring::kStages - 1), ahead = true;
+        },
+        kNorm ? &norm_weights : nullptr);
     for (int n = 0; n < ring::kStages - 1; ++n) {
         if (!early) copy(n);
         cp_async_commit();
