@@ -379,6 +379,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
         r->top_p = call.top_p;
         r->seed = seed;
         r->stop = call.stop;
+        r->skip_special_tokens = call.skip_special_tokens;
         r->channel = stream->channel;
         stream->requests.push_back(std::move(r));
     }

@@ -50,8 +50,8 @@ int64_t integer_in(const json& body, const char* key, int64_t lo, int64_t hi, in
 }
 
 // `param`: the name errors give (a nested key's path); the key itself by default.
-bool boolean(const json& body, const char* key, const char* param = nullptr) {
-    if (!given(body, key)) return false;
+bool boolean(const json& body, const char* key, const char* param = nullptr, bool fallback = false) {
+    if (!given(body, key)) return fallback;
     const std::string name = param ? param : key;
     if (!body[key].is_boolean()) bad(name, "'" + name + "' must be true or false");
     return body[key].get<bool>();
@@ -76,16 +76,17 @@ std::vector<int32_t> ids_of(const json& list, const ApiLimits& limits) {
 }
 
 // A string, a list of strings, a list of ids, or a list of lists of ids.
-std::vector<std::vector<int32_t>> completion_prompts(const json& body, const ApiLimits& limits) {
+// add_special_tokens: the tokenizer's own (its post-processor's BOS) around a text prompt.
+std::vector<std::vector<int32_t>> completion_prompts(const json& body, const ApiLimits& limits, bool add_special_tokens) {
     if (!given(body, "prompt")) bad("prompt", "'prompt' is required");
     const json& p = body["prompt"];
     std::vector<std::vector<int32_t>> out;
     if (p.is_string()) {
-        out.push_back(tokenizer_for(limits, "prompt").encode(p.get<std::string>()));
+        out.push_back(tokenizer_for(limits, "prompt").encode(p.get<std::string>(), add_special_tokens));
     } else if (p.is_array() && !p.empty() && p[0].is_string()) {
         for (const json& s : p) {
             if (!s.is_string()) bad("prompt", "a list of prompts holds strings only, or token-id lists only");
-            out.push_back(tokenizer_for(limits, "prompt").encode(s.get<std::string>()));
+            out.push_back(tokenizer_for(limits, "prompt").encode(s.get<std::string>(), add_special_tokens));
         }
     } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
         out.push_back(ids_of(p, limits));
@@ -102,7 +103,9 @@ std::vector<std::vector<int32_t>> completion_prompts(const json& body, const Api
     return out;
 }
 
-std::vector<int32_t> chat_prompt(const json& body, const ApiLimits& limits) {
+// add_special_tokens: the tokenizer's own around the rendered template too (vLLM's; the
+// template usually writes them itself, so the default is false).
+std::vector<int32_t> chat_prompt(const json& body, const ApiLimits& limits, bool add_special_tokens) {
     if (!given(body, "messages") || !body["messages"].is_array() || body["messages"].empty())
         bad("messages", "'messages' must be a non-empty list of {\"role\", \"content\"}");
     if (!limits.text || !limits.text->tokenizer || !limits.text->chat)
@@ -135,7 +138,7 @@ std::vector<int32_t> chat_prompt(const json& body, const ApiLimits& limits) {
     }
     std::vector<int32_t> ids;
     try {
-        ids = limits.text->encode_chat(messages, /*add_generation_prompt=*/true);
+        ids = limits.text->encode_chat(messages, /*add_generation_prompt=*/true, add_special_tokens);
     } catch (const std::exception& e) {
         bad("messages", std::string("the chat template failed: ") + e.what());
     }
@@ -211,6 +214,10 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
         call.include_usage = boolean(body["stream_options"], "include_usage", "stream_options.include_usage");
     }
     call.return_token_ids = boolean(body, "return_token_ids");
+    call.skip_special_tokens = boolean(body, "skip_special_tokens", nullptr, /*fallback=*/true);
+    // vLLM's defaults: a completion's text gets the tokenizer's special tokens, a chat's template
+    // writes its own.
+    const bool add_special_tokens = boolean(body, "add_special_tokens", nullptr, /*fallback=*/!chat);
     call.temperature = number_in(body, "temperature", 0, 2, limits.default_temperature);
     call.top_p = number_in(body, "top_p", 0, 1, limits.default_top_p, /*open_low=*/true);
     call.top_k = integer_in(body, "top_k", -1, 1 << 30, limits.default_top_k);
@@ -240,8 +247,8 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     const char* max_key = chat && given(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
     const bool max_given = given(body, max_key);
     const int64_t max_tokens = integer_in(body, max_key, 1, 1 << 30, limits.default_max_tokens);
-    if (chat) call.prompts.push_back(chat_prompt(body, limits));
-    else call.prompts = completion_prompts(body, limits);
+    if (chat) call.prompts.push_back(chat_prompt(body, limits, add_special_tokens));
+    else call.prompts = completion_prompts(body, limits, add_special_tokens);
     for (const auto& p : call.prompts) {
         int64_t room = limits.max_seq_len - (int64_t)p.size();
         // The prompt alone leaving no room is the prompt's fault, whatever max_tokens says.

@@ -45,6 +45,7 @@ struct ApiCall {
     bool stream = false;
     bool include_usage = false;       // stream_options.include_usage
     bool return_token_ids = false;    // choices carry token_ids and prompt_token_ids (as vLLM's)
+    bool skip_special_tokens = true;  // vLLM's: the output's special tokens left out of its text
     std::vector<std::vector<int32_t>> prompts;
     std::vector<int64_t> max_tokens;  // per prompt
     double temperature = 0;

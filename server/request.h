@@ -66,6 +66,7 @@ struct ServeRequest {
     double top_p = 1;
     uint64_t seed = 0;                // with the prompt, fixes the sampled tokens
     std::vector<std::string> stop;    // stop strings (need the tokenizer)
+    bool skip_special_tokens = true;  // the text leaves the output's special tokens out
     ServeClock::time_point arrived = ServeClock::now();
     std::atomic<bool> cancelled{false};  // the client went away: the scheduler drops it, freeing its slot
     std::shared_ptr<ResponseChannel> channel;

@@ -42,10 +42,10 @@ struct Server : tpx_test::ServeProcess {
                        flags, wait_for, env) {}
 };
 
-inline std::string client_command(const Server& s, const std::string& mode, const std::string& arg = "") {
-    return "node " + std::string(TPX_SOURCE_DIR) + "/tests/serve/client.mjs " + kModules + " " + s.base() + " " + kKey + " " + mode + " '" +
-           arg + "'";
+inline std::string client_command_at(const std::string& base, const std::string& mode, const std::string& arg = "") {
+    return "node " + std::string(TPX_SOURCE_DIR) + "/tests/serve/client.mjs " + kModules + " " + base + " " + kKey + " " + mode + " '" + arg + "'";
 }
+inline std::string client_command(const Server& s, const std::string& mode, const std::string& arg = "") { return client_command_at(s.base(), mode, arg); }
 
 // Runs a node client's `command` and parses the one JSON value it prints (a failure naming `mode`
 // where it exits non-zero or prints no JSON).

@@ -172,6 +172,7 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"include_usage", 400, "stream_options.include_usage"},
                                            {"presence_penalty", 400, "presence_penalty"},
                                            {"suffix", 400, "suffix"},
+                                           {"skip_special_tokens", 400, "skip_special_tokens"},
                                            {"functions", 400, "functions"},
                                            {"unstreamed_options", 400, "stream_options"},
                                            {"no_content", 400, "messages"},
@@ -237,6 +238,63 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
         EXPECT_LT(s["seconds"].get<double>(), 3) << smuggled << ": closed after cpp-httplib's keep-alive wait, not at once: " << s.dump();
         EXPECT_EQ(s["responses"], 1) << smuggled << ": the request behind the body must not be answered: " << s.dump();
     }
+}
+
+// vLLM's skip_special_tokens (default true) and add_special_tokens (default true for a
+// completion, false for a chat, whose template writes its own). With the special tokens kept,
+// the eos id that ends a sequence still stays out of its text (vLLM's detokenizer leaves it out).
+TEST(Serve, SpecialTokensInTheTextAndThePromptAsVllms) {
+    SKIP_WITHOUT_SDK();
+    const std::string bos = "<|begin_of_text|>";
+    json r;
+    {
+        Server server("");
+        r = client(server, "specials");
+    }
+    const std::vector<int> ids = {2046, 2744, 0, 2680};  // tpx run's greedy output for [938, 572] (id 0: bos)
+    for (const char* how : {"skipped", "skipped_streamed", "kept", "kept_streamed"}) {
+        EXPECT_EQ(r[how]["token_ids"], json(ids)) << how << ": " << r.dump();
+        EXPECT_EQ(r[how]["finish_reason"], "length") << how;
+    }
+    const std::string skipped = r["skipped"]["text"], kept = r["kept"]["text"];
+    EXPECT_EQ(skipped.find(bos), std::string::npos) << skipped;
+    const size_t at = kept.find(bos);
+    ASSERT_NE(at, std::string::npos) << kept;
+    EXPECT_EQ(std::string(kept).erase(at, bos.size()), skipped);  // (the byte-level decoder: the rest unchanged)
+    EXPECT_EQ(r["skipped_streamed"]["text"], skipped);
+    EXPECT_EQ(r["kept_streamed"]["text"], kept);
+    // A stop string over the kept text only.
+    EXPECT_EQ(r["stop_kept"]["text"], kept.substr(0, at)) << r["stop_kept"].dump();
+    EXPECT_EQ(r["stop_kept"]["finish_reason"], "stop");
+    EXPECT_EQ(r["stop_kept"]["token_ids"], json({2046, 2744, 0}));
+    EXPECT_EQ(r["stop_skipped"]["finish_reason"], "length");
+    // The prompt: bos added to a completion's text unless add_special_tokens is false; a chat's
+    // template writes one, and add_special_tokens adds the tokenizer's too.
+    const json text_default = r["text_default"]["prompt_token_ids"], text_plain = r["text_plain"]["prompt_token_ids"];
+    ASSERT_FALSE(text_plain.empty());
+    EXPECT_EQ(text_default[0], 0);
+    EXPECT_NE(text_plain[0], 0);
+    EXPECT_EQ(json(std::vector<json>(text_default.begin() + 1, text_default.end())), text_plain);
+    const json chat_default = r["chat_default"]["prompt_token_ids"], chat_added = r["chat_added"]["prompt_token_ids"];
+    ASSERT_GE(chat_default.size(), 2u);
+    EXPECT_EQ(chat_default[0], 0);
+    EXPECT_NE(chat_default[1], 0);
+    EXPECT_EQ(chat_added[0], 0);
+    EXPECT_EQ(json(std::vector<json>(chat_added.begin() + 1, chat_added.end())), chat_default);
+
+    // The same prompt where id 0 is the eos ([run] eos): the sequence ends there and its text,
+    // special tokens kept or not, is the text of the two ids before it.
+    tpx_test::ServeProcess eos("[model]\npath = \"" + kModel + "\"\n[run]\nmax_new_tokens = 16\neos = [0]\n[serve]\nport = 0\nmodel_name = \"tiny\"\n" +
+                                   "api_key = \"" + kKey + "\"\n",
+                               "", "serve: ready");
+    json e = run_client(client_command_at(eos.base(), "specials"), "specials");
+    for (const char* how : {"skipped", "skipped_streamed", "kept", "kept_streamed"}) {
+        EXPECT_EQ(e[how]["token_ids"], json({2046, 2744, 0})) << how << ": " << e.dump();
+        EXPECT_EQ(e[how]["finish_reason"], "stop") << how;
+        EXPECT_EQ(e[how]["text"], skipped.substr(0, e[how]["text"].get<std::string>().size())) << how;
+        EXPECT_EQ(e[how]["text"], e["skipped"]["text"]) << how;
+    }
+    EXPECT_LT(e["skipped"]["text"].get<std::string>().size(), skipped.size());
 }
 
 // models/tiny has no tokenizer: token-id prompts are served with empty text, text prompts refused.

@@ -12,20 +12,23 @@ size_t StopStrings::find_in(const std::string& text) const {
     return first;
 }
 
-bool StopStrings::reached(const Tokenizer& tokenizer, const std::vector<int32_t>& output) const {
+bool StopStrings::reached(const Tokenizer& tokenizer, const std::vector<int32_t>& output, bool skip_special_tokens) const {
     if (stops_.empty() || output.empty()) return false;
     // A new match must end in the last token's text and start at most longest-1 bytes before
-    // it. Each token that is not special yields at least one byte, so the last longest + 4 of
-    // them (a UTF-8 character may be split over up to four byte tokens) reach back far enough.
+    // it. Each token that is not special yields at least one byte (a kept special one its whole
+    // text), so the last longest + 4 of them (a UTF-8 character may be split over up to four
+    // byte tokens) reach back far enough.
     // A tail decodes differently from the whole text only at its first characters (a space a
     // decoder strips, a split character), which lie before any match ending in the last token.
     size_t longest = 0;
     for (const std::string& s : stops_) longest = std::max(longest, s.size());
     size_t start = output.size(), counted = 0;
-    while (start > 0 && counted < longest + 4)
-        if (!tokenizer.is_special(output[--start])) ++counted;
+    while (start > 0 && counted < longest + 4) {
+        const int32_t id = output[--start];
+        if (!skip_special_tokens || !tokenizer.is_special(id)) ++counted;
+    }
     std::vector<int32_t> tail(output.begin() + (ptrdiff_t)start, output.end());
-    return find_in(tokenizer.decode(tail, /*skip_special_tokens=*/true)) != std::string::npos;
+    return find_in(tokenizer.decode(tail, skip_special_tokens)) != std::string::npos;
 }
 
 }  // namespace tpx

@@ -20,9 +20,9 @@ public:
     size_t find_in(const std::string& text) const;
 
     // Whether `output` (all ids generated so far, the last one just added) now holds a stop
-    // string in its decoded text; only the text of the last tokens that could reach into a new
-    // match is decoded.
-    bool reached(const Tokenizer& tokenizer, const std::vector<int32_t>& output) const;
+    // string in its decoded text (skip_special_tokens: the text without the special tokens);
+    // only the text of the last tokens that could reach into a new match is decoded.
+    bool reached(const Tokenizer& tokenizer, const std::vector<int32_t>& output, bool skip_special_tokens = true) const;
 
 private:
     std::vector<std::string> stops_;

@@ -22,8 +22,8 @@ std::string TextTools::render_chat(const nlohmann::ordered_json& messages, bool 
     return chat->render(messages, options);
 }
 
-std::vector<int32_t> TextTools::encode_chat(const nlohmann::ordered_json& messages, bool add_generation_prompt) const {
-    return tokenizer->encode(render_chat(messages, add_generation_prompt), /*add_special_tokens=*/false);
+std::vector<int32_t> TextTools::encode_chat(const nlohmann::ordered_json& messages, bool add_generation_prompt, bool add_special_tokens) const {
+    return tokenizer->encode(render_chat(messages, add_generation_prompt), add_special_tokens);
 }
 
 std::string tokenizer_path(const Job& job) {

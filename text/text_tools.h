@@ -25,7 +25,8 @@ struct TextTools {
     // add_generation_prompt=...) then tokenizer(prompt, add_special_tokens=False): the template
     // writes the special tokens itself.
     std::string render_chat(const nlohmann::ordered_json& messages, bool add_generation_prompt) const;
-    std::vector<int32_t> encode_chat(const nlohmann::ordered_json& messages, bool add_generation_prompt) const;
+    // add_special_tokens: the tokenizer's own too (vLLM's chat option; usually doubles the BOS).
+    std::vector<int32_t> encode_chat(const nlohmann::ordered_json& messages, bool add_generation_prompt, bool add_special_tokens = false) const;
 };
 
 // The tokenizer path the job uses: model.tokenizer, else model.path when it is a folder holding

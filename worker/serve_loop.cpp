@@ -228,7 +228,7 @@ private:
             e.index = q.req->index;
             e.token = q.output.empty() ? 0 : q.output.back();
             e.finish_reason = "abort";
-            if (s_.tokenizer) e.text = s_.tokenizer->decode(q.output, /*skip_special_tokens=*/true);
+            if (s_.tokenizer) e.text = s_.tokenizer->decode(q.output, q.req->skip_special_tokens);
             e.tail = q.sent < e.text.size() ? e.text.substr(q.sent) : "";
             e.output = q.output;
             q.req->channel->push(std::move(e));
@@ -374,11 +374,15 @@ private:
         front_.metrics.add_generated_tokens(1);
         std::string reason;
         std::string text;
-        if (s_.tokenizer) text = s_.tokenizer->decode(q.output, /*skip_special_tokens=*/true);
+        const bool eos = std::find(s_.eos.begin(), s_.eos.end(), (int64_t)token) != s_.eos.end();
+        // The eos id that ends a sequence is not part of its text, special tokens kept or not
+        // (as vLLM's detokenizer).
+        if (s_.tokenizer)
+            text = s_.tokenizer->decode(eos ? std::vector<int32_t>(q.output.begin(), q.output.end() - 1) : q.output, r.skip_special_tokens);
         StopStrings stops(r.stop);
-        if (std::find(s_.eos.begin(), s_.eos.end(), (int64_t)token) != s_.eos.end()) {
+        if (eos) {
             reason = "stop";
-        } else if (s_.tokenizer && !stops.empty() && stops.reached(*s_.tokenizer, q.output)) {
+        } else if (s_.tokenizer && !stops.empty() && stops.reached(*s_.tokenizer, q.output, r.skip_special_tokens)) {
             reason = "stop";
             if (size_t at = stops.find_in(text); at != std::string::npos) text.resize(at);
         } else if ((int64_t)q.output.size() >= r.max_tokens) {

@@ -105,6 +105,23 @@ const modes = {
     for await (const chunk of stream) if (chunk.usage) usage = chunk.usage;
     return { whole, streamed, usage };
   },
+  // vLLM's skip_special_tokens and add_special_tokens. tiny-text's greedy output for these ids
+  // has <|begin_of_text|> (id 0) third.
+  async specials() {
+    const body = { prompt: [938, 572], max_tokens: 4 };
+    const hi = [{ role: "user", content: "Hi" }];
+    return {
+      skipped: await complete(body), skipped_streamed: await completeStream(body),
+      kept: await complete({ ...body, skip_special_tokens: false }),
+      kept_streamed: await completeStream({ ...body, skip_special_tokens: false }),
+      stop_kept: await complete({ ...body, skip_special_tokens: false, stop: ["<|begin"] }),
+      stop_skipped: await complete({ ...body, stop: ["<|begin"] }),
+      text_default: await complete({ prompt: "Hi", max_tokens: 1 }),
+      text_plain: await complete({ prompt: "Hi", max_tokens: 1, add_special_tokens: false }),
+      chat_default: await chat({ messages: hi, max_tokens: 1 }),
+      chat_added: await chat({ messages: hi, max_tokens: 1, add_special_tokens: true }),
+    };
+  },
   // A model without a tokenizer: ids in, ids out; a text prompt is refused.
   async ids() {
     const ids = await complete({ prompt: [1, 2, 3], max_tokens: 6 });
@@ -153,6 +170,7 @@ const modes = {
     // user's message without content.
     await attempt("presence_penalty", () => client.completions.create({ model, prompt: "Hi", presence_penalty: 0.5 }));
     await attempt("suffix", () => client.completions.create({ model, prompt: "Hi", suffix: "end" }));
+    await attempt("skip_special_tokens", () => client.completions.create({ model, prompt: "Hi", skip_special_tokens: "no" }));
     await attempt("functions", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }],
                                                                     functions: [{ name: "f", parameters: {} }] }));
     await attempt("unstreamed_options", () => client.completions.create({ model, prompt: "Hi", stream_options: { include_usage: true } }));
