@@ -128,8 +128,9 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
         // without a length until the client closes, whatever its size, where the gate waits for none.
         if (req.method != "GET" && req.method != "HEAD" && req.method != "POST") {
             const char* allowed = allowed_methods(req.path);
-            res.set_header("Allow", allowed ? allowed : "GET, HEAD, POST");
-            return refuse(405, "the method " + req.method + " is not served here (GET, HEAD and POST are)", "method_not_allowed");
+            if (!allowed) return refuse(404, "no route " + req.method + " " + req.path, "unknown_url");  // (as by any method)
+            res.set_header("Allow", allowed);
+            return refuse(405, req.path + " is served by " + allowed + ", not " + req.method, "method_not_allowed");
         }
         if (ambiguous_length(req))
             return refuse(400, "the request's body length is ambiguous (more than one Content-Length header, Content-Length with "

@@ -258,6 +258,8 @@ const modes = {
     // A PUT without a length (cpp-httplib would read its body until the client closes).
     out.put = await exchange(`PUT /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${apiKey}\r\n`, authorized, 300);
     out.put_allow = (await fetch(base + "/v1/completions", { method: "PUT", headers: { Authorization: "Bearer " + apiKey } })).headers.get("allow");
+    // Another method on a path that is no route: 404, as for GET and POST.
+    out.delete_route = (await fetch(base + "/nope", { method: "DELETE", headers: { Authorization: "Bearer " + apiKey } })).status;
     // No key for a HEAD of /health (a load balancer's probe); the scheme "Bearer" in any case.
     out.head_health = (await fetch(base + "/health", { method: "HEAD" })).status;
     out.lower_bearer = (await fetch(base + "/v1/models", { headers: { Authorization: "bearer " + apiKey } })).status;
