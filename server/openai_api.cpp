@@ -116,9 +116,10 @@ std::vector<int32_t> chat_prompt(const json& body, const ApiLimits& limits, bool
             bad("messages", "every message needs a string 'role'");
         nlohmann::ordered_json msg = {{"role", m["role"]}};
         const json& c = m.contains("content") ? m["content"] : json();
-        // (OpenAI's: only an assistant's message may go without content, as one of tool calls does.)
-        if (c.is_null() && m["role"] != "assistant")
-            bad("messages", "a '" + m["role"].get<std::string>() + "' message needs 'content' (only an assistant's may be null)");
+        // (OpenAI's: only an assistant's message, as one of tool calls, and an old function
+        // result's may go without content.)
+        if (c.is_null() && m["role"] != "assistant" && m["role"] != "function")
+            bad("messages", "a '" + m["role"].get<std::string>() + "' message needs 'content' (only an assistant's or a function's may be null)");
         if (c.is_string()) {
             msg["content"] = c;
         } else if (c.is_array()) {  // content parts: their text, joined

@@ -175,6 +175,8 @@ const modes = {
                                                                     functions: [{ name: "f", parameters: {} }] }));
     await attempt("unstreamed_options", () => client.completions.create({ model, prompt: "Hi", stream_options: { include_usage: true } }));
     await attempt("no_content", () => client.chat.completions.create({ model, messages: [{ role: "user" }] }));
+    await attempt("function_null", () => client.chat.completions.create({ model, max_tokens: 1,
+      messages: [{ role: "user", content: "Hi" }, { role: "function", name: "f", content: null }] }));
     // A route by another method: 405 naming the one it takes.
     const get = await fetch(base + "/v1/completions", { headers: { Authorization: "Bearer " + apiKey } });
     out.get_route = { status: get.status, ...(await get.json()).error };
