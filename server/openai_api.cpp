@@ -49,8 +49,9 @@ int64_t integer_in(const json& body, const char* key, int64_t lo, int64_t hi, in
     return x;
 }
 
-// `param`: the name errors give (a nested key's path); the key itself by default.
-bool boolean(const json& body, const char* key, const char* param = nullptr, bool fallback = false) {
+// `fallback`: the value where the key is absent or null. `param`: the name errors give (a nested
+// key's path); the key itself by default.
+bool boolean(const json& body, const char* key, bool fallback = false, const char* param = nullptr) {
     if (!given(body, key)) return fallback;
     const std::string name = param ? param : key;
     if (!body[key].is_boolean()) bad(name, "'" + name + "' must be true or false");
@@ -212,13 +213,13 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     if (given(body, "stream_options")) {
         if (!call.stream) bad("stream_options", "'stream_options' is only allowed with \"stream\": true");
         if (!body["stream_options"].is_object()) bad("stream_options", "'stream_options' must be an object");
-        call.include_usage = boolean(body["stream_options"], "include_usage", "stream_options.include_usage");
+        call.include_usage = boolean(body["stream_options"], "include_usage", false, "stream_options.include_usage");
     }
     call.return_token_ids = boolean(body, "return_token_ids");
-    call.skip_special_tokens = boolean(body, "skip_special_tokens", nullptr, /*fallback=*/true);
+    call.skip_special_tokens = boolean(body, "skip_special_tokens", /*fallback=*/true);
     // vLLM's defaults: a completion's text gets the tokenizer's special tokens, a chat's template
     // writes its own.
-    const bool add_special_tokens = boolean(body, "add_special_tokens", nullptr, /*fallback=*/!chat);
+    const bool add_special_tokens = boolean(body, "add_special_tokens", /*fallback=*/!chat);
     call.temperature = number_in(body, "temperature", 0, 2, limits.default_temperature);
     call.top_p = number_in(body, "top_p", 0, 1, limits.default_top_p, /*open_low=*/true);
     call.top_k = integer_in(body, "top_k", -1, 1 << 30, limits.default_top_k);

@@ -32,20 +32,25 @@ inline bool sdk_missing() { return !std::filesystem::exists(kModules + "/openai/
     if (serve_test::sdk_missing()) GTEST_SKIP() << "the npm package openai is not installed in " << serve_test::kModules                  \
                                     << " (node or npm missing, or no registry: see the serve_npm_fixture test's output)"
 
+// The job of the servers here: `model` at tp 2, the lines `run_extra` under [run] and
+// `serve_extra` under [serve].
+inline std::string server_job(const std::string& model, const std::string& run_extra, const std::string& serve_extra) {
+    return "[model]\npath = \"" + model + "\"\n[parallel]\ntp = 2\n[run]\nmax_new_tokens = 16\nmax_batch = 4\n" + run_extra +
+           "[serve]\nport = 0\nmodel_name = \"tiny\"\napi_key = \"" + kKey + "\"\n" + serve_extra;
+}
+
 // A `tpx serve` of tiny-text at tp 2 on a port of its own choosing, ended with its process group.
 struct Server : tpx_test::ServeProcess {
     // `env`: VAR=value words the server starts with.
     Server(const std::string& serve_extra, const std::string& flags = "", const char* wait_for = "serve: ready",
            const std::string& model = kModel, const std::string& env = "")
-        : ServeProcess("[model]\npath = \"" + model + "\"\n[parallel]\ntp = 2\n[run]\nmax_new_tokens = 16\nmax_batch = 4\n" +
-                           "[serve]\nport = 0\nmodel_name = \"tiny\"\napi_key = \"" + kKey + "\"\n" + serve_extra,
-                       flags, wait_for, env) {}
+        : ServeProcess(server_job(model, "", serve_extra), flags, wait_for, env) {}
 };
 
-inline std::string client_command_at(const std::string& base, const std::string& mode, const std::string& arg = "") {
-    return "node " + std::string(TPX_SOURCE_DIR) + "/tests/serve/client.mjs " + kModules + " " + base + " " + kKey + " " + mode + " '" + arg + "'";
+inline std::string client_command(const tpx_test::ServeProcess& s, const std::string& mode, const std::string& arg = "") {
+    return "node " + std::string(TPX_SOURCE_DIR) + "/tests/serve/client.mjs " + kModules + " " + s.base() + " " + kKey + " " + mode + " '" +
+           arg + "'";
 }
-inline std::string client_command(const Server& s, const std::string& mode, const std::string& arg = "") { return client_command_at(s.base(), mode, arg); }
 
 // Runs a node client's `command` and parses the one JSON value it prints (a failure naming `mode`
 // where it exits non-zero or prints no JSON).
@@ -60,7 +65,9 @@ inline json run_client(const std::string& command, const std::string& mode) {
     }
 }
 
-inline json client(const Server& s, const std::string& mode, const std::string& arg = "") { return run_client(client_command(s, mode, arg), mode); }
+inline json client(const tpx_test::ServeProcess& s, const std::string& mode, const std::string& arg = "") {
+    return run_client(client_command(s, mode, arg), mode);
+}
 
 // Polls the server's metrics until `ok` holds (at most 20 s).
 inline json wait_for_metrics(const Server& s, const std::function<bool(const json&)>& ok) {

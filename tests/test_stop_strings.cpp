@@ -1,0 +1,69 @@
+// Stop strings (text/stop_strings.h) over tiny-text's tokenizer: StopStrings::reached decodes only
+// an output's tail each step, and must say "reached" at the same step as a search of the whole
+// decoded text would, the special tokens skipped or kept. Random outputs with the two special ids
+// (0: <|begin_of_text|>, 1: <|end_of_text|>) mixed in; the stops are pieces of each output's own
+// whole text (so they do occur), many of them across a special token's text where it is kept.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "process.h"
+#include "text/stop_strings.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+const std::string kTokenizer = std::string(TPX_SOURCE_DIR) + "/models/tiny-text/tokenizer.json";
+
+// The first step (output length) at which the whole decoded text holds a stop, or 0 for none.
+size_t first_by_whole_text(const tpx::Tokenizer& tok, const tpx::StopStrings& stops, const std::vector<int32_t>& out, bool skip) {
+    for (size_t n = 1; n <= out.size(); ++n)
+        if (stops.find_in(tok.decode(std::vector<int32_t>(out.begin(), out.begin() + (ptrdiff_t)n), skip)) != std::string::npos) return n;
+    return 0;
+}
+
+size_t first_by_tail(const tpx::Tokenizer& tok, const tpx::StopStrings& stops, const std::vector<int32_t>& out, bool skip) {
+    for (size_t n = 1; n <= out.size(); ++n)
+        if (stops.reached(tok, std::vector<int32_t>(out.begin(), out.begin() + (ptrdiff_t)n), skip)) return n;
+    return 0;
+}
+
+}  // namespace
+
+TEST(StopStrings, TheTailSaysReachedAtTheStepTheWholeTextDoes) {
+    const tpx::Tokenizer tok = tpx::Tokenizer::load(kTokenizer);
+    std::mt19937 rng(7);
+    std::uniform_int_distribution<int> id(2, 2999), pick(0, 5), length(1, 12);
+    int found[2] = {0, 0};
+    for (int trial = 0; trial < 300; ++trial) {
+        std::vector<int32_t> out;
+        for (int i = 0; i < 24; ++i) out.push_back(pick(rng) == 0 ? (int32_t)(i % 2) : (int32_t)id(rng));
+        for (bool skip : {true, false}) {
+            const std::string whole = tok.decode(out, skip);
+            if (whole.size() < 2) continue;
+            const size_t n = std::min<size_t>((size_t)length(rng), whole.size() - 1);
+            const size_t from = std::uniform_int_distribution<size_t>(0, whole.size() - n)(rng);
+            const tpx::StopStrings stops({"zzz-never", whole.substr(from, n)});
+            const size_t want = first_by_whole_text(tok, stops, out, skip);
+            EXPECT_EQ(first_by_tail(tok, stops, out, skip), want) << "skip " << skip << ", stop '" << whole.substr(from, n) << "', trial " << trial;
+            found[skip] += want > 0;
+        }
+    }
+    // Every stop is a piece of the whole text, so nearly every trial finds one (a piece cut inside
+    // a character that the prefixes decode otherwise may not).
+    EXPECT_GT(found[0], 250);
+    EXPECT_GT(found[1], 250);
+}
+
+TEST(StopStrings, KeptSpecialTokensAreSearchedOnlyWhenKept) {
+    const tpx::Tokenizer tok = tpx::Tokenizer::load(kTokenizer);
+    const std::vector<int32_t> out = {2046, 2744, 0, 2680};  // " Returns", "andom", <|begin_of_text|>, "width"
+    const tpx::StopStrings across({"andom<|begin"});
+    EXPECT_FALSE(across.reached(tok, out, /*skip_special_tokens=*/true));
+    EXPECT_TRUE(across.reached(tok, out, /*skip_special_tokens=*/false));
+    const tpx::StopStrings joined({"andomwidth"});  // the text with the special token left out
+    EXPECT_TRUE(joined.reached(tok, out, /*skip_special_tokens=*/true));
+    EXPECT_FALSE(joined.reached(tok, out, /*skip_special_tokens=*/false));
+}
