@@ -381,6 +381,8 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
         r->seed = seed;
         r->stop = call.stop;
         r->skip_special_tokens = call.skip_special_tokens;
+        r->stop_token_ids = call.stop_token_ids;
+        r->ignore_eos = call.ignore_eos;
         r->channel = stream->channel;
         stream->requests.push_back(std::move(r));
     }

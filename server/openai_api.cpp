@@ -64,13 +64,14 @@ const Tokenizer& tokenizer_for(const ApiLimits& limits, const char* param) {
     return *limits.text->tokenizer;
 }
 
-std::vector<int32_t> ids_of(const json& list, const ApiLimits& limits) {
+// `param`, `what`: the parameter the ids are, as errors name it and as their text begins.
+std::vector<int32_t> ids_of(const json& list, const ApiLimits& limits, const char* param = "prompt", const char* what = "a token-id prompt") {
     std::vector<int32_t> ids;
     for (const json& t : list) {
-        if (!t.is_number_integer()) bad("prompt", "a token-id prompt holds only integers");
+        if (!t.is_number_integer()) bad(param, std::string(what) + " holds only integers");
         const int64_t id = t.is_number_unsigned() && t.get<uint64_t>() > (uint64_t)INT64_MAX ? -1 : t.get<int64_t>();
         if (id < 0 || id >= limits.vocab)
-            bad("prompt", "token id " + t.dump() + " is outside the vocabulary [0, " + std::to_string(limits.vocab) + ")");
+            bad(param, std::string(what) + ": token id " + t.dump() + " is outside the vocabulary [0, " + std::to_string(limits.vocab) + ")");
         ids.push_back((int32_t)id);
     }
     return ids;
@@ -196,9 +197,9 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     only("min_p", 0, "0"), only("min_tokens", 0, "0");
     if (given(body, "suffix") && !(body["suffix"].is_string() && body["suffix"].get<std::string>().empty()))
         bad("suffix", "suffix is not supported");
-    for (const char* key : {"stop_token_ids", "bad_words", "allowed_token_ids"})
+    for (const char* key : {"bad_words", "allowed_token_ids"})
         if (given(body, key) && !(body[key].is_array() && body[key].empty())) bad(key, std::string(key) + " is not supported");
-    for (const char* key : {"ignore_eos", "use_beam_search", "include_stop_str_in_output", "continue_final_message"})
+    for (const char* key : {"use_beam_search", "include_stop_str_in_output", "continue_final_message"})
         if (boolean(body, key)) bad(key, std::string(key) + " = true is not supported");
     for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "truncate_prompt_tokens",
                             "chat_template", "chat_template_kwargs", "documents", "logits_processors", "prompt_logprobs"})
@@ -217,6 +218,14 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     }
     call.return_token_ids = boolean(body, "return_token_ids");
     call.skip_special_tokens = boolean(body, "skip_special_tokens", /*fallback=*/true);
+    call.ignore_eos = boolean(body, "ignore_eos");
+    if (given(body, "stop_token_ids")) {
+        if (!body["stop_token_ids"].is_array()) bad("stop_token_ids", "'stop_token_ids' must be a list of token ids");
+        if (body["stop_token_ids"].size() > kMaxStopTokenIds)
+            bad("stop_token_ids", "'stop_token_ids' holds " + std::to_string(body["stop_token_ids"].size()) + " ids; at most " +
+                                      std::to_string(kMaxStopTokenIds) + " are taken");
+        call.stop_token_ids = ids_of(body["stop_token_ids"], limits, "stop_token_ids", "'stop_token_ids'");
+    }
     // vLLM's defaults: a completion's text gets the tokenizer's special tokens, a chat's template
     // writes its own.
     const bool add_special_tokens = boolean(body, "add_special_tokens", /*fallback=*/!chat);

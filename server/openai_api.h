@@ -26,6 +26,8 @@ nlohmann::json error_body(int status, const std::string& message, const std::str
 
 // The most stop strings a call may give (OpenAI takes 4).
 constexpr size_t kMaxStops = 16;
+// vLLM's stop_token_ids: a call's ids are looked for at every step of its sequences.
+constexpr size_t kMaxStopTokenIds = 256;
 
 // What the server knows when it checks a call (from the job and the plan).
 struct ApiLimits {
@@ -46,6 +48,8 @@ struct ApiCall {
     bool include_usage = false;       // stream_options.include_usage
     bool return_token_ids = false;    // choices carry token_ids and prompt_token_ids (as vLLM's)
     bool skip_special_tokens = true;  // vLLM's: the output's special tokens left out of its text
+    std::vector<int32_t> stop_token_ids;  // vLLM's: ids that end a sequence as an eos id does
+    bool ignore_eos = false;              // vLLM's: the eos ids do not end a sequence
     std::vector<std::vector<int32_t>> prompts;
     std::vector<int64_t> max_tokens;  // per prompt
     double temperature = 0;

@@ -67,6 +67,8 @@ struct ServeRequest {
     uint64_t seed = 0;                // with the prompt, fixes the sampled tokens
     std::vector<std::string> stop;    // stop strings (need the tokenizer)
     bool skip_special_tokens = true;  // the text leaves the output's special tokens out
+    std::vector<int32_t> stop_token_ids;  // end the sequence as an eos id does
+    bool ignore_eos = false;              // the eos ids do not end it
     ServeClock::time_point arrived = ServeClock::now();
     std::atomic<bool> cancelled{false};  // the client went away: the scheduler drops it, freeing its slot
     std::shared_ptr<ResponseChannel> channel;

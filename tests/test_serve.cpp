@@ -173,6 +173,7 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"presence_penalty", 400, "presence_penalty"},
                                            {"suffix", 400, "suffix"},
                                            {"skip_special_tokens", 400, "skip_special_tokens"},
+                                           {"stop_token_ids", 400, "stop_token_ids"},
                                            {"functions", 400, "functions"},
                                            {"unstreamed_options", 400, "stream_options"},
                                            {"no_content", 400, "messages"},
@@ -245,7 +246,8 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
 // vLLM's skip_special_tokens (default true) and add_special_tokens (default true for a
 // completion, false for a chat, whose template writes its own). With the special tokens kept,
 // the eos id that ends a sequence still stays out of its text (vLLM's detokenizer leaves it out).
-TEST(Serve, SpecialTokensInTheTextAndThePromptAsVllms) {
+// Also vLLM's stop_token_ids and ignore_eos.
+TEST(Serve, SpecialTokensStopIdsAndIgnoreEosAsVllms) {
     SKIP_WITHOUT_SDK();
     const std::string bos = "<|begin_of_text|>";
     json r;
@@ -267,6 +269,13 @@ TEST(Serve, SpecialTokensInTheTextAndThePromptAsVllms) {
     EXPECT_EQ(r["stop_kept"]["token_ids"], json({2046, 2744, 0}));
     EXPECT_EQ(r["stop_skipped"]["text"], skipped);
     EXPECT_EQ(r["stop_skipped"]["finish_reason"], "length");
+    // vLLM's stop_token_ids: the id ends the sequence as an eos would, its text left out.
+    for (const char* how : {"stop_id", "stop_id_streamed"}) {
+        EXPECT_EQ(r[how]["token_ids"], json({2046, 2744, 0})) << how << ": " << r[how].dump();
+        EXPECT_EQ(r[how]["finish_reason"], "stop") << how;
+        EXPECT_EQ(r[how]["text"], " Returnsandom") << how;
+    }
+    EXPECT_EQ(r["ignore_eos"]["token_ids"], json(ids));  // (no eos met: as without it)
     // The prompt: bos added to a completion's text unless add_special_tokens is false; a chat's
     // template writes one, and add_special_tokens adds the tokenizer's too.
     const json text_default = r["text_default"]["prompt_token_ids"], text_plain = r["text_plain"]["prompt_token_ids"];
@@ -290,6 +299,10 @@ TEST(Serve, SpecialTokensInTheTextAndThePromptAsVllms) {
         EXPECT_EQ(e[how]["finish_reason"], "stop") << how;
         EXPECT_EQ(e[how]["text"], " Returnsandom") << how;
     }
+    // ignore_eos: past the eos id, to max_tokens.
+    EXPECT_EQ(e["ignore_eos"]["token_ids"], json(ids)) << e["ignore_eos"].dump();
+    EXPECT_EQ(e["ignore_eos"]["finish_reason"], "length");
+    EXPECT_EQ(e["ignore_eos"]["text"], skipped);
 }
 
 // models/tiny has no tokenizer: token-id prompts are served with empty text, text prompts refused.

@@ -374,9 +374,10 @@ private:
         front_.metrics.add_generated_tokens(1);
         std::string reason;
         std::string text;
-        const bool eos = std::find(s_.eos.begin(), s_.eos.end(), (int64_t)token) != s_.eos.end();
-        // The eos id that ends a sequence is not part of its text, special tokens kept or not
-        // (as vLLM's detokenizer).
+        const bool eos = (!r.ignore_eos && std::find(s_.eos.begin(), s_.eos.end(), (int64_t)token) != s_.eos.end()) ||
+                         std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end();
+        // The eos (or stop) id that ends a sequence is not part of its text, special tokens kept
+        // or not (as vLLM's detokenizer).
         if (s_.tokenizer)
             text = s_.tokenizer->decode(eos ? std::vector<int32_t>(q.output.begin(), q.output.end() - 1) : q.output, r.skip_special_tokens);
         StopStrings stops(r.stop);

@@ -116,6 +116,9 @@ const modes = {
       kept_streamed: await completeStream({ ...body, skip_special_tokens: false }),
       stop_kept: await complete({ ...body, skip_special_tokens: false, stop: ["<|begin"] }),
       stop_skipped: await complete({ ...body, stop: ["<|begin"] }),
+      stop_id: await complete({ ...body, stop_token_ids: [0], skip_special_tokens: false }),
+      stop_id_streamed: await completeStream({ ...body, stop_token_ids: [5, 0] }),
+      ignore_eos: await complete({ ...body, ignore_eos: true }),
       text_default: await complete({ prompt: "Hi", max_tokens: 1 }),
       text_plain: await complete({ prompt: "Hi", max_tokens: 1, add_special_tokens: false }),
       chat_default: await chat({ messages: hi, max_tokens: 1 }),
@@ -171,6 +174,7 @@ const modes = {
     await attempt("presence_penalty", () => client.completions.create({ model, prompt: "Hi", presence_penalty: 0.5 }));
     await attempt("suffix", () => client.completions.create({ model, prompt: "Hi", suffix: "end" }));
     await attempt("skip_special_tokens", () => client.completions.create({ model, prompt: "Hi", skip_special_tokens: "no" }));
+    await attempt("stop_token_ids", () => client.completions.create({ model, prompt: "Hi", stop_token_ids: [1, 3000] }));
     await attempt("functions", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }],
                                                                     functions: [{ name: "f", parameters: {} }] }));
     await attempt("unstreamed_options", () => client.completions.create({ model, prompt: "Hi", stream_options: { include_usage: true } }));
