@@ -54,8 +54,9 @@ async function clientLoop() {
     const t0 = performance.now();
     let last = t0, first = true;
     try {
+      // ignore_eos: every request runs to its max_tokens, as bench/hf_serve_peer.py's.
       const stream = await client.completions.create({ model, prompt: w.prompt, max_tokens: w.max_tokens, temperature: 0, stream: true,
-                                                       return_token_ids: true });
+                                                       return_token_ids: true, ignore_eos: true });
       for await (const chunk of stream) {
         const n = chunk.choices[0]?.token_ids?.length ?? 1;
         const now = performance.now();

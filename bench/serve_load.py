@@ -36,8 +36,9 @@ def stream_one(url, key, model, req):
     """One streamed completion; returns (ttft_s, [gaps_s], tokens)."""
     u = urllib.parse.urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    # ignore_eos: every request runs to its max_tokens, as the HF peer's (eos_token_id=None).
     body = json.dumps({"model": model, "prompt": req["prompt"], "max_tokens": req["max_tokens"], "temperature": 0,
-                       "stream": True, "return_token_ids": True})
+                       "stream": True, "return_token_ids": True, "ignore_eos": True})
     start = time.perf_counter()
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
     resp = conn.getresponse()
