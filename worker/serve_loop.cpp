@@ -374,14 +374,15 @@ private:
         front_.metrics.add_generated_tokens(1);
         std::string reason;
         std::string text;
-        const bool eos = (!r.ignore_eos && std::find(s_.eos.begin(), s_.eos.end(), (int64_t)token) != s_.eos.end()) ||
-                         std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end();
-        // The eos (or stop) id that ends a sequence is not part of its text, special tokens kept
-        // or not (as vLLM's detokenizer).
+        // An eos id (unless the call ignores them) or one of the call's stop ids.
+        const bool stop_id = (!r.ignore_eos && std::find(s_.eos.begin(), s_.eos.end(), (int64_t)token) != s_.eos.end()) ||
+                             std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end();
+        // The id that ends a sequence is not part of its text, special tokens kept or not (as
+        // vLLM's detokenizer).
         if (s_.tokenizer)
-            text = s_.tokenizer->decode(eos ? std::vector<int32_t>(q.output.begin(), q.output.end() - 1) : q.output, r.skip_special_tokens);
+            text = s_.tokenizer->decode(stop_id ? std::vector<int32_t>(q.output.begin(), q.output.end() - 1) : q.output, r.skip_special_tokens);
         StopStrings stops(r.stop);
-        if (eos) {
+        if (stop_id) {
             reason = "stop";
         } else if (s_.tokenizer && !stops.empty() && stops.reached(*s_.tokenizer, q.output, r.skip_special_tokens)) {
             reason = "stop";
