@@ -124,6 +124,12 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
             reply_error(res, status, message + (unread ? " (refused, and the connection closed)" : ""), "", code);
             return httplib::Server::HandlerResponse::Handled;
         };
+        // The key first, whatever else is wrong with the request (as vLLM's middleware): a caller
+        // without it learns nothing of the routes (not even which exist) or of the checks below.
+        const bool reading = req.method == "GET" || req.method == "HEAD";
+        const bool open = settings_.api_key.empty() || (req.path == "/health" && reading);
+        if (!open && !bearer_matches(req.get_header_value("Authorization"), settings_.api_key))
+            return refuse(401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "invalid_api_key");
         // Only these methods are served: cpp-httplib reads another's body (a PUT's, a PATCH's)
         // without a length until the client closes, whatever its size, where the gate waits for none.
         if (req.method != "GET" && req.method != "HEAD" && req.method != "POST") {
@@ -157,10 +163,6 @@ HttpServer::HttpServer(HttpSettings settings, ApiLimits limits, RequestQueue& qu
                                    " bytes this server takes (64 a token of run.max_seq_len, for serve.max_queue prompts)",
                           "body_too_large");
         if (req.method != "POST" && has_body(req)) return refuse(400, "a " + req.method + " request takes no body", "invalid_request");
-        const bool reading = req.method == "GET" || req.method == "HEAD";
-        const bool open = settings_.api_key.empty() || (req.path == "/health" && reading);
-        if (!open && !bearer_matches(req.get_header_value("Authorization"), settings_.api_key))
-            return refuse(401, "Incorrect API key provided (expected \"Authorization: Bearer KEY\" with [serve] api_key)", "invalid_api_key");
         // GET /v1/models/ID (the SDK's models.retrieve; an ID may hold slashes) is answered here:
         // cpp-httplib matches routes by std::regex, whose "(.+)" recurses once a character, so a
         // long ID would overflow a small thread stack and end the server.
@@ -421,7 +423,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
                 return reply_error(res, e.status, e.error, "", e.code);
             }
             if (e.kind != ServeEvent::kFinished) continue;
-            choices[e.index] = {e.text, e.output, e.finish_reason};
+            choices[e.index] = {e.text, e.output, {e.finish_reason, e.stop_id, e.stop_string}};
             ++finished;
         }
         res.set_content(response_body(call, stream->id, stream->created, model, choices).dump(-1, ' ', false, json::error_handler_t::replace),
@@ -460,13 +462,13 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
             const bool first = !s.call.chat && !s.opened[(size_t)e.index];
             s.opened[(size_t)e.index] = 1;
             if (e.kind == ServeEvent::kToken) {
-                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, "", first)));
+                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, {}, first)));
             } else {
                 ++s.finished;
                 s.generated += (int64_t)e.output.size();
                 // An aborted sequence (a refit) has no new token: its last one went out already.
                 std::vector<int32_t> last = e.finish_reason == "abort" ? std::vector<int32_t>{} : std::vector<int32_t>{e.token};
-                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, e.finish_reason, first)));
+                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, {e.finish_reason, e.stop_id, e.stop_string}, first)));
                 if (ok && s.finished == s.requests.size()) {
                     if (s.call.include_usage) ok = write(sse(stream_usage_chunk(s.call, s.id, s.created, model, s.generated)));
                     ok = ok && write("data: [DONE]\n\n");

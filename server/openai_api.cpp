@@ -276,6 +276,14 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     return call;
 }
 
+namespace {
+json stop_reason(const ChoiceEnd& end) {
+    if (end.stop_id >= 0) return end.stop_id;
+    if (!end.stop_string.empty()) return end.stop_string;
+    return nullptr;
+}
+}  // namespace
+
 json usage_body(const ApiCall& call, int64_t completion_tokens) {
     int64_t prompt_tokens = 0;
     for (const auto& p : call.prompts) prompt_tokens += (int64_t)p.size();
@@ -289,7 +297,7 @@ json response_body(const ApiCall& call, const std::string& id, int64_t created, 
     int64_t generated = 0;
     for (size_t i = 0; i < choices.size(); ++i) {
         const ChoiceResult& c = choices[i];
-        json choice = {{"index", i}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}};
+        json choice = {{"index", i}, {"logprobs", nullptr}, {"finish_reason", c.end.finish_reason}, {"stop_reason", stop_reason(c.end)}};
         if (call.chat) choice["message"] = {{"role", "assistant"}, {"content", c.text}};
         else choice["text"] = c.text;
         if (call.return_token_ids) choice["token_ids"] = c.output;
@@ -304,8 +312,12 @@ json response_body(const ApiCall& call, const std::string& id, int64_t created, 
 }
 
 json stream_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index,
-                  const std::string& text, const std::vector<int32_t>& tokens, const std::string& finish_reason, bool first) {
-    json choice = {{"index", index}, {"logprobs", nullptr}, {"finish_reason", finish_reason.empty() ? json() : json(finish_reason)}};
+                  const std::string& text, const std::vector<int32_t>& tokens, const ChoiceEnd& end, bool first) {
+    const std::string& finish_reason = end.finish_reason;
+    json choice = {{"index", index},
+                   {"logprobs", nullptr},
+                   {"finish_reason", finish_reason.empty() ? json() : json(finish_reason)},
+                   {"stop_reason", stop_reason(end)}};
     if (call.chat) choice["delta"] = finish_reason.empty() || !text.empty() ? json{{"content", text}} : json::object();
     else choice["text"] = text;
     if (call.return_token_ids) choice["token_ids"] = tokens;

@@ -66,19 +66,27 @@ ApiError unknown_model(const std::string& asked, const ApiLimits& limits);
 // (prompt + max_tokens beyond max_seq_len).
 ApiCall parse_call(const nlohmann::json& body, const ApiLimits& limits, bool chat);
 
+// How a prompt's output ended: finish_reason ("" while it goes on), and what vLLM's stop_reason
+// gives: the call's stop id or stop string that ended it (neither: null, as for an eos id).
+struct ChoiceEnd {
+    std::string finish_reason;
+    int32_t stop_id = -1;
+    std::string stop_string;
+};
+
 // One prompt's answer.
 struct ChoiceResult {
     std::string text;
     std::vector<int32_t> output;
-    std::string finish_reason;
+    ChoiceEnd end;
 };
 
 nlohmann::json response_body(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
                              const std::vector<ChoiceResult>& choices);
-// A stream chunk of prompt `index`: its new text (and token), or its end (finish_reason set).
+// A stream chunk of prompt `index`: its new text (and token), or its end (end.finish_reason set).
 // With return_token_ids the prompt's first chunk (`first`) carries its prompt_token_ids, as vLLM's.
 nlohmann::json stream_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index,
-                            const std::string& text, const std::vector<int32_t>& tokens, const std::string& finish_reason, bool first);
+                            const std::string& text, const std::vector<int32_t>& tokens, const ChoiceEnd& end, bool first);
 // The chat stream's first chunk of a prompt: the assistant's role (and with return_token_ids the
 // prompt_token_ids, beside the choices, as vLLM's).
 nlohmann::json stream_role_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index);

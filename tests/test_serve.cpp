@@ -209,6 +209,8 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
     EXPECT_EQ(r["head_health"], 200) << r.dump();
     EXPECT_EQ(r["put_allow"], "POST") << r.dump();  // the route's methods
     EXPECT_EQ(r["delete_route"], 404) << r.dump();
+    EXPECT_EQ(r["delete_no_key"], 401) << r.dump();
+    EXPECT_EQ(r["put_nope_no_key"], 401) << r.dump();
     EXPECT_EQ(r["function_null"]["status"], 200) << r.dump();  // OpenAI's function message: content may be null
     EXPECT_EQ(r["get_allow"], "POST") << r.dump();
     EXPECT_EQ(r["form_body"], 200) << r.dump();
@@ -263,9 +265,11 @@ TEST(Serve, SpecialTokensStopIdsAndIgnoreEosAsVllms) {
         EXPECT_EQ(r[how]["finish_reason"], "length") << how;
         EXPECT_EQ(r[how]["text"], std::string(how).rfind("kept", 0) == 0 ? kept : skipped) << how;
     }
+    EXPECT_EQ(r["skipped"]["stop_reason"], nullptr) << r["skipped"].dump();  // (vLLM's: none at max_tokens)
     // A stop string over the kept text only.
     EXPECT_EQ(r["stop_kept"]["text"], " Returnsandom") << r["stop_kept"].dump();
     EXPECT_EQ(r["stop_kept"]["finish_reason"], "stop");
+    EXPECT_EQ(r["stop_kept"]["stop_reason"], "<|begin");  // vLLM's stop_reason: the stop string
     EXPECT_EQ(r["stop_kept"]["token_ids"], json({2046, 2744, 0}));
     EXPECT_EQ(r["stop_skipped"]["text"], skipped);
     EXPECT_EQ(r["stop_skipped"]["finish_reason"], "length");
@@ -274,6 +278,7 @@ TEST(Serve, SpecialTokensStopIdsAndIgnoreEosAsVllms) {
         EXPECT_EQ(r[how]["token_ids"], json({2046, 2744, 0})) << how << ": " << r[how].dump();
         EXPECT_EQ(r[how]["finish_reason"], "stop") << how;
         EXPECT_EQ(r[how]["text"], " Returnsandom") << how;
+        EXPECT_EQ(r[how]["stop_reason"], 0) << how;  // the stop id
     }
     EXPECT_EQ(r["ignore_eos"]["token_ids"], json(ids));  // (no eos met: as without it)
     // The prompt: bos added to a completion's text unless add_special_tokens is false; a chat's
@@ -298,6 +303,7 @@ TEST(Serve, SpecialTokensStopIdsAndIgnoreEosAsVllms) {
         EXPECT_EQ(e[how]["token_ids"], json({2046, 2744, 0})) << how << ": " << e.dump();
         EXPECT_EQ(e[how]["finish_reason"], "stop") << how;
         EXPECT_EQ(e[how]["text"], " Returnsandom") << how;
+        EXPECT_EQ(e[how]["stop_reason"], nullptr) << how;  // an eos id: none, as vLLM's
     }
     // ignore_eos: past the eos id, to max_tokens.
     EXPECT_EQ(e["ignore_eos"]["token_ids"], json(ids)) << e["ignore_eos"].dump();

@@ -17,10 +17,14 @@ namespace {
 
 const std::string kTokenizer = std::string(TPX_SOURCE_DIR) + "/models/tiny-text/tokenizer.json";
 
-// The first step (output length) at which the whole decoded text holds a stop, or 0 for none.
+// The first step (output length) at which the whole decoded text, without an unfinished last
+// character, holds a stop, or 0 for none.
 size_t first_by_whole_text(const tpx::Tokenizer& tok, const tpx::StopStrings& stops, const std::vector<int32_t>& out, bool skip) {
-    for (size_t n = 1; n <= out.size(); ++n)
-        if (stops.find_in(tok.decode(std::vector<int32_t>(out.begin(), out.begin() + (ptrdiff_t)n), skip)) != std::string::npos) return n;
+    for (size_t n = 1; n <= out.size(); ++n) {
+        std::string text = tok.decode(std::vector<int32_t>(out.begin(), out.begin() + (ptrdiff_t)n), skip);
+        while (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) text.resize(text.size() - 3);
+        if (stops.find_in(text) != std::string::npos) return n;
+    }
     return 0;
 }
 
@@ -66,4 +70,20 @@ TEST(StopStrings, KeptSpecialTokensAreSearchedOnlyWhenKept) {
     const tpx::StopStrings joined({"andomwidth"});  // the text with the special token left out
     EXPECT_TRUE(joined.reached(tok, out, /*skip_special_tokens=*/true));
     EXPECT_FALSE(joined.reached(tok, out, /*skip_special_tokens=*/false));
+}
+
+// A character split over two tokens (tiny-text's 140 and 103: the two bytes of "Ψ") decodes as
+// U+FFFD until its second byte comes. A stop string is not matched against that placeholder (it
+// was: a stop ending in U+FFFD cut the output one token early, before a character it never held).
+TEST(StopStrings, AnUnfinishedCharacterIsNotSearched) {
+    const tpx::Tokenizer tok = tpx::Tokenizer::load(kTokenizer);
+    ASSERT_EQ(tok.decode({2046, 140}, true), " Returns\xEF\xBF\xBD");  // HF's decode (npm tokenizers)
+    ASSERT_EQ(tok.decode({2046, 140, 103}, true), " Returns\xCE\xA8");
+    const tpx::StopStrings placeholder({"s\xEF\xBF\xBD"}), psi({"s\xCE\xA8"});
+    EXPECT_FALSE(placeholder.reached(tok, {2046, 140}));
+    EXPECT_FALSE(placeholder.reached(tok, {2046, 140, 103}));
+    EXPECT_FALSE(psi.reached(tok, {2046, 140}));
+    EXPECT_TRUE(psi.reached(tok, {2046, 140, 103}));
+    EXPECT_EQ(tpx::complete_text("a\xEF\xBF\xBD\xEF\xBF\xBD"), "a");
+    EXPECT_EQ(tpx::complete_text("\xEF\xBF\xBD" "b"), "\xEF\xBF\xBD" "b");  // a placeholder inside the text stays
 }

@@ -28,7 +28,14 @@ bool StopStrings::reached(const Tokenizer& tokenizer, const std::vector<int32_t>
         if (!skip_special_tokens || !tokenizer.is_special(id)) ++counted;
     }
     std::vector<int32_t> tail(output.begin() + (ptrdiff_t)start, output.end());
-    return find_in(tokenizer.decode(tail, skip_special_tokens)) != std::string::npos;
+    return find_in(complete_text(tokenizer.decode(tail, skip_special_tokens))) != std::string::npos;
+}
+
+std::string complete_text(std::string text) {
+    static const std::string kReplacement = "\xEF\xBF\xBD";
+    while (text.size() >= kReplacement.size() && text.compare(text.size() - kReplacement.size(), kReplacement.size(), kReplacement) == 0)
+        text.resize(text.size() - kReplacement.size());
+    return text;
 }
 
 }  // namespace tpx

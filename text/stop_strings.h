@@ -20,12 +20,17 @@ public:
     size_t find_in(const std::string& text) const;
 
     // Whether `output` (all ids generated so far, the last one just added) now holds a stop
-    // string in its decoded text (skip_special_tokens: the text without the special tokens);
+    // string in its decoded text (skip_special_tokens: the text without the special tokens),
+    // complete_text's: a character whose bytes have not all come is not searched (as vLLM's);
     // only the text of the last tokens that could reach into a new match is decoded.
     bool reached(const Tokenizer& tokenizer, const std::vector<int32_t>& output, bool skip_special_tokens = true) const;
 
 private:
     std::vector<std::string> stops_;
 };
+
+// `text` without the U+FFFD characters at its end: a decoded output whose last character's bytes
+// have not all come ends in one (the next token may complete it).
+std::string complete_text(std::string text);
 
 }  // namespace tpx

@@ -21,6 +21,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "kernels/cpu/ops.h"
+#include "text/stop_strings.h"
 #include "worker/generation.h"
 
 namespace tpx {
@@ -85,9 +86,7 @@ std::mt19937_64 request_rng(const ServeRequest& r) {
 // The longest prefix of `text` that is final: no trailing incomplete UTF-8 character (decoded
 // as U+FFFD) and, with stop strings, not the last bytes that could begin one.
 size_t final_prefix(const std::string& text, const std::vector<std::string>& stops) {
-    size_t end = text.size();
-    static const std::string kReplacement = "\xEF\xBF\xBD";
-    while (end >= 3 && text.compare(end - 3, 3, kReplacement) == 0) end -= 3;
+    size_t end = complete_text(text).size();
     size_t hold = 0;
     for (const std::string& s : stops) hold = std::max(hold, s.size() - 1);
     end = end > hold ? end - hold : 0;
@@ -375,22 +374,30 @@ private:
         std::string reason;
         std::string text;
         // An eos id (unless the call ignores them) or one of the call's stop ids.
-        const bool stop_id = (!r.ignore_eos && std::find(s_.eos.begin(), s_.eos.end(), (int64_t)token) != s_.eos.end()) ||
-                             std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end();
+        const bool eos = !r.ignore_eos && std::find(s_.eos.begin(), s_.eos.end(), (int64_t)token) != s_.eos.end();
+        const bool stop_id = eos || std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end();
         // The id that ends a sequence is not part of its text, special tokens kept or not (as
         // vLLM's detokenizer).
         if (s_.tokenizer)
             text = s_.tokenizer->decode(stop_id ? std::vector<int32_t>(q.output.begin(), q.output.end() - 1) : q.output, r.skip_special_tokens);
         StopStrings stops(r.stop);
+        ServeEvent e;
         if (stop_id) {
             reason = "stop";
+            if (!eos) e.stop_id = token;
         } else if (s_.tokenizer && !stops.empty() && stops.reached(*s_.tokenizer, q.output, r.skip_special_tokens)) {
             reason = "stop";
-            if (size_t at = stops.find_in(text); at != std::string::npos) text.resize(at);
+            if (size_t at = stops.find_in(text); at != std::string::npos) {
+                for (const std::string& s : r.stop)  // the one that begins there (the first listed, where two do)
+                    if (text.compare(at, s.size(), s) == 0) {
+                        e.stop_string = s;
+                        break;
+                    }
+                text.resize(at);
+            }
         } else if ((int64_t)q.output.size() >= r.max_tokens) {
             reason = "length";
         }
-        ServeEvent e;
         e.index = r.index;
         e.token = token;
         if (reason.empty()) {

@@ -19,21 +19,22 @@ function failure(e) {
 async function complete(body) {
   const r = await client.completions.create({ model, temperature: 0, return_token_ids: true, ...body });
   const c = r.choices[0];
-  return { text: c.text, token_ids: c.token_ids, prompt_token_ids: c.prompt_token_ids, finish_reason: c.finish_reason, usage: r.usage, object: r.object };
+  return { text: c.text, token_ids: c.token_ids, prompt_token_ids: c.prompt_token_ids, finish_reason: c.finish_reason, stop_reason: c.stop_reason,
+           usage: r.usage, object: r.object };
 }
 
 async function completeStream(body) {
   const stream = await client.completions.create({ model, temperature: 0, return_token_ids: true, stream: true, ...body });
-  let text = "", ids = [], finish = null, chunks = 0, prompt = null, promptChunks = 0;
+  let text = "", ids = [], finish = null, chunks = 0, prompt = null, promptChunks = 0, stopReason = null;
   for await (const chunk of stream) {
     const c = chunk.choices[0];
     chunks++;
     text += c.text;
     ids.push(...(c.token_ids ?? []));
     if (c.prompt_token_ids) prompt = c.prompt_token_ids, promptChunks++;
-    if (c.finish_reason) finish = c.finish_reason;
+    if (c.finish_reason) finish = c.finish_reason, stopReason = c.stop_reason;
   }
-  return { text, token_ids: ids, finish_reason: finish, chunks, prompt_token_ids: prompt, prompt_chunks: promptChunks };
+  return { text, token_ids: ids, finish_reason: finish, stop_reason: stopReason, chunks, prompt_token_ids: prompt, prompt_chunks: promptChunks };
 }
 
 async function chat(body) {
@@ -266,6 +267,9 @@ const modes = {
     out.put_allow = (await fetch(base + "/v1/completions", { method: "PUT", headers: { Authorization: "Bearer " + apiKey } })).headers.get("allow");
     // Another method on a path that is no route: 404, as for GET and POST.
     out.delete_route = (await fetch(base + "/nope", { method: "DELETE", headers: { Authorization: "Bearer " + apiKey } })).status;
+    // Without the key, any method on any path (a route or not) is a 401 first.
+    out.delete_no_key = (await fetch(base + "/v1/admin/refit", { method: "DELETE" })).status;
+    out.put_nope_no_key = (await fetch(base + "/nope", { method: "PUT" })).status;
     // No key for a HEAD of /health (a load balancer's probe); the scheme "Bearer" in any case.
     out.head_health = (await fetch(base + "/health", { method: "HEAD" })).status;
     out.lower_bearer = (await fetch(base + "/v1/models", { headers: { Authorization: "bearer " + apiKey } })).status;
