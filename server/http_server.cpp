@@ -87,7 +87,8 @@ struct Stream {
     size_t finished = 0;
     int64_t generated = 0;
     bool started = false, ended = false;
-    std::vector<char> opened;  // a completion's prompt whose first chunk went out
+    std::vector<char> opened;     // a completion's prompt whose first chunk went out
+    std::vector<int64_t> tokens;  // each prompt's tokens sent so far
 };
 
 // A body is refused (413) past what the largest call needs: max_queue prompts of max_seq_len tokens
@@ -371,6 +372,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     stream->id = call_id(chat);
     stream->created = unix_time();
     stream->opened.assign(call.prompts.size(), 0);
+    stream->tokens.assign(call.prompts.size(), 0);
     const uint64_t seed = call.seed ? *call.seed : std::random_device()();
     for (size_t i = 0; i < call.prompts.size(); ++i) {
         auto r = std::make_shared<ServeRequest>();
@@ -442,11 +444,16 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
             Stream& s = *stream;
             if (socket >= 0 && peer_hung_up(socket)) return false;
             auto write = [&](const std::string& text) { return sink.write(text.data(), text.size()); };
+            // A prompt's chunk, with its usage so far where the call asks (vLLM's continuous_usage_stats).
+            auto chunk = [&](json c, int index) {
+                if (s.call.continuous_usage) c["usage"] = prompt_usage(s.call, index, s.tokens[(size_t)index]);
+                return write(sse(c));
+            };
             if (!s.started) {
                 s.started = true;
                 if (s.call.chat)
                     for (size_t i = 0; i < s.requests.size(); ++i)
-                        if (!write(sse(stream_role_chunk(s.call, s.id, s.created, model, (int)i)))) return false;
+                        if (!chunk(stream_role_chunk(s.call, s.id, s.created, model, (int)i), (int)i)) return false;
             }
             ServeEvent e;
             if (!s.channel->pop(e, 200ms)) return sink.is_writable();
@@ -462,13 +469,16 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
             const bool first = !s.call.chat && !s.opened[(size_t)e.index];
             s.opened[(size_t)e.index] = 1;
             if (e.kind == ServeEvent::kToken) {
-                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, {}, first)));
+                ++s.tokens[(size_t)e.index];
+                ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, {}, first), e.index);
             } else {
                 ++s.finished;
                 s.generated += (int64_t)e.output.size();
                 // An aborted sequence (a refit) has no new token: its last one went out already.
                 std::vector<int32_t> last = e.finish_reason == "abort" ? std::vector<int32_t>{} : std::vector<int32_t>{e.token};
-                ok = write(sse(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, {e.finish_reason, e.stop_id, e.stop_string}, first)));
+                s.tokens[(size_t)e.index] = (int64_t)e.output.size();
+                ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, {e.finish_reason, e.stop_id, e.stop_string}, first),
+                           e.index);
                 if (ok && s.finished == s.requests.size()) {
                     if (s.call.include_usage) ok = write(sse(stream_usage_chunk(s.call, s.id, s.created, model, s.generated)));
                     ok = ok && write("data: [DONE]\n\n");

@@ -215,6 +215,7 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
         if (!call.stream) bad("stream_options", "'stream_options' is only allowed with \"stream\": true");
         if (!body["stream_options"].is_object()) bad("stream_options", "'stream_options' must be an object");
         call.include_usage = boolean(body["stream_options"], "include_usage", false, "stream_options.include_usage");
+        call.continuous_usage = boolean(body["stream_options"], "continuous_usage_stats", false, "stream_options.continuous_usage_stats");
     }
     call.return_token_ids = boolean(body, "return_token_ids");
     call.skip_special_tokens = boolean(body, "skip_special_tokens", /*fallback=*/true);
@@ -283,6 +284,11 @@ json stop_reason(const ChoiceEnd& end) {
     return nullptr;
 }
 }  // namespace
+
+json prompt_usage(const ApiCall& call, int index, int64_t completion_tokens) {
+    const int64_t prompt_tokens = (int64_t)call.prompts[(size_t)index].size();
+    return {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens}, {"total_tokens", prompt_tokens + completion_tokens}};
+}
 
 json usage_body(const ApiCall& call, int64_t completion_tokens) {
     int64_t prompt_tokens = 0;

@@ -46,6 +46,7 @@ struct ApiCall {
     bool chat = false;
     bool stream = false;
     bool include_usage = false;       // stream_options.include_usage
+    bool continuous_usage = false;    // vLLM's stream_options.continuous_usage_stats: usage in every chunk
     bool return_token_ids = false;    // choices carry token_ids and prompt_token_ids (as vLLM's)
     bool skip_special_tokens = true;  // vLLM's: the output's special tokens left out of its text
     std::vector<int32_t> stop_token_ids;  // vLLM's: ids that end a sequence as an eos id does
@@ -94,5 +95,7 @@ nlohmann::json stream_role_chunk(const ApiCall& call, const std::string& id, int
 nlohmann::json stream_usage_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
                                   int64_t completion_tokens);
 nlohmann::json usage_body(const ApiCall& call, int64_t completion_tokens);
+// One prompt's usage so far (a chunk's, with continuous_usage): its prompt and `completion_tokens`.
+nlohmann::json prompt_usage(const ApiCall& call, int index, int64_t completion_tokens);
 
 }  // namespace tpx

@@ -131,6 +131,9 @@ TEST(Serve, SdkCompletionsAndChatEqualTpxRun) {
         EXPECT_EQ(ids, std::vector<int>(all.begin(), all.begin() + (ptrdiff_t)ids.size())) << how;
     }
     EXPECT_EQ(stop["usage"]["completion_tokens"], 5) << stop.dump();
+    // continuous_usage_stats: the role chunk's 0, then one more a token, then the final usage chunk
+    // (no choices) with all 5.
+    EXPECT_EQ(stop["counts"], json::parse("[[1,0,0],[1,1,1],[1,2,2],[1,3,3],[1,4,4],[1,5,5],[0,5,5]]")) << stop.dump();
 }
 
 TEST(Serve, ConcurrentRequestsOfMixedLengthsEqualTheirAnswersAlone) {

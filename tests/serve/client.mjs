@@ -104,7 +104,12 @@ const modes = {
                                                      stream_options: { include_usage: true } });
     let usage = null;
     for await (const chunk of stream) if (chunk.usage) usage = chunk.usage;
-    return { whole, streamed, usage };
+    // vLLM's continuous_usage_stats: each chunk's usage so far (a chat's role chunk first).
+    const counts = [];
+    const chatStream = await client.chat.completions.create({ model, messages: [{ role: "user", content: arg }], max_tokens: 5, temperature: 0,
+                                                              stream: true, stream_options: { include_usage: true, continuous_usage_stats: true } });
+    for await (const chunk of chatStream) counts.push(chunk.usage ? [chunk.choices.length, chunk.usage.completion_tokens, chunk.usage.total_tokens - chunk.usage.prompt_tokens] : null);
+    return { whole, streamed, usage, counts };
   },
   // vLLM's skip_special_tokens and add_special_tokens. tiny-text's greedy output for these ids
   // has <|begin_of_text|> (id 0) third.
