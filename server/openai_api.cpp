@@ -208,6 +208,10 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     if (given(body, "functions") && !(body["functions"].is_array() && body["functions"].empty())) bad("functions", "function calls are not supported");
     if (given(body, "function_call") && body["function_call"] != "none" && body["function_call"] != "auto")
         bad("function_call", "function calls are not supported ('function_call' may be \"none\" or \"auto\")");
+    // OpenAI's audio output: text is all this server writes.
+    if (given(body, "audio")) bad("audio", "audio output is not supported");
+    if (given(body, "modalities") && body["modalities"] != json::array({"text"}))
+        bad("modalities", "only the text modality is supported ('modalities' may be [\"text\"])");
     if (chat && given(body, "add_generation_prompt") && !boolean(body, "add_generation_prompt"))
         bad("add_generation_prompt", "add_generation_prompt = false is not supported");
     call.stream = boolean(body, "stream");

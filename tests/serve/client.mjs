@@ -181,6 +181,10 @@ const modes = {
     await attempt("suffix", () => client.completions.create({ model, prompt: "Hi", suffix: "end" }));
     await attempt("skip_special_tokens", () => client.completions.create({ model, prompt: "Hi", skip_special_tokens: "no" }));
     await attempt("stop_token_ids", () => client.completions.create({ model, prompt: "Hi", stop_token_ids: [1, 3000] }));
+    await attempt("modalities", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], modalities: ["text", "audio"],
+                                                                        audio: { voice: "alloy", format: "wav" } }));
+    await attempt("text_modality", () => client.chat.completions.create({ model, max_tokens: 1, messages: [{ role: "user", content: "Hi" }],
+                                                                           modalities: ["text"] }));
     await attempt("functions", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }],
                                                                     functions: [{ name: "f", parameters: {} }] }));
     await attempt("unstreamed_options", () => client.completions.create({ model, prompt: "Hi", stream_options: { include_usage: true } }));
