@@ -163,17 +163,10 @@ ApiError unknown_model(const std::string& asked, const ApiLimits& limits) {
     return ApiError(404, "The model '" + asked + "' does not exist; this server has '" + limits.model_name + "'", "model", "model_not_found");
 }
 
-ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
-    if (!body.is_object()) throw ApiError(400, "the request body must be a JSON object", "", "invalid_json");
-    if (given(body, "model")) {
-        if (!body["model"].is_string()) bad("model", "'model' must be a string");
-        if (body["model"].get<std::string>() != limits.model_name) throw unknown_model(body["model"].get<std::string>(), limits);
-    }
-    ApiCall call;
-    call.chat = chat;
-    if (integer_in(body, "n", 1, 1, 1) != 1) bad("n", "only n = 1 is supported");
-    if (boolean(body, "echo")) bad("echo", "echo = true is not supported");
-    // What would change the answer and is not done here is refused, not ignored.
+namespace {
+
+// What would change the answer and is not done here is refused (400 naming it), not ignored.
+void refuse_unsupported(const json& body, bool chat) {
     if (given(body, "logit_bias") && !(body["logit_bias"].is_object() && body["logit_bias"].empty()))
         bad("logit_bias", "logit_bias is not supported");
     if (given(body, "tools") && !(body["tools"].is_array() && body["tools"].empty())) bad("tools", "tool calls are not supported");
@@ -214,12 +207,29 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
         bad("modalities", "only the text modality is supported ('modalities' may be [\"text\"])");
     if (chat && given(body, "add_generation_prompt") && !boolean(body, "add_generation_prompt"))
         bad("add_generation_prompt", "add_generation_prompt = false is not supported");
+}
+
+}  // namespace
+
+ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
+    if (!body.is_object()) throw ApiError(400, "the request body must be a JSON object", "", "invalid_json");
+    if (given(body, "model")) {
+        if (!body["model"].is_string()) bad("model", "'model' must be a string");
+        if (body["model"].get<std::string>() != limits.model_name) throw unknown_model(body["model"].get<std::string>(), limits);
+    }
+    ApiCall call;
+    call.chat = chat;
+    if (integer_in(body, "n", 1, 1, 1) != 1) bad("n", "only n = 1 is supported");
+    if (boolean(body, "echo")) bad("echo", "echo = true is not supported");
+    refuse_unsupported(body, chat);
     call.stream = boolean(body, "stream");
     if (given(body, "stream_options")) {
         if (!call.stream) bad("stream_options", "'stream_options' is only allowed with \"stream\": true");
         if (!body["stream_options"].is_object()) bad("stream_options", "'stream_options' must be an object");
         call.include_usage = boolean(body["stream_options"], "include_usage", false, "stream_options.include_usage");
-        call.continuous_usage = boolean(body["stream_options"], "continuous_usage_stats", false, "stream_options.continuous_usage_stats");
+        // (vLLM's: only beside include_usage.)
+        call.continuous_usage =
+            boolean(body["stream_options"], "continuous_usage_stats", false, "stream_options.continuous_usage_stats") && call.include_usage;
     }
     call.return_token_ids = boolean(body, "return_token_ids");
     call.skip_special_tokens = boolean(body, "skip_special_tokens", /*fallback=*/true);

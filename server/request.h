@@ -25,7 +25,7 @@ struct ServeEvent {
     int32_t token = 0;            // kToken, kFinished: the id just generated
     std::string text;             // kToken: text that became final with it; kFinished: the whole output text (a refit's: its JSON answer)
     std::string tail;             // kFinished: the text not yet sent in kToken events
-    std::string finish_reason;    // kFinished: "stop" (eos or a stop string), "length" or "abort" (a refit ended it)
+    std::string finish_reason;    // kFinished: "stop" (an eos or stop id, a stop string), "length" or "abort" (a refit ended it)
     int32_t stop_id = -1;         // kFinished: the call's stop id that ended it (vLLM's stop_reason)
     std::string stop_string;      // kFinished: or its stop string
     std::vector<int32_t> output;  // kFinished: every generated id

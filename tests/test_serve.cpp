@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -134,6 +135,15 @@ TEST(Serve, SdkCompletionsAndChatEqualTpxRun) {
     // continuous_usage_stats: the role chunk's 0, then one more a token, then the final usage chunk
     // (no choices) with all 5.
     EXPECT_EQ(stop["counts"], json::parse("[[1,0,0],[1,1,1],[1,2,2],[1,3,3],[1,4,4],[1,5,5],[0,5,5]]")) << stop.dump();
+    // Two prompts' chunks, interleaved as they come: each counts its own prompt and tokens.
+    std::map<int, std::vector<int>> seen;
+    for (const json& c : stop["byPrompt"]) {
+        const int i = c[0];
+        EXPECT_EQ(c[1], i == 0 ? 3 : 5) << c.dump();
+        seen[i].push_back(c[2]);
+    }
+    for (int i : {0, 1}) EXPECT_EQ(seen[i], std::vector<int>({1, 2, 3, 4})) << "prompt " << i << ": " << stop.dump();
+    EXPECT_EQ(stop["alone"], 0) << stop.dump();
 }
 
 TEST(Serve, ConcurrentRequestsOfMixedLengthsEqualTheirAnswersAlone) {
@@ -177,7 +187,8 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"suffix", 400, "suffix"},
                                            {"skip_special_tokens", 400, "skip_special_tokens"},
                                            {"stop_token_ids", 400, "stop_token_ids"},
-                                           {"modalities", 400, "audio"},
+                                           {"audio", 400, "audio"},
+                                           {"modalities", 400, "modalities"},
                                            {"functions", 400, "functions"},
                                            {"unstreamed_options", 400, "stream_options"},
                                            {"no_content", 400, "messages"},
@@ -215,8 +226,8 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
     EXPECT_EQ(r["delete_route"], 404) << r.dump();
     EXPECT_EQ(r["delete_no_key"], 401) << r.dump();
     EXPECT_EQ(r["put_nope_no_key"], 401) << r.dump();
-    EXPECT_EQ(r["function_null"]["status"], 200) << r.dump();
-    EXPECT_EQ(r["text_modality"]["status"], 200) << r.dump();  // OpenAI's function message: content may be null
+    EXPECT_EQ(r["function_null"]["status"], 200) << r.dump();  // OpenAI's function message: content may be null
+    EXPECT_EQ(r["text_modality"]["status"], 200) << r.dump();
     EXPECT_EQ(r["get_allow"], "POST") << r.dump();
     EXPECT_EQ(r["form_body"], 200) << r.dump();
     EXPECT_EQ(r["multipart_body"], 200) << r.dump();
@@ -275,6 +286,8 @@ TEST(Serve, SpecialTokensStopIdsAndIgnoreEosAsVllms) {
     EXPECT_EQ(r["stop_kept"]["text"], " Returnsandom") << r["stop_kept"].dump();
     EXPECT_EQ(r["stop_kept"]["finish_reason"], "stop");
     EXPECT_EQ(r["stop_kept"]["stop_reason"], "<|begin");  // vLLM's stop_reason: the stop string
+    EXPECT_EQ(r["stop_kept_streamed"]["text"], " Returnsandom") << r["stop_kept_streamed"].dump();
+    EXPECT_EQ(r["stop_kept_streamed"]["stop_reason"], "<|begin");
     EXPECT_EQ(r["stop_kept"]["token_ids"], json({2046, 2744, 0}));
     EXPECT_EQ(r["stop_skipped"]["text"], skipped);
     EXPECT_EQ(r["stop_skipped"]["finish_reason"], "length");
@@ -285,7 +298,6 @@ TEST(Serve, SpecialTokensStopIdsAndIgnoreEosAsVllms) {
         EXPECT_EQ(r[how]["text"], " Returnsandom") << how;
         EXPECT_EQ(r[how]["stop_reason"], 0) << how;  // the stop id
     }
-    EXPECT_EQ(r["ignore_eos"]["token_ids"], json(ids));  // (no eos met: as without it)
     // The prompt: bos added to a completion's text unless add_special_tokens is false; a chat's
     // template writes one, and add_special_tokens adds the tokenizer's too.
     const json text_default = r["text_default"]["prompt_token_ids"], text_plain = r["text_plain"]["prompt_token_ids"];

@@ -5,11 +5,11 @@
 
 namespace tpx {
 
-size_t StopStrings::find_in(const std::string& text) const {
-    size_t first = std::string::npos;
+StopStrings::Match StopStrings::first_match(const std::string& text) const {
+    Match m;
     for (const std::string& s : stops_)
-        if (size_t at = text.find(s); at != std::string::npos) first = std::min(first, at);
-    return first;
+        if (size_t at = text.find(s); at < m.at) m = {at, &s};
+    return m;
 }
 
 bool StopStrings::reached(const Tokenizer& tokenizer, const std::vector<int32_t>& output, bool skip_special_tokens) const {
@@ -28,10 +28,10 @@ bool StopStrings::reached(const Tokenizer& tokenizer, const std::vector<int32_t>
         if (!skip_special_tokens || !tokenizer.is_special(id)) ++counted;
     }
     std::vector<int32_t> tail(output.begin() + (ptrdiff_t)start, output.end());
-    return find_in(complete_text(tokenizer.decode(tail, skip_special_tokens))) != std::string::npos;
+    return find_in(without_unfinished_char(tokenizer.decode(tail, skip_special_tokens))) != std::string::npos;
 }
 
-std::string complete_text(std::string text) {
+std::string without_unfinished_char(std::string text) {
     static const std::string kReplacement = "\xEF\xBF\xBD";
     while (text.size() >= kReplacement.size() && text.compare(text.size() - kReplacement.size(), kReplacement.size(), kReplacement) == 0)
         text.resize(text.size() - kReplacement.size());

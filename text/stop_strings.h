@@ -17,12 +17,20 @@ public:
     bool empty() const { return stops_.empty(); }
 
     // Where the first stop string begins in `text`, or std::string::npos.
-    size_t find_in(const std::string& text) const;
+    size_t find_in(const std::string& text) const { return first_match(text).at; }
+    // That place and the stop string there (the first listed where two begin at it; none: npos
+    // and null).
+    struct Match {
+        size_t at = std::string::npos;
+        const std::string* stop = nullptr;
+    };
+    Match first_match(const std::string& text) const;
 
     // Whether `output` (all ids generated so far, the last one just added) now holds a stop
-    // string in its decoded text (skip_special_tokens: the text without the special tokens),
-    // complete_text's: a character whose bytes have not all come is not searched (as vLLM's);
-    // only the text of the last tokens that could reach into a new match is decoded.
+    // string in its decoded text (skip_special_tokens: the text without the special tokens) as
+    // without_unfinished_char leaves it: a character whose bytes have not all come is not
+    // searched (as vLLM's). Only the text of the last tokens that could reach into a new match
+    // is decoded.
     bool reached(const Tokenizer& tokenizer, const std::vector<int32_t>& output, bool skip_special_tokens = true) const;
 
 private:
@@ -31,6 +39,6 @@ private:
 
 // `text` without the U+FFFD characters at its end: a decoded output whose last character's bytes
 // have not all come ends in one (the next token may complete it).
-std::string complete_text(std::string text);
+std::string without_unfinished_char(std::string text);
 
 }  // namespace tpx

@@ -47,7 +47,8 @@ void finish(SequenceResult& r, const char* reason, bool coordinator, const Gener
     if (!coordinator) return;
     if (s.tokenizer) {
         r.text = s.tokenizer->decode(r.output, /*skip_special_tokens=*/true);
-        if (size_t at = s.stop.find_in(r.text); r.finish_reason == "stop" && at != std::string::npos) r.text.resize(at);
+        // (Searched as StopStrings::reached did: without an unfinished last character.)
+        if (size_t at = s.stop.find_in(without_unfinished_char(r.text)); r.finish_reason == "stop" && at != std::string::npos) r.text.resize(at);
         r.has_text = true;
     }
     if (s.on_finished) {

@@ -86,7 +86,7 @@ std::mt19937_64 request_rng(const ServeRequest& r) {
 // The longest prefix of `text` that is final: no trailing incomplete UTF-8 character (decoded
 // as U+FFFD) and, with stop strings, not the last bytes that could begin one.
 size_t final_prefix(const std::string& text, const std::vector<std::string>& stops) {
-    size_t end = complete_text(text).size();
+    size_t end = without_unfinished_char(text).size();
     size_t hold = 0;
     for (const std::string& s : stops) hold = std::max(hold, s.size() - 1);
     end = end > hold ? end - hold : 0;
@@ -375,25 +375,22 @@ private:
         std::string text;
         // An eos id (unless the call ignores them) or one of the call's stop ids.
         const bool eos = !r.ignore_eos && std::find(s_.eos.begin(), s_.eos.end(), (int64_t)token) != s_.eos.end();
-        const bool stop_id = eos || std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end();
+        const bool ends_sequence = eos || std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end();
         // The id that ends a sequence is not part of its text, special tokens kept or not (as
         // vLLM's detokenizer).
         if (s_.tokenizer)
-            text = s_.tokenizer->decode(stop_id ? std::vector<int32_t>(q.output.begin(), q.output.end() - 1) : q.output, r.skip_special_tokens);
+            text = s_.tokenizer->decode(ends_sequence ? std::vector<int32_t>(q.output.begin(), q.output.end() - 1) : q.output, r.skip_special_tokens);
         StopStrings stops(r.stop);
         ServeEvent e;
-        if (stop_id) {
+        if (ends_sequence) {
             reason = "stop";
             if (!eos) e.stop_id = token;
         } else if (s_.tokenizer && !stops.empty() && stops.reached(*s_.tokenizer, q.output, r.skip_special_tokens)) {
             reason = "stop";
-            if (size_t at = stops.find_in(text); at != std::string::npos) {
-                for (const std::string& s : r.stop)  // the one that begins there (the first listed, where two do)
-                    if (text.compare(at, s.size(), s) == 0) {
-                        e.stop_string = s;
-                        break;
-                    }
-                text.resize(at);
+            // (Searched as reached() did: without an unfinished last character.)
+            if (const StopStrings::Match m = stops.first_match(without_unfinished_char(text)); m.stop) {
+                e.stop_string = *m.stop;
+                text.resize(m.at);
             }
         } else if ((int64_t)q.output.size() >= r.max_tokens) {
             reason = "length";

@@ -109,7 +109,18 @@ const modes = {
     const chatStream = await client.chat.completions.create({ model, messages: [{ role: "user", content: arg }], max_tokens: 5, temperature: 0,
                                                               stream: true, stream_options: { include_usage: true, continuous_usage_stats: true } });
     for await (const chunk of chatStream) counts.push(chunk.usage ? [chunk.choices.length, chunk.usage.completion_tokens, chunk.usage.total_tokens - chunk.usage.prompt_tokens] : null);
-    return { whole, streamed, usage, counts };
+    // Two prompts (of 3 and 5 ids), 4 tokens each: each chunk's usage is its own prompt's.
+    const byPrompt = [];
+    const two = await client.completions.create({ model, prompt: [[5, 6, 7], [8, 9, 10, 11, 12]], max_tokens: 4, temperature: 0, stream: true,
+                                                  stream_options: { include_usage: true, continuous_usage_stats: true } });
+    for await (const chunk of two)
+      if (chunk.choices.length) byPrompt.push([chunk.choices[0].index, chunk.usage.prompt_tokens, chunk.usage.completion_tokens]);
+    // Without include_usage, continuous_usage_stats adds nothing (as vLLM's).
+    let alone = 0;
+    const plain = await client.completions.create({ model, prompt: arg, max_tokens: 3, temperature: 0, stream: true,
+                                                    stream_options: { continuous_usage_stats: true } });
+    for await (const chunk of plain) if (chunk.usage) alone++;
+    return { whole, streamed, usage, counts, byPrompt, alone };
   },
   // vLLM's skip_special_tokens and add_special_tokens. tiny-text's greedy output for these ids
   // has <|begin_of_text|> (id 0) third.
@@ -124,6 +135,7 @@ const modes = {
       stop_skipped: await complete({ ...body, stop: ["<|begin"] }),
       stop_id: await complete({ ...body, stop_token_ids: [0], skip_special_tokens: false }),
       stop_id_streamed: await completeStream({ ...body, stop_token_ids: [5, 0] }),
+      stop_kept_streamed: await completeStream({ ...body, skip_special_tokens: false, stop: ["<|begin"] }),
       ignore_eos: await complete({ ...body, ignore_eos: true }),
       text_default: await complete({ prompt: "Hi", max_tokens: 1 }),
       text_plain: await complete({ prompt: "Hi", max_tokens: 1, add_special_tokens: false }),
@@ -181,8 +193,9 @@ const modes = {
     await attempt("suffix", () => client.completions.create({ model, prompt: "Hi", suffix: "end" }));
     await attempt("skip_special_tokens", () => client.completions.create({ model, prompt: "Hi", skip_special_tokens: "no" }));
     await attempt("stop_token_ids", () => client.completions.create({ model, prompt: "Hi", stop_token_ids: [1, 3000] }));
-    await attempt("modalities", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], modalities: ["text", "audio"],
-                                                                        audio: { voice: "alloy", format: "wav" } }));
+    await attempt("audio", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], modalities: ["text", "audio"],
+                                                                   audio: { voice: "alloy", format: "wav" } }));
+    await attempt("modalities", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], modalities: ["text", "audio"] }));
     await attempt("text_modality", () => client.chat.completions.create({ model, max_tokens: 1, messages: [{ role: "user", content: "Hi" }],
                                                                            modalities: ["text"] }));
     await attempt("functions", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }],
