@@ -77,6 +77,16 @@ int cmd_serve(const Args& args) {
                      job.name.c_str(), strsignal(outcome.signal), outcome.seconds);
         return 128 + outcome.signal;
     }
+    // One signal, and mpirun ended the job itself: it was signalled too (every process of the job
+    // at once: Slurm's cancel, a group kill by a process manager, pkill). Stopped as asked (it
+    // said "failed", exit 1), unless the job was failing.
+    if (outcome.signals == 1 && !outcome.failing) {
+        std::fprintf(stderr,
+                     "tpx serve: job '%s' stopped by %s after %.1f s: mpirun, signalled too, ended the ranks (mpirun's status %d); "
+                     "calls in flight may have been cut off\n",
+                     job.name.c_str(), strsignal(outcome.signal), outcome.seconds, outcome.code);
+        return 128 + outcome.signal;
+    }
     const int exit_code = outcome.code == kExitBadInput ? kExitBadInput : kExitRuntime;
     std::fprintf(stderr, "tpx serve: job '%s' failed after %.1f s (exit status %d%s)\n", job.name.c_str(), outcome.seconds, exit_code,
                  mpirun_status_note(outcome.code, exit_code).c_str());

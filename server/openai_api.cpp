@@ -347,7 +347,11 @@ json stream_chunk(const ApiCall& call, const std::string& id, int64_t created, c
 }
 
 json stream_role_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index) {
-    json choice = {{"index", index}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+    json choice = {{"index", index},
+                   {"delta", {{"role", "assistant"}, {"content", ""}}},
+                   {"logprobs", nullptr},
+                   {"finish_reason", nullptr},
+                   {"stop_reason", nullptr}};
     json out = {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model}, {"choices", json::array({choice})}};
     if (call.return_token_ids) out["prompt_token_ids"] = call.prompts[(size_t)index];
     return out;

@@ -116,6 +116,23 @@ TEST(Serve, TwoSignalsAtOnceStopTheServerAtOnce) {
     EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
 }
 
+// SIGTERM to every process of the job at once (Slurm's cancel, a process manager's group kill,
+// `pkill -f JOB`): mpirun, signalled itself, ends the ranks with a status not 0, which tpx serve
+// reported as the job's failure (exit 1). It is a stop: 128 + SIGTERM (or 0, where the ranks'
+// drain ended before mpirun acted), "stopped by", nothing left.
+TEST(Serve, SigtermToEveryProcessOfTheJobIsAStop) {
+    Server server("", "", "serve: ready");
+    const std::vector<int> pids = tpx_test::pids_matching(server.job());
+    ASSERT_GE(pids.size(), 4u) << "tpx serve, mpirun and two ranks";
+    for (int pid : pids) kill(pid, SIGTERM);
+    const int code = server.wait(20);
+    const std::string err = server.err();
+    EXPECT_TRUE(code == 128 + SIGTERM || code == 0) << "exit " << code << "\n" << err;
+    EXPECT_NE(err.find("stopped by"), std::string::npos) << err;
+    EXPECT_EQ(err.find("failed"), std::string::npos) << err;
+    EXPECT_TRUE(tpx_test::pids_matching(server.job()).empty()) << "a process of the job outlived tpx serve";
+}
+
 // A rank's failure that two stop signals follow is still the job's failure (exit 1, "failed"),
 // not a stop asked for: also in the 2 s before mpirun's "noticed" line (the signals 0.3 s after
 // the kill).
