@@ -100,13 +100,13 @@ void deliver_drain(pid_t mpirun, int sig, Drain& drain) {
     if (proc) closedir(proc);
 }
 
-// A line of mpirun's stderr that says the job is failing: Open MPI's runtime reporting a lost
-// or failed daemon or process, or an MPI_Abort (a rank's error ends in one), or a rank's non-zero
-// exit (its "Per user-direction" line comes at once; "mpirun noticed" about 2 s later).
 // Open MPI's own noise after a rank's MPI_Abort (the rank's message came before it), which
 // reads like a second, unrelated failure.
 bool is_mpi_noise(const std::string& line) { return line.find("ORTE_ERROR_LOG") != std::string::npos; }
 
+// A line of mpirun's stderr that says the job is failing: Open MPI's runtime reporting a lost
+// or failed daemon or process, or an MPI_Abort (a rank's error ends in one), or a rank's non-zero
+// exit (its "Per user-direction" line comes at once; "mpirun noticed" about 2 s later).
 bool says_job_failed(const std::string& line) {
     for (const char* mark : {"ORTE was unable", "ORTE has lost", "ORTE daemon has unexpectedly", "PRTE has lost", "mpirun noticed that",
                              "MPI_ABORT was invoked", "Per user-direction, the job has been aborted"})

@@ -68,23 +68,17 @@ int cmd_serve(const Args& args) {
                      outcome.signal ? strsignal(outcome.signal) : "", outcome.seconds);
         return 0;
     }
-    // A second signal ends the job at once (mpirun's SIGTERM): stopped as asked, unless the job
-    // was failing before it came.
-    if (outcome.signals >= 2 && !outcome.failing) {
+    // Signalled, and mpirun ended the ranks before they drained: at a second signal (mpirun's
+    // SIGTERM), or at the one signal where mpirun was signalled too (every process of the job at
+    // once: Slurm's cancel, a group kill, pkill; it said "failed", exit 1). Stopped as asked,
+    // unless the job was failing (before the second signal, where one came).
+    if (outcome.signals > 0 && !outcome.failing) {
+        const std::string sig = strsignal(outcome.signal);
+        const std::string how = outcome.signals >= 2 ? "at a second signal (" + sig + ")" : "by " + sig;
         std::fprintf(stderr,
-                     "tpx serve: job '%s' stopped at a second signal (%s) after %.1f s: mpirun ended the ranks; calls in flight may "
-                     "have been cut off\n",
-                     job.name.c_str(), strsignal(outcome.signal), outcome.seconds);
-        return 128 + outcome.signal;
-    }
-    // One signal, and mpirun ended the job itself: it was signalled too (every process of the job
-    // at once: Slurm's cancel, a group kill by a process manager, pkill). Stopped as asked (it
-    // said "failed", exit 1), unless the job was failing.
-    if (outcome.signals == 1 && !outcome.failing) {
-        std::fprintf(stderr,
-                     "tpx serve: job '%s' stopped by %s after %.1f s: mpirun, signalled too, ended the ranks (mpirun's status %d); "
-                     "calls in flight may have been cut off\n",
-                     job.name.c_str(), strsignal(outcome.signal), outcome.seconds, outcome.code);
+                     "tpx serve: job '%s' stopped %s after %.1f s: mpirun ended the ranks (its status %d); calls in flight may have "
+                     "been cut off\n",
+                     job.name.c_str(), how.c_str(), outcome.seconds, outcome.code);
         return 128 + outcome.signal;
     }
     const int exit_code = outcome.code == kExitBadInput ? kExitBadInput : kExitRuntime;

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <numeric>
 #include <random>
 
 #include "common/error.h"
@@ -85,10 +86,8 @@ struct Stream {
     std::string id;
     int64_t created = 0;
     size_t finished = 0;
-    int64_t generated = 0;
     bool started = false, ended = false;
-    std::vector<char> opened;     // a completion's prompt whose first chunk went out
-    std::vector<int64_t> tokens;  // each prompt's tokens sent so far
+    std::vector<int64_t> tokens;  // each prompt's tokens sent so far (0: its first chunk has not gone out)
 };
 
 // A body is refused (413) past what the largest call needs: max_queue prompts of max_seq_len tokens
@@ -371,7 +370,6 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     stream->channel = std::make_shared<ResponseChannel>();
     stream->id = call_id(chat);
     stream->created = unix_time();
-    stream->opened.assign(call.prompts.size(), 0);
     stream->tokens.assign(call.prompts.size(), 0);
     const uint64_t seed = call.seed ? *call.seed : std::random_device()();
     for (size_t i = 0; i < call.prompts.size(); ++i) {
@@ -466,21 +464,20 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
                 return true;
             }
             // (A chat's prompt_token_ids went with its role chunk.)
-            const bool first = !s.call.chat && !s.opened[(size_t)e.index];
-            s.opened[(size_t)e.index] = 1;
+            const bool first = !s.call.chat && s.tokens[(size_t)e.index] == 0;
             if (e.kind == ServeEvent::kToken) {
                 ++s.tokens[(size_t)e.index];
                 ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, {}, first), e.index);
             } else {
                 ++s.finished;
-                s.generated += (int64_t)e.output.size();
                 // An aborted sequence (a refit) has no new token: its last one went out already.
                 std::vector<int32_t> last = e.finish_reason == "abort" ? std::vector<int32_t>{} : std::vector<int32_t>{e.token};
                 s.tokens[(size_t)e.index] = (int64_t)e.output.size();
                 ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, {e.finish_reason, e.stop_id, e.stop_string}, first),
                            e.index);
                 if (ok && s.finished == s.requests.size()) {
-                    if (s.call.include_usage) ok = write(sse(stream_usage_chunk(s.call, s.id, s.created, model, s.generated)));
+                    const int64_t generated = std::accumulate(s.tokens.begin(), s.tokens.end(), int64_t{0});
+                    if (s.call.include_usage) ok = write(sse(stream_usage_chunk(s.call, s.id, s.created, model, generated)));
                     ok = ok && write("data: [DONE]\n\n");
                     s.ended = true;
                     sink.done();

@@ -31,11 +31,12 @@ bool StopStrings::reached(const Tokenizer& tokenizer, const std::vector<int32_t>
     return find_in(without_unfinished_char(tokenizer.decode(tail, skip_special_tokens))) != std::string::npos;
 }
 
-std::string without_unfinished_char(std::string text) {
+size_t finished_length(const std::string& text) {
     static const std::string kReplacement = "\xEF\xBF\xBD";
-    while (text.size() >= kReplacement.size() && text.compare(text.size() - kReplacement.size(), kReplacement.size(), kReplacement) == 0)
-        text.resize(text.size() - kReplacement.size());
-    return text;
+    size_t end = text.size();
+    while (end >= kReplacement.size() && text.compare(end - kReplacement.size(), kReplacement.size(), kReplacement) == 0)
+        end -= kReplacement.size();
+    return end;
 }
 
 }  // namespace tpx

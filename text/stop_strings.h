@@ -37,8 +37,13 @@ private:
     std::vector<std::string> stops_;
 };
 
-// `text` without the U+FFFD characters at its end: a decoded output whose last character's bytes
-// have not all come ends in one (the next token may complete it).
-std::string without_unfinished_char(std::string text);
+// The length of `text` without the U+FFFD characters at its end: a decoded output whose last
+// character's bytes have not all come ends in one (the next token may complete it).
+size_t finished_length(const std::string& text);
+// `text` cut there.
+inline std::string without_unfinished_char(std::string text) {
+    text.resize(finished_length(text));
+    return text;
+}
 
 }  // namespace tpx

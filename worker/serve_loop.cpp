@@ -86,7 +86,7 @@ std::mt19937_64 request_rng(const ServeRequest& r) {
 // The longest prefix of `text` that is final: no trailing incomplete UTF-8 character (decoded
 // as U+FFFD) and, with stop strings, not the last bytes that could begin one.
 size_t final_prefix(const std::string& text, const std::vector<std::string>& stops) {
-    size_t end = without_unfinished_char(text).size();
+    size_t end = finished_length(text);
     size_t hold = 0;
     for (const std::string& s : stops) hold = std::max(hold, s.size() - 1);
     end = end > hold ? end - hold : 0;
@@ -378,8 +378,9 @@ private:
         const bool ends_sequence = eos || std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token) != r.stop_token_ids.end();
         // The id that ends a sequence is not part of its text, special tokens kept or not (as
         // vLLM's detokenizer).
-        if (s_.tokenizer)
-            text = s_.tokenizer->decode(ends_sequence ? std::vector<int32_t>(q.output.begin(), q.output.end() - 1) : q.output, r.skip_special_tokens);
+        if (s_.tokenizer)  // (two calls: one ?: of the two vectors would copy the output every token)
+            text = ends_sequence ? s_.tokenizer->decode(std::vector<int32_t>(q.output.begin(), q.output.end() - 1), r.skip_special_tokens)
+                                 : s_.tokenizer->decode(q.output, r.skip_special_tokens);
         StopStrings stops(r.stop);
         ServeEvent e;
         if (ends_sequence) {
