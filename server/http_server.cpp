@@ -76,7 +76,10 @@ std::string call_id(bool chat) {
     return buf;
 }
 
-std::string sse(const json& j) { return "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n"; }
+template <typename Json>
+std::string sse(const Json& j) {
+    return "data: " + j.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n\n";
+}
 
 // A streamed call as its chunks go out.
 struct Stream {
@@ -88,6 +91,7 @@ struct Stream {
     size_t finished = 0;
     bool started = false, ended = false;
     std::vector<int64_t> tokens;  // each prompt's tokens sent so far (0: its first chunk has not gone out)
+    std::vector<int64_t> chars;   // each prompt's characters of text sent so far (a completion's text_offset)
 };
 
 // A body is refused (413) past what the largest call needs: max_queue prompts of max_seq_len tokens
@@ -371,6 +375,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     stream->id = call_id(chat);
     stream->created = unix_time();
     stream->tokens.assign(call.prompts.size(), 0);
+    stream->chars.assign(call.prompts.size(), 0);
     const uint64_t seed = call.seed ? *call.seed : std::random_device()();
     for (size_t i = 0; i < call.prompts.size(); ++i) {
         auto r = std::make_shared<ServeRequest>();
@@ -385,6 +390,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
         r->skip_special_tokens = call.skip_special_tokens;
         r->stop_token_ids = call.stop_token_ids;
         r->ignore_eos = call.ignore_eos;
+        r->logprobs = call.logprobs;
         r->channel = stream->channel;
         stream->requests.push_back(std::move(r));
     }
@@ -423,7 +429,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
                 return reply_error(res, e.status, e.error, "", e.code);
             }
             if (e.kind != ServeEvent::kFinished) continue;
-            choices[e.index] = {e.text, e.output, {e.finish_reason, e.stop_id, e.stop_string}};
+            choices[e.index] = {e.text, e.output, {e.finish_reason, e.stop_id, e.stop_string}, std::move(e.logprobs)};
             ++finished;
         }
         res.set_content(response_body(call, stream->id, stream->created, model, choices).dump(-1, ' ', false, json::error_handler_t::replace),
@@ -443,7 +449,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
             if (socket >= 0 && peer_hung_up(socket)) return false;
             auto write = [&](const std::string& text) { return sink.write(text.data(), text.size()); };
             // A prompt's chunk, with its usage so far where the call asks (vLLM's continuous_usage_stats).
-            auto chunk = [&](json c, int index) {
+            auto chunk = [&](ResponseJson c, int index) {
                 if (s.call.continuous_usage) c["usage"] = prompt_usage(s.call, index, s.tokens[(size_t)index]);
                 return write(sse(c));
             };
@@ -465,15 +471,23 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
             }
             // (A chat's prompt_token_ids went with its role chunk.)
             const bool first = !s.call.chat && s.tokens[(size_t)e.index] == 0;
+            // The chunk's token's logprobs, text_offset at the prompt's text sent so far (vLLM's).
+            int64_t& chars = s.chars[(size_t)e.index];
+            auto logprobs = [&](std::vector<TokenLogprobs> one) { return logprobs_body(s.call, one, chars); };
             if (e.kind == ServeEvent::kToken) {
                 ++s.tokens[(size_t)e.index];
-                ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, {}, first), e.index);
+                ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, {}, first, logprobs(e.logprobs)), e.index);
+                chars += characters(e.text);
             } else {
                 ++s.finished;
                 // An aborted sequence (a refit) has no new token: its last one went out already.
-                std::vector<int32_t> last = e.finish_reason == "abort" ? std::vector<int32_t>{} : std::vector<int32_t>{e.token};
+                const bool abort = e.finish_reason == "abort";
+                std::vector<int32_t> last = abort ? std::vector<int32_t>{} : std::vector<int32_t>{e.token};
+                std::vector<TokenLogprobs> last_logprobs;
+                if (!abort && !e.logprobs.empty()) last_logprobs.push_back(e.logprobs.back());
                 s.tokens[(size_t)e.index] = (int64_t)e.output.size();
-                ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, {e.finish_reason, e.stop_id, e.stop_string}, first),
+                ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, {e.finish_reason, e.stop_id, e.stop_string}, first,
+                                        logprobs(std::move(last_logprobs))),
                            e.index);
                 if (ok && s.finished == s.requests.size()) {
                     const int64_t generated = std::accumulate(s.tokens.begin(), s.tokens.end(), int64_t{0});

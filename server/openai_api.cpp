@@ -1,7 +1,8 @@
-// Parameters follow OpenAI's API reference; what tpx cannot honour (n > 1, echo, logprobs) is
+// Parameters follow OpenAI's API reference; what tpx cannot honour (n > 1, echo, prompt logprobs) is
 // refused with 400 rather than ignored, so that a client never gets an answer it did not ask for.
 #include "server/openai_api.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -175,9 +176,6 @@ void refuse_unsupported(const json& body, bool chat) {
     if (given(body, "response_format") &&
         !(body["response_format"].is_object() && body["response_format"].contains("type") && body["response_format"]["type"] == "text"))
         bad("response_format", "only {\"type\": \"text\"} is supported");
-    if (given(body, "top_logprobs") && body["top_logprobs"] != 0) bad("top_logprobs", "logprobs are not supported");
-    if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
-        bad("logprobs", "logprobs are not supported");
     if (given(body, "best_of") && integer_in(body, "best_of", 1, 1, 1) != 1) bad("best_of", "only best_of = 1 is supported");
     // OpenAI's penalties and suffix, and vLLM's extensions that would change the answer: each
     // only at the value that changes nothing.
@@ -231,6 +229,21 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
         call.continuous_usage =
             boolean(body["stream_options"], "continuous_usage_stats", false, "stream_options.continuous_usage_stats") && call.include_usage;
     }
+    // A completion's `logprobs` is how many most likely tokens each token's names (null or false:
+    // none); a chat's is true or false, `top_logprobs` the count (OpenAI's two forms).
+    if (chat) {
+        const bool wanted = boolean(body, "logprobs");
+        const int64_t top = integer_in(body, "top_logprobs", 0, kMaxLogprobs, 0);
+        if (top > 0 && !wanted) bad("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
+        if (wanted) call.logprobs = (int)top;
+    } else {
+        if (given(body, "top_logprobs") && body["top_logprobs"] != 0)
+            bad("top_logprobs", "'top_logprobs' is a chat parameter: a completion's 'logprobs' is the count");
+        if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
+            call.logprobs = (int)integer_in(body, "logprobs", 0, kMaxLogprobs, 0);
+    }
+    if (call.logprobs >= 0 && !boolean(body, "return_tokens_as_token_ids") && limits.text && limits.text->tokenizer)
+        call.tokenizer = &*limits.text->tokenizer;
     call.return_token_ids = boolean(body, "return_token_ids");
     call.skip_special_tokens = boolean(body, "skip_special_tokens", /*fallback=*/true);
     call.ignore_eos = boolean(body, "ignore_eos");
@@ -292,34 +305,87 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
 }
 
 namespace {
-json stop_reason(const ChoiceEnd& end) {
+ResponseJson stop_reason(const ChoiceEnd& end) {
     if (end.stop_id >= 0) return end.stop_id;
     if (!end.stop_string.empty()) return end.stop_string;
     return nullptr;
 }
+// A token's text: its id decoded alone, special tokens kept (vLLM's), or "token_id:ID".
+std::string token_text(const ApiCall& call, int32_t id) {
+    return call.tokenizer ? call.tokenizer->decode({id}, /*skip_special_tokens=*/false) : "token_id:" + std::to_string(id);
+}
+
+// JSON has no -inf: vLLM's and OpenAI's floor.
+double shown(float logprob) { return std::max((double)logprob, -9999.0); }
+
+// A chat token's {token, logprob, bytes}: bytes its text's UTF-8.
+ResponseJson chat_token(const std::string& text, float logprob) {
+    std::vector<int> bytes(text.begin(), text.end());
+    for (int& b : bytes) b &= 0xff;
+    return {{"token", text}, {"logprob", shown(logprob)}, {"bytes", bytes}};
+}
 }  // namespace
 
-json prompt_usage(const ApiCall& call, int index, int64_t completion_tokens) {
+int64_t characters(const std::string& text) {
+    int64_t n = 0;
+    for (unsigned char c : text) n += (c & 0xc0) != 0x80;  // every byte but a continuation starts a character
+    return n;
+}
+
+ResponseJson logprobs_body(const ApiCall& call, const std::vector<TokenLogprobs>& tokens, int64_t offset) {
+    if (call.logprobs < 0) return nullptr;
+    if (call.chat) {
+        ResponseJson content = ResponseJson::array();
+        for (const TokenLogprobs& t : tokens) {
+            ResponseJson entry = chat_token(token_text(call, t.token), t.logprob);
+            ResponseJson top = ResponseJson::array();
+            for (const auto& [id, lp] : t.top) top.push_back(chat_token(token_text(call, id), lp));
+            entry["top_logprobs"] = std::move(top);
+            content.push_back(std::move(entry));
+        }
+        return {{"content", std::move(content)}};
+    }
+    ResponseJson text = ResponseJson::array(), logprob = ResponseJson::array(), top = ResponseJson::array(), offsets = ResponseJson::array();
+    for (const TokenLogprobs& t : tokens) {
+        const std::string s = token_text(call, t.token);
+        text.push_back(s);
+        logprob.push_back(shown(t.logprob));
+        ResponseJson named = {{s, shown(t.logprob)}};  // the chosen token first, then the most likely (a text named twice: its first)
+        for (const auto& [id, lp] : t.top) {
+            const std::string k = token_text(call, id);
+            if (!named.contains(k)) named[k] = shown(lp);
+        }
+        top.push_back(std::move(named));
+        offsets.push_back(offset);
+        offset += characters(s);
+    }
+    return {{"text_offset", std::move(offsets)}, {"token_logprobs", std::move(logprob)}, {"tokens", std::move(text)}, {"top_logprobs", std::move(top)}};
+}
+
+ResponseJson prompt_usage(const ApiCall& call, int index, int64_t completion_tokens) {
     const int64_t prompt_tokens = (int64_t)call.prompts[(size_t)index].size();
     return {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens}, {"total_tokens", prompt_tokens + completion_tokens}};
 }
 
-json usage_body(const ApiCall& call, int64_t completion_tokens) {
+ResponseJson usage_body(const ApiCall& call, int64_t completion_tokens) {
     int64_t prompt_tokens = 0;
     for (const auto& p : call.prompts) prompt_tokens += (int64_t)p.size();
     return {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens}, {"total_tokens", prompt_tokens + completion_tokens}};
 }
 
-json response_body(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
-                   const std::vector<ChoiceResult>& choices) {
-    json out = {{"id", id}, {"object", call.chat ? "chat.completion" : "text_completion"}, {"created", created}, {"model", model}};
-    json list = json::array();
+ResponseJson response_body(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
+                           const std::vector<ChoiceResult>& choices) {
+    ResponseJson out = {{"id", id}, {"object", call.chat ? "chat.completion" : "text_completion"}, {"created", created}, {"model", model}};
+    ResponseJson list = ResponseJson::array();
     int64_t generated = 0;
     for (size_t i = 0; i < choices.size(); ++i) {
         const ChoiceResult& c = choices[i];
-        json choice = {{"index", i}, {"logprobs", nullptr}, {"finish_reason", c.end.finish_reason}, {"stop_reason", stop_reason(c.end)}};
+        ResponseJson choice = {{"index", i}};
         if (call.chat) choice["message"] = {{"role", "assistant"}, {"content", c.text}};
         else choice["text"] = c.text;
+        choice["logprobs"] = logprobs_body(call, c.logprobs);
+        choice["finish_reason"] = c.end.finish_reason;
+        choice["stop_reason"] = stop_reason(c.end);
         if (call.return_token_ids) choice["token_ids"] = c.output;
         if (call.return_token_ids && !call.chat) choice["prompt_token_ids"] = call.prompts[i];
         list.push_back(std::move(choice));
@@ -331,35 +397,36 @@ json response_body(const ApiCall& call, const std::string& id, int64_t created, 
     return out;
 }
 
-json stream_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index,
-                  const std::string& text, const std::vector<int32_t>& tokens, const ChoiceEnd& end, bool first) {
+ResponseJson stream_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index,
+                          const std::string& text, const std::vector<int32_t>& tokens, const ChoiceEnd& end, bool first, ResponseJson logprobs) {
     const std::string& finish_reason = end.finish_reason;
-    json choice = {{"index", index},
-                   {"logprobs", nullptr},
-                   {"finish_reason", finish_reason.empty() ? json() : json(finish_reason)},
-                   {"stop_reason", stop_reason(end)}};
-    if (call.chat) choice["delta"] = finish_reason.empty() || !text.empty() ? json{{"content", text}} : json::object();
+    ResponseJson choice = {{"index", index}};
+    if (call.chat) choice["delta"] = finish_reason.empty() || !text.empty() ? ResponseJson{{"content", text}} : ResponseJson::object();
     else choice["text"] = text;
+    choice["logprobs"] = std::move(logprobs);
+    choice["finish_reason"] = finish_reason.empty() ? ResponseJson() : ResponseJson(finish_reason);
+    choice["stop_reason"] = stop_reason(end);
     if (call.return_token_ids) choice["token_ids"] = tokens;
     if (call.return_token_ids && first) choice["prompt_token_ids"] = call.prompts[(size_t)index];
     return {{"id", id}, {"object", call.chat ? "chat.completion.chunk" : "text_completion"}, {"created", created}, {"model", model},
-            {"choices", json::array({choice})}};
+            {"choices", ResponseJson::array({choice})}};
 }
 
-json stream_role_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index) {
-    json choice = {{"index", index},
+ResponseJson stream_role_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index) {
+    ResponseJson choice = {{"index", index},
                    {"delta", {{"role", "assistant"}, {"content", ""}}},
                    {"logprobs", nullptr},
                    {"finish_reason", nullptr},
                    {"stop_reason", nullptr}};
-    json out = {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model}, {"choices", json::array({choice})}};
+    ResponseJson out = {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model}, {"choices", ResponseJson::array({choice})}};
     if (call.return_token_ids) out["prompt_token_ids"] = call.prompts[(size_t)index];
     return out;
 }
 
-json stream_usage_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int64_t completion_tokens) {
+ResponseJson stream_usage_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
+                                int64_t completion_tokens) {
     return {{"id", id}, {"object", call.chat ? "chat.completion.chunk" : "text_completion"}, {"created", created}, {"model", model},
-            {"choices", json::array()}, {"usage", usage_body(call, completion_tokens)}};
+            {"choices", ResponseJson::array()}, {"usage", usage_body(call, completion_tokens)}};
 }
 
 }  // namespace tpx

@@ -11,9 +11,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "server/request.h"
 #include "text/text_tools.h"
 
 namespace tpx {
+
+// Response bodies keep their keys in the order written: OpenAI's, and a completion's
+// top_logprobs with the chosen token first, then the most likely (vLLM's).
+using ResponseJson = nlohmann::ordered_json;
 
 // An error answered as {"error": {"message", "type", "param", "code"}} with this HTTP status.
 struct ApiError : std::runtime_error {
@@ -28,6 +33,8 @@ nlohmann::json error_body(int status, const std::string& message, const std::str
 constexpr size_t kMaxStops = 16;
 // vLLM's stop_token_ids: a call's ids are looked for at every step of its sequences.
 constexpr size_t kMaxStopTokenIds = 256;
+// The most likely tokens a call may ask each token's logprobs to name (vLLM's max_logprobs).
+constexpr int kMaxLogprobs = 20;
 
 // What the server knows when it checks a call (from the job and the plan).
 struct ApiLimits {
@@ -51,6 +58,8 @@ struct ApiCall {
     bool skip_special_tokens = true;  // vLLM's: the output's special tokens left out of its text
     std::vector<int32_t> stop_token_ids;  // vLLM's: ids that end a sequence as an eos id does
     bool ignore_eos = false;              // vLLM's: the eos ids do not end a sequence
+    int logprobs = -1;                    // each token's logprob and this many most likely tokens' (-1: none)
+    const Tokenizer* tokenizer = nullptr;  // names the logprobs' tokens (null: "token_id:ID", vLLM's return_tokens_as_token_ids)
     std::vector<std::vector<int32_t>> prompts;
     std::vector<int64_t> max_tokens;  // per prompt
     double temperature = 0;
@@ -80,22 +89,33 @@ struct ChoiceResult {
     std::string text;
     std::vector<int32_t> output;
     ChoiceEnd end;
+    std::vector<TokenLogprobs> logprobs;  // where the call asks
 };
 
-nlohmann::json response_body(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
+ResponseJson response_body(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
                              const std::vector<ChoiceResult>& choices);
-// A stream chunk of prompt `index`: its new text (and token), or its end (end.finish_reason set).
-// With return_token_ids the prompt's first chunk (`first`) carries its prompt_token_ids, as vLLM's.
-nlohmann::json stream_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index,
-                            const std::string& text, const std::vector<int32_t>& tokens, const ChoiceEnd& end, bool first);
+// A choice's "logprobs" for `tokens`, null where the call asks for none. Completions: OpenAI's
+// tokens, token_logprobs, top_logprobs (the most likely tokens', and the chosen one's) and
+// text_offset (each token's text's characters added to `offset`, the characters before the
+// first); chat: content, a {token, logprob, bytes, top_logprobs} a token. A token's text is its id
+// decoded alone (special tokens kept), as vLLM's.
+ResponseJson logprobs_body(const ApiCall& call, const std::vector<TokenLogprobs>& tokens, int64_t offset = 0);
+// The characters (code points) of UTF-8 text: what text_offset counts.
+int64_t characters(const std::string& text);
+// A stream chunk of prompt `index`: its new text (and token, with its logprobs body where the call
+// asks), or its end (end.finish_reason set). With return_token_ids the prompt's first chunk
+// (`first`) carries its prompt_token_ids, as vLLM's.
+ResponseJson stream_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index,
+                            const std::string& text, const std::vector<int32_t>& tokens, const ChoiceEnd& end, bool first,
+                            ResponseJson logprobs = nullptr);
 // The chat stream's first chunk of a prompt: the assistant's role (and with return_token_ids the
 // prompt_token_ids, beside the choices, as vLLM's).
-nlohmann::json stream_role_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index);
+ResponseJson stream_role_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index);
 // The chunk after the last when stream_options.include_usage: usage, no choices.
-nlohmann::json stream_usage_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
+ResponseJson stream_usage_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
                                   int64_t completion_tokens);
-nlohmann::json usage_body(const ApiCall& call, int64_t completion_tokens);
+ResponseJson usage_body(const ApiCall& call, int64_t completion_tokens);
 // One prompt's usage so far (a chunk's, with continuous_usage): its prompt and `completion_tokens`.
-nlohmann::json prompt_usage(const ApiCall& call, int index, int64_t completion_tokens);
+ResponseJson prompt_usage(const ApiCall& call, int index, int64_t completion_tokens);
 
 }  // namespace tpx

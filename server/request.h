@@ -11,11 +11,21 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tpx {
 
 using ServeClock = std::chrono::steady_clock;
+
+// A generated token's logprob (the log-softmax of the model's logits at its step, before
+// temperature and cuts, as vLLM's default), and the most likely tokens' at that step, most
+// likely first.
+struct TokenLogprobs {
+    int32_t token = 0;
+    float logprob = 0;
+    std::vector<std::pair<int32_t, float>> top;
+};
 
 // What the scheduler tells the HTTP side about one prompt of a call.
 struct ServeEvent {
@@ -29,6 +39,7 @@ struct ServeEvent {
     int32_t stop_id = -1;         // kFinished: the call's stop id that ended it (vLLM's stop_reason)
     std::string stop_string;      // kFinished: or its stop string
     std::vector<int32_t> output;  // kFinished: every generated id
+    std::vector<TokenLogprobs> logprobs;  // where the call asks: kToken: its token's; kFinished: every generated id's
     std::string error;            // kFailed: why (names the rank)
     int status = 500;             // kFailed: the HTTP status it is answered with
     std::string code = "rank_failed";
@@ -71,6 +82,7 @@ struct ServeRequest {
     bool skip_special_tokens = true;  // the text leaves the output's special tokens out
     std::vector<int32_t> stop_token_ids;  // end the sequence as an eos id does
     bool ignore_eos = false;              // the eos ids do not end it
+    int logprobs = -1;                    // each token's logprob and this many most likely tokens' (-1: none)
     ServeClock::time_point arrived = ServeClock::now();
     std::atomic<bool> cancelled{false};  // the client went away: the scheduler drops it, freeing its slot
     std::shared_ptr<ResponseChannel> channel;

@@ -69,3 +69,18 @@ TEST(Sampling, ARowHoldingNaNOrInfinityHasNoToken) {
 
 }  // namespace
 }  // namespace tpx::cpu
+
+// What a served token's logprobs rest on: the log-softmax's normalizer without overflow at large
+// logits, and the most likely tokens in order, equal logits by the lower index first.
+TEST(Sampling, LogSumExpAndTheLargestInOrder) {
+    const std::vector<float> big = {1000.0f, 1000.0f, -1000.0f};
+    EXPECT_NEAR(tpx::cpu::log_sum_exp(big.data(), 3), 1000.0 + std::log(2.0), 1e-12);
+    const std::vector<float> small = {0.5f, -1.25f, 2.0f};
+    double sum = 0;
+    for (float x : small) sum += std::exp((double)x);
+    EXPECT_NEAR(tpx::cpu::log_sum_exp(small.data(), 3), std::log(sum), 1e-12);
+    const std::vector<float> logits = {0.1f, 3.0f, -2.0f, 3.0f, 1.5f};
+    EXPECT_EQ(tpx::cpu::largest(logits.data(), 5, 3), (std::vector<int64_t>{1, 3, 4}));
+    EXPECT_EQ(tpx::cpu::largest(logits.data(), 5, 9), (std::vector<int64_t>{1, 3, 4, 0, 2}));  // at most n
+    EXPECT_TRUE(tpx::cpu::largest(logits.data(), 5, 0).empty());
+}

@@ -183,6 +183,10 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
                                            {"prompt_too_long", 413, "prompt"},
                                            {"top_p", 400, "top_p"},
                                            {"include_usage", 400, "stream_options.include_usage"},
+                                           {"logprobs_range", 400, "logprobs"},
+                                           {"logprobs_true", 400, "logprobs"},
+                                           {"top_logprobs_alone", 400, "top_logprobs"},
+                                           {"chat_logprobs_count", 400, "logprobs"},
                                            {"presence_penalty", 400, "presence_penalty"},
                                            {"suffix", 400, "suffix"},
                                            {"skip_special_tokens", 400, "skip_special_tokens"},
@@ -238,6 +242,7 @@ TEST(Serve, ErrorsFollowOpenAIsSchema) {
     EXPECT_NE(r["huge_max_tokens"].value("message", "").find("18446744073709551615 is out of range"), std::string::npos) << r.dump();
     EXPECT_NE(r["past_64_bits"].value("message", "").find("is out of range"), std::string::npos) << r.dump();
     EXPECT_NE(r["stops"].value("message", "").find("'stop' holds 17 strings; at most 16 are taken"), std::string::npos) << r.dump();
+    EXPECT_NE(r["logprobs_range"].value("message", "").find("'logprobs' = 21 is out of range [0, 20]"), std::string::npos) << r.dump();
     EXPECT_EQ(r["bytes_body"].value("code", ""), "invalid_json") << r.dump();
     EXPECT_NE(r["nul_refit"].value("message", "").find("NUL"), std::string::npos) << r.dump();
     EXPECT_NE(r["prompt_too_long"].value("message", "").find("the prompt has 600, leaving no room"), std::string::npos) << r.dump();

@@ -55,7 +55,18 @@ struct Sequence {
     std::mt19937_64 rng;
     ServeClock::time_point last_token;
     size_t sent = 0;  // bytes of the output's text already sent in kToken events
+    std::vector<TokenLogprobs> logprobs;  // each generated token's, where the call asks
 };
+
+// A generated token's logprobs from its step's logits row (finite values).
+TokenLogprobs token_logprobs(const float* logits, int64_t vocab, int32_t token, int top) {
+    const double norm = cpu::log_sum_exp(logits, vocab);
+    TokenLogprobs t;
+    t.token = token;
+    t.logprob = (float)((double)logits[token] - norm);
+    for (int64_t i : cpu::largest(logits, vocab, top)) t.top.emplace_back((int32_t)i, (float)((double)logits[i] - norm));
+    return t;
+}
 
 // Where each rank runs, for naming one that is gone.
 struct Peer {
@@ -230,6 +241,7 @@ private:
             if (s_.tokenizer) e.text = s_.tokenizer->decode(q.output, q.req->skip_special_tokens);
             e.tail = q.sent < e.text.size() ? e.text.substr(q.sent) : "";
             e.output = q.output;
+            e.logprobs = q.logprobs;
             q.req->channel->push(std::move(e));
             slots_[i].reset();
             ++aborted_;
@@ -312,7 +324,7 @@ private:
             }
             batch.logit_rows.push_back((int64_t)batch.ids.size() - 1);
             owners.push_back(i);
-            want_logits = want_logits || q.req->temperature > 0;
+            want_logits = want_logits || q.req->temperature > 0 || q.req->logprobs >= 0;
         }
         const int64_t T = (int64_t)batch.ids.size(), R = (int64_t)batch.logit_rows.size();
         broadcast_header(kStep, T, R, want_logits);
@@ -343,6 +355,7 @@ private:
             int32_t token;
             if (r.temperature > 0) token = (int32_t)cpu::sample(row_logits, vocab, {r.temperature, r.top_k, r.top_p}, q.rng);
             else token = want_logits ? (int32_t)cpu::argmax(row_logits, vocab) : argmax[row];
+            if (r.logprobs >= 0) q.logprobs.push_back(token_logprobs(row_logits, vocab, token, r.logprobs));
             emit(owners[row], token);
         }
         const double device_ms = want_logits ? -1 : exec_.last_device_ms();  // timed by forward_argmax only
@@ -404,6 +417,7 @@ private:
                 e.text = text.substr(q.sent, end - q.sent);
                 q.sent = end;
             }
+            if (!q.logprobs.empty()) e.logprobs.push_back(q.logprobs.back());
             r.channel->push(std::move(e));
             return;
         }
@@ -412,6 +426,7 @@ private:
         e.tail = q.sent < text.size() ? text.substr(q.sent) : "";
         e.text = std::move(text);
         e.output = q.output;
+        e.logprobs = std::move(q.logprobs);
         r.channel->push(std::move(e));
         slots_[slot].reset();
         front_.metrics.set_running((int64_t)active());

@@ -80,4 +80,10 @@ struct SamplingParams {
 // temperature is 0, and -1 as argmax's for a row holding a NaN or an infinity.
 int64_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt19937_64& rng);
 
+// log(sum of exp(logits)), in double: a logit minus it is its log-softmax (the logprob the
+// serve's calls ask for). The row's values are finite.
+double log_sum_exp(const float* logits, int64_t n);
+// The indices of the k largest logits (at most n), largest first; equal logits lower index first.
+std::vector<int64_t> largest(const float* logits, int64_t n, int64_t k);
+
 }  // namespace tpx::cpu

@@ -1,5 +1,5 @@
 // Token choice: greedy argmax, or sampling with temperature, top-k and top-p (in that order,
-// as HF's logits warpers) from a seeded generator.
+// as HF's logits warpers) from a seeded generator; and what a token's logprobs need.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -53,6 +53,27 @@ int64_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt1
         if (r < 0) return idx[i];
     }
     return idx[keep - 1];
+}
+
+double log_sum_exp(const float* logits, int64_t n) {
+    double top = -INFINITY;
+    for (int64_t i = 0; i < n; ++i) top = std::max(top, (double)logits[i]);
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += std::exp((double)logits[i] - top);
+    return top + std::log(sum);
+}
+
+std::vector<int64_t> largest(const float* logits, int64_t n, int64_t k) {
+    k = std::max<int64_t>(0, std::min(k, n));
+    const auto before = [&](int64_t a, int64_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+    std::vector<int64_t> best;  // in order; one pass over the row (k is small: a served call's at most 20)
+    best.reserve(k + 1);
+    for (int64_t i = 0; i < n && k > 0; ++i) {
+        if ((int64_t)best.size() == k && !before(i, best.back())) continue;
+        best.insert(std::upper_bound(best.begin(), best.end(), i, before), i);
+        if ((int64_t)best.size() > k) best.pop_back();
+    }
+    return best;
 }
 
 }  // namespace tpx::cpu

@@ -189,6 +189,12 @@ const modes = {
     await attempt("include_usage", () => client.completions.create({ model, prompt: "Hi", stream: true, stream_options: { include_usage: 3 } }));
     // Sampling that is not done here (refused, not ignored); stream_options without a stream; a
     // user's message without content.
+    // Logprobs: a completion's count past vLLM's 20 or given as true; a chat's top_logprobs without
+    // "logprobs": true, and its logprobs as a count.
+    await attempt("logprobs_range", () => client.completions.create({ model, prompt: "Hi", logprobs: 21 }));
+    await attempt("logprobs_true", () => client.completions.create({ model, prompt: "Hi", logprobs: true }));
+    await attempt("top_logprobs_alone", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], top_logprobs: 2 }));
+    await attempt("chat_logprobs_count", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], logprobs: 3 }));
     await attempt("presence_penalty", () => client.completions.create({ model, prompt: "Hi", presence_penalty: 0.5 }));
     await attempt("suffix", () => client.completions.create({ model, prompt: "Hi", suffix: "end" }));
     await attempt("skip_special_tokens", () => client.completions.create({ model, prompt: "Hi", skip_special_tokens: "no" }));
@@ -371,6 +377,16 @@ const modes = {
     } catch (e) {
       return failure(e);
     }
+  },
+  // One call through the SDK, ARG = {"chat": bool, "body": {...}}: the answer, or a stream's chunks.
+  async call() {
+    const { chat, body } = JSON.parse(arg);
+    const api = chat ? client.chat.completions : client.completions;
+    const r = await api.create({ model, temperature: 0, ...body });
+    if (!body.stream) return { whole: r };
+    const chunks = [];
+    for await (const chunk of r) chunks.push(chunk);
+    return { chunks };
   },
   // A stream read raw: its status and its last two events.
   async long_stream() {
