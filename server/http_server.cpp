@@ -91,7 +91,6 @@ struct Stream {
     size_t finished = 0;
     bool started = false, ended = false;
     std::vector<int64_t> tokens;  // each prompt's tokens sent so far (0: its first chunk has not gone out)
-    std::vector<int64_t> chars;   // each prompt's characters of text sent so far (a completion's text_offset)
 };
 
 // A body is refused (413) past what the largest call needs: max_queue prompts of max_seq_len tokens
@@ -375,7 +374,6 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
     stream->id = call_id(chat);
     stream->created = unix_time();
     stream->tokens.assign(call.prompts.size(), 0);
-    stream->chars.assign(call.prompts.size(), 0);
     const uint64_t seed = call.seed ? *call.seed : std::random_device()();
     for (size_t i = 0; i < call.prompts.size(); ++i) {
         auto r = std::make_shared<ServeRequest>();
@@ -391,6 +389,10 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
         r->stop_token_ids = call.stop_token_ids;
         r->ignore_eos = call.ignore_eos;
         r->logprobs = call.logprobs;
+        r->presence_penalty = call.presence_penalty;
+        r->frequency_penalty = call.frequency_penalty;
+        r->repetition_penalty = call.repetition_penalty;
+        r->min_tokens = call.min_tokens;
         r->channel = stream->channel;
         stream->requests.push_back(std::move(r));
     }
@@ -471,13 +473,10 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
             }
             // (A chat's prompt_token_ids went with its role chunk.)
             const bool first = !s.call.chat && s.tokens[(size_t)e.index] == 0;
-            // The chunk's token's logprobs, text_offset at the prompt's text sent so far (vLLM's).
-            int64_t& chars = s.chars[(size_t)e.index];
-            auto logprobs = [&](std::vector<TokenLogprobs> one) { return logprobs_body(s.call, one, chars); };
             if (e.kind == ServeEvent::kToken) {
                 ++s.tokens[(size_t)e.index];
-                ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, {}, first, logprobs(e.logprobs)), e.index);
-                chars += characters(e.text);
+                ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.text, {e.token}, {}, first, logprobs_body(s.call, e.logprobs)),
+                           e.index);
             } else {
                 ++s.finished;
                 // An aborted sequence (a refit) has no new token: its last one went out already.
@@ -487,7 +486,7 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
                 if (!abort && !e.logprobs.empty()) last_logprobs.push_back(e.logprobs.back());
                 s.tokens[(size_t)e.index] = (int64_t)e.output.size();
                 ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, {e.finish_reason, e.stop_id, e.stop_string}, first,
-                                        logprobs(std::move(last_logprobs))),
+                                        logprobs_body(s.call, last_logprobs)),
                            e.index);
                 if (ok && s.finished == s.requests.size()) {
                     const int64_t generated = std::accumulate(s.tokens.begin(), s.tokens.end(), int64_t{0});

@@ -177,15 +177,14 @@ void refuse_unsupported(const json& body, bool chat) {
         !(body["response_format"].is_object() && body["response_format"].contains("type") && body["response_format"]["type"] == "text"))
         bad("response_format", "only {\"type\": \"text\"} is supported");
     if (given(body, "best_of") && integer_in(body, "best_of", 1, 1, 1) != 1) bad("best_of", "only best_of = 1 is supported");
-    // OpenAI's penalties and suffix, and vLLM's extensions that would change the answer: each
-    // only at the value that changes nothing.
+    // OpenAI's suffix, and vLLM's extensions that would change the answer: each only at the
+    // value that changes nothing.
     const auto only = [&](const char* key, double value, const char* shown) {
         if (!given(body, key)) return;
         if (!body[key].is_number()) bad(key, std::string("'") + key + "' must be a number");
         if (body[key].get<double>() != value) bad(key, std::string(key) + " is not supported (" + shown + " only)");
     };
-    only("presence_penalty", 0, "0"), only("frequency_penalty", 0, "0"), only("repetition_penalty", 1, "1");
-    only("min_p", 0, "0"), only("min_tokens", 0, "0");
+    only("min_p", 0, "0");
     if (given(body, "suffix") && !(body["suffix"].is_string() && body["suffix"].get<std::string>().empty()))
         bad("suffix", "suffix is not supported");
     for (const char* key : {"bad_words", "allowed_token_ids"})
@@ -242,8 +241,8 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
         if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
             call.logprobs = (int)integer_in(body, "logprobs", 0, kMaxLogprobs, 0);
     }
-    if (call.logprobs >= 0 && !boolean(body, "return_tokens_as_token_ids") && limits.text && limits.text->tokenizer)
-        call.tokenizer = &*limits.text->tokenizer;
+    call.tokens_as_ids = boolean(body, "return_tokens_as_token_ids");
+    if (limits.text && limits.text->tokenizer) call.tokenizer = &*limits.text->tokenizer;
     call.return_token_ids = boolean(body, "return_token_ids");
     call.skip_special_tokens = boolean(body, "skip_special_tokens", /*fallback=*/true);
     call.ignore_eos = boolean(body, "ignore_eos");
@@ -261,6 +260,10 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     call.top_p = number_in(body, "top_p", 0, 1, limits.default_top_p, /*open_low=*/true);
     call.top_k = integer_in(body, "top_k", -1, 1 << 30, limits.default_top_k);
     if (call.top_k < 0) call.top_k = 0;  // vLLM's -1: no cut
+    call.presence_penalty = number_in(body, "presence_penalty", -2, 2, 0);
+    call.frequency_penalty = number_in(body, "frequency_penalty", -2, 2, 0);
+    call.repetition_penalty = number_in(body, "repetition_penalty", -INFINITY, INFINITY, 1);
+    if (!(call.repetition_penalty > 0)) bad("repetition_penalty", "'repetition_penalty' must be greater than 0");
     if (given(body, "seed")) {
         if (!body["seed"].is_number_integer()) bad("seed", "'seed' must be an integer of at most 64 bits");
         call.seed = body["seed"].is_number_unsigned() ? body["seed"].get<uint64_t>() : (uint64_t)body["seed"].get<int64_t>();
@@ -286,6 +289,9 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     const char* max_key = chat && given(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
     const bool max_given = given(body, max_key);
     const int64_t max_tokens = integer_in(body, max_key, 1, 1 << 30, limits.default_max_tokens);
+    call.min_tokens = integer_in(body, "min_tokens", 0, 1 << 30, 0);
+    if (call.min_tokens > max_tokens)
+        bad("min_tokens", "'min_tokens' (" + std::to_string(call.min_tokens) + ") must be at most '" + max_key + "' (" + std::to_string(max_tokens) + ")");
     if (chat) call.prompts.push_back(chat_prompt(body, limits, add_special_tokens));
     else call.prompts = completion_prompts(body, limits, add_special_tokens);
     for (const auto& p : call.prompts) {
@@ -312,34 +318,31 @@ ResponseJson stop_reason(const ChoiceEnd& end) {
 }
 // A token's text: its id decoded alone, special tokens kept (vLLM's), or "token_id:ID".
 std::string token_text(const ApiCall& call, int32_t id) {
-    return call.tokenizer ? call.tokenizer->decode({id}, /*skip_special_tokens=*/false) : "token_id:" + std::to_string(id);
+    return call.tokenizer && !call.tokens_as_ids ? call.tokenizer->decode({id}, /*skip_special_tokens=*/false) : "token_id:" + std::to_string(id);
 }
 
 // JSON has no -inf: vLLM's and OpenAI's floor.
 double shown(float logprob) { return std::max((double)logprob, -9999.0); }
 
-// A chat token's {token, logprob, bytes}: bytes its text's UTF-8.
-ResponseJson chat_token(const std::string& text, float logprob) {
-    std::vector<int> bytes(text.begin(), text.end());
-    for (int& b : bytes) b &= 0xff;
+// A chat token's {token, logprob, bytes}: bytes the token's own (a piece of a character's: its
+// raw bytes, where its text is U+FFFD), or its name's.
+ResponseJson chat_token(const ApiCall& call, int32_t id, float logprob) {
+    const std::string text = token_text(call, id);
+    const std::string raw = call.tokenizer && !call.tokens_as_ids ? call.tokenizer->token_bytes(id) : text;
+    std::vector<int> bytes;
+    for (unsigned char b : raw) bytes.push_back(b);
     return {{"token", text}, {"logprob", shown(logprob)}, {"bytes", bytes}};
 }
 }  // namespace
 
-int64_t characters(const std::string& text) {
-    int64_t n = 0;
-    for (unsigned char c : text) n += (c & 0xc0) != 0x80;  // every byte but a continuation starts a character
-    return n;
-}
-
-ResponseJson logprobs_body(const ApiCall& call, const std::vector<TokenLogprobs>& tokens, int64_t offset) {
+ResponseJson logprobs_body(const ApiCall& call, const std::vector<TokenLogprobs>& tokens) {
     if (call.logprobs < 0) return nullptr;
     if (call.chat) {
         ResponseJson content = ResponseJson::array();
         for (const TokenLogprobs& t : tokens) {
-            ResponseJson entry = chat_token(token_text(call, t.token), t.logprob);
+            ResponseJson entry = chat_token(call, t.token, t.logprob);
             ResponseJson top = ResponseJson::array();
-            for (const auto& [id, lp] : t.top) top.push_back(chat_token(token_text(call, id), lp));
+            for (const auto& [id, lp] : t.top) top.push_back(chat_token(call, id, lp));
             entry["top_logprobs"] = std::move(top);
             content.push_back(std::move(entry));
         }
@@ -356,8 +359,7 @@ ResponseJson logprobs_body(const ApiCall& call, const std::vector<TokenLogprobs>
             if (!named.contains(k)) named[k] = shown(lp);
         }
         top.push_back(std::move(named));
-        offsets.push_back(offset);
-        offset += characters(s);
+        offsets.push_back(t.text_offset);
     }
     return {{"text_offset", std::move(offsets)}, {"token_logprobs", std::move(logprob)}, {"tokens", std::move(text)}, {"top_logprobs", std::move(top)}};
 }

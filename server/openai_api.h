@@ -59,7 +59,11 @@ struct ApiCall {
     std::vector<int32_t> stop_token_ids;  // vLLM's: ids that end a sequence as an eos id does
     bool ignore_eos = false;              // vLLM's: the eos ids do not end a sequence
     int logprobs = -1;                    // each token's logprob and this many most likely tokens' (-1: none)
-    const Tokenizer* tokenizer = nullptr;  // names the logprobs' tokens (null: "token_id:ID", vLLM's return_tokens_as_token_ids)
+    const Tokenizer* tokenizer = nullptr;  // names the logprobs' tokens (none: "token_id:ID")
+    bool tokens_as_ids = false;            // vLLM's return_tokens_as_token_ids: "token_id:ID" all the same
+    double presence_penalty = 0, frequency_penalty = 0;  // OpenAI's, [-2, 2]
+    double repetition_penalty = 1;                       // vLLM's (HF's), > 0
+    int64_t min_tokens = 0;                              // vLLM's, at most max_tokens
     std::vector<std::vector<int32_t>> prompts;
     std::vector<int64_t> max_tokens;  // per prompt
     double temperature = 0;
@@ -96,12 +100,10 @@ ResponseJson response_body(const ApiCall& call, const std::string& id, int64_t c
                              const std::vector<ChoiceResult>& choices);
 // A choice's "logprobs" for `tokens`, null where the call asks for none. Completions: OpenAI's
 // tokens, token_logprobs, top_logprobs (the most likely tokens', and the chosen one's) and
-// text_offset (each token's text's characters added to `offset`, the characters before the
-// first); chat: content, a {token, logprob, bytes, top_logprobs} a token. A token's text is its id
-// decoded alone (special tokens kept), as vLLM's.
-ResponseJson logprobs_body(const ApiCall& call, const std::vector<TokenLogprobs>& tokens, int64_t offset = 0);
-// The characters (code points) of UTF-8 text: what text_offset counts.
-int64_t characters(const std::string& text);
+// text_offset (where each token's text begins in the output's, in characters); chat: content, a
+// {token, logprob, bytes, top_logprobs} a token. A token's text is its id decoded alone (special
+// tokens kept), as vLLM's; its bytes the token's own (Tokenizer::token_bytes).
+ResponseJson logprobs_body(const ApiCall& call, const std::vector<TokenLogprobs>& tokens);
 // A stream chunk of prompt `index`: its new text (and token, with its logprobs body where the call
 // asks), or its end (end.finish_reason set). With return_token_ids the prompt's first chunk
 // (`first`) carries its prompt_token_ids, as vLLM's.

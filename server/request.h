@@ -25,6 +25,7 @@ struct TokenLogprobs {
     int32_t token = 0;
     float logprob = 0;
     std::vector<std::pair<int32_t, float>> top;
+    int64_t text_offset = 0;  // the characters of the output's text before the token (its finished characters)
 };
 
 // What the scheduler tells the HTTP side about one prompt of a call.
@@ -83,6 +84,8 @@ struct ServeRequest {
     std::vector<int32_t> stop_token_ids;  // end the sequence as an eos id does
     bool ignore_eos = false;              // the eos ids do not end it
     int logprobs = -1;                    // each token's logprob and this many most likely tokens' (-1: none)
+    double presence_penalty = 0, frequency_penalty = 0, repetition_penalty = 1;  // cpu::Penalties's
+    int64_t min_tokens = 0;  // no eos or stop id before this many tokens, no stop string in their text
     ServeClock::time_point arrived = ServeClock::now();
     std::atomic<bool> cancelled{false};  // the client went away: the scheduler drops it, freeing its slot
     std::shared_ptr<ResponseChannel> channel;

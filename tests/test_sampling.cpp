@@ -84,3 +84,17 @@ TEST(Sampling, LogSumExpAndTheLargestInOrder) {
     EXPECT_EQ(tpx::cpu::largest(logits.data(), 5, 9), (std::vector<int64_t>{1, 3, 4, 0, 2}));  // at most n
     EXPECT_TRUE(tpx::cpu::largest(logits.data(), 5, 0).empty());
 }
+
+// Penalties as vLLM applies them: repetition on the prompt's and the output's ids (a positive
+// logit divided, a negative one multiplied), then frequency times each output id's count and
+// presence once; ids in neither stay.
+TEST(Sampling, PenaltiesAsVllmAppliesThem) {
+    std::vector<float> l = {2.0f, -1.0f, 3.0f, 0.5f, 1.0f};
+    tpx::cpu::apply_penalties(l.data(), 5, {0.25, 0.5, 2.0}, /*prompt=*/{0, 1}, /*output=*/{2, 2, 1});
+    EXPECT_FLOAT_EQ(l[0], 1.0f);                // prompt only: 2 / 2
+    EXPECT_FLOAT_EQ(l[1], -2.0f - 0.5f - 0.25f);  // prompt and output once: -1 x 2, then the penalties
+    EXPECT_FLOAT_EQ(l[2], 1.5f - 1.0f - 0.25f);   // output twice: 3 / 2, less 2 x 0.5 and 0.25
+    EXPECT_FLOAT_EQ(l[3], 0.5f);
+    EXPECT_FLOAT_EQ(l[4], 1.0f);
+    EXPECT_FALSE(tpx::cpu::Penalties{}.any());
+}

@@ -317,3 +317,30 @@ TEST(TokenizerDiff, MistralLeadingSpacesFollowTransformers) {
     Tokenizer t = Tokenizer::load(folder);
     EXPECT_EQ(t.encode("  leading spaces"), (std::vector<int32_t>{1, 28705, 5374, 10599}));
 }
+
+// A token's own bytes (a served chat token's `bytes`): its decode alone where that is whole UTF-8;
+// a piece of a character's bytes where decode alone gives U+FFFD, for both layouts (byte-level
+// BPE, SentencePiece's byte fallback). The pieces of one character, joined, are the character.
+TEST(TokenizerBytes, TokenBytesArePiecesOfTheirCharacters) {
+    for (const char* name : {"byte-bpe", "spm-bpe"}) {
+        Tokenizer t = Tokenizer::load(data(name));
+        const std::string text = "\xE0\xB9\x8B \xF0\x9F\x8E\x89 ok";  // U+0E4B, U+1F389
+        const std::vector<int32_t> ids = t.encode(text, false);
+        std::string joined;
+        int pieces = 0;
+        for (int32_t id : ids) {
+            const std::string alone = t.decode({id}), bytes = t.token_bytes(id);
+            if (alone.find("\xEF\xBF\xBD") == std::string::npos) {
+                EXPECT_EQ(bytes, alone) << name << " id " << id;
+            } else {
+                ++pieces;
+                EXPECT_EQ(bytes.find("\xEF\xBF\xBD"), std::string::npos) << name << " id " << id;
+            }
+            joined += bytes;
+        }
+        EXPECT_GT(pieces, 0) << name << ": no token held part of a character";
+        EXPECT_EQ(t.decode(ids), text) << name;
+        EXPECT_NE(joined.find("\xE0\xB9\x8B"), std::string::npos) << name;
+        EXPECT_NE(joined.find("\xF0\x9F\x8E\x89"), std::string::npos) << name;
+    }
+}

@@ -5,10 +5,10 @@
 
 namespace tpx {
 
-StopStrings::Match StopStrings::first_match(const std::string& text) const {
+StopStrings::Match StopStrings::first_match(const std::string& text, size_t ends_after) const {
     Match m;
     for (const std::string& s : stops_)
-        if (size_t at = text.find(s); at < m.at) m = {at, &s};
+        if (size_t at = text.find(s, ends_after >= s.size() ? ends_after - s.size() + 1 : 0); at < m.at) m = {at, &s};
     return m;
 }
 

@@ -24,7 +24,9 @@ public:
         size_t at = std::string::npos;
         const std::string* stop = nullptr;
     };
-    Match first_match(const std::string& text) const;
+    // `ends_after`: only matches that end past that many bytes of `text` (vLLM's min_tokens: the
+    // text of the first min_tokens tokens holds no match).
+    Match first_match(const std::string& text, size_t ends_after = 0) const;
 
     // Whether `output` (all ids generated so far, the last one just added) now holds a stop
     // string in its decoded text (skip_special_tokens: the text without the special tokens) as

@@ -163,6 +163,15 @@ void Decoder::add(const nlohmann::json& j, const std::string& file) {
     steps_.push_back(std::move(step));
 }
 
+std::optional<std::string> Decoder::raw_bytes(const std::string& token) const {
+    for (const DecoderStep& step : steps_) {
+        std::string bytes;
+        if (step.kind == DecoderStep::Kind::ByteLevel && append_token_bytes(token, bytes)) return bytes;
+        if (step.kind == DecoderStep::Kind::ByteFallback && byte_token(token) >= 0) return std::string(1, (char)byte_token(token));
+    }
+    return std::nullopt;
+}
+
 std::string Decoder::decode(std::vector<std::string> tokens) const {
     using K = DecoderStep::Kind;
     if (none_) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,10 @@ public:
     // Strip(" ", 1, 0) when add_prefix_space.
     static Decoder llama(bool strip_prefix_space);
     std::string decode(std::vector<std::string> tokens) const;
+    // The bytes one vocabulary token stands for where they are not whole UTF-8 (decode gives
+    // U+FFFD for them): a byte-level token's bytes, or a ByteFallback token's byte ("<0xAB>").
+    // Null for any other token or decoder.
+    std::optional<std::string> raw_bytes(const std::string& token) const;
 
 private:
     void add(const nlohmann::json& j, const std::string& file);

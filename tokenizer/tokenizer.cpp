@@ -256,6 +256,14 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
     return clean_up_ ? clean_up_tokenization(std::move(text)) : text;
 }
 
+std::string Tokenizer::token_bytes(int32_t id) const {
+    std::string text = decode({id});
+    if (text.find("\xEF\xBF\xBD") == std::string::npos || added_->by_id(id)) return text;
+    const std::string* token = model_->id_to_token(id);
+    std::optional<std::string> raw = token ? decoder_->raw_bytes(*token) : std::nullopt;
+    return raw ? *raw : text;
+}
+
 size_t Tokenizer::vocab_size() const {
     return std::max(model_->vocab_size(), static_cast<size_t>(added_->max_id() + 1));
 }

@@ -43,6 +43,9 @@ public:
     // Ids outside the vocabulary are skipped, as HF does; bytes that do not form UTF-8 become
     // U+FFFD as in Rust's from_utf8_lossy.
     std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
+    // The bytes one token stands for: its decode alone, except where that is not whole UTF-8
+    // (part of a character's bytes: a byte-level or byte-fallback token), its raw bytes.
+    std::string token_bytes(int32_t id) const;
 
     size_t vocab_size() const;                          // largest id + 1, added tokens included
     int32_t token_to_id(const std::string& token) const;  // -1 when unknown

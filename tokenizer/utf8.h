@@ -29,6 +29,13 @@ size_t find_invalid_utf8(std::string_view s);
 // Rust's String::from_utf8_lossy: each maximal invalid subpart becomes one U+FFFD.
 std::string utf8_lossy(std::string_view bytes);
 
+// The code points (characters) of UTF-8 text: every byte but a continuation byte starts one.
+inline size_t count_code_points(std::string_view s) {
+    size_t n = 0;
+    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+    return n;
+}
+
 // Rust's char::is_whitespace (the Unicode White_Space property).
 bool is_whitespace(char32_t c);
 

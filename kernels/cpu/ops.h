@@ -80,6 +80,16 @@ struct SamplingParams {
 // temperature is 0, and -1 as argmax's for a row holding a NaN or an infinity.
 int64_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt19937_64& rng);
 
+// OpenAI's presence and frequency penalties (on the output's ids) and HF's repetition penalty (on
+// the prompt's and the output's), as vLLM applies them: repetition first (a positive logit
+// divided by it, another multiplied), then each output id's logit less frequency x its count and
+// presence once.
+struct Penalties {
+    double presence = 0, frequency = 0, repetition = 1;
+    bool any() const { return presence != 0 || frequency != 0 || repetition != 1; }
+};
+void apply_penalties(float* logits, int64_t n, const Penalties& p, const std::vector<int32_t>& prompt, const std::vector<int32_t>& output);
+
 // log(sum of exp(logits)), in double: a logit minus it is its log-softmax (the logprob the
 // serve's calls ask for). The row's values are finite.
 double log_sum_exp(const float* logits, int64_t n);

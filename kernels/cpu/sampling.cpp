@@ -55,6 +55,33 @@ int64_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt1
     return idx[keep - 1];
 }
 
+void apply_penalties(float* logits, int64_t n, const Penalties& p, const std::vector<int32_t>& prompt, const std::vector<int32_t>& output) {
+    std::vector<int32_t> out(output);  // sorted: each id's count is its run
+    std::sort(out.begin(), out.end());
+    if (p.repetition != 1) {
+        std::vector<int32_t> seen(prompt);
+        seen.insert(seen.end(), out.begin(), out.end());
+        std::sort(seen.begin(), seen.end());
+        seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+        const float r = (float)p.repetition;  // fp32 arithmetic throughout, as vLLM's tensors
+        for (int32_t id : seen) {
+            if (id < 0 || id >= n) continue;
+            float& l = logits[id];
+            l = l > 0 ? l / r : l * r;
+        }
+    }
+    for (size_t i = 0; i < out.size();) {
+        size_t j = i;
+        while (j < out.size() && out[j] == out[i]) ++j;
+        if (out[i] >= 0 && out[i] < n) {
+            float& l = logits[out[i]];
+            l -= (float)p.frequency * (float)(j - i);
+            l -= (float)p.presence;
+        }
+        i = j;
+    }
+}
+
 double log_sum_exp(const float* logits, int64_t n) {
     double top = -INFINITY;
     for (int64_t i = 0; i < n; ++i) top = std::max(top, (double)logits[i]);

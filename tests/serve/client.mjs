@@ -187,15 +187,18 @@ const modes = {
     await attempt("tools", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }],
                                                                 tools: [{ type: "function", function: { name: "f", parameters: {} } }] }));
     await attempt("include_usage", () => client.completions.create({ model, prompt: "Hi", stream: true, stream_options: { include_usage: 3 } }));
-    // Sampling that is not done here (refused, not ignored); stream_options without a stream; a
-    // user's message without content.
+    // Penalties out of range, min_tokens past max_tokens; sampling that is not done here (refused,
+    // not ignored); stream_options without a stream; a user's message without content.
     // Logprobs: a completion's count past vLLM's 20 or given as true; a chat's top_logprobs without
     // "logprobs": true, and its logprobs as a count.
     await attempt("logprobs_range", () => client.completions.create({ model, prompt: "Hi", logprobs: 21 }));
     await attempt("logprobs_true", () => client.completions.create({ model, prompt: "Hi", logprobs: true }));
     await attempt("top_logprobs_alone", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], top_logprobs: 2 }));
     await attempt("chat_logprobs_count", () => client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], logprobs: 3 }));
-    await attempt("presence_penalty", () => client.completions.create({ model, prompt: "Hi", presence_penalty: 0.5 }));
+    await attempt("presence_penalty", () => client.completions.create({ model, prompt: "Hi", presence_penalty: 2.5 }));
+    await attempt("repetition_penalty", () => client.completions.create({ model, prompt: "Hi", repetition_penalty: 0 }));
+    await attempt("min_tokens", () => client.completions.create({ model, prompt: "Hi", max_tokens: 4, min_tokens: 5 }));
+    await attempt("min_p", () => client.completions.create({ model, prompt: "Hi", min_p: 0.1 }));
     await attempt("suffix", () => client.completions.create({ model, prompt: "Hi", suffix: "end" }));
     await attempt("skip_special_tokens", () => client.completions.create({ model, prompt: "Hi", skip_special_tokens: "no" }));
     await attempt("stop_token_ids", () => client.completions.create({ model, prompt: "Hi", stop_token_ids: [1, 3000] }));
