@@ -137,6 +137,9 @@ std::string emit_job_toml(const Job& job, Secrets secrets) {
     kv("top_k", fmt<int64_t>(job.run.sampling.top_k));
     kv("top_p", fmt(job.run.sampling.top_p));
     kv("seed", fmt<int64_t>((int64_t)job.run.sampling.seed));
+    kv("presence_penalty", fmt(job.run.sampling.presence_penalty));
+    kv("frequency_penalty", fmt(job.run.sampling.frequency_penalty));
+    kv("repetition_penalty", fmt(job.run.sampling.repetition_penalty));
     os << "\n[launch]\n";
     kv("mpirun", fmt(job.launch.mpirun));
     kv("extra_args", fmt_list(job.launch.extra_args));

@@ -58,6 +58,9 @@ struct SamplingSection {
     int top_k = 0;             // 0 = no top-k cut
     double top_p = 1.0;        // 1 = no nucleus cut; in (0, 1]
     uint64_t seed = 0;         // the same seed gives the same tokens
+    // OpenAI's presence and frequency penalties (on the output's ids), HF's repetition penalty
+    // (on the prompt's and the output's): cpu::Penalties.
+    double presence_penalty = 0.0, frequency_penalty = 0.0, repetition_penalty = 1.0;
 };
 
 // The most positions a sequence may have (run.max_seq_len, or the model's own when that is 0).

@@ -315,6 +315,9 @@ void parse_run(Section s, Job& job) {
     samp.get_double("top_p", sp.top_p, 0.0, 1.0, /*lo_open=*/true);
     int64_t seed = 0;
     if (samp.get_int("seed", seed, 0, INT64_MAX)) sp.seed = (uint64_t)seed;
+    samp.get_double("presence_penalty", sp.presence_penalty, -2.0, 2.0);
+    samp.get_double("frequency_penalty", sp.frequency_penalty, -2.0, 2.0);
+    samp.get_double("repetition_penalty", sp.repetition_penalty, 1e-6, 1e6);  // (the server's range: kMinRepetitionPenalty)
     samp.reject_unknown();
     s.reject_unknown();
 

@@ -484,9 +484,10 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
                 std::vector<int32_t> last = abort ? std::vector<int32_t>{} : std::vector<int32_t>{e.token};
                 std::vector<TokenLogprobs> last_logprobs;
                 if (!abort && !e.logprobs.empty()) last_logprobs.push_back(e.logprobs.back());
+                // (An aborted sequence's last chunk has no token: null logprobs.)
                 s.tokens[(size_t)e.index] = (int64_t)e.output.size();
                 ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, {e.finish_reason, e.stop_id, e.stop_string}, first,
-                                        logprobs_body(s.call, last_logprobs)),
+                                        last.empty() ? ResponseJson() : logprobs_body(s.call, last_logprobs)),
                            e.index);
                 if (ok && s.finished == s.requests.size()) {
                     const int64_t generated = std::accumulate(s.tokens.begin(), s.tokens.end(), int64_t{0});

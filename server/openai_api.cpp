@@ -166,6 +166,25 @@ ApiError unknown_model(const std::string& asked, const ApiLimits& limits) {
 
 namespace {
 
+// A completion's `logprobs` is how many most likely tokens each token's names (null or false:
+// none); a chat's is true or false, `top_logprobs` the count (OpenAI's two forms). vLLM's
+// return_tokens_as_token_ids names tokens by id.
+void parse_logprobs(const json& body, const ApiLimits& limits, ApiCall& call) {
+    if (call.chat) {
+        const bool wanted = boolean(body, "logprobs");
+        const int64_t top = integer_in(body, "top_logprobs", 0, kMaxLogprobs, 0);
+        if (top > 0 && !wanted) bad("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
+        if (wanted) call.logprobs = (int)top;
+    } else {
+        if (given(body, "top_logprobs") && body["top_logprobs"] != 0)
+            bad("top_logprobs", "'top_logprobs' is a chat parameter: a completion's 'logprobs' is the count");
+        if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
+            call.logprobs = (int)integer_in(body, "logprobs", 0, kMaxLogprobs, 0);
+    }
+    call.return_tokens_as_token_ids = boolean(body, "return_tokens_as_token_ids");
+    if (limits.text && limits.text->tokenizer) call.tokenizer = &*limits.text->tokenizer;
+}
+
 // What would change the answer and is not done here is refused (400 naming it), not ignored.
 void refuse_unsupported(const json& body, bool chat) {
     if (given(body, "logit_bias") && !(body["logit_bias"].is_object() && body["logit_bias"].empty()))
@@ -228,21 +247,7 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
         call.continuous_usage =
             boolean(body["stream_options"], "continuous_usage_stats", false, "stream_options.continuous_usage_stats") && call.include_usage;
     }
-    // A completion's `logprobs` is how many most likely tokens each token's names (null or false:
-    // none); a chat's is true or false, `top_logprobs` the count (OpenAI's two forms).
-    if (chat) {
-        const bool wanted = boolean(body, "logprobs");
-        const int64_t top = integer_in(body, "top_logprobs", 0, kMaxLogprobs, 0);
-        if (top > 0 && !wanted) bad("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
-        if (wanted) call.logprobs = (int)top;
-    } else {
-        if (given(body, "top_logprobs") && body["top_logprobs"] != 0)
-            bad("top_logprobs", "'top_logprobs' is a chat parameter: a completion's 'logprobs' is the count");
-        if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
-            call.logprobs = (int)integer_in(body, "logprobs", 0, kMaxLogprobs, 0);
-    }
-    call.tokens_as_ids = boolean(body, "return_tokens_as_token_ids");
-    if (limits.text && limits.text->tokenizer) call.tokenizer = &*limits.text->tokenizer;
+    parse_logprobs(body, limits, call);
     call.return_token_ids = boolean(body, "return_token_ids");
     call.skip_special_tokens = boolean(body, "skip_special_tokens", /*fallback=*/true);
     call.ignore_eos = boolean(body, "ignore_eos");
@@ -260,10 +265,9 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     call.top_p = number_in(body, "top_p", 0, 1, limits.default_top_p, /*open_low=*/true);
     call.top_k = integer_in(body, "top_k", -1, 1 << 30, limits.default_top_k);
     if (call.top_k < 0) call.top_k = 0;  // vLLM's -1: no cut
-    call.presence_penalty = number_in(body, "presence_penalty", -2, 2, 0);
-    call.frequency_penalty = number_in(body, "frequency_penalty", -2, 2, 0);
-    call.repetition_penalty = number_in(body, "repetition_penalty", -INFINITY, INFINITY, 1);
-    if (!(call.repetition_penalty > 0)) bad("repetition_penalty", "'repetition_penalty' must be greater than 0");
+    call.presence_penalty = number_in(body, "presence_penalty", -2, 2, limits.default_presence_penalty);
+    call.frequency_penalty = number_in(body, "frequency_penalty", -2, 2, limits.default_frequency_penalty);
+    call.repetition_penalty = number_in(body, "repetition_penalty", kMinRepetitionPenalty, kMaxRepetitionPenalty, limits.default_repetition_penalty);
     if (given(body, "seed")) {
         if (!body["seed"].is_number_integer()) bad("seed", "'seed' must be an integer of at most 64 bits");
         call.seed = body["seed"].is_number_unsigned() ? body["seed"].get<uint64_t>() : (uint64_t)body["seed"].get<int64_t>();
@@ -290,8 +294,6 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     const bool max_given = given(body, max_key);
     const int64_t max_tokens = integer_in(body, max_key, 1, 1 << 30, limits.default_max_tokens);
     call.min_tokens = integer_in(body, "min_tokens", 0, 1 << 30, 0);
-    if (call.min_tokens > max_tokens)
-        bad("min_tokens", "'min_tokens' (" + std::to_string(call.min_tokens) + ") must be at most '" + max_key + "' (" + std::to_string(max_tokens) + ")");
     if (chat) call.prompts.push_back(chat_prompt(body, limits, add_special_tokens));
     else call.prompts = completion_prompts(body, limits, add_special_tokens);
     for (const auto& p : call.prompts) {
@@ -306,6 +308,12 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
                                     " (run.max_seq_len)",
                            prompt_alone ? (chat ? "messages" : "prompt") : max_key, "context_length_exceeded");
         call.max_tokens.push_back(std::min(max_tokens, room));
+        if (call.min_tokens > call.max_tokens.back())  // (vLLM's: its default max_tokens is the room left)
+            bad("min_tokens", "'min_tokens' (" + std::to_string(call.min_tokens) + ") must be at most the tokens a prompt may generate, " +
+                                  std::to_string(call.max_tokens.back()) + " (" +
+                                  (max_given && max_tokens <= room ? "'" + std::string(max_key) + "'"
+                                                                   : max_given ? "what max_seq_len leaves" : "the default, run.max_new_tokens, or what max_seq_len leaves") +
+                                  ")");
     }
     return call;
 }
@@ -318,20 +326,20 @@ ResponseJson stop_reason(const ChoiceEnd& end) {
 }
 // A token's text: its id decoded alone, special tokens kept (vLLM's), or "token_id:ID".
 std::string token_text(const ApiCall& call, int32_t id) {
-    return call.tokenizer && !call.tokens_as_ids ? call.tokenizer->decode({id}, /*skip_special_tokens=*/false) : "token_id:" + std::to_string(id);
+    return call.tokenizer && !call.return_tokens_as_token_ids ? call.tokenizer->decode({id}, /*skip_special_tokens=*/false) : "token_id:" + std::to_string(id);
 }
 
 // JSON has no -inf: vLLM's and OpenAI's floor.
-double shown(float logprob) { return std::max((double)logprob, -9999.0); }
+double clamp_logprob(float logprob) { return std::max((double)logprob, -9999.0); }
 
 // A chat token's {token, logprob, bytes}: bytes the token's own (a piece of a character's: its
 // raw bytes, where its text is U+FFFD), or its name's.
 ResponseJson chat_token(const ApiCall& call, int32_t id, float logprob) {
     const std::string text = token_text(call, id);
-    const std::string raw = call.tokenizer && !call.tokens_as_ids ? call.tokenizer->token_bytes(id) : text;
+    const std::string raw = call.tokenizer && !call.return_tokens_as_token_ids ? call.tokenizer->token_bytes(id) : text;
     std::vector<int> bytes;
     for (unsigned char b : raw) bytes.push_back(b);
-    return {{"token", text}, {"logprob", shown(logprob)}, {"bytes", bytes}};
+    return {{"token", text}, {"logprob", clamp_logprob(logprob)}, {"bytes", bytes}};
 }
 }  // namespace
 
@@ -352,11 +360,11 @@ ResponseJson logprobs_body(const ApiCall& call, const std::vector<TokenLogprobs>
     for (const TokenLogprobs& t : tokens) {
         const std::string s = token_text(call, t.token);
         text.push_back(s);
-        logprob.push_back(shown(t.logprob));
-        ResponseJson named = {{s, shown(t.logprob)}};  // the chosen token first, then the most likely (a text named twice: its first)
+        logprob.push_back(clamp_logprob(t.logprob));
+        ResponseJson named = {{s, clamp_logprob(t.logprob)}};  // the chosen token first, then the most likely (a text named twice: its first)
         for (const auto& [id, lp] : t.top) {
             const std::string k = token_text(call, id);
-            if (!named.contains(k)) named[k] = shown(lp);
+            if (!named.contains(k)) named[k] = clamp_logprob(lp);
         }
         top.push_back(std::move(named));
         offsets.push_back(t.text_offset);
@@ -416,11 +424,12 @@ ResponseJson stream_chunk(const ApiCall& call, const std::string& id, int64_t cr
 
 ResponseJson stream_role_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index) {
     ResponseJson choice = {{"index", index},
-                   {"delta", {{"role", "assistant"}, {"content", ""}}},
-                   {"logprobs", nullptr},
-                   {"finish_reason", nullptr},
-                   {"stop_reason", nullptr}};
-    ResponseJson out = {{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model}, {"choices", ResponseJson::array({choice})}};
+                           {"delta", {{"role", "assistant"}, {"content", ""}}},
+                           {"logprobs", nullptr},
+                           {"finish_reason", nullptr},
+                           {"stop_reason", nullptr}};
+    ResponseJson out = {{"id", id},       {"object", "chat.completion.chunk"},       {"created", created},
+                        {"model", model}, {"choices", ResponseJson::array({choice})}};
     if (call.return_token_ids) out["prompt_token_ids"] = call.prompts[(size_t)index];
     return out;
 }

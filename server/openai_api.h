@@ -11,13 +11,13 @@
 
 #include <nlohmann/json.hpp>
 
-#include "server/request.h"
+#include "server/token_logprobs.h"
 #include "text/text_tools.h"
 
 namespace tpx {
 
-// Response bodies keep their keys in the order written: OpenAI's, and a completion's
-// top_logprobs with the chosen token first, then the most likely (vLLM's).
+// Response bodies keep their keys in the order written (vLLM's; a completion's top_logprobs the
+// chosen token first, then the most likely).
 using ResponseJson = nlohmann::ordered_json;
 
 // An error answered as {"error": {"message", "type", "param", "code"}} with this HTTP status.
@@ -35,6 +35,9 @@ constexpr size_t kMaxStops = 16;
 constexpr size_t kMaxStopTokenIds = 256;
 // The most likely tokens a call may ask each token's logprobs to name (vLLM's max_logprobs).
 constexpr int kMaxLogprobs = 20;
+// repetition_penalty's range (vLLM takes any above 0): past it a logit's fp32 quotient or
+// product could overflow, or the penalty underflow to 0, and no token could be chosen.
+constexpr double kMinRepetitionPenalty = 1e-6, kMaxRepetitionPenalty = 1e6;
 
 // What the server knows when it checks a call (from the job and the plan).
 struct ApiLimits {
@@ -45,6 +48,7 @@ struct ApiLimits {
     double default_temperature = 0;   // run.sampling's, when a call gives none
     int64_t default_top_k = 0;
     double default_top_p = 1;
+    double default_presence_penalty = 0, default_frequency_penalty = 0, default_repetition_penalty = 1;  // run.sampling's
     const TextTools* text = nullptr;  // tokenizer and chat template; null or empty = token-id prompts only
 };
 
@@ -60,7 +64,7 @@ struct ApiCall {
     bool ignore_eos = false;              // vLLM's: the eos ids do not end a sequence
     int logprobs = -1;                    // each token's logprob and this many most likely tokens' (-1: none)
     const Tokenizer* tokenizer = nullptr;  // names the logprobs' tokens (none: "token_id:ID")
-    bool tokens_as_ids = false;            // vLLM's return_tokens_as_token_ids: "token_id:ID" all the same
+    bool return_tokens_as_token_ids = false;  // vLLM's: "token_id:ID" all the same
     double presence_penalty = 0, frequency_penalty = 0;  // OpenAI's, [-2, 2]
     double repetition_penalty = 1;                       // vLLM's (HF's), > 0
     int64_t min_tokens = 0;                              // vLLM's, at most max_tokens
@@ -97,7 +101,7 @@ struct ChoiceResult {
 };
 
 ResponseJson response_body(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
-                             const std::vector<ChoiceResult>& choices);
+                           const std::vector<ChoiceResult>& choices);
 // A choice's "logprobs" for `tokens`, null where the call asks for none. Completions: OpenAI's
 // tokens, token_logprobs, top_logprobs (the most likely tokens', and the chosen one's) and
 // text_offset (where each token's text begins in the output's, in characters); chat: content, a
@@ -108,14 +112,14 @@ ResponseJson logprobs_body(const ApiCall& call, const std::vector<TokenLogprobs>
 // asks), or its end (end.finish_reason set). With return_token_ids the prompt's first chunk
 // (`first`) carries its prompt_token_ids, as vLLM's.
 ResponseJson stream_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index,
-                            const std::string& text, const std::vector<int32_t>& tokens, const ChoiceEnd& end, bool first,
-                            ResponseJson logprobs = nullptr);
+                          const std::string& text, const std::vector<int32_t>& tokens, const ChoiceEnd& end, bool first,
+                          ResponseJson logprobs = nullptr);
 // The chat stream's first chunk of a prompt: the assistant's role (and with return_token_ids the
 // prompt_token_ids, beside the choices, as vLLM's).
 ResponseJson stream_role_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model, int index);
 // The chunk after the last when stream_options.include_usage: usage, no choices.
 ResponseJson stream_usage_chunk(const ApiCall& call, const std::string& id, int64_t created, const std::string& model,
-                                  int64_t completion_tokens);
+                                int64_t completion_tokens);
 ResponseJson usage_body(const ApiCall& call, int64_t completion_tokens);
 // One prompt's usage so far (a chunk's, with continuous_usage): its prompt and `completion_tokens`.
 ResponseJson prompt_usage(const ApiCall& call, int index, int64_t completion_tokens);

@@ -11,22 +11,13 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <utility>
 #include <vector>
+
+#include "server/token_logprobs.h"
 
 namespace tpx {
 
 using ServeClock = std::chrono::steady_clock;
-
-// A generated token's logprob (the log-softmax of the model's logits at its step, before
-// temperature and cuts, as vLLM's default), and the most likely tokens' at that step, most
-// likely first.
-struct TokenLogprobs {
-    int32_t token = 0;
-    float logprob = 0;
-    std::vector<std::pair<int32_t, float>> top;
-    int64_t text_offset = 0;  // the characters of the output's text before the token (its finished characters)
-};
 
 // What the scheduler tells the HTTP side about one prompt of a call.
 struct ServeEvent {

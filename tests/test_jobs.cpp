@@ -95,6 +95,29 @@ TEST(Jobs, DefaultsAreFilledAndPathsResolved) {
     EXPECT_EQ(own.launch.mpirun, tpx::absolute_path(dir + "/mp.sh"));
 }
 
+// [run.sampling]'s penalties: read, round-tripped, and refused out of range naming the key.
+TEST(Jobs, SamplingPenaltiesAreReadAndChecked) {
+    tpx::Job job = tpx::parse_job("[model]\npath = \"models/tiny\"\n[run.sampling]\npresence_penalty = -0.5\nfrequency_penalty = 2\n"
+                                  "repetition_penalty = 1.25\n",
+                                  "p.toml", kSource);
+    const tpx::SamplingSection& s = job.run.sampling;
+    EXPECT_EQ(s.presence_penalty, -0.5);
+    EXPECT_EQ(s.frequency_penalty, 2.0);
+    EXPECT_EQ(s.repetition_penalty, 1.25);
+    tpx::Job again = tpx::parse_job(tpx::emit_job_toml(job, tpx::Secrets::kWritten), "p.toml", kSource);
+    EXPECT_EQ(again.run.sampling.repetition_penalty, 1.25);
+    EXPECT_EQ(again.run.sampling.presence_penalty, -0.5);
+    for (const char* bad : {"presence_penalty = 2.5", "frequency_penalty = -3", "repetition_penalty = 0", "repetition_penalty = \"high\""}) {
+        try {
+            tpx::parse_job(std::string("[model]\npath = \"models/tiny\"\n[run.sampling]\n") + bad + "\n", "p.toml", kSource);
+            ADD_FAILURE() << bad << " was taken";
+        } catch (const tpx::JobError& e) {
+            const std::string key = std::string(bad).substr(0, std::string(bad).find(' '));
+            EXPECT_NE(std::string(e.what()).find("run.sampling." + key), std::string::npos) << e.what();
+        }
+    }
+}
+
 // [backend.tuning]: absent keys keep tpx's choices, given ones are read, and the emitted job
 // parses back to the same settings.
 TEST(Jobs, KernelTuningIsReadAndRoundTrips) {

@@ -1,8 +1,9 @@
 // The CPU's token choice (kernels/cpu/sampling.cpp), which both `tpx run` and `tpx serve` draw
 // sampled tokens from: every temperature the job file and the API accept, down to the smallest
-// double, and rows that hold NaN.
+// double, rows that hold NaN, the penalties; and what a served token's logprobs need.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -67,34 +68,47 @@ TEST(Sampling, ARowHoldingNaNOrInfinityHasNoToken) {
     }
 }
 
-}  // namespace
-}  // namespace tpx::cpu
-
-// What a served token's logprobs rest on: the log-softmax's normalizer without overflow at large
-// logits, and the most likely tokens in order, equal logits by the lower index first.
-TEST(Sampling, LogSumExpAndTheLargestInOrder) {
-    const std::vector<float> big = {1000.0f, 1000.0f, -1000.0f};
-    EXPECT_NEAR(tpx::cpu::log_sum_exp(big.data(), 3), 1000.0 + std::log(2.0), 1e-12);
-    const std::vector<float> small = {0.5f, -1.25f, 2.0f};
+// What a served token's logprobs rest on: the log-softmax's normalizer (without overflow at
+// large logits), and the most likely tokens in order, as a stable sort puts them (equal logits by
+// the lower index first), for counts of none to past the row.
+TEST(Sampling, LogSumExpAndTheLargestIndicesInOrder) {
+    const uint64_t inputs = fresh_seed();
+    std::vector<float> logits = spread_logits(inputs);
+    logits[7] = logits[40];  // a tie
     double sum = 0;
-    for (float x : small) sum += std::exp((double)x);
-    EXPECT_NEAR(tpx::cpu::log_sum_exp(small.data(), 3), std::log(sum), 1e-12);
-    const std::vector<float> logits = {0.1f, 3.0f, -2.0f, 3.0f, 1.5f};
-    EXPECT_EQ(tpx::cpu::largest(logits.data(), 5, 3), (std::vector<int64_t>{1, 3, 4}));
-    EXPECT_EQ(tpx::cpu::largest(logits.data(), 5, 9), (std::vector<int64_t>{1, 3, 4, 0, 2}));  // at most n
-    EXPECT_TRUE(tpx::cpu::largest(logits.data(), 5, 0).empty());
+    for (float x : logits) sum += std::exp((double)x);
+    EXPECT_NEAR(log_sum_exp(logits.data(), (int64_t)logits.size()), std::log(sum), 1e-6) << "inputs " << inputs;
+    std::vector<float> big(logits);
+    for (float& x : big) x += 1000.0f;  // exp() alone would overflow
+    EXPECT_NEAR(log_sum_exp(big.data(), (int64_t)big.size()), std::log(sum) + 1000.0, 1e-3) << "inputs " << inputs;
+    std::vector<int64_t> sorted(logits.size());
+    for (size_t i = 0; i < sorted.size(); ++i) sorted[i] = (int64_t)i;
+    std::stable_sort(sorted.begin(), sorted.end(), [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
+    for (int64_t k : {0, 1, 5, 64, 80}) {
+        const std::vector<int64_t> want(sorted.begin(), sorted.begin() + std::min<int64_t>(k, 64));
+        EXPECT_EQ(largest_indices(logits.data(), 64, k), want) << "k " << k << ", inputs " << inputs;
+    }
 }
 
 // Penalties as vLLM applies them: repetition on the prompt's and the output's ids (a positive
-// logit divided, a negative one multiplied), then frequency times each output id's count and
-// presence once; ids in neither stay.
+// logit divided, another multiplied: zero stays), then frequency times each output id's count and
+// presence once; ids in neither stay, ids outside the row are passed over.
 TEST(Sampling, PenaltiesAsVllmAppliesThem) {
-    std::vector<float> l = {2.0f, -1.0f, 3.0f, 0.5f, 1.0f};
-    tpx::cpu::apply_penalties(l.data(), 5, {0.25, 0.5, 2.0}, /*prompt=*/{0, 1}, /*output=*/{2, 2, 1});
-    EXPECT_FLOAT_EQ(l[0], 1.0f);                // prompt only: 2 / 2
-    EXPECT_FLOAT_EQ(l[1], -2.0f - 0.5f - 0.25f);  // prompt and output once: -1 x 2, then the penalties
-    EXPECT_FLOAT_EQ(l[2], 1.5f - 1.0f - 0.25f);   // output twice: 3 / 2, less 2 x 0.5 and 0.25
-    EXPECT_FLOAT_EQ(l[3], 0.5f);
-    EXPECT_FLOAT_EQ(l[4], 1.0f);
-    EXPECT_FALSE(tpx::cpu::Penalties{}.any());
+    const uint64_t inputs = fresh_seed();
+    std::vector<float> l = spread_logits(inputs);
+    l[3] = 0.0f;
+    const Penalties p{0.25, 0.5, 1.5};
+    const std::vector<int32_t> prompt = {0, 1, 3, 70}, output = {2, 2, 1, -4, 64};
+    std::vector<float> got(l);
+    apply_penalties(got.data(), 64, p, prompt, output);
+    auto repeated = [&](float x) { return x > 0 ? x / 1.5f : x * 1.5f; };
+    EXPECT_FLOAT_EQ(got[0], repeated(l[0])) << "inputs " << inputs;                             // the prompt's only
+    EXPECT_FLOAT_EQ(got[1], repeated(l[1]) - 0.5f - 0.25f) << "inputs " << inputs;              // the prompt's and once out
+    EXPECT_FLOAT_EQ(got[2], repeated(l[2]) - 2 * 0.5f - 0.25f) << "inputs " << inputs;          // out twice
+    EXPECT_EQ(got[3], 0.0f);
+    for (size_t i = 4; i < 64; ++i) EXPECT_EQ(got[i], l[i]) << i;
+    EXPECT_FALSE(Penalties{}.any());
 }
+
+}  // namespace
+}  // namespace tpx::cpu

@@ -1,12 +1,6 @@
-// `tpx serve`'s logprobs (a completion's `logprobs: N`, a chat's `logprobs: true` with
-// `top_logprobs: N`), penalties (presence, frequency, repetition) and min_tokens, through the
-// official OpenAI Node SDK (tests/serve/client.mjs) at tp 2 on the CPU backend. References: HF
-// transformers' logits for llama-gqa's golden greedy continuations (tests/data/golden; fp32 on
-// bf16 weights), whose log-softmax each generated token's logprob and its most likely tokens'
-// must equal within 1e-4; for penalties, `tpx run`'s logits over the prompt and the served output
-// (one prefill: each step's row teacher-forced), penalised here by OpenAI's and vLLM's
-// definitions, whose argmax each greedy token must be. On tiny-text: the OpenAI form of both
-// endpoints, whole and streamed alike, and sampled tokens' logprobs.
+// `tpx serve`'s logprobs, penalties and min_tokens through the OpenAI Node SDK at tp 2 (CPU),
+// against HF's logits for llama-gqa's golden continuations, and against `tpx run`'s logits
+// teacher-forced over a served output, penalised here by OpenAI's and vLLM's definitions.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -230,13 +224,51 @@ TEST(ServeLogprobs, TextOffsetsIndexTheTextWholeAndStreamed) {
     EXPECT_EQ(decoded_bytes(chat["choices"][0]["logprobs"]["content"]), text) << chat.dump();
 }
 
+// `tpx run`'s logits (CPU, tp 2, as the server) at every position of `ids`, [ids][vocab].
+std::vector<float> run_logits(const std::vector<int>& ids, int64_t& vocab) {
+    const std::string dir = tpx_test::temp_dir();
+    std::ofstream(dir + "/prompts.jsonl") << json{{"id", "p"}, {"input_ids", ids}}.dump() << "\n";
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kModel << "\"\n[parallel]\ntp = 2\n[run]\nprompts = \"prompts.jsonl\"\n"
+                                     << "max_new_tokens = 1\nmax_batch = 1\noutput = \"out.jsonl\"\n";
+    tpx_test::ProcessResult r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + dir + "/job.toml --dump-logits " + dir + "/logits.h5");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::vector<float> logits = tpx_test::read_h5(dir + "/logits.h5", "prompt_0/prompt_logits");
+    std::filesystem::remove_all(dir);
+    vocab = (int64_t)(logits.size() / ids.size());
+    return logits;
+}
+
+// The log-softmax of a logits row at `id`, in double.
+double log_softmax_at(const float* row, int64_t vocab, int64_t id) {
+    double top = row[0], sum = 0;
+    for (int64_t v = 0; v < vocab; ++v) top = std::max(top, (double)row[v]);
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - top);
+    return row[id] - top - std::log(sum);
+}
+
+// Each of `got`'s token_logprobs (a completion's logprobs) against the log-softmax of `tpx run`'s
+// logits at its step, teacher-forced over the prompt and the output: the model's own.
+void expect_raw_logprobs(const std::vector<int>& prompt, const std::vector<int>& out, const ordered& logprobs, const std::string& what) {
+    std::vector<int> all(prompt);
+    all.insert(all.end(), out.begin(), out.end());
+    int64_t vocab = 0;
+    const std::vector<float> logits = run_logits(all, vocab);
+    ASSERT_EQ(logits.size(), all.size() * (size_t)vocab) << what;
+    ASSERT_EQ(logprobs["token_logprobs"].size(), out.size()) << what;
+    for (size_t i = 0; i < out.size(); ++i)
+        EXPECT_TRUE(near(logprobs["token_logprobs"][i].get<double>(), log_softmax_at(&logits[(prompt.size() - 1 + i) * vocab], vocab, out[i])))
+            << what << ", token " << i << ": " << logprobs["token_logprobs"][i];
+}
+
 // A sampled token's logprob is the model's (before the temperature, as vLLM's default), and a
 // completion's top_logprobs name it beside the most likely where it is not among them.
 TEST(ServeLogprobs, SampledTokensAreNamedBesideTheMostLikely) {
     SKIP_WITHOUT_SDK();
     Server server("");
-    const json body = {{"prompt", "Once upon a time,"}, {"max_tokens", 16}, {"logprobs", 1}, {"temperature", 1.5}, {"seed", 11}};
-    const ordered lp = call(server, false, body)["whole"]["choices"][0]["logprobs"];
+    const json body = {{"prompt", "Once upon a time,"}, {"max_tokens", 16}, {"logprobs", 1}, {"temperature", 1.5}, {"seed", 11}, {"return_token_ids", true}};
+    const ordered choice = call(server, false, body)["whole"]["choices"][0];
+    const ordered& lp = choice["logprobs"];
+    expect_raw_logprobs(choice["prompt_token_ids"], choice["token_ids"], lp, "temperature 1.5");
     ASSERT_EQ(lp["tokens"].size(), 16u) << lp.dump();
     int beside = 0;
     for (size_t i = 0; i < 16; ++i) {
@@ -255,23 +287,24 @@ TEST(ServeLogprobs, SampledTokensAreNamedBesideTheMostLikely) {
     EXPECT_EQ(call(server, false, body)["whole"]["choices"][0]["logprobs"], lp);
 }
 
-// `tpx run`'s logits (CPU, tp 2, as the server) at every position of `ids`, [ids][vocab].
-std::vector<float> run_logits(const std::vector<int>& ids, int64_t& vocab) {
-    const std::string dir = tpx_test::temp_dir();
-    std::ofstream(dir + "/prompts.jsonl") << json{{"id", "p"}, {"input_ids", ids}}.dump() << "\n";
-    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kModel << "\"\n[parallel]\ntp = 2\n[run]\nprompts = \"prompts.jsonl\"\n"
-                                     << "max_new_tokens = 1\nmax_batch = 1\noutput = \"out.jsonl\"\n";
-    tpx_test::ProcessResult r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + dir + "/job.toml --dump-logits " + dir + "/logits.h5");
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    std::vector<float> logits = tpx_test::read_h5(dir + "/logits.h5", "prompt_0/prompt_logits");
-    std::filesystem::remove_all(dir);
-    vocab = (int64_t)(logits.size() / ids.size());
-    return logits;
-}
-
 struct Penalty {
     double presence = 0, frequency = 0, repetition = 1;
 };
+
+// `tpx run`'s greedy output for `prompt` (24 tokens at most) with the penalties in [run.sampling].
+std::vector<int> run_tokens(const std::vector<int>& prompt, const Penalty& p) {
+    const std::string dir = tpx_test::temp_dir();
+    std::ofstream(dir + "/prompts.jsonl") << json{{"id", "p"}, {"input_ids", prompt}}.dump() << "\n";
+    std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kModel << "\"\n[parallel]\ntp = 2\n[run]\nprompts = \"prompts.jsonl\"\n"
+                                     << "max_new_tokens = 24\nmax_batch = 1\noutput = \"out.jsonl\"\n[run.sampling]\npresence_penalty = "
+                                     << p.presence << "\nfrequency_penalty = " << p.frequency << "\nrepetition_penalty = " << p.repetition << "\n";
+    tpx_test::ProcessResult r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + dir + "/job.toml");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::vector<int> ids;
+    if (r.exit_code == 0) ids = json::parse(tpx_test::read_text(dir + "/out.jsonl"))["output_ids"].get<std::vector<int>>();
+    std::filesystem::remove_all(dir);
+    return ids;
+}
 
 // The greedy token of `row` after the output so far, penalised as OpenAI's reference defines
 // presence and frequency (each output id's logit less frequency x its count, less presence once)
@@ -300,7 +333,7 @@ int penalised_argmax(const float* row, int64_t vocab, const std::vector<int>& pr
 TEST(ServePenalties, GreedyTokensAreTheArgmaxOfThePenalisedLogits) {
     SKIP_WITHOUT_SDK();
     Server server("");
-    const json base = {{"prompt", "Once upon a time,"}, {"max_tokens", 24}, {"ignore_eos", true}, {"return_token_ids", true}};
+    const json base = {{"prompt", "Once upon a time,"}, {"max_tokens", 24}, {"ignore_eos", true}, {"return_token_ids", true}, {"logprobs", 0}};
     const ordered plain = call(server, false, base)["whole"]["choices"][0];
     for (const Penalty& p : {Penalty{0.6, 0.9, 1.4}, Penalty{-1.5, -0.5, 0.7}}) {
         const std::string name = "presence " + std::to_string(p.presence) + ", frequency " + std::to_string(p.frequency) + ", repetition " +
@@ -326,15 +359,26 @@ TEST(ServePenalties, GreedyTokensAreTheArgmaxOfThePenalisedLogits) {
             EXPECT_EQ(out[i], want) << name << ", token " << i;
         }
         EXPECT_GE(checked, 20) << name;
+        expect_raw_logprobs(prompt, out, got["logprobs"], name);  // the penalties change the choice, not the logprobs
+        // `tpx run` with the same penalties in [run.sampling]: the same tokens (up to an eos, which
+        // ends its sequence where the call ignored it).
+        const std::vector<int> ran = run_tokens(prompt, p);
+        ASSERT_FALSE(ran.empty()) << name;
+        EXPECT_EQ(ran, std::vector<int>(out.begin(), out.begin() + (ptrdiff_t)std::min(ran.size(), out.size()))) << name;
         ordered streamed_ids = ordered::array();
         const ordered chunks = call(server, false, with(body, "stream", true))["chunks"];
         for (const ordered& c : chunks)
             for (const ordered& id : c["choices"][0]["token_ids"]) streamed_ids.push_back(id);
         EXPECT_EQ(streamed_ids, got["token_ids"]) << name;
+        // Sampled: the penalties change the draws (the same seed without them draws others), and a
+        // seed repeats its draws.
         json sampled = body;
         sampled["temperature"] = 1.0, sampled["seed"] = 5;
-        EXPECT_EQ(call(server, false, sampled)["whole"]["choices"][0]["token_ids"], call(server, false, sampled)["whole"]["choices"][0]["token_ids"])
-            << name;
+        json unpenalised = base;
+        unpenalised["temperature"] = 1.0, unpenalised["seed"] = 5;
+        const ordered drawn = call(server, false, sampled)["whole"]["choices"][0]["token_ids"];
+        EXPECT_NE(drawn, call(server, false, unpenalised)["whole"]["choices"][0]["token_ids"]) << name;
+        EXPECT_EQ(drawn, call(server, false, sampled)["whole"]["choices"][0]["token_ids"]) << name;
     }
 }
 
@@ -358,6 +402,20 @@ TEST(ServePenalties, MinTokensHoldsOffStopIdsAndStopStrings) {
     EXPECT_EQ(std::vector<int>(out.begin(), out.begin() + 2), std::vector<int>({2046, 2744})) << held.dump();
     EXPECT_NE(out[2], 0) << held.dump();
     EXPECT_EQ(held["logprobs"]["tokens"][2], (++third.begin()).key()) << held.dump();
+    EXPECT_EQ(held["logprobs"]["token_logprobs"][2], (++third.begin()).value()) << held.dump();  // the model's, not the held-off row's
+    // The same with id 0 as the job's eos (`[run] eos`): held off before min_tokens unless the
+    // call ignores eos ids, when nothing holds it off (it then ends nothing either).
+    {
+        tpx_test::ServeProcess eos_zero(server_job(kModel, "eos = [0]\n", ""), "", "serve: ready");
+        const json plain_eos = {{"prompt", {938, 572}}, {"max_tokens", 6}, {"return_token_ids", true}};
+        EXPECT_EQ(call(eos_zero, false, plain_eos)["whole"]["choices"][0]["token_ids"], ordered({2046, 2744, 0}));
+        EXPECT_EQ(call(eos_zero, false, with(plain_eos, "min_tokens", 3))["whole"]["choices"][0]["token_ids"], held["token_ids"]);
+        json ignoring = with(plain_eos, "min_tokens", 3);
+        ignoring["ignore_eos"] = true;
+        const ordered ran_on = call(eos_zero, false, ignoring)["whole"]["choices"][0];
+        EXPECT_EQ(ran_on["token_ids"].size(), 6u) << ran_on.dump();
+        EXPECT_EQ(ran_on["token_ids"][2], 0) << ran_on.dump();
+    }
     // A stop string the first tokens' text holds is not looked for there: with min_tokens 8 the
     // stop that ends the plain call at its fifth token ("count") ends it only where it comes again
     // past the eighth token's text.
@@ -365,7 +423,7 @@ TEST(ServePenalties, MinTokensHoldsOffStopIdsAndStopStrings) {
     const std::string first8 = call(server, false, {{"prompt", prompt}, {"max_tokens", 8}})["whole"]["choices"][0]["text"];
     const std::string all16 = call(server, false, {{"prompt", prompt}, {"max_tokens", 16}})["whole"]["choices"][0]["text"];
     const ordered plain = call(server, false, {{"prompt", prompt}, {"max_tokens", 16}, {"stop", "count"}})["whole"]["choices"][0];
-    ASSERT_EQ(plain["finish_reason"], "stop") << plain.dump();
+    ASSERT_EQ(plain["stop_reason"], "count") << plain.dump();
     ASSERT_LT(all16.find("count") + 5, first8.size() + 1) << "the stop string must lie in the first 8 tokens' text: " << first8;
     const ordered late = call(server, false, {{"prompt", prompt}, {"max_tokens", 16}, {"stop", "count"}, {"min_tokens", 8}})["whole"]["choices"][0];
     const size_t again = all16.find("count", first8.size() >= 4 ? first8.size() - 4 : 0);

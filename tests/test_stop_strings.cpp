@@ -87,3 +87,16 @@ TEST(StopStrings, AnUnfinishedCharacterIsNotSearched) {
     EXPECT_EQ(tpx::without_unfinished_char("a\xEF\xBF\xBD\xEF\xBF\xBD"), "a");
     EXPECT_EQ(tpx::without_unfinished_char("\xEF\xBF\xBD" "b"), "\xEF\xBF\xBD" "b");  // a placeholder inside the text stays
 }
+
+// min_tokens' bound: a match ending at `ends_after` bytes (inside the first tokens' text) is
+// passed over, one ending a byte later is found, and an earlier match does not hide a later one.
+TEST(StopStrings, MatchesEndingWithinTheFirstBytesArePassedOver) {
+    const tpx::StopStrings stops({"ab", "xyz"});
+    const std::string text = "ab-ab-xyz";
+    EXPECT_EQ(stops.first_match(text, 0).at, 0u);
+    EXPECT_EQ(stops.first_match(text, 1).at, 0u);   // "ab" ends at 2, past 1
+    EXPECT_EQ(stops.first_match(text, 2).at, 3u);   // the first "ab" ends at 2: passed over
+    EXPECT_EQ(stops.first_match(text, 5).at, 6u);   // both "ab" passed over: "xyz"
+    EXPECT_EQ(*stops.first_match(text, 5).stop, "xyz");
+    EXPECT_EQ(stops.first_match(text, 9).stop, nullptr);
+}

@@ -36,6 +36,16 @@ inline size_t count_code_points(std::string_view s) {
     return n;
 }
 
+// The code points `a` and `b` share from their start (a character that differs, or that one of
+// them has only part of, ends it).
+inline size_t common_prefix_code_points(std::string_view a, std::string_view b) {
+    size_t n = 0;
+    while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+    if (n < a.size() || n < b.size())  // back to the start of a character one of them goes on with
+        while (n > 0 && ((n < a.size() && (a[n] & 0xC0) == 0x80) || (n < b.size() && (b[n] & 0xC0) == 0x80))) --n;
+    return count_code_points(a.substr(0, n));
+}
+
 // Rust's char::is_whitespace (the Unicode White_Space property).
 bool is_whitespace(char32_t c);
 

@@ -108,7 +108,15 @@ std::vector<int32_t> choose_tokens(const std::vector<int32_t>& active, bool devi
     std::vector<int32_t> chosen(2 * count, 0);
     for (size_t b = 0; b < count; ++b) {
         if (!active[b]) continue;
-        chosen[b] = device_argmax ? next_ids[b] : (int32_t)cpu::sample(next_logits[b], vocab, s.sampling, rngs[b]);
+        const float* row = next_logits[b];
+        std::vector<float> penalised;
+        if (s.penalties.any()) {  // (never with device_argmax)
+            penalised.assign(row, row + vocab);
+            const SequenceResult& r = results[first + b];
+            cpu::apply_penalties(penalised.data(), vocab, s.penalties, r.prompt.tokens, r.output);
+            row = penalised.data();
+        }
+        chosen[b] = device_argmax ? next_ids[b] : (int32_t)cpu::sample(row, vocab, s.sampling, rngs[b]);
         if (s.tokenizer && !s.stop.empty()) {
             std::vector<int32_t>& out = results[first + b].output;
             out.push_back(chosen[b]);
@@ -138,7 +146,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
     std::vector<std::mt19937_64> rngs;
     // Greedy without logits to keep: the backend picks the tokens itself (on the GPU, only the
     // ids come back), and every rank has the same ids; rank 0's are still the ones broadcast.
-    const bool device_argmax = s.sampling.temperature <= 0 && !s.keep_logits;
+    const bool device_argmax = s.sampling.temperature <= 0 && !s.keep_logits && !s.penalties.any();
     std::vector<int32_t> argmax_ids;
     std::vector<SequenceResult> results(prompts.size());
     const Clock::time_point run_start = Clock::now();

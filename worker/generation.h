@@ -26,6 +26,7 @@ struct GenerationSettings {
     int64_t max_new_tokens = 16;
     std::vector<int64_t> eos;   // stop ids
     cpu::SamplingParams sampling;
+    cpu::Penalties penalties;   // [run.sampling]'s: the logits a token is chosen from (greedy too)
     uint64_t seed = 0;
     bool keep_logits = false;   // every prompt position's logits and every step's (--dump-logits)
     int step_delay_ms = 0;      // a pause per decode step (a test aid for failures mid-run)

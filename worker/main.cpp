@@ -281,6 +281,7 @@ int run_prompts(const Options& opt, const Job& job, const ShardPlan& plan, MpiCo
     gs.max_new_tokens = job.run.max_new_tokens;
     gs.eos = eos_ids(job, plan, *m.ckpt);
     gs.sampling = {job.run.sampling.temperature, job.run.sampling.top_k, job.run.sampling.top_p};
+    gs.penalties = {job.run.sampling.presence_penalty, job.run.sampling.frequency_penalty, job.run.sampling.repetition_penalty};
     gs.seed = job.run.sampling.seed;
     gs.keep_logits = !opt.dump_logits.empty();
     gs.step_delay_ms = opt.step_delay_ms;

@@ -25,6 +25,7 @@
 #include "text/stop_strings.h"
 #include "tokenizer/utf8.h"
 #include "worker/generation.h"
+#include "worker/token_choice.h"
 
 namespace tpx {
 namespace {
@@ -58,19 +59,9 @@ struct Sequence {
     ServeClock::time_point last_token;
     size_t sent = 0;  // bytes of the output's text already sent in kToken events
     std::vector<TokenLogprobs> logprobs;  // each generated token's, where the call asks
-    size_t stop_after = 0;                // bytes of text a stop string's match must end past (the min_tokens tokens' text)
-    int64_t text_chars = 0;               // the characters of the text's finished part so far (the next token's text_offset)
+    std::string text;                     // with logprobs: the output's text before the last token (its text_offset's)
+    size_t ends_after = 0;                // bytes of text a stop string's match must end past (the min_tokens tokens' text)
 };
-
-// A generated token's logprobs from its step's logits row (finite values).
-TokenLogprobs token_logprobs(const float* logits, int64_t vocab, int32_t token, int top) {
-    const double norm = cpu::log_sum_exp(logits, vocab);
-    TokenLogprobs t;
-    t.token = token;
-    t.logprob = (float)((double)logits[token] - norm);
-    for (int64_t i : cpu::largest(logits, vocab, top)) t.top.emplace_back((int32_t)i, (float)((double)logits[i] - norm));
-    return t;
-}
 
 // Where each rank runs, for naming one that is gone.
 struct Peer {
@@ -328,7 +319,7 @@ private:
             }
             batch.logit_rows.push_back((int64_t)batch.ids.size() - 1);
             owners.push_back(i);
-            want_logits = want_logits || q.req->temperature > 0 || q.req->logprobs >= 0 || shapes_logits(q);
+            want_logits = want_logits || q.req->temperature > 0 || q.req->logprobs >= 0 || needs_shaping(*q.req, q.output.size(), s_.eos);
         }
         const int64_t T = (int64_t)batch.ids.size(), R = (int64_t)batch.logit_rows.size();
         broadcast_header(kStep, T, R, want_logits);
@@ -356,42 +347,18 @@ private:
                                       " of this request: `tpx inspect --check` finds non-finite weights in the checkpoint");
                 continue;
             }
-            // Penalties and min_tokens change a copy: logprobs are the model's (vLLM's raw_logprobs).
-            const float* choose_from = row_logits;
-            if (shapes_logits(q)) choose_from = shaped_logits(q, row_logits, vocab);
-            int32_t token;
-            if (r.temperature > 0) token = (int32_t)cpu::sample(choose_from, vocab, {r.temperature, r.top_k, r.top_p}, q.rng);
-            else token = want_logits ? (int32_t)cpu::argmax(choose_from, vocab) : argmax[row];
+            const int32_t token = want_logits ? choose_token(r, q.output, s_.eos, row_logits, vocab, q.rng, shaped_) : argmax[row];
+            if (token < 0) {
+                fail(owners[row], "the logits as this call's repetition_penalty (" + nlohmann::json(r.repetition_penalty).dump() +
+                                      ") changes them are not finite at generated token " + std::to_string(q.output.size()) +
+                                      ": no token can be chosen");
+                continue;
+            }
             if (r.logprobs >= 0) q.logprobs.push_back(token_logprobs(row_logits, vocab, token, r.logprobs));
             emit(owners[row], token);
         }
         const double device_ms = want_logits ? -1 : exec_.last_device_ms();  // timed by forward_argmax only
         front_.metrics.observe_step(mixed, seconds_since(started), device_ms >= 0 ? device_ms * 1e-3 : -1);
-    }
-
-    // Whether the sequence's next token is chosen from logits its call changes: penalties, or
-    // min_tokens not reached while an eos or stop id could end it.
-    bool shapes_logits(const Sequence& q) const {
-        const ServeRequest& r = *q.req;
-        const bool ids_end = !r.stop_token_ids.empty() || (!r.ignore_eos && !s_.eos.empty());
-        return penalties(r).any() || ((int64_t)q.output.size() < r.min_tokens && ids_end);
-    }
-    static cpu::Penalties penalties(const ServeRequest& r) { return {r.presence_penalty, r.frequency_penalty, r.repetition_penalty}; }
-
-    // The row's logits as the call changes them (vLLM's order: min_tokens' masking, then the
-    // penalties), in shaped_: valid until the next call.
-    const float* shaped_logits(const Sequence& q, const float* row, int64_t vocab) {
-        const ServeRequest& r = *q.req;
-        shaped_.assign(row, row + vocab);
-        cpu::apply_penalties(shaped_.data(), vocab, penalties(r), r.prompt, q.output);
-        if ((int64_t)q.output.size() < r.min_tokens) {  // no id that ends the sequence yet: the lowest logit (-inf would read as a broken row)
-            const float lowest = std::numeric_limits<float>::lowest();
-            for (int32_t id : r.stop_token_ids) shaped_[id] = lowest;
-            if (!r.ignore_eos)
-                for (int64_t id : s_.eos)
-                    if (id >= 0 && id < vocab) shaped_[id] = lowest;
-        }
-        return shaped_.data();
     }
 
     // The sequence in `slot` ends with an error (a 500 for its call); its slot is freed.
@@ -426,10 +393,11 @@ private:
         if (s_.tokenizer)  // (two calls: one ?: of the two vectors would copy the output every token)
             text = ends_sequence ? s_.tokenizer->decode(std::vector<int32_t>(q.output.begin(), q.output.end() - 1), r.skip_special_tokens)
                                  : s_.tokenizer->decode(q.output, r.skip_special_tokens);
-        if (!q.logprobs.empty()) {  // where the token's text begins: past the characters finished before it
-            q.logprobs.back().text_offset = q.text_chars;
-            q.text_chars = (int64_t)tok::count_code_points(std::string_view(text).substr(0, finished_length(text)));
+        if (r.logprobs >= 0) {  // where the token's text begins: where the text before it and the text now part
+            q.logprobs.back().text_offset = (int64_t)tok::common_prefix_code_points(q.text, text);
+            q.text = text;
         }
+        if ((int64_t)q.output.size() <= r.min_tokens) q.ends_after = finished_length(text);  // no stop string in this text
         StopStrings stops(r.stop);
         ServeEvent e;
         if (ends_sequence) {
@@ -468,15 +436,11 @@ private:
     // The stop string the output's text (`text`, just decoded) now holds, if any: none in the
     // text of its first min_tokens tokens (vLLM's), searched as reached() searches, without an
     // unfinished last character.
-    StopStrings::Match stop_match(Sequence& q, const StopStrings& stops, const std::string& text) const {
+    StopStrings::Match stop_match(const Sequence& q, const StopStrings& stops, const std::string& text) const {
         const ServeRequest& r = *q.req;
-        if (!s_.tokenizer || stops.empty()) return {};
-        if ((int64_t)q.output.size() <= r.min_tokens) {
-            q.stop_after = finished_length(text);
-            return {};
-        }
+        if (!s_.tokenizer || stops.empty() || (int64_t)q.output.size() <= r.min_tokens) return {};
         if (!stops.reached(*s_.tokenizer, q.output, r.skip_special_tokens)) return {};
-        return stops.first_match(without_unfinished_char(text), q.stop_after);
+        return stops.first_match(without_unfinished_char(text), q.ends_after);
     }
 
     // Ranks on this host that are gone (killed, crashed) are named to every waiting call at
@@ -498,12 +462,12 @@ private:
     }
 
     Executor& exec_;
-    std::vector<float> shaped_;  // shaped_logits' row
     MpiCommunicator& comm_;
     ServeFront& front_;
     const ServeSettings& s_;
     std::vector<std::optional<Sequence>> slots_;
-    int64_t aborted_ = 0;  // sequences aborted for the pending refit
+    int64_t aborted_ = 0;        // sequences aborted for the pending refit
+    std::vector<float> shaped_;  // choose_token's copy of a row its call changes
 };
 
 void follow(Executor& exec, MpiCommunicator& comm, const ServeSettings& s) {
@@ -555,6 +519,9 @@ std::unique_ptr<ServeFront> open_serve_front(const Job& job, int64_t vocab, int6
     limits.default_temperature = job.run.sampling.temperature;
     limits.default_top_k = job.run.sampling.top_k;
     limits.default_top_p = job.run.sampling.top_p;
+    limits.default_presence_penalty = job.run.sampling.presence_penalty;
+    limits.default_frequency_penalty = job.run.sampling.frequency_penalty;
+    limits.default_repetition_penalty = job.run.sampling.repetition_penalty;
     limits.text = &text;
     auto front = std::make_unique<ServeFront>(job, limits);
     // An IPv6 address in brackets, as a URL writes it (tpx refit takes the URL as printed).

@@ -94,6 +94,6 @@ void apply_penalties(float* logits, int64_t n, const Penalties& p, const std::ve
 // serve's calls ask for). The row's values are finite.
 double log_sum_exp(const float* logits, int64_t n);
 // The indices of the k largest logits (at most n), largest first; equal logits lower index first.
-std::vector<int64_t> largest(const float* logits, int64_t n, int64_t k);
+std::vector<int64_t> largest_indices(const float* logits, int64_t n, int64_t k);
 
 }  // namespace tpx::cpu

@@ -83,14 +83,14 @@ void apply_penalties(float* logits, int64_t n, const Penalties& p, const std::ve
 }
 
 double log_sum_exp(const float* logits, int64_t n) {
-    double top = -INFINITY;
-    for (int64_t i = 0; i < n; ++i) top = std::max(top, (double)logits[i]);
-    double sum = 0;
-    for (int64_t i = 0; i < n; ++i) sum += std::exp((double)logits[i] - top);
-    return top + std::log(sum);
+    float top = -INFINITY;
+    for (int64_t i = 0; i < n; ++i) top = std::max(top, logits[i]);
+    double sum = 0;  // (each term's float exp is within 1e-7 of its own: the sum's error, far below a logprob's 1e-4)
+    for (int64_t i = 0; i < n; ++i) sum += std::exp(logits[i] - top);
+    return (double)top + std::log(sum);
 }
 
-std::vector<int64_t> largest(const float* logits, int64_t n, int64_t k) {
+std::vector<int64_t> largest_indices(const float* logits, int64_t n, int64_t k) {
     k = std::max<int64_t>(0, std::min(k, n));
     const auto before = [&](int64_t a, int64_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
     std::vector<int64_t> best;  // in order; one pass over the row (k is small: a served call's at most 20)
