@@ -11,15 +11,15 @@
 #include <fstream>
 #include <regex>
 #include <set>
-#include <sstream>
 
 #include <toml++/toml.h>
 
 #include "common/error.h"
 #include "common/path.h"
+#include "common/sampling_limits.h"
 #include "jobs/files.h"
-#include "jobs/section.h"
 #include "jobs/hostfile.h"
+#include "jobs/section.h"
 #include "jobs/toml_error.h"
 
 namespace fs = std::filesystem;
@@ -27,7 +27,7 @@ namespace fs = std::filesystem;
 namespace tpx {
 namespace {
 
-using namespace job_toml;
+using namespace job_section;
 
 const std::vector<std::string> kSections = {"job", "model", "parallel", "backend", "run", "launch", "slurm", "serve", "bench", "transforms"};
 
@@ -148,9 +148,9 @@ void parse_run(Section s, Job& job) {
     samp.get_double("top_p", sp.top_p, 0.0, 1.0, /*lo_open=*/true);
     int64_t seed = 0;
     if (samp.get_int("seed", seed, 0, INT64_MAX)) sp.seed = (uint64_t)seed;
-    samp.get_double("presence_penalty", sp.presence_penalty, -2.0, 2.0);
-    samp.get_double("frequency_penalty", sp.frequency_penalty, -2.0, 2.0);
-    samp.get_double("repetition_penalty", sp.repetition_penalty, 1e-6, 1e6);  // (the server's range: kMinRepetitionPenalty)
+    samp.get_double("presence_penalty", sp.presence_penalty, -kMaxPresencePenalty, kMaxPresencePenalty);
+    samp.get_double("frequency_penalty", sp.frequency_penalty, -kMaxPresencePenalty, kMaxPresencePenalty);
+    samp.get_double("repetition_penalty", sp.repetition_penalty, kMinRepetitionPenalty, kMaxRepetitionPenalty);
     samp.reject_unknown();
     s.reject_unknown();
 

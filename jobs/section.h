@@ -12,9 +12,8 @@
 #include <toml++/toml.h>
 
 #include "common/error.h"
-#include "jobs/job.h"
 
-namespace tpx::job_toml {
+namespace tpx::job_section {
 
 inline const char* type_name(toml::node_type t) {
     switch (t) {
@@ -179,7 +178,6 @@ private:
     std::vector<std::string> valid_;
 };
 
-
 // [name] as a Section (parse_job has checked that it is a table).
 inline Section section(const toml::table& root, const std::string& file, const std::string& name) {
     const toml::node* n = root.get(name);
@@ -187,4 +185,4 @@ inline Section section(const toml::table& root, const std::string& file, const s
     return Section(file, name, n->as_table(), n->source().begin.line, n->source().begin.column);
 }
 
-}  // namespace tpx::job_toml
+}  // namespace tpx::job_section

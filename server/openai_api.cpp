@@ -265,8 +265,8 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
     call.top_p = number_in(body, "top_p", 0, 1, limits.default_top_p, /*open_low=*/true);
     call.top_k = integer_in(body, "top_k", -1, 1 << 30, limits.default_top_k);
     if (call.top_k < 0) call.top_k = 0;  // vLLM's -1: no cut
-    call.presence_penalty = number_in(body, "presence_penalty", -2, 2, limits.default_presence_penalty);
-    call.frequency_penalty = number_in(body, "frequency_penalty", -2, 2, limits.default_frequency_penalty);
+    call.presence_penalty = number_in(body, "presence_penalty", -kMaxPresencePenalty, kMaxPresencePenalty, limits.default_presence_penalty);
+    call.frequency_penalty = number_in(body, "frequency_penalty", -kMaxPresencePenalty, kMaxPresencePenalty, limits.default_frequency_penalty);
     call.repetition_penalty = number_in(body, "repetition_penalty", kMinRepetitionPenalty, kMaxRepetitionPenalty, limits.default_repetition_penalty);
     if (given(body, "seed")) {
         if (!body["seed"].is_number_integer()) bad("seed", "'seed' must be an integer of at most 64 bits");
@@ -311,8 +311,8 @@ ApiCall parse_call(const json& body, const ApiLimits& limits, bool chat) {
         if (call.min_tokens > call.max_tokens.back())  // (vLLM's: its default max_tokens is the room left)
             bad("min_tokens", "'min_tokens' (" + std::to_string(call.min_tokens) + ") must be at most the tokens a prompt may generate, " +
                                   std::to_string(call.max_tokens.back()) + " (" +
-                                  (max_given && max_tokens <= room ? "'" + std::string(max_key) + "'"
-                                                                   : max_given ? "what max_seq_len leaves" : "the default, run.max_new_tokens, or what max_seq_len leaves") +
+                                  (max_given ? "'" + std::string(max_key) + "'"
+                                             : max_tokens <= room ? "the default, run.max_new_tokens" : "what max_seq_len leaves") +
                                   ")");
     }
     return call;

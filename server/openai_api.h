@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/sampling_limits.h"
 #include "server/token_logprobs.h"
 #include "text/text_tools.h"
 
@@ -35,9 +36,7 @@ constexpr size_t kMaxStops = 16;
 constexpr size_t kMaxStopTokenIds = 256;
 // The most likely tokens a call may ask each token's logprobs to name (vLLM's max_logprobs).
 constexpr int kMaxLogprobs = 20;
-// repetition_penalty's range (vLLM takes any above 0): past it a logit's fp32 quotient or
-// product could overflow, or the penalty underflow to 0, and no token could be chosen.
-constexpr double kMinRepetitionPenalty = 1e-6, kMaxRepetitionPenalty = 1e6;
+
 
 // What the server knows when it checks a call (from the job and the plan).
 struct ApiLimits {
@@ -66,7 +65,7 @@ struct ApiCall {
     const Tokenizer* tokenizer = nullptr;  // names the logprobs' tokens (none: "token_id:ID")
     bool return_tokens_as_token_ids = false;  // vLLM's: "token_id:ID" all the same
     double presence_penalty = 0, frequency_penalty = 0;  // OpenAI's, [-2, 2]
-    double repetition_penalty = 1;                       // vLLM's (HF's), > 0
+    double repetition_penalty = 1;                       // vLLM's (HF's), [kMinRepetitionPenalty, kMaxRepetitionPenalty]
     int64_t min_tokens = 0;                              // vLLM's, at most max_tokens
     std::vector<std::vector<int32_t>> prompts;
     std::vector<int64_t> max_tokens;  // per prompt

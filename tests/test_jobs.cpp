@@ -107,6 +107,7 @@ TEST(Jobs, SamplingPenaltiesAreReadAndChecked) {
     tpx::Job again = tpx::parse_job(tpx::emit_job_toml(job, tpx::Secrets::kWritten), "p.toml", kSource);
     EXPECT_EQ(again.run.sampling.repetition_penalty, 1.25);
     EXPECT_EQ(again.run.sampling.presence_penalty, -0.5);
+    EXPECT_EQ(again.run.sampling.frequency_penalty, 2.0);
     for (const char* bad : {"presence_penalty = 2.5", "frequency_penalty = -3", "repetition_penalty = 0", "repetition_penalty = \"high\""}) {
         try {
             tpx::parse_job(std::string("[model]\npath = \"models/tiny\"\n[run.sampling]\n") + bad + "\n", "p.toml", kSource);

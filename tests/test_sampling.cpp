@@ -91,12 +91,11 @@ TEST(Sampling, LogSumExpAndTheLargestIndicesInOrder) {
 }
 
 // Penalties as vLLM applies them: repetition on the prompt's and the output's ids (a positive
-// logit divided, another multiplied: zero stays), then frequency times each output id's count and
+// logit divided, another multiplied), then frequency times each output id's count and
 // presence once; ids in neither stay, ids outside the row are passed over.
 TEST(Sampling, PenaltiesAsVllmAppliesThem) {
     const uint64_t inputs = fresh_seed();
-    std::vector<float> l = spread_logits(inputs);
-    l[3] = 0.0f;
+    const std::vector<float> l = spread_logits(inputs);
     const Penalties p{0.25, 0.5, 1.5};
     const std::vector<int32_t> prompt = {0, 1, 3, 70}, output = {2, 2, 1, -4, 64};
     std::vector<float> got(l);
@@ -105,7 +104,7 @@ TEST(Sampling, PenaltiesAsVllmAppliesThem) {
     EXPECT_FLOAT_EQ(got[0], repeated(l[0])) << "inputs " << inputs;                             // the prompt's only
     EXPECT_FLOAT_EQ(got[1], repeated(l[1]) - 0.5f - 0.25f) << "inputs " << inputs;              // the prompt's and once out
     EXPECT_FLOAT_EQ(got[2], repeated(l[2]) - 2 * 0.5f - 0.25f) << "inputs " << inputs;          // out twice
-    EXPECT_EQ(got[3], 0.0f);
+    EXPECT_FLOAT_EQ(got[3], repeated(l[3])) << "inputs " << inputs;
     for (size_t i = 4; i < 64; ++i) EXPECT_EQ(got[i], l[i]) << i;
     EXPECT_FALSE(Penalties{}.any());
 }

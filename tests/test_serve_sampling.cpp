@@ -55,6 +55,8 @@ json with(json body, const char* key, const json& value) {
     return body;
 }
 
+// 1e-4: the golden README's fp32 tolerance for logits (HF's fp32 on the same bf16 weights agrees
+// to about 1e-5), taken for logprobs, which differ from logits by one shared normalizer.
 bool near(double got, double want) { return std::fabs(got - want) <= 1e-4 * std::max(1.0, std::fabs(want)); }
 
 // Each generated token's logprob, and its 5 most likely tokens', against the log-softmax of HF's
@@ -291,19 +293,27 @@ struct Penalty {
     double presence = 0, frequency = 0, repetition = 1;
 };
 
-// `tpx run`'s greedy output for `prompt` (24 tokens at most) with the penalties in [run.sampling].
-std::vector<int> run_tokens(const std::vector<int>& prompt, const Penalty& p) {
+// `tpx run`'s greedy outputs for `prompts` (24 tokens at most), two a batch, with the penalties in
+// [run.sampling]: each sequence penalised by its own ids.
+std::vector<std::vector<int>> run_tokens(const std::vector<std::vector<int>>& prompts, const Penalty& p) {
     const std::string dir = tpx_test::temp_dir();
-    std::ofstream(dir + "/prompts.jsonl") << json{{"id", "p"}, {"input_ids", prompt}}.dump() << "\n";
+    {
+        std::ofstream lines(dir + "/prompts.jsonl");
+        for (size_t i = 0; i < prompts.size(); ++i) lines << json{{"id", i}, {"input_ids", prompts[i]}}.dump() << "\n";
+    }
     std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kModel << "\"\n[parallel]\ntp = 2\n[run]\nprompts = \"prompts.jsonl\"\n"
-                                     << "max_new_tokens = 24\nmax_batch = 1\noutput = \"out.jsonl\"\n[run.sampling]\npresence_penalty = "
+                                     << "max_new_tokens = 24\nmax_batch = 2\noutput = \"out.jsonl\"\n[run.sampling]\npresence_penalty = "
                                      << p.presence << "\nfrequency_penalty = " << p.frequency << "\nrepetition_penalty = " << p.repetition << "\n";
     tpx_test::ProcessResult r = tpx_test::run_process(tpx_test::tpx_bin("tpx") + " run " + dir + "/job.toml");
     EXPECT_EQ(r.exit_code, 0) << r.err;
-    std::vector<int> ids;
-    if (r.exit_code == 0) ids = json::parse(tpx_test::read_text(dir + "/out.jsonl"))["output_ids"].get<std::vector<int>>();
+    std::vector<std::vector<int>> out(prompts.size());
+    std::ifstream in(dir + "/out.jsonl");
+    for (std::string line; std::getline(in, line);) {
+        const json j = json::parse(line);
+        out.at(j["id"].get<size_t>()) = j["output_ids"].get<std::vector<int>>();
+    }
     std::filesystem::remove_all(dir);
-    return ids;
+    return out;
 }
 
 // The greedy token of `row` after the output so far, penalised as OpenAI's reference defines
@@ -360,11 +370,17 @@ TEST(ServePenalties, GreedyTokensAreTheArgmaxOfThePenalisedLogits) {
         }
         EXPECT_GE(checked, 20) << name;
         expect_raw_logprobs(prompt, out, got["logprobs"], name);  // the penalties change the choice, not the logprobs
-        // `tpx run` with the same penalties in [run.sampling]: the same tokens (up to an eos, which
-        // ends its sequence where the call ignored it).
-        const std::vector<int> ran = run_tokens(prompt, p);
-        ASSERT_FALSE(ran.empty()) << name;
-        EXPECT_EQ(ran, std::vector<int>(out.begin(), out.begin() + (ptrdiff_t)std::min(ran.size(), out.size()))) << name;
+        // `tpx run` with the same penalties in [run.sampling], this prompt batched with another
+        // (its served output too): the same tokens (up to an eos, which ends a run's sequence
+        // where the call ignored it).
+        const ordered other = call(server, false, with(body, "prompt", "The capital of France is"))["whole"]["choices"][0];
+        const std::vector<std::vector<int>> ran = run_tokens({other["prompt_token_ids"], prompt}, p);
+        const std::vector<std::vector<int>> served = {other["token_ids"], out};
+        for (size_t k = 0; k < 2; ++k) {
+            ASSERT_FALSE(ran[k].empty()) << name << ", prompt " << k;
+            EXPECT_EQ(ran[k], std::vector<int>(served[k].begin(), served[k].begin() + (ptrdiff_t)std::min(ran[k].size(), served[k].size())))
+                << name << ", prompt " << k;
+        }
         ordered streamed_ids = ordered::array();
         const ordered chunks = call(server, false, with(body, "stream", true))["chunks"];
         for (const ordered& c : chunks)

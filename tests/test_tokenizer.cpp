@@ -344,3 +344,17 @@ TEST(TokenizerBytes, TokenBytesArePiecesOfTheirCharacters) {
         EXPECT_NE(joined.find("\xF0\x9F\x8E\x89"), std::string::npos) << name;
     }
 }
+
+// What a served token's text_offset rests on: the characters two decoded texts share from their
+// start, backed off to a character both go on with; and the code points of UTF-8 text.
+TEST(TokenizerUtf8, CommonPrefixCodePoints) {
+    using tpx::tok::common_prefix_code_points;
+    const std::string fffd = "\xEF\xBF\xBD", fffc = "\xEF\xBF\xBC", han = "\xE5\xAD\x97";  // U+FFFD, U+FFFC, U+5B57
+    EXPECT_EQ(tpx::tok::count_code_points("ab" + han + fffd), 4u);
+    EXPECT_EQ(common_prefix_code_points("abc", "abc" + fffd), 3u);
+    EXPECT_EQ(common_prefix_code_points("abc" + fffd, "abc" + fffd), 4u);          // a middle piece: equal texts
+    EXPECT_EQ(common_prefix_code_points("abc" + fffd, "abc" + han), 3u);           // the character completed
+    EXPECT_EQ(common_prefix_code_points("abc" + fffd, "abc" + fffc), 3u);          // two bytes shared, then a difference
+    EXPECT_EQ(common_prefix_code_points("x" + fffd, "x" + fffd + "ots"), 2u);      // a lone byte the text goes on past
+    EXPECT_EQ(common_prefix_code_points("", "abc"), 0u);
+}

@@ -98,7 +98,7 @@ TokenBatch prefill_batch(const std::vector<Prompt>& prompts, size_t first, size_
 }
 
 // Rank 0's choice for each active sequence of the batch (the device's argmax, or a sample from
-// its logits), then, where stop strings apply, whether the token completes one: [count]
+// its logits, changed first by [run.sampling]'s penalties), then, where stop strings apply, whether the token completes one: [count]
 // tokens, then [count] stop flags. Stop strings are read off the text, which only rank 0
 // decodes: its verdict travels with the token.
 std::vector<int32_t> choose_tokens(const std::vector<int32_t>& active, bool device_argmax, const std::vector<int32_t>& next_ids,
@@ -106,17 +106,23 @@ std::vector<int32_t> choose_tokens(const std::vector<int32_t>& active, bool devi
                                    std::vector<SequenceResult>& results, size_t first, const GenerationSettings& s) {
     const size_t count = active.size();
     std::vector<int32_t> chosen(2 * count, 0);
+    std::vector<float> penalised;  // a row [run.sampling]'s penalties change
     for (size_t b = 0; b < count; ++b) {
         if (!active[b]) continue;
         const float* row = next_logits[b];
-        std::vector<float> penalised;
+        const SequenceResult& r = results[first + b];
         if (s.penalties.any()) {  // (never with device_argmax)
             penalised.assign(row, row + vocab);
-            const SequenceResult& r = results[first + b];
             cpu::apply_penalties(penalised.data(), vocab, s.penalties, r.prompt.tokens, r.output);
             row = penalised.data();
         }
         chosen[b] = device_argmax ? next_ids[b] : (int32_t)cpu::sample(row, vocab, s.sampling, rngs[b]);
+        if (chosen[b] < 0)  // (the raw row was finite: check_finite)
+            throw Error("prompt " + r.prompt.id + ": the logits as [run.sampling]'s penalties change them (presence_penalty " +
+                            std::to_string(s.penalties.presence) + ", frequency_penalty " + std::to_string(s.penalties.frequency) +
+                            ", repetition_penalty " + std::to_string(s.penalties.repetition) + ") are not finite at generated token " +
+                            std::to_string(r.output.size()) + ": no token can be chosen",
+                        kExitBadInput);
         if (s.tokenizer && !s.stop.empty()) {
             std::vector<int32_t>& out = results[first + b].output;
             out.push_back(chosen[b]);

@@ -1,6 +1,6 @@
 // Generation: prompts in batches of max_batch, a batched prefill, then a decode loop; the
 // next token is chosen on rank 0 (greedy, or sampled with temperature, top-k and top-p from a
-// seeded generator) and broadcast so that every rank feeds the same tokens.
+// seeded generator, from logits [run.sampling]'s penalties change) and broadcast so that every rank feeds the same tokens.
 #pragma once
 
 #include <cstdint>

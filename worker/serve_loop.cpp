@@ -349,9 +349,10 @@ private:
             }
             const int32_t token = want_logits ? choose_token(r, q.output, s_.eos, row_logits, vocab, q.rng, shaped_) : argmax[row];
             if (token < 0) {
-                fail(owners[row], "the logits as this call's repetition_penalty (" + nlohmann::json(r.repetition_penalty).dump() +
-                                      ") changes them are not finite at generated token " + std::to_string(q.output.size()) +
-                                      ": no token can be chosen");
+                fail(owners[row], "the logits as this call's penalties change them (presence_penalty " + nlohmann::json(r.presence_penalty).dump() +
+                                      ", frequency_penalty " + nlohmann::json(r.frequency_penalty).dump() + ", repetition_penalty " +
+                                      nlohmann::json(r.repetition_penalty).dump() + ") are not finite at generated token " +
+                                      std::to_string(q.output.size()) + ": no token can be chosen");
                 continue;
             }
             if (r.logprobs >= 0) q.logprobs.push_back(token_logprobs(row_logits, vocab, token, r.logprobs));
@@ -393,8 +394,9 @@ private:
         if (s_.tokenizer)  // (two calls: one ?: of the two vectors would copy the output every token)
             text = ends_sequence ? s_.tokenizer->decode(std::vector<int32_t>(q.output.begin(), q.output.end() - 1), r.skip_special_tokens)
                                  : s_.tokenizer->decode(q.output, r.skip_special_tokens);
-        if (r.logprobs >= 0) {  // where the token's text begins: where the text before it and the text now part
-            q.logprobs.back().text_offset = (int64_t)tok::common_prefix_code_points(q.text, text);
+        if (r.logprobs >= 0) {  // where the token's text begins: where the text before it and with it part, at most its finished characters
+            const size_t finished = tok::count_code_points(std::string_view(text).substr(0, finished_length(text)));
+            q.logprobs.back().text_offset = (int64_t)std::min(tok::common_prefix_code_points(q.text, text), finished);
             q.text = text;
         }
         if ((int64_t)q.output.size() <= r.min_tokens) q.ends_after = finished_length(text);  // no stop string in this text

@@ -1,3 +1,4 @@
+// Rank 0's choice of a served sequence's next token (worker/token_choice.h).
 #include "worker/token_choice.h"
 
 #include <limits>

@@ -19,7 +19,7 @@ bool needs_shaping(const ServeRequest& r, size_t generated, const std::vector<in
 // The next token from `row` (finite): sampled at the call's temperature, else the argmax; from
 // the row as the call changes it where needs_shaping (the copy in `scratch`: penalties, then the
 // ids that would end the sequence before min_tokens at the lowest float, -inf reading as a broken
-// row). -1 where the changed row is not finite (a repetition_penalty that overflows a logit).
+// row). -1 where the changed row is not finite (penalties that overflow a large logit).
 int32_t choose_token(const ServeRequest& r, const std::vector<int32_t>& output, const std::vector<int64_t>& eos, const float* row,
                      int64_t vocab, std::mt19937_64& rng, std::vector<float>& scratch);
 

@@ -90,8 +90,9 @@ struct Penalties {
 };
 void apply_penalties(float* logits, int64_t n, const Penalties& p, const std::vector<int32_t>& prompt, const std::vector<int32_t>& output);
 
-// log(sum of exp(logits)), in double: a logit minus it is its log-softmax (the logprob the
-// serve's calls ask for). The row's values are finite.
+// log(sum of exp(logits)): a logit minus it is its log-softmax (the logprob the serve's calls
+// ask for). Each term's exp in float (its argument a float difference from the largest), summed
+// in double: within about 1e-6 of the exact value. The row's values are finite.
 double log_sum_exp(const float* logits, int64_t n);
 // The indices of the k largest logits (at most n), largest first; equal logits lower index first.
 std::vector<int64_t> largest_indices(const float* logits, int64_t n, int64_t k);

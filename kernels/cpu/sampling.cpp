@@ -85,7 +85,7 @@ void apply_penalties(float* logits, int64_t n, const Penalties& p, const std::ve
 double log_sum_exp(const float* logits, int64_t n) {
     float top = -INFINITY;
     for (int64_t i = 0; i < n; ++i) top = std::max(top, logits[i]);
-    double sum = 0;  // (each term's float exp is within 1e-7 of its own: the sum's error, far below a logprob's 1e-4)
+    double sum = 0;  // (float differences and exps: each term within a few 1e-7 of its own, far below a logprob's 1e-4)
     for (int64_t i = 0; i < n; ++i) sum += std::exp(logits[i] - top);
     return (double)top + std::log(sum);
 }
