@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <charconv>
 #include <cstdint>
 #include <set>
 #include <sstream>
@@ -100,8 +101,10 @@ public:
         else if (n->is_integer()) v = (double)n->as_integer()->get();
         else fail(*n, key, std::string("must be a number, not ") + type_name(n->type()));
         if (!(lo_open ? v > lo : v >= lo) || !(v <= hi)) {
-            std::ostringstream os;
-            os << "= " << v << " is out of range: must be " << (lo_open ? "> " : ">= ") << lo;
+            std::ostringstream os;  // (the value as written, not rounded to 6 digits: 2.0000001 is not 2)
+            char written[32];
+            os << "= " << std::string(written, std::to_chars(written, written + sizeof(written), v).ptr) << " is out of range: must be "
+               << (lo_open ? "> " : ">= ") << lo;
             if (hi < 1e300) os << " and <= " << hi;
             fail(*n, key, os.str());
         }

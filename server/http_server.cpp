@@ -479,12 +479,12 @@ void HttpServer::handle_call(const httplib::Request& req, httplib::Response& res
                            e.index);
             } else {
                 ++s.finished;
-                // An aborted sequence (a refit) has no new token: its last one went out already.
+                // An aborted sequence (a refit) has no new token: its last one went out already (and
+                // its last chunk's logprobs are null).
                 const bool abort = e.finish_reason == "abort";
                 std::vector<int32_t> last = abort ? std::vector<int32_t>{} : std::vector<int32_t>{e.token};
                 std::vector<TokenLogprobs> last_logprobs;
                 if (!abort && !e.logprobs.empty()) last_logprobs.push_back(e.logprobs.back());
-                // (An aborted sequence's last chunk has no token: null logprobs.)
                 s.tokens[(size_t)e.index] = (int64_t)e.output.size();
                 ok = chunk(stream_chunk(s.call, s.id, s.created, model, e.index, e.tail, last, {e.finish_reason, e.stop_id, e.stop_string}, first,
                                         last.empty() ? ResponseJson() : logprobs_body(s.call, last_logprobs)),

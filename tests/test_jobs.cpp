@@ -108,13 +108,17 @@ TEST(Jobs, SamplingPenaltiesAreReadAndChecked) {
     EXPECT_EQ(again.run.sampling.repetition_penalty, 1.25);
     EXPECT_EQ(again.run.sampling.presence_penalty, -0.5);
     EXPECT_EQ(again.run.sampling.frequency_penalty, 2.0);
-    for (const char* bad : {"presence_penalty = 2.5", "frequency_penalty = -3", "repetition_penalty = 0", "repetition_penalty = \"high\""}) {
+    for (const char* bad : {"presence_penalty = 2.5", "frequency_penalty = -3", "repetition_penalty = 0", "repetition_penalty = \"high\"",
+                            "presence_penalty = 2.0000001"}) {
         try {
             tpx::parse_job(std::string("[model]\npath = \"models/tiny\"\n[run.sampling]\n") + bad + "\n", "p.toml", kSource);
             ADD_FAILURE() << bad << " was taken";
         } catch (const tpx::JobError& e) {
             const std::string key = std::string(bad).substr(0, std::string(bad).find(' '));
             EXPECT_NE(std::string(e.what()).find("run.sampling." + key), std::string::npos) << e.what();
+            if (std::string(bad).find("2.0000001") != std::string::npos) {  // not rounded to 2
+                EXPECT_NE(std::string(e.what()).find("= 2.0000001 is out of range"), std::string::npos) << e.what();
+            }
         }
     }
 }
