@@ -37,7 +37,6 @@ constexpr size_t kMaxStopTokenIds = 256;
 // The most likely tokens a call may ask each token's logprobs to name (vLLM's max_logprobs).
 constexpr int kMaxLogprobs = 20;
 
-
 // What the server knows when it checks a call (from the job and the plan).
 struct ApiLimits {
     std::string model_name;
