@@ -98,9 +98,9 @@ TokenBatch prefill_batch(const std::vector<Prompt>& prompts, size_t first, size_
 }
 
 // Rank 0's choice for each active sequence of the batch (the device's argmax, or a sample from
-// its logits, changed first by [run.sampling]'s penalties), then, where stop strings apply, whether the token completes one: [count]
-// tokens, then [count] stop flags. Stop strings are read off the text, which only rank 0
-// decodes: its verdict travels with the token.
+// its logits, changed first by [run.sampling]'s penalties), then, where stop strings apply,
+// whether the token completes one: [count] tokens, then [count] stop flags. Stop strings are
+// read off the text, which only rank 0 decodes: its verdict travels with the token.
 std::vector<int32_t> choose_tokens(const std::vector<int32_t>& active, bool device_argmax, const std::vector<int32_t>& next_ids,
                                    const std::vector<const float*>& next_logits, int64_t vocab, std::vector<std::mt19937_64>& rngs,
                                    std::vector<SequenceResult>& results, size_t first, const GenerationSettings& s) {

@@ -12,7 +12,6 @@
 #include <atomic>
 #include <csignal>
 #include <cstring>
-#include <limits>
 #include <optional>
 #include <random>
 #include <thread>
@@ -21,7 +20,6 @@
 
 #include "common/error.h"
 #include "common/log.h"
-#include "kernels/cpu/ops.h"
 #include "text/stop_strings.h"
 #include "tokenizer/utf8.h"
 #include "worker/generation.h"
