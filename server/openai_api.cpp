@@ -198,12 +198,10 @@ void refuse_unsupported(const json& body, bool chat) {
     if (given(body, "best_of") && integer_in(body, "best_of", 1, 1, 1) != 1) bad("best_of", "only best_of = 1 is supported");
     // OpenAI's suffix, and vLLM's extensions that would change the answer: each only at the
     // value that changes nothing.
-    const auto only = [&](const char* key, double value, const char* shown) {
-        if (!given(body, key)) return;
-        if (!body[key].is_number()) bad(key, std::string("'") + key + "' must be a number");
-        if (body[key].get<double>() != value) bad(key, std::string(key) + " is not supported (" + shown + " only)");
-    };
-    only("min_p", 0, "0");
+    if (given(body, "min_p")) {
+        if (!body["min_p"].is_number()) bad("min_p", "'min_p' must be a number");
+        if (body["min_p"].get<double>() != 0) bad("min_p", "min_p is not supported (0 only)");
+    }
     if (given(body, "suffix") && !(body["suffix"].is_string() && body["suffix"].get<std::string>().empty()))
         bad("suffix", "suffix is not supported");
     for (const char* key : {"bad_words", "allowed_token_ids"})

@@ -16,6 +16,7 @@
 
 #include "golden.h"
 #include "serve_client.h"
+#include "chat/text.h"
 #include "tokenizer/utf8.h"
 
 namespace {
@@ -139,7 +140,7 @@ TEST(ServeLogprobs, CompletionAndChatFormsWholeAndStreamed) {
     std::string text;
     for (size_t i = 0; i < 16; ++i) {
         const std::string token = lp["tokens"][i];
-        EXPECT_EQ(lp["text_offset"][i], (int64_t)tpx::tok::count_code_points(text)) << i;
+        EXPECT_EQ(lp["text_offset"][i], (int64_t)tpx::chat::text::length(text)) << i;
         text += token;
         const ordered& named = lp["top_logprobs"][i];
         ASSERT_EQ(named.size(), 3u) << named.dump();  // greedy: the chosen token is the most likely
@@ -196,7 +197,7 @@ TEST(ServeLogprobs, TextOffsetsIndexTheTextWholeAndStreamed) {
         const ordered& lp = whole["logprobs"];
         EXPECT_EQ(joined_completion_logprobs(call(server, false, with(body, "stream", true))["chunks"]), lp) << body.dump();
         // (Inside the text, but for the tokens of a stop string, which the text is cut before.)
-        const int64_t chars = (int64_t)tpx::tok::count_code_points(whole["text"].get<std::string>());
+        const int64_t chars = (int64_t)tpx::chat::text::length(whole["text"].get<std::string>());
         const bool cut = whole["stop_reason"].is_string();
         for (size_t i = 0; i < lp["text_offset"].size(); ++i) {
             EXPECT_TRUE(cut || lp["text_offset"][i].get<int64_t>() <= chars) << body.dump() << " " << whole.dump();

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "chat/text.h"
 #include "common/error.h"
 #include "process.h"
 #include "tokenizer/regex.h"
@@ -346,11 +347,13 @@ TEST(TokenizerBytes, TokenBytesArePiecesOfTheirCharacters) {
 }
 
 // What a served token's text_offset rests on: the characters two decoded texts share from their
-// start, backed off to a character both go on with; and the code points of UTF-8 text.
+// start, backed off to a character both go on with (counted in code points).
 TEST(TokenizerUtf8, CommonPrefixCodePoints) {
-    using tpx::tok::common_prefix_code_points;
+    const auto common_prefix_code_points = [](const std::string& a, const std::string& b) {
+        return tpx::chat::text::length(a.substr(0, tpx::tok::common_prefix_bytes(a, b)));
+    };
     const std::string fffd = "\xEF\xBF\xBD", fffc = "\xEF\xBF\xBC", han = "\xE5\xAD\x97";  // U+FFFD, U+FFFC, U+5B57
-    EXPECT_EQ(tpx::tok::count_code_points("ab" + han + fffd), 4u);
+    EXPECT_EQ(tpx::chat::text::length("ab" + han + fffd), 4u);
     EXPECT_EQ(common_prefix_code_points("abc", "abc" + fffd), 3u);
     EXPECT_EQ(common_prefix_code_points("abc" + fffd, "abc" + fffd), 4u);          // a middle piece: equal texts
     EXPECT_EQ(common_prefix_code_points("abc" + fffd, "abc" + han), 3u);           // the character completed

@@ -29,21 +29,14 @@ size_t find_invalid_utf8(std::string_view s);
 // Rust's String::from_utf8_lossy: each maximal invalid subpart becomes one U+FFFD.
 std::string utf8_lossy(std::string_view bytes);
 
-// The code points (characters) of UTF-8 text: every byte but a continuation byte starts one.
-inline size_t count_code_points(std::string_view s) {
-    size_t n = 0;
-    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-    return n;
-}
-
-// The code points `a` and `b` share from their start (a character that differs, or that one of
-// them has only part of, ends it).
-inline size_t common_prefix_code_points(std::string_view a, std::string_view b) {
+// The bytes of the whole characters `a` and `b` share from their start (a character that
+// differs, or that one of them has only part of, ends it).
+inline size_t common_prefix_bytes(std::string_view a, std::string_view b) {
     size_t n = 0;
     while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
     if (n < a.size() || n < b.size())  // back to the start of a character one of them goes on with
         while (n > 0 && ((n < a.size() && (a[n] & 0xC0) == 0x80) || (n < b.size() && (b[n] & 0xC0) == 0x80))) --n;
-    return count_code_points(a.substr(0, n));
+    return n;
 }
 
 // Rust's char::is_whitespace (the Unicode White_Space property).

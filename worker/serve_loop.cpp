@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "chat/text.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "text/stop_strings.h"
@@ -393,8 +394,8 @@ private:
             text = ends_sequence ? s_.tokenizer->decode(std::vector<int32_t>(q.output.begin(), q.output.end() - 1), r.skip_special_tokens)
                                  : s_.tokenizer->decode(q.output, r.skip_special_tokens);
         if (r.logprobs >= 0) {  // where the token's text begins: where the text before it and with it part, at most its finished characters
-            const size_t finished = tok::count_code_points(std::string_view(text).substr(0, finished_length(text)));
-            q.logprobs.back().text_offset = (int64_t)std::min(tok::common_prefix_code_points(q.text, text), finished);
+            const size_t begins = std::min(tok::common_prefix_bytes(q.text, text), finished_length(text));
+            q.logprobs.back().text_offset = (int64_t)chat::text::length(text.substr(0, begins));
             q.text = text;
         }
         if ((int64_t)q.output.size() <= r.min_tokens) q.ends_after = finished_length(text);  // no stop string in this text
