@@ -90,6 +90,129 @@ TEST(Sampling, LogSumExpAndTheLargestIndicesInOrder) {
     }
 }
 
+// A row of n logits from a normal spread, on a grid of quarters (so that equal logits abound).
+std::vector<float> tied_logits(uint64_t seed, int64_t n, float spread) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.0f, spread);
+    std::vector<float> logits(n);
+    for (float& l : logits) l = std::round(normal(rng) * 4.0f) / 4.0f;
+    return logits;
+}
+
+// The definition of what a draw keeps, written out: a stable sort of the ids by logit, the first
+// top_k, then the fewest whose probability (exp((logit - largest) / temperature) over the k's
+// sum, in double) reaches top_p. probs: the kept ids' probabilities within the k; ambiguous: the
+// cut lies within 1e-5 of top_p, where fp32 weights may fairly cut one later or sooner.
+struct Definition {
+    std::vector<int32_t> kept;
+    std::vector<double> probs;
+    bool ambiguous = false;
+};
+Definition definition(const std::vector<float>& l, const SamplingParams& p) {
+    const int64_t n = (int64_t)l.size(), k = p.top_k > 0 ? std::min<int64_t>(p.top_k, n) : n;
+    std::vector<int32_t> ids(n);
+    for (int64_t i = 0; i < n; ++i) ids[i] = (int32_t)i;
+    std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return l[a] > l[b]; });
+    ids.resize(k);
+    Definition d;
+    double sum = 0;
+    for (int32_t id : ids) sum += std::exp(((double)l[id] - l[ids[0]]) / p.temperature);
+    double acc = 0;
+    for (int32_t id : ids) {
+        d.kept.push_back(id);
+        d.probs.push_back(std::exp(((double)l[id] - l[ids[0]]) / p.temperature) / sum);
+        acc += d.probs.back();
+        if (p.top_p < 1 && acc >= p.top_p) {
+            d.ambiguous = acc - p.top_p < 1e-5 || (d.kept.size() > 1 && std::fabs(acc - d.probs.back() - p.top_p) < 1e-5);
+            break;
+        }
+    }
+    return d;
+}
+
+// The ids top_k and top_p keep are the definition's, in its order, on both of kept_ids' ways to
+// them (top_k up to 256 in one pass, larger top_k and top_p through bins of likelihood): ties at
+// the cut, a k at and around the path's bound, top_p cutting after one id and near the end.
+TEST(Sampling, KeptIdsAreTheDefinitions) {
+    const uint64_t inputs = fresh_seed();
+    SCOPED_TRACE("logits from seed " + std::to_string(inputs));
+    for (int64_t n : {40, 3000})
+        for (float spread : {0.5f, 3.0f, 12.0f}) {
+            const std::vector<float> l = tied_logits(inputs + n + (uint64_t)spread, n, spread);
+            for (int64_t k : {0, 1, 7, 255, 256, 257, 700, 2999, 3000, 4000})
+                for (double top_p : {1.0, 0.999, 0.9, 0.5, 0.05, 1e-9})
+                    for (double t : {0.5, 1.0, 2.5}) {
+                        const SamplingParams p{t, k, top_p};
+                        const Definition d = definition(l, p);
+                        const std::vector<int32_t> got = kept_ids(l.data(), n, p);
+                        if ((k != 0 && k < n) || top_p < 1) {
+                            if (d.ambiguous && got.size() + 1 >= d.kept.size() && got.size() <= d.kept.size() + 1) continue;
+                            EXPECT_EQ(got, d.kept) << "n " << n << ", spread " << spread << ", top_k " << k << ", top_p " << top_p << ", t " << t;
+                        } else {
+                            EXPECT_EQ((int64_t)got.size(), n);  // every id, in order: nothing to rank
+                        }
+                    }
+        }
+}
+
+// Rows at the float range's ends keep the definition's ids too: a spread too wide to subtract
+// (bins of an infinite width), every logit equal, and one id.
+TEST(Sampling, KeptIdsOfExtremeRows) {
+    std::vector<float> wide = {3e38f, -3e38f, 1.0f, 3e38f, -1.0f, 0.0f, -3e38f, 2e38f};
+    std::vector<float> flat(500, 7.0f);
+    for (const std::vector<float>* l : {&wide, &flat})
+        for (int64_t k : {0, 1, 3, 300})
+            for (double top_p : {1.0, 0.6, 1e-9}) {
+                const SamplingParams p{1.0, k, top_p};
+                if (!(k > 0 && k < (int64_t)l->size()) && top_p >= 1) continue;
+                EXPECT_EQ(kept_ids(l->data(), (int64_t)l->size(), p), definition(*l, p).kept) << "size " << l->size() << ", top_k " << k << ", top_p " << top_p;
+            }
+    const float one = 4.0f;
+    std::mt19937_64 rng(3);
+    EXPECT_EQ(sample(&one, 1, {1.0, 0, 0.5}, rng), 0);
+}
+
+// Draws follow the kept ids' probabilities, renormalised: each draw is a kept id, and the counts
+// of 40,000 draws, in groups of at least 800 expected, pass a chi-square test at about 8 standard
+// deviations of its statistic (a draw over the wrong ids or at the wrong temperature fails far
+// beyond that; a right one fails about once in 1e12).
+TEST(Sampling, DrawsFollowTheKeptProbabilities) {
+    const uint64_t inputs = fresh_seed();
+    SCOPED_TRACE("logits and draws from seed " + std::to_string(inputs));
+    const std::vector<float> l = tied_logits(inputs, 600, 2.0f);
+    std::mt19937_64 rng(inputs + 1);
+    for (const SamplingParams& p : {SamplingParams{1.0, 0, 1.0}, SamplingParams{0.7, 40, 1.0}, SamplingParams{1.3, 400, 1.0},
+                                    SamplingParams{1.0, 0, 0.8}, SamplingParams{0.8, 300, 0.9}}) {
+        const Definition d = definition(l, p);
+        double kept_mass = 0;
+        for (double q : d.probs) kept_mass += q;
+        std::vector<int64_t> slot(l.size(), -1);
+        for (size_t i = 0; i < d.kept.size(); ++i) slot[d.kept[i]] = (int64_t)i;
+        constexpr int kDraws = 40000;
+        std::vector<int64_t> count(d.kept.size(), 0);
+        for (int i = 0; i < kDraws; ++i) {
+            const int64_t id = sample(l.data(), (int64_t)l.size(), p, rng);
+            ASSERT_TRUE(id >= 0 && id < (int64_t)l.size() && slot[id] >= 0) << "drew id " << id << ", which is not kept; top_k " << p.top_k << ", top_p " << p.top_p;
+            ++count[slot[id]];
+        }
+        std::vector<double> expected(1, 0.0), observed(1, 0.0);  // groups, in order of likelihood
+        for (size_t i = 0; i < d.kept.size(); ++i) {
+            if (expected.back() >= 800) expected.push_back(0), observed.push_back(0);
+            expected.back() += kDraws * d.probs[i] / kept_mass, observed.back() += (double)count[i];
+        }
+        if (expected.size() > 1 && expected.back() < 800) {  // a short last group joins the one before
+            expected[expected.size() - 2] += expected.back(), observed[observed.size() - 2] += observed.back();
+            expected.pop_back(), observed.pop_back();
+        }
+        double chi2 = 0;
+        for (size_t g = 0; g < expected.size(); ++g) chi2 += (observed[g] - expected[g]) * (observed[g] - expected[g]) / expected[g];
+        const size_t groups = expected.size();
+        const double dof = (double)groups - 1;
+        EXPECT_LT(chi2, dof + 8 * std::sqrt(2 * dof) + 10) << "chi-square over " << groups << " groups; temperature " << p.temperature << ", top_k " << p.top_k
+                                                            << ", top_p " << p.top_p;
+    }
+}
+
 // Penalties as vLLM applies them: repetition on the prompt's and the output's ids (a positive
 // logit divided, another multiplied), then frequency times each output id's count and
 // presence once; ids in neither stay, ids outside the row are passed over.

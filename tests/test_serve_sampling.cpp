@@ -179,21 +179,49 @@ TEST(ServeLogprobs, CompletionAndChatFormsWholeAndStreamed) {
     for (const ordered& t : bare["choices"][0]["logprobs"]["content"]) EXPECT_EQ(t["top_logprobs"], ordered::array()) << t.dump();
 }
 
+// The answer to `body` at the first of seeds 0 .. 191 (sent 32 at once: the queue holds 64) that
+// has `property`: a case that draws reach now and then, whatever the sampler's stream.
+template <typename Property>
+ordered sampled_until(Server& server, bool chat, const json& body, Property property) {
+    constexpr int kRound = 32, kSeeds = 192;
+    for (int first = 0; first < kSeeds; first += kRound) {
+        const json arg = {{"chat", chat}, {"body", body}, {"first", first}, {"seeds", kRound}};
+        const tpx_test::ProcessResult r = tpx_test::run_process(client_command(server, "seeds", arg.dump()));
+        const ordered answers = ordered::parse(r.out, nullptr, false);
+        if (r.exit_code != 0 || !answers.is_array()) {
+            ADD_FAILURE() << r.out << r.err;
+            break;
+        }
+        for (const ordered& a : answers)
+            if (property(a)) return a;
+    }
+    ADD_FAILURE() << "no seed below " << kSeeds << " gave the sample sought for " << body.dump();
+    return ordered::object({{"choices", ordered::array({ordered::object()})}});
+}
+
 // text_offset is where each token's text begins in the output's text (characters), the same
-// whole and streamed: a token ending a character split over two starts where the character does,
-// a special token left out of the text adds nothing, a stream's held-back text (a possible stop
-// string's start, an unfinished character) moves no offset. A chat token holding part of a
+// whole and streamed: a token holding a split character's last bytes starts where the character
+// does, a special token left out of the text adds nothing, a stream's held-back text (a possible
+// stop string's start, an unfinished character) moves no offset. A chat token holding part of a
 // character carries its own bytes.
 TEST(ServeLogprobs, TextOffsetsIndexTheTextWholeAndStreamed) {
     SKIP_WITHOUT_SDK();
     Server server("");
+    // Greedy answers (the model's own, whatever the sampler): token ids 302 1760 113 give
+    // "\x1f \"🇳 AC", 🇳 split over ' "' + its first bytes and its last; 342 569 2526 give "ager",
+    // then <|begin_of_text|> (left out of the text), then "ead".
+    const json split_prompt = {302, 1760, 113}, special_prompt = {342, 569, 2526};
     const json calls[] = {{{"prompt", "Hello world"}, {"max_tokens", 8}, {"stop", "tpack"}},
                           {{"prompt", "\xF0\x9F\x8E\x89\xF0\x9F\x8E\x89\xF0\x9F\x8E\x89"}, {"max_tokens", 3}, {"temperature", 1.5}, {"seed", 7}},
                           {{"prompt", "Hello"}, {"max_tokens", 40}, {"temperature", 2.0}, {"seed", 7}, {"ignore_eos", true}},
-                          {{"prompt", "def f(x):"}, {"max_tokens", 6}}};
+                          {{"prompt", "def f(x):"}, {"max_tokens", 6}},
+                          {{"prompt", split_prompt}, {"max_tokens", 8}},
+                          {{"prompt", special_prompt}, {"max_tokens", 8}}};
+    std::vector<ordered> answers;
     for (json body : calls) {
         body["logprobs"] = 0;
         const ordered whole = call(server, false, body)["whole"]["choices"][0];
+        answers.push_back(whole);
         const ordered& lp = whole["logprobs"];
         EXPECT_EQ(joined_completion_logprobs(call(server, false, with(body, "stream", true))["chunks"]), lp) << body.dump();
         // (Inside the text, but for the tokens of a stop string, which the text is cut before.)
@@ -206,24 +234,35 @@ TEST(ServeLogprobs, TextOffsetsIndexTheTextWholeAndStreamed) {
             }
         }
     }
-    // The emoji prompt's sample: the two halves of one character, then "ven" at 1.
-    const ordered split = call(server, false, with(calls[1], "logprobs", 0))["whole"]["choices"][0];
-    ASSERT_EQ(split["logprobs"]["tokens"].size(), 3u) << split.dump();
-    EXPECT_EQ(split["logprobs"]["tokens"][2], "ven") << split.dump();
-    EXPECT_EQ(split["logprobs"]["text_offset"], ordered({0, 0, 1})) << split.dump();
-    // The sampled output holding the skipped <|begin_of_text|>: the token after it starts where it does.
-    const ordered skipped = call(server, false, with(calls[2], "logprobs", 0))["whole"]["choices"][0];
-    const ordered& tokens = skipped["logprobs"]["tokens"];
-    const auto special = std::find(tokens.begin(), tokens.end(), ordered("<|begin_of_text|>"));
-    ASSERT_NE(special, tokens.end()) << skipped.dump();
-    const size_t at = (size_t)(special - tokens.begin());
-    ASSERT_LT(at + 1, tokens.size());
-    EXPECT_EQ(skipped["logprobs"]["text_offset"][at + 1], skipped["logprobs"]["text_offset"][at]) << skipped.dump();
-    // A chat whose sample splits a character (the tokens' bytes decode to its text).
-    const ordered chat = call(server, true, {{"messages", {{{"role", "user"}, {"content", "\xF0\x9F\x8E\x89\xF0\x9F\x8E\x89\xF0\x9F\x8E\x89"}}}},
-                                             {"max_tokens", 6}, {"temperature", 1.5}, {"seed", 36}, {"logprobs", true}})["whole"];
+    // The split: "\x1f" at 0, ' "' at 1, the flag's last bytes at 3 where the flag begins (the
+    // token before holds its first ones), " AC" at 4.
+    const ordered& split = answers[4];
+    const std::string kReplacement = "\xEF\xBF\xBD";
+    ASSERT_EQ(split["text"].get<std::string>().rfind("\x1f \"\xF0\x9F\x87\xB3 AC", 0), 0u) << split.dump();
+    ASSERT_EQ(split["logprobs"]["tokens"][2], kReplacement) << split.dump();
+    const ordered offsets(split["logprobs"]["text_offset"].begin(), split["logprobs"]["text_offset"].begin() + 4);
+    EXPECT_EQ(offsets, ordered({0, 1, 3, 4})) << split.dump();
+    // The special token: the token after it starts where it does.
+    const ordered& special = answers[5];
+    ASSERT_EQ(special["logprobs"]["tokens"][1], "<|begin_of_text|>") << special.dump();
+    EXPECT_EQ(special["logprobs"]["text_offset"][1], 4) << special.dump();
+    EXPECT_EQ(special["logprobs"]["text_offset"][2], 4) << special.dump();
+    // A sampled chat holding part of a character (tokens decoding alone to U+FFFD): such a token's
+    // bytes are its own (not valid UTF-8 alone), and the tokens' bytes decode to the text.
+    const json chat_body = {{"messages", {{{"role", "user"}, {"content", "\xF0\x9F\x8E\x89\xF0\x9F\x8E\x89\xF0\x9F\x8E\x89"}}}},
+                            {"max_tokens", 6}, {"temperature", 1.5}, {"logprobs", true}};
+    const auto partial = [&](const ordered& t) { return t["token"].get<std::string>().find(kReplacement) != std::string::npos; };
+    const ordered chat = sampled_until(server, true, chat_body, [&](const ordered& r) {
+        const ordered& content = r["choices"][0]["logprobs"]["content"];
+        return std::any_of(content.begin(), content.end(), partial);
+    });
+    for (const ordered& t : chat["choices"][0]["logprobs"]["content"]) {
+        if (!partial(t)) continue;
+        std::string raw;
+        for (const ordered& b : t["bytes"]) raw += (char)b.get<int>();
+        EXPECT_NE(tpx::tok::utf8_lossy(raw), raw) << "bytes of " << t.dump();
+    }
     const std::string text = chat["choices"][0]["message"]["content"];
-    EXPECT_NE(text.find("\xE0\xB9\x8B"), std::string::npos) << "the sample holds U+0E4B, split over two tokens: " << chat.dump();
     EXPECT_EQ(decoded_bytes(chat["choices"][0]["logprobs"]["content"]), text) << chat.dump();
 }
 

@@ -18,41 +18,159 @@ int64_t argmax(const float* logits, int64_t n) {
     return best;
 }
 
-int64_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt19937_64& rng) {
-    if (p.temperature <= 0) return argmax(logits, n);
-    for (int64_t i = 0; i < n; ++i)
-        if (!std::isfinite(logits[i])) return -1;
-    std::vector<int64_t> idx(n);
-    std::iota(idx.begin(), idx.end(), 0);
-    std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
-    int64_t keep = p.top_k > 0 ? std::min(p.top_k, n) : n;
-    std::vector<double> probs(keep);
-    // Each logit's distance below the largest, over the temperature: at most 0, so exp() stays
-    // in [0, 1] and the largest counts 1, however small the temperature (dividing the logits
-    // first overflowed to infinity below about 1e-300, and inf - inf made every weight NaN).
-    double sum = 0;
-    for (int64_t i = 0; i < keep; ++i)
-        sum += (probs[i] = std::exp(((double)logits[idx[i]] - (double)logits[idx[0]]) / p.temperature));
-    if (p.top_p < 1) {
-        // Smallest prefix whose probability reaches top_p (at least one token).
-        double acc = 0;
-        int64_t cut = keep;
-        for (int64_t i = 0; i < keep; ++i) {
-            acc += probs[i] / sum;
-            if (acc >= p.top_p) {
-                cut = i + 1;
-                break;
-            }
+namespace {
+
+// The order of likelihood: the larger logit first, equal logits the lower id first (the order a
+// stable sort of the ids by logit gives).
+struct MoreLikely {
+    const float* logits;
+    bool operator()(int32_t a, int32_t b) const { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); }
+};
+
+// Bins of likelihood for a row whose logits lie in [bottom, top]: bin(l) = (top - l) x scale,
+// truncated, at most kBins - 1. Float subtraction and multiplication are monotone, so a larger
+// logit never falls in a later bin: the ids of bins 0 .. j are each more likely than every id past
+// them, and the ids top_k or top_p keep are found by sorting those bins' ids only (sorting a whole
+// 128k row took 17 to 19 ms, docs/PERF.md).
+constexpr int kBins = 2048;
+constexpr int64_t kFewIds = 256;  // top_k up to this: largest_indices' one pass beats the bins' two
+struct Bins {
+    float top, scale;
+    Bins(float top, float bottom) : top(top), scale(top > bottom ? (float)kBins / (top - bottom) : 0.0f) {}
+    int operator()(float l) const {
+        const float b = (top - l) * scale;
+        return b < (float)(kBins - 1) ? (int)b : kBins - 1;  // (an infinite spread: scale 0, and inf x 0's NaN last)
+    }
+};
+
+// A finite row's draw: its largest and smallest logit, and the weights: an id's logit's distance
+// below the largest, over the temperature, through exp: at most 1, and the largest's exactly 1
+// however small the temperature (1 / temperature is infinite below about 1e-308, and 0 x inf NaN).
+struct Row {
+    const float* logits;
+    int64_t n;
+    float top = -INFINITY, bottom = INFINITY, inv_t;
+    bool finite = true;
+    Row(const float* logits, int64_t n, double temperature) : logits(logits), n(n), inv_t((float)(1.0 / temperature)) {
+        for (int64_t i = 0; i < n; ++i) {
+            finite &= std::isfinite(logits[i]);
+            top = std::max(top, logits[i]), bottom = std::min(bottom, logits[i]);
         }
-        keep = cut;
-        sum = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
     }
+    float weight(int64_t id) const { return logits[id] == top ? 1.0f : std::exp((logits[id] - top) * inv_t); }
+};
+
+// What a row's draw keeps between calls (a row's worth each: no allocation a step).
+struct Scratch {
+    std::vector<float> w;  // weights by id
+    std::vector<int32_t> ids;
+    std::vector<int64_t> count;
+    std::vector<double> mass;
+};
+
+// The ids of bins 0 .. last, in the ids' order.
+void ids_through(const Row& row, const Bins& bins, int last, std::vector<int32_t>& ids) {
+    ids.clear();
+    for (int64_t i = 0; i < row.n; ++i)
+        if (bins(row.logits[i]) <= last) ids.push_back((int32_t)i);
+}
+
+// The fewest of ids (in order of likelihood) whose weights reach top_p of total; 0 where their
+// sum falls short of it (rounding).
+int64_t top_p_count(const std::vector<int32_t>& ids, const std::vector<float>& w, double total, double top_p) {
+    double acc = 0;
+    for (size_t i = 0; i < ids.size(); ++i)
+        if ((acc += (double)w[ids[i]] / total) >= top_p) return (int64_t)i + 1;
+    return 0;
+}
+
+// Where top_k or top_p apply: the ids they keep into s.ids, most likely first, and their weights
+// into s.w (HF's warpers' order: the top_k most likely, then the fewest of those whose probability
+// reaches top_p, at least one).
+void keep(const Row& row, const SamplingParams& p, Scratch& s) {
+    const int64_t n = row.n, k = p.top_k > 0 ? std::min(p.top_k, n) : n;
+    std::vector<float>& w = s.w;
+    std::vector<int32_t>& ids = s.ids;
+    w.resize(n);
+    const MoreLikely more{row.logits};
+    const Bins bins(row.top, row.bottom);
+    double total = 0;  // of the k most likely ids' weights (top_p is a fraction of it)
+    if (k <= kFewIds) {
+        ids.clear();
+        for (int64_t id : largest_indices(row.logits, n, k)) ids.push_back((int32_t)id);
+        for (int32_t id : ids) total += (w[id] = row.weight(id));
+    } else if (k < n) {  // the fewest bins holding k ids
+        s.count.assign(kBins, 0);
+        for (int64_t i = 0; i < n; ++i) ++s.count[bins(row.logits[i])];
+        int last = 0;
+        for (int64_t held = s.count[0]; held < k; held += s.count[++last]) {}
+        ids_through(row, bins, last, ids);
+        std::nth_element(ids.begin(), ids.begin() + (k - 1), ids.end(), more);
+        ids.resize(k);
+        std::sort(ids.begin(), ids.end(), more);
+        for (int32_t id : ids) total += (w[id] = row.weight(id));
+    } else {  // the fewest bins holding top_p of the weight
+        s.mass.assign(kBins, 0.0);
+        for (int64_t i = 0; i < n; ++i) s.mass[bins(row.logits[i])] += (w[i] = row.weight(i));
+        for (int b = 0; b < kBins; ++b) total += s.mass[b];
+        int last = 0;
+        for (double held = s.mass[0]; held < p.top_p * total && last < kBins - 1; held += s.mass[++last]) {}
+        ids_through(row, bins, last, ids);
+        std::sort(ids.begin(), ids.end(), more);
+    }
+    if (p.top_p >= 1) return;
+    int64_t reach = top_p_count(ids, w, total, p.top_p);
+    if (!reach && k == n && (int64_t)ids.size() < n) {  // the bins' sums rounded past the walk's: every id
+        ids_through(row, bins, kBins - 1, ids);
+        std::sort(ids.begin(), ids.end(), more);
+        reach = top_p_count(ids, w, total, p.top_p);
+    }
+    if (reach) ids.resize(reach);
+}
+
+// A uniform draw in [0, sum of the weights) walked down them in turn: the id it falls on (the last
+// with a weight, should the sum's rounding leave the draw past them all).
+template <typename Id>
+int64_t draw(int64_t count, Id id, const std::vector<float>& w, std::mt19937_64& rng) {
+    double sum = 0;
+    for (int64_t i = 0; i < count; ++i) sum += w[id(i)];
     double r = std::uniform_real_distribution<double>(0, sum)(rng);
-    for (int64_t i = 0; i < keep; ++i) {
-        r -= probs[i];
-        if (r < 0) return idx[i];
+    int64_t last = id(0);
+    for (int64_t i = 0; i < count; ++i) {
+        const float wi = w[id(i)];
+        if (wi <= 0) continue;
+        last = id(i);
+        if ((r -= wi) < 0) break;
     }
-    return idx[keep - 1];
+    return last;
+}
+
+bool ranks(const SamplingParams& p, int64_t n) { return (p.top_k > 0 && p.top_k < n) || p.top_p < 1; }
+
+}  // namespace
+
+int64_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt19937_64& rng) {
+    if (p.temperature <= 0 || n <= 1) return argmax(logits, n);
+    const Row row(logits, n, p.temperature);
+    if (!row.finite) return -1;
+    thread_local Scratch s;
+    if (!ranks(p, n)) {  // any id may come: drawn in the ids' order, nothing sorted
+        s.w.resize(n);
+        for (int64_t i = 0; i < n; ++i) s.w[i] = row.weight(i);
+        return draw(n, [](int64_t i) { return i; }, s.w, rng);
+    }
+    keep(row, p, s);
+    return draw((int64_t)s.ids.size(), [&](int64_t i) { return (int64_t)s.ids[i]; }, s.w, rng);
+}
+
+std::vector<int32_t> kept_ids(const float* logits, int64_t n, const SamplingParams& p) {
+    std::vector<int32_t> ids(n);
+    std::iota(ids.begin(), ids.end(), 0);
+    const Row row(logits, n, p.temperature > 0 ? p.temperature : 1.0);
+    if (!row.finite || !ranks(p, n)) return ids;
+    Scratch s;
+    keep(row, p, s);
+    return s.ids;
 }
 
 void apply_penalties(float* logits, int64_t n, const Penalties& p, const std::vector<int32_t>& prompt, const std::vector<int32_t>& output) {

@@ -391,6 +391,13 @@ const modes = {
     for await (const chunk of r) chunks.push(chunk);
     return { chunks };
   },
+  // ARG = {"chat": bool, "body": {...}, "first": F, "seeds": N}: the body's answers at seeds F ..
+  // F + N - 1, all sent at once.
+  async seeds() {
+    const { chat, body, first, seeds } = JSON.parse(arg);
+    const api = chat ? client.chat.completions : client.completions;
+    return await Promise.all(Array.from({ length: seeds }, (_, i) => api.create({ model, temperature: 0, ...body, seed: first + i })));
+  },
   // A stream read raw: its status and its last two events.
   async long_stream() {
     const res = await fetch(base + "/v1/completions", {
