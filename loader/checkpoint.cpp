@@ -26,7 +26,7 @@
 #include "loader/hdf5.h"
 #include "loader/meta.h"
 #include "loader/quantized.h"
-#include "loader/read_pool.h"
+#include "common/task_pool.h"
 #include "loader/regular_file.h"
 
 namespace fs = std::filesystem;
@@ -170,7 +170,7 @@ private:
     int fd_of(const std::string& file);
     void pread_fully(const std::string& file, void* dst, uint64_t bytes, uint64_t offset);
 
-    ReadPool pool_;
+    TaskPool pool_;
     std::mutex fd_mutex_;
     std::map<std::string, int> fds_;
 };

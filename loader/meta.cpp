@@ -21,7 +21,7 @@
 #include "common/path.h"
 #include "loader/checkpoint.h"
 #include "loader/meta_params.h"
-#include "loader/read_pool.h"
+#include "common/task_pool.h"
 #include "loader/regular_file.h"
 #include "loader/torch_zip.h"
 
@@ -103,7 +103,7 @@ private:
     void pread_fully(const std::string& file, void* dst, uint64_t bytes, uint64_t offset);
     void read_staged(const ReadRequest& r, const Chunk& c, ReadSink& sink);
 
-    ReadPool pool_;
+    TaskPool pool_;
     std::map<std::string, Layout> layouts_;  // by HF name
     std::map<std::string, int> fds_;         // opened in open(), read-only afterwards
 };

@@ -12,7 +12,7 @@
 #include <set>
 
 #include "loader/dequant.h"
-#include "loader/read_pool.h"
+#include "common/task_pool.h"
 
 namespace tpx {
 namespace {
@@ -108,7 +108,7 @@ private:
     void add_inner_stats();
 
     std::unique_ptr<Checkpoint> inner_;
-    ReadPool pool_;  // dequantization, as many threads as the inner reader has
+    TaskPool pool_;  // dequantization, as many threads as the inner reader has
     QuantConfig q_;
     std::string format_;
     std::map<std::string, QuantLinear> linears_;  // by virtual tensor name

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <thread>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -17,6 +18,7 @@
 #include "common/file.h"
 #include "loader/h5_id.h"
 #include "loader/hdf5.h"
+#include "worker/step_rows.h"
 
 namespace tpx {
 namespace {
@@ -98,25 +100,34 @@ TokenBatch prefill_batch(const std::vector<Prompt>& prompts, size_t first, size_
 }
 
 // Rank 0's choice for each active sequence of the batch (the device's argmax, or a sample from
-// its logits, changed first by [run.sampling]'s penalties), then, where stop strings apply,
-// whether the token completes one: [count] tokens, then [count] stop flags. Stop strings are
-// read off the text, which only rank 0 decodes: its verdict travels with the token.
+// its logits, changed first by [run.sampling]'s penalties, the rows spread over `rows`' threads),
+// then, where stop strings apply, whether the token completes one: [count] tokens, then [count]
+// stop flags. Stop strings are read off the text, which only rank 0 decodes: its verdict travels
+// with the token. penalised: a row the penalties change, one a part of `rows`.
 std::vector<int32_t> choose_tokens(const std::vector<int32_t>& active, bool device_argmax, const std::vector<int32_t>& next_ids,
                                    const std::vector<const float*>& next_logits, int64_t vocab, std::vector<std::mt19937_64>& rngs,
-                                   std::vector<SequenceResult>& results, size_t first, const GenerationSettings& s) {
+                                   std::vector<SequenceResult>& results, size_t first, const GenerationSettings& s, StepRows* rows,
+                                   std::vector<std::vector<float>>& penalised) {
     const size_t count = active.size();
     std::vector<int32_t> chosen(2 * count, 0);
-    std::vector<float> penalised;  // a row [run.sampling]'s penalties change
+    if (device_argmax) {
+        for (size_t b = 0; b < count; ++b) chosen[b] = active[b] ? next_ids[b] : 0;
+    } else {
+        penalised.resize((size_t)rows->parts());
+        rows->run((int64_t)count, [&](int64_t b, int part) {
+            if (!active[b]) return;
+            const float* row = next_logits[b];
+            if (s.penalties.any()) {
+                penalised[part].assign(row, row + vocab);
+                cpu::apply_penalties(penalised[part].data(), vocab, s.penalties, results[first + b].prompt.tokens, results[first + b].output);
+                row = penalised[part].data();
+            }
+            chosen[b] = (int32_t)cpu::sample(row, vocab, s.sampling, rngs[b]);
+        });
+    }
     for (size_t b = 0; b < count; ++b) {
         if (!active[b]) continue;
-        const float* row = next_logits[b];
         const SequenceResult& r = results[first + b];
-        if (s.penalties.any()) {  // (never with device_argmax)
-            penalised.assign(row, row + vocab);
-            cpu::apply_penalties(penalised.data(), vocab, s.penalties, r.prompt.tokens, r.output);
-            row = penalised.data();
-        }
-        chosen[b] = device_argmax ? next_ids[b] : (int32_t)cpu::sample(row, vocab, s.sampling, rngs[b]);
         if (chosen[b] < 0)  // (the raw row was finite: check_finite)
             throw Error("prompt " + r.prompt.id + ": the logits as [run.sampling]'s penalties change them (presence_penalty " +
                             std::to_string(s.penalties.presence) + ", frequency_penalty " + std::to_string(s.penalties.frequency) +
@@ -154,6 +165,9 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
     // ids come back), and every rank has the same ids; rank 0's are still the ones broadcast.
     const bool device_argmax = s.sampling.temperature <= 0 && !s.keep_logits && !s.penalties.any();
     std::vector<int32_t> argmax_ids;
+    std::optional<StepRows> rows;  // rank 0's threads for the rows' draws
+    if (comm.rank() == 0 && !device_argmax) rows.emplace();
+    std::vector<std::vector<float>> penalised;
     std::vector<SequenceResult> results(prompts.size());
     const Clock::time_point run_start = Clock::now();
     for (size_t first = 0; first < prompts.size(); first += (size_t)s.max_batch) {
@@ -198,7 +212,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
         for (int64_t step = 0; step < s.max_new_tokens; ++step) {
             // Rank 0 chooses; every rank gets the same tokens and the same finished flags.
             std::vector<int32_t> chosen(2 * count, 0);
-            if (comm.rank() == 0) chosen = choose_tokens(active, device_argmax, next_ids, next_logits, vocab, rngs, results, first, s);
+            if (comm.rank() == 0) chosen = choose_tokens(active, device_argmax, next_ids, next_logits, vocab, rngs, results, first, s, rows ? &*rows : nullptr, penalised);
             comm.broadcast(chosen.data(), 2 * count * sizeof(int32_t), 0);
             TokenBatch next;
             for (size_t b = 0; b < count; ++b) {

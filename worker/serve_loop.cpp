@@ -24,6 +24,7 @@
 #include "text/stop_strings.h"
 #include "tokenizer/utf8.h"
 #include "worker/generation.h"
+#include "worker/step_rows.h"
 #include "worker/token_choice.h"
 
 namespace tpx {
@@ -60,6 +61,14 @@ struct Sequence {
     std::vector<TokenLogprobs> logprobs;  // each generated token's, where the call asks
     std::string text;                     // with logprobs: the output's text before the last token (its text_offset's)
     size_t ends_after = 0;                // bytes of text a stop string's match must end past (the min_tokens tokens' text)
+};
+
+// A logit row's outcome: whether it is finite, the token chosen (-1: none, the penalised row not
+// finite) and its logprobs where the call asks.
+struct RowChoice {
+    bool finite = false;
+    int32_t token = -1;
+    std::optional<TokenLogprobs> logprobs;
 };
 
 // Where each rank runs, for naming one that is gone.
@@ -335,18 +344,34 @@ private:
         if (want_logits) logits = exec_.forward(batch);
         else argmax = exec_.forward_argmax(batch);
         const int64_t vocab = exec_.vocab();
+        // Each row's token (and logprobs) from its logits, the rows spread over threads; then,
+        // in row order, what each means for its call.
+        std::vector<RowChoice> choice(owners.size());
+        if (want_logits) {
+            shaped_.resize((size_t)rows_.parts());
+            rows_.run((int64_t)owners.size(), [&](int64_t row, int part) {
+                Sequence& q = *slots_[owners[row]];
+                const float* row_logits = &logits[row * vocab];
+                RowChoice& c = choice[row];
+                c.finite = std::all_of(row_logits, row_logits + vocab, [](float x) { return std::isfinite(x); });
+                if (!c.finite) return;
+                c.token = choose_token(*q.req, q.output, s_.eos, row_logits, vocab, q.rng, shaped_[part]);
+                if (c.token >= 0 && q.req->logprobs >= 0) c.logprobs = token_logprobs(row_logits, vocab, c.token, q.req->logprobs);
+            });
+        } else {
+            for (size_t row = 0; row < owners.size(); ++row) choice[row].finite = (choice[row].token = argmax[row]) >= 0;
+        }
         for (size_t row = 0; row < owners.size(); ++row) {
             Sequence& q = *slots_[owners[row]];
             const ServeRequest& r = *q.req;
-            const float* row_logits = want_logits ? &logits[row * vocab] : nullptr;
             // A row holding NaN or Inf has no next token (argmax says -1): that call fails, the
             // others go on (as in `tpx run`, the checkpoint's weights are the likely cause).
-            if (want_logits ? !std::all_of(row_logits, row_logits + vocab, [](float x) { return std::isfinite(x); }) : argmax[row] < 0) {
+            if (!choice[row].finite) {
                 fail(owners[row], "the logits are not finite (NaN or Inf) at generated token " + std::to_string(q.output.size()) +
                                       " of this request: `tpx inspect --check` finds non-finite weights in the checkpoint");
                 continue;
             }
-            const int32_t token = want_logits ? choose_token(r, q.output, s_.eos, row_logits, vocab, q.rng, shaped_) : argmax[row];
+            const int32_t token = choice[row].token;
             if (token < 0) {
                 fail(owners[row], "the logits as this call's penalties change them (presence_penalty " + nlohmann::json(r.presence_penalty).dump() +
                                       ", frequency_penalty " + nlohmann::json(r.frequency_penalty).dump() + ", repetition_penalty " +
@@ -354,7 +379,7 @@ private:
                                       std::to_string(q.output.size()) + ": no token can be chosen");
                 continue;
             }
-            if (r.logprobs >= 0) q.logprobs.push_back(token_logprobs(row_logits, vocab, token, r.logprobs));
+            if (choice[row].logprobs) q.logprobs.push_back(std::move(*choice[row].logprobs));
             emit(owners[row], token);
         }
         const double device_ms = want_logits ? -1 : exec_.last_device_ms();  // timed by forward_argmax only
@@ -468,7 +493,8 @@ private:
     const ServeSettings& s_;
     std::vector<std::optional<Sequence>> slots_;
     int64_t aborted_ = 0;        // sequences aborted for the pending refit
-    std::vector<float> shaped_;  // choose_token's copy of a row its call changes
+    StepRows rows_;                           // rank 0's threads for the rows' token choices
+    std::vector<std::vector<float>> shaped_;  // choose_token's copy of a row its call changes, one a part
 };
 
 void follow(Executor& exec, MpiCommunicator& comm, const ServeSettings& s) {

@@ -1,7 +1,7 @@
-// A fixed pool of threads for file reads: run() hands out a batch of tasks and returns when
-// all are done, rethrowing the first exception a task threw. Tasks already running when one
-// fails still finish (none is left writing into a buffer the caller frees); tasks not yet
-// started are skipped.
+// A fixed pool of threads (the loader's reads and dequantization, rank 0's choice of a step's
+// tokens): run() hands out a batch of tasks and returns when all are done, rethrowing the first
+// exception a task threw. Tasks already running when one fails still finish (none is left
+// writing into a buffer the caller frees); tasks not yet started are skipped.
 #pragma once
 
 #include <condition_variable>
@@ -13,12 +13,12 @@
 
 namespace tpx {
 
-class ReadPool {
+class TaskPool {
 public:
-    explicit ReadPool(int threads);
-    ~ReadPool();
-    ReadPool(const ReadPool&) = delete;
-    ReadPool& operator=(const ReadPool&) = delete;
+    explicit TaskPool(int threads);
+    ~TaskPool();
+    TaskPool(const TaskPool&) = delete;
+    TaskPool& operator=(const TaskPool&) = delete;
 
     int threads() const { return (int)workers_.size() + 1; }
     void run(const std::vector<std::function<void()>>& tasks);

@@ -1,13 +1,13 @@
 // The calling thread works too, so a pool of one thread is just a loop.
-#include "loader/read_pool.h"
+#include "common/task_pool.h"
 
 namespace tpx {
 
-ReadPool::ReadPool(int threads) {
+TaskPool::TaskPool(int threads) {
     for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { work(); });
 }
 
-ReadPool::~ReadPool() {
+TaskPool::~TaskPool() {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         stop_ = true;
@@ -17,7 +17,7 @@ ReadPool::~ReadPool() {
 }
 
 // Takes tasks of the current batch until none is left.
-void ReadPool::drain() {
+void TaskPool::drain() {
     std::unique_lock<std::mutex> lock(mutex_);
     while (tasks_ && next_ < tasks_->size()) {
         const std::function<void()>& task = (*tasks_)[next_++];
@@ -38,7 +38,7 @@ void ReadPool::drain() {
     }
 }
 
-void ReadPool::work() {
+void TaskPool::work() {
     unsigned long seen = 0;
     for (;;) {
         {
@@ -51,7 +51,7 @@ void ReadPool::work() {
     }
 }
 
-void ReadPool::run(const std::vector<std::function<void()>>& tasks) {
+void TaskPool::run(const std::vector<std::function<void()>>& tasks) {
     if (tasks.empty()) return;
     {
         std::lock_guard<std::mutex> lock(mutex_);
