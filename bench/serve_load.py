@@ -32,12 +32,12 @@ def request_set(args):
              "max_tokens": args.output_mean if args.fixed_output else length(args.output_mean)} for _ in range(args.requests)]
 
 
-def stream_one(url, key, model, req):
+def stream_one(url, key, model, req, sampling):
     """One streamed completion; returns (ttft_s, [gaps_s], tokens)."""
     u = urllib.parse.urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
     # ignore_eos: every request runs to its max_tokens, as the HF peer's (eos_token_id=None).
-    body = json.dumps({"model": model, "prompt": req["prompt"], "max_tokens": req["max_tokens"], "temperature": 0,
+    body = json.dumps({"model": model, "prompt": req["prompt"], "max_tokens": req["max_tokens"], **sampling,
                        "stream": True, "return_token_ids": True, "ignore_eos": True})
     start = time.perf_counter()
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
@@ -80,6 +80,9 @@ def main():
     p.add_argument("--fixed-output", action="store_true", help="every request asks for --output-mean tokens")
     p.add_argument("--probe-prompt", type=int, default=0, help="also send one prompt of this many tokens at a time")
     p.add_argument("--write-requests", default=None)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else each call sampled (seeded by its index)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
     args = p.parse_args()
 
     reqs = request_set(args)
@@ -93,6 +96,16 @@ def main():
         conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {args.key}"})
         model = json.loads(conn.getresponse().read())["data"][0]["id"]
 
+    def sampling(index):
+        if args.temperature <= 0:
+            return {"temperature": 0}
+        out = {"temperature": args.temperature, "seed": index + 1}
+        if args.top_p < 1:
+            out["top_p"] = args.top_p
+        if args.top_k > 0:
+            out["top_k"] = args.top_k
+        return out
+
     lock = threading.Lock()
     next_req, ttft, gaps, tokens, errors, probe_ttft = [0], [], [], [0], [], []
     done = threading.Event()
@@ -103,9 +116,10 @@ def main():
                 if next_req[0] >= len(reqs):
                     return
                 req = reqs[next_req[0]]
+                index = next_req[0]
                 next_req[0] += 1
             try:
-                t, g, n = stream_one(args.url, args.key, model, req)
+                t, g, n = stream_one(args.url, args.key, model, req, sampling(index))
             except Exception as e:  # a failed call is reported, not hidden
                 with lock:
                     errors.append(str(e))
@@ -118,7 +132,7 @@ def main():
         while not done.is_set():
             req = {"prompt": [rng.randrange(1, args.vocab) for _ in range(args.probe_prompt)], "max_tokens": 2}
             try:
-                t, _, _ = stream_one(args.url, args.key, model, req)
+                t, _, _ = stream_one(args.url, args.key, model, req, sampling(-1))
                 probe_ttft.append(t)
             except Exception as e:
                 errors.append("probe: " + str(e))
@@ -144,6 +158,7 @@ def main():
         "generated_tokens": tokens[0], "generated_tokens_per_s": tokens[0] / elapsed,
         "ttft_ms": ms(percentiles(ttft)), "itl_ms": ms(percentiles(gaps)),
         "probe_prompt": args.probe_prompt, "probe_ttft_ms": ms(percentiles(probe_ttft)),
+        "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
     }))
     return 1 if errors else 0
 
