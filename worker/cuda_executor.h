@@ -36,6 +36,7 @@ public:
 
     std::vector<float> forward(const TokenBatch& batch) override;
     std::vector<int32_t> forward_argmax(const TokenBatch& batch) override;
+    void forward_follower(const TokenBatch& batch, bool logits) override;
     int64_t vocab() const override { return vocab_; }
 
     // A pipeline stage (worker/cuda_pipeline.h). A graph cut to a stage after the first starts

@@ -41,6 +41,13 @@ public:
     // The argmax of each wanted row (greedy decoding): the GPU backend finds it on the device
     // and copies back one id per row instead of the whole vocabulary.
     virtual std::vector<int32_t> forward_argmax(const TokenBatch& batch);
+    // A follower's part of a step whose outcome only rank 0 reads (`tpx serve`'s other ranks):
+    // `logits` says which of forward and forward_argmax rank 0 runs, so that every rank runs the
+    // same kernels and collectives. The GPU backend leaves the logits on the device.
+    virtual void forward_follower(const TokenBatch& batch, bool logits) {
+        if (logits) (void)forward(batch);
+        else (void)forward_argmax(batch);
+    }
     virtual int64_t vocab() const = 0;
     virtual int64_t kv_cache_bytes() const = 0;
     // With backend.tuning.profile, time per op kind since the last reset (GPU backend; "" elsewhere).

@@ -521,8 +521,7 @@ void follow(Executor& exec, MpiCommunicator& comm, const ServeSettings& s) {
         batch.positions.assign(payload.begin() + T, payload.begin() + 2 * T);
         batch.slots.assign(payload.begin() + 2 * T, payload.begin() + 3 * T);
         batch.logit_rows.assign(payload.begin() + 3 * T, payload.end());
-        if (h[3]) exec.forward(batch);
-        else exec.forward_argmax(batch);
+        exec.forward_follower(batch, h[3] != 0);
     }
 }
 
