@@ -27,11 +27,11 @@ struct MoreLikely {
     bool operator()(int32_t a, int32_t b) const { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); }
 };
 
-// Bins of likelihood for a row whose logits lie in [bottom, top]: bin(l) = (top - l) x scale,
-// truncated, at most kBins - 1. Float subtraction and multiplication are monotone, so a larger
-// logit never falls in a later bin: the ids of bins 0 .. j are each more likely than every id past
-// them, and the ids top_k or top_p keep are found by sorting those bins' ids only (sorting a whole
-// 128k row took 17 to 19 ms, docs/PERF.md).
+// Bins of likelihood over logits [bottom, top]: bin(l) = (top - l) x scale, truncated, at most
+// kBins - 1 (where every logit below bottom falls too). Float subtraction and multiplication are
+// monotone, so a larger logit never falls in a later bin: the ids of bins 0 .. j are each more
+// likely than every id past them, and the ids top_k or top_p keep are found by sorting those
+// bins' ids only (a whole row's sort was most of a draw's time: docs/PERF.md).
 constexpr int kBins = 2048;
 constexpr int64_t kFewIds = 256;  // top_k up to this: largest_indices' one pass beats the bins' two
 struct Bins {
@@ -43,27 +43,34 @@ struct Bins {
     }
 };
 
-// A finite row's draw: its largest and smallest logit, and the weights: an id's logit's distance
-// below the largest, over the temperature, through exp: at most 1, and the largest's exactly 1
-// however small the temperature (1 / temperature is infinite below about 1e-308, and 0 x inf NaN).
+// A finite row's draw: its largest logit, and the weights: an id's logit's distance below the
+// largest (in double: a float difference of logits 6e38 apart overflows), over the temperature,
+// through fp32 exp: at most 1, and the largest's exactly 1 however small the temperature (1 /
+// temperature is infinite below about 1e-308, and 0 x inf NaN). low: the smallest logit whose
+// weight is not 0 in fp32 (exp underflows below -104), or the row's smallest where that is
+// higher; the bins span [low, top], so that ids held off at float's lowest (min_tokens) leave the
+// others their bins.
 struct Row {
     const float* logits;
     int64_t n;
-    float top = -INFINITY, bottom = INFINITY, inv_t;
+    float top = -INFINITY, low = INFINITY;
+    double inv_t;
     bool finite = true;
-    Row(const float* logits, int64_t n, double temperature) : logits(logits), n(n), inv_t((float)(1.0 / temperature)) {
+    Row(const float* logits, int64_t n, double temperature) : logits(logits), n(n), inv_t(1.0 / temperature) {
         for (int64_t i = 0; i < n; ++i) {
             finite &= std::isfinite(logits[i]);
-            top = std::max(top, logits[i]), bottom = std::min(bottom, logits[i]);
+            top = std::max(top, logits[i]), low = std::min(low, logits[i]);
         }
+        const double reach = (double)top - 104.0 * temperature;
+        if (reach > (double)low && (float)reach < top) low = (float)reach;
     }
-    float weight(int64_t id) const { return logits[id] == top ? 1.0f : std::exp((logits[id] - top) * inv_t); }
+    float weight(int64_t id) const { return logits[id] == top ? 1.0f : std::exp((float)(((double)logits[id] - (double)top) * inv_t)); }
 };
 
 // What a row's draw keeps between calls (a row's worth each: no allocation a step).
 struct Scratch {
     std::vector<float> w;  // weights by id
-    std::vector<int32_t> ids;
+    std::vector<int32_t> ids, edge;  // edge: top_p's last bin's ids
     std::vector<int64_t> count;
     std::vector<double> mass;
 };
@@ -75,26 +82,29 @@ void ids_through(const Row& row, const Bins& bins, int last, std::vector<int32_t
         if (bins(row.logits[i]) <= last) ids.push_back((int32_t)i);
 }
 
-// The fewest of ids (in order of likelihood) whose weights reach top_p of total; 0 where their
-// sum falls short of it (rounding).
-int64_t top_p_count(const std::vector<int32_t>& ids, const std::vector<float>& w, double total, double top_p) {
+// The fewest of ids whose weights reach top_p of total, more than `whole` (ids past those in order
+// of likelihood, each less likely than all of those); 0 where their sum falls short (rounding).
+int64_t top_p_count(const std::vector<int32_t>& ids, const std::vector<float>& w, double total, double top_p, int64_t whole) {
     double acc = 0;
     for (size_t i = 0; i < ids.size(); ++i)
-        if ((acc += (double)w[ids[i]] / total) >= top_p) return (int64_t)i + 1;
+        if ((acc += (double)w[ids[i]] / total) >= top_p && (int64_t)i >= whole) return (int64_t)i + 1;
     return 0;
 }
 
-// Where top_k or top_p apply: the ids they keep into s.ids, most likely first, and their weights
-// into s.w (HF's warpers' order: the top_k most likely, then the fewest of those whose probability
-// reaches top_p, at least one).
+// Where top_k or top_p apply: the ids they keep into s.ids and their weights into s.w (HF's
+// warpers' order: the top_k most likely, then the fewest of those whose probability reaches top_p,
+// at least one). Most likely first, but for top_p alone, where the ids of the bins it keeps whole
+// come first in the ids' order (a flat row's top_p keeps most of it, which a sort took 18 ms a
+// row to order).
 void keep(const Row& row, const SamplingParams& p, Scratch& s) {
     const int64_t n = row.n, k = p.top_k > 0 ? std::min(p.top_k, n) : n;
     std::vector<float>& w = s.w;
     std::vector<int32_t>& ids = s.ids;
     w.resize(n);
     const MoreLikely more{row.logits};
-    const Bins bins(row.top, row.bottom);
-    double total = 0;  // of the k most likely ids' weights (top_p is a fraction of it)
+    const Bins bins(row.top, row.low);
+    double total = 0;   // of the k most likely ids' weights (top_p is a fraction of it)
+    int64_t whole = 0;  // ids kept whatever top_p's cut, first in ids (in any order)
     if (k <= kFewIds) {
         ids.clear();
         for (int64_t id : largest_indices(row.logits, n, k)) ids.push_back((int32_t)id);
@@ -109,21 +119,30 @@ void keep(const Row& row, const SamplingParams& p, Scratch& s) {
         ids.resize(k);
         std::sort(ids.begin(), ids.end(), more);
         for (int32_t id : ids) total += (w[id] = row.weight(id));
-    } else {  // the fewest bins holding top_p of the weight
+    } else {  // the fewest bins holding top_p of the weight: all but the last kept whole (in the ids'
+              // order), the last's ids most likely first, where the walk below cuts
         s.mass.assign(kBins, 0.0);
         for (int64_t i = 0; i < n; ++i) s.mass[bins(row.logits[i])] += (w[i] = row.weight(i));
         for (int b = 0; b < kBins; ++b) total += s.mass[b];
         int last = 0;
         for (double held = s.mass[0]; held < p.top_p * total && last < kBins - 1; held += s.mass[++last]) {}
-        ids_through(row, bins, last, ids);
-        std::sort(ids.begin(), ids.end(), more);
+        ids.clear();
+        s.edge.clear();
+        for (int64_t i = 0; i < n; ++i) {
+            const int b = bins(row.logits[i]);
+            if (b < last) ids.push_back((int32_t)i);
+            else if (b == last) s.edge.push_back((int32_t)i);
+        }
+        whole = (int64_t)ids.size();
+        std::sort(s.edge.begin(), s.edge.end(), more);
+        ids.insert(ids.end(), s.edge.begin(), s.edge.end());
     }
     if (p.top_p >= 1) return;
-    int64_t reach = top_p_count(ids, w, total, p.top_p);
+    int64_t reach = top_p_count(ids, w, total, p.top_p, whole);
     if (!reach && k == n && (int64_t)ids.size() < n) {  // the bins' sums rounded past the walk's: every id
         ids_through(row, bins, kBins - 1, ids);
         std::sort(ids.begin(), ids.end(), more);
-        reach = top_p_count(ids, w, total, p.top_p);
+        reach = top_p_count(ids, w, total, p.top_p, 0);
     }
     if (reach) ids.resize(reach);
 }
@@ -170,6 +189,7 @@ std::vector<int32_t> kept_ids(const float* logits, int64_t n, const SamplingPara
     if (!row.finite || !ranks(p, n)) return ids;
     Scratch s;
     keep(row, p, s);
+    std::sort(s.ids.begin(), s.ids.end(), MoreLikely{logits});
     return s.ids;
 }
 
