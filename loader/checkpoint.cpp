@@ -23,10 +23,10 @@
 #include "common/check.h"
 #include "common/json_object.h"
 #include "common/path.h"
+#include "common/task_pool.h"
 #include "loader/hdf5.h"
 #include "loader/meta.h"
 #include "loader/quantized.h"
-#include "common/task_pool.h"
 #include "loader/regular_file.h"
 
 namespace fs = std::filesystem;

@@ -19,9 +19,9 @@
 
 #include "common/check.h"
 #include "common/path.h"
+#include "common/task_pool.h"
 #include "loader/checkpoint.h"
 #include "loader/meta_params.h"
-#include "common/task_pool.h"
 #include "loader/regular_file.h"
 #include "loader/torch_zip.h"
 

@@ -11,8 +11,8 @@
 #include <mutex>
 #include <set>
 
-#include "loader/dequant.h"
 #include "common/task_pool.h"
+#include "loader/dequant.h"
 
 namespace tpx {
 namespace {

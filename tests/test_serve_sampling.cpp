@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -180,9 +181,10 @@ TEST(ServeLogprobs, CompletionAndChatFormsWholeAndStreamed) {
 }
 
 // The answer to `body` at the first of seeds 0 .. 191 (sent 32 at once: the queue holds 64) that
-// has `property`: a case that draws reach now and then, whatever the sampler's stream.
+// has `property`: a case that draws reach now and then, whatever the sampler's stream. None (and
+// a failure) where no seed gives it.
 template <typename Property>
-ordered sampled_until(Server& server, bool chat, const json& body, Property property) {
+std::optional<ordered> sampled_until(Server& server, bool chat, const json& body, Property property) {
     constexpr int kRound = 32, kSeeds = 192;
     for (int first = 0; first < kSeeds; first += kRound) {
         const json arg = {{"chat", chat}, {"body", body}, {"first", first}, {"seeds", kRound}};
@@ -190,13 +192,13 @@ ordered sampled_until(Server& server, bool chat, const json& body, Property prop
         const ordered answers = ordered::parse(r.out, nullptr, false);
         if (r.exit_code != 0 || !answers.is_array()) {
             ADD_FAILURE() << r.out << r.err;
-            break;
+            return std::nullopt;
         }
         for (const ordered& a : answers)
             if (property(a)) return a;
     }
     ADD_FAILURE() << "no seed below " << kSeeds << " gave the sample sought for " << body.dump();
-    return ordered::object({{"choices", ordered::array({ordered::object()})}});
+    return std::nullopt;
 }
 
 // text_offset is where each token's text begins in the output's text (characters), the same
@@ -252,10 +254,12 @@ TEST(ServeLogprobs, TextOffsetsIndexTheTextWholeAndStreamed) {
     const json chat_body = {{"messages", {{{"role", "user"}, {"content", "\xF0\x9F\x8E\x89\xF0\x9F\x8E\x89\xF0\x9F\x8E\x89"}}}},
                             {"max_tokens", 6}, {"temperature", 1.5}, {"logprobs", true}};
     const auto partial = [&](const ordered& t) { return t["token"].get<std::string>().find(kReplacement) != std::string::npos; };
-    const ordered chat = sampled_until(server, true, chat_body, [&](const ordered& r) {
+    const std::optional<ordered> found = sampled_until(server, true, chat_body, [&](const ordered& r) {
         const ordered& content = r["choices"][0]["logprobs"]["content"];
         return std::any_of(content.begin(), content.end(), partial);
     });
+    ASSERT_TRUE(found.has_value());
+    const ordered& chat = *found;
     for (const ordered& t : chat["choices"][0]["logprobs"]["content"]) {
         if (!partial(t)) continue;
         std::string raw;

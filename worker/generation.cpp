@@ -9,8 +9,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <thread>
 #include <optional>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -99,35 +99,51 @@ TokenBatch prefill_batch(const std::vector<Prompt>& prompts, size_t first, size_
     return batch;
 }
 
-// Rank 0's choice for each active sequence of the batch (the device's argmax, or a sample from
-// its logits, changed first by [run.sampling]'s penalties, the rows spread over `rows`' threads),
-// then, where stop strings apply, whether the token completes one: [count] tokens, then [count]
-// stop flags. Stop strings are read off the text, which only rank 0 decodes: its verdict travels
-// with the token. penalised: a row the penalties change, one a part of `rows`.
-std::vector<int32_t> choose_tokens(const std::vector<int32_t>& active, bool device_argmax, const std::vector<int32_t>& next_ids,
-                                   const std::vector<const float*>& next_logits, int64_t vocab, std::vector<std::mt19937_64>& rngs,
-                                   std::vector<SequenceResult>& results, size_t first, const GenerationSettings& s, StepRows* rows,
-                                   std::vector<std::vector<float>>& penalised) {
+// What rank 0 draws with: each prompt of the batch samples from its own stream (so its tokens do
+// not depend on the other prompts, on max_batch or on the world size; made per batch, 2.5 KB
+// each), the rows spread over `rows`' threads, each part with a copy of a row the penalties change.
+struct Draws {
+    std::vector<std::mt19937_64> rngs;
+    StepRows rows;
+    std::vector<std::vector<float>> penalised;
+    void start_batch(const std::vector<Prompt>& prompts, size_t first, size_t count, uint64_t seed) {
+        rngs.clear();
+        for (size_t b = 0; b < count; ++b) rngs.push_back(prompt_rng(seed, prompts[first + b].id));
+    }
+};
+
+// Rank 0's sample for each active sequence of the batch from its logits, changed first by
+// [run.sampling]'s penalties (-1 where they leave no finite row), the rows over draws.rows.
+std::vector<int32_t> draw_tokens(const std::vector<int32_t>& active, const std::vector<const float*>& next_logits, int64_t vocab, Draws& draws,
+                                 const std::vector<SequenceResult>& results, size_t first, const GenerationSettings& s) {
+    std::vector<int32_t> drawn(active.size(), 0);
+    draws.penalised.resize((size_t)draws.rows.parts());
+    draws.rows.run((int64_t)active.size(), [&](int64_t b, int part) {
+        if (!active[b]) return;
+        const float* row = next_logits[b];
+        if (s.penalties.any()) {
+            std::vector<float>& penalised = draws.penalised[part];
+            penalised.assign(row, row + vocab);
+            cpu::apply_penalties(penalised.data(), vocab, s.penalties, results[first + b].prompt.tokens, results[first + b].output);
+            row = penalised.data();
+        }
+        drawn[b] = (int32_t)cpu::sample(row, vocab, s.sampling, draws.rngs[b]);
+    });
+    return drawn;
+}
+
+// What rank 0 broadcasts of a step: the active sequences' tokens (the device's argmax or the
+// draws), then, where stop strings apply, whether each completes one: [count] tokens, then
+// [count] stop flags. Stop strings are read off the text, which only rank 0 decodes: its verdict
+// travels with the token.
+std::vector<int32_t> with_stops(const std::vector<int32_t>& active, const std::vector<int32_t>& tokens, std::vector<SequenceResult>& results,
+                                size_t first, const GenerationSettings& s) {
     const size_t count = active.size();
     std::vector<int32_t> chosen(2 * count, 0);
-    if (device_argmax) {
-        for (size_t b = 0; b < count; ++b) chosen[b] = active[b] ? next_ids[b] : 0;
-    } else {
-        penalised.resize((size_t)rows->parts());
-        rows->run((int64_t)count, [&](int64_t b, int part) {
-            if (!active[b]) return;
-            const float* row = next_logits[b];
-            if (s.penalties.any()) {
-                penalised[part].assign(row, row + vocab);
-                cpu::apply_penalties(penalised[part].data(), vocab, s.penalties, results[first + b].prompt.tokens, results[first + b].output);
-                row = penalised[part].data();
-            }
-            chosen[b] = (int32_t)cpu::sample(row, vocab, s.sampling, rngs[b]);
-        });
-    }
     for (size_t b = 0; b < count; ++b) {
         if (!active[b]) continue;
         const SequenceResult& r = results[first + b];
+        chosen[b] = tokens[b];
         if (chosen[b] < 0)  // (the raw row was finite: check_finite)
             throw Error("prompt " + r.prompt.id + ": the logits as [run.sampling]'s penalties change them (presence_penalty " +
                             std::to_string(s.penalties.presence) + ", frequency_penalty " + std::to_string(s.penalties.frequency) +
@@ -158,23 +174,25 @@ std::mt19937_64 prompt_rng(uint64_t seed, const std::string& prompt_id) {
 std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const std::vector<Prompt>& prompts,
                                      const GenerationSettings& s) {
     const int64_t vocab = exec.vocab();
-    // Each prompt samples from its own stream (rank 0 only draws), so its tokens do not depend
-    // on the other prompts, on max_batch or on the world size; made per batch (2.5 KB each).
-    std::vector<std::mt19937_64> rngs;
     // Greedy without logits to keep: the backend picks the tokens itself (on the GPU, only the
     // ids come back), and every rank has the same ids; rank 0's are still the ones broadcast.
     const bool device_argmax = s.sampling.temperature <= 0 && !s.keep_logits && !s.penalties.any();
     std::vector<int32_t> argmax_ids;
-    std::optional<StepRows> rows;  // rank 0's threads for the rows' draws
-    if (comm.rank() == 0 && !device_argmax) rows.emplace();
-    std::vector<std::vector<float>> penalised;
+    // Only rank 0 reads logits (it chooses, and writes --dump-logits): the others' forward leaves
+    // them on the device.
+    const bool chooser = comm.rank() == 0;
+    const auto step_forward = [&](const TokenBatch& b, std::vector<float>& logits) {
+        if (device_argmax) argmax_ids = exec.forward_argmax(b);
+        else if (chooser) logits = exec.forward(b);
+        else exec.forward_follower(b, true);
+    };
+    std::optional<Draws> draws;
+    if (chooser && !device_argmax) draws.emplace();
     std::vector<SequenceResult> results(prompts.size());
     const Clock::time_point run_start = Clock::now();
     for (size_t first = 0; first < prompts.size(); first += (size_t)s.max_batch) {
         size_t count = std::min<size_t>((size_t)s.max_batch, prompts.size() - first);
-        rngs.clear();
-        if (comm.rank() == 0)
-            for (size_t b = 0; b < count; ++b) rngs.push_back(prompt_rng(s.seed, prompts[first + b].id));
+        if (draws) draws->start_batch(prompts, first, count, s.seed);
         std::vector<int64_t> last_row(count);
         const TokenBatch batch = prefill_batch(prompts, first, count, s.keep_logits, last_row);
         for (size_t b = 0; b < count; ++b) results[first + b].prompt = prompts[first + b];
@@ -184,8 +202,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                                batch.ids.size() >= 4096);
         auto t0 = Clock::now();
         std::vector<float> logits;
-        if (device_argmax) argmax_ids = exec.forward_argmax(batch);
-        else logits = exec.forward(batch);
+        step_forward(batch, logits);
         double prefill_ms = ms_since(t0);
         std::vector<const float*> next_logits(count, nullptr);
         std::vector<int32_t> next_ids(count, 0);
@@ -193,12 +210,12 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
         for (size_t b = 0; b < count; ++b) {
             int64_t row = s.keep_logits ? last_row[b] : (int64_t)b;
             if (device_argmax) next_ids[b] = argmax_ids[row];
-            else next_logits[b] = &logits[row * vocab];
+            else if (chooser) next_logits[b] = &logits[row * vocab];
             if (comm.rank() == 0 && (device_argmax ? next_ids[b] < 0 : !all_finite(next_logits[b], vocab)))
                 non_finite.push_back(prompts[first + b].id);
             SequenceResult& r = results[first + b];
             r.time_to_first_token_ms = prefill_ms;
-            if (s.keep_logits) {
+            if (s.keep_logits && chooser) {
                 int64_t start = last_row[b] + 1 - (int64_t)r.prompt.tokens.size();
                 r.prompt_logits.assign(logits.begin() + start * vocab, logits.begin() + (last_row[b] + 1) * vocab);
             }
@@ -212,13 +229,16 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
         for (int64_t step = 0; step < s.max_new_tokens; ++step) {
             // Rank 0 chooses; every rank gets the same tokens and the same finished flags.
             std::vector<int32_t> chosen(2 * count, 0);
-            if (comm.rank() == 0) chosen = choose_tokens(active, device_argmax, next_ids, next_logits, vocab, rngs, results, first, s, rows ? &*rows : nullptr, penalised);
+            if (chooser) {
+                const std::vector<int32_t> tokens = device_argmax ? next_ids : draw_tokens(active, next_logits, vocab, *draws, results, first, s);
+                chosen = with_stops(active, tokens, results, first, s);
+            }
             comm.broadcast(chosen.data(), 2 * count * sizeof(int32_t), 0);
             TokenBatch next;
             for (size_t b = 0; b < count; ++b) {
                 if (!active[b]) continue;
                 SequenceResult& r = results[first + b];
-                if (s.keep_logits) r.step_logits.insert(r.step_logits.end(), next_logits[b], next_logits[b] + vocab);
+                if (s.keep_logits && chooser) r.step_logits.insert(r.step_logits.end(), next_logits[b], next_logits[b] + vocab);
                 r.output.push_back(chosen[b]);
                 bool eos = std::find(s.eos.begin(), s.eos.end(), (int64_t)chosen[b]) != s.eos.end();
                 bool stopped = chosen[count + b] != 0;
@@ -235,13 +255,12 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
             if (s.progress) show_progress(*s.progress, results, first, count, step + 1, s.max_new_tokens, run_start);
             if (next.ids.empty()) break;
             if (s.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(s.step_delay_ms));
-            if (device_argmax) argmax_ids = exec.forward_argmax(next);
-            else logits = exec.forward(next);
+            step_forward(next, logits);
             size_t row = 0;
             for (size_t b = 0; b < count; ++b) {
                 if (!active[b]) continue;
                 if (device_argmax) next_ids[b] = argmax_ids[row++];
-                else next_logits[b] = &logits[(row++) * vocab];
+                else if (chooser) next_logits[b] = &logits[(row++) * vocab];
                 if (comm.rank() == 0 && (device_argmax ? next_ids[b] < 0 : !all_finite(next_logits[b], vocab)))
                     non_finite.push_back(prompts[first + b].id);
             }

@@ -1,7 +1,7 @@
 // Rank 0's work on each row of a step's logits (a token's choice: penalties, the draw, logprobs),
 // spread over a pool of threads: a row's work reads the logits and changes only its own
 // sequence's state and its part's scratch, so the tokens are the same however the rows are
-// spread. (Drawing from a 128k vocabulary takes about 1 ms a row: docs/PERF.md.)
+// spread. (A draw over a large vocabulary costs rank 0 about a millisecond: docs/PERF.md.)
 #pragma once
 
 #include <cstdint>
@@ -20,7 +20,9 @@ public:
 
     int parts() const { return pool_.threads(); }
     // fn(row, part) for each row in [0, rows), in parts of consecutive rows (part < parts()), each
-    // part's rows in order on one thread. fn must not throw: a row's failure is its result.
+    // part's rows in order on one thread. An exception a row throws reaches the caller once the
+    // parts already running end (TaskPool::run); a row whose failure is an answer (a call's 500)
+    // returns it as its result instead.
     void run(int64_t rows, const std::function<void(int64_t row, int part)>& fn);
 
 private:
