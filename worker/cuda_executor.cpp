@@ -135,6 +135,7 @@ CudaExecutor::~CudaExecutor() {
         cudaFree(p);
     cudaFreeHost(inputs_host_);
     cudaFreeHost(argmax_host_);
+    cudaFreeHost(logits_host_);
     if (cublas_) cublasDestroy(cublas_);
 }
 
@@ -202,14 +203,34 @@ void CudaExecutor::forward_follower(const TokenBatch& batch, bool logits) {
 }
 
 std::vector<float> CudaExecutor::finish_logits(int64_t R) {
+    std::vector<float> host(R * vocab_);
+    copy_logits(R, host.data());
+    return host;
+}
+
+void CudaExecutor::copy_logits(int64_t R, float* host) {
     TPX_CHECK(!hidden_out_, "logits asked of a pipeline stage before the last");
     TPX_CHECK(!last_greedy_, "logits asked of a forward enqueued to end in its argmax");
-    std::vector<float> host(R * vocab_);
-    // The wait first: a copy to pageable memory blocks the host until the stream reaches it,
-    // which with a stopped peer would be never.
+    // The wait first: a copy to the host blocks it until the stream reaches the copy, which with
+    // a stopped peer would be never.
     sync_with_watchdog(stream_, nccl_, timeout_s_);
-    CUDA_CHECK(cudaMemcpy(host.data(), logits_, host.size() * sizeof(float), cudaMemcpyDeviceToHost));
-    return host;
+    CUDA_CHECK(cudaMemcpy(host, logits_, R * vocab_ * sizeof(float), cudaMemcpyDeviceToHost));
+}
+
+const float* CudaExecutor::forward_view(const TokenBatch& batch) {
+    const int64_t R = enqueue(batch, false);
+    if (R > kPinnedLogitRows) {
+        view_ = finish_logits(R);
+        return view_.data();
+    }
+    if (R > logits_host_rows_) {
+        cudaFreeHost(logits_host_);
+        logits_host_ = nullptr;
+        logits_host_rows_ = std::min(kPinnedLogitRows, std::max<int64_t>(R, 64));
+        CUDA_CHECK(cudaHostAlloc(&logits_host_, logits_host_rows_ * vocab_ * sizeof(float), cudaHostAllocDefault));
+    }
+    copy_logits(R, logits_host_);
+    return logits_host_;
 }
 
 namespace {

@@ -37,6 +37,7 @@ public:
     std::vector<float> forward(const TokenBatch& batch) override;
     std::vector<int32_t> forward_argmax(const TokenBatch& batch) override;
     void forward_follower(const TokenBatch& batch, bool logits) override;
+    const float* forward_view(const TokenBatch& batch) override;
     int64_t vocab() const override { return vocab_; }
 
     // A pipeline stage (worker/cuda_pipeline.h). A graph cut to a stage after the first starts
@@ -52,6 +53,8 @@ public:
     int64_t enqueue_stage(const TokenBatch& batch, bool greedy) { return enqueue(batch, greedy); }
     std::vector<float> finish_logits(int64_t rows);
     std::vector<int32_t> finish_argmax(int64_t rows);
+    // finish_logits into `host` (rows x vocab floats).
+    void copy_logits(int64_t rows, float* host);
     void sync();  // the stream, under the collective watchdog
     cudaStream_t stream() const { return stream_; }
     int64_t kv_cache_bytes() const override { return kv_bytes_; }
@@ -145,6 +148,10 @@ private:
     __nv_bfloat16* stage_in_ = nullptr;
     __nv_bfloat16* stage_out_ = nullptr;
     float* logits_ = nullptr;
+    // forward_view's pinned rows (up to kPinnedLogitRows; more go through a vector).
+    static constexpr int64_t kPinnedLogitRows = 256;
+    float* logits_host_ = nullptr;
+    int64_t logits_host_rows_ = 0;
     int32_t* argmax_ = nullptr;
     void* argmax_scratch_ = nullptr;  // cuda::argmax_scratch_bytes(output_capacity_)
     float* moe_weights_ = nullptr;

@@ -41,6 +41,13 @@ public:
     // The argmax of each wanted row (greedy decoding): the GPU backend finds it on the device
     // and copies back one id per row instead of the whole vocabulary.
     virtual std::vector<int32_t> forward_argmax(const TokenBatch& batch);
+    // forward's logits in a host buffer the executor keeps, valid until its next forward (a
+    // serve step's rows are read in place). The GPU backend reuses pinned memory: a fresh vector
+    // a step is 33 MB at batch 64 of a 128k vocabulary, its pages faulted in and the copy staged.
+    virtual const float* forward_view(const TokenBatch& batch) {
+        view_ = forward(batch);
+        return view_.data();
+    }
     // A follower's part of a step whose outcome only rank 0 reads (`tpx serve`'s other ranks):
     // `logits` says which of forward and forward_argmax rank 0 runs, so that every rank runs the
     // same kernels and collectives. The GPU backend leaves the logits on the device.
@@ -67,6 +74,9 @@ public:
     virtual std::string refit_limit() const { return ""; }
     // Zeroes the KV cache (its rows came from the weights that were replaced).
     virtual void clear_kv_cache() = 0;
+
+protected:
+    std::vector<float> view_;  // forward_view's, where the backend has no buffer of its own
 };
 
 class CpuExecutor : public Executor {

@@ -113,6 +113,8 @@ public:
     Scheduler(Executor& exec, MpiCommunicator& comm, ServeFront& front, const ServeSettings& s)
         : exec_(exec), comm_(comm), front_(front), s_(s), slots_((size_t)s.slots) {}
 
+    int choice_threads() const { return rows_.parts(); }
+
     void run(const std::vector<Peer>& peers) {
         std::atomic<bool> stop_monitor{false};
         std::thread monitor([&] { watch_peers(peers, stop_monitor); });
@@ -339,9 +341,9 @@ private:
         for (int64_t r : batch.logit_rows) payload.push_back((int32_t)r);
         comm_.broadcast(payload.data(), payload.size() * sizeof(int32_t), 0);
         if (s_.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(s_.step_delay_ms));
-        std::vector<float> logits;
+        const float* logits = nullptr;  // (the executor's, until its next forward)
         std::vector<int32_t> argmax;
-        if (want_logits) logits = exec_.forward(batch);
+        if (want_logits) logits = exec_.forward_view(batch);
         else argmax = exec_.forward_argmax(batch);
         const int64_t vocab = exec_.vocab();
         // Each row's token (and logprobs) from its logits, the rows spread over threads; then,
@@ -583,8 +585,10 @@ void serve(Executor& exec, MpiCommunicator& comm, ServeFront* front, const Serve
     if (comm.rank() != 0) return follow(exec, comm, settings);
     if (settings.ready_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settings.ready_delay_ms));
     front->http.set_ready();
-    log_info("serve: ready: model '", front->model_name, "' on port ", front->port, ", ", settings.slots, " KV slots");
-    Scheduler(exec, comm, *front, settings).run(peers);
+    Scheduler scheduler(exec, comm, *front, settings);
+    log_info("serve: ready: model '", front->model_name, "' on port ", front->port, ", ", settings.slots, " KV slots, token choices on ",
+             scheduler.choice_threads(), " threads (the cores rank 0 may use, at most ", StepRows::kMaxThreads, ")");
+    scheduler.run(peers);
     front->http.stop();
     log_info("serve: stopped");
 }
