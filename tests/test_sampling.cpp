@@ -163,7 +163,8 @@ TEST(Sampling, KeptIdsAreTheDefinitions) {
 
 // Rows at the float range's ends keep the definition's ids too: a spread too wide to subtract
 // (bins of an infinite width), every logit equal, ids held off at float's lowest (min_tokens)
-// beside ordinary ones, and one id.
+// beside ordinary ones (whatever the bins' span, the kept ids are the same: the span is a matter
+// of speed, docs/PERF.md), and one id.
 TEST(Sampling, KeptIdsOfExtremeRows) {
     std::vector<float> wide = {3e38f, -3e38f, 1.0f, 3e38f, -1.0f, 0.0f, -3e38f, 2e38f};
     std::vector<float> flat(500, 7.0f);

@@ -2,6 +2,7 @@
 // once, in parts of consecutive rows, each part in order on one thread, whatever the counts.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -49,9 +50,9 @@ TEST(StepRows, ThreadsOfTheRankAndFailuresPassedOn) {
         if (row == 5) throw std::runtime_error("row 5");
     }),
                  std::runtime_error);
-    int64_t after = 0;
-    spread.run(3, [&](int64_t, int) { __atomic_add_fetch(&after, 1, __ATOMIC_RELAXED); });
-    EXPECT_EQ(after, 3) << "the pool works after a failure";
+    std::atomic<int64_t> after{0};
+    spread.run(3, [&](int64_t, int) { ++after; });
+    EXPECT_EQ(after.load(), 3) << "the pool works after a failure";
 }
 
 }  // namespace

@@ -218,18 +218,24 @@ void CudaExecutor::copy_logits(int64_t R, float* host) {
 }
 
 const float* CudaExecutor::forward_view(const TokenBatch& batch) {
-    const int64_t R = enqueue(batch, false);
+    const int64_t R = batch.logit_rows.empty() ? (int64_t)batch.ids.size() : (int64_t)batch.logit_rows.size();
     if (R > kPinnedLogitRows) {
-        view_ = finish_logits(R);
+        view_ = finish_logits(enqueue(batch, false));
         return view_.data();
     }
+    // Grown before the step is enqueued: allocating or freeing pinned memory waits for the device,
+    // which outside the watchdog's sync would wait for a stopped peer for ever. Powers of two
+    // from 64 rows, so that a batch filling up reallocates at most three times.
     if (R > logits_host_rows_) {
+        int64_t rows = 64;
+        while (rows < R) rows *= 2;
         cudaFreeHost(logits_host_);
-        logits_host_ = nullptr;
-        logits_host_rows_ = std::min(kPinnedLogitRows, std::max<int64_t>(R, 64));
-        CUDA_CHECK(cudaHostAlloc(&logits_host_, logits_host_rows_ * vocab_ * sizeof(float), cudaHostAllocDefault));
+        logits_host_ = nullptr, logits_host_rows_ = 0;
+        float* host = nullptr;
+        CUDA_CHECK(cudaHostAlloc(&host, rows * vocab_ * sizeof(float), cudaHostAllocDefault));
+        logits_host_ = host, logits_host_rows_ = rows;
     }
-    copy_logits(R, logits_host_);
+    copy_logits(enqueue(batch, false), logits_host_);
     return logits_host_;
 }
 

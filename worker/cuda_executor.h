@@ -53,8 +53,6 @@ public:
     int64_t enqueue_stage(const TokenBatch& batch, bool greedy) { return enqueue(batch, greedy); }
     std::vector<float> finish_logits(int64_t rows);
     std::vector<int32_t> finish_argmax(int64_t rows);
-    // finish_logits into `host` (rows x vocab floats).
-    void copy_logits(int64_t rows, float* host);
     void sync();  // the stream, under the collective watchdog
     cudaStream_t stream() const { return stream_; }
     int64_t kv_cache_bytes() const override { return kv_bytes_; }
@@ -79,6 +77,8 @@ public:
     int fused_all_reduces() const { return fused_all_reduces_; }
 
 private:
+    // finish_logits into `host` (rows x vocab floats).
+    void copy_logits(int64_t rows, float* host);
     void ensure_inputs(int64_t tokens, int64_t rows);
     // Stages the batch and enqueues the forward (a graph replay for decode steps), ending in the
     // rows' argmax when `greedy`, else in their fp32 logits; returns rows.
@@ -148,7 +148,7 @@ private:
     __nv_bfloat16* stage_in_ = nullptr;
     __nv_bfloat16* stage_out_ = nullptr;
     float* logits_ = nullptr;
-    // forward_view's pinned rows (up to kPinnedLogitRows; more go through a vector).
+    // forward_view's pinned rows (up to kPinnedLogitRows; more go through view_, a vector).
     static constexpr int64_t kPinnedLogitRows = 256;
     float* logits_host_ = nullptr;
     int64_t logits_host_rows_ = 0;

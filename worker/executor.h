@@ -76,7 +76,7 @@ public:
     virtual void clear_kv_cache() = 0;
 
 protected:
-    std::vector<float> view_;  // forward_view's, where the backend has no buffer of its own
+    std::vector<float> view_;  // forward_view's default's (and a backend's past its own buffer)
 };
 
 class CpuExecutor : public Executor {

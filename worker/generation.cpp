@@ -178,12 +178,12 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
     // ids come back), and every rank has the same ids; rank 0's are still the ones broadcast.
     const bool device_argmax = s.sampling.temperature <= 0 && !s.keep_logits && !s.penalties.any();
     std::vector<int32_t> argmax_ids;
-    // Only rank 0 reads logits (it chooses, and writes --dump-logits): the others' forward leaves
-    // them on the device.
+    // Only rank 0 reads logits (it chooses, and writes --dump-logits), in place in the executor's
+    // buffer until the next forward: the others' forward leaves them on the device.
     const bool chooser = comm.rank() == 0;
-    const auto step_forward = [&](const TokenBatch& b, std::vector<float>& logits) {
+    const auto step_forward = [&](const TokenBatch& b, const float*& logits) {
         if (device_argmax) argmax_ids = exec.forward_argmax(b);
-        else if (chooser) logits = exec.forward(b);
+        else if (chooser) logits = exec.forward_view(b);
         else exec.forward_follower(b, true);
     };
     std::optional<Draws> draws;
@@ -201,7 +201,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                                    std::to_string(prompts.size()) + ", " + std::to_string(batch.ids.size()) + " tokens",
                                batch.ids.size() >= 4096);
         auto t0 = Clock::now();
-        std::vector<float> logits;
+        const float* logits = nullptr;
         step_forward(batch, logits);
         double prefill_ms = ms_since(t0);
         std::vector<const float*> next_logits(count, nullptr);
@@ -211,20 +211,20 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
             int64_t row = s.keep_logits ? last_row[b] : (int64_t)b;
             if (device_argmax) next_ids[b] = argmax_ids[row];
             else if (chooser) next_logits[b] = &logits[row * vocab];
-            if (comm.rank() == 0 && (device_argmax ? next_ids[b] < 0 : !all_finite(next_logits[b], vocab)))
+            if (chooser && (device_argmax ? next_ids[b] < 0 : !all_finite(next_logits[b], vocab)))
                 non_finite.push_back(prompts[first + b].id);
             SequenceResult& r = results[first + b];
             r.time_to_first_token_ms = prefill_ms;
             if (s.keep_logits && chooser) {
                 int64_t start = last_row[b] + 1 - (int64_t)r.prompt.tokens.size();
-                r.prompt_logits.assign(logits.begin() + start * vocab, logits.begin() + (last_row[b] + 1) * vocab);
+                r.prompt_logits.assign(logits + start * vocab, logits + (last_row[b] + 1) * vocab);
             }
         }
         check_finite(non_finite, 0, s.model_path);
         // Decode: one token per unfinished sequence per step.
         std::vector<int32_t> active(count, s.max_new_tokens > 0 ? 1 : 0);
         for (size_t b = 0; b < count; ++b)
-            if (!active[b]) finish(results[first + b], "length", comm.rank() == 0, s);
+            if (!active[b]) finish(results[first + b], "length", chooser, s);
         auto decode_start = Clock::now();
         for (int64_t step = 0; step < s.max_new_tokens; ++step) {
             // Rank 0 chooses; every rank gets the same tokens and the same finished flags.
@@ -243,7 +243,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                 bool eos = std::find(s.eos.begin(), s.eos.end(), (int64_t)chosen[b]) != s.eos.end();
                 bool stopped = chosen[count + b] != 0;
                 if (eos || stopped || (int64_t)r.output.size() >= s.max_new_tokens) {
-                    finish(r, stopped ? "stop" : eos ? "eos" : "length", comm.rank() == 0, s);
+                    finish(r, stopped ? "stop" : eos ? "eos" : "length", chooser, s);
                     active[b] = 0;
                     continue;
                 }
@@ -261,7 +261,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                 if (!active[b]) continue;
                 if (device_argmax) next_ids[b] = argmax_ids[row++];
                 else if (chooser) next_logits[b] = &logits[(row++) * vocab];
-                if (comm.rank() == 0 && (device_argmax ? next_ids[b] < 0 : !all_finite(next_logits[b], vocab)))
+                if (chooser && (device_argmax ? next_ids[b] < 0 : !all_finite(next_logits[b], vocab)))
                     non_finite.push_back(prompts[first + b].id);
             }
             check_finite(non_finite, step + 1, s.model_path);

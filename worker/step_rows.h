@@ -1,7 +1,7 @@
 // Rank 0's work on each row of a step's logits (a token's choice: penalties, the draw, logprobs),
 // spread over a pool of threads: a row's work reads the logits and changes only its own
 // sequence's state and its part's scratch, so the tokens are the same however the rows are
-// spread. (A draw over a large vocabulary costs rank 0 about a millisecond: docs/PERF.md.)
+// spread. (What a draw costs rank 0: docs/PERF.md.)
 #pragma once
 
 #include <cstdint>

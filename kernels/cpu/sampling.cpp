@@ -94,8 +94,7 @@ int64_t top_p_count(const std::vector<int32_t>& ids, const std::vector<float>& w
 // Where top_k or top_p apply: the ids they keep into s.ids and their weights into s.w (HF's
 // warpers' order: the top_k most likely, then the fewest of those whose probability reaches top_p,
 // at least one). Most likely first, but for top_p alone, where the ids of the bins it keeps whole
-// come first in the ids' order (a flat row's top_p keeps most of it, which a sort took 18 ms a
-// row to order).
+// come first in the ids' order (a flat row's top_p keeps most of it: docs/PERF.md).
 void keep(const Row& row, const SamplingParams& p, Scratch& s) {
     const int64_t n = row.n, k = p.top_k > 0 ? std::min(p.top_k, n) : n;
     std::vector<float>& w = s.w;
