@@ -3,6 +3,7 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -74,7 +75,9 @@ inline std::string tpx_bin(const char* name) { return std::string(TPX_BIN_DIR) +
 
 namespace tpx_test {
 
-// A process started in the background (its own process group), output to files.
+// A process started in the background (its own process group), output to files. It gets SIGTERM
+// when the test process ends, however that ends (a ctest timeout, a closed pipe): a server or a
+// job it started never outlives the test.
 struct Background {
     pid_t pid = -1;
     std::string out_path, err_path;
@@ -87,9 +90,12 @@ inline Background start_background(const std::string& command) {
     b.out_path = dir + "/out";
     b.err_path = dir + "/err";
     b.started = std::chrono::steady_clock::now();
+    const pid_t parent = getpid();
     b.pid = fork();
     if (b.pid == 0) {
         setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) _exit(127);  // the test ended before the line above
         std::string full = "exec " + command + " >" + b.out_path + " 2>" + b.err_path + " </dev/null";
         execl("/bin/sh", "sh", "-c", full.c_str(), (char*)nullptr);
         _exit(127);
