@@ -218,7 +218,7 @@ void CudaExecutor::copy_logits(int64_t R, float* host) {
 }
 
 const float* CudaExecutor::forward_view(const TokenBatch& batch) {
-    const int64_t R = batch.logit_rows.empty() ? (int64_t)batch.ids.size() : (int64_t)batch.logit_rows.size();
+    const int64_t R = batch.rows();
     if (R > kPinnedLogitRows) {
         view_ = finish_logits(enqueue(batch, false));
         return view_.data();
@@ -282,7 +282,7 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch, bool greedy_rows) {
     const bool greedy = greedy_rows && !hidden_out_;
     last_greedy_ = greedy_rows;
     const int64_t T = (int64_t)batch.ids.size();
-    const int64_t R = batch.logit_rows.empty() ? T : (int64_t)batch.logit_rows.size();
+    const int64_t R = batch.rows();
     check_batch(batch, slots_, max_seq_);
     ensure_inputs(T, R);
     if (!step_begin_) {  // before any capture: every decode graph records the step's start

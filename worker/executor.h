@@ -24,6 +24,8 @@ struct TokenBatch {
     std::vector<int32_t> positions;
     std::vector<int32_t> slots;      // KV-cache slot (sequence) of each token
     std::vector<int64_t> logit_rows; // tokens whose logits are wanted, in order
+    // The rows a forward returns: those of logit_rows, or every token's where it names none.
+    int64_t rows() const { return logit_rows.empty() ? (int64_t)ids.size() : (int64_t)logit_rows.size(); }
 };
 
 // The rope node's attributes as the kernels' parameters (the GPU backend uses it too).
