@@ -39,4 +39,13 @@ size_t finished_length(const std::string& text) {
     return end;
 }
 
+size_t final_prefix(const std::string& text, const std::vector<std::string>& stops) {
+    size_t end = finished_length(text);
+    size_t hold = 0;
+    for (const std::string& s : stops) hold = std::max(hold, s.size() - 1);
+    end = end > hold ? end - hold : 0;
+    while (end > 0 && end < text.size() && ((unsigned char)text[end] & 0xC0) == 0x80) --end;
+    return end;
+}
+
 }  // namespace tpx

@@ -48,4 +48,8 @@ inline std::string without_unfinished_char(std::string text) {
     return text;
 }
 
+// The longest prefix of `text` that is final (what a stream may send): no trailing incomplete
+// UTF-8 character (decoded as U+FFFD) and, with stop strings, not the last bytes that could begin one.
+size_t final_prefix(const std::string& text, const std::vector<std::string>& stops);
+
 }  // namespace tpx
