@@ -83,6 +83,8 @@ def main():
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else each call sampled (seeded by its index)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--logprobs-every", type=int, default=0,
+                   help="every n-th call also asks for its tokens' logprobs (1 most likely beside): rows rank 0 reads on the host")
     args = p.parse_args()
 
     reqs = request_set(args)
@@ -97,9 +99,13 @@ def main():
         model = json.loads(conn.getresponse().read())["data"][0]["id"]
 
     def sampling(index):
+        out = {"temperature": 0}
+        if args.temperature > 0:
+            out = {"temperature": args.temperature, "seed": index + 1}
+        if args.logprobs_every > 0 and index % args.logprobs_every == 0:
+            out["logprobs"] = 1
         if args.temperature <= 0:
-            return {"temperature": 0}
-        out = {"temperature": args.temperature, "seed": index + 1}
+            return out
         if args.top_p < 1:
             out["top_p"] = args.top_p
         if args.top_k > 0:

@@ -20,7 +20,7 @@ std::string format_kernel_config(const KernelConfig& c) {
        << " attention_rope=" << on(c.attention_rope) << " attention_mma=" << on(c.attention_mma) << " flash_tile=" << c.flash_tile
        << " flash_short_max=" << c.flash_short_max << " gemm_tune=" << on(c.gemm_tune)
        << " residual_epilogue=" << on(c.residual_epilogue) << " quant_prefill=" << c.quant_prefill << " quant_gemv_tokens=" << c.quant_gemv_tokens << " quant_mma=" << on(c.quant_mma) << " quant_ring=" << on(c.quant_ring) << " moe=" << c.moe << " oneshot=" << on(c.oneshot)
-       << " fused_all_reduce=" << on(c.fused_all_reduce) << " profile=" << on(c.profile);
+       << " fused_all_reduce=" << on(c.fused_all_reduce) << " device_draws=" << on(c.device_draws) << " profile=" << on(c.profile);
     return os.str();
 }
 

@@ -93,6 +93,7 @@ void emit_tuning(std::ostream& os, const KernelConfig& k) {
     kv("moe", fmt(k.moe));
     kv("oneshot", fmt(k.oneshot));
     kv("fused_all_reduce", fmt(k.fused_all_reduce));
+    kv("device_draws", fmt(k.device_draws));
     kv("profile", fmt(k.profile));
 }
 

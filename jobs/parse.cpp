@@ -191,6 +191,7 @@ void parse_tuning(Section t, KernelConfig& k) {
     t.get_string("moe", k.moe, {"auto", "sparse", "grouped", "dense"});
     t.get_bool("oneshot", k.oneshot);
     t.get_bool("fused_all_reduce", k.fused_all_reduce);
+    t.get_bool("device_draws", k.device_draws);
     t.get_bool("profile", k.profile);
     t.reject_unknown();
 }

@@ -6,6 +6,7 @@
 // on the second step and replayed): bf16 logits within 2e-2 of HF's (max abs error over max abs
 // reference, as test_gpu_run), and the argmax equal to HF's wherever HF's top-two gap exceeds
 // 0.05. With two GPUs or more, also `tpx run` at pp = 2 (NCCL send/recv between the devices).
+// And the executor's draws on the device against their CPU twin (GpuDraws).
 // Skips without a GPU.
 #include <gtest/gtest.h>
 
@@ -17,6 +18,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -160,6 +162,54 @@ INSTANTIATE_TEST_SUITE_P(Golden, GpuStages,
                              std::replace(m.begin(), m.end(), '-', '_');
                              return m + "_pp" + std::to_string(info.param.pp);
                          });
+
+// The executor's draws (pp = 1: the whole model in one CudaExecutor): forward_draw's ids are its
+// CPU twin's over forward_view's logits of the same batch, and its host rows are those logits bit
+// for bit; in a prefill (eager) and in decode steps (captured: kDraw and kDrawLogits graphs).
+TEST(GpuDraws, DeviceDrawsAndHostRowsEqualTheTwinOverTheSameLogits) {
+    if (gpu_count() < 1) GTEST_SKIP() << "no CUDA device";
+    const Golden g = read_golden("llama-sharded");
+    Stages stages(kGolden + "/llama-sharded", 1);
+    CudaExecutor& exec = *stages.execs[0];
+    const int64_t V = exec.vocab();
+    std::mt19937_64 rng(5);
+    const cpu::DrawParams cuts[] = {{1.0, 0, 1.0}, {0.7, 5, 1.0}, {1.2, 0, 0.8}, {0.0, 0, 1.0}};
+    auto check = [&](const TokenBatch& batch, const std::vector<int64_t>& host_rows, const std::string& what) {
+        const int64_t R = batch.rows();
+        const float* view = exec.forward_view(batch);  // (the same positions rewritten with the same values)
+        const std::vector<float> want(view, view + R * V);
+        std::vector<cpu::DrawParams> draws(R);
+        for (int64_t r = 0; r < R; ++r) draws[r] = cuts[r % 4], draws[r].random = rng();
+        const float* got_rows = nullptr;
+        const std::vector<int32_t> ids = exec.forward_draw(batch, draws, host_rows, &got_rows);
+        ASSERT_EQ((int64_t)ids.size(), R) << what;
+        for (int64_t r = 0; r < R; ++r) EXPECT_EQ(ids[r], cpu::draw_token(&want[r * V], V, draws[r])) << what << ", row " << r;
+        for (int64_t r : host_rows)
+            EXPECT_TRUE(std::equal(want.begin() + r * V, want.begin() + (r + 1) * V, got_rows + r * V)) << what << ", host row " << r;
+    };
+    TokenBatch prefill;
+    for (int64_t b = 0; b < g.batch; ++b)
+        for (int64_t t = 0; t < g.prompt_len; ++t) {
+            prefill.logit_rows.push_back((int64_t)prefill.ids.size());
+            prefill.ids.push_back(g.greedy_ids[b * g.total_len + t]);
+            prefill.positions.push_back((int32_t)t);
+            prefill.slots.push_back((int32_t)b);
+        }
+    check(prefill, {}, "prefill");
+    check(prefill, {0, 1, 3, (int64_t)prefill.ids.size() - 1}, "prefill, four host rows");
+    for (int64_t t = g.prompt_len; t < g.total_len; ++t) {
+        TokenBatch step;
+        for (int64_t b = 0; b < g.batch; ++b) {
+            step.ids.push_back(g.greedy_ids[b * g.total_len + t]);
+            step.positions.push_back((int32_t)t);
+            step.slots.push_back((int32_t)b);
+            step.logit_rows.push_back(b);
+        }
+        check(step, {}, "decode " + std::to_string(t));
+        check(step, {g.batch - 1}, "decode " + std::to_string(t) + ", a host row");
+    }
+    EXPECT_GT(exec.graph_replays(), 0) << "the decode steps replay captured graphs";
+}
 
 // Two GPUs: `tpx run` at pp = 2 (one rank a device, NCCL send/recv on the boundary), two
 // micro-batches, HF's greedy tokens.

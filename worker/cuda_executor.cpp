@@ -130,11 +130,12 @@ CudaExecutor::~CudaExecutor() {
         if (e) cudaEventDestroy(e);
     for (auto& [l, kv] : kv_) cudaFree(kv.first), cudaFree(kv.second);
     for (auto& [n, p] : inv_freq_) cudaFree(p);
-    for (void* p : {(void*)inputs_dev_, (void*)logits_, (void*)argmax_, argmax_scratch_, (void*)moe_weights_, cublas_workspace_, (void*)stage_in_,
-                    (void*)stage_out_})
+    for (void* p : {(void*)inputs_dev_, (void*)logits_, (void*)argmax_, argmax_scratch_, (void*)draw_dev_, (void*)moe_weights_, cublas_workspace_,
+                    (void*)stage_in_, (void*)stage_out_})
         cudaFree(p);
     cudaFreeHost(inputs_host_);
     cudaFreeHost(argmax_host_);
+    cudaFreeHost(draw_host_);
     cudaFreeHost(logits_host_);
     if (cublas_) cublasDestroy(cublas_);
 }
@@ -163,12 +164,16 @@ void CudaExecutor::ensure_inputs(int64_t tokens, int64_t rows) {
         cudaFree(logits_);
         cudaFree(argmax_);
         cudaFree(argmax_scratch_);
+        cudaFree(draw_dev_);
         cudaFreeHost(argmax_host_);
+        cudaFreeHost(draw_host_);
         output_capacity_ = std::max<int64_t>(rows, 64);
         CUDA_CHECK(cudaMalloc(&logits_, output_capacity_ * vocab_ * sizeof(float)));
         CUDA_CHECK(cudaMalloc(&argmax_, output_capacity_ * sizeof(int32_t)));
         CUDA_CHECK(cudaMalloc(&argmax_scratch_, cuda::argmax_scratch_bytes(output_capacity_)));
         CUDA_CHECK(cudaHostAlloc(&argmax_host_, output_capacity_ * sizeof(int32_t), cudaHostAllocDefault));
+        CUDA_CHECK(cudaMalloc(&draw_dev_, output_capacity_ * sizeof(cpu::DrawParams)));
+        CUDA_CHECK(cudaHostAlloc(&draw_host_, output_capacity_ * sizeof(cpu::DrawParams), cudaHostAllocDefault));
         for (auto& [n, g] : graphs_) cudaGraphExecDestroy(g);
         graphs_.clear();
     }
@@ -189,7 +194,7 @@ bf16* CudaExecutor::stage_input(int64_t tokens) {
 
 void CudaExecutor::sync() { sync_with_watchdog(stream_, nccl_, timeout_s_); }
 
-std::vector<float> CudaExecutor::forward(const TokenBatch& batch) { return finish_logits(enqueue(batch, false)); }
+std::vector<float> CudaExecutor::forward(const TokenBatch& batch) { return finish_logits(enqueue(batch, StepEnd::kLogits)); }
 
 // The forward rank 0 runs, to its end, without the logits' copy to the host (at batch 64 of a
 // 128k vocabulary, 33 MB a step that a follower never reads).
@@ -198,7 +203,7 @@ void CudaExecutor::forward_follower(const TokenBatch& batch, bool logits) {
         (void)forward_argmax(batch);
         return;
     }
-    enqueue(batch, false);
+    enqueue(batch, StepEnd::kLogits);  // (rank 0 may end in draws instead: the same collectives)
     sync_with_watchdog(stream_, nccl_, timeout_s_);
 }
 
@@ -210,19 +215,15 @@ std::vector<float> CudaExecutor::finish_logits(int64_t R) {
 
 void CudaExecutor::copy_logits(int64_t R, float* host) {
     TPX_CHECK(!hidden_out_, "logits asked of a pipeline stage before the last");
-    TPX_CHECK(!last_greedy_, "logits asked of a forward enqueued to end in its argmax");
+    TPX_CHECK(last_end_ == StepEnd::kLogits, "logits asked of a forward enqueued to end in ids");
     // The wait first: a copy to the host blocks it until the stream reaches the copy, which with
     // a stopped peer would be never.
     sync_with_watchdog(stream_, nccl_, timeout_s_);
     CUDA_CHECK(cudaMemcpy(host, logits_, R * vocab_ * sizeof(float), cudaMemcpyDeviceToHost));
 }
 
-const float* CudaExecutor::forward_view(const TokenBatch& batch) {
-    const int64_t R = batch.rows();
-    if (R > kPinnedLogitRows) {
-        view_ = finish_logits(enqueue(batch, false));
-        return view_.data();
-    }
+float* CudaExecutor::pinned_logits(int64_t R) {
+    if (R > kPinnedLogitRows) return nullptr;
     // Grown before the step is enqueued: allocating or freeing pinned memory waits for the device,
     // which outside the watchdog's sync would wait for a stopped peer for ever. Powers of two
     // from 64 rows, so that a batch filling up reallocates at most three times.
@@ -235,8 +236,17 @@ const float* CudaExecutor::forward_view(const TokenBatch& batch) {
         CUDA_CHECK(cudaHostAlloc(&host, rows * vocab_ * sizeof(float), cudaHostAllocDefault));
         logits_host_ = host, logits_host_rows_ = rows;
     }
-    copy_logits(enqueue(batch, false), logits_host_);
     return logits_host_;
+}
+
+const float* CudaExecutor::forward_view(const TokenBatch& batch) {
+    float* host = pinned_logits(batch.rows());
+    if (!host) {
+        view_ = finish_logits(enqueue(batch, StepEnd::kLogits));
+        return view_.data();
+    }
+    copy_logits(enqueue(batch, StepEnd::kLogits), host);
+    return host;
 }
 
 namespace {
@@ -253,11 +263,38 @@ int count_programmatic_edges(cudaGraph_t g) {
 
 }  // namespace
 
-std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) { return finish_argmax(enqueue(batch, true)); }
+std::vector<int32_t> CudaExecutor::forward_argmax(const TokenBatch& batch) { return finish_argmax(enqueue(batch, StepEnd::kArgmax)); }
+
+std::vector<int32_t> CudaExecutor::forward_draw(const TokenBatch& batch, const std::vector<cpu::DrawParams>& draws,
+                                                const std::vector<int64_t>& host_rows, const float** logits) {
+    const int64_t R = batch.rows();
+    TPX_CHECK((int64_t)draws.size() == R, "forward_draw: " + std::to_string(draws.size()) + " draws for " + std::to_string(R) + " rows");
+    float* host = nullptr;
+    if (!host_rows.empty()) {
+        host = pinned_logits(R);
+        if (!host) view_.resize((size_t)(R * vocab_)), host = view_.data();
+    }
+    ensure_inputs((int64_t)batch.ids.size(), R);
+    // (The previous step has been waited for: the pinned params are free to refill.)
+    std::copy(draws.begin(), draws.end(), draw_host_);
+    CUDA_CHECK(cudaMemcpyAsync(draw_dev_, draw_host_, R * sizeof(cpu::DrawParams), cudaMemcpyHostToDevice, stream_));
+    std::vector<int32_t> ids = finish_argmax(enqueue(batch, host_rows.empty() ? StepEnd::kDraw : StepEnd::kDrawLogits));
+    // The host rows alone (finish_argmax has waited for the step), runs of consecutive rows a copy.
+    for (size_t i = 0; i < host_rows.size();) {
+        size_t j = i + 1;
+        while (j < host_rows.size() && host_rows[j] == host_rows[j - 1] + 1) ++j;
+        const int64_t first = host_rows[i], n = (int64_t)(j - i);
+        TPX_CHECK(first >= 0 && first + n <= R, "forward_draw: host row " + std::to_string(first) + " of " + std::to_string(R));
+        CUDA_CHECK(cudaMemcpy(host + first * vocab_, logits_ + first * vocab_, n * vocab_ * sizeof(float), cudaMemcpyDeviceToHost));
+        i = j;
+    }
+    *logits = host;
+    return ids;
+}
 
 std::vector<int32_t> CudaExecutor::finish_argmax(int64_t R) {
     TPX_CHECK(!hidden_out_, "logits asked of a pipeline stage before the last");
-    TPX_CHECK(last_greedy_, "argmax ids asked of a forward enqueued to end in fp32 logits");
+    TPX_CHECK(last_end_ != StepEnd::kLogits, "ids asked of a forward enqueued to end in fp32 logits");
     CUDA_CHECK(cudaMemcpyAsync(argmax_host_, argmax_, R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     CUDA_CHECK(cudaEventRecord(step_end_, stream_));
     sync_with_watchdog(stream_, nccl_, timeout_s_);
@@ -277,10 +314,10 @@ std::vector<int32_t> CudaExecutor::finish_argmax(int64_t R) {
     return ids;
 }
 
-int64_t CudaExecutor::enqueue(const TokenBatch& batch, bool greedy_rows) {
+int64_t CudaExecutor::enqueue(const TokenBatch& batch, StepEnd asked) {
     // A stage before the last hands on its rows whatever follows: one graph a batch size.
-    const bool greedy = greedy_rows && !hidden_out_;
-    last_greedy_ = greedy_rows;
+    const StepEnd end = hidden_out_ ? StepEnd::kLogits : asked;
+    last_end_ = asked;
     const int64_t T = (int64_t)batch.ids.size();
     const int64_t R = batch.rows();
     check_batch(batch, slots_, max_seq_);
@@ -316,13 +353,13 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch, bool greedy_rows) {
     bool decode = select && R == T && lone_tokens_;
     for (int64_t i = 0; decode && i < R; ++i) decode = batch.logit_rows[i] == i;
     if (graphs_enabled_ && decode && !profiling_) {
-        auto it = graphs_.find({T, greedy});
+        auto it = graphs_.find({T, end});
         if (it == graphs_.end() && !arena_bytes_.count(T)) {
             // The first step of this batch size runs eagerly and measures the block that its
             // activations need; the next one is captured with them in that block.
             size_t peak = 0;
             CUDA_CHECK(cudaEventRecord(step_begin_, stream_));
-            run_nodes(T, R, false, greedy, nullptr, &peak);
+            run_nodes(T, R, false, end, nullptr, &peak);
             arena_bytes_[T] = peak;
             return R;
         }
@@ -332,19 +369,19 @@ int64_t CudaExecutor::enqueue(const TokenBatch& batch, bool greedy_rows) {
             cudaGraph_t g;
             CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
             CUDA_CHECK(cudaEventRecordWithFlags(step_begin_, stream_, cudaEventRecordExternal));  // each replay: the step's start
-            run_nodes(T, R, false, greedy, arena);
+            run_nodes(T, R, false, end, arena);
             CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
             programmatic_edges_ = count_programmatic_edges(g);
             cudaGraphExec_t exec;
             CUDA_CHECK(cudaGraphInstantiateWithFlags(&exec, g, cudaGraphInstantiateFlagAutoFreeOnLaunch));
             CUDA_CHECK(cudaGraphDestroy(g));
-            it = graphs_.emplace(std::make_pair(T, greedy), exec).first;
+            it = graphs_.emplace(std::make_pair(T, end), exec).first;
         }
         CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
         ++replays_;
     } else {
         CUDA_CHECK(cudaEventRecord(step_begin_, stream_));
-        run_nodes(T, R, select && !decode, greedy);
+        run_nodes(T, R, select && !decode, end);
     }
     return R;
 }

@@ -38,6 +38,9 @@ public:
     std::vector<int32_t> forward_argmax(const TokenBatch& batch) override;
     void forward_follower(const TokenBatch& batch, bool logits) override;
     const float* forward_view(const TokenBatch& batch) override;
+    std::vector<int32_t> forward_draw(const TokenBatch& batch, const std::vector<cpu::DrawParams>& draws, const std::vector<int64_t>& host_rows,
+                                      const float** logits) override;
+    bool draws_on_device() const override { return tuning_.device_draws && !hidden_out_; }
     int64_t vocab() const override { return vocab_; }
 
     // A pipeline stage (worker/cuda_pipeline.h). A graph cut to a stage after the first starts
@@ -50,7 +53,7 @@ public:
     const __nv_bfloat16* stage_output() const { return stage_out_; }
     // `greedy`: the last stage ends the forward in each row's argmax (finish_argmax), else in
     // fp32 logits (finish_logits).
-    int64_t enqueue_stage(const TokenBatch& batch, bool greedy) { return enqueue(batch, greedy); }
+    int64_t enqueue_stage(const TokenBatch& batch, bool greedy) { return enqueue(batch, greedy ? StepEnd::kArgmax : StepEnd::kLogits); }
     std::vector<float> finish_logits(int64_t rows);
     std::vector<int32_t> finish_argmax(int64_t rows);
     void sync();  // the stream, under the collective watchdog
@@ -77,15 +80,22 @@ public:
     int fused_all_reduces() const { return fused_all_reduces_; }
 
 private:
+    // What a forward ends in: the rows' fp32 logits (finish_logits), or an id a row (finish_argmax):
+    // its argmax, or its draw by the params forward_draw staged (cuda::draw_rows), with the fp32
+    // logits beside the ids for kDrawLogits.
+    enum class StepEnd { kLogits, kArgmax, kDraw, kDrawLogits };
     // finish_logits into `host` (rows x vocab floats).
     void copy_logits(int64_t rows, float* host);
+    // forward_view's pinned block grown to `rows` (nullptr past kPinnedLogitRows); before a step
+    // is enqueued: pinned allocations wait for the device.
+    float* pinned_logits(int64_t rows);
     void ensure_inputs(int64_t tokens, int64_t rows);
-    // Stages the batch and enqueues the forward (a graph replay for decode steps), ending in the
-    // rows' argmax when `greedy`, else in their fp32 logits; returns rows.
-    int64_t enqueue(const TokenBatch& batch, bool greedy);
+    // Stages the batch and enqueues the forward (a graph replay for decode steps), ending as `end`
+    // says; returns rows.
+    int64_t enqueue(const TokenBatch& batch, StepEnd end);
     // The step program over one forward's activations: a captured step takes them from `arena`,
     // the eager step before it records the block they need in `arena_peak`.
-    void run_nodes(int64_t tokens, int64_t rows, bool select_rows, bool greedy, char* arena = nullptr, size_t* arena_peak = nullptr);
+    void run_nodes(int64_t tokens, int64_t rows, bool select_rows, StepEnd end, char* arena = nullptr, size_t* arena_peak = nullptr);
     struct Forward;
     void run_node(Forward& f, const Node* n, int64_t rows);
     cuda::GemvNorm norm_params(Forward& f, const Node* norm);
@@ -152,8 +162,11 @@ private:
     static constexpr int64_t kPinnedLogitRows = 256;
     float* logits_host_ = nullptr;
     int64_t logits_host_rows_ = 0;
-    int32_t* argmax_ = nullptr;
+    int32_t* argmax_ = nullptr;       // the rows' ids: argmax or draw
     void* argmax_scratch_ = nullptr;  // cuda::argmax_scratch_bytes(output_capacity_)
+    // forward_draw's params a row (output_capacity_), staged in pinned memory, read by the graph.
+    cpu::DrawParams* draw_host_ = nullptr;
+    cpu::DrawParams* draw_dev_ = nullptr;
     float* moe_weights_ = nullptr;
     int64_t moe_capacity_ = 0;
     // MoE layers with at most this many tokens run sparse (backend.tuning.moe; docs/GPU.md).
@@ -164,8 +177,8 @@ private:
     bool profiling_ = false;
     std::vector<std::pair<std::string, std::pair<cudaEvent_t, cudaEvent_t>>> pending_;
     std::map<std::string, std::pair<double, int>> profile_;
-    std::map<std::pair<int64_t, bool>, cudaGraphExec_t> graphs_;  // by decode batch size and whether it ends in the argmax
-    bool last_greedy_ = false;  // the last enqueue's: which of finish_argmax and finish_logits may follow
+    std::map<std::pair<int64_t, StepEnd>, cudaGraphExec_t> graphs_;  // by decode batch size and what it ends in
+    StepEnd last_end_ = StepEnd::kLogits;  // the last enqueue's: which of finish_argmax and finish_logits may follow
     std::map<int64_t, size_t> arena_bytes_;      // by decode batch size: measured by its first (eager) step
     std::map<int64_t, char*> arenas_;            // by decode batch size: the captured graph's activations
     int replays_ = 0;

@@ -25,7 +25,7 @@ int64_t width(const Value* v) { return v->shape.back(); }
 
 }  // namespace
 
-void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, bool greedy, char* arena, size_t* arena_peak) {
+void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, StepEnd end, char* arena, size_t* arena_peak) {
     Forward f({weights_, program_.last_use, stream_, arena, arena_peak}, T, R, select_rows, *launch_.config);
     const std::vector<Node*>& nodes = program_.nodes;
     for (size_t i = 0; i < nodes.size(); ++i) {
@@ -53,9 +53,14 @@ void CudaExecutor::run_nodes(int64_t T, int64_t R, bool select_rows, bool greedy
     if (f.exchanges) fused_all_reduces_ = (int)f.exchanges;
     const Value* out = graph_.outputs().at(0);
     // A stage before the last hands on every token's row (bf16, as the next stage reads them).
-    if (hidden_out_) CUDA_CHECK(cudaMemcpyAsync(stage_out_, f.act.data(out), T * vocab_ * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
-    else if (greedy) cuda::argmax_rows(R, vocab_, f.act.data(out), argmax_, launch_, argmax_scratch_);
-    else cuda::bf16_to_f32(R * vocab_, f.act.data(out), logits_, launch_);
+    const bool draw = end == StepEnd::kDraw || end == StepEnd::kDrawLogits, logits = end == StepEnd::kLogits || end == StepEnd::kDrawLogits;
+    if (hidden_out_) {
+        CUDA_CHECK(cudaMemcpyAsync(stage_out_, f.act.data(out), T * vocab_ * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+    } else {
+        if (end == StepEnd::kArgmax) cuda::argmax_rows(R, vocab_, f.act.data(out), argmax_, launch_, argmax_scratch_);
+        if (draw) cuda::draw_rows(R, vocab_, f.act.data(out), draw_dev_, argmax_, launch_);
+        if (logits) cuda::bf16_to_f32(R * vocab_, f.act.data(out), logits_, launch_);
+    }
     f.act.finish();
 }
 

@@ -42,6 +42,16 @@ std::vector<int32_t> Executor::forward_argmax(const TokenBatch& batch) {
     return ids;
 }
 
+std::vector<int32_t> Executor::forward_draw(const TokenBatch& batch, const std::vector<cpu::DrawParams>& draws, const std::vector<int64_t>&,
+                                            const float** logits) {
+    *logits = forward_view(batch);
+    const int64_t v = vocab(), R = batch.rows();
+    TPX_CHECK((int64_t)draws.size() == R, "forward_draw: " + std::to_string(draws.size()) + " draws for " + std::to_string(R) + " rows");
+    std::vector<int32_t> ids((size_t)R);
+    for (int64_t r = 0; r < R; ++r) ids[r] = (int32_t)cpu::draw_token(*logits + r * v, v, draws[r]);
+    return ids;
+}
+
 CpuExecutor::CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights,
                          const KvCacheLayout& kv)
     : graph_(graph), comm_(comm), weights_(std::move(weights)), slots_(kv.slots), max_seq_(kv.max_seq) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/draw.h"
 #include "kernels/cpu/ops.h"
 #include "sharding/graph.h"
 #include "worker/comm.h"
@@ -50,6 +51,16 @@ public:
         view_ = forward(batch);
         return view_.data();
     }
+    // Each wanted row's token by cpu::draw_token's rule from draws[row] (the argmax where its
+    // temperature is 0; -1 for a row that is not finite), and in *logits ([rows, vocab], valid
+    // until the next forward) the fp32 logits of the rows in `host_rows` (ascending), which the
+    // caller reads itself (a call's logprobs or penalties); other rows there are unspecified.
+    // The GPU backend draws on the device (draws_on_device) and copies back only the ids and the
+    // host rows: the same ids the host's twin draws from forward_view's rows of the same step.
+    // Here: forward_view, and that twin row by row.
+    virtual std::vector<int32_t> forward_draw(const TokenBatch& batch, const std::vector<cpu::DrawParams>& draws,
+                                              const std::vector<int64_t>& host_rows, const float** logits);
+    virtual bool draws_on_device() const { return false; }
     // A follower's part of a step whose outcome only rank 0 reads (`tpx serve`'s other ranks):
     // `logits` says which of forward and forward_argmax rank 0 runs, so that every rank runs the
     // same kernels and collectives. The GPU backend leaves the logits on the device.

@@ -1,7 +1,8 @@
 // The scheduler (rank 0) and the follower loop. A step on the wire: a header of four int64
-// (kind, tokens, logit rows, whether rank 0 wants logits rather than argmax ids), then the
-// batch's ids, positions, slots and logit rows as int32. Every rank runs the same forward (the
-// GPU backend's forward and forward_argmax differ in their collectives).
+// (kind, tokens, logit rows, whether rank 0's forward ends in logits or draws rather than argmax
+// ids), then the batch's ids, positions, slots and logit rows as int32. Every rank runs the same
+// forward (the GPU backend's forward and forward_argmax differ in their collectives; its draws
+// run the logits' collectives).
 #include "worker/serve_loop.h"
 
 #include <signal.h>
@@ -13,7 +14,6 @@
 #include <csignal>
 #include <cstring>
 #include <optional>
-#include <random>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -55,7 +55,7 @@ struct Sequence {
     std::shared_ptr<ServeRequest> req;
     size_t prefilled = 0;  // prompt tokens in the cache
     std::vector<int32_t> output;
-    std::mt19937_64 rng;
+    uint64_t draw_key = 0;  // from the call's seed and prompt: its draws' random numbers (cpu::draw_random)
     ServeClock::time_point last_token;
     size_t sent = 0;  // bytes of the output's text already sent in kToken events
     std::vector<TokenLogprobs> logprobs;  // each generated token's, where the call asks
@@ -87,25 +87,6 @@ bool process_alive(int pid) {
     std::fclose(f);
     const char* paren = std::strrchr(buf, ')');
     return !(n > 0 && paren && paren[1] == ' ' && paren[2] == 'Z');
-}
-
-// The same random stream for the same seed and prompt, whatever else runs (prompt_rng's
-// derivation, with the prompt's ids as its id).
-std::mt19937_64 request_rng(const ServeRequest& r) {
-    std::string id;
-    for (int32_t t : r.prompt) id += std::to_string(t) + ",";
-    return prompt_rng(r.seed, id);
-}
-
-// The longest prefix of `text` that is final: no trailing incomplete UTF-8 character (decoded
-// as U+FFFD) and, with stop strings, not the last bytes that could begin one.
-size_t final_prefix(const std::string& text, const std::vector<std::string>& stops) {
-    size_t end = finished_length(text);
-    size_t hold = 0;
-    for (const std::string& s : stops) hold = std::max(hold, s.size() - 1);
-    end = end > hold ? end - hold : 0;
-    while (end > 0 && end < text.size() && ((unsigned char)text[end] & 0xC0) == 0x80) --end;
-    return end;
 }
 
 class Scheduler {
@@ -196,7 +177,7 @@ private:
         for (auto& slot : slots_)
             if (!slot) {
                 slot.emplace();
-                slot->rng = request_rng(*r);
+                slot->draw_key = request_draw_key(*r);
                 slot->req = std::move(r);
                 front_.metrics.set_running((int64_t)active());
                 return;
@@ -306,7 +287,10 @@ private:
         const auto started = ServeClock::now();
         TokenBatch batch;
         std::vector<size_t> owners;  // the slot of each logit row
-        bool want_logits = false, mixed = false;
+        std::vector<cpu::DrawParams> draws;
+        std::vector<int64_t> host_rows;  // rows whose logits rank 0 reads: a call's logprobs, or its penalties
+        std::vector<char> shaped;        // rows whose token is chosen from its logits as the call changes them
+        bool sampled = false, mixed = false;
         for (size_t i = 0; i < slots_.size(); ++i) {
             if (!slots_[i]) continue;
             Sequence& q = *slots_[i];
@@ -329,10 +313,16 @@ private:
             }
             batch.logit_rows.push_back((int64_t)batch.ids.size() - 1);
             owners.push_back(i);
-            want_logits = want_logits || q.req->temperature > 0 || q.req->logprobs >= 0 || needs_shaping(*q.req, q.output.size(), s_.eos);
+            draws.push_back(draw_params(*q.req, cpu::draw_random(q.draw_key, q.output.size())));
+            sampled = sampled || q.req->temperature > 0;
+            shaped.push_back(needs_shaping(*q.req, q.output.size(), s_.eos));
+            if (q.req->logprobs >= 0 || shaped.back()) host_rows.push_back((int64_t)owners.size() - 1);
         }
+        // The tokens: the device's argmax; or its draws, the host rows' logits beside them; or, where
+        // the executor cannot draw, every row's from the logits on the host (the same rule).
+        const bool ids_only = !sampled && host_rows.empty(), all_host = !ids_only && !exec_.draws_on_device();
         const int64_t T = (int64_t)batch.ids.size(), R = (int64_t)batch.logit_rows.size();
-        broadcast_header(kStep, T, R, want_logits);
+        broadcast_header(kStep, T, R, !ids_only);
         std::vector<int32_t> payload;
         payload.reserve(3 * T + R);
         payload.insert(payload.end(), batch.ids.begin(), batch.ids.end());
@@ -342,27 +332,32 @@ private:
         comm_.broadcast(payload.data(), payload.size() * sizeof(int32_t), 0);
         if (s_.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(s_.step_delay_ms));
         const float* logits = nullptr;  // (the executor's, until its next forward)
-        std::vector<int32_t> argmax;
-        if (want_logits) logits = exec_.forward_view(batch);
-        else argmax = exec_.forward_argmax(batch);
+        std::vector<int32_t> ids;
+        if (ids_only) ids = exec_.forward_argmax(batch);
+        else if (all_host) logits = exec_.forward_view(batch);
+        else ids = exec_.forward_draw(batch, draws, host_rows, &logits);
         const int64_t vocab = exec_.vocab();
-        // Each row's token (and logprobs) from its logits, the rows spread over threads; then,
-        // in row order, what each means for its call.
+        // Each row's token (and logprobs), the host rows' from their logits, spread over threads;
+        // then, in row order, what each means for its call.
         std::vector<RowChoice> choice(owners.size());
-        if (want_logits) {
-            shaped_.resize((size_t)rows_.parts());
-            rows_.run((int64_t)owners.size(), [&](int64_t row, int part) {
-                Sequence& q = *slots_[owners[row]];
-                const float* row_logits = &logits[row * vocab];
-                RowChoice& c = choice[row];
-                c.finite = std::all_of(row_logits, row_logits + vocab, [](float x) { return std::isfinite(x); });
-                if (!c.finite) return;
-                c.token = choose_token(*q.req, q.output, s_.eos, row_logits, vocab, q.rng, shaped_[part]);
-                if (c.token >= 0 && q.req->logprobs >= 0) c.logprobs = token_logprobs(row_logits, vocab, c.token, q.req->logprobs);
-            });
-        } else {
-            for (size_t row = 0; row < owners.size(); ++row) choice[row].finite = (choice[row].token = argmax[row]) >= 0;
-        }
+        std::vector<char> on_host(owners.size(), all_host);
+        for (int64_t row : host_rows) on_host[row] = true;
+        shaped_.resize((size_t)rows_.parts());
+        auto choose = [&](int64_t row, int part) {
+            RowChoice& c = choice[row];
+            if (!on_host[row]) {
+                c.finite = (c.token = ids[row]) >= 0;
+                return;
+            }
+            Sequence& q = *slots_[owners[row]];
+            const float* row_logits = &logits[row * vocab];
+            c.finite = std::all_of(row_logits, row_logits + vocab, [](float x) { return std::isfinite(x); });
+            if (!c.finite) return;
+            c.token = all_host || shaped[row] ? choose_token(*q.req, q.output, s_.eos, row_logits, vocab, draws[row].random, shaped_[part]) : ids[row];
+            if (c.token >= 0 && q.req->logprobs >= 0) c.logprobs = token_logprobs(row_logits, vocab, c.token, q.req->logprobs);
+        };
+        if (logits) rows_.run((int64_t)owners.size(), choose);
+        else for (size_t row = 0; row < owners.size(); ++row) choose((int64_t)row, 0);
         for (size_t row = 0; row < owners.size(); ++row) {
             Sequence& q = *slots_[owners[row]];
             const ServeRequest& r = *q.req;
@@ -384,7 +379,7 @@ private:
             if (choice[row].logprobs) q.logprobs.push_back(std::move(*choice[row].logprobs));
             emit(owners[row], token);
         }
-        const double device_ms = want_logits ? -1 : exec_.last_device_ms();  // timed by forward_argmax only
+        const double device_ms = all_host ? -1 : exec_.last_device_ms();  // timed by the forwards that end in ids
         front_.metrics.observe_step(mixed, seconds_since(started), device_ms >= 0 ? device_ms * 1e-3 : -1);
     }
 

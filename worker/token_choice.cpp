@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "kernels/cpu/ops.h"
+#include "worker/generation.h"
 
 namespace tpx {
 namespace {
@@ -19,8 +20,16 @@ bool needs_shaping(const ServeRequest& r, size_t generated, const std::vector<in
     return penalties_of(r).any() || (held_off(r, generated) && ids_end);
 }
 
+uint64_t request_draw_key(const ServeRequest& r) {
+    std::string id;
+    for (int32_t t : r.prompt) id += std::to_string(t) + ",";
+    return prompt_rng(r.seed, id)();
+}
+
+cpu::DrawParams draw_params(const ServeRequest& r, uint64_t random) { return {r.temperature, r.top_k, r.top_p, random}; }
+
 int32_t choose_token(const ServeRequest& r, const std::vector<int32_t>& output, const std::vector<int64_t>& eos, const float* row,
-                     int64_t vocab, std::mt19937_64& rng, std::vector<float>& scratch) {
+                     int64_t vocab, uint64_t random, std::vector<float>& scratch) {
     if (needs_shaping(r, output.size(), eos)) {
         scratch.assign(row, row + vocab);
         cpu::apply_penalties(scratch.data(), vocab, penalties_of(r), r.prompt, output);
@@ -35,7 +44,7 @@ int32_t choose_token(const ServeRequest& r, const std::vector<int32_t>& output, 
         }
         row = scratch.data();
     }
-    return (int32_t)cpu::sample(row, vocab, {r.temperature, r.top_k, r.top_p}, rng);  // (the argmax at temperature 0)
+    return (int32_t)cpu::draw_token(row, vocab, draw_params(r, random));  // (the argmax at temperature 0)
 }
 
 TokenLogprobs token_logprobs(const float* row, int64_t vocab, int32_t token, int top) {
