@@ -1,6 +1,7 @@
 // The device's draw (cuda::draw_rows) against its CPU twin (cpu::draw_token) on the same bf16 rows:
-// the same id for every row, bit for bit, over vocabularies with and without 16-byte rows, every
-// cut, ties, -0, flat and non-finite rows. Skips on a machine without a GPU.
+// the same id for every row, bit for bit, over vocabularies with and without 16-byte rows (and
+// rows of a multiple of 8 off a 16-byte boundary), every cut, ties, -0, flat and non-finite rows.
+// Skips on a machine without a GPU.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -35,7 +36,7 @@ float bf16_value(uint16_t b) {
 }
 
 // Rows of one kind each: normal at several spreads, peaked, flat, few distinct values (ties),
-// zeros of both signs, and one holding a NaN.
+// zeros of both signs, and one holding a NaN, one an infinity.
 std::vector<uint16_t> make_rows(int64_t rows, int64_t n) {
     std::vector<uint16_t> out((size_t)(rows * n));
     for (int64_t r = 0; r < rows; ++r) {
@@ -53,6 +54,7 @@ std::vector<uint16_t> make_rows(int64_t rows, int64_t n) {
             out[r * n + i] = bf16_bits(v);
         }
         if (r == 9) out[r * n + n / 2] = 0x7fc0;  // NaN
+        if (r == 10) out[r * n + n - 1] = 0xff80;  // -inf
     }
     return out;
 }
@@ -65,17 +67,20 @@ TEST(DrawKernel, DrawsTheIdsOfItsCpuTwin) {
     KernelConfig tuning;
     cudaStream_t stream;
     CUDA_CHECK(cudaStreamCreate(&stream));
-    for (int64_t n : {128256, 50001, 4096, 9}) {
+    for (int64_t n : {128256, 50001, 4096, 4096 + 1, 9}) {
+        const bool offset = n == 4096 + 1;  // 4096 ids a row, one bf16 past the allocation's start
+        if (offset) --n;
         const int64_t rows = 48;
         const std::vector<uint16_t> bits = make_rows(rows, n);
         std::vector<float> values(bits.size());
         for (size_t i = 0; i < bits.size(); ++i) values[i] = bf16_value(bits[i]);
-        void* logits = nullptr;
+        uint16_t* block = nullptr;
         cpu::DrawParams* params = nullptr;
         int32_t* ids = nullptr;
-        CUDA_CHECK(cudaMalloc(&logits, bits.size() * 2));
+        CUDA_CHECK(cudaMalloc(&block, (bits.size() + 1) * 2));
         CUDA_CHECK(cudaMalloc(&params, rows * sizeof(cpu::DrawParams)));
         CUDA_CHECK(cudaMalloc(&ids, rows * sizeof(int32_t)));
+        uint16_t* logits = block + (offset ? 1 : 0);
         CUDA_CHECK(cudaMemcpy(logits, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice));
         for (int round = 0; round < 6; ++round) {
             std::vector<cpu::DrawParams> p(rows);
@@ -84,16 +89,17 @@ TEST(DrawKernel, DrawsTheIdsOfItsCpuTwin) {
                 p[r].random = round == 0 ? 0 : round == 1 ? ~0ull : rng();
             }
             CUDA_CHECK(cudaMemcpy(params, p.data(), rows * sizeof(cpu::DrawParams), cudaMemcpyHostToDevice));
-            cuda::draw_rows(rows, n, static_cast<const __nv_bfloat16*>(logits), params, ids, cuda::Launch(stream, tuning));
+            CUDA_CHECK(cudaMemset(ids, 0x7f, rows * sizeof(int32_t)));  // (a row left unwritten shows; -1 is an answer)
+            cuda::draw_rows(rows, n, reinterpret_cast<const __nv_bfloat16*>(logits), params, ids, cuda::Launch(stream, tuning));
             std::vector<int32_t> got(rows);
             CUDA_CHECK(cudaMemcpyAsync(got.data(), ids, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
             CUDA_CHECK(cudaStreamSynchronize(stream));
             for (int64_t r = 0; r < rows; ++r)
                 EXPECT_EQ(got[r], cpu::draw_token(values.data() + r * n, n, p[r]))
-                    << "vocab " << n << " row " << r << " T " << p[r].temperature << " top_k " << p[r].top_k << " top_p " << p[r].top_p
-                    << " random " << p[r].random;
+                    << "vocab " << n << (offset ? " (off 16 bytes)" : "") << " row " << r << " T " << p[r].temperature << " top_k "
+                    << p[r].top_k << " top_p " << p[r].top_p << " random " << p[r].random;
         }
-        cudaFree(logits);
+        cudaFree(block);
         cudaFree(params);
         cudaFree(ids);
     }

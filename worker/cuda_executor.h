@@ -40,7 +40,7 @@ public:
     const float* forward_view(const TokenBatch& batch) override;
     std::vector<int32_t> forward_draw(const TokenBatch& batch, const std::vector<cpu::DrawParams>& draws, const std::vector<int64_t>& host_rows,
                                       const float** logits) override;
-    bool draws_on_device() const override { return tuning_.device_draws && !hidden_out_; }
+    bool draws_in_forward() const override { return tuning_.device_draws && !hidden_out_; }
     int64_t vocab() const override { return vocab_; }
 
     // A pipeline stage (worker/cuda_pipeline.h). A graph cut to a stage after the first starts

@@ -42,8 +42,8 @@ std::vector<int32_t> Executor::forward_argmax(const TokenBatch& batch) {
     return ids;
 }
 
-std::vector<int32_t> Executor::forward_draw(const TokenBatch& batch, const std::vector<cpu::DrawParams>& draws, const std::vector<int64_t>&,
-                                            const float** logits) {
+std::vector<int32_t> Executor::forward_draw(const TokenBatch& batch, const std::vector<cpu::DrawParams>& draws,
+                                            const std::vector<int64_t>&, const float** logits) {
     *logits = forward_view(batch);
     const int64_t v = vocab(), R = batch.rows();
     TPX_CHECK((int64_t)draws.size() == R, "forward_draw: " + std::to_string(draws.size()) + " draws for " + std::to_string(R) + " rows");

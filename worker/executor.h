@@ -52,15 +52,18 @@ public:
         return view_.data();
     }
     // Each wanted row's token by cpu::draw_token's rule from draws[row] (the argmax where its
-    // temperature is 0; -1 for a row that is not finite), and in *logits ([rows, vocab], valid
-    // until the next forward) the fp32 logits of the rows in `host_rows` (ascending), which the
-    // caller reads itself (a call's logprobs or penalties); other rows there are unspecified.
-    // The GPU backend draws on the device (draws_on_device) and copies back only the ids and the
-    // host rows: the same ids the host's twin draws from forward_view's rows of the same step.
-    // Here: forward_view, and that twin row by row.
+    // temperature is 0; -1 for a row that is not finite), and the fp32 logits of the rows in
+    // `host_rows` (ascending) in *logits ([rows, vocab], valid until the next forward; other rows
+    // there unspecified) for the caller to read itself (a call's logprobs, or its penalties,
+    // whose token it draws from its changed row). The GPU backend draws on the device and copies
+    // back only the ids and the host rows: the same ids the twin draws from forward_view's rows of
+    // the same step. Here: forward_view, and that twin row by row on this thread.
     virtual std::vector<int32_t> forward_draw(const TokenBatch& batch, const std::vector<cpu::DrawParams>& draws,
                                               const std::vector<int64_t>& host_rows, const float** logits);
-    virtual bool draws_on_device() const { return false; }
+    // Whether sampled rows should come from forward_draw, rather than each row's logits handed to
+    // the caller's threads (forward_view): the GPU backend's draws (unless [backend.tuning]
+    // device_draws = false), and the CPU backend's, whose rows cost little beside its forward.
+    virtual bool draws_in_forward() const { return false; }
     // A follower's part of a step whose outcome only rank 0 reads (`tpx serve`'s other ranks):
     // `logits` says which of forward and forward_argmax rank 0 runs, so that every rank runs the
     // same kernels and collectives. The GPU backend leaves the logits on the device.
@@ -98,6 +101,7 @@ public:
     CpuExecutor(const Graph& graph, Communicator& comm, std::map<std::string, std::vector<float>> weights, const KvCacheLayout& kv);
 
     std::vector<float> forward(const TokenBatch& batch) override { return forward_stage(batch, nullptr); }
+    bool draws_in_forward() const override { return true; }
     // A pipeline stage's forward: `hidden` holds the previous stage's output rows [ids, hidden
     // size] for the graph's stage_input (null when the graph has none); the result is the graph's
     // output: the next stage's input rows, or the logits of the wanted rows on the last stage.

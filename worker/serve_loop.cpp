@@ -318,9 +318,9 @@ private:
             shaped.push_back(needs_shaping(*q.req, q.output.size(), s_.eos));
             if (q.req->logprobs >= 0 || shaped.back()) host_rows.push_back((int64_t)owners.size() - 1);
         }
-        // The tokens: the device's argmax; or its draws, the host rows' logits beside them; or, where
-        // the executor cannot draw, every row's from the logits on the host (the same rule).
-        const bool ids_only = !sampled && host_rows.empty(), all_host = !ids_only && !exec_.draws_on_device();
+        // The tokens: the device's argmax; or the executor's draws, the host rows' logits beside them;
+        // or every row's from its logits here, on the rows' threads (the same rule).
+        const bool ids_only = !sampled && host_rows.empty(), all_host = !ids_only && !exec_.draws_in_forward();
         const int64_t T = (int64_t)batch.ids.size(), R = (int64_t)batch.logit_rows.size();
         broadcast_header(kStep, T, R, !ids_only);
         std::vector<int32_t> payload;

@@ -1,8 +1,6 @@
-// The draw `tpx serve` samples with, defined so that the device (kernels/cuda/draw.cu) and this
-// CPU twin (draw.cpp) choose the same id from the same logits bit for bit: weights are integers
-// (exp in units of 2^-kWeightBits, through a polynomial both sides evaluate in the same IEEE
-// operations), top_k and top_p are thresholds on the logit's value, and the draw walks the kept
-// ids in the ids' order with one 64-bit random number the host derives from the call's seed.
+// The draw `tpx serve` samples with: the device (kernels/cuda/draw.cu) and this CPU twin (draw.cpp)
+// choose the same id from the same logits bit for bit, as weights are integers made by the same
+// IEEE operations on both, the cuts thresholds on the logit, and the walk in the ids' order.
 #pragma once
 
 #include <cmath>

@@ -104,8 +104,9 @@ __device__ void clear(Shared& s, int bins) {
     __syncthreads();
 }
 
-// The key at which the ids at or above `floor` and at or above it first reach need_of(their
-// total) by weight(bits): a histogram of the top 12 bits, then one of the low 4 in the bin found.
+// The largest key k whose ids (key >= max(k, floor)) weigh at least need_of(the total of the ids at
+// or above floor) by weight(bits): a histogram of the keys' top 12 bits, then one of the low 4 in
+// the bin found.
 template <typename Weight, typename Need>
 __device__ uint32_t cut_key(Shared& s, const uint16_t* row, int64_t n, bool vec, uint32_t floor, Weight weight, Need need_of) {
     clear(s, kBins);
