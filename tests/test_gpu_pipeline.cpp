@@ -109,6 +109,33 @@ void compare(const Golden& g, const std::vector<float>& got, const std::vector<i
     }
 }
 
+// Every position of the golden's prompts, each row's logits wanted (HF's rows: b x total_len + t).
+TokenBatch prompts_batch(const Golden& g, std::vector<int64_t>* rows = nullptr) {
+    TokenBatch prefill;
+    for (int64_t b = 0; b < g.batch; ++b)
+        for (int64_t t = 0; t < g.prompt_len; ++t) {
+            prefill.logit_rows.push_back((int64_t)prefill.ids.size());
+            prefill.ids.push_back(g.greedy_ids[b * g.total_len + t]);
+            prefill.positions.push_back((int32_t)t);
+            prefill.slots.push_back((int32_t)b);
+            if (rows) rows->push_back(b * g.total_len + t);
+        }
+    return prefill;
+}
+
+// HF's greedy token at position t of each sequence, one decode step.
+TokenBatch decode_batch(const Golden& g, int64_t t, std::vector<int64_t>* rows = nullptr) {
+    TokenBatch step;
+    for (int64_t b = 0; b < g.batch; ++b) {
+        step.ids.push_back(g.greedy_ids[b * g.total_len + t]);
+        step.positions.push_back((int32_t)t);
+        step.slots.push_back((int32_t)b);
+        step.logit_rows.push_back(b);
+        if (rows) rows->push_back(b * g.total_len + t);
+    }
+    return step;
+}
+
 struct StageCase {
     const char* model;
     int pp;
@@ -125,28 +152,12 @@ TEST_P(GpuStages, EmulatedSendsGiveHfLogitsInPrefillAndCapturedDecode) {
     double max_err = 0, max_ref = 0;
     int compared = 0;
     // Prefill: every position of both sequences' prompts, every row's logits.
-    TokenBatch prefill;
     std::vector<int64_t> rows;
-    for (int64_t b = 0; b < g.batch; ++b)
-        for (int64_t t = 0; t < g.prompt_len; ++t) {
-            prefill.logit_rows.push_back((int64_t)prefill.ids.size());
-            prefill.ids.push_back(g.greedy_ids[b * g.total_len + t]);
-            prefill.positions.push_back((int32_t)t);
-            prefill.slots.push_back((int32_t)b);
-            rows.push_back(b * g.total_len + t);
-        }
-    compare(g, stages.forward(prefill), rows, max_err, max_ref, compared);
+    compare(g, stages.forward(prompts_batch(g, &rows)), rows, max_err, max_ref, compared);
     // Decode: HF's greedy tokens one a step (teacher forcing), both sequences a step.
     for (int64_t t = g.prompt_len; t < g.total_len; ++t) {
-        TokenBatch step;
         rows.clear();
-        for (int64_t b = 0; b < g.batch; ++b) {
-            step.ids.push_back(g.greedy_ids[b * g.total_len + t]);
-            step.positions.push_back((int32_t)t);
-            step.slots.push_back((int32_t)b);
-            step.logit_rows.push_back(b);
-            rows.push_back(b * g.total_len + t);
-        }
+        const TokenBatch step = decode_batch(g, t, &rows);
         compare(g, stages.forward(step), rows, max_err, max_ref, compared);
     }
     EXPECT_LE(max_err / max_ref, 2e-2) << "max abs error " << max_err << " over max abs logit " << max_ref;
@@ -190,24 +201,11 @@ TEST(GpuDraws, DeviceDrawsAndHostRowsEqualTheTwinOverTheSameLogits) {
         for (int64_t r : host_rows)
             EXPECT_TRUE(std::equal(want.begin() + r * V, want.begin() + (r + 1) * V, got_rows + r * V)) << what << ", host row " << r;
     };
-    TokenBatch prefill;
-    for (int64_t b = 0; b < g.batch; ++b)
-        for (int64_t t = 0; t < g.prompt_len; ++t) {
-            prefill.logit_rows.push_back((int64_t)prefill.ids.size());
-            prefill.ids.push_back(g.greedy_ids[b * g.total_len + t]);
-            prefill.positions.push_back((int32_t)t);
-            prefill.slots.push_back((int32_t)b);
-        }
+    const TokenBatch prefill = prompts_batch(g);
     check(prefill, {}, "prefill");
     check(prefill, {0, 1, 3, (int64_t)prefill.ids.size() - 1}, "prefill, four host rows");
     for (int64_t t = g.prompt_len; t < g.total_len; ++t) {
-        TokenBatch step;
-        for (int64_t b = 0; b < g.batch; ++b) {
-            step.ids.push_back(g.greedy_ids[b * g.total_len + t]);
-            step.positions.push_back((int32_t)t);
-            step.slots.push_back((int32_t)b);
-            step.logit_rows.push_back(b);
-        }
+        const TokenBatch step = decode_batch(g, t);
         check(step, {}, "decode " + std::to_string(t));
         check(step, {g.batch - 1}, "decode " + std::to_string(t) + ", a host row");
     }

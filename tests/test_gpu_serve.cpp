@@ -1,8 +1,9 @@
 // `tpx serve` on the GPU backend (one GPU): sampled calls drawn on the device give the same
 // tokens as the host's twin drawing from the fp32 logits of the same steps ([backend.tuning]
-// device_draws = false), and so do calls whose rows rank 0 reads on the host beside the device's
-// draws (logprobs, penalties). Calls go one at a time, so that each step's batch (and its logits)
-// is the same in both servers. Skips without a GPU.
+// device_draws = false); so do calls whose rows' logits are copied beside the device's draws (a
+// logprobs call keeps the device's id, a penalised one is drawn by the twin from its changed row
+// in both servers: what differs is the copy). Calls go one at a time, so that each step's batch
+// (and its logits) is the same in both servers. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cuda_runtime.h>
