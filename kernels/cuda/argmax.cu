@@ -1,5 +1,6 @@
 // Per-row argmax of the logits for greedy decoding: only ids leave the device, so a row holding
 // NaN or Inf answers -1 and the caller names the prompt (worker/generation.cpp).
+#include "kernels/cuda/argmax.cuh"
 #include "kernels/cuda/common.cuh"
 
 namespace tpx::cuda {
@@ -10,19 +11,6 @@ namespace {
 // Ties go to the first index. A chunk holding a NaN or an infinity reports index -1 and the
 // row's result is then -1, so that non-finite logits are seen (only ids leave the device).
 constexpr int kArgmaxChunks = 32, kArgmaxThreads = 256;
-
-__device__ inline void better(float v, int64_t i, float& bv, int64_t& bi) {
-    if (v > bv || (v == bv && i < bi)) bv = v, bi = i;
-}
-
-// Every lane ends with the warp's best (value, index).
-__device__ inline void warp_argmax(float& bv, int64_t& bi) {
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        better(ov, oi, bv, bi);
-    }
-}
 
 __device__ inline float logit(float v) { return v; }
 __device__ inline float logit(bf16 v) { return __bfloat162float(v); }

@@ -6,6 +6,7 @@
 // sum is of integers, so the order atomics add in does not matter.
 #include "common/check.h"
 #include "kernels/cpu/draw.h"
+#include "kernels/cuda/argmax.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -143,22 +144,15 @@ __device__ void find_top(Shared& s, const uint16_t* row, int64_t n, bool vec, fl
     each(row, n, vec, [&](int64_t i, uint16_t b) {
         const float v = value_of(b);
         any |= !isfinite(v);
-        if (v > bv || (v == bv && i < bi)) bv = v, bi = i;
+        better(v, i, bv, bi);
     });
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
-    }
+    warp_argmax(bv, bi);
     any = __any_sync(0xffffffffu, any);
     const int warp = threadIdx.x >> 5;
     if ((threadIdx.x & 31) == 0) s.top_v[warp] = bv, s.top_i[warp] = bi, s.bad[warp] = any;
     __syncthreads();
     top = s.top_v[0], top_id = s.top_i[0], bad = s.bad[0];
-    for (int w = 1; w < kWarps; ++w) {
-        if (s.top_v[w] > top || (s.top_v[w] == top && s.top_i[w] < top_id)) top = s.top_v[w], top_id = s.top_i[w];
-        bad = bad || s.bad[w];
-    }
+    for (int w = 1; w < kWarps; ++w) better(s.top_v[w], s.top_i[w], top, top_id), bad = bad || s.bad[w];
 }
 
 __global__ void __launch_bounds__(kThreads) draw_kernel(int64_t n, const bf16* logits, const cpu::DrawParams* params, bool vec, int32_t* out) {
