@@ -43,7 +43,7 @@ struct KernelConfig {
     std::string moe = "auto";          // MoE form: auto | sparse | grouped | dense
     bool oneshot = true;               // small all-reduces through tpx's one-shot kernel (false: NCCL)
     bool fused_all_reduce = true;      // batch-1 all-reduces summed in the GEMVs (cuda::ExchangeIn)
-    bool device_draws = true;          // tpx serve's sampled rows drawn on the device (cuda::draw_rows; false: by its twin on
+    bool device_draws = true;          // sampled rows (tpx serve's, tpx run's) drawn on the device (cuda::draw_rows; false: by its twin on
                                        // rank 0's host from the fp32 logits: the same ids, the logits' copy and the host's time)
     bool profile = false;              // events around every op, no CUDA graphs; a table at the end
 };

@@ -1,6 +1,6 @@
-// tpx serve's draw (kernels/cpu/draw.h), the twin the device's kernel is checked against: its
-// kept set against the rule written out by sorting, its walk against the definition, its draws
-// against the kept weights (chi-square), and the integer weights against exp.
+// The draw of `tpx serve` and `tpx run` (kernels/cpu/draw.h), the twin the device's kernel is
+// checked against: its kept set against the rule written out by sorting, its walk against the
+// definition, its draws against the kept weights (chi-square), and the integer weights against exp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -200,6 +200,26 @@ TEST(Draw, GreedyBrokenAndDegenerateRows) {
     std::fill(seen.begin(), seen.end(), 0);
     for (uint64_t i = 0; i < 1000; ++i) ++seen[cpu::draw_token(row.data(), 5, {1e30, 0, 1.0, cpu::draw_random(2, i)})];
     for (int s : seen) EXPECT_GT(s, 150);
+}
+
+// Temperatures at the ends of what the job file and the API accept: one so small that 1 / T
+// overflows draws the argmax (inf - inf made every weight NaN in an earlier sampler); at 1e39 and
+// 1e300, two logits 6e38 apart (their float difference overflows) are drawn as exp says. One id
+// is always drawn.
+TEST(Draw, TemperaturesAtTheEndsOfTheRange) {
+    std::vector<float> spread(64);
+    for (size_t i = 0; i < spread.size(); ++i) spread[i] = (float)((i * 37) % 64) - 30.5f;
+    const int64_t best = cpu::argmax(spread.data(), 64);
+    for (double t : {1e-320, 1e-300, 1e-30})
+        for (uint64_t i = 0; i < 50; ++i) EXPECT_EQ(cpu::draw_token(spread.data(), 64, {t, 0, 0.9, cpu::draw_random(4, i)}), best) << t;
+    const float two[2] = {3e38f, -3e38f};
+    for (double t : {1e39, 1e300}) {
+        int second = 0;
+        for (uint64_t i = 0; i < 4000; ++i) second += cpu::draw_token(two, 2, {t, 0, 1.0, cpu::draw_random(5, i)}) == 1 ? 1 : 0;
+        EXPECT_NEAR(second / 4000.0, 1.0 / (1.0 + std::exp(6e38 / t)), 0.05) << "temperature " << t;
+    }
+    const float one = 4.0f;
+    EXPECT_EQ(cpu::draw_token(&one, 1, {1.0, 0, 0.5, 123}), 0);
 }
 
 TEST(Draw, RandomNumbersDependOnKeyAndCounterOnly) {

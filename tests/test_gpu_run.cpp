@@ -168,6 +168,41 @@ TEST(GpuRun, GreedyDecodeWithCudaGraphsMatchesHf) {
     }
 }
 
+// tpx run's sampled tokens: drawn on the device inside the step (only ids come back) and by rank
+// 0's host from the fp32 logits (device_draws = false), the same ids either way (the device's
+// draw and its CPU twin are one rule, kernels/cpu/draw.h), with the decode steps replaying CUDA
+// graphs. (Not against --dump-logits, whose prefill's product over every prompt row may round a
+// row's logits otherwise.) 2 prompts x 3 copies at once: each copy's own key,
+// so copies of a prompt draw apart (it is unlikely that all three agree over 12 tokens each).
+TEST(GpuRun, SampledTokensAreTheSameDrawnOnTheDeviceOrTheHost) {
+    if (gpu_count() < 1) GTEST_SKIP() << "no CUDA device";
+    Golden g = read_golden("llama-gqa");
+    std::string dir = temp_dir();
+    write_prompts(dir + "/prompts.jsonl", g, 3);
+    auto outputs = [&](const std::string& tuning) {
+        std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kGolden << "/llama-gqa\"\n[backend]\ndevice = \"cuda\"\n"
+                                         << tuning << "[run]\nprompts = \"prompts.jsonl\"\nmax_new_tokens = 12\noutput = \"out.jsonl\"\n"
+                                         << "[run.sampling]\ntemperature = 0.9\ntop_p = 0.95\nseed = 7\n";
+        auto r = run_process("timeout 120 " + tpx_bin("tpx") + " run " + dir + "/job.toml");
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+        std::map<int64_t, std::vector<int32_t>> ids;
+        std::ifstream out(dir + "/out.jsonl");
+        for (std::string line; std::getline(out, line);) {
+            auto j = nlohmann::json::parse(line);
+            ids[j["id"].get<int64_t>()] = j["output_ids"].get<std::vector<int32_t>>();
+        }
+        return ids;
+    };
+    const auto device = outputs("");
+    ASSERT_EQ((int64_t)device.size(), 3 * g.batch);
+    EXPECT_EQ(outputs("[backend.tuning]\ndevice_draws = false\n"), device);
+    for (int64_t b = 0; b < g.batch; ++b) {
+        EXPECT_EQ(device.at(b).size(), 12u);
+        EXPECT_FALSE(device.at(b) == device.at(g.batch + b) && device.at(b) == device.at(2 * g.batch + b)) << "prompt " << b << "'s copies";
+    }
+    fs::remove_all(dir);
+}
+
 // Decode batches of 12 (the golden prompts, 6 copies each): with batch_gemm = true the
 // decode steps' linears take the batch GEMM (batch_gemm.cu; linear()'s route for 9 to 64 rows,
 // GemvOfUpToSixtyFourTokensOnTensorCores) with SwiGLU, RoPE + the cache write and the residual in

@@ -433,12 +433,13 @@ TEST(Memory, AJobLargerThanTheHostIsRefusedWithTheNumbers) {
 }
 
 // Each prompt's tokens depend on (seed, prompt id) alone: alone or beside others, max_batch 1
-// or 8, tp 1 or 2. The reference is the prompt run alone at tp 1.
+// or 8, tp 1 or 2, drawn by the backend's forward or (keeping the logits for --dump-logits) by
+// rank 0 from them. The reference is the prompt run alone at tp 1.
 TEST(Sampling, SeededTokensDoNotDependOnTheBatchOrTheWorld) {
     const std::string sampling = "[run.sampling]\ntemperature = 0.8\nseed = 42\n";
-    auto tokens_of = [&](const std::string& prompts, int tp, int max_batch) {
+    auto tokens_of = [&](const std::string& prompts, int tp, int max_batch, bool dump = false) {
         TestJob j = make_job("max_new_tokens = 12\nmax_batch = " + std::to_string(max_batch), tp, prompts, "", sampling);
-        auto r = tpx("run " + j.file);
+        auto r = tpx("run " + j.file + (dump ? " --dump-logits " + j.dir + "/logits.h5" : ""));
         EXPECT_EQ(r.exit_code, 0) << r.err;
         std::ifstream in(j.dir + "/out.jsonl");
         for (std::string line; std::getline(in, line);) {
@@ -454,6 +455,8 @@ TEST(Sampling, SeededTokensDoNotDependOnTheBatchOrTheWorld) {
     EXPECT_EQ(tokens_of(crowd, 1, 8), ref);
     EXPECT_EQ(tokens_of(crowd, 1, 1), ref);
     EXPECT_EQ(tokens_of(crowd, 2, 3), ref);
+    EXPECT_EQ(tokens_of(crowd, 2, 3, true), ref);
+    EXPECT_EQ(tokens_of(alone, 1, 1, true), ref);
 }
 
 // A sampling key that greedy decoding ignores is refused by tpx run, naming it.

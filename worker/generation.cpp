@@ -10,12 +10,14 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <random>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/file.h"
+#include "kernels/cpu/draw.h"
 #include "loader/h5_id.h"
 #include "loader/hdf5.h"
 #include "worker/step_rows.h"
@@ -99,20 +101,37 @@ TokenBatch prefill_batch(const std::vector<Prompt>& prompts, size_t first, size_
     return batch;
 }
 
-// What rank 0 draws with: each prompt of the batch samples from its own stream (so its tokens do
-// not depend on the other prompts, on max_batch or on the world size; made per batch, 2.5 KB
-// each), the rows spread over `rows`' threads, each part with a copy of a row the penalties change.
+// How a step's tokens are chosen. kArgmax: greedy without logits to keep, on the backend (on the
+// GPU only the ids come back). kDraw: sampled without penalties or logits to keep, by the
+// backend's forward_draw (on the GPU the draws run on the device, as `tpx serve`'s). kHost: rank
+// 0 draws from each row's logits (penalties change them first; --dump-logits keeps them), by the
+// same rule (kernels/cpu/draw.h) on its threads.
+enum class Choice { kArgmax, kDraw, kHost };
+
+Choice choice_of(const Executor& exec, const GenerationSettings& s) {
+    if (s.keep_logits || s.penalties.any()) return Choice::kHost;
+    if (s.sampling.temperature <= 0) return Choice::kArgmax;
+    return exec.draws_in_forward() ? Choice::kDraw : Choice::kHost;
+}
+
+// What rank 0 draws with: each prompt of the batch its own key (so its tokens do not depend on
+// the other prompts, on max_batch, on the world size or on where the draw runs), its n-th token
+// drawn with draw_random(key, n); the host's rows spread over `rows`' threads, each part with a
+// copy of a row the penalties change.
 struct Draws {
-    std::vector<std::mt19937_64> rngs;
+    std::vector<uint64_t> keys;
     StepRows rows;
     std::vector<std::vector<float>> penalised;
     void start_batch(const std::vector<Prompt>& prompts, size_t first, size_t count, uint64_t seed) {
-        rngs.clear();
-        for (size_t b = 0; b < count; ++b) rngs.push_back(prompt_rng(seed, prompts[first + b].id));
+        keys.clear();
+        for (size_t b = 0; b < count; ++b) keys.push_back(prompt_draw_key(seed, prompts[first + b].id));
+    }
+    cpu::DrawParams params(const GenerationSettings& s, size_t b, size_t generated) const {
+        return {s.sampling.temperature, s.sampling.top_k, s.sampling.top_p, cpu::draw_random(keys[b], generated)};
     }
 };
 
-// Rank 0's sample for each active sequence of the batch from its logits, changed first by
+// Rank 0's draw for each active sequence of the batch from its logits, changed first by
 // [run.sampling]'s penalties (-1 where they leave no finite row), the rows over draws.rows.
 std::vector<int32_t> draw_tokens(const std::vector<int32_t>& active, const std::vector<const float*>& next_logits, int64_t vocab, Draws& draws,
                                  const std::vector<SequenceResult>& results, size_t first, const GenerationSettings& s) {
@@ -121,16 +140,62 @@ std::vector<int32_t> draw_tokens(const std::vector<int32_t>& active, const std::
     draws.rows.run((int64_t)active.size(), [&](int64_t b, int part) {
         if (!active[b]) return;
         const float* row = next_logits[b];
+        const SequenceResult& r = results[first + b];
         if (s.penalties.any()) {
             std::vector<float>& penalised = draws.penalised[part];
             penalised.assign(row, row + vocab);
-            cpu::apply_penalties(penalised.data(), vocab, s.penalties, results[first + b].prompt.tokens, results[first + b].output);
+            cpu::apply_penalties(penalised.data(), vocab, s.penalties, r.prompt.tokens, r.output);
             row = penalised.data();
         }
-        drawn[b] = (int32_t)cpu::sample(row, vocab, s.sampling, draws.rngs[b]);
+        drawn[b] = (int32_t)cpu::draw_token(row, vocab, draws.params(s, (size_t)b, r.output.size()));
     });
     return drawn;
 }
+
+// A forward of the generation loop and its rows' tokens (choice_of's way). Only rank 0 reads
+// logits (it chooses, and writes --dump-logits), in place in the executor's buffer until the next
+// forward: the others' forward leaves them on the device.
+class StepForward {
+public:
+    StepForward(Executor& exec, const GenerationSettings& s, bool chooser) : exec_(exec), s_(s), choice_(choice_of(exec, s)), chooser_(chooser) {
+        if (chooser && choice_ != Choice::kArgmax) draws.emplace();
+    }
+    // The forward of `batch`, whose wanted rows give the tokens of sequences `seqs` (in order) of
+    // the batch at `first` in `results`.
+    void run(const TokenBatch& batch, const std::vector<size_t>& seqs, const std::vector<SequenceResult>& results, size_t first) {
+        if (choice_ == Choice::kArgmax) {
+            ids_ = exec_.forward_argmax(batch);
+        } else if (!chooser_) {
+            exec_.forward_follower(batch, true);
+        } else if (choice_ == Choice::kDraw) {
+            row_draws_.clear();
+            for (size_t b : seqs) row_draws_.push_back(draws->params(s_, b, results[first + b].output.size()));
+            ids_ = exec_.forward_draw(batch, row_draws_, {}, &logits_);
+        } else {
+            logits_ = exec_.forward_view(batch);
+        }
+    }
+    // Rank 0: the forward's wanted row `row`, sequence b's: its token (tokens_ready) or its logits;
+    // false where it gives no token (not finite).
+    bool take(int64_t row, size_t b, std::vector<int32_t>& ids, std::vector<const float*>& logits) const {
+        if (tokens_ready()) return (ids[b] = ids_[row]) >= 0;
+        logits[b] = logits_ + row * exec_.vocab();
+        return all_finite(logits[b], exec_.vocab());
+    }
+    // Whether the forward gave the rows' tokens (else rank 0 draws them from logits()).
+    bool tokens_ready() const { return choice_ != Choice::kHost; }
+    const float* logits() const { return logits_; }
+    std::optional<Draws> draws;  // rank 0's, but for kArgmax
+
+private:
+    Executor& exec_;
+    const GenerationSettings& s_;
+    const Choice choice_;
+    const bool chooser_;
+    std::vector<int32_t> ids_;
+    const float* logits_ = nullptr;
+    std::vector<cpu::DrawParams> row_draws_;
+};
 
 // What rank 0 broadcasts of a step: the active sequences' tokens (the device's argmax or the
 // draws), then, where stop strings apply, whether each completes one: [count] tokens, then
@@ -162,32 +227,21 @@ std::vector<int32_t> with_stops(const std::vector<int32_t>& active, const std::v
 
 }  // namespace
 
-std::mt19937_64 prompt_rng(uint64_t seed, const std::string& prompt_id) {
+uint64_t prompt_draw_key(uint64_t seed, const std::string& prompt_id) {
     uint64_t h = 1469598103934665603ull;  // FNV-1a of the id, then splitmix64 with the seed
     for (char c : prompt_id) h = (h ^ (unsigned char)c) * 1099511628211ull;
     uint64_t z = seed + 0x9E3779B97F4A7C15ull * (h | 1);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return std::mt19937_64(z ^ (z >> 31));
+    return std::mt19937_64(z ^ (z >> 31))();
 }
 
 std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const std::vector<Prompt>& prompts,
                                      const GenerationSettings& s) {
     const int64_t vocab = exec.vocab();
-    // Greedy without logits to keep: the backend picks the tokens itself (on the GPU, only the
-    // ids come back), and every rank has the same ids; rank 0's are still the ones broadcast.
-    const bool device_argmax = s.sampling.temperature <= 0 && !s.keep_logits && !s.penalties.any();
-    std::vector<int32_t> argmax_ids;
-    // Only rank 0 reads logits (it chooses, and writes --dump-logits), in place in the executor's
-    // buffer until the next forward: the others' forward leaves them on the device.
     const bool chooser = comm.rank() == 0;
-    const auto step_forward = [&](const TokenBatch& b, const float*& logits) {
-        if (device_argmax) argmax_ids = exec.forward_argmax(b);
-        else if (chooser) logits = exec.forward_view(b);
-        else exec.forward_follower(b, true);
-    };
-    std::optional<Draws> draws;
-    if (chooser && !device_argmax) draws.emplace();
+    StepForward forward(exec, s, chooser);
+    std::optional<Draws>& draws = forward.draws;
     std::vector<SequenceResult> results(prompts.size());
     const Clock::time_point run_start = Clock::now();
     for (size_t first = 0; first < prompts.size(); first += (size_t)s.max_batch) {
@@ -201,23 +255,21 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                                    std::to_string(prompts.size()) + ", " + std::to_string(batch.ids.size()) + " tokens",
                                batch.ids.size() >= 4096);
         auto t0 = Clock::now();
-        const float* logits = nullptr;
-        step_forward(batch, logits);
+        std::vector<size_t> rows(count);  // the sequences of the forward's wanted rows, in order
+        for (size_t b = 0; b < count; ++b) rows[b] = b;
+        forward.run(batch, rows, results, first);
         double prefill_ms = ms_since(t0);
         std::vector<const float*> next_logits(count, nullptr);
         std::vector<int32_t> next_ids(count, 0);
         std::vector<std::string> non_finite;  // prompt ids whose next token cannot be chosen
         for (size_t b = 0; b < count; ++b) {
-            int64_t row = s.keep_logits ? last_row[b] : (int64_t)b;
-            if (device_argmax) next_ids[b] = argmax_ids[row];
-            else if (chooser) next_logits[b] = &logits[row * vocab];
-            if (chooser && (device_argmax ? next_ids[b] < 0 : !all_finite(next_logits[b], vocab)))
+            if (chooser && !forward.take(s.keep_logits ? last_row[b] : (int64_t)b, b, next_ids, next_logits))
                 non_finite.push_back(prompts[first + b].id);
             SequenceResult& r = results[first + b];
             r.time_to_first_token_ms = prefill_ms;
             if (s.keep_logits && chooser) {
                 int64_t start = last_row[b] + 1 - (int64_t)r.prompt.tokens.size();
-                r.prompt_logits.assign(logits + start * vocab, logits + (last_row[b] + 1) * vocab);
+                r.prompt_logits.assign(forward.logits() + start * vocab, forward.logits() + (last_row[b] + 1) * vocab);
             }
         }
         check_finite(non_finite, 0, s.model_path);
@@ -230,11 +282,12 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
             // Rank 0 chooses; every rank gets the same tokens and the same finished flags.
             std::vector<int32_t> chosen(2 * count, 0);
             if (chooser) {
-                const std::vector<int32_t> tokens = device_argmax ? next_ids : draw_tokens(active, next_logits, vocab, *draws, results, first, s);
+                const std::vector<int32_t> tokens = forward.tokens_ready() ? next_ids : draw_tokens(active, next_logits, vocab, *draws, results, first, s);
                 chosen = with_stops(active, tokens, results, first, s);
             }
             comm.broadcast(chosen.data(), 2 * count * sizeof(int32_t), 0);
             TokenBatch next;
+            rows.clear();
             for (size_t b = 0; b < count; ++b) {
                 if (!active[b]) continue;
                 SequenceResult& r = results[first + b];
@@ -251,19 +304,14 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                 next.positions.push_back((int32_t)(r.prompt.tokens.size() + r.output.size() - 1));
                 next.slots.push_back((int32_t)b);
                 next.logit_rows.push_back((int64_t)next.ids.size() - 1);
+                rows.push_back(b);
             }
             if (s.progress) show_progress(*s.progress, results, first, count, step + 1, s.max_new_tokens, run_start);
             if (next.ids.empty()) break;
             if (s.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(s.step_delay_ms));
-            step_forward(next, logits);
-            size_t row = 0;
-            for (size_t b = 0; b < count; ++b) {
-                if (!active[b]) continue;
-                if (device_argmax) next_ids[b] = argmax_ids[row++];
-                else if (chooser) next_logits[b] = &logits[(row++) * vocab];
-                if (chooser && (device_argmax ? next_ids[b] < 0 : !all_finite(next_logits[b], vocab)))
-                    non_finite.push_back(prompts[first + b].id);
-            }
+            forward.run(next, rows, results, first);
+            for (size_t row = 0; row < rows.size(); ++row)
+                if (chooser && !forward.take((int64_t)row, rows[row], next_ids, next_logits)) non_finite.push_back(prompts[first + rows[row]].id);
             check_finite(non_finite, step + 1, s.model_path);
         }
         double decode_ms = ms_since(decode_start);

@@ -1,12 +1,12 @@
 // Generation: prompts in batches of max_batch, a batched prefill, then a decode loop; the
-// next token is chosen on rank 0 (greedy, or sampled with temperature, top-k and top-p from a
-// seeded generator, from logits [run.sampling]'s penalties change) and broadcast so that every rank feeds the same tokens.
+// next token is chosen on rank 0 (greedy, or drawn at temperature, top-k and top-p by `tpx
+// serve`'s rule, kernels/cpu/draw.h, with random numbers from the seed and the prompt's id; from
+// logits [run.sampling]'s penalties change) and broadcast so that every rank feeds the same tokens.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <iosfwd>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -53,8 +53,9 @@ struct SequenceResult {
 std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const std::vector<Prompt>& prompts,
                                      const GenerationSettings& settings);
 
-// The random stream prompt `prompt_id` samples from: a function of the seed and the id alone.
-std::mt19937_64 prompt_rng(uint64_t seed, const std::string& prompt_id);
+// The key of prompt `prompt_id`'s draws (its n-th token's random number is cpu::draw_random(key,
+// n)): a function of the seed and the id alone.
+uint64_t prompt_draw_key(uint64_t seed, const std::string& prompt_id);
 
 // run.output's lines, one a prompt.
 void write_results_jsonl(std::ostream& out, const std::vector<SequenceResult>& results);

@@ -23,7 +23,7 @@ bool needs_shaping(const ServeRequest& r, size_t generated, const std::vector<in
 uint64_t request_draw_key(const ServeRequest& r) {
     std::string id;
     for (int32_t t : r.prompt) id += std::to_string(t) + ",";
-    return prompt_rng(r.seed, id)();
+    return prompt_draw_key(r.seed, id);
 }
 
 cpu::DrawParams draw_params(const ServeRequest& r, uint64_t random) { return {r.temperature, r.top_k, r.top_p, random}; }

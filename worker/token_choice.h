@@ -25,7 +25,7 @@ int32_t choose_token(const ServeRequest& r, const std::vector<int32_t>& output, 
                      int64_t vocab, uint64_t random, std::vector<float>& scratch);
 
 // The key of a call's random numbers: the same for the same seed and prompt, whatever else runs
-// (prompt_rng's derivation, with the prompt's ids as its id).
+// (prompt_draw_key's, with the prompt's ids as its id).
 uint64_t request_draw_key(const ServeRequest& r);
 
 // The draw of the call's next token on its own logits (what forward_draw takes a row): `random`

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <random>
 #include <vector>
 
 namespace tpx::cpu {
@@ -71,22 +70,13 @@ void moe(const MoeShape& s, const float* x, const float* router_logits, const fl
 // a NaN or an infinity: a broken model must not look like one that chose token 0.
 int64_t argmax(const float* logits, int64_t n);
 
+// [run.sampling]'s draw (kernels/cpu/draw.h's rule, as `tpx serve`'s calls): temperature 0 is
+// greedy.
 struct SamplingParams {
-    double temperature = 0;  // 0 = greedy
+    double temperature = 0;
     int64_t top_k = 0;
     double top_p = 1;
 };
-// A token drawn from the logits at p's temperature, top-k and top-p; argmax's where the
-// temperature is 0, and -1 as argmax's for a row holding a NaN or an infinity.
-// The draw is over the ids top_k and top_p keep (kept_ids), walked most likely first but for the
-// ids top_p keeps whatever its cut, in the ids' order; over every id in the ids' order where
-// neither applies (nothing sorted). Weights are fp32, summed in double.
-int64_t sample(const float* logits, int64_t n, const SamplingParams& p, std::mt19937_64& rng);
-// The ids a draw at p's top_k, then top_p (HF's warpers' order) keeps from a finite row, most
-// likely first (equal logits the lower id first); every id, in the ids' order, where neither
-// applies. (The temperature shapes top_p's probabilities; 0 counts as 1 here. sample() draws over
-// the same set; tests check it through this.)
-std::vector<int32_t> kept_ids(const float* logits, int64_t n, const SamplingParams& p);
 
 // OpenAI's presence and frequency penalties (on the output's ids) and HF's repetition penalty (on
 // the prompt's and the output's), as vLLM applies them: repetition first (a positive logit
