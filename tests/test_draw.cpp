@@ -68,7 +68,8 @@ std::vector<int32_t> kept_by_definition(const std::vector<float>& row, const Dra
 }
 
 const DrawParams kCuts[] = {{1.0, 0, 1.0}, {0.7, 50, 1.0}, {1.0, 0, 0.9}, {0.7, 50, 0.9}, {1.5, 1, 1.0}, {1.0, 0, 1e-9},
-                            {0.3, 1000, 0.5}, {2.0, 3, 0.95}, {1e-30, 0, 0.9}, {1e30, 10, 0.5}};
+                            {0.3, 1000, 0.5}, {2.0, 3, 0.95}, {1e-30, 0, 0.9}, {1e30, 10, 0.5}, {1.0, 1024, 1.0}, {1.0, 1025, 0.9},
+                            {0.8, 5000, 1.0}};  // (the twin's top_k: a heap up to 1024, nth_element past it)
 
 TEST(Draw, KeptIdsAreTheRuleWrittenOut) {
     for (bool bf16 : {true, false})

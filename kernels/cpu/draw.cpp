@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "kernels/cpu/ops.h"
 
@@ -28,8 +29,23 @@ struct Scratch {
     std::vector<std::pair<float, uint64_t>> edge;
 };
 
-// The k-th largest logit (k in [1, n)).
+// The k-th largest logit (k in [1, n)): for k up to kHeapK the least of a heap of the k largest
+// so far, which most logits pass by with one comparison (a copy of the row and nth_element were
+// most of a top_k draw's time: 1.2 ms a 128k row); else nth_element.
+constexpr int64_t kHeapK = 1024;
 float kth_largest(const float* logits, int64_t n, int64_t k, Scratch& s) {
+    if (k <= kHeapK) {
+        std::vector<float>& heap = s.values;  // a min-heap
+        heap.assign(logits, logits + k);
+        std::make_heap(heap.begin(), heap.end(), std::greater<float>());
+        for (int64_t i = k; i < n; ++i)
+            if (logits[i] > heap.front()) {
+                std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
+                heap.back() = logits[i];
+                std::push_heap(heap.begin(), heap.end(), std::greater<float>());
+            }
+        return heap.front();
+    }
     s.values.assign(logits, logits + n);
     std::nth_element(s.values.begin(), s.values.begin() + (k - 1), s.values.end(), std::greater<float>());
     return s.values[k - 1];
