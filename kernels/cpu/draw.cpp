@@ -1,7 +1,8 @@
 // The CPU twin of the device's draw (draw.h says the rule). Thresholds are logit values found by
-// their monotone 32-bit keys: top_k by nth_element, top_p's by a histogram of the weight over the
-// keys' top 16 bits and a sort of the one bucket its cut falls in, so a row costs a few passes
-// whatever its spread. Built with -ffp-contract=off: the weights' polynomial must round as the
+// their monotone 32-bit keys: top_k by a heap or nth_element, top_p's by a histogram of the weight
+// over the keys' top 16 bits and a sort of the one bucket its cut falls in (none where the bucket
+// holds one bf16 value), so a row costs a few passes whatever its spread; a bf16 value's weight is
+// computed once a row. Built with -ffp-contract=off: the weights' polynomial must round as the
 // device's does.
 #include "kernels/cpu/draw.h"
 
@@ -27,7 +28,38 @@ struct Scratch {
     std::vector<float> values;
     std::vector<uint64_t> mass;
     std::vector<std::pair<float, uint64_t>> edge;
+    std::vector<uint8_t> mixed;  // top_p's buckets holding a value that is not bf16
+    std::vector<float> value;    // a value of each bucket of top_p's
+    // Weights by a bf16 value's bits, for the row whose number is in `made` (a row from the
+    // device holds bf16 values only, a few thousand distinct ones: weight() once each).
+    std::vector<uint64_t> by_value;
+    std::vector<uint32_t> made;
+    uint32_t row = 0;
 };
+
+// Each id's weight at or above floor into s.w (0 below it: never read): a logit that is a bf16
+// value (its low 16 bits 0) through s.by_value, each value's weight computed once a row.
+void fill_weights(const float* logits, int64_t n, float floor, float top, double c, Scratch& s) {
+    s.w.resize(n);
+    if (s.made.empty()) s.by_value.assign(1 << 16, 0), s.made.assign(1 << 16, 0);
+    if (++s.row == 0) std::fill(s.made.begin(), s.made.end(), 0u), s.row = 1;  // (the counter wrapped)
+    for (int64_t i = 0; i < n; ++i) {
+        const float l = logits[i];
+        if (!(l >= floor)) {
+            s.w[i] = 0;
+            continue;
+        }
+        uint32_t bits;
+        std::memcpy(&bits, &l, 4);
+        if (bits & 0xffffu) {
+            s.w[i] = draw::weight(l, top, c);
+            continue;
+        }
+        const uint32_t v = bits >> 16;
+        if (s.made[v] != s.row) s.by_value[v] = draw::weight(l, top, c), s.made[v] = s.row;
+        s.w[i] = s.by_value[v];
+    }
+}
 
 // The k-th largest logit (k in [1, n)): for k up to kHeapK the least of a heap of the k largest
 // so far, which most logits pass by with one comparison (a copy of the row and nth_element were
@@ -52,16 +84,28 @@ float kth_largest(const float* logits, int64_t n, int64_t k, Scratch& s) {
 }
 
 // The largest logit value tau >= floor whose ids (at or above it, and at or above floor) weigh at
-// least top_p of those at or above floor (s.w: the weights).
+// least top_p of those at or above floor (s.w: the weights). A bucket holding bf16 values only
+// (low 16 bits 0: a row from the device) holds one value, its tau if the cut falls in it.
 float top_p_threshold(const float* logits, int64_t n, float floor, double top_p, Scratch& s) {
     s.mass.assign(1 << 16, 0);
+    s.mixed.assign(1 << 16, 0);
+    s.value.resize(1 << 16);
     uint64_t kept = 0;
-    for (int64_t i = 0; i < n; ++i)
-        if (logits[i] >= floor) s.mass[key_of(logits[i]) >> 16] += s.w[i], kept += s.w[i];
+    for (int64_t i = 0; i < n; ++i) {
+        const float l = logits[i];
+        if (!(l >= floor)) continue;
+        uint32_t bits;
+        std::memcpy(&bits, &l, 4);
+        const uint32_t b = key_of(l) >> 16;
+        s.mass[b] += s.w[i], kept += s.w[i];
+        s.mixed[b] |= (bits & 0xffffu) != 0;
+        s.value[b] = l;
+    }
     const uint64_t target = draw::top_p_target(top_p, kept);
     uint64_t above = 0;
     int bucket = (1 << 16) - 1;
     for (; bucket > 0 && above + s.mass[bucket] < target; --bucket) above += s.mass[bucket];
+    if (!s.mixed[bucket] && s.mass[bucket] > 0) return s.value[bucket];  // (weight there: an id, whose value it holds)
     s.edge.clear();
     for (int64_t i = 0; i < n; ++i)
         if (logits[i] >= floor && (int)(key_of(logits[i]) >> 16) == bucket) s.edge.emplace_back(logits[i], s.w[i]);
@@ -87,8 +131,7 @@ float keep_floor(const float* logits, int64_t n, float top, const DrawParams& p,
     float floor = -INFINITY;
     if (p.top_k > 0 && p.top_k < n) floor = kth_largest(logits, n, p.top_k, s);
     const double c = draw::weight_scale(p.temperature);
-    s.w.resize(n);
-    for (int64_t i = 0; i < n; ++i) s.w[i] = logits[i] >= floor ? draw::weight(logits[i], top, c) : 0;  // (ids below floor: never read)
+    fill_weights(logits, n, floor, top, c, s);
     if (p.top_p < 1) floor = top_p_threshold(logits, n, floor, p.top_p, s);
     return floor;
 }
