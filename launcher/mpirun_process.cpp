@@ -373,12 +373,12 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
         if (settings.drain_signal != 0 && g_signals >= 1) {
             if (!drain_start) drain_start = std::make_unique<Clock::time_point>(Clock::now());
             // Each local rank as it comes to catch the signal; with rank 0 not seen here after
-            // 2 s (on another host; not where rank0_local), mpirun, to pass it on. Not once rank 0 has been seen here: its ranks
-            // may have drained and ended by then, and an mpirun that forwards no signal would die
-            // of it (exit 138 where the job had drained cleanly).
+            // rank0_wait_s (on another host), mpirun, to pass it on. Not once rank 0 has been seen
+            // here: its ranks may have drained and ended by then, and an mpirun that forwards no
+            // signal would die of it (exit 138 where the job had drained cleanly).
             deliver_drain(g_child, settings.drain_signal, drain);
-            if (!settings.rank0_local && !drain.rank0_here && !mpirun_drained &&
-                std::chrono::duration<double>(Clock::now() - *drain_start).count() > 2) {
+            if (!drain.rank0_here && !mpirun_drained &&
+                std::chrono::duration<double>(Clock::now() - *drain_start).count() > settings.rank0_wait_s) {
                 kill(g_child, settings.drain_signal);
                 mpirun_drained = true;
             }

@@ -14,15 +14,16 @@ struct MpirunSettings {
     // 0: the first SIGINT, SIGTERM or SIGHUP is passed on as SIGTERM (mpirun ends the ranks).
     // Otherwise the first of those, or this signal itself sent to tpx, is passed on as this
     // signal, to the ranks on this host directly (rank 0 drains and tells the others: `tpx
-    // serve`; to mpirun when rank 0 has not been seen among this host's ranks 2 s after the
-    // signal, unless rank0_local), and mpirun gets SIGTERM only when it has not ended drain_s
-    // later, or at a second signal.
+    // serve`; to mpirun when rank 0 has not been seen among this host's ranks rank0_wait_s after
+    // the signal), and mpirun gets SIGTERM only when it has not ended drain_s later, or at a
+    // second signal.
     int drain_signal = 0;
     double drain_s = 0;
-    // Rank 0 runs on this host (no launch hosts, hostfile or Slurm allocation): the drain signal
-    // waits for it however long the ranks take to start, never going to mpirun (which would pass
-    // it to ranks without their handlers yet, or die of it).
-    bool rank0_local = false;
+    // How long the drain signal waits for rank 0 to appear among this host's ranks before it goes
+    // to mpirun (which passes it to ranks that may not have their handlers yet, or dies of it): 2 s
+    // where rank 0 may run on another host, longer where the job puts it here (a loaded host may
+    // take more than 2 s to start it).
+    double rank0_wait_s = 2;
 };
 
 struct MpirunOutcome {

@@ -56,7 +56,9 @@ int cmd_serve(const Args& args) {
     settings.name = "tpx serve";
     settings.drain_signal = SIGUSR1;
     settings.drain_s = job.serve.grace_s;
-    settings.rank0_local = job.launch.hosts.empty() && job.launch.hostfile.empty() && !in_slurm_allocation();
+    // Where every rank runs here (no launch hosts, hostfile or Slurm allocation), the drain waits
+    // 10 s for rank 0 to start (a wrapper or extra_args may still place it elsewhere: not forever).
+    if (job.launch.hosts.empty() && job.launch.hostfile.empty() && !in_slurm_allocation()) settings.rank0_wait_s = 10;
     // A server outlives its log's reader: where stderr is a pipe whose reader went (`| head`, a
     // log shipper restarting), what the ranks print is lost, and the server goes on serving
     // (SIGPIPE's default would end tpx serve, and with it the job). mpirun gets the default back.

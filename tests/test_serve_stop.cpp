@@ -222,8 +222,9 @@ TEST(Serve, SigtermEndsConnectionsThatSendNoCall) {
 // SIGTERM as mpirun starts the ranks, before they have their handlers (or exist): the drain signal
 // reaches each rank once it catches it (sent at once, it ended them: exit 138), and the job
 // stops cleanly. Also where the ranks take more than 2 s to appear (a loaded host; here an
-// mpirun that waits 3 s first): rank 0 runs on this host, so the signal waits for it rather than
-// going to mpirun (which passed it to ranks without their handlers, or died of it).
+// mpirun that waits 3 s first): rank 0 runs on this host, so the signal waits up to 10 s for it
+// rather than going to mpirun after 2 s (which passed it to ranks without their handlers, or died
+// of it).
 TEST(Serve, SigtermAsTheRanksStartStopsCleanly) {
     const std::string dir = tpx_test::temp_dir();
     std::ofstream(dir + "/slow_mpirun.sh") << "#!/bin/sh\nsleep 3\nexec mpirun \"$@\"\n";
