@@ -196,8 +196,8 @@ TEST(GpuRun, SampledTokensAreTheSameDrawnOnTheDeviceOrTheHost) {
     const auto device = outputs("");
     ASSERT_EQ((int64_t)device.size(), 3 * g.batch);
     EXPECT_EQ(outputs("[backend.tuning]\ndevice_draws = false\n"), device);
-    for (int64_t b = 0; b < g.batch; ++b) {
-        EXPECT_EQ(device.at(b).size(), 12u);
+    for (int64_t b = 0; b < g.batch; ++b) {  // (an eos id may end a copy before 12 tokens)
+        EXPECT_FALSE(device.at(b).empty());
         EXPECT_FALSE(device.at(b) == device.at(g.batch + b) && device.at(b) == device.at(2 * g.batch + b)) << "prompt " << b << "'s copies";
     }
     fs::remove_all(dir);

@@ -120,7 +120,7 @@ Choice choice_of(const Executor& exec, const GenerationSettings& s) {
 // copy of a row the penalties change.
 struct Draws {
     std::vector<uint64_t> keys;
-    StepRows rows;
+    std::optional<StepRows> rows;  // (made at the first host draw)
     std::vector<std::vector<float>> penalised;
     void start_batch(const std::vector<Prompt>& prompts, size_t first, size_t count, uint64_t seed) {
         keys.clear();
@@ -136,8 +136,9 @@ struct Draws {
 std::vector<int32_t> draw_tokens(const std::vector<int32_t>& active, const std::vector<const float*>& next_logits, int64_t vocab, Draws& draws,
                                  const std::vector<SequenceResult>& results, size_t first, const GenerationSettings& s) {
     std::vector<int32_t> drawn(active.size(), 0);
-    draws.penalised.resize((size_t)draws.rows.parts());
-    draws.rows.run((int64_t)active.size(), [&](int64_t b, int part) {
+    if (!draws.rows) draws.rows.emplace();
+    draws.penalised.resize((size_t)draws.rows->parts());
+    draws.rows->run((int64_t)active.size(), [&](int64_t b, int part) {
         if (!active[b]) return;
         const float* row = next_logits[b];
         const SequenceResult& r = results[first + b];
@@ -163,16 +164,20 @@ public:
     // The forward of `batch`, whose wanted rows give the tokens of sequences `seqs` (in order) of
     // the batch at `first` in `results`.
     void run(const TokenBatch& batch, const std::vector<size_t>& seqs, const std::vector<SequenceResult>& results, size_t first) {
-        if (choice_ == Choice::kArgmax) {
-            ids_ = exec_.forward_argmax(batch);
-        } else if (!chooser_) {
-            exec_.forward_follower(batch, true);
-        } else if (choice_ == Choice::kDraw) {
-            row_draws_.clear();
-            for (size_t b : seqs) row_draws_.push_back(draws->params(s_, b, results[first + b].output.size()));
-            ids_ = exec_.forward_draw(batch, row_draws_, {}, &logits_);
-        } else {
-            logits_ = exec_.forward_view(batch);
+        switch (choice_) {
+            case Choice::kArgmax:
+                ids_ = exec_.forward_argmax(batch);
+                return;
+            case Choice::kDraw:
+                if (!chooser_) return exec_.forward_follower(batch, true);
+                row_draws_.clear();
+                for (size_t b : seqs) row_draws_.push_back(draws->params(s_, b, results[first + b].output.size()));
+                ids_ = exec_.forward_draw(batch, row_draws_, {}, &logits_);
+                return;
+            case Choice::kHost:
+                if (!chooser_) return exec_.forward_follower(batch, true);
+                logits_ = exec_.forward_view(batch);
+                return;
         }
     }
     // Rank 0: the forward's wanted row `row`, sequence b's: its token (tokens_ready) or its logits;
@@ -255,9 +260,9 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                                    std::to_string(prompts.size()) + ", " + std::to_string(batch.ids.size()) + " tokens",
                                batch.ids.size() >= 4096);
         auto t0 = Clock::now();
-        std::vector<size_t> rows(count);  // the sequences of the forward's wanted rows, in order
-        for (size_t b = 0; b < count; ++b) rows[b] = b;
-        forward.run(batch, rows, results, first);
+        std::vector<size_t> seqs(count);  // the sequences of the forward's wanted rows, in order
+        for (size_t b = 0; b < count; ++b) seqs[b] = b;
+        forward.run(batch, seqs, results, first);
         double prefill_ms = ms_since(t0);
         std::vector<const float*> next_logits(count, nullptr);
         std::vector<int32_t> next_ids(count, 0);
@@ -287,7 +292,7 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
             }
             comm.broadcast(chosen.data(), 2 * count * sizeof(int32_t), 0);
             TokenBatch next;
-            rows.clear();
+            seqs.clear();
             for (size_t b = 0; b < count; ++b) {
                 if (!active[b]) continue;
                 SequenceResult& r = results[first + b];
@@ -304,14 +309,14 @@ std::vector<SequenceResult> generate(Executor& exec, Communicator& comm, const s
                 next.positions.push_back((int32_t)(r.prompt.tokens.size() + r.output.size() - 1));
                 next.slots.push_back((int32_t)b);
                 next.logit_rows.push_back((int64_t)next.ids.size() - 1);
-                rows.push_back(b);
+                seqs.push_back(b);
             }
             if (s.progress) show_progress(*s.progress, results, first, count, step + 1, s.max_new_tokens, run_start);
             if (next.ids.empty()) break;
             if (s.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(s.step_delay_ms));
-            forward.run(next, rows, results, first);
-            for (size_t row = 0; row < rows.size(); ++row)
-                if (chooser && !forward.take((int64_t)row, rows[row], next_ids, next_logits)) non_finite.push_back(prompts[first + rows[row]].id);
+            forward.run(next, seqs, results, first);
+            for (size_t row = 0; row < seqs.size(); ++row)
+                if (chooser && !forward.take((int64_t)row, seqs[row], next_ids, next_logits)) non_finite.push_back(prompts[first + seqs[row]].id);
             check_finite(non_finite, step + 1, s.model_path);
         }
         double decode_ms = ms_since(decode_start);

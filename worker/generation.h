@@ -21,11 +21,18 @@ namespace tpx {
 
 struct SequenceResult;
 
+// [run.sampling]'s draw (kernels/cpu/draw.h's rule).
+struct SamplingSettings {
+    double temperature = 0;  // 0: greedy (the argmax)
+    int64_t top_k = 0;       // 0: no cut
+    double top_p = 1;        // 1: no cut
+};
+
 struct GenerationSettings {
     int64_t max_batch = 8;
     int64_t max_new_tokens = 16;
     std::vector<int64_t> eos;   // stop ids
-    cpu::SamplingParams sampling;
+    SamplingSettings sampling;
     cpu::Penalties penalties;   // [run.sampling]'s: the logits a token is chosen from (greedy too)
     uint64_t seed = 0;
     bool keep_logits = false;   // every prompt position's logits and every step's (--dump-logits)

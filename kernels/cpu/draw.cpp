@@ -1,9 +1,6 @@
-// The CPU twin of the device's draw (draw.h says the rule). Thresholds are logit values found by
-// their monotone 32-bit keys: top_k by a heap or nth_element, top_p's by a histogram of the weight
-// over the keys' top 16 bits and a sort of the one bucket its cut falls in (none where the bucket
-// holds one bf16 value), so a row costs a few passes whatever its spread; a bf16 value's weight is
-// computed once a row. Built with -ffp-contract=off: the weights' polynomial must round as the
-// device's does.
+// The CPU twin of the device's draw (draw.h says the rule): thresholds as logit values, so a row
+// costs a few passes whatever its spread. Built with -ffp-contract=off: the weights' polynomial
+// must round as the device's does.
 #include "kernels/cpu/draw.h"
 
 #include <algorithm>
@@ -29,7 +26,7 @@ struct Scratch {
     std::vector<uint64_t> mass;
     std::vector<std::pair<float, uint64_t>> edge;
     std::vector<uint8_t> mixed;  // top_p's buckets holding a value that is not bf16
-    std::vector<float> value;    // a value of each bucket of top_p's
+    std::vector<float> bucket_value;  // a value of each bucket of top_p's
     // Weights by a bf16 value's bits, for the row whose number is in `made` (a row from the
     // device holds bf16 values only, a few thousand distinct ones: weight() once each).
     std::vector<uint64_t> by_value;
@@ -62,8 +59,8 @@ void fill_weights(const float* logits, int64_t n, float floor, float top, double
 }
 
 // The k-th largest logit (k in [1, n)): for k up to kHeapK the least of a heap of the k largest
-// so far, which most logits pass by with one comparison (a copy of the row and nth_element were
-// most of a top_k draw's time: 1.2 ms a 128k row); else nth_element.
+// so far, which most logits pass by with one comparison (a copy of the row and nth_element cost
+// more: docs/PERF.md); else nth_element.
 constexpr int64_t kHeapK = 1024;
 float kth_largest(const float* logits, int64_t n, int64_t k, Scratch& s) {
     if (k <= kHeapK) {
@@ -84,12 +81,13 @@ float kth_largest(const float* logits, int64_t n, int64_t k, Scratch& s) {
 }
 
 // The largest logit value tau >= floor whose ids (at or above it, and at or above floor) weigh at
-// least top_p of those at or above floor (s.w: the weights). A bucket holding bf16 values only
-// (low 16 bits 0: a row from the device) holds one value, its tau if the cut falls in it.
+// least top_p of those at or above floor (s.w: the weights): a histogram of the weight over the
+// values' monotone keys' top 16 bits, then a sort of the bucket the cut falls in, unless it holds
+// bf16 values only (low 16 bits 0: a row from the device), which are one value: tau.
 float top_p_threshold(const float* logits, int64_t n, float floor, double top_p, Scratch& s) {
     s.mass.assign(1 << 16, 0);
     s.mixed.assign(1 << 16, 0);
-    s.value.resize(1 << 16);
+    s.bucket_value.resize(1 << 16);
     uint64_t kept = 0;
     for (int64_t i = 0; i < n; ++i) {
         const float l = logits[i];
@@ -99,13 +97,13 @@ float top_p_threshold(const float* logits, int64_t n, float floor, double top_p,
         const uint32_t b = key_of(l) >> 16;
         s.mass[b] += s.w[i], kept += s.w[i];
         s.mixed[b] |= (bits & 0xffffu) != 0;
-        s.value[b] = l;
+        s.bucket_value[b] = l;
     }
     const uint64_t target = draw::top_p_target(top_p, kept);
     uint64_t above = 0;
     int bucket = (1 << 16) - 1;
     for (; bucket > 0 && above + s.mass[bucket] < target; --bucket) above += s.mass[bucket];
-    if (!s.mixed[bucket] && s.mass[bucket] > 0) return s.value[bucket];  // (weight there: an id, whose value it holds)
+    if (!s.mixed[bucket] && s.mass[bucket] > 0) return s.bucket_value[bucket];  // (weight there: an id, whose value it holds)
     s.edge.clear();
     for (int64_t i = 0; i < n; ++i)
         if (logits[i] >= floor && (int)(key_of(logits[i]) >> 16) == bucket) s.edge.emplace_back(logits[i], s.w[i]);

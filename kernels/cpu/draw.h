@@ -1,6 +1,7 @@
-// The draw `tpx serve` samples with: the device (kernels/cuda/draw.cu) and this CPU twin (draw.cpp)
-// choose the same id from the same logits bit for bit, as weights are integers made by the same
-// IEEE operations on both, the cuts thresholds on the logit, and the walk in the ids' order.
+// The draw `tpx serve` and `tpx run` sample with: the device (kernels/cuda/draw.cu) and this CPU
+// twin (draw.cpp) choose the same id from the same logits bit for bit, as weights are integers
+// made by the same IEEE operations on both, the cuts thresholds on the logit, and the walk in the
+// ids' order.
 #pragma once
 
 #include <cmath>

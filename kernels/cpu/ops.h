@@ -70,14 +70,6 @@ void moe(const MoeShape& s, const float* x, const float* router_logits, const fl
 // a NaN or an infinity: a broken model must not look like one that chose token 0.
 int64_t argmax(const float* logits, int64_t n);
 
-// [run.sampling]'s draw (kernels/cpu/draw.h's rule, as `tpx serve`'s calls): temperature 0 is
-// greedy.
-struct SamplingParams {
-    double temperature = 0;
-    int64_t top_k = 0;
-    double top_p = 1;
-};
-
 // OpenAI's presence and frequency penalties (on the output's ids) and HF's repetition penalty (on
 // the prompt's and the output's), as vLLM applies them: repetition first (a positive logit
 // divided by it, another multiplied), then each output id's logit less frequency x its count and

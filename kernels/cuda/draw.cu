@@ -1,6 +1,7 @@
-// `tpx serve`'s draw on the device, a block a row of bf16 logits: only the ids leave the device
-// (not 33 MB of fp32 logits at batch 64 of a 128k vocabulary for the host to sample from). The
-// rule and the arithmetic are kernels/cpu/draw.h's, whose twin (draw.cpp) chooses the same ids.
+// The sampled tokens' draw on the device (`tpx serve`'s, `tpx run`'s), a block a row of bf16
+// logits: only the ids leave the device (not 33 MB of fp32 logits at batch 64 of a 128k
+// vocabulary for the host to sample from). The rule and the arithmetic are kernels/cpu/draw.h's,
+// whose twin (draw.cpp) chooses the same ids.
 // Thresholds are found by their 16-bit keys (a bf16's order, -0 as +0) in two rounds of
 // histograms: the keys' top 12 bits (4096 bins), then the low 4 in the bin the cut falls in. Every
 // sum is of integers, so the order atomics add in does not matter.

@@ -423,7 +423,7 @@ void gather_rows(int64_t n_rows, int64_t width, const int64_t* rows, const bf16*
 void argmax_rows(int64_t rows, int64_t width, const float* logits, int32_t* out, Launch at, void* scratch = nullptr);
 void argmax_rows(int64_t rows, int64_t width, const bf16* logits, int32_t* out, Launch at, void* scratch = nullptr);
 size_t argmax_scratch_bytes(int64_t rows);
-// `tpx serve`'s draw (kernels/cpu/draw.h's rule; its twin cpu::draw_token): row r's id from its
+// The sampled tokens' draw (kernels/cpu/draw.h's rule; its twin cpu::draw_token): row r's id from its
 // bf16 logits and params[r] (device memory), the argmax where its temperature is 0, -1 for a row
 // holding a NaN or an infinity. Only the ids leave the device.
 void draw_rows(int64_t rows, int64_t vocab, const bf16* logits, const cpu::DrawParams* params, int32_t* out, Launch at);
