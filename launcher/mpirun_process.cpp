@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <set>
 #include <sstream>
@@ -69,14 +70,14 @@ struct Drain {
     bool rank0_here = false;
 };
 
-// The drain signal straight to mpirun's children that are ranks on this host (/proc: parent
-// mpirun, command tpx-worker): rank 0 drains and tells the others. mpirun's own forwarding is not
-// relied on: on the GPU machine (Open MPI 4.1.6, the same binaries) mpirun caught SIGUSR1 and
-// passed nothing on (docs/PERF.md, 2026-12-03 fourth session). A rank gets it once it has its
-// handler (a rank just started would die of it), and once: `drain.signalled` holds those sent it;
-// `drain.rank0_here` records whether rank 0 was among them (its environment's
-// OMPI_COMM_WORLD_RANK).
-void deliver_drain(pid_t mpirun, int sig, Drain& drain) {
+// A process's parent and command name (/proc/PID/stat: "pid (comm) state ppid ...", comm may
+// hold spaces and parentheses, so read from the last ')').
+struct Process {
+    pid_t pid = 0, ppid = 0;
+    std::string comm;
+};
+std::vector<Process> processes() {
+    std::vector<Process> all;
     DIR* proc = opendir("/proc");
     for (dirent* e; proc && (e = readdir(proc));) {
         const pid_t pid = (pid_t)std::atoi(e->d_name);
@@ -84,20 +85,68 @@ void deliver_drain(pid_t mpirun, int sig, Drain& drain) {
         std::ifstream stat(std::string("/proc/") + e->d_name + "/stat");
         std::string line;
         if (!std::getline(stat, line)) continue;
-        // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so from the last ')'.
         const size_t open = line.find('('), close = line.rfind(')');
         if (open == std::string::npos || close == std::string::npos || close < open) continue;
         std::istringstream rest(line.substr(close + 1));
         std::string state;
-        pid_t ppid = 0;
-        rest >> state >> ppid;
-        if (ppid != mpirun || line.substr(open + 1, close - open - 1) != "tpx-worker") continue;
-        // A rank's environment is read until it is sent the signal (each pass of the drain's loop
-        // would read them all again otherwise).
-        if (!drain.rank0_here && !drain.signalled.count(pid) && is_rank_zero(pid)) drain.rank0_here = true;
-        if (!drain.signalled.count(pid) && catches(pid, sig) && kill(pid, sig) == 0) drain.signalled.insert(pid);
+        Process p;
+        p.pid = pid, p.comm = line.substr(open + 1, close - open - 1);
+        if (rest >> state >> p.ppid) all.push_back(p);
     }
     if (proc) closedir(proc);
+    return all;
+}
+
+// Whether `pid` descends from `ancestor` within a few generations (tpx, a `[launch] mpirun`
+// wrapper or two, mpirun, the rank).
+bool descends_from(pid_t pid, pid_t ancestor, const std::map<pid_t, pid_t>& parent) {
+    for (int up = 0; up < 6; ++up) {
+        const auto at = parent.find(pid);
+        if (at == parent.end() || at->second <= 1) return false;
+        if ((pid = at->second) == ancestor) return true;
+    }
+    return false;
+}
+
+// The drain signal straight to the ranks on this host: tpx-worker processes that descend from
+// tpx (mpirun's children; a wrapper's mpirun's, or those of an mpirun whose wrapper ended, which
+// tpx inherits: end_leftovers); rank 0 drains and tells the others. mpirun's own forwarding is
+// not relied on: on the GPU machine (Open MPI 4.1.6, the same binaries) mpirun caught SIGUSR1 and
+// passed nothing on (docs/PERF.md, 2026-12-03 fourth session). A rank gets it once it has its
+// handler (a rank just started would die of it), and once: `drain.signalled` holds those sent it;
+// `drain.rank0_here` records whether rank 0 was among them (its environment's
+// OMPI_COMM_WORLD_RANK).
+void deliver_drain(int sig, Drain& drain) {
+    const std::vector<Process> all = processes();
+    std::map<pid_t, pid_t> parent;
+    for (const Process& p : all) parent[p.pid] = p.ppid;
+    for (const Process& p : all) {
+        if (p.comm != "tpx-worker" || !descends_from(p.pid, getpid(), parent)) continue;
+        // A rank's environment is read until it is sent the signal (each pass of the drain's loop
+        // would read them all again otherwise).
+        if (!drain.rank0_here && !drain.signalled.count(p.pid) && is_rank_zero(p.pid)) drain.rank0_here = true;
+        if (!drain.signalled.count(p.pid) && catches(p.pid, sig) && kill(p.pid, sig) == 0) drain.signalled.insert(p.pid);
+    }
+}
+
+// What mpirun's process left behind once it ended: a wrapper (`[launch] mpirun`) that ran mpirun
+// as its child and ended first (a signal reached it alone) leaves mpirun, and an mpirun that was
+// killed leaves its ranks. tpx, a child subreaper while mpirun runs, inherits them: SIGTERM (mpirun
+// ends its ranks), SIGKILL 3 s later, each reaped.
+void end_leftovers() {
+    std::set<pid_t> left;
+    for (const Process& p : processes())
+        if (p.ppid == getpid()) left.insert(p.pid);
+    for (pid_t pid : left) kill(pid, SIGTERM);
+    for (int i = 0; i < 30 && !left.empty(); ++i) {
+        for (auto it = left.begin(); it != left.end();) it = waitpid(*it, nullptr, WNOHANG) == 0 ? std::next(it) : left.erase(it);
+        if (!left.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    for (pid_t pid : left) {
+        kill(pid, SIGKILL);
+        while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+        }
+    }
 }
 
 // Open MPI's own noise after a rank's MPI_Abort (the rank's message came before it), which
@@ -335,6 +384,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     std::vector<int> stops = {SIGINT, SIGTERM, SIGHUP};
     if (settings.drain_signal != 0) stops.push_back(settings.drain_signal);
     std::vector<struct sigaction> previous;
+    prctl(PR_SET_CHILD_SUBREAPER, 1);  // (end_leftovers)
     const MpirunPipes pipes = start_mpirun(argv.data(), name, settings.drain_signal != 0, stops, previous);
     using Clock = std::chrono::steady_clock;
     auto state = std::make_shared<Relay>();
@@ -376,7 +426,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
             // rank0_wait_s (on another host), mpirun, to pass it on. Not once rank 0 has been seen
             // here: its ranks may have drained and ended by then, and an mpirun that forwards no
             // signal would die of it (exit 138 where the job had drained cleanly).
-            deliver_drain(g_child, settings.drain_signal, drain);
+            deliver_drain(settings.drain_signal, drain);
             if (!drain.rank0_here && !mpirun_drained &&
                 std::chrono::duration<double>(Clock::now() - *drain_start).count() > settings.rank0_wait_s) {
                 kill(g_child, settings.drain_signal);
@@ -393,6 +443,8 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     g_child = -1;
+    end_leftovers();
+    prctl(PR_SET_CHILD_SUBREAPER, 0);
     for (size_t i = 0; i < stops.size(); ++i) sigaction(stops[i], &previous[i], nullptr);
     // The pipe ends when mpirun's children (rsh or ssh clients to other hosts) let go of it too;
     // one stuck on a dead host may hold it for minutes, so the rest of its output is not waited for.

@@ -13,10 +13,10 @@ struct MpirunSettings {
     std::string name = "tpx run";  // how messages begin
     // 0: the first SIGINT, SIGTERM or SIGHUP is passed on as SIGTERM (mpirun ends the ranks).
     // Otherwise the first of those, or this signal itself sent to tpx, is passed on as this
-    // signal, to the ranks on this host directly (rank 0 drains and tells the others: `tpx
-    // serve`; to mpirun when rank 0 has not been seen among this host's ranks rank0_wait_s after
-    // the signal), and mpirun gets SIGTERM only when it has not ended drain_s later, or at a
-    // second signal.
+    // signal, to the ranks on this host directly (tpx's tpx-worker descendants; rank 0 drains
+    // and tells the others: `tpx serve`; to mpirun when rank 0 has not been seen among this
+    // host's ranks rank0_wait_s after the signal), and mpirun gets SIGTERM only when it has not
+    // ended drain_s later, or at a second signal.
     int drain_signal = 0;
     double drain_s = 0;
     // How long the drain signal waits for rank 0 to appear among this host's ranks before it goes
@@ -38,7 +38,9 @@ struct MpirunOutcome {
 // and the signal its status tells of ("; mpirun's 137: signal 9, Killed"); "" where they agree.
 std::string mpirun_status_note(int mpirun_code, int exit_code);
 
-// Starts `cmd` and waits for it; throws Error when the pipe or the fork fails.
+// Starts `cmd` and waits for it, then ends what it left running (a wrapper's mpirun, a killed
+// mpirun's ranks: tpx is their child subreaper meanwhile); throws Error when the pipe or the fork
+// fails.
 MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& settings);
 
 }  // namespace tpx

@@ -391,8 +391,10 @@ TEST(Outputs, ConvertNeverReplacesItsSourceAndAsksBeforeReplacingAFile) {
 // every worker end within 5 s, and no output appears later.
 class KillLauncher : public testing::TestWithParam<int> {};
 
-TEST_P(KillLauncher, NoProcessOutlivesTpxRunAndNoOutputAppears) {
-    TestJob j = make_job("max_new_tokens = 40");
+// `sig` to tpx run once both ranks decode: within 5 s no process of the job is left, and no output
+// appears. `tail`: the job's lines after [run]. Returns tpx run's stderr.
+std::string interrupt_run(int sig, const std::string& tail = "") {
+    TestJob j = make_job("max_new_tokens = 40", 2, kPrompts, "", tail);
     auto b = tpx_test::start_background(tpx_bin("tpx") + " run " + j.file + " --step-delay-ms 200");
     // Wait until both ranks decode (a worker with the job in its command line per rank).
     int workers = 0;
@@ -405,9 +407,9 @@ TEST_P(KillLauncher, NoProcessOutlivesTpxRunAndNoOutputAppears) {
             if (argv0.size() >= 10 && argv0.compare(argv0.size() - 10, 10, "tpx-worker") == 0) ++workers;  // not mpirun's line
         }
     }
-    ASSERT_EQ(workers, 2) << tpx_test::read_text(b.err_path);
+    EXPECT_EQ(workers, 2) << tpx_test::read_text(b.err_path);
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-    kill(b.pid, GetParam());
+    kill(b.pid, sig);
     auto sent = std::chrono::steady_clock::now();
     tpx_test::wait_background(b, 10);
     while (!tpx_test::pids_matching(j.dir).empty() && std::chrono::steady_clock::now() - sent < std::chrono::seconds(10))
@@ -417,9 +419,25 @@ TEST_P(KillLauncher, NoProcessOutlivesTpxRunAndNoOutputAppears) {
     EXPECT_LT(seconds, 5.0);
     std::this_thread::sleep_for(std::chrono::seconds(1));
     EXPECT_FALSE(fs::exists(j.dir + "/out.jsonl")) << "an output appeared from a run the user saw end";
+    return tpx_test::read_text(b.err_path);
+}
+
+TEST_P(KillLauncher, NoProcessOutlivesTpxRunAndNoOutputAppears) {
+    const std::string err = interrupt_run(GetParam());
     if (GetParam() == SIGHUP) {
-        EXPECT_NE(tpx_test::read_text(b.err_path).find("interrupted by Hangup"), std::string::npos);
+        EXPECT_NE(err.find("interrupted by Hangup"), std::string::npos) << err;
     }
+}
+
+// A `[launch] mpirun` wrapper that runs mpirun as its child (no exec): SIGTERM reaches the wrapper
+// alone, which ends and leaves mpirun running; tpx inherits it (a child subreaper) and ends it.
+TEST(KillLauncherWrapper, AnMpirunAWrapperLeftBehindIsEnded) {
+    const std::string dir = tpx_test::temp_dir();
+    std::ofstream(dir + "/mpirun_child.sh") << "#!/bin/sh\nmpirun \"$@\"\n";
+    fs::permissions(dir + "/mpirun_child.sh", fs::perms::owner_all);
+    const std::string err = interrupt_run(SIGTERM, "[launch]\nmpirun = \"" + dir + "/mpirun_child.sh\"\n");
+    EXPECT_NE(err.find("interrupted by Terminated"), std::string::npos) << err;
+    fs::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Signals, KillLauncher, testing::Values(SIGKILL, SIGHUP),

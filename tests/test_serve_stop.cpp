@@ -224,16 +224,18 @@ TEST(Serve, SigtermEndsConnectionsThatSendNoCall) {
 // stops cleanly. Also where the ranks take more than 2 s to appear (a loaded host; here an
 // mpirun that waits 3 s first): rank 0 runs on this host, so the signal waits up to 10 s for it
 // rather than going to mpirun after 2 s (which passed it to ranks without their handlers, or died
-// of it).
+// of it). And with a wrapper that runs mpirun as its child (no exec): the ranks are found among
+// tpx's descendants (the signal to the wrapper ended it and left the job running).
 TEST(Serve, SigtermAsTheRanksStartStopsCleanly) {
     const std::string dir = tpx_test::temp_dir();
     std::ofstream(dir + "/slow_mpirun.sh") << "#!/bin/sh\nsleep 3\nexec mpirun \"$@\"\n";
-    fs::permissions(dir + "/slow_mpirun.sh", fs::perms::owner_all);
+    std::ofstream(dir + "/mpirun_child.sh") << "#!/bin/sh\nsleep 3\nmpirun \"$@\"\n";
+    for (const char* script : {"/slow_mpirun.sh", "/mpirun_child.sh"}) fs::permissions(dir + script, fs::perms::owner_all);
     struct Start {
         int delay_ms;
         std::string mpirun;
     };
-    for (const Start& start : {Start{0, "mpirun"}, Start{100, "mpirun"}, Start{0, dir + "/slow_mpirun.sh"}}) {
+    for (const Start& start : {Start{0, "mpirun"}, Start{100, "mpirun"}, Start{0, dir + "/slow_mpirun.sh"}, Start{0, dir + "/mpirun_child.sh"}}) {
         std::ofstream(dir + "/job.toml") << "[model]\npath = \"" << kModel << "\"\n[parallel]\ntp = 2\n[serve]\nport = 0\n[launch]\nmpirun = \""
                                          << start.mpirun << "\"\n";
         const std::string how = start.mpirun + " and " + std::to_string(start.delay_ms) + " ms:\n";
