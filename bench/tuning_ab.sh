@@ -3,6 +3,9 @@
 # (docs/PERF.md, Method): `tpx bench` on the Llama-3-8B shape at tp=1, KEY = true then false,
 # ROUNDS times, alternating; one line a run in OUT/summary.txt; with TRACE_MATCH set, one more
 # run with KEY = true under libtpx_trace.so, summarised by bench/timeline.py TRACE TRACE_MATCH.
+# TPX_BENCH_CKPT: the checkpoint (default /tmp/l8b, made when missing; a quantized one must be made
+# first, bench/make_quant_checkpoint.py); AB_BATCHES / AB_PROMPTS: the [bench] table's
+# batch_sizes / prompt_lengths (default 1, 8, 64 / 128, 2048), e.g. AB_BATCHES="1, 8" AB_PROMPTS="".
 #   bench/tuning_ab.sh OUT_DIR ROUNDS BIN_DIR KEY     (BIN_DIR holds tpx, tpx-worker, libtpx_trace.so)
 set -uo pipefail
 out=${1:?usage: bench/tuning_ab.sh OUT_DIR ROUNDS BIN_DIR KEY}; rounds=${2:?}; bin=${3:?}; key=${4:?}
@@ -11,8 +14,8 @@ ckpt=${TPX_BENCH_CKPT:-/tmp/l8b}
 mkdir -p "$out"
 [ -f "$ckpt/config.json" ] || python3 "$here/hf_peer.py" make "$ckpt" > "$out/make.txt" 2>&1 || { echo "checkpoint: see $out/make.txt"; exit 1; }
 for v in true false; do
-  printf '[job]\nname = "ab-%s"\n[model]\npath = "%s"\ndtype = "bfloat16"\n[backend]\ndevice = "cuda"\n[backend.tuning]\n%s = %s\n[run]\nmax_batch = 64\nmax_seq_len = 2304\noutput = "%s/ab-%s.jsonl"\n' \
-    "$v" "$ckpt" "$key" "$v" "$out" "$v" > "$out/$v.toml"
+  printf '[job]\nname = "ab-%s"\n[model]\npath = "%s"\ndtype = "bfloat16"\n[backend]\ndevice = "cuda"\n[backend.tuning]\n%s = %s\n[run]\nmax_batch = 64\nmax_seq_len = 2304\noutput = "%s/ab-%s.jsonl"\n[bench]\nbatch_sizes = [%s]\nprompt_lengths = [%s]\n' \
+    "$v" "$ckpt" "$key" "$v" "$out" "$v" "${AB_BATCHES-1, 8, 64}" "${AB_PROMPTS-128, 2048}" > "$out/$v.toml"
 done
 line() { python3 - "$1" <<'PY'
 import json, sys
