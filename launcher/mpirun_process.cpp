@@ -129,24 +129,39 @@ void deliver_drain(int sig, Drain& drain) {
     }
 }
 
-// What mpirun's process left behind once it ended: a wrapper (`[launch] mpirun`) that ran mpirun
-// as its child and ended first (a signal reached it alone) leaves mpirun, and an mpirun that was
-// killed leaves its ranks. tpx, a child subreaper while mpirun runs, inherits them: SIGTERM (mpirun
-// ends its ranks), SIGKILL 3 s later, each reaped.
-void end_leftovers() {
-    std::set<pid_t> left;
-    for (const Process& p : processes())
-        if (p.ppid == getpid()) left.insert(p.pid);
+// SIGTERM to each of `left`, SIGKILL to those still running 3 s later, each reaped; `watched`'s
+// wait status (one of them, or 0: none) into *status.
+void end_processes(std::set<pid_t> left, pid_t watched = 0, int* status = nullptr) {
+    auto reap = [&](pid_t pid, int options) {
+        int st = 0;
+        const pid_t got = waitpid(pid, &st, options);
+        if (got == pid && pid == watched && status) *status = st;
+        return got;
+    };
     for (pid_t pid : left) kill(pid, SIGTERM);
     for (int i = 0; i < 30 && !left.empty(); ++i) {
-        for (auto it = left.begin(); it != left.end();) it = waitpid(*it, nullptr, WNOHANG) == 0 ? std::next(it) : left.erase(it);
+        for (auto it = left.begin(); it != left.end();) {
+            const pid_t got = reap(*it, WNOHANG);
+            it = got == 0 || (got < 0 && errno == EINTR) ? std::next(it) : left.erase(it);
+        }
         if (!left.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     for (pid_t pid : left) {
         kill(pid, SIGKILL);
-        while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+        while (reap(pid, 0) < 0 && errno == EINTR) {
         }
     }
+}
+
+// What mpirun's process left behind once it ended: a wrapper (`[launch] mpirun`) that ran mpirun
+// as its child and ended first (a signal reached it alone) leaves mpirun, and an mpirun that was
+// killed leaves its ranks. tpx, a child subreaper while mpirun runs, inherits them and ends them
+// (SIGTERM first: mpirun ends its ranks).
+void end_leftovers() {
+    std::set<pid_t> left;
+    for (const Process& p : processes())
+        if (p.ppid == getpid()) left.insert(p.pid);
+    end_processes(left);
 }
 
 // Open MPI's own noise after a rank's MPI_Abort (the rank's message came before it), which
@@ -393,16 +408,7 @@ MpirunOutcome run_mpirun(std::vector<std::string> cmd, const MpirunSettings& set
     auto out_drained = std::make_shared<std::atomic<bool>>(false);
     std::thread out_relay([out_drained, fd = pipes.out] { relay_stdout(*out_drained, fd); });
     int status = 0;
-    // SIGTERM, then SIGKILL 3 s later if it still runs.
-    auto end_mpirun = [&] {
-        kill(g_child, SIGTERM);
-        for (int i = 0; i < 30 && waitpid(g_child, &status, WNOHANG) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        if (kill(g_child, 0) == 0) {
-            kill(g_child, SIGKILL);
-            while (waitpid(g_child, &status, 0) < 0 && errno == EINTR) {
-            }
-        }
-    };
+    auto end_mpirun = [&] { end_processes({g_child}, g_child, &status); };
     std::unique_ptr<Clock::time_point> drain_start;
     Drain drain;                   // which ranks the drain signal reached
     bool mpirun_drained = false;   // mpirun sent it (rank 0 not on this host)
